@@ -1,0 +1,4 @@
+"""Cascade science for viralwatch: reshare trees, their figures, velocity and prediction.
+
+Pure: NetworkX, NumPy and the standard library only.
+"""

@@ -1,0 +1,240 @@
+"""The alert record: what on-call sees, on every sink, in one shape.
+
+An alert's id is stable: the same cluster, episode and severity always give
+the same ``alert_id``, so a redelivered event or a restarted worker never
+makes a second alert, and sinks deduplicate on :attr:`Alert.dedupe_key`
+(the id and the status: a resolution is the same alert, resolved).
+
+>>> a = Alert(alert_id=alert_id("b-1", 1, "high"), status="firing", severity="high",
+...           ts_ms=1767225600000, cluster_id="b-1", first_seen_ms=1767225500000)
+>>> a.dedupe_key == a.alert_id + ":firing"
+True
+>>> a.to_dict()["ts"]
+'2026-01-01T00:00:00.000Z'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+import orjson
+
+Severity = Literal["warning", "high", "critical"]
+SEVERITIES: Final = ("warning", "high", "critical")
+Status = Literal["firing", "resolved"]
+
+
+def severity_rank(severity: str) -> int:
+    """Order of severities: ``warning`` < ``high`` < ``critical``; -1 for none."""
+    return SEVERITIES.index(severity) if severity in SEVERITIES else -1
+
+
+def alert_id(cluster_id: str, episode: int, severity: str) -> str:
+    """The stable id of a cluster's alert at one severity in one episode.
+
+    >>> alert_id("b-1", 1, "warning") == alert_id("b-1", 1, "warning")
+    True
+    >>> alert_id("b-1", 1, "warning") != alert_id("b-1", 2, "warning")
+    True
+    """
+    digest = hashlib.blake2b(f"{cluster_id}\x00{episode}\x00{severity}".encode(), digest_size=10)
+    return f"vw-{digest.hexdigest()}"
+
+
+def rfc3339(ts_ms: int) -> str:
+    """Epoch milliseconds as RFC 3339 UTC text with milliseconds.
+
+    >>> rfc3339(0)
+    '1970-01-01T00:00:00.000Z'
+    """
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[
+        :-3
+    ] + "Z"
+
+
+class Pseudonymizer:
+    """Keyed pseudonyms for user ids, so alerts name spreaders without naming users.
+
+    The key comes from the environment (``VIRALWATCH_PSEUDONYM_KEY``) in
+    production: with it, an investigator holding the key can recompute a
+    user's pseudonym; without it, nobody can reverse one.
+
+    >>> p = Pseudonymizer(b"k")
+    >>> p("alice") == p("alice") and p("alice") != p("bob")
+    True
+    >>> p("alice").startswith("u-")
+    True
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if not key:
+            raise ValueError("the pseudonym key must not be empty")
+        self._key = key
+
+    def __call__(self, user_id: str) -> str:
+        mac = hmac.new(self._key, user_id.encode("utf-8"), hashlib.sha256)
+        return "u-" + mac.hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class MatchInfo:
+    """The bank entry that a cluster matched, and how closely."""
+
+    bank: str
+    signal_type: str
+    signal: str
+    distance: int
+    label: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "bank": self.bank,
+            "signal_type": self.signal_type,
+            "signal": self.signal,
+            "distance": self.distance,
+        }
+        if self.label is not None:
+            out["label"] = self.label
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """A predicted final cascade size with an interval (``high`` may be ``inf``)."""
+
+    size: float
+    low: float
+    high: float
+    model: str = "seismic"
+
+    def to_dict(self) -> dict[str, Any]:
+        def num(x: float) -> float | str | None:
+            if x != x:
+                return None
+            if x == float("inf"):
+                return "inf"
+            return round(x, 1)
+
+        return {"size": num(self.size), "low": num(self.low), "high": num(self.high), "model": self.model}
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeFigures:
+    """A cluster's cascade at one moment of event time."""
+
+    size: int = 0
+    live: int = 0
+    roots: int = 0
+    unique_users: int = 0
+    depth: int = 0
+    breadth: int = 0
+    structural_virality: float = 0.0
+    velocity_1m: float = 0.0
+    velocity_5m: float = 0.0
+    velocity_15m: float = 0.0
+    acceleration: float = 0.0
+    predicted_final_size: Prediction | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "size": self.size,
+            "live": self.live,
+            "roots": self.roots,
+            "unique_users": self.unique_users,
+            "depth": self.depth,
+            "breadth": self.breadth,
+            "structural_virality": round(self.structural_virality, 4),
+            "velocity_per_min": {
+                "1m": round(self.velocity_1m, 3),
+                "5m": round(self.velocity_5m, 3),
+                "15m": round(self.velocity_15m, 3),
+            },
+            "acceleration": round(self.acceleration, 3),
+        }
+        if self.predicted_final_size is not None:
+            out["predicted_final_size"] = self.predicted_final_size.to_dict()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert: firing or resolved, at one severity, for one cluster and episode."""
+
+    alert_id: str
+    status: Status
+    severity: Severity
+    ts_ms: int
+    cluster_id: str
+    first_seen_ms: int
+    episode: int = 1
+    match: MatchInfo | None = None
+    cascade: CascadeFigures = field(default_factory=CascadeFigures)
+    top_spreaders: tuple[tuple[str, int], ...] = ()
+    links: tuple[tuple[str, str], ...] = ()
+    reason: str = ""
+
+    @property
+    def dedupe_key(self) -> str:
+        """What sinks deduplicate on: the same alert in the same status is sent once."""
+        return f"{self.alert_id}:{self.status}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id,
+            "status": self.status,
+            "severity": self.severity,
+            "ts": rfc3339(self.ts_ms),
+            "cluster_id": self.cluster_id,
+            "episode": self.episode,
+            "reason": self.reason,
+            "match": self.match.to_dict() if self.match else None,
+            "cascade": self.cascade.to_dict(),
+            "first_seen": rfc3339(self.first_seen_ms),
+            "top_spreaders": [{"user": u, "reshares": n} for u, n in self.top_spreaders],
+            "links": dict(self.links),
+        }
+
+    def to_json(self) -> bytes:
+        """Canonical bytes: the same alert always serialises the same way."""
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS)
+
+
+@dataclass(frozen=True, slots=True)
+class TakedownRequest:
+    """A request to take one live post of a cluster down, sent once the cluster reached ``high``.
+
+    ``action_id`` is stable (cluster and post), so a redelivered event never
+    asks twice for the same post.
+    """
+
+    action_id: str
+    cluster_id: str
+    post_id: str
+    ts_ms: int
+    severity: Severity
+    alert_id: str
+
+    @classmethod
+    def for_post(
+        cls, cluster_id: str, post_id: str, ts_ms: int, severity: Severity, alert: str
+    ) -> TakedownRequest:
+        digest = hashlib.blake2b(f"{cluster_id}\x00{post_id}".encode(), digest_size=10)
+        return cls(f"td-{digest.hexdigest()}", cluster_id, post_id, ts_ms, severity, alert)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action_id": self.action_id,
+            "action": "takedown",
+            "cluster_id": self.cluster_id,
+            "post_id": self.post_id,
+            "ts": rfc3339(self.ts_ms),
+            "severity": self.severity,
+            "alert_id": self.alert_id,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS)

@@ -1,0 +1,186 @@
+"""The ``viralwatch`` command. Nothing imports this module; it imports the rest.
+
+Exit codes: 0 when the work was done (bad input lines are counted, not
+fatal), 1 when some inputs could not be processed (e.g. a file that is not an
+image for ``hash``), 2 for unusable arguments or unreadable files, with a
+one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import orjson
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="viralwatch: see known-harmful content spreading, within seconds.",
+    pretty_exceptions_enable=False,
+)
+
+#: A key that makes pseudonyms reproducible in demos and tests. Production
+#: sets VIRALWATCH_PSEUDONYM_KEY; the command says so when it is missing.
+_DEV_PSEUDONYM_KEY = b"viralwatch-development-key-not-secret"
+
+
+def fail(message: str) -> NoReturn:
+    """Print a one-line reason and exit 2."""
+    typer.echo(f"viralwatch: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def pseudonymizer_from_env() -> object:
+    from streams.alerts import Pseudonymizer
+
+    key = os.environ.get("VIRALWATCH_PSEUDONYM_KEY", "")
+    if not key:
+        typer.echo(
+            "viralwatch: VIRALWATCH_PSEUDONYM_KEY is not set; pseudonyms use a development key",
+            err=True,
+        )
+        return Pseudonymizer(_DEV_PSEUDONYM_KEY)
+    return Pseudonymizer(key.encode())
+
+
+def load_banks(paths: list[Path]) -> object:
+    from streams.banks import HashBanks, load_bank_csv
+
+    banks = HashBanks()
+    for path in paths:
+        try:
+            entries = load_bank_csv(path)
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read bank {path}: {exc}")
+        for entry in entries:
+            banks.add(entry)
+    return banks
+
+
+def load_policy(path: Path | None) -> object:
+    from streams.policy import AlertPolicy
+
+    try:
+        return AlertPolicy.from_toml(path) if path else AlertPolicy.default()
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read policy {path}: {exc}")
+
+
+def open_lines(path: Path):  # type: ignore[no-untyped-def]
+    if str(path) == "-":
+        return sys.stdin.buffer
+    try:
+        return path.open("rb")
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}")
+
+
+def print_summary(stats: object, alerts: int) -> None:
+    from streams.stats import Stats
+
+    assert isinstance(stats, Stats)
+    s = stats.summary()
+    read = sum(s["events"].values()) + sum(s["rejected"].values()) + s["duplicates"]
+    lines = [
+        f"events read: {read}  applied: {sum(s['events'].values())} "
+        f"{s['events']}  duplicates: {s['duplicates']}",
+        f"rejected: {sum(s['rejected'].values())} {s['rejected']}",
+        f"uploads matched: {s['matched']}  unmatched: {s['unmatched_uploads']}  "
+        f"low-quality pdq: {s['low_quality']}",
+        f"clusters: {s['clusters']}  evicted: {s['clusters_evicted']}  "
+        f"emerging (unbanked, fast): {s['emerging']}  held orphans: {s['held']}  late: {s['late']}",
+        f"alerts: {alerts} {s['alerts']}",
+    ]
+    for line in lines:
+        typer.echo(line, err=True)
+
+
+@app.command()
+def replay(
+    events: Annotated[Path, typer.Argument(help="JSON lines of share events ('-' for stdin)")],
+    bank: Annotated[list[Path], typer.Option("--bank", help="bank CSV; repeat for more")] = [],  # noqa: B006
+    policy: Annotated[Path | None, typer.Option(help="alert policy TOML")] = None,
+    out: Annotated[Path | None, typer.Option(help="write alerts here (default stdout)")] = None,
+    actions_out: Annotated[
+        Path | None, typer.Option("--actions-out", help="write takedown requests here")
+    ] = None,
+    deadletter_out: Annotated[
+        Path | None, typer.Option("--deadletter-out", help="write rejected input here")
+    ] = None,
+    lateness: Annotated[str, typer.Option(help="allowed lateness of event time")] = "60s",
+) -> None:
+    """Run the detection core over a file of events; alerts as JSON lines, same input same bytes."""
+    from streams.pipeline import Pipeline
+    from streams.policy import parse_duration
+
+    try:
+        lateness_ms = parse_duration(lateness)
+    except ValueError as exc:
+        fail(str(exc))
+    banks = load_banks(bank)
+    pol = load_policy(policy)
+    source = open_lines(events)
+    pipe = Pipeline(banks, pol, pseudonymizer=pseudonymizer_from_env(), lateness_ms=lateness_ms)  # type: ignore[arg-type]
+    try:
+        for line in source:
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                pipe.feed(line)
+    except OSError as exc:
+        fail(f"cannot read {events}: {exc}")
+    decisions = pipe.finish()
+    write_jsonl(out, (a.to_json() for a in decisions.alerts))
+    if actions_out:
+        write_jsonl(actions_out, (a.to_json() for a in decisions.actions))
+    if deadletter_out:
+        write_jsonl(
+            deadletter_out,
+            (orjson.dumps(r.to_dict(), option=orjson.OPT_SORT_KEYS) for r in decisions.rejections),
+        )
+    print_summary(pipe.stats, len(decisions.alerts))
+
+
+def write_jsonl(path: Path | None, rows: object) -> None:
+    data = b"".join(row + b"\n" for row in rows)  # type: ignore[attr-defined]
+    if path is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        fail(f"cannot write {path}: {exc.strerror or exc}")
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="write the events (JSON lines) here")],
+    bank_out: Annotated[
+        Path | None, typer.Option("--bank-out", help="bank CSV (default: OUT with .bank.csv)")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="random seed: the same seed gives the same bytes")] = 7,
+    minutes: Annotated[int, typer.Option(help="minutes of event time", min=1)] = 30,
+) -> None:
+    """Write realistic synthetic share traffic and the bank it implies."""
+    from streams.simulate import Scenario, simulate, write_simulation
+
+    bank_path = bank_out or out.with_suffix(".bank.csv")
+    sim = simulate(Scenario(seed=seed, minutes=minutes))
+    try:
+        write_simulation(sim, out, bank_path)
+    except OSError as exc:
+        fail(f"cannot write: {exc}")
+    typer.echo(f"wrote {len(sim.lines)} events to {out} and {len(sim.bank)} bank entries to "
+               f"{bank_path}", err=True)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""The whole detection core in one process: raw lines in, decisions out.
+
+This is what ``viralwatch replay`` runs, what the unit tests drive, and the
+reference the streaming worker is checked against: parse -> route (match,
+resolve clusters, hold orphans) -> reorder by event time -> detect.
+
+The watermark is the latest event time seen minus the allowed lateness:
+records are applied once the watermark has passed them, in ``(ts,
+event_id)`` order, so the output does not depend on how the input was
+interleaved within that lateness. A record later than that is still applied
+(never dropped), and counted as ``late``.
+
+>>> from streams.banks import HashBanks
+>>> p = Pipeline(HashBanks(), AlertPolicy.default(), pseudonymizer=Pseudonymizer(b"k"))
+>>> p.feed(b"{oops")
+>>> p.finish().rejections[0].reason
+'not_json'
+>>> p.stats.rejected["not_json"]
+1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from streams.alerts import Pseudonymizer
+from streams.banks import HashBanks
+from streams.detector import Decisions, Detector, Predictor
+from streams.events import Rejection, ShareEvent, parse_event
+from streams.policy import AlertPolicy
+from streams.reorder import ReorderBuffer
+from streams.router import Routed, Router
+from streams.stats import Stats
+
+#: How often (in event time) held orphans are checked for expiry.
+_EXPIRE_EVERY_MS = 10_000
+
+
+class Pipeline:
+    """Parse, route, reorder and detect; collect the decisions."""
+
+    def __init__(
+        self,
+        banks: HashBanks,
+        policy: AlertPolicy,
+        *,
+        pseudonymizer: Pseudonymizer,
+        lateness_ms: int = 60_000,
+        hold_ms: int = 600_000,
+        idle_ms: int = 3_600_000,
+        predictor_factory: Callable[[], Predictor] | None = None,
+        stats: Stats | None = None,
+    ) -> None:
+        self.stats = stats if stats is not None else Stats()
+        self.router = Router(banks, self.stats, hold_ms=hold_ms)
+        self.detector = Detector(
+            policy,
+            self.stats,
+            pseudonymizer=pseudonymizer,
+            idle_ms=idle_ms,
+            predictor_factory=predictor_factory,
+        )
+        self.lateness_ms = lateness_ms
+        self.buffer: ReorderBuffer[Routed] = ReorderBuffer()
+        self.max_ts_ms = -1
+        self._expired_at = -1
+        self._out = Decisions()
+
+    def reject(self, rejection: Rejection) -> None:
+        self.stats.rejected[rejection.reason] += 1
+        self._out.rejections.append(rejection)
+
+    def feed(self, raw: bytes) -> None:
+        """Take one input record (a JSON line)."""
+        parsed = parse_event(raw)
+        if isinstance(parsed, Rejection):
+            self.reject(parsed)
+            return
+        self.feed_event(parsed)
+
+    def feed_event(self, event: ShareEvent) -> None:
+        for item in self.router.route(event):
+            if isinstance(item, Rejection):
+                self.reject(item)
+            else:
+                self.buffer.push(item.event.ts_ms, item.event.event_id, item)
+        if event.ts_ms > self.max_ts_ms:
+            self.max_ts_ms = event.ts_ms
+            self._apply(self.buffer.release(self.max_ts_ms - self.lateness_ms))
+            watermark = self.max_ts_ms - self.lateness_ms
+            if watermark - self._expired_at >= _EXPIRE_EVERY_MS:
+                self._expired_at = watermark
+                for rejection in self.router.expire(watermark):
+                    self.reject(rejection)
+        elif event.ts_ms <= self.buffer.released_ms:
+            # later than the allowed lateness: apply now rather than drop it
+            self._apply(self.buffer.release(self.buffer.released_ms))
+
+    def _apply(self, items: Iterable[Routed]) -> None:
+        detector = self.detector
+        for item in items:
+            detector.apply(item)
+        decisions = detector.drain()
+        self._merge(decisions)
+
+    def _merge(self, decisions: Decisions) -> None:
+        out = self._out
+        out.alerts.extend(decisions.alerts)
+        out.actions.extend(decisions.actions)
+        for rejection in decisions.rejections:
+            self.reject(rejection)
+        if decisions.evicted_posts:
+            self.router.forget(decisions.evicted_posts)
+
+    def drain(self) -> Decisions:
+        """Decisions made so far (and not yet taken)."""
+        out, self._out = self._out, Decisions()
+        return out
+
+    def finish(self) -> Decisions:
+        """End of input: apply everything still held, let time run out, and drain.
+
+        Reshares still waiting for a parent at the end are rejected as
+        ``orphan_expired``: the input is over, so the parent will not come.
+        """
+        self._apply(self.buffer.drain())
+        if self.max_ts_ms >= 0:
+            end = self.max_ts_ms + self.router.hold_ms + 1
+            for rejection in self.router.expire(end):
+                self.reject(rejection)
+            self.detector.advance(self.max_ts_ms + self.detector.idle_ms + 1)
+            self._merge(self.detector.drain())
+        return self.drain()

@@ -1,0 +1,169 @@
+"""The alert policy: when a spreading cluster deserves on-call's attention.
+
+Read from TOML (``streams/policy.toml`` holds the documented defaults):
+velocity rules per severity, a prediction rule, a cooldown between episodes,
+how long velocity must stay low before an episode resolves, and the link
+templates put on every alert.
+
+>>> p = AlertPolicy.default()
+>>> [(r.severity, r.shares, r.window_ms) for r in p.rules]
+[('warning', 25, 300000), ('high', 100, 300000), ('critical', 500, 900000)]
+>>> p.severity_for({300000: 120, 900000: 130})
+'high'
+>>> parse_duration("90s"), parse_duration("2h"), parse_duration(1500)
+(90000, 7200000, 1500)
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from streams.alerts import SEVERITIES, Severity, severity_rank
+
+DEFAULT_POLICY: Final = Path(__file__).with_name("policy.toml")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration(value: object) -> int:
+    """A duration in milliseconds from ``"90s"``, ``"5m"``, ``"1h"`` or a number of ms."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is text like '5m' or a number of milliseconds")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return int(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return int(float(m.group(1)) * _UNIT_MS[m.group(2)])
+    raise ValueError(f"not a duration: {value!r} (use e.g. '90s', '5m', '1h')")
+
+
+@dataclass(frozen=True, slots=True)
+class VelocityRule:
+    """Fire ``severity`` at ``shares`` or more within ``window_ms`` of event time."""
+
+    severity: Severity
+    shares: int
+    window_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionRule:
+    """Fire ``severity`` when the predicted final size passes ``size`` with its lower bound over ``low``."""
+
+    severity: Severity
+    size: float
+    low: float
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    """Templates for the runbook, dashboard and cascade links on each alert."""
+
+    runbook: str = ""
+    dashboard: str = ""
+    cascade: str = ""
+
+    def render(self, cluster_id: str, severity: str, alert_id: str) -> tuple[tuple[str, str], ...]:
+        values = {"cluster_id": cluster_id, "severity": severity, "alert_id": alert_id}
+        return tuple(
+            (name, template.format_map(values))
+            for name, template in (
+                ("runbook", self.runbook),
+                ("dashboard", self.dashboard),
+                ("cascade", self.cascade),
+            )
+            if template
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AlertPolicy:
+    """The whole policy; build it with :meth:`from_toml` or :meth:`default`."""
+
+    rules: tuple[VelocityRule, ...]
+    predicted: PredictionRule | None = None
+    cooldown_ms: int = 600_000
+    resolve_after_ms: int = 600_000
+    links: Links = Links()
+
+    def __post_init__(self) -> None:
+        if not self.rules:
+            raise ValueError("a policy needs at least one velocity rule")
+        ranks = [severity_rank(r.severity) for r in self.rules]
+        if ranks != sorted(ranks) or len(set(ranks)) != len(ranks):
+            raise ValueError("velocity rules must be one per severity, lowest severity first")
+
+    @property
+    def lowest(self) -> VelocityRule:
+        return self.rules[0]
+
+    @property
+    def windows_ms(self) -> tuple[int, ...]:
+        return tuple(sorted({r.window_ms for r in self.rules}))
+
+    def severity_for(self, counts: Mapping[int, int]) -> Severity | None:
+        """The highest severity whose rule the counts (window ms -> shares) meet."""
+        best: Severity | None = None
+        for rule in self.rules:
+            if counts.get(rule.window_ms, 0) >= rule.shares:
+                best = rule.severity
+        return best
+
+    @classmethod
+    def default(cls) -> AlertPolicy:
+        return cls.from_toml(DEFAULT_POLICY)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> AlertPolicy:
+        """Load a policy file; raises ``OSError`` or ``ValueError`` with a one-line reason."""
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{p}: not valid TOML: {exc}") from None
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{p}: {exc}") from None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AlertPolicy:
+        rules = []
+        for raw in data.get("rule", []):
+            sev = raw["severity"]
+            if sev not in SEVERITIES:
+                raise ValueError(f"unknown severity {sev!r}")
+            shares = int(raw["shares"])
+            if shares < 1:
+                raise ValueError("rule shares must be at least 1")
+            window = parse_duration(raw["window"])
+            if window <= 0:
+                raise ValueError("rule window must be positive")
+            rules.append(VelocityRule(sev, shares, window))
+        rules.sort(key=lambda r: severity_rank(r.severity))
+        predicted = None
+        if "predicted" in data:
+            raw = data["predicted"]
+            if raw["severity"] not in SEVERITIES:
+                raise ValueError(f"unknown severity {raw['severity']!r}")
+            predicted = PredictionRule(raw["severity"], float(raw["size"]), float(raw["low"]))
+        links = data.get("links", {})
+        return cls(
+            rules=tuple(rules),
+            predicted=predicted,
+            cooldown_ms=parse_duration(data.get("cooldown", "10m")),
+            resolve_after_ms=parse_duration(data.get("resolve_after", "10m")),
+            links=Links(
+                runbook=str(links.get("runbook", "")),
+                dashboard=str(links.get("dashboard", "")),
+                cascade=str(links.get("cascade", "")),
+            ),
+        )

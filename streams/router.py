@@ -1,0 +1,200 @@
+"""Stage 1: which content cluster each event belongs to.
+
+An upload is matched against the hash banks: a match puts it in the cluster
+of the bank entry it matched (``b-...``); content no bank knows gets a
+cluster of its own exact hash (``u-...``), so unbanked content that spreads
+fast can still be counted and queued for review. A reshare carries no
+content: it inherits its parent's cluster, through the post -> cluster map;
+it is never looked up in a bank. A takedown goes to the cluster of the post
+it takes down.
+
+A reshare (or takedown) whose parent has not been seen yet is *held*, not
+dropped: Kafka orders records only within a partition, so a reshare often
+overtakes its parent. It is released the moment the parent is routed, and
+expires (a counted rejection, ``orphan_expired``) when event time has moved
+``hold_ms`` past it. Held items are bounded (``max_held``; past it the
+newcomer is refused with ``orphan_overflow``), and a chain of held reshares
+that loops back on itself is refused as a ``cycle``.
+
+The post -> cluster map is any ``MutableMapping``: a dict in ``replay``, a
+changelogged table in the streaming worker.
+
+>>> from streams.banks import HashBanks, BankEntry
+>>> from streams.events import parse_event
+>>> banks = HashBanks([])
+>>> _ = banks.add(BankEntry("ncii", "md5", "a" * 32))
+>>> r = Router(banks, Stats())
+>>> share = parse_event(b'{"event_id":"e2","type":"share","ts":1767225601000,'
+...     b'"post_id":"p2","parent_post_id":"p1","user_id":"u2"}')
+>>> r.route(share)   # its parent is not here yet: held
+[]
+>>> up = parse_event(b'{"event_id":"e1","type":"upload","ts":1767225600000,"post_id":"p1",'
+...     b'"user_id":"u1","content":{"md5":"' + b"a" * 32 + b'"}}')
+>>> [(x.event.post_id, x.cluster_id == BankEntry("ncii", "md5", "a" * 32).cluster_id)
+...  for x in r.route(up)]
+[('p1', True), ('p2', True)]
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+
+from streams.alerts import MatchInfo
+from streams.banks import HashBanks, pdq_usable
+from streams.events import Content, Rejection, ShareEvent
+from streams.stats import Stats
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """An event with the cluster it belongs to (and, for a banked upload, its match)."""
+
+    event: ShareEvent
+    cluster_id: str
+    match: MatchInfo | None = None
+
+    @property
+    def banked(self) -> bool:
+        return self.cluster_id.startswith("b-")
+
+
+def unbanked_cluster_id(content: Content) -> str:
+    """The cluster of content no bank knows: its exact MD5, else its exact PDQ.
+
+    >>> unbanked_cluster_id(Content(md5="0" * 32)).startswith("u-")
+    True
+    """
+    key = f"md5:{content.md5}" if content.md5 else f"pdq:{content.pdq}"
+    return "u-" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
+class Router:
+    """Resolve each event's cluster; hold what cannot be resolved yet."""
+
+    def __init__(
+        self,
+        banks: HashBanks,
+        stats: Stats,
+        *,
+        post_clusters: MutableMapping[str, str] | None = None,
+        hold_ms: int = 600_000,
+        max_held: int = 100_000,
+    ) -> None:
+        self.banks = banks
+        self.stats = stats
+        self.post_clusters: MutableMapping[str, str] = (
+            post_clusters if post_clusters is not None else {}
+        )
+        self.hold_ms = hold_ms
+        self.max_held = max_held
+        # parent (or target) post id -> events waiting for it
+        self._waiting: dict[str, list[ShareEvent]] = {}
+        # post id of a held reshare -> its parent, to find loops among held reshares
+        self._held_parent: dict[str, str] = {}
+        self._held = 0
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def match(self, event: ShareEvent) -> Routed:
+        """Route an upload: bank match, or its own unbanked cluster."""
+        content = event.content
+        assert content is not None  # noqa: S101 - parse_event guarantees it for uploads
+        m = self.banks.match(content)
+        if m is not None:
+            self.stats.matched[m.entry.bank] += 1
+            info = MatchInfo(
+                m.entry.bank, m.entry.signal_type, m.entry.signal, m.distance, m.entry.label
+            )
+            return Routed(event, m.entry.cluster_id, info)
+        self.stats.unmatched_uploads += 1
+        if content.pdq is not None and not pdq_usable(content):
+            self.stats.low_quality += 1
+        return Routed(event, unbanked_cluster_id(content))
+
+    def route(self, event: ShareEvent) -> list[Routed | Rejection]:
+        """Route one event; the result also holds any held events it released."""
+        if event.type == "upload":
+            routed = self.match(event)
+        else:
+            target = event.parent_post_id if event.type == "share" else event.post_id
+            assert target is not None  # noqa: S101 - parse_event guarantees a share's parent
+            cluster = self.post_clusters.get(target)
+            if cluster is None:
+                return self._hold(target, event)
+            routed = Routed(event, cluster)
+        out: list[Routed | Rejection] = [routed]
+        if event.type != "takedown":
+            self._register(routed, out)
+        return out
+
+    def _register(self, first: Routed, out: list[Routed | Rejection]) -> None:
+        stack = [first]
+        while stack:
+            routed = stack.pop()
+            post = routed.event.post_id
+            if post not in self.post_clusters:
+                self.post_clusters[post] = routed.cluster_id
+            self._held_parent.pop(post, None)
+            for child in self._waiting.pop(post, ()):
+                self._held -= 1
+                released = Routed(child, routed.cluster_id)
+                out.append(released)
+                if child.type != "takedown":
+                    stack.append(released)
+        self.stats.orphans_held = self._held
+
+    def _hold(self, target: str, event: ShareEvent) -> list[Routed | Rejection]:
+        if event.type == "share":
+            walk, seen = target, 0
+            while walk in self._held_parent and seen <= self._held:
+                walk = self._held_parent[walk]
+                seen += 1
+                if walk == event.post_id:
+                    return [Rejection("cycle", f"reshare chain loops through post {target!r}",
+                                      event.to_json(), event.event_id)]
+        if self._held >= self.max_held:
+            return [Rejection("orphan_overflow",
+                              f"{self._held} events already wait for their parents",
+                              event.to_json(), event.event_id)]
+        self._waiting.setdefault(target, []).append(event)
+        if event.type == "share":
+            self._held_parent[event.post_id] = target
+        self._held += 1
+        self.stats.held += 1
+        self.stats.orphans_held = self._held
+        return []
+
+    def expire(self, watermark_ms: int) -> list[Rejection]:
+        """Give up on held events that event time has passed by ``hold_ms``."""
+        out: list[Rejection] = []
+        cut = watermark_ms - self.hold_ms
+        for target in list(self._waiting):
+            waiting = self._waiting[target]
+            keep = [e for e in waiting if e.ts_ms > cut]
+            if len(keep) == len(waiting):
+                continue
+            for e in waiting:
+                if e.ts_ms <= cut:
+                    self._held -= 1
+                    self._held_parent.pop(e.post_id, None)
+                    out.append(Rejection(
+                        "orphan_expired",
+                        f"{e.type} waited {self.hold_ms // 1000}s of event time for post "
+                        f"{target!r}, which never came",
+                        e.to_json(), e.event_id,
+                    ))
+            if keep:
+                self._waiting[target] = keep
+            else:
+                del self._waiting[target]
+        self.stats.orphans_held = self._held
+        return out
+
+    def forget(self, post_ids: list[str]) -> None:
+        """Drop evicted posts from the map, so state stays bounded."""
+        for post in post_ids:
+            self.post_clusters.pop(post, None)

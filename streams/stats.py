@@ -1,0 +1,58 @@
+"""Counters kept by the pure core, read by the replay summary and by the metrics exporter.
+
+One object serves both: the core counts as it goes (plain integers, no
+Prometheus import, no cost beyond a dict update), the command line prints
+it, and ``streams.metrics`` exposes it at scrape time.
+
+>>> s = Stats()
+>>> s.rejected["not_json"] += 1
+>>> s.summary()["rejected"]
+{'not_json': 1}
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Stats:
+    """What the core has seen and done; every field only grows, except the gauges."""
+
+    events: Counter[str] = field(default_factory=Counter)  # consumed, by event type
+    rejected: Counter[str] = field(default_factory=Counter)  # by reason
+    duplicates: int = 0  # redelivered / repeated event ids, processed once
+    matched: Counter[str] = field(default_factory=Counter)  # uploads matched, by bank
+    unmatched_uploads: int = 0
+    low_quality: int = 0  # PDQ under the quality floor: not used as a signal
+    lookups: int = 0  # bank index lookups (cache misses)
+    cache_hits: int = 0
+    late: int = 0  # applied late, within the allowed lateness
+    held: int = 0  # reshares held until their parent came
+    clusters_created: int = 0
+    clusters_evicted: int = 0
+    alerts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (severity, status)
+    emerging: int = 0  # unbanked clusters that crossed a velocity threshold
+    # gauges
+    clusters_active: int = 0
+    orphans_held: int = 0
+    watermark_ms: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        """A plain, sorted dict for printing as JSON."""
+        return {
+            "events": dict(sorted(self.events.items())),
+            "rejected": dict(sorted(self.rejected.items())),
+            "duplicates": self.duplicates,
+            "matched": dict(sorted(self.matched.items())),
+            "unmatched_uploads": self.unmatched_uploads,
+            "low_quality": self.low_quality,
+            "held": self.held,
+            "late": self.late,
+            "clusters": self.clusters_created,
+            "clusters_evicted": self.clusters_evicted,
+            "emerging": self.emerging,
+            "alerts": {f"{sev}/{st}": n for (sev, st), n in sorted(self.alerts.items())},
+        }
