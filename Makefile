@@ -1,0 +1,56 @@
+# viralwatch: `make demo` runs the main job, `make test` runs every check CI runs.
+# Both set everything up on a fresh machine (a virtual environment in .venv;
+# as root, the Debian programs the integration tests drive).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck unit programs bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/viralwatch demo
+
+# The Debian programs the integration tests run for real: Prometheus,
+# Alertmanager (promtool, amtool) and Chromium. Installed when missing and
+# this is root with apt-get; otherwise those tests skip and say why.
+programs:
+	@if command -v prometheus >/dev/null && command -v prometheus-alertmanager >/dev/null \
+	    && command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing prometheus, prometheus-alertmanager, chromium (apt-get)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	        prometheus prometheus-alertmanager chromium >/dev/null; \
+	else echo "note: prometheus/alertmanager/chromium missing and not root: their tests will skip"; fi
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(BIN)/mypy streams graphs
+
+unit: $(VENV)/.installed
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+test: $(VENV)/.installed programs lint typecheck
+	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc = 5 ]; then echo "pytest ran no test: that is a failure here"; exit 1; fi; exit $$rc
+
+bench: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/bench_pdq.py
+	$(BIN)/python bench/bench_pipeline.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,13 @@
+"""Shared test set-up: make tests/ importable for small helpers (eventgen)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+#: The project's reference data, beside the repository root (absent in a user's clone).
+SHARED = TESTS.parent.parent / "shared"

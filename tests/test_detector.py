@@ -1,0 +1,279 @@
+"""Cluster state, episodes and the alert policy, through the whole core (Pipeline)."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+
+from eventgen import T0, Traffic, pdq_hex
+from streams.alerts import Pseudonymizer
+from streams.banks import BankEntry, HashBanks
+from streams.detector import Detector
+from streams.pipeline import Pipeline
+from streams.policy import AlertPolicy
+
+MIN = 60_000
+
+
+def run(lines, banks, policy=None, **kw):
+    pipe = Pipeline(banks, policy or AlertPolicy.default(),
+                    pseudonymizer=Pseudonymizer(b"test"), **kw)
+    for line in lines:
+        pipe.feed(line)
+    return pipe, pipe.finish()
+
+
+def banked(*signals: str) -> HashBanks:
+    banks = HashBanks()
+    for s in signals:
+        banks.add(BankEntry("ncii", "pdq", s, "case-1"))
+    return banks
+
+
+def test_severity_climbs_and_every_fired_severity_resolves():
+    t, rng = Traffic(), random.Random(3)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    t.burst(root, T0 + 1000, 600, 1000)  # 60 a minute for 10 minutes
+    _, d = run(t.lines(), banked(pdq))
+    firing = [(a.severity, a.status) for a in d.alerts if a.status == "firing"]
+    assert firing == [("warning", "firing"), ("high", "firing"), ("critical", "firing")]
+    resolved = sorted(a.severity for a in d.alerts if a.status == "resolved")
+    assert resolved == ["critical", "high", "warning"]
+    # escalation fires when the threshold is crossed, not later
+    warn = next(a for a in d.alerts if a.severity == "warning")
+    assert warn.cascade.velocity_5m * 5 == pytest.approx(25, abs=0.01)
+    crit = next(a for a in d.alerts if a.severity == "critical" and a.status == "firing")
+    assert crit.cascade.velocity_15m * 15 >= 500
+    # a resolution carries the same id as its firing alert
+    ids = {(a.severity, a.status): a.alert_id for a in d.alerts}
+    assert ids[("high", "firing")] == ids[("high", "resolved")]
+    assert len({a.alert_id for a in d.alerts}) == 3
+
+
+def test_alert_record_has_every_field_on_call_needs():
+    t, rng = Traffic(), random.Random(4)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    t.burst(root, T0 + 1000, 40, 1000)
+    _, d = run(t.lines(), banked(pdq))
+    a = orjson.loads(d.alerts[0].to_json())
+    assert a["status"] == "firing" and a["severity"] == "warning"
+    assert a["match"] == {"bank": "ncii", "signal_type": "pdq", "signal": pdq, "distance": 0,
+                          "label": "case-1"}
+    assert set(a["cascade"]) >= {"size", "live", "roots", "unique_users", "depth", "breadth",
+                                 "structural_virality", "velocity_per_min", "acceleration"}
+    assert set(a["cascade"]["velocity_per_min"]) == {"1m", "5m", "15m"}
+    assert a["first_seen"] == "2026-01-01T00:00:00.000Z"
+    assert set(a["links"]) == {"runbook", "dashboard", "cascade"}
+    assert a["cluster_id"] in a["links"]["dashboard"]
+    # spreaders are pseudonymous: no raw user id anywhere in the alert
+    raw = d.alerts[0].to_json().decode()
+    assert a["top_spreaders"] and all(s["user"].startswith("u-") for s in a["top_spreaders"])
+    assert "uploader" not in raw and "user" not in raw.replace('"user"', "").replace(
+        "unique_users", "")
+
+
+def test_near_duplicate_reupload_joins_the_banked_cluster_as_a_new_root():
+    t, rng = Traffic(), random.Random(5)
+    pdq = pdq_hex(rng)
+    near = f"{int(pdq, 16) ^ ((1 << 20) - 1):064x}"  # 20 bits flipped: within 31
+    r1 = t.upload(T0, pdq=pdq)
+    r2 = t.upload(T0 + 1000, pdq=near, user="someone-else")
+    t.burst(r1, T0 + 2000, 15, 1000)
+    t.burst(r2, T0 + 2500, 15, 1000)
+    _, d = run(t.lines(), banked(pdq))
+    a = d.alerts[0]
+    assert a.cascade.roots == 2
+    assert a.match is not None and a.match.distance == 0  # the cluster's first match
+
+
+def test_unbanked_fast_cluster_is_counted_as_emerging_not_alerted():
+    t, rng = Traffic(), random.Random(6)
+    root = t.upload(T0, pdq=pdq_hex(rng))
+    t.burst(root, T0 + 1000, 300, 500)
+    pipe, d = run(t.lines(), banked(pdq_hex(rng)))
+    assert d.alerts == []
+    assert pipe.stats.emerging == 1
+    assert pipe.detector.emerging[0].bank is None
+
+
+def test_slow_banked_cluster_does_not_alert():
+    t, rng = Traffic(), random.Random(7)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    t.burst(root, T0 + 1000, 120, 15_000)  # 4 a minute for 30 minutes: 20 per 5 minutes
+    _, d = run(t.lines(), banked(pdq))
+    assert d.alerts == []
+
+
+def test_takedown_requests_for_every_live_post_once_high_is_reached():
+    t, rng = Traffic(), random.Random(8)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    posts = t.burst(root, T0 + 1000, 150, 1000)
+    t.takedown(T0 + 3000, posts[0])  # taken down before high: no request for it
+    _, d = run(t.lines(), banked(pdq))
+    asked = [a.post_id for a in d.actions]
+    assert len(asked) == len(set(asked)), "a post is asked for once"
+    assert posts[0] not in asked
+    assert set(asked) == ({root} | set(posts)) - {posts[0]}
+    high = next(a for a in d.alerts if a.severity == "high")
+    assert {a.alert_id for a in d.actions} == {high.alert_id}
+
+
+def test_takedowns_lower_live_but_keep_history():
+    t, rng = Traffic(), random.Random(9)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    posts = t.burst(root, T0 + 1000, 20, 1000)
+    for p in posts[:5]:
+        t.takedown(T0 + 21_000, p)
+    t.burst(root, T0 + 22_000, 10, 1000)
+    _, d = run(t.lines(), banked(pdq))
+    first, last = d.alerts[0], d.alerts[-1]
+    assert (first.cascade.size, first.cascade.live) == (25, 20)  # fires on the 25th copy
+    assert (last.status, last.cascade.size, last.cascade.live) == ("resolved", 31, 26)
+
+
+def test_redelivered_events_change_nothing():
+    t, rng = Traffic(), random.Random(10)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    t.burst(root, T0 + 1000, 200, 1000)
+    lines = t.lines()
+    _, once = run(lines, banked(pdq))
+    pipe, twice = run(lines + lines[50:150], banked(pdq))
+    assert [a.to_json() for a in once.alerts] == [a.to_json() for a in twice.alerts]
+    assert pipe.stats.duplicates == 100
+    assert pipe.stats.rejected == {}
+
+
+def test_reshare_before_parent_is_held_and_attached():
+    t, rng = Traffic(), random.Random(11)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    t.burst(root, T0 + 1000, 40, 1000)
+    lines = t.lines()
+    # the upload arrives last, two minutes after its reshares were produced
+    shuffled = lines[1:] + lines[:1]
+    pipe, d = run(shuffled, banked(pdq), lateness_ms=2 * MIN)
+    _, ref = run(lines, banked(pdq), lateness_ms=2 * MIN)
+    assert [a.to_json() for a in d.alerts] == [a.to_json() for a in ref.alerts]
+    assert pipe.stats.held > 0 and pipe.stats.orphans_held == 0
+
+
+def test_out_of_order_within_lateness_gives_the_same_alerts():
+    t, rng = Traffic(), random.Random(12)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    t.burst(root, T0 + 1000, 400, 700)
+    lines = t.lines()
+    jittered = lines[:1] + sorted(lines[1:], key=lambda _: rng.random())[:0] + lines[1:]
+    # swap neighbours inside 30 s windows: a realistic interleaving of partitions
+    body = lines[1:]
+    chunks = [body[i:i + 40] for i in range(0, len(body), 40)]
+    jittered = lines[:1] + [x for c in chunks for x in random.Random(len(c)).sample(c, len(c))]
+    _, a = run(lines, banked(pdq))
+    _, b = run(jittered, banked(pdq))
+    assert [x.to_json() for x in a.alerts] == [x.to_json() for x in b.alerts]
+
+
+def test_orphan_whose_parent_never_comes_expires_with_a_reason():
+    t, rng = Traffic(), random.Random(13)
+    t.share(T0, "ghost-post")
+    t.upload(T0 + 1000, pdq=pdq_hex(rng))
+    pipe, d = run(t.lines(), HashBanks())
+    assert [r.reason for r in d.rejections] == ["orphan_expired"]
+    assert pipe.stats.rejected["orphan_expired"] == 1
+
+
+def test_a_cycle_of_held_reshares_is_refused():
+    t = Traffic()
+    t.share(T0, "b", post="a")
+    t.share(T0 + 1, "a", post="b")
+    pipe, d = run(t.lines(), HashBanks())
+    assert "cycle" in [r.reason for r in d.rejections]
+
+
+def test_same_post_from_two_events_is_a_duplicate_post():
+    t, rng = Traffic(), random.Random(14)
+    root = t.upload(T0, pdq=pdq_hex(rng))
+    t.share(T0 + 1000, root, post="x")
+    t.share(T0 + 2000, root, post="x")
+    _, d = run(t.lines(), HashBanks())
+    assert [r.reason for r in d.rejections] == ["duplicate_post"]
+
+
+def test_bad_input_never_stops_the_good_events():
+    t, rng = Traffic(), random.Random(15)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    t.burst(root, T0 + 1000, 60, 1000)
+    good = t.lines()
+    bad = [b"\xff\xfe", b"{", b"[]", b'{"type":"upload"}', b"x" * 10_000_000,
+           b'{"event_id":"z","type":"share","ts":1767225600000,"post_id":"q",'
+           b'"parent_post_id":"q","user_id":"u"}']
+    mixed = [x for pair in zip(good, bad + [b""] * len(good), strict=False) for x in pair if x]
+    pipe, d = run(mixed, banked(pdq))
+    _, ref = run(good, banked(pdq))
+    assert [a.to_json() for a in d.alerts] == [a.to_json() for a in ref.alerts]
+    assert sum(pipe.stats.rejected.values()) == len(bad)
+    assert all(len(r.raw) <= 64 * 1024 for r in d.rejections)
+
+
+def test_idle_clusters_are_evicted_and_counted():
+    t, rng = Traffic(), random.Random(16)
+    for i in range(5):
+        t.upload(T0 + i * 2 * 3_600_000, pdq=pdq_hex(rng))
+    pipe = Pipeline(HashBanks(), AlertPolicy.default(), pseudonymizer=Pseudonymizer(b"k"))
+    for line in t.lines():
+        pipe.feed(line)
+    pipe.drain()
+    assert pipe.stats.clusters_evicted >= 3
+    assert pipe.stats.clusters_active <= 2
+    assert len(pipe.router.post_clusters) <= 2  # evicted posts are forgotten too
+
+
+def test_cooldown_holds_back_a_new_episode():
+    policy = AlertPolicy.default()
+    t, rng = Traffic(), random.Random(17)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    t.burst(root, T0 + 1000, 30, 1000)  # episode 1: warning, resolves ~15 min later
+    t.burst(root, T0 + 16 * MIN, 30, 1000)  # inside the 10 min cooldown after resolution
+    t.burst(root, T0 + 60 * MIN, 30, 1000)  # well after: episode 2
+    _, d = run(t.lines(), banked(pdq), policy)
+    firing = [a for a in d.alerts if a.status == "firing"]
+    assert [a.episode for a in firing] == [1, 2]
+    assert firing[0].alert_id != firing[1].alert_id
+
+
+def test_detector_refuses_an_idle_time_shorter_than_its_windows():
+    with pytest.raises(ValueError):
+        Detector(AlertPolicy.default(), pipe_stats(), pseudonymizer=Pseudonymizer(b"k"),
+                 idle_ms=60_000)
+
+
+def pipe_stats():
+    from streams.stats import Stats
+
+    return Stats()
+
+
+def test_fastest_lists_banked_clusters_by_velocity():
+    t, rng = Traffic(), random.Random(18)
+    a, b = pdq_hex(rng), pdq_hex(rng)
+    ra = t.upload(T0, pdq=a)
+    rb = t.upload(T0, pdq=b)
+    t.burst(ra, T0 + 1000, 30, 2000)
+    t.burst(rb, T0 + 1000, 60, 1000)
+    pipe = Pipeline(banked(a, b), AlertPolicy.default(), pseudonymizer=Pseudonymizer(b"k"),
+                    lateness_ms=0)
+    for line in t.lines():
+        pipe.feed(line)
+    top = pipe.detector.fastest(5)
+    assert [r.size for r in top] == [61, 31]
+    assert top[0].velocity_5m > top[1].velocity_5m
