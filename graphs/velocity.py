@@ -62,7 +62,7 @@ class Velocity:
         return True
 
     def _prune(self) -> None:
-        assert self.latest_ms is not None  # noqa: S101 - only called after an add
+        assert self.latest_ms is not None
         cut = bisect_right(self._ts, self.latest_ms - self.horizon_ms, lo=self._start)
         self._start = cut
         if self._start > 1024 and self._start * 2 > len(self._ts):

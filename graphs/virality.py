@@ -77,4 +77,3 @@ def structural_virality(graph: nx.DiGraph) -> float:
     """
     total, pairs = wiener_index_tree(graph)
     return total / pairs if pairs else 0.0
-

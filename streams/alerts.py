@@ -51,9 +51,7 @@ def rfc3339(ts_ms: int) -> str:
     >>> rfc3339(0)
     '1970-01-01T00:00:00.000Z'
     """
-    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[
-        :-3
-    ] + "Z"
+    return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 class Pseudonymizer:
@@ -119,7 +117,12 @@ class Prediction:
                 return "inf"
             return round(x, 1)
 
-        return {"size": num(self.size), "low": num(self.low), "high": num(self.high), "model": self.model}
+        return {
+            "size": num(self.size),
+            "low": num(self.low),
+            "high": num(self.high),
+            "model": self.model,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -174,8 +174,10 @@ def simulate(
         write_simulation(sim, out, bank_path)
     except OSError as exc:
         fail(f"cannot write: {exc}")
-    typer.echo(f"wrote {len(sim.lines)} events to {out} and {len(sim.bank)} bank entries to "
-               f"{bank_path}", err=True)
+    typer.echo(
+        f"wrote {len(sim.lines)} events to {out} and {len(sim.bank)} bank entries to {bank_path}",
+        err=True,
+    )
 
 
 def main() -> None:

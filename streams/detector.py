@@ -186,18 +186,23 @@ class Detector:
     def _add_post(self, st: ClusterState, ev: ShareEvent) -> None:
         if ev.post_id in st.cascade:
             self.outbox.rejections.append(
-                Rejection("duplicate_post", f"post {ev.post_id!r} was already added by another "
-                          "event", ev.to_json(), ev.event_id)
+                Rejection(
+                    "duplicate_post",
+                    f"post {ev.post_id!r} was already added by another event",
+                    ev.to_json(),
+                    ev.event_id,
+                )
             )
             return
         if ev.type == "share":
-            assert ev.parent_post_id is not None  # noqa: S101 - parse_event guarantees it
+            assert ev.parent_post_id is not None
             if ev.parent_post_id not in st.cascade:
                 # its parent is later in event time (clocks disagree): attach when it comes
                 st.pending.setdefault(ev.parent_post_id, []).append(ev)
                 return
-            st.cascade.add_reshare(ev.post_id, parent=ev.parent_post_id, user=ev.user_id,
-                                   ts_ms=ev.ts_ms)
+            st.cascade.add_reshare(
+                ev.post_id, parent=ev.parent_post_id, user=ev.user_id, ts_ms=ev.ts_ms
+            )
         else:
             st.cascade.add_root(ev.post_id, user=ev.user_id, ts_ms=ev.ts_ms)
         self._counted(st, ev)
@@ -213,8 +218,11 @@ class Detector:
         if st.predictor is not None:
             st.predictor.add((ev.ts_ms - st.first_seen_ms) / 1000, ev.followers or 0)
         if st.takedown_severity is not None:
-            self.outbox.actions.append(TakedownRequest.for_post(
-                st.cluster_id, ev.post_id, ev.ts_ms, st.takedown_severity, st.takedown_alert))
+            self.outbox.actions.append(
+                TakedownRequest.for_post(
+                    st.cluster_id, ev.post_id, ev.ts_ms, st.takedown_severity, st.takedown_alert
+                )
+            )
 
     # -- policy -----------------------------------------------------------
 
@@ -223,14 +231,20 @@ class Detector:
         sev = self.policy.severity_for(counts)
         reason = "velocity"
         rule = self.policy.predicted
-        if st.predictor is not None and rule is not None and (
-            now - st.predicted_at_ms >= self.predict_every_ms
+        if (
+            st.predictor is not None
+            and rule is not None
+            and (now - st.predicted_at_ms >= self.predict_every_ms)
         ):
             st.prediction = st.predictor.predict((now - st.first_seen_ms) / 1000)
             st.predicted_at_ms = now
             p = st.prediction
-            if (p is not None and p.size > rule.size and p.low > rule.low
-                    and severity_rank(rule.severity) > severity_rank(sev or "")):
+            if (
+                p is not None
+                and p.size > rule.size
+                and p.low > rule.low
+                and severity_rank(rule.severity) > severity_rank(sev or "")
+            ):
                 sev, reason = rule.severity, "predicted"
         if sev is None:
             self._schedule_resolve(st, now)

@@ -184,7 +184,9 @@ def parse_ts(value: object) -> int:
                 raise ValueError(f"ts has no time zone offset: {value[:40]!r}")
             ms = round(dt.timestamp() * 1000)
     else:
-        raise ValueError(f"ts must be RFC 3339 text or epoch milliseconds, not {type(value).__name__}")
+        raise ValueError(
+            f"ts must be RFC 3339 text or epoch milliseconds, not {type(value).__name__}"
+        )
     if not _TS_MIN_MS <= ms < _TS_MAX_MS:
         raise ValueError(f"ts {ms} is outside 2000..2100 in epoch milliseconds")
     return ms
@@ -211,7 +213,9 @@ def _hex(value: object, key: str, length: int) -> str:
     if not _HEX.fullmatch(text):
         raise _Reject("bad_hex", f"content.{key} is not hexadecimal")
     if len(text) != length:
-        raise _Reject("bad_hash_length", f"content.{key} must be {length} hex digits, not {len(text)}")
+        raise _Reject(
+            "bad_hash_length", f"content.{key} must be {length} hex digits, not {len(text)}"
+        )
     return text
 
 
@@ -268,7 +272,7 @@ def _event(obj: object) -> ShareEvent:
             raise _Reject("missing_parent", "a share must name its parent_post_id")
         if parent == post_id:
             raise _Reject("self_reshare", "a post cannot reshare itself")
-    assert event_id is not None and post_id is not None and user_id is not None  # noqa: S101
+    assert event_id is not None and post_id is not None and user_id is not None
     return ShareEvent(
         event_id=event_id,
         type=kind,

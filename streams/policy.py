@@ -56,7 +56,7 @@ class VelocityRule:
 
 @dataclass(frozen=True, slots=True)
 class PredictionRule:
-    """Fire ``severity`` when the predicted final size passes ``size`` with its lower bound over ``low``."""
+    """Fire ``severity`` when the predicted final size passes ``size``, its lower bound ``low``."""
 
     severity: Severity
     size: float

@@ -102,7 +102,7 @@ class Router:
     def match(self, event: ShareEvent) -> Routed:
         """Route an upload: bank match, or its own unbanked cluster."""
         content = event.content
-        assert content is not None  # noqa: S101 - parse_event guarantees it for uploads
+        assert content is not None
         m = self.banks.match(content)
         if m is not None:
             self.stats.matched[m.entry.bank] += 1
@@ -121,7 +121,7 @@ class Router:
             routed = self.match(event)
         else:
             target = event.parent_post_id if event.type == "share" else event.post_id
-            assert target is not None  # noqa: S101 - parse_event guarantees a share's parent
+            assert target is not None
             cluster = self.post_clusters.get(target)
             if cluster is None:
                 return self._hold(target, event)
@@ -154,12 +154,23 @@ class Router:
                 walk = self._held_parent[walk]
                 seen += 1
                 if walk == event.post_id:
-                    return [Rejection("cycle", f"reshare chain loops through post {target!r}",
-                                      event.to_json(), event.event_id)]
+                    return [
+                        Rejection(
+                            "cycle",
+                            f"reshare chain loops through post {target!r}",
+                            event.to_json(),
+                            event.event_id,
+                        )
+                    ]
         if self._held >= self.max_held:
-            return [Rejection("orphan_overflow",
-                              f"{self._held} events already wait for their parents",
-                              event.to_json(), event.event_id)]
+            return [
+                Rejection(
+                    "orphan_overflow",
+                    f"{self._held} events already wait for their parents",
+                    event.to_json(),
+                    event.event_id,
+                )
+            ]
         self._waiting.setdefault(target, []).append(event)
         if event.type == "share":
             self._held_parent[event.post_id] = target
@@ -181,12 +192,15 @@ class Router:
                 if e.ts_ms <= cut:
                     self._held -= 1
                     self._held_parent.pop(e.post_id, None)
-                    out.append(Rejection(
-                        "orphan_expired",
-                        f"{e.type} waited {self.hold_ms // 1000}s of event time for post "
-                        f"{target!r}, which never came",
-                        e.to_json(), e.event_id,
-                    ))
+                    out.append(
+                        Rejection(
+                            "orphan_expired",
+                            f"{e.type} waited {self.hold_ms // 1000}s of event time for post "
+                            f"{target!r}, which never came",
+                            e.to_json(),
+                            e.event_id,
+                        )
+                    )
             if keep:
                 self._waiting[target] = keep
             else:

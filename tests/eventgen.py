@@ -26,8 +26,16 @@ class Traffic:
         self._n += 1
         return f"{prefix}{self._n}"
 
-    def upload(self, ts: int, *, pdq: str | None = None, md5: str | None = None,
-               quality: int = 90, user: str = "uploader", post: str | None = None) -> str:
+    def upload(
+        self,
+        ts: int,
+        *,
+        pdq: str | None = None,
+        md5: str | None = None,
+        quality: int = 90,
+        user: str = "uploader",
+        post: str | None = None,
+    ) -> str:
         post = post or self._id("p")
         content: dict[str, object] = {}
         if pdq:
@@ -35,22 +43,51 @@ class Traffic:
             content["pdq_quality"] = quality
         if md5:
             content["md5"] = md5
-        self.events.append({"event_id": self._id("e"), "type": "upload", "ts": ts,
-                            "post_id": post, "user_id": user, "content": content})
+        self.events.append(
+            {
+                "event_id": self._id("e"),
+                "type": "upload",
+                "ts": ts,
+                "post_id": post,
+                "user_id": user,
+                "content": content,
+            }
+        )
         return post
 
-    def share(self, ts: int, parent: str, *, user: str | None = None,
-              post: str | None = None, followers: int = 100) -> str:
+    def share(
+        self,
+        ts: int,
+        parent: str,
+        *,
+        user: str | None = None,
+        post: str | None = None,
+        followers: int = 100,
+    ) -> str:
         post = post or self._id("p")
-        self.events.append({"event_id": self._id("e"), "type": "share", "ts": ts, "post_id": post,
-                            "parent_post_id": parent,
-                            "user_id": user or f"user{self.rng.randrange(10_000)}",
-                            "followers": followers})
+        self.events.append(
+            {
+                "event_id": self._id("e"),
+                "type": "share",
+                "ts": ts,
+                "post_id": post,
+                "parent_post_id": parent,
+                "user_id": user or f"user{self.rng.randrange(10_000)}",
+                "followers": followers,
+            }
+        )
         return post
 
     def takedown(self, ts: int, post: str) -> None:
-        self.events.append({"event_id": self._id("e"), "type": "takedown", "ts": ts,
-                            "post_id": post, "user_id": "moderator"})
+        self.events.append(
+            {
+                "event_id": self._id("e"),
+                "type": "takedown",
+                "ts": ts,
+                "post_id": post,
+                "user_id": "moderator",
+            }
+        )
 
     def burst(self, root: str, start: int, count: int, every_ms: int) -> list[str]:
         """``count`` reshares of a growing tree under ``root``, one every ``every_ms``."""

@@ -6,8 +6,8 @@ import random
 
 import orjson
 import pytest
-
 from eventgen import T0, Traffic, pdq_hex
+
 from streams.alerts import Pseudonymizer
 from streams.banks import BankEntry, HashBanks
 from streams.detector import Detector
@@ -18,8 +18,9 @@ MIN = 60_000
 
 
 def run(lines, banks, policy=None, **kw):
-    pipe = Pipeline(banks, policy or AlertPolicy.default(),
-                    pseudonymizer=Pseudonymizer(b"test"), **kw)
+    pipe = Pipeline(
+        banks, policy or AlertPolicy.default(), pseudonymizer=Pseudonymizer(b"test"), **kw
+    )
     for line in lines:
         pipe.feed(line)
     return pipe, pipe.finish()
@@ -61,10 +62,24 @@ def test_alert_record_has_every_field_on_call_needs():
     _, d = run(t.lines(), banked(pdq))
     a = orjson.loads(d.alerts[0].to_json())
     assert a["status"] == "firing" and a["severity"] == "warning"
-    assert a["match"] == {"bank": "ncii", "signal_type": "pdq", "signal": pdq, "distance": 0,
-                          "label": "case-1"}
-    assert set(a["cascade"]) >= {"size", "live", "roots", "unique_users", "depth", "breadth",
-                                 "structural_virality", "velocity_per_min", "acceleration"}
+    assert a["match"] == {
+        "bank": "ncii",
+        "signal_type": "pdq",
+        "signal": pdq,
+        "distance": 0,
+        "label": "case-1",
+    }
+    assert set(a["cascade"]) >= {
+        "size",
+        "live",
+        "roots",
+        "unique_users",
+        "depth",
+        "breadth",
+        "structural_virality",
+        "velocity_per_min",
+        "acceleration",
+    }
     assert set(a["cascade"]["velocity_per_min"]) == {"1m", "5m", "15m"}
     assert a["first_seen"] == "2026-01-01T00:00:00.000Z"
     assert set(a["links"]) == {"runbook", "dashboard", "cascade"}
@@ -73,7 +88,8 @@ def test_alert_record_has_every_field_on_call_needs():
     raw = d.alerts[0].to_json().decode()
     assert a["top_spreaders"] and all(s["user"].startswith("u-") for s in a["top_spreaders"])
     assert "uploader" not in raw and "user" not in raw.replace('"user"', "").replace(
-        "unique_users", "")
+        "unique_users", ""
+    )
 
 
 def test_near_duplicate_reupload_joins_the_banked_cluster_as_a_new_root():
@@ -174,7 +190,7 @@ def test_out_of_order_within_lateness_gives_the_same_alerts():
     jittered = lines[:1] + sorted(lines[1:], key=lambda _: rng.random())[:0] + lines[1:]
     # swap neighbours inside 30 s windows: a realistic interleaving of partitions
     body = lines[1:]
-    chunks = [body[i:i + 40] for i in range(0, len(body), 40)]
+    chunks = [body[i : i + 40] for i in range(0, len(body), 40)]
     jittered = lines[:1] + [x for c in chunks for x in random.Random(len(c)).sample(c, len(c))]
     _, a = run(lines, banked(pdq))
     _, b = run(jittered, banked(pdq))
@@ -194,7 +210,7 @@ def test_a_cycle_of_held_reshares_is_refused():
     t = Traffic()
     t.share(T0, "b", post="a")
     t.share(T0 + 1, "a", post="b")
-    pipe, d = run(t.lines(), HashBanks())
+    _pipe, d = run(t.lines(), HashBanks())
     assert "cycle" in [r.reason for r in d.rejections]
 
 
@@ -213,9 +229,15 @@ def test_bad_input_never_stops_the_good_events():
     root = t.upload(T0, pdq=pdq)
     t.burst(root, T0 + 1000, 60, 1000)
     good = t.lines()
-    bad = [b"\xff\xfe", b"{", b"[]", b'{"type":"upload"}', b"x" * 10_000_000,
-           b'{"event_id":"z","type":"share","ts":1767225600000,"post_id":"q",'
-           b'"parent_post_id":"q","user_id":"u"}']
+    bad = [
+        b"\xff\xfe",
+        b"{",
+        b"[]",
+        b'{"type":"upload"}',
+        b"x" * 10_000_000,
+        b'{"event_id":"z","type":"share","ts":1767225600000,"post_id":"q",'
+        b'"parent_post_id":"q","user_id":"u"}',
+    ]
     mixed = [x for pair in zip(good, bad + [b""] * len(good), strict=False) for x in pair if x]
     pipe, d = run(mixed, banked(pdq))
     _, ref = run(good, banked(pdq))
@@ -253,8 +275,9 @@ def test_cooldown_holds_back_a_new_episode():
 
 def test_detector_refuses_an_idle_time_shorter_than_its_windows():
     with pytest.raises(ValueError):
-        Detector(AlertPolicy.default(), pipe_stats(), pseudonymizer=Pseudonymizer(b"k"),
-                 idle_ms=60_000)
+        Detector(
+            AlertPolicy.default(), pipe_stats(), pseudonymizer=Pseudonymizer(b"k"), idle_ms=60_000
+        )
 
 
 def pipe_stats():
@@ -270,8 +293,9 @@ def test_fastest_lists_banked_clusters_by_velocity():
     rb = t.upload(T0, pdq=b)
     t.burst(ra, T0 + 1000, 30, 2000)
     t.burst(rb, T0 + 1000, 60, 1000)
-    pipe = Pipeline(banked(a, b), AlertPolicy.default(), pseudonymizer=Pseudonymizer(b"k"),
-                    lateness_ms=0)
+    pipe = Pipeline(
+        banked(a, b), AlertPolicy.default(), pseudonymizer=Pseudonymizer(b"k"), lateness_ms=0
+    )
     for line in t.lines():
         pipe.feed(line)
     top = pipe.detector.fastest(5)

@@ -13,8 +13,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-IMPURE = {"faust", "mode", "aiokafka", "kafka", "prometheus_client", "aiohttp", "typer", "rich",
-          "urllib", "http", "socket", "requests", "streams", "subprocess"}
+IMPURE = {
+    "faust",
+    "mode",
+    "aiokafka",
+    "kafka",
+    "prometheus_client",
+    "aiohttp",
+    "typer",
+    "rich",
+    "urllib",
+    "http",
+    "socket",
+    "requests",
+    "streams",
+    "subprocess",
+}
 
 
 def imports(path: Path) -> set[str]:

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import orjson
-
 from eventgen import T0, Traffic, pdq_hex
 
 
@@ -29,7 +28,7 @@ def write_case(tmp: Path) -> tuple[Path, Path]:
     root = t.upload(T0, pdq=pdq)
     t.burst(root, T0 + 1000, 150, 1000)
     events = tmp / "events.jsonl"
-    events.write_bytes(b"\n".join(t.lines()[:70] + [b"not json", b""] + t.lines()[70:]) + b"\n")
+    events.write_bytes(b"\n".join([*t.lines()[:70], b"not json", b"", *t.lines()[70:]]) + b"\n")
     bank = tmp / "bank.csv"
     bank.write_text(f"signal_type,signal,bank,label\npdq,{pdq},ncii,case-9\n")
     return events, bank
@@ -41,7 +40,11 @@ def test_replay_writes_alerts_and_a_summary(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     alerts = [orjson.loads(line) for line in r.stdout.splitlines()]
     assert [(a["severity"], a["status"]) for a in alerts] == [
-        ("warning", "firing"), ("high", "firing"), ("warning", "resolved"), ("high", "resolved")]
+        ("warning", "firing"),
+        ("high", "firing"),
+        ("warning", "resolved"),
+        ("high", "resolved"),
+    ]
     err = r.stderr.decode()
     assert "rejected: 1 {'not_json': 1}" in err
     assert "alerts: 4" in err
@@ -52,8 +55,15 @@ def test_replay_is_byte_identical_across_runs(tmp_path: Path) -> None:
     outs = []
     for i in range(2):
         out = tmp_path / f"alerts{i}.jsonl"
-        r = viralwatch("replay", str(events), "--bank", str(bank), "--out", str(out),
-                       env={"PYTHONHASHSEED": str(i + 1)})
+        r = viralwatch(
+            "replay",
+            str(events),
+            "--bank",
+            str(bank),
+            "--out",
+            str(out),
+            env={"PYTHONHASHSEED": str(i + 1)},
+        )
         assert r.returncode == 0, r.stderr
         outs.append(out.read_bytes())
     assert outs[0] and outs[0] == outs[1]
@@ -62,8 +72,18 @@ def test_replay_is_byte_identical_across_runs(tmp_path: Path) -> None:
 def test_replay_writes_takedowns_and_dead_letters(tmp_path: Path) -> None:
     events, bank = write_case(tmp_path)
     actions, dead = tmp_path / "actions.jsonl", tmp_path / "dead.jsonl"
-    r = viralwatch("replay", str(events), "--bank", str(bank), "--out", str(tmp_path / "a"),
-                   "--actions-out", str(actions), "--deadletter-out", str(dead))
+    r = viralwatch(
+        "replay",
+        str(events),
+        "--bank",
+        str(bank),
+        "--out",
+        str(tmp_path / "a"),
+        "--actions-out",
+        str(actions),
+        "--deadletter-out",
+        str(dead),
+    )
     assert r.returncode == 0, r.stderr
     assert len(actions.read_bytes().splitlines()) == 151
     [rejected] = [orjson.loads(x) for x in dead.read_bytes().splitlines()]
@@ -93,8 +113,9 @@ def test_bad_bank_and_bad_policy_exit_2(tmp_path: Path) -> None:
 def test_a_custom_policy_changes_the_thresholds(tmp_path: Path) -> None:
     events, bank = write_case(tmp_path)
     policy = tmp_path / "p.toml"
-    policy.write_text('resolve_after = "1m"\n[[rule]]\nseverity = "high"\nshares = 10\n'
-                      'window = "1m"\n')
+    policy.write_text(
+        'resolve_after = "1m"\n[[rule]]\nseverity = "high"\nshares = 10\nwindow = "1m"\n'
+    )
     r = viralwatch("replay", str(events), "--bank", str(bank), "--policy", str(policy))
     assert r.returncode == 0, r.stderr
     first = orjson.loads(r.stdout.splitlines()[0])
