@@ -171,6 +171,8 @@ def simulate(
     bank_path = bank_out or out.with_suffix(".bank.csv")
     sim = simulate(Scenario(seed=seed, minutes=minutes))
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        bank_path.parent.mkdir(parents=True, exist_ok=True)
         write_simulation(sim, out, bank_path)
     except OSError as exc:
         fail(f"cannot write: {exc}")
