@@ -27,12 +27,15 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Iterable, Iterator
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
 from streams.events import Content
+from streams.pdqindex import PDQIndex
+from streams.stats import Stats
 
 SignalType = Literal["pdq", "md5"]
 SIGNAL_TYPES: Final = ("pdq", "md5")
@@ -117,37 +120,90 @@ def hamming(a: str, b: str) -> int:
 class HashBanks:
     """All banks, taking adds and withdrawals while the pipeline runs.
 
-    This is a brute-force scan. It is the reference the fast index is tested
-    against, and it is what runs until the index replaces its internals.
+    PDQ lookups go through an exact multi-index (:class:`streams.pdqindex.PDQIndex`,
+    the very answer of a scan), MD5 lookups through a dict. In front of both
+    sits an LRU cache of whole answers keyed by the exact hashes, because the
+    same file is uploaded again and again while it spreads; any change to the
+    banks (add, withdraw, configure) empties it, so a withdrawn hash stops
+    matching at once. Counts cache misses as ``stats.lookups`` and hits as
+    ``stats.cache_hits`` when given a :class:`streams.stats.Stats` (the router
+    counts low-quality PDQ hashes, not this class).
+
+    >>> banks = HashBanks([BankConfig("strict", pdq_threshold=10)])
+    >>> banks.add(BankEntry("strict", "pdq", "f" * 64))
+    True
+    >>> banks.add(BankEntry("ncii", "pdq", "f" * 60 + "0" * 4))
+    True
+    >>> [(m.entry.bank, m.distance) for m in banks.lookup_pdq("f" * 62 + "00")]
+    [('ncii', 8), ('strict', 8)]
+    >>> banks.match(Content(pdq="f" * 56 + "0" * 8, pdq_quality=90)).entry.bank
+    'ncii'
     """
 
-    def __init__(self, configs: Iterable[BankConfig] = ()) -> None:
+    def __init__(
+        self,
+        configs: Iterable[BankConfig] = (),
+        *,
+        stats: Stats | None = None,
+        cache_size: int = 65_536,
+    ) -> None:
+        if cache_size < 0:
+            raise ValueError("cache_size must be >= 0")
         self._configs: dict[str, BankConfig] = {c.name: c for c in configs}
-        self._md5: dict[str, set[BankEntry]] = {}
-        self._pdq: dict[int, set[BankEntry]] = {}
+        self._md5: dict[str, dict[str, BankEntry]] = {}  # signal -> bank -> entry
+        self._pdq: dict[str, dict[str, BankEntry]] = {}
+        self._pdq_per_bank: Counter[str] = Counter()
+        self._index = PDQIndex()
+        self._radius: int | None = None  # widest PDQ threshold of an enabled bank
+        self._cache: OrderedDict[tuple[str | None, str | None], Match | None] = OrderedDict()
+        self.cache_size = cache_size
+        self.stats = stats
+
+    # ------------------------------------------------------------------ changes
 
     def config(self, bank: str) -> BankConfig:
         return self._configs.get(bank) or BankConfig(bank)
 
     def configure(self, config: BankConfig) -> None:
         self._configs[config.name] = config
+        self._changed()
 
     def add(self, entry: BankEntry) -> bool:
-        """Add an entry; ``False`` when it was there already."""
+        """Add an entry; ``False`` when it was there already (its label is updated)."""
         kind, signal = normalise_signal(entry.signal_type, entry.signal)
         if (kind, signal) != (entry.signal_type, entry.signal):
             entry = BankEntry(entry.bank, kind, signal, entry.label)
-        if kind == "md5":
-            group = self._md5.setdefault(signal, set())
-        else:
-            group = self._pdq.setdefault(int(signal, 16), set())
-        before = len(group)
-        group = {e for e in group if (e.bank, e.signal) != (entry.bank, entry.signal)} | {entry}
-        if kind == "md5":
-            self._md5[signal] = group
-        else:
-            self._pdq[int(signal, 16)] = group
-        return len(group) > before
+        table = self._md5 if kind == "md5" else self._pdq
+        group = table.setdefault(signal, {})
+        new = entry.bank not in group
+        group[entry.bank] = entry
+        if new and kind == "pdq":
+            self._pdq_per_bank[entry.bank] += 1
+            if len(group) == 1:
+                self._index.add(signal)
+        self._changed()
+        return new
+
+    def add_many(self, entries: Iterable[BankEntry]) -> int:
+        """Add many entries (a bank load): one index insertion for all; the number new."""
+        added = 0
+        fresh: list[str] = []
+        for entry in entries:
+            kind, signal = normalise_signal(entry.signal_type, entry.signal)
+            if (kind, signal) != (entry.signal_type, entry.signal):
+                entry = BankEntry(entry.bank, kind, signal, entry.label)
+            table = self._md5 if kind == "md5" else self._pdq
+            group = table.setdefault(signal, {})
+            if entry.bank not in group:
+                added += 1
+                if kind == "pdq":
+                    self._pdq_per_bank[entry.bank] += 1
+                    if not group:
+                        fresh.append(signal)
+            group[entry.bank] = entry
+        self._index.add_many(fresh)
+        self._changed()
+        return added
 
     def withdraw(self, bank: str, signal_type: str, signal: str) -> bool:
         """Withdraw a signal from one bank; harmless (``False``) when it is not there."""
@@ -155,61 +211,150 @@ class HashBanks:
             kind, text = normalise_signal(signal_type, signal)
         except ValueError:
             return False
-        table: dict[str, set[BankEntry]] | dict[int, set[BankEntry]]
-        key: str | int = text if kind == "md5" else int(text, 16)
         table = self._md5 if kind == "md5" else self._pdq
-        group = table.get(key)  # type: ignore[call-overload]
+        group = table.get(text)
+        if not group or bank not in group:
+            return False
+        del group[bank]
+        if kind == "pdq":
+            self._pdq_per_bank[bank] -= 1
+            if not self._pdq_per_bank[bank]:
+                del self._pdq_per_bank[bank]
         if not group:
-            return False
-        kept = {e for e in group if e.bank != bank}
-        if len(kept) == len(group):
-            return False
-        if kept:
-            table[key] = kept  # type: ignore[index]
-        else:
-            del table[key]  # type: ignore[arg-type]
+            del table[text]
+            if kind == "pdq":
+                self._index.remove(text)
+        self._changed()
         return True
+
+    def _changed(self) -> None:
+        self._cache.clear()
+        self._radius = None
 
     def __len__(self) -> int:
         return sum(len(g) for g in self._md5.values()) + sum(len(g) for g in self._pdq.values())
 
     def entries(self) -> Iterator[BankEntry]:
         for group in self._md5.values():
-            yield from group
+            yield from group.values()
         for pgroup in self._pdq.values():
-            yield from pgroup
+            yield from pgroup.values()
 
-    def _enabled(self, entry: BankEntry) -> bool:
-        return self.config(entry.bank).enabled
+    # ------------------------------------------------------------------ lookups
+
+    def _pdq_radius(self) -> int | None:
+        """The widest threshold among enabled banks holding PDQ entries (None: no search)."""
+        if self._radius is None and self._pdq_per_bank:
+            widths = [c.pdq_threshold for c in map(self.config, self._pdq_per_bank) if c.enabled]
+            self._radius = max(widths, default=-1)
+        return None if self._radius is None or self._radius < 0 else self._radius
+
+    def _pdq_matches(self, found: Iterable[tuple[str, int]]) -> list[Match]:
+        out = []
+        for signal, d in found:
+            for entry in self._pdq[signal].values():
+                cfg = self.config(entry.bank)
+                if cfg.enabled and d <= cfg.pdq_threshold:
+                    out.append(Match(entry, d))
+        return sorted(out, key=_rank)
 
     def lookup_pdq(self, pdq: str) -> list[Match]:
         """Every enabled entry within its bank's threshold of ``pdq``, best first."""
-        q = int(pdq, 16)
-        found = []
-        for value, group in self._pdq.items():
-            d = (value ^ q).bit_count()
-            for entry in group:
-                cfg = self.config(entry.bank)
-                if cfg.enabled and d <= cfg.pdq_threshold:
-                    found.append(Match(entry, d))
-        return sorted(found, key=_rank)
+        radius = self._pdq_radius()
+        if radius is None:
+            return []
+        return self._pdq_matches(self._index.search(pdq.lower(), radius))
 
     def lookup_md5(self, md5: str) -> list[Match]:
+        """Every enabled entry with this MD5, best (by the tie rule) first."""
+        group = self._md5.get(md5.lower(), {})
         return sorted(
-            (Match(e, 0) for e in self._md5.get(md5, ()) if self._enabled(e)), key=_rank
+            (Match(e, 0) for e in group.values() if self.config(e.bank).enabled), key=_rank
         )
 
     def match(self, content: Content) -> Match | None:
         """The one entry this content matches, by the rule in the module docstring."""
-        if content.md5 is not None:
-            exact = self.lookup_md5(content.md5)
+        return self.match_many([content])[0]
+
+    def match_many(self, contents: Sequence[Content]) -> list[Match | None]:
+        """:meth:`match` for many uploads, with one batched index search for all misses.
+
+        Gives what calling :meth:`match` on each in turn gives, counters included
+        (unless a batch holds more distinct hashes than the cache).
+        """
+        out: list[Match | None] = [None] * len(contents)
+        todo: dict[tuple[str | None, str | None], list[int]] = {}
+        hits = 0
+        for i, content in enumerate(contents):
+            key = (content.md5, content.pdq if pdq_usable(content) else None)
+            if key == (None, None):
+                continue
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                out[i] = self._cache[key]
+                hits += 1
+            elif key in todo:
+                todo[key].append(i)
+                hits += 1
+            else:
+                todo[key] = [i]
+        if self.stats is not None:
+            self.stats.cache_hits += hits
+            self.stats.lookups += len(todo)
+        if not todo:
+            return out
+        answers: dict[tuple[str | None, str | None], Match | None] = {}
+        pending: list[tuple[str | None, str | None]] = []
+        for key in todo:
+            md5, pdq = key
+            exact = self.lookup_md5(md5) if md5 is not None else []
             if exact:
-                return exact[0]
-        if content.pdq is not None and pdq_usable(content):
-            found = self.lookup_pdq(content.pdq)
-            if found:
-                return found[0]
+                answers[key] = exact[0]
+            elif pdq is not None:
+                pending.append(key)
+            else:
+                answers[key] = None
+        radius = self._pdq_radius()
+        if pending and radius is not None:
+            queries = [str(pdq).lower() for _, pdq in pending]
+            for key, found in zip(pending, self._index.search_many(queries, radius), strict=True):
+                best = self._pdq_matches(found)
+                answers[key] = best[0] if best else None
+        for key, where in todo.items():
+            answer = answers.get(key)
+            for i in where:
+                out[i] = answer
+            if self.cache_size:
+                self._cache[key] = answer
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return out
+
+
+def brute_force_match(
+    entries: Iterable[BankEntry], content: Content, configs: Iterable[BankConfig] = ()
+) -> Match | None:
+    """The reference answer of :meth:`HashBanks.match`: a plain scan, for tests.
+
+    >>> brute_force_match([BankEntry("b", "md5", "a" * 32)], Content(md5="a" * 32)).distance
+    0
+    """
+    cfg = {c.name: c for c in configs}
+    found: list[Match] = []
+    for e in entries:
+        c = cfg.get(e.bank) or BankConfig(e.bank)
+        if not c.enabled:
+            continue
+        if e.signal_type == "md5" and content.md5 is not None and content.md5 == e.signal:
+            found.append(Match(e, -1))  # MD5 equality outranks every PDQ distance
+        elif e.signal_type == "pdq" and content.pdq is not None and pdq_usable(content):
+            d = hamming(e.signal, content.pdq)
+            if d <= c.pdq_threshold:
+                found.append(Match(e, d))
+    if not found:
         return None
+    best = min(found, key=_rank)
+    return Match(best.entry, 0) if best.distance < 0 else best
 
 
 def pdq_usable(content: Content) -> bool:
