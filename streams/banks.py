@@ -265,6 +265,14 @@ class HashBanks:
             return []
         return self._pdq_matches(self._index.search(pdq.lower(), radius))
 
+    def lookup_pdq_many(self, hashes: Sequence[str]) -> list[list[Match]]:
+        """:meth:`lookup_pdq` for many hashes, in one batched index search."""
+        radius = self._pdq_radius()
+        if radius is None:
+            return [[] for _ in hashes]
+        found = self._index.search_many([h.lower() for h in hashes], radius)
+        return [self._pdq_matches(f) for f in found]
+
     def lookup_md5(self, md5: str) -> list[Match]:
         """Every enabled entry with this MD5, best (by the tie rule) first."""
         group = self._md5.get(md5.lower(), {})
