@@ -1,0 +1,209 @@
+"""The Alertmanager sink: spread alerts into Alertmanager's v2 API.
+
+Alertmanager identifies an alert by its labels, so the labels here are the
+alert's identity and routing keys only: ``alertname="ViralwatchSpread"``,
+``severity``, ``bank`` and ``cluster`` (no user, no post). Everything on-call
+reads (summary, figures, links, the alert id) goes in annotations.
+
+Alertmanager forgets a firing alert at its ``endsAt``. Each post of a firing
+alert sets ``endsAt`` a little ahead (``validity``), and the sink re-posts
+every firing alert each ``repost_interval`` until the alert resolves; a
+resolved alert is posted with its ``endsAt``. If the worker dies, its alerts
+end on their own after ``validity``, as Prometheus's do, and the pipeline's
+own health alerts say why.
+
+Times: ``startsAt`` and ``endsAt`` are the alert's event times, kept no later
+than the wall clock (Alertmanager reads a future ``endsAt`` as still firing).
+
+>>> from streams.sinks.base import HttpResponse
+>>> posted = []
+>>> def transport(url, body, headers, timeout):
+...     posted.append((url, orjson.loads(body)))
+...     return HttpResponse(200)
+>>> sink = AlertmanagerSink("http://am:9093", transport=transport, wall_clock=lambda: 1767225900.0)
+>>> from streams.alerts import Alert, MatchInfo
+>>> fire = Alert("vw-1", "firing", "high", 1767225600000, "b-1", 1767225500000,
+...              match=MatchInfo("stopncii", "pdq", "ab" * 32, 3))
+>>> sink.send([fire])
+>>> url, [am] = posted[0]
+>>> url
+'http://am:9093/api/v2/alerts'
+>>> sorted(am["labels"].items())
+[('alertname', 'ViralwatchSpread'), ('bank', 'stopncii'), ('cluster', 'b-1'), ('severity', 'high')]
+>>> am["startsAt"], am["endsAt"]
+('2026-01-01T00:00:00.000Z', '2026-01-01T00:09:00.000Z')
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from streams.alerts import Alert, rfc3339
+from streams.sinks.base import AlertSink, Outcome, Refused, Retry, figures, summary
+
+ALERTNAME = "ViralwatchSpread"
+
+
+class AlertmanagerSink(AlertSink):
+    """Posts alerts to ``{url}/api/v2/alerts``.
+
+    Parameters
+    ----------
+    url
+        Alertmanager's base URL (``http://alertmanager:9093``).
+    repost_interval
+        Seconds between re-posts of each firing alert; keep it well under
+        Alertmanager's ``resolve_timeout``.
+    validity
+        How far ahead of now a firing post's ``endsAt`` is (default four
+        re-post intervals, as Prometheus does).
+    wall_clock
+        Unix seconds (``time.time``), for ``startsAt``/``endsAt``.
+    extra_labels
+        Constant labels on every alert (``{"env": "prod"}``); must not
+        contain a per-user or per-post value.
+    **kwargs
+        Passed to :class:`~streams.sinks.base.AlertSink` (transport, clock,
+        backoff, timeout).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        name: str = "alertmanager",
+        repost_interval: float = 60.0,
+        validity: float | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        extra_labels: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name, **kwargs)
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"Alertmanager URL must be http(s)://..., not {url!r}")
+        if repost_interval <= 0:
+            raise ValueError("repost_interval must be > 0")
+        self.url = url.rstrip("/") + "/api/v2/alerts"
+        self._repost = repost_interval
+        self._validity = validity if validity is not None else 4 * repost_interval
+        if self._validity <= repost_interval:
+            raise ValueError("validity must be longer than repost_interval")
+        self._wall = wall_clock
+        self._extra = dict(extra_labels or {})
+        self._active: dict[str, Alert] = {}  # alert_id -> firing alert
+        self._starts: dict[str, int] = {}  # alert_id -> firing event time, until resolved
+        self._last_repost = float("-inf")
+
+    @property
+    def active(self) -> int:
+        """Firing alerts this sink keeps alive in Alertmanager."""
+        with self._queue_lock:
+            return len(self._active)
+
+    def _accepted(self, alert: Alert) -> None:
+        if alert.status == "firing":
+            self._active[alert.alert_id] = alert
+            self._starts.setdefault(alert.alert_id, alert.ts_ms)
+        else:
+            self._active.pop(alert.alert_id, None)
+
+    def _has_periodic_work(self, now: float) -> bool:
+        return bool(self._active) and now - self._last_repost >= self._repost
+
+    def _deliver(self, batch: list[Alert], now: float) -> Outcome:
+        due = now - self._last_repost >= self._repost
+        with self._queue_lock:
+            pending = {a.alert_id for a in batch}
+            repost = [a for a in self._active.values() if a.alert_id not in pending] if due else []
+            starts = dict(self._starts)
+        wall_ms = int(self._wall() * 1000)
+        body = orjson.dumps([self.to_am(a, wall_ms, starts) for a in [*repost, *batch]])
+        try:
+            self._post(self.url, body, {})
+        except Retry as err:
+            return Outcome(retry=str(err))
+        except Refused as err:
+            if len(batch) + len(repost) == 1:
+                outcome = Outcome(refused=[(batch[0], str(err))] if batch else [])
+            else:
+                outcome = self._one_by_one(batch, wall_ms, starts)
+        else:
+            outcome = Outcome(delivered=batch)
+            if due:
+                self._last_repost = now
+        with self._queue_lock:
+            done = outcome.delivered + [a for a, _ in outcome.refused]
+            for alert in done:
+                if alert.status == "resolved":
+                    self._starts.pop(alert.alert_id, None)
+        return outcome
+
+    def _one_by_one(self, batch: list[Alert], wall_ms: int, starts: dict[str, int]) -> Outcome:
+        """Isolate what Alertmanager refused (it refuses a whole post for one bad alert)."""
+        outcome = Outcome()
+        for alert in batch:
+            try:
+                self._post(self.url, orjson.dumps([self.to_am(alert, wall_ms, starts)]), {})
+            except Retry as err:
+                outcome.retry = str(err)
+                break
+            except Refused as err:
+                outcome.refused.append((alert, str(err)))
+            else:
+                outcome.delivered.append(alert)
+        return outcome
+
+    def to_am(
+        self, alert: Alert, wall_ms: int, starts: dict[str, int] | None = None
+    ) -> dict[str, Any]:
+        """The alert as Alertmanager's v2 ``postableAlert``.
+
+        ``starts`` maps alert ids to their firing event time; a resolution
+        this process did not see fire starts at the cluster's first sighting.
+        """
+        start = (starts or {}).get(alert.alert_id, alert.ts_ms)
+        if alert.status == "resolved":
+            start = (starts or {}).get(alert.alert_id, alert.first_seen_ms)
+        starts_ms = min(start, wall_ms)
+        if alert.status == "resolved":
+            ends_ms = max(starts_ms, min(alert.ts_ms, wall_ms))
+        else:
+            ends_ms = wall_ms + int(self._validity * 1000)
+        links = dict(alert.links)
+        labels = {
+            **self._extra,
+            "alertname": ALERTNAME,
+            "severity": alert.severity,
+            "bank": alert.match.bank if alert.match else "unbanked",
+            "cluster": alert.cluster_id,
+        }
+        annotations = {
+            "summary": summary(alert),
+            "figures": figures(alert),
+            "alert_id": alert.alert_id,
+            "episode": str(alert.episode),
+            "first_seen": rfc3339(alert.first_seen_ms),
+            "event_time": rfc3339(alert.ts_ms),
+        }
+        if alert.reason:
+            annotations["reason"] = alert.reason
+        if alert.match is not None:
+            annotations["match"] = f"{alert.match.signal_type} distance {alert.match.distance}" + (
+                f" ({alert.match.label})" if alert.match.label else ""
+            )
+        for key in ("runbook", "dashboard", "cascade"):
+            if links.get(key):
+                annotations[f"{key}_url"] = links[key]
+        out: dict[str, Any] = {
+            "labels": labels,
+            "annotations": annotations,
+            "startsAt": rfc3339(starts_ms),
+            "endsAt": rfc3339(ends_ms),
+        }
+        if links.get("cascade"):
+            out["generatorURL"] = links["cascade"]
+        return out
