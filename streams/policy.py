@@ -16,6 +16,7 @@ templates put on every alert.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -35,6 +36,8 @@ def parse_duration(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError("a duration is text like '5m' or a number of milliseconds")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"a duration must be finite, not {value!r}")
         if value < 0:
             raise ValueError("a duration cannot be negative")
         return int(value)
@@ -100,6 +103,16 @@ class AlertPolicy:
         ranks = [severity_rank(r.severity) for r in self.rules]
         if ranks != sorted(ranks) or len(set(ranks)) != len(ranks):
             raise ValueError("velocity rules must be one per severity, lowest severity first")
+        # A higher severity that is met whenever a lower one is (a window as long or
+        # longer, no more shares) would make the lower severity never fire on its own.
+        for i, low in enumerate(self.rules):
+            for high in self.rules[i + 1 :]:
+                if high.window_ms >= low.window_ms and high.shares <= low.shares:
+                    raise ValueError(
+                        f"rules out of order: {high.severity} ({high.shares} in "
+                        f"{high.window_ms} ms) is met whenever {low.severity} ({low.shares} "
+                        f"in {low.window_ms} ms) is"
+                    )
 
     @property
     def lowest(self) -> VelocityRule:
@@ -127,11 +140,13 @@ class AlertPolicy:
         p = Path(path)
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{p}: not valid TOML: {exc}") from None
         try:
             return cls.from_dict(data)
-        except (ValueError, TypeError, KeyError) as exc:
+        except KeyError as exc:
+            raise ValueError(f"{p}: missing key {exc}") from None
+        except (ValueError, TypeError) as exc:
             raise ValueError(f"{p}: {exc}") from None
 
     @classmethod
@@ -141,7 +156,9 @@ class AlertPolicy:
             sev = raw["severity"]
             if sev not in SEVERITIES:
                 raise ValueError(f"unknown severity {sev!r}")
-            shares = int(raw["shares"])
+            shares = raw["shares"]
+            if isinstance(shares, bool) or not isinstance(shares, int):
+                raise ValueError(f"rule shares must be an integer, not {shares!r}")
             if shares < 1:
                 raise ValueError("rule shares must be at least 1")
             window = parse_duration(raw["window"])
@@ -156,14 +173,24 @@ class AlertPolicy:
                 raise ValueError(f"unknown severity {raw['severity']!r}")
             predicted = PredictionRule(raw["severity"], float(raw["size"]), float(raw["low"]))
         links = data.get("links", {})
+        if not isinstance(links, Mapping):
+            raise ValueError("links must be a table")
+        link_templates = Links(
+            runbook=str(links.get("runbook", "")),
+            dashboard=str(links.get("dashboard", "")),
+            cascade=str(links.get("cascade", "")),
+        )
+        try:  # a bad template must fail here, not when the first alert is rendered
+            link_templates.render("cluster", "warning", "alert")
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise ValueError(
+                f"a link template has a bad placeholder ({exc!r}); "
+                "use {cluster_id}, {severity}, {alert_id}"
+            ) from None
         return cls(
             rules=tuple(rules),
             predicted=predicted,
             cooldown_ms=parse_duration(data.get("cooldown", "10m")),
             resolve_after_ms=parse_duration(data.get("resolve_after", "10m")),
-            links=Links(
-                runbook=str(links.get("runbook", "")),
-                dashboard=str(links.get("dashboard", "")),
-                cascade=str(links.get("cascade", "")),
-            ),
+            links=link_templates,
         )
