@@ -42,7 +42,6 @@ REJECT_REASONS: Final = (
     "not_json",
     "not_object",
     "missing_field",
-    "bad_type",
     "unknown_type",
     "bad_id",
     "bad_ts",
