@@ -501,7 +501,9 @@ class _Generator:
         ):
             kinds += [kind] * sc.scaled(n)
         n_fast = sum(k in ("critical", "high", "warning") for k in kinds)
-        md5_left = min(sc.scaled(sc.md5_banked), n_fast)
+        # The last fast banked cascades (warning-level first) are the MD5-banked ones.
+        md5_from = n_fast - min(sc.scaled(sc.md5_banked), n_fast)
+        fast_seen = 0
         # Planted content is kept 90+ bits apart, so near-identical copies (<= 24
         # bits off) of one never come within 31 bits of another. Other pairs of
         # random 256-bit hashes are 128 +- 8 bits apart: one within 55 bits has
@@ -538,9 +540,10 @@ class _Generator:
                 room = max(0, minutes * MINUTE_MS - len(profile) * MINUTE_MS - 60_000)
                 start = sc.start_ms + 30_000 + rng.randint(0, room)
             banked = kind != "unbanked"
-            by_md5 = banked and kind in ("critical", "high", "warning") and md5_left > 0
-            if by_md5:
-                md5_left -= 1
+            by_md5 = False
+            if kind in ("critical", "high", "warning"):
+                by_md5 = fast_seen >= md5_from
+                fast_seen += 1
             pdq = self._pdq_far(planted_pdqs, 90)
             if not banked:
                 while any((int(pdq, 16) ^ b).bit_count() <= 84 for b in banked_pdqs):
