@@ -111,10 +111,32 @@ def replay(
         Path | None, typer.Option("--deadletter-out", help="write rejected input here")
     ] = None,
     lateness: Annotated[str, typer.Option(help="allowed lateness of event time")] = "60s",
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="serve /metrics here (0: any free port)")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option("--metrics-host", help="interface for /metrics")] = (
+        "127.0.0.1"
+    ),
+    alertmanager: Annotated[
+        str | None, typer.Option(help="post alerts to this Alertmanager (base URL)")
+    ] = None,
+    webhook: Annotated[
+        str | None,
+        typer.Option(help="POST alerts here (signed with VIRALWATCH_WEBHOOK_SECRET if set)"),
+    ] = None,
+    speed: Annotated[
+        float, typer.Option(help="replay at this many times event time (0: as fast as possible)")
+    ] = 0.0,
+    hold: Annotated[
+        float, typer.Option(help="seconds to keep serving metrics and sinks after the end")
+    ] = 0.0,
 ) -> None:
     """Run the detection core over a file of events; alerts as JSON lines, same input same bytes."""
+    from streams.detector import Decisions
     from streams.pipeline import Pipeline
     from streams.policy import parse_duration
+    from streams.sinks.oncall import OnCall, Pacer
+    from streams.sinks.webhook import secret_from_env
 
     try:
         lateness_ms = parse_duration(lateness)
@@ -124,14 +146,51 @@ def replay(
     pol = load_policy(policy)
     source = open_lines(events)
     pipe = Pipeline(banks, pol, pseudonymizer=pseudonymizer_from_env(), lateness_ms=lateness_ms)  # type: ignore[arg-type]
+    if speed < 0 or hold < 0:
+        fail("--speed and --hold cannot be negative")
+    oncall = None
+    if metrics_port is not None or alertmanager or webhook:
+        try:
+            oncall = OnCall(
+                pipe.stats,
+                fastest=pipe.detector.fastest,
+                metrics_port=metrics_port,
+                metrics_host=metrics_host,
+                alertmanager=alertmanager,
+                webhook=webhook,
+                webhook_secret=secret_from_env(),
+            )
+        except (OSError, ValueError) as exc:
+            fail(f"cannot start the on-call outputs: {exc}")
+        if oncall.metrics_url:
+            typer.echo(f"viralwatch: metrics at {oncall.metrics_url}", err=True)
+    pacer = Pacer(speed) if speed > 0 else None
+    # Live outputs see each alert as it is made; the files get them all at the end.
+    streamed = Decisions()
     try:
         for line in source:
             line = line.rstrip(b"\r\n")
             if line.strip():
                 pipe.feed(line)
+                if oncall is not None or pacer is not None:
+                    made = pipe.drain()
+                    streamed.alerts.extend(made.alerts)
+                    streamed.actions.extend(made.actions)
+                    streamed.rejections.extend(made.rejections)
+                    if oncall is not None:
+                        oncall.emit(made.alerts)
+                    if pacer is not None and pipe.max_ts_ms >= 0:
+                        pacer.wait(pipe.max_ts_ms)
     except OSError as exc:
         fail(f"cannot read {events}: {exc}")
-    decisions = pipe.finish()
+    last = pipe.finish()
+    if oncall is not None:
+        oncall.emit(last.alerts)
+    decisions = Decisions(
+        alerts=streamed.alerts + last.alerts,
+        actions=streamed.actions + last.actions,
+        rejections=streamed.rejections + last.rejections,
+    )
     write_jsonl(out, (a.to_json() for a in decisions.alerts))
     if actions_out:
         write_jsonl(actions_out, (a.to_json() for a in decisions.actions))
@@ -141,6 +200,12 @@ def replay(
             (orjson.dumps(r.to_dict(), option=orjson.OPT_SORT_KEYS) for r in decisions.rejections),
         )
     print_summary(pipe.stats, len(decisions.alerts))
+    if oncall is not None:
+        oncall.hold(hold)
+        undelivered = oncall.close()
+        if undelivered:
+            typer.echo(f"viralwatch: {undelivered} alert(s) could not be delivered", err=True)
+            raise typer.Exit(1)
 
 
 def write_jsonl(path: Path | None, rows: object) -> None:
@@ -163,101 +228,25 @@ def simulate(
     ] = None,
     seed: Annotated[int, typer.Option(help="random seed: the same seed gives the same bytes")] = 7,
     minutes: Annotated[int, typer.Option(help="minutes of event time", min=1)] = 30,
+    scale: Annotated[
+        float, typer.Option(help="multiply the traffic (35 gives about 1M events)", min=0.01)
+    ] = 1.0,
 ) -> None:
     """Write realistic synthetic share traffic and the bank it implies."""
-    from streams.simulate import Scenario, simulate, write_simulation
+    from streams.simulate import Scenario, write_scenario
 
     bank_path = bank_out or out.with_suffix(".bank.csv")
-    sim = simulate(Scenario(seed=seed, minutes=minutes))
+    try:
+        scenario = Scenario(seed=seed, minutes=minutes, scale=scale)
+    except ValueError as exc:
+        fail(str(exc))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         bank_path.parent.mkdir(parents=True, exist_ok=True)
-        write_simulation(sim, out, bank_path)
+        truth = write_scenario(scenario, out, bank_path)
     except OSError as exc:
-        fail(f"cannot write: {exc}")
-    typer.echo(
-        f"wrote {len(sim.lines)} events to {out} and {len(sim.bank)} bank entries to {bank_path}",
-        err=True,
-    )
-
-
-@app.command("hash")
-def hash_(
-    files: Annotated[list[Path], typer.Argument(help="image files to hash")],
-) -> None:
-    """Hash media files: one JSON line per file, {"file", "pdq", "quality", "md5"}.
-
-    A file that cannot be hashed gives {"file", "error"} on stderr, the rest are
-    still hashed, and the exit code is 1.
-    """
-    from streams.hashing import HashError, hash_files
-
-    failed = 0
-    for rec in hash_files(files):
-        line = orjson.dumps(rec.to_dict()).decode()
-        if isinstance(rec, HashError):
-            failed += 1
-            typer.echo(line, err=True)
-        else:
-            typer.echo(line)
-    if failed:
-        raise typer.Exit(1)
-
-
-bank_app = typer.Typer(no_args_is_help=True, help="Work with hash banks.")
-app.add_typer(bank_app, name="bank")
-
-
-@bank_app.command("match")
-def bank_match(
-    hashes: Annotated[
-        Path, typer.Argument(help="query hashes, one PDQ or MD5 per line ('-': stdin)")
-    ],
-    bank: Annotated[list[Path], typer.Option("--bank", help="bank CSV; repeat for more")],
-) -> None:
-    """Match hashes against banks: one JSON line per match within its bank's threshold.
-
-    Lines: {"query", "bank", "signal_type", "signal", "distance"}, nearest first
-    for each query. Blank lines and lines starting with # are skipped; a line
-    that is not a PDQ (64 hex) or MD5 (32 hex) hash is reported on stderr and
-    makes the exit code 1.
-    """
-    from streams.banks import HashBanks, normalise_signal
-
-    banks = load_banks(bank)
-    assert isinstance(banks, HashBanks)
-    source = open_lines(hashes)
-    queries: list[tuple[str, str]] = []
-    bad = 0
-    try:
-        for n, raw in enumerate(source, 1):
-            text = raw.decode("utf-8", "replace").strip()
-            if not text or text.startswith("#"):
-                continue
-            kind = {64: "pdq", 32: "md5"}.get(len(text), "")
-            try:
-                queries.append(normalise_signal(kind or "pdq", text))
-            except ValueError as exc:
-                bad += 1
-                typer.echo(f"viralwatch: {hashes}:{n}: not a PDQ or MD5 hash ({exc})", err=True)
-    except OSError as exc:
-        fail(f"cannot read {hashes}: {exc.strerror or exc}")
-    pdq = [q for kind, q in queries if kind == "pdq"]
-    found = dict(zip(pdq, banks.lookup_pdq_many(pdq), strict=True))
-    out = sys.stdout.buffer
-    for kind, q in queries:
-        for m in found[q] if kind == "pdq" else banks.lookup_md5(q):
-            row = {
-                "query": q,
-                "bank": m.entry.bank,
-                "signal_type": m.entry.signal_type,
-                "signal": m.entry.signal,
-                "distance": m.distance,
-            }
-            out.write(orjson.dumps(row) + b"\n")
-    out.flush()
-    if bad:
-        raise typer.Exit(1)
+        fail(f"cannot write: {exc.strerror or exc}")
+    typer.echo(f"wrote {truth['lines']} events to {out} and the bank to {bank_path}", err=True)
 
 
 def main() -> None:
