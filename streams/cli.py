@@ -228,25 +228,101 @@ def simulate(
     ] = None,
     seed: Annotated[int, typer.Option(help="random seed: the same seed gives the same bytes")] = 7,
     minutes: Annotated[int, typer.Option(help="minutes of event time", min=1)] = 30,
-    scale: Annotated[
-        float, typer.Option(help="multiply the traffic (35 gives about 1M events)", min=0.01)
-    ] = 1.0,
 ) -> None:
     """Write realistic synthetic share traffic and the bank it implies."""
-    from streams.simulate import Scenario, write_scenario
+    from streams.simulate import Scenario, simulate, write_simulation
 
     bank_path = bank_out or out.with_suffix(".bank.csv")
-    try:
-        scenario = Scenario(seed=seed, minutes=minutes, scale=scale)
-    except ValueError as exc:
-        fail(str(exc))
+    sim = simulate(Scenario(seed=seed, minutes=minutes))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         bank_path.parent.mkdir(parents=True, exist_ok=True)
-        truth = write_scenario(scenario, out, bank_path)
+        write_simulation(sim, out, bank_path)
     except OSError as exc:
-        fail(f"cannot write: {exc.strerror or exc}")
-    typer.echo(f"wrote {truth['lines']} events to {out} and the bank to {bank_path}", err=True)
+        fail(f"cannot write: {exc}")
+    typer.echo(
+        f"wrote {len(sim.lines)} events to {out} and {len(sim.bank)} bank entries to {bank_path}",
+        err=True,
+    )
+
+
+@app.command("hash")
+def hash_(
+    files: Annotated[list[Path], typer.Argument(help="image files to hash")],
+) -> None:
+    """Hash media files: one JSON line per file, {"file", "pdq", "quality", "md5"}.
+
+    A file that cannot be hashed gives {"file", "error"} on stderr, the rest are
+    still hashed, and the exit code is 1.
+    """
+    from streams.hashing import HashError, hash_files
+
+    failed = 0
+    for rec in hash_files(files):
+        line = orjson.dumps(rec.to_dict()).decode()
+        if isinstance(rec, HashError):
+            failed += 1
+            typer.echo(line, err=True)
+        else:
+            typer.echo(line)
+    if failed:
+        raise typer.Exit(1)
+
+
+bank_app = typer.Typer(no_args_is_help=True, help="Work with hash banks.")
+app.add_typer(bank_app, name="bank")
+
+
+@bank_app.command("match")
+def bank_match(
+    hashes: Annotated[
+        Path, typer.Argument(help="query hashes, one PDQ or MD5 per line ('-': stdin)")
+    ],
+    bank: Annotated[list[Path], typer.Option("--bank", help="bank CSV; repeat for more")],
+) -> None:
+    """Match hashes against banks: one JSON line per match within its bank's threshold.
+
+    Lines: {"query", "bank", "signal_type", "signal", "distance"}, nearest first
+    for each query. Blank lines and lines starting with # are skipped; a line
+    that is not a PDQ (64 hex) or MD5 (32 hex) hash is reported on stderr and
+    makes the exit code 1.
+    """
+    from streams.banks import HashBanks, normalise_signal
+
+    banks = load_banks(bank)
+    assert isinstance(banks, HashBanks)
+    source = open_lines(hashes)
+    queries: list[tuple[str, str]] = []
+    bad = 0
+    try:
+        for n, raw in enumerate(source, 1):
+            text = raw.decode("utf-8", "replace").strip()
+            if not text or text.startswith("#"):
+                continue
+            kind = {64: "pdq", 32: "md5"}.get(len(text), "")
+            try:
+                queries.append(normalise_signal(kind or "pdq", text))
+            except ValueError as exc:
+                bad += 1
+                typer.echo(f"viralwatch: {hashes}:{n}: not a PDQ or MD5 hash ({exc})", err=True)
+    except OSError as exc:
+        fail(f"cannot read {hashes}: {exc.strerror or exc}")
+    pdq = [q for kind, q in queries if kind == "pdq"]
+    found = dict(zip(pdq, banks.lookup_pdq_many(pdq), strict=True))
+    out = sys.stdout.buffer
+    for kind, q in queries:
+        for m in found[q] if kind == "pdq" else banks.lookup_md5(q):
+            row = {
+                "query": q,
+                "bank": m.entry.bank,
+                "signal_type": m.entry.signal_type,
+                "signal": m.entry.signal,
+                "distance": m.distance,
+            }
+            out.write(orjson.dumps(row) + b"\n")
+    out.flush()
+    if bad:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -148,8 +148,19 @@ class PipelineMetrics:
         registry.register(self._collector)
 
     def observe_lookup(self, seconds: float) -> None:
-        """Record one bank lookup's duration (the router's hook)."""
+        """Record one bank lookup's duration."""
         self.lookup_seconds.observe(max(0.0, seconds))
+
+    def observe_lookups(self, seconds: float, count: int) -> None:
+        """Record a batched search of ``count`` lookups that took ``seconds`` in all.
+
+        Each lookup is recorded at the batch's mean, so the histogram's count
+        stays the number of lookups (``viralwatch_hash_lookups_total``).
+        """
+        if count > 0:
+            each = max(0.0, seconds) / count
+            for _ in range(count):
+                self.lookup_seconds.observe(each)
 
     def observe_alerts(self, alerts: Iterable[Alert]) -> None:
         """Record alerts as they leave the worker: latency of firing ones, the active set."""

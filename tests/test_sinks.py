@@ -8,9 +8,11 @@ receiver. The sinks against a real Alertmanager: test_oncall_integration.py.
 from __future__ import annotations
 
 import logging
+import os
 import urllib.error
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import orjson
 import pytest
@@ -347,3 +349,56 @@ def test_close_reports_what_could_not_be_delivered(caplog: pytest.LogCaptureFixt
         left = sink.close(timeout=0.5)
     assert left == 1 and sink.failures >= 2
     assert "1 alert(s) not delivered" in caplog.text
+
+
+# -- the replay command's live outputs ------------------------------------------
+
+
+def test_replay_delivers_every_alert_to_a_webhook_and_writes_the_same_bytes(
+    tmp_path: Path,
+) -> None:
+    import random
+    import subprocess
+    import sys
+
+    from eventgen import Traffic, pdq_hex
+
+    t, rng = Traffic(), random.Random(5)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    t.burst(root, T0 + 1000, 300, 1000)  # 60 a minute for 5 minutes: warning, then high
+    events, bank = tmp_path / "events.jsonl", tmp_path / "bank.csv"
+    events.write_bytes(b"\n".join(t.lines()) + b"\n")
+    bank.write_text(f"signal_type,signal,bank\npdq,{pdq},ncii\n")
+    root_dir = Path(__file__).resolve().parents[1]
+    cli = [sys.executable, "-m", "streams.cli", "replay", str(events), "--bank", str(bank)]
+    env = {**os.environ, "VIRALWATCH_PSEUDONYM_KEY": "k", "VIRALWATCH_WEBHOOK_SECRET": "s3cret"}
+    plain = subprocess.run(
+        [*cli, "--out", str(tmp_path / "plain.jsonl")], cwd=root_dir, env=env,
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert plain.returncode == 0, plain.stderr
+    receiver = WebhookReceiver().start()
+    try:
+        live = subprocess.run(
+            [*cli, "--out", str(tmp_path / "live.jsonl"), "--webhook", receiver.url + "/hook",
+             "--metrics-port", "0"],
+            cwd=root_dir, env=env, capture_output=True, timeout=60,
+        )  # fmt: skip
+        got = receiver.received()
+    finally:
+        receiver.stop()
+    assert live.returncode == 0, live.stderr
+    assert b"metrics at http://127.0.0.1:" in live.stderr
+    written = (tmp_path / "live.jsonl").read_bytes()
+    assert written == (tmp_path / "plain.jsonl").read_bytes()  # live outputs change nothing
+    alerts = [orjson.loads(line) for line in written.splitlines()]
+    assert [a["severity"] + "/" + a["status"] for a in alerts] == [
+        "warning/firing", "high/firing", "warning/resolved", "high/resolved",
+    ]  # fmt: skip
+    assert [r.json()["alert"] for r in got] == alerts  # each once, in order
+    for r in got:
+        assert verify_signature(
+            b"s3cret", r.body, r.headers["X-Viralwatch-Timestamp"],
+            r.headers["X-Viralwatch-Signature"],
+        )  # fmt: skip
