@@ -228,22 +228,25 @@ def simulate(
     ] = None,
     seed: Annotated[int, typer.Option(help="random seed: the same seed gives the same bytes")] = 7,
     minutes: Annotated[int, typer.Option(help="minutes of event time", min=1)] = 30,
+    scale: Annotated[
+        float, typer.Option(help="multiply the traffic (35 gives about 1M events)", min=0.01)
+    ] = 1.0,
 ) -> None:
     """Write realistic synthetic share traffic and the bank it implies."""
-    from streams.simulate import Scenario, simulate, write_simulation
+    from streams.simulate import Scenario, write_scenario
 
     bank_path = bank_out or out.with_suffix(".bank.csv")
-    sim = simulate(Scenario(seed=seed, minutes=minutes))
+    try:
+        scenario = Scenario(seed=seed, minutes=minutes, scale=scale)
+    except ValueError as exc:
+        fail(str(exc))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         bank_path.parent.mkdir(parents=True, exist_ok=True)
-        write_simulation(sim, out, bank_path)
+        truth = write_scenario(scenario, out, bank_path)
     except OSError as exc:
-        fail(f"cannot write: {exc}")
-    typer.echo(
-        f"wrote {len(sim.lines)} events to {out} and {len(sim.bank)} bank entries to {bank_path}",
-        err=True,
-    )
+        fail(f"cannot write: {exc.strerror or exc}")
+    typer.echo(f"wrote {truth['lines']} events to {out} and the bank to {bank_path}", err=True)
 
 
 @app.command("hash")
