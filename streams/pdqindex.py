@@ -285,7 +285,7 @@ class PDQIndex:
             # Every slot of every probed bucket, as one flat gather.
             ends = np.cumsum(lens)
             pos = np.arange(total, dtype=np.int64) + np.repeat(starts - ends + lens, lens)
-            cand = self._ids[pos]
+            cand = np.take(self._ids, pos)
             if len(block) == 1:
                 qi = np.zeros(total, dtype=np.int64)
                 qrows = np.tile(block, (total, 1))
@@ -324,7 +324,7 @@ class PDQIndex:
             lens = self._offsets[keys + 1] - starts
             ends = np.cumsum(lens)
             pos = np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(starts - ends + lens, lens)
-            cand = self._ids[pos].astype(np.int64)
+            cand = np.take(self._ids, pos).astype(np.int64)
             qi = np.repeat(np.arange(len(q), dtype=np.int64), lens)
             same = (self._words[cand] == q[qi]).all(axis=1) & self._alive[cand]
             parts.append((qi[same], cand[same]))
