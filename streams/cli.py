@@ -328,6 +328,96 @@ def bank_match(
         raise typer.Exit(1)
 
 
+@app.command("evaluate")
+def evaluate_cmd(
+    files: Annotated[list[Path], typer.Argument(help="cascade files")],
+    format_: Annotated[
+        str, typer.Option("--format", help="seismic | casflow | auto (by content)")
+    ] = "auto",
+    at: Annotated[str, typer.Option(help="observation times after the original post")] = (
+        "1h,2h,6h"
+    ),
+    model: Annotated[str, typer.Option(help="rows for this model: seismic | best")] = "best",
+    split: Annotated[
+        str, typer.Option(help="none (shipped calibration) | loo (leave-one-out) | 2fold")
+    ] = "none",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines, then a summary")] = False,
+    plot: Annotated[Path | None, typer.Option(help="write a PNG here")] = None,
+    plot_cascade: Annotated[
+        str | None, typer.Option("--plot-cascade", help="cascade to draw (default: largest)")
+    ] = None,
+    horizon: Annotated[
+        str | None, typer.Option(help="what final means (default: seismic 7d, casflow 24h)")
+    ] = None,
+    step: Annotated[str, typer.Option(help="grid for the alert policy and the plot")] = "5m",
+    alert_size: Annotated[float | None, typer.Option("--alert-size")] = None,
+    alert_low: Annotated[float | None, typer.Option("--alert-low")] = None,
+    show_calibration: Annotated[
+        bool, typer.Option("--show-calibration", help="print the calibration fitted on FILES")
+    ] = False,
+) -> None:
+    """Predict final cascade sizes on real cascades and measure the error.
+
+    One line per cascade and observation time: {"cascade", "obs_seconds",
+    "observed", "infectiousness", "predicted", "low", "high", "final",
+    "model"}; then the median absolute percentage error by time for SEISMIC
+    and the best model, interval coverage, and what the policy's prediction
+    rule would have done. Unreadable lines are reported on stderr; a cascade
+    refused whole makes the exit code 1.
+    """
+    from streams import evaluate as ev
+    from streams.policy import AlertPolicy
+
+    if format_ not in (*ev.FORMATS, "auto") or model not in ("seismic", "best"):
+        fail("--format must be seismic, casflow or auto; --model seismic or best")
+    if split not in ev.SPLITS:
+        fail(f"--split must be one of {', '.join(ev.SPLITS)}")
+    try:
+        times = ev.parse_times(at)
+        grid = ev.parse_seconds(step)
+        horizon_s = ev.parse_seconds(horizon) if horizon else None
+    except ValueError as exc:
+        fail(str(exc))
+    read = ev.ReadResult()
+    for path in files:
+        read = read + ev.read_path(path, format_, horizon_s=horizon_s)
+    for bad in read.rejected:
+        typer.echo(f"viralwatch: {bad}", err=True)
+    if not read.cascades:
+        fail("no cascade could be read")
+    if show_calibration:
+        typer.echo(repr(ev.fit_all(read.cascades)))
+        return
+    rule = AlertPolicy.default().predicted
+    alert = ev.AlertRule(
+        size=alert_size if alert_size is not None else (rule.size if rule else 10_000.0),
+        low=alert_low if alert_low is not None else (rule.low if rule else 2_000.0),
+    )
+    result = ev.evaluate(read.cascades, times, split=split, step_s=grid)
+    summary = ev.summarize(result, alert)
+    summary["rejected"] = len(read.rejected)
+    rows = [r for r in result.rows if r.model == model]
+    if as_json:
+        out = sys.stdout.buffer
+        for r in rows:
+            out.write(orjson.dumps(r.to_dict()) + b"\n")
+        out.write(orjson.dumps({"summary": summary}) + b"\n")
+        out.flush()
+    else:
+        typer.echo(ev.render_rows(rows))
+        typer.echo(ev.render_summary(summary))
+    if plot is not None:
+        try:
+            drawn = ev.plot(result, plot, plot_cascade)
+        except ValueError as exc:
+            fail(str(exc))
+        except OSError as exc:
+            fail(f"cannot write {plot}: {exc.strerror or exc}")
+        typer.echo(f"viralwatch: plot of cascade {drawn} in {plot}", err=True)
+    if any(bad.line == 0 for bad in read.rejected):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

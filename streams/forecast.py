@@ -1,0 +1,66 @@
+"""The detector's per-cluster final-size predictor: graphs.prediction behind alerts' types.
+
+The detector keeps one :class:`ClusterPredictor` per banked cluster, adds
+each post as it applies it (event time, seconds since the cluster was first
+seen) and asks for a forecast every few seconds of event time. The answer
+is an :class:`streams.alerts.Prediction`, which alerts carry as
+``cascade.predicted_final_size`` and the policy's ``[predicted]`` rule reads.
+
+Examples
+--------
+>>> p = ClusterPredictor()
+>>> p.add(0.0, 800, original=True)
+>>> p.predict(60.0) is None  # nothing to say before the first reshare
+True
+>>> for i in range(1, 121):
+...     p.add(i * 5.0, 150)
+>>> pred = p.predict(600.0)
+>>> pred.model, pred.low <= pred.size <= pred.high
+('best', True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from graphs.prediction import DEFAULT_CONFIG, IncrementalPredictor, Model, PredictorConfig
+from streams.alerts import Prediction
+
+
+class ClusterPredictor:
+    """One cluster's incremental predictor (see :class:`graphs.prediction.IncrementalPredictor`).
+
+    ``followers=None`` means unknown (the network average is assumed, not
+    zero, which would hide the post from the estimate). Uploads are
+    ``original=True``: they expose their followers but are not reshares.
+    """
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, config: PredictorConfig = DEFAULT_CONFIG) -> None:
+        self._inner = IncrementalPredictor(config)
+
+    @property
+    def observed(self) -> int:
+        return self._inner.observed
+
+    def add(self, t_s: float, followers: int | None = None, *, original: bool = False) -> None:
+        self._inner.add(t_s, followers, original=original)
+
+    def predict(self, now_s: float) -> Prediction | None:
+        """The forecast at ``now_s``, or None before the first reshare."""
+        if self._inner.observed == 0:
+            return None
+        f = self._inner.predict(now_s)
+        return Prediction(size=f.size, low=f.low, high=f.high, model=self._inner.config.model)
+
+
+def predictor_factory(model: Model = "best") -> Callable[[], ClusterPredictor]:
+    """What ``Detector(predictor_factory=...)`` takes: a new predictor per cluster.
+
+    >>> make = predictor_factory("seismic")
+    >>> make() is not make()
+    True
+    """
+    config = PredictorConfig(model=model)
+    return lambda: ClusterPredictor(config)
