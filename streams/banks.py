@@ -150,8 +150,10 @@ class HashBanks:
         if cache_size < 0:
             raise ValueError("cache_size must be >= 0")
         self._configs: dict[str, BankConfig] = {c.name: c for c in configs}
-        self._md5: dict[str, dict[str, BankEntry]] = {}  # signal -> bank -> entry
-        self._pdq: dict[str, dict[str, BankEntry]] = {}
+        # signal -> its entries, one per bank (a tuple: most signals are in one bank,
+        # and at millions of entries a dict each would double the memory)
+        self._md5: dict[str, tuple[BankEntry, ...]] = {}
+        self._pdq: dict[str, tuple[BankEntry, ...]] = {}
         self._pdq_per_bank: Counter[str] = Counter()
         self._index = PDQIndex()
         self._radius: int | None = None  # widest PDQ threshold of an enabled bank
@@ -170,40 +172,36 @@ class HashBanks:
 
     def add(self, entry: BankEntry) -> bool:
         """Add an entry; ``False`` when it was there already (its label is updated)."""
-        kind, signal = normalise_signal(entry.signal_type, entry.signal)
-        if (kind, signal) != (entry.signal_type, entry.signal):
-            entry = BankEntry(entry.bank, kind, signal, entry.label)
-        table = self._md5 if kind == "md5" else self._pdq
-        group = table.setdefault(signal, {})
-        new = entry.bank not in group
-        group[entry.bank] = entry
-        if new and kind == "pdq":
-            self._pdq_per_bank[entry.bank] += 1
-            if len(group) == 1:
-                self._index.add(signal)
-        self._changed()
-        return new
+        return self._add(entry, None)
 
     def add_many(self, entries: Iterable[BankEntry]) -> int:
         """Add many entries (a bank load): one index insertion for all; the number new."""
-        added = 0
         fresh: list[str] = []
-        for entry in entries:
-            kind, signal = normalise_signal(entry.signal_type, entry.signal)
-            if (kind, signal) != (entry.signal_type, entry.signal):
-                entry = BankEntry(entry.bank, kind, signal, entry.label)
-            table = self._md5 if kind == "md5" else self._pdq
-            group = table.setdefault(signal, {})
-            if entry.bank not in group:
-                added += 1
-                if kind == "pdq":
-                    self._pdq_per_bank[entry.bank] += 1
-                    if not group:
-                        fresh.append(signal)
-            group[entry.bank] = entry
-        self._index.add_many(fresh)
+        try:
+            return sum(self._add(entry, fresh) for entry in entries)
+        finally:  # a bad entry stops the load, but what was added is searchable
+            self._index.add_many(fresh)
+
+    def _add(self, entry: BankEntry, fresh: list[str] | None) -> bool:
+        """Add to the tables; a new PDQ signal goes to the index, or to ``fresh`` for later."""
+        kind, signal = normalise_signal(entry.signal_type, entry.signal)
+        if (kind, signal) != (entry.signal_type, entry.signal):
+            entry = BankEntry(entry.bank, kind, signal, entry.label)
+        signal = entry.signal  # one string object for the key and the entry
+        table = self._md5 if kind == "md5" else self._pdq
+        group = table.get(signal, ())
+        others = tuple(e for e in group if e.bank != entry.bank)
+        table[signal] = (*others, entry)
         self._changed()
-        return added
+        new = len(others) == len(group)
+        if new and kind == "pdq":
+            self._pdq_per_bank[entry.bank] += 1
+            if not group:
+                if fresh is None:
+                    self._index.add(signal)
+                else:
+                    fresh.append(signal)
+        return new
 
     def withdraw(self, bank: str, signal_type: str, signal: str) -> bool:
         """Withdraw a signal from one bank; harmless (``False``) when it is not there."""
@@ -212,15 +210,17 @@ class HashBanks:
         except ValueError:
             return False
         table = self._md5 if kind == "md5" else self._pdq
-        group = table.get(text)
-        if not group or bank not in group:
+        group = table.get(text, ())
+        kept = tuple(e for e in group if e.bank != bank)
+        if len(kept) == len(group):
             return False
-        del group[bank]
+        if kept:
+            table[text] = kept
         if kind == "pdq":
             self._pdq_per_bank[bank] -= 1
             if not self._pdq_per_bank[bank]:
                 del self._pdq_per_bank[bank]
-        if not group:
+        if not kept:
             del table[text]
             if kind == "pdq":
                 self._index.remove(text)
@@ -236,9 +236,9 @@ class HashBanks:
 
     def entries(self) -> Iterator[BankEntry]:
         for group in self._md5.values():
-            yield from group.values()
+            yield from group
         for pgroup in self._pdq.values():
-            yield from pgroup.values()
+            yield from pgroup
 
     # ------------------------------------------------------------------ lookups
 
@@ -252,7 +252,7 @@ class HashBanks:
     def _pdq_matches(self, found: Iterable[tuple[str, int]]) -> list[Match]:
         out = []
         for signal, d in found:
-            for entry in self._pdq[signal].values():
+            for entry in self._pdq[signal]:
                 cfg = self.config(entry.bank)
                 if cfg.enabled and d <= cfg.pdq_threshold:
                     out.append(Match(entry, d))
@@ -275,10 +275,8 @@ class HashBanks:
 
     def lookup_md5(self, md5: str) -> list[Match]:
         """Every enabled entry with this MD5, best (by the tie rule) first."""
-        group = self._md5.get(md5.lower(), {})
-        return sorted(
-            (Match(e, 0) for e in group.values() if self.config(e.bank).enabled), key=_rank
-        )
+        group = self._md5.get(md5.lower(), ())
+        return sorted((Match(e, 0) for e in group if self.config(e.bank).enabled), key=_rank)
 
     def match(self, content: Content) -> Match | None:
         """The one entry this content matches, by the rule in the module docstring."""

@@ -59,7 +59,7 @@ _KEYS: Final = CHUNKS << CHUNK_BITS  # 16 tables x 65,536 chunk values
 _CHUNK_BASE: Final = np.arange(CHUNKS, dtype=np.int64) << CHUNK_BITS
 # Queries per vectorised block, so a batch's temporary arrays stay a few tens of MB.
 _BLOCK_CANDIDATES: Final = 1 << 15
-_BLOCK_SCAN_CELLS: Final = 1 << 22
+_BLOCK_SCAN_CELLS: Final = 1 << 18
 
 Words = npt.NDArray[np.uint64]
 Rows = npt.NDArray[np.int64]
@@ -302,32 +302,39 @@ class PDQIndex:
 
     def _scan(self, q: Words, lo: int, hi: int, threshold: int) -> tuple[Rows, Rows, Rows]:
         """Rows ``[lo, hi)`` compared with every query: exact at any threshold."""
-        rows_words = self._words[lo:hi]
-        alive = self._alive[lo:hi]
-        step = max(1, _BLOCK_SCAN_CELLS // max(1, hi - lo))
+        n = hi - lo
+        if not n:
+            return _concat([])
+        step = max(1, _BLOCK_SCAN_CELLS // n)
         out = []
         for qlo in range(0, len(q), step):
             block = q[qlo : qlo + step]
-            dist = np.bitwise_count(block[:, None, :] ^ rows_words[None, :, :]).sum(
-                axis=2, dtype=np.int64
-            )
-            qi, r = np.nonzero((dist <= threshold) & alive)
-            out.append((qi + qlo, r + lo, dist[qi, r]))
+            pairs = np.repeat(block, n, axis=0)  # (query, row) pairs, query-major
+            rows = np.tile(self._words[lo:hi], (len(block), 1))
+            hit, dist = _verify(rows, pairs, threshold)
+            qi, r = np.divmod(hit, n)
+            live = self._alive[r + lo]
+            out.append((qi[live] + qlo, r[live] + lo, dist[live]))
         return _concat(out)
 
     def _find_exact(self, q: Words) -> tuple[Rows, Rows]:
         """Live rows equal to each query: one table suffices (equal hashes share every chunk)."""
         parts = []
         if self._indexed:
-            keys = q.view(np.uint16).reshape(len(q), CHUNKS)[:, 0].astype(np.int64)
-            starts = self._offsets[keys]
-            lens = self._offsets[keys + 1] - starts
-            ends = np.cumsum(lens)
-            pos = np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(starts - ends + lens, lens)
-            cand = np.take(self._ids, pos).astype(np.int64)
-            qi = np.repeat(np.arange(len(q), dtype=np.int64), lens)
-            same = (self._words[cand] == q[qi]).all(axis=1) & self._alive[cand]
-            parts.append((qi[same], cand[same]))
+            step = max(1, _BLOCK_CANDIDATES // max(1, self._indexed >> CHUNK_BITS))
+            for lo in range(0, len(q), step):
+                block = q[lo : lo + step]
+                keys = block.view(np.uint16).reshape(len(block), CHUNKS)[:, 0].astype(np.int64)
+                starts = self._offsets[keys]
+                lens = self._offsets[keys + 1] - starts
+                ends = np.cumsum(lens)
+                pos = np.arange(int(lens.sum()), dtype=np.int64)
+                pos += np.repeat(starts - ends + lens, lens)
+                cand = np.take(self._ids, pos).astype(np.int64)
+                qi = np.repeat(np.arange(len(block), dtype=np.int64), lens)
+                same = (np.take(self._words, cand, axis=0) == block[qi]).all(axis=1)
+                same &= self._alive[cand]
+                parts.append((qi[same] + lo, cand[same]))
         if self._n > self._indexed:
             tail = self._words[self._indexed : self._n]
             same = (q[:, None, :] == tail[None, :, :]).all(axis=2)

@@ -383,3 +383,11 @@ def test_bank_match_reference_needles(tmp_path: Path) -> None:
     r = viralwatch("bank", "match", "--bank", str(bank), str(PDQ_DATA / "needles.txt"))
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 250
+
+
+def test_a_bad_entry_stops_a_load_but_what_came_before_matches() -> None:
+    banks = HashBanks()
+    with pytest.raises(ValueError):
+        banks.add_many([pdq("7" * 64), pdq("nope"), pdq("8" * 64)])
+    assert banks.match(Content(pdq="7" * 64)) == Match(pdq("7" * 64), 0)
+    assert len(banks) == 1
