@@ -33,8 +33,9 @@ def test_planted_near_duplicates_at_every_distance_0_to_40() -> None:
     bank = [rand_hash(rng) for _ in range(3000)]
     queries = [flip(rng.choice(bank), d, rng) for d in range(41) for _ in range(3)]
     queries += [rand_hash(rng) for _ in range(20)]
+    queries += [flip(rng.choice(bank), d, rng) for d in range(41, 70)]  # for the wide thresholds
     index = PDQIndex(bank, tail_max=100)
-    for threshold in (0, 1, 15, 16, 30, 31, 32, 40, 47, 48, 64):
+    for threshold in (0, 1, 15, 16, 30, 31, 32, 40, 47, 48, 63, 64, 65):
         assert index.search_many(queries, threshold) == brute_force(bank, queries, threshold), (
             threshold
         )
@@ -58,7 +59,7 @@ def test_single_and_batched_searches_agree() -> None:
     seed=st.integers(0, 2**32 - 1),
     n=st.integers(0, 300),
     tail_max=st.sampled_from([0, 3, 50, 10_000]),
-    threshold=st.sampled_from([0, 7, 31, 32, 40, 47, 48, 80]),
+    threshold=st.sampled_from([0, 7, 31, 32, 40, 47, 48, 63, 64, 80]),
     ops=st.lists(st.tuples(st.sampled_from(["add", "remove", "readd"]), st.integers(0, 10**6))),
 )
 def test_index_equals_brute_force_through_adds_and_removals(
