@@ -324,6 +324,9 @@ def forecast(features: Features, model: Model, config: PredictorConfig) -> Forec
 # posts kept beyond the min_count + 1 that R's widened window needs, so that a
 # few posts at exactly `now` (excluded from the estimate) do not hide them
 _SPARE_RECENT = 64
+# narrow buckets leave for the merged list in batches of this many, so that the
+# cached arrays are rebuilt every ~10 minutes of event time, not on every bucket
+_FLUSH_SLACK = 60
 # fields of a recent (narrow) bucket
 _M, _N, _D, _DT, _ST = range(5)
 # fields of a merged (old) bucket
@@ -357,9 +360,13 @@ class IncrementalPredictor:
     __slots__ = (
         "_cfg",
         "_coarse",
+        "_dirty",
         "_fine",
+        "_fine_rows",
+        "_fine_table",
         "_floor_key",
         "_latest",
+        "_old_table",
         "_origin",
         "_posts",
         "_recent",
@@ -374,6 +381,11 @@ class IncrementalPredictor:
         self._latest = -math.inf
         self._fine: dict[int, list[float]] = {}
         self._floor_key: int | None = None
+        # arrays of the buckets as last used by features(), patched where dirty
+        self._fine_table: FloatArray | None = None
+        self._fine_rows: dict[int, int] = {}
+        self._dirty: set[int] = set()
+        self._old_table: FloatArray | None = None
         self._coarse: list[list[float]] = []
         self._recent: list[tuple[float, bool]] = []
         self._posts = 0
@@ -437,10 +449,12 @@ class IncrementalPredictor:
             b[_D] += d
             b[_DT] += d * t
             b[_ST] += t * reshare
-            if len(self._fine) > self._cfg.fine_horizon_s / self._cfg.bucket_s + 32:
+            self._dirty.add(key)
+            if len(self._fine) > self._cfg.fine_horizon_s / self._cfg.bucket_s + 2 * _FLUSH_SLACK:
                 self._age_buckets()
 
     def _add_old(self, t: float, d: float, reshare: bool) -> None:
+        self._old_table = None
         for b in self._coarse:
             if b[_LO] <= t <= b[_HI]:
                 break
@@ -459,12 +473,17 @@ class IncrementalPredictor:
             return
         width = self._cfg.bucket_s
         boundary = math.floor((self._latest - self._ref - self._cfg.fine_horizon_s) / width)
-        if self._floor_key is not None and boundary <= self._floor_key:
+        last = self._floor_key
+        if last is None:
+            last = min(self._fine, default=boundary)
+        if boundary < last + _FLUSH_SLACK:
             return
         self._floor_key = boundary
         old = sorted(k for k in self._fine if k < boundary)
         if not old:
             return
+        self._fine_table = None
+        self._old_table = None
         for k in old:
             m, n, d, dt, st = self._fine.pop(k)
             self._coarse.append([k * width, (k + 1) * width, m, n, d, dt, st])
@@ -486,14 +505,42 @@ class IncrementalPredictor:
 
     def _arrays(self) -> list[FloatArray]:
         """Per bucket: lo, hi, reshares, followers, follower-weighted mean time, sum of
-        reshare times."""
+        reshare times.
+
+        The narrow buckets' table is kept between calls and only the buckets
+        touched since are rewritten, so a prediction on a hot cascade costs
+        NumPy work over the buckets plus Python work over the few new ones.
+        """
         width = self._cfg.bucket_s
-        rows = [
-            (k * width, k * width + width, b[_N], b[_D], b[_DT], b[_ST])
-            for k, b in self._fine.items()
-        ]
-        rows += [(b[_LO], b[_HI], b[_CN], b[_CD], b[_CDT], b[_CST]) for b in self._coarse]
-        lo, hi, n, d, dt, st = np.array(rows, dtype=np.float64).reshape(-1, 6).T
+        table = self._fine_table
+        if table is None:
+            keys = list(self._fine)
+            self._fine_rows = {k: i for i, k in enumerate(keys)}
+            table = np.array([self._fine[k] for k in keys], dtype=np.float64).reshape(-1, 5)
+            table[:, _M] = np.array(keys, dtype=np.float64) * width  # column 0 holds lo
+        elif self._dirty:
+            fresh: list[list[float]] = []
+            for k in self._dirty:
+                row = self._fine_rows.get(k)
+                b = self._fine[k]
+                if row is None:
+                    self._fine_rows[k] = table.shape[0] + len(fresh)
+                    fresh.append([k * width, b[_N], b[_D], b[_DT], b[_ST]])
+                else:
+                    table[row, 1:] = b[1:]
+            if fresh:
+                table = np.vstack([table, np.array(fresh, dtype=np.float64)])
+        self._dirty.clear()
+        self._fine_table = table
+        if self._old_table is None:
+            self._old_table = np.array(self._coarse, dtype=np.float64).reshape(-1, 7)
+        old = self._old_table
+        lo = np.concatenate([table[:, 0], old[:, _LO]])
+        hi = np.concatenate([table[:, 0] + width, old[:, _HI]])
+        n = np.concatenate([table[:, _N], old[:, _CN]])
+        d = np.concatenate([table[:, _D], old[:, _CD]])
+        dt = np.concatenate([table[:, _DT], old[:, _CDT]])
+        st = np.concatenate([table[:, _ST], old[:, _CST]])
         centre = np.where(d > 0, dt / np.where(d > 0, d, 1.0), (lo + hi) / 2.0)
         return [lo, hi, n, d, centre, st]
 
@@ -531,6 +578,8 @@ class IncrementalPredictor:
             return empty
         q = weighted / exposure
         k = max(1, round(count))
+        if k > 200:  # 3 significant digits: the interval moves < 1e-4, the quantile is cached
+            k = round(k, 2 - len(str(k)) + 1)
         p_low = q * chi2_quantile(0.05, 2 * k) / (2 * k)
         p_up = q * chi2_quantile(0.95, 2 * k) / (2 * k)
         seen = ages >= 0.0

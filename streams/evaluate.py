@@ -172,7 +172,11 @@ def _number(field_: str) -> float | None:
 
 
 def read_seismic(
-    text: str | Iterable[str], name: str, *, horizon_s: float | None = None
+    text: str | Iterable[str],
+    name: str,
+    *,
+    horizon_s: float | None = None,
+    source: str | None = None,
 ) -> ReadResult:
     """Read one cascade in the ``seismic`` CSV format (see the module docstring).
 
@@ -180,6 +184,7 @@ def read_seismic(
     order; none may come before the original post.
     """
     horizon = horizon_s or FORMAT_HORIZON_S["seismic"]
+    where = source or name
     rejected: list[Rejected] = []
     posts: list[Post] = []
     first_line = True
@@ -194,25 +199,25 @@ def read_seismic(
         try:
             post = _seismic_row(fields, original=not posts)
         except ValueError as exc:
-            rejected.append(Rejected(name, n, str(exc)))
+            rejected.append(Rejected(where, n, str(exc)))
             if not posts:
                 break  # without the original post there is no cascade
             continue
         if posts and post.t_s < posts[0].t_s:
             rejected.append(
                 Rejected(
-                    name, n, f"time {fields[0]} is before the original post ({posts[0].t_s:g})"
+                    where, n, f"time {fields[0]} is before the original post ({posts[0].t_s:g})"
                 )
             )
             continue
         posts.append(post)
     if not posts:
         why = "no data rows" if not rejected else "the first row (the original post) is unreadable"
-        return ReadResult((), (*rejected, Rejected(name, 0, f"cascade refused: {why}")))
+        return ReadResult((), (*rejected, Rejected(where, 0, f"cascade refused: {why}")))
     origin = posts[0].t_s
     ordered = [posts[0], *sorted(posts[1:], key=lambda p: p.t_s)]
     rebased = tuple(Post(p.t_s - origin, p.followers, p.original) for p in ordered)
-    return ReadResult((CascadeData(name, rebased, horizon, name),), tuple(rejected))
+    return ReadResult((CascadeData(name, rebased, horizon, where),), tuple(rejected))
 
 
 def _seismic_row(fields: list[str], *, original: bool) -> Post:
@@ -312,9 +317,9 @@ def read_path(path: Path, fmt: str = "auto", *, horizon_s: float | None = None) 
         return ReadResult((), (Rejected(str(path), 0, f"cannot read: {exc}"),))
     kind: str = detect_format(path, text[:4096]) if fmt == "auto" else fmt
     if kind == "seismic":
-        return read_seismic(text, path.stem, horizon_s=horizon_s)
+        return read_seismic(text, path.stem, horizon_s=horizon_s, source=str(path))
     if kind == "casflow":
-        return read_casflow(text, path.name, horizon_s=horizon_s)
+        return read_casflow(text, str(path), horizon_s=horizon_s)
     return ReadResult((), (Rejected(str(path), 0, f"unknown format {fmt!r}"),))
 
 
@@ -546,6 +551,21 @@ def summarize(ev: Evaluation, rule: AlertRule = AlertRule()) -> dict[str, Any]:
             )
             for t in ev.at_seconds
         }
+        if m == "best":
+            # the no-growth baseline: what is seen now is all there will be
+            out["mdape"]["observed"] = {
+                str(int(t)): _num(
+                    _median(
+                        [
+                            abs(r.observed - r.final) / r.final
+                            for r in rows
+                            if r.obs_seconds == t and r.final
+                        ]
+                    ),
+                    4,
+                )
+                for t in ev.at_seconds
+            }
         large = [tr for tr in ev.trajectories if tr.final > rule.size]
         small = [tr for tr in ev.trajectories if tr.final <= rule.size]
         shares: list[float] = []
@@ -576,8 +596,9 @@ def render_summary(summary: dict[str, Any]) -> str:
         "median absolute percentage error of the final size",
         head,
     ]
-    for m in MODELS:
+    for m in (*MODELS, "observed"):
         lines.append(f"{m:<10}" + "".join(f"{_pct(summary['mdape'][m][t]):>10}" for t in times))
+    lines.append("(observed: the count so far, as if the cascade stopped now)")
     lines.append("share of cascades whose final size is inside the interval")
     for m in MODELS:
         lines.append(f"{m:<10}" + "".join(f"{_pct(summary['coverage'][m][t]):>10}" for t in times))

@@ -155,7 +155,7 @@ def test_before_any_reshare_the_forecast_is_the_observed_count() -> None:
 )
 def test_bad_posts_are_refused(t: float, followers: float) -> None:
     with pytest.raises(ValueError):
-        IncrementalPredictor().add(t, followers)  # type: ignore[arg-type]
+        IncrementalPredictor().add(t, followers)
 
 
 def test_bad_settings_are_refused() -> None:
@@ -195,7 +195,13 @@ def test_shipped_calibration_is_what_the_data_give() -> None:
         CASCADES / "seismic-tweet.csv"
     )
     assert not res.rejected
-    assert fit_all(res.cascades) == DEFAULT_CALIBRATION
+    fitted = fit_all(res.cascades)
+    assert fitted.cascades == DEFAULT_CALIBRATION.cascades == 31
+    assert fitted.log_amp == pytest.approx(DEFAULT_CALIBRATION.log_amp, abs=1e-3)
+    assert fitted.log_amp_slope == pytest.approx(DEFAULT_CALIBRATION.log_amp_slope, abs=1e-3)
+    assert fitted.ages_s == DEFAULT_CALIBRATION.ages_s
+    np.testing.assert_allclose(fitted.q_low, DEFAULT_CALIBRATION.q_low, atol=1e-4)
+    np.testing.assert_allclose(fitted.q_high, DEFAULT_CALIBRATION.q_high, atol=1e-4)
 
 
 @needs_shared
