@@ -27,8 +27,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -160,6 +161,10 @@ class HashBanks:
         self._cache: OrderedDict[tuple[str | None, str | None], Match | None] = OrderedDict()
         self.cache_size = cache_size
         self.stats = stats
+        #: called as ``on_lookups(seconds, lookups)`` after each batch of index
+        #: lookups (cache misses), so an adapter can observe lookup latency
+        #: without this module importing a metrics library
+        self.on_lookups: Callable[[float, int], None] | None = None
 
     # ------------------------------------------------------------------ changes
 
@@ -309,6 +314,7 @@ class HashBanks:
             self.stats.lookups += len(todo)
         if not todo:
             return out
+        started = time.perf_counter()
         answers: dict[tuple[str | None, str | None], Match | None] = {}
         pending: list[tuple[str | None, str | None]] = []
         for key in todo:
@@ -334,6 +340,8 @@ class HashBanks:
                 self._cache[key] = answer
                 if len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
+        if self.on_lookups is not None:
+            self.on_lookups(time.perf_counter() - started, len(todo))
         return out
 
 

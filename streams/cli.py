@@ -164,6 +164,7 @@ def replay(
             fail(f"cannot start the on-call outputs: {exc}")
         if oncall.metrics_url:
             typer.echo(f"viralwatch: metrics at {oncall.metrics_url}", err=True)
+        banks.on_lookups = oncall.metrics.observe_lookups  # type: ignore[attr-defined]
     pacer = Pacer(speed) if speed > 0 else None
     # Live outputs see each alert as it is made; the files get them all at the end.
     streamed = Decisions()

@@ -301,3 +301,16 @@ def test_fastest_lists_banked_clusters_by_velocity():
     top = pipe.detector.fastest(5)
     assert [r.size for r in top] == [61, 31]
     assert top[0].velocity_5m > top[1].velocity_5m
+
+
+def test_bank_lookups_report_their_latency_to_an_observer() -> None:
+    from streams.events import Content
+
+    rng = random.Random(19)
+    banks = banked(pdq_hex(rng))
+    seen: list[tuple[float, int]] = []
+    banks.on_lookups = lambda seconds, n: seen.append((seconds, n))
+    q = [Content(pdq=pdq_hex(rng), pdq_quality=90) for _ in range(3)]
+    banks.match_many([*q, q[0]])  # the repeat is answered from the batch, not looked up
+    banks.match(q[1])  # cached: no lookup, no report
+    assert len(seen) == 1 and seen[0][1] == 3 and seen[0][0] >= 0
