@@ -57,7 +57,7 @@ from streams.stats import Stats
 class Predictor(Protocol):
     """Incremental final-size prediction for one cascade (see ``graphs.prediction``)."""
 
-    def add(self, t_s: float, followers: int) -> None: ...
+    def add(self, t_s: float, followers: int | None = None, *, original: bool = False) -> None: ...
 
     def predict(self, now_s: float) -> Prediction | None: ...
 
@@ -216,7 +216,13 @@ class Detector:
         if not st.velocity.add(ev.ts_ms):
             self.stats.late += 1
         if st.predictor is not None:
-            st.predictor.add((ev.ts_ms - st.first_seen_ms) / 1000, ev.followers or 0)
+            # followers None is "unknown" (the network average), not zero; an
+            # upload shows its audience but is not itself a reshare
+            st.predictor.add(
+                max(0.0, (ev.ts_ms - st.first_seen_ms) / 1000),
+                ev.followers,
+                original=ev.type == "upload",
+            )
         if st.takedown_severity is not None:
             self.outbox.actions.append(
                 TakedownRequest.for_post(

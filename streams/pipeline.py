@@ -22,16 +22,21 @@ interleaved within that lateness. A record later than that is still applied
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Final
 
 from streams.alerts import Pseudonymizer
 from streams.banks import HashBanks
 from streams.detector import Decisions, Detector, Predictor
 from streams.events import Rejection, ShareEvent, parse_event
+from streams.forecast import predictor_factory as forecast_factory
 from streams.policy import AlertPolicy
 from streams.reorder import ReorderBuffer
 from streams.router import Routed, Router
 from streams.stats import Stats
 
+#: Each banked cluster's final size is forecast with the calibrated model
+#: (``graphs.prediction``); pass ``predictor_factory=None`` to switch it off.
+DEFAULT_PREDICTOR: Final = forecast_factory("best")
 #: How often (in event time) held orphans are checked for expiry.
 _EXPIRE_EVERY_MS = 10_000
 
@@ -48,7 +53,7 @@ class Pipeline:
         lateness_ms: int = 60_000,
         hold_ms: int = 600_000,
         idle_ms: int = 3_600_000,
-        predictor_factory: Callable[[], Predictor] | None = None,
+        predictor_factory: Callable[[], Predictor] | None = DEFAULT_PREDICTOR,
         stats: Stats | None = None,
     ) -> None:
         self.stats = stats if stats is not None else Stats()
