@@ -8,6 +8,7 @@ one-line reason on stderr.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -367,7 +368,6 @@ def evaluate_cmd(
     refused whole makes the exit code 1.
     """
     from streams import evaluate as ev
-    from streams.policy import AlertPolicy
 
     if format_ not in (*ev.FORMATS, "auto") or model not in ("seismic", "best"):
         fail("--format must be seismic, casflow or auto; --model seismic or best")
@@ -389,10 +389,11 @@ def evaluate_cmd(
     if show_calibration:
         typer.echo(repr(ev.fit_all(read.cascades)))
         return
-    rule = AlertPolicy.default().predicted
-    alert = ev.AlertRule(
-        size=alert_size if alert_size is not None else (rule.size if rule else 10_000.0),
-        low=alert_low if alert_low is not None else (rule.low if rule else 2_000.0),
+    rule = ev.default_rule()
+    alert = dataclasses.replace(
+        rule,
+        size=alert_size if alert_size is not None else rule.size,
+        low=alert_low if alert_low is not None else rule.low,
     )
     result = ev.evaluate(read.cascades, times, split=split, step_s=grid)
     summary = ev.summarize(result, alert)

@@ -247,8 +247,7 @@ class Detector:
             p = st.prediction
             if (
                 p is not None
-                and p.size > rule.size
-                and p.low > rule.low
+                and rule.fires(p.size, p.low, st.cascade.size)
                 and severity_rank(rule.severity) > severity_rank(sev or "")
             ):
                 sev, reason = rule.severity, "predicted"

@@ -55,6 +55,7 @@ from graphs.prediction import (
     forecast,
 )
 from graphs.seismic import N_STAR, predict_at
+from streams.policy import AlertPolicy, PredictionRule
 
 Format = Literal["seismic", "casflow"]
 Split = Literal["none", "loo", "2fold"]
@@ -508,15 +509,14 @@ def evaluate(
 # -- summary ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class AlertRule:
-    """The policy's prediction rule: fire when size > ``size`` and low > ``low``."""
+def default_rule() -> PredictionRule:
+    rule = AlertPolicy.default().predicted
+    return rule if rule is not None else PredictionRule("critical", 10_000.0, 2_000.0)
 
-    size: float = 10_000.0
-    low: float = 2_000.0
 
-    def fires(self, f: Forecast) -> bool:
-        return f.size > self.size and f.low > self.low
+def fires(rule: PredictionRule, tr: Trajectory, i: int, f: Forecast) -> bool:
+    """Whether the policy's rule fires on forecast ``i`` of a trajectory."""
+    return rule.fires(f.size, f.low, tr.observed[i])
 
 
 def _median(xs: Sequence[float]) -> float:
@@ -530,14 +530,19 @@ def _median(xs: Sequence[float]) -> float:
     return a if a == b else (a + b) / 2.0
 
 
-def summarize(ev: Evaluation, rule: AlertRule = AlertRule()) -> dict[str, Any]:
-    """Median absolute percentage error by time and model, interval coverage, alert policy."""
+def summarize(ev: Evaluation, rule: PredictionRule | None = None) -> dict[str, Any]:
+    """Median absolute percentage error by time and model, interval coverage, alert policy.
+
+    ``rule`` is the alert policy's prediction rule (default: the default policy's).
+    """
+    if rule is None:
+        rule = default_rule()
     out: dict[str, Any] = {
         "cascades": len(ev.trajectories),
         "split": ev.split,
         "mdape": {},
         "coverage": {},
-        "alert": {"rule": {"size": rule.size, "low": rule.low}},
+        "alert": {"rule": {"size": rule.size, "low": rule.low, "min_observed": rule.min_observed}},
     }
     for m in MODELS:
         rows = [r for r in ev.rows if r.model == m]
@@ -571,11 +576,13 @@ def summarize(ev: Evaluation, rule: AlertRule = AlertRule()) -> dict[str, Any]:
         shares: list[float] = []
         hours: list[float] = []
         for tr in large:
-            hit = next((i for i, f in enumerate(tr.forecasts[m]) if rule.fires(f)), None)
+            hit = next((i for i, f in enumerate(tr.forecasts[m]) if fires(rule, tr, i, f)), None)
             if hit is not None:
                 shares.append(tr.observed[hit] / tr.final)
                 hours.append(tr.times_s[hit] / 3600.0)
-        false = sum(1 for tr in small if any(rule.fires(f) for f in tr.forecasts[m]))
+        false = sum(
+            1 for tr in small if any(fires(rule, tr, i, f) for i, f in enumerate(tr.forecasts[m]))
+        )
         out["alert"][m] = {
             "large": len(large),
             "large_alerted": len(shares),

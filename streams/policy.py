@@ -59,11 +59,25 @@ class VelocityRule:
 
 @dataclass(frozen=True, slots=True)
 class PredictionRule:
-    """Fire ``severity`` when the predicted final size passes ``size``, its lower bound ``low``."""
+    """Fire ``severity`` when the predicted final size passes ``size``, its lower bound ``low``.
+
+    A forecast from a handful of posts is an extrapolation of noise (one
+    reshare by a large account, seconds after the upload, "predicts" tens of
+    thousands), so the rule waits until the cluster has ``min_observed``
+    posts.
+
+    >>> rule = PredictionRule("critical", size=10_000, low=2_000, min_observed=50)
+    >>> rule.fires(45_000, 22_000, observed=2), rule.fires(12_000, 2_500, observed=80)
+    (False, True)
+    """
 
     severity: Severity
     size: float
     low: float
+    min_observed: int = 50
+
+    def fires(self, size: float, low: float, observed: int) -> bool:
+        return observed >= self.min_observed and size > self.size and low > self.low
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +185,12 @@ class AlertPolicy:
             raw = data["predicted"]
             if raw["severity"] not in SEVERITIES:
                 raise ValueError(f"unknown severity {raw['severity']!r}")
-            predicted = PredictionRule(raw["severity"], float(raw["size"]), float(raw["low"]))
+            predicted = PredictionRule(
+                raw["severity"],
+                float(raw["size"]),
+                float(raw["low"]),
+                int(raw.get("min_observed", 50)),
+            )
         links = data.get("links", {})
         if not isinstance(links, Mapping):
             raise ValueError("links must be a table")

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from eventgen import T0, Traffic, pdq_hex
 
-from streams.alerts import Pseudonymizer
+from streams.alerts import Prediction, Pseudonymizer
 from streams.banks import BankEntry, HashBanks
 from streams.detector import Detector
 from streams.pipeline import Pipeline
@@ -314,3 +314,30 @@ def test_bank_lookups_report_their_latency_to_an_observer() -> None:
     banks.match_many([*q, q[0]])  # the repeat is answered from the batch, not looked up
     banks.match(q[1])  # cached: no lookup, no report
     assert len(seen) == 1 and seen[0][1] == 3 and seen[0][0] >= 0
+
+
+class FixedForecast:
+    """A predictor that always says the same thing: to test the policy, not the model."""
+
+    def __init__(self, size: float, low: float) -> None:
+        self.size, self.low = size, low
+
+    def add(self, t_s: float, followers: int | None = None, *, original: bool = False) -> None:
+        pass
+
+    def predict(self, now_s: float) -> Prediction:
+        return Prediction(self.size, self.low, self.size * 3, "fixed")
+
+
+def test_the_prediction_rule_fires_critical_once_the_cluster_has_enough_posts() -> None:
+    t, rng = Traffic(), random.Random(20)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    t.burst(root, T0 + 1000, 60, 20_000)  # 3 a minute: too slow for any velocity rule
+    _, d = run(t.lines(), banked(pdq), predictor_factory=lambda: FixedForecast(50_000, 20_000))
+    [alert] = [a for a in d.alerts if a.status == "firing"]
+    assert (alert.severity, alert.reason) == ("critical", "predicted")
+    assert alert.cascade.size >= 50  # not on the first few posts
+    assert alert.cascade.predicted_final_size == Prediction(50_000, 20_000, 150_000, "fixed")
+    _, quiet = run(t.lines(), banked(pdq), predictor_factory=lambda: FixedForecast(9_000, 5_000))
+    assert quiet.alerts == []

@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.evaluate import (
-    AlertRule,
     CascadeData,
     Post,
     evaluate,
@@ -25,6 +24,7 @@ from streams.evaluate import (
     read_seismic,
     summarize,
 )
+from streams.policy import PredictionRule
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CASCADES = SHARED / "data" / "cascades"
@@ -199,7 +199,7 @@ def test_evaluation_rows_and_summary() -> None:
     # leave-one-out: each cascade has its own calibration, fitted without it
     assert set(ev.calibrations) == {"a", "b", "c"}
     assert ev.calibrations["a"].cascades == 2
-    s = summarize(ev, AlertRule(size=150, low=100))
+    s = summarize(ev, PredictionRule("critical", size=150, low=100, min_observed=1))
     assert set(s["mdape"]) == {"seismic", "best", "observed"}
     assert s["alert"]["best"]["large"] == 1
     orjson.dumps(s)
