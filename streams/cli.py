@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -77,6 +78,37 @@ def open_lines(path: Path):  # type: ignore[no-untyped-def]
         return path.open("rb")
     except OSError as exc:
         fail(f"cannot read {path}: {exc.strerror or exc}")
+
+
+def with_progress(source: Iterable[bytes], path: Path) -> Iterator[bytes]:
+    """Yield the lines of ``source``, with a progress bar on stderr when it is a terminal.
+
+    Long replays (millions of events) take minutes; a person watching wants to
+    know how far along it is. Pipes and CI logs get no bar.
+    """
+    try:
+        total = path.stat().st_size if str(path) != "-" else None
+    except OSError:
+        total = None
+    if total is None or not sys.stderr.isatty():
+        yield from source
+        return
+    from rich.progress import BarColumn, Progress, TransferSpeedColumn
+
+    done = 0
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        "[progress.percentage]{task.percentage:>3.0f}%",
+        TransferSpeedColumn(),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"replaying {path.name}", total=total)
+        for n, line in enumerate(source):
+            done += len(line)
+            if n % 4096 == 0:
+                bar.update(task, completed=done)
+            yield line
 
 
 def print_summary(stats: object, alerts: int) -> None:
@@ -170,7 +202,7 @@ def replay(
     # Live outputs see each alert as it is made; the files get them all at the end.
     streamed = Decisions()
     try:
-        for line in source:
+        for line in with_progress(source, events):
             line = line.rstrip(b"\r\n")
             if line.strip():
                 pipe.feed(line)
