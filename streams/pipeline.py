@@ -51,7 +51,7 @@ class Pipeline:
         *,
         pseudonymizer: Pseudonymizer,
         lateness_ms: int = 60_000,
-        hold_ms: int = 600_000,
+        hold_ms: int = 1_800_000,
         idle_ms: int = 3_600_000,
         predictor_factory: Callable[[], Predictor] | None = DEFAULT_PREDICTOR,
         stats: Stats | None = None,

@@ -79,7 +79,7 @@ class Router:
         stats: Stats,
         *,
         post_clusters: MutableMapping[str, str] | None = None,
-        hold_ms: int = 600_000,
+        hold_ms: int = 1_800_000,
         max_held: int = 100_000,
     ) -> None:
         self.banks = banks

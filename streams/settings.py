@@ -33,6 +33,9 @@ from streams.policy import parse_duration
 #: ``VIRALWATCH_PSEUDONYM_KEY``; commands warn when it is missing.
 DEV_PSEUDONYM_KEY: Final = b"viralwatch-development-key-not-secret"
 
+#: The topics of the pipeline, by their name after the prefix.
+TOPICS: Final = ("shares", "resolve", "clusters", "alerts", "actions", "deadletter", "bank", "stats")
+
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -144,7 +147,7 @@ class Settings:
     #: and still be applied in event-time order (later ones are applied and counted late).
     lateness_ms: int = 60_000
     #: How long (event time) a reshare waits for its parent before it is dead-lettered.
-    hold_ms: int = 600_000
+    hold_ms: int = 1_800_000
     #: Most reshares held waiting for their parents, per worker.
     max_held: int = 100_000
     #: A cluster with no event for this long (event time) is evicted from memory.
