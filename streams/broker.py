@@ -239,3 +239,57 @@ def start_local_broker(
             if tail:
                 last_error += ": " + " | ".join(tail)
     raise RuntimeError(f"the bundled Kafka broker {last_error}")
+
+
+def ensure_topics(
+    bootstrap: list[str],
+    topics: dict[str, int],
+    *,
+    replicas: int = 1,
+    client_config: dict[str, object] | None = None,
+    timeout: float = 30.0,
+) -> dict[str, int]:
+    """Create the topics that are missing; return every topic's actual partition count.
+
+    An existing topic keeps its partitions (the caller decides whether a
+    different count is acceptable). Topics are created without compaction:
+    the local broker has none, and the pipeline's outputs are keyed by
+    stable ids so a compacted topic would keep the same records anyway.
+    """
+    from kafka import KafkaAdminClient, KafkaConsumer
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    config = dict(client_config or {})
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000), **config
+    )
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(name, partitions, replicas)
+            for name, partitions in topics.items()
+            if name not in existing
+        ]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
+                admin.create_topics(missing)
+    finally:
+        admin.close()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, **config)
+    try:
+        counts: dict[str, int] = {}
+        deadline = time.monotonic() + timeout
+        for name in topics:
+            while True:
+                parts = consumer.partitions_for_topic(name)
+                if parts:
+                    counts[name] = len(parts)
+                    break
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(f"topic {name} has no partitions after {timeout:g}s")
+                consumer.poll(timeout_ms=100)  # refreshes metadata
+                time.sleep(0.1)
+        return counts
+    finally:
+        consumer.close()

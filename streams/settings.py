@@ -34,7 +34,16 @@ from streams.policy import parse_duration
 DEV_PSEUDONYM_KEY: Final = b"viralwatch-development-key-not-secret"
 
 #: The topics of the pipeline, by their name after the prefix.
-TOPICS: Final = ("shares", "resolve", "clusters", "alerts", "actions", "deadletter", "bank", "stats")
+TOPICS: Final = (
+    "shares",
+    "resolve",
+    "clusters",
+    "alerts",
+    "actions",
+    "deadletter",
+    "bank",
+    "stats",
+)
 
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")

@@ -1,0 +1,604 @@
+"""The Faust application: topics, tables and agents around the pure stages. The only Faust importer.
+
+Each agent is a few lines: take a batch, hand it to a stage of
+:mod:`streams.stages`, persist what the stage says changed, send what it
+produced. What decides (parsing, routing, event-time order, detection)
+lives in the pure modules and is the same code ``replay`` runs.
+
+Agents (one consumer group, ``Settings.app_id``)::
+
+    shares     -> ingest   -> resolve     (envelopes, by post)
+    resolve    -> resolve  -> clusters    (envelopes, by cluster), resolve (registrations)
+    clusters   -> detect   -> alerts, actions (through their tables), deadletter
+
+Tables (memory store, changelog topics are the durable copy):
+
+- ``resolve-log``: per resolve partition and batch, what changed (posts
+  registered, reshares held and released);
+- ``cluster-log``: per clusters partition and batch, the routed events received;
+- ``alerts-sent`` and ``actions-sent``: the outputs themselves. Their
+  changelog topics *are* the ``alerts`` and ``actions`` topics, keyed by the
+  alert's dedupe key and the action id: writing the table sends the record,
+  and a restarted worker recovers the set of what was already sent from
+  the output itself, so no alert id is sent twice even across a crash.
+
+Delivery is at least once (the local broker has no transactions): Faust
+commits an input offset only after the producer has flushed everything
+sent and written for it, and every output is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import faust
+import orjson
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from mode.supervisors import CrashingSupervisor
+
+from streams.alerts import Alert, Pseudonymizer
+from streams.banks import HashBanks, load_bank_csv
+from streams.broker import LocalBroker, ensure_topics, parse_bootstrap, start_local_broker
+from streams.detector import ClusterSummary
+from streams.policy import AlertPolicy
+from streams.settings import TOPICS, Settings
+from streams.stages import (
+    BankUpdate,
+    ClusterPartition,
+    DeadLetter,
+    Ingest,
+    ResolvePartition,
+    Source,
+)
+from streams.stats import Stats
+
+log = logging.getLogger("viralwatch.worker")
+
+#: The local broker does not wake a waiting fetch when data arrives, so a
+#: consumer would wait out Faust's fixed 1.5 s fetch wait on every hop.
+LOCAL_FETCH_WAIT_MS = 25
+#: How often a worker tells the next stage where event time stands when no data flows.
+HEARTBEAT_S = 0.25
+#: How often a worker publishes its counters on the ``stats`` topic.
+STATS_EVERY_S = 1.0
+
+
+# -- Faust plumbing for the local broker --------------------------------------------
+
+
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    fetch_max_wait_ms: int | None = None
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        if self.fetch_max_wait_ms is not None:
+            consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        return consumer
+
+
+class _Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> Any:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _Consumer
+
+
+class _App(faust.App):
+    """A Faust app whose consumers may use a short fetch wait (see :data:`LOCAL_FETCH_WAIT_MS`)."""
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+
+def _credentials(settings: Settings) -> Any:
+    sec = settings.security
+    if sec.sasl:
+        return faust.SASLCredentials(
+            username=sec.sasl_username,
+            password=sec.sasl_password,
+            mechanism=sec.sasl_mechanism,
+            ssl_context=sec.ssl_context(),
+        )
+    if sec.tls:
+        return faust.SSLCredentials(sec.ssl_context())
+    return None
+
+
+def faust_broker_url(broker: str) -> str:
+    """Faust's form of a broker list: ``kafka://h1:p1;h2:p2``."""
+    return "kafka://" + ";".join(parse_bootstrap(broker))
+
+
+# -- the application ----------------------------------------------------------------
+
+
+class Worker:
+    """One viralwatch worker: a Faust app built from the settings, with the stages' state."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        banks: HashBanks,
+        policy: AlertPolicy,
+        shares_partitions: int | None = None,
+        on_alerts: Callable[[list[Alert]], None] | None = None,
+    ) -> None:
+        if settings.broker is None:
+            raise ValueError("the worker needs a broker (start one with start_local_broker)")
+        self.settings = s = settings
+        self.banks = banks
+        self.policy = policy
+        self.stats = Stats()
+        self.pseudonymizer = Pseudonymizer(s.pseudonym_key)
+        self.partitions = s.partitions
+        self.sources = shares_partitions or s.partitions
+        self.on_alerts = on_alerts
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.read = 0
+        self.alerts_sent = 0
+        self.actions_sent = 0
+        self.deadlettered = 0
+        self._last_stamp = 0
+        self.ingest = Ingest(
+            self.partitions, s.partition_idle_s, topic=s.topic("shares"), stats=self.stats
+        )
+        self.resolvers: dict[int, ResolvePartition] = {}
+        self.detectors: dict[int, ClusterPartition] = {}
+        self.app = self._build()
+
+    # -- construction --
+
+    def _build(self) -> faust.App:
+        s = self.settings
+        (s.data_dir / s.app_id).mkdir(parents=True, exist_ok=True)
+        conf: dict[str, Any] = {}
+        if s.local_broker:
+            # The local broker answers "latest offset" with the last batch's base
+            # offset + 1: one record per batch keeps table recovery complete.
+            conf["producer_max_batch_size"] = 1
+            _ConsumerThread.fetch_max_wait_ms = LOCAL_FETCH_WAIT_MS
+        credentials = _credentials(s)
+        if credentials is not None:
+            conf["broker_credentials"] = credentials
+        if s.web_port is not None:
+            conf.update(web_enabled=True, web_port=s.web_port, web_bind="127.0.0.1")
+        else:
+            conf["web_enabled"] = False
+        app = _App(
+            s.app_id,
+            broker=faust_broker_url(s.broker or ""),
+            store="memory://",
+            topic_partitions=s.partitions,
+            topic_replication_factor=s.replicas,
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=s.heartbeat_s,
+            broker_request_timeout=max(90.0, s.session_timeout_s * 2),
+            broker_max_poll_records=max(500, s.batch_size),
+            consumer_auto_offset_reset="earliest",
+            datadir=str(s.data_dir / s.app_id),
+            processing_guarantee="at_least_once",
+            **conf,
+        )
+        raw: dict[str, Any] = dict(
+            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        )
+        n = self.partitions
+        self.t_shares = app.topic(s.topic("shares"), partitions=self.sources, **raw)
+        self.t_resolve = app.topic(s.topic("resolve"), partitions=n, **raw)
+        self.t_clusters = app.topic(s.topic("clusters"), partitions=n, **raw)
+        self.t_alerts = app.topic(s.topic("alerts"), partitions=n, **raw)
+        self.t_actions = app.topic(s.topic("actions"), partitions=n, **raw)
+        self.t_deadletter = app.topic(s.topic("deadletter"), **raw)
+        self.t_stats = app.topic(s.topic("stats"), **raw)
+        table: dict[str, Any] = dict(key_type=bytes, value_type=bytes, partitions=n)
+        self.resolve_log = app.Table("resolve-log", **table)
+        self.cluster_log = app.Table("cluster-log", **table)
+        self.sent_alerts = app.Table("alerts-sent", changelog_topic=self.t_alerts, **table)
+        self.sent_actions = app.Table("actions-sent", changelog_topic=self.t_actions, **table)
+
+        take = (s.batch_size, s.batch_wait_s)
+        # an agent that raises stops the worker (a supervisor restarts the process)
+        crash: Any = CrashingSupervisor
+
+        @app.agent(self.t_shares, name="ingest", supervisor_strategy=crash)
+        async def ingest(stream: Any) -> None:
+            async for events in stream.take_events(*take):
+                self._ingest(events)
+
+        @app.agent(self.t_resolve, name="resolve", supervisor_strategy=crash)
+        async def resolve(stream: Any) -> None:
+            async for events in stream.take_events(*take):
+                for events_of_partition in _by_partition(events):
+                    self._resolve(stream, events_of_partition)
+
+        @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
+        async def detect(stream: Any) -> None:
+            async for events in stream.take_events(*take):
+                for events_of_partition in _by_partition(events):
+                    self._detect(stream, events_of_partition)
+
+        @app.timer(HEARTBEAT_S)  # type: ignore[untyped-decorator]
+        async def heartbeat() -> None:
+            self._heartbeat()
+
+        @app.timer(STATS_EVERY_S)  # type: ignore[untyped-decorator]
+        async def publish_stats() -> None:
+            self.t_stats.send_soon(key=self.worker_id.encode(), value=self.summary_json())
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def bank_updates() -> None:
+            await self._follow_bank()
+
+        @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+        async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+            self._revoke(revoked)
+
+        return app
+
+    # -- stage 1a --
+
+    def _ingest(self, events: list[Any]) -> None:
+        records = [(e.message.partition, e.message.offset, e.message.value) for e in events]
+        self.read += len(records)
+        batch = self.ingest.handle(records, time.monotonic())
+        for r, envelope in batch.envelopes.items():
+            self.t_resolve.send_soon(key=None, value=envelope, partition=r)
+        self._deadletter(batch.deadletters)
+
+    def _heartbeat(self) -> None:
+        consumer = self.app.consumer
+        with contextlib.suppress(Exception):
+            owned = {tp.partition for tp in consumer.assignment() if tp.topic == self.t_shares_name}
+            now = time.monotonic()
+            self.ingest.clock.assign(owned, now)
+            for r, envelope in self.ingest.heartbeat(now).items():
+                self.t_resolve.send_soon(key=None, value=envelope, partition=r)
+
+    @property
+    def t_shares_name(self) -> str:
+        return self.settings.topic("shares")
+
+    # -- stage 1b --
+
+    def _resolver(self, stream: Any, partition: int, current: Any) -> ResolvePartition:
+        state = self.resolvers.get(partition)
+        if state is not None:
+            return state
+        s = self.settings
+        state = ResolvePartition(
+            partition,
+            partitions=self.partitions,
+            sources=self.sources,
+            banks=self.banks,
+            stats=self.stats,
+            lateness_ms=s.lateness_ms,
+            hold_ms=s.hold_ms,
+            max_held=max(1, s.max_held // self.partitions),
+        )
+        prefix = f"{partition}:".encode()
+        deltas = [v for k, v in sorted(self.resolve_log.items()) if k.startswith(prefix)]
+        self.resolvers[partition] = state
+        restored = state.restore(deltas)
+        stream._set_current_event(current)
+        self._send_resolved(partition, restored, current)
+        if deltas:
+            log.info("resolve partition %d restored from %d batches", partition, len(deltas))
+        return state
+
+    def _resolve(self, stream: Any, events: list[Any]) -> None:
+        last = events[-1]
+        partition = last.message.partition
+        state = self._resolver(stream, partition, last)
+        batch = state.handle([e.message.value for e in events])
+        stream._set_current_event(last)  # table writes go to this partition's changelog
+        self._send_resolved(partition, batch, last)
+
+    def _log_key(self, partition: int) -> bytes:
+        """A new key of a log table: partition, then a per-process increasing wall-clock stamp.
+
+        Never an input offset: a redelivered batch must add to the log, not
+        overwrite what the first delivery wrote.
+        """
+        stamp = max(time.time_ns(), self._last_stamp + 1)
+        self._last_stamp = stamp
+        return f"{partition}:{stamp:020d}".encode()
+
+    def _send_resolved(self, partition: int, batch: Any, current: Any) -> None:
+        if batch.delta is not None:
+            self.resolve_log[self._log_key(partition)] = batch.delta
+        for k, envelope in batch.to_clusters.items():
+            self.t_clusters.send_soon(key=None, value=envelope, partition=k)
+        for r, envelope in batch.to_peers.items():
+            self.t_resolve.send_soon(key=None, value=envelope, partition=r)
+        self._deadletter(batch.deadletters)
+
+    # -- stage 2 --
+
+    def _detector(self, partition: int) -> ClusterPartition:
+        state = self.detectors.get(partition)
+        if state is not None:
+            return state
+        state = ClusterPartition(
+            partition,
+            partitions=self.partitions,
+            sources=self.partitions,
+            policy=self.policy,
+            stats=self.stats,
+            pseudonymizer=self.pseudonymizer,
+            idle_ms=self.settings.idle_ms,
+        )
+        prefix = f"{partition}:".encode()
+        logs = [v for k, v in self.cluster_log.items() if k.startswith(prefix)]
+        state.restore(logs)
+        self.detectors[partition] = state
+        if logs:
+            log.info("clusters partition %d restored: %d events", partition, state.pending)
+        return state
+
+    def _detect(self, stream: Any, events: list[Any]) -> None:
+        last = events[-1]
+        partition = last.message.partition
+        state = self._detector(partition)
+        batch = state.handle([e.message.value for e in events])
+        stream._set_current_event(last)  # table writes go to this partition's changelog
+        if batch.log is not None:
+            self.cluster_log[self._log_key(partition)] = batch.log
+        sent: list[Alert] = []
+        for alert in batch.decisions.alerts:
+            key = alert.dedupe_key.encode()
+            if key not in self.sent_alerts:
+                self.sent_alerts[key] = alert.to_json()
+                sent.append(alert)
+        for action in batch.decisions.actions:
+            key = action.action_id.encode()
+            if key not in self.sent_actions:
+                self.sent_actions[key] = action.to_json()
+                self.actions_sent += 1
+        self.alerts_sent += len(sent)
+        for r, envelope in batch.forget.items():
+            self.t_resolve.send_soon(key=None, value=envelope, partition=r)
+        self._deadletter(DeadLetter(r, "detect") for r in batch.decisions.rejections)
+        if sent and self.on_alerts is not None:
+            self.on_alerts(sent)
+
+    # -- everything else --
+
+    def _deadletter(self, letters: Iterable[DeadLetter]) -> None:
+        for letter in letters:
+            self.deadlettered += 1
+            self.t_deadletter.send_soon(key=letter.key, value=letter.to_json())
+
+    def _revoke(self, revoked: set[TP]) -> None:
+        """Drop the in-memory state of partitions this worker no longer owns.
+
+        It is rebuilt from the tables when a partition comes back (whoever
+        processed it meanwhile wrote its changes there).
+        """
+        for tp in revoked:
+            if tp.topic == self.settings.topic("resolve"):
+                self.resolvers.pop(tp.partition, None)
+            elif tp.topic == self.settings.topic("clusters"):
+                self.detectors.pop(tp.partition, None)
+
+    async def _follow_bank(self) -> None:
+        """Apply every bank update, from the start of the ``bank`` topic, as it comes.
+
+        Each worker reads every partition (no consumer group): all of them
+        match against the whole bank.
+        """
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        s = self.settings
+        topic = s.topic("bank")
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=LOCAL_FETCH_WAIT_MS * 4 if s.local_broker else 500,
+            **s.security.aiokafka_config(),
+        )
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(topic)
+            while not parts:
+                await asyncio.sleep(0.5)
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(topic)
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            while True:
+                got = await consumer.getmany(timeout_ms=1000)
+                for tp, records in got.items():
+                    for rec in records:
+                        self._bank_record(tp.partition, rec.offset, rec.key, rec.value)
+        finally:
+            await consumer.stop()
+
+    def _bank_record(
+        self, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> None:
+        try:
+            update = BankUpdate.parse(key, value)
+        except ValueError as exc:
+            from streams.events import Rejection
+
+            self.stats.rejected["bad_bank_update"] += 1
+            source = Source(self.settings.topic("bank"), partition, offset)
+            self._deadletter(
+                [DeadLetter(Rejection("bad_bank_update", str(exc), value or b""), "bank", source)]
+            )
+            return
+        changed = update.apply(self.banks)
+        log.info(
+            "bank update %s %s/%s %s...: %s",
+            update.op,
+            update.entry.bank,
+            update.entry.signal_type,
+            update.entry.signal[:8],
+            "applied" if changed else "no change",
+        )
+
+    # -- reporting --
+
+    def fastest(self, n: int) -> list[ClusterSummary]:
+        rows = [row for d in self.detectors.values() for row in d.detector.fastest(n)]
+        rows.sort(key=lambda r: (-r.velocity_5m, -r.size, r.cluster_id))
+        return rows[:n]
+
+    def summary(self) -> dict[str, Any]:
+        applied = sum(d.applied for d in self.detectors.values())
+        return {
+            "worker": self.worker_id,
+            "time": time.time(),
+            "read": self.read,
+            "applied": applied,
+            "pending": sum(d.pending for d in self.detectors.values()),
+            "held": sum(r.held for r in self.resolvers.values()),
+            "clusters": sum(len(d.detector.clusters) for d in self.detectors.values()),
+            "alerts": self.alerts_sent,
+            "actions": self.actions_sent,
+            "deadletters": self.deadlettered,
+            "watermark": max((d.watermark.value for d in self.detectors.values()), default=-1),
+            "partitions": {
+                "resolve": sorted(self.resolvers),
+                "clusters": sorted(self.detectors),
+            },
+            "stats": self.stats.summary(),
+        }
+
+    def summary_json(self) -> bytes:
+        return orjson.dumps(self.summary())
+
+    def run(self) -> None:
+        """Run until stopped (SIGTERM, SIGINT); raises if an agent crashed."""
+        worker = faust.Worker(self.app, loglevel=self.settings.log_level, quiet=True)
+        worker.execute_from_commandline()
+
+
+def _by_partition(events: list[Any]) -> Iterable[list[Any]]:
+    """Events of a batch grouped by partition, each group in offset order."""
+    groups: dict[int, list[Any]] = defaultdict(list)
+    for e in events:
+        groups[e.message.partition].append(e)
+    return groups.values()
+
+
+# -- starting a worker ----------------------------------------------------------------
+
+
+def load_banks(paths: Iterable[Path]) -> HashBanks:
+    """The banks from CSV files; ``OSError``/``ValueError`` name the file and line."""
+    banks = HashBanks()
+    for path in paths:
+        for entry in load_bank_csv(path):
+            banks.add(entry)
+    return banks
+
+
+def load_policy(path: Path | None) -> AlertPolicy:
+    return AlertPolicy.from_toml(path) if path else AlertPolicy.default()
+
+
+def prepare(
+    settings: Settings, say: Callable[[str], None]
+) -> tuple[Settings, LocalBroker | None, int]:
+    """Start the bundled broker if none is configured; create the topics.
+
+    Returns the settings to run with, the broker started (or ``None``), and
+    the partition count of the ``shares`` topic (which may predate us).
+    """
+    broker: LocalBroker | None = None
+    if settings.broker is None:
+        broker = start_local_broker()
+        settings = settings.with_(broker=broker.url, local_broker=True)
+        say(
+            f"no broker configured (--broker or VIRALWATCH_BROKER): started the bundled "
+            f"Kafka-compatible broker at {broker.url} (memory storage, pid {broker.pid}); "
+            "it stops with this command"
+        )
+    try:
+        wanted = {settings.topic(name): settings.partitions for name in TOPICS}
+        counts = ensure_topics(
+            settings.bootstrap,
+            wanted,
+            replicas=settings.replicas,
+            client_config=settings.security.kafka_python_config(),
+        )
+        for name in ("resolve", "clusters", "alerts", "actions"):
+            topic = settings.topic(name)
+            if counts[topic] != settings.partitions:
+                raise ValueError(
+                    f"topic {topic} has {counts[topic]} partitions, the settings say "
+                    f"{settings.partitions}: use --partitions {counts[topic]} or a new prefix"
+                )
+    except BaseException:
+        if broker is not None:
+            broker.stop()
+        raise
+    return settings, broker, counts[settings.topic("shares")]
+
+
+def run_worker(settings: Settings, say: Callable[[str], None] | None = None) -> None:
+    """``viralwatch worker``: run one worker until it is stopped."""
+
+    def echo(msg: str) -> None:
+        print(f"viralwatch: {msg}", file=sys.stderr, flush=True)
+
+    say = say or echo
+    banks = load_banks(settings.bank_files)
+    policy = load_policy(settings.policy_file)
+    settings, broker, shares_partitions = prepare(settings, say)
+    oncall = None
+    try:
+        if settings.uses_dev_key:
+            say("VIRALWATCH_PSEUDONYM_KEY is not set; pseudonyms use a development key")
+        worker = Worker(settings, banks=banks, policy=policy, shares_partitions=shares_partitions)
+        if settings.metrics_port is not None or settings.alertmanager_url or settings.webhook_url:
+            from streams.sinks.oncall import OnCall
+            from streams.sinks.webhook import secret_from_env
+
+            oncall = OnCall(
+                worker.stats,
+                fastest=worker.fastest,
+                metrics_port=settings.metrics_port,
+                alertmanager=settings.alertmanager_url,
+                webhook=settings.webhook_url,
+                webhook_secret=secret_from_env(),
+            )
+            worker.on_alerts = oncall.emit
+            if oncall.metrics_url:
+                say(f"metrics at {oncall.metrics_url}")
+        say(
+            f"worker {worker.worker_id} of {settings.app_id}: broker {settings.broker}, "
+            f"topics {settings.topic('*')}, {settings.partitions} partitions, "
+            f"{len(banks)} bank entries, lateness {settings.lateness_ms} ms"
+        )
+        worker.run()
+    finally:
+        if oncall is not None:
+            oncall.close()
+        if broker is not None:
+            broker.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m streams.app``: a worker configured from the environment only."""
+    run_worker(Settings.from_env())
+
+
+if __name__ == "__main__":
+    main()

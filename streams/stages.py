@@ -1,0 +1,824 @@
+"""The streaming pipeline's stages, without Kafka: records in, records out.
+
+``streams.app`` wires these to Faust agents; everything that decides lives
+here, so it is unit-tested without a broker and runs the same core as
+``replay`` (:class:`~streams.router.Router`,
+:class:`~streams.reorder.ReorderBuffer`, :class:`~streams.detector.Detector`).
+
+The topology (every internal topic has the same number of partitions as
+the worker was configured with; keys are placed by :func:`partition_for`)::
+
+    shares ─► Ingest ─► resolve ─► ResolvePartition ─► clusters ─► ClusterPartition ─► alerts
+    (any key) parse,    (by the    post -> cluster,    (by        reorder by event    actions
+              validate  post to    hold orphans,       cluster)   time, detect        deadletter
+                        look up)   match uploads
+                           ▲                 │ registrations of reshares, keyed by their own post
+                           └─────────────────┘
+
+Why the post -> cluster map is partitioned by post id (and not a global table
+on every worker): it is the largest state of stage 1 (one entry per post) and
+it must scale out with the workers. A share is sent to the partition of the
+post it reshares (its parent), so its lookup is local; an upload goes to the
+partition of its own post; once a post is routed its registration is sent,
+keyed by the post itself, to the partition that its own reshares will go to.
+A reshare whose parent is not registered yet is held at the parent's
+partition until the registration comes (or ``hold_ms`` of event time
+passes: dead-lettered as ``orphan_expired``), exactly as ``replay`` holds it.
+The cost: one more hop for reshares of reshares whose parent is not known
+yet, and a cycle that spans partitions is found as an expired orphan rather
+than as a ``cycle``.
+
+Records between stages are *envelopes*: one Kafka record carries a batch of
+items for one partition plus the sender's event-time marks (see
+:mod:`streams.watermarks`), so a batch of a thousand events costs a few
+sends, not a thousand, and the watermark travels in order with the data.
+
+State and recovery. Each stage keeps its state in memory and writes, per
+batch and per partition, what changed (stage 1b: registrations, held and
+released orphans; stage 2: the routed events it received) to a Faust table
+whose changelog topic is the durable copy. A replacement worker folds these
+back (:meth:`ResolvePartition.restore`, :meth:`ClusterPartition.restore`) and
+re-applies stage 2's events in event-time order, so its detector state is
+exactly the lost one's. Outputs are idempotent: alert and takedown records
+are keyed by their stable ids and sent once per key (``streams.app``).
+
+>>> ingest = Ingest(resolve_partitions=2, idle_s=5.0)
+>>> batch = ingest.handle([(0, 0, b'{"event_id":"e1","type":"upload","ts":1767225600000,'
+...     b'"post_id":"p1","user_id":"u1","content":{"md5":"' + b"a" * 32 + b'"}}'),
+...     (0, 1, b"{oops")], now=0.0)
+>>> len(batch.envelopes), [d.rejection.reason for d in batch.deadletters]
+(2, ['not_json'])
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from streams.alerts import MatchInfo, Pseudonymizer
+from streams.banks import BankEntry, HashBanks, normalise_signal
+from streams.detector import Decisions, Detector, Predictor
+from streams.events import Content, Rejection, ShareEvent, parse_event
+from streams.pipeline import DEFAULT_PREDICTOR
+from streams.policy import AlertPolicy
+from streams.reorder import ReorderBuffer
+from streams.router import Routed, Router
+from streams.stats import Stats
+from streams.watermarks import NO_TIME, Mark, SourceClock, Watermark
+
+#: How often (event time) held orphans are checked for expiry, as ``replay`` does.
+EXPIRE_EVERY_MS: Final = 10_000
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition of an internal topic that ``key`` belongs to (CRC-32, stable everywhere).
+
+    >>> partition_for("p1", 4) == partition_for("p1", 4)
+    True
+    >>> {partition_for(f"p{i}", 4) for i in range(100)} == {0, 1, 2, 3}
+    True
+    """
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % partitions
+
+
+# -- wire forms -------------------------------------------------------------
+
+
+def event_from_wire(d: Mapping[str, Any]) -> ShareEvent:
+    """A :class:`ShareEvent` from its canonical dict (:meth:`ShareEvent.to_dict`).
+
+    Only for dicts the pipeline wrote itself after :func:`parse_event` validated
+    the input: this does not validate again.
+
+    >>> ev = parse_event(b'{"event_id":"e","type":"share","ts":1767225600000,'
+    ...                  b'"post_id":"p2","parent_post_id":"p1","user_id":"u"}')
+    >>> event_from_wire(orjson.loads(ev.to_json())) == ev
+    True
+    """
+    c = d.get("content")
+    return ShareEvent(
+        event_id=d["event_id"],
+        type=d["type"],
+        ts_ms=d["ts"],
+        post_id=d["post_id"],
+        user_id=d["user_id"],
+        parent_post_id=d.get("parent_post_id"),
+        followers=d.get("followers"),
+        content=Content(c.get("pdq"), c.get("pdq_quality"), c.get("md5")) if c else None,
+    )
+
+
+def _match_to_wire(m: MatchInfo | None) -> dict[str, Any] | None:
+    return None if m is None else m.to_dict()
+
+
+def _match_from_wire(d: Mapping[str, Any] | None) -> MatchInfo | None:
+    if d is None:
+        return None
+    return MatchInfo(d["bank"], d["signal_type"], d["signal"], d["distance"], d.get("label"))
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One record between stages: items for one partition, and the sender's event-time marks.
+
+    ``marks`` are stage 1a's per-input-partition marks (newest event time,
+    idle); ``progress`` is stage 1b's per-resolve-partition progress (the
+    event time up to which that partition has routed everything it will).
+    """
+
+    items: list[Any]
+    marks: dict[int, Mark] = field(default_factory=dict)
+    progress: dict[int, int] = field(default_factory=dict)
+
+    def pack(self) -> bytes:
+        """The record's bytes.
+
+        >>> Envelope.unpack(Envelope([["r", "p1", "b-1"]], {3: (1000, False)}, {0: 5}).pack())
+        Envelope(items=[['r', 'p1', 'b-1']], marks={3: (1000, False)}, progress={0: 5})
+        """
+        body: dict[str, Any] = {"i": self.items}
+        if self.marks:
+            body["m"] = {str(p): [t, 1 if idle else 0] for p, (t, idle) in self.marks.items()}
+        if self.progress:
+            body["p"] = {str(p): t for p, t in self.progress.items()}
+        return orjson.dumps(body)
+
+    @classmethod
+    def unpack(cls, raw: bytes | None) -> Envelope:
+        """Read an envelope; ``ValueError`` if the bytes are not one."""
+        if raw is None:
+            raise ValueError("an envelope cannot be empty")
+        try:
+            body = orjson.loads(raw)
+            items = body["i"]
+            if not isinstance(items, list):
+                raise TypeError("items must be a list")
+            marks = {int(p): (int(m[0]), bool(m[1])) for p, m in body.get("m", {}).items()}
+            progress = {int(p): int(t) for p, t in body.get("p", {}).items()}
+        except (orjson.JSONDecodeError, TypeError, KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"not an envelope: {exc}") from None
+        return cls(items, marks, progress)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where an input record was read: a dead-letter names it so it can be found again."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected record, its reason, and where it came from (``source`` when known)."""
+
+    rejection: Rejection
+    stage: str
+    source: Source | None = None
+
+    @property
+    def key(self) -> bytes | None:
+        eid = self.rejection.event_id
+        return eid.encode() if eid else None
+
+    def to_dict(self) -> dict[str, Any]:
+        r = self.rejection
+        return {
+            "reason": r.reason,
+            "detail": r.detail,
+            "event_id": r.event_id,
+            "stage": self.stage,
+            "source": None
+            if self.source is None
+            else {
+                "topic": self.source.topic,
+                "partition": self.source.partition,
+                "offset": self.source.offset,
+            },
+            "raw": r.raw.decode("utf-8", "replace"),
+            "raw_b64": base64.b64encode(r.raw).decode(),
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS)
+
+
+# -- bank updates ------------------------------------------------------------
+
+BANK_OPS: Final = ("add", "withdraw")
+
+
+@dataclass(frozen=True, slots=True)
+class BankUpdate:
+    """One record of the ``bank`` topic: add a signal to a bank, or withdraw it.
+
+    Keyed by ``bank/signal_type/signal``, so the topic can be compacted to the
+    latest state of each signal; a record with no value (a tombstone)
+    withdraws the signal its key names.
+
+    >>> key, value = BankUpdate("withdraw", BankEntry("ncii", "md5", "a" * 32)).record()
+    >>> key
+    b'ncii/md5/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'
+    >>> BankUpdate.parse(key, None).op
+    'withdraw'
+    >>> BankUpdate.parse(None, b'{"op": "add"}')
+    Traceback (most recent call last):
+    ValueError: bank update: signal_type must be pdq or md5, not ''
+    """
+
+    op: str
+    entry: BankEntry
+
+    def record(self) -> tuple[bytes, bytes]:
+        e = self.entry
+        value: dict[str, Any] = {
+            "op": self.op,
+            "bank": e.bank,
+            "signal_type": e.signal_type,
+            "signal": e.signal,
+        }
+        if e.label:
+            value["label"] = e.label
+        return f"{e.bank}/{e.signal_type}/{e.signal}".encode(), orjson.dumps(value)
+
+    @classmethod
+    def parse(cls, key: bytes | None, value: bytes | None) -> BankUpdate:
+        """Read a ``bank`` record; ``ValueError`` with the reason when it is not a valid one."""
+        try:
+            if value is None:
+                parts = (key or b"").decode().split("/")
+                if len(parts) != 3:
+                    raise ValueError("a tombstone's key must be bank/signal_type/signal")
+                body: dict[str, Any] = dict(
+                    zip(("bank", "signal_type", "signal"), parts, strict=True), op="withdraw"
+                )
+            else:
+                body = orjson.loads(value)
+                if not isinstance(body, dict):
+                    raise ValueError("not a JSON object")
+            op = body.get("op")
+            if op not in BANK_OPS:
+                raise ValueError(f"op must be add or withdraw, not {op!r}")
+            kind, signal = normalise_signal(
+                str(body.get("signal_type") or ""), str(body.get("signal") or "")
+            )
+            bank = body.get("bank")
+            if not isinstance(bank, str) or not bank.strip():
+                raise ValueError("bank must be a non-empty name")
+            label = body.get("label")
+            if label is not None and not isinstance(label, str):
+                raise ValueError("label must be text")
+            return cls(op, BankEntry(bank.strip(), kind, signal, label or None))
+        except (ValueError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+            raise ValueError(f"bank update: {exc}") from None
+
+    def apply(self, banks: HashBanks) -> bool:
+        """Change ``banks``; ``True`` when something changed."""
+        e = self.entry
+        if self.op == "add":
+            return banks.add(e)
+        return banks.withdraw(e.bank, e.signal_type, e.signal)
+
+
+# -- stage 1a: ingest -----------------------------------------------------
+
+
+@dataclass
+class IngestBatch:
+    """What one batch of input records became."""
+
+    #: one envelope per resolve partition (every partition gets the marks)
+    envelopes: dict[int, bytes]
+    deadletters: list[DeadLetter] = field(default_factory=list)
+    events: int = 0
+
+
+class Ingest:
+    """Stage 1a: parse and validate share events; send each to the partition of the post it needs.
+
+    Stateless but for the event-time clock of the input partitions it reads.
+    """
+
+    def __init__(
+        self,
+        resolve_partitions: int,
+        idle_s: float,
+        topic: str = "shares",
+        stats: Stats | None = None,
+    ) -> None:
+        self.partitions = resolve_partitions
+        self.clock = SourceClock(idle_s)
+        self.topic = topic
+        self.stats = stats if stats is not None else Stats()
+
+    def handle(self, records: Iterable[tuple[int, int, bytes | None]], now: float) -> IngestBatch:
+        """``records`` are ``(partition, offset, value)`` of the input topic, in offset order."""
+        parts = self.partitions
+        items: list[list[Any]] = [[] for _ in range(parts)]
+        dead: list[DeadLetter] = []
+        clock = self.clock
+        n = 0
+        for partition, offset, value in records:
+            parsed = parse_event(value if value is not None else b"")
+            if isinstance(parsed, Rejection):
+                clock.observe(partition, None, now)
+                self.stats.rejected[parsed.reason] += 1
+                dead.append(DeadLetter(parsed, "parse", Source(self.topic, partition, offset)))
+                continue
+            clock.observe(partition, parsed.ts_ms, now)
+            key = parsed.parent_post_id if parsed.type == "share" else parsed.post_id
+            assert key is not None  # parse_event guarantees a share's parent
+            items[partition_for(key, parts)].append(["e", parsed.to_dict(), partition, offset])
+            n += 1
+        marks = clock.marks(now)
+        return IngestBatch({r: Envelope(items[r], marks).pack() for r in range(parts)}, dead, n)
+
+    def heartbeat(self, now: float) -> dict[int, bytes]:
+        """Marks-only envelopes for every resolve partition (sent when no data flows)."""
+        marks = self.clock.marks(now)
+        if not marks:
+            return {}
+        return {r: Envelope([], marks).pack() for r in range(self.partitions)}
+
+
+# -- stage 1b: resolve ------------------------------------------------------
+
+
+class _PostMap(MutableMapping[str, str]):
+    """The Router's post -> cluster map for one partition.
+
+    Posts of this partition are kept here (and recorded, to be persisted);
+    a post of another partition is not looked up here (its reshares go
+    elsewhere) and writing it queues a registration for its own partition.
+    """
+
+    def __init__(self, is_local: Callable[[str], bool]) -> None:
+        self.own: dict[str, str] = {}
+        self.is_local = is_local
+        self.new: dict[str, str] = {}
+        self.foreign: list[tuple[str, str]] = []
+
+    def __getitem__(self, post: str) -> str:
+        return self.own[post]
+
+    def get(self, post: str, default: Any = None) -> Any:  # hot path: skip the ABC's try/except
+        return self.own.get(post, default)
+
+    def __contains__(self, post: object) -> bool:
+        return post in self.own
+
+    def __setitem__(self, post: str, cluster: str) -> None:
+        if self.is_local(post):
+            if post not in self.own:
+                self.own[post] = cluster
+                self.new[post] = cluster
+        else:
+            self.foreign.append((post, cluster))
+
+    def __delitem__(self, post: str) -> None:
+        del self.own[post]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.own)
+
+    def __len__(self) -> int:
+        return len(self.own)
+
+
+class PartitionRouter(Router):
+    """The replay :class:`Router`, plus registrations that arrive from another partition."""
+
+    def register(self, post_id: str, cluster_id: str) -> list[Routed | Rejection]:
+        """``post_id`` was routed to ``cluster_id`` elsewhere: record it, release what waited.
+
+        Exactly what :meth:`Router.route` does after routing a post itself.
+        """
+        out: list[Routed | Rejection] = []
+        marker = ShareEvent(event_id="", type="share", ts_ms=0, post_id=post_id, user_id="")
+        self._register(Routed(marker, cluster_id), out)
+        return out
+
+
+@dataclass
+class ResolveBatch:
+    """What one batch of a resolve partition became."""
+
+    #: one envelope per cluster partition, each with this partition's progress
+    to_clusters: dict[int, bytes]
+    #: for the other resolve partitions: registrations, forgotten posts, and this
+    #: partition's progress (every one of them gets an envelope)
+    to_peers: dict[int, bytes] = field(default_factory=dict)
+    deadletters: list[DeadLetter] = field(default_factory=list)
+    #: what changed, to persist (``None``: nothing)
+    delta: bytes | None = None
+    routed: int = 0
+
+
+class ResolvePartition:
+    """Stage 1b for one partition of the resolve topic: route events, hold orphans.
+
+    Progress. This partition tells the next stage (and its peers) how far it
+    has routed: the watermark of the input partitions (the slowest active
+    one, minus the allowed lateness), held back by each reshare waiting
+    here for its parent's registration, so that the reshare is not late when
+    the registration comes. A waiting reshare stops holding progress back
+    once every *other* resolve partition has progressed past it: a
+    registration it could be waiting for would then already have arrived
+    (registrations are sent before the progress that covers them, in the
+    same partition). So a reshare whose parent is on its way is never
+    overtaken, and one whose parent never comes costs about one hop of delay.
+    """
+
+    def __init__(
+        self,
+        partition: int,
+        *,
+        partitions: int,
+        sources: int,
+        banks: HashBanks,
+        stats: Stats,
+        lateness_ms: int,
+        hold_ms: int,
+        max_held: int,
+    ) -> None:
+        self.partition = partition
+        self.partitions = partitions
+        self.stats = stats
+        self.posts = _PostMap(lambda post: partition_for(post, partitions) == partition)
+        self.router = PartitionRouter(
+            banks, stats, post_clusters=self.posts, hold_ms=hold_ms, max_held=max_held
+        )
+        self.watermark = Watermark(sources, lateness_ms)
+        self.peers: dict[int, int] = {}
+        self.progress = NO_TIME
+        self._held: dict[str, dict[str, Any]] = {}
+        self._waiting: list[tuple[int, str]] = []  # (ts, event id) of held reshares, a heap
+        self._expired_at = NO_TIME
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    # -- persistence --
+
+    def restore(self, deltas: Iterable[bytes]) -> ResolveBatch:
+        """Fold persisted deltas (in the order they were written) back into a fresh partition.
+
+        Held reshares are routed again: they wait again, or (if their parent
+        is known by now) come out in the returned batch.
+        """
+        held: dict[str, dict[str, Any]] = {}
+        for raw in deltas:
+            d = orjson.loads(raw)
+            for post, cluster in d.get("p", {}).items():
+                self.posts.own.setdefault(post, cluster)
+            for post in d.get("f", ()):
+                self.posts.own.pop(post, None)
+            for ev in d.get("h+", ()):
+                held[ev["event_id"]] = ev
+            for eid in d.get("h-", ()):
+                held.pop(eid, None)
+        self.posts.new.clear()
+        items = [["e", ev, None, None] for ev in sorted(held.values(), key=_ts_then_id)]
+        return self.handle([Envelope(items).pack()] if items else [])
+
+    # -- processing --
+
+    def handle(self, envelopes: Iterable[bytes | None]) -> ResolveBatch:
+        """Process envelopes of this partition, in offset order."""
+        parts = self.partitions
+        out: list[list[Any]] = [[] for _ in range(parts)]
+        peers: list[list[Any]] = [[] for _ in range(parts)]
+        dead: list[DeadLetter] = []
+        held_add: list[dict[str, Any]] = []
+        held_del: list[str] = []
+        forgot: list[str] = []
+        routed = 0
+        router, held = self.router, self._held
+
+        def emit(results: list[Routed | Rejection]) -> None:
+            nonlocal routed
+            for x in results:
+                if isinstance(x, Rejection):
+                    self.stats.rejected[x.reason] += 1
+                    dead.append(DeadLetter(x, "route"))
+                    if x.event_id is not None and held.pop(x.event_id, None) is not None:
+                        held_del.append(x.event_id)
+                    continue
+                eid = x.event.event_id
+                if eid in held:
+                    del held[eid]
+                    held_del.append(eid)
+                out[partition_for(x.cluster_id, parts)].append(
+                    ["e", x.event.to_dict(), x.cluster_id, _match_to_wire(x.match)]
+                )
+                routed += 1
+
+        for raw in envelopes:
+            try:
+                env = Envelope.unpack(raw)
+            except ValueError as exc:
+                dead.append(DeadLetter(Rejection("bad_envelope", str(exc), raw or b""), "route"))
+                continue
+            if env.marks:
+                self.watermark.update(env.marks)
+            for p, t in env.progress.items():
+                if p != self.partition and t > self.peers.get(p, NO_TIME):
+                    self.peers[p] = t
+            for item in env.items:
+                kind = item[0]
+                if kind == "e":
+                    wire = item[1]
+                    if wire["event_id"] in held:
+                        continue  # redelivered while it waits: it waits once
+                    ev = event_from_wire(wire)
+                    results = router.route(ev)
+                    if not results:  # held until its parent is routed
+                        held[ev.event_id] = wire
+                        held_add.append(wire)
+                        heapq.heappush(self._waiting, (ev.ts_ms, ev.event_id))
+                    emit(results)
+                elif kind == "r":
+                    emit(router.register(item[1], item[2]))
+                elif kind == "f":
+                    router.forget([item[1]])
+                    forgot.append(item[1])
+        wm = self.watermark.value
+        if wm != NO_TIME and wm - self._expired_at >= EXPIRE_EVERY_MS:
+            self._expired_at = wm
+            emit(list(router.expire(wm)))
+        progress = self._progress(wm)
+        moved = progress > self.progress
+        if moved:
+            self.progress = progress
+        mine = {self.partition: self.progress}
+        for post, cluster in self.posts.foreign:
+            peers[partition_for(post, parts)].append(["r", post, cluster])
+        self.posts.foreign.clear()
+        delta: dict[str, Any] = {}
+        if self.posts.new:
+            delta["p"] = self.posts.new
+            self.posts.new = {}
+        if held_add:
+            delta["h+"] = held_add
+        if held_del:
+            delta["h-"] = held_del
+        if forgot:
+            delta["f"] = forgot
+        # Progress goes out only when it moved (or with data): an unchanged mark
+        # would only make the peers answer with theirs, back and forth.
+        return ResolveBatch(
+            to_clusters={
+                k: Envelope(out[k], progress=mine).pack() for k in range(parts) if moved or out[k]
+            },
+            to_peers={
+                r: Envelope(peers[r], progress=mine).pack()
+                for r in range(parts)
+                if peers[r] or (moved and r != self.partition)
+            },
+            deadletters=dead,
+            delta=orjson.dumps(delta) if delta else None,
+            routed=routed,
+        )
+
+    def _progress(self, wm: int) -> int:
+        """The watermark, held back by reshares still waiting here (see the class doc)."""
+        if wm == NO_TIME:
+            return NO_TIME
+        others = [self.peers.get(r, NO_TIME) for r in range(self.partitions) if r != self.partition]
+        settled = min([wm, *others])
+        heap, held = self._waiting, self._held
+        while heap and (heap[0][1] not in held or heap[0][0] - 1 <= settled):
+            heapq.heappop(heap)
+        return min(wm, heap[0][0] - 1) if heap else wm
+
+
+def _ts_then_id(ev: Mapping[str, Any]) -> tuple[int, str]:
+    return (ev["ts"], ev["event_id"])
+
+
+# -- stage 2: clusters ------------------------------------------------------
+
+
+@dataclass
+class ClusterBatch:
+    """What one batch of a cluster partition became."""
+
+    decisions: Decisions
+    #: the routed events received, to persist (``None``: none)
+    log: bytes | None = None
+    #: evicted posts to forget, per resolve partition
+    forget: dict[int, bytes] = field(default_factory=dict)
+    applied: int = 0
+
+
+class ClusterPartition:
+    """Stage 2 for one partition of the clusters topic: reorder by event time, detect.
+
+    Events wait in a :class:`ReorderBuffer` until the watermark (the slowest
+    resolve partition's progress) passes them, then go to the detector in
+    ``(ts, event_id)`` order: the order ``replay`` applies them in. An event
+    that comes after the watermark passed it is applied at once and counted
+    late, as ``replay`` does.
+    """
+
+    def __init__(
+        self,
+        partition: int,
+        *,
+        partitions: int,
+        sources: int,
+        policy: AlertPolicy,
+        stats: Stats,
+        pseudonymizer: Pseudonymizer,
+        idle_ms: int = 3_600_000,
+        predictor_factory: Callable[[], Predictor] | None = DEFAULT_PREDICTOR,
+    ) -> None:
+        self.partition = partition
+        self.partitions = partitions
+        self.stats = stats
+        self.buffer: ReorderBuffer[Routed] = ReorderBuffer()
+        self.detector = Detector(
+            policy,
+            stats,
+            pseudonymizer=pseudonymizer,
+            idle_ms=idle_ms,
+            predictor_factory=predictor_factory,
+        )
+        self.watermark = Watermark(sources, 0)
+        self.applied = 0
+
+    def restore(self, logs: Iterable[bytes]) -> None:
+        """Take back every event this partition received (persisted logs, any order)."""
+        for raw in logs:
+            for item in orjson.loads(raw):
+                self._push(item)
+
+    def _push(self, item: list[Any]) -> None:
+        ev = event_from_wire(item[1])
+        self.buffer.push(ev.ts_ms, ev.event_id, Routed(ev, item[2], _match_from_wire(item[3])))
+
+    def handle(self, envelopes: Iterable[bytes | None]) -> ClusterBatch:
+        received: list[Any] = []
+        dead: list[Rejection] = []
+        for raw in envelopes:
+            try:
+                env = Envelope.unpack(raw)
+            except ValueError as exc:
+                dead.append(Rejection("bad_envelope", str(exc), raw or b""))
+                continue
+            if env.progress:
+                self.watermark.update({p: (t, False) for p, t in env.progress.items()})
+            for item in env.items:
+                if item[0] == "e":
+                    self._push(item)
+                    received.append(item)
+        batch = self.advance()
+        batch.decisions.rejections.extend(dead)
+        batch.log = orjson.dumps(received) if received else None
+        return batch
+
+    def advance(self) -> ClusterBatch:
+        """Apply what the watermark has passed (and late arrivals), let event time run to it."""
+        wm = self.watermark.value
+        buf, det = self.buffer, self.detector
+        items = buf.release(max(wm, buf.released_ms))
+        for item in items:
+            det.apply(item)
+        self.applied += len(items)
+        if wm != NO_TIME:
+            det.advance(wm)
+        decisions = det.drain()
+        forget: dict[int, list[list[Any]]] = {}
+        for post in decisions.evicted_posts:
+            forget.setdefault(partition_for(post, self.partitions), []).append(["f", post])
+        return ClusterBatch(
+            decisions,
+            forget={r: Envelope(f).pack() for r, f in forget.items()},
+            applied=len(items),
+        )
+
+    @property
+    def pending(self) -> int:
+        return len(self.buffer)
+
+
+# -- the whole topology in one process (tests, and checking a design change) ---------
+
+
+@dataclass
+class LocalRun:
+    """Every stage and topic of the streaming pipeline in memory, with a seeded scheduler.
+
+    Input lines are spread over ``partitions`` input partitions (by ``key``:
+    ``"none"`` round-robin in runs of ``run`` lines, as a batching producer
+    does, or ``"post"`` by a hash of the line); then stages take batches of
+    random sizes from random partitions until everything has flowed through.
+    Whatever the interleaving, the alerts must be those of ``replay``; this is
+    how the unit tests check it without a broker.
+    """
+
+    banks: HashBanks
+    policy: AlertPolicy
+    pseudonymizer: Pseudonymizer
+    partitions: int = 4
+    lateness_ms: int = 60_000
+    hold_ms: int = 600_000
+    seed: int = 0
+    max_batch: int = 50
+    stats: Stats = field(default_factory=Stats)
+    alerts: dict[str, bytes] = field(default_factory=dict)
+    actions: dict[str, bytes] = field(default_factory=dict)
+    deadletters: list[DeadLetter] = field(default_factory=list)
+
+    def run(self, lines: Iterable[bytes], key: str = "none", run: int = 7) -> LocalRun:
+        import random
+
+        rng = random.Random(self.seed)
+        n = self.partitions
+        shares: list[list[tuple[int, bytes]]] = [[] for _ in range(n)]
+        for i, line in enumerate(lines):
+            p = (i // run) % n if key == "none" else zlib.crc32(line) % n
+            shares[p].append((len(shares[p]), line))
+        resolve: list[list[bytes]] = [[] for _ in range(n)]
+        clusters: list[list[bytes]] = [[] for _ in range(n)]
+        ingest = Ingest(n, idle_s=1e9, stats=self.stats)
+        ingest.clock.assign(range(n), 0.0)
+        resolvers = [
+            ResolvePartition(
+                r,
+                partitions=n,
+                sources=n,
+                banks=self.banks,
+                stats=self.stats,
+                lateness_ms=self.lateness_ms,
+                hold_ms=self.hold_ms,
+                max_held=100_000,
+            )
+            for r in range(n)
+        ]
+        detectors = [
+            ClusterPartition(
+                k,
+                partitions=n,
+                sources=n,
+                policy=self.policy,
+                stats=self.stats,
+                pseudonymizer=self.pseudonymizer,
+            )
+            for k in range(n)
+        ]
+        pos = [0] * n
+        now = 0.0
+        flushed = False
+        while True:
+            choices = [("s", p) for p in range(n) if pos[p] < len(shares[p])]
+            choices += [("r", p) for p in range(n) if resolve[p]]
+            choices += [("c", p) for p in range(n) if clusters[p]]
+            if not choices:
+                if flushed:
+                    break
+                flushed = True  # input over: every partition goes idle, held events flow out
+                for r, env in ingest.heartbeat(now + 2e9).items():
+                    resolve[r].append(env)
+                continue
+            stage, p = rng.choice(choices)
+            size = rng.randint(1, self.max_batch)
+            now += 0.001
+            if stage == "s":
+                chunk = shares[p][pos[p] : pos[p] + size]
+                pos[p] += len(chunk)
+                ib = ingest.handle(((p, off, line) for off, line in chunk), now)
+                self.deadletters.extend(ib.deadletters)
+                for r, env in ib.envelopes.items():
+                    resolve[r].append(env)
+            elif stage == "r":
+                envs, resolve[p] = resolve[p][:size], resolve[p][size:]
+                rb = resolvers[p].handle(envs)
+                self.deadletters.extend(rb.deadletters)
+                for r, env in rb.to_peers.items():
+                    resolve[r].append(env)
+                for k, env in rb.to_clusters.items():
+                    clusters[k].append(env)
+            else:
+                envs, clusters[p] = clusters[p][:size], clusters[p][size:]
+                cb = detectors[p].handle(envs)
+                self._collect(cb)
+                for r, env in cb.forget.items():
+                    resolve[r].append(env)
+        return self
+
+    def _collect(self, cb: ClusterBatch) -> None:
+        for alert in cb.decisions.alerts:
+            self.alerts.setdefault(alert.dedupe_key, alert.to_json())
+        for action in cb.decisions.actions:
+            self.actions.setdefault(action.action_id, action.to_json())
+        self.deadletters.extend(DeadLetter(r, "detect") for r in cb.decisions.rejections)

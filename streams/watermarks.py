@@ -1,0 +1,138 @@
+"""How far event time has advanced, across input partitions: per-partition clocks and a watermark.
+
+Kafka orders records within a partition only, and a worker that catches up on
+a backlog reads its partitions in chunks that can be minutes of event time
+apart. So a downstream stage may apply a record only once *every* input
+partition has moved past it (Flink's watermarks, Kafka Streams' stream time):
+
+- upstream, a :class:`SourceClock` keeps, for each partition it reads, the
+  newest event time seen there, and whether the partition is *idle* (no
+  record for a while of wall-clock time: a partition nobody writes to must
+  not hold the others back forever);
+- downstream, a :class:`Watermark` combines the marks of every partition:
+  the slowest active partition's time, minus the allowed lateness (records
+  within a partition may be that much out of order). When every partition is
+  idle, the input has stopped: the watermark jumps to the newest time seen,
+  so what is held is applied instead of waiting for traffic that may never
+  come. The watermark never goes back.
+
+>>> clock = SourceClock(idle_s=2.0)
+>>> clock.assign([0, 1], now=0.0)
+>>> clock.observe(0, 10_000, now=0.5)
+>>> clock.observe(1, 7_000, now=0.5)
+>>> wm = Watermark(sources=2, lateness_ms=1_000)
+>>> wm.update(clock.marks(now=1.0))
+6000
+>>> wm.update(clock.marks(now=5.0))  # both silent for 2 s: apply everything seen
+10000
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+#: "No event time yet" (real event times are epoch milliseconds after 2000).
+NO_TIME: Final = -1
+
+#: A partition's mark: the newest event time read from it, and whether it is idle.
+Mark = tuple[int, bool]
+
+
+class SourceClock:
+    """Per-partition event-time progress of one reader (the stage that reads the input topic)."""
+
+    __slots__ = ("_assigned", "_last_seen", "_max_ts", "idle_s")
+
+    def __init__(self, idle_s: float) -> None:
+        if idle_s < 0:
+            raise ValueError("idle_s cannot be negative")
+        self.idle_s = idle_s
+        self._max_ts: dict[int, int] = {}
+        self._last_seen: dict[int, float] = {}
+        self._assigned: set[int] = set()
+
+    def assign(self, partitions: Iterable[int], now: float) -> None:
+        """Partitions this reader now owns; new ones start "not seen yet" at ``now``."""
+        new = set(partitions)
+        for p in new - self._assigned:
+            self._last_seen[p] = now
+        for p in self._assigned - new:
+            self._last_seen.pop(p, None)
+            self._max_ts.pop(p, None)
+        self._assigned = new
+
+    def observe(self, partition: int, ts_ms: int | None, now: float) -> None:
+        """A record was read from ``partition`` (``ts_ms`` ``None``: it had no usable time)."""
+        if partition not in self._assigned:
+            self._assigned.add(partition)
+        self._last_seen[partition] = now
+        if ts_ms is not None and ts_ms > self._max_ts.get(partition, NO_TIME):
+            self._max_ts[partition] = ts_ms
+
+    @property
+    def assigned(self) -> frozenset[int]:
+        return frozenset(self._assigned)
+
+    def marks(self, now: float) -> dict[int, Mark]:
+        """Each owned partition's ``(newest event time, idle)``."""
+        return {
+            p: (self._max_ts.get(p, NO_TIME), now - self._last_seen.get(p, now) >= self.idle_s)
+            for p in sorted(self._assigned)
+        }
+
+
+class Watermark:
+    """The event time up to which every input partition has been read (see the module doc).
+
+    ``sources`` is the number of input partitions; until each has sent a
+    mark the watermark stays at :data:`NO_TIME`, so nothing is applied on a
+    partial view (a restarted worker waits for every partition's reader).
+
+    >>> wm = Watermark(sources=2, lateness_ms=0)
+    >>> wm.update({0: (5_000, False)})
+    -1
+    >>> wm.update({1: (3_000, False)})
+    3000
+    >>> wm.update({1: (2_000, False)})  # a stale mark does not move it back
+    3000
+    """
+
+    __slots__ = ("_idle", "_ts", "lateness_ms", "sources", "value")
+
+    def __init__(self, sources: int, lateness_ms: int) -> None:
+        if sources < 1:
+            raise ValueError("a watermark needs at least one source partition")
+        if lateness_ms < 0:
+            raise ValueError("lateness_ms cannot be negative")
+        self.sources = sources
+        self.lateness_ms = lateness_ms
+        self._ts: dict[int, int] = {}
+        self._idle: dict[int, bool] = {}
+        self.value = NO_TIME
+
+    def update(self, marks: Mapping[int, Mark]) -> int:
+        """Take newer marks; return the (never decreasing) watermark."""
+        ts, idle = self._ts, self._idle
+        for p, (t, is_idle) in marks.items():
+            if not 0 <= p < self.sources:
+                continue  # a partition of another topic layout: not ours to count
+            if t > ts.get(p, NO_TIME):
+                ts[p] = t
+            elif p not in ts:
+                ts[p] = NO_TIME
+            idle[p] = is_idle
+        if len(ts) == self.sources:
+            active = [ts[p] for p in ts if not idle[p]]
+            if active:
+                slowest = min(active)
+                candidate = slowest - self.lateness_ms if slowest != NO_TIME else NO_TIME
+            else:
+                candidate = max(ts.values())
+            if candidate > self.value:
+                self.value = candidate
+        return self.value
+
+    def marks(self) -> dict[int, Mark]:
+        """What is known of each source partition."""
+        return {p: (self._ts[p], self._idle[p]) for p in sorted(self._ts)}

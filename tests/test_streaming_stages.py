@@ -1,0 +1,454 @@
+"""The streaming pipeline's stages without a broker: watermarks, envelopes, routing across
+partitions, event-time order, recovery, and the whole topology against ``replay``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from streams.alerts import Pseudonymizer
+from streams.banks import BankEntry, HashBanks
+from streams.pipeline import Pipeline
+from streams.policy import AlertPolicy
+from streams.settings import DEV_PSEUDONYM_KEY, KafkaSecurity, Settings
+from streams.simulate import Scenario, simulate, three_cascades
+from streams.stages import (
+    BankUpdate,
+    ClusterPartition,
+    Envelope,
+    Ingest,
+    LocalRun,
+    ResolvePartition,
+    partition_for,
+)
+from streams.stats import Stats
+from streams.watermarks import NO_TIME, SourceClock, Watermark
+
+T0 = 1_767_225_600_000
+MD5 = "a" * 32
+MD5B = MD5.encode()
+
+
+Event = dict[str, Any]
+
+
+def ev(
+    eid: str, kind: str, ts: int, post: str, parent: str | None = None, **extra: object
+) -> Event:
+    d: dict[str, object] = {
+        "event_id": eid,
+        "type": kind,
+        "ts": ts,
+        "post_id": post,
+        "user_id": "u",
+    }
+    if parent:
+        d["parent_post_id"] = parent
+    if kind == "upload":
+        d["content"] = {"md5": MD5}
+    d.update(extra)
+    return d
+
+
+def banks() -> HashBanks:
+    b = HashBanks()
+    b.add(BankEntry("ncii", "md5", MD5))
+    return b
+
+
+def cluster() -> str:
+    return BankEntry("ncii", "md5", MD5).cluster_id
+
+
+# -- watermarks ----------------------------------------------------------------------
+
+
+def test_watermark_waits_for_every_partition_then_follows_the_slowest() -> None:
+    wm = Watermark(sources=3, lateness_ms=100)
+    assert wm.update({0: (1_000, False), 1: (5_000, False)}) == NO_TIME
+    assert wm.update({2: (3_000, False)}) == 900
+    assert wm.update({0: (4_000, False)}) == 2_900  # partition 2 is now the slowest
+
+
+def test_watermark_ignores_idle_partitions_and_flushes_when_all_are_idle() -> None:
+    wm = Watermark(sources=2, lateness_ms=1_000)
+    wm.update({0: (10_000, False), 1: (2_000, False)})
+    assert wm.value == 1_000
+    assert wm.update({1: (2_000, True)}) == 9_000  # partition 1 went quiet
+    assert wm.update({0: (10_000, True)}) == 10_000  # input stopped: everything may go
+    assert wm.update({0: (10_500, False), 1: (3_000, False)}) == 10_000  # never back
+
+
+def test_a_partition_without_events_is_unknown_until_it_goes_idle() -> None:
+    clock = SourceClock(idle_s=1.0)
+    clock.assign([0, 1], now=0.0)
+    clock.observe(0, 5_000, now=0.1)
+    wm = Watermark(sources=2, lateness_ms=0)
+    assert wm.update(clock.marks(now=0.5)) == NO_TIME
+    assert wm.update(clock.marks(now=1.05)) == 5_000  # 1 never spoke: idle, 0 alone counts
+    clock.observe(0, 6_000, now=1.2)
+    assert clock.marks(now=1.3)[1] == (NO_TIME, True)
+    assert clock.marks(now=1.3)[0] == (6_000, False)
+
+
+def test_revoked_partitions_leave_the_clock() -> None:
+    clock = SourceClock(idle_s=1.0)
+    clock.assign([0, 1], now=0.0)
+    clock.assign([1], now=0.5)
+    assert list(clock.marks(now=0.6)) == [1]
+
+
+# -- wire forms ----------------------------------------------------------------------
+
+
+def test_envelope_round_trip_and_garbage() -> None:
+    env = Envelope([["r", "p", "b-1"]], {0: (5, True)}, {2: 7})
+    assert Envelope.unpack(env.pack()) == env
+    for bad in (b"", b"{", b"[1]", b'{"i": 3}', b'{"i": [], "m": {"x": [1, 0]}}', None):
+        with pytest.raises(ValueError):
+            Envelope.unpack(bad)
+
+
+def test_bank_updates() -> None:
+    b = HashBanks()
+    key, value = BankUpdate("add", BankEntry("ncii", "md5", MD5, "label")).record()
+    up = BankUpdate.parse(key, value)
+    assert up.entry.label == "label" and up.apply(b) and len(b) == 1
+    assert BankUpdate.parse(key, None).apply(b) and len(b) == 0  # a tombstone withdraws
+    for k, v in [
+        (None, b"[]"),
+        (
+            None,
+            b'{"op": "delete", "bank": "x", "signal_type": "md5", "signal": "' + b"a" * 32 + b'"}',
+        ),
+        (None, b'{"op": "add", "bank": "", "signal_type": "md5", "signal": "' + MD5B + b'"}'),
+        (None, b'{"op": "add", "bank": "x", "signal_type": "md5", "signal": "zz"}'),
+        (b"just-a-key", None),
+        (None, b"\xff"),
+    ]:
+        with pytest.raises(ValueError, match="bank update"):
+            BankUpdate.parse(k, v)
+
+
+# -- stage 1a -------------------------------------------------------------------------
+
+
+def test_ingest_sends_each_event_to_the_partition_of_the_post_it_needs() -> None:
+    ingest = Ingest(resolve_partitions=4, idle_s=10.0, topic="t.shares")
+    records = [
+        (0, 0, orjson.dumps(ev("e1", "upload", T0, "p1"))),
+        (0, 1, orjson.dumps(ev("e2", "share", T0 + 1, "p2", "p1"))),
+        (1, 0, orjson.dumps(ev("e3", "takedown", T0 + 2, "p2"))),
+        (1, 1, b'{"event_id": "e4"}'),
+    ]
+    batch = ingest.handle(records, now=0.0)
+    assert batch.events == 3
+    where = {
+        item[1]["event_id"]: r
+        for r, raw in batch.envelopes.items()
+        for item in Envelope.unpack(raw).items
+    }
+    assert where == {
+        "e1": partition_for("p1", 4),
+        "e2": partition_for("p1", 4),
+        "e3": partition_for("p2", 4),
+    }
+    (dead,) = batch.deadletters
+    assert dead.rejection.reason == "missing_field"
+    assert dead.to_dict()["source"] == {"topic": "t.shares", "partition": 1, "offset": 1}
+    marks = Envelope.unpack(batch.envelopes[0]).marks
+    assert marks == {0: (T0 + 1, False), 1: (T0 + 2, False)}
+
+
+# -- stage 1b -------------------------------------------------------------------------
+
+
+def resolver(partition: int, parts: int = 2, lateness: int = 0) -> ResolvePartition:
+    return ResolvePartition(
+        partition,
+        partitions=parts,
+        sources=1,
+        banks=banks(),
+        stats=Stats(),
+        lateness_ms=lateness,
+        hold_ms=600_000,
+        max_held=1000,
+    )
+
+
+def post_in(partition: int, parts: int = 2, prefix: str = "p") -> str:
+    return next(
+        f"{prefix}{i}" for i in range(1000) if partition_for(f"{prefix}{i}", parts) == partition
+    )
+
+
+def routed_ids(batch_envelopes: dict[int, bytes]) -> list[str]:
+    return [
+        i[1]["event_id"] for raw in batch_envelopes.values() for i in Envelope.unpack(raw).items
+    ]
+
+
+def test_a_reshare_of_a_reshare_waits_for_the_registration_from_another_partition() -> None:
+    here, there = resolver(0), resolver(1)
+    parent = post_in(0)  # a reshare whose own post lives on partition 0...
+    grand = post_in(1, prefix="g")  # ...of an upload on partition 1
+    child = Envelope([["e", ev("c", "share", T0 + 20, "c1", parent), 0, 5]], {0: (T0 + 20, False)})
+    b = here.handle([child.pack()])
+    assert routed_ids(b.to_clusters) == [] and here.held == 1
+    assert orjson.loads(b.delta or b"{}")["h+"][0]["event_id"] == "c"
+    # the child holds this partition's progress back: it must not be overtaken
+    assert here.progress < T0 + 20
+    up = Envelope(
+        [
+            ["e", ev("u", "upload", T0, grand), 0, 1],
+            ["e", ev("s", "share", T0 + 10, parent, grand), 0, 2],
+        ],
+        {0: (T0 + 30, False)},
+    )
+    b2 = there.handle([up.pack()])
+    assert sorted(routed_ids(b2.to_clusters)) == ["s", "u"]
+    regs = Envelope.unpack(b2.to_peers[0]).items
+    assert regs == [["r", parent, cluster()]]
+    b3 = here.handle([b2.to_peers[0]])
+    assert routed_ids(b3.to_clusters) == ["c"] and here.held == 0
+    assert orjson.loads(b3.delta or b"{}")["h-"] == ["c"]
+
+
+def test_a_true_orphan_stops_holding_progress_once_every_peer_has_passed_it() -> None:
+    here = resolver(0)
+    orphan = Envelope(
+        [["e", ev("o", "share", T0 + 5, "o1", post_in(0, prefix="x")), 0, 0]],
+        {0: (T0 + 100, False)},
+    )
+    b = here.handle([orphan.pack()])
+    assert here.progress == T0 + 4
+    assert set(b.to_peers) == {1}  # told its peer how far it got
+    b = here.handle([Envelope([], progress={1: T0 + 50}).pack()])
+    assert here.progress == T0 + 100 and here.held == 1  # still waiting, no longer blocking
+
+
+def test_resolve_restore_rebuilds_posts_and_held_reshares() -> None:
+    first = resolver(0)
+    up_post = post_in(0)
+    deltas = []
+    for env in (
+        Envelope([["e", ev("u", "upload", T0, up_post), 0, 0]], {0: (T0, False)}),
+        Envelope([["e", ev("w", "share", T0 + 3, "w1", post_in(0, prefix="q")), 0, 1]]),
+    ):
+        b = first.handle([env.pack()])
+        if b.delta:
+            deltas.append(b.delta)
+    again = resolver(0)
+    out = again.restore(deltas)
+    assert routed_ids(out.to_clusters) == [] and again.held == 1
+    assert again.posts.own == first.posts.own
+    # a redelivered copy of the held reshare is held once, not twice
+    again.handle(
+        [Envelope([["e", ev("w", "share", T0 + 3, "w1", post_in(0, prefix="q")), 0, 1]]).pack()]
+    )
+    assert again.held == 1 and again.router.held == 1
+    # and the upload's reshares still find their cluster
+    b = again.handle([Envelope([["e", ev("s", "share", T0 + 9, "s1", up_post), 0, 2]]).pack()])
+    (item,) = [i for raw in b.to_clusters.values() for i in Envelope.unpack(raw).items]
+    assert item[2] == cluster()
+
+
+def test_register_releases_exactly_what_waited() -> None:
+    r = resolver(0, parts=1)
+    r.handle(
+        [
+            Envelope(
+                [
+                    ["e", ev("c", "share", T0, "c1", "p1"), 0, 0],
+                    ["e", ev("t", "takedown", T0 + 1, "p1"), 0, 1],
+                ]
+            ).pack()
+        ]
+    )
+    assert r.router.held == 2
+    released = r.router.register("p1", "b-x")
+    assert sorted(x.event.event_id for x in released) == ["c", "t"]  # type: ignore[union-attr]
+    assert r.router.held == 0 and r.posts.own["p1"] == "b-x" and r.posts.own["c1"] == "b-x"
+
+
+# -- stage 2 --------------------------------------------------------------------------
+
+
+def cluster_partition() -> ClusterPartition:
+    return ClusterPartition(
+        0,
+        partitions=1,
+        sources=1,
+        policy=AlertPolicy.default(),
+        stats=Stats(),
+        pseudonymizer=Pseudonymizer(b"k"),
+    )
+
+
+def routed_env(events: list[Event], progress: int | None = None) -> bytes:
+    items = [["e", e, cluster(), None] for e in events]
+    return Envelope(items, progress={0: progress} if progress is not None else {}).pack()
+
+
+def burst(n: int, start: int = T0) -> list[Event]:
+    out = [ev("u", "upload", start, "root")]
+    out += [ev(f"s{i:03d}", "share", start + 1000 * (i + 1), f"r{i}", "root") for i in range(n)]
+    return out
+
+
+def test_events_are_applied_in_event_time_order_whatever_the_arrival_order() -> None:
+    events = burst(30)
+    in_order, shuffled = cluster_partition(), cluster_partition()
+    a = in_order.handle([routed_env(events, progress=T0 + 40_000)])
+    mixed = events[::-1]
+    b1 = shuffled.handle([routed_env(mixed[:15], progress=T0)])
+    b2 = shuffled.handle([routed_env(mixed[15:], progress=T0 + 40_000)])
+    assert [x.to_json() for x in a.decisions.alerts] == [
+        x.to_json() for x in b1.decisions.alerts + b2.decisions.alerts
+    ]
+    assert a.decisions.alerts[0].severity == "warning"
+
+
+def test_nothing_is_applied_before_the_watermark_and_late_events_are_applied_at_once() -> None:
+    cp = cluster_partition()
+    b = cp.handle([routed_env(burst(30)[:20])])  # no progress from the resolve partition yet
+    assert b.applied == 0 and cp.pending == 20
+    b = cp.handle([routed_env([], progress=T0 + 10_000)])
+    assert b.applied == 11
+    b = cp.handle([routed_env([ev("late", "share", T0 + 500, "l1", "root")])])
+    assert b.applied == 1  # behind what was applied: applied now, not held
+
+
+def test_cluster_restore_gives_the_same_decisions() -> None:
+    events = burst(40)
+    whole = cluster_partition()
+    logs = []
+    out = []
+    for chunk in (events[:25], events[25:]):
+        b = whole.handle([routed_env(chunk, progress=chunk[-1]["ts"])])
+        out += [a.to_json() for a in b.decisions.alerts]
+        if b.log:
+            logs.append(b.log)
+    again = cluster_partition()
+    again.restore(logs)
+    b = again.handle([routed_env([], progress=events[-1]["ts"])])
+    assert [a.to_json() for a in b.decisions.alerts] == out and out
+
+
+# -- the whole topology against replay ------------------------------------------------------
+
+
+def replay_alerts(lines: list[bytes], bank: HashBanks) -> tuple[list[bytes], int]:
+    pipe = Pipeline(bank, AlertPolicy.default(), pseudonymizer=Pseudonymizer(DEV_PSEUDONYM_KEY))
+    for line in lines:
+        pipe.feed(line)
+    decisions = pipe.finish()
+    return sorted(
+        a.to_json() for a in decisions.alerts if a.ts_ms <= pipe.max_ts_ms
+    ), pipe.max_ts_ms
+
+
+def bank_of(entries: list[BankEntry]) -> HashBanks:
+    b = HashBanks()
+    for e in entries:
+        b.add(e)
+    return b
+
+
+IN_TIME = dict(  # the acceptance traffic, with every event inside the allowed lateness
+    background_per_minute=20.0,
+    critical_banked=0,
+    high_banked=1,
+    warning_banked=0,
+    slow_banked=1,
+    quiet_banked=0,
+    fast_unbanked=1,
+    md5_banked=0,
+    very_late=0,
+    orphans=2,
+    cycles=1,
+    malformed_per_kind=1,
+    extra_bank_entries=50,
+    late_fraction=0.0,
+)
+
+
+@pytest.mark.parametrize(
+    ("seed", "partitions", "keying"),
+    [(0, 4, "none"), (1, 4, "post"), (2, 3, "none"), (3, 1, "post"), (4, 8, "post")],
+)
+def test_local_topology_gives_the_replay_alerts_byte_for_byte(
+    seed: int, partitions: int, keying: str
+) -> None:
+    sim = simulate(Scenario(seed=7, **IN_TIME))  # type: ignore[arg-type]
+    expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
+    run = LocalRun(
+        bank_of(sim.bank),
+        AlertPolicy.default(),
+        Pseudonymizer(DEV_PSEUDONYM_KEY),
+        partitions=partitions,
+        seed=seed,
+    ).run(sim.lines, key=keying)
+    assert expected and sorted(run.alerts.values()) == expected
+    reasons = sorted(d.rejection.reason for d in run.deadletters if d.stage == "parse")
+    assert reasons == sorted(sim.truth["malformed"])  # each bad line dead-lettered, once
+
+
+def test_with_late_events_the_same_alerts_fire() -> None:
+    """Replay applies an event later than the lateness at once, out of order; the stream,
+    whose watermark follows the slowest partition, may still apply it in order. The same
+    alerts fire (ids, severities, statuses); their figures can differ by those events."""
+    sim = three_cascades(seed=7)
+    expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
+    run = LocalRun(
+        bank_of(sim.bank), AlertPolicy.default(), Pseudonymizer(DEV_PSEUDONYM_KEY), seed=6
+    ).run(sim.lines)
+
+    def ids(rows: list[bytes]) -> list[tuple[str, str, str]]:
+        return sorted((d["alert_id"], d["status"], d["severity"]) for d in map(orjson.loads, rows))
+
+    assert ids(list(run.alerts.values())) == ids(expected)
+
+
+# -- settings -------------------------------------------------------------------------
+
+
+def test_settings_from_environment_and_flags() -> None:
+    env = {
+        "VIRALWATCH_BROKER": "kafka://h:1",
+        "VIRALWATCH_BANKS": "a.csv:b.csv",
+        "VIRALWATCH_PARTITION_IDLE": "500ms",
+        "VIRALWATCH_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+        "VIRALWATCH_KAFKA_SASL_MECHANISM": "scram-sha-512",
+        "VIRALWATCH_KAFKA_SASL_USERNAME": "svc",
+        "VIRALWATCH_KAFKA_SASL_PASSWORD": "s3cret",
+        "VIRALWATCH_PSEUDONYM_KEY": "k",
+    }
+    s = Settings.from_env(env, partitions=2, broker=None)
+    assert s.broker == "kafka://h:1" and s.partitions == 2 and s.partition_idle_s == 0.5
+    assert [p.name for p in s.bank_files] == ["a.csv", "b.csv"]
+    assert s.security.kafka_python_config()["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert "s3cret" not in repr(s) and s.pseudonym_key == b"k" and not s.uses_dev_key
+    assert s.bootstrap == ["h:1"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"VIRALWATCH_BROKER": "http://x:1"}, "scheme"),
+        ({"VIRALWATCH_LATENESS": "soon"}, "VIRALWATCH_LATENESS"),
+        ({"VIRALWATCH_TOPIC_PREFIX": "a b"}, "topic_prefix"),
+        ({"VIRALWATCH_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL mechanism"),
+        ({"VIRALWATCH_SESSION_TIMEOUT": "1", "VIRALWATCH_HEARTBEAT": "2"}, "session_timeout"),
+    ],
+)
+def test_bad_settings_say_why(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(env)
+
+
+def test_plaintext_security_has_no_tls_context() -> None:
+    assert KafkaSecurity().ssl_context() is None
+    assert KafkaSecurity("SSL").ssl_context() is not None
