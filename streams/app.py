@@ -472,7 +472,7 @@ class Worker:
             "alerts": self.alerts_sent,
             "actions": self.actions_sent,
             "deadletters": self.deadlettered,
-            "watermark": max((d.watermark.value for d in self.detectors.values()), default=-1),
+            "watermarks": {str(k): d.watermark.value for k, d in sorted(self.detectors.items())},
             "partitions": {
                 "resolve": sorted(self.resolvers),
                 "clusters": sorted(self.detectors),

@@ -731,7 +731,7 @@ class LocalRun:
     pseudonymizer: Pseudonymizer
     partitions: int = 4
     lateness_ms: int = 60_000
-    hold_ms: int = 600_000
+    hold_ms: int = 1_800_000
     seed: int = 0
     max_batch: int = 50
     stats: Stats = field(default_factory=Stats)

@@ -1,0 +1,341 @@
+"""The streaming pipeline on the real local Kafka-protocol broker (integration: real processes).
+
+Each test starts its workers as processes on the module's broker, with its
+own topics and consumer group, and stops or kills them by PID. What is
+checked is what on-call and the operators see on the output topics.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kafka_helpers import (
+    TopicReader,
+    WorkerProcess,
+    broker,
+    create_topics,
+    latest_stats,
+    names,
+    produce_lines,
+    settings_for,
+    worker_env,
+    workers,
+)
+
+from streams.alerts import Pseudonymizer
+from streams.banks import BankEntry, HashBanks
+from streams.broker import LocalBroker
+from streams.pipeline import Pipeline
+from streams.policy import AlertPolicy
+from streams.settings import DEV_PSEUDONYM_KEY, Settings
+from streams.simulate import Scenario, simulate, write_bank
+from streams.stages import BankUpdate
+
+pytestmark = pytest.mark.integration
+__all__ = ["broker"]  # the module-scoped fixture, imported for pytest
+
+#: The acceptance traffic with every event inside the allowed lateness, plus orphans,
+#: a cycle, redeliveries and one malformed line of each kind.
+IN_TIME = dict(
+    background_per_minute=20.0,
+    critical_banked=0,
+    high_banked=1,
+    warning_banked=1,
+    slow_banked=1,
+    quiet_banked=0,
+    fast_unbanked=1,
+    md5_banked=0,
+    very_late=0,
+    orphans=2,
+    cycles=1,
+    malformed_per_kind=1,
+    extra_bank_entries=50,
+    late_fraction=0.0,
+)
+
+
+class Expected:
+    """What ``replay`` says for a file: alerts and takedowns up to the last event time."""
+
+    def __init__(self, lines: list[bytes], bank: list[BankEntry]) -> None:
+        banks = HashBanks()
+        for e in bank:
+            banks.add(e)
+        pipe = Pipeline(
+            banks, AlertPolicy.default(), pseudonymizer=Pseudonymizer(DEV_PSEUDONYM_KEY)
+        )
+        for line in lines:
+            pipe.feed(line)
+        decisions = pipe.finish()
+        self.end_ms = pipe.max_ts_ms
+        self.alerts = sorted(a.to_json() for a in decisions.alerts if a.ts_ms <= self.end_ms)
+        self.actions = sorted(a.to_json() for a in decisions.actions)
+        self.rejections = Counter(r.reason for r in decisions.rejections)
+
+
+def scenario_files(tmp_path: Path, **overrides: Any) -> tuple[list[bytes], list[BankEntry], Path]:
+    sim = simulate(Scenario(seed=7, **{**IN_TIME, **overrides}))
+    bank_path = tmp_path / "bank.csv"
+    write_bank(sim.bank, bank_path)
+    return sim.lines, sim.bank, bank_path
+
+
+def setup(broker: LocalBroker, tmp_path: Path, bank_path: Path, **extra: Any) -> Settings:
+    prefix, app_id = names()
+    s = settings_for(
+        broker,
+        prefix,
+        app_id,
+        bank_files=(bank_path,),
+        partition_idle_s=1.0,
+        data_dir=tmp_path / "data",
+        **extra,
+    )
+    create_topics(s)
+    return s
+
+
+def wait_done(
+    broker: LocalBroker,
+    s: Settings,
+    expected: Expected,
+    procs: tuple[WorkerProcess, ...],
+    timeout: float = 90.0,
+) -> tuple[list[bytes], list[bytes]]:
+    """Wait for every expected alert and takedown, and for event time to reach the end;
+    then a little longer, so that an extra or repeated record would show."""
+    alerts, actions = (
+        TopicReader(broker, s.topic("alerts")),
+        TopicReader(broker, s.topic("actions")),
+    )
+    stats = TopicReader(broker, s.topic("stats"))
+
+    def why() -> str:
+        alive = [p for p in procs if p.alive()]
+        return (
+            f"alerts {len(alerts.records)}/{len(expected.alerts)}, actions "
+            f"{len(actions.records)}/{len(expected.actions)}, workers alive {len(alive)}\n"
+            + "\n---\n".join(p.log_tail(25) for p in procs)
+        )
+
+    def finished(_: list[Any]) -> bool:
+        alerts.poll(0.05)
+        actions.poll(0.05)
+        latest = latest_stats(stats.records)
+        marks: dict[str, int] = {}
+        for d in latest.values():
+            if time.time() - d["time"] < 3:
+                marks.update(d["watermarks"])
+        return (
+            len(set(alerts.values())) >= len(expected.alerts)
+            and len(set(actions.values())) >= len(expected.actions)
+            and len(marks) == s.partitions
+            and all(wm >= expected.end_ms for wm in marks.values())
+        )
+
+    try:
+        stats.until(finished, timeout, "the expected alerts and takedowns", on_timeout=why)
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            alerts.poll()
+            actions.poll()
+        return alerts.values(), actions.values()
+    finally:
+        for reader in (alerts, actions, stats):
+            reader.close()
+
+
+def assert_exactly_once(records: list[bytes], expected: list[bytes], what: str) -> None:
+    repeated = [k for k, n in Counter(records).items() if n > 1]
+    assert not repeated, f"{len(repeated)} {what} sent twice"
+    missing = set(expected) - set(records)
+    extra = set(records) - set(expected)
+    assert not missing and not extra, (
+        f"{what}: {len(missing)} missing, {len(extra)} unexpected; e.g. "
+        f"{sorted(missing)[:1]} / {sorted(extra)[:1]}"
+    )
+
+
+def test_produced_events_give_the_replay_alerts(broker: LocalBroker, tmp_path: Path) -> None:
+    lines, bank, bank_path = scenario_files(tmp_path)
+    expected = Expected(lines, bank)
+    assert len(expected.alerts) >= 2 and expected.actions
+    s = setup(broker, tmp_path, bank_path)
+    w = WorkerProcess(worker_env(s), tmp_path / "worker.log")
+    with workers(w):
+        produce_lines(broker, s.topic("shares"), lines, keying="none")
+        alerts, actions = wait_done(broker, s, expected, (w,))
+    assert_exactly_once(alerts, expected.alerts, "alerts")
+    assert_exactly_once(actions, expected.actions, "takedown requests")
+
+
+def test_bad_input_is_dead_lettered_and_the_events_around_it_processed(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    lines, bank, bank_path = scenario_files(tmp_path, malformed_per_kind=0)
+    bad = [
+        b"\xff\xfe not utf-8",
+        b'{"event_id": "x", "type": "upload"}',
+        b"[1, 2]",
+        b'{"event_id":"big","pad":"' + b"x" * 70_000 + b'"}',
+        b"",
+    ]
+    mixed: list[bytes] = []
+    step = len(lines) // (len(bad) + 1)
+    for i, b in enumerate(bad):
+        mixed += [*lines[i * step : (i + 1) * step], b]
+    mixed += lines[len(bad) * step :]
+    expected = Expected(lines, bank)  # the good events alone
+    s = setup(broker, tmp_path, bank_path)
+    w = WorkerProcess(worker_env(s), tmp_path / "worker.log")
+    with workers(w):
+        produce_lines(broker, s.topic("shares"), mixed)
+        alerts, actions = wait_done(broker, s, expected, (w,))
+        dead = TopicReader(broker, s.topic("deadletter"))
+        dead.until(lambda r: len(r) >= len(bad), 20, "dead letters")
+        letters = [orjson.loads(v) for v in dead.values()]
+        dead.close()
+    assert_exactly_once(alerts, expected.alerts, "alerts")
+    assert_exactly_once(actions, expected.actions, "takedown requests")
+    parsed = [d for d in letters if d["stage"] == "parse"]
+    assert sorted(d["reason"] for d in parsed) == sorted(
+        ["not_utf8", "missing_field", "not_object", "too_large", "not_json"]
+    )
+    for d in parsed:
+        raw = base64.b64decode(d["raw_b64"])
+        assert raw in bad or (d["reason"] == "too_large" and bad[3].startswith(raw))
+        assert d["source"]["topic"] == s.topic("shares")
+        assert d["source"]["offset"] >= 0 and 0 <= d["source"]["partition"] < s.partitions
+
+
+def test_a_killed_worker_is_replaced_without_losing_or_repeating_an_alert(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    lines, bank, bank_path = scenario_files(tmp_path, background_per_minute=120.0)
+    expected = Expected(lines, bank)
+    s = setup(broker, tmp_path, bank_path)
+    first = WorkerProcess(worker_env(s), tmp_path / "first.log")
+    second = WorkerProcess(worker_env(s), tmp_path / "second.log")
+    half = len(lines) // 2
+    with workers(first):
+        produce_lines(broker, s.topic("shares"), lines[:half])
+        seen = TopicReader(broker, s.topic("alerts"))
+        seen.until(lambda r: len(r) >= 1, 60, "a first alert", on_timeout=first.log_tail)
+        # the rest comes while the worker is busy; it is killed in the middle of it
+        producer = threading.Thread(
+            target=produce_lines,
+            args=(broker, s.topic("shares"), lines[half:]),
+            kwargs={"rate": 2500},
+        )
+        producer.start()
+        time.sleep(0.5 * (len(lines) - half) / 2500)
+        assert producer.is_alive()
+        first.kill()
+        producer.join()
+        time.sleep(0.5)
+        seen.poll()
+        sent_before = len(seen.records)
+        seen.close()
+    assert first.proc is not None and first.proc.returncode == -9
+    assert 1 <= sent_before < len(expected.alerts), "the kill should fall between alerts"
+    with workers(second):
+        alerts, actions = wait_done(broker, s, expected, (second,), timeout=120)
+    assert "restored" in second.log_tail(400)
+    assert_exactly_once(alerts, expected.alerts, "alerts")
+    assert_exactly_once(actions, expected.actions, "takedown requests")
+
+
+def test_two_workers_give_the_alerts_of_one(broker: LocalBroker, tmp_path: Path) -> None:
+    lines, bank, bank_path = scenario_files(tmp_path)
+    expected = Expected(lines, bank)
+    s = setup(broker, tmp_path, bank_path)
+    a = WorkerProcess(worker_env(s), tmp_path / "a.log")
+    b = WorkerProcess(worker_env(s), tmp_path / "b.log")
+    with workers(a, b):
+        stats = TopicReader(broker, s.topic("stats"))
+        # both in the group, each with some of the partitions, before any data
+        stats.until(
+            lambda r: sum(1 for d in latest_stats(r).values() if d["time"] > time.time() - 2) == 2,
+            60,
+            "two workers reporting",
+        )
+        stats.close()
+        produce_lines(broker, s.topic("shares"), lines, keying="post")
+        alerts, actions = wait_done(broker, s, expected, (a, b))
+        stats = TopicReader(broker, s.topic("stats"))
+        stats.until(lambda r: len(latest_stats(r)) == 2, 10, "stats of both workers")
+        owned = [set(d["watermarks"]) for d in latest_stats(stats.records).values()]
+        stats.close()
+    assert all(owned) and not owned[0] & owned[1], f"partitions not shared: {owned}"
+    assert_exactly_once(alerts, expected.alerts, "alerts")
+    assert_exactly_once(actions, expected.actions, "takedown requests")
+
+
+def test_a_bank_withdrawal_stops_new_matches(broker: LocalBroker, tmp_path: Path) -> None:
+    md5 = "c" * 32
+    entry = BankEntry("ncii", "md5", md5)
+    bank_path = tmp_path / "bank.csv"
+    write_bank([entry], bank_path)
+    s = setup(broker, tmp_path, bank_path, partitions=1)
+    t0 = 1_767_225_600_000
+
+    def upload(i: int) -> bytes:
+        return orjson.dumps(
+            {
+                "event_id": f"e{i}",
+                "type": "upload",
+                "ts": t0 + i * 1000,
+                "post_id": f"p{i}",
+                "user_id": "u",
+                "content": {"md5": md5},
+            }
+        )
+
+    def matched(stats: TopicReader, n: int, unmatched: int) -> None:
+        def ok(records: list[Any]) -> bool:
+            for d in latest_stats(records).values():
+                st = d["stats"]
+                if st["matched"].get("ncii", 0) == n and st["unmatched_uploads"] == unmatched:
+                    return True
+            return False
+
+        stats.until(ok, 30, f"{n} matched and {unmatched} unmatched uploads", on_timeout=w.log_tail)
+
+    w = WorkerProcess(worker_env(s), tmp_path / "worker.log")
+    with workers(w):
+        stats = TopicReader(broker, s.topic("stats"))
+        produce_lines(broker, s.topic("shares"), [upload(1)])
+        matched(stats, 1, 0)
+        key, value = BankUpdate("withdraw", entry).record()
+        _send(broker, s.topic("bank"), key, value)
+        _send(broker, s.topic("bank"), b"junk", b"not a bank update")
+        time.sleep(1.5)  # the worker follows the bank topic as it comes
+        produce_lines(broker, s.topic("shares"), [upload(2)])
+        matched(stats, 1, 1)
+        key, value = BankUpdate("add", entry).record()
+        _send(broker, s.topic("bank"), key, value)
+        time.sleep(1.5)
+        produce_lines(broker, s.topic("shares"), [upload(3)])
+        matched(stats, 2, 1)
+        stats.close()
+        dead = TopicReader(broker, s.topic("deadletter"))
+        dead.until(lambda r: len(r) >= 1, 10, "the bad bank update dead-lettered")
+        letter = orjson.loads(dead.values()[0])
+        dead.close()
+    assert letter["reason"] == "bad_bank_update" and letter["source"]["topic"] == s.topic("bank")
+
+
+def _send(broker: LocalBroker, topic: str, key: bytes, value: bytes) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
