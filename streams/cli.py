@@ -452,6 +452,128 @@ def evaluate_cmd(
         raise typer.Exit(1)
 
 
+# -- streaming: worker, produce, demo (the code lives in streams.app, .produce, .demo) --------
+
+
+def streaming_settings(**flags: object) -> object:
+    """Settings from VIRALWATCH_* and the flags given; a bad value exits 2 with the reason."""
+    from streams.policy import parse_duration
+    from streams.settings import Settings
+
+    try:
+        if isinstance(flags.get("lateness_ms"), str):
+            flags["lateness_ms"] = parse_duration(flags["lateness_ms"])
+        return Settings.from_env(None, **flags)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+BrokerOpt = Annotated[
+    str | None,
+    typer.Option(help="kafka://HOST:PORT (default VIRALWATCH_BROKER; none: start the bundled one)"),
+]
+PrefixOpt = Annotated[
+    str | None, typer.Option("--topic-prefix", help="topic name prefix (default viralwatch.)")
+]
+PartitionsOpt = Annotated[
+    int | None, typer.Option(help="partitions of the topics created (default 4)", min=1)
+]
+
+
+@app.command()
+def worker(
+    broker: BrokerOpt = None,
+    bank: Annotated[list[Path], typer.Option("--bank", help="bank CSV; repeat for more")] = [],  # noqa: B006
+    policy: Annotated[Path | None, typer.Option(help="alert policy TOML")] = None,
+    topic_prefix: PrefixOpt = None,
+    partitions: PartitionsOpt = None,
+    app_id: Annotated[str | None, typer.Option("--app-id", help="consumer group id")] = None,
+    lateness: Annotated[str | None, typer.Option(help="allowed lateness (default 60s)")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="serve /metrics here (0: any free port)")
+    ] = None,
+    alertmanager: Annotated[str | None, typer.Option(help="post alerts to Alertmanager")] = None,
+    webhook: Annotated[str | None, typer.Option(help="POST alerts to this URL")] = None,
+) -> None:
+    """Run a streaming worker: shares topic in; alerts, takedowns, dead letters out."""
+    from streams.app import run_worker
+    from streams.settings import Settings
+
+    settings = streaming_settings(
+        broker=broker,
+        bank_files=tuple(bank) or None,
+        policy_file=policy,
+        topic_prefix=topic_prefix,
+        partitions=partitions,
+        app_id=app_id,
+        lateness_ms=lateness,
+        metrics_port=metrics_port,
+        alertmanager_url=alertmanager,
+        webhook_url=webhook,
+    )
+    assert isinstance(settings, Settings)
+    try:
+        run_worker(settings)
+    except (OSError, ValueError, RuntimeError, ConnectionError) as exc:
+        fail(str(exc))
+
+
+@app.command()
+def produce(
+    events: Annotated[Path, typer.Argument(help="JSON lines of share events ('-' for stdin)")],
+    broker: BrokerOpt = None,
+    topic_prefix: PrefixOpt = None,
+    partitions: PartitionsOpt = None,
+    key: Annotated[str, typer.Option(help="record key: none, post or event")] = "none",
+    rate: Annotated[
+        float | None, typer.Option(help="events per second (default: all at once)")
+    ] = None,
+) -> None:
+    """Send a file of events to the shares topic, one record per line (bad lines too)."""
+    from streams.app import prepare
+    from streams.produce import produce_file
+    from streams.settings import Settings
+
+    settings = streaming_settings(broker=broker, topic_prefix=topic_prefix, partitions=partitions)
+    assert isinstance(settings, Settings)
+    if settings.broker is None:
+        fail("no broker: give --broker kafka://HOST:PORT or set VIRALWATCH_BROKER")
+    if str(events) != "-" and not events.is_file():
+        fail(f"cannot read {events}")
+    try:
+        settings, _, _ = prepare(settings, lambda m: typer.echo(f"viralwatch: {m}", err=True))
+        done = produce_file(events, settings, keying=key, rate=rate)
+    except (OSError, ValueError, RuntimeError, ConnectionError) as exc:
+        fail(str(exc))
+    except Exception as exc:  # the Kafka client's errors: say them in one line
+        fail(f"{type(exc).__name__}: {exc}")
+    typer.echo(
+        f"viralwatch: sent {done.records} events ({done.bytes:,} bytes) to "
+        f"{settings.topic('shares')} in {done.seconds:.2f}s ({done.rate:,.0f}/s)",
+        err=True,
+    )
+
+
+@app.command()
+def demo(
+    broker: BrokerOpt = None,
+    minutes: Annotated[int, typer.Option(help="minutes of simulated event time", min=1)] = 30,
+    speed: Annotated[float, typer.Option(help="event-time seconds per second", min=1)] = 60.0,
+    seed: Annotated[int, typer.Option(help="random seed of the simulated traffic")] = 7,
+) -> None:
+    """Start a broker, a worker and simulated traffic; print alerts as they fire."""
+    from streams.demo import run_demo
+    from streams.settings import Settings
+    from streams.simulate import Scenario
+
+    settings = streaming_settings(broker=broker)
+    assert isinstance(settings, Settings)
+    try:
+        run_demo(settings, scenario=Scenario(seed=seed, minutes=minutes), speed=speed)
+    except (OSError, ValueError, RuntimeError, ConnectionError) as exc:
+        fail(str(exc))
+
+
 def main() -> None:
     app()
 

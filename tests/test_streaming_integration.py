@@ -339,3 +339,70 @@ def _send(broker: LocalBroker, topic: str, key: bytes, value: bytes) -> None:
     producer.send(topic, key=key, value=value)
     producer.flush()
     producer.close()
+
+
+def test_the_worker_command_starts_the_bundled_broker_when_none_is_configured(
+    tmp_path: Path,
+) -> None:
+    import re
+    import subprocess
+    import sys
+
+    from kafka_helpers import require_broker
+
+    require_broker()
+    lines, bank, bank_path = scenario_files(tmp_path)
+    expected = Expected(lines, bank)
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    env = {k: v for k, v in worker_env(Settings()).items() if k != "VIRALWATCH_BROKER"}
+    env.update(VIRALWATCH_PARTITION_IDLE="1", VIRALWATCH_DATA_DIR=str(tmp_path / "data"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "streams.cli",
+        "worker",
+        "--bank",
+        str(bank_path),
+        "--topic-prefix",
+        "cli.",
+        "--app-id",
+        "cli-test",
+    ]
+    w = WorkerProcess(env, tmp_path / "worker.log", argv=cmd)
+    with workers(w):
+        deadline = time.monotonic() + 30
+        found = None
+        while found is None and time.monotonic() < deadline:
+            found = re.search(r"broker at (kafka://127\.0\.0\.1:(\d+)) .*pid (\d+)", w.log_tail(50))
+            time.sleep(0.2)
+        assert found, w.log_tail()
+        url, port, pid = found.group(1), int(found.group(2)), int(found.group(3))
+        here = LocalBroker("127.0.0.1", port, pid)
+        sent = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "streams.cli",
+                "produce",
+                str(events),
+                "--broker",
+                url,
+                "--topic-prefix",
+                "cli.",
+                "--key",
+                "post",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert sent.returncode == 0, sent.stderr
+        assert f"sent {len(lines)} events" in sent.stderr
+        s = Settings.from_env({}, broker=url, topic_prefix="cli.", partitions=4)
+        alerts, actions = wait_done(here, s, expected, (w,))
+        assert w.stop() == 0
+    assert_exactly_once(alerts, expected.alerts, "alerts")
+    assert_exactly_once(actions, expected.actions, "takedown requests")
+    assert not here.running(), "the bundled broker must stop with the worker"
