@@ -36,7 +36,7 @@ import os
 import socket
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -58,8 +58,10 @@ from streams.stages import (
     ClusterPartition,
     DeadLetter,
     Ingest,
+    ResolveBatch,
     ResolvePartition,
     Source,
+    merge_resolved,
 )
 from streams.stats import Stats
 
@@ -92,12 +94,74 @@ class _Consumer(faust_aiokafka.Consumer):
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
+class _Producer(faust_aiokafka.Producer):
+    """Faust's producer, plus one that puts each record in its own batch, for some topics.
+
+    The local broker answers "latest offset" with the last batch's base
+    offset + 1, so Faust's table recovery (which reads a changelog up to
+    that offset) would miss the rest of a changelog's last batch. Records of
+    the changelog topics listed in :attr:`single_batch_topics` go through a
+    second client with one record per batch; everything else keeps normal
+    batching. Both are flushed before offsets are committed. The topics are
+    the app's (:attr:`_App.single_batch_topics`), so two workers in one
+    process keep their own.
+    """
+
+    _single: Any = None
+
+    @property
+    def single_batch_topics(self) -> frozenset[str]:
+        return getattr(self.app, "single_batch_topics", frozenset())
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        if self.single_batch_topics:
+            settings = {**self._settings_default(), **self._settings_auth(), "max_batch_size": 1}
+            self._single = self._producer_type(**settings)
+            await self._single.start()
+
+    async def on_stop(self) -> None:
+        single, self._single = self._single, None
+        if single is not None:
+            await single.stop()
+        await super().on_stop()
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Any:
+        if self._single is not None and topic in self.single_batch_topics:
+            stamp = int(timestamp * 1000.0) if timestamp else None
+            return await self._single.send(
+                topic, value, key=key, partition=partition, timestamp_ms=stamp
+            )
+        return await super().send(
+            topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
+        )
+
+    async def flush(self) -> None:
+        await super().flush()
+        if self._single is not None:
+            await self._single.flush()
+
+
 class _Transport(faust_aiokafka.Transport):
     Consumer = _Consumer
+    Producer = _Producer
 
 
 class _App(faust.App):
     """A Faust app whose consumers may use a short fetch wait (see :data:`LOCAL_FETCH_WAIT_MS`)."""
+
+    #: changelog topics whose records go one per batch (the local broker only)
+    single_batch_topics: frozenset[str] = frozenset()
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
@@ -153,6 +217,8 @@ class Worker:
         self.actions_sent = 0
         self.deadlettered = 0
         self._last_stamp = 0
+        self._delays: dict[str, list[float]] = defaultdict(list)
+        self.sent: Counter[str] = Counter()
         self.ingest = Ingest(
             self.partitions, s.partition_idle_s, topic=s.topic("shares"), stats=self.stats
         )
@@ -167,9 +233,6 @@ class Worker:
         (s.data_dir / s.app_id).mkdir(parents=True, exist_ok=True)
         conf: dict[str, Any] = {}
         if s.local_broker:
-            # The local broker answers "latest offset" with the last batch's base
-            # offset + 1: one record per batch keeps table recovery complete.
-            conf["producer_max_batch_size"] = 1
             _ConsumerThread.fetch_max_wait_ms = LOCAL_FETCH_WAIT_MS
         credentials = _credentials(s)
         if credentials is not None:
@@ -209,6 +272,9 @@ class Worker:
         self.cluster_log = app.Table("cluster-log", **table)
         self.sent_alerts = app.Table("alerts-sent", changelog_topic=self.t_alerts, **table)
         self.sent_actions = app.Table("actions-sent", changelog_topic=self.t_actions, **table)
+        if s.local_broker:
+            tables = (self.resolve_log, self.cluster_log, self.sent_alerts, self.sent_actions)
+            app.single_batch_topics = frozenset(t.changelog_topic.get_topic_name() for t in tables)
 
         take = (s.batch_size, s.batch_wait_s)
         # an agent that raises stops the worker (a supervisor restarts the process)
@@ -217,17 +283,26 @@ class Worker:
         @app.agent(self.t_shares, name="ingest", supervisor_strategy=crash)
         async def ingest(stream: Any) -> None:
             async for events in stream.take_events(*take):
+                self._delay("ingest", events)
                 self._ingest(events)
 
         @app.agent(self.t_resolve, name="resolve", supervisor_strategy=crash)
         async def resolve(stream: Any) -> None:
             async for events in stream.take_events(*take):
+                self._delay("resolve", events)
+                batches: list[ResolveBatch] = []
                 for events_of_partition in _by_partition(events):
-                    self._resolve(stream, events_of_partition)
+                    batches += self._resolve(stream, events_of_partition)
+                to_clusters, to_peers = merge_resolved(batches)
+                for k, envelope in to_clusters.items():
+                    self._send(self.t_clusters, envelope, k)
+                for r, envelope in to_peers.items():
+                    self._send(self.t_resolve, envelope, r)
 
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
         async def detect(stream: Any) -> None:
             async for events in stream.take_events(*take):
+                self._delay("detect", events)
                 for events_of_partition in _by_partition(events):
                     self._detect(stream, events_of_partition)
 
@@ -256,7 +331,7 @@ class Worker:
         self.read += len(records)
         batch = self.ingest.handle(records, time.monotonic())
         for r, envelope in batch.envelopes.items():
-            self.t_resolve.send_soon(key=None, value=envelope, partition=r)
+            self._send(self.t_resolve, envelope, r)
         self._deadletter(batch.deadletters)
 
     def _heartbeat(self) -> None:
@@ -266,7 +341,7 @@ class Worker:
             now = time.monotonic()
             self.ingest.clock.assign(owned, now)
             for r, envelope in self.ingest.heartbeat(now).items():
-                self.t_resolve.send_soon(key=None, value=envelope, partition=r)
+                self._send(self.t_resolve, envelope, r)
 
     @property
     def t_shares_name(self) -> str:
@@ -274,10 +349,24 @@ class Worker:
 
     # -- stage 1b --
 
-    def _resolver(self, stream: Any, partition: int, current: Any) -> ResolvePartition:
+    def _resolve(self, stream: Any, events: list[Any]) -> list[ResolveBatch]:
+        """One partition's share of a batch; its changes are written to the resolve log."""
+        last = events[-1]
+        partition = last.message.partition
+        stream._set_current_event(last)  # table writes go to this partition's changelog
+        out = []
         state = self.resolvers.get(partition)
-        if state is not None:
-            return state
+        if state is None:
+            state, restored = self._restore_resolver(partition)
+            out.append(restored)
+        out.append(state.handle([e.message.value for e in events]))
+        for batch in out:
+            if batch.delta is not None:
+                self.resolve_log[self._log_key(partition)] = batch.delta
+            self._deadletter(batch.deadletters)
+        return out
+
+    def _restore_resolver(self, partition: int) -> tuple[ResolvePartition, ResolveBatch]:
         s = self.settings
         state = ResolvePartition(
             partition,
@@ -293,19 +382,9 @@ class Worker:
         deltas = [v for k, v in sorted(self.resolve_log.items()) if k.startswith(prefix)]
         self.resolvers[partition] = state
         restored = state.restore(deltas)
-        stream._set_current_event(current)
-        self._send_resolved(partition, restored, current)
         if deltas:
             log.info("resolve partition %d restored from %d batches", partition, len(deltas))
-        return state
-
-    def _resolve(self, stream: Any, events: list[Any]) -> None:
-        last = events[-1]
-        partition = last.message.partition
-        state = self._resolver(stream, partition, last)
-        batch = state.handle([e.message.value for e in events])
-        stream._set_current_event(last)  # table writes go to this partition's changelog
-        self._send_resolved(partition, batch, last)
+        return state, restored
 
     def _log_key(self, partition: int) -> bytes:
         """A new key of a log table: partition, then a per-process increasing wall-clock stamp.
@@ -316,15 +395,6 @@ class Worker:
         stamp = max(time.time_ns(), self._last_stamp + 1)
         self._last_stamp = stamp
         return f"{partition}:{stamp:020d}".encode()
-
-    def _send_resolved(self, partition: int, batch: Any, current: Any) -> None:
-        if batch.delta is not None:
-            self.resolve_log[self._log_key(partition)] = batch.delta
-        for k, envelope in batch.to_clusters.items():
-            self.t_clusters.send_soon(key=None, value=envelope, partition=k)
-        for r, envelope in batch.to_peers.items():
-            self.t_resolve.send_soon(key=None, value=envelope, partition=r)
-        self._deadletter(batch.deadletters)
 
     # -- stage 2 --
 
@@ -370,12 +440,22 @@ class Worker:
                 self.actions_sent += 1
         self.alerts_sent += len(sent)
         for r, envelope in batch.forget.items():
-            self.t_resolve.send_soon(key=None, value=envelope, partition=r)
+            self._send(self.t_resolve, envelope, r)
         self._deadletter(DeadLetter(r, "detect") for r in batch.decisions.rejections)
         if sent and self.on_alerts is not None:
             self.on_alerts(sent)
 
     # -- everything else --
+
+    def _delay(self, stage: str, events: list[Any]) -> None:
+        """Note how long the oldest record of a batch waited since it was produced."""
+        stamp = min((e.message.timestamp or 0.0) for e in events)
+        if stamp > 0:
+            self._delays[stage].append(time.time() - stamp)
+
+    def _send(self, topic: Any, value: bytes, partition: int) -> None:
+        self.sent[topic.get_topic_name()] += 1
+        topic.send_soon(key=None, value=value, partition=partition)
 
     def _deadletter(self, letters: Iterable[DeadLetter]) -> None:
         for letter in letters:
@@ -477,8 +557,20 @@ class Worker:
                 "resolve": sorted(self.resolvers),
                 "clusters": sorted(self.detectors),
             },
+            "delay_s": self._take_delays(),
+            "sent": dict(self.sent),
             "stats": self.stats.summary(),
         }
+
+    def _take_delays(self) -> dict[str, dict[str, float]]:
+        """Per stage since the last call: mean and largest wait of the oldest record of a batch."""
+        out = {
+            stage: {"mean": round(sum(v) / len(v), 4), "max": round(max(v), 4), "batches": len(v)}
+            for stage, v in self._delays.items()
+            if v
+        }
+        self._delays.clear()
+        return out
 
     def summary_json(self) -> bytes:
         return orjson.dumps(self.summary())

@@ -409,17 +409,55 @@ class PartitionRouter(Router):
 
 @dataclass
 class ResolveBatch:
-    """What one batch of a resolve partition became."""
+    """What one batch of a resolve partition became (see :func:`merge_resolved` to send it)."""
 
-    #: one envelope per cluster partition, each with this partition's progress
-    to_clusters: dict[int, bytes]
-    #: for the other resolve partitions: registrations, forgotten posts, and this
-    #: partition's progress (every one of them gets an envelope)
-    to_peers: dict[int, bytes] = field(default_factory=dict)
+    partition: int
+    partitions: int
+    #: routed events, per cluster partition
+    clusters: list[list[Any]]
+    #: registrations and forgotten posts, per resolve partition
+    peers: list[list[Any]]
+    #: this partition's progress, when it moved (``None``: it did not)
+    progress: int | None = None
     deadletters: list[DeadLetter] = field(default_factory=list)
     #: what changed, to persist (``None``: nothing)
     delta: bytes | None = None
     routed: int = 0
+
+    @property
+    def to_clusters(self) -> dict[int, bytes]:
+        return merge_resolved([self])[0]
+
+    @property
+    def to_peers(self) -> dict[int, bytes]:
+        return merge_resolved([self])[1]
+
+
+def merge_resolved(batches: list[ResolveBatch]) -> tuple[dict[int, bytes], dict[int, bytes]]:
+    """The envelopes for a batch of several resolve partitions: per cluster partition, and per
+    resolve partition (registrations, and the progress of the others).
+
+    One envelope per destination, whatever the number of partitions this
+    worker owns: records between stages grow with the partitions, not with
+    their square. Progress goes out only when it moved (or with data): an
+    unchanged mark would only make the peers answer with theirs.
+    """
+    if not batches:
+        return {}, {}
+    parts = batches[0].partitions
+    moved = {b.partition: b.progress for b in batches if b.progress is not None}
+    to_clusters: dict[int, bytes] = {}
+    to_peers: dict[int, bytes] = {}
+    for k in range(parts):
+        items = [item for b in batches for item in b.clusters[k]]
+        if items or moved:
+            to_clusters[k] = Envelope(items, progress=moved).pack()
+    for r in range(parts):
+        items = [item for b in batches for item in b.peers[r]]
+        others = {p: t for p, t in moved.items() if p != r}
+        if items or others:
+            to_peers[r] = Envelope(items, progress=others).pack()
+    return to_clusters, to_peers
 
 
 class ResolvePartition:
@@ -559,7 +597,6 @@ class ResolvePartition:
         moved = progress > self.progress
         if moved:
             self.progress = progress
-        mine = {self.partition: self.progress}
         for post, cluster in self.posts.foreign:
             peers[partition_for(post, parts)].append(["r", post, cluster])
         self.posts.foreign.clear()
@@ -573,17 +610,12 @@ class ResolvePartition:
             delta["h-"] = held_del
         if forgot:
             delta["f"] = forgot
-        # Progress goes out only when it moved (or with data): an unchanged mark
-        # would only make the peers answer with theirs, back and forth.
         return ResolveBatch(
-            to_clusters={
-                k: Envelope(out[k], progress=mine).pack() for k in range(parts) if moved or out[k]
-            },
-            to_peers={
-                r: Envelope(peers[r], progress=mine).pack()
-                for r in range(parts)
-                if peers[r] or (moved and r != self.partition)
-            },
+            partition=self.partition,
+            partitions=parts,
+            clusters=out,
+            peers=peers,
+            progress=self.progress if moved else None,
             deadletters=dead,
             delta=orjson.dumps(delta) if delta else None,
             routed=routed,

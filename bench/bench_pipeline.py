@@ -1,0 +1,497 @@
+"""End-to-end throughput and latency of the streaming pipeline, beside a plain aiokafka consumer.
+
+Both run in the same process tree, on the same bundled broker (a new one for
+the run, stopped by PID at the end), against the same topic:
+
+1. **Throughput.** ``--events`` simulated events (``viralwatch simulate``
+   traffic, scaled) are written to a fresh ``shares`` topic. Then, one after
+   the other, (a) a plain aiokafka consumer in a consumer group reads them
+   all (``getmany``, touching each value: the ceiling of reading this topic
+   on this machine), and (b) a worker process (``python -m streams.app``)
+   takes them from ``shares`` to detector state (parsed, routed, reordered,
+   applied). The worker's rate is events applied per second, timed from its
+   counters on the ``stats`` topic: *end to end* from the first record read
+   to the last event applied, and *steady* between 10% and 90% applied
+   (excluding start-up and the final flush). Repeated ``--repeats`` times
+   (fresh topics each time); medians reported.
+2. **Latency.** A fresh worker, then ``--rate`` events/s for ``--seconds``
+   seconds, each stamped with the wall clock as its event time: background
+   uploads and reshares, and every 0.25 s a new banked cluster whose reshares
+   cross the ``warning`` rule (25 in 5 minutes) within about 3 seconds. The
+   latency of an alert is the time it is read from the ``alerts`` topic minus
+   its ``ts`` (the event time of the reshare that crossed the rule: the
+   moment it was sent). The plain consumer reads the same topic at the same
+   time; its latency (event sent to event read) is the floor.
+
+    python bench/bench_pipeline.py                       # about 4 minutes
+    python bench/bench_pipeline.py --events 50000 --repeats 1 --seconds 30
+
+The worker runs with the allowed lateness given (``--lateness``, default
+0 for the latency run: each partition is written in event-time order by one
+producer, so only the slowest partition holds events back). Results are
+printed as a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from streams.banks import BankEntry  # noqa: E402
+from streams.broker import LocalBroker, ensure_topics, start_local_broker  # noqa: E402
+from streams.settings import TOPICS, Settings  # noqa: E402
+from streams.simulate import Scenario, iter_lines, scenario_bank, write_bank  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# -- set-up -------------------------------------------------------------------------
+
+
+def fresh(broker: LocalBroker, partitions: int, **extra: Any) -> Settings:
+    tag = uuid.uuid4().hex[:8]
+    s = Settings.from_env(
+        {},
+        broker=broker.url,
+        topic_prefix=f"bench{tag}.",
+        app_id=f"bench-{tag}",
+        partitions=partitions,
+        local_broker=True,
+        **extra,
+    )
+    ensure_topics(s.bootstrap, {s.topic(t): partitions for t in TOPICS})
+    return s
+
+
+def start_worker(
+    s: Settings, bank: Path, log_path: Path, lateness_ms: int
+) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRALWATCH_")}
+    env.update(
+        VIRALWATCH_BROKER=s.broker or "",
+        VIRALWATCH_TOPIC_PREFIX=s.topic_prefix,
+        VIRALWATCH_APP_ID=s.app_id,
+        VIRALWATCH_PARTITIONS=str(s.partitions),
+        VIRALWATCH_LOCAL_BROKER="1",
+        VIRALWATCH_BANKS=str(bank),
+        VIRALWATCH_LATENESS=f"{lateness_ms}ms",
+        VIRALWATCH_PARTITION_IDLE="2",
+        VIRALWATCH_DATA_DIR=str(log_path.parent / "data"),
+        VIRALWATCH_LOG_LEVEL="WARNING",
+    )
+    with log_path.open("ab") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streams.app"],
+            cwd=ROOT,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+async def produce_all(s: Settings, lines: list[bytes]) -> float:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=s.bootstrap, linger_ms=5, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    t0 = time.monotonic()
+    try:
+        futures = [await producer.send(s.topic("shares"), line) for line in lines]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.monotonic() - t0
+
+
+# -- throughput -------------------------------------------------------------------------
+
+
+async def plain_consumer(s: Settings, n: int, group: str) -> float:
+    """Events/s of a plain consumer that reads ``n`` records of the topic (group, getmany)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        s.topic("shares"),
+        bootstrap_servers=s.bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        enable_auto_commit=True,
+    )
+    await consumer.start()
+    got = size = 0
+    t0 = None
+    try:
+        while got < n:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for records in batches.values():
+                if t0 is None:
+                    t0 = time.monotonic()
+                for r in records:
+                    size += len(r.value)
+                got += len(records)
+    finally:
+        await consumer.stop()
+    return n / (time.monotonic() - (t0 or time.monotonic()))
+
+
+def read_stats_until(s: Settings, total: int, timeout: float) -> list[tuple[float, int, int]]:
+    """(wall time, records read, events applied) from the worker's stats, until all applied."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(s.topic("stats"), p) for p in c.partitions_for_topic(s.topic("stats"))]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    rows: list[tuple[float, int, int]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for batch in c.poll(timeout_ms=200).values():
+                for r in batch:
+                    d = orjson.loads(r.value)
+                    rows.append((d["time"], d["read"], sum(d["stats"]["events"].values())))
+            if rows and rows[-1][2] >= total:
+                return rows
+        raise TimeoutError(f"the worker applied {rows[-1][2] if rows else 0} of {total} events")
+    finally:
+        c.close()
+
+
+def pipeline_rates(rows: list[tuple[float, int, int]], total: int) -> tuple[float, float]:
+    """End-to-end and steady (10%..90% applied) events/s from the stats rows."""
+    first_read = next(t for t, read, _ in rows if read > 0)
+    # stats come every second: the time the last one was sent bounds the end
+    done = next(t for t, _, applied in rows if applied >= total)
+    end_to_end = total / max(done - first_read, 1e-9)
+
+    def when(fraction: float) -> tuple[float, int]:
+        return next((t, a) for t, _, a in rows if a >= fraction * total)
+
+    (t1, a1), (t2, a2) = when(0.1), when(0.9)
+    steady = (a2 - a1) / (t2 - t1) if t2 > t1 else float("nan")
+    return end_to_end, steady
+
+
+def throughput(broker: LocalBroker, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    scale = max(args.events / 30_000, 0.05)
+    scenario = Scenario(seed=11, scale=scale)
+    lines = list(iter_lines(scenario))[: args.events]
+    bank = work / "bank.csv"
+    write_bank(scenario_bank(scenario), bank)
+    valid = _applied_by_replay(lines, scenario)
+    plain, e2e, steady = [], [], []
+    for i in range(args.repeats):
+        s = fresh(broker, args.partitions)
+        seconds = asyncio.run(produce_all(s, lines))
+        log(f"run {i + 1}: {len(lines):,} events written in {seconds:.1f}s")
+        plain.append(asyncio.run(plain_consumer(s, len(lines), f"plain-{uuid.uuid4().hex}")))
+        log(f"run {i + 1}: plain aiokafka consumer {plain[-1]:,.0f} events/s")
+        proc = start_worker(s, bank, work / f"worker-t{i}.log", args.throughput_lateness)
+        try:
+            rows = read_stats_until(s, valid, timeout=300)
+        finally:
+            stop_worker(proc)
+        a, b = pipeline_rates(rows, valid)
+        e2e.append(a)
+        steady.append(b)
+        log(f"run {i + 1}: pipeline {a:,.0f} events/s end to end, {b:,.0f} steady")
+    return {
+        "events": len(lines),
+        "valid_events": valid,
+        "plain_events_per_s": statistics.median(plain),
+        "pipeline_events_per_s": statistics.median(e2e),
+        "pipeline_steady_events_per_s": statistics.median(steady),
+        "ratio": statistics.median(e2e) / statistics.median(plain),
+        "steady_ratio": statistics.median(steady) / statistics.median(plain),
+        "repeats": args.repeats,
+    }
+
+
+def _applied_by_replay(lines: list[bytes], scenario: Scenario) -> int:
+    """How many events ``replay`` applies to detector state (not bad lines, orphans, repeats)."""
+    from streams.alerts import Pseudonymizer
+    from streams.banks import HashBanks
+    from streams.pipeline import Pipeline
+    from streams.policy import AlertPolicy
+
+    banks = HashBanks()
+    for e in scenario_bank(scenario):
+        banks.add(e)
+    pipe = Pipeline(banks, AlertPolicy.default(), pseudonymizer=Pseudonymizer(b"bench"))
+    for line in lines:
+        pipe.feed(line)
+    pipe.finish()
+    return sum(pipe.stats.events.values())
+
+
+# -- latency ------------------------------------------------------------------------------
+
+
+class LiveTraffic:
+    """Events stamped with the wall clock: background traffic, and planted banked clusters.
+
+    Each planted cluster is an upload of a banked hash followed by 30
+    reshares, sent among the background at about 6% of the events, so it
+    crosses the ``warning`` rule (25 in 5 minutes) a few seconds after it
+    starts: one alert per planted cluster.
+    """
+
+    def __init__(self, banked: list[str], seed: int = 3) -> None:
+        self.rng = random.Random(seed)
+        self.banked = iter(banked)
+        self.n = 0
+        self.posts: list[str] = []
+        self.clusters: list[tuple[str, int]] = []  # (root post, reshares still to send)
+
+    def _id(self, kind: str) -> str:
+        self.n += 1
+        return f"{kind}{self.n}"
+
+    def _event(self, now_ms: int, post: str, body: dict[str, Any]) -> bytes:
+        self.posts.append(post)
+        body.update(
+            event_id=self._id("e"),
+            ts=now_ms,
+            post_id=post,
+            user_id=f"u{self.rng.randrange(100_000)}",
+            followers=self.rng.randrange(1, 5000),
+        )
+        return orjson.dumps(body)
+
+    def plant(self, now_ms: int) -> bytes:
+        root = self._id("p")
+        self.clusters.append((root, 30))
+        content = {"md5": next(self.banked)}
+        return self._event(now_ms, root, {"type": "upload", "content": content})
+
+    def next(self, now_ms: int) -> bytes:
+        rng = self.rng
+        post = self._id("p")
+        if self.clusters and rng.random() < 0.06:
+            root, left = self.clusters[0]
+            if left <= 1:
+                self.clusters.pop(0)
+            else:
+                self.clusters[0] = (root, left - 1)
+            return self._event(now_ms, post, {"type": "share", "parent_post_id": root})
+        if not self.posts or rng.random() < 0.3:
+            md5 = hashlib.md5(rng.randbytes(16)).hexdigest()
+            return self._event(now_ms, post, {"type": "upload", "content": {"md5": md5}})
+        parent = rng.choice(self.posts[-2000:])
+        return self._event(now_ms, post, {"type": "share", "parent_post_id": parent})
+
+
+def latency(broker: LocalBroker, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    s = fresh(broker, args.partitions)
+    plants = int(args.seconds / 0.25) + 1
+    rng = random.Random(99)
+    banked = [hashlib.md5(rng.randbytes(16)).hexdigest() for _ in range(plants)]
+    bank = work / "bank-live.csv"
+    write_bank([BankEntry("bench", "md5", m) for m in banked], bank)
+    traffic = LiveTraffic(banked)
+    proc = start_worker(s, bank, work / "worker-latency.log", args.lateness)
+    alerts_at: list[tuple[float, dict[str, Any]]] = []
+    plain_lat: list[float] = []
+    stop = threading.Event()
+
+    def read(topic: str, sink: Any) -> None:
+        c = KafkaConsumer(
+            bootstrap_servers=s.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+        )
+        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic)]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        while not stop.is_set():
+            for batch in c.poll(timeout_ms=100).values():
+                now = time.time()
+                for r in batch:
+                    sink(now, r.value)
+        c.close()
+
+    def on_alert(now: float, value: bytes) -> None:
+        alerts_at.append((now, orjson.loads(value)))
+
+    def on_share(now: float, value: bytes) -> None:
+        plain_lat.append(now - orjson.loads(value)["ts"] / 1000)
+
+    readers = [
+        threading.Thread(target=read, args=(s.topic("alerts"), on_alert), daemon=True),
+        threading.Thread(target=read, args=(s.topic("shares"), on_share), daemon=True),
+    ]
+    for t in readers:
+        t.start()
+    try:
+        _wait_ready(s, proc)
+        producer = KafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=2, acks=1)
+        log(f"latency: {args.rate:g} events/s for {args.seconds:g}s, lateness {args.lateness} ms")
+        start = time.monotonic()
+        sent = 0
+        next_plant = start
+        while (elapsed := time.monotonic() - start) < args.seconds:
+            due = int(elapsed * args.rate)
+            now_ms = int(time.time() * 1000)
+            while sent < due:
+                if time.monotonic() >= next_plant:
+                    line = traffic.plant(now_ms)
+                    next_plant += 0.25
+                else:
+                    line = traffic.next(now_ms)
+                producer.send(s.topic("shares"), line)
+                sent += 1
+            time.sleep(0.002)
+        producer.flush()
+        producer.close()
+        achieved = sent / (time.monotonic() - start)
+        time.sleep(max(3.0, args.lateness / 1000 + 3))
+    finally:
+        stop.set()
+        stop_worker(proc)
+        for t in readers:
+            t.join(timeout=5)
+    lat = sorted(now - _ts_s(a) for now, a in alerts_at if a["status"] == "firing")
+    plain_sorted = sorted(plain_lat)
+    if not lat:
+        raise RuntimeError(f"no alerts; see {work / 'worker-latency.log'}")
+    return {
+        "rate_events_per_s": round(achieved),
+        "seconds": args.seconds,
+        "lateness_ms": args.lateness,
+        "alerts": len(lat),
+        "alert_p50_s": _pct(lat, 50),
+        "alert_p99_s": _pct(lat, 99),
+        "alert_max_s": lat[-1],
+        "plain_p50_s": _pct(plain_sorted, 50),
+        "plain_p99_s": _pct(plain_sorted, 99),
+    }
+
+
+def _ts_s(alert: dict[str, Any]) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(alert["ts"].replace("Z", "+00:00")).timestamp()
+
+
+def _pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    k = min(len(values) - 1, max(0, round(p / 100 * (len(values) - 1))))
+    return values[k]
+
+
+def _wait_ready(s: Settings, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Until the worker reports on the stats topic with its partitions assigned."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(s.topic("stats"), p) for p in c.partitions_for_topic(s.topic("stats"))]
+    c.assign(tps)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError("the worker exited before it was ready")
+            if any(c.poll(timeout_ms=200).values()):
+                time.sleep(2.0)  # stats flow once the worker runs; let the group settle
+                return
+        raise TimeoutError("the worker never reported")
+    finally:
+        c.close()
+
+
+# -- main -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=150_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=2000.0)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--lateness", type=int, default=0, help="ms, for the latency run")
+    ap.add_argument("--throughput-lateness", type=int, default=60_000)
+    ap.add_argument("--skip", choices=("throughput", "latency"), default=None)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    broker = start_local_broker(log_path=work / "broker.log")
+    log(f"bundled broker {broker.url} (pid {broker.pid}); work dir {work}; {os.cpu_count()} CPUs")
+    out: dict[str, Any] = {"partitions": args.partitions}
+    try:
+        if args.skip != "throughput":
+            out["throughput"] = throughput(broker, args, work)
+        if args.skip != "latency":
+            out["latency"] = latency(broker, args, work)
+    finally:
+        broker.stop()
+    if "throughput" in out:
+        t = out["throughput"]
+        print(
+            f"throughput ({t['events']:,} events, {args.partitions} partitions, "
+            f"median of {t['repeats']}):"
+        )
+        print(f"  plain aiokafka consumer   {t['plain_events_per_s']:>10,.0f} events/s")
+        print(
+            f"  pipeline, end to end      {t['pipeline_events_per_s']:>10,.0f} events/s  "
+            f"({100 * t['ratio']:.1f}% of plain)"
+        )
+        print(
+            f"  pipeline, steady 10-90%   {t['pipeline_steady_events_per_s']:>10,.0f} events/s  "
+            f"({100 * t['steady_ratio']:.1f}% of plain)"
+        )
+    if "latency" in out:
+        lat = out["latency"]
+        print(
+            f"latency at {lat['rate_events_per_s']:,} events/s for {lat['seconds']:g}s "
+            f"(lateness {lat['lateness_ms']} ms, {lat['alerts']} alerts):"
+        )
+        print(
+            f"  event -> alert            p50 {lat['alert_p50_s'] * 1000:7.0f} ms   "
+            f"p99 {lat['alert_p99_s'] * 1000:7.0f} ms"
+        )
+        print(
+            f"  event -> plain consumer   p50 {lat['plain_p50_s'] * 1000:7.0f} ms   "
+            f"p99 {lat['plain_p99_s'] * 1000:7.0f} ms"
+        )
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
