@@ -167,6 +167,36 @@ class _App(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
+def _backlogged(consumer: Any, topic: str) -> list[int]:
+    """Partitions of ``topic`` whose known highwater is past the next offset to read.
+
+    The next offset is one past the last record Faust handed to a stream, or,
+    before any, the fetcher's position; a partition with neither known, or no
+    highwater yet (never fetched), is not reported.
+    """
+    inner = consumer._thread._consumer  # the aiokafka consumer in Faust's consumer thread
+    states = inner._subscription.subscription.assignment
+    read = consumer._read_offset
+    out = []
+    for tp in consumer.assignment():
+        if tp.topic != topic:
+            continue
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue
+        last = read.get(tp)
+        if last is not None:
+            nxt = last + 1
+        else:
+            state = states.state_value(tp)
+            if state is None or not state.has_valid_position:
+                continue
+            nxt = state.position
+        if highwater > nxt:
+            out.append(tp.partition)
+    return out
+
+
 def _credentials(settings: Settings) -> Any:
     sec = settings.security
     if sec.sasl:
@@ -218,6 +248,8 @@ class Worker:
         self.deadlettered = 0
         self._last_stamp = 0
         self._delays: dict[str, list[float]] = defaultdict(list)
+        #: shares partitions with records not read yet (see :meth:`_touch_backlogged`)
+        self.backlogged: list[int] = []
         self.sent: Counter[str] = Counter()
         self.ingest = Ingest(
             self.partitions, s.partition_idle_s, topic=s.topic("shares"), stats=self.stats
@@ -329,7 +361,9 @@ class Worker:
     def _ingest(self, events: list[Any]) -> None:
         records = [(e.message.partition, e.message.offset, e.message.value) for e in events]
         self.read += len(records)
-        batch = self.ingest.handle(records, time.monotonic())
+        now = time.monotonic()
+        self._touch_backlogged(now)
+        batch = self.ingest.handle(records, now)
         for r, envelope in batch.envelopes.items():
             self._send(self.t_resolve, envelope, r)
         self._deadletter(batch.deadletters)
@@ -340,8 +374,28 @@ class Worker:
             owned = {tp.partition for tp in consumer.assignment() if tp.topic == self.t_shares_name}
             now = time.monotonic()
             self.ingest.clock.assign(owned, now)
+            self._touch_backlogged(now)
             for r, envelope in self.ingest.heartbeat(now).items():
                 self._send(self.t_resolve, envelope, r)
+
+    def _touch_backlogged(self, now: float) -> None:
+        """A shares partition with records not read yet is busy, not idle.
+
+        Idleness is measured in wall time since a partition's last record, so a
+        worker working through a backlog (and reading one partition's chunk
+        while the others wait in the fetcher) would call them idle and let the
+        watermark run ahead of them: their events would come late and their
+        reshares' parents "never". So a partition whose highwater is past what
+        this worker has read counts as just seen. (The local broker's
+        highwater can be one batch short: the last batch of a partition is
+        then judged by wall time alone.)
+        """
+        with contextlib.suppress(Exception):  # internals of a running consumer: best effort
+            consumer = self.app.consumer
+            clock = self.ingest.clock
+            self.backlogged = _backlogged(consumer, self.t_shares_name)
+            for p in self.backlogged:
+                clock.observe(p, None, now)
 
     @property
     def t_shares_name(self) -> str:
@@ -557,6 +611,7 @@ class Worker:
                 "resolve": sorted(self.resolvers),
                 "clusters": sorted(self.detectors),
             },
+            "backlogged": self.backlogged,
             "delay_s": self._take_delays(),
             "sent": dict(self.sent),
             "stats": self.stats.summary(),

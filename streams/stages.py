@@ -590,9 +590,11 @@ class ResolvePartition:
                     router.forget([item[1]])
                     forgot.append(item[1])
         wm = self.watermark.value
-        if wm != NO_TIME and wm - self._expired_at >= EXPIRE_EVERY_MS:
-            self._expired_at = wm
-            emit(list(router.expire(wm)))
+        settled = self._settled(wm)
+        if settled != NO_TIME and settled - self._expired_at >= EXPIRE_EVERY_MS:
+            # only what every peer has passed: a registration could still be on its way
+            self._expired_at = settled
+            emit(list(router.expire(settled)))
         progress = self._progress(wm)
         moved = progress > self.progress
         if moved:
@@ -621,12 +623,25 @@ class ResolvePartition:
             routed=routed,
         )
 
+    def _settled(self, wm: int) -> int:
+        """The event time that this partition and every peer have routed up to.
+
+        A registration for a post routed before it has been sent by now (it goes
+        before the progress that covers it), so a reshare older than this that
+        still waits is not waiting for a registration on its way. Orphans expire
+        on this time, not on this partition's watermark alone: a peer that is
+        behind (a backlog, a restart) may still register their parents.
+        """
+        if wm == NO_TIME:
+            return NO_TIME
+        others = [self.peers.get(r, NO_TIME) for r in range(self.partitions) if r != self.partition]
+        return min([wm, *others])
+
     def _progress(self, wm: int) -> int:
         """The watermark, held back by reshares still waiting here (see the class doc)."""
         if wm == NO_TIME:
             return NO_TIME
-        others = [self.peers.get(r, NO_TIME) for r in range(self.partitions) if r != self.partition]
-        settled = min([wm, *others])
+        settled = self._settled(wm)
         heap, held = self._waiting, self._held
         while heap and (heap[0][1] not in held or heap[0][0] - 1 <= settled):
             heapq.heappop(heap)

@@ -229,6 +229,37 @@ def test_a_true_orphan_stops_holding_progress_once_every_peer_has_passed_it() ->
     assert here.progress == T0 + 100 and here.held == 1  # still waiting, no longer blocking
 
 
+def test_a_held_reshare_outlives_the_hold_while_a_peer_that_may_register_its_parent_is_behind() -> (
+    None
+):
+    """A backlog: this partition's input is an hour ahead of its peer's. The reshare's
+    parent is routed on the peer only later; the reshare must not have expired by then."""
+    here, there = resolver(0), resolver(1)
+    parent, grand = post_in(0), post_in(1, prefix="g")
+    hour = 3_600_000  # more than the hold (10 minutes here)
+    child = Envelope(
+        [["e", ev("c", "share", T0 + 20, "c1", parent), 0, 5]], {0: (T0 + hour, False)}
+    )
+    b = here.handle([child.pack(), Envelope([], progress={1: T0}).pack()])
+    assert here.held == 1 and not b.deadletters  # the peer is at T0: its registration may come
+    up = Envelope(
+        [
+            ["e", ev("u", "upload", T0, grand), 0, 1],
+            ["e", ev("s", "share", T0 + 10, parent, grand), 0, 2],
+        ],
+        {0: (T0 + hour, False)},
+    )
+    b2 = there.handle([up.pack()])
+    b3 = here.handle([b2.to_peers[0]])
+    assert routed_ids(b3.to_clusters) == ["c"] and here.held == 0 and not b3.deadletters
+    # a true orphan still expires once every peer has passed it by the hold
+    orphan = Envelope([["e", ev("o", "share", T0 + 30, "o1", post_in(0, prefix="x")), 0, 6]])
+    here.handle([orphan.pack()])
+    later = T0 + hour + 20_000
+    b4 = here.handle([Envelope([], {0: (later, False)}, {1: later}).pack()])
+    assert [d.rejection.reason for d in b4.deadletters] == ["orphan_expired"]
+
+
 def test_resolve_restore_rebuilds_posts_and_held_reshares() -> None:
     first = resolver(0)
     up_post = post_in(0)
