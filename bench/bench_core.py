@@ -1,0 +1,229 @@
+"""The detection core on one core: replay throughput, and memory per cascade node held in state.
+
+Throughput. ``viralwatch simulate`` traffic (``--scale`` times the default
+30-minute scenario, held in memory so that no disk is timed) goes through
+:class:`streams.pipeline.Pipeline` exactly as ``viralwatch replay`` runs it:
+parse, validate, match, route, reorder on event time, detect, alert, finish.
+Its peers, timed in the same run on the same lines, say where the time goes:
+
+- ``json``: ``orjson.loads`` of each line (the floor of any Python consumer
+  of JSON events);
+- ``parse``: :func:`streams.events.parse_event` (JSON plus validation into a
+  frozen record).
+
+Runs are interleaved (json, parse, pipeline, json, ...), ``--repeats``
+times; medians are reported, and each stage's ratio to ``json``.
+
+Memory. One hot banked cluster of ``--nodes`` reshares (a random recursive
+tree, so depth and breadth are realistic) is fed through the pipeline and the
+memory it holds is measured with ``tracemalloc`` after a full collection:
+
+- ``cascade``: the :class:`graphs.cascade.Cascade` alone (the NetworkX graph
+  and its incremental figures);
+- ``state``: everything the pipeline keeps per node (the cascade, the
+  router's post -> cluster map, the detector's event ids and velocity
+  window, the prediction state), bytes per node.
+
+    python bench/bench_core.py                       # about a minute
+    python bench/bench_core.py --scale 3 --repeats 5 --nodes 200000 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from graphs.cascade import Cascade  # noqa: E402
+from streams.alerts import Pseudonymizer  # noqa: E402
+from streams.banks import BankEntry, HashBanks  # noqa: E402
+from streams.events import ShareEvent, parse_event  # noqa: E402
+from streams.pipeline import Pipeline  # noqa: E402
+from streams.policy import AlertPolicy  # noqa: E402
+from streams.simulate import Scenario, simulate  # noqa: E402
+
+T0 = 1_767_225_600_000
+
+
+def pipeline_for(bank: list[BankEntry]) -> Pipeline:
+    banks = HashBanks()
+    banks.add_many(bank)
+    return Pipeline(banks, AlertPolicy.default(), pseudonymizer=Pseudonymizer(b"bench"))
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    gc.collect()
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def throughput(args: argparse.Namespace) -> dict[str, Any]:
+    sim = simulate(Scenario(seed=args.seed, scale=args.scale))
+    lines = sim.lines
+    alerts: list[int] = []
+
+    def json_only() -> None:
+        loads = orjson.loads
+        for line in lines:
+            try:  # noqa: SIM105 (contextlib.suppress would be timed too)
+                loads(line)
+            except orjson.JSONDecodeError:
+                pass
+
+    def parse_only() -> None:
+        for line in lines:
+            parse_event(line)
+
+    def replay() -> None:
+        pipe = pipeline_for(sim.bank)
+        for line in lines:
+            pipe.feed(line)
+        alerts.append(len(pipe.finish().alerts) + len(pipe.drain().alerts))
+
+    runs: dict[str, list[float]] = {"json": [], "parse": [], "pipeline": []}
+    for _ in range(args.repeats):
+        for name, fn in (("json", json_only), ("parse", parse_only), ("pipeline", replay)):
+            runs[name].append(len(lines) / timed(fn))
+    if len(set(alerts)) != 1:
+        raise RuntimeError(f"replay is not deterministic: {alerts} alerts")
+    rate = {k: statistics.median(v) for k, v in runs.items()}
+    return {
+        "events": len(lines),
+        "alerts": alerts[0],
+        "repeats": args.repeats,
+        "events_per_s": rate,
+        "us_per_event": {k: 1e6 / v for k, v in rate.items()},
+        "ratio_to_json": {k: v / rate["json"] for k, v in rate.items()},
+    }
+
+
+def hot_cluster_lines(n: int, seed: int) -> tuple[list[bytes], list[BankEntry]]:
+    """One banked upload and ``n - 1`` reshares over an hour: a random recursive tree."""
+    rng = random.Random(seed)
+    md5 = f"{rng.getrandbits(128):032x}"
+    lines = [
+        orjson.dumps(
+            {
+                "event_id": "e0",
+                "type": "upload",
+                "ts": T0,
+                "post_id": "p0",
+                "user_id": "u0",
+                "followers": 500,
+                "content": {"md5": md5},
+            }
+        )
+    ]
+    step = 3_600_000 / n
+    for i in range(1, n):
+        parent = rng.randrange(max(0, i - 5_000), i) if rng.random() < 0.9 else 0
+        lines.append(
+            orjson.dumps(
+                {
+                    "event_id": f"e{i}",
+                    "type": "share",
+                    "ts": T0 + int(i * step),
+                    "post_id": f"p{i}",
+                    "parent_post_id": f"p{parent}",
+                    "user_id": f"u{rng.randrange(n)}",
+                    "followers": rng.randrange(1, 5_000),
+                }
+            )
+        )
+    return lines, [BankEntry("bench", "md5", md5)]
+
+
+def held_bytes(build: Callable[[], Any]) -> tuple[int, Any]:
+    """Bytes still allocated once ``build()`` returns (what it returns keeps alive)."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    kept = build()
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return after - before, kept
+
+
+def memory(args: argparse.Namespace) -> dict[str, Any]:
+    lines, bank = hot_cluster_lines(args.nodes, args.seed)
+    events = [e for e in map(parse_event, lines) if isinstance(e, ShareEvent)]
+    if len(events) != args.nodes:
+        raise RuntimeError("the hot cluster's lines do not parse")
+
+    def cascade_only() -> Cascade:
+        c = Cascade()
+        for ev in events:
+            if ev.parent_post_id is None:
+                c.add_root(ev.post_id, user=ev.user_id, ts_ms=ev.ts_ms)
+            else:
+                c.add_reshare(ev.post_id, parent=ev.parent_post_id, user=ev.user_id, ts_ms=ev.ts_ms)
+        return c
+
+    def whole_state() -> Pipeline:
+        pipe = pipeline_for(bank)
+        for line in lines:
+            pipe.feed(line)
+        pipe.drain()
+        return pipe
+
+    cascade_bytes, c = held_bytes(cascade_only)
+    state_bytes, pipe = held_bytes(whole_state)
+    st = next(iter(pipe.detector.clusters.values()))
+    if c.size != args.nodes or st.cascade.size + len(pipe.buffer) != args.nodes:
+        raise RuntimeError("the hot cluster did not take every post")
+    return {
+        "nodes": args.nodes,
+        "depth": c.depth,
+        "breadth": c.breadth,
+        "cascade_bytes_per_node": cascade_bytes / args.nodes,
+        "state_bytes_per_node": state_bytes / args.nodes,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", type=float, default=1.0, help="x the 30-minute scenario")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--nodes", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=11)
+    ap.add_argument("--json", action="store_true", help="one JSON line only")
+    args = ap.parse_args()
+    out = {"throughput": throughput(args), "memory": memory(args)}
+    if args.json:
+        print(json.dumps(out))
+        return
+    t, m = out["throughput"], out["memory"]
+    print(f"throughput, {t['events']:,} simulated events, one core, median of {t['repeats']}:")
+    for name, label in (
+        ("json", "orjson.loads only"),
+        ("parse", "parse + validate"),
+        ("pipeline", "replay (whole core)"),
+    ):
+        print(
+            f"  {label:<22}{t['events_per_s'][name]:>10,.0f} events/s"
+            f"  {t['us_per_event'][name]:7.1f} us/event"
+            f"  {t['ratio_to_json'][name]:6.3f}x json"
+        )
+    print(f"memory, one cluster of {m['nodes']:,} posts (depth {m['depth']}):")
+    print(f"  cascade graph alone   {m['cascade_bytes_per_node']:>8,.0f} B/node")
+    print(f"  whole pipeline state  {m['state_bytes_per_node']:>8,.0f} B/node")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
