@@ -62,6 +62,8 @@ from streams.stages import (
     ResolvePartition,
     Source,
     merge_resolved,
+    split_envelope,
+    split_log,
 )
 from streams.stats import Stats
 
@@ -416,7 +418,7 @@ class Worker:
         out.append(state.handle([e.message.value for e in events]))
         for batch in out:
             if batch.delta is not None:
-                self.resolve_log[self._log_key(partition)] = batch.delta
+                self._log(self.resolve_log, partition, batch.delta)
             self._deadletter(batch.deadletters)
         return out
 
@@ -480,7 +482,7 @@ class Worker:
         batch = state.handle([e.message.value for e in events])
         stream._set_current_event(last)  # table writes go to this partition's changelog
         if batch.log is not None:
-            self.cluster_log[self._log_key(partition)] = batch.log
+            self._log(self.cluster_log, partition, batch.log)
         sent: list[Alert] = []
         for alert in batch.decisions.alerts:
             key = alert.dedupe_key.encode()
@@ -508,8 +510,15 @@ class Worker:
             self._delays[stage].append(time.time() - stamp)
 
     def _send(self, topic: Any, value: bytes, partition: int) -> None:
-        self.sent[topic.get_topic_name()] += 1
-        topic.send_soon(key=None, value=value, partition=partition)
+        """Send an envelope to a partition of an internal topic (in parts, if it is large)."""
+        for part in split_envelope(value):
+            self.sent[topic.get_topic_name()] += 1
+            topic.send_soon(key=None, value=part, partition=partition)
+
+    def _log(self, table: Any, partition: int, entry: bytes) -> None:
+        """Append a per-batch log entry (in parts, if it is large) to a log table."""
+        for part in split_log(entry):
+            table[self._log_key(partition)] = part
 
     def _deadletter(self, letters: Iterable[DeadLetter]) -> None:
         for letter in letters:

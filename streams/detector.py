@@ -137,6 +137,7 @@ class Detector:
         if idle_ms < longest + policy.resolve_after_ms:
             raise ValueError("idle_ms must outlast the longest window plus resolve_after")
         self.policy = policy
+        self._windows = policy.windows_ms  # computed once: read on every event
         self.stats = stats
         self.pseudonymize = pseudonymizer
         self.idle_ms = idle_ms
@@ -233,7 +234,7 @@ class Detector:
     # -- policy -----------------------------------------------------------
 
     def _evaluate(self, st: ClusterState, now: int) -> None:
-        counts = {w: st.velocity.count(w, now) for w in self.policy.windows_ms}
+        counts = {w: st.velocity.count(w, now) for w in self._windows}
         sev = self.policy.severity_for(counts)
         reason = "velocity"
         rule = self.policy.predicted

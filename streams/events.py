@@ -291,12 +291,12 @@ def parse_event(raw: bytes | str) -> ShareEvent | Rejection:
     if len(data) > MAX_EVENT_BYTES:
         return Rejection("too_large", f"event is {len(data)} bytes, over {MAX_EVENT_BYTES}", keep)
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return Rejection("not_utf8", "event is not valid UTF-8", keep)
-    try:
-        obj = orjson.loads(data)
+        obj = orjson.loads(data)  # orjson validates UTF-8 itself: decode only to say why
     except orjson.JSONDecodeError as exc:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return Rejection("not_utf8", "event is not valid UTF-8", keep)
         return Rejection("not_json", f"not JSON: {str(exc)[:120]}", keep)
     try:
         return _event(obj)

@@ -166,7 +166,7 @@ class Settings:
     partition_idle_s: float = 2.0
     #: Most records handled in one batch, and how long to wait to fill one.
     batch_size: int = 1_000
-    batch_wait_s: float = 0.02
+    batch_wait_s: float = 0.1
     #: Kafka consumer group session timeout and heartbeat.
     session_timeout_s: float = 6.0
     heartbeat_s: float = 1.0

@@ -167,6 +167,82 @@ class Envelope:
         return cls(items, marks, progress)
 
 
+#: Largest record the stages write (envelopes, table deltas). Kafka's default
+#: ``max.message.bytes`` is 1 MiB; a batch of a backlog can be larger, so it is
+#: cut into records under this size (an event is at most 64 KiB, see ``events``).
+MAX_RECORD_BYTES: Final = 512 * 1024
+
+
+def _chunks(items: list[Any], limit: int) -> list[list[Any]]:
+    """``items`` in order, cut into runs whose JSON stays under ``limit`` bytes each."""
+    out: list[list[Any]] = [[]]
+    size = 0
+    for item in items:
+        n = len(orjson.dumps(item)) + 1
+        if out[-1] and size + n > limit:
+            out.append([])
+            size = 0
+        out[-1].append(item)
+        size += n
+    return out
+
+
+def split_envelope(raw: bytes, limit: int = MAX_RECORD_BYTES) -> list[bytes]:
+    """An envelope as records under ``limit`` bytes, to send in order to one partition.
+
+    The items are cut in order; the marks and progress ride on the last part
+    only, so no receiver moves its watermark past items still on their way.
+
+    >>> env = Envelope([["r", f"p{i}", "b-1"] for i in range(100)], {0: (5, False)}, {1: 7})
+    >>> parts = split_envelope(env.pack(), limit=600)
+    >>> len(parts) > 1, [Envelope.unpack(p).marks for p in parts][-2:]
+    (True, [{}, {0: (5, False)}])
+    >>> [i for p in parts for i in Envelope.unpack(p).items] == env.items
+    True
+    """
+    if len(raw) <= limit:
+        return [raw]
+    env = Envelope.unpack(raw)
+    runs = _chunks(env.items, limit - 200 - 40 * (len(env.marks) + len(env.progress)))
+    last = len(runs) - 1
+    return [
+        Envelope(run, env.marks, env.progress).pack() if i == last else Envelope(run).pack()
+        for i, run in enumerate(runs)
+    ]
+
+
+def split_log(raw: bytes, limit: int = MAX_RECORD_BYTES) -> list[bytes]:
+    """A stage's per-batch log entry as entries under ``limit`` bytes, to write in order.
+
+    Two shapes: stage 2's list of routed items (any cut is the same union), and
+    stage 1b's delta ``{"p", "f", "h+", "h-"}``, which is folded in that order;
+    the parts keep that order (all of one kind before the next), so folding them
+    one after the other gives what folding the whole delta gave.
+
+    >>> delta = {"p": {f"p{i}": "b-1" for i in range(50)}, "h-": ["e1"]}
+    >>> parts = [orjson.loads(x) for x in split_log(orjson.dumps(delta), limit=300)]
+    >>> len(parts) > 2 and parts[-1] == {"h-": ["e1"]}
+    True
+    >>> {k: v for d in parts for k, v in d.get("p", {}).items()} == delta["p"]
+    True
+    """
+    if len(raw) <= limit:
+        return [raw]
+    body = orjson.loads(raw)
+    if isinstance(body, list):
+        return [orjson.dumps(run) for run in _chunks(body, limit - 16)]
+    out: list[bytes] = []
+    for kind in ("p", "f", "h+", "h-"):
+        value = body.get(kind)
+        if not value:
+            continue
+        pairs = isinstance(value, dict)
+        items = list(value.items()) if pairs else value
+        for run in _chunks(items, limit - 32):
+            out.append(orjson.dumps({kind: dict(run) if pairs else run}))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """Where an input record was read: a dead-letter names it so it can be found again."""

@@ -3,6 +3,7 @@ partitions, event-time order, recovery, and the whole topology against ``replay`
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -12,7 +13,7 @@ from streams.alerts import Pseudonymizer
 from streams.banks import BankEntry, HashBanks
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
-from streams.settings import DEV_PSEUDONYM_KEY, KafkaSecurity, Settings
+from streams.settings import DEV_PSEUDONYM_KEY, ENV_VARS, KafkaSecurity, Settings
 from streams.simulate import Scenario, simulate, three_cascades
 from streams.stages import (
     BankUpdate,
@@ -22,6 +23,8 @@ from streams.stages import (
     LocalRun,
     ResolvePartition,
     partition_for,
+    split_envelope,
+    split_log,
 )
 from streams.stats import Stats
 from streams.watermarks import NO_TIME, SourceClock, Watermark
@@ -260,6 +263,28 @@ def test_a_held_reshare_outlives_the_hold_while_a_peer_that_may_register_its_par
     assert [d.rejection.reason for d in b4.deadletters] == ["orphan_expired"]
 
 
+def test_a_large_envelope_and_log_entry_are_cut_into_records_that_restore_the_same() -> None:
+    """A batch of a backlog can pass Kafka's 1 MiB record limit: it is sent in parts."""
+    there = resolver(1)
+    ups = [
+        ["e", ev(f"u{i}", "upload", T0 + i, post_in(1, prefix=f"g{i}-")), 0, i] for i in range(300)
+    ]
+    b = there.handle([Envelope(ups, {0: (T0 + 400, False)}).pack()])
+    parts = split_envelope(b.to_clusters[partition_for(cluster(), 2)], limit=8_000)
+    assert len(parts) > 3 and all(len(p) <= 8_000 for p in parts)
+    assert [Envelope.unpack(p).progress for p in parts][-1] == {1: T0 + 400}
+    assert sum(len(Envelope.unpack(p).items) for p in parts) == 300
+    # the resolve log: held then released in one batch, cut into parts, restores the same
+    delta = {"p": {f"x{i}": "b-1" for i in range(500)}, "h+": [ev("w", "share", T0, "w1", "x9")]}
+    delta["h-"] = ["w"]
+    whole, cut = resolver(0), resolver(0)
+    whole.restore([orjson.dumps(delta)])
+    pieces = split_log(orjson.dumps(delta), limit=2_000)
+    assert len(pieces) > 3
+    cut.restore(pieces)
+    assert cut.posts.own == whole.posts.own and cut.held == whole.held == 0
+
+
 def test_resolve_restore_rebuilds_posts_and_held_reshares() -> None:
     first = resolver(0)
     up_post = post_in(0)
@@ -463,6 +488,23 @@ def test_settings_from_environment_and_flags() -> None:
     assert s.security.kafka_python_config()["sasl_mechanism"] == "SCRAM-SHA-512"
     assert "s3cret" not in repr(s) and s.pseudonym_key == b"k" and not s.uses_dev_key
     assert s.bootstrap == ["h:1"]
+
+
+def test_the_readme_documents_every_setting_with_the_code_default() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = {
+        cell.strip("` "): line.split("|")[2].strip()
+        for line in readme.splitlines()
+        if line.startswith("| `VIRALWATCH_")
+        for cell in line.split("|")[1].split(",")
+    }
+    assert set(ENV_VARS) <= set(rows), sorted(set(ENV_VARS) - set(rows))
+    d = Settings()
+    assert rows["VIRALWATCH_PARTITIONS"] == str(d.partitions)
+    assert rows["VIRALWATCH_BATCH_SIZE"] == str(d.batch_size)
+    assert rows["VIRALWATCH_BATCH_WAIT"] == f"{d.batch_wait_s:g}"
+    assert rows["VIRALWATCH_PARTITION_IDLE"] == f"{d.partition_idle_s:g}"
+    assert rows["VIRALWATCH_MAX_HELD"] == str(d.max_held)
 
 
 @pytest.mark.parametrize(
