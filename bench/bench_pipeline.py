@@ -88,18 +88,14 @@ def start_worker(
     s: Settings, bank: Path, log_path: Path, lateness_ms: int
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIRALWATCH_")}
-    env.update(
-        VIRALWATCH_BROKER=s.broker or "",
-        VIRALWATCH_TOPIC_PREFIX=s.topic_prefix,
-        VIRALWATCH_APP_ID=s.app_id,
-        VIRALWATCH_PARTITIONS=str(s.partitions),
-        VIRALWATCH_LOCAL_BROKER="1",
-        VIRALWATCH_BANKS=str(bank),
-        VIRALWATCH_LATENESS=f"{lateness_ms}ms",
-        VIRALWATCH_PARTITION_IDLE="2",
-        VIRALWATCH_DATA_DIR=str(log_path.parent / "data"),
-        VIRALWATCH_LOG_LEVEL="WARNING",
+    worker = s.with_(
+        bank_files=(bank,),
+        lateness_ms=lateness_ms,
+        partition_idle_s=2.0,
+        data_dir=log_path.parent / "data",
+        log_level="WARNING",
     )
+    env.update(worker.to_env())
     with log_path.open("ab") as fh:
         return subprocess.Popen(
             [sys.executable, "-m", "streams.app"],

@@ -137,6 +137,10 @@ class Cascade:
         """See :func:`graphs.virality.structural_virality`; O(n)."""
         return structural_virality(self.graph)
 
+    def posts(self) -> list[str]:
+        """Every post, in the order they were added."""
+        return list(self.graph)
+
     def top_spreaders(self, n: int) -> list[tuple[str, int]]:
         """Users whose posts were reshared most often (direct reshares), best first.
 
@@ -155,3 +159,83 @@ class Cascade:
             if deg:
                 counts[self.graph.nodes[node]["user"]] += deg
         return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+class PostSet:
+    """The posts of a cluster that never alerts: membership, size and live copies, no graph.
+
+    Content that no bank knows is most of a platform's traffic. Its clusters
+    are only counted (velocity, size, live copies, for the review queue of
+    emerging content) and never alert, so the reshare graph and the figures
+    built on it would be memory and time spent for nothing: a post costs one
+    dict entry here against a NetworkX node with its attribute and adjacency
+    dicts in :class:`Cascade`. The methods the detector calls behave as
+    :class:`Cascade`'s do.
+
+    >>> s = PostSet()
+    >>> s.add_root("p1", user="alice", ts_ms=0), s.add_reshare("p2", parent="p1", user="b", ts_ms=1)
+    (True, True)
+    >>> s.take_down("p1"), s.take_down("p1"), (s.size, s.live, s.roots), s.live_posts()
+    (True, False, (2, 1, 1), ['p2'])
+    >>> s.add_reshare("p3", parent="nope", user="c", ts_ms=2)
+    Traceback (most recent call last):
+    ValueError: parent 'nope' is not in this cascade
+    """
+
+    __slots__ = ("_live", "_posts", "_roots")
+
+    def __init__(self) -> None:
+        self._posts: dict[str, bool] = {}  # post -> still up
+        self._live = 0
+        self._roots = 0
+
+    def __contains__(self, post_id: object) -> bool:
+        return post_id in self._posts
+
+    def __len__(self) -> int:
+        return len(self._posts)
+
+    def add_root(self, post_id: str, *, user: str, ts_ms: int) -> bool:
+        """Add an independent upload; ``False`` if the post is already here."""
+        if post_id in self._posts:
+            return False
+        self._posts[post_id] = True
+        self._live += 1
+        self._roots += 1
+        return True
+
+    def add_reshare(self, post_id: str, *, parent: str, user: str, ts_ms: int) -> bool:
+        """Add a reshare of ``parent``; ``False`` if the post is already here."""
+        if post_id in self._posts:
+            return False
+        if parent not in self._posts:
+            raise ValueError(f"parent {parent!r} is not in this cascade")
+        self._posts[post_id] = True
+        self._live += 1
+        return True
+
+    def take_down(self, post_id: str) -> bool:
+        """Mark a post removed; ``False`` if unknown or already down."""
+        if not self._posts.get(post_id, False):
+            return False
+        self._posts[post_id] = False
+        self._live -= 1
+        return True
+
+    def live_posts(self) -> list[str]:
+        return [p for p, up in self._posts.items() if up]
+
+    def posts(self) -> list[str]:
+        return list(self._posts)
+
+    @property
+    def size(self) -> int:
+        return len(self._posts)
+
+    @property
+    def live(self) -> int:
+        return self._live
+
+    @property
+    def roots(self) -> int:
+        return self._roots

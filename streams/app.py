@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import time
@@ -74,6 +75,8 @@ log = logging.getLogger("viralwatch.worker")
 LOCAL_FETCH_WAIT_MS = 25
 #: How often a worker tells the next stage where event time stands when no data flows.
 HEARTBEAT_S = 0.25
+#: How often the ``shares`` reader commits its offsets (after a flush of what they became).
+COMMIT_EVERY_S = 1.0
 #: How often a worker publishes its counters on the ``stats`` topic.
 STATS_EVERY_S = 1.0
 
@@ -169,28 +172,22 @@ class _App(faust.App):
         return _Transport(self.conf.broker_consumer, self)
 
 
-def _backlogged(consumer: Any, topic: str) -> list[int]:
-    """Partitions of ``topic`` whose known highwater is past the next offset to read.
+def _backlogged(consumer: Any, next_offsets: dict[int, int]) -> list[int]:
+    """Partitions whose known highwater is past the next offset this worker will read.
 
-    The next offset is one past the last record Faust handed to a stream, or,
-    before any, the fetcher's position; a partition with neither known, or no
+    The next offset is one past the last record read, or, before any, the
+    consumer's fetch position; a partition with neither known, or no
     highwater yet (never fetched), is not reported.
     """
-    inner = consumer._thread._consumer  # the aiokafka consumer in Faust's consumer thread
-    states = inner._subscription.subscription.assignment
-    read = consumer._read_offset
+    states = consumer._subscription.subscription.assignment  # aiokafka: positions, no await
     out = []
     for tp in consumer.assignment():
-        if tp.topic != topic:
-            continue
         highwater = consumer.highwater(tp)
         if highwater is None:
             continue
-        last = read.get(tp)
-        if last is not None:
-            nxt = last + 1
-        else:
-            state = states.state_value(tp)
+        nxt = next_offsets.get(tp.partition)
+        if nxt is None:
+            state = states.state_value(tp) if states is not None else None
             if state is None or not state.has_valid_position:
                 continue
             nxt = state.position
@@ -252,6 +249,10 @@ class Worker:
         self._delays: dict[str, list[float]] = defaultdict(list)
         #: shares partitions with records not read yet (see :meth:`_touch_backlogged`)
         self.backlogged: list[int] = []
+        #: the ``shares`` reader (see :meth:`_read_shares`), and its offsets per partition
+        self._shares: Any = None
+        self._next_offsets: dict[int, int] = {}
+        self._committed: dict[int, int] = {}
         self.sent: Counter[str] = Counter()
         self.ingest = Ingest(
             self.partitions, s.partition_idle_s, topic=s.topic("shares"), stats=self.stats
@@ -294,7 +295,6 @@ class Worker:
             key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
         n = self.partitions
-        self.t_shares = app.topic(s.topic("shares"), partitions=self.sources, **raw)
         self.t_resolve = app.topic(s.topic("resolve"), partitions=n, **raw)
         self.t_clusters = app.topic(s.topic("clusters"), partitions=n, **raw)
         self.t_alerts = app.topic(s.topic("alerts"), partitions=n, **raw)
@@ -314,11 +314,9 @@ class Worker:
         # an agent that raises stops the worker (a supervisor restarts the process)
         crash: Any = CrashingSupervisor
 
-        @app.agent(self.t_shares, name="ingest", supervisor_strategy=crash)
-        async def ingest(stream: Any) -> None:
-            async for events in stream.take_events(*take):
-                self._delay("ingest", events)
-                self._ingest(events)
+        @app.task  # type: ignore[untyped-decorator]
+        async def ingest() -> None:
+            await self._read_shares()
 
         @app.agent(self.t_resolve, name="resolve", supervisor_strategy=crash)
         async def resolve(stream: Any) -> None:
@@ -360,20 +358,102 @@ class Worker:
 
     # -- stage 1a --
 
-    def _ingest(self, events: list[Any]) -> None:
-        records = [(e.message.partition, e.message.offset, e.message.value) for e in events]
+    async def _read_shares(self) -> None:
+        """Stage 1a: read ``shares`` in batches, in its own consumer group.
+
+        Not a Faust agent: Faust's per-record path (an event, a task and a
+        stream step for each record) cost more CPU than everything the stages
+        do with a record, and this stage keeps no table that needs Faust.
+        Offsets are committed once the envelopes made from those records are
+        flushed (at least once: a record read again changes nothing
+        downstream). A crash ends the worker, as an agent's would.
+        """
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.structs import OffsetAndMetadata
+
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            self.t_shares_name,
+            bootstrap_servers=s.bootstrap,
+            group_id=f"{s.app_id}.shares",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(s.heartbeat_s * 1000),
+            fetch_max_wait_ms=LOCAL_FETCH_WAIT_MS if s.local_broker else 500,
+            max_poll_records=s.batch_size,
+            **s.security.aiokafka_config(),
+        )
+        await consumer.start()
+        self._shares = consumer
+        wait_ms = max(1, int(s.batch_wait_s * 1000))
+        committed_at = time.monotonic()
+        try:
+            while True:
+                got = await consumer.getmany(timeout_ms=wait_ms, max_records=s.batch_size)
+                records = [
+                    (tp.partition, r.offset, r.value, r.timestamp)
+                    for tp, recs in got.items()
+                    for r in recs
+                ]
+                if records:
+                    self._ingest(records)
+                if self._next_offsets and time.monotonic() - committed_at >= COMMIT_EVERY_S:
+                    committed_at = time.monotonic()
+                    await self._commit_shares(consumer, OffsetAndMetadata)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reading %s failed: stopping the worker", self.t_shares_name)
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise
+        finally:
+            self._shares = None
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    async def _commit_shares(self, consumer: Any, offset_type: Any) -> None:
+        """Commit what was read, once what it became has been sent."""
+        from aiokafka import TopicPartition
+
+        owned = {tp.partition for tp in consumer.assignment()}
+        offsets = {
+            TopicPartition(self.t_shares_name, p): offset_type(o, "")
+            for p, o in self._next_offsets.items()
+            if p in owned and self._committed.get(p) != o
+        }
+        if not offsets:
+            return
+        await self.app.producer.flush()
+        try:
+            await consumer.commit(offsets)
+        except Exception as exc:  # a rebalance: the new owner reads them again (at least once)
+            log.warning("commit of %s offsets failed: %s", self.t_shares_name, exc)
+            return
+        self._committed.update({tp.partition: om.offset for tp, om in offsets.items()})
+
+    def _ingest(self, records: list[tuple[int, int, bytes | None, int | None]]) -> None:
         self.read += len(records)
+        stamp = min((r[3] or 0) for r in records)
+        if stamp > 0:
+            self._delays["ingest"].append(time.time() - stamp / 1000)
+        for partition, offset, _, _ in records:
+            self._next_offsets[partition] = offset + 1
         now = time.monotonic()
         self._touch_backlogged(now)
-        batch = self.ingest.handle(records, now)
+        batch = self.ingest.handle(((p, o, v) for p, o, v, _ in records), now)
         for r, envelope in batch.envelopes.items():
             self._send(self.t_resolve, envelope, r)
         self._deadletter(batch.deadletters)
 
     def _heartbeat(self) -> None:
-        consumer = self.app.consumer
+        consumer = self._shares
+        if consumer is None:
+            return
         with contextlib.suppress(Exception):
-            owned = {tp.partition for tp in consumer.assignment() if tp.topic == self.t_shares_name}
+            owned = {tp.partition for tp in consumer.assignment()}
+            for p in set(self._next_offsets) - owned:  # revoked: its next owner goes on
+                del self._next_offsets[p]
             now = time.monotonic()
             self.ingest.clock.assign(owned, now)
             self._touch_backlogged(now)
@@ -392,10 +472,12 @@ class Worker:
         highwater can be one batch short: the last batch of a partition is
         then judged by wall time alone.)
         """
+        consumer = self._shares
+        if consumer is None:
+            return
         with contextlib.suppress(Exception):  # internals of a running consumer: best effort
-            consumer = self.app.consumer
             clock = self.ingest.clock
-            self.backlogged = _backlogged(consumer, self.t_shares_name)
+            self.backlogged = _backlogged(consumer, self._next_offsets)
             for p in self.backlogged:
                 clock.observe(p, None, now)
 
@@ -617,6 +699,7 @@ class Worker:
             "deadletters": self.deadlettered,
             "watermarks": {str(k): d.watermark.value for k, d in sorted(self.detectors.items())},
             "partitions": {
+                "shares": sorted(self.ingest.clock.assigned),
                 "resolve": sorted(self.resolvers),
                 "clusters": sorted(self.detectors),
             },

@@ -169,20 +169,7 @@ def run_demo(
 
 
 def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
-    env.update(
-        VIRALWATCH_BROKER=settings.broker or "",
-        VIRALWATCH_TOPIC_PREFIX=settings.topic_prefix,
-        VIRALWATCH_APP_ID=settings.app_id,
-        VIRALWATCH_PARTITIONS=str(settings.partitions),
-        VIRALWATCH_BANKS=os.pathsep.join(str(p) for p in settings.bank_files),
-        VIRALWATCH_LATENESS=f"{settings.lateness_ms}ms",
-        VIRALWATCH_DATA_DIR=str(settings.data_dir),
-        VIRALWATCH_LOCAL_BROKER="1" if settings.local_broker else "0",
-        VIRALWATCH_LOG_LEVEL="WARNING",
-    )
-    if settings.policy_file is not None:
-        env["VIRALWATCH_POLICY"] = str(settings.policy_file)
+    env = {**os.environ, **settings.with_(log_level="WARNING").to_env()}
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "streams.app"],

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from graphs.cascade import Cascade
+from graphs.cascade import Cascade, PostSet
 from graphs.velocity import MINUTE_MS, WINDOWS_MS, Velocity
 from streams.alerts import (
     Alert,
@@ -94,7 +94,8 @@ class ClusterState:
 
     cluster_id: str
     first_seen_ms: int
-    cascade: Cascade = field(default_factory=Cascade)
+    #: the reshare forest of a banked cluster; an unbanked one (never alerts) keeps posts only
+    cascade: Cascade | PostSet = field(default_factory=Cascade)
     velocity: Velocity = field(default_factory=Velocity)
     match: MatchInfo | None = None
     last_ms: int = 0
@@ -116,6 +117,13 @@ class ClusterState:
     @property
     def banked(self) -> bool:
         return self.cluster_id.startswith("b-")
+
+
+def _graph(st: ClusterState) -> Cascade:
+    """The reshare graph of a banked cluster (only banked clusters alert, so only they have one)."""
+    if not isinstance(st.cascade, Cascade):
+        raise TypeError(f"{st.cluster_id} is unbanked: it keeps no graph to measure")
+    return st.cascade
 
 
 class Detector:
@@ -158,8 +166,14 @@ class Detector:
         self.advance(ev.ts_ms)
         st = self.clusters.get(item.cluster_id)
         if st is None:
-            st = ClusterState(item.cluster_id, ev.ts_ms, velocity=Velocity(self.horizon_ms))
-            if self.predictor_factory is not None and st.banked:
+            banked = item.cluster_id.startswith("b-")
+            st = ClusterState(
+                item.cluster_id,
+                ev.ts_ms,
+                cascade=Cascade() if banked else PostSet(),
+                velocity=Velocity(self.horizon_ms),
+            )
+            if banked and self.predictor_factory is not None:
                 st.predictor = self.predictor_factory()
             self.clusters[item.cluster_id] = st
             self.stats.clusters_created += 1
@@ -312,7 +326,7 @@ class Detector:
             if st.last_ms > cut or st.active:
                 break
             del self.clusters[cid]
-            self.outbox.evicted_posts.extend(st.cascade.graph.nodes)
+            self.outbox.evicted_posts.extend(st.cascade.posts())
             self.stats.clusters_evicted += 1
         self.stats.clusters_active = len(self.clusters)
         self.stats.watermark_ms = max(self.stats.watermark_ms, now_ms)
@@ -325,7 +339,7 @@ class Detector:
     # -- figures ----------------------------------------------------------
 
     def figures(self, st: ClusterState, now: int) -> CascadeFigures:
-        c, v = st.cascade, st.velocity
+        c, v = _graph(st), st.velocity
         return CascadeFigures(
             size=c.size,
             live=c.live,
@@ -354,7 +368,7 @@ class Detector:
             match=st.match,
             cascade=self.figures(st, now),
             top_spreaders=tuple(
-                (self.pseudonymize(user), n) for user, n in st.cascade.top_spreaders(self.top_n)
+                (self.pseudonymize(user), n) for user, n in _graph(st).top_spreaders(self.top_n)
             ),
             links=self.policy.links.render(st.cluster_id, sev, aid),
             reason=reason,

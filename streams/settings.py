@@ -232,6 +232,33 @@ class Settings:
     def uses_dev_key(self) -> bool:
         return self.pseudonym_key == DEV_PSEUDONYM_KEY
 
+    def to_env(self) -> dict[str, str]:
+        """The ``VIRALWATCH_*`` variables that configure a worker process like these settings.
+
+        For the processes this project starts itself (the demo, tests,
+        benchmarks); secrets are not included: they stay in the environment.
+
+        >>> env = Settings(partitions=8, lateness_ms=5000).to_env()
+        >>> Settings.from_env(env).partitions, env["VIRALWATCH_LATENESS"]
+        (8, '5000ms')
+        """
+        env = {
+            "VIRALWATCH_BROKER": self.broker or "",
+            "VIRALWATCH_TOPIC_PREFIX": self.topic_prefix,
+            "VIRALWATCH_APP_ID": self.app_id,
+            "VIRALWATCH_PARTITIONS": str(self.partitions),
+            "VIRALWATCH_LATENESS": f"{self.lateness_ms}ms",
+            "VIRALWATCH_PARTITION_IDLE": f"{self.partition_idle_s}",
+            "VIRALWATCH_DATA_DIR": str(self.data_dir),
+            "VIRALWATCH_LOCAL_BROKER": "1" if self.local_broker else "0",
+            "VIRALWATCH_LOG_LEVEL": self.log_level,
+        }
+        if self.bank_files:
+            env["VIRALWATCH_BANKS"] = os.pathsep.join(str(p) for p in self.bank_files)
+        if self.policy_file is not None:
+            env["VIRALWATCH_POLICY"] = str(self.policy_file)
+        return env
+
     def with_(self, **changes: Any) -> Settings:
         """A copy with some fields changed (validated again)."""
         return replace(self, **changes)

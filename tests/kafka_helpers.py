@@ -70,20 +70,7 @@ def settings_for(broker: LocalBroker, prefix: str, app_id: str, **extra: Any) ->
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment that configures a worker process like ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIRALWATCH_")}
-    env.update(
-        VIRALWATCH_BROKER=settings.broker or "",
-        VIRALWATCH_TOPIC_PREFIX=settings.topic_prefix,
-        VIRALWATCH_APP_ID=settings.app_id,
-        VIRALWATCH_PARTITIONS=str(settings.partitions),
-        VIRALWATCH_LOCAL_BROKER="1",
-        VIRALWATCH_LATENESS=f"{settings.lateness_ms}ms",
-        VIRALWATCH_PARTITION_IDLE=f"{settings.partition_idle_s}",
-        VIRALWATCH_DATA_DIR=str(settings.data_dir),
-        VIRALWATCH_LOG_LEVEL="INFO",
-        PYTHONUNBUFFERED="1",
-    )
-    if settings.bank_files:
-        env["VIRALWATCH_BANKS"] = os.pathsep.join(str(p) for p in settings.bank_files)
+    env.update(settings.with_(log_level="INFO").to_env(), PYTHONUNBUFFERED="1")
     env.update(extra)
     return env
 
