@@ -5,7 +5,9 @@ Each agent is a few lines: take a batch, hand it to a stage of
 produced. What decides (parsing, routing, event-time order, detection)
 lives in the pure modules and is the same code ``replay`` runs.
 
-Agents (one consumer group, ``Settings.app_id``)::
+Stages (Faust agents in consumer group ``Settings.app_id``; ``shares`` is
+read by a batch consumer of its own, group ``<app_id>.shares``: see
+:meth:`Worker._read_shares`)::
 
     shares     -> ingest   -> resolve     (envelopes, by post)
     resolve    -> resolve  -> clusters    (envelopes, by cluster), resolve (registrations)
