@@ -297,7 +297,7 @@ class HashBanks:
         todo: dict[tuple[str | None, str | None], list[int]] = {}
         hits = 0
         for i, content in enumerate(contents):
-            key = (content.md5, content.pdq if pdq_usable(content) else None)
+            key = match_key(content)
             if key == (None, None):
                 continue
             if key in self._cache:
@@ -369,6 +369,11 @@ def brute_force_match(
         return None
     best = min(found, key=_rank)
     return Match(best.entry, 0) if best.distance < 0 else best
+
+
+def match_key(content: Content) -> tuple[str | None, str | None]:
+    """What a match depends on: the MD5, and the PDQ hash if it may be used (the cache key)."""
+    return (content.md5, content.pdq if pdq_usable(content) else None)
 
 
 def pdq_usable(content: Content) -> bool:

@@ -110,8 +110,12 @@ def event_from_wire(d: Mapping[str, Any]) -> ShareEvent:
         user_id=d["user_id"],
         parent_post_id=d.get("parent_post_id"),
         followers=d.get("followers"),
-        content=Content(c.get("pdq"), c.get("pdq_quality"), c.get("md5")) if c else None,
+        content=_content_from_wire(c) if c else None,
     )
+
+
+def _content_from_wire(c: Mapping[str, Any]) -> Content:
+    return Content(c.get("pdq"), c.get("pdq_quality"), c.get("md5"))
 
 
 def _match_to_wire(m: MatchInfo | None) -> dict[str, Any] | None:
@@ -636,12 +640,22 @@ class ResolvePartition:
                 )
                 routed += 1
 
+        unpacked: list[Envelope] = []
         for raw in envelopes:
             try:
-                env = Envelope.unpack(raw)
+                unpacked.append(Envelope.unpack(raw))
             except ValueError as exc:
                 dead.append(DeadLetter(Rejection("bad_envelope", str(exc), raw or b""), "route"))
-                continue
+        # every upload of the batch matched in one index search
+        router.prefetch(
+            [
+                _content_from_wire(item[1]["content"])
+                for env in unpacked
+                for item in env.items
+                if item[0] == "e" and item[1]["type"] == "upload"
+            ]
+        )
+        for env in unpacked:
             if env.marks:
                 self.watermark.update(env.marks)
             for p, t in env.progress.items():
@@ -665,6 +679,7 @@ class ResolvePartition:
                 elif kind == "f":
                     router.forget([item[1]])
                     forgot.append(item[1])
+        router.drop_prefetched()
         wm = self.watermark.value
         settled = self._settled(wm)
         if settled != NO_TIME and settled - self._expired_at >= EXPIRE_EVERY_MS:
