@@ -413,7 +413,7 @@ def _pct(values: list[float], p: float) -> float:
 
 
 def _wait_ready(s: Settings, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    """Until the worker reports on the stats topic with its partitions assigned."""
+    """Until the worker reports, on the stats topic, that its shares reader has partitions."""
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
@@ -424,9 +424,12 @@ def _wait_ready(s: Settings, proc: subprocess.Popen[bytes], timeout: float = 60)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError("the worker exited before it was ready")
-            if any(c.poll(timeout_ms=200).values()):
-                time.sleep(2.0)  # stats flow once the worker runs; let the group settle
-                return
+            for batch in c.poll(timeout_ms=200).values():
+                for r in batch:
+                    parts = orjson.loads(r.value).get("partitions", {})
+                    if parts.get("shares"):
+                        time.sleep(2.0)  # the shares reader joined its group; let Faust's settle
+                        return
         raise TimeoutError("the worker never reported")
     finally:
         c.close()
