@@ -51,7 +51,7 @@ from graphs.cascade import Cascade  # noqa: E402
 from streams.alerts import Pseudonymizer  # noqa: E402
 from streams.banks import BankEntry, HashBanks  # noqa: E402
 from streams.events import ShareEvent, parse_event  # noqa: E402
-from streams.pipeline import Pipeline  # noqa: E402
+from streams.pipeline import FEED_CHUNK, Pipeline  # noqa: E402
 from streams.policy import AlertPolicy  # noqa: E402
 from streams.simulate import Scenario, simulate  # noqa: E402
 
@@ -88,10 +88,10 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         for line in lines:
             parse_event(line)
 
-    def replay() -> None:
+    def replay() -> None:  # as ``viralwatch replay`` feeds a file
         pipe = pipeline_for(sim.bank)
-        for line in lines:
-            pipe.feed(line)
+        for i in range(0, len(lines), FEED_CHUNK):
+            pipe.feed_many(lines[i : i + FEED_CHUNK])
         alerts.append(len(pipe.finish().alerts) + len(pipe.drain().alerts))
 
     runs: dict[str, list[float]] = {"json": [], "parse": [], "pipeline": []}

@@ -166,7 +166,7 @@ def replay(
 ) -> None:
     """Run the detection core over a file of events; alerts as JSON lines, same input same bytes."""
     from streams.detector import Decisions
-    from streams.pipeline import Pipeline
+    from streams.pipeline import FEED_CHUNK, Pipeline
     from streams.policy import parse_duration
     from streams.sinks.oncall import OnCall, Pacer
     from streams.sinks.webhook import secret_from_env
@@ -201,22 +201,31 @@ def replay(
     pacer = Pacer(speed) if speed > 0 else None
     # Live outputs see each alert as it is made; the files get them all at the end.
     streamed = Decisions()
+    live = oncall is not None or pacer is not None
+    chunk: list[bytes] = []
     try:
         for line in with_progress(source, events):
             line = line.rstrip(b"\r\n")
-            if line.strip():
-                pipe.feed(line)
-                if oncall is not None or pacer is not None:
-                    made = pipe.drain()
-                    streamed.alerts.extend(made.alerts)
-                    streamed.actions.extend(made.actions)
-                    streamed.rejections.extend(made.rejections)
-                    if oncall is not None:
-                        oncall.emit(made.alerts)
-                    if pacer is not None and pipe.max_ts_ms >= 0:
-                        pacer.wait(pipe.max_ts_ms)
+            if not line.strip():
+                continue
+            if not live:  # nothing watches alerts as they come: match uploads in batches
+                chunk.append(line)
+                if len(chunk) >= FEED_CHUNK:
+                    pipe.feed_many(chunk)
+                    chunk = []
+                continue
+            pipe.feed(line)
+            made = pipe.drain()
+            streamed.alerts.extend(made.alerts)
+            streamed.actions.extend(made.actions)
+            streamed.rejections.extend(made.rejections)
+            if oncall is not None:
+                oncall.emit(made.alerts)
+            if pacer is not None and pipe.max_ts_ms >= 0:
+                pacer.wait(pipe.max_ts_ms)
     except OSError as exc:
         fail(f"cannot read {events}: {exc}")
+    pipe.feed_many(chunk)
     last = pipe.finish()
     if oncall is not None:
         oncall.emit(last.alerts)
