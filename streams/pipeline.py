@@ -87,8 +87,7 @@ class Pipeline:
 
     def feed_many(self, raws: Iterable[bytes]) -> None:
         """Take several input records: what :meth:`feed` on each gives, with their uploads
-        matched in one index search (a PDQ search costs about the same for one
-        hash as for a thousand)."""
+        matched in one index search (see :meth:`Router.prefetch`)."""
         parsed = [parse_event(raw) for raw in raws]
         self.router.prefetch(
             [p.content for p in parsed if isinstance(p, ShareEvent) and p.content is not None]
