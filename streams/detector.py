@@ -166,7 +166,7 @@ class Detector:
         self.advance(ev.ts_ms)
         st = self.clusters.get(item.cluster_id)
         if st is None:
-            banked = item.cluster_id.startswith("b-")
+            banked = item.banked
             st = ClusterState(
                 item.cluster_id,
                 ev.ts_ms,
