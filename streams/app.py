@@ -323,7 +323,7 @@ class Worker:
         @app.agent(self.t_resolve, name="resolve", supervisor_strategy=crash)
         async def resolve(stream: Any) -> None:
             async for events in stream.take_events(*take):
-                self._delay("resolve", events)
+                self._delay("resolve", (e.message.timestamp for e in events))
                 batches: list[ResolveBatch] = []
                 for events_of_partition in _by_partition(events):
                     batches += self._resolve(stream, events_of_partition)
@@ -336,7 +336,7 @@ class Worker:
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
         async def detect(stream: Any) -> None:
             async for events in stream.take_events(*take):
-                self._delay("detect", events)
+                self._delay("detect", (e.message.timestamp for e in events))
                 for events_of_partition in _by_partition(events):
                     self._detect(stream, events_of_partition)
 
@@ -436,9 +436,7 @@ class Worker:
 
     def _ingest(self, records: list[tuple[int, int, bytes | None, int | None]]) -> None:
         self.read += len(records)
-        stamp = min((r[3] or 0) for r in records)
-        if stamp > 0:
-            self._delays["ingest"].append(time.time() - stamp / 1000)
+        self._delay("ingest", ((r[3] or 0) / 1000 for r in records))
         for partition, offset, _, _ in records:
             self._next_offsets[partition] = offset + 1
         now = time.monotonic()
@@ -587,9 +585,10 @@ class Worker:
 
     # -- everything else --
 
-    def _delay(self, stage: str, events: list[Any]) -> None:
-        """Note how long the oldest record of a batch waited since it was produced."""
-        stamp = min((e.message.timestamp or 0.0) for e in events)
+    def _delay(self, stage: str, stamps_s: Iterable[float | None]) -> None:
+        """Note how long the oldest record of a batch waited since it was produced
+        (``stamps_s``: the records' Kafka timestamps, in seconds)."""
+        stamp = min((t or 0.0) for t in stamps_s)
         if stamp > 0:
             self._delays[stage].append(time.time() - stamp)
 
