@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -81,6 +82,53 @@ HEARTBEAT_S = 0.25
 COMMIT_EVERY_S = 1.0
 #: How often a worker publishes its counters on the ``stats`` topic.
 STATS_EVERY_S = 1.0
+#: Records that may wait for the Kafka client before Faust pauses the streams.
+PRODUCER_BUFFER_RECORDS = 5000
+#: How often long-lived objects are frozen out of garbage collection, and how
+#: often they are all collected once (see :class:`GcPacer`).
+GC_FREEZE_EVERY_S = 10.0
+GC_FULL_EVERY_S = 900.0
+
+
+class GcPacer:
+    """Keep Python's full garbage collections from pausing the worker every few seconds.
+
+    A worker holds millions of long-lived objects (cascades, post maps,
+    windows). CPython's oldest-generation collection walks all of them: at
+    2,000 events/s that was a 0.2-0.3 s pause every 4 s, and every stage
+    (and so every alert) waited it out. Every ``freeze_every_s`` the
+    survivors are frozen (:func:`gc.freeze`): collections then walk only what
+    is new. Cyclic garbage among frozen objects would never be freed, so
+    every ``full_every_s`` they are unfrozen and collected once: one full
+    pause in that period instead of hundreds.
+
+    >>> pacer = GcPacer(freeze_every_s=10, full_every_s=600, now=0.0)
+    >>> pacer.tend(5.0), pacer.tend(10.0), pacer.tend(20.0), pacer.tend(600.0)
+    (None, 'freeze', 'freeze', 'full')
+    """
+
+    def __init__(self, freeze_every_s: float, full_every_s: float, now: float) -> None:
+        self.freeze_every_s = freeze_every_s
+        self.full_every_s = full_every_s
+        self._frozen_at = now
+        self._full_at = now
+
+    def tend(self, now: float, act: bool = False) -> str | None:
+        """What is due at ``now`` (``"freeze"``, ``"full"`` or ``None``); done if ``act``."""
+        if now - self._full_at >= self.full_every_s:
+            self._full_at = self._frozen_at = now
+            if act:
+                gc.unfreeze()
+                gc.collect()
+                gc.freeze()
+            return "full"
+        if now - self._frozen_at >= self.freeze_every_s:
+            self._frozen_at = now
+            if act:
+                gc.collect(1)  # the young garbage goes first, not into the frozen set
+                gc.freeze()
+            return "freeze"
+        return None
 
 
 # -- Faust plumbing for the local broker --------------------------------------------
@@ -95,6 +143,57 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
         return consumer
 
+    async def _highwaters(self, partitions: list[TP]) -> Any:
+        """End offsets; on the local broker, read past its answer to find the real ones.
+
+        The local broker answers ListOffsets(latest) with the last batch's
+        base offset + 1, so Faust's table recovery (which reads a changelog up
+        to that offset) would miss the rest of a changelog's last batch. The
+        earlier way round, one record per produce batch for the changelogs,
+        allowed one record per partition per round trip: a burst of takedown
+        requests stalled every stage for seconds. Production Kafka needs
+        neither.
+        """
+        ends = dict(await super()._highwaters(partitions))
+        if getattr(self.app, "probe_end_offsets", False):
+            reader = self._create_client_consumer(self.transport)  # type: ignore[arg-type]
+            reader._fetch_max_wait_ms = LOCAL_FETCH_WAIT_MS
+            ends = await read_true_ends(reader, ends)
+        return ends
+
+
+async def read_true_ends(reader: Any, ends: dict[Any, int], timeout_s: float = 30.0) -> Any:
+    """``ends`` corrected by reading each partition from its last record to an empty fetch.
+
+    ``reader`` is an unstarted aiokafka consumer without a group; it is
+    started and stopped here. A partition the broker calls empty stays empty.
+    """
+    from aiokafka import TopicPartition
+
+    out = dict(ends)
+    todo = {TopicPartition(tp.topic, tp.partition): tp for tp, end in ends.items() if end}
+    if not todo:
+        return out
+    await reader.start()
+    try:
+        reader.assign(list(todo))
+        for tp in todo:
+            reader.seek(tp, ends[todo[tp]] - 1)
+        deadline = time.monotonic() + timeout_s
+        while todo and time.monotonic() < deadline:
+            got = await reader.getmany(*todo, timeout_ms=200)
+            for tp in list(todo):
+                records = got.get(tp)
+                if records:
+                    out[todo[tp]] = max(out[todo[tp]], records[-1].offset + 1)
+                else:  # an empty fetch: the end
+                    del todo[tp]
+        if todo:
+            raise TimeoutError(f"could not read to the end of {sorted(map(str, todo))}")
+    finally:
+        await reader.stop()
+    return out
+
 
 class _Consumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> Any:
@@ -102,61 +201,16 @@ class _Consumer(faust_aiokafka.Consumer):
 
 
 class _Producer(faust_aiokafka.Producer):
-    """Faust's producer, plus one that puts each record in its own batch, for some topics.
+    """Faust's producer with room for a burst of records before streams pause.
 
-    The local broker answers "latest offset" with the last batch's base
-    offset + 1, so Faust's table recovery (which reads a changelog up to
-    that offset) would miss the rest of a changelog's last batch. Records of
-    the changelog topics listed in :attr:`single_batch_topics` go through a
-    second client with one record per batch; everything else keeps normal
-    batching. Both are flushed before offsets are committed. The topics are
-    the app's (:attr:`_App.single_batch_topics`), so two workers in one
-    process keep their own.
+    Faust pauses every stream once more than 100 records wait to be handed to
+    the client, and resumes them one record at a time; a batch that decides
+    a few hundred takedown requests would stall every stage for that long.
     """
 
-    _single: Any = None
-
-    @property
-    def single_batch_topics(self) -> frozenset[str]:
-        return getattr(self.app, "single_batch_topics", frozenset())
-
-    async def on_start(self) -> None:
-        await super().on_start()
-        if self.single_batch_topics:
-            settings = {**self._settings_default(), **self._settings_auth(), "max_batch_size": 1}
-            self._single = self._producer_type(**settings)
-            await self._single.start()
-
-    async def on_stop(self) -> None:
-        single, self._single = self._single, None
-        if single is not None:
-            await single.stop()
-        await super().on_stop()
-
-    async def send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        partition: int | None,
-        timestamp: float | None,
-        headers: Any,
-        *,
-        transactional_id: str | None = None,
-    ) -> Any:
-        if self._single is not None and topic in self.single_batch_topics:
-            stamp = int(timestamp * 1000.0) if timestamp else None
-            return await self._single.send(
-                topic, value, key=key, partition=partition, timestamp_ms=stamp
-            )
-        return await super().send(
-            topic, key, value, partition, timestamp, headers, transactional_id=transactional_id
-        )
-
-    async def flush(self) -> None:
-        await super().flush()
-        if self._single is not None:
-            await self._single.flush()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.buffer.max_messages = PRODUCER_BUFFER_RECORDS
 
 
 class _Transport(faust_aiokafka.Transport):
@@ -165,10 +219,12 @@ class _Transport(faust_aiokafka.Transport):
 
 
 class _App(faust.App):
-    """A Faust app whose consumers may use a short fetch wait (see :data:`LOCAL_FETCH_WAIT_MS`)."""
+    """A Faust app whose consumers may use a short fetch wait (see :data:`LOCAL_FETCH_WAIT_MS`)
+    and find the real end offsets of the local broker's partitions (see
+    :meth:`_ConsumerThread._highwaters`)."""
 
-    #: changelog topics whose records go one per batch (the local broker only)
-    single_batch_topics: frozenset[str] = frozenset()
+    #: correct the broker's end offsets by reading (the local broker only)
+    probe_end_offsets: bool = False
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
@@ -308,9 +364,7 @@ class Worker:
         self.cluster_log = app.Table("cluster-log", **table)
         self.sent_alerts = app.Table("alerts-sent", changelog_topic=self.t_alerts, **table)
         self.sent_actions = app.Table("actions-sent", changelog_topic=self.t_actions, **table)
-        if s.local_broker:
-            tables = (self.resolve_log, self.cluster_log, self.sent_alerts, self.sent_actions)
-            app.single_batch_topics = frozenset(t.changelog_topic.get_topic_name() for t in tables)
+        app.probe_end_offsets = s.local_broker
 
         take = (s.batch_size, s.batch_wait_s)
         # an agent that raises stops the worker (a supervisor restarts the process)
@@ -347,6 +401,13 @@ class Worker:
         @app.timer(STATS_EVERY_S)  # type: ignore[untyped-decorator]
         async def publish_stats() -> None:
             self.t_stats.send_soon(key=self.worker_id.encode(), value=self.summary_json())
+
+        pacer = GcPacer(GC_FREEZE_EVERY_S, GC_FULL_EVERY_S, time.monotonic())
+
+        @app.timer(GC_FREEZE_EVERY_S / 2)  # type: ignore[untyped-decorator]
+        async def tend_gc() -> None:
+            if pacer.tend(time.monotonic(), act=True) == "full":
+                log.info("full garbage collection done")
 
         @app.task  # type: ignore[untyped-decorator]
         async def bank_updates() -> None:
@@ -726,6 +787,10 @@ class Worker:
     def run(self) -> None:
         """Run until stopped (SIGTERM, SIGINT); raises if an agent crashed."""
         worker = faust.Worker(self.app, loglevel=self.settings.log_level, quiet=True)
+        # Faust's terminal spinner sets the root logger to DEBUG so that every
+        # debug record turns it: aiokafka then builds a log record for each
+        # request and message, about 5% of the worker's CPU, to show nothing.
+        worker.spinner = None
         worker.execute_from_commandline()
 
 

@@ -406,3 +406,49 @@ def test_the_worker_command_starts_the_bundled_broker_when_none_is_configured(
     assert_exactly_once(alerts, expected.alerts, "alerts")
     assert_exactly_once(actions, expected.actions, "takedown requests")
     assert not here.running(), "the bundled broker must stop with the worker"
+
+
+def test_the_real_end_of_a_partition_is_found_past_the_local_brokers_answer(
+    broker: LocalBroker,
+) -> None:
+    """Table recovery reads a changelog to its end offset; the local broker's is short.
+
+    Five records in one produce batch: the broker says the partition ends at
+    1 (the batch's base offset + 1). :func:`read_true_ends` reads on and
+    finds 5, so a recovering worker rebuilds every record of the batch.
+    """
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    from streams.app import read_true_ends
+    from streams.broker import ensure_topics
+
+    prefix, _ = names()
+    topic = f"{prefix}changelog"
+    bootstrap = broker.bootstrap
+    ensure_topics([bootstrap], {topic: 2})
+
+    async def run() -> tuple[dict[Any, int], dict[Any, int]]:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=200)
+        await producer.start()
+        try:
+            sent = [await producer.send(topic, b"v%d" % i, partition=0) for i in range(5)]
+            await asyncio.gather(*sent)
+        finally:
+            await producer.stop()
+        tps = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+        probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+        await probe.start()
+        try:
+            said = await probe.end_offsets(tps)
+        finally:
+            await probe.stop()
+        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=25)
+        return said, await read_true_ends(reader, said)
+
+    said, real = asyncio.run(run())
+    p0, p1 = (TopicPartition(topic, 0), TopicPartition(topic, 1))
+    assert said[p0] < 5, "the broker now reports real end offsets: the workaround can go"
+    assert real[p0] == 5
+    assert real[p1] == said[p1] == 0
