@@ -166,7 +166,7 @@ class Settings:
     partition_idle_s: float = 2.0
     #: Most records handled in one batch, and how long to wait to fill one.
     batch_size: int = 1_000
-    batch_wait_s: float = 0.1
+    batch_wait_s: float = 0.05
     #: Kafka consumer group session timeout and heartbeat.
     session_timeout_s: float = 6.0
     heartbeat_s: float = 1.0
@@ -238,25 +238,25 @@ class Settings:
         For the processes this project starts itself (the demo, tests,
         benchmarks); secrets are not included: they stay in the environment.
 
-        >>> env = Settings(partitions=8, lateness_ms=5000).to_env()
+        >>> env = Settings(partitions=8, lateness_ms=5000, batch_wait_s=0.02).to_env()
         >>> Settings.from_env(env).partitions, env["VIRALWATCH_LATENESS"]
         (8, '5000ms')
+        >>> Settings.from_env(env) == Settings(partitions=8, lateness_ms=5000, batch_wait_s=0.02)
+        True
         """
-        env = {
-            "VIRALWATCH_BROKER": self.broker or "",
-            "VIRALWATCH_TOPIC_PREFIX": self.topic_prefix,
-            "VIRALWATCH_APP_ID": self.app_id,
-            "VIRALWATCH_PARTITIONS": str(self.partitions),
-            "VIRALWATCH_LATENESS": f"{self.lateness_ms}ms",
-            "VIRALWATCH_PARTITION_IDLE": f"{self.partition_idle_s}",
-            "VIRALWATCH_DATA_DIR": str(self.data_dir),
-            "VIRALWATCH_LOCAL_BROKER": "1" if self.local_broker else "0",
-            "VIRALWATCH_LOG_LEVEL": self.log_level,
-        }
-        if self.bank_files:
-            env["VIRALWATCH_BANKS"] = os.pathsep.join(str(p) for p in self.bank_files)
-        if self.policy_file is not None:
-            env["VIRALWATCH_POLICY"] = str(self.policy_file)
+        env: dict[str, str] = {}
+        for var, (name, parse) in _ENV.items():
+            value = getattr(self, name)
+            if value is None or parse is _bytes:  # unset, or a secret
+                continue
+            if parse is _paths:
+                env[var] = os.pathsep.join(str(p) for p in value)
+            elif parse is _bool:
+                env[var] = "1" if value else "0"
+            elif parse is parse_duration:
+                env[var] = f"{value}ms"
+            else:
+                env[var] = str(value)
         return env
 
     def with_(self, **changes: Any) -> Settings:

@@ -490,6 +490,39 @@ def test_settings_from_environment_and_flags() -> None:
     assert s.bootstrap == ["h:1"]
 
 
+def test_the_environment_of_a_settings_object_gives_it_back_but_its_secrets() -> None:
+    """Workers started by the demo, tests and benchmarks get every setting, not some."""
+    changed = Settings(
+        broker="kafka://h:1",
+        topic_prefix="x.",
+        app_id="a",
+        partitions=3,
+        replicas=2,
+        bank_files=(Path("a.csv"), Path("b.csv")),
+        policy_file=Path("p.toml"),
+        lateness_ms=5,
+        hold_ms=6,
+        max_held=7,
+        idle_ms=8,
+        partition_idle_s=0.5,
+        batch_size=9,
+        batch_wait_s=0.02,
+        session_timeout_s=7.0,
+        heartbeat_s=0.5,
+        web_port=1,
+        metrics_port=2,
+        alertmanager_url="http://am",
+        webhook_url="http://hook",
+        data_dir=Path("/d"),
+        local_broker=True,
+        log_level="INFO",
+        pseudonym_key=b"secret",
+    )
+    env = changed.to_env()
+    assert "VIRALWATCH_PSEUDONYM_KEY" not in env
+    assert Settings.from_env(env) == changed.with_(pseudonym_key=Settings().pseudonym_key)
+
+
 def test_the_readme_documents_every_setting_with_the_code_default() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     rows = {
