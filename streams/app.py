@@ -66,6 +66,7 @@ from streams.stages import (
     ResolvePartition,
     Source,
     merge_resolved,
+    resolve_local_peers,
     split_envelope,
     split_log,
 )
@@ -82,6 +83,9 @@ HEARTBEAT_S = 0.25
 COMMIT_EVERY_S = 1.0
 #: Rounds of registrations handed straight to peer partitions of this worker, per batch.
 LOCAL_PEER_ROUNDS = 4
+#: Seconds after an assignment before they go the short way again (see
+#: :meth:`Worker._resolve_local_peers`).
+LOCAL_PEER_GRACE_S = 10.0
 #: How often a worker publishes its counters on the ``stats`` topic.
 STATS_EVERY_S = 1.0
 #: Records that may wait for the Kafka client before Faust pauses the streams.
@@ -320,6 +324,8 @@ class Worker:
         self.resolvers: dict[int, ResolvePartition] = {}
         #: the last input event of each resolve partition: its table writes go with it
         self._last_resolve_event: dict[int, Any] = {}
+        #: when registrations may go straight to local peers again (after a rebalance)
+        self._local_peers_from = 0.0
         self.detectors: dict[int, ClusterPartition] = {}
         self.app = self._build()
 
@@ -421,6 +427,10 @@ class Worker:
         @app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
             self._revoke(revoked)
+
+        @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+        async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+            self._local_peers_from = time.monotonic() + LOCAL_PEER_GRACE_S
 
         return app
 
@@ -575,33 +585,22 @@ class Worker:
             self._deadletter(batch.deadletters)
 
     def _resolve_local_peers(self, stream: Any, batches: list[ResolveBatch]) -> list[ResolveBatch]:
-        """Hand registrations and progress to the peer partitions this worker holds, now.
+        """Registrations and progress straight to the peer partitions this worker holds
+        (:func:`streams.stages.resolve_local_peers`): one Kafka hop less before an alert.
 
-        A reshare waits for its parent's registration from the partition that
-        routed the parent, and holds event time back until then; through
-        Kafka that is one more hop (0.1-0.2 s here) on the way to every
-        alert. Partitions held by this worker get it in the same batch. The
-        envelopes still go to Kafka as well: a copy that comes again changes
-        nothing (registrations and progress are idempotent), and it is what
-        carries them if the partition moves to another worker meanwhile.
+        For :data:`LOCAL_PEER_GRACE_S` after partitions are assigned, nothing
+        goes the short way: what a partition's previous owner sent to a peer
+        through Kafka should reach it before this worker's newer progress does.
         """
-        out: list[ResolveBatch] = []
-        pending = batches
-        for _ in range(LOCAL_PEER_ROUNDS):
-            local = {
-                r: envelope
-                for r, envelope in merge_resolved(pending)[1].items()
-                if r in self.resolvers and r in self._last_resolve_event
-            }
-            if not local:
-                break
-            pending = []
-            for r, envelope in local.items():
-                batch = self.resolvers[r].handle([envelope])
-                self._resolved(stream, r, [batch])
-                pending.append(batch)
-            out += pending
-        return out
+        if time.monotonic() < self._local_peers_from:
+            return []
+        held = {r: st for r, st in self.resolvers.items() if r in self._last_resolve_event}
+        return resolve_local_peers(
+            held,
+            batches,
+            LOCAL_PEER_ROUNDS,
+            on_batch=lambda r, batch: self._resolved(stream, r, [batch]),
+        )
 
     def _restore_resolver(self, partition: int) -> tuple[ResolvePartition, ResolveBatch]:
         s = self.settings

@@ -540,6 +540,38 @@ def merge_resolved(batches: list[ResolveBatch]) -> tuple[dict[int, bytes], dict[
     return to_clusters, to_peers
 
 
+def resolve_local_peers(
+    resolvers: Mapping[int, ResolvePartition],
+    batches: list[ResolveBatch],
+    rounds: int = 4,
+    on_batch: Callable[[int, ResolveBatch], None] | None = None,
+) -> list[ResolveBatch]:
+    """Hand the registrations and progress of ``batches`` to the peer partitions in
+    ``resolvers`` now, for up to ``rounds`` rounds of answers; the batches that made.
+
+    A reshare waits for its parent's registration from the partition that
+    routed the parent, and holds event time back until then: through Kafka
+    that is one more hop on the way to every alert. The caller still sends
+    every envelope on as usual: a copy that comes again changes nothing
+    (registrations and progress are idempotent). ``on_batch(partition,
+    batch)`` is called for each batch made (to persist its delta).
+    """
+    out: list[ResolveBatch] = []
+    pending = batches
+    for _ in range(rounds):
+        local = {r: env for r, env in merge_resolved(pending)[1].items() if r in resolvers}
+        if not local:
+            break
+        pending = []
+        for r, envelope in local.items():
+            batch = resolvers[r].handle([envelope])
+            if on_batch is not None:
+                on_batch(r, batch)
+            pending.append(batch)
+        out += pending
+    return out
+
+
 class ResolvePartition:
     """Stage 1b for one partition of the resolve topic: route events, hold orphans.
 
@@ -872,6 +904,9 @@ class LocalRun:
     hold_ms: int = 1_800_000
     seed: int = 0
     max_batch: int = 50
+    #: resolve partitions hand registrations to their peers at once (as a worker
+    #: holding them all does), besides sending them through the topic
+    local_peers: bool = False
     stats: Stats = field(default_factory=Stats)
     alerts: dict[str, bytes] = field(default_factory=dict)
     actions: dict[str, bytes] = field(default_factory=dict)
@@ -940,11 +975,15 @@ class LocalRun:
                     resolve[r].append(env)
             elif stage == "r":
                 envs, resolve[p] = resolve[p][:size], resolve[p][size:]
-                rb = resolvers[p].handle(envs)
-                self.deadletters.extend(rb.deadletters)
-                for r, env in rb.to_peers.items():
+                made = [resolvers[p].handle(envs)]
+                if self.local_peers:
+                    made += resolve_local_peers(dict(enumerate(resolvers)), made)
+                for rb in made:
+                    self.deadletters.extend(rb.deadletters)
+                to_clusters, to_peers = merge_resolved(made)
+                for r, env in to_peers.items():
                     resolve[r].append(env)
-                for k, env in rb.to_clusters.items():
+                for k, env in to_clusters.items():
                     clusters[k].append(env)
             else:
                 envs, clusters[p] = clusters[p][:size], clusters[p][size:]

@@ -452,6 +452,22 @@ def test_local_topology_gives_the_replay_alerts_byte_for_byte(
     assert reasons == sorted(sim.truth["malformed"])  # each bad line dead-lettered, once
 
 
+@pytest.mark.parametrize("seed", [1, 5, 9])
+def test_registrations_handed_straight_to_peers_give_the_replay_alerts(seed: int) -> None:
+    """A worker holding several resolve partitions hands registrations and progress to
+    its own peers at once, and the copies still arrive through the topic later."""
+    sim = simulate(Scenario(seed=7, **IN_TIME))  # type: ignore[arg-type]
+    expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
+    policy, pseudonyms = AlertPolicy.default(), Pseudonymizer(DEV_PSEUDONYM_KEY)
+    short = LocalRun(bank_of(sim.bank), policy, pseudonyms, seed=seed, local_peers=True)
+    short.run(sim.lines)
+    assert expected and sorted(short.alerts.values()) == expected
+    through_kafka = LocalRun(bank_of(sim.bank), policy, pseudonyms, seed=seed).run(sim.lines)
+    quick, slow = short.stats.summary(), through_kafka.stats.summary()
+    del quick["held"], slow["held"]  # how many reshares waited for a parent differs
+    assert quick == slow  # everything else is counted the same
+
+
 def test_with_late_events_the_same_alerts_fire() -> None:
     """Replay applies an event later than the lateness at once, out of order; the stream,
     whose watermark follows the slowest partition, may still apply it in order. The same
