@@ -50,6 +50,9 @@ test: $(VENV)/.installed programs lint typecheck
 bench: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/bench_pdq.py
+	$(BIN)/python bench/bench_core.py
+	$(BIN)/python bench/bench_prediction.py
+	$(BIN)/python bench/bench_broker.py
 	$(BIN)/python bench/bench_pipeline.py
 
 clean:

@@ -325,7 +325,7 @@ def latency(broker: LocalBroker, args: argparse.Namespace, work: Path) -> dict[s
     traffic = LiveTraffic(banked)
     proc = start_worker(s, bank, work / "worker-latency.log", args.lateness)
     alerts_at: list[tuple[float, dict[str, Any]]] = []
-    plain_lat: list[float] = []
+    plain_lat: list[tuple[float, float]] = []  # (event time, latency)
     stop = threading.Event()
 
     def read(topic: str, sink: Any) -> None:
@@ -346,7 +346,8 @@ def latency(broker: LocalBroker, args: argparse.Namespace, work: Path) -> dict[s
         alerts_at.append((now, orjson.loads(value)))
 
     def on_share(now: float, value: bytes) -> None:
-        plain_lat.append(now - orjson.loads(value)["ts"] / 1000)
+        ts = orjson.loads(value)["ts"] / 1000
+        plain_lat.append((ts, now - ts))
 
     readers = [
         threading.Thread(target=read, args=(s.topic("alerts"), on_alert), daemon=True),
@@ -382,10 +383,12 @@ def latency(broker: LocalBroker, args: argparse.Namespace, work: Path) -> dict[s
         stop_worker(proc)
         for t in readers:
             t.join(timeout=5)
-    lat = sorted(now - _ts_s(a) for now, a in alerts_at if a["status"] == "firing")
-    plain_sorted = sorted(plain_lat)
+    timed = [(_ts_s(a), now - _ts_s(a)) for now, a in alerts_at if a["status"] == "firing"]
+    lat = sorted(x for _, x in timed)
+    plain_sorted = sorted(x for _, x in plain_lat)
     if not lat:
         raise RuntimeError(f"no alerts; see {work / 'worker-latency.log'}")
+    mid = min(t for t, _ in timed) + args.seconds / 2
     return {
         "rate_events_per_s": round(achieved),
         "seconds": args.seconds,
@@ -396,7 +399,19 @@ def latency(broker: LocalBroker, args: argparse.Namespace, work: Path) -> dict[s
         "alert_max_s": lat[-1],
         "plain_p50_s": _pct(plain_sorted, 50),
         "plain_p99_s": _pct(plain_sorted, 99),
+        # the local broker's fetches slow down as a partition's batches pile up
+        # (see bench/bench_broker.py): the second half of a run is slower
+        "halves": {
+            "alert": [_p50_p99(timed, mid, first) for first in (True, False)],
+            "plain": [_p50_p99(plain_lat, mid, first) for first in (True, False)],
+        },
     }
+
+
+def _p50_p99(pairs: list[tuple[float, float]], mid: float, first: bool) -> list[float]:
+    """p50 and p99 of the latencies of events before (or from) ``mid``."""
+    values = sorted(x for t, x in pairs if (t < mid) == first)
+    return [_pct(values, 50), _pct(values, 99)]
 
 
 def _ts_s(alert: dict[str, Any]) -> float:
@@ -489,6 +504,11 @@ def main() -> None:
             f"  event -> plain consumer   p50 {lat['plain_p50_s'] * 1000:7.0f} ms   "
             f"p99 {lat['plain_p99_s'] * 1000:7.0f} ms"
         )
+        for name, (a, b) in lat["halves"].items():
+            print(
+                f"  {name:<6} p50 / p99, first half {a[0] * 1000:5.0f} / {a[1] * 1000:5.0f} ms, "
+                f"second half {b[0] * 1000:5.0f} / {b[1] * 1000:5.0f} ms"
+            )
     print(json.dumps(out))
 
 
