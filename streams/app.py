@@ -86,6 +86,8 @@ LOCAL_PEER_ROUNDS = 4
 #: Seconds after an assignment before they go the short way again (see
 #: :meth:`Worker._resolve_local_peers`).
 LOCAL_PEER_GRACE_S = 10.0
+#: How far (event time) a shares partition may be read ahead of the slowest one with a backlog.
+READ_SKEW_MS = 5_000
 #: How often a worker publishes its counters on the ``stats`` topic.
 STATS_EVERY_S = 1.0
 #: Records that may wait for the Kafka client before Faust pauses the streams.
@@ -476,6 +478,7 @@ class Worker:
                 ]
                 if records:
                     self._ingest(records)
+                self._pace_partitions(consumer)
                 if self._next_offsets and time.monotonic() - committed_at >= COMMIT_EVERY_S:
                     committed_at = time.monotonic()
                     await self._commit_shares(consumer, OffsetAndMetadata)
@@ -556,6 +559,28 @@ class Worker:
             self.backlogged = _backlogged(consumer, self._next_offsets)
             for p in self.backlogged:
                 clock.observe(p, None, now)
+
+    def _pace_partitions(self, consumer: Any) -> None:
+        """Read a backlog evenly in event time: pause the partitions that are ahead.
+
+        aiokafka hands out one partition's fetched records before the next's,
+        so a worker catching up would read one partition minutes of event
+        time ahead of the others; the watermark follows the slowest, so
+        nothing downstream could be applied until the others caught up, and
+        everything read early would wait in memory. Partitions more than
+        :data:`READ_SKEW_MS` ahead of the slowest one with records unread
+        are paused until it catches up (see :meth:`SourceClock.ahead`).
+        """
+        with contextlib.suppress(Exception):  # pausing is an optimisation: never stop reading
+            ahead = self.ingest.clock.ahead(self.backlogged, READ_SKEW_MS)
+            owned = {tp.partition: tp for tp in consumer.assignment()}
+            paused = {tp.partition for tp in consumer.paused()}
+            pause = [owned[p] for p in ahead - paused if p in owned]
+            resume = [owned[p] for p in paused - ahead if p in owned]
+            if pause:
+                consumer.pause(*pause)
+            if resume:
+                consumer.resume(*resume)
 
     @property
     def t_shares_name(self) -> str:

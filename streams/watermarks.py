@@ -74,6 +74,33 @@ class SourceClock:
     def assigned(self) -> frozenset[int]:
         return frozenset(self._assigned)
 
+    def ahead(self, busy: Iterable[int], skew_ms: int) -> set[int]:
+        """Partitions read more than ``skew_ms`` of event time past the slowest ``busy`` one.
+
+        A reader working through a backlog pauses these, so that the
+        partitions advance together: the watermark follows the slowest, and
+        whatever a fast one delivers early only waits downstream. A busy
+        partition not read yet counts as the slowest of all; the slowest is
+        never ahead, so reading always goes on.
+
+        >>> clock = SourceClock(idle_s=2)
+        >>> clock.assign([0, 1, 2, 3], now=0.0)
+        >>> for p, ts in ((0, 1_000), (1, 9_000), (2, 20_000)):
+        ...     clock.observe(p, ts, now=0.0)
+        >>> sorted(clock.ahead(busy=[0, 1, 2], skew_ms=5_000))
+        [1, 2]
+        >>> sorted(clock.ahead(busy=[1, 2], skew_ms=5_000))  # 0 is read to its end
+        [2]
+        >>> sorted(clock.ahead(busy=[1, 2, 3], skew_ms=5_000))  # 3 has given nothing yet
+        [1, 2]
+        """
+        busy = [p for p in busy if p in self._assigned]
+        if not busy:
+            return set()
+        slowest = min(self._max_ts.get(p, NO_TIME) for p in busy)
+        owned = self._assigned
+        return {p for p, ts in self._max_ts.items() if p in owned and ts - slowest > skew_ms}
+
     def marks(self, now: float) -> dict[int, Mark]:
         """Each owned partition's ``(newest event time, idle)``."""
         return {
