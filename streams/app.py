@@ -85,7 +85,7 @@ COMMIT_EVERY_S = 1.0
 LOCAL_PEER_ROUNDS = 4
 #: Seconds after an assignment before they go the short way again (see
 #: :meth:`Worker._resolve_local_peers`).
-LOCAL_PEER_GRACE_S = 10.0
+LOCAL_PEER_GRACE_S = 3.0
 #: How far (event time) a shares partition may be read ahead of the slowest one with a backlog.
 READ_SKEW_MS = 5_000
 #: How often a worker publishes its counters on the ``stats`` topic.
@@ -328,6 +328,12 @@ class Worker:
         self._last_resolve_event: dict[int, Any] = {}
         #: when registrations may go straight to local peers again (after a rebalance)
         self._local_peers_from = 0.0
+        #: the key of envelopes this worker sends to peer partitions, and per resolve
+        #: partition it holds, those sent through Kafka alone that it has not read yet
+        #: (timestamp in ms, envelope; see :meth:`_resolve_local_peers`)
+        self._peer_key = f"peer:{self.worker_id}".encode()
+        self._unread: dict[int, list[tuple[int, bytes]]] = {}
+        self._last_send_ms = 0
         self.detectors: dict[int, ClusterPartition] = {}
         self.app = self._build()
 
@@ -393,12 +399,14 @@ class Worker:
                 batches: list[ResolveBatch] = []
                 for events_of_partition in _by_partition(events):
                     batches += self._resolve(stream, events_of_partition)
-                batches += self._resolve_local_peers(stream, batches)
-                to_clusters, to_peers = merge_resolved(batches)
+                made, delivered = self._resolve_local_peers(stream, batches)
+                to_clusters, to_peers = merge_resolved(batches + made)
                 for k, envelope in to_clusters.items():
                     self._send(self.t_clusters, envelope, k)
                 for r, envelope in to_peers.items():
-                    self._send(self.t_resolve, envelope, r)
+                    stamp = self._send(self.t_resolve, envelope, r, key=self._peer_key)
+                    if r not in delivered and r in self.resolvers:  # through Kafka alone
+                        self._unread.setdefault(r, []).append((stamp, envelope))
 
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
         async def detect(stream: Any) -> None:
@@ -593,6 +601,10 @@ class Worker:
         last = events[-1]
         partition = last.message.partition
         self._last_resolve_event[partition] = last
+        own = [e.message.timestamp for e in events if e.message.key == self._peer_key]
+        if own and partition in self._unread:  # what it has read needs no short way
+            seen = round(max(own) * 1000)
+            self._unread[partition] = [(t, env) for t, env in self._unread[partition] if t > seen]
         out = []
         state = self.resolvers.get(partition)
         if state is None:
@@ -609,22 +621,30 @@ class Worker:
                 self._log(self.resolve_log, partition, batch.delta)
             self._deadletter(batch.deadletters)
 
-    def _resolve_local_peers(self, stream: Any, batches: list[ResolveBatch]) -> list[ResolveBatch]:
+    def _resolve_local_peers(
+        self, stream: Any, batches: list[ResolveBatch]
+    ) -> tuple[list[ResolveBatch], set[int]]:
         """Registrations and progress straight to the peer partitions this worker holds
-        (:func:`streams.stages.resolve_local_peers`): one Kafka hop less before an alert.
+        (:func:`streams.stages.resolve_local_peers`): one Kafka hop less before most alerts.
+        Returns the batches that made and the partitions that got all that was for them.
 
-        For :data:`LOCAL_PEER_GRACE_S` after partitions are assigned, nothing
-        goes the short way: what a partition's previous owner sent to a peer
-        through Kafka should reach it before this worker's newer progress does.
+        What this worker sent a peer through Kafka alone and the peer has not
+        read yet goes the short way first, so the short way never overtakes
+        the long one. For :data:`LOCAL_PEER_GRACE_S` after partitions are
+        assigned nothing goes the short way: what a partition's previous owner
+        sent through Kafka should reach its peers first (that one is a matter
+        of time, not proof).
         """
         if time.monotonic() < self._local_peers_from:
-            return []
+            return [], set()
         held = {r: st for r, st in self.resolvers.items() if r in self._last_resolve_event}
+        unread = {r: [env for _, env in self._unread.pop(r, [])] for r in held}
         return resolve_local_peers(
             held,
             batches,
             LOCAL_PEER_ROUNDS,
             on_batch=lambda r, batch: self._resolved(stream, r, [batch]),
+            unread=unread,
         )
 
     def _restore_resolver(self, partition: int) -> tuple[ResolvePartition, ResolveBatch]:
@@ -715,11 +735,16 @@ class Worker:
         if stamp > 0:
             self._delays[stage].append(time.time() - stamp)
 
-    def _send(self, topic: Any, value: bytes, partition: int) -> None:
-        """Send an envelope to a partition of an internal topic (in parts, if it is large)."""
+    def _send(self, topic: Any, value: bytes, partition: int, key: bytes | None = None) -> int:
+        """Send an envelope to a partition of an internal topic (in parts, if it is large).
+
+        Returns its timestamp (epoch ms, increasing from one send to the next).
+        """
+        stamp = self._last_send_ms = max(round(time.time() * 1000), self._last_send_ms + 1)
         for part in split_envelope(value):
             self.sent[topic.get_topic_name()] += 1
-            topic.send_soon(key=None, value=part, partition=partition)
+            topic.send_soon(key=key, value=part, partition=partition, timestamp=stamp / 1000)
+        return stamp
 
     def _log(self, table: Any, partition: int, entry: bytes) -> None:
         """Append a per-batch log entry (in parts, if it is large) to a log table."""
@@ -741,6 +766,7 @@ class Worker:
             if tp.topic == self.settings.topic("resolve"):
                 self.resolvers.pop(tp.partition, None)
                 self._last_resolve_event.pop(tp.partition, None)
+                self._unread.pop(tp.partition, None)
             elif tp.topic == self.settings.topic("clusters"):
                 self.detectors.pop(tp.partition, None)
 

@@ -545,31 +545,44 @@ def resolve_local_peers(
     batches: list[ResolveBatch],
     rounds: int = 4,
     on_batch: Callable[[int, ResolveBatch], None] | None = None,
-) -> list[ResolveBatch]:
+    unread: Mapping[int, list[bytes]] | None = None,
+) -> tuple[list[ResolveBatch], set[int]]:
     """Hand the registrations and progress of ``batches`` to the peer partitions in
-    ``resolvers`` now, for up to ``rounds`` rounds of answers; the batches that made.
+    ``resolvers`` now, for up to ``rounds`` rounds of answers. Returns the batches
+    that made, and the partitions of ``resolvers`` that got everything for them
+    (the last round's answers to a partition can be left for Kafka alone).
 
     A reshare waits for its parent's registration from the partition that
     routed the parent, and holds event time back until then: through Kafka
     that is one more hop on the way to every alert. The caller still sends
     every envelope on as usual: a copy that comes again changes nothing
-    (registrations and progress are idempotent). ``on_batch(partition,
-    batch)`` is called for each batch made (to persist its delta).
+    (registrations and progress are idempotent). ``unread[r]`` are envelopes
+    sent to ``r`` through Kafka alone that it has not read yet: they go first,
+    so that the short way never overtakes the long one (a peer that learnt a
+    partition's progress before a registration sent before it could let a
+    reshare waiting for that registration fall behind event time).
+    ``on_batch(partition, batch)`` is called for each batch made (to persist
+    its delta).
     """
     out: list[ResolveBatch] = []
     pending = batches
+    first = {r: list(envs) for r, envs in (unread or {}).items() if envs and r in resolvers}
     for _ in range(rounds):
-        local = {r: env for r, env in merge_resolved(pending)[1].items() if r in resolvers}
+        local = {r: [env] for r, env in merge_resolved(pending)[1].items() if r in resolvers}
+        for r, envs in first.items():
+            local[r] = envs + local.get(r, [])
+        first = {}
         if not local:
-            break
+            return out, set(resolvers)
         pending = []
-        for r, envelope in local.items():
-            batch = resolvers[r].handle([envelope])
+        for r, sent in local.items():
+            batch = resolvers[r].handle(sent)
             if on_batch is not None:
                 on_batch(r, batch)
             pending.append(batch)
         out += pending
-    return out
+    left = merge_resolved(pending)[1]
+    return out, {r for r in resolvers if r not in left}
 
 
 class ResolvePartition:
@@ -905,8 +918,10 @@ class LocalRun:
     seed: int = 0
     max_batch: int = 50
     #: resolve partitions hand registrations to their peers at once (as a worker
-    #: holding them all does), besides sending them through the topic
+    #: holding them all does), besides sending them through the topic, for this
+    #: many rounds of answers (what is left goes through the topic alone)
     local_peers: bool = False
+    local_rounds: int = 4
     stats: Stats = field(default_factory=Stats)
     alerts: dict[str, bytes] = field(default_factory=dict)
     actions: dict[str, bytes] = field(default_factory=dict)
@@ -949,6 +964,8 @@ class LocalRun:
             )
             for k in range(n)
         ]
+        #: envelopes to each resolve partition that went through the topic alone, unread
+        unread: dict[int, list[bytes]] = {r: [] for r in range(n)}
         pos = [0] * n
         now = 0.0
         flushed = False
@@ -975,14 +992,23 @@ class LocalRun:
                     resolve[r].append(env)
             elif stage == "r":
                 envs, resolve[p] = resolve[p][:size], resolve[p][size:]
+                taken = {id(e) for e in envs}
+                unread[p] = [e for e in unread[p] if id(e) not in taken]
                 made = [resolvers[p].handle(envs)]
+                delivered: set[int] = set()
                 if self.local_peers:
-                    made += resolve_local_peers(dict(enumerate(resolvers)), made)
+                    more, delivered = resolve_local_peers(
+                        dict(enumerate(resolvers)), made, self.local_rounds, unread=unread
+                    )
+                    unread = {r: [] for r in range(n)}  # all went first
+                    made += more
                 for rb in made:
                     self.deadletters.extend(rb.deadletters)
                 to_clusters, to_peers = merge_resolved(made)
                 for r, env in to_peers.items():
                     resolve[r].append(env)
+                    if self.local_peers and r not in delivered:
+                        unread[r].append(env)  # through the topic alone
                 for k, env in to_clusters.items():
                     clusters[k].append(env)
             else:
