@@ -62,6 +62,7 @@ from streams.stages import (
     ClusterPartition,
     DeadLetter,
     Ingest,
+    PeerBacklog,
     ResolveBatch,
     ResolvePartition,
     Source,
@@ -328,11 +329,11 @@ class Worker:
         self._last_resolve_event: dict[int, Any] = {}
         #: when registrations may go straight to local peers again (after a rebalance)
         self._local_peers_from = 0.0
-        #: the key of envelopes this worker sends to peer partitions, and per resolve
-        #: partition it holds, those sent through Kafka alone that it has not read yet
-        #: (timestamp in ms, envelope; see :meth:`_resolve_local_peers`)
+        #: the key of envelopes this worker sends to peer partitions, and those sent
+        #: through Kafka alone not read yet, marked by timestamp in ms (see
+        #: :meth:`_resolve_local_peers`)
         self._peer_key = f"peer:{self.worker_id}".encode()
-        self._unread: dict[int, list[tuple[int, bytes]]] = {}
+        self._backlog = PeerBacklog()
         self._last_send_ms = 0
         self.detectors: dict[int, ClusterPartition] = {}
         self.app = self._build()
@@ -406,7 +407,7 @@ class Worker:
                 for r, envelope in to_peers.items():
                     stamp = self._send(self.t_resolve, envelope, r, key=self._peer_key)
                     if r not in delivered and r in self.resolvers:  # through Kafka alone
-                        self._unread.setdefault(r, []).append((stamp, envelope))
+                        self._backlog.sent(r, stamp, envelope)
 
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
         async def detect(stream: Any) -> None:
@@ -602,9 +603,8 @@ class Worker:
         partition = last.message.partition
         self._last_resolve_event[partition] = last
         own = [e.message.timestamp for e in events if e.message.key == self._peer_key]
-        if own and partition in self._unread:  # what it has read needs no short way
-            seen = round(max(own) * 1000)
-            self._unread[partition] = [(t, env) for t, env in self._unread[partition] if t > seen]
+        if own:  # what it has read needs no short way
+            self._backlog.read(partition, round(max(own) * 1000))
         out = []
         state = self.resolvers.get(partition)
         if state is None:
@@ -637,14 +637,12 @@ class Worker:
         """
         if time.monotonic() < self._local_peers_from:
             return [], set()
-        held = {r: st for r, st in self.resolvers.items() if r in self._last_resolve_event}
-        unread = {r: [env for _, env in self._unread.pop(r, [])] for r in held}
         return resolve_local_peers(
-            held,
+            self.resolvers,
             batches,
             LOCAL_PEER_ROUNDS,
             on_batch=lambda r, batch: self._resolved(stream, r, [batch]),
-            unread=unread,
+            unread=self._backlog.take(self.resolvers),
         )
 
     def _restore_resolver(self, partition: int) -> tuple[ResolvePartition, ResolveBatch]:
@@ -766,7 +764,7 @@ class Worker:
             if tp.topic == self.settings.topic("resolve"):
                 self.resolvers.pop(tp.partition, None)
                 self._last_resolve_event.pop(tp.partition, None)
-                self._unread.pop(tp.partition, None)
+                self._backlog.drop(tp.partition)
             elif tp.topic == self.settings.topic("clusters"):
                 self.detectors.pop(tp.partition, None)
 

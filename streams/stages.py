@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import base64
 import heapq
+import itertools
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -540,6 +541,52 @@ def merge_resolved(batches: list[ResolveBatch]) -> tuple[dict[int, bytes], dict[
     return to_clusters, to_peers
 
 
+class PeerBacklog:
+    """Envelopes a worker sent its own peer resolve partitions through the topic alone,
+    not read there yet: the next time the short way is taken they go first
+    (:func:`resolve_local_peers`), so that it never overtakes the long one.
+
+    Each send has a mark that increases from one send to the next (a
+    timestamp, a counter). A partition is read in order, so once it has read
+    one of this worker's envelopes, every earlier one sent to it is read too.
+
+    >>> b = PeerBacklog()
+    >>> b.sent(1, 10, b"a"); b.sent(1, 11, b"b"); b.sent(2, 12, b"c")
+    >>> b.read(1, 10)
+    >>> b.take([1, 2])
+    {1: [b'b'], 2: [b'c']}
+    >>> b.take([1, 2])
+    {}
+    """
+
+    __slots__ = ("_unread",)
+
+    def __init__(self) -> None:
+        self._unread: dict[int, list[tuple[int, bytes]]] = {}
+
+    def sent(self, partition: int, mark: int, envelope: bytes) -> None:
+        """``envelope`` went to ``partition`` through the topic alone."""
+        self._unread.setdefault(partition, []).append((mark, envelope))
+
+    def read(self, partition: int, mark: int) -> None:
+        """``partition`` has read this worker's envelope of ``mark`` (and so all before it)."""
+        if partition in self._unread:
+            self._unread[partition] = [(m, env) for m, env in self._unread[partition] if m > mark]
+
+    def take(self, partitions: Iterable[int]) -> dict[int, list[bytes]]:
+        """The unread envelopes of ``partitions`` (about to go the short way), forgotten here."""
+        out = {}
+        for r in partitions:
+            unread = self._unread.pop(r, None)
+            if unread:
+                out[r] = [env for _, env in unread]
+        return out
+
+    def drop(self, partition: int) -> None:
+        """Forget a partition this worker no longer holds."""
+        self._unread.pop(partition, None)
+
+
 def resolve_local_peers(
     resolvers: Mapping[int, ResolvePartition],
     batches: list[ResolveBatch],
@@ -964,8 +1011,10 @@ class LocalRun:
             )
             for k in range(n)
         ]
-        #: envelopes to each resolve partition that went through the topic alone, unread
-        unread: dict[int, list[bytes]] = {r: [] for r in range(n)}
+        #: registrations and progress that went to a peer through the topic alone, unread;
+        #: the mark of each envelope the resolve stage sent a peer (by its id)
+        backlog, sends = PeerBacklog(), itertools.count()
+        marks: dict[int, int] = {}
         pos = [0] * n
         now = 0.0
         flushed = False
@@ -992,23 +1041,27 @@ class LocalRun:
                     resolve[r].append(env)
             elif stage == "r":
                 envs, resolve[p] = resolve[p][:size], resolve[p][size:]
-                taken = {id(e) for e in envs}
-                unread[p] = [e for e in unread[p] if id(e) not in taken]
+                read = [marks.pop(id(e)) for e in envs if id(e) in marks]
+                if read:
+                    backlog.read(p, max(read))
                 made = [resolvers[p].handle(envs)]
                 delivered: set[int] = set()
                 if self.local_peers:
                     more, delivered = resolve_local_peers(
-                        dict(enumerate(resolvers)), made, self.local_rounds, unread=unread
+                        dict(enumerate(resolvers)),
+                        made,
+                        self.local_rounds,
+                        unread=backlog.take(range(n)),
                     )
-                    unread = {r: [] for r in range(n)}  # all went first
                     made += more
                 for rb in made:
                     self.deadletters.extend(rb.deadletters)
                 to_clusters, to_peers = merge_resolved(made)
                 for r, env in to_peers.items():
                     resolve[r].append(env)
+                    marks[id(env)] = mark = next(sends)
                     if self.local_peers and r not in delivered:
-                        unread[r].append(env)  # through the topic alone
+                        backlog.sent(r, mark, env)  # through the topic alone
                 for k, env in to_clusters.items():
                     clusters[k].append(env)
             else:
