@@ -573,8 +573,8 @@ class Worker:
         """Read a backlog evenly in event time: pause the partitions that are ahead.
 
         aiokafka hands out one partition's fetched records before the next's,
-        so a worker catching up would read one partition minutes of event
-        time ahead of the others; the watermark follows the slowest, so
+        so a worker catching up would read one partition far ahead in event
+        time of the others; the watermark follows the slowest, so
         nothing downstream could be applied until the others caught up, and
         everything read early would wait in memory. Partitions more than
         :data:`READ_SKEW_MS` ahead of the slowest one with records unread
