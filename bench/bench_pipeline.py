@@ -45,9 +45,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -314,75 +314,19 @@ class LiveTraffic:
 
 
 def latency(broker: LocalBroker, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-
     s = fresh(broker, args.partitions)
     plants = int(args.seconds / 0.25) + 1
     rng = random.Random(99)
     banked = [hashlib.md5(rng.randbytes(16)).hexdigest() for _ in range(plants)]
     bank = work / "bank-live.csv"
     write_bank([BankEntry("bench", "md5", m) for m in banked], bank)
-    traffic = LiveTraffic(banked)
     proc = start_worker(s, bank, work / "worker-latency.log", args.lateness)
-    alerts_at: list[tuple[float, dict[str, Any]]] = []
-    plain_lat: list[tuple[float, float]] = []  # (event time, latency)
-    stop = threading.Event()
-
-    def read(topic: str, sink: Any) -> None:
-        c = KafkaConsumer(
-            bootstrap_servers=s.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
-        )
-        tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic)]
-        c.assign(tps)
-        c.seek_to_beginning(*tps)
-        while not stop.is_set():
-            for batch in c.poll(timeout_ms=100).values():
-                now = time.time()
-                for r in batch:
-                    sink(now, r.value)
-        c.close()
-
-    def on_alert(now: float, value: bytes) -> None:
-        alerts_at.append((now, orjson.loads(value)))
-
-    def on_share(now: float, value: bytes) -> None:
-        ts = orjson.loads(value)["ts"] / 1000
-        plain_lat.append((ts, now - ts))
-
-    readers = [
-        threading.Thread(target=read, args=(s.topic("alerts"), on_alert), daemon=True),
-        threading.Thread(target=read, args=(s.topic("shares"), on_share), daemon=True),
-    ]
-    for t in readers:
-        t.start()
     try:
         _wait_ready(s, proc)
-        producer = KafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=2, acks=1)
         log(f"latency: {args.rate:g} events/s for {args.seconds:g}s, lateness {args.lateness} ms")
-        start = time.monotonic()
-        sent = 0
-        next_plant = start
-        while (elapsed := time.monotonic() - start) < args.seconds:
-            due = int(elapsed * args.rate)
-            now_ms = int(time.time() * 1000)
-            while sent < due:
-                if time.monotonic() >= next_plant:
-                    line = traffic.plant(now_ms)
-                    next_plant += 0.25
-                else:
-                    line = traffic.next(now_ms)
-                producer.send(s.topic("shares"), line)
-                sent += 1
-            time.sleep(0.002)
-        producer.flush()
-        producer.close()
-        achieved = sent / (time.monotonic() - start)
-        time.sleep(max(3.0, args.lateness / 1000 + 3))
+        alerts_at, plain_lat, achieved = asyncio.run(live(s, args, LiveTraffic(banked)))
     finally:
-        stop.set()
         stop_worker(proc)
-        for t in readers:
-            t.join(timeout=5)
     timed = [(_ts_s(a), now - _ts_s(a)) for now, a in alerts_at if a["status"] == "firing"]
     lat = sorted(x for _, x in timed)
     plain_sorted = sorted(x for _, x in plain_lat)
@@ -406,6 +350,82 @@ def latency(broker: LocalBroker, args: argparse.Namespace, work: Path) -> dict[s
             "plain": [_p50_p99(plain_lat, mid, first) for first in (True, False)],
         },
     }
+
+
+async def live(
+    s: Settings, args: argparse.Namespace, traffic: LiveTraffic
+) -> tuple[list[tuple[float, dict[str, Any]]], list[tuple[float, float]], float]:
+    """Send ``args.rate`` events/s for ``args.seconds`` while reading ``alerts`` and ``shares``.
+
+    One event loop and aiokafka for all three, so that the harness takes as
+    little of the machine's two cores as it can: the pipeline and the broker
+    share them with it. (kafka-python, computing record CRCs in Python, took
+    about 70% of a core here.) The producer lingers 5 ms, Kafka 4's default,
+    so ``shares`` gets batches of a few records rather than one each.
+    Returns the alerts with the time each was read, (event time, latency) of
+    each event read by the plain consumer, and the rate achieved.
+    """
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    alerts_at: list[tuple[float, dict[str, Any]]] = []
+    plain_lat: list[tuple[float, float]] = []
+    stop = asyncio.Event()
+
+    async def read(topic: str, sink: Callable[[float, bytes], None]) -> None:
+        c = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+        )
+        await c.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
+            c.assign(tps)
+            await c.seek_to_beginning(*tps)
+            while not stop.is_set():
+                got = await c.getmany(timeout_ms=100)
+                now = time.time()
+                for records in got.values():
+                    for r in records:
+                        sink(now, r.value)
+        finally:
+            await c.stop()
+
+    def on_alert(now: float, value: bytes) -> None:
+        alerts_at.append((now, orjson.loads(value)))
+
+    def on_share(now: float, value: bytes) -> None:
+        ts = orjson.loads(value)["ts"] / 1000
+        plain_lat.append((ts, now - ts))
+
+    readers = [
+        asyncio.create_task(read(s.topic("alerts"), on_alert)),
+        asyncio.create_task(read(s.topic("shares"), on_share)),
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=5, acks=1)
+    await producer.start()
+    try:
+        start = time.monotonic()
+        sent = 0
+        next_plant = start
+        while (elapsed := time.monotonic() - start) < args.seconds:
+            due = int(elapsed * args.rate)
+            now_ms = int(time.time() * 1000)
+            while sent < due:
+                if time.monotonic() >= next_plant:
+                    line = traffic.plant(now_ms)
+                    next_plant += 0.25
+                else:
+                    line = traffic.next(now_ms)
+                await producer.send(s.topic("shares"), line)
+                sent += 1
+            await asyncio.sleep(0.002)
+        achieved = sent / (time.monotonic() - start)
+        await producer.flush()
+        await asyncio.sleep(max(3.0, args.lateness / 1000 + 3))
+    finally:
+        await producer.stop()
+        stop.set()
+        await asyncio.gather(*readers)
+    return alerts_at, plain_lat, achieved
 
 
 def _p50_p99(pairs: list[tuple[float, float]], mid: float, first: bool) -> list[float]:
