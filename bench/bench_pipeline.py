@@ -167,7 +167,12 @@ async def plain_consumer(s: Settings, n: int, group: str) -> float:
 
 
 def read_stats_until(s: Settings, total: int, timeout: float) -> list[tuple[float, int, int]]:
-    """(wall time, records read, events applied) from the worker's stats, until all applied."""
+    """(wall time, records read, events in state) from the workers' stats, until all applied.
+
+    Each row sums every worker's latest report, and counts the events in the
+    state of the partitions each holds (``applied``), so that events a worker
+    rebuilds from a changelog after a rebalance are not counted twice.
+    """
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
@@ -175,16 +180,19 @@ def read_stats_until(s: Settings, total: int, timeout: float) -> list[tuple[floa
     c.assign(tps)
     c.seek_to_beginning(*tps)
     rows: list[tuple[float, int, int]] = []
+    latest: dict[str, tuple[int, int]] = {}
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             for batch in c.poll(timeout_ms=200).values():
                 for r in batch:
                     d = orjson.loads(r.value)
-                    rows.append((d["time"], d["read"], sum(d["stats"]["events"].values())))
+                    latest[d["worker"]] = (d["read"], d["applied"])
+                    read, applied = (sum(x) for x in zip(*latest.values(), strict=True))
+                    rows.append((d["time"], read, applied))
             if rows and rows[-1][2] >= total:
                 return rows
-        raise TimeoutError(f"the worker applied {rows[-1][2] if rows else 0} of {total} events")
+        raise TimeoutError(f"the workers applied {rows[-1][2] if rows else 0} of {total} events")
     finally:
         c.close()
 
@@ -205,36 +213,56 @@ def pipeline_rates(rows: list[tuple[float, int, int]], total: int) -> tuple[floa
 
 
 def throughput(broker: LocalBroker, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Per repeat: the plain consumer, then the pipeline with each of ``--workers`` worker counts.
+
+    Every pipeline run reads a fresh copy of the same events: its own topics
+    and consumer groups, all workers started at once.
+    """
     scale = max(args.events / 30_000, 0.05)
     scenario = Scenario(seed=11, scale=scale)
     lines = list(iter_lines(scenario))[: args.events]
     bank = work / "bank.csv"
     write_bank(scenario_bank(scenario), bank)
     valid = _applied_by_replay(lines, scenario)
-    plain, e2e, steady = [], [], []
+    plain: list[float] = []
+    e2e: dict[int, list[float]] = {n: [] for n in args.workers}
+    steady: dict[int, list[float]] = {n: [] for n in args.workers}
     for i in range(args.repeats):
-        s = fresh(broker, args.partitions)
-        seconds = asyncio.run(produce_all(s, lines))
-        log(f"run {i + 1}: {len(lines):,} events written in {seconds:.1f}s")
-        plain.append(asyncio.run(plain_consumer(s, len(lines), f"plain-{uuid.uuid4().hex}")))
-        log(f"run {i + 1}: plain aiokafka consumer {plain[-1]:,.0f} events/s")
-        proc = start_worker(s, bank, work / f"worker-t{i}.log", args.throughput_lateness)
-        try:
-            rows = read_stats_until(s, valid, timeout=300)
-        finally:
-            stop_worker(proc)
-        a, b = pipeline_rates(rows, valid)
-        e2e.append(a)
-        steady.append(b)
-        log(f"run {i + 1}: pipeline {a:,.0f} events/s end to end, {b:,.0f} steady")
+        for n in args.workers:
+            s = fresh(broker, args.partitions)
+            seconds = asyncio.run(produce_all(s, lines))
+            log(f"run {i + 1}: {len(lines):,} events written in {seconds:.1f}s")
+            if n == args.workers[0]:
+                group = f"plain-{uuid.uuid4().hex}"
+                plain.append(asyncio.run(plain_consumer(s, len(lines), group)))
+                log(f"run {i + 1}: plain aiokafka consumer {plain[-1]:,.0f} events/s")
+            procs = [
+                start_worker(s, bank, work / f"worker-t{i}-{n}-{w}.log", args.throughput_lateness)
+                for w in range(n)
+            ]
+            try:
+                rows = read_stats_until(s, valid, timeout=300)
+            finally:
+                for proc in procs:
+                    stop_worker(proc)
+            a, b = pipeline_rates(rows, valid)
+            e2e[n].append(a)
+            steady[n].append(b)
+            log(f"run {i + 1}: pipeline, {n} worker(s): {a:,.0f} events/s e2e, {b:,.0f} steady")
+    ceiling = statistics.median(plain)
     return {
         "events": len(lines),
         "valid_events": valid,
-        "plain_events_per_s": statistics.median(plain),
-        "pipeline_events_per_s": statistics.median(e2e),
-        "pipeline_steady_events_per_s": statistics.median(steady),
-        "ratio": statistics.median(e2e) / statistics.median(plain),
-        "steady_ratio": statistics.median(steady) / statistics.median(plain),
+        "plain_events_per_s": ceiling,
+        "pipeline": {
+            str(n): {
+                "events_per_s": statistics.median(e2e[n]),
+                "steady_events_per_s": statistics.median(steady[n]),
+                "ratio": statistics.median(e2e[n]) / ceiling,
+                "steady_ratio": statistics.median(steady[n]) / ceiling,
+            }
+            for n in args.workers
+        },
         "repeats": args.repeats,
     }
 
@@ -482,6 +510,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--lateness", type=int, default=0, help="ms, for the latency run")
     ap.add_argument("--throughput-lateness", type=int, default=60_000)
+    ap.add_argument(
+        "--workers",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[1, 2],
+        help="worker processes for the throughput runs, comma-separated (default 1,2)",
+    )
     ap.add_argument("--skip", choices=("throughput", "latency"), default=None)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
@@ -502,14 +536,16 @@ def main() -> None:
             f"median of {t['repeats']}):"
         )
         print(f"  plain aiokafka consumer   {t['plain_events_per_s']:>10,.0f} events/s")
-        print(
-            f"  pipeline, end to end      {t['pipeline_events_per_s']:>10,.0f} events/s  "
-            f"({100 * t['ratio']:.1f}% of plain)"
-        )
-        print(
-            f"  pipeline, steady 10-90%   {t['pipeline_steady_events_per_s']:>10,.0f} events/s  "
-            f"({100 * t['steady_ratio']:.1f}% of plain)"
-        )
+        for n, r in t["pipeline"].items():
+            print(
+                f"  pipeline, {n} worker(s), end to end {r['events_per_s']:>10,.0f} events/s  "
+                f"({100 * r['ratio']:.1f}% of plain)"
+            )
+            print(
+                f"  pipeline, {n} worker(s), steady     "
+                f"{r['steady_events_per_s']:>10,.0f} events/s  "
+                f"({100 * r['steady_ratio']:.1f}% of plain)"
+            )
     if "latency" in out:
         lat = out["latency"]
         print(
