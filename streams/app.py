@@ -18,6 +18,8 @@ Tables (memory store, changelog topics are the durable copy):
 - ``resolve-log``: per resolve partition and batch, what changed (posts
   registered, reshares held and released);
 - ``cluster-log``: per clusters partition and batch, the routed events received;
+- both cut back now and then to a snapshot of what a replacement still
+  needs (:class:`streams.stages.LogLedger`, :meth:`Worker._compact`);
 - ``alerts-sent`` and ``actions-sent``: the outputs themselves. Their
   changelog topics *are* the ``alerts`` and ``actions`` topics, keyed by the
   alert's dedupe key and the action id: writing the table sends the record,
@@ -62,6 +64,7 @@ from streams.stages import (
     ClusterPartition,
     DeadLetter,
     Ingest,
+    LogLedger,
     PeerBacklog,
     ResolveBatch,
     ResolvePartition,
@@ -235,6 +238,19 @@ class _App(faust.App):
     #: correct the broker's end offsets by reading (the local broker only)
     probe_end_offsets: bool = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: clients of the worker's own (the shares reader's, the bank follower's) to
+        #: close when the app stops: Faust stops the event loop without waiting for
+        #: the tasks that hold them, and an unclosed client logs an error at exit
+        self.clients: set[Any] = set()
+
+    async def on_stop(self) -> None:
+        for client in list(self.clients):
+            with contextlib.suppress(Exception):
+                await client.stop()
+        await super().on_stop()
+
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
 
@@ -336,11 +352,14 @@ class Worker:
         self._backlog = PeerBacklog()
         self._last_send_ms = 0
         self.detectors: dict[int, ClusterPartition] = {}
+        #: the keys of each log table's partitions, and when to compact them
+        self._ledgers: dict[tuple[str, int], LogLedger] = {}
+        self.compactions = 0
         self.app = self._build()
 
     # -- construction --
 
-    def _build(self) -> faust.App:
+    def _build(self) -> _App:
         s = self.settings
         (s.data_dir / s.app_id).mkdir(parents=True, exist_ok=True)
         conf: dict[str, Any] = {}
@@ -474,6 +493,7 @@ class Worker:
             **s.security.aiokafka_config(),
         )
         await consumer.start()
+        self.app.clients.add(consumer)
         self._shares = consumer
         wait_ms = max(1, int(s.batch_wait_s * 1000))
         committed_at = time.monotonic()
@@ -499,6 +519,7 @@ class Worker:
             raise
         finally:
             self._shares = None
+            self.app.clients.discard(consumer)
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
@@ -620,6 +641,8 @@ class Worker:
             if batch.delta is not None:
                 self._log(self.resolve_log, partition, batch.delta)
             self._deadletter(batch.deadletters)
+        if self._ledger(self.resolve_log, partition).due():
+            self._compact(self.resolve_log, partition, self.resolvers[partition].snapshot)
 
     def _resolve_local_peers(
         self, stream: Any, batches: list[ResolveBatch]
@@ -657,8 +680,7 @@ class Worker:
             hold_ms=s.hold_ms,
             max_held=max(1, s.max_held // self.partitions),
         )
-        prefix = f"{partition}:".encode()
-        deltas = [v for k, v in sorted(self.resolve_log.items()) if k.startswith(prefix)]
+        deltas = self._read_log(self.resolve_log, partition)
         self.resolvers[partition] = state
         restored = state.restore(deltas)
         if deltas:
@@ -690,8 +712,7 @@ class Worker:
             pseudonymizer=self.pseudonymizer,
             idle_ms=self.settings.idle_ms,
         )
-        prefix = f"{partition}:".encode()
-        logs = [v for k, v in self.cluster_log.items() if k.startswith(prefix)]
+        logs = self._read_log(self.cluster_log, partition)
         state.restore(logs)
         self.detectors[partition] = state
         if logs:
@@ -706,6 +727,10 @@ class Worker:
         stream._set_current_event(last)  # table writes go to this partition's changelog
         if batch.log is not None:
             self._log(self.cluster_log, partition, batch.log)
+            ledger = self._ledger(self.cluster_log, partition)
+            if ledger.due():
+                logs = [self.cluster_log[k] for k in ledger.keys]
+                self._compact(self.cluster_log, partition, lambda: state.compact(logs))
         sent: list[Alert] = []
         for alert in batch.decisions.alerts:
             key = alert.dedupe_key.encode()
@@ -746,8 +771,56 @@ class Worker:
 
     def _log(self, table: Any, partition: int, entry: bytes) -> None:
         """Append a per-batch log entry (in parts, if it is large) to a log table."""
+        ledger = self._ledger(table, partition)
         for part in split_log(entry):
-            table[self._log_key(partition)] = part
+            key = self._log_key(partition)
+            table[key] = part
+            ledger.wrote(key, len(part))
+
+    def _ledger(self, table: Any, partition: int) -> LogLedger:
+        ledger = self._ledgers.get((table.name, partition))
+        if ledger is None:
+            ledger = LogLedger(self.settings.log_compact_bytes)
+            self._ledgers[(table.name, partition)] = ledger
+        return ledger
+
+    def _read_log(self, table: Any, partition: int) -> list[bytes]:
+        """A partition's log entries, oldest first, as its new owner finds them (and notes)."""
+        prefix = f"{partition}:".encode()
+        keys = sorted(k for k in table if k.startswith(prefix))
+        ledger = LogLedger(self.settings.log_compact_bytes)
+        self._ledgers[(table.name, partition)] = ledger
+        entries = []
+        for key in keys:
+            entry = table[key]
+            ledger.wrote(key, len(entry))
+            entries.append(entry)
+        return entries
+
+    def _compact(self, table: Any, partition: int, snapshot: Callable[[], bytes]) -> None:
+        """Cut a partition's log back to a snapshot (see :class:`LogLedger`).
+
+        The snapshot is written before the old keys are deleted, in one
+        changelog partition, in order: a crash in between leaves both, and
+        restoring both gives the same state (folding is idempotent).
+        """
+        ledger = self._ledger(table, partition)
+        old = ledger.start()
+        started = time.monotonic()
+        self._log(table, partition, snapshot())
+        ledger.done()
+        for key in old:
+            table.pop(key, None)
+        self.compactions += 1
+        log.info(
+            "%s partition %d compacted: %d entries -> %d (%d bytes) in %.3f s",
+            table.name,
+            partition,
+            len(old),
+            len(ledger.keys),
+            ledger.kept,
+            time.monotonic() - started,
+        )
 
     def _deadletter(self, letters: Iterable[DeadLetter]) -> None:
         for letter in letters:
@@ -767,6 +840,10 @@ class Worker:
                 self._backlog.drop(tp.partition)
             elif tp.topic == self.settings.topic("clusters"):
                 self.detectors.pop(tp.partition, None)
+            else:
+                continue
+            for table in (self.resolve_log, self.cluster_log):
+                self._ledgers.pop((table.name, tp.partition), None)
 
     async def _follow_bank(self) -> None:
         """Apply every bank update, from the start of the ``bank`` topic, as it comes.
@@ -785,6 +862,7 @@ class Worker:
             **s.security.aiokafka_config(),
         )
         await consumer.start()
+        self.app.clients.add(consumer)
         try:
             parts = consumer.partitions_for_topic(topic)
             while not parts:
@@ -800,6 +878,7 @@ class Worker:
                     for rec in records:
                         self._bank_record(tp.partition, rec.offset, rec.key, rec.value)
         finally:
+            self.app.clients.discard(consumer)
             await consumer.stop()
 
     def _bank_record(
@@ -846,6 +925,7 @@ class Worker:
             "alerts": self.alerts_sent,
             "actions": self.actions_sent,
             "deadletters": self.deadlettered,
+            "compactions": self.compactions,
             "watermarks": {str(k): d.watermark.value for k, d in sorted(self.detectors.items())},
             "partitions": {
                 "shares": sorted(self.ingest.clock.assigned),

@@ -59,5 +59,9 @@ class ReorderBuffer(Generic[T]):
         self._heap.clear()
         return out
 
+    def keys(self) -> set[str]:
+        """The keys of the items waiting."""
+        return {entry[1] for entry in self._heap}
+
     def __len__(self) -> int:
         return len(self._heap)

@@ -161,6 +161,9 @@ class Settings:
     max_held: int = 100_000
     #: A cluster with no event for this long (event time) is evicted from memory.
     idle_ms: int = 3_600_000
+    #: A partition's log table is cut back to a snapshot once this many bytes (and at
+    #: least as many as the last snapshot kept) were written to it since the last cut.
+    log_compact_bytes: int = 16 * 1024 * 1024
     #: An input partition silent for this long (wall clock) stops holding event time back;
     #: when every partition is silent, everything held is applied.
     partition_idle_s: float = 2.0
@@ -190,7 +193,7 @@ class Settings:
             from streams.broker import parse_bootstrap
 
             parse_bootstrap(self.broker)  # raises ValueError with the reason
-        for name in ("partitions", "replicas", "batch_size", "max_held"):
+        for name in ("partitions", "replicas", "batch_size", "max_held", "log_compact_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("lateness_ms", "hold_ms", "idle_ms"):
@@ -360,6 +363,7 @@ _ENV: Final[dict[str, tuple[str, Any]]] = {
     "VIRALWATCH_ORPHAN_HOLD": ("hold_ms", parse_duration),
     "VIRALWATCH_MAX_HELD": ("max_held", _int),
     "VIRALWATCH_IDLE_EVICT": ("idle_ms", parse_duration),
+    "VIRALWATCH_LOG_COMPACT_BYTES": ("log_compact_bytes", _int),
     "VIRALWATCH_PARTITION_IDLE": ("partition_idle_s", _seconds),
     "VIRALWATCH_BATCH_SIZE": ("batch_size", _int),
     "VIRALWATCH_BATCH_WAIT": ("batch_wait_s", _seconds),

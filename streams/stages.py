@@ -248,6 +248,58 @@ def split_log(raw: bytes, limit: int = MAX_RECORD_BYTES) -> list[bytes]:
     return out
 
 
+class LogLedger:
+    """The keys of one partition's log table, and when to cut the log back to a snapshot.
+
+    The stages' logs are append-only (a delta per batch); left alone, a
+    replacement worker's rebuild would grow with all traffic ever seen. So
+    once the bytes written since the last compaction reach what that
+    compaction kept (and at least ``min_bytes``), the owner writes a
+    snapshot of what it still needs and deletes every older key: the log
+    stays within about twice the live state (or ``min_bytes``), and each
+    byte is rewritten a bounded number of times on average.
+
+    >>> ledger = LogLedger(min_bytes=100)
+    >>> ledger.wrote(b"0:1", 60); ledger.due()
+    False
+    >>> ledger.wrote(b"0:2", 60); ledger.due()
+    True
+    >>> old = ledger.start()           # then write the snapshot's parts
+    >>> ledger.wrote(b"0:3", 150); ledger.done(); old
+    [b'0:1', b'0:2']
+    >>> ledger.keys, ledger.due()
+    ([b'0:3'], False)
+    >>> ledger.wrote(b"0:4", 149); ledger.due(), ledger.wrote(b"0:5", 1), ledger.due()
+    (False, None, True)
+    """
+
+    __slots__ = ("kept", "keys", "min_bytes", "written")
+
+    def __init__(self, min_bytes: int) -> None:
+        self.min_bytes = min_bytes
+        #: every key of this partition's log, oldest first
+        self.keys: list[bytes] = []
+        #: bytes written since the last compaction, and bytes that compaction kept
+        self.written = 0
+        self.kept = 0
+
+    def wrote(self, key: bytes, size: int) -> None:
+        self.keys.append(key)
+        self.written += size
+
+    def due(self) -> bool:
+        return self.written >= max(self.min_bytes, self.kept)
+
+    def start(self) -> list[bytes]:
+        """Begin a compaction: returns the keys to delete once the snapshot is written."""
+        old, self.keys, self.written = self.keys, [], 0
+        return old
+
+    def done(self) -> None:
+        """The snapshot is written: it is what the log keeps."""
+        self.kept, self.written = self.written, 0
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """Where an input record was read: a dead-letter names it so it can be found again."""
@@ -700,6 +752,22 @@ class ResolvePartition:
         items = [["e", ev, None, None] for ev in sorted(held.values(), key=_ts_then_id)]
         return self.handle([Envelope(items).pack()] if items else [])
 
+    def snapshot(self) -> bytes:
+        """This partition's whole persisted state as one resolve-log entry.
+
+        Folded alone (:meth:`restore`), it gives what folding every delta
+        written so far gives, so the log can be cut back to it (see
+        :class:`LogLedger`). Posts forgotten with their evicted clusters are
+        not in it, and neither are reshares no longer held.
+
+        >>> r = ResolvePartition(0, partitions=1, sources=1, banks=HashBanks(), stats=Stats(),
+        ...                      lateness_ms=0, hold_ms=60_000, max_held=10)
+        >>> b = r.handle([Envelope([["r", "p1", "b-1"], ["r", "p2", "b-1"], ["f", "p1"]]).pack()])
+        >>> orjson.loads(r.snapshot())
+        {'p': {'p2': 'b-1'}, 'h+': []}
+        """
+        return orjson.dumps({"p": self.posts.own, "h+": list(self._held.values())})
+
     # -- processing --
 
     def handle(self, envelopes: Iterable[bytes | None]) -> ResolveBatch:
@@ -891,6 +959,28 @@ class ClusterPartition:
         for raw in logs:
             for item in orjson.loads(raw):
                 self._push(item)
+
+    def compact(self, logs: Iterable[bytes]) -> bytes:
+        """What of this partition's log entries a replacement still needs, as one entry.
+
+        The events applied to a cluster still in memory, and those not applied
+        yet; each once. The events of evicted clusters are left out: folded
+        back, they would only be evicted again (event time has passed them
+        by more than ``idle_ms``), and a cluster id used again after an
+        eviction starts afresh, here as in the live detector. So restoring
+        the compacted entry gives the clusters this partition holds, and the
+        log stops growing with all traffic ever seen.
+        """
+        pending = self.buffer.keys()
+        clusters = self.detector.clusters
+        kept: dict[str, list[Any]] = {}
+        for raw in logs:
+            for item in orjson.loads(raw):
+                eid = item[1]["event_id"]
+                st = clusters.get(item[2])
+                if eid in pending or (st is not None and eid in st.event_ids):
+                    kept.setdefault(eid, item)
+        return orjson.dumps(list(kept.values()))
 
     def _push(self, item: list[Any]) -> None:
         ev = event_from_wire(item[1])

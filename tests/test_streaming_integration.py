@@ -41,6 +41,9 @@ from streams.stages import BankUpdate
 pytestmark = pytest.mark.integration
 __all__ = ["broker"]  # the module-scoped fixture, imported for pytest
 
+#: A log size after which the workers of some tests compact their logs: a few times a run.
+COMPACT_OFTEN = 4096
+
 #: The acceptance traffic with every event inside the allowed lateness, plus orphans,
 #: a cycle, redeliveries and one malformed line of each kind.
 IN_TIME = dict(
@@ -221,6 +224,8 @@ def test_a_killed_worker_is_replaced_without_losing_or_repeating_an_alert(
     lines, bank, bank_path = scenario_files(tmp_path, background_per_minute=120.0)
     expected = Expected(lines, bank)
     s = setup(broker, tmp_path, bank_path)
+    # logs cut back to snapshots every few KiB: the replacement restores from them
+    s = s.with_(log_compact_bytes=COMPACT_OFTEN)
     first = WorkerProcess(worker_env(s), tmp_path / "first.log")
     second = WorkerProcess(worker_env(s), tmp_path / "second.log")
     half = len(lines) // 2
@@ -248,6 +253,7 @@ def test_a_killed_worker_is_replaced_without_losing_or_repeating_an_alert(
     with workers(second):
         alerts, actions = wait_done(broker, s, expected, (second,), timeout=120)
     assert "restored" in second.log_tail(400)
+    assert "compacted" in first.log_path.read_text() and "compacted" in second.log_tail(400)
     assert_exactly_once(alerts, expected.alerts, "alerts")
     assert_exactly_once(actions, expected.actions, "takedown requests")
 

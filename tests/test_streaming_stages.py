@@ -311,6 +311,29 @@ def test_resolve_restore_rebuilds_posts_and_held_reshares() -> None:
     assert item[2] == cluster()
 
 
+def test_a_resolve_snapshot_restores_what_every_delta_before_it_restores() -> None:
+    first = resolver(0)
+    up_post, gone = post_in(0), post_in(0, prefix="g")
+    deltas = []
+    for env in (
+        Envelope([["e", ev("u", "upload", T0, up_post), 0, 0]], {0: (T0, False)}),
+        Envelope([["e", ev("g", "upload", T0 + 1, gone), 0, 1]]),
+        Envelope([["e", ev("w", "share", T0 + 3, "w1", post_in(0, prefix="q")), 0, 2]]),
+        Envelope([["f", gone], ["e", ev("s", "share", T0 + 4, "s1", up_post), 0, 3]]),
+    ):
+        b = first.handle([env.pack()])
+        if b.delta:
+            deltas.append(b.delta)
+    from_deltas, from_snapshot, both = resolver(0), resolver(0), resolver(0)
+    from_deltas.restore(deltas)
+    from_snapshot.restore([first.snapshot()])
+    both.restore([*deltas, first.snapshot()])  # a crash before the old deltas were deleted
+    for again in (from_deltas, from_snapshot, both):
+        assert again.posts.own == first.posts.own and gone not in again.posts.own
+        assert again.held == first.held == 1
+    assert len(first.snapshot()) < sum(len(d) for d in deltas)
+
+
 def test_register_releases_exactly_what_waited() -> None:
     r = resolver(0, parts=1)
     r.handle(
@@ -391,6 +414,52 @@ def test_cluster_restore_gives_the_same_decisions() -> None:
     again.restore(logs)
     b = again.handle([routed_env([], progress=events[-1]["ts"])])
     assert [a.to_json() for a in b.decisions.alerts] == out and out
+
+
+def test_a_compacted_cluster_log_restores_the_clusters_still_held() -> None:
+    """The log keeps the events of clusters in memory and those not applied yet, once each."""
+    hour = 3_600_000
+
+    def items(events: list[Event], cluster_id: str) -> list[list[Any]]:
+        return [["e", e, cluster_id, None] for e in events]
+
+    old = burst(30)  # crosses the rule at T0, then idle: evicted an hour later
+    new = burst(30, start=T0 + 2 * hour)
+    for e in new:
+        e["event_id"] += "-new"
+    waiting = ev("later", "share", T0 + 3 * hour, "x9", "root")
+    live = cluster_partition()
+    logs: list[bytes] = []
+    out: list[bytes] = []
+    for chunk, progress in (
+        (items(old, "b-old"), T0 + 40_000),
+        (items(old[:5], "b-old"), T0 + 40_000),  # redelivered
+        (items(new[:20], "b-new"), T0 + 2 * hour + 20_000),
+        (items([waiting], "b-new"), T0 + 2 * hour + 20_000),  # ahead of the watermark
+    ):
+        b = live.handle([Envelope(chunk, progress={0: progress}).pack()])
+        out += [a.to_json() for a in b.decisions.alerts]
+        if b.log:
+            logs.append(b.log)
+    assert "b-old" not in live.detector.clusters and live.pending == 1
+    kept = orjson.loads(live.compact(logs))
+    assert sorted(i[1]["event_id"] for i in kept) == sorted(
+        [e["event_id"] for e in new[:20]] + ["later"]
+    )
+    rest = Envelope(items(new[20:], "b-new"), progress={0: T0 + 3 * hour}).pack()
+    expected = live.handle([rest])
+    for log_entries in (logs, [live.compact(logs)], [*logs, live.compact(logs)]):
+        again = cluster_partition()
+        again.restore(log_entries)
+        again.handle([Envelope([], progress={0: T0 + 2 * hour + 20_000}).pack()])
+        b = again.handle([rest])
+        assert [a.to_json() for a in b.decisions.alerts] == [
+            a.to_json() for a in expected.decisions.alerts
+        ]
+        assert again.detector.clusters.keys() == live.detector.clusters.keys() == {"b-new"}
+        st, live_st = again.detector.clusters["b-new"], live.detector.clusters["b-new"]
+        assert st.event_ids == live_st.event_ids and st.fired == live_st.fired
+    assert out and expected.decisions.alerts
 
 
 # -- the whole topology against replay ------------------------------------------------------
