@@ -65,10 +65,10 @@ from streams.stages import (
     DeadLetter,
     Ingest,
     LogLedger,
-    PeerBacklog,
     ResolveBatch,
     ResolvePartition,
     Source,
+    UnreadSends,
     merge_resolved,
     resolve_local_peers,
     split_envelope,
@@ -167,7 +167,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         neither.
         """
         ends = dict(await super()._highwaters(partitions))
-        if getattr(self.app, "probe_end_offsets", False):
+        if getattr(self.app, "probe_end_offsets", False) and any(ends.values()):
             reader = self._create_client_consumer(self.transport)  # type: ignore[arg-type]
             reader._fetch_max_wait_ms = LOCAL_FETCH_WAIT_MS
             ends = await read_true_ends(reader, ends)
@@ -237,19 +237,6 @@ class _App(faust.App):
 
     #: correct the broker's end offsets by reading (the local broker only)
     probe_end_offsets: bool = False
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        #: clients of the worker's own (the shares reader's, the bank follower's) to
-        #: close when the app stops: Faust stops the event loop without waiting for
-        #: the tasks that hold them, and an unclosed client logs an error at exit
-        self.clients: set[Any] = set()
-
-    async def on_stop(self) -> None:
-        for client in list(self.clients):
-            with contextlib.suppress(Exception):
-                await client.stop()
-        await super().on_stop()
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
@@ -349,9 +336,17 @@ class Worker:
         #: through Kafka alone not read yet, marked by timestamp in ms (see
         #: :meth:`_resolve_local_peers`)
         self._peer_key = f"peer:{self.worker_id}".encode()
-        self._backlog = PeerBacklog()
+        self._backlog = UnreadSends()
         self._last_send_ms = 0
         self.detectors: dict[int, ClusterPartition] = {}
+        #: clusters partitions this worker holds, the last input event of each (its
+        #: table writes go with it), and the envelopes this worker sent them through
+        #: Kafka alone not read yet (see :meth:`_to_clusters`)
+        self._held_clusters: set[int] = set()
+        self._last_detect_event: dict[int, Any] = {}
+        self._sent_key = f"sent:{self.worker_id}".encode()
+        self._unread_clusters = UnreadSends()
+        self.handed_over = 0
         #: the keys of each log table's partitions, and when to compact them
         self._ledgers: dict[tuple[str, int], LogLedger] = {}
         self.compactions = 0
@@ -421,19 +416,28 @@ class Worker:
                     batches += self._resolve(stream, events_of_partition)
                 made, delivered = self._resolve_local_peers(stream, batches)
                 to_clusters, to_peers = merge_resolved(batches + made)
-                for k, envelope in to_clusters.items():
-                    self._send(self.t_clusters, envelope, k)
                 for r, envelope in to_peers.items():
                     stamp = self._send(self.t_resolve, envelope, r, key=self._peer_key)
                     if r not in delivered and r in self.resolvers:  # through Kafka alone
                         self._backlog.sent(r, stamp, envelope)
+                self._to_clusters(stream, to_clusters)
 
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
         async def detect(stream: Any) -> None:
             async for events in stream.take_events(*take):
                 self._delay("detect", (e.message.timestamp for e in events))
                 for events_of_partition in _by_partition(events):
-                    self._detect(stream, events_of_partition)
+                    last = events_of_partition[-1]
+                    k = last.message.partition
+                    self._last_detect_event[k] = last
+                    own = [
+                        e.message.timestamp
+                        for e in events_of_partition
+                        if e.message.key == self._sent_key
+                    ]
+                    if own:  # what it has read needs no short way
+                        self._unread_clusters.read(k, round(max(own) * 1000))
+                    self._detect(stream, k, last, [e.message.value for e in events_of_partition])
 
         @app.timer(HEARTBEAT_S)  # type: ignore[untyped-decorator]
         async def heartbeat() -> None:
@@ -461,6 +465,8 @@ class Worker:
         @app.on_partitions_assigned.connect  # type: ignore[arg-type]
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
             self._local_peers_from = time.monotonic() + LOCAL_PEER_GRACE_S
+            clusters = self.settings.topic("clusters")
+            self._held_clusters |= {tp.partition for tp in assigned if tp.topic == clusters}
 
         return app
 
@@ -493,7 +499,6 @@ class Worker:
             **s.security.aiokafka_config(),
         )
         await consumer.start()
-        self.app.clients.add(consumer)
         self._shares = consumer
         wait_ms = max(1, int(s.batch_wait_s * 1000))
         committed_at = time.monotonic()
@@ -519,7 +524,6 @@ class Worker:
             raise
         finally:
             self._shares = None
-            self.app.clients.discard(consumer)
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
@@ -719,12 +723,37 @@ class Worker:
             log.info("clusters partition %d restored: %d events", partition, state.pending)
         return state
 
-    def _detect(self, stream: Any, events: list[Any]) -> None:
-        last = events[-1]
-        partition = last.message.partition
+    def _to_clusters(self, stream: Any, envelopes: dict[int, bytes]) -> None:
+        """Envelopes on to the clusters partitions; those this worker holds get them in-process.
+
+        Through Kafka that is one more hop on the way to every alert. An
+        envelope for a clusters partition this worker holds, and has read
+        from since it was assigned, is handled at once instead (its events are
+        logged in the cluster log as any are, so nothing is lost if this
+        worker dies; no Kafka copy is sent). What this worker sent that
+        partition through Kafka alone and it has not read yet goes first, so
+        the short way never overtakes the long one; for
+        :data:`LOCAL_PEER_GRACE_S` after an assignment everything goes through
+        Kafka, so that what a previous owner sent comes first.
+        """
+        short = time.monotonic() >= self._local_peers_from
+        for k, envelope in envelopes.items():
+            event = self._last_detect_event.get(k)
+            if short and event is not None and k in self.detectors:
+                unread = self._unread_clusters.take([k]).get(k, [])
+                self.handed_over += 1
+                self._detect(stream, k, event, [*unread, envelope])
+            else:
+                stamp = self._send(self.t_clusters, envelope, k, key=self._sent_key)
+                if k in self._held_clusters:
+                    self._unread_clusters.sent(k, stamp, envelope)
+
+    def _detect(self, stream: Any, partition: int, event: Any, envelopes: list[bytes]) -> None:
+        """Stage 2 for one partition: ``event`` is one of its input events (its table writes
+        go to that partition's changelog)."""
         state = self._detector(partition)
-        batch = state.handle([e.message.value for e in events])
-        stream._set_current_event(last)  # table writes go to this partition's changelog
+        batch = state.handle(envelopes)
+        stream._set_current_event(event)
         if batch.log is not None:
             self._log(self.cluster_log, partition, batch.log)
             ledger = self._ledger(self.cluster_log, partition)
@@ -840,6 +869,9 @@ class Worker:
                 self._backlog.drop(tp.partition)
             elif tp.topic == self.settings.topic("clusters"):
                 self.detectors.pop(tp.partition, None)
+                self._held_clusters.discard(tp.partition)
+                self._last_detect_event.pop(tp.partition, None)
+                self._unread_clusters.drop(tp.partition)
             else:
                 continue
             for table in (self.resolve_log, self.cluster_log):
@@ -862,7 +894,6 @@ class Worker:
             **s.security.aiokafka_config(),
         )
         await consumer.start()
-        self.app.clients.add(consumer)
         try:
             parts = consumer.partitions_for_topic(topic)
             while not parts:
@@ -878,7 +909,6 @@ class Worker:
                     for rec in records:
                         self._bank_record(tp.partition, rec.offset, rec.key, rec.value)
         finally:
-            self.app.clients.discard(consumer)
             await consumer.stop()
 
     def _bank_record(
@@ -926,6 +956,7 @@ class Worker:
             "actions": self.actions_sent,
             "deadletters": self.deadlettered,
             "compactions": self.compactions,
+            "handed_over": self.handed_over,
             "watermarks": {str(k): d.watermark.value for k, d in sorted(self.detectors.items())},
             "partitions": {
                 "shares": sorted(self.ingest.clock.assigned),

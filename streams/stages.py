@@ -593,16 +593,17 @@ def merge_resolved(batches: list[ResolveBatch]) -> tuple[dict[int, bytes], dict[
     return to_clusters, to_peers
 
 
-class PeerBacklog:
-    """Envelopes a worker sent its own peer resolve partitions through the topic alone,
-    not read there yet: the next time the short way is taken they go first
-    (:func:`resolve_local_peers`), so that it never overtakes the long one.
+class UnreadSends:
+    """Envelopes a worker sent through a topic alone to partitions it holds itself,
+    not read there yet: the next time the short way (in-process) is taken they
+    go first (:func:`resolve_local_peers`, the worker's clusters hand-over), so
+    that it never overtakes the long one.
 
     Each send has a mark that increases from one send to the next (a
     timestamp, a counter). A partition is read in order, so once it has read
     one of this worker's envelopes, every earlier one sent to it is read too.
 
-    >>> b = PeerBacklog()
+    >>> b = UnreadSends()
     >>> b.sent(1, 10, b"a"); b.sent(1, 11, b"b"); b.sent(2, 12, b"c")
     >>> b.read(1, 10)
     >>> b.take([1, 2])
@@ -1059,6 +1060,10 @@ class LocalRun:
     #: many rounds of answers (what is left goes through the topic alone)
     local_peers: bool = False
     local_rounds: int = 4
+    #: resolve partitions hand envelopes to the clusters partitions at once (as a
+    #: worker does with those it holds), half of the time at random (the other half
+    #: through the topic alone, as during the grace after an assignment)
+    local_clusters: bool = False
     stats: Stats = field(default_factory=Stats)
     alerts: dict[str, bytes] = field(default_factory=dict)
     actions: dict[str, bytes] = field(default_factory=dict)
@@ -1103,8 +1108,18 @@ class LocalRun:
         ]
         #: registrations and progress that went to a peer through the topic alone, unread;
         #: the mark of each envelope the resolve stage sent a peer (by its id)
-        backlog, sends = PeerBacklog(), itertools.count()
+        backlog, unread_clusters, sends = UnreadSends(), UnreadSends(), itertools.count()
         marks: dict[int, int] = {}
+
+        def detect(k: int, envs: list[bytes]) -> None:
+            read = [marks.pop(id(e)) for e in envs if id(e) in marks]
+            if read:
+                unread_clusters.read(k, max(read))
+            cb = detectors[k].handle(envs)
+            self._collect(cb)
+            for r, env in cb.forget.items():
+                resolve[r].append(env)
+
         pos = [0] * n
         now = 0.0
         flushed = False
@@ -1153,13 +1168,16 @@ class LocalRun:
                     if self.local_peers and r not in delivered:
                         backlog.sent(r, mark, env)  # through the topic alone
                 for k, env in to_clusters.items():
+                    if self.local_clusters and rng.random() < 0.5:  # no copy through the topic
+                        detect(k, [*unread_clusters.take([k]).get(k, []), env])
+                        continue
                     clusters[k].append(env)
+                    marks[id(env)] = mark = next(sends)
+                    if self.local_clusters:
+                        unread_clusters.sent(k, mark, env)
             else:
                 envs, clusters[p] = clusters[p][:size], clusters[p][size:]
-                cb = detectors[p].handle(envs)
-                self._collect(cb)
-                for r, env in cb.forget.items():
-                    resolve[r].append(env)
+                detect(p, envs)
         return self
 
     def _collect(self, cb: ClusterBatch) -> None:

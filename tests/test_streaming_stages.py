@@ -545,6 +545,26 @@ def test_registrations_handed_straight_to_peers_give_the_replay_alerts(
     assert quick == slow  # everything else is counted the same
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_envelopes_handed_straight_to_clusters_partitions_give_the_replay_alerts(
+    seed: int,
+) -> None:
+    """A worker hands resolve's envelopes to the clusters partitions it holds in-process,
+    but through the topic alone during the grace after an assignment: what went that
+    way and is unread is handed over first, or a partition would learn a source's
+    progress before events sent before it (with no allowed lateness, they would then
+    come late and change what is applied when)."""
+    sim = simulate(Scenario(seed=7, **IN_TIME))  # type: ignore[arg-type]
+    expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
+    policy, pseudonyms = AlertPolicy.default(), Pseudonymizer(DEV_PSEUDONYM_KEY)
+    short = LocalRun(
+        bank_of(sim.bank), policy, pseudonyms, seed=seed, lateness_ms=0, local_clusters=True
+    )
+    short.run(sim.lines)
+    assert expected and sorted(short.alerts.values()) == expected
+    assert short.stats.late == 0
+
+
 def test_with_late_events_the_same_alerts_fire() -> None:
     """Replay applies an event later than the lateness at once, out of order; the stream,
     whose watermark follows the slowest partition, may still apply it in order. The same
