@@ -332,19 +332,22 @@ class Worker:
         self._last_resolve_event: dict[int, Any] = {}
         #: when registrations may go straight to local peers again (after a rebalance)
         self._local_peers_from = 0.0
-        #: the key of envelopes this worker sends to peer partitions, and those sent
-        #: through Kafka alone not read yet, marked by timestamp in ms (see
+        #: the key of the envelopes this worker sends its own stages, and what it sent
+        #: the resolve partitions it holds through Kafka alone that they have not read
+        #: yet, marked by timestamp in ms (see :meth:`_to_resolve`,
         #: :meth:`_resolve_local_peers`)
-        self._peer_key = f"peer:{self.worker_id}".encode()
-        self._backlog = UnreadSends()
+        self._own_key = f"from:{self.worker_id}".encode()
+        self._unread_resolve = UnreadSends()
         self._last_send_ms = 0
         self.detectors: dict[int, ClusterPartition] = {}
         #: clusters partitions this worker holds, the last input event of each (its
         #: table writes go with it), and the envelopes this worker sent them through
         #: Kafka alone not read yet (see :meth:`_to_clusters`)
         self._held_clusters: set[int] = set()
+        #: resolve partitions this worker holds (see :meth:`_to_resolve`)
+        self._held_resolve: set[int] = set()
+        self._resolve_stream: Any = None
         self._last_detect_event: dict[int, Any] = {}
-        self._sent_key = f"sent:{self.worker_id}".encode()
         self._unread_clusters = UnreadSends()
         self.handed_over = 0
         #: the keys of each log table's partitions, and when to compact them
@@ -409,18 +412,23 @@ class Worker:
 
         @app.agent(self.t_resolve, name="resolve", supervisor_strategy=crash)
         async def resolve(stream: Any) -> None:
+            self._resolve_stream = stream
             async for events in stream.take_events(*take):
                 self._delay("resolve", (e.message.timestamp for e in events))
-                batches: list[ResolveBatch] = []
+                received: dict[int, list[bytes]] = {}
                 for events_of_partition in _by_partition(events):
-                    batches += self._resolve(stream, events_of_partition)
-                made, delivered = self._resolve_local_peers(stream, batches)
-                to_clusters, to_peers = merge_resolved(batches + made)
-                for r, envelope in to_peers.items():
-                    stamp = self._send(self.t_resolve, envelope, r, key=self._peer_key)
-                    if r not in delivered and r in self.resolvers:  # through Kafka alone
-                        self._backlog.sent(r, stamp, envelope)
-                self._to_clusters(stream, to_clusters)
+                    last = events_of_partition[-1]
+                    r = last.message.partition
+                    self._last_resolve_event[r] = last
+                    own = [
+                        e.message.timestamp
+                        for e in events_of_partition
+                        if e.message.key == self._own_key
+                    ]
+                    if own:  # what it has read needs no short way
+                        self._unread_resolve.read(r, round(max(own) * 1000))
+                    received[r] = [e.message.value for e in events_of_partition]
+                self._resolve_all(stream, received)
 
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
         async def detect(stream: Any) -> None:
@@ -433,7 +441,7 @@ class Worker:
                     own = [
                         e.message.timestamp
                         for e in events_of_partition
-                        if e.message.key == self._sent_key
+                        if e.message.key == self._own_key
                     ]
                     if own:  # what it has read needs no short way
                         self._unread_clusters.read(k, round(max(own) * 1000))
@@ -465,8 +473,9 @@ class Worker:
         @app.on_partitions_assigned.connect  # type: ignore[arg-type]
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
             self._local_peers_from = time.monotonic() + LOCAL_PEER_GRACE_S
-            clusters = self.settings.topic("clusters")
+            clusters, resolve = self.settings.topic("clusters"), self.settings.topic("resolve")
             self._held_clusters |= {tp.partition for tp in assigned if tp.topic == clusters}
+            self._held_resolve |= {tp.partition for tp in assigned if tp.topic == resolve}
 
         return app
 
@@ -555,23 +564,21 @@ class Worker:
         now = time.monotonic()
         self._touch_backlogged(now)
         batch = self.ingest.handle(((p, o, v) for p, o, v, _ in records), now)
-        for r, envelope in batch.envelopes.items():
-            self._send(self.t_resolve, envelope, r)
         self._deadletter(batch.deadletters)
+        self._to_resolve(batch.envelopes)
 
     def _heartbeat(self) -> None:
         consumer = self._shares
         if consumer is None:
             return
-        with contextlib.suppress(Exception):
+        now = time.monotonic()
+        with contextlib.suppress(Exception):  # the consumer's assignment: best effort
             owned = {tp.partition for tp in consumer.assignment()}
             for p in set(self._next_offsets) - owned:  # revoked: its next owner goes on
                 del self._next_offsets[p]
-            now = time.monotonic()
             self.ingest.clock.assign(owned, now)
             self._touch_backlogged(now)
-            for r, envelope in self.ingest.heartbeat(now).items():
-                self._send(self.t_resolve, envelope, r)
+        self._to_resolve(self.ingest.heartbeat(now))
 
     def _touch_backlogged(self, now: float) -> None:
         """A shares partition with records not read yet is busy, not idle.
@@ -622,20 +629,44 @@ class Worker:
 
     # -- stage 1b --
 
-    def _resolve(self, stream: Any, events: list[Any]) -> list[ResolveBatch]:
+    def _to_resolve(self, envelopes: dict[int, bytes]) -> None:
+        """Ingest's envelopes on to the resolve partitions; those this worker holds get them
+        in-process (as :meth:`_to_clusters` does for the next hop, by the same rules)."""
+        stream = self._resolve_stream
+        short = stream is not None and time.monotonic() >= self._local_peers_from
+        local: dict[int, list[bytes]] = {}
+        for r, envelope in envelopes.items():
+            if short and r in self.resolvers and r in self._last_resolve_event:
+                local[r] = [*self._unread_resolve.take([r]).get(r, []), envelope]
+            else:
+                stamp = self._send(self.t_resolve, envelope, r, key=self._own_key)
+                if r in self._held_resolve:
+                    self._unread_resolve.sent(r, stamp, envelope)
+        if local:
+            self.handed_over += len(local)
+            self._resolve_all(stream, local)
+
+    def _resolve_all(self, stream: Any, received: dict[int, list[bytes]]) -> None:
+        """Stage 1b for what each partition received; then on to peers and clusters."""
+        batches: list[ResolveBatch] = []
+        for r, envelopes in received.items():
+            batches += self._resolve(stream, r, envelopes)
+        made, delivered = self._resolve_local_peers(stream, batches)
+        to_clusters, to_peers = merge_resolved(batches + made)
+        for r, envelope in to_peers.items():
+            stamp = self._send(self.t_resolve, envelope, r, key=self._own_key)
+            if r not in delivered and r in self._held_resolve:  # through Kafka alone
+                self._unread_resolve.sent(r, stamp, envelope)
+        self._to_clusters(stream, to_clusters)
+
+    def _resolve(self, stream: Any, partition: int, envelopes: list[bytes]) -> list[ResolveBatch]:
         """One partition's share of a batch; its changes are written to the resolve log."""
-        last = events[-1]
-        partition = last.message.partition
-        self._last_resolve_event[partition] = last
-        own = [e.message.timestamp for e in events if e.message.key == self._peer_key]
-        if own:  # what it has read needs no short way
-            self._backlog.read(partition, round(max(own) * 1000))
         out = []
         state = self.resolvers.get(partition)
         if state is None:
             state, restored = self._restore_resolver(partition)
             out.append(restored)
-        out.append(state.handle([e.message.value for e in events]))
+        out.append(state.handle(envelopes))
         self._resolved(stream, partition, out)
         return out
 
@@ -669,7 +700,7 @@ class Worker:
             batches,
             LOCAL_PEER_ROUNDS,
             on_batch=lambda r, batch: self._resolved(stream, r, [batch]),
-            unread=self._backlog.take(self.resolvers),
+            unread=self._unread_resolve.take(self.resolvers),
         )
 
     def _restore_resolver(self, partition: int) -> tuple[ResolvePartition, ResolveBatch]:
@@ -744,7 +775,7 @@ class Worker:
                 self.handed_over += 1
                 self._detect(stream, k, event, [*unread, envelope])
             else:
-                stamp = self._send(self.t_clusters, envelope, k, key=self._sent_key)
+                stamp = self._send(self.t_clusters, envelope, k, key=self._own_key)
                 if k in self._held_clusters:
                     self._unread_clusters.sent(k, stamp, envelope)
 
@@ -866,7 +897,8 @@ class Worker:
             if tp.topic == self.settings.topic("resolve"):
                 self.resolvers.pop(tp.partition, None)
                 self._last_resolve_event.pop(tp.partition, None)
-                self._backlog.drop(tp.partition)
+                self._unread_resolve.drop(tp.partition)
+                self._held_resolve.discard(tp.partition)
             elif tp.topic == self.settings.topic("clusters"):
                 self.detectors.pop(tp.partition, None)
                 self._held_clusters.discard(tp.partition)

@@ -1064,6 +1064,8 @@ class LocalRun:
     #: worker does with those it holds), half of the time at random (the other half
     #: through the topic alone, as during the grace after an assignment)
     local_clusters: bool = False
+    #: the same for ingest's envelopes to the resolve partitions
+    local_resolve: bool = False
     stats: Stats = field(default_factory=Stats)
     alerts: dict[str, bytes] = field(default_factory=dict)
     actions: dict[str, bytes] = field(default_factory=dict)
@@ -1108,8 +1110,41 @@ class LocalRun:
         ]
         #: registrations and progress that went to a peer through the topic alone, unread;
         #: the mark of each envelope the resolve stage sent a peer (by its id)
-        backlog, unread_clusters, sends = UnreadSends(), UnreadSends(), itertools.count()
+        unread_resolve, unread_clusters, sends = UnreadSends(), UnreadSends(), itertools.count()
         marks: dict[int, int] = {}
+
+        def send(
+            queues: list[list[bytes]], unread: UnreadSends, k: int, env: bytes, track: bool
+        ) -> None:
+            queues[k].append(env)
+            marks[id(env)] = mark = next(sends)
+            if track:  # the short way may be taken to this partition later
+                unread.sent(k, mark, env)
+
+        def resolve_stage(r: int, envs: list[bytes]) -> None:
+            read = [marks.pop(id(e)) for e in envs if id(e) in marks]
+            if read:
+                unread_resolve.read(r, max(read))
+            made = [resolvers[r].handle(envs)]
+            delivered: set[int] = set()
+            if self.local_peers:
+                more, delivered = resolve_local_peers(
+                    dict(enumerate(resolvers)),
+                    made,
+                    self.local_rounds,
+                    unread=unread_resolve.take(range(n)),
+                )
+                made += more
+            for rb in made:
+                self.deadletters.extend(rb.deadletters)
+            to_clusters, to_peers = merge_resolved(made)
+            for q, env in to_peers.items():
+                send(resolve, unread_resolve, q, env, self.local_peers and q not in delivered)
+            for k, env in to_clusters.items():
+                if self.local_clusters and rng.random() < 0.5:  # no copy through the topic
+                    detect(k, [*unread_clusters.take([k]).get(k, []), env])
+                else:
+                    send(clusters, unread_clusters, k, env, self.local_clusters)
 
         def detect(k: int, envs: list[bytes]) -> None:
             read = [marks.pop(id(e)) for e in envs if id(e) in marks]
@@ -1132,7 +1167,7 @@ class LocalRun:
                     break
                 flushed = True  # input over: every partition goes idle, held events flow out
                 for r, env in ingest.heartbeat(now + 2e9).items():
-                    resolve[r].append(env)
+                    send(resolve, unread_resolve, r, env, self.local_resolve)
                 continue
             stage, p = rng.choice(choices)
             size = rng.randint(1, self.max_batch)
@@ -1143,38 +1178,13 @@ class LocalRun:
                 ib = ingest.handle(((p, off, line) for off, line in chunk), now)
                 self.deadletters.extend(ib.deadletters)
                 for r, env in ib.envelopes.items():
-                    resolve[r].append(env)
+                    if self.local_resolve and rng.random() < 0.5:  # no copy through the topic
+                        resolve_stage(r, [*unread_resolve.take([r]).get(r, []), env])
+                    else:
+                        send(resolve, unread_resolve, r, env, self.local_resolve)
             elif stage == "r":
                 envs, resolve[p] = resolve[p][:size], resolve[p][size:]
-                read = [marks.pop(id(e)) for e in envs if id(e) in marks]
-                if read:
-                    backlog.read(p, max(read))
-                made = [resolvers[p].handle(envs)]
-                delivered: set[int] = set()
-                if self.local_peers:
-                    more, delivered = resolve_local_peers(
-                        dict(enumerate(resolvers)),
-                        made,
-                        self.local_rounds,
-                        unread=backlog.take(range(n)),
-                    )
-                    made += more
-                for rb in made:
-                    self.deadletters.extend(rb.deadletters)
-                to_clusters, to_peers = merge_resolved(made)
-                for r, env in to_peers.items():
-                    resolve[r].append(env)
-                    marks[id(env)] = mark = next(sends)
-                    if self.local_peers and r not in delivered:
-                        backlog.sent(r, mark, env)  # through the topic alone
-                for k, env in to_clusters.items():
-                    if self.local_clusters and rng.random() < 0.5:  # no copy through the topic
-                        detect(k, [*unread_clusters.take([k]).get(k, []), env])
-                        continue
-                    clusters[k].append(env)
-                    marks[id(env)] = mark = next(sends)
-                    if self.local_clusters:
-                        unread_clusters.sent(k, mark, env)
+                resolve_stage(p, envs)
             else:
                 envs, clusters[p] = clusters[p][:size], clusters[p][size:]
                 detect(p, envs)

@@ -123,6 +123,8 @@ class Watermark:
     3000
     >>> wm.update({1: (2_000, False)})  # a stale mark does not move it back
     3000
+    >>> wm.update({1: (2_000, True)})  # nor is its idleness taken (a copy that came again)
+    3000
     """
 
     __slots__ = ("_idle", "_ts", "lateness_ms", "sources", "value")
@@ -144,10 +146,11 @@ class Watermark:
         for p, (t, is_idle) in marks.items():
             if not 0 <= p < self.sources:
                 continue  # a partition of another topic layout: not ours to count
-            if t > ts.get(p, NO_TIME):
-                ts[p] = t
-            elif p not in ts:
-                ts[p] = NO_TIME
+            known = ts.get(p)
+            if known is None or t > known:
+                ts[p] = max(t, NO_TIME)
+            elif t < known:
+                continue  # an older mark (a copy that came again): its idleness is stale too
             idle[p] = is_idle
         if len(ts) == self.sources:
             active = [ts[p] for p in ts if not idle[p]]

@@ -545,20 +545,30 @@ def test_registrations_handed_straight_to_peers_give_the_replay_alerts(
     assert quick == slow  # everything else is counted the same
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_envelopes_handed_straight_to_clusters_partitions_give_the_replay_alerts(
-    seed: int,
+@pytest.mark.parametrize(
+    ("seed", "hops"),
+    [(0, "clusters"), (1, "clusters"), (2, "resolve"), (3, "resolve"), (4, "both"), (5, "both")],
+)
+def test_envelopes_handed_straight_to_the_next_stage_give_the_replay_alerts(
+    seed: int, hops: str
 ) -> None:
-    """A worker hands resolve's envelopes to the clusters partitions it holds in-process,
-    but through the topic alone during the grace after an assignment: what went that
-    way and is unread is handed over first, or a partition would learn a source's
-    progress before events sent before it (with no allowed lateness, they would then
-    come late and change what is applied when)."""
+    """A worker hands ingest's and resolve's envelopes to the partitions of the next stage
+    it holds in-process, but through the topic alone during the grace after an
+    assignment: what went that way and is unread is handed over first, or a partition
+    would learn a source's progress before events sent before it (with no allowed
+    lateness, they would then come late and change what is applied when)."""
     sim = simulate(Scenario(seed=7, **IN_TIME))  # type: ignore[arg-type]
     expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
     policy, pseudonyms = AlertPolicy.default(), Pseudonymizer(DEV_PSEUDONYM_KEY)
     short = LocalRun(
-        bank_of(sim.bank), policy, pseudonyms, seed=seed, lateness_ms=0, local_clusters=True
+        bank_of(sim.bank),
+        policy,
+        pseudonyms,
+        seed=seed,
+        lateness_ms=0,
+        local_peers=hops == "both",
+        local_resolve=hops != "clusters",
+        local_clusters=hops != "resolve",
     )
     short.run(sim.lines)
     assert expected and sorted(short.alerts.values()) == expected
