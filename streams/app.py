@@ -415,37 +415,16 @@ class Worker:
             self._resolve_stream = stream
             async for events in stream.take_events(*take):
                 self._delay("resolve", (e.message.timestamp for e in events))
-                received: dict[int, list[bytes]] = {}
-                for events_of_partition in _by_partition(events):
-                    last = events_of_partition[-1]
-                    r = last.message.partition
-                    self._last_resolve_event[r] = last
-                    own = [
-                        e.message.timestamp
-                        for e in events_of_partition
-                        if e.message.key == self._own_key
-                    ]
-                    if own:  # what it has read needs no short way
-                        self._unread_resolve.read(r, round(max(own) * 1000))
-                    received[r] = [e.message.value for e in events_of_partition]
+                received = self._received(events, self._last_resolve_event, self._unread_resolve)
                 self._resolve_all(stream, received)
 
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
         async def detect(stream: Any) -> None:
             async for events in stream.take_events(*take):
                 self._delay("detect", (e.message.timestamp for e in events))
-                for events_of_partition in _by_partition(events):
-                    last = events_of_partition[-1]
-                    k = last.message.partition
-                    self._last_detect_event[k] = last
-                    own = [
-                        e.message.timestamp
-                        for e in events_of_partition
-                        if e.message.key == self._own_key
-                    ]
-                    if own:  # what it has read needs no short way
-                        self._unread_clusters.read(k, round(max(own) * 1000))
-                    self._detect(stream, k, last, [e.message.value for e in events_of_partition])
+                received = self._received(events, self._last_detect_event, self._unread_clusters)
+                for k, envelopes in received.items():
+                    self._detect(stream, k, self._last_detect_event[k], envelopes)
 
         @app.timer(HEARTBEAT_S)  # type: ignore[untyped-decorator]
         async def heartbeat() -> None:
@@ -628,6 +607,23 @@ class Worker:
         return self.settings.topic("shares")
 
     # -- stage 1b --
+
+    def _received(
+        self, events: list[Any], last_event: dict[int, Any], unread: UnreadSends
+    ) -> dict[int, list[bytes]]:
+        """A batch of an internal topic's records as each partition's envelopes, noting
+        each partition's last event and what it has read of this worker's own sends."""
+        received: dict[int, list[bytes]] = {}
+        mine = self._own_key
+        for events_of_partition in _by_partition(events):
+            last = events_of_partition[-1]
+            p = last.message.partition
+            last_event[p] = last
+            own = [e.message.timestamp for e in events_of_partition if e.message.key == mine]
+            if own:  # what it has read needs no short way
+                unread.read(p, round(max(own) * 1000))
+            received[p] = [e.message.value for e in events_of_partition]
+        return received
 
     def _to_resolve(self, envelopes: dict[int, bytes]) -> None:
         """Ingest's envelopes on to the resolve partitions; those this worker holds get them
