@@ -650,8 +650,10 @@ class Worker:
         made, delivered = self._resolve_local_peers(stream, batches)
         to_clusters, to_peers = merge_resolved(batches + made)
         for r, envelope in to_peers.items():
+            if r in delivered:  # handed over in-process (and logged there): no copy
+                continue
             stamp = self._send(self.t_resolve, envelope, r, key=self._own_key)
-            if r not in delivered and r in self._held_resolve:  # through Kafka alone
+            if r in self._held_resolve:
                 self._unread_resolve.sent(r, stamp, envelope)
         self._to_clusters(stream, to_clusters)
 

@@ -654,13 +654,15 @@ def resolve_local_peers(
 
     A reshare waits for its parent's registration from the partition that
     routed the parent, and holds event time back until then: through Kafka
-    that is one more hop on the way to every alert. The caller still sends
-    every envelope on as usual: a copy that comes again changes nothing
-    (registrations and progress are idempotent). ``unread[r]`` are envelopes
-    sent to ``r`` through Kafka alone that it has not read yet: they go first,
-    so that the short way never overtakes the long one (a peer that learnt a
-    partition's progress before a registration sent before it could let a
-    reshare waiting for that registration fall behind event time).
+    that is one more hop on the way to every alert. The caller sends
+    through Kafka what is for the other partitions (one that got everything
+    logged it, so needs no copy; a copy that came again would change
+    nothing: registrations and progress are idempotent). ``unread[r]`` are
+    envelopes sent to ``r`` through Kafka alone that it has not read yet:
+    they go first, so that the short way never overtakes the long one (a
+    peer that learnt a partition's progress before a registration sent
+    before it could let a reshare waiting for that registration fall behind
+    event time).
     ``on_batch(partition, batch)`` is called for each batch made (to persist
     its delta).
     """
@@ -1139,7 +1141,8 @@ class LocalRun:
                 self.deadletters.extend(rb.deadletters)
             to_clusters, to_peers = merge_resolved(made)
             for q, env in to_peers.items():
-                send(resolve, unread_resolve, q, env, self.local_peers and q not in delivered)
+                if q not in delivered:  # else handed over in-process: no copy
+                    send(resolve, unread_resolve, q, env, self.local_peers)
             for k, env in to_clusters.items():
                 if self.local_clusters and rng.random() < 0.5:  # no copy through the topic
                     detect(k, [*unread_clusters.take([k]).get(k, []), env])
