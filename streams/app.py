@@ -352,7 +352,6 @@ class Worker:
         self.handed_over = 0
         #: the keys of each log table's partitions, and when to compact them
         self._ledgers: dict[tuple[str, int], LogLedger] = {}
-        self.compactions = 0
         self.app = self._build()
 
     # -- construction --
@@ -432,6 +431,7 @@ class Worker:
 
         @app.timer(STATS_EVERY_S)  # type: ignore[untyped-decorator]
         async def publish_stats() -> None:
+            self.stats.log_bytes = sum(ledger.size for ledger in self._ledgers.values())
             self.t_stats.send_soon(key=self.worker_id.encode(), value=self.summary_json())
 
         pacer = GcPacer(GC_FREEZE_EVERY_S, GC_FULL_EVERY_S, time.monotonic())
@@ -869,7 +869,7 @@ class Worker:
         ledger.done()
         for key in old:
             table.pop(key, None)
-        self.compactions += 1
+        self.stats.log_compactions += 1
         log.info(
             "%s partition %d compacted: %d entries -> %d (%d bytes) in %.3f s",
             table.name,
@@ -985,7 +985,8 @@ class Worker:
             "alerts": self.alerts_sent,
             "actions": self.actions_sent,
             "deadletters": self.deadlettered,
-            "compactions": self.compactions,
+            "compactions": self.stats.log_compactions,
+            "log_bytes": self.stats.log_bytes,
             "handed_over": self.handed_over,
             "watermarks": {str(k): d.watermark.value for k, d in sorted(self.detectors.items())},
             "partitions": {

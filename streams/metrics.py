@@ -265,6 +265,16 @@ class _CoreCollector(Collector):
             "viralwatch_clusters_evicted", "Idle clusters evicted from state.", s.clusters_evicted
         )
         yield _counter(
+            "viralwatch_state_log_compactions",
+            "State logs (resolve-log, cluster-log partitions) cut back to a snapshot.",
+            s.log_compactions,
+        )
+        yield GaugeMetricFamily(
+            "viralwatch_state_log_bytes",
+            "Bytes in the state logs of the partitions this worker holds (what a restart reads).",
+            value=s.log_bytes,
+        )
+        yield _counter(
             "viralwatch_clusters_emerging",
             "Unbanked clusters that crossed a velocity threshold (for review).",
             s.emerging,

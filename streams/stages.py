@@ -267,8 +267,8 @@ class LogLedger:
     >>> old = ledger.start()           # then write the snapshot's parts
     >>> ledger.wrote(b"0:3", 150); ledger.done(); old
     [b'0:1', b'0:2']
-    >>> ledger.keys, ledger.due()
-    ([b'0:3'], False)
+    >>> ledger.keys, ledger.due(), ledger.size
+    ([b'0:3'], False, 150)
     >>> ledger.wrote(b"0:4", 149); ledger.due(), ledger.wrote(b"0:5", 1), ledger.due()
     (False, None, True)
     """
@@ -289,6 +289,11 @@ class LogLedger:
 
     def due(self) -> bool:
         return self.written >= max(self.min_bytes, self.kept)
+
+    @property
+    def size(self) -> int:
+        """Bytes in the log now (what a replacement reads back)."""
+        return self.kept + self.written
 
     def start(self) -> list[bytes]:
         """Begin a compaction: returns the keys to delete once the snapshot is written."""

@@ -35,10 +35,12 @@ class Stats:
     clusters_evicted: int = 0
     alerts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (severity, status)
     emerging: int = 0  # unbanked clusters that crossed a velocity threshold
+    log_compactions: int = 0  # state logs cut back to a snapshot (streaming worker)
     # gauges
     clusters_active: int = 0
     orphans_held: int = 0
     watermark_ms: int = 0
+    log_bytes: int = 0  # bytes in the state logs of the partitions held (streaming worker)
 
     def summary(self) -> dict[str, Any]:
         """A plain, sorted dict for printing as JSON."""

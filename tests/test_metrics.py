@@ -61,6 +61,7 @@ def test_counters_are_read_from_the_core_at_scrape_time() -> None:
     stats.matched["stopncii"] += 2
     stats.alerts[("high", "firing")] += 1
     stats.clusters_evicted = 4
+    stats.log_compactions, stats.log_bytes = 2, 4096
     assert value(registry, "viralwatch_events_total", type="upload") == 2
     assert value(registry, "viralwatch_events_rejected_total", reason="not_json") == 3
     assert value(registry, "viralwatch_events_dead_lettered_total") == 4
@@ -68,6 +69,8 @@ def test_counters_are_read_from_the_core_at_scrape_time() -> None:
     assert value(registry, "viralwatch_alerts_total", severity="high", status="firing") == 1
     assert value(registry, "viralwatch_alerts_total", severity="critical", status="resolved") == 0
     assert value(registry, "viralwatch_clusters_evicted_total") == 4
+    assert value(registry, "viralwatch_state_log_compactions_total") == 2
+    assert value(registry, "viralwatch_state_log_bytes") == 4096
 
 
 def test_every_event_type_and_reject_reason_has_a_series_from_the_start() -> None:

@@ -479,6 +479,16 @@ def pipeline() -> dashboard.Dashboard:
                 ),
             )
         )
+        .with_panel(
+            series(
+                "State logs",
+                "Bytes in the workers' state logs (what a replacement reads back): cut back "
+                "to a snapshot once they grow by VIRALWATCH_LOG_COMPACT_BYTES and by what the "
+                "last snapshot kept, so they should level off, not climb for ever.",
+                "bytes",
+                query("sum(viralwatch_state_log_bytes)", "in logs"),
+            )
+        )
         .with_row(dashboard.Row("Alert delivery"))
         .with_panel(
             series(
