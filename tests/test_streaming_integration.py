@@ -8,6 +8,7 @@ checked is what on-call and the operators see on the output topics.
 from __future__ import annotations
 
 import base64
+import sys
 import threading
 import time
 from collections import Counter
@@ -256,6 +257,48 @@ def test_a_killed_worker_is_replaced_without_losing_or_repeating_an_alert(
     assert "compacted" in first.log_path.read_text() and "compacted" in second.log_tail(400)
     assert_exactly_once(alerts, expected.alerts, "alerts")
     assert_exactly_once(actions, expected.actions, "takedown requests")
+
+
+#: A worker whose stage (a class of ``streams.stages``) raises on its third batch: a bug,
+#: not bad input. Ingest runs in the shares reader's task, with whatever it hands over
+#: in-process; ClusterPartition (early on, in the grace after assignment) in a Faust agent.
+FAULTY_WORKER = """
+import streams.stages as stages
+
+stage = stages.{stage}
+handle = stage.handle
+calls = [0]
+
+def faulty(self, *args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 3:
+        raise RuntimeError("injected fault in {stage}")
+    return handle(self, *args, **kwargs)
+
+stage.handle = faulty
+from streams.app import main
+main([])
+"""
+
+
+@pytest.mark.parametrize("stage", ["Ingest", "ClusterPartition"])
+def test_a_stage_that_raises_stops_the_worker_with_a_failure_status(
+    broker: LocalBroker, tmp_path: Path, stage: str
+) -> None:
+    """A bug must not leave a worker that looks alive and does nothing: the process ends
+    with a failure status, so its supervisor restarts it (and it resumes from the log)."""
+    lines, _, bank_path = scenario_files(tmp_path)
+    s = setup(broker, tmp_path, bank_path)
+    code = FAULTY_WORKER.format(stage=stage)
+    w = WorkerProcess(worker_env(s), tmp_path / "faulty.log", argv=[sys.executable, "-c", code])
+    with workers(w):
+        produce_lines(broker, s.topic("shares"), lines, keying="none")
+        deadline = time.monotonic() + 90
+        while w.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not w.alive(), "the worker kept running after a stage raised:\n" + w.log_tail()
+    assert w.proc is not None and w.proc.returncode not in (0, None), w.log_tail()
+    assert f"injected fault in {stage}" in w.log_path.read_text()
 
 
 def test_two_workers_give_the_alerts_of_one(broker: LocalBroker, tmp_path: Path) -> None:
