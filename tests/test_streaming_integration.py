@@ -327,6 +327,43 @@ def test_two_workers_give_the_alerts_of_one(broker: LocalBroker, tmp_path: Path)
     assert_exactly_once(actions, expected.actions, "takedown requests")
 
 
+def test_a_worker_that_joins_mid_stream_takes_partitions_without_changing_the_alerts(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """Scale-out while traffic flows: the partitions a second worker takes over move in
+    the middle of the stream, while the first worker hands envelopes between its
+    stages in-process. The alerts are still those of one uninterrupted worker, each
+    once (state rebuilt from the logs, compacted every few KiB here)."""
+    lines, bank, bank_path = scenario_files(tmp_path, background_per_minute=120.0)
+    expected = Expected(lines, bank)
+    s = setup(broker, tmp_path, bank_path).with_(log_compact_bytes=COMPACT_OFTEN)
+    first = WorkerProcess(worker_env(s), tmp_path / "first.log")
+    joiner = WorkerProcess(worker_env(s), tmp_path / "joiner.log")
+    half = len(lines) // 2
+    with workers(first):
+        produce_lines(broker, s.topic("shares"), lines[:half])
+        seen = TopicReader(broker, s.topic("alerts"))
+        seen.until(lambda r: len(r) >= 1, 60, "a first alert", on_timeout=first.log_tail)
+        seen.close()
+        producer = threading.Thread(
+            target=produce_lines,
+            args=(broker, s.topic("shares"), lines[half:]),
+            kwargs={"rate": 1500},
+        )
+        producer.start()
+        with workers(joiner):
+            producer.join()
+            alerts, actions = wait_done(broker, s, expected, (first, joiner), timeout=150)
+            stats = TopicReader(broker, s.topic("stats"))
+            stats.until(lambda r: len(latest_stats(r)) == 2, 10, "stats of both workers")
+            owned = [set(d["watermarks"]) for d in latest_stats(stats.records).values()]
+            stats.close()
+    assert all(owned), f"the joiner took no partition: {owned}"
+    assert "restored" in joiner.log_path.read_text()
+    assert_exactly_once(alerts, expected.alerts, "alerts")
+    assert_exactly_once(actions, expected.actions, "takedown requests")
+
+
 def test_a_bank_withdrawal_stops_new_matches(broker: LocalBroker, tmp_path: Path) -> None:
     md5 = "c" * 32
     entry = BankEntry("ncii", "md5", md5)
