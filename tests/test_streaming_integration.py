@@ -219,6 +219,25 @@ def test_bad_input_is_dead_lettered_and_the_events_around_it_processed(
         assert d["source"]["offset"] >= 0 and 0 <= d["source"]["partition"] < s.partitions
 
 
+def half_then_the_rest(
+    broker: LocalBroker, s: Settings, lines: list[bytes], worker: WorkerProcess, rate: float
+) -> tuple[TopicReader, threading.Thread]:
+    """Produce the first half of ``lines``; once ``worker`` has sent an alert, start
+    producing the rest at ``rate`` lines/s in the background. Returns the alerts reader
+    (it has seen the first alert) and the producing thread."""
+    half = len(lines) // 2
+    produce_lines(broker, s.topic("shares"), lines[:half])
+    seen = TopicReader(broker, s.topic("alerts"))
+    seen.until(lambda r: len(r) >= 1, 60, "a first alert", on_timeout=worker.log_tail)
+    producer = threading.Thread(
+        target=produce_lines,
+        args=(broker, s.topic("shares"), lines[half:]),
+        kwargs={"rate": rate},
+    )
+    producer.start()
+    return seen, producer
+
+
 def test_a_killed_worker_is_replaced_without_losing_or_repeating_an_alert(
     broker: LocalBroker, tmp_path: Path
 ) -> None:
@@ -231,16 +250,8 @@ def test_a_killed_worker_is_replaced_without_losing_or_repeating_an_alert(
     second = WorkerProcess(worker_env(s), tmp_path / "second.log")
     half = len(lines) // 2
     with workers(first):
-        produce_lines(broker, s.topic("shares"), lines[:half])
-        seen = TopicReader(broker, s.topic("alerts"))
-        seen.until(lambda r: len(r) >= 1, 60, "a first alert", on_timeout=first.log_tail)
         # the rest comes while the worker is busy; it is killed in the middle of it
-        producer = threading.Thread(
-            target=produce_lines,
-            args=(broker, s.topic("shares"), lines[half:]),
-            kwargs={"rate": 2500},
-        )
-        producer.start()
+        seen, producer = half_then_the_rest(broker, s, lines, first, rate=2500)
         time.sleep(0.5 * (len(lines) - half) / 2500)
         assert producer.is_alive()
         first.kill()
@@ -339,18 +350,9 @@ def test_a_worker_that_joins_mid_stream_takes_partitions_without_changing_the_al
     s = setup(broker, tmp_path, bank_path).with_(log_compact_bytes=COMPACT_OFTEN)
     first = WorkerProcess(worker_env(s), tmp_path / "first.log")
     joiner = WorkerProcess(worker_env(s), tmp_path / "joiner.log")
-    half = len(lines) // 2
     with workers(first):
-        produce_lines(broker, s.topic("shares"), lines[:half])
-        seen = TopicReader(broker, s.topic("alerts"))
-        seen.until(lambda r: len(r) >= 1, 60, "a first alert", on_timeout=first.log_tail)
+        seen, producer = half_then_the_rest(broker, s, lines, first, rate=1500)
         seen.close()
-        producer = threading.Thread(
-            target=produce_lines,
-            args=(broker, s.topic("shares"), lines[half:]),
-            kwargs={"rate": 1500},
-        )
-        producer.start()
         with workers(joiner):
             producer.join()
             alerts, actions = wait_done(broker, s, expected, (first, joiner), timeout=150)
