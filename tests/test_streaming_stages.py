@@ -21,6 +21,7 @@ from streams.stages import (
     Envelope,
     Ingest,
     LocalRun,
+    LogLedger,
     ResolvePartition,
     partition_for,
     split_envelope,
@@ -356,6 +357,10 @@ def test_register_releases_exactly_what_waited() -> None:
 
 
 def cluster_partition() -> ClusterPartition:
+    return cluster_partition_with(idle_ms=3_600_000)
+
+
+def cluster_partition_with(idle_ms: int) -> ClusterPartition:
     return ClusterPartition(
         0,
         partitions=1,
@@ -363,6 +368,7 @@ def cluster_partition() -> ClusterPartition:
         policy=AlertPolicy.default(),
         stats=Stats(),
         pseudonymizer=Pseudonymizer(b"k"),
+        idle_ms=idle_ms,
     )
 
 
@@ -460,6 +466,46 @@ def test_a_compacted_cluster_log_restores_the_clusters_still_held() -> None:
         st, live_st = again.detector.clusters["b-new"], live.detector.clusters["b-new"]
         assert st.event_ids == live_st.event_ids and st.fired == live_st.fired
     assert out and expected.decisions.alerts
+
+
+def test_a_compacted_cluster_log_levels_off_while_clusters_come_and_go() -> None:
+    """Six hours of event time, a new cluster every minute, each idle after five: the log,
+    compacted by the ledger's rule, stays near the live state instead of growing with
+    all traffic; and a replacement restored from it holds the live clusters."""
+    minute, idle = 60_000, 30 * 60_000
+    live = cluster_partition_with(idle)
+    ledger = LogLedger(min_bytes=20_000)
+    logs: list[bytes] = []
+    written = 0
+    sizes = []
+    for m in range(6 * 60):
+        start = T0 + m * minute
+        events = burst(20, start=start)[:6]  # an upload and five reshares, 1 s apart
+        for e in events:
+            e["event_id"] += f"-{m}"
+        items = [["e", e, f"b-{m}", None] for e in events]
+        b = live.handle([Envelope(items, progress={0: start + 10_000}).pack()])
+        assert b.log is not None
+        logs.append(b.log)
+        ledger.wrote(f"0:{m}".encode(), len(b.log))
+        written += len(b.log)
+        if ledger.due():
+            snapshot = live.compact(logs)
+            ledger.start()
+            ledger.wrote(f"0:{m}s".encode(), len(snapshot))
+            ledger.done()
+            logs = [snapshot]
+        sizes.append(ledger.size)
+    assert ledger.size == sum(len(x) for x in logs)
+    # the clusters of the last half hour (idle_ms) or so are live; the log holds about
+    # twice that at most, while everything written is twelve times that
+    assert max(sizes[-120:]) < written / 4
+    assert max(sizes[-120:]) <= 1.2 * max(sizes[120:240])  # level, not climbing
+    again = cluster_partition_with(idle)
+    again.restore(logs)
+    again.handle([Envelope([], progress={0: start + 10_000}).pack()])  # where live stands
+    assert again.detector.clusters.keys() == live.detector.clusters.keys()
+    assert 25 <= len(live.detector.clusters) <= 40
 
 
 # -- the whole topology against replay ------------------------------------------------------
