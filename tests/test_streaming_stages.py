@@ -579,7 +579,7 @@ def test_registrations_handed_straight_to_peers_give_the_replay_alerts(
     expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
     policy, pseudonyms = AlertPolicy.default(), Pseudonymizer(DEV_PSEUDONYM_KEY)
     # no allowed lateness: a reshare a hop late would change what is applied when
-    run = dict(seed=seed, lateness_ms=0)
+    run: dict[str, Any] = dict(seed=seed, lateness_ms=0)
     short = LocalRun(
         bank_of(sim.bank), policy, pseudonyms, local_peers=True, local_rounds=rounds, **run
     )
