@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -45,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -197,11 +199,17 @@ def read_stats_until(s: Settings, total: int, timeout: float) -> list[tuple[floa
         c.close()
 
 
-def pipeline_rates(rows: list[tuple[float, int, int]], total: int) -> tuple[float, float]:
-    """End-to-end and steady (10%..90% applied) events/s from the stats rows."""
+def pipeline_span(rows: list[tuple[float, int, int]], total: int) -> tuple[float, float]:
+    """Wall times of the first record read and of the last event applied."""
     first_read = next(t for t, read, _ in rows if read > 0)
     # stats come every second: the time the last one was sent bounds the end
     done = next(t for t, _, applied in rows if applied >= total)
+    return first_read, done
+
+
+def pipeline_rates(rows: list[tuple[float, int, int]], total: int) -> tuple[float, float]:
+    """End-to-end and steady (10%..90% applied) events/s from the stats rows."""
+    first_read, done = pipeline_span(rows, total)
     end_to_end = total / max(done - first_read, 1e-9)
 
     def when(fraction: float) -> tuple[float, int]:
@@ -210,6 +218,41 @@ def pipeline_rates(rows: list[tuple[float, int, int]], total: int) -> tuple[floa
     (t1, a1), (t2, a2) = when(0.1), when(0.9)
     steady = (a2 - a1) / (t2 - t1) if t2 > t1 else float("nan")
     return end_to_end, steady
+
+
+class CpuSampler(threading.Thread):
+    """CPU seconds used by some processes (``/proc``), sampled against wall time.
+
+    Wall-clock rates on a shared 2-core machine vary from run to run; CPU
+    per event says what the work costs, whoever else runs beside it.
+    """
+
+    def __init__(self, pids: list[int], every_s: float = 0.2) -> None:
+        super().__init__(daemon=True)
+        self.pids, self.every_s = pids, every_s
+        self.samples: list[tuple[float, float]] = []
+        self.stopped = threading.Event()
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu_s(self) -> float:
+        total = 0.0
+        for pid in self.pids:
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / self.tick  # utime, stime
+        return total
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.samples.append((time.time(), self.cpu_s()))
+            self.stopped.wait(self.every_s)
+
+    def at(self, t: float) -> float:
+        """CPU seconds used by wall time ``t`` (linear between samples)."""
+        before = [x for x in self.samples if x[0] <= t] or self.samples[:1]
+        after = [x for x in self.samples if x[0] >= t] or self.samples[-1:]
+        (t0, c0), (t1, c1) = before[-1], after[0]
+        return c0 if t1 <= t0 else c0 + (c1 - c0) * (t - t0) / (t1 - t0)
 
 
 def throughput(broker: LocalBroker, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -225,8 +268,10 @@ def throughput(broker: LocalBroker, args: argparse.Namespace, work: Path) -> dic
     write_bank(scenario_bank(scenario), bank)
     valid = _applied_by_replay(lines, scenario)
     plain: list[float] = []
+    plain_cpu: list[float] = []  # us of CPU per event
     e2e: dict[int, list[float]] = {n: [] for n in args.workers}
     steady: dict[int, list[float]] = {n: [] for n in args.workers}
+    cpu: dict[int, list[float]] = {n: [] for n in args.workers}
     for i in range(args.repeats):
         for n in args.workers:
             s = fresh(broker, args.partitions)
@@ -234,30 +279,46 @@ def throughput(broker: LocalBroker, args: argparse.Namespace, work: Path) -> dic
             log(f"run {i + 1}: {len(lines):,} events written in {seconds:.1f}s")
             if n == args.workers[0]:
                 group = f"plain-{uuid.uuid4().hex}"
+                used = time.process_time()
                 plain.append(asyncio.run(plain_consumer(s, len(lines), group)))
-                log(f"run {i + 1}: plain aiokafka consumer {plain[-1]:,.0f} events/s")
+                plain_cpu.append((time.process_time() - used) / len(lines) * 1e6)
+                log(
+                    f"run {i + 1}: plain aiokafka consumer {plain[-1]:,.0f} events/s, "
+                    f"{plain_cpu[-1]:.1f} us CPU/event"
+                )
             procs = [
                 start_worker(s, bank, work / f"worker-t{i}-{n}-{w}.log", args.throughput_lateness)
                 for w in range(n)
             ]
+            sampler = CpuSampler([p.pid for p in procs])
+            sampler.start()
             try:
                 rows = read_stats_until(s, valid, timeout=300)
             finally:
+                sampler.stopped.set()
+                sampler.join()
                 for proc in procs:
                     stop_worker(proc)
             a, b = pipeline_rates(rows, valid)
+            first_read, done = pipeline_span(rows, valid)
             e2e[n].append(a)
             steady[n].append(b)
-            log(f"run {i + 1}: pipeline, {n} worker(s): {a:,.0f} events/s e2e, {b:,.0f} steady")
+            cpu[n].append((sampler.at(done) - sampler.at(first_read)) / valid * 1e6)
+            log(
+                f"run {i + 1}: pipeline, {n} worker(s): {a:,.0f} events/s e2e, {b:,.0f} steady, "
+                f"{cpu[n][-1]:.0f} us CPU/event"
+            )
     ceiling = statistics.median(plain)
     return {
         "events": len(lines),
         "valid_events": valid,
         "plain_events_per_s": ceiling,
+        "plain_cpu_us_per_event": statistics.median(plain_cpu),
         "pipeline": {
             str(n): {
                 "events_per_s": statistics.median(e2e[n]),
                 "steady_events_per_s": statistics.median(steady[n]),
+                "cpu_us_per_event": statistics.median(cpu[n]),
                 "ratio": statistics.median(e2e[n]) / ceiling,
                 "steady_ratio": statistics.median(steady[n]) / ceiling,
             }
@@ -535,7 +596,10 @@ def main() -> None:
             f"throughput ({t['events']:,} events, {args.partitions} partitions, "
             f"median of {t['repeats']}):"
         )
-        print(f"  plain aiokafka consumer   {t['plain_events_per_s']:>10,.0f} events/s")
+        print(
+            f"  plain aiokafka consumer   {t['plain_events_per_s']:>10,.0f} events/s  "
+            f"({t['plain_cpu_us_per_event']:.1f} us CPU/event)"
+        )
         for n, r in t["pipeline"].items():
             print(
                 f"  pipeline, {n} worker(s), end to end {r['events_per_s']:>10,.0f} events/s  "
@@ -545,6 +609,10 @@ def main() -> None:
                 f"  pipeline, {n} worker(s), steady     "
                 f"{r['steady_events_per_s']:>10,.0f} events/s  "
                 f"({100 * r['steady_ratio']:.1f}% of plain)"
+            )
+            print(
+                f"  pipeline, {n} worker(s), CPU        {r['cpu_us_per_event']:>10,.0f} us/event"
+                f"  ({r['cpu_us_per_event'] / t['plain_cpu_us_per_event']:.0f}x plain)"
             )
     if "latency" in out:
         lat = out["latency"]
