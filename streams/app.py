@@ -99,6 +99,9 @@ PRODUCER_BUFFER_RECORDS = 5000
 #: How often long-lived objects are frozen out of garbage collection, and how
 #: often they are all collected once (see :class:`GcPacer`).
 GC_FREEZE_EVERY_S = 10.0
+#: Allocations (net) before a young collection, and young collections before an older
+#: one: CPython's 700 / 10 / 10 collect every few events here (see :class:`GcPacer`).
+GC_THRESHOLDS = (50_000, 20, 10)
 GC_FULL_EVERY_S = 900.0
 
 
@@ -435,6 +438,7 @@ class Worker:
             self.t_stats.send_soon(key=self.worker_id.encode(), value=self.summary_json())
 
         pacer = GcPacer(GC_FREEZE_EVERY_S, GC_FULL_EVERY_S, time.monotonic())
+        gc.set_threshold(*GC_THRESHOLDS)
 
         @app.timer(GC_FREEZE_EVERY_S / 2)  # type: ignore[untyped-decorator]
         async def tend_gc() -> None:
