@@ -43,7 +43,7 @@ import socket
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ from streams.stages import (
     BankUpdate,
     ClusterPartition,
     DeadLetter,
+    Envelope,
     Ingest,
     LogLedger,
     ResolveBatch,
@@ -548,7 +549,7 @@ class Worker:
         self._touch_backlogged(now)
         batch = self.ingest.handle(((p, o, v) for p, o, v, _ in records), now)
         self._deadletter(batch.deadletters)
-        self._to_resolve(batch.envelopes)
+        self._to_resolve(batch.unpacked)
 
     def _heartbeat(self) -> None:
         consumer = self._shares
@@ -629,24 +630,24 @@ class Worker:
             received[p] = [e.message.value for e in events_of_partition]
         return received
 
-    def _to_resolve(self, envelopes: dict[int, bytes]) -> None:
+    def _to_resolve(self, envelopes: dict[int, Envelope]) -> None:
         """Ingest's envelopes on to the resolve partitions; those this worker holds get them
         in-process (as :meth:`_to_clusters` does for the next hop, by the same rules)."""
         stream = self._resolve_stream
         short = stream is not None and time.monotonic() >= self._local_peers_from
-        local: dict[int, list[bytes]] = {}
+        local: dict[int, list[bytes | Envelope]] = {}
         for r, envelope in envelopes.items():
             if short and r in self.resolvers and r in self._last_resolve_event:
                 local[r] = [*self._unread_resolve.take([r]).get(r, []), envelope]
             else:
-                stamp = self._send(self.t_resolve, envelope, r, key=self._own_key)
+                stamp = self._send(self.t_resolve, envelope.pack(), r, key=self._own_key)
                 if r in self._held_resolve:
                     self._unread_resolve.sent(r, stamp, envelope)
         if local:
             self.handed_over += len(local)
             self._resolve_all(stream, local)
 
-    def _resolve_all(self, stream: Any, received: dict[int, list[bytes]]) -> None:
+    def _resolve_all(self, stream: Any, received: Mapping[int, Sequence[bytes | Envelope]]) -> None:
         """Stage 1b for what each partition received; then on to peers and clusters."""
         batches: list[ResolveBatch] = []
         for r, envelopes in received.items():
@@ -656,12 +657,14 @@ class Worker:
         for r, envelope in to_peers.items():
             if r in delivered:  # handed over in-process (and logged there): no copy
                 continue
-            stamp = self._send(self.t_resolve, envelope, r, key=self._own_key)
+            stamp = self._send(self.t_resolve, envelope.pack(), r, key=self._own_key)
             if r in self._held_resolve:
                 self._unread_resolve.sent(r, stamp, envelope)
         self._to_clusters(stream, to_clusters)
 
-    def _resolve(self, stream: Any, partition: int, envelopes: list[bytes]) -> list[ResolveBatch]:
+    def _resolve(
+        self, stream: Any, partition: int, envelopes: Sequence[bytes | Envelope]
+    ) -> list[ResolveBatch]:
         """One partition's share of a batch; its changes are written to the resolve log."""
         out = []
         state = self.resolvers.get(partition)
@@ -756,7 +759,7 @@ class Worker:
             log.info("clusters partition %d restored: %d events", partition, state.pending)
         return state
 
-    def _to_clusters(self, stream: Any, envelopes: dict[int, bytes]) -> None:
+    def _to_clusters(self, stream: Any, envelopes: dict[int, Envelope]) -> None:
         """Envelopes on to the clusters partitions; those this worker holds get them in-process.
 
         Through Kafka that is one more hop on the way to every alert. An
@@ -777,11 +780,13 @@ class Worker:
                 self.handed_over += 1
                 self._detect(stream, k, event, [*unread, envelope])
             else:
-                stamp = self._send(self.t_clusters, envelope, k, key=self._own_key)
+                stamp = self._send(self.t_clusters, envelope.pack(), k, key=self._own_key)
                 if k in self._held_clusters:
                     self._unread_clusters.sent(k, stamp, envelope)
 
-    def _detect(self, stream: Any, partition: int, event: Any, envelopes: list[bytes]) -> None:
+    def _detect(
+        self, stream: Any, partition: int, event: Any, envelopes: Sequence[bytes | Envelope]
+    ) -> None:
         """Stage 2 for one partition: ``event`` is one of its input events (its table writes
         go to that partition's changelog)."""
         state = self._detector(partition)

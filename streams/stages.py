@@ -56,7 +56,7 @@ import base64
 import heapq
 import itertools
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -156,6 +156,11 @@ class Envelope:
         return orjson.dumps(body)
 
     @classmethod
+    def of(cls, raw: bytes | Envelope | None) -> Envelope:
+        """An envelope as read from a topic, or as handed over in-process (not packed)."""
+        return raw if isinstance(raw, Envelope) else cls.unpack(raw)
+
+    @classmethod
     def unpack(cls, raw: bytes | None) -> Envelope:
         """Read an envelope; ``ValueError`` if the bytes are not one."""
         if raw is None:
@@ -170,6 +175,11 @@ class Envelope:
         except (orjson.JSONDecodeError, TypeError, KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"not an envelope: {exc}") from None
         return cls(items, marks, progress)
+
+
+def _raw(record: bytes | Envelope | None) -> bytes:
+    """What to dead-letter of a record that is not an envelope."""
+    return record if isinstance(record, bytes) else b""
 
 
 #: Largest record the stages write (envelopes, table deltas). Kafka's default
@@ -434,9 +444,14 @@ class IngestBatch:
     """What one batch of input records became."""
 
     #: one envelope per resolve partition (every partition gets the marks)
-    envelopes: dict[int, bytes]
+    unpacked: dict[int, Envelope]
     deadletters: list[DeadLetter] = field(default_factory=list)
     events: int = 0
+
+    @property
+    def envelopes(self) -> dict[int, bytes]:
+        """The envelopes as records."""
+        return {r: env.pack() for r, env in self.unpacked.items()}
 
 
 class Ingest:
@@ -477,14 +492,14 @@ class Ingest:
             items[partition_for(key, parts)].append(["e", parsed.to_dict(), partition, offset])
             n += 1
         marks = clock.marks(now)
-        return IngestBatch({r: Envelope(items[r], marks).pack() for r in range(parts)}, dead, n)
+        return IngestBatch({r: Envelope(items[r], marks) for r in range(parts)}, dead, n)
 
-    def heartbeat(self, now: float) -> dict[int, bytes]:
+    def heartbeat(self, now: float) -> dict[int, Envelope]:
         """Marks-only envelopes for every resolve partition (sent when no data flows)."""
         marks = self.clock.marks(now)
         if not marks:
             return {}
-        return {r: Envelope([], marks).pack() for r in range(self.partitions)}
+        return {r: Envelope([], marks) for r in range(self.partitions)}
 
 
 # -- stage 1b: resolve ------------------------------------------------------
@@ -564,14 +579,16 @@ class ResolveBatch:
 
     @property
     def to_clusters(self) -> dict[int, bytes]:
-        return merge_resolved([self])[0]
+        return {k: env.pack() for k, env in merge_resolved([self])[0].items()}
 
     @property
     def to_peers(self) -> dict[int, bytes]:
-        return merge_resolved([self])[1]
+        return {r: env.pack() for r, env in merge_resolved([self])[1].items()}
 
 
-def merge_resolved(batches: list[ResolveBatch]) -> tuple[dict[int, bytes], dict[int, bytes]]:
+def merge_resolved(
+    batches: list[ResolveBatch],
+) -> tuple[dict[int, Envelope], dict[int, Envelope]]:
     """The envelopes for a batch of several resolve partitions: per cluster partition, and per
     resolve partition (registrations, and the progress of the others).
 
@@ -584,17 +601,17 @@ def merge_resolved(batches: list[ResolveBatch]) -> tuple[dict[int, bytes], dict[
         return {}, {}
     parts = batches[0].partitions
     moved = {b.partition: b.progress for b in batches if b.progress is not None}
-    to_clusters: dict[int, bytes] = {}
-    to_peers: dict[int, bytes] = {}
+    to_clusters: dict[int, Envelope] = {}
+    to_peers: dict[int, Envelope] = {}
     for k in range(parts):
         items = [item for b in batches for item in b.clusters[k]]
         if items or moved:
-            to_clusters[k] = Envelope(items, progress=moved).pack()
+            to_clusters[k] = Envelope(items, progress=moved)
     for r in range(parts):
         items = [item for b in batches for item in b.peers[r]]
         others = {p: t for p, t in moved.items() if p != r}
         if items or others:
-            to_peers[r] = Envelope(items, progress=others).pack()
+            to_peers[r] = Envelope(items, progress=others)
     return to_clusters, to_peers
 
 
@@ -608,21 +625,22 @@ class UnreadSends:
     timestamp, a counter). A partition is read in order, so once it has read
     one of this worker's envelopes, every earlier one sent to it is read too.
 
-    >>> b = UnreadSends()
-    >>> b.sent(1, 10, b"a"); b.sent(1, 11, b"b"); b.sent(2, 12, b"c")
-    >>> b.read(1, 10)
-    >>> b.take([1, 2])
-    {1: [b'b'], 2: [b'c']}
-    >>> b.take([1, 2])
+    >>> a, b, c = (Envelope([["f", post]]) for post in "abc")
+    >>> sends = UnreadSends()
+    >>> sends.sent(1, 10, a); sends.sent(1, 11, b); sends.sent(2, 12, c)
+    >>> sends.read(1, 10)
+    >>> sends.take([1, 2]) == {1: [b], 2: [c]}
+    True
+    >>> sends.take([1, 2])
     {}
     """
 
     __slots__ = ("_unread",)
 
     def __init__(self) -> None:
-        self._unread: dict[int, list[tuple[int, bytes]]] = {}
+        self._unread: dict[int, list[tuple[int, Envelope]]] = {}
 
-    def sent(self, partition: int, mark: int, envelope: bytes) -> None:
+    def sent(self, partition: int, mark: int, envelope: Envelope) -> None:
         """``envelope`` went to ``partition`` through the topic alone."""
         self._unread.setdefault(partition, []).append((mark, envelope))
 
@@ -631,7 +649,7 @@ class UnreadSends:
         if partition in self._unread:
             self._unread[partition] = [(m, env) for m, env in self._unread[partition] if m > mark]
 
-    def take(self, partitions: Iterable[int]) -> dict[int, list[bytes]]:
+    def take(self, partitions: Iterable[int]) -> dict[int, list[Envelope]]:
         """The unread envelopes of ``partitions`` (about to go the short way), forgotten here."""
         out = {}
         for r in partitions:
@@ -650,7 +668,7 @@ def resolve_local_peers(
     batches: list[ResolveBatch],
     rounds: int = 4,
     on_batch: Callable[[int, ResolveBatch], None] | None = None,
-    unread: Mapping[int, list[bytes]] | None = None,
+    unread: Mapping[int, list[Envelope]] | None = None,
 ) -> tuple[list[ResolveBatch], set[int]]:
     """Hand the registrations and progress of ``batches`` to the peer partitions in
     ``resolvers`` now, for up to ``rounds`` rounds of answers. Returns the batches
@@ -778,7 +796,7 @@ class ResolvePartition:
 
     # -- processing --
 
-    def handle(self, envelopes: Iterable[bytes | None]) -> ResolveBatch:
+    def handle(self, envelopes: Iterable[bytes | Envelope | None]) -> ResolveBatch:
         """Process envelopes of this partition, in offset order."""
         parts = self.partitions
         out: list[list[Any]] = [[] for _ in range(parts)]
@@ -811,9 +829,9 @@ class ResolvePartition:
         unpacked: list[Envelope] = []
         for raw in envelopes:
             try:
-                unpacked.append(Envelope.unpack(raw))
+                unpacked.append(Envelope.of(raw))
             except ValueError as exc:
-                dead.append(DeadLetter(Rejection("bad_envelope", str(exc), raw or b""), "route"))
+                dead.append(DeadLetter(Rejection("bad_envelope", str(exc), _raw(raw)), "route"))
         # every upload of the batch matched in one index search
         router.prefetch(
             [
@@ -994,14 +1012,14 @@ class ClusterPartition:
         ev = event_from_wire(item[1])
         self.buffer.push(ev.ts_ms, ev.event_id, Routed(ev, item[2], _match_from_wire(item[3])))
 
-    def handle(self, envelopes: Iterable[bytes | None]) -> ClusterBatch:
+    def handle(self, envelopes: Iterable[bytes | Envelope | None]) -> ClusterBatch:
         received: list[Any] = []
         dead: list[Rejection] = []
         for raw in envelopes:
             try:
-                env = Envelope.unpack(raw)
+                env = Envelope.of(raw)
             except ValueError as exc:
-                dead.append(Rejection("bad_envelope", str(exc), raw or b""))
+                dead.append(Rejection("bad_envelope", str(exc), _raw(raw)))
                 continue
             if env.progress:
                 self.watermark.update({p: (t, False) for p, t in env.progress.items()})
@@ -1121,14 +1139,15 @@ class LocalRun:
         marks: dict[int, int] = {}
 
         def send(
-            queues: list[list[bytes]], unread: UnreadSends, k: int, env: bytes, track: bool
+            queues: list[list[bytes]], unread: UnreadSends, k: int, env: Envelope, track: bool
         ) -> None:
-            queues[k].append(env)
-            marks[id(env)] = mark = next(sends)
+            raw = env.pack()
+            queues[k].append(raw)
+            marks[id(raw)] = mark = next(sends)
             if track:  # the short way may be taken to this partition later
                 unread.sent(k, mark, env)
 
-        def resolve_stage(r: int, envs: list[bytes]) -> None:
+        def resolve_stage(r: int, envs: Sequence[bytes | Envelope]) -> None:
             read = [marks.pop(id(e)) for e in envs if id(e) in marks]
             if read:
                 unread_resolve.read(r, max(read))
@@ -1154,7 +1173,7 @@ class LocalRun:
                 else:
                     send(clusters, unread_clusters, k, env, self.local_clusters)
 
-        def detect(k: int, envs: list[bytes]) -> None:
+        def detect(k: int, envs: Sequence[bytes | Envelope]) -> None:
             read = [marks.pop(id(e)) for e in envs if id(e) in marks]
             if read:
                 unread_clusters.read(k, max(read))
@@ -1185,7 +1204,7 @@ class LocalRun:
                 pos[p] += len(chunk)
                 ib = ingest.handle(((p, off, line) for off, line in chunk), now)
                 self.deadletters.extend(ib.deadletters)
-                for r, env in ib.envelopes.items():
+                for r, env in ib.unpacked.items():
                     if self.local_resolve and rng.random() < 0.5:  # no copy through the topic
                         resolve_stage(r, [*unread_resolve.take([r]).get(r, []), env])
                     else:
