@@ -617,17 +617,19 @@ class Worker:
         self, events: list[Any], last_event: dict[int, Any], unread: UnreadSends
     ) -> dict[int, list[bytes]]:
         """A batch of an internal topic's records as each partition's envelopes, noting
-        each partition's last event and what it has read of this worker's own sends."""
+        each partition's last event and what it has read of this worker's own sends (the
+        copies of those handed over in-process while unread are left out)."""
         received: dict[int, list[bytes]] = {}
         mine = self._own_key
         for events_of_partition in _by_partition(events):
             last = events_of_partition[-1]
             p = last.message.partition
             last_event[p] = last
-            own = [e.message.timestamp for e in events_of_partition if e.message.key == mine]
-            if own:  # what it has read needs no short way
-                unread.read(p, round(max(own) * 1000))
-            received[p] = [e.message.value for e in events_of_partition]
+            records = (
+                (round(m.timestamp * 1000) if m.key == mine else None, m.value)
+                for m in (e.message for e in events_of_partition)
+            )
+            received[p] = unread.received(p, records)
         return received
 
     def _to_resolve(self, envelopes: dict[int, Envelope]) -> None:

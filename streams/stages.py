@@ -58,7 +58,7 @@ import itertools
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 
@@ -72,6 +72,8 @@ from streams.reorder import ReorderBuffer
 from streams.router import Routed, Router
 from streams.stats import Stats
 from streams.watermarks import NO_TIME, Mark, SourceClock, Watermark
+
+T = TypeVar("T")
 
 #: How often (event time) held orphans are checked for expiry, as ``replay`` does.
 EXPIRE_EVERY_MS: Final = 10_000
@@ -635,10 +637,12 @@ class UnreadSends:
     {}
     """
 
-    __slots__ = ("_unread",)
+    __slots__ = ("_handed", "_unread")
 
     def __init__(self) -> None:
         self._unread: dict[int, list[tuple[int, Envelope]]] = {}
+        #: marks of envelopes handed over while unread: their copies are skipped
+        self._handed: dict[int, set[int]] = {}
 
     def sent(self, partition: int, mark: int, envelope: Envelope) -> None:
         """``envelope`` went to ``partition`` through the topic alone."""
@@ -648,6 +652,34 @@ class UnreadSends:
         """``partition`` has read this worker's envelope of ``mark`` (and so all before it)."""
         if partition in self._unread:
             self._unread[partition] = [(m, env) for m, env in self._unread[partition] if m > mark]
+        handed = self._handed.get(partition)
+        if handed:  # the parts of an envelope share its mark: keep it until a later one
+            handed.difference_update([m for m in handed if m < mark])
+
+    def received(self, partition: int, records: Iterable[tuple[int | None, T]]) -> list[T]:
+        """What ``partition`` read, ``(mark, value)`` (mark ``None``: not this worker's),
+        less the copies of what was handed to it in-process already; notes what it read.
+
+        >>> env = Envelope([["f", "p"]])
+        >>> sends = UnreadSends()
+        >>> sends.sent(0, 10, env); sends.sent(0, 11, env)
+        >>> len(sends.take([0])[0])  # handed over in-process, unread
+        2
+        >>> sends.received(0, [(None, "theirs"), (10, "copy"), (11, "copy"), (12, "new")])
+        ['theirs', 'new']
+        """
+        out: list[T] = []
+        top: int | None = None
+        handed = self._handed.get(partition, set())
+        for mark, value in records:
+            if mark is not None:
+                top = mark if top is None else max(top, mark)
+                if mark in handed:
+                    continue
+            out.append(value)
+        if top is not None:
+            self.read(partition, top)
+        return out
 
     def take(self, partitions: Iterable[int]) -> dict[int, list[Envelope]]:
         """The unread envelopes of ``partitions`` (about to go the short way), forgotten here."""
@@ -656,11 +688,13 @@ class UnreadSends:
             unread = self._unread.pop(r, None)
             if unread:
                 out[r] = [env for _, env in unread]
+                self._handed.setdefault(r, set()).update(m for m, _ in unread)
         return out
 
     def drop(self, partition: int) -> None:
         """Forget a partition this worker no longer holds."""
         self._unread.pop(partition, None)
+        self._handed.pop(partition, None)
 
 
 def resolve_local_peers(
@@ -1148,9 +1182,7 @@ class LocalRun:
                 unread.sent(k, mark, env)
 
         def resolve_stage(r: int, envs: Sequence[bytes | Envelope]) -> None:
-            read = [marks.pop(id(e)) for e in envs if id(e) in marks]
-            if read:
-                unread_resolve.read(r, max(read))
+            envs = unread_resolve.received(r, [(marks.pop(id(e), None), e) for e in envs])
             made = [resolvers[r].handle(envs)]
             delivered: set[int] = set()
             if self.local_peers:
@@ -1174,9 +1206,7 @@ class LocalRun:
                     send(clusters, unread_clusters, k, env, self.local_clusters)
 
         def detect(k: int, envs: Sequence[bytes | Envelope]) -> None:
-            read = [marks.pop(id(e)) for e in envs if id(e) in marks]
-            if read:
-                unread_clusters.read(k, max(read))
+            envs = unread_clusters.received(k, [(marks.pop(id(e), None), e) for e in envs])
             cb = detectors[k].handle(envs)
             self._collect(cb)
             for r, env in cb.forget.items():
