@@ -88,9 +88,9 @@ HEARTBEAT_S = 0.25
 COMMIT_EVERY_S = 1.0
 #: Rounds of registrations handed straight to peer partitions of this worker, per batch.
 LOCAL_PEER_ROUNDS = 4
-#: Seconds after an assignment before they go the short way again (see
-#: :meth:`Worker._resolve_local_peers`).
-LOCAL_PEER_GRACE_S = 3.0
+#: Seconds after an assignment before envelopes are handed over in-process again
+#: (see :meth:`Worker._to_resolve`, :meth:`Worker._to_clusters`).
+HAND_OVER_GRACE_S = 3.0
 #: How far (event time) a shares partition may be read ahead of the slowest one with a backlog.
 READ_SKEW_MS = 5_000
 #: How often a worker publishes its counters on the ``stats`` topic.
@@ -334,8 +334,8 @@ class Worker:
         self.resolvers: dict[int, ResolvePartition] = {}
         #: the last input event of each resolve partition: its table writes go with it
         self._last_resolve_event: dict[int, Any] = {}
-        #: when registrations may go straight to local peers again (after a rebalance)
-        self._local_peers_from = 0.0
+        #: when envelopes may be handed over in-process again (after a rebalance)
+        self._hand_over_from = 0.0
         #: the key of the envelopes this worker sends its own stages, and what it sent
         #: the resolve partitions it holds through Kafka alone that they have not read
         #: yet, marked by timestamp in ms (see :meth:`_to_resolve`,
@@ -456,7 +456,7 @@ class Worker:
 
         @app.on_partitions_assigned.connect  # type: ignore[arg-type]
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
-            self._local_peers_from = time.monotonic() + LOCAL_PEER_GRACE_S
+            self._hand_over_from = time.monotonic() + HAND_OVER_GRACE_S
             clusters, resolve = self.settings.topic("clusters"), self.settings.topic("resolve")
             self._held_clusters |= {tp.partition for tp in assigned if tp.topic == clusters}
             self._held_resolve |= {tp.partition for tp in assigned if tp.topic == resolve}
@@ -636,7 +636,7 @@ class Worker:
         """Ingest's envelopes on to the resolve partitions; those this worker holds get them
         in-process (as :meth:`_to_clusters` does for the next hop, by the same rules)."""
         stream = self._resolve_stream
-        short = stream is not None and time.monotonic() >= self._local_peers_from
+        short = stream is not None and time.monotonic() >= self._hand_over_from
         local: dict[int, list[bytes | Envelope]] = {}
         for r, envelope in envelopes.items():
             if short and r in self.resolvers and r in self._last_resolve_event:
@@ -695,12 +695,12 @@ class Worker:
 
         What this worker sent a peer through Kafka alone and the peer has not
         read yet goes the short way first, so the short way never overtakes
-        the long one. For :data:`LOCAL_PEER_GRACE_S` after partitions are
+        the long one. For :data:`HAND_OVER_GRACE_S` after partitions are
         assigned nothing goes the short way: what a partition's previous owner
         sent through Kafka should reach its peers first (that one is a matter
         of time, not proof).
         """
-        if time.monotonic() < self._local_peers_from:
+        if time.monotonic() < self._hand_over_from:
             return [], set()
         return resolve_local_peers(
             self.resolvers,
@@ -771,10 +771,10 @@ class Worker:
         worker dies; no Kafka copy is sent). What this worker sent that
         partition through Kafka alone and it has not read yet goes first, so
         the short way never overtakes the long one; for
-        :data:`LOCAL_PEER_GRACE_S` after an assignment everything goes through
+        :data:`HAND_OVER_GRACE_S` after an assignment everything goes through
         Kafka, so that what a previous owner sent comes first.
         """
-        short = time.monotonic() >= self._local_peers_from
+        short = time.monotonic() >= self._hand_over_from
         for k, envelope in envelopes.items():
             event = self._last_detect_event.get(k)
             if short and event is not None and k in self.detectors:
