@@ -386,6 +386,7 @@ class Worker:
             consumer_auto_offset_reset="earliest",
             datadir=str(s.data_dir / s.app_id),
             processing_guarantee="at_least_once",
+            table_standby_replicas=s.standby_replicas,
             **conf,
         )
         raw: dict[str, Any] = dict(

@@ -146,6 +146,9 @@ class Settings:
     partitions: int = 4
     #: Replication factor of the topics the worker creates.
     replicas: int = 1
+    #: Standby copies of each table partition kept by other workers, for a fast
+    #: failover; 0 saves their CPU (each worker then applies no other's changelogs).
+    standby_replicas: int = 1
     #: Bank CSV files loaded at start (live updates come on the ``bank`` topic).
     bank_files: tuple[Path, ...] = ()
     #: Alert policy TOML; ``None``: the documented defaults (``streams/policy.toml``).
@@ -196,7 +199,7 @@ class Settings:
         for name in ("partitions", "replicas", "batch_size", "max_held", "log_compact_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("lateness_ms", "hold_ms", "idle_ms"):
+        for name in ("lateness_ms", "hold_ms", "idle_ms", "standby_replicas"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} cannot be negative")
         for name in ("partition_idle_s", "batch_wait_s", "heartbeat_s"):
@@ -356,6 +359,7 @@ _ENV: Final[dict[str, tuple[str, Any]]] = {
     "VIRALWATCH_APP_ID": ("app_id", _str),
     "VIRALWATCH_PARTITIONS": ("partitions", _int),
     "VIRALWATCH_REPLICAS": ("replicas", _int),
+    "VIRALWATCH_STANDBY_REPLICAS": ("standby_replicas", _int),
     "VIRALWATCH_BANKS": ("bank_files", _paths),
     "VIRALWATCH_POLICY": ("policy_file", Path),
     "VIRALWATCH_PSEUDONYM_KEY": ("pseudonym_key", _bytes),
