@@ -635,19 +635,18 @@ class Worker:
 
     def _to_resolve(self, envelopes: dict[int, Envelope]) -> None:
         """Ingest's envelopes on to the resolve partitions; those this worker holds get them
-        in-process (as :meth:`_to_clusters` does for the next hop, by the same rules)."""
+        in-process (see :meth:`_hand_over`)."""
         stream = self._resolve_stream
-        short = stream is not None and time.monotonic() >= self._hand_over_from
-        local: dict[int, list[bytes | Envelope]] = {}
-        for r, envelope in envelopes.items():
-            if short and r in self.resolvers and r in self._last_resolve_event:
-                local[r] = [*self._unread_resolve.take([r]).get(r, []), envelope]
-            else:
-                stamp = self._send(self.t_resolve, envelope.pack(), r, key=self._own_key)
-                if r in self._held_resolve:
-                    self._unread_resolve.sent(r, stamp, envelope)
+        local = self._hand_over(
+            envelopes,
+            self.t_resolve,
+            self._unread_resolve,
+            self._held_resolve,
+            ready=lambda r: (
+                stream is not None and r in self.resolvers and r in self._last_resolve_event
+            ),
+        )
         if local:
-            self.handed_over += len(local)
             self._resolve_all(stream, local)
 
     def _resolve_all(self, stream: Any, received: Mapping[int, Sequence[bytes | Envelope]]) -> None:
@@ -657,12 +656,10 @@ class Worker:
             batches += self._resolve(stream, r, envelopes)
         made, delivered = self._resolve_local_peers(stream, batches)
         to_clusters, to_peers = merge_resolved(batches + made)
+        unread, held = self._unread_resolve, self._held_resolve
         for r, envelope in to_peers.items():
-            if r in delivered:  # handed over in-process (and logged there): no copy
-                continue
-            stamp = self._send(self.t_resolve, envelope.pack(), r, key=self._own_key)
-            if r in self._held_resolve:
-                self._unread_resolve.sent(r, stamp, envelope)
+            if r not in delivered:  # else handed over in-process (and logged there): no copy
+                self._send_own(self.t_resolve, unread, held, r, envelope)
         self._to_clusters(stream, to_clusters)
 
     def _resolve(
@@ -763,29 +760,57 @@ class Worker:
         return state
 
     def _to_clusters(self, stream: Any, envelopes: dict[int, Envelope]) -> None:
-        """Envelopes on to the clusters partitions; those this worker holds get them in-process.
+        """Resolve's envelopes on to the clusters partitions; those this worker holds get
+        them in-process (see :meth:`_hand_over`)."""
+        local = self._hand_over(
+            envelopes,
+            self.t_clusters,
+            self._unread_clusters,
+            self._held_clusters,
+            ready=lambda k: k in self.detectors and k in self._last_detect_event,
+        )
+        for k, received in local.items():
+            self._detect(stream, k, self._last_detect_event[k], received)
+
+    def _hand_over(
+        self,
+        envelopes: dict[int, Envelope],
+        topic: Any,
+        unread: UnreadSends,
+        held: set[int],
+        ready: Callable[[int], bool],
+    ) -> dict[int, list[bytes | Envelope]]:
+        """Which envelopes the next stage gets in-process; the others go through ``topic``.
 
         Through Kafka that is one more hop on the way to every alert. An
-        envelope for a clusters partition this worker holds, and has read
-        from since it was assigned, is handled at once instead (its events are
-        logged in the cluster log as any are, so nothing is lost if this
-        worker dies; no Kafka copy is sent). What this worker sent that
-        partition through Kafka alone and it has not read yet goes first, so
-        the short way never overtakes the long one; for
-        :data:`HAND_OVER_GRACE_S` after an assignment everything goes through
-        Kafka, so that what a previous owner sent comes first.
+        envelope for a partition this worker holds, and has read from since it
+        was assigned (``ready``), is handed over instead, unpacked: the stage
+        logs what it received as it does any batch, so nothing is lost if this
+        worker dies, and no Kafka copy is sent. What this worker sent that
+        partition through Kafka alone and it has not read yet goes first, so the
+        short way never overtakes the long one (its copies are skipped when read,
+        :meth:`UnreadSends.received`); for :data:`HAND_OVER_GRACE_S` after an
+        assignment everything goes through Kafka, so that what a previous owner
+        sent comes first.
         """
         short = time.monotonic() >= self._hand_over_from
+        local: dict[int, list[bytes | Envelope]] = {}
         for k, envelope in envelopes.items():
-            event = self._last_detect_event.get(k)
-            if short and event is not None and k in self.detectors:
-                unread = self._unread_clusters.take([k]).get(k, [])
-                self.handed_over += 1
-                self._detect(stream, k, event, [*unread, envelope])
+            if short and ready(k):
+                local[k] = [*unread.take([k]).get(k, []), envelope]
             else:
-                stamp = self._send(self.t_clusters, envelope.pack(), k, key=self._own_key)
-                if k in self._held_clusters:
-                    self._unread_clusters.sent(k, stamp, envelope)
+                self._send_own(topic, unread, held, k, envelope)
+        self.handed_over += len(local)
+        return local
+
+    def _send_own(
+        self, topic: Any, unread: UnreadSends, held: set[int], partition: int, envelope: Envelope
+    ) -> None:
+        """Send an envelope to this worker's stages through Kafka; note it until read if the
+        partition is one this worker holds (the short way must not overtake it)."""
+        stamp = self._send(topic, envelope.pack(), partition, key=self._own_key)
+        if partition in held:
+            unread.sent(partition, stamp, envelope)
 
     def _detect(
         self, stream: Any, partition: int, event: Any, envelopes: Sequence[bytes | Envelope]

@@ -810,7 +810,7 @@ class ResolvePartition:
                 held.pop(eid, None)
         self.posts.new.clear()
         items = [["e", ev, None, None] for ev in sorted(held.values(), key=_ts_then_id)]
-        return self.handle([Envelope(items).pack()] if items else [])
+        return self.handle([Envelope(items)] if items else [])
 
     def snapshot(self) -> bytes:
         """This partition's whole persisted state as one resolve-log entry.
@@ -1167,8 +1167,8 @@ class LocalRun:
             )
             for k in range(n)
         ]
-        #: registrations and progress that went to a peer through the topic alone, unread;
-        #: the mark of each envelope the resolve stage sent a peer (by its id)
+        #: per hop, what went to a partition through the topic alone and is unread;
+        #: the mark of each record sent through a topic (by its id)
         unread_resolve, unread_clusters, sends = UnreadSends(), UnreadSends(), itertools.count()
         marks: dict[int, int] = {}
 
