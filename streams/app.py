@@ -934,15 +934,13 @@ class Worker:
                 self._last_resolve_event.pop(tp.partition, None)
                 self._unread_resolve.drop(tp.partition)
                 self._held_resolve.discard(tp.partition)
+                self._ledgers.pop((self.resolve_log.name, tp.partition), None)
             elif tp.topic == self.settings.topic("clusters"):
                 self.detectors.pop(tp.partition, None)
                 self._held_clusters.discard(tp.partition)
                 self._last_detect_event.pop(tp.partition, None)
                 self._unread_clusters.drop(tp.partition)
-            else:
-                continue
-            for table in (self.resolve_log, self.cluster_log):
-                self._ledgers.pop((table.name, tp.partition), None)
+                self._ledgers.pop((self.cluster_log.name, tp.partition), None)
 
     async def _follow_bank(self) -> None:
         """Apply every bank update, from the start of the ``bank`` topic, as it comes.
