@@ -41,9 +41,10 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,11 @@ GC_FREEZE_EVERY_S = 10.0
 #: one: CPython's 700 / 10 / 10 collect every few events here (see :class:`GcPacer`).
 GC_THRESHOLDS = (50_000, 20, 10)
 GC_FULL_EVERY_S = 900.0
+#: A worker whose stage raised ends within this time, even if its clean stop hangs (an
+#: agent that crashed never acks the events it held, and Faust's stop waits for them).
+CRASH_EXIT_S = 15.0
+#: The exit status of a worker ended that way (``EX_SOFTWARE``: an internal error).
+CRASH_EXIT_STATUS = 70
 
 
 class GcPacer:
@@ -325,6 +331,7 @@ class Worker:
         self.backlogged: list[int] = []
         #: the ``shares`` reader (see :meth:`_read_shares`), and its offsets per partition
         self._shares: Any = None
+        self._crash_timer: threading.Timer | None = None
         self._next_offsets: dict[int, int] = {}
         self._committed: dict[int, int] = {}
         self.sent: Counter[str] = Counter()
@@ -412,23 +419,28 @@ class Worker:
 
         @app.task  # type: ignore[untyped-decorator]
         async def ingest() -> None:
-            await self._read_shares()
+            with self._fatal("ingest"):
+                await self._read_shares()
 
         @app.agent(self.t_resolve, name="resolve", supervisor_strategy=crash)
         async def resolve(stream: Any) -> None:
             self._resolve_stream = stream
-            async for events in stream.take_events(*take):
-                self._delay("resolve", (e.message.timestamp for e in events))
-                received = self._received(events, self._last_resolve_event, self._unread_resolve)
-                self._resolve_all(stream, received)
+            with self._fatal("resolve"):
+                async for events in stream.take_events(*take):
+                    self._delay("resolve", (e.message.timestamp for e in events))
+                    unread = self._unread_resolve
+                    received = self._received(events, self._last_resolve_event, unread)
+                    self._resolve_all(stream, received)
 
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
         async def detect(stream: Any) -> None:
-            async for events in stream.take_events(*take):
-                self._delay("detect", (e.message.timestamp for e in events))
-                received = self._received(events, self._last_detect_event, self._unread_clusters)
-                for k, envelopes in received.items():
-                    self._detect(stream, k, self._last_detect_event[k], envelopes)
+            with self._fatal("detect"):
+                async for events in stream.take_events(*take):
+                    self._delay("detect", (e.message.timestamp for e in events))
+                    unread = self._unread_clusters
+                    received = self._received(events, self._last_detect_event, unread)
+                    for k, envelopes in received.items():
+                        self._detect(stream, k, self._last_detect_event[k], envelopes)
 
         @app.timer(HEARTBEAT_S)  # type: ignore[untyped-decorator]
         async def heartbeat() -> None:
@@ -520,6 +532,27 @@ class Worker:
             self._shares = None
             with contextlib.suppress(Exception):
                 await consumer.stop()
+
+    @contextlib.contextmanager
+    def _fatal(self, stage: str) -> Iterator[None]:
+        """A stage that raises ends the worker: a bug must not leave a process that looks
+        alive and does nothing. The exception goes on to Faust, which stops the worker
+        cleanly; if that stop hangs (a crashed agent never acks the events it held, and
+        Faust waits for them), the process ends after :data:`CRASH_EXIT_S` all the same.
+        Nothing is lost: offsets of what was not processed are not committed."""
+        try:
+            yield
+        except Exception:
+            log.critical(
+                "stage %s failed: the worker stops (in %.0f s at most)", stage, CRASH_EXIT_S
+            )
+            if self._crash_timer is None:
+                self._crash_timer = threading.Timer(
+                    CRASH_EXIT_S, os._exit, args=(CRASH_EXIT_STATUS,)
+                )
+                self._crash_timer.daemon = True
+                self._crash_timer.start()
+            raise
 
     async def _commit_shares(self, consumer: Any, offset_type: Any) -> None:
         """Commit what was read, once what it became has been sent."""

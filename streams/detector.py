@@ -146,6 +146,7 @@ class Detector:
             raise ValueError("idle_ms must outlast the longest window plus resolve_after")
         self.policy = policy
         self._windows = policy.windows_ms  # computed once: read on every event
+        self._fewest = min(rule.shares for rule in policy.rules)
         self.stats = stats
         self.pseudonymize = pseudonymizer
         self.idle_ms = idle_ms
@@ -248,18 +249,20 @@ class Detector:
     # -- policy -----------------------------------------------------------
 
     def _evaluate(self, st: ClusterState, now: int) -> None:
-        counts = {w: st.velocity.count(w, now) for w in self._windows}
-        sev = self.policy.severity_for(counts)
+        sev: Severity | None = None
+        if len(st.velocity) >= self._fewest:  # else no window holds enough (most clusters)
+            counts = {w: st.velocity.count(w, now) for w in self._windows}
+            sev = self.policy.severity_for(counts)
         reason = "velocity"
         rule = self.policy.predicted
         if (
             st.predictor is not None
             and rule is not None
+            and st.cascade.size >= rule.min_observed  # a smaller one cannot fire it: see figures
             and (now - st.predicted_at_ms >= self.predict_every_ms)
         ):
-            st.prediction = st.predictor.predict((now - st.first_seen_ms) / 1000)
+            st.prediction = p = self._forecast(st, now)
             st.predicted_at_ms = now
-            p = st.prediction
             if (
                 p is not None
                 and rule.fires(p.size, p.low, st.cascade.size)
@@ -338,8 +341,23 @@ class Detector:
 
     # -- figures ----------------------------------------------------------
 
+    def _forecast(self, st: ClusterState, now: int) -> Prediction | None:
+        assert st.predictor is not None
+        return st.predictor.predict((now - st.first_seen_ms) / 1000)
+
     def figures(self, st: ClusterState, now: int) -> CascadeFigures:
+        """What an alert says of its cascade at ``now``.
+
+        The forecast is the one the policy last read (every ``predict_every_ms``
+        of event time); a cluster too small for the ``[predicted]`` rule is not
+        forecast as it grows (that is most clusters: a forecast costs far more
+        than applying an event), so its alert gets one made now.
+        """
         c, v = _graph(st), st.velocity
+        prediction = st.prediction
+        rule = self.policy.predicted
+        if st.predictor is not None and rule is not None and c.size < rule.min_observed:
+            prediction = self._forecast(st, now)
         return CascadeFigures(
             size=c.size,
             live=c.live,
@@ -352,7 +370,7 @@ class Detector:
             velocity_5m=v.rate(WINDOWS_MS[1], now),
             velocity_15m=v.rate(WINDOWS_MS[2], now),
             acceleration=v.acceleration(now),
-            predicted_final_size=st.prediction,
+            predicted_final_size=prediction,
         )
 
     def _alert(self, st: ClusterState, sev: Severity, status: str, now: int, reason: str) -> Alert:

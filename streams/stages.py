@@ -93,17 +93,20 @@ def partition_for(key: str, partitions: int) -> int:
 # -- wire forms -------------------------------------------------------------
 
 
-def event_from_wire(d: Mapping[str, Any]) -> ShareEvent:
+def event_from_wire(d: Mapping[str, Any] | ShareEvent) -> ShareEvent:
     """A :class:`ShareEvent` from its canonical dict (:meth:`ShareEvent.to_dict`).
 
     Only for dicts the pipeline wrote itself after :func:`parse_event` validated
-    the input: this does not validate again.
+    the input: this does not validate again. An item handed over in-process
+    carries the event itself (never encoded, see :func:`dumps`): it is taken as is.
 
     >>> ev = parse_event(b'{"event_id":"e","type":"share","ts":1767225600000,'
     ...                  b'"post_id":"p2","parent_post_id":"p1","user_id":"u"}')
-    >>> event_from_wire(orjson.loads(ev.to_json())) == ev
-    True
+    >>> event_from_wire(orjson.loads(ev.to_json())) == ev, event_from_wire(ev) is ev
+    (True, True)
     """
+    if isinstance(d, ShareEvent):
+        return d
     c = d.get("content")
     return ShareEvent(
         event_id=d["event_id"],
@@ -113,22 +116,34 @@ def event_from_wire(d: Mapping[str, Any]) -> ShareEvent:
         user_id=d["user_id"],
         parent_post_id=d.get("parent_post_id"),
         followers=d.get("followers"),
-        content=_content_from_wire(c) if c else None,
+        content=Content(c.get("pdq"), c.get("pdq_quality"), c.get("md5")) if c else None,
     )
 
 
-def _content_from_wire(c: Mapping[str, Any]) -> Content:
-    return Content(c.get("pdq"), c.get("pdq_quality"), c.get("md5"))
-
-
-def _match_to_wire(m: MatchInfo | None) -> dict[str, Any] | None:
-    return None if m is None else m.to_dict()
-
-
-def _match_from_wire(d: Mapping[str, Any] | None) -> MatchInfo | None:
-    if d is None:
-        return None
+def _match_from_wire(d: Mapping[str, Any] | MatchInfo | None) -> MatchInfo | None:
+    if d is None or isinstance(d, MatchInfo):
+        return d
     return MatchInfo(d["bank"], d["signal_type"], d["signal"], d["distance"], d.get("label"))
+
+
+def _to_wire(obj: Any) -> Any:
+    if isinstance(obj, ShareEvent | MatchInfo):
+        return obj.to_dict()
+    raise TypeError(f"{type(obj).__name__} has no wire form")
+
+
+def dumps(body: Any) -> bytes:
+    """JSON of what stages write (envelopes, log entries).
+
+    Items carry events and matches as records while they stay in-process (a
+    stage handing a batch to the next one on this worker decodes nothing);
+    they become their canonical dicts only here, when they are written.
+
+    >>> ev = ShareEvent("e", "takedown", 1767225600000, "p1", "u")
+    >>> dumps([["e", ev, 0, 1]]) == orjson.dumps([["e", ev.to_dict(), 0, 1]])
+    True
+    """
+    return orjson.dumps(body, default=_to_wire, option=orjson.OPT_PASSTHROUGH_DATACLASS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +170,7 @@ class Envelope:
             body["m"] = {str(p): [t, 1 if idle else 0] for p, (t, idle) in self.marks.items()}
         if self.progress:
             body["p"] = {str(p): t for p, t in self.progress.items()}
-        return orjson.dumps(body)
+        return dumps(body)
 
     @classmethod
     def of(cls, raw: bytes | Envelope | None) -> Envelope:
@@ -195,7 +210,7 @@ def _chunks(items: list[Any], limit: int) -> list[list[Any]]:
     out: list[list[Any]] = [[]]
     size = 0
     for item in items:
-        n = len(orjson.dumps(item)) + 1
+        n = len(dumps(item)) + 1
         if out[-1] and size + n > limit:
             out.append([])
             size = 0
@@ -491,7 +506,7 @@ class Ingest:
             clock.observe(partition, parsed.ts_ms, now)
             key = parsed.parent_post_id if parsed.type == "share" else parsed.post_id
             assert key is not None  # parse_event guarantees a share's parent
-            items[partition_for(key, parts)].append(["e", parsed.to_dict(), partition, offset])
+            items[partition_for(key, parts)].append(["e", parsed, partition, offset])
             n += 1
         marks = clock.marks(now)
         return IngestBatch({r: Envelope(items[r], marks) for r in range(parts)}, dead, n)
@@ -781,7 +796,7 @@ class ResolvePartition:
         self.watermark = Watermark(sources, lateness_ms)
         self.peers: dict[int, int] = {}
         self.progress = NO_TIME
-        self._held: dict[str, dict[str, Any]] = {}
+        self._held: dict[str, ShareEvent | dict[str, Any]] = {}
         self._waiting: list[tuple[int, str]] = []  # (ts, event id) of held reshares, a heap
         self._expired_at = NO_TIME
 
@@ -826,7 +841,7 @@ class ResolvePartition:
         >>> orjson.loads(r.snapshot())
         {'p': {'p2': 'b-1'}, 'h+': []}
         """
-        return orjson.dumps({"p": self.posts.own, "h+": list(self._held.values())})
+        return dumps({"p": self.posts.own, "h+": list(self._held.values())})
 
     # -- processing --
 
@@ -856,7 +871,7 @@ class ResolvePartition:
                     del held[eid]
                     held_del.append(eid)
                 out[partition_for(x.cluster_id, parts)].append(
-                    ["e", x.event.to_dict(), x.cluster_id, _match_to_wire(x.match)]
+                    ["e", x.event, x.cluster_id, x.match]
                 )
                 routed += 1
 
@@ -867,31 +882,35 @@ class ResolvePartition:
             except ValueError as exc:
                 dead.append(DeadLetter(Rejection("bad_envelope", str(exc), _raw(raw)), "route"))
         # every upload of the batch matched in one index search
+        # each event decoded once, here (none if handed over in-process)
+        batches = [
+            [[k, event_from_wire(item[1])] if (k := item[0]) == "e" else item for item in env.items]
+            for env in unpacked
+        ]
         router.prefetch(
             [
-                _content_from_wire(item[1]["content"])
-                for env in unpacked
-                for item in env.items
-                if item[0] == "e" and item[1]["type"] == "upload"
+                item[1].content
+                for items in batches
+                for item in items
+                if item[0] == "e" and item[1].type == "upload"
             ]
         )
-        for env in unpacked:
+        for env, items in zip(unpacked, batches, strict=True):
             if env.marks:
                 self.watermark.update(env.marks)
             for p, t in env.progress.items():
                 if p != self.partition and t > self.peers.get(p, NO_TIME):
                     self.peers[p] = t
-            for item in env.items:
+            for item in items:
                 kind = item[0]
                 if kind == "e":
-                    wire = item[1]
-                    if wire["event_id"] in held:
+                    ev = item[1]
+                    if ev.event_id in held:
                         continue  # redelivered while it waits: it waits once
-                    ev = event_from_wire(wire)
                     results = router.route(ev)
                     if not results:  # held until its parent is routed
-                        held[ev.event_id] = wire
-                        held_add.append(wire)
+                        held[ev.event_id] = ev
+                        held_add.append(ev)
                         heapq.heappush(self._waiting, (ev.ts_ms, ev.event_id))
                     emit(results)
                 elif kind == "r":
@@ -930,7 +949,7 @@ class ResolvePartition:
             peers=peers,
             progress=self.progress if moved else None,
             deadletters=dead,
-            delta=orjson.dumps(delta) if delta else None,
+            delta=dumps(delta) if delta else None,
             routed=routed,
         )
 
@@ -1063,7 +1082,7 @@ class ClusterPartition:
                     received.append(item)
         batch = self.advance()
         batch.decisions.rejections.extend(dead)
-        batch.log = orjson.dumps(received) if received else None
+        batch.log = dumps(received) if received else None
         return batch
 
     def advance(self) -> ClusterBatch:
