@@ -904,8 +904,11 @@ class Worker:
 
     def _log(self, table: Any, partition: int, entry: bytes) -> None:
         """Append a per-batch log entry (in parts, if it is large) to a log table."""
+        self._write_log(table, partition, split_log(entry))
+
+    def _write_log(self, table: Any, partition: int, parts: Iterable[bytes]) -> None:
         ledger = self._ledger(table, partition)
-        for part in split_log(entry):
+        for part in parts:
             key = self._log_key(partition)
             table[key] = part
             ledger.wrote(key, len(part))
@@ -930,7 +933,7 @@ class Worker:
             entries.append(entry)
         return entries
 
-    def _compact(self, table: Any, partition: int, snapshot: Callable[[], bytes]) -> None:
+    def _compact(self, table: Any, partition: int, snapshot: Callable[[], list[bytes]]) -> None:
         """Cut a partition's log back to a snapshot (see :class:`LogLedger`).
 
         The snapshot is written before the old keys are deleted, in one
@@ -940,7 +943,7 @@ class Worker:
         ledger = self._ledger(table, partition)
         old = ledger.start()
         started = time.monotonic()
-        self._log(table, partition, snapshot())
+        self._write_log(table, partition, snapshot())
         ledger.done()
         for key in old:
             table.pop(key, None)
