@@ -66,6 +66,7 @@ from streams.stages import (
     DeadLetter,
     Envelope,
     Ingest,
+    LogCutback,
     LogLedger,
     ResolveBatch,
     ResolvePartition,
@@ -108,6 +109,10 @@ GC_THRESHOLDS = (50_000, 20, 10)
 #: frees next to nothing (2,368 objects after 3 h and 54,000 evicted clusters):
 #: ``python bench/bench_gc.py``.
 GC_FULL_EVERY_S = 6 * 3600.0
+#: Stage 2's log is compacted this much at a time, between batches (see :class:`LogCutback`):
+#: about 20 ms of reading here, so alerts do not wait out a whole compaction. (At most a
+#: quarter of ``VIRALWATCH_LOG_COMPACT_BYTES``: a cut-back takes several batches.)
+CUTBACK_SLICE_BYTES = 1024 * 1024
 #: A worker whose stage raised ends within this time, even if its clean stop hangs (an
 #: agent that crashed never acks the events it held, and Faust's stop waits for them).
 CRASH_EXIT_S = 15.0
@@ -337,6 +342,8 @@ class Worker:
         #: the ``shares`` reader (see :meth:`_read_shares`), and its offsets per partition
         self._shares: Any = None
         self._crash_timer: threading.Timer | None = None
+        #: stage 2's log compactions under way, per partition (see :meth:`_cut_back`)
+        self._cutbacks: dict[int, LogCutback] = {}
         self._next_offsets: dict[int, int] = {}
         self._committed: dict[int, int] = {}
         self.sent: Counter[str] = Counter()
@@ -860,10 +867,7 @@ class Worker:
         stream._set_current_event(event)
         if batch.log is not None:
             self._log(self.cluster_log, partition, batch.log)
-            ledger = self._ledger(self.cluster_log, partition)
-            if ledger.due():
-                logs = [self.cluster_log[k] for k in ledger.keys]
-                self._compact(self.cluster_log, partition, lambda: state.compact(logs))
+        self._cut_back(partition, state)
         sent: list[Alert] = []
         for alert in batch.decisions.alerts:
             key = alert.dedupe_key.encode()
@@ -933,6 +937,27 @@ class Worker:
             entries.append(entry)
         return entries
 
+    def _cut_back(self, partition: int, state: ClusterPartition) -> None:
+        """Stage 2's log compaction, one slice per batch (see :class:`LogCutback`)."""
+        ledger = self._ledger(self.cluster_log, partition)
+        cut = self._cutbacks.get(partition)
+        if cut is None:
+            if not ledger.due():
+                return
+            cut = self._cutbacks[partition] = LogCutback(ledger.start())
+        started = time.monotonic()
+        budget = min(CUTBACK_SLICE_BYTES, self.settings.log_compact_bytes // 4)
+        entries = cut.next_slice(self.cluster_log.get, budget)
+        self._write_log(self.cluster_log, partition, state.compact(entries, cut.seen))
+        cut.seconds += time.monotonic() - started
+        if not cut.finished:
+            return
+        ledger.done()
+        for key in cut.old:
+            self.cluster_log.pop(key, None)
+        del self._cutbacks[partition]
+        self._compacted(self.cluster_log, partition, len(cut.old), cut.seconds)
+
     def _compact(self, table: Any, partition: int, snapshot: Callable[[], list[bytes]]) -> None:
         """Cut a partition's log back to a snapshot (see :class:`LogLedger`).
 
@@ -947,15 +972,19 @@ class Worker:
         ledger.done()
         for key in old:
             table.pop(key, None)
+        self._compacted(table, partition, len(old), time.monotonic() - started)
+
+    def _compacted(self, table: Any, partition: int, old: int, seconds: float) -> None:
+        ledger = self._ledger(table, partition)
         self.stats.log_compactions += 1
         log.info(
-            "%s partition %d compacted: %d entries -> %d (%d bytes) in %.3f s",
+            "%s partition %d compacted: %d entries -> %d (%d bytes), %.3f s of work",
             table.name,
             partition,
-            len(old),
+            old,
             len(ledger.keys),
             ledger.kept,
-            time.monotonic() - started,
+            seconds,
         )
 
     def _deadletter(self, letters: Iterable[DeadLetter]) -> None:
@@ -982,6 +1011,7 @@ class Worker:
                 self._last_detect_event.pop(tp.partition, None)
                 self._unread_clusters.drop(tp.partition)
                 self._ledgers.pop((self.cluster_log.name, tp.partition), None)
+                self._cutbacks.pop(tp.partition, None)
 
     async def _follow_bank(self) -> None:
         """Apply every bank update, from the start of the ``bank`` topic, as it comes.

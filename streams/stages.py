@@ -348,6 +348,51 @@ class LogLedger:
         self.kept, self.written = self.written, 0
 
 
+class LogCutback:
+    """A compaction of a log that is re-read (stage 2's), done a slice per batch.
+
+    Stage 2's snapshot is not its memory but its log filtered (the events of
+    clusters still live): reading back 16 MiB or more at once held every
+    stage for most of a second, and every alert with it. So the old entries
+    are read a slice at a time, between batches, each slice's survivors
+    written as new entries, and the old keys deleted when the last slice is
+    done. Crash-safe at any point: what is written duplicates what is not
+    deleted yet, and folding both is idempotent. ``seen`` keeps an event
+    redelivered into two old entries from being kept twice.
+
+    >>> log = {b"0:1": b"a" * 300, b"0:2": b"b" * 300, b"0:3": b"c" * 300}
+    >>> cut = LogCutback(list(log))
+    >>> [len(cut.next_slice(log.get, budget=500)) for _ in range(2)], cut.finished
+    ([2, 1], True)
+    """
+
+    __slots__ = ("old", "position", "seconds", "seen")
+
+    def __init__(self, old: list[bytes]) -> None:
+        #: the keys to re-read, then delete, oldest first
+        self.old = old
+        self.position = 0
+        self.seen: set[str] = set()
+        #: the time spent on it so far (for the log line that reports it)
+        self.seconds = 0.0
+
+    def next_slice(self, read: Callable[[bytes], bytes | None], budget: int) -> list[bytes]:
+        """The next old entries, at least one and about ``budget`` bytes."""
+        out: list[bytes] = []
+        size = 0
+        while self.position < len(self.old) and (not out or size < budget):
+            raw = read(self.old[self.position])
+            self.position += 1
+            if raw is not None:
+                out.append(raw)
+                size += len(raw)
+        return out
+
+    @property
+    def finished(self) -> bool:
+        return self.position >= len(self.old)
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """Where an input record was read: a dead-letter names it so it can be found again."""
@@ -1055,27 +1100,32 @@ class ClusterPartition:
             for item in orjson.loads(raw):
                 self._push(item)
 
-    def compact(self, logs: Iterable[bytes]) -> list[bytes]:
-        """What of this partition's log entries a replacement still needs, as new entries.
+    def compact(self, logs: Iterable[bytes], seen: set[str] | None = None) -> list[bytes]:
+        """What of these log entries a replacement still needs, as new entries.
 
         The events applied to a cluster still in memory, and those not applied
-        yet; each once. The events of evicted clusters are left out: folded
-        back, they would only be evicted again (event time has passed them
-        by more than ``idle_ms``), and a cluster id used again after an
-        eviction starts afresh, here as in the live detector. So restoring
-        the compacted entry gives the clusters this partition holds, and the
-        log stops growing with all traffic ever seen.
+        yet; each once (``seen``: the events already kept by earlier slices of
+        the same compaction, see :class:`LogCutback`). The events of evicted
+        clusters are left out: folded back, they would only be evicted again
+        (event time has passed them by more than ``idle_ms``), and a cluster id
+        used again after an eviction starts afresh, here as in the live
+        detector. So restoring the compacted entries gives the clusters this
+        partition holds, and the log stops growing with all traffic ever seen.
         """
+        seen = set() if seen is None else seen
         pending = self.buffer.keys()
         clusters = self.detector.clusters
-        kept: dict[str, list[Any]] = {}
+        kept: list[Any] = []
         for raw in logs:
             for item in orjson.loads(raw):
                 eid = item[1]["event_id"]
+                if eid in seen:
+                    continue
                 st = clusters.get(item[2])
                 if eid in pending or (st is not None and eid in st.event_ids):
-                    kept.setdefault(eid, item)
-        return log_parts(list(kept.values()))
+                    seen.add(eid)
+                    kept.append(item)
+        return log_parts(kept) if kept else []
 
     def _push(self, item: list[Any]) -> None:
         ev = event_from_wire(item[1])
