@@ -414,6 +414,7 @@ def latency(broker: LocalBroker, args: argparse.Namespace, work: Path) -> dict[s
         _wait_ready(s, proc)
         log(f"latency: {args.rate:g} events/s for {args.seconds:g}s, lateness {args.lateness} ms")
         alerts_at, plain_lat, achieved = asyncio.run(live(s, args, LiveTraffic(banked)))
+        worker = _last_stats(s)
     finally:
         stop_worker(proc)
     timed = [(_ts_s(a), now - _ts_s(a)) for now, a in alerts_at if a["status"] == "firing"]
@@ -432,6 +433,9 @@ def latency(broker: LocalBroker, args: argparse.Namespace, work: Path) -> dict[s
         "alert_max_s": lat[-1],
         "plain_p50_s": _pct(plain_sorted, 50),
         "plain_p99_s": _pct(plain_sorted, 99),
+        # state-log compactions during the run land on latency (a 60-s run may have none)
+        "log_compactions": worker.get("compactions"),
+        "log_bytes": worker.get("log_bytes"),
         # the local broker's fetches slow down as a partition's batches pile up
         # (see bench/bench_broker.py): the second half of a run is slower
         "halves": {
@@ -536,6 +540,27 @@ def _pct(values: list[float], p: float) -> float:
     return values[k]
 
 
+def _last_stats(s: Settings) -> dict[str, Any]:
+    """The worker's latest summary on the ``stats`` topic."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(s.topic("stats"), p) for p in c.partitions_for_topic(s.topic("stats"))]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    latest: dict[str, Any] = {}
+    try:
+        while batches := c.poll(timeout_ms=500):
+            for records in batches.values():
+                for r in records:
+                    d = orjson.loads(r.value)
+                    if d.get("time", 0) >= latest.get("time", 0):
+                        latest = d
+    finally:
+        c.close()
+    return latest
+
+
 def _wait_ready(s: Settings, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     """Until the worker reports, on the stats topic, that its shares reader has partitions."""
     from kafka import KafkaConsumer, TopicPartition
@@ -627,6 +652,10 @@ def main() -> None:
         print(
             f"  event -> plain consumer   p50 {lat['plain_p50_s'] * 1000:7.0f} ms   "
             f"p99 {lat['plain_p99_s'] * 1000:7.0f} ms"
+        )
+        print(
+            f"  state logs: {lat['log_compactions']} compactions during the run, "
+            f"{(lat['log_bytes'] or 0) / 2**20:.1f} MiB at its end"
         )
         for name, (a, b) in lat["halves"].items():
             print(
