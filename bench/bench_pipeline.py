@@ -168,6 +168,18 @@ async def plain_consumer(s: Settings, n: int, group: str) -> float:
     return n / (time.monotonic() - (t0 or time.monotonic()))
 
 
+def stats_reader(s: Settings, from_start: bool = True) -> Any:
+    """A kafka-python consumer of every partition of the workers' ``stats`` topic."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
+    tps = [TopicPartition(s.topic("stats"), p) for p in c.partitions_for_topic(s.topic("stats"))]
+    c.assign(tps)
+    if from_start:
+        c.seek_to_beginning(*tps)
+    return c
+
+
 def read_stats_until(s: Settings, total: int, timeout: float) -> list[tuple[float, int, int]]:
     """(wall time, records read, events in state) from the workers' stats, until all applied.
 
@@ -175,12 +187,7 @@ def read_stats_until(s: Settings, total: int, timeout: float) -> list[tuple[floa
     state of the partitions each holds (``applied``), so that events a worker
     rebuilds from a changelog after a rebalance are not counted twice.
     """
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
-    tps = [TopicPartition(s.topic("stats"), p) for p in c.partitions_for_topic(s.topic("stats"))]
-    c.assign(tps)
-    c.seek_to_beginning(*tps)
+    c = stats_reader(s)
     rows: list[tuple[float, int, int]] = []
     latest: dict[str, tuple[int, int]] = {}
     deadline = time.monotonic() + timeout
@@ -542,12 +549,7 @@ def _pct(values: list[float], p: float) -> float:
 
 def _last_stats(s: Settings) -> dict[str, Any]:
     """The worker's latest summary on the ``stats`` topic."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
-    tps = [TopicPartition(s.topic("stats"), p) for p in c.partitions_for_topic(s.topic("stats"))]
-    c.assign(tps)
-    c.seek_to_beginning(*tps)
+    c = stats_reader(s)
     latest: dict[str, Any] = {}
     try:
         while batches := c.poll(timeout_ms=500):
@@ -563,11 +565,7 @@ def _last_stats(s: Settings) -> dict[str, Any]:
 
 def _wait_ready(s: Settings, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
     """Until the worker reports, on the stats topic, that its shares reader has partitions."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(bootstrap_servers=s.bootstrap, enable_auto_commit=False)
-    tps = [TopicPartition(s.topic("stats"), p) for p in c.partitions_for_topic(s.topic("stats"))]
-    c.assign(tps)
+    c = stats_reader(s, from_start=False)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:

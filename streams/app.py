@@ -19,7 +19,8 @@ Tables (memory store, changelog topics are the durable copy):
   registered, reshares held and released);
 - ``cluster-log``: per clusters partition and batch, the routed events received;
 - both cut back now and then to a snapshot of what a replacement still
-  needs (:class:`streams.stages.LogLedger`, :meth:`Worker._compact`);
+  needs (:class:`streams.stages.LogLedger`; :meth:`Worker._compact` at once for
+  the resolve log, :meth:`Worker._cut_back` a slice per batch for the cluster log);
 - ``alerts-sent`` and ``actions-sent``: the outputs themselves. Their
   changelog topics *are* the ``alerts`` and ``actions`` topics, keyed by the
   alert's dedupe key and the action id: writing the table sends the record,
@@ -928,8 +929,8 @@ class Worker:
         """A partition's log entries, oldest first, as its new owner finds them (and notes)."""
         prefix = f"{partition}:".encode()
         keys = sorted(k for k in table if k.startswith(prefix))
-        ledger = LogLedger(self.settings.log_compact_bytes)
-        self._ledgers[(table.name, partition)] = ledger
+        self._ledgers.pop((table.name, partition), None)  # noted afresh, from what is there
+        ledger = self._ledger(table, partition)
         entries = []
         for key in keys:
             entry = table[key]

@@ -857,7 +857,7 @@ class ResolvePartition:
         self.watermark = Watermark(sources, lateness_ms)
         self.peers: dict[int, int] = {}
         self.progress = NO_TIME
-        self._held: dict[str, ShareEvent | dict[str, Any]] = {}
+        self._held: dict[str, ShareEvent] = {}
         self._waiting: list[tuple[int, str]] = []  # (ts, event id) of held reshares, a heap
         self._expired_at = NO_TIME
 
@@ -942,12 +942,12 @@ class ResolvePartition:
                 unpacked.append(Envelope.of(raw))
             except ValueError as exc:
                 dead.append(DeadLetter(Rejection("bad_envelope", str(exc), _raw(raw)), "route"))
-        # every upload of the batch matched in one index search
         # each event decoded once, here (none if handed over in-process)
         batches = [
             [[k, event_from_wire(item[1])] if (k := item[0]) == "e" else item for item in env.items]
             for env in unpacked
         ]
+        # every upload of the batch matched in one index search
         router.prefetch(
             [
                 item[1].content
