@@ -1,13 +1,26 @@
 # viralwatch: `make demo` runs the main job, `make test` runs every check CI runs.
 # Both set everything up on a fresh machine (a virtual environment in .venv;
-# as root, the Debian programs the integration tests drive).
+# Apache Kafka's jars from Maven Central in .kafka/lib, which needs Java 17 and
+# Maven; as root, the Debian programs the integration tests drive).
 
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck unit programs bench clean
+.PHONY: demo test lint typecheck unit programs kafka bench clean
+
+KAFKA_STAMP := .kafka/lib/.built
+
+# Apache Kafka (KRaft) from Maven Central's jars: the broker's runtime classpath,
+# copied into .kafka/lib (git-ignored). `viralwatch broker --kafka` runs it.
+$(KAFKA_STAMP): deploy/kafka/pom.xml
+	@command -v java >/dev/null || { echo "Apache Kafka needs Java 17 (java not found)"; exit 1; }
+	@command -v mvn >/dev/null || { echo "building Apache Kafka's classpath needs Maven (mvn not found)"; exit 1; }
+	mvn -B -q -f deploy/kafka/pom.xml package
+	touch $@
+
+kafka: $(KAFKA_STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,11 +56,11 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
-test: $(VENV)/.installed programs lint typecheck
+test: $(VENV)/.installed $(KAFKA_STAMP) programs lint typecheck
 	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc = 5 ]; then echo "pytest ran no test: that is a failure here"; exit 1; fi; exit $$rc
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed $(KAFKA_STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/bench_pdq.py
 	$(BIN)/python bench/bench_core.py
@@ -56,4 +69,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/bench_pipeline.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .kafka .pytest_cache .mypy_cache .ruff_cache

@@ -57,7 +57,13 @@ from mode.supervisors import CrashingSupervisor
 
 from streams.alerts import Alert, Pseudonymizer
 from streams.banks import HashBanks, load_bank_csv
-from streams.broker import LocalBroker, ensure_topics, parse_bootstrap, start_local_broker
+from streams.broker import (
+    BrokerError,
+    LocalBroker,
+    ensure_topics,
+    parse_bootstrap,
+    start_local_broker,
+)
 from streams.detector import ClusterSummary
 from streams.policy import AlertPolicy
 from streams.settings import TOPICS, Settings
@@ -1154,16 +1160,27 @@ def load_policy(path: Path | None) -> AlertPolicy:
     return AlertPolicy.from_toml(path) if path else AlertPolicy.default()
 
 
+#: Why a worker with no broker configured does not start (a production worker must never
+#: carry on with a toy broker that loses everything when it stops).
+NO_BROKER = (
+    "no broker configured: set VIRALWATCH_BROKER=kafka://HOST:PORT or give --broker; "
+    "--embedded-broker (VIRALWATCH_EMBEDDED_BROKER=1) starts the bundled in-memory broker "
+    "for a demo or a laptop, never for production"
+)
+
+
 def prepare(
     settings: Settings, say: Callable[[str], None]
 ) -> tuple[Settings, LocalBroker | None, int]:
-    """Start the bundled broker if none is configured; create the topics.
+    """Start the bundled broker if none is configured and that is allowed; create the topics.
 
     Returns the settings to run with, the broker started (or ``None``), and
     the partition count of the ``shares`` topic (which may predate us).
     """
     broker: LocalBroker | None = None
     if settings.broker is None:
+        if not settings.embedded_broker:
+            raise ValueError(NO_BROKER)
         broker = start_local_broker()
         settings = settings.with_(broker=broker.url, local_broker=True)
         say(
@@ -1237,8 +1254,16 @@ def run_worker(settings: Settings, say: Callable[[str], None] | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m streams.app``: a worker configured from the environment only."""
-    run_worker(Settings.from_env())
+    """``python -m streams.app``: a worker configured from the environment only.
+
+    Unusable settings (or no broker) end it at once with status 2 and one line saying why.
+    """
+    try:
+        settings = Settings.from_env()
+        run_worker(settings)
+    except (ValueError, BrokerError, ConnectionError, FileNotFoundError) as exc:
+        print(f"viralwatch: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

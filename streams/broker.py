@@ -26,12 +26,39 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Final, Protocol
 
 #: Kafka's well-known port, used when a broker address names no port.
 DEFAULT_KAFKA_PORT: Final = 9092
 #: How long the bundled broker may take to accept connections (it needs about 0.1 s).
 READY_TIMEOUT_S: Final = 15.0
+
+
+class RunningBroker(Protocol):
+    """A broker this process started (the bundled one or Apache Kafka), as its users see it."""
+
+    host: str
+    port: int
+    pid: int
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def bootstrap(self) -> str: ...
+
+    @property
+    def local(self) -> bool:
+        """Whether the bundled broker's workarounds apply (never on Apache Kafka)."""
+        ...
+
+    def running(self) -> bool: ...
+
+    def stop(self, timeout: float = ...) -> None: ...
+
+
+class BrokerError(RuntimeError):
+    """A broker this process started exited or never became ready (the message says why)."""
 
 
 def parse_bootstrap(url: str) -> list[str]:
@@ -126,6 +153,9 @@ class LocalBroker:
     pid: int
     log_path: Path | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    #: The bundled broker: apply its workarounds (see :mod:`streams.kafka_server` for the real one).
+    local: bool = True
 
     @property
     def url(self) -> str:
@@ -238,7 +268,7 @@ def start_local_broker(
             tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
             if tail:
                 last_error += ": " + " | ".join(tail)
-    raise RuntimeError(f"the bundled Kafka broker {last_error}")
+    raise BrokerError(f"the bundled Kafka broker {last_error}")
 
 
 def ensure_topics(

@@ -479,7 +479,7 @@ def streaming_settings(**flags: object) -> object:
 
 BrokerOpt = Annotated[
     str | None,
-    typer.Option(help="kafka://HOST:PORT (default VIRALWATCH_BROKER; none: start the bundled one)"),
+    typer.Option(help="kafka://HOST:PORT (default VIRALWATCH_BROKER)"),
 ]
 PrefixOpt = Annotated[
     str | None, typer.Option("--topic-prefix", help="topic name prefix (default viralwatch.)")
@@ -503,8 +503,19 @@ def worker(
     ] = None,
     alertmanager: Annotated[str | None, typer.Option(help="post alerts to Alertmanager")] = None,
     webhook: Annotated[str | None, typer.Option(help="POST alerts to this URL")] = None,
+    embedded_broker: Annotated[
+        bool,
+        typer.Option(
+            "--embedded-broker",
+            help="with no broker configured, start the bundled in-memory one (demo, laptop; "
+            "never production: it loses everything when the worker stops)",
+        ),
+    ] = False,
 ) -> None:
-    """Run a streaming worker: shares topic in; alerts, takedowns, dead letters out."""
+    """Run a streaming worker: shares topic in; alerts, takedowns, dead letters out.
+
+    Refuses to start with no broker configured, unless told --embedded-broker.
+    """
     from streams.app import run_worker
     from streams.settings import Settings
 
@@ -519,6 +530,7 @@ def worker(
         metrics_port=metrics_port,
         alertmanager_url=alertmanager,
         webhook_url=webhook,
+        embedded_broker=embedded_broker or None,
     )
     assert isinstance(settings, Settings)
     try:
@@ -561,6 +573,59 @@ def produce(
         f"{settings.topic('shares')} in {done.seconds:.2f}s ({done.rate:,.0f}/s)",
         err=True,
     )
+
+
+@app.command()
+def broker(
+    kafka: Annotated[
+        bool,
+        typer.Option(
+            "--kafka",
+            help="run Apache Kafka (built by `make kafka`) instead of the bundled broker",
+        ),
+    ] = False,
+    port: Annotated[
+        int | None, typer.Option(help="loopback port to listen on (default: a free one)")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Apache Kafka's data folder (kept; default: a temporary one, removed)"),
+    ] = None,
+) -> None:
+    """Run a broker in the foreground on 127.0.0.1 until SIGTERM or Ctrl-C.
+
+    Prints one line, ``kafka://127.0.0.1:PORT``, once the broker serves
+    requests; tests, benchmarks and operators start brokers the same way.
+    """
+    import signal
+    import threading
+
+    from streams.broker import BrokerError, RunningBroker, start_local_broker
+    from streams.kafka_server import start_kafka
+
+    if port is not None and not 0 < port < 65536:
+        fail(f"--port {port}: a port is 1..65535")
+    if data is not None and not kafka:
+        fail("--data is for --kafka (the bundled broker keeps everything in memory)")
+    if data is not None and data.exists() and not data.is_dir():
+        fail(f"--data {data} is not a folder")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    running: RunningBroker
+    try:
+        running = start_kafka(port=port, data=data) if kafka else start_local_broker(port=port)
+    except (BrokerError, FileNotFoundError, OSError) as exc:
+        fail(str(exc))
+    try:
+        typer.echo(running.url)
+        kind = "Apache Kafka" if kafka else "the bundled broker (memory storage)"
+        typer.echo(f"viralwatch: {kind} ready, pid {running.pid}; Ctrl-C stops it", err=True)
+        while not stop.wait(0.5):
+            if not running.running():
+                fail(f"the broker (pid {running.pid}) exited")
+    finally:
+        running.stop()
 
 
 @app.command()

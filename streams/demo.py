@@ -121,7 +121,9 @@ def run_demo(
     console.print(f"[dim]simulating {scenario.minutes} minutes of traffic into {workdir}...[/]")
     truth = write_scenario(scenario, events_path, bank_path)
     total = int(truth["lines"])
-    settings = settings.with_(bank_files=(bank_path,), data_dir=workdir / "data")
+    settings = settings.with_(
+        bank_files=(bank_path,), data_dir=workdir / "data", embedded_broker=True
+    )
     settings, broker, _ = prepare(settings, lambda m: console.print(f"[cyan]{m}[/]"))
     worker: subprocess.Popen[bytes] | None = None
     stop = threading.Event()

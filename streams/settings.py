@@ -136,8 +136,12 @@ class Settings:
     wall-clock time).
     """
 
-    #: ``kafka://HOST:PORT`` (several separated by ``;``); ``None``: start the bundled broker.
+    #: ``kafka://HOST:PORT`` (several separated by ``;``); ``None``: none configured (a
+    #: worker then refuses to start, unless told ``embedded_broker``).
     broker: str | None = None
+    #: With no broker configured, start the bundled in-memory broker (``demo``, a laptop);
+    #: never in production: everything it holds is lost when the command ends.
+    embedded_broker: bool = False
     #: Prefix of every topic name, so several deployments can share a cluster.
     topic_prefix: str = "viralwatch."
     #: Kafka consumer group and Faust application id.
@@ -379,6 +383,7 @@ _ENV: Final[dict[str, tuple[str, Any]]] = {
     "VIRALWATCH_WEBHOOK": ("webhook_url", _str),
     "VIRALWATCH_DATA_DIR": ("data_dir", Path),
     "VIRALWATCH_LOCAL_BROKER": ("local_broker", _bool),
+    "VIRALWATCH_EMBEDDED_BROKER": ("embedded_broker", _bool),
     "VIRALWATCH_LOG_LEVEL": ("log_level", str.upper),
 }
 

@@ -1,4 +1,8 @@
-"""Kafka test helpers: the bundled broker per test module, workers as processes, topic readers.
+"""Kafka test helpers: Apache Kafka per test module, workers as processes, topic readers.
+
+Integration tests run on Apache Kafka (``broker``: built by ``make kafka``
+from Maven Central's jars, started on free loopback ports per test module).
+The bundled broker (``tansu``) keeps a smoke test: it is the demo's zero-install default.
 
 Every test gets its own topic prefix and application id (:func:`names`), so
 tests sharing a broker never see each other's records or consumer groups.
@@ -25,7 +29,8 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.broker import LocalBroker, start_local_broker, tansu_binary
+from streams.broker import LocalBroker, RunningBroker, start_local_broker, tansu_binary
+from streams.kafka_server import KafkaBroker, java, kafka_lib, start_kafka
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,9 +43,29 @@ def require_broker() -> None:
         pytest.skip(f"the bundled Kafka-compatible broker is not available: {exc}")
 
 
+def require_kafka() -> None:
+    try:
+        java()
+        kafka_lib()
+    except FileNotFoundError as exc:
+        pytest.skip(f"Apache Kafka is not available: {exc}")
+
+
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
-    """A bundled broker on a free loopback port for the test module, stopped by PID after."""
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """Apache Kafka on free loopback ports for the test module, stopped by PID after."""
+    require_kafka()
+    data = tmp_path_factory.mktemp("kafka")
+    b = start_kafka(data=data / "data", log_path=data / "kafka.log")
+    try:
+        yield b
+    finally:
+        b.stop(remove=True)
+
+
+@pytest.fixture(scope="module")
+def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    """The bundled broker on a free loopback port for the test module, stopped by PID after."""
     require_broker()
     log = tmp_path_factory.mktemp("broker") / "broker.log"
     b = start_local_broker(log_path=log)
@@ -56,13 +81,13 @@ def names() -> tuple[str, str]:
     return f"t{tag}.", f"app-{tag}"
 
 
-def settings_for(broker: LocalBroker, prefix: str, app_id: str, **extra: Any) -> Settings:
+def settings_for(broker: RunningBroker, prefix: str, app_id: str, **extra: Any) -> Settings:
     return Settings.from_env(
         {},
         broker=broker.url,
         topic_prefix=prefix,
         app_id=app_id,
-        local_broker=True,
+        local_broker=broker.local,
         **extra,
     )
 
@@ -147,7 +172,7 @@ def workers(*procs: WorkerProcess) -> Iterator[tuple[WorkerProcess, ...]]:
 class TopicReader:
     """Reads every partition of a topic from the start, without a consumer group."""
 
-    def __init__(self, broker: LocalBroker, topic: str) -> None:
+    def __init__(self, broker: RunningBroker, topic: str) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
         self.topic = topic
@@ -206,7 +231,7 @@ def latest_stats(records: list[Any]) -> dict[str, dict[str, Any]]:
 
 
 def produce_lines(
-    broker: LocalBroker,
+    broker: RunningBroker,
     topic: str,
     lines: list[bytes],
     rate: float | None = None,

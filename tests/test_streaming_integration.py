@@ -26,13 +26,14 @@ from kafka_helpers import (
     names,
     produce_lines,
     settings_for,
+    tansu,
     worker_env,
     workers,
 )
 
 from streams.alerts import Pseudonymizer
 from streams.banks import BankEntry, HashBanks
-from streams.broker import LocalBroker
+from streams.broker import LocalBroker, RunningBroker
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
 from streams.settings import DEV_PSEUDONYM_KEY, Settings
@@ -40,7 +41,7 @@ from streams.simulate import Scenario, simulate, write_bank
 from streams.stages import BankUpdate
 
 pytestmark = pytest.mark.integration
-__all__ = ["broker"]  # the module-scoped fixture, imported for pytest
+__all__ = ["broker", "tansu"]  # the module-scoped fixture, imported for pytest
 
 #: A log size after which the workers of some tests compact their logs: a few times a run.
 COMPACT_OFTEN = 4096
@@ -91,7 +92,7 @@ def scenario_files(tmp_path: Path, **overrides: Any) -> tuple[list[bytes], list[
     return sim.lines, sim.bank, bank_path
 
 
-def setup(broker: LocalBroker, tmp_path: Path, bank_path: Path, **extra: Any) -> Settings:
+def setup(broker: RunningBroker, tmp_path: Path, bank_path: Path, **extra: Any) -> Settings:
     prefix, app_id = names()
     s = settings_for(
         broker,
@@ -107,7 +108,7 @@ def setup(broker: LocalBroker, tmp_path: Path, bank_path: Path, **extra: Any) ->
 
 
 def wait_done(
-    broker: LocalBroker,
+    broker: RunningBroker,
     s: Settings,
     expected: Expected,
     procs: tuple[WorkerProcess, ...],
@@ -167,7 +168,7 @@ def assert_exactly_once(records: list[bytes], expected: list[bytes], what: str) 
     )
 
 
-def test_produced_events_give_the_replay_alerts(broker: LocalBroker, tmp_path: Path) -> None:
+def test_produced_events_give_the_replay_alerts(broker: RunningBroker, tmp_path: Path) -> None:
     lines, bank, bank_path = scenario_files(tmp_path)
     expected = Expected(lines, bank)
     assert len(expected.alerts) >= 2 and expected.actions
@@ -181,7 +182,7 @@ def test_produced_events_give_the_replay_alerts(broker: LocalBroker, tmp_path: P
 
 
 def test_bad_input_is_dead_lettered_and_the_events_around_it_processed(
-    broker: LocalBroker, tmp_path: Path
+    broker: RunningBroker, tmp_path: Path
 ) -> None:
     lines, bank, bank_path = scenario_files(tmp_path, malformed_per_kind=0)
     bad = [
@@ -220,7 +221,7 @@ def test_bad_input_is_dead_lettered_and_the_events_around_it_processed(
 
 
 def half_then_the_rest(
-    broker: LocalBroker, s: Settings, lines: list[bytes], worker: WorkerProcess, rate: float
+    broker: RunningBroker, s: Settings, lines: list[bytes], worker: WorkerProcess, rate: float
 ) -> tuple[TopicReader, threading.Thread]:
     """Produce the first half of ``lines``; once ``worker`` has sent an alert, start
     producing the rest at ``rate`` lines/s in the background. Returns the alerts reader
@@ -239,7 +240,7 @@ def half_then_the_rest(
 
 
 def test_a_killed_worker_is_replaced_without_losing_or_repeating_an_alert(
-    broker: LocalBroker, tmp_path: Path
+    broker: RunningBroker, tmp_path: Path
 ) -> None:
     lines, bank, bank_path = scenario_files(tmp_path, background_per_minute=120.0)
     expected = Expected(lines, bank)
@@ -294,7 +295,7 @@ main([])
 
 @pytest.mark.parametrize("stage", ["Ingest", "ClusterPartition"])
 def test_a_stage_that_raises_stops_the_worker_with_a_failure_status(
-    broker: LocalBroker, tmp_path: Path, stage: str
+    broker: RunningBroker, tmp_path: Path, stage: str
 ) -> None:
     """A bug must not leave a worker that looks alive and does nothing: the process ends
     with a failure status, so its supervisor restarts it (and it resumes from the log)."""
@@ -312,7 +313,7 @@ def test_a_stage_that_raises_stops_the_worker_with_a_failure_status(
     assert f"injected fault in {stage}" in w.log_path.read_text()
 
 
-def test_two_workers_give_the_alerts_of_one(broker: LocalBroker, tmp_path: Path) -> None:
+def test_two_workers_give_the_alerts_of_one(broker: RunningBroker, tmp_path: Path) -> None:
     lines, bank, bank_path = scenario_files(tmp_path)
     expected = Expected(lines, bank)
     s = setup(broker, tmp_path, bank_path)
@@ -339,7 +340,7 @@ def test_two_workers_give_the_alerts_of_one(broker: LocalBroker, tmp_path: Path)
 
 
 def test_a_worker_that_joins_mid_stream_takes_partitions_without_changing_the_alerts(
-    broker: LocalBroker, tmp_path: Path
+    broker: RunningBroker, tmp_path: Path
 ) -> None:
     """Scale-out while traffic flows: the partitions a second worker takes over move in
     the middle of the stream, while the first worker hands envelopes between its
@@ -366,7 +367,7 @@ def test_a_worker_that_joins_mid_stream_takes_partitions_without_changing_the_al
     assert_exactly_once(actions, expected.actions, "takedown requests")
 
 
-def test_a_bank_withdrawal_stops_new_matches(broker: LocalBroker, tmp_path: Path) -> None:
+def test_a_bank_withdrawal_stops_new_matches(broker: RunningBroker, tmp_path: Path) -> None:
     md5 = "c" * 32
     entry = BankEntry("ncii", "md5", md5)
     bank_path = tmp_path / "bank.csv"
@@ -420,7 +421,7 @@ def test_a_bank_withdrawal_stops_new_matches(broker: LocalBroker, tmp_path: Path
     assert letter["reason"] == "bad_bank_update" and letter["source"]["topic"] == s.topic("bank")
 
 
-def _send(broker: LocalBroker, topic: str, key: bytes, value: bytes) -> None:
+def _send(broker: RunningBroker, topic: str, key: bytes, value: bytes) -> None:
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
@@ -429,9 +430,30 @@ def _send(broker: LocalBroker, topic: str, key: bytes, value: bytes) -> None:
     producer.close()
 
 
-def test_the_worker_command_starts_the_bundled_broker_when_none_is_configured(
+def test_the_worker_command_refuses_to_start_without_a_broker(tmp_path: Path) -> None:
+    """A production worker must never carry on with a toy broker it started itself."""
+    import subprocess
+
+    env = {k: v for k, v in worker_env(Settings()).items() if k != "VIRALWATCH_BROKER"}
+    env["VIRALWATCH_DATA_DIR"] = str(tmp_path / "data")
+    for argv in (["worker"], ["produce", "-"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "streams.cli", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 2, (argv, done.stderr)
+        assert "no broker" in done.stderr and "VIRALWATCH_BROKER" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_the_worker_command_starts_the_bundled_broker_when_told_to(
     tmp_path: Path,
 ) -> None:
+    """The smoke test of the bundled broker (Tansu): the zero-install default of the demo."""
     import re
     import subprocess
     import sys
@@ -456,6 +478,7 @@ def test_the_worker_command_starts_the_bundled_broker_when_none_is_configured(
         "cli.",
         "--app-id",
         "cli-test",
+        "--embedded-broker",
     ]
     w = WorkerProcess(env, tmp_path / "worker.log", argv=cmd)
     with workers(w):
@@ -497,7 +520,7 @@ def test_the_worker_command_starts_the_bundled_broker_when_none_is_configured(
 
 
 def test_the_real_end_of_a_partition_is_found_past_the_local_brokers_answer(
-    broker: LocalBroker,
+    tansu: LocalBroker,
 ) -> None:
     """Table recovery reads a changelog to its end offset; the local broker's is short.
 
@@ -514,7 +537,7 @@ def test_the_real_end_of_a_partition_is_found_past_the_local_brokers_answer(
 
     prefix, _ = names()
     topic = f"{prefix}changelog"
-    bootstrap = broker.bootstrap
+    bootstrap = tansu.bootstrap
     ensure_topics([bootstrap], {topic: 2})
 
     async def run() -> tuple[dict[Any, int], dict[Any, int]]:
