@@ -15,9 +15,15 @@ KAFKA_STAMP := .kafka/lib/.built
 # Apache Kafka (KRaft) from Maven Central's jars: the broker's runtime classpath,
 # copied into .kafka/lib (git-ignored). `viralwatch broker --kafka` runs it.
 $(KAFKA_STAMP): deploy/kafka/pom.xml
-	@command -v java >/dev/null || { echo "Apache Kafka needs Java 17 (java not found)"; exit 1; }
-	@command -v mvn >/dev/null || { echo "building Apache Kafka's classpath needs Maven (mvn not found)"; exit 1; }
-	mvn -B -q -f deploy/kafka/pom.xml package
+	@if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	        echo "installing Java 17 and Maven (apt-get)"; \
+	        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	            openjdk-17-jdk-headless maven >/dev/null; \
+	    else echo "Apache Kafka needs Java 17 and Maven (java/mvn not found)"; exit 1; fi; \
+	fi
+	mvn -B -q -Dstyle.color=never -f deploy/kafka/pom.xml package
 	touch $@
 
 kafka: $(KAFKA_STAMP)
