@@ -409,3 +409,41 @@ class Detector:
         rows = [self.summary(st, now) for st in self.clusters.values() if st.banked]
         rows.sort(key=lambda r: (-r.velocity_5m, -r.size, r.cluster_id))
         return rows[:n]
+
+    def firing_alerts(self, now_ms: int) -> list[Alert]:
+        """The firing alert of every severity of every open episode, as of ``now_ms``.
+
+        Why: the alerts that keep an episode alive outside the worker (in
+        Alertmanager, and ``viralwatch_alerts_active``) are held by the
+        process that sent them. A worker that takes a partition over rebuilds
+        this detector from the changelog and re-announces these, so they do
+        not end when their sender died or lost the partition. The ids are the
+        ones the alerts fired with (cluster, episode, severity); the figures
+        are as of ``now_ms``; ``reason`` is ``"restored"`` (why each severity
+        fired is not kept). Nothing is added to :attr:`outbox`: these are not
+        new alerts, and the alerts topic must not get them again.
+
+        >>> from streams.alerts import MatchInfo
+        >>> from streams.events import ShareEvent
+        >>> from streams.router import Routed
+        >>> det = Detector(AlertPolicy.default(), Stats(), pseudonymizer=Pseudonymizer(b"k"))
+        >>> match = MatchInfo("ncii", "pdq", "ab" * 32, 0)
+        >>> t0 = 1_767_225_600_000
+        >>> det.apply(Routed(ShareEvent("e0", "upload", t0, "p0", "u0"), "b-1", match))
+        >>> for i in range(1, 30):   # 29 reshares in half a minute: over 25 in 5 minutes
+        ...     ev = ShareEvent(f"e{i}", "share", t0 + i * 1000, f"p{i}", f"u{i}", "p0")
+        ...     det.apply(Routed(ev, "b-1", match))
+        >>> [fired] = [a for a in det.drain().alerts if a.status == "firing"]
+        >>> [again] = det.firing_alerts(t0 + 60_000)
+        >>> (again.alert_id, again.severity, again.status) == (fired.alert_id, "warning", "firing")
+        True
+        >>> det.advance(t0 + 3_600_000)        # velocity gone for resolve_after: resolved
+        >>> det.firing_alerts(t0 + 3_600_000)
+        []
+        """
+        return [
+            self._alert(st, sev, "firing", now_ms, "restored")
+            for st in self.clusters.values()
+            if st.active
+            for sev in st.fired
+        ]

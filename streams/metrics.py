@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -79,6 +79,16 @@ class SinkStatus(Protocol):
     def duplicates(self) -> int: ...
 
 
+@runtime_checkable
+class QueueStatus(Protocol):
+    """What a sink with a bounded queue also tells (``AlertSink``): its size and its drops."""
+
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+
+
 Fastest = Callable[[int], Sequence[ClusterSummary]]
 
 
@@ -129,7 +139,7 @@ class PipelineMetrics:
         self.registry = registry
         self._clock = clock
         self._lock = threading.Lock()
-        self._active: dict[str, str] = {}  # alert_id -> severity, firing now
+        self._active: dict[str, tuple[str, str]] = {}  # alert_id -> (severity, cluster), firing
         self._sinks: list[SinkStatus] = []
         self.lookup_seconds = Histogram(
             "viralwatch_hash_lookup_seconds",
@@ -162,17 +172,30 @@ class PipelineMetrics:
             for _ in range(count):
                 self.lookup_seconds.observe(each)
 
-    def observe_alerts(self, alerts: Iterable[Alert]) -> None:
-        """Record alerts as they leave the worker: latency of firing ones, the active set."""
+    def observe_alerts(self, alerts: Iterable[Alert], *, again: bool = False) -> None:
+        """Record alerts as they leave the worker: latency of firing ones, the active set.
+
+        ``again``: alerts a partition's previous owner sent, re-announced by
+        this worker after it took the partition over (see
+        ``streams.sinks.base.AlertSink.reannounce``): counted active again,
+        their latency was observed when they fired.
+        """
         now = self._clock()
         with self._lock:
             for alert in alerts:
                 if alert.status == "firing":
-                    self.event_to_alert_seconds.observe(max(0.0, now - alert.ts_ms / 1000))
+                    if not again:
+                        self.event_to_alert_seconds.observe(max(0.0, now - alert.ts_ms / 1000))
                     if alert.alert_id in self._active or len(self._active) < MAX_ACTIVE_ALERTS:
-                        self._active[alert.alert_id] = alert.severity
+                        self._active[alert.alert_id] = (alert.severity, alert.cluster_id)
                 else:
                     self._active.pop(alert.alert_id, None)
+
+    def release(self, clusters: Callable[[str], bool]) -> None:
+        """Stop counting alerts of clusters this worker no longer owns (their new owner does)."""
+        with self._lock:
+            for aid in [a for a, (_, c) in self._active.items() if clusters(c)]:
+                del self._active[aid]
 
     def watch_sink(self, sink: SinkStatus) -> None:
         """Export a sink's backlog and delivery counters."""
@@ -184,7 +207,7 @@ class PipelineMetrics:
     def active_by_severity(self) -> dict[str, int]:
         with self._lock:
             counts = dict.fromkeys(SEVERITIES, 0)
-            for severity in self._active.values():
+            for severity, _ in self._active.values():
                 counts[severity] = counts.get(severity, 0) + 1
             return counts
 
@@ -364,7 +387,17 @@ class _CoreCollector(Collector):
     def _sink_metrics(self) -> Iterator[Metric]:
         backlog = GaugeMetricFamily(
             "viralwatch_sink_backlog",
-            "Alerts waiting for delivery (retrying with backoff), by sink.",
+            "Alerts queued for delivery (the queue's depth; retried with backoff), by sink.",
+            labels=["sink"],
+        )
+        capacity = GaugeMetricFamily(
+            "viralwatch_sink_queue_capacity",
+            "Alerts a sink's queue holds before it drops the oldest, by sink.",
+            labels=["sink"],
+        )
+        dropped = CounterMetricFamily(
+            "viralwatch_sink_dropped",
+            "Alerts dropped from a full queue (receiver slow or down too long), by sink.",
             labels=["sink"],
         )
         delivered = CounterMetricFamily(
@@ -391,7 +424,10 @@ class _CoreCollector(Collector):
             failures.add_metric([sink.name], float(sink.failures))
             rejected.add_metric([sink.name], float(sink.rejected))
             duplicates.add_metric([sink.name], float(sink.duplicates))
-        yield from (backlog, delivered, failures, rejected, duplicates)
+            if isinstance(sink, QueueStatus):
+                capacity.add_metric([sink.name], float(sink.capacity))
+                dropped.add_metric([sink.name], float(sink.dropped))
+        yield from (backlog, capacity, delivered, failures, rejected, duplicates, dropped)
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

@@ -1,17 +1,23 @@
 """Alert sinks: the Alertmanager and webhook payloads, retry with backoff, no loss, no duplicates.
 
 Most tests drive the sinks through a scripted transport and a hand-moved
-clock (deterministic backoff); the last ones go over real HTTP to a local
-receiver. The sinks against a real Alertmanager: test_oncall_integration.py.
+clock (deterministic backoff, ``flush`` standing in for the delivery thread);
+the last ones go over real HTTP to a local receiver, slow ones included, with
+the delivery thread running. The sinks against a real Alertmanager:
+test_oncall_integration.py and test_alert_delivery_alertmanager.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import threading
+import time
 import urllib.error
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import orjson
@@ -27,10 +33,15 @@ WALL = 1_767_230_000.0  # wall clock, a little over an hour later
 
 
 def alert(
-    status: str = "firing", severity: str = "high", cluster: str = "b-1", ts: int = T0
+    status: str = "firing",
+    severity: str = "high",
+    cluster: str = "b-1",
+    ts: int = T0,
+    episode: int = 1,
 ) -> Alert:
     return Alert(
-        alert_id=alert_id(cluster, 1, severity),
+        alert_id=alert_id(cluster, episode, severity),
+        episode=episode,
         status=status,  # type: ignore[arg-type]
         severity=severity,  # type: ignore[arg-type]
         ts_ms=ts,
@@ -104,7 +115,10 @@ def am_sink(script: Script, clock: Clock, **kw: object) -> AlertmanagerSink:
 
 def test_alertmanager_alert_has_identity_labels_and_everything_else_as_annotations() -> None:
     script, clock = Script(), Clock()
-    am_sink(script, clock, repost_interval=60).send([alert()])
+    sink = am_sink(script, clock, repost_interval=60)
+    sink.send([alert()])
+    assert script.requests == []  # send only queues: the delivery thread posts
+    sink.flush()
     [(url, _, headers)] = script.requests
     assert url == "http://am:9093/api/v2/alerts"
     assert headers["Content-Type"] == "application/json"
@@ -141,6 +155,7 @@ def test_firing_alerts_are_reposted_until_resolved_and_the_resolution_keeps_the_
     assert script.posted()[1][0]["labels"]["cluster"] == "b-1"  # the re-post
     assert sink.active == 1
     sink.send([alert("resolved", ts=T0 + 900_000)])
+    sink.flush()
     [[resolved]] = script.posted()[2:]
     assert resolved["startsAt"] == "2026-01-01T00:00:00.000Z"  # the firing's start
     assert resolved["endsAt"] == "2026-01-01T00:15:00.000Z"  # its event time
@@ -155,6 +170,7 @@ def test_alertmanager_down_retries_with_backoff_then_delivers_everything_once_in
     script, clock = Script(answers=[down, down, 503]), Clock()
     sink = am_sink(script, clock, repost_interval=600)
     sink.send([alert()])
+    sink.flush()
     assert (sink.backlog, sink.failures) == (1, 1)
     sink.send([alert("resolved", ts=T0 + 900_000)])  # within the backoff: queued, not sent
     assert len(script.requests) == 1 and sink.backlog == 2
@@ -184,6 +200,7 @@ def test_backoff_is_capped() -> None:
     script, clock = Script(answers=[down] * 10), Clock()
     sink = am_sink(script, clock)
     sink.send([alert()])
+    sink.flush()
     delays = []
     for _ in range(6):
         before = len(script.requests)
@@ -204,6 +221,7 @@ def test_a_refused_alert_is_counted_and_does_not_block_the_others(
     sink = am_sink(script, clock)
     with caplog.at_level(logging.ERROR, logger="viralwatch.sinks"):
         sink.send([alert(cluster="b-1"), alert(cluster="b-2")])
+        sink.flush()
     assert (sink.delivered, sink.rejected, sink.backlog) == (1, 1, 0)
     assert "refused alert" in caplog.text and "b-2" in caplog.text and "HTTP 400" in caplog.text
 
@@ -214,6 +232,7 @@ def test_resolution_in_the_future_of_the_wall_clock_is_clamped() -> None:
     sink = am_sink(script, clock)
     future = int(WALL * 1000) + 3_600_000
     sink.send([alert(ts=future), alert("resolved", ts=future + 60_000)])
+    sink.flush()
     [[firing, resolved]] = script.posted()
     assert firing["startsAt"] == resolved["startsAt"] == resolved["endsAt"]
 
@@ -223,6 +242,170 @@ def test_alertmanager_sink_refuses_bad_settings() -> None:
         AlertmanagerSink("am:9093")
     with pytest.raises(ValueError, match="validity"):
         AlertmanagerSink("http://am:9093", repost_interval=60, validity=30)
+
+
+def test_send_only_queues() -> None:
+    script = Script()
+    sink = am_sink(script, Clock())
+    sink.send([alert()])
+    assert (script.requests, sink.backlog) == ([], 1)  # the delivery thread posts, not send
+
+
+def test_a_full_queue_drops_the_oldest_counts_and_says_what_that_costs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    script, clock = Script(), Clock()
+    sink = am_sink(script, clock, capacity=3)
+    with caplog.at_level(logging.WARNING, logger="viralwatch.sinks"):
+        sink.send([alert(cluster=f"b-{i}") for i in range(5)])
+    assert (sink.backlog, sink.dropped) == (3, 2)
+    assert "queue full (3 alerts" in caplog.text and "dropped the 2 oldest" in caplog.text
+    assert "still re-posted" in caplog.text  # what a drop costs on this sink
+    # Alertmanager: the two dropped firing alerts stay in the re-post set, so one post has all
+    sink.flush()
+    [posted] = script.posted()
+    clusters = [a["labels"]["cluster"] for a in posted]
+    assert clusters == ["b-2", "b-3", "b-4", "b-0", "b-1"]
+    webhook = WebhookSink("http://hook", transport=Script(), capacity=1)
+    webhook.send([alert(), alert("resolved")])
+    assert (webhook.dropped, webhook.backlog) == (1, 1)
+    assert "not delivered by this sink" in webhook.drop_means
+
+
+def test_a_long_backlog_goes_out_in_batches() -> None:
+    script, clock = Script(), Clock()
+    sink = am_sink(script, clock, batch_size=2, repost_interval=600)
+    sink.send([alert(cluster=f"b-{i}") for i in range(5)])
+    assert sink.flush() == 0
+    assert [len(p) for p in script.posted()] == [2, 2, 1]
+
+
+def test_a_new_owner_reannounces_firing_alerts_to_alertmanager_and_keeps_them_alive() -> None:
+    # The worker that took the partition over never sent these: the old one did, then died.
+    script, clock = Script(), Clock()
+    sink = am_sink(script, clock, repost_interval=30)
+    sink.reannounce([alert(), alert(cluster="b-2")])
+    assert sink.active == 2
+    sink.flush()
+    [posted] = script.posted()
+    assert [a["labels"]["cluster"] for a in posted] == ["b-1", "b-2"]
+    assert posted[0]["startsAt"] == "2026-01-01T00:00:00.000Z"  # the firing's event time
+    assert posted[0]["endsAt"] == "2026-01-01T01:15:20.000Z"  # alive for another validity
+    clock.now += 30
+    sink.flush()
+    assert len(script.posted()[1]) == 2  # re-posted until resolved
+    sink.send([alert("resolved", ts=T0 + 900_000)])  # the new owner resolves one
+    sink.flush()
+    [[resolved]] = script.posted()[2:]
+    assert resolved["endsAt"] == "2026-01-01T00:15:00.000Z" and sink.active == 1
+    assert sink.delivered == 1  # a re-announce is not a delivery of a new alert
+
+
+def test_a_webhook_never_pages_again_for_a_reannounced_alert() -> None:
+    script = Script()
+    sink = WebhookSink("http://hook", transport=script)
+    sink.reannounce([alert(), alert("resolved")])
+    sink.flush()
+    assert (script.requests, sink.backlog) == ([], 0)
+
+
+def test_a_reannounced_resolution_is_posted_unless_this_sink_delivered_it() -> None:
+    # The old owner resolved the alert while Alertmanager was down and died with the
+    # resolution queued: the new owner makes it again while rebuilding, and posts it.
+    script, clock = Script(), Clock()
+    sink = am_sink(script, clock)
+    sink.reannounce([alert(), alert("resolved", ts=T0 + 900_000)])
+    assert sink.active == 0
+    sink.flush()
+    [[posted]] = script.posted()
+    assert posted["endsAt"] == "2026-01-01T00:15:00.000Z"
+    sink.reannounce([alert("resolved", ts=T0 + 900_000)])  # delivered here already
+    sink.reannounce([alert()])  # and its firing cannot come back
+    sink.flush()
+    assert (len(script.requests), sink.active) == (1, 0)
+
+
+def test_an_older_episodes_resolution_never_ends_the_same_labels_firing_now() -> None:
+    # Alertmanager knows alerts by labels: episode 1's resolution posted after episode 2
+    # fired (same cluster and severity) would end episode 2 there.
+    script, clock = Script(), Clock()
+    sink = am_sink(script, clock)
+    old_end = alert("resolved", ts=T0 + 900_000)
+    now = alert(ts=T0 + 2_000_000, episode=2)
+    sink.reannounce([alert(), old_end, now])
+    sink.flush()
+    [posted] = script.posted()
+    assert [(a["annotations"]["alert_id"], a["endsAt"]) for a in posted] == [
+        (now.alert_id, "2026-01-01T01:17:20.000Z")
+    ]
+    assert sink.backlog == 0  # the stale resolution is done with, not retried
+    # in one queue, a resolution before the next episode's firing is fine: it comes first
+    script2 = Script()
+    sink2 = am_sink(script2, clock)
+    sink2.send([alert(), old_end])
+    sink2.flush()
+    sink2.send([alert(ts=T0 + 2_000_000, episode=2)])
+    sink2.flush()
+    assert [a["endsAt"][:16] for p in script2.posted() for a in p] == [
+        "2026-01-01T01:17", "2026-01-01T00:15", "2026-01-01T01:17",
+    ]  # fmt: skip
+
+
+def test_released_alerts_are_no_longer_reposted_by_this_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    script, clock = Script(), Clock()
+    sink = am_sink(script, clock, repost_interval=30)
+    sink.send([alert(cluster="b-1"), alert(cluster="b-2")])
+    sink.flush()
+    with caplog.at_level(logging.INFO, logger="viralwatch.sinks"):
+        assert sink.release(lambda cluster: cluster == "b-1") == 1
+    assert "1 firing alert(s) handed over" in caplog.text
+    clock.now += 30
+    sink.flush()
+    assert [a["labels"]["cluster"] for a in script.posted()[-1]] == ["b-2"]
+    assert WebhookSink("http://hook").release(lambda cluster: True) == 0
+
+
+def test_sink_queue_metrics_are_exported() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from streams.metrics import PipelineMetrics
+    from streams.stats import Stats
+
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry, Stats())
+    sink = am_sink(Script(), Clock(), capacity=2)
+    metrics.watch_sink(sink)
+    sink.send([alert(cluster=f"b-{i}") for i in range(3)])
+
+    def value(name: str) -> float | None:
+        return registry.get_sample_value(name, {"sink": "alertmanager"})
+
+    assert value("viralwatch_sink_backlog") == 2
+    assert value("viralwatch_sink_queue_capacity") == 2
+    assert value("viralwatch_sink_dropped_total") == 1
+    sink.flush()
+    assert (value("viralwatch_sink_backlog"), value("viralwatch_sink_delivered_total")) == (0, 2)
+
+
+def test_the_worker_gauge_counts_reannounced_alerts_and_forgets_released_ones() -> None:
+    from streams.sinks.oncall import OnCall
+    from streams.stats import Stats
+
+    script = Script()
+    sink = am_sink(script, Clock())
+    oncall = OnCall(Stats(), sinks=[sink])
+    try:
+        oncall.reannounce([alert(cluster="b-1"), alert(cluster="b-2", severity="critical")])
+        active = oncall.metrics.active_by_severity()
+        assert (active["high"], active["critical"]) == (1, 1)
+        latency = oncall.registry.get_sample_value("viralwatch_event_to_alert_seconds_count")
+        assert latency == 0  # observed when they fired, by the worker that sent them
+        oncall.release(lambda cluster: cluster == "b-2")
+        assert oncall.metrics.active_by_severity()["critical"] == 0 and sink.active == 1
+    finally:
+        oncall.close(timeout=1)
 
 
 # -- webhook --------------------------------------------------------------------
@@ -238,6 +421,7 @@ def test_webhook_posts_each_alert_signed_with_a_delivery_key() -> None:
         wall_clock=lambda: WALL,
     )
     sink.send([alert(), alert("resolved", ts=T0 + 900_000)])
+    sink.flush()
     assert len(script.requests) == 2
     (_, body, headers), (_, body2, headers2) = script.requests
     doc = orjson.loads(body)
@@ -271,7 +455,9 @@ def test_webhook_posts_each_alert_signed_with_a_delivery_key() -> None:
 
 def test_unsigned_webhook_without_a_secret() -> None:
     script = Script()
-    WebhookSink("http://hook", transport=script).send([alert()])
+    sink = WebhookSink("http://hook", transport=script)
+    sink.send([alert()])
+    sink.flush()
     assert "X-Viralwatch-Signature" not in script.requests[0][2]
     with pytest.raises(ValueError, match="empty"):
         WebhookSink("http://hook", secret=b"")
@@ -287,6 +473,7 @@ def test_webhook_never_delivers_a_resolution_before_its_firing() -> None:
     script, clock = Script(answers=[503]), Clock()
     sink = WebhookSink("http://hook", transport=script, clock=clock, backoff=Backoff(initial=1))
     sink.send([alert(), alert("resolved", ts=T0 + 900_000)])
+    sink.flush()
     assert len(script.requests) == 1 and sink.backlog == 2  # stopped at the first failure
     clock.now += 1
     sink.flush()
@@ -299,6 +486,7 @@ def test_webhook_refusal_drops_only_that_alert() -> None:
     script = Script(answers=[422, 200])
     sink = WebhookSink("http://hook", transport=script)
     sink.send([alert(cluster="b-1"), alert(cluster="b-2")])
+    sink.flush()
     assert (sink.rejected, sink.delivered, sink.backlog) == (1, 1, 0)
 
 
@@ -306,6 +494,7 @@ def test_a_429_is_retried_not_refused() -> None:
     script, clock = Script(answers=[429]), Clock()
     sink = WebhookSink("http://hook", transport=script, clock=clock, backoff=Backoff(initial=1))
     sink.send([alert()])
+    sink.flush()
     assert (sink.rejected, sink.backlog) == (0, 1)
     clock.now += 1
     assert sink.flush() == 0
@@ -321,6 +510,7 @@ def test_webhook_over_http_survives_a_receiver_that_is_down_then_up() -> None:
             receiver.url + "/hook", secret=b"k", backoff=Backoff(initial=0.1, maximum=0.2)
         )
         sink.send([alert()])
+        sink.flush()
         assert sink.backlog == 1 and sink.failures == 1
         receiver.status = 200
         sink.start(interval=0.05)
@@ -339,6 +529,137 @@ def test_webhook_over_http_survives_a_receiver_that_is_down_then_up() -> None:
         assert last.json()["alert"]["alert_id"] == alert().alert_id
     finally:
         receiver.stop()
+
+
+class SlowReceiver:
+    """A real HTTP server on 127.0.0.1 (a free port) that answers each POST after ``delay`` s.
+
+    It records what arrived, and when, once it has answered; :meth:`stop` lets
+    every waiting request go at once.
+    """
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.arrived: list[tuple[float, list[dict]]] = []  # type: ignore[type-arg]
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                owner._release.wait(owner.delay)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                with owner._lock:
+                    owner.arrived.append((time.monotonic(), orjson.loads(body)))
+
+            def log_message(self, format: str, *args: object) -> None:
+                return None
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def alert_ids(self) -> list[str]:
+        with self._lock:
+            return [a["annotations"]["alert_id"] for _, posted in self.arrived for a in posted]
+
+    def stop(self) -> None:
+        self._release.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def test_a_slow_alertmanager_never_holds_up_the_event_loop() -> None:
+    # Alertmanager answers after 3 s. The stages share one asyncio loop: sending alerts
+    # from it must return at once, the loop must keep ticking, the alerts arrive later.
+    receiver = SlowReceiver(delay=3.0)
+    sink = AlertmanagerSink(receiver.url, backoff=Backoff(initial=0.1, maximum=0.5))
+    sink.start(interval=0.1)
+    sent = [alert(cluster=f"b-{i}") for i in range(6)]
+    send_s: list[float] = []
+    gaps: list[float] = []
+
+    async def stages() -> float:
+        async def ticker() -> None:
+            last = time.monotonic()
+            while True:
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        started = time.monotonic()
+        for i in range(0, 6, 2):  # three batches, the second while the first post is in flight
+            t = time.monotonic()
+            sink.send(sent[i : i + 2])
+            send_s.append(time.monotonic() - t)
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)
+        tick.cancel()
+        return started
+
+    try:
+        started = asyncio.run(stages())
+        assert max(send_s) < 0.05, send_s
+        assert max(gaps) < 0.25, f"the event loop stalled {max(gaps):.2f} s"
+        assert receiver.alert_ids() == []  # still being answered
+        wait_until(lambda: sink.backlog == 0, 20, "the slow Alertmanager to take every alert")
+        assert sorted(set(receiver.alert_ids())) == sorted(a.alert_id for a in sent)
+        first = min(at for at, _ in receiver.arrived)
+        assert first - started >= 3.0  # they arrived later, on the sink's thread
+        assert (sink.delivered, sink.failures) == (6, 0)
+    finally:
+        assert sink.close(timeout=10) == 0
+        receiver.stop()
+
+
+def test_a_receiver_slower_than_the_timeout_is_retried_until_it_answers() -> None:
+    # Answering after 30 s is, for a 5 s timeout, not answering: retried with backoff.
+    receiver = SlowReceiver(delay=30.0)
+    sink = WebhookSink(receiver.url, timeout=0.3, backoff=Backoff(initial=0.1, maximum=0.2))
+    sink.start(interval=0.05)
+    try:
+        t = time.monotonic()
+        sink.send([alert()])
+        assert time.monotonic() - t < 0.05
+        wait_until(lambda: sink.failures >= 2, 10, "timed-out attempts")
+        assert sink.backlog == 1
+        receiver.delay = 0.0
+        receiver._release.set()
+        wait_until(lambda: sink.backlog == 0, 10, "delivery once the receiver is quick again")
+        assert sink.delivered == 1
+    finally:
+        sink.close(timeout=1)
+        receiver.stop()
+
+
+def test_close_drains_within_its_timeout() -> None:
+    quick = SlowReceiver(delay=0.5)
+    hung = SlowReceiver(delay=60.0)
+    try:
+        sink = AlertmanagerSink(quick.url)
+        sink.start(interval=0.1)
+        sink.send([alert(cluster=f"b-{i}") for i in range(3)])
+        t = time.monotonic()
+        assert sink.close(timeout=10) == 0  # drained: every alert delivered before it returns
+        assert time.monotonic() - t < 5 and sink.delivered == 3
+        stuck = AlertmanagerSink(hung.url)  # started by close: alerts sent before start count
+        stuck.send([alert()])
+        t = time.monotonic()
+        assert stuck.close(timeout=1.0) == 1  # gives up on time, says what is left
+        assert time.monotonic() - t < 2.5
+    finally:
+        quick.stop()
+        hung.stop()
 
 
 def test_close_reports_what_could_not_be_delivered(caplog: pytest.LogCaptureFixture) -> None:

@@ -7,10 +7,22 @@ reads (summary, figures, links, the alert id) goes in annotations.
 
 Alertmanager forgets a firing alert at its ``endsAt``. Each post of a firing
 alert sets ``endsAt`` a little ahead (``validity``), and the sink re-posts
-every firing alert each ``repost_interval`` until the alert resolves; a
-resolved alert is posted with its ``endsAt``. If the worker dies, its alerts
-end on their own after ``validity``, as Prometheus's do, and the pipeline's
-own health alerts say why.
+every firing alert each ``repost_interval`` (from its delivery thread) until
+the alert resolves; a resolved alert is posted with its ``endsAt``.
+
+The set of firing alerts lives in this process, so it is handed over with
+the partitions: the worker that takes a clusters partition over (after a
+crash, a rolling restart, a rebalance) rebuilds the detector from the
+changelog and passes its firing alerts to :meth:`AlertmanagerSink.reannounce`
+before their ``endsAt`` passes; the worker that loses one calls
+:meth:`AlertmanagerSink.release`. Alertmanager identifies an alert by its
+labels, so a post of an alert it holds only extends it: nothing shows twice.
+
+What Alertmanager is never told: that labels it holds firing resolved while
+this sink keeps them firing. A resolution of an older episode with the same
+labels (cluster, severity, bank) as an alert firing now is not posted (it is
+counted delivered: Alertmanager's view is already right), since Alertmanager
+would take it as the end of the alert that is still firing.
 
 Times: ``startsAt`` and ``endsAt`` are the alert's event times, kept no later
 than the wall clock (Alertmanager reads a future ``endsAt`` as still firing).
@@ -25,6 +37,8 @@ than the wall clock (Alertmanager reads a future ``endsAt`` as still firing).
 >>> fire = Alert("vw-1", "firing", "high", 1767225600000, "b-1", 1767225500000,
 ...              match=MatchInfo("stopncii", "pdq", "ab" * 32, 3))
 >>> sink.send([fire])
+>>> sink.flush()       # the delivery thread's work (see sink.start)
+0
 >>> url, [am] = posted[0]
 >>> url
 'http://am:9093/api/v2/alerts'
@@ -36,8 +50,10 @@ than the wall clock (Alertmanager reads a future ``endsAt`` as still firing).
 
 from __future__ import annotations
 
+import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -47,9 +63,16 @@ from streams.sinks.base import AlertSink, Outcome, Refused, Retry, figures, summ
 
 ALERTNAME = "ViralwatchSpread"
 
+log = logging.getLogger("viralwatch.sinks")
+
+
+def _identity(alert: Alert) -> tuple[str, str, str]:
+    """What Alertmanager tells alerts apart by (the labels this sink sets)."""
+    return (alert.severity, alert.match.bank if alert.match else "unbanked", alert.cluster_id)
+
 
 class AlertmanagerSink(AlertSink):
-    """Posts alerts to ``{url}/api/v2/alerts``.
+    """Posts alerts to ``{url}/api/v2/alerts`` and keeps the firing ones alive.
 
     Parameters
     ----------
@@ -68,8 +91,13 @@ class AlertmanagerSink(AlertSink):
         contain a per-user or per-post value.
     **kwargs
         Passed to :class:`~streams.sinks.base.AlertSink` (transport, clock,
-        backoff, timeout).
+        backoff, timeout, capacity, batch_size).
     """
+
+    drop_means = (
+        "a dropped firing alert is still re-posted (it stays in the re-post set); a dropped "
+        "resolution reaches Alertmanager as the alert's endsAt timeout (validity)"
+    )
 
     def __init__(
         self,
@@ -96,13 +124,54 @@ class AlertmanagerSink(AlertSink):
         self._extra = dict(extra_labels or {})
         self._active: dict[str, Alert] = {}  # alert_id -> firing alert
         self._starts: dict[str, int] = {}  # alert_id -> firing event time, until resolved
-        self._last_repost = float("-inf")
+        self._last_repost = -math.inf
 
     @property
     def active(self) -> int:
         """Firing alerts this sink keeps alive in Alertmanager."""
         with self._queue_lock:
             return len(self._active)
+
+    def reannounce(self, alerts: Sequence[Alert]) -> None:
+        """Take back alerts a partition's previous owner sent (in the order they were made).
+
+        A firing one joins the re-post set (unless this sink already knows its
+        resolution) and all of them are posted in the next round, so
+        Alertmanager hears them again before their ``endsAt``. A resolved one
+        leaves the set and is posted too, unless this sink delivered it
+        already: the previous owner may have died before it could.
+        """
+        with self._queue_lock:
+            for alert in alerts:
+                if alert.status == "firing":
+                    if self._known(alert.alert_id + ":resolved"):
+                        continue
+                    self._active[alert.alert_id] = alert
+                    self._starts.setdefault(alert.alert_id, alert.ts_ms)
+                else:
+                    self._active.pop(alert.alert_id, None)
+                    if not self._known(alert.dedupe_key):
+                        self._pending[alert.dedupe_key] = alert
+            self._last_repost = -math.inf  # post what is firing now, in the next round
+        self.send([])  # wakes the delivery thread; keeps the queue within its capacity
+
+    def release(self, clusters: Callable[[str], bool]) -> int:
+        """Stop re-posting the firing alerts of these clusters (their new owner re-announces)."""
+        with self._queue_lock:
+            gone = [aid for aid, a in self._active.items() if clusters(a.cluster_id)]
+            for aid in gone:
+                del self._active[aid]
+                self._starts.pop(aid, None)
+        if gone:
+            log.info(
+                "sink %s: %d firing alert(s) handed over with their partitions",
+                self.name,
+                len(gone),
+            )
+        return len(gone)
+
+    def _known(self, key: str) -> bool:
+        return key in self._pending or key in self._done
 
     def _accepted(self, alert: Alert) -> None:
         if alert.status == "firing":
@@ -111,21 +180,41 @@ class AlertmanagerSink(AlertSink):
         else:
             self._active.pop(alert.alert_id, None)
 
+    def _forgot(self, dropped: list[Alert]) -> None:
+        for alert in dropped:
+            if alert.status == "resolved":
+                self._starts.pop(alert.alert_id, None)
+
     def _has_periodic_work(self, now: float) -> bool:
         return bool(self._active) and now - self._last_repost >= self._repost
+
+    def _next_periodic(self) -> float:
+        return self._last_repost + self._repost if self._active else math.inf
 
     def _deliver(self, batch: list[Alert], now: float) -> Outcome:
         due = now - self._last_repost >= self._repost
         with self._queue_lock:
-            pending = {a.alert_id for a in batch}
-            repost = [a for a in self._active.values() if a.alert_id not in pending] if due else []
+            queued = {a.alert_id for a in self._pending.values()}  # posted when their turn comes
+            repost = [a for a in self._active.values() if a.alert_id not in queued] if due else []
+            firing = {_identity(a): a.alert_id for a in self._active.values()}
             starts = dict(self._starts)
+        # an older episode's resolution must not end the same labels firing now
+        stale = [
+            a
+            for a in batch
+            if a.status == "resolved" and firing.get(_identity(a), a.alert_id) != a.alert_id
+        ]
+        if stale:
+            batch = [a for a in batch if a not in stale]
+        if not batch and not repost:
+            return Outcome(delivered=stale)
         wall_ms = int(self._wall() * 1000)
-        body = orjson.dumps([self.to_am(a, wall_ms, starts) for a in [*repost, *batch]])
+        # queued first, re-posts last: what is firing now is the last word for its labels
+        body = orjson.dumps([self.to_am(a, wall_ms, starts) for a in [*batch, *repost]])
         try:
             self._post(self.url, body, {})
         except Retry as err:
-            return Outcome(retry=str(err))
+            return Outcome(delivered=stale, retry=str(err))
         except Refused as err:
             if len(batch) + len(repost) == 1:
                 outcome = Outcome(refused=[(batch[0], str(err))] if batch else [])
@@ -135,6 +224,7 @@ class AlertmanagerSink(AlertSink):
             outcome = Outcome(delivered=batch)
             if due:
                 self._last_repost = now
+        outcome.delivered.extend(stale)
         with self._queue_lock:
             done = outcome.delivered + [a for a, _ in outcome.refused]
             for alert in done:

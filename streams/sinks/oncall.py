@@ -3,7 +3,13 @@
 The command line (``replay``) and the streaming worker both build one
 :class:`OnCall` from their settings and hand it every alert they emit; it
 keeps the metrics registry, the HTTP server and the sinks together so that
-starting and stopping them is one call each.
+starting and stopping them is one call each. None of its calls waits on the
+network: each sink delivers from a thread of its own.
+
+A worker also tells it which alerts it took over with a partition
+(:meth:`OnCall.reannounce`) and which it handed over (:meth:`OnCall.release`),
+so that Alertmanager and ``viralwatch_alerts_active`` follow the alerts from
+worker to worker while webhooks, which page, hear each alert once.
 
 :class:`Pacer` replays recorded events at a chosen speed of event time, so a
 replay can be watched live (Prometheus scraping a velocity that rises and
@@ -13,6 +19,15 @@ falls, Alertmanager receiving a firing alert and later its resolution).
 >>> oncall = OnCall(Stats())             # nothing asked for: no server, no sink
 >>> oncall.emit([])
 >>> oncall.close()
+0
+
+>>> from streams.alerts import Alert
+>>> oncall = OnCall(Stats())
+>>> oncall.reannounce([Alert("vw-1", "firing", "high", 0, "b-1", 0)])  # taken over
+>>> oncall.metrics.active_by_severity()["high"]
+1
+>>> oncall.release(lambda cluster: cluster == "b-1")                    # handed over
+>>> oncall.metrics.active_by_severity()["high"]
 0
 """
 
@@ -99,6 +114,25 @@ class OnCall:
         self.metrics.observe_alerts(alerts)
         for sink in self.sinks:
             sink.send(alerts)
+
+    def reannounce(self, alerts: Sequence[Alert]) -> None:
+        """Alerts a partition's previous owner sent, as this worker rebuilt them.
+
+        Counted active again and handed to every sink's
+        :meth:`~streams.sinks.base.AlertSink.reannounce` (Alertmanager keeps
+        them alive; a webhook ignores them: it must not page twice).
+        """
+        if not alerts:
+            return
+        self.metrics.observe_alerts(alerts, again=True)
+        for sink in self.sinks:
+            sink.reannounce(alerts)
+
+    def release(self, clusters: Callable[[str], bool]) -> None:
+        """This worker no longer owns these clusters: stop counting and re-posting their alerts."""
+        self.metrics.release(clusters)
+        for sink in self.sinks:
+            sink.release(clusters)
 
     def hold(self, seconds: float) -> None:
         """Keep serving (and re-posting, and retrying) for ``seconds``."""
