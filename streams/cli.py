@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, TypeVar
 
 import orjson
 import typer
 
+T = TypeVar("T")
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -477,6 +478,19 @@ def streaming_settings(**flags: object) -> object:
         fail(str(exc))
 
 
+def flag_value(flag: str, text: str | None, parse: Callable[[str], T]) -> T | None:
+    """A flag's value parsed as its variable is (``None`` if not given); a bad one exits 2.
+
+    Typer's own type errors come in a box over several lines; these say it in one.
+    """
+    if text is None:
+        return None
+    try:
+        return parse(text.strip())
+    except ValueError as exc:
+        fail(f"{flag}: {exc}")
+
+
 BrokerOpt = Annotated[
     str | None,
     typer.Option(help="kafka://HOST:PORT (default VIRALWATCH_BROKER)"),
@@ -498,8 +512,23 @@ def worker(
     partitions: PartitionsOpt = None,
     app_id: Annotated[str | None, typer.Option("--app-id", help="consumer group id")] = None,
     lateness: Annotated[str | None, typer.Option(help="allowed lateness (default 60s)")] = None,
+    http_port: Annotated[
+        str | None,
+        typer.Option(
+            "--http-port",
+            help="serve /metrics, /livez and /readyz on this port (0: any free port; "
+            "default VIRALWATCH_HTTP_PORT, else none)",
+        ),
+    ] = None,
+    http_host: Annotated[
+        str | None,
+        typer.Option(
+            "--http-host",
+            help="interface of the HTTP port (default VIRALWATCH_HTTP_HOST, else 127.0.0.1)",
+        ),
+    ] = None,
     metrics_port: Annotated[
-        int | None, typer.Option("--metrics-port", help="serve /metrics here (0: any free port)")
+        str | None, typer.Option("--metrics-port", hidden=True, help="deprecated: --http-port")
     ] = None,
     alertmanager: Annotated[str | None, typer.Option(help="post alerts to Alertmanager")] = None,
     webhook: Annotated[str | None, typer.Option(help="POST alerts to this URL")] = None,
@@ -517,9 +546,18 @@ def worker(
     Refuses to start with no broker configured, unless told --embedded-broker.
     """
     from streams.app import run_worker
-    from streams.settings import Settings
+    from streams.settings import Settings, parse_host, parse_port
 
+    port = flag_value("--http-port", http_port, parse_port)
+    if metrics_port is not None:
+        old = flag_value("--metrics-port", metrics_port, parse_port)
+        if port is not None and port != old:
+            fail(f"--metrics-port {old} (deprecated) disagrees with --http-port {port}")
+        typer.echo("viralwatch: --metrics-port is deprecated: use --http-port", err=True)
+        port = old
     settings = streaming_settings(
+        http_port=port,
+        http_host=flag_value("--http-host", http_host, parse_host),
         broker=broker,
         bank_files=tuple(bank) or None,
         policy_file=policy,
@@ -527,7 +565,6 @@ def worker(
         partitions=partitions,
         app_id=app_id,
         lateness_ms=lateness,
-        metrics_port=metrics_port,
         alertmanager_url=alertmanager,
         webhook_url=webhook,
         embedded_broker=embedded_broker or None,

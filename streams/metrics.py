@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from streams.alerts import SEVERITIES, Alert
 from streams.events import EVENT_TYPES, REJECT_REASONS
 from streams.stats import Stats
+from streams.web import Health, Request, Response, Router, add_probes, serve
 
 #: Clusters exported with their own labels: the fastest banked ones only.
 DEFAULT_TOP_N = 10
@@ -448,9 +449,28 @@ def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
+def add_metrics(router: Router, registry: CollectorRegistry) -> None:
+    """Serve ``registry`` at ``/metrics`` on ``router`` (Prometheus's text format).
+
+    >>> from prometheus_client import CollectorRegistry, Counter
+    >>> registry = CollectorRegistry()
+    >>> Counter("x", "An example.", registry=registry).inc()
+    >>> router = Router()
+    >>> add_metrics(router, registry)
+    >>> b"x_total 1.0" in router.handle("GET", "/metrics").body
+    True
+    """
+
+    def metrics(request: Request) -> Response:
+        body, content_type = exposition(registry)
+        return Response(200, body, content_type)
+
+    router.add("/metrics", metrics)
+
+
 @dataclass
 class MetricsServer:
-    """A running ``/metrics`` HTTP server; :meth:`stop` shuts it down."""
+    """A running ``/metrics`` (and ``/livez``) HTTP server; :meth:`stop` shuts it down."""
 
     host: str
     port: int
@@ -465,9 +485,12 @@ class MetricsServer:
 
 
 def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1") -> MetricsServer:
-    """Serve ``registry`` on ``http://host:port/metrics`` from a daemon thread.
+    """Serve ``registry`` on ``http://host:port/metrics`` from threads of its own.
 
-    ``port`` 0 picks a free port (see :attr:`MetricsServer.port`).
+    ``port`` 0 picks a free port (see :attr:`MetricsServer.port`). The server
+    is the worker's (:func:`streams.web.serve`), with ``/livez`` beside
+    ``/metrics``; a port it cannot listen on raises
+    :class:`streams.web.ServeError`.
 
     >>> from prometheus_client import CollectorRegistry
     >>> server = serve_metrics(CollectorRegistry(), 0)
@@ -475,11 +498,8 @@ def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1
     True
     >>> server.stop()
     """
-    httpd, thread = start_http_server(port, addr=host, registry=registry)
-
-    def stop() -> None:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-    return MetricsServer(host, int(httpd.server_address[1]), stop)
+    router = Router()
+    add_metrics(router, registry)
+    add_probes(router, Health(()))
+    server = serve(router, host, port)
+    return MetricsServer(host, server.port, server.stop)

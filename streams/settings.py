@@ -13,13 +13,20 @@ environment only and never appear in ``repr``.
 >>> Settings.from_env({"VIRALWATCH_PARTITIONS": "zero"})
 Traceback (most recent call last):
 ValueError: VIRALWATCH_PARTITIONS: not an integer: 'zero'
+>>> Settings.from_env({"VIRALWATCH_METRICS_PORT": "9108"}).http_port   # a deprecated alias
+9108
+>>> Settings.from_env({"VIRALWATCH_HTTP_PORT": "99999"})
+Traceback (most recent call last):
+ValueError: VIRALWATCH_HTTP_PORT: not a port (0..65535): '99999'
 >>> "hunter2" in repr(Settings(security=KafkaSecurity("SASL_SSL", "PLAIN", "u", "hunter2")))
 False
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import ssl
 import tempfile
 from collections.abc import Mapping
@@ -180,10 +187,11 @@ class Settings:
     #: Kafka consumer group session timeout and heartbeat.
     session_timeout_s: float = 6.0
     heartbeat_s: float = 1.0
-    #: Port of the worker's web server (cascade views); ``None``: no web server.
-    web_port: int | None = None
-    #: Port of the Prometheus ``/metrics`` endpoint (0: any free port); ``None``: not served.
-    metrics_port: int | None = None
+    #: Interface of the worker's HTTP server (``/metrics``, ``/livez``, ``/readyz``): loopback
+    #: unless told otherwise; the image sets ``0.0.0.0`` so Prometheus and probes reach it.
+    http_host: str = "127.0.0.1"
+    #: Port of the worker's HTTP server (0: any free port); ``None``: no server.
+    http_port: int | None = None
     #: Alertmanager base URL to post alerts to; ``None``: none.
     alertmanager_url: str | None = None
     #: Webhook URL to POST alerts to (signed with ``VIRALWATCH_WEBHOOK_SECRET``); ``None``: none.
@@ -218,10 +226,12 @@ class Settings:
         allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
         if not set(self.topic_prefix) <= allowed:
             raise ValueError("topic_prefix may use only letters, digits, '.', '_' and '-'")
-        for port_name in ("web_port", "metrics_port"):
-            port = getattr(self, port_name)
-            if port is not None and not 0 <= port < 65536:
-                raise ValueError(f"{port_name} must be 0..65535")
+        try:
+            if self.http_port is not None:
+                parse_port(str(self.http_port))
+            parse_host(self.http_host)
+        except ValueError as exc:
+            raise ValueError(f"http settings: {exc}") from None
 
     # -- derived ------------------------------------------------------------
 
@@ -302,6 +312,8 @@ class Settings:
             sec["sasl_mechanism"] = sec["sasl_mechanism"].upper()
         if sec:
             values["security"] = KafkaSecurity(**sec)
+        for old, new in DEPRECATED_ENV.items():
+            _alias(env, values, old, new)
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():
             if key not in known:
@@ -353,6 +365,80 @@ def _str(text: str) -> str:
     return text
 
 
+def parse_port(text: str) -> int:
+    """A TCP port to listen on: 0 (any free port) to 65535.
+
+    >>> parse_port("6066"), parse_port("0")
+    (6066, 0)
+    >>> parse_port("70000")
+    Traceback (most recent call last):
+    ValueError: not a port (0..65535): '70000'
+    """
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(f"not a port (0..65535): {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"not a port (0..65535): {text!r}")
+    return port
+
+
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def parse_host(text: str) -> str:
+    """An interface to listen on: an IP address (``0.0.0.0``, ``::``) or a host name.
+
+    >>> parse_host("0.0.0.0"), parse_host("::1"), parse_host("worker-0.local")
+    ('0.0.0.0', '::1', 'worker-0.local')
+    >>> parse_host("http://0.0.0.0:6066")
+    Traceback (most recent call last):
+    ValueError: not an IP address or host name: 'http://0.0.0.0:6066'
+    """
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    if len(text) > 253 or not _HOSTNAME.fullmatch(text):
+        raise ValueError(f"not an IP address or host name: {text!r}")
+    return text
+
+
+def _alias(env: Mapping[str, str], values: dict[str, Any], old: str, new: str) -> None:
+    """Read deprecated variable ``old`` as ``new`` when ``new`` is not set; refuse a conflict."""
+    raw = (env.get(old) or "").strip()
+    if not raw:
+        return
+    name, convert = _ENV[new]
+    try:
+        value = convert(raw)
+    except ValueError as exc:
+        raise ValueError(f"{old}: {exc}") from None
+    if name in values and values[name] != value:
+        others = [new, *(o for o, n in DEPRECATED_ENV.items() if n == new and o != old)]
+        other = next(v for v in others if (env.get(v) or "").strip())
+        raise ValueError(
+            f"{old}={raw} (deprecated, read as {new}) disagrees with {other}={env[other].strip()}: "
+            f"set {new} only"
+        )
+    values[name] = value
+
+
+def deprecated_in(env: Mapping[str, str] | None = None) -> list[str]:
+    """One line for each deprecated variable set in ``env``, saying what replaces it.
+
+    >>> deprecated_in({"VIRALWATCH_METRICS_PORT": "9108"})
+    ['VIRALWATCH_METRICS_PORT is deprecated: use VIRALWATCH_HTTP_PORT']
+    """
+    env = os.environ if env is None else env
+    return [
+        f"{old} is deprecated: use {new}"
+        for old, new in DEPRECATED_ENV.items()
+        if (env.get(old) or "").strip()
+    ]
+
+
 def _bytes(text: str) -> bytes:
     return text.encode()
 
@@ -377,8 +463,8 @@ _ENV: Final[dict[str, tuple[str, Any]]] = {
     "VIRALWATCH_BATCH_WAIT": ("batch_wait_s", _seconds),
     "VIRALWATCH_SESSION_TIMEOUT": ("session_timeout_s", _seconds),
     "VIRALWATCH_HEARTBEAT": ("heartbeat_s", _seconds),
-    "VIRALWATCH_WEB_PORT": ("web_port", _int),
-    "VIRALWATCH_METRICS_PORT": ("metrics_port", _int),
+    "VIRALWATCH_HTTP_HOST": ("http_host", parse_host),
+    "VIRALWATCH_HTTP_PORT": ("http_port", parse_port),
     "VIRALWATCH_ALERTMANAGER": ("alertmanager_url", _str),
     "VIRALWATCH_WEBHOOK": ("webhook_url", _str),
     "VIRALWATCH_DATA_DIR": ("data_dir", Path),
@@ -397,5 +483,12 @@ _SECURITY_ENV: Final = {
     "VIRALWATCH_KAFKA_SSL_KEYFILE": "ssl_keyfile",
 }
 
+#: Variables still read, as the one they name, when that one is not set (a worker says so).
+#: Both served ``/metrics`` before the worker had one HTTP port.
+DEPRECATED_ENV: Final = {
+    "VIRALWATCH_METRICS_PORT": "VIRALWATCH_HTTP_PORT",
+    "VIRALWATCH_WEB_PORT": "VIRALWATCH_HTTP_PORT",
+}
+
 #: Every variable the settings read, for the README and ``--help``.
-ENV_VARS: Final = tuple(_ENV) + tuple(_SECURITY_ENV)
+ENV_VARS: Final = tuple(_ENV) + tuple(_SECURITY_ENV) + tuple(DEPRECATED_ENV)

@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any
 import pytest
 
 from streams.policy import AlertPolicy
-from streams.settings import ENV_VARS, Settings
+from streams.settings import DEPRECATED_ENV, ENV_VARS, Settings
 from streams.sinks.webhook import SECRET_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,8 +45,8 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 
 #: The oldest Kubernetes the manifests are validated against (and so must work on).
 K8S_VERSION = "1.33.0"
-#: The worker's web port: cascade views and /metrics, the port Prometheus scrapes.
-WEB_PORT = 6066
+#: The worker's one HTTP port: /metrics (what Prometheus scrapes), /livez, /readyz.
+HTTP_PORT = 6066
 
 #: Every variable a worker reads: the settings, and the webhook sink's signing secret.
 READ_BY_CODE = frozenset(ENV_VARS) | {SECRET_ENV}
@@ -200,8 +201,32 @@ def test_compose_workers_set_only_variables_the_code_reads() -> None:
     unknown = viralwatch_vars(list(env)) - READ_BY_CODE
     assert not unknown, f"no code reads {sorted(unknown)}"
     settings = Settings.from_env(env)
-    assert settings.web_port == WEB_PORT
+    assert settings.http_port == HTTP_PORT
+    assert settings.http_host == "0.0.0.0"  # reachable by Prometheus from its container
     assert not settings.uses_dev_key
+    assert not viralwatch_vars(list(env)) & set(DEPRECATED_ENV)
+
+
+def test_compose_workers_reach_every_service_they_name() -> None:
+    """Broker and Alertmanager URLs name compose services, on ports those services serve."""
+    config = compose_config()
+    env = config["services"]["worker"]["environment"]
+    am = urllib.parse.urlsplit(env["VIRALWATCH_ALERTMANAGER"])
+    assert am.hostname == "alertmanager" and am.hostname in config["services"]
+    assert am.port in {int(p["target"]) for p in config["services"]["alertmanager"]["ports"]}
+    kafka = Settings.from_env(env).bootstrap
+    advertised = config["services"]["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert {f"PLAINTEXT://{hp}" for hp in kafka} <= set(advertised.split(","))
+
+
+def test_compose_runs_two_workers_each_with_a_host_port() -> None:
+    worker = compose_config()["services"]["worker"]
+    replicas = worker["deploy"]["replicas"]
+    assert replicas >= 2, "a worker dies, another takes its partitions: at least two"
+    (port,) = worker["ports"]
+    assert int(port["target"]) == HTTP_PORT
+    first, _, last = str(port["published"]).partition("-")
+    assert int(last or first) - int(first) + 1 >= replicas, "one host port for each replica"
 
 
 def test_compose_secrets_come_from_files_not_from_the_compose_file() -> None:
@@ -250,13 +275,23 @@ def test_compose_mounts_the_checked_in_config_files() -> None:
     assert "path: /var/lib/grafana/dashboards/viralwatch" in provider
 
 
-def test_prometheus_scrapes_the_compose_workers_web_port() -> None:
+def test_prometheus_scrapes_every_compose_worker_on_its_http_port() -> None:
+    yaml = pytest.importorskip("yaml", reason=f"PyYAML is not installed ({INSTALL_HINT})")
     config = compose_config()
-    prometheus_yml = (DEPLOY / "prometheus" / "prometheus.yml").read_text(encoding="utf-8")
-    assert f'"worker:{WEB_PORT}"' in prometheus_yml
-    assert '"alertmanager:9093"' in prometheus_yml
-    assert "9093" in {str(p["target"]) for p in config["services"]["alertmanager"]["ports"]}
-    assert config["services"]["worker"]["environment"]["VIRALWATCH_WEB_PORT"] == str(WEB_PORT)
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    # every replica of the worker service (its DNS name has one address per replica)
+    (sd,) = jobs["viralwatch"]["dns_sd_configs"]
+    assert sd["names"] == ["worker"] and sd["type"] == "A"
+    http_port = config["services"]["worker"]["environment"]["VIRALWATCH_HTTP_PORT"]
+    assert sd["port"] == int(http_port) == HTTP_PORT
+    assert jobs["viralwatch"].get("metrics_path", "/metrics") == "/metrics"
+    (am,) = prometheus["alerting"]["alertmanagers"]
+    (targets,) = am["static_configs"]
+    (target,) = targets["targets"]
+    host, _, port = target.partition(":")
+    assert host in config["services"]
+    assert port in {str(p["target"]) for p in config["services"][host]["ports"]}
 
 
 def test_compose_worker_is_locked_down() -> None:
@@ -308,8 +343,10 @@ def test_k8s_workers_set_only_variables_the_code_reads() -> None:
     plain = {e["name"]: e["value"] for e in env if "value" in e}
     secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
     settings = Settings.from_env({**plain, **dict.fromkeys(secrets, "from-the-secret")})
-    assert settings.web_port == WEB_PORT
+    assert settings.http_port == HTTP_PORT and settings.http_host == "0.0.0.0"
     assert settings.policy_file is not None and settings.bank_files
+    assert settings.alertmanager_url and not settings.uses_dev_key
+    assert not viralwatch_vars(list(plain) + list(secrets)) & set(DEPRECATED_ENV)
 
 
 def test_k8s_secrets_are_referenced_never_stored() -> None:
@@ -340,17 +377,21 @@ def test_k8s_config_map_carries_a_valid_policy_and_bank(tmp_path: Path) -> None:
     assert env["VIRALWATCH_BANKS"] == f"{mounts['config']}/banks.csv"
 
 
-def test_k8s_workers_are_probed_and_scraped_on_the_web_port() -> None:
+def test_k8s_workers_are_probed_and_scraped_on_the_http_port() -> None:
     container = worker_container()
     (port,) = container["ports"]
-    assert (port["name"], port["containerPort"]) == ("web", WEB_PORT)
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"]["port"] in ("web", WEB_PORT), probe
+    assert (port["name"], port["containerPort"]) == ("http", HTTP_PORT)
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/livez")):
+        assert container[probe]["httpGet"]["port"] in ("http", HTTP_PORT), probe
+        assert container[probe]["httpGet"]["path"] == path, probe
     (service,) = k8s_objects("Service")
     annotations = service["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
-    assert annotations["prometheus.io/port"] == str(WEB_PORT)
-    assert service["spec"]["ports"][0]["targetPort"] == "web"
+    assert annotations["prometheus.io/port"] == str(HTTP_PORT)
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    # a worker that is not ready (restoring, rebalancing) is still scraped
+    assert service["spec"]["publishNotReadyAddresses"] is True
     (deployment,) = k8s_objects("Deployment")
     (pdb,) = k8s_objects("PodDisruptionBudget")
     selector = deployment["spec"]["selector"]["matchLabels"]
@@ -407,18 +448,20 @@ def test_image_runs_a_worker_as_non_root_on_python_311_slim() -> None:
     assert 'viralwatch = "streams.cli:main"' in pyproject
 
 
-def test_image_health_check_requests_the_web_port() -> None:
+def test_image_health_check_asks_livez_on_the_http_port() -> None:
     env = dockerfile_env()
-    assert env["VIRALWATCH_WEB_PORT"] == str(WEB_PORT)
+    assert env["VIRALWATCH_HTTP_PORT"] == str(HTTP_PORT)
+    assert env["VIRALWATCH_HTTP_HOST"] == "0.0.0.0"
     (health,) = [args for word, args in final_stage() if word == "HEALTHCHECK"]
-    assert "VIRALWATCH_WEB_PORT" in health and "/metrics" in health
-    assert ("EXPOSE", str(WEB_PORT)) in final_stage()
+    assert "VIRALWATCH_HTTP_PORT" in health and "/livez" in health
+    assert ("EXPOSE", str(HTTP_PORT)) in final_stage()
 
 
 def test_image_sets_only_variables_the_code_reads() -> None:
     env = dockerfile_env()
     unknown = viralwatch_vars(list(env)) - READ_BY_CODE
     assert not unknown, f"no code reads {sorted(unknown)}"
+    assert not viralwatch_vars(list(env)) & set(DEPRECATED_ENV)
     Settings.from_env(env)
 
 
