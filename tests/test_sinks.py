@@ -294,6 +294,9 @@ def test_a_new_owner_reannounces_firing_alerts_to_alertmanager_and_keeps_them_al
     clock.now += 30
     sink.flush()
     assert len(script.posted()[1]) == 2  # re-posted until resolved
+    sink.reannounce([alert()])  # made again (the rest of the restored log): nothing new
+    sink.flush()
+    assert len(script.requests) == 2  # no extra round of posts
     sink.send([alert("resolved", ts=T0 + 900_000)])  # the new owner resolves one
     sink.flush()
     [[resolved]] = script.posted()[2:]

@@ -141,18 +141,21 @@ class AlertmanagerSink(AlertSink):
         leaves the set and is posted too, unless this sink delivered it
         already: the previous owner may have died before it could.
         """
+        news = False
         with self._queue_lock:
             for alert in alerts:
                 if alert.status == "firing":
                     if self._known(alert.alert_id + ":resolved"):
                         continue
+                    news |= self._active.get(alert.alert_id) is None
                     self._active[alert.alert_id] = alert
                     self._starts.setdefault(alert.alert_id, alert.ts_ms)
                 else:
                     self._active.pop(alert.alert_id, None)
                     if not self._known(alert.dedupe_key):
                         self._pending[alert.dedupe_key] = alert
-            self._last_repost = -math.inf  # post what is firing now, in the next round
+            if news:
+                self._last_repost = -math.inf  # post what is firing now, in the next round
         self.send([])  # wakes the delivery thread; keeps the queue within its capacity
 
     def release(self, clusters: Callable[[str], bool]) -> int:
