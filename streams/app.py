@@ -66,7 +66,7 @@ from streams.broker import (
 )
 from streams.detector import ClusterSummary
 from streams.policy import AlertPolicy
-from streams.settings import TOPICS, Settings
+from streams.settings import TOPICS, Settings, deprecated_in
 from streams.stages import (
     BankUpdate,
     ClusterPartition,
@@ -87,6 +87,7 @@ from streams.stages import (
 )
 from streams.stats import Stats
 from streams.watermarks import NO_TIME
+from streams.web import Health, HttpServer, Router, add_probes, serve
 
 log = logging.getLogger("viralwatch.worker")
 
@@ -328,6 +329,7 @@ class Worker:
         policy: AlertPolicy,
         shares_partitions: int | None = None,
         on_alerts: Callable[[list[Alert]], None] | None = None,
+        health: Health | None = None,
     ) -> None:
         if settings.broker is None:
             raise ValueError("the worker needs a broker (start one with start_local_broker)")
@@ -344,6 +346,8 @@ class Worker:
         self.on_reannounce: Callable[[list[Alert]], None] | None = None
         self.on_release: Callable[[Callable[[str], bool]], None] | None = None
         self._restored: set[int] = set()
+        #: what /readyz and /livez read: banks read, partitions assigned, state restored
+        self.health = health if health is not None else Health()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.read = 0
         self.alerts_sent = 0
@@ -402,10 +406,8 @@ class Worker:
         credentials = _credentials(s)
         if credentials is not None:
             conf["broker_credentials"] = credentials
-        if s.web_port is not None:
-            conf.update(web_enabled=True, web_port=s.web_port, web_bind="127.0.0.1")
-        else:
-            conf["web_enabled"] = False
+        # Faust's web server stays off: the worker's one HTTP port is streams.web's.
+        conf["web_enabled"] = False
         app = _App(
             s.app_id,
             broker=faust_broker_url(s.broker or ""),
@@ -470,6 +472,7 @@ class Worker:
 
         @app.timer(HEARTBEAT_S)  # type: ignore[untyped-decorator]
         async def heartbeat() -> None:
+            self.health.beat()  # the loop turns: /livez
             self._heartbeat()
 
         @app.timer(STATS_EVERY_S)  # type: ignore[untyped-decorator]
@@ -491,6 +494,8 @@ class Worker:
 
         @app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+            for condition in ("assigned", "restored"):  # a rebalance: not ready until it ends
+                self.health.set(condition, False, "rebalancing")
             self._revoke(revoked)
 
         @app.on_partitions_assigned.connect  # type: ignore[arg-type]
@@ -499,6 +504,23 @@ class Worker:
             clusters, resolve = self.settings.topic("clusters"), self.settings.topic("resolve")
             self._held_clusters |= {tp.partition for tp in assigned if tp.topic == clusters}
             self._held_resolve |= {tp.partition for tp in assigned if tp.topic == resolve}
+            mine = sorted(
+                f"{tp.topic}/{tp.partition}" for tp in assigned if tp.topic in (clusters, resolve)
+            )
+            self.health.set(
+                "assigned", True, ", ".join(mine) or "none (more workers than partitions)"
+            )
+            self.health.set("restored", False, "restoring table state from the changelogs")
+
+        @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+        async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
+            # Faust sends this once the tables of the new assignment are recovered
+            # (or needed no recovery); each stage's state is rebuilt from them.
+            self.health.set("restored", True, "tables recovered")
+
+        @app.on_before_shutdown.connect  # type: ignore[arg-type]
+        async def on_shutdown(sender: Any, **kwargs: Any) -> None:
+            self.health.stopping()
 
         return app
 
@@ -1067,11 +1089,16 @@ class Worker:
             tps = [TopicPartition(topic, p) for p in sorted(parts)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)  # what there was at start: read before ready
+            self.health.set("banks", False, "reading the bank topic")
             while True:
                 got = await consumer.getmany(timeout_ms=1000)
                 for tp, records in got.items():
                     for rec in records:
                         self._bank_record(tp.partition, rec.offset, rec.key, rec.value)
+                if ends and all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+                    ends = {}
+                    self.health.set("banks", True, f"{len(self.banks)} entries")
         finally:
             await consumer.stop()
 
@@ -1238,31 +1265,73 @@ def run_worker(settings: Settings, say: Callable[[str], None] | None = None) -> 
         print(f"viralwatch: {msg}", file=sys.stderr, flush=True)
 
     say = say or echo
+    for line in deprecated_in():
+        say(line)
+    # The HTTP port first: /livez answers and /readyz says what is awaited while the
+    # banks load and the state is restored, and a port already taken fails at once.
+    health = Health()
+    registry, http = serve_worker_http(settings, health)
+    if http is not None:
+        say(f"HTTP at {http.url()}: /metrics, /livez, /readyz")
+    try:
+        _run_worker(settings, say, health, registry, http is not None)
+    finally:
+        if http is not None:
+            http.stop()
+
+
+def serve_worker_http(settings: Settings, health: Health) -> tuple[Any, HttpServer | None]:
+    """A worker's metrics registry, and its HTTP server if ``settings.http_port`` is set.
+
+    Raises :class:`streams.web.ServeError` (a ``ValueError``) when it cannot listen.
+    """
+    from prometheus_client import CollectorRegistry
+
+    from streams.metrics import add_metrics
+
+    registry = CollectorRegistry()
+    if settings.http_port is None:
+        return registry, None
+    router = Router()
+    add_metrics(router, registry)
+    add_probes(router, health)
+    return registry, serve(router, settings.http_host, settings.http_port)
+
+
+def _run_worker(
+    settings: Settings, say: Callable[[str], None], health: Health, registry: Any, served: bool
+) -> None:
+    health.set("banks", False, "loading the bank files")
     banks = load_banks(settings.bank_files)
+    health.set("banks", False, f"bank files read ({len(banks)} entries); the bank topic next")
     policy = load_policy(settings.policy_file)
     settings, broker, shares_partitions = prepare(settings, say)
     oncall = None
     try:
         if settings.uses_dev_key:
             say("VIRALWATCH_PSEUDONYM_KEY is not set; pseudonyms use a development key")
-        worker = Worker(settings, banks=banks, policy=policy, shares_partitions=shares_partitions)
-        if settings.metrics_port is not None or settings.alertmanager_url or settings.webhook_url:
+        worker = Worker(
+            settings,
+            banks=banks,
+            policy=policy,
+            shares_partitions=shares_partitions,
+            health=health,
+        )
+        if served or settings.alertmanager_url or settings.webhook_url:
             from streams.sinks.oncall import OnCall
             from streams.sinks.webhook import secret_from_env
 
             oncall = OnCall(
                 worker.stats,
                 fastest=worker.fastest,
-                metrics_port=settings.metrics_port,
                 alertmanager=settings.alertmanager_url,
                 webhook=settings.webhook_url,
                 webhook_secret=secret_from_env(),
+                registry=registry,
             )
             worker.on_alerts = oncall.emit
             worker.on_reannounce = oncall.reannounce
             worker.on_release = oncall.release
-            if oncall.metrics_url:
-                say(f"metrics at {oncall.metrics_url}")
         say(
             f"worker {worker.worker_id} of {settings.app_id}: broker {settings.broker}, "
             f"topics {settings.topic('*')}, {settings.partitions} partitions, "
