@@ -198,6 +198,7 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         """
         ends = dict(await super()._highwaters(partitions))
         if getattr(self.app, "probe_end_offsets", False) and any(ends.values()):
+            self.app.end_offset_probes += 1  # type: ignore[attr-defined]
             reader = self._create_client_consumer(self.transport)  # type: ignore[arg-type]
             reader._fetch_max_wait_ms = LOCAL_FETCH_WAIT_MS
             ends = await read_true_ends(reader, ends)
@@ -267,6 +268,8 @@ class _App(faust.App):
 
     #: correct the broker's end offsets by reading (the local broker only)
     probe_end_offsets: bool = False
+    #: How often the end offsets were probed (the bundled broker only; a test reads it).
+    end_offset_probes: int = 0
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
@@ -435,8 +438,9 @@ class Worker:
         self.t_deadletter = app.topic(s.topic("deadletter"), **raw)
         self.t_stats = app.topic(s.topic("stats"), **raw)
         table: dict[str, Any] = dict(key_type=bytes, value_type=bytes, partitions=n)
-        self.resolve_log = app.Table("resolve-log", **table)
-        self.cluster_log = app.Table("cluster-log", **table)
+        logs = dict(table, extra_topic_configs=s.changelog_configs)
+        self.resolve_log = app.Table("resolve-log", **logs)
+        self.cluster_log = app.Table("cluster-log", **logs)
         self.sent_alerts = app.Table("alerts-sent", changelog_topic=self.t_alerts, **table)
         self.sent_actions = app.Table("actions-sent", changelog_topic=self.t_actions, **table)
         app.probe_end_offsets = s.local_broker
@@ -1156,6 +1160,11 @@ class Worker:
                 "clusters": sorted(self.detectors),
             },
             "backlogged": self.backlogged,
+            # the bundled broker's workarounds, in use or not (never on Apache Kafka)
+            "workarounds": {
+                "end_offset_probes": self.app.end_offset_probes,
+                "short_fetch_wait": _ConsumerThread.fetch_max_wait_ms is not None,
+            },
             "delay_s": self._take_delays(),
             "sent": dict(self.sent),
             "stats": self.stats.summary(),

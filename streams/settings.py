@@ -178,6 +178,10 @@ class Settings:
     #: A partition's log table is cut back to a snapshot once this many bytes (and at
     #: least as many as the last snapshot kept) were written to it since the last cut.
     log_compact_bytes: int = 16 * 1024 * 1024
+    #: Topic configs of the state logs' changelog topics (Faust creates them compacted),
+    #: ``key=value`` pairs separated by ``,``: e.g. ``segment.ms=3600000`` for how soon
+    #: Kafka's log cleaner may compact them. Empty: the broker's defaults.
+    changelog_config: str = ""
     #: An input partition silent for this long (wall clock) stops holding event time back;
     #: when every partition is silent, everything held is applied.
     partition_idle_s: float = 2.0
@@ -217,6 +221,7 @@ class Settings:
         for name in ("partition_idle_s", "batch_wait_s", "heartbeat_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} cannot be negative")
+        _ = self.changelog_configs  # raises ValueError with the reason
         if self.session_timeout_s <= self.heartbeat_s:
             raise ValueError("session_timeout_s must be longer than heartbeat_s")
         if not self.pseudonym_key:
@@ -234,6 +239,28 @@ class Settings:
             raise ValueError(f"http settings: {exc}") from None
 
     # -- derived ------------------------------------------------------------
+
+    @property
+    def changelog_configs(self) -> dict[str, str]:
+        """:attr:`changelog_config` as a mapping (validated when the settings are made).
+
+        >>> s = Settings(changelog_config="segment.ms=100, min.cleanable.dirty.ratio=0.01")
+        >>> s.changelog_configs
+        {'segment.ms': '100', 'min.cleanable.dirty.ratio': '0.01'}
+        >>> Settings(changelog_config="segment.ms")
+        Traceback (most recent call last):
+        ValueError: changelog_config: 'segment.ms' is not key=value
+        """
+        out: dict[str, str] = {}
+        for part in self.changelog_config.split(","):
+            if not part.strip():
+                continue
+            key, sep, value = part.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or not key or not value or any(c.isspace() for c in key + value):
+                raise ValueError(f"changelog_config: {part.strip()!r} is not key=value")
+            out[key] = value
+        return out
 
     def topic(self, name: str) -> str:
         """A topic's full name: the prefix and ``name``."""
@@ -458,6 +485,7 @@ _ENV: Final[dict[str, tuple[str, Any]]] = {
     "VIRALWATCH_MAX_HELD": ("max_held", _int),
     "VIRALWATCH_IDLE_EVICT": ("idle_ms", parse_duration),
     "VIRALWATCH_LOG_COMPACT_BYTES": ("log_compact_bytes", _int),
+    "VIRALWATCH_CHANGELOG_CONFIG": ("changelog_config", _str),
     "VIRALWATCH_PARTITION_IDLE": ("partition_idle_s", _seconds),
     "VIRALWATCH_BATCH_SIZE": ("batch_size", _int),
     "VIRALWATCH_BATCH_WAIT": ("batch_wait_s", _seconds),
