@@ -256,3 +256,67 @@ class WebhookReceiver:
             self._server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+# -- Prometheus and Alertmanager ------------------------------------------------
+
+
+def prometheus_binary() -> str:
+    return require_program("prometheus", package="prometheus")
+
+
+def alertmanager_binary() -> str:
+    return require_program(
+        "prometheus-alertmanager", "alertmanager", package="prometheus-alertmanager"
+    )
+
+
+def start_alertmanager(argv: Sequence[str], logdir: Path, port: int) -> Program:
+    """Alertmanager with ``argv`` (config and storage flags) on ``127.0.0.1:port``, once ready.
+
+    Gossip is off (``--cluster.listen-address=``): one instance, no second port.
+    """
+    program = start(
+        "alertmanager",
+        [
+            alertmanager_binary(),
+            *argv,
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",
+        ],
+        logdir,
+    )
+    program.wait_ready(http_ok(f"http://127.0.0.1:{port}/-/ready"))
+    return program
+
+
+def start_prometheus(argv: Sequence[str], logdir: Path, port: int) -> Program:
+    """Prometheus with ``argv`` (config and storage flags) on ``127.0.0.1:port``, once ready."""
+    program = start(
+        "prometheus",
+        [prometheus_binary(), *argv, f"--web.listen-address=127.0.0.1:{port}"],
+        logdir,
+    )
+    program.wait_ready(http_ok(f"http://127.0.0.1:{port}/-/ready"))
+    return program
+
+
+def receivers_pointed_at(config: dict[str, Any], url: str) -> dict[str, Any]:
+    """An Alertmanager config (parsed) whose webhooks all post to ``url/<receiver>/<n>``.
+
+    Only the URLs change (the n-th webhook of each receiver gets ``n``), so a
+    test sees which receiver the config's own routing chose.
+
+    >>> cfg = {"receivers": [{"name": "pager", "webhook_configs": [{"url": "http://p:1/x"}]}]}
+    >>> receivers_pointed_at(cfg, "http://127.0.0.1:9")["receivers"][0]["webhook_configs"]
+    [{'url': 'http://127.0.0.1:9/pager/1'}]
+    """
+    out = json.loads(json.dumps(config))
+    found = 0
+    for receiver in out.get("receivers", []):
+        for n, hook in enumerate(receiver.get("webhook_configs", []), 1):
+            hook["url"] = f"{url}/{receiver['name']}/{n}"
+            found += 1
+    if not found:
+        raise AssertionError("no webhook receiver to point at the test's receiver")
+    return out
