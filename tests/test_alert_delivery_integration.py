@@ -90,10 +90,10 @@ receivers:
 class Spread:
     """A banked upload and its reshares, produced live (event time = now) from a thread."""
 
-    def __init__(self, broker: RunningBroker, topic: str, pdq: str) -> None:
+    def __init__(self, broker: RunningBroker, topic: str, pdq: str, tag: str = "") -> None:
         from kafka import KafkaProducer
 
-        self.topic, self.pdq = topic, pdq
+        self.topic, self.pdq, self.tag = topic, pdq, tag
         self.producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
         self.n = 0
         self._stop = threading.Event()
@@ -105,17 +105,18 @@ class Spread:
 
     def share(self, ts: int | None = None) -> None:
         self.n += 1
-        self.send({"event_id": f"s{self.n}", "type": "share", "ts": ts or now_ms(),
-                   "post_id": f"p{self.n}", "parent_post_id": "p0",
+        tag = self.tag
+        self.send({"event_id": f"{tag}s{self.n}", "type": "share", "ts": ts or now_ms(),
+                   "post_id": f"{tag}p{self.n}", "parent_post_id": f"{tag}p0",
                    "user_id": f"user{self.n}"})  # fmt: skip
 
-    def begin(self) -> None:
-        """The upload and a burst of 30 shares (warning fires), then one every few seconds."""
-        t = now_ms()
+    def begin(self, burst: int = 30) -> None:
+        """The upload and a burst of shares (30: warning fires), then one every few seconds."""
+        t, tag = now_ms(), self.tag
         content = {"pdq": self.pdq, "pdq_quality": 90}
-        self.send({"event_id": "u0", "type": "upload", "ts": t - 10_000, "post_id": "p0",
-                   "user_id": "uploader", "content": content})  # fmt: skip
-        for i in range(30):
+        self.send({"event_id": f"{tag}u0", "type": "upload", "ts": t - 10_000,
+                   "post_id": f"{tag}p0", "user_id": "uploader", "content": content})  # fmt: skip
+        for i in range(burst):
             self.share(t - 9_000 + i * 300)
 
         def go_on() -> None:
@@ -289,3 +290,87 @@ def test_a_killed_worker_s_firing_alert_stays_firing_in_alertmanager_until_the_s
         (alert, "resolved"),
     ]  # each once on the alerts topic: the re-announce is not a new alert
     assert [st for st, _ in notified(receiver, alert)] == ["firing", "resolved"]
+
+
+class SlowAlertmanager:
+    """An HTTP server on 127.0.0.1 that holds every request for 30 s before answering."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests = 0
+        self._release = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                owner.requests += 1
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                owner._release.wait(30)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        self._release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_alertmanager_answering_after_30_s_does_not_delay_the_alerts_topic(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    """Delivery runs on the sink's thread: while every post to Alertmanager hangs, the
+    stages' event loop goes on and another cluster's alert reaches the alerts topic as
+    soon as the watermark lets it (here about a second: lateness 0, idle partitions 1 s)."""
+    rng = random.Random(15)
+    first_pdq, second_pdq = pdq_hex(rng), pdq_hex(rng)
+    bank = tmp_path / "bank.csv"
+    bank.write_text(f"signal_type,signal,bank\npdq,{first_pdq},ncii\npdq,{second_pdq},ncii\n")
+    slow = SlowAlertmanager()
+    prefix, app_id = names()
+    s = settings_for(
+        broker,
+        prefix,
+        app_id,
+        bank_files=(bank,),
+        partition_idle_s=1.0,
+        lateness_ms=0,
+        data_dir=tmp_path / "data",
+        alertmanager_url=slow.url,
+    )
+    create_topics(s)
+    worker = WorkerProcess(worker_env(s), tmp_path / "worker.log")
+    first = Spread(broker, s.topic("shares"), first_pdq, tag="a")
+    second = Spread(broker, s.topic("shares"), second_pdq, tag="b")
+    alerts = TopicReader(broker, s.topic("alerts"))
+    try:
+        with workers(worker):
+            first.begin()
+            alerts.until(lambda r: len(r) >= 1, 90, "the first cluster's alert", worker.log_tail)
+            wait_until(lambda: slow.requests >= 1, 30, "a post to the slow Alertmanager")
+            time.sleep(2)  # that post hangs (the sink times it out after 5 s and retries)
+            second.begin(burst=0)
+            for _ in range(30):
+                second.share()
+            crossed = time.time()  # the 25th share crossed the rule; 5 more since
+            alerts.until(lambda r: len(r) >= 2, 30, "the second cluster's alert", worker.log_tail)
+            arrived = time.time()
+            [late] = [orjson.loads(r.value) for r in alerts.records[1:]]
+            assert late["cluster_id"] != orjson.loads(alerts.records[0].value)["cluster_id"]
+            print(f"second cluster: alert on the topic {arrived - crossed:.2f} s after its shares")
+            assert arrived - crossed < 5.0, f"the alert took {arrived - crossed:.1f} s"
+            assert slow.requests >= 1 and worker.alive()
+    finally:
+        alerts.close()
+        first.close()
+        second.close()
+        slow.stop()
