@@ -304,6 +304,23 @@ def test_a_new_owner_reannounces_firing_alerts_to_alertmanager_and_keeps_them_al
     assert sink.delivered == 1  # a re-announce is not a delivery of a new alert
 
 
+def test_a_reannounce_during_a_post_is_posted_at_once_not_at_the_next_interval() -> None:
+    script, clock = Script(), Clock()
+    sink = am_sink(script, clock, repost_interval=30)
+    sink.send([alert(cluster="b-1")])
+    during = Script()
+
+    def transport(url: str, body: bytes, headers: Mapping[str, str], t: float) -> HttpResponse:
+        if not during.requests:  # the delivery thread is posting; a partition comes in
+            sink.reannounce([alert(cluster="b-2")])
+        return during(url, body, headers, t)
+
+    sink._transport = transport
+    sink.flush()
+    posts = [[a["labels"]["cluster"] for a in p] for p in during.posted()]
+    assert posts == [["b-1"], ["b-1", "b-2"]]  # the firing set re-posted in the same flush
+
+
 def test_a_webhook_never_pages_again_for_a_reannounced_alert() -> None:
     script = Script()
     sink = WebhookSink("http://hook", transport=script)

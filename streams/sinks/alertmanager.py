@@ -125,6 +125,7 @@ class AlertmanagerSink(AlertSink):
         self._active: dict[str, Alert] = {}  # alert_id -> firing alert
         self._starts: dict[str, int] = {}  # alert_id -> firing event time, until resolved
         self._last_repost = -math.inf
+        self._asked = 0  # re-posts asked for at once (re-announces): a post under way keeps them
 
     @property
     def active(self) -> int:
@@ -156,6 +157,7 @@ class AlertmanagerSink(AlertSink):
                         self._pending[alert.dedupe_key] = alert
             if news:
                 self._last_repost = -math.inf  # post what is firing now, in the next round
+                self._asked += 1
         self.send([])  # wakes the delivery thread; keeps the queue within its capacity
 
     def release(self, clusters: Callable[[str], bool]) -> int:
@@ -195,8 +197,9 @@ class AlertmanagerSink(AlertSink):
         return self._last_repost + self._repost if self._active else math.inf
 
     def _deliver(self, batch: list[Alert], now: float) -> Outcome:
-        due = now - self._last_repost >= self._repost
         with self._queue_lock:
+            due = now - self._last_repost >= self._repost
+            asked = self._asked
             queued = {a.alert_id for a in self._pending.values()}  # posted when their turn comes
             repost = [a for a in self._active.values() if a.alert_id not in queued] if due else []
             firing = {_identity(a): a.alert_id for a in self._active.values()}
@@ -225,8 +228,9 @@ class AlertmanagerSink(AlertSink):
                 outcome = self._one_by_one(batch, wall_ms, starts)
         else:
             outcome = Outcome(delivered=batch)
-            if due:
-                self._last_repost = now
+            with self._queue_lock:
+                if due and asked == self._asked:  # else a re-announce came during the post
+                    self._last_repost = now
         outcome.delivered.extend(stale)
         with self._queue_lock:
             done = outcome.delivered + [a for a, _ in outcome.refused]
