@@ -237,6 +237,21 @@ def test_resolution_in_the_future_of_the_wall_clock_is_clamped() -> None:
     assert firing["startsAt"] == resolved["startsAt"] == resolved["endsAt"]
 
 
+def test_a_refused_firing_alert_is_not_reposted_and_the_thread_never_spins() -> None:
+    script = Script(answers=[400] * 1000)
+    sink = AlertmanagerSink("http://am:9093", transport=script, repost_interval=60)
+    sink.reannounce([alert()])  # only in the re-post set: Alertmanager refuses it
+    sink.start(interval=0.05)
+    try:
+        time.sleep(0.5)
+        assert len(script.requests) == 1  # the next re-post is a whole interval away
+        sink.send([alert(cluster="b-2")])
+        wait_until(lambda: sink.rejected == 1, 5, "the refusal")
+        assert sink.active == 1  # the refused one left; the re-announced one stays
+    finally:
+        sink.close(timeout=1)
+
+
 def test_alertmanager_sink_refuses_bad_settings() -> None:
     with pytest.raises(ValueError, match="http"):
         AlertmanagerSink("am:9093")

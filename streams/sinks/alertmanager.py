@@ -228,15 +228,19 @@ class AlertmanagerSink(AlertSink):
                 outcome = self._one_by_one(batch, wall_ms, starts)
         else:
             outcome = Outcome(delivered=batch)
-            with self._queue_lock:
-                if due and asked == self._asked:  # else a re-announce came during the post
-                    self._last_repost = now
+        with self._queue_lock:
+            # a refused re-post is not retried at once either: it waits for the next interval
+            if due and asked == self._asked:  # else a re-announce came during the post
+                self._last_repost = now
         outcome.delivered.extend(stale)
         with self._queue_lock:
             done = outcome.delivered + [a for a, _ in outcome.refused]
             for alert in done:
                 if alert.status == "resolved":
                     self._starts.pop(alert.alert_id, None)
+            for alert, _ in outcome.refused:  # refused for good: re-posting cannot help
+                if self._active.get(alert.alert_id) is alert:
+                    del self._active[alert.alert_id]
         return outcome
 
     def _one_by_one(self, batch: list[Alert], wall_ms: int, starts: dict[str, int]) -> Outcome:

@@ -81,6 +81,8 @@ DEFAULT_CAPACITY = 10_000
 DEFAULT_BATCH = 500
 #: At most one "queue full" line per this many seconds (the counter has every drop).
 DROP_LOG_EVERY_S = 10.0
+#: The delivery thread's shortest sleep between rounds it was not woken for.
+MIN_WAIT_S = 0.05
 
 
 def figures(alert: Alert) -> str:
@@ -407,7 +409,8 @@ class AlertSink(ABC):
         with self._queue_lock:
             if self._pending:
                 due = min(due, self._next_attempt)
-        wait = min(interval, max(0.0, due - now))
+        # never a busy loop, whatever a subclass reports (a send wakes the thread at once)
+        wait = min(interval, max(MIN_WAIT_S, due - now))
         if self._stopping.is_set():
             wait = min(wait, max(0.0, self._drain_until - time.monotonic()))
         return wait
