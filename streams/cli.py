@@ -516,6 +516,7 @@ def worker(
         str | None,
         typer.Option(
             "--http-port",
+            metavar="PORT",
             help="serve /metrics, /livez and /readyz on this port (0: any free port; "
             "default VIRALWATCH_HTTP_PORT, else none)",
         ),
@@ -524,6 +525,7 @@ def worker(
         str | None,
         typer.Option(
             "--http-host",
+            metavar="HOST",
             help="interface of the HTTP port (default VIRALWATCH_HTTP_HOST, else 127.0.0.1)",
         ),
     ] = None,
