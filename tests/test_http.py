@@ -420,3 +420,17 @@ def test_a_worker_whose_port_is_taken_says_so_in_one_line_before_anything_else()
         stderr.strip()
         == f"viralwatch: cannot serve HTTP on 127.0.0.1:{port}: Address already in use"
     )
+
+
+def test_a_worker_given_an_old_port_variable_says_it_is_deprecated_and_uses_it() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"VIRALWATCH_BROKER": "kafka://127.0.0.1:9", "VIRALWATCH_METRICS_PORT": str(port)}
+        status, stderr = run_worker_command(["streams.app"], env)
+    assert status == 2, stderr
+    assert stderr.splitlines() == [
+        "viralwatch: VIRALWATCH_METRICS_PORT is deprecated: use VIRALWATCH_HTTP_PORT",
+        f"viralwatch: cannot serve HTTP on 127.0.0.1:{port}: Address already in use",
+    ]
