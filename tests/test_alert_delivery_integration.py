@@ -260,6 +260,8 @@ def test_a_killed_worker_s_firing_alert_stays_firing_in_alertmanager_until_the_s
         with workers(second):
             metrics = f"http://127.0.0.1:{metrics_port}/metrics"
             wait_until(lambda: active_gauge(metrics) == 1, 60, "the gauge to count it again")
+            taken_over = time.monotonic() - killed_at  # the re-announce, to the gauge and AM
+            print(f"re-announced {taken_over:.1f} s after the kill (validity {VALIDITY_S:.0f} s)")
             # the spread goes on well past the validity of the killed worker's last post
             time.sleep(max(0.0, killed_at + VALIDITY_S + 20 - time.monotonic()))
             spread_ends = time.monotonic()

@@ -1,9 +1,12 @@
 """Alert sinks: where alerts leave the worker for on-call's tools.
 
 Every sink takes its HTTP transport as an argument (tests pass their own),
-keeps a pending queue keyed by :attr:`streams.alerts.Alert.dedupe_key`, and
-retries with exponential backoff while its receiver is down: an alert is
-delivered once, in order, or counted in the backlog until it is.
+keeps a bounded queue keyed by :attr:`streams.alerts.Alert.dedupe_key`, and
+delivers from a thread of its own, never from the event loop the stages
+share, retrying with exponential backoff while its receiver is down: an
+alert is delivered once, in order, counted in the backlog until it is, or
+counted as dropped if the queue overflows. Alerts follow their partition
+from worker to worker (:meth:`AlertSink.reannounce`, :meth:`AlertSink.release`).
 """
 
 from streams.sinks.alertmanager import AlertmanagerSink
