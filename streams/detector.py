@@ -12,28 +12,116 @@ Decisions (alerts, takedown requests, rejections) are collected in
 after a batch, so a streaming worker sends one batch of records, not one
 send per event.
 
-Episodes. A banked cluster whose velocity meets a rule *fires* at that rule's
-severity and opens an episode; crossing a higher rule escalates (a new
-alert at the higher severity; lower ones stay firing until the episode
-ends). The episode is *resolved* (every severity it fired, resolved) once
-velocity has stayed under the lowest rule for ``resolve_after``. The time of
-resolution is computed from event times alone (the moment the last
-qualifying share left the window, plus ``resolve_after``), so it does not
-depend on when a worker happens to check. A new episode may not open within
-``cooldown`` of the last one's end.
+Episodes. A banked cluster whose velocity meets a rule opens an *episode*.
+Each velocity rule fires (an alert at its severity) at most once per
+episode, the first time it is met in it, whether or not a higher severity
+fired before; several rules met at one event fire lowest first. The
+``[predicted]`` rule only escalates an episode a velocity rule opened (a
+forecast alone is noise), and fires its severity at most once per episode:
+there is one alert id per cluster, episode and severity, whichever rule got
+there first. The first firing at ``high`` or above sends takedown requests,
+once per episode. The episode is *resolved* (every severity it fired,
+resolved) once velocity has stayed under the lowest rule for
+``resolve_after``. The time of resolution is computed from event times alone
+(the moment the last qualifying share left the window, plus
+``resolve_after``), so it does not depend on when a worker happens to check.
+A new episode may not open within ``cooldown`` of the last one's end.
+
+Why no severity is skipped: under "fire the highest rule met, if above the
+highest fired", whether ``high`` ever fires depends on whether ``critical``
+(or a forecast) got there first, which depends on events not seen yet, and
+no firing could be announced before every event up to it is in. Here an
+alert exists exactly when its rule was met during its episode.
 
 Unbanked clusters never alert: crossing a rule counts them as *emerging*
 (:attr:`Stats.emerging`) and queues them on :attr:`Detector.emerging` for
 human review.
+
+Early firing. A streaming worker (:class:`streams.stages.ClusterPartition`)
+applies an event only once the watermark ``wm`` (the slowest input
+partition, minus the allowed lateness) has passed it, in the order replay
+applies them, so a crossing would reach on-call a whole allowed lateness
+after the share. It also tells the detector what it holds
+(:meth:`Detector.expect`), and after each batch asks
+(:meth:`Detector.fire_early`) which velocity firings the events already seen
+*prove*. Let ``K`` be a cluster's applied events plus those held, and ``F``
+(a superset) every event replay will apply. A count over a window is
+monotone in the set of events: met at an event time ``tau`` with ``K``, it
+is met at ``tau`` with ``F``, and replay evaluates the rules at every
+event's time. A held event counts only if replay will count it when it
+applies it: an upload, or a reshare whose parent is in the applied graph or
+is a counted held post before it in ``(ts, event_id)`` order (a reshare
+older than its parent is counted when the parent comes, not before). A
+firing goes out early only when its id is certain:
+
+1. *Escalation.* Episode ``E`` is open at the watermark, to resolve at
+   ``d0`` (the lowest rule's ``n_L``-th latest share leaving its window, plus
+   ``resolve_after``). More events can only move that later, so for
+   ``tau < d0``, ``E`` is open at ``tau`` in ``F``, the rule is met there,
+   and ``(cluster, E, severity)`` fires (unless it already had).
+2. *Opening.* No episode is open at the watermark. Replay opens ``E + 1`` at
+   the first evaluation ``t'`` after it where a rule is met and the cooldown
+   is over; with ``cooldown_until <= tau``, that is at ``tau`` at the latest.
+   It must still be open at ``tau``: it resolves no earlier than
+   ``x + w_L + resolve_after``, ``x`` the ``n_L``-th latest share counted at
+   ``t'``. The rule ``H`` met at ``t'`` counts ``n_H`` shares in
+   ``(t' - w_H, t']``; those not newer than ``wm - w_L`` are applied already
+   (or reshares the detector holds for a parent), in ``(wm - w_H, wm - w_L]``.
+   If these are at most ``n_H - n_L`` for every rule
+   (:attr:`AlertPolicy.opening_allowances`), at least ``n_L`` are newer, so
+   ``x > wm - w_L`` and ``E + 1`` lasts past ``wm + resolve_after``. Hence
+   ``tau < wm + resolve_after`` is asked, and ``tau < last_ms + idle_ms``
+   (no eviction can start the cluster afresh, at episode 0, before ``tau``).
+
+   A first draft asked instead for a "ladder-safe" policy (every rule met at
+   ``t`` implies the lowest met at some evaluation ``<= t``; true of
+   ``n_H >= ceil(w_H / w_L) n_L``) and a cooldown over by ``wm`` minus the
+   longest window. That does not hold: a reshare older than its parent is
+   counted when the parent comes, so 476 reshares that waited twelve minutes
+   for their parent meet ``critical`` (500 in 15 minutes) with 24 more and
+   ``warning`` never met; that episode resolves within minutes, and a
+   ``warning`` announced for ``E + 1`` belongs to ``E + 2``. Nor did it stop
+   at an eviction.
+
+Everything that depends on order stays on the watermark path: resolution,
+an episode's end, cooldown, takedown requests, the ``[predicted]`` rule.
+When the watermark path reaches a firing sent early it updates the state
+exactly as always, and sends (and counts) nothing. Events later than the
+watermark (counted ``late``) and two events adding one post (rejected as
+``duplicate_post``) already break replay's equality; they are left out of
+the argument, and change nothing here but which figures an alert carries.
+
+An early alert is an :class:`EarlyAlert`: its velocity and acceleration are
+those of every share seen (``K``) at ``tau``, its ``ts`` is ``tau``; its
+graph figures (size, live copies, users, depth, breadth, virality, top
+spreaders) and forecast are those of the events applied (up to ``as_of``).
+
+>>> det = Detector(AlertPolicy.default(), Stats(), pseudonymizer=Pseudonymizer(b"k"))
+>>> t0, m = 1_767_225_600_000, MatchInfo("ncii", "md5", "a" * 32, 0)
+>>> burst = [Routed(ShareEvent("e0", "upload", t0, "p0", "u0"), "b-1", m)] + [
+...     Routed(ShareEvent(f"e{i}", "share", t0 + i * 1000, f"p{i}", f"u{i}", "p0"), "b-1")
+...     for i in range(1, 30)
+... ]
+>>> for item in burst:            # held: the watermark is a minute behind
+...     det.expect(item)
+>>> det.fire_early(["b-1"], t0 - 60_000)
+>>> [early] = det.drain().alerts  # the 25th share, 24 s after the upload: proved already
+>>> early.severity, early.ts_ms - t0, early.to_dict()["provisional"]
+('warning', 24000, True)
+>>> for item in burst:            # the watermark passes them: the same id, not sent again
+...     det.apply(item)
+>>> det.drain().alerts, det.clusters["b-1"].fired, det.stats.alerts[("warning", "firing")]
+([], ['warning'], 1)
 """
 
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from graphs.cascade import Cascade, PostSet
 from graphs.velocity import MINUTE_MS, WINDOWS_MS, Velocity
@@ -46,6 +134,7 @@ from streams.alerts import (
     Severity,
     TakedownRequest,
     alert_id,
+    rfc3339,
     severity_rank,
 )
 from streams.events import Rejection, ShareEvent
@@ -73,6 +162,33 @@ class ClusterSummary:
     live: int
     first_seen_ms: int
     last_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyAlert(Alert):
+    """A firing sent before the watermark reached it, because it is certain (module doc).
+
+    Its id and status are those replay gives; its figures are as of what had
+    been seen, so its JSON says so: ``"provisional": true``, and ``"as_of"``,
+    the event time up to which every event had been applied (the graph
+    figures are of those; velocity and acceleration count every share seen,
+    at ``ts``). An alert sent when the watermark reaches it has neither key.
+
+    >>> a = EarlyAlert(alert_id="vw-1", status="firing", severity="warning",
+    ...                ts_ms=1767225660000, cluster_id="b-1", first_seen_ms=1767225600000,
+    ...                as_of_ms=1767225600000)
+    >>> d = a.to_dict()
+    >>> d["provisional"], d["as_of"], d["ts"]
+    (True, '2026-01-01T00:00:00.000Z', '2026-01-01T00:01:00.000Z')
+    """
+
+    as_of_ms: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = Alert.to_dict(self)  # not super(): slotted dataclasses are rebuilt classes
+        out["provisional"] = True
+        out["as_of"] = rfc3339(self.as_of_ms)
+        return out
 
 
 @dataclass
@@ -104,6 +220,7 @@ class ClusterState:
     pending: dict[str, list[ShareEvent]] = field(default_factory=dict)
     episode: int = 0
     active: bool = False
+    #: the severities fired in the open episode, in the order they fired
     fired: list[Severity] = field(default_factory=list)
     resolve_due_ms: int | None = None
     cooldown_until_ms: int = 0
@@ -117,6 +234,96 @@ class ClusterState:
     @property
     def banked(self) -> bool:
         return self.cluster_id.startswith("b-")
+
+
+def _key(ev: ShareEvent) -> tuple[int, str]:
+    return (ev.ts_ms, ev.event_id)
+
+
+class Lookahead:
+    """One banked cluster's events received but not applied yet: its part of the reorder buffer.
+
+    Kept beside the buffer (not a scan of it) so that :meth:`Detector.fire_early`
+    costs what the cluster holds: ``times[start:]`` are the sorted event times
+    of the held posts that replay will count when it applies them (see the
+    module doc), ``posts`` those posts, ``waiting`` the held reshares not known
+    to be counted, by parent. It refers to the events themselves; no record is
+    made per event. Events are applied in time order, so the one applied is
+    the first of ``times``: ``start`` moves on instead of the list shifting.
+    """
+
+    __slots__ = ("first_ms", "held", "match", "posts", "start", "times", "waiting")
+
+    def __init__(self, first_ms: int, match: MatchInfo | None) -> None:
+        self.times: list[int] = []
+        self.start = 0
+        self.posts: dict[str, ShareEvent] = {}
+        self.waiting: dict[str, list[ShareEvent]] = {}
+        #: every item held for this cluster, copies and takedowns included
+        self.held = 0
+        #: the earliest event time held, and the first bank match seen held
+        self.first_ms = first_ms
+        self.match = match
+
+    def __len__(self) -> int:
+        return len(self.times) - self.start
+
+    def count(self, window_ms: int, now_ms: int) -> int:
+        """Counted held shares in ``(now - window, now]``."""
+        times, lo = self.times, self.start
+        return bisect_right(times, now_ms, lo) - bisect_right(times, now_ms - window_ms, lo)
+
+    def holds(self, ev: ShareEvent) -> bool:
+        """Whether ``ev`` (this very event, by id) is held here already."""
+        p = self.posts.get(ev.post_id)
+        if p is not None:
+            return p.event_id == ev.event_id
+        kids = self.waiting.get(ev.parent_post_id or "")
+        return kids is not None and any(k.event_id == ev.event_id for k in kids)
+
+    def attach(self, ev: ShareEvent) -> None:
+        """Count ``ev``, and the held reshares under it that come after it."""
+        stack = [ev]
+        while stack:
+            e = stack.pop()
+            self.posts[e.post_id] = e
+            insort(self.times, e.ts_ms, self.start)
+            kids = self.waiting.pop(e.post_id, None)
+            if kids:
+                stay = []
+                for k in kids:  # those before their parent are counted when it comes
+                    if _key(k) > _key(e) and k.post_id not in self.posts:
+                        stack.append(k)
+                    else:
+                        stay.append(k)
+                if stay:
+                    self.waiting[e.post_id] = stay
+
+    def forget(self, ev: ShareEvent) -> None:
+        """``ev`` was applied: it counts in the detector now, not here."""
+        p = self.posts.get(ev.post_id)
+        if p is not None and p.event_id == ev.event_id:
+            del self.posts[ev.post_id]
+            times, lo = self.times, self.start
+            i = bisect_left(times, ev.ts_ms, lo)
+            if i == lo:  # the first, as a rule
+                self.start = lo = lo + 1
+                if lo > 256 and lo * 2 > len(times):
+                    del times[:lo]
+                    self.start = 0
+            else:
+                del times[i]
+        elif ev.type == "share" and ev.parent_post_id in self.waiting:
+            kids = self.waiting[ev.parent_post_id]
+            kids[:] = [k for k in kids if k.event_id != ev.event_id]
+            if not kids:
+                del self.waiting[ev.parent_post_id]
+
+    def events(self) -> list[ShareEvent]:
+        """The held posts and reshares, in ``(ts, event_id)`` order."""
+        out = [*self.posts.values(), *(e for kids in self.waiting.values() for e in kids)]
+        out.sort(key=_key)
+        return out
 
 
 def _graph(st: ClusterState) -> Cascade:
@@ -147,6 +354,12 @@ class Detector:
         self.policy = policy
         self._windows = policy.windows_ms  # computed once: read on every event
         self._fewest = min(rule.shares for rule in policy.rules)
+        self._rules = policy.rules
+        #: how many severities an episode can fire (velocity rules', and the forecast's)
+        self._severities = len(
+            {r.severity for r in policy.rules} | {p.severity for p in [policy.predicted] if p}
+        )
+        self._allowances = policy.opening_allowances
         self.stats = stats
         self.pseudonymize = pseudonymizer
         self.idle_ms = idle_ms
@@ -158,12 +371,25 @@ class Detector:
         self._due: list[tuple[int, str]] = []
         self.emerging: deque[ClusterSummary] = deque(maxlen=review_queue)
         self.outbox = Decisions()
+        #: per banked cluster, what is held for it and not applied yet (streaming only)
+        self._ahead: dict[str, Lookahead] = {}
+        #: per cluster, the ids of firings sent early that the watermark has not reached
+        self._sent_early: dict[str, set[str]] = {}
 
     # -- input ------------------------------------------------------------
 
     def apply(self, item: Routed) -> None:
         """Apply one routed event. Idempotent: an event id seen before changes nothing."""
         ev = item.event
+        ahead_of = self._ahead
+        if ahead_of:  # streaming: it is not held any more
+            ahead = ahead_of.get(item.cluster_id)
+            if ahead is not None:
+                ahead.held -= 1
+                if ahead.held <= 0:
+                    del ahead_of[item.cluster_id]
+                elif ev.type != "takedown":
+                    ahead.forget(ev)
         self.advance(ev.ts_ms)
         st = self.clusters.get(item.cluster_id)
         if st is None:
@@ -249,11 +475,14 @@ class Detector:
     # -- policy -----------------------------------------------------------
 
     def _evaluate(self, st: ClusterState, now: int) -> None:
-        sev: Severity | None = None
-        if len(st.velocity) >= self._fewest:  # else no window holds enough (most clusters)
-            counts = {w: st.velocity.count(w, now) for w in self._windows}
-            sev = self.policy.severity_for(counts)
-        reason = "velocity"
+        met: list[tuple[Severity, str]] = []
+        # no window holds enough (most clusters), or every severity fired (a hot one): no count
+        spent = st.active and len(st.fired) == self._severities
+        if len(st.velocity) >= self._fewest and not spent:
+            v = st.velocity
+            counts = {w: v.count(w, now) for w in self._windows}
+            # AlertPolicy.met, inlined: this runs on every event
+            met = [(r.severity, "velocity") for r in self._rules if counts[r.window_ms] >= r.shares]
         rule = self.policy.predicted
         if (
             st.predictor is not None
@@ -263,13 +492,11 @@ class Detector:
         ):
             st.prediction = p = self._forecast(st, now)
             st.predicted_at_ms = now
-            if (
-                p is not None
-                and rule.fires(p.size, p.low, st.cascade.size)
-                and severity_rank(rule.severity) > severity_rank(sev or "")
-            ):
-                sev, reason = rule.severity, "predicted"
-        if sev is None:
+            if p is not None and rule.fires(p.size, p.low, st.cascade.size) and (met or st.active):
+                # it escalates an episode a velocity rule opened (now, or before); lowest first
+                met.append((rule.severity, "predicted"))
+                met.sort(key=lambda m: severity_rank(m[0]))
+        if not met:
             self._schedule_resolve(st, now)
             return
         if not st.banked:
@@ -278,25 +505,34 @@ class Detector:
                 self.stats.emerging += 1
                 self.emerging.append(self.summary(st, now))
             return
-        top = st.fired[-1] if st.fired else None
-        if severity_rank(sev) > severity_rank(top or ""):
-            if not st.active:
-                if now < st.cooldown_until_ms:
-                    return
-                st.episode += 1
-                st.active = True
-            st.fired.append(sev)
-            alert = self._alert(st, sev, "firing", now, reason)
-            self.outbox.alerts.append(alert)
-            self.stats.alerts[(sev, "firing")] += 1
-            if severity_rank(sev) >= severity_rank("high") and st.takedown_severity is None:
-                st.takedown_severity = sev
-                st.takedown_alert = alert.alert_id
-                self.outbox.actions.extend(
-                    TakedownRequest.for_post(st.cluster_id, post, now, sev, alert.alert_id)
-                    for post in st.cascade.live_posts()
-                )
+        if not st.active:
+            if now < st.cooldown_until_ms:
+                return
+            st.episode += 1
+            st.active = True
+        for sev, reason in met:
+            if sev not in st.fired:
+                self._fire(st, sev, now, reason)
         self._schedule_resolve(st, now)
+
+    def _fire(self, st: ClusterState, sev: Severity, now: int, reason: str) -> None:
+        st.fired.append(sev)
+        aid = alert_id(st.cluster_id, st.episode, sev)
+        sent = self._sent_early.get(st.cluster_id)
+        if sent is not None and aid in sent:  # announced already: the state moves on, quietly
+            sent.discard(aid)
+            if not sent:
+                del self._sent_early[st.cluster_id]
+        else:
+            self.outbox.alerts.append(self._alert(st, sev, "firing", now, reason))
+            self.stats.alerts[(sev, "firing")] += 1
+        if severity_rank(sev) >= severity_rank("high") and st.takedown_severity is None:
+            st.takedown_severity = sev
+            st.takedown_alert = aid
+            self.outbox.actions.extend(
+                TakedownRequest.for_post(st.cluster_id, post, now, sev, aid)
+                for post in st.cascade.live_posts()
+            )
 
     def _schedule_resolve(self, st: ClusterState, now: int) -> None:
         if not st.active:
@@ -315,7 +551,7 @@ class Detector:
             st = self.clusters.get(cid)
             if st is None or not st.active or st.resolve_due_ms != due:
                 continue  # superseded by a later schedule
-            for sev in st.fired:
+            for sev in sorted(st.fired, key=severity_rank):
                 self.outbox.alerts.append(self._alert(st, sev, "resolved", due, "velocity"))
                 self.stats.alerts[(sev, "resolved")] += 1
             st.active = False
@@ -331,6 +567,9 @@ class Detector:
             del self.clusters[cid]
             self.outbox.evicted_posts.extend(st.cascade.posts())
             self.stats.clusters_evicted += 1
+            self._sent_early.pop(cid, None)
+            if cid in self._ahead:  # what it holds was judged against the graph now gone
+                self._rejudge(cid)
         self.stats.clusters_active = len(self.clusters)
         self.stats.watermark_ms = max(self.stats.watermark_ms, now_ms)
 
@@ -338,6 +577,185 @@ class Detector:
         """Take the decisions made since the last drain."""
         out, self.outbox = self.outbox, Decisions()
         return out
+
+    # -- early firing (see the module doc) ------------------------------------
+
+    def expect(self, item: Routed) -> None:
+        """Note an event received and held until the watermark passes it (streaming).
+
+        Every item noted must later be given to :meth:`apply` (each copy, once).
+        """
+        if not item.banked:
+            return  # never alerts
+        cid, ev = item.cluster_id, item.event
+        ahead = self._ahead.get(cid)
+        if ahead is None:
+            ahead = self._ahead[cid] = Lookahead(ev.ts_ms, item.match)
+        else:
+            if ev.ts_ms < ahead.first_ms:
+                ahead.first_ms = ev.ts_ms
+            if ahead.match is None:
+                ahead.match = item.match
+        ahead.held += 1
+        if ev.type != "takedown":
+            self._judge(ahead, self.clusters.get(cid), ev)
+
+    def _judge(self, ahead: Lookahead, st: ClusterState | None, ev: ShareEvent) -> None:
+        """Count ``ev`` among the held shares if replay will count it when it applies it."""
+        if (st is not None and ev.event_id in st.event_ids) or ahead.holds(ev):
+            return  # a copy: applied once
+        graph = st.cascade if st is not None else None
+        if ev.post_id in ahead.posts or (graph is not None and ev.post_id in graph):
+            return  # a second event adding one post: rejected, never counted (not proved)
+        parent = ev.parent_post_id
+        if parent is None:  # an upload
+            ahead.attach(ev)
+            return
+        before = ahead.posts.get(parent)
+        known = graph is not None and parent in graph
+        if known or (before is not None and _key(before) < _key(ev)):
+            ahead.attach(ev)
+        else:
+            ahead.waiting.setdefault(parent, []).append(ev)
+
+    def _rejudge(self, cid: str) -> None:
+        old = self._ahead[cid]
+        new = self._ahead[cid] = Lookahead(old.first_ms, old.match)
+        new.held = old.held
+        for ev in old.events():
+            self._judge(new, None, ev)
+
+    def fire_early(self, cluster_ids: Iterable[str], watermark_ms: int) -> None:
+        """Send now the velocity firings that the events seen make certain (see the module doc).
+
+        ``watermark_ms``: every event up to it has been applied (and
+        :meth:`advance` has been given it). Only ``cluster_ids`` are looked at
+        (those that received events): a held event is what can make a firing
+        certain. The alerts go to :attr:`outbox` as :class:`EarlyAlert`.
+        """
+        ahead_of = self._ahead
+        for cid in cluster_ids:
+            ahead = ahead_of.get(cid)
+            if ahead is not None and len(ahead):
+                self._fire_early(cid, ahead, watermark_ms)
+
+    def _fire_early(self, cid: str, ahead: Lookahead, wm: int) -> None:
+        policy = self.policy
+        st = self.clusters.get(cid)
+        v = st.velocity if st is not None else None
+        low = policy.lowest
+        start = wm + 1
+        if st is not None and st.active:  # 1. escalation of the open episode
+            episode, fired = st.episode, st.fired
+            below = v.below_from(low.shares, low.window_ms) if v is not None else None
+            if below is None:
+                return
+            until = below + policy.resolve_after_ms
+        else:  # 2. opening the next one
+            if self._allowances is None:
+                return
+            episode, fired = (st.episode if st is not None else 0) + 1, []
+            until = wm + policy.resolve_after_ms
+            if st is not None:
+                start = max(start, st.cooldown_until_ms)
+                until = min(until, st.last_ms + self.idle_ms)
+                waiting = sum(len(kids) for kids in st.pending.values())
+                for span, allowance in self._allowances:
+                    if st.velocity.count(span, wm - low.window_ms) + waiting > allowance:
+                        return
+        times, first = ahead.times, ahead.start
+        lo, hi = bisect_left(times, start, first), bisect_left(times, until, first)
+        if lo >= hi:
+            return
+        sent = self._sent_early.get(cid, ())
+        # an upper bound on any count of applied shares in a window ending after wm
+        latest = max(wm, v.latest_ms if v is not None and v.latest_ms is not None else wm)
+        for rule in policy.rules:
+            sev, w, n = rule.severity, rule.window_ms, rule.shares
+            if sev in fired:
+                continue
+            aid = alert_id(cid, episode, sev)
+            if aid in sent:
+                continue
+            applied_max = v.count(w + latest - wm, latest) if v is not None else 0
+            if applied_max + len(ahead) < n:
+                continue
+            for i in range(lo, hi):
+                t = times[i]
+                if i + 1 < hi and times[i + 1] == t:
+                    continue  # count at the last share of that instant
+                c = i + 1 - bisect_right(times, t - w, first, i + 1)
+                if v is not None:
+                    c += v.count(w, t)
+                if c >= n:
+                    self._send_early(cid, st, ahead, sev, episode, t, wm)
+                    break
+
+    def _send_early(
+        self,
+        cid: str,
+        st: ClusterState | None,
+        ahead: Lookahead,
+        sev: Severity,
+        episode: int,
+        tau: int,
+        wm: int,
+    ) -> None:
+        aid = alert_id(cid, episode, sev)
+        self._sent_early.setdefault(cid, set()).add(aid)
+        v = st.velocity if st is not None else None
+
+        def count(window: int, t: int) -> int:
+            return ahead.count(window, t) + (v.count(window, t) if v is not None else 0)
+
+        rates = [count(w, tau) * MINUTE_MS / w for w in WINDOWS_MS]
+        acceleration = float(count(MINUTE_MS, tau) - count(MINUTE_MS, tau - MINUTE_MS))
+        first = ahead.first_ms
+        if st is not None:
+            c = _graph(st)
+            cascade = CascadeFigures(
+                size=c.size,
+                live=c.live,
+                roots=c.roots,
+                unique_users=c.unique_users,
+                depth=c.depth,
+                breadth=c.breadth,
+                structural_virality=c.structural_virality(),
+                velocity_1m=rates[0],
+                velocity_5m=rates[1],
+                velocity_15m=rates[2],
+                acceleration=acceleration,
+                predicted_final_size=st.prediction,
+            )
+            spreaders = tuple((self.pseudonymize(u), n) for u, n in c.top_spreaders(self.top_n))
+            first = min(first, st.first_seen_ms)
+            match = st.match or ahead.match
+        else:
+            cascade = CascadeFigures(
+                velocity_1m=rates[0],
+                velocity_5m=rates[1],
+                velocity_15m=rates[2],
+                acceleration=acceleration,
+            )
+            spreaders, match = (), ahead.match
+        self.outbox.alerts.append(
+            EarlyAlert(
+                alert_id=aid,
+                status="firing",
+                severity=sev,
+                ts_ms=tau,
+                cluster_id=cid,
+                first_seen_ms=first,
+                episode=episode,
+                match=match,
+                cascade=cascade,
+                top_spreaders=spreaders,
+                links=self.policy.links.render(cid, sev, aid),
+                reason="velocity",
+                as_of_ms=wm,
+            )
+        )
+        self.stats.alerts[(sev, "firing")] += 1
 
     # -- figures ----------------------------------------------------------
 

@@ -10,6 +10,8 @@ templates put on every alert.
 [('warning', 25, 300000), ('high', 100, 300000), ('critical', 500, 900000)]
 >>> p.severity_for({300000: 120, 900000: 130})
 'high'
+>>> [r.severity for r in p.met({300000: 120, 900000: 130})]
+['warning', 'high']
 >>> parse_duration("90s"), parse_duration("2h"), parse_duration(1500)
 (90000, 7200000, 1500)
 """
@@ -143,6 +145,61 @@ class AlertPolicy:
             if counts.get(rule.window_ms, 0) >= rule.shares:
                 best = rule.severity
         return best
+
+    def met(self, counts: Mapping[int, int]) -> tuple[VelocityRule, ...]:
+        """Every rule the counts (window ms -> shares) meet, lowest severity first.
+
+        The detector fires each of them the first time it is met in an
+        episode, whatever else fired before: a rule met is never skipped
+        because a higher one was met at the same time, so whether an alert id
+        exists never depends on the order in which events were seen (which is
+        what lets the streaming worker send a firing before the watermark;
+        see :mod:`streams.detector`).
+
+        >>> p = AlertPolicy.default()
+        >>> [r.severity for r in p.met({300000: 120, 900000: 130})]
+        ['warning', 'high']
+        >>> [r.severity for r in p.met({300000: 30, 900000: 600})]
+        ['warning', 'critical']
+        """
+        return tuple(r for r in self.rules if counts.get(r.window_ms, 0) >= r.shares)
+
+    @property
+    def opening_allowances(self) -> tuple[tuple[int, int], ...] | None:
+        """What each rule may count from before the lowest one's window, for an early opening.
+
+        A streaming worker may announce the opening of an episode before the
+        watermark reaches it only if the episode, however the events still
+        to come open it, cannot resolve before the share it announces. An
+        episode opened at ``t`` resolves ``resolve_after`` after the
+        ``shares``-th latest share of the lowest rule leaves that rule's
+        window. A rule ``H`` met at ``t`` counts ``n_H`` shares over its
+        window; if no more than ``n_H - n_L`` of them are older than the
+        lowest rule's window ending at the watermark, at least ``n_L`` are
+        newer, and the episode lasts past ``watermark + resolve_after``.
+
+        So, per rule whose window is longer than the lowest's, ``(span,
+        allowance)``: the shares the worker has already applied in the
+        ``span`` ms before the lowest rule's window ending at the watermark
+        must be at most ``allowance``. A rule with a window no longer than the
+        lowest's cannot reach further back, but must not need fewer shares
+        (else an episode it opens may resolve at once): ``None`` when one
+        does, and no episode is ever opened early.
+
+        >>> AlertPolicy.default().opening_allowances   # critical: 475 of 500 may be older
+        ((600000, 475),)
+        >>> low = VelocityRule("warning", 25, 300000)
+        >>> AlertPolicy((low, VelocityRule("high", 20, 60000))).opening_allowances is None
+        True
+        """
+        low = self.lowest
+        out = []
+        for rule in self.rules[1:]:
+            if rule.shares < low.shares:
+                return None
+            if rule.window_ms > low.window_ms:
+                out.append((rule.window_ms - low.window_ms, rule.shares - low.shares))
+        return tuple(out)
 
     @classmethod
     def default(cls) -> AlertPolicy:

@@ -64,7 +64,7 @@ import orjson
 
 from streams.alerts import MatchInfo, Pseudonymizer
 from streams.banks import BankEntry, HashBanks, normalise_signal
-from streams.detector import Decisions, Detector, Predictor
+from streams.detector import Decisions, Detector, EarlyAlert, Predictor
 from streams.events import Content, Rejection, ShareEvent, parse_event
 from streams.pipeline import DEFAULT_PREDICTOR
 from streams.policy import AlertPolicy
@@ -1066,6 +1066,13 @@ class ClusterPartition:
     ``(ts, event_id)`` order: the order ``replay`` applies them in. An event
     that comes after the watermark passed it is applied at once and counted
     late, as ``replay`` does.
+
+    Waiting for the watermark would hold every alert back by the allowed
+    lateness, so the detector is told what waits (:meth:`Detector.expect`),
+    and after each batch the clusters that received events are asked for the
+    firings the events seen already make certain (:meth:`Detector.fire_early`,
+    whose module doc holds the argument): those go out at once, with replay's
+    ids; everything that depends on order waits for the watermark.
     """
 
     def __init__(
@@ -1129,7 +1136,9 @@ class ClusterPartition:
 
     def _push(self, item: list[Any]) -> None:
         ev = event_from_wire(item[1])
-        self.buffer.push(ev.ts_ms, ev.event_id, Routed(ev, item[2], _match_from_wire(item[3])))
+        routed = Routed(ev, item[2], _match_from_wire(item[3]))
+        self.buffer.push(ev.ts_ms, ev.event_id, routed)
+        self.detector.expect(routed)
 
     def handle(self, envelopes: Iterable[bytes | Envelope | None]) -> ClusterBatch:
         received: list[Any] = []
@@ -1146,13 +1155,14 @@ class ClusterPartition:
                 if item[0] == "e":
                     self._push(item)
                     received.append(item)
-        batch = self.advance()
+        batch = self.advance({item[2] for item in received})
         batch.decisions.rejections.extend(dead)
         batch.log = dumps(received) if received else None
         return batch
 
-    def advance(self) -> ClusterBatch:
-        """Apply what the watermark has passed (and late arrivals), let event time run to it."""
+    def advance(self, received: Iterable[str] = ()) -> ClusterBatch:
+        """Apply what the watermark has passed (and late arrivals), let event time run to it,
+        and send what the events held for the ``received`` clusters already prove."""
         wm = self.watermark.value
         buf, det = self.buffer, self.detector
         items = buf.release(max(wm, buf.released_ms))
@@ -1161,6 +1171,7 @@ class ClusterPartition:
         self.applied += len(items)
         if wm != NO_TIME:
             det.advance(wm)
+            det.fire_early(received, max(wm, buf.released_ms))
         decisions = det.drain()
         forget: dict[int, list[list[Any]]] = {}
         for post in decisions.evicted_posts:
@@ -1188,7 +1199,11 @@ class LocalRun:
     does, or ``"post"`` by a hash of the line); then stages take batches of
     random sizes from random partitions until everything has flowed through.
     Whatever the interleaving, the alerts must be those of ``replay``; this is
-    how the unit tests check it without a broker.
+    how the unit tests check it without a broker. Firings the events seen
+    already prove go out before the watermark reaches them
+    (:meth:`Detector.fire_early`): the same ids and statuses as replay's, with
+    figures as of what had been seen (:attr:`early` says which), and
+    :attr:`emitted` says when each alert came out.
     """
 
     banks: HashBanks
@@ -1210,10 +1225,18 @@ class LocalRun:
     local_clusters: bool = False
     #: the same for ingest's envelopes to the resolve partitions
     local_resolve: bool = False
+    predictor_factory: Callable[[], Predictor] | None = DEFAULT_PREDICTOR
     stats: Stats = field(default_factory=Stats)
     alerts: dict[str, bytes] = field(default_factory=dict)
     actions: dict[str, bytes] = field(default_factory=dict)
     deadletters: list[DeadLetter] = field(default_factory=list)
+    #: the alerts (by dedupe key) sent before the watermark reached them
+    early: set[str] = field(default_factory=set)
+    #: when each alert (by dedupe key) came out: (input lines read by then, the
+    #: watermark of the clusters partition that sent it)
+    emitted: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: input lines read so far
+    read: int = 0
 
     def run(self, lines: Iterable[bytes], key: str = "none", run: int = 7) -> LocalRun:
         import random
@@ -1249,6 +1272,7 @@ class LocalRun:
                 policy=self.policy,
                 stats=self.stats,
                 pseudonymizer=self.pseudonymizer,
+                predictor_factory=self.predictor_factory,
             )
             for k in range(n)
         ]
@@ -1293,7 +1317,7 @@ class LocalRun:
         def detect(k: int, envs: Sequence[bytes | Envelope]) -> None:
             envs = unread_clusters.received(k, [(marks.pop(id(e), None), e) for e in envs])
             cb = detectors[k].handle(envs)
-            self._collect(cb)
+            self._collect(cb, detectors[k].watermark.value)
             for r, env in cb.forget.items():
                 resolve[r].append(env)
 
@@ -1317,6 +1341,7 @@ class LocalRun:
             if stage == "s":
                 chunk = shares[p][pos[p] : pos[p] + size]
                 pos[p] += len(chunk)
+                self.read += len(chunk)
                 ib = ingest.handle(((p, off, line) for off, line in chunk), now)
                 self.deadletters.extend(ib.deadletters)
                 for r, env in ib.unpacked.items():
@@ -1332,9 +1357,15 @@ class LocalRun:
                 detect(p, envs)
         return self
 
-    def _collect(self, cb: ClusterBatch) -> None:
+    def _collect(self, cb: ClusterBatch, watermark: int) -> None:
         for alert in cb.decisions.alerts:
-            self.alerts.setdefault(alert.dedupe_key, alert.to_json())
+            key = alert.dedupe_key
+            if key in self.alerts:
+                continue
+            self.alerts[key] = alert.to_json()
+            self.emitted[key] = (self.read, watermark)
+            if isinstance(alert, EarlyAlert):
+                self.early.add(key)
         for action in cb.decisions.actions:
             self.actions.setdefault(action.action_id, action.to_json())
         self.deadletters.extend(DeadLetter(r, "detect") for r in cb.decisions.rejections)

@@ -329,18 +329,84 @@ class FixedForecast:
         return Prediction(self.size, self.low, self.size * 3, "fixed")
 
 
-def test_the_prediction_rule_fires_critical_once_the_cluster_has_enough_posts() -> None:
-    t, rng = Traffic(), random.Random(20)
+def slow_then_fast(rng_seed: int, *bursts: tuple[int, int, int]) -> tuple[list[bytes], str]:
+    """3 reshares a minute for 20 minutes (60 posts: enough for the forecast, too slow for
+    any velocity rule), then ``bursts`` of (start, count, ms between)."""
+    t, rng = Traffic(), random.Random(rng_seed)
     pdq = pdq_hex(rng)
     root = t.upload(T0, pdq=pdq)
-    t.burst(root, T0 + 1000, 60, 20_000)  # 3 a minute: too slow for any velocity rule
-    _, d = run(t.lines(), banked(pdq), predictor_factory=lambda: FixedForecast(50_000, 20_000))
-    [alert] = [a for a in d.alerts if a.status == "firing"]
-    assert (alert.severity, alert.reason) == ("critical", "predicted")
-    assert alert.cascade.size >= 50  # not on the first few posts
-    assert alert.cascade.predicted_final_size == Prediction(50_000, 20_000, 150_000, "fixed")
-    _, quiet = run(t.lines(), banked(pdq), predictor_factory=lambda: FixedForecast(9_000, 5_000))
-    assert quiet.alerts == []
+    t.burst(root, T0 + 1000, 60, 20_000)
+    for start, count, every in bursts:
+        t.burst(root, start, count, every)
+    return t.lines(), pdq
+
+
+def firing(d) -> list[tuple[str, str]]:
+    return [(a.severity, a.reason) for a in d.alerts if a.status == "firing"]
+
+
+def test_the_prediction_rule_escalates_an_episode_a_velocity_rule_opened() -> None:
+    """A forecast alone is noise: it never opens an episode (it did before: this cluster
+    fired critical, "predicted", with no velocity rule met). Once warning opened one, the
+    forecast escalates it to critical, once the cluster has enough posts."""
+    big = lambda: FixedForecast(50_000, 20_000)  # noqa: E731
+    lines, pdq = slow_then_fast(20)
+    _, d = run(lines, banked(pdq), predictor_factory=big)
+    assert d.alerts == []
+    lines, pdq = slow_then_fast(20, (T0 + 21 * MIN, 30, 1000))  # warning opens an episode
+    _, d = run(lines, banked(pdq), predictor_factory=big)
+    assert firing(d) == [("warning", "velocity"), ("critical", "predicted")]
+    crit = next(a for a in d.alerts if a.severity == "critical")
+    assert crit.cascade.size >= 50  # not on the first few posts
+    assert crit.cascade.predicted_final_size == Prediction(50_000, 20_000, 150_000, "fixed")
+    _, quiet = run(lines, banked(pdq), predictor_factory=lambda: FixedForecast(9_000, 5_000))
+    assert firing(quiet) == [("warning", "velocity")]
+
+
+def test_no_severity_is_skipped_once_a_higher_one_fired() -> None:
+    """Each rule fires the first time it is met in the episode. Before, high never fired
+    here: the forecast's critical came first, and only a higher severity escalated."""
+    lines, pdq = slow_then_fast(21, (T0 + 21 * MIN, 30, 1000), (T0 + 23 * MIN, 120, 500))
+    _, d = run(lines, banked(pdq), predictor_factory=lambda: FixedForecast(50_000, 20_000))
+    assert firing(d) == [
+        ("warning", "velocity"),
+        ("critical", "predicted"),
+        ("high", "velocity"),  # met after critical fired: fires all the same
+    ]
+    ids = {a.severity: a.alert_id for a in d.alerts}
+    resolved = [(a.severity, a.alert_id) for a in d.alerts if a.status == "resolved"]
+    assert resolved == [(s, ids[s]) for s in ("warning", "high", "critical")]  # lowest first
+    # takedown requests once per post, from the first firing at high or above
+    assert {a.alert_id for a in d.actions} == {ids["critical"]}
+    assert len({a.post_id for a in d.actions}) == len(d.actions)
+
+
+def test_a_velocity_rule_met_after_the_forecast_fired_its_severity_adds_nothing() -> None:
+    """One alert per cluster, episode and severity, whichever rule got there first."""
+    lines, pdq = slow_then_fast(22, (T0 + 21 * MIN, 700, 400))  # 150 a minute: all three
+    _, d = run(lines, banked(pdq), predictor_factory=lambda: FixedForecast(50_000, 20_000))
+    assert firing(d) == [("warning", "velocity"), ("critical", "predicted"), ("high", "velocity")]
+    assert [a.severity for a in d.alerts if a.status == "resolved"] == [
+        "warning",
+        "high",
+        "critical",
+    ]
+
+
+def test_rules_met_at_one_event_fire_lowest_first() -> None:
+    """120 reshares stamped before the post they reshare are counted when it comes: warning
+    and high are met at once. Before, only high fired (the highest met); now both do."""
+    t, rng = Traffic(), random.Random(23)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    for i in range(120):
+        t.share(T0 + 1000 + i * 500, "later")
+    t.share(T0 + 90_000, root, post="later")
+    t.events.sort(key=lambda e: e["ts"])
+    _, d = run(t.lines(), banked(pdq), lateness_ms=2 * MIN)
+    fired = [a for a in d.alerts if a.status == "firing"]
+    assert [a.severity for a in fired] == ["warning", "high"]
+    assert fired[0].ts_ms == fired[1].ts_ms == T0 + 90_000
 
 
 def test_feeding_in_batches_gives_what_feeding_line_by_line_gives() -> None:

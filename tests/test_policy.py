@@ -98,6 +98,29 @@ def test_default_thresholds(counts: dict[int, int], severity: str | None) -> Non
     assert AlertPolicy.default().severity_for(counts) == severity
 
 
+@given(st.dictionaries(st.sampled_from([MIN, 5 * MIN, 15 * MIN]), st.integers(0, 1_000)))
+@settings(max_examples=200, deadline=None)
+def test_every_rule_met_is_listed_lowest_first(counts: dict[int, int]) -> None:
+    """Each rule met fires in its episode (none skipped for a higher one): all are listed,
+    in severity order, and the highest is what ``severity_for`` names."""
+    p = AlertPolicy.default()
+    met = p.met(counts)
+    assert [r for r in p.rules if counts.get(r.window_ms, 0) >= r.shares] == list(met)
+    assert (met[-1].severity if met else None) == p.severity_for(counts)
+
+
+def test_opening_allowances() -> None:
+    """How many of the shares a rule counts may be older than the lowest rule's window before
+    an early opening is no longer certain (streams.detector): n_H - n_L, over the part of
+    the rule's window before the lowest one's; none when a rule needs fewer than the lowest."""
+    assert AlertPolicy.default().opening_allowances == ((10 * MIN, 475),)
+    low = VelocityRule("warning", 10, MIN)
+    assert AlertPolicy((low, VelocityRule("high", 40, 2 * MIN))).opening_allowances == ((MIN, 30),)
+    assert AlertPolicy((low, VelocityRule("high", 40, MIN // 2))).opening_allowances == ()
+    assert AlertPolicy((low, VelocityRule("high", 9, MIN // 2))).opening_allowances is None
+    assert AlertPolicy((low,)).opening_allowances == ()
+
+
 # ---------------------------------------------------------------- custom files
 
 
