@@ -10,6 +10,11 @@ event_id)`` order, so the output does not depend on how the input was
 interleaved within that lateness. A record later than that is still applied
 (never dropped), and counted as ``late``.
 
+Replay sends each alert when it applies the event that makes it. A streaming
+worker sends some firings before its watermark reaches them, when the events
+it has seen prove them (:meth:`Detector.fire_early`): with the ids and
+statuses this pipeline gives, which is what the tests check it against.
+
 >>> from streams.banks import HashBanks
 >>> p = Pipeline(HashBanks(), AlertPolicy.default(), pseudonymizer=Pseudonymizer(b"k"))
 >>> p.feed(b"{oops")
