@@ -3,6 +3,7 @@ partitions, event-time order, recovery, and the whole topology against ``replay`
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -596,31 +597,40 @@ def bank_of(entries: list[BankEntry]) -> HashBanks:
     return b
 
 
-def assert_replay_alerts(run: LocalRun, expected: list[bytes]) -> None:
-    """The alerts of ``replay``: the same (id, status) pairs, each once. One sent when the
-    watermark reached it is replay's byte for byte; one sent before (its figures as of
-    what had been seen) is replay's cluster, episode and severity, firing, no earlier in
-    event time than replay fired it (it cannot prove a crossing replay has not made)."""
+def assert_replay_alert_records(records: list[bytes], expected: list[bytes]) -> None:
+    """Alert records as sent (a LocalRun's, or read from the alerts topic) against replay's.
+
+    The same (id, status) pairs, each once. One sent when the watermark reached it is
+    replay's byte for byte; one sent before (``"provisional": true``, its figures as of what
+    had been seen) is replay's cluster, episode and severity, firing, for a share no earlier
+    in event time than replay's crossing (it cannot prove a crossing replay has not made),
+    sent while the watermark (``as_of``) was behind that share."""
     want = {(d["alert_id"], d["status"]): (d, raw) for raw in expected for d in [orjson.loads(raw)]}
-    got = {
-        (d["alert_id"], d["status"]): key
-        for key, raw in run.alerts.items()
-        for d in [orjson.loads(raw)]
-    }
-    assert got.keys() == want.keys() and len(got) == len(run.alerts)
-    for pair, key in got.items():
-        ref, ref_raw = want[pair]
-        if key not in run.early:
-            assert run.alerts[key] == ref_raw
+    got = [(orjson.loads(raw), raw) for raw in records]
+    pairs = Counter((d["alert_id"], d["status"]) for d, _ in got)
+    twice = [pair for pair, n in pairs.items() if n > 1]
+    assert not twice, f"{len(twice)} alerts sent twice, e.g. {twice[:1]}"
+    missing, extra = want.keys() - pairs.keys(), pairs.keys() - want.keys()
+    assert not missing and not extra, f"{len(missing)} missing, {len(extra)} unexpected alerts"
+    for d, raw in got:
+        ref, ref_raw = want[(d["alert_id"], d["status"])]
+        if not d.get("provisional"):
+            assert raw == ref_raw
             continue
-        d = orjson.loads(run.alerts[key])
-        assert d["provisional"] is True and d["status"] == "firing" and d["reason"] == "velocity"
+        assert d["status"] == "firing" and d["reason"] == "velocity"
         assert [d[k] for k in ("cluster_id", "episode", "severity")] == [
             ref[k] for k in ("cluster_id", "episode", "severity")
         ]
         assert d["ts"] >= ref["ts"] >= d["first_seen"] and d["as_of"] < d["ts"]
+
+
+def assert_replay_alerts(run: LocalRun, expected: list[bytes]) -> None:
+    """A LocalRun's alerts are replay's (:func:`assert_replay_alert_records`), those it says it
+    sent early are the provisional ones, and each firing is counted once."""
+    assert_replay_alert_records(list(run.alerts.values()), expected)
+    assert run.early == {k for k, raw in run.alerts.items() if b'"provisional":true' in raw}
     firing = sum(n for (_, status), n in run.stats.alerts.items() if status == "firing")
-    assert firing == sum(status == "firing" for _, status in want)  # each counted once
+    assert firing == sum(orjson.loads(raw)["status"] == "firing" for raw in expected)
 
 
 IN_TIME = dict(  # the acceptance traffic, with every event inside the allowed lateness
