@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streams.broker import ensure_topics, start_local_broker  # noqa: E402
+from streams.runtime.broker import ensure_topics, start_local_broker  # noqa: E402
 
 
 async def _latency_ms(producer: Any, consumer: Any, topic: str, n: int = 20) -> float:

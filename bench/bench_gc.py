@@ -1,7 +1,7 @@
 """What a full garbage collection costs a worker, and what it gives back.
 
 A worker freezes its long-lived objects out of garbage collection every few
-seconds and collects everything only now and then (``streams.app.GcPacer``).
+seconds and collects everything only now and then (``streams.runtime.worker.GcPacer``).
 How rarely depends on two figures, measured here on the detection core fed
 ``viralwatch simulate`` traffic exactly as ``replay`` feeds it:
 

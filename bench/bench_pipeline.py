@@ -8,7 +8,7 @@ end; ``--broker bundled`` for the bundled Tansu), against the same topic:
    traffic, scaled) are written to a fresh ``shares`` topic. Then, one after
    the other, (a) a plain aiokafka consumer in a consumer group reads them
    all (``getmany``, touching each value: the ceiling of reading this topic
-   on this machine), and (b) a worker process (``python -m streams.app``)
+   on this machine), and (b) a worker process (``python -m streams.runtime``)
    takes them from ``shares`` to detector state (parsed, routed, reordered,
    applied). The worker's rate is events applied per second, timed from its
    counters on the ``stats`` topic: *end to end* from the first record read
@@ -59,8 +59,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streams.banks import BankEntry  # noqa: E402
-from streams.broker import RunningBroker, ensure_topics, start_local_broker  # noqa: E402
-from streams.kafka_server import start_kafka  # noqa: E402
+from streams.runtime.broker import RunningBroker, ensure_topics, start_local_broker  # noqa: E402
+from streams.runtime.kafka_server import start_kafka  # noqa: E402
 from streams.settings import TOPICS, Settings  # noqa: E402
 from streams.simulate import Scenario, iter_lines, scenario_bank, write_bank  # noqa: E402
 
@@ -101,7 +101,7 @@ def start_worker(
     env.update(worker.to_env())
     with log_path.open("ab") as fh:
         return subprocess.Popen(
-            [sys.executable, "-m", "streams.app"],
+            [sys.executable, "-m", "streams.runtime"],
             cwd=ROOT,
             env=env,
             stdout=fh,
@@ -478,6 +478,12 @@ async def live(
         )
         await c.start()
         try:
+            deadline = time.monotonic() + 30
+            while not c.partitions_for_topic(topic):  # metadata of a topic made moments ago
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"topic {topic} has no partitions")
+                await c._client.force_metadata_update()
+                await asyncio.sleep(0.1)
             tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
             c.assign(tps)
             await c.seek_to_beginning(*tps)

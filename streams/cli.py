@@ -462,7 +462,7 @@ def evaluate_cmd(
         raise typer.Exit(1)
 
 
-# -- streaming: worker, produce, demo (the code lives in streams.app, .produce, .demo) --------
+# -- streaming: worker, produce, demo (the code: streams.runtime, streams.demo) --------
 
 
 def streaming_settings(**flags: object) -> object:
@@ -547,7 +547,7 @@ def worker(
 
     Refuses to start with no broker configured, unless told --embedded-broker.
     """
-    from streams.app import run_worker
+    from streams.runtime.worker import run_worker
     from streams.settings import Settings, parse_host, parse_port
 
     port = flag_value("--http-port", http_port, parse_port)
@@ -590,8 +590,8 @@ def produce(
     ] = None,
 ) -> None:
     """Send a file of events to the shares topic, one record per line (bad lines too)."""
-    from streams.app import prepare
-    from streams.produce import produce_file
+    from streams.runtime.produce import produce_file
+    from streams.runtime.worker import prepare
     from streams.settings import Settings
 
     settings = streaming_settings(broker=broker, topic_prefix=topic_prefix, partitions=partitions)
@@ -639,8 +639,8 @@ def broker(
     import signal
     import threading
 
-    from streams.broker import BrokerError, RunningBroker, start_local_broker
-    from streams.kafka_server import start_kafka
+    from streams.runtime.broker import BrokerError, RunningBroker, start_local_broker
+    from streams.runtime.kafka_server import start_kafka
 
     if port is not None and not 0 < port < 65536:
         fail(f"--port {port}: a port is 1..65535")

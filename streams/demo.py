@@ -109,7 +109,7 @@ def run_demo(
     linger_s: float = 8.0,
 ) -> int:
     """Run the demo; return the number of alerts seen."""
-    from streams.app import prepare
+    from streams.runtime.worker import prepare
 
     console = console or Console(stderr=False)
     tag = uuid.uuid4().hex[:6]
@@ -174,7 +174,7 @@ def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]
     env = {**os.environ, **settings.with_(log_level="WARNING").to_env()}
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "streams.app"],
+            [sys.executable, "-m", "streams.runtime"],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -198,7 +198,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _send(
     settings: Settings, path: Path, speed: float, progress: Progress, stop: threading.Event
 ) -> None:
-    from streams.produce import make_producer
+    from streams.runtime.produce import make_producer
 
     producer: Any = make_producer(settings, linger_ms=2)
     pacer = Pacer(speed)

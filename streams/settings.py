@@ -209,8 +209,6 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.broker is not None:
-            from streams.broker import parse_bootstrap
-
             parse_bootstrap(self.broker)  # raises ValueError with the reason
         for name in ("partitions", "replicas", "batch_size", "max_held", "log_compact_bytes"):
             if getattr(self, name) < 1:
@@ -269,8 +267,6 @@ class Settings:
     @property
     def bootstrap(self) -> list[str]:
         """``host:port`` list for kafka-python and aiokafka; ``ValueError`` without a broker."""
-        from streams.broker import parse_bootstrap
-
         if self.broker is None:
             raise ValueError("no broker is configured")
         return parse_bootstrap(self.broker)
@@ -358,6 +354,42 @@ class Settings:
             if isinstance(values.get(key), str):
                 values[key] = parse_duration(values[key])
         return cls(**values)
+
+
+#: Kafka's well-known port, used when a broker address names no port.
+DEFAULT_KAFKA_PORT: Final = 9092
+
+
+def parse_bootstrap(url: str) -> list[str]:
+    """``host:port`` strings from ``kafka://host:port`` URLs separated by ``;`` or ``,``.
+
+    Raises ``ValueError`` for an empty list, another scheme, or a bad port.
+
+    >>> parse_bootstrap("h1:1,h2:2")
+    ['h1:1', 'h2:2']
+    >>> parse_bootstrap("http://h:1")
+    Traceback (most recent call last):
+    ValueError: broker 'http://h:1': the scheme must be kafka://
+    """
+    out = []
+    for part in url.replace(",", ";").split(";"):
+        text = part.strip()
+        if not text:
+            continue
+        if "://" in text:
+            scheme, _, text = text.partition("://")
+            if scheme.lower() != "kafka":
+                raise ValueError(f"broker {part.strip()!r}: the scheme must be kafka://")
+        text = text.rstrip("/")
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host, port = text, str(DEFAULT_KAFKA_PORT)
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"broker {part.strip()!r}: expected kafka://HOST:PORT")
+        out.append(f"{host}:{int(port)}")
+    if not out:
+        raise ValueError("the broker address is empty")
+    return out
 
 
 def _int(text: str) -> int:

@@ -1,6 +1,6 @@
 """The streaming pipeline's stages, without Kafka: records in, records out.
 
-``streams.app`` wires these to Faust agents; everything that decides lives
+``streams.runtime.worker`` wires these to Faust agents; everything that decides lives
 here, so it is unit-tested without a broker and runs the same core as
 ``replay`` (:class:`~streams.router.Router`,
 :class:`~streams.reorder.ReorderBuffer`, :class:`~streams.detector.Detector`).
@@ -40,7 +40,7 @@ whose changelog topic is the durable copy. A replacement worker folds these
 back (:meth:`ResolvePartition.restore`, :meth:`ClusterPartition.restore`) and
 re-applies stage 2's events in event-time order, so its detector state is
 exactly the lost one's. Outputs are idempotent: alert and takedown records
-are keyed by their stable ids and sent once per key (``streams.app``).
+are keyed by their stable ids and sent once per key (``streams.runtime.worker``).
 
 >>> ingest = Ingest(resolve_partitions=2, idle_s=5.0)
 >>> batch = ingest.handle([(0, 0, b'{"event_id":"e1","type":"upload","ts":1767225600000,'

@@ -6,7 +6,7 @@ The bundled broker (``tansu``) keeps a smoke test: it is the demo's zero-install
 
 Every test gets its own topic prefix and application id (:func:`names`), so
 tests sharing a broker never see each other's records or consumer groups.
-Workers run as real processes (``python -m streams.app``, configured by
+Workers run as real processes (``python -m streams.runtime``, configured by
 ``VIRALWATCH_*`` variables, the way an operator runs them), are stopped or
 killed by their PID, and write their log to the test's temporary directory;
 a failure quotes the log's tail.
@@ -29,8 +29,8 @@ from typing import Any
 import orjson
 import pytest
 
-from streams.broker import LocalBroker, RunningBroker, start_local_broker, tansu_binary
-from streams.kafka_server import KafkaBroker, java, kafka_lib, start_kafka
+from streams.runtime.broker import LocalBroker, RunningBroker, start_local_broker, tansu_binary
+from streams.runtime.kafka_server import KafkaBroker, java, kafka_lib, start_kafka
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ class WorkerProcess:
 
     env: dict[str, str]
     log_path: Path
-    argv: list[str] = field(default_factory=lambda: [sys.executable, "-m", "streams.app"])
+    argv: list[str] = field(default_factory=lambda: [sys.executable, "-m", "streams.runtime"])
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
@@ -237,7 +237,7 @@ def produce_lines(
     rate: float | None = None,
     keying: str = "none",
 ) -> None:
-    from streams.produce import produce
+    from streams.runtime.produce import produce
 
     settings = Settings.from_env({}, broker=broker.url)
     produce(lines, settings, topic=topic, rate=rate, keying=keying)
@@ -245,7 +245,7 @@ def produce_lines(
 
 def create_topics(settings: Settings) -> None:
     """Create the pipeline's topics up front, as a deployment does (no auto-created topics)."""
-    from streams.broker import ensure_topics
+    from streams.runtime.broker import ensure_topics
     from streams.settings import TOPICS
 
     ensure_topics(settings.bootstrap, {settings.topic(t): settings.partitions for t in TOPICS})

@@ -1,6 +1,6 @@
 """Alerts follow their partition from worker to worker: the worker's hooks, without Kafka.
 
-Two :class:`streams.app.Worker` objects share in-memory stand-ins for the
+Two :class:`streams.runtime.worker.Worker` objects share in-memory stand-ins for the
 changelogged tables (``cluster-log`` and ``alerts-sent``, whose changelog is
 the alerts topic): the first applies a spreading cluster and "dies"; the
 second takes the partition over, rebuilds it from the log, and must hand the
@@ -23,9 +23,9 @@ import pytest
 from faust.types import TP
 
 from streams.alerts import Alert, rfc3339
-from streams.app import Worker
 from streams.banks import HashBanks
 from streams.policy import AlertPolicy
+from streams.runtime.worker import Worker
 from streams.settings import Settings
 from streams.sinks import AlertmanagerSink, HttpResponse, WebhookSink
 from streams.sinks.oncall import OnCall
@@ -97,7 +97,7 @@ class Node:
     def __init__(self, tables: dict[str, Table], tmp: Path, posts: Posts) -> None:
         settings = Settings(broker="kafka://127.0.0.1:9", partitions=1, data_dir=tmp)
         self.worker = w = Worker(settings, banks=HashBanks(), policy=AlertPolicy.default())
-        w.cluster_log = tables["cluster-log"]
+        w.cluster_log = w.cluster_logs.table = tables["cluster-log"]
         w.sent_alerts = tables["alerts-sent"]
         w.sent_actions = tables["actions-sent"]
         w.t_resolve = Topic("resolve")

@@ -48,7 +48,7 @@ from programs import (
     wait_until,
 )
 
-from streams.broker import RunningBroker
+from streams.runtime.broker import RunningBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 __all__ = ["broker"]  # the module-scoped fixture, imported for pytest
@@ -68,7 +68,7 @@ def short_reposts(self, *args, **kwargs):
     built(self, *args, **kwargs)
 
 oncall.OnCall.__init__ = short_reposts
-from streams.app import main
+from streams.runtime.worker import main
 main([])
 """
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from kafka_helpers import require_broker, require_kafka
 
-from streams.broker import ensure_topics, free_port
+from streams.runtime.broker import ensure_topics, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -398,7 +398,7 @@ def test_bad_http_flags_exit_2_with_one_line(flags: list[str], message: str) -> 
         ),
     ],
 )
-@pytest.mark.parametrize("command", [["streams.app"], ["streams.cli", "worker"]])
+@pytest.mark.parametrize("command", [["streams.runtime"], ["streams.cli", "worker"]])
 def test_bad_http_variables_exit_2_with_one_line(
     env: dict[str, str], message: str, command: list[str]
 ) -> None:
@@ -414,7 +414,7 @@ def test_a_worker_whose_port_is_taken_says_so_in_one_line_before_anything_else()
         port = taken.getsockname()[1]
         # no broker answers there: the port is refused before the broker is asked
         env = {"VIRALWATCH_BROKER": "kafka://127.0.0.1:9", "VIRALWATCH_HTTP_PORT": str(port)}
-        status, stderr = run_worker_command(["streams.app"], env)
+        status, stderr = run_worker_command(["streams.runtime"], env)
     assert status == 2, stderr
     assert (
         stderr.strip()
@@ -428,7 +428,7 @@ def test_a_worker_given_an_old_port_variable_says_it_is_deprecated_and_uses_it()
         taken.listen()
         port = taken.getsockname()[1]
         env = {"VIRALWATCH_BROKER": "kafka://127.0.0.1:9", "VIRALWATCH_METRICS_PORT": str(port)}
-        status, stderr = run_worker_command(["streams.app"], env)
+        status, stderr = run_worker_command(["streams.runtime"], env)
     assert status == 2, stderr
     assert stderr.splitlines() == [
         "viralwatch: VIRALWATCH_METRICS_PORT is deprecated: use VIRALWATCH_HTTP_PORT",

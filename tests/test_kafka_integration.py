@@ -39,7 +39,7 @@ from test_streaming_integration import (
     wait_done,
 )
 
-from streams.kafka_server import KafkaBroker, start_kafka
+from streams.runtime.kafka_server import KafkaBroker, start_kafka
 
 pytestmark = pytest.mark.integration
 __all__ = ["broker"]  # the module-scoped fixture, imported for pytest

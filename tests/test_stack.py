@@ -73,7 +73,7 @@ from programs import (
 )
 
 from streams.banks import BankEntry
-from streams.kafka_server import KafkaBroker, start_kafka
+from streams.runtime.kafka_server import KafkaBroker, start_kafka
 from streams.settings import Settings
 from streams.sinks.alertmanager import ALERTNAME as SPREAD_ALERT
 from streams.stages import BankUpdate

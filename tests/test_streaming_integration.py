@@ -33,9 +33,9 @@ from kafka_helpers import (
 
 from streams.alerts import Pseudonymizer
 from streams.banks import BankEntry, HashBanks
-from streams.broker import LocalBroker, RunningBroker
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
+from streams.runtime.broker import LocalBroker, RunningBroker
 from streams.settings import DEV_PSEUDONYM_KEY, Settings
 from streams.simulate import Scenario, simulate, write_bank
 from streams.stages import BankUpdate
@@ -306,7 +306,7 @@ def faulty(self, *args, **kwargs):
     return handle(self, *args, **kwargs)
 
 stage.handle = faulty
-from streams.app import main
+from streams.runtime.worker import main
 main([])
 """
 
@@ -557,8 +557,8 @@ def test_the_real_end_of_a_partition_is_found_past_the_local_brokers_answer(
 
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    from streams.app import read_true_ends
-    from streams.broker import ensure_topics
+    from streams.runtime.broker import ensure_topics
+    from streams.runtime.worker import read_true_ends
 
     prefix, _ = names()
     topic = f"{prefix}changelog"

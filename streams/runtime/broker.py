@@ -9,11 +9,8 @@ the user's home.
 
 Memory storage means a restarted broker has lost every topic and offset:
 the bundled broker lives exactly as long as the command that started it.
-
->>> parse_bootstrap("kafka://127.0.0.1:9092;kafka://h2:9093")
-['127.0.0.1:9092', 'h2:9093']
->>> parse_bootstrap("localhost")
-['localhost:9092']
+Apache Kafka for tests, benchmarks and the stack test is
+:mod:`streams.runtime.kafka_server`; both are :class:`RunningBroker`.
 """
 
 from __future__ import annotations
@@ -28,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final, Protocol
 
-#: Kafka's well-known port, used when a broker address names no port.
-DEFAULT_KAFKA_PORT: Final = 9092
 #: How long the bundled broker may take to accept connections (it needs about 0.1 s).
 READY_TIMEOUT_S: Final = 15.0
 
@@ -59,38 +54,6 @@ class RunningBroker(Protocol):
 
 class BrokerError(RuntimeError):
     """A broker this process started exited or never became ready (the message says why)."""
-
-
-def parse_bootstrap(url: str) -> list[str]:
-    """``host:port`` strings from ``kafka://host:port`` URLs separated by ``;`` or ``,``.
-
-    Raises ``ValueError`` for an empty list, another scheme, or a bad port.
-
-    >>> parse_bootstrap("h1:1,h2:2")
-    ['h1:1', 'h2:2']
-    >>> parse_bootstrap("http://h:1")
-    Traceback (most recent call last):
-    ValueError: broker 'http://h:1': the scheme must be kafka://
-    """
-    out = []
-    for part in url.replace(",", ";").split(";"):
-        text = part.strip()
-        if not text:
-            continue
-        if "://" in text:
-            scheme, _, text = text.partition("://")
-            if scheme.lower() != "kafka":
-                raise ValueError(f"broker {part.strip()!r}: the scheme must be kafka://")
-        text = text.rstrip("/")
-        host, sep, port = text.rpartition(":")
-        if not sep:
-            host, port = text, str(DEFAULT_KAFKA_PORT)
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"broker {part.strip()!r}: expected kafka://HOST:PORT")
-        out.append(f"{host}:{int(port)}")
-    if not out:
-        raise ValueError("the broker address is empty")
-    return out
 
 
 def tansu_binary() -> Path:
@@ -154,7 +117,7 @@ class LocalBroker:
     log_path: Path | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
-    #: The bundled broker: apply its workarounds (see :mod:`streams.kafka_server` for the real one).
+    #: The bundled broker: apply its workarounds (never on Apache Kafka).
     local: bool = True
 
     @property

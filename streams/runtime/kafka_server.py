@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from streams.broker import BrokerError, accepts, free_port
+from streams.runtime.broker import BrokerError, accepts, free_port
 
 #: Where ``make kafka`` puts the broker's classpath (next to ``streams/`` in a checkout).
 DEFAULT_KAFKA_LIB: Final = Path(__file__).resolve().parents[1] / ".kafka" / "lib"

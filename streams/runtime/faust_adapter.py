@@ -1,0 +1,195 @@
+"""Where viralwatch reaches into Faust and aiokafka: every private attribute, in one place.
+
+The worker needs a few things neither library offers publicly: a shorter
+fetch wait and the real end offsets on the bundled broker (whose
+ListOffsets answer is one batch short), more room in Faust's producer
+buffer, and a consumer's fetch positions without awaiting. Each is reached
+here and nowhere else, and ``tests/test_faust_adapter.py`` fails when an
+installed Faust or aiokafka no longer has what is reached, so an upgrade
+breaks a test, not a running worker.
+
+The rest of the runtime uses the public names below: :class:`App` (a Faust
+app built with :class:`Transport`), :func:`read_true_ends`,
+:func:`backlogged`, :func:`force_metadata_update`, :func:`credentials`,
+:func:`faust_broker_url`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from streams.settings import Settings, parse_bootstrap
+
+#: The local broker does not wake a waiting fetch when data arrives, so a
+#: consumer would wait out Faust's fixed 1.5 s fetch wait on every hop.
+LOCAL_FETCH_WAIT_MS = 25
+#: Records that may wait for the Kafka client before Faust pauses the streams.
+PRODUCER_BUFFER_RECORDS = 5000
+
+
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    fetch_max_wait_ms: int | None = None
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        if self.fetch_max_wait_ms is not None:
+            consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        return consumer
+
+    async def _highwaters(self, partitions: list[TP]) -> Any:
+        """End offsets; on the local broker, read past its answer to find the real ones.
+
+        The local broker answers ListOffsets(latest) with the last batch's
+        base offset + 1, so Faust's table recovery (which reads a changelog up
+        to that offset) would miss the rest of a changelog's last batch. The
+        earlier way round, one record per produce batch for the changelogs,
+        allowed one record per partition per round trip: a burst of takedown
+        requests stalled every stage for seconds. Production Kafka needs
+        neither.
+        """
+        ends = dict(await super()._highwaters(partitions))
+        if getattr(self.app, "probe_end_offsets", False) and any(ends.values()):
+            self.app.end_offset_probes += 1  # type: ignore[attr-defined]
+            reader = self._create_client_consumer(self.transport)  # type: ignore[arg-type]
+            reader._fetch_max_wait_ms = LOCAL_FETCH_WAIT_MS
+            ends = await read_true_ends(reader, ends)
+        return ends
+
+
+async def read_true_ends(reader: Any, ends: dict[Any, int], timeout_s: float = 30.0) -> Any:
+    """``ends`` corrected by reading each partition from its last record to an empty fetch.
+
+    ``reader`` is an unstarted aiokafka consumer without a group; it is
+    started and stopped here. A partition the broker calls empty stays empty.
+    """
+    from aiokafka import TopicPartition
+
+    out = dict(ends)
+    todo = {TopicPartition(tp.topic, tp.partition): tp for tp, end in ends.items() if end}
+    if not todo:
+        return out
+    await reader.start()
+    try:
+        reader.assign(list(todo))
+        for tp in todo:
+            reader.seek(tp, ends[todo[tp]] - 1)
+        deadline = time.monotonic() + timeout_s
+        while todo and time.monotonic() < deadline:
+            got = await reader.getmany(*todo, timeout_ms=200)
+            for tp in list(todo):
+                records = got.get(tp)
+                if records:
+                    out[todo[tp]] = max(out[todo[tp]], records[-1].offset + 1)
+                else:  # an empty fetch: the end
+                    del todo[tp]
+        if todo:
+            raise TimeoutError(f"could not read to the end of {sorted(map(str, todo))}")
+    finally:
+        await reader.stop()
+    return out
+
+
+class Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> Any:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class Producer(faust_aiokafka.Producer):
+    """Faust's producer with room for a burst of records before streams pause.
+
+    Faust pauses every stream once more than 100 records wait to be handed to
+    the client, and resumes them one record at a time; a batch that decides
+    a few hundred takedown requests would stall every stage for that long.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.buffer.max_messages = PRODUCER_BUFFER_RECORDS
+
+
+class Transport(faust_aiokafka.Transport):
+    Consumer = Consumer
+    Producer = Producer
+
+
+class App(faust.App):
+    """A Faust app whose consumers may use a short fetch wait (see :data:`LOCAL_FETCH_WAIT_MS`)
+    and find the real end offsets of the local broker's partitions (see
+    :meth:`ConsumerThread._highwaters`)."""
+
+    #: correct the broker's end offsets by reading (the local broker only)
+    probe_end_offsets: bool = False
+    #: How often the end offsets were probed (the bundled broker only; a test reads it).
+    end_offset_probes: int = 0
+
+    def _new_transport(self) -> Any:
+        return Transport(self.conf.broker_consumer, self)
+
+
+def backlogged(consumer: Any, next_offsets: dict[int, int]) -> list[int]:
+    """Partitions whose known highwater is past the next offset this worker will read.
+
+    The next offset is one past the last record read, or, before any, the
+    consumer's fetch position; a partition with neither known, or no
+    highwater yet (never fetched), is not reported.
+    """
+    subscription = consumer._subscription.subscription  # aiokafka: positions, no await
+    if subscription is None:  # not subscribed (yet)
+        return []
+    states = subscription.assignment
+    out = []
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            continue
+        nxt = next_offsets.get(tp.partition)
+        if nxt is None:
+            state = states.state_value(tp) if states is not None else None
+            if state is None or not state.has_valid_position:
+                continue
+            nxt = state.position
+        if highwater > nxt:
+            out.append(tp.partition)
+    return out
+
+
+def credentials(settings: Settings) -> Any:
+    sec = settings.security
+    if sec.sasl:
+        return faust.SASLCredentials(
+            username=sec.sasl_username,
+            password=sec.sasl_password,
+            mechanism=sec.sasl_mechanism,
+            ssl_context=sec.ssl_context(),
+        )
+    if sec.tls:
+        return faust.SSLCredentials(sec.ssl_context())
+    return None
+
+
+def faust_broker_url(broker: str) -> str:
+    """Faust's form of a broker list: ``kafka://h1:p1;h2:p2``."""
+    return "kafka://" + ";".join(parse_bootstrap(broker))
+
+
+async def force_metadata_update(consumer: Any) -> None:
+    """Ask the cluster for fresh metadata now (a topic created after the consumer started).
+
+    aiokafka's consumer has no public way; its client does.
+    """
+    await consumer._client.force_metadata_update()
+
+
+def set_current_event(stream: Any, event: Any) -> None:
+    """Make ``event`` the stream's current one: table writes go to its changelog partition.
+
+    A worker hands batches between its stages in-process, so a table is
+    written outside the agent's own iteration; Faust picks the changelog
+    partition from the stream's current event, which only it sets publicly.
+    """
+    stream._set_current_event(event)

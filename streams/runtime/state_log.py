@@ -1,0 +1,186 @@
+"""A stage's state log: per-batch changes in a Faust table, cut back to snapshots now and then.
+
+One :class:`StateLog` owns one log table (``resolve-log`` or ``cluster-log``):
+the keys it writes, what each partition's log holds (:class:`LogLedger`),
+and the order of a compaction: the snapshot is written *before* the old
+keys are deleted, in the same changelog partition, so a crash in between
+leaves both, and restoring both gives the same state (folding is
+idempotent). A compaction is done at once (:meth:`StateLog.compact`, a
+resolve partition's snapshot is its memory) or a slice per batch
+(:meth:`StateLog.cut_back`, a clusters partition's snapshot is its log
+filtered, which means reading it back: 16 MiB at once held every stage for
+most of a second).
+
+The table is anything with a mapping's ``__setitem__``, ``get``, ``pop``
+and iteration, and a ``name``: a Faust table in a worker, a plain dict in
+a test.
+
+>>> class Table(dict):
+...     name = "demo-log"
+>>> log = StateLog(Table(), compact_bytes=50)
+>>> for i in range(6):
+...     log.append(0, b'[["x", %d]]' % i)
+>>> log.size, log.due(0)
+(60, True)
+>>> log.compact(0, lambda: [b'[["x", 5]]'])   # the six entries replaced by one
+6
+>>> log.read(0)
+[b'[["x", 5]]']
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from typing import Protocol
+
+from streams.stages import LogCutback, LogLedger, split_log
+
+log = logging.getLogger("viralwatch.worker")
+
+
+class LogTable(Protocol):
+    """What a state log needs of its table (a Faust table, or a dict with a ``name``)."""
+
+    name: str
+
+    def __setitem__(self, key: bytes, value: bytes) -> None: ...
+
+    def get(self, key: bytes) -> bytes | None: ...
+
+    def pop(self, key: bytes, default: bytes | None = None) -> bytes | None: ...
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    def __getitem__(self, key: bytes) -> bytes: ...
+
+
+class StateLog:
+    """The log table of one stage: append, read back, compact (see the module doc)."""
+
+    def __init__(
+        self,
+        table: LogTable | MutableMapping[bytes, bytes],
+        *,
+        compact_bytes: int,
+        slice_bytes: int = 1024 * 1024,
+        on_compacted: Callable[[], None] | None = None,
+    ) -> None:
+        self.table: LogTable = table  # type: ignore[assignment]
+        self.compact_bytes = compact_bytes
+        #: how much of a log one cut-back slice reads (at most a quarter of ``compact_bytes``)
+        self.slice_bytes = min(slice_bytes, max(1, compact_bytes // 4))
+        self.on_compacted = on_compacted
+        self._ledgers: dict[int, LogLedger] = {}
+        self._cutbacks: dict[int, LogCutback] = {}
+        self._last_stamp = 0
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.table, "name", "log"))
+
+    @property
+    def size(self) -> int:
+        """Bytes in the logs of the partitions held (what a replacement would read back)."""
+        return sum(ledger.size for ledger in self._ledgers.values())
+
+    def _key(self, partition: int) -> bytes:
+        """A new key: partition, then a per-process increasing wall-clock stamp.
+
+        Never an input offset: a redelivered batch must add to the log, not
+        overwrite what the first delivery wrote.
+        """
+        stamp = max(time.time_ns(), self._last_stamp + 1)
+        self._last_stamp = stamp
+        return f"{partition}:{stamp:020d}".encode()
+
+    def ledger(self, partition: int) -> LogLedger:
+        ledger = self._ledgers.get(partition)
+        if ledger is None:
+            ledger = self._ledgers[partition] = LogLedger(self.compact_bytes)
+        return ledger
+
+    def append(self, partition: int, entry: bytes) -> None:
+        """Append one batch's changes (in parts, if it is large)."""
+        self.write(partition, split_log(entry))
+
+    def write(self, partition: int, parts: Iterable[bytes]) -> None:
+        ledger = self.ledger(partition)
+        for part in parts:
+            key = self._key(partition)
+            self.table[key] = part
+            ledger.wrote(key, len(part))
+
+    def read(self, partition: int) -> list[bytes]:
+        """A partition's entries, oldest first, as its new owner finds them (and notes)."""
+        prefix = f"{partition}:".encode()
+        keys = sorted(k for k in self.table if k.startswith(prefix))
+        self._ledgers.pop(partition, None)  # noted afresh, from what is there
+        ledger = self.ledger(partition)
+        entries = []
+        for key in keys:
+            entry = self.table[key]
+            ledger.wrote(key, len(entry))
+            entries.append(entry)
+        return entries
+
+    def due(self, partition: int) -> bool:
+        return self.ledger(partition).due()
+
+    def compact(self, partition: int, snapshot: Callable[[], list[bytes]]) -> int:
+        """Cut a partition's log back to ``snapshot()`` now; the entries it replaced."""
+        ledger = self.ledger(partition)
+        old = ledger.start()
+        started = time.monotonic()
+        self.write(partition, snapshot())
+        ledger.done()
+        for key in old:
+            self.table.pop(key, None)
+        self._compacted(partition, len(old), time.monotonic() - started)
+        return len(old)
+
+    def cut_back(
+        self, partition: int, keep: Callable[[list[bytes], set[str]], list[bytes]]
+    ) -> bool:
+        """One slice of a compaction by filtering (``keep(entries, seen)`` gives what stays).
+
+        Starts one when the log is due; returns whether one is under way.
+        """
+        ledger = self.ledger(partition)
+        cut = self._cutbacks.get(partition)
+        if cut is None:
+            if not ledger.due():
+                return False
+            cut = self._cutbacks[partition] = LogCutback(ledger.start())
+        started = time.monotonic()
+        entries = cut.next_slice(self.table.get, self.slice_bytes)
+        self.write(partition, keep(entries, cut.seen))
+        cut.seconds += time.monotonic() - started
+        if not cut.finished:
+            return True
+        ledger.done()
+        for key in cut.old:
+            self.table.pop(key, None)
+        del self._cutbacks[partition]
+        self._compacted(partition, len(cut.old), cut.seconds)
+        return False
+
+    def forget(self, partition: int) -> None:
+        """The partition went to another worker: what is noted of it here no longer holds."""
+        self._ledgers.pop(partition, None)
+        self._cutbacks.pop(partition, None)
+
+    def _compacted(self, partition: int, old: int, seconds: float) -> None:
+        ledger = self.ledger(partition)
+        if self.on_compacted is not None:
+            self.on_compacted()
+        log.info(
+            "%s partition %d compacted: %d entries -> %d (%d bytes), %.3f s of work",
+            self.name,
+            partition,
+            old,
+            len(ledger.keys),
+            ledger.kept,
+            seconds,
+        )

@@ -1,0 +1,91 @@
+"""What ``streams.runtime.faust_adapter`` reaches inside Faust and aiokafka is still there.
+
+Each private attribute the adapter uses is checked against the installed
+libraries: an upgrade that renames or removes one fails here, not in a
+running worker. The checks read real objects (an unstarted aiokafka
+consumer, Faust's classes), not the adapter's own idea of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from streams.runtime import faust_adapter
+from streams.settings import Settings
+
+
+def test_faust_still_has_the_methods_the_adapter_overrides() -> None:
+    thread = faust_aiokafka.AIOKafkaConsumerThread
+    for name in ("_create_worker_consumer", "_highwaters", "_create_client_consumer"):
+        assert callable(getattr(thread, name, None)), f"AIOKafkaConsumerThread.{name} is gone"
+    assert inspect.iscoroutinefunction(thread._highwaters)
+    assert callable(getattr(faust_aiokafka.Consumer, "_new_consumer_thread", None))
+    import faust
+
+    assert callable(getattr(faust.App, "_new_transport", None))
+    for cls in ("Consumer", "Producer"):
+        assert hasattr(faust_aiokafka.Transport, cls)
+
+
+def test_a_faust_stream_still_takes_its_current_event_the_way_the_adapter_sets_it() -> None:
+    from faust.streams import Stream
+
+    assert callable(getattr(Stream, "_set_current_event", None))
+    assert "event" in inspect.signature(Stream._set_current_event).parameters
+
+
+def test_the_adapter_subclasses_what_faust_builds() -> None:
+    assert issubclass(faust_adapter.ConsumerThread, faust_aiokafka.AIOKafkaConsumerThread)
+    assert issubclass(faust_adapter.Consumer, faust_aiokafka.Consumer)
+    assert issubclass(faust_adapter.Producer, faust_aiokafka.Producer)
+    assert faust_adapter.Transport.Consumer is faust_adapter.Consumer
+    assert faust_adapter.Transport.Producer is faust_adapter.Producer
+
+
+def test_faust_producer_buffer_has_the_limit_the_adapter_raises() -> None:
+    from faust.transport.producer import ProducerBuffer
+
+    buffer = ProducerBuffer()
+    assert isinstance(buffer.max_messages, int)
+
+
+def test_an_aiokafka_consumer_has_the_internals_the_adapter_reads() -> None:
+    async def check() -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1", fetch_max_wait_ms=500)
+        try:
+            assert consumer._fetch_max_wait_ms == 500  # set by ConsumerThread on the local broker
+            assert hasattr(consumer._subscription, "subscription")  # read by backlogged()
+            assert callable(consumer._client.force_metadata_update)
+            assert callable(consumer.highwater) and callable(consumer.assignment)
+        finally:
+            await consumer.stop()
+
+    asyncio.run(check())
+
+
+def test_backlogged_reads_positions_of_a_consumer_with_no_assignment() -> None:
+    async def check() -> list[int]:
+        consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+        try:
+            return faust_adapter.backlogged(consumer, {})
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(check()) == []
+
+
+@pytest.mark.parametrize(
+    ("broker", "expected"),
+    [("kafka://a:1;b:2", "kafka://a:1;b:2"), ("a:1,b", "kafka://a:1;b:9092")],
+)
+def test_faust_broker_url(broker: str, expected: str) -> None:
+    assert faust_adapter.faust_broker_url(broker) == expected
+
+
+def test_no_credentials_for_plaintext() -> None:
+    assert faust_adapter.credentials(Settings()) is None
