@@ -44,7 +44,7 @@ from typing import Final
 from streams.runtime.broker import BrokerError, accepts, free_port
 
 #: Where ``make kafka`` puts the broker's classpath (next to ``streams/`` in a checkout).
-DEFAULT_KAFKA_LIB: Final = Path(__file__).resolve().parents[1] / ".kafka" / "lib"
+DEFAULT_KAFKA_LIB: Final = Path(__file__).resolve().parents[2] / ".kafka" / "lib"
 #: The broker takes a few seconds to start on 2 cores (JIT warm-up, KRaft election).
 KAFKA_READY_TIMEOUT_S: Final = 90.0
 #: A small, quick JVM: the tests run several brokers' worth of work on two cores.
