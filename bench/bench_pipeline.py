@@ -426,6 +426,12 @@ def latency(broker: RunningBroker, args: argparse.Namespace, work: Path) -> dict
     finally:
         stop_worker(proc)
     timed = [(_ts_s(a), now - _ts_s(a)) for now, a in alerts_at if a["status"] == "firing"]
+    # by why it fired, and whether it went out early (before the watermark) or at the watermark
+    kinds: dict[str, list[float]] = {}
+    for now, a in alerts_at:
+        if a["status"] == "firing":
+            kind = f"{a['reason']}/{'early' if a.get('provisional') else 'watermark'}"
+            kinds.setdefault(kind, []).append(now - _ts_s(a))
     lat = sorted(x for _, x in timed)
     plain_sorted = sorted(x for _, x in plain_lat)
     if not lat:
@@ -439,6 +445,10 @@ def latency(broker: RunningBroker, args: argparse.Namespace, work: Path) -> dict
         "alert_p50_s": _pct(lat, 50),
         "alert_p99_s": _pct(lat, 99),
         "alert_max_s": lat[-1],
+        "by_kind": {
+            k: {"alerts": len(v), "p50_s": _pct(sorted(v), 50), "p99_s": _pct(sorted(v), 99)}
+            for k, v in sorted(kinds.items())
+        },
         "plain_p50_s": _pct(plain_sorted, 50),
         "plain_p99_s": _pct(plain_sorted, 99),
         # state-log compactions during the run land on latency (a 60-s run may have none)
@@ -676,6 +686,11 @@ def main() -> None:
             f"  event -> plain consumer   p50 {lat['plain_p50_s'] * 1000:7.0f} ms   "
             f"p99 {lat['plain_p99_s'] * 1000:7.0f} ms"
         )
+        for kind, k in lat["by_kind"].items():
+            print(
+                f"  {kind:<24} {k['alerts']:>5} alerts  p50 {k['p50_s'] * 1000:7.0f} ms   "
+                f"p99 {k['p99_s'] * 1000:7.0f} ms"
+            )
         print(
             f"  state logs: {lat['log_compactions']} compactions during the run, "
             f"{(lat['log_bytes'] or 0) / 2**20:.1f} MiB at its end"
