@@ -91,6 +91,24 @@ class Cascade:
         self.graph.add_edge(parent, post_id)
         return True
 
+    def copy(self) -> Cascade:
+        """An independent copy (a what-if: the figures with posts not applied yet).
+
+        >>> c = Cascade()
+        >>> _ = c.add_root("a", user="u", ts_ms=0)
+        >>> d = c.copy()
+        >>> _ = d.add_reshare("b", parent="a", user="v", ts_ms=1)
+        >>> c.size, d.size, d.depth
+        (1, 2, 1)
+        """
+        other = Cascade()
+        other.graph = self.graph.copy()
+        other._users = self._users.copy()
+        other._level_counts = self._level_counts.copy()
+        other._depth, other._breadth = self._depth, self._breadth
+        other._live, other._roots = self._live, self._roots
+        return other
+
     def take_down(self, post_id: str) -> bool:
         """Mark a post removed; ``False`` if unknown or already down."""
         node = self.graph.nodes.get(post_id)

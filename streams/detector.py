@@ -95,7 +95,9 @@ the argument, and change nothing here but which figures an alert carries.
 An early alert is an :class:`EarlyAlert`: its velocity and acceleration are
 those of every share seen (``K``) at ``tau``, its ``ts`` is ``tau``; its
 graph figures (size, live copies, users, depth, breadth, virality, top
-spreaders) and forecast are those of the events applied (up to ``as_of``).
+spreaders) are those of the events applied (up to ``as_of``) and of the
+posts held that replay will count up to ``ts`` (:meth:`Detector._as_seen`);
+the forecast is the last one made.
 
 What it costs. :meth:`Detector.expect` and :meth:`Detector.apply` keep each
 banked cluster's held posts in a sorted list (an append and a pop at the
@@ -181,8 +183,8 @@ class EarlyAlert(Alert):
     Its id and status are those replay gives; its figures are as of what had
     been seen, so its JSON says so: ``"provisional": true``, and ``"as_of"``,
     the event time up to which every event had been applied (the graph
-    figures are of those; velocity and acceleration count every share seen,
-    at ``ts``). An alert sent when the watermark reaches it has neither key.
+    figures are of those and the posts held up to ``ts``; velocity and
+    acceleration count every share seen, at ``ts``). An alert sent when the watermark reaches it has neither key.
 
     >>> a = EarlyAlert(alert_id="vw-1", status="firing", severity="warning",
     ...                ts_ms=1767225660000, cluster_id="b-1", first_seen_ms=1767225600000,
@@ -248,6 +250,11 @@ class ClusterState:
 
 def _key(ev: ShareEvent) -> tuple[int, str]:
     return (ev.ts_ms, ev.event_id)
+
+
+#: An early alert's graph figures include the posts held (a copy of the cascade with them
+#: added) up to this many posts applied; a bigger cascade's keep what was applied.
+AS_SEEN_MAX_COPY = 20_000
 
 
 class Lookahead:
@@ -718,8 +725,8 @@ class Detector:
         rates = [count(w, tau) * MINUTE_MS / w for w in WINDOWS_MS]
         acceleration = float(count(MINUTE_MS, tau) - count(MINUTE_MS, tau - MINUTE_MS))
         first = ahead.first_ms
-        if st is not None:
-            c = _graph(st)
+        c = self._as_seen(st, ahead, tau)
+        if c is not None:
             cascade = CascadeFigures(
                 size=c.size,
                 live=c.live,
@@ -732,11 +739,11 @@ class Detector:
                 velocity_5m=rates[1],
                 velocity_15m=rates[2],
                 acceleration=acceleration,
-                predicted_final_size=st.prediction,
+                predicted_final_size=st.prediction if st is not None else None,
             )
             spreaders = tuple((self.pseudonymize(u), n) for u, n in c.top_spreaders(self.top_n))
-            first = min(first, st.first_seen_ms)
-            match = st.match or ahead.match
+            first = min(first, st.first_seen_ms) if st is not None else first
+            match = (st.match if st is not None else None) or ahead.match
         else:
             cascade = CascadeFigures(
                 velocity_1m=rates[0],
@@ -763,6 +770,24 @@ class Detector:
             )
         )
         self.stats.alerts[(sev, "firing")] += 1
+
+    def _as_seen(self, st: ClusterState | None, ahead: Lookahead, tau: int) -> Cascade | None:
+        """The cascade with the held posts replay will count up to ``tau`` added: what an early
+        alert's graph figures and spreaders say (a what-if copy; early firings are rare, at
+        most one per rule and episode). A graph too big to copy at once keeps its applied
+        figures (``None`` when nothing of the cluster is applied either)."""
+        applied = _graph(st) if st is not None else None
+        if applied is not None and applied.size > AS_SEEN_MAX_COPY:
+            return applied
+        c = applied.copy() if applied is not None else Cascade()
+        for ev in sorted(ahead.posts.values(), key=_key):
+            if ev.ts_ms > tau:
+                break
+            if ev.parent_post_id is None:
+                c.add_root(ev.post_id, user=ev.user_id, ts_ms=ev.ts_ms)
+            elif ev.parent_post_id in c:
+                c.add_reshare(ev.post_id, parent=ev.parent_post_id, user=ev.user_id, ts_ms=ev.ts_ms)
+        return c if c.size or applied is not None else None
 
     # -- figures ----------------------------------------------------------
 

@@ -461,7 +461,10 @@ def test_an_early_alert_is_sent_once_and_counted_once() -> None:
     assert isinstance(early, EarlyAlert) and early.alert_id == alert_id("b-1", 1, "warning")
     body = orjson.loads(early.to_json())
     assert body["provisional"] is True and body["as_of"] < body["ts"]
-    assert body["cascade"]["velocity_per_min"]["5m"] == 5.0 and body["cascade"]["size"] == 0
+    assert body["cascade"]["velocity_per_min"]["5m"] == 5.0
+    # nothing applied yet: the figures are of the posts held up to the crossing share
+    assert body["cascade"]["size"] == 25 and body["cascade"]["roots"] == 1
+    assert body["cascade"]["depth"] == 1 and body["top_spreaders"]
     assert body["match"]["bank"] == "ncii"
     for item in items:
         det.apply(item)
