@@ -184,7 +184,8 @@ class EarlyAlert(Alert):
     been seen, so its JSON says so: ``"provisional": true``, and ``"as_of"``,
     the event time up to which every event had been applied (the graph
     figures are of those and the posts held up to ``ts``; velocity and
-    acceleration count every share seen, at ``ts``). An alert sent when the watermark reaches it has neither key.
+    acceleration count every share seen, at ``ts``). An alert sent when the
+    watermark reaches it has neither key.
 
     >>> a = EarlyAlert(alert_id="vw-1", status="firing", severity="warning",
     ...                ts_ms=1767225660000, cluster_id="b-1", first_seen_ms=1767225600000,
