@@ -253,6 +253,26 @@ def _key(ev: ShareEvent) -> tuple[int, str]:
     return (ev.ts_ms, ev.event_id)
 
 
+def _figures(
+    c: Cascade, rates: list[float], acceleration: float, prediction: Prediction | None
+) -> CascadeFigures:
+    """An alert's figures: the graph's, the 1/5/15-minute rates, acceleration, the forecast."""
+    return CascadeFigures(
+        size=c.size,
+        live=c.live,
+        roots=c.roots,
+        unique_users=c.unique_users,
+        depth=c.depth,
+        breadth=c.breadth,
+        structural_virality=c.structural_virality(),
+        velocity_1m=rates[0],
+        velocity_5m=rates[1],
+        velocity_15m=rates[2],
+        acceleration=acceleration,
+        predicted_final_size=prediction,
+    )
+
+
 #: An early alert's graph figures include the posts held (a copy of the cascade with them
 #: added) up to this many posts applied; a bigger cascade's keep what was applied.
 AS_SEEN_MAX_COPY = 20_000
@@ -728,20 +748,8 @@ class Detector:
         first = ahead.first_ms
         c = self._as_seen(st, ahead, tau)
         if c is not None:
-            cascade = CascadeFigures(
-                size=c.size,
-                live=c.live,
-                roots=c.roots,
-                unique_users=c.unique_users,
-                depth=c.depth,
-                breadth=c.breadth,
-                structural_virality=c.structural_virality(),
-                velocity_1m=rates[0],
-                velocity_5m=rates[1],
-                velocity_15m=rates[2],
-                acceleration=acceleration,
-                predicted_final_size=st.prediction if st is not None else None,
-            )
+            prediction = st.prediction if st is not None else None
+            cascade = _figures(c, rates, acceleration, prediction)
             spreaders = tuple((self.pseudonymize(u), n) for u, n in c.top_spreaders(self.top_n))
             first = min(first, st.first_seen_ms) if st is not None else first
             match = (st.match if st is not None else None) or ahead.match
@@ -809,20 +817,8 @@ class Detector:
         rule = self.policy.predicted
         if st.predictor is not None and rule is not None and c.size < rule.min_observed:
             prediction = self._forecast(st, now)
-        return CascadeFigures(
-            size=c.size,
-            live=c.live,
-            roots=c.roots,
-            unique_users=c.unique_users,
-            depth=c.depth,
-            breadth=c.breadth,
-            structural_virality=c.structural_virality(),
-            velocity_1m=v.rate(WINDOWS_MS[0], now),
-            velocity_5m=v.rate(WINDOWS_MS[1], now),
-            velocity_15m=v.rate(WINDOWS_MS[2], now),
-            acceleration=v.acceleration(now),
-            predicted_final_size=prediction,
-        )
+        rates = [v.rate(w, now) for w in WINDOWS_MS]
+        return _figures(c, rates, v.acceleration(now), prediction)
 
     def _alert(self, st: ClusterState, sev: Severity, status: str, now: int, reason: str) -> Alert:
         aid = alert_id(st.cluster_id, st.episode, sev)

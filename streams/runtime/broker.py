@@ -107,18 +107,11 @@ def wait_reachable(bootstrap: list[str], timeout: float = 10.0) -> None:
         time.sleep(0.1)
 
 
-@dataclass
-class LocalBroker:
-    """A running bundled broker; stop it with :meth:`stop` (or use it as a context manager)."""
+class Listening:
+    """How clients name a broker listening at ``host:port`` (both kinds of broker use it)."""
 
     host: str
     port: int
-    pid: int
-    log_path: Path | None = None
-    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    #: The bundled broker: apply its workarounds (never on Apache Kafka).
-    local: bool = True
 
     @property
     def url(self) -> str:
@@ -129,6 +122,20 @@ class LocalBroker:
     def bootstrap(self) -> str:
         """The broker as kafka-python and aiokafka name it."""
         return f"{self.host}:{self.port}"
+
+
+@dataclass
+class LocalBroker(Listening):
+    """A running bundled broker; stop it with :meth:`stop` (or use it as a context manager)."""
+
+    host: str
+    port: int
+    pid: int
+    log_path: Path | None = None
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    #: The bundled broker: apply its workarounds (never on Apache Kafka).
+    local: bool = True
 
     def running(self) -> bool:
         if self._process is not None:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from streams.runtime.broker import BrokerError, accepts, free_port
+from streams.runtime.broker import BrokerError, Listening, accepts, free_port
 
 #: Where ``make kafka`` puts the broker's classpath (next to ``streams/`` in a checkout).
 DEFAULT_KAFKA_LIB: Final = Path(__file__).resolve().parents[2] / ".kafka" / "lib"
@@ -165,7 +165,7 @@ Configuration:
 
 
 @dataclass
-class KafkaBroker:
+class KafkaBroker(Listening):
     """A running Apache Kafka node; stop it with :meth:`stop` (or use it as a context manager)."""
 
     host: str
@@ -180,16 +180,6 @@ class KafkaBroker:
 
     #: Apache Kafka needs none of the bundled broker's workarounds.
     local: bool = False
-
-    @property
-    def url(self) -> str:
-        """The broker as Faust and the ``--broker`` flag name it."""
-        return f"kafka://{self.host}:{self.port}"
-
-    @property
-    def bootstrap(self) -> str:
-        """The broker as kafka-python and aiokafka name it."""
-        return f"{self.host}:{self.port}"
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
