@@ -558,7 +558,7 @@ def test_the_real_end_of_a_partition_is_found_past_the_local_brokers_answer(
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
     from streams.runtime.broker import ensure_topics
-    from streams.runtime.worker import read_true_ends
+    from streams.runtime.faust_adapter import read_true_ends
 
     prefix, _ = names()
     topic = f"{prefix}changelog"
