@@ -642,7 +642,7 @@ def test_a_killed_worker_pages_and_clears_when_it_is_back(stack: Stack) -> None:
         stack,
     )
     # the survivor takes the partitions: not ready during the rebalance, then ready
-    eventually(lambda: other.ready_status() == 200, 60, "the survivor ready again", stack)
+    eventually(lambda: other.ready_status() == 200, 120, "the survivor ready again", stack)
 
     victim.start()  # the same environment, the same port
     (seen,) = statuses_until_ready([victim], 120)

@@ -381,7 +381,7 @@ def test_a_worker_that_joins_mid_stream_takes_partitions_without_changing_the_al
         seen.close()
         with workers(joiner):
             producer.join()
-            alerts, actions = wait_done(broker, s, expected, (first, joiner), timeout=150)
+            alerts, actions = wait_done(broker, s, expected, (first, joiner), timeout=240)
             stats = TopicReader(broker, s.topic("stats"))
             stats.until(both_own_partitions, 20, "stats of both workers, each with partitions")
             owned = [set(d["watermarks"]) for d in latest_stats(stats.records).values()]
