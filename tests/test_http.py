@@ -292,8 +292,8 @@ def test_many_clients_at_once_are_all_answered(server: HttpServer) -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=30)
-    assert results.count(200) == 30
+        t.join(timeout=120)  # a loaded CI machine: one of 30 missed a 30-s join once
+    assert sorted(results) == [200] * 30, results
 
 
 def test_stop_returns_even_with_a_connection_open() -> None:
