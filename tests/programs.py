@@ -26,6 +26,22 @@ from typing import Any
 
 import pytest
 
+#: An Alertmanager that sends every alert, firing and resolved, to one webhook
+#: (``{url}/pager``) within about a second: the alert-delivery tests' pager.
+PAGER_CONFIG = """\
+route:
+  receiver: pager
+  group_by: ['...']
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: pager
+    webhook_configs:
+      - url: {url}/pager
+        send_resolved: true
+"""
+
 
 def free_port() -> int:
     """A TCP port free on the loopback interface right now."""

@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 from programs import (
+    PAGER_CONFIG,
     Program,
     WebhookReceiver,
     free_port,
@@ -50,20 +51,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPOST_S = 2.0  # the sink re-posts firing alerts this often ...
 VALIDITY_S = 4 * REPOST_S  # ... each post keeps an alert firing this long
 DOWN_S = VALIDITY_S + 4  # Alertmanager is away longer than any post keeps an alert alive
-
-CONFIG = """\
-route:
-  receiver: pager
-  group_by: ['...']
-  group_wait: 1s
-  group_interval: 1s
-  repeat_interval: 1h
-receivers:
-  - name: pager
-    webhook_configs:
-      - url: {url}/pager
-        send_resolved: true
-"""
 
 
 def spread(cluster: str, status: str = "firing", severity: str = "high") -> Alert:
@@ -87,7 +74,7 @@ class Alertmanager:
         self.binary, self.tmp = binary, tmp
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        (tmp / "alertmanager.yml").write_text(CONFIG.format(url=receiver_url))
+        (tmp / "alertmanager.yml").write_text(PAGER_CONFIG.format(url=receiver_url))
         self.program: Program | None = None
         self.runs = 0
 

@@ -37,6 +37,7 @@ from kafka_helpers import (
     workers,
 )
 from programs import (
+    PAGER_CONFIG,
     Program,
     WebhookReceiver,
     free_port,
@@ -70,20 +71,6 @@ def short_reposts(self, *args, **kwargs):
 oncall.OnCall.__init__ = short_reposts
 from streams.runtime.worker import main
 main([])
-"""
-
-AM_CONFIG = """\
-route:
-  receiver: pager
-  group_by: ['...']
-  group_wait: 1s
-  group_interval: 1s
-  repeat_interval: 1h
-receivers:
-  - name: pager
-    webhook_configs:
-      - url: {url}/pager
-        send_resolved: true
 """
 
 
@@ -180,7 +167,7 @@ def alertmanager(tmp_path: Path) -> Iterator[tuple[str, WebhookReceiver]]:
     )
     receiver = WebhookReceiver().start()
     port = free_port()
-    (tmp_path / "alertmanager.yml").write_text(AM_CONFIG.format(url=receiver.url))
+    (tmp_path / "alertmanager.yml").write_text(PAGER_CONFIG.format(url=receiver.url))
     am: Program | None = None
     try:
         am = start(
