@@ -46,6 +46,10 @@ SIGNAL_HEX_LEN: Final = {"pdq": 64, "md5": 32}
 MIN_PDQ_QUALITY: Final = 50
 #: HMA's default PDQ threshold.
 DEFAULT_PDQ_THRESHOLD: Final = 31
+#: The allow-list (a negative bank): content a reviewer judged a false positive.
+#: An upload matching it matches no bank at all, whatever else it matches:
+#: it is checked first (see :meth:`HashBanks.match_many`).
+ALLOW_BANK: Final = "allowlist"
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,21 +321,22 @@ class HashBanks:
         started = time.perf_counter()
         answers: dict[tuple[str | None, str | None], Match | None] = {}
         pending: list[tuple[str | None, str | None]] = []
+        exacts: dict[tuple[str | None, str | None], list[Match]] = {}
+        allow_pdq = ALLOW_BANK in self._pdq_per_bank  # then every PDQ is looked up
         for key in todo:
             md5, pdq = key
-            exact = self.lookup_md5(md5) if md5 is not None else []
-            if exact:
-                answers[key] = exact[0]
-            elif pdq is not None:
+            exact = exacts[key] = self.lookup_md5(md5) if md5 is not None else []
+            if pdq is not None and (allow_pdq or not exact):
                 pending.append(key)
             else:
-                answers[key] = None
+                answers[key] = _best(exact)
         radius = self._pdq_radius()
+        for key in pending if radius is None else ():
+            answers[key] = _best(exacts[key])
         if pending and radius is not None:
             queries = [str(pdq).lower() for _, pdq in pending]
             for key, found in zip(pending, self._index.search_many(queries, radius), strict=True):
-                best = self._pdq_matches(found)
-                answers[key] = best[0] if best else None
+                answers[key] = _best(exacts[key] + self._pdq_matches(found))
         for key, where in todo.items():
             answer = answers.get(key)
             for i in where:
@@ -343,6 +348,14 @@ class HashBanks:
         if self.on_lookups is not None:
             self.on_lookups(time.perf_counter() - started, len(todo))
         return out
+
+
+def _best(found: list[Match]) -> Match | None:
+    """The answer among an upload's matches (MD5 ones first, each kind best first): none when
+    any is on the allow-list, else the first."""
+    if any(m.entry.bank == ALLOW_BANK for m in found):
+        return None
+    return found[0] if found else None
 
 
 def brute_force_match(
@@ -365,7 +378,7 @@ def brute_force_match(
             d = hamming(e.signal, content.pdq)
             if d <= c.pdq_threshold:
                 found.append(Match(e, d))
-    if not found:
+    if not found or any(m.entry.bank == ALLOW_BANK for m in found):
         return None
     best = min(found, key=_rank)
     return Match(best.entry, 0) if best.distance < 0 else best

@@ -50,6 +50,7 @@ TOPICS: Final = (
     "deadletter",
     "bank",
     "stats",
+    "audit",
 )
 
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

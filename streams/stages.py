@@ -462,6 +462,8 @@ class BankUpdate:
 
     op: str
     entry: BankEntry
+    #: the event time it takes effect at (``None``: when it is read), see ``streams.review``
+    ts_ms: int | None = None
 
     def record(self) -> tuple[bytes, bytes]:
         e = self.entry
@@ -473,6 +475,8 @@ class BankUpdate:
         }
         if e.label:
             value["label"] = e.label
+        if self.ts_ms is not None:
+            value["ts"] = self.ts_ms
         return f"{e.bank}/{e.signal_type}/{e.signal}".encode(), orjson.dumps(value)
 
     @classmethod
@@ -502,7 +506,10 @@ class BankUpdate:
             label = body.get("label")
             if label is not None and not isinstance(label, str):
                 raise ValueError("label must be text")
-            return cls(op, BankEntry(bank.strip(), kind, signal, label or None))
+            ts = body.get("ts")
+            if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or ts < 0):
+                raise ValueError("ts must be epoch milliseconds")
+            return cls(op, BankEntry(bank.strip(), kind, signal, label or None), ts)
         except (ValueError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
             raise ValueError(f"bank update: {exc}") from None
 

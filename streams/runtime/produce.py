@@ -23,6 +23,7 @@ from typing import IO, Final
 
 import orjson
 
+from streams.review import AUDIT_TOPIC, ReviewAction
 from streams.settings import Settings
 
 KEYINGS: Final = ("none", "post", "event")
@@ -129,3 +130,34 @@ def produce_file(path: Path, settings: Settings, **kwargs: object) -> Produced:
         return produce(read_lines(sys.stdin.buffer), settings, **kwargs)  # type: ignore[arg-type]
     with path.open("rb") as fh:
         return produce(read_lines(fh), settings, **kwargs)  # type: ignore[arg-type]
+
+
+def publish_action(
+    action: ReviewAction, settings: Settings, *, producer: object | None = None
+) -> None:
+    """Publish a reviewer's action: its bank changes on the ``bank`` topic, then the action on
+    the ``audit`` topic; returns once the broker has acknowledged both.
+
+    The bank changes go first, so a worker that reads the audit record has
+    (or will have, the topics being read apart) the change it describes; a
+    failure between the two leaves a bank change without its record, and
+    publishing the same action again is harmless (bank updates are
+    idempotent, audit readers dedupe on ``action_id``). Blocking (kafka-python):
+    call it off the event loop (``loop.run_in_executor``). Raises the client's
+    errors (``kafka.errors.KafkaError``) when the broker refuses or is unreachable.
+    """
+    from streams.stages import BankUpdate
+
+    own = producer is None
+    prod = producer if producer is not None else make_producer(settings)
+    try:
+        for change in action.bank_changes():
+            key, value = BankUpdate(change.op, change.entry, change.ts_ms).record()
+            prod.send(settings.topic("bank"), key=key, value=value)  # type: ignore[attr-defined]
+        prod.flush()  # type: ignore[attr-defined]
+        key, value = action.record()
+        prod.send(settings.topic(AUDIT_TOPIC), key=key, value=value)  # type: ignore[attr-defined]
+        prod.flush()  # type: ignore[attr-defined]
+    finally:
+        if own:
+            prod.close()  # type: ignore[attr-defined]

@@ -1,0 +1,50 @@
+"""A reviewer's action on Apache Kafka: its bank changes on the bank topic, then its record on
+the audit topic, each readable back by what the workers run."""
+
+from __future__ import annotations
+
+import pytest
+from kafka_helpers import TopicReader, broker, create_topics, names, settings_for
+
+from streams.banks import ALLOW_BANK
+from streams.review import ReviewAction, Signal
+from streams.runtime.kafka_server import KafkaBroker
+from streams.runtime.produce import publish_action
+from streams.stages import BankUpdate
+
+pytestmark = pytest.mark.integration
+__all__ = ["broker"]  # the module-scoped fixture, imported for pytest
+
+
+def test_a_false_positive_goes_to_the_allow_list_and_the_audit_topic(broker: KafkaBroker) -> None:
+    prefix, app = names()
+    settings = settings_for(broker, prefix, app)
+    create_topics(settings)
+    action = ReviewAction(
+        "false_positive",
+        reviewer="alice",
+        reason="a landscape, not NCII",
+        ts_ms=1_767_225_600_000,
+        cluster_id="b-00112233445566ff",
+        signals=(Signal("pdq", "ab" * 32), Signal("md5", "cd" * 16)),
+        bank="stopncii",
+    )
+    publish_action(action, settings)
+    publish_action(action, settings)  # twice: the same action, the same id
+    bank, audit = (
+        TopicReader(broker, settings.topic("bank")),
+        TopicReader(broker, settings.topic("audit")),
+    )
+    try:
+        updates = bank.until(lambda r: len(r) >= 4, 30, "four bank updates")
+        audited = audit.until(lambda r: len(r) >= 2, 30, "two audit records")
+    finally:
+        bank.close()
+        audit.close()
+    parsed = [BankUpdate.parse(r.key, r.value) for r in updates]
+    assert {(u.op, u.entry.bank, u.entry.signal_type, u.ts_ms) for u in parsed} == {
+        ("add", ALLOW_BANK, "pdq", action.ts_ms),
+        ("add", ALLOW_BANK, "md5", action.ts_ms),
+    }
+    back = [ReviewAction.from_json(r.value) for r in audited]
+    assert back == [action, action] and {r.key for r in audited} == {b"b-00112233445566ff"}
