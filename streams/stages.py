@@ -54,9 +54,8 @@ from __future__ import annotations
 
 import base64
 import heapq
-import itertools
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -64,7 +63,7 @@ import orjson
 
 from streams.alerts import MatchInfo, Pseudonymizer
 from streams.banks import BankEntry, HashBanks, normalise_signal
-from streams.detector import Decisions, Detector, EarlyAlert, Predictor
+from streams.detector import Decisions, Detector, Predictor
 from streams.events import Content, Rejection, ShareEvent, parse_event
 from streams.pipeline import DEFAULT_PREDICTOR
 from streams.policy import AlertPolicy
@@ -1192,187 +1191,3 @@ class ClusterPartition:
     @property
     def pending(self) -> int:
         return len(self.buffer)
-
-
-# -- the whole topology in one process (tests, and checking a design change) ---------
-
-
-@dataclass
-class LocalRun:
-    """Every stage and topic of the streaming pipeline in memory, with a seeded scheduler.
-
-    Input lines are spread over ``partitions`` input partitions (by ``key``:
-    ``"none"`` round-robin in runs of ``run`` lines, as a batching producer
-    does, or ``"post"`` by a hash of the line); then stages take batches of
-    random sizes from random partitions until everything has flowed through.
-    Whatever the interleaving, the alerts must be those of ``replay``; this is
-    how the unit tests check it without a broker. Firings the events seen
-    already prove go out before the watermark reaches them
-    (:meth:`Detector.fire_early`): the same ids and statuses as replay's, with
-    figures as of what had been seen (:attr:`early` says which), and
-    :attr:`emitted` says when each alert came out.
-    """
-
-    banks: HashBanks
-    policy: AlertPolicy
-    pseudonymizer: Pseudonymizer
-    partitions: int = 4
-    lateness_ms: int = 60_000
-    hold_ms: int = 1_800_000
-    seed: int = 0
-    max_batch: int = 50
-    #: resolve partitions hand registrations to their peers at once (as a worker
-    #: holding them all does), besides sending them through the topic, for this
-    #: many rounds of answers (what is left goes through the topic alone)
-    local_peers: bool = False
-    local_rounds: int = 4
-    #: resolve partitions hand envelopes to the clusters partitions at once (as a
-    #: worker does with those it holds), half of the time at random (the other half
-    #: through the topic alone, as during the grace after an assignment)
-    local_clusters: bool = False
-    #: the same for ingest's envelopes to the resolve partitions
-    local_resolve: bool = False
-    predictor_factory: Callable[[], Predictor] | None = DEFAULT_PREDICTOR
-    stats: Stats = field(default_factory=Stats)
-    alerts: dict[str, bytes] = field(default_factory=dict)
-    actions: dict[str, bytes] = field(default_factory=dict)
-    deadletters: list[DeadLetter] = field(default_factory=list)
-    #: the alerts (by dedupe key) sent before the watermark reached them
-    early: set[str] = field(default_factory=set)
-    #: when each alert (by dedupe key) came out: (input lines read by then, the
-    #: watermark of the clusters partition that sent it)
-    emitted: dict[str, tuple[int, int]] = field(default_factory=dict)
-    #: input lines read so far
-    read: int = 0
-
-    def run(self, lines: Iterable[bytes], key: str = "none", run: int = 7) -> LocalRun:
-        import random
-
-        rng = random.Random(self.seed)
-        n = self.partitions
-        shares: list[list[tuple[int, bytes]]] = [[] for _ in range(n)]
-        for i, line in enumerate(lines):
-            p = (i // run) % n if key == "none" else zlib.crc32(line) % n
-            shares[p].append((len(shares[p]), line))
-        resolve: list[list[bytes]] = [[] for _ in range(n)]
-        clusters: list[list[bytes]] = [[] for _ in range(n)]
-        ingest = Ingest(n, idle_s=1e9, stats=self.stats)
-        ingest.clock.assign(range(n), 0.0)
-        resolvers = [
-            ResolvePartition(
-                r,
-                partitions=n,
-                sources=n,
-                banks=self.banks,
-                stats=self.stats,
-                lateness_ms=self.lateness_ms,
-                hold_ms=self.hold_ms,
-                max_held=100_000,
-            )
-            for r in range(n)
-        ]
-        detectors = [
-            ClusterPartition(
-                k,
-                partitions=n,
-                sources=n,
-                policy=self.policy,
-                stats=self.stats,
-                pseudonymizer=self.pseudonymizer,
-                predictor_factory=self.predictor_factory,
-            )
-            for k in range(n)
-        ]
-        #: per hop, what went to a partition through the topic alone and is unread;
-        #: the mark of each record sent through a topic (by its id)
-        unread_resolve, unread_clusters, sends = UnreadSends(), UnreadSends(), itertools.count()
-        marks: dict[int, int] = {}
-
-        def send(
-            queues: list[list[bytes]], unread: UnreadSends, k: int, env: Envelope, track: bool
-        ) -> None:
-            raw = env.pack()
-            queues[k].append(raw)
-            marks[id(raw)] = mark = next(sends)
-            if track:  # the short way may be taken to this partition later
-                unread.sent(k, mark, env)
-
-        def resolve_stage(r: int, envs: Sequence[bytes | Envelope]) -> None:
-            envs = unread_resolve.received(r, [(marks.pop(id(e), None), e) for e in envs])
-            made = [resolvers[r].handle(envs)]
-            delivered: set[int] = set()
-            if self.local_peers:
-                more, delivered = resolve_local_peers(
-                    dict(enumerate(resolvers)),
-                    made,
-                    self.local_rounds,
-                    unread=unread_resolve.take(range(n)),
-                )
-                made += more
-            for rb in made:
-                self.deadletters.extend(rb.deadletters)
-            to_clusters, to_peers = merge_resolved(made)
-            for q, env in to_peers.items():
-                if q not in delivered:  # else handed over in-process: no copy
-                    send(resolve, unread_resolve, q, env, self.local_peers)
-            for k, env in to_clusters.items():
-                if self.local_clusters and rng.random() < 0.5:  # no copy through the topic
-                    detect(k, [*unread_clusters.take([k]).get(k, []), env])
-                else:
-                    send(clusters, unread_clusters, k, env, self.local_clusters)
-
-        def detect(k: int, envs: Sequence[bytes | Envelope]) -> None:
-            envs = unread_clusters.received(k, [(marks.pop(id(e), None), e) for e in envs])
-            cb = detectors[k].handle(envs)
-            self._collect(cb, detectors[k].watermark.value)
-            for r, env in cb.forget.items():
-                resolve[r].append(env)
-
-        pos = [0] * n
-        now = 0.0
-        flushed = False
-        while True:
-            choices = [("s", p) for p in range(n) if pos[p] < len(shares[p])]
-            choices += [("r", p) for p in range(n) if resolve[p]]
-            choices += [("c", p) for p in range(n) if clusters[p]]
-            if not choices:
-                if flushed:
-                    break
-                flushed = True  # input over: every partition goes idle, held events flow out
-                for r, env in ingest.heartbeat(now + 2e9).items():
-                    send(resolve, unread_resolve, r, env, self.local_resolve)
-                continue
-            stage, p = rng.choice(choices)
-            size = rng.randint(1, self.max_batch)
-            now += 0.001
-            if stage == "s":
-                chunk = shares[p][pos[p] : pos[p] + size]
-                pos[p] += len(chunk)
-                self.read += len(chunk)
-                ib = ingest.handle(((p, off, line) for off, line in chunk), now)
-                self.deadletters.extend(ib.deadletters)
-                for r, env in ib.unpacked.items():
-                    if self.local_resolve and rng.random() < 0.5:  # no copy through the topic
-                        resolve_stage(r, [*unread_resolve.take([r]).get(r, []), env])
-                    else:
-                        send(resolve, unread_resolve, r, env, self.local_resolve)
-            elif stage == "r":
-                envs, resolve[p] = resolve[p][:size], resolve[p][size:]
-                resolve_stage(p, envs)
-            else:
-                envs, clusters[p] = clusters[p][:size], clusters[p][size:]
-                detect(p, envs)
-        return self
-
-    def _collect(self, cb: ClusterBatch, watermark: int) -> None:
-        for alert in cb.decisions.alerts:
-            key = alert.dedupe_key
-            if key in self.alerts:
-                continue
-            self.alerts[key] = alert.to_json()
-            self.emitted[key] = (self.read, watermark)
-            if isinstance(alert, EarlyAlert):
-                self.early.add(key)
-        for action in cb.decisions.actions:
-            self.actions.setdefault(action.action_id, action.to_json())
-        self.deadletters.extend(DeadLetter(r, "detect") for r in cb.decisions.rejections)

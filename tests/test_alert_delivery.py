@@ -56,11 +56,6 @@ class Topic:
         return None
 
 
-class Stream:
-    def _set_current_event(self, event: Any) -> None:
-        return None
-
-
 class Posts:
     """A transport: what Alertmanager and the webhook were sent (``down``: refused)."""
 
@@ -98,8 +93,8 @@ class Node:
         settings = Settings(broker="kafka://127.0.0.1:9", partitions=1, data_dir=tmp)
         self.worker = w = Worker(settings, banks=HashBanks(), policy=AlertPolicy.default())
         w.cluster_log = w.cluster_logs.table = tables["cluster-log"]
-        w.sent_alerts = tables["alerts-sent"]
-        w.sent_actions = tables["actions-sent"]
+        w.outputs.alerts = tables["alerts-sent"]
+        w.outputs.actions = tables["actions-sent"]
         w.t_resolve = Topic("resolve")
         w.t_deadletter = Topic("deadletter")
         wall = (T0 + 3_600_000) / 1000  # an hour after the spread began
@@ -119,7 +114,8 @@ class Node:
 
     def feed(self, items: list[Any], watermark: int) -> None:
         envelope = Envelope(items, progress={0: watermark})
-        self.worker._detect(Stream(), 0, None, [envelope])
+        self.worker.topology.detect(0, [envelope])
+        self.worker.checkpoint.stage()  # what the detect agent does after each batch
 
     def revoke(self, topic: str) -> None:
         self.worker._revoke({TP(self.worker.settings.topic(topic), 0)})

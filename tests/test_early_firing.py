@@ -26,7 +26,7 @@ from streams.events import ShareEvent
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy, VelocityRule
 from streams.router import Routed
-from streams.stages import LocalRun
+from streams.runtime.local_run import LocalRun
 from streams.stats import Stats
 
 SEC, MIN = 1000, 60_000

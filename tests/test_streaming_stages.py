@@ -14,6 +14,7 @@ from streams.alerts import Pseudonymizer
 from streams.banks import BankEntry, HashBanks
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
+from streams.runtime.local_run import LocalRun
 from streams.settings import DEV_PSEUDONYM_KEY, ENV_VARS, KafkaSecurity, Settings
 from streams.simulate import Scenario, simulate, three_cascades
 from streams.stages import (
@@ -21,7 +22,6 @@ from streams.stages import (
     ClusterPartition,
     Envelope,
     Ingest,
-    LocalRun,
     LogCutback,
     LogLedger,
     ResolvePartition,

@@ -11,15 +11,27 @@ resolve partition's snapshot is its memory) or a slice per batch
 filtered, which means reading it back: 16 MiB at once held every stage for
 most of a second).
 
+A batch's entries are staged (:meth:`StateLog.append`) and written when
+the :class:`~streams.runtime.checkpoint.Checkpoint` says (:meth:`StateLog.flush`,
+after the sinks, before the producer flush and the offset commit); a
+partition's staged entries are written before anything else of it (a
+compaction, a read), so the log's order is the order of the batches.
+``focus(partition)`` is called before a partition's entries are written: a
+Faust table sends each write to the changelog partition of the current
+event, and attaches it to that event (Faust commits the event's offset only
+once the write is acknowledged).
+
 The table is anything with a mapping's ``__setitem__``, ``get``, ``pop``
 and iteration, and a ``name``: a Faust table in a worker, a plain dict in
-a test.
+a test and in :class:`~streams.runtime.local_run.LocalRun`.
 
 >>> class Table(dict):
 ...     name = "demo-log"
 >>> log = StateLog(Table(), compact_bytes=50)
 >>> for i in range(6):
 ...     log.append(0, b'[["x", %d]]' % i)
+>>> len(log.table), log.flush(), len(log.table)   # staged, then written
+(0, None, 6)
 >>> log.size, log.due(0)
 (60, True)
 >>> log.compact(0, lambda: [b'[["x", 5]]'])   # the six entries replaced by one
@@ -66,12 +78,16 @@ class StateLog:
         compact_bytes: int,
         slice_bytes: int = 1024 * 1024,
         on_compacted: Callable[[], None] | None = None,
+        focus: Callable[[int], None] | None = None,
     ) -> None:
         self.table: LogTable = table  # type: ignore[assignment]
         self.compact_bytes = compact_bytes
         #: how much of a log one cut-back slice reads (at most a quarter of ``compact_bytes``)
         self.slice_bytes = min(slice_bytes, max(1, compact_bytes // 4))
         self.on_compacted = on_compacted
+        self.focus = focus
+        #: entries appended and not written yet, per partition, oldest first
+        self._staged: dict[int, list[bytes]] = {}
         self._ledgers: dict[int, LogLedger] = {}
         self._cutbacks: dict[int, LogCutback] = {}
         self._last_stamp = 0
@@ -102,8 +118,23 @@ class StateLog:
         return ledger
 
     def append(self, partition: int, entry: bytes) -> None:
-        """Append one batch's changes (in parts, if it is large)."""
-        self.write(partition, split_log(entry))
+        """Stage one batch's changes (in parts, if it is large): :meth:`flush` writes them."""
+        self._staged.setdefault(partition, []).extend(split_log(entry))
+
+    def flush(self) -> None:
+        """Write every partition's staged entries (the checkpoint's second step)."""
+        for partition in list(self._staged):
+            self._flush(partition)
+
+    def _flush(self, partition: int) -> None:
+        staged = self._staged.pop(partition, None)
+        if staged:
+            self._focus(partition)
+            self.write(partition, staged)
+
+    def _focus(self, partition: int) -> None:
+        if self.focus is not None:
+            self.focus(partition)
 
     def write(self, partition: int, parts: Iterable[bytes]) -> None:
         ledger = self.ledger(partition)
@@ -114,6 +145,7 @@ class StateLog:
 
     def read(self, partition: int) -> list[bytes]:
         """A partition's entries, oldest first, as its new owner finds them (and notes)."""
+        self._flush(partition)
         prefix = f"{partition}:".encode()
         keys = sorted(k for k in self.table if k.startswith(prefix))
         self._ledgers.pop(partition, None)  # noted afresh, from what is there
@@ -130,6 +162,8 @@ class StateLog:
 
     def compact(self, partition: int, snapshot: Callable[[], list[bytes]]) -> int:
         """Cut a partition's log back to ``snapshot()`` now; the entries it replaced."""
+        self._flush(partition)
+        self._focus(partition)  # the snapshot's writes and the old keys' deletions
         ledger = self.ledger(partition)
         old = ledger.start()
         started = time.monotonic()
@@ -145,7 +179,9 @@ class StateLog:
     ) -> bool:
         """One slice of a compaction by filtering (``keep(entries, seen)`` gives what stays).
 
-        Starts one when the log is due; returns whether one is under way.
+        Starts one when the log is due; returns whether one is under way. Entries staged
+        and not written yet are not part of it (a clusters partition's entries fold back in
+        any order: they are written after it, and kept).
         """
         ledger = self.ledger(partition)
         cut = self._cutbacks.get(partition)
@@ -153,6 +189,7 @@ class StateLog:
             if not ledger.due():
                 return False
             cut = self._cutbacks[partition] = LogCutback(ledger.start())
+        self._focus(partition)  # the slice's writes and, at the end, the old keys' deletions
         started = time.monotonic()
         entries = cut.next_slice(self.table.get, self.slice_bytes)
         self.write(partition, keep(entries, cut.seen))
@@ -167,7 +204,12 @@ class StateLog:
         return False
 
     def forget(self, partition: int) -> None:
-        """The partition went to another worker: what is noted of it here no longer holds."""
+        """The partition went to another worker: what is noted of it here no longer holds.
+
+        What was staged for it and not written is dropped with it: its offsets were not
+        committed either, so its new owner reads those records again.
+        """
+        self._staged.pop(partition, None)
         self._ledgers.pop(partition, None)
         self._cutbacks.pop(partition, None)
 

@@ -1,13 +1,29 @@
-"""The Faust application: topics, tables and agents around the pure stages. The only Faust importer.
+"""The worker: the Faust application around the topology. The only Faust importer.
 
-Each agent is a few lines: take a batch, hand it to a stage of
-:mod:`streams.stages`, persist what the stage says changed, send what it
-produced. What decides (parsing, routing, event-time order, detection)
-lives in the pure modules and is the same code ``replay`` runs.
+The worker builds the runtime's parts and delegates to them; each concern
+has one owner:
+
+- :class:`~streams.runtime.topology.Topology`: the stages of the partitions
+  this worker holds, wired once (the in-process runner of the tests,
+  :class:`~streams.runtime.local_run.LocalRun`, builds the same one);
+- :class:`~streams.runtime.hand_over.HandOver`: an envelope for a partition
+  this worker holds goes to it in memory, never overtaking what went through Kafka;
+- :class:`~streams.runtime.state_log.StateLog`: the state logs (snapshot then
+  delete, compaction in slices);
+- :class:`~streams.runtime.outputs.Outputs`: alerts and takedown requests
+  once per id, dead letters, the on-call hooks;
+- :class:`~streams.runtime.checkpoint.Checkpoint`: the order sinks → state
+  logs → producer flush → offsets;
+- :class:`~streams.runtime.shares_reader.SharesReader` and
+  :class:`~streams.runtime.bank_follower.BankFollower`: the two inputs Faust does not read.
+
+What stays here is Faust's: topics, tables, agents, timers, rebalance
+signals, and the worker's report. What decides (parsing, routing,
+event-time order, detection) lives in the pure modules and is the same code
+``replay`` runs.
 
 Stages (Faust agents in consumer group ``Settings.app_id``; ``shares`` is
-read by a batch consumer of its own, group ``<app_id>.shares``: see
-:meth:`Worker._read_shares`)::
+read by a batch consumer of its own, group ``<app_id>.shares``)::
 
     shares     -> ingest   -> resolve     (envelopes, by post)
     resolve    -> resolve  -> clusters    (envelopes, by cluster), resolve (registrations)
@@ -19,17 +35,14 @@ Tables (memory store, changelog topics are the durable copy):
   registered, reshares held and released);
 - ``cluster-log``: per clusters partition and batch, the routed events received;
 - both cut back now and then to a snapshot of what a replacement still
-  needs (:class:`streams.runtime.state_log.StateLog`: at once for the resolve
-  log, a slice per batch for the cluster log);
-- ``alerts-sent`` and ``actions-sent``: the outputs themselves. Their
-  changelog topics *are* the ``alerts`` and ``actions`` topics, keyed by the
-  alert's dedupe key and the action id: writing the table sends the record,
-  and a restarted worker recovers the set of what was already sent from
-  the output itself, so no alert id is sent twice even across a crash.
+  needs (at once for the resolve log, a slice per batch for the cluster log);
+- ``alerts-sent`` and ``actions-sent``: the outputs themselves (their
+  changelog topics *are* the ``alerts`` and ``actions`` topics).
 
 Delivery is at least once (the local broker has no transactions): Faust
 commits an input offset only after the producer has flushed everything
-sent and written for it, and every output is idempotent.
+sent and written for it, the ``shares`` reader only after its checkpoint
+did, and every output is idempotent.
 """
 
 from __future__ import annotations
@@ -45,7 +58,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,47 +78,40 @@ from streams.runtime.broker import (
     ensure_topics,
     start_local_broker,
 )
+from streams.runtime.checkpoint import Checkpoint
 from streams.runtime.faust_adapter import (
     LOCAL_FETCH_WAIT_MS,
     App,
     ConsumerThread,
-    backlogged,
     credentials,
     faust_broker_url,
     set_current_event,
 )
+from streams.runtime.hand_over import HandOver, Hop
+from streams.runtime.outputs import Outputs
+from streams.runtime.shares_reader import SharesReader
 from streams.runtime.state_log import StateLog
+from streams.runtime.topology import StageSettings, Topology
 from streams.settings import TOPICS, Settings, deprecated_in
 from streams.stages import (
     ClusterPartition,
     DeadLetter,
     Envelope,
-    Ingest,
-    ResolveBatch,
     ResolvePartition,
-    UnreadSends,
-    merge_resolved,
-    partition_for,
-    resolve_local_peers,
     split_envelope,
 )
 from streams.stats import Stats
-from streams.watermarks import NO_TIME
 from streams.web import Health, HttpServer, Router, add_probes, serve
 
 log = logging.getLogger("viralwatch.worker")
 
 #: How often a worker tells the next stage where event time stands when no data flows.
 HEARTBEAT_S = 0.25
-#: How often the ``shares`` reader commits its offsets (after a flush of what they became).
-COMMIT_EVERY_S = 1.0
 #: Rounds of registrations handed straight to peer partitions of this worker, per batch.
 LOCAL_PEER_ROUNDS = 4
 #: Seconds after an assignment before envelopes are handed over in-process again
-#: (see :meth:`Worker._to_resolve`, :meth:`Worker._to_clusters`).
+#: (see :mod:`streams.runtime.hand_over`).
 HAND_OVER_GRACE_S = 3.0
-#: How far (event time) a shares partition may be read ahead of the slowest one with a backlog.
-READ_SKEW_MS = 5_000
 #: How often a worker publishes its counters on the ``stats`` topic.
 STATS_EVERY_S = 1.0
 #: How often long-lived objects are frozen out of garbage collection, and how
@@ -176,7 +182,16 @@ class GcPacer:
 
 
 class Worker:
-    """One viralwatch worker: a Faust app built from the settings, with the stages' state."""
+    """One viralwatch worker: a Faust app around one :class:`Topology`.
+
+    The worker builds and delegates; each concern has its owner: the
+    stages and the hops between them (:class:`Topology`, with its
+    :class:`HandOver`), the state logs (:class:`StateLog`), the outputs
+    (:class:`Outputs`), the order of commits (:class:`Checkpoint`), the
+    ``shares`` reader (:class:`SharesReader`) and the bank follower
+    (:class:`BankFollower`). What stays here is Faust: topics, tables,
+    agents, timers, rebalance signals, and the worker's report.
+    """
 
     def __init__(
         self,
@@ -197,58 +212,59 @@ class Worker:
         self.pseudonymizer = Pseudonymizer(s.pseudonym_key)
         self.partitions = s.partitions
         self.sources = shares_partitions or s.partitions
-        self.on_alerts = on_alerts
-        #: alerts already sent that this worker rebuilt with a partition it took over, and
-        #: the clusters of partitions it lost (see :meth:`_detect`, :meth:`_revoke`)
-        self.on_reannounce: Callable[[list[Alert]], None] | None = None
-        self.on_release: Callable[[Callable[[str], bool]], None] | None = None
-        self._restored: set[int] = set()
         #: what /readyz and /livez read: banks read, partitions assigned, state restored
         self.health = health if health is not None else Health()
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        self.read = 0
-        self.alerts_sent = 0
-        self.actions_sent = 0
-        self.deadlettered = 0
         self._delays: dict[str, list[float]] = defaultdict(list)
-        #: shares partitions with records not read yet (see :meth:`_touch_backlogged`)
-        self.backlogged: list[int] = []
-        #: the ``shares`` reader (see :meth:`_read_shares`), and its offsets per partition
-        self._shares: Any = None
         self._crash_timer: threading.Timer | None = None
-        self._next_offsets: dict[int, int] = {}
-        self._committed: dict[int, int] = {}
         self.sent: Counter[str] = Counter()
-        self.ingest = Ingest(
-            self.partitions, s.partition_idle_s, topic=s.topic("shares"), stats=self.stats
-        )
-        self.resolvers: dict[int, ResolvePartition] = {}
-        #: the last input event of each resolve partition: its table writes go with it
-        self._last_resolve_event: dict[int, Any] = {}
-        #: when envelopes may be handed over in-process again (after a rebalance)
-        self._hand_over_from = 0.0
-        #: the key of the envelopes this worker sends its own stages, and what it sent
-        #: the resolve partitions it holds through Kafka alone that they have not read
-        #: yet, marked by timestamp in ms (see :meth:`_to_resolve`,
-        #: :meth:`_resolve_local_peers`)
-        self._own_key = f"from:{self.worker_id}".encode()
-        self._unread_resolve = UnreadSends()
         self._last_send_ms = 0
-        self.detectors: dict[int, ClusterPartition] = {}
-        #: clusters partitions this worker holds, the last input event of each (its
-        #: table writes go with it), and the envelopes this worker sent them through
-        #: Kafka alone not read yet (see :meth:`_to_clusters`)
-        self._held_clusters: set[int] = set()
-        #: resolve partitions this worker holds (see :meth:`_to_resolve`)
-        self._held_resolve: set[int] = set()
-        self._resolve_stream: Any = None
-        self._last_detect_event: dict[int, Any] = {}
-        self._unread_clusters = UnreadSends()
-        self.handed_over = 0
-        self.bank_follower = BankFollower(
-            s, self.banks, self.stats, self.health, deadletter=self._deadletter
-        )
+        #: the key of the envelopes this worker sends its own stages (see HandOver)
+        self._own_key = f"from:{self.worker_id}".encode()
+        #: the last input event of each partition of the resolve and clusters topics: the
+        #: table writes of that partition go with it (see :meth:`_focus`)
+        self._last_event: dict[str, dict[int, Any]] = {"resolve": {}, "clusters": {}}
+        #: a stream of this app: Faust sets the current event through one
+        self._stream: Any = None
         self.app = self._build()
+        self.on_alerts = on_alerts
+
+    # -- what others set and read --
+
+    @property
+    def on_alerts(self) -> Callable[[list[Alert]], None] | None:
+        """New alerts, once each (the on-call sinks)."""
+        return self.outputs.on_alerts
+
+    @on_alerts.setter
+    def on_alerts(self, hook: Callable[[list[Alert]], None] | None) -> None:
+        self.outputs.on_alerts = hook
+
+    @property
+    def on_reannounce(self) -> Callable[[list[Alert]], None] | None:
+        """Alerts already sent that this worker rebuilt with a partition it took over."""
+        return self.outputs.on_reannounce
+
+    @on_reannounce.setter
+    def on_reannounce(self, hook: Callable[[list[Alert]], None] | None) -> None:
+        self.outputs.on_reannounce = hook
+
+    @property
+    def on_release(self) -> Callable[[Callable[[str], bool]], None] | None:
+        """The clusters of partitions this worker lost (their new owner re-announces them)."""
+        return self.outputs.on_release
+
+    @on_release.setter
+    def on_release(self, hook: Callable[[Callable[[str], bool]], None] | None) -> None:
+        self.outputs.on_release = hook
+
+    @property
+    def resolvers(self) -> dict[int, ResolvePartition]:
+        return self.topology.resolvers
+
+    @property
+    def detectors(self) -> dict[int, ClusterPartition]:
+        return self.topology.detectors
 
     # -- construction --
 
@@ -295,16 +311,64 @@ class Worker:
         self.cluster_log = app.Table("cluster-log", **logs)
         compacted = self._count_compaction
         self.resolve_logs = StateLog(
-            self.resolve_log, compact_bytes=s.log_compact_bytes, on_compacted=compacted
+            self.resolve_log,
+            compact_bytes=s.log_compact_bytes,
+            on_compacted=compacted,
+            focus=lambda p: self._focus("resolve", p),
         )
         self.cluster_logs = StateLog(
             self.cluster_log,
             compact_bytes=s.log_compact_bytes,
             slice_bytes=CUTBACK_SLICE_BYTES,
             on_compacted=compacted,
+            focus=lambda p: self._focus("clusters", p),
         )
         self.sent_alerts = app.Table("alerts-sent", changelog_topic=self.t_alerts, **table)
         self.sent_actions = app.Table("actions-sent", changelog_topic=self.t_actions, **table)
+        self.outputs = Outputs(
+            self.sent_alerts,
+            self.sent_actions,
+            deadletter=self._send_deadletter,
+            focus=lambda p: self._focus("clusters", p),
+        )
+        self.hand_over = HandOver(
+            resolve=Hop("resolve", lambda p, env: self._send(self.t_resolve, env, p)),
+            clusters=Hop("clusters", lambda p, env: self._send(self.t_clusters, env, p)),
+            grace_s=HAND_OVER_GRACE_S,
+        )
+        self.topology = Topology(
+            StageSettings(
+                partitions=n,
+                sources=self.sources,
+                lateness_ms=s.lateness_ms,
+                hold_ms=s.hold_ms,
+                max_held=max(1, s.max_held // n),
+                idle_ms=s.idle_ms,
+                partition_idle_s=s.partition_idle_s,
+                shares_topic=s.topic("shares"),
+                peer_rounds=LOCAL_PEER_ROUNDS,
+            ),
+            banks=self.banks,
+            policy=self.policy,
+            stats=self.stats,
+            pseudonymizer=self.pseudonymizer,
+            hand_over=self.hand_over,
+            resolve_log=self.resolve_logs,
+            cluster_log=self.cluster_logs,
+            outputs=self.outputs,
+        )
+        self.checkpoint = Checkpoint(
+            sinks=[self.outputs],
+            logs=[self.resolve_logs, self.cluster_logs],
+            flush_producer=lambda: app.producer.flush(),
+            commit_offsets=lambda offsets: self.shares.commit_offsets(offsets),
+        )
+        self.shares = SharesReader(
+            s, self.topology, self.checkpoint, on_delays=lambda t: self._delay("ingest", t)
+        )
+        self.bank_follower = BankFollower(
+            s, self.banks, self.stats, self.health, deadletter=self.outputs.deadletter
+        )
         app.probe_end_offsets = s.local_broker
 
         take = (s.batch_size, s.batch_wait_s)
@@ -314,32 +378,39 @@ class Worker:
         @app.task  # type: ignore[untyped-decorator]
         async def ingest() -> None:
             with self._fatal("ingest"):
-                await self._read_shares()
+                try:
+                    await self.shares.run()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("reading %s failed: stopping the worker", self.shares.topic)
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    raise
 
         @app.agent(self.t_resolve, name="resolve", supervisor_strategy=crash)
         async def resolve(stream: Any) -> None:
-            self._resolve_stream = stream
+            self._stream = stream
             with self._fatal("resolve"):
                 async for events in stream.take_events(*take):
                     self._delay("resolve", (e.message.timestamp for e in events))
-                    unread = self._unread_resolve
-                    received = self._received(events, self._last_resolve_event, unread)
-                    self._resolve_all(stream, received)
+                    received = self._received("resolve", events)
+                    self.topology.resolve_received(received)
+                    self.checkpoint.stage()
 
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
         async def detect(stream: Any) -> None:
+            self._stream = self._stream or stream
             with self._fatal("detect"):
                 async for events in stream.take_events(*take):
                     self._delay("detect", (e.message.timestamp for e in events))
-                    unread = self._unread_clusters
-                    received = self._received(events, self._last_detect_event, unread)
-                    for k, envelopes in received.items():
-                        self._detect(stream, k, self._last_detect_event[k], envelopes)
+                    for k, envelopes in self._received("clusters", events).items():
+                        self.topology.detect(k, envelopes)
+                    self.checkpoint.stage()
 
         @app.timer(HEARTBEAT_S)  # type: ignore[untyped-decorator]
         async def heartbeat() -> None:
             self.health.beat()  # the loop turns: /livez
-            self._heartbeat()
+            self.shares.heartbeat()
 
         @app.timer(STATS_EVERY_S)  # type: ignore[untyped-decorator]
         async def publish_stats() -> None:
@@ -366,15 +437,14 @@ class Worker:
 
         @app.on_partitions_assigned.connect  # type: ignore[arg-type]
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
-            self._hand_over_from = time.monotonic() + HAND_OVER_GRACE_S
-            clusters, resolve = self.settings.topic("clusters"), self.settings.topic("resolve")
-            self._held_clusters |= {tp.partition for tp in assigned if tp.topic == clusters}
-            self._held_resolve |= {tp.partition for tp in assigned if tp.topic == resolve}
-            mine = sorted(
-                f"{tp.topic}/{tp.partition}" for tp in assigned if tp.topic in (clusters, resolve)
-            )
+            self.hand_over.assigned()
+            mine = []
+            for hop in (self.hand_over.resolve, self.hand_over.clusters):
+                name = self.settings.topic(hop.name)
+                hop.assign(tp.partition for tp in assigned if tp.topic == name)
+                mine += [f"{name}/{tp.partition}" for tp in assigned if tp.topic == name]
             self.health.set(
-                "assigned", True, ", ".join(mine) or "none (more workers than partitions)"
+                "assigned", True, ", ".join(sorted(mine)) or "none (more workers than partitions)"
             )
             self.health.set("restored", False, "restoring table state from the changelogs")
 
@@ -389,63 +459,6 @@ class Worker:
             self.health.stopping()
 
         return app
-
-    # -- stage 1a --
-
-    async def _read_shares(self) -> None:
-        """Stage 1a: read ``shares`` in batches, in its own consumer group.
-
-        Not a Faust agent: Faust's per-record path (an event, a task and a
-        stream step for each record) cost more CPU than everything the stages
-        do with a record, and this stage keeps no table that needs Faust.
-        Offsets are committed once the envelopes made from those records are
-        flushed (at least once: a record read again changes nothing
-        downstream). A crash ends the worker, as an agent's would.
-        """
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.structs import OffsetAndMetadata
-
-        s = self.settings
-        consumer = AIOKafkaConsumer(
-            self.t_shares_name,
-            bootstrap_servers=s.bootstrap,
-            group_id=f"{s.app_id}.shares",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=int(s.session_timeout_s * 1000),
-            heartbeat_interval_ms=int(s.heartbeat_s * 1000),
-            fetch_max_wait_ms=LOCAL_FETCH_WAIT_MS if s.local_broker else 500,
-            max_poll_records=s.batch_size,
-            **s.security.aiokafka_config(),
-        )
-        await consumer.start()
-        self._shares = consumer
-        wait_ms = max(1, int(s.batch_wait_s * 1000))
-        committed_at = time.monotonic()
-        try:
-            while True:
-                got = await consumer.getmany(timeout_ms=wait_ms, max_records=s.batch_size)
-                records = [
-                    (tp.partition, r.offset, r.value, r.timestamp)
-                    for tp, recs in got.items()
-                    for r in recs
-                ]
-                if records:
-                    self._ingest(records)
-                self._pace_partitions(consumer)
-                if self._next_offsets and time.monotonic() - committed_at >= COMMIT_EVERY_S:
-                    committed_at = time.monotonic()
-                    await self._commit_shares(consumer, OffsetAndMetadata)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("reading %s failed: stopping the worker", self.t_shares_name)
-            os.kill(os.getpid(), signal.SIGTERM)
-            raise
-        finally:
-            self._shares = None
-            with contextlib.suppress(Exception):
-                await consumer.stop()
 
     @contextlib.contextmanager
     def _fatal(self, stage: str) -> Iterator[None]:
@@ -468,327 +481,52 @@ class Worker:
                 self._crash_timer.start()
             raise
 
-    async def _commit_shares(self, consumer: Any, offset_type: Any) -> None:
-        """Commit what was read, once what it became has been sent."""
-        from aiokafka import TopicPartition
+    # -- between Faust and the topology --
 
-        owned = {tp.partition for tp in consumer.assignment()}
-        offsets = {
-            TopicPartition(self.t_shares_name, p): offset_type(o, "")
-            for p, o in self._next_offsets.items()
-            if p in owned and self._committed.get(p) != o
-        }
-        if not offsets:
-            return
-        await self.app.producer.flush()
-        try:
-            await consumer.commit(offsets)
-        except Exception as exc:  # a rebalance: the new owner reads them again (at least once)
-            log.warning("commit of %s offsets failed: %s", self.t_shares_name, exc)
-            return
-        self._committed.update({tp.partition: om.offset for tp, om in offsets.items()})
-
-    def _ingest(self, records: list[tuple[int, int, bytes | None, int | None]]) -> None:
-        self.read += len(records)
-        self._delay("ingest", ((r[3] or 0) / 1000 for r in records))
-        for partition, offset, _, _ in records:
-            self._next_offsets[partition] = offset + 1
-        now = time.monotonic()
-        self._touch_backlogged(now)
-        batch = self.ingest.handle(((p, o, v) for p, o, v, _ in records), now)
-        self._deadletter(batch.deadletters)
-        self._to_resolve(batch.unpacked)
-
-    def _heartbeat(self) -> None:
-        consumer = self._shares
-        if consumer is None:
-            return
-        now = time.monotonic()
-        with contextlib.suppress(Exception):  # the consumer's assignment: best effort
-            owned = {tp.partition for tp in consumer.assignment()}
-            for p in set(self._next_offsets) - owned:  # revoked: its next owner goes on
-                del self._next_offsets[p]
-            self.ingest.clock.assign(owned, now)
-            self._touch_backlogged(now)
-        self._to_resolve(self.ingest.heartbeat(now))
-
-    def _touch_backlogged(self, now: float) -> None:
-        """A shares partition with records not read yet is busy, not idle.
-
-        Idleness is measured in wall time since a partition's last record, so a
-        worker working through a backlog (and reading one partition's chunk
-        while the others wait in the fetcher) would call them idle and let the
-        watermark run ahead of them: their events would come late and their
-        reshares' parents "never". So a partition whose highwater is past what
-        this worker has read counts as just seen. (The local broker's
-        highwater can be one batch short: the last batch of a partition is
-        then judged by wall time alone.)
-        """
-        consumer = self._shares
-        if consumer is None:
-            return
-        with contextlib.suppress(Exception):  # internals of a running consumer: best effort
-            clock = self.ingest.clock
-            self.backlogged = backlogged(consumer, self._next_offsets)
-            for p in self.backlogged:
-                clock.observe(p, None, now)
-
-    def _pace_partitions(self, consumer: Any) -> None:
-        """Read a backlog evenly in event time: pause the partitions that are ahead.
-
-        aiokafka hands out one partition's fetched records before the next's,
-        so a worker catching up would read one partition far ahead in event
-        time of the others; the watermark follows the slowest, so
-        nothing downstream could be applied until the others caught up, and
-        everything read early would wait in memory. Partitions more than
-        :data:`READ_SKEW_MS` ahead of the slowest one with records unread
-        are paused until it catches up (see :meth:`SourceClock.ahead`).
-        """
-        with contextlib.suppress(Exception):  # pausing is an optimisation: never stop reading
-            ahead = self.ingest.clock.ahead(self.backlogged, READ_SKEW_MS)
-            owned = {tp.partition: tp for tp in consumer.assignment()}
-            paused = {tp.partition for tp in consumer.paused()}
-            pause = [owned[p] for p in ahead - paused if p in owned]
-            resume = [owned[p] for p in paused - ahead if p in owned]
-            if pause:
-                consumer.pause(*pause)
-            if resume:
-                consumer.resume(*resume)
-
-    @property
-    def t_shares_name(self) -> str:
-        return self.settings.topic("shares")
-
-    # -- stage 1b --
-
-    def _received(
-        self, events: list[Any], last_event: dict[int, Any], unread: UnreadSends
-    ) -> dict[int, list[bytes]]:
+    def _received(self, hop_name: str, events: list[Any]) -> dict[int, list[bytes]]:
         """A batch of an internal topic's records as each partition's envelopes, noting
         each partition's last event and what it has read of this worker's own sends (the
         copies of those handed over in-process while unread are left out)."""
+        hop = self.hand_over.resolve if hop_name == "resolve" else self.hand_over.clusters
+        last_event = self._last_event[hop_name]
         received: dict[int, list[bytes]] = {}
         mine = self._own_key
         for events_of_partition in _by_partition(events):
             last = events_of_partition[-1]
             p = last.message.partition
             last_event[p] = last
+            hop.read_from(p)
             records = (
                 (round(m.timestamp * 1000) if m.key == mine else None, m.value)
                 for m in (e.message for e in events_of_partition)
             )
-            received[p] = unread.received(p, records)
+            received[p] = hop.received(p, records)
         return received
 
-    def _to_resolve(self, envelopes: dict[int, Envelope]) -> None:
-        """Ingest's envelopes on to the resolve partitions; those this worker holds get them
-        in-process (see :meth:`_hand_over`)."""
-        stream = self._resolve_stream
-        local = self._hand_over(
-            envelopes,
-            self.t_resolve,
-            self._unread_resolve,
-            self._held_resolve,
-            ready=lambda r: (
-                stream is not None and r in self.resolvers and r in self._last_resolve_event
-            ),
-        )
-        if local:
-            self._resolve_all(stream, local)
+    def _focus(self, hop_name: str, partition: int) -> None:
+        """Table writes of ``partition`` go to its changelog partition, with its last event."""
+        event = self._last_event[hop_name].get(partition)
+        if event is not None and self._stream is not None:
+            set_current_event(self._stream, event)
 
-    def _resolve_all(self, stream: Any, received: Mapping[int, Sequence[bytes | Envelope]]) -> None:
-        """Stage 1b for what each partition received; then on to peers and clusters."""
-        batches: list[ResolveBatch] = []
-        for r, envelopes in received.items():
-            batches += self._resolve(stream, r, envelopes)
-        made, delivered = self._resolve_local_peers(stream, batches)
-        to_clusters, to_peers = merge_resolved(batches + made)
-        unread, held = self._unread_resolve, self._held_resolve
-        for r, envelope in to_peers.items():
-            if r not in delivered:  # else handed over in-process (and logged there): no copy
-                self._send_own(self.t_resolve, unread, held, r, envelope)
-        self._to_clusters(stream, to_clusters)
+    def _send(self, topic: Any, value: Envelope | bytes, partition: int) -> int:
+        """Send an envelope to a partition of an internal topic (in parts, if it is large),
+        keyed as this worker's own.
 
-    def _resolve(
-        self, stream: Any, partition: int, envelopes: Sequence[bytes | Envelope]
-    ) -> list[ResolveBatch]:
-        """One partition's share of a batch; its changes are written to the resolve log."""
-        out = []
-        state = self.resolvers.get(partition)
-        if state is None:
-            state, restored = self._restore_resolver(partition)
-            out.append(restored)
-        out.append(state.handle(envelopes))
-        self._resolved(stream, partition, out)
-        return out
-
-    def _resolved(self, stream: Any, partition: int, batches: list[ResolveBatch]) -> None:
-        set_current_event(stream, self._last_resolve_event[partition])  # its changelog partition
-        for batch in batches:
-            if batch.delta is not None:
-                self.resolve_logs.append(partition, batch.delta)
-            self._deadletter(batch.deadletters)
-        if self.resolve_logs.due(partition):
-            self.resolve_logs.compact(partition, self.resolvers[partition].snapshot)
-
-    def _resolve_local_peers(
-        self, stream: Any, batches: list[ResolveBatch]
-    ) -> tuple[list[ResolveBatch], set[int]]:
-        """Registrations and progress straight to the peer partitions this worker holds
-        (:func:`streams.stages.resolve_local_peers`): one Kafka hop less before most alerts.
-        Returns the batches that made and the partitions that got all that was for them.
-
-        What this worker sent a peer through Kafka alone and the peer has not
-        read yet goes the short way first, so the short way never overtakes
-        the long one. For :data:`HAND_OVER_GRACE_S` after partitions are
-        assigned nothing goes the short way: what a partition's previous owner
-        sent through Kafka should reach its peers first (that one is a matter
-        of time, not proof).
+        Returns its timestamp (epoch ms, increasing from one send to the next): the mark
+        by which the hand-over knows when the partition has read it.
         """
-        if time.monotonic() < self._hand_over_from:
-            return [], set()
-        return resolve_local_peers(
-            self.resolvers,
-            batches,
-            LOCAL_PEER_ROUNDS,
-            on_batch=lambda r, batch: self._resolved(stream, r, [batch]),
-            unread=self._unread_resolve.take(self.resolvers),
-        )
+        raw = value.pack() if isinstance(value, Envelope) else value
+        stamp = self._last_send_ms = max(round(time.time() * 1000), self._last_send_ms + 1)
+        for part in split_envelope(raw):
+            self.sent[topic.get_topic_name()] += 1
+            topic.send_soon(
+                key=self._own_key, value=part, partition=partition, timestamp=stamp / 1000
+            )
+        return stamp
 
-    def _restore_resolver(self, partition: int) -> tuple[ResolvePartition, ResolveBatch]:
-        s = self.settings
-        state = ResolvePartition(
-            partition,
-            partitions=self.partitions,
-            sources=self.sources,
-            banks=self.banks,
-            stats=self.stats,
-            lateness_ms=s.lateness_ms,
-            hold_ms=s.hold_ms,
-            max_held=max(1, s.max_held // self.partitions),
-        )
-        deltas = self.resolve_logs.read(partition)
-        self.resolvers[partition] = state
-        restored = state.restore(deltas)
-        if deltas:
-            log.info("resolve partition %d restored from %d batches", partition, len(deltas))
-        return state, restored
-
-    # -- stage 2 --
-
-    def _detector(self, partition: int) -> ClusterPartition:
-        state = self.detectors.get(partition)
-        if state is not None:
-            return state
-        state = ClusterPartition(
-            partition,
-            partitions=self.partitions,
-            sources=self.partitions,
-            policy=self.policy,
-            stats=self.stats,
-            pseudonymizer=self.pseudonymizer,
-            idle_ms=self.settings.idle_ms,
-        )
-        logs = self.cluster_logs.read(partition)
-        state.restore(logs)
-        self.detectors[partition] = state
-        if logs:
-            self._restored.add(partition)
-            log.info("clusters partition %d restored: %d events", partition, state.pending)
-        return state
-
-    def _to_clusters(self, stream: Any, envelopes: dict[int, Envelope]) -> None:
-        """Resolve's envelopes on to the clusters partitions; those this worker holds get
-        them in-process (see :meth:`_hand_over`)."""
-        local = self._hand_over(
-            envelopes,
-            self.t_clusters,
-            self._unread_clusters,
-            self._held_clusters,
-            ready=lambda k: k in self.detectors and k in self._last_detect_event,
-        )
-        for k, received in local.items():
-            self._detect(stream, k, self._last_detect_event[k], received)
-
-    def _hand_over(
-        self,
-        envelopes: dict[int, Envelope],
-        topic: Any,
-        unread: UnreadSends,
-        held: set[int],
-        ready: Callable[[int], bool],
-    ) -> dict[int, list[bytes | Envelope]]:
-        """Which envelopes the next stage gets in-process; the others go through ``topic``.
-
-        Through Kafka that is one more hop on the way to every alert. An
-        envelope for a partition this worker holds, and has read from since it
-        was assigned (``ready``), is handed over instead, unpacked: the stage
-        logs what it received as it does any batch, so nothing is lost if this
-        worker dies, and no Kafka copy is sent. What this worker sent that
-        partition through Kafka alone and it has not read yet goes first, so the
-        short way never overtakes the long one (its copies are skipped when read,
-        :meth:`UnreadSends.received`); for :data:`HAND_OVER_GRACE_S` after an
-        assignment everything goes through Kafka, so that what a previous owner
-        sent comes first.
-        """
-        short = time.monotonic() >= self._hand_over_from
-        local: dict[int, list[bytes | Envelope]] = {}
-        for k, envelope in envelopes.items():
-            if short and ready(k):
-                local[k] = [*unread.take([k]).get(k, []), envelope]
-            else:
-                self._send_own(topic, unread, held, k, envelope)
-        self.handed_over += len(local)
-        return local
-
-    def _send_own(
-        self, topic: Any, unread: UnreadSends, held: set[int], partition: int, envelope: Envelope
-    ) -> None:
-        """Send an envelope to this worker's stages through Kafka; note it until read if the
-        partition is one this worker holds (the short way must not overtake it)."""
-        stamp = self._send(topic, envelope.pack(), partition, key=self._own_key)
-        if partition in held:
-            unread.sent(partition, stamp, envelope)
-
-    def _detect(
-        self, stream: Any, partition: int, event: Any, envelopes: Sequence[bytes | Envelope]
-    ) -> None:
-        """Stage 2 for one partition: ``event`` is one of its input events (its table writes
-        go to that partition's changelog)."""
-        state = self._detector(partition)
-        batch = state.handle(envelopes)
-        set_current_event(stream, event)
-        if batch.log is not None:
-            self.cluster_logs.append(partition, batch.log)
-        self.cluster_logs.cut_back(partition, state.compact)
-        sent: list[Alert] = []
-        again: list[Alert] = []  # made before, by whoever held this state: never sent twice
-        for alert in batch.decisions.alerts:
-            key = alert.dedupe_key.encode()
-            if key not in self.sent_alerts:
-                self.sent_alerts[key] = alert.to_json()
-                sent.append(alert)
-            else:
-                again.append(alert)
-        for action in batch.decisions.actions:
-            key = action.action_id.encode()
-            if key not in self.sent_actions:
-                self.sent_actions[key] = action.to_json()
-                self.actions_sent += 1
-        self.alerts_sent += len(sent)
-        for r, envelope in batch.forget.items():
-            self._send(self.t_resolve, envelope, r)
-        self._deadletter(DeadLetter(r, "detect") for r in batch.decisions.rejections)
-        if partition in self._restored and state.watermark.value != NO_TIME:
-            # the restored events up to the watermark are applied: what fires now is known
-            self._restored.discard(partition)
-            again += state.detector.firing_alerts(state.watermark.value)
-        if again and self.on_reannounce is not None:
-            self.on_reannounce(again)  # first: they were made before this batch's new ones
-        if sent and self.on_alerts is not None:
-            self.on_alerts(sent)
-
-    # -- everything else --
+    def _send_deadletter(self, letter: DeadLetter) -> None:
+        self.t_deadletter.send_soon(key=letter.key, value=letter.to_json())
 
     def _delay(self, stage: str, stamps_s: Iterable[float | None]) -> None:
         """Note how long the oldest record of a batch waited since it was produced
@@ -797,24 +535,8 @@ class Worker:
         if stamp > 0:
             self._delays[stage].append(time.time() - stamp)
 
-    def _send(self, topic: Any, value: bytes, partition: int, key: bytes | None = None) -> int:
-        """Send an envelope to a partition of an internal topic (in parts, if it is large).
-
-        Returns its timestamp (epoch ms, increasing from one send to the next).
-        """
-        stamp = self._last_send_ms = max(round(time.time() * 1000), self._last_send_ms + 1)
-        for part in split_envelope(value):
-            self.sent[topic.get_topic_name()] += 1
-            topic.send_soon(key=key, value=part, partition=partition, timestamp=stamp / 1000)
-        return stamp
-
     def _count_compaction(self) -> None:
         self.stats.log_compactions += 1
-
-    def _deadletter(self, letters: Iterable[DeadLetter]) -> None:
-        for letter in letters:
-            self.deadlettered += 1
-            self.t_deadletter.send_soon(key=letter.key, value=letter.to_json())
 
     def _revoke(self, revoked: set[TP]) -> None:
         """Drop the in-memory state of partitions this worker no longer owns.
@@ -822,23 +544,13 @@ class Worker:
         It is rebuilt from the tables when a partition comes back (whoever
         processed it meanwhile wrote its changes there).
         """
+        names = {self.settings.topic(name): name for name in ("resolve", "clusters")}
         for tp in revoked:
-            if tp.topic == self.settings.topic("resolve"):
-                self.resolvers.pop(tp.partition, None)
-                self._last_resolve_event.pop(tp.partition, None)
-                self._unread_resolve.drop(tp.partition)
-                self._held_resolve.discard(tp.partition)
-                self.resolve_logs.forget(tp.partition)
-            elif tp.topic == self.settings.topic("clusters"):
-                self.detectors.pop(tp.partition, None)
-                self._held_clusters.discard(tp.partition)
-                self._last_detect_event.pop(tp.partition, None)
-                self._unread_clusters.drop(tp.partition)
-                self.cluster_logs.forget(tp.partition)
-                self._restored.discard(tp.partition)
-        lost = {tp.partition for tp in revoked if tp.topic == self.settings.topic("clusters")}
-        if lost and self.on_release is not None:  # their new owner re-announces their alerts
-            self.on_release(lambda cluster: partition_for(cluster, self.partitions) in lost)
+            name = names.get(tp.topic)
+            if name is not None:
+                self._last_event[name].pop(tp.partition, None)
+                self.topology.revoke(name, tp.partition)
+        self.topology.release({tp.partition for tp in revoked if names.get(tp.topic) == "clusters"})
 
     # -- reporting --
 
@@ -852,24 +564,25 @@ class Worker:
         return {
             "worker": self.worker_id,
             "time": time.time(),
-            "read": self.read,
+            "read": self.shares.read,
             "applied": applied,
             "pending": sum(d.pending for d in self.detectors.values()),
             "held": sum(r.held for r in self.resolvers.values()),
             "clusters": sum(len(d.detector.clusters) for d in self.detectors.values()),
-            "alerts": self.alerts_sent,
-            "actions": self.actions_sent,
-            "deadletters": self.deadlettered,
+            "alerts": self.outputs.alerts_sent,
+            "actions": self.outputs.actions_sent,
+            "deadletters": self.outputs.deadlettered,
             "compactions": self.stats.log_compactions,
             "log_bytes": self.stats.log_bytes,
-            "handed_over": self.handed_over,
+            "handed_over": self.hand_over.handed_over,
+            "checkpoints": self.checkpoint.commits,
             "watermarks": {str(k): d.watermark.value for k, d in sorted(self.detectors.items())},
             "partitions": {
-                "shares": sorted(self.ingest.clock.assigned),
+                "shares": sorted(self.topology.ingest.clock.assigned),
                 "resolve": sorted(self.resolvers),
                 "clusters": sorted(self.detectors),
             },
-            "backlogged": self.backlogged,
+            "backlogged": self.shares.backlogged,
             # the bundled broker's workarounds, in use or not (never on Apache Kafka)
             "workarounds": {
                 "end_offset_probes": self.app.end_offset_probes,

@@ -1,0 +1,141 @@
+"""The in-process hand-over: an envelope for a partition this process holds skips Kafka.
+
+Every hop between stages (ingest → resolve, resolve → its peers, resolve →
+clusters) is an internal topic. Through Kafka, each hop is one more
+produce-and-fetch on the way to every alert; when the process that made an
+envelope also holds the partition it is for, it hands the envelope over in
+memory instead. The receiving stage logs what it received as it logs any
+batch, so nothing is lost if the process dies, and no Kafka copy is sent.
+
+The rule that keeps this exact: **the short way never overtakes the long
+one.** A partition reads its topic in order; an envelope this process sent
+it through Kafka and it has not read yet goes first, in memory, and its
+copy is skipped when it is read (:class:`streams.stages.UnreadSends`). For
+``grace_s`` after an assignment everything goes through Kafka, so what a
+partition's previous owner sent comes first (a matter of time, not proof).
+
+One :class:`Hop` per internal topic (the resolve hop serves ingest and the
+resolve peers: both write the ``resolve`` topic), both in one
+:class:`HandOver`, which the worker and :class:`streams.runtime.local_run.LocalRun`
+build alike.
+
+>>> sent = []
+>>> hop = Hop("clusters", lambda p, env: sent.append((p, env)) or len(sent))
+>>> hand = HandOver(resolve=hop, clusters=hop, grace_s=3.0, clock=lambda: 10.0)
+>>> hop.assign([0, 1]); hand.assigned()           # grace: everything through Kafka
+>>> hand.route(hop, {0: Envelope([])}), len(sent)
+({}, 1)
+>>> hand = HandOver(resolve=hop, clusters=hop, grace_s=0.0, clock=lambda: 10.0)
+>>> hop.read_from(0)                              # partition 0 has been read since assigned
+>>> local = hand.route(hop, {0: Envelope([]), 1: Envelope([])})
+>>> sorted(local), [len(envs) for envs in local.values()], len(sent)  # the unread one first
+([0], [2], 2)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
+
+from streams.stages import Envelope, UnreadSends
+
+T = TypeVar("T")
+
+#: Sends an envelope (or its bytes) to a partition of the hop's topic; returns the send's
+#: mark (increasing from one send to the next).
+SendEnvelope = Callable[[int, Envelope | bytes], int]
+
+
+class Hop:
+    """One internal topic as this process writes it: the partitions it holds, the ones it has
+    read from since they were assigned, and what it sent them through Kafka alone, unread."""
+
+    __slots__ = ("enabled", "held", "name", "reading", "send_record", "unread")
+
+    def __init__(
+        self, name: str, send: SendEnvelope, enabled: Callable[[], bool] | None = None
+    ) -> None:
+        self.name = name
+        self.send_record = send
+        #: whether the short way may be taken now (a test's coin; always, in a worker)
+        self.enabled = enabled
+        self.unread = UnreadSends()
+        self.held: set[int] = set()
+        self.reading: set[int] = set()
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        self.held.update(partitions)
+
+    def revoke(self, partition: int) -> None:
+        """The partition went to another process: forget what was noted of it."""
+        self.held.discard(partition)
+        self.reading.discard(partition)
+        self.unread.drop(partition)
+
+    def read_from(self, partition: int) -> None:
+        """The partition's stage has read a batch: it may be handed envelopes in-process."""
+        self.reading.add(partition)
+
+    def ready(self, partition: int) -> bool:
+        return partition in self.reading and (self.enabled is None or self.enabled())
+
+    def send(self, partition: int, envelope: Envelope | bytes, track: bool = True) -> None:
+        """Through Kafka; noted until read if the partition is held here (the short way must
+        not overtake it) and ``track`` (an envelope whose order does not matter need not be)."""
+        mark = self.send_record(partition, envelope)
+        if track and partition in self.held and isinstance(envelope, Envelope):
+            self.unread.sent(partition, mark, envelope)
+
+    def received(self, partition: int, records: Iterable[tuple[int | None, T]]) -> list[T]:
+        """What ``partition`` read, ``(mark, record)`` (mark ``None``: not this process's),
+        less the copies of what was handed to it in-process already."""
+        return self.unread.received(partition, records)
+
+    def take(self, partitions: Iterable[int]) -> dict[int, list[Envelope]]:
+        """The unread envelopes of ``partitions``, about to go the short way."""
+        return self.unread.take(partitions)
+
+
+class HandOver:
+    """The hops of one process and the grace after an assignment (see the module doc)."""
+
+    def __init__(
+        self,
+        *,
+        resolve: Hop,
+        clusters: Hop,
+        grace_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.resolve = resolve
+        self.clusters = clusters
+        self.grace_s = grace_s
+        self.clock = clock
+        self._from = 0.0
+        #: envelopes handed over in-process (a worker reports it)
+        self.handed_over = 0
+
+    def assigned(self) -> None:
+        """Partitions were assigned: for ``grace_s`` everything goes through Kafka."""
+        self._from = self.clock() + self.grace_s
+
+    @property
+    def short(self) -> bool:
+        """Whether the short way may be taken at all now (the grace is over)."""
+        return self.clock() >= self._from
+
+    def route(
+        self, hop: Hop, envelopes: Mapping[int, Envelope]
+    ) -> dict[int, list[bytes | Envelope]]:
+        """Which envelopes the next stage gets in-process (each after the unread ones of its
+        partition); the others are sent through ``hop``'s topic."""
+        short = self.short
+        local: dict[int, list[bytes | Envelope]] = {}
+        for k, envelope in envelopes.items():
+            if short and hop.ready(k):
+                local[k] = [*hop.take([k]).get(k, []), envelope]
+            else:
+                hop.send(k, envelope)
+        self.handed_over += len(local)
+        return local

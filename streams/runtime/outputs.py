@@ -1,0 +1,117 @@
+"""Stage 2's outputs: each alert and takedown request sent once per id, and the on-call hooks.
+
+Alerts and takedown requests are written to tables keyed by the alert's
+dedupe key and the action id, whose changelog topics *are* the ``alerts``
+and ``actions`` topics: writing the table sends the record, and a restarted
+worker recovers the set of what was already sent from the output itself, so
+no id is sent twice even across a crash. An alert a partition's new owner
+makes again (it rebuilt the state that made it) is not sent again; it is
+re-announced to the on-call hooks, before the batch's new ones.
+
+What a batch decided is staged (:meth:`Outputs.decided`) and handed on at
+the checkpoint's first step (:meth:`Outputs.flush`, see
+:mod:`streams.runtime.checkpoint`). Dead letters go at once (they are not
+deduplicated and nothing reads them back).
+
+>>> from streams.detector import Decisions
+>>> alerts, actions, sent = {}, {}, []
+>>> out = Outputs(alerts, actions, deadletter=print)
+>>> out.on_alerts = sent.extend
+>>> out.decided(0, Decisions(), again=[], watermark=0)
+>>> out.flush(), sent, out.alerts_sent
+(None, [], 0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass
+
+from streams.alerts import Alert
+from streams.detector import Decisions
+from streams.stages import DeadLetter
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    partition: int
+    decisions: Decisions
+    again: list[Alert]
+    watermark: int
+
+
+class Outputs:
+    """The ``alerts-sent`` and ``actions-sent`` tables, dead letters, and the on-call hooks."""
+
+    def __init__(
+        self,
+        alerts: MutableMapping[bytes, bytes],
+        actions: MutableMapping[bytes, bytes],
+        *,
+        deadletter: Callable[[DeadLetter], None],
+        focus: Callable[[int], None] | None = None,
+    ) -> None:
+        self.alerts = alerts
+        self.actions = actions
+        self._deadletter = deadletter
+        #: called before a clusters partition's records are written (see StateLog's focus)
+        self.focus = focus
+        #: new alerts (sent once each); alerts made again by a new owner (re-announced);
+        #: the clusters of partitions given up (their new owner re-announces them)
+        self.on_alerts: Callable[[list[Alert]], None] | None = None
+        self.on_reannounce: Callable[[list[Alert]], None] | None = None
+        self.on_release: Callable[[Callable[[str], bool]], None] | None = None
+        #: every new alert with its clusters partition and that partition's watermark
+        #: when it was decided (the in-process runner notes when each alert came out)
+        self.on_sent: Callable[[int, int, list[Alert]], None] | None = None
+        self._staged: list[_Decided] = []
+        self.alerts_sent = 0
+        self.actions_sent = 0
+        self.deadlettered = 0
+
+    def decided(
+        self, partition: int, decisions: Decisions, again: list[Alert], watermark: int
+    ) -> None:
+        """Stage what a clusters partition's batch decided (``again``: alerts rebuilt with a
+        partition taken over, known to have been sent by whoever held it)."""
+        self._staged.append(_Decided(partition, decisions, again, watermark))
+        self.deadletter(DeadLetter(r, "detect") for r in decisions.rejections)
+
+    def deadletter(self, letters: Iterable[DeadLetter]) -> None:
+        for letter in letters:
+            self.deadlettered += 1
+            self._deadletter(letter)
+
+    def flush(self) -> None:
+        """Write what was staged, in order: each alert and action once per id."""
+        staged, self._staged = self._staged, []
+        for d in staged:
+            if self.focus is not None:
+                self.focus(d.partition)
+            sent: list[Alert] = []
+            again: list[Alert] = []
+            for alert in d.decisions.alerts:
+                key = alert.dedupe_key.encode()
+                if key not in self.alerts:
+                    self.alerts[key] = alert.to_json()
+                    sent.append(alert)
+                else:  # made before, by whoever held this state: never sent twice
+                    again.append(alert)
+            for action in d.decisions.actions:
+                key = action.action_id.encode()
+                if key not in self.actions:
+                    self.actions[key] = action.to_json()
+                    self.actions_sent += 1
+            self.alerts_sent += len(sent)
+            again += d.again
+            if again and self.on_reannounce is not None:
+                self.on_reannounce(again)  # first: they were made before this batch's new ones
+            if sent and self.on_sent is not None:
+                self.on_sent(d.partition, d.watermark, sent)
+            if sent and self.on_alerts is not None:
+                self.on_alerts(sent)
+
+    def release(self, lost: Callable[[str], bool]) -> None:
+        """Clusters (``lost(cluster_id)``) went to another process with their partitions."""
+        if self.on_release is not None:
+            self.on_release(lost)

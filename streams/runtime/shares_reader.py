@@ -1,0 +1,190 @@
+"""The ``shares`` reader: stage 1a's input, read in batches by a consumer group of its own.
+
+Not a Faust agent: Faust's per-record path (an event, a task and a stream
+step for each record) cost more CPU than everything the stages do with a
+record, and this stage keeps no table that needs Faust. Its records go to
+:meth:`Topology.ingest_records`; its offsets are committed by the
+:class:`~streams.runtime.checkpoint.Checkpoint` once what they became is
+flushed (at least once: a record read again changes nothing downstream).
+
+It also keeps the event-time clock of the ``shares`` partitions honest: a
+partition with records not read yet is busy, not idle
+(:meth:`SharesReader.touch_backlogged`), and partitions far ahead in event
+time are paused while the others catch up (:meth:`SharesReader.pace`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from streams.runtime.checkpoint import Checkpoint
+from streams.runtime.faust_adapter import LOCAL_FETCH_WAIT_MS, backlogged
+from streams.runtime.topology import Topology
+from streams.settings import Settings
+
+log = logging.getLogger("viralwatch.worker")
+
+#: How often the reader commits its offsets (after a flush of what they became).
+COMMIT_EVERY_S = 1.0
+#: How far (event time) a shares partition may be read ahead of the slowest one with a backlog.
+READ_SKEW_MS = 5_000
+
+
+class SharesReader:
+    """Reads ``shares`` into a :class:`Topology`; commits through a :class:`Checkpoint`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        topology: Topology,
+        checkpoint: Checkpoint,
+        *,
+        on_delays: Callable[[Iterable[float]], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.topology = topology
+        self.checkpoint = checkpoint
+        #: the Kafka timestamps (s) of each batch read, to note how long records waited
+        self.on_delays = on_delays
+        self.topic = settings.topic("shares")
+        self.consumer: Any = None
+        self.read = 0
+        #: partitions with records not read yet (see :meth:`touch_backlogged`)
+        self.backlogged: list[int] = []
+
+    def make_consumer(self) -> Any:
+        from aiokafka import AIOKafkaConsumer
+
+        s = self.settings
+        return AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=s.bootstrap,
+            group_id=f"{s.app_id}.shares",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(s.heartbeat_s * 1000),
+            fetch_max_wait_ms=LOCAL_FETCH_WAIT_MS if s.local_broker else 500,
+            max_poll_records=s.batch_size,
+            **s.security.aiokafka_config(),
+        )
+
+    async def run(self) -> None:
+        """Read until cancelled; an error is raised to the caller (which ends the worker)."""
+        s = self.settings
+        consumer = self.make_consumer()
+        await consumer.start()
+        self.consumer = consumer
+        wait_ms = max(1, int(s.batch_wait_s * 1000))
+        committed_at = time.monotonic()
+        try:
+            while True:
+                got = await consumer.getmany(timeout_ms=wait_ms, max_records=s.batch_size)
+                records = [
+                    (tp.partition, r.offset, r.value, r.timestamp)
+                    for tp, recs in got.items()
+                    for r in recs
+                ]
+                if records:
+                    self.handle(records)
+                self.pace()
+                if time.monotonic() - committed_at >= COMMIT_EVERY_S:
+                    committed_at = time.monotonic()
+                    await self.checkpoint.commit(self.owned())
+        finally:
+            self.consumer = None
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    def owned(self) -> set[int]:
+        consumer = self.consumer
+        return {tp.partition for tp in consumer.assignment()} if consumer is not None else set()
+
+    def handle(self, records: list[tuple[int, int, bytes | None, int | None]]) -> None:
+        """One batch read: through the topology, then the checkpoint's first steps."""
+        self.read += len(records)
+        if self.on_delays is not None:
+            self.on_delays((r[3] or 0) / 1000 for r in records)
+        for partition, offset, _, _ in records:
+            self.checkpoint.store_offset(partition, offset)
+        now = time.monotonic()
+        self.touch_backlogged(now)
+        self.topology.ingest_records(((p, o, v) for p, o, v, _ in records), now)
+        self.checkpoint.stage()
+
+    def heartbeat(self) -> None:
+        """Where event time stands when no data flows (and which partitions are read here)."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        now = time.monotonic()
+        with contextlib.suppress(Exception):  # the consumer's assignment: best effort
+            owned = self.owned()
+            revoked = set(self.checkpoint.next_offsets()) - owned
+            self.checkpoint.forget(revoked)  # their next owner goes on
+            self.topology.ingest.clock.assign(owned, now)
+            self.touch_backlogged(now)
+        self.topology.heartbeat(now)
+        self.checkpoint.stage()
+
+    def touch_backlogged(self, now: float) -> None:
+        """A shares partition with records not read yet is busy, not idle.
+
+        Idleness is measured in wall time since a partition's last record, so a
+        worker working through a backlog (and reading one partition's chunk
+        while the others wait in the fetcher) would call them idle and let the
+        watermark run ahead of them: their events would come late and their
+        reshares' parents "never". So a partition whose highwater is past what
+        this worker has read counts as just seen. (The local broker's
+        highwater can be one batch short: the last batch of a partition is
+        then judged by wall time alone.)
+        """
+        consumer = self.consumer
+        if consumer is None:
+            return
+        with contextlib.suppress(Exception):  # internals of a running consumer: best effort
+            clock = self.topology.ingest.clock
+            self.backlogged = backlogged(consumer, self.checkpoint.next_offsets())
+            for p in self.backlogged:
+                clock.observe(p, None, now)
+
+    def pace(self) -> None:
+        """Read a backlog evenly in event time: pause the partitions that are ahead.
+
+        aiokafka hands out one partition's fetched records before the next's,
+        so a worker catching up would read one partition far ahead in event
+        time of the others; the watermark follows the slowest, so
+        nothing downstream could be applied until the others caught up, and
+        everything read early would wait in memory. Partitions more than
+        :data:`READ_SKEW_MS` ahead of the slowest one with records unread
+        are paused until it catches up (see :meth:`SourceClock.ahead`).
+        """
+        consumer = self.consumer
+        if consumer is None:
+            return
+        with contextlib.suppress(Exception):  # pausing is an optimisation: never stop reading
+            ahead = self.topology.ingest.clock.ahead(self.backlogged, READ_SKEW_MS)
+            owned = {tp.partition: tp for tp in consumer.assignment()}
+            paused = {tp.partition for tp in consumer.paused()}
+            pause = [owned[p] for p in ahead - paused if p in owned]
+            resume = [owned[p] for p in paused - ahead if p in owned]
+            if pause:
+                consumer.pause(*pause)
+            if resume:
+                consumer.resume(*resume)
+
+    async def commit_offsets(self, offsets: dict[int, int]) -> None:
+        """Step 4 of the checkpoint: commit ``offsets`` (next to read, per partition)."""
+        from aiokafka import TopicPartition
+        from aiokafka.structs import OffsetAndMetadata
+
+        consumer = self.consumer
+        if consumer is None:
+            raise RuntimeError("the shares reader is not running")
+        await consumer.commit(
+            {TopicPartition(self.topic, p): OffsetAndMetadata(o, "") for p, o in offsets.items()}
+        )

@@ -1,0 +1,269 @@
+"""The streaming topology, wired once: the stages of the partitions one process holds.
+
+The worker and the in-process runner of the tests
+(:class:`streams.runtime.local_run.LocalRun`) build the same
+:class:`Topology`: the same stages (:mod:`streams.stages`), the same
+in-process hand-over (:mod:`streams.runtime.hand_over`), the same state logs
+(:mod:`streams.runtime.state_log`) and outputs
+(:mod:`streams.runtime.outputs`). What differs is at the edges: where a
+record sent to a topic goes (Kafka, or a list in memory), how a table write
+finds its changelog partition (``focus``), and who drives the batches (Faust
+agents and the ``shares`` reader, or a seeded scheduler). So "the stream
+gives replay's alerts" tests run the production wiring.
+
+::
+
+    shares ─► ingest_records ─► to_resolve ─► resolve_received ─► to_clusters ─► detect
+                                  │ hand-over or   │ peers: registrations  │ hand-over or
+                                  ▼ resolve topic  ▼ in-process, or topic  ▼ clusters topic
+
+Nothing here commits or flushes: the
+:class:`~streams.runtime.checkpoint.Checkpoint` does, after each batch.
+Stages never call back into their driver.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from streams.alerts import Pseudonymizer
+from streams.banks import HashBanks
+from streams.detector import Predictor
+from streams.pipeline import DEFAULT_PREDICTOR
+from streams.policy import AlertPolicy
+from streams.runtime.hand_over import HandOver
+from streams.runtime.outputs import Outputs
+from streams.runtime.state_log import StateLog
+from streams.stages import (
+    ClusterPartition,
+    Envelope,
+    Ingest,
+    ResolveBatch,
+    ResolvePartition,
+    merge_resolved,
+    partition_for,
+    resolve_local_peers,
+)
+from streams.stats import Stats
+from streams.watermarks import NO_TIME
+
+log = logging.getLogger("viralwatch.worker")
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """What the stages of a topology are built with (a worker's come from its settings)."""
+
+    partitions: int
+    #: partitions of the ``shares`` topic (it may predate the others)
+    sources: int
+    lateness_ms: int
+    hold_ms: int
+    #: reshares held, per resolve partition
+    max_held: int
+    #: event time after which a quiet cluster is evicted
+    idle_ms: int = 3_600_000
+    #: wall time after which a quiet ``shares`` partition stops holding the watermark
+    partition_idle_s: float = 30.0
+    shares_topic: str = "shares"
+    #: rounds of registrations handed to peer resolve partitions in-process (0: none)
+    peer_rounds: int = 4
+
+
+class Topology:
+    """Every stage of the partitions this process holds, and the hops between them."""
+
+    def __init__(
+        self,
+        settings: StageSettings,
+        *,
+        banks: HashBanks,
+        policy: AlertPolicy,
+        stats: Stats,
+        pseudonymizer: Pseudonymizer,
+        hand_over: HandOver,
+        resolve_log: StateLog,
+        cluster_log: StateLog,
+        outputs: Outputs,
+        predictor_factory: Callable[[], Predictor] | None = DEFAULT_PREDICTOR,
+    ) -> None:
+        self.settings = s = settings
+        self.banks = banks
+        self.policy = policy
+        self.stats = stats
+        self.pseudonymizer = pseudonymizer
+        self.hand_over = hand_over
+        self.resolve_log = resolve_log
+        self.cluster_log = cluster_log
+        self.outputs = outputs
+        self.predictor_factory = predictor_factory
+        self.ingest = Ingest(s.partitions, s.partition_idle_s, topic=s.shares_topic, stats=stats)
+        self.resolvers: dict[int, ResolvePartition] = {}
+        self.detectors: dict[int, ClusterPartition] = {}
+        #: clusters partitions rebuilt from their log whose firing alerts are not known yet
+        self._restored: set[int] = set()
+
+    # -- stage 1a --
+
+    def ingest_records(self, records: Iterable[tuple[int, int, bytes | None]], now: float) -> int:
+        """A batch of ``shares`` records ``(partition, offset, value)``; the events parsed."""
+        batch = self.ingest.handle(records, now)
+        self.outputs.deadletter(batch.deadletters)
+        self.to_resolve(batch.unpacked)
+        return batch.events
+
+    def heartbeat(self, now: float) -> None:
+        """Where event time stands on the ``shares`` partitions, when no data flows."""
+        self.to_resolve(self.ingest.heartbeat(now))
+
+    # -- stage 1b --
+
+    def to_resolve(self, envelopes: Mapping[int, Envelope]) -> None:
+        """Ingest's envelopes on to the resolve partitions (held ones in-process)."""
+        local = self.hand_over.route(self.hand_over.resolve, envelopes)
+        if local:
+            self.resolve_received(local)
+
+    def resolve_received(self, received: Mapping[int, Sequence[bytes | Envelope]]) -> None:
+        """Stage 1b for what each partition received; then on to peers and clusters."""
+        batches: list[ResolveBatch] = []
+        for r, envelopes in received.items():
+            batches += self._resolve(r, envelopes)
+        made, delivered = self._resolve_local_peers(batches)
+        to_clusters, to_peers = merge_resolved(batches + made)
+        hop = self.hand_over.resolve
+        for r, envelope in to_peers.items():
+            if r not in delivered:  # else handed over in-process (and logged there): no copy
+                hop.send(r, envelope)
+        self.to_clusters(to_clusters)
+
+    def _resolve(self, partition: int, envelopes: Sequence[bytes | Envelope]) -> list[ResolveBatch]:
+        """One partition's share of a batch; its changes are staged in the resolve log."""
+        out = []
+        state = self.resolvers.get(partition)
+        if state is None:
+            state, restored = self._restore_resolver(partition)
+            out.append(restored)
+        out.append(state.handle(envelopes))
+        self._resolved(partition, out)
+        return out
+
+    def _resolved(self, partition: int, batches: list[ResolveBatch]) -> None:
+        for batch in batches:
+            if batch.delta is not None:
+                self.resolve_log.append(partition, batch.delta)
+            self.outputs.deadletter(batch.deadletters)
+        if self.resolve_log.due(partition):
+            self.resolve_log.compact(partition, self.resolvers[partition].snapshot)
+
+    def _resolve_local_peers(
+        self, batches: list[ResolveBatch]
+    ) -> tuple[list[ResolveBatch], set[int]]:
+        """Registrations and progress straight to the peer partitions held here
+        (:func:`streams.stages.resolve_local_peers`): one Kafka hop less before most alerts.
+        Returns the batches that made and the partitions that got all that was for them.
+        What was sent a peer through Kafka alone and is unread goes first; during the grace
+        after an assignment, nothing goes the short way (see :mod:`streams.runtime.hand_over`).
+        """
+        rounds = self.settings.peer_rounds
+        if rounds <= 0 or not self.hand_over.short:
+            return [], set()
+        return resolve_local_peers(
+            self.resolvers,
+            batches,
+            rounds,
+            on_batch=lambda r, batch: self._resolved(r, [batch]),
+            unread=self.hand_over.resolve.take(self.resolvers),
+        )
+
+    def _restore_resolver(self, partition: int) -> tuple[ResolvePartition, ResolveBatch]:
+        s = self.settings
+        state = ResolvePartition(
+            partition,
+            partitions=s.partitions,
+            sources=s.sources,
+            banks=self.banks,
+            stats=self.stats,
+            lateness_ms=s.lateness_ms,
+            hold_ms=s.hold_ms,
+            max_held=s.max_held,
+        )
+        deltas = self.resolve_log.read(partition)
+        self.resolvers[partition] = state
+        restored = state.restore(deltas)
+        if deltas:
+            log.info("resolve partition %d restored from %d batches", partition, len(deltas))
+        return state, restored
+
+    # -- stage 2 --
+
+    def detector(self, partition: int) -> ClusterPartition:
+        """The clusters partition's stage, rebuilt from its log the first time it is asked."""
+        state = self.detectors.get(partition)
+        if state is not None:
+            return state
+        s = self.settings
+        state = ClusterPartition(
+            partition,
+            partitions=s.partitions,
+            sources=s.partitions,
+            policy=self.policy,
+            stats=self.stats,
+            pseudonymizer=self.pseudonymizer,
+            idle_ms=s.idle_ms,
+            predictor_factory=self.predictor_factory,
+        )
+        logs = self.cluster_log.read(partition)
+        state.restore(logs)
+        self.detectors[partition] = state
+        if logs:
+            self._restored.add(partition)
+            log.info("clusters partition %d restored: %d events", partition, state.pending)
+        return state
+
+    def to_clusters(self, envelopes: Mapping[int, Envelope]) -> None:
+        """Resolve's envelopes on to the clusters partitions (held ones in-process)."""
+        for k, received in self.hand_over.route(self.hand_over.clusters, envelopes).items():
+            self.detect(k, received)
+
+    def detect(self, partition: int, envelopes: Sequence[bytes | Envelope]) -> None:
+        """Stage 2 for one partition: its events staged in the cluster log, its decisions in
+        the outputs, the posts of evicted clusters sent to their resolve partitions."""
+        state = self.detector(partition)
+        batch = state.handle(envelopes)
+        if batch.log is not None:
+            self.cluster_log.append(partition, batch.log)
+        self.cluster_log.cut_back(partition, state.compact)
+        wm = state.watermark.value
+        again = []
+        if partition in self._restored and wm != NO_TIME:
+            # the restored events up to the watermark are applied: what fires now is known
+            self._restored.discard(partition)
+            again = state.detector.firing_alerts(wm)
+        self.outputs.decided(partition, batch.decisions, again, wm)
+        for r, envelope in batch.forget.items():
+            self.hand_over.resolve.send(r, envelope, track=False)
+
+    # -- partitions --
+
+    def revoke(self, topic: str, partition: int) -> None:
+        """Drop the in-memory state of a partition this process no longer holds (``topic``:
+        ``resolve`` or ``clusters``). It is rebuilt from its log when it comes back."""
+        if topic == "resolve":
+            self.resolvers.pop(partition, None)
+            self.hand_over.resolve.revoke(partition)
+            self.resolve_log.forget(partition)
+        elif topic == "clusters":
+            self.detectors.pop(partition, None)
+            self.hand_over.clusters.revoke(partition)
+            self.cluster_log.forget(partition)
+            self._restored.discard(partition)
+
+    def release(self, partitions: set[int]) -> None:
+        """The clusters of these clusters partitions went elsewhere (their new owner
+        re-announces their alerts)."""
+        if partitions:
+            n = self.settings.partitions
+            self.outputs.release(lambda cluster: partition_for(cluster, n) in partitions)

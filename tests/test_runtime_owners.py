@@ -1,0 +1,159 @@
+"""The runtime's owners without a broker: the checkpoint's order, the staged state log, the
+hand-over's rule, and the in-process runner built from the worker's own objects."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from streams.alerts import Pseudonymizer
+from streams.banks import HashBanks
+from streams.policy import AlertPolicy
+from streams.runtime.checkpoint import Checkpoint
+from streams.runtime.hand_over import HandOver, Hop
+from streams.runtime.local_run import LocalRun, Table
+from streams.runtime.state_log import StateLog
+from streams.runtime.topology import Topology
+from streams.runtime.worker import Worker
+from streams.settings import Settings
+from streams.stages import Envelope
+
+
+class Steps:
+    """Records the order of the checkpoint's steps; ``fail`` makes one of them raise."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.done: list[str] = []
+        self.fail = fail
+
+    def step(self, name: str) -> None:
+        if name == self.fail:
+            raise RuntimeError(f"{name} failed")
+        self.done.append(name)
+
+    def checkpoint(self) -> Checkpoint:
+        steps = self
+
+        class Sink:
+            def flush(self) -> None:
+                steps.step("sinks")
+
+        class Log:
+            def flush(self) -> None:
+                steps.step("state logs")
+
+        async def flush() -> None:
+            steps.step("producer")
+
+        async def commit(offsets: dict[int, int]) -> None:
+            steps.step(f"commit {sorted(offsets.items())}")
+
+        return Checkpoint(sinks=[Sink()], logs=[Log()], flush_producer=flush, commit_offsets=commit)
+
+
+def test_the_checkpoint_flushes_sinks_then_logs_then_the_producer_then_commits() -> None:
+    steps = Steps()
+    cp = steps.checkpoint()
+    cp.store_offset(1, 9)
+    cp.store_offset(0, 4)
+    assert asyncio.run(cp.commit({0, 1}))
+    assert steps.done == ["sinks", "state logs", "producer", "commit [(0, 5), (1, 10)]"]
+    steps.done.clear()
+    cp.store_offset(0, 5)
+    assert asyncio.run(cp.commit({1})) is False  # partition 0 is not ours any more
+    assert steps.done == ["sinks", "state logs"]
+
+
+@pytest.mark.parametrize("failing", ["sinks", "state logs", "producer"])
+def test_a_failing_step_aborts_the_checkpoint_and_offsets_stay(failing: str) -> None:
+    steps = Steps(fail=failing)
+    cp = steps.checkpoint()
+    cp.store_offset(0, 4)
+    with pytest.raises(RuntimeError, match=failing):
+        asyncio.run(cp.commit({0}))
+    assert not any(s.startswith("commit") for s in steps.done)
+    order = ["sinks", "state logs", "producer"]
+    assert steps.done == order[: order.index(failing)]  # nothing after the failed step ran
+    steps.fail = None
+    assert asyncio.run(cp.commit({0}))  # the next checkpoint commits them
+    assert steps.done[-1] == "commit [(0, 5)]"
+
+
+def test_a_failed_commit_is_retried_by_the_next_checkpoint() -> None:
+    steps = Steps(fail="commit [(0, 5)]")
+    cp = steps.checkpoint()
+    cp.store_offset(0, 4)
+    assert asyncio.run(cp.commit({0})) is False  # logged, not raised: a rebalance
+    steps.fail = None
+    assert asyncio.run(cp.commit({0}))
+
+
+def test_the_state_log_writes_staged_entries_at_the_checkpoint_with_their_partition() -> None:
+    focused: list[int] = []
+    log = StateLog(Table("demo-log"), compact_bytes=1 << 20, focus=focused.append)
+    log.append(0, b'{"p": {"a": "b-1"}}')
+    log.append(1, b'{"p": {"c": "b-1"}}')
+    assert dict(log.table) == {} and log.size == 0  # staged only
+    log.flush()
+    assert sorted(focused) == [0, 1]
+    assert log.read(0) == [b'{"p": {"a": "b-1"}}']
+    assert log.read(1) == [b'{"p": {"c": "b-1"}}']
+
+
+def test_a_compaction_writes_what_was_staged_first() -> None:
+    """The snapshot replaces every delta before it, staged ones too: written after it,
+    a staged delta would be folded back over the newer snapshot."""
+    log = StateLog(Table("demo-log"), compact_bytes=1 << 20)
+    log.append(0, b'{"h+": [1]}')
+    log.compact(0, lambda: [b'{"p": {}}'])
+    log.flush()
+    assert log.read(0) == [b'{"p": {}}']
+
+
+def test_the_short_way_waits_out_the_grace_and_never_overtakes_the_long_one() -> None:
+    now = [100.0]
+    sent: list[tuple[int, Envelope | bytes]] = []
+    hop = Hop("clusters", lambda p, env: sent.append((p, env)) or len(sent))
+    hand = HandOver(resolve=hop, clusters=hop, grace_s=3.0, clock=lambda: now[0])
+    hop.assign([0])
+    hop.read_from(0)
+    hand.assigned()
+    first, second, third = (
+        Envelope([]),
+        Envelope([], progress={0: 1}),
+        Envelope([], progress={0: 2}),
+    )
+    assert hand.route(hop, {0: first}) == {}  # within the grace: through Kafka
+    now[0] += 3.0
+    assert hand.route(hop, {0: second}) == {0: [first, second]}  # the unread one first
+    assert hop.received(0, [(1, "copy of first"), (None, "another's")]) == ["another's"]
+    hop.revoke(0)
+    assert hand.route(hop, {0: third}) == {}  # not held any more
+    assert len(sent) == 2
+
+
+def test_the_local_run_is_built_from_the_workers_own_objects(tmp_path: Path) -> None:
+    """One wiring: the worker and the in-process runner hold the same kinds of owners, and
+    the worker keeps no stage logic of its own (the stages never call back into it)."""
+    worker = Worker(
+        Settings(broker="kafka://127.0.0.1:9", partitions=2, data_dir=tmp_path),
+        banks=HashBanks(),
+        policy=AlertPolicy.default(),
+    )
+    run = LocalRun(HashBanks(), AlertPolicy.default(), Pseudonymizer(b"k"), partitions=2)
+    topology, checkpoint, _ = run.build(random.Random(0))
+    assert type(topology) is type(worker.topology) is Topology
+    assert type(checkpoint) is type(worker.checkpoint) is Checkpoint
+    assert type(topology.hand_over) is type(worker.hand_over) is HandOver
+    for ours, theirs in (
+        (topology.resolve_log, worker.resolve_logs),
+        (topology.cluster_log, worker.cluster_logs),
+    ):
+        assert type(ours) is type(theirs) is StateLog
+    assert worker.checkpoint.logs == [worker.resolve_logs, worker.cluster_logs]
+    assert worker.checkpoint.sinks == [worker.topology.outputs]
+    stage_logic = {"_hand_over", "_send_own", "_detect", "_resolve", "_to_clusters", "_to_resolve"}
+    assert not stage_logic & set(dir(worker))
