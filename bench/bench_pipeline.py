@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 from streams.banks import BankEntry  # noqa: E402
 from streams.runtime.broker import RunningBroker, ensure_topics, start_local_broker  # noqa: E402
 from streams.runtime.kafka_server import start_kafka  # noqa: E402
-from streams.settings import TOPICS, Settings  # noqa: E402
+from streams.settings import ENV_VARS, TOPICS, Settings  # noqa: E402
 from streams.simulate import Scenario, iter_lines, scenario_bank, write_bank  # noqa: E402
 
 
@@ -88,17 +88,19 @@ def fresh(broker: RunningBroker, partitions: int, **extra: Any) -> Settings:
 
 
 def start_worker(
-    s: Settings, bank: Path, log_path: Path, lateness_ms: int
+    s: Settings, bank: Path, log_path: Path, lateness_ms: int, changed: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
+    """A worker process as ``viralwatch worker`` runs it: the product's settings, but for
+    ``lateness_ms`` and the ``--set`` variables (``changed``), which ``main`` reports."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIRALWATCH_")}
     worker = s.with_(
         bank_files=(bank,),
         lateness_ms=lateness_ms,
-        partition_idle_s=2.0,
         data_dir=log_path.parent / "data",
         log_level="WARNING",
     )
     env.update(worker.to_env())
+    env.update(changed or {})
     with log_path.open("ab") as fh:
         return subprocess.Popen(
             [sys.executable, "-m", "streams.runtime"],
@@ -295,7 +297,9 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                     f"{plain_cpu[-1]:.1f} us CPU/event"
                 )
             procs = [
-                start_worker(s, bank, work / f"worker-t{i}-{n}-{w}.log", args.throughput_lateness)
+                start_worker(
+                    s, bank, work / f"worker-t{i}-{n}-{w}.log", args.throughput_lateness, args.set
+                )
                 for w in range(n)
             ]
             sampler = CpuSampler([p.pid for p in procs])
@@ -417,14 +421,26 @@ def latency(broker: RunningBroker, args: argparse.Namespace, work: Path) -> dict
     banked = [hashlib.md5(rng.randbytes(16)).hexdigest() for _ in range(plants)]
     bank = work / "bank-live.csv"
     write_bank([BankEntry("bench", "md5", m) for m in banked], bank)
-    proc = start_worker(s, bank, work / "worker-latency.log", args.lateness)
+    proc = start_worker(s, bank, work / "worker-latency.log", args.lateness, args.set)
+    cpu = CpuSampler([proc.pid], every_s=1.0)
     try:
         _wait_ready(s, proc)
         log(f"latency: {args.rate:g} events/s for {args.seconds:g}s, lateness {args.lateness} ms")
+        cpu.start()
+        started = time.time()
         alerts_at, plain_lat, achieved = asyncio.run(live(s, args, LiveTraffic(banked)))
+        ended = time.time()
         worker = _last_stats(s)
     finally:
+        cpu.stopped.set()
         stop_worker(proc)
+    half = (started + ended) / 2
+    # CPU per event sent, by half: a worker whose cost grows with its state shows it here
+    # (wall-clock latency on a shared machine varies; CPU says what the work costs)
+    cpu_halves = [
+        (cpu.at(b) - cpu.at(a)) / max(1.0, achieved * (b - a)) * 1e6
+        for a, b in ((started, half), (half, ended))
+    ]
     timed = [(_ts_s(a), now - _ts_s(a)) for now, a in alerts_at if a["status"] == "firing"]
     # by why it fired, and whether it went out early (before the watermark) or at the watermark
     kinds: dict[str, list[float]] = {}
@@ -449,6 +465,7 @@ def latency(broker: RunningBroker, args: argparse.Namespace, work: Path) -> dict
             k: {"alerts": len(v), "p50_s": _pct(sorted(v), 50), "p99_s": _pct(sorted(v), 99)}
             for k, v in sorted(kinds.items())
         },
+        "worker_cpu_us_per_event": [round(x, 1) for x in cpu_halves],
         "plain_p50_s": _pct(plain_sorted, 50),
         "plain_p99_s": _pct(plain_sorted, 99),
         # state-log compactions during the run land on latency (a 60-s run may have none)
@@ -630,7 +647,21 @@ def main() -> None:
         help="worker processes for the throughput runs, comma-separated (default 1,2)",
     )
     ap.add_argument("--skip", choices=("throughput", "latency"), default=None)
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="VIRALWATCH_X=VALUE",
+        help="a worker setting that differs from the product's default (reported loudly)",
+    )
     args = ap.parse_args()
+    changed: dict[str, str] = {}
+    for item in args.set:
+        var, sep, value = item.partition("=")
+        if not sep or var not in ENV_VARS:
+            ap.error(f"--set {item!r}: expected VIRALWATCH_X=VALUE with a known variable")
+        changed[var] = value
+    args.set = changed
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     broker: RunningBroker
     if args.broker == "kafka":
@@ -640,7 +671,9 @@ def main() -> None:
     log(f"{args.broker} broker {broker.url} (pid {broker.pid}); work {work}; {os.cpu_count()} CPUs")
     if args.lateness != Settings().lateness_ms:
         log(f"NOTE: the latency run's allowed lateness is {args.lateness} ms, not the default")
-    out: dict[str, Any] = {"partitions": args.partitions, "broker": args.broker}
+    for var, value in changed.items():
+        log(f"NOTE: workers run with {var}={value}, not the default")
+    out: dict[str, Any] = {"partitions": args.partitions, "broker": args.broker, "set": changed}
     try:
         if args.skip != "throughput":
             out["throughput"] = throughput(broker, args, work)
@@ -691,6 +724,8 @@ def main() -> None:
                 f"  {kind:<24} {k['alerts']:>5} alerts  p50 {k['p50_s'] * 1000:7.0f} ms   "
                 f"p99 {k['p99_s'] * 1000:7.0f} ms"
             )
+        a, b = lat["worker_cpu_us_per_event"]
+        print(f"  worker CPU per event      first half {a:7.0f} us, second half {b:7.0f} us")
         print(
             f"  state logs: {lat['log_compactions']} compactions during the run, "
             f"{(lat['log_bytes'] or 0) / 2**20:.1f} MiB at its end"

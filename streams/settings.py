@@ -189,6 +189,11 @@ class Settings:
     #: Most records handled in one batch, and how long to wait to fill one.
     batch_size: int = 1_000
     batch_wait_s: float = 0.05
+    #: How long the worker's producer waits to fill a request before sending it. Every
+    #: stage hands records on through Kafka; sent one request at a time, at a live rate,
+    #: the requests' system calls cost more CPU than the stages (``bench/bench_pipeline.py``
+    #: reports CPU per event). A few ms per hop is little beside the latency target.
+    linger_s: float = 0.005
     #: Kafka consumer group session timeout and heartbeat.
     session_timeout_s: float = 6.0
     heartbeat_s: float = 1.0
@@ -217,7 +222,7 @@ class Settings:
         for name in ("lateness_ms", "hold_ms", "idle_ms", "standby_replicas"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} cannot be negative")
-        for name in ("partition_idle_s", "batch_wait_s", "heartbeat_s"):
+        for name in ("partition_idle_s", "batch_wait_s", "linger_s", "heartbeat_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} cannot be negative")
         _ = self.changelog_configs  # raises ValueError with the reason
@@ -522,6 +527,7 @@ _ENV: Final[dict[str, tuple[str, Any]]] = {
     "VIRALWATCH_PARTITION_IDLE": ("partition_idle_s", _seconds),
     "VIRALWATCH_BATCH_SIZE": ("batch_size", _int),
     "VIRALWATCH_BATCH_WAIT": ("batch_wait_s", _seconds),
+    "VIRALWATCH_PRODUCER_LINGER": ("linger_s", _seconds),
     "VIRALWATCH_SESSION_TIMEOUT": ("session_timeout_s", _seconds),
     "VIRALWATCH_HEARTBEAT": ("heartbeat_s", _seconds),
     "VIRALWATCH_HTTP_HOST": ("http_host", parse_host),

@@ -817,6 +817,7 @@ def test_the_readme_documents_every_setting_with_the_code_default() -> None:
     assert rows["VIRALWATCH_PARTITIONS"] == str(d.partitions)
     assert rows["VIRALWATCH_BATCH_SIZE"] == str(d.batch_size)
     assert rows["VIRALWATCH_BATCH_WAIT"] == f"{d.batch_wait_s:g}"
+    assert rows["VIRALWATCH_PRODUCER_LINGER"] == f"{d.linger_s:g}"
     assert rows["VIRALWATCH_PARTITION_IDLE"] == f"{d.partition_idle_s:g}"
     assert rows["VIRALWATCH_MAX_HELD"] == str(d.max_held)
 
@@ -839,3 +840,19 @@ def test_bad_settings_say_why(env: dict[str, str], message: str) -> None:
 def test_plaintext_security_has_no_tls_context() -> None:
     assert KafkaSecurity().ssl_context() is None
     assert KafkaSecurity("SSL").ssl_context() is not None
+
+
+def test_the_worker_producer_lingers_as_the_settings_say(tmp_path: Path) -> None:
+    """Every stage hands records on through the producer: its linger is the setting's."""
+    from streams.banks import HashBanks
+    from streams.policy import AlertPolicy
+    from streams.runtime.worker import Worker
+
+    for linger in (Settings().linger_s, 0.0, 0.02):
+        s = Settings(broker="kafka://127.0.0.1:9", data_dir=tmp_path, linger_s=linger)
+        w = Worker(s, banks=HashBanks(), policy=AlertPolicy.default())
+        assert w.app.conf.producer_linger == linger
+    env = {"VIRALWATCH_BROKER": "kafka://127.0.0.1:9", "VIRALWATCH_PRODUCER_LINGER": "20ms"}
+    assert Settings.from_env(env).linger_s == 0.02
+    with pytest.raises(ValueError, match="linger_s"):
+        Settings(linger_s=-1)

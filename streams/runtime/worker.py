@@ -289,6 +289,7 @@ class Worker:
             broker_heartbeat_interval=s.heartbeat_s,
             broker_request_timeout=max(90.0, s.session_timeout_s * 2),
             broker_max_poll_records=max(500, s.batch_size),
+            producer_linger=s.linger_s,
             consumer_auto_offset_reset="earliest",
             datadir=str(s.data_dir / s.app_id),
             processing_guarantee="at_least_once",
