@@ -204,6 +204,9 @@ class Settings:
     http_port: int | None = None
     #: Alertmanager base URL to post alerts to; ``None``: none.
     alertmanager_url: str | None = None
+    #: How often every firing alert is posted to Alertmanager again (it resolves an alert
+    #: not posted again within 4 times this): the receiver's ``resolve_timeout`` logic.
+    alertmanager_repost_s: float = 60.0
     #: Webhook URL to POST alerts to (signed with ``VIRALWATCH_WEBHOOK_SECRET``); ``None``: none.
     webhook_url: str | None = None
     #: Where the worker keeps its local files.
@@ -225,6 +228,8 @@ class Settings:
         for name in ("partition_idle_s", "batch_wait_s", "linger_s", "heartbeat_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} cannot be negative")
+        if self.alertmanager_repost_s <= 0:
+            raise ValueError("alertmanager_repost_s must be more than 0")
         _ = self.changelog_configs  # raises ValueError with the reason
         if self.session_timeout_s <= self.heartbeat_s:
             raise ValueError("session_timeout_s must be longer than heartbeat_s")
@@ -533,6 +538,7 @@ _ENV: Final[dict[str, tuple[str, Any]]] = {
     "VIRALWATCH_HTTP_HOST": ("http_host", parse_host),
     "VIRALWATCH_HTTP_PORT": ("http_port", parse_port),
     "VIRALWATCH_ALERTMANAGER": ("alertmanager_url", _str),
+    "VIRALWATCH_ALERTMANAGER_REPOST": ("alertmanager_repost_s", _seconds),
     "VIRALWATCH_WEBHOOK": ("webhook_url", _str),
     "VIRALWATCH_DATA_DIR": ("data_dir", Path),
     "VIRALWATCH_LOCAL_BROKER": ("local_broker", _bool),

@@ -818,6 +818,7 @@ def test_the_readme_documents_every_setting_with_the_code_default() -> None:
     assert rows["VIRALWATCH_BATCH_SIZE"] == str(d.batch_size)
     assert rows["VIRALWATCH_BATCH_WAIT"] == f"{d.batch_wait_s:g}"
     assert rows["VIRALWATCH_PRODUCER_LINGER"] == f"{d.linger_s:g}"
+    assert rows["VIRALWATCH_ALERTMANAGER_REPOST"] == f"{d.alertmanager_repost_s:g}"
     assert rows["VIRALWATCH_PARTITION_IDLE"] == f"{d.partition_idle_s:g}"
     assert rows["VIRALWATCH_MAX_HELD"] == str(d.max_held)
 
@@ -856,3 +857,16 @@ def test_the_worker_producer_lingers_as_the_settings_say(tmp_path: Path) -> None
     assert Settings.from_env(env).linger_s == 0.02
     with pytest.raises(ValueError, match="linger_s"):
         Settings(linger_s=-1)
+
+
+def test_the_alertmanager_repost_interval_is_a_setting() -> None:
+    """Operators whose Alertmanager resolves sooner or later can change the re-post."""
+    assert Settings().alertmanager_repost_s == 60.0
+    env = {"VIRALWATCH_ALERTMANAGER_REPOST": "15s"}
+    assert Settings.from_env(env).alertmanager_repost_s == 15.0
+    assert (
+        Settings.from_env(Settings(alertmanager_repost_s=30).to_env()).alertmanager_repost_s == 30
+    )
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="alertmanager_repost_s"):
+            Settings(alertmanager_repost_s=bad)

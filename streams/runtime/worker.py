@@ -758,6 +758,7 @@ def _run_worker(
                 worker.stats,
                 fastest=worker.fastest,
                 alertmanager=settings.alertmanager_url,
+                repost_interval=settings.alertmanager_repost_s,
                 webhook=settings.webhook_url,
                 webhook_secret=secret_from_env(),
                 registry=registry,
