@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -80,13 +81,22 @@ class Pseudonymizer:
 
 @dataclass(frozen=True, slots=True)
 class MatchInfo:
-    """The bank entry that a cluster matched, and how closely."""
+    """The bank entry that a cluster matched, and how closely.
+
+    ``kind`` says how, when it is not plain from ``signal_type``: ``vpdq`` (a
+    video by vPDQ's rule, with its query and compared-video percentages) or
+    ``video_frame`` (an image that matched one frame of a banked video).
+    Written only then, so an image or file match keeps its record as it was.
+    """
 
     bank: str
     signal_type: str
     signal: str
     distance: int
     label: str | None = None
+    kind: str | None = None
+    query_match_pct: float | None = None
+    compared_match_pct: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -97,7 +107,27 @@ class MatchInfo:
         }
         if self.label is not None:
             out["label"] = self.label
+        if self.kind is not None:
+            out["kind"] = self.kind
+        if self.query_match_pct is not None:
+            out["query_match_pct"] = self.query_match_pct
+        if self.compared_match_pct is not None:
+            out["compared_match_pct"] = self.compared_match_pct
         return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> MatchInfo:
+        """Read back :meth:`to_dict` (a stage's wire form)."""
+        return cls(
+            d["bank"],
+            d["signal_type"],
+            d["signal"],
+            d["distance"],
+            d.get("label"),
+            d.get("kind"),
+            d.get("query_match_pct"),
+            d.get("compared_match_pct"),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,18 @@
 """Hash banks: named sets of known-harmful hashes, and matching uploads against them.
 
-A bank entry is a signal (a PDQ or MD5 hash) in a named bank. Banks come
-from CSV files (``signal_type,signal,bank[,label]``) and change while the
-pipeline runs: StopNCII adds hashes and withdraws them, and a withdrawn hash
-must stop matching at once.
+A bank entry is a signal (a PDQ or MD5 hash, or a video's vPDQ) in a named
+bank. Banks come from CSV files (``signal_type,signal,bank[,label]``) and
+change while the pipeline runs: StopNCII adds hashes and withdraws them, and
+a withdrawn hash must stop matching at once.
 
 Which entry an upload matches, when several do (the rule that decides which
 cluster it joins): an MD5 equality first (distance 0, an exact file copy),
 then the PDQ entry at the smallest Hamming distance; ties broken by bank
 name, then by the signal's hex, so the answer never depends on load order.
+Videos (``vpdq`` entries) are matched by :mod:`streams.videobank`, which this
+class delegates to: after MD5, a video upload's frames by vPDQ's rule (the
+best query percentage first), and an image whose PDQ matches no image entry
+may still match a frame of a banked video (``Match.kind`` ``video_frame``).
 
 >>> banks = HashBanks()
 >>> banks.add(BankEntry("stopncii", "md5", "0" * 32))
@@ -37,9 +41,19 @@ from typing import Final, Literal
 from streams.events import Content
 from streams.pdqindex import PDQIndex
 from streams.stats import Stats
+from streams.videobank import VideoBank, VideoHit, brute_force_frame, brute_force_videos
+from streams.vpdq import (
+    COMPARED_MATCH_PCT_DEFAULT,
+    QUERY_MATCH_PCT_DEFAULT,
+    VideoScore,
+    VpdqFrame,
+    canonical_vpdq,
+)
 
-SignalType = Literal["pdq", "md5"]
-SIGNAL_TYPES: Final = ("pdq", "md5")
+SignalType = Literal["pdq", "md5", "vpdq"]
+SIGNAL_TYPES: Final = ("pdq", "md5", "vpdq")
+#: What matched: a file's MD5, an image's PDQ, a video's vPDQ, or an image one frame of a video.
+MatchKind = Literal["md5", "pdq", "vpdq", "video_frame"]
 SIGNAL_HEX_LEN: Final = {"pdq": 64, "md5": 32}
 #: PDQ hashes under this quality are too flat to be a match signal (Meta's
 #: guidance; HMA and StopNCII use the same cut).
@@ -75,23 +89,44 @@ class BankEntry:
 
 @dataclass(frozen=True, slots=True)
 class Match:
-    """An upload matched ``entry`` at Hamming ``distance`` (0 for MD5)."""
+    """An upload matched ``entry`` at Hamming ``distance`` (0 for MD5).
+
+    A video match carries its vPDQ ``video`` score (the two percentages).
+    """
 
     entry: BankEntry
     distance: int
+    video: VideoScore | None = None
+
+    @property
+    def kind(self) -> MatchKind:
+        """How it matched; a ``vpdq`` entry without a score was matched by an image."""
+        if self.entry.signal_type == "vpdq" and self.video is None:
+            return "video_frame"
+        return self.entry.signal_type
+
+    @classmethod
+    def of_video(cls, hit: VideoHit) -> Match:
+        return cls(hit.entry, hit.distance, hit.score)
 
 
 @dataclass(frozen=True, slots=True)
 class BankConfig:
-    """Per-bank settings: its PDQ threshold and whether it matches at all."""
+    """Per-bank settings: its PDQ threshold (images and video frames), whether it matches
+    at all, and vPDQ's two percentages for its videos (query and banked video)."""
 
     name: str
     pdq_threshold: int = DEFAULT_PDQ_THRESHOLD
     enabled: bool = True
+    vpdq_query_match_pct: float = QUERY_MATCH_PCT_DEFAULT
+    vpdq_compared_match_pct: float = COMPARED_MATCH_PCT_DEFAULT
 
     def __post_init__(self) -> None:
         if not 0 <= self.pdq_threshold <= 128:
             raise ValueError(f"bank {self.name}: pdq_threshold must be 0..128")
+        for pct in (self.vpdq_query_match_pct, self.vpdq_compared_match_pct):
+            if not 0 <= pct <= 100:
+                raise ValueError(f"bank {self.name}: a vPDQ match percentage must be 0..100")
 
 
 def normalise_signal(signal_type: str, signal: str) -> tuple[SignalType, str]:
@@ -102,7 +137,9 @@ def normalise_signal(signal_type: str, signal: str) -> tuple[SignalType, str]:
     """
     kind = signal_type.strip().lower()
     if kind not in SIGNAL_TYPES:
-        raise ValueError(f"signal_type must be pdq or md5, not {signal_type!r}")
+        raise ValueError(f"signal_type must be pdq, md5 or vpdq, not {signal_type!r}")
+    if kind == "vpdq":
+        return "vpdq", canonical_vpdq(signal)
     text = signal.strip().lower()
     if len(text) != SIGNAL_HEX_LEN[kind]:
         raise ValueError(f"a {kind} signal is {SIGNAL_HEX_LEN[kind]} hex digits, not {len(text)}")
@@ -161,8 +198,9 @@ class HashBanks:
         self._pdq: dict[str, tuple[BankEntry, ...]] = {}
         self._pdq_per_bank: Counter[str] = Counter()
         self._index = PDQIndex()
+        self._videos = VideoBank(self.config)
         self._radius: int | None = None  # widest PDQ threshold of an enabled bank
-        self._cache: OrderedDict[tuple[str | None, str | None], Match | None] = OrderedDict()
+        self._cache: OrderedDict[MatchKey, Match | None] = OrderedDict()
         self.cache_size = cache_size
         self.stats = stats
         #: called as ``on_lookups(seconds, lookups)`` after each batch of index
@@ -181,21 +219,35 @@ class HashBanks:
 
     def add(self, entry: BankEntry) -> bool:
         """Add an entry; ``False`` when it was there already (its label is updated)."""
-        return self._add(entry, None)
+        return self._add(entry, None, None)
 
     def add_many(self, entries: Iterable[BankEntry]) -> int:
         """Add many entries (a bank load): one index insertion for all; the number new."""
         fresh: list[str] = []
+        videos: list[BankEntry] = []
         try:
-            return sum(self._add(entry, fresh) for entry in entries)
+            return sum(self._add(entry, fresh, videos) for entry in entries)
         finally:  # a bad entry stops the load, but what was added is searchable
             self._index.add_many(fresh)
+            if videos:
+                self._videos.add_many(videos)
 
-    def _add(self, entry: BankEntry, fresh: list[str] | None) -> bool:
-        """Add to the tables; a new PDQ signal goes to the index, or to ``fresh`` for later."""
+    def _add(
+        self, entry: BankEntry, fresh: list[str] | None, videos: list[BankEntry] | None
+    ) -> bool:
+        """Add to the tables; a new PDQ signal goes to the index, or to ``fresh`` for later.
+
+        A video goes to the video bank (through ``videos``, for later, in a load).
+        """
         kind, signal = normalise_signal(entry.signal_type, entry.signal)
         if (kind, signal) != (entry.signal_type, entry.signal):
             entry = BankEntry(entry.bank, kind, signal, entry.label)
+        if kind == "vpdq":
+            self._changed()
+            if videos is None:
+                return self._videos.add_many([entry]) == 1
+            videos.append(entry)
+            return True  # counted when the load's videos are added
         signal = entry.signal  # one string object for the key and the entry
         table = self._md5 if kind == "md5" else self._pdq
         group = table.get(signal, ())
@@ -218,6 +270,9 @@ class HashBanks:
             kind, text = normalise_signal(signal_type, signal)
         except ValueError:
             return False
+        if kind == "vpdq":
+            self._changed()
+            return self._videos.withdraw(bank, text)
         table = self._md5 if kind == "md5" else self._pdq
         group = table.get(text, ())
         kept = tuple(e for e in group if e.bank != bank)
@@ -239,15 +294,26 @@ class HashBanks:
     def _changed(self) -> None:
         self._cache.clear()
         self._radius = None
+        self._videos.changed()
 
     def __len__(self) -> int:
-        return sum(len(g) for g in self._md5.values()) + sum(len(g) for g in self._pdq.values())
+        return (
+            sum(len(g) for g in self._md5.values())
+            + sum(len(g) for g in self._pdq.values())
+            + len(self._videos)
+        )
 
     def entries(self) -> Iterator[BankEntry]:
         for group in self._md5.values():
             yield from group
         for pgroup in self._pdq.values():
             yield from pgroup
+        yield from self._videos.entries()
+
+    @property
+    def videos(self) -> VideoBank:
+        """The banked videos (``vpdq`` entries)."""
+        return self._videos
 
     # ------------------------------------------------------------------ lookups
 
@@ -298,11 +364,11 @@ class HashBanks:
         (unless a batch holds more distinct hashes than the cache).
         """
         out: list[Match | None] = [None] * len(contents)
-        todo: dict[tuple[str | None, str | None], list[int]] = {}
+        todo: dict[MatchKey, list[int]] = {}
         hits = 0
         for i, content in enumerate(contents):
             key = match_key(content)
-            if key == (None, None):
+            if key == (None, None, None):
                 continue
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -319,24 +385,25 @@ class HashBanks:
         if not todo:
             return out
         started = time.perf_counter()
-        answers: dict[tuple[str | None, str | None], Match | None] = {}
-        pending: list[tuple[str | None, str | None]] = []
-        exacts: dict[tuple[str | None, str | None], list[Match]] = {}
+        answers: dict[MatchKey, Match | None] = {}
+        pending: list[MatchKey] = []
+        exacts: dict[MatchKey, list[Match]] = {}
         allow_pdq = ALLOW_BANK in self._pdq_per_bank  # then every PDQ is looked up
         for key in todo:
-            md5, pdq = key
+            md5, pdq, _ = key
             exact = exacts[key] = self.lookup_md5(md5) if md5 is not None else []
             if pdq is not None and (allow_pdq or not exact):
                 pending.append(key)
             else:
-                answers[key] = _best(exact)
+                answers[key] = _best(exact + self._video_matches(key, exact))
         radius = self._pdq_radius()
         for key in pending if radius is None else ():
-            answers[key] = _best(exacts[key])
+            answers[key] = _best(exacts[key] + self._video_matches(key, exacts[key]))
         if pending and radius is not None:
-            queries = [str(pdq).lower() for _, pdq in pending]
+            queries = [str(pdq).lower() for _, pdq, _ in pending]
             for key, found in zip(pending, self._index.search_many(queries, radius), strict=True):
-                answers[key] = _best(exacts[key] + self._pdq_matches(found))
+                earlier = exacts[key] + self._pdq_matches(found)
+                answers[key] = _best(earlier + self._video_matches(key, earlier))
         for key, where in todo.items():
             answer = answers.get(key)
             for i in where:
@@ -348,6 +415,26 @@ class HashBanks:
         if self.on_lookups is not None:
             self.on_lookups(time.perf_counter() - started, len(todo))
         return out
+
+    def _video_matches(self, key: MatchKey, earlier: list[Match]) -> list[Match]:
+        """After MD5 and image entries: a video's frames by vPDQ, then an image against frames.
+
+        Looked up only when nothing earlier matched, or the allow-list holds
+        videos (an allow-listed video must still cancel the match).
+        """
+        if earlier and not self._videos.holds(ALLOW_BANK):
+            return []
+        _, pdq, vpdq = key
+        found = self.lookup_vpdq(vpdq) if vpdq is not None else []
+        return found + self.lookup_video_frame(pdq) if pdq is not None else found
+
+    def lookup_vpdq(self, frames: Sequence[VpdqFrame]) -> list[Match]:
+        """Every enabled video entry that a video's frames match by vPDQ's rule, best first."""
+        return [Match.of_video(h) for h in self._videos.lookup(frames)]
+
+    def lookup_video_frame(self, pdq: str) -> list[Match]:
+        """Every enabled video entry with a frame within its bank's threshold of ``pdq``."""
+        return [Match.of_video(h) for h in self._videos.lookup_frame(pdq)]
 
 
 def _best(found: list[Match]) -> Match | None:
@@ -367,6 +454,7 @@ def brute_force_match(
     0
     """
     cfg = {c.name: c for c in configs}
+    entries = list(entries)
     found: list[Match] = []
     for e in entries:
         c = cfg.get(e.bank) or BankConfig(e.bank)
@@ -378,15 +466,36 @@ def brute_force_match(
             d = hamming(e.signal, content.pdq)
             if d <= c.pdq_threshold:
                 found.append(Match(e, d))
-    if not found or any(m.entry.bank == ALLOW_BANK for m in found):
+    videos = _brute_force_videos(entries, content, cfg)
+    if any(m.entry.bank == ALLOW_BANK for m in found + videos):
         return None
+    if not found:
+        return videos[0] if videos else None
     best = min(found, key=_rank)
     return Match(best.entry, 0) if best.distance < 0 else best
 
 
-def match_key(content: Content) -> tuple[str | None, str | None]:
-    """What a match depends on: the MD5, and the PDQ hash if it may be used (the cache key)."""
-    return (content.md5, content.pdq if pdq_usable(content) else None)
+def _brute_force_videos(
+    entries: list[BankEntry], content: Content, cfg: dict[str, BankConfig]
+) -> list[Match]:
+    videos = [e for e in entries if e.signal_type == "vpdq"]
+
+    def config(bank: str) -> BankConfig:
+        return cfg.get(bank) or BankConfig(bank)
+
+    hits = brute_force_videos(videos, content.vpdq, config) if content.vpdq is not None else []
+    if content.pdq is not None and pdq_usable(content):
+        hits += brute_force_frame(videos, content.pdq, config)
+    return [Match.of_video(h) for h in hits]
+
+
+#: What a match depends on (the cache key): MD5, PDQ if usable, a video's frames.
+MatchKey = tuple[str | None, str | None, tuple[VpdqFrame, ...] | None]
+
+
+def match_key(content: Content) -> MatchKey:
+    """What a match depends on: the MD5, the PDQ hash if it may be used, a video's frames."""
+    return (content.md5, content.pdq if pdq_usable(content) else None, content.vpdq)
 
 
 def pdq_usable(content: Content) -> bool:

@@ -26,13 +26,17 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from streams.vpdq import REASONS as VPDQ_REASONS
+from streams.vpdq import VpdqError, VpdqFrame, parse_vpdq
+
 EventType = Literal["upload", "share", "takedown"]
 EVENT_TYPES: Final = ("upload", "share", "takedown")
 
-#: Largest input line accepted. A share event is a few hundred bytes; a line
-#: far over this is a broken or hostile producer, and parsing it would cost
-#: memory for nothing.
-MAX_EVENT_BYTES: Final = 64 * 1024
+#: Largest input line accepted. A share event is a few hundred bytes, a video
+#: upload's vPDQ up to 3,600 frames of about 78 bytes (an hour at one frame a
+#: second: 280 KB); a line far over this is a broken or hostile producer, and
+#: parsing it would cost memory for nothing.
+MAX_EVENT_BYTES: Final = 320 * 1024
 #: Longest id accepted (event, post, user ids).
 MAX_ID_LEN: Final = 256
 
@@ -51,6 +55,7 @@ REJECT_REASONS: Final = (
     "bad_hash_length",
     "bad_quality",
     "missing_content",
+    *VPDQ_REASONS,
     "missing_parent",
     "self_reshare",
     "cycle",
@@ -69,11 +74,16 @@ _TS_MAX_MS: Final = 4_102_444_800_000
 
 @dataclass(frozen=True, slots=True)
 class Content:
-    """The hashes an upload carries. ``pdq`` is 64 lowercase hex, ``md5`` 32."""
+    """The hashes an upload carries. ``pdq`` is 64 lowercase hex, ``md5`` 32.
+
+    A video carries ``vpdq``, its frames (:mod:`streams.vpdq`; on the wire the
+    signal's list of ``"pdqhex,quality,timestamp"`` strings).
+    """
 
     pdq: str | None = None
     pdq_quality: int | None = None
     md5: str | None = None
+    vpdq: tuple[VpdqFrame, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +120,8 @@ class ShareEvent:
                 c["pdq_quality"] = self.content.pdq_quality
             if self.content.md5 is not None:
                 c["md5"] = self.content.md5
+            if self.content.vpdq is not None:
+                c["vpdq"] = [str(f) for f in self.content.vpdq]
             out["content"] = c
         return out
 
@@ -232,9 +244,17 @@ def _content(value: object) -> Content:
         if isinstance(q, bool) or not isinstance(q, int) or not 0 <= q <= 100:
             raise _Reject("bad_quality", "content.pdq_quality must be an integer 0..100")
         quality = q
-    if pdq is None and md5 is None:
-        raise _Reject("bad_content", "content carries neither pdq nor md5")
-    return Content(pdq=pdq, pdq_quality=quality, md5=md5)
+    vpdq = None
+    if value.get("vpdq") is not None:
+        if not isinstance(value["vpdq"], list):
+            raise _Reject("bad_vpdq", "content.vpdq must be a list of 'pdqhex,quality,timestamp'")
+        try:
+            vpdq = parse_vpdq(value["vpdq"])
+        except VpdqError as exc:
+            raise _Reject(exc.reason, f"content.vpdq: {exc.detail}") from None
+    if pdq is None and md5 is None and vpdq is None:
+        raise _Reject("bad_content", "content carries none of pdq, md5, vpdq")
+    return Content(pdq=pdq, pdq_quality=quality, md5=md5, vpdq=vpdq)
 
 
 def _event(obj: object) -> ShareEvent:

@@ -28,6 +28,11 @@ marked dead and never reported again; dead rows are compacted away when they
 outnumber the live ones. Not thread-safe: one writer and reader, as in a
 pipeline worker.
 
+Each hash may carry an integer *tag*, given when it is added and found by
+:meth:`PDQIndex.search_tags` and :meth:`PDQIndex.tags_of`: rows move when the
+index compacts, a tag does not, so a caller (the video bank: a tag is a frame
+id) keeps its own tables keyed by tag instead of a dict keyed by hash.
+
 >>> index = PDQIndex()
 >>> index.add_many(["f" * 64, "0" * 64])
 2
@@ -141,6 +146,7 @@ class PDQIndex:
         self.tail_max = tail_max
         self._words: Words = np.zeros((0, 4), dtype=np.uint64)
         self._alive = np.zeros(0, dtype=bool)
+        self._tags = np.zeros(0, dtype=np.int64)
         self._n = 0  # rows in use (live and dead)
         self._live = 0
         self._indexed = 0  # rows [0, _indexed) are in the tables
@@ -164,7 +170,11 @@ class PDQIndex:
     def nbytes(self) -> int:
         """Bytes held by the index's arrays (words, liveness, tables)."""
         return int(
-            self._words.nbytes + self._alive.nbytes + self._offsets.nbytes + self._ids.nbytes
+            self._words.nbytes
+            + self._alive.nbytes
+            + self._tags.nbytes
+            + self._offsets.nbytes
+            + self._ids.nbytes
         )
 
     # ---------------------------------------------------------------- changes
@@ -173,12 +183,24 @@ class PDQIndex:
         """Add one hash; ``False`` when it is there already."""
         return self.add_many([pdq]) == 1
 
-    def add_many(self, hashes: Iterable[str]) -> int:
-        """Add hashes (already present ones and repeats are skipped); the number added."""
-        words = parse_hashes(hashes)
+    def add_many(self, hashes: Iterable[str], tags: Sequence[int] | None = None) -> int:
+        """Add hashes (already present ones and repeats are skipped); the number added.
+
+        ``tags``, one per hash, are kept with the hashes that are added (a
+        skipped hash keeps the tag it has); without them a hash's tag is -1.
+        """
+        return self.add_words(parse_hashes(hashes), tags)
+
+    def add_words(self, words: Words, tags: Sequence[int] | Rows | None = None) -> int:
+        """:meth:`add_many` for hashes already parsed (rows of :func:`parse_hashes`)."""
+        words = np.ascontiguousarray(words, dtype=np.uint64).reshape(-1, 4)
         if not len(words):
             return 0
-        words = _distinct_rows(words)
+        tag = np.full(len(words), -1, dtype=np.int64)
+        if tags is not None:
+            tag[:] = np.asarray(tags, dtype=np.int64)  # a length mismatch raises
+        first = _distinct_rows(words)
+        words, tag = words[first], tag[first]
         if len(words) > self.tail_max:
             self._merge_tail()  # the tail must be small for the membership check
         if self._n:
@@ -186,12 +208,13 @@ class PDQIndex:
             if len(found_q):
                 keep = np.ones(len(words), dtype=bool)
                 keep[found_q] = False
-                words = words[keep]
+                words, tag = words[keep], tag[keep]
         k = len(words)
         if not k:
             return 0
         self._reserve(self._n + k)
         self._words[self._n : self._n + k] = words
+        self._tags[self._n : self._n + k] = tag
         self._alive[self._n : self._n + k] = True
         self._n += k
         self._live += k
@@ -269,6 +292,25 @@ class PDQIndex:
 
     def hash_at(self, row: int) -> str:
         return format_hash(self._words[row])
+
+    def search_tags(self, queries: Words, threshold: int) -> tuple[Rows, Rows, Rows]:
+        """:meth:`search_words` answering each hash found by its tag: ``(query, tag, distance)``."""
+        qi, rows, dist = self.search_words(queries, threshold)
+        return qi, self._tags[rows], dist
+
+    def tags_of(self, words: Words) -> Rows:
+        """The tag of each hash (rows of :func:`parse_hashes`), -2 for one not in the index.
+
+        >>> index = PDQIndex()
+        >>> index.add_many(["f" * 64], tags=[7])
+        1
+        >>> index.tags_of(parse_hashes(["f" * 64, "0" * 64])).tolist()
+        [7, -2]
+        """
+        out = np.full(len(words), -2, dtype=np.int64)
+        qi, rows = self._find_exact(np.ascontiguousarray(words, dtype=np.uint64).reshape(-1, 4))
+        out[qi] = self._tags[rows]
+        return out
 
     # ---------------------------------------------------------------- internals
 
@@ -357,7 +399,9 @@ class PDQIndex:
         words[: self._n] = self._words[: self._n]
         alive = np.zeros(cap, dtype=bool)
         alive[: self._n] = self._alive[: self._n]
-        self._words, self._alive = words, alive
+        tags = np.full(cap, -1, dtype=np.int64)
+        tags[: self._n] = self._tags[: self._n]
+        self._words, self._alive, self._tags = words, alive, tags
 
     def _merge_tail(self) -> None:
         """Put the tail's live rows into the tables: an insertion, O(size) memory moves."""
@@ -381,6 +425,9 @@ class PDQIndex:
         live = np.flatnonzero(self._alive[: self._n])
         words = self._words[live]
         n = len(words)
+        tags = self._tags[live]
+        self._tags = np.full(max(n, 1024), -1, dtype=np.int64)
+        self._tags[:n] = tags
         self._words = np.zeros((max(n, 1024), 4), dtype=np.uint64)
         self._words[:n] = words
         self._alive = np.zeros(len(self._words), dtype=bool)
@@ -417,14 +464,15 @@ def _verify(rows: Words, queries: Words, threshold: int) -> tuple[Rows, Rows]:
     return hit[keep], dist[keep]
 
 
-def _distinct_rows(words: Words) -> Words:
+def _distinct_rows(words: Words) -> Rows:
+    """The index of each distinct row's first occurrence, in order."""
     if len(words) < 2:
-        return words
+        return np.arange(len(words), dtype=np.int64)
     order = np.lexsort(words.T[::-1])
     s = words[order]
     new = np.ones(len(s), dtype=bool)
     new[1:] = (s[1:] != s[:-1]).any(axis=1)
-    return words[np.sort(order[new])]
+    return np.sort(order[new])
 
 
 def _concat(parts: list[tuple[Rows, Rows, Rows]]) -> tuple[Rows, Rows, Rows]:

@@ -42,9 +42,10 @@ from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 
 from streams.alerts import MatchInfo
-from streams.banks import HashBanks, Match, match_key, pdq_usable
+from streams.banks import HashBanks, Match, MatchKey, match_key, pdq_usable
 from streams.events import Content, Rejection, ShareEvent
 from streams.stats import Stats
+from streams.vpdq import format_vpdq, usable_hashes
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +62,36 @@ class Routed:
 
 
 def unbanked_cluster_id(content: Content) -> str:
-    """The cluster of content no bank knows: its exact MD5, else its exact PDQ.
+    """The cluster of content no bank knows: its exact MD5, else its exact PDQ, else its vPDQ.
 
     >>> unbanked_cluster_id(Content(md5="0" * 32)).startswith("u-")
     True
     """
-    key = f"md5:{content.md5}" if content.md5 else f"pdq:{content.pdq}"
+    if content.md5:
+        key = f"md5:{content.md5}"
+    elif content.pdq or not content.vpdq:
+        key = f"pdq:{content.pdq}"
+    else:
+        key = f"vpdq:{format_vpdq(content.vpdq)}"
     return "u-" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
+def match_info(m: Match) -> MatchInfo:
+    """The alert's record of a bank match (a video's with its kind and percentages)."""
+    e = m.entry
+    if e.signal_type != "vpdq":
+        return MatchInfo(e.bank, e.signal_type, e.signal, m.distance, e.label)
+    video = m.video
+    return MatchInfo(
+        e.bank,
+        e.signal_type,
+        e.signal,
+        m.distance,
+        e.label,
+        m.kind,
+        round(video.query_match_pct, 2) if video else None,
+        round(video.compared_match_pct, 2) if video else None,
+    )
 
 
 class Router:
@@ -95,7 +119,7 @@ class Router:
         self._held_parent: dict[str, str] = {}
         self._held = 0
         # answers of the last prefetch (see :meth:`prefetch`), by match key
-        self._prefetched: dict[tuple[str | None, str | None], Match | None] = {}
+        self._prefetched: dict[MatchKey, Match | None] = {}
 
     @property
     def held(self) -> int:
@@ -126,12 +150,11 @@ class Router:
         m = self._prefetched[key] if key in self._prefetched else self.banks.match(content)
         if m is not None:
             self.stats.matched[m.entry.bank] += 1
-            info = MatchInfo(
-                m.entry.bank, m.entry.signal_type, m.entry.signal, m.distance, m.entry.label
-            )
-            return Routed(event, m.entry.cluster_id, info)
+            return Routed(event, m.entry.cluster_id, match_info(m))
         self.stats.unmatched_uploads += 1
-        if content.pdq is not None and not pdq_usable(content):
+        if (content.pdq is not None and not pdq_usable(content)) or (
+            content.vpdq is not None and not usable_hashes(content.vpdq)
+        ):
             self.stats.low_quality += 1
         return Routed(event, unbanked_cluster_id(content))
 

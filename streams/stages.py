@@ -70,6 +70,7 @@ from streams.policy import AlertPolicy
 from streams.reorder import ReorderBuffer
 from streams.router import Routed, Router
 from streams.stats import Stats
+from streams.vpdq import VpdqFrame
 from streams.watermarks import NO_TIME, Mark, SourceClock, Watermark
 
 T = TypeVar("T")
@@ -115,14 +116,19 @@ def event_from_wire(d: Mapping[str, Any] | ShareEvent) -> ShareEvent:
         user_id=d["user_id"],
         parent_post_id=d.get("parent_post_id"),
         followers=d.get("followers"),
-        content=Content(c.get("pdq"), c.get("pdq_quality"), c.get("md5")) if c else None,
+        content=Content(c.get("pdq"), c.get("pdq_quality"), c.get("md5"), _vpdq(c)) if c else None,
     )
+
+
+def _vpdq(c: Mapping[str, Any]) -> tuple[VpdqFrame, ...] | None:
+    frames = c.get("vpdq")
+    return None if frames is None else tuple(map(VpdqFrame.parse, frames))
 
 
 def _match_from_wire(d: Mapping[str, Any] | MatchInfo | None) -> MatchInfo | None:
     if d is None or isinstance(d, MatchInfo):
         return d
-    return MatchInfo(d["bank"], d["signal_type"], d["signal"], d["distance"], d.get("label"))
+    return MatchInfo.from_dict(d)
 
 
 def _to_wire(obj: Any) -> Any:
@@ -456,7 +462,7 @@ class BankUpdate:
     'withdraw'
     >>> BankUpdate.parse(None, b'{"op": "add"}')
     Traceback (most recent call last):
-    ValueError: bank update: signal_type must be pdq or md5, not ''
+    ValueError: bank update: signal_type must be pdq, md5 or vpdq, not ''
     """
 
     op: str
