@@ -295,25 +295,100 @@ def simulate(
 
 @app.command("hash")
 def hash_(
-    files: Annotated[list[Path], typer.Argument(help="image files to hash")],
+    files: Annotated[list[Path], typer.Argument(help="image or video files to hash")],
+    seconds_per_hash: Annotated[
+        float,
+        typer.Option(help="video: seconds between hashed frames (vPDQ's default 1)", min=0.001),
+    ] = 1.0,
+    max_frames: Annotated[
+        int, typer.Option(help="video: stop after hashing this many frames", min=1)
+    ] = 3600,
+    time_limit: Annotated[
+        float, typer.Option(help="video: stop after this many seconds on one file", min=0.1)
+    ] = 900.0,
+    progress: Annotated[
+        bool | None,
+        typer.Option(help="progress bar on stderr (default: when stderr is a terminal)"),
+    ] = None,
 ) -> None:
-    """Hash media files: one JSON line per file, {"file", "pdq", "quality", "md5"}.
+    """Hash media files: one JSON line per file, decided by content, not by name.
 
-    A file that cannot be hashed gives {"file", "error"} on stderr, the rest are
+    Every file: {"file", "md5"}. An image adds "pdq" and "quality"; a video
+    (MP4, MOV, 3GP, WebM, MKV, AVI: whatever FFmpeg reads) adds "vpdq", its
+    vPDQ signal (python-threatexchange's list of "pdqhex,quality,timestamp"),
+    "frames" and "fps"; a video cut short by a limit adds "truncated". A file
+    that is neither gives {"file", "md5", "error"} on stderr, the rest are
     still hashed, and the exit code is 1.
     """
-    from streams.hashing import HashError, hash_files
+    from streams.hashing import HashError, hash_file
+    from streams.videohash import VideoLimits
 
+    try:
+        limits = VideoLimits(max_frames=max_frames, max_seconds=time_limit)
+    except ValueError as exc:
+        fail(str(exc))
+    show = sys.stderr.isatty() if progress is None else progress
     failed = 0
-    for rec in hash_files(files):
-        line = orjson.dumps(rec.to_dict()).decode()
-        if isinstance(rec, HashError):
-            failed += 1
-            typer.echo(line, err=True)
-        else:
-            typer.echo(line)
+    with HashProgress(len(files), show) as bar:
+        for path in files:
+            rec = hash_file(
+                path, seconds_per_hash=seconds_per_hash, limits=limits, progress=bar.on_video
+            )
+            bar.done(path)
+            line = orjson.dumps(rec.to_dict()).decode()
+            if isinstance(rec, HashError):
+                failed += 1
+                typer.echo(line, err=True)
+            else:
+                typer.echo(line)
+                truncated = rec.to_dict().get("truncated")
+                if truncated:
+                    typer.echo(f"viralwatch: {path}: {truncated}", err=True)
     if failed:
         raise typer.Exit(1)
+
+
+class HashProgress:
+    """A progress bar on stderr for ``hash``: files done, and the seconds of the video at hand."""
+
+    def __init__(self, files: int, show: bool) -> None:
+        self.files = files
+        self.show = show
+        self._bar: object | None = None
+
+    def __enter__(self) -> HashProgress:
+        if self.show:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TimeElapsedColumn
+
+            bar = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                "{task.completed:.0f}/{task.total:.0f}",
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            bar.start()
+            self._all = bar.add_task("files", total=self.files)
+            self._video = bar.add_task("video s", total=None, visible=False)
+            self._bar = bar
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()  # type: ignore[attr-defined]
+
+    def on_video(self, seconds: float, duration: float | None) -> None:
+        if self._bar is not None:
+            self._bar.update(  # type: ignore[attr-defined]
+                self._video, completed=seconds, total=duration, visible=True
+            )
+
+    def done(self, path: Path) -> None:
+        if self._bar is not None:
+            self._bar.update(self._video, completed=0, visible=False)  # type: ignore[attr-defined]
+            self._bar.advance(self._all)  # type: ignore[attr-defined]
 
 
 bank_app = typer.Typer(no_args_is_help=True, help="Work with hash banks.")
@@ -323,49 +398,88 @@ app.add_typer(bank_app, name="bank")
 @bank_app.command("match")
 def bank_match(
     hashes: Annotated[
-        Path, typer.Argument(help="query hashes, one PDQ or MD5 per line ('-': stdin)")
+        Path,
+        typer.Argument(
+            help="queries, one a line: a PDQ or MD5 hash, a vPDQ signal (a JSON list), "
+            "or a line of `viralwatch hash` ('-': stdin)"
+        ),
     ],
     bank: Annotated[list[Path], typer.Option("--bank", help="bank CSV; repeat for more")],
 ) -> None:
-    """Match hashes against banks: one JSON line per match within its bank's threshold.
+    """Match hashes against banks: one JSON line per match within its bank's rule.
 
-    Lines: {"query", "bank", "signal_type", "signal", "distance"}, nearest first
-    for each query. Blank lines and lines starting with # are skipped; a line
-    that is not a PDQ (64 hex) or MD5 (32 hex) hash is reported on stderr and
-    makes the exit code 1.
+    Lines: {"query", "bank", "signal_type", "signal", "distance"}, best first
+    for each query; a match of a banked video adds "kind": "vpdq" (a video, by
+    vPDQ's rule, with its "query_match_pct" and "compared_match_pct") or
+    "video_frame" (an image that matched one of its frames). A vPDQ or `hash` line's query is its
+    file name or line number. Blank lines and lines starting with # are
+    skipped; a line that is none of these is reported on stderr and makes the
+    exit code 1.
     """
-    from streams.banks import HashBanks, normalise_signal
+    from streams.banks import HashBanks, Match, normalise_signal
+    from streams.vpdq import parse_vpdq
 
     banks = load_banks(bank)
     assert isinstance(banks, HashBanks)
     source = open_lines(hashes)
-    queries: list[tuple[str, str]] = []
+    queries: list[tuple[str, str, object]] = []  # (kind, query name, the hash or frames)
     bad = 0
     try:
         for n, raw in enumerate(source, 1):
             text = raw.decode("utf-8", "replace").strip()
             if not text or text.startswith("#"):
                 continue
-            kind = {64: "pdq", 32: "md5"}.get(len(text), "")
             try:
-                queries.append(normalise_signal(kind or "pdq", text))
-            except ValueError as exc:
+                if text.startswith("{"):
+                    rec = orjson.loads(text)
+                    name = str(rec.get("file") or f"line {n}") if isinstance(rec, dict) else ""
+                    if not isinstance(rec, dict) or not ({"vpdq", "pdq", "md5"} & set(rec)):
+                        raise ValueError("a JSON object without vpdq, pdq or md5")
+                    for kind in ("vpdq", "pdq", "md5"):
+                        if rec.get(kind):
+                            value = parse_vpdq(rec[kind]) if kind == "vpdq" else rec[kind]
+                            if kind != "vpdq":
+                                value = normalise_signal(kind, str(value))[1]
+                            queries.append((kind, name, value))
+                            break
+                elif text.startswith("["):
+                    queries.append(("vpdq", f"line {n}", parse_vpdq(text)))
+                else:
+                    kind = {64: "pdq", 32: "md5"}.get(len(text), "pdq")
+                    signal = normalise_signal(kind, text)[1]
+                    queries.append((kind, signal, signal))
+            except (ValueError, orjson.JSONDecodeError) as exc:
                 bad += 1
-                typer.echo(f"viralwatch: {hashes}:{n}: not a PDQ or MD5 hash ({exc})", err=True)
+                typer.echo(
+                    f"viralwatch: {hashes}:{n}: not a PDQ or MD5 hash nor a vPDQ signal ({exc})",
+                    err=True,
+                )
     except OSError as exc:
         fail(f"cannot read {hashes}: {exc.strerror or exc}")
-    pdq = [q for kind, q in queries if kind == "pdq"]
+    pdq = [str(q) for kind, _, q in queries if kind == "pdq"]
     found = dict(zip(pdq, banks.lookup_pdq_many(pdq), strict=True))
     out = sys.stdout.buffer
-    for kind, q in queries:
-        for m in found[q] if kind == "pdq" else banks.lookup_md5(q):
+    for kind, name, q in queries:
+        matches: list[Match]
+        if kind == "pdq":
+            matches = found[str(q)] + banks.lookup_video_frame(str(q))
+        elif kind == "vpdq":
+            matches = banks.lookup_vpdq(q)  # type: ignore[arg-type]
+        else:
+            matches = banks.lookup_md5(str(q))
+        for m in matches:
             row = {
-                "query": q,
+                "query": name,
                 "bank": m.entry.bank,
                 "signal_type": m.entry.signal_type,
                 "signal": m.entry.signal,
                 "distance": m.distance,
             }
+            if m.entry.signal_type == "vpdq":
+                row["kind"] = m.kind
+            if m.video is not None:
+                row["query_match_pct"] = round(m.video.query_match_pct, 2)
+                row["compared_match_pct"] = round(m.video.compared_match_pct, 2)
             out.write(orjson.dumps(row) + b"\n")
     out.flush()
     if bad:

@@ -1,4 +1,9 @@
-"""Hashing media files into the signals banks hold: PDQ (with its quality) and MD5.
+"""Hashing media files into the signals banks hold: MD5, PDQ (with its quality), vPDQ.
+
+Every file gets its MD5 (read in chunks: any size). An image gets its PDQ
+hash; a file that is not an image but a video (decided by its content) gets
+its vPDQ signal (:mod:`streams.videohash`); anything else an error that still
+carries the MD5.
 
 For people who hold files rather than hashes. PDQ is Meta's reference
 algorithm through the ``pdqhash`` package (the one python-threatexchange and
@@ -29,11 +34,14 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import numpy.typing as npt
 import pdqhash
 from PIL import Image, UnidentifiedImageError
+
+from streams.videohash import SECONDS_PER_HASH, Progress, VideoHashes, VideoLimits, hash_video
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,13 +59,16 @@ class FileHashes:
 
 @dataclass(frozen=True, slots=True)
 class HashError:
-    """A file that could not be hashed, and why (one line)."""
+    """A file that could not be hashed, and why (one line); its MD5 when it could be read."""
 
     file: str
     error: str
+    md5: str | None = None
 
     def to_dict(self) -> dict[str, str]:
-        return {"file": self.file, "error": self.error}
+        if self.md5 is None:
+            return {"file": self.file, "error": self.error}
+        return {"file": self.file, "md5": self.md5, "error": self.error}
 
 
 def rgb_array(image: Image.Image) -> npt.NDArray[np.uint8]:
@@ -84,43 +95,75 @@ def pdq_of_image(image: Image.Image) -> tuple[str, int]:
     return np.packbits(np.asarray(bits, dtype=np.uint8)).tobytes().hex(), int(quality)
 
 
-def hash_image_bytes(data: bytes, name: str) -> FileHashes:
-    """Hash the bytes of an image file; raises ``ValueError`` when they are not one."""
-    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+class NotAnImage(ValueError):
+    """Pillow does not know the bytes (they may be a video)."""
+
+
+def image_pdq(source: str | Path | IO[bytes]) -> tuple[str, int]:
+    """PDQ and quality of an image file; :class:`NotAnImage`, or ``ValueError`` when unreadable."""
     try:
         with warnings.catch_warnings():
             # A decompression-bomb warning is an error here: one file must not eat the memory.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(source) as image:
                 image.load()
-                pdq, quality = pdq_of_image(image)
+                return pdq_of_image(image)
     except UnidentifiedImageError:
-        raise ValueError("not an image (Pillow cannot identify it)") from None
+        raise NotAnImage("not an image (Pillow cannot identify it)") from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ValueError(f"image too large: {exc}") from None
     except (OSError, SyntaxError, EOFError, ValueError, TypeError) as exc:
         # Truncated or corrupt data, or a mode Pillow cannot convert.
         raise ValueError(f"unreadable image: {exc}") from None
+
+
+def hash_image_bytes(data: bytes, name: str) -> FileHashes:
+    """Hash the bytes of an image file; raises ``ValueError`` when they are not one."""
+    md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
+    pdq, quality = image_pdq(io.BytesIO(data))
     return FileHashes(name, pdq, quality, md5)
 
 
-def hash_file(path: str | Path) -> FileHashes | HashError:
+def file_md5(path: str | Path) -> str:
+    """The MD5 of a file, read in chunks (a file of any size, in constant memory)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
+
+
+def hash_file(
+    path: str | Path,
+    *,
+    seconds_per_hash: float = SECONDS_PER_HASH,
+    limits: VideoLimits = VideoLimits(),  # noqa: B008 (frozen)
+    progress: Progress | None = None,
+) -> FileHashes | VideoHashes | HashError:
     """Hash one file; never raises for a bad file, it gives a :class:`HashError` instead."""
     name = str(path)
     try:
-        data = Path(path).read_bytes()
+        md5 = file_md5(path)
     except OSError as exc:
         return HashError(name, f"cannot read file: {exc.strerror or exc}")
     try:
-        return hash_image_bytes(data, name)
-    except ValueError as exc:
-        return HashError(name, str(exc))
+        pdq, quality = image_pdq(path)
+        return FileHashes(name, pdq, quality, md5)
+    except NotAnImage:
+        pass
+    except (ValueError, OSError) as exc:
+        return HashError(name, str(exc), md5)
+    try:
+        return hash_video(
+            path, md5, seconds_per_hash=seconds_per_hash, limits=limits, progress=progress
+        )
+    except (ValueError, OSError) as exc:
+        return HashError(name, str(exc), md5)
 
 
-def hash_files(paths: Iterable[str | Path]) -> Iterator[FileHashes | HashError]:
+def hash_files(
+    paths: Iterable[str | Path], **options: Any
+) -> Iterator[FileHashes | VideoHashes | HashError]:
     """Hash each file in turn; a bad one gives its error and the rest are still hashed."""
     for path in paths:
-        yield hash_file(path)
+        yield hash_file(path, **options)
 
 
 def _png(image: Image.Image) -> bytes:

@@ -11,6 +11,7 @@ from eventgen import T0, Traffic, pdq_hex
 from streams.alerts import Prediction, Pseudonymizer
 from streams.banks import BankEntry, HashBanks
 from streams.detector import Detector
+from streams.events import MAX_EVENT_BYTES
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
 
@@ -243,7 +244,7 @@ def test_bad_input_never_stops_the_good_events():
     _, ref = run(good, banked(pdq))
     assert [a.to_json() for a in d.alerts] == [a.to_json() for a in ref.alerts]
     assert sum(pipe.stats.rejected.values()) == len(bad)
-    assert all(len(r.raw) <= 64 * 1024 for r in d.rejections)
+    assert all(len(r.raw) <= MAX_EVENT_BYTES for r in d.rejections)
 
 
 def test_idle_clusters_are_evicted_and_counted():

@@ -144,7 +144,10 @@ def test_bad_files_give_errors_and_the_rest_are_hashed(tmp_path: Path) -> None:
     assert "unreadable image" in errors[1].error
     assert "cannot read file" in errors[2].error and "No such file" in errors[2].error
     assert all("\n" not in e.error for e in errors)
-    assert errors[0].to_dict() == {"file": str(text), "error": errors[0].error}
+    # a file that was read keeps its MD5 beside the error; one that could not be read has none
+    md5 = hashlib.md5(text.read_bytes()).hexdigest()
+    assert errors[0].to_dict() == {"file": str(text), "md5": md5, "error": errors[0].error}
+    assert errors[2].to_dict() == {"file": str(tmp_path / "missing.jpg"), "error": errors[2].error}
 
 
 def test_decompression_bombs_are_refused(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def test_text_form_is_python_threatexchanges_to_the_byte() -> None:
     frames = [VpdqFrame(h, 100, 0.0), VpdqFrame(h, 87, 1.0), VpdqFrame(h, 3, 123.4)]
     expected = f'["{h},100,0.0", "{h},87,1.0", "{h},3,1.23e+02"]'
     assert format_vpdq(frames) == expected
-    assert parse_vpdq(expected) == tuple(frames[:2]) + (VpdqFrame(h, 3, 123.0),)
+    assert parse_vpdq(expected) == (*frames[:2], VpdqFrame(h, 3, 123.0))
     assert format_vpdq(parse_vpdq(expected)) == expected  # the canonical text is a fixed point
 
 
