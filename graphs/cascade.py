@@ -65,29 +65,41 @@ class Cascade:
     def __len__(self) -> int:
         return self.size
 
-    def _add(self, post_id: str, user: str, ts_ms: int, level: int) -> None:
+    def _add(self, post_id: str, user: str, ts_ms: int, level: int, followers: int | None) -> None:
         self.graph.add_node(post_id, user=user, ts_ms=ts_ms, level=level, live=True)
+        if followers is not None:  # shown on the cascade view; unknown is left out
+            self.graph.nodes[post_id]["followers"] = followers
         self._users[user] += 1
         self._level_counts[level] += 1
         self._depth = max(self._depth, level)
         self._breadth = max(self._breadth, self._level_counts[level])
         self._live += 1
 
-    def add_root(self, post_id: str, *, user: str, ts_ms: int) -> bool:
+    def add_root(
+        self, post_id: str, *, user: str, ts_ms: int, followers: int | None = None
+    ) -> bool:
         """Add an independent upload; ``False`` if the post is already here."""
         if post_id in self.graph:
             return False
-        self._add(post_id, user, ts_ms, 0)
+        self._add(post_id, user, ts_ms, 0, followers)
         self._roots += 1
         return True
 
-    def add_reshare(self, post_id: str, *, parent: str, user: str, ts_ms: int) -> bool:
+    def add_reshare(
+        self,
+        post_id: str,
+        *,
+        parent: str,
+        user: str,
+        ts_ms: int,
+        followers: int | None = None,
+    ) -> bool:
         """Add a reshare of ``parent``; ``False`` if the post is already here."""
         if post_id in self.graph:
             return False
         if parent not in self.graph:
             raise ValueError(f"parent {parent!r} is not in this cascade")
-        self._add(post_id, user, ts_ms, self.graph.nodes[parent]["level"] + 1)
+        self._add(post_id, user, ts_ms, self.graph.nodes[parent]["level"] + 1, followers)
         self.graph.add_edge(parent, post_id)
         return True
 
@@ -213,7 +225,9 @@ class PostSet:
     def __len__(self) -> int:
         return len(self._posts)
 
-    def add_root(self, post_id: str, *, user: str, ts_ms: int) -> bool:
+    def add_root(
+        self, post_id: str, *, user: str, ts_ms: int, followers: int | None = None
+    ) -> bool:
         """Add an independent upload; ``False`` if the post is already here."""
         if post_id in self._posts:
             return False
@@ -222,7 +236,15 @@ class PostSet:
         self._roots += 1
         return True
 
-    def add_reshare(self, post_id: str, *, parent: str, user: str, ts_ms: int) -> bool:
+    def add_reshare(
+        self,
+        post_id: str,
+        *,
+        parent: str,
+        user: str,
+        ts_ms: int,
+        followers: int | None = None,
+    ) -> bool:
         """Add a reshare of ``parent``; ``False`` if the post is already here."""
         if post_id in self._posts:
             return False

@@ -481,10 +481,14 @@ class Detector:
                 st.pending.setdefault(ev.parent_post_id, []).append(ev)
                 return
             st.cascade.add_reshare(
-                ev.post_id, parent=ev.parent_post_id, user=ev.user_id, ts_ms=ev.ts_ms
+                ev.post_id,
+                parent=ev.parent_post_id,
+                user=ev.user_id,
+                ts_ms=ev.ts_ms,
+                followers=ev.followers,
             )
         else:
-            st.cascade.add_root(ev.post_id, user=ev.user_id, ts_ms=ev.ts_ms)
+            st.cascade.add_root(ev.post_id, user=ev.user_id, ts_ms=ev.ts_ms, followers=ev.followers)
         self._counted(st, ev)
         for child in st.pending.pop(ev.post_id, ()):
             if child.type == "takedown":

@@ -1,4 +1,4 @@
-"""The worker's one HTTP port: ``/metrics``, ``/livez``, ``/readyz`` (and, later, cascade views).
+"""The worker's one HTTP port: ``/metrics``, ``/livez``, ``/readyz`` and the views.
 
 Why not Faust's web server: it binds loopback only, serves no
 ``/metrics``, and runs on the event loop the stages share, so a slow
@@ -72,6 +72,8 @@ class Request:
     query: Mapping[str, list[str]] = field(default_factory=dict)
     params: Mapping[str, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: the request's body: read only for a route that takes one (see :meth:`Router.add`)
+    body: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,10 @@ class Response:
     def json(cls, doc: Any, status: int = 200) -> Response:
         return cls(status, json.dumps(doc).encode() + b"\n", "application/json")
 
+    @classmethod
+    def html(cls, page: str, status: int = 200) -> Response:
+        return cls(status, page.encode(), "text/html; charset=utf-8")
+
 
 Handler = Callable[[Request], Response]
 
@@ -107,6 +113,7 @@ class _Route:
     regex: re.Pattern[str]
     methods: frozenset[str]
     handler: Handler
+    max_body: int = 0
 
 
 class Router:
@@ -131,8 +138,21 @@ class Router:
     def __init__(self) -> None:
         self._routes: list[_Route] = []
 
-    def add(self, pattern: str, handler: Handler, methods: Iterable[str] = ("GET",)) -> None:
-        """Serve ``pattern`` (``/metrics``, ``/cascade/<cluster>``) with ``handler``."""
+    def add(
+        self,
+        pattern: str,
+        handler: Handler,
+        methods: Iterable[str] = ("GET",),
+        *,
+        max_body: int = 0,
+    ) -> None:
+        """Serve ``pattern`` (``/metrics``, ``/cascade/<cluster>``) with ``handler``.
+
+        ``max_body``: the most bytes of request body the route reads (a form, a
+        small JSON object); a bigger body is refused with ``413`` before it is
+        read. 0: the route takes no body (one sent is never read; the
+        connection is closed after the answer).
+        """
         if not pattern.startswith("/"):
             raise ValueError(f"a route pattern starts with '/': {pattern!r}")
         if any(r.pattern == pattern for r in self._routes):
@@ -150,14 +170,30 @@ class Router:
             else:
                 parts.append(re.escape(piece))
         regex = re.compile("".join(parts))
-        self._routes.append(_Route(pattern, regex, frozenset(allowed), handler))
+        self._routes.append(_Route(pattern, regex, frozenset(allowed), handler, max_body))
 
     @property
     def patterns(self) -> list[str]:
         return [r.pattern for r in self._routes]
 
+    def body_limit(self, method: str, target: str) -> int:
+        """How many bytes of body the route of ``method target`` reads (0: none).
+
+        >>> router = Router()
+        >>> router.add("/act", lambda req: Response(), ("POST",), max_body=100)
+        >>> router.body_limit("POST", "/act?x=1"), router.body_limit("GET", "/act")
+        (100, 0)
+        """
+        path = urllib.parse.urlsplit(target).path
+        with_body = (r for r in self._routes if method in r.methods and r.max_body)
+        return next((r.max_body for r in with_body if r.regex.fullmatch(path)), 0)
+
     def handle(
-        self, method: str, target: str, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
     ) -> Response:
         """The response to ``method target`` (a request target: path and query)."""
         try:
@@ -176,7 +212,7 @@ class Router:
             if method not in route.methods:
                 allowed |= route.methods
                 continue
-            request = Request(method, path, query, m.groupdict(), dict(headers or {}))
+            request = Request(method, path, query, m.groupdict(), dict(headers or {}), body)
             try:
                 return route.handler(request)
             except Exception:
@@ -373,10 +409,30 @@ class _Handler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def _dispatch(self) -> None:
-        if self.headers.get("Content-Length") or self.headers.get("Transfer-Encoding"):
-            self.close_connection = True  # bodies are never read: do not parse one as a request
-        headers = {k: v for k, v in self.headers.items()}
-        response = self.server.router.handle(self.command, self.path, headers)
+        body = b""
+        response: Response | None = None
+        length = self.headers.get("Content-Length")
+        if length or self.headers.get("Transfer-Encoding"):
+            limit = self.server.router.body_limit(self.command, self.path)
+            if not limit:
+                self.close_connection = True  # not read: must not be parsed as a request
+            elif self.headers.get("Transfer-Encoding"):
+                self.close_connection = True
+                response = Response.text("send the body with a Content-Length", 411)
+            elif not (length or "").strip().isdigit():
+                self.close_connection = True
+                response = Response.text("bad Content-Length", 400)
+            elif int(length or 0) > limit:
+                self.close_connection = True
+                response = Response.text(f"request body over {limit} bytes", 413)
+            else:
+                body = self.rfile.read(int(length or 0))
+                if len(body) < int(length or 0):
+                    self.close_connection = True
+                    return  # the client hung up mid-body: nobody to answer
+        if response is None:
+            headers = {k: v for k, v in self.headers.items()}
+            response = self.server.router.handle(self.command, self.path, headers, body)
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))

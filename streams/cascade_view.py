@@ -1,0 +1,416 @@
+"""What the cascade page shows of one cluster: a frozen snapshot, its JSON, its graph.
+
+The cluster's state belongs to stage 2 and changes on the event loop with
+every batch; the page is rendered on an HTTP thread. So the view is made in
+two steps: on the loop, :func:`capture_cluster` copies what the page needs
+into a frozen :class:`ClusterCapture` (plain tuples: about a millisecond per
+thousand posts, the only time the stages wait); then, on the HTTP thread,
+:func:`snapshot` turns it into a :class:`CascadeSnapshot`: user ids become
+pseudonyms (as on alerts: never a user id in a view), the figures are
+recomputed from the copied forest, the velocity series drawn from its times.
+Everything a view says (HTML, JSON, GraphML) is made from that snapshot.
+
+>>> from streams.detector import Detector
+>>> from streams.policy import AlertPolicy
+>>> from streams.router import Routed
+>>> from streams.events import ShareEvent
+>>> from streams.stats import Stats
+>>> det = Detector(AlertPolicy.default(), Stats(), pseudonymizer=Pseudonymizer(b"k"))
+>>> m = MatchInfo("ncii", "md5", "a" * 32, 0)
+>>> det.apply(Routed(ShareEvent("e0", "upload", 0, "p0", "alice", followers=10), "b-1", m))
+>>> det.apply(Routed(ShareEvent("e1", "share", 1000, "p1", "bob", "p0"), "b-1", m))
+>>> cap = capture_cluster(det, "b-1", 1000)
+>>> snap = snapshot(cap, Pseudonymizer(b"k"))
+>>> snap.figures.size, [p.parent for p in snap.posts], snap.posts[0].user.startswith("u-")
+(2, [None, 'p0'], True)
+>>> "alice" in str(to_doc(snap)) or b"alice" in graphml(snap)
+False
+"""
+
+from __future__ import annotations
+
+import io
+from bisect import bisect_right
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import networkx as nx
+
+from graphs.cascade import Cascade
+from graphs.velocity import MINUTE_MS, WINDOWS_MS
+from graphs.virality import structural_virality
+from streams.alerts import (
+    Alert,
+    CascadeFigures,
+    MatchInfo,
+    Prediction,
+    Pseudonymizer,
+    TakedownRequest,
+    rfc3339,
+)
+from streams.detector import Detector
+
+#: Points of the velocity-over-time series (one per ``span / SERIES_POINTS`` of event time).
+SERIES_POINTS: Final = 120
+#: Alerts and takedown requests kept per cluster for its page (the newest; all are counted).
+KEPT_PER_CLUSTER: Final = 50
+#: Clusters whose alerts and actions are kept for their pages (the least recently touched go).
+KEPT_CLUSTERS: Final = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterCapture:
+    """A raw copy of one cluster, taken on the loop; user ids still in clear (never shown).
+
+    ``posts`` are ``(post, parent, user, ts_ms, live, followers)`` in the
+    order they were added (a parent always before its reshares);
+    ``graph_kept`` is false for an unbanked cluster, which keeps its posts
+    but no graph (``parent``, ``user`` and ``ts_ms`` are then unknown).
+    """
+
+    cluster_id: str
+    as_of_ms: int
+    first_seen_ms: int
+    last_ms: int
+    match: MatchInfo | None
+    posts: tuple[tuple[str, str | None, str, int, bool, int | None], ...]
+    graph_kept: bool
+    rates: tuple[float, float, float]
+    acceleration: float
+    prediction: Prediction | None
+    #: the figures the cascade keeps as it grows (size, live, roots, users, depth, breadth)
+    counts: tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)
+    episode: int = 0
+    active: bool = False
+    fired: tuple[str, ...] = ()
+    alerts: tuple[Alert, ...] = ()
+    takedowns: int = 0
+    recent_takedowns: tuple[TakedownRequest, ...] = ()
+    hashes: tuple[tuple[str, str], ...] = ()
+    reviews: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PostView:
+    """One post as a view shows it: the user as a pseudonym."""
+
+    post_id: str
+    parent: str | None
+    user: str
+    ts_ms: int
+    live: bool
+    followers: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeSnapshot:
+    """Everything the views say of one cluster at one moment of event time."""
+
+    cluster_id: str
+    as_of_ms: int
+    first_seen_ms: int
+    last_ms: int
+    match: MatchInfo | None
+    figures: CascadeFigures
+    posts: tuple[PostView, ...]
+    graph_kept: bool
+    series: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    episode: int = 0
+    active: bool = False
+    fired: tuple[str, ...] = ()
+    alerts: tuple[Alert, ...] = ()
+    takedowns: int = 0
+    recent_takedowns: tuple[TakedownRequest, ...] = ()
+    hashes: tuple[tuple[str, str], ...] = ()
+    top_spreaders: tuple[tuple[str, int], ...] = ()
+    reviews: tuple[dict[str, Any], ...] = ()
+    served_by: str = ""
+
+    @property
+    def banked(self) -> bool:
+        return self.cluster_id.startswith("b-")
+
+
+class ClusterRecords:
+    """The alerts and takedown requests sent for each cluster, for its page.
+
+    Kept by the worker as it sends them (on the loop). Bounded: the newest
+    :data:`KEPT_PER_CLUSTER` of each kind per cluster (takedowns all
+    counted), for the :data:`KEPT_CLUSTERS` clusters touched last.
+
+    >>> rec = ClusterRecords()
+    >>> a = Alert(alert_id="vw-1", status="firing", severity="warning", ts_ms=0,
+    ...           cluster_id="b-1", first_seen_ms=0)
+    >>> rec.note([a, a], [])
+    >>> [x.alert_id for x in rec.alerts("b-1")], rec.alerts("b-2")
+    (['vw-1'], ())
+    """
+
+    def __init__(self, per_cluster: int = KEPT_PER_CLUSTER, clusters: int = KEPT_CLUSTERS) -> None:
+        self.per_cluster = per_cluster
+        self.max_clusters = clusters
+        self._alerts: OrderedDict[str, deque[Alert]] = OrderedDict()
+        self._actions: OrderedDict[str, tuple[int, deque[TakedownRequest]]] = OrderedDict()
+        self._seen: set[str] = set()
+
+    def note(self, alerts: Iterable[Alert], actions: Iterable[TakedownRequest]) -> None:
+        """Record alerts and takedown requests sent (a repeat of one already noted is ignored)."""
+        for a in alerts:
+            key = a.dedupe_key
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            kept = self._touch(self._alerts, a.cluster_id, lambda: deque(maxlen=self.per_cluster))
+            if kept.maxlen and len(kept) == kept.maxlen:
+                self._seen.discard(kept[0].dedupe_key)
+            kept.append(a)
+        for t in actions:
+            n, recent = self._touch(
+                self._actions, t.cluster_id, lambda: (0, deque(maxlen=self.per_cluster))
+            )
+            recent.append(t)
+            self._actions[t.cluster_id] = (n + 1, recent)
+
+    def _touch(self, table: OrderedDict[str, Any], cid: str, new: Callable[[], Any]) -> Any:
+        if cid not in table:
+            table[cid] = new()
+            while len(table) > self.max_clusters:
+                _, old = table.popitem(last=False)
+                if isinstance(old, deque):
+                    self._seen.difference_update(a.dedupe_key for a in old)
+        else:
+            table.move_to_end(cid)
+        return table[cid]
+
+    def alerts(self, cluster_id: str) -> tuple[Alert, ...]:
+        return tuple(self._alerts.get(cluster_id, ()))
+
+    def takedowns(self, cluster_id: str) -> tuple[int, tuple[TakedownRequest, ...]]:
+        n, recent = self._actions.get(cluster_id, (0, deque()))
+        return n, tuple(recent)
+
+
+def capture_cluster(
+    detector: Detector,
+    cluster_id: str,
+    now_ms: int,
+    records: ClusterRecords | None = None,
+    hashes: Sequence[tuple[str, str]] = (),
+    reviews: Sequence[dict[str, Any]] = (),
+) -> ClusterCapture | None:
+    """Copy one cluster of ``detector`` (call on the loop that owns it); ``None``: not here."""
+    st = detector.clusters.get(cluster_id)
+    if st is None:
+        return None
+    now = max(now_ms, st.last_ms)
+    c = st.cascade
+    posts: list[tuple[str, str | None, str, int, bool, int | None]]
+    if isinstance(c, Cascade):
+        g = c.graph
+        pred = g.pred
+        posts = [
+            (n, next(iter(pred[n]), None), d["user"], d["ts_ms"], d["live"], d.get("followers"))
+            for n, d in g.nodes(data=True)
+        ]
+        counts = (c.size, c.live, c.roots, c.unique_users, c.depth, c.breadth)
+        kept = True
+    else:
+        live = set(c.live_posts())
+        posts = [(n, None, "", 0, n in live, None) for n in c.posts()]
+        counts = (c.size, c.live, c.roots, 0, 0, 0)
+        kept = False
+    v = st.velocity
+    prediction = st.prediction
+    if prediction is None and st.predictor is not None:
+        prediction = st.predictor.predict(max(0.0, (now - st.first_seen_ms) / 1000))
+    rec = records or ClusterRecords()
+    n_takedowns, recent = rec.takedowns(cluster_id)
+    if st.match is not None and not hashes:
+        hashes = [(st.match.signal_type, st.match.signal)]
+    return ClusterCapture(
+        cluster_id=cluster_id,
+        as_of_ms=now,
+        first_seen_ms=st.first_seen_ms,
+        last_ms=st.last_ms,
+        match=st.match,
+        posts=tuple(posts),
+        graph_kept=kept,
+        rates=(v.rate(WINDOWS_MS[0], now), v.rate(WINDOWS_MS[1], now), v.rate(WINDOWS_MS[2], now)),
+        acceleration=v.acceleration(now),
+        prediction=prediction,
+        counts=counts,
+        episode=st.episode,
+        active=st.active,
+        fired=tuple(st.fired),
+        alerts=rec.alerts(cluster_id),
+        takedowns=n_takedowns,
+        recent_takedowns=recent,
+        hashes=tuple(hashes),
+        reviews=tuple(reviews),
+    )
+
+
+def snapshot(
+    cap: ClusterCapture, pseudonymize: Pseudonymizer, served_by: str = "", top_n: int = 5
+) -> CascadeSnapshot:
+    """The view of a capture (off the loop): pseudonyms, figures, the velocity series."""
+    names: dict[str, str] = {}
+
+    def name(user: str) -> str:
+        if not user:
+            return ""
+        out = names.get(user)
+        if out is None:
+            out = names[user] = pseudonymize(user)
+        return out
+
+    posts = tuple(
+        PostView(post, parent, name(user), ts, live, followers)
+        for post, parent, user, ts, live, followers in cap.posts
+    )
+    rates = cap.rates
+    size, live, roots, users, depth, breadth = cap.counts
+    virality = 0.0
+    spreaders: tuple[tuple[str, int], ...] = ()
+    if cap.graph_kept:
+        # virality and spreaders need the whole forest: O(n), here rather than on the loop
+        g = nx.DiGraph()
+        g.add_nodes_from(p[0] for p in cap.posts)
+        g.add_edges_from((p[1], p[0]) for p in cap.posts if p[1] is not None)
+        virality = structural_virality(g)
+        user_of = {p[0]: p[2] for p in cap.posts}
+        reshared: Counter[str] = Counter()
+        for node, deg in g.out_degree():
+            if deg:
+                reshared[user_of[node]] += deg
+        best = sorted(reshared.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]
+        spreaders = tuple((name(u), n) for u, n in best)
+    figures = CascadeFigures(
+        size=size,
+        live=live,
+        roots=roots,
+        unique_users=users,
+        depth=depth,
+        breadth=breadth,
+        structural_virality=virality,
+        velocity_1m=rates[0],
+        velocity_5m=rates[1],
+        velocity_15m=rates[2],
+        acceleration=cap.acceleration,
+        predicted_final_size=cap.prediction,
+    )
+    times = sorted(p.ts_ms for p in posts) if cap.graph_kept else []
+    return CascadeSnapshot(
+        cluster_id=cap.cluster_id,
+        as_of_ms=cap.as_of_ms,
+        first_seen_ms=cap.first_seen_ms,
+        last_ms=cap.last_ms,
+        match=cap.match,
+        figures=figures,
+        posts=posts,
+        graph_kept=cap.graph_kept,
+        series=velocity_series(times, cap.first_seen_ms, cap.as_of_ms),
+        episode=cap.episode,
+        active=cap.active,
+        fired=cap.fired,
+        alerts=cap.alerts,
+        takedowns=cap.takedowns,
+        recent_takedowns=cap.recent_takedowns,
+        hashes=cap.hashes,
+        top_spreaders=spreaders,
+        reviews=cap.reviews,
+        served_by=served_by,
+    )
+
+
+def velocity_series(
+    times: Sequence[int], start_ms: int, end_ms: int, points: int = SERIES_POINTS
+) -> dict[str, tuple[float, ...]]:
+    """Shares per minute over the last 1, 5 and 15 minutes, at ``points`` times up to ``end_ms``.
+
+    ``times`` sorted. The series starts a minute before the first post, so
+    the climb from nothing shows.
+
+    >>> s = velocity_series([0, 30_000, 60_000], 0, 60_000, points=3)
+    >>> s["t"], s["1m"]
+    ((-60000.0, 0.0, 60000.0), (0.0, 1.0, 2.0))
+    """
+    start = start_ms - MINUTE_MS
+    span = max(1, end_ms - start)
+    ts = tuple(start + round(span * i / max(1, points - 1)) for i in range(points))
+    out: dict[str, tuple[float, ...]] = {"t": tuple(float(t) for t in ts)}
+    for label, w in zip(("1m", "5m", "15m"), WINDOWS_MS, strict=True):
+        out[label] = tuple(
+            (bisect_right(times, t) - bisect_right(times, t - w)) * MINUTE_MS / w for t in ts
+        )
+    return out
+
+
+def to_doc(snap: CascadeSnapshot, base: str = "") -> dict[str, Any]:
+    """The JSON form of a snapshot (``Accept: application/json``); ``base``: the view's path."""
+    base = base or f"/cascade/{snap.cluster_id}"
+    return {
+        "cluster_id": snap.cluster_id,
+        "banked": snap.banked,
+        "as_of": rfc3339(snap.as_of_ms),
+        "first_seen": rfc3339(snap.first_seen_ms),
+        "last_event": rfc3339(snap.last_ms),
+        "match": snap.match.to_dict() if snap.match else None,
+        "hashes": [{"signal_type": k, "signal": s} for k, s in snap.hashes],
+        "cascade": snap.figures.to_dict(),
+        "top_spreaders": [{"user": u, "reshares": n} for u, n in snap.top_spreaders],
+        "velocity_series": {
+            "t": [rfc3339(int(t)) for t in snap.series.get("t", ())],
+            **{k: [round(x, 3) for x in snap.series.get(k, ())] for k in ("1m", "5m", "15m")},
+        },
+        "episode": {"number": snap.episode, "active": snap.active, "fired": list(snap.fired)},
+        "alerts": [a.to_dict() for a in snap.alerts],
+        "takedowns": {
+            "requested": snap.takedowns,
+            "recent": [t.to_dict() for t in snap.recent_takedowns],
+        },
+        "reviews": list(snap.reviews),
+        "graph": {
+            "kept": snap.graph_kept,
+            "json": f"{base}/graph.json",
+            "graphml": f"{base}/graph.graphml",
+        },
+        "served_by": snap.served_by,
+    }
+
+
+def to_graph(snap: CascadeSnapshot) -> nx.DiGraph:
+    """The reshare forest as a NetworkX graph: posts with pseudonymous users, parent -> reshare.
+
+    >>> snap = CascadeSnapshot("b-1", 0, 0, 0, None, CascadeFigures(size=2),
+    ...     (PostView("p0", None, "u-1", 0, True, 5), PostView("p1", "p0", "u-2", 9, False)), True)
+    >>> g = to_graph(snap)
+    >>> sorted(g.edges()), g.nodes["p1"]
+    ([('p0', 'p1')], {'user': 'u-2', 'ts': '1970-01-01T00:00:00.009Z', 'live': False})
+    """
+    g = nx.DiGraph(cluster_id=snap.cluster_id, as_of=rfc3339(snap.as_of_ms))
+    for p in snap.posts:
+        attrs: dict[str, Any] = {"live": p.live}
+        if snap.graph_kept:
+            attrs = {"user": p.user, "ts": rfc3339(p.ts_ms), "live": p.live}
+        if p.followers is not None:
+            attrs["followers"] = p.followers
+        g.add_node(p.post_id, **attrs)
+        if p.parent is not None:
+            g.add_edge(p.parent, p.post_id)
+    return g
+
+
+def graphml(snap: CascadeSnapshot) -> bytes:
+    """The forest as GraphML (NetworkX's writer): ``nx.read_graphml`` reads it back."""
+    out = io.BytesIO()
+    nx.write_graphml(to_graph(snap), out)
+    return out.getvalue()
+
+
+def graph_json(snap: CascadeSnapshot) -> dict[str, Any]:
+    """The forest as NetworkX's node-link JSON (``nx.node_link_graph`` reads it back)."""
+    doc: dict[str, Any] = nx.node_link_data(to_graph(snap), edges="edges")
+    return doc
