@@ -11,7 +11,8 @@ those, this module only parses and decides.
 A token is compared with every known token in constant time
 (:func:`hmac.compare_digest`, and never an early exit), so the time an
 answer takes says nothing about how much of a guess was right. A person is
-named in the audit trail by a fingerprint of their token (:attr:`Grant.who`),
+named in the audit trail (:attr:`Grant.who`) by the name given with the
+role (``reviewer@alice:<token>``), else by a fingerprint of the token:
 never by the token.
 
 Actions are ``POST`` only and must not come from another site (a page
@@ -23,6 +24,8 @@ elsewhere making the reviewer's browser post): :func:`cross_site` reads the
 ('reviewer', False)
 >>> tokens.grant("guess") is None
 True
+>>> AccessTokens.parse("reviewer@alice:a-long-token").grant("a-long-token").who
+'alice'
 >>> "may-act" in repr(tokens)
 False
 >>> AccessTokens.parse("admin:x1234567")
@@ -72,7 +75,7 @@ def fingerprint(token: str) -> str:
 class AccessTokens:
     """The known tokens and their roles. Empty: nobody gets in (every view answers 401)."""
 
-    entries: tuple[tuple[Role, bytes], ...] = field(default=(), repr=False)
+    entries: tuple[tuple[Role, bytes, str], ...] = field(default=(), repr=False)
 
     @classmethod
     def parse(cls, *texts: str) -> AccessTokens:
@@ -84,7 +87,7 @@ class AccessTokens:
         Traceback (most recent call last):
         ValueError: web tokens: entry 1: a token needs at least 8 characters
         """
-        entries: list[tuple[Role, bytes]] = []
+        entries: list[tuple[Role, bytes, str]] = []
         n = 0
         for text in texts:
             for line in text.splitlines():
@@ -95,7 +98,8 @@ class AccessTokens:
                         continue
                     n += 1
                     role, sep, token = part.partition(":")
-                    role, token = role.strip().lower(), token.strip()
+                    role, _, name = role.partition("@")
+                    role, name, token = role.strip().lower(), name.strip(), token.strip()
                     if not sep:
                         raise ValueError(f"web tokens: entry {n}: expected role:token")
                     if role not in ROLES:
@@ -109,7 +113,12 @@ class AccessTokens:
                         )
                     if any(c.isspace() for c in token):
                         raise ValueError(f"web tokens: entry {n}: a token has no spaces")
-                    entries.append((role, token.encode()))  # type: ignore[arg-type]
+                    if name and not all(c.isalnum() or c in "._-" for c in name):
+                        raise ValueError(
+                            f"web tokens: entry {n}: a name has letters, digits, '.', '_', '-'"
+                        )
+                    who = name or fingerprint(token)
+                    entries.append((role, token.encode(), who))  # type: ignore[arg-type]
         return cls(tuple(entries))
 
     def __len__(self) -> int:
@@ -128,11 +137,11 @@ class AccessTokens:
         if not token:
             return None
         given = token.encode()
-        found: Role | None = None
-        for role, known in self.entries:
+        found: Grant | None = None
+        for role, known, who in self.entries:
             if hmac.compare_digest(given, known) and (found is None or role == "reviewer"):
-                found = role
-        return None if found is None else Grant(found, fingerprint(token))
+                found = Grant(role, who)
+        return found
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:
