@@ -471,8 +471,7 @@ def banks_page(
         "".join(
             f"<tr><td><b>{esc(r.bank)}</b></td><td>{r.entries:,}</td>"
             f"<td>{esc(', '.join(f'{k} {n:,}' for k, n in r.by_type))}</td>"
-            f"<td>{esc(_when(round(r.last_update_s * 1000))) if r.last_update_s else 'not since start'}"
-            f"</td><td>{r.matches_last_hour:,}</td></tr>"
+            f"<td>{_updated(r.last_update_s)}</td><td>{r.matches_last_hour:,}</td></tr>"
             for r in rows
         )
         or '<tr><td colspan="5" class="mute">no bank loaded</td></tr>'
@@ -489,6 +488,12 @@ def banks_page(
         f"</tr>{body_rows}</table></div>"
     )
     return layout("banks", body, nonce=nonce, who=who)
+
+
+def _updated(when_s: float | None) -> str:
+    if not when_s:
+        return '<span class="mute">not since start</span>'
+    return esc(_when(round(when_s * 1000)))
 
 
 def login_page(next_path: str, *, nonce: str, error: str = "") -> str:

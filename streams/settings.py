@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
 
+from streams.access import AccessTokens
 from streams.policy import parse_duration
 
 #: Makes pseudonyms reproducible in demos and tests. Production sets
@@ -202,6 +203,15 @@ class Settings:
     http_host: str = "127.0.0.1"
     #: Port of the worker's HTTP server (0: any free port); ``None``: no server.
     http_port: int | None = None
+    #: The URL other workers reach this one's HTTP port at (a cascade view asked of one
+    #: worker is forwarded to the worker holding the cluster); ``None``: the interface it
+    #: listens on, or the host name when that is every interface. Kubernetes: the pod IP.
+    http_advertise: str | None = None
+    #: Tokens of the views, ``role:token`` (roles ``viewer``, ``reviewer``; ``role@name:token``
+    #: names the holder in the audit trail), separated by ``,``. A secret: never printed.
+    web_tokens: str = field(default="", repr=False)
+    #: A file of such tokens (one or more a line), re-read when it changes: a mounted Secret.
+    web_tokens_file: Path | None = None
     #: Alertmanager base URL to post alerts to; ``None``: none.
     alertmanager_url: str | None = None
     #: How often every firing alert is posted to Alertmanager again (it resolves an alert
@@ -244,8 +254,11 @@ class Settings:
             if self.http_port is not None:
                 parse_port(str(self.http_port))
             parse_host(self.http_host)
+            if self.http_advertise is not None:
+                parse_http_url(self.http_advertise)
         except ValueError as exc:
             raise ValueError(f"http settings: {exc}") from None
+        AccessTokens.parse(self.web_tokens)  # raises ValueError naming the bad entry
 
     # -- derived ------------------------------------------------------------
 
@@ -301,7 +314,7 @@ class Settings:
         env: dict[str, str] = {}
         for var, (name, parse) in _ENV.items():
             value = getattr(self, name)
-            if value is None or parse is _bytes:  # unset, or a secret
+            if value is None or parse in (_bytes, _secret):  # unset, or a secret
                 continue
             if parse is _paths:
                 env[var] = os.pathsep.join(str(p) for p in value)
@@ -356,7 +369,7 @@ class Settings:
                 values[key] = value
         if "bank_files" in values:
             values["bank_files"] = tuple(Path(p) for p in values["bank_files"])
-        for key in ("policy_file", "data_dir"):
+        for key in ("policy_file", "data_dir", "web_tokens_file"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         if isinstance(values.get("pseudonym_key"), str):
@@ -513,6 +526,26 @@ def _bytes(text: str) -> bytes:
     return text.encode()
 
 
+def _secret(text: str) -> str:
+    return text
+
+
+def parse_http_url(text: str) -> str:
+    """An ``http://`` or ``https://`` URL with a host (and no path): how a worker is reached.
+
+    >>> parse_http_url("http://10.1.2.3:6066/")
+    'http://10.1.2.3:6066'
+    >>> parse_http_url("10.1.2.3:6066")
+    Traceback (most recent call last):
+    ValueError: not an http:// URL of a host: '10.1.2.3:6066'
+    """
+    scheme, sep, rest = text.strip().partition("://")
+    rest = rest.rstrip("/")
+    if not sep or scheme.lower() not in ("http", "https") or not rest or "/" in rest:
+        raise ValueError(f"not an http:// URL of a host: {text!r}")
+    return f"{scheme.lower()}://{rest}"
+
+
 _ENV: Final[dict[str, tuple[str, Any]]] = {
     "VIRALWATCH_BROKER": ("broker", _str),
     "VIRALWATCH_TOPIC_PREFIX": ("topic_prefix", _str),
@@ -537,6 +570,9 @@ _ENV: Final[dict[str, tuple[str, Any]]] = {
     "VIRALWATCH_HEARTBEAT": ("heartbeat_s", _seconds),
     "VIRALWATCH_HTTP_HOST": ("http_host", parse_host),
     "VIRALWATCH_HTTP_PORT": ("http_port", parse_port),
+    "VIRALWATCH_HTTP_ADVERTISE": ("http_advertise", parse_http_url),
+    "VIRALWATCH_WEB_TOKENS": ("web_tokens", _secret),
+    "VIRALWATCH_WEB_TOKENS_FILE": ("web_tokens_file", Path),
     "VIRALWATCH_ALERTMANAGER": ("alertmanager_url", _str),
     "VIRALWATCH_ALERTMANAGER_REPOST": ("alertmanager_repost_s", _seconds),
     "VIRALWATCH_WEBHOOK": ("webhook_url", _str),

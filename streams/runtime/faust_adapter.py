@@ -193,3 +193,18 @@ def set_current_event(stream: Any, event: Any) -> None:
     partition from the stream's current event, which only it sets publicly.
     """
     stream._set_current_event(event)
+
+
+def partition_owners(app: Any, topic: str) -> dict[int, str]:
+    """Which worker holds each partition of ``topic``, by the URL it advertised (Faust's
+    ``canonical_url``), as of the last rebalance; empty before the first.
+
+    Every member of the group sends its URL with its subscription and the
+    leader hands every member the whole assignment with the URLs (the way
+    Faust's own web views find a table key's owner), so each worker knows
+    where every partition lives without a topic or a registry of its own.
+    """
+    dist = app.assignor.external_topic_distribution
+    return {
+        int(p): str(url).rstrip("/") for url, topics in dist.items() for p in topics.get(topic, ())
+    }

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 
-from streams.alerts import Alert
+from streams.alerts import Alert, TakedownRequest
 from streams.detector import Decisions
 from streams.stages import DeadLetter
 
@@ -64,6 +64,9 @@ class Outputs:
         #: every new alert with its clusters partition and that partition's watermark
         #: when it was decided (the in-process runner notes when each alert came out)
         self.on_sent: Callable[[int, int, list[Alert]], None] | None = None
+        #: every alert written or re-announced and every takedown request written (the
+        #: cascade views keep them for the cluster's page)
+        self.on_written: Callable[[list[Alert], list[TakedownRequest]], None] | None = None
         self._staged: list[_Decided] = []
         self.alerts_sent = 0
         self.actions_sent = 0
@@ -97,13 +100,17 @@ class Outputs:
                     sent.append(alert)
                 else:  # made before, by whoever held this state: never sent twice
                     again.append(alert)
+            written: list[TakedownRequest] = []
             for action in d.decisions.actions:
                 key = action.action_id.encode()
                 if key not in self.actions:
                     self.actions[key] = action.to_json()
                     self.actions_sent += 1
+                    written.append(action)
             self.alerts_sent += len(sent)
             again += d.again
+            if self.on_written is not None and (sent or again or written):
+                self.on_written(sent + again, written)
             if again and self.on_reannounce is not None:
                 self.on_reannounce(again)  # first: they were made before this batch's new ones
             if sent and self.on_sent is not None:

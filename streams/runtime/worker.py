@@ -92,6 +92,7 @@ from streams.runtime.outputs import Outputs
 from streams.runtime.shares_reader import SharesReader
 from streams.runtime.state_log import StateLog
 from streams.runtime.topology import StageSettings, Topology
+from streams.runtime.views import TokenSource, Views, advertised_url
 from streams.settings import TOPICS, Settings, deprecated_in
 from streams.stages import (
     ClusterPartition,
@@ -202,6 +203,7 @@ class Worker:
         shares_partitions: int | None = None,
         on_alerts: Callable[[list[Alert]], None] | None = None,
         health: Health | None = None,
+        views: Views | None = None,
     ) -> None:
         if settings.broker is None:
             raise ValueError("the worker needs a broker (start one with start_local_broker)")
@@ -214,6 +216,8 @@ class Worker:
         self.sources = shares_partitions or s.partitions
         #: what /readyz and /livez read: banks read, partitions assigned, state restored
         self.health = health if health is not None else Health()
+        #: the cascade views on the HTTP port: they read the state through this loop
+        self.views = views
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._delays: dict[str, list[float]] = defaultdict(list)
         self._crash_timer: threading.Timer | None = None
@@ -228,6 +232,8 @@ class Worker:
         self._stream: Any = None
         self.app = self._build()
         self.on_alerts = on_alerts
+        if views is not None:
+            self.outputs.on_written = views.note
 
     # -- what others set and read --
 
@@ -277,8 +283,11 @@ class Worker:
         creds = credentials(s)
         if creds is not None:
             conf["broker_credentials"] = creds
-        # Faust's web server stays off: the worker's one HTTP port is streams.web's.
+        # Faust's web server stays off: the worker's one HTTP port is streams.web's. Its URL
+        # goes round the group with the assignment: a view is forwarded to the owner.
         conf["web_enabled"] = False
+        if self.views is not None and self.views.url:
+            conf["canonical_url"] = self.views.url
         app = App(
             s.app_id,
             broker=faust_broker_url(s.broker or ""),
@@ -429,6 +438,11 @@ class Worker:
         @app.task  # type: ignore[untyped-decorator]
         async def bank_updates() -> None:
             await self.bank_follower.run()
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def views() -> None:
+            if self.views is not None:
+                await self.views.run(self)
 
         @app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
@@ -703,20 +717,29 @@ def run_worker(settings: Settings, say: Callable[[str], None] | None = None) -> 
     # The HTTP port first: /livez answers and /readyz says what is awaited while the
     # banks load and the state is restored, and a port already taken fails at once.
     health = Health()
-    registry, http = serve_worker_http(settings, health)
-    if http is not None:
-        say(f"HTTP at {http.url()}: /metrics, /livez, /readyz")
+    registry, http, views = serve_worker_http(settings, health)
+    if http is not None and views is not None:
+        say(
+            f"HTTP at {http.url()}: /metrics, /livez, /readyz; views /cascade/<id>, /emerging, "
+            f"/banks ({len(views.tokens.tokens())} tokens; others reach it at {views.url})"
+        )
     try:
-        _run_worker(settings, say, health, registry, http is not None)
+        _run_worker(settings, say, health, registry, views)
     finally:
         if http is not None:
             http.stop()
+        if views is not None:
+            views.close()
 
 
-def serve_worker_http(settings: Settings, health: Health) -> tuple[Any, HttpServer | None]:
-    """A worker's metrics registry, and its HTTP server if ``settings.http_port`` is set.
+def serve_worker_http(
+    settings: Settings, health: Health
+) -> tuple[Any, HttpServer | None, Views | None]:
+    """A worker's metrics registry, and its HTTP server and views if ``settings.http_port``
+    is set.
 
-    Raises :class:`streams.web.ServeError` (a ``ValueError``) when it cannot listen.
+    Raises ``ValueError`` (:class:`streams.web.ServeError` among them) when it cannot listen
+    or the web tokens cannot be read.
     """
     from prometheus_client import CollectorRegistry
 
@@ -724,16 +747,25 @@ def serve_worker_http(settings: Settings, health: Health) -> tuple[Any, HttpServ
 
     registry = CollectorRegistry()
     if settings.http_port is None:
-        return registry, None
+        return registry, None, None
+    views = Views(settings, TokenSource(settings.web_tokens, settings.web_tokens_file))
     router = Router()
     add_metrics(router, registry)
     add_probes(router, health)
-    return registry, serve(router, settings.http_host, settings.http_port)
+    views.add_routes(router)
+    http = serve(router, settings.http_host, settings.http_port)
+    views.url = advertised_url(settings, http.port)
+    return registry, http, views
 
 
 def _run_worker(
-    settings: Settings, say: Callable[[str], None], health: Health, registry: Any, served: bool
+    settings: Settings,
+    say: Callable[[str], None],
+    health: Health,
+    registry: Any,
+    views: Views | None,
 ) -> None:
+    served = views is not None
     health.set("banks", False, "loading the bank files")
     banks = load_banks(settings.bank_files)
     health.set("banks", False, f"bank files read ({len(banks)} entries); the bank topic next")
@@ -749,6 +781,7 @@ def _run_worker(
             policy=policy,
             shares_partitions=shares_partitions,
             health=health,
+            views=views,
         )
         if served or settings.alertmanager_url or settings.webhook_url:
             from streams.sinks.oncall import OnCall
