@@ -65,7 +65,8 @@ class ClusterCapture:
     """A raw copy of one cluster, taken on the loop; user ids still in clear (never shown).
 
     ``posts`` are ``(post, parent, user, ts_ms, live, followers)`` in the
-    order they were added (a parent always before its reshares);
+    order they were added (a parent always before its reshares; then the
+    posts held for the watermark, see :func:`capture_cluster`);
     ``graph_kept`` is false for an unbanked cluster, which keeps its posts
     but no graph (``parent``, ``user`` and ``ts_ms`` are then unknown).
     """
@@ -77,11 +78,7 @@ class ClusterCapture:
     match: MatchInfo | None
     posts: tuple[tuple[str, str | None, str, int, bool, int | None], ...]
     graph_kept: bool
-    rates: tuple[float, float, float]
-    acceleration: float
     prediction: Prediction | None
-    #: the figures the cascade keeps as it grows (size, live, roots, users, depth, breadth)
-    counts: tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)
     episode: int = 0
     active: bool = False
     fired: tuple[str, ...] = ()
@@ -90,6 +87,8 @@ class ClusterCapture:
     recent_takedowns: tuple[TakedownRequest, ...] = ()
     hashes: tuple[tuple[str, str], ...] = ()
     reviews: tuple[dict[str, Any], ...] = ()
+    #: of ``posts``, how many were received but not applied yet (held for the watermark)
+    held: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +126,7 @@ class CascadeSnapshot:
     top_spreaders: tuple[tuple[str, int], ...] = ()
     reviews: tuple[dict[str, Any], ...] = ()
     served_by: str = ""
+    held: int = 0
 
     @property
     def banked(self) -> bool:
@@ -200,56 +200,120 @@ def capture_cluster(
     hashes: Sequence[tuple[str, str]] = (),
     reviews: Sequence[dict[str, Any]] = (),
 ) -> ClusterCapture | None:
-    """Copy one cluster of ``detector`` (call on the loop that owns it); ``None``: not here."""
+    """Copy one cluster of ``detector`` (call on the loop that owns it); ``None``: not here.
+
+    The posts applied, then those received and still held for the watermark
+    (a streaming worker applies events only once every input has passed
+    them, but an early alert already counted them): a reshare held whose
+    parent is not in the copy yet waits for it, as the detector's does.
+    """
     st = detector.clusters.get(cluster_id)
-    if st is None:
+    held, held_match = detector.held(cluster_id)
+    if st is None and not held:
         return None
-    now = max(now_ms, st.last_ms)
-    c = st.cascade
-    posts: list[tuple[str, str | None, str, int, bool, int | None]]
-    if isinstance(c, Cascade):
-        g = c.graph
-        pred = g.pred
-        posts = [
-            (n, next(iter(pred[n]), None), d["user"], d["ts_ms"], d["live"], d.get("followers"))
-            for n, d in g.nodes(data=True)
-        ]
-        counts = (c.size, c.live, c.roots, c.unique_users, c.depth, c.breadth)
-        kept = True
-    else:
-        live = set(c.live_posts())
-        posts = [(n, None, "", 0, n in live, None) for n in c.posts()]
-        counts = (c.size, c.live, c.roots, 0, 0, 0)
-        kept = False
-    v = st.velocity
-    prediction = st.prediction
-    if prediction is None and st.predictor is not None:
-        prediction = st.predictor.predict(max(0.0, (now - st.first_seen_ms) / 1000))
+    posts: list[tuple[str, str | None, str, int, bool, int | None]] = []
+    kept = True
+    if st is not None:
+        c = st.cascade
+        if isinstance(c, Cascade):
+            g = c.graph
+            pred = g.pred
+            posts = [
+                (n, next(iter(pred[n]), None), d["user"], d["ts_ms"], d["live"], d.get("followers"))
+                for n, d in g.nodes(data=True)
+            ]
+        else:
+            live = set(c.live_posts())
+            posts = [(n, None, "", 0, n in live, None) for n in c.posts()]
+            kept = False
+    if held and kept:
+        have = {p[0] for p in posts}
+        waiting: dict[str, list[Any]] = {}
+        for ev in held:
+            stack = [ev]
+            while stack:
+                e = stack.pop()
+                if e.post_id in have:
+                    continue
+                parent = e.parent_post_id
+                if parent is not None and parent not in have:
+                    waiting.setdefault(parent, []).append(e)
+                    continue
+                have.add(e.post_id)
+                posts.append((e.post_id, parent, e.user_id, e.ts_ms, True, e.followers))
+                stack.extend(waiting.pop(e.post_id, ()))
+    last = max([st.last_ms if st is not None else 0, *(e.ts_ms for e in held)])
+    first = min([*([st.first_seen_ms] if st is not None else []), *(e.ts_ms for e in held)])
+    match = (st.match if st is not None else None) or held_match
+    prediction = st.prediction if st is not None else None
+    if st is not None and prediction is None and st.predictor is not None:
+        prediction = st.predictor.predict(max(0.0, (max(now_ms, last) - first) / 1000))
     rec = records or ClusterRecords()
     n_takedowns, recent = rec.takedowns(cluster_id)
-    if st.match is not None and not hashes:
-        hashes = [(st.match.signal_type, st.match.signal)]
+    if match is not None and not hashes:
+        hashes = [(match.signal_type, match.signal)]
     return ClusterCapture(
         cluster_id=cluster_id,
-        as_of_ms=now,
-        first_seen_ms=st.first_seen_ms,
-        last_ms=st.last_ms,
-        match=st.match,
+        as_of_ms=max(now_ms, last),
+        first_seen_ms=first,
+        last_ms=last,
+        match=match,
         posts=tuple(posts),
         graph_kept=kept,
-        rates=(v.rate(WINDOWS_MS[0], now), v.rate(WINDOWS_MS[1], now), v.rate(WINDOWS_MS[2], now)),
-        acceleration=v.acceleration(now),
         prediction=prediction,
-        counts=counts,
-        episode=st.episode,
-        active=st.active,
-        fired=tuple(st.fired),
+        episode=st.episode if st is not None else 0,
+        active=st.active if st is not None else False,
+        fired=tuple(st.fired) if st is not None else (),
         alerts=rec.alerts(cluster_id),
         takedowns=n_takedowns,
         recent_takedowns=recent,
         hashes=tuple(hashes),
         reviews=tuple(reviews),
+        held=len(held),
     )
+
+
+def forest_figures(
+    posts: Sequence[PostView], now_ms: int, prediction: Prediction | None = None
+) -> tuple[CascadeFigures, nx.DiGraph]:
+    """A cascade's figures (as an alert gives them) from its posts, parents before reshares;
+    and the forest as a graph (parent -> reshare). O(n).
+
+    >>> posts = [PostView("a", None, "u1", 0, True), PostView("b", "a", "u2", 30_000, True),
+    ...          PostView("c", "a", "u3", 60_000, False)]
+    >>> f, g = forest_figures(posts, 60_000)
+    >>> (f.size, f.live, f.roots, f.unique_users, f.depth, f.breadth, f.velocity_1m)
+    (3, 2, 1, 3, 1, 2, 2.0)
+    """
+    g = nx.DiGraph()
+    g.add_nodes_from(p.post_id for p in posts)
+    g.add_edges_from((p.parent, p.post_id) for p in posts if p.parent is not None)
+    level: dict[str, int] = {}
+    per_level: Counter[int] = Counter()
+    for p in posts:
+        lv = level[p.post_id] = level.get(p.parent, -1) + 1 if p.parent is not None else 0
+        per_level[lv] += 1
+    times = sorted(p.ts_ms for p in posts)
+
+    def count(window: int, t: int) -> int:
+        return bisect_right(times, t) - bisect_right(times, t - window)
+
+    rates = [count(w, now_ms) * MINUTE_MS / w for w in WINDOWS_MS]
+    figures = CascadeFigures(
+        size=len(posts),
+        live=sum(1 for p in posts if p.live),
+        roots=sum(1 for p in posts if p.parent is None),
+        unique_users=len({p.user for p in posts}),
+        depth=max(level.values(), default=0),
+        breadth=max(per_level.values(), default=0),
+        structural_virality=structural_virality(g),
+        velocity_1m=rates[0],
+        velocity_5m=rates[1],
+        velocity_15m=rates[2],
+        acceleration=float(count(MINUTE_MS, now_ms) - count(MINUTE_MS, now_ms - MINUTE_MS)),
+        predicted_final_size=prediction,
+    )
+    return figures, g
 
 
 def snapshot(
@@ -270,37 +334,21 @@ def snapshot(
         PostView(post, parent, name(user), ts, live, followers)
         for post, parent, user, ts, live, followers in cap.posts
     )
-    rates = cap.rates
-    size, live, roots, users, depth, breadth = cap.counts
-    virality = 0.0
     spreaders: tuple[tuple[str, int], ...] = ()
     if cap.graph_kept:
-        # virality and spreaders need the whole forest: O(n), here rather than on the loop
-        g = nx.DiGraph()
-        g.add_nodes_from(p[0] for p in cap.posts)
-        g.add_edges_from((p[1], p[0]) for p in cap.posts if p[1] is not None)
-        virality = structural_virality(g)
-        user_of = {p[0]: p[2] for p in cap.posts}
+        figures, g = forest_figures(posts, cap.as_of_ms, cap.prediction)
+        user_of = {p.post_id: p.user for p in posts}
         reshared: Counter[str] = Counter()
         for node, deg in g.out_degree():
             if deg:
                 reshared[user_of[node]] += deg
-        best = sorted(reshared.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]
-        spreaders = tuple((name(u), n) for u, n in best)
-    figures = CascadeFigures(
-        size=size,
-        live=live,
-        roots=roots,
-        unique_users=users,
-        depth=depth,
-        breadth=breadth,
-        structural_virality=virality,
-        velocity_1m=rates[0],
-        velocity_5m=rates[1],
-        velocity_15m=rates[2],
-        acceleration=cap.acceleration,
-        predicted_final_size=cap.prediction,
-    )
+        spreaders = tuple(sorted(reshared.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n])
+    else:  # no graph, no times: what the cluster counts
+        figures = CascadeFigures(
+            size=len(posts),
+            live=sum(1 for p in posts if p.live),
+            predicted_final_size=cap.prediction,
+        )
     times = sorted(p.ts_ms for p in posts) if cap.graph_kept else []
     return CascadeSnapshot(
         cluster_id=cap.cluster_id,
@@ -322,6 +370,7 @@ def snapshot(
         top_spreaders=spreaders,
         reviews=cap.reviews,
         served_by=served_by,
+        held=cap.held,
     )
 
 
@@ -372,6 +421,7 @@ def to_doc(snap: CascadeSnapshot, base: str = "") -> dict[str, Any]:
             "recent": [t.to_dict() for t in snap.recent_takedowns],
         },
         "reviews": list(snap.reviews),
+        "held_posts": snap.held,
         "graph": {
             "kept": snap.graph_kept,
             "json": f"{base}/graph.json",

@@ -802,6 +802,15 @@ class Detector:
                 c.add_reshare(ev.post_id, parent=ev.parent_post_id, user=ev.user_id, ts_ms=ev.ts_ms)
         return c if c.size or applied is not None else None
 
+    def held(self, cluster_id: str) -> tuple[list[ShareEvent], MatchInfo | None]:
+        """The posts received for a banked cluster and not applied yet (waiting for the
+        watermark), in ``(ts, event_id)`` order, and the match they came with: what an early
+        alert counted before its cluster's state had them (the cascade view shows them)."""
+        ahead = self._ahead.get(cluster_id)
+        if ahead is None:
+            return [], None
+        return ahead.events(), ahead.match
+
     # -- figures ----------------------------------------------------------
 
     def _forecast(self, st: ClusterState, now: int) -> Prediction | None:

@@ -377,7 +377,8 @@ def cascade_page(
         f'<div class="card">{bank}<br><span class="mute">hashes:</span> '
         f"{_hashes(snap.hashes)}<br><span class='mute'>first seen {esc(_when(snap.first_seen_ms))}"
         f", last event {esc(_when(snap.last_ms))}, as of {esc(_when(snap.as_of_ms))} (event time)"
-        f"{', served by ' + esc(snap.served_by) if snap.served_by else ''}</span></div>"
+        f"{', served by ' + esc(snap.served_by) if snap.served_by else ''}"
+        f"{_held(snap.held)}</span></div>"
         f'<div class="card grid">{figs}</div>'
         f"<h2>Reshare tree</h2>{tree}"
         f'<h2>Velocity over time</h2><div class="card">{velocity_svg(snap.series)}</div>'
@@ -488,6 +489,15 @@ def banks_page(
         f"</tr>{body_rows}</table></div>"
     )
     return layout("banks", body, nonce=nonce, who=who)
+
+
+def _held(n: int) -> str:
+    if not n:
+        return ""
+    return (
+        f"; {n:,} of the posts are received but not yet applied (held until every input "
+        "partition has passed them): counted here, as the early alert counted them"
+    )
 
 
 def _updated(when_s: float | None) -> str:

@@ -1,0 +1,170 @@
+"""The views on Apache Kafka with two workers: an alert's cascade link works on either one.
+
+Two ``python -m streams.runtime`` processes share the partitions; each has
+its HTTP port and the same tokens. The first alert's ``links.cascade`` is
+fetched from *both*: one holds the cluster, the other forwards the request
+to it (found through the consumer group's assignment), and both answer with
+the cluster. A reviewer's false-positive verdict posted to the worker that
+does not hold it reaches the ``bank`` and ``audit`` topics.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import orjson
+import pytest
+from kafka_helpers import (
+    TopicReader,
+    WorkerProcess,
+    broker,
+    latest_stats,
+    produce_lines,
+    worker_env,
+    workers,
+)
+from programs import free_port
+from test_streaming_integration import scenario_files, setup
+
+from streams.runtime.broker import RunningBroker
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+__all__ = ["broker"]  # the module-scoped fixture, imported for pytest
+
+VIEWER, REVIEWER = "viewer-token-0001", "reviewer-token-0002"
+TOKENS = f"viewer:{VIEWER},reviewer@oncall:{REVIEWER}"
+
+
+def fetch(
+    base: str,
+    path: str,
+    token: str | None,
+    method: str = "GET",
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    import http.client
+
+    url = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(url.hostname or "", url.port, timeout=30)
+    h = dict(headers or {})
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    conn.request(method, path, body=body or None, headers=h)
+    r = conn.getresponse()
+    out = r.status, dict(r.getheaders()), r.read()
+    conn.close()
+    return out
+
+
+def test_an_alerts_cascade_link_works_on_both_workers(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    lines, _, bank_path = scenario_files(tmp_path)
+    s = setup(broker, tmp_path, bank_path)
+    ports = [free_port(), free_port()]
+    procs = [
+        WorkerProcess(
+            worker_env(
+                s,
+                VIRALWATCH_HTTP_HOST="127.0.0.1",
+                VIRALWATCH_HTTP_PORT=str(port),
+                VIRALWATCH_WEB_TOKENS=TOKENS,
+            ),
+            tmp_path / f"worker-{i}.log",
+        )
+        for i, port in enumerate(ports)
+    ]
+    bases = [f"http://127.0.0.1:{p}" for p in ports]
+
+    def logs() -> str:
+        return "\n---\n".join(p.log_tail(30) for p in procs)
+
+    with workers(*procs):
+        stats = TopicReader(broker, s.topic("stats"))
+        stats.until(
+            lambda r: sum(1 for d in latest_stats(r).values() if d["time"] > time.time() - 2) == 2,
+            90,
+            "two workers reporting",
+            on_timeout=logs,
+        )
+        stats.close()
+        produce_lines(broker, s.topic("shares"), lines, keying="post")
+        alerts = TopicReader(broker, s.topic("alerts"))
+        alerts.until(lambda r: len(r) >= 1, 120, "the first alert", on_timeout=logs)
+        first: dict[str, Any] = orjson.loads(alerts.records[0].value)
+        alerts.close()
+        link = urllib.parse.urlsplit(first["links"]["cascade"])
+        assert link.path == f"/cascade/{first['cluster_id']}"
+
+        def ask(base: str) -> tuple[int, dict[str, str], bytes]:
+            deadline = time.monotonic() + 60
+            while True:  # the owner may still be restoring or rebalancing: 503, then 200
+                got = fetch(base, link.path, VIEWER, headers={"Accept": "application/json"})
+                if got[0] != 503 or time.monotonic() > deadline:
+                    return got
+                time.sleep(0.5)
+
+        served_by = set()
+        for base in bases:
+            status, headers, body = ask(base)
+            assert status == 200, f"{base}: {status} {body[:300]!r}\n{logs()}"
+            doc = json.loads(body)
+            assert doc["cluster_id"] == first["cluster_id"]
+            assert doc["cascade"]["size"] >= first["cascade"]["size"]
+            served_by.add(headers["X-Viralwatch-Served-By"])
+            status, _, graphml = fetch(base, link.path + "/graph.graphml", VIEWER)
+            assert status == 200
+            g = nx.read_graphml(io.BytesIO(graphml))
+            assert g.number_of_nodes() >= first["cascade"]["size"]
+            assert g.number_of_nodes() <= json.loads(ask(base)[2])["cascade"]["size"]
+        assert len(served_by) == 1 and served_by <= set(bases), served_by  # one owner
+
+        # no token: 401 on each; a viewer who acts: 403; probes stay open
+        for base in bases:
+            assert fetch(base, link.path, None)[0] == 401
+            assert fetch(base, "/emerging", "wrong-token-xyz")[0] == 401
+            assert fetch(base, "/readyz", None)[0] in (200, 503)
+            assert fetch(base, "/metrics", None)[0] == 200
+            form = {"Content-Type": "application/x-www-form-urlencoded"}
+            status, _, _ = fetch(
+                base, link.path + "/false-positive", VIEWER, "POST", b"reason=x", form
+            )
+            assert status == 403
+
+        # a reviewer's verdict, posted to the worker that does not hold the cluster
+        (owner,) = served_by
+        other = next(b for b in bases if b != owner)
+        status, _, body = fetch(
+            other,
+            link.path + "/false-positive",
+            REVIEWER,
+            "POST",
+            json.dumps({"reason": "test: a sunset, not NCII"}).encode(),
+            {"Content-Type": "application/json"},
+        )
+        assert status == 202, body
+        action = json.loads(body)["action"]
+        assert (action["kind"], action["reviewer"], action["cluster_id"]) == (
+            "false_positive",
+            "oncall",
+            first["cluster_id"],
+        )
+        audit = TopicReader(broker, s.topic("audit"))
+        audit.until(lambda r: len(r) >= 1, 30, "the audit record")
+        assert json.loads(audit.records[0].value)["action_id"] == action["action_id"]
+        audit.close()
+        bank = TopicReader(broker, s.topic("bank"))
+        bank.until(
+            lambda r: any(b"allowlist" in (x.value or b"") for x in r), 30, "the allow-list entry"
+        )
+        bank.close()
+        page = fetch(owner, link.path, REVIEWER)[2].decode()
+        assert "false positive" in page and '<svg id="tree"' in page
