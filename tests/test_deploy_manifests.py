@@ -231,10 +231,11 @@ def test_compose_runs_two_workers_each_with_a_host_port() -> None:
 
 def test_compose_secrets_come_from_files_not_from_the_compose_file() -> None:
     text = COMPOSE.read_text(encoding="utf-8")
-    for name in ("VIRALWATCH_PSEUDONYM_KEY", SECRET_ENV, "GF_SECURITY_ADMIN_PASSWORD:"):
+    secret_vars = ("VIRALWATCH_PSEUDONYM_KEY", SECRET_ENV, "VIRALWATCH_WEB_TOKENS")
+    for name in (*secret_vars, "GF_SECURITY_ADMIN_PASSWORD:"):
         assert name not in text, f"{name} is set in compose.yaml itself"
     worker = compose_config()["services"]["worker"]
-    assert {"VIRALWATCH_PSEUDONYM_KEY", SECRET_ENV} <= set(worker["environment"])
+    assert set(secret_vars) <= set(worker["environment"])
     gitignore = (DEPLOY / "secrets" / ".gitignore").read_text(encoding="utf-8").splitlines()
     rules = [line for line in gitignore if line and not line.startswith("#")]
     assert rules == ["*", "!.gitignore", "!*.example"]
@@ -341,12 +342,38 @@ def test_k8s_workers_set_only_variables_the_code_reads() -> None:
     unknown = viralwatch_vars([e["name"] for e in env]) - READ_BY_CODE
     assert not unknown, f"no code reads {sorted(unknown)}"
     plain = {e["name"]: e["value"] for e in env if "value" in e}
-    secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "valueFrom" in e}
+    secrets = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in env
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
     settings = Settings.from_env({**plain, **dict.fromkeys(secrets, "from-the-secret")})
     assert settings.http_port == HTTP_PORT and settings.http_host == "0.0.0.0"
     assert settings.policy_file is not None and settings.bank_files
     assert settings.alertmanager_url and not settings.uses_dev_key
     assert not viralwatch_vars(list(plain) + list(secrets)) & set(DEPRECATED_ENV)
+
+
+def test_k8s_views_forward_to_the_pod_ip_and_read_tokens_from_the_mounted_secret() -> None:
+    """Any pod answers a view (the Service spreads requests): it forwards to the pod that
+    holds the cluster at the URL that pod advertised, its IP; the tokens are a file from
+    the Secret, never a value in the manifest."""
+    container = worker_container()
+    env = container["env"]
+    names = [e["name"] for e in env]
+    by_name = {e["name"]: e for e in env}
+    assert by_name["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    advertise = by_name["VIRALWATCH_HTTP_ADVERTISE"]["value"]
+    assert advertise == f"http://$(POD_IP):{HTTP_PORT}"
+    assert names.index("POD_IP") < names.index("VIRALWATCH_HTTP_ADVERTISE")  # expanded in order
+    assert "VIRALWATCH_WEB_TOKENS" not in by_name  # the file, not a variable
+    path = Path(by_name["VIRALWATCH_WEB_TOKENS_FILE"]["value"])
+    (deployment,) = k8s_objects("Deployment")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    secret = volumes[mounts[str(path.parent)]]["secret"]
+    assert secret["secretName"] == "viralwatch-secrets"
+    assert {"key": "web-tokens", "path": path.name} in secret["items"]
 
 
 def test_k8s_secrets_are_referenced_never_stored() -> None:
