@@ -181,12 +181,17 @@ class LoopBridge:
 class ViewedWorker(Protocol):
     """What the views read of a worker (on its loop only)."""
 
-    worker_id: str
-    partitions: int
-    detectors: dict[int, ClusterPartition]
-    banks: HashBanks
-    stats: Stats
-    app: Any
+    @property
+    def detectors(self) -> Mapping[int, ClusterPartition]: ...
+
+    @property
+    def banks(self) -> HashBanks: ...
+
+    @property
+    def stats(self) -> Stats: ...
+
+    @property
+    def app(self) -> Any: ...
 
 
 class TokenSource:
