@@ -304,6 +304,27 @@ def _event(obj: object) -> ShareEvent:
     )
 
 
+def event_from_dict(obj: object, raw: bytes = b"") -> ShareEvent | Rejection:
+    """Validate a decoded JSON value as a share event; never raises on bad input.
+
+    The one decoder of a share event: :func:`parse_event` uses it for input
+    lines, and the stages for the events they send each other
+    (:mod:`streams.wire`), so a record the pipeline wrote is held to the same
+    rules as one a producer wrote. ``raw`` is what a rejection keeps.
+
+    >>> event_from_dict({"event_id": "e", "type": "share", "ts": 1767225600000,
+    ...                  "post_id": "p2", "parent_post_id": "p1", "user_id": "u"}).post_id
+    'p2'
+    >>> event_from_dict(["not", "an", "object"]).reason
+    'not_object'
+    """
+    try:
+        return _event(obj)
+    except _Reject as exc:
+        eid = obj.get("event_id") if isinstance(obj, dict) else None
+        return Rejection(exc.reason, exc.detail, raw, eid if isinstance(eid, str) else None)
+
+
 def parse_event(raw: bytes | str) -> ShareEvent | Rejection:
     """Parse and validate one input record; never raises on bad input."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
@@ -318,8 +339,4 @@ def parse_event(raw: bytes | str) -> ShareEvent | Rejection:
         except UnicodeDecodeError:
             return Rejection("not_utf8", "event is not valid UTF-8", keep)
         return Rejection("not_json", f"not JSON: {str(exc)[:120]}", keep)
-    try:
-        return _event(obj)
-    except _Reject as exc:
-        eid = obj.get("event_id") if isinstance(obj, dict) else None
-        return Rejection(exc.reason, exc.detail, keep, eid if isinstance(eid, str) else None)
+    return event_from_dict(obj, keep)

@@ -1,6 +1,7 @@
 """The streaming pipeline's stages, without Kafka: records in, records out.
 
-``streams.runtime.worker`` wires these to Faust agents; everything that decides lives
+:class:`streams.runtime.topology.Topology` wires these together (for a worker
+and for the tests' in-process runner alike); everything that decides lives
 here, so it is unit-tested without a broker and runs the same core as
 ``replay`` (:class:`~streams.router.Router`,
 :class:`~streams.reorder.ReorderBuffer`, :class:`~streams.detector.Detector`).
@@ -32,6 +33,7 @@ Records between stages are *envelopes*: one Kafka record carries a batch of
 items for one partition plus the sender's event-time marks (see
 :mod:`streams.watermarks`), so a batch of a thousand events costs a few
 sends, not a thousand, and the watermark travels in order with the data.
+Items are typed records (:mod:`streams.wire`), one codec each.
 
 State and recovery. Each stage keeps its state in memory and writes, per
 batch and per partition, what changed (stage 1b: registrations, held and
@@ -40,7 +42,7 @@ whose changelog topic is the durable copy. A replacement worker folds these
 back (:meth:`ResolvePartition.restore`, :meth:`ClusterPartition.restore`) and
 re-applies stage 2's events in event-time order, so its detector state is
 exactly the lost one's. Outputs are idempotent: alert and takedown records
-are keyed by their stable ids and sent once per key (``streams.runtime.worker``).
+are keyed by their stable ids and sent once per key (``streams.runtime.outputs``).
 
 >>> ingest = Ingest(resolve_partitions=2, idle_s=5.0)
 >>> batch = ingest.handle([(0, 0, b'{"event_id":"e1","type":"upload","ts":1767225600000,'
@@ -61,17 +63,28 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
-from streams.alerts import MatchInfo, Pseudonymizer
+from streams.alerts import Pseudonymizer
 from streams.banks import BankEntry, HashBanks, normalise_signal
 from streams.detector import Decisions, Detector, Predictor
-from streams.events import Content, Rejection, ShareEvent, parse_event
+from streams.events import Rejection, ShareEvent, parse_event
 from streams.pipeline import DEFAULT_PREDICTOR
 from streams.policy import AlertPolicy
 from streams.reorder import ReorderBuffer
 from streams.router import Routed, Router
 from streams.stats import Stats
-from streams.vpdq import VpdqFrame
 from streams.watermarks import NO_TIME, Mark, SourceClock, Watermark
+from streams.wire import (
+    BAD_RECORD,
+    Forget,
+    Item,
+    Registration,
+    ResolveDelta,
+    ToRoute,
+    decode_delta,
+    decode_items,
+    decode_routed_log,
+    encode,
+)
 
 T = TypeVar("T")
 
@@ -90,92 +103,42 @@ def partition_for(key: str, partitions: int) -> int:
     return zlib.crc32(key.encode("utf-8", "surrogatepass")) % partitions
 
 
-# -- wire forms -------------------------------------------------------------
-
-
-def event_from_wire(d: Mapping[str, Any] | ShareEvent) -> ShareEvent:
-    """A :class:`ShareEvent` from its canonical dict (:meth:`ShareEvent.to_dict`).
-
-    Only for dicts the pipeline wrote itself after :func:`parse_event` validated
-    the input: this does not validate again. An item handed over in-process
-    carries the event itself (never encoded, see :func:`dumps`): it is taken as is.
-
-    >>> ev = parse_event(b'{"event_id":"e","type":"share","ts":1767225600000,'
-    ...                  b'"post_id":"p2","parent_post_id":"p1","user_id":"u"}')
-    >>> event_from_wire(orjson.loads(ev.to_json())) == ev, event_from_wire(ev) is ev
-    (True, True)
-    """
-    if isinstance(d, ShareEvent):
-        return d
-    c = d.get("content")
-    return ShareEvent(
-        event_id=d["event_id"],
-        type=d["type"],
-        ts_ms=d["ts"],
-        post_id=d["post_id"],
-        user_id=d["user_id"],
-        parent_post_id=d.get("parent_post_id"),
-        followers=d.get("followers"),
-        content=Content(c.get("pdq"), c.get("pdq_quality"), c.get("md5"), _vpdq(c)) if c else None,
-    )
-
-
-def _vpdq(c: Mapping[str, Any]) -> tuple[VpdqFrame, ...] | None:
-    frames = c.get("vpdq")
-    return None if frames is None else tuple(map(VpdqFrame.parse, frames))
-
-
-def _match_from_wire(d: Mapping[str, Any] | MatchInfo | None) -> MatchInfo | None:
-    if d is None or isinstance(d, MatchInfo):
-        return d
-    return MatchInfo.from_dict(d)
-
-
-def _to_wire(obj: Any) -> Any:
-    if isinstance(obj, ShareEvent | MatchInfo):
-        return obj.to_dict()
-    raise TypeError(f"{type(obj).__name__} has no wire form")
-
-
-def dumps(body: Any) -> bytes:
-    """JSON of what stages write (envelopes, log entries).
-
-    Items carry events and matches as records while they stay in-process (a
-    stage handing a batch to the next one on this worker decodes nothing);
-    they become their canonical dicts only here, when they are written.
-
-    >>> ev = ShareEvent("e", "takedown", 1767225600000, "p1", "u")
-    >>> dumps([["e", ev, 0, 1]]) == orjson.dumps([["e", ev.to_dict(), 0, 1]])
-    True
-    """
-    return orjson.dumps(body, default=_to_wire, option=orjson.OPT_PASSTHROUGH_DATACLASS)
+# -- envelopes ---------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """One record between stages: items for one partition, and the sender's event-time marks.
 
-    ``marks`` are stage 1a's per-input-partition marks (newest event time,
-    idle); ``progress`` is stage 1b's per-resolve-partition progress (the
-    event time up to which that partition has routed everything it will).
+    ``items`` are typed records (:mod:`streams.wire`); ``marks`` are stage
+    1a's per-input-partition marks (newest event time, idle); ``progress`` is
+    stage 1b's per-resolve-partition progress (the event time up to which that
+    partition has routed everything it will). ``rejected``: the items of a
+    record read from a topic that did not decode (the stage dead-letters them).
+    An envelope handed over in-process is never encoded: its records are the
+    ones the sender made.
     """
 
-    items: list[Any]
+    items: list[Item]
     marks: dict[int, Mark] = field(default_factory=dict)
     progress: dict[int, int] = field(default_factory=dict)
+    rejected: list[Rejection] = field(default_factory=list)
 
     def pack(self) -> bytes:
         """The record's bytes.
 
-        >>> Envelope.unpack(Envelope([["r", "p1", "b-1"]], {3: (1000, False)}, {0: 5}).pack())
-        Envelope(items=[['r', 'p1', 'b-1']], marks={3: (1000, False)}, progress={0: 5})
+        >>> env = Envelope([Registration("p1", "b-1")], {3: (1000, False)}, {0: 5})
+        >>> Envelope.unpack(env.pack()) == env
+        True
+        >>> Envelope.unpack(b'{"i": [["r", "p1"], ["f", "p2"]]}').rejected[0].detail
+        'r: expected 2 fields, not 1'
         """
         body: dict[str, Any] = {"i": self.items}
         if self.marks:
             body["m"] = {str(p): [t, 1 if idle else 0] for p, (t, idle) in self.marks.items()}
         if self.progress:
             body["p"] = {str(p): t for p, t in self.progress.items()}
-        return dumps(body)
+        return encode(body)
 
     @classmethod
     def of(cls, raw: bytes | Envelope | None) -> Envelope:
@@ -184,7 +147,8 @@ class Envelope:
 
     @classmethod
     def unpack(cls, raw: bytes | None) -> Envelope:
-        """Read an envelope; ``ValueError`` if the bytes are not one."""
+        """Read an envelope; ``ValueError`` if the bytes are not one (an item that is not a
+        record is kept in :attr:`rejected`, the others are read)."""
         if raw is None:
             raise ValueError("an envelope cannot be empty")
         try:
@@ -196,12 +160,40 @@ class Envelope:
             progress = {int(p): int(t) for p, t in body.get("p", {}).items()}
         except (orjson.JSONDecodeError, TypeError, KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"not an envelope: {exc}") from None
-        return cls(items, marks, progress)
+        good, bad = decode_items(items)
+        return cls(good, marks, progress, bad)
 
 
 def _raw(record: bytes | Envelope | None) -> bytes:
     """What to dead-letter of a record that is not an envelope."""
     return record if isinstance(record, bytes) else b""
+
+
+def _unpack(
+    records: Iterable[bytes | Envelope | None], stage: str, stats: Stats, dead: list[DeadLetter]
+) -> list[Envelope]:
+    """The envelopes of a batch (read from a topic, or handed over in-process); what is
+    not an envelope, and every item that is not a record, is counted and dead-lettered."""
+    out: list[Envelope] = []
+    for raw in records:
+        try:
+            env = Envelope.of(raw)
+        except ValueError as exc:
+            stats.rejected["bad_envelope"] += 1
+            dead.append(DeadLetter(Rejection("bad_envelope", str(exc), _raw(raw)), stage))
+            continue
+        for rejection in env.rejected:
+            stats.rejected[rejection.reason] += 1
+            dead.append(DeadLetter(rejection, stage))
+        out.append(env)
+    return out
+
+
+def _unexpected(item: Item, stage: str, stats: Stats, dead: list[DeadLetter]) -> None:
+    """A record that does not belong on this topic (a stage's bug, or a stray producer)."""
+    stats.rejected[BAD_RECORD] += 1
+    detail = f"a {type(item).__name__} record has no place in stage {stage}"
+    dead.append(DeadLetter(Rejection(BAD_RECORD, detail, encode(item)), stage))
 
 
 #: Largest record the stages write (envelopes, table deltas). Kafka's default
@@ -210,7 +202,7 @@ def _raw(record: bytes | Envelope | None) -> bytes:
 MAX_RECORD_BYTES: Final = 512 * 1024
 
 
-def _runs(items: list[Any], limit: int) -> list[list[Any]]:
+def _runs(items: list[T], limit: int) -> list[list[T]]:
     """``items`` in order, cut into runs whose JSON stays under ``limit`` bytes each (an
     item larger than that, alone).
 
@@ -218,13 +210,13 @@ def _runs(items: list[Any], limit: int) -> list[list[Any]]:
     of the whole, in C, where sizing item by item cost a Python call each (0.3 s
     of a 16 MiB snapshot, with every stage waiting).
 
-    >>> runs = _runs([["r", f"p{i}", "b-1"] for i in range(100)], limit=300)
-    >>> [len(r) for r in runs], max(len(dumps(r)) for r in runs)
+    >>> runs = _runs([Registration(f"p{i}", "b-1") for i in range(100)], limit=300)
+    >>> [len(r) for r in runs], max(len(encode(r)) for r in runs)
     ([15, 15, 15, 15, 15, 15, 10], 271)
-    >>> sum(runs, []) == [["r", f"p{i}", "b-1"] for i in range(100)]
+    >>> sum(runs, []) == [Registration(f"p{i}", "b-1") for i in range(100)]
     True
     """
-    size = len(dumps(items))
+    size = len(encode(items))
     if size <= limit or len(items) <= 1:
         return [items]
     step = -(-len(items) // (size // limit + 2))
@@ -237,7 +229,7 @@ def split_envelope(raw: bytes, limit: int = MAX_RECORD_BYTES) -> list[bytes]:
     The items are cut in order; the marks and progress ride on the last part
     only, so no receiver moves its watermark past items still on their way.
 
-    >>> env = Envelope([["r", f"p{i}", "b-1"] for i in range(100)], {0: (5, False)}, {1: 7})
+    >>> env = Envelope([Registration(f"p{i}", "b-1") for i in range(100)], {0: (5, False)}, {1: 7})
     >>> parts = split_envelope(env.pack(), limit=600)
     >>> len(parts) > 1, [Envelope.unpack(p).marks for p in parts][-2:]
     (True, [{}, {0: (5, False)}])
@@ -275,15 +267,19 @@ def split_log(raw: bytes, limit: int = MAX_RECORD_BYTES) -> list[bytes]:
     return log_parts(orjson.loads(raw), limit)
 
 
-def log_parts(body: list[Any] | dict[str, Any], limit: int = MAX_RECORD_BYTES) -> list[bytes]:
+def log_parts(
+    body: ResolveDelta | list[Any] | dict[str, Any], limit: int = MAX_RECORD_BYTES
+) -> list[bytes]:
     """A log entry not encoded yet (a snapshot) as entries under ``limit`` bytes, as
     :func:`split_log` cuts them; nothing for an empty delta.
 
     >>> [orjson.loads(x) for x in log_parts({"p": {"p1": "b-1"}, "f": [], "h+": []})]
     [{'p': {'p1': 'b-1'}}]
     """
+    if isinstance(body, ResolveDelta):
+        body = body.to_wire()
     if isinstance(body, list):
-        return [dumps(run) for run in _runs(body, limit - 16)]
+        return [encode(run) for run in _runs(body, limit - 16)]
     out: list[bytes] = []
     for kind in ("p", "f", "h+", "h-"):
         value = body.get(kind)
@@ -292,7 +288,7 @@ def log_parts(body: list[Any] | dict[str, Any], limit: int = MAX_RECORD_BYTES) -
         pairs = isinstance(value, dict)
         items = list(value.items()) if pairs else value
         for run in _runs(items, limit - 32):
-            out.append(dumps({kind: dict(run) if pairs else run}))
+            out.append(encode({kind: dict(run) if pairs else run}))
     return out
 
 
@@ -565,7 +561,7 @@ class Ingest:
     def handle(self, records: Iterable[tuple[int, int, bytes | None]], now: float) -> IngestBatch:
         """``records`` are ``(partition, offset, value)`` of the input topic, in offset order."""
         parts = self.partitions
-        items: list[list[Any]] = [[] for _ in range(parts)]
+        items: list[list[Item]] = [[] for _ in range(parts)]
         dead: list[DeadLetter] = []
         clock = self.clock
         n = 0
@@ -579,7 +575,7 @@ class Ingest:
             clock.observe(partition, parsed.ts_ms, now)
             key = parsed.parent_post_id if parsed.type == "share" else parsed.post_id
             assert key is not None  # parse_event guarantees a share's parent
-            items[partition_for(key, parts)].append(["e", parsed, partition, offset])
+            items[partition_for(key, parts)].append(ToRoute(parsed))
             n += 1
         marks = clock.marks(now)
         return IngestBatch({r: Envelope(items[r], marks) for r in range(parts)}, dead, n)
@@ -657,9 +653,9 @@ class ResolveBatch:
     partition: int
     partitions: int
     #: routed events, per cluster partition
-    clusters: list[list[Any]]
-    #: registrations and forgotten posts, per resolve partition
-    peers: list[list[Any]]
+    clusters: list[list[Routed]]
+    #: registrations, per resolve partition
+    peers: list[list[Registration]]
     #: this partition's progress, when it moved (``None``: it did not)
     progress: int | None = None
     deadletters: list[DeadLetter] = field(default_factory=list)
@@ -694,28 +690,28 @@ def merge_resolved(
     to_clusters: dict[int, Envelope] = {}
     to_peers: dict[int, Envelope] = {}
     for k in range(parts):
-        items = [item for b in batches for item in b.clusters[k]]
-        if items or moved:
-            to_clusters[k] = Envelope(items, progress=moved)
+        routed: list[Item] = [item for b in batches for item in b.clusters[k]]
+        if routed or moved:
+            to_clusters[k] = Envelope(routed, progress=moved)
     for r in range(parts):
-        items = [item for b in batches for item in b.peers[r]]
+        registrations: list[Item] = [item for b in batches for item in b.peers[r]]
         others = {p: t for p, t in moved.items() if p != r}
-        if items or others:
-            to_peers[r] = Envelope(items, progress=others)
+        if registrations or others:
+            to_peers[r] = Envelope(registrations, progress=others)
     return to_clusters, to_peers
 
 
 class UnreadSends:
     """Envelopes a worker sent through a topic alone to partitions it holds itself,
     not read there yet: the next time the short way (in-process) is taken they
-    go first (:func:`resolve_local_peers`, the worker's clusters hand-over), so
+    go first (:func:`resolve_local_peers`, :mod:`streams.runtime.hand_over`), so
     that it never overtakes the long one.
 
     Each send has a mark that increases from one send to the next (a
     timestamp, a counter). A partition is read in order, so once it has read
     one of this worker's envelopes, every earlier one sent to it is read too.
 
-    >>> a, b, c = (Envelope([["f", post]]) for post in "abc")
+    >>> a, b, c = (Envelope([Forget(post)]) for post in "abc")
     >>> sends = UnreadSends()
     >>> sends.sent(1, 10, a); sends.sent(1, 11, b); sends.sent(2, 12, c)
     >>> sends.read(1, 10)
@@ -748,7 +744,7 @@ class UnreadSends:
         """What ``partition`` read, ``(mark, value)`` (mark ``None``: not this worker's),
         less the copies of what was handed to it in-process already; notes what it read.
 
-        >>> env = Envelope([["f", "p"]])
+        >>> env = Envelope([Forget("p")])
         >>> sends = UnreadSends()
         >>> sends.sent(0, 10, env); sends.sent(0, 11, env)
         >>> len(sends.take([0])[0])  # handed over in-process, unread
@@ -883,22 +879,32 @@ class ResolvePartition:
         """Fold persisted deltas (in the order they were written) back into a fresh partition.
 
         Held reshares are routed again: they wait again, or (if their parent
-        is known by now) come out in the returned batch.
+        is known by now) come out in the returned batch. An entry that does not
+        decode is counted and dead-lettered in that batch (stage ``restore``);
+        the others are folded.
         """
-        held: dict[str, dict[str, Any]] = {}
+        held: dict[str, ShareEvent] = {}
+        bad: list[DeadLetter] = []
         for raw in deltas:
-            d = orjson.loads(raw)
-            for post, cluster in d.get("p", {}).items():
+            d = decode_delta(raw)
+            if isinstance(d, Rejection):
+                self.stats.rejected[d.reason] += 1
+                bad.append(DeadLetter(d, "restore"))
+                continue
+            for post, cluster in d.posts.items():
                 self.posts.own.setdefault(post, cluster)
-            for post in d.get("f", ()):
+            for post in d.forgot:
                 self.posts.own.pop(post, None)
-            for ev in d.get("h+", ()):
-                held[ev["event_id"]] = ev
-            for eid in d.get("h-", ()):
+            for ev in d.held:
+                held[ev.event_id] = ev
+            for eid in d.released:
                 held.pop(eid, None)
         self.posts.new.clear()
-        items = [["e", ev, None, None] for ev in sorted(held.values(), key=_ts_then_id)]
-        return self.handle([Envelope(items)] if items else [])
+        waiting = sorted(held.values(), key=lambda ev: (ev.ts_ms, ev.event_id))
+        items: list[Item] = [ToRoute(ev) for ev in waiting]
+        batch = self.handle([Envelope(items)] if items else [])
+        batch.deadletters[:0] = bad
+        return batch
 
     def snapshot(self) -> list[bytes]:
         """This partition's whole persisted state as resolve-log entries (in parts, if large).
@@ -910,21 +916,22 @@ class ResolvePartition:
 
         >>> r = ResolvePartition(0, partitions=1, sources=1, banks=HashBanks(), stats=Stats(),
         ...                      lateness_ms=0, hold_ms=60_000, max_held=10)
-        >>> b = r.handle([Envelope([["r", "p1", "b-1"], ["r", "p2", "b-1"], ["f", "p1"]]).pack()])
+        >>> regs = [Registration("p1", "b-1"), Registration("p2", "b-1"), Forget("p1")]
+        >>> b = r.handle([Envelope(regs).pack()])
         >>> [orjson.loads(x) for x in r.snapshot()]
         [{'p': {'p2': 'b-1'}}]
         """
-        return log_parts({"p": self.posts.own, "h+": list(self._held.values())})
+        return log_parts(ResolveDelta(posts=self.posts.own, held=tuple(self._held.values())))
 
     # -- processing --
 
     def handle(self, envelopes: Iterable[bytes | Envelope | None]) -> ResolveBatch:
         """Process envelopes of this partition, in offset order."""
         parts = self.partitions
-        out: list[list[Any]] = [[] for _ in range(parts)]
-        peers: list[list[Any]] = [[] for _ in range(parts)]
+        out: list[list[Routed]] = [[] for _ in range(parts)]
+        peers: list[list[Registration]] = [[] for _ in range(parts)]
         dead: list[DeadLetter] = []
-        held_add: list[dict[str, Any]] = []
+        held_add: list[ShareEvent] = []
         held_del: list[str] = []
         forgot: list[str] = []
         routed = 0
@@ -943,41 +950,29 @@ class ResolvePartition:
                 if eid in held:
                     del held[eid]
                     held_del.append(eid)
-                out[partition_for(x.cluster_id, parts)].append(
-                    ["e", x.event, x.cluster_id, x.match]
-                )
+                out[partition_for(x.cluster_id, parts)].append(x)
                 routed += 1
 
-        unpacked: list[Envelope] = []
-        for raw in envelopes:
-            try:
-                unpacked.append(Envelope.of(raw))
-            except ValueError as exc:
-                dead.append(DeadLetter(Rejection("bad_envelope", str(exc), _raw(raw)), "route"))
-        # each event decoded once, here (none if handed over in-process)
-        batches = [
-            [[k, event_from_wire(item[1])] if (k := item[0]) == "e" else item for item in env.items]
-            for env in unpacked
-        ]
+        # each record decoded once, here (none if handed over in-process)
+        unpacked = _unpack(envelopes, "route", self.stats, dead)
         # every upload of the batch matched in one index search
         router.prefetch(
             [
-                item[1].content
-                for items in batches
-                for item in items
-                if item[0] == "e" and item[1].type == "upload"
+                item.event.content
+                for env in unpacked
+                for item in env.items
+                if type(item) is ToRoute and item.event.content is not None
             ]
         )
-        for env, items in zip(unpacked, batches, strict=True):
+        for env in unpacked:
             if env.marks:
                 self.watermark.update(env.marks)
             for p, t in env.progress.items():
                 if p != self.partition and t > self.peers.get(p, NO_TIME):
                     self.peers[p] = t
-            for item in items:
-                kind = item[0]
-                if kind == "e":
-                    ev = item[1]
+            for item in env.items:
+                if type(item) is ToRoute:
+                    ev = item.event
                     if ev.event_id in held:
                         continue  # redelivered while it waits: it waits once
                     results = router.route(ev)
@@ -986,11 +981,13 @@ class ResolvePartition:
                         held_add.append(ev)
                         heapq.heappush(self._waiting, (ev.ts_ms, ev.event_id))
                     emit(results)
-                elif kind == "r":
-                    emit(router.register(item[1], item[2]))
-                elif kind == "f":
-                    router.forget([item[1]])
-                    forgot.append(item[1])
+                elif type(item) is Registration:
+                    emit(router.register(item.post_id, item.cluster_id))
+                elif type(item) is Forget:
+                    router.forget([item.post_id])
+                    forgot.append(item.post_id)
+                else:
+                    _unexpected(item, "route", self.stats, dead)
         router.drop_prefetched()
         wm = self.watermark.value
         settled = self._settled(wm)
@@ -1003,18 +1000,11 @@ class ResolvePartition:
         if moved:
             self.progress = progress
         for post, cluster in self.posts.foreign:
-            peers[partition_for(post, parts)].append(["r", post, cluster])
+            peers[partition_for(post, parts)].append(Registration(post, cluster))
         self.posts.foreign.clear()
-        delta: dict[str, Any] = {}
+        delta = ResolveDelta(self.posts.new, tuple(forgot), tuple(held_add), tuple(held_del))
         if self.posts.new:
-            delta["p"] = self.posts.new
             self.posts.new = {}
-        if held_add:
-            delta["h+"] = held_add
-        if held_del:
-            delta["h-"] = held_del
-        if forgot:
-            delta["f"] = forgot
         return ResolveBatch(
             partition=self.partition,
             partitions=parts,
@@ -1022,7 +1012,7 @@ class ResolvePartition:
             peers=peers,
             progress=self.progress if moved else None,
             deadletters=dead,
-            delta=dumps(delta) if delta else None,
+            delta=encode(delta) if delta else None,
             routed=routed,
         )
 
@@ -1049,10 +1039,6 @@ class ResolvePartition:
         while heap and (heap[0][1] not in held or heap[0][0] - 1 <= settled):
             heapq.heappop(heap)
         return min(wm, heap[0][0] - 1) if heap else wm
-
-
-def _ts_then_id(ev: Mapping[str, Any]) -> tuple[int, str]:
-    return (ev["ts"], ev["event_id"])
 
 
 # -- stage 2: clusters ------------------------------------------------------
@@ -1113,11 +1099,20 @@ class ClusterPartition:
         self.watermark = Watermark(sources, 0)
         self.applied = 0
 
-    def restore(self, logs: Iterable[bytes]) -> None:
-        """Take back every event this partition received (persisted logs, any order)."""
+    def restore(self, logs: Iterable[bytes]) -> list[Rejection]:
+        """Take back every event this partition received (persisted logs, any order).
+
+        Returns what did not decode (counted here; the caller dead-letters it).
+        """
+        bad: list[Rejection] = []
         for raw in logs:
-            for item in orjson.loads(raw):
-                self._push(item)
+            routed, rejected = decode_routed_log(raw)
+            for r in routed:
+                self._push(r)
+            bad += rejected
+        for rejection in bad:
+            self.stats.rejected[rejection.reason] += 1
+        return bad
 
     def compact(self, logs: Iterable[bytes], seen: set[str] | None = None) -> list[bytes]:
         """What of these log entries a replacement still needs, as new entries.
@@ -1130,46 +1125,47 @@ class ClusterPartition:
         used again after an eviction starts afresh, here as in the live
         detector. So restoring the compacted entries gives the clusters this
         partition holds, and the log stops growing with all traffic ever seen.
+        An item that does not decode is not kept: it is counted (it was, or will
+        be, dead-lettered when the log is restored).
         """
         seen = set() if seen is None else seen
         pending = self.buffer.keys()
         clusters = self.detector.clusters
-        kept: list[Any] = []
+        kept: list[Routed] = []
         for raw in logs:
-            for item in orjson.loads(raw):
-                eid = item[1]["event_id"]
+            routed, bad = decode_routed_log(raw)
+            for rejection in bad:
+                self.stats.rejected[rejection.reason] += 1
+            for item in routed:
+                eid = item.event.event_id
                 if eid in seen:
                     continue
-                st = clusters.get(item[2])
+                st = clusters.get(item.cluster_id)
                 if eid in pending or (st is not None and eid in st.event_ids):
                     seen.add(eid)
                     kept.append(item)
         return log_parts(kept) if kept else []
 
-    def _push(self, item: list[Any]) -> None:
-        ev = event_from_wire(item[1])
-        routed = Routed(ev, item[2], _match_from_wire(item[3]))
+    def _push(self, routed: Routed) -> None:
+        ev = routed.event
         self.buffer.push(ev.ts_ms, ev.event_id, routed)
         self.detector.expect(routed)
 
     def handle(self, envelopes: Iterable[bytes | Envelope | None]) -> ClusterBatch:
-        received: list[Any] = []
-        dead: list[Rejection] = []
-        for raw in envelopes:
-            try:
-                env = Envelope.of(raw)
-            except ValueError as exc:
-                dead.append(Rejection("bad_envelope", str(exc), _raw(raw)))
-                continue
+        received: list[Routed] = []
+        dead: list[DeadLetter] = []
+        for env in _unpack(envelopes, "detect", self.stats, dead):
             if env.progress:
                 self.watermark.update({p: (t, False) for p, t in env.progress.items()})
             for item in env.items:
-                if item[0] == "e":
+                if type(item) is Routed:
                     self._push(item)
                     received.append(item)
-        batch = self.advance({item[2] for item in received})
-        batch.decisions.rejections.extend(dead)
-        batch.log = dumps(received) if received else None
+                else:
+                    _unexpected(item, "detect", self.stats, dead)
+        batch = self.advance({item.cluster_id for item in received})
+        batch.decisions.rejections.extend(d.rejection for d in dead)
+        batch.log = encode(received) if received else None
         return batch
 
     def advance(self, received: Iterable[str] = ()) -> ClusterBatch:
@@ -1185,9 +1181,9 @@ class ClusterPartition:
             det.advance(wm)
             det.fire_early(received, max(wm, buf.released_ms))
         decisions = det.drain()
-        forget: dict[int, list[list[Any]]] = {}
+        forget: dict[int, list[Item]] = {}
         for post in decisions.evicted_posts:
-            forget.setdefault(partition_for(post, self.partitions), []).append(["f", post])
+            forget.setdefault(partition_for(post, self.partitions), []).append(Forget(post))
         return ClusterBatch(
             decisions,
             forget={r: Envelope(f).pack() for r, f in forget.items()},

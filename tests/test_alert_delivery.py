@@ -22,18 +22,21 @@ import orjson
 import pytest
 from faust.types import TP
 
-from streams.alerts import Alert, rfc3339
+from streams.alerts import Alert, MatchInfo, rfc3339
 from streams.banks import HashBanks
+from streams.events import Content, EventType, ShareEvent
 from streams.policy import AlertPolicy
+from streams.router import Routed
 from streams.runtime.worker import Worker
 from streams.settings import Settings
 from streams.sinks import AlertmanagerSink, HttpResponse, WebhookSink
 from streams.sinks.oncall import OnCall
 from streams.stages import Envelope
 from streams.stats import Stats
+from streams.wire import Item
 
 T0 = 1_767_225_600_000
-MATCH = {"bank": "ncii", "signal_type": "pdq", "signal": "ab" * 32, "distance": 0, "label": ""}
+MATCH = MatchInfo("ncii", "pdq", "ab" * 32, 0, "")
 CLUSTER = "b-spread"
 
 
@@ -112,7 +115,7 @@ class Node:
         w.on_alerts = lambda alerts: (self.new.extend(alerts), emit(alerts))[-1]
         w.on_reannounce = lambda alerts: (self.again.extend(alerts), reannounce(alerts))[-1]
 
-    def feed(self, items: list[Any], watermark: int) -> None:
+    def feed(self, items: list[Item], watermark: int) -> None:
         envelope = Envelope(items, progress={0: watermark})
         self.worker.topology.detect(0, [envelope])
         self.worker.checkpoint.stage()  # what the detect agent does after each batch
@@ -128,18 +131,22 @@ class Node:
         return sum(self.oncall.metrics.active_by_severity().values())
 
 
-def spread(start: int, n: int, every_ms: int = 1000, tag: str = "") -> list[Any]:
+def spread(start: int, n: int, every_ms: int = 1000, tag: str = "") -> list[Item]:
     """An upload and ``n`` reshares of it, as routed events of the cluster."""
 
-    def event(i: int, kind: str) -> dict[str, Any]:
-        ev = {"event_id": f"{kind}{tag}{i}", "type": kind, "ts": start + i * every_ms,
-              "post_id": f"p{tag}{i}", "user_id": f"user{tag}{i}"}  # fmt: skip
-        if kind == "share":
-            ev["parent_post_id"] = f"p{tag}0"
-        return ev
+    def event(i: int, kind: EventType) -> ShareEvent:
+        return ShareEvent(
+            f"{kind}{tag}{i}",
+            kind,
+            start + i * every_ms,
+            f"p{tag}{i}",
+            f"user{tag}{i}",
+            parent_post_id=f"p{tag}0" if kind == "share" else None,
+            content=Content(pdq=MATCH.signal, pdq_quality=100) if kind == "upload" else None,
+        )
 
-    return [["e", event(0, "upload"), CLUSTER, MATCH]] + [
-        ["e", event(i, "share"), CLUSTER, MATCH] for i in range(1, n + 1)
+    return [Routed(event(0, "upload"), CLUSTER, MATCH)] + [
+        Routed(event(i, "share"), CLUSTER, MATCH) for i in range(1, n + 1)
     ]
 
 

@@ -12,8 +12,10 @@ import pytest
 
 from streams.alerts import Pseudonymizer
 from streams.banks import BankEntry, HashBanks
+from streams.events import ShareEvent, event_from_dict
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
+from streams.router import Routed
 from streams.runtime.local_run import LocalRun
 from streams.settings import DEV_PSEUDONYM_KEY, ENV_VARS, KafkaSecurity, Settings
 from streams.simulate import Scenario, simulate, three_cascades
@@ -31,6 +33,7 @@ from streams.stages import (
 )
 from streams.stats import Stats
 from streams.watermarks import NO_TIME, SourceClock, Watermark
+from streams.wire import Forget, Item, Registration, ToRoute
 
 T0 = 1_767_225_600_000
 MD5 = "a" * 32
@@ -66,6 +69,22 @@ def banks() -> HashBanks:
 
 def cluster() -> str:
     return BankEntry("ncii", "md5", MD5).cluster_id
+
+
+def share(e: Event) -> ShareEvent:
+    parsed = event_from_dict(e)
+    assert isinstance(parsed, ShareEvent), parsed
+    return parsed
+
+
+def to_route(e: Event) -> ToRoute:
+    """An input event on its way to a resolve partition (ingest's record)."""
+    return ToRoute(share(e))
+
+
+def routed(e: Event, cluster_id: str) -> Routed:
+    """An event with its cluster (resolve's record to the clusters partitions)."""
+    return Routed(share(e), cluster_id)
 
 
 # -- watermarks ----------------------------------------------------------------------
@@ -110,11 +129,69 @@ def test_revoked_partitions_leave_the_clock() -> None:
 
 
 def test_envelope_round_trip_and_garbage() -> None:
-    env = Envelope([["r", "p", "b-1"]], {0: (5, True)}, {2: 7})
+    env = Envelope([Registration("p", "b-1")], {0: (5, True)}, {2: 7})
     assert Envelope.unpack(env.pack()) == env
     for bad in (b"", b"{", b"[1]", b'{"i": 3}', b'{"i": [], "m": {"x": [1, 0]}}', None):
         with pytest.raises(ValueError):
             Envelope.unpack(bad)
+
+
+#: What the earlier code wrote: its ingest record ``["e", event, partition, offset]``, its
+#: cluster-log entry (routed events) and its resolve-log delta, byte for byte.
+OLD_INGEST_ENVELOPE = (
+    b'{"i":[["e",{"event_id":"u","type":"upload","ts":1767225600000,"post_id":"p1",'
+    b'"user_id":"u","content":{"md5":"' + MD5B + b'"}},0,17]],"m":{"0":[1767225600000,0]}}'
+)
+OLD_CLUSTER_LOG = (
+    b'[["e",{"event_id":"s","type":"share","ts":1767225600001,"post_id":"p2","user_id":"u",'
+    b'"parent_post_id":"p1"},"b-x",{"bank":"ncii","signal_type":"md5","signal":"'
+    + MD5B
+    + b'","distance":0}]]'
+)
+OLD_RESOLVE_LOG = (
+    b'{"p":{"p1":"b-x"},"h+":[{"event_id":"w","type":"share","ts":1767225600002,'
+    b'"post_id":"w1","user_id":"u","parent_post_id":"q1"}],"h-":[],"f":[]}'
+)
+
+
+def test_records_the_earlier_code_wrote_are_read() -> None:
+    """A rolling update: the changelogs (and unread envelopes) an older worker wrote are
+    read by this one, no version check needed (see streams.wire)."""
+    (item,) = Envelope.unpack(OLD_INGEST_ENVELOPE).items
+    assert isinstance(item, ToRoute) and item.event.post_id == "p1"
+    detect = cluster_partition()
+    assert detect.restore([OLD_CLUSTER_LOG]) == [] and detect.pending == 1
+    (held,) = detect.buffer.release(T0 + 10)
+    assert held.cluster_id == "b-x" and held.match is not None and held.match.bank == "ncii"
+    r = resolver(0, parts=1)
+    out = r.restore([OLD_RESOLVE_LOG])
+    assert r.posts.own == {"p1": "b-x"} and r.held == 1 and not out.deadletters
+
+
+def test_malformed_records_are_counted_and_dead_lettered_never_a_crash() -> None:
+    good = ev("u", "upload", T0, "p1")
+    bad_items = [
+        ["s"],  # a field short
+        ["x", 1],  # no such record
+        ["s", {**good, "ts": "yesterday"}],  # the event parser refuses it
+        ["e", good, "b-1", {"bank": "ncii"}],  # a match without its fields
+        "not an array",
+    ]
+    raw = orjson.dumps({"i": [*bad_items, ["s", good]], "m": {"0": [T0, 0]}})
+    r = resolver(0, parts=1)
+    b = r.handle([raw])
+    assert [d.rejection.reason for d in b.deadletters] == ["bad_record"] * 5
+    assert r.stats.rejected["bad_record"] == 5
+    assert b.routed == 1  # the good item around them went on
+    # a record of another stage's topic is refused there too
+    detect = cluster_partition()
+    batch = detect.handle([Envelope([Registration("p", "b-1")]).pack()])
+    assert [x.reason for x in batch.decisions.rejections] == ["bad_record"]
+    # a log entry that does not decode is dead-lettered on restore, the others folded
+    assert [x.reason for x in detect.restore([b"{oops", OLD_CLUSTER_LOG])] == ["bad_record"]
+    assert detect.pending == 1
+    out = resolver(0, parts=1).restore([b'{"p": 3}', OLD_RESOLVE_LOG])
+    assert [d.rejection.reason for d in out.deadletters] == ["bad_record"]
 
 
 def test_bank_updates() -> None:
@@ -152,7 +229,7 @@ def test_ingest_sends_each_event_to_the_partition_of_the_post_it_needs() -> None
     batch = ingest.handle(records, now=0.0)
     assert batch.events == 3
     where = {
-        item[1]["event_id"]: r
+        item.event.event_id: r  # type: ignore[union-attr]
         for r, raw in batch.envelopes.items()
         for item in Envelope.unpack(raw).items
     }
@@ -192,7 +269,9 @@ def post_in(partition: int, parts: int = 2, prefix: str = "p") -> str:
 
 def routed_ids(batch_envelopes: dict[int, bytes]) -> list[str]:
     return [
-        i[1]["event_id"] for raw in batch_envelopes.values() for i in Envelope.unpack(raw).items
+        i.event.event_id  # type: ignore[union-attr]
+        for raw in batch_envelopes.values()
+        for i in Envelope.unpack(raw).items
     ]
 
 
@@ -200,7 +279,7 @@ def test_a_reshare_of_a_reshare_waits_for_the_registration_from_another_partitio
     here, there = resolver(0), resolver(1)
     parent = post_in(0)  # a reshare whose own post lives on partition 0...
     grand = post_in(1, prefix="g")  # ...of an upload on partition 1
-    child = Envelope([["e", ev("c", "share", T0 + 20, "c1", parent), 0, 5]], {0: (T0 + 20, False)})
+    child = Envelope([to_route(ev("c", "share", T0 + 20, "c1", parent))], {0: (T0 + 20, False)})
     b = here.handle([child.pack()])
     assert routed_ids(b.to_clusters) == [] and here.held == 1
     assert orjson.loads(b.delta or b"{}")["h+"][0]["event_id"] == "c"
@@ -208,15 +287,15 @@ def test_a_reshare_of_a_reshare_waits_for_the_registration_from_another_partitio
     assert here.progress < T0 + 20
     up = Envelope(
         [
-            ["e", ev("u", "upload", T0, grand), 0, 1],
-            ["e", ev("s", "share", T0 + 10, parent, grand), 0, 2],
+            to_route(ev("u", "upload", T0, grand)),
+            to_route(ev("s", "share", T0 + 10, parent, grand)),
         ],
         {0: (T0 + 30, False)},
     )
     b2 = there.handle([up.pack()])
     assert sorted(routed_ids(b2.to_clusters)) == ["s", "u"]
     regs = Envelope.unpack(b2.to_peers[0]).items
-    assert regs == [["r", parent, cluster()]]
+    assert regs == [Registration(parent, cluster())]
     b3 = here.handle([b2.to_peers[0]])
     assert routed_ids(b3.to_clusters) == ["c"] and here.held == 0
     assert orjson.loads(b3.delta or b"{}")["h-"] == ["c"]
@@ -225,7 +304,7 @@ def test_a_reshare_of_a_reshare_waits_for_the_registration_from_another_partitio
 def test_a_true_orphan_stops_holding_progress_once_every_peer_has_passed_it() -> None:
     here = resolver(0)
     orphan = Envelope(
-        [["e", ev("o", "share", T0 + 5, "o1", post_in(0, prefix="x")), 0, 0]],
+        [to_route(ev("o", "share", T0 + 5, "o1", post_in(0, prefix="x")))],
         {0: (T0 + 100, False)},
     )
     b = here.handle([orphan.pack()])
@@ -243,15 +322,13 @@ def test_a_held_reshare_outlives_the_hold_while_a_peer_that_may_register_its_par
     here, there = resolver(0), resolver(1)
     parent, grand = post_in(0), post_in(1, prefix="g")
     hour = 3_600_000  # more than the hold (10 minutes here)
-    child = Envelope(
-        [["e", ev("c", "share", T0 + 20, "c1", parent), 0, 5]], {0: (T0 + hour, False)}
-    )
+    child = Envelope([to_route(ev("c", "share", T0 + 20, "c1", parent))], {0: (T0 + hour, False)})
     b = here.handle([child.pack(), Envelope([], progress={1: T0}).pack()])
     assert here.held == 1 and not b.deadletters  # the peer is at T0: its registration may come
     up = Envelope(
         [
-            ["e", ev("u", "upload", T0, grand), 0, 1],
-            ["e", ev("s", "share", T0 + 10, parent, grand), 0, 2],
+            to_route(ev("u", "upload", T0, grand)),
+            to_route(ev("s", "share", T0 + 10, parent, grand)),
         ],
         {0: (T0 + hour, False)},
     )
@@ -259,7 +336,7 @@ def test_a_held_reshare_outlives_the_hold_while_a_peer_that_may_register_its_par
     b3 = here.handle([b2.to_peers[0]])
     assert routed_ids(b3.to_clusters) == ["c"] and here.held == 0 and not b3.deadletters
     # a true orphan still expires once every peer has passed it by the hold
-    orphan = Envelope([["e", ev("o", "share", T0 + 30, "o1", post_in(0, prefix="x")), 0, 6]])
+    orphan = Envelope([to_route(ev("o", "share", T0 + 30, "o1", post_in(0, prefix="x")))])
     here.handle([orphan.pack()])
     later = T0 + hour + 20_000
     b4 = here.handle([Envelope([], {0: (later, False)}, {1: later}).pack()])
@@ -269,9 +346,7 @@ def test_a_held_reshare_outlives_the_hold_while_a_peer_that_may_register_its_par
 def test_a_large_envelope_and_log_entry_are_cut_into_records_that_restore_the_same() -> None:
     """A batch of a backlog can pass Kafka's 1 MiB record limit: it is sent in parts."""
     there = resolver(1)
-    ups = [
-        ["e", ev(f"u{i}", "upload", T0 + i, post_in(1, prefix=f"g{i}-")), 0, i] for i in range(300)
-    ]
+    ups = [to_route(ev(f"u{i}", "upload", T0 + i, post_in(1, prefix=f"g{i}-"))) for i in range(300)]
     b = there.handle([Envelope(ups, {0: (T0 + 400, False)}).pack()])
     parts = split_envelope(b.to_clusters[partition_for(cluster(), 2)], limit=8_000)
     assert len(parts) > 3 and all(len(p) <= 8_000 for p in parts)
@@ -293,8 +368,8 @@ def test_resolve_restore_rebuilds_posts_and_held_reshares() -> None:
     up_post = post_in(0)
     deltas = []
     for env in (
-        Envelope([["e", ev("u", "upload", T0, up_post), 0, 0]], {0: (T0, False)}),
-        Envelope([["e", ev("w", "share", T0 + 3, "w1", post_in(0, prefix="q")), 0, 1]]),
+        Envelope([to_route(ev("u", "upload", T0, up_post))], {0: (T0, False)}),
+        Envelope([to_route(ev("w", "share", T0 + 3, "w1", post_in(0, prefix="q")))]),
     ):
         b = first.handle([env.pack()])
         if b.delta:
@@ -305,13 +380,13 @@ def test_resolve_restore_rebuilds_posts_and_held_reshares() -> None:
     assert again.posts.own == first.posts.own
     # a redelivered copy of the held reshare is held once, not twice
     again.handle(
-        [Envelope([["e", ev("w", "share", T0 + 3, "w1", post_in(0, prefix="q")), 0, 1]]).pack()]
+        [Envelope([to_route(ev("w", "share", T0 + 3, "w1", post_in(0, prefix="q")))]).pack()]
     )
     assert again.held == 1 and again.router.held == 1
     # and the upload's reshares still find their cluster
-    b = again.handle([Envelope([["e", ev("s", "share", T0 + 9, "s1", up_post), 0, 2]]).pack()])
+    b = again.handle([Envelope([to_route(ev("s", "share", T0 + 9, "s1", up_post))]).pack()])
     (item,) = [i for raw in b.to_clusters.values() for i in Envelope.unpack(raw).items]
-    assert item[2] == cluster()
+    assert isinstance(item, Routed) and item.cluster_id == cluster()
 
 
 def test_a_resolve_snapshot_restores_what_every_delta_before_it_restores() -> None:
@@ -319,10 +394,10 @@ def test_a_resolve_snapshot_restores_what_every_delta_before_it_restores() -> No
     up_post, gone = post_in(0), post_in(0, prefix="g")
     deltas = []
     for env in (
-        Envelope([["e", ev("u", "upload", T0, up_post), 0, 0]], {0: (T0, False)}),
-        Envelope([["e", ev("g", "upload", T0 + 1, gone), 0, 1]]),
-        Envelope([["e", ev("w", "share", T0 + 3, "w1", post_in(0, prefix="q")), 0, 2]]),
-        Envelope([["f", gone], ["e", ev("s", "share", T0 + 4, "s1", up_post), 0, 3]]),
+        Envelope([to_route(ev("u", "upload", T0, up_post))], {0: (T0, False)}),
+        Envelope([to_route(ev("g", "upload", T0 + 1, gone))]),
+        Envelope([to_route(ev("w", "share", T0 + 3, "w1", post_in(0, prefix="q")))]),
+        Envelope([Forget(gone), to_route(ev("s", "share", T0 + 4, "s1", up_post))]),
     ):
         b = first.handle([env.pack()])
         if b.delta:
@@ -343,8 +418,8 @@ def test_register_releases_exactly_what_waited() -> None:
         [
             Envelope(
                 [
-                    ["e", ev("c", "share", T0, "c1", "p1"), 0, 0],
-                    ["e", ev("t", "takedown", T0 + 1, "p1"), 0, 1],
+                    to_route(ev("c", "share", T0, "c1", "p1")),
+                    to_route(ev("t", "takedown", T0 + 1, "p1")),
                 ]
             ).pack()
         ]
@@ -375,7 +450,7 @@ def cluster_partition_with(idle_ms: int) -> ClusterPartition:
 
 
 def routed_env(events: list[Event], progress: int | None = None) -> bytes:
-    items = [["e", e, cluster(), None] for e in events]
+    items = [routed(e, cluster()) for e in events]
     return Envelope(items, progress={0: progress} if progress is not None else {}).pack()
 
 
@@ -428,8 +503,8 @@ def test_a_compacted_cluster_log_restores_the_clusters_still_held() -> None:
     """The log keeps the events of clusters in memory and those not applied yet, once each."""
     hour = 3_600_000
 
-    def items(events: list[Event], cluster_id: str) -> list[list[Any]]:
-        return [["e", e, cluster_id, None] for e in events]
+    def items(events: list[Event], cluster_id: str) -> list[Item]:
+        return [routed(e, cluster_id) for e in events]
 
     old = burst(30)  # crosses the rule at T0, then idle: evicted an hour later
     new = burst(30, start=T0 + 2 * hour)
@@ -485,7 +560,7 @@ def test_a_compacted_cluster_log_levels_off_while_clusters_come_and_go() -> None
         events = burst(20, start=start)[:6]  # an upload and five reshares, 1 s apart
         for e in events:
             e["event_id"] += f"-{m}"
-        items = [["e", e, f"b-{m}", None] for e in events]
+        items = [routed(e, f"b-{m}") for e in events]
         b = live.handle([Envelope(items, progress={0: start + 10_000}).pack()])
         assert b.log is not None
         logs.append(b.log)
@@ -537,9 +612,9 @@ def test_a_cluster_log_cut_back_a_slice_per_batch_loses_nothing_at_any_point() -
         events = burst(20, start=start)[:6]
         for e in events:
             e["event_id"] += f"-{m}"
-        items = [["e", e, f"b-{m}", None] for e in events]
+        items = [routed(e, f"b-{m}") for e in events]
         if m == 10:  # far ahead of event time: pending through many cut-backs
-            items.append(["e", ev("far", "upload", T0 + 200 * minute, "far1"), "b-far", None])
+            items.append(routed(ev("far", "upload", T0 + 200 * minute, "far1"), "b-far"))
         # the last two reshares wait for the next batch's progress: pending when compacted
         envelope = Envelope(items, {}, {0: start + 3_500})
         for _ in range(2 if m % 7 == 0 else 1):  # now and then a batch is delivered twice

@@ -38,6 +38,7 @@ from streams.runtime.outputs import Outputs
 from streams.runtime.state_log import StateLog
 from streams.stages import (
     ClusterPartition,
+    DeadLetter,
     Envelope,
     Ingest,
     ResolveBatch,
@@ -216,7 +217,8 @@ class Topology:
             predictor_factory=self.predictor_factory,
         )
         logs = self.cluster_log.read(partition)
-        state.restore(logs)
+        bad = state.restore(logs)
+        self.outputs.deadletter(DeadLetter(r, "restore") for r in bad)
         self.detectors[partition] = state
         if logs:
             self._restored.add(partition)

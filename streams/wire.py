@@ -1,0 +1,313 @@
+"""The records stages send each other and write to their logs: typed, one codec each.
+
+Between the stages, every item of an envelope is a frozen record, and so is
+every entry of a state log; nothing past :func:`decode_item` and
+:func:`decode_delta` is a positional list or a raw dict:
+
+=================  ===  ==============================  ===================================
+record             tag  from → to                       wire form
+=================  ===  ==============================  ===================================
+:class:`ToRoute`   s    ingest → resolve                ``["s", event]``
+:class:`Registration`
+                   r    resolve → its peers             ``["r", post_id, cluster_id]``
+:class:`Forget`    f    clusters → resolve              ``["f", post_id]``
+``Routed``         e    resolve → clusters, cluster log ``["e", event, cluster_id, match]``
+:class:`ResolveDelta`
+                   -    the resolve log                 ``{"p": {post: cluster}, "f": [post],
+                                                        "h+": [event], "h-": [event_id]}``
+=================  ===  ==============================  ===================================
+
+(``Routed`` is the router's record, :class:`streams.router.Routed`.) A tag
+names one record everywhere. Events travel as their canonical dicts
+(:meth:`ShareEvent.to_dict`) and are read back by the event parser itself
+(:func:`streams.events.event_from_dict`): one decoder for a share event,
+whether it came from a producer or from another stage. Decoding never
+raises: a malformed item is a :class:`~streams.events.Rejection` (reason
+``bad_record``) that the stage counts and dead-letters, and the items around
+it go on.
+
+Records written by earlier versions. The wire forms of the state logs are
+the ones earlier versions wrote (the cluster log a list of ``["e", event,
+cluster_id, match]``, the resolve log the delta object above), so a worker
+of this version restores from a changelog an older one wrote; no version
+check is needed. Only ingest's record has a new tag: earlier versions sent
+``["e", event, partition, offset]`` to the resolve topic (that topic is not
+a changelog, but a rolling update can leave such records unread); an ``e``
+whose third field is not a cluster id (an integer or null) is read as the
+:class:`ToRoute` it was.
+
+>>> from streams.events import ShareEvent
+>>> ev = ShareEvent("e1", "share", 1767225600000, "p2", "u1", parent_post_id="p1")
+>>> encode([ToRoute(ev), Registration("p1", "b-1"), Forget("p0")])
+b'[["s",{"event_id":"e1","type":"share","ts":1767225600000,"post_id":"p2","user_id":"u1","parent_post_id":"p1"}],["r","p1","b-1"],["f","p0"]]'
+>>> decode_item(["s", ev.to_dict()]) == ToRoute(ev)
+True
+>>> decode_item(["e", ev.to_dict(), 3, 17]) == ToRoute(ev)   # an earlier version's
+True
+>>> decode_item(["r", "p1"]).detail
+'r: expected 2 fields, not 1'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+
+from streams.alerts import MatchInfo
+from streams.events import Rejection, ShareEvent, event_from_dict
+from streams.router import Routed
+
+#: Why a record between stages was refused (an item, a log entry).
+BAD_RECORD: Final = "bad_record"
+
+
+@dataclass(frozen=True, slots=True)
+class ToRoute:
+    """An input event on its way to the resolve partition of the post it needs."""
+
+    event: ShareEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """``post_id`` was routed to ``cluster_id`` elsewhere: for the partition its reshares go to."""
+
+    post_id: str
+    cluster_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """``post_id``'s cluster was evicted: its resolve partition forgets the post."""
+
+    post_id: str
+
+
+#: An item of an envelope.
+Item = ToRoute | Registration | Forget | Routed
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveDelta:
+    """What one batch changed in a resolve partition (or, folded, all it holds).
+
+    Folded in this order: posts registered, posts forgotten, reshares held,
+    reshares released.
+    """
+
+    posts: Mapping[str, str] = field(default_factory=dict)
+    forgot: tuple[str, ...] = ()
+    held: tuple[ShareEvent, ...] = ()
+    released: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.posts or self.forgot or self.held or self.released)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The log entry's JSON form; empty parts are left out.
+
+        >>> ResolveDelta(posts={"p1": "b-1"}, released=("e9",)).to_wire()
+        {'p': {'p1': 'b-1'}, 'h-': ['e9']}
+        """
+        out: dict[str, Any] = {}
+        if self.posts:
+            out["p"] = self.posts
+        if self.forgot:
+            out["f"] = list(self.forgot)
+        if self.held:
+            out["h+"] = list(self.held)
+        if self.released:
+            out["h-"] = list(self.released)
+        return out
+
+
+class _Bad(Exception):
+    """A field that is not what its record needs (becomes a ``bad_record`` rejection)."""
+
+
+def _text(value: object, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise _Bad(f"{name} must be non-empty text")
+    return value
+
+
+def _event(value: object) -> ShareEvent:
+    parsed = event_from_dict(value)
+    if isinstance(parsed, Rejection):
+        raise _Bad(f"event: {parsed.reason}: {parsed.detail}")
+    return parsed
+
+
+def _match(value: object) -> MatchInfo | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _Bad("match must be an object or null")
+    distance = value.get("distance")
+    if isinstance(distance, bool) or not isinstance(distance, int) or distance < 0:
+        raise _Bad("match.distance must be a non-negative integer")
+    label, kind = value.get("label"), value.get("kind")
+    if label is not None and not isinstance(label, str):
+        raise _Bad("match.label must be text")
+    if kind is not None and not isinstance(kind, str):
+        raise _Bad("match.kind must be text")
+    return MatchInfo(
+        _text(value.get("bank"), "match.bank"),
+        _text(value.get("signal_type"), "match.signal_type"),
+        _text(value.get("signal"), "match.signal"),
+        distance,
+        label,
+        kind,
+        _percent(value.get("query_match_pct"), "match.query_match_pct"),
+        _percent(value.get("compared_match_pct"), "match.compared_match_pct"),
+    )
+
+
+def _percent(value: object, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        raise _Bad(f"{name} must be a number 0..100")
+    return value  # as written: an alert carries it byte for byte
+
+
+def _fields(item: list[Any], tag: str, n: int) -> list[Any]:
+    if len(item) != n + 1:
+        raise _Bad(f"{tag}: expected {n} fields, not {len(item) - 1}")
+    return item
+
+
+def _decode_e(item: list[Any]) -> Item:
+    if len(item) == 4 and (item[2] is None or isinstance(item[2], int)):
+        return ToRoute(_event(item[1]))  # an earlier version's ingest record
+    _, event, cluster, match = _fields(item, "e", 3)
+    return Routed(_event(event), _text(cluster, "cluster_id"), _match(match))
+
+
+def _decode_s(item: list[Any]) -> Item:
+    return ToRoute(_event(_fields(item, "s", 1)[1]))
+
+
+def _decode_r(item: list[Any]) -> Item:
+    _, post, cluster = _fields(item, "r", 2)
+    return Registration(_text(post, "post_id"), _text(cluster, "cluster_id"))
+
+
+def _decode_f(item: list[Any]) -> Item:
+    return Forget(_text(_fields(item, "f", 1)[1], "post_id"))
+
+
+#: One codec per record: its tag, how it is written, how it is read.
+_ENCODE: Final[dict[type, Callable[[Any], list[Any]]]] = {
+    ToRoute: lambda r: ["s", r.event],
+    Registration: lambda r: ["r", r.post_id, r.cluster_id],
+    Forget: lambda r: ["f", r.post_id],
+    Routed: lambda r: ["e", r.event, r.cluster_id, r.match],
+}
+_DECODE: Final[dict[str, Callable[[list[Any]], Item]]] = {
+    "s": _decode_s,
+    "r": _decode_r,
+    "f": _decode_f,
+    "e": _decode_e,
+}
+
+
+def _default(obj: Any) -> Any:
+    codec = _ENCODE.get(type(obj))
+    if codec is not None:
+        return codec(obj)
+    if isinstance(obj, ShareEvent | MatchInfo):
+        return obj.to_dict()
+    if isinstance(obj, ResolveDelta):
+        return obj.to_wire()
+    raise TypeError(f"{type(obj).__name__} has no wire form")
+
+
+def encode(body: Any) -> bytes:
+    """JSON of what stages write (envelopes, log entries), records in their wire forms."""
+    return orjson.dumps(body, default=_default, option=orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
+def _rejection(detail: str, raw: object) -> Rejection:
+    try:
+        kept = orjson.dumps(raw)
+    except TypeError:
+        kept = b""
+    return Rejection(BAD_RECORD, detail, kept)
+
+
+def decode_item(item: object) -> Item | Rejection:
+    """An envelope's item from its JSON form; a ``bad_record`` rejection if it is not one."""
+    if not isinstance(item, list) or not item:
+        return _rejection("an item must be a non-empty array", item)
+    decode = _DECODE.get(item[0]) if isinstance(item[0], str) else None
+    if decode is None:
+        return _rejection(f"unknown record tag {str(item[0])[:20]!r}", item)
+    try:
+        return decode(item)
+    except _Bad as exc:
+        return _rejection(str(exc), item)
+
+
+def decode_items(items: Iterable[object]) -> tuple[list[Item], list[Rejection]]:
+    """Every item that decodes, and a rejection for each one that does not, in order."""
+    good: list[Item] = []
+    bad: list[Rejection] = []
+    for raw in items:
+        record = decode_item(raw)
+        if isinstance(record, Rejection):
+            bad.append(record)
+        else:
+            good.append(record)
+    return good, bad
+
+
+def decode_routed_log(raw: bytes) -> tuple[list[Routed], list[Rejection]]:
+    """A cluster-log entry: the routed events a clusters partition received.
+
+    >>> decode_routed_log(b"{oops")[1][0].reason
+    'bad_record'
+    """
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return [], [Rejection(BAD_RECORD, f"cluster log entry: {exc}", raw[:1024])]
+    if not isinstance(body, list):
+        return [], [Rejection(BAD_RECORD, "a cluster log entry must be an array", raw[:1024])]
+    items, bad = decode_items(body)
+    routed = [r for r in items if isinstance(r, Routed)]
+    bad += [_rejection("not a routed event", r) for r in items if not isinstance(r, Routed)]
+    return routed, bad
+
+
+def decode_delta(raw: bytes) -> ResolveDelta | Rejection:
+    """A resolve-log entry.
+
+    >>> decode_delta(b'{"p": {"p1": "b-1"}, "h-": ["e9"]}')
+    ResolveDelta(posts={'p1': 'b-1'}, forgot=(), held=(), released=('e9',))
+    >>> decode_delta(b'{"p": ["p1"]}').detail
+    'resolve log entry: p must map posts to clusters'
+    """
+    try:
+        body = orjson.loads(raw)
+        if not isinstance(body, dict):
+            raise _Bad("not an object")
+        posts = body.get("p", {})
+        if not isinstance(posts, dict) or not all(isinstance(v, str) and v for v in posts.values()):
+            raise _Bad("p must map posts to clusters")
+        forgot = body.get("f", [])
+        released = body.get("h-", [])
+        held = body.get("h+", [])
+        if not all(isinstance(x, list) for x in (forgot, released, held)):
+            raise _Bad("f, h+ and h- must be arrays")
+        return ResolveDelta(
+            posts,
+            tuple(_text(p, "f") for p in forgot),
+            tuple(_event(ev) for ev in held),
+            tuple(_text(e, "h-") for e in released),
+        )
+    except (orjson.JSONDecodeError, _Bad) as exc:
+        return Rejection(BAD_RECORD, f"resolve log entry: {exc}", raw[:1024])
