@@ -21,7 +21,7 @@ of single posts scores 0.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 
 import networkx as nx
 
@@ -76,4 +76,37 @@ def structural_virality(graph: nx.DiGraph) -> float:
     0.0
     """
     total, pairs = wiener_index_tree(graph)
+    return total / pairs if pairs else 0.0
+
+
+def forest_virality(parents: Sequence[int]) -> float:
+    """:func:`structural_virality` of a forest given as parent indices (``-1``: a root),
+    each parent before its children: the same subtree-size sum, without building a graph
+    (the cascade view has the posts in that form already).
+
+    Examples
+    --------
+    >>> forest_virality([-1, 0, 0, 0, 0]), forest_virality([-1, 0, 1, 2, 3])
+    (1.6, 2.0)
+    >>> g = nx.DiGraph([(0, 1), (0, 2), (2, 3), (4, 5)])
+    >>> forest_virality([-1, 0, 0, 2, -1, 4]) == structural_virality(g)
+    True
+    """
+    n = len(parents)
+    tree = list(range(n))
+    for i, p in enumerate(parents):
+        if p >= 0:
+            tree[i] = tree[p]
+    tree_size = [0] * n
+    for t in tree:
+        tree_size[t] += 1
+    size = [1] * n
+    total = 0
+    for i in range(n - 1, -1, -1):
+        p = parents[i]
+        if p >= 0:
+            s = size[i]
+            size[p] += s
+            total += s * (tree_size[tree[i]] - s)
+    pairs = sum(m * (m - 1) // 2 for m in tree_size if m)
     return total / pairs if pairs else 0.0

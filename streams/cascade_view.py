@@ -40,7 +40,7 @@ import networkx as nx
 
 from graphs.cascade import Cascade
 from graphs.velocity import MINUTE_MS, WINDOWS_MS
-from graphs.virality import structural_virality
+from graphs.virality import forest_virality
 from streams.alerts import (
     Alert,
     CascadeFigures,
@@ -274,25 +274,27 @@ def capture_cluster(
 
 
 def forest_figures(
-    posts: Sequence[PostView], now_ms: int, prediction: Prediction | None = None
-) -> tuple[CascadeFigures, nx.DiGraph]:
-    """A cascade's figures (as an alert gives them) from its posts, parents before reshares;
-    and the forest as a graph (parent -> reshare). O(n).
+    posts: Sequence[PostView], now_ms: int, prediction: Prediction | None = None, top_n: int = 5
+) -> tuple[CascadeFigures, tuple[tuple[str, int], ...]]:
+    """A cascade's figures (as an alert gives them) and its top spreaders, from its posts
+    (parents before reshares). O(n), plain lists: no graph is built.
 
     >>> posts = [PostView("a", None, "u1", 0, True), PostView("b", "a", "u2", 30_000, True),
     ...          PostView("c", "a", "u3", 60_000, False)]
-    >>> f, g = forest_figures(posts, 60_000)
-    >>> (f.size, f.live, f.roots, f.unique_users, f.depth, f.breadth, f.velocity_1m)
-    (3, 2, 1, 3, 1, 2, 2.0)
+    >>> f, top = forest_figures(posts, 60_000)
+    >>> (f.size, f.live, f.roots, f.unique_users, f.depth, f.breadth, f.velocity_1m), top
+    ((3, 2, 1, 3, 1, 2, 2.0), (('u1', 2),))
     """
-    g = nx.DiGraph()
-    g.add_nodes_from(p.post_id for p in posts)
-    g.add_edges_from((p.parent, p.post_id) for p in posts if p.parent is not None)
-    level: dict[str, int] = {}
+    index = {p.post_id: i for i, p in enumerate(posts)}
+    parents = [index.get(p.parent, -1) if p.parent is not None else -1 for p in posts]
+    level = [0] * len(posts)
     per_level: Counter[int] = Counter()
-    for p in posts:
-        lv = level[p.post_id] = level.get(p.parent, -1) + 1 if p.parent is not None else 0
-        per_level[lv] += 1
+    reshared: Counter[str] = Counter()
+    for i, j in enumerate(parents):
+        if j >= 0:
+            level[i] = level[j] + 1
+            reshared[posts[j].user] += 1
+        per_level[level[i]] += 1
     times = sorted(p.ts_ms for p in posts)
 
     def count(window: int, t: int) -> int:
@@ -302,18 +304,19 @@ def forest_figures(
     figures = CascadeFigures(
         size=len(posts),
         live=sum(1 for p in posts if p.live),
-        roots=sum(1 for p in posts if p.parent is None),
+        roots=sum(1 for j in parents if j < 0),
         unique_users=len({p.user for p in posts}),
-        depth=max(level.values(), default=0),
+        depth=max(level, default=0),
         breadth=max(per_level.values(), default=0),
-        structural_virality=structural_virality(g),
+        structural_virality=forest_virality(parents),
         velocity_1m=rates[0],
         velocity_5m=rates[1],
         velocity_15m=rates[2],
         acceleration=float(count(MINUTE_MS, now_ms) - count(MINUTE_MS, now_ms - MINUTE_MS)),
         predicted_final_size=prediction,
     )
-    return figures, g
+    top = tuple(sorted(reshared.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n])
+    return figures, top
 
 
 def snapshot(
@@ -336,13 +339,7 @@ def snapshot(
     )
     spreaders: tuple[tuple[str, int], ...] = ()
     if cap.graph_kept:
-        figures, g = forest_figures(posts, cap.as_of_ms, cap.prediction)
-        user_of = {p.post_id: p.user for p in posts}
-        reshared: Counter[str] = Counter()
-        for node, deg in g.out_degree():
-            if deg:
-                reshared[user_of[node]] += deg
-        spreaders = tuple(sorted(reshared.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n])
+        figures, spreaders = forest_figures(posts, cap.as_of_ms, cap.prediction, top_n)
     else:  # no graph, no times: what the cluster counts
         figures = CascadeFigures(
             size=len(posts),
@@ -438,13 +435,13 @@ def to_graph(snap: CascadeSnapshot) -> nx.DiGraph:
     ...     (PostView("p0", None, "u-1", 0, True, 5), PostView("p1", "p0", "u-2", 9, False)), True)
     >>> g = to_graph(snap)
     >>> sorted(g.edges()), g.nodes["p1"]
-    ([('p0', 'p1')], {'user': 'u-2', 'ts': '1970-01-01T00:00:00.009Z', 'live': False})
+    ([('p0', 'p1')], {'user': 'u-2', 'ts_ms': 9, 'live': False})
     """
     g = nx.DiGraph(cluster_id=snap.cluster_id, as_of=rfc3339(snap.as_of_ms))
     for p in snap.posts:
         attrs: dict[str, Any] = {"live": p.live}
-        if snap.graph_kept:
-            attrs = {"user": p.user, "ts": rfc3339(p.ts_ms), "live": p.live}
+        if snap.graph_kept:  # event time in epoch ms, as on the input (a string each is slow)
+            attrs = {"user": p.user, "ts_ms": p.ts_ms, "live": p.live}
         if p.followers is not None:
             attrs["followers"] = p.followers
         g.add_node(p.post_id, **attrs)

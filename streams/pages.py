@@ -51,7 +51,7 @@ gap:.5em}.fig{background:var(--bg);border-radius:4px;padding:.4em .6em}
 .fig span{display:block;color:var(--mute);font-size:.8em}.fig b{font-size:1.15em}
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.35em .5em;
 border-bottom:1px solid var(--line);vertical-align:top}th{color:var(--mute);font-weight:600;
-font-size:.85em}code{font-size:.85em;word-break:break-all}.mute{color:var(--mute)}
+font-size:.85em}code{font-size:.85em;word-break:break-all}code.id{word-break:normal;white-space:nowrap}.mute{color:var(--mute)}
 .sev-warning{color:var(--warn);font-weight:600}.sev-high{color:var(--high);font-weight:600}
 .sev-critical{color:var(--crit);font-weight:700}.tag{display:inline-block;padding:0 .45em;
 border-radius:3px;font-size:.8em;background:#e8eef9;color:var(--acc)}
@@ -187,7 +187,7 @@ def tree_svg(snap: CascadeSnapshot) -> tuple[str, dict[str, Any]]:
         "id": [p.post_id for p in posts],
         "parent": [p.parent for p in posts],
         "user": [p.user for p in posts],
-        "t": [_when(p.ts_ms) if snap.graph_kept else "" for p in posts],
+        "t": [p.ts_ms if snap.graph_kept else None for p in posts],
         "f": [p.followers for p in posts],
         "live": [1 if p.live else 0 for p in posts],
     }
@@ -252,7 +252,7 @@ const p=at(e);const s=vb.width/svg.clientWidth;const i=near(p,Math.max(d.r*1.5,1
 if(i<0){tip.hidden=true;return;}
 tip.textContent=d.id[i]+(d.live[i]?'':'  (taken down)')+'\\n'+
 (d.parent[i]===null?'upload (a root)':'reshare of '+d.parent[i])+'\\n'+
-(d.t[i]?'time      '+d.t[i]+'\\n':'')+
+(d.t[i]!==null?'time      '+new Date(d.t[i]).toISOString()+'\\n':'')+
 'followers '+(d.f[i]===null?'unknown':d.f[i].toLocaleString())+'\\n'+
 (d.user[i]?'user      '+d.user[i]:'');
 tip.hidden=false;tip.style.left=(e.clientX+14)+'px';tip.style.top=(e.clientY+14)+'px';});
@@ -430,7 +430,7 @@ def emerging_page(
             )
         rows.append(
             f'<tr data-cluster="{cid}"><td>{rank}</td>'
-            f'<td><a href="/cascade/{cid}"><code>{cid}</code></a></td>'
+            f'<td><a href="/cascade/{cid}"><code class="id">{cid}</code></a></td>'
             f"<td><b>{_num(it.velocity_5m)}</b> <span class='mute'>/ {_num(it.velocity_1m)}"
             "</span></td>"
             f"<td>{it.size:,} <span class='mute'>({it.live:,} live, {it.roots:,} uploads)</span>"

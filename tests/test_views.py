@@ -12,6 +12,7 @@ in the integration test).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import http.client
 import json
@@ -158,6 +159,7 @@ def cluster_of_two(tmp_path: Path) -> Iterator[tuple[Served, Served]]:
             server.stop()
         for task in tasks:
             task.cancel()
+        concurrent.futures.wait(tasks, timeout=5)  # let the loop run their cancellation
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
 

@@ -10,16 +10,20 @@ does not hold it reaches the ``bank`` and ``audit`` topics.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
 import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 import orjson
 import pytest
+from browser import Browser, chromium_or_skip
 from kafka_helpers import (
     TopicReader,
     WorkerProcess,
@@ -33,6 +37,7 @@ from programs import free_port
 from test_streaming_integration import scenario_files, setup
 
 from streams.runtime.broker import RunningBroker
+from streams.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -64,9 +69,22 @@ def fetch(
     return out
 
 
-def test_an_alerts_cascade_link_works_on_both_workers(
-    broker: RunningBroker, tmp_path: Path
-) -> None:
+@dataclass
+class Pair:
+    """Two workers with HTTP ports on Apache Kafka, traffic produced, the first alert read."""
+
+    settings: Settings
+    bases: list[str]
+    procs: list[WorkerProcess]
+    first: dict[str, Any]
+
+    def logs(self) -> str:
+        return "\n---\n".join(p.log_tail(30) for p in self.procs)
+
+
+@pytest.fixture(scope="module")
+def pair(broker: RunningBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    tmp_path = tmp_path_factory.mktemp("views")
     lines, _, bank_path = scenario_files(tmp_path)
     s = setup(broker, tmp_path, bank_path)
     ports = [free_port(), free_port()]
@@ -83,88 +101,157 @@ def test_an_alerts_cascade_link_works_on_both_workers(
         for i, port in enumerate(ports)
     ]
     bases = [f"http://127.0.0.1:{p}" for p in ports]
-
-    def logs() -> str:
-        return "\n---\n".join(p.log_tail(30) for p in procs)
-
     with workers(*procs):
+        run = Pair(s, bases, procs, {})
         stats = TopicReader(broker, s.topic("stats"))
         stats.until(
             lambda r: sum(1 for d in latest_stats(r).values() if d["time"] > time.time() - 2) == 2,
             90,
             "two workers reporting",
-            on_timeout=logs,
+            on_timeout=run.logs,
         )
         stats.close()
         produce_lines(broker, s.topic("shares"), lines, keying="post")
         alerts = TopicReader(broker, s.topic("alerts"))
-        alerts.until(lambda r: len(r) >= 1, 120, "the first alert", on_timeout=logs)
-        first: dict[str, Any] = orjson.loads(alerts.records[0].value)
+        alerts.until(lambda r: len(r) >= 1, 120, "the first alert", on_timeout=run.logs)
+        run.first = orjson.loads(alerts.records[0].value)
         alerts.close()
-        link = urllib.parse.urlsplit(first["links"]["cascade"])
-        assert link.path == f"/cascade/{first['cluster_id']}"
+        yield run
 
-        def ask(base: str) -> tuple[int, dict[str, str], bytes]:
-            deadline = time.monotonic() + 60
-            while True:  # the owner may still be restoring or rebalancing: 503, then 200
-                got = fetch(base, link.path, VIEWER, headers={"Accept": "application/json"})
-                if got[0] != 503 or time.monotonic() > deadline:
-                    return got
-                time.sleep(0.5)
 
-        served_by = set()
-        for base in bases:
-            status, headers, body = ask(base)
-            assert status == 200, f"{base}: {status} {body[:300]!r}\n{logs()}"
-            doc = json.loads(body)
-            assert doc["cluster_id"] == first["cluster_id"]
-            assert doc["cascade"]["size"] >= first["cascade"]["size"]
-            served_by.add(headers["X-Viralwatch-Served-By"])
-            status, _, graphml = fetch(base, link.path + "/graph.graphml", VIEWER)
-            assert status == 200
-            g = nx.read_graphml(io.BytesIO(graphml))
-            assert g.number_of_nodes() >= first["cascade"]["size"]
-            assert g.number_of_nodes() <= json.loads(ask(base)[2])["cascade"]["size"]
-        assert len(served_by) == 1 and served_by <= set(bases), served_by  # one owner
+def test_an_alerts_cascade_link_works_on_both_workers(pair: Pair, broker: RunningBroker) -> None:
+    s, bases, first, logs = pair.settings, pair.bases, pair.first, pair.logs
+    link = urllib.parse.urlsplit(first["links"]["cascade"])
+    assert link.path == f"/cascade/{first['cluster_id']}"
 
-        # no token: 401 on each; a viewer who acts: 403; probes stay open
-        for base in bases:
-            assert fetch(base, link.path, None)[0] == 401
-            assert fetch(base, "/emerging", "wrong-token-xyz")[0] == 401
-            assert fetch(base, "/readyz", None)[0] in (200, 503)
-            assert fetch(base, "/metrics", None)[0] == 200
-            form = {"Content-Type": "application/x-www-form-urlencoded"}
-            status, _, _ = fetch(
-                base, link.path + "/false-positive", VIEWER, "POST", b"reason=x", form
+    def ask(base: str) -> tuple[int, dict[str, str], bytes]:
+        deadline = time.monotonic() + 60
+        while True:  # the owner may still be restoring or rebalancing: 503, then 200
+            got = fetch(base, link.path, VIEWER, headers={"Accept": "application/json"})
+            if got[0] != 503 or time.monotonic() > deadline:
+                return got
+            time.sleep(0.5)
+
+    served_by = set()
+    for base in bases:
+        status, headers, body = ask(base)
+        assert status == 200, f"{base}: {status} {body[:300]!r}\n{logs()}"
+        doc = json.loads(body)
+        assert doc["cluster_id"] == first["cluster_id"]
+        assert doc["cascade"]["size"] >= first["cascade"]["size"]
+        served_by.add(headers["X-Viralwatch-Served-By"])
+        status, _, graphml = fetch(base, link.path + "/graph.graphml", VIEWER)
+        assert status == 200
+        g = nx.read_graphml(io.BytesIO(graphml))
+        assert g.number_of_nodes() >= first["cascade"]["size"]
+        assert g.number_of_nodes() <= json.loads(ask(base)[2])["cascade"]["size"]
+    assert len(served_by) == 1 and served_by <= set(bases), served_by  # one owner
+
+    # no token: 401 on each; a viewer who acts: 403; probes stay open
+    for base in bases:
+        assert fetch(base, link.path, None)[0] == 401
+        assert fetch(base, "/emerging", "wrong-token-xyz")[0] == 401
+        assert fetch(base, "/readyz", None)[0] in (200, 503)
+        assert fetch(base, "/metrics", None)[0] == 200
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        status, _, _ = fetch(base, link.path + "/false-positive", VIEWER, "POST", b"reason=x", form)
+        assert status == 403
+
+    # a reviewer's verdict, posted to the worker that does not hold the cluster
+    (owner,) = served_by
+    other = next(b for b in bases if b != owner)
+    status, _, body = fetch(
+        other,
+        link.path + "/false-positive",
+        REVIEWER,
+        "POST",
+        json.dumps({"reason": "test: a sunset, not NCII"}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    assert status == 202, body
+    action = json.loads(body)["action"]
+    assert (action["kind"], action["reviewer"], action["cluster_id"]) == (
+        "false_positive",
+        "oncall",
+        first["cluster_id"],
+    )
+    audit = TopicReader(broker, s.topic("audit"))
+    audit.until(lambda r: len(r) >= 1, 30, "the audit record")
+    assert json.loads(audit.records[0].value)["action_id"] == action["action_id"]
+    audit.close()
+    bank = TopicReader(broker, s.topic("bank"))
+    bank.until(
+        lambda r: any(b"allowlist" in (x.value or b"") for x in r), 30, "the allow-list entry"
+    )
+    bank.close()
+    page = fetch(owner, link.path, REVIEWER)[2].decode()
+    assert "false positive" in page and '<svg id="tree"' in page
+
+
+DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
+
+
+def test_a_browser_follows_the_alert_sees_the_tree_and_banks_an_emerging_item(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """Debian's Chromium, headless: the alert's link, sign-in, the tree (a post's tooltip on
+    hover), the review queue, banking its first item, the item leaving the queue. The
+    screenshots in the README are taken here."""
+    chromium_or_skip()
+    asyncio.run(browse(pair, tmp_path))
+
+
+async def browse(pair: Pair, tmp_path: Path) -> None:
+    link = urllib.parse.urlsplit(pair.first["links"]["cascade"]).path
+    base = pair.bases[1]  # any worker: the one that does not hold it forwards
+    async with Browser(tmp_path / "profile") as b:
+        await b.goto(base + link)
+        assert "sign in" in await b.js("document.title")  # no token yet: the sign-in page
+        await b.submit("form[action='/login']", {"token": REVIEWER})
+        assert await b.js("location.pathname") == link, await b.js("document.body.innerText")
+        posts = await b.js("JSON.parse(document.getElementById('posts').textContent).id.length")
+        assert posts >= pair.first["cascade"]["size"]
+        assert await b.js("document.querySelector('#tree path.root').getAttribute('d').length")
+        # hover the deepest post shown on the screen: its tooltip names it, with its details
+        x, y, post = await b.js(
+            "(() => { const d = JSON.parse(document.getElementById('posts').textContent);"
+            "const svg = document.getElementById('tree'); const m = svg.getScreenCTM();"
+            "let best = null; for (let i = 0; i < d.id.length; i++) {"
+            "const p = svg.createSVGPoint(); p.x = d.x[i]; p.y = d.y[i];"
+            "const q = p.matrixTransform(m); if (q.y < innerHeight - 150 && q.x < innerWidth - 250"
+            " && (!best || q.y > best[1])) best = [q.x, q.y, d.id[i]]; } return best; })()"
+        )
+        await b.mouse(x, y)
+        tip = await b.js("(t => t.hidden ? '' : t.textContent)(document.getElementById('tip'))")
+        assert post in tip and "followers" in tip and "user      u-" in tip, tip
+        await b.screenshot(DOCS_IMG / "views-cascade.png")
+
+        # the review queue: unbanked content spreading fast
+        deadline = time.monotonic() + 120
+        rows: list[str] = []
+        while not rows:
+            await b.goto(base + "/emerging")
+            rows = await b.js(
+                "[...document.querySelectorAll('tr[data-cluster]')].map(r => r.dataset.cluster)"
             )
-            assert status == 403
-
-        # a reviewer's verdict, posted to the worker that does not hold the cluster
-        (owner,) = served_by
-        other = next(b for b in bases if b != owner)
-        status, _, body = fetch(
-            other,
-            link.path + "/false-positive",
-            REVIEWER,
-            "POST",
-            json.dumps({"reason": "test: a sunset, not NCII"}).encode(),
-            {"Content-Type": "application/json"},
+            if not rows:
+                assert time.monotonic() < deadline, "nothing emerging\n" + pair.logs()
+                await asyncio.sleep(2)
+        await b.screenshot(DOCS_IMG / "views-emerging.png")
+        target = rows[0]
+        await b.submit(
+            f"tr[data-cluster='{target}'] form",
+            {"bank": "internal", "reason": "browser test: a new leak"},
         )
-        assert status == 202, body
-        action = json.loads(body)["action"]
-        assert (action["kind"], action["reviewer"], action["cluster_id"]) == (
-            "false_positive",
-            "oncall",
-            first["cluster_id"],
-        )
-        audit = TopicReader(broker, s.topic("audit"))
-        audit.until(lambda r: len(r) >= 1, 30, "the audit record")
-        assert json.loads(audit.records[0].value)["action_id"] == action["action_id"]
-        audit.close()
-        bank = TopicReader(broker, s.topic("bank"))
-        bank.until(
-            lambda r: any(b"allowlist" in (x.value or b"") for x in r), 30, "the allow-list entry"
-        )
-        bank.close()
-        page = fetch(owner, link.path, REVIEWER)[2].decode()
-        assert "false positive" in page and '<svg id="tree"' in page
+        assert await b.js("location.search") == "?done=bank", await b.js("document.body.innerText")
+        # banked (retroaction relabels the cluster): it leaves the queue
+        deadline = time.monotonic() + 60
+        while target in rows:
+            assert time.monotonic() < deadline, f"{target} still queued\n" + pair.logs()
+            await asyncio.sleep(1)
+            await b.goto(base + "/emerging")
+            rows = await b.js(
+                "[...document.querySelectorAll('tr[data-cluster]')].map(r => r.dataset.cluster)"
+            )
+        page = await b.js("document.body.innerText")
+        assert "Emerging" in page

@@ -110,10 +110,10 @@ PEER_TIMEOUT_S: Final = 10.0
 MAX_BODY: Final = 16 * 1024
 #: How long a browser keeps its token cookie.
 COOKIE_MAX_AGE_S: Final = 12 * 3600
-#: Response headers of every page: nothing framed, no referrer leaves, types as sent.
+#: Response headers of every page: nothing framed, no referrer leaves the site, types as sent.
 PAGE_HEADERS: Final = (
     ("X-Frame-Options", "DENY"),
-    ("Referrer-Policy", "no-referrer"),
+    ("Referrer-Policy", "same-origin"),  # no-referrer would make a form's Origin null
     ("X-Content-Type-Options", "nosniff"),
 )
 #: What a forwarded answer keeps of the owner's headers.
