@@ -79,6 +79,8 @@ class ClusterCapture:
     posts: tuple[tuple[str, str | None, str, int, bool, int | None], ...]
     graph_kept: bool
     prediction: Prediction | None
+    #: matched a bank (from its first upload, or since a bank change relabelled it)
+    banked: bool = True
     episode: int = 0
     active: bool = False
     fired: tuple[str, ...] = ()
@@ -116,6 +118,7 @@ class CascadeSnapshot:
     posts: tuple[PostView, ...]
     graph_kept: bool
     series: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    banked: bool = True
     episode: int = 0
     active: bool = False
     fired: tuple[str, ...] = ()
@@ -127,10 +130,6 @@ class CascadeSnapshot:
     reviews: tuple[dict[str, Any], ...] = ()
     served_by: str = ""
     held: int = 0
-
-    @property
-    def banked(self) -> bool:
-        return self.cluster_id.startswith("b-")
 
 
 class ClusterRecords:
@@ -261,6 +260,7 @@ def capture_cluster(
         posts=tuple(posts),
         graph_kept=kept,
         prediction=prediction,
+        banked=st.banked if st is not None else True,  # only banked clusters hold posts back
         episode=st.episode if st is not None else 0,
         active=st.active if st is not None else False,
         fired=tuple(st.fired) if st is not None else (),
@@ -357,6 +357,7 @@ def snapshot(
         posts=posts,
         graph_kept=cap.graph_kept,
         series=velocity_series(times, cap.first_seen_ms, cap.as_of_ms),
+        banked=cap.banked,
         episode=cap.episode,
         active=cap.active,
         fired=cap.fired,

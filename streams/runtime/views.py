@@ -44,7 +44,7 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
@@ -310,6 +310,9 @@ class Views:
     async def run(self, worker: ViewedWorker) -> None:
         """Serve ``worker``'s state until cancelled: sample the matches and bank sizes."""
         self.worker = worker
+        log_of_worker = getattr(worker, "actions", None)  # read from the audit topic
+        if isinstance(log_of_worker, ActionLog):
+            self.actions = log_of_worker
         self.bridge.attach(asyncio.get_running_loop())
         try:
             while True:
@@ -320,9 +323,13 @@ class Views:
 
     def _sample(self, worker: ViewedWorker, now: float) -> None:
         self.matches.sample(worker.stats.matched, now)
-        sizes: dict[str, int] = {}
-        for entry in worker.banks.entries():
-            sizes[entry.bank] = sizes.get(entry.bank, 0) + 1
+        counted = getattr(worker.banks, "sizes", None)  # per-bank counts, kept as it changes
+        if counted is not None:
+            sizes = dict(counted())
+        else:
+            sizes = {}
+            for entry in worker.banks.entries():
+                sizes[entry.bank] = sizes.get(entry.bank, 0) + 1
         for bank in set(sizes) | set(self._bank_sizes):
             if sizes.get(bank, 0) != self._bank_sizes.get(bank, 0) and self._bank_sizes:
                 self._bank_updated[bank] = now
@@ -467,7 +474,7 @@ class Views:
             wm = part.watermark.value
             reviews = tuple(a.to_dict() for a in self.actions.for_cluster(cid))
             st = part.detector.clusters.get(cid)
-            hashes = list(self.describe(st)[0]) if self.describe and st is not None else []
+            hashes = list(self._describe(part, st)[0]) if st is not None else []
             capture = capture_cluster(
                 part.detector,
                 cid,
@@ -483,6 +490,19 @@ class Views:
         if owner == self.url:
             return "here", None  # held, but it has received nothing yet
         return "elsewhere", owner
+
+    def _describe(
+        self, part: ClusterPartition, st: Any
+    ) -> tuple[Sequence[tuple[str, str]], Sequence[str]]:
+        """A cluster's hashes (the content its uploads carried) and root posts, as far as the
+        detector keeps them."""
+        if self.describe is not None:
+            return self.describe(st)
+        content = getattr(part.detector, "content", None)  # kept by the near-duplicate index
+        if content is None:
+            return (), ()
+        signals = sorted((s.signal_type, s.signal) for s in content.signals(st.cluster_id))
+        return signals, ()
 
     def _forward(self, request: Request, base: str) -> Response:
         """The owner's answer to this very request (same method, headers that matter, body)."""
@@ -552,7 +572,10 @@ class Views:
         for part in w.detectors.values():
             wm = part.watermark.value
             items += emerging_items(
-                part.detector, 0 if wm == NO_TIME else wm, self.describe, self.actions.dismissed
+                part.detector,
+                0 if wm == NO_TIME else wm,
+                lambda st, part=part: self._describe(part, st),  # type: ignore[misc]
+                self.actions.dismissed,
             )
         return items
 
@@ -636,7 +659,7 @@ class Views:
             return found
         if found is None:
             return Response.json({"error": f"no cluster {cid} here"}, 404)
-        banked = cid.startswith("b-")
+        banked = found.banked
         if kind in ("bank", "dismiss") and banked:
             return Response.json({"error": f"{cid} is banked already"}, 409)
         if kind == "false_positive" and not banked:
