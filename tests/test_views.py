@@ -17,6 +17,7 @@ import contextlib
 import http.client
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from streams.events import ShareEvent
 from streams.policy import AlertPolicy
 from streams.review import ReviewAction
 from streams.router import Routed
-from streams.runtime.views import HOP, TokenSource, Views
+from streams.runtime.views import HOP, TokenSource, Unavailable, Views
 from streams.settings import Settings
 from streams.stages import ClusterPartition, partition_for
 from streams.stats import Stats
@@ -153,6 +154,15 @@ def cluster_of_two(tmp_path: Path) -> Iterator[tuple[Served, Served]]:
         for s in served:
             s.views.describe = unbanked_content
             tasks.append(asyncio.run_coroutine_threadsafe(s.views.run(s.worker), loop))
+        for s in served:  # each attached to the loop before the first request
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    s.views.bridge.call(lambda: None)
+                    break
+                except Unavailable:
+                    assert time.monotonic() < deadline, "the views never attached to the loop"
+                    time.sleep(0.01)
         yield served[0], served[1]
     finally:
         for server in running:
