@@ -61,6 +61,24 @@ KEPT_CLUSTERS: Final = 20_000
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    """Where a cluster stands beside its posts: bank, episode, what was sent and decided."""
+
+    #: matched a bank (from its first upload, or since a bank change relabelled it)
+    banked: bool = True
+    episode: int = 0
+    active: bool = False
+    fired: tuple[str, ...] = ()
+    alerts: tuple[Alert, ...] = ()
+    takedowns: int = 0
+    recent_takedowns: tuple[TakedownRequest, ...] = ()
+    hashes: tuple[tuple[str, str], ...] = ()
+    reviews: tuple[dict[str, Any], ...] = ()
+    #: of the posts, how many were received but not applied yet (held for the watermark)
+    held: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterCapture:
     """A raw copy of one cluster, taken on the loop; user ids still in clear (never shown).
 
@@ -79,18 +97,7 @@ class ClusterCapture:
     posts: tuple[tuple[str, str | None, str, int, bool, int | None], ...]
     graph_kept: bool
     prediction: Prediction | None
-    #: matched a bank (from its first upload, or since a bank change relabelled it)
-    banked: bool = True
-    episode: int = 0
-    active: bool = False
-    fired: tuple[str, ...] = ()
-    alerts: tuple[Alert, ...] = ()
-    takedowns: int = 0
-    recent_takedowns: tuple[TakedownRequest, ...] = ()
-    hashes: tuple[tuple[str, str], ...] = ()
-    reviews: tuple[dict[str, Any], ...] = ()
-    #: of ``posts``, how many were received but not applied yet (held for the watermark)
-    held: int = 0
+    status: ClusterStatus = field(default_factory=lambda: ClusterStatus())
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,18 +125,9 @@ class CascadeSnapshot:
     posts: tuple[PostView, ...]
     graph_kept: bool
     series: dict[str, tuple[float, ...]] = field(default_factory=dict)
-    banked: bool = True
-    episode: int = 0
-    active: bool = False
-    fired: tuple[str, ...] = ()
-    alerts: tuple[Alert, ...] = ()
-    takedowns: int = 0
-    recent_takedowns: tuple[TakedownRequest, ...] = ()
-    hashes: tuple[tuple[str, str], ...] = ()
+    status: ClusterStatus = field(default_factory=lambda: ClusterStatus())
     top_spreaders: tuple[tuple[str, int], ...] = ()
-    reviews: tuple[dict[str, Any], ...] = ()
     served_by: str = ""
-    held: int = 0
 
 
 class ClusterRecords:
@@ -260,16 +258,18 @@ def capture_cluster(
         posts=tuple(posts),
         graph_kept=kept,
         prediction=prediction,
-        banked=st.banked if st is not None else True,  # only banked clusters hold posts back
-        episode=st.episode if st is not None else 0,
-        active=st.active if st is not None else False,
-        fired=tuple(st.fired) if st is not None else (),
-        alerts=rec.alerts(cluster_id),
-        takedowns=n_takedowns,
-        recent_takedowns=recent,
-        hashes=tuple(hashes),
-        reviews=tuple(reviews),
-        held=len(held),
+        status=ClusterStatus(
+            banked=st.banked if st is not None else True,  # only banked ones hold posts back
+            episode=st.episode if st is not None else 0,
+            active=st.active if st is not None else False,
+            fired=tuple(st.fired) if st is not None else (),
+            alerts=rec.alerts(cluster_id),
+            takedowns=n_takedowns,
+            recent_takedowns=recent,
+            hashes=tuple(hashes),
+            reviews=tuple(reviews),
+            held=len(held),
+        ),
     )
 
 
@@ -357,18 +357,9 @@ def snapshot(
         posts=posts,
         graph_kept=cap.graph_kept,
         series=velocity_series(times, cap.first_seen_ms, cap.as_of_ms),
-        banked=cap.banked,
-        episode=cap.episode,
-        active=cap.active,
-        fired=cap.fired,
-        alerts=cap.alerts,
-        takedowns=cap.takedowns,
-        recent_takedowns=cap.recent_takedowns,
-        hashes=cap.hashes,
+        status=cap.status,
         top_spreaders=spreaders,
-        reviews=cap.reviews,
         served_by=served_by,
-        held=cap.held,
     )
 
 
@@ -397,29 +388,34 @@ def velocity_series(
 
 def to_doc(snap: CascadeSnapshot, base: str = "") -> dict[str, Any]:
     """The JSON form of a snapshot (``Accept: application/json``); ``base``: the view's path."""
+    st = snap.status
     base = base or f"/cascade/{snap.cluster_id}"
     return {
         "cluster_id": snap.cluster_id,
-        "banked": snap.banked,
+        "banked": st.banked,
         "as_of": rfc3339(snap.as_of_ms),
         "first_seen": rfc3339(snap.first_seen_ms),
         "last_event": rfc3339(snap.last_ms),
         "match": snap.match.to_dict() if snap.match else None,
-        "hashes": [{"signal_type": k, "signal": s} for k, s in snap.hashes],
+        "hashes": [{"signal_type": k, "signal": s} for k, s in st.hashes],
         "cascade": snap.figures.to_dict(),
         "top_spreaders": [{"user": u, "reshares": n} for u, n in snap.top_spreaders],
         "velocity_series": {
             "t": [rfc3339(int(t)) for t in snap.series.get("t", ())],
             **{k: [round(x, 3) for x in snap.series.get(k, ())] for k in ("1m", "5m", "15m")},
         },
-        "episode": {"number": snap.episode, "active": snap.active, "fired": list(snap.fired)},
-        "alerts": [a.to_dict() for a in snap.alerts],
-        "takedowns": {
-            "requested": snap.takedowns,
-            "recent": [t.to_dict() for t in snap.recent_takedowns],
+        "episode": {
+            "number": st.episode,
+            "active": st.active,
+            "fired": list(st.fired),
         },
-        "reviews": list(snap.reviews),
-        "held_posts": snap.held,
+        "alerts": [a.to_dict() for a in st.alerts],
+        "takedowns": {
+            "requested": st.takedowns,
+            "recent": [t.to_dict() for t in st.recent_takedowns],
+        },
+        "reviews": list(st.reviews),
+        "held_posts": st.held,
         "graph": {
             "kept": snap.graph_kept,
             "json": f"{base}/graph.json",

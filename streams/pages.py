@@ -271,7 +271,7 @@ def cascade_page(
     snap: CascadeSnapshot, *, nonce: str, may_act: bool, who: str = "", flash: str = ""
 ) -> str:
     """The page of one cluster: tree, velocity, figures, forecast, alerts, actions, bank entry."""
-    f = snap.figures
+    f, st = snap.figures, snap.status
     cid = esc(snap.cluster_id)
     if snap.match is not None:
         m = snap.match
@@ -282,8 +282,8 @@ def cascade_page(
     else:
         bank = "<b>unbanked</b>: no bank knows this content (yet)"
     status = (
-        f'<span class="tag">episode {snap.episode}: firing {esc(", ".join(snap.fired))}</span>'
-        if snap.active
+        f'<span class="tag">episode {st.episode}: firing {esc(", ".join(st.fired))}</span>'
+        if st.active
         else '<span class="tag ok">no open episode</span>'
     )
     figs = "".join(
@@ -330,16 +330,16 @@ def cascade_page(
             f'<td class="sev-{esc(a.severity)}">{esc(a.severity)}</td><td>{esc(a.status)}</td>'
             f"<td>{esc(_when(a.ts_ms))}</td><td>{esc(a.reason)}</td>"
             f"<td>{a.cascade.size:,}</td></tr>"
-            for a in sorted(snap.alerts, key=lambda a: (a.ts_ms, a.alert_id))
+            for a in sorted(st.alerts, key=lambda a: (a.ts_ms, a.alert_id))
         )
         or '<tr><td colspan="6" class="mute">no alert from this worker\'s state yet</td></tr>'
     )
-    takedowns = f"{snap.takedowns:,} takedown requests sent" + (
+    takedowns = f"{st.takedowns:,} takedown requests sent" + (
         ": latest "
         + ", ".join(
-            f"<code>{esc(t.post_id)}</code> ({esc(t.severity)})" for t in snap.recent_takedowns[-5:]
+            f"<code>{esc(t.post_id)}</code> ({esc(t.severity)})" for t in st.recent_takedowns[-5:]
         )
-        if snap.recent_takedowns
+        if st.recent_takedowns
         else ""
     )
     reviews = (
@@ -349,13 +349,13 @@ def cascade_page(
                 f"<td>{esc(r.get(k, ''))}</td>" for k in ("when", "who", "action", "why", "detail")
             )
             + "</tr>"
-            for r in snap.reviews
+            for r in st.reviews
         )
         or '<tr><td colspan="5" class="mute">no reviewer action yet</td></tr>'
     )
     acts = ""
     if may_act:
-        if not snap.banked:
+        if not st.banked:
             acts += (
                 f'<form class="inline" method="post" action="/cascade/{cid}/bank">'
                 '<input type="text" name="bank" value="internal" size="10" aria-label="bank">'
@@ -375,10 +375,10 @@ def cascade_page(
     body = (
         f"{flash_html}<h1>Cascade <code>{cid}</code> {status}</h1>"
         f'<div class="card">{bank}<br><span class="mute">hashes:</span> '
-        f"{_hashes(snap.hashes)}<br><span class='mute'>first seen {esc(_when(snap.first_seen_ms))}"
+        f"{_hashes(st.hashes)}<br><span class='mute'>first seen {esc(_when(snap.first_seen_ms))}"
         f", last event {esc(_when(snap.last_ms))}, as of {esc(_when(snap.as_of_ms))} (event time)"
         f"{', served by ' + esc(snap.served_by) if snap.served_by else ''}"
-        f"{_held(snap.held)}</span></div>"
+        f"{_held(st.held)}</span></div>"
         f'<div class="card grid">{figs}</div>'
         f"<h2>Reshare tree</h2>{tree}"
         f'<h2>Velocity over time</h2><div class="card">{velocity_svg(snap.series)}</div>'

@@ -99,6 +99,7 @@ from streams.web import Request, Response, Router
 log = logging.getLogger("viralwatch.views")
 
 T = TypeVar("T")
+R = TypeVar("R", EmergingItem, BankRow)
 
 #: Marks a request one worker forwarded to another: never forwarded again.
 HOP: Final = "X-Viralwatch-Hop"
@@ -541,13 +542,7 @@ class Views:
         local = self.bridge.call(self._local_emerging)
         if request.query.get("scope", [""])[-1] == "local":
             return Response.json({"worker": self.url, "items": [i.to_dict() for i in local]})
-        parts, missing = self._gather(request, "/emerging?scope=local")
-        items = list(local)
-        for doc in parts:
-            try:
-                items += [EmergingItem.from_dict(d) for d in doc["items"]]
-            except (KeyError, TypeError, ValueError) as exc:
-                missing.append(f"{doc.get('worker', '?')} (unreadable: {exc})")
+        items, missing = self._with_peers(request, "/emerging", "items", local, EmergingItem)
         ranked = rank(items)
         if wants_json(request):
             return Response.json({"items": [i.to_dict() for i in ranked], "missing": missing})
@@ -583,13 +578,7 @@ class Views:
         local = self.bridge.call(self._local_banks)
         if request.query.get("scope", [""])[-1] == "local":
             return Response.json({"worker": self.url, "banks": [r.to_dict() for r in local]})
-        parts, missing = self._gather(request, "/banks?scope=local")
-        rows = list(local)
-        for doc in parts:
-            try:
-                rows += [BankRow.from_dict(d) for d in doc["banks"]]
-            except (KeyError, TypeError, ValueError) as exc:
-                missing.append(f"{doc.get('worker', '?')} (unreadable: {exc})")
+        rows, missing = self._with_peers(request, "/banks", "banks", local, BankRow)
         merged = merge_bank_rows(rows)
         if wants_json(request):
             return Response.json({"banks": [r.to_dict() for r in merged], "missing": missing})
@@ -600,6 +589,20 @@ class Views:
         if w is None:
             raise Unavailable("the worker is starting")
         return bank_rows(w.banks, self.matches.last_window(time.time()), self._bank_updated)
+
+    def _with_peers(
+        self, request: Request, path: str, key: str, local: list[R], kind: type[R]
+    ) -> tuple[list[R], list[str]]:
+        """This worker's rows and every other worker's (their ``path?scope=local``, rows under
+        ``key``), and the workers that did not answer (or answered nonsense)."""
+        parts, missing = self._gather(request, f"{path}?scope=local")
+        rows = list(local)
+        for doc in parts:
+            try:
+                rows += [kind.from_dict(d) for d in doc[key]]
+            except (KeyError, TypeError, ValueError) as exc:
+                missing.append(f"{doc.get('worker', '?')} (unreadable: {exc})")
+        return rows, missing
 
     def _gather(self, request: Request, path: str) -> tuple[list[dict[str, Any]], list[str]]:
         """Every other worker's part (``path``, JSON), and the workers that did not answer."""
@@ -659,12 +662,12 @@ class Views:
             return found
         if found is None:
             return Response.json({"error": f"no cluster {cid} here"}, 404)
-        banked = found.banked
+        banked = found.status.banked
         if kind in ("bank", "dismiss") and banked:
             return Response.json({"error": f"{cid} is banked already"}, 409)
         if kind == "false_positive" and not banked:
             return Response.json({"error": f"{cid} is not banked: nothing to call wrong"}, 409)
-        if kind != "dismiss" and not found.hashes:
+        if kind != "dismiss" and not found.status.hashes:
             return Response.json({"error": f"the hashes of {cid} are not known here"}, 409)
         try:
             action = ReviewAction(
@@ -673,7 +676,7 @@ class Views:
                 reason=fields.get("reason", ""),
                 ts_ms=max(0, found.as_of_ms),
                 cluster_id=cid,
-                signals=tuple(Signal(k, s) for k, s in found.hashes),  # type: ignore[arg-type]
+                signals=tuple(Signal(k, s) for k, s in found.status.hashes),  # type: ignore[arg-type]
                 bank=fields.get("bank") or (found.match.bank if found.match else "internal"),
             )
         except ValueError as exc:
