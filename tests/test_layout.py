@@ -1,4 +1,4 @@
-"""The cascade page's drawing and figures from parent indices, against NetworkX on random forests."""
+"""The cascade page's drawing and figures from parent indices, checked on random forests."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ def forests(draw: st.DrawFn) -> list[int]:
     """Parent indices, each parent before its children (-1: an upload)."""
     n = draw(st.integers(1, 60))
     return [
-        -1 if i == 0 or draw(st.booleans()) and draw(st.booleans()) else draw(st.integers(0, i - 1))
+        -1
+        if i == 0 or (draw(st.booleans()) and draw(st.booleans()))
+        else draw(st.integers(0, i - 1))
         for i in range(n)
     ]
 
