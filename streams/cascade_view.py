@@ -34,9 +34,11 @@ from bisect import bisect_right
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 
 import networkx as nx
+import orjson
 
 from graphs.cascade import Cascade
 from graphs.velocity import MINUTE_MS, WINDOWS_MS
@@ -61,6 +63,72 @@ KEPT_CLUSTERS: Final = 20_000
 
 
 @dataclass(frozen=True, slots=True)
+class AlertRow:
+    """One of a cluster's alerts as its page lists it: from the alert as it is sent, or from
+    its JSON in the ``alerts-sent`` table (a worker that took the partition over).
+
+    >>> a = Alert(alert_id="vw-1", status="firing", severity="high", ts_ms=60_000,
+    ...           cluster_id="b-1", first_seen_ms=0)
+    >>> AlertRow.from_json(a.to_json()) == AlertRow.of(a)
+    True
+    """
+
+    alert_id: str
+    cluster_id: str
+    status: str
+    severity: str
+    ts_ms: int
+    reason: str = ""
+    size: int = 0
+    provisional: bool = False
+
+    @property
+    def dedupe_key(self) -> str:
+        return f"{self.alert_id}:{self.status}"
+
+    @classmethod
+    def of(cls, a: Alert) -> AlertRow:
+        provisional = bool(a.to_dict().get("provisional")) if type(a) is not Alert else False
+        return cls(
+            a.alert_id,
+            a.cluster_id,
+            a.status,
+            a.severity,
+            a.ts_ms,
+            a.reason,
+            a.cascade.size,
+            provisional,
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> AlertRow:
+        """``ValueError`` (or ``KeyError``/``TypeError``) when ``raw`` is not an alert's JSON."""
+        d = orjson.loads(raw)
+        when = datetime.fromisoformat(str(d["ts"]).replace("Z", "+00:00"))
+        return cls(
+            str(d["alert_id"]),
+            str(d["cluster_id"]),
+            str(d["status"]),
+            str(d["severity"]),
+            round(when.timestamp() * 1000),
+            str(d.get("reason", "")),
+            int(d.get("cascade", {}).get("size", 0)),
+            bool(d.get("provisional", False)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.alert_id,
+            "status": self.status,
+            "severity": self.severity,
+            "ts": rfc3339(self.ts_ms),
+            "reason": self.reason,
+            "size": self.size,
+            "provisional": self.provisional,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterStatus:
     """Where a cluster stands beside its posts: bank, episode, what was sent and decided."""
 
@@ -69,7 +137,7 @@ class ClusterStatus:
     episode: int = 0
     active: bool = False
     fired: tuple[str, ...] = ()
-    alerts: tuple[Alert, ...] = ()
+    alerts: tuple[AlertRow, ...] = ()
     takedowns: int = 0
     recent_takedowns: tuple[TakedownRequest, ...] = ()
     hashes: tuple[tuple[str, str], ...] = ()
@@ -148,13 +216,14 @@ class ClusterRecords:
     def __init__(self, per_cluster: int = KEPT_PER_CLUSTER, clusters: int = KEPT_CLUSTERS) -> None:
         self.per_cluster = per_cluster
         self.max_clusters = clusters
-        self._alerts: OrderedDict[str, deque[Alert]] = OrderedDict()
+        self._alerts: OrderedDict[str, deque[AlertRow]] = OrderedDict()
         self._actions: OrderedDict[str, tuple[int, deque[TakedownRequest]]] = OrderedDict()
         self._seen: set[str] = set()
 
-    def note(self, alerts: Iterable[Alert], actions: Iterable[TakedownRequest]) -> None:
+    def note(self, alerts: Iterable[Alert | AlertRow], actions: Iterable[TakedownRequest]) -> None:
         """Record alerts and takedown requests sent (a repeat of one already noted is ignored)."""
-        for a in alerts:
+        for alert in alerts:
+            a = alert if isinstance(alert, AlertRow) else AlertRow.of(alert)
             key = a.dedupe_key
             if key in self._seen:
                 continue
@@ -181,8 +250,24 @@ class ClusterRecords:
             table.move_to_end(cid)
         return table[cid]
 
-    def alerts(self, cluster_id: str) -> tuple[Alert, ...]:
+    def alerts(self, cluster_id: str) -> tuple[AlertRow, ...]:
         return tuple(self._alerts.get(cluster_id, ()))
+
+    def restore(self, sent: Iterable[bytes], wanted: Callable[[str], bool]) -> int:
+        """Note the alerts of a table of sent alerts (JSON values) whose cluster is ``wanted``:
+        a worker that takes a partition over lists what its previous owner sent. Returns how
+        many were read; a value that is not an alert is passed over."""
+        rows = []
+        for raw in sent:
+            try:
+                row = AlertRow.from_json(raw)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+            if wanted(row.cluster_id):
+                rows.append(row)
+        rows.sort(key=lambda r: (r.ts_ms, r.alert_id))
+        self.note(rows, [])
+        return len(rows)
 
     def takedowns(self, cluster_id: str) -> tuple[int, tuple[TakedownRequest, ...]]:
         n, recent = self._actions.get(cluster_id, (0, deque()))

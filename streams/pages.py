@@ -329,7 +329,7 @@ def cascade_page(
             f"<tr><td><code>{esc(a.alert_id)}</code></td>"
             f'<td class="sev-{esc(a.severity)}">{esc(a.severity)}</td><td>{esc(a.status)}</td>'
             f"<td>{esc(_when(a.ts_ms))}</td><td>{esc(a.reason)}</td>"
-            f"<td>{a.cascade.size:,}</td></tr>"
+            f"<td>{a.size:,}{' (early)' if a.provisional else ''}</td></tr>"
             for a in sorted(st.alerts, key=lambda a: (a.ts_ms, a.alert_id))
         )
         or '<tr><td colspan="6" class="mute">no alert from this worker\'s state yet</td></tr>'

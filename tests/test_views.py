@@ -27,7 +27,7 @@ from typing import Any
 import networkx as nx
 import pytest
 
-from streams.alerts import MatchInfo, Pseudonymizer
+from streams.alerts import Alert, MatchInfo, Pseudonymizer, alert_id
 from streams.banks import BankEntry, HashBanks
 from streams.events import ShareEvent
 from streams.policy import AlertPolicy
@@ -70,6 +70,8 @@ class FakeWorker:
     banks: HashBanks = field(default_factory=HashBanks)
     stats: Stats = field(default_factory=Stats)
     app: Any = None
+    #: the alerts-sent table (key: dedupe key, value: the alert's JSON)
+    outputs: Any = field(default_factory=lambda: SimpleNamespace(alerts={}))
 
     def hold(self, p: int) -> ClusterPartition:
         part = ClusterPartition(
@@ -150,6 +152,16 @@ def cluster_of_two(tmp_path: Path) -> Iterator[tuple[Served, Served]]:
         fill(a.detectors[partition_for(BANKED, PARTITIONS)], BANKED, 40, match)
         fill(a.detectors[partition_for(UNBANKED, PARTITIONS)], UNBANKED, 40, None)
         a.banks.add(BankEntry("ncii", "md5", "a" * 32))
+        sent = Alert(  # sent by the partition's previous owner: in the table, not in memory
+            alert_id=alert_id(BANKED, 1, "warning"),
+            status="firing",
+            severity="warning",
+            ts_ms=T0 + 24_000,
+            cluster_id=BANKED,
+            first_seen_ms=T0,
+        )
+        a.outputs.alerts[sent.dedupe_key.encode()] = sent.to_json()
+        a.outputs.alerts[b"junk"] = b"not an alert"
         tasks = []
         for s in served:
             s.views.describe = unbanked_content
@@ -194,6 +206,9 @@ def test_the_cascade_is_the_same_from_either_worker(two: tuple[Served, Served]) 
     assert docs[0] == docs[1]
     doc = docs[0]
     assert doc["cascade"]["size"] == 41 and doc["cascade"]["live"] == 40
+    assert [(x["alert_id"], x["severity"]) for x in doc["alerts"]] == [
+        (alert_id(BANKED, 1, "warning"), "warning")
+    ]
     assert doc["match"]["bank"] == "ncii" and doc["hashes"] == [
         {"signal_type": "md5", "signal": "a" * 32}
     ]

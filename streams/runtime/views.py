@@ -300,6 +300,8 @@ class Views:
         self.actions = ActionLog()
         #: the hashes and roots of a cluster that its state does not say (unbanked content)
         self.describe: Describe | None = None
+        #: the partition states whose sent alerts were read into ``records``
+        self._indexed: dict[int, ClusterPartition] = {}
         self._bank_updated: dict[str, float] = {}
         self._bank_sizes: dict[str, int] = {}
         self._publish = publish
@@ -471,6 +473,13 @@ class Views:
         if w is None:
             raise Unavailable("the worker is starting")
         part = w.detectors.get(p)
+        if part is not None and self._indexed.get(p) is not part:
+            # taken over (or first asked): what the previous owner sent, from the table
+            self._indexed[p] = part
+            sent = getattr(getattr(w, "outputs", None), "alerts", None)
+            if sent is not None:
+                n = self.settings.partitions
+                self.records.restore(sent.values(), lambda cid: partition_for(cid, n) == p)
         if part is not None:
             wm = part.watermark.value
             reviews = tuple(a.to_dict() for a in self.actions.for_cluster(cid))
