@@ -36,7 +36,9 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
+
+import orjson
 
 from streams.events import Content
 from streams.pdqindex import PDQIndex
@@ -544,3 +546,87 @@ def load_bank_csv(path: str | Path) -> list[BankEntry]:
     """Read a bank CSV file; raises ``OSError`` or ``ValueError`` with a one-line reason."""
     p = Path(path)
     return parse_bank_csv(p.read_text(encoding="utf-8"), str(p))
+
+
+# -- changes while running ----------------------------------------------------
+
+BANK_OPS: Final = ("add", "withdraw")
+
+
+@dataclass(frozen=True, slots=True)
+class BankUpdate:
+    """One record of the ``bank`` topic: add a signal to a bank, or withdraw it.
+
+    Keyed by ``bank/signal_type/signal``, so the topic can be compacted to the
+    latest state of each signal; a record with no value (a tombstone)
+    withdraws the signal its key names.
+
+    >>> key, value = BankUpdate("withdraw", BankEntry("ncii", "md5", "a" * 32)).record()
+    >>> key
+    b'ncii/md5/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'
+    >>> BankUpdate.parse(key, None).op
+    'withdraw'
+    >>> BankUpdate.parse(None, b'{"op": "add"}')
+    Traceback (most recent call last):
+    ValueError: bank update: signal_type must be pdq, md5 or vpdq, not ''
+    """
+
+    op: Literal["add", "withdraw"]
+    entry: BankEntry
+    #: the event time it takes effect at (``None``: when it is read), see ``streams.review``
+    ts_ms: int | None = None
+
+    def record(self) -> tuple[bytes, bytes]:
+        e = self.entry
+        value: dict[str, Any] = {
+            "op": self.op,
+            "bank": e.bank,
+            "signal_type": e.signal_type,
+            "signal": e.signal,
+        }
+        if e.label:
+            value["label"] = e.label
+        if self.ts_ms is not None:
+            value["ts"] = self.ts_ms
+        return f"{e.bank}/{e.signal_type}/{e.signal}".encode(), orjson.dumps(value)
+
+    @classmethod
+    def parse(cls, key: bytes | None, value: bytes | None) -> BankUpdate:
+        """Read a ``bank`` record; ``ValueError`` with the reason when it is not a valid one."""
+        try:
+            if value is None:
+                parts = (key or b"").decode().split("/")
+                if len(parts) != 3:
+                    raise ValueError("a tombstone's key must be bank/signal_type/signal")
+                body: dict[str, Any] = dict(
+                    zip(("bank", "signal_type", "signal"), parts, strict=True), op="withdraw"
+                )
+            else:
+                body = orjson.loads(value)
+                if not isinstance(body, dict):
+                    raise ValueError("not a JSON object")
+            op = body.get("op")
+            if op != "add" and op != "withdraw":
+                raise ValueError(f"op must be add or withdraw, not {op!r}")
+            kind, signal = normalise_signal(
+                str(body.get("signal_type") or ""), str(body.get("signal") or "")
+            )
+            bank = body.get("bank")
+            if not isinstance(bank, str) or not bank.strip():
+                raise ValueError("bank must be a non-empty name")
+            label = body.get("label")
+            if label is not None and not isinstance(label, str):
+                raise ValueError("label must be text")
+            ts = body.get("ts")
+            if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or ts < 0):
+                raise ValueError("ts must be epoch milliseconds")
+            return cls(op, BankEntry(bank.strip(), kind, signal, label or None), ts)
+        except (ValueError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+            raise ValueError(f"bank update: {exc}") from None
+
+    def apply(self, banks: HashBanks) -> bool:
+        """Change ``banks``; ``True`` when something changed."""
+        e = self.entry
+        if self.op == "add":
+            return banks.add(e)
+        return banks.withdraw(e.bank, e.signal_type, e.signal)

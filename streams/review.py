@@ -63,7 +63,7 @@ from typing import Any, Final, Literal, get_args
 import orjson
 
 from streams.alerts import rfc3339
-from streams.banks import ALLOW_BANK, BankEntry, SignalType, normalise_signal
+from streams.banks import ALLOW_BANK, BankEntry, BankUpdate, SignalType, normalise_signal
 
 ActionKind = Literal["bank", "withdraw", "dismiss", "false_positive", "reverse_false_positive"]
 ACTION_KINDS: Final[tuple[str, ...]] = get_args(ActionKind)
@@ -219,7 +219,7 @@ class ReviewAction:
             raise ValueError(f"review action: not JSON: {exc}") from None
         return cls.from_dict(body)
 
-    def bank_changes(self) -> list[BankChange]:
+    def bank_changes(self) -> list[BankUpdate]:
         """The bank changes this action makes, in order (none for ``dismiss``)."""
         if self.kind == "dismiss":
             return []
@@ -231,21 +231,9 @@ class ReviewAction:
             f"{self.kind} by {self.reviewer}: {self.reason}"[:MAX_REASON] if op == "add" else None
         )
         return [
-            BankChange(op, BankEntry(bank, s.signal_type, s.signal, label), self.ts_ms)
+            BankUpdate(op, BankEntry(bank, s.signal_type, s.signal, label), self.ts_ms)
             for s in self.signals
         ]
-
-
-@dataclass(frozen=True, slots=True)
-class BankChange:
-    """A bank change an action implies: ``op`` of ``entry``, at event time ``ts_ms``.
-
-    The runtime turns it into a ``bank`` topic record (``streams.stages.BankUpdate``).
-    """
-
-    op: Literal["add", "withdraw"]
-    entry: BankEntry
-    ts_ms: int
 
 
 class ActionLog:

@@ -64,7 +64,7 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from streams.alerts import Pseudonymizer
-from streams.banks import BankEntry, HashBanks, normalise_signal
+from streams.banks import HashBanks
 from streams.detector import Decisions, Detector, Predictor
 from streams.events import Rejection, ShareEvent, parse_event
 from streams.pipeline import DEFAULT_PREDICTOR
@@ -436,90 +436,6 @@ class DeadLetter:
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS)
-
-
-# -- bank updates ------------------------------------------------------------
-
-BANK_OPS: Final = ("add", "withdraw")
-
-
-@dataclass(frozen=True, slots=True)
-class BankUpdate:
-    """One record of the ``bank`` topic: add a signal to a bank, or withdraw it.
-
-    Keyed by ``bank/signal_type/signal``, so the topic can be compacted to the
-    latest state of each signal; a record with no value (a tombstone)
-    withdraws the signal its key names.
-
-    >>> key, value = BankUpdate("withdraw", BankEntry("ncii", "md5", "a" * 32)).record()
-    >>> key
-    b'ncii/md5/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'
-    >>> BankUpdate.parse(key, None).op
-    'withdraw'
-    >>> BankUpdate.parse(None, b'{"op": "add"}')
-    Traceback (most recent call last):
-    ValueError: bank update: signal_type must be pdq, md5 or vpdq, not ''
-    """
-
-    op: str
-    entry: BankEntry
-    #: the event time it takes effect at (``None``: when it is read), see ``streams.review``
-    ts_ms: int | None = None
-
-    def record(self) -> tuple[bytes, bytes]:
-        e = self.entry
-        value: dict[str, Any] = {
-            "op": self.op,
-            "bank": e.bank,
-            "signal_type": e.signal_type,
-            "signal": e.signal,
-        }
-        if e.label:
-            value["label"] = e.label
-        if self.ts_ms is not None:
-            value["ts"] = self.ts_ms
-        return f"{e.bank}/{e.signal_type}/{e.signal}".encode(), orjson.dumps(value)
-
-    @classmethod
-    def parse(cls, key: bytes | None, value: bytes | None) -> BankUpdate:
-        """Read a ``bank`` record; ``ValueError`` with the reason when it is not a valid one."""
-        try:
-            if value is None:
-                parts = (key or b"").decode().split("/")
-                if len(parts) != 3:
-                    raise ValueError("a tombstone's key must be bank/signal_type/signal")
-                body: dict[str, Any] = dict(
-                    zip(("bank", "signal_type", "signal"), parts, strict=True), op="withdraw"
-                )
-            else:
-                body = orjson.loads(value)
-                if not isinstance(body, dict):
-                    raise ValueError("not a JSON object")
-            op = body.get("op")
-            if op not in BANK_OPS:
-                raise ValueError(f"op must be add or withdraw, not {op!r}")
-            kind, signal = normalise_signal(
-                str(body.get("signal_type") or ""), str(body.get("signal") or "")
-            )
-            bank = body.get("bank")
-            if not isinstance(bank, str) or not bank.strip():
-                raise ValueError("bank must be a non-empty name")
-            label = body.get("label")
-            if label is not None and not isinstance(label, str):
-                raise ValueError("label must be text")
-            ts = body.get("ts")
-            if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or ts < 0):
-                raise ValueError("ts must be epoch milliseconds")
-            return cls(op, BankEntry(bank.strip(), kind, signal, label or None), ts)
-        except (ValueError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
-            raise ValueError(f"bank update: {exc}") from None
-
-    def apply(self, banks: HashBanks) -> bool:
-        """Change ``banks``; ``True`` when something changed."""
-        e = self.entry
-        if self.op == "add":
-            return banks.add(e)
-        return banks.withdraw(e.bank, e.signal_type, e.signal)
 
 
 # -- stage 1a: ingest -----------------------------------------------------

@@ -9,10 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.banks import ALLOW_BANK, BankEntry, HashBanks, brute_force_match
+from streams.banks import ALLOW_BANK, BankEntry, BankUpdate, HashBanks, brute_force_match
 from streams.events import Content
 from streams.review import ACTION_KINDS, ActionLog, ReviewAction, Signal
-from streams.stages import BankUpdate
 
 T0 = 1_767_225_600_000
 CID = "u-00112233445566ff"
@@ -136,7 +135,7 @@ def test_each_kind_makes_its_bank_changes_at_its_time() -> None:
 
 def test_a_bank_change_survives_the_bank_topic_with_its_time() -> None:
     [change, _] = action("bank").bank_changes()
-    key, value = BankUpdate(change.op, change.entry, change.ts_ms).record()
+    key, value = change.record()
     back = BankUpdate.parse(key, value)
     assert (back.op, back.entry, back.ts_ms) == ("add", change.entry, T0)
     assert BankUpdate.parse(*BankUpdate("add", change.entry).record()).ts_ms is None

@@ -6,11 +6,10 @@ from __future__ import annotations
 import pytest
 from kafka_helpers import TopicReader, broker, create_topics, names, settings_for
 
-from streams.banks import ALLOW_BANK
+from streams.banks import ALLOW_BANK, BankUpdate
 from streams.review import ReviewAction, Signal
 from streams.runtime.kafka_server import KafkaBroker
 from streams.runtime.produce import publish_action
-from streams.stages import BankUpdate
 
 pytestmark = pytest.mark.integration
 __all__ = ["broker"]  # the module-scoped fixture, imported for pytest

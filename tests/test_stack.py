@@ -72,11 +72,10 @@ from programs import (
     wait_until,
 )
 
-from streams.banks import BankEntry
+from streams.banks import BankEntry, BankUpdate
 from streams.runtime.kafka_server import KafkaBroker, start_kafka
 from streams.settings import Settings
 from streams.sinks.alertmanager import ALERTNAME as SPREAD_ALERT
-from streams.stages import BankUpdate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

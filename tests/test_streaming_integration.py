@@ -32,13 +32,12 @@ from kafka_helpers import (
 )
 
 from streams.alerts import Pseudonymizer
-from streams.banks import BankEntry, HashBanks
+from streams.banks import BankEntry, BankUpdate, HashBanks
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
 from streams.runtime.broker import LocalBroker, RunningBroker
 from streams.settings import DEV_PSEUDONYM_KEY, Settings
 from streams.simulate import Scenario, simulate, write_bank
-from streams.stages import BankUpdate
 
 pytestmark = pytest.mark.integration
 __all__ = ["broker", "tansu"]  # the module-scoped fixture, imported for pytest

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from streams.alerts import Pseudonymizer
-from streams.banks import BankEntry, HashBanks
+from streams.banks import BankEntry, BankUpdate, HashBanks
 from streams.events import ShareEvent, event_from_dict
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
@@ -20,7 +20,6 @@ from streams.runtime.local_run import LocalRun
 from streams.settings import DEV_PSEUDONYM_KEY, ENV_VARS, KafkaSecurity, Settings
 from streams.simulate import Scenario, simulate, three_cascades
 from streams.stages import (
-    BankUpdate,
     ClusterPartition,
     Envelope,
     Ingest,

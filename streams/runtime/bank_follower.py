@@ -14,10 +14,10 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 
-from streams.banks import HashBanks
+from streams.banks import BankUpdate, HashBanks
 from streams.runtime.faust_adapter import LOCAL_FETCH_WAIT_MS, force_metadata_update
 from streams.settings import Settings
-from streams.stages import BankUpdate, DeadLetter, Source
+from streams.stages import DeadLetter, Source
 from streams.stats import Stats
 from streams.web import Health
 

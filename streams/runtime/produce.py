@@ -146,13 +146,11 @@ def publish_action(
     call it off the event loop (``loop.run_in_executor``). Raises the client's
     errors (``kafka.errors.KafkaError``) when the broker refuses or is unreachable.
     """
-    from streams.stages import BankUpdate
-
     own = producer is None
     prod = producer if producer is not None else make_producer(settings)
     try:
         for change in action.bank_changes():
-            key, value = BankUpdate(change.op, change.entry, change.ts_ms).record()
+            key, value = change.record()
             prod.send(settings.topic("bank"), key=key, value=value)  # type: ignore[attr-defined]
         prod.flush()  # type: ignore[attr-defined]
         key, value = action.record()
