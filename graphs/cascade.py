@@ -212,10 +212,13 @@ class PostSet:
     ValueError: parent 'nope' is not in this cascade
     """
 
-    __slots__ = ("_live", "_posts", "_roots")
+    __slots__ = ("_live", "_made", "_posts", "_roots")
 
     def __init__(self) -> None:
         self._posts: dict[str, bool] = {}  # post -> still up
+        #: post -> (parent, user, event time): enough to draw the graph if the content is
+        #: banked later (retroaction, :meth:`to_cascade`)
+        self._made: dict[str, tuple[str | None, str, int]] = {}
         self._live = 0
         self._roots = 0
 
@@ -232,6 +235,7 @@ class PostSet:
         if post_id in self._posts:
             return False
         self._posts[post_id] = True
+        self._made[post_id] = (None, user, ts_ms)
         self._live += 1
         self._roots += 1
         return True
@@ -251,8 +255,30 @@ class PostSet:
         if parent not in self._posts:
             raise ValueError(f"parent {parent!r} is not in this cascade")
         self._posts[post_id] = True
+        self._made[post_id] = (parent, user, ts_ms)
         self._live += 1
         return True
+
+    def to_cascade(self) -> Cascade:
+        """The reshare forest of these posts (when the content turns out to be banked).
+
+        >>> s = PostSet()
+        >>> s.add_root("p1", user="a", ts_ms=0), s.add_reshare("p2", parent="p1", user="b", ts_ms=1)
+        (True, True)
+        >>> _ = s.take_down("p1")
+        >>> c = s.to_cascade()
+        >>> (c.size, c.live, c.depth, c.unique_users)
+        (2, 1, 1, 2)
+        """
+        c = Cascade()
+        for post, (parent, user, ts_ms) in self._made.items():  # parents come first
+            if parent is None:
+                c.add_root(post, user=user, ts_ms=ts_ms)
+            else:
+                c.add_reshare(post, parent=parent, user=user, ts_ms=ts_ms)
+            if not self._posts[post]:
+                c.take_down(post)
+        return c
 
     def take_down(self, post_id: str) -> bool:
         """Mark a post removed; ``False`` if unknown or already down."""

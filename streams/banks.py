@@ -202,6 +202,10 @@ class HashBanks:
         self._index = PDQIndex()
         self._videos = VideoBank(self.config)
         self._radius: int | None = None  # widest PDQ threshold of an enabled bank
+        #: (bank, type, signal) -> the event time its add took effect at (a timed add, see
+        #: :meth:`match_at`), and the latest of those
+        self._since: dict[tuple[str, str, str], int] = {}
+        self._latest_since = -1
         self._cache: OrderedDict[MatchKey, Match | None] = OrderedDict()
         self.cache_size = cache_size
         self.stats = stats
@@ -219,9 +223,21 @@ class HashBanks:
         self._configs[config.name] = config
         self._changed()
 
-    def add(self, entry: BankEntry) -> bool:
-        """Add an entry; ``False`` when it was there already (its label is updated)."""
-        return self._add(entry, None, None)
+    def add(self, entry: BankEntry, since_ms: int | None = None) -> bool:
+        """Add an entry; ``False`` when it was there already (its label is updated).
+
+        ``since_ms``: the event time the add takes effect at (a timed bank
+        update): uploads older than that do not match it (:meth:`match_at`).
+        """
+        new = self._add(entry, None, None)
+        kind, signal = normalise_signal(entry.signal_type, entry.signal)
+        key = (entry.bank, kind, signal)
+        if since_ms is None:
+            self._since.pop(key, None)
+        else:
+            self._since[key] = since_ms
+            self._latest_since = max(self._latest_since, since_ms)
+        return new
 
     def add_many(self, entries: Iterable[BankEntry]) -> int:
         """Add many entries (a bank load): one index insertion for all; the number new."""
@@ -280,6 +296,7 @@ class HashBanks:
         kept = tuple(e for e in group if e.bank != bank)
         if len(kept) == len(group):
             return False
+        self._since.pop((bank, kind, text), None)
         if kept:
             table[text] = kept
         if kind == "pdq":
@@ -354,6 +371,51 @@ class HashBanks:
         """Every enabled entry with this MD5, best (by the tie rule) first."""
         group = self._md5.get(md5.lower(), ())
         return sorted((Match(e, 0) for e in group if self.config(e.bank).enabled), key=_rank)
+
+    def allowed(self, content: Content, at_ms: int | None = None) -> bool:
+        """Whether ``content`` is on the allow-list (:data:`ALLOW_BANK`): its MD5, or a PDQ
+        within the allow-list's threshold (as of event time ``at_ms``, when given)."""
+        found = [Match(e, 0) for e in self._md5.get((content.md5 or "").lower(), ())]
+        if content.pdq is not None and pdq_usable(content) and ALLOW_BANK in self._pdq_per_bank:
+            found += self.lookup_pdq(content.pdq)
+        if self._videos.holds(ALLOW_BANK):
+            found += self._video_matches(match_key(content), [])
+        return any(m.entry.bank == ALLOW_BANK and self._current(m, at_ms) for m in found)
+
+    def _current(self, m: Match, at_ms: int | None) -> bool:
+        if at_ms is None or at_ms >= self._latest_since:
+            return True
+        e = m.entry
+        return self._since.get((e.bank, e.signal_type, e.signal), at_ms) <= at_ms
+
+    def timed_after(self, ts_ms: int) -> bool:
+        """Whether an add took effect after ``ts_ms`` (an upload that old needs :meth:`match_at`).
+
+        >>> banks = HashBanks()
+        >>> banks.add(BankEntry("b", "md5", "a" * 32), since_ms=1000)
+        True
+        >>> banks.timed_after(999), banks.match_at(Content(md5="a" * 32), 999)
+        (True, None)
+        >>> banks.match_at(Content(md5="a" * 32), 1000).entry.bank
+        'b'
+        """
+        return ts_ms < self._latest_since
+
+    def match_at(self, content: Content, ts_ms: int) -> Match | None:
+        """:meth:`match` as of event time ``ts_ms``: timed adds after it do not count.
+
+        Why: a worker's banks change when its bank follower reads the change,
+        and its routers match uploads as they read them, so an upload a few
+        seconds older than a bank add may be matched before or after it. Taken
+        at its event time, the answer is the same whichever came first, and
+        the same as replay's. (A withdrawal takes effect when read.)
+        """
+        found = self.lookup_md5(content.md5) if content.md5 is not None else []
+        if content.pdq is not None and pdq_usable(content):
+            found += self.lookup_pdq(content.pdq)
+        found = [m for m in found if self._current(m, ts_ms)]
+        videos = self._video_matches(match_key(content), found)
+        return _best(found + [m for m in videos if self._current(m, ts_ms)])
 
     def match(self, content: Content) -> Match | None:
         """The one entry this content matches, by the rule in the module docstring."""
@@ -576,6 +638,17 @@ class BankUpdate:
     #: the event time it takes effect at (``None``: when it is read), see ``streams.review``
     ts_ms: int | None = None
 
+    @property
+    def key(self) -> str:
+        """``bank/signal_type/signal``: the record key (the topic is compacted by it)."""
+        e = self.entry
+        return f"{e.bank}/{e.signal_type}/{e.signal}"
+
+    @property
+    def order_key(self) -> str:
+        """Where it sorts among events of the same millisecond (before them: ``\\x00``)."""
+        return f"\x00{self.op}/{self.key}"
+
     def record(self) -> tuple[bytes, bytes]:
         e = self.entry
         value: dict[str, Any] = {
@@ -588,7 +661,7 @@ class BankUpdate:
             value["label"] = e.label
         if self.ts_ms is not None:
             value["ts"] = self.ts_ms
-        return f"{e.bank}/{e.signal_type}/{e.signal}".encode(), orjson.dumps(value)
+        return self.key.encode(), orjson.dumps(value)
 
     @classmethod
     def parse(cls, key: bytes | None, value: bytes | None) -> BankUpdate:
@@ -628,5 +701,5 @@ class BankUpdate:
         """Change ``banks``; ``True`` when something changed."""
         e = self.entry
         if self.op == "add":
-            return banks.add(e)
+            return banks.add(e, self.ts_ms)
         return banks.withdraw(e.bank, e.signal_type, e.signal)

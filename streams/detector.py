@@ -132,6 +132,7 @@ import heapq
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -149,6 +150,8 @@ from streams.alerts import (
     rfc3339,
     severity_rank,
 )
+from streams.banks import ALLOW_BANK, DEFAULT_PDQ_THRESHOLD, BankUpdate
+from streams.emerging import ContentIndex
 from streams.events import Rejection, ShareEvent
 from streams.policy import AlertPolicy
 from streams.router import Routed
@@ -243,10 +246,15 @@ class ClusterState:
     predictor: Predictor | None = None
     prediction: Prediction | None = None
     predicted_at_ms: int = -1
+    #: matched a bank: from its first upload (``b-``), or since a bank change (retroaction)
+    banked: bool = False
+    #: the allow-list signals (a reviewer's false positive) its content matches: while there
+    #: is one, or for content on the allow-list when uploaded (``a-``), it never alerts
+    allowed_by: set[tuple[str, str]] = field(default_factory=set)
 
     @property
-    def banked(self) -> bool:
-        return self.cluster_id.startswith("b-")
+    def allowed(self) -> bool:
+        return bool(self.allowed_by) or self.cluster_id.startswith("a-")
 
 
 def _key(ev: ShareEvent) -> tuple[int, str]:
@@ -408,11 +416,15 @@ class Detector:
         self.clusters: OrderedDict[str, ClusterState] = OrderedDict()
         self._due: list[tuple[int, str]] = []
         self.emerging: deque[ClusterSummary] = deque(maxlen=review_queue)
+        #: the uploads' content of every live cluster: which clusters a bank change concerns
+        self.content = ContentIndex()
         self.outbox = Decisions()
         #: per banked cluster, what is held for it and not applied yet (streaming only)
         self._ahead: dict[str, Lookahead] = {}
         #: per cluster, the ids of firings sent early that the watermark has not reached
         self._sent_early: dict[str, set[str]] = {}
+        #: per cluster, the timed bank changes held for it, (ts, to the allow-list) (streaming)
+        self._bank_pending: dict[str, list[tuple[int, bool]]] = {}
 
     # -- input ------------------------------------------------------------
 
@@ -437,6 +449,7 @@ class Detector:
                 ev.ts_ms,
                 cascade=Cascade() if banked else PostSet(),
                 velocity=Velocity(self.horizon_ms),
+                banked=banked,
             )
             if banked and self.predictor_factory is not None:
                 st.predictor = self.predictor_factory()
@@ -450,6 +463,8 @@ class Detector:
             return
         st.event_ids.add(ev.event_id)
         self.stats.events[ev.type] += 1
+        if ev.content is not None:
+            self.content.add(st.cluster_id, ev.content)
         if st.match is None and item.match is not None:
             st.match = item.match
         st.first_seen_ms = min(st.first_seen_ms, ev.ts_ms)
@@ -541,6 +556,8 @@ class Detector:
         if not met:
             self._schedule_resolve(st, now)
             return
+        if st.allowed:  # a reviewer's false positive: neither an alert nor the review queue
+            return
         if not st.banked:
             if not st.emerging:
                 st.emerging = True
@@ -568,7 +585,7 @@ class Detector:
         else:
             self.outbox.alerts.append(self._alert(st, sev, "firing", now, reason))
             self.stats.alerts[(sev, "firing")] += 1
-        if severity_rank(sev) >= severity_rank("high") and st.takedown_severity is None:
+        if self.policy.requests_takedown(sev) and st.takedown_severity is None:
             st.takedown_severity = sev
             st.takedown_alert = aid
             self.outbox.actions.extend(
@@ -593,20 +610,14 @@ class Detector:
             st = self.clusters.get(cid)
             if st is None or not st.active or st.resolve_due_ms != due:
                 continue  # superseded by a later schedule
-            for sev in sorted(st.fired, key=severity_rank):
-                self.outbox.alerts.append(self._alert(st, sev, "resolved", due, "velocity"))
-                self.stats.alerts[(sev, "resolved")] += 1
-            st.active = False
-            st.fired.clear()
-            st.resolve_due_ms = None
-            st.cooldown_until_ms = due + self.policy.cooldown_ms
-            st.takedown_severity = None
+            self._resolve(st, due, "velocity")
         cut = now_ms - self.idle_ms
         while self.clusters:
             cid, st = next(iter(self.clusters.items()))
             if st.last_ms > cut or st.active:
                 break
             del self.clusters[cid]
+            self.content.drop(cid)
             self.outbox.evicted_posts.extend(st.cascade.posts())
             self.stats.clusters_evicted += 1
             self._sent_early.pop(cid, None)
@@ -619,6 +630,114 @@ class Detector:
         """Take the decisions made since the last drain."""
         out, self.outbox = self.outbox, Decisions()
         return out
+
+    # -- bank changes (retroaction, false positives) ----------------------------
+
+    def change_bank(self, update: BankUpdate) -> None:
+        """Apply a timed bank change to the live clusters whose content it matches, at its
+        event time ``update.ts_ms`` (give them in event-time order with the events).
+
+        An add to a bank relabels every live unbanked cluster holding content
+        within the PDQ threshold (or the same MD5): from then on it is banked,
+        its reshare forest built from the posts it holds (the cluster keeps its
+        id), and it is evaluated at once, so it alerts if its velocity is over a
+        rule (retroaction). An add to the allow-list (:data:`ALLOW_BANK`) stops
+        every matching cluster alerting: an open episode is resolved at that
+        time (reason ``false_positive``), and no takedown is requested again
+        while the entry stands; withdrawing the entry lifts that.
+        Withdrawing an entry from a bank leaves formed clusters as they are.
+        """
+        ts, e = update.ts_ms, update.entry
+        if ts is None:
+            return  # no event time: changes matching only (see streams.review)
+        self.advance(ts)
+        for cid, _ in self.content.near(e.signal_type, e.signal, DEFAULT_PDQ_THRESHOLD):
+            pending = self._bank_pending.get(cid)
+            if pending is not None:
+                with suppress(ValueError):
+                    pending.remove((ts, e.bank == ALLOW_BANK))
+                if not pending:
+                    del self._bank_pending[cid]
+        sig = (e.signal_type, e.signal)
+        for cid, d in self.content.near(e.signal_type, e.signal, DEFAULT_PDQ_THRESHOLD):
+            st = self.clusters.get(cid)
+            if st is None:
+                continue
+            if e.bank == ALLOW_BANK:
+                if update.op == "withdraw":
+                    st.allowed_by.discard(sig)
+                elif sig not in st.allowed_by:
+                    st.allowed_by.add(sig)  # a false positive: nothing more from it
+                    st.takedown_severity = None
+                    if st.active:
+                        self._resolve(st, ts, "false_positive")
+            elif update.op == "add" and not st.banked and not st.allowed:
+                match = MatchInfo(e.bank, e.signal_type, e.signal, d, e.label)
+                self._relabel(st, match)
+                self._evaluate(st, ts)
+
+    def expect_bank(self, update: BankUpdate, watermark_ms: int) -> None:
+        """Note a timed bank change received and held until the watermark passes it (streaming),
+        and send the retroactive firings it makes certain already.
+
+        Every change noted must later be given to :meth:`change_bank`. While an
+        add to the allow-list waits, no firing at or after its time goes out
+        early for the clusters it matches. A bank add at ``T`` relabels an
+        unbanked cluster at ``T`` (when no other change for it waits before
+        ``T``), so a rule its applied shares meet at ``T`` fires there in
+        replay, in episode 1 (an unbanked cluster never had one), if the
+        cluster is still live at ``T``: more events only add to the counts
+        and to its life. Those firings go out now, as :class:`EarlyAlert`.
+        """
+        ts, e = update.ts_ms, update.entry
+        if ts is None:
+            return
+        near = self.content.near(e.signal_type, e.signal, DEFAULT_PDQ_THRESHOLD)
+        for cid, _ in near:
+            self._bank_pending.setdefault(cid, []).append((ts, e.bank == ALLOW_BANK))
+        if e.bank == ALLOW_BANK or update.op != "add" or ts <= watermark_ms:
+            return
+        for cid, d in near:
+            st = self.clusters.get(cid)
+            if st is None or st.banked or st.allowed or ts >= st.last_ms + self.idle_ms:
+                continue
+            if min(self._bank_pending[cid]) < (ts, False):
+                continue  # another change for it comes first
+            match = MatchInfo(e.bank, e.signal_type, e.signal, d, e.label)
+            ahead = Lookahead(st.first_seen_ms, match)
+            sent = self._sent_early.get(cid, ())
+            for rule in self.policy.rules:
+                sev = rule.severity
+                if st.velocity.count(rule.window_ms, ts) >= rule.shares and (
+                    alert_id(cid, st.episode + 1, sev) not in sent
+                ):
+                    self._send_early(cid, st, ahead, sev, st.episode + 1, ts, watermark_ms)
+
+    def _relabel(self, st: ClusterState, match: MatchInfo) -> None:
+        """An unbanked cluster turns out to hold banked content: from now on it is banked."""
+        st.banked = True
+        st.match = match
+        self.stats.relabelled += 1
+        posts = st.cascade
+        if isinstance(posts, PostSet):
+            st.cascade = posts.to_cascade()
+        if self.predictor_factory is not None:
+            st.predictor = p = self.predictor_factory()
+            g = _graph(st).graph
+            for _, data in sorted(g.nodes(data=True), key=lambda n: n[1]["ts_ms"]):
+                t = max(0.0, (data["ts_ms"] - st.first_seen_ms) / 1000)
+                p.add(t, None, original=data["level"] == 0)
+
+    def _resolve(self, st: ClusterState, ts: int, reason: str) -> None:
+        """End the open episode at ``ts``: every severity it fired, resolved; the cooldown."""
+        for sev in sorted(st.fired, key=severity_rank):
+            self.outbox.alerts.append(self._alert(st, sev, "resolved", ts, reason))
+            self.stats.alerts[(sev, "resolved")] += 1
+        st.active = False
+        st.fired.clear()
+        st.resolve_due_ms = None
+        st.cooldown_until_ms = ts + self.policy.cooldown_ms
+        st.takedown_severity = None
 
     # -- early firing (see the module doc) ------------------------------------
 
@@ -684,6 +803,8 @@ class Detector:
     def _fire_early(self, cid: str, ahead: Lookahead, wm: int) -> None:
         policy = self.policy
         st = self.clusters.get(cid)
+        if st is not None and st.allowed:
+            return
         v = st.velocity if st is not None else None
         low = policy.lowest
         start = wm + 1
@@ -705,6 +826,9 @@ class Detector:
                 for span, allowance in self._allowances:
                     if st.velocity.count(span, wm - low.window_ms) + waiting > allowance:
                         return
+        silenced = [t for t, allow in self._bank_pending.get(cid, ()) if allow]
+        if silenced:  # a false positive waits: nothing at or after it is certain
+            until = min(until, min(silenced))
         times, first = ahead.times, ahead.start
         lo, hi = bisect_left(times, start, first), bisect_left(times, until, first)
         if lo >= hi:
@@ -789,10 +913,14 @@ class Detector:
         alert's graph figures and spreaders say (a what-if copy; early firings are rare, at
         most one per rule and episode). A graph too big to copy at once keeps its applied
         figures (``None`` when nothing of the cluster is applied either)."""
-        applied = _graph(st) if st is not None else None
-        if applied is not None and applied.size > AS_SEEN_MAX_COPY:
-            return applied
-        c = applied.copy() if applied is not None else Cascade()
+        applied: Cascade | None
+        if st is not None and isinstance(st.cascade, PostSet):  # banked from tau (retroaction)
+            applied = c = st.cascade.to_cascade()
+        else:
+            applied = _graph(st) if st is not None else None
+            if applied is not None and applied.size > AS_SEEN_MAX_COPY:
+                return applied
+            c = applied.copy() if applied is not None else Cascade()
         for ev in sorted(ahead.posts.values(), key=_key):
             if ev.ts_ms > tau:
                 break

@@ -30,8 +30,9 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from streams.alerts import Pseudonymizer
-from streams.banks import HashBanks
+from streams.banks import BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, Predictor
+from streams.emerging import EmergingClusters
 from streams.events import Rejection, ShareEvent, parse_event
 from streams.forecast import predictor_factory as forecast_factory
 from streams.policy import AlertPolicy
@@ -46,6 +47,18 @@ DEFAULT_PREDICTOR: Final = forecast_factory("best")
 FEED_CHUNK: Final = 1024
 #: How often (in event time) held orphans are checked for expiry.
 _EXPIRE_EVERY_MS = 10_000
+
+
+def is_bank_update(raw: bytes) -> bool:
+    """Whether an input line is a bank update (an object with ``op``, no ``event_id``): replay
+    takes timed bank changes in its input, beside the share events.
+
+    >>> is_bank_update(b'{"op":"add","bank":"b","signal_type":"md5","signal":"..."}')
+    True
+    >>> is_bank_update(b'{"event_id":"e1","op":"add"}'), is_bank_update(b"{oops")
+    (False, False)
+    """
+    return b'"op"' in raw and b'"event_id"' not in raw
 
 
 class Pipeline:
@@ -64,7 +77,9 @@ class Pipeline:
         stats: Stats | None = None,
     ) -> None:
         self.stats = stats if stats is not None else Stats()
-        self.router = Router(banks, self.stats, hold_ms=hold_ms)
+        self.router = Router(
+            banks, self.stats, hold_ms=hold_ms, emerging=EmergingClusters(idle_ms=idle_ms)
+        )
         self.detector = Detector(
             policy,
             self.stats,
@@ -73,7 +88,7 @@ class Pipeline:
             predictor_factory=predictor_factory,
         )
         self.lateness_ms = lateness_ms
-        self.buffer: ReorderBuffer[Routed] = ReorderBuffer()
+        self.buffer: ReorderBuffer[Routed | BankUpdate] = ReorderBuffer()
         self.max_ts_ms = -1
         self._expired_at = -1
         self._out = Decisions()
@@ -83,7 +98,10 @@ class Pipeline:
         self._out.rejections.append(rejection)
 
     def feed(self, raw: bytes) -> None:
-        """Take one input record (a JSON line)."""
+        """Take one input record (a JSON line): a share event, or a bank update."""
+        if is_bank_update(raw):
+            self.feed_bank_update(raw)
+            return
         parsed = parse_event(raw)
         if isinstance(parsed, Rejection):
             self.reject(parsed)
@@ -93,7 +111,19 @@ class Pipeline:
     def feed_many(self, raws: Iterable[bytes]) -> None:
         """Take several input records: what :meth:`feed` on each gives, with their uploads
         matched in one index search (see :meth:`Router.prefetch`)."""
-        parsed = [parse_event(raw) for raw in raws]
+        parsed: list[ShareEvent | Rejection] = []
+        for raw in raws:
+            if is_bank_update(raw):  # the banks change here: match what came before first
+                self._feed_parsed(parsed)
+                parsed = []
+                self.feed_bank_update(raw)
+            else:
+                parsed.append(parse_event(raw))
+        self._feed_parsed(parsed)
+
+    def _feed_parsed(self, parsed: list[ShareEvent | Rejection]) -> None:
+        if not parsed:
+            return
         self.router.prefetch(
             [p.content for p in parsed if isinstance(p, ShareEvent) and p.content is not None]
         )
@@ -124,10 +154,36 @@ class Pipeline:
             # later than the allowed lateness: apply now rather than drop it
             self._apply(self.buffer.release(self.buffer.released_ms))
 
-    def _apply(self, items: Iterable[Routed]) -> None:
+    def feed_bank_update(self, raw: bytes) -> None:
+        """Take a bank update (a ``bank`` topic record's value, see :class:`BankUpdate`).
+
+        The banks change at once, for the uploads that come after it in the
+        input (the order a worker's bank follower and its routers see them in,
+        as near as a file can say). With an event time (``ts``) it also goes
+        through the reorder buffer to the detector, which applies it to the
+        live clusters at that time (retroaction, false positives), in event-time
+        order with the events, exactly as a streaming worker's clusters stage
+        does; a bad one is dead-lettered (``bad_bank_update``).
+        """
+        try:
+            update = BankUpdate.parse(None, raw)
+        except ValueError as exc:
+            self.reject(Rejection("bad_bank_update", str(exc), raw))
+            return
+        update.apply(self.router.banks)
+        if update.ts_ms is None:
+            return
+        self.buffer.push(update.ts_ms, update.order_key, update)
+        if update.ts_ms <= self.buffer.released_ms:
+            self._apply(self.buffer.release(self.buffer.released_ms))
+
+    def _apply(self, items: Iterable[Routed | BankUpdate]) -> None:
         detector = self.detector
         for item in items:
-            detector.apply(item)
+            if isinstance(item, BankUpdate):
+                detector.change_bank(item)
+            else:
+                detector.apply(item)
         decisions = detector.drain()
         self._merge(decisions)
 

@@ -112,10 +112,15 @@ class AlertPolicy:
     cooldown_ms: int = 600_000
     resolve_after_ms: int = 600_000
     links: Links = Links()
+    #: The lowest severity whose firing requests takedowns of every live post of the
+    #: cluster (``None``: never; a person reviews first). ``high`` unless set.
+    takedown: Severity | None = "high"
 
     def __post_init__(self) -> None:
         if not self.rules:
             raise ValueError("a policy needs at least one velocity rule")
+        if self.takedown is not None and self.takedown not in SEVERITIES:
+            raise ValueError(f"takedown must be a severity or none, not {self.takedown!r}")
         ranks = [severity_rank(r.severity) for r in self.rules]
         if ranks != sorted(ranks) or len(set(ranks)) != len(ranks):
             raise ValueError("velocity rules must be one per severity, lowest severity first")
@@ -129,6 +134,19 @@ class AlertPolicy:
                         f"{high.window_ms} ms) is met whenever {low.severity} ({low.shares} "
                         f"in {low.window_ms} ms) is"
                     )
+
+    def requests_takedown(self, severity: str) -> bool:
+        """Whether a firing at ``severity`` requests takedowns.
+
+        >>> p = AlertPolicy.default()
+        >>> p.requests_takedown("warning"), p.requests_takedown("critical")
+        (False, True)
+        >>> rules = [{"severity": "high", "shares": 9, "window": "1m"}]
+        >>> AlertPolicy.from_dict({"rule": rules, "takedown": "none"}).requests_takedown("high")
+        False
+        """
+        t = self.takedown
+        return t is not None and severity_rank(severity) >= severity_rank(t)
 
     @property
     def lowest(self) -> VelocityRule:
@@ -263,8 +281,12 @@ class AlertPolicy:
                 f"a link template has a bad placeholder ({exc!r}); "
                 "use {cluster_id}, {severity}, {alert_id}"
             ) from None
+        takedown = data.get("takedown", "high")
+        if takedown not in (*SEVERITIES, "none"):
+            raise ValueError(f"takedown must be one of {', '.join(SEVERITIES)} or none")
         return cls(
             rules=tuple(rules),
+            takedown=None if takedown == "none" else takedown,
             predicted=predicted,
             cooldown_ms=parse_duration(data.get("cooldown", "10m")),
             resolve_after_ms=parse_duration(data.get("resolve_after", "10m")),

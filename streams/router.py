@@ -1,9 +1,11 @@
 """Stage 1: which content cluster each event belongs to.
 
 An upload is matched against the hash banks: a match puts it in the cluster
-of the bank entry it matched (``b-...``); content no bank knows gets a
-cluster of its own exact hash (``u-...``), so unbanked content that spreads
-fast can still be counted and queued for review. A reshare carries no
+of the bank entry it matched (``b-...``); content no bank knows joins the
+live unbanked cluster of a near-duplicate, or starts one of its own
+(``u-...``, see :mod:`streams.emerging`), so unbanked content that spreads
+fast can still be counted and queued for review; content on the allow-list
+(a reviewer's false positive) gets a cluster that never alerts (``a-...``). A reshare carries no
 content: it inherits its parent's cluster, through the post -> cluster map;
 it is never looked up in a bank. A takedown goes to the cluster of the post
 it takes down.
@@ -37,15 +39,15 @@ changelogged table in the streaming worker.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
 
 from streams.alerts import MatchInfo
 from streams.banks import HashBanks, Match, MatchKey, match_key, pdq_usable
+from streams.emerging import EmergingClusters, allowed_cluster_id
 from streams.events import Content, Rejection, ShareEvent
 from streams.stats import Stats
-from streams.vpdq import format_vpdq, usable_hashes
+from streams.vpdq import usable_hashes
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,21 +61,6 @@ class Routed:
     @property
     def banked(self) -> bool:
         return self.cluster_id.startswith("b-")
-
-
-def unbanked_cluster_id(content: Content) -> str:
-    """The cluster of content no bank knows: its exact MD5, else its exact PDQ, else its vPDQ.
-
-    >>> unbanked_cluster_id(Content(md5="0" * 32)).startswith("u-")
-    True
-    """
-    if content.md5:
-        key = f"md5:{content.md5}"
-    elif content.pdq or not content.vpdq:
-        key = f"pdq:{content.pdq}"
-    else:
-        key = f"vpdq:{format_vpdq(content.vpdq)}"
-    return "u-" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 
 def match_info(m: Match) -> MatchInfo:
@@ -105,8 +92,11 @@ class Router:
         post_clusters: MutableMapping[str, str] | None = None,
         hold_ms: int = 1_800_000,
         max_held: int = 100_000,
+        emerging: EmergingClusters | None = None,
     ) -> None:
         self.banks = banks
+        #: unbanked content's clusters (near-duplicates join one); may be shared by routers
+        self.emerging = emerging if emerging is not None else EmergingClusters()
         self.stats = stats
         self.post_clusters: MutableMapping[str, str] = (
             post_clusters if post_clusters is not None else {}
@@ -147,7 +137,10 @@ class Router:
         content = event.content
         assert content is not None
         key = match_key(content)
-        m = self._prefetched[key] if key in self._prefetched else self.banks.match(content)
+        if self.banks.timed_after(event.ts_ms):  # a bank add took effect after this upload
+            m = self.banks.match_at(content, event.ts_ms)
+        else:
+            m = self._prefetched[key] if key in self._prefetched else self.banks.match(content)
         if m is not None:
             self.stats.matched[m.entry.bank] += 1
             return Routed(event, m.entry.cluster_id, match_info(m))
@@ -156,7 +149,10 @@ class Router:
             content.vpdq is not None and not usable_hashes(content.vpdq)
         ):
             self.stats.low_quality += 1
-        return Routed(event, unbanked_cluster_id(content))
+        if self.banks.allowed(content, event.ts_ms):
+            self.stats.allowed += 1
+            return Routed(event, allowed_cluster_id(content))
+        return Routed(event, self.emerging.assign(content, event.ts_ms))
 
     def route(self, event: ShareEvent) -> list[Routed | Rejection]:
         """Route one event; the result also holds any held events it released."""
@@ -169,6 +165,8 @@ class Router:
             if cluster is None:
                 return self._hold(target, event)
             routed = Routed(event, cluster)
+            if cluster[0] == "u":
+                self.emerging.touch(cluster, event.ts_ms)
         out: list[Routed | Rejection] = [routed]
         if event.type != "takedown":
             self._register(routed, out)
@@ -185,6 +183,8 @@ class Router:
             for child in self._waiting.pop(post, ()):
                 self._held -= 1
                 released = Routed(child, routed.cluster_id)
+                if routed.cluster_id[0] == "u":
+                    self.emerging.touch(routed.cluster_id, child.ts_ms)
                 out.append(released)
                 if child.type != "takedown":
                     stack.append(released)
@@ -224,6 +224,7 @@ class Router:
 
     def expire(self, watermark_ms: int) -> list[Rejection]:
         """Give up on held events that event time has passed by ``hold_ms``."""
+        self.emerging.expire(watermark_ms)
         out: list[Rejection] = []
         cut = watermark_ms - self.hold_ms
         for target in list(self._waiting):

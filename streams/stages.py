@@ -64,8 +64,9 @@ from typing import Any, Final, TypeVar
 import orjson
 
 from streams.alerts import Pseudonymizer
-from streams.banks import HashBanks
+from streams.banks import BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, Predictor
+from streams.emerging import EmergingClusters
 from streams.events import Rejection, ShareEvent, parse_event
 from streams.pipeline import DEFAULT_PREDICTOR
 from streams.policy import AlertPolicy
@@ -770,13 +771,19 @@ class ResolvePartition:
         lateness_ms: int,
         hold_ms: int,
         max_held: int,
+        emerging: EmergingClusters | None = None,
     ) -> None:
         self.partition = partition
         self.partitions = partitions
         self.stats = stats
         self.posts = _PostMap(lambda post: partition_for(post, partitions) == partition)
         self.router = PartitionRouter(
-            banks, stats, post_clusters=self.posts, hold_ms=hold_ms, max_held=max_held
+            banks,
+            stats,
+            post_clusters=self.posts,
+            hold_ms=hold_ms,
+            max_held=max_held,
+            emerging=emerging,  # shared by a worker's partitions (streams.emerging)
         )
         self.watermark = Watermark(sources, lateness_ms)
         self.peers: dict[int, int] = {}
@@ -1004,7 +1011,7 @@ class ClusterPartition:
         self.partition = partition
         self.partitions = partitions
         self.stats = stats
-        self.buffer: ReorderBuffer[Routed] = ReorderBuffer()
+        self.buffer: ReorderBuffer[Routed | BankUpdate] = ReorderBuffer()
         self.detector = Detector(
             policy,
             stats,
@@ -1014,6 +1021,8 @@ class ClusterPartition:
         )
         self.watermark = Watermark(sources, 0)
         self.applied = 0
+        #: the timed bank changes taken, (ts, order key): each is applied once
+        self._bank_seen: set[tuple[int | None, str]] = set()
 
     def restore(self, logs: Iterable[bytes]) -> list[Rejection]:
         """Take back every event this partition received (persisted logs, any order).
@@ -1091,7 +1100,10 @@ class ClusterPartition:
         buf, det = self.buffer, self.detector
         items = buf.release(max(wm, buf.released_ms))
         for item in items:
-            det.apply(item)
+            if isinstance(item, BankUpdate):
+                det.change_bank(item)
+            else:
+                det.apply(item)
         self.applied += len(items)
         if wm != NO_TIME:
             det.advance(wm)
@@ -1105,6 +1117,26 @@ class ClusterPartition:
             forget={r: Envelope(f).pack() for r, f in forget.items()},
             applied=len(items),
         )
+
+    def change_bank(self, update: BankUpdate) -> ClusterBatch:
+        """A timed bank change, from the bank follower: applied to the live clusters when the
+        watermark passes its time, in event-time order with the events, as ``replay`` applies
+        it (retroaction, false positives: :meth:`Detector.change_bank`); what it makes certain
+        already goes out now (:meth:`Detector.expect_bank`). One without a time changes
+        matching only. Every worker gives every clusters partition it holds every change
+        (the bank topic is read whole), again when it is assigned one: the same change
+        twice is the same item."""
+        mark = (update.ts_ms, update.order_key)
+        if update.ts_ms is None or mark in self._bank_seen:
+            return ClusterBatch(Decisions())
+        if len(self._bank_seen) >= 65_536:  # those long applied can no longer come twice
+            done = self.buffer.released_ms - self.detector.idle_ms
+            self._bank_seen = {m for m in self._bank_seen if m[0] is not None and m[0] > done}
+        self._bank_seen.add(mark)
+        self.buffer.push(update.ts_ms, update.order_key, update)
+        if self.watermark.value != NO_TIME:
+            self.detector.expect_bank(update, max(self.watermark.value, self.buffer.released_ms))
+        return self.advance()
 
     @property
     def pending(self) -> int:

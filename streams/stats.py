@@ -26,6 +26,7 @@ class Stats:
     duplicates: int = 0  # redelivered / repeated event ids, processed once
     matched: Counter[str] = field(default_factory=Counter)  # uploads matched, by bank
     unmatched_uploads: int = 0
+    allowed: int = 0  # uploads on the allow-list (a reviewer's false positive): match no bank
     low_quality: int = 0  # PDQ under the quality floor: not used as a signal
     lookups: int = 0  # bank index lookups (cache misses)
     cache_hits: int = 0
@@ -35,6 +36,7 @@ class Stats:
     clusters_evicted: int = 0
     alerts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (severity, status)
     emerging: int = 0  # unbanked clusters that crossed a velocity threshold
+    relabelled: int = 0  # unbanked clusters banked later by a bank change (retroaction)
     log_compactions: int = 0  # state logs cut back to a snapshot (streaming worker)
     # gauges
     clusters_active: int = 0

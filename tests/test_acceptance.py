@@ -10,10 +10,10 @@ import orjson
 
 from streams.alerts import Pseudonymizer
 from streams.banks import HashBanks
+from streams.emerging import unbanked_cluster_id
 from streams.events import Content
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
-from streams.router import unbanked_cluster_id
 from streams.simulate import Scenario, simulate, three_cascades
 
 

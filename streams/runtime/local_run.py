@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from streams.alerts import Alert, Pseudonymizer
-from streams.banks import HashBanks
+from streams.banks import BankUpdate, HashBanks
 from streams.detector import EarlyAlert, Predictor
-from streams.pipeline import DEFAULT_PREDICTOR
+from streams.pipeline import DEFAULT_PREDICTOR, is_bank_update
 from streams.policy import AlertPolicy
 from streams.runtime.checkpoint import Checkpoint
 from streams.runtime.hand_over import HandOver, Hop
@@ -166,9 +166,16 @@ class LocalRun:
         rng = random.Random(self.seed)
         n = self.partitions
         shares: list[list[tuple[int, bytes]]] = [[] for _ in range(n)]
-        for i, line in enumerate(lines):
+        #: bank updates (the bank topic's records), by how many share lines come before each
+        bank_updates: list[tuple[int, BankUpdate]] = []
+        i = 0
+        for line in lines:
+            if is_bank_update(line):
+                bank_updates.append((i, BankUpdate.parse(None, line)))
+                continue
             p = (i // run) % n if key == "none" else zlib.crc32(line) % n
             shares[p].append((len(shares[p]), line))
+            i += 1
         topology, checkpoint, topics = self.build(rng)
         resolve, clusters = topics["resolve"], topics["clusters"]
         hops = topology.hand_over
@@ -176,6 +183,11 @@ class LocalRun:
         now = 0.0
         flushed = False
         while True:
+            while bank_updates and bank_updates[0][0] <= self.read:  # the bank follower
+                _, update = bank_updates.pop(0)
+                update.apply(self.banks)
+                topology.change_bank(update)
+                checkpoint.stage()
             choices = [("s", p) for p in range(n) if pos[p] < len(shares[p])]
             choices += [("r", p) for p in range(n) if resolve[p]]
             choices += [("c", p) for p in range(n) if clusters[p]]

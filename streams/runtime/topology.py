@@ -25,12 +25,14 @@ Stages never call back into their driver.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from streams.alerts import Pseudonymizer
-from streams.banks import HashBanks
+from streams.banks import BankUpdate, HashBanks
 from streams.detector import Predictor
+from streams.emerging import EmergingClusters
 from streams.pipeline import DEFAULT_PREDICTOR
 from streams.policy import AlertPolicy
 from streams.runtime.hand_over import HandOver
@@ -51,6 +53,10 @@ from streams.stats import Stats
 from streams.watermarks import NO_TIME
 
 log = logging.getLogger("viralwatch.worker")
+
+#: Timed bank changes kept for a clusters partition taken over later (a reviewer's, or a
+#: partner's with a time; the untimed bulk of a bank load is not kept).
+BANK_CHANGES_KEPT = 100_000
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,12 @@ class Topology:
         self.detectors: dict[int, ClusterPartition] = {}
         #: clusters partitions rebuilt from their log whose firing alerts are not known yet
         self._restored: set[int] = set()
+        #: unbanked content's clusters, shared by the resolve partitions held here: a
+        #: near-duplicate joins a cluster whichever of them routes it (streams.emerging)
+        self.emerging = EmergingClusters(idle_ms=s.idle_ms)
+        #: the timed bank changes seen (the bank follower's), for a clusters partition
+        #: taken over later: it applies them in event-time order with its events
+        self.bank_changes: deque[BankUpdate] = deque(maxlen=BANK_CHANGES_KEPT)
 
     # -- stage 1a --
 
@@ -190,6 +202,7 @@ class Topology:
             lateness_ms=s.lateness_ms,
             hold_ms=s.hold_ms,
             max_held=s.max_held,
+            emerging=self.emerging,
         )
         deltas = self.resolve_log.read(partition)
         self.resolvers[partition] = state
@@ -219,6 +232,8 @@ class Topology:
         logs = self.cluster_log.read(partition)
         bad = state.restore(logs)
         self.outputs.deadletter(DeadLetter(r, "restore") for r in bad)
+        for update in self.bank_changes:
+            state.change_bank(update)  # held with the events restored: applied in order
         self.detectors[partition] = state
         if logs:
             self._restored.add(partition)
@@ -247,6 +262,19 @@ class Topology:
         self.outputs.decided(partition, batch.decisions, again, wm)
         for r, envelope in batch.forget.items():
             self.hand_over.resolve.send(r, envelope, track=False)
+
+    def change_bank(self, update: BankUpdate) -> None:
+        """A bank change the bank follower applied: with an event time, to every clusters
+        partition held (retroaction, false positives: :meth:`ClusterPartition.change_bank`),
+        and kept for those taken over later."""
+        if update.ts_ms is None:
+            return
+        self.bank_changes.append(update)
+        for k, state in self.detectors.items():
+            batch = state.change_bank(update)
+            self.outputs.decided(k, batch.decisions, [], state.watermark.value)
+            for r, envelope in batch.forget.items():
+                self.hand_over.resolve.send(r, envelope, track=False)
 
     # -- partitions --
 

@@ -1,0 +1,257 @@
+"""Emerging content: unbanked uploads clustered as people re-upload them.
+
+A leaked image or video that no bank knows yet is re-uploaded again and
+again, and the copies are re-encodes, crops and light edits: near-duplicates,
+not byte copies. Keyed by its exact hash, each copy would be a small cluster
+of its own that never crosses a velocity rule. So an unbanked upload joins
+the live unbanked cluster that holds content within the PDQ threshold (31,
+HMA's) of it, or the same MD5; only content near nothing live starts a
+cluster of its own (:func:`unbanked_cluster_id`, a digest of its exact hash).
+
+Which cluster, when several are near: one holding the same MD5 first, then
+the one holding the nearest PDQ, ties broken by cluster id: the answer
+depends on the live clusters' content, never on the order of a dict or of
+the index. Clusters are not merged: content near two live clusters joins
+one of them (merging would re-key every post of the other).
+
+:class:`ContentIndex` holds the content of live clusters (the exact
+incremental index, :class:`streams.pdqindex.PDQIndex`, for PDQ; a dict for
+MD5). The router uses one (:class:`EmergingClusters`) to cluster unbanked
+uploads, with the idle eviction the detector applies (a cluster idle for
+``idle_ms`` of event time leaves the index, so memory follows the live
+uploads; ``bench/bench_emerging.py`` measures what each costs). The detector
+uses another to find the live clusters a bank change concerns (retroaction,
+false positives).
+
+What is guaranteed. In ``replay`` the answer is a function of the input file:
+uploads are routed in file order. A streaming worker routes in the order its
+resolve partitions read uploads, so it gives replay's clusters when each
+upload is routed after every earlier near-duplicate (in replay's order): true
+of re-uploads that are more than the read latency apart, which is how a leak
+spreads (minutes to days). Two near-duplicates uploaded within that latency
+may start two clusters; so may near-duplicates routed by different worker
+processes, each of which keeps its own index (``streams.runtime.worker``).
+
+>>> clusters = EmergingClusters(idle_ms=60_000)
+>>> a = clusters.assign(Content(pdq="f" * 64, pdq_quality=90), ts_ms=0)
+>>> b = clusters.assign(Content(pdq="f" * 60 + "0" * 4, pdq_quality=90), ts_ms=1_000)  # 16 bits
+>>> c = clusters.assign(Content(pdq="0" * 64, pdq_quality=90), ts_ms=2_000)
+>>> a == b != c
+True
+>>> clusters.expire(61_500)     # ``a`` idle since 1 s, over a minute before: evicted
+['u-d590d9e20b847689']
+>>> clusters.assign(Content(pdq="f" * 64, pdq_quality=90), ts_ms=70_000) == a  # afresh
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Final
+
+from streams.banks import DEFAULT_PDQ_THRESHOLD, hamming, pdq_usable
+from streams.events import Content
+from streams.pdqindex import PDQIndex
+from streams.vpdq import format_vpdq
+
+#: The threshold within which an unbanked upload joins a live cluster.
+EMERGING_PDQ_THRESHOLD: Final = DEFAULT_PDQ_THRESHOLD
+Signal = tuple[str, str]  # (signal type, lowercase hex)
+
+
+def unbanked_cluster_id(content: Content) -> str:
+    """The cluster that content no bank knows starts: a digest of its exact MD5, else its PDQ,
+    else its vPDQ.
+
+    >>> unbanked_cluster_id(Content(md5="0" * 32)).startswith("u-")
+    True
+    """
+    if content.md5:
+        key = f"md5:{content.md5}"
+    elif content.pdq or not content.vpdq:
+        key = f"pdq:{content.pdq}"
+    else:  # a video: its frames' hashes (near-duplicate videos are not joined here)
+        key = f"vpdq:{format_vpdq(content.vpdq)}"
+    return "u-" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
+def allowed_cluster_id(content: Content) -> str:
+    """The cluster of content on the allow-list (a reviewer's false positive): ``a-``, so it
+    is seen (counted) but never alerts and never enters the review queue.
+
+    >>> c = Content(md5="0" * 32)
+    >>> allowed_cluster_id(c)[2:] == unbanked_cluster_id(c)[2:]
+    True
+    """
+    return "a-" + unbanked_cluster_id(content)[2:]
+
+
+def signals_of(content: Content) -> list[Signal]:
+    """The signals of an upload that clustering and matching may use (a flat PDQ is not one).
+
+    >>> signals_of(Content(pdq="F" * 64, pdq_quality=10, md5="A" * 32))
+    [('md5', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa')]
+    """
+    out: list[Signal] = []
+    if content.md5:
+        out.append(("md5", content.md5.lower()))
+    if content.pdq and pdq_usable(content):
+        out.append(("pdq", content.pdq.lower()))
+    return out
+
+
+class ContentIndex:
+    """The content (signals) of live clusters, searchable by MD5 and by PDQ distance.
+
+    >>> idx = ContentIndex()
+    >>> idx.add("u-1", Content(pdq="f" * 64, pdq_quality=90, md5="a" * 32))
+    >>> idx.add("u-2", Content(pdq="f" * 62 + "00", pdq_quality=90))
+    >>> idx.near("pdq", "f" * 63 + "0", 31)          # nearest first
+    [('u-1', 4), ('u-2', 4)]
+    >>> idx.near("md5", "a" * 32, 31), idx.drop("u-1"), idx.near("pdq", "f" * 64, 31)
+    ([('u-1', 0)], True, [('u-2', 8)])
+    """
+
+    def __init__(self) -> None:
+        self._pdq = PDQIndex()
+        #: signal -> the clusters holding it (most signals: one cluster)
+        self._holders: dict[Signal, set[str]] = {}
+        #: cluster -> its signals
+        self._signals: dict[str, set[Signal]] = {}
+
+    def __len__(self) -> int:
+        """Distinct signals held."""
+        return len(self._holders)
+
+    def __contains__(self, cluster_id: object) -> bool:
+        return cluster_id in self._signals
+
+    @property
+    def clusters(self) -> int:
+        return len(self._signals)
+
+    def signals(self, cluster_id: str) -> set[Signal]:
+        return self._signals.get(cluster_id, set())
+
+    def add(self, cluster_id: str, content: Content) -> None:
+        """``cluster_id`` holds ``content`` (its usable signals)."""
+        self.add_signals(cluster_id, signals_of(content))
+
+    def add_signals(self, cluster_id: str, signals: Iterable[Signal]) -> None:
+        own = self._signals.setdefault(cluster_id, set())
+        for sig in signals:
+            if sig in own:
+                continue
+            own.add(sig)
+            holders = self._holders.get(sig)
+            if holders is None:
+                self._holders[sig] = {cluster_id}
+                if sig[0] == "pdq":
+                    self._pdq.add(sig[1])
+            else:
+                holders.add(cluster_id)
+
+    def drop(self, cluster_id: str) -> bool:
+        """Forget a cluster's content (evicted); ``False`` if it held none."""
+        own = self._signals.pop(cluster_id, None)
+        if own is None:
+            return False
+        for sig in own:
+            holders = self._holders[sig]
+            holders.discard(cluster_id)
+            if not holders:
+                del self._holders[sig]
+                if sig[0] == "pdq":
+                    self._pdq.remove(sig[1])
+        return True
+
+    def near(self, signal_type: str, signal: str, threshold: int) -> list[tuple[str, int]]:
+        """Clusters holding ``signal`` (MD5: equal; PDQ: within ``threshold``), nearest first,
+        ties by cluster id; each cluster once, at its nearest."""
+        text = signal.lower()
+        if signal_type == "md5":
+            return [(c, 0) for c in sorted(self._holders.get(("md5", text), ()))]
+        best: dict[str, int] = {}
+        for found, d in self._pdq.search(text, threshold):
+            for c in self._holders[("pdq", found)]:
+                if d < best.get(c, d + 1):
+                    best[c] = d
+        return sorted(best.items(), key=lambda cd: (cd[1], cd[0]))
+
+    def find(self, content: Content, threshold: int) -> str | None:
+        """The cluster an upload joins: one holding its MD5, else the nearest PDQ (by the rule
+        in the module doc); ``None`` when none is near."""
+        found: list[tuple[int, str]] = []
+        for kind, text in signals_of(content):
+            found += [(-1 if kind == "md5" else d, c) for c, d in self.near(kind, text, threshold)]
+        return min(found)[1] if found else None
+
+    @property
+    def nbytes(self) -> int:
+        """The PDQ index's arrays (the dicts' share is measured by ``bench/bench_emerging.py``)."""
+        return self._pdq.nbytes
+
+
+class EmergingClusters:
+    """Unbanked uploads' clusters, as the router assigns them (see the module doc).
+
+    ``expire`` evicts what the detector evicts: a cluster none of whose events
+    (uploads, reshares, takedowns, as :meth:`touch` reports them) is newer
+    than ``idle_ms`` before the watermark.
+    """
+
+    def __init__(self, idle_ms: int = 3_600_000, threshold: int = EMERGING_PDQ_THRESHOLD) -> None:
+        self.idle_ms = idle_ms
+        self.threshold = threshold
+        self.index = ContentIndex()
+        #: cluster -> its latest event time, least recently touched first
+        self._last: OrderedDict[str, int] = OrderedDict()
+        self.joined = 0  # uploads that joined a live cluster of other content
+
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def assign(self, content: Content, ts_ms: int) -> str:
+        """The cluster of an unbanked upload: a live near one, or its own."""
+        near = self.index.find(content, self.threshold)
+        cid = near if near is not None else unbanked_cluster_id(content)
+        if near is not None and near != unbanked_cluster_id(content):
+            self.joined += 1
+        self.index.add(cid, content)
+        self.touch(cid, ts_ms)
+        return cid
+
+    def touch(self, cluster_id: str, ts_ms: int) -> None:
+        """An event of ``cluster_id`` at ``ts_ms`` (only unbanked clusters are kept)."""
+        if cluster_id not in self.index:
+            return
+        last = self._last.get(cluster_id)
+        self._last[cluster_id] = ts_ms if last is None else max(last, ts_ms)
+        self._last.move_to_end(cluster_id)
+
+    def expire(self, watermark_ms: int) -> list[str]:
+        """Evict the clusters idle since ``idle_ms`` before ``watermark_ms``; their ids."""
+        cut = watermark_ms - self.idle_ms
+        out = []
+        while self._last:
+            cid, last = next(iter(self._last.items()))
+            if last > cut:
+                break
+            del self._last[cid]
+            self.index.drop(cid)
+            out.append(cid)
+        return out
+
+
+def within(signal_type: str, a: str, b: str, threshold: int) -> int | None:
+    """The distance of two signals of one type if they match (MD5: equal), else ``None``.
+
+    >>> within("pdq", "f" * 64, "f" * 63 + "0", 31), within("md5", "a" * 32, "b" * 32, 31)
+    (4, None)
+    """
+    if signal_type == "md5":
+        return 0 if a == b else None
+    d = hamming(a, b)
+    return d if d <= threshold else None

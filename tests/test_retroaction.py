@@ -1,0 +1,314 @@
+"""Judge and act in the core: near-duplicate re-uploads of unbanked content form one cluster;
+a bank change relabels the live clusters it matches (retroaction) and a false positive
+silences them; replay and the streaming topology give the same alert ids for the same input,
+bank updates included."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+from eventgen import T0, Traffic, pdq_hex
+from hypothesis import given
+from hypothesis import strategies as st
+from test_streaming_stages import assert_replay_alert_records
+
+from streams.alerts import Pseudonymizer
+from streams.banks import ALLOW_BANK, BankEntry, BankUpdate, HashBanks, hamming
+from streams.emerging import ContentIndex, EmergingClusters, unbanked_cluster_id
+from streams.events import Content
+from streams.pdqindex import brute_force
+from streams.pipeline import Pipeline
+from streams.policy import AlertPolicy
+from streams.review import ReviewAction, Signal
+from streams.runtime.local_run import LocalRun
+from streams.settings import DEV_PSEUDONYM_KEY
+
+MIN, SEC = 60_000, 1_000
+
+
+def flip(h: str, bits: int, rng: random.Random) -> str:
+    v = int(h, 16)
+    for b in rng.sample(range(256), bits):
+        v ^= 1 << b
+    return f"{v:064x}"
+
+
+def bank_line(op: str, bank: str, pdq: str, ts: int) -> bytes:
+    return BankUpdate(op, BankEntry(bank, "pdq", pdq), ts).record()[1]  # type: ignore[arg-type]
+
+
+def leak(rng: random.Random, shares: int = 60) -> tuple[Traffic, str, str, list[str]]:
+    """Two near-duplicate uploads (20 bits apart) of unbanked content a minute apart, each
+    reshared ``shares // 2`` times over the next four minutes; an unrelated upload too."""
+    t = Traffic(rng)
+    original = pdq_hex(rng)
+    edit = flip(original, 20, rng)
+    # two posts on one resolve partition at 1, 3 and 4 partitions (see the topology test)
+    a = t.upload(T0, pdq=original, md5="a" * 32, post="leak0")
+    b = t.upload(T0 + MIN, pdq=edit, md5="b" * 32, post="leak14")
+    t.upload(T0 + MIN, pdq=pdq_hex(rng), md5="c" * 32)
+    posts = t.burst(a, T0 + 2 * SEC, shares // 2, 8 * SEC) + t.burst(
+        b, T0 + MIN + 2 * SEC, shares // 2, 8 * SEC
+    )
+    return t, original, edit, posts
+
+
+def replay(lines: list[bytes], banks: HashBanks | None = None) -> Pipeline:
+    pipe = Pipeline(
+        banks if banks is not None else HashBanks(),
+        AlertPolicy.default(),
+        pseudonymizer=Pseudonymizer(DEV_PSEUDONYM_KEY),
+        predictor_factory=None,
+    )
+    for line in sorted(lines, key=lambda x: orjson.loads(x).get("ts", T0 * 2)):
+        pipe.feed(line)
+    return pipe
+
+
+def alerts(decisions_alerts: list[object]) -> list[dict[str, object]]:
+    return [orjson.loads(a.to_json()) for a in decisions_alerts]  # type: ignore[attr-defined]
+
+
+# -- emerging content ----------------------------------------------------------------
+
+
+def test_near_duplicate_reuploads_and_their_reshares_are_one_cluster() -> None:
+    t, original, _edit, _ = leak(random.Random(3))
+    pipe = replay(t.lines())
+    own = unbanked_cluster_id(Content(pdq=original, pdq_quality=90, md5="a" * 32))
+    clusters = set(pipe.router.post_clusters.values())
+    pipe._apply(pipe.buffer.drain())
+    assert pipe.detector.clusters[own].cascade.size == 62  # both uploads, every reshare
+    pipe.finish()
+    assert own in clusters and len(clusters) == 2  # the leak, and the unrelated upload
+    assert pipe.stats.emerging == 1 and pipe.router.emerging.joined == 1
+    [queued] = pipe.detector.emerging  # queued once, when it crossed the lowest rule
+    assert queued.cluster_id == own and queued.size == 25
+
+
+def test_an_idle_unbanked_cluster_leaves_the_index_and_content_starts_afresh() -> None:
+    rng = random.Random(5)
+    h = pdq_hex(rng)
+    clusters = EmergingClusters(idle_ms=10 * MIN)
+    first = clusters.assign(Content(pdq=h, pdq_quality=90), T0)
+    clusters.touch(first, T0 + 5 * MIN)  # a reshare keeps it alive
+    assert clusters.expire(T0 + 14 * MIN) == []
+    again = clusters.assign(Content(pdq=flip(h, 10, rng), pdq_quality=90), T0 + 14 * MIN)
+    assert again == first and clusters.expire(T0 + 25 * MIN) == [first]
+    assert len(clusters.index) == 0 and clusters.index.clusters == 0
+    other = clusters.assign(Content(pdq=flip(h, 10, rng), pdq_quality=90), T0 + 26 * MIN)
+    assert other != first  # its own content's cluster: the old one is gone
+
+
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 40))
+def test_an_upload_joins_the_nearest_live_cluster_as_a_scan_would(seed: int, n: int) -> None:
+    rng = random.Random(seed)
+    bases = [pdq_hex(rng) for _ in range(4)]
+    hashes = [flip(rng.choice(bases), rng.randint(0, 40), rng) for _ in range(n)]
+    clusters = EmergingClusters()
+    held: dict[str, str] = {}  # every hash so far -> its cluster
+    for h in hashes:
+        got = clusters.assign(Content(pdq=h, pdq_quality=90), T0)
+        near = [(d, held[x]) for x, d in brute_force(list(held), [h], 31)[0]]
+        assert got == (min(near)[1] if near else unbanked_cluster_id(Content(pdq=h)))
+        held[h] = got
+
+
+def test_the_content_index_finds_md5_first_then_the_nearest_pdq() -> None:
+    idx = ContentIndex()
+    rng = random.Random(9)
+    h = pdq_hex(rng)
+    idx.add("u-near", Content(pdq=flip(h, 3, rng), pdq_quality=90))
+    idx.add("u-file", Content(pdq=flip(h, 30, rng), pdq_quality=90, md5="e" * 32))
+    assert idx.find(Content(pdq=h, pdq_quality=90, md5="e" * 32), 31) == "u-file"
+    assert idx.find(Content(pdq=h, pdq_quality=90), 31) == "u-near"
+    assert idx.find(Content(pdq=h, pdq_quality=10), 31) is None  # too flat to be a signal
+    assert hamming(h, flip(h, 3, rng)) == 3
+
+
+# -- retroaction ---------------------------------------------------------------------
+
+
+def test_banking_the_content_makes_the_live_cluster_alert_at_the_bank_time() -> None:
+    rng = random.Random(3)
+    t, original, _, _ = leak(rng)
+    bank_at = T0 + 4 * MIN
+    lines = [*t.lines(), bank_line("add", "internal", flip(original, 5, rng), bank_at)]
+    pipe = replay(lines)
+    decisions = pipe.finish()
+    own = unbanked_cluster_id(Content(pdq=original, md5="a" * 32))
+    firing = [a for a in alerts(decisions.alerts) if a["status"] == "firing"]
+    assert [(a["cluster_id"], a["severity"], a["ts"]) for a in firing] == [
+        (own, "warning", "2026-01-01T00:04:00.000Z")
+    ]
+    [a] = firing
+    assert a["match"]["bank"] == "internal" and a["match"]["distance"] == 5
+    assert a["cascade"]["size"] >= 25 and a["cascade"]["roots"] == 2  # the graph, built
+    assert pipe.stats.relabelled == 1
+
+
+def test_a_bank_add_with_no_time_changes_matching_only() -> None:
+    rng = random.Random(3)
+    t, original, _, _ = leak(rng)
+    untimed = BankUpdate("add", BankEntry("internal", "pdq", original)).record()[1]
+    decisions = replay([*t.lines(), untimed]).finish()
+    assert not decisions.alerts
+
+
+def test_a_false_positive_silences_the_cluster_and_its_content_matches_nothing() -> None:
+    """Its open episode resolved at the verdict's time, no takedown requested after it."""
+    rng = random.Random(4)
+    t = Traffic(rng)
+    h = pdq_hex(rng)
+    banks = HashBanks()
+    banks.add(BankEntry("stopncii", "pdq", h))
+    root = t.upload(T0, pdq=h)
+    t.burst(root, T0 + SEC, 120, 2 * SEC)  # 120 reshares in 4 minutes: warning, then high
+    fp_at = T0 + 5 * MIN
+    t.burst(root, fp_at + SEC, 60, 2 * SEC)  # it goes on spreading after the verdict
+    t.upload(fp_at + 3 * MIN, pdq=flip(h, 4, rng), post="again")
+    verdict = ReviewAction(
+        "false_positive",
+        "alice",
+        "a landscape photo",
+        fp_at,
+        cluster_id="b-00112233445566ff",
+        signals=(Signal("pdq", h),),
+        bank="stopncii",
+    )
+    [change] = verdict.bank_changes()
+    pipe = replay([*t.lines(), change.record()[1]], banks)
+    again = pipe.router.post_clusters["again"]
+    decisions = pipe.finish()
+    got = [(a["severity"], a["status"], a["reason"], a["ts"]) for a in alerts(decisions.alerts)]
+    assert got == [
+        ("warning", "firing", "velocity", "2026-01-01T00:00:47.000Z"),  # the 25th post
+        ("high", "firing", "velocity", "2026-01-01T00:03:17.000Z"),  # the 100th
+        ("warning", "resolved", "false_positive", "2026-01-01T00:05:00.000Z"),
+        ("high", "resolved", "false_positive", "2026-01-01T00:05:00.000Z"),
+    ]
+    assert decisions.actions and max(a.ts_ms for a in decisions.actions) < fp_at
+    assert again.startswith("a-") and pipe.stats.allowed == 1  # the re-upload matches nothing
+    # reversed: the content matches its bank again
+    assert banks.allowed(Content(pdq=h, pdq_quality=90))
+    reverse = ReviewAction(
+        "reverse_false_positive",
+        "bob",
+        "it is NCII after all",
+        fp_at + 9 * MIN,
+        signals=(Signal("pdq", h),),
+    )
+    for c in reverse.bank_changes():
+        pipe.feed(c.record()[1])
+    assert not banks.allowed(Content(pdq=h, pdq_quality=90))
+    m = banks.match(Content(pdq=h, pdq_quality=90))
+    assert m is not None and m.entry.bank == "stopncii"
+
+
+def test_takedowns_follow_the_policy(tmp_path: object) -> None:
+    rng = random.Random(4)
+    t = Traffic(rng)
+    h = pdq_hex(rng)
+    root = t.upload(T0, pdq=h)
+    t.burst(root, T0 + SEC, 120, 2 * SEC)
+
+    def takedowns(takedown: str) -> tuple[int, int | None]:
+        """How many takedown requests, and the event time of the first."""
+        raw = {
+            "rule": [
+                {"severity": "warning", "shares": 25, "window": "5m"},
+                {"severity": "high", "shares": 100, "window": "5m"},
+            ],
+            "takedown": takedown,
+        }
+        banks = HashBanks()
+        banks.add(BankEntry("stopncii", "pdq", h))
+        pipe = Pipeline(banks, AlertPolicy.from_dict(raw), pseudonymizer=Pseudonymizer(b"k"))
+        for line in t.lines():
+            pipe.feed(line)
+        actions = pipe.finish().actions
+        return len(actions), min((a.ts_ms for a in actions), default=None)
+
+    assert takedowns("none") == (0, None)
+    assert takedowns("high") == (121, T0 + 197 * SEC)  # at the 100th post, then each one
+    assert takedowns("warning") == (121, T0 + 47 * SEC)  # at the 25th
+    with pytest.raises(ValueError, match="takedown must be"):
+        AlertPolicy.from_dict(
+            {"rule": [{"severity": "high", "shares": 1, "window": "1m"}], "takedown": "always"}
+        )
+
+
+# -- replay and the streaming topology ------------------------------------------------
+
+
+@pytest.mark.parametrize(("seed", "partitions"), [(0, 4), (1, 3), (2, 1)])
+def test_the_topology_gives_replays_alert_ids_with_bank_updates_in_the_input(
+    seed: int, partitions: int
+) -> None:
+    rng = random.Random(3)
+    t, original, _, _ = leak(rng, shares=120)
+    late = t.burst(t.events[0]["post_id"], T0 + 6 * MIN, 40, 3 * SEC)  # type: ignore[arg-type]
+    assert late
+    # both uploads first, on one input partition and one resolve partition: routed in the
+    # order replay routes them (streams.emerging says why that matters)
+    ordered = sorted(t.lines(), key=lambda x: orjson.loads(x)["ts"])
+    lines = [x for x in ordered if b'"upload"' in x] + [x for x in ordered if b'"upload"' not in x]
+    bank = bank_line("add", "internal", original, T0 + 4 * MIN)
+    fp = bank_line("add", ALLOW_BANK, original, T0 + 7 * MIN)
+    # the updates come in the input about when they were made
+    at = next(i for i, x in enumerate(lines) if orjson.loads(x)["ts"] >= T0 + 4 * MIN)
+    at2 = next(i for i, x in enumerate(lines) if orjson.loads(x)["ts"] >= T0 + 7 * MIN)
+    lines = [*lines[:at], bank, *lines[at:at2], fp, *lines[at2:]]
+    pipe = Pipeline(
+        HashBanks(), AlertPolicy.default(), pseudonymizer=Pseudonymizer(DEV_PSEUDONYM_KEY)
+    )
+    for line in lines:
+        pipe.feed(line)
+    expected = sorted(a.to_json() for a in pipe.finish().alerts if a.ts_ms <= pipe.max_ts_ms)
+    kinds = {(d["severity"], d["status"], d["reason"]) for d in map(orjson.loads, expected)}
+    assert ("warning", "firing", "velocity") in kinds
+    assert ("warning", "resolved", "false_positive") in kinds
+    run = LocalRun(
+        HashBanks(),
+        AlertPolicy.default(),
+        Pseudonymizer(DEV_PSEUDONYM_KEY),
+        partitions=partitions,
+        seed=seed,
+    ).run(lines)
+    assert_replay_alert_records(list(run.alerts.values()), expected)
+
+
+def test_a_retroactive_firing_the_applied_shares_prove_goes_out_before_the_watermark() -> None:
+    """Streaming: the bank add at 4:00 waits for the watermark (here 3:00), but the shares
+    applied already meet ``warning`` at 4:00, so its firing goes out at once, with the id
+    the watermark path (and replay) gives it, and is not sent again when it gets there."""
+    from streams.detector import Detector, EarlyAlert
+    from streams.events import parse_event
+    from streams.router import Router
+    from streams.stats import Stats
+
+    rng = random.Random(3)
+    t, original, _, _ = leak(rng)
+    stats = Stats()
+    router = Router(HashBanks(), stats)
+    det = Detector(AlertPolicy.default(), stats, pseudonymizer=Pseudonymizer(b"k"))
+    routed = [r for x in t.lines() for r in router.route(parse_event(x))]  # type: ignore[arg-type]
+    routed.sort(key=lambda r: (r.event.ts_ms, r.event.event_id))  # type: ignore[union-attr]
+    wm, bank_at = T0 + 3 * MIN, T0 + 4 * MIN
+    before = [r for r in routed if r.event.ts_ms <= wm]  # type: ignore[union-attr]
+    for r in before:
+        det.apply(r)  # type: ignore[arg-type]
+    det.advance(wm)
+    update = BankUpdate("add", BankEntry("internal", "pdq", original), bank_at)
+    det.expect_bank(update, wm)
+    [early] = det.drain().alerts
+    assert isinstance(early, EarlyAlert) and early.ts_ms == bank_at and early.episode == 1
+    assert early.match is not None and early.match.bank == "internal"
+    for r in routed[len(before) :]:
+        det.apply(r)  # type: ignore[arg-type]
+    det.change_bank(update)  # the watermark gets there: the same firing, not sent again
+    assert det.drain().alerts == [] and stats.alerts[("warning", "firing")] == 1
+    replayed = replay([*t.lines(), bank_line("add", "internal", original, bank_at)]).finish()
+    assert [a.alert_id for a in replayed.alerts if a.status == "firing"] == [early.alert_id]
