@@ -199,6 +199,7 @@ class HashBanks:
         self._md5: dict[str, tuple[BankEntry, ...]] = {}
         self._pdq: dict[str, tuple[BankEntry, ...]] = {}
         self._pdq_per_bank: Counter[str] = Counter()
+        self._per_bank: Counter[str] = Counter()  # image entries (MD5, PDQ)
         self._index = PDQIndex()
         self._videos = VideoBank(self.config)
         self._radius: int | None = None  # widest PDQ threshold of an enabled bank
@@ -273,6 +274,8 @@ class HashBanks:
         table[signal] = (*others, entry)
         self._changed()
         new = len(others) == len(group)
+        if new:
+            self._per_bank[entry.bank] += 1
         if new and kind == "pdq":
             self._pdq_per_bank[entry.bank] += 1
             if not group:
@@ -297,6 +300,9 @@ class HashBanks:
         if len(kept) == len(group):
             return False
         self._since.pop((bank, kind, text), None)
+        self._per_bank[bank] -= 1
+        if not self._per_bank[bank]:
+            del self._per_bank[bank]
         if kept:
             table[text] = kept
         if kind == "pdq":
@@ -316,11 +322,19 @@ class HashBanks:
         self._videos.changed()
 
     def __len__(self) -> int:
-        return (
-            sum(len(g) for g in self._md5.values())
-            + sum(len(g) for g in self._pdq.values())
-            + len(self._videos)
-        )
+        return sum(self._per_bank.values()) + len(self._videos)
+
+    def sizes(self) -> dict[str, int]:
+        """Entries per bank (the allow-list too; a video is one entry), for metrics and views.
+
+        >>> banks = HashBanks()
+        >>> banks.add_many([BankEntry("a", "md5", "1" * 32), BankEntry("a", "pdq", "f" * 64)])
+        2
+        >>> banks.sizes(), banks.withdraw("a", "md5", "1" * 32), banks.sizes()
+        ({'a': 2}, True, {'a': 1})
+        """
+        out = self._per_bank + Counter(e.bank for e in self._videos.entries())
+        return dict(sorted(out.items()))
 
     def entries(self) -> Iterator[BankEntry]:
         for group in self._md5.values():

@@ -486,6 +486,118 @@ def bank_match(
         raise typer.Exit(1)
 
 
+def _bank_change(
+    kind: str,
+    bank: str,
+    signals: list[str],
+    reviewer: str,
+    reason: str,
+    broker: str | None,
+    topic_prefix: str | None,
+) -> None:
+    """Publish a bank change as a reviewer action (bank topic, then audit topic)."""
+    import time
+
+    from streams.review import ReviewAction, Signal
+    from streams.runtime.produce import publish_action
+    from streams.settings import Settings
+
+    settings = streaming_settings(broker=broker, topic_prefix=topic_prefix)
+    assert isinstance(settings, Settings)
+    if settings.broker is None:
+        fail("no broker: give --broker kafka://HOST:PORT or set VIRALWATCH_BROKER")
+    try:
+        parsed = tuple(
+            Signal({64: "pdq", 32: "md5"}.get(len(x.strip()), "pdq"), x)  # type: ignore[arg-type]
+            for x in signals
+        )
+        action = ReviewAction(
+            kind,  # type: ignore[arg-type]
+            reviewer=reviewer,
+            reason=reason,
+            ts_ms=int(time.time() * 1000),
+            signals=parsed,
+            bank=bank,
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        publish_action(action, settings)
+    except Exception as exc:  # the Kafka client's errors: say them in one line
+        fail(f"{type(exc).__name__}: {exc}")
+    sys.stdout.buffer.write(action.to_json() + b"\n")
+
+
+SignalsArg = Annotated[list[str], typer.Argument(help="PDQ (64 hex) or MD5 (32 hex) hashes")]
+ByOpt = Annotated[str, typer.Option("--by", help="who makes the change (recorded in audit)")]
+WhyOpt = Annotated[str, typer.Option("--reason", help="why (recorded in audit)")]
+
+
+BankOpt = Annotated[str, typer.Option("--bank", help="bank name")]
+
+
+def _change_command(kind: str, doc: str) -> Callable[..., None]:
+    def command(
+        signals: SignalsArg,
+        by: ByOpt,
+        bank: BankOpt = "internal",
+        reason: WhyOpt = "",
+        broker: BrokerOpt = None,
+        topic_prefix: PrefixOpt = None,
+    ) -> None:
+        _bank_change(kind, bank, signals, by, reason, broker, topic_prefix)
+
+    command.__doc__ = doc
+    return command
+
+
+bank_app.command("add")(
+    _change_command(
+        "bank",
+        """Add hashes to a bank, through the bank topic: every worker matches them from now
+        on, and live clusters of that content are banked at once (retroaction). The action
+        (who, why, when) goes to the audit topic; it is printed as JSON.""",
+    )
+)
+bank_app.command("withdraw")(
+    _change_command(
+        "withdraw",
+        """Withdraw hashes from a bank, through the bank topic (recorded in the audit topic).
+        To stop a wrong match from alerting, mark the cluster a false positive instead.""",
+    )
+)
+
+
+@bank_app.command("list")
+def bank_list(
+    bank: Annotated[str | None, typer.Option("--bank", help="only this bank")] = None,
+    broker: BrokerOpt = None,
+    topic_prefix: PrefixOpt = None,
+) -> None:
+    """The banks as the bank topic holds them now (the allow-list is the bank "allowlist"):
+    one JSON line per entry, {"bank", "signal_type", "signal", "label"}; then the sizes on
+    stderr."""
+    from streams.runtime.bank_follower import read_banks
+    from streams.settings import Settings
+
+    settings = streaming_settings(broker=broker, topic_prefix=topic_prefix)
+    assert isinstance(settings, Settings)
+    if settings.broker is None:
+        fail("no broker: give --broker kafka://HOST:PORT or set VIRALWATCH_BROKER")
+    try:
+        banks, bad = read_banks(settings)
+    except Exception as exc:  # the Kafka client's errors: say them in one line
+        fail(f"{type(exc).__name__}: {exc}")
+    out = sys.stdout.buffer
+    for e in sorted(banks.entries(), key=lambda e: (e.bank, e.signal_type, e.signal)):
+        if bank is None or e.bank == bank:
+            row = {"bank": e.bank, "signal_type": e.signal_type, "signal": e.signal}
+            out.write(orjson.dumps({**row, "label": e.label}) + b"\n")
+    out.flush()
+    sizes = ", ".join(f"{name}: {n}" for name, n in banks.sizes().items()) or "empty"
+    typer.echo(f"viralwatch: {sizes}" + (f" ({bad} unreadable records)" if bad else ""), err=True)
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     files: Annotated[list[Path], typer.Argument(help="cascade files")],

@@ -299,6 +299,28 @@ class _CoreCollector(Collector):
             value=s.log_bytes,
         )
         yield _counter(
+            "viralwatch_uploads_allowed",
+            "Uploads on the allow-list (a reviewer's false positive): matched no bank.",
+            s.allowed,
+        )
+        yield _counter(
+            "viralwatch_clusters_relabelled",
+            "Live unbanked clusters banked by a later bank change (retroaction).",
+            s.relabelled,
+        )
+        entries = GaugeMetricFamily(
+            "viralwatch_bank_entries", "Entries in each bank (and the allow-list).", labels=["bank"]
+        )
+        for bank, n in sorted(s.bank_entries.items()):
+            entries.add_metric([bank], float(n))
+        yield entries
+        if s.bank_updated_s > 0:
+            yield GaugeMetricFamily(
+                "viralwatch_bank_last_update_timestamp_seconds",
+                "When this worker last applied a bank update (Unix seconds).",
+                value=s.bank_updated_s,
+            )
+        yield _counter(
             "viralwatch_clusters_emerging",
             "Unbanked clusters that crossed a velocity threshold (for review).",
             s.emerging,

@@ -3,6 +3,11 @@ the audit topic, each readable back by what the workers run."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import orjson
 import pytest
 from kafka_helpers import TopicReader, broker, create_topics, names, settings_for
 
@@ -47,3 +52,48 @@ def test_a_false_positive_goes_to_the_allow_list_and_the_audit_topic(broker: Kaf
     }
     back = [ReviewAction.from_json(r.value) for r in audited]
     assert back == [action, action] and {r.key for r in audited} == {b"b-00112233445566ff"}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", "bank", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("VIRALWATCH_")},
+    )
+
+
+def test_operators_add_withdraw_and_list_bank_entries_through_the_bank_topic(
+    broker: KafkaBroker,
+) -> None:
+    prefix, app = names()
+    settings = settings_for(broker, prefix, app)
+    create_topics(settings)
+    where = ["--broker", broker.url, "--topic-prefix", prefix]
+    pdq, md5 = "ab" * 32, "CD" * 16
+    added = cli("add", pdq, md5, "--bank", "partner", "--by", "ops", "--reason", "list 7", *where)
+    assert added.returncode == 0, added.stderr
+    action = ReviewAction.from_json(added.stdout.encode())
+    assert (action.kind, action.bank, action.reviewer, len(action.signals)) == (
+        "bank",
+        "partner",
+        "ops",
+        2,
+    )
+    gone = cli("withdraw", md5, "--bank", "partner", "--by", "ops", "--reason", "wrong", *where)
+    assert gone.returncode == 0, gone.stderr
+    listed = cli("list", *where)
+    assert listed.returncode == 0, listed.stderr
+    rows = [orjson.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["bank"], r["signal_type"], r["signal"]) for r in rows] == [("partner", "pdq", pdq)]
+    assert "partner: 1" in listed.stderr
+    audit = TopicReader(broker, settings.topic("audit"))
+    try:
+        records = audit.until(lambda r: len(r) >= 2, 30, "two audit records")
+    finally:
+        audit.close()
+    kinds = [ReviewAction.from_json(r.value).kind for r in records]
+    assert sorted(kinds) == ["bank", "withdraw"]
+    bad = cli("add", "zz", "--by", "ops", *where)
+    assert bad.returncode != 0 and "hex" in bad.stderr and "Traceback" not in bad.stderr

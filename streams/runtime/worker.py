@@ -68,9 +68,10 @@ from faust.types import TP
 from mode.supervisors import CrashingSupervisor
 
 from streams.alerts import Alert, Pseudonymizer
-from streams.banks import HashBanks, load_bank_csv
+from streams.banks import BankUpdate, HashBanks, load_bank_csv
 from streams.detector import ClusterSummary
 from streams.policy import AlertPolicy
+from streams.review import ActionLog
 from streams.runtime.bank_follower import BankFollower
 from streams.runtime.broker import (
     BrokerError,
@@ -377,7 +378,12 @@ class Worker:
             s, self.topology, self.checkpoint, on_delays=lambda t: self._delay("ingest", t)
         )
         self.bank_follower = BankFollower(
-            s, self.banks, self.stats, self.health, deadletter=self.outputs.deadletter
+            s,
+            self.banks,
+            self.stats,
+            self.health,
+            deadletter=self.outputs.deadletter,
+            on_update=self._bank_changed,
         )
         app.probe_end_offsets = s.local_broker
 
@@ -539,6 +545,17 @@ class Worker:
                 key=self._own_key, value=part, partition=partition, timestamp=stamp / 1000
             )
         return stamp
+
+    def _bank_changed(self, update: BankUpdate) -> None:
+        """A timed bank change reached this worker: the clusters partitions it holds apply it
+        (retroaction, false positives), their decisions go out at the next checkpoint."""
+        self.topology.change_bank(update)
+        self.checkpoint.stage()
+
+    @property
+    def actions(self) -> ActionLog:
+        """The reviewer actions read from the ``audit`` topic (a cluster's page shows them)."""
+        return self.bank_follower.actions
 
     def _send_deadletter(self, letter: DeadLetter) -> None:
         self.t_deadletter.send_soon(key=letter.key, value=letter.to_json())
