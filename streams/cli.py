@@ -559,6 +559,13 @@ bank_app.command("add")(
         (who, why, when) goes to the audit topic; it is printed as JSON.""",
     )
 )
+bank_app.command("unallow")(
+    _change_command(
+        "reverse_false_positive",
+        """Reverse a false positive: take hashes off the allow-list (recorded in the audit
+        topic); uploads of that content match its bank again from now on.""",
+    )
+)
 bank_app.command("withdraw")(
     _change_command(
         "withdraw",

@@ -184,8 +184,10 @@ class ContentIndex:
         """The cluster an upload joins: one holding its MD5, else the nearest PDQ (by the rule
         in the module doc); ``None`` when none is near."""
         found: list[tuple[int, str]] = []
-        for kind, text in signals_of(content):
+        for kind, text in signals_of(content):  # MD5 first: a copy of the file needs no search
             found += [(-1 if kind == "md5" else d, c) for c, d in self.near(kind, text, threshold)]
+            if found:
+                break
         return min(found)[1] if found else None
 
     @property

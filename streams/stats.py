@@ -54,6 +54,8 @@ class Stats:
             "duplicates": self.duplicates,
             "matched": dict(sorted(self.matched.items())),
             "unmatched_uploads": self.unmatched_uploads,
+            "allowed": self.allowed,
+            "relabelled": self.relabelled,
             "low_quality": self.low_quality,
             "held": self.held,
             "late": self.late,

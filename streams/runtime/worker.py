@@ -384,6 +384,8 @@ class Worker:
             self.health,
             deadletter=self.outputs.deadletter,
             on_update=self._bank_changed,
+            # every reviewer's actions, whichever worker's view took them: the pages show them
+            actions=self.views.actions if self.views is not None else None,
         )
         app.probe_end_offsets = s.local_broker
 
