@@ -14,6 +14,14 @@ def pdq_hex(rng: random.Random) -> str:
     return f"{rng.getrandbits(256):064x}"
 
 
+def flip(pdq: str, bits: int, rng: random.Random) -> str:
+    """``pdq`` with ``bits`` distinct bits flipped: a near-duplicate at exactly that distance."""
+    v = int(pdq, 16)
+    for b in rng.sample(range(256), bits):
+        v ^= 1 << b
+    return f"{v:064x}"
+
+
 @dataclass
 class Traffic:
     """Builds events; ``lines()`` gives JSON lines in the order they were made."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 import pytest
-from eventgen import Traffic, pdq_hex
+from eventgen import Traffic, flip, pdq_hex
 from kafka_helpers import (
     TopicReader,
     WorkerProcess,
@@ -49,13 +49,6 @@ __all__ = ["broker"]  # the module-scoped fixture, imported for pytest
 #: running the tests is shared, so this allows for its load (the measured time is printed).
 LATENCY_LIMIT_S = 3.0
 SEC = 1000
-
-
-def flip(h: str, bits: int, rng: random.Random) -> str:
-    v = int(h, 16)
-    for b in rng.sample(range(256), bits):
-        v ^= 1 << b
-    return f"{v:064x}"
 
 
 def worker_stats(broker: RunningBroker, s: Settings, done: Any, what: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import random
 
 import orjson
 import pytest
-from eventgen import T0, Traffic, pdq_hex
+from eventgen import T0, Traffic, flip, pdq_hex
 from hypothesis import given
 from hypothesis import strategies as st
 from test_streaming_stages import assert_replay_alert_records
@@ -26,13 +26,6 @@ from streams.runtime.local_run import LocalRun
 from streams.settings import DEV_PSEUDONYM_KEY
 
 MIN, SEC = 60_000, 1_000
-
-
-def flip(h: str, bits: int, rng: random.Random) -> str:
-    v = int(h, 16)
-    for b in rng.sample(range(256), bits):
-        v ^= 1 << b
-    return f"{v:064x}"
 
 
 def bank_line(op: str, bank: str, pdq: str, ts: int) -> bytes:
