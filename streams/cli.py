@@ -275,13 +275,33 @@ def simulate(
     scale: Annotated[
         float, typer.Option(help="multiply the traffic (35 gives about 1M events)", min=0.01)
     ] = 1.0,
+    videos: Annotated[
+        int,
+        typer.Option(
+            help="fast banked cascades that are videos (vPDQ-banked, re-uploaded as re-encodes)",
+            min=0,
+        ),
+    ] = 0,
+    video_fraction: Annotated[
+        float, typer.Option(help="share of background uploads that are videos", min=0, max=1)
+    ] = 0.0,
+    video_entries: Annotated[
+        int, typer.Option(help="more banked videos, beside the planted ones", min=0)
+    ] = 0,
 ) -> None:
     """Write realistic synthetic share traffic and the bank it implies."""
     from streams.simulate import Scenario, write_scenario
 
     bank_path = bank_out or out.with_suffix(".bank.csv")
     try:
-        scenario = Scenario(seed=seed, minutes=minutes, scale=scale)
+        scenario = Scenario(
+            seed=seed,
+            minutes=minutes,
+            scale=scale,
+            video_banked=videos,
+            video_fraction=video_fraction,
+            extra_video_entries=video_entries,
+        )
     except ValueError as exc:
         fail(str(exc))
     try:
@@ -906,6 +926,9 @@ def demo(
     minutes: Annotated[int, typer.Option(help="minutes of simulated event time", min=1)] = 30,
     speed: Annotated[float, typer.Option(help="event-time seconds per second", min=1)] = 60.0,
     seed: Annotated[int, typer.Option(help="random seed of the simulated traffic")] = 7,
+    videos: Annotated[
+        bool, typer.Option(help="some uploads are videos (one fast cascade is a banked video)")
+    ] = True,
 ) -> None:
     """Start a broker, a worker and simulated traffic; print alerts as they fire."""
     from streams.demo import run_demo
@@ -914,8 +937,17 @@ def demo(
 
     settings = streaming_settings(broker=broker)
     assert isinstance(settings, Settings)
+    scenario = Scenario(seed=seed, minutes=minutes)
+    if videos:
+        scenario = Scenario(
+            seed=seed,
+            minutes=minutes,
+            video_banked=1,
+            video_fraction=0.05,
+            extra_video_entries=100,
+        )
     try:
-        run_demo(settings, scenario=Scenario(seed=seed, minutes=minutes), speed=speed)
+        run_demo(settings, scenario=scenario, speed=speed)
     except (OSError, ValueError, RuntimeError, ConnectionError) as exc:
         fail(str(exc))
 

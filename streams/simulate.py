@@ -25,6 +25,14 @@ traffic with the statistics of real reshare data:
   exact copies, or near-identical ones (a few PDQ bits flipped, a new MD5).
   Moderators take down some posts of banked cascades; a taken-down post
   gets no further reshares.
+- **Videos** (when asked for): ``video_banked`` of the fast banked cascades
+  are videos, banked by their vPDQ signal; their first upload is the banked
+  file (same MD5, same frames) and their independent re-uploads are
+  re-encodes (every frame a few PDQ bits off, a few seconds trimmed at
+  either end, a new MD5), matched by vPDQ's rule. ``video_fraction`` of the
+  background uploads are unbanked videos, and ``extra_video_entries`` videos
+  sit in the bank, so lookups miss as well as hit. Their content comes from a
+  second random stream, so a scenario without videos is unchanged.
 - **Arrival order** is event time, except: some events arrive a minute or two
   late (so reshares can precede their parent in the file), a few arrive
   20 minutes late, some lines are delivered twice (Kafka is at-least-once),
@@ -62,6 +70,7 @@ from typing import Any, Final
 import orjson
 
 from streams.banks import BankEntry
+from streams.vpdq import VpdqFrame, format_vpdq
 
 #: 2026-01-01T00:00:00Z, the default start of event time.
 DEFAULT_START_MS: Final = 1_767_225_600_000
@@ -153,6 +162,9 @@ class Scenario:
     cycles: int = 1
     low_quality_fraction: float = 0.08
     extra_bank_entries: int = 300
+    video_banked: int = 0
+    video_fraction: float = 0.0
+    extra_video_entries: int = 0
 
     def __post_init__(self) -> None:
         if self.minutes < 1:
@@ -175,6 +187,9 @@ class Scenario:
                 raise ValueError(f"{f.name} must be >= 0")
         if self.md5_banked > self.critical_banked + self.high_banked + self.warning_banked:
             raise ValueError("md5_banked cannot exceed the number of fast banked cascades")
+        fast_pdq = self.critical_banked + self.high_banked + self.warning_banked - self.md5_banked
+        if self.video_banked > fast_pdq:
+            raise ValueError("video_banked cannot exceed the fast banked cascades banked by PDQ")
 
     def scaled(self, n: int) -> int:
         """``n`` times :attr:`scale`, rounded (at least 1 when ``n`` is)."""
@@ -398,6 +413,7 @@ class _Plant:
     pdq_quality: int
     md5: str
     entry: BankEntry | None
+    video: tuple[VpdqFrame, ...] | None = None
 
 
 @dataclass
@@ -419,6 +435,8 @@ class _Generator:
     def __init__(self, sc: Scenario) -> None:
         self.sc = sc
         self.rng = rng = random.Random(sc.seed)
+        # videos' frames come from their own stream: asking for videos changes no other event
+        self.vrng = random.Random(f"video-{sc.seed}")
         self.end_ms = sc.start_ms + sc.minutes * MINUTE_MS
         self._heap: list[tuple[int, int, bytes, str | None, str | None]] = []
         self._seq = 0
@@ -481,6 +499,32 @@ class _Generator:
     def _md5(self) -> str:
         return f"{self.rng.getrandbits(128):032x}"
 
+    def _video(self, first: str | None = None) -> tuple[VpdqFrame, ...]:
+        """A video's vPDQ: 20-60 frames a second apart, a flat one (a fade) now and then."""
+        vr = self.vrng
+        frames = []
+        for i in range(vr.randint(20, 60)):
+            if i == 0 and first is not None:
+                pdq, quality = first, 100
+            elif vr.random() < 0.05:
+                pdq, quality = "0" * 64, 0
+            else:
+                pdq, quality = f"{vr.getrandbits(256):064x}", vr.randint(60, 100)
+            frames.append(VpdqFrame(pdq, quality, float(i)))
+        return tuple(frames)
+
+    def _reencode(self, frames: tuple[VpdqFrame, ...], bits: int) -> list[str]:
+        """What a re-encode's hasher sees: every frame up to ``bits`` bits off, ends trimmed."""
+        vr = self.vrng
+        cut = len(frames) // 10
+        head, tail = vr.randint(0, cut), vr.randint(0, cut)
+        out = []
+        for f in frames[head : len(frames) - tail]:
+            pdq = flip_bits(f.pdq, vr.randint(0, bits), vr) if f.quality else f.pdq
+            quality = min(100, max(0, f.quality + vr.randint(-10, 5))) if f.quality else 0
+            out.append(str(VpdqFrame(pdq, quality, f.timestamp - head)))
+        return out
+
     def _pdq_far(self, avoid: list[int], min_bits: int) -> str:
         while True:
             value = self.rng.getrandbits(256)
@@ -519,6 +563,10 @@ class _Generator:
                 bank.append(BankEntry(_PDQ_BANK, "pdq", pdq, label))
             else:
                 bank.append(BankEntry(_MD5_BANK, "md5", self._md5(), label))
+        for _ in range(sc.scaled(sc.extra_video_entries)):
+            label = f"case-{self.vrng.randrange(10**6):06d}"
+            bank.append(BankEntry(_PDQ_BANK, "vpdq", format_vpdq(self._video()), label))
+        videos_left = sc.scaled(sc.video_banked) if sc.video_banked else 0
         counters: Counter[str] = Counter()
         plants: list[_Plant] = []
         minutes = sc.minutes
@@ -552,15 +600,20 @@ class _Generator:
             quality = rng.randint(5, 45) if by_md5 else rng.randint(60, 100)
             md5 = self._md5()
             entry = None
+            video = None
             if banked:
                 label = f"case-{rng.randrange(10**6):06d}"
                 if by_md5:
                     entry = BankEntry(_MD5_BANK, "md5", md5, label)
+                elif videos_left and kind in ("critical", "high", "warning"):
+                    videos_left -= 1
+                    video = self._video(first=pdq)
+                    entry = BankEntry(_PDQ_BANK, "vpdq", format_vpdq(video), label)
                 else:
                     entry = BankEntry(_PDQ_BANK, "pdq", pdq, label)
                     banked_pdqs.append(int(pdq, 16))
                 bank.append(entry)
-            plants.append(_Plant(name, kind, start, profile, pdq, quality, md5, entry))
+            plants.append(_Plant(name, kind, start, profile, pdq, quality, md5, entry, video))
         self.bank = sorted(bank, key=lambda e: (e.bank, e.signal_type, e.signal))
         # Planted cascades in the order the kinds were listed (stable truth order).
         rank = {k: i for i, k in enumerate(("critical", "high", "warning", "slow", "unbanked"))}
@@ -657,8 +710,13 @@ class _Generator:
 
     def _background(self, t0: int) -> None:
         sc, rng, end = self.sc, self.rng, self.end_ms
-        content = {"pdq": f"{rng.getrandbits(256):064x}", "pdq_quality": self._quality()}
+        content: dict[str, Any] = {
+            "pdq": f"{rng.getrandbits(256):064x}",
+            "pdq_quality": self._quality(),
+        }
         content["md5"] = self._md5()
+        if sc.video_fraction and self.vrng.random() < sc.video_fraction:
+            content = {"vpdq": [str(f) for f in self._video()], "md5": content["md5"]}
         u = self._user()
         root = self._post_id()
         self._push(
@@ -699,7 +757,9 @@ class _Generator:
     def _planted(self, p: _Plant) -> None:
         sc, rng, end = self.sc, self.rng, self.end_ms
         t0 = p.start_ms
-        content = {"pdq": p.pdq, "pdq_quality": p.pdq_quality, "md5": p.md5}
+        content: dict[str, Any] = {"pdq": p.pdq, "pdq_quality": p.pdq_quality, "md5": p.md5}
+        if p.video is not None:
+            content = {"vpdq": [str(f) for f in p.video], "md5": p.md5}
         banked = p.entry is not None
         takedown_rate = sc.takedown_rate if banked else sc.takedown_rate / 4
         reupload_rate = 0.0 if p.kind == "quiet" else sc.reupload_rate
@@ -754,7 +814,9 @@ class _Generator:
                     "pdq_quality": rng.randint(55, 100),
                     "md5": self._md5(),
                 }
-                near_roots.append({"post_id": post.post_id, "pdq": body["pdq"], "bits": bits})
+                if p.video is not None:  # a re-encode: the frames a few bits off, trimmed
+                    body = {"vpdq": self._reencode(p.video, bits), "md5": body["md5"]}
+                near_roots.append({"post_id": post.post_id, "pdq": body.get("pdq"), "bits": bits})
             else:
                 exact_roots.append(post.post_id)
             ev = self._event(
@@ -829,6 +891,7 @@ class _Generator:
                 "pdq": p.pdq,
                 "pdq_quality": p.pdq_quality,
                 "md5": p.md5,
+                "video": p.video is not None,
                 "start_ms": t0,
                 "root_post_ids": exact_roots,
                 "near_duplicates": near_roots,

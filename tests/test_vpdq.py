@@ -395,3 +395,49 @@ def test_an_hour_of_frames_fits_in_an_event() -> None:
     ev = parse_event(upload_line({"vpdq": frames, "md5": "cd" * 16}))
     assert isinstance(ev, ShareEvent) and ev.content is not None
     assert ev.content.vpdq is not None and len(ev.content.vpdq) == 3600
+
+
+# ---------------------------------------------------------------- simulated video traffic
+
+
+def test_simulated_video_cascades_alert_as_one_cluster_each_with_their_re_encodes() -> None:
+    from streams.alerts import Pseudonymizer
+    from streams.pipeline import Pipeline
+    from streams.policy import AlertPolicy
+    from streams.simulate import Scenario, simulate
+
+    base = Scenario(seed=5, minutes=20, background_per_minute=60, quiet_banked=3)
+    plain = simulate(base)
+    sc = Scenario(
+        **{**base.__dict__, "video_banked": 2, "video_fraction": 0.1, "extra_video_entries": 50}
+    )
+    sim = simulate(sc)
+    # asking for videos changes contents, not the traffic's shape
+    assert len(sim.lines) == len(plain.lines)
+    videos = [c for c in sim.truth["cascades"] if c["video"]]
+    assert len(videos) == 2 and all(c["entry"]["signal_type"] == "vpdq" for c in videos)
+    assert sum(e.signal_type == "vpdq" for e in sim.bank) == 52
+    uploads = [orjson.loads(x) for x in sim.lines if b'"vpdq"' in x and b'"upload"' in x]
+    assert len(uploads) > 20
+    banks = HashBanks()
+    banks.add_many(sim.bank)
+    pipe = Pipeline(banks, AlertPolicy.default(), pseudonymizer=Pseudonymizer(b"k"))
+    for line in sim.lines:
+        pipe.feed(line)
+    d = pipe.finish()
+    by_post = {u["post_id"]: u for u in uploads}
+    for c in videos:
+        # every upload of the cascade, the banked file and its re-encodes, joins its cluster
+        posts = set(c["root_post_ids"]) | {n["post_id"] for n in c["near_duplicates"]}
+        assert c["near_duplicates"], c["name"]
+        for post in posts:
+            ev = parse_event(orjson.dumps(by_post[post]))
+            assert isinstance(ev, ShareEvent) and ev.content is not None
+            m = banks.match(ev.content)
+            assert m is not None and m.entry.cluster_id == c["cluster_id"], post
+        roots = max(a.cascade.roots for a in d.alerts if a.cluster_id == c["cluster_id"])
+        assert roots > len(c["root_post_ids"])  # re-encodes were counted in the cascade
+        fired = {a.severity for a in d.alerts if a.cluster_id == c["cluster_id"]}
+        assert c["expected_severity"] in fired
+        matches = [a.match for a in d.alerts if a.cluster_id == c["cluster_id"]]
+        assert all(m is not None and m.kind == "vpdq" for m in matches)
