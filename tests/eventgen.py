@@ -43,6 +43,7 @@ class Traffic:
         quality: int = 90,
         user: str = "uploader",
         post: str | None = None,
+        vpdq: list[str] | None = None,
     ) -> str:
         post = post or self._id("p")
         content: dict[str, object] = {}
@@ -51,6 +52,8 @@ class Traffic:
             content["pdq_quality"] = quality
         if md5:
             content["md5"] = md5
+        if vpdq:
+            content["vpdq"] = vpdq
         self.events.append(
             {
                 "event_id": self._id("e"),
