@@ -50,10 +50,25 @@ def pseudonymizer_from_env() -> object:
     return Pseudonymizer(key.encode())
 
 
-def load_banks(paths: list[Path]) -> object:
+#: The option naming a per-bank settings file (replay, bank match, worker).
+BankSettingsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--bank-settings",
+        help="per-bank settings TOML: PDQ threshold, vPDQ match percentages, enabled",
+    ),
+]
+
+
+def load_banks(paths: list[Path], settings: Path | None = None) -> object:
+    from streams.bank_settings import load_bank_settings
     from streams.banks import HashBanks, load_bank_csv
 
-    banks = HashBanks()
+    try:
+        configs = load_bank_settings(settings) if settings else []
+    except (OSError, ValueError) as exc:
+        fail(f"cannot read bank settings {settings}: {exc}")
+    banks = HashBanks(configs)
     for path in paths:
         try:
             entries = load_bank_csv(path)
@@ -137,6 +152,7 @@ def replay(
     events: Annotated[Path, typer.Argument(help="JSON lines of share events ('-' for stdin)")],
     bank: Annotated[list[Path], typer.Option("--bank", help="bank CSV; repeat for more")] = [],  # noqa: B006
     policy: Annotated[Path | None, typer.Option(help="alert policy TOML")] = None,
+    bank_settings: BankSettingsOpt = None,
     out: Annotated[Path | None, typer.Option(help="write alerts here (default stdout)")] = None,
     actions_out: Annotated[
         Path | None, typer.Option("--actions-out", help="write takedown requests here")
@@ -176,7 +192,7 @@ def replay(
         lateness_ms = parse_duration(lateness)
     except ValueError as exc:
         fail(str(exc))
-    banks = load_banks(bank)
+    banks = load_banks(bank, bank_settings)
     pol = load_policy(policy)
     source = open_lines(events)
     pipe = Pipeline(banks, pol, pseudonymizer=pseudonymizer_from_env(), lateness_ms=lateness_ms)  # type: ignore[arg-type]
@@ -425,6 +441,7 @@ def bank_match(
         ),
     ],
     bank: Annotated[list[Path], typer.Option("--bank", help="bank CSV; repeat for more")],
+    bank_settings: BankSettingsOpt = None,
 ) -> None:
     """Match hashes against banks: one JSON line per match within its bank's rule.
 
@@ -439,7 +456,7 @@ def bank_match(
     from streams.banks import HashBanks, Match, normalise_signal
     from streams.vpdq import parse_vpdq
 
-    banks = load_banks(bank)
+    banks = load_banks(bank, bank_settings)
     assert isinstance(banks, HashBanks)
     source = open_lines(hashes)
     queries: list[tuple[str, str, object]] = []  # (kind, query name, the hash or frames)
@@ -761,6 +778,7 @@ def worker(
     broker: BrokerOpt = None,
     bank: Annotated[list[Path], typer.Option("--bank", help="bank CSV; repeat for more")] = [],  # noqa: B006
     policy: Annotated[Path | None, typer.Option(help="alert policy TOML")] = None,
+    bank_settings: BankSettingsOpt = None,
     topic_prefix: PrefixOpt = None,
     partitions: PartitionsOpt = None,
     app_id: Annotated[str | None, typer.Option("--app-id", help="consumer group id")] = None,
@@ -816,6 +834,7 @@ def worker(
         broker=broker,
         bank_files=tuple(bank) or None,
         policy_file=policy,
+        bank_settings_file=bank_settings,
         topic_prefix=topic_prefix,
         partitions=partitions,
         app_id=app_id,

@@ -166,6 +166,8 @@ class Settings:
     bank_files: tuple[Path, ...] = ()
     #: Alert policy TOML; ``None``: the documented defaults (``streams/policy.toml``).
     policy_file: Path | None = None
+    #: Per-bank settings TOML (thresholds, vPDQ percentages; ``streams/bank_settings.py``).
+    bank_settings_file: Path | None = None
     #: Key of the user pseudonyms on alerts.
     pseudonym_key: bytes = field(default=DEV_PSEUDONYM_KEY, repr=False)
     #: Allowed lateness: how far behind its partition's newest event an event may come
@@ -369,7 +371,7 @@ class Settings:
                 values[key] = value
         if "bank_files" in values:
             values["bank_files"] = tuple(Path(p) for p in values["bank_files"])
-        for key in ("policy_file", "data_dir", "web_tokens_file"):
+        for key in ("policy_file", "data_dir", "web_tokens_file", "bank_settings_file"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         if isinstance(values.get("pseudonym_key"), str):
@@ -555,6 +557,7 @@ _ENV: Final[dict[str, tuple[str, Any]]] = {
     "VIRALWATCH_STANDBY_REPLICAS": ("standby_replicas", _int),
     "VIRALWATCH_BANKS": ("bank_files", _paths),
     "VIRALWATCH_POLICY": ("policy_file", Path),
+    "VIRALWATCH_BANK_SETTINGS": ("bank_settings_file", Path),
     "VIRALWATCH_PSEUDONYM_KEY": ("pseudonym_key", _bytes),
     "VIRALWATCH_LATENESS": ("lateness_ms", parse_duration),
     "VIRALWATCH_ORPHAN_HOLD": ("hold_ms", parse_duration),

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -71,6 +72,7 @@ REASONS: Final = (
 )
 
 _HEX_DIGITS: Final = frozenset("0123456789abcdef")
+_CANONICAL: Final = re.compile(r"([0-9a-f]{64}),([0-9]{1,3}),([0-9]+\.[0-9]+(?:e[+-][0-9]+)?)")
 
 
 class VpdqError(ValueError):
@@ -110,6 +112,9 @@ class VpdqFrame:
         """
         if not isinstance(text, str):
             raise VpdqError("bad_vpdq", f"{where} must be a string 'pdqhex,quality,timestamp'")
+        fast = _CANONICAL.fullmatch(text)  # the common case: already in canonical form
+        if fast is not None and int(fast[2]) <= 100:
+            return cls(fast[1], int(fast[2]), float(f"{float(fast[3]):.{TIMESTAMP_PRECISION}}"))
         parts = text.split(",")
         if len(parts) != 3:
             raise VpdqError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import orjson
 import pytest
@@ -441,3 +442,64 @@ def test_simulated_video_cascades_alert_as_one_cluster_each_with_their_re_encode
         assert c["expected_severity"] in fired
         matches = [a.match for a in d.alerts if a.cluster_id == c["cluster_id"]]
         assert all(m is not None and m.kind == "vpdq" for m in matches)
+
+
+# ---------------------------------------------------------------- per-bank settings
+
+
+def test_bank_settings_file_sets_each_banks_rule() -> None:
+    from streams.bank_settings import parse_bank_settings
+
+    configs = parse_bank_settings(
+        "[banks.ncii]\nvpdq_query_match_pct = 50\nvpdq_compared_match_pct = 20.5\n"
+        "[banks.partner]\npdq_threshold = 16\nenabled = false\n"
+    )
+    assert configs == [
+        BankConfig("ncii", vpdq_query_match_pct=50, vpdq_compared_match_pct=20.5),
+        BankConfig("partner", pdq_threshold=16, enabled=False),
+    ]
+    for bad, why in [
+        ("[banks.a]\nthreshold = 3\n", "unknown key 'threshold'"),
+        ("[banks.a]\npdq_threshold = 31.5\n", "pdq_threshold has the wrong type"),
+        ("[banks.a]\nenabled = 1\n", "enabled has the wrong type"),
+        ("[banks.a]\nvpdq_query_match_pct = true\n", "wrong type"),
+        ("[banks.a]\nvpdq_query_match_pct = 120\n", "0..100"),
+        ("[banks.a]\npdq_threshold = 200\n", "0..128"),
+        ("[other]\nx = 1\n", "unknown table 'other'"),
+        ("banks = 3\n", "must be tables"),
+        ("[banks\n", "not TOML"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_bank_settings(bad, "b.toml")
+
+
+def test_bank_settings_reach_bank_match_and_the_worker(tmp_path: Path) -> None:
+    from test_hashing import viralwatch
+
+    from streams.settings import Settings
+
+    rng = random.Random(10)
+    hashes = [rand_pdq(rng) for _ in range(10)]
+    bank = tmp_path / "bank.csv"
+    signal = format_vpdq(video(hashes)).replace('"', '""')
+    bank.write_text(f'signal_type,signal,bank\nvpdq,"{signal}",ncii\n')
+    query = [str(f) for f in video(hashes[:6] + [rand_pdq(rng) for _ in range(4)])]
+    queries = tmp_path / "q.jsonl"
+    queries.write_bytes(orjson.dumps({"file": "clip.mp4", "vpdq": query}) + b"\n")
+    r = viralwatch("bank", "match", "--bank", str(bank), str(queries))
+    assert r.returncode == 0 and r.stdout == b""  # 60% of the query's frames: under 80%
+    settings = tmp_path / "banks.toml"
+    settings.write_text("[banks.ncii]\nvpdq_query_match_pct = 60\n")
+    r = viralwatch(
+        "bank", "match", "--bank", str(bank), "--bank-settings", str(settings), str(queries)
+    )
+    assert r.returncode == 0, r.stderr
+    row = orjson.loads(r.stdout)
+    assert (row["query"], row["kind"], row["query_match_pct"]) == ("clip.mp4", "vpdq", 60.0)
+    settings.write_text("[banks.ncii]\nvpdq_query_match_pct = 160\n")
+    r = viralwatch(
+        "bank", "match", "--bank", str(bank), "--bank-settings", str(settings), str(queries)
+    )
+    assert r.returncode == 2 and b"cannot read bank settings" in r.stderr
+    env = {"VIRALWATCH_BANK_SETTINGS": str(settings)}
+    assert Settings.from_env(env).bank_settings_file == settings

@@ -41,7 +41,7 @@ def frames(seed: int, seconds: float, fps: int, width: int, height: int) -> Iter
     n = round(seconds * fps)
     for i in range(n):
         t = i / fps
-        x0 = int(width * t / 20)  # a slow pan: a frame's width in 20 seconds
+        x0 = int(width * t / 20) % width  # a slow pan: a frame's width in 20 seconds, again
         img = field[:, x0 : x0 + width].copy()
         for k, (phase, speed, colour) in enumerate(shapes):
             cx = width * (0.5 + 0.35 * np.cos(phase + speed * t))

@@ -68,6 +68,7 @@ from faust.types import TP
 from mode.supervisors import CrashingSupervisor
 
 from streams.alerts import Alert, Pseudonymizer
+from streams.bank_settings import load_bank_settings
 from streams.banks import BankUpdate, HashBanks, load_bank_csv
 from streams.detector import ClusterSummary
 from streams.policy import AlertPolicy
@@ -661,9 +662,9 @@ def _by_partition(events: list[Any]) -> Iterable[list[Any]]:
 # -- starting a worker ----------------------------------------------------------------
 
 
-def load_banks(paths: Iterable[Path]) -> HashBanks:
+def load_banks(paths: Iterable[Path], settings_file: Path | None = None) -> HashBanks:
     """The banks from CSV files; ``OSError``/``ValueError`` name the file and line."""
-    banks = HashBanks()
+    banks = HashBanks(load_bank_settings(settings_file) if settings_file else ())
     for path in paths:
         for entry in load_bank_csv(path):
             banks.add(entry)
@@ -786,7 +787,7 @@ def _run_worker(
 ) -> None:
     served = views is not None
     health.set("banks", False, "loading the bank files")
-    banks = load_banks(settings.bank_files)
+    banks = load_banks(settings.bank_files, settings.bank_settings_file)
     health.set("banks", False, f"bank files read ({len(banks)} entries); the bank topic next")
     policy = load_policy(settings.policy_file)
     settings, broker, shares_partitions = prepare(settings, say)
