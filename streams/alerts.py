@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -114,20 +113,6 @@ class MatchInfo:
         if self.compared_match_pct is not None:
             out["compared_match_pct"] = self.compared_match_pct
         return out
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> MatchInfo:
-        """Read back :meth:`to_dict` (a stage's wire form)."""
-        return cls(
-            d["bank"],
-            d["signal_type"],
-            d["signal"],
-            d["distance"],
-            d.get("label"),
-            d.get("kind"),
-            d.get("query_match_pct"),
-            d.get("compared_match_pct"),
-        )
 
 
 @dataclass(frozen=True, slots=True)
