@@ -53,6 +53,7 @@ from streams.detector import Detector  # noqa: E402
 from streams.events import ShareEvent  # noqa: E402
 from streams.pages import cascade_page  # noqa: E402
 from streams.policy import AlertPolicy  # noqa: E402
+from streams.review import ActionLog  # noqa: E402
 from streams.router import Routed  # noqa: E402
 from streams.runtime.views import TokenSource, Views  # noqa: E402
 from streams.settings import Settings  # noqa: E402
@@ -159,7 +160,12 @@ def main() -> None:
         )
     )
     worker = SimpleNamespace(
-        worker_id="bench", detectors={p: part}, banks=HashBanks(), stats=stats, app=app
+        worker_id="bench",
+        detectors={p: part},
+        banks=HashBanks(),
+        stats=stats,
+        app=app,
+        actions=ActionLog(),
     )
     task = asyncio.run_coroutine_threadsafe(views.run(worker), loop)  # type: ignore[arg-type]
 

@@ -259,6 +259,21 @@ class PostSet:
         self._live += 1
         return True
 
+    def made(self) -> list[tuple[str, str | None, str, int, bool]]:
+        """Every post as ``(post, parent, user, ts_ms, live)``, parents first: what a view
+        draws of an unbanked cluster, copied without building a graph.
+
+        >>> s = PostSet()
+        >>> s.add_root("p1", user="a", ts_ms=0), s.take_down("p1")
+        (True, True)
+        >>> s.made()
+        [('p1', None, 'a', 0, False)]
+        """
+        up = self._posts
+        return [
+            (post, parent, user, ts, up[post]) for post, (parent, user, ts) in self._made.items()
+        ]
+
     def to_cascade(self) -> Cascade:
         """The reshare forest of these posts (when the content turns out to be banked).
 

@@ -152,9 +152,7 @@ class ClusterCapture:
 
     ``posts`` are ``(post, parent, user, ts_ms, live, followers)`` in the
     order they were added (a parent always before its reshares; then the
-    posts held for the watermark, see :func:`capture_cluster`);
-    ``graph_kept`` is false for an unbanked cluster, which keeps its posts
-    but no graph (``parent``, ``user`` and ``ts_ms`` are then unknown).
+    posts held for the watermark, see :func:`capture_cluster`).
     """
 
     cluster_id: str
@@ -163,7 +161,6 @@ class ClusterCapture:
     last_ms: int
     match: MatchInfo | None
     posts: tuple[tuple[str, str | None, str, int, bool, int | None], ...]
-    graph_kept: bool
     prediction: Prediction | None
     status: ClusterStatus = field(default_factory=lambda: ClusterStatus())
 
@@ -191,7 +188,6 @@ class CascadeSnapshot:
     match: MatchInfo | None
     figures: CascadeFigures
     posts: tuple[PostView, ...]
-    graph_kept: bool
     series: dict[str, tuple[float, ...]] = field(default_factory=dict)
     status: ClusterStatus = field(default_factory=lambda: ClusterStatus())
     top_spreaders: tuple[tuple[str, int], ...] = ()
@@ -294,7 +290,6 @@ def capture_cluster(
     if st is None and not held:
         return None
     posts: list[tuple[str, str | None, str, int, bool, int | None]] = []
-    kept = True
     if st is not None:
         c = st.cascade
         if isinstance(c, Cascade):
@@ -304,11 +299,9 @@ def capture_cluster(
                 (n, next(iter(pred[n]), None), d["user"], d["ts_ms"], d["live"], d.get("followers"))
                 for n, d in g.nodes(data=True)
             ]
-        else:
-            live = set(c.live_posts())
-            posts = [(n, None, "", 0, n in live, None) for n in c.posts()]
-            kept = False
-    if held and kept:
+        else:  # unbanked: the posts with their parents, no graph (drawn all the same)
+            posts = [(p, parent, user, ts, live, None) for p, parent, user, ts, live in c.made()]
+    if held:
         have = {p[0] for p in posts}
         waiting: dict[str, list[Any]] = {}
         for ev in held:
@@ -341,7 +334,6 @@ def capture_cluster(
         last_ms=last,
         match=match,
         posts=tuple(posts),
-        graph_kept=kept,
         prediction=prediction,
         status=ClusterStatus(
             banked=st.banked if st is not None else True,  # only banked ones hold posts back
@@ -422,16 +414,8 @@ def snapshot(
         PostView(post, parent, name(user), ts, live, followers)
         for post, parent, user, ts, live, followers in cap.posts
     )
-    spreaders: tuple[tuple[str, int], ...] = ()
-    if cap.graph_kept:
-        figures, spreaders = forest_figures(posts, cap.as_of_ms, cap.prediction, top_n)
-    else:  # no graph, no times: what the cluster counts
-        figures = CascadeFigures(
-            size=len(posts),
-            live=sum(1 for p in posts if p.live),
-            predicted_final_size=cap.prediction,
-        )
-    times = sorted(p.ts_ms for p in posts) if cap.graph_kept else []
+    figures, spreaders = forest_figures(posts, cap.as_of_ms, cap.prediction, top_n)
+    times = sorted(p.ts_ms for p in posts)
     return CascadeSnapshot(
         cluster_id=cap.cluster_id,
         as_of_ms=cap.as_of_ms,
@@ -440,7 +424,6 @@ def snapshot(
         match=cap.match,
         figures=figures,
         posts=posts,
-        graph_kept=cap.graph_kept,
         series=velocity_series(times, cap.first_seen_ms, cap.as_of_ms),
         status=cap.status,
         top_spreaders=spreaders,
@@ -502,7 +485,6 @@ def to_doc(snap: CascadeSnapshot, base: str = "") -> dict[str, Any]:
         "reviews": list(st.reviews),
         "held_posts": st.held,
         "graph": {
-            "kept": snap.graph_kept,
             "json": f"{base}/graph.json",
             "graphml": f"{base}/graph.graphml",
         },
@@ -514,16 +496,15 @@ def to_graph(snap: CascadeSnapshot) -> nx.DiGraph:
     """The reshare forest as a NetworkX graph: posts with pseudonymous users, parent -> reshare.
 
     >>> snap = CascadeSnapshot("b-1", 0, 0, 0, None, CascadeFigures(size=2),
-    ...     (PostView("p0", None, "u-1", 0, True, 5), PostView("p1", "p0", "u-2", 9, False)), True)
+    ...     (PostView("p0", None, "u-1", 0, True, 5), PostView("p1", "p0", "u-2", 9, False)))
     >>> g = to_graph(snap)
     >>> sorted(g.edges()), g.nodes["p1"]
     ([('p0', 'p1')], {'user': 'u-2', 'ts_ms': 9, 'live': False})
     """
     g = nx.DiGraph(cluster_id=snap.cluster_id, as_of=rfc3339(snap.as_of_ms))
     for p in snap.posts:
-        attrs: dict[str, Any] = {"live": p.live}
-        if snap.graph_kept:  # event time in epoch ms, as on the input (a string each is slow)
-            attrs = {"user": p.user, "ts_ms": p.ts_ms, "live": p.live}
+        # event time in epoch ms, as on the input (a time string each is slow to make)
+        attrs: dict[str, Any] = {"user": p.user, "ts_ms": p.ts_ms, "live": p.live}
         if p.followers is not None:
             attrs["followers"] = p.followers
         g.add_node(p.post_id, **attrs)

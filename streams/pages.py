@@ -139,7 +139,7 @@ def tree_svg(snap: CascadeSnapshot) -> tuple[str, dict[str, Any]]:
     >>> from streams.cascade_view import PostView
     >>> from streams.alerts import CascadeFigures
     >>> posts = (PostView("p0", None, "u-1", 0, True), PostView("p1", "p0", "u-2", 9, False))
-    >>> svg, data = tree_svg(CascadeSnapshot("b-1", 0, 0, 0, None, CascadeFigures(), posts, True))
+    >>> svg, data = tree_svg(CascadeSnapshot("b-1", 0, 0, 0, None, CascadeFigures(), posts))
     >>> svg.count("<path"), data["id"]
     (4, ['p0', 'p1'])
     """
@@ -187,7 +187,7 @@ def tree_svg(snap: CascadeSnapshot) -> tuple[str, dict[str, Any]]:
         "id": [p.post_id for p in posts],
         "parent": [p.parent for p in posts],
         "user": [p.user for p in posts],
-        "t": [p.ts_ms if snap.graph_kept else None for p in posts],
+        "t": [p.ts_ms for p in posts],
         "f": [p.followers for p in posts],
         "live": [1 if p.live else 0 for p in posts],
     }
@@ -252,7 +252,7 @@ const p=at(e);const s=vb.width/svg.clientWidth;const i=near(p,Math.max(d.r*1.5,1
 if(i<0){tip.hidden=true;return;}
 tip.textContent=d.id[i]+(d.live[i]?'':'  (taken down)')+'\\n'+
 (d.parent[i]===null?'upload (a root)':'reshare of '+d.parent[i])+'\\n'+
-(d.t[i]!==null?'time      '+new Date(d.t[i]).toISOString()+'\\n':'')+
+'time      '+new Date(d.t[i]).toISOString()+'\\n'+
 'followers '+(d.f[i]===null?'unknown':d.f[i].toLocaleString())+'\\n'+
 (d.user[i]?'user      '+d.user[i]:'');
 tip.hidden=false;tip.style.left=(e.clientX+14)+'px';tip.style.top=(e.clientY+14)+'px';});
@@ -290,8 +290,8 @@ def cascade_page(
         [
             _fig("posts", f"{f.size:,}"),
             _fig("live copies", f"{f.live:,}"),
-            _fig("independent uploads", f"{f.roots:,}" if snap.graph_kept else "n/a"),
-            _fig("unique users", f"{f.unique_users:,}" if snap.graph_kept else "n/a"),
+            _fig("independent uploads", f"{f.roots:,}"),
+            _fig("unique users", f"{f.unique_users:,}"),
             _fig("depth", str(f.depth)),
             _fig("breadth", f"{f.breadth:,}"),
             _fig("structural virality", _num(f.structural_virality, 2)),
@@ -302,28 +302,22 @@ def cascade_page(
             _fig("predicted final size [band]", _prediction(f.predicted_final_size)),
         ]
     )
-    if snap.graph_kept:
-        svg, data = tree_svg(snap)
-        cut = (
-            f'<p class="mute">Drawn: the first {MAX_DRAWN:,} of {len(snap.posts):,} posts '
-            "(the JSON and GraphML hold all).</p>"
-            if len(snap.posts) > MAX_DRAWN
-            else ""
-        )
-        tree = (
-            f"{cut}{svg}"
-            '<div class="legend mute"><i style="background:#6d28d9;border-radius:0"></i>upload'
-            '<i style="background:#1f5fbf"></i>live reshare<i style="background:#dc2626"></i>'
-            "taken down · hover a post for its time, followers and (pseudonymous) user; "
-            'wheel to zoom, drag to pan <button class="quiet" id="reset">reset view</button>'
-            f'</div><div id="tip" hidden></div>'
-            f'<script type="application/json" id="posts">{script_json(data)}</script>'
-        )
-    else:
-        tree = (
-            f'<p class="mute">An unbanked cluster keeps its {f.size:,} posts but no reshare '
-            "graph; the graph is built once its content is banked.</p>"
-        )
+    svg, data = tree_svg(snap)
+    cut = (
+        f'<p class="mute">Drawn: the first {MAX_DRAWN:,} of {len(snap.posts):,} posts '
+        "(the JSON and GraphML hold all).</p>"
+        if len(snap.posts) > MAX_DRAWN
+        else ""
+    )
+    tree = (
+        f"{cut}{svg}"
+        '<div class="legend mute"><i style="background:#6d28d9;border-radius:0"></i>upload'
+        '<i style="background:#1f5fbf"></i>live reshare<i style="background:#dc2626"></i>'
+        "taken down · hover a post for its time, followers and (pseudonymous) user; "
+        'wheel to zoom, drag to pan <button class="quiet" id="reset">reset view</button>'
+        f'</div><div id="tip" hidden></div>'
+        f'<script type="application/json" id="posts">{script_json(data)}</script>'
+    )
     alerts = (
         "".join(
             f"<tr><td><code>{esc(a.alert_id)}</code></td>"
@@ -396,7 +390,7 @@ def cascade_page(
         body,
         nonce=nonce,
         who=who,
-        script=TREE_SCRIPT if snap.graph_kept else "",
+        script=TREE_SCRIPT,
     )
 
 

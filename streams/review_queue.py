@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -39,7 +39,7 @@ from graphs.cascade import Cascade
 from graphs.velocity import WINDOWS_MS
 from streams.alerts import rfc3339
 from streams.banks import HashBanks
-from streams.detector import ClusterState, Detector
+from streams.detector import Detector
 
 #: How long "matches in the last hour" looks back (wall clock), and how often it is sampled.
 MATCH_WINDOW_S: Final = 3600.0
@@ -101,45 +101,45 @@ class EmergingItem:
         )
 
 
-#: What is known of a cluster's content and roots beyond its state (the hashes of unbanked
-#: content are kept by whoever clusters it); ``None``: nothing more.
-Describe = Callable[[ClusterState], tuple[Sequence[tuple[str, str]], Sequence[str]]]
+def cluster_hashes(detector: Detector, cluster_id: str) -> tuple[tuple[str, str], ...]:
+    """The signals of the content a cluster's uploads carried (the detector keeps them for
+    every live cluster: a bank change is matched against them), sorted."""
+    return tuple(sorted(detector.content.signals(cluster_id)))
 
 
 def emerging_items(
     detector: Detector,
     now_ms: int,
-    describe: Describe | None = None,
     dismissed: Callable[[str], bool] = lambda cid: False,
 ) -> list[EmergingItem]:
-    """This detector's review queue (call on the loop that owns it), fastest first."""
+    """This detector's review queue (call on the loop that owns it), fastest first: the
+    clusters that crossed a velocity rule and are still unbanked, not on the allow-list and
+    not dismissed."""
     out: list[EmergingItem] = []
     seen: set[str] = set()
     for summary in detector.emerging:
         cid = summary.cluster_id
         st = detector.clusters.get(cid)
-        if cid in seen or st is None or st.banked or dismissed(cid):
+        if cid in seen or st is None or st.banked or st.allowed or dismissed(cid):
             continue
         seen.add(cid)
         now = max(now_ms, st.last_ms)
-        hashes: Sequence[tuple[str, str]] = ()
-        roots: Sequence[str] = ()
-        if describe is not None:
-            hashes, roots = describe(st)
-        if not roots and isinstance(st.cascade, Cascade):
-            g = st.cascade.graph
-            roots = [n for n in g if not g.pred[n]]
+        c = st.cascade
+        if isinstance(c, Cascade):
+            roots = [n for n in c.graph if not c.graph.pred[n]]
+        else:
+            roots = [post for post, parent, *_ in c.made() if parent is None]
         out.append(
             EmergingItem(
                 cluster_id=cid,
                 velocity_1m=st.velocity.rate(WINDOWS_MS[0], now),
                 velocity_5m=st.velocity.rate(WINDOWS_MS[1], now),
-                size=st.cascade.size,
-                live=st.cascade.live,
-                roots=st.cascade.roots,
+                size=c.size,
+                live=c.live,
+                roots=c.roots,
                 first_seen_ms=st.first_seen_ms,
                 last_ms=st.last_ms,
-                hashes=tuple(hashes),
+                hashes=cluster_hashes(detector, cid),
                 root_posts=tuple(roots),
             )
         )

@@ -29,9 +29,9 @@ import pytest
 
 from streams.alerts import Alert, MatchInfo, Pseudonymizer, alert_id
 from streams.banks import BankEntry, HashBanks
-from streams.events import ShareEvent
+from streams.events import Content, ShareEvent
 from streams.policy import AlertPolicy
-from streams.review import ReviewAction
+from streams.review import ActionLog, ReviewAction
 from streams.router import Routed
 from streams.runtime.views import HOP, TokenSource, Unavailable, Views
 from streams.settings import Settings
@@ -47,10 +47,12 @@ BANKED = BankEntry("ncii", "md5", "a" * 32).cluster_id
 UNBANKED = "u-00112233445566ff"
 
 
-def fill(part: ClusterPartition, cid: str, n: int, match: MatchInfo | None) -> None:
+def fill(part: ClusterPartition, cid: str, n: int, match: MatchInfo | None, md5: str) -> None:
     """An upload and ``n`` reshares in ``n`` seconds (a tree: every third reshares a reshare)."""
     det = part.detector
-    up = ShareEvent("e0" + cid, "upload", T0, f"{cid}-p0", "alice", followers=100)
+    up = ShareEvent(
+        "e0" + cid, "upload", T0, f"{cid}-p0", "alice", followers=100, content=Content(md5=md5)
+    )
     det.apply(Routed(up, cid, match))
     for i in range(1, n + 1):
         parent = f"{cid}-p{i - 1 if i % 3 == 0 else 0}"
@@ -70,6 +72,8 @@ class FakeWorker:
     banks: HashBanks = field(default_factory=HashBanks)
     stats: Stats = field(default_factory=Stats)
     app: Any = None
+    #: the reviewer actions read from the audit topic
+    actions: ActionLog = field(default_factory=ActionLog)
     #: the alerts-sent table (key: dedupe key, value: the alert's JSON)
     outputs: Any = field(default_factory=lambda: SimpleNamespace(alerts={}))
 
@@ -112,13 +116,6 @@ class Served:
         return out
 
 
-def unbanked_content(st: Any) -> tuple[list[tuple[str, str]], list[str]]:
-    """What the near-duplicate clustering knows of an unbanked cluster: its hashes, roots."""
-    if st.banked:
-        return [], []
-    return [("md5", "b" * 32)], [f"{st.cluster_id}-p0"]
-
-
 @contextlib.contextmanager
 def cluster_of_two(tmp_path: Path) -> Iterator[tuple[Served, Served]]:
     """Two workers: ``a`` holds the partitions of both clusters, ``b`` the others."""
@@ -149,8 +146,8 @@ def cluster_of_two(tmp_path: Path) -> Iterator[tuple[Served, Served]]:
             served.append(Served(views, worker, server.port, published))
         a = served[0].worker
         match = MatchInfo("ncii", "md5", "a" * 32, 0)
-        fill(a.detectors[partition_for(BANKED, PARTITIONS)], BANKED, 40, match)
-        fill(a.detectors[partition_for(UNBANKED, PARTITIONS)], UNBANKED, 40, None)
+        fill(a.detectors[partition_for(BANKED, PARTITIONS)], BANKED, 40, match, "a" * 32)
+        fill(a.detectors[partition_for(UNBANKED, PARTITIONS)], UNBANKED, 40, None, "b" * 32)
         a.banks.add(BankEntry("ncii", "md5", "a" * 32))
         sent = Alert(  # sent by the partition's previous owner: in the table, not in memory
             alert_id=alert_id(BANKED, 1, "warning"),
@@ -164,7 +161,6 @@ def cluster_of_two(tmp_path: Path) -> Iterator[tuple[Served, Served]]:
         a.outputs.alerts[b"junk"] = b"not an alert"
         tasks = []
         for s in served:
-            s.views.describe = unbanked_content
             tasks.append(asyncio.run_coroutine_threadsafe(s.views.run(s.worker), loop))
         for s in served:  # each attached to the loop before the first request
             deadline = time.monotonic() + 10

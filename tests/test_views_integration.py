@@ -191,11 +191,12 @@ def test_an_alerts_cascade_link_works_on_both_workers(pair: Pair, broker: Runnin
 DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 
-def test_a_browser_follows_the_alert_sees_the_tree_and_the_review_queue(
+def test_a_browser_follows_the_alert_sees_the_tree_and_banks_an_emerging_item(
     pair: Pair, tmp_path: Path
 ) -> None:
     """Debian's Chromium, headless: the alert's link, sign-in, the tree (a post's tooltip on
-    hover), the review queue. The screenshots in the README are taken here."""
+    hover), the review queue, banking its first item, the item leaving the queue (the bank
+    change relabels the cluster: retroaction). The screenshots in the README are taken here."""
     chromium_or_skip()
     asyncio.run(browse(pair, tmp_path))
 
@@ -237,5 +238,23 @@ async def browse(pair: Pair, tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "nothing emerging\n" + pair.logs()
                 await asyncio.sleep(2)
         await b.screenshot(DOCS_IMG / "views-emerging.png")
+        target = rows[0]
+        await b.submit(
+            f"tr[data-cluster='{target}'] form",
+            {"bank": "internal", "reason": "browser test: a new leak"},
+        )
+        assert await b.js("location.search") == "?done=bank", await b.js("document.body.innerText")
+        # banked (retroaction relabels the cluster): it leaves the queue
+        deadline = time.monotonic() + 60
+        while target in rows:
+            assert time.monotonic() < deadline, f"{target} still queued\n" + pair.logs()
+            await asyncio.sleep(1)
+            await b.goto(base + "/emerging")
+            rows = await b.js(
+                "[...document.querySelectorAll('tr[data-cluster]')].map(r => r.dataset.cluster)"
+            )
+        # its page: banked now, its hashes, and who banked it and why
+        await b.goto(base + f"/cascade/{target}")
         page = await b.js("document.body.innerText")
-        assert "Emerging" in page
+        assert "unbanked" not in page and "browser test: a new leak" in page, page[:2000]
+        assert "oncall" in page and await b.js("!!document.querySelector('#tree path.root')")

@@ -44,7 +44,7 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
@@ -82,10 +82,10 @@ from streams.review import CLUSTER_ID, ActionLog, ReviewAction, Signal
 from streams.review_queue import (
     MATCH_SAMPLE_S,
     BankRow,
-    Describe,
     EmergingItem,
     MatchHistory,
     bank_rows,
+    cluster_hashes,
     emerging_items,
     merge_bank_rows,
     rank,
@@ -194,6 +194,9 @@ class ViewedWorker(Protocol):
     @property
     def app(self) -> Any: ...
 
+    @property
+    def actions(self) -> ActionLog: ...
+
 
 class TokenSource:
     """The web tokens: from the settings' variable, and from a file re-read when it changes
@@ -298,8 +301,6 @@ class Views:
         self.records = ClusterRecords()
         self.matches = MatchHistory()
         self.actions = ActionLog()
-        #: the hashes and roots of a cluster that its state does not say (unbanked content)
-        self.describe: Describe | None = None
         #: the partition states whose sent alerts were read into ``records``
         self._indexed: dict[int, ClusterPartition] = {}
         self._bank_updated: dict[str, float] = {}
@@ -313,9 +314,7 @@ class Views:
     async def run(self, worker: ViewedWorker) -> None:
         """Serve ``worker``'s state until cancelled: sample the matches and bank sizes."""
         self.worker = worker
-        log_of_worker = getattr(worker, "actions", None)  # read from the audit topic
-        if isinstance(log_of_worker, ActionLog):
-            self.actions = log_of_worker
+        self.actions = worker.actions  # read from the audit topic by the bank follower
         self.bridge.attach(asyncio.get_running_loop())
         try:
             while True:
@@ -326,13 +325,7 @@ class Views:
 
     def _sample(self, worker: ViewedWorker, now: float) -> None:
         self.matches.sample(worker.stats.matched, now)
-        counted = getattr(worker.banks, "sizes", None)  # per-bank counts, kept as it changes
-        if counted is not None:
-            sizes = dict(counted())
-        else:
-            sizes = {}
-            for entry in worker.banks.entries():
-                sizes[entry.bank] = sizes.get(entry.bank, 0) + 1
+        sizes = worker.banks.sizes()
         for bank in set(sizes) | set(self._bank_sizes):
             if sizes.get(bank, 0) != self._bank_sizes.get(bank, 0) and self._bank_sizes:
                 self._bank_updated[bank] = now
@@ -483,8 +476,7 @@ class Views:
         if part is not None:
             wm = part.watermark.value
             reviews = tuple(a.to_dict() for a in self.actions.for_cluster(cid))
-            st = part.detector.clusters.get(cid)
-            hashes = list(self._describe(part, st)[0]) if st is not None else []
+            hashes = cluster_hashes(part.detector, cid)
             capture = capture_cluster(
                 part.detector,
                 cid,
@@ -500,19 +492,6 @@ class Views:
         if owner == self.url:
             return "here", None  # held, but it has received nothing yet
         return "elsewhere", owner
-
-    def _describe(
-        self, part: ClusterPartition, st: Any
-    ) -> tuple[Sequence[tuple[str, str]], Sequence[str]]:
-        """A cluster's hashes (the content its uploads carried) and root posts, as far as the
-        detector keeps them."""
-        if self.describe is not None:
-            return self.describe(st)
-        content = getattr(part.detector, "content", None)  # kept by the near-duplicate index
-        if content is None:
-            return (), ()
-        signals = sorted((s.signal_type, s.signal) for s in content.signals(st.cluster_id))
-        return signals, ()
 
     def _forward(self, request: Request, base: str) -> Response:
         """The owner's answer to this very request (same method, headers that matter, body)."""
@@ -578,7 +557,6 @@ class Views:
             items += emerging_items(
                 part.detector,
                 0 if wm == NO_TIME else wm,
-                lambda st, part=part: self._describe(part, st),  # type: ignore[misc]
                 self.actions.dismissed,
             )
         return items
