@@ -20,6 +20,7 @@ from streams.runtime.local_run import LocalRun
 from streams.settings import DEV_PSEUDONYM_KEY, ENV_VARS, KafkaSecurity, Settings
 from streams.simulate import Scenario, simulate, three_cascades
 from streams.stages import (
+    MAX_RECORD_BYTES,
     ClusterPartition,
     Envelope,
     Ingest,
@@ -927,6 +928,8 @@ def test_the_worker_producer_lingers_as_the_settings_say(tmp_path: Path) -> None
         s = Settings(broker="kafka://127.0.0.1:9", data_dir=tmp_path, linger_s=linger)
         w = Worker(s, banks=HashBanks(), policy=AlertPolicy.default())
         assert w.app.conf.producer_linger == linger
+        # a state-log part fits one batch, and a batch fits the broker's default limit
+        assert MAX_RECORD_BYTES <= w.app.conf.producer_max_batch_size < 1024 * 1024
     env = {"VIRALWATCH_BROKER": "kafka://127.0.0.1:9", "VIRALWATCH_PRODUCER_LINGER": "20ms"}
     assert Settings.from_env(env).linger_s == 0.02
     with pytest.raises(ValueError, match="linger_s"):
