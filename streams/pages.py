@@ -347,24 +347,13 @@ def cascade_page(
         )
         or '<tr><td colspan="5" class="mute">no reviewer action yet</td></tr>'
     )
-    acts = ""
-    if may_act:
-        if not st.banked:
-            acts += (
-                f'<form class="inline" method="post" action="/cascade/{cid}/bank">'
-                '<input type="text" name="bank" value="internal" size="10" aria-label="bank">'
-                '<input type="text" name="reason" placeholder="why (required)" size="40" '
-                'required aria-label="reason"><button type="submit">Bank this cluster</button>'
-                "</form>"
-            )
-        acts += (
-            f'<form class="inline" method="post" action="/cascade/{cid}/false-positive">'
-            '<input type="text" name="reason" placeholder="why (required)" size="40" required '
-            'aria-label="reason"><button class="quiet" type="submit">False positive</button>'
-            "</form>"
-        )
+    if not may_act:
+        acts = '<p class="mute">Acting (bank, dismiss, false positive) needs a reviewer token.</p>'
+    elif st.banked:
+        acts = action_form(snap.cluster_id, "false-positive", "False positive", quiet=True)
     else:
-        acts = '<p class="mute">Acting (bank, false positive) needs a reviewer token.</p>'
+        acts = action_form(snap.cluster_id, "bank", "Bank this cluster", bank=True)
+        acts += action_form(snap.cluster_id, "dismiss", "Dismiss: not harmful", quiet=True)
     flash_html = f'<p class="flash">{esc(flash)}</p>' if flash else ""
     body = (
         f"{flash_html}<h1>Cascade <code>{cid}</code> {status}</h1>"
@@ -394,6 +383,33 @@ def cascade_page(
     )
 
 
+def action_form(
+    cid: str,
+    action: str,
+    label: str,
+    *,
+    bank: bool = False,
+    next_path: str | None = None,
+    size: int = 40,
+    quiet: bool = False,
+) -> str:
+    """A reviewer's form (``POST /cascade/<cid>/<action>``): a reason (required), a bank
+    name if ``bank``, and where to come back to.
+
+    >>> 'action="/cascade/u-1/dismiss"' in action_form("u-1", "dismiss", "Dismiss")
+    True
+    """
+    fields = '<input type="text" name="bank" value="internal" size="8" aria-label="bank">'
+    return (
+        f'<form class="inline" method="post" action="/cascade/{esc(cid)}/{esc(action)}">'
+        + (f'<input type="hidden" name="next" value="{esc(next_path)}">' if next_path else "")
+        + (fields if bank else "")
+        + f'<input type="text" name="reason" placeholder="why (required)" size="{size}" '
+        'required aria-label="reason">'
+        + f'<button{" class=quiet" if quiet else ""} type="submit">{esc(label)}</button></form>'
+    )
+
+
 # -- the review queue, the banks, sign-in --------------------------------------------
 
 
@@ -415,12 +431,10 @@ def emerging_page(
             roots += f" <span class='mute'>and {len(it.root_posts) - 5} more</span>"
         act = ""
         if may_act:
-            act = (
-                f'<form class="inline" method="post" action="/cascade/{cid}/bank">'
-                '<input type="hidden" name="next" value="/emerging">'
-                '<input type="text" name="bank" value="internal" size="8" aria-label="bank">'
-                '<input type="text" name="reason" placeholder="why" size="16" required '
-                'aria-label="reason"><button type="submit">Bank</button></form>'
+            act = action_form(
+                it.cluster_id, "bank", "Bank", bank=True, next_path="/emerging", size=16
+            ) + action_form(
+                it.cluster_id, "dismiss", "Dismiss", next_path="/emerging", size=16, quiet=True
             )
         rows.append(
             f'<tr data-cluster="{cid}"><td>{rank}</td>'

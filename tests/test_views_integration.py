@@ -253,6 +253,17 @@ async def browse(pair: Pair, tmp_path: Path) -> None:
             rows = await b.js(
                 "[...document.querySelectorAll('tr[data-cluster]')].map(r => r.dataset.cluster)"
             )
+        # the next one is judged not harmful: dismissed, it leaves the queue at once
+        dismissed = rows[0]
+        await b.submit(
+            f"tr[data-cluster='{dismissed}'] form[action$='/dismiss']",
+            {"reason": "browser test: a meme"},
+        )
+        assert await b.js("location.search") == "?done=dismiss"
+        rows = await b.js(
+            "[...document.querySelectorAll('tr[data-cluster]')].map(r => r.dataset.cluster)"
+        )
+        assert dismissed not in rows and target not in rows
         # its page: banked now, its hashes, and who banked it and why
         await b.goto(base + f"/cascade/{target}")
         page = await b.js("document.body.innerText")
