@@ -703,6 +703,7 @@ def assert_replay_alerts(run: LocalRun, expected: list[bytes]) -> None:
     """A LocalRun's alerts are replay's (:func:`assert_replay_alert_records`), those it says it
     sent early are the provisional ones, and each firing is counted once."""
     assert_replay_alert_records(list(run.alerts.values()), expected)
+    assert run.resent == []
     assert run.early == {k for k, raw in run.alerts.items() if b'"provisional":true' in raw}
     firing = sum(n for (_, status), n in run.stats.alerts.items() if status == "firing")
     assert firing == sum(orjson.loads(raw)["status"] == "firing" for raw in expected)

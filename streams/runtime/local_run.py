@@ -11,6 +11,12 @@ flowed through. Whatever the interleaving, the alerts must be those of
 ``replay``; this is how the unit tests check it without a broker (as
 bytewax's ``testing.run_main`` runs the real engine in a unit test).
 
+``restarts`` replaces the process that many times, spread over the input:
+a new topology on the same topics and tables (the state logs, the alerts
+and actions already sent), which rebuilds every partition from its log, as
+a worker replacing a killed one does; the ``shares`` records read since the
+last offset commit (every ``commit_every`` steps) are read again.
+
 >>> from streams.alerts import Pseudonymizer
 >>> from streams.banks import HashBanks
 >>> from streams.policy import AlertPolicy
@@ -39,6 +45,12 @@ from streams.runtime.state_log import StateLog
 from streams.runtime.topology import StageSettings, Topology
 from streams.stages import DeadLetter, Envelope
 from streams.stats import Stats
+
+#: A record on a topic in memory: the incarnation of the process that sent it, the
+#: send's mark, the bytes.
+Record = tuple[int, int, bytes]
+#: The internal topics in memory: per topic, per partition, the records not read yet.
+Topics = dict[str, list[list[Record]]]
 
 
 class Table(dict[bytes, bytes]):
@@ -84,6 +96,10 @@ class LocalRun:
     predictor_factory: Callable[[], Predictor] | None = DEFAULT_PREDICTOR
     #: the state logs are compacted past this many bytes (as a worker's are)
     log_compact_bytes: int = 8 * 1024 * 1024
+    #: times the process is replaced mid-stream (see the module doc)
+    restarts: int = 0
+    #: steps between commits of the ``shares`` offsets
+    commit_every: int = 10
     stats: Stats = field(default_factory=Stats)
     alerts: dict[str, bytes] = field(default_factory=dict)
     actions: dict[str, bytes] = field(default_factory=dict)
@@ -93,24 +109,35 @@ class LocalRun:
     #: when each alert (by dedupe key) came out: (input lines read by then, the
     #: watermark of the clusters partition that sent it)
     emitted: dict[str, tuple[int, int]] = field(default_factory=dict)
-    #: input lines read so far
+    #: input lines read so far (lines read again after a restart too)
     read: int = 0
+    #: alerts (by dedupe key) sent a second time: must stay empty (an id goes out once)
+    resent: list[str] = field(default_factory=list)
 
     def build(
-        self, rng: random.Random
-    ) -> tuple[Topology, Checkpoint, dict[str, list[list[tuple[int | None, bytes]]]]]:
-        """The topology a worker holding every partition builds, on memory topics."""
+        self,
+        rng: random.Random,
+        topics: Topics | None = None,
+        tables: dict[str, Table] | None = None,
+        incarnation: int = 0,
+    ) -> tuple[Topology, Checkpoint, Topics]:
+        """The topology a worker holding every partition builds, on memory topics and tables
+        (new ones, or those a previous ``incarnation`` of the process left)."""
         n = self.partitions
-        topics: dict[str, list[list[tuple[int | None, bytes]]]] = {
-            name: [[] for _ in range(n)] for name in ("resolve", "clusters")
-        }
+        if topics is None:
+            topics = {name: [[] for _ in range(n)] for name in ("resolve", "clusters")}
+        if tables is None:
+            tables = {}
+        for name in ("resolve-log", "cluster-log", "alerts-sent", "actions-sent"):
+            tables.setdefault(name, Table(name))
         marks = itertools.count()
+        wire = topics
 
         def sender(name: str) -> Callable[[int, Envelope | bytes], int]:
             def send(partition: int, envelope: Envelope | bytes) -> int:
                 mark = next(marks)
                 raw = envelope.pack() if isinstance(envelope, Envelope) else envelope
-                topics[name][partition].append((mark, raw))
+                wire[name][partition].append((incarnation, mark, raw))
                 return mark
 
             return send
@@ -132,11 +159,13 @@ class LocalRun:
             hops.resolve.read_from(p)
             hops.clusters.read_from(p)
         logs = [
-            StateLog(Table(name), compact_bytes=self.log_compact_bytes)
+            StateLog(
+                tables[name], compact_bytes=self.log_compact_bytes, on_compacted=self._compacted
+            )
             for name in ("resolve-log", "cluster-log")
         ]
         outputs = Outputs(
-            Table("alerts-sent"), Table("actions-sent"), deadletter=self.deadletters.append
+            tables["alerts-sent"], tables["actions-sent"], deadletter=self.deadletters.append
         )
         outputs.on_sent = self._sent
         topology = Topology(
@@ -168,24 +197,45 @@ class LocalRun:
         shares: list[list[tuple[int, bytes]]] = [[] for _ in range(n)]
         #: bank updates (the bank topic's records), by how many share lines come before each
         bank_updates: list[tuple[int, BankUpdate]] = []
-        i = 0
+        total = 0
         for line in lines:
             if is_bank_update(line):
-                bank_updates.append((i, BankUpdate.parse(None, line)))
+                bank_updates.append((total, BankUpdate.parse(None, line)))
                 continue
-            p = (i // run) % n if key == "none" else zlib.crc32(line) % n
+            p = (total // run) % n if key == "none" else zlib.crc32(line) % n
             shares[p].append((len(shares[p]), line))
-            i += 1
-        topology, checkpoint, topics = self.build(rng)
+            total += 1
+        #: the bank updates applied so far (a new process reads the bank topic from the start)
+        applied: list[BankUpdate] = []
+        tables: dict[str, Table] = {}
+        incarnation = 0
+        topology, checkpoint, topics = self.build(rng, tables=tables)
         resolve, clusters = topics["resolve"], topics["clusters"]
-        hops = topology.hand_over
-        pos = [0] * n
+        #: the next ``shares`` record to read, and the last committed, per partition
+        pos, committed, seen = [0] * n, [0] * n, [0] * n
+        #: input lines read (new ones only) after which the process is replaced
+        restart_at = [total * (i + 1) // (self.restarts + 1) for i in range(self.restarts)]
+        fresh = 0
         now = 0.0
+        steps = 0
         flushed = False
+
+        def received(hop: Hop, p: int, records: list[Record]) -> list[bytes]:
+            """The records read, marked when this incarnation sent them (see HandOver)."""
+            return hop.received(p, [(m if i == incarnation else None, r) for i, m, r in records])
+
         while True:
-            while bank_updates and bank_updates[0][0] <= self.read:  # the bank follower
+            if restart_at and fresh >= restart_at[0]:
+                restart_at.pop(0)
+                incarnation += 1  # a new process: its state comes from the logs alone
+                topology, checkpoint, _ = self.build(rng, topics, tables, incarnation)
+                for update in applied:  # its bank follower reads the bank topic again
+                    topology.change_bank(update)
+                pos = committed[:]  # what was read after the last commit is read again
+            while bank_updates and bank_updates[0][0] <= fresh:  # the bank follower
                 _, update = bank_updates.pop(0)
                 update.apply(self.banks)
+                applied.append(update)
                 topology.change_bank(update)
                 checkpoint.stage()
             choices = [("s", p) for p in range(n) if pos[p] < len(shares[p])]
@@ -201,24 +251,35 @@ class LocalRun:
             stage, p = rng.choice(choices)
             size = rng.randint(1, self.max_batch)
             now += 0.001
+            hops = topology.hand_over
             if stage == "s":
                 chunk = shares[p][pos[p] : pos[p] + size]
                 pos[p] += len(chunk)
+                fresh += max(0, pos[p] - seen[p])
+                seen[p] = max(seen[p], pos[p])
                 self.read += len(chunk)
                 topology.ingest_records(((p, off, line) for off, line in chunk), now)
             elif stage == "r":
                 records, resolve[p] = resolve[p][:size], resolve[p][size:]
-                topology.resolve_received({p: hops.resolve.received(p, records)})
+                topology.resolve_received({p: received(hops.resolve, p, records)})
             else:
                 records, clusters[p] = clusters[p][:size], clusters[p][size:]
-                topology.detect(p, hops.clusters.received(p, records))
+                topology.detect(p, received(hops.clusters, p, records))
             checkpoint.stage()
-        self.actions.update((k.decode(), v) for k, v in topology.outputs.actions.items())
+            steps += 1
+            if steps % self.commit_every == 0:
+                committed = pos[:]
+        self.actions.update((k.decode(), v) for k, v in tables["actions-sent"].items())
         return self
+
+    def _compacted(self) -> None:
+        self.stats.log_compactions += 1
 
     def _sent(self, partition: int, watermark: int, alerts: list[Alert]) -> None:
         for alert in alerts:
             key = alert.dedupe_key
+            if key in self.alerts:
+                self.resent.append(key)
             self.alerts[key] = alert.to_json()
             self.emitted[key] = (self.read, watermark)
             if isinstance(alert, EarlyAlert):
