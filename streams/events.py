@@ -205,6 +205,8 @@ def parse_ts(value: object) -> int:
 
 def _id(obj: dict[str, Any], key: str, required: bool = True) -> str | None:
     value = obj.get(key)
+    if type(value) is str and 0 < len(value) <= MAX_ID_LEN and value.isprintable():
+        return value  # the common case, first: every event has three or four ids
     if value is None:
         if required:
             raise _Reject("missing_field", f"{key} is missing")
@@ -266,12 +268,16 @@ def _event(obj: object) -> ShareEvent:
         raise _Reject("missing_field", "type is missing")
     if kind not in EVENT_TYPES:
         raise _Reject("unknown_type", f"type must be one of {', '.join(EVENT_TYPES)}")
-    if "ts" not in obj or obj["ts"] is None:
+    ts = obj.get("ts")
+    if type(ts) is int and _TS_MIN_MS <= ts < _TS_MAX_MS:
+        ts_ms = ts  # the common case (and every event a stage wrote), first
+    elif ts is None:
         raise _Reject("missing_field", "ts is missing")
-    try:
-        ts_ms = parse_ts(obj["ts"])
-    except ValueError as exc:
-        raise _Reject("bad_ts", str(exc)) from None
+    else:
+        try:
+            ts_ms = parse_ts(ts)
+        except ValueError as exc:
+            raise _Reject("bad_ts", str(exc)) from None
     post_id = _id(obj, "post_id")
     user_id = _id(obj, "user_id")
     parent = _id(obj, "parent_post_id", required=False)

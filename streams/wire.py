@@ -181,8 +181,12 @@ def _fields(item: list[Any], tag: str, n: int) -> list[Any]:
 
 
 def _decode_e(item: list[Any]) -> Item:
-    if len(item) == 4 and (item[2] is None or isinstance(item[2], int)):
-        return ToRoute(_event(item[1]))  # an earlier version's ingest record
+    if len(item) == 4:
+        cluster, match = item[2], item[3]
+        if type(cluster) is str and cluster:  # the hot path: every event, every hop
+            return Routed(_event(item[1]), cluster, None if match is None else _match(match))
+        if cluster is None or isinstance(cluster, int):
+            return ToRoute(_event(item[1]))  # an earlier version's ingest record
     _, event, cluster, match = _fields(item, "e", 3)
     return Routed(_event(event), _text(cluster, "cluster_id"), _match(match))
 
