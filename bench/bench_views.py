@@ -166,6 +166,7 @@ def main() -> None:
         stats=stats,
         app=app,
         actions=ActionLog(),
+        bank_updated={},
     )
     task = asyncio.run_coroutine_threadsafe(views.run(worker), loop)  # type: ignore[arg-type]
 

@@ -475,15 +475,14 @@ def emerging_page(
 def banks_page(
     rows: Sequence[BankRow], *, nonce: str, who: str = "", missing: Sequence[str] = ()
 ) -> str:
-    """Each bank: entries by signal type, last update, matches in the last hour."""
+    """Each bank: entries, last update, matches in the last hour."""
     body_rows = (
         "".join(
             f"<tr><td><b>{esc(r.bank)}</b></td><td>{r.entries:,}</td>"
-            f"<td>{esc(', '.join(f'{k} {n:,}' for k, n in r.by_type))}</td>"
             f"<td>{_updated(r.last_update_s)}</td><td>{r.matches_last_hour:,}</td></tr>"
             for r in rows
         )
-        or '<tr><td colspan="5" class="mute">no bank loaded</td></tr>'
+        or '<tr><td colspan="4" class="mute">no bank loaded</td></tr>'
     )
     partial = (
         f'<p class="flash err">Not every worker answered ({esc(", ".join(missing))}): '
@@ -493,7 +492,7 @@ def banks_page(
     )
     body = (
         f"{partial}<h1>Banks</h1><div class='card'><table><tr><th>bank</th><th>entries</th>"
-        "<th>by signal type</th><th>last update (wall clock)</th><th>matches, last hour</th>"
+        "<th>last update</th><th>matches, last hour</th>"
         f"</tr>{body_rows}</table></div>"
     )
     return layout("banks", body, nonce=nonce, who=who)
@@ -510,7 +509,7 @@ def _held(n: int) -> str:
 
 def _updated(when_s: float | None) -> str:
     if not when_s:
-        return '<span class="mute">not since start</span>'
+        return '<span class="mute">none on the bank topic (from a file)</span>'
     return esc(_when(round(when_s * 1000)))
 
 

@@ -74,6 +74,8 @@ class FakeWorker:
     app: Any = None
     #: the reviewer actions read from the audit topic
     actions: ActionLog = field(default_factory=ActionLog)
+    #: per bank, when its latest update was written to the bank topic
+    bank_updated: dict[str, float] = field(default_factory=dict)
     #: the alerts-sent table (key: dedupe key, value: the alert's JSON)
     outputs: Any = field(default_factory=lambda: SimpleNamespace(alerts={}))
 
@@ -338,10 +340,11 @@ def test_a_forwarded_request_is_never_forwarded_again(two: tuple[Served, Served]
 
 def test_banks_show_entries_and_merge_workers(two: tuple[Served, Served]) -> None:
     a, b = two
-    a.worker.stats.matched["ncii"] += 3
+    a.worker.bank_updated["ncii"] = T0 / 1000
     doc = json.loads(b.request("GET", "/banks", headers=JSON)[2])
     assert doc["missing"] == []
     assert [r["bank"] for r in doc["banks"]] == ["ncii"] and doc["banks"][0]["entries"] == 1
+    assert doc["banks"][0]["last_update"] == "2026-01-01T00:00:00.000Z"
     status, _, page = b.request("GET", "/banks")
     assert status == 200 and b"ncii" in page
 

@@ -53,6 +53,8 @@ class BankFollower:
         self.on_update = on_update
         #: the reviewer actions read from the ``audit`` topic
         self.actions = actions if actions is not None else ActionLog()
+        #: per bank, when its latest update was written to the ``bank`` topic (Unix seconds)
+        self.updated: dict[str, float] = {}
         stats.bank_entries = banks.sizes()
 
     async def run(self) -> None:
@@ -92,20 +94,30 @@ class BankFollower:
                         if tp.topic == audit:
                             self.record(tp.partition, rec.offset, rec.value)
                         else:
-                            self.apply(tp.partition, rec.offset, rec.key, rec.value)
+                            self.apply(tp.partition, rec.offset, rec.key, rec.value, rec.timestamp)
                 if ends and all([await consumer.position(tp) >= end for tp, end in ends.items()]):
                     ends = {}
                     self.health.set("banks", True, f"{len(self.banks)} entries")
         finally:
             await consumer.stop()
 
-    def apply(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
+    def apply(
+        self,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None = None,
+    ) -> None:
         try:
             update = BankUpdate.parse(key, value)
         except ValueError as exc:
             self._bad("bank", "bad_bank_update", str(exc), partition, offset, value)
             return
         changed = update.apply(self.banks)
+        written = timestamp_ms / 1000 if timestamp_ms else time.time()
+        bank = update.entry.bank
+        self.updated[bank] = max(self.updated.get(bank, 0.0), written)
         self.stats.bank_entries = self.banks.sizes()
         self.stats.bank_updated_s = time.time()
         if self.on_update is not None:

@@ -197,6 +197,9 @@ class ViewedWorker(Protocol):
     @property
     def actions(self) -> ActionLog: ...
 
+    @property
+    def bank_updated(self) -> Mapping[str, float]: ...
+
 
 class TokenSource:
     """The web tokens: from the settings' variable, and from a file re-read when it changes
@@ -303,8 +306,6 @@ class Views:
         self.actions = ActionLog()
         #: the partition states whose sent alerts were read into ``records``
         self._indexed: dict[int, ClusterPartition] = {}
-        self._bank_updated: dict[str, float] = {}
-        self._bank_sizes: dict[str, int] = {}
         self._publish = publish
         self._producer: Any = None
         self._producer_lock = threading.Lock()
@@ -325,11 +326,6 @@ class Views:
 
     def _sample(self, worker: ViewedWorker, now: float) -> None:
         self.matches.sample(worker.stats.matched, now)
-        sizes = worker.banks.sizes()
-        for bank in set(sizes) | set(self._bank_sizes):
-            if sizes.get(bank, 0) != self._bank_sizes.get(bank, 0) and self._bank_sizes:
-                self._bank_updated[bank] = now
-        self._bank_sizes = sizes
 
     def note(self, alerts: list[Alert], actions: list[TakedownRequest]) -> None:
         """The worker sent (or re-announced) these: kept for the cluster's page."""
@@ -575,7 +571,7 @@ class Views:
         w = self.worker
         if w is None:
             raise Unavailable("the worker is starting")
-        return bank_rows(w.banks, self.matches.last_window(time.time()), self._bank_updated)
+        return bank_rows(w.banks, self.matches.last_window(time.time()), dict(w.bank_updated))
 
     def _with_peers(
         self, request: Request, path: str, key: str, local: list[R], kind: type[R]

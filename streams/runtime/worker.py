@@ -568,6 +568,11 @@ class Worker:
         """The reviewer actions read from the ``audit`` topic (a cluster's page shows them)."""
         return self.bank_follower.actions
 
+    @property
+    def bank_updated(self) -> dict[str, float]:
+        """Per bank, when its latest update was written to the ``bank`` topic (``/banks``)."""
+        return self.bank_follower.updated
+
     def _send_deadletter(self, letter: DeadLetter) -> None:
         self.t_deadletter.send_soon(key=letter.key, value=letter.to_json())
 
