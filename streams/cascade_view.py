@@ -144,6 +144,8 @@ class ClusterStatus:
     reviews: tuple[dict[str, Any], ...] = ()
     #: of the posts, how many were received but not applied yet (held for the watermark)
     held: int = 0
+    #: the allow-list entries its content matches (a reviewer's false positive): no alerts
+    allowed_by: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +348,7 @@ def capture_cluster(
             hashes=tuple(hashes),
             reviews=tuple(reviews),
             held=len(held),
+            allowed_by=tuple(sorted(st.allowed_by)) if st is not None else (),
         ),
     )
 
@@ -484,6 +487,7 @@ def to_doc(snap: CascadeSnapshot, base: str = "") -> dict[str, Any]:
         },
         "reviews": list(st.reviews),
         "held_posts": st.held,
+        "allowed_by": [{"signal_type": k, "signal": v} for k, v in st.allowed_by],
         "graph": {
             "json": f"{base}/graph.json",
             "graphml": f"{base}/graph.graphml",

@@ -286,6 +286,8 @@ def cascade_page(
         if st.active
         else '<span class="tag ok">no open episode</span>'
     )
+    if st.allowed_by:
+        status += ' <span class="tag down">false positive: on the allow-list, no alerts</span>'
     figs = "".join(
         [
             _fig("posts", f"{f.size:,}"),
@@ -349,6 +351,8 @@ def cascade_page(
     )
     if not may_act:
         acts = '<p class="mute">Acting (bank, dismiss, false positive) needs a reviewer token.</p>'
+    elif st.allowed_by:
+        acts = action_form(snap.cluster_id, "reverse-false-positive", "Undo false positive")
     elif st.banked:
         acts = action_form(snap.cluster_id, "false-positive", "False positive", quiet=True)
     else:

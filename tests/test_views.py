@@ -388,3 +388,24 @@ def test_web_token_settings_are_secret_and_checked() -> None:
         Settings.from_env({"VIRALWATCH_WEB_TOKENS": "admin:abcdefghij"})
     with pytest.raises(ValueError, match="VIRALWATCH_HTTP_ADVERTISE"):
         Settings.from_env({"VIRALWATCH_HTTP_ADVERTISE": "10.0.0.1:6066"})
+
+
+def test_a_false_positive_is_shown_and_can_be_undone(two: tuple[Served, Served]) -> None:
+    a, b = two
+    part = a.worker.detectors[partition_for(BANKED, PARTITIONS)]
+    a.views.bridge.call(lambda: part.detector.clusters[BANKED].allowed_by.add(("md5", "a" * 32)))
+    doc = json.loads(b.request("GET", f"/cascade/{BANKED}", headers=JSON)[2])
+    assert doc["allowed_by"] == [{"signal_type": "md5", "signal": "a" * 32}]
+    page = b.request("GET", f"/cascade/{BANKED}", REVIEWER)[2].decode()
+    assert "on the allow-list" in page and "/reverse-false-positive" in page
+    as_json = {"Content-Type": "application/json"}
+    body = json.dumps({"reason": "it was NCII after all"}).encode()
+    status, _, _ = b.request("POST", f"/cascade/{BANKED}/false-positive", REVIEWER, body, as_json)
+    assert status == 409  # a false positive already
+    status, _, out = b.request(
+        "POST", f"/cascade/{BANKED}/reverse-false-positive", REVIEWER, body, as_json
+    )
+    assert status == 202, out
+    [action] = a.published
+    assert action.kind == "reverse_false_positive" and action.reviewer == "alice"
+    assert [(s.signal_type, s.signal) for s in action.signals] == [("md5", "a" * 32)]

@@ -10,6 +10,7 @@ Paths (every one needs a token, see :mod:`streams.access`; ``/metrics``,
     POST /cascade/<cluster>/bank           reviewer  bank its hashes (bank=internal, reason)
     POST /cascade/<cluster>/dismiss        reviewer  not harmful: off the review queue
     POST /cascade/<cluster>/false-positive reviewer  allow-list its hashes: no more alerts
+    POST /cascade/<cluster>/reverse-false-positive   reviewer: off the allow-list again
     GET  /emerging                         viewer    the review queue of every worker
     GET  /banks                            viewer    entries, last update, matches last hour
     GET  /login, POST /login, POST /logout           a browser keeps its token in a cookie
@@ -126,7 +127,12 @@ PASSED_BACK: Final = (
     "WWW-Authenticate",
     "X-Viralwatch-Served-By",
 )
-_BODY_KINDS: Final = {"bank": "bank", "dismiss": "dismiss", "false-positive": "false_positive"}
+_BODY_KINDS: Final = {
+    "bank": "bank",
+    "dismiss": "dismiss",
+    "false-positive": "false_positive",
+    "reverse-false-positive": "reverse_false_positive",
+}
 
 
 class Unavailable(Exception):
@@ -650,7 +656,13 @@ class Views:
             return Response.json({"error": f"{cid} is banked already"}, 409)
         if kind == "false_positive" and not banked:
             return Response.json({"error": f"{cid} is not banked: nothing to call wrong"}, 409)
-        if kind != "dismiss" and not found.status.hashes:
+        allowed = found.status.allowed_by
+        if kind == "false_positive" and allowed:
+            return Response.json({"error": f"{cid} is a false positive already"}, 409)
+        if kind == "reverse_false_positive" and not allowed:
+            return Response.json({"error": f"{cid} is not on the allow-list"}, 409)
+        hashes = allowed if kind == "reverse_false_positive" else found.status.hashes
+        if kind != "dismiss" and not hashes:
             return Response.json({"error": f"the hashes of {cid} are not known here"}, 409)
         try:
             action = ReviewAction(
@@ -659,7 +671,7 @@ class Views:
                 reason=fields.get("reason", ""),
                 ts_ms=max(0, found.as_of_ms),
                 cluster_id=cid,
-                signals=tuple(Signal(k, s) for k, s in found.status.hashes),  # type: ignore[arg-type]
+                signals=tuple(Signal(k, s) for k, s in hashes),  # type: ignore[arg-type]
                 bank=fields.get("bank") or (found.match.bank if found.match else "internal"),
             )
         except ValueError as exc:
