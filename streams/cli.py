@@ -545,7 +545,7 @@ def _bank_change(
         fail("no broker: give --broker kafka://HOST:PORT or set VIRALWATCH_BROKER")
     try:
         parsed = tuple(
-            Signal({64: "pdq", 32: "md5"}.get(len(x.strip()), "pdq"), x)  # type: ignore[arg-type]
+            Signal({64: "pdq", 32: "md5"}.get(len(x.strip()), "vpdq"), x)  # type: ignore[arg-type]
             for x in signals
         )
         action = ReviewAction(
@@ -565,7 +565,9 @@ def _bank_change(
     sys.stdout.buffer.write(action.to_json() + b"\n")
 
 
-SignalsArg = Annotated[list[str], typer.Argument(help="PDQ (64 hex) or MD5 (32 hex) hashes")]
+SignalsArg = Annotated[
+    list[str], typer.Argument(help="PDQ (64 hex), MD5 (32 hex) or vPDQ (a video's frames) hashes")
+]
 ByOpt = Annotated[str, typer.Option("--by", help="who makes the change (recorded in audit)")]
 WhyOpt = Annotated[str, typer.Option("--reason", help="why (recorded in audit)")]
 

@@ -95,5 +95,5 @@ def test_operators_add_withdraw_and_list_bank_entries_through_the_bank_topic(
         audit.close()
     kinds = [ReviewAction.from_json(r.value).kind for r in records]
     assert sorted(kinds) == ["bank", "withdraw"]
-    bad = cli("add", "zz", "--by", "ops", *where)
+    bad = cli("add", "z" * 64, "--by", "ops", *where)
     assert bad.returncode != 0 and "hex" in bad.stderr and "Traceback" not in bad.stderr
