@@ -112,6 +112,8 @@ class ContentIndex:
     [('u-1', 4), ('u-2', 4)]
     >>> idx.near("md5", "a" * 32, 31), idx.drop("u-1"), idx.near("pdq", "f" * 64, 31)
     ([('u-1', 0)], True, [('u-2', 8)])
+    >>> idx.near("vpdq", '["..."]', 31)
+    []
     """
 
     def __init__(self) -> None:
@@ -173,6 +175,8 @@ class ContentIndex:
         text = signal.lower()
         if signal_type == "md5":
             return [(c, 0) for c in sorted(self._holders.get(("md5", text), ()))]
+        if signal_type != "pdq":
+            return []  # a video's frames (vPDQ): live clusters are not searched by them
         best: dict[str, int] = {}
         for found, d in self._pdq.search(text, threshold):
             for c in self._holders[("pdq", found)]:

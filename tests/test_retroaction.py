@@ -305,3 +305,18 @@ def test_a_retroactive_firing_the_applied_shares_prove_goes_out_before_the_water
     assert det.drain().alerts == [] and stats.alerts[("warning", "firing")] == 1
     replayed = replay([*t.lines(), bank_line("add", "internal", original, bank_at)]).finish()
     assert [a.alert_id for a in replayed.alerts if a.status == "firing"] == [early.alert_id]
+
+
+def test_a_timed_video_bank_update_changes_matching_and_relabels_nothing() -> None:
+    """Live clusters are searched by MD5 and PDQ only: a video entry (vPDQ) added with a time
+    is taken (and matches later uploads of the video), and no live cluster is relabelled."""
+    from streams.vpdq import VpdqFrame, format_vpdq
+
+    rng = random.Random(3)
+    t, _, _, _ = leak(rng)
+    frames = format_vpdq(tuple(VpdqFrame(pdq_hex(rng), 100, float(i)) for i in range(3)))
+    update = BankUpdate("add", BankEntry("internal", "vpdq", frames), T0 + 4 * MIN)
+    pipe = replay([*t.lines(), update.record()[1]])
+    decisions = pipe.finish()
+    assert not decisions.alerts and not decisions.rejections and pipe.stats.relabelled == 0
+    assert len(pipe.router.banks) == 1
