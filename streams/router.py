@@ -127,6 +127,7 @@ class Router:
         self._prefetched = dict(
             zip(map(match_key, contents), self.banks.match_many(contents), strict=True)
         )
+        self.emerging.prefetch(contents)  # those that match no bank join a live cluster, or not
 
     def drop_prefetched(self) -> None:
         """Forget the last prefetch (the banks may change before the next batch)."""

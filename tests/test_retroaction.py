@@ -10,13 +10,13 @@ import random
 import orjson
 import pytest
 from eventgen import T0, Traffic, flip, pdq_hex
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_streaming_stages import assert_replay_alert_records
 
 from streams.alerts import Pseudonymizer
 from streams.banks import ALLOW_BANK, BankEntry, BankUpdate, HashBanks, hamming
-from streams.emerging import ContentIndex, EmergingClusters, unbanked_cluster_id
+from streams.emerging import PENDING_MAX, ContentIndex, EmergingClusters, unbanked_cluster_id
 from streams.events import Content
 from streams.pdqindex import brute_force
 from streams.pipeline import Pipeline
@@ -107,6 +107,36 @@ def test_an_upload_joins_the_nearest_live_cluster_as_a_scan_would(seed: int, n: 
         near = [(d, held[x]) for x, d in brute_force(list(held), [h], 31)[0]]
         assert got == (min(near)[1] if near else unbanked_cluster_id(Content(pdq=h)))
         held[h] = got
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_batched_assignment_with_prefetch_gives_what_one_by_one_gives(seed: int) -> None:
+    """A router prefetches each batch's hashes in one search and scans those added since; past
+    PENDING_MAX new hashes go into the index mid-batch: the clusters are a scan's all along."""
+    rng = random.Random(seed)
+    bases = [pdq_hex(rng) for _ in range(30)]
+    hashes = [flip(rng.choice(bases), rng.randint(0, 45), rng) for _ in range(PENDING_MAX + 300)]
+    batched, single = EmergingClusters(), EmergingClusters()
+    held: dict[str, str] = {}  # every live hash -> its cluster
+    i = 0
+    while i < len(hashes):
+        batch = [Content(pdq=h, pdq_quality=90) for h in hashes[i : i + rng.randint(1, 400)]]
+        batched.prefetch(batch)
+        for c in batch:
+            got = batched.assign(c, T0)
+            assert got == single.assign(c, T0)
+            h = c.pdq or ""
+            near = [(hamming(h, x), cid) for x, cid in held.items() if hamming(h, x) <= 31]
+            assert got == (min(near)[1] if near else unbanked_cluster_id(c))  # a scan's
+            held[h] = got
+        i += len(batch)
+        if rng.random() < 0.3:  # evictions between batches
+            for cid in rng.sample(sorted(set(single._last)), 3):
+                batched.index.drop(cid)
+                single.index.drop(cid)
+                del batched._last[cid], single._last[cid]
+                held = {x: c for x, c in held.items() if c != cid}
 
 
 def test_the_content_index_finds_md5_first_then_the_nearest_pdq() -> None:
