@@ -206,12 +206,14 @@ class ContentIndex:
         if indexed is None:
             indexed = self._pdq.search(text, threshold) if len(self._pdq) else []
         q = int(text, 16)
-        pending = [(h, (q ^ v).bit_count()) for h, v in self._pending.items()]
+        pending = [
+            (h, d) for h, v in self._pending.items() if (d := (q ^ v).bit_count()) <= threshold
+        ]
         best: dict[str, int] = {}
         for found, d in [*indexed, *pending]:
             holders = self._holders.get(("pdq", found))
-            if holders is None or d > threshold:
-                continue  # gone since the prefetch; or too far
+            if holders is None:
+                continue  # gone since the prefetch
             for c in holders:
                 if d < best.get(c, d + 1):
                     best[c] = d
