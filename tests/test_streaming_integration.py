@@ -33,6 +33,7 @@ from kafka_helpers import (
 
 from streams.alerts import Pseudonymizer
 from streams.banks import BankEntry, BankUpdate, HashBanks
+from streams.events import MAX_EVENT_BYTES
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
 from streams.runtime.broker import LocalBroker, RunningBroker
@@ -206,7 +207,7 @@ def test_bad_input_is_dead_lettered_and_the_events_around_it_processed(
         b"\xff\xfe not utf-8",
         b'{"event_id": "x", "type": "upload"}',
         b"[1, 2]",
-        b'{"event_id":"big","pad":"' + b"x" * 70_000 + b'"}',
+        b'{"event_id":"big","pad":"' + b"x" * (MAX_EVENT_BYTES + 1) + b'"}',
         b"",
     ]
     mixed: list[bytes] = []
