@@ -26,6 +26,7 @@ memory it holds is measured with ``tracemalloc`` after a full collection:
 
     python bench/bench_core.py                       # about a minute
     python bench/bench_core.py --scale 3 --repeats 5 --nodes 200000 --json
+    python bench/bench_core.py --videos 0.1   # a tenth of the uploads are videos
 """
 
 from __future__ import annotations
@@ -72,7 +73,12 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
-    sim = simulate(Scenario(seed=args.seed, scale=args.scale))
+    videos = (
+        dict(video_banked=1, video_fraction=args.videos, extra_video_entries=1000)
+        if args.videos
+        else {}
+    )
+    sim = simulate(Scenario(seed=args.seed, scale=args.scale, **videos))
     lines = sim.lines
     alerts: list[int] = []
 
@@ -202,6 +208,13 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--json", action="store_true", help="one JSON line only")
+    ap.add_argument(
+        "--videos",
+        type=float,
+        default=0.0,
+        help="share of uploads that are videos (vPDQ), with a banked video cascade "
+        "and 1,000 more banked videos (default 0: images only)",
+    )
     args = ap.parse_args()
     out = {"throughput": throughput(args), "memory": memory(args)}
     if args.json:

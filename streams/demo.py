@@ -70,7 +70,14 @@ class Progress:
 
 
 def describe(alert: dict[str, Any]) -> Text:
-    """One alert as one line of the console."""
+    """One alert as one line of the console; a banked video's says how it matched.
+
+    >>> describe({"severity": "high", "status": "firing", "ts": "2026-01-01T00:05:22.000Z",
+    ...     "cluster_id": "b-1", "alert_id": "vw-1", "match": {"bank": "ncii", "kind": "vpdq"},
+    ...     "cascade": {"size": 100, "live": 99, "depth": 6, "velocity_per_min": {"5m": 20.0}}
+    ... }).plain[18:]
+    'firing   b-1  bank ncii (vpdq) size 100 live 99 depth 6 20.0/min over 5m  [vw-1]'
+    """
     sev, status = alert["severity"], alert["status"]
     c = alert["cascade"]
     match = alert.get("match") or {}
@@ -80,6 +87,8 @@ def describe(alert: dict[str, Any]) -> Text:
     line.append(f"{sev.upper():8} ", style=SEVERITY_STYLE.get(sev, ""))
     line.append(f"{status:8} ", style="green" if status == "resolved" else "bold")
     line.append(f"{alert['cluster_id']}  bank {match.get('bank', '?')} ")
+    if match.get("kind"):  # a banked video, matched by vPDQ or by one of its frames
+        line.append(f"({match['kind']}) ", style="magenta")
     line.append(
         f"size {c['size']} live {c['live']} depth {c['depth']} "
         f"{c['velocity_per_min']['5m']:.1f}/min over 5m"
