@@ -198,3 +198,13 @@ def test_hash_command_on_videos_and_bank_match(clips: dict[str, Path], tmp_path:
     (row,) = [orjson.loads(line) for line in r.stdout.splitlines()]
     assert row["query"] == str(clips["3gp_h263"]) and row["kind"] == "vpdq"
     assert row["query_match_pct"] >= 80 and row["bank"] == "ncii"
+
+
+def test_hash_command_flags(clips: dict[str, Path]) -> None:
+    r = viralwatch(
+        "hash", "--progress", "--seconds-per-hash", "2", "--max-frames", "3", str(clips["original"])
+    )
+    assert r.returncode == 0, r.stderr
+    rec = orjson.loads(r.stdout)
+    assert [s.rsplit(",", 1)[1] for s in rec["vpdq"]] == ["0.0", "2.0", "4.0"]
+    assert "frame limit" in rec["truncated"] and b"frame limit" in r.stderr
