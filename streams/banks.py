@@ -333,7 +333,7 @@ class HashBanks:
         >>> banks.sizes(), banks.withdraw("a", "md5", "1" * 32), banks.sizes()
         ({'a': 2}, True, {'a': 1})
         """
-        out = self._per_bank + Counter(e.bank for e in self._videos.entries())
+        out = self._per_bank + self._videos.sizes()
         return dict(sorted(out.items()))
 
     def entries(self) -> Iterator[BankEntry]:

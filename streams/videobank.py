@@ -213,6 +213,10 @@ class VideoBank:
     def __len__(self) -> int:
         return sum(self._per_bank.values())
 
+    def sizes(self) -> Counter[str]:
+        """Videos per bank (kept as they change: no walk over the entries)."""
+        return Counter(self._per_bank)
+
     def holds(self, bank: str) -> bool:
         """Whether a bank holds any video."""
         return bank in self._per_bank
