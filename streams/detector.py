@@ -132,7 +132,6 @@ import heapq
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -618,6 +617,7 @@ class Detector:
                 break
             del self.clusters[cid]
             self.content.drop(cid)
+            self._bank_pending.pop(cid, None)  # a cluster of that id later starts afresh
             self.outbox.evicted_posts.extend(st.cascade.posts())
             self.stats.clusters_evicted += 1
             self._sent_early.pop(cid, None)
@@ -651,13 +651,12 @@ class Detector:
         if ts is None:
             return  # no event time: changes matching only (see streams.review)
         self.advance(ts)
-        for cid, _ in self.content.near(e.signal_type, e.signal, DEFAULT_PDQ_THRESHOLD):
-            pending = self._bank_pending.get(cid)
-            if pending is not None:
-                with suppress(ValueError):
-                    pending.remove((ts, e.bank == ALLOW_BANK))
-                if not pending:
-                    del self._bank_pending[cid]
+        mark = (ts, e.bank == ALLOW_BANK)
+        for cid in [c for c, waits in self._bank_pending.items() if mark in waits]:
+            waits = self._bank_pending[cid]  # noted by expect_bank: not waiting any more
+            waits.remove(mark)
+            if not waits:
+                del self._bank_pending[cid]
         sig = (e.signal_type, e.signal)
         for cid, d in self.content.near(e.signal_type, e.signal, DEFAULT_PDQ_THRESHOLD):
             st = self.clusters.get(cid)
