@@ -117,12 +117,22 @@ class MatchInfo:
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """A predicted final cascade size with an interval (``high`` may be ``inf``)."""
+    """A predicted cascade size at a horizon, with an interval (``high`` may be ``inf``).
+
+    ``horizon_s`` says when the size is predicted for: seconds after the
+    cluster was first seen (the policy's ``[predicted] horizon``, 7 days by
+    default). Alerts carry it as ``"horizon"`` in the policy's duration
+    syntax, so that nobody reads the size as "by tonight".
+
+    >>> Prediction(4326.74, 2130.0, 21367.9, "best", 604_800.0).to_dict()
+    {'size': 4326.7, 'low': 2130.0, 'high': 21367.9, 'model': 'best', 'horizon': '7d'}
+    """
 
     size: float
     low: float
     high: float
     model: str = "seismic"
+    horizon_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def num(x: float) -> float | str | None:
@@ -132,12 +142,27 @@ class Prediction:
                 return "inf"
             return round(x, 1)
 
-        return {
+        out: dict[str, Any] = {
             "size": num(self.size),
             "low": num(self.low),
             "high": num(self.high),
             "model": self.model,
         }
+        if self.horizon_s is not None:
+            out["horizon"] = duration_text(self.horizon_s)
+        return out
+
+
+def duration_text(seconds: float) -> str:
+    """``"7d"``, ``"36h"``, ``"90m"`` or ``"45s"``: the largest unit that divides it.
+
+    >>> duration_text(604_800), duration_text(129_600), duration_text(5_400), duration_text(45.5)
+    ('7d', '36h', '90m', '45.5s')
+    """
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, NoReturn, TypeVar
@@ -646,45 +647,68 @@ def bank_list(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    files: Annotated[list[Path], typer.Argument(help="cascade files")],
+    files: Annotated[list[Path], typer.Argument(help="cascade files or directories of them")],
     format_: Annotated[
-        str, typer.Option("--format", help="seismic | casflow | auto (by content)")
+        str, typer.Option("--format", help="twitter | seismic | casflow | auto (by content)")
     ] = "auto",
     at: Annotated[str, typer.Option(help="observation times after the original post")] = (
         "1h,2h,6h"
     ),
-    model: Annotated[str, typer.Option(help="rows for this model: seismic | best")] = "best",
+    model: Annotated[
+        str,
+        typer.Option(help="rows for this model: seismic | best | amplified | log-linear | floor"),
+    ] = "best",
     split: Annotated[
-        str, typer.Option(help="none (shipped calibration) | loo (leave-one-out) | 2fold")
+        str,
+        typer.Option(
+            help="none (shipped parameters) | kfold (--folds, --seed) | loo (leave-one-out) | 2fold"
+        ),
     ] = "none",
+    folds: Annotated[int, typer.Option(help="folds of --split kfold")] = 10,
+    seed: Annotated[int, typer.Option(help="seed of the folds' shuffle")] = 0,
+    train: Annotated[
+        list[Path] | None,
+        typer.Option(help="fit every model on these cascades instead, predict FILES"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines, then a summary")] = False,
     plot: Annotated[Path | None, typer.Option(help="write a PNG here")] = None,
     plot_cascade: Annotated[
-        str | None, typer.Option("--plot-cascade", help="cascade to draw (default: largest)")
+        str | None, typer.Option("--plot-cascade", help="draw this cascade only")
     ] = None,
     horizon: Annotated[
-        str | None, typer.Option(help="what final means (default: seismic 7d, casflow 24h)")
+        str | None,
+        typer.Option(help="what final means (default: twitter, seismic 7d; casflow 24h)"),
     ] = None,
-    step: Annotated[str, typer.Option(help="grid for the alert policy and the plot")] = "5m",
+    step: Annotated[
+        str, typer.Option(help="grid for the alert policy (hourly after a day)")
+    ] = "5m",
     alert_size: Annotated[float | None, typer.Option("--alert-size")] = None,
     alert_low: Annotated[float | None, typer.Option("--alert-low")] = None,
     show_calibration: Annotated[
-        bool, typer.Option("--show-calibration", help="print the calibration fitted on FILES")
+        bool,
+        typer.Option("--show-calibration", help="print the amplified calibration fitted on FILES"),
+    ] = False,
+    show_model: Annotated[
+        bool, typer.Option("--show-model", help="print the best model fitted on FILES")
     ] = False,
 ) -> None:
     """Predict final cascade sizes on real cascades and measure the error.
 
     One line per cascade and observation time: {"cascade", "obs_seconds",
     "observed", "infectiousness", "predicted", "low", "high", "final",
-    "model"}; then the median absolute percentage error by time for SEISMIC
-    and the best model, interval coverage, and what the policy's prediction
-    rule would have done. Unreadable lines are reported on stderr; a cascade
+    "model"}; then, per model and observation time, the median absolute
+    percentage error and the share of final sizes inside the band, per fold,
+    and what the policy's prediction rule would have done (precision,
+    recall, lead time). Unreadable lines are reported on stderr; a cascade
     refused whole makes the exit code 1.
     """
     from streams import evaluate as ev
 
-    if format_ not in (*ev.FORMATS, "auto") or model not in ("seismic", "best"):
-        fail("--format must be seismic, casflow or auto; --model seismic or best")
+    if format_ not in (*ev.FORMATS, "auto") or model not in ev.ROW_MODELS:
+        fail(
+            "--format must be twitter, seismic, casflow or auto; "
+            f"--model one of {', '.join(ev.ROW_MODELS)}"
+        )
     if split not in ev.SPLITS:
         fail(f"--split must be one of {', '.join(ev.SPLITS)}")
     try:
@@ -693,15 +717,32 @@ def evaluate_cmd(
         horizon_s = ev.parse_seconds(horizon) if horizon else None
     except ValueError as exc:
         fail(str(exc))
-    read = ev.ReadResult()
-    for path in files:
-        read = read + ev.read_path(path, format_, horizon_s=horizon_s)
-    for bad in read.rejected:
-        typer.echo(f"viralwatch: {bad}", err=True)
-    if not read.cascades:
+
+    def read(paths: list[Path]) -> ev.ReadResult:
+        out = ev.ReadResult()
+        for path in paths:
+            out = out + ev.read_path(path, format_, horizon_s=horizon_s)
+        for bad in out.rejected:
+            typer.echo(f"viralwatch: {bad}", err=True)
+        return out
+
+    got = read(files)
+    if not got.cascades:
         fail("no cascade could be read")
+    trained = read(train) if train else None
+    if trained is not None and not trained.cascades:
+        fail("no training cascade could be read")
     if show_calibration:
-        typer.echo(repr(ev.fit_all(read.cascades)))
+        typer.echo(repr(ev.fit_all(got.cascades)))
+        return
+    if show_model:
+        when = time.strftime("%Y-%m-%d", time.gmtime())
+        where = ", ".join(str(p) for p in files)
+        provenance = (
+            f"fitted {when} by `viralwatch evaluate {where} --show-model` on "
+            f"{len(got.cascades)} cascades, band from {folds}-fold cross-fits (seed {seed})"
+        )
+        typer.echo(repr(ev.fit_model(got.cascades, folds=folds, seed=seed, provenance=provenance)))
         return
     rule = ev.default_rule()
     alert = dataclasses.replace(
@@ -709,9 +750,20 @@ def evaluate_cmd(
         size=alert_size if alert_size is not None else rule.size,
         low=alert_low if alert_low is not None else rule.low,
     )
-    result = ev.evaluate(read.cascades, times, split=split, step_s=grid)
+    try:
+        result = ev.evaluate(
+            got.cascades,
+            times,
+            split=split,
+            folds=folds,
+            seed=seed,
+            train=trained.cascades if trained is not None else None,
+            step_s=grid,
+        )
+    except ValueError as exc:
+        fail(str(exc))
     summary = ev.summarize(result, alert)
-    summary["rejected"] = len(read.rejected)
+    summary["rejected"] = len(got.rejected)
     rows = [r for r in result.rows if r.model == model]
     if as_json:
         out = sys.stdout.buffer
@@ -720,7 +772,8 @@ def evaluate_cmd(
         out.write(orjson.dumps({"summary": summary}) + b"\n")
         out.flush()
     else:
-        typer.echo(ev.render_rows(rows))
+        if len(rows) <= 60:
+            typer.echo(ev.render_rows(rows))
         typer.echo(ev.render_summary(summary))
     if plot is not None:
         try:
@@ -729,8 +782,8 @@ def evaluate_cmd(
             fail(str(exc))
         except OSError as exc:
             fail(f"cannot write {plot}: {exc.strerror or exc}")
-        typer.echo(f"viralwatch: plot of cascade {drawn} in {plot}", err=True)
-    if any(bad.line == 0 for bad in read.rejected):
+        typer.echo(f"viralwatch: plot of {drawn} in {plot}", err=True)
+    if any(bad.line == 0 for bad in got.rejected):
         raise typer.Exit(1)
 
 

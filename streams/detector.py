@@ -152,6 +152,7 @@ from streams.alerts import (
 from streams.banks import ALLOW_BANK, DEFAULT_PDQ_THRESHOLD, BankUpdate
 from streams.emerging import ContentIndex
 from streams.events import Rejection, ShareEvent
+from streams.forecast import PredictorFactory
 from streams.policy import AlertPolicy
 from streams.router import Routed
 from streams.stats import Stats
@@ -409,6 +410,9 @@ class Detector:
         self.pseudonymize = pseudonymizer
         self.idle_ms = idle_ms
         self.top_n = top_spreaders
+        if policy.predicted is not None and isinstance(predictor_factory, PredictorFactory):
+            # the policy's horizon is what every alert's prediction is for
+            predictor_factory = predictor_factory.at_horizon(policy.predicted.horizon_s)
         self.predictor_factory = predictor_factory
         self.predict_every_ms = predict_every_ms
         self.horizon_ms = max(longest, max(WINDOWS_MS)) + 5 * MINUTE_MS

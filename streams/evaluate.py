@@ -1,7 +1,14 @@
 """Measure final-size prediction on real cascades: readers, evaluation loop, summary, plot.
 
-Two input formats:
+Three input formats:
 
+- ``twitter``: the SEISMIC paper's Twitter data (``RT<n>.txt``), one file
+  per cascade: a first line ``<number of retweets> <start day>``, then one
+  line per post, ``<seconds after the original> <followers>``, the original
+  tweet first. The count must match the lines: a file that disagrees, or
+  has any malformed line, is refused whole (its final size would be wrong),
+  each bad line named with its file and line number. A directory is read
+  file by file.
 - ``seismic``: CSV ``relative_time_second,number_of_followers``, the
   original post first, a header line optional (the SEISMIC R package's
   data). One file is one cascade, named after the file.
@@ -36,15 +43,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from graphs.growth import DEFAULT_GROWTH, GrowthModel, fit_growth, growth_inputs, kfold
 from graphs.prediction import (
     DEFAULT_CALIBRATION,
     FIT_AGES_S,
+    GROWTH_AGES_S,
     MODELS,
     Calibration,
     Features,
@@ -57,13 +66,17 @@ from graphs.prediction import (
 from graphs.seismic import N_STAR, predict_at
 from streams.policy import AlertPolicy, PredictionRule
 
-Format = Literal["seismic", "casflow"]
-Split = Literal["none", "loo", "2fold"]
-SPLITS: tuple[Split, ...] = ("none", "loo", "2fold")
-FORMATS: tuple[Format, ...] = ("seismic", "casflow")
+Format = Literal["twitter", "seismic", "casflow"]
+Split = Literal["none", "loo", "2fold", "kfold"]
+SPLITS: tuple[Split, ...] = ("none", "loo", "2fold", "kfold")
+FORMATS: tuple[Format, ...] = ("twitter", "seismic", "casflow")
 
 #: The horizon each format's data were collected over: what ``final`` means.
-FORMAT_HORIZON_S: dict[str, float] = {"seismic": 7 * 86_400.0, "casflow": 86_400.0}
+FORMAT_HORIZON_S: dict[str, float] = {
+    "twitter": 7 * 86_400.0,
+    "seismic": 7 * 86_400.0,
+    "casflow": 86_400.0,
+}
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
 
@@ -302,16 +315,104 @@ def _casflow_line(raw: str, source: str, horizon: float) -> CascadeData:
     return CascadeData(cid, tuple(posts), horizon, source)
 
 
+def read_twitter(
+    text: str | Iterable[str],
+    name: str,
+    *,
+    horizon_s: float | None = None,
+    source: str | None = None,
+) -> ReadResult:
+    """Read one cascade in the ``twitter`` format (see the module docstring).
+
+    Examples
+    --------
+    >>> c = read_twitter("2 0.5\\n0 900\\n12 40\\n30.5 7\\n", "RT1").cascades[0]
+    >>> c.name, c.final, c.posts[2].t_s, c.posts[0].followers
+    ('RT1', 2, 30.5, 900)
+    >>> for r in read_twitter("3 0.5\\n0 900\\n12 forty\\n", "RT2", source="d/RT2.txt").rejected:
+    ...     print(r)
+    d/RT2.txt:3: followers must be a whole number >= 0, got 'forty'
+    d/RT2.txt: cascade refused: the first line says 3 retweets, the file has 0 readable
+    """
+    horizon = horizon_s or FORMAT_HORIZON_S["twitter"]
+    where = source or name
+    rejected: list[Rejected] = []
+    posts: list[Post] = []
+    declared: int | None = None
+    for n, raw in _lines(text):
+        fields = raw.split()
+        if not fields:
+            continue
+        try:
+            if declared is None:
+                declared = _twitter_head(fields)
+                continue
+            posts.append(_twitter_row(fields, original=not posts))
+        except ValueError as exc:
+            rejected.append(Rejected(where, n, str(exc)))
+            if declared is None:
+                break
+    why = None
+    if declared is None:
+        why = "no first line '<number of retweets> <start day>'"
+    elif not posts or posts[0].t_s != 0.0:
+        why = "the original tweet (the first post, at 0 s) is missing"
+    elif rejected or len(posts) - 1 != declared:
+        why = f"the first line says {declared} retweets, the file has {len(posts) - 1} readable"
+    if why is not None:
+        return ReadResult((), (*rejected, Rejected(where, 0, f"cascade refused: {why}")))
+    ordered = (posts[0], *sorted(posts[1:], key=lambda p: p.t_s))
+    return ReadResult((CascadeData(name, ordered, horizon, where),), ())
+
+
+def _twitter_head(fields: list[str]) -> int:
+    if len(fields) != 2 or not fields[0].isdigit() or _number(fields[1]) is None:
+        raise ValueError(
+            f"the first line must be '<number of retweets> <start day>', got {' '.join(fields)!r}"
+        )
+    return int(fields[0])
+
+
+def _twitter_row(fields: list[str], *, original: bool) -> Post:
+    if len(fields) != 2:
+        raise ValueError(f"expected '<seconds> <followers>', got {len(fields)} fields")
+    t = _number(fields[0])
+    if t is None or t < 0:
+        raise ValueError(f"time must be a number of seconds >= 0, got {fields[0]!r}")
+    if not fields[1].isdigit():
+        raise ValueError(f"followers must be a whole number >= 0, got {fields[1]!r}")
+    return Post(t, int(fields[1]), original=original)
+
+
 def detect_format(path: Path, head: str) -> Format:
-    """``casflow`` for tab-separated lines, else ``seismic``."""
+    """``casflow`` for tab-separated lines, ``twitter`` for two numbers, else ``seismic``.
+
+    >>> detect_format(Path("RT7.txt"), "2045 2.81946759259\\n0 3094580\\n")
+    'twitter'
+    >>> detect_format(Path("x.txt"), "0,300\\n")
+    'seismic'
+    """
     if path.suffix.lower() == ".csv":
         return "seismic"
     first = next((line for line in head.splitlines() if line.strip()), "")
-    return "casflow" if "\t" in first else "seismic"
+    if "\t" in first:
+        return "casflow"
+    parts = first.split()
+    if len(parts) == 2 and "," not in first and all(_number(p) is not None for p in parts):
+        return "twitter"
+    return "seismic"
 
 
 def read_path(path: Path, fmt: str = "auto", *, horizon_s: float | None = None) -> ReadResult:
-    """Read a file in ``fmt``; an unreadable file is one rejection, not an exception."""
+    """Read a file (or every file of a directory, by name) in ``fmt``.
+
+    An unreadable file is one rejection, not an exception.
+    """
+    if path.is_dir():
+        out = ReadResult()
+        for child in sorted(p for p in path.iterdir() if p.is_file() and p.suffix != ".md"):
+            out = out + read_path(child, fmt, horizon_s=horizon_s)
+        return out
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -321,10 +422,21 @@ def read_path(path: Path, fmt: str = "auto", *, horizon_s: float | None = None) 
         return read_seismic(text, path.stem, horizon_s=horizon_s, source=str(path))
     if kind == "casflow":
         return read_casflow(text, str(path), horizon_s=horizon_s)
+    if kind == "twitter":
+        return read_twitter(text, path.stem, horizon_s=horizon_s, source=str(path))
     return ReadResult((), (Rejected(str(path), 0, f"unknown format {fmt!r}"),))
 
 
 # -- evaluation ------------------------------------------------------------------
+
+#: Models with a row per cascade and observation time. ``log-linear`` is Szabo
+#: and Huberman's ``log final = log observed + c(t)``; ``floor`` predicts
+#: ``max(observed, v(t))`` with ``v`` the one number that fits the training
+#: cascades best: it knows nothing of the cascade, only what sizes the data
+#: set holds, and shows how much of a score the data's selection alone gives.
+ROW_MODELS: tuple[str, ...] = ("seismic", "best", "amplified", "log-linear", "floor", "observed")
+#: Models whose rows carry an interval (coverage is measured for these).
+BANDED: tuple[str, ...] = ("seismic", "best", "amplified", "log-linear")
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +459,10 @@ class Row:
         if self.final == 0:
             return math.nan
         return abs(self.predicted - self.final) / self.final
+
+    @property
+    def covered(self) -> bool:
+        return self.low <= self.final <= self.high
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -382,6 +498,26 @@ class Trajectory:
     times_s: tuple[float, ...]
     observed: tuple[int, ...]
     forecasts: dict[str, tuple[Forecast, ...]]
+    #: When each reshare came (seconds after the original), in order.
+    reshare_s: tuple[float, ...] = ()
+
+    def passes(self, size: float) -> float | None:
+        """When the cascade first held more than ``size`` reshares (None: never)."""
+        k = math.floor(size)
+        return self.reshare_s[k] if 0 <= k < len(self.reshare_s) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Fitted:
+    """Every model's parameters fitted on one training set (the other folds)."""
+
+    growth: GrowthModel
+    calibration: Calibration
+    #: per observation time: (c, q_low, q_high) of ``log((final+1)/(observed+1))``
+    log_linear: dict[float, tuple[float, float, float]]
+    #: per observation time: the floor ``v``
+    floor: dict[float, float]
+    trained_on: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,13 +526,21 @@ class Evaluation:
     split: str
     rows: tuple[Row, ...]
     trajectories: tuple[Trajectory, ...]
-    calibrations: dict[str, Calibration] = field(default_factory=dict)
+    #: each cascade's fold (-1: predicted by the shipped parameters)
+    fold_of: dict[str, int] = field(default_factory=dict)
+    #: each fold's parameters and the cascades they were fitted on
+    fitted: dict[int, Fitted] = field(default_factory=dict)
+    folds: int = 0
+    seed: int = 0
 
 
 def _sample_times(c: CascadeData, at: Sequence[float], step_s: float) -> list[float]:
+    """The grid: every ``step_s`` for a day, then hourly, to the horizon; the fit ages."""
     end = max(c.horizon_s, max(at))
-    grid = list(np.arange(step_s, end + step_s, step_s))
-    fit_ages = [a for a in FIT_AGES_S if a <= c.horizon_s]
+    day = min(end, 86_400.0)
+    grid = [*np.arange(step_s, day + step_s / 2, step_s)]
+    grid += [*np.arange(day + 3600.0, end + 1.0, max(step_s, 3600.0))]
+    fit_ages = [a for a in (*FIT_AGES_S, *GROWTH_AGES_S) if a <= c.horizon_s]
     return sorted({float(t) for t in (*grid, *at, *fit_ages)})
 
 
@@ -417,10 +561,90 @@ def cascade_features(
     return out
 
 
-def _config(c: CascadeData, calibration: Calibration, n_star: float) -> PredictorConfig:
+def _config(
+    c: CascadeData,
+    n_star: float,
+    calibration: Calibration = DEFAULT_CALIBRATION,
+    growth: GrowthModel = DEFAULT_GROWTH,
+) -> PredictorConfig:
     return PredictorConfig(
-        calibration=calibration, n_star=n_star, default_followers=n_star, horizon_s=c.horizon_s
+        growth=growth,
+        calibration=calibration,
+        n_star=n_star,
+        default_followers=n_star,
+        horizon_s=c.horizon_s,
     )
+
+
+Feats = dict[str, dict[float, tuple[Features, int]]]
+
+
+def growth_samples(
+    cascades: Sequence[CascadeData], feats: Feats, n_star: float
+) -> list[tuple[int, float, tuple[float, float, float], float, float]]:
+    """The growth model's training samples: each cascade at each fit age before its horizon."""
+    out = []
+    for i, c in enumerate(cascades):
+        for a in GROWTH_AGES_S:
+            if a >= c.horizon_s:
+                continue
+            f, n = feats[c.name][a]
+            x = growth_inputs(n, f.offspring_horizon, f.window_reshares, f.infectiousness * n_star)
+            out.append((i, a, x, float(n), float(c.final)))
+    return out
+
+
+def fit_growth_on(
+    cascades: Sequence[CascadeData],
+    feats: Feats,
+    n_star: float = N_STAR,
+    *,
+    folds: int = 10,
+    seed: int = 0,
+    provenance: str = "",
+) -> GrowthModel:
+    """The ``best`` model fitted on ``cascades`` (features already computed)."""
+    horizon = max(c.horizon_s for c in cascades)
+    return fit_growth(
+        growth_samples(cascades, feats, n_star),
+        GROWTH_AGES_S,
+        folds=folds,
+        seed=seed,
+        horizon_s=horizon,
+        provenance=provenance,
+    )
+
+
+def _fit(
+    train: Sequence[CascadeData], feats: Feats, at: Sequence[float], n_star: float, seed: int
+) -> Fitted:
+    """Fit every model on ``train`` and nothing else."""
+    growth = fit_growth_on(train, feats, n_star, seed=seed)
+    calibration = fit_calibration(
+        [[(feats[c.name][a][0], c.final) for a in FIT_AGES_S if a <= c.horizon_s] for c in train]
+    )
+    log_linear: dict[float, tuple[float, float, float]] = {}
+    floor: dict[float, float] = {}
+    for t in at:
+        obs = np.array([feats[c.name][t][1] for c in train], dtype=np.float64)
+        fin = np.array([c.final for c in train], dtype=np.float64)
+        ratio = np.log1p(fin) - np.log1p(obs)
+        c0 = float(np.median(ratio))
+        resid = ratio - c0
+        log_linear[t] = (c0, float(np.quantile(resid, 0.1)), float(np.quantile(resid, 0.9)))
+        candidates = np.unique(np.quantile(fin, np.linspace(0.0, 1.0, 201)))
+        errs = [float(np.median(np.abs(np.maximum(obs, v) - fin) / fin)) for v in candidates]
+        floor[t] = float(candidates[int(np.argmin(errs))])
+    return Fitted(growth, calibration, log_linear, floor, frozenset(c.name for c in train))
+
+
+def _folds(cascades: Sequence[CascadeData], split: str, folds: int, seed: int) -> dict[str, int]:
+    names = [c.name for c in cascades]
+    if split == "loo":
+        return {n: i for i, n in enumerate(names)}
+    if split == "2fold":
+        return {n: i % 2 for i, n in enumerate(names)}
+    return dict(zip(names, kfold(len(names), folds, seed), strict=True))
 
 
 def evaluate(
@@ -428,18 +652,22 @@ def evaluate(
     at_seconds: Sequence[float],
     *,
     split: str = "none",
-    calibration: Calibration = DEFAULT_CALIBRATION,
+    folds: int = 10,
+    seed: int = 0,
+    train: Sequence[CascadeData] | None = None,
     n_star: float = N_STAR,
     step_s: float = 300.0,
 ) -> Evaluation:
-    """Predict every cascade at every time with both models.
+    """Predict every cascade at every time with every model.
 
-    ``split="loo"``: each cascade's ``best`` forecasts come from a
-    calibration fitted on all the *other* cascades (leave-one-out), so no
-    cascade is predicted by parameters fitted on itself. ``"2fold"``: the
-    cascades in input order alternate between two halves, each predicted by
-    a calibration fitted on the other half. ``"none"``: the given
-    calibration for all.
+    ``split="kfold"``: the cascades are dealt into ``folds`` folds by a
+    seeded shuffle; each fold is predicted by parameters fitted on the
+    other folds only (the growth model's own conformal band comes from
+    cross-fits *inside* those). ``"loo"``: one fold per cascade. ``"2fold"``:
+    input order alternates between two halves. ``"none"``: the shipped
+    parameters for all (the baselines that need fitting are left out).
+    ``train``: every model fitted on those cascades, all of ``cascades``
+    predicted (trained on one data set, tested on another).
 
     SEISMIC rows at the observation times are R's arithmetic on the full
     history (:func:`graphs.seismic.predict_at`); the trajectories along the
@@ -447,51 +675,67 @@ def evaluate(
     """
     if not cascades:
         raise ValueError("no cascades to evaluate")
-    at = tuple(sorted(set(at_seconds)))
-    feats: dict[str, dict[float, tuple[Features, int]]] = {}
-    for c in cascades:
-        times = _sample_times(c, at, step_s)
-        feats[c.name] = cascade_features(c, times, _config(c, calibration, n_star))
-    cals: dict[str, Calibration] = {}
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if split != "none":
-        training = {
-            c.name: [(feats[c.name][a][0], c.final) for a in FIT_AGES_S if a <= c.horizon_s]
-            for c in cascades
-        }
-        folds = len(cascades) if split == "loo" else 2
-        fold = {c.name: i % folds for i, c in enumerate(cascades)}
-        for k in range(folds):
-            train = [training[c.name] for c in cascades if fold[c.name] != k]
-            cal = fit_calibration(train) if train else calibration
-            cals.update({c.name: cal for c in cascades if fold[c.name] == k})
+    names = [c.name for c in cascades]
+    if len(set(names)) != len(names):
+        raise ValueError("cascade names must be unique")
+    at = tuple(sorted(set(at_seconds)))
+    everyone = [*cascades, *(train or ())]
+    feats: Feats = {}
+    for c in everyone:
+        feats[c.name] = cascade_features(c, _sample_times(c, at, step_s), _config(c, n_star))
+    fold_of: dict[str, int]
+    fitted: dict[int, Fitted] = {}
+    if train is not None:
+        if not train or set(names) & {c.name for c in train}:
+            raise ValueError("the training cascades must be others than those predicted")
+        split = "train"
+        fold_of = dict.fromkeys(names, 0)
+        fitted[0] = _fit(train, feats, at, n_star, seed)
+    elif split == "none":
+        fold_of = dict.fromkeys(names, -1)
+    else:
+        fold_of = _folds(cascades, split, folds, seed)
+        for k in sorted(set(fold_of.values())):
+            rest = [c for c in cascades if fold_of[c.name] != k]
+            fitted[k] = _fit(rest, feats, at, n_star, seed)
     rows: list[Row] = []
     trajectories: list[Trajectory] = []
     for c in cascades:
-        cfg = _config(c, cals.get(c.name, calibration), n_star)
+        fit = fitted.get(fold_of[c.name])
+        if fit is not None and c.name in fit.trained_on:
+            raise ValueError(f"cascade {c.name} would be predicted by parameters fitted on it")
+        cfg = _config(c, n_star) if fit is None else _config(c, n_star, fit.calibration, fit.growth)
         times_ = np.array([p.t_s for p in c.posts])
         followers = np.array([n_star if p.followers is None else p.followers for p in c.posts])
         for t in at:
             s = predict_at(times_, followers, t, n_star=n_star)
-            rows.append(
-                Row(
-                    c.name,
-                    t,
-                    s.observed,
-                    s.infectiousness,
-                    s.predicted,
-                    s.low,
-                    s.high,
-                    c.final,
-                    "seismic",
+            feat, n = feats[c.name][t]
+            q = feat.infectiousness
+            out = [
+                ("seismic", s.infectiousness, s.predicted, s.low, s.high),
+                *((m, q, *forecast(feat, m, cfg)[:3]) for m in ("best", "amplified")),
+                ("observed", q, float(n), float(n), float(n)),
+            ]
+            if fit is not None:
+                c0, lo, hi = fit.log_linear[t]
+                ll = (n + 1.0) * math.exp(c0) - 1.0
+                out.append(
+                    (
+                        "log-linear",
+                        q,
+                        ll,
+                        max(n, (ll + 1) * math.exp(lo) - 1),
+                        (ll + 1) * math.exp(hi) - 1,
+                    )
                 )
-            )
-            feat, observed = feats[c.name][t]
-            f = forecast(feat, "best", cfg)
-            rows.append(
-                Row(c.name, t, observed, f.infectiousness, f.size, f.low, f.high, c.final, "best")
-            )
+                v = max(float(n), fit.floor[t])
+                out.append(("floor", q, v, v, v))
+            rows += [
+                Row(c.name, t, s.observed if m == "seismic" else n, inf, p, lo_, hi_, c.final, m)
+                for m, inf, p, lo_, hi_ in out
+            ]
         grid = sorted(feats[c.name])
         along = [feats[c.name][t] for t in grid]
         trajectories.append(
@@ -501,9 +745,12 @@ def evaluate(
                 times_s=tuple(grid),
                 observed=tuple(o for _, o in along),
                 forecasts={m: tuple(forecast(f, m, cfg) for f, _ in along) for m in MODELS},
+                reshare_s=tuple(p.t_s for p in c.posts if not p.original),
             )
         )
-    return Evaluation(at, split, tuple(rows), tuple(trajectories), cals)
+    order = {m: i for i, m in enumerate(ROW_MODELS)}
+    rows.sort(key=lambda r: (order[r.model], names.index(r.cascade), r.obs_seconds))
+    return Evaluation(at, split, tuple(rows), tuple(trajectories), fold_of, fitted, folds, seed)
 
 
 # -- summary ---------------------------------------------------------------------
@@ -512,6 +759,20 @@ def evaluate(
 def default_rule() -> PredictionRule:
     rule = AlertPolicy.default().predicted
     return rule if rule is not None else PredictionRule("critical", 10_000.0, 2_000.0)
+
+
+def rule_settings(rule: PredictionRule) -> tuple[PredictionRule, ...]:
+    """The rule as configured, then with its other settings moved one step each way."""
+    return (
+        rule,
+        replace(rule, size=rule.size / 2),
+        replace(rule, size=rule.size * 2),
+        replace(rule, low=0.0),
+        replace(rule, low=rule.size / 2),
+        # the band's low end above the size: ~90% sure, if the band is calibrated
+        replace(rule, low=rule.size),
+        replace(rule, min_observed=max(rule.min_observed * 10, 500)),
+    )
 
 
 def fires(rule: PredictionRule, tr: Trajectory, i: int, f: Forecast) -> bool:
@@ -530,95 +791,158 @@ def _median(xs: Sequence[float]) -> float:
     return a if a == b else (a + b) / 2.0
 
 
+def judge_rule(ev: Evaluation, rule: PredictionRule, model: str) -> dict[str, Any]:
+    """The rule run on one model's forecasts along every trajectory.
+
+    ``precision``: of the cascades it fired on, the share whose final size
+    passed ``rule.size``. ``recall``: of those that passed it, the share it
+    fired on at all; ``recall_ahead``: ... before they passed it.
+    ``median_lead_hours``: how long before passing it fired (negative:
+    after), over the passing cascades it fired on.
+    """
+    large = small_alerted = large_alerted = ahead = 0
+    leads: list[float] = []
+    shares: list[float] = []
+    hours: list[float] = []
+    for tr in ev.trajectories:
+        hit = next(
+            (i for i, f in enumerate(tr.forecasts[model]) if fires(rule, tr, i, f)),
+            None,
+        )
+        passed = tr.passes(rule.size)
+        if passed is not None:
+            large += 1
+        if hit is None:
+            continue
+        if passed is None:
+            small_alerted += 1
+            continue
+        large_alerted += 1
+        lead = (passed - tr.times_s[hit]) / 3600.0
+        ahead += lead > 0
+        leads.append(lead)
+        shares.append(tr.observed[hit] / tr.final)
+        hours.append(tr.times_s[hit] / 3600.0)
+    fired = large_alerted + small_alerted
+    return {
+        "large": large,
+        "large_alerted": large_alerted,
+        "small": len(ev.trajectories) - large,
+        "small_alerted": small_alerted,
+        "precision": _num(large_alerted / fired, 3) if fired else None,
+        "recall": _num(large_alerted / large, 3) if large else None,
+        "recall_ahead": _num(ahead / large, 3) if large else None,
+        "median_lead_hours": _num(_median(leads), 2),
+        "median_share_of_final_at_alert": _num(_median(shares), 3),
+        "median_hours_to_alert": _num(_median(hours), 2),
+    }
+
+
 def summarize(ev: Evaluation, rule: PredictionRule | None = None) -> dict[str, Any]:
-    """Median absolute percentage error by time and model, interval coverage, alert policy.
+    """Median absolute percentage error and coverage by time and model, per fold, the rule.
 
     ``rule`` is the alert policy's prediction rule (default: the default policy's).
     """
     if rule is None:
         rule = default_rule()
+    finals = sorted(tr.final for tr in ev.trajectories)
+    models = [m for m in ROW_MODELS if any(r.model == m for r in ev.rows)]
     out: dict[str, Any] = {
         "cascades": len(ev.trajectories),
         "split": ev.split,
+        "final": {"min": finals[0], "median": _num(_median(finals)), "max": finals[-1]},
         "mdape": {},
         "coverage": {},
-        "alert": {"rule": {"size": rule.size, "low": rule.low, "min_observed": rule.min_observed}},
+        "per_fold": {},
+        "alert": {"rule": _rule_dict(rule)},
+        "alert_settings": [],
     }
-    for m in MODELS:
-        rows = [r for r in ev.rows if r.model == m]
-        out["mdape"][m] = {
-            str(int(t)): _num(_median([r.ape for r in rows if r.obs_seconds == t]), 4)
-            for t in ev.at_seconds
-        }
-        out["coverage"][m] = {
-            str(int(t)): _num(
-                float(np.mean([r.low <= r.final <= r.high for r in rows if r.obs_seconds == t])), 3
-            )
-            for t in ev.at_seconds
-        }
-        if m == "best":
-            # the no-growth baseline: what is seen now is all there will be
-            out["mdape"]["observed"] = {
-                str(int(t)): _num(
-                    _median(
-                        [
-                            abs(r.observed - r.final) / r.final
-                            for r in rows
-                            if r.obs_seconds == t and r.final
-                        ]
-                    ),
-                    4,
-                )
-                for t in ev.at_seconds
+    if ev.split == "kfold":
+        out["folds"], out["seed"] = ev.folds, ev.seed
+    at_t: dict[tuple[str, float], list[Row]] = {}
+    for r in ev.rows:
+        at_t.setdefault((r.model, r.obs_seconds), []).append(r)
+    for m in models:
+        rows_ = {t: at_t.get((m, t), []) for t in ev.at_seconds}
+        out["mdape"][m] = {str(int(t)): _num(_median([r.ape for r in rows_[t]]), 4) for t in rows_}
+        if m in BANDED:
+            out["coverage"][m] = {
+                str(int(t)): _num(float(np.mean([r.covered for r in rows_[t]])), 3) for t in rows_
             }
-        large = [tr for tr in ev.trajectories if tr.final > rule.size]
-        small = [tr for tr in ev.trajectories if tr.final <= rule.size]
-        shares: list[float] = []
-        hours: list[float] = []
-        for tr in large:
-            hit = next((i for i, f in enumerate(tr.forecasts[m]) if fires(rule, tr, i, f)), None)
-            if hit is not None:
-                shares.append(tr.observed[hit] / tr.final)
-                hours.append(tr.times_s[hit] / 3600.0)
-        false = sum(
-            1 for tr in small if any(fires(rule, tr, i, f) for i, f in enumerate(tr.forecasts[m]))
-        )
-        out["alert"][m] = {
-            "large": len(large),
-            "large_alerted": len(shares),
-            "median_share_of_final_at_alert": _num(_median(shares), 3),
-            "median_hours_to_alert": _num(_median(hours), 2),
-            "small": len(small),
-            "small_alerted": false,
-        }
+    if ev.fitted and ev.split != "loo":
+        for m in ("seismic", "best"):
+            out["per_fold"][m] = {
+                str(k): {
+                    str(int(t)): _num(
+                        _median([r.ape for r in at_t[(m, t)] if ev.fold_of[r.cascade] == k]),
+                        4,
+                    )
+                    for t in ev.at_seconds
+                }
+                for k in sorted(ev.fitted)
+            }
+    for m in MODELS:
+        out["alert"][m] = judge_rule(ev, rule, m)
+    for setting in rule_settings(rule):
+        judged: dict[str, Any] = {"rule": _rule_dict(setting)}
+        judged.update({m: judge_rule(ev, setting, m) for m in MODELS})
+        out["alert_settings"].append(judged)
     return out
 
 
+def _rule_dict(rule: PredictionRule) -> dict[str, float]:
+    return {"size": rule.size, "low": rule.low, "min_observed": rule.min_observed}
+
+
 def render_summary(summary: dict[str, Any]) -> str:
-    """The summary as a small text table."""
+    """The summary as small text tables."""
     times = list(summary["mdape"]["seismic"])
-    head = "model     " + "".join(f"{_label(float(t)):>10}" for t in times)
+    fin = summary["final"]
+    split = summary["split"]
+    if split == "kfold":
+        split += f" ({summary['folds']} folds, seed {summary['seed']})"
     lines = [
-        f"{summary['cascades']} cascades, split: {summary['split']}",
-        "median absolute percentage error of the final size",
-        head,
+        f"{summary['cascades']} cascades, final sizes {fin['min']}..{fin['max']} "
+        f"(median {fin['median']}), split: {split}",
+        "final size: median absolute percentage error | share of final sizes inside the "
+        "80% band (SEISMIC: its 90% one)",
+        f"{'model':<12}" + "".join(f"{_label(float(t)):>18}" for t in times),
     ]
-    for m in (*MODELS, "observed"):
-        lines.append(f"{m:<10}" + "".join(f"{_pct(summary['mdape'][m][t]):>10}" for t in times))
-    lines.append("(observed: the count so far, as if the cascade stopped now)")
-    lines.append("share of cascades whose final size is inside the interval")
-    for m in MODELS:
-        lines.append(f"{m:<10}" + "".join(f"{_pct(summary['coverage'][m][t]):>10}" for t in times))
-    rule = summary["alert"]["rule"]
-    lines.append(f"alert rule: predicted > {rule['size']:g} and low > {rule['low']:g}")
-    for m in MODELS:
-        a = summary["alert"][m]
-        lines.append(
-            f"{m:<10}large cascades alerted {a['large_alerted']}/{a['large']}, "
-            f"at {_pct(a['median_share_of_final_at_alert'])} of their final size "
-            f"(median, {a['median_hours_to_alert']} h); "
-            f"small cascades alerted {a['small_alerted']}/{a['small']}"
-        )
+    for m, by_t in summary["mdape"].items():
+        cov = summary["coverage"].get(m, {})
+        cells = [f"{_pct(by_t[t])} | {_pct(cov[t]) if t in cov else '-':>6}" for t in times]
+        lines.append(f"{m:<12}" + "".join(f"{c:>18}" for c in cells))
+    lines.append(
+        "(observed: the count so far, as if the cascade stopped; floor: max(observed, one "
+        "size learned from the training cascades), what the data set's sizes alone give)"
+    )
+    for m, by_fold in summary["per_fold"].items():
+        per = ", ".join("/".join(_pct(v, 0) for v in by_t.values()) for by_t in by_fold.values())
+        lines.append(f"{m} per fold ({'/'.join(_label(float(t)) for t in times)}): {per}")
+    lines.append(
+        "[predicted] rule, judged per cascade (fired when it would page; large: final size "
+        "passes the rule's size)"
+    )
+    lines.append(
+        f"{'rule':<30}{'model':<11}{'precision':>10}{'recall':>8}{'ahead':>8}"
+        f"{'lead h':>8}{'fired small':>13}"
+    )
+    for s in summary["alert_settings"]:
+        r = s["rule"]
+        label = f"size>{r['size']:g} low>{r['low']:g} n>={r['min_observed']}"
+        for m in MODELS:
+            a = s[m]
+            lines.append(
+                f"{label:<30}{m:<11}{_pct(a['precision'], 0):>10}{_pct(a['recall'], 0):>8}"
+                f"{_pct(a['recall_ahead'], 0):>8}{_h(a['median_lead_hours']):>8}"
+                f"{a['small_alerted']:>6}/{a['small']:<6}"
+            )
+            label = ""
+    lines.append(
+        f"(of {summary['alert']['best']['large']} cascades that passed "
+        f"{summary['alert']['rule']['size']:g}; ahead: fired before they passed it; "
+        "lead h: median hours before)"
+    )
     return "\n".join(lines)
 
 
@@ -626,78 +950,84 @@ def _label(t: float) -> str:
     return f"{t / 3600:g}h" if t % 3600 == 0 else f"{t:g}s"
 
 
-def _pct(x: object) -> str:
+def _pct(x: object, digits: int = 1) -> str:
     if x is None:
         return "-"
     if x == "inf":
         return "inf"
-    return f"{100 * float(x):.1f}%"  # type: ignore[arg-type]
+    return f"{100 * float(x):.{digits}f}%"  # type: ignore[arg-type]
+
+
+def _h(x: object) -> str:
+    return "-" if x is None else f"{float(x):.1f}"  # type: ignore[arg-type]
 
 
 # -- plot ------------------------------------------------------------------------
 
 
 def plot(ev: Evaluation, path: Path, cascade: str | None = None) -> str:
-    """Write a PNG: one cascade's growth and prediction band, and error by time for all.
+    """Write a PNG: predicted against final size at each observation time, with the bands.
 
-    Returns the name of the cascade drawn (default: the largest).
+    One panel per observation time: the ``best`` model's prediction of each
+    cascade (a dot) and its 80% band (a bar), SEISMIC's prediction (grey),
+    the diagonal where prediction equals outcome. Returns what was drawn.
+    ``cascade`` limits the panels to that cascade's points.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    trs = {tr.cascade: tr for tr in ev.trajectories}
-    if cascade is None:
-        cascade = max(ev.trajectories, key=lambda tr: tr.final).cascade
-    if cascade not in trs:
+    if cascade is not None and cascade not in ev.fold_of:
         raise ValueError(f"no cascade {cascade!r} in this run")
-    tr = trs[cascade]
-    fig = Figure(figsize=(12, 4.8), dpi=110)
+    at = ev.at_seconds
+    fig = Figure(figsize=(5.0 * len(at), 5.0), dpi=100)
     FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2)
-    hours = np.array(tr.times_s) / 3600.0
-    ax1.step(hours, tr.observed, where="post", color="black", label="observed reshares")
-    best = tr.forecasts["best"]
-    ax1.plot(hours, [f.size for f in best], color="tab:blue", label="best: predicted final")
-    ax1.fill_between(
-        hours,
-        [f.low for f in best],
-        [f.high for f in best],
-        color="tab:blue",
-        alpha=0.2,
-        label="best: interval",
-    )
-    seis = [f.size if math.isfinite(f.size) else np.nan for f in tr.forecasts["seismic"]]
-    ax1.plot(hours, seis, color="tab:orange", ls="--", label="SEISMIC (gaps: infinite)")
-    ax1.axhline(tr.final, color="grey", ls=":", label=f"final ({tr.final})")
-    ax1.set_yscale("log")
-    ax1.set_xscale("log")
-    ax1.set_xlabel("hours since the original post")
-    ax1.set_ylabel("reshares")
-    ax1.set_title(f"cascade {cascade}")
-    ax1.legend(fontsize=8, loc="lower right")
-    # error by observation time over the whole set, on the common grid
-    grid = sorted(set.intersection(*(set(t.times_s) for t in ev.trajectories)))
-    for m, colour in (("seismic", "tab:orange"), ("best", "tab:blue")):
-        med = []
-        for t in grid:
-            errs = []
-            for other in ev.trajectories:
-                if other.final > 0:
-                    f = other.forecasts[m][other.times_s.index(t)]
-                    errs.append(abs(f.size - other.final) / other.final)
-            med.append(_median(errs))
-        ax2.plot(np.array(grid) / 3600.0, np.clip(med, 1e-3, 1e2), color=colour, label=m)
-    for t in ev.at_seconds:
-        ax2.axvline(t / 3600.0, color="grey", lw=0.5)
-    ax2.set_xscale("log")
-    ax2.set_yscale("log")
-    ax2.set_xlabel("observation time (hours)")
-    ax2.set_ylabel("median absolute percentage error (top: infinite)")
-    ax2.set_title(f"{len(ev.trajectories)} cascades, split: {ev.split}")
-    ax2.legend(fontsize=8)
+    axes = fig.subplots(1, len(at), squeeze=False)[0]
+    finals = [tr.final for tr in ev.trajectories]
+    lo_all, hi_all = max(min(finals) / 3, 1.0), max(finals) * 3
+    for ax, t in zip(axes, at, strict=True):
+        pick = [
+            r for r in ev.rows if r.obs_seconds == t and (cascade is None or r.cascade == cascade)
+        ]
+        best = [r for r in pick if r.model == "best"]
+        seis = [r for r in pick if r.model == "seismic" and math.isfinite(r.predicted)]
+        ax.scatter(
+            [r.final for r in seis],
+            [min(max(r.predicted, lo_all), hi_all) for r in seis],
+            s=6,
+            color="grey",
+            alpha=0.5,
+            label="SEISMIC",
+        )
+        fin = np.array([r.final for r in best], dtype=np.float64)
+        pred = np.array([r.predicted for r in best])
+        err = np.array(
+            [np.clip(pred - [r.low for r in best], 0, None),
+             np.clip(np.array([r.high for r in best]) - pred, 0, None)]
+        )  # fmt: skip
+        ax.errorbar(
+            fin, pred, yerr=err, fmt="o", ms=2.5, color="tab:blue", ecolor="tab:blue",
+            elinewidth=0.5, alpha=0.6, label="best, 80% band",
+        )  # fmt: skip
+        ax.plot([lo_all, hi_all], [lo_all, hi_all], color="black", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo_all, hi_all)
+        ax.set_ylim(lo_all, hi_all)
+        covered = float(np.mean([r.covered for r in best])) if best else math.nan
+        ape = _median([r.ape for r in best])
+        sape = _median([r.ape for r in pick if r.model == "seismic"])
+        ax.set_title(
+            f"after {_label(t)}: best {100 * ape:.0f}% MdAPE, band covers "
+            f"{100 * covered:.0f}%\nSEISMIC {100 * sape:.0f}% MdAPE",
+            fontsize=10,
+        )
+        ax.set_xlabel("final size (reshares at the horizon)")
+        ax.set_ylabel("predicted final size")
+        ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"{len(ev.trajectories)} cascades, split: {ev.split}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, format="png")
-    return cascade
+    return cascade or f"{len(ev.trajectories)} cascades"
 
 
 def render_rows(rows: Sequence[Row]) -> str:
@@ -718,10 +1048,26 @@ def fit_all(
     cascades: Sequence[CascadeData],
     n_star: float = N_STAR,
 ) -> Calibration:
-    """The calibration fitted on all ``cascades`` (how the shipped one was made)."""
+    """The ``amplified`` calibration fitted on all ``cascades`` (how the shipped one was made)."""
     training = []
     for c in cascades:
         ages = [a for a in FIT_AGES_S if a <= c.horizon_s]
-        feats = cascade_features(c, ages, _config(c, DEFAULT_CALIBRATION, n_star))
+        feats = cascade_features(c, ages, _config(c, n_star))
         training.append([(feats[a][0], c.final) for a in ages])
     return fit_calibration(training)
+
+
+def fit_model(
+    cascades: Sequence[CascadeData],
+    n_star: float = N_STAR,
+    *,
+    folds: int = 10,
+    seed: int = 0,
+    provenance: str = "",
+) -> GrowthModel:
+    """The ``best`` model fitted on all ``cascades`` (how ``DEFAULT_GROWTH`` was made)."""
+    feats: Feats = {}
+    for c in cascades:
+        ages = [a for a in GROWTH_AGES_S if a < c.horizon_s]
+        feats[c.name] = cascade_features(c, ages, _config(c, n_star))
+    return fit_growth_on(cascades, feats, n_star, folds=folds, seed=seed, provenance=provenance)

@@ -21,7 +21,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from graphs.prediction import DEFAULT_CONFIG, IncrementalPredictor, Model, PredictorConfig
 from streams.alerts import Prediction
@@ -52,15 +52,32 @@ class ClusterPredictor:
         if self._inner.observed == 0:
             return None
         f = self._inner.predict(now_s)
-        return Prediction(size=f.size, low=f.low, high=f.high, model=self._inner.config.model)
+        cfg = self._inner.config
+        return Prediction(f.size, f.low, f.high, cfg.model, cfg.horizon_s)
 
 
-def predictor_factory(model: Model = "best") -> Callable[[], ClusterPredictor]:
+@dataclass(frozen=True, slots=True)
+class PredictorFactory:
     """What ``Detector(predictor_factory=...)`` takes: a new predictor per cluster.
 
+    The detector sets the horizon from the policy's ``[predicted] horizon``
+    (:meth:`at_horizon`), so that one setting says what every alert's
+    prediction means.
+
     >>> make = predictor_factory("seismic")
-    >>> make() is not make()
-    True
+    >>> make() is not make(), make.at_horizon(3600.0).config.horizon_s
+    (True, 3600.0)
     """
-    config = PredictorConfig(model=model)
-    return lambda: ClusterPredictor(config)
+
+    config: PredictorConfig = DEFAULT_CONFIG
+
+    def __call__(self) -> ClusterPredictor:
+        return ClusterPredictor(self.config)
+
+    def at_horizon(self, horizon_s: float) -> PredictorFactory:
+        return PredictorFactory(replace(self.config, horizon_s=horizon_s))
+
+
+def predictor_factory(model: Model = "best") -> PredictorFactory:
+    """A :class:`PredictorFactory` for ``model`` with the shipped parameters."""
+    return PredictorFactory(PredictorConfig(model=model))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from graphs.prediction import DEFAULT_HORIZON_S
 from streams.alerts import SEVERITIES, Severity, severity_rank
 
 DEFAULT_POLICY: Final = Path(__file__).with_name("policy.toml")
@@ -68,15 +69,26 @@ class PredictionRule:
     thousands), so the rule waits until the cluster has ``min_observed``
     posts.
 
+    The sizes are predicted for ``horizon_s`` after the cluster was first
+    seen (7 days by default, the span the shipped model was trained on):
+    "will pass 10,000 reshares within 7 days".
+
     >>> rule = PredictionRule("critical", size=10_000, low=2_000, min_observed=50)
     >>> rule.fires(45_000, 22_000, observed=2), rule.fires(12_000, 2_500, observed=80)
     (False, True)
+    >>> rule.horizon_s / 86_400
+    7.0
     """
 
     severity: Severity
     size: float
     low: float
     min_observed: int = 50
+    horizon_s: float = DEFAULT_HORIZON_S
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.horizon_s) and self.horizon_s > 0):
+            raise ValueError(f"the prediction horizon must be positive, got {self.horizon_s!r}")
 
     def fires(self, size: float, low: float, observed: int) -> bool:
         return observed >= self.min_observed and size > self.size and low > self.low
@@ -265,6 +277,7 @@ class AlertPolicy:
                 float(raw["size"]),
                 float(raw["low"]),
                 int(raw.get("min_observed", 50)),
+                parse_duration(raw.get("horizon", "7d")) / 1000.0,
             )
         links = data.get("links", {})
         if not isinstance(links, Mapping):

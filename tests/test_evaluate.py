@@ -22,6 +22,7 @@ from streams.evaluate import (
     read_casflow,
     read_path,
     read_seismic,
+    read_twitter,
     summarize,
 )
 from streams.policy import PredictionRule
@@ -147,6 +148,79 @@ def test_readers_never_crash_on_garbage(text: str) -> None:
             assert bad.reason
 
 
+# -- twitter format (the SEISMIC paper's RT<n>.txt) -----------------------------------
+
+TWEETS = "3 2.81946759259\n0 3094580\n12 40\n5 18\n300.5 7\n"
+
+
+def test_twitter_file_reads_in_time_order() -> None:
+    res = read_twitter(TWEETS, "RT1", source="dir/RT1.txt")
+    assert not res.rejected
+    c = res.cascades[0]
+    assert (c.name, c.final, c.horizon_s, c.source) == ("RT1", 3, 7 * 86_400.0, "dir/RT1.txt")
+    assert [p.t_s for p in c.posts] == [0.0, 5.0, 12.0, 300.5]
+    assert c.posts[0].original and c.posts[0].followers == 3094580
+    assert [p.followers for p in c.posts[1:]] == [18, 40, 7]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "reason"),
+    [
+        ("3 x\n0 10\n", 1, "first line must be '<number of retweets> <start day>'"),
+        ("two 0.5\n0 10\n", 1, "first line must be"),
+        ("2 0.5\n0 10\n4 -3\n9 1\n", 3, "followers must be a whole number >= 0, got '-3'"),
+        ("2 0.5\n0 10\n4 3 1\n9 1\n", 3, "expected '<seconds> <followers>', got 3 fields"),
+        ("2 0.5\n0 10\n\nsoon 3\n9 1\n", 4, "time must be a number of seconds >= 0"),
+        ("2 0.5\n0 10\n4 3\n-9 1\n", 4, "time must be a number of seconds >= 0"),
+    ],
+)
+def test_twitter_malformed_line_names_file_and_line_and_refuses_the_cascade(
+    text: str, line: int, reason: str
+) -> None:
+    res = read_twitter(text, "RT9", source="data/RT9.txt")
+    assert res.cascades == ()
+    first = res.rejected[0]
+    assert (first.source, first.line) == ("data/RT9.txt", line) and reason in first.reason
+    assert str(first).startswith(f"data/RT9.txt:{line}: ")
+    assert str(res.rejected[-1]).startswith("data/RT9.txt: cascade refused")
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "no first line"),
+        ("3 0.5\n0 10\n4 3\n", "the first line says 3 retweets, the file has 1 readable"),
+        ("1 0.5\n5 10\n6 3\n", "the original tweet (the first post, at 0 s) is missing"),
+    ],
+)
+def test_twitter_file_that_disagrees_with_itself_is_refused(text: str, why: str) -> None:
+    res = read_twitter(text, "RT9", source="data/RT9.txt")
+    assert res.cascades == () and why in res.rejected[-1].reason
+
+
+def test_twitter_directory_and_auto_format(tmp_path: Path) -> None:
+    d = tmp_path / "cascades"
+    d.mkdir()
+    (d / "RT2.txt").write_text(TWEETS)
+    (d / "RT1.txt").write_text("1 0.5\n0 10\n7 3\n")
+    (d / "RT3.txt").write_text("2 0.5\n0 10\n7 3\n")  # says 2, holds 1
+    res = read_path(d)
+    assert [c.name for c in res.cascades] == ["RT1", "RT2"]
+    assert [str(r) for r in res.rejected] == [
+        f"{d / 'RT3.txt'}: cascade refused: the first line says 2 retweets, the file has 1 readable"
+    ]
+    assert read_path(d / "RT2.txt", "twitter").cascades[0].final == 3
+    # the same file forced as another format is not silently misread
+    assert read_path(d / "RT2.txt", "seismic").cascades == ()
+
+
+@needs_shared
+def test_the_twitter_data_set_reads_whole() -> None:
+    res = read_path(CASCADES / "twitter-seismic")
+    assert len(res.cascades) == 638 and not res.rejected
+    assert min(c.final for c in res.cascades) >= 2002
+
+
 def test_unreadable_file_is_a_rejection(tmp_path: Path) -> None:
     res = read_path(tmp_path / "missing.csv")
     assert res.cascades == () and res.rejected[0].line == 0
@@ -182,8 +256,9 @@ def toy(name: str, n: int, spacing: float) -> CascadeData:
 
 def test_evaluation_rows_and_summary() -> None:
     cascades = [toy("a", 40, 60.0), toy("b", 200, 30.0), toy("c", 10, 900.0)]
+    cascades += [toy(f"d{i}", 20 + 9 * i, 45.0 + 5 * i) for i in range(8)]
     ev = evaluate(cascades, (3600.0, 7200.0), split="loo", step_s=1800.0)
-    assert len(ev.rows) == 3 * 2 * 2
+    assert len(ev.rows) == len(cascades) * 2 * 6
     for r in ev.rows:
         d = r.to_dict()
         assert set(d) == {
@@ -196,11 +271,13 @@ def test_evaluation_rows_and_summary() -> None:
         r for r in ev.rows if r.cascade == "a" and r.obs_seconds == 3600 and r.model == "best"
     )
     assert (a1h.observed, a1h.final) == (40, 40)
-    # leave-one-out: each cascade has its own calibration, fitted without it
-    assert set(ev.calibrations) == {"a", "b", "c"}
-    assert ev.calibrations["a"].cascades == 2
+    # leave-one-out: each cascade has its own parameters, fitted without it
+    assert len(ev.fitted) == len(cascades) and ev.fold_of["a"] != ev.fold_of["b"]
+    assert ev.fitted[ev.fold_of["a"]].calibration.cascades == len(cascades) - 1
+    assert "a" not in ev.fitted[ev.fold_of["a"]].trained_on
     s = summarize(ev, PredictionRule("critical", size=150, low=100, min_observed=1))
-    assert set(s["mdape"]) == {"seismic", "best", "observed"}
+    assert set(s["mdape"]) == {"seismic", "best", "amplified", "log-linear", "floor", "observed"}
+    assert set(s["coverage"]) == {"seismic", "best", "amplified", "log-linear"}
     assert s["alert"]["best"]["large"] == 1
     orjson.dumps(s)
 
@@ -218,7 +295,7 @@ def test_evaluation_refuses_nonsense() -> None:
 def test_cli_json_lines_summary_and_plot(tmp_path: Path) -> None:
     cas = tmp_path / "weibo.txt"
     lines = [CASFLOW_LINE]
-    for k in range(4):
+    for k in range(9):
         paths = " ".join(["r:0"] + [f"r/u{i}:{i * (40 + 20 * k)}" for i in range(1, 60)])
         lines.append(f"k{k}\tr\t1464739201\t60\t{paths}")
     lines.append("broken line")
@@ -231,10 +308,10 @@ def test_cli_json_lines_summary_and_plot(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     out = [orjson.loads(line) for line in r.stdout.splitlines()]
     rows, summary = out[:-1], out[-1]["summary"]
-    assert len(rows) == 5 * 2 and {row["model"] for row in rows} == {"best"}
+    assert len(rows) == 10 * 2 and {row["model"] for row in rows} == {"best"}
     assert {row["obs_seconds"] for row in rows} == {3600, 7200}
-    assert summary["cascades"] == 5 and summary["rejected"] == 1
-    assert b"weibo.txt:6: expected 5 tab-separated fields" in r.stderr
+    assert summary["cascades"] == 10 and summary["rejected"] == 1
+    assert b"weibo.txt:11: expected 5 tab-separated fields" in r.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

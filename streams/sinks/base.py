@@ -71,7 +71,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from streams.alerts import Alert
+from streams.alerts import Alert, duration_text
 
 log = logging.getLogger("viralwatch.sinks")
 
@@ -96,6 +96,8 @@ def figures(alert: Alert) -> str:
     p = c.predicted_final_size
     if p is not None:
         text += f" predicted={p.size:.0f} [{p.low:.0f}, {p.high:.0f}]"
+        if p.horizon_s is not None:
+            text += f" within {duration_text(p.horizon_s)}"
     return text
 
 
