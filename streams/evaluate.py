@@ -913,8 +913,13 @@ def render_summary(summary: dict[str, Any]) -> str:
         cells = [f"{_pct(by_t[t])} | {_pct(cov[t]) if t in cov else '-':>6}" for t in times]
         lines.append(f"{m:<12}" + "".join(f"{c:>18}" for c in cells))
     lines.append(
-        "(observed: the count so far, as if the cascade stopped; floor: max(observed, one "
-        "size learned from the training cascades), what the data set's sizes alone give)"
+        "(observed: the count so far, as if the cascade stopped"
+        + (
+            "; floor: max(observed, one size learned from the training cascades), what the "
+            "data set's sizes alone give)"
+            if "floor" in summary["mdape"]
+            else "; split none: best as shipped, amplified as shipped)"
+        )
     )
     for m, by_fold in summary["per_fold"].items():
         per = ", ".join("/".join(_pct(v, 0) for v in by_t.values()) for by_t in by_fold.values())

@@ -180,5 +180,5 @@ def test_shipped_model_is_what_the_twitter_data_give() -> None:
     np.testing.assert_allclose(fitted.coef, DEFAULT_GROWTH.coef, atol=1e-4)
     np.testing.assert_allclose(fitted.q_low, DEFAULT_GROWTH.q_low, atol=1e-4)
     np.testing.assert_allclose(fitted.q_high, DEFAULT_GROWTH.q_high, atol=1e-4)
-    assert "638 cascades" in DEFAULT_GROWTH.provenance
+    assert "638 Twitter retweet cascades" in DEFAULT_GROWTH.provenance
     assert PredictorConfig().growth is DEFAULT_GROWTH
