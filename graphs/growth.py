@@ -33,6 +33,7 @@ Examples
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,7 +83,7 @@ def _interp_weights(ages: Sequence[float], age_s: float) -> tuple[int, int, floa
         return 0, 0, 0.0
     if age_s >= ages[-1]:
         return len(ages) - 1, len(ages) - 1, 0.0
-    j = int(np.searchsorted(ages, age_s, side="right"))
+    j = bisect.bisect_right(ages, age_s)
     lo, hi = ages[j - 1], ages[j]
     return j - 1, j, (math.log(age_s) - math.log(lo)) / (math.log(hi) - math.log(lo))
 
@@ -123,6 +124,17 @@ class GrowthModel:
         a, b = self.coef[i], self.coef[j]
         x = (1.0, *inputs)
         return sum(((1.0 - w) * ca + w * cb) * xi for ca, cb, xi in zip(a, b, x, strict=True))
+
+    def predict(self, age_s: float, inputs: Sequence[float]) -> tuple[float, float, float]:
+        """``log_growth`` and ``band`` in one look-up (what a worker calls per forecast)."""
+        i, j, w = _interp_weights(self.ages_s, age_s)
+        a, b = self.coef[i], self.coef[j]
+        z = a[0] + w * (b[0] - a[0])
+        for ca, cb, xi in zip(a[1:], b[1:], inputs, strict=True):
+            z += (ca + w * (cb - ca)) * xi
+        lo = self.q_low[i] + w * (self.q_low[j] - self.q_low[i])
+        hi = self.q_high[i] + w * (self.q_high[j] - self.q_high[i])
+        return z, lo, hi
 
     def band(self, age_s: float) -> tuple[float, float]:
         """Log-error quantiles at ``age_s`` (rounded to 3 decimals)."""

@@ -353,9 +353,8 @@ def _grown(features: Features, config: PredictorConfig) -> Forecast:
         features.window_reshares,
         features.infectiousness * config.n_star,
     )
-    z = max(g.log_growth(features.age_s, x), 0.0)
-    size = (n + 1.0) * math.exp(z) - 1.0
-    q_lo, q_hi = g.band(features.age_s)
+    z, q_lo, q_hi = g.predict(features.age_s, x)
+    size = (n + 1.0) * math.exp(max(z, 0.0)) - 1.0
     low = max(n, min(size, (size + 1.0) * math.exp(q_lo) - 1.0))
     high = max(size, (size + 1.0) * math.exp(q_hi) - 1.0)
     return Forecast(size, low, high, features.infectiousness)
