@@ -143,9 +143,9 @@ def main() -> None:
     head = ("cascade", "posts", "forecasts", "add ns", "predict us", "p99 us", "at marks us",
             "batch us", "ratio", "best us", "amplified us",
             "best/amplified", "buckets")  # fmt: skip
-    print("".join(f"{h:>13}" for h in head))
+    print("".join(f"{h:>15}" for h in head))
     for r in results:
-        print("".join(f"{v!s:>13}" for v in r.values()))
+        print("".join(f"{v!s:>15}" for v in r.values()))
 
 
 if __name__ == "__main__":
