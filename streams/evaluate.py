@@ -365,8 +365,13 @@ def read_twitter(
     return ReadResult((CascadeData(name, ordered, horizon, where),), ())
 
 
+def _whole(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes '²', which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def _twitter_head(fields: list[str]) -> int:
-    if len(fields) != 2 or not fields[0].isdigit() or _number(fields[1]) is None:
+    if len(fields) != 2 or not _whole(fields[0]) or _number(fields[1]) is None:
         raise ValueError(
             f"the first line must be '<number of retweets> <start day>', got {' '.join(fields)!r}"
         )
@@ -379,7 +384,7 @@ def _twitter_row(fields: list[str], *, original: bool) -> Post:
     t = _number(fields[0])
     if t is None or t < 0:
         raise ValueError(f"time must be a number of seconds >= 0, got {fields[0]!r}")
-    if not fields[1].isdigit():
+    if not _whole(fields[1]):
         raise ValueError(f"followers must be a whole number >= 0, got {fields[1]!r}")
     return Post(t, int(fields[1]), original=original)
 

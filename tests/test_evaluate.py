@@ -141,7 +141,7 @@ def test_casflow_duplicate_id_is_refused() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=300))
 def test_readers_never_crash_on_garbage(text: str) -> None:
-    for res in (read_seismic(text, "g"), read_casflow(text, "g")):
+    for res in (read_seismic(text, "g"), read_casflow(text, "g"), read_twitter(text, "g")):
         for c in res.cascades:
             assert c.posts and c.posts[0].original
         for bad in res.rejected:
