@@ -120,10 +120,11 @@ class ContentIndex:
 
     def __init__(self) -> None:
         self._pdq = PDQIndex()
-        #: signal -> the clusters holding it (most signals: one cluster)
-        self._holders: dict[Signal, set[str]] = {}
+        #: signal (its hex: 32 digits an MD5, 64 a PDQ) -> the cluster holding it, or the
+        #: clusters (most signals are one cluster's: a set each would double the memory)
+        self._holders: dict[str, str | set[str]] = {}
         #: cluster -> its signals
-        self._signals: dict[str, set[Signal]] = {}
+        self._signals: dict[str, list[str]] = {}
         #: PDQ hashes added and not in the index yet, as integers: an insertion into the
         #: index costs about what a search does, so they are put in together
         #: (:data:`PENDING_MAX` at a time, or at the next :meth:`prefetch`) and scanned
@@ -141,40 +142,51 @@ class ContentIndex:
         return len(self._signals)
 
     def signals(self, cluster_id: str) -> set[Signal]:
-        return self._signals.get(cluster_id, set())
+        return {("md5" if len(t) == 32 else "pdq", t) for t in self._signals.get(cluster_id, ())}
+
+    def _holding(self, text: str) -> tuple[str, ...] | set[str]:
+        h = self._holders.get(text, ())
+        return (h,) if isinstance(h, str) else h
 
     def add(self, cluster_id: str, content: Content) -> None:
         """``cluster_id`` holds ``content`` (its usable signals)."""
         self.add_signals(cluster_id, signals_of(content))
 
     def add_signals(self, cluster_id: str, signals: Iterable[Signal]) -> None:
-        own = self._signals.setdefault(cluster_id, set())
-        for sig in signals:
-            if sig in own:
-                continue
-            own.add(sig)
-            holders = self._holders.get(sig)
-            if holders is None:
-                self._holders[sig] = {cluster_id}
-                if sig[0] == "pdq":
-                    self._pending[sig[1]] = int(sig[1], 16)
+        own = self._signals.get(cluster_id)
+        if own is None:
+            own = self._signals[cluster_id] = []
+        for kind, text in signals:
+            h = self._holders.get(text)
+            if h is None:
+                self._holders[text] = cluster_id
+                if kind == "pdq":
+                    self._pending[text] = int(text, 16)
                     if len(self._pending) >= PENDING_MAX:
                         self.flush()
+            elif h == cluster_id or (isinstance(h, set) and cluster_id in h):
+                continue  # held already
+            elif isinstance(h, str):
+                self._holders[text] = {h, cluster_id}
             else:
-                holders.add(cluster_id)
+                h.add(cluster_id)
+            own.append(text)
 
     def drop(self, cluster_id: str) -> bool:
         """Forget a cluster's content (evicted); ``False`` if it held none."""
         own = self._signals.pop(cluster_id, None)
         if own is None:
             return False
-        for sig in own:
-            holders = self._holders[sig]
-            holders.discard(cluster_id)
-            if not holders:
-                del self._holders[sig]
-                if sig[0] == "pdq" and self._pending.pop(sig[1], None) is None:
-                    self._pdq.remove(sig[1])
+        for text in own:
+            h = self._holders[text]
+            if isinstance(h, set):
+                h.discard(cluster_id)
+                if len(h) == 1:
+                    self._holders[text] = next(iter(h))
+                continue
+            del self._holders[text]
+            if len(text) == 64 and self._pending.pop(text, None) is None:
+                self._pdq.remove(text)
         return True
 
     def flush(self) -> None:
@@ -199,7 +211,7 @@ class ContentIndex:
         ties by cluster id; each cluster once, at its nearest."""
         text = signal.lower()
         if signal_type == "md5":
-            return [(c, 0) for c in sorted(self._holders.get(("md5", text), ()))]
+            return [(c, 0) for c in sorted(self._holding(text))]
         if signal_type != "pdq":
             return []  # a video's frames (vPDQ): live clusters are not searched by them
         indexed = self._prefetched.get(text) if threshold == self._prefetch_threshold else None
@@ -211,10 +223,7 @@ class ContentIndex:
         ]
         best: dict[str, int] = {}
         for found, d in [*indexed, *pending]:
-            holders = self._holders.get(("pdq", found))
-            if holders is None:
-                continue  # gone since the prefetch
-            for c in holders:
+            for c in self._holding(found):  # none: gone since the prefetch
                 if d < best.get(c, d + 1):
                     best[c] = d
         return sorted(best.items(), key=lambda cd: (cd[1], cd[0]))
