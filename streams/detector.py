@@ -417,6 +417,8 @@ class Detector:
         self.predict_every_ms = predict_every_ms
         self.horizon_ms = max(longest, max(WINDOWS_MS)) + 5 * MINUTE_MS
         self.clusters: OrderedDict[str, ClusterState] = OrderedDict()
+        #: events applied to the clusters in memory (a state log counts its garbage by it)
+        self.live_events = 0
         self._due: list[tuple[int, str]] = []
         self.emerging: deque[ClusterSummary] = deque(maxlen=review_queue)
         #: the uploads' content of every live cluster: which clusters a bank change concerns
@@ -465,6 +467,7 @@ class Detector:
             self.stats.duplicates += 1
             return
         st.event_ids.add(ev.event_id)
+        self.live_events += 1
         self.stats.events[ev.type] += 1
         if ev.content is not None:
             self.content.add(st.cluster_id, ev.content)
@@ -620,6 +623,7 @@ class Detector:
             if st.last_ms > cut or st.active:
                 break
             del self.clusters[cid]
+            self.live_events -= len(st.event_ids)
             self.content.drop(cid)
             self._bank_pending.pop(cid, None)  # a cluster of that id later starts afresh
             self.outbox.evicted_posts.extend(st.cascade.posts())

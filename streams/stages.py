@@ -298,42 +298,68 @@ class LogLedger:
 
     The stages' logs are append-only (a delta per batch); left alone, a
     replacement worker's rebuild would grow with all traffic ever seen. So
-    once the bytes written since the last compaction reach what that
-    compaction kept (and at least ``min_bytes``), the owner writes a
-    snapshot of what it still needs and deletes every older key: the log
-    stays within about twice the live state (or ``min_bytes``), and each
-    byte is rewritten a bounded number of times on average.
+    the owner now and then writes a snapshot of what it still needs and
+    deletes every older key. When: at least ``min_bytes`` written since the
+    last compaction, and at least half of what the log holds is garbage.
+    The ledger counts the *items* written (events, registrations), the
+    stage says how many it still holds (``live``): a compaction is due once
+    ``2 * live <= items``, so it at least halves the log, the log stays
+    within about twice the live state (or ``min_bytes``), and each item is
+    rewritten a bounded number of times on average. Without that count
+    (a stage that gives none, or a log just read back), the bytes decide:
+    written since the last compaction >= what it kept.
+
+    Why not bytes alone: while nothing is evicted (a cluster lives an hour
+    of event time by default) a compaction keeps everything, so it only
+    read and wrote the whole state again, and again each time the log
+    doubled: at 2,000 events/s that was most of a worker's time after a few
+    minutes, and the alerts waited (``bench/bench_pipeline.py``).
 
     >>> ledger = LogLedger(min_bytes=100)
-    >>> ledger.wrote(b"0:1", 60); ledger.due()
+    >>> ledger.wrote(b"0:1", 60, items=6); ledger.due(live=6)
     False
-    >>> ledger.wrote(b"0:2", 60); ledger.due()
+    >>> ledger.wrote(b"0:2", 60, items=6); ledger.due(live=12)   # all of it still needed
+    False
+    >>> ledger.due(live=5)                                        # 7 of 12 are garbage
     True
     >>> old = ledger.start()           # then write the snapshot's parts
-    >>> ledger.wrote(b"0:3", 150); ledger.done(); old
+    >>> ledger.wrote(b"0:3", 50); ledger.done(live=5); old
     [b'0:1', b'0:2']
-    >>> ledger.keys, ledger.due(), ledger.size
-    ([b'0:3'], False, 150)
-    >>> ledger.wrote(b"0:4", 149); ledger.due(), ledger.wrote(b"0:5", 1), ledger.due()
+    >>> ledger.keys, ledger.due(live=5), ledger.size
+    ([b'0:3'], False, 50)
+
+    Without a count, the bytes: written since the last compaction >= kept.
+
+    >>> ledger.wrote(b"0:4", 99); ledger.due(), ledger.wrote(b"0:5", 1), ledger.due()
     (False, None, True)
     """
 
-    __slots__ = ("kept", "keys", "min_bytes", "written")
+    __slots__ = ("items", "kept", "kept_items", "keys", "min_bytes", "written")
 
-    def __init__(self, min_bytes: int) -> None:
+    def __init__(self, min_bytes: int, kept_items: int | None = 0) -> None:
         self.min_bytes = min_bytes
         #: every key of this partition's log, oldest first
         self.keys: list[bytes] = []
         #: bytes written since the last compaction, and bytes that compaction kept
         self.written = 0
         self.kept = 0
+        #: items written since the last compaction, and items it kept (``None``: not known,
+        #: a log read back as it was found)
+        self.items = 0
+        self.kept_items = kept_items
 
-    def wrote(self, key: bytes, size: int) -> None:
+    def wrote(self, key: bytes, size: int, items: int = 0) -> None:
         self.keys.append(key)
         self.written += size
+        self.items += items
 
-    def due(self) -> bool:
-        return self.written >= max(self.min_bytes, self.kept)
+    def due(self, live: int | None = None) -> bool:
+        """Whether to compact, ``live`` being the items the stage still needs (if it knows)."""
+        if self.written < self.min_bytes:
+            return False
+        if live is None or self.kept_items is None:
+            return self.written >= self.kept
+        return 2 * live <= self.kept_items + self.items
 
     @property
     def size(self) -> int:
@@ -342,12 +368,13 @@ class LogLedger:
 
     def start(self) -> list[bytes]:
         """Begin a compaction: returns the keys to delete once the snapshot is written."""
-        old, self.keys, self.written = self.keys, [], 0
+        old, self.keys, self.written, self.items = self.keys, [], 0, 0
         return old
 
-    def done(self) -> None:
-        """The snapshot is written: it is what the log keeps."""
+    def done(self, live: int | None = None) -> None:
+        """The snapshot is written: it is what the log keeps (``live`` items, if known)."""
         self.kept, self.written = self.written, 0
+        self.kept_items, self.items = live, 0
 
 
 class LogCutback:
@@ -576,9 +603,10 @@ class ResolveBatch:
     #: this partition's progress, when it moved (``None``: it did not)
     progress: int | None = None
     deadletters: list[DeadLetter] = field(default_factory=list)
-    #: what changed, to persist (``None``: nothing)
+    #: what changed, to persist (``None``: nothing), and how many items it records
     delta: bytes | None = None
     routed: int = 0
+    delta_items: int = 0
 
     @property
     def to_clusters(self) -> dict[int, bytes]:
@@ -796,6 +824,12 @@ class ResolvePartition:
     def held(self) -> int:
         return len(self._held)
 
+    @property
+    def live_items(self) -> int:
+        """Items a snapshot of this partition would hold (its log's ledger counts garbage
+        against it): the posts registered here and the reshares held."""
+        return len(self.posts.own) + len(self._held)
+
     # -- persistence --
 
     def restore(self, deltas: Iterable[bytes]) -> ResolveBatch:
@@ -937,6 +971,7 @@ class ResolvePartition:
             deadletters=dead,
             delta=encode(delta) if delta else None,
             routed=routed,
+            delta_items=len(delta.posts) + len(forgot) + len(held_add) + len(held_del),
         )
 
     def _settled(self, wm: int) -> int:
@@ -972,8 +1007,9 @@ class ClusterBatch:
     """What one batch of a cluster partition became."""
 
     decisions: Decisions
-    #: the routed events received, to persist (``None``: none)
+    #: the routed events received, to persist (``None``: none), and how many
     log: bytes | None = None
+    log_items: int = 0
     #: evicted posts to forget, per resolve partition
     forget: dict[int, bytes] = field(default_factory=dict)
     applied: int = 0
@@ -1091,6 +1127,7 @@ class ClusterPartition:
         batch = self.advance({item.cluster_id for item in received})
         batch.decisions.rejections.extend(d.rejection for d in dead)
         batch.log = encode(received) if received else None
+        batch.log_items = len(received)
         return batch
 
     def advance(self, received: Iterable[str] = ()) -> ClusterBatch:
@@ -1141,3 +1178,9 @@ class ClusterPartition:
     @property
     def pending(self) -> int:
         return len(self.buffer)
+
+    @property
+    def live_items(self) -> int:
+        """Events a compaction of this partition's log would keep: those held for the
+        watermark and those of the clusters in memory (see :meth:`compact`)."""
+        return len(self.buffer) + self.detector.live_events

@@ -545,16 +545,20 @@ def test_a_compacted_cluster_log_restores_the_clusters_still_held() -> None:
     assert out and expected.decisions.alerts
 
 
-def test_a_compacted_cluster_log_levels_off_while_clusters_come_and_go() -> None:
+@pytest.mark.parametrize("counted", [True, False], ids=["garbage-counted", "bytes-only"])
+def test_a_compacted_cluster_log_levels_off_while_clusters_come_and_go(counted: bool) -> None:
     """Six hours of event time, a new cluster every minute, each idle after five: the log,
     compacted by the ledger's rule, stays near the live state instead of growing with
-    all traffic; and a replacement restored from it holds the live clusters."""
+    all traffic; and a replacement restored from it holds the live clusters. The rule
+    counts garbage when the stage says what it holds (``live_items``), else bytes."""
     minute, idle = 60_000, 30 * 60_000
     live = cluster_partition_with(idle)
     ledger = LogLedger(min_bytes=20_000)
+    holds = (lambda: live.live_items) if counted else (lambda: None)
     logs: list[bytes] = []
     written = 0
     sizes = []
+    compactions = 0
     for m in range(6 * 60):
         start = T0 + m * minute
         events = burst(20, start=start)[:6]  # an upload and five reshares, 1 s apart
@@ -562,18 +566,23 @@ def test_a_compacted_cluster_log_levels_off_while_clusters_come_and_go() -> None
             e["event_id"] += f"-{m}"
         items = [routed(e, f"b-{m}") for e in events]
         b = live.handle([Envelope(items, progress={0: start + 10_000}).pack()])
-        assert b.log is not None
+        assert b.log is not None and b.log_items == len(items)
         logs.append(b.log)
-        ledger.wrote(f"0:{m}".encode(), len(b.log))
+        ledger.wrote(f"0:{m}".encode(), len(b.log), b.log_items)
         written += len(b.log)
-        if ledger.due():
+        if ledger.due(holds()):
             snapshot = live.compact(logs)
             ledger.start()
             for i, part in enumerate(snapshot):
                 ledger.wrote(f"0:{m}s{i}".encode(), len(part))
-            ledger.done()
+            ledger.done(holds())
             logs = snapshot
+            compactions += 1
+            if counted:  # each compaction at least halved the log
+                kept = sum(len(orjson.loads(x)) for x in snapshot)
+                assert kept == live.live_items
         sizes.append(ledger.size)
+    assert compactions >= 3
     assert ledger.size == sum(len(x) for x in logs)
     # the clusters of the last half hour (idle_ms) or so are live; the log holds about
     # twice that at most, while everything written is twelve times that
@@ -584,6 +593,43 @@ def test_a_compacted_cluster_log_levels_off_while_clusters_come_and_go() -> None
     again.handle([Envelope([], progress={0: start + 10_000}).pack()])  # where live stands
     assert again.detector.clusters.keys() == live.detector.clusters.keys()
     assert 25 <= len(live.detector.clusters) <= 40
+
+
+def test_a_log_whose_events_are_all_live_is_not_compacted_again_and_again() -> None:
+    """While no cluster is evicted (a cluster lives an hour of event time by default), a
+    compaction would keep every event: the bytes-only rule still rewrote the whole log
+    each time it doubled. Counting garbage, the log is left alone until evictions make
+    half of it garbage, then compacted once, to what is live."""
+    minute, idle = 60_000, 90 * 60_000
+    live = cluster_partition_with(idle)
+    counted, by_bytes = LogLedger(min_bytes=5_000), LogLedger(min_bytes=5_000)
+    due_counted = due_bytes = 0
+    for m in range(3 * 60):
+        start = T0 + m * minute
+        events = burst(20, start=start)[:6]
+        for e in events:
+            e["event_id"] += f"-{m}"
+        b = live.handle(
+            [Envelope([routed(e, f"b-{m}") for e in events], progress={0: start + 10_000}).pack()]
+        )
+        assert b.log is not None
+        for ledger in (counted, by_bytes):
+            ledger.wrote(f"0:{m}".encode(), len(b.log), b.log_items)
+        if by_bytes.due():
+            due_bytes += 1
+            everything = by_bytes.size
+            by_bytes.start()
+            by_bytes.wrote(b"s", everything)  # nothing was garbage: it kept it all
+            by_bytes.done()
+        if counted.due(live.live_items):
+            due_counted += 1
+            assert m >= 90 + 45  # not before evictions (after 90 min) made half garbage
+            assert 2 * live.live_items <= counted.kept_items + counted.items  # type: ignore[operator]
+            counted.start()
+            counted.wrote(b"s", 1)
+            counted.done(live.live_items)
+    assert due_bytes >= 4  # the old rule: the whole log again, each time it doubled
+    assert due_counted == 1
 
 
 def test_a_cluster_log_cut_back_a_slice_per_batch_loses_nothing_at_any_point() -> None:

@@ -86,8 +86,9 @@ class StateLog:
         self.slice_bytes = min(slice_bytes, max(1, compact_bytes // 4))
         self.on_compacted = on_compacted
         self.focus = focus
-        #: entries appended and not written yet, per partition, oldest first
+        #: entries appended and not written yet, per partition, oldest first, and their items
         self._staged: dict[int, list[bytes]] = {}
+        self._staged_items: dict[int, int] = {}
         self._ledgers: dict[int, LogLedger] = {}
         self._cutbacks: dict[int, LogCutback] = {}
         self._last_stamp = 0
@@ -117,9 +118,14 @@ class StateLog:
             ledger = self._ledgers[partition] = LogLedger(self.compact_bytes)
         return ledger
 
-    def append(self, partition: int, entry: bytes) -> None:
-        """Stage one batch's changes (in parts, if it is large): :meth:`flush` writes them."""
+    def append(self, partition: int, entry: bytes, items: int = 0) -> None:
+        """Stage one batch's changes (in parts, if it is large): :meth:`flush` writes them.
+
+        ``items``: how many things (events, registrations) the entry records, for the
+        ledger's count of garbage (see :class:`~streams.stages.LogLedger`).
+        """
         self._staged.setdefault(partition, []).extend(split_log(entry))
+        self._staged_items[partition] = self._staged_items.get(partition, 0) + items
 
     def flush(self) -> None:
         """Write every partition's staged entries (the checkpoint's second step)."""
@@ -128,20 +134,22 @@ class StateLog:
 
     def _flush(self, partition: int) -> None:
         staged = self._staged.pop(partition, None)
+        items = self._staged_items.pop(partition, 0)
         if staged:
             self._focus(partition)
-            self.write(partition, staged)
+            self.write(partition, staged, items)
 
     def _focus(self, partition: int) -> None:
         if self.focus is not None:
             self.focus(partition)
 
-    def write(self, partition: int, parts: Iterable[bytes]) -> None:
+    def write(self, partition: int, parts: Iterable[bytes], items: int = 0) -> None:
         ledger = self.ledger(partition)
         for part in parts:
             key = self._key(partition)
             self.table[key] = part
-            ledger.wrote(key, len(part))
+            ledger.wrote(key, len(part), items)
+            items = 0
 
     def read(self, partition: int) -> list[bytes]:
         """A partition's entries, oldest first, as its new owner finds them (and notes)."""
@@ -149,7 +157,7 @@ class StateLog:
         prefix = f"{partition}:".encode()
         keys = sorted(k for k in self.table if k.startswith(prefix))
         self._ledgers.pop(partition, None)  # noted afresh, from what is there
-        ledger = self.ledger(partition)
+        ledger = self._ledgers[partition] = LogLedger(self.compact_bytes, kept_items=None)
         entries = []
         for key in keys:
             entry = self.table[key]
@@ -157,25 +165,32 @@ class StateLog:
             entries.append(entry)
         return entries
 
-    def due(self, partition: int) -> bool:
-        return self.ledger(partition).due()
+    def due(self, partition: int, live: int | None = None) -> bool:
+        """Whether a partition's log is due a compaction (``live``: items its stage holds)."""
+        return self.ledger(partition).due(live)
 
-    def compact(self, partition: int, snapshot: Callable[[], list[bytes]]) -> int:
-        """Cut a partition's log back to ``snapshot()`` now; the entries it replaced."""
+    def compact(
+        self, partition: int, snapshot: Callable[[], list[bytes]], live: int | None = None
+    ) -> int:
+        """Cut a partition's log back to ``snapshot()`` (``live`` items) now; the entries it
+        replaced."""
         self._flush(partition)
         self._focus(partition)  # the snapshot's writes and the old keys' deletions
         ledger = self.ledger(partition)
         old = ledger.start()
         started = time.monotonic()
         self.write(partition, snapshot())
-        ledger.done()
+        ledger.done(live)
         for key in old:
             self.table.pop(key, None)
         self._compacted(partition, len(old), time.monotonic() - started)
         return len(old)
 
     def cut_back(
-        self, partition: int, keep: Callable[[list[bytes], set[str]], list[bytes]]
+        self,
+        partition: int,
+        keep: Callable[[list[bytes], set[str]], list[bytes]],
+        live: int | None = None,
     ) -> bool:
         """One slice of a compaction by filtering (``keep(entries, seen)`` gives what stays).
 
@@ -186,7 +201,7 @@ class StateLog:
         ledger = self.ledger(partition)
         cut = self._cutbacks.get(partition)
         if cut is None:
-            if not ledger.due():
+            if not ledger.due(live):
                 return False
             cut = self._cutbacks[partition] = LogCutback(ledger.start())
         self._focus(partition)  # the slice's writes and, at the end, the old keys' deletions
@@ -196,7 +211,7 @@ class StateLog:
         cut.seconds += time.monotonic() - started
         if not cut.finished:
             return True
-        ledger.done()
+        ledger.done(live)
         for key in cut.old:
             self.table.pop(key, None)
         del self._cutbacks[partition]
@@ -210,6 +225,7 @@ class StateLog:
         committed either, so its new owner reads those records again.
         """
         self._staged.pop(partition, None)
+        self._staged_items.pop(partition, None)
         self._ledgers.pop(partition, None)
         self._cutbacks.pop(partition, None)
 

@@ -166,10 +166,11 @@ class Topology:
     def _resolved(self, partition: int, batches: list[ResolveBatch]) -> None:
         for batch in batches:
             if batch.delta is not None:
-                self.resolve_log.append(partition, batch.delta)
+                self.resolve_log.append(partition, batch.delta, batch.delta_items)
             self.outputs.deadletter(batch.deadletters)
-        if self.resolve_log.due(partition):
-            self.resolve_log.compact(partition, self.resolvers[partition].snapshot)
+        resolver = self.resolvers[partition]
+        if self.resolve_log.due(partition, resolver.live_items):
+            self.resolve_log.compact(partition, resolver.snapshot, resolver.live_items)
 
     def _resolve_local_peers(
         self, batches: list[ResolveBatch]
@@ -251,8 +252,8 @@ class Topology:
         state = self.detector(partition)
         batch = state.handle(envelopes)
         if batch.log is not None:
-            self.cluster_log.append(partition, batch.log)
-        self.cluster_log.cut_back(partition, state.compact)
+            self.cluster_log.append(partition, batch.log, batch.log_items)
+        self.cluster_log.cut_back(partition, state.compact, state.live_items)
         wm = state.watermark.value
         again = []
         if partition in self._restored and wm != NO_TIME:
