@@ -190,3 +190,26 @@ def test_a_process_replaced_mid_stream_rebuilds_from_its_logs_and_gives_the_repl
     assert run.early == {k for k, raw in run.alerts.items() if b'"provisional":true' in raw}
     assert run.stats.log_compactions > 0
     assert run.read > len(sim.lines)  # what came after the last commit was read again
+
+
+def test_a_log_read_back_counts_its_garbage_once_the_stage_has_folded_it() -> None:
+    """A log read back as found has an unknown count of items until its stage says how many
+    it holds; an empty one has none. Then only new garbage makes it due."""
+    from streams.runtime.state_log import StateLog
+
+    class Table(dict[bytes, bytes]):
+        name = "demo-log"
+
+    table = Table()
+    log = StateLog(table, compact_bytes=10)
+    assert log.read(0) == [] and log.ledger(0).kept_items == 0
+    log.append(0, b'[["e", 1], ["e", 2]]', items=2)
+    log.flush()
+    again = StateLog(table, compact_bytes=10)
+    assert len(again.read(0)) == 1 and again.ledger(0).kept_items is None
+    assert again.due(0, live=2)  # unknown: the bytes decide (20 written, nothing kept)
+    again.restored(0, live=2)
+    assert not again.due(0, live=2)  # all of it live
+    again.append(0, b'[["e", 3], ["e", 4]]', items=2)
+    again.flush()
+    assert not again.due(0, live=3) and again.due(0, live=2)  # 2 of 4 garbage: due

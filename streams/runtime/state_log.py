@@ -157,13 +157,25 @@ class StateLog:
         prefix = f"{partition}:".encode()
         keys = sorted(k for k in self.table if k.startswith(prefix))
         self._ledgers.pop(partition, None)  # noted afresh, from what is there
-        ledger = self._ledgers[partition] = LogLedger(self.compact_bytes, kept_items=None)
+        # how many items the entries record is not known until the stage has folded them
+        # (see :meth:`restored`); an empty log records none
+        ledger = self._ledgers[partition] = LogLedger(
+            self.compact_bytes, kept_items=0 if not keys else None
+        )
         entries = []
         for key in keys:
             entry = self.table[key]
             ledger.wrote(key, len(entry))
             entries.append(entry)
         return entries
+
+    def restored(self, partition: int, live: int) -> None:
+        """The stage folded what :meth:`read` gave and holds ``live`` items: count the log's
+        garbage from there (what was garbage in it already is counted as live: a
+        compaction comes a little later than it could, never too soon)."""
+        ledger = self.ledger(partition)
+        if ledger.kept_items is None:
+            ledger.kept_items = live
 
     def due(self, partition: int, live: int | None = None) -> bool:
         """Whether a partition's log is due a compaction (``live``: items its stage holds)."""

@@ -208,6 +208,7 @@ class Topology:
         deltas = self.resolve_log.read(partition)
         self.resolvers[partition] = state
         restored = state.restore(deltas)
+        self.resolve_log.restored(partition, state.live_items)
         if deltas:
             log.info("resolve partition %d restored from %d batches", partition, len(deltas))
         return state, restored
@@ -232,6 +233,7 @@ class Topology:
         )
         logs = self.cluster_log.read(partition)
         bad = state.restore(logs)
+        self.cluster_log.restored(partition, state.live_items)
         self.outputs.deadletter(DeadLetter(r, "restore") for r in bad)
         for update in self.bank_changes:
             state.change_bank(update)  # held with the events restored: applied in order
