@@ -169,16 +169,19 @@ def test_a_process_replaced_mid_stream_rebuilds_from_its_logs_and_gives_the_repl
 ) -> None:
     """The production wiring through a restart, without a broker: three times, a new
     topology on the same topics and tables rebuilds every partition from its state log
-    (compacted several times: small logs), re-reads the input since the last commit, and
+    (compacted several times: small logs, and clusters evicted after 30 minutes of quiet
+    so that half of a log soon is garbage), re-reads the input since the last commit, and
     neither loses nor repeats an alert (the alerts-sent table is the alerts topic)."""
-    sim = simulate(Scenario(seed=7, **IN_TIME))  # type: ignore[arg-type]
-    expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
+    sim = simulate(Scenario(seed=7, minutes=120, **IN_TIME))  # type: ignore[arg-type]
+    idle_ms = 30 * 60_000
+    expected, _ = replay_alerts(sim.lines, bank_of(sim.bank), idle_ms=idle_ms)
     run = LocalRun(
         bank_of(sim.bank),
         AlertPolicy.default(),
         Pseudonymizer(DEV_PSEUDONYM_KEY),
         seed=seed,
         restarts=3,
+        idle_ms=idle_ms,
         log_compact_bytes=20_000,
         local_peers=hops == "both",
         local_resolve=hops in ("resolve", "both"),

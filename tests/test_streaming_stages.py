@@ -701,8 +701,15 @@ def test_a_cluster_log_cut_back_a_slice_per_batch_loses_nothing_at_any_point() -
 # -- the whole topology against replay ------------------------------------------------------
 
 
-def replay_alerts(lines: list[bytes], bank: HashBanks) -> tuple[list[bytes], int]:
-    pipe = Pipeline(bank, AlertPolicy.default(), pseudonymizer=Pseudonymizer(DEV_PSEUDONYM_KEY))
+def replay_alerts(
+    lines: list[bytes], bank: HashBanks, idle_ms: int = 3_600_000
+) -> tuple[list[bytes], int]:
+    pipe = Pipeline(
+        bank,
+        AlertPolicy.default(),
+        pseudonymizer=Pseudonymizer(DEV_PSEUDONYM_KEY),
+        idle_ms=idle_ms,
+    )
     for line in lines:
         pipe.feed(line)
     decisions = pipe.finish()

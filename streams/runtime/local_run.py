@@ -80,6 +80,8 @@ class LocalRun:
     partitions: int = 4
     lateness_ms: int = 60_000
     hold_ms: int = 1_800_000
+    #: event time after which a quiet cluster is evicted (the worker's default)
+    idle_ms: int = 3_600_000
     seed: int = 0
     max_batch: int = 50
     #: resolve partitions hand registrations to their peers at once (as a worker
@@ -175,6 +177,7 @@ class LocalRun:
                 lateness_ms=self.lateness_ms,
                 hold_ms=self.hold_ms,
                 max_held=100_000,
+                idle_ms=self.idle_ms,
                 partition_idle_s=1e9,
                 peer_rounds=self.local_rounds if self.local_peers else 0,
             ),
