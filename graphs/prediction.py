@@ -344,7 +344,10 @@ def forecast(features: Features, model: Model, config: PredictorConfig) -> Forec
 def _grown(features: Features, config: PredictorConfig) -> Forecast:
     """The ``best`` model: the growth model's log growth, never below what is seen."""
     n = float(features.observed)
-    if features.age_s >= config.horizon_s:
+    if features.age_s >= config.horizon_s or n <= 0.0:
+        # past the horizon nothing grows; with no reshare yet there is nothing to read
+        # growth from (the model learned from cascades of 2,002 and more: its intercept
+        # alone would forecast thousands for every upload)
         return Forecast(n, n, n, features.infectiousness)
     g = config.growth
     x = growth_inputs(

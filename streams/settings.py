@@ -182,6 +182,10 @@ class Settings:
     #: A partition's log table is cut back to a snapshot once this many bytes (and at
     #: least as many as the last snapshot kept) were written to it since the last cut.
     log_compact_bytes: int = 16 * 1024 * 1024
+    #: ... and once at least this share of it is garbage (events of evicted clusters, posts
+    #: forgotten, duplicates): a compaction that would keep nearly everything is skipped.
+    #: 0: the bytes alone decide (a compaction each time the log doubles).
+    log_compact_garbage: float = 0.5
     #: Topic configs of the state logs' changelog topics (Faust creates them compacted),
     #: ``key=value`` pairs separated by ``,``: e.g. ``segment.ms=3600000`` for how soon
     #: Kafka's log cleaner may compact them. Empty: the broker's defaults.
@@ -242,6 +246,8 @@ class Settings:
                 raise ValueError(f"{name} cannot be negative")
         if self.alertmanager_repost_s <= 0:
             raise ValueError("alertmanager_repost_s must be more than 0")
+        if not 0.0 <= self.log_compact_garbage < 1.0:
+            raise ValueError("log_compact_garbage must be at least 0 and under 1")
         _ = self.changelog_configs  # raises ValueError with the reason
         if self.session_timeout_s <= self.heartbeat_s:
             raise ValueError("session_timeout_s must be longer than heartbeat_s")
@@ -564,6 +570,7 @@ _ENV: Final[dict[str, tuple[str, Any]]] = {
     "VIRALWATCH_MAX_HELD": ("max_held", _int),
     "VIRALWATCH_IDLE_EVICT": ("idle_ms", parse_duration),
     "VIRALWATCH_LOG_COMPACT_BYTES": ("log_compact_bytes", _int),
+    "VIRALWATCH_LOG_COMPACT_GARBAGE": ("log_compact_garbage", float),
     "VIRALWATCH_CHANGELOG_CONFIG": ("changelog_config", _str),
     "VIRALWATCH_PARTITION_IDLE": ("partition_idle_s", _seconds),
     "VIRALWATCH_BATCH_SIZE": ("batch_size", _int),

@@ -300,14 +300,15 @@ class LogLedger:
     replacement worker's rebuild would grow with all traffic ever seen. So
     the owner now and then writes a snapshot of what it still needs and
     deletes every older key. When: at least ``min_bytes`` written since the
-    last compaction, and at least half of what the log holds is garbage.
+    last compaction and at least what it kept (the log doubled), and at
+    least ``garbage`` (half, by default) of what the log holds is garbage.
     The ledger counts the *items* written (events, registrations), the
-    stage says how many it still holds (``live``): a compaction is due once
-    ``2 * live <= items``, so it at least halves the log, the log stays
-    within about twice the live state (or ``min_bytes``), and each item is
-    rewritten a bounded number of times on average. Without that count
-    (a stage that gives none, or a log just read back), the bytes decide:
-    written since the last compaction >= what it kept.
+    stage says how many it still holds (``live``): with the default, a
+    compaction at least halves the log, the log stays within about twice
+    the live state (or ``min_bytes``), and each item is rewritten a bounded
+    number of times on average. Without that count (a stage that gives
+    none, or a log just read back), or with ``garbage=0``, the bytes alone
+    decide.
 
     Why not bytes alone: while nothing is evicted (a cluster lives an hour
     of event time by default) a compaction keeps everything, so it only
@@ -334,10 +335,14 @@ class LogLedger:
     (False, None, True)
     """
 
-    __slots__ = ("items", "kept", "kept_items", "keys", "min_bytes", "written")
+    __slots__ = ("garbage", "items", "kept", "kept_items", "keys", "min_bytes", "written")
 
-    def __init__(self, min_bytes: int, kept_items: int | None = 0) -> None:
+    def __init__(self, min_bytes: int, kept_items: int | None = 0, garbage: float = 0.5) -> None:
+        if not 0.0 <= garbage < 1.0:
+            raise ValueError("garbage must be in [0, 1)")
         self.min_bytes = min_bytes
+        #: the share of the log that must be garbage for a compaction to be due
+        self.garbage = garbage
         #: every key of this partition's log, oldest first
         self.keys: list[bytes] = []
         #: bytes written since the last compaction, and bytes that compaction kept
@@ -355,11 +360,12 @@ class LogLedger:
 
     def due(self, live: int | None = None) -> bool:
         """Whether to compact, ``live`` being the items the stage still needs (if it knows)."""
-        if self.written < self.min_bytes:
+        if self.written < max(self.min_bytes, self.kept):
             return False
-        if live is None or self.kept_items is None:
-            return self.written >= self.kept
-        return 2 * live <= self.kept_items + self.items
+        if live is None or self.kept_items is None or self.garbage <= 0.0:
+            return True
+        total = self.kept_items + self.items
+        return total - live >= self.garbage * total
 
     @property
     def size(self) -> int:

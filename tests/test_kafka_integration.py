@@ -86,8 +86,8 @@ def test_a_replacement_restores_from_changelogs_the_log_cleaner_compacted(
     lines, bank, bank_path = scenario_files(tmp_path, background_per_minute=120.0)
     expected = Expected(lines, bank)
     s = setup(broker, tmp_path, bank_path).with_(
-        log_compact_bytes=COMPACT_OFTEN, changelog_config=COMPACT_SOON
-    )
+        log_compact_bytes=COMPACT_OFTEN, log_compact_garbage=0.0, changelog_config=COMPACT_SOON
+    )  # compacted whatever the garbage: a short run evicts no cluster
     first = WorkerProcess(worker_env(s), tmp_path / "first.log")
     second = WorkerProcess(worker_env(s), tmp_path / "second.log")
     half = len(lines) // 2

@@ -263,8 +263,9 @@ def test_a_killed_worker_is_replaced_without_losing_or_repeating_an_alert(
     lines, bank, bank_path = scenario_files(tmp_path, background_per_minute=120.0)
     expected = Expected(lines, bank)
     s = setup(broker, tmp_path, bank_path)
-    # logs cut back to snapshots every few KiB: the replacement restores from them
-    s = s.with_(log_compact_bytes=COMPACT_OFTEN)
+    # logs cut back to snapshots every few KiB, garbage or not (a short run evicts no
+    # cluster): the replacement restores from them
+    s = s.with_(log_compact_bytes=COMPACT_OFTEN, log_compact_garbage=0.0)
     first = WorkerProcess(worker_env(s), tmp_path / "first.log")
     second = WorkerProcess(worker_env(s), tmp_path / "second.log")
     half = len(lines) // 2
@@ -373,7 +374,9 @@ def test_a_worker_that_joins_mid_stream_takes_partitions_without_changing_the_al
     once (state rebuilt from the logs, compacted every few KiB here)."""
     lines, bank, bank_path = scenario_files(tmp_path, background_per_minute=120.0)
     expected = Expected(lines, bank)
-    s = setup(broker, tmp_path, bank_path).with_(log_compact_bytes=COMPACT_OFTEN)
+    s = setup(broker, tmp_path, bank_path).with_(
+        log_compact_bytes=COMPACT_OFTEN, log_compact_garbage=0.0
+    )
     first = WorkerProcess(worker_env(s), tmp_path / "first.log")
     joiner = WorkerProcess(worker_env(s), tmp_path / "joiner.log")
     with workers(first):

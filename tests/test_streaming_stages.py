@@ -947,6 +947,7 @@ def test_the_readme_documents_every_setting_with_the_code_default() -> None:
     assert rows["VIRALWATCH_BATCH_SIZE"] == str(d.batch_size)
     assert rows["VIRALWATCH_BATCH_WAIT"] == f"{d.batch_wait_s:g}"
     assert rows["VIRALWATCH_PRODUCER_LINGER"] == f"{d.linger_s:g}"
+    assert rows["VIRALWATCH_LOG_COMPACT_GARBAGE"] == f"{d.log_compact_garbage:g}"
     assert rows["VIRALWATCH_ALERTMANAGER_REPOST"] == f"{d.alertmanager_repost_s:g}"
     assert rows["VIRALWATCH_PARTITION_IDLE"] == f"{d.partition_idle_s:g}"
     assert rows["VIRALWATCH_MAX_HELD"] == str(d.max_held)
@@ -1001,3 +1002,19 @@ def test_the_alertmanager_repost_interval_is_a_setting() -> None:
     for bad in (0, -1):
         with pytest.raises(ValueError, match="alertmanager_repost_s"):
             Settings(alertmanager_repost_s=bad)
+
+
+def test_the_garbage_share_that_makes_a_log_due_is_a_setting() -> None:
+    """0 lets the bytes alone decide (what tests of compaction in short runs use)."""
+    assert Settings.from_env({"VIRALWATCH_LOG_COMPACT_GARBAGE": "0"}).log_compact_garbage == 0
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="log_compact_garbage"):
+            Settings(log_compact_garbage=bad)
+    ledger = LogLedger(min_bytes=10, garbage=0.0)
+    ledger.wrote(b"0:1", 10, items=3)
+    assert ledger.due(live=3)  # nothing is garbage, and still due: the bytes decide
+    half = LogLedger(min_bytes=10, garbage=0.5)
+    half.wrote(b"0:1", 10, items=3)
+    assert not half.due(live=3) and not half.due(live=2) and half.due(live=1)
+    with pytest.raises(ValueError):
+        LogLedger(min_bytes=10, garbage=1.0)

@@ -98,6 +98,7 @@ class LocalRun:
     predictor_factory: Callable[[], Predictor] | None = DEFAULT_PREDICTOR
     #: the state logs are compacted past this many bytes (as a worker's are)
     log_compact_bytes: int = 8 * 1024 * 1024
+    log_compact_garbage: float = 0.5
     #: times the process is replaced mid-stream (see the module doc)
     restarts: int = 0
     #: steps between commits of the ``shares`` offsets
@@ -162,7 +163,10 @@ class LocalRun:
             hops.clusters.read_from(p)
         logs = [
             StateLog(
-                tables[name], compact_bytes=self.log_compact_bytes, on_compacted=self._compacted
+                tables[name],
+                compact_bytes=self.log_compact_bytes,
+                compact_garbage=self.log_compact_garbage,
+                on_compacted=self._compacted,
             )
             for name in ("resolve-log", "cluster-log")
         ]

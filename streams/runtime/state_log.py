@@ -76,12 +76,15 @@ class StateLog:
         table: LogTable | MutableMapping[bytes, bytes],
         *,
         compact_bytes: int,
+        compact_garbage: float = 0.5,
         slice_bytes: int = 1024 * 1024,
         on_compacted: Callable[[], None] | None = None,
         focus: Callable[[int], None] | None = None,
     ) -> None:
         self.table: LogTable = table  # type: ignore[assignment]
         self.compact_bytes = compact_bytes
+        #: the share of a log that must be garbage for a compaction (see LogLedger)
+        self.compact_garbage = compact_garbage
         #: how much of a log one cut-back slice reads (at most a quarter of ``compact_bytes``)
         self.slice_bytes = min(slice_bytes, max(1, compact_bytes // 4))
         self.on_compacted = on_compacted
@@ -115,7 +118,9 @@ class StateLog:
     def ledger(self, partition: int) -> LogLedger:
         ledger = self._ledgers.get(partition)
         if ledger is None:
-            ledger = self._ledgers[partition] = LogLedger(self.compact_bytes)
+            ledger = self._ledgers[partition] = LogLedger(
+                self.compact_bytes, garbage=self.compact_garbage
+            )
         return ledger
 
     def append(self, partition: int, entry: bytes, items: int = 0) -> None:
@@ -160,7 +165,7 @@ class StateLog:
         # how many items the entries record is not known until the stage has folded them
         # (see :meth:`restored`); an empty log records none
         ledger = self._ledgers[partition] = LogLedger(
-            self.compact_bytes, kept_items=0 if not keys else None
+            self.compact_bytes, kept_items=0 if not keys else None, garbage=self.compact_garbage
         )
         entries = []
         for key in keys:

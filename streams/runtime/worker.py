@@ -333,12 +333,14 @@ class Worker:
         self.resolve_logs = StateLog(
             self.resolve_log,
             compact_bytes=s.log_compact_bytes,
+            compact_garbage=s.log_compact_garbage,
             on_compacted=compacted,
             focus=lambda p: self._focus("resolve", p),
         )
         self.cluster_logs = StateLog(
             self.cluster_log,
             compact_bytes=s.log_compact_bytes,
+            compact_garbage=s.log_compact_garbage,
             slice_bytes=CUTBACK_SLICE_BYTES,
             on_compacted=compacted,
             focus=lambda p: self._focus("clusters", p),
