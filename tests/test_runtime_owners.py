@@ -17,12 +17,11 @@ from streams.runtime.checkpoint import Checkpoint
 from streams.runtime.hand_over import HandOver, Hop
 from streams.runtime.local_run import LocalRun, Table
 from streams.runtime.state_log import StateLog
-from streams.runtime.topology import PROGRESS_REMINDER_S, Topology
+from streams.runtime.topology import Topology
 from streams.runtime.worker import Worker
 from streams.settings import DEV_PSEUDONYM_KEY, Settings
 from streams.simulate import Scenario, simulate
 from streams.stages import Envelope
-from streams.watermarks import NO_TIME
 
 
 class Steps:
@@ -217,37 +216,3 @@ def test_a_log_read_back_counts_its_garbage_once_the_stage_has_folded_it() -> No
     again.append(0, b'[["e", 3], ["e", 4]]', items=2)
     again.flush()
     assert not again.due(0, live=3) and again.due(0, live=2)  # 2 of 4 garbage: due
-
-
-def test_a_clusters_partition_taken_over_learns_its_sources_marks_from_reminders() -> None:
-    """Progress goes out only when it moves, and a clusters partition rebuilt from its log
-    has its events, not its sources' marks: once the stream is quiet its watermark would
-    wait for ever (a joiner's partitions stopped short of the end). The resolve partitions
-    remind every clusters partition where they stand, and the watermark comes back."""
-    import random
-
-    sim = simulate(Scenario(seed=7, **IN_TIME))  # type: ignore[arg-type]
-    run = LocalRun(
-        bank_of(sim.bank),
-        AlertPolicy.default(),
-        Pseudonymizer(DEV_PSEUDONYM_KEY),
-        partitions=1,
-        local_resolve=True,
-        local_clusters=True,
-    )
-    topology, _, _ = run.build(random.Random(0))
-    for hop in (topology.hand_over.resolve, topology.hand_over.clusters):
-        hop.enabled = None  # always in-process: no memory topic to read here
-    topology.ingest_records(((0, i, line) for i, line in enumerate(sim.lines[:800])), 0.0)
-    before = topology.detector(0).watermark.value
-    assert before != NO_TIME
-    assert topology.progress_reminders() == {
-        0: Envelope([], progress={0: topology.resolvers[0].progress})
-    }
-    topology.revoke("clusters", 0)
-    topology.hand_over.clusters.assign([0])
-    topology.hand_over.clusters.read_from(0)
-    again = topology.detector(0)  # rebuilt from its log: the events, not the marks
-    assert again.watermark.value == NO_TIME
-    topology.heartbeat(PROGRESS_REMINDER_S)  # nothing moved: only a reminder says where
-    assert again.watermark.value == before

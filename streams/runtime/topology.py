@@ -52,10 +52,6 @@ from streams.stages import (
 from streams.stats import Stats
 from streams.watermarks import NO_TIME
 
-#: How often (wall time) the resolve partitions held here remind every clusters partition
-#: of their progress (see :meth:`Topology.progress_reminders`).
-PROGRESS_REMINDER_S = 5.0
-
 log = logging.getLogger("viralwatch.worker")
 
 #: Timed bank changes kept for a clusters partition taken over later (a reviewer's, or a
@@ -111,7 +107,6 @@ class Topology:
         self.outputs = outputs
         self.predictor_factory = predictor_factory
         self.ingest = Ingest(s.partitions, s.partition_idle_s, topic=s.shares_topic, stats=stats)
-        self._reminded_at = 0.0
         self.resolvers: dict[int, ResolvePartition] = {}
         self.detectors: dict[int, ClusterPartition] = {}
         #: clusters partitions rebuilt from their log whose firing alerts are not known yet
@@ -133,26 +128,8 @@ class Topology:
         return batch.events
 
     def heartbeat(self, now: float) -> None:
-        """Where event time stands on the ``shares`` partitions, when no data flows; and,
-        every :data:`PROGRESS_REMINDER_S`, where the resolve partitions held here stand."""
+        """Where event time stands on the ``shares`` partitions, when no data flows."""
         self.to_resolve(self.ingest.heartbeat(now))
-        if now - self._reminded_at >= PROGRESS_REMINDER_S:
-            self._reminded_at = now
-            self.to_clusters(self.progress_reminders())
-
-    def progress_reminders(self) -> dict[int, Envelope]:
-        """Every held resolve partition's progress again, for every clusters partition.
-
-        Progress goes out only when it moves. A clusters partition that changes owner
-        rebuilds its events from its log, not its sources' marks: once the stream is
-        quiet, no mark moves again, and its watermark would wait for ever (a joiner's
-        partitions stopped short of the end of the stream). A reminder changes nothing
-        where the mark is known (a watermark never goes back).
-        """
-        marks = {r: st.progress for r, st in self.resolvers.items() if st.progress != NO_TIME}
-        if not marks:
-            return {}
-        return {k: Envelope([], progress=marks) for k in range(self.settings.partitions)}
 
     # -- stage 1b --
 
