@@ -117,10 +117,12 @@ class StateLog:
 
     def ledger(self, partition: int) -> LogLedger:
         ledger = self._ledgers.get(partition)
-        if ledger is None:
-            ledger = self._ledgers[partition] = LogLedger(
-                self.compact_bytes, garbage=self.compact_garbage
-            )
+        return ledger if ledger is not None else self._new_ledger(partition, kept_items=0)
+
+    def _new_ledger(self, partition: int, kept_items: int | None) -> LogLedger:
+        ledger = self._ledgers[partition] = LogLedger(
+            self.compact_bytes, kept_items=kept_items, garbage=self.compact_garbage
+        )
         return ledger
 
     def append(self, partition: int, entry: bytes, items: int = 0) -> None:
@@ -161,12 +163,9 @@ class StateLog:
         self._flush(partition)
         prefix = f"{partition}:".encode()
         keys = sorted(k for k in self.table if k.startswith(prefix))
-        self._ledgers.pop(partition, None)  # noted afresh, from what is there
-        # how many items the entries record is not known until the stage has folded them
-        # (see :meth:`restored`); an empty log records none
-        ledger = self._ledgers[partition] = LogLedger(
-            self.compact_bytes, kept_items=0 if not keys else None, garbage=self.compact_garbage
-        )
+        # noted afresh, from what is there: how many items the entries record is not known
+        # until the stage has folded them (see :meth:`restored`); an empty log records none
+        ledger = self._new_ledger(partition, kept_items=0 if not keys else None)
         entries = []
         for key in keys:
             entry = self.table[key]
