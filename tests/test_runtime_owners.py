@@ -216,3 +216,32 @@ def test_a_log_read_back_counts_its_garbage_once_the_stage_has_folded_it() -> No
     again.append(0, b'[["e", 3], ["e", 4]]', items=2)
     again.flush()
     assert not again.due(0, live=3) and again.due(0, live=2)  # 2 of 4 garbage: due
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_partitions_that_change_owner_mid_stream_still_flow_to_the_end(seed: int) -> None:
+    """A rebalance moves some partitions and leaves the others be (a worker joining): the
+    moved ones are rebuilt from their logs, and the ones that stayed do not send their
+    progress again unless it moves. Every clusters partition must still apply every event
+    by the end of the stream (none left waiting for a mark that never comes again), and
+    the alerts stay replay's."""
+    sim = simulate(Scenario(seed=11, minutes=60, **IN_TIME))  # type: ignore[arg-type]
+    expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
+    run = LocalRun(
+        bank_of(sim.bank),
+        AlertPolicy.default(),
+        Pseudonymizer(DEV_PSEUDONYM_KEY),
+        seed=seed,
+        moves=3,
+        log_compact_bytes=4096,
+        log_compact_garbage=0.0,
+        local_peers=seed % 2 == 0,
+        local_resolve=seed % 3 == 0,
+        local_clusters=seed % 3 != 1,
+    ).run(sim.lines)
+    assert run.moved == 3 and run.topology is not None
+    waiting = {k: d.pending for k, d in run.topology.detectors.items() if d.pending}
+    assert not waiting, f"events never applied, per clusters partition: {waiting}"
+    assert expected
+    assert_replay_alert_records(list(run.alerts.values()), expected)
+    assert run.resent == []

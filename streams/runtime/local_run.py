@@ -17,6 +17,14 @@ and actions already sent), which rebuilds every partition from its log, as
 a worker replacing a killed one does; the ``shares`` records read since the
 last offset commit (every ``commit_every`` steps) are read again.
 
+``moves`` moves a random part of the partitions of each internal topic that
+many times, as a rebalance does when a worker joins or leaves: their state is
+dropped and rebuilt from its log by their new owner (here the same process),
+while the other partitions carry on as they were and send nothing again.
+The last move comes once the stream is over and everything has flowed.
+The short way to a moved partition opens once it has read all that was on
+its topic (a worker waits a grace for that).
+
 >>> from streams.alerts import Pseudonymizer
 >>> from streams.banks import HashBanks
 >>> from streams.policy import AlertPolicy
@@ -101,6 +109,8 @@ class LocalRun:
     log_compact_garbage: float = 0.5
     #: times the process is replaced mid-stream (see the module doc)
     restarts: int = 0
+    #: times some partitions change owner mid-stream (see the module doc)
+    moves: int = 0
     #: steps between commits of the ``shares`` offsets
     commit_every: int = 10
     stats: Stats = field(default_factory=Stats)
@@ -116,6 +126,10 @@ class LocalRun:
     read: int = 0
     #: alerts (by dedupe key) sent a second time: must stay empty (an id goes out once)
     resent: list[str] = field(default_factory=list)
+    #: times partitions moved
+    moved: int = 0
+    #: the process's topology as the run left it (the last one, after restarts)
+    topology: Topology | None = None
 
     def build(
         self,
@@ -222,6 +236,9 @@ class LocalRun:
         pos, committed, seen = [0] * n, [0] * n, [0] * n
         #: input lines read (new ones only) after which the process is replaced
         restart_at = [total * (i + 1) // (self.restarts + 1) for i in range(self.restarts)]
+        #: input lines read after which partitions move (the last once all has flowed)
+        move_at = [total * (i + 1) // self.moves for i in range(self.moves - 1)]
+        move_at += [total + 1] * (self.moves > 0)
         fresh = 0
         now = 0.0
         steps = 0
@@ -239,6 +256,9 @@ class LocalRun:
                 for update in applied:  # its bank follower reads the bank topic again
                     topology.change_bank(update)
                 pos = committed[:]  # what was read after the last commit is read again
+            if move_at and fresh >= move_at[0]:
+                move_at.pop(0)
+                self._move(rng, topology)
             while bank_updates and bank_updates[0][0] <= fresh:  # the bank follower
                 _, update = bank_updates.pop(0)
                 update.apply(self.banks)
@@ -249,7 +269,11 @@ class LocalRun:
             choices += [("r", p) for p in range(n) if resolve[p]]
             choices += [("c", p) for p in range(n) if clusters[p]]
             if not choices:
-                if flushed:
+                if flushed and move_at:  # the last moves come once everything has flowed
+                    move_at.pop(0)
+                    self._move(rng, topology)
+                    now += 60.0  # a rebalance takes its time
+                elif flushed:
                     break
                 flushed = True  # input over: every partition goes idle, held events flow out
                 topology.heartbeat(now + 2e9)
@@ -269,15 +293,35 @@ class LocalRun:
             elif stage == "r":
                 records, resolve[p] = resolve[p][:size], resolve[p][size:]
                 topology.resolve_received({p: received(hops.resolve, p, records)})
+                if not resolve[p]:
+                    hops.resolve.read_from(p)
             else:
                 records, clusters[p] = clusters[p][:size], clusters[p][size:]
                 topology.detect(p, received(hops.clusters, p, records))
+                if not clusters[p]:
+                    hops.clusters.read_from(p)
             checkpoint.stage()
             steps += 1
             if steps % self.commit_every == 0:
                 committed = pos[:]
         self.actions.update((k.decode(), v) for k, v in tables["actions-sent"].items())
+        self.topology = topology
         return self
+
+    def _move(self, rng: random.Random, topology: Topology) -> None:
+        """Some partitions of each internal topic change owner (see the module doc)."""
+        n = self.partitions
+        hops = {"resolve": topology.hand_over.resolve, "clusters": topology.hand_over.clusters}
+        for name, hop in hops.items():
+            moved = rng.sample(range(n), rng.randint(1, max(1, n - 1)))
+            for p in moved:
+                held = p in hop.held
+                topology.revoke(name, p)
+                if held:
+                    hop.assign([p])  # the new owner holds it; the short way opens once read
+            if name == "clusters":
+                topology.release(set(moved))
+        self.moved += 1
 
     def _compacted(self) -> None:
         self.stats.log_compactions += 1

@@ -52,6 +52,10 @@ from streams.stages import (
 from streams.stats import Stats
 from streams.watermarks import NO_TIME
 
+#: How often (wall time) the resolve partitions held here remind the partitions downstream
+#: of their progress (see :meth:`Topology.remind`).
+PROGRESS_REMINDER_S = 5.0
+
 log = logging.getLogger("viralwatch.worker")
 
 #: Timed bank changes kept for a clusters partition taken over later (a reviewer's, or a
@@ -107,6 +111,7 @@ class Topology:
         self.outputs = outputs
         self.predictor_factory = predictor_factory
         self.ingest = Ingest(s.partitions, s.partition_idle_s, topic=s.shares_topic, stats=stats)
+        self._reminded_at: float | None = None
         self.resolvers: dict[int, ResolvePartition] = {}
         self.detectors: dict[int, ClusterPartition] = {}
         #: clusters partitions rebuilt from their log whose firing alerts are not known yet
@@ -128,8 +133,34 @@ class Topology:
         return batch.events
 
     def heartbeat(self, now: float) -> None:
-        """Where event time stands on the ``shares`` partitions, when no data flows."""
+        """Where event time stands on the ``shares`` partitions, when no data flows; and,
+        every :data:`PROGRESS_REMINDER_S`, where the resolve partitions held here stand."""
         self.to_resolve(self.ingest.heartbeat(now))
+        if self._reminded_at is None or now - self._reminded_at >= PROGRESS_REMINDER_S:
+            self._reminded_at = now
+            self.remind()
+
+    def remind(self) -> None:
+        """Every held resolve partition's progress again, to every clusters partition and
+        every peer.
+
+        Progress goes out when it moves. A partition that changes owner is rebuilt from
+        its log, not from the marks it had heard: a clusters partition waits for every
+        source's progress before it applies anything, a resolve partition for its peers'
+        before its held reshares expire (and its own progress waits for those). Once
+        the stream is quiet no mark moves again, so without a reminder a partition
+        taken over near the end of a burst would wait for ever (a worker that joined
+        had partitions stopped short of the end of the stream). A reminder changes
+        nothing where the mark is known (a watermark never goes back), and takes the
+        way every envelope takes, so it never overtakes the data it covers.
+        """
+        marks = {r: st.progress for r, st in self.resolvers.items() if st.progress != NO_TIME}
+        if not marks:
+            return
+        parts = range(self.settings.partitions)
+        peers = {r: {p: t for p, t in marks.items() if p != r} for r in parts}
+        self.to_resolve({r: Envelope([], progress=m) for r, m in peers.items() if m})
+        self.to_clusters({k: Envelope([], progress=marks) for k in parts})
 
     # -- stage 1b --
 
