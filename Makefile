@@ -7,8 +7,14 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# The compiled core (rust/) builds with cargo; rustup installs it in ~/.cargo/bin.
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+CARGO_MANIFEST := rust/Cargo.toml
+# Every input of the compiled core: a change to any rebuilds the editable install.
+CORE_SOURCES := $(shell find rust -path rust/target -prune -o -type f \( -name '*.rs' -o -name 'Cargo.*' \) -print)
 
-.PHONY: demo test lint typecheck unit programs kafka bench clean
+.PHONY: demo test lint typecheck unit programs kafka bench clean core cargo-test
 
 KAFKA_STAMP := .kafka/lib/.built
 
@@ -32,9 +38,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# An editable install: streams/ and graphs/ are imported from this tree, and
+# maturin builds the compiled core into streams/_core*.so. Re-run (it is, by
+# any target here) whenever rust/ changes: Python imports the built module,
+# not the sources.
+$(VENV)/.installed: pyproject.toml $(CORE_SOURCES) | $(BIN)/python
+	@command -v $(CARGO) >/dev/null || { echo "the compiled core needs a Rust toolchain (cargo): https://rustup.rs"; exit 1; }
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+
+core: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(BIN)/viralwatch demo
@@ -55,6 +68,11 @@ programs:
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(CARGO) fmt --manifest-path $(CARGO_MANIFEST) --all --check
+	$(CARGO) clippy --manifest-path $(CARGO_MANIFEST) --workspace --all-targets --quiet -- -D warnings
+
+cargo-test:
+	$(CARGO) test --manifest-path $(CARGO_MANIFEST) --workspace --quiet
 
 typecheck: $(VENV)/.installed
 	$(BIN)/mypy streams graphs
@@ -62,7 +80,7 @@ typecheck: $(VENV)/.installed
 unit: $(VENV)/.installed
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
-test: $(VENV)/.installed $(KAFKA_STAMP) programs lint typecheck
+test: $(VENV)/.installed $(KAFKA_STAMP) programs lint typecheck cargo-test
 	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc = 5 ]; then echo "pytest ran no test: that is a failure here"; exit 1; fi; exit $$rc
 
@@ -75,4 +93,4 @@ bench: $(VENV)/.installed $(KAFKA_STAMP)
 	$(BIN)/python bench/bench_pipeline.py
 
 clean:
-	rm -rf $(VENV) .kafka .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .kafka .pytest_cache .mypy_cache .ruff_cache rust/target streams/_core*.so

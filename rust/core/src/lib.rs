@@ -1,0 +1,14 @@
+//! viralwatch's per-event core, in plain Rust: no Python here, so every part
+//! is tested by `cargo test` alone. The bindings (`../python`) hand it
+//! batches of raw records.
+
+/// The crate's version, so Python can tell which build it imported.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_is_semver() {
+        assert_eq!(super::VERSION.split('.').count(), 3);
+    }
+}
