@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -153,6 +155,27 @@ class Prediction:
         return out
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration(value: object) -> int:
+    """A duration in milliseconds from ``"90s"``, ``"5m"``, ``"1h"`` or a number of ms."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is text like '5m' or a number of milliseconds")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"a duration must be finite, not {value!r}")
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return int(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return int(float(m.group(1)) * _UNIT_MS[m.group(2)])
+    raise ValueError(f"not a duration: {value!r} (use e.g. '90s', '5m', '1h')")
+
+
 def duration_text(seconds: float) -> str:
     """``"7d"``, ``"36h"``, ``"90m"`` or ``"45s"``: the largest unit that divides it.
 
@@ -244,6 +267,153 @@ class Alert:
     def to_json(self) -> bytes:
         """Canonical bytes: the same alert always serialises the same way."""
         return orjson.dumps(self.to_dict(), option=orjson.OPT_SORT_KEYS)
+
+    @staticmethod
+    def from_json(raw: bytes | None) -> Alert:
+        """An alert back from its JSON (a record of the ``alerts`` topic); ``ValueError``
+        saying what is wrong if it is not one. ``from_json(a.to_json()).to_json() ==
+        a.to_json()`` for every alert (figures are rounded once, as written).
+
+        >>> a = Alert("vw-1", "firing", "high", 1767225600000, "b-1", 1767225500000)
+        >>> Alert.from_json(a.to_json()) == a
+        True
+        >>> Alert.from_json(b'{"alert_id": "vw-1"}')
+        Traceback (most recent call last):
+        ...
+        ValueError: not an alert: missing 'status'
+        """
+        try:
+            d = orjson.loads(raw or b"")
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"not an alert: not JSON ({exc})") from None
+        if not isinstance(d, dict):
+            raise ValueError("not an alert: not a JSON object")
+        try:
+            return _alert(d)
+        except KeyError as exc:
+            raise ValueError(f"not an alert: missing {exc}") from None
+        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise ValueError(f"not an alert: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyAlert(Alert):
+    """A firing sent before the watermark reached it, because it is certain (see streams.detector).
+
+    Its id and status are those replay gives; its figures are as of what had
+    been seen, so its JSON says so: ``"provisional": true``, and ``"as_of"``,
+    the event time up to which every event had been applied (the graph
+    figures are of those and the posts held up to ``ts``; velocity and
+    acceleration count every share seen, at ``ts``). An alert sent when the
+    watermark reaches it has neither key.
+
+    >>> a = EarlyAlert(alert_id="vw-1", status="firing", severity="warning",
+    ...                ts_ms=1767225660000, cluster_id="b-1", first_seen_ms=1767225600000,
+    ...                as_of_ms=1767225600000)
+    >>> d = a.to_dict()
+    >>> d["provisional"], d["as_of"], d["ts"]
+    (True, '2026-01-01T00:00:00.000Z', '2026-01-01T00:01:00.000Z')
+    """
+
+    as_of_ms: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = Alert.to_dict(self)  # not super(): slotted dataclasses are rebuilt classes
+        out["provisional"] = True
+        out["as_of"] = rfc3339(self.as_of_ms)
+        return out
+
+
+def _ms(text: object) -> int:
+    """Epoch milliseconds from :func:`rfc3339`'s text."""
+    if not isinstance(text, str) or not text.endswith("Z"):
+        raise ValueError(f"not an RFC 3339 UTC time: {text!r}")
+    when = datetime.strptime(text[:-1], "%Y-%m-%dT%H:%M:%S.%f").replace(tzinfo=UTC)
+    return round(when.timestamp() * 1000)
+
+
+def _str(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be text, not {value!r}")
+    return value
+
+
+def _num(value: object) -> float:
+    """A figure as :meth:`Prediction.to_dict` writes it (``"inf"``; ``None`` for NaN)."""
+    if value is None:
+        return math.nan
+    if value == "inf":
+        return math.inf
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"not a number: {value!r}")
+    return float(value)
+
+
+def _alert(d: dict[str, Any]) -> Alert:
+    status, severity = d["status"], d["severity"]
+    if status not in ("firing", "resolved"):
+        raise ValueError(f"unknown status {status!r}")
+    if severity not in SEVERITIES:
+        raise ValueError(f"unknown severity {severity!r}")
+    m = d["match"]
+    match = None
+    if m is not None:
+        match = MatchInfo(
+            bank=_str(m["bank"], "match.bank"),
+            signal_type=_str(m["signal_type"], "match.signal_type"),
+            signal=_str(m["signal"], "match.signal"),
+            distance=int(m["distance"]),
+            label=m.get("label"),
+            kind=m.get("kind"),
+            query_match_pct=m.get("query_match_pct"),
+            compared_match_pct=m.get("compared_match_pct"),
+        )
+    c = d["cascade"]
+    v = c["velocity_per_min"]
+    p = c.get("predicted_final_size")
+    prediction = None
+    if p is not None:
+        horizon = p.get("horizon")
+        prediction = Prediction(
+            size=_num(p["size"]),
+            low=_num(p["low"]),
+            high=_num(p["high"]),
+            model=_str(p["model"], "model"),
+            horizon_s=None if horizon is None else parse_duration(horizon) / 1000,
+        )
+    cascade = CascadeFigures(
+        size=int(c["size"]),
+        live=int(c["live"]),
+        roots=int(c["roots"]),
+        unique_users=int(c["unique_users"]),
+        depth=int(c["depth"]),
+        breadth=int(c["breadth"]),
+        structural_virality=float(c["structural_virality"]),
+        velocity_1m=float(v["1m"]),
+        velocity_5m=float(v["5m"]),
+        velocity_15m=float(v["15m"]),
+        acceleration=float(c["acceleration"]),
+        predicted_final_size=prediction,
+    )
+    fields: dict[str, Any] = dict(
+        alert_id=_str(d["alert_id"], "alert_id"),
+        status=status,
+        severity=severity,
+        ts_ms=_ms(d["ts"]),
+        cluster_id=_str(d["cluster_id"], "cluster_id"),
+        first_seen_ms=_ms(d["first_seen"]),
+        episode=int(d["episode"]),
+        match=match,
+        cascade=cascade,
+        top_spreaders=tuple(
+            (_str(t["user"], "user"), int(t["reshares"])) for t in d["top_spreaders"]
+        ),
+        links=tuple((_str(k, "link"), _str(u, "link")) for k, u in d["links"].items()),
+        reason=_str(d["reason"], "reason"),
+    )
+    if d.get("provisional") is True:
+        return EarlyAlert(**fields, as_of_ms=_ms(d["as_of"]))
+    return Alert(**fields)
 
 
 @dataclass(frozen=True, slots=True)

@@ -183,9 +183,9 @@ def replay(
     ] = 0.0,
 ) -> None:
     """Run the detection core over a file of events; alerts as JSON lines, same input same bytes."""
+    from streams.alerts import parse_duration
     from streams.detector import Decisions
     from streams.pipeline import FEED_CHUNK, Pipeline
-    from streams.policy import parse_duration
     from streams.sinks.oncall import OnCall, Pacer
     from streams.sinks.webhook import secret_from_env
 
@@ -792,7 +792,7 @@ def evaluate_cmd(
 
 def streaming_settings(**flags: object) -> object:
     """Settings from VIRALWATCH_* and the flags given; a bad value exits 2 with the reason."""
-    from streams.policy import parse_duration
+    from streams.alerts import parse_duration
     from streams.settings import Settings
 
     try:

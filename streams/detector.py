@@ -133,20 +133,20 @@ from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from graphs.cascade import Cascade, PostSet
 from graphs.velocity import MINUTE_MS, WINDOWS_MS, Velocity
 from streams.alerts import (
     Alert,
     CascadeFigures,
+    EarlyAlert,
     MatchInfo,
     Prediction,
     Pseudonymizer,
     Severity,
     TakedownRequest,
     alert_id,
-    rfc3339,
     severity_rank,
 )
 from streams.banks import ALLOW_BANK, DEFAULT_PDQ_THRESHOLD, BankUpdate
@@ -177,34 +177,6 @@ class ClusterSummary:
     live: int
     first_seen_ms: int
     last_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class EarlyAlert(Alert):
-    """A firing sent before the watermark reached it, because it is certain (module doc).
-
-    Its id and status are those replay gives; its figures are as of what had
-    been seen, so its JSON says so: ``"provisional": true``, and ``"as_of"``,
-    the event time up to which every event had been applied (the graph
-    figures are of those and the posts held up to ``ts``; velocity and
-    acceleration count every share seen, at ``ts``). An alert sent when the
-    watermark reaches it has neither key.
-
-    >>> a = EarlyAlert(alert_id="vw-1", status="firing", severity="warning",
-    ...                ts_ms=1767225660000, cluster_id="b-1", first_seen_ms=1767225600000,
-    ...                as_of_ms=1767225600000)
-    >>> d = a.to_dict()
-    >>> d["provisional"], d["as_of"], d["ts"]
-    (True, '2026-01-01T00:00:00.000Z', '2026-01-01T00:01:00.000Z')
-    """
-
-    as_of_ms: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        out = Alert.to_dict(self)  # not super(): slotted dataclasses are rebuilt classes
-        out["provisional"] = True
-        out["as_of"] = rfc3339(self.as_of_ms)
-        return out
 
 
 @dataclass

@@ -19,7 +19,6 @@ templates put on every alert.
 from __future__ import annotations
 
 import math
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,28 +26,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from graphs.prediction import DEFAULT_HORIZON_S
-from streams.alerts import SEVERITIES, Severity, severity_rank
+from streams.alerts import SEVERITIES, Severity, parse_duration, severity_rank
 
 DEFAULT_POLICY: Final = Path(__file__).with_name("policy.toml")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNIT_MS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-def parse_duration(value: object) -> int:
-    """A duration in milliseconds from ``"90s"``, ``"5m"``, ``"1h"`` or a number of ms."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is text like '5m' or a number of milliseconds")
-    if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise ValueError(f"a duration must be finite, not {value!r}")
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return int(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return int(float(m.group(1)) * _UNIT_MS[m.group(2)])
-    raise ValueError(f"not a duration: {value!r} (use e.g. '90s', '5m', '1h')")
 
 
 @dataclass(frozen=True, slots=True)

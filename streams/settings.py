@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from streams.access import AccessTokens
-from streams.policy import parse_duration
+from streams.alerts import parse_duration
 
 #: Makes pseudonyms reproducible in demos and tests. Production sets
 #: ``VIRALWATCH_PSEUDONYM_KEY``; commands warn when it is missing.

@@ -363,3 +363,89 @@ def test_alertmanager_answering_after_30_s_does_not_delay_the_alerts_topic(
         first.close()
         second.close()
         slow.stop()
+
+
+def test_a_webhook_alert_its_worker_could_not_post_before_it_was_killed_is_posted_by_the_next(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    """The webhook is fed from the ``alerts`` topic (streams.runtime.alert_feed): the receiver
+    is down (503) while the alert fires, the worker that holds it queued is SIGKILLed, the
+    receiver comes back, and the next worker posts it, once. A record on the topic that is
+    not an alert is dead-lettered, and the alerts around it go on."""
+    receiver = WebhookReceiver(status=503).start()
+    pdq = pdq_hex(random.Random(15))
+    bank = tmp_path / "bank.csv"
+    bank.write_text(f"signal_type,signal,bank\npdq,{pdq},ncii\n")
+    prefix, app_id = names()
+    s = settings_for(
+        broker,
+        prefix,
+        app_id,
+        bank_files=(bank,),
+        partition_idle_s=1.0,
+        lateness_ms=2_000,
+        data_dir=tmp_path / "data",
+        webhook_url=receiver.url + "/hook",
+    )
+    create_topics(s)
+    first = WorkerProcess(worker_env(s), tmp_path / "first.log")
+    second = WorkerProcess(worker_env(s), tmp_path / "second.log")
+    spread = Spread(broker, s.topic("shares"), pdq)
+    alerts = TopicReader(broker, s.topic("alerts"))
+    try:
+        with workers(first):
+            from kafka import KafkaProducer
+
+            producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+            producer.send(s.topic("alerts"), key=b"junk", value=b"not an alert", partition=0)
+            producer.flush()
+            producer.close()
+            spread.begin()
+            alerts.until(
+                lambda r: any(b'"firing"' in (x.value or b"") for x in r),
+                90,
+                "the alert on the alerts topic",
+                on_timeout=first.log_tail,
+            )
+            wait_until(lambda: receiver.received(), 30, "a post the receiver refused (503)")
+            first.kill()
+        assert first.proc is not None and first.proc.returncode == -9
+        spread.close()
+        back_at = time.time()
+        receiver.status = 200
+        with workers(second):
+            time.sleep(1.0)
+            alerts.poll()
+            sent = {
+                f"{d['alert_id']}:{d['status']}"
+                for v in alerts.values()
+                if v and v.startswith(b"{") and (d := orjson.loads(v))
+            }
+
+            def posted() -> list[str]:
+                return [
+                    r.headers["X-Viralwatch-Delivery"]
+                    for r in receiver.received()
+                    if r.at >= back_at
+                ]
+
+            wait_until(
+                lambda: sent <= set(posted()), 90, "every alert posted once the receiver is back"
+            )
+            time.sleep(2.0)
+            dead = TopicReader(broker, s.topic("deadletter"))
+            dead.until(
+                lambda r: any(b"bad_alert_record" in x.value for x in r),
+                30,
+                "the record that is not an alert, dead-lettered",
+            )
+            dead.close()
+    finally:
+        alerts.close()
+        spread.close()
+        receiver.stop()
+    assert sent, "the spread made no alert"
+    twice = [k for k in set(posted()) if posted().count(k) > 1]
+    assert not twice, f"posted twice once the receiver was back: {twice}"
+    refused = {r.headers["X-Viralwatch-Delivery"] for r in receiver.received() if r.at < back_at}
+    assert refused & sent, "the first worker tried them while the receiver was down"

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_streaming_stages import assert_replay_alerts
 
-from streams.alerts import MatchInfo, Prediction, Pseudonymizer, alert_id
+from streams.alerts import EarlyAlert, MatchInfo, Prediction, Pseudonymizer, alert_id
 from streams.banks import BankEntry, HashBanks
-from streams.detector import Detector, EarlyAlert, Predictor
+from streams.detector import Detector, Predictor
 from streams.events import ShareEvent
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy, VelocityRule

@@ -307,7 +307,8 @@ def test_a_retroactive_firing_the_applied_shares_prove_goes_out_before_the_water
     """Streaming: the bank add at 4:00 waits for the watermark (here 3:00), but the shares
     applied already meet ``warning`` at 4:00, so its firing goes out at once, with the id
     the watermark path (and replay) gives it, and is not sent again when it gets there."""
-    from streams.detector import Detector, EarlyAlert
+    from streams.alerts import EarlyAlert
+    from streams.detector import Detector
     from streams.events import parse_event
     from streams.router import Router
     from streams.stats import Stats

@@ -41,9 +41,9 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from streams.alerts import Alert, Pseudonymizer
+from streams.alerts import Alert, EarlyAlert, Pseudonymizer
 from streams.banks import BankUpdate, HashBanks
-from streams.detector import EarlyAlert, Predictor
+from streams.detector import Predictor
 from streams.pipeline import DEFAULT_PREDICTOR, is_bank_update
 from streams.policy import AlertPolicy
 from streams.runtime.checkpoint import Checkpoint

@@ -73,6 +73,7 @@ from streams.banks import BankUpdate, HashBanks, load_bank_csv
 from streams.detector import ClusterSummary
 from streams.policy import AlertPolicy
 from streams.review import ActionLog
+from streams.runtime.alert_feed import AlertFeed
 from streams.runtime.bank_follower import BankFollower
 from streams.runtime.broker import (
     BrokerError,
@@ -388,6 +389,8 @@ class Worker:
         self.shares = SharesReader(
             s, self.topology, self.checkpoint, on_delays=lambda t: self._delay("ingest", t)
         )
+        #: sinks fed from the alerts topic (the webhook: streams.runtime.alert_feed)
+        self.feeds: list[AlertFeed] = []
         self.bank_follower = BankFollower(
             s,
             self.banks,
@@ -457,6 +460,10 @@ class Worker:
         @app.task  # type: ignore[untyped-decorator]
         async def bank_updates() -> None:
             await self.bank_follower.run()
+
+        @app.task  # type: ignore[untyped-decorator]
+        async def alert_feeds() -> None:
+            await asyncio.gather(*(feed.run() for feed in self.feeds))
 
         @app.task  # type: ignore[untyped-decorator]
         async def views() -> None:
@@ -819,16 +826,23 @@ def _run_worker(
             views=views,
         )
         if served or settings.alertmanager_url or settings.webhook_url:
+            from streams.sinks.base import AlertSink
             from streams.sinks.oncall import OnCall
-            from streams.sinks.webhook import secret_from_env
+            from streams.sinks.webhook import WebhookSink, secret_from_env
 
+            fed: list[AlertSink] = []
+            if settings.webhook_url:  # fed from the alerts topic: posted even if this one dies
+                webhook = WebhookSink(settings.webhook_url, secret=secret_from_env())
+                worker.feeds.append(
+                    AlertFeed(settings, webhook, worker.stats, deadletter=worker.outputs.deadletter)
+                )
+                fed.append(webhook)
             oncall = OnCall(
                 worker.stats,
                 fastest=worker.fastest,
                 alertmanager=settings.alertmanager_url,
                 repost_interval=settings.alertmanager_repost_s,
-                webhook=settings.webhook_url,
-                webhook_secret=secret_from_env(),
+                fed=fed,
                 registry=registry,
             )
             worker.on_alerts = oncall.emit

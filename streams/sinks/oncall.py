@@ -72,6 +72,10 @@ class OnCall:
         Seconds between re-posts of firing alerts to Alertmanager.
     sinks
         More sinks (already built), delivered to like the others.
+    fed
+        Sinks fed from elsewhere (a worker's webhook reads the ``alerts`` topic:
+        :mod:`streams.runtime.alert_feed`): watched, started and closed here, never
+        handed alerts by :meth:`emit`.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class OnCall:
         webhook_secret: bytes | None = None,
         repost_interval: float = 60.0,
         sinks: Sequence[AlertSink] = (),
+        fed: Sequence[AlertSink] = (),
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -95,12 +100,13 @@ class OnCall:
             self.sinks.append(AlertmanagerSink(alertmanager, repost_interval=repost_interval))
         if webhook:
             self.sinks.append(WebhookSink(webhook, secret=webhook_secret))
-        for sink in self.sinks:
+        self.fed = list(fed)
+        for sink in self.sinks + self.fed:
             self.metrics.watch_sink(sink)
         self.server: MetricsServer | None = None
         if metrics_port is not None:
             self.server = serve_metrics(self.registry, metrics_port, metrics_host)
-        for sink in self.sinks:
+        for sink in self.sinks + self.fed:
             sink.start(interval=min(1.0, repost_interval / 4))
 
     @property
@@ -141,7 +147,7 @@ class OnCall:
 
     def close(self, timeout: float = 10.0) -> int:
         """Deliver what is pending (for up to ``timeout`` s each), stop; return the undelivered."""
-        left = sum(sink.close(timeout) for sink in self.sinks)
+        left = sum(sink.close(timeout) for sink in self.sinks + self.fed)
         if self.server is not None:
             self.server.stop()
             self.server = None

@@ -1,0 +1,145 @@
+"""The alert record on the wire: what the ``alerts`` topic holds decodes back to the alert.
+
+Readers of the topic (the webhook delivery, a platform's own consumer) get
+typed records, not dicts: :meth:`Alert.from_json` is the one decoder, and it
+gives back the very bytes it was given, for every alert the pipeline makes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_streaming_stages import IN_TIME, bank_of, replay_alerts
+
+from streams.alerts import (
+    SEVERITIES,
+    Alert,
+    CascadeFigures,
+    EarlyAlert,
+    MatchInfo,
+    Prediction,
+    Pseudonymizer,
+)
+from streams.policy import AlertPolicy
+from streams.runtime.local_run import LocalRun
+from streams.settings import DEV_PSEUDONYM_KEY
+from streams.simulate import Scenario, simulate
+
+
+def test_every_alert_of_a_replay_and_of_a_streamed_run_decodes_to_its_own_bytes() -> None:
+    sim = simulate(Scenario(seed=3, minutes=60, **IN_TIME))  # type: ignore[arg-type]
+    expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
+    run = LocalRun(
+        bank_of(sim.bank), AlertPolicy.default(), Pseudonymizer(DEV_PSEUDONYM_KEY), seed=1
+    ).run(sim.lines)
+    records = [*expected, *run.alerts.values()]
+    assert expected and run.early, "the traffic must make alerts, some of them sent early"
+    for raw in records:
+        alert = Alert.from_json(raw)
+        assert alert.to_json() == raw
+        assert isinstance(alert, EarlyAlert) == (b'"provisional":true' in raw)
+    predicted = [Alert.from_json(r).cascade.predicted_final_size for r in expected]
+    assert any(p is not None and p.horizon_s for p in predicted)
+
+
+finite = st.floats(min_value=0, max_value=1e9, allow_nan=False)
+ts = st.integers(min_value=0, max_value=4_102_444_800_000)  # to 2100
+text = st.text(max_size=20)
+predictions = st.builds(
+    Prediction,
+    size=finite | st.just(math.inf),
+    low=finite,
+    high=finite | st.just(math.inf),
+    model=text,
+    horizon_s=st.none() | st.sampled_from([45.0, 5_400.0, 86_400.0, 604_800.0]),
+)
+matches = st.builds(
+    MatchInfo,
+    bank=text,
+    signal_type=st.sampled_from(["pdq", "md5", "vpdq"]),
+    signal=text,
+    distance=st.integers(0, 256),
+    label=st.none() | text,
+    kind=st.none() | st.sampled_from(["vpdq", "video_frame"]),
+    query_match_pct=st.none() | st.floats(0, 100),
+    compared_match_pct=st.none() | st.floats(0, 100),
+)
+figures = st.builds(
+    CascadeFigures,
+    size=st.integers(0, 10**7),
+    live=st.integers(0, 10**7),
+    roots=st.integers(0, 10**5),
+    unique_users=st.integers(0, 10**7),
+    depth=st.integers(0, 10**4),
+    breadth=st.integers(0, 10**6),
+    structural_virality=finite,
+    velocity_1m=finite,
+    velocity_5m=finite,
+    velocity_15m=finite,
+    acceleration=st.floats(-1e6, 1e6),
+    predicted_final_size=st.none() | predictions,
+)
+common = dict(
+    alert_id=text,
+    status=st.sampled_from(["firing", "resolved"]),
+    severity=st.sampled_from(SEVERITIES),
+    ts_ms=ts,
+    cluster_id=text,
+    first_seen_ms=ts,
+    episode=st.integers(1, 10**6),
+    match=st.none() | matches,
+    cascade=figures,
+    top_spreaders=st.lists(st.tuples(text, st.integers(0, 10**6)), max_size=3).map(tuple),
+    links=st.dictionaries(text, text, max_size=2).map(lambda d: tuple(d.items())),
+    reason=text,
+)
+alerts = st.builds(Alert, **common) | st.builds(EarlyAlert, **common, as_of_ms=ts)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300)
+@given(alerts)
+def test_any_alert_round_trips_once_its_figures_are_rounded_as_written(alert: Alert) -> None:
+    raw = alert.to_json()
+    assert Alert.from_json(raw).to_json() == raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (b"", "not JSON"),
+        (b"{oops", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"alert_id": "vw-1"}', "missing 'status'"),
+        (b"null", "not a JSON object"),
+    ],
+)
+def test_what_is_not_an_alert_is_refused_with_the_reason(raw: bytes, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        Alert.from_json(raw)
+
+
+@settings(max_examples=300)
+@given(alerts, st.data())
+def test_a_damaged_alert_is_refused_with_a_value_error_never_another_exception(
+    alert: Alert, data: st.DataObject
+) -> None:
+    """Whatever field is broken, and however: a ValueError (a dead letter), not a crash."""
+    d = orjson.loads(alert.to_json())
+    path = [data.draw(st.sampled_from(sorted(d)))]
+    node = d
+    while isinstance(node[path[-1]], dict) and node[path[-1]] and data.draw(st.booleans()):
+        node = node[path[-1]]
+        path.append(data.draw(st.sampled_from(sorted(node))))
+    node[path[-1]] = data.draw(
+        st.none() | st.integers() | st.text(max_size=5) | st.lists(st.integers(), max_size=2)
+    )
+    try:
+        decoded = Alert.from_json(orjson.dumps(d))
+    except ValueError as err:
+        assert str(err).startswith("not an alert")
+    else:
+        assert isinstance(decoded, Alert)
