@@ -8,11 +8,17 @@ Its peers, timed in the same run on the same lines, say where the time goes:
 
 - ``json``: ``orjson.loads`` of each line (the floor of any Python consumer
   of JSON events);
-- ``parse``: :func:`streams.events.parse_event` (JSON plus validation into a
-  frozen record).
+- ``parse``: :func:`streams.events.parse_event` one line at a time (JSON plus
+  validation into a frozen record);
+- ``parse_batch``: :func:`streams.events.parse_events` in batches of
+  ``FEED_CHUNK`` lines, as replay and the ingest stage call it;
+- ``core``: the compiled core's ``_core.parse_events`` alone on the same
+  batches (what the Rust side costs, before Python builds its records).
 
-Runs are interleaved (json, parse, pipeline, json, ...), ``--repeats``
-times; medians are reported, and each stage's ratio to ``json``.
+Runs are interleaved (json, parse, ..., pipeline, json, ...), ``--repeats``
+times; medians are reported, and each stage's ratio to ``json``: compare
+runs made at different times (before and after a change, on a machine others
+share) by their ratios, not by their rates.
 
 Memory. One hot banked cluster of ``--nodes`` reshares (a random recursive
 tree, so depth and breadth are realistic) is fed through the pipeline and the
@@ -49,9 +55,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from graphs.cascade import Cascade  # noqa: E402
+from streams import _core  # noqa: E402
 from streams.alerts import Pseudonymizer  # noqa: E402
 from streams.banks import BankEntry, HashBanks  # noqa: E402
-from streams.events import ShareEvent, parse_event  # noqa: E402
+from streams.events import ShareEvent, parse_event, parse_events, parse_ts  # noqa: E402
 from streams.pipeline import FEED_CHUNK, Pipeline  # noqa: E402
 from streams.policy import AlertPolicy  # noqa: E402
 from streams.simulate import Scenario, simulate  # noqa: E402
@@ -94,15 +101,32 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         for line in lines:
             parse_event(line)
 
+    chunks = [lines[i : i + FEED_CHUNK] for i in range(0, len(lines), FEED_CHUNK)]
+
+    def parse_batch() -> None:
+        for chunk in chunks:
+            parse_events(chunk)
+
+    def core_only() -> None:
+        for chunk in chunks:
+            _core.parse_events(chunk, parse_ts)
+
     def replay() -> None:  # as ``viralwatch replay`` feeds a file
         pipe = pipeline_for(sim.bank)
         for i in range(0, len(lines), FEED_CHUNK):
             pipe.feed_many(lines[i : i + FEED_CHUNK])
         alerts.append(len(pipe.finish().alerts) + len(pipe.drain().alerts))
 
-    runs: dict[str, list[float]] = {"json": [], "parse": [], "pipeline": []}
+    stages: dict[str, Callable[[], None]] = {
+        "json": json_only,
+        "parse": parse_only,
+        "parse_batch": parse_batch,
+        "core": core_only,
+        "pipeline": replay,
+    }
+    runs: dict[str, list[float]] = {name: [] for name in stages}
     for _ in range(args.repeats):
-        for name, fn in (("json", json_only), ("parse", parse_only), ("pipeline", replay)):
+        for name, fn in stages.items():
             runs[name].append(len(lines) / timed(fn))
     if len(set(alerts)) != 1:
         raise RuntimeError(f"replay is not deterministic: {alerts} alerts")
@@ -225,6 +249,8 @@ def main() -> None:
     for name, label in (
         ("json", "orjson.loads only"),
         ("parse", "parse + validate"),
+        ("parse_batch", "  the same, batched"),
+        ("core", "  compiled part alone"),
         ("pipeline", "replay (whole core)"),
     ):
         print(

@@ -1,4 +1,16 @@
 """Type stubs of the compiled core (``rust/python``), built by maturin into ``streams._core``."""
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
+MAX_EVENT_BYTES: int
+MAX_ID_LEN: int
+TS_MIN_MS: int
+TS_MAX_MS: int
+
 def version() -> str:
     """The compiled core's version (its crate's)."""
+
+def parse_events(lines: Iterable[bytes], parse_ts: Callable[[str], int]) -> list[tuple[Any, ...]]:
+    """Parse and validate a batch of lines: per line an event tuple or ``(reason, detail,
+    event_id)``."""

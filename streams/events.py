@@ -19,13 +19,14 @@ every dropped line is counted and can be dead-lettered with its bytes.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
 import orjson
 
+from streams import _core
 from streams.vpdq import REASONS as VPDQ_REASONS
 from streams.vpdq import VpdqError, VpdqFrame, parse_vpdq
 
@@ -36,9 +37,9 @@ EVENT_TYPES: Final = ("upload", "share", "takedown")
 #: upload's vPDQ up to 3,600 frames of about 78 bytes (an hour at one frame a
 #: second: 280 KB); a line far over this is a broken or hostile producer, and
 #: parsing it would cost memory for nothing.
-MAX_EVENT_BYTES: Final = 320 * 1024
+MAX_EVENT_BYTES: Final = _core.MAX_EVENT_BYTES
 #: Longest id accepted (event, post, user ids).
-MAX_ID_LEN: Final = 256
+MAX_ID_LEN: Final = _core.MAX_ID_LEN
 
 REJECT_REASONS: Final = (
     "too_large",
@@ -65,11 +66,10 @@ REJECT_REASONS: Final = (
     "too_late",
 )
 
-_HEX = re.compile(r"[0-9a-f]*")
 # 2000-01-01 .. 2100-01-01: an epoch outside this is a unit mistake (seconds,
 # microseconds) rather than a real event time.
-_TS_MIN_MS: Final = 946_684_800_000
-_TS_MAX_MS: Final = 4_102_444_800_000
+_TS_MIN_MS: Final = _core.TS_MIN_MS
+_TS_MAX_MS: Final = _core.TS_MAX_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,13 +152,6 @@ class Rejection:
         }
 
 
-class _Reject(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
 def parse_ts(value: object) -> int:
     """Event time as epoch milliseconds, from RFC 3339 text or epoch milliseconds.
 
@@ -203,111 +196,47 @@ def parse_ts(value: object) -> int:
     return ms
 
 
-def _id(obj: dict[str, Any], key: str, required: bool = True) -> str | None:
-    value = obj.get(key)
-    if type(value) is str and 0 < len(value) <= MAX_ID_LEN and value.isprintable():
-        return value  # the common case, first: every event has three or four ids
-    if value is None:
-        if required:
-            raise _Reject("missing_field", f"{key} is missing")
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise _Reject("bad_id", f"{key} must be a string")
-    text = str(value)
-    if not text or len(text) > MAX_ID_LEN or not text.isprintable():
-        raise _Reject("bad_id", f"{key} must be 1..{MAX_ID_LEN} printable characters")
-    return text
-
-
-def _hex(value: object, key: str, length: int) -> str:
-    if not isinstance(value, str):
-        raise _Reject("bad_content", f"content.{key} must be a hex string")
-    text = value.strip().lower()
-    if not _HEX.fullmatch(text):
-        raise _Reject("bad_hex", f"content.{key} is not hexadecimal")
-    if len(text) != length:
-        raise _Reject(
-            "bad_hash_length", f"content.{key} must be {length} hex digits, not {len(text)}"
-        )
-    return text
-
-
-def _content(value: object) -> Content:
-    if not isinstance(value, dict):
-        raise _Reject("bad_content", "content must be an object")
-    pdq = md5 = None
-    quality = None
-    if value.get("pdq") is not None:
-        pdq = _hex(value["pdq"], "pdq", 64)
-    if value.get("md5") is not None:
-        md5 = _hex(value["md5"], "md5", 32)
-    q = value.get("pdq_quality")
-    if q is not None:
-        if isinstance(q, bool) or not isinstance(q, int) or not 0 <= q <= 100:
-            raise _Reject("bad_quality", "content.pdq_quality must be an integer 0..100")
-        quality = q
-    vpdq = None
-    if value.get("vpdq") is not None:
-        if not isinstance(value["vpdq"], list):
-            raise _Reject("bad_vpdq", "content.vpdq must be a list of 'pdqhex,quality,timestamp'")
-        try:
-            vpdq = parse_vpdq(value["vpdq"])
-        except VpdqError as exc:
-            raise _Reject(exc.reason, f"content.vpdq: {exc.detail}") from None
-    if pdq is None and md5 is None and vpdq is None:
-        raise _Reject("bad_content", "content carries none of pdq, md5, vpdq")
-    return Content(pdq=pdq, pdq_quality=quality, md5=md5, vpdq=vpdq)
-
-
-def _event(obj: object) -> ShareEvent:
-    if not isinstance(obj, dict):
-        raise _Reject("not_object", "an event must be a JSON object")
-    event_id = _id(obj, "event_id")
-    kind = obj.get("type")
-    if kind is None:
-        raise _Reject("missing_field", "type is missing")
-    if kind not in EVENT_TYPES:
-        raise _Reject("unknown_type", f"type must be one of {', '.join(EVENT_TYPES)}")
-    ts = obj.get("ts")
-    if type(ts) is int and _TS_MIN_MS <= ts < _TS_MAX_MS:
-        ts_ms = ts  # the common case (and every event a stage wrote), first
-    elif ts is None:
-        raise _Reject("missing_field", "ts is missing")
-    else:
-        try:
-            ts_ms = parse_ts(ts)
-        except ValueError as exc:
-            raise _Reject("bad_ts", str(exc)) from None
-    post_id = _id(obj, "post_id")
-    user_id = _id(obj, "user_id")
-    parent = _id(obj, "parent_post_id", required=False)
-    followers = obj.get("followers")
-    if followers is not None and (
-        isinstance(followers, bool) or not isinstance(followers, int) or not 0 <= followers < 2**53
-    ):
-        raise _Reject("bad_followers", "followers must be a non-negative integer")
+def _built(item: tuple[Any, ...], raw: bytes) -> ShareEvent | Rejection:
+    """A ``_core.parse_events`` result as the record it stands for."""
+    if len(item) == 3:
+        reason, detail, event_id = item
+        return Rejection(reason, detail, raw[:MAX_EVENT_BYTES], event_id)
+    event_id, kind, ts_ms, post_id, user_id, parent, followers, hashes = item
     content = None
-    if kind == "upload":
-        if obj.get("content") is None:
-            raise _Reject("missing_content", "an upload must carry content")
-        content = _content(obj["content"])
-        parent = None  # an upload is a root by definition
-    elif kind == "share":
-        if parent is None:
-            raise _Reject("missing_parent", "a share must name its parent_post_id")
-        if parent == post_id:
-            raise _Reject("self_reshare", "a post cannot reshare itself")
-    assert event_id is not None and post_id is not None and user_id is not None
+    if hashes is not None:
+        pdq, quality, md5, vpdq_json, named = hashes
+        vpdq = None
+        if vpdq_json is not None:
+            try:  # a video's frames: read by streams.vpdq, the one reader of the signal
+                vpdq = parse_vpdq(orjson.loads(vpdq_json))
+            except VpdqError as exc:
+                detail = f"content.vpdq: {exc.detail}"
+                return Rejection(exc.reason, detail, raw[:MAX_EVENT_BYTES], named)
+        content = Content(pdq=pdq, pdq_quality=quality, md5=md5, vpdq=vpdq)
     return ShareEvent(
         event_id=event_id,
         type=kind,
         ts_ms=ts_ms,
         post_id=post_id,
         user_id=user_id,
-        parent_post_id=parent if kind == "share" else None,
+        parent_post_id=parent,
         followers=followers,
         content=content,
     )
+
+
+def parse_events(raws: Sequence[bytes]) -> list[ShareEvent | Rejection]:
+    """Parse and validate a batch of input records, in order; never raises on bad input.
+
+    The compiled core (``streams._core``) reads and judges every line; a
+    rejection keeps at most :data:`MAX_EVENT_BYTES` of its line.
+
+    >>> [getattr(p, "reason", "ok") for p in parse_events([b"{}", b"[]", bytes([255])])]
+    ['missing_field', 'not_object', 'not_utf8']
+    """
+    lines = [r if type(r) is bytes else bytes(r) for r in raws]
+    results = _core.parse_events(lines, parse_ts)
+    return [_built(item, raw) for item, raw in zip(results, lines, strict=True)]
 
 
 def event_from_dict(obj: object, raw: bytes = b"") -> ShareEvent | Rejection:
@@ -316,7 +245,9 @@ def event_from_dict(obj: object, raw: bytes = b"") -> ShareEvent | Rejection:
     The one decoder of a share event: :func:`parse_event` uses it for input
     lines, and the stages for the events they send each other
     (:mod:`streams.wire`), so a record the pipeline wrote is held to the same
-    rules as one a producer wrote. ``raw`` is what a rejection keeps.
+    rules as one a producer wrote. ``raw`` is what a rejection keeps. The
+    value is written back as JSON for the compiled core: a value JSON cannot
+    hold (a set, an integer over 64 bits) is ``not_json``.
 
     >>> event_from_dict({"event_id": "e", "type": "share", "ts": 1767225600000,
     ...                  "post_id": "p2", "parent_post_id": "p1", "user_id": "u"}).post_id
@@ -325,24 +256,18 @@ def event_from_dict(obj: object, raw: bytes = b"") -> ShareEvent | Rejection:
     'not_object'
     """
     try:
-        return _event(obj)
-    except _Reject as exc:
-        eid = obj.get("event_id") if isinstance(obj, dict) else None
-        return Rejection(exc.reason, exc.detail, raw, eid if isinstance(eid, str) else None)
+        data = orjson.dumps(obj)
+    except TypeError as exc:
+        return Rejection("not_json", f"not JSON: {str(exc)[:120]}", raw[:MAX_EVENT_BYTES])
+    (item,) = _core.parse_events([data], parse_ts)
+    return _built(item, raw)
 
 
 def parse_event(raw: bytes | str) -> ShareEvent | Rejection:
-    """Parse and validate one input record; never raises on bad input."""
+    """Parse and validate one input record; never raises on bad input.
+
+    A batch goes faster through :func:`parse_events`.
+    """
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
-    keep = data[:MAX_EVENT_BYTES]
-    if len(data) > MAX_EVENT_BYTES:
-        return Rejection("too_large", f"event is {len(data)} bytes, over {MAX_EVENT_BYTES}", keep)
-    try:
-        obj = orjson.loads(data)  # orjson validates UTF-8 itself: decode only to say why
-    except orjson.JSONDecodeError as exc:
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            return Rejection("not_utf8", "event is not valid UTF-8", keep)
-        return Rejection("not_json", f"not JSON: {str(exc)[:120]}", keep)
-    return event_from_dict(obj, keep)
+    (parsed,) = parse_events([data])
+    return parsed

@@ -33,7 +33,7 @@ from streams.alerts import Pseudonymizer
 from streams.banks import BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, Predictor
 from streams.emerging import EmergingClusters
-from streams.events import Rejection, ShareEvent, parse_event
+from streams.events import Rejection, ShareEvent, parse_event, parse_events
 from streams.forecast import predictor_factory as forecast_factory
 from streams.policy import AlertPolicy
 from streams.reorder import ReorderBuffer
@@ -111,15 +111,15 @@ class Pipeline:
     def feed_many(self, raws: Iterable[bytes]) -> None:
         """Take several input records: what :meth:`feed` on each gives, with their uploads
         matched in one index search (see :meth:`Router.prefetch`)."""
-        parsed: list[ShareEvent | Rejection] = []
+        lines: list[bytes] = []
         for raw in raws:
             if is_bank_update(raw):  # the banks change here: match what came before first
-                self._feed_parsed(parsed)
-                parsed = []
+                self._feed_parsed(parse_events(lines))
+                lines = []
                 self.feed_bank_update(raw)
             else:
-                parsed.append(parse_event(raw))
-        self._feed_parsed(parsed)
+                lines.append(raw)
+        self._feed_parsed(parse_events(lines))
 
     def _feed_parsed(self, parsed: list[ShareEvent | Rejection]) -> None:
         if not parsed:

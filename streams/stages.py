@@ -67,7 +67,7 @@ from streams.alerts import Pseudonymizer
 from streams.banks import BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, Predictor
 from streams.emerging import EmergingClusters
-from streams.events import Rejection, ShareEvent, parse_event
+from streams.events import Rejection, ShareEvent, parse_events
 from streams.pipeline import DEFAULT_PREDICTOR
 from streams.policy import AlertPolicy
 from streams.reorder import ReorderBuffer
@@ -515,8 +515,9 @@ class Ingest:
         dead: list[DeadLetter] = []
         clock = self.clock
         n = 0
-        for partition, offset, value in records:
-            parsed = parse_event(value if value is not None else b"")
+        batch = list(records)
+        values = [value if value is not None else b"" for _, _, value in batch]
+        for (partition, offset, _), parsed in zip(batch, parse_events(values), strict=True):
             if isinstance(parsed, Rejection):
                 clock.observe(partition, None, now)
                 self.stats.rejected[parsed.reason] += 1
@@ -524,7 +525,7 @@ class Ingest:
                 continue
             clock.observe(partition, parsed.ts_ms, now)
             key = parsed.parent_post_id if parsed.type == "share" else parsed.post_id
-            assert key is not None  # parse_event guarantees a share's parent
+            assert key is not None  # parsing guarantees a share's parent
             items[partition_for(key, parts)].append(ToRoute(parsed))
             n += 1
         marks = clock.marks(now)

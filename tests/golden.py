@@ -232,7 +232,7 @@ _VALUES: list[object] = [
     {"vpdq": ["f" * 64 + ",101,0.0"]},
     {"md5": "a" * 32, "vpdq": None},
 ]
-_FIELDS = [
+FIELDS = [
     "event_id",
     "type",
     "ts",
@@ -293,7 +293,7 @@ def hostile_lines(seed: int = 3, n: int = 60_000) -> list[bytes]:
         obj = dict(rng.choice(objs))
         if kind < 0.7:  # fields of every type, missing, or added
             for _ in range(rng.randint(1, 2)):
-                key = rng.choice(_FIELDS)
+                key = rng.choice(FIELDS)
                 roll = rng.random()
                 if roll < 0.15:
                     obj.pop(key, None)
@@ -314,7 +314,7 @@ def hostile_lines(seed: int = 3, n: int = 60_000) -> list[bytes]:
             at = rng.randrange(len(data) + 1)
             out.append(data[:at] + rng.choice(_BYTES) + data[at:])
         elif kind < 0.95:  # a key twice: the last one counts
-            key = rng.choice(_FIELDS)
+            key = rng.choice(FIELDS)
             extra = orjson.dumps({key: rng.choice(_VALUES)})[1:-1]
             out.append(data[:-1] + b"," + extra + b"}" if rng.random() < 0.5 else data)
         else:  # whitespace, escapes, another container

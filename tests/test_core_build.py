@@ -22,3 +22,16 @@ def test_the_extension_is_the_crate_in_rust() -> None:
 def test_the_extension_is_built_in_place_for_the_editable_install() -> None:
     # the mixed layout: the module sits beside the Python sources it serves
     assert Path(_core.__file__).resolve().parent == ROOT / "streams"
+
+
+def test_the_extension_is_newer_than_its_sources() -> None:
+    built = Path(_core.__file__).stat().st_mtime
+    sources = [
+        p
+        for p in (ROOT / "rust").rglob("*")
+        if p.is_file()
+        and "target" not in p.parts
+        and (p.suffix == ".rs" or p.name.startswith("Cargo"))
+    ]
+    stale = [str(p.relative_to(ROOT)) for p in sources if p.stat().st_mtime > built]
+    assert not stale, f"streams/_core is older than {stale}: rebuild it with `make core`"

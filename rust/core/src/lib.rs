@@ -1,6 +1,13 @@
 //! viralwatch's per-event core, in plain Rust: no Python here, so every part
 //! is tested by `cargo test` alone. The bindings (`../python`) hand it
 //! batches of raw records.
+//!
+//! - [`event`]: parsing and validating a share event (every rejection reason
+//!   of `streams.events`, in the same order);
+//! - [`json`]: reading an event's JSON by orjson's rules.
+
+pub mod event;
+pub mod json;
 
 /// The crate's version, so Python can tell which build it imported.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,556 @@
+//! Share events: parsing and validating one input line, in the order of the
+//! checks that name its rejection.
+//!
+//! Bad input never fails the caller: it is a [`Reject`] with a reason (one of
+//! `streams.events.REJECT_REASONS`) and a detail. Two judgements belong to
+//! Python and are asked of a [`Judge`]: whether a non-ASCII id is printable
+//! (`str.isprintable`, on Python's Unicode tables) and what a timestamp
+//! written otherwise than plain RFC 3339 means (`streams.events.parse_ts`, on
+//! the standard library's ISO 8601 reader). Both are rare; the common forms
+//! are decided here.
+
+use std::borrow::Cow;
+
+use crate::json::{self, ContentFields, ContentVal, Doc, Fields, Val};
+
+/// Largest input line accepted, in bytes (a video upload's vPDQ runs to 280 KB).
+pub const MAX_EVENT_BYTES: usize = 320 * 1024;
+/// Longest id accepted, in characters.
+pub const MAX_ID_LEN: usize = 256;
+/// Event times outside 2000-01-01 .. 2100-01-01 (epoch ms) are a unit mistake.
+pub const TS_MIN_MS: i64 = 946_684_800_000;
+pub const TS_MAX_MS: i64 = 4_102_444_800_000;
+
+/// What Python decides for the core (see the module's docs).
+pub trait Judge {
+    /// Python's `str.isprintable()` of `text`.
+    fn is_printable(&mut self, text: &str) -> bool;
+    /// `streams.events.parse_ts(text)`: epoch ms, or the `ValueError`'s message.
+    fn parse_ts_text(&mut self, text: &str) -> Result<i64, String>;
+}
+
+/// An event's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Upload,
+    Share,
+    Takedown,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Upload => "upload",
+            Kind::Share => "share",
+            Kind::Takedown => "takedown",
+        }
+    }
+}
+
+/// An upload's hashes: `pdq` 64 and `md5` 32 lowercase hex; `vpdq` a video's
+/// frames as the JSON text of their list (Python reads it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content<'a> {
+    pub pdq: Option<String>,
+    pub pdq_quality: Option<i64>,
+    pub md5: Option<String>,
+    pub vpdq: Option<&'a str>,
+}
+
+/// One valid share event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event<'a> {
+    pub event_id: Cow<'a, str>,
+    pub kind: Kind,
+    pub ts_ms: i64,
+    pub post_id: Cow<'a, str>,
+    pub user_id: Cow<'a, str>,
+    pub parent_post_id: Option<Cow<'a, str>>,
+    pub followers: Option<i64>,
+    pub content: Option<Content<'a>>,
+    /// Whether the line's `event_id` was JSON text (not a number): a rejection
+    /// found later (a video's frames, read in Python) names it only then.
+    pub event_id_was_text: bool,
+}
+
+/// A refused line: why (`reason`), in words (`detail`), and its `event_id` if it had a text one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject<'a> {
+    pub reason: &'static str,
+    pub detail: String,
+    pub event_id: Option<Cow<'a, str>>,
+}
+
+/// What one line gives.
+pub type Parsed<'a> = Result<Event<'a>, Reject<'a>>;
+
+struct Why(&'static str, String);
+
+fn why(reason: &'static str, detail: impl Into<String>) -> Why {
+    Why(reason, detail.into())
+}
+
+/// Parse and validate one input line.
+pub fn parse_line<'a>(data: &'a [u8], judge: &mut dyn Judge) -> Parsed<'a> {
+    let reject = |reason, detail| Reject {
+        reason,
+        detail,
+        event_id: None,
+    };
+    if data.len() > MAX_EVENT_BYTES {
+        let detail = format!("event is {} bytes, over {MAX_EVENT_BYTES}", data.len());
+        return Err(reject("too_large", detail));
+    }
+    let Ok(text) = std::str::from_utf8(data) else {
+        return Err(reject("not_utf8", "event is not valid UTF-8".into()));
+    };
+    if !json::depth_ok(data) {
+        return Err(reject("not_json", "not JSON: depth limit exceeded".into()));
+    }
+    let doc = match json::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let mut detail = format!("not JSON: {e}");
+            truncate_chars(&mut detail, "not JSON: ".len() + 120);
+            return Err(reject("not_json", detail));
+        }
+    };
+    let fields = match doc {
+        Doc::Object(f) => f,
+        Doc::Other(_) => {
+            return Err(reject(
+                "not_object",
+                "an event must be a JSON object".into(),
+            ))
+        }
+    };
+    let event_id = match &fields.event_id {
+        Some(Val::Str(s)) => Some(s.clone()),
+        _ => None,
+    };
+    validate(fields, judge).map_err(|Why(reason, detail)| Reject {
+        reason,
+        detail,
+        event_id,
+    })
+}
+
+fn truncate_chars(s: &mut String, n: usize) {
+    if let Some((at, _)) = s.char_indices().nth(n) {
+        s.truncate(at);
+    }
+}
+
+fn validate<'a>(f: Fields<'a>, judge: &mut dyn Judge) -> Result<Event<'a>, Why> {
+    let event_id_was_text = matches!(f.event_id, Some(Val::Str(_)));
+    let event_id = id(f.event_id, "event_id", judge)?;
+    let kind = match f.kind {
+        None | Some(Val::Null) => return Err(why("missing_field", "type is missing")),
+        Some(Val::Str(s)) if s == "upload" => Kind::Upload,
+        Some(Val::Str(s)) if s == "share" => Kind::Share,
+        Some(Val::Str(s)) if s == "takedown" => Kind::Takedown,
+        Some(_) => {
+            return Err(why(
+                "unknown_type",
+                "type must be one of upload, share, takedown",
+            ))
+        }
+    };
+    let ts_ms = match f.ts {
+        Some(Val::Int(ms)) if (TS_MIN_MS as i128..TS_MAX_MS as i128).contains(&ms) => ms as i64,
+        None | Some(Val::Null) => return Err(why("missing_field", "ts is missing")),
+        Some(v) => parse_ts(v, judge).map_err(|d| why("bad_ts", d))?,
+    };
+    let post_id = id(f.post_id, "post_id", judge)?;
+    let user_id = id(f.user_id, "user_id", judge)?;
+    let parent = optional_id(f.parent_post_id, "parent_post_id", judge)?;
+    let followers = match f.followers {
+        None | Some(Val::Null) => None,
+        Some(Val::Int(n)) if (0..1i128 << 53).contains(&n) => Some(n as i64),
+        Some(_) => {
+            return Err(why(
+                "bad_followers",
+                "followers must be a non-negative integer",
+            ))
+        }
+    };
+    let mut content = None;
+    let mut parent_post_id = None;
+    match kind {
+        Kind::Upload => match f.content {
+            None | Some(ContentVal::Other(Val::Null)) => {
+                return Err(why("missing_content", "an upload must carry content"))
+            }
+            Some(ContentVal::Other(_)) => {
+                return Err(why("bad_content", "content must be an object"))
+            }
+            Some(ContentVal::Object(c)) => content = Some(validate_content(c)?),
+        },
+        Kind::Share => {
+            let Some(parent) = parent else {
+                return Err(why(
+                    "missing_parent",
+                    "a share must name its parent_post_id",
+                ));
+            };
+            if parent == post_id {
+                return Err(why("self_reshare", "a post cannot reshare itself"));
+            }
+            parent_post_id = Some(parent);
+        }
+        Kind::Takedown => {}
+    }
+    Ok(Event {
+        event_id,
+        kind,
+        ts_ms,
+        post_id,
+        user_id,
+        parent_post_id,
+        followers,
+        content,
+        event_id_was_text,
+    })
+}
+
+fn validate_content<'a>(c: ContentFields<'a>) -> Result<Content<'a>, Why> {
+    let pdq = match c.pdq {
+        Some(v) if v != Val::Null => Some(hex(v, "pdq", 64)?),
+        _ => None,
+    };
+    let md5 = match c.md5 {
+        Some(v) if v != Val::Null => Some(hex(v, "md5", 32)?),
+        _ => None,
+    };
+    let pdq_quality = match c.pdq_quality {
+        None | Some(Val::Null) => None,
+        Some(Val::Int(q)) if (0..=100).contains(&q) => Some(q as i64),
+        Some(_) => {
+            return Err(why(
+                "bad_quality",
+                "content.pdq_quality must be an integer 0..100",
+            ))
+        }
+    };
+    let vpdq = match c.vpdq {
+        None | Some(Err(Val::Null)) => None,
+        Some(Ok(raw)) => Some(raw.get()),
+        Some(Err(_)) => {
+            return Err(why(
+                "bad_vpdq",
+                "content.vpdq must be a list of 'pdqhex,quality,timestamp'",
+            ))
+        }
+    };
+    if pdq.is_none() && md5.is_none() && vpdq.is_none() {
+        return Err(why("bad_content", "content carries none of pdq, md5, vpdq"));
+    }
+    Ok(Content {
+        pdq,
+        pdq_quality,
+        md5,
+        vpdq,
+    })
+}
+
+/// Python's `str.isspace()`: Unicode's White_Space, and the ASCII separators 0x1c..0x1f.
+fn py_isspace(c: char) -> bool {
+    c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
+}
+
+fn hex(v: Val<'_>, key: &str, length: usize) -> Result<String, Why> {
+    let Val::Str(s) = v else {
+        return Err(why(
+            "bad_content",
+            format!("content.{key} must be a hex string"),
+        ));
+    };
+    let text = s.trim_matches(py_isspace);
+    // no character outside ASCII lowercases (str.lower) to a hex digit
+    if !text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b.to_ascii_lowercase()))
+    {
+        return Err(why("bad_hex", format!("content.{key} is not hexadecimal")));
+    }
+    if text.len() != length {
+        return Err(why(
+            "bad_hash_length",
+            format!(
+                "content.{key} must be {length} hex digits, not {}",
+                text.len()
+            ),
+        ));
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+fn id<'a>(v: Option<Val<'a>>, key: &str, judge: &mut dyn Judge) -> Result<Cow<'a, str>, Why> {
+    match optional_id(v, key, judge)? {
+        Some(text) => Ok(text),
+        None => Err(why("missing_field", format!("{key} is missing"))),
+    }
+}
+
+fn optional_id<'a>(
+    v: Option<Val<'a>>,
+    key: &str,
+    judge: &mut dyn Judge,
+) -> Result<Option<Cow<'a, str>>, Why> {
+    let text: Cow<'a, str> = match v {
+        None | Some(Val::Null) => return Ok(None),
+        Some(Val::Str(s)) => s,
+        Some(Val::Int(n)) => Cow::Owned(n.to_string()),
+        Some(_) => return Err(why("bad_id", format!("{key} must be a string"))),
+    };
+    let printable = if text.is_ascii() {
+        !text.is_empty()
+            && text.len() <= MAX_ID_LEN
+            && text.bytes().all(|b| (0x20..0x7f).contains(&b))
+    } else {
+        let n = text.chars().count();
+        n <= MAX_ID_LEN && judge.is_printable(&text)
+    };
+    if !printable {
+        return Err(why(
+            "bad_id",
+            format!("{key} must be 1..{MAX_ID_LEN} printable characters"),
+        ));
+    }
+    Ok(Some(text))
+}
+
+fn out_of_range(ms: impl std::fmt::Display) -> String {
+    format!("ts {ms} is outside 2000..2100 in epoch milliseconds")
+}
+
+/// `streams.events.parse_ts` of a value that is not an in-range integer.
+fn parse_ts(v: Val<'_>, judge: &mut dyn Judge) -> Result<i64, String> {
+    let ms: i64 = match v {
+        Val::Bool(_) => {
+            return Err("ts must be RFC 3339 text or epoch milliseconds, not a boolean".into())
+        }
+        Val::Int(ms) => return Err(out_of_range(ms)),
+        Val::Float(x) => {
+            let t = x.trunc(); // Python's int(x); orjson gives no NaN or infinity
+            if !(-9.2e18..9.2e18).contains(&t) {
+                return Err(out_of_range(format!("{t:.0}")));
+            }
+            t as i64
+        }
+        Val::Str(s) => match rfc3339_ms(&s).or_else(|| epoch_text_ms(&s)) {
+            Some(ms) => ms,
+            None => return judge.parse_ts_text(&s),
+        },
+        other => {
+            return Err(format!(
+                "ts must be RFC 3339 text or epoch milliseconds, not {}",
+                other.py_type()
+            ))
+        }
+    };
+    if (TS_MIN_MS..TS_MAX_MS).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(out_of_range(ms))
+    }
+}
+
+fn digits(b: &[u8]) -> Option<i64> {
+    if b.is_empty() || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(b.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    // Howard Hinnant's days_from_civil: days since 1970-01-01 of a proleptic Gregorian date
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn month_days(y: i64, m: i64) -> i64 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Epoch ms written as plain ASCII digits, in range; `None` for anything else.
+fn epoch_text_ms(s: &str) -> Option<i64> {
+    let ms = if s.len() <= 18 {
+        digits(s.as_bytes())?
+    } else {
+        return None;
+    };
+    (TS_MIN_MS..TS_MAX_MS).contains(&ms).then_some(ms)
+}
+
+/// Epoch ms of plain RFC 3339 in range (`YYYY-MM-DDTHH:MM:SS[.f{1,3}](Z|±HH:MM)`), as
+/// Python reads it; `None` for anything else (Python decides those).
+pub fn rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
+    let (h, mi, sec) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
+    if !(1..=12).contains(&mo) || d < 1 || d > month_days(y, mo) || y < 1 {
+        return None;
+    }
+    if h > 23 || mi > 59 || sec > 59 {
+        return None;
+    }
+    let mut rest = &b[19..];
+    let mut frac_ms = 0;
+    if rest.first() == Some(&b'.') {
+        let n = rest[1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if !(1..=3).contains(&n) {
+            return None;
+        }
+        frac_ms = digits(&rest[1..=n])? * 10i64.pow(3 - n as u32);
+        rest = &rest[1 + n..];
+    }
+    let offset_min = match rest {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), oh1, oh2, b':', om1, om2] => {
+            let oh = digits(&[*oh1, *oh2])?;
+            let om = digits(&[*om1, *om2])?;
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let m = oh * 60 + om;
+            if *sign == b'-' {
+                -m
+            } else {
+                m
+            }
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    let ms = secs * 1000 + frac_ms;
+    (TS_MIN_MS..TS_MAX_MS).contains(&ms).then_some(ms)
+}
+
+/// A [`Judge`] in plain Rust, for tests without Python: printable is "not a
+/// control character", and no other timestamp form is read.
+pub struct PlainJudge;
+
+impl Judge for PlainJudge {
+    fn is_printable(&mut self, text: &str) -> bool {
+        !text.is_empty()
+            && !text
+                .chars()
+                .any(|c| c.is_control() || py_isspace(c) && c != ' ')
+    }
+    fn parse_ts_text(&mut self, text: &str) -> Result<i64, String> {
+        Err(format!("ts is not RFC 3339: {text:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Parsed<'_> {
+        parse_line(line.as_bytes(), &mut PlainJudge)
+    }
+
+    fn reason(line: &str) -> &'static str {
+        parse(line).err().map_or("ok", |r| r.reason)
+    }
+
+    const SHARE: &str = r#"{"event_id":"e2","type":"share","ts":1767225600000,"post_id":"p2","parent_post_id":"p1","user_id":"u1"}"#;
+
+    #[test]
+    fn a_share_parses() {
+        let ev = parse(SHARE).unwrap();
+        assert_eq!(ev.kind, Kind::Share);
+        assert_eq!(ev.parent_post_id.as_deref(), Some("p1"));
+        assert_eq!(ev.ts_ms, 1_767_225_600_000);
+    }
+
+    #[test]
+    fn an_upload_keeps_lowercase_hashes() {
+        let line = format!(
+            r#"{{"event_id":"e1","type":"upload","ts":"2026-01-01T00:00:00Z","post_id":"p1","user_id":"u1","parent_post_id":"x","content":{{"pdq":" {} ","md5":null}}}}"#,
+            "AB".repeat(32)
+        );
+        let ev = parse(&line).unwrap();
+        assert_eq!(ev.content.unwrap().pdq.unwrap(), "ab".repeat(32));
+        assert_eq!(ev.parent_post_id, None, "an upload is a root");
+        assert_eq!(ev.ts_ms, 1_767_225_600_000);
+    }
+
+    #[test]
+    fn each_check_names_its_reason_in_order() {
+        assert_eq!(reason("nope"), "not_json");
+        assert_eq!(reason("[1]"), "not_object");
+        assert_eq!(reason(r#"{"type":"share"}"#), "missing_field");
+        assert_eq!(reason(r#"{"event_id":true}"#), "bad_id");
+        assert_eq!(reason(r#"{"event_id":"e","type":"x"}"#), "unknown_type");
+        assert_eq!(
+            reason(&SHARE.replace("1767225600000", "1767225600")),
+            "bad_ts"
+        );
+        assert_eq!(reason(&SHARE.replace(r#""p1""#, r#""p2""#)), "self_reshare");
+        assert_eq!(
+            reason(&SHARE.replace(r#""user_id""#, r#""followers":-1,"user_id""#)),
+            "bad_followers"
+        );
+        let r = parse(r#"{"event_id":"e9","type":"upload","ts":1767225600000,"post_id":"p","user_id":"u","content":{"md5":"zz"}}"#).unwrap_err();
+        assert_eq!((r.reason, r.event_id.as_deref()), ("bad_hex", Some("e9")));
+        assert_eq!(
+            parse_line(b"\xff", &mut PlainJudge).unwrap_err().reason,
+            "not_utf8"
+        );
+        let big = vec![b' '; MAX_EVENT_BYTES + 1];
+        assert_eq!(
+            parse_line(&big, &mut PlainJudge).unwrap_err().reason,
+            "too_large"
+        );
+    }
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(
+            rfc3339_ms("2026-01-01T00:00:01.5+00:00"),
+            Some(1_767_225_601_500)
+        );
+        assert_eq!(
+            rfc3339_ms("2026-01-01T05:30:00+05:30"),
+            Some(1_767_225_600_000)
+        );
+        assert_eq!(rfc3339_ms("2024-02-29T00:00:00Z"), Some(1_709_164_800_000));
+        assert_eq!(rfc3339_ms("2026-02-29T00:00:00Z"), None);
+        assert_eq!(
+            rfc3339_ms("2026-01-01T00:00:00"),
+            None,
+            "no offset: Python's to judge"
+        );
+        assert_eq!(rfc3339_ms("1999-12-31T23:59:59Z"), None, "out of range");
+    }
+
+    #[test]
+    fn ints_become_ids_and_floats_do_not() {
+        let line = SHARE.replace(r#""u1""#, "42");
+        let ev = parse(&line).unwrap();
+        assert_eq!(ev.user_id, "42");
+        assert_eq!(reason(&SHARE.replace(r#""u1""#, "4.2")), "bad_id");
+    }
+}

@@ -1,0 +1,361 @@
+//! Reading a share event's JSON: the fields the validator needs, as the JSON
+//! gave them, and nothing else kept.
+//!
+//! The rules are orjson's, which read these lines before: UTF-8 checked first,
+//! no byte order mark, integers up to 64 bits (a larger one is a float),
+//! nesting up to 1,024 deep, the last of a repeated key wins, and nothing but
+//! whitespace after the value. Validation is ordered (the first failing check
+//! names the rejection), so every field is read first and judged after.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// Deepest nesting accepted (orjson's limit): a document nested deeper is not JSON here.
+pub const MAX_DEPTH: usize = 1024;
+
+/// A JSON value as far as validation looks at it: scalars kept, containers only named.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val<'a> {
+    Null,
+    Bool(bool),
+    /// An integer that fits 64 bits (signed or not), as orjson gives an `int`.
+    Int(i128),
+    /// Any other number (a fraction, an exponent, an integer over 64 bits).
+    Float(f64),
+    Str(Cow<'a, str>),
+    Array,
+    Object,
+}
+
+impl Val<'_> {
+    /// Python's name of the type orjson gives for this value.
+    pub fn py_type(&self) -> &'static str {
+        match self {
+            Val::Null => "NoneType",
+            Val::Bool(_) => "bool",
+            Val::Int(_) => "int",
+            Val::Float(_) => "float",
+            Val::Str(_) => "str",
+            Val::Array => "list",
+            Val::Object => "dict",
+        }
+    }
+}
+
+/// A content object's fields.
+#[derive(Debug, Default)]
+pub struct ContentFields<'a> {
+    pub pdq: Option<Val<'a>>,
+    pub md5: Option<Val<'a>>,
+    pub pdq_quality: Option<Val<'a>>,
+    /// `Ok(raw JSON text)` for a list, `Err(value)` for anything else.
+    pub vpdq: Option<Result<&'a RawValue, Val<'a>>>,
+}
+
+/// An object read field by field (`T`), or any other value.
+// One per line, on the stack, consumed at once: boxing the fields would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum ObjectOr<'a, T> {
+    Object(T),
+    Other(Val<'a>),
+}
+
+/// The `content` field: an object's fields, or another value.
+pub type ContentVal<'a> = ObjectOr<'a, ContentFields<'a>>;
+
+/// An event object's fields (`None`: absent).
+#[derive(Debug, Default)]
+pub struct Fields<'a> {
+    pub event_id: Option<Val<'a>>,
+    pub kind: Option<Val<'a>>,
+    pub ts: Option<Val<'a>>,
+    pub post_id: Option<Val<'a>>,
+    pub user_id: Option<Val<'a>>,
+    pub parent_post_id: Option<Val<'a>>,
+    pub followers: Option<Val<'a>>,
+    pub content: Option<ContentVal<'a>>,
+}
+
+/// A whole line: an object's fields, or the type of whatever else it was.
+pub type Doc<'a> = ObjectOr<'a, Fields<'a>>;
+
+/// Whether `data`'s nesting stays within [`MAX_DEPTH`]. Exact for valid JSON
+/// (brackets inside strings skipped); on invalid JSON the parser fails anyway.
+pub fn depth_ok(data: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut in_str = false;
+    let mut escaped = false;
+    for &b in data {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Parse one line's JSON (already known to be UTF-8).
+pub fn parse(text: &str) -> Result<Doc<'_>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    // the depth was checked by depth_ok: serde_json's own limit (128) is lower than orjson's
+    de.disable_recursion_limit();
+    let doc = ObjectSeed::<Fields<'_>>::default().deserialize(&mut de)?;
+    de.end()?;
+    Ok(doc)
+}
+
+/// A key, compared after its escapes are decoded (`"\u0074ype"` is `type`).
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// Any value, kept as a [`Val`] (containers skipped over).
+struct ValSeed;
+
+struct ValVisitor;
+
+impl<'de> Visitor<'de> for ValVisitor {
+    type Value = Val<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Val::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Val::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Val::Int(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Val::Int(v.into()))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Val::Float(v))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Val::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Val::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Val::Str(Cow::Owned(v)))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Val::Array)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Val::Object)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValSeed {
+    type Value = Val<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(ValVisitor)
+    }
+}
+
+/// An object whose fields are read one by one (an event, its content).
+trait ReadFields<'de>: Sized + Default {
+    fn read<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error>;
+}
+
+impl<'de> ReadFields<'de> for ContentFields<'de> {
+    fn read<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "pdq" => self.pdq = Some(map.next_value_seed(ValSeed)?),
+            "md5" => self.md5 = Some(map.next_value_seed(ValSeed)?),
+            "pdq_quality" => self.pdq_quality = Some(map.next_value_seed(ValSeed)?),
+            "vpdq" => self.vpdq = Some(map.next_value_seed(VpdqSeed)?),
+            _ => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'de> ReadFields<'de> for Fields<'de> {
+    fn read<A: MapAccess<'de>>(&mut self, key: &str, map: &mut A) -> Result<(), A::Error> {
+        match key {
+            "event_id" => self.event_id = Some(map.next_value_seed(ValSeed)?),
+            "type" => self.kind = Some(map.next_value_seed(ValSeed)?),
+            "ts" => self.ts = Some(map.next_value_seed(ValSeed)?),
+            "post_id" => self.post_id = Some(map.next_value_seed(ValSeed)?),
+            "user_id" => self.user_id = Some(map.next_value_seed(ValSeed)?),
+            "parent_post_id" => self.parent_post_id = Some(map.next_value_seed(ValSeed)?),
+            "followers" => self.followers = Some(map.next_value_seed(ValSeed)?),
+            "content" => self.content = Some(map.next_value_seed(ObjectSeed::default())?),
+            _ => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An object read by its [`ReadFields`], or any other value as a [`Val`].
+struct ObjectSeed<T>(std::marker::PhantomData<T>);
+
+impl<T> Default for ObjectSeed<T> {
+    fn default() -> Self {
+        ObjectSeed(std::marker::PhantomData)
+    }
+}
+
+impl<'de, T: ReadFields<'de>> Visitor<'de> for ObjectSeed<T> {
+    type Value = ObjectOr<'de, T>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = T::default();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            fields.read(key.0.as_ref(), &mut map)?;
+        }
+        Ok(ObjectOr::Object(fields))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        ValVisitor.visit_seq(seq).map(ObjectOr::Other)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(ObjectOr::Other(Val::Null))
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(ObjectOr::Other(Val::Bool(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(ObjectOr::Other(Val::Int(v.into())))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(ObjectOr::Other(Val::Int(v.into())))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(ObjectOr::Other(Val::Float(v)))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(ObjectOr::Other(Val::Str(Cow::Borrowed(""))))
+    }
+}
+
+impl<'de, T: ReadFields<'de>> DeserializeSeed<'de> for ObjectSeed<T> {
+    type Value = ObjectOr<'de, T>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// A vPDQ list, kept as its JSON text for Python's vPDQ parser; any other value as a [`Val`].
+struct VpdqSeed;
+
+impl<'de> DeserializeSeed<'de> for VpdqSeed {
+    type Value = Result<&'de RawValue, Val<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        let raw: &'de RawValue = de::Deserialize::deserialize(d)?;
+        let text = raw.get();
+        if text.starts_with('[') {
+            return Ok(Ok(raw));
+        }
+        // a scalar or an object: read it again for its type (it is small or skipped)
+        let mut inner = serde_json::Deserializer::from_str(text);
+        inner.disable_recursion_limit();
+        let v = ValSeed.deserialize(&mut inner).map_err(de::Error::custom)?;
+        Ok(Err(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(text: &str) -> Fields<'_> {
+        match parse(text).unwrap() {
+            Doc::Object(f) => f,
+            Doc::Other(v) => panic!("not an object: {v:?}"),
+        }
+    }
+
+    #[test]
+    fn the_last_of_a_repeated_key_wins_and_escaped_keys_count() {
+        let f = fields(r#"{"type":"share","\u0074ype":"upload","x":[1,{"y":2}]}"#);
+        assert_eq!(f.kind, Some(Val::Str(Cow::Borrowed("upload"))));
+    }
+
+    #[test]
+    fn integers_over_64_bits_are_floats_as_in_orjson() {
+        let f = fields(r#"{"ts":18446744073709551615,"followers":18446744073709551616}"#);
+        assert_eq!(f.ts, Some(Val::Int(18446744073709551615)));
+        assert!(matches!(f.followers, Some(Val::Float(_))));
+    }
+
+    #[test]
+    fn depth_is_orjsons() {
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert!(depth_ok(ok.as_bytes()) && parse(&ok).is_ok());
+        assert!(!depth_ok(deep.as_bytes()));
+        assert!(depth_ok(br#"{"a":"[[[[\"[[["}"#));
+    }
+
+    #[test]
+    fn trailing_bytes_and_a_bom_are_not_json() {
+        assert!(parse("{} x").is_err());
+        assert!(parse("\u{feff}{}").is_err());
+        assert!(parse(" {} \n").is_ok());
+        assert!(parse("1e400").is_err());
+        assert!(parse(r#""\ud800""#).is_err());
+    }
+
+    #[test]
+    fn a_vpdq_list_is_kept_as_text() {
+        let f = fields(r#"{"content":{"vpdq":["a,1,0.0"],"md5":null}}"#);
+        let Some(ContentVal::Object(c)) = f.content else {
+            panic!("content")
+        };
+        assert_eq!(c.vpdq.unwrap().unwrap().get(), r#"["a,1,0.0"]"#);
+        assert_eq!(c.md5, Some(Val::Null));
+    }
+}
