@@ -13,7 +13,7 @@ Its peers, timed in the same run on the same lines, say where the time goes:
 - ``parse_batch``: :func:`streams.events.parse_events` in batches of
   ``FEED_CHUNK`` lines, as replay and the ingest stage call it;
 - ``core``: the compiled core's ``_core.parse_events`` alone on the same
-  batches (what the Rust side costs, before Python builds its records).
+  batches (the records built, the rejections not yet wrapped).
 
 Runs are interleaved (json, parse, ..., pipeline, json, ...), ``--repeats``
 times; medians are reported, and each stage's ratio to ``json``: compare
@@ -58,7 +58,7 @@ from graphs.cascade import Cascade  # noqa: E402
 from streams import _core  # noqa: E402
 from streams.alerts import Pseudonymizer  # noqa: E402
 from streams.banks import BankEntry, HashBanks  # noqa: E402
-from streams.events import ShareEvent, parse_event, parse_events, parse_ts  # noqa: E402
+from streams.events import Content, ShareEvent, parse_event, parse_events, parse_ts  # noqa: E402
 from streams.pipeline import FEED_CHUNK, Pipeline  # noqa: E402
 from streams.policy import AlertPolicy  # noqa: E402
 from streams.simulate import Scenario, simulate  # noqa: E402
@@ -109,7 +109,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
 
     def core_only() -> None:
         for chunk in chunks:
-            _core.parse_events(chunk, parse_ts)
+            _core.parse_events(chunk, parse_ts, ShareEvent, Content)
 
     def replay() -> None:  # as ``viralwatch replay`` feeds a file
         pipe = pipeline_for(sim.bank)

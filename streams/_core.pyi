@@ -11,6 +11,11 @@ TS_MAX_MS: int
 def version() -> str:
     """The compiled core's version (its crate's)."""
 
-def parse_events(lines: Iterable[bytes], parse_ts: Callable[[str], int]) -> list[tuple[Any, ...]]:
-    """Parse and validate a batch of lines: per line an event tuple or ``(reason, detail,
-    event_id)``."""
+def parse_events(
+    lines: Iterable[bytes],
+    parse_ts: Callable[[str], int],
+    share_event: type[Any],
+    content: type[Any],
+) -> list[Any]:
+    """Parse and validate a batch of lines: per line a ``share_event``, ``(reason, detail,
+    event_id)``, or a video upload's event tuple (its frames for Python to read)."""

@@ -196,23 +196,21 @@ def parse_ts(value: object) -> int:
     return ms
 
 
-def _built(item: tuple[Any, ...], raw: bytes) -> ShareEvent | Rejection:
+def _built(item: ShareEvent | tuple[Any, ...], raw: bytes) -> ShareEvent | Rejection:
     """A ``_core.parse_events`` result as the record it stands for."""
+    if isinstance(item, ShareEvent):
+        return item
     if len(item) == 3:
         reason, detail, event_id = item
         return Rejection(reason, detail, raw[:MAX_EVENT_BYTES], event_id)
+    # a video's upload: its frames are read by streams.vpdq, the one reader of the signal
     event_id, kind, ts_ms, post_id, user_id, parent, followers, hashes = item
-    content = None
-    if hashes is not None:
-        pdq, quality, md5, vpdq_json, named = hashes
-        vpdq = None
-        if vpdq_json is not None:
-            try:  # a video's frames: read by streams.vpdq, the one reader of the signal
-                vpdq = parse_vpdq(orjson.loads(vpdq_json))
-            except VpdqError as exc:
-                detail = f"content.vpdq: {exc.detail}"
-                return Rejection(exc.reason, detail, raw[:MAX_EVENT_BYTES], named)
-        content = Content(pdq=pdq, pdq_quality=quality, md5=md5, vpdq=vpdq)
+    pdq, quality, md5, vpdq_json, named = hashes
+    try:
+        vpdq = parse_vpdq(orjson.loads(vpdq_json))
+    except VpdqError as exc:
+        detail = f"content.vpdq: {exc.detail}"
+        return Rejection(exc.reason, detail, raw[:MAX_EVENT_BYTES], named)
     return ShareEvent(
         event_id=event_id,
         type=kind,
@@ -221,21 +219,22 @@ def _built(item: tuple[Any, ...], raw: bytes) -> ShareEvent | Rejection:
         user_id=user_id,
         parent_post_id=parent,
         followers=followers,
-        content=content,
+        content=Content(pdq=pdq, pdq_quality=quality, md5=md5, vpdq=vpdq),
     )
 
 
 def parse_events(raws: Sequence[bytes]) -> list[ShareEvent | Rejection]:
     """Parse and validate a batch of input records, in order; never raises on bad input.
 
-    The compiled core (``streams._core``) reads and judges every line; a
-    rejection keeps at most :data:`MAX_EVENT_BYTES` of its line.
+    The compiled core (``streams._core``) reads and judges every line and
+    builds its :class:`ShareEvent`; a rejection keeps at most
+    :data:`MAX_EVENT_BYTES` of its line.
 
     >>> [getattr(p, "reason", "ok") for p in parse_events([b"{}", b"[]", bytes([255])])]
     ['missing_field', 'not_object', 'not_utf8']
     """
     lines = [r if type(r) is bytes else bytes(r) for r in raws]
-    results = _core.parse_events(lines, parse_ts)
+    results = _core.parse_events(lines, parse_ts, ShareEvent, Content)
     return [_built(item, raw) for item, raw in zip(results, lines, strict=True)]
 
 
@@ -259,7 +258,7 @@ def event_from_dict(obj: object, raw: bytes = b"") -> ShareEvent | Rejection:
         data = orjson.dumps(obj)
     except TypeError as exc:
         return Rejection("not_json", f"not JSON: {str(exc)[:120]}", raw[:MAX_EVENT_BYTES])
-    (item,) = _core.parse_events([data], parse_ts)
+    (item,) = _core.parse_events([data], parse_ts, ShareEvent, Content)
     return _built(item, raw)
 
 

@@ -29,6 +29,7 @@ from streams import _core
 from streams.events import (
     MAX_EVENT_BYTES,
     REJECT_REASONS,
+    Content,
     Rejection,
     ShareEvent,
     parse_event,
@@ -177,5 +178,5 @@ def test_timestamps_read_in_rust_are_pythons(
     def declined(text: str) -> int:
         raise ValueError(f"Rust left {text!r} to Python")
 
-    (item,) = _core.parse_events([line], declined)
-    assert item[2] == parse_ts(text), item  # (event_id, type, ts_ms, ...): read in Rust
+    (item,) = _core.parse_events([line], declined, ShareEvent, Content)
+    assert item.ts_ms == parse_ts(text), item  # read in Rust

@@ -7,9 +7,10 @@
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyType};
+use pyo3::{ffi, intern, IntoPyObjectExt};
 
-use viralwatch_core::event::{self, Event, Judge, Parsed};
+use viralwatch_core::event::{self, Event, Judge, Kind, Parsed};
 
 /// The compiled core's version, so Python can tell which build it imported.
 #[pyfunction]
@@ -43,50 +44,159 @@ impl Judge for PyJudge<'_, '_> {
     }
 }
 
-fn event_tuple<'py>(py: Python<'py>, ev: Event<'_>) -> PyResult<Bound<'py, PyTuple>> {
-    let content = match ev.content {
-        None => py.None().into_bound(py),
-        Some(c) => {
-            let named = ev.event_id_was_text.then_some(ev.event_id.as_ref());
-            (c.pdq, c.pdq_quality, c.md5, c.vpdq, named)
-                .into_pyobject(py)?
-                .into_any()
-        }
-    };
-    (
-        ev.event_id.as_ref(),
-        ev.kind.as_str(),
-        ev.ts_ms,
-        ev.post_id.as_ref(),
-        ev.user_id.as_ref(),
-        ev.parent_post_id.as_deref(),
-        ev.followers,
-        content,
-    )
-        .into_pyobject(py)
+/// The record classes of `streams.events`, built here without their `__init__`.
+struct Classes<'a, 'py> {
+    share_event: &'a Bound<'py, PyType>,
+    content: &'a Bound<'py, PyType>,
 }
 
-fn result_tuple<'py>(py: Python<'py>, parsed: Parsed<'_>) -> PyResult<Bound<'py, PyTuple>> {
+/// `object.__setattr__(obj, name, value)`: how a frozen dataclass sets its own fields.
+fn set_field(
+    obj: &Bound<'_, PyAny>,
+    name: &Bound<'_, PyString>,
+    value: Bound<'_, PyAny>,
+) -> PyResult<()> {
+    // SAFETY: three live references held for the call; PyObject_GenericSetAttr borrows them
+    // (it takes its own reference to `value`) and reports failure by its return value.
+    let rc = unsafe { ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value.as_ptr()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(PyErr::fetch(obj.py()))
+    }
+}
+
+/// A new instance of a frozen dataclass with `fields` set, as its `__init__` would set them.
+fn record<'py>(
+    cls: &Bound<'py, PyType>,
+    fields: &[(&Bound<'py, PyString>, Bound<'py, PyAny>)],
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = cls.py();
+    // SAFETY: PyType_GenericNew allocates an instance of `cls` (its tp_alloc, as
+    // object.__new__ does) and returns a new reference, or NULL with an exception set.
+    let obj = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyType_GenericNew(
+                cls.as_type_ptr(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            ),
+        )?
+    };
+    for (name, value) in fields {
+        set_field(&obj, name, value.clone())?;
+    }
+    Ok(obj)
+}
+
+fn text<'py>(py: Python<'py>, s: &str) -> Bound<'py, PyAny> {
+    PyString::new(py, s).into_any()
+}
+
+fn opt<'py, T: IntoPyObjectExt<'py>>(py: Python<'py>, v: Option<T>) -> PyResult<Bound<'py, PyAny>> {
+    match v {
+        Some(v) => v.into_bound_py_any(py),
+        None => Ok(py.None().into_bound(py)),
+    }
+}
+
+fn kind<'py>(py: Python<'py>, kind: Kind) -> Bound<'py, PyAny> {
+    match kind {
+        Kind::Upload => intern!(py, "upload"),
+        Kind::Share => intern!(py, "share"),
+        Kind::Takedown => intern!(py, "takedown"),
+    }
+    .clone()
+    .into_any()
+}
+
+/// A `ShareEvent`, or (a video's upload, whose frames Python reads) the event's tuple.
+fn event_record<'py>(
+    py: Python<'py>,
+    ev: Event<'_>,
+    classes: &Classes<'_, 'py>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let content = match ev.content {
+        None => py.None().into_bound(py),
+        Some(c) if c.vpdq.is_some() => {
+            let named = ev.event_id_was_text.then_some(ev.event_id.as_ref());
+            let hashes = (c.pdq, c.pdq_quality, c.md5, c.vpdq, named).into_pyobject(py)?;
+            let tuple = (
+                ev.event_id.as_ref(),
+                ev.kind.as_str(),
+                ev.ts_ms,
+                ev.post_id.as_ref(),
+                ev.user_id.as_ref(),
+                ev.parent_post_id.as_deref(),
+                ev.followers,
+                hashes,
+            );
+            return Ok(tuple.into_pyobject(py)?.into_any());
+        }
+        Some(c) => record(
+            classes.content,
+            &[
+                (intern!(py, "pdq"), opt(py, c.pdq)?),
+                (intern!(py, "pdq_quality"), opt(py, c.pdq_quality)?),
+                (intern!(py, "md5"), opt(py, c.md5)?),
+                (intern!(py, "vpdq"), py.None().into_bound(py)),
+            ],
+        )?,
+    };
+    record(
+        classes.share_event,
+        &[
+            (intern!(py, "event_id"), text(py, &ev.event_id)),
+            (intern!(py, "type"), kind(py, ev.kind)),
+            (intern!(py, "ts_ms"), ev.ts_ms.into_bound_py_any(py)?),
+            (intern!(py, "post_id"), text(py, &ev.post_id)),
+            (intern!(py, "user_id"), text(py, &ev.user_id)),
+            (
+                intern!(py, "parent_post_id"),
+                opt(py, ev.parent_post_id.as_deref())?,
+            ),
+            (intern!(py, "followers"), opt(py, ev.followers)?),
+            (intern!(py, "content"), content),
+        ],
+    )
+}
+
+fn result_record<'py>(
+    py: Python<'py>,
+    parsed: Parsed<'_>,
+    classes: &Classes<'_, 'py>,
+) -> PyResult<Bound<'py, PyAny>> {
     match parsed {
-        Ok(ev) => event_tuple(py, ev),
-        Err(r) => (r.reason, r.detail, r.event_id.as_deref()).into_pyobject(py),
+        Ok(ev) => event_record(py, ev, classes),
+        Err(r) => Ok((r.reason, r.detail, r.event_id.as_deref())
+            .into_pyobject(py)?
+            .into_any()),
     }
 }
 
 /// Parse and validate a batch of input lines (``bytes``), in order.
 ///
-/// Each line gives an event, ``(event_id, type, ts_ms, post_id, user_id,
-/// parent_post_id, followers, content)`` with ``content`` ``None`` or ``(pdq,
-/// pdq_quality, md5, vpdq_json, event_id as a rejection names it)``, or a
-/// rejection, ``(reason, detail, event_id)``. ``parse_ts`` reads the timestamps that are not plain RFC 3339
-/// (``streams.events.parse_ts``).
+/// Each line gives a ``share_event`` (its ``content`` a ``content``), built
+/// here as the frozen dataclass's ``__init__`` would build it; or a rejection,
+/// ``(reason, detail, event_id)``; or, for a video's upload, whose frames
+/// Python reads, the event as a tuple ``(event_id, type, ts_ms, post_id,
+/// user_id, parent_post_id, followers, (pdq, pdq_quality, md5, vpdq_json,
+/// event_id as a rejection names it))``. ``parse_ts`` reads the timestamps
+/// that are not plain RFC 3339 (``streams.events.parse_ts``).
 #[pyfunction]
 fn parse_events<'py>(
     py: Python<'py>,
     lines: &Bound<'py, PyAny>,
     parse_ts: &Bound<'py, PyAny>,
+    share_event: &Bound<'py, PyType>,
+    content: &Bound<'py, PyType>,
 ) -> PyResult<Bound<'py, PyList>> {
     let mut judge = PyJudge { parse_ts };
+    let classes = Classes {
+        share_event,
+        content,
+    };
     let out = PyList::empty(py);
     for item in lines.try_iter()? {
         let item = item?;
@@ -94,7 +204,7 @@ fn parse_events<'py>(
             return Err(PyTypeError::new_err("parse_events takes bytes lines"));
         };
         let parsed = event::parse_line(line.as_bytes(), &mut judge);
-        out.append(result_tuple(py, parsed)?)?;
+        out.append(result_record(py, parsed, &classes)?)?;
     }
     Ok(out)
 }
