@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 from streams.banks import DEFAULT_PDQ_THRESHOLD, hamming, pdq_usable
@@ -104,6 +104,15 @@ def signals_of(content: Content) -> list[Signal]:
     return out
 
 
+def signal_of(text: str) -> Signal:
+    """A signal from its hex alone: 32 digits an MD5, 64 a PDQ (the index holds no other).
+
+    >>> signal_of("a" * 32)[0], signal_of("f" * 64)[0]
+    ('md5', 'pdq')
+    """
+    return ("md5" if len(text) == 32 else "pdq", text)
+
+
 class ContentIndex:
     """The content (signals) of live clusters, searchable by MD5 and by PDQ distance.
 
@@ -142,7 +151,11 @@ class ContentIndex:
         return len(self._signals)
 
     def signals(self, cluster_id: str) -> set[Signal]:
-        return {("md5" if len(t) == 32 else "pdq", t) for t in self._signals.get(cluster_id, ())}
+        return {signal_of(t) for t in self._signals.get(cluster_id, ())}
+
+    def held(self, cluster_id: str) -> list[str]:
+        """The signals (hex) ``cluster_id`` holds, in the order it took them."""
+        return list(self._signals.get(cluster_id, ()))
 
     def _holding(self, text: str) -> tuple[str, ...] | set[str]:
         h = self._holders.get(text, ())
@@ -152,7 +165,9 @@ class ContentIndex:
         """``cluster_id`` holds ``content`` (its usable signals)."""
         self.add_signals(cluster_id, signals_of(content))
 
-    def add_signals(self, cluster_id: str, signals: Iterable[Signal]) -> None:
+    def add_signals(self, cluster_id: str, signals: Iterable[Signal]) -> list[str]:
+        """``cluster_id`` holds these signals; returns those it did not hold yet (hex)."""
+        new: list[str] = []
         own = self._signals.get(cluster_id)
         if own is None:
             own = self._signals[cluster_id] = []
@@ -171,6 +186,8 @@ class ContentIndex:
             else:
                 h.add(cluster_id)
             own.append(text)
+            new.append(text)
+        return new
 
     def drop(self, cluster_id: str) -> bool:
         """Forget a cluster's content (evicted); ``False`` if it held none."""
@@ -263,6 +280,10 @@ class EmergingClusters:
         #: cluster -> its latest event time, least recently touched first
         self._last: OrderedDict[str, int] = OrderedDict()
         self.joined = 0  # uploads that joined a live cluster of other content
+        #: what changed since :meth:`take_changes` (for the owner's state log): the clusters
+        #: touched, least recently first, with the signals they took; the clusters evicted
+        self._changed: dict[str, list[str]] = {}
+        self._evicted: list[str] = []
 
     def __len__(self) -> int:
         return len(self._last)
@@ -273,8 +294,10 @@ class EmergingClusters:
         cid = near if near is not None else unbanked_cluster_id(content)
         if near is not None and near != unbanked_cluster_id(content):
             self.joined += 1
-        self.index.add(cid, content)
+        new = self.index.add_signals(cid, signals_of(content))
         self.touch(cid, ts_ms)
+        if new:
+            self._changed[cid] += new
         return cid
 
     def prefetch(self, contents: Iterable[Content]) -> None:
@@ -289,6 +312,7 @@ class EmergingClusters:
         last = self._last.get(cluster_id)
         self._last[cluster_id] = ts_ms if last is None else max(last, ts_ms)
         self._last.move_to_end(cluster_id)
+        self._changed[cluster_id] = self._changed.pop(cluster_id, [])  # to the end, as above
 
     def expire(self, watermark_ms: int) -> list[str]:
         """Evict the clusters idle since ``idle_ms`` before ``watermark_ms``; their ids."""
@@ -300,7 +324,96 @@ class EmergingClusters:
                 break
             del self._last[cid]
             self.index.drop(cid)
+            self._changed.pop(cid, None)
+            self._evicted.append(cid)
             out.append(cid)
+        return out
+
+    # -- persistence (the index's owner logs it: streams.stages.ResolvePartition) --
+
+    def take_changes(self) -> tuple[dict[str, tuple[int, tuple[str, ...]]], tuple[str, ...]]:
+        """What changed since the last call, as :meth:`fold` takes it: the clusters touched
+        (least recently first) with their latest event time and the signals they took, then
+        the clusters evicted.
+
+        >>> clusters = EmergingClusters(idle_ms=60_000)
+        >>> a = clusters.assign(Content(md5="a" * 32), ts_ms=0)
+        >>> clusters.take_changes() == ({a: (0, ("a" * 32,))}, ())
+        True
+        >>> clusters.touch(a, 5_000); clusters.expire(70_000) == [a]
+        True
+        >>> clusters.take_changes() == ({}, (a,))
+        True
+        """
+        changed = {cid: (self._last[cid], tuple(new)) for cid, new in self._changed.items()}
+        evicted = tuple(self._evicted)
+        self._changed, self._evicted = {}, []
+        return changed, evicted
+
+    def fold(
+        self, changed: Mapping[str, tuple[int, Sequence[str]]], evicted: Iterable[str] = ()
+    ) -> None:
+        """Take back what :meth:`take_changes` gave (a log read back, in the order written):
+        the same clusters, content and idle order as the index that wrote it.
+
+        >>> a = EmergingClusters(idle_ms=60_000)
+        >>> cid = a.assign(Content(pdq="f" * 64, pdq_quality=90), ts_ms=0)
+        >>> b = EmergingClusters(idle_ms=60_000)
+        >>> b.fold(*a.take_changes())
+        >>> b.assign(Content(pdq="f" * 63 + "0", pdq_quality=90), ts_ms=1_000) == cid
+        True
+        """
+        for cid, (last, signals) in changed.items():
+            self.index.add_signals(cid, map(signal_of, signals))
+            held = self._last.get(cid)
+            self._last[cid] = last if held is None else max(held, last)
+            self._last.move_to_end(cid)
+        for cid in evicted:
+            if self._last.pop(cid, None) is not None:
+                self.index.drop(cid)
+
+    def snapshot(self) -> dict[str, tuple[int, tuple[str, ...]]]:
+        """Every live cluster, as :meth:`fold` takes it (least recently touched first)."""
+        return {cid: (last, tuple(self.index.held(cid))) for cid, last in self._last.items()}
+
+    @property
+    def live_items(self) -> int:
+        """Entries a snapshot holds (clusters and their signals)."""
+        return len(self._last) + len(self.index)
+
+
+class ForwardedClusters:
+    """What a resolve partition that does not hold the index asks of it: unbanked uploads to
+    cluster, and the latest event of unbanked clusters (their reshares), collected per batch
+    and sent to the partition that holds it (:data:`streams.stages.INDEX_PARTITION`).
+
+    An upload with no signal the index can use (no MD5, a flat PDQ) is near nothing: its
+    cluster is its own, here and now, as the index would say.
+
+    >>> fwd = ForwardedClusters()
+    >>> fwd.defer(Content(md5="a" * 32)), fwd.defer(Content(pdq="0" * 64, pdq_quality=10))
+    (True, False)
+    >>> fwd.touch("u-1", 5); fwd.touch("u-1", 3); fwd.take_touched()
+    {'u-1': 5}
+    """
+
+    __slots__ = ("_touched",)
+
+    def __init__(self) -> None:
+        self._touched: dict[str, int] = {}
+
+    @staticmethod
+    def defer(content: Content) -> bool:
+        """Whether the owner of the index must cluster this unbanked content."""
+        return bool(signals_of(content))
+
+    def touch(self, cluster_id: str, ts_ms: int) -> None:
+        last = self._touched.get(cluster_id)
+        if last is None or ts_ms > last:
+            self._touched[cluster_id] = ts_ms
+
+    def take_touched(self) -> dict[str, int]:
+        out, self._touched = self._touched, {}
         return out
 
 

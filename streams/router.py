@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from streams.alerts import MatchInfo
 from streams.banks import HashBanks, Match, MatchKey, match_key, pdq_usable
-from streams.emerging import EmergingClusters, allowed_cluster_id
+from streams.emerging import EmergingClusters, ForwardedClusters, allowed_cluster_id
 from streams.events import Content, Rejection, ShareEvent
 from streams.stats import Stats
 from streams.vpdq import usable_hashes
@@ -93,10 +93,16 @@ class Router:
         hold_ms: int = 1_800_000,
         max_held: int = 100_000,
         emerging: EmergingClusters | None = None,
+        forward: ForwardedClusters | None = None,
     ) -> None:
         self.banks = banks
-        #: unbanked content's clusters (near-duplicates join one); may be shared by routers
+        #: unbanked content's clusters (near-duplicates join one)
         self.emerging = emerging if emerging is not None else EmergingClusters()
+        #: set when another router holds the index (a streaming resolve partition that is
+        #: not its owner): unbanked uploads wait in :attr:`deferred` for it, and the latest
+        #: events of unbanked clusters are collected for it
+        self.forward = forward
+        self.deferred: list[ShareEvent] = []
         self.stats = stats
         self.post_clusters: MutableMapping[str, str] = (
             post_clusters if post_clusters is not None else {}
@@ -115,26 +121,29 @@ class Router:
     def held(self) -> int:
         return self._held
 
-    def prefetch(self, contents: Sequence[Content]) -> None:
+    def prefetch(self, contents: Sequence[Content], unbanked: Sequence[Content] = ()) -> None:
         """Match a batch of uploads in one index search; :meth:`match` then uses the answers.
 
         The index is vectorised: a PDQ search costs about 100 us for one hash
         alone and under 20 us a hash in a batch, so a stage that has a batch in
         hand calls this first. The answers hold until :meth:`drop_prefetched`
         or the next prefetch; counters are counted here, as
-        :meth:`HashBanks.match_many` counts them.
+        :meth:`HashBanks.match_many` counts them. ``unbanked``: uploads known to match no
+        bank (sent by another router to the index's owner), searched in the index only.
         """
         self._prefetched = dict(
             zip(map(match_key, contents), self.banks.match_many(contents), strict=True)
         )
-        self.emerging.prefetch(contents)  # those that match no bank join a live cluster, or not
+        if self.forward is None:  # those that match no bank join a live cluster, or not
+            self.emerging.prefetch([*contents, *unbanked])
 
     def drop_prefetched(self) -> None:
         """Forget the last prefetch (the banks may change before the next batch)."""
         self._prefetched = {}
 
-    def match(self, event: ShareEvent) -> Routed:
-        """Route an upload: bank match, or its own unbanked cluster."""
+    def match(self, event: ShareEvent) -> Routed | None:
+        """Route an upload: bank match, or its own unbanked cluster (``None``: deferred to the
+        index's owner, see :attr:`forward`)."""
         content = event.content
         assert content is not None
         key = match_key(content)
@@ -153,12 +162,23 @@ class Router:
         if self.banks.allowed(content, event.ts_ms):
             self.stats.allowed += 1
             return Routed(event, allowed_cluster_id(content))
+        if self.forward is not None and self.forward.defer(content):
+            self.deferred.append(event)
+            return None
         return Routed(event, self.emerging.assign(content, event.ts_ms))
 
+    def touch(self, cluster_id: str, ts_ms: int) -> None:
+        """An event of an unbanked cluster: it is not idle (told to the index's owner)."""
+        (self.emerging if self.forward is None else self.forward).touch(cluster_id, ts_ms)
+
     def route(self, event: ShareEvent) -> list[Routed | Rejection]:
-        """Route one event; the result also holds any held events it released."""
+        """Route one event; the result also holds any held events it released (nothing for an
+        upload deferred to the index's owner, or a reshare held)."""
         if event.type == "upload":
-            routed = self.match(event)
+            match = self.match(event)
+            if match is None:
+                return []
+            routed = match
         else:
             target = event.parent_post_id if event.type == "share" else event.post_id
             assert target is not None
@@ -167,7 +187,7 @@ class Router:
                 return self._hold(target, event)
             routed = Routed(event, cluster)
             if cluster[0] == "u":
-                self.emerging.touch(cluster, event.ts_ms)
+                self.touch(cluster, event.ts_ms)
         out: list[Routed | Rejection] = [routed]
         if event.type != "takedown":
             self._register(routed, out)
@@ -185,7 +205,7 @@ class Router:
                 self._held -= 1
                 released = Routed(child, routed.cluster_id)
                 if routed.cluster_id[0] == "u":
-                    self.emerging.touch(routed.cluster_id, child.ts_ms)
+                    self.touch(routed.cluster_id, child.ts_ms)
                 out.append(released)
                 if child.type != "takedown":
                     stack.append(released)

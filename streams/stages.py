@@ -66,8 +66,8 @@ import orjson
 from streams.alerts import Pseudonymizer
 from streams.banks import BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, Predictor
-from streams.emerging import EmergingClusters
-from streams.events import Rejection, ShareEvent, parse_events
+from streams.emerging import EmergingClusters, ForwardedClusters
+from streams.events import Content, Rejection, ShareEvent, parse_events
 from streams.pipeline import DEFAULT_PREDICTOR
 from streams.policy import AlertPolicy
 from streams.reorder import ReorderBuffer
@@ -81,6 +81,8 @@ from streams.wire import (
     Registration,
     ResolveDelta,
     ToRoute,
+    Touch,
+    Unbanked,
     decode_delta,
     decode_items,
     decode_routed_log,
@@ -91,6 +93,8 @@ T = TypeVar("T")
 
 #: How often (event time) held orphans are checked for expiry, as ``replay`` does.
 EXPIRE_EVERY_MS: Final = 10_000
+#: The resolve partition that holds the index of unbanked content (:class:`ResolvePartition`).
+INDEX_PARTITION: Final = 0
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -282,7 +286,7 @@ def log_parts(
     if isinstance(body, list):
         return [encode(run) for run in _runs(body, limit - 16)]
     out: list[bytes] = []
-    for kind in ("p", "f", "h+", "h-"):
+    for kind in ("p", "f", "h+", "h-", "u", "u-", "g"):
         value = body.get(kind)
         if not value:
             continue
@@ -584,7 +588,17 @@ class _PostMap(MutableMapping[str, str]):
 
 
 class PartitionRouter(Router):
-    """The replay :class:`Router`, plus registrations that arrive from another partition."""
+    """The replay :class:`Router`, plus registrations that arrive from another partition, and
+    (at the index's owner) unbanked uploads sent by the others to be clustered."""
+
+    def cluster_unbanked(self, event: ShareEvent) -> list[Routed | Rejection]:
+        """An upload that matched no bank at its own partition: the cluster it joins, or
+        starts (what :meth:`Router.match` does with it when it holds the index)."""
+        assert event.content is not None  # the record's decoder guarantees it
+        routed = Routed(event, self.emerging.assign(event.content, event.ts_ms))
+        out: list[Routed | Rejection] = [routed]
+        self._register(routed, out)
+        return out
 
     def register(self, post_id: str, cluster_id: str) -> list[Routed | Rejection]:
         """``post_id`` was routed to ``cluster_id`` elsewhere: record it, release what waited.
@@ -605,8 +619,8 @@ class ResolveBatch:
     partitions: int
     #: routed events, per cluster partition
     clusters: list[list[Routed]]
-    #: registrations, per resolve partition
-    peers: list[list[Registration]]
+    #: registrations (and, for the index's owner, unbanked uploads), per resolve partition
+    peers: list[list[Item]]
     #: this partition's progress, when it moved (``None``: it did not)
     progress: int | None = None
     deadletters: list[DeadLetter] = field(default_factory=list)
@@ -739,18 +753,19 @@ def resolve_local_peers(
     rounds: int = 4,
     on_batch: Callable[[int, ResolveBatch], None] | None = None,
     unread: Mapping[int, list[Envelope]] | None = None,
-) -> tuple[list[ResolveBatch], set[int]]:
+) -> tuple[list[ResolveBatch], dict[int, Envelope]]:
     """Hand the registrations and progress of ``batches`` to the peer partitions in
     ``resolvers`` now, for up to ``rounds`` rounds of answers. Returns the batches
-    that made, and the partitions of ``resolvers`` that got everything for them
-    (the last round's answers to a partition can be left for Kafka alone).
+    that made, and what the partitions of ``resolvers`` are still owed (the last
+    round's answers, left for Kafka alone; a partition not in it got everything).
 
     A reshare waits for its parent's registration from the partition that
     routed the parent, and holds event time back until then: through Kafka
     that is one more hop on the way to every alert. The caller sends
-    through Kafka what is for the other partitions (one that got everything
-    logged it, so needs no copy; a copy that came again would change
-    nothing: registrations and progress are idempotent). ``unread[r]`` are
+    through Kafka what is for the other partitions, and what is owed (one that
+    got everything logged it, so needs no copy; nor does one that got all but
+    the last round's: an unbanked upload for the index's owner is not
+    idempotent, it would be clustered, and sent on, twice). ``unread[r]`` are
     envelopes sent to ``r`` through Kafka alone that it has not read yet:
     they go first, so that the short way never overtakes the long one (a
     peer that learnt a partition's progress before a registration sent
@@ -768,7 +783,7 @@ def resolve_local_peers(
             local[r] = envs + local.get(r, [])
         first = {}
         if not local:
-            return out, set(resolvers)
+            return out, {}
         pending = []
         for r, sent in local.items():
             batch = resolvers[r].handle(sent)
@@ -777,7 +792,7 @@ def resolve_local_peers(
             pending.append(batch)
         out += pending
     left = merge_resolved(pending)[1]
-    return out, {r for r in resolvers if r not in left}
+    return out, {r: env for r, env in left.items() if r in resolvers}
 
 
 class ResolvePartition:
@@ -806,21 +821,26 @@ class ResolvePartition:
         lateness_ms: int,
         hold_ms: int,
         max_held: int,
-        emerging: EmergingClusters | None = None,
+        idle_ms: int = 3_600_000,
     ) -> None:
         self.partition = partition
         self.partitions = partitions
         self.stats = stats
         self.posts = _PostMap(lambda post: partition_for(post, partitions) == partition)
+        #: the index of unbanked content, if this partition is its owner (see the class doc)
+        self.index = EmergingClusters(idle_ms=idle_ms) if partition == INDEX_PARTITION else None
         self.router = PartitionRouter(
             banks,
             stats,
             post_clusters=self.posts,
             hold_ms=hold_ms,
             max_held=max_held,
-            emerging=emerging,  # shared by a worker's partitions (streams.emerging)
+            emerging=self.index,
+            forward=ForwardedClusters() if self.index is None else None,
         )
         self.watermark = Watermark(sources, lateness_ms)
+        #: the progress heard from each peer (persisted by the index's owner, whose own
+        #: progress waits for theirs)
         self.peers: dict[int, int] = {}
         self.progress = NO_TIME
         self._held: dict[str, ShareEvent] = {}
@@ -834,8 +854,9 @@ class ResolvePartition:
     @property
     def live_items(self) -> int:
         """Items a snapshot of this partition would hold (its log's ledger counts garbage
-        against it): the posts registered here and the reshares held."""
-        return len(self.posts.own) + len(self._held)
+        against it): the posts registered here and the reshares held (and the index)."""
+        index = 0 if self.index is None else self.index.live_items
+        return len(self.posts.own) + len(self._held) + index
 
     # -- persistence --
 
@@ -863,6 +884,11 @@ class ResolvePartition:
                 held[ev.event_id] = ev
             for eid in d.released:
                 held.pop(eid, None)
+            if self.index is not None:
+                self.index.fold(d.index, d.evicted)
+            for p, t in d.heard.items():
+                if t > self.peers.get(p, NO_TIME):
+                    self.peers[p] = t
         self.posts.new.clear()
         waiting = sorted(held.values(), key=lambda ev: (ev.ts_ms, ev.event_id))
         items: list[Item] = [ToRoute(ev) for ev in waiting]
@@ -885,7 +911,14 @@ class ResolvePartition:
         >>> [orjson.loads(x) for x in r.snapshot()]
         [{'p': {'p2': 'b-1'}}]
         """
-        return log_parts(ResolveDelta(posts=self.posts.own, held=tuple(self._held.values())))
+        return log_parts(
+            ResolveDelta(
+                posts=self.posts.own,
+                held=tuple(self._held.values()),
+                index={} if self.index is None else self.index.snapshot(),
+                heard=self.peers if self.index is not None else {},
+            )
+        )
 
     # -- processing --
 
@@ -893,8 +926,9 @@ class ResolvePartition:
         """Process envelopes of this partition, in offset order."""
         parts = self.partitions
         out: list[list[Routed]] = [[] for _ in range(parts)]
-        peers: list[list[Registration]] = [[] for _ in range(parts)]
+        peers: list[list[Item]] = [[] for _ in range(parts)]
         dead: list[DeadLetter] = []
+        heard: dict[int, int] = {}
         held_add: list[ShareEvent] = []
         held_del: list[str] = []
         forgot: list[str] = []
@@ -919,40 +953,53 @@ class ResolvePartition:
 
         # each record decoded once, here (none if handed over in-process)
         unpacked = _unpack(envelopes, "route", self.stats, dead)
-        # every upload of the batch matched in one index search
-        router.prefetch(
-            [
-                item.event.content
-                for env in unpacked
-                for item in env.items
-                if type(item) is ToRoute and item.event.content is not None
-            ]
-        )
+        # every upload of the batch matched in one index search (those sent here to be
+        # clustered, in the index of unbanked content only)
+        uploads: list[Content] = []
+        unbanked: list[Content] = []
+        for env in unpacked:
+            for item in env.items:
+                if type(item) is ToRoute and item.event.content is not None:
+                    uploads.append(item.event.content)
+                elif type(item) is Unbanked and item.event.content is not None:
+                    unbanked.append(item.event.content)
+        router.prefetch(uploads, unbanked)
+        index = self.index
         for env in unpacked:
             if env.marks:
                 self.watermark.update(env.marks)
             for p, t in env.progress.items():
                 if p != self.partition and t > self.peers.get(p, NO_TIME):
-                    self.peers[p] = t
+                    self.peers[p] = heard[p] = t
             for item in env.items:
                 if type(item) is ToRoute:
                     ev = item.event
-                    if ev.event_id in held:
-                        continue  # redelivered while it waits: it waits once
+                    if ev.event_id in held:  # redelivered while it waits: it waits once
+                        self.stats.duplicates += 1  # (as the detector counts one applied once)
+                        continue
                     results = router.route(ev)
-                    if not results:  # held until its parent is routed
+                    if not results and ev.type != "upload":  # held until its parent is routed
                         held[ev.event_id] = ev
                         held_add.append(ev)
                         heapq.heappush(self._waiting, (ev.ts_ms, ev.event_id))
-                    emit(results)
+                    emit(results)  # (none for an upload sent to the index's owner)
                 elif type(item) is Registration:
                     emit(router.register(item.post_id, item.cluster_id))
                 elif type(item) is Forget:
                     router.forget([item.post_id])
                     forgot.append(item.post_id)
+                elif type(item) is Unbanked and index is not None:
+                    emit(router.cluster_unbanked(item.event))
+                elif type(item) is Touch and index is not None:
+                    index.touch(item.cluster_id, item.ts_ms)
                 else:
                     _unexpected(item, "route", self.stats, dead)
         router.drop_prefetched()
+        if router.forward is not None:  # what the index's owner is asked, before the progress
+            ask = peers[INDEX_PARTITION]
+            ask += [Unbanked(ev) for ev in router.deferred]
+            ask += [Touch(c, t) for c, t in router.forward.take_touched().items()]
+            router.deferred.clear()
         wm = self.watermark.value
         settled = self._settled(wm)
         if settled != NO_TIME and settled - self._expired_at >= EXPIRE_EVERY_MS:
@@ -966,7 +1013,16 @@ class ResolvePartition:
         for post, cluster in self.posts.foreign:
             peers[partition_for(post, parts)].append(Registration(post, cluster))
         self.posts.foreign.clear()
-        delta = ResolveDelta(self.posts.new, tuple(forgot), tuple(held_add), tuple(held_del))
+        changed, evicted = index.take_changes() if index is not None else ({}, ())
+        delta = ResolveDelta(
+            self.posts.new,
+            tuple(forgot),
+            tuple(held_add),
+            tuple(held_del),
+            changed,
+            evicted,
+            heard if index is not None else {},
+        )
         if self.posts.new:
             self.posts.new = {}
         return ResolveBatch(
@@ -978,7 +1034,7 @@ class ResolvePartition:
             deadletters=dead,
             delta=encode(delta) if delta else None,
             routed=routed,
-            delta_items=len(delta.posts) + len(forgot) + len(held_add) + len(held_del),
+            delta_items=delta.items,
         )
 
     def _settled(self, wm: int) -> int:
@@ -996,14 +1052,16 @@ class ResolvePartition:
         return min([wm, *others])
 
     def _progress(self, wm: int) -> int:
-        """The watermark, held back by reshares still waiting here (see the class doc)."""
+        """The watermark, held back by reshares still waiting here (see the class doc); the
+        index's owner's, by its peers' too."""
         if wm == NO_TIME:
             return NO_TIME
         settled = self._settled(wm)
         heap, held = self._waiting, self._held
         while heap and (heap[0][1] not in held or heap[0][0] - 1 <= settled):
             heapq.heappop(heap)
-        return min(wm, heap[0][0] - 1) if heap else wm
+        progress = min(wm, heap[0][0] - 1) if heap else wm
+        return progress if self.index is None else min(progress, settled)
 
 
 # -- stage 2: clusters ------------------------------------------------------

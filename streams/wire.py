@@ -11,10 +11,14 @@ record             tag  from → to                       wire form
 :class:`Registration`
                    r    resolve → its peers             ``["r", post_id, cluster_id]``
 :class:`Forget`    f    clusters → resolve              ``["f", post_id]``
+:class:`Unbanked`  u    resolve → the index's owner     ``["u", event]``
+:class:`Touch`     t    resolve → the index's owner     ``["t", cluster_id, ts]``
 ``Routed``         e    resolve → clusters, cluster log ``["e", event, cluster_id, match]``
 :class:`ResolveDelta`
                    -    the resolve log                 ``{"p": {post: cluster}, "f": [post],
-                                                        "h+": [event], "h-": [event_id]}``
+                                                        "h+": [event], "h-": [event_id],
+                                                        "u": {cluster: [ts, [signal]]},
+                                                        "u-": [cluster], "g": {partition: ts}}``
 =================  ===  ==============================  ===================================
 
 (``Routed`` is the router's record, :class:`streams.router.Routed`.) A tag
@@ -86,8 +90,28 @@ class Forget:
     post_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Unbanked:
+    """An upload no bank knows, for the resolve partition that holds the index of unbanked
+    content (:data:`streams.stages.INDEX_PARTITION`): it says which cluster the upload joins."""
+
+    event: ShareEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """The latest event a resolve partition routed to an unbanked cluster, for the index's
+    owner: a cluster leaves the index when idle, as the detector evicts it."""
+
+    cluster_id: str
+    ts_ms: int
+
+
 #: An item of an envelope.
-Item = ToRoute | Registration | Forget | Routed
+Item = ToRoute | Registration | Forget | Routed | Unbanked | Touch
+
+#: An unbanked cluster in the index owner's log: its latest event time, the signals it took.
+IndexEntry = tuple[int, tuple[str, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,16 +119,40 @@ class ResolveDelta:
     """What one batch changed in a resolve partition (or, folded, all it holds).
 
     Folded in this order: posts registered, posts forgotten, reshares held,
-    reshares released.
+    reshares released; then (the index's owner only) unbanked clusters touched
+    or grown, unbanked clusters evicted, and the progress heard from the peers.
     """
 
     posts: Mapping[str, str] = field(default_factory=dict)
     forgot: tuple[str, ...] = ()
     held: tuple[ShareEvent, ...] = ()
     released: tuple[str, ...] = ()
+    index: Mapping[str, IndexEntry] = field(default_factory=dict)
+    evicted: tuple[str, ...] = ()
+    heard: Mapping[int, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.posts or self.forgot or self.held or self.released)
+        return bool(
+            self.posts
+            or self.forgot
+            or self.held
+            or self.released
+            or self.index
+            or self.evicted
+            or self.heard
+        )
+
+    @property
+    def items(self) -> int:
+        """The entries it records (what a state log's ledger counts)."""
+        return (
+            len(self.posts)
+            + len(self.forgot)
+            + len(self.held)
+            + len(self.released)
+            + sum(1 + len(signals) for _, signals in self.index.values())
+            + len(self.evicted)
+        )
 
     def to_wire(self) -> dict[str, Any]:
         """The log entry's JSON form; empty parts are left out.
@@ -121,6 +169,12 @@ class ResolveDelta:
             out["h+"] = list(self.held)
         if self.released:
             out["h-"] = list(self.released)
+        if self.index:
+            out["u"] = self.index
+        if self.evicted:
+            out["u-"] = list(self.evicted)
+        if self.heard:
+            out["g"] = {str(p): t for p, t in self.heard.items()}
         return out
 
 
@@ -174,6 +228,12 @@ def _percent(value: object, name: str) -> float | None:
     return value  # as written: an alert carries it byte for byte
 
 
+def _int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(f"{name} must be an integer")
+    return value
+
+
 def _fields(item: list[Any], tag: str, n: int) -> list[Any]:
     if len(item) != n + 1:
         raise _Bad(f"{tag}: expected {n} fields, not {len(item) - 1}")
@@ -204,18 +264,34 @@ def _decode_f(item: list[Any]) -> Item:
     return Forget(_text(_fields(item, "f", 1)[1], "post_id"))
 
 
+def _decode_u(item: list[Any]) -> Item:
+    event = _event(_fields(item, "u", 1)[1])
+    if event.type != "upload" or event.content is None:
+        raise _Bad("u: an unbanked record carries an upload")
+    return Unbanked(event)
+
+
+def _decode_t(item: list[Any]) -> Item:
+    _, cluster, ts = _fields(item, "t", 2)
+    return Touch(_text(cluster, "cluster_id"), _int(ts, "ts"))
+
+
 #: One codec per record: its tag, how it is written, how it is read.
 _ENCODE: Final[dict[type, Callable[[Any], list[Any]]]] = {
     ToRoute: lambda r: ["s", r.event],
     Registration: lambda r: ["r", r.post_id, r.cluster_id],
     Forget: lambda r: ["f", r.post_id],
     Routed: lambda r: ["e", r.event, r.cluster_id, r.match],
+    Unbanked: lambda r: ["u", r.event],
+    Touch: lambda r: ["t", r.cluster_id, r.ts_ms],
 }
 _DECODE: Final[dict[str, Callable[[list[Any]], Item]]] = {
     "s": _decode_s,
     "r": _decode_r,
     "f": _decode_f,
     "e": _decode_e,
+    "u": _decode_u,
+    "t": _decode_t,
 }
 
 
@@ -287,13 +363,45 @@ def decode_routed_log(raw: bytes) -> tuple[list[Routed], list[Rejection]]:
     return routed, bad
 
 
+_HEX: Final = frozenset("0123456789abcdef")
+
+
+def _index(value: object) -> dict[str, IndexEntry]:
+    if not isinstance(value, dict):
+        raise _Bad("u must map clusters to [ts, [signal]]")
+    out: dict[str, IndexEntry] = {}
+    for cluster, entry in value.items():
+        if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[1], list):
+            raise _Bad("u must map clusters to [ts, [signal]]")
+        signals = tuple(entry[1])
+        if not all(isinstance(x, str) and len(x) in (32, 64) and set(x) <= _HEX for x in signals):
+            raise _Bad("u: a signal is 32 or 64 hex digits")
+        out[_text(cluster, "u")] = (_int(entry[0], "u: ts"), signals)
+    return out
+
+
+def _heard(value: object) -> dict[int, int]:
+    if not isinstance(value, dict):
+        raise _Bad("g must map partitions to event times")
+    try:
+        return {int(p): _int(t, "g") for p, t in value.items()}
+    except ValueError:
+        raise _Bad("g must map partitions to event times") from None
+
+
 def decode_delta(raw: bytes) -> ResolveDelta | Rejection:
     """A resolve-log entry.
 
-    >>> decode_delta(b'{"p": {"p1": "b-1"}, "h-": ["e9"]}')
-    ResolveDelta(posts={'p1': 'b-1'}, forgot=(), held=(), released=('e9',))
+    >>> decode_delta(b'{"p": {"p1": "b-1"}, "h-": ["e9"]}')  # doctest: +ELLIPSIS
+    ResolveDelta(posts={'p1': 'b-1'}, forgot=(), held=(), released=('e9',), index={}, ...)
+    >>> md5 = b"a" * 32
+    >>> d = decode_delta(b'{"u": {"u-1": [5, ["' + md5 + b'"]]}, "u-": ["u-0"], "g": {"1": 7}}')
+    >>> d.index["u-1"][0], d.evicted, d.heard
+    (5, ('u-0',), {1: 7})
     >>> decode_delta(b'{"p": ["p1"]}').detail
     'resolve log entry: p must map posts to clusters'
+    >>> decode_delta(b'{"u": {"u-1": [5, ["xyz"]]}}').detail
+    'resolve log entry: u: a signal is 32 or 64 hex digits'
     """
     try:
         body = orjson.loads(raw)
@@ -307,11 +415,17 @@ def decode_delta(raw: bytes) -> ResolveDelta | Rejection:
         held = body.get("h+", [])
         if not all(isinstance(x, list) for x in (forgot, released, held)):
             raise _Bad("f, h+ and h- must be arrays")
+        evicted = body.get("u-", [])
+        if not isinstance(evicted, list):
+            raise _Bad("u- must be an array")
         return ResolveDelta(
             posts,
             tuple(_text(p, "f") for p in forgot),
             tuple(_event(ev) for ev in held),
             tuple(_text(e, "h-") for e in released),
+            _index(body.get("u", {})),
+            tuple(_text(c, "u-") for c in evicted),
+            _heard(body.get("g", {})),
         )
     except (orjson.JSONDecodeError, _Bad) as exc:
         return Rejection(BAD_RECORD, f"resolve log entry: {exc}", raw[:1024])

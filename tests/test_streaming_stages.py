@@ -302,15 +302,15 @@ def test_a_reshare_of_a_reshare_waits_for_the_registration_from_another_partitio
 
 
 def test_a_true_orphan_stops_holding_progress_once_every_peer_has_passed_it() -> None:
-    here = resolver(0)
+    here = resolver(1)  # (partition 0 holds the index of unbanked content: see below)
     orphan = Envelope(
-        [to_route(ev("o", "share", T0 + 5, "o1", post_in(0, prefix="x")))],
+        [to_route(ev("o", "share", T0 + 5, "o1", post_in(1, prefix="x")))],
         {0: (T0 + 100, False)},
     )
     b = here.handle([orphan.pack()])
     assert here.progress == T0 + 4
-    assert set(b.to_peers) == {1}  # told its peer how far it got
-    b = here.handle([Envelope([], progress={1: T0 + 50}).pack()])
+    assert set(b.to_peers) == {0}  # told its peer how far it got
+    b = here.handle([Envelope([], progress={0: T0 + 50}).pack()])
     assert here.progress == T0 + 100 and here.held == 1  # still waiting, no longer blocking
 
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from streams.alerts import Pseudonymizer
 from streams.banks import BankUpdate, HashBanks
 from streams.detector import Predictor
-from streams.emerging import EmergingClusters
 from streams.pipeline import DEFAULT_PREDICTOR
 from streams.policy import AlertPolicy
 from streams.runtime.hand_over import HandOver
@@ -116,9 +115,6 @@ class Topology:
         self.detectors: dict[int, ClusterPartition] = {}
         #: clusters partitions rebuilt from their log whose firing alerts are not known yet
         self._restored: set[int] = set()
-        #: unbanked content's clusters, shared by the resolve partitions held here: a
-        #: near-duplicate joins a cluster whichever of them routes it (streams.emerging)
-        self.emerging = EmergingClusters(idle_ms=s.idle_ms)
         #: the timed bank changes seen (the bank follower's), for a clusters partition
         #: taken over later: it applies them in event-time order with its events
         self.bank_changes: deque[BankUpdate] = deque(maxlen=BANK_CHANGES_KEPT)
@@ -175,11 +171,16 @@ class Topology:
         batches: list[ResolveBatch] = []
         for r, envelopes in received.items():
             batches += self._resolve(r, envelopes)
-        made, delivered = self._resolve_local_peers(batches)
+        made, owed = self._resolve_local_peers(batches)
         to_clusters, to_peers = merge_resolved(batches + made)
         hop = self.hand_over.resolve
         for r, envelope in to_peers.items():
-            if r not in delivered:  # else handed over in-process (and logged there): no copy
+            if owed is not None and r in self.resolvers:
+                # the rest was handed over in-process (and logged there): no copy (an
+                # unbanked upload sent twice would be clustered twice)
+                if r in owed:
+                    hop.send(r, owed[r])
+            else:
                 hop.send(r, envelope)
         self.to_clusters(to_clusters)
 
@@ -205,16 +206,17 @@ class Topology:
 
     def _resolve_local_peers(
         self, batches: list[ResolveBatch]
-    ) -> tuple[list[ResolveBatch], set[int]]:
+    ) -> tuple[list[ResolveBatch], dict[int, Envelope] | None]:
         """Registrations and progress straight to the peer partitions held here
         (:func:`streams.stages.resolve_local_peers`): one Kafka hop less before most alerts.
-        Returns the batches that made and the partitions that got all that was for them.
+        Returns the batches that made and what the partitions held here are still owed
+        (``None``: nothing went the short way).
         What was sent a peer through Kafka alone and is unread goes first; during the grace
         after an assignment, nothing goes the short way (see :mod:`streams.runtime.hand_over`).
         """
         rounds = self.settings.peer_rounds
         if rounds <= 0 or not self.hand_over.short:
-            return [], set()
+            return [], None
         return resolve_local_peers(
             self.resolvers,
             batches,
@@ -234,7 +236,7 @@ class Topology:
             lateness_ms=s.lateness_ms,
             hold_ms=s.hold_ms,
             max_held=s.max_held,
-            emerging=self.emerging,
+            idle_ms=s.idle_ms,  # for the index of unbanked content, if it holds it
         )
         deltas = self.resolve_log.read(partition)
         self.resolvers[partition] = state
