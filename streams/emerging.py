@@ -23,14 +23,23 @@ uploads; ``bench/bench_emerging.py`` measures what each costs). The detector
 uses another to find the live clusters a bank change concerns (retroaction,
 false positives).
 
-What is guaranteed. In ``replay`` the answer is a function of the input file:
-uploads are routed in file order. A streaming worker routes in the order its
-resolve partitions read uploads, so it gives replay's clusters when each
-upload is routed after every earlier near-duplicate (in replay's order): true
-of re-uploads that are more than the read latency apart, which is how a leak
-spreads (minutes to days). Two near-duplicates uploaded within that latency
-may start two clusters; so may near-duplicates routed by different worker
-processes, each of which keeps its own index (``streams.runtime.worker``).
+One owner. In ``replay`` one router holds the index and routes uploads in
+file order. A streaming worker has many resolve partitions, spread over
+worker processes; an index per process would start two clusters for
+near-duplicates routed by different workers, and forget everything when a
+worker is replaced. So one resolve partition owns the index
+(:data:`streams.stages.INDEX_PARTITION`), as a stream processor gives a
+keyed state one owner: the others send it their unbanked uploads
+(:class:`IndexRequests`) and it answers with registrations, as for any
+post; it logs the index in its state log and a worker that takes the
+partition over folds it back (:meth:`EmergingClusters.fold`). It clusters
+the uploads in ``(ts, event_id)`` order once every resolve partition has
+passed them (``ResolvePartition._cluster_unbanked``), so the answer is
+replay's for input in event-time order, whatever the number of workers, the
+order the partitions were read in (a backlog), restarts and rebalances. The
+price: an unbanked upload's cluster is known one watermark later (the
+allowed lateness and a hop), and its reshares wait for it; banked content
+does not go through the owner.
 
 >>> clusters = EmergingClusters(idle_ms=60_000)
 >>> a = clusters.assign(Content(pdq="f" * 64, pdq_quality=90), ts_ms=0)
@@ -382,24 +391,27 @@ class EmergingClusters:
         return len(self._last) + len(self.index)
 
 
-class ForwardedClusters:
-    """What a resolve partition that does not hold the index asks of it: unbanked uploads to
-    cluster, and the latest event of unbanked clusters (their reshares), collected per batch
-    and sent to the partition that holds it (:data:`streams.stages.INDEX_PARTITION`).
+class IndexRequests:
+    """How a streaming resolve partition uses the index of unbanked content, which one
+    partition owns (:data:`streams.stages.INDEX_PARTITION`): its unbanked uploads wait
+    (:meth:`defer`), to be clustered by the owner in event-time order; the latest events of
+    unbanked clusters (their reshares) are collected for the owner, or, at the owner
+    (``index`` given), noted in the index at once.
 
     An upload with no signal the index can use (no MD5, a flat PDQ) is near nothing: its
     cluster is its own, here and now, as the index would say.
 
-    >>> fwd = ForwardedClusters()
-    >>> fwd.defer(Content(md5="a" * 32)), fwd.defer(Content(pdq="0" * 64, pdq_quality=10))
+    >>> ask = IndexRequests()
+    >>> ask.defer(Content(md5="a" * 32)), ask.defer(Content(pdq="0" * 64, pdq_quality=10))
     (True, False)
-    >>> fwd.touch("u-1", 5); fwd.touch("u-1", 3); fwd.take_touched()
+    >>> ask.touch("u-1", 5); ask.touch("u-1", 3); ask.take_touched()
     {'u-1': 5}
     """
 
-    __slots__ = ("_touched",)
+    __slots__ = ("_touched", "index")
 
-    def __init__(self) -> None:
+    def __init__(self, index: EmergingClusters | None = None) -> None:
+        self.index = index
         self._touched: dict[str, int] = {}
 
     @staticmethod
@@ -408,6 +420,9 @@ class ForwardedClusters:
         return bool(signals_of(content))
 
     def touch(self, cluster_id: str, ts_ms: int) -> None:
+        if self.index is not None:
+            self.index.touch(cluster_id, ts_ms)
+            return
         last = self._touched.get(cluster_id)
         if last is None or ts_ms > last:
             self._touched[cluster_id] = ts_ms

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from streams.alerts import MatchInfo
 from streams.banks import HashBanks, Match, MatchKey, match_key, pdq_usable
-from streams.emerging import EmergingClusters, ForwardedClusters, allowed_cluster_id
+from streams.emerging import EmergingClusters, IndexRequests, allowed_cluster_id
 from streams.events import Content, Rejection, ShareEvent
 from streams.stats import Stats
 from streams.vpdq import usable_hashes
@@ -93,15 +93,15 @@ class Router:
         hold_ms: int = 1_800_000,
         max_held: int = 100_000,
         emerging: EmergingClusters | None = None,
-        forward: ForwardedClusters | None = None,
+        index_requests: IndexRequests | None = None,
     ) -> None:
         self.banks = banks
         #: unbanked content's clusters (near-duplicates join one)
         self.emerging = emerging if emerging is not None else EmergingClusters()
-        #: set when another router holds the index (a streaming resolve partition that is
-        #: not its owner): unbanked uploads wait in :attr:`deferred` for it, and the latest
-        #: events of unbanked clusters are collected for it
-        self.forward = forward
+        #: set in a streaming resolve partition, where one partition owns the index: unbanked
+        #: uploads wait in :attr:`deferred` for it, and the latest events of unbanked
+        #: clusters go to it (see :class:`streams.emerging.IndexRequests`)
+        self.index_requests = index_requests
         self.deferred: list[ShareEvent] = []
         self.stats = stats
         self.post_clusters: MutableMapping[str, str] = (
@@ -121,21 +121,20 @@ class Router:
     def held(self) -> int:
         return self._held
 
-    def prefetch(self, contents: Sequence[Content], unbanked: Sequence[Content] = ()) -> None:
+    def prefetch(self, contents: Sequence[Content]) -> None:
         """Match a batch of uploads in one index search; :meth:`match` then uses the answers.
 
         The index is vectorised: a PDQ search costs about 100 us for one hash
         alone and under 20 us a hash in a batch, so a stage that has a batch in
         hand calls this first. The answers hold until :meth:`drop_prefetched`
         or the next prefetch; counters are counted here, as
-        :meth:`HashBanks.match_many` counts them. ``unbanked``: uploads known to match no
-        bank (sent by another router to the index's owner), searched in the index only.
+        :meth:`HashBanks.match_many` counts them.
         """
         self._prefetched = dict(
             zip(map(match_key, contents), self.banks.match_many(contents), strict=True)
         )
-        if self.forward is None:  # those that match no bank join a live cluster, or not
-            self.emerging.prefetch([*contents, *unbanked])
+        if self.index_requests is None:  # those that match no bank join a live cluster, or not
+            self.emerging.prefetch(contents)
 
     def drop_prefetched(self) -> None:
         """Forget the last prefetch (the banks may change before the next batch)."""
@@ -143,7 +142,7 @@ class Router:
 
     def match(self, event: ShareEvent) -> Routed | None:
         """Route an upload: bank match, or its own unbanked cluster (``None``: deferred to the
-        index's owner, see :attr:`forward`)."""
+        index's owner, see :attr:`index_requests`)."""
         content = event.content
         assert content is not None
         key = match_key(content)
@@ -162,14 +161,16 @@ class Router:
         if self.banks.allowed(content, event.ts_ms):
             self.stats.allowed += 1
             return Routed(event, allowed_cluster_id(content))
-        if self.forward is not None and self.forward.defer(content):
+        if self.index_requests is not None and self.index_requests.defer(content):
             self.deferred.append(event)
             return None
         return Routed(event, self.emerging.assign(content, event.ts_ms))
 
     def touch(self, cluster_id: str, ts_ms: int) -> None:
         """An event of an unbanked cluster: it is not idle (told to the index's owner)."""
-        (self.emerging if self.forward is None else self.forward).touch(cluster_id, ts_ms)
+        (self.emerging if self.index_requests is None else self.index_requests).touch(
+            cluster_id, ts_ms
+        )
 
     def route(self, event: ShareEvent) -> list[Routed | Rejection]:
         """Route one event; the result also holds any held events it released (nothing for an

@@ -13,8 +13,9 @@ the worker was configured with; keys are placed by :func:`partition_for`)::
     (any key) parse,    (by the    post -> cluster,    (by        reorder by event    actions
               validate  post to    hold orphans,       cluster)   time, detect        deadletter
                         look up)   match uploads
-                           ▲                 │ registrations of reshares, keyed by their own post
-                           └─────────────────┘
+                           ▲                 │ registrations of reshares, keyed by their own post;
+                           └─────────────────┘ unbanked uploads to partition 0, which owns their
+                                               index and registers them back
 
 Why the post -> cluster map is partitioned by post id (and not a global table
 on every worker): it is the largest state of stage 1 (one entry per post) and
@@ -66,8 +67,8 @@ import orjson
 from streams.alerts import Pseudonymizer
 from streams.banks import BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, Predictor
-from streams.emerging import EmergingClusters, ForwardedClusters
-from streams.events import Content, Rejection, ShareEvent, parse_events
+from streams.emerging import EmergingClusters, IndexRequests
+from streams.events import Rejection, ShareEvent, parse_events
 from streams.pipeline import DEFAULT_PREDICTOR
 from streams.policy import AlertPolicy
 from streams.reorder import ReorderBuffer
@@ -808,6 +809,19 @@ class ResolvePartition:
     (registrations are sent before the progress that covers them, in the
     same partition). So a reshare whose parent is on its way is never
     overtaken, and one whose parent never comes costs about one hop of delay.
+
+    The index of unbanked content. Partition :data:`INDEX_PARTITION` owns it
+    (:mod:`streams.emerging` says why one owner): every partition sends it the
+    uploads that match no bank (:class:`~streams.wire.Unbanked`, with the
+    latest events of unbanked clusters, :class:`~streams.wire.Touch`), ahead
+    of the progress that covers them; it holds them (logged with the held
+    reshares) until its peers' progress has passed them, clusters them in
+    ``(ts, event_id)`` order, and registers each upload's post with its
+    partition, whose reshares waited for it as for any parent. Its own
+    progress is its peers' at most, so no clusters partition's watermark
+    passes an upload on its way to it. Its log also keeps the index
+    (:meth:`EmergingClusters.take_changes`) and the progress it heard: a
+    worker taking it over needs no word from the peers to go on.
     """
 
     def __init__(
@@ -836,7 +850,7 @@ class ResolvePartition:
             hold_ms=hold_ms,
             max_held=max_held,
             emerging=self.index,
-            forward=ForwardedClusters() if self.index is None else None,
+            index_requests=IndexRequests(self.index),
         )
         self.watermark = Watermark(sources, lateness_ms)
         #: the progress heard from each peer (persisted by the index's owner, whose own
@@ -845,6 +859,9 @@ class ResolvePartition:
         self.progress = NO_TIME
         self._held: dict[str, ShareEvent] = {}
         self._waiting: list[tuple[int, str]] = []  # (ts, event id) of held reshares, a heap
+        #: (ts, event id) of unbanked uploads waiting to be clustered here (the index's owner),
+        #: a heap; the uploads are held (and logged) with the reshares
+        self._unbanked: list[tuple[int, str]] = []
         self._expired_at = NO_TIME
 
     @property
@@ -953,18 +970,26 @@ class ResolvePartition:
 
         # each record decoded once, here (none if handed over in-process)
         unpacked = _unpack(envelopes, "route", self.stats, dead)
-        # every upload of the batch matched in one index search (those sent here to be
-        # clustered, in the index of unbanked content only)
-        uploads: list[Content] = []
-        unbanked: list[Content] = []
-        for env in unpacked:
-            for item in env.items:
-                if type(item) is ToRoute and item.event.content is not None:
-                    uploads.append(item.event.content)
-                elif type(item) is Unbanked and item.event.content is not None:
-                    unbanked.append(item.event.content)
-        router.prefetch(uploads, unbanked)
+        # every upload of the batch matched in one index search
+        router.prefetch(
+            [
+                item.event.content
+                for env in unpacked
+                for item in env.items
+                if type(item) is ToRoute and item.event.content is not None
+            ]
+        )
         index = self.index
+
+        def wait_for_index(ev: ShareEvent) -> None:
+            """An unbanked upload, at the index's owner: clustered in event-time order."""
+            if ev.event_id in held:
+                self.stats.duplicates += 1  # redelivered while it waits (as above)
+                return
+            held[ev.event_id] = ev
+            held_add.append(ev)
+            heapq.heappush(self._unbanked, (ev.ts_ms, ev.event_id))
+
         for env in unpacked:
             if env.marks:
                 self.watermark.update(env.marks)
@@ -982,26 +1007,31 @@ class ResolvePartition:
                         held[ev.event_id] = ev
                         held_add.append(ev)
                         heapq.heappush(self._waiting, (ev.ts_ms, ev.event_id))
-                    emit(results)  # (none for an upload sent to the index's owner)
+                    emit(results)  # (none for an unbanked upload: router.deferred has it)
                 elif type(item) is Registration:
                     emit(router.register(item.post_id, item.cluster_id))
                 elif type(item) is Forget:
                     router.forget([item.post_id])
                     forgot.append(item.post_id)
                 elif type(item) is Unbanked and index is not None:
-                    emit(router.cluster_unbanked(item.event))
+                    wait_for_index(item.event)
                 elif type(item) is Touch and index is not None:
                     index.touch(item.cluster_id, item.ts_ms)
                 else:
                     _unexpected(item, "route", self.stats, dead)
         router.drop_prefetched()
-        if router.forward is not None:  # what the index's owner is asked, before the progress
-            ask = peers[INDEX_PARTITION]
-            ask += [Unbanked(ev) for ev in router.deferred]
-            ask += [Touch(c, t) for c, t in router.forward.take_touched().items()]
-            router.deferred.clear()
+        deferred, router.deferred = router.deferred, []
         wm = self.watermark.value
         settled = self._settled(wm)
+        if index is None:  # for the index's owner, before the progress that covers them
+            ask = peers[INDEX_PARTITION]
+            ask += [Unbanked(ev) for ev in deferred]
+            assert router.index_requests is not None
+            ask += [Touch(c, t) for c, t in router.index_requests.take_touched().items()]
+        else:
+            for ev in deferred:
+                wait_for_index(ev)
+            emit(self._cluster_unbanked(settled))
         if settled != NO_TIME and settled - self._expired_at >= EXPIRE_EVERY_MS:
             # only what every peer has passed: a registration could still be on its way
             self._expired_at = settled
@@ -1036,6 +1066,25 @@ class ResolvePartition:
             routed=routed,
             delta_items=delta.items,
         )
+
+    def _cluster_unbanked(self, settled: int) -> list[Routed | Rejection]:
+        """At the index's owner: cluster the unbanked uploads every partition has passed, in
+        ``(ts, event_id)`` order (so the answer is replay's, whatever the read order, the
+        workers or the restarts); they stay held (and logged) until then."""
+        heap, held = self._unbanked, self._held
+        due: list[ShareEvent] = []
+        while heap and heap[0][0] <= settled:
+            _, eid = heapq.heappop(heap)
+            ev = held.get(eid)
+            if ev is not None and ev.type == "upload":
+                due.append(ev)
+        if not due or self.index is None:
+            return []
+        self.index.prefetch(ev.content for ev in due if ev.content is not None)
+        out: list[Routed | Rejection] = []
+        for ev in due:
+            out += self.router.cluster_unbanked(ev)
+        return out
 
     def _settled(self, wm: int) -> int:
         """The event time that this partition and every peer have routed up to.
