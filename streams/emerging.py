@@ -34,12 +34,12 @@ keyed state one owner: the others send it their unbanked uploads
 post; it logs the index in its state log and a worker that takes the
 partition over folds it back (:meth:`EmergingClusters.fold`). It clusters
 the uploads in ``(ts, event_id)`` order once every resolve partition has
-passed them (``ResolvePartition._cluster_unbanked``), so the answer is
+read past them (``ResolvePartition._cluster_unbanked``), so the answer is
 replay's for input in event-time order, whatever the number of workers, the
 order the partitions were read in (a backlog), restarts and rebalances. The
-price: an unbanked upload's cluster is known one watermark later (the
-allowed lateness and a hop), and its reshares wait for it; banked content
-does not go through the owner.
+price: an unbanked upload's cluster is known a hop or two after the slowest
+input partition has been read past it, and its reshares wait for it; banked
+content does not go through the owner.
 
 >>> clusters = EmergingClusters(idle_ms=60_000)
 >>> a = clusters.assign(Content(pdq="f" * 64, pdq_quality=90), ts_ms=0)

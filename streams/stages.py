@@ -815,9 +815,10 @@ class ResolvePartition:
     uploads that match no bank (:class:`~streams.wire.Unbanked`, with the
     latest events of unbanked clusters, :class:`~streams.wire.Touch`), ahead
     of the progress that covers them; it holds them (logged with the held
-    reshares) until its peers' progress has passed them, clusters them in
-    ``(ts, event_id)`` order, and registers each upload's post with its
-    partition, whose reshares waited for it as for any parent. Its own
+    reshares) until every partition has read past them (their progress
+    plus the allowed lateness), clusters them in ``(ts, event_id)`` order,
+    and registers each upload's post with its partition, whose reshares
+    waited for it as for any parent. Its own
     progress is its peers' at most, so no clusters partition's watermark
     passes an upload on its way to it. Its log also keeps the index
     (:meth:`EmergingClusters.take_changes`) and the progress it heard: a
@@ -1031,7 +1032,7 @@ class ResolvePartition:
         else:
             for ev in deferred:
                 wait_for_index(ev)
-            emit(self._cluster_unbanked(settled))
+            emit(self._cluster_unbanked(self._read(settled)))
         if settled != NO_TIME and settled - self._expired_at >= EXPIRE_EVERY_MS:
             # only what every peer has passed: a registration could still be on its way
             self._expired_at = settled
@@ -1067,13 +1068,25 @@ class ResolvePartition:
             delta_items=delta.items,
         )
 
-    def _cluster_unbanked(self, settled: int) -> list[Routed | Rejection]:
-        """At the index's owner: cluster the unbanked uploads every partition has passed, in
-        ``(ts, event_id)`` order (so the answer is replay's, whatever the read order, the
-        workers or the restarts); they stay held (and logged) until then."""
+    def _read(self, settled: int) -> int:
+        """The event time every resolve partition has read the input up to: the progress
+        they have all made, plus the allowed lateness (progress is the slowest input
+        partition's newest event time less the lateness, or less still: a lower bound)."""
+        return settled if settled == NO_TIME else settled + self.watermark.lateness_ms
+
+    def _cluster_unbanked(self, read: int) -> list[Routed | Rejection]:
+        """At the index's owner: cluster the unbanked uploads every partition has read past,
+        in ``(ts, event_id)`` order (so the answer is replay's, whatever the read order, the
+        workers or the restarts); they stay held (and logged) until then.
+
+        Read past, not passed by the watermark: an upload's cluster is then known a hop
+        after the slowest partition has read its time, not an allowed lateness later (its
+        reshares wait for it). The order is replay's unless an input partition itself holds
+        near-duplicates out of event-time order, uploaded within that skew of each other.
+        """
         heap, held = self._unbanked, self._held
         due: list[ShareEvent] = []
-        while heap and heap[0][0] <= settled:
+        while heap and heap[0][0] <= read:
             _, eid = heapq.heappop(heap)
             ev = held.get(eid)
             if ev is not None and ev.type == "upload":
