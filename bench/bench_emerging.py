@@ -1,7 +1,8 @@
 """What clustering unbanked uploads costs: memory per live upload, and time per upload.
 
-Every unbanked upload stays in its worker's :class:`streams.emerging.EmergingClusters`
-(the router's: which live cluster a near-duplicate joins) until its cluster is
+Every unbanked upload stays in the :class:`streams.emerging.EmergingClusters` of the
+index's owner (resolve partition 0: which live cluster a near-duplicate joins; one for
+the whole pipeline, whatever the workers) until its cluster is
 idle for ``idle_ms``, and in the detector's :class:`streams.emerging.ContentIndex`
 (which live clusters a bank change concerns) as long as its cluster lives. So
 memory grows with the live unbanked uploads; this measures by how much.
@@ -73,12 +74,14 @@ def fill(contents: list[Content]) -> EmergingClusters:
 
 
 def assign(clusters: EmergingClusters, contents: list[Content], start: int) -> None:
-    """As a router does: each batch's hashes searched at once, then assigned in turn."""
+    """As the index's owner does: each batch's hashes searched at once, then assigned in
+    turn, then what changed taken for its state log."""
     for lo in range(0, len(contents), ROUTER_BATCH):
         batch = contents[lo : lo + ROUTER_BATCH]
         clusters.prefetch(batch)
         for i, c in enumerate(batch):
             clusters.assign(c, start + lo + i)
+        clusters.take_changes()
 
 
 def scan(words: np.ndarray, query: np.ndarray) -> int:
