@@ -1,6 +1,6 @@
 """Type stubs of the compiled core (``rust/python``), built by maturin into ``streams._core``."""
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 MAX_EVENT_BYTES: int
@@ -12,10 +12,11 @@ def version() -> str:
     """The compiled core's version (its crate's)."""
 
 def parse_events(
-    lines: Iterable[bytes],
+    lines: Sequence[bytes],
     parse_ts: Callable[[str], int],
     share_event: type[Any],
     content: type[Any],
-) -> list[Any]:
-    """Parse and validate a batch of lines: per line a ``share_event``, ``(reason, detail,
-    event_id)``, or a video upload's event tuple (its frames for Python to read)."""
+    rejection: type[Any],
+) -> tuple[list[Any], list[int]]:
+    """Parse and validate a batch of lines: per line a ``share_event`` or a ``rejection``, or
+    a video upload's event tuple (its frames for Python to read); and where those tuples are."""

@@ -20,7 +20,7 @@ every dropped line is counted and can be dead-lettered with its bytes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Final, Literal
 
@@ -196,14 +196,9 @@ def parse_ts(value: object) -> int:
     return ms
 
 
-def _built(item: ShareEvent | tuple[Any, ...], raw: bytes) -> ShareEvent | Rejection:
-    """A ``_core.parse_events`` result as the record it stands for."""
-    if isinstance(item, ShareEvent):
-        return item
-    if len(item) == 3:
-        reason, detail, event_id = item
-        return Rejection(reason, detail, raw[:MAX_EVENT_BYTES], event_id)
-    # a video's upload: its frames are read by streams.vpdq, the one reader of the signal
+def _video(item: tuple[Any, ...], raw: bytes) -> ShareEvent | Rejection:
+    """A video's upload, as the core leaves it: its frames are read by :mod:`streams.vpdq`,
+    the one reader of the signal."""
     event_id, kind, ts_ms, post_id, user_id, parent, followers, hashes = item
     pdq, quality, md5, vpdq_json, named = hashes
     try:
@@ -227,15 +222,16 @@ def parse_events(raws: Sequence[bytes]) -> list[ShareEvent | Rejection]:
     """Parse and validate a batch of input records, in order; never raises on bad input.
 
     The compiled core (``streams._core``) reads and judges every line and
-    builds its :class:`ShareEvent`; a rejection keeps at most
-    :data:`MAX_EVENT_BYTES` of its line.
+    builds its record; a rejection keeps at most :data:`MAX_EVENT_BYTES` of
+    its line.
 
     >>> [getattr(p, "reason", "ok") for p in parse_events([b"{}", b"[]", bytes([255])])]
     ['missing_field', 'not_object', 'not_utf8']
     """
-    lines = [r if type(r) is bytes else bytes(r) for r in raws]
-    results = _core.parse_events(lines, parse_ts, ShareEvent, Content)
-    return [_built(item, raw) for item, raw in zip(results, lines, strict=True)]
+    records, videos = _core.parse_events(raws, parse_ts, ShareEvent, Content, Rejection)
+    for i in videos:
+        records[i] = _video(records[i], bytes(raws[i]))
+    return records
 
 
 def event_from_dict(obj: object, raw: bytes = b"") -> ShareEvent | Rejection:
@@ -258,8 +254,10 @@ def event_from_dict(obj: object, raw: bytes = b"") -> ShareEvent | Rejection:
         data = orjson.dumps(obj)
     except TypeError as exc:
         return Rejection("not_json", f"not JSON: {str(exc)[:120]}", raw[:MAX_EVENT_BYTES])
-    (item,) = _core.parse_events([data], parse_ts, ShareEvent, Content)
-    return _built(item, raw)
+    (parsed,) = parse_events([data])
+    if isinstance(parsed, Rejection):
+        return replace(parsed, raw=raw[:MAX_EVENT_BYTES])
+    return parsed
 
 
 def parse_event(raw: bytes | str) -> ShareEvent | Rejection:

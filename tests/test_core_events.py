@@ -178,5 +178,5 @@ def test_timestamps_read_in_rust_are_pythons(
     def declined(text: str) -> int:
         raise ValueError(f"Rust left {text!r} to Python")
 
-    (item,) = _core.parse_events([line], declined, ShareEvent, Content)
+    (item,), _ = _core.parse_events([line], declined, ShareEvent, Content, Rejection)
     assert item.ts_ms == parse_ts(text), item  # read in Rust

@@ -5,12 +5,11 @@
 //! Nothing here panics on input: every line gives a result or a rejection,
 //! and a Python exception raised by a callback becomes a rejection's detail.
 
-use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyType};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern, IntoPyObjectExt};
 
-use viralwatch_core::event::{self, Event, Judge, Kind, Parsed};
+use viralwatch_core::event::{self, Event, Judge, Kind};
 
 /// The compiled core's version, so Python can tell which build it imported.
 #[pyfunction]
@@ -48,6 +47,7 @@ impl Judge for PyJudge<'_, '_> {
 struct Classes<'a, 'py> {
     share_event: &'a Bound<'py, PyType>,
     content: &'a Bound<'py, PyType>,
+    rejection: &'a Bound<'py, PyType>,
 }
 
 /// `object.__setattr__(obj, name, value)`: how a frozen dataclass sets its own fields.
@@ -162,28 +162,44 @@ fn event_record<'py>(
     )
 }
 
-fn result_record<'py>(
-    py: Python<'py>,
-    parsed: Parsed<'_>,
+/// A `Rejection` keeping at most `MAX_EVENT_BYTES` of its line (the line itself when shorter).
+fn rejection_record<'py>(
+    line: &Bound<'py, PyBytes>,
+    r: event::Reject<'_>,
     classes: &Classes<'_, 'py>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    match parsed {
-        Ok(ev) => event_record(py, ev, classes),
-        Err(r) => Ok((r.reason, r.detail, r.event_id.as_deref())
-            .into_pyobject(py)?
-            .into_any()),
-    }
+    let py = line.py();
+    let data = line.as_bytes();
+    let raw = if data.len() <= event::MAX_EVENT_BYTES {
+        line.clone()
+    } else {
+        PyBytes::new(py, &data[..event::MAX_EVENT_BYTES])
+    };
+    record(
+        classes.rejection,
+        &[
+            (
+                intern!(py, "reason"),
+                PyString::intern(py, r.reason).into_any(),
+            ),
+            (intern!(py, "detail"), text(py, &r.detail)),
+            (intern!(py, "raw"), raw.into_any()),
+            (intern!(py, "event_id"), opt(py, r.event_id.as_deref())?),
+        ],
+    )
 }
 
 /// Parse and validate a batch of input lines (``bytes``), in order.
 ///
-/// Each line gives a ``share_event`` (its ``content`` a ``content``), built
-/// here as the frozen dataclass's ``__init__`` would build it; or a rejection,
-/// ``(reason, detail, event_id)``; or, for a video's upload, whose frames
-/// Python reads, the event as a tuple ``(event_id, type, ts_ms, post_id,
-/// user_id, parent_post_id, followers, (pdq, pdq_quality, md5, vpdq_json,
-/// event_id as a rejection names it))``. ``parse_ts`` reads the timestamps
-/// that are not plain RFC 3339 (``streams.events.parse_ts``).
+/// Each line gives a ``share_event`` (its ``content`` a ``content``) or a
+/// ``rejection`` (keeping at most ``MAX_EVENT_BYTES`` of the line), built here
+/// as the frozen dataclasses' ``__init__`` would build them; or, for a video's
+/// upload, whose frames Python reads, the event as a tuple ``(event_id, type,
+/// ts_ms, post_id, user_id, parent_post_id, followers, (pdq, pdq_quality, md5,
+/// vpdq_json, event_id as a rejection names it))``. Returns the records and
+/// the indices of those tuples. A line that is not ``bytes`` is read as
+/// ``bytes(line)``. ``parse_ts`` reads the timestamps that are not plain RFC
+/// 3339 (``streams.events.parse_ts``).
 #[pyfunction]
 fn parse_events<'py>(
     py: Python<'py>,
@@ -191,22 +207,35 @@ fn parse_events<'py>(
     parse_ts: &Bound<'py, PyAny>,
     share_event: &Bound<'py, PyType>,
     content: &Bound<'py, PyType>,
-) -> PyResult<Bound<'py, PyList>> {
+    rejection: &Bound<'py, PyType>,
+) -> PyResult<(Bound<'py, PyList>, Vec<usize>)> {
     let mut judge = PyJudge { parse_ts };
     let classes = Classes {
         share_event,
         content,
+        rejection,
     };
     let out = PyList::empty(py);
-    for item in lines.try_iter()? {
+    let mut videos = Vec::new();
+    for (i, item) in lines.try_iter()?.enumerate() {
         let item = item?;
-        let Ok(line) = item.cast::<PyBytes>() else {
-            return Err(PyTypeError::new_err("parse_events takes bytes lines"));
+        let line = match item.cast_into::<PyBytes>() {
+            Ok(line) => line,
+            Err(other) => py
+                .get_type::<PyBytes>()
+                .call1((other.into_inner(),))?
+                .cast_into::<PyBytes>()?,
         };
-        let parsed = event::parse_line(line.as_bytes(), &mut judge);
-        out.append(result_record(py, parsed, &classes)?)?;
+        let record = match event::parse_line(line.as_bytes(), &mut judge) {
+            Ok(ev) => event_record(py, ev, &classes)?,
+            Err(r) => rejection_record(&line, r, &classes)?,
+        };
+        if record.is_instance_of::<PyTuple>() {
+            videos.push(i);
+        }
+        out.append(record)?;
     }
-    Ok(out)
+    Ok((out, videos))
 }
 
 #[pymodule]
