@@ -14,7 +14,7 @@ CARGO_MANIFEST := rust/Cargo.toml
 # Every input of the compiled core: a change to any rebuilds the editable install.
 CORE_SOURCES := $(shell find rust -path rust/target -prune -o -type f \( -name '*.rs' -o -name 'Cargo.*' \) -print)
 
-.PHONY: demo test lint typecheck unit programs kafka bench clean core cargo-test
+.PHONY: demo test lint typecheck unit programs kafka bench clean core cargo-test golden
 
 KAFKA_STAMP := .kafka/lib/.built
 
@@ -83,6 +83,11 @@ unit: $(VENV)/.installed
 test: $(VENV)/.installed $(KAFKA_STAMP) programs lint typecheck cargo-test
 	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc = 5 ]; then echo "pytest ran no test: that is a failure here"; exit 1; fi; exit $$rc
+
+# Every golden output (tests/golden), the million-event stream included (minutes;
+# `make test` checks the others): run after a change to the compiled core.
+golden: $(VENV)/.installed
+	$(BIN)/python tests/golden.py
 
 bench: $(VENV)/.installed $(KAFKA_STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

@@ -21,7 +21,7 @@ Two kinds of record:
 
 Streams are generated (the simulator, seeded), never downloaded or stored.
 
-    python tests/golden.py            # check, say what differs
+    python tests/golden.py            # check, say what differs (`make golden`)
     python tests/golden.py --write    # record anew (only for a decided change: say why)
 """
 
@@ -337,7 +337,8 @@ class Stream:
 
     name: str
     outcome: Callable[[], dict[str, Any]]
-    slow: bool = False
+    #: minutes, not seconds: checked by ``make golden``, not in ``make test``
+    heavy: bool = False
 
 
 def _replay_of(scenario: Scenario) -> Callable[[], dict[str, Any]]:
@@ -382,7 +383,7 @@ STREAMS: tuple[Stream, ...] = (
         _replay_of(Scenario(seed=7, video_banked=1, video_fraction=0.1, extra_video_entries=1000)),
     ),
     Stream("hostile_parse", lambda: parse_outcome(hostile_lines())),
-    Stream("million", _replay_streamed(MILLION), slow=True),
+    Stream("million", _replay_streamed(MILLION), heavy=True),
 )
 
 
