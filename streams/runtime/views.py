@@ -24,7 +24,10 @@ cluster another worker holds is *proxied* there (the browser never needs to
 reach a worker's own address: a Kubernetes Service may send it anywhere),
 marked with :data:`HOP` so it is never forwarded twice: an owner that moved
 meanwhile answers ``503`` with ``Retry-After``. ``/emerging`` and ``/banks``
-ask every other worker for its part and merge.
+ask every other worker for its part and merge. Requests (with the user's
+token) go only to URLs of the group's current assignment, never to one a
+request names: group membership is the trust boundary, and a member can
+already write ``bank`` and ``audit`` itself (the README says more).
 
 **Threads.** The server's threads never touch the stages' state: a view
 asks the event loop for a frozen capture (:class:`LoopBridge`, a few
