@@ -60,10 +60,11 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
-from streams.banks import DEFAULT_PDQ_THRESHOLD, hamming, pdq_usable
+from streams.banks import DEFAULT_PDQ_THRESHOLD, BankConfig, BankEntry, hamming, pdq_usable
 from streams.events import Content
 from streams.pdqindex import PDQIndex
-from streams.vpdq import format_vpdq
+from streams.videobank import VideoBank, video_rank
+from streams.vpdq import format_vpdq, parse_vpdq, usable_hashes
 
 #: The threshold within which an unbanked upload joins a live cluster.
 EMERGING_PDQ_THRESHOLD: Final = DEFAULT_PDQ_THRESHOLD
@@ -83,7 +84,7 @@ def unbanked_cluster_id(content: Content) -> str:
         key = f"md5:{content.md5}"
     elif content.pdq or not content.vpdq:
         key = f"pdq:{content.pdq}"
-    else:  # a video: its frames' hashes (near-duplicate videos are not joined here)
+    else:  # a video: its frames' hashes
         key = f"vpdq:{format_vpdq(content.vpdq)}"
     return "u-" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
@@ -113,13 +114,33 @@ def signals_of(content: Content) -> list[Signal]:
     return out
 
 
-def signal_of(text: str) -> Signal:
-    """A signal from its hex alone: 32 digits an MD5, 64 a PDQ (the index holds no other).
+def video_signal(content: Content) -> Signal | None:
+    """A video's signal for the index of unbanked content (its frames' text), if it has a
+    frame good enough to match by.
 
-    >>> signal_of("a" * 32)[0], signal_of("f" * 64)[0]
-    ('md5', 'pdq')
+    >>> from streams.vpdq import VpdqFrame
+    >>> video_signal(Content(vpdq=(VpdqFrame("f" * 64, 100, 0.0),)))[0]
+    'vpdq'
     """
+    if content.vpdq and usable_hashes(content.vpdq):
+        return ("vpdq", format_vpdq(content.vpdq))
+    return None
+
+
+def signal_of(text: str) -> Signal:
+    """A signal from its text alone: 32 hex digits an MD5, 64 a PDQ, a JSON list a video.
+
+    >>> signal_of("a" * 32)[0], signal_of("f" * 64)[0], signal_of('["..."]')[0]
+    ('md5', 'pdq', 'vpdq')
+    """
+    if text.startswith("["):
+        return ("vpdq", text)
     return ("md5" if len(text) == 32 else "pdq", text)
+
+
+#: The bank name live unbanked videos take in an index's :class:`VideoBank` (its settings
+#: are a bank's defaults: frames within 31, vPDQ's two match percentages).
+EMERGING_VIDEOS: Final = "emerging"
 
 
 class ContentIndex:
@@ -132,12 +153,14 @@ class ContentIndex:
     [('u-1', 4), ('u-2', 4)]
     >>> idx.near("md5", "a" * 32, 31), idx.drop("u-1"), idx.near("pdq", "f" * 64, 31)
     ([('u-1', 0)], True, [('u-2', 8)])
-    >>> idx.near("vpdq", '["..."]', 31)
+    >>> idx.near("vpdq", '["..."]', 31)   # no videos held (and none at all without ``videos``)
     []
     """
 
-    def __init__(self) -> None:
+    def __init__(self, videos: bool = False) -> None:
         self._pdq = PDQIndex()
+        #: live videos, found by their frames as banked ones are (the router's index only)
+        self._videos = VideoBank(BankConfig) if videos else None
         #: signal (its hex: 32 digits an MD5, 64 a PDQ) -> the cluster holding it, or the
         #: clusters (most signals are one cluster's: a set each would double the memory)
         self._holders: dict[str, str | set[str]] = {}
@@ -183,6 +206,10 @@ class ContentIndex:
         for kind, text in signals:
             h = self._holders.get(text)
             if h is None:
+                if kind == "vpdq":
+                    if self._videos is None:
+                        continue
+                    self._videos.add_many([BankEntry(EMERGING_VIDEOS, "vpdq", text)])
                 self._holders[text] = cluster_id
                 if kind == "pdq":
                     self._pending[text] = int(text, 16)
@@ -211,7 +238,10 @@ class ContentIndex:
                     self._holders[text] = next(iter(h))
                 continue
             del self._holders[text]
-            if len(text) == 64 and self._pending.pop(text, None) is None:
+            if text.startswith("["):
+                if self._videos is not None:
+                    self._videos.withdraw(EMERGING_VIDEOS, text)
+            elif len(text) == 64 and self._pending.pop(text, None) is None:
                 self._pdq.remove(text)
         return True
 
@@ -238,8 +268,10 @@ class ContentIndex:
         text = signal.lower()
         if signal_type == "md5":
             return [(c, 0) for c in sorted(self._holding(text))]
+        if signal_type == "vpdq":
+            return self._near_video(text)
         if signal_type != "pdq":
-            return []  # a video's frames (vPDQ): live clusters are not searched by them
+            return []
         indexed = self._prefetched.get(text) if threshold == self._prefetch_threshold else None
         if indexed is None:
             indexed = self._pdq.search(text, threshold) if len(self._pdq) else []
@@ -254,11 +286,36 @@ class ContentIndex:
                     best[c] = d
         return sorted(best.items(), key=lambda cd: (cd[1], cd[0]))
 
+    def _near_video(self, text: str) -> list[tuple[str, int]]:
+        """Clusters holding a video that ``text``'s frames match by vPDQ's rule (a bank's
+        defaults), best match first (the two percentages, then the frame distance), ties by
+        cluster id; each cluster once, at its best."""
+        if self._videos is None or not len(self._videos):
+            return []
+        try:
+            hits = self._videos.lookup(parse_vpdq(text))
+        except ValueError:
+            return []
+        ranked: dict[str, tuple[tuple[float, float, int, str, str], int]] = {}
+        for h in hits:
+            for c in self._holding(h.entry.signal):
+                rank = video_rank(h)
+                if c not in ranked or rank < ranked[c][0]:
+                    ranked[c] = (rank, h.distance)
+        return [(c, d) for c, (_, d) in sorted(ranked.items(), key=lambda kv: (kv[1][0], kv[0]))]
+
+    def signals_of(self, content: Content) -> list[Signal]:
+        """The signals of an upload this index holds and searches (a video's, if it has them)."""
+        out = signals_of(content)
+        video = video_signal(content) if self._videos is not None else None
+        return [*out, video] if video is not None else out
+
     def find(self, content: Content, threshold: int) -> str | None:
-        """The cluster an upload joins: one holding its MD5, else the nearest PDQ (by the rule
-        in the module doc); ``None`` when none is near."""
+        """The cluster an upload joins: one holding its MD5, else the nearest PDQ, else the
+        video its frames match best (by the rule in the module doc); ``None`` when none is
+        near."""
         found: list[tuple[int, str]] = []
-        for kind, text in signals_of(content):  # MD5 first: a copy of the file needs no search
+        for kind, text in self.signals_of(content):  # MD5 first: a copy needs no search
             found += [(-1 if kind == "md5" else d, c) for c, d in self.near(kind, text, threshold)]
             if found:
                 break
@@ -266,8 +323,8 @@ class ContentIndex:
 
     @property
     def nbytes(self) -> int:
-        """The PDQ index's arrays (the dicts' share is measured by ``bench/bench_emerging.py``)."""
-        return self._pdq.nbytes
+        """The PDQ indexes' arrays (the dicts' share is measured by ``bench/bench_emerging.py``)."""
+        return self._pdq.nbytes + (self._videos.nbytes if self._videos is not None else 0)
 
     def __len__(self) -> int:
         """Distinct signals held."""
@@ -285,7 +342,7 @@ class EmergingClusters:
     def __init__(self, idle_ms: int = 3_600_000, threshold: int = EMERGING_PDQ_THRESHOLD) -> None:
         self.idle_ms = idle_ms
         self.threshold = threshold
-        self.index = ContentIndex()
+        self.index = ContentIndex(videos=True)
         #: cluster -> its latest event time, least recently touched first
         self._last: OrderedDict[str, int] = OrderedDict()
         self.joined = 0  # uploads that joined a live cluster of other content
@@ -303,7 +360,7 @@ class EmergingClusters:
         cid = near if near is not None else unbanked_cluster_id(content)
         if near is not None and near != unbanked_cluster_id(content):
             self.joined += 1
-        new = self.index.add_signals(cid, signals_of(content))
+        new = self.index.add_signals(cid, self.index.signals_of(content))
         self.touch(cid, ts_ms)
         if new:
             self._changed[cid] += new
@@ -417,7 +474,7 @@ class IndexRequests:
     @staticmethod
     def defer(content: Content) -> bool:
         """Whether the owner of the index must cluster this unbanked content."""
-        return bool(signals_of(content))
+        return bool(signals_of(content)) or video_signal(content) is not None
 
     def touch(self, cluster_id: str, ts_ms: int) -> None:
         if self.index is not None:

@@ -63,6 +63,7 @@ import orjson
 from streams.alerts import MatchInfo
 from streams.events import Rejection, ShareEvent, event_from_dict
 from streams.router import Routed
+from streams.vpdq import canonical_vpdq
 
 #: Why a record between stages was refused (an item, a log entry).
 BAD_RECORD: Final = "bad_record"
@@ -366,6 +367,16 @@ def decode_routed_log(raw: bytes) -> tuple[list[Routed], list[Rejection]]:
 _HEX: Final = frozenset("0123456789abcdef")
 
 
+def _signal_text(text: str) -> bool:
+    """An MD5 or PDQ in hex, or a video's frames in their canonical text."""
+    if not text.startswith("["):
+        return len(text) in (32, 64) and set(text) <= _HEX
+    try:
+        return canonical_vpdq(text) == text
+    except ValueError:
+        return False
+
+
 def _index(value: object) -> dict[str, IndexEntry]:
     if not isinstance(value, dict):
         raise _Bad("u must map clusters to [ts, [signal]]")
@@ -374,8 +385,8 @@ def _index(value: object) -> dict[str, IndexEntry]:
         if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[1], list):
             raise _Bad("u must map clusters to [ts, [signal]]")
         signals = tuple(entry[1])
-        if not all(isinstance(x, str) and len(x) in (32, 64) and set(x) <= _HEX for x in signals):
-            raise _Bad("u: a signal is 32 or 64 hex digits")
+        if not all(isinstance(x, str) and _signal_text(x) for x in signals):
+            raise _Bad("u: a signal is 32 or 64 hex digits, or a video's frames")
         out[_text(cluster, "u")] = (_int(entry[0], "u: ts"), signals)
     return out
 
@@ -401,7 +412,7 @@ def decode_delta(raw: bytes) -> ResolveDelta | Rejection:
     >>> decode_delta(b'{"p": ["p1"]}').detail
     'resolve log entry: p must map posts to clusters'
     >>> decode_delta(b'{"u": {"u-1": [5, ["xyz"]]}}').detail
-    'resolve log entry: u: a signal is 32 or 64 hex digits'
+    "resolve log entry: u: a signal is 32 or 64 hex digits, or a video's frames"
     """
     try:
         body = orjson.loads(raw)

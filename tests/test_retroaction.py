@@ -477,3 +477,42 @@ def parse_ok(d: dict[str, object]) -> ShareEvent:
     ev = parse_event(orjson.dumps(d))
     assert isinstance(ev, ShareEvent)
     return ev
+
+
+def video(rng: random.Random, frames: int = 12) -> list[str]:
+    return [f"{pdq_hex(rng)},100,{i}.0" for i in range(frames)]
+
+
+@pytest.mark.parametrize(("seed", "restarts"), [(2, 0), (3, 1)])
+def test_near_duplicate_videos_of_unbanked_content_join_one_cluster(
+    seed: int, restarts: int
+) -> None:
+    """A leaked video re-uploaded re-encoded (every frame 10 bits off, two frames dropped)
+    by a post on another resolve partition joins the first upload's cluster, by vPDQ's rule
+    (a bank's defaults), in replay and in the streaming topology, a restart or not; an
+    unrelated video does not."""
+    rng = random.Random(seed)
+    t = Traffic(rng)
+    frames = video(rng)
+    again = [f"{flip(f.split(',')[0], 10, rng)},100,{i}.0" for i, f in enumerate(frames[2:])]
+    a = t.upload(T0, vpdq=frames, post=posts_on(1, 4, "v"))
+    t.burst(a, T0 + SEC, 20, 5 * SEC)
+    for i in range(20):  # other content between them
+        other = t.upload(T0 + 2 * MIN + i * 10 * SEC, vpdq=video(rng, 4))
+        t.burst(other, T0 + 2 * MIN + i * 10 * SEC + SEC, 3, 20 * SEC)
+    b = t.upload(T0 + 10 * MIN, vpdq=again, post=posts_on(2, 4, "w"))
+    t.burst(b, T0 + 10 * MIN + SEC, 20, 5 * SEC)
+    lines = sorted(t.lines(), key=lambda x: orjson.loads(x)["ts"])
+    pipe = replay(lines)
+    assert pipe.router.emerging.joined == 1 and pipe.stats.clusters_created == 21
+    run = LocalRun(
+        HashBanks(),
+        AlertPolicy.default(),
+        Pseudonymizer(DEV_PSEUDONYM_KEY),
+        partitions=4,
+        seed=seed,
+        restarts=restarts,
+        predictor_factory=None,
+    ).run(lines)
+    assert sum(run.stats.events.values()) == len(lines)  # every event applied
+    assert run.stats.clusters_created == 21
