@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from graphs.layout import forest_layout
-from streams.alerts import Prediction, rfc3339
+from streams.alerts import Prediction, duration_text, rfc3339
 from streams.cascade_view import CascadeSnapshot
 from streams.review_queue import BankRow, EmergingItem
 
@@ -115,9 +115,18 @@ def _num(x: float, digits: int = 1) -> str:
 
 
 def _prediction(p: Prediction | None) -> str:
+    """The forecast, its band and its horizon: a size means nothing without "by when".
+
+    >>> _prediction(Prediction(4326.7, 2130.0, 21367.9, "best", 604_800.0))
+    "4,327 <span class='mute'>[2,130 – 21,368] within 7d of first seen</span>"
+    """
     if p is None:
         return '<span class="mute">not yet</span>'
-    return f"{_num(p.size, 0)} <span class='mute'>[{_num(p.low, 0)} – {_num(p.high, 0)}]</span>"
+    within = "" if p.horizon_s is None else f" within {duration_text(p.horizon_s)} of first seen"
+    return (
+        f"{_num(p.size, 0)} <span class='mute'>[{_num(p.low, 0)} – {_num(p.high, 0)}]"
+        f"{esc(within)}</span>"
+    )
 
 
 def _fig(label: str, value: str) -> str:

@@ -15,6 +15,7 @@ from graphs.prediction import (
     PredictorConfig,
     features_from_history,
     forecast,
+    forecast_given_selection,
 )
 from streams import evaluate as ev
 
@@ -100,8 +101,12 @@ def test_kfold_evaluation_never_fits_a_cascade_on_itself() -> None:
         # and fitted on every cascade of the other folds
         assert trained == {n for n, j in out.fold_of.items() if j != k}
         assert out.fitted[k].growth.cascades == len(trained)
+        # the boosted baselines too are fitted per fold (scikit-learn: a dev extra)
+        assert set(out.fitted[k].boosted) == {"gbm", "gbm+hawkes"}
+        # the selection is the data set's: its smallest cascade, whichever fold holds it
+        assert out.fitted[k].growth.selected_at == min(c.final for c in cascades)
     # every model's row for every cascade and time, and a summary per fold
-    assert len(out.rows) == len(cascades) * 2 * len(ev.ROW_MODELS)
+    assert len(out.rows) == len(cascades) * 2 * len(ev.ROW_MODELS)  # sklearn: a dev extra
     s = ev.summarize(out)
     assert set(s["per_fold"]["best"]) == {"0", "1", "2", "3"}
 
@@ -110,18 +115,18 @@ def test_a_fold_fitted_on_its_own_cascades_is_refused(monkeypatch: pytest.Monkey
     cascades = [toy(f"c{i}", 30 + 15 * i, 20.0 + 7 * i) for i in range(12)]
     real = ev._fit
 
-    def leaky(train, feats, at, n_star, seed):  # type: ignore[no-untyped-def]
-        return real(cascades, feats, at, n_star, seed)  # everyone, the held-out fold too
+    def leaky(train, feats, at, n_star, seed, **kw):  # type: ignore[no-untyped-def]
+        return real(cascades, feats, at, n_star, seed, **kw)  # everyone, the held-out fold too
 
     monkeypatch.setattr(ev, "_fit", leaky)
     with pytest.raises(ValueError, match="fitted on it"):
-        ev.evaluate(cascades, (3600.0,), split="kfold", folds=3, step_s=3600.0)
+        ev.evaluate(cascades, (3600.0,), split="kfold", folds=3, step_s=3600.0, boosted=False)
 
 
 def test_training_on_one_set_and_testing_on_another() -> None:
     train = [toy(f"t{i}", 40 + 10 * i, 30.0) for i in range(8)]
     test = [toy(f"x{i}", 50 + 5 * i, 25.0) for i in range(3)]
-    out = ev.evaluate(test, (3600.0,), train=train, step_s=3600.0)
+    out = ev.evaluate(test, (3600.0,), train=train, step_s=3600.0, boosted=False)
     assert out.split == "train" and out.fitted[0].trained_on == {c.name for c in train}
     with pytest.raises(ValueError, match="others"):
         ev.evaluate(test, (3600.0,), train=test, step_s=3600.0)
@@ -130,33 +135,64 @@ def test_training_on_one_set_and_testing_on_another() -> None:
 # -- the model ------------------------------------------------------------------------
 
 
-def test_fit_recovers_known_coefficients_and_a_band_that_covers() -> None:
-    rng = np.random.default_rng(11)
+def selected_population(seed: int, at_least: float = 2002.0) -> list[tuple]:  # type: ignore[type-arg]
+    """Cascades from a known law of growth, kept only when they end with ``at_least``."""
+    rng = np.random.default_rng(seed)
     rows = []
     truth = (0.3, 0.8, 0.5, 0.05)
-    for c in range(400):
-        for age in (3600.0, 7200.0):
-            x = (float(rng.uniform(0, 2)), float(rng.uniform(0, 1)), float(rng.normal(-1, 0.5)))
-            z = truth[0] + sum(w * xi for w, xi in zip(truth[1:], x, strict=True))
-            noise = float(rng.laplace(0, 0.1))
-            rows.append((c, age, x, 500.0, 501.0 * math.exp(z + noise) - 1.0))
-    m = fit_growth(rows, (3600.0, 7200.0), seed=1)
-    np.testing.assert_allclose(m.coef[0], truth, atol=0.05)
-    lo, hi = m.band(3600.0)
-    inside = np.mean(
-        [
-            lo <= math.log((r[4] + 1) / (501 * math.exp(m.log_growth(r[1], r[2])))) <= hi
-            for r in rows
-        ]
-    )
-    assert 0.75 <= inside <= 0.85
+    c = 0
+    while c < 500:
+        obs = float(np.exp(rng.uniform(np.log(200), np.log(4000))))
+        x = (float(rng.uniform(0, 2)), float(rng.uniform(0, 1)), float(rng.normal(-1, 0.5)))
+        mu = truth[0] + sum(w * xi for w, xi in zip(truth[1:], x, strict=True))
+        y = mu + float(rng.normal(0, 0.6))
+        if y < 0:
+            continue  # a cascade does not shrink: the law is truncated at 0
+        final = (obs + 1.0) * math.exp(y) - 1.0
+        if final < at_least:
+            continue  # not in the data set
+        rows += [(c, age, x, obs, final) for age in (3600.0, 7200.0)]
+        c += 1
+    return rows
+
+
+def test_truncated_fit_recovers_the_law_before_the_selection() -> None:
+    rows = selected_population(11)
+    truth = (0.3, 0.8, 0.5, 0.05)
+    m = fit_growth(rows, (3600.0, 7200.0), selected_at=2002.0, seed=1)
+    np.testing.assert_allclose(m.coef[0], truth, atol=0.15)
+    assert m.sigma[0] == pytest.approx(0.6, abs=0.08)
+    # a fit that ignores the selection learns that small cascades grow a lot
+    plain = fit_growth(rows, (3600.0, 7200.0), seed=1)
+    assert plain.coef[0][0] > truth[0] + 0.3
+    # the band given the selection holds 75-85% of the (selected) outcomes
+    inside = []
+    for _, age, x, obs, final in rows:
+        lower = math.log((2002.0 + 1) / (obs + 1))
+        _, lo, hi = m.quantiles(age, x, lower)
+        inside.append(lo <= math.log((final + 1) / (obs + 1)) <= hi)
+    assert 0.75 <= float(np.mean(inside)) <= 0.85
+
+
+def test_production_forecast_is_lower_than_the_selected_one_for_small_clusters() -> None:
+    rows = selected_population(5)
+    m = fit_growth(rows, (3600.0, 7200.0), selected_at=2002.0, seed=1)
+    cfg = PredictorConfig(growth=m)
+    f = features_from_history(*synthetic(4, n=300), 3600.0, cfg)
+    plain, given = forecast(f, "best", cfg), forecast_given_selection(f, cfg, 2002.0)
+    assert f.observed <= plain.low <= plain.size <= plain.high < 2002.0
+    assert 2002.0 <= given.low <= given.size <= given.high
 
 
 def test_growth_model_refuses_nonsense() -> None:
     with pytest.raises(ValueError):
-        GrowthModel((3600.0, 1800.0), ((0, 0, 0, 0),) * 2, (0, 0), (0, 0))
+        GrowthModel((3600.0, 1800.0), ((0, 0, 0, 0),) * 2, (1, 1), (0.1, 0.1), (0.9, 0.9))
     with pytest.raises(ValueError):
-        GrowthModel((3600.0,), ((0, 0),), (0,), (0,))
+        GrowthModel((3600.0,), ((0, 0),), (1,), (0.1,), (0.9,))
+    with pytest.raises(ValueError, match="sigma"):
+        GrowthModel((3600.0,), ((0, 0, 0, 0),), (0,), (0.1,), (0.9,))
+    with pytest.raises(ValueError, match="p_low"):
+        GrowthModel((3600.0,), ((0, 0, 0, 0),), (1,), (0.6,), (0.9,))
     with pytest.raises(ValueError):
         fit_growth([], (3600.0,))
     with pytest.raises(ValueError, match="not on the grid"):
@@ -178,7 +214,9 @@ def test_shipped_model_is_what_the_twitter_data_give() -> None:
     fitted = ev.fit_model(res.cascades)
     assert fitted.ages_s == DEFAULT_GROWTH.ages_s
     np.testing.assert_allclose(fitted.coef, DEFAULT_GROWTH.coef, atol=1e-4)
-    np.testing.assert_allclose(fitted.q_low, DEFAULT_GROWTH.q_low, atol=1e-4)
-    np.testing.assert_allclose(fitted.q_high, DEFAULT_GROWTH.q_high, atol=1e-4)
+    np.testing.assert_allclose(fitted.sigma, DEFAULT_GROWTH.sigma, atol=1e-4)
+    np.testing.assert_allclose(fitted.p_low, DEFAULT_GROWTH.p_low, atol=1e-4)
+    np.testing.assert_allclose(fitted.p_high, DEFAULT_GROWTH.p_high, atol=1e-4)
+    assert fitted.selected_at == DEFAULT_GROWTH.selected_at == 2002
     assert "638 Twitter retweet cascades" in DEFAULT_GROWTH.provenance
     assert PredictorConfig().growth is DEFAULT_GROWTH

@@ -233,6 +233,10 @@ def test_the_cascade_page_is_html_with_the_tree_and_nothing_from_outside(
     nonce = headers["Content-Security-Policy"].split("'nonce-")[1].split("'")[0]
     assert f'<script nonce="{nonce}">' in page  # the owner's nonce, passed back
     assert "user1" not in page and "alice (reviewer)" not in page
+    # the prediction says by when: the band, then the policy's horizon
+    assert "] within 7d of first seen</span>" in page
+    _, _, raw = b.request("GET", f"/cascade/{BANKED}", headers=JSON)
+    assert json.loads(raw)["cascade"]["predicted_final_size"]["horizon"] == "7d"
 
 
 def test_no_token_is_401_a_wrong_one_too_and_probes_stay_open(two: tuple[Served, Served]) -> None:
