@@ -215,8 +215,10 @@ def test_shipped_model_is_what_the_twitter_data_give() -> None:
     assert fitted.ages_s == DEFAULT_GROWTH.ages_s
     np.testing.assert_allclose(fitted.coef, DEFAULT_GROWTH.coef, atol=1e-4)
     np.testing.assert_allclose(fitted.sigma, DEFAULT_GROWTH.sigma, atol=1e-4)
-    np.testing.assert_allclose(fitted.p_low, DEFAULT_GROWTH.p_low, atol=1e-4)
-    np.testing.assert_allclose(fitted.p_high, DEFAULT_GROWTH.p_high, atol=1e-4)
+    # a band's ends are order statistics of cross-fitted transforms: a cross-fit whose optimum
+    # moves in its last digits (another BLAS) can move one by a step of ~1e-3
+    np.testing.assert_allclose(fitted.p_low, DEFAULT_GROWTH.p_low, atol=2e-3)
+    np.testing.assert_allclose(fitted.p_high, DEFAULT_GROWTH.p_high, atol=2e-3)
     assert fitted.selected_at == DEFAULT_GROWTH.selected_at == 2002
     assert "638 Twitter retweet cascades" in DEFAULT_GROWTH.provenance
     assert PredictorConfig().growth is DEFAULT_GROWTH
