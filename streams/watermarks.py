@@ -70,6 +70,31 @@ class SourceClock:
         if ts_ms is not None and ts_ms > self._max_ts.get(partition, NO_TIME):
             self._max_ts[partition] = ts_ms
 
+    def newest(self, partition: int) -> int:
+        """The newest event time read from ``partition`` (:data:`NO_TIME`: none yet)."""
+        return self._max_ts.get(partition, NO_TIME)
+
+    def resume(self, partition: int, ts_ms: int) -> None:
+        """``partition``'s newest event time as its previous reader committed it.
+
+        A reader that takes a partition over reads it from the last committed
+        offset on, so it would never learn of event times read before that: once
+        every partition is idle the watermark jumps to the newest time seen, and
+        events up to the true newest would wait for traffic that may never come.
+        So the newest time goes with each offset commit (Kafka Streams keeps its
+        partition time the same way) and comes back here. Never moves a time back,
+        and does not count as a record seen (idleness is unchanged).
+
+        >>> clock = SourceClock(idle_s=2.0)
+        >>> clock.assign([0], now=0.0)
+        >>> clock.resume(0, 9_000); clock.observe(0, 7_000, now=1.0); clock.newest(0)
+        9000
+        >>> clock.marks(now=5.0)
+        {0: (9000, True)}
+        """
+        if ts_ms > self._max_ts.get(partition, NO_TIME):
+            self._max_ts[partition] = ts_ms
+
     @property
     def assigned(self) -> frozenset[int]:
         return frozenset(self._assigned)

@@ -68,6 +68,19 @@ def test_an_aiokafka_consumer_has_the_internals_the_adapter_reads() -> None:
     asyncio.run(check())
 
 
+def test_aiokafka_s_group_coordinator_still_fetches_committed_offsets_with_metadata() -> None:
+    """committed_metadata() reaches the coordinator a started consumer keeps in ``_coordinator``."""
+    import inspect
+
+    from aiokafka.consumer.consumer import AIOKafkaConsumer as Consumer
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from aiokafka.structs import OffsetAndMetadata
+
+    assert inspect.iscoroutinefunction(GroupCoordinator.fetch_committed_offsets)
+    assert "self._coordinator = GroupCoordinator(" in inspect.getsource(Consumer.start)
+    assert OffsetAndMetadata(5, "t=1").metadata == "t=1"
+
+
 def test_backlogged_reads_positions_of_a_consumer_with_no_assignment() -> None:
     async def check() -> list[int]:
         consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")

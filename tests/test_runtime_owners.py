@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from test_streaming_stages import IN_TIME, assert_replay_alert_records, bank_of, replay_alerts
 
@@ -245,3 +247,50 @@ def test_partitions_that_change_owner_mid_stream_still_flow_to_the_end(seed: int
     assert expected
     assert_replay_alert_records(list(run.alerts.values()), expected)
     assert run.resent == []
+
+
+def test_a_replaced_process_resumes_each_input_partition_s_newest_event_time() -> None:
+    """A process replaced reads the input again from the last commit only: without the
+    newest event time committed with each offset (SourceClock.resume), the stream's end as
+    it knows it stops short of the newest event read before that commit, and the events
+    after that time wait in the clusters partitions for ever (as the 2-worker benchmark's
+    backlog did, 98,849 of 99,728 events applied). This input, seed and schedule did so.
+    (Early firings are checked by id and status only here: see the xfail test below.)"""
+    sim = simulate(Scenario(seed=11, scale=0.3))
+    expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
+    run = moved_run(sim, seed=2, restarts=1)
+    assert run.topology is not None
+    waiting = {k: d.pending for k, d in run.topology.detectors.items() if d.pending}
+    assert not waiting, f"events never applied, per clusters partition: {waiting}"
+    got = sorted(run.alerts.values())
+    pairs = sorted((d["alert_id"], d["status"]) for d in map(orjson.loads, got))
+    assert pairs == sorted((d["alert_id"], d["status"]) for d in map(orjson.loads, expected))
+    assert [r for r in got if b'"provisional"' not in r] == [r for r in expected if r in set(got)]
+    assert run.resent == []
+
+
+def moved_run(sim: Any, seed: int, restarts: int) -> LocalRun:
+    return LocalRun(
+        bank_of(sim.bank),
+        AlertPolicy.default(),
+        Pseudonymizer(DEV_PSEUDONYM_KEY),
+        seed=seed,
+        moves=4,
+        restarts=restarts,
+        max_batch=200,
+        local_peers=True,
+        local_resolve=True,
+        local_clusters=True,
+    ).run(sim.lines)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug, found 2026-12-03: after partitions move, an early firing can be sent "
+    "for a share before the one at which replay crosses the rule (one share early here)",
+)
+def test_early_firings_after_partitions_move_are_never_before_replay_s_crossing() -> None:
+    sim = simulate(Scenario(seed=11, scale=0.3))
+    expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
+    run = moved_run(sim, seed=2, restarts=0)
+    assert_replay_alert_records(list(run.alerts.values()), expected)

@@ -10,7 +10,7 @@ breaks a test, not a running worker.
 
 The rest of the runtime uses the public names below: :class:`App` (a Faust
 app built with :class:`Transport`), :func:`read_true_ends`,
-:func:`backlogged`, :func:`force_metadata_update`, :func:`credentials`,
+:func:`backlogged`, :func:`committed_metadata`, :func:`force_metadata_update`, :func:`credentials`,
 :func:`faust_broker_url`.
 """
 
@@ -175,6 +175,16 @@ def credentials(settings: Settings) -> Any:
 def faust_broker_url(broker: str) -> str:
     """Faust's form of a broker list: ``kafka://h1:p1;h2:p2``."""
     return "kafka://" + ";".join(parse_bootstrap(broker))
+
+
+async def committed_metadata(consumer: Any, partitions: list[Any]) -> dict[Any, str]:
+    """The metadata committed with each partition's offset (``""`` when none was committed).
+
+    aiokafka's ``committed`` returns the offset alone; its group coordinator
+    fetches both.
+    """
+    found = await consumer._coordinator.fetch_committed_offsets(partitions)
+    return {tp: found[tp].metadata or "" if tp in found else "" for tp in partitions}
 
 
 async def force_metadata_update(consumer: Any) -> None:

@@ -53,6 +53,7 @@ from streams.runtime.state_log import StateLog
 from streams.runtime.topology import StageSettings, Topology
 from streams.stages import DeadLetter, Envelope
 from streams.stats import Stats
+from streams.watermarks import NO_TIME
 
 #: A record on a topic in memory: the incarnation of the process that sent it, the
 #: send's mark, the bytes.
@@ -234,6 +235,9 @@ class LocalRun:
         resolve, clusters = topics["resolve"], topics["clusters"]
         #: the next ``shares`` record to read, and the last committed, per partition
         pos, committed, seen = [0] * n, [0] * n, [0] * n
+        #: the newest event time of each partition, committed with its offset (as the
+        #: shares reader commits it: see SourceClock.resume)
+        committed_time = [NO_TIME] * n
         #: input lines read (new ones only) after which the process is replaced
         restart_at = [total * (i + 1) // (self.restarts + 1) for i in range(self.restarts)]
         #: input lines read after which partitions move (the last once all has flowed)
@@ -256,6 +260,8 @@ class LocalRun:
                 for update in applied:  # its bank follower reads the bank topic again
                     topology.change_bank(update)
                 pos = committed[:]  # what was read after the last commit is read again
+                for p, ts in enumerate(committed_time):
+                    topology.ingest.clock.resume(p, ts)
             if move_at and fresh >= move_at[0]:
                 move_at.pop(0)
                 self._move(rng, topology)
@@ -304,6 +310,7 @@ class LocalRun:
             steps += 1
             if steps % self.commit_every == 0:
                 committed = pos[:]
+                committed_time = [topology.ingest.clock.newest(p) for p in range(n)]
         self.actions.update((k.decode(), v) for k, v in tables["actions-sent"].items())
         self.topology = topology
         return self

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from streams.runtime.checkpoint import Checkpoint
-from streams.runtime.faust_adapter import LOCAL_FETCH_WAIT_MS, backlogged
+from streams.runtime.faust_adapter import LOCAL_FETCH_WAIT_MS, backlogged, committed_metadata
 from streams.runtime.topology import Topology
 from streams.settings import Settings
 
@@ -61,7 +61,6 @@ class SharesReader:
 
         s = self.settings
         return AIOKafkaConsumer(
-            self.topic,
             bootstrap_servers=s.bootstrap,
             group_id=f"{s.app_id}.shares",
             enable_auto_commit=False,
@@ -76,9 +75,21 @@ class SharesReader:
     async def run(self) -> None:
         """Read until cancelled; an error is raised to the caller (which ends the worker)."""
         s = self.settings
+        from aiokafka import ConsumerRebalanceListener
+
+        reader = self
+
+        class ResumeStreamTimes(ConsumerRebalanceListener):  # type: ignore[misc]
+            async def on_partitions_revoked(self, revoked: Any) -> None:
+                return None
+
+            async def on_partitions_assigned(self, assigned: Any) -> None:
+                await reader.resume_stream_times(assigned)
+
         consumer = self.make_consumer()
         await consumer.start()
         self.consumer = consumer
+        consumer.subscribe([self.topic], listener=ResumeStreamTimes())
         wait_ms = max(1, int(s.batch_wait_s * 1000))
         committed_at = time.monotonic()
         try:
@@ -185,6 +196,46 @@ class SharesReader:
         consumer = self.consumer
         if consumer is None:
             raise RuntimeError("the shares reader is not running")
+        clock = self.topology.ingest.clock
         await consumer.commit(
-            {TopicPartition(self.topic, p): OffsetAndMetadata(o, "") for p, o in offsets.items()}
+            {
+                TopicPartition(self.topic, p): OffsetAndMetadata(o, stream_time(clock.newest(p)))
+                for p, o in offsets.items()
+            }
         )
+
+    async def resume_stream_times(self, partitions: Iterable[Any]) -> None:
+        """Partitions assigned: their newest event time as their previous reader committed it
+        (see :meth:`SourceClock.resume`)."""
+        consumer = self.consumer
+        tps = [tp for tp in partitions if tp.topic == self.topic]
+        if consumer is None or not tps:
+            return
+        clock = self.topology.ingest.clock
+        for tp, metadata in (await committed_metadata(consumer, tps)).items():
+            ts = parse_stream_time(metadata)
+            if ts is not None:
+                clock.resume(tp.partition, ts)
+
+
+#: The offset commit's metadata: the partition's newest event time, ``"t=<ms>"``.
+STREAM_TIME_PREFIX = "t="
+
+
+def stream_time(ts_ms: int) -> str:
+    """The commit metadata for a partition whose newest event time is ``ts_ms``.
+
+    >>> stream_time(1767225600000), parse_stream_time(stream_time(1767225600000))
+    ('t=1767225600000', 1767225600000)
+    >>> stream_time(-1), parse_stream_time(""), parse_stream_time("t=soon")
+    ('', None, None)
+    """
+    return f"{STREAM_TIME_PREFIX}{ts_ms}" if ts_ms >= 0 else ""
+
+
+def parse_stream_time(metadata: str) -> int | None:
+    """The event time in a commit's metadata; ``None`` if there is none (or another's)."""
+    if not metadata.startswith(STREAM_TIME_PREFIX):
+        return None
+    digits = metadata[len(STREAM_TIME_PREFIX) :]
+    return int(digits) if digits.isdigit() else None
