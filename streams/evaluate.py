@@ -1102,6 +1102,7 @@ def plot(ev: Evaluation, path: Path, cascade: str | None = None) -> str:
                     color=colour,
                     alpha=0.5,
                     label=label,
+                    zorder=3,  # over the blue bars: the orange dots sit among them
                 )
         ax.plot([lo_all, hi_all], [lo_all, hi_all], color="black", lw=0.8)
         ax.set_xscale("log")
