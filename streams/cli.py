@@ -656,7 +656,7 @@ def evaluate_cmd(
     ),
     model: Annotated[
         str,
-        typer.Option(help="rows for this model: seismic | best | amplified | log-linear | floor"),
+        typer.Option(help="rows for this model: seismic, best, best|sel, gbm, gbm+hawkes, ..."),
     ] = "best",
     split: Annotated[
         str,
