@@ -50,6 +50,7 @@ from programs import (
 )
 
 from streams.runtime.broker import RunningBroker
+from streams.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 __all__ = ["broker"]  # the module-scoped fixture, imported for pytest
@@ -126,6 +127,27 @@ class Spread:
     def close(self) -> None:
         self._stop.set()
         self.producer.close()
+
+
+def banked_pipeline(
+    broker: RunningBroker, tmp_path: Path, pdqs: list[str], **extra: Any
+) -> Settings:
+    """Settings for workers whose bank holds ``pdqs`` (bank ``ncii``), idle partitions after
+    1 s, their topics created."""
+    bank = tmp_path / "bank.csv"
+    bank.write_text("signal_type,signal,bank\n" + "".join(f"pdq,{p},ncii\n" for p in pdqs))
+    prefix, app_id = names()
+    s = settings_for(
+        broker,
+        prefix,
+        app_id,
+        bank_files=(bank,),
+        partition_idle_s=1.0,
+        data_dir=tmp_path / "data",
+        **extra,
+    )
+    create_topics(s)
+    return s
 
 
 def now_ms() -> int:
@@ -214,22 +236,10 @@ def test_a_killed_worker_s_firing_alert_stays_firing_in_alertmanager_until_the_s
 ) -> None:
     am_url, receiver = alertmanager
     pdq = pdq_hex(random.Random(14))
-    bank = tmp_path / "bank.csv"
-    bank.write_text(f"signal_type,signal,bank\npdq,{pdq},ncii\n")
-    prefix, app_id = names()
     metrics_port = free_port()
-    s = settings_for(
-        broker,
-        prefix,
-        app_id,
-        bank_files=(bank,),
-        partition_idle_s=1.0,
-        lateness_ms=2_000,
-        data_dir=tmp_path / "data",
-        alertmanager_url=am_url,
-        http_port=metrics_port,
+    s = banked_pipeline(
+        broker, tmp_path, [pdq], lateness_ms=2_000, alertmanager_url=am_url, http_port=metrics_port
     )
-    create_topics(s)
     argv = [sys.executable, "-c", WORKER]
     first = WorkerProcess(worker_env(s), tmp_path / "first.log", argv=argv)
     second = WorkerProcess(worker_env(s), tmp_path / "second.log", argv=argv)
@@ -322,21 +332,10 @@ def test_alertmanager_answering_after_30_s_does_not_delay_the_alerts_topic(
     soon as the watermark lets it (here about a second: lateness 0, idle partitions 1 s)."""
     rng = random.Random(15)
     first_pdq, second_pdq = pdq_hex(rng), pdq_hex(rng)
-    bank = tmp_path / "bank.csv"
-    bank.write_text(f"signal_type,signal,bank\npdq,{first_pdq},ncii\npdq,{second_pdq},ncii\n")
     slow = SlowAlertmanager()
-    prefix, app_id = names()
-    s = settings_for(
-        broker,
-        prefix,
-        app_id,
-        bank_files=(bank,),
-        partition_idle_s=1.0,
-        lateness_ms=0,
-        data_dir=tmp_path / "data",
-        alertmanager_url=slow.url,
+    s = banked_pipeline(
+        broker, tmp_path, [first_pdq, second_pdq], lateness_ms=0, alertmanager_url=slow.url
     )
-    create_topics(s)
     worker = WorkerProcess(worker_env(s), tmp_path / "worker.log")
     first = Spread(broker, s.topic("shares"), first_pdq, tag="a")
     second = Spread(broker, s.topic("shares"), second_pdq, tag="b")
@@ -374,20 +373,9 @@ def test_a_webhook_alert_its_worker_could_not_post_before_it_was_killed_is_poste
     not an alert is dead-lettered, and the alerts around it go on."""
     receiver = WebhookReceiver(status=503).start()
     pdq = pdq_hex(random.Random(15))
-    bank = tmp_path / "bank.csv"
-    bank.write_text(f"signal_type,signal,bank\npdq,{pdq},ncii\n")
-    prefix, app_id = names()
-    s = settings_for(
-        broker,
-        prefix,
-        app_id,
-        bank_files=(bank,),
-        partition_idle_s=1.0,
-        lateness_ms=2_000,
-        data_dir=tmp_path / "data",
-        webhook_url=receiver.url + "/hook",
+    s = banked_pipeline(
+        broker, tmp_path, [pdq], lateness_ms=2_000, webhook_url=receiver.url + "/hook"
     )
-    create_topics(s)
     first = WorkerProcess(worker_env(s), tmp_path / "first.log")
     second = WorkerProcess(worker_env(s), tmp_path / "second.log")
     spread = Spread(broker, s.topic("shares"), pdq)

@@ -33,6 +33,7 @@ from typing import Any
 
 from streams.alerts import Alert
 from streams.events import Rejection
+from streams.runtime.faust_adapter import on_assigned
 from streams.settings import Settings
 from streams.sinks.base import AlertSink
 from streams.stages import DeadLetter, Source
@@ -68,9 +69,6 @@ class AlertFeed:
         self.group = f"{settings.app_id}-{name}"
         self.start_back_s = start_back_s
         self.clock = clock
-        #: alerts handed to the sink, and batches committed (the worker reports them)
-        self.read = 0
-        self.committed = 0
 
     def decode(self, partition: int, offset: int, value: bytes | None) -> Alert | None:
         """The alert a record holds; ``None`` for a tombstone or a record that is not one
@@ -103,7 +101,8 @@ class AlertFeed:
         )
         await consumer.start()
         try:
-            consumer.subscribe([s.topic("alerts")], listener=_start_back(self, consumer))
+            listener = on_assigned(lambda tps: self._start_back(consumer, tps))
+            consumer.subscribe([s.topic("alerts")], listener=listener)
             while True:
                 got = await consumer.getmany(timeout_ms=500, max_records=500)
                 if not got:
@@ -111,11 +110,29 @@ class AlertFeed:
                 await self._deliver(consumer, got)
                 try:
                     await consumer.commit()  # what was read, now that the sink is done with it
-                    self.committed += 1
                 except CommitFailedError as exc:  # a rebalance: the next owner posts them again
                     log.warning("%s: offsets not committed (%s)", self.group, exc)
         finally:
             await consumer.stop()
+
+    async def _start_back(self, consumer: Any, assigned: Any) -> None:
+        """Partitions the group has never committed start :attr:`start_back_s` back in time
+        (the offsets of that time; the end if none is that late)."""
+        fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
+        if not fresh:
+            return
+        since_ms = int((self.clock() - self.start_back_s) * 1000)
+        found = await consumer.offsets_for_times({tp: since_ms for tp in fresh})
+        ends = await consumer.end_offsets(fresh)
+        for tp in fresh:
+            at = found.get(tp)
+            consumer.seek(tp, at.offset if at is not None else ends[tp])
+        log.info(
+            "%s: %d partition(s) never committed start %.0f s back",
+            self.group,
+            len(fresh),
+            self.start_back_s,
+        )
 
     async def _deliver(self, consumer: Any, got: Mapping[Any, list[Any]]) -> None:
         """Hand what was read to the sink and wait until it is done with it, polling with every
@@ -128,39 +145,9 @@ class AlertFeed:
                 for r in records
                 if (alert := self.decode(tp.partition, r.offset, r.value)) is not None
             ]
-            self.read += len(alerts)
             self.sink.send(alerts)
             if not self.sink.backlog:
                 break
             consumer.pause(*consumer.assignment())
             got = await consumer.getmany(timeout_ms=int(POLL_S * 1000))
         consumer.resume(*consumer.assignment())
-
-
-def _start_back(feed: AlertFeed, consumer: Any) -> Any:
-    """A rebalance listener: partitions the group has never committed start
-    ``feed.start_back_s`` back in time (offsets of that time; the end if none is that late)."""
-    from aiokafka import ConsumerRebalanceListener
-
-    class StartBack(ConsumerRebalanceListener):  # type: ignore[misc]
-        async def on_partitions_revoked(self, revoked: Any) -> None:
-            return None
-
-        async def on_partitions_assigned(self, assigned: Any) -> None:
-            fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
-            if not fresh:
-                return
-            since_ms = int((feed.clock() - feed.start_back_s) * 1000)
-            found = await consumer.offsets_for_times({tp: since_ms for tp in fresh})
-            ends = await consumer.end_offsets(fresh)
-            for tp in fresh:
-                at = found.get(tp)
-                consumer.seek(tp, at.offset if at is not None else ends[tp])
-            log.info(
-                "%s: %d partition(s) never committed start %.0f s back",
-                feed.group,
-                len(fresh),
-                feed.start_back_s,
-            )
-
-    return StartBack()

@@ -10,13 +10,15 @@ breaks a test, not a running worker.
 
 The rest of the runtime uses the public names below: :class:`App` (a Faust
 app built with :class:`Transport`), :func:`read_true_ends`,
-:func:`backlogged`, :func:`committed_metadata`, :func:`force_metadata_update`, :func:`credentials`,
+:func:`backlogged`, :func:`committed_metadata`, :func:`on_assigned`,
+:func:`force_metadata_update`, :func:`credentials`,
 :func:`faust_broker_url`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -175,6 +177,21 @@ def credentials(settings: Settings) -> Any:
 def faust_broker_url(broker: str) -> str:
     """Faust's form of a broker list: ``kafka://h1:p1;h2:p2``."""
     return "kafka://" + ";".join(parse_bootstrap(broker))
+
+
+def on_assigned(callback: Callable[[Any], Awaitable[None]]) -> Any:
+    """An aiokafka rebalance listener that awaits ``callback(partitions)`` when partitions
+    are assigned (before they are fetched from) and does nothing on revocation."""
+    from aiokafka import ConsumerRebalanceListener
+
+    class OnAssigned(ConsumerRebalanceListener):  # type: ignore[misc]
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            return None
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            await callback(assigned)
+
+    return OnAssigned()
 
 
 async def committed_metadata(consumer: Any, partitions: list[Any]) -> dict[Any, str]:

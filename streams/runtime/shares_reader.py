@@ -22,7 +22,12 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from streams.runtime.checkpoint import Checkpoint
-from streams.runtime.faust_adapter import LOCAL_FETCH_WAIT_MS, backlogged, committed_metadata
+from streams.runtime.faust_adapter import (
+    LOCAL_FETCH_WAIT_MS,
+    backlogged,
+    committed_metadata,
+    on_assigned,
+)
 from streams.runtime.topology import Topology
 from streams.settings import Settings
 
@@ -75,21 +80,10 @@ class SharesReader:
     async def run(self) -> None:
         """Read until cancelled; an error is raised to the caller (which ends the worker)."""
         s = self.settings
-        from aiokafka import ConsumerRebalanceListener
-
-        reader = self
-
-        class ResumeStreamTimes(ConsumerRebalanceListener):  # type: ignore[misc]
-            async def on_partitions_revoked(self, revoked: Any) -> None:
-                return None
-
-            async def on_partitions_assigned(self, assigned: Any) -> None:
-                await reader.resume_stream_times(assigned)
-
         consumer = self.make_consumer()
         await consumer.start()
         self.consumer = consumer
-        consumer.subscribe([self.topic], listener=ResumeStreamTimes())
+        consumer.subscribe([self.topic], listener=on_assigned(self.resume_stream_times))
         wait_ms = max(1, int(s.batch_wait_s * 1000))
         committed_at = time.monotonic()
         try:
