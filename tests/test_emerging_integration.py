@@ -189,9 +189,8 @@ def test_near_duplicates_through_two_workers_and_a_restart_are_one_cluster(
             t1 = int(time.time() * 1000) - 20 * SEC
             c = t.upload(t1, pdq=flip(original, 12, rng), md5="c" * 32, post="again")
             t.burst(c, t1 + SEC, 30, 500)
-            # a share on every shares partition: one that gets nothing after the restart
-            # can keep a watermark short of the end (the known bug in the README's Workers
-            # section: a new reader's mark for it is older than one read before)
+            # a share on every shares partition (written before the newest event times were
+            # committed with the offsets, SourceClock.resume: kept, it costs nothing)
             for p in range(n):
                 t.share(t1 + 16 * SEC, c, post=key_on(p, n, "tick"))
             after = t.lines()[before:]
