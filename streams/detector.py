@@ -90,7 +90,10 @@ When the watermark path reaches a firing sent early it updates the state
 exactly as always, and sends (and counts) nothing. Events later than the
 watermark (counted ``late``) and two events adding one post (rejected as
 ``duplicate_post``) already break replay's equality; they are left out of
-the argument, and change nothing here but which figures an alert carries.
+the argument, and change nothing here but which figures an alert carries. Lateness
+is not the same in both: a worker whose watermark lags (partitions moving)
+applies in time a share ``replay`` counts late, so its early firing can be
+at the crossing in event time, before ``replay``'s, with ``replay``'s id.
 
 An early alert is an :class:`EarlyAlert`: its velocity and acceleration are
 those of every share seen (``K``) at ``tau``, its ``ts`` is ``tau``; its
