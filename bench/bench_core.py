@@ -21,19 +21,25 @@ each stage's ratio to ``json``: compare runs made at different times (before
 and after a change, on a machine others share) by their ratios, not by their
 rates.
 
-Memory. One hot banked cluster of ``--nodes`` reshares (a random recursive
-tree, so depth and breadth are realistic) is fed through the pipeline and the
-memory it holds is measured with ``tracemalloc`` after a full collection:
+Memory, each measured in a fresh interpreter after a full collection, as the
+Python heap's growth (``tracemalloc``) and the resident set's (``/proc``: it
+counts what the compiled core allocates, which ``tracemalloc`` does not see):
 
-- ``cascade``: the :class:`graphs.cascade.Cascade` alone (the NetworkX graph
-  and its incremental figures);
-- ``state``: everything the pipeline keeps per node (the cascade, the
+- ``cascade``: one hot banked cluster of ``--nodes`` reshares (a random
+  recursive tree, so depth and breadth are realistic): the
+  :class:`graphs.cascade.Cascade` alone (the NetworkX graph and its
+  incremental figures);
+- ``state``: everything the pipeline keeps per node of it (the cascade, the
   router's post -> cluster map, the detector's event ids and velocity
-  window, the prediction state), bytes per node.
+  window, the prediction state), bytes per node;
+- ``unbanked``: everything the pipeline keeps per live post of content no
+  bank holds (``--unbanked`` posts of the simulator's background cascades,
+  none evicted): the bulk of a platform's state.
 
     python bench/bench_core.py                       # about a minute
     python bench/bench_core.py --scale 3 --repeats 5 --nodes 200000 --json
     python bench/bench_core.py --videos 0.1   # a tenth of the uploads are videos
+    python bench/bench_core.py --mix platform  # about 1% of events in banked clusters
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import multiprocessing
+import os
 import random
 import statistics
 import sys
@@ -73,6 +81,10 @@ from streams.simulate import Scenario, simulate  # noqa: E402
 
 T0 = 1_767_225_600_000
 
+#: uploads per minute of background traffic in ``--mix platform``: with the default
+#: scenario's banked cascades, about 1% of events are in banked clusters (6% by default)
+PLATFORM_BACKGROUND = 2_400.0
+
 
 def pipeline_for(bank: list[BankEntry]) -> Pipeline:
     banks = HashBanks()
@@ -95,7 +107,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         if args.videos
         else {}
     )
-    sim = simulate(Scenario(seed=args.seed, scale=args.scale, **videos))
+    mix = dict(background_per_minute=PLATFORM_BACKGROUND) if args.mix == "platform" else {}
+    sim = simulate(Scenario(seed=args.seed, scale=args.scale, **videos, **mix))
     lines = sim.lines
     alerts: list[int] = []
 
@@ -187,22 +200,35 @@ def hot_cluster_lines(n: int, seed: int) -> tuple[list[bytes], list[BankEntry]]:
     return lines, [BankEntry("bench", "md5", md5)]
 
 
-def held_bytes(build: Callable[[], Any]) -> tuple[int, Any]:
-    """Bytes still allocated once ``build()`` returns (what it returns keeps alive)."""
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux ``/proc``): counts what the compiled core
+    allocates, which ``tracemalloc`` (the Python heap only) does not see."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def held_bytes(build: Callable[[], Any]) -> tuple[int, int, Any]:
+    """Bytes still held once ``build()`` returns (what it returns keeps alive): the Python
+    heap's growth (``tracemalloc``) and the resident set's (the compiled core's too).
+
+    Run in a fresh interpreter (:func:`in_fresh_process`): memory freed earlier in the same
+    process would be reused, and the resident set would grow less than the state."""
     gc.collect()
+    rss0 = rss_bytes()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     kept = build()
     gc.collect()
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    return after - before, kept
+    return after - before, rss_bytes() - rss0, kept
 
 
-def memory(args: argparse.Namespace) -> dict[str, Any]:
-    lines, bank = hot_cluster_lines(args.nodes, args.seed)
+def cascade_memory(nodes: int, seed: int) -> dict[str, Any]:
+    """The hot banked cluster's graph alone, and the whole pipeline's state for it."""
+    lines, bank = hot_cluster_lines(nodes, seed)
     events = [e for e in map(parse_event, lines) if isinstance(e, ShareEvent)]
-    if len(events) != args.nodes:
+    if len(events) != nodes:
         raise RuntimeError("the hot cluster's lines do not parse")
 
     def cascade_only() -> Cascade:
@@ -221,17 +247,79 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
         pipe.drain()
         return pipe
 
-    cascade_bytes, c = held_bytes(cascade_only)
-    state_bytes, pipe = held_bytes(whole_state)
+    cascade_traced, _, c = held_bytes(cascade_only)
+    del c
+    state_traced, state_rss, pipe = held_bytes(whole_state)
     st = next(iter(pipe.detector.clusters.values()))
-    if c.size != args.nodes or st.cascade.size + len(pipe.buffer) != args.nodes:
+    if st.cascade.size + len(pipe.buffer) != nodes:
         raise RuntimeError("the hot cluster did not take every post")
     return {
-        "nodes": args.nodes,
-        "depth": c.depth,
-        "breadth": c.breadth,
-        "cascade_bytes_per_node": cascade_bytes / args.nodes,
-        "state_bytes_per_node": state_bytes / args.nodes,
+        "nodes": nodes,
+        "depth": st.cascade.depth,
+        "breadth": st.cascade.breadth,
+        "cascade_bytes_per_node": cascade_traced / nodes,
+        "state_bytes_per_node": state_traced / nodes,
+        "state_rss_per_node": state_rss / nodes,
+    }
+
+
+def unbanked_memory(posts: int, seed: int) -> dict[str, Any]:
+    """Everything the pipeline keeps per live post of content no bank holds (the bulk of a
+    platform's traffic): the simulator's background cascades alone, none evicted."""
+    minutes = 30
+    sim = simulate(
+        Scenario(
+            seed=seed,
+            minutes=minutes,
+            background_per_minute=posts / minutes / 2.2,  # about 2.2 posts per cascade
+            critical_banked=0,
+            high_banked=0,
+            warning_banked=0,
+            slow_banked=0,
+            quiet_banked=0,
+            fast_unbanked=0,
+            md5_banked=0,
+            late_fraction=0.0,
+            very_late=0,
+            duplicate_fraction=0.0,
+            malformed_per_kind=0,
+            orphans=0,
+            cycles=0,
+        )
+    )
+
+    def whole_state() -> Pipeline:
+        pipe = Pipeline(
+            HashBanks(),
+            AlertPolicy.default(),
+            pseudonymizer=Pseudonymizer(b"bench"),
+            idle_ms=24 * 3_600_000,
+        )
+        for i in range(0, len(sim.lines), FEED_CHUNK):
+            pipe.feed_many(sim.lines[i : i + FEED_CHUNK])
+        pipe.drain()
+        return pipe
+
+    traced, rss, pipe = held_bytes(whole_state)
+    live = sum(st.cascade.size for st in pipe.detector.clusters.values()) + len(pipe.buffer)
+    return {
+        "unbanked_posts": live,
+        "unbanked_clusters": len(pipe.detector.clusters),
+        "unbanked_bytes_per_post": traced / live,
+        "unbanked_rss_per_post": rss / live,
+    }
+
+
+def in_fresh_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """``fn(*args)`` in a new interpreter (see :func:`held_bytes`)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def memory(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        **in_fresh_process(cascade_memory, args.nodes, args.seed),
+        **in_fresh_process(unbanked_memory, args.unbanked, args.seed),
     }
 
 
@@ -242,6 +330,19 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--json", action="store_true", help="one JSON line only")
+    ap.add_argument(
+        "--mix",
+        choices=("default", "platform"),
+        default="default",
+        help="traffic: the simulator's default (6%% of events in banked clusters) or a "
+        "platform-like mix (about 1%%: the background 8x larger)",
+    )
+    ap.add_argument(
+        "--unbanked",
+        type=int,
+        default=200_000,
+        help="live posts of unbanked content for the memory measure",
+    )
     ap.add_argument(
         "--videos",
         type=float,
@@ -270,7 +371,15 @@ def main() -> None:
         )
     print(f"memory, one cluster of {m['nodes']:,} posts (depth {m['depth']}):")
     print(f"  cascade graph alone   {m['cascade_bytes_per_node']:>8,.0f} B/node")
-    print(f"  whole pipeline state  {m['state_bytes_per_node']:>8,.0f} B/node")
+    print(
+        f"  whole pipeline state  {m['state_bytes_per_node']:>8,.0f} B/node"
+        f" (resident: {m['state_rss_per_node']:,.0f})"
+    )
+    print(f"memory, {m['unbanked_posts']:,} live posts of unbanked content:")
+    print(
+        f"  whole pipeline state  {m['unbanked_bytes_per_post']:>8,.0f} B/post"
+        f" (resident: {m['unbanked_rss_per_post']:,.0f})"
+    )
     print(json.dumps(out))
 
 
