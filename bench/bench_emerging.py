@@ -11,13 +11,15 @@ For each size N: N uploads of distinct random content (a PDQ hash of quality
 90 and an MD5 each, as platforms send them; a quarter of them near-duplicates,
 12 bits from an earlier one, so they join its cluster), assigned in turn.
 Memory is what ``tracemalloc`` sees allocated (Python objects and NumPy's
-arrays) after the last one, less before the first, divided by N: the cost of
+arrays) after the last one, less before the first, plus the compiled index's
+arrays (``nbytes``: Rust allocates them, tracemalloc does not see them),
+divided by N: the cost of
 one live upload in the router's structure (the detector's index is the same
 class without the idle order, so it costs about as much again). Time per
 upload is the median over ``--repeats`` passes of assigning 1,000 more uploads
-to the filled structure, in batches of 200 as a router does (each batch's
-hashes searched at once, then each upload assigned in turn; the structure
-grows by 1,000 a pass); the peer, measured
+to the filled structure, in batches of 200 as the index's owner does (each
+upload assigned in turn, each batch's changes taken for the state log; the
+structure grows by 1,000 a pass); the peer, measured
 in the same run on the same hashes, is a NumPy brute-force scan of the live
 hashes (what an index saves).
 
@@ -43,7 +45,6 @@ sys.path.insert(0, str(ROOT))
 
 from streams.emerging import EmergingClusters  # noqa: E402
 from streams.events import Content  # noqa: E402
-from streams.pdqindex import parse_hashes  # noqa: E402
 
 #: Uploads assigned per timed pass (the structure grows by this much each pass).
 BATCH = 1_000
@@ -69,19 +70,22 @@ def uploads(n: int, seed: int) -> list[Content]:
 def fill(contents: list[Content]) -> EmergingClusters:
     clusters = EmergingClusters(idle_ms=10**12)
     assign(clusters, contents, 0)
-    clusters.index.flush()
     return clusters
 
 
 def assign(clusters: EmergingClusters, contents: list[Content], start: int) -> None:
-    """As the index's owner does: each batch's hashes searched at once, then assigned in
-    turn, then what changed taken for its state log."""
+    """As the index's owner does: a batch's uploads assigned in turn, then what changed
+    taken for its state log."""
     for lo in range(0, len(contents), ROUTER_BATCH):
         batch = contents[lo : lo + ROUTER_BATCH]
-        clusters.prefetch(batch)
         for i, c in enumerate(batch):
             clusters.assign(c, start + lo + i)
         clusters.take_changes()
+
+
+def parse_hashes(hashes: list[str]) -> np.ndarray:
+    """PDQ hex strings as an ``(n, 4)`` array of 64-bit words (for the peer's scan)."""
+    return np.frombuffer(bytes.fromhex("".join(hashes)), dtype=np.uint64).reshape(-1, 4)
 
 
 def scan(words: np.ndarray, query: np.ndarray) -> int:
@@ -98,7 +102,7 @@ def measure(n: int, repeats: int) -> dict[str, float]:
     before = tracemalloc.get_traced_memory()[0]
     clusters = fill(contents)
     gc.collect()
-    after = tracemalloc.get_traced_memory()[0]
+    after = tracemalloc.get_traced_memory()[0] + clusters.index.nbytes
     tracemalloc.stop()
     words = parse_hashes([c.pdq or "" for c in contents])
     ours, peer = [], []

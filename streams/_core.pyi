@@ -1,6 +1,6 @@
 """Type stubs of the compiled core (``rust/python``), built by maturin into ``streams._core``."""
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 MAX_EVENT_BYTES: int
@@ -20,3 +20,34 @@ def parse_events(
 ) -> tuple[list[Any], list[int]]:
     """Parse and validate a batch of lines: per line a ``share_event`` or a ``rejection``, or
     a video upload's event tuple (its frames for Python to read); and where those tuples are."""
+
+PDQ_MAX_INDEXED_THRESHOLD: int
+
+class PdqIndex:
+    """Distinct PDQ hashes (64 hex digits), searchable by Hamming distance exactly; each may
+    carry an integer tag (-1 when none is given)."""
+
+    def __init__(self, hashes: Iterable[str] | None = None, *, tail_min: int = 1024) -> None: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, pdq: object) -> bool: ...
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the index's arrays."""
+    def add(self, pdq: str) -> bool:
+        """Add one hash; ``False`` when it is there already."""
+    def add_many(self, hashes: Iterable[str], tags: Sequence[int] | None = None) -> int:
+        """Add hashes with their tags (present ones keep theirs); the number added."""
+    def remove(self, pdq: object) -> bool:
+        """Remove a hash; ``False`` when it is not there (or not a hash)."""
+    def search(self, pdq: str, threshold: int = 31) -> list[tuple[str, int]]:
+        """Every hash within ``threshold``: ``(hex, distance)``, nearest first, ties by hex."""
+    def search_many(
+        self, queries: Iterable[str], threshold: int = 31
+    ) -> list[list[tuple[str, int]]]:
+        """:meth:`search` for each query."""
+    def search_tags(
+        self, queries: Iterable[str], threshold: int
+    ) -> tuple[list[int], list[int], list[int]]:
+        """``(query index, tag, distance)`` of every hash found, by query, nearest first."""
+    def tags_of(self, hashes: Iterable[str]) -> list[int]:
+        """The tag of each hash, -2 for one not in the index."""

@@ -15,8 +15,9 @@ the index. Clusters are not merged: content near two live clusters joins
 one of them (merging would re-key every post of the other).
 
 :class:`ContentIndex` holds the content of live clusters (the exact
-incremental index, :class:`streams.pdqindex.PDQIndex`, for PDQ; a dict for
-MD5). The router uses one (:class:`EmergingClusters`) to cluster unbanked
+compiled index, :class:`streams.pdqindex.PDQIndex`, for PDQ: an add or a
+removal takes effect at once and a single search costs a few microseconds,
+so uploads are searched one at a time, in order; a dict for MD5). The router uses one (:class:`EmergingClusters`) to cluster unbanked
 uploads, with the idle eviction the detector applies (a cluster idle for
 ``idle_ms`` of event time leaves the index, so memory follows the live
 uploads; ``bench/bench_emerging.py`` measures what each costs). The detector
@@ -68,8 +69,6 @@ from streams.vpdq import format_vpdq, parse_vpdq, usable_hashes
 
 #: The threshold within which an unbanked upload joins a live cluster.
 EMERGING_PDQ_THRESHOLD: Final = DEFAULT_PDQ_THRESHOLD
-#: PDQ hashes a :class:`ContentIndex` holds outside its index at most (scanned one by one).
-PENDING_MAX: Final = 512
 Signal = tuple[str, str]  # (signal type, lowercase hex)
 
 
@@ -166,14 +165,6 @@ class ContentIndex:
         self._holders: dict[str, str | set[str]] = {}
         #: cluster -> its signals
         self._signals: dict[str, list[str]] = {}
-        #: PDQ hashes added and not in the index yet, as integers: an insertion into the
-        #: index costs about what a search does, so they are put in together
-        #: (:data:`PENDING_MAX` at a time, or at the next :meth:`prefetch`) and scanned
-        #: here until then
-        self._pending: dict[str, int] = {}
-        #: the index's answers for a batch's hashes (:meth:`prefetch`), and its threshold
-        self._prefetched: dict[str, list[tuple[str, int]]] = {}
-        self._prefetch_threshold = -1
 
     def __contains__(self, cluster_id: object) -> bool:
         return cluster_id in self._signals
@@ -212,9 +203,7 @@ class ContentIndex:
                     self._videos.add_many([BankEntry(EMERGING_VIDEOS, "vpdq", text)])
                 self._holders[text] = cluster_id
                 if kind == "pdq":
-                    self._pending[text] = int(text, 16)
-                    if len(self._pending) >= PENDING_MAX:
-                        self.flush()
+                    self._pdq.add(text)
             elif h == cluster_id or (isinstance(h, set) and cluster_id in h):
                 continue  # held already
             elif isinstance(h, str):
@@ -241,26 +230,9 @@ class ContentIndex:
             if text.startswith("["):
                 if self._videos is not None:
                     self._videos.withdraw(EMERGING_VIDEOS, text)
-            elif len(text) == 64 and self._pending.pop(text, None) is None:
+            elif len(text) == 64:
                 self._pdq.remove(text)
         return True
-
-    def flush(self) -> None:
-        """Put the pending hashes into the index (one insertion)."""
-        if self._pending:
-            self._pdq.add_many(list(self._pending))
-            self._pending.clear()
-            self._prefetched = {}  # the index changed under them
-
-    def prefetch(self, pdqs: Iterable[str], threshold: int) -> None:
-        """Search the index for a batch's PDQ hashes at once (vectorised: a few tens of
-        microseconds a hash, against a few hundred alone); :meth:`near` then uses the
-        answers, and scans only the hashes added since. Held until the next prefetch."""
-        self.flush()
-        distinct = list(dict.fromkeys(p.lower() for p in pdqs))
-        found = self._pdq.search_many(distinct, threshold) if distinct and len(self._pdq) else []
-        self._prefetched = dict(zip(distinct, found, strict=False))
-        self._prefetch_threshold = threshold
 
     def near(self, signal_type: str, signal: str, threshold: int) -> list[tuple[str, int]]:
         """Clusters holding ``signal`` (MD5: equal; PDQ: within ``threshold``), nearest first,
@@ -272,16 +244,9 @@ class ContentIndex:
             return self._near_video(text)
         if signal_type != "pdq":
             return []
-        indexed = self._prefetched.get(text) if threshold == self._prefetch_threshold else None
-        if indexed is None:
-            indexed = self._pdq.search(text, threshold) if len(self._pdq) else []
-        q = int(text, 16)
-        pending = [
-            (h, d) for h, v in self._pending.items() if (d := (q ^ v).bit_count()) <= threshold
-        ]
         best: dict[str, int] = {}
-        for found, d in [*indexed, *pending]:
-            for c in self._holding(found):  # none: gone since the prefetch
+        for found, d in self._pdq.search(text, threshold) if len(self._pdq) else ():
+            for c in self._holding(found):
                 if d < best.get(c, d + 1):
                     best[c] = d
         return sorted(best.items(), key=lambda cd: (cd[1], cd[0]))
@@ -365,11 +330,6 @@ class EmergingClusters:
         if new:
             self._changed[cid] += new
         return cid
-
-    def prefetch(self, contents: Iterable[Content]) -> None:
-        """A batch's uploads: their PDQ hashes searched at once (:meth:`ContentIndex.prefetch`)."""
-        pdqs = [s for c in contents for kind, s in signals_of(c) if kind == "pdq"]
-        self.index.prefetch(pdqs, self.threshold)
 
     def touch(self, cluster_id: str, ts_ms: int) -> None:
         """An event of ``cluster_id`` at ``ts_ms`` (only unbanked clusters are kept)."""

@@ -124,17 +124,15 @@ class Router:
     def prefetch(self, contents: Sequence[Content]) -> None:
         """Match a batch of uploads in one index search; :meth:`match` then uses the answers.
 
-        The index is vectorised: a PDQ search costs about 100 us for one hash
-        alone and under 20 us a hash in a batch, so a stage that has a batch in
-        hand calls this first. The answers hold until :meth:`drop_prefetched`
+        One call of the banks for the batch (one pass over their answer cache,
+        one search of the compiled index for the misses), so a stage that has a
+        batch in hand calls this first. The answers hold until :meth:`drop_prefetched`
         or the next prefetch; counters are counted here, as
         :meth:`HashBanks.match_many` counts them.
         """
         self._prefetched = dict(
             zip(map(match_key, contents), self.banks.match_many(contents), strict=True)
         )
-        if self.index_requests is None:  # those that match no bank join a live cluster, or not
-            self.emerging.prefetch(contents)
 
     def drop_prefetched(self) -> None:
         """Forget the last prefetch (the banks may change before the next batch)."""

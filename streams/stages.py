@@ -1093,7 +1093,6 @@ class ResolvePartition:
                 due.append(ev)
         if not due or self.index is None:
             return []
-        self.index.prefetch(ev.content for ev in due if ev.content is not None)
         out: list[Routed | Rejection] = []
         for ev in due:
             out += self.router.cluster_unbanked(ev)

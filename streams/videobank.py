@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Final
 import numpy as np
 import numpy.typing as npt
 
-from streams.pdqindex import PDQIndex, parse_hashes
+from streams.pdqindex import PDQIndex
 from streams.vpdq import VideoScore, VpdqFrame, compare, hamming, parse_vpdq, usable_hashes
 
 if TYPE_CHECKING:
@@ -139,19 +139,19 @@ class VideoBank:
         hashes = [h for _, hs in fresh for h in hs]
         if not hashes:
             return
-        words = parse_hashes(hashes)
-        distinct, inverse = np.unique(words, axis=0, return_inverse=True)
-        ids = self._index.tags_of(distinct)
-        absent = ids == -2
-        count = int(absent.sum())
+        position = {h: i for i, h in enumerate(dict.fromkeys(hashes))}
+        distinct = list(position)
+        ids = np.array(self._index.tags_of(distinct), dtype=np.int64)
+        absent = np.flatnonzero(ids == -2)
+        count = len(absent)
         ids[absent] = np.arange(self._next_frame, self._next_frame + count, dtype=np.int64)
         self._next_frame += count
         if self._next_frame > len(self._owner):
             grown = np.full(max(self._next_frame, 2 * len(self._owner)), _FREE, dtype=np.int64)
             grown[: len(self._owner)] = self._owner
             self._owner = grown
-        self._index.add_words(distinct[absent], ids[absent])
-        frame_ids = ids[inverse.ravel()]
+        self._index.add_many([distinct[i] for i in absent.tolist()], ids[absent].tolist())
+        frame_ids = ids[[position[h] for h in hashes]]
         pos = 0
         for vid, hs in fresh:
             frames = frame_ids[pos : pos + len(hs)].copy()
@@ -247,7 +247,9 @@ class VideoBank:
 
     def _pairs(self, queries: list[str], radius: int) -> tuple[Ids, Ids, Ids, Ids]:
         """Every (query, frame id, distance, video) within ``radius``, grouped by video."""
-        qi, fid, dist = self._index.search_tags(parse_hashes(queries), radius)
+        qi, fid, dist = (
+            np.array(a, dtype=np.int64) for a in self._index.search_tags(queries, radius)
+        )
         vid = self._owner[fid]
         shared = vid == _SHARED
         if shared.any():

@@ -16,7 +16,7 @@ from test_streaming_stages import assert_replay_alert_records
 
 from streams.alerts import Pseudonymizer
 from streams.banks import ALLOW_BANK, BankEntry, BankUpdate, HashBanks, hamming
-from streams.emerging import PENDING_MAX, ContentIndex, EmergingClusters, unbanked_cluster_id
+from streams.emerging import ContentIndex, EmergingClusters, unbanked_cluster_id
 from streams.events import Content, ShareEvent, parse_event
 from streams.pdqindex import brute_force
 from streams.pipeline import Pipeline
@@ -114,31 +114,30 @@ def test_an_upload_joins_the_nearest_live_cluster_as_a_scan_would(seed: int, n: 
 
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
-def test_batched_assignment_with_prefetch_gives_what_one_by_one_gives(seed: int) -> None:
-    """A router prefetches each batch's hashes in one search and scans those added since; past
-    PENDING_MAX new hashes go into the index mid-batch: the clusters are a scan's all along."""
+def test_assignment_through_index_merges_and_evictions_is_a_scans(seed: int) -> None:
+    """Enough hashes that the compiled index merges its tail into its tables mid-stream (and
+    evictions between batches): two indexes agree, and the clusters are a scan's all along."""
     rng = random.Random(seed)
     bases = [pdq_hex(rng) for _ in range(30)]
-    hashes = [flip(rng.choice(bases), rng.randint(0, 45), rng) for _ in range(PENDING_MAX + 300)]
-    batched, single = EmergingClusters(), EmergingClusters()
+    hashes = [flip(rng.choice(bases), rng.randint(0, 45), rng) for _ in range(1_300)]
+    first, second = EmergingClusters(), EmergingClusters()
     held: dict[str, str] = {}  # every live hash -> its cluster
     i = 0
     while i < len(hashes):
         batch = [Content(pdq=h, pdq_quality=90) for h in hashes[i : i + rng.randint(1, 400)]]
-        batched.prefetch(batch)
         for c in batch:
-            got = batched.assign(c, T0)
-            assert got == single.assign(c, T0)
+            got = first.assign(c, T0)
+            assert got == second.assign(c, T0)
             h = c.pdq or ""
             near = [(hamming(h, x), cid) for x, cid in held.items() if hamming(h, x) <= 31]
             assert got == (min(near)[1] if near else unbanked_cluster_id(c))  # a scan's
             held[h] = got
         i += len(batch)
         if rng.random() < 0.3:  # evictions between batches
-            for cid in rng.sample(sorted(set(single._last)), 3):
-                batched.index.drop(cid)
-                single.index.drop(cid)
-                del batched._last[cid], single._last[cid]
+            for cid in rng.sample(sorted(set(second._last)), 3):
+                first.index.drop(cid)
+                second.index.drop(cid)
+                del first._last[cid], second._last[cid]
                 held = {x: c for x, c in held.items() if c != cid}
 
 

@@ -4,10 +4,12 @@
 //!
 //! - [`event`]: parsing and validating a share event (every rejection reason
 //!   of `streams.events`, in the same order);
-//! - [`json`]: reading an event's JSON by orjson's rules.
+//! - [`json`]: reading an event's JSON by orjson's rules;
+//! - [`pdq`]: the exact index of PDQ hashes by Hamming distance.
 
 pub mod event;
 pub mod json;
+pub mod pdq;
 
 /// The crate's version, so Python can tell which build it imported.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -11,6 +11,8 @@ use pyo3::{ffi, intern, IntoPyObjectExt};
 
 use viralwatch_core::event::{self, Event, Judge, Kind};
 
+mod pdq;
+
 /// The compiled core's version, so Python can tell which build it imported.
 #[pyfunction]
 fn version() -> &'static str {
@@ -242,6 +244,11 @@ fn parse_events<'py>(
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(parse_events, m)?)?;
+    m.add_class::<pdq::PyPdqIndex>()?;
+    m.add(
+        "PDQ_MAX_INDEXED_THRESHOLD",
+        viralwatch_core::pdq::MAX_INDEXED_THRESHOLD,
+    )?;
     m.add("MAX_EVENT_BYTES", event::MAX_EVENT_BYTES)?;
     m.add("MAX_ID_LEN", event::MAX_ID_LEN)?;
     m.add("TS_MIN_MS", event::TS_MIN_MS)?;
