@@ -17,10 +17,11 @@ one of them (merging would re-key every post of the other).
 :class:`ContentIndex` holds the content of live clusters (the exact
 compiled index, :class:`streams.pdqindex.PDQIndex`, for PDQ: an add or a
 removal takes effect at once and a single search costs a few microseconds,
-so uploads are searched one at a time, in order; a dict for MD5). The router uses one (:class:`EmergingClusters`) to cluster unbanked
-uploads, with the idle eviction the detector applies (a cluster idle for
-``idle_ms`` of event time leaves the index, so memory follows the live
-uploads; ``bench/bench_emerging.py`` measures what each costs). The detector
+so uploads are searched one at a time, in order; a dict for MD5). The
+router uses one (:class:`EmergingClusters`) to cluster unbanked uploads,
+with the idle eviction the detector applies (a cluster idle for ``idle_ms``
+of event time leaves the index, so memory follows the live uploads;
+``bench/bench_emerging.py`` measures what each costs). The detector
 uses another to find the live clusters a bank change concerns (retroaction,
 false positives).
 
