@@ -141,7 +141,8 @@ def print_summary(stats: object, alerts: int) -> None:
         f"uploads matched: {s['matched']}  unmatched: {s['unmatched_uploads']}  "
         f"low-quality pdq: {s['low_quality']}",
         f"clusters: {s['clusters']}  evicted: {s['clusters_evicted']}  "
-        f"emerging (unbanked, fast): {s['emerging']}  held orphans: {s['held']}  late: {s['late']}",
+        f"emerging (unbanked, fast): {s['emerging']}  reshares held: {s['held']}  "
+        f"late: {s['late']}",
         f"alerts: {alerts} {s['alerts']}",
     ]
     for line in lines:

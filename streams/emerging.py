@@ -25,23 +25,28 @@ of event time leaves the index, so memory follows the live uploads;
 uses another to find the live clusters a bank change concerns (retroaction,
 false positives).
 
-One owner. In ``replay`` one router holds the index and routes uploads in
-file order. A streaming worker has many resolve partitions, spread over
-worker processes; an index per process would start two clusters for
-near-duplicates routed by different workers, and forget everything when a
-worker is replaced. So one resolve partition owns the index
+One owner. In ``replay`` one router holds the index. A streaming worker has
+many resolve partitions, spread over worker processes; an index per process
+would start two clusters for near-duplicates routed by different workers,
+and forget everything when a worker is replaced. So one resolve partition owns the index
 (:data:`streams.stages.INDEX_PARTITION`), as a stream processor gives a
 keyed state one owner: the others send it their unbanked uploads
 (:class:`IndexRequests`) and it answers with registrations, as for any
 post; it logs the index in its state log and a worker that takes the
-partition over folds it back (:meth:`EmergingClusters.fold`). It clusters
-the uploads in ``(ts, event_id)`` order once every resolve partition has
-read past them (``ResolvePartition._cluster_unbanked``), so the answer is
-replay's for input in event-time order, whatever the number of workers, the
-order the partitions were read in (a backlog), restarts and rebalances. The
-price: an unbanked upload's cluster is known a hop or two after the slowest
-input partition has been read past it, and its reshares wait for it; banked
-content does not go through the owner.
+partition over folds it back (:meth:`EmergingClusters.fold`).
+
+Order. Which cluster an upload joins depends on the uploads clustered
+before it (the earlier of two near-duplicates starts the cluster). Both
+replay and the owner cluster unbanked uploads in ``(ts, event_id)`` order,
+once their watermark has passed them (:func:`streams.router.due_uploads`;
+``Pipeline._release``, ``ResolvePartition._cluster_unbanked``), so the
+answer is the same for any input within the allowed lateness, however it is
+ordered within it, whatever the number of workers, the order the partitions
+were read in (a backlog), restarts and rebalances. The price: an unbanked
+upload's cluster is known about an allowed lateness after it is read (a hop
+or two more in a worker), and its reshares wait for it. The review queue
+waited for the watermark already (a cluster enters it when its events are
+applied); banked content does not go through the owner.
 
 >>> clusters = EmergingClusters(idle_ms=60_000)
 >>> a = clusters.assign(Content(pdq="f" * 64, pdq_quality=90), ts_ms=0)

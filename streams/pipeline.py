@@ -8,7 +8,11 @@ The watermark is the latest event time seen minus the allowed lateness:
 records are applied once the watermark has passed them, in ``(ts,
 event_id)`` order, so the output does not depend on how the input was
 interleaved within that lateness. A record later than that is still applied
-(never dropped), and counted as ``late``.
+(never dropped), and counted as ``late``. Uploads no bank knows are
+clustered (:mod:`streams.emerging`) in that order too, once the watermark
+has passed them and before what it passed is applied, as the index's owner
+in a streaming worker clusters them: near-duplicates out of order in the
+input give the stream's clusters, the earlier upload starting the cluster.
 
 Replay sends each alert when it applies the event that makes it. A streaming
 worker sends some firings before its watermark reaches them, when the events
@@ -26,18 +30,20 @@ statuses this pipeline gives, which is what the tests check it against.
 
 from __future__ import annotations
 
+import heapq
+import sys
 from collections.abc import Callable, Iterable
 from typing import Final
 
 from streams.alerts import Pseudonymizer
 from streams.banks import BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, Predictor
-from streams.emerging import EmergingClusters
+from streams.emerging import EmergingClusters, IndexRequests
 from streams.events import Rejection, ShareEvent, parse_event, parse_events
 from streams.forecast import predictor_factory as forecast_factory
 from streams.policy import AlertPolicy
 from streams.reorder import ReorderBuffer
-from streams.router import Routed, Router
+from streams.router import Routed, Router, due_uploads
 from streams.stats import Stats
 
 #: Each banked cluster's final size is forecast with the calibrated model
@@ -77,8 +83,15 @@ class Pipeline:
         stats: Stats | None = None,
     ) -> None:
         self.stats = stats if stats is not None else Stats()
+        emerging = EmergingClusters(idle_ms=idle_ms)
+        # this router holds the index, as the streaming index's owner does: unbanked uploads
+        # are deferred to it, and clustered in event-time order (see _release)
         self.router = Router(
-            banks, self.stats, hold_ms=hold_ms, emerging=EmergingClusters(idle_ms=idle_ms)
+            banks,
+            self.stats,
+            hold_ms=hold_ms,
+            emerging=emerging,
+            index_requests=IndexRequests(emerging),
         )
         self.detector = Detector(
             policy,
@@ -90,6 +103,9 @@ class Pipeline:
         self.lateness_ms = lateness_ms
         self.buffer: ReorderBuffer[Routed | BankUpdate] = ReorderBuffer()
         self.max_ts_ms = -1
+        #: unbanked uploads waiting for the watermark (by event id), and their (ts, id) heap
+        self._unbanked: dict[str, ShareEvent] = {}
+        self._unbanked_order: list[tuple[int, str]] = []
         self._expired_at = -1
         self._out = Decisions()
 
@@ -137,22 +153,43 @@ class Pipeline:
             self.router.drop_prefetched()
 
     def feed_event(self, event: ShareEvent) -> None:
-        for item in self.router.route(event):
+        router = self.router
+        self._push(router.route(event))
+        if router.deferred:  # unbanked: it waits for the watermark (see _release)
+            for ev in router.deferred:
+                if ev.event_id in self._unbanked:  # waits once, as at the index's owner
+                    self.stats.duplicates += 1
+                    continue
+                self._unbanked[ev.event_id] = ev
+                heapq.heappush(self._unbanked_order, (ev.ts_ms, ev.event_id))
+            router.deferred = []
+        if event.ts_ms > self.max_ts_ms:
+            self.max_ts_ms = event.ts_ms
+            watermark = self.max_ts_ms - self.lateness_ms
+            self._release(watermark)
+            if watermark - self._expired_at >= _EXPIRE_EVERY_MS:
+                self._expired_at = watermark
+                for rejection in router.expire(watermark):
+                    self.reject(rejection)
+        elif event.ts_ms <= self.buffer.released_ms:
+            # later than the allowed lateness: apply now rather than drop it
+            self._release(self.buffer.released_ms)
+
+    def _push(self, results: Iterable[Routed | Rejection]) -> None:
+        for item in results:
             if isinstance(item, Rejection):
                 self.reject(item)
             else:
                 self.buffer.push(item.event.ts_ms, item.event.event_id, item)
-        if event.ts_ms > self.max_ts_ms:
-            self.max_ts_ms = event.ts_ms
-            self._apply(self.buffer.release(self.max_ts_ms - self.lateness_ms))
-            watermark = self.max_ts_ms - self.lateness_ms
-            if watermark - self._expired_at >= _EXPIRE_EVERY_MS:
-                self._expired_at = watermark
-                for rejection in self.router.expire(watermark):
-                    self.reject(rejection)
-        elif event.ts_ms <= self.buffer.released_ms:
-            # later than the allowed lateness: apply now rather than drop it
-            self._apply(self.buffer.release(self.buffer.released_ms))
+
+    def _release(self, watermark_ms: int) -> None:
+        """Cluster the unbanked uploads the watermark has passed, in ``(ts, event_id)`` order
+        (their reshares, held for them, come out too), then apply all it has passed."""
+        due = due_uploads(self._unbanked_order, self._unbanked, watermark_ms)
+        for ev in due:
+            del self._unbanked[ev.event_id]
+        self._push(self.router.cluster_unbanked(due))
+        self._apply(self.buffer.release(watermark_ms))
 
     def feed_bank_update(self, raw: bytes) -> None:
         """Take a bank update (a ``bank`` topic record's value, see :class:`BankUpdate`).
@@ -207,6 +244,7 @@ class Pipeline:
         Reshares still waiting for a parent at the end are rejected as
         ``orphan_expired``: the input is over, so the parent will not come.
         """
+        self._release(sys.maxsize)  # the unbanked uploads still waiting: clustered, in order
         self._apply(self.buffer.drain())
         if self.max_ts_ms >= 0:
             end = self.max_ts_ms + self.router.hold_ms + 1

@@ -39,7 +39,8 @@ changelogged table in the streaming worker.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+import heapq
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
 from streams.alerts import MatchInfo
@@ -164,6 +165,18 @@ class Router:
             return None
         return Routed(event, self.emerging.assign(content, event.ts_ms))
 
+    def cluster_unbanked(self, events: Iterable[ShareEvent]) -> list[Routed | Rejection]:
+        """At the index's owner: the uploads :meth:`match` deferred, in the order given
+        (``(ts, event_id)``, see :func:`due_uploads`): the cluster each joins or starts
+        (:meth:`EmergingClusters.assign`), and what waited for their posts."""
+        out: list[Routed | Rejection] = []
+        for ev in events:
+            assert ev.content is not None  # deferred by match(), an upload's
+            routed = Routed(ev, self.emerging.assign(ev.content, ev.ts_ms))
+            out.append(routed)
+            self._register(routed, out)
+        return out
+
     def touch(self, cluster_id: str, ts_ms: int) -> None:
         """An event of an unbanked cluster: it is not idle (told to the index's owner)."""
         (self.emerging if self.index_requests is None else self.index_requests).touch(
@@ -276,3 +289,32 @@ class Router:
         """Drop evicted posts from the map, so state stays bounded."""
         for post in post_ids:
             self.post_clusters.pop(post, None)
+
+
+def due_uploads(
+    waiting: list[tuple[int, str]], held: Mapping[str, ShareEvent], until_ms: int
+) -> list[ShareEvent]:
+    """The unbanked uploads waiting for the index's owner that event time has passed: popped
+    from ``waiting`` (a heap of ``(ts, event_id)``; ids no longer ``held`` are skipped) in
+    ``(ts, event_id)`` order, whatever order they were read in.
+
+    Replay and a streaming worker both cluster unbanked uploads this way, once their
+    watermark has passed them (every input read past them, less the allowed lateness), so
+    near-duplicates out of order in the input, within that lateness, give the same clusters
+    whatever the partitioning and read order: the earlier upload starts the cluster.
+
+    >>> ups = {e: ShareEvent(event_id=e, type="upload", ts_ms=t, post_id=e, user_id="u")
+    ...        for e, t in [("e1", 20), ("e2", 10), ("e3", 30)]}
+    >>> waiting = []
+    >>> for ev in ups.values():
+    ...     heapq.heappush(waiting, (ev.ts_ms, ev.event_id))
+    >>> [ev.event_id for ev in due_uploads(waiting, ups, 20)], waiting
+    (['e2', 'e1'], [(30, 'e3')])
+    """
+    due: list[ShareEvent] = []
+    while waiting and waiting[0][0] <= until_ms:
+        _, eid = heapq.heappop(waiting)
+        ev = held.get(eid)
+        if ev is not None and ev.type == "upload":
+            due.append(ev)
+    return due

@@ -72,7 +72,7 @@ from streams.events import Rejection, ShareEvent, parse_events
 from streams.pipeline import DEFAULT_PREDICTOR
 from streams.policy import AlertPolicy
 from streams.reorder import ReorderBuffer
-from streams.router import Routed, Router
+from streams.router import Routed, Router, due_uploads
 from streams.stats import Stats
 from streams.watermarks import NO_TIME, Mark, SourceClock, Watermark
 from streams.wire import (
@@ -589,17 +589,7 @@ class _PostMap(MutableMapping[str, str]):
 
 
 class PartitionRouter(Router):
-    """The replay :class:`Router`, plus registrations that arrive from another partition, and
-    (at the index's owner) unbanked uploads sent by the others to be clustered."""
-
-    def cluster_unbanked(self, event: ShareEvent) -> list[Routed | Rejection]:
-        """An upload that matched no bank at its own partition: the cluster it joins, or
-        starts (what :meth:`Router.match` does with it when it holds the index)."""
-        assert event.content is not None  # the record's decoder guarantees it
-        routed = Routed(event, self.emerging.assign(event.content, event.ts_ms))
-        out: list[Routed | Rejection] = [routed]
-        self._register(routed, out)
-        return out
+    """The replay :class:`Router`, plus registrations that arrive from another partition."""
 
     def register(self, post_id: str, cluster_id: str) -> list[Routed | Rejection]:
         """``post_id`` was routed to ``cluster_id`` elsewhere: record it, release what waited.
@@ -815,8 +805,8 @@ class ResolvePartition:
     uploads that match no bank (:class:`~streams.wire.Unbanked`, with the
     latest events of unbanked clusters, :class:`~streams.wire.Touch`), ahead
     of the progress that covers them; it holds them (logged with the held
-    reshares) until every partition has read past them (their progress
-    plus the allowed lateness), clusters them in ``(ts, event_id)`` order,
+    reshares) until every partition's progress has passed them (as replay
+    waits for its watermark), clusters them in ``(ts, event_id)`` order,
     and registers each upload's post with its partition, whose reshares
     waited for it as for any parent. Its own
     progress is its peers' at most, so no clusters partition's watermark
@@ -1032,7 +1022,7 @@ class ResolvePartition:
         else:
             for ev in deferred:
                 wait_for_index(ev)
-            emit(self._cluster_unbanked(self._read(settled)))
+            emit(self._cluster_unbanked(settled))
         if settled != NO_TIME and settled - self._expired_at >= EXPIRE_EVERY_MS:
             # only what every peer has passed: a registration could still be on its way
             self._expired_at = settled
@@ -1068,35 +1058,22 @@ class ResolvePartition:
             delta_items=delta.items,
         )
 
-    def _read(self, settled: int) -> int:
-        """The event time every resolve partition has read the input up to: the progress
-        they have all made, plus the allowed lateness (progress is the slowest input
-        partition's newest event time less the lateness, or less still: a lower bound)."""
-        return settled if settled == NO_TIME else settled + self.watermark.lateness_ms
+    def _cluster_unbanked(self, settled: int) -> list[Routed | Rejection]:
+        """At the index's owner: cluster the unbanked uploads the watermark every partition
+        has passed (``settled``) has passed, in ``(ts, event_id)`` order, as replay does
+        (:func:`streams.router.due_uploads`); they stay held (and logged) until then.
 
-    def _cluster_unbanked(self, read: int) -> list[Routed | Rejection]:
-        """At the index's owner: cluster the unbanked uploads every partition has read past,
-        in ``(ts, event_id)`` order (so the answer is replay's, whatever the read order, the
-        workers or the restarts); they stay held (and logged) until then.
-
-        Read past, not passed by the watermark: an upload's cluster is then known a hop
-        after the slowest partition has read its time, not an allowed lateness later (its
-        reshares wait for it). The order is replay's unless an input partition itself holds
-        near-duplicates out of event-time order, uploaded within that skew of each other.
+        Not sooner (when every partition has merely read past them): an input partition
+        may hold near-duplicates out of event-time order, and the earlier one, read later,
+        must still start the cluster, as in replay. The review queue hardly waits longer
+        for it: a cluster enters it when the clusters stage applies its events, once its
+        watermark has passed them. What does wait an allowed lateness more: the reshares
+        of an unbanked upload of the last lateness, for a firing sent early.
         """
-        heap, held = self._unbanked, self._held
-        due: list[ShareEvent] = []
-        while heap and heap[0][0] <= read:
-            _, eid = heapq.heappop(heap)
-            ev = held.get(eid)
-            if ev is not None and ev.type == "upload":
-                due.append(ev)
-        if not due or self.index is None:
+        if self.index is None:
             return []
-        out: list[Routed | Rejection] = []
-        for ev in due:
-            out += self.router.cluster_unbanked(ev)
-        return out
+        due = due_uploads(self._unbanked, self._held, settled)
+        return self.router.cluster_unbanked(due)
 
     def _settled(self, wm: int) -> int:
         """The event time that this partition and every peer have routed up to.

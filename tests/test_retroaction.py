@@ -63,6 +63,27 @@ def replay(lines: list[bytes], banks: HashBanks | None = None) -> Pipeline:
     return pipe
 
 
+def fed(lines: list[bytes]) -> Pipeline:
+    """Replay of ``lines`` in the order given (``replay`` sorts them by time)."""
+    pipe = Pipeline(
+        HashBanks(), AlertPolicy.default(), pseudonymizer=Pseudonymizer(DEV_PSEUDONYM_KEY)
+    )
+    for line in lines:
+        pipe.feed(line)
+    return pipe
+
+
+def streamed(lines: list[bytes], **run: object) -> LocalRun:
+    """The streaming topology (in memory, :class:`LocalRun`) on ``lines``."""
+    local = LocalRun(
+        HashBanks(),
+        AlertPolicy.default(),
+        Pseudonymizer(DEV_PSEUDONYM_KEY),
+        **run,  # type: ignore[arg-type]
+    )
+    return local.run(lines)
+
+
 def alerts(decisions_alerts: list[object]) -> list[dict[str, object]]:
     return [orjson.loads(a.to_json()) for a in decisions_alerts]  # type: ignore[attr-defined]
 
@@ -277,32 +298,19 @@ def test_the_topology_gives_replays_alert_ids_with_bank_updates_in_the_input(
     t, original, _, _ = leak(rng, shares=120)
     late = t.burst(t.events[0]["post_id"], T0 + 6 * MIN, 40, 3 * SEC)  # type: ignore[arg-type]
     assert late
-    # both uploads first, on one input partition and one resolve partition: routed in the
-    # order replay routes them (streams.emerging says why that matters)
-    ordered = sorted(t.lines(), key=lambda x: orjson.loads(x)["ts"])
-    lines = [x for x in ordered if b'"upload"' in x] + [x for x in ordered if b'"upload"' not in x]
+    lines = sorted(t.lines(), key=lambda x: orjson.loads(x)["ts"])
     bank = bank_line("add", "internal", original, T0 + 4 * MIN)
     fp = bank_line("add", ALLOW_BANK, original, T0 + 7 * MIN)
     # the updates come in the input about when they were made
     at = next(i for i, x in enumerate(lines) if orjson.loads(x)["ts"] >= T0 + 4 * MIN)
     at2 = next(i for i, x in enumerate(lines) if orjson.loads(x)["ts"] >= T0 + 7 * MIN)
     lines = [*lines[:at], bank, *lines[at:at2], fp, *lines[at2:]]
-    pipe = Pipeline(
-        HashBanks(), AlertPolicy.default(), pseudonymizer=Pseudonymizer(DEV_PSEUDONYM_KEY)
-    )
-    for line in lines:
-        pipe.feed(line)
+    pipe = fed(lines)
     expected = sorted(a.to_json() for a in pipe.finish().alerts if a.ts_ms <= pipe.max_ts_ms)
     kinds = {(d["severity"], d["status"], d["reason"]) for d in map(orjson.loads, expected)}
     assert ("warning", "firing", "velocity") in kinds
     assert ("warning", "resolved", "false_positive") in kinds
-    run = LocalRun(
-        HashBanks(),
-        AlertPolicy.default(),
-        Pseudonymizer(DEV_PSEUDONYM_KEY),
-        partitions=partitions,
-        seed=seed,
-    ).run(lines)
+    run = streamed(lines, partitions=partitions, seed=seed)
     assert_replay_alert_records(list(run.alerts.values()), expected)
 
 
@@ -403,24 +411,12 @@ def test_near_duplicates_routed_by_other_partitions_and_after_a_restart_join_one
     reader did not know the event times read before the last commit. Fixed by committing
     them with the offsets, see SourceClock.resume.)"""
     lines, _, _ = two_workers_leak(random.Random(seed))
-    pipe = Pipeline(
-        HashBanks(), AlertPolicy.default(), pseudonymizer=Pseudonymizer(DEV_PSEUDONYM_KEY)
-    )
-    for line in lines:
-        pipe.feed(line)
+    pipe = fed(lines)
     assert pipe.router.emerging.joined == 1
     expected = sorted(a.to_json() for a in pipe.finish().alerts if a.ts_ms <= pipe.max_ts_ms)
     leak_cluster = unbanked_cluster_id(Content(md5="a" * 32))
     assert expected and {orjson.loads(a)["cluster_id"] for a in expected} == {leak_cluster}
-    run = LocalRun(
-        HashBanks(),
-        AlertPolicy.default(),
-        Pseudonymizer(DEV_PSEUDONYM_KEY),
-        partitions=4,
-        seed=seed,
-        restarts=restarts,
-        local_peers=local_peers,
-    ).run(lines)
+    run = streamed(lines, partitions=4, seed=seed, restarts=restarts, local_peers=local_peers)
     assert sum(run.stats.events.values()) == len(lines) - 1  # every event applied
     assert_replay_alert_records(list(run.alerts.values()), expected)
     assert run.stats.late == 0 and run.stats.emerging == 1
@@ -506,14 +502,59 @@ def test_near_duplicate_videos_of_unbanked_content_join_one_cluster(
     lines = sorted(t.lines(), key=lambda x: orjson.loads(x)["ts"])
     pipe = replay(lines)
     assert pipe.router.emerging.joined == 1 and pipe.stats.clusters_created == 21
-    run = LocalRun(
-        HashBanks(),
-        AlertPolicy.default(),
-        Pseudonymizer(DEV_PSEUDONYM_KEY),
-        partitions=4,
-        seed=seed,
-        restarts=restarts,
-        predictor_factory=None,
-    ).run(lines)
+    run = streamed(lines, partitions=4, seed=seed, restarts=restarts, predictor_factory=None)
     assert sum(run.stats.events.values()) == len(lines)  # every event applied
     assert run.stats.clusters_created == 21
+
+
+def out_of_order_leak(rng: random.Random) -> tuple[list[bytes], str, str]:
+    """A leak whose near-duplicate (an edit, 20 bits off) was uploaded 20 s *before* it but
+    comes *after* it in the input, the two lines side by side (one ``shares`` partition, as a
+    producer batching them sends them), each reshared; the original banked (timed) while
+    both spread. Returns the lines and the two uploads' contents' cluster ids."""
+    t = Traffic(rng)
+    original = pdq_hex(rng)
+    a = t.upload(T0 + 20 * SEC, pdq=original, md5="a" * 32, post="orig")
+    b = t.upload(T0, pdq=flip(original, 20, rng), md5="b" * 32, post="edit")
+    first, rest = t.lines(), []
+    t.events.clear()
+    t.burst(b, T0 + 2 * SEC, 40, 3 * SEC)
+    t.burst(a, T0 + 22 * SEC, 40, 3 * SEC)
+    for i in range(6):  # other content, none near the leak
+        other = t.upload(T0 + i * 30 * SEC, pdq=pdq_hex(rng), md5=f"{i:032x}")
+        t.burst(other, T0 + i * 30 * SEC + SEC, 3, 20 * SEC)
+    rest = sorted(t.lines(), key=lambda x: orjson.loads(x)["ts"])
+    bank = bank_line("add", "internal", original, T0 + 2 * MIN)
+    at = next(i for i, x in enumerate(rest) if orjson.loads(x)["ts"] >= T0 + 2 * MIN)
+    lines = [*first, *rest[:at], bank, *rest[at:]]
+    ids = (unbanked_cluster_id(Content(md5=m * 32)) for m in "ab")
+    return lines, *ids  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(("seed", "partitions"), [(0, 4), (1, 4), (2, 3), (3, 4), (4, 2)])
+def test_near_duplicates_out_of_order_in_one_partition_cluster_as_replay_clusters_them(
+    seed: int, partitions: int
+) -> None:
+    """Replay and the stream cluster unbanked uploads in event-time order once their
+    watermark has passed them, so out-of-order near-duplicates within the allowed lateness
+    form the same cluster, started by the earlier upload, whatever the read order: the same
+    review queue, and after the bank add the same alert ids (ids carry the cluster)."""
+    lines, orig_cluster, edit_cluster = out_of_order_leak(random.Random(seed))
+    pipe = fed(lines)
+    decisions = pipe.finish()
+    expected = sorted(a.to_json() for a in decisions.alerts if a.ts_ms <= pipe.max_ts_ms)
+    # the edit came first in event time: it starts the cluster, the original joins it
+    assert {orjson.loads(a)["cluster_id"] for a in expected} == {edit_cluster} != {orig_cluster}
+    assert pipe.router.emerging.joined == 1 and pipe.stats.late == 0
+    queue = [(s.cluster_id, s.size, s.first_seen_ms) for s in pipe.detector.emerging]
+    assert [q[0] for q in queue] == [edit_cluster]
+    run = streamed(lines, partitions=partitions, seed=seed)
+    assert sum(run.stats.events.values()) == len(lines) - 1  # every event applied
+    assert_replay_alert_records(list(run.alerts.values()), expected)
+    assert run.topology is not None
+    stream_queue = [
+        (s.cluster_id, s.size, s.first_seen_ms)
+        for d in run.topology.detectors.values()
+        for s in d.detector.emerging
+    ]
+    assert stream_queue == queue and run.stats.late == 0
