@@ -108,17 +108,6 @@ def settled(reports: list[dict[str, Any]], last_ts: int, events: int, partitions
     )
 
 
-def key_on(partition: int, partitions: int, prefix: str) -> str:
-    """A post id that the producer's partitioner puts on ``partition`` of ``shares``."""
-    from kafka.partitioner.default import murmur2
-
-    return next(
-        f"{prefix}{i}"
-        for i in range(10_000)
-        if (murmur2(f"{prefix}{i}".encode()) & 0x7FFFFFFF) % partitions == partition
-    )
-
-
 def post_on(partition: int, partitions: int, prefix: str) -> str:
     return next(
         f"{prefix}{i}"
@@ -189,10 +178,6 @@ def test_near_duplicates_through_two_workers_and_a_restart_are_one_cluster(
             t1 = int(time.time() * 1000) - 20 * SEC
             c = t.upload(t1, pdq=flip(original, 12, rng), md5="c" * 32, post="again")
             t.burst(c, t1 + SEC, 30, 500)
-            # a share on every shares partition (written before the newest event times were
-            # committed with the offsets, SourceClock.resume: kept, it costs nothing)
-            for p in range(n):
-                t.share(t1 + 16 * SEC, c, post=key_on(p, n, "tick"))
             after = t.lines()[before:]
             produce_lines(broker, s.topic("shares"), after, keying="post")
             inputs += after
