@@ -1,12 +1,15 @@
-"""Judge and act on Apache Kafka: emerging near-duplicates, retroaction, a false positive.
+"""Judge and act on Apache Kafka, through the views: emerging near-duplicates, retroaction, a
+false positive.
 
-One worker (``python -m streams.runtime``) with an allowed lateness of 5 s
-and takedowns requested from ``warning`` on; events stamped with the wall
-clock. Two near-duplicate uploads (20 bits apart) of content no bank knows,
-and their reshares, form one cluster. A reviewer banks its hash (the
-``bank`` and ``audit`` topics, as the views do): the cluster alerts at once
-(retroaction), within the latency target, and its live posts get takedown
-requests. A false-positive verdict then resolves its alert, and the
+One worker (``python -m streams.runtime``) with an allowed lateness of 5 s,
+takedowns requested from ``warning`` on, and its HTTP port with a viewer's
+and a reviewer's token; events stamped with the wall clock. Two
+near-duplicate uploads (20 bits apart) of content no bank knows, and their
+reshares, form one cluster, which ``GET /emerging`` shows. The reviewer
+banks it (``POST /cascade/<id>/bank``, as the page's button does): the
+cluster alerts at once (retroaction), within the latency target, leaves the
+queue, and its live posts get takedown requests. A false-positive verdict
+(``POST /cascade/<id>/false-positive``) then resolves its alert, and the
 reshares after it get no takedown request; a re-upload of the content
 matches nothing (``allowed``). Replay of the same events with the same bank
 updates in its input gives the same alert ids and statuses.
@@ -31,15 +34,16 @@ from kafka_helpers import (
     worker_env,
     workers,
 )
+from programs import free_port
 from test_streaming_integration import setup
+from test_views_integration import fetch
 
 from streams.alerts import Pseudonymizer
 from streams.banks import HashBanks
 from streams.pipeline import Pipeline
 from streams.policy import DEFAULT_POLICY, AlertPolicy
-from streams.review import ReviewAction, Signal
+from streams.review import ReviewAction
 from streams.runtime.broker import RunningBroker
-from streams.runtime.produce import publish_action
 from streams.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -49,6 +53,7 @@ __all__ = ["broker"]  # the module-scoped fixture, imported for pytest
 #: running the tests is shared, so this allows for its load (the measured time is printed).
 LATENCY_LIMIT_S = 3.0
 SEC = 1000
+VIEWER, REVIEWER = "viewer-token-0011", "reviewer-token-0012"
 
 
 def worker_stats(broker: RunningBroker, s: Settings, done: Any, what: str) -> dict[str, Any]:
@@ -73,7 +78,29 @@ def test_a_banked_leak_alerts_at_once_and_a_false_positive_silences_it(
         DEFAULT_POLICY.read_text().replace('takedown = "high"', 'takedown = "warning"')
     )
     s = setup(broker, tmp_path, bank_csv, lateness_ms=5_000, policy_file=policy)
-    proc = WorkerProcess(worker_env(s), tmp_path / "worker.log")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = worker_env(
+        s,
+        VIRALWATCH_HTTP_HOST="127.0.0.1",
+        VIRALWATCH_HTTP_PORT=str(port),
+        VIRALWATCH_WEB_TOKENS=f"viewer:{VIEWER},reviewer@alice:{REVIEWER}",
+    )
+    proc = WorkerProcess(env, tmp_path / "worker.log")
+    as_json = {"Accept": "application/json", "Content-Type": "application/json"}
+
+    def queue() -> list[dict[str, Any]]:
+        status, _, body = fetch(base, "/emerging", VIEWER, headers={"Accept": "application/json"})
+        assert status == 200, body
+        items: list[dict[str, Any]] = orjson.loads(body)["items"]
+        return items
+
+    def act(cluster: str, kind: str, **fields: str) -> ReviewAction:
+        path = f"/cascade/{cluster}/{kind}"
+        status, _, body = fetch(base, path, REVIEWER, "POST", orjson.dumps(fields), as_json)
+        assert status == 202, body
+        return ReviewAction.from_dict(orjson.loads(body)["action"])
+
     now = int(time.time() * 1000)
     t0 = now - 200 * SEC
     t = Traffic(rng)  # one builder: event and post ids never repeat
@@ -105,38 +132,34 @@ def test_a_banked_leak_alerts_at_once_and_a_false_positive_silences_it(
             "both uploads routed, the reshares applied",
         )
         assert st["stats"]["emerging"] == 1 and st["clusters"] == 1, orjson.dumps(st)
+        # the review queue shows the one cluster, both uploads its roots, with their hashes
+        [item] = queue()
+        assert item["roots"] == 2 and sorted(item["root_posts"]) == ["leak-a", "leak-b"]
+        assert {"signal_type": "pdq", "signal": original} in item["hashes"]
+        assert {"signal_type": "pdq", "signal": edit} in item["hashes"]
 
-        # a reviewer banks it: the cluster alerts at once (retroaction)
-        banked_at = int(time.time() * 1000)
-        bank = ReviewAction(
-            "bank", "alice", "confirmed NCII", banked_at, signals=(Signal("pdq", original),)
-        )
+        # the reviewer banks it through the view: the cluster alerts at once (retroaction)
         alerts = TopicReader(broker, s.topic("alerts"))
-        publish_action(bank, s)
+        clicked = time.time()
+        bank = act(item["cluster_id"], "bank", bank="internal", reason="confirmed NCII")
         inputs += [u.record()[1] for u in bank.bank_changes()]
         alerts.until(lambda r: len(r) >= 1, 30, "the retroactive alert", on_timeout=proc.log_tail)
-        latency = time.time() - banked_at / 1000
+        latency = time.time() - clicked
         fired = orjson.loads(alerts.records[0].value)
-        print(f"bank action -> alert read: {latency:.3f} s")
+        print(f"POST bank -> alert read: {latency:.3f} s")
+        assert fired["cluster_id"] == item["cluster_id"] and bank.reviewer == "alice"
         assert (fired["status"], fired["severity"], fired["match"]["bank"]) == (
             "firing",
             "warning",
             "internal",
         )
         assert latency < LATENCY_LIMIT_S
+        assert queue() == []  # banked: it left the review queue
 
         # a false positive, then more reshares and a re-upload of the same content
-        fp_at = banked_at + 2 * SEC
-        verdict = ReviewAction(
-            "false_positive",
-            "bob",
-            "a landscape photo",
-            fp_at,
-            cluster_id=fired["cluster_id"],
-            signals=(Signal("pdq", original),),
-        )
-        publish_action(verdict, s)
+        verdict = act(fired["cluster_id"], "false-positive", reason="a landscape photo")
         inputs += [u.record()[1] for u in verdict.bank_changes()]
+        fp_at = int(time.time() * 1000)
         before = len(t.events)
         for i in range(10):
             t.share(fp_at + (i + 1) * SEC, a)

@@ -310,6 +310,22 @@ def test_a_dismissed_cluster_leaves_the_queue(two: tuple[Served, Served]) -> Non
     assert items == []
 
 
+def test_actions_in_a_row_on_one_cluster_get_times_in_that_order(
+    two: tuple[Served, Served],
+) -> None:
+    """An action takes the cluster's time (so it applies at once); the next one on the same
+    quiet cluster comes a millisecond later, not at the same time: replay orders changes of
+    one time by their keys (an allow-list entry before a bank's), the stream by arrival."""
+    a, b = two
+    as_json = {"Content-Type": "application/json"}
+    for w, kind in ((b, "bank"), (a, "dismiss"), (b, "dismiss")):
+        body = json.dumps({"reason": f"{kind} it"}).encode()
+        status, _, out = w.request("POST", f"/cascade/{UNBANKED}/{kind}", REVIEWER, body, as_json)
+        assert status == 202, out  # (the recorder publishes nothing: still unbanked here)
+    times = [x.ts_ms for x in a.published]
+    assert times == [T0 + 40_000, T0 + 40_001, T0 + 40_002]  # its last event, then after
+
+
 def test_bad_input_gets_a_clear_4xx_never_a_500(two: tuple[Served, Served]) -> None:
     a, b = two
     form = {"Content-Type": "application/x-www-form-urlencoded"}

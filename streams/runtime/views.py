@@ -667,12 +667,19 @@ class Views:
         hashes = allowed if kind == "reverse_false_positive" else found.status.hashes
         if kind != "dismiss" and not hashes:
             return Response.json({"error": f"the hashes of {cid} are not known here"}, 409)
+        # its time: the cluster's (as far as the stage has seen it), so it applies now, and
+        # after this cluster's earlier actions: two in a row on a quiet cluster (bank, then
+        # false positive) would share a time, and replay would order them by their keys
+        actions = self.actions
+        after = self.bridge.call(
+            lambda: max((a.ts_ms for a in actions.for_cluster(cid)), default=-1)
+        )
         try:
             action = ReviewAction(
                 kind,  # type: ignore[arg-type]
                 reviewer=grant.who,
                 reason=fields.get("reason", ""),
-                ts_ms=max(0, found.as_of_ms),
+                ts_ms=max(0, found.as_of_ms, after + 1),
                 cluster_id=cid,
                 signals=tuple(Signal(k, s) for k, s in hashes),  # type: ignore[arg-type]
                 bank=fields.get("bank") or (found.match.bank if found.match else "internal"),
@@ -685,8 +692,7 @@ class Views:
             log.warning("could not publish %s on %s: %s", action.kind, cid, exc)
             return Response.json({"error": f"could not write the action to Kafka: {exc}"}, 502)
         log.info("%s by %s on %s: %s", action.kind, action.reviewer, cid, action.action_id)
-        with_log = self.actions
-        self.bridge.call(lambda: with_log.add(action))
+        self.bridge.call(lambda: actions.add(action))
         if wants_json(request) or header(request.headers, "Content-Type") == "application/json":
             return Response.json({"action": action.to_dict()}, 202)
         back = same_site_path(fields.get("next"), f"/cascade/{cid}")
