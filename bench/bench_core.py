@@ -22,8 +22,9 @@ and after a change, on a machine others share) by their ratios, not by their
 rates.
 
 Memory, each measured in a fresh interpreter after a full collection, as the
-Python heap's growth (``tracemalloc``) and the resident set's (``/proc``: it
-counts what the compiled core allocates, which ``tracemalloc`` does not see):
+heap's growth (Python's by ``tracemalloc``, and the compiled core's, which
+``tracemalloc`` does not see, by its own count) and the resident set's
+(``/proc``):
 
 - ``cascade``: one hot banked cluster of ``--nodes`` reshares (a random
   recursive tree, so depth and breadth are realistic): the
@@ -208,18 +209,19 @@ def rss_bytes() -> int:
 
 
 def held_bytes(build: Callable[[], Any]) -> tuple[int, int, Any]:
-    """Bytes still held once ``build()`` returns (what it returns keeps alive): the Python
-    heap's growth (``tracemalloc``) and the resident set's (the compiled core's too).
+    """Bytes still held once ``build()`` returns (what it returns keeps alive): the heap's
+    growth, Python's (``tracemalloc``) and the compiled core's (its own exact count,
+    ``_core.allocated_bytes``), and the resident set's.
 
     Run in a fresh interpreter (:func:`in_fresh_process`): memory freed earlier in the same
     process would be reused, and the resident set would grow less than the state."""
     gc.collect()
     rss0 = rss_bytes()
     tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
+    before = tracemalloc.get_traced_memory()[0] + _core.allocated_bytes()
     kept = build()
     gc.collect()
-    after = tracemalloc.get_traced_memory()[0]
+    after = tracemalloc.get_traced_memory()[0] + _core.allocated_bytes()
     tracemalloc.stop()
     return after - before, rss_bytes() - rss0, kept
 

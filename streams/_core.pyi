@@ -51,3 +51,21 @@ class PdqIndex:
         """``(query index, tag, distance)`` of every hash found, by query, nearest first."""
     def tags_of(self, hashes: Iterable[str]) -> list[int]:
         """The tag of each hash, -2 for one not in the index."""
+
+def allocated_bytes() -> int:
+    """Bytes the compiled core holds on its heap now (``tracemalloc`` does not see them)."""
+
+class EventIds:
+    """The event ids a cluster has applied, as 128-bit keyed hashes (16 bytes an id).
+
+    Sets of the same ids are equal within one process; the hashes never leave it.
+    """
+
+    def add(self, event_id: str) -> bool:
+        """Add ``event_id``; ``False`` if it was here already."""
+    def add_many(self, event_ids: Iterable[str]) -> list[bool]:
+        """Add a batch of ids in order: for each, whether it was new."""
+    def contains_many(self, event_ids: Iterable[str]) -> list[bool]:
+        """Whether each id of a batch was applied here."""
+    def __contains__(self, event_id: object) -> bool: ...
+    def __len__(self) -> int: ...

@@ -140,6 +140,7 @@ from typing import Protocol
 
 from graphs.cascade import Cascade, PostSet
 from graphs.velocity import MINUTE_MS, WINDOWS_MS, Velocity
+from streams._core import EventIds
 from streams.alerts import (
     Alert,
     CascadeFigures,
@@ -206,7 +207,9 @@ class ClusterState:
     velocity: Velocity = field(default_factory=Velocity)
     match: MatchInfo | None = None
     last_ms: int = 0
-    event_ids: set[str] = field(default_factory=set)
+    #: the ids of the events applied: a redelivered event is applied once (16 bytes an id,
+    #: in the compiled core)
+    event_ids: EventIds = field(default_factory=EventIds)
     # children (and takedowns) of posts that are not in the cascade yet
     pending: dict[str, list[ShareEvent]] = field(default_factory=dict)
     episode: int = 0
@@ -438,10 +441,9 @@ class Detector:
             self.stats.clusters_active = len(self.clusters)
         else:
             self.clusters.move_to_end(item.cluster_id)
-        if ev.event_id in st.event_ids:
+        if not st.event_ids.add(ev.event_id):
             self.stats.duplicates += 1
             return
-        st.event_ids.add(ev.event_id)
         self.live_events += 1
         self.stats.events[ev.type] += 1
         if ev.content is not None:

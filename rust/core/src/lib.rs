@@ -5,8 +5,10 @@
 //! - [`event`]: parsing and validating a share event (every rejection reason
 //!   of `streams.events`, in the same order);
 //! - [`json`]: reading an event's JSON by orjson's rules;
-//! - [`pdq`]: the exact index of PDQ hashes by Hamming distance.
+//! - [`pdq`]: the exact index of PDQ hashes by Hamming distance;
+//! - [`dedupe`]: the event ids a cluster has applied, as keyed 128-bit hashes.
 
+pub mod dedupe;
 pub mod event;
 pub mod json;
 pub mod pdq;

@@ -11,12 +11,23 @@ use pyo3::{ffi, intern, IntoPyObjectExt};
 
 use viralwatch_core::event::{self, Event, Judge, Kind};
 
+mod alloc;
+mod dedupe;
 mod pdq;
+
+#[global_allocator]
+static HEAP: alloc::Counting = alloc::Counting;
 
 /// The compiled core's version, so Python can tell which build it imported.
 #[pyfunction]
 fn version() -> &'static str {
     viralwatch_core::VERSION
+}
+
+/// Bytes the compiled core holds on its heap (Python's ``tracemalloc`` does not see them).
+#[pyfunction]
+fn allocated_bytes() -> usize {
+    alloc::allocated()
 }
 
 /// Python's answers to what the core leaves to it (see `viralwatch_core::event::Judge`).
@@ -249,6 +260,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "PDQ_MAX_INDEXED_THRESHOLD",
         viralwatch_core::pdq::MAX_INDEXED_THRESHOLD,
     )?;
+    m.add_function(wrap_pyfunction!(allocated_bytes, m)?)?;
+    m.add_class::<dedupe::EventIds>()?;
     m.add("MAX_EVENT_BYTES", event::MAX_EVENT_BYTES)?;
     m.add("MAX_ID_LEN", event::MAX_ID_LEN)?;
     m.add("TS_MIN_MS", event::TS_MIN_MS)?;
