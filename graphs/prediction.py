@@ -1,6 +1,6 @@
 """Final-size prediction that updates as reshares arrive, and a calibrated model.
 
-Three models share one incremental state:
+Four models share one incremental state:
 
 - ``"seismic"``: SEISMIC (see :mod:`graphs.seismic`), computed from
   bucketed sums instead of the full history.
@@ -21,6 +21,14 @@ Three models share one incremental state:
   :func:`forecast_given_selection` is the same law given that the final
   size passes a threshold (for evaluating on selected data, not for
   production).
+- ``"rich"``: the same law and fit with eight more inputs, Cheng et al.'s
+  (2014) early-growth features kept in O(1) state: the share of the
+  reshares that came in the last 5 min, 15 min, 30 min, 1 h and 2 h, the
+  time since the last reshare, the followers reached per reshare, the
+  original poster's followers (``RICH_GROWTH``). Closer on the Twitter
+  cascades, but it reads a 7-day law into those inputs whatever the
+  horizon, and it pages more often (the README has the figures): an
+  option, not the default.
 - ``"amplified"``: the earlier ``best``: SEISMIC's first generation times a
   learned amplification ``exp(a + b * log(age / 1 h))`` in place of
   SEISMIC's ``1 / (1 - p * n_star)`` (:class:`Calibration`, fitted on 30
@@ -70,7 +78,13 @@ from typing import Literal, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from graphs.growth import DEFAULT_GROWTH, GrowthModel, growth_inputs
+from graphs.growth import (
+    DEFAULT_GROWTH,
+    RECENT_WINDOWS_S,
+    RICH_GROWTH,
+    GrowthModel,
+    growth_inputs,
+)
 from graphs.seismic import (
     DEFAULT_KERNEL,
     MAX_WINDOW_S,
@@ -100,8 +114,8 @@ __all__ = [
     "forecast_given_selection",
 ]
 
-Model = Literal["seismic", "best", "amplified"]
-MODELS: tuple[Model, ...] = ("seismic", "best", "amplified")
+Model = Literal["seismic", "best", "rich", "amplified"]
+MODELS: tuple[Model, ...] = ("seismic", "best", "rich", "amplified")
 
 #: Size is predicted at this age of the cascade (seconds after its first post)
 #: unless told otherwise: 7 days, the span the training data were observed over.
@@ -255,6 +269,7 @@ class PredictorConfig:
 
     model: Model = "best"
     growth: GrowthModel = DEFAULT_GROWTH
+    rich: GrowthModel = RICH_GROWTH
     calibration: Calibration = DEFAULT_CALIBRATION
     n_star: float = N_STAR
     default_followers: float = N_STAR
@@ -309,6 +324,29 @@ class Features:
     offspring: float
     #: The same, before the horizon only.
     offspring_horizon: float
+    #: Reshares in each of the last ``RECENT_WINDOWS_S`` (whole 10-s buckets: a
+    #: window reaches back to the start of the bucket its start falls in). Empty:
+    #: not known (the growth model then reads every window as holding them all).
+    recent: tuple[float, ...] = ()
+    #: Seconds since the latest reshare (since the first post before any).
+    since_last_s: float = 0.0
+    #: Followers of the reshares seen (unknown ones counted as the network average).
+    followers_seen: float = 0.0
+    #: Followers of the original posts (uploads) seen.
+    original_followers: float = 0.0
+
+    def inputs(self, n_star: float) -> tuple[float, ...]:
+        """What the ``best`` model reads (:func:`graphs.growth.growth_inputs`)."""
+        return growth_inputs(
+            self.observed,
+            self.offspring_horizon,
+            self.window_reshares,
+            self.infectiousness * n_star,
+            self.recent,
+            self.since_last_s,
+            self.followers_seen,
+            self.original_followers,
+        )
 
 
 def forecast(features: Features, model: Model, config: PredictorConfig) -> Forecast:
@@ -335,7 +373,9 @@ def forecast(features: Features, model: Model, config: PredictorConfig) -> Forec
 
         return Forecast(total(q), total(features.p_low), total(features.p_up), q)
     if model == "best":
-        return _grown(features, config)
+        return _grown(features, config, config.growth)
+    if model == "rich":
+        return _grown(features, config, config.rich)
     if model != "amplified":
         raise ValueError(f"unknown model {model!r}")
     cal = config.calibration
@@ -346,21 +386,18 @@ def forecast(features: Features, model: Model, config: PredictorConfig) -> Forec
     return Forecast(size, low, high, q)
 
 
-def _grown(features: Features, config: PredictorConfig, at_least: float = 0.0) -> Forecast:
-    """The ``best`` model: the growth model's median and band, never below what is seen."""
+def _grown(
+    features: Features, config: PredictorConfig, growth: GrowthModel, at_least: float = 0.0
+) -> Forecast:
+    """``best`` or ``rich``: the growth model's median and band, never below what is seen."""
     n = float(features.observed)
     if features.age_s >= config.horizon_s or n <= 0.0:
         # past the horizon nothing grows; with no reshare yet there is nothing to read
         # growth from
         return Forecast(n, n, n, features.infectiousness)
-    x = growth_inputs(
-        n,
-        features.offspring_horizon,
-        features.window_reshares,
-        features.infectiousness * config.n_star,
-    )
+    x = features.inputs(config.n_star)
     lower = math.log((at_least + 1.0) / (n + 1.0)) if at_least > n else 0.0
-    z, lo, hi = config.growth.quantiles(features.age_s, x, lower)
+    z, lo, hi = growth.quantiles(features.age_s, x, lower)
     return Forecast(
         (n + 1.0) * math.exp(z) - 1.0,
         (n + 1.0) * math.exp(lo) - 1.0,
@@ -370,9 +407,9 @@ def _grown(features: Features, config: PredictorConfig, at_least: float = 0.0) -
 
 
 def forecast_given_selection(
-    features: Features, config: PredictorConfig, at_least: float
+    features: Features, config: PredictorConfig, at_least: float, model: Model = "best"
 ) -> Forecast:
-    """The ``best`` model's forecast *given* that the cascade ends with ``at_least`` reshares.
+    """``model``'s forecast (``best`` or ``rich``) *given* that the cascade ends with ``at_least``.
 
     Not for production: a worker does not know that. It is what a sample
     chosen for size (the 638 Twitter cascades: at least 2,002 retweets)
@@ -385,7 +422,9 @@ def forecast_given_selection(
     >>> plain.size < 2002 <= given.low <= given.size <= given.high
     True
     """
-    return _grown(features, config, at_least)
+    if model not in ("best", "rich"):
+        raise ValueError(f"only best and rich are conditioned on a selection, not {model!r}")
+    return _grown(features, config, config.growth if model == "best" else config.rich, at_least)
 
 
 def features_from_history(
@@ -426,8 +465,9 @@ def features_from_history(
         kernel=config.kernel,
     )
     q = float(est.infectiousness[0])
+    early = _early_growth(s[seen], d[seen], now_s, config.bucket_s)
     if q <= 0.0:
-        return Features(age, observed, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return Features(age, observed, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, *early)
     k = config.kernel
     ccdf_now = k.ccdf(now_s - s[seen])
     left = np.maximum(ccdf_now - k.ccdf(s[0] + config.horizon_s - s[seen]), 0.0)
@@ -440,7 +480,23 @@ def features_from_history(
         float(est.rt_num[0]),
         q * float(np.sum(d[seen] * ccdf_now)),
         q * float(np.sum(d[seen] * left)),
+        *early,
     )
+
+
+def _early_growth(
+    s: FloatArray, d: FloatArray, now_s: float, bucket_s: float
+) -> tuple[tuple[float, ...], float, float, float]:
+    """``recent``, ``since_last_s``, ``followers_seen``, ``original_followers`` from history.
+
+    ``s[0]`` is the original post (the time origin of the buckets), the rest reshares.
+    """
+    t, f = s[1:] - s[0], d[1:]
+    now = now_s - s[0]
+    starts = [bucket_s * math.floor((now - w) / bucket_s) for w in RECENT_WINDOWS_S]
+    recent = tuple(float(np.count_nonzero(t >= a)) for a in starts)
+    since = now - (float(t.max()) if t.size else 0.0)
+    return recent, since, float(np.sum(f)), float(d[0])
 
 
 # posts kept beyond the min_count + 1 that R's widened window needs, so that a
@@ -487,9 +543,12 @@ class IncrementalPredictor:
         "_fine_rows",
         "_fine_table",
         "_floor_key",
+        "_followers_seen",
+        "_last_reshare",
         "_latest",
         "_old_table",
         "_origin",
+        "_original_followers",
         "_posts",
         "_recent",
         "_ref",
@@ -512,6 +571,9 @@ class IncrementalPredictor:
         self._recent: list[tuple[float, bool]] = []
         self._posts = 0
         self._reshares = 0
+        self._last_reshare = -math.inf
+        self._followers_seen = 0.0
+        self._original_followers = 0.0
 
     @property
     def config(self) -> PredictorConfig:
@@ -556,6 +618,11 @@ class IncrementalPredictor:
         self._reshares += reshare
         self._origin = min(self._origin, t_abs)
         self._latest = max(self._latest, t_abs)
+        if reshare:
+            self._last_reshare = max(self._last_reshare, t_abs)
+            self._followers_seen += d
+        else:
+            self._original_followers += d
         bisect.insort(self._recent, (t, reshare))
         if len(self._recent) > self._cfg.min_count + _SPARE_RECENT:
             del self._recent[0]
@@ -674,7 +741,14 @@ class IncrementalPredictor:
         self._age_buckets()
         p = float(now_s) - self._ref
         age = float(now_s) - self._origin
-        empty = Features(max(age, 0.0), self._reshares, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        lo, hi, n, d, centre, st = self._arrays()
+        width = cfg.bucket_s
+        recent = tuple(
+            float(np.sum(n[lo >= width * math.floor((p - w) / width)])) for w in RECENT_WINDOWS_S
+        )
+        last = self._last_reshare if self._reshares else self._origin
+        early = (recent, float(now_s) - last, self._followers_seen, self._original_followers)
+        empty = Features(max(age, 0.0), self._reshares, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, *early)
         before = [e for e in self._recent if e[0] < p]
         if not before:
             return empty
@@ -684,7 +758,6 @@ class IncrementalPredictor:
             window = p - first
         slope = 1.0 / window
         start = p - window
-        lo, hi, n, d, centre, st = self._arrays()
         ages = p - centre
         exposure = float(np.dot(d, cfg.kernel.window_integral(ages, slope, window)))
         # triangular count of reshares in [start, p): exact for whole buckets; the
@@ -710,7 +783,7 @@ class IncrementalPredictor:
         until = (self._origin - self._ref + cfg.horizon_s) - centre
         left = np.maximum(ccdf_now - cfg.kernel.ccdf(until), 0.0)
         offspring_h = q * float(np.sum(d[seen] * left[seen]))
-        return Features(age, self._reshares, q, p_low, p_up, count, offspring, offspring_h)
+        return Features(age, self._reshares, q, p_low, p_up, count, offspring, offspring_h, *early)
 
     def predict(self, now_s: float, model: Model | None = None) -> Forecast:
         """Forecast the final number of reshares, as seen at ``now_s``."""

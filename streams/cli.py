@@ -657,7 +657,9 @@ def evaluate_cmd(
     ),
     model: Annotated[
         str,
-        typer.Option(help="rows for this model: seismic, best, best|sel, gbm, gbm+hawkes, ..."),
+        typer.Option(
+            help="rows for this model: seismic, tideh, best, best|sel, sized|sel, gbm, ..."
+        ),
     ] = "best",
     split: Annotated[
         str,
@@ -690,7 +692,8 @@ def evaluate_cmd(
         typer.Option("--show-calibration", help="print the amplified calibration fitted on FILES"),
     ] = False,
     show_model: Annotated[
-        bool, typer.Option("--show-model", help="print the best model fitted on FILES")
+        bool,
+        typer.Option("--show-model", help="print the best and rich models fitted on FILES"),
     ] = False,
 ) -> None:
     """Predict final cascade sizes on real cascades and measure the error.
@@ -703,6 +706,7 @@ def evaluate_cmd(
     recall, lead time). Unreadable lines are reported on stderr; a cascade
     refused whole makes the exit code 1.
     """
+    from graphs.growth import SCALE_FREE_INPUTS, SEISMIC_INPUTS
     from streams import evaluate as ev
 
     if format_ not in (*ev.FORMATS, "auto") or model not in ev.ROW_MODELS:
@@ -743,7 +747,14 @@ def evaluate_cmd(
             f"fitted {when} by `viralwatch evaluate {where} --show-model` on "
             f"{len(got.cascades)} cascades, band from {folds}-fold cross-fits (seed {seed})"
         )
-        typer.echo(repr(ev.fit_model(got.cascades, folds=folds, seed=seed, provenance=provenance)))
+        for name, inputs in (
+            ("DEFAULT_GROWTH", SEISMIC_INPUTS),
+            ("RICH_GROWTH", SCALE_FREE_INPUTS),
+        ):
+            fitted = ev.fit_model(
+                got.cascades, folds=folds, seed=seed, provenance=provenance, inputs=inputs
+            )
+            typer.echo(f"{name} = {fitted!r}")
         return
     rule = ev.default_rule()
     alert = dataclasses.replace(

@@ -49,7 +49,16 @@ from typing import Any, Literal
 
 import numpy as np
 
-from graphs.growth import DEFAULT_GROWTH, GrowthModel, fit_growth, growth_inputs, kfold
+from graphs.growth import (
+    DEFAULT_GROWTH,
+    INPUTS,
+    RICH_GROWTH,
+    SCALE_FREE_INPUTS,
+    SEISMIC_INPUTS,
+    GrowthModel,
+    fit_growth,
+    kfold,
+)
 from graphs.prediction import (
     DEFAULT_CALIBRATION,
     FIT_AGES_S,
@@ -65,6 +74,7 @@ from graphs.prediction import (
     forecast_given_selection,
 )
 from graphs.seismic import N_STAR, predict_at
+from graphs.tideh import predict_tideh
 from streams import boosting
 from streams.policy import AlertPolicy, PredictionRule
 
@@ -135,6 +145,9 @@ class CascadeData:
     posts: tuple[Post, ...]
     horizon_s: float
     source: str
+    #: When the original was posted, in days (the ``twitter`` format's first line; its
+    #: fraction is the time of day TiDeH's daily cycle needs). None: not known.
+    start_day: float | None = None
 
     @property
     def final(self) -> int:
@@ -329,8 +342,8 @@ def read_twitter(
     Examples
     --------
     >>> c = read_twitter("2 0.5\\n0 900\\n12 40\\n30.5 7\\n", "RT1").cascades[0]
-    >>> c.name, c.final, c.posts[2].t_s, c.posts[0].followers
-    ('RT1', 2, 30.5, 900)
+    >>> c.name, c.final, c.posts[2].t_s, c.posts[0].followers, c.start_day
+    ('RT1', 2, 30.5, 900, 0.5)
     >>> for r in read_twitter("3 0.5\\n0 900\\n12 forty\\n", "RT2", source="d/RT2.txt").rejected:
     ...     print(r)
     d/RT2.txt:3: followers must be a whole number >= 0, got 'forty'
@@ -341,13 +354,14 @@ def read_twitter(
     rejected: list[Rejected] = []
     posts: list[Post] = []
     declared: int | None = None
+    start_day = 0.0
     for n, raw in _lines(text):
         fields = raw.split()
         if not fields:
             continue
         try:
             if declared is None:
-                declared = _twitter_head(fields)
+                declared, start_day = _twitter_head(fields)
                 continue
             posts.append(_twitter_row(fields, original=not posts))
         except ValueError as exc:
@@ -364,7 +378,7 @@ def read_twitter(
     if why is not None:
         return ReadResult((), (*rejected, Rejected(where, 0, f"cascade refused: {why}")))
     ordered = (posts[0], *sorted(posts[1:], key=lambda p: p.t_s))
-    return ReadResult((CascadeData(name, ordered, horizon, where),), ())
+    return ReadResult((CascadeData(name, ordered, horizon, where, start_day),), ())
 
 
 def _whole(text: str) -> bool:
@@ -372,12 +386,13 @@ def _whole(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _twitter_head(fields: list[str]) -> int:
-    if len(fields) != 2 or not _whole(fields[0]) or _number(fields[1]) is None:
+def _twitter_head(fields: list[str]) -> tuple[int, float]:
+    day = _number(fields[1]) if len(fields) == 2 else None
+    if len(fields) != 2 or not _whole(fields[0]) or day is None:
         raise ValueError(
             f"the first line must be '<number of retweets> <start day>', got {' '.join(fields)!r}"
         )
-    return int(fields[0])
+    return int(fields[0]), day
 
 
 def _twitter_row(fields: list[str], *, original: bool) -> Post:
@@ -440,18 +455,32 @@ def read_path(path: Path, fmt: str = "auto", *, horizon_s: float | None = None) 
 #: production forecast (fitted allowing for the training data's selection).
 #: ``best|sel`` is the same model *given* the selection (the final size is at
 #: least the data set's smallest cascade: 2,002 for the Twitter data), which
-#: a worker cannot know. ``gbm`` and ``gbm+hawkes`` are gradient boosting on
-#: early-growth features, without and with the Hawkes figures
-#: (:mod:`streams.boosting`; they learn the selection; rows only when
+#: a worker cannot know. ``rich`` and ``rich|sel``: the same with Cheng et
+#: al.'s early-growth inputs too (:data:`graphs.growth.RICH_GROWTH`).
+#: ``sized|sel``: the same truncated law with the size itself among its
+#: inputs (``log1p(observed)``, its square and products), fitted at the
+#: observation times, given the selection: the size terms fit
+#: the selected sample's law better, but before the selection they are
+#: identified for small clusters only by the normal tail (the law promises
+#: thousands to a cluster of 5), so it is a row, not a forecast. ``gbm`` and
+#: ``gbm+hawkes`` are gradient boosting on early-growth features, without and
+#: with the Hawkes figures (:mod:`streams.boosting`; they learn the selection; rows only when
 #: scikit-learn is installed). ``log-linear`` is Szabo and Huberman's ``log
 #: final = log observed + c(t)``; ``floor`` predicts ``max(observed, v(t))``
 #: with ``v`` the one number that fits the training cascades best: it knows
 #: nothing of the cascade, only what sizes the data set holds, and shows how
-#: much of a score the data's selection alone gives.
+#: much of a score the data's selection alone gives. ``tideh``: Kobayashi and
+#: Lambiotte's time-dependent Hawkes process with the paper's parameters, fitted
+#: on each cascade's own history (:mod:`graphs.tideh`; out of fold by
+#: construction).
 ROW_MODELS: tuple[str, ...] = (
     "seismic",
+    "tideh",
     "best",
+    "rich",
     "best|sel",
+    "rich|sel",
+    "sized|sel",
     "gbm",
     "gbm+hawkes",
     "amplified",
@@ -460,9 +489,25 @@ ROW_MODELS: tuple[str, ...] = (
     "observed",
 )
 #: Models that condition on the data set's selection (they may not be shipped).
-GIVEN_SELECTION: tuple[str, ...] = ("best|sel", "gbm", "gbm+hawkes", "floor")
+GIVEN_SELECTION: tuple[str, ...] = (
+    "best|sel",
+    "rich|sel",
+    "sized|sel",
+    "gbm",
+    "gbm+hawkes",
+    "floor",
+)
 #: Models whose rows carry an interval (coverage is measured for these).
-BANDED: tuple[str, ...] = ("seismic", "best", "best|sel", "amplified", "log-linear")
+BANDED: tuple[str, ...] = (
+    "seismic",
+    "best",
+    "rich",
+    "best|sel",
+    "rich|sel",
+    "sized|sel",
+    "amplified",
+    "log-linear",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,6 +591,10 @@ class Fitted:
     trained_on: frozenset[str]
     #: per row model (``gbm``, ``gbm+hawkes``) and observation time (empty without sklearn)
     boosted: dict[str, dict[float, boosting.BoostedGrowth]] = field(default_factory=dict)
+    #: the ``sized|sel`` row's law (every input, the size too), at the observation times
+    sized: GrowthModel | None = None
+    #: the ``rich`` model (None: the shipped one)
+    rich: GrowthModel | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -594,9 +643,11 @@ def _config(
     n_star: float,
     calibration: Calibration = DEFAULT_CALIBRATION,
     growth: GrowthModel = DEFAULT_GROWTH,
+    rich: GrowthModel = RICH_GROWTH,
 ) -> PredictorConfig:
     return PredictorConfig(
         growth=growth,
+        rich=rich,
         calibration=calibration,
         n_star=n_star,
         default_followers=n_star,
@@ -609,7 +660,7 @@ Feats = dict[str, dict[float, tuple[Features, int]]]
 
 def growth_samples(
     cascades: Sequence[CascadeData], feats: Feats, n_star: float
-) -> list[tuple[int, float, tuple[float, float, float], float, float]]:
+) -> list[tuple[int, float, tuple[float, ...], float, float]]:
     """The growth model's training samples: each cascade at each fit age before its horizon."""
     out = []
     for i, c in enumerate(cascades):
@@ -617,8 +668,7 @@ def growth_samples(
             if a >= c.horizon_s:
                 continue
             f, n = feats[c.name][a]
-            x = growth_inputs(n, f.offspring_horizon, f.window_reshares, f.infectiousness * n_star)
-            out.append((i, a, x, float(n), float(c.final)))
+            out.append((i, a, f.inputs(n_star), float(n), float(c.final)))
     return out
 
 
@@ -631,13 +681,15 @@ def fit_growth_on(
     seed: int = 0,
     provenance: str = "",
     selected_at: float | None = None,
+    inputs: int = SEISMIC_INPUTS,
 ) -> GrowthModel:
     """The ``best`` model fitted on ``cascades`` (features already computed).
 
     ``selected_at``: every cascade of the data set has at least this many
     reshares, by the data set's choice (default: the smallest of
     ``cascades``; a sample chosen for size is taken as chosen at its
-    smallest cascade).
+    smallest cascade). ``inputs``: how many of ``INPUTS`` it reads
+    (``SCALE_FREE_INPUTS``: the ``rich`` model).
     """
     horizon = max(c.horizon_s for c in cascades)
     return fit_growth(
@@ -648,6 +700,7 @@ def fit_growth_on(
         seed=seed,
         horizon_s=horizon,
         provenance=provenance,
+        inputs=inputs,
     )
 
 
@@ -662,6 +715,25 @@ def _fit(
 ) -> Fitted:
     """Fit every model on ``train`` and nothing else (``selected_at``: the data set's)."""
     growth = fit_growth_on(train, feats, n_star, seed=seed, selected_at=selected_at)
+    rich = fit_growth_on(
+        train, feats, n_star, seed=seed, selected_at=selected_at, inputs=SCALE_FREE_INPUTS
+    )
+    at_samples = [
+        (i, t, feats[c.name][t][0].inputs(n_star), float(feats[c.name][t][1]), float(c.final))
+        for i, c in enumerate(train)
+        for t in at
+        if t < c.horizon_s
+    ]
+    sized = None
+    if len(train) >= 8:  # the ridge keeps 16 coefficients well posed, if not telling
+        sized = fit_growth(
+            at_samples,
+            at,
+            selected_at=growth.selected_at,
+            seed=seed,
+            horizon_s=growth.horizon_s,
+            inputs=len(INPUTS),
+        )
     calibration = fit_calibration(
         [[(feats[c.name][a][0], c.final) for a in FIT_AGES_S if a <= c.horizon_s] for c in train]
     )
@@ -686,7 +758,8 @@ def _fit(
                 obs = np.array([feats[c.name][t][1] for c in train], dtype=np.float64)
                 y = np.log1p([c.final for c in train]) - np.log1p(obs)
                 trees[model][t] = boosting.BoostedGrowth(seed).fit(x, y)
-    return Fitted(growth, calibration, log_linear, floor, frozenset(c.name for c in train), trees)
+    trained_on = frozenset(c.name for c in train)
+    return Fitted(growth, calibration, log_linear, floor, trained_on, trees, sized, rich)
 
 
 def _boost_inputs(c: CascadeData, feats: Feats, t: float, n_star: float, model: str) -> list[float]:
@@ -694,10 +767,7 @@ def _boost_inputs(c: CascadeData, feats: Feats, t: float, n_star: float, model: 
     f = [n_star if p.followers is None else p.followers for p in c.posts]
     x = boosting.early_growth([p.t_s for p in c.posts], f, t)
     if model == "gbm+hawkes":
-        feat, n = feats[c.name][t]
-        x += growth_inputs(
-            n, feat.offspring_horizon, feat.window_reshares, feat.infectiousness * n_star
-        )
+        x += feats[c.name][t][0].inputs(n_star)[:3]
     return x
 
 
@@ -774,16 +844,21 @@ def evaluate(
         fit = fitted.get(fold_of[c.name])
         if fit is not None and c.name in fit.trained_on:
             raise ValueError(f"cascade {c.name} would be predicted by parameters fitted on it")
-        cfg = _config(c, n_star) if fit is None else _config(c, n_star, fit.calibration, fit.growth)
+        cfg = _config(c, n_star)
+        if fit is not None:
+            cfg = _config(c, n_star, fit.calibration, fit.growth, fit.rich or RICH_GROWTH)
         times_ = np.array([p.t_s for p in c.posts])
         followers = np.array([n_star if p.followers is None else p.followers for p in c.posts])
+        day_h = 24.0 * (c.start_day % 1.0) if c.start_day is not None else 0.0
         for t in at:
             s = predict_at(times_, followers, t, n_star=n_star)
             feat, n = feats[c.name][t]
             q = feat.infectiousness
+            td = predict_tideh(times_, followers, t, c.horizon_s, start_h=day_h).size
             out = [
                 ("seismic", s.infectiousness, s.predicted, s.low, s.high),
-                *((m, q, *forecast(feat, m, cfg)[:3]) for m in ("best", "amplified")),
+                ("tideh", q, td, td, td),
+                *((m, q, *forecast(feat, m, cfg)[:3]) for m in ("best", "rich", "amplified")),
                 ("observed", q, float(n), float(n), float(n)),
             ]
             if fit is not None:
@@ -807,6 +882,11 @@ def evaluate(
             sel = cfg.growth.selected_at
             if 0 < sel <= smallest:  # the data evaluated were selected as the training data
                 out.append(("best|sel", q, *forecast_given_selection(feat, cfg, sel)[:3]))
+                rich_sel = forecast_given_selection(feat, cfg, sel, "rich")
+                out.append(("rich|sel", q, *rich_sel[:3]))
+                if fit is not None and fit.sized is not None:
+                    sized = replace(cfg, growth=fit.sized)
+                    out.append(("sized|sel", q, *forecast_given_selection(feat, sized, sel)[:3]))
             rows += [
                 Row(c.name, t, s.observed if m == "seismic" else n, inf, p, lo_, hi_, c.final, m)
                 for m, inf, p, lo_, hi_ in out
@@ -945,7 +1025,7 @@ def summarize(ev: Evaluation, rule: PredictionRule | None = None) -> dict[str, A
                 str(int(t)): _num(float(np.mean([r.covered for r in rows_[t]])), 3) for t in rows_
             }
     if ev.fitted and ev.split != "loo":
-        for m in ("seismic", "best"):
+        for m in ("seismic", "best", "rich"):
             out["per_fold"][m] = {
                 str(k): {
                     str(int(t)): _num(
@@ -987,10 +1067,11 @@ def render_summary(summary: dict[str, Any]) -> str:
         cov = summary["coverage"].get(m, {})
         cells = [f"{_pct(by_t[t])} | {_pct(cov[t]) if t in cov else '-':>6}" for t in times]
         lines.append(f"{m:<12}" + "".join(f"{c:>18}" for c in cells))
-    if any(m in summary["mdape"] for m in GIVEN_SELECTION[:3]):
+    if any(m in summary["mdape"] for m in GIVEN_SELECTION[:4]):
         lines.append(
-            "(best|sel, gbm, gbm+hawkes, floor: know or learn that every cascade of the data set "
-            "ends large; a worker cannot: best is the production forecast)"
+            "(best|sel, rich|sel, sized|sel, gbm, gbm+hawkes, floor: know or learn that every "
+            "cascade of the data set ends large; a worker cannot: best is the production "
+            "forecast, rich its option)"
         )
     lines.append(
         "(observed: the count so far, as if the cascade stopped"
@@ -1163,10 +1244,16 @@ def fit_model(
     folds: int = 10,
     seed: int = 0,
     provenance: str = "",
+    inputs: int = SEISMIC_INPUTS,
 ) -> GrowthModel:
-    """The ``best`` model fitted on all ``cascades`` (how ``DEFAULT_GROWTH`` was made)."""
+    """``best`` (or with ``inputs=SCALE_FREE_INPUTS``, ``rich``) fitted on all ``cascades``.
+
+    How ``DEFAULT_GROWTH`` and ``RICH_GROWTH`` were made.
+    """
     feats: Feats = {}
     for c in cascades:
         ages = [a for a in GROWTH_AGES_S if a < c.horizon_s]
         feats[c.name] = cascade_features(c, ages, _config(c, n_star))
-    return fit_growth_on(cascades, feats, n_star, folds=folds, seed=seed, provenance=provenance)
+    return fit_growth_on(
+        cascades, feats, n_star, folds=folds, seed=seed, provenance=provenance, inputs=inputs
+    )

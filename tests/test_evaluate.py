@@ -259,7 +259,7 @@ def test_evaluation_rows_and_summary() -> None:
     cascades += [toy(f"d{i}", 20 + 9 * i, 45.0 + 5 * i) for i in range(8)]
     ev = evaluate(cascades, (3600.0, 7200.0), split="loo", step_s=1800.0, boosted=False)
     # every model but the boosted ones (left out: they would take most of the time)
-    assert len(ev.rows) == len(cascades) * 2 * 7
+    assert len(ev.rows) == len(cascades) * 2 * 11
     for r in ev.rows:
         d = r.to_dict()
         assert set(d) == {
@@ -278,9 +278,16 @@ def test_evaluation_rows_and_summary() -> None:
     assert "a" not in ev.fitted[ev.fold_of["a"]].trained_on
     s = summarize(ev, PredictionRule("critical", size=150, low=100, min_observed=1))
     assert set(s["mdape"]) == {
-        "seismic", "best", "best|sel", "amplified", "log-linear", "floor", "observed"
+        "seismic", "tideh", "best", "rich", "best|sel", "rich|sel", "sized|sel",
+        "amplified", "log-linear", "floor", "observed",
     }  # fmt: skip
-    assert set(s["coverage"]) == {"seismic", "best", "best|sel", "amplified", "log-linear"}
+    assert set(s["coverage"]) == {
+        "seismic", "best", "rich", "best|sel", "rich|sel", "sized|sel", "amplified",
+        "log-linear",
+    }  # fmt: skip
+    # the sized law is fitted at the observation times, on the same training cascades
+    assert ev.fitted[ev.fold_of["a"]].sized is not None
+    assert ev.fitted[ev.fold_of["a"]].sized.ages_s == (3600.0, 7200.0)
     assert s["alert"]["best"]["large"] == 1
     orjson.dumps(s)
 

@@ -8,7 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graphs.growth import DEFAULT_GROWTH, GrowthModel, fit_growth, growth_inputs, kfold
+from graphs.growth import (
+    DEFAULT_GROWTH,
+    INPUTS,
+    RECENT_WINDOWS_S,
+    RICH_GROWTH,
+    SCALE_FREE_INPUTS,
+    GrowthModel,
+    fit_growth,
+    growth_inputs,
+    kfold,
+)
 from graphs.prediction import (
     DEFAULT_CONFIG,
     IncrementalPredictor,
@@ -37,7 +47,7 @@ def synthetic(seed: int, n: int = 3000, scale: float = 900.0) -> tuple[np.ndarra
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_incremental_best_forecast_equals_the_batch_one(seed: int) -> None:
+def test_incremental_best_and_rich_forecasts_equal_the_batch_ones(seed: int) -> None:
     times, followers = synthetic(seed)
     at = [300.0, 900.0, 1800.0, 3600.0, 7200.0, 21_600.0, 86_400.0, 3 * 86_400.0, 6.9 * 86_400.0]
     pred = IncrementalPredictor(DEFAULT_CONFIG)
@@ -53,9 +63,15 @@ def test_incremental_best_forecast_equals_the_batch_one(seed: int) -> None:
         assert abs(inc.window_reshares - batch.window_reshares) <= 1, t
         for name in ("infectiousness", "offspring", "offspring_horizon"):
             assert getattr(inc, name) == pytest.approx(getattr(batch, name), rel=1e-3), (t, name)
-        a, b = forecast(inc, "best", DEFAULT_CONFIG), forecast(batch, "best", DEFAULT_CONFIG)
-        for x, y in zip(a, b, strict=True):
-            assert x == pytest.approx(y, rel=1e-3), t
+        # the early-growth figures are kept exactly (counts in whole buckets, sums, a max)
+        assert inc.recent == batch.recent and len(inc.recent) == len(RECENT_WINDOWS_S), t
+        assert inc.since_last_s == batch.since_last_s, t
+        assert inc.followers_seen == pytest.approx(batch.followers_seen, rel=1e-12), t
+        assert inc.original_followers == batch.original_followers == followers[0]
+        for model in ("best", "rich"):
+            a, b = forecast(inc, model, DEFAULT_CONFIG), forecast(batch, model, DEFAULT_CONFIG)
+            for x, y in zip(a, b, strict=True):
+                assert x == pytest.approx(y, rel=1e-3), (t, model)
         assert pred.buckets < 1000  # the state holds buckets, not posts
 
 
@@ -68,6 +84,20 @@ def test_best_is_never_below_what_is_seen_and_is_ordered() -> None:
     # past the horizon there is nothing more to come
     late = forecast(features_from_history(times, followers, 8 * 86_400.0), "best", DEFAULT_CONFIG)
     assert late.size == late.low == late.high == np.count_nonzero(times <= 8 * 86_400.0) - 1
+
+
+@pytest.mark.parametrize("model", ["best", "rich"])
+def test_shipped_models_do_not_promise_thousands_to_a_small_cluster(model: str) -> None:
+    # fitted on cascades that all reached 2,002; a cluster of 5 to 50 reshares at any
+    # age is still forecast to stay in the hundreds (the truncated fit's whole point)
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        for n in (5, 20, 50):
+            for age in (600.0, 3600.0, 7200.0, 21_600.0):
+                t = np.concatenate([[0.0], np.sort(rng.uniform(0, age, n))])
+                d = np.rint(rng.lognormal(4.5, 1.5, n + 1))
+                f = forecast(features_from_history(t, d, age), model, DEFAULT_CONFIG)  # type: ignore[arg-type]
+                assert n <= f.size < 1000 and f.high < 2002, (seed, n, age, f)
 
 
 # -- folds ----------------------------------------------------------------------------
@@ -151,7 +181,8 @@ def selected_population(seed: int, at_least: float = 2002.0) -> list[tuple]:  # 
         final = (obs + 1.0) * math.exp(y) - 1.0
         if final < at_least:
             continue  # not in the data set
-        rows += [(c, age, x, obs, final) for age in (3600.0, 7200.0)]
+        padded = (*x, *(0.0,) * (len(INPUTS) - len(x)))  # the other inputs say nothing here
+        rows += [(c, age, padded, obs, final) for age in (3600.0, 7200.0)]
         c += 1
     return rows
 
@@ -160,7 +191,8 @@ def test_truncated_fit_recovers_the_law_before_the_selection() -> None:
     rows = selected_population(11)
     truth = (0.3, 0.8, 0.5, 0.05)
     m = fit_growth(rows, (3600.0, 7200.0), selected_at=2002.0, seed=1)
-    np.testing.assert_allclose(m.coef[0], truth, atol=0.15)
+    np.testing.assert_allclose(m.coef[0][:4], truth, atol=0.15)
+    np.testing.assert_allclose(m.coef[0][4:], 0.0, atol=0.15)
     assert m.sigma[0] == pytest.approx(0.6, abs=0.08)
     # a fit that ignores the selection learns that small cascades grow a lot
     plain = fit_growth(rows, (3600.0, 7200.0), seed=1)
@@ -185,25 +217,49 @@ def test_production_forecast_is_lower_than_the_selected_one_for_small_clusters()
 
 
 def test_growth_model_refuses_nonsense() -> None:
+    zero = (0.0,) * (len(INPUTS) + 1)
     with pytest.raises(ValueError):
-        GrowthModel((3600.0, 1800.0), ((0, 0, 0, 0),) * 2, (1, 1), (0.1, 0.1), (0.9, 0.9))
-    with pytest.raises(ValueError):
-        GrowthModel((3600.0,), ((0, 0),), (1,), (0.1,), (0.9,))
+        GrowthModel((3600.0, 1800.0), (zero,) * 2, (1, 1), (0.1, 0.1), (0.9, 0.9))
+    with pytest.raises(ValueError, match="same 2 to 16 numbers"):
+        GrowthModel((3600.0,), ((0,),), (1,), (0.1,), (0.9,))
+    with pytest.raises(ValueError, match="same 2 to 16 numbers"):
+        GrowthModel((1.0, 2.0), ((0, 0), (0, 0, 0)), (1, 1), (0.1, 0.1), (0.9, 0.9))
     with pytest.raises(ValueError, match="sigma"):
-        GrowthModel((3600.0,), ((0, 0, 0, 0),), (0,), (0.1,), (0.9,))
+        GrowthModel((3600.0,), (zero,), (0,), (0.1,), (0.9,))
     with pytest.raises(ValueError, match="p_low"):
-        GrowthModel((3600.0,), ((0, 0, 0, 0),), (1,), (0.6,), (0.9,))
+        GrowthModel((3600.0,), (zero,), (1,), (0.6,), (0.9,))
     with pytest.raises(ValueError):
         fit_growth([], (3600.0,))
     with pytest.raises(ValueError, match="not on the grid"):
-        fit_growth([(0, 1000.0, (0.0, 0.0, 0.0), 1.0, 2.0)] * 20, (3600.0,))
+        fit_growth([(0, 1000.0, zero[1:], 1.0, 2.0)] * 40, (3600.0,))
 
 
-def test_growth_inputs_are_scale_free() -> None:
-    # ten times the cascade, ten times everything: the same inputs
-    assert growth_inputs(999, 500.0, 200.0, 0.4) == pytest.approx(
-        growth_inputs(9999, 5000.0 + 4.5, 2000.0 + 1.8, 0.4), rel=1e-3
+def test_growth_inputs_are_scale_free_but_the_size_itself() -> None:
+    # ten times the cascade, ten times everything: the same inputs, but for the size terms
+    small = growth_inputs(999, 500.0, 200.0, 0.4, (99, 199, 399, 699, 999), 30.0, 9e4, 500.0)
+    big = growth_inputs(
+        9999, 5004.5, 2001.8, 0.4, (999.9, 1999.9, 3999.9, 6999.9, 9999), 30.0, 9e5, 500.0
     )
+    assert small[:11] == pytest.approx(big[:11], rel=1e-3, abs=1e-4)
+    assert small[11] == pytest.approx(math.log(1000)) and big[11] == pytest.approx(math.log(10_000))
+    assert len(small) == len(INPUTS)
+    # windows not given read as holding the whole cascade
+    assert growth_inputs(99, 1.0, 1.0, 0.1)[3:8] == (0.0,) * len(RECENT_WINDOWS_S)
+
+
+def test_early_growth_figures_of_a_known_cascade() -> None:
+    # the original at 0 (800 followers), reshares at 100 s, 3,000 s, 3,595 s and 3,598 s
+    times = np.array([0.0, 100.0, 3000.0, 3595.0, 3598.0])
+    followers = np.array([800.0, 10.0, 20.0, 30.0, 40.0])
+    f = features_from_history(times, followers, 3600.0)
+    # windows of 5 min, 15 min, 30 min, 1 h, 2 h, back to the start of their 10-s bucket
+    assert f.recent == (2.0, 3.0, 3.0, 4.0, 4.0)
+    assert (f.since_last_s, f.followers_seen, f.original_followers) == (2.0, 100.0, 800.0)
+    pred = IncrementalPredictor()
+    for t, d in zip(times[::-1], followers[::-1], strict=True):  # arrival order reversed
+        pred.add(float(t), float(d), original=t == 0.0)
+    inc = pred.features(3600.0)
+    assert (inc.recent, inc.since_last_s, inc.followers_seen) == (f.recent, 2.0, 100.0)
 
 
 @needs_twitter
@@ -222,3 +278,10 @@ def test_shipped_model_is_what_the_twitter_data_give() -> None:
     assert fitted.selected_at == DEFAULT_GROWTH.selected_at == 2002
     assert "638 Twitter retweet cascades" in DEFAULT_GROWTH.provenance
     assert PredictorConfig().growth is DEFAULT_GROWTH
+    rich = ev.fit_model(res.cascades, inputs=SCALE_FREE_INPUTS)
+    assert len(rich.coef[0]) == SCALE_FREE_INPUTS + 1 == len(RICH_GROWTH.coef[0])
+    np.testing.assert_allclose(rich.coef, RICH_GROWTH.coef, atol=1e-4)
+    np.testing.assert_allclose(rich.sigma, RICH_GROWTH.sigma, atol=1e-4)
+    np.testing.assert_allclose(rich.p_low, RICH_GROWTH.p_low, atol=2e-3)
+    np.testing.assert_allclose(rich.p_high, RICH_GROWTH.p_high, atol=2e-3)
+    assert PredictorConfig().rich is RICH_GROWTH
