@@ -19,7 +19,9 @@ newcomer is refused with ``orphan_overflow``), and a chain of held reshares
 that loops back on itself is refused as a ``cycle``.
 
 The post -> cluster map is any ``MutableMapping``: a dict in ``replay``, a
-changelogged table in the streaming worker.
+changelogged table in the streaming worker. The held events are kept by the
+compiled core (``_core.Orphans``: what waits for which post, the loop check,
+the limit and expiry), which holds references to them and no copy.
 
 >>> from streams.banks import HashBanks, BankEntry
 >>> from streams.events import parse_event
@@ -43,6 +45,7 @@ import heapq
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 
+from streams._core import Orphans
 from streams.alerts import MatchInfo
 from streams.banks import HashBanks, Match, MatchKey, match_key, pdq_usable
 from streams.emerging import EmergingClusters, IndexRequests, allowed_cluster_id
@@ -110,17 +113,14 @@ class Router:
         )
         self.hold_ms = hold_ms
         self.max_held = max_held
-        # parent (or target) post id -> events waiting for it
-        self._waiting: dict[str, list[ShareEvent]] = {}
-        # post id of a held reshare -> its parent, to find loops among held reshares
-        self._held_parent: dict[str, str] = {}
-        self._held = 0
+        #: events waiting for their parent (or target) post
+        self._orphans = Orphans()
         # answers of the last prefetch (see :meth:`prefetch`), by match key
         self._prefetched: dict[MatchKey, Match | None] = {}
 
     @property
     def held(self) -> int:
-        return self._held
+        return len(self._orphans)
 
     def prefetch(self, contents: Sequence[Content]) -> None:
         """Match a batch of uploads in one index search; :meth:`match` then uses the answers.
@@ -212,77 +212,48 @@ class Router:
             post = routed.event.post_id
             if post not in self.post_clusters:
                 self.post_clusters[post] = routed.cluster_id
-            self._held_parent.pop(post, None)
-            for child in self._waiting.pop(post, ()):
-                self._held -= 1
+            for child in self._orphans.release(post):
                 released = Routed(child, routed.cluster_id)
                 if routed.cluster_id[0] == "u":
                     self.touch(routed.cluster_id, child.ts_ms)
                 out.append(released)
                 if child.type != "takedown":
                     stack.append(released)
-        self.stats.orphans_held = self._held
+        self.stats.orphans_held = len(self._orphans)
 
     def _hold(self, target: str, event: ShareEvent) -> list[Routed | Rejection]:
-        if event.type == "share":
-            walk, seen = target, 0
-            while walk in self._held_parent and seen <= self._held:
-                walk = self._held_parent[walk]
-                seen += 1
-                if walk == event.post_id:
-                    return [
-                        Rejection(
-                            "cycle",
-                            f"reshare chain loops through post {target!r}",
-                            event.to_json(),
-                            event.event_id,
-                        )
-                    ]
-        if self._held >= self.max_held:
-            return [
-                Rejection(
-                    "orphan_overflow",
-                    f"{self._held} events already wait for their parents",
-                    event.to_json(),
-                    event.event_id,
-                )
-            ]
-        self._waiting.setdefault(target, []).append(event)
-        if event.type == "share":
-            self._held_parent[event.post_id] = target
-        self._held += 1
+        share = event.type == "share"
+        refused = self._orphans.hold(
+            target, event.post_id, share, event.ts_ms, event, self.max_held
+        )
+        if refused is not None:
+            reason, held = refused
+            detail = (
+                f"reshare chain loops through post {target!r}"
+                if reason == "cycle"
+                else f"{held} events already wait for their parents"
+            )
+            return [Rejection(reason, detail, event.to_json(), event.event_id)]
         self.stats.held += 1
-        self.stats.orphans_held = self._held
+        self.stats.orphans_held = len(self._orphans)
         return []
 
     def expire(self, watermark_ms: int) -> list[Rejection]:
         """Give up on held events that event time has passed by ``hold_ms``."""
         self.emerging.expire(watermark_ms)
         out: list[Rejection] = []
-        cut = watermark_ms - self.hold_ms
-        for target in list(self._waiting):
-            waiting = self._waiting[target]
-            keep = [e for e in waiting if e.ts_ms > cut]
-            if len(keep) == len(waiting):
-                continue
-            for e in waiting:
-                if e.ts_ms <= cut:
-                    self._held -= 1
-                    self._held_parent.pop(e.post_id, None)
-                    out.append(
-                        Rejection(
-                            "orphan_expired",
-                            f"{e.type} waited {self.hold_ms // 1000}s of event time for post "
-                            f"{target!r}, which never came",
-                            e.to_json(),
-                            e.event_id,
-                        )
-                    )
-            if keep:
-                self._waiting[target] = keep
-            else:
-                del self._waiting[target]
-        self.stats.orphans_held = self._held
+        for e in self._orphans.expire(watermark_ms - self.hold_ms):
+            target = e.parent_post_id if e.type == "share" else e.post_id
+            out.append(
+                Rejection(
+                    "orphan_expired",
+                    f"{e.type} waited {self.hold_ms // 1000}s of event time for post "
+                    f"{target!r}, which never came",
+                    e.to_json(),
+                    e.event_id,
+                )
+            )
+        self.stats.orphans_held = len(self._orphans)
         return out
 
     def forget(self, post_ids: list[str]) -> None:

@@ -6,12 +6,14 @@
 //!   of `streams.events`, in the same order);
 //! - [`json`]: reading an event's JSON by orjson's rules;
 //! - [`pdq`]: the exact index of PDQ hashes by Hamming distance;
-//! - [`dedupe`]: the event ids a cluster has applied, as keyed 128-bit hashes.
+//! - [`dedupe`]: the event ids a cluster has applied, as keyed 128-bit hashes;
+//! - [`route`]: reshares held until their parent post is routed.
 
 pub mod dedupe;
 pub mod event;
 pub mod json;
 pub mod pdq;
+pub mod route;
 
 /// The crate's version, so Python can tell which build it imported.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

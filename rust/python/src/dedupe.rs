@@ -8,7 +8,7 @@ use viralwatch_core::dedupe::EventIdSet;
 
 /// An id's bytes: its UTF-8 (an id holding a lone surrogate, which no parsed event has,
 /// is hashed as ``surrogatepass`` writes it, so any ``str`` is an id).
-fn with_id<R>(id: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+pub(crate) fn with_id<R>(id: &Bound<'_, PyAny>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
     let text = id
         .cast::<PyString>()
         .map_err(|_| PyTypeError::new_err("an event id is a str"))?;

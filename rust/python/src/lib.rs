@@ -14,6 +14,7 @@ use viralwatch_core::event::{self, Event, Judge, Kind};
 mod alloc;
 mod dedupe;
 mod pdq;
+mod route;
 
 #[global_allocator]
 static HEAP: alloc::Counting = alloc::Counting;
@@ -262,6 +263,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add_function(wrap_pyfunction!(allocated_bytes, m)?)?;
     m.add_class::<dedupe::EventIds>()?;
+    m.add_class::<route::Orphans>()?;
     m.add("MAX_EVENT_BYTES", event::MAX_EVENT_BYTES)?;
     m.add("MAX_ID_LEN", event::MAX_ID_LEN)?;
     m.add("TS_MIN_MS", event::TS_MIN_MS)?;
