@@ -221,6 +221,9 @@ class ClusterState:
     takedown_severity: Severity | None = None
     takedown_alert: str = ""
     emerging: bool = False
+    #: unbanked: when each severity's rule was first met (the review queue: a dismissed
+    #: cluster comes back once it meets a rule higher than any it had met by then)
+    emerging_met: dict[str, int] | None = None
     predictor: Predictor | None = None
     prediction: Prediction | None = None
     predicted_at_ms: int = -1
@@ -542,6 +545,10 @@ class Detector:
         if st.allowed:  # a reviewer's false positive: neither an alert nor the review queue
             return
         if not st.banked:
+            if st.emerging_met is None:
+                st.emerging_met = {}
+            for sev, _ in met:
+                st.emerging_met.setdefault(sev, now)
             if not st.emerging:
                 st.emerging = True
                 self.stats.emerging += 1

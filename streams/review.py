@@ -246,8 +246,10 @@ class ActionLog:
     >>> d = ReviewAction("dismiss", "bob", "a meme", 1767225600000, "u-00112233445566ff")
     >>> log.add(d), log.add(d)
     (True, False)
-    >>> [a.kind for a in log.for_cluster("u-00112233445566ff")], log.dismissed("u-00112233445566ff")
-    (['dismiss'], True)
+    >>> [a.kind for a in log.for_cluster("u-00112233445566ff")]
+    ['dismiss']
+    >>> log.dismissed_at("u-00112233445566ff"), log.dismissed_at("u-0")
+    (1767225600000, None)
     """
 
     def __init__(self, max_clusters: int = 100_000) -> None:
@@ -278,9 +280,10 @@ class ActionLog:
         """The actions on ``cluster_id``, oldest first."""
         return list(self._by_cluster.get(cluster_id, ()))
 
-    def dismissed(self, cluster_id: str) -> bool:
-        """Whether a reviewer dismissed this (emerging) cluster."""
-        return any(a.kind == "dismiss" for a in self._by_cluster.get(cluster_id, ()))
+    def dismissed_at(self, cluster_id: str) -> int | None:
+        """When a reviewer last dismissed this (emerging) cluster (event time), if ever."""
+        times = [a.ts_ms for a in self._by_cluster.get(cluster_id, ()) if a.kind == "dismiss"]
+        return max(times) if times else None
 
     def __len__(self) -> int:
         return len(self._seen)

@@ -37,7 +37,7 @@ from typing import Any, Final
 
 from graphs.cascade import Cascade
 from graphs.velocity import WINDOWS_MS
-from streams.alerts import rfc3339
+from streams.alerts import rfc3339, severity_rank
 from streams.banks import HashBanks
 from streams.detector import Detector
 
@@ -107,20 +107,40 @@ def cluster_hashes(detector: Detector, cluster_id: str) -> tuple[tuple[str, str]
     return tuple(sorted(detector.content.signals(cluster_id)))
 
 
+def back_after_dismissal(met: Mapping[str, int] | None, dismissed_ms: int) -> bool:
+    """Whether a cluster dismissed at ``dismissed_ms`` has since met a rule higher than any
+    it had met by then (``met``: severity -> when its rule was first met): it grew past what
+    the reviewer judged, so it is queued again.
+
+    >>> met = {"warning": 100, "high": 500}
+    >>> back_after_dismissal(met, 300), back_after_dismissal(met, 500)
+    (True, False)
+    >>> back_after_dismissal({"warning": 100}, 300), back_after_dismissal(None, 300)
+    (False, False)
+    """
+    if not met:
+        return False
+    judged = max((severity_rank(s) for s, t in met.items() if t <= dismissed_ms), default=-1)
+    return any(severity_rank(s) > judged for s, t in met.items() if t > dismissed_ms)
+
+
 def emerging_items(
     detector: Detector,
     now_ms: int,
-    dismissed: Callable[[str], bool] = lambda cid: False,
+    dismissed_at: Callable[[str], int | None] = lambda cid: None,
 ) -> list[EmergingItem]:
     """This detector's review queue (call on the loop that owns it), fastest first: the
-    clusters that crossed a velocity rule and are still unbanked, not on the allow-list and
-    not dismissed."""
+    clusters that crossed a velocity rule and are still unbanked, not on the allow-list, and
+    not dismissed (or dismissed, then grown past a higher rule: :func:`back_after_dismissal`)."""
     out: list[EmergingItem] = []
     seen: set[str] = set()
     for summary in detector.emerging:
         cid = summary.cluster_id
         st = detector.clusters.get(cid)
-        if cid in seen or st is None or st.banked or st.allowed or dismissed(cid):
+        if cid in seen or st is None or st.banked or st.allowed:
+            continue
+        at = dismissed_at(cid)
+        if at is not None and not back_after_dismissal(st.emerging_met, at):
             continue
         seen.add(cid)
         now = max(now_ms, st.last_ms)

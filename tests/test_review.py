@@ -148,10 +148,50 @@ def test_the_action_log_shows_a_clusters_actions_in_time_order_and_stays_bounded
     late, early = action(ts_ms=T0 + 5), action("dismiss", ts_ms=T0)
     assert log.add(late) and log.add(early) and not log.add(late)
     assert [a.kind for a in log.for_cluster(CID)] == ["dismiss", "bank"]
-    assert log.dismissed(CID) and not log.dismissed("u-ffffffffffffffff")
+    assert log.dismissed_at(CID) == T0 and log.dismissed_at("u-ffffffffffffffff") is None
     log.add(action(cluster_id="u-1111111111111111"))
     log.add(action(cluster_id="u-2222222222222222"))
     assert log.for_cluster(CID) == [] and len(log) == 2
+
+
+def test_a_dismissed_cluster_comes_back_only_past_a_higher_rule() -> None:
+    """Dismissed once it met ``warning`` (25 shares in 5 min), it stays off the queue while it
+    spreads at that pace, and comes back once it meets ``high`` (100 in 5 min)."""
+    from streams.alerts import Pseudonymizer
+    from streams.detector import Detector
+    from streams.events import ShareEvent
+    from streams.policy import AlertPolicy
+    from streams.review_queue import emerging_items
+    from streams.router import Routed
+    from streams.stats import Stats
+
+    det = Detector(AlertPolicy.default(), Stats(), pseudonymizer=Pseudonymizer(b"k"))
+    up = ShareEvent("e0", "upload", T0, "p0", "alice", content=Content(md5="a" * 32))
+    det.apply(Routed(up, CID))
+    n, t = 0, T0
+
+    def shares(count: int, every_ms: int) -> int:
+        """``count`` reshares of the upload, one every ``every_ms``; the last one's time."""
+        nonlocal n, t
+        for _ in range(count):
+            n, t = n + 1, t + every_ms
+            det.apply(Routed(ShareEvent(f"e{n}", "share", t, f"p{n}", "u", "p0"), CID))
+        return t
+
+    def queued(at: int | None) -> list[str]:
+        return [i.cluster_id for i in emerging_items(det, T0, lambda cid: at)]
+
+    last = shares(30, 5_000)  # 30 in 2.5 min: warning's rule
+    assert queued(None) == [CID]
+    log = ActionLog()
+    log.add(action("dismiss", ts_ms=last, signals=()))
+    assert queued(log.dismissed_at(CID)) == []
+    last = shares(40, 6_000)  # the same pace, for 4 more minutes: still judged
+    assert queued(log.dismissed_at(CID)) == []
+    last = shares(120, 1_000)  # 120 in 2 min: high's rule, met after the dismissal
+    assert queued(log.dismissed_at(CID)) == [CID]
+    log.add(action("dismiss", ts_ms=last, signals=()))  # dismissed again, at high: off
+    assert queued(log.dismissed_at(CID)) == []
 
 
 # ---------------------------------------------------------------- the allow-list

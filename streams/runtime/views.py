@@ -8,7 +8,7 @@ Paths (every one needs a token, see :mod:`streams.access`; ``/metrics``,
     GET  /cascade/<cluster>/graph.json     viewer    node-link JSON (NetworkX)
     GET  /cascade/<cluster>/graph.graphml  viewer    GraphML (NetworkX's writer)
     POST /cascade/<cluster>/bank           reviewer  bank its hashes (bank=internal, reason)
-    POST /cascade/<cluster>/dismiss        reviewer  not harmful: off the review queue
+    POST /cascade/<cluster>/dismiss        reviewer  not harmful: off the queue (till a higher rule)
     POST /cascade/<cluster>/false-positive reviewer  allow-list its hashes: no more alerts
     POST /cascade/<cluster>/reverse-false-positive   reviewer: off the allow-list again
     GET  /emerging                         viewer    the review queue of every worker
@@ -562,7 +562,7 @@ class Views:
             items += emerging_items(
                 part.detector,
                 0 if wm == NO_TIME else wm,
-                self.actions.dismissed,
+                self.actions.dismissed_at,
             )
         return items
 
