@@ -97,3 +97,84 @@ def test_operators_add_withdraw_and_list_bank_entries_through_the_bank_topic(
     assert sorted(kinds) == ["bank", "withdraw"]
     bad = cli("add", "z" * 64, "--by", "ops", *where)
     assert bad.returncode != 0 and "hex" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_readiness_waits_for_the_bank_topic_and_the_bank_metrics_follow_it(
+    broker: KafkaBroker,
+) -> None:
+    """A worker's bank follower on Apache Kafka: the ``banks`` readiness condition (what
+    ``/readyz`` says) turns ready only once every update already on the bank topic is applied
+    (300 entries, a record that is not an update dead-lettered on the way); the bank size and
+    last-update metrics show them; the audit topic's actions are kept for the clusters' pages;
+    an update written afterwards is applied as it comes."""
+    import asyncio
+    import time
+
+    from prometheus_client import CollectorRegistry
+
+    from streams.banks import BankEntry, HashBanks
+    from streams.metrics import PipelineMetrics
+    from streams.runtime.bank_follower import BankFollower
+    from streams.runtime.produce import make_producer
+    from streams.stages import DeadLetter
+    from streams.stats import Stats
+    from streams.web import Health
+
+    prefix, app = names()
+    settings = settings_for(broker, prefix, app)
+    create_topics(settings)
+    producer = make_producer(settings, linger_ms=5)
+    for i in range(300):
+        key, value = BankUpdate("add", BankEntry("partner", "pdq", f"{i:064x}")).record()
+        producer.send(settings.topic("bank"), key=key, value=value)
+        if i == 150:
+            producer.send(settings.topic("bank"), key=b"junk", value=b"{not an update")
+    producer.flush()
+    dismissal = ReviewAction("dismiss", "bob", "a meme", 1_767_225_600_000, "u-00112233445566ff")
+    publish_action(dismissal, settings)  # (the audit topic: what a cluster's page shows)
+
+    banks, stats = HashBanks(), Stats()
+    registry = CollectorRegistry()
+    PipelineMetrics(registry, stats)
+    seen_at_ready: list[int] = []
+
+    class Watched(Health):
+        def set(self, name: str, ok: bool, reason: str = "") -> None:
+            if name == "banks" and ok and not seen_at_ready:
+                seen_at_ready.append(len(banks))
+            super().set(name, ok, reason)
+
+    health = Watched(["banks"])
+    dead: list[DeadLetter] = []
+    follower = BankFollower(settings, banks, stats, health, deadletter=dead.extend)
+
+    async def follow() -> None:
+        task = asyncio.create_task(follower.run())
+        try:
+            deadline = time.monotonic() + 60
+            while not health.ready()[0]:
+                assert time.monotonic() < deadline, f"never ready: {health.ready()}"
+                assert not task.done(), task
+                await asyncio.sleep(0.05)
+            assert seen_at_ready == [300]  # ready only with everything there was applied
+            get = registry.get_sample_value
+            assert get("viralwatch_bank_entries", {"bank": "partner"}) == 300
+            updated = get("viralwatch_bank_last_update_timestamp_seconds", {})
+            assert updated is not None and updated > time.time() - 120
+            assert [d.rejection.reason for d in dead] == ["bad_bank_update"]
+            assert follower.actions.for_cluster(dismissal.cluster_id or "") == [dismissal]
+            key, value = BankUpdate("withdraw", BankEntry("partner", "pdq", f"{7:064x}")).record()
+            await asyncio.to_thread(
+                lambda: producer.send(settings.topic("bank"), key=key, value=value).get(30)
+            )
+            while get("viralwatch_bank_entries", {"bank": "partner"}) != 299:
+                assert time.monotonic() < deadline + 30, "the withdrawal never came"
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    try:
+        asyncio.run(follow())
+    finally:
+        producer.close()
