@@ -229,6 +229,10 @@ def test_the_cascade_page_is_html_with_the_tree_and_nothing_from_outside(
     page = body.decode()
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert '<svg id="tree"' in page and "Velocity over time" in page
+    # the upload drawn as a root, the one taken-down post (p1) marked: one dot each
+    assert page.count('<path class="root" d="M') == 1 and page.count('<path class="down" d="M') == 1
+    down = page.split('<path class="down" d="')[1].split('"')[0]
+    assert down.count("M") == 1
     assert "http://" not in page.replace(a.views.url, "") and "https://" not in page
     nonce = headers["Content-Security-Policy"].split("'nonce-")[1].split("'")[0]
     assert f'<script nonce="{nonce}">' in page  # the owner's nonce, passed back
