@@ -346,6 +346,15 @@ def test_bad_input_gets_a_clear_4xx_never_a_500(two: tuple[Served, Served]) -> N
         ("POST", f"/cascade/{UNBANKED}/bank", b"{not json", as_json, 400),
         ("POST", f"/cascade/{UNBANKED}/bank", b"x" * 20_000, form, 413),
         ("POST", f"/cascade/{UNBANKED}/bank", b"<x/>", {"Content-Type": "text/xml"}, 400),
+        ("GET", "/cascade/u-" + "0" * 5000, b"", {}, 400),
+        # the other paths too
+        ("POST", "/emerging", b"", {}, 405),
+        ("DELETE", "/banks", b"", {}, 405),
+        ("PUT", "/", b"", {}, 405),
+        ("GET", "/logout", b"", {}, 405),
+        ("POST", "/login", b"x" * 20_000, form, 413),
+        ("POST", "/login", b"<x/>", {"Content-Type": "text/xml"}, 400),
+        ("GET", "/nothing-here", b"", {}, 404),
     ]
     for method, path, body, headers, want in cases:
         for w in (a, b):
