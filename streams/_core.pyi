@@ -84,3 +84,24 @@ class Orphans:
     def expire(self, cut_ms: int) -> list[Any]:
         """Give up on the events at or before ``cut_ms``: by target, then in the order held."""
     def __len__(self) -> int: ...
+
+class ContentSignals:
+    """Live clusters' signals (an MD5's or a PDQ's hex, a video's text): which clusters hold
+    each, each cluster's in order; searchable by MD5 and by PDQ distance."""
+
+    def __init__(self) -> None: ...
+    @property
+    def clusters(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, cluster: object) -> bool: ...
+    def held(self, cluster: str) -> list[str]: ...
+    def holders(self, text: str) -> list[str]:
+        """The clusters holding ``text``, by id."""
+    def add(self, cluster: str, signals: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
+        """The texts new to ``cluster``, and of those the ones new to all."""
+    def drop(self, cluster: str) -> list[str] | None:
+        """The signals no cluster holds now; ``None`` if ``cluster`` held nothing."""
+    def near(self, kind: str, text: str, threshold: int) -> list[tuple[str, int]]:
+        """Clusters holding the signal, nearest first, ties by id (MD5, PDQ; else none)."""

@@ -67,9 +67,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
+from streams._core import ContentSignals
 from streams.banks import DEFAULT_PDQ_THRESHOLD, BankConfig, BankEntry, hamming, pdq_usable
 from streams.events import Content
-from streams.pdqindex import PDQIndex
 from streams.videobank import VideoBank, video_rank
 from streams.vpdq import format_vpdq, parse_vpdq, usable_hashes
 
@@ -163,99 +163,65 @@ class ContentIndex:
     """
 
     def __init__(self, videos: bool = False) -> None:
-        self._pdq = PDQIndex()
+        #: which clusters hold each signal, each cluster's signals in order, the PDQ
+        #: signals in the compiled index (``rust/core/src/content.rs``)
+        self._held = ContentSignals()
         #: live videos, found by their frames as banked ones are (the router's index only)
         self._videos = VideoBank(BankConfig) if videos else None
-        #: signal (its hex: 32 digits an MD5, 64 a PDQ) -> the cluster holding it, or the
-        #: clusters (most signals are one cluster's: a set each would double the memory)
-        self._holders: dict[str, str | set[str]] = {}
-        #: cluster -> its signals
-        self._signals: dict[str, list[str]] = {}
 
     def __contains__(self, cluster_id: object) -> bool:
-        return cluster_id in self._signals
+        return cluster_id in self._held
 
     @property
     def clusters(self) -> int:
-        return len(self._signals)
+        return self._held.clusters
 
     def signals(self, cluster_id: str) -> set[Signal]:
-        return {signal_of(t) for t in self._signals.get(cluster_id, ())}
+        return {signal_of(t) for t in self._held.held(cluster_id)}
 
     def held(self, cluster_id: str) -> list[str]:
         """The signals (hex) ``cluster_id`` holds, in the order it took them."""
-        return list(self._signals.get(cluster_id, ()))
-
-    def _holding(self, text: str) -> tuple[str, ...] | set[str]:
-        h = self._holders.get(text, ())
-        return (h,) if isinstance(h, str) else h
+        return self._held.held(cluster_id)
 
     def add(self, cluster_id: str, content: Content) -> None:
         """``cluster_id`` holds ``content`` (its usable signals)."""
         self.add_signals(cluster_id, signals_of(content))
 
     def add_signals(self, cluster_id: str, signals: Iterable[Signal]) -> list[str]:
-        """``cluster_id`` holds these signals; returns those it did not hold yet (hex)."""
-        new: list[str] = []
-        own = self._signals.get(cluster_id)
-        if own is None:
-            own = self._signals[cluster_id] = []
-        for kind, text in signals:
-            h = self._holders.get(text)
-            if h is None:
-                if kind == "vpdq":
-                    if self._videos is None:
-                        continue
-                    self._videos.add_many([BankEntry(EMERGING_VIDEOS, "vpdq", text)])
-                self._holders[text] = cluster_id
-                if kind == "pdq":
-                    self._pdq.add(text)
-            elif h == cluster_id or (isinstance(h, set) and cluster_id in h):
-                continue  # held already
-            elif isinstance(h, str):
-                self._holders[text] = {h, cluster_id}
-            else:
-                h.add(cluster_id)
-            own.append(text)
-            new.append(text)
+        """``cluster_id`` holds these signals; returns those it did not hold yet (hex).
+
+        A PDQ text that is not 64 hex digits, or a video's that is not vPDQ, raises
+        ``ValueError`` and changes nothing."""
+        kept = [(k, t) for k, t in signals if k != "vpdq" or self._videos is not None]
+        videos = [t for k, t in dict.fromkeys(kept) if k == "vpdq" and not self._held.holders(t)]
+        if videos and self._videos is not None:  # frames indexed before they are held
+            self._videos.add_many([BankEntry(EMERGING_VIDEOS, "vpdq", t) for t in videos])
+        try:
+            new, _ = self._held.add(cluster_id, kept)
+        except ValueError:
+            for t in videos:
+                if self._videos is not None:
+                    self._videos.withdraw(EMERGING_VIDEOS, t)
+            raise
         return new
 
     def drop(self, cluster_id: str) -> bool:
         """Forget a cluster's content (evicted); ``False`` if it held none."""
-        own = self._signals.pop(cluster_id, None)
-        if own is None:
+        freed = self._held.drop(cluster_id)
+        if freed is None:
             return False
-        for text in own:
-            h = self._holders[text]
-            if isinstance(h, set):
-                h.discard(cluster_id)
-                if len(h) == 1:
-                    self._holders[text] = next(iter(h))
-                continue
-            del self._holders[text]
-            if text.startswith("["):
-                if self._videos is not None:
+        if self._videos is not None:
+            for text in freed:
+                if text.startswith("["):
                     self._videos.withdraw(EMERGING_VIDEOS, text)
-            elif len(text) == 64:
-                self._pdq.remove(text)
         return True
 
     def near(self, signal_type: str, signal: str, threshold: int) -> list[tuple[str, int]]:
         """Clusters holding ``signal`` (MD5: equal; PDQ: within ``threshold``), nearest first,
         ties by cluster id; each cluster once, at its nearest."""
-        text = signal.lower()
-        if signal_type == "md5":
-            return [(c, 0) for c in sorted(self._holding(text))]
         if signal_type == "vpdq":
-            return self._near_video(text)
-        if signal_type != "pdq":
-            return []
-        best: dict[str, int] = {}
-        for found, d in self._pdq.search(text, threshold) if len(self._pdq) else ():
-            for c in self._holding(found):
-                if d < best.get(c, d + 1):
-                    best[c] = d
-        return sorted(best.items(), key=lambda cd: (cd[1], cd[0]))
+            return self._near_video(signal.lower())
+        return self._held.near(signal_type, signal.lower(), threshold)
 
     def _near_video(self, text: str) -> list[tuple[str, int]]:
         """Clusters holding a video that ``text``'s frames match by vPDQ's rule (a bank's
@@ -269,7 +235,7 @@ class ContentIndex:
             return []
         ranked: dict[str, tuple[tuple[float, float, int, str, str], int]] = {}
         for h in hits:
-            for c in self._holding(h.entry.signal):
+            for c in self._held.holders(h.entry.signal):
                 rank = video_rank(h)
                 if c not in ranked or rank < ranked[c][0]:
                     ranked[c] = (rank, h.distance)
@@ -294,12 +260,12 @@ class ContentIndex:
 
     @property
     def nbytes(self) -> int:
-        """The PDQ indexes' arrays (the dicts' share is measured by ``bench/bench_emerging.py``)."""
-        return self._pdq.nbytes + (self._videos.nbytes if self._videos is not None else 0)
+        """The PDQ indexes' arrays (the maps' share is measured by ``bench/bench_emerging.py``)."""
+        return self._held.nbytes + (self._videos.nbytes if self._videos is not None else 0)
 
     def __len__(self) -> int:
         """Distinct signals held."""
-        return len(self._holders)
+        return len(self._held)
 
 
 class EmergingClusters:

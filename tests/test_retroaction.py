@@ -163,6 +163,57 @@ def test_assignment_through_index_merges_and_evictions_is_a_scans(seed: int) -> 
                 held = {x: c for x, c in held.items() if c != cid}
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    ops=st.lists(st.tuples(st.booleans(), st.integers(0, 11), st.integers(0, 10**6)), max_size=80),
+)
+def test_the_content_index_answers_as_a_model_of_holders_and_a_scan(
+    seed: int, ops: list[tuple[bool, int, int]]
+) -> None:
+    """Clusters take shared and near signals (at 31 and 32 bits too) and are dropped: what
+    each holds, and what a search finds, are a plain model's (holders by signal, a scan)."""
+    rng = random.Random(seed)
+    bases = [pdq_hex(rng) for _ in range(3)]
+    pool = [
+        ("pdq", flip(rng.choice(bases), rng.choice([0, 5, 31, 32, 40]), rng)) for _ in range(12)
+    ]
+    pool += [("md5", f"{rng.getrandbits(128):032x}") for _ in range(4)]
+    idx = ContentIndex()
+    model: dict[str, list[str]] = {}  # cluster -> its signals, in order
+    for add, c, k in ops:
+        cid = f"u-{c}"
+        if add:
+            signals = [pool[(k + j) % len(pool)] for j in range(k % 3 + 1)]
+            own = model.setdefault(cid, [])
+            fresh = [t for t in dict.fromkeys(t for _, t in signals) if t not in own]
+            assert idx.add_signals(cid, signals) == fresh
+            own += fresh
+        else:
+            assert idx.drop(cid) == (model.pop(cid, None) is not None)
+        assert idx.clusters == len(model) and (cid in idx) == (cid in model)
+        assert idx.held(cid) == model.get(cid, [])
+    assert len(idx) == len({t for own in model.values() for t in own})
+    for kind, text in pool:
+        expected: dict[str, int] = {}
+        for cid, own in model.items():
+            ds = [hamming(text, t) for t in own if len(t) == len(text) == 64]
+            ds += [0 for t in own if kind == "md5" and t == text]
+            if ds and min(ds) <= 31:
+                expected[cid] = min(ds)
+        assert idx.near(kind, text.upper(), 31) == sorted(
+            expected.items(), key=lambda cd: (cd[1], cd[0])
+        )
+
+
+def test_a_bad_signal_changes_nothing() -> None:
+    idx = ContentIndex()
+    with pytest.raises(ValueError):
+        idx.add_signals("u-1", [("md5", "a" * 32), ("pdq", "z" * 64)])
+    assert "u-1" not in idx and len(idx) == 0
+    assert idx.near("md5", "a" * 32, 31) == [] and idx.near("pdq", "nonsense", 31) == []
+
+
 def test_the_content_index_finds_md5_first_then_the_nearest_pdq() -> None:
     idx = ContentIndex()
     rng = random.Random(9)

@@ -7,8 +7,10 @@
 //! - [`json`]: reading an event's JSON by orjson's rules;
 //! - [`pdq`]: the exact index of PDQ hashes by Hamming distance;
 //! - [`dedupe`]: the event ids a cluster has applied, as keyed 128-bit hashes;
-//! - [`route`]: reshares held until their parent post is routed.
+//! - [`route`]: reshares held until their parent post is routed;
+//! - [`content`]: live clusters' signals, searched through the PDQ index.
 
+pub mod content;
 pub mod dedupe;
 pub mod event;
 pub mod json;

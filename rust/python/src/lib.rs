@@ -12,6 +12,7 @@ use pyo3::{ffi, intern, IntoPyObjectExt};
 use viralwatch_core::event::{self, Event, Judge, Kind};
 
 mod alloc;
+mod content;
 mod dedupe;
 mod pdq;
 mod route;
@@ -257,6 +258,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(parse_events, m)?)?;
     m.add_class::<pdq::PyPdqIndex>()?;
+    m.add_class::<content::PyContentSignals>()?;
     m.add(
         "PDQ_MAX_INDEXED_THRESHOLD",
         viralwatch_core::pdq::MAX_INDEXED_THRESHOLD,
