@@ -12,9 +12,10 @@ the cascade), the incremental state at the same six times inside its run;
 - ``add ns``: one post into the state (whole replay / posts).
 - ``predict us``: one forecast, median over every forecast of the run, and
   its 99th percentile.
-- ``best us``, ``amplified us``: one forecast by the shipped ``best`` model
-  (the one alerts carry) and by ``amplified`` (the ``best`` before it), each
-  in a run of its own over the same schedule; ``best/amplified`` the ratio
+- ``best us``, ``rich us``, ``amplified us``: one forecast by the shipped
+  ``best`` model (the one alerts carry), by its ``rich`` option and by
+  ``amplified`` (the ``best`` before it), each in a run of its own over the
+  same schedule; ``best/amplified`` the ratio
   of the two medians: what the new model costs against the old.
 - ``buckets``: what the state holds at the end (its memory, 5-7 floats each).
 
@@ -63,11 +64,12 @@ def measure(
     tl, fl = times.tolist(), [int(f) for f in followers]
     add_ns, all_us, p99_us, at_marks, peer = [], [], [], [], []
     best_us: list[float] = []
+    rich_us: list[float] = []
     amp_us: list[float] = []
     buckets = 0
     for _ in range(repeats):
         # each learned model in a run of its own: the same adds, a forecast at each time
-        for model, spent_in in (("best", best_us), ("amplified", amp_us)):
+        for model, spent_in in (("best", best_us), ("rich", rich_us), ("amplified", amp_us)):
             pred = IncrementalPredictor()
             i, spent_each = 0, []
             for t in schedule:
@@ -116,6 +118,7 @@ def measure(
         "batch_at_marks_us": round(batch_us, 1),
         "ratio": round(batch_us / inc, 1),
         "best_us": round(statistics.median(best_us), 1),
+        "rich_us": round(statistics.median(rich_us), 1),
         "amplified_us": round(statistics.median(amp_us), 1),
         "best/amplified": round(statistics.median(best_us) / statistics.median(amp_us), 2),
         "buckets": buckets,
@@ -141,7 +144,7 @@ def main() -> None:
         print(json.dumps(results))
         return
     head = ("cascade", "posts", "forecasts", "add ns", "predict us", "p99 us", "at marks us",
-            "batch us", "ratio", "best us", "amplified us",
+            "batch us", "ratio", "best us", "rich us", "amplified us",
             "best/amplified", "buckets")  # fmt: skip
     print("".join(f"{h:>15}" for h in head))
     for r in results:

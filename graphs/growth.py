@@ -1,9 +1,10 @@
 """How much more a cascade will grow: a truncated log-normal model learned per age.
 
 The ``best`` predictor of :mod:`graphs.prediction` asks this module one
-question: given what the incremental state says at age ``a`` (fifteen
-numbers, :func:`growth_inputs`), how is ``y = log((final + 1) / (observed
-+ 1))``, the growth still to come before the horizon, distributed?
+question: given what the incremental state says at age ``a`` (the first
+numbers of :func:`growth_inputs`: ``best`` reads SEISMIC's three, ``rich``
+eleven), how is ``y = log((final + 1) / (observed + 1))``, the growth still
+to come before the horizon, distributed?
 
 The answer is a normal law of mean ``x . coef(a)`` and spread ``sigma(a)``
 (Szabo and Huberman's log-linear regression, 2010, with SEISMIC's
