@@ -285,3 +285,16 @@ def test_shipped_model_is_what_the_twitter_data_give() -> None:
     np.testing.assert_allclose(rich.p_low, RICH_GROWTH.p_low, atol=2e-3)
     np.testing.assert_allclose(rich.p_high, RICH_GROWTH.p_high, atol=2e-3)
     assert PredictorConfig().rich is RICH_GROWTH
+
+
+def test_a_worker_can_run_the_rich_option() -> None:
+    from streams.forecast import predictor_factory
+
+    times, followers = synthetic(8, n=400)
+    p = predictor_factory("rich")()
+    for i, (t, d) in enumerate(zip(times, followers, strict=True)):
+        if t <= 3600.0:
+            p.add(float(t), int(d), original=i == 0)
+    pred = p.predict(3600.0)
+    assert pred is not None and pred.model == "rich" and pred.horizon_s == 7 * 86_400.0
+    assert p.observed <= pred.low <= pred.size <= pred.high
