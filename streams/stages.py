@@ -119,7 +119,10 @@ class Envelope:
     ``items`` are typed records (:mod:`streams.wire`); ``marks`` are stage
     1a's per-input-partition marks (newest event time, idle); ``progress`` is
     stage 1b's per-resolve-partition progress (the event time up to which that
-    partition has routed everything it will). ``rejected``: the items of a
+    partition has routed everything it will); ``inputs``, for the index's
+    owner, each resolve partition's input watermark (the event time up to
+    which it has read and passed on every upload: its progress before the
+    reshares waiting for those uploads' clusters hold it back). ``rejected``: the items of a
     record read from a topic that did not decode (the stage dead-letters them).
     An envelope handed over in-process is never encoded: its records are the
     ones the sender made.
@@ -129,11 +132,12 @@ class Envelope:
     marks: dict[int, Mark] = field(default_factory=dict)
     progress: dict[int, int] = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)
+    inputs: dict[int, int] = field(default_factory=dict)
 
     def pack(self) -> bytes:
         """The record's bytes.
 
-        >>> env = Envelope([Registration("p1", "b-1")], {3: (1000, False)}, {0: 5})
+        >>> env = Envelope([Registration("p1", "b-1")], {3: (1000, False)}, {0: 5}, inputs={1: 9})
         >>> Envelope.unpack(env.pack()) == env
         True
         >>> Envelope.unpack(b'{"i": [["r", "p1"], ["f", "p2"]]}').rejected[0].detail
@@ -144,6 +148,8 @@ class Envelope:
             body["m"] = {str(p): [t, 1 if idle else 0] for p, (t, idle) in self.marks.items()}
         if self.progress:
             body["p"] = {str(p): t for p, t in self.progress.items()}
+        if self.inputs:
+            body["w"] = {str(p): t for p, t in self.inputs.items()}
         return encode(body)
 
     @classmethod
@@ -164,10 +170,11 @@ class Envelope:
                 raise TypeError("items must be a list")
             marks = {int(p): (int(m[0]), bool(m[1])) for p, m in body.get("m", {}).items()}
             progress = {int(p): int(t) for p, t in body.get("p", {}).items()}
+            inputs = {int(p): int(t) for p, t in body.get("w", {}).items()}
         except (orjson.JSONDecodeError, TypeError, KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"not an envelope: {exc}") from None
         good, bad = decode_items(items)
-        return cls(good, marks, progress, bad)
+        return cls(good, marks, progress, bad, inputs)
 
 
 def _raw(record: bytes | Envelope | None) -> bytes:
@@ -614,6 +621,8 @@ class ResolveBatch:
     peers: list[list[Item]]
     #: this partition's progress, when it moved (``None``: it did not)
     progress: int | None = None
+    #: this partition's input watermark, for the index's owner, when it moved
+    inputs: int | None = None
     deadletters: list[DeadLetter] = field(default_factory=list)
     #: what changed, to persist (``None``: nothing), and how many items it records
     delta: bytes | None = None
@@ -644,6 +653,7 @@ def merge_resolved(
         return {}, {}
     parts = batches[0].partitions
     moved = {b.partition: b.progress for b in batches if b.progress is not None}
+    inputs = {b.partition: b.inputs for b in batches if b.inputs is not None}
     to_clusters: dict[int, Envelope] = {}
     to_peers: dict[int, Envelope] = {}
     for k in range(parts):
@@ -653,8 +663,9 @@ def merge_resolved(
     for r in range(parts):
         registrations: list[Item] = [item for b in batches for item in b.peers[r]]
         others = {p: t for p, t in moved.items() if p != r}
-        if registrations or others:
-            to_peers[r] = Envelope(registrations, progress=others)
+        read = {p: t for p, t in inputs.items() if p != r} if r == INDEX_PARTITION else {}
+        if registrations or others or read:
+            to_peers[r] = Envelope(registrations, progress=others, inputs=read)
     return to_clusters, to_peers
 
 
@@ -805,10 +816,15 @@ class ResolvePartition:
     uploads that match no bank (:class:`~streams.wire.Unbanked`, with the
     latest events of unbanked clusters, :class:`~streams.wire.Touch`), ahead
     of the progress that covers them; it holds them (logged with the held
-    reshares) until every partition's progress has passed them (as replay
-    waits for its watermark), clusters them in ``(ts, event_id)`` order,
-    and registers each upload's post with its partition, whose reshares
-    waited for it as for any parent. Its own
+    reshares) until every partition's input watermark has passed them (as
+    replay waits for its watermark), clusters them in ``(ts, event_id)``
+    order, and registers each upload's post with its partition, whose
+    reshares waited for it as for any parent. The input watermark, not the
+    progress: the reshares of the very uploads waiting to be clustered hold
+    their partition's progress back, so a rule on progress would let event
+    time advance one short cycle (cluster, register, release, progress) at a
+    time, a few seconds of event time per round trip between workers, and
+    fall behind any busy stream. Its own
     progress is its peers' at most, so no clusters partition's watermark
     passes an upload on its way to it. Its log also keeps the index
     (:meth:`EmergingClusters.take_changes`) and the progress it heard: a
@@ -848,6 +864,10 @@ class ResolvePartition:
         #: progress waits for theirs)
         self.peers: dict[int, int] = {}
         self.progress = NO_TIME
+        #: the input watermark heard from each peer (the index's owner), and this
+        #: partition's, as last sent to the owner
+        self.inputs: dict[int, int] = {}
+        self.input_mark = NO_TIME
         self._held: dict[str, ShareEvent] = {}
         self._waiting: list[tuple[int, str]] = []  # (ts, event id) of held reshares, a heap
         #: (ts, event id) of unbanked uploads waiting to be clustered here (the index's owner),
@@ -987,6 +1007,9 @@ class ResolvePartition:
             for p, t in env.progress.items():
                 if p != self.partition and t > self.peers.get(p, NO_TIME):
                     self.peers[p] = heard[p] = t
+            for p, t in env.inputs.items():
+                if p != self.partition and t > self.inputs.get(p, NO_TIME):
+                    self.inputs[p] = t
             for item in env.items:
                 if type(item) is ToRoute:
                     ev = item.event
@@ -1022,7 +1045,7 @@ class ResolvePartition:
         else:
             for ev in deferred:
                 wait_for_index(ev)
-            emit(self._cluster_unbanked(settled))
+            emit(self._cluster_unbanked(self._read(wm)))
         if settled != NO_TIME and settled - self._expired_at >= EXPIRE_EVERY_MS:
             # only what every peer has passed: a registration could still be on its way
             self._expired_at = settled
@@ -1031,6 +1054,9 @@ class ResolvePartition:
         moved = progress > self.progress
         if moved:
             self.progress = progress
+        read_moved = index is None and wm > self.input_mark
+        if read_moved:
+            self.input_mark = wm
         for post, cluster in self.posts.foreign:
             peers[partition_for(post, parts)].append(Registration(post, cluster))
         self.posts.foreign.clear()
@@ -1052,16 +1078,27 @@ class ResolvePartition:
             clusters=out,
             peers=peers,
             progress=self.progress if moved else None,
+            inputs=self.input_mark if read_moved else None,
             deadletters=dead,
             delta=encode(delta) if delta else None,
             routed=routed,
             delta_items=delta.items,
         )
 
-    def _cluster_unbanked(self, settled: int) -> list[Routed | Rejection]:
-        """At the index's owner: cluster the unbanked uploads the watermark every partition
-        has passed (``settled``) has passed, in ``(ts, event_id)`` order, as replay does
-        (:func:`streams.router.due_uploads`); they stay held (and logged) until then.
+    def _read(self, wm: int) -> int:
+        """The input watermark every resolve partition has passed (this one's is ``wm``):
+        an upload before it that is still to come would be late."""
+        if wm == NO_TIME:
+            return NO_TIME
+        inputs = self.inputs
+        others = [inputs.get(r, NO_TIME) for r in range(self.partitions) if r != self.partition]
+        return min([wm, *others])
+
+    def _cluster_unbanked(self, read: int) -> list[Routed | Rejection]:
+        """At the index's owner: cluster the unbanked uploads the input watermark of every
+        partition has passed (``read``, :meth:`_read`), in ``(ts, event_id)`` order, as
+        replay does once its watermark passes them (:func:`streams.router.due_uploads`);
+        they stay held (and logged) until then.
 
         Not sooner (when every partition has merely read past them): an input partition
         may hold near-duplicates out of event-time order, and the earlier one, read later,
@@ -1072,7 +1109,7 @@ class ResolvePartition:
         """
         if self.index is None:
             return []
-        due = due_uploads(self._unbanked, self._held, settled)
+        due = due_uploads(self._unbanked, self._held, read)
         return self.router.cluster_unbanked(due)
 
     def _settled(self, wm: int) -> int:

@@ -508,6 +508,35 @@ def test_the_index_owner_waits_for_its_peers_and_its_log_gives_the_index_back() 
     assert snap.index is not None and snap.index.snapshot() == owner.index.snapshot()  # type: ignore[union-attr]
 
 
+def test_the_index_owner_clusters_on_its_peers_input_watermark_not_their_held_progress() -> None:
+    """Reshares waiting for unbanked uploads' clusters hold their partition's progress back
+    to just before them. Were the owner to wait for that progress, it would cluster one
+    upload per round trip (cluster, register, release, progress) and event time would fall
+    behind a busy stream, one short step at a time (a worker reading a backlog had its
+    watermark half an hour behind what it had read). It waits for the partitions' input
+    watermark instead: an upload before it still to come would be late anyway."""
+    owner, other = resolver_of(0), resolver_of(1)
+    items = []
+    for i in range(3):  # an upload, and a reshare of it a second later, every 10 s
+        post = posts_on(1, 2, f"u{i}")
+        up = {"event_id": f"e{i}", "type": "upload", "ts": T0 + i * 10 * SEC, "post_id": post}
+        up |= {"user_id": "u", "content": {"md5": f"{i:032x}"}}
+        share = {"event_id": f"s{i}", "type": "share", "ts": T0 + i * 10 * SEC + SEC}
+        share |= {"post_id": f"r{i}", "parent_post_id": post, "user_id": "v"}
+        items += [ToRoute(parse_ok(up)), ToRoute(parse_ok(share))]
+    sent = other.handle([Envelope(items, {0: (T0 + MIN, False)})])
+    assert other.held == 3 and other.progress < T0 + SEC  # held back by the first reshare
+    to_owner = merge_resolved([sent])[1][0]
+    assert to_owner.inputs == {1: T0 + MIN}
+    owner.handle([Envelope([], {0: (T0 + MIN, False)})])
+    answer = owner.handle([to_owner])
+    clustered = sorted(x.event.event_id for k in answer.clusters for x in k)
+    assert clustered == ["e0", "e1", "e2"]  # all three in one round, not one
+    back = other.handle([merge_resolved([answer])[1][1]])
+    assert sorted(x.event.event_id for k in back.clusters for x in k) == ["s0", "s1", "s2"]
+    assert other.held == 0 and other.progress == T0 + MIN
+
+
 def resolver_of(partition: int) -> ResolvePartition:
     return ResolvePartition(
         partition,

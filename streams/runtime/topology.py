@@ -38,6 +38,7 @@ from streams.runtime.hand_over import HandOver
 from streams.runtime.outputs import Outputs
 from streams.runtime.state_log import StateLog
 from streams.stages import (
+    INDEX_PARTITION,
     ClusterPartition,
     DeadLetter,
     Envelope,
@@ -138,7 +139,7 @@ class Topology:
 
     def remind(self) -> None:
         """Every held resolve partition's progress again, to every clusters partition and
-        every peer.
+        every peer (and its input watermark to the index's owner).
 
         Progress goes out when it moves. A partition that changes owner is rebuilt from
         its log, not from the marks it had heard: a clusters partition waits for every
@@ -151,12 +152,21 @@ class Topology:
         way every envelope takes, so it never overtakes the data it covers.
         """
         marks = {r: st.progress for r, st in self.resolvers.items() if st.progress != NO_TIME}
-        if not marks:
+        read = {r: st.input_mark for r, st in self.resolvers.items() if st.input_mark != NO_TIME}
+        if not marks and not read:
             return
         parts = range(self.settings.partitions)
-        peers = {r: {p: t for p, t in marks.items() if p != r} for r in parts}
-        self.to_resolve({r: Envelope([], progress=m) for r, m in peers.items() if m})
-        self.to_clusters({k: Envelope([], progress=marks) for k in parts})
+        to_peers = {
+            r: Envelope(
+                [],
+                progress={p: t for p, t in marks.items() if p != r},
+                inputs={p: t for p, t in read.items() if p != r} if r == INDEX_PARTITION else {},
+            )
+            for r in parts
+        }
+        self.to_resolve({r: env for r, env in to_peers.items() if env.progress or env.inputs})
+        if marks:
+            self.to_clusters({k: Envelope([], progress=marks) for k in parts})
 
     # -- stage 1b --
 
