@@ -11,9 +11,9 @@ For each size N: N uploads of distinct random content (a PDQ hash of quality
 90 and an MD5 each, as platforms send them; a quarter of them near-duplicates,
 12 bits from an earlier one, so they join its cluster), assigned in turn.
 Memory is what ``tracemalloc`` sees allocated (Python objects and NumPy's
-arrays) after the last one, less before the first, plus the compiled index's
-arrays (``nbytes``: Rust allocates them, tracemalloc does not see them),
-divided by N: the cost of
+arrays) after the last one, less before the first, plus what the compiled
+core's heap grew by (``_core.allocated_bytes``: the index and the holders'
+maps, which tracemalloc does not see), divided by N: the cost of
 one live upload in the router's structure (the detector's index is the same
 class without the idle order, so it costs about as much again). Time per
 upload is the median over ``--repeats`` passes of assigning 1,000 more uploads
@@ -43,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from streams import _core  # noqa: E402
 from streams.emerging import EmergingClusters  # noqa: E402
 from streams.events import Content  # noqa: E402
 
@@ -99,10 +100,10 @@ def measure(n: int, repeats: int) -> dict[str, float]:
     contents = uploads(n, seed=n)
     gc.collect()
     tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
+    before = tracemalloc.get_traced_memory()[0] + _core.allocated_bytes()
     clusters = fill(contents)
     gc.collect()
-    after = tracemalloc.get_traced_memory()[0] + clusters.index.nbytes
+    after = tracemalloc.get_traced_memory()[0] + _core.allocated_bytes()
     tracemalloc.stop()
     words = parse_hashes([c.pdq or "" for c in contents])
     ours, peer = [], []

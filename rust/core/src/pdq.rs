@@ -238,6 +238,28 @@ impl PdqIndex {
 
     /// Add `h` with `tag`; `false` (its tag unchanged) when it is there already.
     pub fn insert(&mut self, h: Hash, tag: i64) -> bool {
+        let added = self.push(h, tag);
+        if self.words.len() - self.indexed > self.tail_cap() {
+            self.merge_tail();
+        }
+        added
+    }
+
+    /// Add many hashes with their tags (one merge at the end: a bank load); the number
+    /// added (a hash there already keeps its tag).
+    pub fn insert_many(&mut self, items: impl IntoIterator<Item = (Hash, i64)>) -> usize {
+        let added = items
+            .into_iter()
+            .filter(|&(h, tag)| self.push(h, tag))
+            .count();
+        if self.words.len() - self.indexed > self.tail_cap() {
+            self.merge_tail();
+        }
+        added
+    }
+
+    /// Add a row to the tail unless `h` is live already.
+    fn push(&mut self, h: Hash, tag: i64) -> bool {
         if self.contains(&h) {
             return false;
         }
@@ -247,9 +269,6 @@ impl PdqIndex {
         self.alive.push(true);
         self.tail.insert(h, row as u32);
         self.live += 1;
-        if self.words.len() - self.indexed > self.tail_cap() {
-            self.merge_tail();
-        }
         true
     }
 
@@ -395,21 +414,11 @@ impl PdqIndex {
         if n == self.indexed {
             return;
         }
-        let layout = self.layout;
-        let keys = layout.chunks() * layout.values();
+        let keys = self.layout.chunks() * self.layout.values();
         if self.offsets.is_empty() {
             self.offsets = vec![0; keys + 1];
         }
-        // (key, row) of every live tail row, by key then row
-        let mut fresh: Vec<(u32, u32)> = (self.indexed..n)
-            .filter(|&r| self.alive[r])
-            .flat_map(|r| {
-                let h = self.words[r];
-                (0..layout.chunks())
-                    .map(move |c| (layout.key(c, layout.chunk(&h, c)) as u32, r as u32))
-            })
-            .collect();
-        fresh.sort_unstable();
+        let fresh = self.tail_keys();
         // From the last key down: the old rows after key k's segment move up by the new
         // entries of keys <= k, which go at the end of key k's segment.
         let mut shift = fresh.len();
@@ -439,6 +448,48 @@ impl PdqIndex {
         }
         self.indexed = n;
         self.tail.clear();
+        self.tail.shrink_to(self.tail_cap()); // a bank load's map, not kept
+    }
+
+    /// `(key, row)` of every live tail row, by key then row: a sort for a short tail, a
+    /// counting sort over the keys for a long one (a bank load: 16 million pairs at a
+    /// million hashes).
+    fn tail_keys(&self) -> Vec<(u32, u32)> {
+        let layout = self.layout;
+        let keys_of = |r: usize| {
+            let h = self.words[r];
+            (0..layout.chunks()).map(move |c| layout.key(c, layout.chunk(&h, c)))
+        };
+        let rows: Vec<usize> = (self.indexed..self.words.len())
+            .filter(|&r| self.alive[r])
+            .collect();
+        let total = rows.len() * layout.chunks();
+        let keys = layout.chunks() * layout.values();
+        if total < keys / 4 {
+            let mut fresh: Vec<(u32, u32)> = rows
+                .iter()
+                .flat_map(|&r| keys_of(r).map(move |k| (k as u32, r as u32)))
+                .collect();
+            fresh.sort_unstable();
+            return fresh;
+        }
+        let mut next = vec![0u32; keys + 1];
+        for &r in &rows {
+            for k in keys_of(r) {
+                next[k + 1] += 1;
+            }
+        }
+        for k in 0..keys {
+            next[k + 1] += next[k];
+        }
+        let mut fresh = vec![(0u32, 0u32); total];
+        for &r in &rows {
+            for k in keys_of(r) {
+                fresh[next[k] as usize] = (k as u32, r as u32);
+                next[k] += 1;
+            }
+        }
+        fresh
     }
 
     /// Drop the dead rows and build the tables afresh.
@@ -560,6 +611,24 @@ mod tests {
                 }
             }
             assert_eq!(index.len(), live.len());
+        }
+    }
+
+    #[test]
+    fn a_bulk_load_answers_as_adds_one_by_one() {
+        let mut rng = Rng(13);
+        let hashes: Vec<Hash> = (0..70_000).map(|_| rng.hash()).collect();
+        let mut bulk = PdqIndex::new(1024);
+        assert_eq!(bulk.insert_many(hashes.iter().map(|&h| (h, 1))), 70_000);
+        assert_eq!(bulk.insert_many([(hashes[0], 2)]), 0);
+        let mut one = PdqIndex::new(1024);
+        for &h in &hashes {
+            one.insert(h, 1);
+        }
+        for t in (0..70_000).step_by(701) {
+            let q = rng.flip(&hashes[t], (t % 40) as u32);
+            assert_eq!(answer(&bulk, &q, 31), answer(&one, &q, 31));
+            assert!(!answer(&bulk, &q, 40).is_empty());
         }
     }
 

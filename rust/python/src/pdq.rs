@@ -58,9 +58,7 @@ impl PyPdqIndex {
     fn new(hashes: Option<&Bound<'_, PyAny>>, tail_min: usize) -> PyResult<Self> {
         let mut inner = pdq::PdqIndex::new(tail_min);
         if let Some(hashes) = hashes {
-            for h in parse_all(hashes)? {
-                inner.insert(h, -1);
-            }
+            inner.insert_many(parse_all(hashes)?.into_iter().map(|h| (h, -1)));
         }
         Ok(PyPdqIndex { inner })
     }
@@ -99,12 +97,8 @@ impl PyPdqIndex {
                 )));
             }
         }
-        let mut added = 0;
-        for (i, h) in hashes.into_iter().enumerate() {
-            let tag = tags.as_ref().map_or(-1, |t| t[i]);
-            added += usize::from(self.inner.insert(h, tag));
-        }
-        Ok(added)
+        let tags = tags.unwrap_or_else(|| vec![-1; hashes.len()]);
+        Ok(self.inner.insert_many(hashes.into_iter().zip(tags)))
     }
 
     /// Remove a hash at once; ``False`` (and no harm) when it is not there or not a hash.
