@@ -2,9 +2,12 @@
 the router's limits under a flood of orphans.
 
 The oracle is the router's held-orphan code as it was in Python (dicts of
-waiting events and of held parents); the core must answer every sequence of
-holds, releases and expiries as it does: what is held or refused (and why),
-what comes out and in which order (replay's dead letters depend on it).
+waiting events and of held parents), with one fix: an expired takedown no
+longer drops the held-parent link of the reshare that adds the post it takes
+down (that link is the reshare's, and the loop check needs it). The core
+must answer every sequence of holds, releases and expiries as the oracle
+does: what is held or refused (and why), what comes out and in which order
+(replay's dead letters depend on it).
 """
 
 from __future__ import annotations
