@@ -193,18 +193,25 @@ def read_stats_until(s: Settings, total: int, timeout: float) -> list[tuple[floa
     c = stats_reader(s)
     rows: list[tuple[float, int, int]] = []
     latest: dict[str, tuple[int, int]] = {}
+    last: dict[str, dict[str, Any]] = {}  # each worker's last report, said on a timeout
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             for batch in c.poll(timeout_ms=200).values():
                 for r in batch:
                     d = orjson.loads(r.value)
+                    last[d["worker"]] = d
                     latest[d["worker"]] = (d["read"], d["applied"])
                     read, applied = (sum(x) for x in zip(*latest.values(), strict=True))
                     rows.append((d["time"], read, applied))
             if rows and rows[-1][2] >= total:
                 return rows
-        raise TimeoutError(f"the workers applied {rows[-1][2] if rows else 0} of {total} events")
+        said = ("read", "applied", "pending", "held", "watermarks", "partitions")
+        where = {w: {k: d.get(k) for k in said} for w, d in last.items()}
+        raise TimeoutError(
+            f"the workers applied {rows[-1][2] if rows else 0} of {total} events; "
+            f"their last reports: {orjson.dumps(where).decode()}"
+        )
     finally:
         c.close()
 
