@@ -1128,7 +1128,7 @@ class ResolvePartition:
 
     def _progress(self, wm: int) -> int:
         """The watermark, held back by reshares still waiting here (see the class doc); the
-        index's owner's, by its peers' too."""
+        index's owner's, by its peers' too, and by the uploads it has yet to cluster."""
         if wm == NO_TIME:
             return NO_TIME
         settled = self._settled(wm)
@@ -1136,7 +1136,13 @@ class ResolvePartition:
         while heap and (heap[0][1] not in held or heap[0][0] - 1 <= settled):
             heapq.heappop(heap)
         progress = min(wm, heap[0][0] - 1) if heap else wm
-        return progress if self.index is None else min(progress, settled)
+        if self.index is None:
+            return progress
+        # the owner's: never past an upload it has not clustered yet (its cluster, and the
+        # registration its reshares wait for, go out before the progress that covers them;
+        # after a takeover it clusters only once its peers' input watermarks come again)
+        unclustered = self._unbanked[0][0] - 1 if self._unbanked else progress
+        return min(progress, settled, unclustered)
 
 
 # -- stage 2: clusters ------------------------------------------------------

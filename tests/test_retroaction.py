@@ -537,6 +537,29 @@ def test_the_index_owner_clusters_on_its_peers_input_watermark_not_their_held_pr
     assert other.held == 0 and other.progress == T0 + MIN
 
 
+def test_the_index_owner_s_progress_never_passes_an_upload_it_has_not_clustered() -> None:
+    """A worker that takes the owner over knows its peers' progress (its log keeps it) but
+    not their input watermarks, until they send them again (at the latest with the next
+    reminder). Meanwhile it clusters nothing, and its progress must stay before the
+    uploads it holds: their clusters and registrations go out before the progress that
+    covers them, or a clusters partition would apply the reshares without them (a
+    retroactive alert on Kafka once counted two roots of three)."""
+    owner, other = resolver_of(0), resolver_of(1)
+    post = posts_on(1, 2, "late-owner")
+    up = {"event_id": "e1", "type": "upload", "ts": T0, "post_id": post, "user_id": "u"}
+    up["content"] = {"md5": "c" * 32}
+    sent = other.handle([Envelope([ToRoute(parse_ok(up))], {0: (T0 + MIN, False)})])
+    to_owner = merge_resolved([sent])[1][0]
+    heard_once = Envelope(to_owner.items, progress=to_owner.progress)  # no input watermark
+    owner.handle([Envelope([], {0: (T0 + MIN, False)})])
+    waiting = owner.handle([heard_once])
+    assert not [x for k in waiting.clusters for x in k]  # not clustered: inputs unknown
+    assert owner.progress < T0  # and not passed either
+    again = owner.handle([Envelope([], inputs={1: T0 + MIN})])
+    assert [x.event.event_id for k in again.clusters for x in k] == ["e1"]
+    assert owner.progress == T0 + MIN
+
+
 def resolver_of(partition: int) -> ResolvePartition:
     return ResolvePartition(
         partition,
