@@ -1088,11 +1088,7 @@ class ResolvePartition:
     def _read(self, wm: int) -> int:
         """The input watermark every resolve partition has passed (this one's is ``wm``):
         an upload before it that is still to come would be late."""
-        if wm == NO_TIME:
-            return NO_TIME
-        inputs = self.inputs
-        others = [inputs.get(r, NO_TIME) for r in range(self.partitions) if r != self.partition]
-        return min([wm, *others])
+        return self._with_peers(wm, self.inputs)
 
     def _cluster_unbanked(self, read: int) -> list[Routed | Rejection]:
         """At the index's owner: cluster the unbanked uploads the input watermark of every
@@ -1121,9 +1117,14 @@ class ResolvePartition:
         on this time, not on this partition's watermark alone: a peer that is
         behind (a backlog, a restart) may still register their parents.
         """
+        return self._with_peers(wm, self.peers)
+
+    def _with_peers(self, wm: int, heard: dict[int, int]) -> int:
+        """The lowest of ``wm`` (this partition's) and every peer's time in ``heard``: a
+        peer not heard from holds it at :data:`NO_TIME`."""
         if wm == NO_TIME:
             return NO_TIME
-        others = [self.peers.get(r, NO_TIME) for r in range(self.partitions) if r != self.partition]
+        others = [heard.get(r, NO_TIME) for r in range(self.partitions) if r != self.partition]
         return min([wm, *others])
 
     def _progress(self, wm: int) -> int:
