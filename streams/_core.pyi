@@ -1,7 +1,9 @@
 """Type stubs of the compiled core (``rust/python``), built by maturin into ``streams._core``."""
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+_T = TypeVar("_T")
 
 MAX_EVENT_BYTES: int
 MAX_ID_LEN: int
@@ -68,6 +70,23 @@ class EventIds:
     def contains_many(self, event_ids: Iterable[str]) -> list[bool]:
         """Whether each id of a batch was applied here."""
     def __contains__(self, event_id: object) -> bool: ...
+    def __len__(self) -> int: ...
+
+class ReorderBuffer(Generic[_T]):
+    """Records held until the watermark passes them, released in ``(ts, key)`` order (equal
+    pairs in arrival order; the records are never compared)."""
+
+    def push(self, ts_ms: int, key: str, item: _T) -> None:
+        """Hold ``item`` until the watermark reaches ``ts_ms``."""
+    def release(self, watermark_ms: int) -> list[_T]:
+        """Every record at or before the watermark, in event-time order."""
+    def drain(self) -> list[_T]:
+        """Everything, in order (the end of the input)."""
+    def keys(self) -> set[str]:
+        """The keys of the records held."""
+    @property
+    def released_ms(self) -> int:
+        """The event time of the latest record released (``-1`` before any)."""
     def __len__(self) -> int: ...
 
 class Orphans:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -153,3 +154,43 @@ def test_large_random_stream_matches_sort() -> None:
     for wm in range(0, 10_000, 997):
         out += buf.release(wm)
     assert out + buf.drain() == expected(items)
+
+
+@given(st.lists(st.tuples(st.integers(-(2**63), 2**63 - 1), st.text()), max_size=40))
+@PROPS
+def test_any_key_orders_as_python_orders_str(items: list[tuple[int, str]]) -> None:
+    """The compiled buffer compares keys as bytes: for any text (lone surrogates included,
+    which no parsed event id has) that is Python's own order of ``str``."""
+    buf: ReorderBuffer[int] = ReorderBuffer()
+    for i, (ts, key) in enumerate(items):
+        buf.push(ts, key, i)
+    assert buf.keys() == {key for _, key in items}
+    assert buf.drain() == [i for _, _, i in sorted((ts, k, i) for i, (ts, k) in enumerate(items))]
+
+
+def test_a_key_must_be_text_and_a_bad_push_holds_nothing() -> None:
+    buf: ReorderBuffer[str] = ReorderBuffer()
+    with pytest.raises(TypeError):
+        buf.push(1, b"bytes", "x")  # type: ignore[arg-type]
+    with pytest.raises(OverflowError):
+        buf.push(2**63, "k", "x")
+    assert len(buf) == 0 and buf.drain() == []
+
+
+def test_a_cycle_through_a_held_record_is_collected() -> None:
+    """The buffer tells the garbage collector what it holds, so a record that refers back to
+    the buffer holding it does not leak."""
+    import gc
+    import weakref
+
+    class Record:
+        pass
+
+    buf: ReorderBuffer[Record] = ReorderBuffer()
+    rec = Record()
+    rec.buffer = buf  # type: ignore[attr-defined]
+    buf.push(1, "k", rec)
+    gone = weakref.ref(rec)
+    del buf, rec
+    gc.collect()
+    assert gone() is None

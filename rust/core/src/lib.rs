@@ -7,6 +7,7 @@
 //! - [`json`]: reading an event's JSON by orjson's rules;
 //! - [`pdq`]: the exact index of PDQ hashes by Hamming distance;
 //! - [`dedupe`]: the event ids a cluster has applied, as keyed 128-bit hashes;
+//! - [`reorder`]: records held until the watermark passes them, in event-time order;
 //! - [`route`]: reshares held until their parent post is routed;
 //! - [`content`]: live clusters' signals, searched through the PDQ index.
 
@@ -15,6 +16,7 @@ pub mod dedupe;
 pub mod event;
 pub mod json;
 pub mod pdq;
+pub mod reorder;
 pub mod route;
 
 /// The crate's version, so Python can tell which build it imported.
