@@ -1,6 +1,6 @@
 """Type stubs of the compiled core (``rust/python``), built by maturin into ``streams._core``."""
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
 _T = TypeVar("_T")
@@ -124,3 +124,42 @@ class ContentSignals:
         """The signals no cluster holds now; ``None`` if ``cluster`` held nothing."""
     def near(self, kind: str, text: str, threshold: int) -> list[tuple[str, int]]:
         """Clusters holding the signal, nearest first, ties by id (MD5, PDQ; else none)."""
+
+class PostRoutes:
+    """Which cluster each live post belongs to (post ids kept as bytes, each cluster id
+    once), and the events waiting for their parent post. With ``partition``, a streaming
+    resolve partition's: only its own posts (``zlib.crc32`` of the id) are kept and recorded
+    (:meth:`take_new`), the others' queued (:meth:`take_foreign`)."""
+
+    def __init__(self, partition: int | None = None, partitions: int = 1) -> None: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, post: object) -> bool: ...
+    def __getitem__(self, post: str) -> str: ...
+    def __setitem__(self, post: str, cluster: str) -> None: ...
+    def __iter__(self) -> Iterator[str]: ...
+    @property
+    def clusters(self) -> int: ...
+    @property
+    def held(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def get(self, post: str, default: str | None = None) -> str | None: ...
+    def keys(self) -> list[str]: ...
+    def values(self) -> list[str]: ...
+    def items(self) -> list[tuple[str, str]]:
+        """Every ``(post, cluster)``, by post id (bytes order)."""
+    def fold(self, posts: dict[str, str], forgot: Iterable[str]) -> None:
+        """A state log's entries: ``posts`` mapped unless mapped, then ``forgot`` forgotten."""
+    def forget_many(self, posts: Iterable[str]) -> int:
+        """Forget posts; how many were mapped."""
+    def route(
+        self, target: str, post: str, share: bool, ts_ms: int, event: Any, max_held: int
+    ) -> tuple[str | None, list[Any], tuple[str, int] | None]:
+        """A reshare or takedown: ``(cluster, released, None)``, ``(None, [], None)`` held,
+        or ``(None, [], (reason, held))`` refused."""
+    def register(self, post: str, cluster: str) -> list[Any]:
+        """``post`` routed to ``cluster``: mapped (or queued), and the events it released."""
+    def expire(self, cut_ms: int) -> list[Any]:
+        """Give up on the held events at or before ``cut_ms``."""
+    def take_new(self) -> dict[str, str]: ...
+    def take_foreign(self) -> list[tuple[int, str, str]]: ...

@@ -18,10 +18,13 @@ expires (a counted rejection, ``orphan_expired``) when event time has moved
 newcomer is refused with ``orphan_overflow``), and a chain of held reshares
 that loops back on itself is refused as a ``cycle``.
 
-The post -> cluster map is any ``MutableMapping``: a dict in ``replay``, a
-changelogged table in the streaming worker. The held events are kept by the
-compiled core (``_core.Orphans``: what waits for which post, the loop check,
-the limit and expiry), which holds references to them and no copy.
+The post -> cluster map and the held events are the compiled core's
+(``_core.PostRoutes``, ``rust/core/src/posts.rs`` and ``route.rs``): post ids
+kept as bytes, each cluster id once; what waits for which post, the loop
+check, the limit and expiry, with references to the held events and no copy.
+A reshare is routed (or held) in one call, and registering a post releases
+the chains of reshares that waited for it. A streaming resolve partition's
+map keeps only its own posts (:class:`streams.stages.ResolvePartition`).
 
 >>> from streams.banks import HashBanks, BankEntry
 >>> from streams.events import parse_event
@@ -42,10 +45,10 @@ the limit and expiry), which holds references to them and no copy.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from streams._core import Orphans
+from streams._core import PostRoutes
 from streams.alerts import MatchInfo
 from streams.banks import HashBanks, Match, MatchKey, match_key, pdq_usable
 from streams.emerging import EmergingClusters, IndexRequests, allowed_cluster_id
@@ -93,7 +96,7 @@ class Router:
         banks: HashBanks,
         stats: Stats,
         *,
-        post_clusters: MutableMapping[str, str] | None = None,
+        post_clusters: PostRoutes | None = None,
         hold_ms: int = 1_800_000,
         max_held: int = 100_000,
         emerging: EmergingClusters | None = None,
@@ -108,19 +111,16 @@ class Router:
         self.index_requests = index_requests
         self.deferred: list[ShareEvent] = []
         self.stats = stats
-        self.post_clusters: MutableMapping[str, str] = (
-            post_clusters if post_clusters is not None else {}
-        )
+        #: post -> cluster, and the events waiting for their parent (or target) post
+        self.post_clusters = post_clusters if post_clusters is not None else PostRoutes()
         self.hold_ms = hold_ms
         self.max_held = max_held
-        #: events waiting for their parent (or target) post
-        self._orphans = Orphans()
         # answers of the last prefetch (see :meth:`prefetch`), by match key
         self._prefetched: dict[MatchKey, Match | None] = {}
 
     @property
     def held(self) -> int:
-        return len(self._orphans)
+        return self.post_clusters.held
 
     def prefetch(self, contents: Sequence[Content]) -> None:
         """Match a batch of uploads in one index search; :meth:`match` then uses the answers.
@@ -192,40 +192,43 @@ class Router:
                 return []
             routed = match
         else:
-            target = event.parent_post_id if event.type == "share" else event.post_id
+            share = event.type == "share"
+            target = event.parent_post_id if share else event.post_id
             assert target is not None
-            cluster = self.post_clusters.get(target)
+            cluster, released, refused = self.post_clusters.route(
+                target, event.post_id, share, event.ts_ms, event, self.max_held
+            )
             if cluster is None:
-                return self._hold(target, event)
-            routed = Routed(event, cluster)
+                return self._held(target, event, refused)
+            out: list[Routed | Rejection] = [Routed(event, cluster)]
             if cluster[0] == "u":
                 self.touch(cluster, event.ts_ms)
-        out: list[Routed | Rejection] = [routed]
-        if event.type != "takedown":
-            self._register(routed, out)
+            if released:
+                self._released(cluster, released, out)
+            return out
+        out = [routed]
+        self._register(routed, out)
         return out
 
     def _register(self, first: Routed, out: list[Routed | Rejection]) -> None:
-        stack = [first]
-        while stack:
-            routed = stack.pop()
-            post = routed.event.post_id
-            if post not in self.post_clusters:
-                self.post_clusters[post] = routed.cluster_id
-            for child in self._orphans.release(post):
-                released = Routed(child, routed.cluster_id)
-                if routed.cluster_id[0] == "u":
-                    self.touch(routed.cluster_id, child.ts_ms)
-                out.append(released)
-                if child.type != "takedown":
-                    stack.append(released)
-        self.stats.orphans_held = len(self._orphans)
+        """``first``'s post is routed: map it, and release what waited for it."""
+        released = self.post_clusters.register(first.event.post_id, first.cluster_id)
+        if released:
+            self._released(first.cluster_id, released, out)
 
-    def _hold(self, target: str, event: ShareEvent) -> list[Routed | Rejection]:
-        share = event.type == "share"
-        refused = self._orphans.hold(
-            target, event.post_id, share, event.ts_ms, event, self.max_held
-        )
+    def _released(
+        self, cluster: str, released: list[ShareEvent], out: list[Routed | Rejection]
+    ) -> None:
+        unbanked = cluster[0] == "u"
+        for child in released:
+            if unbanked:
+                self.touch(cluster, child.ts_ms)
+            out.append(Routed(child, cluster))
+        self.stats.orphans_held = self.post_clusters.held
+
+    def _held(
+        self, target: str, event: ShareEvent, refused: tuple[str, int] | None
+    ) -> list[Routed | Rejection]:
         if refused is not None:
             reason, held = refused
             detail = (
@@ -235,14 +238,14 @@ class Router:
             )
             return [Rejection(reason, detail, event.to_json(), event.event_id)]
         self.stats.held += 1
-        self.stats.orphans_held = len(self._orphans)
+        self.stats.orphans_held = self.post_clusters.held
         return []
 
     def expire(self, watermark_ms: int) -> list[Rejection]:
         """Give up on held events that event time has passed by ``hold_ms``."""
         self.emerging.expire(watermark_ms)
         out: list[Rejection] = []
-        for e in self._orphans.expire(watermark_ms - self.hold_ms):
+        for e in self.post_clusters.expire(watermark_ms - self.hold_ms):
             target = e.parent_post_id if e.type == "share" else e.post_id
             out.append(
                 Rejection(
@@ -253,13 +256,12 @@ class Router:
                     e.event_id,
                 )
             )
-        self.stats.orphans_held = len(self._orphans)
+        self.stats.orphans_held = self.post_clusters.held
         return out
 
     def forget(self, post_ids: list[str]) -> None:
         """Drop evicted posts from the map, so state stays bounded."""
-        for post in post_ids:
-            self.post_clusters.pop(post, None)
+        self.post_clusters.forget_many(post_ids)
 
 
 def due_uploads(

@@ -58,12 +58,13 @@ from __future__ import annotations
 import base64
 import heapq
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import orjson
 
+from streams._core import PostRoutes
 from streams.alerts import Pseudonymizer
 from streams.banks import BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, Predictor
@@ -554,47 +555,6 @@ class Ingest:
 # -- stage 1b: resolve ------------------------------------------------------
 
 
-class _PostMap(MutableMapping[str, str]):
-    """The Router's post -> cluster map for one partition.
-
-    Posts of this partition are kept here (and recorded, to be persisted);
-    a post of another partition is not looked up here (its reshares go
-    elsewhere) and writing it queues a registration for its own partition.
-    """
-
-    def __init__(self, is_local: Callable[[str], bool]) -> None:
-        self.own: dict[str, str] = {}
-        self.is_local = is_local
-        self.new: dict[str, str] = {}
-        self.foreign: list[tuple[str, str]] = []
-
-    def __getitem__(self, post: str) -> str:
-        return self.own[post]
-
-    def get(self, post: str, default: Any = None) -> Any:  # hot path: skip the ABC's try/except
-        return self.own.get(post, default)
-
-    def __contains__(self, post: object) -> bool:
-        return post in self.own
-
-    def __setitem__(self, post: str, cluster: str) -> None:
-        if self.is_local(post):
-            if post not in self.own:
-                self.own[post] = cluster
-                self.new[post] = cluster
-        else:
-            self.foreign.append((post, cluster))
-
-    def __delitem__(self, post: str) -> None:
-        del self.own[post]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.own)
-
-    def __len__(self) -> int:
-        return len(self.own)
-
-
 class PartitionRouter(Router):
     """The replay :class:`Router`, plus registrations that arrive from another partition."""
 
@@ -604,8 +564,9 @@ class PartitionRouter(Router):
         Exactly what :meth:`Router.route` does after routing a post itself.
         """
         out: list[Routed | Rejection] = []
-        marker = ShareEvent(event_id="", type="share", ts_ms=0, post_id=post_id, user_id="")
-        self._register(Routed(marker, cluster_id), out)
+        released = self.post_clusters.register(post_id, cluster_id)
+        if released:
+            self._released(cluster_id, released, out)
         return out
 
 
@@ -847,7 +808,9 @@ class ResolvePartition:
         self.partition = partition
         self.partitions = partitions
         self.stats = stats
-        self.posts = _PostMap(lambda post: partition_for(post, partitions) == partition)
+        #: this partition's posts -> their clusters, and the reshares held (the compiled core's:
+        #: posts of other partitions are queued for them, those kept recorded for the log)
+        self.posts = PostRoutes(partition, partitions)
         #: the index of unbanked content, if this partition is its owner (see the class doc)
         self.index = EmergingClusters(idle_ms=idle_ms) if partition == INDEX_PARTITION else None
         self.router = PartitionRouter(
@@ -884,7 +847,7 @@ class ResolvePartition:
         """Items a snapshot of this partition would hold (its log's ledger counts garbage
         against it): the posts registered here and the reshares held (and the index)."""
         index = 0 if self.index is None else self.index.live_items
-        return len(self.posts.own) + len(self._held) + index
+        return len(self.posts) + len(self._held) + index
 
     # -- persistence --
 
@@ -904,10 +867,7 @@ class ResolvePartition:
                 self.stats.rejected[d.reason] += 1
                 bad.append(DeadLetter(d, "restore"))
                 continue
-            for post, cluster in d.posts.items():
-                self.posts.own.setdefault(post, cluster)
-            for post in d.forgot:
-                self.posts.own.pop(post, None)
+            self.posts.fold(dict(d.posts), d.forgot)
             for ev in d.held:
                 held[ev.event_id] = ev
             for eid in d.released:
@@ -917,7 +877,7 @@ class ResolvePartition:
             for p, t in d.heard.items():
                 if t > self.peers.get(p, NO_TIME):
                     self.peers[p] = t
-        self.posts.new.clear()
+        self.posts.take_new()
         waiting = sorted(held.values(), key=lambda ev: (ev.ts_ms, ev.event_id))
         items: list[Item] = [ToRoute(ev) for ev in waiting]
         batch = self.handle([Envelope(items)] if items else [])
@@ -941,7 +901,7 @@ class ResolvePartition:
         """
         return log_parts(
             ResolveDelta(
-                posts=self.posts.own,
+                posts=dict(self.posts.items()),
                 held=tuple(self._held.values()),
                 index={} if self.index is None else self.index.snapshot(),
                 heard=self.peers if self.index is not None else {},
@@ -1057,12 +1017,11 @@ class ResolvePartition:
         read_moved = index is None and wm > self.input_mark
         if read_moved:
             self.input_mark = wm
-        for post, cluster in self.posts.foreign:
-            peers[partition_for(post, parts)].append(Registration(post, cluster))
-        self.posts.foreign.clear()
+        for home, post, cluster in self.posts.take_foreign():
+            peers[home].append(Registration(post, cluster))
         changed, evicted = index.take_changes() if index is not None else ({}, ())
         delta = ResolveDelta(
-            self.posts.new,
+            self.posts.take_new(),
             tuple(forgot),
             tuple(held_add),
             tuple(held_del),
@@ -1070,8 +1029,6 @@ class ResolvePartition:
             evicted,
             heard if index is not None else {},
         )
-        if self.posts.new:
-            self.posts.new = {}
         return ResolveBatch(
             partition=self.partition,
             partitions=parts,

@@ -9,6 +9,7 @@
 //! - [`dedupe`]: the event ids a cluster has applied, as keyed 128-bit hashes;
 //! - [`reorder`]: records held until the watermark passes them, in event-time order;
 //! - [`route`]: reshares held until their parent post is routed;
+//! - [`posts`]: the post -> cluster map, and routing a reshare through it;
 //! - [`content`]: live clusters' signals, searched through the PDQ index.
 
 pub mod content;
@@ -16,6 +17,7 @@ pub mod dedupe;
 pub mod event;
 pub mod json;
 pub mod pdq;
+pub mod posts;
 pub mod reorder;
 pub mod route;
 

@@ -140,13 +140,22 @@ impl<T> Orphans<T> {
 
     /// `post` was routed: what waited for it, in the order held.
     pub fn release(&mut self, post: &[u8]) -> Vec<T> {
+        self.release_with_posts(post)
+            .into_iter()
+            .map(|(item, _)| item)
+            .collect()
+    }
+
+    /// `post` was routed: what waited for it, in the order held, each with its own post
+    /// (a reshare's; `None` for a takedown).
+    pub fn release_with_posts(&mut self, post: &[u8]) -> Vec<(T, Option<Box<[u8]>>)> {
         self.parent_of.remove(post);
         match self.waiting.remove(post) {
             None => Vec::new(),
             Some(w) => {
                 self.targets.remove(&w.order);
                 self.held -= w.entries.len();
-                w.entries.into_iter().map(|e| e.item).collect()
+                w.entries.into_iter().map(|e| (e.item, e.post)).collect()
             }
         }
     }

@@ -15,6 +15,7 @@ mod alloc;
 mod content;
 mod dedupe;
 mod pdq;
+mod posts;
 mod reorder;
 mod route;
 
@@ -268,6 +269,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dedupe::EventIds>()?;
     m.add_class::<route::Orphans>()?;
     m.add_class::<reorder::ReorderBuffer>()?;
+    m.add_class::<posts::PyPostRoutes>()?;
     m.add("MAX_EVENT_BYTES", event::MAX_EVENT_BYTES)?;
     m.add("MAX_ID_LEN", event::MAX_ID_LEN)?;
     m.add("TS_MIN_MS", event::TS_MIN_MS)?;

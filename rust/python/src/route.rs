@@ -8,6 +8,14 @@ use viralwatch_core::route::{self, Refusal};
 
 use crate::dedupe::with_id;
 
+/// Why an event was not held, as the router's rejection names it, with the items held.
+pub(crate) fn refusal(r: Refusal) -> (&'static str, usize) {
+    match r {
+        Refusal::Cycle => ("cycle", 0),
+        Refusal::Overflow { held } => ("orphan_overflow", held),
+    }
+}
+
 /// Events waiting for their parent (or target) post: held in order, released when it is
 /// routed, expired by event time, refused past ``max_held`` or when they would loop.
 #[pyclass(module = "streams._core")]
@@ -42,10 +50,7 @@ impl Orphans {
                     .err()
             })
         })??;
-        Ok(refused.map(|r| match r {
-            Refusal::Cycle => ("cycle", 0),
-            Refusal::Overflow { held } => ("orphan_overflow", held),
-        }))
+        Ok(refused.map(refusal))
     }
 
     /// ``post`` was routed: the events that waited for it, in the order held.

@@ -1,0 +1,600 @@
+//! The post -> cluster map: which cluster each live post belongs to, so that a
+//! reshare (which carries no content) joins its parent's cluster and a
+//! takedown its target's.
+//!
+//! It holds one entry per live post (a banked cluster's node, an unbanked
+//! cluster's post), so it is sized for millions:
+//!
+//! - a post id is kept as its bytes in a 24-byte key, inline up to 22 bytes
+//!   (the ids seen in practice), on the heap beyond; 32 bytes an entry with
+//!   the cluster's slot, no allocation for a short id. Not a digest: a
+//!   resolve partition's snapshot lists its posts, and a registration for
+//!   another partition carries the id;
+//! - a cluster id is interned once, with the count of posts that hold it, and
+//!   freed with its last post: the map is bounded by the live clusters'
+//!   posts, as eviction forgets them ([`PostClusters::remove`]).
+//!
+//! A resolve partition of the streaming worker keeps only its own posts (the
+//! partition of a post is [`partition_for`], `zlib.crc32` of its id, as
+//! `streams.stages.partition_for` says): a post of another partition is not
+//! kept, its registration is queued for its own partition
+//! ([`PostClusters::take_foreign`]); the posts added are recorded for the
+//! partition's state log ([`PostClusters::take_new`]).
+//!
+//! [`Resolver`] joins the map and the held orphans ([`crate::route::Orphans`]):
+//! routing a reshare is one lookup, and registering a post releases, in the
+//! router's order, every held reshare whose chain of parents waited for it.
+//!
+//! ```
+//! use viralwatch_core::posts::PostClusters;
+//! let mut posts: PostClusters<()> = PostClusters::new();
+//! assert!(posts.register(b"p1", "b-1", |_| ()));
+//! assert!(!posts.register(b"p1", "b-2", |_| ())); // the first cluster stays
+//! assert_eq!(posts.cluster_of(b"p1"), Some("b-1"));
+//! assert!(posts.remove(b"p1") && posts.is_empty() && posts.clusters() == 0);
+//! ```
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use crate::route::{Orphans, Refusal};
+
+/// The longest post id kept inline in its key.
+pub const INLINE_ID: usize = 22;
+
+/// A post id's bytes: inline when short, else on the heap (24 bytes either way).
+#[derive(Clone)]
+pub enum PostKey {
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Heap(Box<[u8]>),
+}
+
+impl PostKey {
+    pub fn new(id: &[u8]) -> Self {
+        if id.len() <= INLINE_ID {
+            let mut bytes = [0_u8; INLINE_ID];
+            bytes[..id.len()].copy_from_slice(id);
+            PostKey::Inline {
+                len: id.len() as u8,
+                bytes,
+            }
+        } else {
+            PostKey::Heap(id.into())
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            PostKey::Inline { len, bytes } => &bytes[..*len as usize],
+            PostKey::Heap(b) => b,
+        }
+    }
+}
+
+impl PartialEq for PostKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for PostKey {}
+
+impl Hash for PostKey {
+    // as `[u8]` hashes, so a lookup by `&[u8]` (Borrow) finds it
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
+
+impl Borrow<[u8]> for PostKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for PostKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// CRC-32 (IEEE 802.3, zlib's) of `data`.
+///
+/// ```
+/// assert_eq!(viralwatch_core::posts::crc32(b"123456789"), 0xCBF4_3926);
+/// ```
+pub fn crc32(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0_u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    let mut c = !0_u32;
+    for &b in data {
+        c = TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+/// The partition of an internal topic that `key` belongs to: `crc32(key) % partitions`.
+pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
+    crc32(key) % partitions.max(1)
+}
+
+struct Cluster<T> {
+    id: Arc<str>,
+    /// posts mapped to it (its slot is freed at 0)
+    posts: u32,
+    extra: T,
+}
+
+/// Post -> cluster, clusters interned (see the module doc). `T` is what a
+/// caller keeps beside each cluster id (the bindings: its Python string).
+pub struct PostClusters<T> {
+    posts: HashMap<PostKey, u32>,
+    clusters: Vec<Option<Cluster<T>>>,
+    free: Vec<u32>,
+    by_id: HashMap<Arc<str>, u32>,
+    /// `(partition, partitions)`: keep only this partition's posts
+    own: Option<(u32, u32)>,
+    new: Vec<(PostKey, Arc<str>)>,
+    foreign: Vec<(u32, PostKey, Arc<str>)>,
+}
+
+impl<T> Default for PostClusters<T> {
+    fn default() -> Self {
+        Self {
+            posts: HashMap::new(),
+            clusters: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            own: None,
+            new: Vec::new(),
+            foreign: Vec::new(),
+        }
+    }
+}
+
+impl<T> PostClusters<T> {
+    /// A map keeping every post (replay's).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A resolve partition's map: its own posts kept (and recorded), the others' queued.
+    pub fn partition(partition: u32, partitions: u32) -> Self {
+        Self {
+            own: Some((partition, partitions.max(1))),
+            ..Self::default()
+        }
+    }
+
+    /// Posts held.
+    pub fn len(&self) -> usize {
+        self.posts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.posts.is_empty()
+    }
+
+    /// Distinct clusters the posts belong to.
+    pub fn clusters(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether this map keeps `post` (always, unless it is a partition's).
+    pub fn is_local(&self, post: &[u8]) -> bool {
+        match self.own {
+            None => true,
+            Some((p, n)) => partition_for(post, n) == p,
+        }
+    }
+
+    fn slot(&self, s: u32) -> &Cluster<T> {
+        self.clusters[s as usize]
+            .as_ref()
+            .expect("a live cluster's slot")
+    }
+
+    /// The cluster of `post` (its id and what the caller keeps with it).
+    pub fn get(&self, post: &[u8]) -> Option<(&Arc<str>, &T)> {
+        let c = self.slot(*self.posts.get(post)?);
+        Some((&c.id, &c.extra))
+    }
+
+    pub fn cluster_of(&self, post: &[u8]) -> Option<&str> {
+        self.get(post).map(|(id, _)| &**id)
+    }
+
+    pub fn contains(&self, post: &[u8]) -> bool {
+        self.posts.contains_key(post)
+    }
+
+    /// What the caller keeps with `cluster`, if a post holds it.
+    pub fn extra_of(&self, cluster: &str) -> Option<&T> {
+        self.by_id.get(cluster).map(|&s| &self.slot(s).extra)
+    }
+
+    /// The slot of `cluster`, interned now if new (`make` gives what is kept with it).
+    fn intern(&mut self, cluster: &str, make: impl FnOnce(&str) -> T) -> u32 {
+        if let Some(&s) = self.by_id.get(cluster) {
+            return s;
+        }
+        let id: Arc<str> = Arc::from(cluster);
+        let c = Cluster {
+            id: id.clone(),
+            posts: 0,
+            extra: make(cluster),
+        };
+        let s = match self.free.pop() {
+            Some(s) => {
+                self.clusters[s as usize] = Some(c);
+                s
+            }
+            None => {
+                self.clusters.push(Some(c));
+                (self.clusters.len() - 1) as u32
+            }
+        };
+        self.by_id.insert(id, s);
+        s
+    }
+
+    fn unref(&mut self, s: u32) {
+        let c = self.clusters[s as usize]
+            .as_mut()
+            .expect("a live cluster's slot");
+        c.posts -= 1;
+        if c.posts == 0 {
+            let gone = self.clusters[s as usize].take().expect("just seen");
+            self.by_id.remove(&gone.id);
+            self.free.push(s);
+            if self.by_id.is_empty() {
+                *self = Self {
+                    posts: std::mem::take(&mut self.posts),
+                    own: self.own,
+                    new: std::mem::take(&mut self.new),
+                    foreign: std::mem::take(&mut self.foreign),
+                    ..Self::default()
+                };
+            } else if self.by_id.capacity() > 4 * self.by_id.len().max(1024) {
+                self.trim();
+            }
+        }
+    }
+
+    /// Give back the room of clusters gone (after a flood): the interning table's, and
+    /// the free slots at the end of the slots.
+    fn trim(&mut self) {
+        self.by_id.shrink_to(2 * self.by_id.len());
+        while matches!(self.clusters.last(), Some(None)) {
+            self.clusters.pop();
+        }
+        let live = self.clusters.len() as u32;
+        self.free.retain(|&s| s < live);
+        self.clusters.shrink_to(2 * self.clusters.len());
+        self.free.shrink_to(2 * self.free.len());
+    }
+
+    /// Map `post` to `cluster` unless it is mapped already (kept without recording it:
+    /// a state log read back, or a test). `false` if it was there.
+    pub fn insert(&mut self, post: &[u8], cluster: &str, make: impl FnOnce(&str) -> T) -> bool {
+        if self.posts.contains_key(post) {
+            return false;
+        }
+        let s = self.intern(cluster, make);
+        self.clusters[s as usize]
+            .as_mut()
+            .expect("a live cluster's slot")
+            .posts += 1;
+        self.posts.insert(PostKey::new(post), s);
+        true
+    }
+
+    /// Map `post` to `cluster`, replacing what it had.
+    pub fn set(&mut self, post: &[u8], cluster: &str, make: impl FnOnce(&str) -> T) {
+        self.remove(post);
+        self.insert(post, cluster, make);
+    }
+
+    /// `post` was routed to `cluster`: kept unless mapped already (and, in a partition's
+    /// map, recorded for its log); a post of another partition is queued for it instead.
+    /// `true` if it was kept now.
+    pub fn register(&mut self, post: &[u8], cluster: &str, make: impl FnOnce(&str) -> T) -> bool {
+        if let Some((p, n)) = self.own {
+            let home = partition_for(post, n);
+            if home != p {
+                let id = self.interned_or_new(cluster);
+                self.foreign.push((home, PostKey::new(post), id));
+                return false;
+            }
+        }
+        if !self.insert(post, cluster, make) {
+            return false;
+        }
+        if self.own.is_some() {
+            let id = self.interned_or_new(cluster);
+            self.new.push((PostKey::new(post), id));
+        }
+        true
+    }
+
+    /// The interned id of `cluster` if it is live, else a new one (no slot taken).
+    fn interned_or_new(&self, cluster: &str) -> Arc<str> {
+        match self.by_id.get_key_value(cluster) {
+            Some((id, _)) => id.clone(),
+            None => Arc::from(cluster),
+        }
+    }
+
+    /// Forget `post` (its cluster evicted); `false` if it was not there.
+    pub fn remove(&mut self, post: &[u8]) -> bool {
+        let Some(s) = self.posts.remove(post) else {
+            return false;
+        };
+        self.unref(s);
+        // a flood gone leaves its table's room behind: give most of it back
+        if self.posts.capacity() > 4 * self.posts.len().max(1024) || self.posts.is_empty() {
+            self.posts.shrink_to(2 * self.posts.len());
+        }
+        true
+    }
+
+    /// The posts kept since the last call, in order, with their clusters (a partition's).
+    pub fn take_new(&mut self) -> Vec<(PostKey, Arc<str>)> {
+        std::mem::take(&mut self.new)
+    }
+
+    /// Posts of other partitions routed here since the last call: `(their partition,
+    /// post, cluster)`, in order.
+    pub fn take_foreign(&mut self) -> Vec<(u32, PostKey, Arc<str>)> {
+        std::mem::take(&mut self.foreign)
+    }
+
+    /// Every post with its cluster, by post id (bytes): the same order whatever the
+    /// order they came in.
+    pub fn items(&self) -> Vec<(&[u8], &Arc<str>, &T)> {
+        let mut out: Vec<_> = self
+            .posts
+            .iter()
+            .map(|(k, &s)| {
+                let c = self.slot(s);
+                (k.as_bytes(), &c.id, &c.extra)
+            })
+            .collect();
+        out.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        out
+    }
+
+    /// Bytes the map holds on the heap (tables at capacity, long ids, cluster ids).
+    pub fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<(PostKey, u32)>() + 1;
+        let long: usize = self
+            .posts
+            .keys()
+            .map(|k| match k {
+                PostKey::Heap(b) => b.len(),
+                PostKey::Inline { .. } => 0,
+            })
+            .sum();
+        let ids: usize = self.by_id.keys().map(|id| id.len() + 16).sum();
+        self.posts.capacity() * entry
+            + long
+            + self.clusters.capacity() * std::mem::size_of::<Option<Cluster<T>>>()
+            + self.by_id.capacity() * (std::mem::size_of::<(Arc<str>, u32)>() + 1)
+            + ids
+    }
+}
+
+/// What routing a reshare or a takedown gave (see [`Resolver::route`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Routed<E> {
+    /// Its target's cluster is known: the cluster, and (a reshare) what its post released
+    /// (to the same cluster).
+    Found(Arc<str>, Vec<E>),
+    /// Held until its target is routed.
+    Held,
+    /// Not held (see [`Refusal`]).
+    Refused(Refusal),
+}
+
+/// The router's state: the post -> cluster map and the held orphans (events
+/// `E`), so that a reshare is routed, or held, in one call.
+pub struct Resolver<T, E> {
+    pub posts: PostClusters<T>,
+    pub orphans: Orphans<E>,
+}
+
+impl<T, E> Resolver<T, E> {
+    pub fn new(posts: PostClusters<T>) -> Self {
+        Self {
+            posts,
+            orphans: Orphans::new(),
+        }
+    }
+
+    /// Route a reshare of `post` (`share`) or a takedown of `target`: joined to its
+    /// target's cluster, or held (or refused) until the target is routed. A reshare
+    /// routed registers its post ([`Self::register`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn route(
+        &mut self,
+        target: &[u8],
+        post: &[u8],
+        share: bool,
+        ts_ms: i64,
+        item: E,
+        max_held: usize,
+        make: impl FnMut(&str) -> T,
+    ) -> Routed<E> {
+        let Some((cluster, _)) = self.posts.get(target) else {
+            return match self
+                .orphans
+                .hold(target, post, share, ts_ms, item, max_held)
+            {
+                Ok(()) => Routed::Held,
+                Err(r) => Routed::Refused(r),
+            };
+        };
+        let cluster = cluster.clone();
+        drop(item);
+        let released = if share {
+            self.register(post, &cluster, make)
+        } else {
+            Vec::new()
+        };
+        Routed::Found(cluster, released)
+    }
+
+    /// `post` was routed to `cluster`: kept (see [`PostClusters::register`]), and what
+    /// waited for it released with its cluster, then what waited for those (a reshare's
+    /// own post), depth first: the last released is the next registered, as the Python
+    /// router's stack did.
+    pub fn register(
+        &mut self,
+        post: &[u8],
+        cluster: &Arc<str>,
+        mut make: impl FnMut(&str) -> T,
+    ) -> Vec<E> {
+        let mut out = Vec::new();
+        let mut stack: Vec<Box<[u8]>> = vec![post.into()];
+        while let Some(p) = stack.pop() {
+            self.posts.register(&p, cluster, &mut make);
+            for (child, own) in self.orphans.release_with_posts(&p) {
+                if let Some(own) = own {
+                    stack.push(own);
+                }
+                out.push(child);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_short_and_long_are_found_by_their_bytes() {
+        assert_eq!(std::mem::size_of::<PostKey>(), 24);
+        let mut m: PostClusters<()> = PostClusters::new();
+        let long = vec![b'x'; 100];
+        for id in [&b""[..], b"p", &[b'a'; 22], &[b'a'; 23], &long] {
+            assert!(m.insert(id, "c", |_| ()));
+            assert_eq!(m.cluster_of(id), Some("c"));
+        }
+        assert_eq!((m.len(), m.clusters()), (5, 1));
+        assert!(!m.contains(&[b'a'; 21]));
+        let keys: Vec<Vec<u8>> = m.items().iter().map(|(k, _, _)| k.to_vec()).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+    }
+
+    #[test]
+    fn clusters_are_interned_and_freed_with_their_last_post() {
+        let mut m: PostClusters<u32> = PostClusters::new();
+        let mut made = 0;
+        for i in 0..10 {
+            m.insert(format!("p{i}").as_bytes(), &format!("c{}", i % 3), |_| {
+                made += 1;
+                made
+            });
+        }
+        assert_eq!((made, m.clusters()), (3, 3));
+        for i in (0..10).step_by(3) {
+            assert!(m.remove(format!("p{i}").as_bytes())); // c0's posts
+        }
+        assert_eq!(m.clusters(), 2);
+        assert!(!m.remove(b"p0"));
+        m.insert(b"q", "c9", |_| 99);
+        assert_eq!(m.get(b"q").map(|(c, &x)| (&**c, x)), Some(("c9", 99)));
+        m.set(b"q", "c1", |_| 0);
+        assert_eq!(m.cluster_of(b"q"), Some("c1"));
+        assert_eq!(m.clusters(), 2); // c9 gone with its post
+    }
+
+    #[test]
+    fn crc32_is_zlibs() {
+        assert_eq!(crc32(b""), 0);
+        assert_eq!(
+            crc32(b"The quick brown fox jumps over the lazy dog"),
+            0x414F_A339
+        );
+    }
+
+    #[test]
+    fn a_partition_keeps_its_own_posts_and_queues_the_others() {
+        let mut m: PostClusters<()> = PostClusters::partition(0, 2);
+        let (mut own, mut other) = (Vec::new(), Vec::new());
+        for i in 0..20 {
+            let p = format!("p{i}").into_bytes();
+            if partition_for(&p, 2) == 0 {
+                own.push(p);
+            } else {
+                other.push(p);
+            }
+        }
+        for p in own.iter().chain(&other) {
+            m.register(p, "b-1", |_| ());
+        }
+        m.register(&own[0], "b-2", |_| ()); // kept already: not recorded again
+        assert_eq!(m.len(), own.len());
+        let new: Vec<Vec<u8>> = m
+            .take_new()
+            .into_iter()
+            .map(|(k, _)| k.as_bytes().to_vec())
+            .collect();
+        assert_eq!(new, own);
+        let foreign = m.take_foreign();
+        assert_eq!(foreign.len(), other.len());
+        assert!(foreign.iter().all(|(p, _, c)| *p == 1 && &**c == "b-1"));
+        assert!(m.take_new().is_empty() && m.take_foreign().is_empty());
+    }
+
+    #[test]
+    fn registering_releases_chains_depth_first() {
+        let mut r: Resolver<(), &str> = Resolver::new(PostClusters::new());
+        // s2 reshares p1, s3 reshares s2, t takes p1 down, s4 reshares p1: all held
+        for (t, p, share, ts, e) in [
+            (b"p1", b"s2", true, 1, "s2"),
+            (b"s2", b"s3", true, 2, "s3"),
+            (b"p1", b"p1", false, 3, "t"),
+            (b"p1", b"s4", true, 4, "s4"),
+        ] {
+            assert_eq!(r.route(t, p, share, ts, e, 10, |_| ()), Routed::Held);
+        }
+        let c: Arc<str> = Arc::from("u-1");
+        let out = r.register(b"p1", &c, |_| ());
+        // released in the order held; s4's post (pushed last) registered first, then s2's
+        assert_eq!(out, ["s2", "t", "s4", "s3"]);
+        assert_eq!(r.posts.len(), 4);
+        assert!(r.orphans.is_empty());
+        match r.route(b"s3", b"s5", true, 5, "s5", 10, |_| ()) {
+            Routed::Found(c, released) => assert!(&*c == "u-1" && released.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            r.route(b"x", b"s5", true, 6, "s6", 0, |_| ()),
+            Routed::Refused(Refusal::Overflow { held: 0 })
+        );
+    }
+}

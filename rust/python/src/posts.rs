@@ -1,0 +1,272 @@
+//! `streams._core.PostRoutes`: the router's post -> cluster map and held orphans
+//! (`viralwatch_core::posts::Resolver`). Post ids are kept as bytes; each
+//! cluster id's Python string is kept once, with its cluster, and handed back
+//! (no new string per lookup). Held events stay Python objects.
+
+use pyo3::exceptions::{PyKeyError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+
+use crate::dedupe::with_id;
+use crate::route::refusal;
+use viralwatch_core::posts::{PostClusters, Resolver, Routed};
+
+/// A post id's text back from its bytes (ids holding a lone surrogate as
+/// ``surrogatepass`` wrote them).
+fn post_text<'py>(py: Python<'py>, id: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    match std::str::from_utf8(id) {
+        Ok(s) => Ok(PyString::new(py, s).into_any()),
+        Err(_) => PyBytes::new(py, id).call_method1("decode", ("utf-8", "surrogatepass")),
+    }
+}
+
+/// A registration queued for another partition: ``(its partition, post, cluster)``.
+type Foreign<'py> = (u32, Bound<'py, PyAny>, Py<PyString>);
+
+fn cluster_text<'py>(cluster: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
+    cluster
+        .cast::<PyString>()
+        .cloned()
+        .map_err(|_| PyTypeError::new_err("a cluster id is a str"))
+}
+
+/// Which cluster each live post belongs to, and the events waiting for their parent post
+/// (see ``streams.router``). ``partition``/``partitions``: a streaming resolve partition's,
+/// which keeps only its own posts (``zlib.crc32`` of the id), records those it keeps for
+/// its log (:meth:`take_new`) and queues the others' (:meth:`take_foreign`).
+#[pyclass(module = "streams._core", name = "PostRoutes")]
+pub struct PyPostRoutes {
+    inner: Resolver<Py<PyString>, Py<PyAny>>,
+}
+
+impl PyPostRoutes {
+    /// The Python string of a live cluster (the one kept), or a new one.
+    fn cluster_str(&self, py: Python<'_>, id: &str) -> Py<PyString> {
+        match self.inner.posts.extra_of(id) {
+            Some(s) => s.clone_ref(py),
+            None => PyString::new(py, id).unbind(),
+        }
+    }
+}
+
+#[pymethods]
+impl PyPostRoutes {
+    #[new]
+    #[pyo3(signature = (partition = None, partitions = 1))]
+    fn new(partition: Option<u32>, partitions: u32) -> Self {
+        let posts = match partition {
+            None => PostClusters::new(),
+            Some(p) => PostClusters::partition(p, partitions),
+        };
+        Self {
+            inner: Resolver::new(posts),
+        }
+    }
+
+    /// Posts mapped.
+    fn __len__(&self) -> usize {
+        self.inner.posts.len()
+    }
+
+    /// Distinct clusters the posts belong to.
+    #[getter]
+    fn clusters(&self) -> usize {
+        self.inner.posts.clusters()
+    }
+
+    /// Events held, waiting for their parent (or target) post.
+    #[getter]
+    fn held(&self) -> usize {
+        self.inner.orphans.len()
+    }
+
+    /// Heap bytes of the map (its table at capacity, long ids, cluster ids).
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.inner.posts.heap_bytes()
+    }
+
+    fn __contains__(&self, post: &Bound<'_, PyAny>) -> bool {
+        with_id(post, |p| self.inner.posts.contains(p)).unwrap_or(false)
+    }
+
+    /// The cluster of ``post``, or ``default``.
+    #[pyo3(signature = (post, default = None))]
+    fn get(
+        &self,
+        py: Python<'_>,
+        post: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let found = with_id(post, |p| {
+            self.inner.posts.get(p).map(|(_, s)| s.clone_ref(py))
+        })?;
+        Ok(match found {
+            Some(s) => s.into_any(),
+            None => default.unwrap_or_else(|| py.None()),
+        })
+    }
+
+    fn __getitem__(&self, py: Python<'_>, post: &Bound<'_, PyAny>) -> PyResult<Py<PyString>> {
+        with_id(post, |p| {
+            self.inner.posts.get(p).map(|(_, s)| s.clone_ref(py))
+        })?
+        .ok_or_else(|| PyKeyError::new_err(post.clone().unbind()))
+    }
+
+    /// Map ``post`` to ``cluster``, replacing what it had (not recorded for a log).
+    fn __setitem__(&mut self, post: &Bound<'_, PyAny>, cluster: &Bound<'_, PyAny>) -> PyResult<()> {
+        let c = cluster_text(cluster)?;
+        let id = c.to_str()?.to_owned();
+        with_id(post, |p| {
+            self.inner.posts.set(p, &id, |_| c.clone().unbind())
+        })
+    }
+
+    /// Every post, by id (bytes order).
+    fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for (k, _, _) in self.inner.posts.items() {
+            out.append(post_text(py, k)?)?;
+        }
+        Ok(out)
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.keys(py)?.try_iter().map(|i| i.into_any())
+    }
+
+    /// Every post's cluster, in :meth:`keys` order.
+    fn values<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(
+            py,
+            self.inner
+                .posts
+                .items()
+                .into_iter()
+                .map(|(_, _, s)| s.clone_ref(py)),
+        )
+    }
+
+    /// ``(post, cluster)`` of every post, by post id (bytes order): the same whatever the
+    /// order they came in.
+    fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for (k, _, s) in self.inner.posts.items() {
+            out.append((post_text(py, k)?, s.clone_ref(py)))?;
+        }
+        Ok(out)
+    }
+
+    /// Take back a state log's entries (in the order written): ``posts`` mapped unless
+    /// mapped already, then ``forgot`` forgotten. Nothing is recorded.
+    fn fold(&mut self, posts: &Bound<'_, PyDict>, forgot: &Bound<'_, PyAny>) -> PyResult<()> {
+        for (post, cluster) in posts.iter() {
+            let c = cluster_text(&cluster)?;
+            let id = c.to_str()?.to_owned();
+            with_id(&post, |p| {
+                self.inner.posts.insert(p, &id, |_| c.clone().unbind())
+            })?;
+        }
+        self.forget_many(forgot)?;
+        Ok(())
+    }
+
+    /// Forget posts (their clusters evicted); how many were mapped.
+    fn forget_many(&mut self, posts: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let mut n = 0;
+        for post in posts.try_iter()? {
+            n += usize::from(with_id(&post?, |p| self.inner.posts.remove(p))?);
+        }
+        Ok(n)
+    }
+
+    /// Route a reshare of ``post`` (``share``) or a takedown of ``target``: ``(cluster,
+    /// released, None)`` when ``target``'s cluster is known (``released``: the events a
+    /// reshare's post released, see :meth:`register`); ``(None, [], None)`` when held
+    /// until ``target`` is routed; ``(None, [], (reason, held))`` when refused (``"cycle"``,
+    /// ``"orphan_overflow"``).
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn route(
+        &mut self,
+        py: Python<'_>,
+        target: &Bound<'_, PyAny>,
+        post: &Bound<'_, PyAny>,
+        share: bool,
+        ts_ms: i64,
+        event: Py<PyAny>,
+        max_held: usize,
+    ) -> PyResult<(
+        Option<Py<PyString>>,
+        Vec<Py<PyAny>>,
+        Option<(&'static str, usize)>,
+    )> {
+        let routed = with_id(target, |t| {
+            with_id(post, |p| {
+                let this = &mut self.inner;
+                this.route(t, p, share, ts_ms, event, max_held, |id| {
+                    PyString::new(py, id).unbind()
+                })
+            })
+        })??;
+        Ok(match routed {
+            Routed::Found(id, released) => (Some(self.cluster_str(py, &id)), released, None),
+            Routed::Held => (None, Vec::new(), None),
+            Routed::Refused(r) => (None, Vec::new(), Some(refusal(r))),
+        })
+    }
+
+    /// ``post`` was routed to ``cluster``: mapped (a partition's own post) unless mapped
+    /// already, or queued for its partition; then what waited for it, released (in the order
+    /// held), and what waited for their posts in turn (depth first, the last released
+    /// first): the events, all now of ``cluster``.
+    fn register(
+        &mut self,
+        post: &Bound<'_, PyAny>,
+        cluster: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        let c = cluster_text(cluster)?;
+        let id: std::sync::Arc<str> = std::sync::Arc::from(c.to_str()?);
+        with_id(post, |p| {
+            self.inner.register(p, &id, |_| c.clone().unbind())
+        })
+    }
+
+    /// Give up on the held events at or before ``cut_ms``: by target (in the order each
+    /// first got an event), then in the order held.
+    fn expire(&mut self, cut_ms: i64) -> Vec<Py<PyAny>> {
+        self.inner
+            .orphans
+            .expire(cut_ms)
+            .into_iter()
+            .map(|(_, ev)| ev)
+            .collect()
+    }
+
+    /// The posts this partition mapped since the last call, in order: ``{post: cluster}``
+    /// (its state log's ``posts``).
+    fn take_new<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for (k, id) in self.inner.posts.take_new() {
+            out.set_item(post_text(py, k.as_bytes())?, self.cluster_str(py, &id))?;
+        }
+        Ok(out)
+    }
+
+    /// Posts of other partitions routed here since the last call, in order: ``(their
+    /// partition, post, cluster)``.
+    fn take_foreign<'py>(&mut self, py: Python<'py>) -> PyResult<Vec<Foreign<'py>>> {
+        self.inner
+            .posts
+            .take_foreign()
+            .into_iter()
+            .map(|(part, k, id)| {
+                Ok((
+                    part,
+                    post_text(py, k.as_bytes())?,
+                    self.cluster_str(py, &id),
+                ))
+            })
+            .collect()
+    }
+}
