@@ -1,11 +1,14 @@
 //! The content (signals) of live clusters, searchable by exact signal and by
 //! PDQ distance: the core of `streams.emerging.ContentIndex`.
 //!
-//! A signal is its text: 32 hex digits an MD5, 64 a PDQ hash, anything else
-//! (a video's frames) held as it is, for Python to search. Each signal is held
-//! by one cluster or more, each cluster holds its signals in the order it took
-//! them. PDQ signals are in a [`PdqIndex`] tagged with their slot, so a search
-//! answers with the clusters holding what it found.
+//! A signal is known by its text: 32 hex digits an MD5, 64 a PDQ hash, anything
+//! else (a video's frames) held as it is, for Python to search. An MD5 is kept
+//! as its 16 bytes, a PDQ hash as its 32 (in the [`PdqIndex`] alone, tagged
+//! with its slot: the index is also the map from a hash to its signal), and
+//! their text is written again, lowercase, where a caller asks for it: no copy
+//! of the text is kept. Each signal is held by one cluster or more, each
+//! cluster holds its signals in the order it took them; a PDQ search answers
+//! with the clusters holding what it found.
 //!
 //! Answers are deterministic: clusters nearest first, ties by cluster id, each
 //! cluster once at its nearest, whatever the order of adds and drops.
@@ -13,7 +16,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::pdq::{self, PdqIndex};
+use crate::pdq::{self, Hash, PdqIndex};
 
 /// A signal's kind, as `streams.emerging` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,11 +37,49 @@ impl Kind {
     }
 }
 
+/// A signal as it is kept: binary for the hashes (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Key {
+    Md5([u8; 16]),
+    /// a PDQ hash in the index (a `Kind::Pdq` signal)
+    Pdq(Hash),
+    Text(Box<str>),
+}
+
+/// The 16 bytes of an MD5's 32 hex digits (either case).
+fn parse_md5(text: &[u8]) -> Option<[u8; 16]> {
+    if text.len() != 32 {
+        return None;
+    }
+    let mut out = [0_u8; 16];
+    for (b, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        *b = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+impl Key {
+    /// The text a caller gets back (hashes in lowercase hex).
+    fn text(&self) -> Arc<str> {
+        match self {
+            Key::Md5(b) => {
+                let mut s = String::with_capacity(32);
+                for x in b {
+                    s.push_str(&format!("{x:02x}"));
+                }
+                Arc::from(s)
+            }
+            Key::Pdq(h) => Arc::from(pdq::format_hex(h)),
+            Key::Text(t) => Arc::from(&**t),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Signal {
-    text: Arc<str>,
-    /// whether it is in the PDQ index
-    indexed: bool,
+    key: Key,
     holders: Vec<u32>,
 }
 
@@ -58,8 +99,11 @@ pub struct BadSignal(pub String);
 /// Live clusters' signals (see the module doc).
 #[derive(Debug, Default)]
 pub struct ContentIndex {
+    /// the PDQ signals' hashes, tagged with their slot
     pdq: PdqIndex,
-    signal_slot: HashMap<Arc<str>, u32>,
+    md5_slot: HashMap<[u8; 16], u32>,
+    /// signals of any other text (a video's frames)
+    text_slot: HashMap<Box<str>, u32>,
     signals: Vec<Option<Signal>>,
     free_signals: Vec<u32>,
     cluster_slot: HashMap<Arc<str>, u32>,
@@ -93,11 +137,42 @@ impl ContentIndex {
 
     /// Distinct signals held.
     pub fn len(&self) -> usize {
-        self.signal_slot.len()
+        self.pdq.len() + self.md5_slot.len() + self.text_slot.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.signal_slot.is_empty()
+        self.len() == 0
+    }
+
+    /// The key `text` is kept under, for a signal of `kind` (`None`: a PDQ text that is
+    /// not 64 hex digits). A text of 32 hex digits is an MD5 whatever its kind says.
+    fn key_of(kind: Kind, text: &str) -> Option<Key> {
+        if kind == Kind::Pdq {
+            return pdq::parse_hex(text.as_bytes()).map(Key::Pdq);
+        }
+        Some(match parse_md5(text.as_bytes()) {
+            Some(b) => Key::Md5(b),
+            None => Key::Text(text.into()),
+        })
+    }
+
+    /// The slot of the signal kept under `key`.
+    fn slot_of(&self, key: &Key) -> Option<u32> {
+        match key {
+            Key::Md5(b) => self.md5_slot.get(b).copied(),
+            Key::Pdq(h) => self.pdq.tag_of(h).map(|t| t as u32),
+            Key::Text(t) => self.text_slot.get(t).copied(),
+        }
+    }
+
+    /// The slot of the signal of `text` (of any kind, as its shape says).
+    fn slot_of_text(&self, text: &str) -> Option<u32> {
+        if let Some(h) = pdq::parse_hex(text.as_bytes()) {
+            if let Some(s) = self.slot_of(&Key::Pdq(h)) {
+                return Some(s);
+            }
+        }
+        self.slot_of(&Self::key_of(Kind::Other, text)?)
     }
 
     pub fn contains(&self, cluster: &str) -> bool {
@@ -122,14 +197,14 @@ impl ContentIndex {
             self.cluster(c)
                 .signals
                 .iter()
-                .map(|&s| self.signal(s).text.clone())
+                .map(|&s| self.signal(s).key.text())
                 .collect()
         })
     }
 
     /// The clusters holding `text`, by id.
     pub fn holders(&self, text: &str) -> Vec<Arc<str>> {
-        let mut out: Vec<Arc<str>> = self.signal_slot.get(text).map_or_else(Vec::new, |&s| {
+        let mut out: Vec<Arc<str>> = self.slot_of_text(text).map_or_else(Vec::new, |s| {
             self.signal(s)
                 .holders
                 .iter()
@@ -144,15 +219,12 @@ impl ContentIndex {
     /// the ones no cluster held before. A PDQ text that is not 64 hex digits is refused
     /// before anything changes.
     pub fn add(&mut self, cluster: &str, signals: &[(Kind, &str)]) -> Result<Added, BadSignal> {
-        let mut hashes = Vec::with_capacity(signals.len());
+        let mut keys = Vec::with_capacity(signals.len());
         for &(kind, text) in signals {
-            hashes.push(match kind {
-                Kind::Pdq => Some(
-                    pdq::parse_hex(text.as_bytes())
-                        .ok_or_else(|| BadSignal(format!("not a PDQ hash: {text:?}")))?,
-                ),
-                _ => None,
-            });
+            keys.push(
+                Self::key_of(kind, text)
+                    .ok_or_else(|| BadSignal(format!("not a PDQ hash: {text:?}")))?,
+            );
         }
         let c = match self.cluster_slot.get(cluster) {
             Some(&c) => c,
@@ -171,9 +243,9 @@ impl ContentIndex {
             }
         };
         let (mut new, mut first) = (Vec::new(), Vec::new());
-        for (&(_, text), hash) in signals.iter().zip(hashes) {
-            let s = match self.signal_slot.get(text) {
-                Some(&s) => {
+        for key in keys {
+            let s = match self.slot_of(&key) {
+                Some(s) => {
                     let holders = &mut self.signals[s as usize]
                         .as_mut()
                         .expect("a live signal's slot")
@@ -185,21 +257,26 @@ impl ContentIndex {
                     s
                 }
                 None => {
-                    let text: Arc<str> = Arc::from(text);
                     let s = place(
                         &mut self.signals,
                         &mut self.free_signals,
                         Signal {
-                            text: text.clone(),
-                            indexed: hash.is_some(),
+                            key: key.clone(),
                             holders: vec![c],
                         },
                     );
-                    self.signal_slot.insert(text.clone(), s);
-                    if let Some(h) = hash {
-                        self.pdq.insert(h, i64::from(s));
+                    match key {
+                        Key::Md5(b) => {
+                            self.md5_slot.insert(b, s);
+                        }
+                        Key::Pdq(h) => {
+                            self.pdq.insert(h, i64::from(s));
+                        }
+                        Key::Text(t) => {
+                            self.text_slot.insert(t, s);
+                        }
                     }
-                    first.push(text);
+                    first.push(self.signal(s).key.text());
                     s
                 }
             };
@@ -208,7 +285,7 @@ impl ContentIndex {
                 .expect("a live cluster's slot")
                 .signals
                 .push(s);
-            new.push(self.signal(s).text.clone());
+            new.push(self.signal(s).key.text());
         }
         Ok((new, first))
     }
@@ -232,13 +309,18 @@ impl ContentIndex {
             }
             let signal = self.signals[s as usize].take().expect("just seen");
             self.free_signals.push(s);
-            self.signal_slot.remove(&signal.text);
-            if signal.indexed {
-                if let Some(h) = pdq::parse_hex(signal.text.as_bytes()) {
+            freed.push(signal.key.text());
+            match signal.key {
+                Key::Md5(b) => {
+                    self.md5_slot.remove(&b);
+                }
+                Key::Pdq(h) => {
                     self.pdq.remove(&h);
                 }
+                Key::Text(t) => {
+                    self.text_slot.remove(&t);
+                }
             }
-            freed.push(signal.text);
         }
         Some(freed)
     }
@@ -312,6 +394,39 @@ mod tests {
         assert_eq!(idx.drop_cluster("u-2").unwrap().len(), 2);
         assert!(idx.is_empty() && idx.clusters() == 0);
         assert!(idx.near(Kind::Pdq, &q, 256).is_empty());
+    }
+
+    #[test]
+    fn hashes_are_kept_binary_and_their_text_comes_back_lowercase() {
+        let mut idx = ContentIndex::new();
+        let (pdq, md5, video) = ("AB".repeat(32), "Cd".repeat(16), "[\"frames\"]");
+        let (new, _) = idx
+            .add(
+                "u-1",
+                &[(Kind::Pdq, &pdq), (Kind::Md5, &md5), (Kind::Other, video)],
+            )
+            .unwrap();
+        let want = ["ab".repeat(32), "cd".repeat(16), video.to_owned()];
+        let texts = |v: Vec<Arc<str>>| v.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        assert_eq!(texts(new), want);
+        assert_eq!(texts(idx.held("u-1")), want);
+        for t in [&pdq, &want[0], &md5, &want[1], &want[2]] {
+            assert_eq!(texts(idx.holders(t)), ["u-1"], "{t}");
+        }
+        assert_eq!(idx.len(), 3);
+        // an MD5 that is not hex is kept as its text
+        idx.add("u-2", &[(Kind::Md5, "not hex")]).unwrap();
+        assert_eq!(
+            texts(
+                idx.near(Kind::Md5, "not hex", 0)
+                    .into_iter()
+                    .map(|(c, _)| c)
+                    .collect()
+            ),
+            ["u-2"]
+        );
+        assert_eq!(texts(idx.drop_cluster("u-1").unwrap()), want);
+        assert_eq!(idx.len(), 1);
     }
 
     #[test]
