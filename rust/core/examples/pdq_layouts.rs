@@ -9,19 +9,11 @@ use std::time::Instant;
 
 use viralwatch_core::pdq::{Hash, PdqIndex};
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn hash(&mut self) -> Hash {
-        [self.next(), self.next(), self.next(), self.next()]
-    }
-}
+// the tests' generator (not the library's API: the file is included here)
+#[allow(dead_code)]
+#[path = "../src/testing.rs"]
+mod testing;
+use testing::Rng;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -20,6 +20,8 @@ pub mod pdq;
 pub mod posts;
 pub mod reorder;
 pub mod route;
+#[cfg(test)]
+mod testing;
 
 /// The crate's version, so Python can tell which build it imported.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

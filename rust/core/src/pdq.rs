@@ -523,36 +523,7 @@ impl PdqIndex {
 mod tests {
     use super::*;
 
-    /// A small deterministic generator (xorshift), so the tests need no crate.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn hash(&mut self) -> Hash {
-            [self.next(), self.next(), self.next(), self.next()]
-        }
-        /// `h` with `d` distinct bits flipped.
-        fn flip(&mut self, h: &Hash, d: u32) -> Hash {
-            let mut out = *h;
-            let mut flipped = 0;
-            while flipped < d {
-                let bit = (self.next() % 256) as usize;
-                let before = out;
-                out[bit / 64] ^= 1 << (bit % 64);
-                if distance(&before, h) < distance(&out, h) {
-                    flipped += 1;
-                } else {
-                    out = before;
-                }
-            }
-            out
-        }
-    }
+    use crate::testing::Rng;
 
     fn brute(live: &[(Hash, i64)], q: &Hash, threshold: u32) -> Vec<(u32, Hash, i64)> {
         let mut out: Vec<_> = live
