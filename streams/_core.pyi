@@ -163,3 +163,22 @@ class PostRoutes:
         """Give up on the held events at or before ``cut_ms``."""
     def take_new(self) -> dict[str, str]: ...
     def take_foreign(self) -> list[tuple[int, str, str]]: ...
+
+class WireWriter:
+    """Batches of ``streams.wire`` records as JSON arrays cut into parts under a size limit,
+    byte for byte what ``streams.wire.encode`` writes (it writes what the core does not)."""
+
+    def __init__(
+        self,
+        routed: type,
+        to_route: type,
+        registration: type,
+        forget: type,
+        unbanked: type,
+        touch: type,
+        share_event: type,
+        content: type,
+        fallback: Callable[[Any], bytes],
+    ) -> None: ...
+    def parts(self, items: Iterable[Any], limit: int) -> list[bytes]:
+        """``items`` as JSON arrays of at most ``limit`` bytes each (one larger item alone)."""

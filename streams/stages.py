@@ -89,6 +89,8 @@ from streams.wire import (
     decode_items,
     decode_routed_log,
     encode,
+    encode_items,
+    encode_parts,
 )
 
 T = TypeVar("T")
@@ -144,14 +146,16 @@ class Envelope:
         >>> Envelope.unpack(b'{"i": [["r", "p1"], ["f", "p2"]]}').rejected[0].detail
         'r: expected 2 fields, not 1'
         """
-        body: dict[str, Any] = {"i": self.items}
+        rest: dict[str, Any] = {}
         if self.marks:
-            body["m"] = {str(p): [t, 1 if idle else 0] for p, (t, idle) in self.marks.items()}
+            rest["m"] = {str(p): [t, 1 if idle else 0] for p, (t, idle) in self.marks.items()}
         if self.progress:
-            body["p"] = {str(p): t for p, t in self.progress.items()}
+            rest["p"] = {str(p): t for p, t in self.progress.items()}
         if self.inputs:
-            body["w"] = {str(p): t for p, t in self.inputs.items()}
-        return encode(body)
+            rest["w"] = {str(p): t for p, t in self.inputs.items()}
+        # {"i": items, ...} as orjson writes it, the items by the compiled writer
+        tail = b"," + orjson.dumps(rest)[1:] if rest else b"}"
+        return b'{"i":' + encode_items(self.items) + tail
 
     @classmethod
     def of(cls, raw: bytes | Envelope | None) -> Envelope:
@@ -293,7 +297,7 @@ def log_parts(
     if isinstance(body, ResolveDelta):
         body = body.to_wire()
     if isinstance(body, list):
-        return [encode(run) for run in _runs(body, limit - 16)]
+        return encode_parts(body, limit)
     out: list[bytes] = []
     for kind in ("p", "f", "h+", "h-", "u", "u-", "g"):
         value = body.get(kind)
@@ -1111,8 +1115,9 @@ class ClusterBatch:
     """What one batch of a cluster partition became."""
 
     decisions: Decisions
-    #: the routed events received, to persist (``None``: none), and how many
-    log: bytes | None = None
+    #: the routed events received, to persist, as log entries under
+    #: :data:`MAX_RECORD_BYTES` each (none: nothing received), and how many events
+    log: list[bytes] = field(default_factory=list)
     log_items: int = 0
     #: evicted posts to forget, per resolve partition
     forget: dict[int, bytes] = field(default_factory=dict)
@@ -1230,7 +1235,7 @@ class ClusterPartition:
                     _unexpected(item, "detect", self.stats, dead)
         batch = self.advance({item.cluster_id for item in received})
         batch.decisions.rejections.extend(d.rejection for d in dead)
-        batch.log = encode(received) if received else None
+        batch.log = encode_parts(received, MAX_RECORD_BYTES) if received else []
         batch.log_items = len(received)
         return batch
 

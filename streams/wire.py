@@ -54,14 +54,16 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
 
+from streams import _core
 from streams.alerts import MatchInfo
-from streams.events import Rejection, ShareEvent, event_from_dict
+from streams.events import Content, Rejection, ShareEvent, event_from_dict
 from streams.router import Routed
 from streams.vpdq import canonical_vpdq
 
@@ -310,6 +312,36 @@ def _default(obj: Any) -> Any:
 def encode(body: Any) -> bytes:
     """JSON of what stages write (envelopes, log entries), records in their wire forms."""
     return orjson.dumps(body, default=_default, option=orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
+#: The compiled writer of a batch of items (``rust/core/src/wire.rs``): what it does not
+#: write as orjson would (a match, a video's frames, anything unexpected), :func:`encode` does.
+_WRITER: Final = _core.WireWriter(
+    Routed, ToRoute, Registration, Forget, Unbanked, Touch, ShareEvent, Content, encode
+)
+
+
+def encode_parts(items: Sequence[Item], limit: int) -> list[bytes]:
+    """``items`` as JSON arrays of at most ``limit`` bytes each, in order (an item larger
+    than that alone): the bytes :func:`encode` gives each run, written in one pass.
+
+    Every routed event is written at least once (its clusters partition logs it) and
+    once more per hop through Kafka; a batch too large for one Kafka record is cut as
+    it is written, not encoded whole, decoded and encoded again.
+
+    >>> items = [Registration(f"p{i}", "b-1") for i in range(100)]
+    >>> parts = encode_parts(items, 300)
+    >>> max(map(len, parts)) <= 300, [i for p in parts for i in orjson.loads(p)][:2]
+    (True, [['r', 'p0', 'b-1'], ['r', 'p1', 'b-1']])
+    >>> encode_parts(items, 10**9) == [encode(items)], encode_parts([], 300)
+    (True, [b'[]'])
+    """
+    return _WRITER.parts(items, limit)
+
+
+def encode_items(items: Sequence[Item]) -> bytes:
+    """``items`` as one JSON array: :func:`encode`'s bytes (see :func:`encode_parts`)."""
+    return _WRITER.parts(items, sys.maxsize)[0]
 
 
 def _rejection(detail: str, raw: object) -> Rejection:

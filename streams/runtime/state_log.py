@@ -125,13 +125,15 @@ class StateLog:
         )
         return ledger
 
-    def append(self, partition: int, entry: bytes, items: int = 0) -> None:
+    def append(self, partition: int, entry: bytes | list[bytes], items: int = 0) -> None:
         """Stage one batch's changes (in parts, if it is large): :meth:`flush` writes them.
 
+        ``entry``: one entry (cut here if it is too large), or entries already cut.
         ``items``: how many things (events, registrations) the entry records, for the
         ledger's count of garbage (see :class:`~streams.stages.LogLedger`).
         """
-        self._staged.setdefault(partition, []).extend(split_log(entry))
+        parts = split_log(entry) if isinstance(entry, bytes) else entry
+        self._staged.setdefault(partition, []).extend(parts)
         self._staged_items[partition] = self._staged_items.get(partition, 0) + items
 
     def flush(self) -> None:

@@ -296,7 +296,7 @@ class Topology:
         the outputs, the posts of evicted clusters sent to their resolve partitions."""
         state = self.detector(partition)
         batch = state.handle(envelopes)
-        if batch.log is not None:
+        if batch.log:
             self.cluster_log.append(partition, batch.log, batch.log_items)
         self.cluster_log.cut_back(partition, state.compact, state.live_items)
         wm = state.watermark.value

@@ -10,7 +10,8 @@
 //! - [`reorder`]: records held until the watermark passes them, in event-time order;
 //! - [`route`]: reshares held until their parent post is routed;
 //! - [`posts`]: the post -> cluster map, and routing a reshare through it;
-//! - [`content`]: live clusters' signals, searched through the PDQ index.
+//! - [`content`]: live clusters' signals, searched through the PDQ index;
+//! - [`wire`]: the records stages send each other and log, written as orjson writes them.
 
 pub mod content;
 pub mod dedupe;
@@ -20,6 +21,7 @@ pub mod pdq;
 pub mod posts;
 pub mod reorder;
 pub mod route;
+pub mod wire;
 #[cfg(test)]
 mod testing;
 

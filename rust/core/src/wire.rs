@@ -1,0 +1,366 @@
+//! Writing what the stages send each other and log (`streams.wire`'s records), as
+//! orjson writes them, byte for byte, and cut into parts under a size limit.
+//!
+//! Every event a worker routes is written at least once (its clusters
+//! partition logs it), and once more for each hop through Kafka. In Python
+//! each record cost a callback, a dict per event and a second pass to cut a
+//! large batch into records Kafka accepts (decoding the whole batch back to
+//! find where to cut). Here a batch is written in one pass, and cut while it
+//! is written. The wire form does not change, so nothing written before needs
+//! reading differently: a record's bytes are exactly what `orjson.dumps`
+//! wrote for it.
+//!
+//! What this module does not know how to write (a match's figures, a video's
+//! frames, anything unexpected) the caller writes for it ([`Item::Raw`]).
+
+/// An upload's hashes, as `streams.events.Content` holds them (a video's frames are
+/// written by the caller: the whole item is [`Item::Raw`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentView<'a> {
+    pub pdq: Option<&'a str>,
+    pub pdq_quality: Option<i64>,
+    pub md5: Option<&'a str>,
+}
+
+/// A share event's fields, as `ShareEvent.to_dict` writes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventView<'a> {
+    pub event_id: &'a str,
+    pub kind: &'a str,
+    pub ts_ms: i64,
+    pub post_id: &'a str,
+    pub user_id: &'a str,
+    pub parent_post_id: Option<&'a str>,
+    pub followers: Option<i64>,
+    pub content: Option<ContentView<'a>>,
+}
+
+/// One record of an envelope or a log (the tags are `streams.wire`'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item<'a> {
+    /// `["e", event, cluster_id, match]`; `match_json` is the match's JSON (`None`: null).
+    Routed {
+        event: EventView<'a>,
+        cluster_id: &'a str,
+        match_json: Option<&'a [u8]>,
+    },
+    /// `["s", event]`
+    ToRoute(EventView<'a>),
+    /// `["u", event]`
+    Unbanked(EventView<'a>),
+    /// `["r", post_id, cluster_id]`
+    Registration {
+        post_id: &'a str,
+        cluster_id: &'a str,
+    },
+    /// `["f", post_id]`
+    Forget(&'a str),
+    /// `["t", cluster_id, ts]`
+    Touch { cluster_id: &'a str, ts_ms: i64 },
+    /// An item's JSON, written by the caller.
+    Raw(&'a [u8]),
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A JSON string as orjson writes it: `"` and `\` escaped, the control characters below
+/// U+0020 as `\b \t \n \f \r` or `\u00XX`, everything else (DEL, non-ASCII) as is.
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\t' => b"\\t",
+            b'\r' => b"\\r",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if esc.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[(b >> 4) as usize]);
+            out.push(HEX[(b & 0xf) as usize]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn write_int(out: &mut Vec<u8>, n: i64) {
+    out.extend_from_slice(n.to_string().as_bytes());
+}
+
+fn key(out: &mut Vec<u8>, name: &str, first: bool) {
+    if !first {
+        out.push(b',');
+    }
+    write_str(out, name);
+    out.push(b':');
+}
+
+/// An event as `orjson.dumps(event.to_dict())` writes it.
+pub fn write_event(out: &mut Vec<u8>, ev: &EventView<'_>) {
+    out.push(b'{');
+    key(out, "event_id", true);
+    write_str(out, ev.event_id);
+    key(out, "type", false);
+    write_str(out, ev.kind);
+    key(out, "ts", false);
+    write_int(out, ev.ts_ms);
+    key(out, "post_id", false);
+    write_str(out, ev.post_id);
+    key(out, "user_id", false);
+    write_str(out, ev.user_id);
+    if let Some(parent) = ev.parent_post_id {
+        key(out, "parent_post_id", false);
+        write_str(out, parent);
+    }
+    if let Some(n) = ev.followers {
+        key(out, "followers", false);
+        write_int(out, n);
+    }
+    if let Some(c) = &ev.content {
+        key(out, "content", false);
+        out.push(b'{');
+        let mut first = true;
+        if let Some(pdq) = c.pdq {
+            key(out, "pdq", first);
+            write_str(out, pdq);
+            first = false;
+        }
+        if let Some(q) = c.pdq_quality {
+            key(out, "pdq_quality", first);
+            write_int(out, q);
+            first = false;
+        }
+        if let Some(md5) = c.md5 {
+            key(out, "md5", first);
+            write_str(out, md5);
+        }
+        out.push(b'}');
+    }
+    out.push(b'}');
+}
+
+/// An item as `streams.wire.encode` writes it.
+pub fn write_item(out: &mut Vec<u8>, item: &Item<'_>) {
+    match item {
+        Item::Raw(raw) => return out.extend_from_slice(raw),
+        Item::Routed {
+            event,
+            cluster_id,
+            match_json,
+        } => {
+            out.extend_from_slice(b"[\"e\",");
+            write_event(out, event);
+            out.push(b',');
+            write_str(out, cluster_id);
+            out.push(b',');
+            out.extend_from_slice(match_json.unwrap_or(b"null"));
+        }
+        Item::ToRoute(event) => {
+            out.extend_from_slice(b"[\"s\",");
+            write_event(out, event);
+        }
+        Item::Unbanked(event) => {
+            out.extend_from_slice(b"[\"u\",");
+            write_event(out, event);
+        }
+        Item::Registration {
+            post_id,
+            cluster_id,
+        } => {
+            out.extend_from_slice(b"[\"r\",");
+            write_str(out, post_id);
+            out.push(b',');
+            write_str(out, cluster_id);
+        }
+        Item::Forget(post_id) => {
+            out.extend_from_slice(b"[\"f\",");
+            write_str(out, post_id);
+        }
+        Item::Touch { cluster_id, ts_ms } => {
+            out.extend_from_slice(b"[\"t\",");
+            write_str(out, cluster_id);
+            out.push(b',');
+            write_int(out, *ts_ms);
+        }
+    }
+    out.push(b']');
+}
+
+/// A JSON array of items, written item by item and cut into arrays of at most `limit`
+/// bytes each (an item larger than that alone), in order.
+#[derive(Debug)]
+pub struct Parts {
+    limit: usize,
+    done: Vec<Vec<u8>>,
+    current: Vec<u8>,
+    item: Vec<u8>,
+}
+
+impl Parts {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            done: Vec::new(),
+            current: vec![b'['],
+            item: Vec::new(),
+        }
+    }
+
+    /// Add an item (at the end of the current part, or first of a new one).
+    pub fn push(&mut self, item: &Item<'_>) {
+        self.item.clear();
+        write_item(&mut self.item, item);
+        let empty = self.current.len() == 1;
+        // the part as it would be with this item and its closing bracket
+        if !empty && self.current.len() + 1 + self.item.len() + 1 > self.limit {
+            self.current.push(b']');
+            self.done
+                .push(std::mem::replace(&mut self.current, vec![b'[']));
+        } else if !empty {
+            self.current.push(b',');
+        }
+        self.current.extend_from_slice(&self.item);
+    }
+
+    /// The parts, in order (one, `[]`, if nothing was pushed).
+    pub fn finish(mut self) -> Vec<Vec<u8>> {
+        self.current.push(b']');
+        self.done.push(self.current);
+        self.done
+    }
+}
+
+/// A whole batch of items as parts of at most `limit` bytes (see [`Parts`]).
+pub fn write_parts(items: &[Item<'_>], limit: usize) -> Vec<Vec<u8>> {
+    let mut parts = Parts::new(limit);
+    for item in items {
+        parts.push(item);
+    }
+    parts.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev<'a>(id: &'a str) -> EventView<'a> {
+        EventView {
+            event_id: id,
+            kind: "share",
+            ts_ms: 1_767_225_600_000,
+            post_id: "p2",
+            user_id: "u1",
+            parent_post_id: Some("p1"),
+            followers: None,
+            content: None,
+        }
+    }
+
+    fn text(parts: &[Vec<u8>]) -> Vec<String> {
+        parts
+            .iter()
+            .map(|p| String::from_utf8(p.clone()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn strings_are_escaped_as_orjson_escapes_them() {
+        let mut out = Vec::new();
+        write_str(&mut out, "a\"b\\c\n\t\r\u{8}\u{c}\u{1}\u{1f}\u{7f}é/");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "\"a\\\"b\\\\c\\n\\t\\r\\b\\f\\u0001\\u001f\u{7f}é/\""
+        );
+    }
+
+    #[test]
+    fn items_are_written_in_their_wire_forms() {
+        let upload = EventView {
+            event_id: "e1",
+            kind: "upload",
+            ts_ms: 5,
+            post_id: "p1",
+            user_id: "u1",
+            parent_post_id: None,
+            followers: Some(-3),
+            content: Some(ContentView {
+                pdq: None,
+                pdq_quality: Some(90),
+                md5: Some("ab"),
+            }),
+        };
+        let items = [
+            Item::ToRoute(ev("e2")),
+            Item::Registration {
+                post_id: "p1",
+                cluster_id: "b-1",
+            },
+            Item::Forget("p0"),
+            Item::Routed {
+                event: upload,
+                cluster_id: "b-1",
+                match_json: None,
+            },
+            Item::Touch {
+                cluster_id: "u-1",
+                ts_ms: 7,
+            },
+            Item::Unbanked(upload),
+            Item::Raw(b"[\"x\",1]"),
+        ];
+        let got = text(&write_parts(&items, usize::MAX));
+        let upload_json = "{\"event_id\":\"e1\",\"type\":\"upload\",\"ts\":5,\"post_id\":\"p1\",\
+             \"user_id\":\"u1\",\"followers\":-3,\"content\":{\"pdq_quality\":90,\"md5\":\"ab\"}}";
+        let want = format!(
+            "[[\"s\",{{\"event_id\":\"e2\",\"type\":\"share\",\"ts\":1767225600000,\
+             \"post_id\":\"p2\",\"user_id\":\"u1\",\"parent_post_id\":\"p1\"}}],\
+             [\"r\",\"p1\",\"b-1\"],[\"f\",\"p0\"],[\"e\",{upload_json},\"b-1\",null],\
+             [\"t\",\"u-1\",7],[\"u\",{upload_json}],[\"x\",1]]"
+        );
+        assert_eq!(got, vec![want]);
+    }
+
+    #[test]
+    fn parts_stay_under_the_limit_and_keep_the_order() {
+        let ids: Vec<String> = (0..100).map(|i| format!("p{i}")).collect();
+        let items: Vec<Item<'_>> = ids.iter().map(|p| Item::Forget(p)).collect();
+        let parts = write_parts(&items, 60);
+        assert!(parts.len() > 5);
+        assert!(parts.iter().all(|p| p.len() <= 60));
+        let joined: Vec<String> = text(&parts)
+            .iter()
+            .flat_map(|p| {
+                p.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .split("],[")
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let want: Vec<String> = ids.iter().map(|p| format!("\"f\",\"{p}\"")).collect();
+        assert_eq!(joined, want);
+    }
+
+    #[test]
+    fn an_item_over_the_limit_goes_alone_and_nothing_gives_one_empty_part() {
+        let big = "x".repeat(100);
+        let items = [Item::Forget("a"), Item::Forget(&big), Item::Forget("b")];
+        let parts = text(&write_parts(&items, 40));
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parts[0], "[[\"f\",\"a\"]]");
+        assert!(parts[1].contains(&big));
+        assert_eq!(text(&write_parts(&[], 40)), vec!["[]".to_owned()]);
+    }
+}

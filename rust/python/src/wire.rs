@@ -1,0 +1,255 @@
+//! `streams._core.WireWriter`: a batch of `streams.wire` records as JSON parts
+//! (`viralwatch_core::wire`), byte for byte what `streams.wire.encode` writes.
+//!
+//! The records are read through their attributes; a field of a type orjson would
+//! write differently than the core does (a `bool` where an `int` goes, a `str`
+//! subclass, an integer over 64 bits, a video's frames, a match) is written by the
+//! Python fallback it was built with, for that field or that whole item, so the
+//! bytes never depend on which of the two wrote them.
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyType};
+
+use viralwatch_core::wire::{ContentView, EventView, Item, Parts};
+
+fn text<'a>(obj: &'a Bound<'_, PyAny>) -> Option<&'a str> {
+    if !obj.is_exact_instance_of::<PyString>() {
+        return None;
+    }
+    obj.cast::<PyString>().ok()?.to_str().ok()
+}
+
+fn int(obj: &Bound<'_, PyAny>) -> Option<i64> {
+    if !obj.is_exact_instance_of::<PyInt>() {
+        return None;
+    }
+    obj.extract::<i64>().ok()
+}
+
+/// `None`, or a value read by `read`; `Err(())` if it is neither.
+fn optional<'a, T>(
+    obj: &'a Bound<'_, PyAny>,
+    read: impl Fn(&'a Bound<'_, PyAny>) -> Option<T>,
+) -> Result<Option<T>, ()> {
+    if obj.is_none() {
+        Ok(None)
+    } else {
+        read(obj).map(Some).ok_or(())
+    }
+}
+
+/// A share event's attributes, held while its view borrows their text.
+struct EventAttrs<'py> {
+    event_id: Bound<'py, PyAny>,
+    kind: Bound<'py, PyAny>,
+    ts_ms: Bound<'py, PyAny>,
+    post_id: Bound<'py, PyAny>,
+    user_id: Bound<'py, PyAny>,
+    parent_post_id: Bound<'py, PyAny>,
+    followers: Bound<'py, PyAny>,
+    /// pdq, pdq_quality, md5 (`None`: no content)
+    content: Option<[Bound<'py, PyAny>; 3]>,
+}
+
+impl<'py> EventAttrs<'py> {
+    /// The attributes of a `ShareEvent` (`None`: not one, or one with a video's frames).
+    fn read(
+        ev: &Bound<'py, PyAny>,
+        share_event: &Bound<'py, PyType>,
+        content_cls: &Bound<'py, PyType>,
+    ) -> PyResult<Option<Self>> {
+        let py = ev.py();
+        if !ev.get_type().is(share_event) {
+            return Ok(None);
+        }
+        let content = ev.getattr(intern!(py, "content"))?;
+        let content = if content.is_none() {
+            None
+        } else if content.get_type().is(content_cls)
+            && content.getattr(intern!(py, "vpdq"))?.is_none()
+        {
+            Some([
+                content.getattr(intern!(py, "pdq"))?,
+                content.getattr(intern!(py, "pdq_quality"))?,
+                content.getattr(intern!(py, "md5"))?,
+            ])
+        } else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            event_id: ev.getattr(intern!(py, "event_id"))?,
+            kind: ev.getattr(intern!(py, "type"))?,
+            ts_ms: ev.getattr(intern!(py, "ts_ms"))?,
+            post_id: ev.getattr(intern!(py, "post_id"))?,
+            user_id: ev.getattr(intern!(py, "user_id"))?,
+            parent_post_id: ev.getattr(intern!(py, "parent_post_id"))?,
+            followers: ev.getattr(intern!(py, "followers"))?,
+            content,
+        }))
+    }
+
+    /// The view the core writes (`None`: a field it does not write as orjson would).
+    fn view(&self) -> Option<EventView<'_>> {
+        let content = match &self.content {
+            None => None,
+            Some([pdq, quality, md5]) => Some(ContentView {
+                pdq: optional(pdq, text).ok()?,
+                pdq_quality: optional(quality, int).ok()?,
+                md5: optional(md5, text).ok()?,
+            }),
+        };
+        Some(EventView {
+            event_id: text(&self.event_id)?,
+            kind: text(&self.kind)?,
+            ts_ms: int(&self.ts_ms)?,
+            post_id: text(&self.post_id)?,
+            user_id: text(&self.user_id)?,
+            parent_post_id: optional(&self.parent_post_id, text).ok()?,
+            followers: optional(&self.followers, int).ok()?,
+            content,
+        })
+    }
+}
+
+/// Writes batches of `streams.wire` records as JSON arrays cut into parts (see the module
+/// doc); built once with the record classes and the fallback writer
+/// (``streams.wire.encode``).
+#[pyclass(module = "streams._core", frozen)]
+pub struct WireWriter {
+    routed: Py<PyType>,
+    to_route: Py<PyType>,
+    registration: Py<PyType>,
+    forget: Py<PyType>,
+    unbanked: Py<PyType>,
+    touch: Py<PyType>,
+    share_event: Py<PyType>,
+    content: Py<PyType>,
+    fallback: Py<PyAny>,
+}
+
+impl WireWriter {
+    fn fallback<'py>(&self, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+        Ok(self
+            .fallback
+            .bind(obj.py())
+            .call1((obj,))?
+            .cast_into::<PyBytes>()?)
+    }
+
+    /// One item into `parts`: written here if every field is one the core writes as
+    /// orjson does, else by the fallback.
+    fn push(&self, parts: &mut Parts, item: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = item.py();
+        let kind = item.get_type();
+        let share_event = self.share_event.bind(py);
+        let content = self.content.bind(py);
+        let event_of = |name| -> PyResult<Option<EventAttrs<'_>>> {
+            EventAttrs::read(&item.getattr(name)?, share_event, content)
+        };
+        if kind.is(self.routed.bind(py)) {
+            let attrs = event_of(intern!(py, "event"))?;
+            let cluster = item.getattr(intern!(py, "cluster_id"))?;
+            let matched = item.getattr(intern!(py, "match"))?;
+            let match_json = if matched.is_none() {
+                None
+            } else {
+                Some(self.fallback(&matched)?)
+            };
+            if let (Some(event), Some(cluster_id)) =
+                (attrs.as_ref().and_then(EventAttrs::view), text(&cluster))
+            {
+                parts.push(&Item::Routed {
+                    event,
+                    cluster_id,
+                    match_json: match_json.as_ref().map(|b| b.as_bytes()),
+                });
+                return Ok(());
+            }
+        } else if kind.is(self.to_route.bind(py)) || kind.is(self.unbanked.bind(py)) {
+            let attrs = event_of(intern!(py, "event"))?;
+            if let Some(event) = attrs.as_ref().and_then(EventAttrs::view) {
+                parts.push(&if kind.is(self.to_route.bind(py)) {
+                    Item::ToRoute(event)
+                } else {
+                    Item::Unbanked(event)
+                });
+                return Ok(());
+            }
+        } else if kind.is(self.registration.bind(py)) {
+            let post = item.getattr(intern!(py, "post_id"))?;
+            let cluster = item.getattr(intern!(py, "cluster_id"))?;
+            if let (Some(post_id), Some(cluster_id)) = (text(&post), text(&cluster)) {
+                parts.push(&Item::Registration {
+                    post_id,
+                    cluster_id,
+                });
+                return Ok(());
+            }
+        } else if kind.is(self.forget.bind(py)) {
+            let post = item.getattr(intern!(py, "post_id"))?;
+            if let Some(post_id) = text(&post) {
+                parts.push(&Item::Forget(post_id));
+                return Ok(());
+            }
+        } else if kind.is(self.touch.bind(py)) {
+            let cluster = item.getattr(intern!(py, "cluster_id"))?;
+            let ts = item.getattr(intern!(py, "ts_ms"))?;
+            if let (Some(cluster_id), Some(ts_ms)) = (text(&cluster), int(&ts)) {
+                parts.push(&Item::Touch { cluster_id, ts_ms });
+                return Ok(());
+            }
+        }
+        let raw = self.fallback(item)?;
+        parts.push(&Item::Raw(raw.as_bytes()));
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl WireWriter {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        routed: Py<PyType>,
+        to_route: Py<PyType>,
+        registration: Py<PyType>,
+        forget: Py<PyType>,
+        unbanked: Py<PyType>,
+        touch: Py<PyType>,
+        share_event: Py<PyType>,
+        content: Py<PyType>,
+        fallback: Py<PyAny>,
+    ) -> Self {
+        Self {
+            routed,
+            to_route,
+            registration,
+            forget,
+            unbanked,
+            touch,
+            share_event,
+            content,
+            fallback,
+        }
+    }
+
+    /// ``items`` as JSON arrays of at most ``limit`` bytes each (an item larger than that
+    /// alone), in order; ``[b"[]"]`` for none. An error of the fallback is raised.
+    fn parts<'py>(
+        &self,
+        py: Python<'py>,
+        items: &Bound<'py, PyAny>,
+        limit: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut parts = Parts::new(limit);
+        for item in items.try_iter()? {
+            self.push(&mut parts, &item?)?;
+        }
+        let out = PyList::empty(py);
+        for part in parts.finish() {
+            out.append(PyBytes::new(py, &part))?;
+        }
+        Ok(out)
+    }
+}
