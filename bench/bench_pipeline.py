@@ -206,7 +206,7 @@ def read_stats_until(s: Settings, total: int, timeout: float) -> list[tuple[floa
                     rows.append((d["time"], read, applied))
             if rows and rows[-1][2] >= total:
                 return rows
-        said = ("read", "applied", "pending", "held", "watermarks", "partitions")
+        said = ("read", "applied", "pending", "held", "skipped", "watermarks", "partitions")
         where = {w: {k: d.get(k) for k in said} for w, d in last.items()}
         raise TimeoutError(
             f"the workers applied {rows[-1][2] if rows else 0} of {total} events; "

@@ -47,6 +47,21 @@ def test_the_adapter_subclasses_what_faust_builds() -> None:
     assert faust_adapter.Transport.Producer is faust_adapter.Producer
 
 
+def test_faust_s_consumer_still_notes_the_committed_offset_it_seeks_to() -> None:
+    """``committed_offset`` reads it: the offset the first batch after an assignment starts
+    from (``read_offsets`` judges that batch against it)."""
+    import faust
+    from faust.transport.consumer import Consumer
+
+    source = inspect.getsource(Consumer.perform_seek)
+    assert "_committed_offset" in source and "seek_to_committed" in source
+    app = faust.App("adapter-test", broker="kafka://127.0.0.1:1")
+    tp = faust.types.TP("t", 0)
+    app.consumer._committed_offset[tp] = 17
+    assert faust_adapter.committed_offset(app, tp) == 17
+    assert faust_adapter.committed_offset(app, faust.types.TP("t", 1)) is None
+
+
 def test_faust_producer_buffer_has_the_limit_the_adapter_raises() -> None:
     from faust.transport.producer import ProducerBuffer
 

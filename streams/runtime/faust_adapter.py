@@ -10,7 +10,7 @@ breaks a test, not a running worker.
 
 The rest of the runtime uses the public names below: :class:`App` (a Faust
 app built with :class:`Transport`), :func:`read_true_ends`,
-:func:`backlogged`, :func:`committed_metadata`, :func:`on_assigned`,
+:func:`backlogged`, :func:`committed_metadata`, :func:`committed_offset`, :func:`on_assigned`,
 :func:`force_metadata_update`, :func:`credentials`,
 :func:`faust_broker_url`.
 """
@@ -210,6 +210,14 @@ async def force_metadata_update(consumer: Any) -> None:
     aiokafka's consumer has no public way; its client does.
     """
     await consumer._client.force_metadata_update()
+
+
+def committed_offset(app: Any, tp: Any) -> int | None:
+    """The offset Faust's consumer started ``tp`` from after its last assignment (the
+    committed one it sought to), if it knows it (``None`` for offset 0 too)."""
+    offsets = getattr(app.consumer, "_committed_offset", None)
+    value = offsets.get(tp) if offsets is not None else None
+    return value if isinstance(value, int) else None
 
 
 def set_current_event(stream: Any, event: Any) -> None:

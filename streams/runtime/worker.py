@@ -86,12 +86,14 @@ from streams.runtime.faust_adapter import (
     LOCAL_FETCH_WAIT_MS,
     App,
     ConsumerThread,
+    committed_offset,
     credentials,
     faust_broker_url,
     set_current_event,
 )
 from streams.runtime.hand_over import HandOver, Hop
 from streams.runtime.outputs import Outputs
+from streams.runtime.read_offsets import ReadOffsets
 from streams.runtime.shares_reader import SharesReader
 from streams.runtime.state_log import StateLog
 from streams.runtime.topology import StageSettings, Topology
@@ -238,6 +240,9 @@ class Worker:
         #: the last input event of each partition of the resolve and clusters topics: the
         #: table writes of that partition go with it (see :meth:`_focus`)
         self._last_event: dict[str, dict[int, Any]] = {"resolve": {}, "clusters": {}}
+        #: where each internal partition's next batch should start (records the Kafka
+        #: client skipped are said, not waited for in silence)
+        self.read_offsets = ReadOffsets()
         #: a stream of this app: Faust sets the current event through one
         self._stream: Any = None
         self.app = self._build()
@@ -536,6 +541,18 @@ class Worker:
             last = events_of_partition[-1]
             p = last.message.partition
             last_event[p] = last
+            first = events_of_partition[0].message.offset
+            committed = committed_offset(self.app, last.message.tp)
+            skipped = self.read_offsets.read(hop_name, p, first, last.message.offset, committed)
+            if skipped:
+                log.warning(
+                    "%s/%d: %d records before offset %d were skipped by the Kafka client "
+                    "(a rebalance); the events they carried are missing from this stage",
+                    hop_name,
+                    p,
+                    skipped,
+                    first,
+                )
             hop.read_from(p)
             records = (
                 (round(m.timestamp * 1000) if m.key == mine else None, m.value)
@@ -606,6 +623,7 @@ class Worker:
             name = names.get(tp.topic)
             if name is not None:
                 self._last_event[name].pop(tp.partition, None)
+                self.read_offsets.forget(name, tp.partition)
                 self.topology.revoke(name, tp.partition)
         self.topology.release({tp.partition for tp in revoked if names.get(tp.topic) == "clusters"})
 
@@ -633,6 +651,8 @@ class Worker:
             "log_bytes": self.stats.log_bytes,
             "handed_over": self.hand_over.handed_over,
             "checkpoints": self.checkpoint.commits,
+            # records of the internal topics the Kafka client skipped (see read_offsets)
+            "skipped": self.read_offsets.skipped,
             "watermarks": {str(k): d.watermark.value for k, d in sorted(self.detectors.items())},
             "partitions": {
                 "shares": sorted(self.topology.ingest.clock.assigned),

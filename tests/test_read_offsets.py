@@ -1,0 +1,60 @@
+"""Records of the internal topics that the Kafka client skipped are found and counted.
+
+Two workers once stopped short of the end of a backlog: records of the ``resolve``
+topic written just before a rebalance were never handed to any stage
+(``streams.runtime.read_offsets`` says how that was found). A worker now notes where
+each partition's next batch should start, and counts what a batch skips.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.runtime.read_offsets import ReadOffsets
+
+
+def test_batches_that_follow_each_other_skip_nothing() -> None:
+    offsets = ReadOffsets()
+    assert offsets.read("resolve", 0, 5, 9, committed=5) == 0
+    assert offsets.read("resolve", 0, 10, 10) == 0
+    assert offsets.read("clusters", 0, 0, 3) == 0  # another topic's partition 0
+    assert offsets.skipped == 0
+
+
+def test_a_batch_past_the_last_one_counts_what_it_skipped() -> None:
+    offsets = ReadOffsets()
+    offsets.read("resolve", 2, 0, 16, committed=None)
+    assert offsets.read("resolve", 2, 21, 30) == 4
+    assert offsets.skipped == 4
+
+
+def test_the_first_batch_after_an_assignment_is_judged_against_the_committed_offset() -> None:
+    offsets = ReadOffsets()
+    assert offsets.read("resolve", 1, 21, 25, committed=18) == 3
+    offsets.forget("resolve", 1)  # revoked; assigned again: Faust sought to 26
+    assert offsets.read("resolve", 1, 26, 30, committed=26) == 0
+    offsets.forget("resolve", 1)
+    assert offsets.read("resolve", 1, 40, 41, committed=None) == 0  # unknown: not judged
+    assert offsets.skipped == 3
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5)), max_size=30))
+def test_records_read_again_never_count_and_every_hole_counts_once(
+    steps: list[tuple[int, int]],
+) -> None:
+    """Batches that go back (a seek to the committed offset, records read again) or
+    overlap skip nothing; an offset counts once, if a later one was handed over before
+    it (read later after a seek back, it was still skipped when it should have come)."""
+    offsets = ReadOffsets()
+    handed: set[int] = set()
+    passed: set[int] = set()  # offsets a later one overtook before they came
+    pos = 0
+    for back, size in steps:
+        first = max(0, pos - back) if back <= 2 else pos + back - 2  # back, or a hole
+        last = first + size
+        offsets.read("resolve", 0, first, last, committed=0 if not handed else None)
+        passed.update(o for o in range(first) if o not in handed)
+        handed.update(range(first, last + 1))
+        pos = max(pos, last + 1)
+    assert offsets.skipped == len(passed)
