@@ -58,3 +58,23 @@ def test_records_read_again_never_count_and_every_hole_counts_once(
         handed.update(range(first, last + 1))
         pos = max(pos, last + 1)
     assert offsets.skipped == len(passed)
+
+
+def test_a_batch_past_skipped_records_is_held_back_and_the_partition_sought_back() -> None:
+    """The worker seeks back to the first record skipped and holds back what comes
+    before it (stale records fetched earlier), seeking again now and then, for
+    ``wait_s``; then it takes what comes and counts the loss."""
+    offsets = ReadOffsets(wait_s=10.0)
+    offsets.read("clusters", 3, 0, 17, committed=0)
+    assert offsets.behind("clusters", 3, 21, now=100.0) == (True, 18)
+    assert offsets.behind("clusters", 3, 25, now=100.5) == (True, None)
+    assert offsets.behind("clusters", 3, 30, now=101.6) == (True, 18)  # again, a second on
+    assert offsets.behind("clusters", 3, 2, now=101.7) == (False, None)  # read again: fine
+    assert offsets.behind("clusters", 3, 18, now=101.8) == (False, None)
+    assert offsets.read("clusters", 3, 18, 40) == 0
+    assert (offsets.skipped, offsets.seeks) == (0, 2)
+    assert offsets.behind("clusters", 3, 45, now=200.0) == (True, 41)
+    assert offsets.behind("clusters", 3, 46, now=211.0) == (False, None)  # gone: go on
+    assert offsets.read("clusters", 3, 46, 50) == 5
+    offsets.forget("clusters", 3)
+    assert offsets.behind("clusters", 3, 60, now=300.0, committed=None) == (False, None)

@@ -18,9 +18,12 @@ fetch thread noted a later one first (faust-streaming issues 216, 221, 606).
 Kafka delivers a partition's records in offset order with no holes on these
 topics (they are not compacted and not transactional), so a batch that does
 not start where the last one ended (or, first after an assignment, at the
-offset Faust committed) proves records were skipped. This module notes that,
-so a worker says it (a warning, and ``skipped`` in its report) instead of
-waiting silently for events that will never come.
+offset Faust committed) proves records were skipped. The worker then holds
+that batch back and seeks the partition back to the first record missing
+(:meth:`ReadOffsets.behind`), so they are read again, in order; if they do
+not come within :data:`SEEK_BACK_S` it goes on without them and says so (a
+warning, ``skipped`` in its report) instead of waiting silently for events
+that will never come.
 
 >>> offsets = ReadOffsets()
 >>> offsets.read("resolve", 1, 0, 16, committed=0)
@@ -36,16 +39,72 @@ waiting silently for events that will never come.
 
 from __future__ import annotations
 
+#: How long (wall time) a worker waits for the records it sought back to before it
+#: takes what comes instead (records deleted by retention would never come).
+SEEK_BACK_S = 10.0
+#: How often (wall time) the seek back is made again while the records do not come.
+RESEEK_S = 1.0
+
 
 class ReadOffsets:
     """Per internal partition held, the next offset its stage should be handed."""
 
-    __slots__ = ("_next", "skipped")
+    __slots__ = ("_next", "_waiting", "seeks", "skipped", "wait_s")
 
-    def __init__(self) -> None:
+    def __init__(self, wait_s: float = SEEK_BACK_S) -> None:
+        self.wait_s = wait_s
         self._next: dict[tuple[str, int], int] = {}
-        #: records skipped so far (the worker reports it)
+        #: partitions sought back: the offset awaited, until when, and the last seek (wall time)
+        self._waiting: dict[tuple[str, int], tuple[int, float, float]] = {}
+        #: records skipped so far, and seeks back to read them (the worker reports both)
         self.skipped = 0
+        self.seeks = 0
+
+    def behind(
+        self, topic: str, partition: int, first: int, now: float, committed: int | None = None
+    ) -> tuple[bool, int | None]:
+        """Before a batch starting at ``first`` is handed over: whether to hold it back
+        (records before it were skipped), and the offset to seek back to (``None``:
+        sought already, the records are on their way). After :attr:`wait_s` without
+        them, the batch is handed over all the same (and :meth:`read` counts the loss).
+
+        >>> offsets = ReadOffsets(wait_s=5.0)
+        >>> offsets.behind("resolve", 0, 21, now=0.0, committed=18)
+        (True, 18)
+        >>> offsets.behind("resolve", 0, 22, now=0.5)   # stale ones still come: no new seek
+        (True, None)
+        >>> offsets.behind("resolve", 0, 23, now=1.5)   # still not: seek again
+        (True, 18)
+        >>> offsets.behind("resolve", 0, 18, now=2.0)   # here they are
+        (False, None)
+        >>> offsets.read("resolve", 0, 18, 30), offsets.seeks
+        (0, 2)
+        >>> offsets.behind("resolve", 0, 40, now=3.0)  # 31..39 skipped
+        (True, 31)
+        >>> offsets.behind("resolve", 0, 41, now=9.0)   # never came: go on without them
+        (False, None)
+        >>> offsets.read("resolve", 0, 41, 45), offsets.skipped
+        (10, 10)
+        """
+        key = (topic, partition)
+        expected = self._next.get(key, committed)
+        if expected is None or first <= expected:
+            self._waiting.pop(key, None)
+            return False, None
+        waiting = self._waiting.get(key)
+        if waiting is None or waiting[0] != expected:
+            waiting = self._waiting[key] = (expected, now + self.wait_s, now)
+            self._next.setdefault(key, expected)
+            self.seeks += 1
+            return True, expected
+        if now >= waiting[1]:
+            del self._waiting[key]
+            return False, None
+        if now - waiting[2] >= RESEEK_S:  # records fetched before the seek came after it:
+            self._waiting[key] = (expected, waiting[1], now)  # the client took them as its
+            self.seeks += 1  # place and dropped the ones sought as read already
+            return True, expected
+        return True, None
 
     def read(
         self, topic: str, partition: int, first: int, last: int, committed: int | None = None
@@ -64,3 +123,4 @@ class ReadOffsets:
     def forget(self, topic: str, partition: int) -> None:
         """The partition was revoked: where its next owner starts is Faust's to say."""
         self._next.pop((topic, partition), None)
+        self._waiting.pop((topic, partition), None)

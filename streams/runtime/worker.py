@@ -243,6 +243,8 @@ class Worker:
         #: where each internal partition's next batch should start (records the Kafka
         #: client skipped are said, not waited for in silence)
         self.read_offsets = ReadOffsets()
+        #: partitions to seek back (see :meth:`_seek_back`)
+        self._seeks: list[tuple[Any, int]] = []
         #: a stream of this app: Faust sets the current event through one
         self._stream: Any = None
         self.app = self._build()
@@ -433,6 +435,7 @@ class Worker:
                     received = self._received("resolve", events)
                     self.topology.resolve_received(received)
                     self.checkpoint.stage()
+                    await self._seek_back()
 
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
         async def detect(stream: Any) -> None:
@@ -443,6 +446,7 @@ class Worker:
                     for k, envelopes in self._received("clusters", events).items():
                         self.topology.detect(k, envelopes)
                     self.checkpoint.stage()
+                    await self._seek_back()
 
         @app.timer(HEARTBEAT_S)  # type: ignore[untyped-decorator]
         async def heartbeat() -> None:
@@ -537,17 +541,31 @@ class Worker:
         last_event = self._last_event[hop_name]
         received: dict[int, list[bytes]] = {}
         mine = self._own_key
+        now = time.monotonic()
         for events_of_partition in _by_partition(events):
             last = events_of_partition[-1]
             p = last.message.partition
-            last_event[p] = last
             first = events_of_partition[0].message.offset
             committed = committed_offset(self.app, last.message.tp)
+            hold, back = self.read_offsets.behind(hop_name, p, first, now, committed)
+            if hold:  # records before these were skipped: read again from the first of them
+                if back is not None:
+                    log.warning(
+                        "%s/%d: records %d..%d were skipped by the Kafka client (a "
+                        "rebalance): reading them again",
+                        hop_name,
+                        p,
+                        back,
+                        first - 1,
+                    )
+                    self._seeks.append((last.message.tp, back))
+                continue
+            last_event[p] = last
             skipped = self.read_offsets.read(hop_name, p, first, last.message.offset, committed)
             if skipped:
                 log.warning(
                     "%s/%d: %d records before offset %d were skipped by the Kafka client "
-                    "(a rebalance); the events they carried are missing from this stage",
+                    "and did not come again; the events they carried are missing",
                     hop_name,
                     p,
                     skipped,
@@ -560,6 +578,13 @@ class Worker:
             )
             received[p] = hop.received(p, records)
         return received
+
+    async def _seek_back(self) -> None:
+        """Seek the partitions whose records the client skipped back to the first of them
+        (their later records were held back: they come again after)."""
+        seeks, self._seeks = self._seeks, []
+        for tp, offset in seeks:
+            await self.app.consumer.seek(tp, offset)
 
     def _focus(self, hop_name: str, partition: int) -> None:
         """Table writes of ``partition`` go to its changelog partition, with its last event."""
@@ -651,8 +676,10 @@ class Worker:
             "log_bytes": self.stats.log_bytes,
             "handed_over": self.hand_over.handed_over,
             "checkpoints": self.checkpoint.commits,
-            # records of the internal topics the Kafka client skipped (see read_offsets)
+            # records of the internal topics the Kafka client skipped and that did not come
+            # again, and seeks back to read skipped ones again (see read_offsets)
             "skipped": self.read_offsets.skipped,
+            "seeks": self.read_offsets.seeks,
             "watermarks": {str(k): d.watermark.value for k, d in sorted(self.detectors.items())},
             "partitions": {
                 "shares": sorted(self.topology.ingest.clock.assigned),
