@@ -21,9 +21,9 @@ pub mod pdq;
 pub mod posts;
 pub mod reorder;
 pub mod route;
-pub mod wire;
 #[cfg(test)]
 mod testing;
+pub mod wire;
 
 /// The crate's version, so Python can tell which build it imported.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
