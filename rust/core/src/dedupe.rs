@@ -88,6 +88,11 @@ impl EventIdSet {
         self.digests.insert(id_digest(id))
     }
 
+    /// Add an id already hashed ([`id_digest`]); `false` if it was here already.
+    pub fn insert_digest(&mut self, digest: u128) -> bool {
+        self.digests.insert(digest)
+    }
+
     pub fn contains(&self, id: &[u8]) -> bool {
         self.digests.contains(&id_digest(id))
     }

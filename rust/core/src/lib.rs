@@ -11,7 +11,8 @@
 //! - [`route`]: reshares held until their parent post is routed;
 //! - [`posts`]: the post -> cluster map, and routing a reshare through it;
 //! - [`content`]: live clusters' signals, searched through the PDQ index;
-//! - [`wire`]: the records stages send each other and log, written as orjson writes them.
+//! - [`wire`]: the records stages send each other and log, written as orjson writes them;
+//! - [`unbanked`]: unbanked clusters' detector state (posts, velocity, ids, review crossing).
 
 pub mod content;
 pub mod dedupe;
@@ -23,6 +24,7 @@ pub mod reorder;
 pub mod route;
 #[cfg(test)]
 mod testing;
+pub mod unbanked;
 pub mod wire;
 
 /// The crate's version, so Python can tell which build it imported.

@@ -30,6 +30,13 @@ pub struct EventIds {
     ids: EventIdSet,
 }
 
+impl EventIds {
+    /// The Python face of ids hashed already (a cluster the core kept, handed over).
+    pub(crate) fn from_set(ids: EventIdSet) -> Self {
+        Self { ids }
+    }
+}
+
 #[pymethods]
 impl EventIds {
     #[new]

@@ -18,6 +18,7 @@ mod pdq;
 mod posts;
 mod reorder;
 mod route;
+mod unbanked;
 mod wire;
 
 #[global_allocator]
@@ -272,6 +273,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reorder::ReorderBuffer>()?;
     m.add_class::<posts::PyPostRoutes>()?;
     m.add_class::<wire::WireWriter>()?;
+    m.add_class::<unbanked::UnbankedClusters>()?;
     m.add("MAX_EVENT_BYTES", event::MAX_EVENT_BYTES)?;
     m.add("MAX_ID_LEN", event::MAX_ID_LEN)?;
     m.add("TS_MIN_MS", event::TS_MIN_MS)?;

@@ -1,0 +1,1048 @@
+//! Unbanked clusters' detector state: content no bank knows, most of a
+//! platform's traffic, kept as compact records rather than one Python object
+//! per post.
+//!
+//! An unbanked cluster never alerts. The detector keeps, per cluster, only
+//! what the review queue, retroaction and the views read: its posts (id,
+//! parent, user, event time, still up), the event times within the velocity
+//! horizon, the ids of the events applied (16-byte keyed digests, as
+//! [`crate::dedupe`]), the reshares and takedowns waiting for a post of the
+//! cluster that has not come yet, when it was first and last seen, and
+//! whether (and when) it met each velocity rule: the crossing that puts it on
+//! the review queue. Idle clusters are evicted least recently used first, as
+//! the detector's single order of clusters (banked ones included, kept by the
+//! caller) says: every touch takes a number from [`Store::next_seq`], and
+//! [`Store::evict`] stops at the caller's oldest cluster (`barrier`).
+//!
+//! Posts live in one arena per cluster: a 32-byte record each, their ids and
+//! users' texts in one byte buffer; a cluster of more than
+//! [`INDEX_FROM`] posts also gets a hash index of its post ids.
+//!
+//! The rules applied are those of `streams.detector.Detector` for a cluster
+//! that is not banked, in the same order, so the Python it replaces gives
+//! the same figures, crossings, rejections and evictions.
+//!
+//! ```
+//! use viralwatch_core::unbanked::{Event, Kind, Outcome, Rule, Store};
+//! let rules = vec![Rule { severity: 0, window_ms: 60_000, shares: 2 }];
+//! let mut store: Store<&str> = Store::new(rules, 1_200_000, 3_600_000);
+//! let mut out = Outcome::default();
+//! let up = Event { event_id: b"e0", kind: Kind::Upload, ts_ms: 0, post: b"p0", user: b"u0", parent: None };
+//! let share = Event { event_id: b"e1", kind: Kind::Share, ts_ms: 5, post: b"p1", user: b"u1", parent: Some(b"p0") };
+//! store.apply("u-1", &up, "e0", &mut out);
+//! store.apply("u-1", &share, "e1", &mut out);
+//! store.apply("u-1", &share, "e1", &mut out); // a copy: applied once
+//! assert_eq!((out.duplicates, out.crossings.len(), store.size("u-1")), (1, 1, Some(2)));
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasherDefault;
+
+use crate::dedupe::{id_digest, DigestHasher};
+
+/// A post index meaning "none" (an upload's parent, an empty list's end).
+const NONE: u32 = u32::MAX;
+/// Posts a cluster holds before its post ids get a hash index (below: a scan).
+pub const INDEX_FROM: usize = 12;
+/// Event ids a cluster holds before they get a hash set (below: a scan).
+const ID_SET_FROM: usize = 24;
+
+type DigestSet = HashSet<u128, BuildHasherDefault<DigestHasher>>;
+type PostIndex = HashMap<u64, u32, BuildHasherDefault<DigestHasher>>;
+
+/// What an event does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Upload,
+    Share,
+    Takedown,
+}
+
+/// One routed event of an unbanked cluster (borrowed from the caller).
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    pub event_id: &'a [u8],
+    pub kind: Kind,
+    pub ts_ms: i64,
+    pub post: &'a [u8],
+    pub user: &'a [u8],
+    /// the reshared post (a share's)
+    pub parent: Option<&'a [u8]>,
+}
+
+/// A velocity rule: `shares` in `window_ms` meets it (`severity`: the caller's index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub severity: u8,
+    pub window_ms: i64,
+    pub shares: u32,
+}
+
+/// A cluster that met a rule for the first time: what the review queue shows of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crossing {
+    pub cluster_id: String,
+    /// shares in the 5 minutes up to `last_ms`
+    pub shares_5m: usize,
+    pub size: usize,
+    pub live: usize,
+    pub first_seen_ms: i64,
+    pub last_ms: i64,
+}
+
+/// A cluster evicted (idle): its id and posts, in the order they were added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evicted {
+    /// the index (in the caller's batch) of the event before which it was evicted
+    pub at: usize,
+    pub cluster_id: String,
+    pub posts: Vec<Vec<u8>>,
+}
+
+/// What applying events did, for the caller's counters and records.
+#[derive(Debug)]
+pub struct Outcome<H> {
+    /// events added a post some other event had added (`duplicate_post`), in order
+    pub rejected: Vec<H>,
+    pub crossings: Vec<Crossing>,
+    pub evicted: Vec<Evicted>,
+    pub duplicates: u64,
+    pub late: u64,
+    pub created: u64,
+    /// applied (not duplicate) events: uploads, shares, takedowns
+    pub kinds: [u64; 3],
+}
+
+impl<H> Default for Outcome<H> {
+    fn default() -> Self {
+        Self {
+            rejected: Vec::new(),
+            crossings: Vec::new(),
+            evicted: Vec::new(),
+            duplicates: 0,
+            late: 0,
+            created: 0,
+            kinds: [0; 3],
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Span {
+    off: u32,
+    len: u32,
+}
+
+#[derive(Clone, Copy)]
+struct Post {
+    id: Span,
+    user: Span,
+    parent: u32,
+    live: bool,
+    ts_ms: i64,
+}
+
+/// A reshare (or takedown) waiting for the post `target`.
+struct Pending<H> {
+    target: Box<[u8]>,
+    kind: Kind,
+    post: Box<[u8]>,
+    user: Box<[u8]>,
+    ts_ms: i64,
+    handle: H,
+}
+
+/// Sorted event times within the horizon (`graphs.velocity.Velocity`'s rules).
+#[derive(Default)]
+struct Times {
+    ts: Vec<i64>,
+    start: usize,
+    latest: Option<i64>,
+}
+
+impl Times {
+    fn add(&mut self, t: i64, horizon: i64) -> bool {
+        if let Some(latest) = self.latest {
+            if t <= latest - horizon {
+                return false;
+            }
+            if t < latest {
+                let i = self.start + self.ts[self.start..].partition_point(|&x| x <= t);
+                self.ts.insert(i, t);
+                return true;
+            }
+        }
+        self.ts.push(t);
+        self.latest = Some(t);
+        let cut = t - horizon;
+        self.start += self.ts[self.start..].partition_point(|&x| x <= cut);
+        if self.start >= 8 && self.start * 2 > self.ts.len() {
+            self.ts.drain(..self.start);
+            self.start = 0;
+        }
+        true
+    }
+
+    fn count(&self, window: i64, now: i64) -> usize {
+        let kept = &self.ts[self.start..];
+        let hi = kept.partition_point(|&x| x <= now);
+        let lo = kept[..hi].partition_point(|&x| x <= now - window);
+        hi - lo
+    }
+
+    fn len(&self) -> usize {
+        self.ts.len() - self.start
+    }
+
+    fn kept(&self) -> &[i64] {
+        &self.ts[self.start..]
+    }
+}
+
+/// One unbanked cluster.
+struct Cluster<H> {
+    id: Box<str>,
+    seq: u64,
+    prev: u32,
+    next: u32,
+    first_seen_ms: i64,
+    last_ms: i64,
+    posts: Vec<Post>,
+    text: Vec<u8>,
+    /// post id hash -> the last post with it; `chain[i]`: the post before `i` with its hash
+    index: Option<(PostIndex, Vec<u32>)>,
+    live: u32,
+    roots: u32,
+    times: Times,
+    ids: Vec<u128>,
+    id_set: Option<DigestSet>,
+    pending: Vec<Pending<H>>,
+    emerging: bool,
+    /// (severity, when its rule was first met)
+    met: Vec<(u8, i64)>,
+    /// the allow-list signals (kind, signal) its content matches
+    allowed_by: Vec<(String, String)>,
+}
+
+fn text_hash(bytes: &[u8]) -> u64 {
+    id_digest(bytes) as u64
+}
+
+impl<H> Cluster<H> {
+    fn new(id: &str, ts_ms: i64) -> Self {
+        Self {
+            id: id.into(),
+            seq: 0,
+            prev: NONE,
+            next: NONE,
+            first_seen_ms: ts_ms,
+            last_ms: 0,
+            posts: Vec::new(),
+            text: Vec::new(),
+            index: None,
+            live: 0,
+            roots: 0,
+            times: Times::default(),
+            ids: Vec::new(),
+            id_set: None,
+            pending: Vec::new(),
+            emerging: false,
+            met: Vec::new(),
+            allowed_by: Vec::new(),
+        }
+    }
+
+    fn span(&self, s: Span) -> &[u8] {
+        &self.text[s.off as usize..(s.off + s.len) as usize]
+    }
+
+    fn find(&self, post: &[u8]) -> Option<u32> {
+        match &self.index {
+            None => self
+                .posts
+                .iter()
+                .position(|p| self.span(p.id) == post)
+                .map(|i| i as u32),
+            Some((index, chain)) => {
+                let mut i = *index.get(&text_hash(post))?;
+                while i != NONE {
+                    if self.span(self.posts[i as usize].id) == post {
+                        return Some(i);
+                    }
+                    i = chain[i as usize];
+                }
+                None
+            }
+        }
+    }
+
+    fn push_text(&mut self, bytes: &[u8]) -> Span {
+        let span = Span {
+            off: self.text.len() as u32,
+            len: bytes.len() as u32,
+        };
+        self.text.extend_from_slice(bytes);
+        span
+    }
+
+    fn add(&mut self, post: &[u8], user: &[u8], parent: u32, ts_ms: i64) {
+        let id = self.push_text(post);
+        let user = self.push_text(user);
+        let i = self.posts.len() as u32;
+        self.posts.push(Post {
+            id,
+            user,
+            parent,
+            live: true,
+            ts_ms,
+        });
+        self.live += 1;
+        if parent == NONE {
+            self.roots += 1;
+        }
+        if let Some((index, chain)) = &mut self.index {
+            chain.push(index.insert(text_hash(post), i).unwrap_or(NONE));
+        } else if self.posts.len() > INDEX_FROM {
+            let mut index = PostIndex::default();
+            let mut chain = Vec::with_capacity(self.posts.len());
+            for (j, p) in self.posts.iter().enumerate() {
+                let h = text_hash(&self.text[p.id.off as usize..(p.id.off + p.id.len) as usize]);
+                chain.push(index.insert(h, j as u32).unwrap_or(NONE));
+            }
+            self.index = Some((index, chain));
+        }
+    }
+
+    fn take_down(&mut self, post: &[u8]) -> bool {
+        match self.find(post) {
+            Some(i) if self.posts[i as usize].live => {
+                self.posts[i as usize].live = false;
+                self.live -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn insert_id(&mut self, digest: u128) -> bool {
+        if let Some(set) = &mut self.id_set {
+            if !set.insert(digest) {
+                return false;
+            }
+        } else if self.ids.contains(&digest) {
+            return false;
+        }
+        self.ids.push(digest);
+        if self.id_set.is_none() && self.ids.len() > ID_SET_FROM {
+            self.id_set = Some(self.ids.iter().copied().collect());
+        }
+        true
+    }
+
+    fn has_id(&self, digest: u128) -> bool {
+        match &self.id_set {
+            Some(set) => set.contains(&digest),
+            None => self.ids.contains(&digest),
+        }
+    }
+
+    fn allowed(&self) -> bool {
+        !self.allowed_by.is_empty() || self.id.starts_with("a-")
+    }
+
+    fn bytes(&self) -> usize {
+        use std::mem::size_of;
+        size_of::<Self>()
+            + self.id.len()
+            + self.posts.capacity() * size_of::<Post>()
+            + self.text.capacity()
+            + self.times.ts.capacity() * 8
+            + self.ids.capacity() * 16
+            + self.id_set.as_ref().map_or(0, |s| s.capacity() * 17)
+            + self
+                .index
+                .as_ref()
+                .map_or(0, |(i, c)| i.capacity() * 13 + c.capacity() * 4)
+            + self.pending.capacity() * size_of::<Pending<H>>()
+    }
+}
+
+/// A post as the views and retroaction read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Made<'a> {
+    pub post: &'a [u8],
+    pub parent: Option<&'a [u8]>,
+    pub user: &'a [u8],
+    pub ts_ms: i64,
+    pub live: bool,
+}
+
+/// A post taken out: `(post, parent, user, ts, live)`.
+pub type OwnedPost = (Vec<u8>, Option<Vec<u8>>, Vec<u8>, i64, bool);
+
+/// Everything a cluster holds, taken out of the store (it turned out to be banked).
+pub struct Taken<H> {
+    pub cluster_id: String,
+    pub seq: u64,
+    pub first_seen_ms: i64,
+    pub last_ms: i64,
+    /// `(post, parent, user, ts, live)`, parents first
+    pub posts: Vec<OwnedPost>,
+    /// the event times within the horizon, sorted, and the latest ever counted
+    pub times: Vec<i64>,
+    pub latest_ms: Option<i64>,
+    pub digests: Vec<u128>,
+    /// `(post waited for, event)`, in the order they came
+    pub pending: Vec<(Vec<u8>, H)>,
+    pub emerging: bool,
+    pub met: Vec<(u8, i64)>,
+    pub allowed_by: Vec<(String, String)>,
+}
+
+/// A cluster's headline figures and review state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub seq: u64,
+    pub first_seen_ms: i64,
+    pub last_ms: i64,
+    pub size: usize,
+    pub live: usize,
+    pub roots: usize,
+    pub events: usize,
+    pub pending: usize,
+    pub emerging: bool,
+    pub allowed: bool,
+    pub met: Vec<(u8, i64)>,
+}
+
+/// The unbanked clusters of one detector (see the module's docs); `H` is what
+/// the caller keeps of an event that waits or may be rejected.
+pub struct Store<H> {
+    rules: Vec<Rule>,
+    fewest: usize,
+    horizon_ms: i64,
+    idle_ms: i64,
+    slots: Vec<Option<Cluster<H>>>,
+    free: Vec<u32>,
+    by_id: HashMap<Box<str>, u32>,
+    head: u32,
+    tail: u32,
+    seq: u64,
+    live_events: usize,
+}
+
+impl<H> Store<H> {
+    /// `rules`: the velocity rules in the policy's order; `horizon_ms`: how long
+    /// event times are kept (at least the longest window); `idle_ms`: how long
+    /// after its last event a cluster is evicted.
+    pub fn new(rules: Vec<Rule>, horizon_ms: i64, idle_ms: i64) -> Self {
+        let fewest = rules.iter().map(|r| r.shares as usize).min().unwrap_or(0);
+        Self {
+            rules,
+            fewest,
+            horizon_ms,
+            idle_ms,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_id: HashMap::new(),
+            head: NONE,
+            tail: NONE,
+            seq: 0,
+            live_events: 0,
+        }
+    }
+
+    pub fn idle_ms(&self) -> i64 {
+        self.idle_ms
+    }
+
+    /// A number for a touch of one of the caller's clusters: the detector's one order.
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Clusters held.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Events applied to the clusters held.
+    pub fn live_events(&self) -> usize {
+        self.live_events
+    }
+
+    pub fn contains(&self, cluster_id: &str) -> bool {
+        self.by_id.contains_key(cluster_id)
+    }
+
+    fn get(&self, cluster_id: &str) -> Option<&Cluster<H>> {
+        let slot = *self.by_id.get(cluster_id)?;
+        self.slots[slot as usize].as_ref()
+    }
+
+    fn at(&mut self, slot: u32) -> &mut Cluster<H> {
+        self.slots[slot as usize]
+            .as_mut()
+            .expect("a linked slot holds a cluster")
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let (prev, next) = {
+            let c = self.at(slot);
+            (c.prev, c.next)
+        };
+        if prev == NONE {
+            self.head = next;
+        } else {
+            self.at(prev).next = next;
+        }
+        if next == NONE {
+            self.tail = prev;
+        } else {
+            self.at(next).prev = prev;
+        }
+    }
+
+    fn push_back(&mut self, slot: u32) {
+        self.seq += 1;
+        let (seq, tail) = (self.seq, self.tail);
+        let c = self.at(slot);
+        c.seq = seq;
+        c.prev = tail;
+        c.next = NONE;
+        if tail == NONE {
+            self.head = slot;
+        } else {
+            self.at(tail).next = slot;
+        }
+        self.tail = slot;
+    }
+
+    /// The seq of the least recently touched cluster (`None`: none held).
+    pub fn oldest_seq(&self) -> Option<u64> {
+        (self.head != NONE).then(|| self.slots[self.head as usize].as_ref().map_or(0, |c| c.seq))
+    }
+
+    /// Evict, oldest first, the clusters touched before `barrier` whose last event is at
+    /// or before `cut_ms`; `true` when one touched before `barrier` is not idle (nothing
+    /// after it is evicted: the detector's order stops there). `at` marks them in `out`.
+    pub fn evict(&mut self, cut_ms: i64, barrier: u64, at: usize, out: &mut Outcome<H>) -> bool {
+        while self.head != NONE {
+            let slot = self.head;
+            let (seq, last) = {
+                let c = self.at(slot);
+                (c.seq, c.last_ms)
+            };
+            if seq >= barrier {
+                return false;
+            }
+            if last > cut_ms {
+                return true;
+            }
+            let c = self.remove_slot(slot);
+            out.evicted.push(Evicted {
+                at,
+                posts: c.posts.iter().map(|p| c.span(p.id).to_vec()).collect(),
+                cluster_id: c.id.into(),
+            });
+        }
+        false
+    }
+
+    fn remove_slot(&mut self, slot: u32) -> Cluster<H> {
+        self.unlink(slot);
+        let c = self.slots[slot as usize]
+            .take()
+            .expect("a linked slot holds a cluster");
+        self.by_id.remove(&c.id);
+        self.free.push(slot);
+        self.live_events -= c.ids.len();
+        c
+    }
+
+    /// Apply one event to `cluster_id` (created if new), as the detector does to an
+    /// unbanked cluster; `handle` is kept if the event waits, or given back if rejected.
+    /// Returns whether it was applied (`false`: its id was applied here before).
+    pub fn apply(
+        &mut self,
+        cluster_id: &str,
+        ev: &Event<'_>,
+        handle: H,
+        out: &mut Outcome<H>,
+    ) -> bool {
+        let slot = match self.by_id.get(cluster_id) {
+            Some(&slot) => {
+                self.unlink(slot);
+                slot
+            }
+            None => {
+                let c = Cluster::new(cluster_id, ev.ts_ms);
+                let slot = match self.free.pop() {
+                    Some(slot) => {
+                        self.slots[slot as usize] = Some(c);
+                        slot
+                    }
+                    None => {
+                        self.slots.push(Some(c));
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                self.by_id.insert(cluster_id.into(), slot);
+                out.created += 1;
+                slot
+            }
+        };
+        self.push_back(slot);
+        let horizon = self.horizon_ms;
+        let c = self.at(slot);
+        if !c.insert_id(id_digest(ev.event_id)) {
+            out.duplicates += 1;
+            return false;
+        }
+        out.kinds[ev.kind as usize] += 1;
+        c.first_seen_ms = c.first_seen_ms.min(ev.ts_ms);
+        if ev.ts_ms < c.last_ms {
+            out.late += 1;
+        }
+        c.last_ms = c.last_ms.max(ev.ts_ms);
+        self.live_events += 1;
+        let c = self.at(slot);
+        if ev.kind == Kind::Takedown {
+            if !c.take_down(ev.post) && c.find(ev.post).is_none() {
+                c.pending.push(Pending {
+                    target: ev.post.into(),
+                    kind: Kind::Takedown,
+                    post: ev.post.into(),
+                    user: ev.user.into(),
+                    ts_ms: ev.ts_ms,
+                    handle,
+                });
+            }
+            return true;
+        }
+        let first = Pending {
+            target: ev.parent.unwrap_or_default().into(),
+            kind: ev.kind,
+            post: ev.post.into(),
+            user: ev.user.into(),
+            ts_ms: ev.ts_ms,
+            handle,
+        };
+        add_posts(c, first, horizon, out);
+        let now = c.last_ms;
+        self.evaluate(slot, now, out);
+        true
+    }
+
+    fn evaluate(&mut self, slot: u32, now: i64, out: &mut Outcome<H>) {
+        let fewest = self.fewest;
+        let rules = std::mem::take(&mut self.rules);
+        let c = self.at(slot);
+        if c.times.len() >= fewest && !c.allowed() {
+            let mut any = false;
+            for r in &rules {
+                if c.times.count(r.window_ms, now) >= r.shares as usize {
+                    any = true;
+                    if !c.met.iter().any(|&(s, _)| s == r.severity) {
+                        c.met.push((r.severity, now));
+                    }
+                }
+            }
+            if any && !c.emerging {
+                c.emerging = true;
+                out.crossings.push(Crossing {
+                    cluster_id: c.id.to_string(),
+                    shares_5m: c.times.count(300_000, now),
+                    size: c.posts.len(),
+                    live: c.live as usize,
+                    first_seen_ms: c.first_seen_ms,
+                    last_ms: c.last_ms,
+                });
+            }
+        }
+        self.rules = rules;
+    }
+
+    /// Whether the event `event_id` was applied to `cluster_id` (held).
+    pub fn applied(&self, cluster_id: &str, event_id: &[u8]) -> bool {
+        self.get(cluster_id)
+            .is_some_and(|c| c.has_id(id_digest(event_id)))
+    }
+
+    pub fn size(&self, cluster_id: &str) -> Option<usize> {
+        self.get(cluster_id).map(|c| c.posts.len())
+    }
+
+    pub fn summary(&self, cluster_id: &str) -> Option<Summary> {
+        self.get(cluster_id).map(|c| Summary {
+            seq: c.seq,
+            first_seen_ms: c.first_seen_ms,
+            last_ms: c.last_ms,
+            size: c.posts.len(),
+            live: c.live as usize,
+            roots: c.roots as usize,
+            events: c.ids.len(),
+            pending: c.pending.len(),
+            emerging: c.emerging,
+            allowed: c.allowed(),
+            met: c.met.clone(),
+        })
+    }
+
+    /// Shares counted in `(now - window, now]`.
+    pub fn count(&self, cluster_id: &str, window_ms: i64, now_ms: i64) -> usize {
+        self.get(cluster_id)
+            .map_or(0, |c| c.times.count(window_ms, now_ms))
+    }
+
+    /// The event times kept (within the horizon), sorted.
+    pub fn times(&self, cluster_id: &str) -> Vec<i64> {
+        self.get(cluster_id)
+            .map_or_else(Vec::new, |c| c.times.kept().to_vec())
+    }
+
+    /// Every post, parents first (the order they were added).
+    pub fn made(&self, cluster_id: &str) -> Vec<Made<'_>> {
+        let Some(c) = self.get(cluster_id) else {
+            return Vec::new();
+        };
+        c.posts
+            .iter()
+            .map(|p| Made {
+                post: c.span(p.id),
+                parent: (p.parent != NONE).then(|| c.span(c.posts[p.parent as usize].id)),
+                user: c.span(p.user),
+                ts_ms: p.ts_ms,
+                live: p.live,
+            })
+            .collect()
+    }
+
+    /// The allow-list signal `(kind, signal)` matches (`add`) or no longer matches the
+    /// cluster's content; `false` if the cluster is not here.
+    pub fn allow(&mut self, cluster_id: &str, kind: &str, signal: &str, add: bool) -> bool {
+        let Some(&slot) = self.by_id.get(cluster_id) else {
+            return false;
+        };
+        let c = self.at(slot);
+        let i = c
+            .allowed_by
+            .iter()
+            .position(|(k, s)| k == kind && s == signal);
+        match (add, i) {
+            (true, None) => c.allowed_by.push((kind.to_owned(), signal.to_owned())),
+            (false, Some(i)) => {
+                c.allowed_by.remove(i);
+            }
+            _ => {}
+        }
+        true
+    }
+
+    pub fn allowed_by(&self, cluster_id: &str) -> Vec<(String, String)> {
+        self.get(cluster_id)
+            .map_or_else(Vec::new, |c| c.allowed_by.clone())
+    }
+
+    /// Take a cluster out (it turned out to be banked: the caller keeps it from now on).
+    pub fn take(&mut self, cluster_id: &str) -> Option<Taken<H>> {
+        let slot = *self.by_id.get(cluster_id)?;
+        let c = self.remove_slot(slot);
+        let posts = c
+            .posts
+            .iter()
+            .map(|p| {
+                (
+                    c.span(p.id).to_vec(),
+                    (p.parent != NONE).then(|| c.span(c.posts[p.parent as usize].id).to_vec()),
+                    c.span(p.user).to_vec(),
+                    p.ts_ms,
+                    p.live,
+                )
+            })
+            .collect();
+        Some(Taken {
+            cluster_id: c.id.to_string(),
+            seq: c.seq,
+            first_seen_ms: c.first_seen_ms,
+            last_ms: c.last_ms,
+            posts,
+            times: c.times.kept().to_vec(),
+            latest_ms: c.times.latest,
+            digests: c.ids,
+            pending: c
+                .pending
+                .into_iter()
+                .map(|p| (p.target.into_vec(), p.handle))
+                .collect(),
+            emerging: c.emerging,
+            met: c.met,
+            allowed_by: c.allowed_by,
+        })
+    }
+
+    /// The pending events' handles of a cluster (in the order they came), by the post
+    /// each waits for.
+    pub fn pending(&self, cluster_id: &str) -> Vec<(&[u8], &H)> {
+        self.get(cluster_id).map_or_else(Vec::new, |c| {
+            c.pending.iter().map(|p| (&*p.target, &p.handle)).collect()
+        })
+    }
+
+    /// Bytes held (an estimate from the capacities; the extension's allocator counts the
+    /// real figure).
+    pub fn nbytes(&self) -> usize {
+        self.slots
+            .iter()
+            .flatten()
+            .map(Cluster::bytes)
+            .sum::<usize>()
+            + self.slots.capacity() * std::mem::size_of::<Option<Cluster<H>>>()
+            + self.by_id.capacity() * 40
+    }
+}
+
+/// Add `first`'s post (an upload's or a share's), then what waited for it, depth first
+/// in the order they came: the recursion of `Detector._add_post`, on a stack.
+fn add_posts<H>(c: &mut Cluster<H>, first: Pending<H>, horizon: i64, out: &mut Outcome<H>) {
+    let mut stack = vec![first];
+    while let Some(ev) = stack.pop() {
+        if ev.kind == Kind::Takedown {
+            c.take_down(&ev.post);
+            continue;
+        }
+        if c.find(&ev.post).is_some() {
+            out.rejected.push(ev.handle);
+            continue;
+        }
+        let parent = if ev.kind == Kind::Share {
+            match c.find(&ev.target) {
+                Some(p) => p,
+                None => {
+                    c.pending.push(ev); // its parent is later in event time: it waits
+                    continue;
+                }
+            }
+        } else {
+            NONE
+        };
+        c.add(&ev.post, &ev.user, parent, ev.ts_ms);
+        if !c.times.add(ev.ts_ms, horizon) {
+            out.late += 1;
+        }
+        if c.pending.iter().any(|p| *p.target == *ev.post) {
+            let (kids, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut c.pending)
+                .into_iter()
+                .partition(|p| *p.target == *ev.post);
+            c.pending = stay;
+            stack.extend(kids.into_iter().rev());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev<'a>(
+        id: &'a str,
+        kind: Kind,
+        ts: i64,
+        post: &'a str,
+        parent: Option<&'a str>,
+    ) -> Event<'a> {
+        Event {
+            event_id: id.as_bytes(),
+            kind,
+            ts_ms: ts,
+            post: post.as_bytes(),
+            user: b"u",
+            parent: parent.map(str::as_bytes),
+        }
+    }
+
+    fn store() -> Store<u32> {
+        Store::new(
+            vec![
+                Rule {
+                    severity: 0,
+                    window_ms: 60_000,
+                    shares: 3,
+                },
+                Rule {
+                    severity: 1,
+                    window_ms: 60_000,
+                    shares: 5,
+                },
+            ],
+            1_200_000,
+            3_600_000,
+        )
+    }
+
+    #[test]
+    fn reshares_before_their_parent_wait_and_come_in_order() {
+        let mut s = store();
+        let mut out = Outcome::default();
+        s.apply(
+            "u-1",
+            &ev("e2", Kind::Share, 10, "p2", Some("p1")),
+            2,
+            &mut out,
+        );
+        s.apply(
+            "u-1",
+            &ev("e3", Kind::Takedown, 11, "p2", None),
+            3,
+            &mut out,
+        );
+        s.apply(
+            "u-1",
+            &ev("e4", Kind::Share, 12, "p3", Some("p2")),
+            4,
+            &mut out,
+        );
+        assert_eq!(s.size("u-1"), Some(0));
+        assert_eq!(s.pending("u-1").len(), 3);
+        s.apply("u-1", &ev("e1", Kind::Upload, 5, "p1", None), 1, &mut out);
+        let made: Vec<_> = s
+            .made("u-1")
+            .iter()
+            .map(|m| (m.post.to_vec(), m.live))
+            .collect();
+        assert_eq!(
+            made,
+            [
+                (b"p1".to_vec(), true),
+                (b"p2".to_vec(), false),
+                (b"p3".to_vec(), true)
+            ]
+        );
+        assert!(s.pending("u-1").is_empty());
+        assert_eq!(out.late, 1); // the upload: older than the last event seen
+    }
+
+    #[test]
+    fn a_second_post_is_rejected_and_a_copy_counted() {
+        let mut s = store();
+        let mut out = Outcome::default();
+        assert!(s.apply("u-1", &ev("e1", Kind::Upload, 5, "p1", None), 1, &mut out));
+        assert!(s.apply("u-1", &ev("e2", Kind::Upload, 6, "p1", None), 2, &mut out));
+        assert!(!s.apply("u-1", &ev("e2", Kind::Upload, 6, "p1", None), 3, &mut out));
+        assert_eq!((out.rejected.as_slice(), out.duplicates), (&[2][..], 1));
+        assert!(s.applied("u-1", b"e2") && !s.applied("u-1", b"e9"));
+        assert_eq!(s.live_events(), 2);
+    }
+
+    #[test]
+    fn crossing_once_and_rules_met_remembered() {
+        let mut s = store();
+        let mut out = Outcome::default();
+        s.apply("u-1", &ev("e0", Kind::Upload, 0, "p0", None), 0, &mut out);
+        for i in 1..8 {
+            let (id, post) = (format!("e{i}"), format!("p{i}"));
+            s.apply(
+                "u-1",
+                &ev(&id, Kind::Share, i * 1000, &post, Some("p0")),
+                0,
+                &mut out,
+            );
+        }
+        assert_eq!(out.crossings.len(), 1);
+        assert_eq!(out.crossings[0].size, 3);
+        assert_eq!(s.summary("u-1").unwrap().met, [(0, 2000), (1, 4000)]);
+        // on the allow-list: never queued
+        s.apply("a-1", &ev("x0", Kind::Upload, 0, "q0", None), 0, &mut out);
+        for i in 1..8 {
+            let (id, post) = (format!("x{i}"), format!("q{i}"));
+            s.apply(
+                "a-1",
+                &ev(&id, Kind::Share, i, &post, Some("q0")),
+                0,
+                &mut out,
+            );
+        }
+        assert_eq!(out.crossings.len(), 1);
+    }
+
+    #[test]
+    fn eviction_follows_the_touch_order_and_stops_at_the_barrier() {
+        let mut s = store();
+        let mut out = Outcome::default();
+        s.apply("u-1", &ev("a", Kind::Upload, 0, "p", None), 0, &mut out);
+        let barrier = s.next_seq(); // the caller's cluster, touched between
+        s.apply("u-2", &ev("b", Kind::Upload, 0, "q", None), 0, &mut out);
+        s.apply(
+            "u-3",
+            &ev("c", Kind::Upload, 10_000_000, "r", None),
+            0,
+            &mut out,
+        );
+        assert!(!s.evict(5_000_000, barrier, 7, &mut out));
+        assert_eq!(out.evicted.len(), 1);
+        assert_eq!(
+            (out.evicted[0].at, out.evicted[0].posts.clone()),
+            (7, vec![b"p".to_vec()])
+        );
+        assert!(s.evict(5_000_000, u64::MAX, 8, &mut out)); // u-3 is not idle: stops there
+        assert_eq!(out.evicted.len(), 2);
+        assert_eq!((s.len(), s.live_events()), (1, 1));
+        // a slot reused
+        s.apply("u-4", &ev("d", Kind::Upload, 0, "s", None), 0, &mut out);
+        assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn many_posts_are_found_through_the_index() {
+        let mut s = store();
+        let mut out = Outcome::default();
+        s.apply("u-1", &ev("e0", Kind::Upload, 0, "p0", None), 0, &mut out);
+        for i in 1..500 {
+            let (id, post, parent) = (format!("e{i}"), format!("p{i}"), format!("p{}", i / 2));
+            s.apply(
+                "u-1",
+                &ev(&id, Kind::Share, i, &post, Some(&parent)),
+                0,
+                &mut out,
+            );
+        }
+        assert_eq!(s.size("u-1"), Some(500));
+        s.apply(
+            "u-1",
+            &ev("t", Kind::Takedown, 600, "p321", None),
+            0,
+            &mut out,
+        );
+        s.apply(
+            "u-1",
+            &ev("d", Kind::Share, 601, "p400", Some("p1")),
+            9,
+            &mut out,
+        );
+        assert_eq!(out.rejected, [9]);
+        let m = s.made("u-1");
+        assert_eq!((m[321].live, m[400].parent), (false, Some(&b"p200"[..])));
+        let taken = s.take("u-1").unwrap();
+        assert_eq!(
+            (taken.posts.len(), taken.digests.len(), s.len()),
+            (500, 502, 0)
+        );
+    }
+
+    #[test]
+    fn velocity_keeps_the_horizon_and_counts_late_ones() {
+        let mut t = Times::default();
+        for x in [0, 10, 20, 5] {
+            assert!(t.add(x, 100));
+        }
+        assert_eq!(t.count(100, 20), 4);
+        assert!(t.add(200, 100));
+        assert!(!t.add(100, 100)); // at or before latest - horizon
+        assert_eq!((t.len(), t.count(1000, 200)), (1, 1));
+    }
+}

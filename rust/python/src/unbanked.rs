@@ -1,0 +1,376 @@
+//! `streams._core.UnbankedClusters`: unbanked clusters' detector state
+//! (`viralwatch_core::unbanked`) for `streams.detector.Detector`. Events come
+//! in batches of routed items; the core keeps references only to the events
+//! that wait for a post (or are rejected), and gives back what Python acts on.
+
+use std::borrow::Cow;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyString};
+use pyo3::{intern, IntoPyObjectExt};
+
+use viralwatch_core::dedupe::EventIdSet;
+use viralwatch_core::unbanked::{Event, Kind, Outcome, Rule, Store};
+
+use crate::dedupe::{with_id, EventIds};
+
+/// A text the core kept as UTF-8 bytes, as the ``str`` it came from.
+fn text<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Ok(PyString::new(py, s).into_any()),
+        // a lone surrogate (``surrogatepass``, see with_id): decoded back the same way
+        Err(_) => PyBytes::new(py, bytes).call_method1("decode", ("utf-8", "surrogatepass")),
+    }
+}
+
+/// An id's bytes, as ``with_id`` hashes them: its UTF-8 (``surrogatepass`` for a lone
+/// surrogate), borrowed when it can be.
+fn bytes_of<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
+    let s = obj
+        .cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err("an id is a str"))?;
+    match s.to_str() {
+        Ok(t) => Ok(Cow::Borrowed(t.as_bytes())),
+        Err(_) => with_id(obj, |b| Cow::Owned(b.to_vec())),
+    }
+}
+
+fn kind_of(kind: &Bound<'_, PyAny>) -> PyResult<Kind> {
+    match kind.extract::<&str>()? {
+        "upload" => Ok(Kind::Upload),
+        "share" => Ok(Kind::Share),
+        "takedown" => Ok(Kind::Takedown),
+        other => Err(PyValueError::new_err(format!(
+            "unknown event type {other:?}"
+        ))),
+    }
+}
+
+/// Unbanked clusters' posts, velocity, applied ids, waiting events, review-queue crossing
+/// and idle order (see ``rust/core/src/unbanked.rs``). ``rules``: the policy's velocity
+/// rules in order, as ``(severity index, window_ms, shares)``.
+#[pyclass(module = "streams._core", unsendable)]
+pub struct UnbankedClusters {
+    store: Store<Py<PyAny>>,
+}
+
+/// An eviction as Python gets it: (before which item, cluster, posts).
+type Eviction = (usize, String, Vec<Py<PyAny>>);
+
+type Applied = (
+    usize,
+    Vec<Py<PyAny>>,
+    Vec<(String, usize, usize, usize, i64, i64)>,
+    Vec<Eviction>,
+    Vec<usize>,
+    (u64, u64, u64, u64, u64, u64),
+);
+
+impl UnbankedClusters {
+    fn evicted(py: Python<'_>, out: &mut Outcome<Py<PyAny>>) -> PyResult<Vec<Eviction>> {
+        std::mem::take(&mut out.evicted)
+            .into_iter()
+            .map(|e| {
+                let posts = e
+                    .posts
+                    .iter()
+                    .map(|p| text(py, p).map(Bound::unbind))
+                    .collect::<PyResult<_>>()?;
+                Ok((e.at, e.cluster_id, posts))
+            })
+            .collect()
+    }
+}
+
+#[pymethods]
+impl UnbankedClusters {
+    #[new]
+    fn new(rules: Vec<(u8, i64, u32)>, horizon_ms: i64, idle_ms: i64) -> Self {
+        let rules = rules
+            .into_iter()
+            .map(|(severity, window_ms, shares)| Rule {
+                severity,
+                window_ms,
+                shares,
+            })
+            .collect();
+        Self {
+            store: Store::new(rules, horizon_ms, idle_ms),
+        }
+    }
+
+    /// A number for a touch of a banked cluster: the detector's one order of clusters.
+    fn next_seq(&mut self) -> u64 {
+        self.store.next_seq()
+    }
+
+    /// The number of the least recently touched cluster here (``None``: none).
+    fn oldest_seq(&self) -> Option<u64> {
+        self.store.oldest_seq()
+    }
+
+    fn __len__(&self) -> usize {
+        self.store.len()
+    }
+
+    fn __contains__(&self, cluster_id: &Bound<'_, PyAny>) -> bool {
+        cluster_id
+            .extract::<&str>()
+            .is_ok_and(|c| self.store.contains(c))
+    }
+
+    /// Events applied to the clusters held.
+    #[getter]
+    fn live_events(&self) -> usize {
+        self.store.live_events()
+    }
+
+    /// Bytes held, estimated from the tables' capacities.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.store.nbytes()
+    }
+
+    /// Apply routed events (``streams.router.Routed`` of unbanked clusters) in order, each
+    /// after evicting what was idle at its time (up to the caller's oldest cluster,
+    /// ``barrier``), and stop at the first at or after ``stop_ms``. Returns how many were
+    /// applied, the events rejected as ``duplicate_post``, the crossings ``(cluster,
+    /// shares in 5 minutes, size, live, first seen, last)``, the evictions ``(before item,
+    /// cluster, posts)``, the items applied that carry content, and the counters
+    /// ``(duplicates, late, clusters created, uploads, shares, takedowns)``.
+    fn apply_many(
+        &mut self,
+        py: Python<'_>,
+        items: &Bound<'_, PyList>,
+        stop_ms: i64,
+        barrier: u64,
+    ) -> PyResult<Applied> {
+        let mut out: Outcome<Py<PyAny>> = Outcome::default();
+        let mut contents = Vec::new();
+        let idle = self.store.idle_ms();
+        let mut done = 0;
+        for (i, item) in items.iter().enumerate() {
+            let ev = item.getattr(intern!(py, "event"))?;
+            let ts: i64 = ev.getattr(intern!(py, "ts_ms"))?.extract()?;
+            if ts >= stop_ms {
+                break;
+            }
+            let cid = item.getattr(intern!(py, "cluster_id"))?;
+            let cid = cid
+                .cast::<PyString>()
+                .map_err(|_| PyTypeError::new_err("a cluster id is a str"))?
+                .to_str()?;
+            let kind = kind_of(&ev.getattr(intern!(py, "type"))?)?;
+            let eid = ev.getattr(intern!(py, "event_id"))?;
+            let post = ev.getattr(intern!(py, "post_id"))?;
+            let user = ev.getattr(intern!(py, "user_id"))?;
+            let parent = ev.getattr(intern!(py, "parent_post_id"))?;
+            let has_content = !ev.getattr(intern!(py, "content"))?.is_none();
+            self.store
+                .evict(ts.saturating_sub(idle), barrier, i, &mut out);
+            let (eid, post, user) = (bytes_of(&eid)?, bytes_of(&post)?, bytes_of(&user)?);
+            let parent = if parent.is_none() {
+                None
+            } else {
+                Some(bytes_of(&parent)?)
+            };
+            let e = Event {
+                event_id: &eid,
+                kind,
+                ts_ms: ts,
+                post: &post,
+                user: &user,
+                parent: parent.as_deref(),
+            };
+            let applied = self.store.apply(cid, &e, ev.clone().unbind(), &mut out);
+            if applied && has_content {
+                contents.push(i);
+            }
+            done = i + 1;
+        }
+        let crossings = std::mem::take(&mut out.crossings)
+            .into_iter()
+            .map(|c| {
+                (
+                    c.cluster_id,
+                    c.shares_5m,
+                    c.size,
+                    c.live,
+                    c.first_seen_ms,
+                    c.last_ms,
+                )
+            })
+            .collect();
+        let evicted = Self::evicted(py, &mut out)?;
+        let counters = (
+            out.duplicates,
+            out.late,
+            out.created,
+            out.kinds[0],
+            out.kinds[1],
+            out.kinds[2],
+        );
+        Ok((done, out.rejected, crossings, evicted, contents, counters))
+    }
+
+    /// Evict, oldest first, what is idle at ``cut_ms`` and touched before ``barrier``:
+    /// ``(stopped at one that is not idle, [(0, cluster, posts)])``.
+    fn evict(
+        &mut self,
+        py: Python<'_>,
+        cut_ms: i64,
+        barrier: u64,
+    ) -> PyResult<(bool, Vec<Eviction>)> {
+        let mut out = Outcome::default();
+        let blocked = self.store.evict(cut_ms, barrier, 0, &mut out);
+        Ok((blocked, Self::evicted(py, &mut out)?))
+    }
+
+    /// Whether ``event_id`` was applied to ``cluster_id``.
+    fn applied(&self, cluster_id: &str, event_id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        with_id(event_id, |id| self.store.applied(cluster_id, id))
+    }
+
+    /// ``(seq, first seen, last, size, live, roots, events, waiting, emerging, allowed,
+    /// [(severity index, first met)])``, or ``None``.
+    #[allow(clippy::type_complexity)]
+    fn summary(
+        &self,
+        cluster_id: &str,
+    ) -> Option<(
+        u64,
+        i64,
+        i64,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        bool,
+        bool,
+        Vec<(u8, i64)>,
+    )> {
+        self.store.summary(cluster_id).map(|s| {
+            (
+                s.seq,
+                s.first_seen_ms,
+                s.last_ms,
+                s.size,
+                s.live,
+                s.roots,
+                s.events,
+                s.pending,
+                s.emerging,
+                s.allowed,
+                s.met,
+            )
+        })
+    }
+
+    /// Shares of ``cluster_id`` in ``(now - window, now]``.
+    fn count(&self, cluster_id: &str, window_ms: i64, now_ms: i64) -> usize {
+        self.store.count(cluster_id, window_ms, now_ms)
+    }
+
+    /// The event times kept (within the horizon), sorted.
+    fn times(&self, cluster_id: &str) -> Vec<i64> {
+        self.store.times(cluster_id)
+    }
+
+    /// Every post as ``(post, parent, user, ts_ms, live)``, parents first.
+    fn made<'py>(&self, py: Python<'py>, cluster_id: &str) -> PyResult<Bound<'py, PyList>> {
+        let rows = self
+            .store
+            .made(cluster_id)
+            .into_iter()
+            .map(|m| {
+                let parent = match m.parent {
+                    Some(p) => text(py, p)?,
+                    None => py.None().into_bound(py),
+                };
+                (
+                    text(py, m.post)?,
+                    parent,
+                    text(py, m.user)?,
+                    m.ts_ms,
+                    m.live,
+                )
+                    .into_bound_py_any(py)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, rows)
+    }
+
+    /// The events waiting for a post of the cluster, as ``(post, event)``, in the order
+    /// they came.
+    fn pending<'py>(
+        &self,
+        py: Python<'py>,
+        cluster_id: &str,
+    ) -> PyResult<Vec<(Bound<'py, PyAny>, Py<PyAny>)>> {
+        self.store
+            .pending(cluster_id)
+            .into_iter()
+            .map(|(t, h)| Ok((text(py, t)?, h.clone_ref(py))))
+            .collect()
+    }
+
+    /// The allow-list signal matches (``add``) or no longer matches the cluster's
+    /// content; ``False`` if the cluster is not here.
+    fn allow(&mut self, cluster_id: &str, kind: &str, signal: &str, add: bool) -> bool {
+        self.store.allow(cluster_id, kind, signal, add)
+    }
+
+    fn allowed_by(&self, cluster_id: &str) -> Vec<(String, String)> {
+        self.store.allowed_by(cluster_id)
+    }
+
+    /// Take a cluster out (it is banked from now on): ``(seq, first seen, last, posts as
+    /// made() gives them, event times, latest time, event ids, waiting events as
+    /// pending() gives them, emerging, rules met, allow-list signals)``, or ``None``.
+    #[allow(clippy::type_complexity)]
+    fn take<'py>(
+        &mut self,
+        py: Python<'py>,
+        cluster_id: &str,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(t) = self.store.take(cluster_id) else {
+            return Ok(None);
+        };
+        let posts = t
+            .posts
+            .iter()
+            .map(|(post, parent, user, ts, live)| {
+                let parent = match parent {
+                    Some(p) => text(py, p)?,
+                    None => py.None().into_bound(py),
+                };
+                (text(py, post)?, parent, text(py, user)?, *ts, *live).into_bound_py_any(py)
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let mut ids = EventIdSet::new();
+        for d in &t.digests {
+            ids.insert_digest(*d);
+        }
+        let pending = t
+            .pending
+            .into_iter()
+            .map(|(target, h)| (text(py, &target)?, h).into_bound_py_any(py))
+            .collect::<PyResult<Vec<_>>>()?;
+        let out = (
+            t.seq,
+            t.first_seen_ms,
+            t.last_ms,
+            PyList::new(py, posts)?,
+            t.times,
+            t.latest_ms,
+            Py::new(py, EventIds::from_set(ids))?,
+            PyList::new(py, pending)?,
+            t.emerging,
+            t.met,
+            t.allowed_by,
+        );
+        Ok(Some(out.into_bound_py_any(py)?))
+    }
+}
