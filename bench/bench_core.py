@@ -303,10 +303,10 @@ def unbanked_memory(posts: int, seed: int) -> dict[str, Any]:
         return pipe
 
     traced, rss, pipe = held_bytes(whole_state)
-    live = sum(st.cascade.size for st in pipe.detector.clusters.values()) + len(pipe.buffer)
+    live = pipe.detector.live_posts + len(pipe.buffer)
     return {
         "unbanked_posts": live,
-        "unbanked_clusters": len(pipe.detector.clusters),
+        "unbanked_clusters": pipe.detector.cluster_count,
         "unbanked_bytes_per_post": traced / live,
         "unbanked_rss_per_post": rss / live,
     }

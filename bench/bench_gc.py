@@ -62,7 +62,7 @@ def pause(scale: float, repeats: int) -> dict[str, float]:
         times.append(time.perf_counter() - start)
     return {
         "scale": scale,
-        "clusters_live": len(pipe.detector.clusters),
+        "clusters_live": pipe.detector.cluster_count,
         "tracked_objects": objects,
         "full_collection_ms": statistics.median(times) * 1000,
     }

@@ -33,6 +33,7 @@ True
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 import networkx as nx
 
@@ -102,6 +103,25 @@ class Cascade:
         self._add(post_id, user, ts_ms, self.graph.nodes[parent]["level"] + 1, followers)
         self.graph.add_edge(parent, post_id)
         return True
+
+    @classmethod
+    def from_made(cls, posts: Iterable[tuple[str, str | None, str, int, bool]]) -> Cascade:
+        """The forest of posts given as ``(post, parent, user, ts_ms, live)``, parents first:
+        an unbanked cluster's posts (kept without a graph) when its content turns out banked.
+
+        >>> c = Cascade.from_made([("p1", None, "a", 0, False), ("p2", "p1", "b", 1, True)])
+        >>> (c.size, c.live, c.depth, c.unique_users)
+        (2, 1, 1, 2)
+        """
+        c = cls()
+        for post, parent, user, ts_ms, live in posts:
+            if parent is None:
+                c.add_root(post, user=user, ts_ms=ts_ms)
+            else:
+                c.add_reshare(post, parent=parent, user=user, ts_ms=ts_ms)
+            if not live:
+                c.take_down(post)
+        return c
 
     def copy(self) -> Cascade:
         """An independent copy (a what-if: the figures with posts not applied yet).
@@ -189,134 +209,3 @@ class Cascade:
             if deg:
                 counts[self.graph.nodes[node]["user"]] += deg
         return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
-
-
-class PostSet:
-    """The posts of a cluster that never alerts: membership, size and live copies, no graph.
-
-    Content that no bank knows is most of a platform's traffic. Its clusters
-    are only counted (velocity, size, live copies, for the review queue of
-    emerging content) and never alert, so the reshare graph and the figures
-    built on it would be memory and time spent for nothing: a post costs one
-    dict entry here against a NetworkX node with its attribute and adjacency
-    dicts in :class:`Cascade`. The methods the detector calls behave as
-    :class:`Cascade`'s do.
-
-    >>> s = PostSet()
-    >>> s.add_root("p1", user="alice", ts_ms=0), s.add_reshare("p2", parent="p1", user="b", ts_ms=1)
-    (True, True)
-    >>> s.take_down("p1"), s.take_down("p1"), (s.size, s.live, s.roots), s.live_posts()
-    (True, False, (2, 1, 1), ['p2'])
-    >>> s.add_reshare("p3", parent="nope", user="c", ts_ms=2)
-    Traceback (most recent call last):
-    ValueError: parent 'nope' is not in this cascade
-    """
-
-    __slots__ = ("_live", "_made", "_posts", "_roots")
-
-    def __init__(self) -> None:
-        self._posts: dict[str, bool] = {}  # post -> still up
-        #: post -> (parent, user, event time): enough to draw the graph if the content is
-        #: banked later (retroaction, :meth:`to_cascade`)
-        self._made: dict[str, tuple[str | None, str, int]] = {}
-        self._live = 0
-        self._roots = 0
-
-    def __contains__(self, post_id: object) -> bool:
-        return post_id in self._posts
-
-    def __len__(self) -> int:
-        return len(self._posts)
-
-    def add_root(
-        self, post_id: str, *, user: str, ts_ms: int, followers: int | None = None
-    ) -> bool:
-        """Add an independent upload; ``False`` if the post is already here."""
-        if post_id in self._posts:
-            return False
-        self._posts[post_id] = True
-        self._made[post_id] = (None, user, ts_ms)
-        self._live += 1
-        self._roots += 1
-        return True
-
-    def add_reshare(
-        self,
-        post_id: str,
-        *,
-        parent: str,
-        user: str,
-        ts_ms: int,
-        followers: int | None = None,
-    ) -> bool:
-        """Add a reshare of ``parent``; ``False`` if the post is already here."""
-        if post_id in self._posts:
-            return False
-        if parent not in self._posts:
-            raise ValueError(f"parent {parent!r} is not in this cascade")
-        self._posts[post_id] = True
-        self._made[post_id] = (parent, user, ts_ms)
-        self._live += 1
-        return True
-
-    def made(self) -> list[tuple[str, str | None, str, int, bool]]:
-        """Every post as ``(post, parent, user, ts_ms, live)``, parents first: what a view
-        draws of an unbanked cluster, copied without building a graph.
-
-        >>> s = PostSet()
-        >>> s.add_root("p1", user="a", ts_ms=0), s.take_down("p1")
-        (True, True)
-        >>> s.made()
-        [('p1', None, 'a', 0, False)]
-        """
-        up = self._posts
-        return [
-            (post, parent, user, ts, up[post]) for post, (parent, user, ts) in self._made.items()
-        ]
-
-    def to_cascade(self) -> Cascade:
-        """The reshare forest of these posts (when the content turns out to be banked).
-
-        >>> s = PostSet()
-        >>> s.add_root("p1", user="a", ts_ms=0), s.add_reshare("p2", parent="p1", user="b", ts_ms=1)
-        (True, True)
-        >>> _ = s.take_down("p1")
-        >>> c = s.to_cascade()
-        >>> (c.size, c.live, c.depth, c.unique_users)
-        (2, 1, 1, 2)
-        """
-        c = Cascade()
-        for post, (parent, user, ts_ms) in self._made.items():  # parents come first
-            if parent is None:
-                c.add_root(post, user=user, ts_ms=ts_ms)
-            else:
-                c.add_reshare(post, parent=parent, user=user, ts_ms=ts_ms)
-            if not self._posts[post]:
-                c.take_down(post)
-        return c
-
-    def take_down(self, post_id: str) -> bool:
-        """Mark a post removed; ``False`` if unknown or already down."""
-        if not self._posts.get(post_id, False):
-            return False
-        self._posts[post_id] = False
-        self._live -= 1
-        return True
-
-    def live_posts(self) -> list[str]:
-        return [p for p, up in self._posts.items() if up]
-
-    def posts(self) -> list[str]:
-        return list(self._posts)
-
-    @property
-    def size(self) -> int:
-        return len(self._posts)
-
-    @property
-    def live(self) -> int:
-        return self._live
-
-    @property
-    def roots(self) -> int:
-        return self._roots

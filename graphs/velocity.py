@@ -48,6 +48,20 @@ class Velocity:
         self._start = 0
         self.latest_ms: int | None = None
 
+    @classmethod
+    def from_times(cls, times: list[int], horizon_ms: int) -> Velocity:
+        """The velocity of shares at ``times`` (sorted, within the horizon of the latest):
+        one kept elsewhere (an unbanked cluster's, in the compiled core) taken back.
+
+        >>> v = Velocity.from_times([0, 1_000, 2_000], 20 * MINUTE_MS)
+        >>> v.count(60_000, 2_000), v.latest_ms
+        (3, 2000)
+        """
+        v = cls(horizon_ms)
+        v._ts = list(times)
+        v.latest_ms = times[-1] if times else None
+        return v
+
     def add(self, ts_ms: int) -> bool:
         """Count one share at ``ts_ms``; ``False`` if it is older than the horizon."""
         latest = self.latest_ms

@@ -182,3 +182,74 @@ class WireWriter:
     ) -> None: ...
     def parts(self, items: Iterable[Any], limit: int) -> list[bytes]:
         """``items`` as JSON arrays of at most ``limit`` bytes each (one larger item alone)."""
+
+class UnbankedClusters:
+    """Unbanked clusters' posts, velocity, applied ids, waiting events, review-queue crossing
+    and idle order (``rust/core/src/unbanked.rs``); ``rules``: ``(severity index, window_ms,
+    shares)`` in the policy's order."""
+
+    def __init__(
+        self, rules: Sequence[tuple[int, int, int]], horizon_ms: int, idle_ms: int
+    ) -> None: ...
+    def next_seq(self) -> int:
+        """A number for a touch of a banked cluster: the detector's one order of clusters."""
+    def oldest_seq(self) -> int | None: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, cluster_id: object) -> bool: ...
+    @property
+    def posts(self) -> int: ...
+    @property
+    def live_events(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    def apply_many(
+        self, items: Sequence[Any], stop_ms: int, barrier: int
+    ) -> tuple[
+        int,
+        list[Any],
+        list[tuple[str, int, int, int, int, int]],
+        list[tuple[int, str, list[str]]],
+        list[int],
+        tuple[int, int, int, int, int, int],
+        int,
+    ]:
+        """Apply routed events in order (each after evicting what was idle at its time, up
+        to ``barrier``), stopping at the first at or after ``stop_ms``: how many, the events
+        rejected as ``duplicate_post``, the crossings ``(cluster, shares in 5 minutes, size,
+        live, first seen, last)``, the evictions ``(before item, cluster, posts)``, the items
+        applied with content, ``(duplicates, late, created, uploads, shares, takedowns)``,
+        the latest event time applied."""
+    def evict(self, cut_ms: int, barrier: int) -> tuple[bool, list[tuple[int, str, list[str]]]]:
+        """Evict what is idle at ``cut_ms`` and touched before ``barrier``: whether one
+        touched before it is not idle, and the evictions."""
+    def applied(self, cluster_id: str, event_id: str) -> bool: ...
+    def summary(
+        self, cluster_id: str
+    ) -> tuple[int, int, int, int, int, int, int, int, bool, bool, list[tuple[int, int]]] | None:
+        """``(seq, first seen, last, size, live, roots, events, waiting, emerging, allowed,
+        [(severity index, first met)])``."""
+    def count(self, cluster_id: str, window_ms: int, now_ms: int) -> int: ...
+    def times(self, cluster_id: str) -> list[int]: ...
+    def made(self, cluster_id: str) -> list[tuple[str, str | None, str, int, bool]]: ...
+    def pending(self, cluster_id: str) -> list[tuple[str, Any]]: ...
+    def allow(self, cluster_id: str, kind: str, signal: str, add: bool) -> bool: ...
+    def allowed_by(self, cluster_id: str) -> list[tuple[str, str]]: ...
+    def take(
+        self, cluster_id: str
+    ) -> (
+        tuple[
+            int,
+            int,
+            int,
+            list[tuple[str, str | None, str, int, bool]],
+            list[int],
+            int | None,
+            EventIds,
+            list[tuple[str, Any]],
+            bool,
+            list[tuple[int, int]],
+            list[tuple[str, str]],
+        ]
+        | None
+    ):
+        """Take a cluster out (banked from now on)."""

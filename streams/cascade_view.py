@@ -40,7 +40,6 @@ from typing import Any, Final
 import networkx as nx
 import orjson
 
-from graphs.cascade import Cascade
 from graphs.velocity import MINUTE_MS, WINDOWS_MS
 from graphs.virality import forest_virality
 from streams.alerts import (
@@ -52,7 +51,7 @@ from streams.alerts import (
     TakedownRequest,
     rfc3339,
 )
-from streams.detector import Detector
+from streams.detector import ClusterState, Detector, UnbankedCluster
 
 #: Points of the velocity-over-time series (one per ``span / SERIES_POINTS`` of event time).
 SERIES_POINTS: Final = 120
@@ -287,22 +286,21 @@ def capture_cluster(
     them, but an early alert already counted them): a reshare held whose
     parent is not in the copy yet waits for it, as the detector's does.
     """
-    st = detector.clusters.get(cluster_id)
+    found = detector.cluster(cluster_id)
     held, held_match = detector.held(cluster_id)
-    if st is None and not held:
+    if found is None and not held:
         return None
     posts: list[tuple[str, str | None, str, int, bool, int | None]] = []
+    st = found if isinstance(found, ClusterState) else None
     if st is not None:
-        c = st.cascade
-        if isinstance(c, Cascade):
-            g = c.graph
-            pred = g.pred
-            posts = [
-                (n, next(iter(pred[n]), None), d["user"], d["ts_ms"], d["live"], d.get("followers"))
-                for n, d in g.nodes(data=True)
-            ]
-        else:  # unbanked: the posts with their parents, no graph (drawn all the same)
-            posts = [(p, parent, user, ts, live, None) for p, parent, user, ts, live in c.made()]
+        g = st.cascade.graph
+        pred = g.pred
+        posts = [
+            (n, next(iter(pred[n]), None), d["user"], d["ts_ms"], d["live"], d.get("followers"))
+            for n, d in g.nodes(data=True)
+        ]
+    elif isinstance(found, UnbankedCluster):  # its posts with their parents, drawn all the same
+        posts = [(p, parent, user, ts, live, None) for p, parent, user, ts, live in found.posts]
     if held:
         have = {p[0] for p in posts}
         waiting: dict[str, list[Any]] = {}
@@ -319,9 +317,9 @@ def capture_cluster(
                 have.add(e.post_id)
                 posts.append((e.post_id, parent, e.user_id, e.ts_ms, True, e.followers))
                 stack.extend(waiting.pop(e.post_id, ()))
-    last = max([st.last_ms if st is not None else 0, *(e.ts_ms for e in held)])
-    first = min([*([st.first_seen_ms] if st is not None else []), *(e.ts_ms for e in held)])
-    match = (st.match if st is not None else None) or held_match
+    last = max([found.last_ms if found is not None else 0, *(e.ts_ms for e in held)])
+    first = min([*([found.first_seen_ms] if found is not None else []), *(e.ts_ms for e in held)])
+    match = (found.match if found is not None else None) or held_match
     prediction = st.prediction if st is not None else None
     if st is not None and prediction is None and st.predictor is not None:
         prediction = st.predictor.predict(max(0.0, (max(now_ms, last) - first) / 1000))
@@ -338,7 +336,7 @@ def capture_cluster(
         posts=tuple(posts),
         prediction=prediction,
         status=ClusterStatus(
-            banked=st.banked if st is not None else True,  # only banked ones hold posts back
+            banked=found.banked if found is not None else True,  # only banked ones hold posts
             episode=st.episode if st is not None else 0,
             active=st.active if st is not None else False,
             fired=tuple(st.fired) if st is not None else (),
@@ -348,7 +346,7 @@ def capture_cluster(
             hashes=tuple(hashes),
             reviews=tuple(reviews),
             held=len(held),
-            allowed_by=tuple(sorted(st.allowed_by)) if st is not None else (),
+            allowed_by=tuple(sorted(found.allowed_by)) if found is not None else (),
         ),
     )
 

@@ -134,13 +134,13 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from graphs.cascade import Cascade, PostSet
+from graphs.cascade import Cascade
 from graphs.velocity import MINUTE_MS, WINDOWS_MS, Velocity
-from streams._core import EventIds
+from streams._core import EventIds, UnbankedClusters
 from streams.alerts import (
     Alert,
     CascadeFigures,
@@ -202,8 +202,9 @@ class ClusterState:
 
     cluster_id: str
     first_seen_ms: int
-    #: the reshare forest of a banked cluster; an unbanked one (never alerts) keeps posts only
-    cascade: Cascade | PostSet = field(default_factory=Cascade)
+    #: the reshare forest (unbanked clusters, which never alert, are kept in the compiled
+    #: core instead: :class:`UnbankedCluster` is a copy of one)
+    cascade: Cascade = field(default_factory=Cascade)
     velocity: Velocity = field(default_factory=Velocity)
     match: MatchInfo | None = None
     last_ms: int = 0
@@ -232,14 +233,71 @@ class ClusterState:
     #: the allow-list signals (a reviewer's false positive) its content matches: while there
     #: is one, or for content on the allow-list when uploaded (``a-``), it never alerts
     allowed_by: set[tuple[str, str]] = field(default_factory=set)
+    #: when it was last touched, in the detector's one order of clusters (banked here,
+    #: unbanked in the compiled core): idle clusters are evicted in that order
+    seq: int = 0
 
     @property
     def allowed(self) -> bool:
         return bool(self.allowed_by) or self.cluster_id.startswith("a-")
 
 
+@dataclass(frozen=True, slots=True)
+class UnbankedCluster:
+    """A copy of an unbanked cluster's state (kept in the compiled core): what the review
+    queue and the views read of it.
+
+    >>> c = UnbankedCluster("u-1", 0, 2_000, 2, 2, 1, False, None, (1_000, 2_000),
+    ...                     (("p0", None, "u0", 0, True), ("p1", "p0", "u1", 1_000, True)))
+    >>> c.rate(60_000, 2_000), c.banked, [p for p, parent, *_ in c.made() if parent is None]
+    (2.0, False, ['p0'])
+    """
+
+    cluster_id: str
+    first_seen_ms: int
+    last_ms: int
+    size: int
+    live: int
+    roots: int
+    allowed: bool
+    #: when each severity's rule was first met (``None``: none yet)
+    emerging_met: dict[str, int] | None
+    #: the shares' event times within the velocity horizon, sorted
+    times: tuple[int, ...]
+    #: every post as ``(post, parent, user, ts_ms, live)``, parents first
+    posts: tuple[tuple[str, str | None, str, int, bool], ...]
+    #: the allow-list signals its content matches (a reviewer's false positive)
+    allowed_by: tuple[tuple[str, str], ...] = ()
+    match: MatchInfo | None = None
+    banked: bool = False
+
+    def rate(self, window_ms: int, now_ms: int) -> float:
+        """Shares per minute over ``(now - window, now]`` (as :meth:`Velocity.rate`)."""
+        times = self.times
+        n = bisect_right(times, now_ms) - bisect_right(times, now_ms - window_ms)
+        return n * MINUTE_MS / window_ms
+
+    def made(self) -> list[tuple[str, str | None, str, int, bool]]:
+        return list(self.posts)
+
+
+#: a ``seq`` after every other: no cluster of the detector's own is older
+_NO_BARRIER = 2**63
+#: an event time after every other
+_NO_STOP = 2**62
+
+
 def _key(ev: ShareEvent) -> tuple[int, str]:
     return (ev.ts_ms, ev.event_id)
+
+
+def _duplicate_post(ev: ShareEvent) -> Rejection:
+    return Rejection(
+        "duplicate_post",
+        f"post {ev.post_id!r} was already added by another event",
+        ev.to_json(),
+        ev.event_id,
+    )
 
 
 def _figures(
@@ -397,9 +455,16 @@ class Detector:
         self.predictor_factory = predictor_factory
         self.predict_every_ms = predict_every_ms
         self.horizon_ms = max(longest, max(WINDOWS_MS)) + 5 * MINUTE_MS
+        #: banked clusters (and unbanked ones that turned out banked), least recently
+        #: touched first; the unbanked ones are in the compiled core (:attr:`_unbanked`)
         self.clusters: OrderedDict[str, ClusterState] = OrderedDict()
-        #: events applied to the clusters in memory (a state log counts its garbage by it)
-        self.live_events = 0
+        self._severity_names: list[Severity] = list(dict.fromkeys(r.severity for r in policy.rules))
+        self._unbanked = UnbankedClusters(
+            [(self._severity_names.index(r.severity), r.window_ms, r.shares) for r in policy.rules],
+            self.horizon_ms,
+            idle_ms,
+        )
+        self._live_events = 0
         self._due: list[tuple[int, str]] = []
         self.emerging: deque[ClusterSummary] = deque(maxlen=review_queue)
         #: the uploads' content of every live cluster: which clusters a bank change concerns
@@ -414,9 +479,148 @@ class Detector:
 
     # -- input ------------------------------------------------------------
 
+    @property
+    def live_events(self) -> int:
+        """Events applied to the clusters in memory (a state log counts its garbage by it)."""
+        return self._live_events + self._unbanked.live_events
+
+    @property
+    def live_posts(self) -> int:
+        """Posts of the live clusters, banked and unbanked."""
+        return sum(st.cascade.size for st in self.clusters.values()) + self._unbanked.posts
+
+    @property
+    def cluster_count(self) -> int:
+        """Live clusters, banked and unbanked."""
+        return len(self.clusters) + len(self._unbanked)
+
+    def cluster(self, cluster_id: str) -> ClusterState | UnbankedCluster | None:
+        """A live cluster: a banked one's state, or a copy of an unbanked one's."""
+        st = self.clusters.get(cluster_id)
+        if st is not None:
+            return st
+        row = self._unbanked.summary(cluster_id)
+        if row is None:
+            return None
+        _, first, last, size, live, roots, _, _, _, allowed, met = row
+        names = self._severity_names
+        return UnbankedCluster(
+            cluster_id,
+            first,
+            last,
+            size,
+            live,
+            roots,
+            allowed,
+            {names[s]: t for s, t in met} if met else None,
+            tuple(self._unbanked.times(cluster_id)),
+            tuple(self._unbanked.made(cluster_id)),
+            tuple(self._unbanked.allowed_by(cluster_id)),
+        )
+
+    def applied(self, cluster_id: str, event_id: str) -> bool:
+        """Whether ``event_id`` was applied to the live cluster ``cluster_id``."""
+        st = self.clusters.get(cluster_id)
+        if st is not None:
+            return event_id in st.event_ids
+        return self._unbanked.applied(cluster_id, event_id)
+
+    def apply_many(self, items: Sequence[Routed]) -> None:
+        """Apply routed events in order: what :meth:`apply` on each does, with each run of
+        unbanked clusters' events applied by the compiled core in one call."""
+        if not isinstance(items, list):
+            items = list(items)
+        clusters, n, i = self.clusters, len(items), 0
+        while i < n:
+            item = items[i]
+            if item.cluster_id.startswith("b-") or item.cluster_id in clusters:
+                self.apply(item)
+                i += 1
+                continue
+            j = i + 1
+            while j < n:
+                cid = items[j].cluster_id
+                if cid.startswith("b-") or cid in clusters:
+                    break
+                j += 1
+            done = self._apply_unbanked(items[i:j] if i or j < n else items, self._stop_ms())
+            if not done:  # its time passes something of the banked side: one at a time
+                self.apply(item)
+                done = 1
+            i += done
+
+    def _stop_ms(self) -> int:
+        """The event time from which :meth:`advance` changes banked clusters (an episode
+        due to resolve, the oldest one idle): a run of unbanked events stops before it."""
+        stop = self._due[0][0] if self._due else _NO_STOP
+        if self.clusters:
+            front = next(iter(self.clusters.values()))
+            if not front.active:
+                stop = min(stop, front.last_ms + self.idle_ms)
+        return stop
+
+    def _barrier(self) -> int:
+        if not self.clusters:
+            return _NO_BARRIER
+        return next(iter(self.clusters.values())).seq
+
+    def _apply_unbanked(self, run: Sequence[Routed], stop_ms: int) -> int:
+        """Apply events of unbanked clusters before ``stop_ms`` in the compiled core; how
+        many it applied."""
+        done, rejected, crossings, evicted, contents, counters, latest = self._unbanked.apply_many(
+            run, stop_ms, self._barrier()
+        )
+        if not done:
+            return 0
+        k = 0
+        for i in contents:  # in order with the evictions (a cluster id may start afresh)
+            while k < len(evicted) and evicted[k][0] <= i:
+                self._evicted_unbanked(evicted[k][1], evicted[k][2])
+                k += 1
+            content = run[i].event.content
+            assert content is not None
+            self.content.add(run[i].cluster_id, content)
+        for _, cid, posts in evicted[k:]:
+            self._evicted_unbanked(cid, posts)
+        for ev in rejected:
+            self.outbox.rejections.append(_duplicate_post(ev))
+        stats = self.stats
+        for cid, shares_5m, size, live, first, last in crossings:
+            stats.emerging += 1
+            self.emerging.append(
+                ClusterSummary(
+                    cid, None, shares_5m * MINUTE_MS / WINDOWS_MS[1], size, live, first, last
+                )
+            )
+        duplicates, late, created, uploads, shares, takedowns = counters
+        stats.duplicates += duplicates
+        stats.late += late
+        stats.clusters_created += created
+        events = stats.events
+        if uploads:
+            events["upload"] += uploads
+        if shares:
+            events["share"] += shares
+        if takedowns:
+            events["takedown"] += takedowns
+        stats.clusters_active = len(self.clusters) + len(self._unbanked)
+        stats.watermark_ms = max(stats.watermark_ms, latest)
+        return int(done)
+
+    def _evicted_unbanked(self, cid: str, posts: list[str]) -> None:
+        self.content.drop(cid)
+        self._bank_pending.pop(cid, None)  # a cluster of that id later starts afresh
+        self._sent_early.pop(cid, None)
+        self.outbox.evicted_posts.extend(posts)
+        self.stats.clusters_evicted += 1
+
     def apply(self, item: Routed) -> None:
         """Apply one routed event. Idempotent: an event id seen before changes nothing."""
         ev = item.event
+        if not item.banked and item.cluster_id not in self.clusters:
+            self.advance(ev.ts_ms)
+            self._apply_unbanked([item], _NO_STOP)
+            return
         ahead_of = self._ahead
         if ahead_of:  # streaming: it is not held any more
             ahead = ahead_of.get(item.cluster_id)
@@ -429,25 +633,21 @@ class Detector:
         self.advance(ev.ts_ms)
         st = self.clusters.get(item.cluster_id)
         if st is None:
-            banked = item.banked
             st = ClusterState(
-                item.cluster_id,
-                ev.ts_ms,
-                cascade=Cascade() if banked else PostSet(),
-                velocity=Velocity(self.horizon_ms),
-                banked=banked,
+                item.cluster_id, ev.ts_ms, velocity=Velocity(self.horizon_ms), banked=True
             )
-            if banked and self.predictor_factory is not None:
+            if self.predictor_factory is not None:
                 st.predictor = self.predictor_factory()
             self.clusters[item.cluster_id] = st
             self.stats.clusters_created += 1
-            self.stats.clusters_active = len(self.clusters)
+            self.stats.clusters_active = self.cluster_count
         else:
             self.clusters.move_to_end(item.cluster_id)
+        st.seq = self._unbanked.next_seq()
         if not st.event_ids.add(ev.event_id):
             self.stats.duplicates += 1
             return
-        self.live_events += 1
+        self._live_events += 1
         self.stats.events[ev.type] += 1
         if ev.content is not None:
             self.content.add(st.cluster_id, ev.content)
@@ -466,14 +666,7 @@ class Detector:
 
     def _add_post(self, st: ClusterState, ev: ShareEvent) -> None:
         if ev.post_id in st.cascade:
-            self.outbox.rejections.append(
-                Rejection(
-                    "duplicate_post",
-                    f"post {ev.post_id!r} was already added by another event",
-                    ev.to_json(),
-                    ev.event_id,
-                )
-            )
+            self.outbox.rejections.append(_duplicate_post(ev))
             return
         if ev.type == "share":
             assert ev.parent_post_id is not None
@@ -544,16 +737,6 @@ class Detector:
             return
         if st.allowed:  # a reviewer's false positive: neither an alert nor the review queue
             return
-        if not st.banked:
-            if st.emerging_met is None:
-                st.emerging_met = {}
-            for sev, _ in met:
-                st.emerging_met.setdefault(sev, now)
-            if not st.emerging:
-                st.emerging = True
-                self.stats.emerging += 1
-                self.emerging.append(self.summary(st, now))
-            return
         if not st.active:
             if now < st.cooldown_until_ms:
                 return
@@ -602,12 +785,21 @@ class Detector:
                 continue  # superseded by a later schedule
             self._resolve(st, due, "velocity")
         cut = now_ms - self.idle_ms
-        while self.clusters:
-            cid, st = next(iter(self.clusters.items()))
+        clusters, unbanked = self.clusters, self._unbanked
+        while True:  # least recently touched first, banked (here) and unbanked (compiled)
+            if len(unbanked):
+                stopped, evicted = unbanked.evict(cut, self._barrier())
+                for _, gone, posts in evicted:
+                    self._evicted_unbanked(gone, posts)
+                if stopped:
+                    break
+            if not clusters:
+                break
+            cid, st = next(iter(clusters.items()))
             if st.last_ms > cut or st.active:
                 break
-            del self.clusters[cid]
-            self.live_events -= len(st.event_ids)
+            del clusters[cid]
+            self._live_events -= len(st.event_ids)
             self.content.drop(cid)
             self._bank_pending.pop(cid, None)  # a cluster of that id later starts afresh
             self.outbox.evicted_posts.extend(st.cascade.posts())
@@ -615,7 +807,7 @@ class Detector:
             self._sent_early.pop(cid, None)
             if cid in self._ahead:  # what it holds was judged against the graph now gone
                 self._rejudge(cid)
-        self.stats.clusters_active = len(self.clusters)
+        self.stats.clusters_active = len(clusters) + len(unbanked)
         self.stats.watermark_ms = max(self.stats.watermark_ms, now_ms)
 
     def drain(self) -> Decisions:
@@ -650,10 +842,18 @@ class Detector:
             if not waits:
                 del self._bank_pending[cid]
         sig = (e.signal_type, e.signal)
+        unbanked = self._unbanked
         for cid, d in self.content.near(e.signal_type, e.signal, DEFAULT_PDQ_THRESHOLD):
             st = self.clusters.get(cid)
             if st is None:
-                continue
+                if cid not in unbanked:
+                    continue
+                if e.bank == ALLOW_BANK:  # a false positive (or no longer one)
+                    unbanked.allow(cid, *sig, update.op != "withdraw")
+                    continue
+                if update.op != "add" or self._unbanked_allowed(cid):
+                    continue
+                st = self._take(cid)
             if e.bank == ALLOW_BANK:
                 if update.op == "withdraw":
                     st.allowed_by.discard(sig)
@@ -666,6 +866,56 @@ class Detector:
                 match = MatchInfo(e.bank, e.signal_type, e.signal, d, e.label)
                 self._relabel(st, match)
                 self._evaluate(st, ts)
+
+    def _unbanked_allowed(self, cid: str) -> bool:
+        row = self._unbanked.summary(cid)
+        return row is not None and bool(row[9])
+
+    def _state(self, cid: str) -> ClusterState:
+        """A live unbanked cluster as a :class:`ClusterState` (unbanked still), its reshare
+        forest built from its posts: what an early retroactive firing measures."""
+        row = self._unbanked.summary(cid)
+        assert row is not None
+        seq, first, last, *_ = row
+        return ClusterState(
+            cid,
+            first,
+            cascade=Cascade.from_made(self._unbanked.made(cid)),
+            velocity=Velocity.from_times(self._unbanked.times(cid), self.horizon_ms),
+            last_ms=last,
+            allowed_by=set(self._unbanked.allowed_by(cid)),
+            seq=seq,
+        )
+
+    def _take(self, cid: str) -> ClusterState:
+        """Take an unbanked cluster out of the compiled core into :attr:`clusters` (its
+        content turned out banked), in its place in the order of touches."""
+        taken = self._unbanked.take(cid)
+        assert taken is not None
+        seq, first, last, made, times, _, event_ids, waiting, emerging, met, allowed = taken
+        pending: dict[str, list[ShareEvent]] = {}
+        for post, ev in waiting:
+            pending.setdefault(post, []).append(ev)
+        names = self._severity_names
+        st = ClusterState(
+            cid,
+            first,
+            cascade=Cascade.from_made(made),
+            velocity=Velocity.from_times(times, self.horizon_ms),
+            last_ms=last,
+            event_ids=event_ids,
+            pending=pending,
+            emerging=emerging,
+            emerging_met={names[s]: t for s, t in met} if met else None,
+            allowed_by=set(allowed),
+            seq=seq,
+        )
+        self._live_events += len(event_ids)
+        clusters = self.clusters
+        clusters[cid] = st
+        for later in [k for k, other in clusters.items() if other.seq > seq]:
+            clusters.move_to_end(later)
+        return st
 
     def expect_bank(self, update: BankUpdate, watermark_ms: int) -> None:
         """Note a timed bank change received and held until the watermark passes it (streaming),
@@ -690,6 +940,8 @@ class Detector:
             return
         for cid, d in near:
             st = self.clusters.get(cid)
+            if st is None and cid in self._unbanked:
+                st = self._state(cid)
             if st is None or st.banked or st.allowed or ts >= st.last_ms + self.idle_ms:
                 continue
             if min(self._bank_pending[cid]) < (ts, False):
@@ -709,9 +961,6 @@ class Detector:
         st.banked = True
         st.match = match
         self.stats.relabelled += 1
-        posts = st.cascade
-        if isinstance(posts, PostSet):
-            st.cascade = posts.to_cascade()
         if self.predictor_factory is not None:
             st.predictor = p = self.predictor_factory()
             g = _graph(st).graph
@@ -905,8 +1154,8 @@ class Detector:
         most one per rule and episode). A graph too big to copy at once keeps its applied
         figures (``None`` when nothing of the cluster is applied either)."""
         applied: Cascade | None
-        if st is not None and isinstance(st.cascade, PostSet):  # banked from tau (retroaction)
-            applied = c = st.cascade.to_cascade()
+        if st is not None and not st.banked:  # banked from tau (retroaction): built afresh
+            applied = c = st.cascade
         else:
             applied = _graph(st) if st is not None else None
             if applied is not None and applied.size > AS_SEEN_MAX_COPY:
@@ -1026,3 +1275,20 @@ class Detector:
             if st.active
             for sev in st.fired
         ]
+
+
+def apply_in_order(detector: Detector, items: Iterable[Routed | BankUpdate]) -> None:
+    """Give ``detector`` released items in their order: events in runs
+    (:meth:`Detector.apply_many`, the unbanked ones a batch of the compiled core each),
+    timed bank changes between them (:meth:`Detector.change_bank`)."""
+    run: list[Routed] = []
+    for item in items:
+        if isinstance(item, BankUpdate):
+            if run:
+                detector.apply_many(run)
+                run = []
+            detector.change_bank(item)
+        else:
+            run.append(item)
+    if run:
+        detector.apply_many(run)

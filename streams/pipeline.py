@@ -37,7 +37,7 @@ from typing import Final
 
 from streams.alerts import Pseudonymizer
 from streams.banks import BankUpdate, HashBanks
-from streams.detector import Decisions, Detector, Predictor
+from streams.detector import Decisions, Detector, Predictor, apply_in_order
 from streams.emerging import EmergingClusters, IndexRequests
 from streams.events import Rejection, ShareEvent, parse_event, parse_events
 from streams.forecast import predictor_factory as forecast_factory
@@ -216,11 +216,7 @@ class Pipeline:
 
     def _apply(self, items: Iterable[Routed | BankUpdate]) -> None:
         detector = self.detector
-        for item in items:
-            if isinstance(item, BankUpdate):
-                detector.change_bank(item)
-            else:
-                detector.apply(item)
+        apply_in_order(detector, items)
         decisions = detector.drain()
         self._merge(decisions)
 

@@ -12,7 +12,7 @@ Each worker lists the clusters of its own partitions (:func:`emerging_items`,
 on the loop that owns them); the page on any worker merges every worker's
 rows (:func:`rank`).
 
->>> from streams.detector import Detector
+>>> from streams.detector import Detector, UnbankedCluster
 >>> from streams.policy import AlertPolicy
 >>> from streams.router import Routed
 >>> from streams.events import ShareEvent
@@ -35,11 +35,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from graphs.cascade import Cascade
 from graphs.velocity import WINDOWS_MS
 from streams.alerts import rfc3339, severity_rank
 from streams.banks import HashBanks
-from streams.detector import Detector
+from streams.detector import Detector, UnbankedCluster
 
 #: How long "matches in the last hour" looks back (wall clock), and how often it is sampled.
 MATCH_WINDOW_S: Final = 3600.0
@@ -136,27 +135,23 @@ def emerging_items(
     seen: set[str] = set()
     for summary in detector.emerging:
         cid = summary.cluster_id
-        st = detector.clusters.get(cid)
-        if cid in seen or st is None or st.banked or st.allowed:
-            continue
+        st = detector.cluster(cid)
+        if cid in seen or not isinstance(st, UnbankedCluster) or st.allowed:
+            continue  # evicted, banked since (retroaction), or on the allow-list
         at = dismissed_at(cid)
         if at is not None and not back_after_dismissal(st.emerging_met, at):
             continue
         seen.add(cid)
         now = max(now_ms, st.last_ms)
-        c = st.cascade
-        if isinstance(c, Cascade):
-            roots = [n for n in c.graph if not c.graph.pred[n]]
-        else:
-            roots = [post for post, parent, *_ in c.made() if parent is None]
+        roots = [post for post, parent, *_ in st.posts if parent is None]
         out.append(
             EmergingItem(
                 cluster_id=cid,
-                velocity_1m=st.velocity.rate(WINDOWS_MS[0], now),
-                velocity_5m=st.velocity.rate(WINDOWS_MS[1], now),
-                size=c.size,
-                live=c.live,
-                roots=c.roots,
+                velocity_1m=st.rate(WINDOWS_MS[0], now),
+                velocity_5m=st.rate(WINDOWS_MS[1], now),
+                size=st.size,
+                live=st.live,
+                roots=st.roots,
                 first_seen_ms=st.first_seen_ms,
                 last_ms=st.last_ms,
                 hashes=cluster_hashes(detector, cid),

@@ -67,7 +67,7 @@ import orjson
 from streams._core import PostRoutes
 from streams.alerts import Pseudonymizer
 from streams.banks import BankUpdate, HashBanks
-from streams.detector import Decisions, Detector, Predictor
+from streams.detector import Decisions, Detector, Predictor, apply_in_order
 from streams.emerging import EmergingClusters, IndexRequests
 from streams.events import Rejection, ShareEvent, parse_events
 from streams.pipeline import DEFAULT_PREDICTOR
@@ -1200,7 +1200,7 @@ class ClusterPartition:
         """
         seen = set() if seen is None else seen
         pending = self.buffer.keys()
-        clusters = self.detector.clusters
+        applied = self.detector.applied
         kept: list[Routed] = []
         for raw in logs:
             routed, bad = decode_routed_log(raw)
@@ -1210,8 +1210,7 @@ class ClusterPartition:
                 eid = item.event.event_id
                 if eid in seen:
                     continue
-                st = clusters.get(item.cluster_id)
-                if eid in pending or (st is not None and eid in st.event_ids):
+                if eid in pending or applied(item.cluster_id, eid):
                     seen.add(eid)
                     kept.append(item)
         return log_parts(kept) if kept else []
@@ -1245,11 +1244,7 @@ class ClusterPartition:
         wm = self.watermark.value
         buf, det = self.buffer, self.detector
         items = buf.release(max(wm, buf.released_ms))
-        for item in items:
-            if isinstance(item, BankUpdate):
-                det.change_bank(item)
-            else:
-                det.apply(item)
+        apply_in_order(det, items)
         self.applied += len(items)
         if wm != NO_TIME:
             det.advance(wm)

@@ -84,11 +84,12 @@ def test_the_detector_applies_a_redelivered_event_once_and_counts_it() -> None:
     share = Routed(ShareEvent("e1", "share", t0 + 1, "p1", "u1", "p0"), "u-1")
     for item in (up, share, up, share, share):
         det.apply(item)
-    st_ = det.clusters["u-1"]
-    assert len(st_.event_ids) == det.live_events == 2 and st_.cascade.size == 2
+    st_ = det.cluster("u-1")
+    assert st_ is not None and det.live_events == 2 and st_.size == 2
+    assert det.applied("u-1", "e1") and not det.applied("u-1", "e9")
     assert det.stats.duplicates == 3
     # an evicted cluster forgets its ids: the same id later starts afresh
     det.advance(t0 + det.idle_ms + 2)
-    assert det.live_events == 0 and "u-1" not in det.clusters
+    assert det.live_events == 0 and det.cluster("u-1") is None
     det.apply(up)
     assert det.live_events == 1 and det.stats.duplicates == 3

@@ -668,7 +668,7 @@ class Worker:
             "applied": applied,
             "pending": sum(d.pending for d in self.detectors.values()),
             "held": sum(r.held for r in self.resolvers.values()),
-            "clusters": sum(len(d.detector.clusters) for d in self.detectors.values()),
+            "clusters": sum(d.detector.cluster_count for d in self.detectors.values()),
             "alerts": self.outputs.alerts_sent,
             "actions": self.outputs.actions_sent,
             "deadletters": self.outputs.deadlettered,

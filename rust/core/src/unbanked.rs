@@ -471,6 +471,11 @@ impl<H> Store<H> {
         self.by_id.is_empty()
     }
 
+    /// Posts of the clusters held.
+    pub fn posts(&self) -> usize {
+        self.slots.iter().flatten().map(|c| c.posts.len()).sum()
+    }
+
     /// Events applied to the clusters held.
     pub fn live_events(&self) -> usize {
         self.live_events

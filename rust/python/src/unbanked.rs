@@ -65,6 +65,7 @@ type Applied = (
     Vec<Eviction>,
     Vec<usize>,
     (u64, u64, u64, u64, u64, u64),
+    i64,
 );
 
 impl UnbankedClusters {
@@ -120,6 +121,12 @@ impl UnbankedClusters {
             .is_ok_and(|c| self.store.contains(c))
     }
 
+    /// Posts of the clusters held.
+    #[getter]
+    fn posts(&self) -> usize {
+        self.store.posts()
+    }
+
     /// Events applied to the clusters held.
     #[getter]
     fn live_events(&self) -> usize {
@@ -138,7 +145,8 @@ impl UnbankedClusters {
     /// applied, the events rejected as ``duplicate_post``, the crossings ``(cluster,
     /// shares in 5 minutes, size, live, first seen, last)``, the evictions ``(before item,
     /// cluster, posts)``, the items applied that carry content, and the counters
-    /// ``(duplicates, late, clusters created, uploads, shares, takedowns)``.
+    /// ``(duplicates, late, clusters created, uploads, shares, takedowns)``, and the latest
+    /// event time among those applied.
     fn apply_many(
         &mut self,
         py: Python<'_>,
@@ -150,12 +158,14 @@ impl UnbankedClusters {
         let mut contents = Vec::new();
         let idle = self.store.idle_ms();
         let mut done = 0;
+        let mut latest = i64::MIN;
         for (i, item) in items.iter().enumerate() {
             let ev = item.getattr(intern!(py, "event"))?;
             let ts: i64 = ev.getattr(intern!(py, "ts_ms"))?.extract()?;
             if ts >= stop_ms {
                 break;
             }
+            latest = latest.max(ts);
             let cid = item.getattr(intern!(py, "cluster_id"))?;
             let cid = cid
                 .cast::<PyString>()
@@ -211,7 +221,15 @@ impl UnbankedClusters {
             out.kinds[1],
             out.kinds[2],
         );
-        Ok((done, out.rejected, crossings, evicted, contents, counters))
+        Ok((
+            done,
+            out.rejected,
+            crossings,
+            evicted,
+            contents,
+            counters,
+            latest,
+        ))
     }
 
     /// Evict, oldest first, what is idle at ``cut_ms`` and touched before ``barrier``:
