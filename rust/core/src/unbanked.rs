@@ -157,12 +157,11 @@ struct Pending<H> {
 struct Times {
     ts: Vec<i64>,
     start: usize,
-    latest: Option<i64>,
 }
 
 impl Times {
     fn add(&mut self, t: i64, horizon: i64) -> bool {
-        if let Some(latest) = self.latest {
+        if let Some(&latest) = self.ts.last() {
             if t <= latest - horizon {
                 return false;
             }
@@ -172,8 +171,8 @@ impl Times {
                 return true;
             }
         }
-        self.ts.push(t);
-        self.latest = Some(t);
+        reserve_small(&mut self.ts);
+        self.ts.push(t); // the latest: always the last one kept
         let cut = t - horizon;
         self.start += self.ts[self.start..].partition_point(|&x| x <= cut);
         if self.start >= 8 && self.start * 2 > self.ts.len() {
@@ -210,18 +209,34 @@ struct Cluster<H> {
     posts: Vec<Post>,
     text: Vec<u8>,
     /// post id hash -> the last post with it; `chain[i]`: the post before `i` with its hash
-    index: Option<(PostIndex, Vec<u32>)>,
+    index: Option<Box<(PostIndex, Vec<u32>)>>,
     live: u32,
     roots: u32,
     times: Times,
     ids: Vec<u128>,
-    id_set: Option<DigestSet>,
-    pending: Vec<Pending<H>>,
+    id_set: Option<Box<DigestSet>>,
     emerging: bool,
+    /// what few clusters have: boxed, so that the others pay 8 bytes for it
+    rare: Option<Box<Rare<H>>>,
+}
+
+/// A cluster's waiting events, rules met and allow-list signals.
+struct Rare<H> {
+    pending: Vec<Pending<H>>,
     /// (severity, when its rule was first met)
     met: Vec<(u8, i64)>,
     /// the allow-list signals (kind, signal) its content matches
     allowed_by: Vec<(String, String)>,
+}
+
+/// Up to this many items, a cluster's lists grow one at a time: most clusters hold a
+/// post or three, and a doubling list would be half empty.
+const SMALL: usize = 8;
+
+fn reserve_small<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() && v.len() < SMALL {
+        v.reserve_exact(1);
+    }
 }
 
 fn text_hash(bytes: &[u8]) -> u64 {
@@ -245,10 +260,8 @@ impl<H> Cluster<H> {
             times: Times::default(),
             ids: Vec::new(),
             id_set: None,
-            pending: Vec::new(),
             emerging: false,
-            met: Vec::new(),
-            allowed_by: Vec::new(),
+            rare: None,
         }
     }
 
@@ -257,7 +270,7 @@ impl<H> Cluster<H> {
     }
 
     fn find(&self, post: &[u8]) -> Option<u32> {
-        match &self.index {
+        match self.index.as_deref() {
             None => self
                 .posts
                 .iter()
@@ -281,6 +294,9 @@ impl<H> Cluster<H> {
             off: self.text.len() as u32,
             len: bytes.len() as u32,
         };
+        if self.text.len() + bytes.len() > self.text.capacity() && self.posts.len() < SMALL {
+            self.text.reserve_exact(bytes.len());
+        }
         self.text.extend_from_slice(bytes);
         span
     }
@@ -289,6 +305,7 @@ impl<H> Cluster<H> {
         let id = self.push_text(post);
         let user = self.push_text(user);
         let i = self.posts.len() as u32;
+        reserve_small(&mut self.posts);
         self.posts.push(Post {
             id,
             user,
@@ -300,7 +317,7 @@ impl<H> Cluster<H> {
         if parent == NONE {
             self.roots += 1;
         }
-        if let Some((index, chain)) = &mut self.index {
+        if let Some((index, chain)) = self.index.as_deref_mut() {
             chain.push(index.insert(text_hash(post), i).unwrap_or(NONE));
         } else if self.posts.len() > INDEX_FROM {
             let mut index = PostIndex::default();
@@ -309,7 +326,7 @@ impl<H> Cluster<H> {
                 let h = text_hash(&self.text[p.id.off as usize..(p.id.off + p.id.len) as usize]);
                 chain.push(index.insert(h, j as u32).unwrap_or(NONE));
             }
-            self.index = Some((index, chain));
+            self.index = Some(Box::new((index, chain)));
         }
     }
 
@@ -325,29 +342,52 @@ impl<H> Cluster<H> {
     }
 
     fn insert_id(&mut self, digest: u128) -> bool {
-        if let Some(set) = &mut self.id_set {
+        if let Some(set) = self.id_set.as_deref_mut() {
             if !set.insert(digest) {
                 return false;
             }
         } else if self.ids.contains(&digest) {
             return false;
         }
+        reserve_small(&mut self.ids);
         self.ids.push(digest);
         if self.id_set.is_none() && self.ids.len() > ID_SET_FROM {
-            self.id_set = Some(self.ids.iter().copied().collect());
+            self.id_set = Some(Box::new(self.ids.iter().copied().collect()));
         }
         true
     }
 
     fn has_id(&self, digest: u128) -> bool {
-        match &self.id_set {
+        match self.id_set.as_deref() {
             Some(set) => set.contains(&digest),
             None => self.ids.contains(&digest),
         }
     }
 
     fn allowed(&self) -> bool {
-        !self.allowed_by.is_empty() || self.id.starts_with("a-")
+        !self.allowed_by().is_empty() || self.id.starts_with("a-")
+    }
+
+    fn rare(&mut self) -> &mut Rare<H> {
+        self.rare.get_or_insert_with(|| {
+            Box::new(Rare {
+                pending: Vec::new(),
+                met: Vec::new(),
+                allowed_by: Vec::new(),
+            })
+        })
+    }
+
+    fn pending(&self) -> &[Pending<H>] {
+        self.rare.as_deref().map_or(&[], |r| &r.pending)
+    }
+
+    fn met(&self) -> &[(u8, i64)] {
+        self.rare.as_deref().map_or(&[], |r| &r.met)
+    }
+
+    fn allowed_by(&self) -> &[(String, String)] {
+        self.rare.as_deref().map_or(&[], |r| &r.allowed_by)
     }
 
     fn bytes(&self) -> usize {
@@ -358,12 +398,14 @@ impl<H> Cluster<H> {
             + self.text.capacity()
             + self.times.ts.capacity() * 8
             + self.ids.capacity() * 16
-            + self.id_set.as_ref().map_or(0, |s| s.capacity() * 17)
+            + self.id_set.as_deref().map_or(0, |s| s.capacity() * 17)
             + self
                 .index
-                .as_ref()
+                .as_deref()
                 .map_or(0, |(i, c)| i.capacity() * 13 + c.capacity() * 4)
-            + self.pending.capacity() * size_of::<Pending<H>>()
+            + self.rare.as_deref().map_or(0, |r| {
+                size_of::<Rare<H>>() + r.pending.capacity() * size_of::<Pending<H>>()
+            })
     }
 }
 
@@ -422,7 +464,7 @@ pub struct Store<H> {
     fewest: usize,
     horizon_ms: i64,
     idle_ms: i64,
-    slots: Vec<Option<Cluster<H>>>,
+    slots: Vec<Option<Box<Cluster<H>>>>,
     free: Vec<u32>,
     by_id: HashMap<Box<str>, u32>,
     head: u32,
@@ -487,7 +529,7 @@ impl<H> Store<H> {
 
     fn get(&self, cluster_id: &str) -> Option<&Cluster<H>> {
         let slot = *self.by_id.get(cluster_id)?;
-        self.slots[slot as usize].as_ref()
+        self.slots[slot as usize].as_deref()
     }
 
     fn at(&mut self, slot: u32) -> &mut Cluster<H> {
@@ -567,7 +609,18 @@ impl<H> Store<H> {
         self.by_id.remove(&c.id);
         self.free.push(slot);
         self.live_events -= c.ids.len();
-        c
+        if self.by_id.len() * 4 < self.by_id.capacity() && self.by_id.capacity() > 1024 {
+            // a flood gone: give its tables back (the slots are boxes: 8 bytes each)
+            self.by_id.shrink_to_fit();
+            while self.slots.last().is_some_and(Option::is_none) {
+                self.slots.pop();
+            }
+            let n = self.slots.len() as u32;
+            self.free.retain(|&f| f < n);
+            self.free.shrink_to_fit();
+            self.slots.shrink_to_fit();
+        }
+        *c
     }
 
     /// Apply one event to `cluster_id` (created if new), as the detector does to an
@@ -586,7 +639,7 @@ impl<H> Store<H> {
                 slot
             }
             None => {
-                let c = Cluster::new(cluster_id, ev.ts_ms);
+                let c = Box::new(Cluster::new(cluster_id, ev.ts_ms));
                 let slot = match self.free.pop() {
                     Some(slot) => {
                         self.slots[slot as usize] = Some(c);
@@ -619,7 +672,7 @@ impl<H> Store<H> {
         let c = self.at(slot);
         if ev.kind == Kind::Takedown {
             if !c.take_down(ev.post) && c.find(ev.post).is_none() {
-                c.pending.push(Pending {
+                c.rare().pending.push(Pending {
                     target: ev.post.into(),
                     kind: Kind::Takedown,
                     post: ev.post.into(),
@@ -653,8 +706,8 @@ impl<H> Store<H> {
             for r in &rules {
                 if c.times.count(r.window_ms, now) >= r.shares as usize {
                     any = true;
-                    if !c.met.iter().any(|&(s, _)| s == r.severity) {
-                        c.met.push((r.severity, now));
+                    if !c.met().iter().any(|&(s, _)| s == r.severity) {
+                        c.rare().met.push((r.severity, now));
                     }
                 }
             }
@@ -692,10 +745,10 @@ impl<H> Store<H> {
             live: c.live as usize,
             roots: c.roots as usize,
             events: c.ids.len(),
-            pending: c.pending.len(),
+            pending: c.pending().len(),
             emerging: c.emerging,
             allowed: c.allowed(),
-            met: c.met.clone(),
+            met: c.met().to_vec(),
         })
     }
 
@@ -736,13 +789,16 @@ impl<H> Store<H> {
         };
         let c = self.at(slot);
         let i = c
-            .allowed_by
+            .allowed_by()
             .iter()
             .position(|(k, s)| k == kind && s == signal);
         match (add, i) {
-            (true, None) => c.allowed_by.push((kind.to_owned(), signal.to_owned())),
+            (true, None) => c
+                .rare()
+                .allowed_by
+                .push((kind.to_owned(), signal.to_owned())),
             (false, Some(i)) => {
-                c.allowed_by.remove(i);
+                c.rare().allowed_by.remove(i);
             }
             _ => {}
         }
@@ -751,7 +807,7 @@ impl<H> Store<H> {
 
     pub fn allowed_by(&self, cluster_id: &str) -> Vec<(String, String)> {
         self.get(cluster_id)
-            .map_or_else(Vec::new, |c| c.allowed_by.clone())
+            .map_or_else(Vec::new, |c| c.allowed_by().to_vec())
     }
 
     /// Take a cluster out (it turned out to be banked: the caller keeps it from now on).
@@ -771,6 +827,10 @@ impl<H> Store<H> {
                 )
             })
             .collect();
+        let (pending, met, allowed_by) = match c.rare {
+            Some(r) => (r.pending, r.met, r.allowed_by),
+            None => (Vec::new(), Vec::new(), Vec::new()),
+        };
         Some(Taken {
             cluster_id: c.id.to_string(),
             seq: c.seq,
@@ -778,16 +838,15 @@ impl<H> Store<H> {
             last_ms: c.last_ms,
             posts,
             times: c.times.kept().to_vec(),
-            latest_ms: c.times.latest,
+            latest_ms: c.times.kept().last().copied(),
             digests: c.ids,
-            pending: c
-                .pending
+            pending: pending
                 .into_iter()
                 .map(|p| (p.target.into_vec(), p.handle))
                 .collect(),
             emerging: c.emerging,
-            met: c.met,
-            allowed_by: c.allowed_by,
+            met,
+            allowed_by,
         })
     }
 
@@ -795,7 +854,10 @@ impl<H> Store<H> {
     /// each waits for.
     pub fn pending(&self, cluster_id: &str) -> Vec<(&[u8], &H)> {
         self.get(cluster_id).map_or_else(Vec::new, |c| {
-            c.pending.iter().map(|p| (&*p.target, &p.handle)).collect()
+            c.pending()
+                .iter()
+                .map(|p| (&*p.target, &p.handle))
+                .collect()
         })
     }
 
@@ -805,9 +867,9 @@ impl<H> Store<H> {
         self.slots
             .iter()
             .flatten()
-            .map(Cluster::bytes)
+            .map(|c| c.bytes())
             .sum::<usize>()
-            + self.slots.capacity() * std::mem::size_of::<Option<Cluster<H>>>()
+            + self.slots.capacity() * 8
             + self.by_id.capacity() * 40
     }
 }
@@ -829,7 +891,7 @@ fn add_posts<H>(c: &mut Cluster<H>, first: Pending<H>, horizon: i64, out: &mut O
             match c.find(&ev.target) {
                 Some(p) => p,
                 None => {
-                    c.pending.push(ev); // its parent is later in event time: it waits
+                    c.rare().pending.push(ev); // its parent is later in event time: it waits
                     continue;
                 }
             }
@@ -840,11 +902,12 @@ fn add_posts<H>(c: &mut Cluster<H>, first: Pending<H>, horizon: i64, out: &mut O
         if !c.times.add(ev.ts_ms, horizon) {
             out.late += 1;
         }
-        if c.pending.iter().any(|p| *p.target == *ev.post) {
-            let (kids, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut c.pending)
+        if c.pending().iter().any(|p| *p.target == *ev.post) {
+            let rare = c.rare();
+            let (kids, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut rare.pending)
                 .into_iter()
                 .partition(|p| *p.target == *ev.post);
-            c.pending = stay;
+            rare.pending = stay;
             stack.extend(kids.into_iter().rev());
         }
     }

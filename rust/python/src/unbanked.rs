@@ -50,7 +50,7 @@ fn kind_of(kind: &Bound<'_, PyAny>) -> PyResult<Kind> {
 /// Unbanked clusters' posts, velocity, applied ids, waiting events, review-queue crossing
 /// and idle order (see ``rust/core/src/unbanked.rs``). ``rules``: the policy's velocity
 /// rules in order, as ``(severity index, window_ms, shares)``.
-#[pyclass(module = "streams._core", unsendable)]
+#[pyclass(module = "streams._core")]
 pub struct UnbankedClusters {
     store: Store<Py<PyAny>>,
 }
