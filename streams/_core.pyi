@@ -203,7 +203,7 @@ class UnbankedClusters:
     @property
     def nbytes(self) -> int: ...
     def apply_many(
-        self, items: Sequence[Any], stop_ms: int, barrier: int
+        self, items: list[Any], start: int, stop_ms: int, barrier: int, banked: dict[str, Any]
     ) -> tuple[
         int,
         list[Any],
@@ -213,8 +213,9 @@ class UnbankedClusters:
         tuple[int, int, int, int, int, int],
         int,
     ]:
-        """Apply routed events in order (each after evicting what was idle at its time, up
-        to ``barrier``), stopping at the first at or after ``stop_ms``: how many, the events
+        """Apply routed events from ``items[start]`` on, in order (each after evicting what
+        was idle at its time, up to ``barrier``), stopping at the first at or after
+        ``stop_ms`` or of a banked cluster (``b-``, or in ``banked``): how many, the events
         rejected as ``duplicate_post``, the crossings ``(cluster, shares in 5 minutes, size,
         live, first seen, last)``, the evictions ``(before item, cluster, posts)``, the items
         applied with content, ``(duplicates, late, created, uploads, shares, takedowns)``,

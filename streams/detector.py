@@ -530,24 +530,14 @@ class Detector:
         unbanked clusters' events applied by the compiled core in one call."""
         if not isinstance(items, list):
             items = list(items)
-        clusters, n, i = self.clusters, len(items), 0
+        n, i = len(items), 0
         while i < n:
-            item = items[i]
-            if item.cluster_id.startswith("b-") or item.cluster_id in clusters:
-                self.apply(item)
+            done = self._apply_unbanked(items, i, self._stop_ms())
+            if done:
+                i += done
+            else:  # banked, or its time passes something of the banked side: on its own
+                self.apply(items[i])
                 i += 1
-                continue
-            j = i + 1
-            while j < n:
-                cid = items[j].cluster_id
-                if cid.startswith("b-") or cid in clusters:
-                    break
-                j += 1
-            done = self._apply_unbanked(items[i:j] if i or j < n else items, self._stop_ms())
-            if not done:  # its time passes something of the banked side: one at a time
-                self.apply(item)
-                done = 1
-            i += done
 
     def _stop_ms(self) -> int:
         """The event time from which :meth:`advance` changes banked clusters (an episode
@@ -564,11 +554,11 @@ class Detector:
             return _NO_BARRIER
         return next(iter(self.clusters.values())).seq
 
-    def _apply_unbanked(self, run: Sequence[Routed], stop_ms: int) -> int:
-        """Apply events of unbanked clusters before ``stop_ms`` in the compiled core; how
-        many it applied."""
+    def _apply_unbanked(self, run: list[Routed], start: int, stop_ms: int) -> int:
+        """Apply the events of unbanked clusters from ``run[start]`` on in the compiled core,
+        up to the first of a banked cluster or at ``stop_ms``; how many it applied."""
         done, rejected, crossings, evicted, contents, counters, latest = self._unbanked.apply_many(
-            run, stop_ms, self._barrier()
+            run, start, stop_ms, self._barrier(), self.clusters
         )
         if not done:
             return 0
@@ -619,7 +609,7 @@ class Detector:
         ev = item.event
         if not item.banked and item.cluster_id not in self.clusters:
             self.advance(ev.ts_ms)
-            self._apply_unbanked([item], _NO_STOP)
+            self._apply_unbanked([item], 0, _NO_STOP)
             return
         ahead_of = self._ahead
         if ahead_of:  # streaming: it is not held any more

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use pyo3::{intern, IntoPyObjectExt};
 
 use viralwatch_core::dedupe::EventIdSet;
@@ -139,38 +139,47 @@ impl UnbankedClusters {
         self.store.nbytes()
     }
 
-    /// Apply routed events (``streams.router.Routed`` of unbanked clusters) in order, each
-    /// after evicting what was idle at its time (up to the caller's oldest cluster,
-    /// ``barrier``), and stop at the first at or after ``stop_ms``. Returns how many were
+    /// Apply routed events (``streams.router.Routed``) from ``items[start]`` on, in order,
+    /// each after evicting what was idle at its time (up to the caller's oldest cluster,
+    /// ``barrier``), and stop at the first at or after ``stop_ms`` or of a banked cluster
+    /// (``b-``, or one of ``banked``'s keys). Items are told by their index in ``items``.
+    /// Returns how many were
     /// applied, the events rejected as ``duplicate_post``, the crossings ``(cluster,
     /// shares in 5 minutes, size, live, first seen, last)``, the evictions ``(before item,
     /// cluster, posts)``, the items applied that carry content, and the counters
     /// ``(duplicates, late, clusters created, uploads, shares, takedowns)``, and the latest
     /// event time among those applied.
+    #[pyo3(signature = (items, start, stop_ms, barrier, banked))]
     fn apply_many(
         &mut self,
         py: Python<'_>,
         items: &Bound<'_, PyList>,
+        start: usize,
         stop_ms: i64,
         barrier: u64,
+        banked: &Bound<'_, PyDict>,
     ) -> PyResult<Applied> {
         let mut out: Outcome<Py<PyAny>> = Outcome::default();
         let mut contents = Vec::new();
         let idle = self.store.idle_ms();
         let mut done = 0;
         let mut latest = i64::MIN;
-        for (i, item) in items.iter().enumerate() {
+        for i in start..items.len() {
+            let item = items.get_item(i)?;
+            let cid_obj = item.getattr(intern!(py, "cluster_id"))?;
+            let cid = cid_obj
+                .cast::<PyString>()
+                .map_err(|_| PyTypeError::new_err("a cluster id is a str"))?
+                .to_str()?;
+            if cid.starts_with("b-") || banked.contains(&cid_obj)? {
+                break; // the detector's own (banked)
+            }
             let ev = item.getattr(intern!(py, "event"))?;
             let ts: i64 = ev.getattr(intern!(py, "ts_ms"))?.extract()?;
             if ts >= stop_ms {
                 break;
             }
             latest = latest.max(ts);
-            let cid = item.getattr(intern!(py, "cluster_id"))?;
-            let cid = cid
-                .cast::<PyString>()
-                .map_err(|_| PyTypeError::new_err("a cluster id is a str"))?
-                .to_str()?;
             let kind = kind_of(&ev.getattr(intern!(py, "type"))?)?;
             let eid = ev.getattr(intern!(py, "event_id"))?;
             let post = ev.getattr(intern!(py, "post_id"))?;
@@ -197,7 +206,7 @@ impl UnbankedClusters {
             if applied && has_content {
                 contents.push(i);
             }
-            done = i + 1;
+            done = i + 1 - start;
         }
         let crossings = std::mem::take(&mut out.crossings)
             .into_iter()
