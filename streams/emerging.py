@@ -63,11 +63,10 @@ True
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
-from streams._core import ContentSignals
+from streams._core import ContentSignals, IdleClusters
 from streams.banks import DEFAULT_PDQ_THRESHOLD, BankConfig, BankEntry, hamming, pdq_usable
 from streams.events import Content
 from streams.videobank import VideoBank, video_rank
@@ -173,6 +172,11 @@ class ContentIndex:
         return cluster_id in self._held
 
     @property
+    def held_signals(self) -> ContentSignals:
+        """The compiled holders (which :class:`EmergingClusters` also hands the core)."""
+        return self._held
+
+    @property
     def clusters(self) -> int:
         return self._held.clusters
 
@@ -274,57 +278,55 @@ class EmergingClusters:
     ``expire`` evicts what the detector evicts: a cluster none of whose events
     (uploads, reshares, takedowns, as :meth:`touch` reports them) is newer
     than ``idle_ms`` before the watermark.
+
+    Per upload, the compiled core does the work (``_core.IdleClusters``,
+    ``rust/core/src/emerging.rs``): the search, the signals held, the idle order
+    and the changes for the state log, in one call. A video's upload, whose
+    frames are searched here (:class:`ContentIndex`), goes the same way but for
+    the search and its signals.
     """
 
     def __init__(self, idle_ms: int = 3_600_000, threshold: int = EMERGING_PDQ_THRESHOLD) -> None:
         self.idle_ms = idle_ms
         self.threshold = threshold
         self.index = ContentIndex(videos=True)
-        #: cluster -> its latest event time, least recently touched first
-        self._last: OrderedDict[str, int] = OrderedDict()
-        self.joined = 0  # uploads that joined a live cluster of other content
-        #: what changed since :meth:`take_changes` (for the owner's state log): the clusters
-        #: touched, least recently first, with the signals they took; the clusters evicted
-        self._changed: dict[str, list[str]] = {}
-        self._evicted: list[str] = []
+        #: the idle order (least recently touched first) and what changed since
+        #: :meth:`take_changes` (for the owner's state log): the clusters touched, least
+        #: recently first, with the signals they took; the clusters evicted
+        self._idle = IdleClusters(self.index.held_signals, idle_ms, threshold)
 
     def __len__(self) -> int:
-        return len(self._last)
+        return len(self._idle)
+
+    @property
+    def joined(self) -> int:
+        """Uploads that joined a live cluster of other content."""
+        return self._idle.joined
 
     def assign(self, content: Content, ts_ms: int) -> str:
         """The cluster of an unbanked upload: a live near one, or its own."""
+        own = unbanked_cluster_id(content)
+        video = video_signal(content)
+        if video is None:
+            return self._idle.assign(signals_of(content), own, ts_ms)
         near = self.index.find(content, self.threshold)
-        cid = near if near is not None else unbanked_cluster_id(content)
-        if near is not None and near != unbanked_cluster_id(content):
-            self.joined += 1
-        new = self.index.add_signals(cid, self.index.signals_of(content))
-        self.touch(cid, ts_ms)
-        if new:
-            self._changed[cid] += new
+        cid = near if near is not None else own
+        if near is not None and near != own:
+            self._idle.joined += 1
+        new = self.index.add_signals(cid, [*signals_of(content), video])
+        self._idle.touch(cid, ts_ms)
+        self._idle.record(cid, new)
         return cid
 
     def touch(self, cluster_id: str, ts_ms: int) -> None:
         """An event of ``cluster_id`` at ``ts_ms`` (only unbanked clusters are kept)."""
-        if cluster_id not in self.index:
-            return
-        last = self._last.get(cluster_id)
-        self._last[cluster_id] = ts_ms if last is None else max(last, ts_ms)
-        self._last.move_to_end(cluster_id)
-        self._changed[cluster_id] = self._changed.pop(cluster_id, [])  # to the end, as above
+        self._idle.touch(cluster_id, ts_ms)
 
     def expire(self, watermark_ms: int) -> list[str]:
         """Evict the clusters idle since ``idle_ms`` before ``watermark_ms``; their ids."""
-        cut = watermark_ms - self.idle_ms
-        out = []
-        while self._last:
-            cid, last = next(iter(self._last.items()))
-            if last > cut:
-                break
-            del self._last[cid]
+        out = self._idle.expire(watermark_ms)
+        for cid in out:
             self.index.drop(cid)
-            self._changed.pop(cid, None)
-            self._evicted.append(cid)
-            out.append(cid)
         return out
 
     # -- persistence (the index's owner logs it: streams.stages.ResolvePartition) --
@@ -343,10 +345,8 @@ class EmergingClusters:
         >>> clusters.take_changes() == ({}, (a,))
         True
         """
-        changed = {cid: (self._last[cid], tuple(new)) for cid, new in self._changed.items()}
-        evicted = tuple(self._evicted)
-        self._changed, self._evicted = {}, []
-        return changed, evicted
+        changed, evicted = self._idle.take_changes()
+        return {cid: (last, tuple(new)) for cid, last, new in changed}, tuple(evicted)
 
     def fold(
         self, changed: Mapping[str, tuple[int, Sequence[str]]], evicted: Iterable[str] = ()
@@ -363,21 +363,19 @@ class EmergingClusters:
         """
         for cid, (last, signals) in changed.items():
             self.index.add_signals(cid, map(signal_of, signals))
-            held = self._last.get(cid)
-            self._last[cid] = last if held is None else max(held, last)
-            self._last.move_to_end(cid)
+            self._idle.fold(cid, last)
         for cid in evicted:
-            if self._last.pop(cid, None) is not None:
+            if self._idle.forget(cid):
                 self.index.drop(cid)
 
     def snapshot(self) -> dict[str, tuple[int, tuple[str, ...]]]:
         """Every live cluster, as :meth:`fold` takes it (least recently touched first)."""
-        return {cid: (last, tuple(self.index.held(cid))) for cid, last in self._last.items()}
+        return {cid: (last, tuple(self.index.held(cid))) for cid, last in self._idle.snapshot()}
 
     @property
     def live_items(self) -> int:
         """Entries a snapshot holds (clusters and their signals)."""
-        return len(self._last) + len(self.index)
+        return len(self._idle) + len(self.index)
 
 
 class IndexRequests:

@@ -156,11 +156,11 @@ def test_assignment_through_index_merges_and_evictions_is_a_scans(seed: int) -> 
             held[h] = got
         i += len(batch)
         if rng.random() < 0.3:  # evictions between batches
-            live = sorted(second._last)
+            live = sorted(second.snapshot())
             for cid in rng.sample(live, min(3, len(live))):
-                first.index.drop(cid)
-                second.index.drop(cid)
-                del first._last[cid], second._last[cid]
+                first.fold({}, [cid])  # evicted, as a log read back says
+                second.fold({}, [cid])
+                assert cid not in first.index and cid not in second.index
                 held = {x: c for x, c in held.items() if c != cid}
 
 

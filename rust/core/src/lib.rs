@@ -12,10 +12,12 @@
 //! - [`posts`]: the post -> cluster map, and routing a reshare through it;
 //! - [`content`]: live clusters' signals, searched through the PDQ index;
 //! - [`wire`]: the records stages send each other and log, written as orjson writes them;
-//! - [`unbanked`]: unbanked clusters' detector state (posts, velocity, ids, review crossing).
+//! - [`unbanked`]: unbanked clusters' detector state (posts, velocity, ids, review crossing);
+//! - [`emerging`]: unbanked uploads' clusters: which one an upload joins, idle eviction.
 
 pub mod content;
 pub mod dedupe;
+pub mod emerging;
 pub mod event;
 pub mod json;
 pub mod pdq;

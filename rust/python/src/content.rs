@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 
 use viralwatch_core::content::{ContentIndex, Kind};
 
-fn texts(v: Vec<Arc<str>>) -> Vec<String> {
+pub(crate) fn texts(v: Vec<Arc<str>>) -> Vec<String> {
     v.iter().map(|t| t.to_string()).collect()
 }
 
@@ -17,7 +17,7 @@ fn texts(v: Vec<Arc<str>>) -> Vec<String> {
 #[pyclass(module = "streams._core", name = "ContentSignals")]
 #[derive(Default)]
 pub struct PyContentSignals {
-    inner: ContentIndex,
+    pub(crate) inner: ContentIndex,
 }
 
 #[pymethods]

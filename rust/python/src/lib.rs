@@ -14,6 +14,7 @@ use viralwatch_core::event::{self, Event, Judge, Kind};
 mod alloc;
 mod content;
 mod dedupe;
+mod emerging;
 mod pdq;
 mod posts;
 mod reorder;
@@ -263,6 +264,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_events, m)?)?;
     m.add_class::<pdq::PyPdqIndex>()?;
     m.add_class::<content::PyContentSignals>()?;
+    m.add_class::<emerging::PyIdleClusters>()?;
     m.add(
         "PDQ_MAX_INDEXED_THRESHOLD",
         viralwatch_core::pdq::MAX_INDEXED_THRESHOLD,

@@ -1,0 +1,126 @@
+//! `streams._core.IdleClusters`: unbanked uploads' clusters at the index's owner
+//! (`viralwatch_core::emerging`), over the `ContentSignals` that
+//! `streams.emerging.ContentIndex` also holds (it searches videos in Python).
+
+use std::sync::Arc;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use viralwatch_core::content::Kind;
+use viralwatch_core::emerging;
+
+use crate::content::{texts, PyContentSignals};
+
+/// Which cluster an unbanked upload joins, the clusters' idle order and what changed for
+/// the state log (see ``streams.emerging.EmergingClusters``), over ``signals``.
+#[pyclass(module = "streams._core", name = "IdleClusters")]
+pub struct PyIdleClusters {
+    signals: Py<PyContentSignals>,
+    inner: emerging::IdleClusters,
+    threshold: u32,
+}
+
+#[pymethods]
+impl PyIdleClusters {
+    #[new]
+    fn new(signals: Py<PyContentSignals>, idle_ms: i64, threshold: u32) -> PyResult<Self> {
+        if threshold > 256 {
+            return Err(PyValueError::new_err(format!(
+                "threshold must be 0..256, not {threshold}"
+            )));
+        }
+        Ok(Self {
+            signals,
+            inner: emerging::IdleClusters::new(idle_ms),
+            threshold,
+        })
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Uploads that joined a live cluster of other content.
+    #[getter]
+    fn joined(&self) -> u64 {
+        self.inner.joined
+    }
+
+    #[setter]
+    fn set_joined(&mut self, n: u64) {
+        self.inner.joined = n;
+    }
+
+    /// The cluster an unbanked upload with these ``(kind, text)`` signals (MD5 first) joins
+    /// (``own``: the one it starts if none is near), touched at ``ts_ms``. A PDQ text that
+    /// is not 64 hex digits raises ``ValueError`` and changes nothing.
+    fn assign(
+        &mut self,
+        py: Python<'_>,
+        signals: Vec<(String, String)>,
+        own: &str,
+        ts_ms: i64,
+    ) -> PyResult<String> {
+        let signals: Vec<(Kind, &str)> = signals
+            .iter()
+            .map(|(k, t)| (Kind::of(k), t.as_str()))
+            .collect();
+        let mut held = self.signals.borrow_mut(py);
+        self.inner
+            .assign(&mut held.inner, &signals, own, ts_ms, self.threshold)
+            .map(|c| c.to_string())
+            .map_err(|e| PyValueError::new_err(e.0))
+    }
+
+    /// An event of ``cluster`` at ``ts_ms`` (one the signals hold): not idle, changed.
+    fn touch(&mut self, py: Python<'_>, cluster: &str, ts_ms: i64) {
+        let held = self.signals.borrow(py);
+        self.inner.touch(&held.inner, cluster, ts_ms);
+    }
+
+    /// ``cluster`` took these signals, for the state log (after :meth:`touch`).
+    fn record(&mut self, cluster: &str, new: Vec<String>) {
+        self.inner
+            .record(cluster, new.into_iter().map(Arc::from).collect());
+    }
+
+    /// The clusters idle since ``idle_ms`` before ``watermark_ms``, evicted from the idle
+    /// order (the caller drops them from the signals).
+    fn expire(&mut self, watermark_ms: i64) -> Vec<String> {
+        texts(self.inner.expire(watermark_ms))
+    }
+
+    /// What changed since the last call: ``[(cluster, latest, signals taken)]``, least
+    /// recently touched first, and the clusters evicted.
+    #[allow(clippy::type_complexity)]
+    fn take_changes(&mut self) -> (Vec<(String, i64, Vec<String>)>, Vec<String>) {
+        let (changed, evicted) = self.inner.take_changes();
+        (
+            changed
+                .into_iter()
+                .map(|(c, t, took)| (c.to_string(), t, texts(took)))
+                .collect(),
+            texts(evicted),
+        )
+    }
+
+    /// A log read back: ``cluster``'s latest event is at least ``last``.
+    fn fold(&mut self, cluster: &str, last: i64) {
+        self.inner.fold(cluster, last);
+    }
+
+    /// A log read back: ``cluster`` was evicted; ``False`` if it was not live.
+    fn forget(&mut self, cluster: &str) -> bool {
+        self.inner.forget(cluster)
+    }
+
+    /// ``[(cluster, latest)]``, least recently touched first.
+    fn snapshot(&self) -> Vec<(String, i64)> {
+        self.inner
+            .snapshot()
+            .into_iter()
+            .map(|(c, t)| (c.to_string(), t))
+            .collect()
+    }
+}

@@ -1,0 +1,137 @@
+"""Unbanked clusters at the index's owner (``streams.emerging.EmergingClusters``, whose
+per-upload work is the compiled core's ``_core.IdleClusters``) against a simple Python
+oracle: the class as it was in Python (an ``OrderedDict`` idle order, a dict of changes)
+over the same :class:`ContentIndex`.
+
+Any sequence of uploads (shared MD5s, near and far PDQs, flat ones, none), touches (of
+clusters held or not), expiries, takes of the changes and log folds gives the oracle's
+clusters, idle order, evictions and changes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import OrderedDict
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.emerging import (
+    EMERGING_PDQ_THRESHOLD,
+    ContentIndex,
+    EmergingClusters,
+    signal_of,
+    unbanked_cluster_id,
+)
+from streams.events import Content
+
+EXAMPLES = int(os.environ.get("VIRALWATCH_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None)
+
+
+class Oracle:
+    """``EmergingClusters`` as it was in Python."""
+
+    def __init__(self, idle_ms: int) -> None:
+        self.idle_ms = idle_ms
+        self.index = ContentIndex(videos=True)
+        self.last: OrderedDict[str, int] = OrderedDict()
+        self.joined = 0
+        self.changed: dict[str, list[str]] = {}
+        self.evicted: list[str] = []
+
+    def assign(self, content: Content, ts: int) -> str:
+        near = self.index.find(content, EMERGING_PDQ_THRESHOLD)
+        cid = near if near is not None else unbanked_cluster_id(content)
+        if near is not None and near != unbanked_cluster_id(content):
+            self.joined += 1
+        new = self.index.add_signals(cid, self.index.signals_of(content))
+        self.touch(cid, ts)
+        if new:
+            self.changed[cid] += new
+        return cid
+
+    def touch(self, cid: str, ts: int) -> None:
+        if cid not in self.index:
+            return
+        last = self.last.get(cid)
+        self.last[cid] = ts if last is None else max(last, ts)
+        self.last.move_to_end(cid)
+        self.changed[cid] = self.changed.pop(cid, [])
+
+    def expire(self, watermark: int) -> list[str]:
+        out = []
+        while self.last:
+            cid, last = next(iter(self.last.items()))
+            if last > watermark - self.idle_ms:
+                break
+            del self.last[cid]
+            self.index.drop(cid)
+            self.changed.pop(cid, None)
+            self.evicted.append(cid)
+            out.append(cid)
+        return out
+
+    def take_changes(self) -> tuple[dict[str, tuple[int, tuple[str, ...]]], tuple[str, ...]]:
+        changed = {cid: (self.last[cid], tuple(new)) for cid, new in self.changed.items()}
+        evicted = tuple(self.evicted)
+        self.changed, self.evicted = {}, []
+        return changed, evicted
+
+
+def content_of(rng: random.Random, bases: list[int], kind: int) -> Content:
+    md5 = f"{rng.choice(range(6)):032x}"
+    flips = sum(1 << rng.randrange(256) for _ in range(rng.choice([0, 3, 20, 40])))
+    pdq = f"{rng.choice(bases) ^ flips:064x}"
+    return [
+        Content(md5=md5),
+        Content(pdq=pdq, pdq_quality=90),
+        Content(pdq=pdq, pdq_quality=90, md5=md5),
+        Content(pdq=pdq.upper(), pdq_quality=90),
+        Content(pdq=pdq, pdq_quality=10),  # a flat one: no signal
+    ][kind]
+
+
+@FUZZ
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["up", "touch", "expire", "take"]), st.integers(0, 4)),
+        max_size=80,
+    ),
+)
+def test_emerging_clusters_answer_as_the_python_class_did(
+    seed: int, ops: list[tuple[str, int]]
+) -> None:
+    rng = random.Random(seed)
+    bases = [rng.getrandbits(256) for _ in range(3)]
+    core, oracle = EmergingClusters(idle_ms=50), Oracle(idle_ms=50)
+    ts = 0
+    seen: list[str] = ["u-nothing"]
+    for op, arg in ops:
+        ts += rng.randrange(0, 20)
+        if op == "up":
+            c = content_of(rng, bases, arg)
+            got = core.assign(c, ts)
+            assert got == oracle.assign(c, ts)
+            seen.append(got)
+        elif op == "touch":
+            cid, t = rng.choice(seen), ts - rng.randrange(0, 40)
+            core.touch(cid, t)
+            oracle.touch(cid, t)
+        elif op == "expire":
+            assert core.expire(ts) == oracle.expire(ts)
+        else:
+            assert core.take_changes() == oracle.take_changes()
+        assert len(core) == len(oracle.last) and core.joined == oracle.joined
+    assert list(core.snapshot()) == list(oracle.last)
+    assert {c: last for c, (last, _) in core.snapshot().items()} == dict(oracle.last)
+    # what the log says folds back into the same clusters and idle order
+    again = EmergingClusters(idle_ms=50)
+    again.fold(core.snapshot())
+    assert again.snapshot() == core.snapshot()
+    assert again.expire(ts + 10) == core.expire(ts + 10)
+    assert {c: [signal_of(t) for t in s] for c, (_, s) in again.snapshot().items()} == {
+        c: [signal_of(t) for t in s] for c, (_, s) in core.snapshot().items()
+    }
