@@ -5,11 +5,11 @@
 //! It holds one entry per live post (a banked cluster's node, an unbanked
 //! cluster's post), so it is sized for millions:
 //!
-//! - a post id is kept as its bytes in a 24-byte key, inline up to 22 bytes
-//!   (the ids seen in practice), on the heap beyond; 32 bytes an entry with
-//!   the cluster's slot, no allocation for a short id. Not a digest: a
-//!   resolve partition's snapshot lists its posts, and a registration for
-//!   another partition carries the id;
+//! - a post id is kept as its bytes: up to 19 bytes (the ids seen in
+//!   practice, a 64-bit number's digits included) inline, with its cluster's
+//!   slot, in a 24-byte entry and no allocation; a longer one on the heap, in
+//!   a table of its own. Not a digest: a resolve partition's snapshot lists its
+//!   posts, and a registration for another partition carries the id;
 //! - a cluster id is interned once, with the count of posts that hold it, and
 //!   freed with its last post: the map is bounded by the live clusters'
 //!   posts, as eviction forgets them ([`PostClusters::remove`]).
@@ -35,7 +35,7 @@
 //! ```
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -137,6 +137,109 @@ pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     crc32(key) % partitions.max(1)
 }
 
+/// The longest post id kept inline in the map's table.
+pub const SHORT_ID: usize = 19;
+
+/// A short post id with its cluster's slot: 24 bytes, looked up by the id's bytes.
+#[derive(Clone, Copy)]
+struct Short {
+    len: u8,
+    bytes: [u8; SHORT_ID],
+    slot: u32,
+}
+
+impl Short {
+    fn id(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+impl PartialEq for Short {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+    }
+}
+
+impl Eq for Short {}
+
+impl Hash for Short {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id().hash(state);
+    }
+}
+
+impl Borrow<[u8]> for Short {
+    fn borrow(&self) -> &[u8] {
+        self.id()
+    }
+}
+
+/// Post id -> cluster slot: short ids inline, long ones boxed (see the module doc).
+#[derive(Default)]
+struct IdTable {
+    short: HashSet<Short>,
+    long: HashMap<Box<[u8]>, u32>,
+}
+
+impl IdTable {
+    fn len(&self) -> usize {
+        self.short.len() + self.long.len()
+    }
+
+    fn get(&self, id: &[u8]) -> Option<u32> {
+        if id.len() <= SHORT_ID {
+            self.short.get(id).map(|s| s.slot)
+        } else {
+            self.long.get(id).copied()
+        }
+    }
+
+    /// Add `id` (not there yet) with `slot`.
+    fn insert(&mut self, id: &[u8], slot: u32) {
+        if id.len() <= SHORT_ID {
+            let mut bytes = [0_u8; SHORT_ID];
+            bytes[..id.len()].copy_from_slice(id);
+            self.short.insert(Short {
+                len: id.len() as u8,
+                bytes,
+                slot,
+            });
+        } else {
+            self.long.insert(id.into(), slot);
+        }
+    }
+
+    fn remove(&mut self, id: &[u8]) -> Option<u32> {
+        let slot = if id.len() <= SHORT_ID {
+            self.short.take(id).map(|s| s.slot)
+        } else {
+            self.long.remove(id)
+        }?;
+        // a flood gone leaves its table's room behind: give most of it back
+        if self.short.capacity() > 4 * self.short.len().max(1024) || self.short.is_empty() {
+            self.short.shrink_to(2 * self.short.len());
+        }
+        if self.long.capacity() > 4 * self.long.len().max(1024) || self.long.is_empty() {
+            self.long.shrink_to(2 * self.long.len());
+        }
+        Some(slot)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&[u8], u32)> {
+        self.short
+            .iter()
+            .map(|s| (s.id(), s.slot))
+            .chain(self.long.iter().map(|(k, &s)| (&**k, s)))
+    }
+
+    fn heap_bytes(&self) -> usize {
+        let long: usize = self.long.keys().map(|k| k.len()).sum();
+        self.short.capacity() * (std::mem::size_of::<Short>() + 1)
+            + self.long.capacity() * (std::mem::size_of::<(Box<[u8]>, u32)>() + 1)
+            + long
+    }
+}
+
 struct Cluster<T> {
     id: Arc<str>,
     /// posts mapped to it (its slot is freed at 0)
@@ -147,7 +250,7 @@ struct Cluster<T> {
 /// Post -> cluster, clusters interned (see the module doc). `T` is what a
 /// caller keeps beside each cluster id (the bindings: its Python string).
 pub struct PostClusters<T> {
-    posts: HashMap<PostKey, u32>,
+    posts: IdTable,
     clusters: Vec<Option<Cluster<T>>>,
     free: Vec<u32>,
     by_id: HashMap<Arc<str>, u32>,
@@ -160,7 +263,7 @@ pub struct PostClusters<T> {
 impl<T> Default for PostClusters<T> {
     fn default() -> Self {
         Self {
-            posts: HashMap::new(),
+            posts: IdTable::default(),
             clusters: Vec::new(),
             free: Vec::new(),
             by_id: HashMap::new(),
@@ -191,7 +294,7 @@ impl<T> PostClusters<T> {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.posts.is_empty()
+        self.posts.len() == 0
     }
 
     /// Distinct clusters the posts belong to.
@@ -215,7 +318,7 @@ impl<T> PostClusters<T> {
 
     /// The cluster of `post` (its id and what the caller keeps with it).
     pub fn get(&self, post: &[u8]) -> Option<(&Arc<str>, &T)> {
-        let c = self.slot(*self.posts.get(post)?);
+        let c = self.slot(self.posts.get(post)?);
         Some((&c.id, &c.extra))
     }
 
@@ -224,7 +327,7 @@ impl<T> PostClusters<T> {
     }
 
     pub fn contains(&self, post: &[u8]) -> bool {
-        self.posts.contains_key(post)
+        self.posts.get(post).is_some()
     }
 
     /// What the caller keeps with `cluster`, if a post holds it.
@@ -296,7 +399,7 @@ impl<T> PostClusters<T> {
     /// Map `post` to `cluster` unless it is mapped already (kept without recording it:
     /// a state log read back, or a test). `false` if it was there.
     pub fn insert(&mut self, post: &[u8], cluster: &str, make: impl FnOnce(&str) -> T) -> bool {
-        if self.posts.contains_key(post) {
+        if self.contains(post) {
             return false;
         }
         let s = self.intern(cluster, make);
@@ -304,7 +407,7 @@ impl<T> PostClusters<T> {
             .as_mut()
             .expect("a live cluster's slot")
             .posts += 1;
-        self.posts.insert(PostKey::new(post), s);
+        self.posts.insert(post, s);
         true
     }
 
@@ -350,10 +453,6 @@ impl<T> PostClusters<T> {
             return false;
         };
         self.unref(s);
-        // a flood gone leaves its table's room behind: give most of it back
-        if self.posts.capacity() > 4 * self.posts.len().max(1024) || self.posts.is_empty() {
-            self.posts.shrink_to(2 * self.posts.len());
-        }
         true
     }
 
@@ -374,9 +473,9 @@ impl<T> PostClusters<T> {
         let mut out: Vec<_> = self
             .posts
             .iter()
-            .map(|(k, &s)| {
+            .map(|(k, s)| {
                 let c = self.slot(s);
-                (k.as_bytes(), &c.id, &c.extra)
+                (k, &c.id, &c.extra)
             })
             .collect();
         out.sort_unstable_by(|a, b| a.0.cmp(b.0));
@@ -385,18 +484,8 @@ impl<T> PostClusters<T> {
 
     /// Bytes the map holds on the heap (tables at capacity, long ids, cluster ids).
     pub fn heap_bytes(&self) -> usize {
-        let entry = std::mem::size_of::<(PostKey, u32)>() + 1;
-        let long: usize = self
-            .posts
-            .keys()
-            .map(|k| match k {
-                PostKey::Heap(b) => b.len(),
-                PostKey::Inline { .. } => 0,
-            })
-            .sum();
         let ids: usize = self.by_id.keys().map(|id| id.len() + 16).sum();
-        self.posts.capacity() * entry
-            + long
+        self.posts.heap_bytes()
             + self.clusters.capacity() * std::mem::size_of::<Option<Cluster<T>>>()
             + self.by_id.capacity() * (std::mem::size_of::<(Arc<str>, u32)>() + 1)
             + ids
@@ -494,15 +583,17 @@ mod tests {
 
     #[test]
     fn keys_short_and_long_are_found_by_their_bytes() {
-        assert_eq!(std::mem::size_of::<PostKey>(), 24);
+        assert_eq!(std::mem::size_of::<Short>(), 24);
         let mut m: PostClusters<()> = PostClusters::new();
         let long = vec![b'x'; 100];
-        for id in [&b""[..], b"p", &[b'a'; 22], &[b'a'; 23], &long] {
+        for id in [&b""[..], b"p", &[b'a'; 19], &[b'a'; 20], &long] {
             assert!(m.insert(id, "c", |_| ()));
             assert_eq!(m.cluster_of(id), Some("c"));
         }
         assert_eq!((m.len(), m.clusters()), (5, 1));
-        assert!(!m.contains(&[b'a'; 21]));
+        assert!(!m.contains(&[b'a'; 18]) && !m.contains(&[b'a'; 21]));
+        assert!(m.remove(&long) && m.remove(&[b'a'; 19]) && !m.remove(&long));
+        assert_eq!(m.len(), 3);
         let keys: Vec<Vec<u8>> = m.items().iter().map(|(k, _, _)| k.to_vec()).collect();
         let mut sorted = keys.clone();
         sorted.sort();
