@@ -41,65 +41,6 @@ use std::sync::Arc;
 
 use crate::route::{Orphans, Refusal};
 
-/// The longest post id kept inline in its key.
-pub const INLINE_ID: usize = 22;
-
-/// A post id's bytes: inline when short, else on the heap (24 bytes either way).
-#[derive(Clone)]
-pub enum PostKey {
-    Inline { len: u8, bytes: [u8; INLINE_ID] },
-    Heap(Box<[u8]>),
-}
-
-impl PostKey {
-    pub fn new(id: &[u8]) -> Self {
-        if id.len() <= INLINE_ID {
-            let mut bytes = [0_u8; INLINE_ID];
-            bytes[..id.len()].copy_from_slice(id);
-            PostKey::Inline {
-                len: id.len() as u8,
-                bytes,
-            }
-        } else {
-            PostKey::Heap(id.into())
-        }
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            PostKey::Inline { len, bytes } => &bytes[..*len as usize],
-            PostKey::Heap(b) => b,
-        }
-    }
-}
-
-impl PartialEq for PostKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for PostKey {}
-
-impl Hash for PostKey {
-    // as `[u8]` hashes, so a lookup by `&[u8]` (Borrow) finds it
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_bytes().hash(state);
-    }
-}
-
-impl Borrow<[u8]> for PostKey {
-    fn borrow(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl std::fmt::Debug for PostKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
-    }
-}
-
 /// CRC-32 (IEEE 802.3, zlib's) of `data`.
 ///
 /// ```
@@ -256,8 +197,8 @@ pub struct PostClusters<T> {
     by_id: HashMap<Arc<str>, u32>,
     /// `(partition, partitions)`: keep only this partition's posts
     own: Option<(u32, u32)>,
-    new: Vec<(PostKey, Arc<str>)>,
-    foreign: Vec<(u32, PostKey, Arc<str>)>,
+    new: Vec<(Box<[u8]>, Arc<str>)>,
+    foreign: Vec<(u32, Box<[u8]>, Arc<str>)>,
 }
 
 impl<T> Default for PostClusters<T> {
@@ -425,7 +366,7 @@ impl<T> PostClusters<T> {
             let home = partition_for(post, n);
             if home != p {
                 let id = self.interned_or_new(cluster);
-                self.foreign.push((home, PostKey::new(post), id));
+                self.foreign.push((home, post.into(), id));
                 return false;
             }
         }
@@ -434,7 +375,7 @@ impl<T> PostClusters<T> {
         }
         if self.own.is_some() {
             let id = self.interned_or_new(cluster);
-            self.new.push((PostKey::new(post), id));
+            self.new.push((post.into(), id));
         }
         true
     }
@@ -457,13 +398,13 @@ impl<T> PostClusters<T> {
     }
 
     /// The posts kept since the last call, in order, with their clusters (a partition's).
-    pub fn take_new(&mut self) -> Vec<(PostKey, Arc<str>)> {
+    pub fn take_new(&mut self) -> Vec<(Box<[u8]>, Arc<str>)> {
         std::mem::take(&mut self.new)
     }
 
     /// Posts of other partitions routed here since the last call: `(their partition,
     /// post, cluster)`, in order.
-    pub fn take_foreign(&mut self) -> Vec<(u32, PostKey, Arc<str>)> {
+    pub fn take_foreign(&mut self) -> Vec<(u32, Box<[u8]>, Arc<str>)> {
         std::mem::take(&mut self.foreign)
     }
 
@@ -649,11 +590,7 @@ mod tests {
         }
         m.register(&own[0], "b-2", |_| ()); // kept already: not recorded again
         assert_eq!(m.len(), own.len());
-        let new: Vec<Vec<u8>> = m
-            .take_new()
-            .into_iter()
-            .map(|(k, _)| k.as_bytes().to_vec())
-            .collect();
+        let new: Vec<Vec<u8>> = m.take_new().into_iter().map(|(k, _)| k.to_vec()).collect();
         assert_eq!(new, own);
         let foreign = m.take_foreign();
         assert_eq!(foreign.len(), other.len());

@@ -248,7 +248,7 @@ impl PyPostRoutes {
     fn take_new<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let out = PyDict::new(py);
         for (k, id) in self.inner.posts.take_new() {
-            out.set_item(post_text(py, k.as_bytes())?, self.cluster_str(py, &id))?;
+            out.set_item(post_text(py, &k)?, self.cluster_str(py, &id))?;
         }
         Ok(out)
     }
@@ -260,13 +260,7 @@ impl PyPostRoutes {
             .posts
             .take_foreign()
             .into_iter()
-            .map(|(part, k, id)| {
-                Ok((
-                    part,
-                    post_text(py, k.as_bytes())?,
-                    self.cluster_str(py, &id),
-                ))
-            })
+            .map(|(part, k, id)| Ok((part, post_text(py, &k)?, self.cluster_str(py, &id))))
             .collect()
     }
 }
