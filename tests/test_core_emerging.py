@@ -82,7 +82,9 @@ class Oracle:
 
 def content_of(rng: random.Random, bases: list[int], kind: int) -> Content:
     md5 = f"{rng.choice(range(6)):032x}"
-    flips = sum(1 << rng.randrange(256) for _ in range(rng.choice([0, 3, 20, 40])))
+    flips = 0
+    for _ in range(rng.choice([0, 3, 20, 40])):
+        flips ^= 1 << rng.randrange(256)  # a bit flipped (twice: back), within 256 bits
     pdq = f"{rng.choice(bases) ^ flips:064x}"
     return [
         Content(md5=md5),
