@@ -78,3 +78,20 @@ def test_a_batch_past_skipped_records_is_held_back_and_the_partition_sought_back
     assert offsets.read("clusters", 3, 46, 50) == 5
     offsets.forget("clusters", 3)
     assert offsets.behind("clusters", 3, 60, now=300.0, committed=None) == (False, None)
+
+
+def test_a_partition_given_back_in_the_same_rebalance_is_judged_from_where_it_stood() -> None:
+    """A rebalance revokes every partition, then assigns: one that comes back was read by
+    nobody meanwhile, so a batch past where this worker stood skipped records, whatever
+    offset Faust committed. One that went elsewhere is judged afresh next time."""
+    offsets = ReadOffsets()
+    for p in (1, 2):
+        offsets.read("resolve", p, 0, 16, committed=0)
+        offsets.forget("resolve", p)
+    offsets.assigned("clusters", [1, 2])  # another topic: nothing of resolve's
+    offsets.assigned("resolve", [2])
+    assert offsets.behind("resolve", 2, 21, now=0.0, committed=21) == (True, 17)
+    assert offsets.behind("resolve", 1, 40, now=0.0, committed=40) == (False, None)
+    offsets.forget("resolve", 1)
+    offsets.assigned("resolve", [1])  # back later: where it stood then is long gone
+    assert offsets.behind("resolve", 1, 90, now=1.0, committed=90) == (False, None)

@@ -39,6 +39,8 @@ that will never come.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 #: How long (wall time) a worker waits for the records it sought back to before it
 #: takes what comes instead (records deleted by retention would never come).
 SEEK_BACK_S = 10.0
@@ -49,13 +51,15 @@ RESEEK_S = 1.0
 class ReadOffsets:
     """Per internal partition held, the next offset its stage should be handed."""
 
-    __slots__ = ("_next", "_waiting", "seeks", "skipped", "wait_s")
+    __slots__ = ("_next", "_revoked", "_waiting", "seeks", "skipped", "wait_s")
 
     def __init__(self, wait_s: float = SEEK_BACK_S) -> None:
         self.wait_s = wait_s
         self._next: dict[tuple[str, int], int] = {}
         #: partitions sought back: the offset awaited, until when, and the last seek (wall time)
         self._waiting: dict[tuple[str, int], tuple[int, float, float]] = {}
+        #: where the partitions revoked in the rebalance under way stood (see :meth:`assigned`)
+        self._revoked: dict[tuple[str, int], int] = {}
         #: records skipped so far, and seeks back to read them (the worker reports both)
         self.skipped = 0
         self.seeks = 0
@@ -121,6 +125,29 @@ class ReadOffsets:
         return skipped
 
     def forget(self, topic: str, partition: int) -> None:
-        """The partition was revoked: where its next owner starts is Faust's to say."""
-        self._next.pop((topic, partition), None)
-        self._waiting.pop((topic, partition), None)
+        """The partition was revoked: where its next owner starts is Faust's to say, unless
+        it is this worker again (:meth:`assigned`)."""
+        key = (topic, partition)
+        if key in self._next:
+            self._revoked[key] = self._next.pop(key)
+        self._waiting.pop(key, None)
+
+    def assigned(self, topic: str, partitions: Iterable[int]) -> None:
+        """The rebalance ended with ``partitions`` of ``topic`` here. Those this worker held
+        before it are judged from where it stood: a rebalance revokes every partition
+        before it assigns any (Faust's eager protocol), so nobody read them in between,
+        and what this worker handed its stages is in their logs (flushed on revocation).
+        Faust's committed offset may be past records it skipped; this worker's is not.
+
+        >>> offsets = ReadOffsets()
+        >>> offsets.read("resolve", 2, 0, 16, committed=0)
+        0
+        >>> offsets.forget("resolve", 2); offsets.assigned("resolve", [2, 3])
+        >>> offsets.behind("resolve", 2, 21, now=0.0, committed=21)  # 17..20 never came
+        (True, 17)
+        """
+        mine = set(partitions)
+        for key in [k for k in self._revoked if k[0] == topic]:
+            offset = self._revoked.pop(key)
+            if key[1] in mine:
+                self._next[key] = offset

@@ -492,6 +492,9 @@ class Worker:
             for hop in (self.hand_over.resolve, self.hand_over.clusters):
                 name = self.settings.topic(hop.name)
                 hop.assign(tp.partition for tp in assigned if tp.topic == name)
+                self.read_offsets.assigned(
+                    hop.name, [tp.partition for tp in assigned if tp.topic == name]
+                )
                 mine += [f"{name}/{tp.partition}" for tp in assigned if tp.topic == name]
             self.health.set(
                 "assigned", True, ", ".join(sorted(mine)) or "none (more workers than partitions)"
