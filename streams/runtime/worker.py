@@ -587,7 +587,10 @@ class Worker:
         (their later records were held back: they come again after)."""
         seeks, self._seeks = self._seeks, []
         for tp, offset in seeks:
-            await self.app.consumer.seek(tp, offset)
+            try:
+                await self.app.consumer.seek(tp, offset)
+            except Exception as exc:  # revoked meanwhile: its next owner starts it afresh
+                log.warning("could not seek %s back to %d: %s", tp, offset, exc)
 
     def _focus(self, hop_name: str, partition: int) -> None:
         """Table writes of ``partition`` go to its changelog partition, with its last event."""
