@@ -206,11 +206,16 @@ class UnbankedClusters:
         self, items: list[Any], start: int, stop_ms: int, barrier: int, banked: dict[str, Any]
     ) -> tuple[
         int,
-        list[Any],
-        list[tuple[str, int, int, int, int, int]],
-        list[tuple[int, str, list[str]]],
-        list[int],
-        tuple[int, int, int, int, int, int],
+        list[Any] | None,
+        list[tuple[str, int, int, int, int, int]] | None,
+        list[tuple[int, str, list[str]]] | None,
+        list[int] | None,
+        int,
+        int,
+        int,
+        int,
+        int,
+        int,
         int,
     ]:
         """Apply routed events from ``items[start]`` on, in order (each after evicting what
@@ -218,8 +223,8 @@ class UnbankedClusters:
         ``stop_ms`` or of a banked cluster (``b-``, or in ``banked``): how many, the events
         rejected as ``duplicate_post``, the crossings ``(cluster, shares in 5 minutes, size,
         live, first seen, last)``, the evictions ``(before item, cluster, posts)``, the items
-        applied with content, ``(duplicates, late, created, uploads, shares, takedowns)``,
-        the latest event time applied."""
+        applied with content (each list ``None`` when empty), then duplicates, late,
+        created, uploads, shares, takedowns, and the latest event time applied."""
     def evict(self, cut_ms: int, barrier: int) -> tuple[bool, list[tuple[int, str, list[str]]]]:
         """Evict what is idle at ``cut_ms`` and touched before ``barrier``: whether one
         touched before it is not idle, and the evictions."""

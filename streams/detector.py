@@ -285,6 +285,8 @@ class UnbankedCluster:
 _NO_BARRIER = 2**63
 #: an event time after every other
 _NO_STOP = 2**62
+#: the event types, in the order the compiled core counts them
+_KINDS = ("upload", "share", "takedown")
 
 
 def _key(ev: ShareEvent) -> tuple[int, str]:
@@ -557,13 +559,51 @@ class Detector:
     def _apply_unbanked(self, run: list[Routed], start: int, stop_ms: int) -> int:
         """Apply the events of unbanked clusters from ``run[start]`` on in the compiled core,
         up to the first of a banked cluster or at ``stop_ms``; how many it applied."""
-        done, rejected, crossings, evicted, contents, counters, latest = self._unbanked.apply_many(
-            run, start, stop_ms, self._barrier(), self.clusters
-        )
+        (
+            done,
+            rejected,
+            crossings,
+            evicted,
+            contents,
+            duplicates,
+            late,
+            created,
+            *kinds,
+            latest,
+        ) = self._unbanked.apply_many(run, start, stop_ms, self._barrier(), self.clusters)
         if not done:
             return 0
+        if contents is not None or evicted is not None:
+            self._contents_and_evictions(run, contents or [], evicted or [])
+        if rejected is not None:
+            self.outbox.rejections.extend(map(_duplicate_post, rejected))
+        stats = self.stats
+        if crossings is not None:
+            for cid, shares_5m, size, live, first, last in crossings:
+                stats.emerging += 1
+                rate = shares_5m * MINUTE_MS / WINDOWS_MS[1]
+                self.emerging.append(ClusterSummary(cid, None, rate, size, live, first, last))
+        if duplicates:
+            stats.duplicates += duplicates
+        if late:
+            stats.late += late
+        if created:
+            stats.clusters_created += created
+        events = stats.events
+        for kind, n in zip(_KINDS, kinds, strict=True):
+            if n:
+                events[kind] += n
+        stats.clusters_active = len(self.clusters) + len(self._unbanked)
+        stats.watermark_ms = max(stats.watermark_ms, latest)
+        return int(done)
+
+    def _contents_and_evictions(
+        self, run: list[Routed], contents: list[int], evicted: list[tuple[int, str, list[str]]]
+    ) -> None:
+        """The content index takes the uploads applied and drops the clusters evicted, in
+        their order (a cluster id evicted may start afresh with a later upload)."""
         k = 0
-        for i in contents:  # in order with the evictions (a cluster id may start afresh)
+        for i in contents:
             while k < len(evicted) and evicted[k][0] <= i:
                 self._evicted_unbanked(evicted[k][1], evicted[k][2])
                 k += 1
@@ -572,30 +612,6 @@ class Detector:
             self.content.add(run[i].cluster_id, content)
         for _, cid, posts in evicted[k:]:
             self._evicted_unbanked(cid, posts)
-        for ev in rejected:
-            self.outbox.rejections.append(_duplicate_post(ev))
-        stats = self.stats
-        for cid, shares_5m, size, live, first, last in crossings:
-            stats.emerging += 1
-            self.emerging.append(
-                ClusterSummary(
-                    cid, None, shares_5m * MINUTE_MS / WINDOWS_MS[1], size, live, first, last
-                )
-            )
-        duplicates, late, created, uploads, shares, takedowns = counters
-        stats.duplicates += duplicates
-        stats.late += late
-        stats.clusters_created += created
-        events = stats.events
-        if uploads:
-            events["upload"] += uploads
-        if shares:
-            events["share"] += shares
-        if takedowns:
-            events["takedown"] += takedowns
-        stats.clusters_active = len(self.clusters) + len(self._unbanked)
-        stats.watermark_ms = max(stats.watermark_ms, latest)
-        return int(done)
 
     def _evicted_unbanked(self, cid: str, posts: list[str]) -> None:
         self.content.drop(cid)

@@ -58,15 +58,26 @@ pub struct UnbankedClusters {
 /// An eviction as Python gets it: (before which item, cluster, posts).
 type Eviction = (usize, String, Vec<Py<PyAny>>);
 
+/// What a batch did, flat and with ``None`` for an empty list: most batches are an event or
+/// two, and every object made here is one more for Python's collector to count.
 type Applied = (
     usize,
-    Vec<Py<PyAny>>,
-    Vec<(String, usize, usize, usize, i64, i64)>,
-    Vec<Eviction>,
-    Vec<usize>,
-    (u64, u64, u64, u64, u64, u64),
+    Option<Vec<Py<PyAny>>>,
+    Option<Vec<(String, usize, usize, usize, i64, i64)>>,
+    Option<Vec<Eviction>>,
+    Option<Vec<usize>>,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
     i64,
 );
+
+fn some<T>(v: Vec<T>) -> Option<Vec<T>> {
+    (!v.is_empty()).then_some(v)
+}
 
 impl UnbankedClusters {
     fn evicted(py: Python<'_>, out: &mut Outcome<Py<PyAny>>) -> PyResult<Vec<Eviction>> {
@@ -147,8 +158,8 @@ impl UnbankedClusters {
     /// applied, the events rejected as ``duplicate_post``, the crossings ``(cluster,
     /// shares in 5 minutes, size, live, first seen, last)``, the evictions ``(before item,
     /// cluster, posts)``, the items applied that carry content, and the counters
-    /// ``(duplicates, late, clusters created, uploads, shares, takedowns)``, and the latest
-    /// event time among those applied.
+    /// ``duplicates, late, clusters created, uploads, shares, takedowns``, and the latest
+    /// event time among those applied, in one flat tuple (``None`` for an empty list).
     #[pyo3(signature = (items, start, stop_ms, barrier, banked))]
     fn apply_many(
         &mut self,
@@ -222,21 +233,18 @@ impl UnbankedClusters {
             })
             .collect();
         let evicted = Self::evicted(py, &mut out)?;
-        let counters = (
+        Ok((
+            done,
+            some(out.rejected),
+            some(crossings),
+            some(evicted),
+            some(contents),
             out.duplicates,
             out.late,
             out.created,
             out.kinds[0],
             out.kinds[1],
             out.kinds[2],
-        );
-        Ok((
-            done,
-            out.rejected,
-            crossings,
-            evicted,
-            contents,
-            counters,
             latest,
         ))
     }
