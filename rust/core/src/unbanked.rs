@@ -35,6 +35,7 @@
 //! assert_eq!((out.duplicates, out.crossings.len(), store.size("u-1")), (1, 1, Some(2)));
 //! ```
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 
@@ -466,7 +467,10 @@ pub struct Store<H> {
     idle_ms: i64,
     slots: Vec<Option<Box<Cluster<H>>>>,
     free: Vec<u32>,
-    by_id: HashMap<Box<str>, u32>,
+    /// cluster id -> slot, by the id's 64-bit keyed hash (the id itself is the cluster's);
+    /// an id whose hash another live id has goes to `overflow`
+    by_id: HashMap<u64, u32, BuildHasherDefault<DigestHasher>>,
+    overflow: HashMap<Box<str>, u32>,
     head: u32,
     tail: u32,
     seq: u64,
@@ -486,7 +490,8 @@ impl<H> Store<H> {
             idle_ms,
             slots: Vec::new(),
             free: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: HashMap::default(),
+            overflow: HashMap::new(),
             head: NONE,
             tail: NONE,
             seq: 0,
@@ -506,11 +511,11 @@ impl<H> Store<H> {
 
     /// Clusters held.
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.by_id.len() + self.overflow.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.by_id.is_empty() && self.overflow.is_empty()
     }
 
     /// Posts of the clusters held.
@@ -524,12 +529,27 @@ impl<H> Store<H> {
     }
 
     pub fn contains(&self, cluster_id: &str) -> bool {
-        self.by_id.contains_key(cluster_id)
+        self.slot_of(cluster_id).is_some()
     }
 
     fn get(&self, cluster_id: &str) -> Option<&Cluster<H>> {
-        let slot = *self.by_id.get(cluster_id)?;
+        let slot = self.slot_of(cluster_id)?;
         self.slots[slot as usize].as_deref()
+    }
+
+    fn slot_of(&self, cluster_id: &str) -> Option<u32> {
+        let found = self.by_id.get(&text_hash(cluster_id.as_bytes())).copied();
+        match found {
+            Some(slot)
+                if self.slots[slot as usize]
+                    .as_ref()
+                    .is_some_and(|c| &*c.id == cluster_id) =>
+            {
+                Some(slot)
+            }
+            _ if self.overflow.is_empty() => None,
+            _ => self.overflow.get(cluster_id).copied(),
+        }
     }
 
     fn at(&mut self, slot: u32) -> &mut Cluster<H> {
@@ -606,10 +626,16 @@ impl<H> Store<H> {
         let c = self.slots[slot as usize]
             .take()
             .expect("a linked slot holds a cluster");
-        self.by_id.remove(&c.id);
+        let h = text_hash(c.id.as_bytes());
+        if self.by_id.get(&h) == Some(&slot) {
+            self.by_id.remove(&h);
+        } else {
+            self.overflow.remove(&c.id);
+        }
         self.free.push(slot);
         self.live_events -= c.ids.len();
         if self.by_id.len() * 4 < self.by_id.capacity() && self.by_id.capacity() > 1024 {
+            self.overflow.shrink_to_fit();
             // a flood gone: give its tables back (the slots are boxes: 8 bytes each)
             self.by_id.shrink_to_fit();
             while self.slots.last().is_some_and(Option::is_none) {
@@ -633,8 +659,8 @@ impl<H> Store<H> {
         handle: H,
         out: &mut Outcome<H>,
     ) -> bool {
-        let slot = match self.by_id.get(cluster_id) {
-            Some(&slot) => {
+        let slot = match self.slot_of(cluster_id) {
+            Some(slot) => {
                 self.unlink(slot);
                 slot
             }
@@ -650,7 +676,15 @@ impl<H> Store<H> {
                         (self.slots.len() - 1) as u32
                     }
                 };
-                self.by_id.insert(cluster_id.into(), slot);
+                let h = text_hash(cluster_id.as_bytes());
+                match self.by_id.entry(h) {
+                    Entry::Occupied(_) => {
+                        self.overflow.insert(cluster_id.into(), slot);
+                    }
+                    Entry::Vacant(v) => {
+                        v.insert(slot);
+                    }
+                }
                 out.created += 1;
                 slot
             }
@@ -784,7 +818,7 @@ impl<H> Store<H> {
     /// The allow-list signal `(kind, signal)` matches (`add`) or no longer matches the
     /// cluster's content; `false` if the cluster is not here.
     pub fn allow(&mut self, cluster_id: &str, kind: &str, signal: &str, add: bool) -> bool {
-        let Some(&slot) = self.by_id.get(cluster_id) else {
+        let Some(slot) = self.slot_of(cluster_id) else {
             return false;
         };
         let c = self.at(slot);
@@ -812,7 +846,7 @@ impl<H> Store<H> {
 
     /// Take a cluster out (it turned out to be banked: the caller keeps it from now on).
     pub fn take(&mut self, cluster_id: &str) -> Option<Taken<H>> {
-        let slot = *self.by_id.get(cluster_id)?;
+        let slot = self.slot_of(cluster_id)?;
         let c = self.remove_slot(slot);
         let posts = c
             .posts
@@ -870,7 +904,8 @@ impl<H> Store<H> {
             .map(|c| c.bytes())
             .sum::<usize>()
             + self.slots.capacity() * 8
-            + self.by_id.capacity() * 40
+            + self.by_id.capacity() * 13
+            + self.overflow.capacity() * 40
     }
 }
 
@@ -1063,6 +1098,26 @@ mod tests {
         // a slot reused
         s.apply("u-4", &ev("d", Kind::Upload, 0, "s", None), 0, &mut out);
         assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn ids_sharing_a_hash_are_told_apart() {
+        let mut s = store();
+        let mut out = Outcome::default();
+        s.apply("u-1", &ev("a", Kind::Upload, 0, "p", None), 0, &mut out);
+        s.apply("u-2", &ev("b", Kind::Upload, 1, "q", None), 0, &mut out);
+        // as if u-3's hash were u-1's: the overflow table holds it
+        let slot = s.slot_of("u-1").unwrap();
+        s.by_id.insert(text_hash(b"u-3"), slot);
+        s.apply("u-3", &ev("c", Kind::Upload, 2, "r", None), 0, &mut out);
+        assert_eq!(
+            (s.overflow.len(), s.size("u-3"), s.size("u-1")),
+            (1, Some(1), Some(1))
+        );
+        s.by_id.remove(&text_hash(b"u-3"));
+        assert_eq!(s.size("u-3"), Some(1));
+        assert!(s.evict(10, u64::MAX, 0, &mut out) || s.is_empty());
+        assert!(s.is_empty() && s.overflow.is_empty());
     }
 
     #[test]
