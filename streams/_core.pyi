@@ -260,6 +260,9 @@ class UnbankedClusters:
     ):
         """Take a cluster out (banked from now on)."""
 
+def unbanked_id(key: str) -> str:
+    """``"u-"`` and the 8-byte BLAKE2b of ``key``'s UTF-8, in hex (an unbanked cluster's id)."""
+
 class IdleClusters:
     """Unbanked uploads' clusters at the index's owner, over ``signals``: which one an upload
     joins, the idle order, and what changed for the state log (``rust/core/src/emerging.rs``)."""

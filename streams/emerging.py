@@ -62,11 +62,10 @@ True
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
-from streams._core import ContentSignals, IdleClusters
+from streams._core import ContentSignals, IdleClusters, unbanked_id
 from streams.banks import DEFAULT_PDQ_THRESHOLD, BankConfig, BankEntry, hamming, pdq_usable
 from streams.events import Content
 from streams.videobank import VideoBank, video_rank
@@ -90,7 +89,7 @@ def unbanked_cluster_id(content: Content) -> str:
         key = f"pdq:{content.pdq}"
     else:  # a video: its frames' hashes
         key = f"vpdq:{format_vpdq(content.vpdq)}"
-    return "u-" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+    return unbanked_id(key)  # BLAKE2b, 8 bytes (rust/core/src/blake2b.rs)
 
 
 def allowed_cluster_id(content: Content) -> str:

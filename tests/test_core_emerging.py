@@ -10,6 +10,7 @@ clusters, idle order, evictions and changes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from collections import OrderedDict
@@ -17,6 +18,7 @@ from collections import OrderedDict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams._core import unbanked_id
 from streams.emerging import (
     EMERGING_PDQ_THRESHOLD,
     ContentIndex,
@@ -137,3 +139,12 @@ def test_emerging_clusters_answer_as_the_python_class_did(
     assert {c: [signal_of(t) for t in s] for c, (_, s) in again.snapshot().items()} == {
         c: [signal_of(t) for t in s] for c, (_, s) in core.snapshot().items()
     }
+
+
+@FUZZ
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=400))
+def test_the_cluster_id_digest_is_hashlibs_blake2b(key: str) -> None:
+    """The core's BLAKE2b (``rust/core/src/blake2b.rs``) names clusters as ``hashlib`` did:
+    any text, across the 128-byte block boundaries."""
+    want = "u-" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+    assert unbanked_id(key) == want

@@ -29,7 +29,18 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::blake2b::{blake2b, hex};
 use crate::content::{Added, BadSignal, ContentIndex, Kind};
+
+/// The id of the cluster content no bank knows starts: `u-` and the 8-byte BLAKE2b of
+/// `key` (`md5:<hex>`, `pdq:<hex>` or `vpdq:<frames>`, as `streams.emerging` makes it).
+///
+/// ```
+/// assert_eq!(viralwatch_core::emerging::unbanked_id(b"abc"), "u-d8bb14d833d59559");
+/// ```
+pub fn unbanked_id(key: &[u8]) -> String {
+    format!("u-{}", hex(&blake2b(key, 8)))
+}
 
 /// A cluster touched since the last [`IdleClusters::take_changes`]: its latest
 /// event time and the signals it took.

@@ -5,6 +5,7 @@
 //! - [`event`]: parsing and validating a share event (every rejection reason
 //!   of `streams.events`, in the same order);
 //! - [`json`]: reading an event's JSON by orjson's rules;
+//! - [`blake2b`]: the digest an unbanked cluster's id is made of;
 //! - [`pdq`]: the exact index of PDQ hashes by Hamming distance;
 //! - [`dedupe`]: the event ids a cluster has applied, as keyed 128-bit hashes;
 //! - [`reorder`]: records held until the watermark passes them, in event-time order;
@@ -15,6 +16,7 @@
 //! - [`unbanked`]: unbanked clusters' detector state (posts, velocity, ids, review crossing);
 //! - [`emerging`]: unbanked uploads' clusters: which one an upload joins, idle eviction.
 
+pub mod blake2b;
 pub mod content;
 pub mod dedupe;
 pub mod emerging;

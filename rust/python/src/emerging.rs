@@ -11,6 +11,14 @@ use viralwatch_core::content::Kind;
 use viralwatch_core::emerging;
 
 use crate::content::{texts, PyContentSignals};
+use crate::dedupe::with_id;
+
+/// The id of the cluster unbanked content starts: ``"u-"`` and the 8-byte BLAKE2b of
+/// ``key``'s UTF-8 (``viralwatch_core::emerging::unbanked_id``).
+#[pyfunction]
+pub fn unbanked_id(key: &Bound<'_, PyAny>) -> PyResult<String> {
+    with_id(key, emerging::unbanked_id)
+}
 
 /// Which cluster an unbanked upload joins, the clusters' idle order and what changed for
 /// the state log (see ``streams.emerging.EmergingClusters``), over ``signals``.

@@ -265,6 +265,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<pdq::PyPdqIndex>()?;
     m.add_class::<content::PyContentSignals>()?;
     m.add_class::<emerging::PyIdleClusters>()?;
+    m.add_function(wrap_pyfunction!(emerging::unbanked_id, m)?)?;
     m.add(
         "PDQ_MAX_INDEXED_THRESHOLD",
         viralwatch_core::pdq::MAX_INDEXED_THRESHOLD,
