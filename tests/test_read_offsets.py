@@ -74,8 +74,13 @@ def test_a_batch_past_skipped_records_is_held_back_and_the_partition_sought_back
     assert offsets.read("clusters", 3, 18, 40) == 0
     assert (offsets.skipped, offsets.seeks) == (0, 2)
     assert offsets.behind("clusters", 3, 45, now=200.0) == (True, 41)
-    assert offsets.behind("clusters", 3, 46, now=211.0) == (False, None)  # gone: go on
-    assert offsets.read("clusters", 3, 46, 50) == 5
+    assert offsets.behind("clusters", 3, 50, now=200.5) == (True, None)
+    # 41..44 never come: lost, and read on from 45, the first held back (not from 50)
+    assert offsets.behind("clusters", 3, 52, now=211.0) == (True, 45)
+    assert offsets.skipped == 4
+    assert offsets.behind("clusters", 3, 45, now=211.5) == (False, None)
+    assert offsets.read("clusters", 3, 45, 60) == 0
+    assert offsets.skipped == 4
     offsets.forget("clusters", 3)
     assert offsets.behind("clusters", 3, 60, now=300.0, committed=None) == (False, None)
 

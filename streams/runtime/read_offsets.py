@@ -21,9 +21,9 @@ not start where the last one ended (or, first after an assignment, at the
 offset Faust committed) proves records were skipped. The worker then holds
 that batch back and seeks the partition back to the first record missing
 (:meth:`ReadOffsets.behind`), so they are read again, in order; if they do
-not come within :data:`SEEK_BACK_S` it goes on without them and says so (a
-warning, ``skipped`` in its report) instead of waiting silently for events
-that will never come.
+not come within :data:`SEEK_BACK_S` it counts them lost (``skipped`` in its
+report, and a warning) and reads on from the first record it held back,
+instead of waiting silently for events that will never come.
 
 >>> offsets = ReadOffsets()
 >>> offsets.read("resolve", 1, 0, 16, committed=0)
@@ -56,8 +56,9 @@ class ReadOffsets:
     def __init__(self, wait_s: float = SEEK_BACK_S) -> None:
         self.wait_s = wait_s
         self._next: dict[tuple[str, int], int] = {}
-        #: partitions sought back: the offset awaited, until when, and the last seek (wall time)
-        self._waiting: dict[tuple[str, int], tuple[int, float, float]] = {}
+        #: partitions sought back: the offset awaited, until when and the last seek (wall
+        #: time), and the first offset held back meanwhile
+        self._waiting: dict[tuple[str, int], tuple[int, float, float, int]] = {}
         #: where the partitions revoked in the rebalance under way stood (see :meth:`assigned`)
         self._revoked: dict[tuple[str, int], int] = {}
         #: records skipped so far, and seeks back to read them (the worker reports both)
@@ -70,7 +71,9 @@ class ReadOffsets:
         """Before a batch starting at ``first`` is handed over: whether to hold it back
         (records before it were skipped), and the offset to seek back to (``None``:
         sought already, the records are on their way). After :attr:`wait_s` without
-        them, the batch is handed over all the same (and :meth:`read` counts the loss).
+        them, the missing records are counted lost and the partition is sought back to
+        the first record held back meanwhile, so that only what the client skipped is
+        lost, not what this worker held back waiting for it.
 
         >>> offsets = ReadOffsets(wait_s=5.0)
         >>> offsets.behind("resolve", 0, 21, now=0.0, committed=18)
@@ -85,10 +88,10 @@ class ReadOffsets:
         (0, 2)
         >>> offsets.behind("resolve", 0, 40, now=3.0)  # 31..39 skipped
         (True, 31)
-        >>> offsets.behind("resolve", 0, 41, now=9.0)   # never came: go on without them
-        (False, None)
-        >>> offsets.read("resolve", 0, 41, 45), offsets.skipped
-        (10, 10)
+        >>> offsets.behind("resolve", 0, 45, now=9.0)   # never came: lost; from 40 again
+        (True, 40)
+        >>> offsets.skipped, offsets.behind("resolve", 0, 40, now=9.5)
+        (9, (False, None))
         """
         key = (topic, partition)
         expected = self._next.get(key, committed)
@@ -97,17 +100,25 @@ class ReadOffsets:
             return False, None
         waiting = self._waiting.get(key)
         if waiting is None or waiting[0] != expected:
-            waiting = self._waiting[key] = (expected, now + self.wait_s, now)
+            self._waiting[key] = (expected, now + self.wait_s, now, first)
             self._next.setdefault(key, expected)
             self.seeks += 1
             return True, expected
-        if now >= waiting[1]:
+        held = min(waiting[3], first)  # the first record held back while waiting
+        if now >= waiting[1]:  # the skipped records do not come: go on from the held ones
             del self._waiting[key]
-            return False, None
+            self.skipped += held - expected
+            self._next[key] = held
+            if first <= held:
+                return False, None
+            self._waiting[key] = (held, now + self.wait_s, now, first)
+            self.seeks += 1
+            return True, held
         if now - waiting[2] >= RESEEK_S:  # records fetched before the seek came after it:
-            self._waiting[key] = (expected, waiting[1], now)  # the client took them as its
-            self.seeks += 1  # place and dropped the ones sought as read already
+            self._waiting[key] = (expected, waiting[1], now, held)  # the client took them
+            self.seeks += 1  # as its place and dropped the ones sought as read already
             return True, expected
+        self._waiting[key] = (expected, waiting[1], waiting[2], held)
         return True, None
 
     def read(

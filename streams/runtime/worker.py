@@ -550,7 +550,17 @@ class Worker:
             p = last.message.partition
             first = events_of_partition[0].message.offset
             committed = committed_offset(self.app, last.message.tp)
+            lost = self.read_offsets.skipped
             hold, back = self.read_offsets.behind(hop_name, p, first, now, committed)
+            if self.read_offsets.skipped > lost:
+                log.warning(
+                    "%s/%d: %d records before offset %s were skipped by the Kafka client and "
+                    "did not come again: the events they carried are missing",
+                    hop_name,
+                    p,
+                    self.read_offsets.skipped - lost,
+                    back if back is not None else first,
+                )
             if hold:  # records before these were skipped: read again from the first of them
                 if back is not None:
                     log.warning(
