@@ -87,6 +87,10 @@ class ReorderBuffer(Generic[_T]):
     @property
     def released_ms(self) -> int:
         """The event time of the latest record released (``-1`` before any)."""
+    @property
+    def next_ms(self) -> int:
+        """The event time of the earliest record held (``2**63 - 1`` when none is): a
+        watermark before it releases nothing."""
     def __len__(self) -> int: ...
 
 class Orphans:

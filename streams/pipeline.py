@@ -185,11 +185,15 @@ class Pipeline:
     def _release(self, watermark_ms: int) -> None:
         """Cluster the unbanked uploads the watermark has passed, in ``(ts, event_id)`` order
         (their reshares, held for them, come out too), then apply all it has passed."""
-        due = due_uploads(self._unbanked_order, self._unbanked, watermark_ms)
-        for ev in due:
-            del self._unbanked[ev.event_id]
-        self._push(self.router.cluster_unbanked(due))
-        self._apply(self.buffer.release(watermark_ms))
+        waiting = self._unbanked_order
+        if waiting and waiting[0][0] <= watermark_ms:
+            due = due_uploads(waiting, self._unbanked, watermark_ms)
+            for ev in due:
+                del self._unbanked[ev.event_id]
+            self._push(self.router.cluster_unbanked(due))
+        # most events move the watermark past one or two records, many past none
+        if self.buffer.next_ms <= watermark_ms:
+            self._apply(self.buffer.release(watermark_ms))
 
     def feed_bank_update(self, raw: bytes) -> None:
         """Take a bank update (a ``bank`` topic record's value, see :class:`BankUpdate`).
@@ -217,8 +221,8 @@ class Pipeline:
     def _apply(self, items: Iterable[Routed | BankUpdate]) -> None:
         detector = self.detector
         apply_in_order(detector, items)
-        decisions = detector.drain()
-        self._merge(decisions)
+        if detector.outbox:
+            self._merge(detector.drain())
 
     def _merge(self, decisions: Decisions) -> None:
         out = self._out

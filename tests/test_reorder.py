@@ -112,12 +112,15 @@ def test_released_ms_tracks_the_latest_released_time() -> None:
     assert buf.released_ms == -1
     for ts in (30, 10, 20):
         buf.push(ts, str(ts), f"x{ts}")
+    assert buf.next_ms == 10
     assert buf.release(15) == ["x10"]
+    assert buf.next_ms == 20
     assert buf.released_ms == 10
     assert buf.release(5) == []  # a watermark going back releases nothing and forgets nothing
     assert buf.released_ms == 10
     assert buf.release(30) == ["x20", "x30"]
     assert buf.released_ms == 30
+    assert buf.next_ms == 2**63 - 1  # nothing held: no watermark releases anything
     # a late record (behind what was released) is still released, never dropped;
     # the caller sees it is late by comparing with released_ms before pushing
     buf.push(12, "late", "late")

@@ -116,6 +116,12 @@ impl<T> ReorderBuffer<T> {
         self.released_ms
     }
 
+    /// The event time of the earliest record held (`i64::MAX` when none is): a
+    /// watermark before it releases nothing, so a caller can skip the call.
+    pub fn next_ms(&self) -> i64 {
+        self.heap.peek().map_or(i64::MAX, |top| top.0.ts)
+    }
+
     /// The keys of the records held, in no particular order.
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
         self.heap.iter().map(|held| &*held.0.key)
@@ -203,8 +209,9 @@ mod tests {
         for i in 0..5 {
             buf.push(7, b"same", i);
         }
+        assert_eq!(buf.next_ms(), 7);
         assert_eq!(buf.drain(), [0, 1, 2, 3, 4]);
-        assert_eq!(buf.released_ms(), 7);
+        assert_eq!((buf.released_ms(), buf.next_ms()), (7, i64::MAX));
     }
 
     #[test]

@@ -56,6 +56,13 @@ impl ReorderBuffer {
         self.held.released_ms()
     }
 
+    /// The event time of the earliest record held (``2**63 - 1`` when none is): a watermark
+    /// before it releases nothing.
+    #[getter]
+    fn next_ms(&self) -> i64 {
+        self.held.next_ms()
+    }
+
     fn __len__(&self) -> usize {
         self.held.len()
     }
