@@ -248,13 +248,15 @@ def ensure_topics(
     replicas: int = 1,
     client_config: dict[str, object] | None = None,
     timeout: float = 30.0,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> dict[str, int]:
     """Create the topics that are missing; return every topic's actual partition count.
 
     An existing topic keeps its partitions (the caller decides whether a
-    different count is acceptable). Topics are created without compaction:
-    the local broker has none, and the pipeline's outputs are keyed by
-    stable ids so a compacted topic would keep the same records anyway.
+    different count is acceptable). Topics are created with the ``configs``
+    given for them (a changelog's compaction), others without: the
+    pipeline's outputs are keyed by stable ids, so a compacted topic would
+    keep the same records anyway.
     """
     from kafka import KafkaAdminClient, KafkaConsumer
     from kafka.admin import NewTopic
@@ -267,7 +269,7 @@ def ensure_topics(
     try:
         existing = set(admin.list_topics())
         missing = [
-            NewTopic(name, partitions, replicas)
+            NewTopic(name, partitions, replicas, topic_configs=(configs or {}).get(name, {}))
             for name, partitions in topics.items()
             if name not in existing
         ]

@@ -335,8 +335,9 @@ class Worker:
         self.t_stats = app.topic(s.topic("stats"), **raw)
         table: dict[str, Any] = dict(key_type=bytes, value_type=bytes, partitions=n)
         logs = dict(table, extra_topic_configs=s.changelog_configs)
-        self.resolve_log = app.Table("resolve-log", **logs)
-        self.cluster_log = app.Table("cluster-log", **logs)
+        resolve_table, cluster_table = STATE_LOG_TABLES
+        self.resolve_log = app.Table(resolve_table, **logs)
+        self.cluster_log = app.Table(cluster_table, **logs)
         compacted = self._count_compaction
         self.resolve_logs = StateLog(
             self.resolve_log,
@@ -769,6 +770,20 @@ NO_BROKER = (
 )
 
 
+#: The worker's state-log tables (see :class:`Worker`): Faust names each one's changelog
+#: topic ``<app_id>-<table>-changelog``.
+STATE_LOG_TABLES = ("resolve-log", "cluster-log")
+
+
+def state_log_changelogs(settings: Settings) -> list[str]:
+    """The changelog topics of the state logs.
+
+    >>> state_log_changelogs(Settings(app_id="vw"))
+    ['vw-resolve-log-changelog', 'vw-cluster-log-changelog']
+    """
+    return [f"{settings.app_id}-{table}-changelog" for table in STATE_LOG_TABLES]
+
+
 def prepare(
     settings: Settings, say: Callable[[str], None]
 ) -> tuple[Settings, LocalBroker | None, int]:
@@ -790,14 +805,21 @@ def prepare(
         )
     try:
         wanted = {settings.topic(name): settings.partitions for name in TOPICS}
+        # The state logs' changelogs too, before Faust starts: workers starting together
+        # would otherwise race to create them, and one whose metadata missed the other's
+        # creation failed its first state-log write (PartitionsMismatch: 0 partitions).
+        compacted = {"cleanup.policy": "compact", **settings.changelog_configs}
+        changelogs = {name: compacted for name in state_log_changelogs(settings)}
         counts = ensure_topics(
             settings.bootstrap,
-            wanted,
+            wanted | dict.fromkeys(changelogs, settings.partitions),
             replicas=settings.replicas,
             client_config=settings.security.kafka_python_config(),
+            configs=changelogs,
         )
-        for name in ("resolve", "clusters", "alerts", "actions"):
-            topic = settings.topic(name)
+        for topic in [settings.topic(n) for n in ("resolve", "clusters", "alerts", "actions")] + [
+            *changelogs
+        ]:
             if counts[topic] != settings.partitions:
                 raise ValueError(
                     f"topic {topic} has {counts[topic]} partitions, the settings say "
