@@ -93,21 +93,6 @@ class ReorderBuffer(Generic[_T]):
         watermark before it releases nothing."""
     def __len__(self) -> int: ...
 
-class Orphans:
-    """Events waiting for their parent (or target) post: held in order, released when it is
-    routed, expired by event time, refused past ``max_held`` or when they would loop."""
-
-    def hold(
-        self, target: str, post: str, share: bool, ts_ms: int, event: Any, max_held: int
-    ) -> tuple[str, int] | None:
-        """Hold ``event`` until ``target`` is routed; ``None``, or why not: ``("cycle", 0)``
-        or ``("orphan_overflow", items held)``."""
-    def release(self, post: str) -> list[Any]:
-        """``post`` was routed: the events that waited for it, in the order held."""
-    def expire(self, cut_ms: int) -> list[Any]:
-        """Give up on the events at or before ``cut_ms``: by target, then in the order held."""
-    def __len__(self) -> int: ...
-
 class ContentSignals:
     """Live clusters' signals (an MD5's or a PDQ's hex, a video's text): which clusters hold
     each, each cluster's in order; searchable by MD5 and by PDQ distance."""

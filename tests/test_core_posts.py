@@ -48,18 +48,7 @@ class RouterOracle(Oracle):
             self.foreign.append((home(post, self.parts), post, cluster))
 
     def register(self, post: str, cluster: str) -> list[str]:
-        out, stack = [], [post]
-        while stack:
-            p = stack.pop()
-            self.put(p, cluster)
-            self.parent.pop(p, None)
-            entries = self.waiting.pop(p, [])
-            self.held -= len(entries)
-            for item, _, own in entries:
-                out.append(item)
-                if own is not None:
-                    stack.append(own)
-        return out
+        return self.release(post, lambda p: self.put(p, cluster))
 
     def route(
         self, target: str, post: str, share: bool, ts: int, item: str, limit: int

@@ -1,5 +1,5 @@
-"""The compiled core's held orphans (``_core.Orphans``) against a simple Python oracle, and
-the router's limits under a flood of orphans.
+"""The compiled core's held orphans (held by ``_core.PostRoutes``, the router's only way in)
+against a simple Python oracle, and the router's limits under a flood of orphans.
 
 The oracle is the router's held-orphan code as it was in Python (dicts of
 waiting events and of held parents), with one fix: an expired takedown no
@@ -7,12 +7,14 @@ longer drops the held-parent link of the reshare that adds the post it takes
 down (that link is the reshare's, and the loop check needs it). The core
 must answer every sequence of holds, releases and expiries as the oracle
 does: what is held or refused (and why), what comes out and in which order
-(replay's dead letters depend on it).
+(replay's dead letters depend on it). A release is a registration: it releases
+the chains of reshares that waited, depth first, as the Python router's stack did.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hypothesis import given, settings
@@ -55,10 +57,20 @@ class Oracle:
         self.held += 1
         return None
 
-    def release(self, post: str) -> list[str]:
-        self.parent.pop(post, None)
-        out = [item for item, _, _ in self.waiting.pop(post, [])]
-        self.held -= len(out)
+    def release(self, post: str, put: Callable[[str], None] = lambda _: None) -> list[str]:
+        """``post`` is routed (``put``): what waited for it, in the order held, then what
+        waited for the posts of those reshares, depth first (the last released first)."""
+        out, stack = [], [post]
+        while stack:
+            p = stack.pop()
+            put(p)
+            self.parent.pop(p, None)
+            entries = self.waiting.pop(p, [])
+            self.held -= len(entries)
+            for item, _, own in entries:
+                out.append(item)
+                if own is not None:
+                    stack.append(own)
         return out
 
     def expire(self, cut: int) -> list[str]:
@@ -95,21 +107,24 @@ _ops = st.lists(
 def test_the_core_holds_releases_and_expires_as_the_python_code_did(
     ops: list[tuple], limit: int
 ) -> None:
-    core, oracle = _core.Orphans(), Oracle()
+    core, oracle = _core.PostRoutes(), Oracle()
     for n, op in enumerate(ops):
-        if op[0] == "hold":
+        if op[0] == "hold":  # no post is mapped: a route holds it (or refuses it)
             _, target, post, share, ts = op
             item = f"i{n}"
-            assert core.hold(target, post, share, ts, item, limit) == oracle.hold(
-                target, post, share, ts, item, limit
+            assert core.route(target, post, share, ts, item, limit) == (
+                None,
+                [],
+                oracle.hold(target, post, share, ts, item, limit),
             )
         elif op[0] == "release":
-            assert core.release(op[1]) == oracle.release(op[1])
+            assert core.register(op[1], "u-1") == oracle.release(op[1])
+            core.forget_many(core.keys())  # back to no post mapped
         else:
             assert core.expire(op[1]) == oracle.expire(op[1])
-        assert len(core) == oracle.held <= max(limit, 0)
+        assert core.held == oracle.held <= max(limit, 0) and len(core) == 0
     assert core.expire(10**12) == oracle.expire(10**12)
-    assert len(core) == 0
+    assert core.held == 0
 
 
 def _share(i: int, parent: str, ts: int) -> ShareEvent:

@@ -272,7 +272,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add_function(wrap_pyfunction!(allocated_bytes, m)?)?;
     m.add_class::<dedupe::EventIds>()?;
-    m.add_class::<route::Orphans>()?;
     m.add_class::<reorder::ReorderBuffer>()?;
     m.add_class::<posts::PyPostRoutes>()?;
     m.add_class::<wire::WireWriter>()?;
