@@ -151,3 +151,20 @@ def test_a_batch_of_a_backlog_is_cut_into_records_kafka_accepts() -> None:
     parts = encode_parts(items, 20_000)
     assert len(parts) > 5 and all(len(p) <= 20_000 for p in parts)
     assert [i for p in parts for i in orjson.loads(p)] == orjson.loads(encode(items))
+
+
+def test_the_writer_takes_its_classes_in_one_order_or_refuses() -> None:
+    from streams import _core
+
+    classes = (Routed, ToRoute, Registration, Forget, Unbanked, Touch, ShareEvent, Content)
+    # the record classes swapped: a Touch read as a Forget has no post_id, and a Forget
+    # as a Touch no cluster_id; so the order the writer takes them in is the one it names
+    swapped = _core.WireWriter(*classes[:3], Touch, Unbanked, Forget, *classes[6:], encode)
+    with pytest.raises(AttributeError):
+        swapped.parts([Touch("u-1", 5)], 1 << 20)
+    right = _core.WireWriter(*classes, encode)
+    assert right.parts([Touch("u-1", 5)], 1 << 20) == [b"[" + encode(Touch("u-1", 5)) + b"]"]
+    with pytest.raises(TypeError, match="8 classes"):
+        _core.WireWriter(*classes[:-1], encode)
+    with pytest.raises(TypeError, match="8 classes"):
+        _core.WireWriter(*classes[:-1], "not a class", encode)

@@ -7,9 +7,10 @@
 //! Python fallback it was built with, for that field or that whole item, so the
 //! bytes never depend on which of the two wrote them.
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyType};
+use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple, PyType};
 
 use viralwatch_core::wire::{ContentView, EventView, Item, Parts};
 
@@ -112,23 +113,55 @@ impl<'py> EventAttrs<'py> {
     }
 }
 
+/// The classes the writer tells apart, named once: the order of this list is the order
+/// its constructor takes them in (then the fallback writer), and [`Class`] indexes the
+/// table it keeps, so the constructor, the table and the dispatch cannot disagree.
+macro_rules! classes {
+    ($($class:ident),+ $(,)?) => {
+        #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+        enum Class {
+            $($class),+
+        }
+
+        const CLASSES: &[Class] = &[$(Class::$class),+];
+    };
+}
+
+classes!(
+    Routed,
+    ToRoute,
+    Registration,
+    Forget,
+    Unbanked,
+    Touch,
+    ShareEvent,
+    Content
+);
+
 /// Writes batches of `streams.wire` records as JSON arrays cut into parts (see the module
-/// doc); built once with the record classes and the fallback writer
-/// (``streams.wire.encode``).
+/// doc); built once with the record classes, the event and content classes, and the
+/// fallback writer (``streams.wire.encode``), in [`CLASSES`]' order.
 #[pyclass(module = "streams._core", frozen)]
 pub struct WireWriter {
-    routed: Py<PyType>,
-    to_route: Py<PyType>,
-    registration: Py<PyType>,
-    forget: Py<PyType>,
-    unbanked: Py<PyType>,
-    touch: Py<PyType>,
-    share_event: Py<PyType>,
-    content: Py<PyType>,
+    /// indexed by [`Class`]
+    classes: Vec<Py<PyType>>,
     fallback: Py<PyAny>,
 }
 
 impl WireWriter {
+    fn class<'py>(&self, py: Python<'py>, class: Class) -> &Bound<'py, PyType> {
+        self.classes[class as usize].bind(py)
+    }
+
+    /// Which of the classes `kind` is.
+    fn class_of(&self, kind: &Bound<'_, PyType>) -> Option<Class> {
+        CLASSES
+            .iter()
+            .zip(&self.classes)
+            .find(|(_, c)| kind.is(c.bind(kind.py())))
+            .map(|(&class, _)| class)
+    }
+
     fn fallback<'py>(&self, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
         Ok(self
             .fallback
@@ -141,64 +174,70 @@ impl WireWriter {
     /// orjson does, else by the fallback.
     fn push(&self, parts: &mut Parts, item: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = item.py();
-        let kind = item.get_type();
-        let share_event = self.share_event.bind(py);
-        let content = self.content.bind(py);
+        let share_event = self.class(py, Class::ShareEvent);
+        let content = self.class(py, Class::Content);
         let event_of = |name| -> PyResult<Option<EventAttrs<'_>>> {
             EventAttrs::read(&item.getattr(name)?, share_event, content)
         };
-        if kind.is(self.routed.bind(py)) {
-            let attrs = event_of(intern!(py, "event"))?;
-            let cluster = item.getattr(intern!(py, "cluster_id"))?;
-            let matched = item.getattr(intern!(py, "match"))?;
-            let match_json = if matched.is_none() {
-                None
-            } else {
-                Some(self.fallback(&matched)?)
-            };
-            if let (Some(event), Some(cluster_id)) =
-                (attrs.as_ref().and_then(EventAttrs::view), text(&cluster))
-            {
-                parts.push(&Item::Routed {
-                    event,
-                    cluster_id,
-                    match_json: match_json.as_ref().map(|b| b.as_bytes()),
-                });
-                return Ok(());
-            }
-        } else if kind.is(self.to_route.bind(py)) || kind.is(self.unbanked.bind(py)) {
-            let attrs = event_of(intern!(py, "event"))?;
-            if let Some(event) = attrs.as_ref().and_then(EventAttrs::view) {
-                parts.push(&if kind.is(self.to_route.bind(py)) {
-                    Item::ToRoute(event)
+        match self.class_of(&item.get_type()) {
+            Some(Class::Routed) => {
+                let attrs = event_of(intern!(py, "event"))?;
+                let cluster = item.getattr(intern!(py, "cluster_id"))?;
+                let matched = item.getattr(intern!(py, "match"))?;
+                let match_json = if matched.is_none() {
+                    None
                 } else {
-                    Item::Unbanked(event)
-                });
-                return Ok(());
+                    Some(self.fallback(&matched)?)
+                };
+                if let (Some(event), Some(cluster_id)) =
+                    (attrs.as_ref().and_then(EventAttrs::view), text(&cluster))
+                {
+                    parts.push(&Item::Routed {
+                        event,
+                        cluster_id,
+                        match_json: match_json.as_ref().map(|b| b.as_bytes()),
+                    });
+                    return Ok(());
+                }
             }
-        } else if kind.is(self.registration.bind(py)) {
-            let post = item.getattr(intern!(py, "post_id"))?;
-            let cluster = item.getattr(intern!(py, "cluster_id"))?;
-            if let (Some(post_id), Some(cluster_id)) = (text(&post), text(&cluster)) {
-                parts.push(&Item::Registration {
-                    post_id,
-                    cluster_id,
-                });
-                return Ok(());
+            Some(class @ (Class::ToRoute | Class::Unbanked)) => {
+                let attrs = event_of(intern!(py, "event"))?;
+                if let Some(event) = attrs.as_ref().and_then(EventAttrs::view) {
+                    parts.push(&if class == Class::ToRoute {
+                        Item::ToRoute(event)
+                    } else {
+                        Item::Unbanked(event)
+                    });
+                    return Ok(());
+                }
             }
-        } else if kind.is(self.forget.bind(py)) {
-            let post = item.getattr(intern!(py, "post_id"))?;
-            if let Some(post_id) = text(&post) {
-                parts.push(&Item::Forget(post_id));
-                return Ok(());
+            Some(Class::Registration) => {
+                let post = item.getattr(intern!(py, "post_id"))?;
+                let cluster = item.getattr(intern!(py, "cluster_id"))?;
+                if let (Some(post_id), Some(cluster_id)) = (text(&post), text(&cluster)) {
+                    parts.push(&Item::Registration {
+                        post_id,
+                        cluster_id,
+                    });
+                    return Ok(());
+                }
             }
-        } else if kind.is(self.touch.bind(py)) {
-            let cluster = item.getattr(intern!(py, "cluster_id"))?;
-            let ts = item.getattr(intern!(py, "ts_ms"))?;
-            if let (Some(cluster_id), Some(ts_ms)) = (text(&cluster), int(&ts)) {
-                parts.push(&Item::Touch { cluster_id, ts_ms });
-                return Ok(());
+            Some(Class::Forget) => {
+                let post = item.getattr(intern!(py, "post_id"))?;
+                if let Some(post_id) = text(&post) {
+                    parts.push(&Item::Forget(post_id));
+                    return Ok(());
+                }
             }
+            Some(Class::Touch) => {
+                let cluster = item.getattr(intern!(py, "cluster_id"))?;
+                let ts = item.getattr(intern!(py, "ts_ms"))?;
+                if let (Some(cluster_id), Some(ts_ms)) = (text(&cluster), int(&ts)) {
+                    parts.push(&Item::Touch { cluster_id, ts_ms });
+                    return Ok(());
+                }
+            }
+            Some(Class::ShareEvent | Class::Content) | None => {}
         }
         let raw = self.fallback(item)?;
         parts.push(&Item::Raw(raw.as_bytes()));
@@ -208,30 +247,33 @@ impl WireWriter {
 
 #[pymethods]
 impl WireWriter {
+    /// ``WireWriter(routed, to_route, registration, forget, unbanked, touch, share_event,
+    /// content, fallback)``: the classes in [`CLASSES`]' order, then the fallback writer.
     #[new]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        routed: Py<PyType>,
-        to_route: Py<PyType>,
-        registration: Py<PyType>,
-        forget: Py<PyType>,
-        unbanked: Py<PyType>,
-        touch: Py<PyType>,
-        share_event: Py<PyType>,
-        content: Py<PyType>,
-        fallback: Py<PyAny>,
-    ) -> Self {
-        Self {
-            routed,
-            to_route,
-            registration,
-            forget,
-            unbanked,
-            touch,
-            share_event,
-            content,
-            fallback,
+    #[pyo3(signature = (*args))]
+    fn new(args: &Bound<'_, PyTuple>) -> PyResult<Self> {
+        let wrong = || {
+            PyTypeError::new_err(format!(
+                "WireWriter takes {} classes ({:?}) and a fallback writer",
+                CLASSES.len(),
+                CLASSES
+            ))
+        };
+        let args: Vec<Bound<'_, PyAny>> = args.iter().collect();
+        let Some((fallback, classes)) = args.split_last() else {
+            return Err(wrong());
+        };
+        if classes.len() != CLASSES.len() {
+            return Err(wrong());
         }
+        let classes = classes
+            .iter()
+            .map(|c| Ok(c.cast::<PyType>().map_err(|_| wrong())?.clone().unbind()))
+            .collect::<PyResult<_>>()?;
+        Ok(Self {
+            classes,
+            fallback: fallback.clone().unbind(),
+        })
     }
 
     /// ``items`` as JSON arrays of at most ``limit`` bytes each (an item larger than that
