@@ -54,6 +54,10 @@ TOPICS: Final = (
     "audit",
 )
 
+#: The worker's state-log tables (``streams.runtime.worker``). Faust names each one's
+#: changelog topic ``<app_id>-<table>-changelog`` (see :meth:`Settings.state_log_changelogs`).
+STATE_LOG_TABLES: Final = ("resolve-log", "cluster-log")
+
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -291,6 +295,29 @@ class Settings:
                 raise ValueError(f"changelog_config: {part.strip()!r} is not key=value")
             out[key] = value
         return out
+
+    @property
+    def state_log_configs(self) -> dict[str, str]:
+        """The topic configs of the state logs' changelog topics: compacted (a log is cut
+        back by deleting its older keys: tombstones), and :attr:`changelog_config` on top.
+
+        The one definition: the worker creates these topics with it before Faust starts
+        (:meth:`state_log_changelogs`), and gives Faust's tables the same, so whichever
+        creates a topic first creates the same one.
+
+        >>> Settings(changelog_config="segment.ms=100").state_log_configs
+        {'cleanup.policy': 'compact', 'segment.ms': '100'}
+        """
+        return {"cleanup.policy": "compact", **self.changelog_configs}
+
+    def state_log_changelogs(self) -> dict[str, dict[str, str]]:
+        """Each state log's changelog topic (as Faust names it) and its topic configs.
+
+        >>> list(Settings(app_id="vw").state_log_changelogs())
+        ['vw-resolve-log-changelog', 'vw-cluster-log-changelog']
+        """
+        configs = self.state_log_configs
+        return {f"{self.app_id}-{table}-changelog": configs for table in STATE_LOG_TABLES}
 
     def topic(self, name: str) -> str:
         """A topic's full name: the prefix and ``name``."""

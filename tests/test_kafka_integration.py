@@ -53,7 +53,7 @@ COMPACT_SOON = (
 
 
 def changelog_topics(s: Any) -> list[str]:
-    return [f"{s.app_id}-{name}-changelog" for name in ("resolve-log", "cluster-log")]
+    return list(s.state_log_changelogs())
 
 
 def compaction_state(b: KafkaBroker, topics: list[str]) -> tuple[int, int]:

@@ -1009,6 +1009,26 @@ def test_the_worker_producer_lingers_as_the_settings_say(tmp_path: Path) -> None
         Settings(linger_s=-1)
 
 
+def test_the_state_logs_changelogs_are_defined_once(tmp_path: Path) -> None:
+    """The topics the worker creates before Faust starts are the ones its tables log to,
+    with the same configs: whichever creates a changelog first creates the same topic."""
+    from streams.banks import HashBanks
+    from streams.policy import AlertPolicy
+    from streams.runtime.worker import Worker
+
+    s = Settings(
+        broker="kafka://127.0.0.1:9", data_dir=tmp_path, app_id="vw", changelog_config="a=1"
+    )
+    w = Worker(s, banks=HashBanks(), policy=AlertPolicy.default())
+    tables = {
+        t.changelog_topic.get_topic_name(): dict(t.extra_topic_configs)
+        for t in (w.resolve_log, w.cluster_log)
+    }
+    assert tables == s.state_log_changelogs()
+    assert set(tables) == {"vw-resolve-log-changelog", "vw-cluster-log-changelog"}
+    assert all(c == {"cleanup.policy": "compact", "a": "1"} for c in tables.values())
+
+
 def test_the_alertmanager_repost_interval_is_a_setting() -> None:
     """Operators whose Alertmanager resolves sooner or later can change the re-post."""
     assert Settings().alertmanager_repost_s == 60.0

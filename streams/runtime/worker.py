@@ -98,7 +98,7 @@ from streams.runtime.shares_reader import SharesReader
 from streams.runtime.state_log import StateLog
 from streams.runtime.topology import StageSettings, Topology
 from streams.runtime.views import TokenSource, Views, advertised_url
-from streams.settings import TOPICS, Settings, deprecated_in
+from streams.settings import STATE_LOG_TABLES, TOPICS, Settings, deprecated_in
 from streams.stages import (
     ClusterPartition,
     DeadLetter,
@@ -334,7 +334,7 @@ class Worker:
         self.t_deadletter = app.topic(s.topic("deadletter"), **raw)
         self.t_stats = app.topic(s.topic("stats"), **raw)
         table: dict[str, Any] = dict(key_type=bytes, value_type=bytes, partitions=n)
-        logs = dict(table, extra_topic_configs=s.changelog_configs)
+        logs = dict(table, extra_topic_configs=s.state_log_configs)
         resolve_table, cluster_table = STATE_LOG_TABLES
         self.resolve_log = app.Table(resolve_table, **logs)
         self.cluster_log = app.Table(cluster_table, **logs)
@@ -770,18 +770,9 @@ NO_BROKER = (
 )
 
 
-#: The worker's state-log tables (see :class:`Worker`): Faust names each one's changelog
-#: topic ``<app_id>-<table>-changelog``.
-STATE_LOG_TABLES = ("resolve-log", "cluster-log")
-
-
-def state_log_changelogs(settings: Settings) -> list[str]:
-    """The changelog topics of the state logs.
-
-    >>> state_log_changelogs(Settings(app_id="vw"))
-    ['vw-resolve-log-changelog', 'vw-cluster-log-changelog']
-    """
-    return [f"{settings.app_id}-{table}-changelog" for table in STATE_LOG_TABLES]
+#: The topics whose partitions are the stages' (written by key, or a table's changelog):
+#: they must have the settings' partition count (``shares`` may predate the worker).
+KEYED_TOPICS = ("resolve", "clusters", "alerts", "actions")
 
 
 def prepare(
@@ -804,22 +795,19 @@ def prepare(
             "it stops with this command"
         )
     try:
-        wanted = {settings.topic(name): settings.partitions for name in TOPICS}
         # The state logs' changelogs too, before Faust starts: workers starting together
         # would otherwise race to create them, and one whose metadata missed the other's
         # creation failed its first state-log write (PartitionsMismatch: 0 partitions).
-        compacted = {"cleanup.policy": "compact", **settings.changelog_configs}
-        changelogs = {name: compacted for name in state_log_changelogs(settings)}
+        changelogs = settings.state_log_changelogs()
+        topics = [settings.topic(name) for name in TOPICS] + list(changelogs)
         counts = ensure_topics(
             settings.bootstrap,
-            wanted | dict.fromkeys(changelogs, settings.partitions),
+            dict.fromkeys(topics, settings.partitions),
             replicas=settings.replicas,
             client_config=settings.security.kafka_python_config(),
             configs=changelogs,
         )
-        for topic in [settings.topic(n) for n in ("resolve", "clusters", "alerts", "actions")] + [
-            *changelogs
-        ]:
+        for topic in [settings.topic(name) for name in KEYED_TOPICS] + list(changelogs):
             if counts[topic] != settings.partitions:
                 raise ValueError(
                     f"topic {topic} has {counts[topic]} partitions, the settings say "
