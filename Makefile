@@ -93,6 +93,7 @@ bench: $(VENV)/.installed $(KAFKA_STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/bench_pdq.py
 	$(BIN)/python bench/bench_core.py
+	$(BIN)/python bench/bench_reorder.py
 	$(BIN)/python bench/bench_prediction.py
 	$(BIN)/python bench/bench_broker.py
 	$(BIN)/python bench/bench_pipeline.py
