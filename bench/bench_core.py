@@ -253,7 +253,7 @@ def cascade_memory(nodes: int, seed: int) -> dict[str, Any]:
     del c
     state_traced, state_rss, pipe = held_bytes(whole_state)
     st = next(iter(pipe.detector.clusters.values()))
-    if st.cascade.size + len(pipe.buffer) != nodes:
+    if st.cascade.size + pipe.held != nodes:
         raise RuntimeError("the hot cluster did not take every post")
     return {
         "nodes": nodes,
@@ -303,7 +303,7 @@ def unbanked_memory(posts: int, seed: int) -> dict[str, Any]:
         return pipe
 
     traced, rss, pipe = held_bytes(whole_state)
-    live = pipe.detector.live_posts + len(pipe.buffer)
+    live = pipe.detector.live_posts + pipe.held
     return {
         "unbanked_posts": live,
         "unbanked_clusters": pipe.detector.cluster_count,

@@ -1,6 +1,6 @@
 """Type stubs of the compiled core (``rust/python``), built by maturin into ``streams._core``."""
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 _T = TypeVar("_T")
@@ -268,3 +268,36 @@ class IdleClusters:
     def fold(self, cluster: str, last: int) -> None: ...
     def forget(self, cluster: str) -> bool: ...
     def snapshot(self) -> list[tuple[str, int]]: ...
+
+class ReplayLoop:
+    """Replay's per-event loop over a parsed batch (``rust/python/src/replay.rs``): route,
+    defer unbanked uploads to the watermark, reorder, the watermark's steps, unbanked
+    clusters' events applied in ``unbanked``; ``host`` (the ``Pipeline``) is called for the
+    rest."""
+
+    def __init__(
+        self,
+        routes: PostRoutes,
+        idle: IdleClusters,
+        unbanked: UnbankedClusters,
+        banked: Mapping[str, Any],
+        routed_cls: type,
+        rejection_cls: type,
+        lateness_ms: int,
+        max_held: int,
+        min_pdq_quality: int,
+    ) -> None: ...
+    def feed(self, host: Any, parsed: list[Any], routes: list[Any]) -> None:
+        """A parsed batch (events and rejections in input order); ``routes[i]`` the ``Routed``
+        of a banked or allow-listed upload ``i``."""
+    def push_bank(self, host: Any, update: Any, ts_ms: int, key: str) -> None:
+        """A timed bank change, held until the watermark passes ``ts_ms``."""
+    def finish(self, host: Any) -> None:
+        """The end of the input: everything waiting clustered, everything held applied."""
+    @property
+    def max_ts_ms(self) -> int: ...
+    @property
+    def released_ms(self) -> int: ...
+    @property
+    def waiting(self) -> int: ...
+    def __len__(self) -> int: ...

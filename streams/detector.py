@@ -155,7 +155,7 @@ from streams.alerts import (
 )
 from streams.banks import ALLOW_BANK, DEFAULT_PDQ_THRESHOLD, BankUpdate
 from streams.emerging import ContentIndex
-from streams.events import Rejection, ShareEvent
+from streams.events import Content, Rejection, ShareEvent
 from streams.forecast import PredictorFactory
 from streams.policy import AlertPolicy
 from streams.router import Routed
@@ -287,6 +287,9 @@ _NO_BARRIER = 2**63
 _NO_STOP = 2**62
 #: the event types, in the order the compiled core counts them
 _KINDS = ("upload", "share", "takedown")
+#: what the unbanked store counted: duplicates, late, clusters created, uploads, shares,
+#: takedowns applied, and the latest event time applied (``None``: none)
+UnbankedCounts = tuple[int, int, int, int, int, int, int | None]
 
 
 def _key(ev: ShareEvent) -> tuple[int, str]:
@@ -482,6 +485,11 @@ class Detector:
     # -- input ------------------------------------------------------------
 
     @property
+    def unbanked_store(self) -> UnbankedClusters:
+        """The compiled store of unbanked clusters (replay's compiled loop applies to it)."""
+        return self._unbanked
+
+    @property
     def live_events(self) -> int:
         """Events applied to the clusters in memory (a state log counts its garbage by it)."""
         return self._live_events + self._unbanked.live_events
@@ -559,24 +567,49 @@ class Detector:
     def _apply_unbanked(self, run: list[Routed], start: int, stop_ms: int) -> int:
         """Apply the events of unbanked clusters from ``run[start]`` on in the compiled core,
         up to the first of a banked cluster or at ``stop_ms``; how many it applied."""
-        (
-            done,
-            rejected,
-            crossings,
-            evicted,
-            contents,
-            duplicates,
-            late,
-            created,
-            *kinds,
-            latest,
-        ) = self._unbanked.apply_many(run, start, stop_ms, self._barrier(), self.clusters)
+        applied = self._unbanked.apply_many(run, start, stop_ms, self._barrier(), self.clusters)
+        done, rejected, crossings, evicted, contents = applied[:5]
         if not done:
             return 0
         if contents is not None or evicted is not None:
             self._contents_and_evictions(run, contents or [], evicted or [])
+        self._settled(rejected, crossings, applied[5:])
+        return int(done)
+
+    def limits(self) -> tuple[int, int]:
+        """Where a run of unbanked events must stop for the banked side: ``(stop_ms,
+        barrier)`` (:meth:`_stop_ms`, the oldest banked cluster's ``seq``); they change only
+        when Python applies something (replay's compiled loop asks after each)."""
+        return self._stop_ms(), self._barrier()
+
+    def settle_unbanked(
+        self,
+        ops: list[tuple[str, Content | None]],
+        rejected: list[ShareEvent],
+        crossings: list[tuple[str, int, int, int, int, int]],
+        counts: UnbankedCounts,
+    ) -> None:
+        """What replay's compiled loop (``_core.ReplayLoop``) applied in the unbanked store
+        since it last said: ``ops`` in order, ``(cluster, content)`` an applied upload's
+        content, ``(cluster, None)`` a cluster evicted (its posts forgotten by the router's
+        map already); then what :meth:`_apply_unbanked` counts and queues."""
+        for cid, content in ops:
+            if content is None:
+                self._evicted_unbanked(cid, ())
+            else:
+                self.content.add(cid, content)
+        self._settled(rejected or None, crossings or None, counts)
+
+    def _settled(
+        self,
+        rejected: list[ShareEvent] | None,
+        crossings: list[tuple[str, int, int, int, int, int]] | None,
+        counts: UnbankedCounts,
+    ) -> None:
+        """The unbanked store's rejections, review-queue crossings and counters."""
         if rejected is not None:
             self.outbox.rejections.extend(map(_duplicate_post, rejected))
+        duplicates, late, created, *kinds, latest = counts
         stats = self.stats
         if crossings is not None:
             for cid, shares_5m, size, live, first, last in crossings:
@@ -594,8 +627,8 @@ class Detector:
             if n:
                 events[kind] += n
         stats.clusters_active = len(self.clusters) + len(self._unbanked)
-        stats.watermark_ms = max(stats.watermark_ms, latest)
-        return int(done)
+        if latest is not None:
+            stats.watermark_ms = max(stats.watermark_ms, latest)
 
     def _contents_and_evictions(
         self, run: list[Routed], contents: list[int], evicted: list[tuple[int, str, list[str]]]
@@ -613,7 +646,7 @@ class Detector:
         for _, cid, posts in evicted[k:]:
             self._evicted_unbanked(cid, posts)
 
-    def _evicted_unbanked(self, cid: str, posts: list[str]) -> None:
+    def _evicted_unbanked(self, cid: str, posts: Sequence[str]) -> None:
         self.content.drop(cid)
         self._bank_pending.pop(cid, None)  # a cluster of that id later starts afresh
         self._sent_early.pop(cid, None)

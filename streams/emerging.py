@@ -298,6 +298,11 @@ class EmergingClusters:
         return len(self._idle)
 
     @property
+    def idle_clusters(self) -> IdleClusters:
+        """The compiled idle order and holders (replay's compiled loop works on them)."""
+        return self._idle
+
+    @property
     def joined(self) -> int:
         """Uploads that joined a live cluster of other content."""
         return self._idle.joined

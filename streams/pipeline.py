@@ -14,6 +14,11 @@ has passed them and before what it passed is applied, as the index's owner
 in a streaming worker clusters them: near-duplicates out of order in the
 input give the stream's clusters, the earlier upload starting the cluster.
 
+The loop itself (route, defer, reorder, the watermark's steps, the unbanked
+clusters' events) is compiled (``_core.ReplayLoop``, ``rust/python/src/replay.rs``):
+Python is called for what it owns (banked clusters' events and bank changes,
+rejections, videos, what the unbanked store did, in batches).
+
 Replay sends each alert when it applies the event that makes it. A streaming
 worker sends some firings before its watermark reaches them, when the events
 it has seen prove them (:meth:`Detector.fire_early`): with the ids and
@@ -30,20 +35,18 @@ statuses this pipeline gives, which is what the tests check it against.
 
 from __future__ import annotations
 
-import heapq
-import sys
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from streams._core import ReplayLoop
 from streams.alerts import Pseudonymizer
-from streams.banks import BankUpdate, HashBanks
-from streams.detector import Decisions, Detector, Predictor, apply_in_order
+from streams.banks import MIN_PDQ_QUALITY, BankUpdate, HashBanks
+from streams.detector import Decisions, Detector, Predictor, UnbankedCounts
 from streams.emerging import EmergingClusters, IndexRequests
-from streams.events import Rejection, ShareEvent, parse_event, parse_events
+from streams.events import Content, Rejection, ShareEvent, parse_events
 from streams.forecast import predictor_factory as forecast_factory
 from streams.policy import AlertPolicy
-from streams.reorder import ReorderBuffer
-from streams.router import Routed, Router, due_uploads
+from streams.router import Routed, Router
 from streams.stats import Stats
 
 #: Each banked cluster's final size is forecast with the calibrated model
@@ -51,8 +54,6 @@ from streams.stats import Stats
 DEFAULT_PREDICTOR: Final = forecast_factory("best")
 #: Lines to hand :meth:`Pipeline.feed_many` at once when nothing watches alerts live.
 FEED_CHUNK: Final = 1024
-#: How often (in event time) held orphans are checked for expiry.
-_EXPIRE_EVERY_MS = 10_000
 
 
 def is_bank_update(raw: bytes) -> bool:
@@ -85,7 +86,7 @@ class Pipeline:
         self.stats = stats if stats is not None else Stats()
         emerging = EmergingClusters(idle_ms=idle_ms)
         # this router holds the index, as the streaming index's owner does: unbanked uploads
-        # are deferred to it, and clustered in event-time order (see _release)
+        # are deferred to it, and clustered in event-time order (see the module doc)
         self.router = Router(
             banks,
             self.stats,
@@ -101,13 +102,30 @@ class Pipeline:
             predictor_factory=predictor_factory,
         )
         self.lateness_ms = lateness_ms
-        self.buffer: ReorderBuffer[Routed | BankUpdate] = ReorderBuffer()
-        self.max_ts_ms = -1
-        #: unbanked uploads waiting for the watermark (by event id), and their (ts, id) heap
-        self._unbanked: dict[str, ShareEvent] = {}
-        self._unbanked_order: list[tuple[int, str]] = []
-        self._expired_at = -1
+        #: the compiled loop: the reorder buffer, the unbanked uploads waiting for the
+        #: watermark, the watermark itself
+        self.loop = ReplayLoop(
+            self.router.post_clusters,
+            emerging.idle_clusters,
+            self.detector.unbanked_store,
+            self.detector.clusters,
+            Routed,
+            Rejection,
+            lateness_ms,
+            self.router.max_held,
+            MIN_PDQ_QUALITY,
+        )
         self._out = Decisions()
+
+    @property
+    def max_ts_ms(self) -> int:
+        """The latest event time fed (``-1``: none yet)."""
+        return self.loop.max_ts_ms
+
+    @property
+    def held(self) -> int:
+        """Records held for the watermark."""
+        return len(self.loop)
 
     def reject(self, rejection: Rejection) -> None:
         self.stats.rejected[rejection.reason] += 1
@@ -115,18 +133,11 @@ class Pipeline:
 
     def feed(self, raw: bytes) -> None:
         """Take one input record (a JSON line): a share event, or a bank update."""
-        if is_bank_update(raw):
-            self.feed_bank_update(raw)
-            return
-        parsed = parse_event(raw)
-        if isinstance(parsed, Rejection):
-            self.reject(parsed)
-            return
-        self.feed_event(parsed)
+        self.feed_many([raw])
 
     def feed_many(self, raws: Iterable[bytes]) -> None:
-        """Take several input records: what :meth:`feed` on each gives, with their uploads
-        matched in one index search (see :meth:`Router.prefetch`)."""
+        """Take several input records: a batch's uploads matched in one index search (see
+        :meth:`Router.prefetch`), then the compiled loop over the batch."""
         lines: list[bytes] = []
         for raw in raws:
             if is_bank_update(raw):  # the banks change here: match what came before first
@@ -140,60 +151,22 @@ class Pipeline:
     def _feed_parsed(self, parsed: list[ShareEvent | Rejection]) -> None:
         if not parsed:
             return
-        self.router.prefetch(
-            [p.content for p in parsed if isinstance(p, ShareEvent) and p.content is not None]
-        )
-        try:
-            for p in parsed:
-                if isinstance(p, Rejection):
-                    self.reject(p)
-                else:
-                    self.feed_event(p)
-        finally:
-            self.router.drop_prefetched()
-
-    def feed_event(self, event: ShareEvent) -> None:
         router = self.router
-        self._push(router.route(event))
-        if router.deferred:  # unbanked: it waits for the watermark (see _release)
-            for ev in router.deferred:
-                if ev.event_id in self._unbanked:  # waits once, as at the index's owner
-                    self.stats.duplicates += 1
-                    continue
-                self._unbanked[ev.event_id] = ev
-                heapq.heappush(self._unbanked_order, (ev.ts_ms, ev.event_id))
-            router.deferred = []
-        if event.ts_ms > self.max_ts_ms:
-            self.max_ts_ms = event.ts_ms
-            watermark = self.max_ts_ms - self.lateness_ms
-            self._release(watermark)
-            if watermark - self._expired_at >= _EXPIRE_EVERY_MS:
-                self._expired_at = watermark
-                for rejection in router.expire(watermark):
-                    self.reject(rejection)
-        elif event.ts_ms <= self.buffer.released_ms:
-            # later than the allowed lateness: apply now rather than drop it
-            self._release(self.buffer.released_ms)
-
-    def _push(self, results: Iterable[Routed | Rejection]) -> None:
-        for item in results:
-            if isinstance(item, Rejection):
-                self.reject(item)
-            else:
-                self.buffer.push(item.event.ts_ms, item.event.event_id, item)
-
-    def _release(self, watermark_ms: int) -> None:
-        """Cluster the unbanked uploads the watermark has passed, in ``(ts, event_id)`` order
-        (their reshares, held for them, come out too), then apply all it has passed."""
-        waiting = self._unbanked_order
-        if waiting and waiting[0][0] <= watermark_ms:
-            due = due_uploads(waiting, self._unbanked, watermark_ms)
-            for ev in due:
-                del self._unbanked[ev.event_id]
-            self._push(self.router.cluster_unbanked(due))
-        # most events move the watermark past one or two records, many past none
-        if self.buffer.next_ms <= watermark_ms:
-            self._apply(self.buffer.release(watermark_ms))
+        uploads = [
+            (i, p)
+            for i, p in enumerate(parsed)
+            if type(p) is ShareEvent and p.type == "upload" and p.content is not None
+        ]
+        routes: list[Routed | None] = [None] * len(parsed)
+        if uploads:
+            # the banks do not change within a batch: its uploads' matches first, in one search
+            router.prefetch([p.content for _, p in uploads])  # type: ignore[misc]
+            try:
+                for i, p in uploads:
+                    routes[i] = router.classify(p)
+            finally:
+                router.drop_prefetched()
+        self.loop.feed(self, parsed, routes)
 
     def feed_bank_update(self, raw: bytes) -> None:
         """Take a bank update (a ``bank`` topic record's value, see :class:`BankUpdate`).
@@ -214,15 +187,62 @@ class Pipeline:
         update.apply(self.router.banks)
         if update.ts_ms is None:
             return
-        self.buffer.push(update.ts_ms, update.order_key, update)
-        if update.ts_ms <= self.buffer.released_ms:
-            self._apply(self.buffer.release(self.buffer.released_ms))
+        self.loop.push_bank(self, update, update.ts_ms, update.order_key)
 
-    def _apply(self, items: Iterable[Routed | BankUpdate]) -> None:
+    # -- what the compiled loop calls (see rust/python/src/replay.rs) ----------------
+
+    def _apply_one(self, item: Routed | BankUpdate) -> tuple[int, int]:
+        """A released item for the detector's Python side: a banked cluster's event, a bank
+        change, an unbanked event at a time that changes the banked side."""
         detector = self.detector
-        apply_in_order(detector, items)
+        if isinstance(item, BankUpdate):
+            detector.change_bank(item)
+        else:
+            detector.apply(item)
         if detector.outbox:
             self._merge(detector.drain())
+        return detector.limits()
+
+    def _limits(self) -> tuple[int, int]:
+        return self.detector.limits()
+
+    def _settle(
+        self,
+        ops: list[tuple[str, Content | None]],
+        rejected: list[ShareEvent],
+        crossings: list[tuple[str, int, int, int, int, int]],
+        held: int,
+        counts: UnbankedCounts,
+    ) -> None:
+        """What the loop did since it last said: the unbanked store's work, its counters."""
+        detector = self.detector
+        detector.settle_unbanked(ops, rejected, crossings, counts)
+        self.stats.held += held
+        self.stats.orphans_held = self.router.held
+        if detector.outbox:
+            self._merge(detector.drain())
+
+    def _expire(self, watermark_ms: int) -> None:
+        for rejection in self.router.expire(watermark_ms):
+            self.reject(rejection)
+
+    def _refused(self, target: str, event: ShareEvent, reason: str, held: int) -> None:
+        for rejection in self.router.refused(target, event, (reason, held)):
+            self.reject(rejection)
+
+    def _unsignalled(self, event: ShareEvent) -> str | None:
+        """An unbanked upload with no image signal: a video waits for the index (``None``);
+        content the index cannot use starts its own cluster now."""
+        content = event.content
+        assert content is not None
+        requests = self.router.index_requests
+        if requests is not None and requests.defer(content):
+            return None
+        return self.router.emerging.assign(content, event.ts_ms)
+
+    def _assign_video(self, event: ShareEvent) -> str:
+        assert event.content is not None
+        return self.router.emerging.assign(event.content, event.ts_ms)
 
     def _merge(self, decisions: Decisions) -> None:
         out = self._out
@@ -238,14 +258,17 @@ class Pipeline:
         out, self._out = self._out, Decisions()
         return out
 
+    def release_held(self) -> None:
+        """Apply everything held now, as the end of the input would (a test's shortcut)."""
+        self.loop.finish(self)
+
     def finish(self) -> Decisions:
         """End of input: apply everything still held, let time run out, and drain.
 
         Reshares still waiting for a parent at the end are rejected as
         ``orphan_expired``: the input is over, so the parent will not come.
         """
-        self._release(sys.maxsize)  # the unbanked uploads still waiting: clustered, in order
-        self._apply(self.buffer.drain())
+        self.loop.finish(self)  # the unbanked uploads still waiting: clustered, in order
         if self.max_ts_ms >= 0:
             end = self.max_ts_ms + self.router.hold_ms + 1
             for rejection in self.router.expire(end):

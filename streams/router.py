@@ -142,6 +142,20 @@ class Router:
     def match(self, event: ShareEvent) -> Routed | None:
         """Route an upload: bank match, or its own unbanked cluster (``None``: deferred to the
         index's owner, see :attr:`index_requests`)."""
+        routed = self.classify(event)
+        if routed is not None:
+            return routed
+        content = event.content
+        assert content is not None
+        if self.index_requests is not None and self.index_requests.defer(content):
+            self.deferred.append(event)
+            return None
+        return Routed(event, self.emerging.assign(content, event.ts_ms))
+
+    def classify(self, event: ShareEvent) -> Routed | None:
+        """An upload's bank match (or the allow-list's cluster), counted; ``None``: content no
+        bank knows, for the index of unbanked content. It depends on the banks alone (not on
+        the uploads before it), so replay classifies a batch's uploads ahead of its loop."""
         content = event.content
         assert content is not None
         key = match_key(content)
@@ -160,10 +174,7 @@ class Router:
         if self.banks.allowed(content, event.ts_ms):
             self.stats.allowed += 1
             return Routed(event, allowed_cluster_id(content))
-        if self.index_requests is not None and self.index_requests.defer(content):
-            self.deferred.append(event)
-            return None
-        return Routed(event, self.emerging.assign(content, event.ts_ms))
+        return None
 
     def cluster_unbanked(self, events: Iterable[ShareEvent]) -> list[Routed | Rejection]:
         """At the index's owner: the uploads :meth:`match` deferred, in the order given
@@ -230,16 +241,21 @@ class Router:
         self, target: str, event: ShareEvent, refused: tuple[str, int] | None
     ) -> list[Routed | Rejection]:
         if refused is not None:
-            reason, held = refused
-            detail = (
-                f"reshare chain loops through post {target!r}"
-                if reason == "cycle"
-                else f"{held} events already wait for their parents"
-            )
-            return [Rejection(reason, detail, event.to_json(), event.event_id)]
+            return list(self.refused(target, event, refused))
         self.stats.held += 1
         self.stats.orphans_held = self.post_clusters.held
         return []
+
+    @staticmethod
+    def refused(target: str, event: ShareEvent, refused: tuple[str, int]) -> list[Rejection]:
+        """The rejection of an event the held orphans refused (``cycle``, ``orphan_overflow``)."""
+        reason, held = refused
+        detail = (
+            f"reshare chain loops through post {target!r}"
+            if reason == "cycle"
+            else f"{held} events already wait for their parents"
+        )
+        return [Rejection(reason, detail, event.to_json(), event.event_id)]
 
     def expire(self, watermark_ms: int) -> list[Rejection]:
         """Give up on held events that event time has passed by ``hold_ms``."""

@@ -96,7 +96,7 @@ def test_near_duplicate_reuploads_and_their_reshares_are_one_cluster() -> None:
     pipe = replay(t.lines())
     own = unbanked_cluster_id(Content(pdq=original, pdq_quality=90, md5="a" * 32))
     clusters = set(pipe.router.post_clusters.values())
-    pipe._apply(pipe.buffer.drain())
+    pipe.release_held()
     cluster = pipe.detector.cluster(own)
     assert cluster is not None and cluster.size == 62  # both uploads, every reshare
     pipe.finish()

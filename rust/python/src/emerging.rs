@@ -24,9 +24,9 @@ pub fn unbanked_id(key: &Bound<'_, PyAny>) -> PyResult<String> {
 /// the state log (see ``streams.emerging.EmergingClusters``), over ``signals``.
 #[pyclass(module = "streams._core", name = "IdleClusters")]
 pub struct PyIdleClusters {
-    signals: Py<PyContentSignals>,
-    inner: emerging::IdleClusters,
-    threshold: u32,
+    pub(crate) signals: Py<PyContentSignals>,
+    pub(crate) inner: emerging::IdleClusters,
+    pub(crate) threshold: u32,
 }
 
 #[pymethods]

@@ -18,6 +18,7 @@ mod emerging;
 mod pdq;
 mod posts;
 mod reorder;
+mod replay;
 mod route;
 mod unbanked;
 mod wire;
@@ -276,6 +277,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<posts::PyPostRoutes>()?;
     m.add_class::<wire::WireWriter>()?;
     m.add_class::<unbanked::UnbankedClusters>()?;
+    m.add_class::<replay::ReplayLoop>()?;
     m.add("MAX_EVENT_BYTES", event::MAX_EVENT_BYTES)?;
     m.add("MAX_ID_LEN", event::MAX_ID_LEN)?;
     m.add("TS_MIN_MS", event::TS_MIN_MS)?;

@@ -36,12 +36,12 @@ fn cluster_text<'py>(cluster: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyStrin
 /// its log (:meth:`take_new`) and queues the others' (:meth:`take_foreign`).
 #[pyclass(module = "streams._core", name = "PostRoutes")]
 pub struct PyPostRoutes {
-    inner: Resolver<Py<PyString>, Py<PyAny>>,
+    pub(crate) inner: Resolver<Py<PyString>, Py<PyAny>>,
 }
 
 impl PyPostRoutes {
     /// The Python string of a live cluster (the one kept), or a new one.
-    fn cluster_str(&self, py: Python<'_>, id: &str) -> Py<PyString> {
+    pub(crate) fn cluster_str(&self, py: Python<'_>, id: &str) -> Py<PyString> {
         match self.inner.posts.extra_of(id) {
             Some(s) => s.clone_ref(py),
             None => PyString::new(py, id).unbind(),

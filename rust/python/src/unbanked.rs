@@ -11,7 +11,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use pyo3::{intern, IntoPyObjectExt};
 
 use viralwatch_core::dedupe::EventIdSet;
-use viralwatch_core::unbanked::{Event, Kind, Outcome, Rule, Store};
+use viralwatch_core::unbanked::{Crossing, Event, Kind, Outcome, Rule, Store};
 
 use crate::dedupe::{with_id, EventIds};
 
@@ -36,7 +36,7 @@ fn bytes_of<'a>(obj: &'a Bound<'_, PyAny>) -> PyResult<Cow<'a, [u8]>> {
     }
 }
 
-fn kind_of(kind: &Bound<'_, PyAny>) -> PyResult<Kind> {
+pub(crate) fn kind_of(kind: &Bound<'_, PyAny>) -> PyResult<Kind> {
     match kind.extract::<&str>()? {
         "upload" => Ok(Kind::Upload),
         "share" => Ok(Kind::Share),
@@ -47,12 +47,56 @@ fn kind_of(kind: &Bound<'_, PyAny>) -> PyResult<Kind> {
     }
 }
 
+/// A crossing as Python gets it: ``(cluster, shares in 5 minutes, size, live, first seen,
+/// last)``.
+pub(crate) type CrossingRow = (String, usize, usize, usize, i64, i64);
+
+pub(crate) fn crossing_row(c: Crossing) -> CrossingRow {
+    (
+        c.cluster_id,
+        c.shares_5m,
+        c.size,
+        c.live,
+        c.first_seen_ms,
+        c.last_ms,
+    )
+}
+
+/// `f` of a ``ShareEvent``'s fields at `ts_ms` as the store reads them (its ids' bytes
+/// borrowed from the ``str``s when they can be).
+pub(crate) fn with_event<R>(
+    ev: &Bound<'_, PyAny>,
+    ts_ms: i64,
+    f: impl FnOnce(&Event<'_>) -> R,
+) -> PyResult<R> {
+    let py = ev.py();
+    let kind = kind_of(&ev.getattr(intern!(py, "type"))?)?;
+    let eid = ev.getattr(intern!(py, "event_id"))?;
+    let post = ev.getattr(intern!(py, "post_id"))?;
+    let user = ev.getattr(intern!(py, "user_id"))?;
+    let parent = ev.getattr(intern!(py, "parent_post_id"))?;
+    let (eid, post, user) = (bytes_of(&eid)?, bytes_of(&post)?, bytes_of(&user)?);
+    let parent = if parent.is_none() {
+        None
+    } else {
+        Some(bytes_of(&parent)?)
+    };
+    Ok(f(&Event {
+        event_id: &eid,
+        kind,
+        ts_ms,
+        post: &post,
+        user: &user,
+        parent: parent.as_deref(),
+    }))
+}
+
 /// Unbanked clusters' posts, velocity, applied ids, waiting events, review-queue crossing
 /// and idle order (see ``rust/core/src/unbanked.rs``). ``rules``: the policy's velocity
 /// rules in order, as ``(severity index, window_ms, shares)``.
 #[pyclass(module = "streams._core")]
 pub struct UnbankedClusters {
-    store: Store<Py<PyAny>>,
+    pub(crate) store: Store<Py<PyAny>>,
 }
 
 /// An eviction as Python gets it: (before which item, cluster, posts).
@@ -63,7 +107,7 @@ type Eviction = (usize, String, Vec<Py<PyAny>>);
 type Applied = (
     usize,
     Option<Vec<Py<PyAny>>>,
-    Option<Vec<(String, usize, usize, usize, i64, i64)>>,
+    Option<Vec<CrossingRow>>,
     Option<Vec<Eviction>>,
     Option<Vec<usize>>,
     u64,
@@ -191,29 +235,13 @@ impl UnbankedClusters {
                 break;
             }
             latest = latest.max(ts);
-            let kind = kind_of(&ev.getattr(intern!(py, "type"))?)?;
-            let eid = ev.getattr(intern!(py, "event_id"))?;
-            let post = ev.getattr(intern!(py, "post_id"))?;
-            let user = ev.getattr(intern!(py, "user_id"))?;
-            let parent = ev.getattr(intern!(py, "parent_post_id"))?;
             let has_content = !ev.getattr(intern!(py, "content"))?.is_none();
             self.store
                 .evict(ts.saturating_sub(idle), barrier, i, &mut out);
-            let (eid, post, user) = (bytes_of(&eid)?, bytes_of(&post)?, bytes_of(&user)?);
-            let parent = if parent.is_none() {
-                None
-            } else {
-                Some(bytes_of(&parent)?)
-            };
-            let e = Event {
-                event_id: &eid,
-                kind,
-                ts_ms: ts,
-                post: &post,
-                user: &user,
-                parent: parent.as_deref(),
-            };
-            let applied = self.store.apply(cid, &e, ev.clone().unbind(), &mut out);
+            let store = &mut self.store;
+            let applied = with_event(&ev, ts, |e| {
+                store.apply(cid, e, ev.clone().unbind(), &mut out)
+            })?;
             if applied && has_content {
                 contents.push(i);
             }
@@ -221,16 +249,7 @@ impl UnbankedClusters {
         }
         let crossings = std::mem::take(&mut out.crossings)
             .into_iter()
-            .map(|c| {
-                (
-                    c.cluster_id,
-                    c.shares_5m,
-                    c.size,
-                    c.live,
-                    c.first_seen_ms,
-                    c.last_ms,
-                )
-            })
+            .map(crossing_row)
             .collect();
         let evicted = Self::evicted(py, &mut out)?;
         Ok((

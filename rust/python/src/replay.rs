@@ -1,0 +1,713 @@
+//! `streams._core.ReplayLoop`: replay's per-event loop (`streams.pipeline.Pipeline`)
+//! over a parsed batch, in one call: route (the post -> cluster map and held orphans,
+//! `PostRoutes`), defer unbanked uploads to the index until the watermark passes them
+//! and cluster them then (`IdleClusters`), reorder by `(ts, event_id)`, move the
+//! watermark at each event whose time is a new maximum, and apply unbanked clusters'
+//! events in `UnbankedClusters`. Python is called only for what it owns: banked
+//! clusters' events and bank changes (the detector's NetworkX side), rejections, the
+//! expiry of held orphans every 10 s of event time, videos (vPDQ) and uploads with no
+//! signal, and, in batches, what the store did (content held, evictions, crossings,
+//! counters).
+//!
+//! Why here and not in Python: the loop ran once per event in Python (a `Routed`, a
+//! reorder entry and half a dozen calls each), and that was most of replay's time.
+//! The order of everything is the Python loop's, so the golden outputs are unchanged.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyType};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use viralwatch_core::content::Kind as Signal;
+use viralwatch_core::emerging::unbanked_id;
+use viralwatch_core::posts::Routed as Route;
+use viralwatch_core::reorder::ReorderBuffer;
+use viralwatch_core::unbanked::{Kind, Outcome};
+
+use crate::content::PyContentSignals;
+use crate::dedupe::with_id;
+use crate::emerging::PyIdleClusters;
+use crate::posts::PyPostRoutes;
+use crate::route::refusal;
+use crate::unbanked::{crossing_row, kind_of, with_event, CrossingRow, UnbankedClusters};
+
+/// How often (event time) held orphans are checked for expiry.
+const EXPIRE_EVERY_MS: i64 = 10_000;
+
+/// What the reorder buffer holds: a routed event (its cluster, and the `Routed` record
+/// when the router made one: a banked or allow-listed upload), or a timed bank change.
+enum Item {
+    Event {
+        cluster: Py<PyString>,
+        event: Py<PyAny>,
+        routed: Option<Py<PyAny>>,
+    },
+    Bank(Py<PyAny>),
+}
+
+/// The store's results not yet handed to Python, and the loop's own counters.
+#[derive(Default)]
+struct Pending {
+    /// in order: `(cluster, content)` an applied upload's content, `(cluster, None)` an
+    /// eviction (its posts already forgotten by the map)
+    ops: Vec<(Py<PyAny>, Option<Py<PyAny>>)>,
+    rejected: Vec<Py<PyAny>>,
+    crossings: Vec<CrossingRow>,
+    held: u64,
+    duplicates: u64,
+    late: u64,
+    created: u64,
+    kinds: [u64; 3],
+    latest: Option<i64>,
+}
+
+impl Pending {
+    fn effects(&self) -> bool {
+        !(self.ops.is_empty() && self.rejected.is_empty() && self.crossings.is_empty())
+    }
+
+    fn any(&self) -> bool {
+        self.effects()
+            || self.held + self.duplicates + self.late + self.created > 0
+            || self.kinds.iter().any(|&k| k > 0)
+            || self.latest.is_some()
+    }
+}
+
+/// Replay's loop (see the module doc) over the router's map (``routes``), the index's idle
+/// order (``idle``), the detector's unbanked store (``unbanked``) and banked clusters
+/// (``banked``, a dict by cluster id). ``host`` (the ``Pipeline``) is given to each call:
+/// ``reject``, ``_apply_one``, ``_limits``, ``_settle``, ``_expire``, ``_refused``,
+/// ``_unsignalled`` and ``_assign_video`` are called on it.
+#[pyclass(module = "streams._core")]
+pub struct ReplayLoop {
+    routes: Py<PyPostRoutes>,
+    idle: Py<PyIdleClusters>,
+    signals: Py<PyContentSignals>,
+    unbanked: Py<UnbankedClusters>,
+    banked: Py<PyDict>,
+    routed_cls: Py<PyType>,
+    rejection_cls: Py<PyType>,
+    lateness_ms: i64,
+    max_held: usize,
+    min_pdq_quality: i64,
+    buffer: ReorderBuffer<Item>,
+    /// unbanked uploads waiting for the watermark, by event id, and their `(ts, id)` order
+    waiting: HashMap<Box<[u8]>, Py<PyAny>>,
+    order: BinaryHeap<Reverse<(i64, Box<[u8]>)>>,
+    max_ts_ms: i64,
+    expired_at: i64,
+    /// the detector's `(stop_ms, barrier)` (`None`: Python may have changed them since)
+    limits: Option<(i64, u64)>,
+    pending: Pending,
+}
+
+fn is_unbanked_id(id: &str) -> bool {
+    id.as_bytes().first() == Some(&b'u')
+}
+
+impl ReplayLoop {
+    /// Hand Python what the store did (and the counters, when `all`).
+    fn flush(&mut self, host: &Bound<'_, PyAny>, all: bool) -> PyResult<()> {
+        if !(self.pending.effects() || all && self.pending.any()) {
+            return Ok(());
+        }
+        let p = std::mem::take(&mut self.pending);
+        let counts = (
+            p.duplicates,
+            p.late,
+            p.created,
+            p.kinds[0],
+            p.kinds[1],
+            p.kinds[2],
+            p.latest,
+        );
+        host.call_method1(
+            intern!(host.py(), "_settle"),
+            (p.ops, p.rejected, p.crossings, p.held, counts),
+        )?;
+        Ok(())
+    }
+
+    fn reject(&mut self, host: &Bound<'_, PyAny>, rejection: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.flush(host, false)?;
+        host.call_method1(intern!(host.py(), "reject"), (rejection,))?;
+        Ok(())
+    }
+
+    /// Give one released item to Python's detector (a banked cluster's event, a bank change,
+    /// an unbanked event at a time that changes the banked side).
+    fn python_apply(&mut self, host: &Bound<'_, PyAny>, item: Bound<'_, PyAny>) -> PyResult<()> {
+        self.flush(host, false)?;
+        let limits = host.call_method1(intern!(host.py(), "_apply_one"), (item,))?;
+        self.limits = Some(limits.extract()?);
+        Ok(())
+    }
+
+    fn limits(&mut self, host: &Bound<'_, PyAny>) -> PyResult<(i64, u64)> {
+        if let Some(l) = self.limits {
+            return Ok(l);
+        }
+        let l: (i64, u64) = host
+            .call_method0(intern!(host.py(), "_limits"))?
+            .extract()?;
+        self.limits = Some(l);
+        Ok(l)
+    }
+
+    fn routed<'py>(
+        &self,
+        py: Python<'py>,
+        cluster: Py<PyString>,
+        event: Py<PyAny>,
+        routed: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match routed {
+            Some(r) => Ok(r.into_bound(py)),
+            None => self.routed_cls.bind(py).call1((event, cluster)),
+        }
+    }
+
+    fn push(
+        &mut self,
+        py: Python<'_>,
+        cluster: &Bound<'_, PyString>,
+        event: &Bound<'_, PyAny>,
+        routed: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
+        let eid = event.getattr(intern!(py, "event_id"))?;
+        let item = Item::Event {
+            cluster: cluster.clone().unbind(),
+            event: event.clone().unbind(),
+            routed,
+        };
+        with_id(&eid, |k| self.buffer.push(ts, k, item))
+    }
+
+    /// An event of an unbanked cluster at `ts_ms`: not idle (the index's order).
+    fn touch(&mut self, py: Python<'_>, cluster: &str, ts_ms: i64) {
+        let held = self.signals.borrow(py);
+        self.idle
+            .borrow_mut(py)
+            .inner
+            .touch(&held.inner, cluster, ts_ms);
+    }
+
+    /// What waited for a post of `cluster`, released: routed to it, in the order given.
+    fn released(
+        &mut self,
+        py: Python<'_>,
+        cluster: &Bound<'_, PyString>,
+        released: Vec<Py<PyAny>>,
+    ) -> PyResult<()> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        let id = cluster.to_str()?.to_owned();
+        let unbanked = is_unbanked_id(&id);
+        for child in released {
+            let child = child.into_bound(py);
+            if unbanked {
+                let ts: i64 = child.getattr(intern!(py, "ts_ms"))?.extract()?;
+                self.touch(py, &id, ts);
+            }
+            self.push(py, cluster, &child, None)?;
+        }
+        Ok(())
+    }
+
+    /// `event`'s post is routed to `cluster`: mapped, and what waited for it released.
+    fn register(
+        &mut self,
+        py: Python<'_>,
+        event: &Bound<'_, PyAny>,
+        cluster: &Bound<'_, PyString>,
+    ) -> PyResult<()> {
+        let post = event.getattr(intern!(py, "post_id"))?;
+        let id: Arc<str> = Arc::from(cluster.to_str()?);
+        let released = {
+            let mut routes = self.routes.borrow_mut(py);
+            with_id(&post, |p| {
+                routes.inner.register(p, &id, |_| cluster.clone().unbind())
+            })?
+        };
+        self.released(py, cluster, released)
+    }
+
+    /// Whether an upload's content has a signal the index uses (an MD5, a usable PDQ).
+    fn signalled(&self, py: Python<'_>, content: &Bound<'_, PyAny>) -> PyResult<bool> {
+        if content.getattr(intern!(py, "md5"))?.is_truthy()? {
+            return Ok(true);
+        }
+        self.signalled_pdq(py, content, &content.getattr(intern!(py, "pdq"))?)
+    }
+
+    fn defer(
+        &mut self,
+        event: &Bound<'_, PyAny>,
+        ts_ms: i64,
+        eid: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let key: Box<[u8]> = with_id(eid, |k| Box::from(k))?;
+        match self.waiting.entry(key) {
+            Entry::Occupied(_) => self.pending.duplicates += 1, // waits once, as at the owner
+            Entry::Vacant(v) => {
+                self.order.push(Reverse((ts_ms, v.key().clone())));
+                v.insert(event.clone().unbind());
+            }
+        }
+        Ok(())
+    }
+
+    /// An unbanked upload the watermark passed: the cluster it joins or starts.
+    fn cluster_upload(
+        &mut self,
+        py: Python<'_>,
+        host: &Bound<'_, PyAny>,
+        event: Py<PyAny>,
+    ) -> PyResult<()> {
+        let event = event.into_bound(py);
+        let content = event.getattr(intern!(py, "content"))?;
+        let cluster = if content.getattr(intern!(py, "vpdq"))?.is_none() {
+            let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
+            let md5 = content.getattr(intern!(py, "md5"))?;
+            let pdq = content.getattr(intern!(py, "pdq"))?;
+            let md5 = if md5.is_truthy()? {
+                Some(md5.cast_into::<PyString>()?)
+            } else {
+                None
+            };
+            let pdq = if self.signalled_pdq(py, &content, &pdq)? {
+                Some(pdq.cast_into::<PyString>()?)
+            } else {
+                None
+            };
+            let md5_lower = md5
+                .as_ref()
+                .map(|m| m.to_str().map(str::to_ascii_lowercase))
+                .transpose()?;
+            let pdq_lower = pdq
+                .as_ref()
+                .map(|p| p.to_str().map(str::to_ascii_lowercase))
+                .transpose()?;
+            let mut signals: Vec<(Signal, &str)> = Vec::with_capacity(2);
+            if let Some(m) = &md5_lower {
+                signals.push((Signal::Md5, m));
+            }
+            if let Some(p) = &pdq_lower {
+                signals.push((Signal::Pdq, p));
+            }
+            let key = match (&md5, &pdq) {
+                (Some(m), _) => format!("md5:{}", m.to_str()?),
+                (None, Some(p)) => format!("pdq:{}", p.to_str()?),
+                (None, None) => {
+                    return Err(PyTypeError::new_err("a deferred upload has no signal"))
+                }
+            };
+            let own = unbanked_id(key.as_bytes());
+            let id = {
+                let mut held = self.signals.borrow_mut(py);
+                let mut idle = self.idle.borrow_mut(py);
+                let threshold = idle.threshold;
+                idle.inner
+                    .assign(&mut held.inner, &signals, &own, ts, threshold)
+                    .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.0))?
+            };
+            PyString::new(py, &id)
+        } else {
+            host.call_method1(intern!(py, "_assign_video"), (&event,))?
+                .cast_into::<PyString>()?
+        };
+        self.push(py, &cluster, &event, None)?;
+        self.register(py, &event, &cluster)
+    }
+
+    fn signalled_pdq(
+        &self,
+        py: Python<'_>,
+        content: &Bound<'_, PyAny>,
+        pdq: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        if !pdq.is_truthy()? {
+            return Ok(false);
+        }
+        let quality = content.getattr(intern!(py, "pdq_quality"))?;
+        Ok(quality.is_none() || quality.extract::<i64>()? >= self.min_pdq_quality)
+    }
+
+    /// The watermark moved to `watermark_ms`: cluster the unbanked uploads it passed, in
+    /// `(ts, event_id)` order (what waited for them comes out too), then apply all it passed.
+    fn release(
+        &mut self,
+        py: Python<'_>,
+        host: &Bound<'_, PyAny>,
+        watermark_ms: i64,
+    ) -> PyResult<()> {
+        while self
+            .order
+            .peek()
+            .is_some_and(|Reverse((ts, _))| *ts <= watermark_ms)
+        {
+            let Some(Reverse((_, key))) = self.order.pop() else {
+                break;
+            };
+            if let Some(event) = self.waiting.remove(&key) {
+                self.cluster_upload(py, host, event)?;
+            }
+        }
+        if self.buffer.next_ms() <= watermark_ms {
+            let items = self.buffer.release(watermark_ms);
+            self.apply(py, host, items)?;
+        }
+        Ok(())
+    }
+
+    /// Released items, in order: unbanked clusters' events to the store, the rest to Python.
+    fn apply(&mut self, py: Python<'_>, host: &Bound<'_, PyAny>, items: Vec<Item>) -> PyResult<()> {
+        for item in items {
+            let (cluster, event, routed) = match item {
+                Item::Bank(update) => {
+                    self.python_apply(host, update.into_bound(py))?;
+                    continue;
+                }
+                Item::Event {
+                    cluster,
+                    event,
+                    routed,
+                } => (cluster, event, routed),
+            };
+            let cid_obj = cluster.bind(py);
+            let cid = cid_obj.to_str()?;
+            if cid.starts_with("b-") || self.banked.bind(py).contains(cid_obj)? {
+                let r = self.routed(py, cluster, event, routed)?;
+                self.python_apply(host, r)?;
+                continue;
+            }
+            let ev = event.bind(py);
+            let ts: i64 = ev.getattr(intern!(py, "ts_ms"))?.extract()?;
+            let (stop_ms, barrier) = self.limits(host)?;
+            if ts >= stop_ms {
+                let r = self.routed(py, cluster, event, routed)?;
+                self.python_apply(host, r)?;
+                continue;
+            }
+            let content = ev.getattr(intern!(py, "content"))?;
+            let mut out: Outcome<Py<PyAny>> = Outcome::default();
+            let applied = {
+                let mut store = self.unbanked.borrow_mut(py);
+                let idle = store.store.idle_ms();
+                store
+                    .store
+                    .evict(ts.saturating_sub(idle), barrier, 0, &mut out);
+                with_event(ev, ts, |e| {
+                    store.store.apply(cid, e, event.clone_ref(py), &mut out)
+                })?
+            };
+            self.absorb(py, out)?;
+            if applied && !content.is_none() {
+                self.pending
+                    .ops
+                    .push((cluster.into_any(), Some(content.unbind())));
+            }
+            let latest = self.pending.latest.get_or_insert(ts);
+            *latest = (*latest).max(ts);
+        }
+        Ok(())
+    }
+
+    /// Take what the store did: evicted clusters' posts forgotten by the map now (no event
+    /// is routed before Python would have forgotten them), the rest kept for Python.
+    fn absorb(&mut self, py: Python<'_>, out: Outcome<Py<PyAny>>) -> PyResult<()> {
+        if !out.evicted.is_empty() {
+            let mut routes = self.routes.borrow_mut(py);
+            for gone in out.evicted {
+                for post in &gone.posts {
+                    routes.inner.posts.remove(post);
+                }
+                let cid = PyString::new(py, &gone.cluster_id).into_any().unbind();
+                self.pending.ops.push((cid, None));
+            }
+        }
+        self.pending.rejected.extend(out.rejected);
+        self.pending
+            .crossings
+            .extend(out.crossings.into_iter().map(crossing_row));
+        let p = &mut self.pending;
+        p.duplicates += out.duplicates;
+        p.late += out.late;
+        p.created += out.created;
+        for (k, n) in p.kinds.iter_mut().zip(out.kinds) {
+            *k += n;
+        }
+        Ok(())
+    }
+
+    /// One parsed event: routed (or held, refused, deferred), then the watermark's step.
+    fn feed_event(
+        &mut self,
+        py: Python<'_>,
+        host: &Bound<'_, PyAny>,
+        event: &Bound<'_, PyAny>,
+        route: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
+        match kind_of(&event.getattr(intern!(py, "type"))?)? {
+            Kind::Upload => {
+                if !route.is_none() {
+                    let cluster = route
+                        .getattr(intern!(py, "cluster_id"))?
+                        .cast_into::<PyString>()?;
+                    self.push(py, &cluster, event, Some(route.clone().unbind()))?;
+                    self.register(py, event, &cluster)?;
+                } else {
+                    let content = event.getattr(intern!(py, "content"))?;
+                    let eid = event.getattr(intern!(py, "event_id"))?;
+                    if self.signalled(py, &content)? {
+                        self.defer(event, ts, &eid)?;
+                    } else {
+                        let cluster = host.call_method1(intern!(py, "_unsignalled"), (event,))?;
+                        if cluster.is_none() {
+                            self.defer(event, ts, &eid)?;
+                        } else {
+                            let cluster = cluster.cast_into::<PyString>()?;
+                            self.push(py, &cluster, event, None)?;
+                            self.register(py, event, &cluster)?;
+                        }
+                    }
+                }
+            }
+            kind => {
+                let share = kind == Kind::Share;
+                let post = event.getattr(intern!(py, "post_id"))?;
+                let target = if share {
+                    event.getattr(intern!(py, "parent_post_id"))?
+                } else {
+                    post.clone()
+                };
+                let max_held = self.max_held;
+                let routed = {
+                    let mut routes = self.routes.borrow_mut(py);
+                    with_id(&target, |t| {
+                        with_id(&post, |p| {
+                            routes.inner.route(
+                                t,
+                                p,
+                                share,
+                                ts,
+                                event.clone().unbind(),
+                                max_held,
+                                |id| PyString::new(py, id).unbind(),
+                            )
+                        })
+                    })??
+                };
+                match routed {
+                    Route::Found(id, released) => {
+                        let cluster = self.routes.borrow(py).cluster_str(py, &id).into_bound(py);
+                        self.push(py, &cluster, event, None)?;
+                        if is_unbanked_id(&id) {
+                            self.touch(py, &id, ts);
+                        }
+                        self.released(py, &cluster, released)?;
+                    }
+                    Route::Held => self.pending.held += 1,
+                    Route::Refused(r) => {
+                        let (reason, held) = refusal(r);
+                        self.flush(host, false)?;
+                        host.call_method1(intern!(py, "_refused"), (&target, event, reason, held))?;
+                    }
+                }
+            }
+        }
+        if ts > self.max_ts_ms {
+            self.max_ts_ms = ts;
+            let watermark = ts - self.lateness_ms;
+            self.release(py, host, watermark)?;
+            if watermark - self.expired_at >= EXPIRE_EVERY_MS {
+                self.expired_at = watermark;
+                self.flush(host, false)?;
+                host.call_method1(intern!(py, "_expire"), (watermark,))?;
+            }
+        } else if ts <= self.buffer.released_ms() {
+            // later than the allowed lateness: applied now rather than dropped
+            let released = self.buffer.released_ms();
+            self.release(py, host, released)?;
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl ReplayLoop {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        routes: Py<PyPostRoutes>,
+        idle: Py<PyIdleClusters>,
+        unbanked: Py<UnbankedClusters>,
+        banked: Py<PyDict>,
+        routed_cls: Py<PyType>,
+        rejection_cls: Py<PyType>,
+        lateness_ms: i64,
+        max_held: usize,
+        min_pdq_quality: i64,
+    ) -> Self {
+        let signals = idle.borrow(py).signals.clone_ref(py);
+        Self {
+            routes,
+            idle,
+            signals,
+            unbanked,
+            banked,
+            routed_cls,
+            rejection_cls,
+            lateness_ms,
+            max_held,
+            min_pdq_quality,
+            buffer: ReorderBuffer::new(),
+            waiting: HashMap::new(),
+            order: BinaryHeap::new(),
+            max_ts_ms: -1,
+            expired_at: -1,
+            limits: None,
+            pending: Pending::default(),
+        }
+    }
+
+    /// Feed a parsed batch (``ShareEvent`` or ``Rejection``, in input order); ``routes[i]``
+    /// is the ``Routed`` of upload ``i`` when it matched a bank or the allow-list (``None``
+    /// otherwise: its content goes to the index of unbanked content).
+    fn feed(
+        &mut self,
+        py: Python<'_>,
+        host: &Bound<'_, PyAny>,
+        parsed: &Bound<'_, PyList>,
+        routes: &Bound<'_, PyList>,
+    ) -> PyResult<()> {
+        self.limits = None; // Python may have changed the detector between calls
+        let rejection = self.rejection_cls.bind(py).clone();
+        let result = (|| {
+            for (i, item) in parsed.iter().enumerate() {
+                if item.get_type().is(&rejection) {
+                    self.reject(host, &item)?;
+                    continue;
+                }
+                let route = routes.get_item(i)?;
+                self.feed_event(py, host, &item, &route)?;
+            }
+            Ok(())
+        })();
+        let flushed = self.flush(host, true);
+        result.and(flushed)
+    }
+
+    /// A timed bank change (``BankUpdate``, applied to the banks already): held until the
+    /// watermark passes ``ts_ms`` (at once when it has), ``key`` breaking ties.
+    fn push_bank(
+        &mut self,
+        py: Python<'_>,
+        host: &Bound<'_, PyAny>,
+        update: Py<PyAny>,
+        ts_ms: i64,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.limits = None;
+        with_id(key, |k| self.buffer.push(ts_ms, k, Item::Bank(update)))?;
+        let result = if ts_ms <= self.buffer.released_ms() {
+            let items = self.buffer.release(self.buffer.released_ms());
+            self.apply(py, host, items)
+        } else {
+            Ok(())
+        };
+        let flushed = self.flush(host, true);
+        result.and(flushed)
+    }
+
+    /// The end of the input: every unbanked upload still waiting clustered, in order, and
+    /// everything held applied.
+    fn finish(&mut self, py: Python<'_>, host: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.limits = None;
+        let result = self.release(py, host, i64::MAX).and_then(|()| {
+            let items = self.buffer.drain();
+            self.apply(py, host, items)
+        });
+        let flushed = self.flush(host, true);
+        result.and(flushed)
+    }
+
+    /// The latest event time fed (``-1``: none yet).
+    #[getter]
+    fn max_ts_ms(&self) -> i64 {
+        self.max_ts_ms
+    }
+
+    /// The event time of the latest record released (``-1`` before any).
+    #[getter]
+    fn released_ms(&self) -> i64 {
+        self.buffer.released_ms()
+    }
+
+    /// Records held for the watermark (unbanked uploads waiting for the index not counted).
+    fn __len__(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Unbanked uploads waiting for the watermark to be clustered.
+    #[getter]
+    fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for item in self.buffer.items() {
+            match item {
+                Item::Event {
+                    cluster,
+                    event,
+                    routed,
+                } => {
+                    visit.call(cluster)?;
+                    visit.call(event)?;
+                    if let Some(r) = routed {
+                        visit.call(r)?;
+                    }
+                }
+                Item::Bank(u) => visit.call(u)?,
+            }
+        }
+        for ev in self.waiting.values() {
+            visit.call(ev)?;
+        }
+        for (c, content) in &self.pending.ops {
+            visit.call(c)?;
+            if let Some(x) = content {
+                visit.call(x)?;
+            }
+        }
+        for r in &self.pending.rejected {
+            visit.call(r)?;
+        }
+        visit.call(&self.routes)?;
+        visit.call(&self.idle)?;
+        visit.call(&self.signals)?;
+        visit.call(&self.unbanked)?;
+        visit.call(&self.banked)?;
+        visit.call(&self.routed_cls)?;
+        visit.call(&self.rejection_cls)?;
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.buffer.clear();
+        self.waiting.clear();
+        self.order.clear();
+        self.pending = Pending::default();
+    }
+}
