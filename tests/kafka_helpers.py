@@ -247,6 +247,30 @@ def produce_lines(
     produce(lines, settings, topic=topic, rate=rate, keying=keying)
 
 
+def produce_in_order(
+    broker: RunningBroker, topic: str, lines: list[bytes], partition: int = 0
+) -> None:
+    """Send ``lines`` to one partition of ``topic``, in this order.
+
+    Why: a partition no reader has seen a record from for a while is *idle*
+    and does not hold the watermark back (``streams.watermarks``). Lines
+    spread over several partitions are read in whatever order the workers
+    poll them, so a line whose partition happens to be read last can be late
+    (the others moved the watermark past it) and miss the cluster it would
+    start. On one partition they are read in order, so none is late, and the
+    stream must give what ``replay`` gives.
+    """
+    from streams.runtime.produce import make_producer
+
+    prod: Any = make_producer(Settings.from_env({}, broker=broker.url))
+    try:
+        for line in lines:
+            prod.send(topic, value=line, partition=partition)
+        prod.flush()
+    finally:
+        prod.close()
+
+
 def create_topics(settings: Settings) -> None:
     """Create the pipeline's topics up front, as a deployment does (no auto-created topics)."""
     from streams.runtime.broker import ensure_topics

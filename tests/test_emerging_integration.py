@@ -26,7 +26,7 @@ from kafka_helpers import (
     WorkerProcess,
     broker,
     latest_stats,
-    produce_lines,
+    produce_in_order,
     worker_env,
     workers,
 )
@@ -152,7 +152,10 @@ def test_near_duplicates_through_two_workers_and_a_restart_are_one_cluster(
         )
         t.burst(b, t0 + 52 * SEC, 20, 2 * SEC)
         inputs += t.lines()
-        produce_lines(broker, s.topic("shares"), inputs, keying="post")
+        # in event-time order on one shares partition: no line is late (see produce_in_order);
+        # spread over the partitions, the original could be read after its edit's partition
+        # had moved the watermark past it, and the edit would start the cluster
+        produce_in_order(broker, s.topic("shares"), inputs)
         last = max(orjson.loads(x)["ts"] for x in inputs)
         reports = wait_reports(
             broker,
@@ -175,11 +178,12 @@ def test_near_duplicates_through_two_workers_and_a_restart_are_one_cluster(
                 broker, s, 2, lambda r: split(r, n), "the replacement holding partitions", procs
             )
             before = len(t.events)
-            t1 = int(time.time() * 1000) - 20 * SEC
+            # after the watermark the first uploads left (their last share): not late
+            t1 = max(int(time.time() * 1000) - 20 * SEC, last + 5 * SEC)
             c = t.upload(t1, pdq=flip(original, 12, rng), md5="c" * 32, post="again")
             t.burst(c, t1 + SEC, 30, 500)
             after = t.lines()[before:]
-            produce_lines(broker, s.topic("shares"), after, keying="post")
+            produce_in_order(broker, s.topic("shares"), after)
             inputs += after
             last = max(orjson.loads(x)["ts"] for x in after)
             reports = wait_reports(
