@@ -8,7 +8,10 @@ event with the event parser itself, so its peer, timed in the same run on
 the same events, is:
 
 - ``parse``: :func:`streams.events.parse_event` of the event's JSON line
-  (JSON plus validation: what ingest pays once per input line).
+  (JSON plus validation: what ingest pays once per input line);
+- ``*_py``: the same records read by the Python reader (``Envelope.read_in_python``,
+  ``streams.wire.routed_log_in_python``), which read them all before the compiled
+  reader and now reads what it leaves (a record that is not the stages').
 
 Timed on CPU time (``time.process_time``, the machine is shared), the
 collector off, interleaved runs, medians.
@@ -36,7 +39,12 @@ from streams.events import ShareEvent, parse_event  # noqa: E402
 from streams.router import Routed  # noqa: E402
 from streams.simulate import Scenario, simulate  # noqa: E402
 from streams.stages import Envelope  # noqa: E402
-from streams.wire import ToRoute, decode_routed_log, encode  # noqa: E402
+from streams.wire import (  # noqa: E402
+    ToRoute,
+    decode_routed_log,
+    encode,
+    routed_log_in_python,
+)
 
 PER_ENVELOPE = 500
 
@@ -69,6 +77,10 @@ def main() -> None:
         "decode_routed": lambda: [Envelope.unpack(raw) for raw in routed_raw],
         "decode_to_route": lambda: [Envelope.unpack(raw) for raw in to_route_raw],
         "restore_cluster_log": lambda: [decode_routed_log(raw) for raw in logs],
+        # the Python reader, left what the core does not read (and what read all before it)
+        "decode_routed_py": lambda: [Envelope.read_in_python(raw) for raw in routed_raw],
+        "decode_to_route_py": lambda: [Envelope.read_in_python(raw) for raw in to_route_raw],
+        "restore_cluster_log_py": lambda: [routed_log_in_python(raw) for raw in logs],
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
     gc.disable()

@@ -172,6 +172,35 @@ class WireWriter:
     def parts(self, items: Iterable[Any], limit: int) -> list[bytes]:
         """``items`` as JSON arrays of at most ``limit`` bytes each (one larger item alone)."""
 
+class WireReader:
+    """Envelopes and cluster-log entries read into ``streams.wire``'s records, each event by
+    the event parser (``rust/core/src/wire_read.rs``); an item it does not read goes to
+    ``fallback`` as its JSON text, and a record it does not read gives ``None``."""
+
+    def __init__(
+        self,
+        to_route: type,
+        routed: type,
+        registration: type,
+        forget: type,
+        unbanked: type,
+        touch: type,
+        share_event: type,
+        content: type,
+        rejection: type,
+        parse_ts: Callable[[str], int],
+        fallback: Callable[[str], Any],
+    ) -> None: ...
+    def envelope(
+        self, raw: bytes
+    ) -> (
+        tuple[list[Any], list[Any], dict[int, tuple[int, bool]], dict[int, int], dict[int, int]]
+        | None
+    ):
+        """``(items, rejected, marks, progress, inputs)``, or ``None``: left to Python."""
+    def items(self, raw: bytes) -> tuple[list[Any], list[Any]] | None:
+        """A JSON array's ``(items, rejected)``, or ``None``: left to Python."""
+
 class UnbankedClusters:
     """Unbanked clusters' posts, velocity, applied ids, waiting events, review-queue crossing
     and idle order (``rust/core/src/unbanked.rs``); ``rules``: ``(severity index, window_ms,

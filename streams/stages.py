@@ -91,6 +91,7 @@ from streams.wire import (
     encode,
     encode_items,
     encode_parts,
+    read_envelope,
 )
 
 T = TypeVar("T")
@@ -168,6 +169,17 @@ class Envelope:
         record is kept in :attr:`rejected`, the others are read)."""
         if raw is None:
             raise ValueError("an envelope cannot be empty")
+        read = read_envelope(raw)  # the compiled reader: every envelope the stages write
+        if read is None:
+            return cls.read_in_python(raw)
+        items, rejected, marks, progress, inputs = read
+        return cls(items, marks, progress, rejected, inputs)
+
+    @classmethod
+    def read_in_python(cls, raw: bytes) -> Envelope:
+        """:meth:`unpack` in Python: for what the compiled reader leaves to it (a record
+        that is not an envelope, or a frame the stages do not write), which it reads as
+        every envelope was read before, and says what is wrong with it."""
         try:
             body = orjson.loads(raw)
             items = body["i"]
@@ -176,7 +188,14 @@ class Envelope:
             marks = {int(p): (int(m[0]), bool(m[1])) for p, m in body.get("m", {}).items()}
             progress = {int(p): int(t) for p, t in body.get("p", {}).items()}
             inputs = {int(p): int(t) for p, t in body.get("w", {}).items()}
-        except (orjson.JSONDecodeError, TypeError, KeyError, IndexError, ValueError) as exc:
+        except (
+            orjson.JSONDecodeError,
+            TypeError,
+            KeyError,
+            IndexError,
+            ValueError,
+            AttributeError,  # a frame that is not a mapping ("m": null)
+        ) as exc:
             raise ValueError(f"not an envelope: {exc}") from None
         good, bad = decode_items(items)
         return cls(good, marks, progress, bad, inputs)

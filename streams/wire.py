@@ -63,7 +63,7 @@ import orjson
 
 from streams import _core
 from streams.alerts import MatchInfo
-from streams.events import Content, Rejection, ShareEvent, event_from_dict
+from streams.events import Content, Rejection, ShareEvent, event_from_dict, parse_ts
 from streams.router import Routed
 from streams.vpdq import canonical_vpdq
 
@@ -378,19 +378,75 @@ def decode_items(items: Iterable[object]) -> tuple[list[Item], list[Rejection]]:
     return good, bad
 
 
+def _read_text(text: str) -> Item | Rejection:
+    """An item the compiled reader leaves to Python, from its JSON text; raises
+    ``orjson.JSONDecodeError`` if orjson does not read it (the whole record is then read
+    by :func:`decode_items`' callers, as before)."""
+    return decode_item(orjson.loads(text))
+
+
+#: The compiled reader of envelopes and log entries (``rust/core/src/wire_read.rs``): the
+#: records the stages write, each event by the event parser; every other item it hands to
+#: :func:`decode_item` (a match, a video's frames, an earlier version's form, a bad item),
+#: and a record whose frame it does not read (``None``) is read in Python whole, so what a
+#: record becomes does not depend on which of the two read it.
+_READER: Final = _core.WireReader(
+    ToRoute,
+    Routed,
+    Registration,
+    Forget,
+    Unbanked,
+    Touch,
+    ShareEvent,
+    Content,
+    Rejection,
+    parse_ts,
+    _read_text,
+)
+
+#: An envelope as the compiled reader gives it: items, rejected items, marks, progress, inputs.
+EnvelopeParts = tuple[
+    list[Item], list[Rejection], dict[int, tuple[int, bool]], dict[int, int], dict[int, int]
+]
+
+
+def read_envelope(raw: bytes) -> EnvelopeParts | None:
+    """An envelope's parts, read by the core; ``None``: one it leaves to Python (not an
+    envelope, or a frame the stages do not write), which says what is wrong with it.
+
+    >>> items, bad, marks, progress, inputs = read_envelope(b'{"i":[["f","p1"]],"m":{"2":[5,1]}}')
+    >>> items, bad, marks, progress
+    ([Forget(post_id='p1')], [], {2: (5, True)}, {})
+    >>> read_envelope(b"{oops") is None
+    True
+    """
+    return _READER.envelope(raw) if type(raw) is bytes else None
+
+
 def decode_routed_log(raw: bytes) -> tuple[list[Routed], list[Rejection]]:
     """A cluster-log entry: the routed events a clusters partition received.
 
     >>> decode_routed_log(b"{oops")[1][0].reason
     'bad_record'
     """
+    read = _READER.items(raw) if type(raw) is bytes else None
+    return _routed(*read) if read is not None else routed_log_in_python(raw)
+
+
+def routed_log_in_python(raw: bytes) -> tuple[list[Routed], list[Rejection]]:
+    """:func:`decode_routed_log` in Python: for an entry the compiled reader leaves to it
+    (not an array, or not JSON orjson reads), read as every entry was read before."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return [], [Rejection(BAD_RECORD, f"cluster log entry: {exc}", raw[:1024])]
     if not isinstance(body, list):
         return [], [Rejection(BAD_RECORD, "a cluster log entry must be an array", raw[:1024])]
-    items, bad = decode_items(body)
+    return _routed(*decode_items(body))
+
+
+def _routed(items: list[Item], bad: list[Rejection]) -> tuple[list[Routed], list[Rejection]]:
+    """The routed events of a cluster-log entry; any other record is a rejection."""
     routed = [r for r in items if isinstance(r, Routed)]
     bad += [_rejection("not a routed event", r) for r in items if not isinstance(r, Routed)]
     return routed, bad

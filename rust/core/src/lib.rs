@@ -13,6 +13,7 @@
 //! - [`posts`]: the post -> cluster map, and routing a reshare through it;
 //! - [`content`]: live clusters' signals, searched through the PDQ index;
 //! - [`wire`]: the records stages send each other and log, written as orjson writes them;
+//! - [`wire_read`]: those records read back (envelopes, cluster-log entries);
 //! - [`unbanked`]: unbanked clusters' detector state (posts, velocity, ids, review crossing);
 //! - [`emerging`]: unbanked uploads' clusters: which one an upload joins, idle eviction.
 
@@ -30,6 +31,7 @@ pub mod route;
 mod testing;
 pub mod unbanked;
 pub mod wire;
+pub mod wire_read;
 
 /// The crate's version, so Python can tell which build it imported.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

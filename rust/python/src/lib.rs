@@ -22,6 +22,7 @@ mod replay;
 mod route;
 mod unbanked;
 mod wire;
+mod wire_read;
 
 #[global_allocator]
 static HEAP: alloc::Counting = alloc::Counting;
@@ -276,6 +277,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reorder::ReorderBuffer>()?;
     m.add_class::<posts::PyPostRoutes>()?;
     m.add_class::<wire::WireWriter>()?;
+    m.add_class::<wire_read::WireReader>()?;
     m.add_class::<unbanked::UnbankedClusters>()?;
     m.add_class::<replay::ReplayLoop>()?;
     m.add("MAX_EVENT_BYTES", event::MAX_EVENT_BYTES)?;

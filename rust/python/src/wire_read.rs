@@ -1,0 +1,241 @@
+//! `streams._core.WireReader`: envelopes and cluster-log entries read into
+//! `streams.wire`'s records (`viralwatch_core::wire_read`), each event by the
+//! event parser, as `streams.wire.decode_item` reads them.
+//!
+//! What the core leaves to Python (an item it does not read) goes to the fallback
+//! the reader was built with, as the item's JSON text; if the fallback raises (the
+//! text is not JSON orjson reads), the whole record is left to Python: the caller
+//! gets `None` and reads it as before, so a record never becomes something else
+//! because the core read part of it.
+
+use std::collections::HashMap;
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
+
+use viralwatch_core::wire_read::{self, Read};
+
+use crate::{event_record, record, Classes, PyJudge};
+
+/// Reads envelopes and log entries into records (see the module doc); built once with
+/// the record classes, ``parse_ts`` (the event parser's reader of unusual timestamps) and
+/// the fallback (an item's JSON text -> its record or a ``Rejection``).
+#[pyclass(module = "streams._core", frozen)]
+pub struct WireReader {
+    to_route: Py<PyType>,
+    routed: Py<PyType>,
+    registration: Py<PyType>,
+    forget: Py<PyType>,
+    unbanked: Py<PyType>,
+    touch: Py<PyType>,
+    share_event: Py<PyType>,
+    content: Py<PyType>,
+    rejection: Py<PyType>,
+    parse_ts: Py<PyAny>,
+    fallback: Py<PyAny>,
+}
+
+/// The records of one read: the items, and the fallback's rejections, each in order.
+struct Sorted<'py> {
+    good: Bound<'py, PyList>,
+    bad: Bound<'py, PyList>,
+}
+
+impl WireReader {
+    /// Every item as its record, into `good` (or, a rejection of the fallback's, `bad`);
+    /// `Ok(false)` if the fallback raised.
+    fn records<'py>(
+        &self,
+        py: Python<'py>,
+        items: Vec<Read<'_>>,
+        out: &Sorted<'py>,
+    ) -> PyResult<bool> {
+        let classes = Classes {
+            share_event: self.share_event.bind(py),
+            content: self.content.bind(py),
+            rejection: self.rejection.bind(py),
+        };
+        // one string per cluster id in a batch: the routed events of a cluster share it
+        let mut clusters: HashMap<String, Bound<'py, PyString>> = HashMap::new();
+        let mut cluster = |id: &str| {
+            clusters
+                .entry(id.to_owned())
+                .or_insert_with(|| PyString::new(py, id))
+                .clone()
+                .into_any()
+        };
+        let event = intern!(py, "event");
+        let cluster_id = intern!(py, "cluster_id");
+        let post_id = intern!(py, "post_id");
+        for item in items {
+            let obj = match item {
+                Read::ToRoute(ev) => record(
+                    self.to_route.bind(py),
+                    &[(event, event_record(py, ev, &classes)?)],
+                )?,
+                Read::Unbanked(ev) => record(
+                    self.unbanked.bind(py),
+                    &[(event, event_record(py, ev, &classes)?)],
+                )?,
+                Read::Routed {
+                    event: ev,
+                    cluster_id: id,
+                } => record(
+                    self.routed.bind(py),
+                    &[
+                        (event, event_record(py, ev, &classes)?),
+                        (cluster_id, cluster(&id)),
+                        (intern!(py, "match"), py.None().into_bound(py)),
+                    ],
+                )?,
+                Read::Registration {
+                    post_id: post,
+                    cluster_id: id,
+                } => record(
+                    self.registration.bind(py),
+                    &[
+                        (post_id, PyString::new(py, &post).into_any()),
+                        (cluster_id, cluster(&id)),
+                    ],
+                )?,
+                Read::Forget(post) => record(
+                    self.forget.bind(py),
+                    &[(post_id, PyString::new(py, &post).into_any())],
+                )?,
+                Read::Touch {
+                    cluster_id: id,
+                    ts_ms,
+                } => record(
+                    self.touch.bind(py),
+                    &[
+                        (cluster_id, cluster(&id)),
+                        (intern!(py, "ts_ms"), ts_ms.into_pyobject(py)?.into_any()),
+                    ],
+                )?,
+                Read::Other(text) => match self.fallback.bind(py).call1((text,)) {
+                    Ok(obj) => {
+                        if obj.is_instance(classes.rejection)? {
+                            out.bad.append(obj)?;
+                            continue;
+                        }
+                        obj
+                    }
+                    Err(_) => return Ok(false),
+                },
+            };
+            out.good.append(obj)?;
+        }
+        Ok(true)
+    }
+}
+
+fn by_partition<'py, T: IntoPyObject<'py> + Copy>(
+    py: Python<'py>,
+    pairs: &[(i64, T)],
+) -> PyResult<Bound<'py, PyDict>> {
+    let out = PyDict::new(py);
+    for &(p, v) in pairs {
+        out.set_item(p, v)?;
+    }
+    Ok(out)
+}
+
+#[pymethods]
+impl WireReader {
+    /// ``WireReader(to_route, routed, registration, forget, unbanked, touch, share_event,
+    /// content, rejection, parse_ts, fallback)``.
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        to_route: Py<PyType>,
+        routed: Py<PyType>,
+        registration: Py<PyType>,
+        forget: Py<PyType>,
+        unbanked: Py<PyType>,
+        touch: Py<PyType>,
+        share_event: Py<PyType>,
+        content: Py<PyType>,
+        rejection: Py<PyType>,
+        parse_ts: Py<PyAny>,
+        fallback: Py<PyAny>,
+    ) -> Self {
+        Self {
+            to_route,
+            routed,
+            registration,
+            forget,
+            unbanked,
+            touch,
+            share_event,
+            content,
+            rejection,
+            parse_ts,
+            fallback,
+        }
+    }
+
+    /// An envelope's ``(items, rejected, marks, progress, inputs)``: marks ``{partition:
+    /// (ts, idle)}``, progress and inputs ``{partition: ts}``; ``None`` when the core does
+    /// not read it (Python reads it, and says what is wrong with it).
+    #[allow(clippy::type_complexity)]
+    fn envelope<'py>(
+        &self,
+        py: Python<'py>,
+        raw: &Bound<'py, PyBytes>,
+    ) -> PyResult<
+        Option<(
+            Bound<'py, PyList>,
+            Bound<'py, PyList>,
+            Bound<'py, PyDict>,
+            Bound<'py, PyDict>,
+            Bound<'py, PyDict>,
+        )>,
+    > {
+        let parse_ts = self.parse_ts.bind(py);
+        let mut judge = PyJudge { parse_ts };
+        let Some(env) = wire_read::read_envelope(raw.as_bytes(), &mut judge) else {
+            return Ok(None);
+        };
+        let out = Sorted {
+            good: PyList::empty(py),
+            bad: PyList::empty(py),
+        };
+        if !self.records(py, env.items, &out)? {
+            return Ok(None);
+        }
+        let marks = PyDict::new(py);
+        for (p, ts, idle) in env.marks {
+            marks.set_item(p, (ts, idle))?;
+        }
+        Ok(Some((
+            out.good,
+            out.bad,
+            marks,
+            by_partition(py, &env.progress)?,
+            by_partition(py, &env.inputs)?,
+        )))
+    }
+
+    /// A JSON array of items (a cluster-log entry) as ``(items, rejected)``; ``None`` when
+    /// the core does not read it (not an array, or an item the fallback could not read).
+    fn items<'py>(
+        &self,
+        py: Python<'py>,
+        raw: &Bound<'py, PyBytes>,
+    ) -> PyResult<Option<(Bound<'py, PyList>, Bound<'py, PyList>)>> {
+        let parse_ts = self.parse_ts.bind(py);
+        let mut judge = PyJudge { parse_ts };
+        let Some(items) = wire_read::read_items(raw.as_bytes(), &mut judge) else {
+            return Ok(None);
+        };
+        let out = Sorted {
+            good: PyList::empty(py),
+            bad: PyList::empty(py),
+        };
+        if !self.records(py, items, &out)? {
+            return Ok(None);
+        }
+        Ok(Some((out.good, out.bad)))
+    }
+}

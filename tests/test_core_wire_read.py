@@ -1,0 +1,242 @@
+"""The compiled reader of stage records (``_core.WireReader``) against the Python reader.
+
+Envelopes and cluster-log entries are read by the core (``Envelope.unpack``,
+``streams.wire.decode_routed_log``); the Python reader they used before, kept for
+what the core leaves to it (``Envelope.read_in_python``,
+``streams.wire.routed_log_in_python``), is the oracle. For anything the stages
+write (valid events with text of any kind, every record, marks, progress), for
+items that are not records or hold events that are not valid, for frames that are
+not the stages' (floats, keys that are not partitions, a key twice) and for any
+bytes at all, the two give equal envelopes (items, rejections with their details
+and kept bytes, marks, progress, inputs), or raise the same error.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.alerts import MatchInfo
+from streams.events import Content, ShareEvent
+from streams.router import Routed
+from streams.stages import Envelope
+from streams.wire import (
+    Forget,
+    Registration,
+    ToRoute,
+    Touch,
+    Unbanked,
+    decode_routed_log,
+    encode,
+    read_envelope,
+    routed_log_in_python,
+)
+
+EXAMPLES = int(os.environ.get("VIRALWATCH_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None)
+
+TS = st.integers(946_684_800_000, 4_102_444_799_999)
+_id = st.text(
+    st.characters(codec="utf-8", categories=["L", "N", "P", "S", "Zs"]), min_size=1, max_size=8
+) | st.sampled_from(['"', "\\", "é", "😀", "a b", "\u2028", "x\x00"])
+_hex = st.text("0123456789abcdef", min_size=32, max_size=32)
+_content = st.builds(
+    Content,
+    pdq=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
+    pdq_quality=st.none() | st.integers(0, 100),
+    md5=st.none() | _hex,
+)
+_event = st.one_of(
+    st.builds(
+        ShareEvent,
+        event_id=_id,
+        type=st.just("share"),
+        ts_ms=TS,
+        post_id=_id,
+        user_id=_id,
+        parent_post_id=_id,
+        followers=st.none() | st.integers(0, 10**6),
+    ),
+    st.builds(
+        ShareEvent,
+        event_id=_id,
+        type=st.just("upload"),
+        ts_ms=TS,
+        post_id=_id,
+        user_id=_id,
+        content=_content,
+    ),
+    st.builds(
+        ShareEvent, event_id=_id, type=st.just("takedown"), ts_ms=TS, post_id=_id, user_id=_id
+    ),
+    # not valid: the reader leaves them to Python, which rejects them
+    st.builds(
+        ShareEvent,
+        event_id=_id,
+        type=st.just("share"),
+        ts_ms=st.integers(-(2**63), 2**63 - 1),
+        post_id=_id,
+        user_id=_id,
+    ),
+)
+_match = st.builds(
+    MatchInfo,
+    bank=_id,
+    signal_type=st.just("md5"),
+    signal=_hex,
+    distance=st.integers(0, 31),
+)
+_record = st.one_of(
+    st.builds(Routed, _event, _id | st.just(""), st.none() | _match),
+    st.builds(ToRoute, _event),
+    st.builds(Unbanked, _event),
+    st.builds(Registration, _id, _id | st.just("")),
+    st.builds(Forget, _id),
+    st.builds(Touch, _id, st.integers(-(2**63), 2**63 - 1)),
+)
+_int = st.integers(-(2**63), 2**64 - 1)  # what orjson writes and reads
+_json = st.recursive(
+    st.none() | st.booleans() | _int | st.floats(allow_nan=False) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=8,
+)
+#: an item as JSON: a record the stages write, one written and then broken, or any value
+_item = st.one_of(
+    _record.map(lambda r: orjson.loads(encode(r))),
+    st.tuples(_record, st.integers(0, 4), _json).map(lambda t: _broken(*t)),
+    st.lists(st.sampled_from(["s", "e", "r", "f", "u", "t", "x"]) | _json, max_size=5),
+    _json,
+)
+
+
+def _broken(record: object, at: int, value: object) -> Any:
+    item = orjson.loads(encode(record))
+    if at < len(item):
+        item[at] = value
+    else:
+        item.append(value)
+    return item
+
+
+def _partitions(value: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.dictionaries(
+        st.integers(0, 12).map(str) | st.sampled_from(["007", "-1", "a", " 1", "1.0", "+2"]),
+        value,
+        max_size=3,
+    )
+
+
+_frame = st.fixed_dictionaries(
+    {"i": st.lists(_item, max_size=8)},
+    optional={
+        "m": _partitions(
+            st.tuples(st.integers(0, 2**53), st.sampled_from([0, 1])).map(list)
+            | st.lists(_int | st.booleans() | st.floats(allow_nan=False), max_size=3)
+        )
+        | _json,
+        "p": _partitions(st.integers(0, 2**53) | st.floats(allow_nan=False) | st.booleans()),
+        "w": _partitions(st.integers(0, 2**53)),
+        "x": _json,
+    },
+)
+
+
+def _outcome(read: Any, raw: bytes) -> Any:
+    try:
+        return read(raw)
+    except (ValueError, TypeError) as exc:
+        return (type(exc), str(exc))
+
+
+def _same(raw: bytes) -> None:
+    assert _outcome(Envelope.unpack, raw) == _outcome(Envelope.read_in_python, raw)
+    assert decode_routed_log(raw) == routed_log_in_python(raw)
+
+
+@FUZZ
+@given(
+    st.lists(_record, max_size=20),
+    st.dictionaries(st.integers(0, 7), st.tuples(TS, st.booleans()), max_size=3),
+    st.dictionaries(st.integers(0, 7), TS, max_size=3),
+    st.dictionaries(st.integers(0, 7), TS, max_size=3),
+)
+def test_what_the_stages_write_reads_as_the_python_reader_reads_it(
+    records: list[Any],
+    marks: dict[int, tuple[int, bool]],
+    progress: dict[int, int],
+    inputs: dict[int, int],
+) -> None:
+    env = Envelope(records, marks, progress, inputs=inputs)
+    raw = env.pack()
+    read = Envelope.unpack(raw)
+    assert read == Envelope.read_in_python(raw)
+    assert read_envelope(raw) is not None  # read by the core, but for the items it leaves
+    valid = [r for r in records if not isinstance(r, Routed) or r.match is None]
+    if read.rejected == [] and len(valid) == len(records):
+        assert read == env  # a round trip
+    _same(encode(records))
+
+
+@FUZZ
+@given(_frame)
+def test_any_frame_and_items_read_as_the_python_reader_reads_them(body: dict[str, Any]) -> None:
+    _same(orjson.dumps(body))
+    _same(orjson.dumps(body["i"]))
+
+
+@FUZZ
+@given(st.binary(max_size=200) | _frame.map(orjson.dumps).map(lambda b: b[: len(b) // 2]))
+def test_any_bytes_read_as_the_python_reader_reads_them(raw: bytes) -> None:
+    _same(raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"i":[["s",{"event_id":"e","type":"share"}]]}',  # not a valid event: rejected
+        b'{"i":[["r","p1"]],"i":[["f","p2"]]}',  # a key twice: the last
+        b'{"i":[],"p":{"1":4,"01":5}}',  # two keys of one partition: Python's
+        b'{"i":[["f","\\ud800"]]}',  # a lone surrogate: not JSON orjson reads
+        b'{"i":[["u",{"event_id":"e1","type":"upload","ts":1767225600000,"post_id":"p1",'
+        b'"user_id":"u1","content":{"vpdq":["x"]}}]]}',  # a video's frames: Python's
+        b'{"i":[["e",{"event_id":"e1","type":"share","ts":1767225600000,"post_id":"p2",'
+        b'"parent_post_id":"p1","user_id":"u1"},3,17]]}',  # an earlier version's record
+    ],
+)
+def test_what_the_core_leaves_to_python_reads_as_before(raw: bytes) -> None:
+    _same(raw)
+
+
+def test_the_routed_events_of_a_cluster_share_its_id() -> None:
+    """One string per cluster id in a batch: a reorder buffer holds many events of one."""
+    events = [ShareEvent(f"e{i}", "share", 1767225600000, f"p{i}", "u", "p0") for i in range(3)]
+    env = Envelope.unpack(Envelope([Routed(ev, "b-1") for ev in events]).pack())
+    first, *rest = (item.cluster_id for item in env.items)
+    assert all(c is first for c in rest)
+
+
+@FUZZ
+@given(st.lists(_record, max_size=10))
+def test_the_core_reads_every_record_the_stages_write_itself(records: list[Any]) -> None:
+    """Valid events and no match: no item goes to the fallback (one that raises here)."""
+    from streams import _core
+    from streams.events import Rejection, parse_ts
+
+    def fallback(text: str) -> Any:
+        raise AssertionError(f"left to Python: {text}")
+
+    classes = (ToRoute, Routed, Registration, Forget, Unbanked, Touch, ShareEvent, Content)
+    reader = _core.WireReader(*classes, Rejection, parse_ts, fallback)
+    raw = Envelope(records).pack()
+    if Envelope.read_in_python(raw).rejected or any(
+        isinstance(r, Routed) and r.match is not None for r in records
+    ):
+        assert reader.envelope(raw) is None  # the fallback was asked, and raised
+        return
+    read = reader.envelope(raw)
+    assert read is not None and read[0] == records and read[1] == []
