@@ -309,6 +309,7 @@ class ReplayLoop:
         routes: PostRoutes,
         idle: IdleClusters,
         unbanked: UnbankedClusters,
+        content: ContentSignals,
         banked: Mapping[str, Any],
         routed_cls: type,
         rejection_cls: type,
@@ -330,3 +331,13 @@ class ReplayLoop:
     @property
     def waiting(self) -> int: ...
     def __len__(self) -> int: ...
+
+def evict_unbanked(
+    store: UnbankedClusters,
+    routes: PostRoutes,
+    content: ContentSignals,
+    cut_ms: int,
+    barrier: int,
+) -> tuple[bool, list[str]]:
+    """Evict idle unbanked clusters, forgetting their posts in ``routes`` and their content
+    in ``content``: ``(stopped at one not idle, [cluster])``."""

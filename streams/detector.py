@@ -155,7 +155,7 @@ from streams.alerts import (
 )
 from streams.banks import ALLOW_BANK, DEFAULT_PDQ_THRESHOLD, BankUpdate
 from streams.emerging import ContentIndex
-from streams.events import Content, Rejection, ShareEvent
+from streams.events import Rejection, ShareEvent
 from streams.forecast import PredictorFactory
 from streams.policy import AlertPolicy
 from streams.router import Routed
@@ -481,6 +481,8 @@ class Detector:
         self._sent_early: dict[str, set[str]] = {}
         #: per cluster, the timed bank changes held for it, (ts, to the allow-list) (streaming)
         self._bank_pending: dict[str, list[tuple[int, bool]]] = {}
+        #: how idle unbanked clusters are evicted, when not through the outbox (evict_with)
+        self._evict: Callable[[int, int], tuple[bool, list[str]]] | None = None
 
     # -- input ------------------------------------------------------------
 
@@ -584,21 +586,32 @@ class Detector:
 
     def settle_unbanked(
         self,
-        ops: list[tuple[str, Content | None]],
+        evicted: list[str],
         rejected: list[ShareEvent],
         crossings: list[tuple[str, int, int, int, int, int]],
         counts: UnbankedCounts,
     ) -> None:
         """What replay's compiled loop (``_core.ReplayLoop``) applied in the unbanked store
-        since it last said: ``ops`` in order, ``(cluster, content)`` an applied upload's
-        content, ``(cluster, None)`` a cluster evicted (its posts forgotten by the router's
-        map already); then what :meth:`_apply_unbanked` counts and queues."""
-        for cid, content in ops:
-            if content is None:
-                self._evicted_unbanked(cid, ())
-            else:
-                self.content.add(cid, content)
+        since it last said: the clusters evicted (their posts forgotten by the router's map,
+        their content by :attr:`content`, both by the loop), then what
+        :meth:`_apply_unbanked` counts and queues."""
+        self._forgotten(evicted)
         self._settled(rejected or None, crossings or None, counts)
+
+    def evict_with(self, evict: Callable[[int, int], tuple[bool, list[str]]]) -> None:
+        """Evict idle unbanked clusters with ``evict(cut_ms, barrier)`` rather than through
+        :attr:`outbox`: replay's ``_core.evict_unbanked``, which forgets their posts in the
+        router's map and their content in :attr:`content` itself (no Python string per
+        post, no call per cluster), and gives ``(stopped, [cluster])``."""
+        self._evict = evict
+
+    def _forgotten(self, evicted: list[str]) -> None:
+        """Unbanked clusters evicted, their posts and content forgotten already."""
+        if self._bank_pending or self._sent_early:
+            for cid in evicted:
+                self._bank_pending.pop(cid, None)  # a cluster of that id later starts afresh
+                self._sent_early.pop(cid, None)
+        self.stats.clusters_evicted += len(evicted)
 
     def _settled(
         self,
@@ -827,9 +840,13 @@ class Detector:
         clusters, unbanked = self.clusters, self._unbanked
         while True:  # least recently touched first, banked (here) and unbanked (compiled)
             if len(unbanked):
-                stopped, evicted = unbanked.evict(cut, self._barrier())
-                for _, gone, posts in evicted:
-                    self._evicted_unbanked(gone, posts)
+                if self._evict is not None:
+                    stopped, forgotten = self._evict(cut, self._barrier())
+                    self._forgotten(forgotten)
+                else:
+                    stopped, evicted = unbanked.evict(cut, self._barrier())
+                    for _, gone, posts in evicted:
+                        self._evicted_unbanked(gone, posts)
                 if stopped:
                     break
             if not clusters:

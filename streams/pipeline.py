@@ -36,14 +36,15 @@ statuses this pipeline gives, which is what the tests check it against.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Final
 
-from streams._core import ReplayLoop
+from streams._core import ReplayLoop, evict_unbanked
 from streams.alerts import Pseudonymizer
 from streams.banks import MIN_PDQ_QUALITY, BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, Predictor, UnbankedCounts
 from streams.emerging import EmergingClusters, IndexRequests
-from streams.events import Content, Rejection, ShareEvent, parse_events
+from streams.events import Rejection, ShareEvent, parse_events
 from streams.forecast import predictor_factory as forecast_factory
 from streams.policy import AlertPolicy
 from streams.router import Routed, Router
@@ -108,12 +109,22 @@ class Pipeline:
             self.router.post_clusters,
             emerging.idle_clusters,
             self.detector.unbanked_store,
+            self.detector.content.held_signals,
             self.detector.clusters,
             Routed,
             Rejection,
             lateness_ms,
             self.router.max_held,
             MIN_PDQ_QUALITY,
+        )
+        detector = self.detector
+        detector.evict_with(
+            partial(
+                evict_unbanked,
+                detector.unbanked_store,
+                self.router.post_clusters,
+                detector.content.held_signals,
+            )
         )
         self._out = Decisions()
 
@@ -208,7 +219,7 @@ class Pipeline:
 
     def _settle(
         self,
-        ops: list[tuple[str, Content | None]],
+        evicted: list[str],
         rejected: list[ShareEvent],
         crossings: list[tuple[str, int, int, int, int, int]],
         held: int,
@@ -216,7 +227,7 @@ class Pipeline:
     ) -> None:
         """What the loop did since it last said: the unbanked store's work, its counters."""
         detector = self.detector
-        detector.settle_unbanked(ops, rejected, crossings, counts)
+        detector.settle_unbanked(evicted, rejected, crossings, counts)
         self.stats.held += held
         self.stats.orphans_held = self.router.held
         if detector.outbox:

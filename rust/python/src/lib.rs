@@ -280,6 +280,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<wire_read::WireReader>()?;
     m.add_class::<unbanked::UnbankedClusters>()?;
     m.add_class::<replay::ReplayLoop>()?;
+    m.add_function(wrap_pyfunction!(replay::evict_unbanked, m)?)?;
     m.add("MAX_EVENT_BYTES", event::MAX_EVENT_BYTES)?;
     m.add("MAX_ID_LEN", event::MAX_ID_LEN)?;
     m.add("TS_MIN_MS", event::TS_MIN_MS)?;

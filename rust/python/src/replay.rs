@@ -18,7 +18,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
@@ -27,7 +27,7 @@ use viralwatch_core::content::Kind as Signal;
 use viralwatch_core::emerging::unbanked_id;
 use viralwatch_core::posts::Routed as Route;
 use viralwatch_core::reorder::ReorderBuffer;
-use viralwatch_core::unbanked::{Kind, Outcome};
+use viralwatch_core::unbanked::{Evicted, Kind, Outcome};
 
 use crate::content::PyContentSignals;
 use crate::dedupe::with_id;
@@ -45,6 +45,7 @@ enum Item {
     Event {
         cluster: Py<PyString>,
         event: Py<PyAny>,
+        ts: i64,
         routed: Option<Py<PyAny>>,
     },
     Bank(Py<PyAny>),
@@ -53,9 +54,9 @@ enum Item {
 /// The store's results not yet handed to Python, and the loop's own counters.
 #[derive(Default)]
 struct Pending {
-    /// in order: `(cluster, content)` an applied upload's content, `(cluster, None)` an
-    /// eviction (its posts already forgotten by the map)
-    ops: Vec<(Py<PyAny>, Option<Py<PyAny>>)>,
+    /// the clusters evicted, in order (their posts forgotten by the map, their content by
+    /// the detector's index already)
+    evicted: Vec<String>,
     rejected: Vec<Py<PyAny>>,
     crossings: Vec<CrossingRow>,
     held: u64,
@@ -68,7 +69,7 @@ struct Pending {
 
 impl Pending {
     fn effects(&self) -> bool {
-        !(self.ops.is_empty() && self.rejected.is_empty() && self.crossings.is_empty())
+        !(self.evicted.is_empty() && self.rejected.is_empty() && self.crossings.is_empty())
     }
 
     fn any(&self) -> bool {
@@ -90,6 +91,8 @@ pub struct ReplayLoop {
     idle: Py<PyIdleClusters>,
     signals: Py<PyContentSignals>,
     unbanked: Py<UnbankedClusters>,
+    /// the detector's index of live clusters' content (which a bank change concerns)
+    content: Py<PyContentSignals>,
     banked: Py<PyDict>,
     routed_cls: Py<PyType>,
     rejection_cls: Py<PyType>,
@@ -105,6 +108,60 @@ pub struct ReplayLoop {
     /// the detector's `(stop_ms, barrier)` (`None`: Python may have changed them since)
     limits: Option<(i64, u64)>,
     pending: Pending,
+}
+
+/// An upload's image signals, lowercase, MD5 first (``streams.emerging.signals_of``), and
+/// the key of the cluster it starts if none is near (``unbanked_cluster_id``'s).
+#[derive(Default)]
+struct ImageSignals {
+    lower: Vec<(Signal, String)>,
+    own_key: Option<String>,
+}
+
+impl ImageSignals {
+    fn refs(&self) -> Vec<(Signal, &str)> {
+        self.lower.iter().map(|(k, t)| (*k, t.as_str())).collect()
+    }
+}
+
+/// Clusters evicted from the unbanked store: their posts forgotten by the router's map
+/// and their content by the detector's index; their ids, in order.
+fn forget(
+    py: Python<'_>,
+    routes: &Py<PyPostRoutes>,
+    content: &Py<PyContentSignals>,
+    evicted: Vec<Evicted>,
+) -> Vec<String> {
+    let mut routes = routes.borrow_mut(py);
+    let mut content = content.borrow_mut(py);
+    evicted
+        .into_iter()
+        .map(|gone| {
+            for post in &gone.posts {
+                routes.inner.posts.remove(post);
+            }
+            content.inner.drop_cluster(&gone.cluster_id);
+            gone.cluster_id
+        })
+        .collect()
+}
+
+/// Evict, oldest first, the unbanked clusters idle at ``cut_ms`` and touched before
+/// ``barrier`` (``UnbankedClusters.evict``), forgetting their posts in ``routes`` and their
+/// content in ``content`` here: ``(stopped at one that is not idle, [cluster])``. Replay's
+/// detector evicts this way (no Python string per post, no call per cluster).
+#[pyfunction]
+pub fn evict_unbanked(
+    py: Python<'_>,
+    store: &Bound<'_, UnbankedClusters>,
+    routes: Py<PyPostRoutes>,
+    content: Py<PyContentSignals>,
+    cut_ms: i64,
+    barrier: u64,
+) -> (bool, Vec<String>) {
+    let mut out: Outcome<Py<PyAny>> = Outcome::default();
+    let stopped = store.borrow_mut().store.evict(cut_ms, barrier, 0, &mut out);
+    (stopped, forget(py, &routes, &content, out.evicted))
 }
 
 fn is_unbanked_id(id: &str) -> bool {
@@ -129,7 +186,7 @@ impl ReplayLoop {
         );
         host.call_method1(
             intern!(host.py(), "_settle"),
-            (p.ops, p.rejected, p.crossings, p.held, counts),
+            (p.evicted, p.rejected, p.crossings, p.held, counts),
         )?;
         Ok(())
     }
@@ -178,13 +235,14 @@ impl ReplayLoop {
         py: Python<'_>,
         cluster: &Bound<'_, PyString>,
         event: &Bound<'_, PyAny>,
+        ts: i64,
         routed: Option<Py<PyAny>>,
     ) -> PyResult<()> {
-        let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
         let eid = event.getattr(intern!(py, "event_id"))?;
         let item = Item::Event {
             cluster: cluster.clone().unbind(),
             event: event.clone().unbind(),
+            ts,
             routed,
         };
         with_id(&eid, |k| self.buffer.push(ts, k, item))
@@ -213,11 +271,11 @@ impl ReplayLoop {
         let unbanked = is_unbanked_id(&id);
         for child in released {
             let child = child.into_bound(py);
+            let ts: i64 = child.getattr(intern!(py, "ts_ms"))?.extract()?;
             if unbanked {
-                let ts: i64 = child.getattr(intern!(py, "ts_ms"))?.extract()?;
                 self.touch(py, &id, ts);
             }
-            self.push(py, cluster, &child, None)?;
+            self.push(py, cluster, &child, ts, None)?;
         }
         Ok(())
     }
@@ -273,42 +331,13 @@ impl ReplayLoop {
         event: Py<PyAny>,
     ) -> PyResult<()> {
         let event = event.into_bound(py);
+        let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
         let content = event.getattr(intern!(py, "content"))?;
         let cluster = if content.getattr(intern!(py, "vpdq"))?.is_none() {
-            let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
-            let md5 = content.getattr(intern!(py, "md5"))?;
-            let pdq = content.getattr(intern!(py, "pdq"))?;
-            let md5 = if md5.is_truthy()? {
-                Some(md5.cast_into::<PyString>()?)
-            } else {
-                None
-            };
-            let pdq = if self.signalled_pdq(py, &content, &pdq)? {
-                Some(pdq.cast_into::<PyString>()?)
-            } else {
-                None
-            };
-            let md5_lower = md5
-                .as_ref()
-                .map(|m| m.to_str().map(str::to_ascii_lowercase))
-                .transpose()?;
-            let pdq_lower = pdq
-                .as_ref()
-                .map(|p| p.to_str().map(str::to_ascii_lowercase))
-                .transpose()?;
-            let mut signals: Vec<(Signal, &str)> = Vec::with_capacity(2);
-            if let Some(m) = &md5_lower {
-                signals.push((Signal::Md5, m));
-            }
-            if let Some(p) = &pdq_lower {
-                signals.push((Signal::Pdq, p));
-            }
-            let key = match (&md5, &pdq) {
-                (Some(m), _) => format!("md5:{}", m.to_str()?),
-                (None, Some(p)) => format!("pdq:{}", p.to_str()?),
-                (None, None) => {
-                    return Err(PyTypeError::new_err("a deferred upload has no signal"))
-                }
+            let image = self.image_signals(py, &content)?;
+            let signals = image.refs();
+            let Some(key) = &image.own_key else {
+                return Err(PyTypeError::new_err("a deferred upload has no signal"));
             };
             let own = unbanked_id(key.as_bytes());
             let id = {
@@ -317,15 +346,35 @@ impl ReplayLoop {
                 let threshold = idle.threshold;
                 idle.inner
                     .assign(&mut held.inner, &signals, &own, ts, threshold)
-                    .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.0))?
+                    .map_err(|e| PyValueError::new_err(e.0))?
             };
             PyString::new(py, &id)
         } else {
             host.call_method1(intern!(py, "_assign_video"), (&event,))?
                 .cast_into::<PyString>()?
         };
-        self.push(py, &cluster, &event, None)?;
+        self.push(py, &cluster, &event, ts, None)?;
         self.register(py, &event, &cluster)
+    }
+
+    /// An upload's image signals as the content indexes take them (``signals_of``).
+    fn image_signals(&self, py: Python<'_>, content: &Bound<'_, PyAny>) -> PyResult<ImageSignals> {
+        let mut out = ImageSignals::default();
+        let md5 = content.getattr(intern!(py, "md5"))?;
+        if md5.is_truthy()? {
+            let md5 = md5.cast_into::<PyString>()?;
+            let text = md5.to_str()?;
+            out.lower.push((Signal::Md5, text.to_ascii_lowercase()));
+            out.own_key = Some(format!("md5:{text}"));
+        }
+        let pdq = content.getattr(intern!(py, "pdq"))?;
+        if self.signalled_pdq(py, content, &pdq)? {
+            let pdq = pdq.cast_into::<PyString>()?;
+            let text = pdq.to_str()?;
+            out.lower.push((Signal::Pdq, text.to_ascii_lowercase()));
+            out.own_key.get_or_insert_with(|| format!("pdq:{text}"));
+        }
+        Ok(out)
     }
 
     fn signalled_pdq(
@@ -371,7 +420,7 @@ impl ReplayLoop {
     /// Released items, in order: unbanked clusters' events to the store, the rest to Python.
     fn apply(&mut self, py: Python<'_>, host: &Bound<'_, PyAny>, items: Vec<Item>) -> PyResult<()> {
         for item in items {
-            let (cluster, event, routed) = match item {
+            let (cluster, event, ts, routed) = match item {
                 Item::Bank(update) => {
                     self.python_apply(host, update.into_bound(py))?;
                     continue;
@@ -379,8 +428,9 @@ impl ReplayLoop {
                 Item::Event {
                     cluster,
                     event,
+                    ts,
                     routed,
-                } => (cluster, event, routed),
+                } => (cluster, event, ts, routed),
             };
             let cid_obj = cluster.bind(py);
             let cid = cid_obj.to_str()?;
@@ -390,7 +440,6 @@ impl ReplayLoop {
                 continue;
             }
             let ev = event.bind(py);
-            let ts: i64 = ev.getattr(intern!(py, "ts_ms"))?.extract()?;
             let (stop_ms, barrier) = self.limits(host)?;
             if ts >= stop_ms {
                 let r = self.routed(py, cluster, event, routed)?;
@@ -411,9 +460,12 @@ impl ReplayLoop {
             };
             self.absorb(py, out)?;
             if applied && !content.is_none() {
-                self.pending
-                    .ops
-                    .push((cluster.into_any(), Some(content.unbind())));
+                let image = self.image_signals(py, &content)?;
+                self.content
+                    .borrow_mut(py)
+                    .inner
+                    .add(cid, &image.refs())
+                    .map_err(|e| PyValueError::new_err(e.0))?;
             }
             let latest = self.pending.latest.get_or_insert(ts);
             *latest = (*latest).max(ts);
@@ -425,14 +477,8 @@ impl ReplayLoop {
     /// is routed before Python would have forgotten them), the rest kept for Python.
     fn absorb(&mut self, py: Python<'_>, out: Outcome<Py<PyAny>>) -> PyResult<()> {
         if !out.evicted.is_empty() {
-            let mut routes = self.routes.borrow_mut(py);
-            for gone in out.evicted {
-                for post in &gone.posts {
-                    routes.inner.posts.remove(post);
-                }
-                let cid = PyString::new(py, &gone.cluster_id).into_any().unbind();
-                self.pending.ops.push((cid, None));
-            }
+            let gone = forget(py, &self.routes, &self.content, out.evicted);
+            self.pending.evicted.extend(gone);
         }
         self.pending.rejected.extend(out.rejected);
         self.pending
@@ -463,7 +509,7 @@ impl ReplayLoop {
                     let cluster = route
                         .getattr(intern!(py, "cluster_id"))?
                         .cast_into::<PyString>()?;
-                    self.push(py, &cluster, event, Some(route.clone().unbind()))?;
+                    self.push(py, &cluster, event, ts, Some(route.clone().unbind()))?;
                     self.register(py, event, &cluster)?;
                 } else {
                     let content = event.getattr(intern!(py, "content"))?;
@@ -476,7 +522,7 @@ impl ReplayLoop {
                             self.defer(event, ts, &eid)?;
                         } else {
                             let cluster = cluster.cast_into::<PyString>()?;
-                            self.push(py, &cluster, event, None)?;
+                            self.push(py, &cluster, event, ts, None)?;
                             self.register(py, event, &cluster)?;
                         }
                     }
@@ -510,7 +556,7 @@ impl ReplayLoop {
                 match routed {
                     Route::Found(id, released) => {
                         let cluster = self.routes.borrow(py).cluster_str(py, &id).into_bound(py);
-                        self.push(py, &cluster, event, None)?;
+                        self.push(py, &cluster, event, ts, None)?;
                         if is_unbanked_id(&id) {
                             self.touch(py, &id, ts);
                         }
@@ -552,6 +598,7 @@ impl ReplayLoop {
         routes: Py<PyPostRoutes>,
         idle: Py<PyIdleClusters>,
         unbanked: Py<UnbankedClusters>,
+        content: Py<PyContentSignals>,
         banked: Py<PyDict>,
         routed_cls: Py<PyType>,
         rejection_cls: Py<PyType>,
@@ -565,6 +612,7 @@ impl ReplayLoop {
             idle,
             signals,
             unbanked,
+            content,
             banked,
             routed_cls,
             rejection_cls,
@@ -672,6 +720,7 @@ impl ReplayLoop {
                     cluster,
                     event,
                     routed,
+                    ..
                 } => {
                     visit.call(cluster)?;
                     visit.call(event)?;
@@ -685,12 +734,6 @@ impl ReplayLoop {
         for ev in self.waiting.values() {
             visit.call(ev)?;
         }
-        for (c, content) in &self.pending.ops {
-            visit.call(c)?;
-            if let Some(x) = content {
-                visit.call(x)?;
-            }
-        }
         for r in &self.pending.rejected {
             visit.call(r)?;
         }
@@ -698,6 +741,7 @@ impl ReplayLoop {
         visit.call(&self.idle)?;
         visit.call(&self.signals)?;
         visit.call(&self.unbanked)?;
+        visit.call(&self.content)?;
         visit.call(&self.banked)?;
         visit.call(&self.routed_cls)?;
         visit.call(&self.rejection_cls)?;
