@@ -286,7 +286,9 @@ class IdleClusters:
     joins, the idle order, and what changed for the state log (``rust/core/src/emerging.rs``)."""
 
     joined: int
-    def __init__(self, signals: ContentSignals, idle_ms: int, threshold: int) -> None: ...
+    def __init__(
+        self, signals: ContentSignals, idle_ms: int, threshold: int, log: bool = True
+    ) -> None: ...
     def __len__(self) -> int: ...
     def assign(self, signals: Sequence[tuple[str, str]], own: str, ts_ms: int) -> str:
         """The cluster an upload with these signals (MD5 first) joins, ``own`` if none is near."""

@@ -285,14 +285,21 @@ class EmergingClusters:
     the search and its signals.
     """
 
-    def __init__(self, idle_ms: int = 3_600_000, threshold: int = EMERGING_PDQ_THRESHOLD) -> None:
+    def __init__(
+        self,
+        idle_ms: int = 3_600_000,
+        threshold: int = EMERGING_PDQ_THRESHOLD,
+        *,
+        log_changes: bool = True,
+    ) -> None:
         self.idle_ms = idle_ms
         self.threshold = threshold
         self.index = ContentIndex(videos=True)
         #: the idle order (least recently touched first) and what changed since
         #: :meth:`take_changes` (for the owner's state log): the clusters touched, least
-        #: recently first, with the signals they took; the clusters evicted
-        self._idle = IdleClusters(self.index.held_signals, idle_ms, threshold)
+        #: recently first, with the signals they took; the clusters evicted. Replay logs
+        #: nothing (``log_changes=False``): kept, the changes would grow with every cluster
+        self._idle = IdleClusters(self.index.held_signals, idle_ms, threshold, log_changes)
 
     def __len__(self) -> int:
         return len(self._idle)

@@ -85,7 +85,7 @@ class Pipeline:
         stats: Stats | None = None,
     ) -> None:
         self.stats = stats if stats is not None else Stats()
-        emerging = EmergingClusters(idle_ms=idle_ms)
+        emerging = EmergingClusters(idle_ms=idle_ms, log_changes=False)  # nothing logs it
         # this router holds the index, as the streaming index's owner does: unbanked uploads
         # are deferred to it, and clustered in event-time order (see the module doc)
         self.router = Router(

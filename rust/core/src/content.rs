@@ -3,12 +3,24 @@
 //!
 //! A signal is known by its text: 32 hex digits an MD5, 64 a PDQ hash, anything
 //! else (a video's frames) held as it is, for Python to search. An MD5 is kept
-//! as its 16 bytes, a PDQ hash as its 32 (in the [`PdqIndex`] alone, tagged
-//! with its slot: the index is also the map from a hash to its signal), and
-//! their text is written again, lowercase, where a caller asks for it: no copy
-//! of the text is kept. Each signal is held by one cluster or more, each
-//! cluster holds its signals in the order it took them; a PDQ search answers
-//! with the clusters holding what it found.
+//! as its 16 bytes, a PDQ hash as its 32, and their text is written again,
+//! lowercase, where a caller asks for it: no copy of the text is kept. Each
+//! signal is held by one cluster or more, each cluster holds its signals in the
+//! order it took them; a PDQ search answers with the clusters holding what it
+//! found.
+//!
+//! Sized for a million live posts (two of these live in a replay: the router's
+//! index of unbanked content and the detector's, for bank changes), so nothing
+//! is kept twice and nothing is allocated per signal:
+//!
+//! - a signal is a key in one table, with its first holder's slot as its value:
+//!   an MD5 in a map of 16-byte keys, a PDQ hash in the [`PdqIndex`] (tagged with
+//!   the slot), any other text in a map of its own. A signal more than one
+//!   cluster holds (rare: content near two live clusters joins one) lists the
+//!   others in a side map;
+//! - a cluster is its id (`x-` and 16 hex digits, the ids `streams` makes, as a
+//!   letter and 64 bits; any other id as its text) and its signals' keys, packed
+//!   in one byte string in the order it took them.
 //!
 //! Answers are deterministic: clusters nearest first, ties by cluster id, each
 //! cluster once at its nearest, whatever the order of adds and drops.
@@ -38,7 +50,7 @@ impl Kind {
 }
 
 /// A signal as it is kept: binary for the hashes (see the module doc).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Md5([u8; 16]),
     /// a PDQ hash in the index (a `Kind::Pdq` signal)
@@ -75,18 +87,108 @@ impl Key {
             Key::Text(t) => Arc::from(&**t),
         }
     }
+
+    /// Appended to a cluster's packed keys: a kind byte, then 16 bytes (MD5), 32 (PDQ,
+    /// its words little-endian) or a 4-byte length and the text.
+    fn pack(&self, out: &mut Vec<u8>) {
+        match self {
+            Key::Md5(b) => {
+                out.push(0);
+                out.extend_from_slice(b);
+            }
+            Key::Pdq(h) => {
+                out.push(1);
+                for w in h {
+                    out.extend_from_slice(&w.to_le_bytes());
+                }
+            }
+            Key::Text(t) => {
+                out.push(2);
+                out.extend_from_slice(&(t.len() as u32).to_le_bytes());
+                out.extend_from_slice(t.as_bytes());
+            }
+        }
+    }
+
+    /// The keys packed in `bytes` ([`Key::pack`]), in order.
+    fn unpack(mut bytes: &[u8]) -> impl Iterator<Item = Key> + '_ {
+        std::iter::from_fn(move || {
+            let (&kind, rest) = bytes.split_first()?;
+            let (key, rest) = match kind {
+                0 => {
+                    let (b, rest) = rest.split_at(16);
+                    (Key::Md5(b.try_into().expect("16 bytes")), rest)
+                }
+                1 => {
+                    let (b, rest) = rest.split_at(32);
+                    let mut h = [0_u64; 4];
+                    for (w, c) in h.iter_mut().zip(b.chunks_exact(8)) {
+                        *w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+                    }
+                    (Key::Pdq(h), rest)
+                }
+                _ => {
+                    let (n, rest) = rest.split_at(4);
+                    let n = u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize;
+                    let (t, rest) = rest.split_at(n);
+                    let t = std::str::from_utf8(t).expect("packed from a str");
+                    (Key::Text(t.into()), rest)
+                }
+            };
+            bytes = rest;
+            Some(key)
+        })
+    }
 }
 
-#[derive(Debug)]
-struct Signal {
-    key: Key,
-    holders: Vec<u32>,
+/// A cluster's id as kept: `x-` and 16 lowercase hex digits (the ids `streams` makes) as
+/// the letter and the 64 bits, no allocation; any other id as its text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum ClusterId {
+    Hex(u8, u64),
+    Text(Box<str>),
+}
+
+impl ClusterId {
+    /// The compact form of `id`, if it has one.
+    fn hex(id: &str) -> Option<(u8, u64)> {
+        let b = id.as_bytes();
+        if b.len() != 18 || b[1] != b'-' || !b[0].is_ascii_lowercase() {
+            return None;
+        }
+        let digits = &b[2..];
+        if !digits
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        {
+            return None;
+        }
+        let v = u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()?;
+        Some((b[0], v))
+    }
+
+    fn of(id: &str) -> Self {
+        match Self::hex(id) {
+            Some((p, v)) => ClusterId::Hex(p, v),
+            None => ClusterId::Text(id.into()),
+        }
+    }
+
+    fn text(&self) -> Arc<str> {
+        match self {
+            ClusterId::Hex(p, v) => Arc::from(format!("{}-{v:016x}", *p as char)),
+            ClusterId::Text(t) => Arc::from(&**t),
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Cluster {
-    id: Arc<str>,
-    signals: Vec<u32>,
+    id: ClusterId,
+    /// its signals' keys, packed ([`Key::pack`]), in the order it took them
+    keys: Box<[u8]>,
+    /// how many signals it holds
+    held: u32,
 }
 
 /// What [`ContentIndex::add`] gives: the texts new to the cluster, then those new to all.
@@ -99,30 +201,18 @@ pub struct BadSignal(pub String);
 /// Live clusters' signals (see the module doc).
 #[derive(Debug, Default)]
 pub struct ContentIndex {
-    /// the PDQ signals' hashes, tagged with their slot
+    /// the PDQ signals' hashes, tagged with their first holder's slot
     pdq: PdqIndex,
-    md5_slot: HashMap<[u8; 16], u32>,
-    /// signals of any other text (a video's frames)
-    text_slot: HashMap<Box<str>, u32>,
-    signals: Vec<Option<Signal>>,
-    free_signals: Vec<u32>,
-    cluster_slot: HashMap<Arc<str>, u32>,
+    /// MD5 -> its first holder's slot
+    md5: HashMap<[u8; 16], u32>,
+    /// signals of any other text (a video's frames) -> the first holder's slot
+    text: HashMap<Box<str>, u32>,
+    /// the other holders of a signal more than one cluster holds
+    more: HashMap<Key, Vec<u32>>,
+    hex_ids: HashMap<(u8, u64), u32>,
+    text_ids: HashMap<Box<str>, u32>,
     clusters: Vec<Option<Cluster>>,
-    free_clusters: Vec<u32>,
-}
-
-/// Put `item` in a free slot, or a new one.
-fn place<T>(items: &mut Vec<Option<T>>, free: &mut Vec<u32>, item: T) -> u32 {
-    match free.pop() {
-        Some(slot) => {
-            items[slot as usize] = Some(item);
-            slot
-        }
-        None => {
-            items.push(Some(item));
-            (items.len() - 1) as u32
-        }
-    }
+    free: Vec<u32>,
 }
 
 impl ContentIndex {
@@ -132,12 +222,12 @@ impl ContentIndex {
 
     /// Live clusters.
     pub fn clusters(&self) -> usize {
-        self.cluster_slot.len()
+        self.hex_ids.len() + self.text_ids.len()
     }
 
     /// Distinct signals held.
     pub fn len(&self) -> usize {
-        self.pdq.len() + self.md5_slot.len() + self.text_slot.len()
+        self.pdq.len() + self.md5.len() + self.text.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -156,27 +246,47 @@ impl ContentIndex {
         })
     }
 
-    /// The slot of the signal kept under `key`.
-    fn slot_of(&self, key: &Key) -> Option<u32> {
+    /// The first holder of the signal kept under `key`.
+    fn first_holder(&self, key: &Key) -> Option<u32> {
         match key {
-            Key::Md5(b) => self.md5_slot.get(b).copied(),
+            Key::Md5(b) => self.md5.get(b).copied(),
             Key::Pdq(h) => self.pdq.tag_of(h).map(|t| t as u32),
-            Key::Text(t) => self.text_slot.get(t).copied(),
+            Key::Text(t) => self.text.get(t).copied(),
         }
     }
 
-    /// The slot of the signal of `text` (of any kind, as its shape says).
-    fn slot_of_text(&self, text: &str) -> Option<u32> {
+    /// The key of the signal of `text` held here (of any kind, as its shape says).
+    fn held_key(&self, text: &str) -> Option<Key> {
         if let Some(h) = pdq::parse_hex(text.as_bytes()) {
-            if let Some(s) = self.slot_of(&Key::Pdq(h)) {
-                return Some(s);
+            if self.pdq.contains(&h) {
+                return Some(Key::Pdq(h));
             }
         }
-        self.slot_of(&Self::key_of(Kind::Other, text)?)
+        let key = Self::key_of(Kind::Other, text)?;
+        self.first_holder(&key).map(|_| key)
+    }
+
+    /// Every holder of the signal kept under `key` (none if it is not held).
+    fn holders_of(&self, key: &Key) -> Vec<u32> {
+        let Some(first) = self.first_holder(key) else {
+            return Vec::new();
+        };
+        let mut out = vec![first];
+        if let Some(more) = self.more.get(key) {
+            out.extend_from_slice(more);
+        }
+        out
+    }
+
+    fn slot_of(&self, cluster: &str) -> Option<u32> {
+        match ClusterId::hex(cluster) {
+            Some(k) => self.hex_ids.get(&k).copied(),
+            None => self.text_ids.get(cluster).copied(),
+        }
     }
 
     pub fn contains(&self, cluster: &str) -> bool {
-        self.cluster_slot.contains_key(cluster)
+        self.slot_of(cluster).is_some()
     }
 
     fn cluster(&self, slot: u32) -> &Cluster {
@@ -185,34 +295,65 @@ impl ContentIndex {
             .expect("a live cluster's slot")
     }
 
-    fn signal(&self, slot: u32) -> &Signal {
-        self.signals[slot as usize]
-            .as_ref()
-            .expect("a live signal's slot")
-    }
-
     /// The signals `cluster` holds, in the order it took them.
     pub fn held(&self, cluster: &str) -> Vec<Arc<str>> {
-        self.cluster_slot.get(cluster).map_or_else(Vec::new, |&c| {
-            self.cluster(c)
-                .signals
-                .iter()
-                .map(|&s| self.signal(s).key.text())
+        self.held_from(cluster, 0)
+    }
+
+    /// How many signals `cluster` holds (0 if it is not here).
+    pub fn held_count(&self, cluster: &str) -> usize {
+        self.slot_of(cluster)
+            .map_or(0, |c| self.cluster(c).held as usize)
+    }
+
+    /// The signals `cluster` took after its first `from`, in the order it took them.
+    pub fn held_from(&self, cluster: &str, from: usize) -> Vec<Arc<str>> {
+        self.slot_of(cluster).map_or_else(Vec::new, |c| {
+            Key::unpack(&self.cluster(c).keys)
+                .skip(from)
+                .map(|k| k.text())
                 .collect()
         })
     }
 
     /// The clusters holding `text`, by id.
     pub fn holders(&self, text: &str) -> Vec<Arc<str>> {
-        let mut out: Vec<Arc<str>> = self.slot_of_text(text).map_or_else(Vec::new, |s| {
-            self.signal(s)
-                .holders
-                .iter()
-                .map(|&c| self.cluster(c).id.clone())
+        let mut out: Vec<Arc<str>> = self.held_key(text).map_or_else(Vec::new, |key| {
+            self.holders_of(&key)
+                .into_iter()
+                .map(|c| self.cluster(c).id.text())
                 .collect()
         });
         out.sort();
         out
+    }
+
+    /// The slot of `cluster`, made now if it is new.
+    fn slot_or_new(&mut self, cluster: &str) -> u32 {
+        if let Some(c) = self.slot_of(cluster) {
+            return c;
+        }
+        let id = ClusterId::of(cluster);
+        let item = Cluster {
+            id: id.clone(),
+            keys: Box::default(),
+            held: 0,
+        };
+        let c = match self.free.pop() {
+            Some(slot) => {
+                self.clusters[slot as usize] = Some(item);
+                slot
+            }
+            None => {
+                self.clusters.push(Some(item));
+                (self.clusters.len() - 1) as u32
+            }
+        };
+        match id {
+            ClusterId::Hex(p, v) => self.hex_ids.insert((p, v), c),
+            ClusterId::Text(t) => self.text_ids.insert(t, c),
+        };
+        c
     }
 
     /// `cluster` holds these signals; returns those it did not hold yet, and of those
@@ -226,66 +367,44 @@ impl ContentIndex {
                     .ok_or_else(|| BadSignal(format!("not a PDQ hash: {text:?}")))?,
             );
         }
-        let c = match self.cluster_slot.get(cluster) {
-            Some(&c) => c,
-            None => {
-                let id: Arc<str> = Arc::from(cluster);
-                let c = place(
-                    &mut self.clusters,
-                    &mut self.free_clusters,
-                    Cluster {
-                        id: id.clone(),
-                        signals: Vec::new(),
-                    },
-                );
-                self.cluster_slot.insert(id, c);
-                c
-            }
-        };
+        let c = self.slot_or_new(cluster);
         let (mut new, mut first) = (Vec::new(), Vec::new());
+        let mut packed = Vec::new();
         for key in keys {
-            let s = match self.slot_of(&key) {
-                Some(s) => {
-                    let holders = &mut self.signals[s as usize]
-                        .as_mut()
-                        .expect("a live signal's slot")
-                        .holders;
-                    if holders.contains(&c) {
+            match self.first_holder(&key) {
+                Some(h) => {
+                    if h == c || self.more.get(&key).is_some_and(|m| m.contains(&c)) {
                         continue; // held already
                     }
-                    holders.push(c);
-                    s
+                    self.more.entry(key.clone()).or_default().push(c);
                 }
                 None => {
-                    let s = place(
-                        &mut self.signals,
-                        &mut self.free_signals,
-                        Signal {
-                            key: key.clone(),
-                            holders: vec![c],
-                        },
-                    );
-                    match key {
+                    match &key {
                         Key::Md5(b) => {
-                            self.md5_slot.insert(b, s);
+                            self.md5.insert(*b, c);
                         }
                         Key::Pdq(h) => {
-                            self.pdq.insert(h, i64::from(s));
+                            self.pdq.insert(*h, i64::from(c));
                         }
                         Key::Text(t) => {
-                            self.text_slot.insert(t, s);
+                            self.text.insert(t.clone(), c);
                         }
                     }
-                    first.push(self.signal(s).key.text());
-                    s
+                    first.push(key.text());
                 }
-            };
-            self.clusters[c as usize]
+            }
+            key.pack(&mut packed);
+            new.push(key.text());
+        }
+        if !packed.is_empty() {
+            let item = self.clusters[c as usize]
                 .as_mut()
-                .expect("a live cluster's slot")
-                .signals
-                .push(s);
-            new.push(self.signal(s).key.text());
+                .expect("a live cluster's slot");
+            let mut keys = std::mem::take(&mut item.keys).into_vec();
+            keys.reserve_exact(packed.len());
+            keys.extend_from_slice(&packed);
+            item.keys = keys.into_boxed_slice();
+            item.held += new.len() as u32;
         }
         Ok((new, first))
     }
@@ -293,36 +412,80 @@ impl ContentIndex {
     /// Forget a cluster's content (evicted): the signals no cluster holds any more, or
     /// `None` if it held nothing.
     pub fn drop_cluster(&mut self, cluster: &str) -> Option<Vec<Arc<str>>> {
-        let c = self.cluster_slot.remove(cluster)?;
+        let c = self.slot_of(cluster)?;
         let gone = self.clusters[c as usize]
             .take()
             .expect("a live cluster's slot");
-        self.free_clusters.push(c);
+        match gone.id {
+            ClusterId::Hex(p, v) => self.hex_ids.remove(&(p, v)),
+            ClusterId::Text(ref t) => self.text_ids.remove(t),
+        };
+        self.free.push(c);
         let mut freed = Vec::new();
-        for s in gone.signals {
-            let signal = self.signals[s as usize]
-                .as_mut()
-                .expect("a live signal's slot");
-            signal.holders.retain(|&h| h != c);
-            if !signal.holders.is_empty() {
+        for key in Key::unpack(&gone.keys) {
+            if self.first_holder(&key) != Some(c) {
+                let more = self
+                    .more
+                    .get_mut(&key)
+                    .expect("a holder that is not the first");
+                more.retain(|&h| h != c);
+                if more.is_empty() {
+                    self.more.remove(&key);
+                }
                 continue;
             }
-            let signal = self.signals[s as usize].take().expect("just seen");
-            self.free_signals.push(s);
-            freed.push(signal.key.text());
-            match signal.key {
-                Key::Md5(b) => {
-                    self.md5_slot.remove(&b);
+            let next = match self.more.get_mut(&key) {
+                Some(more) => {
+                    let next = more.pop();
+                    if more.is_empty() {
+                        self.more.remove(&key);
+                    }
+                    next
                 }
-                Key::Pdq(h) => {
-                    self.pdq.remove(&h);
+                None => None,
+            };
+            match (&key, next) {
+                (Key::Md5(b), Some(n)) => {
+                    self.md5.insert(*b, n);
                 }
-                Key::Text(t) => {
-                    self.text_slot.remove(&t);
+                (Key::Md5(b), None) => {
+                    self.md5.remove(b);
+                }
+                (Key::Pdq(h), Some(n)) => {
+                    self.pdq.retag(h, i64::from(n));
+                }
+                (Key::Pdq(h), None) => {
+                    self.pdq.remove(h);
+                }
+                (Key::Text(t), Some(n)) => {
+                    self.text.insert(t.clone(), n);
+                }
+                (Key::Text(t), None) => {
+                    self.text.remove(t);
                 }
             }
+            if next.is_none() {
+                freed.push(key.text());
+            }
         }
+        self.trim();
         Some(freed)
+    }
+
+    /// After a flood of clusters is gone, give their tables' room back.
+    fn trim(&mut self) {
+        let live = self.clusters();
+        if self.hex_ids.capacity() > 4 * live.max(1024) {
+            self.hex_ids.shrink_to(2 * self.hex_ids.len());
+            self.md5.shrink_to(2 * self.md5.len());
+            while matches!(self.clusters.last(), Some(None)) {
+                self.clusters.pop();
+            }
+            let n = self.clusters.len() as u32;
+            self.free.retain(|&f| f < n);
+            self.clusters.shrink_to(2 * self.clusters.len());
+            self.free.shrink_to(2 * self.free.len());
+        }
     }
 
     /// Clusters holding `text` (MD5: equal, at 0; PDQ: within `threshold`), nearest first,
@@ -336,15 +499,21 @@ impl ContentIndex {
                     return Vec::new();
                 };
                 let mut best: HashMap<u32, u32> = HashMap::new();
-                self.pdq.search_with(&[q], threshold, |_, d, _, tag| {
-                    for &c in &self.signal(tag as u32).holders {
+                self.pdq.search_with(&[q], threshold, |_, d, h, tag| {
+                    let mut note = |c: u32| {
                         let e = best.entry(c).or_insert(d);
                         *e = (*e).min(d);
+                    };
+                    note(tag as u32);
+                    if !self.more.is_empty() {
+                        for &c in self.more.get(&Key::Pdq(*h)).into_iter().flatten() {
+                            note(c);
+                        }
                     }
                 });
                 let mut out: Vec<(Arc<str>, u32)> = best
                     .into_iter()
-                    .map(|(c, d)| (self.cluster(c).id.clone(), d))
+                    .map(|(c, d)| (self.cluster(c).id.text(), d))
                     .collect();
                 out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
                 out
@@ -427,6 +596,72 @@ mod tests {
         );
         assert_eq!(texts(idx.drop_cluster("u-1").unwrap()), want);
         assert_eq!(idx.len(), 1);
+    }
+
+    #[test]
+    fn a_signal_two_clusters_hold_is_found_for_both_and_outlives_its_first_holder() {
+        let mut idx = ContentIndex::new();
+        let (f, md5) = ("f".repeat(64), "b".repeat(32));
+        let video = "[\"frames\"]";
+        let all = [(Kind::Pdq, &*f), (Kind::Md5, &*md5), (Kind::Other, video)];
+        // ids of the compact form and of any other text alike
+        let ids = [
+            "u-00000000000000ff",
+            "weird id",
+            "U-00000000000000FF",
+            "b-0123456789abcdef",
+        ];
+        for (i, c) in ids.iter().enumerate() {
+            let (new, first) = idx.add(c, &all).unwrap();
+            assert_eq!((new.len(), first.len()), (3, if i == 0 { 3 } else { 0 }));
+        }
+        assert_eq!((idx.len(), idx.clusters()), (3, 4));
+        let mut sorted: Vec<Arc<str>> = ids.iter().map(|&c| Arc::from(c)).collect();
+        sorted.sort();
+        for t in [&*f, &*md5, video] {
+            assert_eq!(idx.holders(t), sorted, "{t}");
+        }
+        let q = format!("{}0", "f".repeat(63));
+        let near: Vec<Arc<str>> = idx
+            .near(Kind::Pdq, &q, 31)
+            .into_iter()
+            .map(|(c, _)| c)
+            .collect();
+        assert_eq!(near, sorted);
+        // the first holder goes: another holds each signal now
+        assert_eq!(idx.drop_cluster(ids[0]), Some(vec![]));
+        assert_eq!(idx.drop_cluster(ids[2]), Some(vec![]));
+        assert_eq!(idx.holders(&md5), [Arc::from(ids[3]), Arc::from(ids[1])]);
+        assert_eq!(idx.near(Kind::Pdq, &q, 31).len(), 2);
+        assert_eq!(idx.held_count(ids[1]), 3);
+        assert_eq!(idx.held_from(ids[1], 2), [Arc::from(video)]);
+        assert_eq!(idx.drop_cluster(ids[1]), Some(vec![]));
+        let freed = idx.drop_cluster(ids[3]).unwrap();
+        assert_eq!(freed.len(), 3);
+        assert!(idx.is_empty() && idx.clusters() == 0 && idx.more.is_empty());
+        assert!(idx.near(Kind::Pdq, &q, 31).is_empty());
+    }
+
+    #[test]
+    fn cluster_ids_come_back_as_they_were_given() {
+        for id in [
+            "u-0123456789abcdef",
+            "a-0000000000000000",
+            "u-0123456789ABCDEF",
+            "u-123",
+            "",
+            "x-0123456789abcdeg",
+        ] {
+            let mut idx = ContentIndex::new();
+            idx.add(id, &[(Kind::Md5, &"c".repeat(32))]).unwrap();
+            assert_eq!(idx.holders(&"c".repeat(32)), [Arc::from(id)]);
+            assert!(idx.contains(id));
+        }
+        assert_eq!(
+            ClusterId::hex("u-0123456789abcdef"),
+            Some((b'u', 0x0123_4567_89ab_cdef))
+        );
+        assert_eq!(ClusterId::hex("u-0123456789ABCDEF"), None); // kept as text: comes back so
     }
 
     #[test]

@@ -13,6 +13,11 @@
 //!   touches, not of times: the Python `OrderedDict`'s);
 //! - what changed since the state log last took it: the clusters touched, in
 //!   the order last touched, with the signals each took; the clusters evicted.
+//!   Not the signals' texts: a cluster's signals only grow while it lives, in
+//!   the order it took them, so a change keeps how many it held before, and the
+//!   texts are read from the index when the log takes them. Replay logs nothing
+//!   ([`IdleClusters::unlogged`]): kept there, the changes would grow with every
+//!   cluster ever touched (60 B a live post at a million, `bench/bench_core.py`).
 //!
 //! ```
 //! use viralwatch_core::content::{ContentIndex, Kind};
@@ -46,6 +51,14 @@ pub fn unbanked_id(key: &[u8]) -> String {
 /// event time and the signals it took.
 pub type Change = (Arc<str>, i64, Vec<Arc<str>>);
 
+/// A cluster changed since the last [`IdleClusters::take_changes`]: its place in the
+/// changes' order, and how many signals it held before (those after are the ones it took).
+#[derive(Debug, Clone, Copy)]
+struct Changed {
+    seq: u64,
+    held_before: usize,
+}
+
 /// The idle order and the changes of unbanked clusters (see the module doc).
 #[derive(Debug, Default)]
 pub struct IdleClusters {
@@ -53,8 +66,9 @@ pub struct IdleClusters {
     /// cluster -> (latest event time, its place in `order`)
     last: HashMap<Arc<str>, (i64, u64)>,
     order: BTreeMap<u64, Arc<str>>,
-    /// cluster -> (its place in the changes' order, the signals it took)
-    changed: HashMap<Arc<str>, (u64, Vec<Arc<str>>)>,
+    /// whether changes are kept for a state log (not in replay)
+    log: bool,
+    changed: HashMap<Arc<str>, Changed>,
     next: u64,
     evicted: Vec<Arc<str>>,
     /// uploads that joined a live cluster of other content
@@ -62,7 +76,17 @@ pub struct IdleClusters {
 }
 
 impl IdleClusters {
+    /// The idle order and the changes a state log takes ([`Self::take_changes`]).
     pub fn new(idle_ms: i64) -> Self {
+        Self {
+            idle_ms,
+            log: true,
+            ..Self::default()
+        }
+    }
+
+    /// The idle order alone, for a caller that logs nothing (replay): no change is kept.
+    pub fn unlogged(idle_ms: i64) -> Self {
         Self {
             idle_ms,
             ..Self::default()
@@ -111,17 +135,22 @@ impl IdleClusters {
         }
         let id = self.note(cluster, ts_ms);
         let seq = self.tick();
-        let took = self.changed.remove(&id).map_or_else(Vec::new, |(_, v)| v);
-        self.changed.insert(id, (seq, took));
-    }
-
-    /// `cluster` took these signals (new to it), for the state log.
-    pub fn record(&mut self, cluster: &str, new: Vec<Arc<str>>) {
-        if new.is_empty() {
+        if !self.log {
             return;
         }
-        if let Some((_, took)) = self.changed.get_mut(cluster) {
-            took.extend(new);
+        let held_before = self
+            .changed
+            .get(&id)
+            .map_or_else(|| index.held_count(&id), |c| c.held_before);
+        self.changed.insert(id, Changed { seq, held_before });
+    }
+
+    /// `cluster` took `added` signals (new to it) just before it was touched, for the state
+    /// log: they are among those it took, even if that touch made it a change.
+    pub fn record(&mut self, index: &ContentIndex, cluster: &str, added: usize) {
+        if let Some(c) = self.changed.get_mut(cluster) {
+            let before = index.held_count(cluster).saturating_sub(added);
+            c.held_before = c.held_before.min(before);
         }
     }
 
@@ -147,7 +176,7 @@ impl IdleClusters {
         let cluster: Arc<str> = near.unwrap_or_else(|| Arc::from(own));
         let (new, _): Added = index.add(&cluster, signals)?;
         self.touch(index, &cluster, ts_ms);
-        self.record(&cluster, new);
+        self.record(index, &cluster, new.len());
         Ok(cluster)
     }
 
@@ -176,20 +205,21 @@ impl IdleClusters {
 
     /// What changed since the last call: the clusters touched (least recently first)
     /// with their latest event time and the signals they took, then those evicted.
-    pub fn take_changes(&mut self) -> (Vec<Change>, Vec<Arc<str>>) {
-        let mut changed: Vec<(u64, Arc<str>, Vec<Arc<str>>)> = self
-            .changed
-            .drain()
-            .map(|(id, (seq, took))| (seq, id, took))
-            .collect();
-        changed.sort_unstable_by_key(|c| c.0);
+    /// (Nothing when the changes are not kept: [`Self::unlogged`].)
+    pub fn take_changes(&mut self, index: &ContentIndex) -> (Vec<Change>, Vec<Arc<str>>) {
+        let mut changed: Vec<(Arc<str>, Changed)> = self.changed.drain().collect();
+        changed.sort_unstable_by_key(|c| c.1.seq);
         let out = changed
             .into_iter()
-            .map(|(_, id, took)| {
+            .map(|(id, c)| {
                 let last = self.last.get(&id).map_or(i64::MIN, |&(t, _)| t);
+                let took = index.held_from(&id, c.held_before);
                 (id, last, took)
             })
             .collect();
+        if self.changed.capacity() > 1024 {
+            self.changed.shrink_to(1024); // a burst of changes gone: its table too
+        }
         (out, std::mem::take(&mut self.evicted))
     }
 
@@ -204,6 +234,8 @@ impl IdleClusters {
         match self.last.remove(cluster) {
             Some((_, place)) => {
                 self.order.remove(&place);
+                // what it took is the caller's to drop with it: not a change any more
+                self.changed.remove(cluster);
                 true
             }
             None => false,
@@ -252,7 +284,7 @@ mod tests {
         assert_eq!(idle.joined, 1);
         idle.touch(&index, "u-b", 0); // older: the time stays, the order moves
         idle.touch(&index, "u-x", 9); // not held: nothing
-        let (changed, evicted) = idle.take_changes();
+        let (changed, evicted) = idle.take_changes(&index);
         let got: Vec<(String, i64, usize)> = changed
             .iter()
             .map(|(c, t, took)| (c.to_string(), *t, took.len()))
@@ -272,7 +304,36 @@ mod tests {
         // b (latest 1) waits behind a in the idle order
         let gone: Vec<String> = idle.expire(103).iter().map(|c| c.to_string()).collect();
         assert_eq!(gone, ["u-a", "u-b"]);
-        assert!(idle.is_empty() && idle.take_changes().0.is_empty());
+        assert!(idle.is_empty() && idle.take_changes(&index).0.is_empty());
+    }
+
+    #[test]
+    fn changes_name_the_signals_taken_since_the_last_take_and_replay_keeps_none() {
+        let (mut index, mut idle) = (ContentIndex::new(), IdleClusters::new(100));
+        let (m1, m2, p1) = ("1".repeat(32), "2".repeat(32), "f".repeat(64));
+        idle.assign(&mut index, &[(Kind::Md5, &m1)], "u-1", 0, 31)
+            .unwrap();
+        idle.take_changes(&index);
+        idle.touch(&index, "u-1", 1); // a reshare: a change that took nothing yet
+        idle.assign(
+            &mut index,
+            &[(Kind::Md5, &m2), (Kind::Pdq, &p1)],
+            "u-1",
+            2,
+            31,
+        )
+        .unwrap();
+        idle.assign(&mut index, &[(Kind::Md5, &m1)], "u-1", 3, 31) // held already
+            .unwrap();
+        let (changed, _) = idle.take_changes(&index);
+        let took: Vec<String> = changed[0].2.iter().map(|t| t.to_string()).collect();
+        assert_eq!((changed.len(), took), (1, vec![m2.clone(), p1.clone()]));
+        let (mut index, mut quiet) = (ContentIndex::new(), IdleClusters::unlogged(100));
+        quiet
+            .assign(&mut index, &[(Kind::Md5, &m1)], "u-1", 0, 31)
+            .unwrap();
+        assert!(quiet.changed.is_empty() && quiet.take_changes(&index).0.is_empty());
+        assert_eq!(quiet.expire(101), ["u-1".into()]); // the idle order is kept
     }
 
     #[test]

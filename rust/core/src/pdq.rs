@@ -22,7 +22,8 @@
 //! every O(sqrt(rows)) adds keeps both the merge and the tail's scan a few
 //! microseconds per hash at a million rows. A removed hash is marked dead at
 //! once and never reported again; the rows are compacted when the dead
-//! outnumber the live.
+//! pass a quarter of the live (an index of live clusters' content removes as
+//! many hashes as it adds: its dead rows were up to half of it).
 //!
 //! Results are deterministic: per query, nearest first, ties in the hashes'
 //! hex order (hashes are distinct in an index), whatever the order of adds,
@@ -236,6 +237,17 @@ impl PdqIndex {
         self.row_of(h).map(|r| self.tags[r])
     }
 
+    /// Give `h` a new tag; `false` when it is not there.
+    pub fn retag(&mut self, h: &Hash, tag: i64) -> bool {
+        match self.row_of(h) {
+            Some(r) => {
+                self.tags[r] = tag;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Add `h` with `tag`; `false` (its tag unchanged) when it is there already.
     pub fn insert(&mut self, h: Hash, tag: i64) -> bool {
         let added = self.push(h, tag);
@@ -264,6 +276,13 @@ impl PdqIndex {
             return false;
         }
         let row = self.words.len();
+        if row == self.words.capacity() {
+            // grow by a quarter, not double: a live index's rows are most of its bytes
+            let more = row / 4 + 64;
+            self.words.reserve_exact(more);
+            self.tags.reserve_exact(more);
+            self.alive.reserve_exact(more);
+        }
         self.words.push(h);
         self.tags.push(tag);
         self.alive.push(true);
@@ -280,8 +299,9 @@ impl PdqIndex {
         self.alive[row] = false;
         self.tail.remove(h);
         self.live -= 1;
+        // a rebuild is O(rows), once per live / 4 removals (see the module doc)
         let dead = self.words.len() - self.live;
-        if dead > self.live.max(1024) {
+        if dead > (self.live / 4).max(1024) {
             self.rebuild();
         }
         true
@@ -423,6 +443,9 @@ impl PdqIndex {
         // entries of keys <= k, which go at the end of key k's segment.
         let mut shift = fresh.len();
         let mut end_old = self.ids.len();
+        // exactly what the merge adds: it moves the whole array anyway, and 16 ids a row
+        // are the index's largest part (doubling would leave a third of it unused)
+        self.ids.reserve_exact(shift);
         self.ids.resize(end_old + shift, 0);
         let mut upper = keys;
         let mut i = fresh.len();

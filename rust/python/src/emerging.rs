@@ -2,8 +2,6 @@
 //! (`viralwatch_core::emerging`), over the `ContentSignals` that
 //! `streams.emerging.ContentIndex` also holds (it searches videos in Python).
 
-use std::sync::Arc;
-
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -31,8 +29,16 @@ pub struct PyIdleClusters {
 
 #[pymethods]
 impl PyIdleClusters {
+    /// ``log=False``: no change is kept for a state log (replay's; :meth:`take_changes`
+    /// gives nothing).
     #[new]
-    fn new(signals: Py<PyContentSignals>, idle_ms: i64, threshold: u32) -> PyResult<Self> {
+    #[pyo3(signature = (signals, idle_ms, threshold, log = true))]
+    fn new(
+        signals: Py<PyContentSignals>,
+        idle_ms: i64,
+        threshold: u32,
+        log: bool,
+    ) -> PyResult<Self> {
         if threshold > 256 {
             return Err(PyValueError::new_err(format!(
                 "threshold must be 0..256, not {threshold}"
@@ -40,7 +46,11 @@ impl PyIdleClusters {
         }
         Ok(Self {
             signals,
-            inner: emerging::IdleClusters::new(idle_ms),
+            inner: if log {
+                emerging::IdleClusters::new(idle_ms)
+            } else {
+                emerging::IdleClusters::unlogged(idle_ms)
+            },
             threshold,
         })
     }
@@ -87,10 +97,11 @@ impl PyIdleClusters {
         self.inner.touch(&held.inner, cluster, ts_ms);
     }
 
-    /// ``cluster`` took these signals, for the state log (after :meth:`touch`).
-    fn record(&mut self, cluster: &str, new: Vec<String>) {
-        self.inner
-            .record(cluster, new.into_iter().map(Arc::from).collect());
+    /// ``cluster`` took these signals just before it was touched, for the state log (after
+    /// :meth:`touch`).
+    fn record(&mut self, py: Python<'_>, cluster: &str, new: Vec<String>) {
+        let held = self.signals.borrow(py);
+        self.inner.record(&held.inner, cluster, new.len());
     }
 
     /// The clusters idle since ``idle_ms`` before ``watermark_ms``, evicted from the idle
@@ -102,8 +113,9 @@ impl PyIdleClusters {
     /// What changed since the last call: ``[(cluster, latest, signals taken)]``, least
     /// recently touched first, and the clusters evicted.
     #[allow(clippy::type_complexity)]
-    fn take_changes(&mut self) -> (Vec<(String, i64, Vec<String>)>, Vec<String>) {
-        let (changed, evicted) = self.inner.take_changes();
+    fn take_changes(&mut self, py: Python<'_>) -> (Vec<(String, i64, Vec<String>)>, Vec<String>) {
+        let held = self.signals.borrow(py);
+        let (changed, evicted) = self.inner.take_changes(&held.inner);
         (
             changed
                 .into_iter()
