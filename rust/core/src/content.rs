@@ -144,12 +144,38 @@ impl Key {
 /// A cluster's id as kept: `x-` and 16 lowercase hex digits (the ids `streams` makes) as
 /// the letter and the 64 bits, no allocation; any other id as its text.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum ClusterId {
+pub(crate) enum ClusterId {
     Hex(u8, u64),
     Text(Box<str>),
 }
 
+impl std::fmt::Display for ClusterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClusterId::Hex(p, v) => write!(f, "{}-{v:016x}", *p as char),
+            ClusterId::Text(t) => f.write_str(t),
+        }
+    }
+}
+
 impl ClusterId {
+    /// Whether this is the id `id`.
+    pub(crate) fn is(&self, id: &str) -> bool {
+        match (self, Self::hex(id)) {
+            (ClusterId::Hex(p, v), Some((q, w))) => (*p, *v) == (q, w),
+            (ClusterId::Text(t), None) => &**t == id,
+            _ => false,
+        }
+    }
+
+    /// Whether the id starts with `letter` and a dash (`a-`: on the allow-list).
+    pub(crate) fn kind_is(&self, letter: u8) -> bool {
+        match self {
+            ClusterId::Hex(p, _) => *p == letter,
+            ClusterId::Text(t) => t.as_bytes().starts_with(&[letter, b'-']),
+        }
+    }
+
     /// The compact form of `id`, if it has one.
     fn hex(id: &str) -> Option<(u8, u64)> {
         let b = id.as_bytes();
@@ -167,7 +193,7 @@ impl ClusterId {
         Some((b[0], v))
     }
 
-    fn of(id: &str) -> Self {
+    pub(crate) fn of(id: &str) -> Self {
         match Self::hex(id) {
             Some((p, v)) => ClusterId::Hex(p, v),
             None => ClusterId::Text(id.into()),
@@ -176,8 +202,8 @@ impl ClusterId {
 
     fn text(&self) -> Arc<str> {
         match self {
-            ClusterId::Hex(p, v) => Arc::from(format!("{}-{v:016x}", *p as char)),
             ClusterId::Text(t) => Arc::from(&**t),
+            hex => Arc::from(hex.to_string()),
         }
     }
 }

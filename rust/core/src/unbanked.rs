@@ -14,7 +14,7 @@
 //! caller) says: every touch takes a number from [`Store::next_seq`], and
 //! [`Store::evict`] stops at the caller's oldest cluster (`barrier`).
 //!
-//! Posts live in one arena per cluster: a 32-byte record each, their ids and
+//! Posts live in one arena per cluster: a 24-byte record each, their ids and
 //! users' texts in one byte buffer; a cluster of more than
 //! [`INDEX_FROM`] posts also gets a hash index of its post ids.
 //!
@@ -39,6 +39,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 
+use crate::content::ClusterId;
 use crate::dedupe::{id_digest, DigestHasher};
 
 /// A post index meaning "none" (an upload's parent, an empty list's end).
@@ -128,19 +129,30 @@ impl<H> Default for Outcome<H> {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Span {
-    off: u32,
-    len: u32,
-}
-
+/// A post in 24 bytes: its id's text then its user's, one after the other at `off` in the
+/// cluster's text; its parent (see [`Post::parent`]) and whether it is still up, in one
+/// word; its event time.
 #[derive(Clone, Copy)]
 struct Post {
-    id: Span,
-    user: Span,
-    parent: u32,
-    live: bool,
+    off: u32,
+    id_len: u32,
+    user_len: u32,
+    /// the parent's index + 1 (0: none) in the low 31 bits; the top bit: taken down
+    parent_down: u32,
     ts_ms: i64,
+}
+
+const DOWN: u32 = 1 << 31;
+
+impl Post {
+    /// The parent's index, or `NONE` (an upload).
+    fn parent(&self) -> u32 {
+        (self.parent_down & !DOWN).wrapping_sub(1)
+    }
+
+    fn live(&self) -> bool {
+        self.parent_down & DOWN == 0
+    }
 }
 
 /// A reshare (or takedown) waiting for the post `target`.
@@ -199,9 +211,70 @@ impl Times {
     }
 }
 
+/// The digests of the event ids a cluster applied: one store, a list while few (a scan is
+/// cheapest, and most clusters apply an event or three), a hash set past [`ID_SET_FROM`]
+/// (the list given up: not both).
+enum Ids {
+    Few(Vec<u128>),
+    Many(Box<DigestSet>),
+}
+
+impl Ids {
+    /// Add `digest`; `false` if it was here already.
+    fn insert(&mut self, digest: u128) -> bool {
+        match self {
+            Ids::Many(set) => set.insert(digest),
+            Ids::Few(list) => {
+                if list.contains(&digest) {
+                    return false;
+                }
+                if list.len() >= ID_SET_FROM {
+                    let mut set: DigestSet = std::mem::take(list).into_iter().collect();
+                    set.insert(digest);
+                    *self = Ids::Many(Box::new(set));
+                } else {
+                    reserve_small(list);
+                    list.push(digest);
+                }
+                true
+            }
+        }
+    }
+
+    fn contains(&self, digest: u128) -> bool {
+        match self {
+            Ids::Few(list) => list.contains(&digest),
+            Ids::Many(set) => set.contains(&digest),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Ids::Few(list) => list.len(),
+            Ids::Many(set) => set.len(),
+        }
+    }
+
+    /// Every digest (a set's in no particular order: they are a set).
+    fn into_vec(self) -> Vec<u128> {
+        match self {
+            Ids::Few(list) => list,
+            Ids::Many(set) => set.into_iter().collect(),
+        }
+    }
+
+    /// Heap bytes (a set's at hashbrown's 16 bytes and a control byte a bucket).
+    fn bytes(&self) -> usize {
+        match self {
+            Ids::Few(list) => list.capacity() * 16,
+            Ids::Many(set) => set.capacity() * 17,
+        }
+    }
+}
+
 /// One unbanked cluster.
 struct Cluster<H> {
-    id: Box<str>,
+    id: ClusterId,
     seq: u64,
     prev: u32,
     next: u32,
@@ -214,8 +287,7 @@ struct Cluster<H> {
     live: u32,
     roots: u32,
     times: Times,
-    ids: Vec<u128>,
-    id_set: Option<Box<DigestSet>>,
+    ids: Ids,
     emerging: bool,
     /// what few clusters have: boxed, so that the others pay 8 bytes for it
     rare: Option<Box<Rare<H>>>,
@@ -247,7 +319,7 @@ fn text_hash(bytes: &[u8]) -> u64 {
 impl<H> Cluster<H> {
     fn new(id: &str, ts_ms: i64) -> Self {
         Self {
-            id: id.into(),
+            id: ClusterId::of(id),
             seq: 0,
             prev: NONE,
             next: NONE,
@@ -259,15 +331,21 @@ impl<H> Cluster<H> {
             live: 0,
             roots: 0,
             times: Times::default(),
-            ids: Vec::new(),
-            id_set: None,
+            ids: Ids::Few(Vec::new()),
             emerging: false,
             rare: None,
         }
     }
 
-    fn span(&self, s: Span) -> &[u8] {
-        &self.text[s.off as usize..(s.off + s.len) as usize]
+    /// A post's id.
+    fn id_of(&self, p: &Post) -> &[u8] {
+        &self.text[p.off as usize..(p.off + p.id_len) as usize]
+    }
+
+    /// A post's user.
+    fn user_of(&self, p: &Post) -> &[u8] {
+        let from = (p.off + p.id_len) as usize;
+        &self.text[from..from + p.user_len as usize]
     }
 
     fn find(&self, post: &[u8]) -> Option<u32> {
@@ -275,12 +353,12 @@ impl<H> Cluster<H> {
             None => self
                 .posts
                 .iter()
-                .position(|p| self.span(p.id) == post)
+                .position(|p| self.id_of(p) == post)
                 .map(|i| i as u32),
             Some((index, chain)) => {
                 let mut i = *index.get(&text_hash(post))?;
                 while i != NONE {
-                    if self.span(self.posts[i as usize].id) == post {
+                    if self.id_of(&self.posts[i as usize]) == post {
                         return Some(i);
                     }
                     i = chain[i as usize];
@@ -290,28 +368,24 @@ impl<H> Cluster<H> {
         }
     }
 
-    fn push_text(&mut self, bytes: &[u8]) -> Span {
-        let span = Span {
-            off: self.text.len() as u32,
-            len: bytes.len() as u32,
-        };
+    fn push_text(&mut self, bytes: &[u8]) {
         if self.text.len() + bytes.len() > self.text.capacity() && self.posts.len() < SMALL {
             self.text.reserve_exact(bytes.len());
         }
         self.text.extend_from_slice(bytes);
-        span
     }
 
     fn add(&mut self, post: &[u8], user: &[u8], parent: u32, ts_ms: i64) {
-        let id = self.push_text(post);
-        let user = self.push_text(user);
+        let off = self.text.len() as u32;
+        self.push_text(post);
+        self.push_text(user);
         let i = self.posts.len() as u32;
         reserve_small(&mut self.posts);
         self.posts.push(Post {
-            id,
-            user,
-            parent,
-            live: true,
+            off,
+            id_len: post.len() as u32,
+            user_len: user.len() as u32,
+            parent_down: parent.wrapping_add(1) & !DOWN,
             ts_ms,
         });
         self.live += 1;
@@ -324,7 +398,7 @@ impl<H> Cluster<H> {
             let mut index = PostIndex::default();
             let mut chain = Vec::with_capacity(self.posts.len());
             for (j, p) in self.posts.iter().enumerate() {
-                let h = text_hash(&self.text[p.id.off as usize..(p.id.off + p.id.len) as usize]);
+                let h = text_hash(self.id_of(p));
                 chain.push(index.insert(h, j as u32).unwrap_or(NONE));
             }
             self.index = Some(Box::new((index, chain)));
@@ -333,8 +407,8 @@ impl<H> Cluster<H> {
 
     fn take_down(&mut self, post: &[u8]) -> bool {
         match self.find(post) {
-            Some(i) if self.posts[i as usize].live => {
-                self.posts[i as usize].live = false;
+            Some(i) if self.posts[i as usize].live() => {
+                self.posts[i as usize].parent_down |= DOWN;
                 self.live -= 1;
                 true
             }
@@ -342,31 +416,8 @@ impl<H> Cluster<H> {
         }
     }
 
-    fn insert_id(&mut self, digest: u128) -> bool {
-        if let Some(set) = self.id_set.as_deref_mut() {
-            if !set.insert(digest) {
-                return false;
-            }
-        } else if self.ids.contains(&digest) {
-            return false;
-        }
-        reserve_small(&mut self.ids);
-        self.ids.push(digest);
-        if self.id_set.is_none() && self.ids.len() > ID_SET_FROM {
-            self.id_set = Some(Box::new(self.ids.iter().copied().collect()));
-        }
-        true
-    }
-
-    fn has_id(&self, digest: u128) -> bool {
-        match self.id_set.as_deref() {
-            Some(set) => set.contains(&digest),
-            None => self.ids.contains(&digest),
-        }
-    }
-
     fn allowed(&self) -> bool {
-        !self.allowed_by().is_empty() || self.id.starts_with("a-")
+        !self.allowed_by().is_empty() || self.id.kind_is(b'a')
     }
 
     fn rare(&mut self) -> &mut Rare<H> {
@@ -394,12 +445,10 @@ impl<H> Cluster<H> {
     fn bytes(&self) -> usize {
         use std::mem::size_of;
         size_of::<Self>()
-            + self.id.len()
             + self.posts.capacity() * size_of::<Post>()
             + self.text.capacity()
             + self.times.ts.capacity() * 8
-            + self.ids.capacity() * 16
-            + self.id_set.as_deref().map_or(0, |s| s.capacity() * 17)
+            + self.ids.bytes()
             + self
                 .index
                 .as_deref()
@@ -543,7 +592,7 @@ impl<H> Store<H> {
             Some(slot)
                 if self.slots[slot as usize]
                     .as_ref()
-                    .is_some_and(|c| &*c.id == cluster_id) =>
+                    .is_some_and(|c| c.id.is(cluster_id)) =>
             {
                 Some(slot)
             }
@@ -614,8 +663,8 @@ impl<H> Store<H> {
             let c = self.remove_slot(slot);
             out.evicted.push(Evicted {
                 at,
-                posts: c.posts.iter().map(|p| c.span(p.id).to_vec()).collect(),
-                cluster_id: c.id.into(),
+                posts: c.posts.iter().map(|p| c.id_of(p).to_vec()).collect(),
+                cluster_id: c.id.to_string(),
             });
         }
         false
@@ -626,11 +675,12 @@ impl<H> Store<H> {
         let c = self.slots[slot as usize]
             .take()
             .expect("a linked slot holds a cluster");
-        let h = text_hash(c.id.as_bytes());
+        let id = c.id.to_string();
+        let h = text_hash(id.as_bytes());
         if self.by_id.get(&h) == Some(&slot) {
             self.by_id.remove(&h);
         } else {
-            self.overflow.remove(&c.id);
+            self.overflow.remove(&*id);
         }
         self.free.push(slot);
         self.live_events -= c.ids.len();
@@ -692,7 +742,7 @@ impl<H> Store<H> {
         self.push_back(slot);
         let horizon = self.horizon_ms;
         let c = self.at(slot);
-        if !c.insert_id(id_digest(ev.event_id)) {
+        if !c.ids.insert(id_digest(ev.event_id)) {
             out.duplicates += 1;
             return false;
         }
@@ -763,7 +813,7 @@ impl<H> Store<H> {
     /// Whether the event `event_id` was applied to `cluster_id` (held).
     pub fn applied(&self, cluster_id: &str, event_id: &[u8]) -> bool {
         self.get(cluster_id)
-            .is_some_and(|c| c.has_id(id_digest(event_id)))
+            .is_some_and(|c| c.ids.contains(id_digest(event_id)))
     }
 
     pub fn size(&self, cluster_id: &str) -> Option<usize> {
@@ -806,11 +856,11 @@ impl<H> Store<H> {
         c.posts
             .iter()
             .map(|p| Made {
-                post: c.span(p.id),
-                parent: (p.parent != NONE).then(|| c.span(c.posts[p.parent as usize].id)),
-                user: c.span(p.user),
+                post: c.id_of(p),
+                parent: (p.parent() != NONE).then(|| c.id_of(&c.posts[p.parent() as usize])),
+                user: c.user_of(p),
                 ts_ms: p.ts_ms,
-                live: p.live,
+                live: p.live(),
             })
             .collect()
     }
@@ -853,11 +903,11 @@ impl<H> Store<H> {
             .iter()
             .map(|p| {
                 (
-                    c.span(p.id).to_vec(),
-                    (p.parent != NONE).then(|| c.span(c.posts[p.parent as usize].id).to_vec()),
-                    c.span(p.user).to_vec(),
+                    c.id_of(p).to_vec(),
+                    (p.parent() != NONE).then(|| c.id_of(&c.posts[p.parent() as usize]).to_vec()),
+                    c.user_of(p).to_vec(),
                     p.ts_ms,
-                    p.live,
+                    p.live(),
                 )
             })
             .collect();
@@ -873,7 +923,7 @@ impl<H> Store<H> {
             posts,
             times: c.times.kept().to_vec(),
             latest_ms: c.times.kept().last().copied(),
-            digests: c.ids,
+            digests: c.ids.into_vec(),
             pending: pending
                 .into_iter()
                 .map(|p| (p.target.into_vec(), p.handle))
@@ -1155,6 +1205,23 @@ mod tests {
             (taken.posts.len(), taken.digests.len(), s.len()),
             (500, 502, 0)
         );
+    }
+
+    #[test]
+    fn a_post_is_24_bytes_and_keeps_its_parent_and_whether_it_is_up() {
+        assert_eq!(std::mem::size_of::<Post>(), 24);
+        let mut c: Cluster<()> = Cluster::new("u-0000000000000001", 0);
+        c.add(b"p0", b"u0", NONE, 1);
+        c.add(b"p1", b"user-1", 0, 2);
+        assert!(c.take_down(b"p1") && !c.take_down(b"p1"));
+        let (p0, p1) = (c.posts[0], c.posts[1]);
+        assert_eq!(
+            (p0.parent(), p0.live(), p1.parent(), p1.live()),
+            (NONE, true, 0, false)
+        );
+        assert_eq!((c.id_of(&p1), c.user_of(&p1)), (&b"p1"[..], &b"user-1"[..]));
+        assert!(c.id.is("u-0000000000000001") && !c.id.is("u-1") && !c.allowed());
+        assert!(Cluster::<()>::new("a-x", 0).allowed());
     }
 
     #[test]
