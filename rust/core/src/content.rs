@@ -215,6 +215,9 @@ struct Cluster {
     keys: Box<[u8]>,
     /// how many signals it holds
     held: u32,
+    /// which cluster this is of those its slot held (a caller keeping things by slot
+    /// tells a later one from it)
+    born: u32,
 }
 
 /// What [`ContentIndex::add`] gives: the texts new to the cluster, then those new to all.
@@ -239,6 +242,7 @@ pub struct ContentIndex {
     text_ids: HashMap<Box<str>, u32>,
     clusters: Vec<Option<Cluster>>,
     free: Vec<u32>,
+    born: u32,
 }
 
 impl ContentIndex {
@@ -304,7 +308,8 @@ impl ContentIndex {
         out
     }
 
-    fn slot_of(&self, cluster: &str) -> Option<u32> {
+    /// The slot `cluster` is kept in (while it lives; a later cluster may take it).
+    pub fn slot(&self, cluster: &str) -> Option<u32> {
         match ClusterId::hex(cluster) {
             Some(k) => self.hex_ids.get(&k).copied(),
             None => self.text_ids.get(cluster).copied(),
@@ -312,7 +317,21 @@ impl ContentIndex {
     }
 
     pub fn contains(&self, cluster: &str) -> bool {
-        self.slot_of(cluster).is_some()
+        self.slot(cluster).is_some()
+    }
+
+    fn at(&self, slot: u32) -> Option<&Cluster> {
+        self.clusters.get(slot as usize)?.as_ref()
+    }
+
+    /// Which cluster of those `slot` held is there now (`None`: none is).
+    pub fn born_at(&self, slot: u32) -> Option<u32> {
+        self.at(slot).map(|c| c.born)
+    }
+
+    /// The id of the cluster in `slot`.
+    pub fn id_at(&self, slot: u32) -> Option<Arc<str>> {
+        self.at(slot).map(|c| c.id.text())
     }
 
     fn cluster(&self, slot: u32) -> &Cluster {
@@ -326,19 +345,21 @@ impl ContentIndex {
         self.held_from(cluster, 0)
     }
 
-    /// How many signals `cluster` holds (0 if it is not here).
-    pub fn held_count(&self, cluster: &str) -> usize {
-        self.slot_of(cluster)
-            .map_or(0, |c| self.cluster(c).held as usize)
+    /// How many signals the cluster in `slot` holds (0 if none is there).
+    pub fn held_count_at(&self, slot: u32) -> usize {
+        self.at(slot).map_or(0, |c| c.held as usize)
     }
 
     /// The signals `cluster` took after its first `from`, in the order it took them.
     pub fn held_from(&self, cluster: &str, from: usize) -> Vec<Arc<str>> {
-        self.slot_of(cluster).map_or_else(Vec::new, |c| {
-            Key::unpack(&self.cluster(c).keys)
-                .skip(from)
-                .map(|k| k.text())
-                .collect()
+        self.slot(cluster)
+            .map_or_else(Vec::new, |c| self.held_from_at(c, from))
+    }
+
+    /// [`Self::held_from`] of the cluster in `slot`.
+    pub fn held_from_at(&self, slot: u32, from: usize) -> Vec<Arc<str>> {
+        self.at(slot).map_or_else(Vec::new, |c| {
+            Key::unpack(&c.keys).skip(from).map(|k| k.text()).collect()
         })
     }
 
@@ -356,14 +377,16 @@ impl ContentIndex {
 
     /// The slot of `cluster`, made now if it is new.
     fn slot_or_new(&mut self, cluster: &str) -> u32 {
-        if let Some(c) = self.slot_of(cluster) {
+        if let Some(c) = self.slot(cluster) {
             return c;
         }
         let id = ClusterId::of(cluster);
+        self.born = self.born.wrapping_add(1);
         let item = Cluster {
             id: id.clone(),
             keys: Box::default(),
             held: 0,
+            born: self.born,
         };
         let c = match self.free.pop() {
             Some(slot) => {
@@ -438,7 +461,7 @@ impl ContentIndex {
     /// Forget a cluster's content (evicted): the signals no cluster holds any more, or
     /// `None` if it held nothing.
     pub fn drop_cluster(&mut self, cluster: &str) -> Option<Vec<Arc<str>>> {
-        let c = self.slot_of(cluster)?;
+        let c = self.slot(cluster)?;
         let gone = self.clusters[c as usize]
             .take()
             .expect("a live cluster's slot");
@@ -659,7 +682,7 @@ mod tests {
         assert_eq!(idx.drop_cluster(ids[2]), Some(vec![]));
         assert_eq!(idx.holders(&md5), [Arc::from(ids[3]), Arc::from(ids[1])]);
         assert_eq!(idx.near(Kind::Pdq, &q, 31).len(), 2);
-        assert_eq!(idx.held_count(ids[1]), 3);
+        assert_eq!(idx.held_count_at(idx.slot(ids[1]).unwrap()), 3);
         assert_eq!(idx.held_from(ids[1], 2), [Arc::from(video)]);
         assert_eq!(idx.drop_cluster(ids[1]), Some(vec![]));
         let freed = idx.drop_cluster(ids[3]).unwrap();

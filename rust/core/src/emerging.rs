@@ -28,10 +28,10 @@
 //! let a = idle.assign(&mut index, &[(Kind::Pdq, &f)], "u-a", 0, 31).unwrap();
 //! let b = idle.assign(&mut index, &[(Kind::Pdq, &near)], "u-b", 1_000, 31).unwrap();
 //! assert_eq!((&*a, &*b, idle.joined), ("u-a", "u-a", 1));
-//! assert_eq!(idle.expire(61_000), ["u-a".into()]);
+//! assert_eq!(idle.expire(&index, 61_000), ["u-a".into()]);
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::blake2b::{blake2b, hex};
@@ -57,18 +57,37 @@ pub type Change = (Arc<str>, i64, Vec<Arc<str>>);
 struct Changed {
     seq: u64,
     held_before: usize,
+    born: u32,
 }
 
-/// The idle order and the changes of unbanked clusters (see the module doc).
-#[derive(Debug, Default)]
+/// A cluster's place in the idle order, by its slot in the index; `born` tells the
+/// cluster it is for from a later one in the same slot.
+#[derive(Debug, Clone, Copy, Default)]
+struct Idle {
+    last: i64,
+    prev: u32,
+    next: u32,
+    born: u32,
+    linked: bool,
+}
+
+/// A slot meaning "none" (the ends of the idle order).
+const NONE: u32 = u32::MAX;
+
+/// The idle order and the changes of unbanked clusters (see the module doc), kept by the
+/// clusters' slots in the index (24 bytes a cluster: no copy of its id, no table of its own).
+#[derive(Debug)]
 pub struct IdleClusters {
     idle_ms: i64,
-    /// cluster -> (latest event time, its place in `order`)
-    last: HashMap<Arc<str>, (i64, u64)>,
-    order: BTreeMap<u64, Arc<str>>,
+    /// by the index's slot
+    slots: Vec<Idle>,
+    head: u32,
+    tail: u32,
+    live: usize,
     /// whether changes are kept for a state log (not in replay)
     log: bool,
-    changed: HashMap<Arc<str>, Changed>,
+    /// by the index's slot
+    changed: HashMap<u32, Changed>,
     next: u64,
     evicted: Vec<Arc<str>>,
     /// uploads that joined a live cluster of other content
@@ -80,26 +99,33 @@ impl IdleClusters {
     pub fn new(idle_ms: i64) -> Self {
         Self {
             idle_ms,
+            slots: Vec::new(),
+            head: NONE,
+            tail: NONE,
+            live: 0,
             log: true,
-            ..Self::default()
+            changed: HashMap::new(),
+            next: 0,
+            evicted: Vec::new(),
+            joined: 0,
         }
     }
 
     /// The idle order alone, for a caller that logs nothing (replay): no change is kept.
     pub fn unlogged(idle_ms: i64) -> Self {
         Self {
-            idle_ms,
-            ..Self::default()
+            log: false,
+            ..Self::new(idle_ms)
         }
     }
 
     /// Live clusters (in the idle order).
     pub fn len(&self) -> usize {
-        self.last.len()
+        self.live
     }
 
     pub fn is_empty(&self) -> bool {
-        self.last.is_empty()
+        self.live == 0
     }
 
     fn tick(&mut self) -> u64 {
@@ -107,49 +133,103 @@ impl IdleClusters {
         self.next
     }
 
-    /// `cluster`'s latest event is at least `ts_ms`; it moves to the end of the idle order.
-    fn note(&mut self, cluster: &str, ts_ms: i64) -> Arc<str> {
-        let seq = self.tick();
-        match self.last.get_key_value(cluster) {
-            Some((id, &(last, place))) => {
-                let id = id.clone();
-                self.order.remove(&place);
-                self.order.insert(seq, id.clone());
-                self.last.insert(id.clone(), (last.max(ts_ms), seq));
-                id
-            }
-            None => {
-                let id: Arc<str> = Arc::from(cluster);
-                self.order.insert(seq, id.clone());
-                self.last.insert(id.clone(), (ts_ms, seq));
-                id
-            }
+    /// Whether slot `s` is in the idle order for the cluster the index holds there now.
+    fn linked(&self, index: &ContentIndex, s: u32) -> bool {
+        self.slots
+            .get(s as usize)
+            .is_some_and(|i| i.linked && index.born_at(s) == Some(i.born))
+    }
+
+    fn unlink(&mut self, s: u32) {
+        let Idle { prev, next, .. } = self.slots[s as usize];
+        if prev == NONE {
+            self.head = next;
+        } else {
+            self.slots[prev as usize].next = next;
         }
+        if next == NONE {
+            self.tail = prev;
+        } else {
+            self.slots[next as usize].prev = prev;
+        }
+        self.slots[s as usize].linked = false;
+        self.live -= 1;
+    }
+
+    fn push_back(&mut self, s: u32, last: i64, born: u32) {
+        self.slots[s as usize] = Idle {
+            last,
+            prev: self.tail,
+            next: NONE,
+            born,
+            linked: true,
+        };
+        if self.tail == NONE {
+            self.head = s;
+        } else {
+            self.slots[self.tail as usize].next = s;
+        }
+        self.tail = s;
+        self.live += 1;
+    }
+
+    /// `cluster`'s latest event is at least `ts_ms`; it moves to the end of the idle order.
+    /// Its slot, if the index holds it (a cluster it does not hold is not kept).
+    fn note(&mut self, index: &ContentIndex, cluster: &str, ts_ms: i64) -> Option<(u32, u32)> {
+        let s = index.slot(cluster)?;
+        let born = index.born_at(s)?;
+        if self.slots.len() <= s as usize {
+            let want = s as usize + 1;
+            self.slots
+                .reserve_exact((want - self.slots.len()).max(self.slots.len() / 4));
+            self.slots.resize(want, Idle::default());
+        }
+        let last = if self.linked(index, s) {
+            let last = self.slots[s as usize].last;
+            self.unlink(s);
+            last.max(ts_ms)
+        } else {
+            if self.slots[s as usize].linked {
+                self.unlink(s); // a cluster the index dropped without expire: gone
+            }
+            ts_ms
+        };
+        self.push_back(s, last, born);
+        Some((s, born))
     }
 
     /// An event of `cluster` at `ts_ms` (only clusters `index` holds are kept): not idle,
     /// and changed (last in the changes' order).
     pub fn touch(&mut self, index: &ContentIndex, cluster: &str, ts_ms: i64) {
-        if !index.contains(cluster) {
+        let Some((s, born)) = self.note(index, cluster, ts_ms) else {
             return;
-        }
-        let id = self.note(cluster, ts_ms);
+        };
         let seq = self.tick();
         if !self.log {
             return;
         }
-        let held_before = self
-            .changed
-            .get(&id)
-            .map_or_else(|| index.held_count(&id), |c| c.held_before);
-        self.changed.insert(id, Changed { seq, held_before });
+        let held_before = match self.changed.get(&s) {
+            Some(c) if c.born == born => c.held_before,
+            _ => index.held_count_at(s),
+        };
+        self.changed.insert(
+            s,
+            Changed {
+                seq,
+                held_before,
+                born,
+            },
+        );
     }
 
     /// `cluster` took `added` signals (new to it) just before it was touched, for the state
     /// log: they are among those it took, even if that touch made it a change.
     pub fn record(&mut self, index: &ContentIndex, cluster: &str, added: usize) {
-        if let Some(c) = self.changed.get_mut(cluster) {
-            let before = index.held_count(cluster).saturating_sub(added);
+        let Some(s) = index.slot(cluster) else {
+            return;
+        };
+        if let Some(c) = self.changed.get_mut(&s) {
+            let before = index.held_count_at(s).saturating_sub(added);
             c.held_before = c.held_before.min(before);
         }
     }
@@ -182,22 +262,25 @@ impl IdleClusters {
 
     /// Evict the clusters idle since `idle_ms` before `watermark_ms` (from the front of the
     /// idle order): their ids, for the caller to drop from the index.
-    pub fn expire(&mut self, watermark_ms: i64) -> Vec<Arc<str>> {
+    pub fn expire(&mut self, index: &ContentIndex, watermark_ms: i64) -> Vec<Arc<str>> {
         let cut = watermark_ms.saturating_sub(self.idle_ms);
         let mut out = Vec::new();
-        while let Some(entry) = self.order.first_entry() {
-            let (last, _) = self.last[entry.get()];
-            if last > cut {
+        while self.head != NONE {
+            let s = self.head;
+            let stale = !self.linked(index, s);
+            if !stale && self.slots[s as usize].last > cut {
                 break;
             }
-            let id = entry.remove();
-            self.last.remove(&id);
-            self.changed.remove(&id);
+            self.unlink(s);
+            self.changed.remove(&s);
+            if stale {
+                continue; // the index dropped it without expire: gone already
+            }
+            let id = index.id_at(s).expect("a linked slot's cluster");
             self.evicted.push(id.clone());
             out.push(id);
         }
-        if self.last.capacity() > 4 * self.last.len().max(1024) {
-            self.last.shrink_to(2 * self.last.len());
+        if self.changed.capacity() > 4 * self.changed.len().max(1024) {
             self.changed.shrink_to(2 * self.changed.len());
         }
         out
@@ -207,14 +290,22 @@ impl IdleClusters {
     /// with their latest event time and the signals they took, then those evicted.
     /// (Nothing when the changes are not kept: [`Self::unlogged`].)
     pub fn take_changes(&mut self, index: &ContentIndex) -> (Vec<Change>, Vec<Arc<str>>) {
-        let mut changed: Vec<(Arc<str>, Changed)> = self.changed.drain().collect();
+        let mut changed: Vec<(u32, Changed)> = self
+            .changed
+            .drain()
+            .filter(|&(s, c)| index.born_at(s) == Some(c.born))
+            .collect();
         changed.sort_unstable_by_key(|c| c.1.seq);
         let out = changed
             .into_iter()
-            .map(|(id, c)| {
-                let last = self.last.get(&id).map_or(i64::MIN, |&(t, _)| t);
-                let took = index.held_from(&id, c.held_before);
-                (id, last, took)
+            .map(|(s, c)| {
+                let last = if self.linked(index, s) {
+                    self.slots[s as usize].last
+                } else {
+                    i64::MIN
+                };
+                let id = index.id_at(s).expect("a live slot's cluster");
+                (id, last, index.held_from_at(s, c.held_before))
             })
             .collect();
         if self.changed.capacity() > 1024 {
@@ -224,30 +315,37 @@ impl IdleClusters {
     }
 
     /// A state log read back: `cluster`'s latest event is at least `last` (moved to the
-    /// end of the idle order; not a change to log again).
-    pub fn fold(&mut self, cluster: &str, last: i64) {
-        self.note(cluster, last);
+    /// end of the idle order; not a change to log again). The index holds it already (the
+    /// log's signals were added first).
+    pub fn fold(&mut self, index: &ContentIndex, cluster: &str, last: i64) {
+        self.note(index, cluster, last);
     }
 
     /// A state log read back: `cluster` was evicted; `false` if it was not live.
-    pub fn forget(&mut self, cluster: &str) -> bool {
-        match self.last.remove(cluster) {
-            Some((_, place)) => {
-                self.order.remove(&place);
+    pub fn forget(&mut self, index: &ContentIndex, cluster: &str) -> bool {
+        match index.slot(cluster) {
+            Some(s) if self.linked(index, s) => {
+                self.unlink(s);
                 // what it took is the caller's to drop with it: not a change any more
-                self.changed.remove(cluster);
+                self.changed.remove(&s);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
     /// Every live cluster with its latest event time, least recently touched first.
-    pub fn snapshot(&self) -> Vec<(Arc<str>, i64)> {
-        self.order
-            .values()
-            .map(|id| (id.clone(), self.last[id].0))
-            .collect()
+    pub fn snapshot(&self, index: &ContentIndex) -> Vec<(Arc<str>, i64)> {
+        let mut out = Vec::with_capacity(self.live);
+        let mut s = self.head;
+        while s != NONE {
+            let i = self.slots[s as usize];
+            if self.linked(index, s) {
+                out.push((index.id_at(s).expect("a linked slot's cluster"), i.last));
+            }
+            s = i.next;
+        }
+        out
     }
 }
 
@@ -299,10 +397,19 @@ mod tests {
         );
         assert!(evicted.is_empty());
         // the front is c (touched at 2): evicted at 102; a (3) stops it
-        let gone: Vec<String> = idle.expire(102).iter().map(|c| c.to_string()).collect();
+        let gone: Vec<String> = idle
+            .expire(&index, 102)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
         assert_eq!(gone, ["u-c"]);
+        index.drop_cluster("u-c");
         // b (latest 1) waits behind a in the idle order
-        let gone: Vec<String> = idle.expire(103).iter().map(|c| c.to_string()).collect();
+        let gone: Vec<String> = idle
+            .expire(&index, 103)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
         assert_eq!(gone, ["u-a", "u-b"]);
         assert!(idle.is_empty() && idle.take_changes(&index).0.is_empty());
     }
@@ -333,7 +440,7 @@ mod tests {
             .assign(&mut index, &[(Kind::Md5, &m1)], "u-1", 0, 31)
             .unwrap();
         assert!(quiet.changed.is_empty() && quiet.take_changes(&index).0.is_empty());
-        assert_eq!(quiet.expire(101), ["u-1".into()]); // the idle order is kept
+        assert_eq!(quiet.expire(&index, 101), ["u-1".into()]); // the idle order is kept
     }
 
     #[test]
@@ -345,12 +452,42 @@ mod tests {
                 .unwrap();
         }
         idle.touch(&index, "u-1", 5);
-        let mut again = IdleClusters::new(100);
-        for (c, t) in idle.snapshot() {
-            again.fold(&c, t);
+        // read back into an index that holds them in other slots (as a log is folded)
+        let (mut index2, mut again) = (ContentIndex::new(), IdleClusters::new(100));
+        let snapshot = idle.snapshot(&index);
+        for (c, t) in snapshot.iter().rev() {
+            index2.add(c, &[]).unwrap();
+            let _ = t;
         }
-        assert_eq!(again.snapshot(), idle.snapshot());
-        assert!(again.forget("u-2") && !again.forget("u-2"));
+        for (c, t) in &snapshot {
+            again.fold(&index2, c, *t);
+        }
+        assert_eq!(again.snapshot(&index2), snapshot);
+        assert!(again.forget(&index2, "u-2") && !again.forget(&index2, "u-2"));
         assert_eq!(again.len(), 2);
+        assert!(again.take_changes(&index2).0.is_empty()); // a fold is not a change
+    }
+
+    #[test]
+    fn a_cluster_the_index_dropped_unexpired_leaves_the_order_and_its_slot_starts_afresh() {
+        let (mut index, mut idle) = (ContentIndex::new(), IdleClusters::new(100));
+        idle.assign(&mut index, &[(Kind::Md5, &"1".repeat(32))], "u-1", 0, 31)
+            .unwrap();
+        idle.assign(&mut index, &[(Kind::Md5, &"2".repeat(32))], "u-2", 50, 31)
+            .unwrap();
+        index.drop_cluster("u-1"); // not through expire
+                                   // u-3 takes u-1's slot: a cluster of its own, at its own time
+        idle.assign(&mut index, &[(Kind::Md5, &"3".repeat(32))], "u-3", 60, 31)
+            .unwrap();
+        let (changed, _) = idle.take_changes(&index);
+        let ids: Vec<String> = changed.iter().map(|c| c.0.to_string()).collect();
+        assert_eq!(ids, ["u-2", "u-3"]);
+        assert_eq!(
+            idle.snapshot(&index),
+            [("u-2".into(), 50), ("u-3".into(), 60)]
+        );
+        assert_eq!(idle.len(), 2);
+        assert_eq!(idle.expire(&index, 155), ["u-2".into()]);
+        assert!(!idle.forget(&index, "u-1"));
     }
 }

@@ -106,8 +106,9 @@ impl PyIdleClusters {
 
     /// The clusters idle since ``idle_ms`` before ``watermark_ms``, evicted from the idle
     /// order (the caller drops them from the signals).
-    fn expire(&mut self, watermark_ms: i64) -> Vec<String> {
-        texts(self.inner.expire(watermark_ms))
+    fn expire(&mut self, py: Python<'_>, watermark_ms: i64) -> Vec<String> {
+        let held = self.signals.borrow(py);
+        texts(self.inner.expire(&held.inner, watermark_ms))
     }
 
     /// What changed since the last call: ``[(cluster, latest, signals taken)]``, least
@@ -126,19 +127,22 @@ impl PyIdleClusters {
     }
 
     /// A log read back: ``cluster``'s latest event is at least ``last``.
-    fn fold(&mut self, cluster: &str, last: i64) {
-        self.inner.fold(cluster, last);
+    fn fold(&mut self, py: Python<'_>, cluster: &str, last: i64) {
+        let held = self.signals.borrow(py);
+        self.inner.fold(&held.inner, cluster, last);
     }
 
     /// A log read back: ``cluster`` was evicted; ``False`` if it was not live.
-    fn forget(&mut self, cluster: &str) -> bool {
-        self.inner.forget(cluster)
+    fn forget(&mut self, py: Python<'_>, cluster: &str) -> bool {
+        let held = self.signals.borrow(py);
+        self.inner.forget(&held.inner, cluster)
     }
 
     /// ``[(cluster, latest)]``, least recently touched first.
-    fn snapshot(&self) -> Vec<(String, i64)> {
+    fn snapshot(&self, py: Python<'_>) -> Vec<(String, i64)> {
+        let held = self.signals.borrow(py);
         self.inner
-            .snapshot()
+            .snapshot(&held.inner)
             .into_iter()
             .map(|(c, t)| (c.to_string(), t))
             .collect()
