@@ -34,10 +34,17 @@ heap's growth (Python's by ``tracemalloc``, and the compiled core's, which
   router's post -> cluster map, the detector's event ids and velocity
   window, the prediction state), bytes per node;
 - ``unbanked``: everything the pipeline keeps per live post of content no
-  bank holds (``--unbanked`` posts of the simulator's background cascades,
-  none evicted): the bulk of a platform's state.
+  bank holds (``--unbanked`` live posts of the simulator's background
+  cascades, none evicted; by default a million, issue 17's target, which
+  takes a few minutes: ``--unbanked 280000`` for a short run), and where it
+  goes: each part's share, as the heap it frees when dropped (in that order:
+  the compiled replay loop's own (its reorder buffer, the uploads waiting
+  for the watermark), the router's post -> cluster map, its index of
+  unbanked content, the detector's unbanked clusters and its content index,
+  the rest, mostly the banks' answer cache, which is bounded).
 
-    python bench/bench_core.py                       # about a minute
+    python bench/bench_core.py                       # about five minutes
+    python bench/bench_core.py --unbanked 280000     # about two
     python bench/bench_core.py --scale 3 --repeats 5 --nodes 200000 --json
     python bench/bench_core.py --videos 0.1   # a tenth of the uploads are videos
     python bench/bench_core.py --mix platform  # about 1% of events in banked clusters
@@ -208,13 +215,15 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def held_bytes(build: Callable[[], Any]) -> tuple[int, int, Any]:
+def held_bytes(build: Callable[[], Any], *, keep_tracing: bool = False) -> tuple[int, int, Any]:
     """Bytes still held once ``build()`` returns (what it returns keeps alive): the heap's
     growth, Python's (``tracemalloc``) and the compiled core's (its own exact count,
     ``_core.allocated_bytes``), and the resident set's.
 
     Run in a fresh interpreter (:func:`in_fresh_process`): memory freed earlier in the same
-    process would be reused, and the resident set would grow less than the state."""
+    process would be reused, and the resident set would grow less than the state.
+    ``keep_tracing``: ``tracemalloc`` goes on (the caller measures what it drops, then stops
+    it), so what ``build`` made stays traced."""
     gc.collect()
     rss0 = rss_bytes()
     tracemalloc.start()
@@ -222,7 +231,8 @@ def held_bytes(build: Callable[[], Any]) -> tuple[int, int, Any]:
     kept = build()
     gc.collect()
     after = tracemalloc.get_traced_memory()[0] + _core.allocated_bytes()
-    tracemalloc.stop()
+    if not keep_tracing:
+        tracemalloc.stop()
     return after - before, rss_bytes() - rss0, kept
 
 
@@ -267,13 +277,14 @@ def cascade_memory(nodes: int, seed: int) -> dict[str, Any]:
 
 def unbanked_memory(posts: int, seed: int) -> dict[str, Any]:
     """Everything the pipeline keeps per live post of content no bank holds (the bulk of a
-    platform's traffic): the simulator's background cascades alone, none evicted."""
+    platform's traffic): the simulator's background cascades alone, none evicted; and each
+    part's share (see the module doc)."""
     minutes = 30
     sim = simulate(
         Scenario(
             seed=seed,
             minutes=minutes,
-            background_per_minute=posts / minutes / 2.2,  # about 2.2 posts per cascade
+            background_per_minute=posts / minutes / 3.05,  # about 3 posts per cascade
             critical_banked=0,
             high_banked=0,
             warning_banked=0,
@@ -302,14 +313,56 @@ def unbanked_memory(posts: int, seed: int) -> dict[str, Any]:
         pipe.drain()
         return pipe
 
-    traced, rss, pipe = held_bytes(whole_state)
+    traced, rss, pipe = held_bytes(whole_state, keep_tracing=True)
     live = pipe.detector.live_posts + pipe.held
-    return {
+    out = {
         "unbanked_posts": live,
         "unbanked_clusters": pipe.detector.cluster_count,
         "unbanked_bytes_per_post": traced / live,
         "unbanked_rss_per_post": rss / live,
     }
+    out["unbanked_parts"] = unbanked_parts(pipe, live)
+    return out
+
+
+def drop_index(router: Any) -> None:
+    """Drop the router's index of unbanked content (the index requests hold it too)."""
+    router.emerging = None
+    if router.index_requests is not None:
+        router.index_requests.index = None
+
+
+def unbanked_parts(pipe: Pipeline, live: int) -> dict[str, float]:
+    """Bytes per live post each part of ``pipe`` holds: the heap freed as each is dropped,
+    in order (what two parts share is the first's), the rest last."""
+    from streams.emerging import ContentIndex
+
+    def heap() -> int:
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] + _core.allocated_bytes()
+
+    drops: list[tuple[str, Callable[[], None]]] = [
+        # the compiled loop first: it holds the parts below too
+        ("replay_loop", lambda: setattr(pipe, "loop", None)),
+        ("post_routes", lambda: setattr(pipe.router, "post_clusters", _core.PostRoutes())),
+        ("router_index", lambda: drop_index(pipe.router)),
+        (
+            "unbanked_clusters",
+            lambda: setattr(pipe.detector, "_unbanked", _core.UnbankedClusters([], 1, 1)),
+        ),
+        ("detector_index", lambda: setattr(pipe.detector, "content", ContentIndex())),
+    ]
+    parts: dict[str, float] = {}
+    before = heap()
+    for name, drop in drops:
+        drop()
+        now = heap()
+        parts[name] = (before - now) / live
+        before = now
+    pipe.__dict__.clear()  # the rest: the banks (their answer cache), stats, the router
+    parts["rest"] = (before - heap()) / live
+    tracemalloc.stop()
+    return parts
 
 
 def in_fresh_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -342,8 +395,9 @@ def main() -> None:
     ap.add_argument(
         "--unbanked",
         type=int,
-        default=200_000,
-        help="live posts of unbanked content for the memory measure",
+        default=1_000_000,
+        help="live posts of unbanked content for the memory measure (default: a million, "
+        "issue 17's target; 280000 for a short run)",
     )
     ap.add_argument(
         "--videos",
@@ -382,6 +436,8 @@ def main() -> None:
         f"  whole pipeline state  {m['unbanked_bytes_per_post']:>8,.0f} B/post"
         f" (resident: {m['unbanked_rss_per_post']:,.0f})"
     )
+    for part, size in m["unbanked_parts"].items():
+        print(f"    {part:<20}{size:>8,.0f} B/post")
     print(json.dumps(out))
 
 
