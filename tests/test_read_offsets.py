@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streams.runtime.read_offsets import ReadOffsets
+from streams.runtime.state_log import StateLog
 
 
 def test_batches_that_follow_each_other_skip_nothing() -> None:
@@ -100,3 +101,57 @@ def test_a_partition_given_back_in_the_same_rebalance_is_judged_from_where_it_st
     offsets.forget("resolve", 1)
     offsets.assigned("resolve", [1])  # back later: where it stood then is long gone
     assert offsets.behind("resolve", 1, 90, now=1.0, committed=90) == (False, None)
+
+
+class _Table(dict[bytes, bytes]):
+    name = "resolve-log"
+
+
+def test_a_partition_taken_over_is_judged_from_where_its_log_says_the_last_owner_stood() -> None:
+    """Faust commits past records its client skipped; a worker that took the partition
+    over starts there and never saw them (the stream then waits for ever for what they
+    carried). Each state-log key says where its writer's stage stood in the input topic,
+    so the new owner seeks back to the first record the last owner's stage never had."""
+    table = _Table()
+    first = ReadOffsets()
+    log = StateLog(table, compact_bytes=1 << 20, position=lambda p: first.position("resolve", p))
+    first.read("resolve", 1, 0, 16, committed=0)
+    log.append(1, b'{"p": {"p1": "b-1"}}')
+    log.flush()
+    # its client skipped 17..20 and Faust committed 21; then partition 1 moved
+    second = ReadOffsets()
+    assert StateLog(table, compact_bytes=1 << 20).logged_position(1) == 17
+    second.resume("resolve", 1, log.logged_position(1))
+    assert second.behind("resolve", 1, 21, now=0.0, committed=21) == (True, 17)
+    assert second.behind("resolve", 1, 17, now=0.5) == (False, None)
+    assert second.read("resolve", 1, 17, 30) == 0 and second.skipped == 0
+    # a log behind the committed offset (batches that changed nothing it logs): read again
+    third = ReadOffsets()
+    third.resume("resolve", 1, 17)
+    assert third.behind("resolve", 1, 12, now=0.0, committed=12) == (False, None)
+
+
+def test_an_older_version_s_log_or_an_unread_partition_leaves_the_committed_offset() -> None:
+    table = _Table({b"1:00000000000000000001": b"[]", b"1:00000000000000000002:x": b"[]"})
+    log = StateLog(table, compact_bytes=1 << 20, position=lambda p: None)
+    log.append(1, b"[]")
+    log.flush()
+    assert log.logged_position(1) is None and all(
+        k.count(b":") == 1 or k.endswith(b"x") for k in table
+    )
+    offsets = ReadOffsets()
+    offsets.resume("resolve", 1, log.logged_position(1))
+    assert not offsets.knows("resolve", 1)
+    assert offsets.behind("resolve", 1, 40, now=0.0, committed=40) == (False, None)
+
+
+def test_keys_with_a_position_sort_with_those_without_by_stamp() -> None:
+    """A log written by an older version and then by this one reads back in write order."""
+    at: dict[int, int] = {}
+    log = StateLog(_Table(), compact_bytes=1 << 20, position=at.get)
+    for i in range(12):
+        if i == 6:
+            at[0] = 5
+        log.append(0, b"[%d]" % i)
+        log.flush()
+    assert log.read(0) == [b"[%d]" % i for i in range(12)]

@@ -25,6 +25,15 @@ not come within :data:`SEEK_BACK_S` it counts them lost (``skipped`` in its
 report, and a warning) and reads on from the first record it held back,
 instead of waiting silently for events that will never come.
 
+A partition that moved to another worker is judged the same way, from where
+its last owner's stage stood: each key of the state logs carries the next
+offset of the input topic that stage was to be handed
+(:meth:`streams.runtime.state_log.StateLog.logged_position`), so the new owner
+starts from there (:meth:`ReadOffsets.resume`) rather than from Faust's
+committed offset, which the old owner may have committed past records its
+client skipped. A log written by an older version says nothing (the committed
+offset then, as before).
+
 >>> offsets = ReadOffsets()
 >>> offsets.read("resolve", 1, 0, 16, committed=0)
 0
@@ -134,6 +143,35 @@ class ReadOffsets:
         self.skipped += skipped
         self._next[key] = max(last + 1, self._next.get(key, 0))
         return skipped
+
+    def position(self, topic: str, partition: int) -> int | None:
+        """The next offset of ``partition`` to hand its stage (``None``: not known yet)."""
+        return self._next.get((topic, partition))
+
+    def knows(self, topic: str, partition: int) -> bool:
+        """Whether this worker knows where ``partition``'s next batch should start."""
+        return (topic, partition) in self._next
+
+    def resume(self, topic: str, partition: int, logged: int | None) -> None:
+        """A partition taken over from another worker: its first batch is judged from where
+        the previous owner's state log says its stage stood (``logged``, see
+        :meth:`StateLog.logged_position`), not from the offset Faust committed, which
+        can be past records that owner's client skipped (they would be lost: the stages
+        would wait for ever for what they carried). Nothing changes where this worker
+        knows better (a partition given back to it, :meth:`assigned`) or the log says
+        nothing. A log behind the committed offset costs a seek back to records read
+        again (at least once, as after any restart).
+
+        >>> offsets = ReadOffsets()
+        >>> offsets.resume("resolve", 3, 17)
+        >>> offsets.behind("resolve", 3, 21, now=0.0, committed=21)  # 17..20 skipped
+        (True, 17)
+        >>> offsets.resume("resolve", 3, 40)  # known now: the log does not move it
+        >>> offsets.position("resolve", 3)
+        17
+        """
+        if logged is not None and (topic, partition) not in self._next:
+            self._next[(topic, partition)] = logged
 
     def forget(self, topic: str, partition: int) -> None:
         """The partition was revoked: where its next owner starts is Faust's to say, unless

@@ -80,6 +80,7 @@ class StateLog:
         slice_bytes: int = 1024 * 1024,
         on_compacted: Callable[[], None] | None = None,
         focus: Callable[[int], None] | None = None,
+        position: Callable[[int], int | None] | None = None,
     ) -> None:
         self.table: LogTable = table  # type: ignore[assignment]
         self.compact_bytes = compact_bytes
@@ -89,6 +90,9 @@ class StateLog:
         self.slice_bytes = min(slice_bytes, max(1, compact_bytes // 4))
         self.on_compacted = on_compacted
         self.focus = focus
+        #: where a partition's stage stands in its input topic (the next offset to hand it;
+        #: ``None``: not known): each key written says it (see :meth:`logged_position`)
+        self.position = position
         #: entries appended and not written yet, per partition, oldest first, and their items
         self._staged: dict[int, list[bytes]] = {}
         self._staged_items: dict[int, int] = {}
@@ -106,14 +110,49 @@ class StateLog:
         return sum(ledger.size for ledger in self._ledgers.values())
 
     def _key(self, partition: int) -> bytes:
-        """A new key: partition, then a per-process increasing wall-clock stamp.
+        """A new key: partition, a per-process increasing wall-clock stamp, and where the
+        partition's stage stands in its input topic (``position``), if known.
 
-        Never an input offset: a redelivered batch must add to the log, not
-        overwrite what the first delivery wrote.
+        The stamp makes it new: a redelivered batch must add to the log, not
+        overwrite what the first delivery wrote. The position tells a new owner of
+        the partition where this one stood (:meth:`logged_position`). Keys sort by
+        partition and stamp (20 digits), with or without a position; an older
+        version's keys have none.
         """
         stamp = max(time.time_ns(), self._last_stamp + 1)
         self._last_stamp = stamp
-        return f"{partition}:{stamp:020d}".encode()
+        at = self.position(partition) if self.position is not None else None
+        return f"{partition}:{stamp:020d}{'' if at is None else f':{at}'}".encode()
+
+    def logged_position(self, partition: int) -> int | None:
+        """Where the partition's stage stood in its input topic when its log was last
+        written: every record before that offset had been handed to the stage, and what
+        it changed is in the log (or changed nothing logged). ``None``: no key says (an
+        older version's log, or a worker that had read nothing of the topic).
+
+        A worker taking the partition over judges its first batch from here, not from
+        the offset Faust committed, which can be past records the previous owner's
+        Kafka client skipped (see :mod:`streams.runtime.read_offsets`).
+
+        >>> class Table(dict):
+        ...     name = "demo-log"
+        >>> at = {0: 17}
+        >>> log = StateLog(Table(), compact_bytes=50, position=at.get)
+        >>> log.append(0, b"[]"); log.append(1, b"[]"); log.flush()
+        >>> at[0] = 25; log.append(0, b"[]"); log.flush()
+        >>> log.logged_position(0), log.logged_position(1)
+        (25, None)
+        >>> sorted(log.table)[0].split(b":")[2]
+        b'17'
+        """
+        prefix = f"{partition}:".encode()
+        positions = []
+        for key in self.table:
+            if key.startswith(prefix):
+                fields = key.split(b":")
+                if len(fields) == 3 and fields[2].isdigit():
+                    positions.append(int(fields[2]))
+        return max(positions, default=None)
 
     def ledger(self, partition: int) -> LogLedger:
         ledger = self._ledgers.get(partition)

@@ -345,6 +345,7 @@ class Worker:
             compact_garbage=s.log_compact_garbage,
             on_compacted=compacted,
             focus=lambda p: self._focus("resolve", p),
+            position=lambda p: self.read_offsets.position("resolve", p),
         )
         self.cluster_logs = StateLog(
             self.cluster_log,
@@ -353,6 +354,7 @@ class Worker:
             slice_bytes=CUTBACK_SLICE_BYTES,
             on_compacted=compacted,
             focus=lambda p: self._focus("clusters", p),
+            position=lambda p: self.read_offsets.position("clusters", p),
         )
         self.sent_alerts = app.Table("alerts-sent", changelog_topic=self.t_alerts, **table)
         self.sent_actions = app.Table("actions-sent", changelog_topic=self.t_actions, **table)
@@ -542,6 +544,7 @@ class Worker:
         each partition's last event and what it has read of this worker's own sends (the
         copies of those handed over in-process while unread are left out)."""
         hop = self.hand_over.resolve if hop_name == "resolve" else self.hand_over.clusters
+        state_log = self.resolve_logs if hop_name == "resolve" else self.cluster_logs
         last_event = self._last_event[hop_name]
         received: dict[int, list[bytes]] = {}
         mine = self._own_key
@@ -551,6 +554,8 @@ class Worker:
             p = last.message.partition
             first = events_of_partition[0].message.offset
             committed = committed_offset(self.app, last.message.tp)
+            if not self.read_offsets.knows(hop_name, p):  # taken over: where its log stood
+                self.read_offsets.resume(hop_name, p, state_log.logged_position(p))
             lost = self.read_offsets.skipped
             hold, back = self.read_offsets.behind(hop_name, p, first, now, committed)
             if self.read_offsets.skipped > lost:
