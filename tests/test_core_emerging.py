@@ -148,3 +148,24 @@ def test_the_cluster_id_digest_is_hashlibs_blake2b(key: str) -> None:
     any text, across the 128-byte block boundaries."""
     want = "u-" + hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
     assert unbanked_id(key) == want
+
+
+def test_a_flood_of_clusters_expired_gives_the_index_its_memory_back() -> None:
+    from streams._core import allocated_bytes
+
+    rng = random.Random(7)
+    for log_changes in (False, True):
+        clusters = EmergingClusters(idle_ms=1_000, log_changes=log_changes)
+        before = allocated_bytes()
+        for i in range(50_000):
+            pdq = f"{rng.getrandbits(256):064x}"
+            clusters.assign(Content(pdq=pdq, md5=f"{i:032x}", pdq_quality=90), ts_ms=i)
+        held = allocated_bytes() - before
+        assert len(clusters) == 50_000 and held > 50_000 * 100, held
+        clusters.take_changes()
+        assert len(clusters.expire(10**9)) == 50_000 and len(clusters) == 0
+        clusters.take_changes()
+        # one more, as a live index would go on: the tables of the flood are given back
+        clusters.assign(Content(md5="f" * 32), ts_ms=10**9)
+        left = allocated_bytes() - before
+        assert left < 1_500_000, (log_changes, left)  # the PDQ index's 4 MB of starts aside

@@ -25,7 +25,8 @@
 //! Answers are deterministic: clusters nearest first, ties by cluster id, each
 //! cluster once at its nearest, whatever the order of adds and drops.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use crate::pdq::{self, Hash, PdqIndex};
@@ -241,7 +242,9 @@ pub struct ContentIndex {
     hex_ids: HashMap<(u8, u64), u32>,
     text_ids: HashMap<Box<str>, u32>,
     clusters: Vec<Option<Cluster>>,
-    free: Vec<u32>,
+    /// free slots, the lowest taken first: the slots stay dense, and the end of
+    /// `clusters` empties when a flood goes (see `trim`)
+    free: BinaryHeap<Reverse<u32>>,
     born: u32,
 }
 
@@ -389,7 +392,7 @@ impl ContentIndex {
             born: self.born,
         };
         let c = match self.free.pop() {
-            Some(slot) => {
+            Some(Reverse(slot)) => {
                 self.clusters[slot as usize] = Some(item);
                 slot
             }
@@ -469,7 +472,7 @@ impl ContentIndex {
             ClusterId::Hex(p, v) => self.hex_ids.remove(&(p, v)),
             ClusterId::Text(ref t) => self.text_ids.remove(t),
         };
-        self.free.push(c);
+        self.free.push(Reverse(c));
         let mut freed = Vec::new();
         for key in Key::unpack(&gone.keys) {
             if self.first_holder(&key) != Some(c) {
@@ -524,14 +527,18 @@ impl ContentIndex {
     /// After a flood of clusters is gone, give their tables' room back.
     fn trim(&mut self) {
         let live = self.clusters();
-        if self.hex_ids.capacity() > 4 * live.max(1024) {
+        if self.clusters.len() > 4 * live.max(1024) || self.hex_ids.capacity() > 4 * live.max(1024)
+        {
             self.hex_ids.shrink_to(2 * self.hex_ids.len());
+            self.text_ids.shrink_to(2 * self.text_ids.len());
             self.md5.shrink_to(2 * self.md5.len());
+            self.text.shrink_to(2 * self.text.len());
+            self.more.shrink_to(2 * self.more.len());
             while matches!(self.clusters.last(), Some(None)) {
                 self.clusters.pop();
             }
             let n = self.clusters.len() as u32;
-            self.free.retain(|&f| f < n);
+            self.free.retain(|&Reverse(f)| f < n);
             self.clusters.shrink_to(2 * self.clusters.len());
             self.free.shrink_to(2 * self.free.len());
         }

@@ -277,13 +277,32 @@ impl IdleClusters {
                 continue; // the index dropped it without expire: gone already
             }
             let id = index.id_at(s).expect("a linked slot's cluster");
-            self.evicted.push(id.clone());
+            if self.log {
+                self.evicted.push(id.clone()); // replay's would grow with every eviction
+            }
             out.push(id);
         }
         if self.changed.capacity() > 4 * self.changed.len().max(1024) {
             self.changed.shrink_to(2 * self.changed.len());
         }
+        self.trim();
         out
+    }
+
+    /// After a flood of clusters is gone, give its records' room back: the slots past the
+    /// last one in the order (the index reuses its low slots first, see `ContentIndex`).
+    fn trim(&mut self) {
+        if self.slots.len() <= 4 * self.live.max(1024) {
+            return;
+        }
+        let mut end = 0;
+        let mut s = self.head;
+        while s != NONE {
+            end = end.max(s as usize + 1);
+            s = self.slots[s as usize].next;
+        }
+        self.slots.truncate(end);
+        self.slots.shrink_to(2 * end);
     }
 
     /// What changed since the last call: the clusters touched (least recently first)
