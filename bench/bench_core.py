@@ -325,6 +325,13 @@ def unbanked_memory(posts: int, seed: int) -> dict[str, Any]:
     return out
 
 
+def drop_loop(pipe: Pipeline) -> None:
+    """Drop replay's compiled loop, and the detector's way to evict (which holds the
+    router's map, the store and the content index, as the loop does)."""
+    pipe.loop = None  # type: ignore[assignment]
+    pipe.detector._evict = None
+
+
 def drop_index(router: Any) -> None:
     """Drop the router's index of unbanked content (the index requests hold it too)."""
     router.emerging = None
@@ -342,8 +349,8 @@ def unbanked_parts(pipe: Pipeline, live: int) -> dict[str, float]:
         return tracemalloc.get_traced_memory()[0] + _core.allocated_bytes()
 
     drops: list[tuple[str, Callable[[], None]]] = [
-        # the compiled loop first: it holds the parts below too
-        ("replay_loop", lambda: setattr(pipe, "loop", None)),
+        # the compiled loop first, and the detector's evictor: they hold the parts below too
+        ("replay_loop", lambda: drop_loop(pipe)),
         ("post_routes", lambda: setattr(pipe.router, "post_clusters", _core.PostRoutes())),
         ("router_index", lambda: drop_index(pipe.router)),
         (
