@@ -384,7 +384,20 @@ class HashBanks:
     def lookup_md5(self, md5: str) -> list[Match]:
         """Every enabled entry with this MD5, best (by the tie rule) first."""
         group = self._md5.get(md5.lower(), ())
+        if not group:  # most uploads: no sort, no generator
+            return []
         return sorted((Match(e, 0) for e in group if self.config(e.bank).enabled), key=_rank)
+
+    def holds_allow_list(self) -> bool:
+        """Whether the allow-list holds anything (if not, :meth:`allowed` is ``False``).
+
+        >>> banks = HashBanks()
+        >>> banks.holds_allow_list(), banks.add(BankEntry(ALLOW_BANK, "md5", "a" * 32))
+        (False, True)
+        >>> banks.holds_allow_list()
+        True
+        """
+        return ALLOW_BANK in self._per_bank or self._videos.holds(ALLOW_BANK)
 
     def allowed(self, content: Content, at_ms: int | None = None) -> bool:
         """Whether ``content`` is on the allow-list (:data:`ALLOW_BANK`): its MD5, or a PDQ

@@ -171,12 +171,9 @@ class Pipeline:
         routes: list[Routed | None] = [None] * len(parsed)
         if uploads:
             # the banks do not change within a batch: its uploads' matches first, in one search
-            router.prefetch([p.content for _, p in uploads])  # type: ignore[misc]
-            try:
-                for i, p in uploads:
-                    routes[i] = router.classify(p)
-            finally:
-                router.drop_prefetched()
+            classified = router.classify_batch([p for _, p in uploads])
+            for (i, _), routed in zip(uploads, classified, strict=True):
+                routes[i] = routed
         self.loop.feed(self, parsed, routes)
 
     def feed_bank_update(self, raw: bytes) -> None:

@@ -155,14 +155,25 @@ class Router:
     def classify(self, event: ShareEvent) -> Routed | None:
         """An upload's bank match (or the allow-list's cluster), counted; ``None``: content no
         bank knows, for the index of unbanked content. It depends on the banks alone (not on
-        the uploads before it), so replay classifies a batch's uploads ahead of its loop."""
+        the uploads before it), so replay classifies a batch's uploads ahead of its loop
+        (:meth:`classify_batch`)."""
         content = event.content
         assert content is not None
         key = match_key(content)
+        m = self._prefetched[key] if key in self._prefetched else self.banks.match(content)
+        return self._classified(event, m)
+
+    def classify_batch(self, uploads: Sequence[ShareEvent]) -> list[Routed | None]:
+        """:meth:`classify` of a batch's uploads, matched in one search (counted as
+        :meth:`prefetch` counts them); the banks must not change in between."""
+        matches = self.banks.match_many([ev.content for ev in uploads])  # type: ignore[misc]
+        return [self._classified(ev, m) for ev, m in zip(uploads, matches, strict=True)]
+
+    def _classified(self, event: ShareEvent, m: Match | None) -> Routed | None:
+        content = event.content
+        assert content is not None
         if self.banks.timed_after(event.ts_ms):  # a bank add took effect after this upload
             m = self.banks.match_at(content, event.ts_ms)
-        else:
-            m = self._prefetched[key] if key in self._prefetched else self.banks.match(content)
         if m is not None:
             self.stats.matched[m.entry.bank] += 1
             return Routed(event, m.entry.cluster_id, match_info(m))
@@ -171,7 +182,7 @@ class Router:
             content.vpdq is not None and not usable_hashes(content.vpdq)
         ):
             self.stats.low_quality += 1
-        if self.banks.allowed(content, event.ts_ms):
+        if self.banks.holds_allow_list() and self.banks.allowed(content, event.ts_ms):
             self.stats.allowed += 1
             return Routed(event, allowed_cluster_id(content))
         return None
