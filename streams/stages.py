@@ -1187,6 +1187,11 @@ class ClusterPartition:
         self.applied = 0
         #: the timed bank changes taken, (ts, order key): each is applied once
         self._bank_seen: set[tuple[int | None, str]] = set()
+        #: what came before the watermark was known (every resolve partition heard from):
+        #: the clusters given events and the bank changes, asked for early firings once it is
+        #: (see :meth:`advance`)
+        self._unasked: set[str] = set()
+        self._unasked_banks: list[BankUpdate] = []
 
     def restore(self, logs: Iterable[bytes]) -> list[Rejection]:
         """Take back every event this partition received (persisted logs, any order).
@@ -1198,6 +1203,7 @@ class ClusterPartition:
             routed, rejected = decode_routed_log(raw)
             for r in routed:
                 self._push(r)
+                self._unasked.add(r.cluster_id)
             bad += rejected
         for rejection in bad:
             self.stats.rejected[rejection.reason] += 1
@@ -1259,9 +1265,24 @@ class ClusterPartition:
 
     def advance(self, received: Iterable[str] = ()) -> ClusterBatch:
         """Apply what the watermark has passed (and late arrivals), let event time run to it,
-        and send what the events held for the ``received`` clusters already prove."""
+        and send what the events held for the ``received`` clusters already prove.
+
+        Until every resolve partition has been heard from, the watermark is unknown and
+        nothing can be proved: the clusters given events meanwhile (and the bank changes)
+        are asked once it is known. Otherwise a cluster that got all its events then (a
+        burst as a worker starts, or a partition restored from its log) would send its
+        firing only when the watermark passed it, an allowed lateness later.
+        """
         wm = self.watermark.value
         buf, det = self.buffer, self.detector
+        if wm == NO_TIME:
+            self._unasked.update(received)
+        elif self._unasked or self._unasked_banks:
+            for update in self._unasked_banks:  # before what they change is released
+                det.expect_bank(update, max(wm, buf.released_ms))
+            self._unasked_banks = []
+            received = self._unasked.union(received)
+            self._unasked = set()
         items = buf.release(max(wm, buf.released_ms))
         apply_in_order(det, items)
         self.applied += len(items)
@@ -1296,6 +1317,8 @@ class ClusterPartition:
         self.buffer.push(update.ts_ms, update.order_key, update)
         if self.watermark.value != NO_TIME:
             self.detector.expect_bank(update, max(self.watermark.value, self.buffer.released_ms))
+        else:  # noted once the watermark is known (see advance)
+            self._unasked_banks.append(update)
         return self.advance()
 
     @property

@@ -483,6 +483,28 @@ def test_nothing_is_applied_before_the_watermark_and_late_events_are_applied_at_
     assert b.applied == 1  # behind what was applied: applied now, not held
 
 
+def test_a_burst_held_before_the_watermark_is_known_fires_early_once_it_is() -> None:
+    # a worker starting: the whole burst comes before any resolve partition's progress
+    cp = cluster_partition()
+    b = cp.handle([routed_env(burst(30))])
+    assert b.decisions.alerts == [] and cp.pending == 31
+    # progress heard, far behind the crossing (the 25th share): proved by the events held,
+    # so it goes out now, not an allowed lateness later when the watermark passes it
+    b = cp.handle([routed_env([], progress=T0)])
+    [early] = b.decisions.alerts
+    assert early.to_dict()["provisional"] is True
+    # replay's alert: the same id, at the same crossing
+    [replayed] = cluster_partition().handle([routed_env(burst(30), T0 + 40_000)]).decisions.alerts
+    assert (early.alert_id, early.severity, early.ts_ms) == (
+        replayed.alert_id,
+        "warning",
+        replayed.ts_ms,
+    )
+    # the watermark path reaches it: the same alert, not sent again
+    b = cp.handle([routed_env([], progress=T0 + 40_000)])
+    assert b.decisions.alerts == [] and cp.pending == 0
+
+
 def test_cluster_restore_gives_the_same_decisions() -> None:
     events = burst(40)
     whole = cluster_partition()
