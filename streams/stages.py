@@ -98,6 +98,10 @@ T = TypeVar("T")
 
 #: How often (event time) held orphans are checked for expiry, as ``replay`` does.
 EXPIRE_EVERY_MS: Final = 10_000
+#: Largest record the stages write (envelopes, table deltas). Kafka's default
+#: ``max.message.bytes`` is 1 MiB; a batch of a backlog can be larger, so it is
+#: cut into records under this size (an event is at most 64 KiB, see ``events``).
+MAX_RECORD_BYTES: Final = 512 * 1024
 #: The resolve partition that holds the index of unbanked content (:class:`ResolvePartition`).
 INDEX_PARTITION: Final = 0
 
@@ -157,6 +161,34 @@ class Envelope:
         # {"i": items, ...} as orjson writes it, the items by the compiled writer
         tail = b"," + orjson.dumps(rest)[1:] if rest else b"}"
         return b'{"i":' + encode_items(self.items) + tail
+
+    def parts(self, limit: int = MAX_RECORD_BYTES) -> list[bytes]:
+        """The record's bytes, in parts under ``limit`` if it is larger (as :func:`split_envelope`
+        cuts them), from the items themselves: a large envelope is not read back to be cut.
+
+        >>> env = Envelope([Registration(f"p{i}", "b-1") for i in range(100)], inputs={1: 9})
+        >>> parts = env.parts(limit=600)
+        >>> len(parts) > 1, [Envelope.unpack(p).inputs for p in parts][-2:]
+        (True, [{}, {1: 9}])
+        >>> env.parts() == [env.pack()]
+        True
+        """
+        raw = self.pack()
+        return [raw] if len(raw) <= limit else self.cut(limit)
+
+    def cut(self, limit: int) -> list[bytes]:
+        """The items in runs under ``limit`` bytes each, in order; the marks, progress and input
+        watermarks ride on the last part only, so no receiver moves a watermark past items
+        still on their way."""
+        marks = len(self.marks) + len(self.progress) + len(self.inputs)
+        runs = _runs(self.items, limit - 200 - 40 * marks)
+        last = len(runs) - 1
+        return [
+            Envelope(run, self.marks, self.progress, inputs=self.inputs).pack()
+            if i == last
+            else Envelope(run).pack()
+            for i, run in enumerate(runs)
+        ]
 
     @classmethod
     def of(cls, raw: bytes | Envelope | None) -> Envelope:
@@ -233,12 +265,6 @@ def _unexpected(item: Item, stage: str, stats: Stats, dead: list[DeadLetter]) ->
     dead.append(DeadLetter(Rejection(BAD_RECORD, detail, encode(item)), stage))
 
 
-#: Largest record the stages write (envelopes, table deltas). Kafka's default
-#: ``max.message.bytes`` is 1 MiB; a batch of a backlog can be larger, so it is
-#: cut into records under this size (an event is at most 64 KiB, see ``events``).
-MAX_RECORD_BYTES: Final = 512 * 1024
-
-
 def _runs(items: list[T], limit: int) -> list[list[T]]:
     """``items`` in order, cut into runs whose JSON stays under ``limit`` bytes each (an
     item larger than that, alone).
@@ -275,13 +301,7 @@ def split_envelope(raw: bytes, limit: int = MAX_RECORD_BYTES) -> list[bytes]:
     """
     if len(raw) <= limit:
         return [raw]
-    env = Envelope.unpack(raw)
-    runs = _runs(env.items, limit - 200 - 40 * (len(env.marks) + len(env.progress)))
-    last = len(runs) - 1
-    return [
-        Envelope(run, env.marks, env.progress).pack() if i == last else Envelope(run).pack()
-        for i, run in enumerate(runs)
-    ]
+    return Envelope.unpack(raw).cut(limit)
 
 
 def split_log(raw: bytes, limit: int = MAX_RECORD_BYTES) -> list[bytes]:
@@ -612,6 +632,18 @@ class ResolveBatch:
     delta: bytes | None = None
     routed: int = 0
     delta_items: int = 0
+    #: the record ``delta`` encodes (cut from it when too large for one log record)
+    delta_record: ResolveDelta | None = None
+
+    def log_entries(self) -> list[bytes]:
+        """``delta`` as the log's entries: itself, or, past :data:`MAX_RECORD_BYTES`, parts cut
+        from its record (:func:`log_parts`) as :func:`split_log` cuts the bytes, without
+        reading a large entry back (a batch of a backlog can hold thousands of events)."""
+        if self.delta is None:
+            return []
+        if len(self.delta) <= MAX_RECORD_BYTES or self.delta_record is None:
+            return split_log(self.delta)
+        return log_parts(self.delta_record)
 
     @property
     def to_clusters(self) -> dict[int, bytes]:
@@ -1063,6 +1095,7 @@ class ResolvePartition:
             delta=encode(delta) if delta else None,
             routed=routed,
             delta_items=delta.items,
+            delta_record=delta if delta else None,
         )
 
     def _read(self, wm: int) -> int:

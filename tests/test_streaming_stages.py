@@ -26,6 +26,7 @@ from streams.stages import (
     Ingest,
     LogCutback,
     LogLedger,
+    ResolveBatch,
     ResolvePartition,
     partition_for,
     split_envelope,
@@ -33,7 +34,7 @@ from streams.stages import (
 )
 from streams.stats import Stats
 from streams.watermarks import NO_TIME, SourceClock, Watermark
-from streams.wire import Forget, Item, Registration, ToRoute
+from streams.wire import Forget, Item, Registration, ResolveDelta, ToRoute, encode
 
 T0 = 1_767_225_600_000
 MD5 = "a" * 32
@@ -361,6 +362,44 @@ def test_a_large_envelope_and_log_entry_are_cut_into_records_that_restore_the_sa
     assert len(pieces) > 3
     cut.restore(pieces)
     assert cut.posts.items() == whole.posts.items() and cut.held == whole.held == 0
+
+
+def test_a_large_batch_is_cut_from_its_records_as_from_its_bytes() -> None:
+    """Past the record limit, the resolve log's entries and an envelope's records are cut from
+    the records themselves (not read back from their bytes): the same bytes either way, and
+    an envelope's input watermarks ride on its last part (they were dropped)."""
+    read = [event_from_dict(ev(f"w{i}", "share", T0 + i, f"w{i}", f"x{i}")) for i in range(3_000)]
+    held = tuple(e for e in read if isinstance(e, ShareEvent))
+    assert len(held) == 3_000
+    record = ResolveDelta(
+        posts={f"p{i:06d}": f"u-{i:016x}" for i in range(12_000)}, held=held, released=("w7",)
+    )
+    raw = encode(record)
+    assert len(raw) > MAX_RECORD_BYTES
+    batch = ResolveBatch(0, 1, [[]], [[]], delta=raw, delta_record=record)
+    entries = batch.log_entries()
+    assert len(entries) > 1 and entries == split_log(raw)
+    assert all(len(e) <= MAX_RECORD_BYTES for e in entries)
+    small = ResolveBatch(0, 1, [[]], [[]], delta=b'{"h-":["w1"]}', delta_record=None)
+    assert (
+        small.log_entries() == [b'{"h-":["w1"]}'] and ResolveBatch(0, 1, [], []).log_entries() == []
+    )
+    env = Envelope(
+        [Registration(f"p{i:06d}", f"u-{i:016x}") for i in range(20_000)],
+        {0: (T0, False)},
+        {1: T0},
+        inputs={2: T0 - 5},
+    )
+    parts = env.parts()
+    assert len(parts) > 1 and parts == split_envelope(env.pack())
+    read = [Envelope.unpack(p) for p in parts]
+    assert [(e.marks, e.progress, e.inputs) for e in read][-1] == (
+        {0: (T0, False)},
+        {1: T0},
+        {2: T0 - 5},
+    )
+    assert all(not (e.marks or e.progress or e.inputs) for e in read[:-1])
+    assert [i for e in read for i in e.items] == env.items
 
 
 def test_resolve_restore_rebuilds_posts_and_held_reshares() -> None:

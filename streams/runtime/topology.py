@@ -208,7 +208,7 @@ class Topology:
     def _resolved(self, partition: int, batches: list[ResolveBatch]) -> None:
         for batch in batches:
             if batch.delta is not None:
-                self.resolve_log.append(partition, batch.delta, batch.delta_items)
+                self.resolve_log.append(partition, batch.log_entries(), batch.delta_items)
             self.outputs.deadletter(batch.deadletters)
         resolver = self.resolvers[partition]
         if self.resolve_log.due(partition, resolver.live_items):

@@ -621,9 +621,9 @@ class Worker:
         Returns its timestamp (epoch ms, increasing from one send to the next): the mark
         by which the hand-over knows when the partition has read it.
         """
-        raw = value.pack() if isinstance(value, Envelope) else value
+        parts = value.parts() if isinstance(value, Envelope) else split_envelope(value)
         stamp = self._last_send_ms = max(round(time.time() * 1000), self._last_send_ms + 1)
-        for part in split_envelope(raw):
+        for part in parts:
             self.sent[topic.get_topic_name()] += 1
             topic.send_soon(
                 key=self._own_key, value=part, partition=partition, timestamp=stamp / 1000
