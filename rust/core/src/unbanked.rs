@@ -52,6 +52,97 @@ const ID_SET_FROM: usize = 24;
 type DigestSet = HashSet<u128, BuildHasherDefault<DigestHasher>>;
 type PostIndex = HashMap<u64, u32, BuildHasherDefault<DigestHasher>>;
 
+/// A list of plain values in 16 bytes (pointer, `u32` length and capacity) where a `Vec`
+/// takes 24: a cluster holds four (posts, their text, event times, event-id digests), and
+/// most clusters hold a post or three, so the record's size is a good part of a post's
+/// cost. Every change goes through a `Vec` rebuilt from these parts and taken apart again
+/// (so growth is `Vec`'s own); a length or capacity past `u32` is refused (a panic,
+/// which the bindings catch): no cluster comes near it.
+struct CVec<T: Copy> {
+    ptr: std::ptr::NonNull<T>,
+    len: u32,
+    cap: u32,
+}
+
+// SAFETY: a CVec owns its values as a Vec<T> does.
+unsafe impl<T: Copy + Send> Send for CVec<T> {}
+unsafe impl<T: Copy + Sync> Sync for CVec<T> {}
+
+impl<T: Copy> Default for CVec<T> {
+    fn default() -> Self {
+        Self::from_vec(Vec::new())
+    }
+}
+
+impl<T: Copy> CVec<T> {
+    fn from_vec(v: Vec<T>) -> Self {
+        let mut v = std::mem::ManuallyDrop::new(v);
+        let (len, cap) = (v.len(), v.capacity());
+        assert!(
+            u32::try_from(cap).is_ok() && std::mem::size_of::<T>() != 0,
+            "a cluster's list past 2^32 items"
+        );
+        // SAFETY: a Vec's pointer is never null (dangling when it holds nothing)
+        let ptr = unsafe { std::ptr::NonNull::new_unchecked(v.as_mut_ptr()) };
+        Self {
+            ptr,
+            len: len as u32,
+            cap: cap as u32,
+        }
+    }
+
+    fn into_vec(self) -> Vec<T> {
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: the parts are those of a Vec<T> taken apart in from_vec, owned by `me`
+        // alone, which is not dropped
+        unsafe { Vec::from_raw_parts(me.ptr.as_ptr(), me.len as usize, me.cap as usize) }
+    }
+
+    /// Change it as a `Vec`.
+    fn with<R>(&mut self, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
+        let mut v = std::mem::take(self).into_vec();
+        let r = f(&mut v);
+        *self = Self::from_vec(v);
+        r
+    }
+
+    fn push(&mut self, value: T) {
+        if self.len == self.cap && (self.len as usize) < SMALL {
+            self.with(|v| {
+                v.reserve_exact(1);
+                v.push(value)
+            })
+        } else {
+            self.with(|v| v.push(value))
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.cap as usize
+    }
+}
+
+impl<T: Copy> Drop for CVec<T> {
+    fn drop(&mut self) {
+        drop(std::mem::take(self).into_vec());
+    }
+}
+
+impl<T: Copy> std::ops::Deref for CVec<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: the first `len` values from `ptr` are initialised and owned by self
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len as usize) }
+    }
+}
+
+impl<T: Copy> std::ops::DerefMut for CVec<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as deref, and `&mut self` is the only access
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len as usize) }
+    }
+}
+
 /// What an event does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -168,8 +259,8 @@ struct Pending<H> {
 /// Sorted event times within the horizon (`graphs.velocity.Velocity`'s rules).
 #[derive(Default)]
 struct Times {
-    ts: Vec<i64>,
-    start: usize,
+    ts: CVec<i64>,
+    start: u32,
 }
 
 impl Times {
@@ -179,35 +270,35 @@ impl Times {
                 return false;
             }
             if t < latest {
-                let i = self.start + self.ts[self.start..].partition_point(|&x| x <= t);
-                self.ts.insert(i, t);
+                let i = self.kept().partition_point(|&x| x <= t) + self.start as usize;
+                self.ts.with(|v| v.insert(i, t));
                 return true;
             }
         }
-        reserve_small(&mut self.ts);
         self.ts.push(t); // the latest: always the last one kept
         let cut = t - horizon;
-        self.start += self.ts[self.start..].partition_point(|&x| x <= cut);
-        if self.start >= 8 && self.start * 2 > self.ts.len() {
-            self.ts.drain(..self.start);
+        self.start += self.kept().partition_point(|&x| x <= cut) as u32;
+        let start = self.start as usize;
+        if start >= 8 && start * 2 > self.ts.len() {
+            self.ts.with(|v| v.drain(..start).for_each(drop));
             self.start = 0;
         }
         true
     }
 
     fn count(&self, window: i64, now: i64) -> usize {
-        let kept = &self.ts[self.start..];
+        let kept = self.kept();
         let hi = kept.partition_point(|&x| x <= now);
         let lo = kept[..hi].partition_point(|&x| x <= now - window);
         hi - lo
     }
 
     fn len(&self) -> usize {
-        self.ts.len() - self.start
+        self.ts.len() - self.start as usize
     }
 
     fn kept(&self) -> &[i64] {
-        &self.ts[self.start..]
+        &self.ts[self.start as usize..]
     }
 }
 
@@ -215,7 +306,7 @@ impl Times {
 /// cheapest, and most clusters apply an event or three), a hash set past [`ID_SET_FROM`]
 /// (the list given up: not both).
 enum Ids {
-    Few(Vec<u128>),
+    Few(CVec<u128>),
     Many(Box<DigestSet>),
 }
 
@@ -229,11 +320,10 @@ impl Ids {
                     return false;
                 }
                 if list.len() >= ID_SET_FROM {
-                    let mut set: DigestSet = std::mem::take(list).into_iter().collect();
+                    let mut set: DigestSet = std::mem::take(list).into_vec().into_iter().collect();
                     set.insert(digest);
                     *self = Ids::Many(Box::new(set));
                 } else {
-                    reserve_small(list);
                     list.push(digest);
                 }
                 true
@@ -258,7 +348,7 @@ impl Ids {
     /// Every digest (a set's in no particular order: they are a set).
     fn into_vec(self) -> Vec<u128> {
         match self {
-            Ids::Few(list) => list,
+            Ids::Few(list) => list.into_vec(),
             Ids::Many(set) => set.into_iter().collect(),
         }
     }
@@ -280,8 +370,8 @@ struct Cluster<H> {
     next: u32,
     first_seen_ms: i64,
     last_ms: i64,
-    posts: Vec<Post>,
-    text: Vec<u8>,
+    posts: CVec<Post>,
+    text: CVec<u8>,
     /// post id hash -> the last post with it; `chain[i]`: the post before `i` with its hash
     index: Option<Box<(PostIndex, Vec<u32>)>>,
     live: u32,
@@ -306,12 +396,6 @@ struct Rare<H> {
 /// post or three, and a doubling list would be half empty.
 const SMALL: usize = 8;
 
-fn reserve_small<T>(v: &mut Vec<T>) {
-    if v.len() == v.capacity() && v.len() < SMALL {
-        v.reserve_exact(1);
-    }
-}
-
 fn text_hash(bytes: &[u8]) -> u64 {
     id_digest(bytes) as u64
 }
@@ -325,13 +409,13 @@ impl<H> Cluster<H> {
             next: NONE,
             first_seen_ms: ts_ms,
             last_ms: 0,
-            posts: Vec::new(),
-            text: Vec::new(),
+            posts: CVec::default(),
+            text: CVec::default(),
             index: None,
             live: 0,
             roots: 0,
             times: Times::default(),
-            ids: Ids::Few(Vec::new()),
+            ids: Ids::Few(CVec::default()),
             emerging: false,
             rare: None,
         }
@@ -369,10 +453,13 @@ impl<H> Cluster<H> {
     }
 
     fn push_text(&mut self, bytes: &[u8]) {
-        if self.text.len() + bytes.len() > self.text.capacity() && self.posts.len() < SMALL {
-            self.text.reserve_exact(bytes.len());
-        }
-        self.text.extend_from_slice(bytes);
+        let small = self.posts.len() < SMALL;
+        self.text.with(|text| {
+            if text.len() + bytes.len() > text.capacity() && small {
+                text.reserve_exact(bytes.len());
+            }
+            text.extend_from_slice(bytes);
+        });
     }
 
     fn add(&mut self, post: &[u8], user: &[u8], parent: u32, ts_ms: i64) {
@@ -380,7 +467,6 @@ impl<H> Cluster<H> {
         self.push_text(post);
         self.push_text(user);
         let i = self.posts.len() as u32;
-        reserve_small(&mut self.posts);
         self.posts.push(Post {
             off,
             id_len: post.len() as u32,
@@ -1234,5 +1320,55 @@ mod tests {
         assert!(t.add(200, 100));
         assert!(!t.add(100, 100)); // at or before latest - horizon
         assert_eq!((t.len(), t.count(1000, 200)), (1, 1));
+    }
+
+    #[test]
+    fn times_drop_what_left_the_horizon_as_a_plain_list_would() {
+        // past 8 times gone, the list is cut: what is kept and counted stays the same
+        let (mut t, mut all) = (Times::default(), Vec::new());
+        for i in 0..200i64 {
+            let x = i * 10 - (i % 3) * 7; // a few late ones
+            let latest = all.last().copied().unwrap_or(i64::MIN);
+            let kept = all.is_empty() || x > latest - 100;
+            assert_eq!(t.add(x, 100), kept);
+            if kept {
+                all.push(x);
+                all.sort_unstable();
+            }
+            let now = *all.last().unwrap();
+            let model: Vec<i64> = all.iter().copied().filter(|&y| y > now - 100).collect();
+            assert_eq!(t.kept(), &model[..]);
+            assert_eq!(
+                t.count(50, now),
+                model.iter().filter(|&&y| y > now - 50).count()
+            );
+        }
+        assert!(
+            t.ts.capacity() < 64,
+            "the cut list gives its front back to reuse"
+        );
+    }
+
+    #[test]
+    fn a_compact_list_is_a_vec_in_16_bytes() {
+        let mut v: CVec<u128> = CVec::default();
+        assert_eq!((v.len(), v.capacity()), (0, 0));
+        for i in 0..20u128 {
+            v.push(i);
+        }
+        // grown one at a time while small, then as a Vec grows
+        assert!(v.capacity() >= 20 && v.capacity() < 40);
+        v[3] = 99;
+        v.with(|l| l.retain(|&x| x != 5));
+        assert_eq!(v.len(), 19);
+        let back = v.into_vec();
+        assert_eq!((back[3], back[5], back.len()), (99, 6, 19));
+        assert_eq!(std::mem::size_of::<CVec<u8>>(), 16);
+        // the cluster record: was 192 bytes with four Vecs
+        assert!(
+            std::mem::size_of::<Cluster<()>>() <= 160,
+            "{}",
+            std::mem::size_of::<Cluster<()>>()
+        );
     }
 }
