@@ -143,11 +143,12 @@ impl Key {
 }
 
 /// A cluster's id as kept: `x-` and 16 lowercase hex digits (the ids `streams` makes) as
-/// the letter and the 64 bits, no allocation; any other id as its text.
+/// the letter and the 64 bits, no allocation; any other id as its text, boxed twice so that
+/// the id is 16 bytes (a `Box<str>` is 16 alone: the usual id would pay 24 for the rare one).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum ClusterId {
     Hex(u8, u64),
-    Text(Box<str>),
+    Text(Box<Box<str>>),
 }
 
 impl std::fmt::Display for ClusterId {
@@ -164,7 +165,7 @@ impl ClusterId {
     pub(crate) fn is(&self, id: &str) -> bool {
         match (self, Self::hex(id)) {
             (ClusterId::Hex(p, v), Some((q, w))) => (*p, *v) == (q, w),
-            (ClusterId::Text(t), None) => &**t == id,
+            (ClusterId::Text(t), None) => &***t == id,
             _ => false,
         }
     }
@@ -197,13 +198,13 @@ impl ClusterId {
     pub(crate) fn of(id: &str) -> Self {
         match Self::hex(id) {
             Some((p, v)) => ClusterId::Hex(p, v),
-            None => ClusterId::Text(id.into()),
+            None => ClusterId::Text(Box::new(id.into())),
         }
     }
 
     fn text(&self) -> Arc<str> {
         match self {
-            ClusterId::Text(t) => Arc::from(&**t),
+            ClusterId::Text(t) => Arc::from(&***t),
             hex => Arc::from(hex.to_string()),
         }
     }
@@ -403,7 +404,7 @@ impl ContentIndex {
         };
         match id {
             ClusterId::Hex(p, v) => self.hex_ids.insert((p, v), c),
-            ClusterId::Text(t) => self.text_ids.insert(t, c),
+            ClusterId::Text(t) => self.text_ids.insert(*t, c),
         };
         c
     }
@@ -470,7 +471,7 @@ impl ContentIndex {
             .expect("a live cluster's slot");
         match gone.id {
             ClusterId::Hex(p, v) => self.hex_ids.remove(&(p, v)),
-            ClusterId::Text(ref t) => self.text_ids.remove(t),
+            ClusterId::Text(ref t) => self.text_ids.remove(&**t),
         };
         self.free.push(Reverse(c));
         let mut freed = Vec::new();

@@ -372,8 +372,6 @@ struct Cluster<H> {
     last_ms: i64,
     posts: CVec<Post>,
     text: CVec<u8>,
-    /// post id hash -> the last post with it; `chain[i]`: the post before `i` with its hash
-    index: Option<Box<(PostIndex, Vec<u32>)>>,
     live: u32,
     roots: u32,
     times: Times,
@@ -390,6 +388,9 @@ struct Rare<H> {
     met: Vec<(u8, i64)>,
     /// the allow-list signals (kind, signal) its content matches
     allowed_by: Vec<(String, String)>,
+    /// past [`INDEX_FROM`] posts: post id hash -> the last post with it; `chain[i]`: the
+    /// post before `i` with its hash (few clusters grow so large: here, not in the record)
+    index: Option<Box<(PostIndex, Vec<u32>)>>,
 }
 
 /// Up to this many items, a cluster's lists grow one at a time: most clusters hold a
@@ -411,7 +412,6 @@ impl<H> Cluster<H> {
             last_ms: 0,
             posts: CVec::default(),
             text: CVec::default(),
-            index: None,
             live: 0,
             roots: 0,
             times: Times::default(),
@@ -433,7 +433,7 @@ impl<H> Cluster<H> {
     }
 
     fn find(&self, post: &[u8]) -> Option<u32> {
-        match self.index.as_deref() {
+        match self.rare.as_deref().and_then(|r| r.index.as_deref()) {
             None => self
                 .posts
                 .iter()
@@ -478,7 +478,11 @@ impl<H> Cluster<H> {
         if parent == NONE {
             self.roots += 1;
         }
-        if let Some((index, chain)) = self.index.as_deref_mut() {
+        if let Some((index, chain)) = self
+            .rare
+            .as_deref_mut()
+            .and_then(|r| r.index.as_deref_mut())
+        {
             chain.push(index.insert(text_hash(post), i).unwrap_or(NONE));
         } else if self.posts.len() > INDEX_FROM {
             let mut index = PostIndex::default();
@@ -487,7 +491,7 @@ impl<H> Cluster<H> {
                 let h = text_hash(self.id_of(p));
                 chain.push(index.insert(h, j as u32).unwrap_or(NONE));
             }
-            self.index = Some(Box::new((index, chain)));
+            self.rare().index = Some(Box::new((index, chain)));
         }
     }
 
@@ -512,6 +516,7 @@ impl<H> Cluster<H> {
                 pending: Vec::new(),
                 met: Vec::new(),
                 allowed_by: Vec::new(),
+                index: None,
             })
         })
     }
@@ -536,8 +541,9 @@ impl<H> Cluster<H> {
             + self.times.ts.capacity() * 8
             + self.ids.bytes()
             + self
-                .index
+                .rare
                 .as_deref()
+                .and_then(|r| r.index.as_deref())
                 .map_or(0, |(i, c)| i.capacity() * 13 + c.capacity() * 4)
             + self.rare.as_deref().map_or(0, |r| {
                 size_of::<Rare<H>>() + r.pending.capacity() * size_of::<Pending<H>>()
@@ -1364,11 +1370,8 @@ mod tests {
         let back = v.into_vec();
         assert_eq!((back[3], back[5], back.len()), (99, 6, 19));
         assert_eq!(std::mem::size_of::<CVec<u8>>(), 16);
-        // the cluster record: was 192 bytes with four Vecs
-        assert!(
-            std::mem::size_of::<Cluster<()>>() <= 160,
-            "{}",
-            std::mem::size_of::<Cluster<()>>()
-        );
+        // the cluster record: was 192 bytes with four Vecs, a 24-byte id and its post index
+        assert_eq!(std::mem::size_of::<ClusterId>(), 16);
+        assert!(std::mem::size_of::<Cluster<()>>() <= 152);
     }
 }
