@@ -457,6 +457,19 @@ def latency(broker: RunningBroker, args: argparse.Namespace, work: Path) -> dict
             kinds.setdefault(kind, []).append(now - _ts_s(a))
     lat = sorted(x for _, x in timed)
     plain_sorted = sorted(x for _, x in plain_lat)
+    # the firings that waited for the watermark (none should, in this traffic): which,
+    # and when in the run their crossing was, to tell a start-up case from a steady one
+    waited = [
+        {
+            "cluster_id": a["cluster_id"],
+            "severity": a["severity"],
+            "into_run_s": round(_ts_s(a) - started, 3),
+            "latency_s": round(now - _ts_s(a), 3),
+            "size": a["cascade"]["size"],
+        }
+        for now, a in alerts_at
+        if a["status"] == "firing" and not a.get("provisional")
+    ]
     if not lat:
         raise RuntimeError(f"no alerts; see {work / 'worker-latency.log'}")
     mid = min(t for t, _ in timed) + args.seconds / 2
@@ -472,6 +485,7 @@ def latency(broker: RunningBroker, args: argparse.Namespace, work: Path) -> dict
             k: {"alerts": len(v), "p50_s": _pct(sorted(v), 50), "p99_s": _pct(sorted(v), 99)}
             for k, v in sorted(kinds.items())
         },
+        "at_watermark": waited[:20],
         "worker_cpu_us_per_event": [round(x, 1) for x in cpu_halves],
         "plain_p50_s": _pct(plain_sorted, 50),
         "plain_p99_s": _pct(plain_sorted, 99),
@@ -730,6 +744,11 @@ def main() -> None:
             print(
                 f"  {kind:<24} {k['alerts']:>5} alerts  p50 {k['p50_s'] * 1000:7.0f} ms   "
                 f"p99 {k['p99_s'] * 1000:7.0f} ms"
+            )
+        for w in lat["at_watermark"]:
+            print(
+                f"  at the watermark: {w['cluster_id']} {w['severity']}, crossed "
+                f"{w['into_run_s']:.1f} s into the run, sent {w['latency_s']:.1f} s later"
             )
         a, b = lat["worker_cpu_us_per_event"]
         print(f"  worker CPU per event      first half {a:7.0f} us, second half {b:7.0f} us")
