@@ -50,8 +50,9 @@ monotone in the set of events: met at an event time ``tau`` with ``K``, it
 is met at ``tau`` with ``F``, and replay evaluates the rules at every
 event's time. A held event counts only if replay will count it when it
 applies it: an upload, or a reshare whose parent is in the applied graph or
-is a counted held post before it in ``(ts, event_id)`` order (a reshare
-older than its parent is counted when the parent comes, not before). A
+is a counted held post not newer than it (one of the same millisecond that
+sorts first is counted when its parent is applied, within that instant; a
+reshare older than its parent is counted when the parent comes, not before). A
 firing goes out early only when its id is certain:
 
 1. *Escalation.* Episode ``E`` is open at the watermark, to resolve at
@@ -296,6 +297,20 @@ def _key(ev: ShareEvent) -> tuple[int, str]:
     return (ev.ts_ms, ev.event_id)
 
 
+def _counted_under(parent: ShareEvent, reshare: ShareEvent) -> bool:
+    """Whether replay counts ``reshare`` at every evaluation from its own time on, given that
+    it counts its held ``parent`` from the parent's: the reshare is not older than it.
+
+    Later in ``(ts, event_id)`` order, it is applied after its parent. Of the same
+    millisecond but ordered first (event ids compare as text: ``"e12" < "e2"``), it
+    waits for the parent in the detector and is counted when the parent is applied, within
+    the same instant: an evaluation at that instant (a firing is looked for at the last
+    share of an instant) counts both, as every later one does. Older than its parent, it
+    is counted only from the parent's time, not its own: not counted ahead at all.
+    """
+    return reshare.ts_ms >= parent.ts_ms
+
+
 def _duplicate_post(ev: ShareEvent) -> Rejection:
     return Rejection(
         "duplicate_post",
@@ -372,7 +387,8 @@ class Lookahead:
         return kids is not None and any(k.event_id == ev.event_id for k in kids)
 
     def attach(self, ev: ShareEvent) -> None:
-        """Count ``ev``, and the held reshares under it that come after it."""
+        """Count ``ev``, and the held reshares under it that are not older than it (see
+        :func:`_counted_under`)."""
         stack = [ev]
         while stack:
             e = stack.pop()
@@ -381,8 +397,8 @@ class Lookahead:
             kids = self.waiting.pop(e.post_id, None)
             if kids:
                 stay = []
-                for k in kids:  # those before their parent are counted when it comes
-                    if _key(k) > _key(e) and k.post_id not in self.posts:
+                for k in kids:  # those older than their parent are counted when it comes
+                    if _counted_under(e, k) and k.post_id not in self.posts:
                         stack.append(k)
                     else:
                         stay.append(k)
@@ -1070,7 +1086,7 @@ class Detector:
             return
         before = ahead.posts.get(parent)
         known = graph is not None and parent in graph
-        if known or (before is not None and _key(before) < _key(ev)):
+        if known or (before is not None and _counted_under(before, ev)):
             ahead.attach(ev)
         else:
             ahead.waiting.setdefault(parent, []).append(ev)
@@ -1217,13 +1233,21 @@ class Detector:
             if applied is not None and applied.size > AS_SEEN_MAX_COPY:
                 return applied
             c = applied.copy() if applied is not None else Cascade()
+        waiting: dict[str, list[ShareEvent]] = {}  # ordered before their parent (an instant's)
         for ev in sorted(ahead.posts.values(), key=_key):
             if ev.ts_ms > tau:
                 break
-            if ev.parent_post_id is None:
-                c.add_root(ev.post_id, user=ev.user_id, ts_ms=ev.ts_ms)
-            elif ev.parent_post_id in c:
-                c.add_reshare(ev.post_id, parent=ev.parent_post_id, user=ev.user_id, ts_ms=ev.ts_ms)
+            if ev.parent_post_id is not None and ev.parent_post_id not in c:
+                waiting.setdefault(ev.parent_post_id, []).append(ev)
+                continue
+            stack = [ev]
+            while stack:
+                e = stack.pop()
+                if e.parent_post_id is None:
+                    c.add_root(e.post_id, user=e.user_id, ts_ms=e.ts_ms)
+                else:
+                    c.add_reshare(e.post_id, parent=e.parent_post_id, user=e.user_id, ts_ms=e.ts_ms)
+                stack += waiting.pop(e.post_id, ())
         return c if c.size or applied is not None else None
 
     def held(self, cluster_id: str) -> tuple[list[ShareEvent], MatchInfo | None]:

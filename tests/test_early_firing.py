@@ -190,6 +190,44 @@ def test_a_fast_burst_over_partitions(seed: int, partitions: int, keying: str) -
     assert all(run.emitted[k][1] < _ms(orjson.loads(run.alerts[k])["ts"]) for k in run.early)
 
 
+def same_millisecond_burst() -> tuple[list[bytes], list[str]]:
+    """The latency benchmark's start (``bench_pipeline.py``): a banked upload ("e2"), more
+    events in the same millisecond, and a reshare of it there whose id sorts before its
+    parent's ("e12" < "e2"), under which the whole burst grows."""
+    t, rng = Traffic(), random.Random(4)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    for _ in range(4):
+        t.upload(T0, pdq=pdq_hex(rng))
+    mid = t.share(T0, root)
+    t.burst(mid, T0 + SEC, 40, 200)
+    for i in range(300):
+        t.upload(T0 + i * 400, pdq=pdq_hex(rng))
+    t.events.sort(key=lambda e: e["ts"])  # type: ignore[arg-type, return-value]
+    return t.lines(), [pdq]
+
+
+@pytest.mark.parametrize(("seed", "partitions", "keying"), RUNS)
+def test_a_burst_under_a_reshare_sorted_before_its_parent_in_one_millisecond_fires_early(
+    seed: int, partitions: int, keying: str
+) -> None:
+    """Replay applies the reshare before its parent (their event time is the same, and
+    ``"e12" < "e2"``) and counts it when the parent comes, in that instant: the burst under
+    it counts ahead, and the warning goes out early, not an allowed lateness later. One
+    latency run in four sent its first cluster's ``critical`` at the watermark this way."""
+    lines, pdqs = same_millisecond_burst()
+    first = [orjson.loads(x) for x in lines[:6]]
+    assert first[0]["event_id"] == "e2" and first[5]["parent_post_id"] == first[0]["post_id"]
+    assert (first[5]["ts"], first[5]["event_id"]) < (first[0]["ts"], first[0]["event_id"])
+    run, expected = stream_and_compare(
+        lines, pdqs, AlertPolicy.default(), seed=seed, partitions=partitions, keying=keying
+    )
+    assert firing(expected) == [(1, "warning", "velocity")]
+    assert early_severities(run) == {"warning"}
+    [key] = run.early
+    assert run.emitted[key][1] < _ms(orjson.loads(run.alerts[key])["ts"])
+
+
 def _ms(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
 
@@ -496,6 +534,27 @@ def test_the_reshares_of_a_held_post_after_it_count() -> None:
         det.expect(share(i, T0 + i * SEC, parent="mid"))
     det.fire_early(["b-1"], T0 - 1)
     assert [a.severity for a in det.drain().alerts] == ["warning"]
+
+
+def test_reshares_of_the_same_millisecond_count_whatever_their_ids() -> None:
+    """Of its parent's millisecond, a reshare is counted in that instant whichever event id
+    sorts first, and so is what grows under it; one a millisecond older is not."""
+    det = detector()
+    det.expect(Routed(ShareEvent("e2", "upload", T0, "p0", "u0"), "b-1", MATCH))
+    det.expect(share(12, T0, post="mid"))  # "e12" < "e2": applied first, counted with it
+    for i in range(13, 40):
+        det.expect(share(i, T0 + i * SEC, parent="mid"))
+    det.fire_early(["b-1"], T0 - 1)
+    [early] = det.drain().alerts
+    assert (early.severity, early.ts_ms) == ("warning", T0 + 35 * SEC)
+    assert orjson.loads(early.to_json())["cascade"]["size"] == 25  # the held tree, "mid" in it
+    older = detector()
+    older.expect(Routed(ShareEvent("e2", "upload", T0, "p0", "u0"), "b-1", MATCH))
+    older.expect(share(12, T0 - 1, post="mid"))
+    for i in range(13, 40):
+        older.expect(share(i, T0 + i * SEC, parent="mid"))
+    older.fire_early(["b-1"], T0 - 1)
+    assert older.drain().alerts == []
 
 
 @pytest.mark.parametrize(("older", "sent"), [(470, True), (476, False)])
