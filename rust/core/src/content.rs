@@ -392,12 +392,17 @@ impl ContentIndex {
             held: 0,
             born: self.born,
         };
+        // the lowest free slot, unless the slots were trimmed below it (then every free
+        // slot is past the end: see `trim`)
         let c = match self.free.pop() {
-            Some(Reverse(slot)) => {
+            Some(Reverse(slot)) if (slot as usize) < self.clusters.len() => {
                 self.clusters[slot as usize] = Some(item);
                 slot
             }
-            None => {
+            stale => {
+                if stale.is_some() {
+                    self.free.clear();
+                }
                 self.clusters.push(Some(item));
                 (self.clusters.len() - 1) as u32
             }
@@ -465,7 +470,21 @@ impl ContentIndex {
     /// Forget a cluster's content (evicted): the signals no cluster holds any more, or
     /// `None` if it held nothing.
     pub fn drop_cluster(&mut self, cluster: &str) -> Option<Vec<Arc<str>>> {
-        let c = self.slot(cluster)?;
+        let mut freed = Vec::new();
+        self.remove_cluster(cluster, |key| freed.push(key.text()))
+            .then_some(freed)
+    }
+
+    /// [`Self::drop_cluster`] when no one reads which signals went (replay's evictions): no
+    /// text is made for them. `false` if it held nothing.
+    pub fn forget_cluster(&mut self, cluster: &str) -> bool {
+        self.remove_cluster(cluster, |_| ())
+    }
+
+    fn remove_cluster(&mut self, cluster: &str, mut freed: impl FnMut(&Key)) -> bool {
+        let Some(c) = self.slot(cluster) else {
+            return false;
+        };
         let gone = self.clusters[c as usize]
             .take()
             .expect("a live cluster's slot");
@@ -474,7 +493,6 @@ impl ContentIndex {
             ClusterId::Text(ref t) => self.text_ids.remove(&**t),
         };
         self.free.push(Reverse(c));
-        let mut freed = Vec::new();
         for key in Key::unpack(&gone.keys) {
             if self.first_holder(&key) != Some(c) {
                 let more = self
@@ -518,29 +536,42 @@ impl ContentIndex {
                 }
             }
             if next.is_none() {
-                freed.push(key.text());
+                freed(&key);
             }
         }
         self.trim();
-        Some(freed)
+        true
     }
 
     /// After a flood of clusters is gone, give their tables' room back.
+    ///
+    /// Each part is trimmed only when trimming frees something, so a flood dropped one
+    /// cluster at a time costs amortized O(1) a cluster: the tables once their capacity is
+    /// 4x what they hold (then halved), the slots once the last is free, and the free list
+    /// once most of it is past the end. (Trimming at every drop while the last slot
+    /// stayed live walked the whole free list each time: a sixth of a platform replay's
+    /// time, in its final evictions.)
     fn trim(&mut self) {
         let live = self.clusters();
-        if self.clusters.len() > 4 * live.max(1024) || self.hex_ids.capacity() > 4 * live.max(1024)
-        {
+        if self.hex_ids.capacity() > 4 * live.max(1024) {
             self.hex_ids.shrink_to(2 * self.hex_ids.len());
             self.text_ids.shrink_to(2 * self.text_ids.len());
             self.md5.shrink_to(2 * self.md5.len());
             self.text.shrink_to(2 * self.text.len());
             self.more.shrink_to(2 * self.more.len());
+        }
+        if self.clusters.len() > 4 * live.max(1024) && matches!(self.clusters.last(), Some(None)) {
             while matches!(self.clusters.last(), Some(None)) {
                 self.clusters.pop();
             }
+            self.clusters.shrink_to(2 * self.clusters.len());
+        }
+        // free slots past the end are skipped when taken (`slot_or_new`); dropped here once
+        // they are most of the list
+        let in_use = self.clusters.len() - live;
+        if self.free.len() > 2 * in_use.max(1024) {
             let n = self.clusters.len() as u32;
             self.free.retain(|&Reverse(f)| f < n);
-            self.clusters.shrink_to(2 * self.clusters.len());
             self.free.shrink_to(2 * self.free.len());
         }
     }
@@ -697,6 +728,49 @@ mod tests {
         assert_eq!(freed.len(), 3);
         assert!(idx.is_empty() && idx.clusters() == 0 && idx.more.is_empty());
         assert!(idx.near(Kind::Pdq, &q, 31).is_empty());
+    }
+
+    #[test]
+    fn a_flood_dropped_one_by_one_gives_its_slots_back_and_reuses_none_live() {
+        let mut idx = ContentIndex::new();
+        let md5 = |i: usize| format!("{i:032x}");
+        let id = |i: usize| format!("u-{i:016x}");
+        let n = 20_000;
+        for i in 0..n {
+            idx.add(&id(i), &[(Kind::Md5, &md5(i))]).unwrap();
+        }
+        // all but the last slot's cluster go, the oldest first: the slots cannot shrink
+        for i in 0..n - 1 {
+            assert!(idx.forget_cluster(&id(i)));
+        }
+        assert_eq!((idx.clusters(), idx.clusters.len()), (1, n));
+        // the last goes: the slots shrink, the free list keeps slots past the end
+        assert_eq!(idx.drop_cluster(&id(n - 1)).unwrap().len(), 1);
+        assert!(idx.clusters.len() < n && idx.is_empty());
+        // a new flood takes slots from the start again, never one of a live cluster
+        for i in n..2 * n {
+            idx.add(&id(i), &[(Kind::Md5, &md5(i))]).unwrap();
+            if i % 3 == 0 {
+                assert!(idx.forget_cluster(&id(i)));
+            }
+        }
+        for i in n..2 * n {
+            let want: Vec<Arc<str>> = if i % 3 == 0 {
+                vec![]
+            } else {
+                vec![Arc::from(id(i))]
+            };
+            assert_eq!(idx.holders(&md5(i)), want);
+        }
+        let live: Vec<u32> = (n..2 * n)
+            .filter(|i| i % 3 != 0)
+            .map(|i| idx.slot(&id(i)).unwrap())
+            .collect();
+        let mut distinct = live.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), live.len());
+        assert!(!idx.forget_cluster(&id(0)));
     }
 
     #[test]

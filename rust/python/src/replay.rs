@@ -140,7 +140,7 @@ fn forget(
             for post in &gone.posts {
                 routes.inner.posts.remove(post);
             }
-            content.inner.drop_cluster(&gone.cluster_id);
+            content.inner.forget_cluster(&gone.cluster_id);
             gone.cluster_id
         })
         .collect()
