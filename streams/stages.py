@@ -56,7 +56,6 @@ are keyed by their stable ids and sent once per key (``streams.runtime.outputs``
 from __future__ import annotations
 
 import base64
-import heapq
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -64,16 +63,16 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
-from streams._core import PostRoutes
+from streams._core import PostRoutes, ResolveLoop
 from streams.alerts import Pseudonymizer
-from streams.banks import BankUpdate, HashBanks
+from streams.banks import MIN_PDQ_QUALITY, BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, Predictor, apply_in_order
-from streams.emerging import EmergingClusters, IndexRequests
+from streams.emerging import EmergingClusters, video_signal
 from streams.events import Rejection, ShareEvent, parse_events
 from streams.pipeline import DEFAULT_PREDICTOR
 from streams.policy import AlertPolicy
 from streams.reorder import ReorderBuffer
-from streams.router import Routed, Router, due_uploads
+from streams.router import Routed, Router
 from streams.stats import Stats
 from streams.watermarks import NO_TIME, Mark, SourceClock, Watermark
 from streams.wire import (
@@ -598,21 +597,6 @@ class Ingest:
 # -- stage 1b: resolve ------------------------------------------------------
 
 
-class PartitionRouter(Router):
-    """The replay :class:`Router`, plus registrations that arrive from another partition."""
-
-    def register(self, post_id: str, cluster_id: str) -> list[Routed | Rejection]:
-        """``post_id`` was routed to ``cluster_id`` elsewhere: record it, release what waited.
-
-        Exactly what :meth:`Router.route` does after routing a post itself.
-        """
-        out: list[Routed | Rejection] = []
-        released = self.post_clusters.register(post_id, cluster_id)
-        if released:
-            self._released(cluster_id, released, out)
-        return out
-
-
 @dataclass
 class ResolveBatch:
     """What one batch of a resolve partition became (see :func:`merge_resolved` to send it)."""
@@ -868,14 +852,15 @@ class ResolvePartition:
         self.posts = PostRoutes(partition, partitions)
         #: the index of unbanked content, if this partition is its owner (see the class doc)
         self.index = EmergingClusters(idle_ms=idle_ms) if partition == INDEX_PARTITION else None
-        self.router = PartitionRouter(
+        #: the banks' answers, expiry of held orphans and refusals (the index's owner's
+        #: clusters unbanked content in :attr:`index`; the others, content it cannot use)
+        self.router = Router(
             banks,
             stats,
             post_clusters=self.posts,
             hold_ms=hold_ms,
             max_held=max_held,
             emerging=self.index,
-            index_requests=IndexRequests(self.index),
         )
         self.watermark = Watermark(sources, lateness_ms)
         #: the progress heard from each peer (persisted by the index's owner, whose own
@@ -886,11 +871,22 @@ class ResolvePartition:
         #: partition's, as last sent to the owner
         self.inputs: dict[int, int] = {}
         self.input_mark = NO_TIME
+        #: the events held here by event id, in the order held: reshares waiting for their
+        #: parent's registration, and (the index's owner) unbanked uploads waiting to be
+        #: clustered; the compiled loop holds and releases them, and keeps their
+        #: ``(ts, event id)`` order
         self._held: dict[str, ShareEvent] = {}
-        self._waiting: list[tuple[int, str]] = []  # (ts, event id) of held reshares, a heap
-        #: (ts, event id) of unbanked uploads waiting to be clustered here (the index's owner),
-        #: a heap; the uploads are held (and logged) with the reshares
-        self._unbanked: list[tuple[int, str]] = []
+        #: the per-event loop (``rust/python/src/resolve.rs``): routing, holding, clustering
+        #: unbanked uploads at the owner, each routed event to its clusters partition
+        self.loop = ResolveLoop(
+            self.posts,
+            None if self.index is None else self.index.idle_clusters,
+            self._held,
+            partitions,
+            max_held,
+            MIN_PDQ_QUALITY,
+            (Routed, ToRoute, Registration, Forget, Unbanked, Touch),
+        )
         self._expired_at = NO_TIME
 
     @property
@@ -966,56 +962,18 @@ class ResolvePartition:
     # -- processing --
 
     def handle(self, envelopes: Iterable[bytes | Envelope | None]) -> ResolveBatch:
-        """Process envelopes of this partition, in offset order."""
+        """Process envelopes of this partition, in offset order.
+
+        The marks and progress of each envelope here; its items in one call of the
+        compiled loop (:attr:`loop`), which hands back the routed events per clusters
+        partition and what changed; then, per batch, the unbanked uploads every input
+        has passed (the index's owner), expiry, progress and the log's delta.
+        """
         parts = self.partitions
-        out: list[list[Routed]] = [[] for _ in range(parts)]
-        peers: list[list[Item]] = [[] for _ in range(parts)]
         dead: list[DeadLetter] = []
         heard: dict[int, int] = {}
-        held_add: list[ShareEvent] = []
-        held_del: list[str] = []
-        forgot: list[str] = []
-        routed = 0
-        router, held = self.router, self._held
-
-        def emit(results: list[Routed | Rejection]) -> None:
-            nonlocal routed
-            for x in results:
-                if isinstance(x, Rejection):
-                    self.stats.rejected[x.reason] += 1
-                    dead.append(DeadLetter(x, "route"))
-                    if x.event_id is not None and held.pop(x.event_id, None) is not None:
-                        held_del.append(x.event_id)
-                    continue
-                eid = x.event.event_id
-                if eid in held:
-                    del held[eid]
-                    held_del.append(eid)
-                out[partition_for(x.cluster_id, parts)].append(x)
-                routed += 1
-
         # each record decoded once, here (none if handed over in-process)
         unpacked = _unpack(envelopes, "route", self.stats, dead)
-        # every upload of the batch matched in one index search
-        router.prefetch(
-            [
-                item.event.content
-                for env in unpacked
-                for item in env.items
-                if type(item) is ToRoute and item.event.content is not None
-            ]
-        )
-        index = self.index
-
-        def wait_for_index(ev: ShareEvent) -> None:
-            """An unbanked upload, at the index's owner: clustered in event-time order."""
-            if ev.event_id in held:
-                self.stats.duplicates += 1  # redelivered while it waits (as above)
-                return
-            held[ev.event_id] = ev
-            held_add.append(ev)
-            heapq.heappush(self._unbanked, (ev.ts_ms, ev.event_id))
-
         for env in unpacked:
             if env.marks:
                 self.watermark.update(env.marks)
@@ -1025,46 +983,35 @@ class ResolvePartition:
             for p, t in env.inputs.items():
                 if p != self.partition and t > self.inputs.get(p, NO_TIME):
                     self.inputs[p] = t
-            for item in env.items:
-                if type(item) is ToRoute:
-                    ev = item.event
-                    if ev.event_id in held:  # redelivered while it waits: it waits once
-                        self.stats.duplicates += 1  # (as the detector counts one applied once)
-                        continue
-                    results = router.route(ev)
-                    if not results and ev.type != "upload":  # held until its parent is routed
-                        held[ev.event_id] = ev
-                        held_add.append(ev)
-                        heapq.heappush(self._waiting, (ev.ts_ms, ev.event_id))
-                    emit(results)  # (none for an unbanked upload: router.deferred has it)
-                elif type(item) is Registration:
-                    emit(router.register(item.post_id, item.cluster_id))
-                elif type(item) is Forget:
-                    router.forget([item.post_id])
-                    forgot.append(item.post_id)
-                elif type(item) is Unbanked and index is not None:
-                    wait_for_index(item.event)
-                elif type(item) is Touch and index is not None:
-                    index.touch(item.cluster_id, item.ts_ms)
-                else:
-                    _unexpected(item, "route", self.stats, dead)
-        router.drop_prefetched()
-        deferred, router.deferred = router.deferred, []
+        loop, index = self.loop, self.index
+        loop.route(self, [env.items for env in unpacked])
         wm = self.watermark.value
         settled = self._settled(wm)
-        if index is None:  # for the index's owner, before the progress that covers them
-            ask = peers[INDEX_PARTITION]
-            ask += [Unbanked(ev) for ev in deferred]
-            assert router.index_requests is not None
-            ask += [Touch(c, t) for c, t in router.index_requests.take_touched().items()]
-        else:
-            for ev in deferred:
-                wait_for_index(ev)
-            emit(self._cluster_unbanked(self._read(wm)))
+        if index is not None:
+            # the unbanked uploads every partition's input watermark has passed, in
+            # (ts, event_id) order, as replay clusters them once its watermark passes them
+            loop.cluster_due(self, self._read(wm))
+        out, ask, held_add, held_del, forgot, rejected, routed, duplicates, held, orphans = (
+            loop.take()
+        )
+        self.stats.duplicates += duplicates
+        self.stats.held += held
+        if orphans:
+            self.stats.orphans_held = self.posts.held
+        for x in rejected:
+            if type(x) is Rejection:
+                self.stats.rejected[x.reason] += 1
+                dead.append(DeadLetter(x, "route"))
+            else:
+                _unexpected(x, "route", self.stats, dead)
         if settled != NO_TIME and settled - self._expired_at >= EXPIRE_EVERY_MS:
             # only what every peer has passed: a registration could still be on its way
             self._expired_at = settled
-            emit(list(router.expire(settled)))
+            for x in self.router.expire(settled):
+                self.stats.rejected[x.reason] += 1
+                dead.append(DeadLetter(x, "route"))
+                if x.event_id is not None and self._held.pop(x.event_id, None) is not None:
+                    held_del.append(x.event_id)
         progress = self._progress(wm)
         moved = progress > self.progress
         if moved:
@@ -1072,6 +1019,8 @@ class ResolvePartition:
         read_moved = index is None and wm > self.input_mark
         if read_moved:
             self.input_mark = wm
+        peers: list[list[Item]] = [[] for _ in range(parts)]
+        peers[INDEX_PARTITION] += ask  # for the index's owner, before the progress covering them
         for home, post, cluster in self.posts.take_foreign():
             peers[home].append(Registration(post, cluster))
         changed, evicted = index.take_changes() if index is not None else ({}, ())
@@ -1098,28 +1047,34 @@ class ResolvePartition:
             delta_record=delta if delta else None,
         )
 
+    # -- what the compiled loop asks of Python --
+
+    def _classify(self, uploads: list[ShareEvent]) -> list[Routed | None]:
+        """A batch's uploads matched against the banks in one search (the answers depend on
+        the banks alone): a bank's or the allow-list's cluster, or ``None`` (unbanked)."""
+        return self.router.classify_batch(uploads)
+
+    def _refused(self, target: str, event: ShareEvent, reason: str, held: int) -> Rejection:
+        [rejection] = self.router.refused(target, event, (reason, held))
+        return rejection
+
+    def _unsignalled(self, event: ShareEvent) -> str | None:
+        """An unbanked upload with no image signal: a video waits for the index's owner
+        (``None``); content no index can use starts its own cluster now."""
+        assert event.content is not None
+        if video_signal(event.content) is not None:
+            return None
+        return self.router.emerging.assign(event.content, event.ts_ms)
+
+    def _assign_video(self, event: ShareEvent) -> str:
+        """At the index's owner: the cluster of a video's upload (its frames searched here)."""
+        assert event.content is not None and self.index is not None
+        return self.index.assign(event.content, event.ts_ms)
+
     def _read(self, wm: int) -> int:
         """The input watermark every resolve partition has passed (this one's is ``wm``):
         an upload before it that is still to come would be late."""
         return self._with_peers(wm, self.inputs)
-
-    def _cluster_unbanked(self, read: int) -> list[Routed | Rejection]:
-        """At the index's owner: cluster the unbanked uploads the input watermark of every
-        partition has passed (``read``, :meth:`_read`), in ``(ts, event_id)`` order, as
-        replay does once its watermark passes them (:func:`streams.router.due_uploads`);
-        they stay held (and logged) until then.
-
-        Not sooner (when every partition has merely read past them): an input partition
-        may hold near-duplicates out of event-time order, and the earlier one, read later,
-        must still start the cluster, as in replay. The review queue hardly waits longer
-        for it: a cluster enters it when the clusters stage applies its events, once its
-        watermark has passed them. What does wait an allowed lateness more: the reshares
-        of an unbanked upload of the last lateness, for a firing sent early.
-        """
-        if self.index is None:
-            return []
-        due = due_uploads(self._unbanked, self._held, read)
-        return self.router.cluster_unbanked(due)
 
     def _settled(self, wm: int) -> int:
         """The event time that this partition and every peer have routed up to.
@@ -1146,16 +1101,15 @@ class ResolvePartition:
         if wm == NO_TIME:
             return NO_TIME
         settled = self._settled(wm)
-        heap, held = self._waiting, self._held
-        while heap and (heap[0][1] not in held or heap[0][0] - 1 <= settled):
-            heapq.heappop(heap)
-        progress = min(wm, heap[0][0] - 1) if heap else wm
+        waiting = self.loop.waiting_front(settled)
+        progress = wm if waiting is None else min(wm, waiting - 1)
         if self.index is None:
             return progress
         # the owner's: never past an upload it has not clustered yet (its cluster, and the
         # registration its reshares wait for, go out before the progress that covers them;
         # after a takeover it clusters only once its peers' input watermarks come again)
-        unclustered = self._unbanked[0][0] - 1 if self._unbanked else progress
+        first = self.loop.unclustered
+        unclustered = progress if first is None else first - 1
         return min(progress, settled, unclustered)
 
 

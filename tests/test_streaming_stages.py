@@ -463,10 +463,12 @@ def test_register_releases_exactly_what_waited() -> None:
             ).pack()
         ]
     )
-    assert r.router.held == 2
-    released = r.router.register("p1", "b-x")
-    assert sorted(x.event.event_id for x in released) == ["c", "t"]  # type: ignore[union-attr]
-    assert r.router.held == 0 and r.posts["p1"] == "b-x" and r.posts["c1"] == "b-x"
+    assert r.router.held == r.held == 2
+    batch = r.handle([Envelope([Registration("p1", "b-x")])])
+    released = [x.event.event_id for x in batch.clusters[0]]
+    assert released == ["c", "t"]  # in the order held
+    assert r.router.held == r.held == 0 and r.posts["p1"] == "b-x" and r.posts["c1"] == "b-x"
+    assert batch.delta_record is not None and batch.delta_record.released == ("c", "t")
 
 
 # -- stage 2 --------------------------------------------------------------------------

@@ -19,7 +19,9 @@ mod pdq;
 mod posts;
 mod reorder;
 mod replay;
+mod resolve;
 mod route;
+mod routing;
 mod unbanked;
 mod wire;
 mod wire_read;
@@ -89,7 +91,7 @@ fn set_field(
 }
 
 /// A new instance of a frozen dataclass with `fields` set, as its `__init__` would set them.
-fn record<'py>(
+pub(crate) fn record<'py>(
     cls: &Bound<'py, PyType>,
     fields: &[(&Bound<'py, PyString>, Bound<'py, PyAny>)],
 ) -> PyResult<Bound<'py, PyAny>> {
@@ -280,6 +282,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<wire_read::WireReader>()?;
     m.add_class::<unbanked::UnbankedClusters>()?;
     m.add_class::<replay::ReplayLoop>()?;
+    m.add_class::<resolve::ResolveLoop>()?;
     m.add_function(wrap_pyfunction!(replay::evict_unbanked, m)?)?;
     m.add("MAX_EVENT_BYTES", event::MAX_EVENT_BYTES)?;
     m.add("MAX_ID_LEN", event::MAX_ID_LEN)?;

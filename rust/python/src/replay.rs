@@ -16,16 +16,12 @@
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap};
-use std::sync::Arc;
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use viralwatch_core::content::Kind as Signal;
-use viralwatch_core::emerging::unbanked_id;
-use viralwatch_core::posts::Routed as Route;
 use viralwatch_core::reorder::ReorderBuffer;
 use viralwatch_core::unbanked::{Evicted, Kind, Outcome};
 
@@ -33,7 +29,7 @@ use crate::content::PyContentSignals;
 use crate::dedupe::with_id;
 use crate::emerging::PyIdleClusters;
 use crate::posts::PyPostRoutes;
-use crate::route::refusal;
+use crate::routing::{is_unbanked_id, Reshare, Routing};
 use crate::unbanked::{crossing_row, kind_of, with_event, CrossingRow, UnbankedClusters};
 
 /// How often (event time) held orphans are checked for expiry.
@@ -87,9 +83,8 @@ impl Pending {
 /// ``_unsignalled`` and ``_assign_video`` are called on it.
 #[pyclass(module = "streams._core")]
 pub struct ReplayLoop {
-    routes: Py<PyPostRoutes>,
-    idle: Py<PyIdleClusters>,
-    signals: Py<PyContentSignals>,
+    /// the post -> cluster map, held orphans and the index of unbanked content
+    routing: Routing,
     unbanked: Py<UnbankedClusters>,
     /// the detector's index of live clusters' content (which a bank change concerns)
     content: Py<PyContentSignals>,
@@ -97,8 +92,6 @@ pub struct ReplayLoop {
     routed_cls: Py<PyType>,
     rejection_cls: Py<PyType>,
     lateness_ms: i64,
-    max_held: usize,
-    min_pdq_quality: i64,
     buffer: ReorderBuffer<Item>,
     /// unbanked uploads waiting for the watermark, by event id, and their `(ts, id)` order
     waiting: HashMap<Box<[u8]>, Py<PyAny>>,
@@ -108,20 +101,6 @@ pub struct ReplayLoop {
     /// the detector's `(stop_ms, barrier)` (`None`: Python may have changed them since)
     limits: Option<(i64, u64)>,
     pending: Pending,
-}
-
-/// An upload's image signals, lowercase, MD5 first (``streams.emerging.signals_of``), and
-/// the key of the cluster it starts if none is near (``unbanked_cluster_id``'s).
-#[derive(Default)]
-struct ImageSignals {
-    lower: Vec<(Signal, String)>,
-    own_key: Option<String>,
-}
-
-impl ImageSignals {
-    fn refs(&self) -> Vec<(Signal, &str)> {
-        self.lower.iter().map(|(k, t)| (*k, t.as_str())).collect()
-    }
 }
 
 /// Clusters evicted from the unbanked store: their posts forgotten by the router's map
@@ -162,10 +141,6 @@ pub fn evict_unbanked(
     let mut out: Outcome<Py<PyAny>> = Outcome::default();
     let stopped = store.borrow_mut().store.evict(cut_ms, barrier, 0, &mut out);
     (stopped, forget(py, &routes, &content, out.evicted))
-}
-
-fn is_unbanked_id(id: &str) -> bool {
-    id.as_bytes().first() == Some(&b'u')
 }
 
 impl ReplayLoop {
@@ -248,15 +223,6 @@ impl ReplayLoop {
         with_id(&eid, |k| self.buffer.push(ts, k, item))
     }
 
-    /// An event of an unbanked cluster at `ts_ms`: not idle (the index's order).
-    fn touch(&mut self, py: Python<'_>, cluster: &str, ts_ms: i64) {
-        let held = self.signals.borrow(py);
-        self.idle
-            .borrow_mut(py)
-            .inner
-            .touch(&held.inner, cluster, ts_ms);
-    }
-
     /// What waited for a post of `cluster`, released: routed to it, in the order given.
     fn released(
         &mut self,
@@ -273,7 +239,7 @@ impl ReplayLoop {
             let child = child.into_bound(py);
             let ts: i64 = child.getattr(intern!(py, "ts_ms"))?.extract()?;
             if unbanked {
-                self.touch(py, &id, ts);
+                self.routing.touch(py, &id, ts);
             }
             self.push(py, cluster, &child, ts, None)?;
         }
@@ -288,22 +254,8 @@ impl ReplayLoop {
         cluster: &Bound<'_, PyString>,
     ) -> PyResult<()> {
         let post = event.getattr(intern!(py, "post_id"))?;
-        let id: Arc<str> = Arc::from(cluster.to_str()?);
-        let released = {
-            let mut routes = self.routes.borrow_mut(py);
-            with_id(&post, |p| {
-                routes.inner.register(p, &id, |_| cluster.clone().unbind())
-            })?
-        };
+        let released = self.routing.register(py, &post, cluster)?;
         self.released(py, cluster, released)
-    }
-
-    /// Whether an upload's content has a signal the index uses (an MD5, a usable PDQ).
-    fn signalled(&self, py: Python<'_>, content: &Bound<'_, PyAny>) -> PyResult<bool> {
-        if content.getattr(intern!(py, "md5"))?.is_truthy()? {
-            return Ok(true);
-        }
-        self.signalled_pdq(py, content, &content.getattr(intern!(py, "pdq"))?)
     }
 
     fn defer(
@@ -334,60 +286,13 @@ impl ReplayLoop {
         let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
         let content = event.getattr(intern!(py, "content"))?;
         let cluster = if content.getattr(intern!(py, "vpdq"))?.is_none() {
-            let image = self.image_signals(py, &content)?;
-            let signals = image.refs();
-            let Some(key) = &image.own_key else {
-                return Err(PyTypeError::new_err("a deferred upload has no signal"));
-            };
-            let own = unbanked_id(key.as_bytes());
-            let id = {
-                let mut held = self.signals.borrow_mut(py);
-                let mut idle = self.idle.borrow_mut(py);
-                let threshold = idle.threshold;
-                idle.inner
-                    .assign(&mut held.inner, &signals, &own, ts, threshold)
-                    .map_err(|e| PyValueError::new_err(e.0))?
-            };
-            PyString::new(py, &id)
+            self.routing.assign_image(py, &content, ts)?
         } else {
             host.call_method1(intern!(py, "_assign_video"), (&event,))?
                 .cast_into::<PyString>()?
         };
         self.push(py, &cluster, &event, ts, None)?;
         self.register(py, &event, &cluster)
-    }
-
-    /// An upload's image signals as the content indexes take them (``signals_of``).
-    fn image_signals(&self, py: Python<'_>, content: &Bound<'_, PyAny>) -> PyResult<ImageSignals> {
-        let mut out = ImageSignals::default();
-        let md5 = content.getattr(intern!(py, "md5"))?;
-        if md5.is_truthy()? {
-            let md5 = md5.cast_into::<PyString>()?;
-            let text = md5.to_str()?;
-            out.lower.push((Signal::Md5, text.to_ascii_lowercase()));
-            out.own_key = Some(format!("md5:{text}"));
-        }
-        let pdq = content.getattr(intern!(py, "pdq"))?;
-        if self.signalled_pdq(py, content, &pdq)? {
-            let pdq = pdq.cast_into::<PyString>()?;
-            let text = pdq.to_str()?;
-            out.lower.push((Signal::Pdq, text.to_ascii_lowercase()));
-            out.own_key.get_or_insert_with(|| format!("pdq:{text}"));
-        }
-        Ok(out)
-    }
-
-    fn signalled_pdq(
-        &self,
-        py: Python<'_>,
-        content: &Bound<'_, PyAny>,
-        pdq: &Bound<'_, PyAny>,
-    ) -> PyResult<bool> {
-        if !pdq.is_truthy()? {
-            return Ok(false);
-        }
-        let quality = content.getattr(intern!(py, "pdq_quality"))?;
-        Ok(quality.is_none() || quality.extract::<i64>()? >= self.min_pdq_quality)
     }
 
     /// The watermark moved to `watermark_ms`: cluster the unbanked uploads it passed, in
@@ -460,7 +365,7 @@ impl ReplayLoop {
             };
             self.absorb(py, out)?;
             if applied && !content.is_none() {
-                let image = self.image_signals(py, &content)?;
+                let image = self.routing.image_signals(py, &content)?;
                 self.content
                     .borrow_mut(py)
                     .inner
@@ -477,7 +382,7 @@ impl ReplayLoop {
     /// is routed before Python would have forgotten them), the rest kept for Python.
     fn absorb(&mut self, py: Python<'_>, out: Outcome<Py<PyAny>>) -> PyResult<()> {
         if !out.evicted.is_empty() {
-            let gone = forget(py, &self.routes, &self.content, out.evicted);
+            let gone = forget(py, &self.routing.routes, &self.content, out.evicted);
             self.pending.evicted.extend(gone);
         }
         self.pending.rejected.extend(out.rejected);
@@ -514,7 +419,7 @@ impl ReplayLoop {
                 } else {
                     let content = event.getattr(intern!(py, "content"))?;
                     let eid = event.getattr(intern!(py, "event_id"))?;
-                    if self.signalled(py, &content)? {
+                    if self.routing.signalled(py, &content)? {
                         self.defer(event, ts, &eid)?;
                     } else {
                         let cluster = host.call_method1(intern!(py, "_unsignalled"), (event,))?;
@@ -528,48 +433,21 @@ impl ReplayLoop {
                     }
                 }
             }
-            kind => {
-                let share = kind == Kind::Share;
-                let post = event.getattr(intern!(py, "post_id"))?;
-                let target = if share {
-                    event.getattr(intern!(py, "parent_post_id"))?
-                } else {
-                    post.clone()
-                };
-                let max_held = self.max_held;
-                let routed = {
-                    let mut routes = self.routes.borrow_mut(py);
-                    with_id(&target, |t| {
-                        with_id(&post, |p| {
-                            routes.inner.route(
-                                t,
-                                p,
-                                share,
-                                ts,
-                                event.clone().unbind(),
-                                max_held,
-                                |id| PyString::new(py, id).unbind(),
-                            )
-                        })
-                    })??
-                };
-                match routed {
-                    Route::Found(id, released) => {
-                        let cluster = self.routes.borrow(py).cluster_str(py, &id).into_bound(py);
-                        self.push(py, &cluster, event, ts, None)?;
-                        if is_unbanked_id(&id) {
-                            self.touch(py, &id, ts);
-                        }
-                        self.released(py, &cluster, released)?;
+            kind => match self.routing.reshare(py, event, kind == Kind::Share, ts)? {
+                Reshare::Found(cluster, released) => {
+                    self.push(py, &cluster, event, ts, None)?;
+                    let id = cluster.to_str()?;
+                    if is_unbanked_id(id) {
+                        self.routing.touch(py, id, ts);
                     }
-                    Route::Held => self.pending.held += 1,
-                    Route::Refused(r) => {
-                        let (reason, held) = refusal(r);
-                        self.flush(host, false)?;
-                        host.call_method1(intern!(py, "_refused"), (&target, event, reason, held))?;
-                    }
+                    self.released(py, &cluster, released)?;
                 }
-            }
+                Reshare::Held => self.pending.held += 1,
+                Reshare::Refused(reason, held, target) => {
+                    self.flush(host, false)?;
+                    host.call_method1(intern!(py, "_refused"), (&target, event, reason, held))?;
+                }
+            },
         }
         if ts > self.max_ts_ms {
             self.max_ts_ms = ts;
@@ -606,19 +484,14 @@ impl ReplayLoop {
         max_held: usize,
         min_pdq_quality: i64,
     ) -> Self {
-        let signals = idle.borrow(py).signals.clone_ref(py);
         Self {
-            routes,
-            idle,
-            signals,
+            routing: Routing::new(py, routes, Some(idle), max_held, min_pdq_quality),
             unbanked,
             content,
             banked,
             routed_cls,
             rejection_cls,
             lateness_ms,
-            max_held,
-            min_pdq_quality,
             buffer: ReorderBuffer::new(),
             waiting: HashMap::new(),
             order: BinaryHeap::new(),
@@ -737,9 +610,7 @@ impl ReplayLoop {
         for r in &self.pending.rejected {
             visit.call(r)?;
         }
-        visit.call(&self.routes)?;
-        visit.call(&self.idle)?;
-        visit.call(&self.signals)?;
+        self.routing.traverse(&visit)?;
         visit.call(&self.unbanked)?;
         visit.call(&self.content)?;
         visit.call(&self.banked)?;
