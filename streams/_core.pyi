@@ -334,6 +334,48 @@ class ReplayLoop:
     def waiting(self) -> int: ...
     def __len__(self) -> int: ...
 
+class ResolveLoop:
+    """A streaming resolve partition's per-event loop (``rust/python/src/resolve.rs``):
+    route a batch's items, hold orphans and (the index's owner) unbanked uploads in
+    ``held``, cluster those every input has passed, each routed event to its clusters
+    partition; ``host`` (the ``ResolvePartition``) is called for the rest."""
+
+    def __init__(
+        self,
+        routes: PostRoutes,
+        idle: IdleClusters | None,
+        held: dict[str, Any],
+        partitions: int,
+        max_held: int,
+        min_pdq_quality: int,
+        classes: tuple[type, type, type, type, type, type],
+    ) -> None: ...
+    def route(self, host: Any, envelopes: list[list[Any]]) -> None:
+        """A batch's items, a list per envelope in offset order."""
+    def cluster_due(self, host: Any, until_ms: int) -> None:
+        """At the index's owner: cluster the unbanked uploads held at or before ``until_ms``."""
+    def take(
+        self,
+    ) -> tuple[
+        list[list[Any]],
+        list[Any],
+        list[Any],
+        list[str],
+        list[str],
+        list[Any],
+        int,
+        int,
+        int,
+        bool,
+    ]:
+        """``(routed per clusters partition, items for the index's owner, events held,
+        ids released, posts forgotten, rejections and misplaced items, routed, duplicates,
+        reshares held, whether the held orphans changed)``, forgotten here."""
+    def waiting_front(self, settled: int) -> int | None:
+        """The time of the oldest held reshare still waiting past ``settled``."""
+    @property
+    def unclustered(self) -> int | None: ...
+
 def evict_unbanked(
     store: UnbankedClusters,
     routes: PostRoutes,

@@ -79,9 +79,7 @@ impl Key {
         match self {
             Key::Md5(b) => {
                 let mut s = String::with_capacity(32);
-                for x in b {
-                    s.push_str(&format!("{x:02x}"));
-                }
+                pdq::push_hex(&mut s, b);
                 Arc::from(s)
             }
             Key::Pdq(h) => Arc::from(pdq::format_hex(h)),
@@ -205,7 +203,13 @@ impl ClusterId {
     fn text(&self) -> Arc<str> {
         match self {
             ClusterId::Text(t) => Arc::from(&***t),
-            hex => Arc::from(hex.to_string()),
+            ClusterId::Hex(p, v) => {
+                let mut s = String::with_capacity(18);
+                s.push(*p as char);
+                s.push('-');
+                pdq::push_hex(&mut s, &v.to_be_bytes());
+                Arc::from(s)
+            }
         }
     }
 }
@@ -621,6 +625,23 @@ mod tests {
 
     fn ids(v: &[(Arc<str>, u32)]) -> Vec<(String, u32)> {
         v.iter().map(|(c, d)| (c.to_string(), *d)).collect()
+    }
+
+    #[test]
+    fn texts_are_the_lowercase_hex_that_format_writes() {
+        for (i, v) in [0u64, 1, 0xdead_beef, u64::MAX, 0x0123_4567_89ab_cdef]
+            .into_iter()
+            .enumerate()
+        {
+            let id = ClusterId::Hex(b"uab"[i % 3], v);
+            assert_eq!(&*id.text(), id.to_string());
+            let md5: [u8; 16] = std::array::from_fn(|j| (v >> (j % 8 * 8)) as u8 ^ j as u8);
+            let want: String = md5.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(&*Key::Md5(md5).text(), want);
+            let h = [v, !v, v.rotate_left(7), 3];
+            let want = format!("{:016x}{:016x}{:016x}{:016x}", h[0], h[1], h[2], h[3]);
+            assert_eq!(&*Key::Pdq(h).text(), want);
+        }
     }
 
     #[test]

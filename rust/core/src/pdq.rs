@@ -89,7 +89,22 @@ fn prefetch<T>(items: &[T], i: usize) {
 
 /// The lowercase hex text of a hash.
 pub fn format_hex(h: &Hash) -> String {
-    format!("{:016x}{:016x}{:016x}{:016x}", h[0], h[1], h[2], h[3])
+    let mut out = String::with_capacity(64);
+    for w in h {
+        push_hex(&mut out, &w.to_be_bytes());
+    }
+    out
+}
+
+/// Append `bytes` in lowercase hex, two digits a byte: by table, not by `format!` (the
+/// index's owner writes every signal it clusters to its state log this way).
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(2 * bytes.len());
+    for &b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
 }
 
 /// The Hamming distance of two hashes.
