@@ -557,9 +557,11 @@ class Ingest:
         idle_s: float,
         topic: str = "shares",
         stats: Stats | None = None,
+        log_end: bool = False,
     ) -> None:
         self.partitions = resolve_partitions
-        self.clock = SourceClock(idle_s)
+        #: ``log_end``: its reader says when a partition is read to its end (SourceClock.at_end)
+        self.clock = SourceClock(idle_s, log_end=log_end)
         self.topic = topic
         self.stats = stats if stats is not None else Stats()
 

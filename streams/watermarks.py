@@ -6,9 +6,13 @@ apart. So a downstream stage may apply a record only once *every* input
 partition has moved past it (Flink's watermarks, Kafka Streams' stream time):
 
 - upstream, a :class:`SourceClock` keeps, for each partition it reads, the
-  newest event time seen there, and whether the partition is *idle* (no
-  record for a while of wall-clock time: a partition nobody writes to must
-  not hold the others back forever);
+  newest event time seen there, and whether the partition is *idle*: no
+  record for a while of wall-clock time (a partition nobody writes to must
+  not hold the others back forever) and, for a reader that can look, read to
+  the end of its log as of a look no older than that while (Kafka Streams'
+  rule: a partition is not waited for only once it is caught up), so that
+  records already written to it but not read yet are waited for, whatever
+  the wall clock says;
 - downstream, a :class:`Watermark` combines the marks of every partition:
   the slowest active partition's time, minus the allowed lateness (records
   within a partition may be that much out of order). When every partition is
@@ -42,15 +46,20 @@ Mark = tuple[int, bool]
 class SourceClock:
     """Per-partition event-time progress of one reader (the stage that reads the input topic)."""
 
-    __slots__ = ("_assigned", "_last_seen", "_max_ts", "idle_s")
+    __slots__ = ("_assigned", "_ends", "_last_seen", "_max_ts", "idle_s")
 
-    def __init__(self, idle_s: float) -> None:
+    def __init__(self, idle_s: float, *, log_end: bool = False) -> None:
+        """``log_end``: the reader says when it has read a partition to its end
+        (:meth:`at_end`), and a partition is idle only if a look no older than ``idle_s``
+        said so; without it (a reader that cannot look), wall-clock silence alone."""
         if idle_s < 0:
             raise ValueError("idle_s cannot be negative")
         self.idle_s = idle_s
         self._max_ts: dict[int, int] = {}
         self._last_seen: dict[int, float] = {}
         self._assigned: set[int] = set()
+        #: per partition, when a look last found it read to its end (``None``: never asked)
+        self._ends: dict[int, float] | None = {} if log_end else None
 
     def assign(self, partitions: Iterable[int], now: float) -> None:
         """Partitions this reader now owns; new ones start "not seen yet" at ``now``."""
@@ -60,7 +69,38 @@ class SourceClock:
         for p in self._assigned - new:
             self._last_seen.pop(p, None)
             self._max_ts.pop(p, None)
+            if self._ends is not None:
+                self._ends.pop(p, None)
         self._assigned = new
+
+    def at_end(self, partition: int, as_of: float) -> None:
+        """A look at ``partition``'s log end (at ``as_of``, the clock of ``now``) found
+        nothing left to read: with :meth:`marks`' silence, it may be called idle.
+
+        Kafka Streams waits for a partition with no records buffered unless its
+        consumer has reached the log end; wall-clock silence alone called a partition
+        idle while its records waited unread (a reader behind, a fetch not answered, a
+        partition just assigned), and the others' event time could then run an allowed
+        lateness past them: they came late. The look must be no older than ``idle_s``:
+        what was written since has event times no older than the silence (for a
+        producer on time), so it cannot be late.
+
+        >>> clock = SourceClock(idle_s=2.0, log_end=True)
+        >>> clock.assign([0], now=0.0); clock.observe(0, 9_000, now=0.5)
+        >>> clock.marks(now=5.0)  # silent, but nobody looked: not idle
+        {0: (9000, False)}
+        >>> clock.at_end(0, as_of=4.5); clock.marks(now=5.0)
+        {0: (9000, True)}
+        >>> clock.marks(now=7.0)  # the look is older than the silence asked for
+        {0: (9000, False)}
+        """
+        ends = self._ends
+        if (
+            ends is not None
+            and partition in self._assigned
+            and as_of > ends.get(partition, as_of - 1)
+        ):
+            ends[partition] = as_of
 
     def observe(self, partition: int, ts_ms: int | None, now: float) -> None:
         """A record was read from ``partition`` (``ts_ms`` ``None``: it had no usable time)."""
@@ -128,10 +168,15 @@ class SourceClock:
 
     def marks(self, now: float) -> dict[int, Mark]:
         """Each owned partition's ``(newest event time, idle)``."""
-        return {
-            p: (self._max_ts.get(p, NO_TIME), now - self._last_seen.get(p, now) >= self.idle_s)
-            for p in sorted(self._assigned)
-        }
+        idle_s, ends = self.idle_s, self._ends
+        out: dict[int, Mark] = {}
+        for p in sorted(self._assigned):
+            idle = now - self._last_seen.get(p, now) >= idle_s
+            if idle and ends is not None:
+                looked = ends.get(p)
+                idle = looked is not None and now - looked <= idle_s
+            out[p] = (self._max_ts.get(p, NO_TIME), idle)
+        return out
 
 
 class Watermark:
@@ -150,6 +195,27 @@ class Watermark:
     3000
     >>> wm.update({1: (2_000, True)})  # nor is its idleness taken (a copy that came again)
     3000
+
+    An older mark that says "not idle" is taken (its time is not): it can only hold the
+    watermark back, until the next mark. It is how a reader that took a partition over
+    (and has not read as far as the last owner yet) says it is busy with it; its last
+    owner may have called it idle, and the watermark must not run on past what the new
+    reader is about to read.
+
+    >>> wm.update({1: (3_000, True)})  # its last owner: idle
+    5000
+    >>> wm.update({1: (NO_TIME, False)}), wm.update({0: (9_000, False)})  # its new reader
+    (5000, 5000)
+    >>> wm.update({1: (3_000, True)})  # read to 3000 again, and idle
+    9000
+
+    A reader that has read nothing of it (no time at all) is taken when it calls it idle
+    again: nothing else could ever end what its "busy" began.
+
+    >>> wm.update({1: (NO_TIME, False)}), wm.update({0: (12_000, False)})
+    (9000, 9000)
+    >>> wm.update({1: (NO_TIME, True)})
+    12000
     """
 
     __slots__ = ("_idle", "_ts", "lateness_ms", "sources", "value")
@@ -175,7 +241,13 @@ class Watermark:
             if known is None or t > known:
                 ts[p] = max(t, NO_TIME)
             elif t < known:
-                continue  # an older mark (a copy that came again): its idleness is stale too
+                # an older mark: a copy that came again (its idleness is stale too), or a
+                # reader that took the partition over and is reading it again; "busy" is
+                # taken from either (it holds the watermark back, never moves it on), and
+                # "idle" from a reader that has read nothing (nothing to catch up with)
+                if not is_idle or (t == NO_TIME and not idle[p]):
+                    idle[p] = is_idle
+                continue
             idle[p] = is_idle
         if len(ts) == self.sources:
             active = [ts[p] for p in ts if not idle[p]]

@@ -74,9 +74,14 @@ def test_an_aiokafka_consumer_has_the_internals_the_adapter_reads() -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1", fetch_max_wait_ms=500)
         try:
             assert consumer._fetch_max_wait_ms == 500  # set by ConsumerThread on the local broker
-            assert hasattr(consumer._subscription, "subscription")  # read by backlogged()
+            assert hasattr(consumer._subscription, "subscription")  # read by log_ends()
             assert callable(consumer._client.force_metadata_update)
             assert callable(consumer.highwater) and callable(consumer.assignment)
+            # log_ends() reads when the last fetch for a partition was answered
+            from aiokafka.consumer.subscription_state import TopicPartitionState
+
+            state = TopicPartitionState(None)
+            assert state.timestamp is None and hasattr(state, "has_valid_position")
         finally:
             await consumer.stop()
 
@@ -96,15 +101,15 @@ def test_aiokafka_s_group_coordinator_still_fetches_committed_offsets_with_metad
     assert OffsetAndMetadata(5, "t=1").metadata == "t=1"
 
 
-def test_backlogged_reads_positions_of_a_consumer_with_no_assignment() -> None:
-    async def check() -> list[int]:
+def test_log_ends_reads_positions_of_a_consumer_with_no_assignment() -> None:
+    async def check() -> tuple[list[int], dict[int, float]]:
         consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
         try:
-            return faust_adapter.backlogged(consumer, {})
+            return faust_adapter.log_ends(consumer, {})
         finally:
             await consumer.stop()
 
-    assert asyncio.run(check()) == []
+    assert asyncio.run(check()) == ([], {})
 
 
 @pytest.mark.parametrize(

@@ -180,3 +180,98 @@ def test_apache_kafka_needs_none_of_the_bundled_brokers_workarounds(
     assert any(w.endswith(me) for w in latest)
     for report in latest.values():
         assert report["workarounds"] == {"end_offset_probes": 0, "short_fetch_wait": False}
+
+
+def test_a_shares_partition_is_idle_only_once_read_to_its_log_end(broker: KafkaBroker) -> None:
+    """The worker's ``shares`` reader on Apache Kafka: a partition silent for the idle time
+    is idle only if the fetcher's last answer for it, no older than that, found it read to
+    its end (Kafka Streams' rule). Records written to a partition the fetcher has not asked
+    for since (here paused: as a reader does with one ahead of the others, or a leader that
+    does not answer) keep it busy, where wall-clock silence alone called it idle, and the
+    others' event time could run past them."""
+    import asyncio
+
+    from aiokafka import TopicPartition
+    from kafka_helpers import create_topics, names, produce_in_order, settings_for
+
+    from streams.runtime.checkpoint import Checkpoint
+    from streams.runtime.shares_reader import SharesReader
+    from streams.stages import Ingest
+
+    idle_s = 1.0
+    prefix, app_id = names()
+    s = settings_for(broker, prefix, app_id, partitions=2, partition_idle_s=idle_s)
+    create_topics(s)
+    topic = s.topic("shares")
+
+    def line(i: int, partition: int) -> bytes:
+        return (
+            f'{{"event_id":"e{partition}-{i}","type":"upload","ts":{1_800_000_000_000 + i},'
+            f'"post_id":"p{partition}-{i}","user_id":"u","content":{{"md5":"{i:032x}"}}}}'
+        ).encode()
+
+    class Front:
+        """The part of the topology the reader drives: stage 1a and its clock."""
+
+        def __init__(self) -> None:
+            self.ingest = Ingest(2, idle_s, topic=topic, log_end=True)
+            self.walls = Ingest(2, idle_s, topic=topic)  # wall-clock silence alone, beside it
+
+        def ingest_records(self, records: Any, now: float) -> int:
+            records = list(records)
+            self.walls.handle(records, now)
+            return self.ingest.handle(records, now).events
+
+    for p in (0, 1):
+        produce_in_order(broker, topic, [line(i, p) for i in range(5)], partition=p)
+    front = Front()
+    reader = SharesReader(s, front, Checkpoint(sinks=[], logs=[]))  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        consumer = reader.make_consumer()
+        await consumer.start()
+        reader.consumer = consumer
+        consumer.subscribe([topic])
+        try:
+
+            async def poll_for(seconds: float) -> None:
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    await reader.poll(100)
+                    now = time.monotonic()
+                    for clock in (front.ingest.clock, front.walls.clock):
+                        clock.assign(reader.owned(), now)
+                    reader.touch_backlogged(now)
+
+            deadline = time.monotonic() + 30
+            while reader.read < 10:
+                assert time.monotonic() < deadline, f"read {reader.read} of 10"
+                await poll_for(0.2)
+            await poll_for(idle_s + 0.5)  # silent, and the long polls find both at their end
+            now = time.monotonic()
+            assert front.ingest.clock.marks(now) == {
+                0: (1_800_000_000_004, True),
+                1: (1_800_000_000_004, True),
+            }
+            tp1 = TopicPartition(topic, 1)
+            consumer.pause(tp1)
+            await poll_for(1.5)  # what was in flight for it is answered (a long poll: 0.5 s)
+            produce_in_order(broker, topic, [line(i, 1) for i in range(5, 8)], partition=1)
+            await poll_for(idle_s + 0.5)
+            now = time.monotonic()
+            # partition 1's records wait unread: busy, though silent (0 is read to its end)
+            assert front.ingest.clock.marks(now) == {
+                0: (1_800_000_000_004, True),
+                1: (1_800_000_000_004, False),
+            }
+            assert front.walls.clock.marks(now)[1] == (1_800_000_000_004, True)  # as before
+            consumer.resume(tp1)
+            await poll_for(0.5)
+            assert reader.read == 13
+            await poll_for(idle_s + 0.5)  # read to its end again: idle once silent
+            assert front.ingest.clock.marks(time.monotonic())[1] == (1_800_000_000_007, True)
+        finally:
+            reader.consumer = None
+            await consumer.stop()
+
+    asyncio.run(scenario())

@@ -119,6 +119,43 @@ def test_a_partition_without_events_is_unknown_until_it_goes_idle() -> None:
     assert clock.marks(now=1.3)[0] == (6_000, False)
 
 
+def test_a_partition_its_last_reader_called_idle_is_waited_for_once_another_reads_it() -> None:
+    """After a rebalance the new reader of a shares partition has read less of it than its
+    last owner (from the committed offset, or nothing yet): its marks are older. Its "busy"
+    holds the watermark back (the last owner's "idle" no longer does) until it is idle too."""
+    wm = Watermark(sources=2, lateness_ms=1_000)
+    wm.update({0: (10_000, True), 1: (4_000, False)})  # 0 idle at 10 s (its last owner)
+    assert wm.value == 3_000
+    new = SourceClock(idle_s=1.0, log_end=True)
+    new.assign([0], now=0.0)
+    assert wm.update(new.marks(now=0.1)) == 3_000  # (NO_TIME, busy): 0 holds it back again
+    assert wm.update({1: (20_000, False)}) == 9_000  # at 0's last time, not 1's 19 s
+    new.observe(0, 9_000, now=0.2)  # reading what its last owner read again
+    new.at_end(0, as_of=1.5)
+    assert new.marks(now=1.6)[0] == (9_000, True)
+    assert wm.update(new.marks(now=1.6)) == 9_000  # an older "idle": not taken (a stale copy?)
+    new.observe(0, 10_000, now=1.7)
+    new.at_end(0, as_of=2.8)
+    assert wm.update(new.marks(now=2.8)) == 19_000  # as far as its last owner: idle again
+
+
+def test_a_partition_is_idle_only_after_a_recent_look_at_its_log_end() -> None:
+    clock = SourceClock(idle_s=1.0, log_end=True)
+    clock.assign([0, 1], now=0.0)
+    clock.observe(0, 5_000, now=0.1)
+    clock.at_end(1, as_of=0.2)
+    assert clock.marks(now=5.0) == {0: (5_000, False), 1: (NO_TIME, False)}  # looks too old
+    clock.at_end(0, as_of=4.5)
+    clock.at_end(1, as_of=3.9)
+    assert clock.marks(now=5.0) == {0: (5_000, True), 1: (NO_TIME, False)}
+    clock.at_end(1, as_of=3.0)  # an older look changes nothing
+    clock.at_end(1, as_of=4.0)
+    assert clock.marks(now=5.0)[1] == (NO_TIME, True)
+    clock.assign([0], now=5.0)
+    clock.at_end(1, as_of=5.0)  # not ours any more
+    assert list(clock.marks(now=5.5)) == [0]
+
+
 def test_revoked_partitions_leave_the_clock() -> None:
     clock = SourceClock(idle_s=1.0)
     clock.assign([0, 1], now=0.0)

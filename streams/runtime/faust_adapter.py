@@ -133,31 +133,40 @@ class App(faust.App):
         return Transport(self.conf.broker_consumer, self)
 
 
-def backlogged(consumer: Any, next_offsets: dict[int, int]) -> list[int]:
-    """Partitions whose known highwater is past the next offset this worker will read.
+def log_ends(consumer: Any, next_offsets: dict[int, int]) -> tuple[list[int], dict[int, float]]:
+    """Where each assigned partition stands against its log end, as the last fetch saw it:
+    those whose highwater is past the next offset this worker will read (*backlogged*), and
+    those read to the end, each with when (epoch seconds) the fetch that said so was answered.
 
-    The next offset is one past the last record read, or, before any, the
-    consumer's fetch position; a partition with neither known, or no
-    highwater yet (never fetched), is not reported.
+    The next offset is one past the last record read, or, before any, the consumer's
+    fetch position.
+
+    The highwater comes with every fetch response, including the long polls that find
+    nothing (aiokafka notes the time of each): so the look is as fresh as the fetcher's
+    last answer for that partition, and a partition not fetched (paused, no position, its
+    leader not answering) grows old here, which the caller must weigh. A partition with no
+    position or no highwater yet is in neither.
     """
     subscription = consumer._subscription.subscription  # aiokafka: positions, no await
     if subscription is None:  # not subscribed (yet)
-        return []
+        return [], {}
     states = subscription.assignment
-    out = []
+    behind, at_end = [], {}
     for tp in consumer.assignment():
+        state = states.state_value(tp) if states is not None else None
         highwater = consumer.highwater(tp)
         if highwater is None:
             continue
         nxt = next_offsets.get(tp.partition)
         if nxt is None:
-            state = states.state_value(tp) if states is not None else None
             if state is None or not state.has_valid_position:
                 continue
             nxt = state.position
         if highwater > nxt:
-            out.append(tp.partition)
-    return out
+            behind.append(tp.partition)
+        elif state is not None and state.timestamp is not None:
+            at_end[tp.partition] = state.timestamp / 1000
+    return behind, at_end
 
 
 def credentials(settings: Settings) -> Any:

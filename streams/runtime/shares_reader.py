@@ -24,8 +24,8 @@ from typing import Any
 from streams.runtime.checkpoint import Checkpoint
 from streams.runtime.faust_adapter import (
     LOCAL_FETCH_WAIT_MS,
-    backlogged,
     committed_metadata,
+    log_ends,
     on_assigned,
 )
 from streams.runtime.topology import Topology
@@ -88,14 +88,7 @@ class SharesReader:
         committed_at = time.monotonic()
         try:
             while True:
-                got = await consumer.getmany(timeout_ms=wait_ms, max_records=s.batch_size)
-                records = [
-                    (tp.partition, r.offset, r.value, r.timestamp)
-                    for tp, recs in got.items()
-                    for r in recs
-                ]
-                if records:
-                    self.handle(records)
+                await self.poll(wait_ms)
                 self.pace()
                 if time.monotonic() - committed_at >= COMMIT_EVERY_S:
                     committed_at = time.monotonic()
@@ -104,6 +97,16 @@ class SharesReader:
             self.consumer = None
             with contextlib.suppress(Exception):
                 await consumer.stop()
+
+    async def poll(self, wait_ms: int) -> int:
+        """One batch from the consumer (waiting up to ``wait_ms``), handled; how many records."""
+        got = await self.consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.batch_size)
+        records = [
+            (tp.partition, r.offset, r.value, r.timestamp) for tp, recs in got.items() for r in recs
+        ]
+        if records:
+            self.handle(records)
+        return len(records)
 
     def owned(self) -> set[int]:
         consumer = self.consumer
@@ -137,25 +140,32 @@ class SharesReader:
         self.checkpoint.stage()
 
     def touch_backlogged(self, now: float) -> None:
-        """A shares partition with records not read yet is busy, not idle.
+        """A shares partition with records not read yet is busy, not idle; one read to the
+        end of its log may be idle.
 
         Idleness is measured in wall time since a partition's last record, so a
         worker working through a backlog (and reading one partition's chunk
         while the others wait in the fetcher) would call them idle and let the
         watermark run ahead of them: their events would come late and their
         reshares' parents "never". So a partition whose highwater is past what
-        this worker has read counts as just seen. (The local broker's
-        highwater can be one batch short: the last batch of a partition is
-        then judged by wall time alone.)
+        this worker has read counts as just seen; and one is idle only when
+        the fetcher's last answer for it, no older than the idle time, found it
+        read to its end (:meth:`SourceClock.at_end`): one not fetched lately
+        (paused, just assigned, its leader not answering) is waited for. (The
+        local broker's highwater can be one batch short: the last batch of a
+        partition is then judged by wall time alone.)
         """
         consumer = self.consumer
         if consumer is None:
             return
         with contextlib.suppress(Exception):  # internals of a running consumer: best effort
             clock = self.topology.ingest.clock
-            self.backlogged = backlogged(consumer, self.checkpoint.next_offsets())
+            self.backlogged, ends = log_ends(consumer, self.checkpoint.next_offsets())
             for p in self.backlogged:
                 clock.observe(p, None, now)
+            ago = time.time() - now  # the fetcher's epoch seconds on the clock of ``now``
+            for p, answered in ends.items():
+                clock.at_end(p, answered - ago)
 
     def pace(self) -> None:
         """Read a backlog evenly in event time: pause the partitions that are ahead.

@@ -78,6 +78,9 @@ class StageSettings:
     idle_ms: int = 3_600_000
     #: wall time after which a quiet ``shares`` partition stops holding the watermark
     partition_idle_s: float = 30.0
+    #: ...once its reader has found it read to the end of its log, too (the worker's
+    #: reader looks: :meth:`streams.watermarks.SourceClock.at_end`)
+    idle_at_log_end: bool = False
     shares_topic: str = "shares"
     #: rounds of registrations handed to peer resolve partitions in-process (0: none)
     peer_rounds: int = 4
@@ -110,7 +113,13 @@ class Topology:
         self.cluster_log = cluster_log
         self.outputs = outputs
         self.predictor_factory = predictor_factory
-        self.ingest = Ingest(s.partitions, s.partition_idle_s, topic=s.shares_topic, stats=stats)
+        self.ingest = Ingest(
+            s.partitions,
+            s.partition_idle_s,
+            topic=s.shares_topic,
+            stats=stats,
+            log_end=s.idle_at_log_end,
+        )
         self._reminded_at: float | None = None
         self.resolvers: dict[int, ResolvePartition] = {}
         self.detectors: dict[int, ClusterPartition] = {}

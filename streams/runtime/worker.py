@@ -378,6 +378,7 @@ class Worker:
                 max_held=max(1, s.max_held // n),
                 idle_ms=s.idle_ms,
                 partition_idle_s=s.partition_idle_s,
+                idle_at_log_end=True,
                 shares_topic=s.topic("shares"),
                 peer_rounds=LOCAL_PEER_ROUNDS,
             ),
