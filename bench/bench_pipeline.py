@@ -30,6 +30,12 @@ end; ``--broker bundled`` for the bundled Tansu), against the same topic:
 The worker runs with the product's default settings (allowed lateness 60 s:
 alerts must not wait for it); ``--lateness`` changes it for the latency run,
 and the output says so. Results are printed as a table and one JSON line.
+
+``--failover SECONDS``: the latency run has two workers, and one is killed
+(``SIGKILL``, a crash) that many seconds into the traffic; the output says how
+late the alerts that crossed after it went out, and when the last one delayed
+by more than a second did (the survivor's takeover: the group's session
+timeout, the rebalance, the tables restored, its backlog read).
 """
 
 from __future__ import annotations
@@ -250,14 +256,15 @@ class CpuSampler(threading.Thread):
         self.samples: list[tuple[float, float]] = []
         self.stopped = threading.Event()
         self.tick = os.sysconf("SC_CLK_TCK")
+        #: each process's CPU when last read (one that ended keeps what it used)
+        self.last: dict[int, float] = {}
 
     def cpu_s(self) -> float:
-        total = 0.0
         for pid in self.pids:
             with contextlib.suppress(OSError):
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / self.tick  # utime, stime
-        return total
+                self.last[pid] = (int(fields[11]) + int(fields[12])) / self.tick  # utime, stime
+        return sum(self.last.values())
 
     def run(self) -> None:
         while not self.stopped.is_set():
@@ -428,19 +435,32 @@ def latency(broker: RunningBroker, args: argparse.Namespace, work: Path) -> dict
     banked = [hashlib.md5(rng.randbytes(16)).hexdigest() for _ in range(plants)]
     bank = work / "bank-live.csv"
     write_bank([BankEntry("bench", "md5", m) for m in banked], bank)
-    proc = start_worker(s, bank, work / "worker-latency.log", args.lateness, args.set)
-    cpu = CpuSampler([proc.pid], every_s=1.0)
+    n = 1 if args.failover is None else 2
+    procs = [
+        start_worker(s, bank, work / f"worker-latency{w or ''}.log", args.lateness, args.set)
+        for w in range(n)
+    ]
+    cpu = CpuSampler([proc.pid for proc in procs], every_s=1.0)
+    killed: list[float] = []
+
+    def crash() -> None:  # the first worker, as a crash ends it
+        os.kill(procs[0].pid, signal.SIGKILL)
+        killed.append(time.time())
+        log(f"latency: worker pid {procs[0].pid} killed")
+
     try:
-        _wait_ready(s, proc)
+        _wait_ready(s, procs)
         log(f"latency: {args.rate:g} events/s for {args.seconds:g}s, lateness {args.lateness} ms")
         cpu.start()
         started = time.time()
-        alerts_at, plain_lat, achieved = asyncio.run(live(s, args, LiveTraffic(banked)))
+        failover = None if args.failover is None else (args.failover, crash)
+        alerts_at, plain_lat, achieved = asyncio.run(live(s, args, LiveTraffic(banked), failover))
         ended = time.time()
         worker = _last_stats(s)
     finally:
         cpu.stopped.set()
-        stop_worker(proc)
+        for proc in procs:
+            stop_worker(proc)
     half = (started + ended) / 2
     # CPU per event sent, by half: a worker whose cost grows with its state shows it here
     # (wall-clock latency on a shared machine varies; CPU says what the work costs)
@@ -473,7 +493,27 @@ def latency(broker: RunningBroker, args: argparse.Namespace, work: Path) -> dict
     if not lat:
         raise RuntimeError(f"no alerts; see {work / 'worker-latency.log'}")
     mid = min(t for t, _ in timed) + args.seconds / 2
-    return {
+    out: dict[str, Any] = {}
+    if killed:
+        # the alerts that crossed after the crash: how late; and when the last one delayed
+        # more than a second went out (the takeover done, as far as alerts show it)
+        k = killed[0]
+        after = sorted((t - k, x) for t, x in timed if t >= k)
+        delayed = [t + x for t, x in after if x > 1.0]
+        lats = sorted(x for _, x in after)
+        out["failover"] = {
+            "killed_into_run_s": round(k - started, 3),
+            "alerts_after": len(after),
+            "p50_s": _pct(lats, 50),
+            "max_s": lats[-1] if lats else float("nan"),
+            "delayed_over_1s": len(delayed),
+            "last_delayed_sent_after_kill_s": round(max(delayed), 3) if delayed else 0.0,
+            # both workers, from the start to the crash: what the standbys cost
+            "cpu_us_per_event_before_kill": round(
+                (cpu.at(k) - cpu.at(started)) / max(1.0, achieved * (k - started)) * 1e6, 1
+            ),
+        }
+    return out | {
         "rate_events_per_s": round(achieved),
         "seconds": args.seconds,
         "lateness_ms": args.lateness,
@@ -502,7 +542,10 @@ def latency(broker: RunningBroker, args: argparse.Namespace, work: Path) -> dict
 
 
 async def live(
-    s: Settings, args: argparse.Namespace, traffic: LiveTraffic
+    s: Settings,
+    args: argparse.Namespace,
+    traffic: LiveTraffic,
+    failover: tuple[float, Callable[[], None]] | None = None,
 ) -> tuple[list[tuple[float, dict[str, Any]]], list[tuple[float, float]], float]:
     """Send ``args.rate`` events/s for ``args.seconds`` while reading ``alerts`` and ``shares``.
 
@@ -513,6 +556,7 @@ async def live(
     so ``shares`` gets batches of a few records rather than one each.
     Returns the alerts with the time each was read, (event time, latency) of
     each event read by the plain consumer, and the rate achieved.
+    ``failover``: ``(seconds, crash)``, called that many seconds into the traffic.
     """
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
@@ -562,6 +606,9 @@ async def live(
         sent = 0
         next_plant = start
         while (elapsed := time.monotonic() - start) < args.seconds:
+            if failover is not None and elapsed >= failover[0]:
+                failover[1]()
+                failover = None
             due = int(elapsed * args.rate)
             now_ms = int(time.time() * 1000)
             while sent < due:
@@ -618,21 +665,24 @@ def _last_stats(s: Settings) -> dict[str, Any]:
     return latest
 
 
-def _wait_ready(s: Settings, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    """Until the worker reports, on the stats topic, that its shares reader has partitions."""
+def _wait_ready(s: Settings, procs: list[subprocess.Popen[bytes]], timeout: float = 60) -> None:
+    """Until every worker reports, on the stats topic, that its shares reader has partitions
+    (their latest reports: two workers share them once the second has joined)."""
     c = stats_reader(s, from_start=False)
     deadline = time.monotonic() + timeout
+    reading: dict[str, bool] = {}
     try:
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("the worker exited before it was ready")
+            if any(proc.poll() is not None for proc in procs):
+                raise RuntimeError("a worker exited before it was ready")
             for batch in c.poll(timeout_ms=200).values():
                 for r in batch:
-                    parts = orjson.loads(r.value).get("partitions", {})
-                    if parts.get("shares"):
-                        time.sleep(2.0)  # the shares reader joined its group; let Faust's settle
-                        return
-        raise TimeoutError("the worker never reported")
+                    d = orjson.loads(r.value)
+                    reading[d["worker"]] = bool(d.get("partitions", {}).get("shares"))
+            if sum(reading.values()) >= len(procs):
+                time.sleep(2.0)  # the shares readers joined their group; let Faust's settle
+                return
+        raise TimeoutError("the workers never reported")
     finally:
         c.close()
 
@@ -668,6 +718,13 @@ def main() -> None:
         help="worker processes for the throughput runs, comma-separated (default 1,2)",
     )
     ap.add_argument("--skip", choices=("throughput", "latency"), default=None)
+    ap.add_argument(
+        "--failover",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="latency run with two workers, one killed that many seconds into the traffic",
+    )
     ap.add_argument(
         "--set",
         action="append",
@@ -752,6 +809,15 @@ def main() -> None:
             )
         a, b = lat["worker_cpu_us_per_event"]
         print(f"  worker CPU per event      first half {a:7.0f} us, second half {b:7.0f} us")
+        if "failover" in lat:
+            f = lat["failover"]
+            print(
+                f"  failover: a worker killed {f['killed_into_run_s']:.1f} s into the run "
+                f"({f['cpu_us_per_event_before_kill']:.0f} us CPU/event before, both); "
+                f"{f['alerts_after']} alerts crossed after, p50 {f['p50_s'] * 1000:.0f} ms, "
+                f"max {f['max_s']:.1f} s; {f['delayed_over_1s']} over 1 s, the last out "
+                f"{f['last_delayed_sent_after_kill_s']:.1f} s after the kill"
+            )
         print(
             f"  state logs: {lat['log_compactions']} compactions during the run, "
             f"{(lat['log_bytes'] or 0) / 2**20:.1f} MiB at its end"
