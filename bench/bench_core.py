@@ -333,10 +333,8 @@ def drop_loop(pipe: Pipeline) -> None:
 
 
 def drop_index(router: Any) -> None:
-    """Drop the router's index of unbanked content (the index requests hold it too)."""
+    """Drop the router's index of unbanked content."""
     router.emerging = None
-    if router.index_requests is not None:
-        router.index_requests.index = None
 
 
 def unbanked_parts(pipe: Pipeline, live: int) -> dict[str, float]:

@@ -31,15 +31,15 @@ would start two clusters for near-duplicates routed by different workers,
 and forget everything when a worker is replaced. So one resolve partition owns the index
 (:data:`streams.stages.INDEX_PARTITION`), as a stream processor gives a
 keyed state one owner: the others send it their unbanked uploads
-(:class:`IndexRequests`) and it answers with registrations, as for any
+(:class:`streams.wire.Unbanked`) and it answers with registrations, as for any
 post; it logs the index in its state log and a worker that takes the
 partition over folds it back (:meth:`EmergingClusters.fold`).
 
 Order. Which cluster an upload joins depends on the uploads clustered
 before it (the earlier of two near-duplicates starts the cluster). Both
 replay and the owner cluster unbanked uploads in ``(ts, event_id)`` order,
-once their watermark has passed them (:func:`streams.router.due_uploads`;
-``Pipeline._release``, ``ResolvePartition._cluster_unbanked``), so the
+once their watermark has passed them (``ReplayLoop`` and ``ResolveLoop``,
+``rust/python/src/replay.rs`` and ``resolve.rs``), so the
 answer is the same for any input within the allowed lateness, however it is
 ordered within it, whatever the number of workers, the order the partitions
 were read in (a backlog), restarts and rebalances. The price: an unbanked
@@ -387,47 +387,6 @@ class EmergingClusters:
     def live_items(self) -> int:
         """Entries a snapshot holds (clusters and their signals)."""
         return len(self._idle) + len(self.index)
-
-
-class IndexRequests:
-    """How a streaming resolve partition uses the index of unbanked content, which one
-    partition owns (:data:`streams.stages.INDEX_PARTITION`): its unbanked uploads wait
-    (:meth:`defer`), to be clustered by the owner in event-time order; the latest events of
-    unbanked clusters (their reshares) are collected for the owner, or, at the owner
-    (``index`` given), noted in the index at once.
-
-    An upload with no signal the index can use (no MD5, a flat PDQ) is near nothing: its
-    cluster is its own, here and now, as the index would say.
-
-    >>> ask = IndexRequests()
-    >>> ask.defer(Content(md5="a" * 32)), ask.defer(Content(pdq="0" * 64, pdq_quality=10))
-    (True, False)
-    >>> ask.touch("u-1", 5); ask.touch("u-1", 3); ask.take_touched()
-    {'u-1': 5}
-    """
-
-    __slots__ = ("_touched", "index")
-
-    def __init__(self, index: EmergingClusters | None = None) -> None:
-        self.index = index
-        self._touched: dict[str, int] = {}
-
-    @staticmethod
-    def defer(content: Content) -> bool:
-        """Whether the owner of the index must cluster this unbanked content."""
-        return bool(signals_of(content)) or video_signal(content) is not None
-
-    def touch(self, cluster_id: str, ts_ms: int) -> None:
-        if self.index is not None:
-            self.index.touch(cluster_id, ts_ms)
-            return
-        last = self._touched.get(cluster_id)
-        if last is None or ts_ms > last:
-            self._touched[cluster_id] = ts_ms
-
-    def take_touched(self) -> dict[str, int]:
-        out, self._touched = self._touched, {}
-        return out
 
 
 def within(signal_type: str, a: str, b: str, threshold: int) -> int | None:

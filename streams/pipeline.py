@@ -43,7 +43,7 @@ from streams._core import ReplayLoop, evict_unbanked
 from streams.alerts import Pseudonymizer
 from streams.banks import MIN_PDQ_QUALITY, BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, Predictor, UnbankedCounts
-from streams.emerging import EmergingClusters, IndexRequests
+from streams.emerging import EmergingClusters
 from streams.events import Rejection, ShareEvent, parse_events
 from streams.forecast import predictor_factory as forecast_factory
 from streams.policy import AlertPolicy
@@ -93,7 +93,6 @@ class Pipeline:
             self.stats,
             hold_ms=hold_ms,
             emerging=emerging,
-            index_requests=IndexRequests(emerging),
         )
         self.detector = Detector(
             policy,
@@ -148,7 +147,7 @@ class Pipeline:
 
     def feed_many(self, raws: Iterable[bytes]) -> None:
         """Take several input records: a batch's uploads matched in one index search (see
-        :meth:`Router.prefetch`), then the compiled loop over the batch."""
+        :meth:`Router.classify_batch`), then the compiled loop over the batch."""
         lines: list[bytes] = []
         for raw in raws:
             if is_bank_update(raw):  # the banks change here: match what came before first
@@ -239,14 +238,7 @@ class Pipeline:
             self.reject(rejection)
 
     def _unsignalled(self, event: ShareEvent) -> str | None:
-        """An unbanked upload with no image signal: a video waits for the index (``None``);
-        content the index cannot use starts its own cluster now."""
-        content = event.content
-        assert content is not None
-        requests = self.router.index_requests
-        if requests is not None and requests.defer(content):
-            return None
-        return self.router.emerging.assign(content, event.ts_ms)
+        return self.router.unsignalled(event)
 
     def _assign_video(self, event: ShareEvent) -> str:
         assert event.content is not None

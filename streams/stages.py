@@ -67,7 +67,7 @@ from streams._core import PostRoutes, ResolveLoop
 from streams.alerts import Pseudonymizer
 from streams.banks import MIN_PDQ_QUALITY, BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, Predictor, apply_in_order
-from streams.emerging import EmergingClusters, video_signal
+from streams.emerging import EmergingClusters
 from streams.events import Rejection, ShareEvent, parse_events
 from streams.pipeline import DEFAULT_PREDICTOR
 from streams.policy import AlertPolicy
@@ -1061,12 +1061,7 @@ class ResolvePartition:
         return rejection
 
     def _unsignalled(self, event: ShareEvent) -> str | None:
-        """An unbanked upload with no image signal: a video waits for the index's owner
-        (``None``); content no index can use starts its own cluster now."""
-        assert event.content is not None
-        if video_signal(event.content) is not None:
-            return None
-        return self.router.emerging.assign(event.content, event.ts_ms)
+        return self.router.unsignalled(event)  # a video waits for the index's owner
 
     def _assign_video(self, event: ShareEvent) -> str:
         """At the index's owner: the cluster of a video's upload (its frames searched here)."""

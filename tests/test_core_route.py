@@ -1,5 +1,5 @@
 """The compiled core's held orphans (held by ``_core.PostRoutes``, the router's only way in)
-against a simple Python oracle, and the router's limits under a flood of orphans.
+against a simple Python oracle, and a resolve partition's limits under a flood of orphans.
 
 The oracle is the router's held-orphan code as it was in Python (dicts of
 waiting events and of held parents), with one fix: an expired takedown no
@@ -22,9 +22,10 @@ from hypothesis import strategies as st
 
 from streams import _core
 from streams.banks import HashBanks
-from streams.events import Rejection, ShareEvent
-from streams.router import Router
+from streams.events import ShareEvent
+from streams.stages import Envelope, ResolvePartition
 from streams.stats import Stats
+from streams.wire import ToRoute
 
 EXAMPLES = int(os.environ.get("VIRALWATCH_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None)
@@ -131,38 +132,69 @@ def _share(i: int, parent: str, ts: int) -> ShareEvent:
     return ShareEvent(f"e{i}", "share", ts, f"p{i}", f"u{i}", parent)
 
 
+def _resolver(stats: Stats, max_held: int = 100_000, hold_ms: int = 1_800_000) -> ResolvePartition:
+    return ResolvePartition(
+        0,
+        partitions=1,
+        sources=1,
+        banks=HashBanks([]),
+        stats=stats,
+        lateness_ms=0,
+        hold_ms=hold_ms,
+        max_held=max_held,
+    )
+
+
 def test_a_flood_of_orphans_is_bounded_refused_with_a_reason_and_freed_on_expiry() -> None:
+    """Through a resolve partition's compiled loop (``ResolveLoop``): the limit, the refusal's
+    reason, expiry once every input has passed, and the memory given back."""
     stats = Stats()
-    router = Router(HashBanks([]), stats, max_held=1_000, hold_ms=60_000)
+    r = _resolver(stats, max_held=1_000, hold_ms=60_000)
     base = _core.allocated_bytes()
-    out = [x for i in range(10_000) for x in router.route(_share(i, f"gone{i}", T0 + i))]
-    assert router.held == stats.orphans_held == 1_000 and stats.held == 1_000
-    assert len(out) == 9_000 and all(isinstance(r, Rejection) for r in out)
-    assert {r.reason for r in out if isinstance(r, Rejection)} == {"orphan_overflow"}
-    assert out[0].detail == "1000 events already wait for their parents"
+    flood = Envelope([ToRoute(_share(i, f"gone{i}", T0 + i)) for i in range(10_000)])
+    out = r.handle([flood])
+    assert r.held == r.router.held == stats.orphans_held == 1_000 and stats.held == 1_000
+    refused = [d.rejection for d in out.deadletters]
+    assert len(refused) == 9_000 and {x.reason for x in refused} == {"orphan_overflow"}
+    assert refused[0].detail == "1000 events already wait for their parents"
+    assert out.routed == 0 and out.delta_items == 1_000  # the held ones, logged
     grown = _core.allocated_bytes() - base
-    assert grown < 1_000 * 400, grown  # the core's share of 1,000 held reshares
-    expired = router.expire(T0 + 10_000 + 60_000)
-    assert [r.event_id for r in expired] == [f"e{i}" for i in range(1_000)]
+    # the core's share of 1,000 held reshares: the held orphans and the loop's (ts, id) order
+    assert grown < 1_000 * 450, grown
+    late = r.handle([Envelope([], {0: (T0 + 10_000 + 60_000, False)})])
+    expired = [d.rejection for d in late.deadletters]
+    assert [x.event_id for x in expired] == [f"e{i}" for i in range(1_000)]
+    assert {x.reason for x in expired} == {"orphan_expired"}
     assert expired[0].detail == "share waited 60s of event time for post 'gone0', which never came"
-    assert router.held == stats.orphans_held == 0
+    assert r.held == r.router.held == stats.orphans_held == 0
+    assert late.delta_record is not None and len(late.delta_record.released) == 1_000
     assert _core.allocated_bytes() - base < 4_096  # what the flood held is freed
 
 
 def test_a_loop_of_held_reshares_is_refused_and_the_rest_released_in_order() -> None:
-    router = Router(HashBanks([]), Stats())
-    assert router.route(_share(2, "p1", T0)) == []
-    assert router.route(_share(3, "p2", T0)) == []
-    [loop] = router.route(_share(1, "p3", T0))  # p1 would wait for p3, which waits for p1
-    assert isinstance(loop, Rejection) and loop.reason == "cycle"
+    r = _resolver(Stats())
     takedown = ShareEvent("t2", "takedown", T0, "p2", "mod")
-    assert router.route(takedown) == []
-    router.post_clusters["p0"] = "u-1"
-    released = router.route(_share(1, "p0", T0 + 1))
-    assert [(x.event.event_id, x.cluster_id) for x in released if not isinstance(x, Rejection)] == [
+    first = r.handle(
+        [
+            Envelope(
+                [
+                    ToRoute(_share(2, "p1", T0)),
+                    ToRoute(_share(3, "p2", T0)),
+                    ToRoute(_share(1, "p3", T0)),  # p1 would wait for p3, which waits for p1
+                    ToRoute(takedown),
+                ]
+            )
+        ]
+    )
+    [loop] = [d.rejection for d in first.deadletters]
+    assert loop.reason == "cycle" and loop.event_id == "e1"
+    assert r.held == 3 and first.routed == 0
+    r.posts["p0"] = "u-1"
+    released = r.handle([Envelope([ToRoute(_share(1, "p0", T0 + 1))])])
+    assert [(x.event.event_id, x.cluster_id) for x in released.clusters[0]] == [
         ("e1", "u-1"),
         ("e2", "u-1"),
         ("e3", "u-1"),
         ("t2", "u-1"),
     ]
-    assert router.held == 0
+    assert r.held == r.router.held == 0

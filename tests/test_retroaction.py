@@ -372,21 +372,33 @@ def test_a_retroactive_firing_the_applied_shares_prove_goes_out_before_the_water
     the watermark path (and replay) gives it, and is not sent again when it gets there."""
     from streams.alerts import EarlyAlert
     from streams.detector import Detector
-    from streams.events import parse_event
-    from streams.router import Router
+    from streams.events import ShareEvent, parse_events
+    from streams.stages import Envelope, ResolvePartition
     from streams.stats import Stats
+    from streams.wire import ToRoute
 
     rng = random.Random(3)
     t, original, _, _ = leak(rng)
     stats = Stats()
-    router = Router(HashBanks(), stats)
+    resolver = ResolvePartition(
+        0,
+        partitions=1,
+        sources=1,
+        banks=HashBanks(),
+        stats=stats,
+        lateness_ms=0,
+        hold_ms=1_800_000,
+        max_held=100_000,
+    )
     det = Detector(AlertPolicy.default(), stats, pseudonymizer=Pseudonymizer(b"k"))
-    routed = [r for x in t.lines() for r in router.route(parse_event(x))]  # type: ignore[arg-type]
-    routed.sort(key=lambda r: (r.event.ts_ms, r.event.event_id))  # type: ignore[union-attr]
+    events = [e for e in parse_events(list(t.lines())) if isinstance(e, ShareEvent)]
+    end = (max(e.ts_ms for e in events) + 1, False)  # every input passed: all clustered
+    routed = resolver.handle([Envelope([ToRoute(e) for e in events], {0: end})]).clusters[0]
+    routed.sort(key=lambda r: (r.event.ts_ms, r.event.event_id))
     wm, bank_at = T0 + 3 * MIN, T0 + 4 * MIN
-    before = [r for r in routed if r.event.ts_ms <= wm]  # type: ignore[union-attr]
+    before = [r for r in routed if r.event.ts_ms <= wm]
     for r in before:
-        det.apply(r)  # type: ignore[arg-type]
+        det.apply(r)
     det.advance(wm)
     update = BankUpdate("add", BankEntry("internal", "pdq", original), bank_at)
     det.expect_bank(update, wm)
@@ -394,7 +406,7 @@ def test_a_retroactive_firing_the_applied_shares_prove_goes_out_before_the_water
     assert isinstance(early, EarlyAlert) and early.ts_ms == bank_at and early.episode == 1
     assert early.match is not None and early.match.bank == "internal"
     for r in routed[len(before) :]:
-        det.apply(r)  # type: ignore[arg-type]
+        det.apply(r)
     det.change_bank(update)  # the watermark gets there: the same firing, not sent again
     assert det.drain().alerts == [] and stats.alerts[("warning", "firing")] == 1
     replayed = replay([*t.lines(), bank_line("add", "internal", original, bank_at)]).finish()

@@ -312,19 +312,24 @@ def test_video_upload_joins_the_banked_videos_cluster_with_its_percentages() -> 
     def upload(post: str, content: Content) -> ShareEvent:
         return ShareEvent(f"e-{post}", "upload", 1_767_225_600_000, post, "u", content=content)
 
-    routed = router.match(upload("p1", Content(vpdq=reencoded)))
-    assert routed.cluster_id == entry.cluster_id
+    routed, screenshot, other, flat = router.classify_batch(
+        [
+            upload("p1", Content(vpdq=reencoded)),
+            upload("p2", Content(pdq=flip(hashes[7], 9, rng), pdq_quality=95)),
+            upload("p3", Content(vpdq=video([rand_pdq(rng) for _ in range(5)]))),
+            upload("p4", Content(vpdq=video(hashes, quality=5))),
+        ]
+    )
+    assert routed is not None and routed.cluster_id == entry.cluster_id
     assert routed.match is not None
     d = routed.match.to_dict()
     assert (d["kind"], d["query_match_pct"], d["compared_match_pct"]) == ("vpdq", 100.0, 80.0)
     assert 0 < d["distance"] <= 31 and d["label"] == "case-1"
-    screenshot = router.match(upload("p2", Content(pdq=flip(hashes[7], 9, rng), pdq_quality=95)))
-    assert screenshot.cluster_id == entry.cluster_id
+    assert screenshot is not None and screenshot.cluster_id == entry.cluster_id
     assert screenshot.match is not None and screenshot.match.kind == "video_frame"
-    other = router.match(upload("p3", Content(vpdq=video([rand_pdq(rng) for _ in range(5)]))))
-    assert not other.banked and other.cluster_id.startswith("u-")
-    flat = router.match(upload("p4", Content(vpdq=video(hashes, quality=5))))
-    assert not flat.banked and router.stats.low_quality == 1
+    # no bank knows them: the index of unbanked content clusters them (u-...)
+    assert other is None and flat is None and router.stats.low_quality == 1
+    assert router.stats.unmatched_uploads == 2
 
 
 def test_bank_csv_and_updates_carry_video_entries() -> None:

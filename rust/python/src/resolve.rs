@@ -127,6 +127,14 @@ pub struct ResolveLoop {
     out: Out,
 }
 
+/// A heap that a flood filled gives its room back once mostly empty (amortized: it
+/// shrinks to twice what it holds when under a quarter full).
+fn trim(heap: &mut BinaryHeap<Reverse<Waiting>>) {
+    if heap.capacity() > 64 && heap.len() < heap.capacity() / 4 {
+        heap.shrink_to(2 * heap.len());
+    }
+}
+
 fn is_upload(py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<bool> {
     Ok(kind_of(&event.getattr(intern!(py, "type"))?)? == Kind::Upload)
 }
@@ -536,6 +544,7 @@ impl ResolveLoop {
                 self.cluster_upload(py, host, &ev)?;
             }
         }
+        trim(&mut self.unbanked);
         Ok(())
     }
 
@@ -585,13 +594,16 @@ impl ResolveLoop {
     /// passed (older than ``settled``), are dropped from the front.
     fn waiting_front(&mut self, py: Python<'_>, settled: i64) -> PyResult<Option<i64>> {
         let held = self.held.bind(py);
+        let mut front = None;
         while let Some(Reverse(w)) = self.waiting.peek() {
             if held.contains(w.id.bind(py))? && w.ts - 1 > settled {
-                return Ok(Some(w.ts));
+                front = Some(w.ts);
+                break;
             }
             self.waiting.pop();
         }
-        Ok(None)
+        trim(&mut self.waiting);
+        Ok(front)
     }
 
     /// At the index's owner: the event time of the oldest unbanked upload not clustered
