@@ -39,9 +39,10 @@ heap's growth (Python's by ``tracemalloc``, and the compiled core's, which
   takes a few minutes: ``--unbanked 280000`` for a short run), and where it
   goes: each part's share, as the heap it frees when dropped (in that order:
   the compiled replay loop's own (its reorder buffer, the uploads waiting
-  for the watermark), the router's post -> cluster map, its index of
-  unbanked content, the detector's unbanked clusters and its content index,
-  the rest, mostly the banks' answer cache, which is bounded).
+  for the watermark), the router's post -> cluster map, its idle order of
+  unbanked clusters, the detector's unbanked clusters, the index of content
+  (one, the router's and the detector's: replay shares it), the rest, mostly
+  the banks' answer cache, which is bounded).
 
     python bench/bench_core.py                       # about five minutes
     python bench/bench_core.py --unbanked 280000     # about two
@@ -350,12 +351,13 @@ def unbanked_parts(pipe: Pipeline, live: int) -> dict[str, float]:
         # the compiled loop first, and the detector's evictor: they hold the parts below too
         ("replay_loop", lambda: drop_loop(pipe)),
         ("post_routes", lambda: setattr(pipe.router, "post_clusters", _core.PostRoutes())),
+        # the router's idle order (its content is the index below, which the detector shares)
         ("router_index", lambda: drop_index(pipe.router)),
         (
             "unbanked_clusters",
             lambda: setattr(pipe.detector, "_unbanked", _core.UnbankedClusters([], 1, 1)),
         ),
-        ("detector_index", lambda: setattr(pipe.detector, "content", ContentIndex())),
+        ("content_index", lambda: setattr(pipe.detector, "content", ContentIndex())),
     ]
     parts: dict[str, float] = {}
     before = heap()

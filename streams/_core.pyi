@@ -95,30 +95,40 @@ class ReorderBuffer(Generic[_T]):
 
 class ContentSignals:
     """Live clusters' signals (an MD5's or a PDQ's hex, a video's text): which clusters hold
-    each, each cluster's in order; searchable by MD5 and by PDQ distance."""
+    each, each cluster's in order; searchable by MD5 and by PDQ distance. ``view``: whose
+    clusters (0, the owner's; 1, the detector's when it shares the router's index): each
+    view's answers are those of an index of its own."""
 
     def __init__(self) -> None: ...
     @property
-    def clusters(self) -> int: ...
+    def clusters(self) -> int:
+        """Live clusters in the owner's view."""
+    def clusters_in(self, view: int) -> int: ...
     @property
     def nbytes(self) -> int: ...
-    def __len__(self) -> int: ...
+    def __len__(self) -> int:
+        """Distinct signals held, in any view."""
     def __contains__(self, cluster: object) -> bool: ...
-    def held(self, cluster: str) -> list[str]: ...
-    def holders(self, text: str) -> list[str]:
+    def contains(self, cluster: str, view: int = 0) -> bool: ...
+    def held(self, cluster: str, view: int = 0) -> list[str]: ...
+    def holders(self, text: str, view: int = 0) -> list[str]:
         """The clusters holding ``text``, by id."""
-    def add(self, cluster: str, signals: Sequence[tuple[str, str]]) -> tuple[list[str], list[str]]:
-        """The texts new to ``cluster``, and of those the ones new to all."""
-    def drop(self, cluster: str) -> list[str] | None:
-        """The signals no cluster holds now; ``None`` if ``cluster`` held nothing."""
-    def near(self, kind: str, text: str, threshold: int) -> list[tuple[str, int]]:
+    def add(
+        self, cluster: str, signals: Sequence[tuple[str, str]], view: int = 0
+    ) -> tuple[list[str], list[str]]:
+        """The texts new to ``cluster``, and of those the ones new to all (in ``view``)."""
+    def drop(self, cluster: str, view: int = 0) -> list[str] | None:
+        """The signals no cluster holds now (in ``view``); ``None`` if ``cluster`` held
+        nothing there."""
+    def near(self, kind: str, text: str, threshold: int, view: int = 0) -> list[tuple[str, int]]:
         """Clusters holding the signal, nearest first, ties by id (MD5, PDQ; else none)."""
 
 class PostRoutes:
     """Which cluster each live post belongs to (post ids kept as bytes, each cluster id
-    once), and the events waiting for their parent post. With ``partition``, a streaming
-    resolve partition's: only its own posts (``zlib.crc32`` of the id) are kept and recorded
-    (:meth:`take_new`), the others' queued (:meth:`take_foreign`)."""
+    once, compact: its string made when asked for), and the events waiting for their parent
+    post. With ``partition``, a streaming resolve partition's: only its own posts
+    (``zlib.crc32`` of the id) are kept and recorded (:meth:`take_new`), the others' queued
+    (:meth:`take_foreign`)."""
 
     def __init__(self, partition: int | None = None, partitions: int = 1) -> None: ...
     def __len__(self) -> int: ...
@@ -382,6 +392,7 @@ def evict_unbanked(
     content: ContentSignals,
     cut_ms: int,
     barrier: int,
+    view: int = 0,
 ) -> tuple[bool, list[str]]:
     """Evict idle unbanked clusters, forgetting their posts in ``routes`` and their content
     in ``content``: ``(stopped at one not idle, [cluster])``."""

@@ -453,6 +453,7 @@ class Detector:
         predictor_factory: Callable[[], Predictor] | None = None,
         predict_every_ms: int = 10_000,
         review_queue: int = 1_000,
+        content: ContentIndex | None = None,
     ) -> None:
         longest = max(policy.windows_ms)
         if idle_ms < longest + policy.resolve_after_ms:
@@ -489,7 +490,8 @@ class Detector:
         self._due: list[tuple[int, str]] = []
         self.emerging: deque[ClusterSummary] = deque(maxlen=review_queue)
         #: the uploads' content of every live cluster: which clusters a bank change concerns
-        self.content = ContentIndex()
+        #: (replay's is a view of the router's index: ``content``)
+        self.content = content if content is not None else ContentIndex()
         self.outbox = Decisions()
         #: per banked cluster, what is held for it and not applied yet (streaming only)
         self._ahead: dict[str, Lookahead] = {}

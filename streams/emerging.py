@@ -22,8 +22,10 @@ router uses one (:class:`EmergingClusters`) to cluster unbanked uploads,
 with the idle eviction the detector applies (a cluster idle for ``idle_ms``
 of event time leaves the index, so memory follows the live uploads;
 ``bench/bench_emerging.py`` measures what each costs). The detector
-uses another to find the live clusters a bank change concerns (retroaction,
-false positives).
+finds by its own the live clusters a bank change concerns (retroaction,
+false positives). In replay, where both live in one process, they share one
+(the detector's is a view of the router's, :data:`DETECTOR_VIEW`): the same
+content, kept once, each side's answers exactly those of an index of its own.
 
 One owner. In ``replay`` one router holds the index. A streaming worker has
 many resolve partitions, spread over worker processes; an index per process
@@ -141,6 +143,10 @@ def signal_of(text: str) -> Signal:
     return ("md5" if len(text) == 32 else "pdq", text)
 
 
+#: The detector's view of an index it shares with the router (replay): see
+#: ``rust/core/src/content.rs`` (``View``). The router's is the owner's, 0.
+DETECTOR_VIEW: Final = 1
+
 #: The bank name live unbanked videos take in an index's :class:`VideoBank` (its settings
 #: are a bank's defaults: frames within 31, vPDQ's two match percentages).
 EMERGING_VIDEOS: Final = "emerging"
@@ -160,15 +166,33 @@ class ContentIndex:
     []
     """
 
-    def __init__(self, videos: bool = False) -> None:
+    def __init__(
+        self, videos: bool = False, *, shared: ContentSignals | None = None, view: int = 0
+    ) -> None:
         #: which clusters hold each signal, each cluster's signals in order, the PDQ
-        #: signals in the compiled index (``rust/core/src/content.rs``)
-        self._held = ContentSignals()
+        #: signals in the compiled index (``rust/core/src/content.rs``); ``shared``: an
+        #: index another holds too, this one's clusters being its ``view``'s
+        self._held = shared if shared is not None else ContentSignals()
+        self.view = view
         #: live videos, found by their frames as banked ones are (the router's index only)
         self._videos = VideoBank(BankConfig) if videos else None
 
+    def shared_view(self, view: int = DETECTOR_VIEW) -> ContentIndex:
+        """Another index over this one's content: ``view``'s clusters (no videos), kept in the
+        same tables (replay's detector: see the module doc).
+
+        >>> router = ContentIndex()
+        >>> detector = router.shared_view()
+        >>> router.add("u-1", Content(md5="a" * 32)); detector.add("b-1", Content(md5="a" * 32))
+        >>> router.near("md5", "a" * 32, 31), detector.near("md5", "a" * 32, 31)
+        ([('u-1', 0)], [('b-1', 0)])
+        >>> router.drop("u-1"), "u-1" in router, len(router), detector.held("b-1") == ["a" * 32]
+        (True, False, 1, True)
+        """
+        return ContentIndex(shared=self._held, view=view)
+
     def __contains__(self, cluster_id: object) -> bool:
-        return cluster_id in self._held
+        return isinstance(cluster_id, str) and self._held.contains(cluster_id, self.view)
 
     @property
     def held_signals(self) -> ContentSignals:
@@ -177,14 +201,14 @@ class ContentIndex:
 
     @property
     def clusters(self) -> int:
-        return self._held.clusters
+        return self._held.clusters_in(self.view)
 
     def signals(self, cluster_id: str) -> set[Signal]:
-        return {signal_of(t) for t in self._held.held(cluster_id)}
+        return {signal_of(t) for t in self._held.held(cluster_id, self.view)}
 
     def held(self, cluster_id: str) -> list[str]:
         """The signals (hex) ``cluster_id`` holds, in the order it took them."""
-        return self._held.held(cluster_id)
+        return self._held.held(cluster_id, self.view)
 
     def add(self, cluster_id: str, content: Content) -> None:
         """``cluster_id`` holds ``content`` (its usable signals)."""
@@ -196,11 +220,15 @@ class ContentIndex:
         A PDQ text that is not 64 hex digits, or a video's that is not vPDQ, raises
         ``ValueError`` and changes nothing."""
         kept = [(k, t) for k, t in signals if k != "vpdq" or self._videos is not None]
-        videos = [t for k, t in dict.fromkeys(kept) if k == "vpdq" and not self._held.holders(t)]
+        videos = [
+            t
+            for k, t in dict.fromkeys(kept)
+            if k == "vpdq" and not self._held.holders(t, self.view)
+        ]
         if videos and self._videos is not None:  # frames indexed before they are held
             self._videos.add_many([BankEntry(EMERGING_VIDEOS, "vpdq", t) for t in videos])
         try:
-            new, _ = self._held.add(cluster_id, kept)
+            new, _ = self._held.add(cluster_id, kept, self.view)
         except ValueError:
             for t in videos:
                 if self._videos is not None:
@@ -210,7 +238,7 @@ class ContentIndex:
 
     def drop(self, cluster_id: str) -> bool:
         """Forget a cluster's content (evicted); ``False`` if it held none."""
-        freed = self._held.drop(cluster_id)
+        freed = self._held.drop(cluster_id, self.view)
         if freed is None:
             return False
         if self._videos is not None:
@@ -224,7 +252,7 @@ class ContentIndex:
         ties by cluster id; each cluster once, at its nearest."""
         if signal_type == "vpdq":
             return self._near_video(signal.lower())
-        return self._held.near(signal_type, signal.lower(), threshold)
+        return self._held.near(signal_type, signal.lower(), threshold, self.view)
 
     def _near_video(self, text: str) -> list[tuple[str, int]]:
         """Clusters holding a video that ``text``'s frames match by vPDQ's rule (a bank's
@@ -238,7 +266,7 @@ class ContentIndex:
             return []
         ranked: dict[str, tuple[tuple[float, float, int, str, str], int]] = {}
         for h in hits:
-            for c in self._held.holders(h.entry.signal):
+            for c in self._held.holders(h.entry.signal, self.view):
                 rank = video_rank(h)
                 if c not in ranked or rank < ranked[c][0]:
                     ranked[c] = (rank, h.distance)
@@ -267,7 +295,7 @@ class ContentIndex:
         return self._held.nbytes + (self._videos.nbytes if self._videos is not None else 0)
 
     def __len__(self) -> int:
-        """Distinct signals held."""
+        """Distinct signals held (in every view of a shared index)."""
         return len(self._held)
 
 

@@ -100,6 +100,8 @@ class Pipeline:
             pseudonymizer=pseudonymizer,
             idle_ms=idle_ms,
             predictor_factory=predictor_factory,
+            # one index of content for both: the detector's clusters are a view of it
+            content=emerging.index.shared_view(),
         )
         self.lateness_ms = lateness_ms
         #: the compiled loop: the reorder buffer, the unbanked uploads waiting for the
@@ -123,6 +125,7 @@ class Pipeline:
                 detector.unbanked_store,
                 self.router.post_clusters,
                 detector.content.held_signals,
+                view=detector.content.view,
             )
         )
         self._out = Decisions()

@@ -164,6 +164,16 @@ def test_assignment_through_index_merges_and_evictions_is_a_scans(seed: int) -> 
                 held = {x: c for x, c in held.items() if c != cid}
 
 
+def signal_pool(seed: int, pdqs: int) -> list[tuple[str, str]]:
+    """PDQ hashes near three bases (the same, 5, 31, 32 and 40 bits off) and four MD5s."""
+    rng = random.Random(seed)
+    bases = [pdq_hex(rng) for _ in range(3)]
+    pool = [
+        ("pdq", flip(rng.choice(bases), rng.choice([0, 5, 31, 32, 40]), rng)) for _ in range(pdqs)
+    ]
+    return pool + [("md5", f"{rng.getrandbits(128):032x}") for _ in range(4)]
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -174,12 +184,7 @@ def test_the_content_index_answers_as_a_model_of_holders_and_a_scan(
 ) -> None:
     """Clusters take shared and near signals (at 31 and 32 bits too) and are dropped: what
     each holds, and what a search finds, are a plain model's (holders by signal, a scan)."""
-    rng = random.Random(seed)
-    bases = [pdq_hex(rng) for _ in range(3)]
-    pool = [
-        ("pdq", flip(rng.choice(bases), rng.choice([0, 5, 31, 32, 40]), rng)) for _ in range(12)
-    ]
-    pool += [("md5", f"{rng.getrandbits(128):032x}") for _ in range(4)]
+    pool = signal_pool(seed, 12)
     idx = ContentIndex()
     model: dict[str, list[str]] = {}  # cluster -> its signals, in order
     for add, c, k in ops:
@@ -205,6 +210,60 @@ def test_the_content_index_answers_as_a_model_of_holders_and_a_scan(
         assert idx.near(kind, text.upper(), 31) == sorted(
             expected.items(), key=lambda cd: (cd[1], cd[0])
         )
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    ops=st.lists(
+        st.tuples(st.integers(0, 1), st.booleans(), st.integers(0, 7), st.integers(0, 10**6)),
+        max_size=120,
+    ),
+)
+def test_two_views_of_one_index_answer_as_two_indexes(
+    seed: int, ops: list[tuple[int, bool, int, int]]
+) -> None:
+    """Replay's router and detector share one index (each a view): whatever either adds and
+    drops (the same clusters, at other times, or others), each view's answers (what a
+    cluster holds, who holds a signal, a search, what a drop frees) are those of an index
+    of its own (the owner's in the order it took them; the detector's, which reads them as
+    a set, as a set), and the index holds each signal once and forgets what neither holds."""
+    pool = signal_pool(seed, 10)
+    router = ContentIndex()
+    shared = [router, router.shared_view()]
+    alone = [ContentIndex(), ContentIndex()]
+    for view, add, c, k in ops:
+        cid = f"{'ub'[c % 2]}-{c}"
+        if add:
+            signals = [pool[(k + j) % len(pool)] for j in range(k % 3 + 1)]
+            assert shared[view].add_signals(cid, signals) == alone[view].add_signals(cid, signals)
+        else:
+            freed = shared[view]._held.drop(cid, view)
+            alone_freed = alone[view]._held.drop(cid)
+            assert (freed is None) == (alone_freed is None)
+            assert sorted(freed or []) == sorted(alone_freed or [])
+        for v in (0, 1):
+            assert shared[v].clusters == alone[v].clusters
+            assert (cid in shared[v]) == (cid in alone[v])
+            held = shared[v].held(cid)
+            assert (held if v == 0 else sorted(held)) == (
+                alone[v].held(cid) if v == 0 else sorted(alone[v].held(cid))
+            )
+    for v in (0, 1):
+        for kind, text in pool:
+            assert shared[v].near(kind, text, 31) == alone[v].near(kind, text, 31)
+            assert shared[v]._held.holders(text, v) == alone[v]._held.holders(text)
+    # one copy of each signal either holds, none that neither holds
+    assert len(router) == len({t for idx in alone for c in _clusters(idx) for t in idx.held(c)})
+    for v in (0, 1):
+        for c in _clusters(alone[v]):
+            assert shared[v].drop(c) and alone[v].drop(c)
+    assert len(router) == 0 and router.clusters == 0 and shared[1].clusters == 0
+
+
+def _clusters(idx: ContentIndex) -> list[str]:
+    """The live clusters of a test's index (their ids are ``u-<n>`` or ``b-<n>``, n < 8)."""
+    return [f"{p}-{c}" for c in range(8) for p in "ub" if f"{p}-{c}" in idx]
 
 
 def test_a_bad_signal_changes_nothing() -> None:

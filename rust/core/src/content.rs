@@ -143,24 +143,22 @@ impl Key {
 /// A cluster's id as kept: `x-` and 16 lowercase hex digits (the ids `streams` makes) as
 /// the letter and the 64 bits, no allocation; any other id as its text, boxed twice so that
 /// the id is 16 bytes (a `Box<str>` is 16 alone: the usual id would pay 24 for the rare one).
+/// Its text is made where a caller asks for it ([`ClusterId::with_str`]: on the stack).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum ClusterId {
+pub enum ClusterId {
     Hex(u8, u64),
     Text(Box<Box<str>>),
 }
 
 impl std::fmt::Display for ClusterId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ClusterId::Hex(p, v) => write!(f, "{}-{v:016x}", *p as char),
-            ClusterId::Text(t) => f.write_str(t),
-        }
+        self.with_str(|s| f.write_str(s))
     }
 }
 
 impl ClusterId {
     /// Whether this is the id `id`.
-    pub(crate) fn is(&self, id: &str) -> bool {
+    pub fn is(&self, id: &str) -> bool {
         match (self, Self::hex(id)) {
             (ClusterId::Hex(p, v), Some((q, w))) => (*p, *v) == (q, w),
             (ClusterId::Text(t), None) => &***t == id,
@@ -169,7 +167,7 @@ impl ClusterId {
     }
 
     /// Whether the id starts with `letter` and a dash (`a-`: on the allow-list).
-    pub(crate) fn kind_is(&self, letter: u8) -> bool {
+    pub fn kind_is(&self, letter: u8) -> bool {
         match self {
             ClusterId::Hex(p, _) => *p == letter,
             ClusterId::Text(t) => t.as_bytes().starts_with(&[letter, b'-']),
@@ -193,37 +191,87 @@ impl ClusterId {
         Some((b[0], v))
     }
 
-    pub(crate) fn of(id: &str) -> Self {
+    pub fn of(id: &str) -> Self {
         match Self::hex(id) {
             Some((p, v)) => ClusterId::Hex(p, v),
             None => ClusterId::Text(Box::new(id.into())),
         }
     }
 
-    fn text(&self) -> Arc<str> {
+    /// `f` of the id's text, written on the stack for the compact form (no allocation).
+    pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
         match self {
-            ClusterId::Text(t) => Arc::from(&***t),
+            ClusterId::Text(t) => f(t),
             ClusterId::Hex(p, v) => {
-                let mut s = String::with_capacity(18);
-                s.push(*p as char);
-                s.push('-');
-                pdq::push_hex(&mut s, &v.to_be_bytes());
-                Arc::from(s)
+                const DIGITS: &[u8; 16] = b"0123456789abcdef";
+                let mut buf = [0_u8; 18];
+                buf[0] = *p;
+                buf[1] = b'-';
+                for (i, b) in buf[2..].iter_mut().enumerate() {
+                    *b = DIGITS[((v >> (60 - 4 * i)) & 0xf) as usize];
+                }
+                // a lowercase ASCII letter, a dash and hex digits: UTF-8
+                f(std::str::from_utf8(&buf).expect("ASCII"))
             }
         }
     }
+
+    /// The id's text, shared.
+    pub fn text(&self) -> Arc<str> {
+        self.with_str(|s| Arc::from(s))
+    }
+}
+
+/// Which user of an index a cluster and its signals are held for. In replay one index
+/// serves both the router, which clusters unbanked uploads by it (the owner, [`OWNER`]),
+/// and the detector, which finds by it the live clusters a bank change concerns
+/// ([`DETECTOR`]): the same content, most of it held for both, kept once. The two differ
+/// a little (the detector also holds banked clusters' content, and each evicts idle
+/// clusters on its own schedule), so each (cluster, signal) says which views hold it and
+/// every answer is a view's alone, exactly what an index of its own would say.
+pub type View = u8;
+/// The index's owner (the router's view; the only one of an index used alone).
+pub const OWNER: View = 0;
+/// The detector's view of an index it shares with the router (replay).
+pub const DETECTOR: View = 1;
+
+/// A signal's holder: its cluster's slot in the low 30 bits, the views holding the signal
+/// in that cluster in the top two (a PDQ row's tag, an MD5's value: no bigger than a slot).
+type Holder = u32;
+const SLOT_BITS: u32 = 30;
+const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
+
+/// The bit of view `v` in a [`Holder`] (and in a cluster's `held`).
+const fn bit(v: View) -> u32 {
+    1 << (SLOT_BITS + v as u32)
 }
 
 #[derive(Debug)]
 struct Cluster {
     id: ClusterId,
-    /// its signals' keys, packed ([`Key::pack`]), in the order it took them
+    /// its signals' keys, packed ([`Key::pack`]), in the order it took them (in any view)
     keys: Box<[u8]>,
-    /// how many signals it holds
+    /// how many signals it holds (in any view) in the low 30 bits; the views holding the
+    /// cluster in the top two
     held: u32,
-    /// which cluster this is of those its slot held (a caller keeping things by slot
-    /// tells a later one from it)
+    /// which cluster this is of those its slot held in the owner's view (a caller keeping
+    /// things by slot tells a later one from it)
     born: u32,
+}
+
+impl Cluster {
+    fn count(&self) -> usize {
+        (self.held & SLOT_MASK) as usize
+    }
+
+    fn in_view(&self, v: View) -> bool {
+        self.held & bit(v) != 0
+    }
+
+    /// Held in `v` alone (so each of its signals is held in `v`).
+    fn only_in(&self, v: View) -> bool {
+        self.held & !SLOT_MASK == bit(v)
+    }
 }
 
 /// What [`ContentIndex::add`] gives: the texts new to the cluster, then those new to all.
@@ -236,14 +284,14 @@ pub struct BadSignal(pub String);
 /// Live clusters' signals (see the module doc).
 #[derive(Debug, Default)]
 pub struct ContentIndex {
-    /// the PDQ signals' hashes, tagged with their first holder's slot
+    /// the PDQ signals' hashes, tagged with their first holder
     pdq: PdqIndex,
-    /// MD5 -> its first holder's slot
-    md5: HashMap<[u8; 16], u32>,
-    /// signals of any other text (a video's frames) -> the first holder's slot
-    text: HashMap<Box<str>, u32>,
+    /// MD5 -> its first holder
+    md5: HashMap<[u8; 16], Holder>,
+    /// signals of any other text (a video's frames) -> the first holder
+    text: HashMap<Box<str>, Holder>,
     /// the other holders of a signal more than one cluster holds
-    more: HashMap<Key, Vec<u32>>,
+    more: HashMap<Key, Vec<Holder>>,
     hex_ids: HashMap<(u8, u64), u32>,
     text_ids: HashMap<Box<str>, u32>,
     clusters: Vec<Option<Cluster>>,
@@ -251,6 +299,8 @@ pub struct ContentIndex {
     /// `clusters` empties when a flood goes (see `trim`)
     free: BinaryHeap<Reverse<u32>>,
     born: u32,
+    /// live clusters in each view
+    live: [usize; 2],
 }
 
 impl ContentIndex {
@@ -258,12 +308,17 @@ impl ContentIndex {
         Self::default()
     }
 
-    /// Live clusters.
+    /// Live clusters (the owner's view).
     pub fn clusters(&self) -> usize {
-        self.hex_ids.len() + self.text_ids.len()
+        self.clusters_in(OWNER)
     }
 
-    /// Distinct signals held.
+    /// Live clusters in view `v`.
+    pub fn clusters_in(&self, v: View) -> usize {
+        self.live[v as usize]
+    }
+
+    /// Distinct signals held (in any view).
     pub fn len(&self) -> usize {
         self.pdq.len() + self.md5.len() + self.text.len()
     }
@@ -285,11 +340,26 @@ impl ContentIndex {
     }
 
     /// The first holder of the signal kept under `key`.
-    fn first_holder(&self, key: &Key) -> Option<u32> {
+    fn first_holder(&self, key: &Key) -> Option<Holder> {
         match key {
             Key::Md5(b) => self.md5.get(b).copied(),
-            Key::Pdq(h) => self.pdq.tag_of(h).map(|t| t as u32),
+            Key::Pdq(h) => self.pdq.tag_of(h).map(|t| t as Holder),
             Key::Text(t) => self.text.get(t).copied(),
+        }
+    }
+
+    /// The signal kept under `key` has no holder left: gone.
+    fn remove_signal(&mut self, key: &Key) {
+        match key {
+            Key::Md5(b) => {
+                self.md5.remove(b);
+            }
+            Key::Pdq(p) => {
+                self.pdq.remove(p);
+            }
+            Key::Text(t) => {
+                self.text.remove(t);
+            }
         }
     }
 
@@ -305,7 +375,7 @@ impl ContentIndex {
     }
 
     /// Every holder of the signal kept under `key` (none if it is not held).
-    fn holders_of(&self, key: &Key) -> Vec<u32> {
+    fn holders_of(&self, key: &Key) -> Vec<Holder> {
         let Some(first) = self.first_holder(key) else {
             return Vec::new();
         };
@@ -316,25 +386,128 @@ impl ContentIndex {
         out
     }
 
-    /// The slot `cluster` is kept in (while it lives; a later cluster may take it).
-    pub fn slot(&self, cluster: &str) -> Option<u32> {
+    /// The holder of `key` in the cluster of slot `c`, if it holds it (in any view).
+    fn holder_in(&self, key: &Key, c: u32) -> Option<Holder> {
+        let first = self.first_holder(key)?;
+        if first & SLOT_MASK == c {
+            return Some(first);
+        }
+        self.more
+            .get(key)?
+            .iter()
+            .copied()
+            .find(|h| h & SLOT_MASK == c)
+    }
+
+    /// The first holder of the signal kept under `key` becomes `to` (it is held).
+    fn set_first(&mut self, key: &Key, to: Holder) {
+        match key {
+            Key::Md5(b) => {
+                self.md5.insert(*b, to);
+            }
+            Key::Pdq(p) => {
+                self.pdq.retag(p, i64::from(to));
+            }
+            Key::Text(t) => {
+                self.text.insert(t.clone(), to);
+            }
+        }
+    }
+
+    /// A signal new to the index, held by `h`.
+    fn insert_signal(&mut self, key: &Key, h: Holder) {
+        match key {
+            Key::Md5(b) => {
+                self.md5.insert(*b, h);
+            }
+            Key::Pdq(p) => {
+                self.pdq.insert(*p, i64::from(h));
+            }
+            Key::Text(t) => {
+                self.text.insert(t.clone(), h);
+            }
+        }
+    }
+
+    /// Whether any of the other holders of `key` holds it in view `v`, leaving out the
+    /// cluster of slot `c`.
+    fn more_hold(&self, key: &Key, c: u32, v: View) -> bool {
+        self.more
+            .get(key)
+            .is_some_and(|m| m.iter().any(|&h| h & SLOT_MASK != c && h & bit(v) != 0))
+    }
+
+    /// The cluster of slot `c`'s holder of `key` becomes `to` (`f`: the first holder).
+    fn set_holder(&mut self, key: &Key, c: u32, f: Holder, to: Holder) {
+        if f & SLOT_MASK == c {
+            self.set_first(key, to);
+        } else if let Some(h) = self
+            .more
+            .get_mut(key)
+            .and_then(|m| m.iter_mut().find(|h| **h & SLOT_MASK == c))
+        {
+            *h = to;
+        }
+    }
+
+    /// The cluster of slot `c` holds `key` no more (`f`: the first holder); the signal
+    /// goes with its last holder.
+    fn unhold(&mut self, key: &Key, c: u32, f: Holder) {
+        if f & SLOT_MASK == c {
+            let next = self.more.get_mut(key).and_then(|m| m.pop());
+            if self.more.get(key).is_some_and(|m| m.is_empty()) {
+                self.more.remove(key);
+            }
+            match next {
+                Some(n) => self.set_first(key, n),
+                None => self.remove_signal(key),
+            }
+            return;
+        }
+        if let Some(m) = self.more.get_mut(key) {
+            m.retain(|h| h & SLOT_MASK != c);
+            if m.is_empty() {
+                self.more.remove(key);
+            }
+        }
+    }
+
+    /// The slot `cluster` is kept in (in any view).
+    fn any_slot(&self, cluster: &str) -> Option<u32> {
         match ClusterId::hex(cluster) {
             Some(k) => self.hex_ids.get(&k).copied(),
             None => self.text_ids.get(cluster).copied(),
         }
     }
 
+    /// The slot `cluster` is kept in while it lives in the owner's view (a later cluster
+    /// may take it).
+    pub fn slot(&self, cluster: &str) -> Option<u32> {
+        self.slot_in(cluster, OWNER)
+    }
+
+    /// The slot `cluster` is kept in while it lives in view `v`.
+    pub fn slot_in(&self, cluster: &str, v: View) -> Option<u32> {
+        self.any_slot(cluster)
+            .filter(|&c| self.cluster(c).in_view(v))
+    }
+
     pub fn contains(&self, cluster: &str) -> bool {
         self.slot(cluster).is_some()
+    }
+
+    pub fn contains_in(&self, cluster: &str, v: View) -> bool {
+        self.slot_in(cluster, v).is_some()
     }
 
     fn at(&self, slot: u32) -> Option<&Cluster> {
         self.clusters.get(slot as usize)?.as_ref()
     }
 
-    /// Which cluster of those `slot` held is there now (`None`: none is).
+    /// Which cluster of those `slot` held in the owner's view is there now (`None`: none
+    /// is, in that view).
     pub fn born_at(&self, slot: u32) -> Option<u32> {
-        self.at(slot).map(|c| c.born)
+        self.at(slot).filter(|c| c.in_view(OWNER)).map(|c| c.born)
     }
 
     /// The id of the cluster in `slot`.
@@ -348,17 +521,36 @@ impl ContentIndex {
             .expect("a live cluster's slot")
     }
 
-    /// The signals `cluster` holds, in the order it took them.
+    /// The signals `cluster` holds (the owner's view), in the order it took them.
     pub fn held(&self, cluster: &str) -> Vec<Arc<str>> {
-        self.held_from(cluster, 0)
+        self.held_in(cluster, OWNER)
     }
 
-    /// How many signals the cluster in `slot` holds (0 if none is there).
+    /// The signals `cluster` holds in view `v`, in the order it took them.
+    pub fn held_in(&self, cluster: &str, v: View) -> Vec<Arc<str>> {
+        self.slot_in(cluster, v)
+            .map_or_else(Vec::new, |c| self.keys_in(c, v).map(|k| k.text()).collect())
+    }
+
+    /// The keys the cluster of slot `c` holds in view `v`, in order.
+    fn keys_in(&self, c: u32, v: View) -> impl Iterator<Item = Key> + '_ {
+        let item = self.cluster(c);
+        let all = item.only_in(v);
+        Key::unpack(&item.keys)
+            .filter(move |k| all || self.holder_in(k, c).is_some_and(|h| h & bit(v) != 0))
+    }
+
+    /// How many signals the cluster in `slot` holds in the owner's view (0 if none is there).
     pub fn held_count_at(&self, slot: u32) -> usize {
-        self.at(slot).map_or(0, |c| c.held as usize)
+        match self.at(slot) {
+            Some(c) if c.only_in(OWNER) => c.count(),
+            Some(c) if c.in_view(OWNER) => self.keys_in(slot, OWNER).count(),
+            _ => 0,
+        }
     }
 
-    /// The signals `cluster` took after its first `from`, in the order it took them.
+    /// The signals `cluster` took after its first `from`, in the order it took them (the
+    /// owner's view).
     pub fn held_from(&self, cluster: &str, from: usize) -> Vec<Arc<str>> {
         self.slot(cluster)
             .map_or_else(Vec::new, |c| self.held_from_at(c, from))
@@ -366,62 +558,101 @@ impl ContentIndex {
 
     /// [`Self::held_from`] of the cluster in `slot`.
     pub fn held_from_at(&self, slot: u32, from: usize) -> Vec<Arc<str>> {
-        self.at(slot).map_or_else(Vec::new, |c| {
-            Key::unpack(&c.keys).skip(from).map(|k| k.text()).collect()
-        })
+        match self.at(slot) {
+            Some(c) if c.in_view(OWNER) => self
+                .keys_in(slot, OWNER)
+                .skip(from)
+                .map(|k| k.text())
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
-    /// The clusters holding `text`, by id.
+    /// The clusters holding `text` (the owner's view), by id.
     pub fn holders(&self, text: &str) -> Vec<Arc<str>> {
+        self.holders_in(text, OWNER)
+    }
+
+    /// The clusters holding `text` in view `v`, by id.
+    pub fn holders_in(&self, text: &str, v: View) -> Vec<Arc<str>> {
         let mut out: Vec<Arc<str>> = self.held_key(text).map_or_else(Vec::new, |key| {
             self.holders_of(&key)
                 .into_iter()
-                .map(|c| self.cluster(c).id.text())
+                .filter(|h| h & bit(v) != 0)
+                .map(|h| self.cluster(h & SLOT_MASK).id.text())
                 .collect()
         });
         out.sort();
         out
     }
 
-    /// The slot of `cluster`, made now if it is new.
-    fn slot_or_new(&mut self, cluster: &str) -> u32 {
-        if let Some(c) = self.slot(cluster) {
-            return c;
+    /// The slot of `cluster`, made now if it is new, and held in view `v` from now on.
+    fn slot_or_new(&mut self, cluster: &str, v: View) -> Result<u32, BadSignal> {
+        let c = match self.any_slot(cluster) {
+            Some(c) => c,
+            None => {
+                let id = ClusterId::of(cluster);
+                let item = Cluster {
+                    id: id.clone(),
+                    keys: Box::default(),
+                    held: 0,
+                    born: 0,
+                };
+                // the lowest free slot, unless the slots were trimmed below it (then every
+                // free slot is past the end: see `trim`)
+                let c = match self.free.pop() {
+                    Some(Reverse(slot)) if (slot as usize) < self.clusters.len() => {
+                        self.clusters[slot as usize] = Some(item);
+                        slot
+                    }
+                    stale => {
+                        if stale.is_some() {
+                            self.free.clear();
+                        }
+                        if self.clusters.len() > SLOT_MASK as usize {
+                            return Err(BadSignal(format!("over {SLOT_MASK} live clusters")));
+                        }
+                        self.clusters.push(Some(item));
+                        (self.clusters.len() - 1) as u32
+                    }
+                };
+                match id {
+                    ClusterId::Hex(letter, x) => self.hex_ids.insert((letter, x), c),
+                    ClusterId::Text(t) => self.text_ids.insert(*t, c),
+                };
+                c
+            }
+        };
+        let item = self.clusters[c as usize]
+            .as_mut()
+            .expect("a live cluster's slot");
+        if !item.in_view(v) {
+            item.held |= bit(v);
+            self.live[v as usize] += 1;
+            if v == OWNER {
+                self.born = self.born.wrapping_add(1);
+                item.born = self.born;
+            }
         }
-        let id = ClusterId::of(cluster);
-        self.born = self.born.wrapping_add(1);
-        let item = Cluster {
-            id: id.clone(),
-            keys: Box::default(),
-            held: 0,
-            born: self.born,
-        };
-        // the lowest free slot, unless the slots were trimmed below it (then every free
-        // slot is past the end: see `trim`)
-        let c = match self.free.pop() {
-            Some(Reverse(slot)) if (slot as usize) < self.clusters.len() => {
-                self.clusters[slot as usize] = Some(item);
-                slot
-            }
-            stale => {
-                if stale.is_some() {
-                    self.free.clear();
-                }
-                self.clusters.push(Some(item));
-                (self.clusters.len() - 1) as u32
-            }
-        };
-        match id {
-            ClusterId::Hex(p, v) => self.hex_ids.insert((p, v), c),
-            ClusterId::Text(t) => self.text_ids.insert(*t, c),
-        };
-        c
+        Ok(c)
     }
 
-    /// `cluster` holds these signals; returns those it did not hold yet, and of those
-    /// the ones no cluster held before. A PDQ text that is not 64 hex digits is refused
-    /// before anything changes.
+    /// `cluster` holds these signals (the owner's view); see [`Self::add_in`].
     pub fn add(&mut self, cluster: &str, signals: &[(Kind, &str)]) -> Result<Added, BadSignal> {
+        self.add_in(cluster, signals, OWNER)
+    }
+
+    /// `cluster` holds these signals in view `v`; returns those it did not hold yet (in
+    /// `v`), and of those the ones no cluster held (in `v`). A PDQ text that is not 64 hex
+    /// digits is refused before anything changes. The owner's view keeps each cluster's
+    /// signals in the order it took them (its state log's order); another view reads them
+    /// as a set (its order is the order either took them).
+    pub fn add_in(
+        &mut self,
+        cluster: &str,
+        signals: &[(Kind, &str)],
+        v: View,
+    ) -> Result<Added, BadSignal> {
         let mut keys = Vec::with_capacity(signals.len());
         for &(kind, text) in signals {
             keys.push(
@@ -429,33 +660,46 @@ impl ContentIndex {
                     .ok_or_else(|| BadSignal(format!("not a PDQ hash: {text:?}")))?,
             );
         }
-        let c = self.slot_or_new(cluster);
+        let c = self.slot_or_new(cluster, v)?;
+        let mine = c | bit(v);
         let (mut new, mut first) = (Vec::new(), Vec::new());
         let mut packed = Vec::new();
+        let mut took = 0;
         for key in keys {
-            match self.first_holder(&key) {
-                Some(h) => {
-                    if h == c || self.more.get(&key).is_some_and(|m| m.contains(&c)) {
-                        continue; // held already
-                    }
-                    self.more.entry(key.clone()).or_default().push(c);
+            // one look-up of the signal (a PDQ hash's row is a bucket scan)
+            let Some(f) = self.first_holder(&key) else {
+                self.insert_signal(&key, mine);
+                first.push(key.text());
+                key.pack(&mut packed);
+                took += 1;
+                new.push(key.text());
+                continue;
+            };
+            let elsewhere = (f & SLOT_MASK != c && f & bit(v) != 0) || self.more_hold(&key, c, v);
+            if f & SLOT_MASK == c {
+                if f & bit(v) != 0 {
+                    continue; // held already
                 }
-                None => {
-                    match &key {
-                        Key::Md5(b) => {
-                            self.md5.insert(*b, c);
-                        }
-                        Key::Pdq(h) => {
-                            self.pdq.insert(*h, i64::from(c));
-                        }
-                        Key::Text(t) => {
-                            self.text.insert(t.clone(), c);
-                        }
+                self.set_first(&key, f | bit(v)); // held for another view: now for this one
+                self.repack_for(c, v, &key, &mut packed);
+            } else {
+                let more = self.more.entry(key.clone()).or_default();
+                match more.iter().position(|h| h & SLOT_MASK == c) {
+                    Some(i) if more[i] & bit(v) != 0 => continue, // held already
+                    Some(i) => {
+                        more[i] |= bit(v);
+                        self.repack_for(c, v, &key, &mut packed);
                     }
-                    first.push(key.text());
+                    None => {
+                        more.push(mine);
+                        key.pack(&mut packed);
+                        took += 1;
+                    }
                 }
             }
-            key.pack(&mut packed);
+            if !elsewhere {
+                first.push(key.text());
+            }
             new.push(key.text());
         }
         if !packed.is_empty() {
@@ -466,82 +710,110 @@ impl ContentIndex {
             keys.reserve_exact(packed.len());
             keys.extend_from_slice(&packed);
             item.keys = keys.into_boxed_slice();
-            item.held += new.len() as u32;
+            item.held += took;
         }
         Ok((new, first))
     }
 
-    /// Forget a cluster's content (evicted): the signals no cluster holds any more, or
-    /// `None` if it held nothing.
+    /// The cluster of slot `c` held `key` for another view and now holds it for `v`: the
+    /// owner's signals are kept in the order it took them (its state log's), so the key
+    /// moves to the end (into `packed`); another view reads them as a set.
+    fn repack_for(&mut self, c: u32, v: View, key: &Key, packed: &mut Vec<u8>) {
+        if v != OWNER {
+            return;
+        }
+        let item = self.clusters[c as usize]
+            .as_mut()
+            .expect("a live cluster's slot");
+        let mut kept = Vec::with_capacity(item.keys.len());
+        for k in Key::unpack(&item.keys).filter(|k| k != key) {
+            k.pack(&mut kept);
+        }
+        item.keys = kept.into_boxed_slice();
+        key.pack(packed);
+    }
+
+    /// Forget a cluster's content (evicted) in the owner's view; see [`Self::drop_cluster_in`].
     pub fn drop_cluster(&mut self, cluster: &str) -> Option<Vec<Arc<str>>> {
+        self.drop_cluster_in(cluster, OWNER)
+    }
+
+    /// Forget a cluster's content (evicted) in view `v`: the signals no cluster holds any
+    /// more in `v`, or `None` if it held nothing there. What another view holds stays.
+    pub fn drop_cluster_in(&mut self, cluster: &str, v: View) -> Option<Vec<Arc<str>>> {
         let mut freed = Vec::new();
-        self.remove_cluster(cluster, |key| freed.push(key.text()))
+        self.remove_cluster(cluster, v, |key| freed.push(key.text()))
             .then_some(freed)
     }
 
-    /// [`Self::drop_cluster`] when no one reads which signals went (replay's evictions): no
-    /// text is made for them. `false` if it held nothing.
-    pub fn forget_cluster(&mut self, cluster: &str) -> bool {
-        self.remove_cluster(cluster, |_| ())
+    /// [`Self::drop_cluster_in`] when no one reads which signals went (replay's evictions):
+    /// no text is made for them. `false` if it held nothing.
+    pub fn forget_cluster_in(&mut self, cluster: &str, v: View) -> bool {
+        self.remove_cluster(cluster, v, |_| ())
     }
 
-    fn remove_cluster(&mut self, cluster: &str, mut freed: impl FnMut(&Key)) -> bool {
-        let Some(c) = self.slot(cluster) else {
+    /// [`Self::forget_cluster_in`] in the owner's view.
+    pub fn forget_cluster(&mut self, cluster: &str) -> bool {
+        self.forget_cluster_in(cluster, OWNER)
+    }
+
+    fn remove_cluster(&mut self, cluster: &str, v: View, mut freed: impl FnMut(&Key)) -> bool {
+        let Some(c) = self.slot_in(cluster, v) else {
             return false;
         };
-        let gone = self.clusters[c as usize]
-            .take()
+        let item = self.clusters[c as usize]
+            .as_mut()
             .expect("a live cluster's slot");
-        match gone.id {
-            ClusterId::Hex(p, v) => self.hex_ids.remove(&(p, v)),
-            ClusterId::Text(ref t) => self.text_ids.remove(&**t),
-        };
-        self.free.push(Reverse(c));
-        for key in Key::unpack(&gone.keys) {
-            if self.first_holder(&key) != Some(c) {
-                let more = self
-                    .more
-                    .get_mut(&key)
-                    .expect("a holder that is not the first");
-                more.retain(|&h| h != c);
-                if more.is_empty() {
-                    self.more.remove(&key);
-                }
+        let keys = std::mem::take(&mut item.keys);
+        item.held &= !bit(v);
+        let others = item.held & !SLOT_MASK != 0;
+        self.live[v as usize] -= 1;
+        let (mut kept, mut count) = (Vec::new(), 0);
+        for key in Key::unpack(&keys) {
+            // one look-up of the signal, a second to change its first holder
+            let f = self.first_holder(&key).expect("a signal the cluster holds");
+            let (h, elsewhere) = if f & SLOT_MASK == c {
+                (f, self.more_hold(&key, c, v))
+            } else {
+                let more = self.more.get(&key).expect("a holder that is not the first");
+                let h = *more
+                    .iter()
+                    .find(|h| *h & SLOT_MASK == c)
+                    .expect("the cluster's holder");
+                (h, f & bit(v) != 0 || self.more_hold(&key, c, v))
+            };
+            let rest = h & !bit(v);
+            if rest & !SLOT_MASK != 0 {
+                key.pack(&mut kept); // held for another view
+                count += 1;
+            }
+            if h & bit(v) == 0 {
                 continue;
             }
-            let next = match self.more.get_mut(&key) {
-                Some(more) => {
-                    let next = more.pop();
-                    if more.is_empty() {
-                        self.more.remove(&key);
-                    }
-                    next
-                }
-                None => None,
-            };
-            match (&key, next) {
-                (Key::Md5(b), Some(n)) => {
-                    self.md5.insert(*b, n);
-                }
-                (Key::Md5(b), None) => {
-                    self.md5.remove(b);
-                }
-                (Key::Pdq(h), Some(n)) => {
-                    self.pdq.retag(h, i64::from(n));
-                }
-                (Key::Pdq(h), None) => {
-                    self.pdq.remove(h);
-                }
-                (Key::Text(t), Some(n)) => {
-                    self.text.insert(t.clone(), n);
-                }
-                (Key::Text(t), None) => {
-                    self.text.remove(t);
-                }
+            if rest & !SLOT_MASK != 0 {
+                self.set_holder(&key, c, f, rest);
+            } else {
+                self.unhold(&key, c, f);
             }
-            if next.is_none() {
+            if !elsewhere {
                 freed(&key);
             }
+        }
+        if others {
+            let item = self.clusters[c as usize]
+                .as_mut()
+                .expect("a live cluster's slot");
+            item.keys = kept.into_boxed_slice();
+            item.held = (item.held & !SLOT_MASK) | count;
+        } else {
+            let gone = self.clusters[c as usize]
+                .take()
+                .expect("a live cluster's slot");
+            match gone.id {
+                ClusterId::Hex(letter, x) => self.hex_ids.remove(&(letter, x)),
+                ClusterId::Text(ref t) => self.text_ids.remove(&**t),
+            };
+            self.free.push(Reverse(c));
         }
         self.trim();
         true
@@ -556,7 +828,7 @@ impl ContentIndex {
     /// stayed live walked the whole free list each time: a sixth of a platform replay's
     /// time, in its final evictions.)
     fn trim(&mut self) {
-        let live = self.clusters();
+        let live = self.hex_ids.len() + self.text_ids.len();
         if self.hex_ids.capacity() > 4 * live.max(1024) {
             self.hex_ids.shrink_to(2 * self.hex_ids.len());
             self.text_ids.shrink_to(2 * self.text_ids.len());
@@ -580,11 +852,21 @@ impl ContentIndex {
         }
     }
 
-    /// Clusters holding `text` (MD5: equal, at 0; PDQ: within `threshold`), nearest first,
-    /// ties by cluster id, each cluster once at its nearest. Other kinds: none.
+    /// Clusters holding `text` in the owner's view; see [`Self::near_in`].
     pub fn near(&self, kind: Kind, text: &str, threshold: u32) -> Vec<(Arc<str>, u32)> {
+        self.near_in(kind, text, threshold, OWNER)
+    }
+
+    /// Clusters holding `text` in view `v` (MD5: equal, at 0; PDQ: within `threshold`),
+    /// nearest first, ties by cluster id, each cluster once at its nearest. Other kinds:
+    /// none.
+    pub fn near_in(&self, kind: Kind, text: &str, threshold: u32, v: View) -> Vec<(Arc<str>, u32)> {
         match kind {
-            Kind::Md5 => self.holders(text).into_iter().map(|c| (c, 0)).collect(),
+            Kind::Md5 => self
+                .holders_in(text, v)
+                .into_iter()
+                .map(|c| (c, 0))
+                .collect(),
             Kind::Other => Vec::new(),
             Kind::Pdq => {
                 let Some(q) = pdq::parse_hex(text.as_bytes()) else {
@@ -592,11 +874,13 @@ impl ContentIndex {
                 };
                 let mut best: HashMap<u32, u32> = HashMap::new();
                 self.pdq.search_with(&[q], threshold, |_, d, h, tag| {
-                    let mut note = |c: u32| {
-                        let e = best.entry(c).or_insert(d);
-                        *e = (*e).min(d);
+                    let mut note = |holder: Holder| {
+                        if holder & bit(v) != 0 {
+                            let e = best.entry(holder & SLOT_MASK).or_insert(d);
+                            *e = (*e).min(d);
+                        }
                     };
-                    note(tag as u32);
+                    note(tag as Holder);
                     if !self.more.is_empty() {
                         for &c in self.more.get(&Key::Pdq(*h)).into_iter().flatten() {
                             note(c);

@@ -12,7 +12,12 @@
 //!   posts, and a registration for another partition carries the id;
 //! - a cluster id is interned once, with the count of posts that hold it, and
 //!   freed with its last post: the map is bounded by the live clusters'
-//!   posts, as eviction forgets them ([`PostClusters::remove`]).
+//!   posts, as eviction forgets them ([`PostClusters::remove`]). It is kept
+//!   compact ([`ClusterId`]: `x-` and 16 hex digits as a letter and 64 bits),
+//!   found by a keyed 64-bit hash of its text, and its text is made where a
+//!   caller asks for it: 24 bytes a cluster and a table entry, where an
+//!   interned string, its Python string and a table keyed by it took about 190
+//!   (60 B a live post at 3 posts a cluster, `bench/bench_core.py`).
 //!
 //! A resolve partition of the streaming worker keeps only its own posts (the
 //! partition of a post is [`partition_for`], `zlib.crc32` of its id, as
@@ -30,15 +35,17 @@
 //! let mut posts: PostClusters<()> = PostClusters::new();
 //! assert!(posts.register(b"p1", "b-1", |_| ()));
 //! assert!(!posts.register(b"p1", "b-2", |_| ())); // the first cluster stays
-//! assert_eq!(posts.cluster_of(b"p1"), Some("b-1"));
+//! assert_eq!(posts.cluster_of(b"p1").as_deref(), Some("b-1"));
 //! assert!(posts.remove(b"p1") && posts.is_empty() && posts.clusters() == 0);
 //! ```
 
 use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
+pub use crate::content::ClusterId;
+use crate::dedupe::{id_digest, DigestHasher};
 use crate::route::{Orphans, Refusal};
 
 /// CRC-32 (IEEE 802.3, zlib's) of `data`.
@@ -76,6 +83,13 @@ pub fn crc32(data: &[u8]) -> u32 {
 /// The partition of an internal topic that `key` belongs to: `crc32(key) % partitions`.
 pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     crc32(key) % partitions.max(1)
+}
+
+/// The key a cluster id is found by: 64 bits of its keyed digest ([`id_digest`]: keyed at
+/// random per process, so no id can be chosen to collide; two that do are still told apart,
+/// the second kept in an overflow table).
+fn id_key(cluster: &str) -> u64 {
+    id_digest(cluster.as_bytes()) as u64
 }
 
 /// The longest post id kept inline in the map's table.
@@ -182,7 +196,7 @@ impl IdTable {
 }
 
 struct Cluster<T> {
-    id: Arc<str>,
+    id: ClusterId,
     /// posts mapped to it (its slot is freed at 0)
     posts: u32,
     extra: T,
@@ -194,7 +208,10 @@ pub struct PostClusters<T> {
     posts: IdTable,
     clusters: Vec<Option<Cluster<T>>>,
     free: Vec<u32>,
-    by_id: HashMap<Arc<str>, u32>,
+    /// cluster id -> slot, by the id's keyed 64-bit hash ([`id_key`]; the id itself is the
+    /// cluster's); an id whose hash another live id has goes to `overflow`
+    by_id: HashMap<u64, u32, BuildHasherDefault<DigestHasher>>,
+    overflow: HashMap<Box<str>, u32>,
     /// `(partition, partitions)`: keep only this partition's posts
     own: Option<(u32, u32)>,
     new: Vec<(Box<[u8]>, Arc<str>)>,
@@ -207,7 +224,8 @@ impl<T> Default for PostClusters<T> {
             posts: IdTable::default(),
             clusters: Vec::new(),
             free: Vec::new(),
-            by_id: HashMap::new(),
+            by_id: HashMap::default(),
+            overflow: HashMap::new(),
             own: None,
             new: Vec::new(),
             foreign: Vec::new(),
@@ -240,7 +258,7 @@ impl<T> PostClusters<T> {
 
     /// Distinct clusters the posts belong to.
     pub fn clusters(&self) -> usize {
-        self.by_id.len()
+        self.by_id.len() + self.overflow.len()
     }
 
     /// Whether this map keeps `post` (always, unless it is a partition's).
@@ -258,13 +276,14 @@ impl<T> PostClusters<T> {
     }
 
     /// The cluster of `post` (its id and what the caller keeps with it).
-    pub fn get(&self, post: &[u8]) -> Option<(&Arc<str>, &T)> {
+    pub fn get(&self, post: &[u8]) -> Option<(&ClusterId, &T)> {
         let c = self.slot(self.posts.get(post)?);
         Some((&c.id, &c.extra))
     }
 
-    pub fn cluster_of(&self, post: &[u8]) -> Option<&str> {
-        self.get(post).map(|(id, _)| &**id)
+    /// The id of `post`'s cluster, as text.
+    pub fn cluster_of(&self, post: &[u8]) -> Option<String> {
+        self.get(post).map(|(id, _)| id.to_string())
     }
 
     pub fn contains(&self, post: &[u8]) -> bool {
@@ -273,17 +292,25 @@ impl<T> PostClusters<T> {
 
     /// What the caller keeps with `cluster`, if a post holds it.
     pub fn extra_of(&self, cluster: &str) -> Option<&T> {
-        self.by_id.get(cluster).map(|&s| &self.slot(s).extra)
+        self.find(cluster).map(|s| &self.slot(s).extra)
+    }
+
+    /// The slot of a live `cluster`.
+    fn find(&self, cluster: &str) -> Option<u32> {
+        match self.by_id.get(&id_key(cluster)) {
+            Some(&s) if self.slot(s).id.is(cluster) => Some(s),
+            _ if self.overflow.is_empty() => None,
+            _ => self.overflow.get(cluster).copied(),
+        }
     }
 
     /// The slot of `cluster`, interned now if new (`make` gives what is kept with it).
     fn intern(&mut self, cluster: &str, make: impl FnOnce(&str) -> T) -> u32 {
-        if let Some(&s) = self.by_id.get(cluster) {
+        if let Some(s) = self.find(cluster) {
             return s;
         }
-        let id: Arc<str> = Arc::from(cluster);
         let c = Cluster {
-            id: id.clone(),
+            id: ClusterId::of(cluster),
             posts: 0,
             extra: make(cluster),
         };
@@ -297,7 +324,14 @@ impl<T> PostClusters<T> {
                 (self.clusters.len() - 1) as u32
             }
         };
-        self.by_id.insert(id, s);
+        match self.by_id.entry(id_key(cluster)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(s);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.overflow.insert(cluster.into(), s);
+            }
+        }
         s
     }
 
@@ -308,9 +342,16 @@ impl<T> PostClusters<T> {
         c.posts -= 1;
         if c.posts == 0 {
             let gone = self.clusters[s as usize].take().expect("just seen");
-            self.by_id.remove(&gone.id);
+            gone.id.with_str(|text| {
+                let key = id_key(text);
+                if self.by_id.get(&key) == Some(&s) {
+                    self.by_id.remove(&key);
+                } else {
+                    self.overflow.remove(text);
+                }
+            });
             self.free.push(s);
-            if self.by_id.is_empty() {
+            if self.clusters() == 0 {
                 *self = Self {
                     posts: std::mem::take(&mut self.posts),
                     own: self.own,
@@ -328,6 +369,7 @@ impl<T> PostClusters<T> {
     /// the free slots at the end of the slots.
     fn trim(&mut self) {
         self.by_id.shrink_to(2 * self.by_id.len());
+        self.overflow.shrink_to(2 * self.overflow.len());
         while matches!(self.clusters.last(), Some(None)) {
             self.clusters.pop();
         }
@@ -380,12 +422,9 @@ impl<T> PostClusters<T> {
         true
     }
 
-    /// The interned id of `cluster` if it is live, else a new one (no slot taken).
+    /// `cluster` as the queues keep it (they are taken at each batch: not interned).
     fn interned_or_new(&self, cluster: &str) -> Arc<str> {
-        match self.by_id.get_key_value(cluster) {
-            Some((id, _)) => id.clone(),
-            None => Arc::from(cluster),
-        }
+        Arc::from(cluster)
     }
 
     /// Forget `post` (its cluster evicted); `false` if it was not there.
@@ -410,7 +449,7 @@ impl<T> PostClusters<T> {
 
     /// Every post with its cluster, by post id (bytes): the same order whatever the
     /// order they came in.
-    pub fn items(&self) -> Vec<(&[u8], &Arc<str>, &T)> {
+    pub fn items(&self) -> Vec<(&[u8], &ClusterId, &T)> {
         let mut out: Vec<_> = self
             .posts
             .iter()
@@ -425,11 +464,22 @@ impl<T> PostClusters<T> {
 
     /// Bytes the map holds on the heap (tables at capacity, long ids, cluster ids).
     pub fn heap_bytes(&self) -> usize {
-        let ids: usize = self.by_id.keys().map(|id| id.len() + 16).sum();
+        let texts: usize = self
+            .clusters
+            .iter()
+            .flatten()
+            .map(|c| match &c.id {
+                ClusterId::Text(t) => 16 + t.len(),
+                ClusterId::Hex(..) => 0,
+            })
+            .sum();
+        let overflow: usize = self.overflow.keys().map(|k| k.len()).sum();
         self.posts.heap_bytes()
             + self.clusters.capacity() * std::mem::size_of::<Option<Cluster<T>>>()
-            + self.by_id.capacity() * (std::mem::size_of::<(Arc<str>, u32)>() + 1)
-            + ids
+            + self.by_id.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
+            + self.overflow.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1)
+            + texts
+            + overflow
     }
 }
 
@@ -483,7 +533,7 @@ impl<T, E> Resolver<T, E> {
                 Err(r) => Routed::Refused(r),
             };
         };
-        let cluster = cluster.clone();
+        let cluster = cluster.text();
         drop(item);
         let released = if share {
             self.register(post, &cluster, make)
@@ -529,7 +579,7 @@ mod tests {
         let long = vec![b'x'; 100];
         for id in [&b""[..], b"p", &[b'a'; 19], &[b'a'; 20], &long] {
             assert!(m.insert(id, "c", |_| ()));
-            assert_eq!(m.cluster_of(id), Some("c"));
+            assert_eq!(m.cluster_of(id).as_deref(), Some("c"));
         }
         assert_eq!((m.len(), m.clusters()), (5, 1));
         assert!(!m.contains(&[b'a'; 18]) && !m.contains(&[b'a'; 21]));
@@ -558,9 +608,12 @@ mod tests {
         assert_eq!(m.clusters(), 2);
         assert!(!m.remove(b"p0"));
         m.insert(b"q", "c9", |_| 99);
-        assert_eq!(m.get(b"q").map(|(c, &x)| (&**c, x)), Some(("c9", 99)));
+        assert_eq!(
+            m.get(b"q").map(|(c, &x)| (c.to_string(), x)),
+            Some(("c9".into(), 99))
+        );
         m.set(b"q", "c1", |_| 0);
-        assert_eq!(m.cluster_of(b"q"), Some("c1"));
+        assert_eq!(m.cluster_of(b"q").as_deref(), Some("c1"));
         assert_eq!(m.clusters(), 2); // c9 gone with its post
     }
 

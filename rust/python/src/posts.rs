@@ -1,7 +1,8 @@
 //! `streams._core.PostRoutes`: the router's post -> cluster map and held orphans
-//! (`viralwatch_core::posts::Resolver`). Post ids are kept as bytes; each
-//! cluster id's Python string is kept once, with its cluster, and handed back
-//! (no new string per lookup). Held events stay Python objects.
+//! (`viralwatch_core::posts::Resolver`). Post ids are kept as bytes, cluster
+//! ids compact (`ClusterId`): a cluster id's Python string is made when it is
+//! asked for (kept, one per cluster, it cost 72 bytes a cluster, about 24 a
+//! live post). Held events stay Python objects.
 
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
@@ -9,7 +10,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::dedupe::with_id;
 use crate::route::refusal;
-use viralwatch_core::posts::{PostClusters, Resolver, Routed};
+use viralwatch_core::posts::{ClusterId, PostClusters, Resolver, Routed};
 
 /// A post id's text back from its bytes (ids holding a lone surrogate as
 /// ``surrogatepass`` wrote them).
@@ -36,16 +37,18 @@ fn cluster_text<'py>(cluster: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyStrin
 /// its log (:meth:`take_new`) and queues the others' (:meth:`take_foreign`).
 #[pyclass(module = "streams._core", name = "PostRoutes")]
 pub struct PyPostRoutes {
-    pub(crate) inner: Resolver<Py<PyString>, Py<PyAny>>,
+    pub(crate) inner: Resolver<(), Py<PyAny>>,
+}
+
+/// A cluster id's Python string.
+fn id_str(py: Python<'_>, id: &ClusterId) -> Py<PyString> {
+    id.with_str(|s| PyString::new(py, s).unbind())
 }
 
 impl PyPostRoutes {
-    /// The Python string of a live cluster (the one kept), or a new one.
+    /// The Python string of a cluster id (made now: none is kept).
     pub(crate) fn cluster_str(&self, py: Python<'_>, id: &str) -> Py<PyString> {
-        match self.inner.posts.extra_of(id) {
-            Some(s) => s.clone_ref(py),
-            None => PyString::new(py, id).unbind(),
-        }
+        PyString::new(py, id).unbind()
     }
 }
 
@@ -99,7 +102,7 @@ impl PyPostRoutes {
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let found = with_id(post, |p| {
-            self.inner.posts.get(p).map(|(_, s)| s.clone_ref(py))
+            self.inner.posts.get(p).map(|(id, _)| id_str(py, id))
         })?;
         Ok(match found {
             Some(s) => s.into_any(),
@@ -109,7 +112,7 @@ impl PyPostRoutes {
 
     fn __getitem__(&self, py: Python<'_>, post: &Bound<'_, PyAny>) -> PyResult<Py<PyString>> {
         with_id(post, |p| {
-            self.inner.posts.get(p).map(|(_, s)| s.clone_ref(py))
+            self.inner.posts.get(p).map(|(id, _)| id_str(py, id))
         })?
         .ok_or_else(|| PyKeyError::new_err(post.clone().unbind()))
     }
@@ -117,10 +120,8 @@ impl PyPostRoutes {
     /// Map ``post`` to ``cluster``, replacing what it had (not recorded for a log).
     fn __setitem__(&mut self, post: &Bound<'_, PyAny>, cluster: &Bound<'_, PyAny>) -> PyResult<()> {
         let c = cluster_text(cluster)?;
-        let id = c.to_str()?.to_owned();
-        with_id(post, |p| {
-            self.inner.posts.set(p, &id, |_| c.clone().unbind())
-        })
+        let id = c.to_str()?;
+        with_id(post, |p| self.inner.posts.set(p, id, |_| ()))
     }
 
     /// Every post, by id (bytes order).
@@ -144,7 +145,7 @@ impl PyPostRoutes {
                 .posts
                 .items()
                 .into_iter()
-                .map(|(_, _, s)| s.clone_ref(py)),
+                .map(|(_, id, _)| id_str(py, id)),
         )
     }
 
@@ -152,8 +153,8 @@ impl PyPostRoutes {
     /// order they came in.
     fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
-        for (k, _, s) in self.inner.posts.items() {
-            out.append((post_text(py, k)?, s.clone_ref(py)))?;
+        for (k, id, _) in self.inner.posts.items() {
+            out.append((post_text(py, k)?, id_str(py, id)))?;
         }
         Ok(out)
     }
@@ -163,10 +164,8 @@ impl PyPostRoutes {
     fn fold(&mut self, posts: &Bound<'_, PyDict>, forgot: &Bound<'_, PyAny>) -> PyResult<()> {
         for (post, cluster) in posts.iter() {
             let c = cluster_text(&cluster)?;
-            let id = c.to_str()?.to_owned();
-            with_id(&post, |p| {
-                self.inner.posts.insert(p, &id, |_| c.clone().unbind())
-            })?;
+            let id = c.to_str()?;
+            with_id(&post, |p| self.inner.posts.insert(p, id, |_| ()))?;
         }
         self.forget_many(forgot)?;
         Ok(())
@@ -204,9 +203,7 @@ impl PyPostRoutes {
         let routed = with_id(target, |t| {
             with_id(post, |p| {
                 let this = &mut self.inner;
-                this.route(t, p, share, ts_ms, event, max_held, |id| {
-                    PyString::new(py, id).unbind()
-                })
+                this.route(t, p, share, ts_ms, event, max_held, |_| ())
             })
         })??;
         Ok(match routed {
@@ -227,9 +224,7 @@ impl PyPostRoutes {
     ) -> PyResult<Vec<Py<PyAny>>> {
         let c = cluster_text(cluster)?;
         let id: std::sync::Arc<str> = std::sync::Arc::from(c.to_str()?);
-        with_id(post, |p| {
-            self.inner.register(p, &id, |_| c.clone().unbind())
-        })
+        with_id(post, |p| self.inner.register(p, &id, |_| ()))
     }
 
     /// Give up on the held events at or before ``cut_ms``: by target (in the order each

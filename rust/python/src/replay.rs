@@ -22,6 +22,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use viralwatch_core::content::{View, DETECTOR, OWNER};
 use viralwatch_core::reorder::ReorderBuffer;
 use viralwatch_core::unbanked::{Evicted, Kind, Outcome};
 
@@ -86,8 +87,10 @@ pub struct ReplayLoop {
     /// the post -> cluster map, held orphans and the index of unbanked content
     routing: Routing,
     unbanked: Py<UnbankedClusters>,
-    /// the detector's index of live clusters' content (which a bank change concerns)
+    /// the detector's index of live clusters' content (which a bank change concerns): the
+    /// router's (`signals`) seen from the detector's view when they are one object
     content: Py<PyContentSignals>,
+    content_view: View,
     banked: Py<PyDict>,
     routed_cls: Py<PyType>,
     rejection_cls: Py<PyType>,
@@ -108,7 +111,7 @@ pub struct ReplayLoop {
 fn forget(
     py: Python<'_>,
     routes: &Py<PyPostRoutes>,
-    content: &Py<PyContentSignals>,
+    (content, view): (&Py<PyContentSignals>, View),
     evicted: Vec<Evicted>,
 ) -> Vec<String> {
     let mut routes = routes.borrow_mut(py);
@@ -119,7 +122,7 @@ fn forget(
             for post in &gone.posts {
                 routes.inner.posts.remove(post);
             }
-            content.inner.forget_cluster(&gone.cluster_id);
+            content.inner.forget_cluster_in(&gone.cluster_id, view);
             gone.cluster_id
         })
         .collect()
@@ -127,9 +130,11 @@ fn forget(
 
 /// Evict, oldest first, the unbanked clusters idle at ``cut_ms`` and touched before
 /// ``barrier`` (``UnbankedClusters.evict``), forgetting their posts in ``routes`` and their
-/// content in ``content`` here: ``(stopped at one that is not idle, [cluster])``. Replay's
-/// detector evicts this way (no Python string per post, no call per cluster).
+/// content in ``content`` (in its ``view``) here: ``(stopped at one that is not idle,
+/// [cluster])``. Replay's detector evicts this way (no Python string per post, no call per
+/// cluster).
 #[pyfunction]
+#[pyo3(signature = (store, routes, content, cut_ms, barrier, view = 0))]
 pub fn evict_unbanked(
     py: Python<'_>,
     store: &Bound<'_, UnbankedClusters>,
@@ -137,10 +142,16 @@ pub fn evict_unbanked(
     content: Py<PyContentSignals>,
     cut_ms: i64,
     barrier: u64,
-) -> (bool, Vec<String>) {
+    view: u8,
+) -> PyResult<(bool, Vec<String>)> {
+    if view > DETECTOR {
+        return Err(PyValueError::new_err(format!(
+            "view must be 0 or 1, not {view}"
+        )));
+    }
     let mut out: Outcome<Py<PyAny>> = Outcome::default();
     let stopped = store.borrow_mut().store.evict(cut_ms, barrier, 0, &mut out);
-    (stopped, forget(py, &routes, &content, out.evicted))
+    Ok((stopped, forget(py, &routes, (&content, view), out.evicted)))
 }
 
 impl ReplayLoop {
@@ -369,7 +380,7 @@ impl ReplayLoop {
                 self.content
                     .borrow_mut(py)
                     .inner
-                    .add(cid, &image.refs())
+                    .add_in(cid, &image.refs(), self.content_view)
                     .map_err(|e| PyValueError::new_err(e.0))?;
             }
             let latest = self.pending.latest.get_or_insert(ts);
@@ -382,7 +393,12 @@ impl ReplayLoop {
     /// is routed before Python would have forgotten them), the rest kept for Python.
     fn absorb(&mut self, py: Python<'_>, out: Outcome<Py<PyAny>>) -> PyResult<()> {
         if !out.evicted.is_empty() {
-            let gone = forget(py, &self.routing.routes, &self.content, out.evicted);
+            let gone = forget(
+                py,
+                &self.routing.routes,
+                (&self.content, self.content_view),
+                out.evicted,
+            );
             self.pending.evicted.extend(gone);
         }
         self.pending.rejected.extend(out.rejected);
@@ -484,10 +500,18 @@ impl ReplayLoop {
         max_held: usize,
         min_pdq_quality: i64,
     ) -> Self {
+        let signals = idle.borrow(py).signals.clone_ref(py);
+        // one index for both (replay's Pipeline shares it): the detector's is its view
+        let content_view = if content.is(&signals) {
+            DETECTOR
+        } else {
+            OWNER
+        };
         Self {
             routing: Routing::new(py, routes, Some(idle), max_held, min_pdq_quality),
             unbanked,
             content,
+            content_view,
             banked,
             routed_cls,
             rejection_cls,

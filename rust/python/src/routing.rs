@@ -110,7 +110,7 @@ impl Routing {
                         ts,
                         event.clone().unbind(),
                         self.max_held,
-                        |id| PyString::new(py, id).unbind(),
+                        |_| (),
                     )
                 })
             })??
@@ -138,9 +138,7 @@ impl Routing {
     ) -> PyResult<Vec<Py<PyAny>>> {
         let id: Arc<str> = Arc::from(cluster.to_str()?);
         let mut routes = self.routes.borrow_mut(py);
-        with_id(post, |p| {
-            routes.inner.register(p, &id, |_| cluster.clone().unbind())
-        })
+        with_id(post, |p| routes.inner.register(p, &id, |_| ()))
     }
 
     /// An event of the unbanked cluster ``cluster`` at ``ts_ms``: not idle (the index's
