@@ -329,9 +329,12 @@ class ReplayLoop:
         max_held: int,
         min_pdq_quality: int,
     ) -> None: ...
-    def feed(self, host: Any, parsed: list[Any], routes: list[Any]) -> None:
-        """A parsed batch (events and rejections in input order); ``routes[i]`` the ``Routed``
-        of a banked or allow-listed upload ``i``."""
+    def feed(
+        self, host: Any, parsed: list[Any], banks: tuple[Mapping[str, Any], PdqIndex, int, bool]
+    ) -> None:
+        """A parsed batch (events and rejections in input order); its uploads screened against
+        ``banks`` (``HashBanks.screen()``), and those an entry may match matched by
+        ``host._classify``."""
     def push_bank(self, host: Any, update: Any, ts_ms: int, key: str) -> None:
         """A timed bank change, held until the watermark passes ``ts_ms``."""
     def finish(self, host: Any) -> None:

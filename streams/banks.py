@@ -444,6 +444,17 @@ class HashBanks:
         videos = self._video_matches(match_key(content), found)
         return _best(found + [m for m in videos if self._current(m, ts_ms)])
 
+    def screen(self) -> tuple[dict[str, tuple[BankEntry, ...]], PDQIndex, int, bool]:
+        """What tells, in bulk, the uploads no entry can match (replay's compiled loop reads
+        it, ``rust/python/src/replay.rs``): the MD5 table (lowercase hex -> its entries),
+        the PDQ index, the widest PDQ threshold of an enabled bank (``-1``: no PDQ
+        search) and whether videos are banked (a frame may match an image's PDQ). An
+        upload none of these can match has no match, nor is it on the allow-list; the
+        others are matched as :meth:`match_many` matches them. Valid until the banks change.
+        """
+        radius = self._pdq_radius()
+        return self._md5, self._index, -1 if radius is None else radius, len(self._videos) > 0
+
     def match(self, content: Content) -> Match | None:
         """The one entry this content matches, by the rule in the module docstring."""
         return self.match_many([content])[0]

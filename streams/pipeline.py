@@ -162,21 +162,9 @@ class Pipeline:
         self._feed_parsed(parse_events(lines))
 
     def _feed_parsed(self, parsed: list[ShareEvent | Rejection]) -> None:
-        if not parsed:
-            return
-        router = self.router
-        uploads = [
-            (i, p)
-            for i, p in enumerate(parsed)
-            if type(p) is ShareEvent and p.type == "upload" and p.content is not None
-        ]
-        routes: list[Routed | None] = [None] * len(parsed)
-        if uploads:
-            # the banks do not change within a batch: its uploads' matches first, in one search
-            classified = router.classify_batch([p for _, p in uploads])
-            for (i, _), routed in zip(uploads, classified, strict=True):
-                routes[i] = routed
-        self.loop.feed(self, parsed, routes)
+        if parsed:
+            # the banks do not change within a batch: the loop screens its uploads first
+            self.loop.feed(self, parsed, self.router.banks.screen())
 
     def feed_bank_update(self, raw: bytes) -> None:
         """Take a bank update (a ``bank`` topic record's value, see :class:`BankUpdate`).
@@ -200,6 +188,16 @@ class Pipeline:
         self.loop.push_bank(self, update, update.ts_ms, update.order_key)
 
     # -- what the compiled loop calls (see rust/python/src/replay.rs) ----------------
+
+    def _classify(
+        self, uploads: list[ShareEvent], unmatched: int, low_quality: int
+    ) -> list[Routed | None]:
+        """A batch's uploads that a bank entry may match, matched (:meth:`Router.classify_batch`);
+        the loop counted the others, which match nothing, as ``unmatched`` (``low_quality``
+        of them with a PDQ under the cut)."""
+        self.stats.unmatched_uploads += unmatched
+        self.stats.low_quality += low_quality
+        return self.router.classify_batch(uploads) if uploads else []
 
     def _apply_one(self, item: Routed | BankUpdate) -> tuple[int, int]:
         """A released item for the detector's Python side: a banked cluster's event, a bank

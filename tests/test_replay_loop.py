@@ -10,18 +10,22 @@ import random
 from functools import cache
 from typing import Any
 
+import orjson
 from golden import replay_outcome
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.alerts import Pseudonymizer
-from streams.banks import ALLOW_BANK, BankEntry, BankUpdate, HashBanks
+from streams.banks import ALLOW_BANK, BankConfig, BankEntry, BankUpdate, HashBanks
 from streams.events import ShareEvent, parse_event
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
+from streams.router import Router
 from streams.simulate import Scenario, simulate
+from streams.stats import Stats
 
 EXAMPLES = int(os.environ.get("VIRALWATCH_FUZZ_EXAMPLES", "8"))
+T0 = 1_767_225_600_000
 SOME = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -116,3 +120,77 @@ def test_any_bytes_give_rejections_or_decisions_never_an_exception(
     refused = sum(1 for line in noise if not isinstance(parse_event(line), ShareEvent))
     assert len(out.rejections) >= refused - sum(1 for line in noise if b'"op"' in line)
     assert pipe.held == 0
+
+
+_HEX = "0123456789abcdef"
+
+
+def _near(pdq: str, rnd: random.Random, bits: int) -> str:
+    """``pdq`` with ``bits`` random bits flipped."""
+    n = int(pdq, 16)
+    for b in rnd.sample(range(256), bits):
+        n ^= 1 << b
+    return f"{n:064x}"
+
+
+@SOME
+@given(st.randoms(use_true_random=False))
+def test_the_loop_asks_python_about_every_upload_a_bank_entry_may_match(
+    rnd: random.Random,
+) -> None:
+    """The loop screens a batch's uploads against the banks itself (``HashBanks.screen``)
+    and asks Python (``Router.classify_batch``) only about those an entry may match: every
+    other upload matches nothing (nor the allow-list, timed adds or not), and the counters
+    are those of asking about every upload."""
+    pool_md5 = ["".join(rnd.choice(_HEX) for _ in range(32)) for _ in range(6)]
+    pool_pdq = ["".join(rnd.choice(_HEX) for _ in range(64)) for _ in range(6)]
+    configs = [BankConfig("tight", pdq_threshold=rnd.choice([0, 8, 31]))]
+    if rnd.random() < 0.3:
+        configs.append(BankConfig("off", enabled=False))
+    banks = HashBanks(configs)
+    for bank in ("tight", "off", "ncii", ALLOW_BANK):
+        for kind, pool in (("md5", pool_md5), ("pdq", pool_pdq)):
+            for signal in rnd.sample(pool, rnd.randint(0, 2)):
+                since = rnd.choice([None, T0 + rnd.randint(0, 60_000)])
+                banks.add(BankEntry(bank, kind, signal), since_ms=since)  # type: ignore[arg-type]
+    lines = []
+    for i in range(rnd.randint(1, 60)):
+        content: dict[str, object] = {}
+        if rnd.random() < 0.7:
+            content["md5"] = (
+                rnd.choice(pool_md5) if rnd.random() < 0.4 else rnd.choice(pool_md5)[::-1]
+            )
+        if rnd.random() < 0.7 or not content:
+            content["pdq"] = _near(rnd.choice(pool_pdq), rnd, rnd.choice([0, 4, 20, 40, 128]))
+            if rnd.random() < 0.5:
+                content["pdq_quality"] = rnd.choice([0, 49, 50, 100])
+        event = {
+            "event_id": f"e{i}",
+            "type": "upload",
+            "ts": T0 + rnd.randint(0, 60_000),
+            "post_id": f"p{i}",
+            "user_id": "u",
+            "content": content,
+        }
+        lines.append(orjson.dumps(event))
+
+    asked: list[str] = []
+
+    class Watched(Pipeline):
+        def _classify(self, uploads: list[ShareEvent], unmatched: int, low: int) -> Any:
+            asked.extend(ev.event_id for ev in uploads)
+            return super()._classify(uploads, unmatched, low)
+
+    pipe = Watched(banks, AlertPolicy.default(), pseudonymizer=Pseudonymizer(b"k"))
+    pipe.feed_many(lines)
+    everything = Stats()
+    answers = Router(banks, everything).classify_batch(
+        [ev for ev in map(parse_event, lines) if isinstance(ev, ShareEvent)]
+    )
+    for line, routed in zip(lines, answers, strict=True):
+        ev = parse_event(line)
+        assert isinstance(ev, ShareEvent)
+        if ev.event_id not in asked:
+            assert routed is None, (ev, routed)
+    for counter in ("unmatched_uploads", "low_quality", "allowed", "matched"):
+        assert getattr(pipe.stats, counter) == getattr(everything, counter), counter

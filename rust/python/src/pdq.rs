@@ -48,7 +48,7 @@ fn check_threshold(threshold: i64) -> PyResult<u32> {
 /// that are scanned rather than looked up, at least (a test's knob).
 #[pyclass(module = "streams._core", name = "PdqIndex")]
 pub struct PyPdqIndex {
-    inner: pdq::PdqIndex,
+    pub(crate) inner: pdq::PdqIndex,
 }
 
 #[pymethods]
