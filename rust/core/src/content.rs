@@ -642,6 +642,29 @@ impl ContentIndex {
         self.add_in(cluster, signals, OWNER)
     }
 
+    /// [`Self::add`] when no one reads which signals were new (the idle order's assign):
+    /// how many, and no text is made of them.
+    pub fn add_counted(
+        &mut self,
+        cluster: &str,
+        signals: &[(Kind, &str)],
+    ) -> Result<usize, BadSignal> {
+        self.add_counted_in(cluster, signals, OWNER)
+    }
+
+    /// [`Self::add_in`] when no one reads which signals were new (replay's detector): how
+    /// many, and no text is made of them (their hex was a tenth of a replay's time).
+    pub fn add_counted_in(
+        &mut self,
+        cluster: &str,
+        signals: &[(Kind, &str)],
+        v: View,
+    ) -> Result<usize, BadSignal> {
+        let mut n = 0;
+        self.add_with(cluster, signals, v, |_, _| n += 1)?;
+        Ok(n)
+    }
+
     /// `cluster` holds these signals in view `v`; returns those it did not hold yet (in
     /// `v`), and of those the ones no cluster held (in `v`). A PDQ text that is not 64 hex
     /// digits is refused before anything changes. The owner's view keeps each cluster's
@@ -653,6 +676,24 @@ impl ContentIndex {
         signals: &[(Kind, &str)],
         v: View,
     ) -> Result<Added, BadSignal> {
+        let (mut new, mut first) = (Vec::new(), Vec::new());
+        self.add_with(cluster, signals, v, |key, no_one_held_it| {
+            if no_one_held_it {
+                first.push(key.text());
+            }
+            new.push(key.text());
+        })?;
+        Ok((new, first))
+    }
+
+    /// `new(key, no cluster held it in v)` for each signal new to `cluster` in `v`, in order.
+    fn add_with(
+        &mut self,
+        cluster: &str,
+        signals: &[(Kind, &str)],
+        v: View,
+        mut new: impl FnMut(&Key, bool),
+    ) -> Result<(), BadSignal> {
         let mut keys = Vec::with_capacity(signals.len());
         for &(kind, text) in signals {
             keys.push(
@@ -662,17 +703,15 @@ impl ContentIndex {
         }
         let c = self.slot_or_new(cluster, v)?;
         let mine = c | bit(v);
-        let (mut new, mut first) = (Vec::new(), Vec::new());
         let mut packed = Vec::new();
         let mut took = 0;
         for key in keys {
             // one look-up of the signal (a PDQ hash's row is a bucket scan)
             let Some(f) = self.first_holder(&key) else {
                 self.insert_signal(&key, mine);
-                first.push(key.text());
                 key.pack(&mut packed);
                 took += 1;
-                new.push(key.text());
+                new(&key, true);
                 continue;
             };
             let elsewhere = (f & SLOT_MASK != c && f & bit(v) != 0) || self.more_hold(&key, c, v);
@@ -697,10 +736,7 @@ impl ContentIndex {
                     }
                 }
             }
-            if !elsewhere {
-                first.push(key.text());
-            }
-            new.push(key.text());
+            new(&key, !elsewhere);
         }
         if !packed.is_empty() {
             let item = self.clusters[c as usize]
@@ -712,7 +748,7 @@ impl ContentIndex {
             item.keys = keys.into_boxed_slice();
             item.held += took;
         }
-        Ok((new, first))
+        Ok(())
     }
 
     /// The cluster of slot `c` held `key` for another view and now holds it for `v`: the
@@ -1033,6 +1069,32 @@ mod tests {
         assert_eq!(freed.len(), 3);
         assert!(idx.is_empty() && idx.clusters() == 0 && idx.more.is_empty());
         assert!(idx.near(Kind::Pdq, &q, 31).is_empty());
+    }
+
+    #[test]
+    fn adding_counted_holds_what_adding_holds() {
+        let (mut a, mut b) = (ContentIndex::new(), ContentIndex::new());
+        let (f, e) = ("f".repeat(64), "e".repeat(64));
+        let md5 = "a".repeat(32);
+        type Step<'a> = (&'a str, Vec<(Kind, &'a str)>, View);
+        let steps: [Step<'_>; 5] = [
+            ("u-1", vec![(Kind::Pdq, &f), (Kind::Md5, &md5)], OWNER),
+            ("u-2", vec![(Kind::Pdq, &f), (Kind::Pdq, &e)], DETECTOR),
+            (
+                "u-1",
+                vec![(Kind::Md5, &md5), (Kind::Other, "[1]")],
+                DETECTOR,
+            ),
+            ("u-2", vec![(Kind::Pdq, &e)], OWNER),
+            ("u-2", vec![], OWNER),
+        ];
+        for (cluster, signals, v) in &steps {
+            let (new, _) = a.add_in(cluster, signals, *v).unwrap();
+            assert_eq!(b.add_counted_in(cluster, signals, *v).unwrap(), new.len());
+            assert_eq!(a.held(cluster), b.held(cluster));
+        }
+        assert!(b.add_counted("u-3", &[(Kind::Pdq, "not hex")]).is_err());
+        assert_eq!((a.len(), a.clusters()), (b.len(), b.clusters()));
     }
 
     #[test]

@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::blake2b::{blake2b, hex};
-use crate::content::{Added, BadSignal, ContentIndex, Kind};
+use crate::content::{BadSignal, ContentIndex, Kind};
 
 /// The id of the cluster content no bank knows starts: `u-` and the 8-byte BLAKE2b of
 /// `key` (`md5:<hex>`, `pdq:<hex>` or `vpdq:<frames>`, as `streams.emerging` makes it).
@@ -254,9 +254,9 @@ impl IdleClusters {
             self.joined += 1;
         }
         let cluster: Arc<str> = near.unwrap_or_else(|| Arc::from(own));
-        let (new, _): Added = index.add(&cluster, signals)?;
+        let new = index.add_counted(&cluster, signals)?;
         self.touch(index, &cluster, ts_ms);
-        self.record(index, &cluster, new.len());
+        self.record(index, &cluster, new);
         Ok(cluster)
     }
 

@@ -402,7 +402,7 @@ impl ReplayLoop {
                 self.content
                     .borrow_mut(py)
                     .inner
-                    .add_in(cid, &image.refs(), self.content_view)
+                    .add_counted_in(cid, &image.refs(), self.content_view)
                     .map_err(|e| PyValueError::new_err(e.0))?;
             }
             let latest = self.pending.latest.get_or_insert(ts);
