@@ -149,10 +149,14 @@ class Pipeline:
         self.feed_many([raw])
 
     def feed_many(self, raws: Iterable[bytes]) -> None:
-        """Take several input records: a batch's uploads matched in one index search (see
-        :meth:`Router.classify_batch`), then the compiled loop over the batch."""
+        """Take several input records: cut at each bank update (the banks change there),
+        each part parsed and fed to the compiled loop in one call."""
+        batch = raws if isinstance(raws, list) else list(raws)
+        if b'"op"' not in b"".join(batch):  # no bank update (most batches): no test per line
+            self._feed_parsed(parse_events(batch))
+            return
         lines: list[bytes] = []
-        for raw in raws:
+        for raw in batch:
             if is_bank_update(raw):  # the banks change here: match what came before first
                 self._feed_parsed(parse_events(lines))
                 lines = []

@@ -16,6 +16,7 @@ long run's counts).
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 from datetime import UTC, datetime, timedelta, timezone
@@ -117,6 +118,22 @@ def test_a_line_over_the_limit_is_refused_unread() -> None:
     (r,) = parse_events([b" " * (MAX_EVENT_BYTES + 1)])
     assert isinstance(r, Rejection) and r.reason == "too_large"
     assert len(r.raw) == MAX_EVENT_BYTES
+
+
+def test_parsed_records_are_left_out_of_the_cyclic_collector() -> None:
+    """A record of atoms cannot be in a cycle: the collector does not walk the one a line
+    makes (as CPython leaves out a tuple of atoms); reference counting frees it."""
+    line = (
+        b'{"event_id":"e1","type":"upload","ts":1767225600000,"post_id":"p1",'
+        b'"user_id":"u1","content":{"md5":"' + b"a" * 32 + b'"}}'
+    )
+    event, rejection = parse_events([line, b"{oops"])
+    assert isinstance(event, ShareEvent) and isinstance(rejection, Rejection)
+    assert event.content is not None
+    for record in (event, event.content, rejection):
+        assert not gc.is_tracked(record), record
+    # a record Python makes is tracked as any other
+    assert gc.is_tracked(ShareEvent("e", "share", 1, "p", "u", "q"))
 
 
 def test_buffers_other_than_bytes_are_read_as_bytes() -> None:
