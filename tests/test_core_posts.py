@@ -59,8 +59,16 @@ class RouterOracle(Oracle):
         return None, [], self.hold(target, post, share, ts, item, limit)
 
 
-posts = st.sampled_from(["p0", "p1", "p2", "p3", "p4", "", "\ud800x", "é" * 30, "q" * 40])
-clusters = st.sampled_from(["b-1", "u-2", "a-3", "u-" + "9" * 30])
+posts = st.sampled_from(
+    # short, long, and decimal ids past 15 digits (inline as their value while a u64 holds
+    # them: 18446744073709551615 is u64's largest; a leading zero or one more keeps the text)
+    [
+        *["p0", "p1", "p2", "p3", "p4", "", "\ud800x", "é" * 30, "q" * 40],
+        *["1234567890123456", "18446744073709551615", "18446744073709551616"],
+        "01234567890123456",
+    ]
+)
+clusters = st.sampled_from(["b-1", "u-2", "a-3", "u-" + "9" * 30, "u-0123456789abcdef"])
 ops = st.lists(
     st.one_of(
         st.tuples(st.just("register"), posts, clusters),
@@ -108,7 +116,12 @@ def test_postroutes_answers_as_the_python_router_did(
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.text(max_size=40), st.text(max_size=30)), max_size=40))
+@given(
+    st.lists(
+        st.tuples(st.one_of(st.text(max_size=40), st.from_regex(r"\A[0-9]{14,21}\Z")), st.text()),
+        max_size=40,
+    )
+)
 def test_any_text_is_a_post_and_folds_back(pairs: list[tuple[str, str]]) -> None:
     core = _core.PostRoutes()
     want: dict[str, str] = {}

@@ -5,11 +5,14 @@
 //! It holds one entry per live post (a banked cluster's node, an unbanked
 //! cluster's post), so it is sized for millions:
 //!
-//! - a post id is kept as its bytes: up to 19 bytes (the ids seen in
-//!   practice, a 64-bit number's digits included) inline, with its cluster's
-//!   slot, in a 24-byte entry and no allocation; a longer one on the heap, in
-//!   a table of its own. Not a digest: a resolve partition's snapshot lists its
-//!   posts, and a registration for another partition carries the id;
+//! - a post id is kept as its bytes: up to 15 bytes inline, with its
+//!   cluster's slot, in a 20-byte entry and no allocation, and a longer
+//!   decimal id (a 64-bit number's digits: 16 to 20 of them) inline as its
+//!   value; any other on the heap, in a table of its own. Not a digest: a
+//!   resolve partition's snapshot lists its posts, and a registration for
+//!   another partition carries the id. (The table's entries, at hashbrown's
+//!   load, are most of a live post's cost here: 24 bytes an entry were 52 B a
+//!   post at a million, just past a doubling.);
 //! - a cluster id is interned once, with the count of posts that hold it, and
 //!   freed with its last post: the map is bounded by the live clusters'
 //!   posts, as eviction forgets them ([`PostClusters::remove`]). It is kept
@@ -39,7 +42,7 @@
 //! assert!(posts.remove(b"p1") && posts.is_empty() && posts.clusters() == 0);
 //! ```
 
-use std::borrow::Borrow;
+use std::borrow::{Borrow, Cow};
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
@@ -92,26 +95,60 @@ fn id_key(cluster: &str) -> u64 {
     id_digest(cluster.as_bytes()) as u64
 }
 
-/// The longest post id kept inline in the map's table.
-pub const SHORT_ID: usize = 19;
+/// The longest post id kept inline in the map's table (a longer decimal id, a 64-bit
+/// number's digits, is kept inline as its value).
+pub const SHORT_ID: usize = 15;
 
-/// A short post id with its cluster's slot: 24 bytes, looked up by the id's bytes.
-#[derive(Clone, Copy)]
-struct Short {
-    len: u8,
-    bytes: [u8; SHORT_ID],
-    slot: u32,
+/// A post id as the table keys it: its length then its bytes (zeros after them), or, for a
+/// decimal id longer than [`SHORT_ID`] that a `u64` holds (digits only, no leading zero),
+/// [`NUMERIC`] then the value's 8 bytes. One form for each id, so equal ids have equal keys.
+type ShortKey = [u8; SHORT_ID + 1];
+const NUMERIC: u8 = 0xFF;
+
+/// The key of `id`, if it is kept inline.
+fn short_key(id: &[u8]) -> Option<ShortKey> {
+    let mut key = [0_u8; SHORT_ID + 1];
+    if id.len() <= SHORT_ID {
+        key[0] = id.len() as u8;
+        key[1..=id.len()].copy_from_slice(id);
+        return Some(key);
+    }
+    if id.len() > 20 || id[0] == b'0' {
+        return None;
+    }
+    let mut value = 0_u64;
+    for &c in id {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+    }
+    key[0] = NUMERIC;
+    key[1..9].copy_from_slice(&value.to_le_bytes());
+    Some(key)
 }
 
-impl Short {
-    fn id(&self) -> &[u8] {
-        &self.bytes[..self.len as usize]
+/// The id a key was made of.
+fn key_id(key: &ShortKey) -> Cow<'_, [u8]> {
+    if key[0] == NUMERIC {
+        let value = u64::from_le_bytes(key[1..9].try_into().expect("8 bytes"));
+        Cow::Owned(value.to_string().into_bytes())
+    } else {
+        Cow::Borrowed(&key[1..=key[0] as usize])
     }
+}
+
+/// A short post id with its cluster's slot: 20 bytes (the table's load is most of a live
+/// post's cost in the map), looked up by its key.
+#[derive(Clone, Copy)]
+struct Short {
+    key: ShortKey,
+    slot: u32,
 }
 
 impl PartialEq for Short {
     fn eq(&self, other: &Self) -> bool {
-        self.id() == other.id()
+        self.key == other.key
     }
 }
 
@@ -119,13 +156,13 @@ impl Eq for Short {}
 
 impl Hash for Short {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.id().hash(state);
+        self.key.hash(state);
     }
 }
 
-impl Borrow<[u8]> for Short {
-    fn borrow(&self) -> &[u8] {
-        self.id()
+impl Borrow<ShortKey> for Short {
+    fn borrow(&self) -> &ShortKey {
+        &self.key
     }
 }
 
@@ -142,33 +179,28 @@ impl IdTable {
     }
 
     fn get(&self, id: &[u8]) -> Option<u32> {
-        if id.len() <= SHORT_ID {
-            self.short.get(id).map(|s| s.slot)
-        } else {
-            self.long.get(id).copied()
+        match short_key(id) {
+            Some(key) => self.short.get(&key).map(|s| s.slot),
+            None => self.long.get(id).copied(),
         }
     }
 
     /// Add `id` (not there yet) with `slot`.
     fn insert(&mut self, id: &[u8], slot: u32) {
-        if id.len() <= SHORT_ID {
-            let mut bytes = [0_u8; SHORT_ID];
-            bytes[..id.len()].copy_from_slice(id);
-            self.short.insert(Short {
-                len: id.len() as u8,
-                bytes,
-                slot,
-            });
-        } else {
-            self.long.insert(id.into(), slot);
+        match short_key(id) {
+            Some(key) => {
+                self.short.insert(Short { key, slot });
+            }
+            None => {
+                self.long.insert(id.into(), slot);
+            }
         }
     }
 
     fn remove(&mut self, id: &[u8]) -> Option<u32> {
-        let slot = if id.len() <= SHORT_ID {
-            self.short.take(id).map(|s| s.slot)
-        } else {
-            self.long.remove(id)
+        let slot = match short_key(id) {
+            Some(key) => self.short.take(&key).map(|s| s.slot),
+            None => self.long.remove(id),
         }?;
         // a flood gone leaves its table's room behind: give most of it back
         if self.short.capacity() > 4 * self.short.len().max(1024) || self.short.is_empty() {
@@ -180,11 +212,11 @@ impl IdTable {
         Some(slot)
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&[u8], u32)> {
+    fn iter(&self) -> impl Iterator<Item = (Cow<'_, [u8]>, u32)> {
         self.short
             .iter()
-            .map(|s| (s.id(), s.slot))
-            .chain(self.long.iter().map(|(k, &s)| (&**k, s)))
+            .map(|s| (key_id(&s.key), s.slot))
+            .chain(self.long.iter().map(|(k, &s)| (Cow::Borrowed(&**k), s)))
     }
 
     fn heap_bytes(&self) -> usize {
@@ -449,7 +481,7 @@ impl<T> PostClusters<T> {
 
     /// Every post with its cluster, by post id (bytes): the same order whatever the
     /// order they came in.
-    pub fn items(&self) -> Vec<(&[u8], &ClusterId, &T)> {
+    pub fn items(&self) -> Vec<(Cow<'_, [u8]>, &ClusterId, &T)> {
         let mut out: Vec<_> = self
             .posts
             .iter()
@@ -458,7 +490,7 @@ impl<T> PostClusters<T> {
                 (k, &c.id, &c.extra)
             })
             .collect();
-        out.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         out
     }
 
@@ -573,17 +605,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_short_and_long_are_found_by_their_bytes() {
-        assert_eq!(std::mem::size_of::<Short>(), 24);
+    fn keys_short_long_and_numeric_are_found_by_their_bytes() {
+        assert_eq!(std::mem::size_of::<Short>(), 20);
         let mut m: PostClusters<()> = PostClusters::new();
         let long = vec![b'x'; 100];
-        for id in [&b""[..], b"p", &[b'a'; 19], &[b'a'; 20], &long] {
+        let ids: [&[u8]; 12] = [
+            b"",
+            b"p",
+            &[b'a'; 15],
+            &[b'a'; 16],
+            &long,
+            b"1234567890123456789", // a 64-bit number's digits: inline, as its value
+            b"18446744073709551615", // u64::MAX
+            b"18446744073709551616", // past it: boxed
+            b"0123456789012345678", // a leading zero: boxed (not the value's digits)
+            b"9999999999999999",
+            b"99999999999999999999",
+            b"123456789012345a",
+        ];
+        for id in ids {
             assert!(m.insert(id, "c", |_| ()));
-            assert_eq!(m.cluster_of(id).as_deref(), Some("c"));
+            assert_eq!(m.cluster_of(id).as_deref(), Some("c"), "{id:?}");
         }
-        assert_eq!((m.len(), m.clusters()), (5, 1));
-        assert!(!m.contains(&[b'a'; 18]) && !m.contains(&[b'a'; 21]));
-        assert!(m.remove(&long) && m.remove(&[b'a'; 19]) && !m.remove(&long));
+        assert_eq!((m.len(), m.clusters()), (ids.len(), 1));
+        assert!(!m.contains(&[b'a'; 14]) && !m.contains(&[b'a'; 17]));
+        assert!(!m.contains(b"123456789012345678") && !m.contains(b"01234567890123456789"));
+        let mut want: Vec<Vec<u8>> = ids.iter().map(|id| id.to_vec()).collect();
+        want.sort();
+        let got: Vec<Vec<u8>> = m.items().iter().map(|(k, _, _)| k.to_vec()).collect();
+        assert_eq!(got, want); // every id back as given, in bytes order
+        for id in &ids[5..] {
+            assert!(m.remove(id) && !m.remove(id));
+        }
+        assert!(m.remove(&long) && m.remove(&[b'a'; 15]) && !m.remove(&long));
         assert_eq!(m.len(), 3);
         let keys: Vec<Vec<u8>> = m.items().iter().map(|(k, _, _)| k.to_vec()).collect();
         let mut sorted = keys.clone();

@@ -128,7 +128,7 @@ impl PyPostRoutes {
     fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
         for (k, _, _) in self.inner.posts.items() {
-            out.append(post_text(py, k)?)?;
+            out.append(post_text(py, &k)?)?;
         }
         Ok(out)
     }
@@ -154,7 +154,7 @@ impl PyPostRoutes {
     fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
         for (k, id, _) in self.inner.posts.items() {
-            out.append((post_text(py, k)?, id_str(py, id)))?;
+            out.append((post_text(py, &k)?, id_str(py, id)))?;
         }
         Ok(out)
     }
