@@ -347,6 +347,16 @@ class ReplayLoop:
     def waiting(self) -> int: ...
     def __len__(self) -> int: ...
 
+def ingest_batch(
+    parsed: list[Any],
+    sources: list[int],
+    partitions: int,
+    to_route: type,
+    rejection: type,
+) -> tuple[list[list[Any]], list[int], list[tuple[int, int | None]]]:
+    """Ingest's step over a parsed batch: ``ToRoute`` items per resolve partition, the
+    rejections' positions, each input partition's newest event time (first-read order)."""
+
 class ResolveLoop:
     """A streaming resolve partition's per-event loop (``rust/python/src/resolve.rs``):
     route a batch's items, hold orphans and (the index's owner) unbanked uploads in

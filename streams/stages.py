@@ -63,7 +63,7 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
-from streams._core import PostRoutes, ResolveLoop
+from streams._core import PostRoutes, ResolveLoop, ingest_batch
 from streams.alerts import Pseudonymizer
 from streams.banks import MIN_PDQ_QUALITY, BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, Predictor, apply_in_order
@@ -566,27 +566,30 @@ class Ingest:
         self.stats = stats if stats is not None else Stats()
 
     def handle(self, records: Iterable[tuple[int, int, bytes | None]], now: float) -> IngestBatch:
-        """``records`` are ``(partition, offset, value)`` of the input topic, in offset order."""
+        """``records`` are ``(partition, offset, value)`` of the input topic, in offset order.
+
+        Parsed in one call, then each event sent on in one more (``_core.ingest_batch``:
+        its resolve partition, the newest event time of each input partition); Python
+        touches the rejections only.
+        """
         parts = self.partitions
-        items: list[list[Item]] = [[] for _ in range(parts)]
         dead: list[DeadLetter] = []
         clock = self.clock
-        n = 0
         batch = list(records)
-        values = [value if value is not None else b"" for _, _, value in batch]
-        for (partition, offset, _), parsed in zip(batch, parse_events(values), strict=True):
-            if isinstance(parsed, Rejection):
-                clock.observe(partition, None, now)
-                self.stats.rejected[parsed.reason] += 1
-                dead.append(DeadLetter(parsed, "parse", Source(self.topic, partition, offset)))
-                continue
-            clock.observe(partition, parsed.ts_ms, now)
-            key = parsed.parent_post_id if parsed.type == "share" else parsed.post_id
-            assert key is not None  # parsing guarantees a share's parent
-            items[partition_for(key, parts)].append(ToRoute(parsed))
-            n += 1
+        parsed = parse_events([value if value is not None else b"" for _, _, value in batch])
+        sources = [partition for partition, _, _ in batch]
+        items, rejected, newest = ingest_batch(parsed, sources, parts, ToRoute, Rejection)
+        for i in rejected:
+            partition, offset, _ = batch[i]
+            rejection = parsed[i]
+            assert isinstance(rejection, Rejection)
+            self.stats.rejected[rejection.reason] += 1
+            dead.append(DeadLetter(rejection, "parse", Source(self.topic, partition, offset)))
+        for partition, ts in newest:
+            clock.observe(partition, ts, now)
         marks = clock.marks(now)
-        return IngestBatch({r: Envelope(items[r], marks) for r in range(parts)}, dead, n)
+        events = len(parsed) - len(rejected)
+        return IngestBatch({r: Envelope(items[r], marks) for r in range(parts)}, dead, events)
 
     def heartbeat(self, now: float) -> dict[int, Envelope]:
         """Marks-only envelopes for every resolve partition (sent when no data flows)."""

@@ -15,6 +15,7 @@ mod alloc;
 mod content;
 mod dedupe;
 mod emerging;
+mod ingest;
 mod pdq;
 mod posts;
 mod reorder;
@@ -286,6 +287,7 @@ fn parse_events<'py>(
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(parse_events, m)?)?;
+    m.add_function(wrap_pyfunction!(ingest::ingest_batch, m)?)?;
     m.add_class::<pdq::PyPdqIndex>()?;
     m.add_class::<content::PyContentSignals>()?;
     m.add_class::<emerging::PyIdleClusters>()?;
