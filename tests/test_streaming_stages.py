@@ -350,7 +350,9 @@ def test_ingest_is_the_per_event_loop_it_replaced(
 # -- stage 1b -------------------------------------------------------------------------
 
 
-def resolver(partition: int, parts: int = 2, lateness: int = 0) -> ResolvePartition:
+def resolver(
+    partition: int, parts: int = 2, lateness: int = 0, hold_ms: int = 600_000, max_held: int = 1000
+) -> ResolvePartition:
     return ResolvePartition(
         partition,
         partitions=parts,
@@ -358,8 +360,8 @@ def resolver(partition: int, parts: int = 2, lateness: int = 0) -> ResolvePartit
         banks=banks(),
         stats=Stats(),
         lateness_ms=lateness,
-        hold_ms=600_000,
-        max_held=1000,
+        hold_ms=hold_ms,
+        max_held=max_held,
     )
 
 
@@ -631,16 +633,7 @@ def _resolved(partition: int, records: list[bytes], cuts: list[int]) -> tuple[An
     held events before its released ones, so a post forgotten then mapped again, or an
     event released then held again, in one batch reads back wrong; an older limit of the
     log's form, the same in the Python loop.)"""
-    r = ResolvePartition(
-        partition,
-        partitions=2,
-        sources=1,
-        banks=banks(),
-        stats=Stats(),
-        lateness_ms=0,
-        hold_ms=30_000,
-        max_held=6,
-    )
+    r = resolver(partition, hold_ms=30_000, max_held=6)
     batches, i = [], 0
     for n in cuts:
         if i < len(records):
