@@ -1,0 +1,111 @@
+"""What a worker's first two stages cost per event, without Kafka: ingest, then resolve.
+
+The same traffic as ``bench_pipeline.py``'s throughput run (``Scenario(seed=11)``
+scaled to ``--events``, its bank loaded), cut into batches of ``--batch`` input
+records spread over ``--partitions`` input partitions, through the stages one
+worker holding every partition runs: :class:`streams.stages.Ingest` (parse,
+send each event to the resolve partition of the post it needs), then every
+:class:`streams.stages.ResolvePartition` with its peers' registrations handed
+over in-process (:func:`streams.stages.resolve_local_peers`, as
+``Topology`` does) and each batch's state-log entries written
+(``ResolveBatch.log_entries``). What a worker adds around them (Kafka, Faust,
+the clusters stage) is ``bench_pipeline.py``'s to measure.
+
+Timed on CPU time (``time.process_time``: the machine is shared), with the
+worker's collector thresholds (``streams.runtime.worker.GC_THRESHOLDS``),
+medians of ``--repeats`` fresh runs. Run it in two trees, alternately, to
+compare them.
+
+    python bench/bench_stages.py                      # about a minute
+    python bench/bench_stages.py --events 30000 --repeats 5 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from streams.banks import HashBanks  # noqa: E402
+from streams.runtime.worker import GC_THRESHOLDS  # noqa: E402
+from streams.simulate import Scenario, iter_lines, scenario_bank  # noqa: E402
+from streams.stages import Ingest, ResolvePartition, resolve_local_peers  # noqa: E402
+from streams.stats import Stats  # noqa: E402
+
+
+def run(lines: list[bytes], banks: HashBanks, partitions: int, batch: int) -> dict[str, float]:
+    """One fresh set of stages over ``lines``: CPU us per event of each, and what came out."""
+    stats = Stats()
+    ingest = Ingest(partitions, 30.0, stats=stats)
+    resolvers = {
+        r: ResolvePartition(
+            r,
+            partitions=partitions,
+            sources=partitions,
+            banks=banks,
+            stats=stats,
+            lateness_ms=60_000,
+            hold_ms=1_800_000,
+            max_held=100_000,
+        )
+        for r in range(partitions)
+    }
+    ingest_s = resolve_s = 0.0
+    routed = logged = 0
+    for start in range(0, len(lines), batch):
+        end = min(start + batch, len(lines))
+        records = [(i % partitions, i, lines[i]) for i in range(start, end)]
+        t0 = time.process_time()
+        made = ingest.handle(records, now=float(start))
+        t1 = time.process_time()
+        batches = [resolvers[r].handle([env]) for r, env in made.unpacked.items()]
+        peers, _ = resolve_local_peers(resolvers, batches, 4)
+        for b in batches + peers:
+            routed += b.routed
+            logged += sum(map(len, b.log_entries()))
+        resolve_s += time.process_time() - t1
+        ingest_s += t1 - t0
+    n = len(lines)
+    return {
+        "ingest_us": ingest_s / n * 1e6,
+        "resolve_us": resolve_s / n * 1e6,
+        "routed": routed,
+        "log_bytes_per_event": logged / n,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    scenario = Scenario(seed=11, scale=max(args.events / 30_000, 0.05))
+    lines = list(iter_lines(scenario))[: args.events]
+    banks = HashBanks()
+    for entry in scenario_bank(scenario):
+        banks.add(entry)
+    gc.set_threshold(*GC_THRESHOLDS)
+    runs = [run(lines, banks, args.partitions, args.batch) for _ in range(args.repeats)]
+    out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    out["events"] = len(lines)
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"{len(lines):,} events, {args.partitions} partitions, batches of {args.batch}")
+    print(f"  ingest    {out['ingest_us']:6.2f} us CPU/event")
+    print(f"  resolve   {out['resolve_us']:6.2f} us CPU/event (routed {out['routed']:,.0f})")
+    print(f"  resolve log {out['log_bytes_per_event']:.0f} B/event")
+
+
+if __name__ == "__main__":
+    main()
