@@ -861,7 +861,7 @@ impl ContentIndex {
     /// cluster at a time costs amortized O(1) a cluster: the tables once their capacity is
     /// 4x what they hold (then halved), the slots once the last is free, and the free list
     /// once most of it is past the end. (Trimming at every drop while the last slot
-    /// stayed live walked the whole free list each time: a sixth of a platform replay's
+    /// stayed live walked the whole free list each time: about a tenth of a platform replay's
     /// time, in its final evictions.)
     fn trim(&mut self) {
         let live = self.hex_ids.len() + self.text_ids.len();
