@@ -163,9 +163,11 @@ class Settings:
     partitions: int = 4
     #: Replication factor of the topics the worker creates.
     replicas: int = 1
-    #: Standby copies of each table partition kept by other workers, for a fast
-    #: failover; 0 saves their CPU (each worker then applies no other's changelogs).
-    standby_replicas: int = 1
+    #: Standby copies of each table partition kept by other workers: a worker taking a
+    #: partition over has its table already, instead of reading its changelog then. Off
+    #: by default: they cost CPU all the time (every worker applies the others'
+    #: changelogs) and bought no faster takeover where measured (README, "Standby replicas").
+    standby_replicas: int = 0
     #: Bank CSV files loaded at start (live updates come on the ``bank`` topic).
     bank_files: tuple[Path, ...] = ()
     #: Alert policy TOML; ``None``: the documented defaults (``streams/policy.toml``).
