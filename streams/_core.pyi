@@ -401,11 +401,52 @@ class ResolveLoop:
 
 def evict_unbanked(
     store: UnbankedClusters,
-    routes: PostRoutes,
+    forget: PostRoutes | ForgetSink,
     content: ContentSignals,
     cut_ms: int,
     barrier: int,
     view: int = 0,
 ) -> tuple[bool, list[str]]:
-    """Evict idle unbanked clusters, forgetting their posts in ``routes`` and their content
-    in ``content``: ``(stopped at one not idle, [cluster])``."""
+    """Evict idle unbanked clusters, forgetting their posts in ``forget`` (replay's map, a
+    clusters partition's sink) and their content in ``content`` (in its ``view``): ``(stopped
+    at one not idle, [cluster])``."""
+
+class ForgetSink:
+    """The posts of evicted clusters a clusters partition has its resolve partitions forget,
+    kept as bytes by partition (``rust/python/src/detect.rs``)."""
+
+    def __init__(self, partitions: int) -> None: ...
+    def extend(self, posts: Iterable[str]) -> None:
+        """Posts forgotten elsewhere (a banked cluster's), after those held."""
+    def take(self) -> dict[int, bytes]:
+        """One ``Forget`` envelope per resolve partition, as ``Envelope.pack`` writes it."""
+    def __len__(self) -> int: ...
+
+class ClusterLoop:
+    """A clusters partition's reorder buffer and the detector's compiled side, shared with
+    ``ReplayLoop`` (``rust/python/src/detect.rs``); ``host`` (the ``ClusterPartition``) is
+    called for banked clusters' events, bank changes and what the unbanked store did."""
+
+    def __init__(
+        self,
+        unbanked: UnbankedClusters,
+        content: ContentSignals,
+        banked: Mapping[str, Any],
+        routed_cls: type,
+        forget: ForgetSink,
+        min_pdq_quality: int,
+        view: int,
+    ) -> None: ...
+    def push(self, items: list[Any]) -> list[Any]:
+        """Hold routed events for the watermark; those of banked clusters, in order."""
+    def push_bank(self, update: Any, ts_ms: int, key: str) -> None:
+        """A timed bank change, held until the watermark passes ``ts_ms``."""
+    def release(self, host: Any, watermark_ms: int) -> int:
+        """Apply what is held up to ``watermark_ms``; how many items."""
+    def held(self) -> list[Any]:
+        """The items held, in no order."""
+    def keys(self) -> set[str]:
+        """The keys of the items held."""
+    @property
+    def released_ms(self) -> int: ...
+    def __len__(self) -> int: ...

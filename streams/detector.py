@@ -555,20 +555,6 @@ class Detector:
             return event_id in st.event_ids
         return self._unbanked.applied(cluster_id, event_id)
 
-    def apply_many(self, items: Sequence[Routed]) -> None:
-        """Apply routed events in order: what :meth:`apply` on each does, with each run of
-        unbanked clusters' events applied by the compiled core in one call."""
-        if not isinstance(items, list):
-            items = list(items)
-        n, i = len(items), 0
-        while i < n:
-            done = self._apply_unbanked(items, i, self._stop_ms())
-            if done:
-                i += done
-            else:  # banked, or its time passes something of the banked side: on its own
-                self.apply(items[i])
-                i += 1
-
     def _stop_ms(self) -> int:
         """The event time from which :meth:`advance` changes banked clusters (an episode
         due to resolve, the oldest one idle): a run of unbanked events stops before it."""
@@ -586,7 +572,9 @@ class Detector:
 
     def _apply_unbanked(self, run: list[Routed], start: int, stop_ms: int) -> int:
         """Apply the events of unbanked clusters from ``run[start]`` on in the compiled core,
-        up to the first of a banked cluster or at ``stop_ms``; how many it applied."""
+        up to the first of a banked cluster or at ``stop_ms``; how many it applied. (A
+        compiled loop, replay's or a clusters partition's, applies runs itself: see
+        ``rust/python/src/detect.rs``; here :meth:`apply` gives one event.)"""
         applied = self._unbanked.apply_many(run, start, stop_ms, self._barrier(), self.clusters)
         done, rejected, crossings, evicted, contents = applied[:5]
         if not done:
@@ -1359,18 +1347,42 @@ class Detector:
         ]
 
 
-def apply_in_order(detector: Detector, items: Iterable[Routed | BankUpdate]) -> None:
-    """Give ``detector`` released items in their order: events in runs
-    (:meth:`Detector.apply_many`, the unbanked ones a batch of the compiled core each),
-    timed bank changes between them (:meth:`Detector.change_bank`)."""
-    run: list[Routed] = []
-    for item in items:
+class LoopHost:
+    """What a compiled loop (``_core.ReplayLoop``, ``_core.ClusterLoop``: the detector's side
+    in ``rust/python/src/detect.rs``) calls on the object that drives it (replay's
+    ``Pipeline``, a streaming ``ClusterPartition``): the released items that are the
+    detector's Python side, its limits, and what the compiled store did, in batches."""
+
+    detector: Detector
+
+    def _apply_one(self, item: Routed | BankUpdate) -> tuple[int, int]:
+        """A released item for the detector's Python side: a banked cluster's event, a bank
+        change, an unbanked event at a time that changes the banked side."""
+        detector = self.detector
         if isinstance(item, BankUpdate):
-            if run:
-                detector.apply_many(run)
-                run = []
             detector.change_bank(item)
         else:
-            run.append(item)
-    if run:
-        detector.apply_many(run)
+            detector.apply(item)
+        self._decided()
+        return detector.limits()
+
+    def _limits(self) -> tuple[int, int]:
+        return self.detector.limits()
+
+    def _settle(
+        self,
+        evicted: list[str],
+        rejected: list[ShareEvent],
+        crossings: list[tuple[str, int, int, int, int, int]],
+        held: int,
+        counts: UnbankedCounts,
+    ) -> None:
+        """What the loop did since it last said: the unbanked store's work, its counters
+        (``held``: reshares it held for their parent, replay's router's)."""
+        self.detector.settle_unbanked(evicted, rejected, crossings, counts)
+        self._decided(held)
+
+    def _decided(self, held: int | None = None) -> None:
+        """The detector may have decided something (its outbox); after a settlement the loop
+        says how many reshares it held meanwhile (``held``): a host that takes them as
+        they come does so here."""

@@ -42,7 +42,7 @@ from typing import Final
 from streams._core import ReplayLoop, evict_unbanked
 from streams.alerts import Pseudonymizer
 from streams.banks import MIN_PDQ_QUALITY, BankUpdate, HashBanks
-from streams.detector import Decisions, Detector, Predictor, UnbankedCounts
+from streams.detector import Decisions, Detector, LoopHost, Predictor
 from streams.emerging import EmergingClusters
 from streams.events import Rejection, ShareEvent, parse_events
 from streams.forecast import predictor_factory as forecast_factory
@@ -69,7 +69,7 @@ def is_bank_update(raw: bytes) -> bool:
     return b'"op"' in raw and b'"event_id"' not in raw
 
 
-class Pipeline:
+class Pipeline(LoopHost):
     """Parse, route, reorder and detect; collect the decisions."""
 
     def __init__(
@@ -203,36 +203,12 @@ class Pipeline:
         self.stats.low_quality += low_quality
         return self.router.classify_batch(uploads) if uploads else []
 
-    def _apply_one(self, item: Routed | BankUpdate) -> tuple[int, int]:
-        """A released item for the detector's Python side: a banked cluster's event, a bank
-        change, an unbanked event at a time that changes the banked side."""
-        detector = self.detector
-        if isinstance(item, BankUpdate):
-            detector.change_bank(item)
-        else:
-            detector.apply(item)
-        if detector.outbox:
-            self._merge(detector.drain())
-        return detector.limits()
-
-    def _limits(self) -> tuple[int, int]:
-        return self.detector.limits()
-
-    def _settle(
-        self,
-        evicted: list[str],
-        rejected: list[ShareEvent],
-        crossings: list[tuple[str, int, int, int, int, int]],
-        held: int,
-        counts: UnbankedCounts,
-    ) -> None:
-        """What the loop did since it last said: the unbanked store's work, its counters."""
-        detector = self.detector
-        detector.settle_unbanked(evicted, rejected, crossings, counts)
-        self.stats.held += held
-        self.stats.orphans_held = self.router.held
-        if detector.outbox:
-            self._merge(detector.drain())
+    def _decided(self, held: int | None = None) -> None:
+        if held is not None:  # the loop's settlement (LoopHost._settle)
+            self.stats.held += held
+            self.stats.orphans_held = self.router.held
+        if self.detector.outbox:
+            self._merge(self.detector.drain())
 
     def _expire(self, watermark_ms: int) -> None:
         for rejection in self.router.expire(watermark_ms):

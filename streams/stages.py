@@ -3,8 +3,8 @@
 :class:`streams.runtime.topology.Topology` wires these together (for a worker
 and for the tests' in-process runner alike); everything that decides lives
 here, so it is unit-tested without a broker and runs the same core as
-``replay`` (:class:`~streams.router.Router`,
-:class:`~streams.reorder.ReorderBuffer`, :class:`~streams.detector.Detector`).
+``replay`` (:class:`~streams.router.Router`, :class:`~streams.detector.Detector`,
+and replay's compiled reorder buffer and unbanked clusters: ``_core.ClusterLoop``).
 
 The topology (every internal topic has the same number of partitions as
 the worker was configured with; keys are placed by :func:`partition_for`)::
@@ -59,19 +59,26 @@ import base64
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final, TypeVar
 
 import orjson
 
-from streams._core import PostRoutes, ResolveLoop, ingest_batch
+from streams._core import (
+    ClusterLoop,
+    ForgetSink,
+    PostRoutes,
+    ResolveLoop,
+    evict_unbanked,
+    ingest_batch,
+)
 from streams.alerts import Pseudonymizer
 from streams.banks import MIN_PDQ_QUALITY, BankUpdate, HashBanks
-from streams.detector import Decisions, Detector, Predictor, apply_in_order
+from streams.detector import Decisions, Detector, LoopHost, Predictor
 from streams.emerging import EmergingClusters
 from streams.events import Rejection, ShareEvent, parse_events
 from streams.pipeline import DEFAULT_PREDICTOR
 from streams.policy import AlertPolicy
-from streams.reorder import ReorderBuffer
 from streams.router import Routed, Router
 from streams.stats import Stats
 from streams.watermarks import NO_TIME, Mark, SourceClock, Watermark
@@ -1130,21 +1137,29 @@ class ClusterBatch:
     applied: int = 0
 
 
-class ClusterPartition:
+class ClusterPartition(LoopHost):
     """Stage 2 for one partition of the clusters topic: reorder by event time, detect.
 
-    Events wait in a :class:`ReorderBuffer` until the watermark (the slowest
-    resolve partition's progress) passes them, then go to the detector in
-    ``(ts, event_id)`` order: the order ``replay`` applies them in. An event
-    that comes after the watermark passed it is applied at once and counted
-    late, as ``replay`` does.
+    Events wait until the watermark (the slowest resolve partition's progress)
+    passes them, then go to the detector in ``(ts, event_id)`` order: the order
+    ``replay`` applies them in. An event that comes after the watermark passed it
+    is applied at once and counted late, as ``replay`` does. The reorder buffer
+    and what is released from it are replay's compiled loop's
+    (``_core.ClusterLoop``, ``rust/python/src/detect.rs``): unbanked clusters'
+    events are applied in the compiled store, idle ones evicted there and their
+    posts written as ``Forget`` records for their resolve partitions, with no
+    Python object made per event; Python's detector is called for banked
+    clusters' events and bank changes and, in batches, for what the store did
+    (:class:`~streams.detector.LoopHost`).
 
     Waiting for the watermark would hold every alert back by the allowed
     lateness, so the detector is told what waits (:meth:`Detector.expect`),
     and after each batch the clusters that received events are asked for the
     firings the events seen already make certain (:meth:`Detector.fire_early`,
     whose module doc holds the argument): those go out at once, with replay's
-    ids; everything that depends on order waits for the watermark.
+    ids; everything that depends on order waits for the watermark. Only banked
+    clusters (``b-``) can fire early: an unbanked one never alerts, and one that
+    turns out banked does so through a bank change (:meth:`Detector.expect_bank`).
     """
 
     def __init__(
@@ -1162,21 +1177,41 @@ class ClusterPartition:
         self.partition = partition
         self.partitions = partitions
         self.stats = stats
-        self.buffer: ReorderBuffer[Routed | BankUpdate] = ReorderBuffer()
-        self.detector = Detector(
+        self.detector = det = Detector(
             policy,
             stats,
             pseudonymizer=pseudonymizer,
             idle_ms=idle_ms,
             predictor_factory=predictor_factory,
         )
+        #: the posts of evicted unbanked clusters, for their resolve partitions to forget
+        self._forget = ForgetSink(partitions)
+        #: the reorder buffer and the detector's compiled side (see the class doc)
+        self.loop = ClusterLoop(
+            det.unbanked_store,
+            det.content.held_signals,
+            det.clusters,
+            Routed,
+            self._forget,
+            MIN_PDQ_QUALITY,
+            det.content.view,
+        )
+        det.evict_with(
+            partial(
+                evict_unbanked,
+                det.unbanked_store,
+                self._forget,
+                det.content.held_signals,
+                view=det.content.view,
+            )
+        )
         self.watermark = Watermark(sources, 0)
         self.applied = 0
         #: the timed bank changes taken, (ts, order key): each is applied once
         self._bank_seen: set[tuple[int | None, str]] = set()
         #: what came before the watermark was known (every resolve partition heard from):
-        #: the clusters given events and the bank changes, asked for early firings once it is
-        #: (see :meth:`advance`)
+        #: the banked clusters given events and the bank changes, asked for early firings
+        #: once it is (see :meth:`advance`)
         self._unasked: set[str] = set()
         self._unasked_banks: list[BankUpdate] = []
 
@@ -1188,9 +1223,7 @@ class ClusterPartition:
         bad: list[Rejection] = []
         for raw in logs:
             routed, rejected = decode_routed_log(raw)
-            for r in routed:
-                self._push(r)
-                self._unasked.add(r.cluster_id)
+            self._unasked.update(self._push(routed))
             bad += rejected
         for rejection in bad:
             self.stats.rejected[rejection.reason] += 1
@@ -1211,7 +1244,7 @@ class ClusterPartition:
         be, dead-lettered when the log is restored).
         """
         seen = set() if seen is None else seen
-        pending = self.buffer.keys()
+        pending = self.loop.keys()
         applied = self.detector.applied
         kept: list[Routed] = []
         for raw in logs:
@@ -1227,10 +1260,14 @@ class ClusterPartition:
                     kept.append(item)
         return log_parts(kept) if kept else []
 
-    def _push(self, routed: Routed) -> None:
-        ev = routed.event
-        self.buffer.push(ev.ts_ms, ev.event_id, routed)
-        self.detector.expect(routed)
+    def _push(self, routed: list[Routed]) -> set[str]:
+        """Hold ``routed`` for the watermark; the banked clusters among them (noted by the
+        detector: :meth:`Detector.expect`)."""
+        expect = self.detector.expect
+        banked = self.loop.push(routed)
+        for item in banked:
+            expect(item)
+        return {item.cluster_id for item in banked}
 
     def handle(self, envelopes: Iterable[bytes | Envelope | None]) -> ClusterBatch:
         received: list[Routed] = []
@@ -1238,13 +1275,16 @@ class ClusterPartition:
         for env in _unpack(envelopes, "detect", self.stats, dead):
             if env.progress:
                 self.watermark.update({p: (t, False) for p, t in env.progress.items()})
-            for item in env.items:
+            items = env.items
+            if all(type(item) is Routed for item in items):
+                received += items  # type: ignore[arg-type]
+                continue
+            for item in items:
                 if type(item) is Routed:
-                    self._push(item)
                     received.append(item)
                 else:
                     _unexpected(item, "detect", self.stats, dead)
-        batch = self.advance({item.cluster_id for item in received})
+        batch = self.advance(self._push(received))
         batch.decisions.rejections.extend(d.rejection for d in dead)
         batch.log = encode_parts(received, MAX_RECORD_BYTES) if received else []
         batch.log_items = len(received)
@@ -1252,7 +1292,7 @@ class ClusterPartition:
 
     def advance(self, received: Iterable[str] = ()) -> ClusterBatch:
         """Apply what the watermark has passed (and late arrivals), let event time run to it,
-        and send what the events held for the ``received`` clusters already prove.
+        and send what the events held for the ``received`` (banked) clusters already prove.
 
         Until every resolve partition has been heard from, the watermark is unknown and
         nothing can be proved: the clusters given events meanwhile (and the bank changes)
@@ -1261,30 +1301,25 @@ class ClusterPartition:
         firing only when the watermark passed it, an allowed lateness later.
         """
         wm = self.watermark.value
-        buf, det = self.buffer, self.detector
+        loop, det = self.loop, self.detector
         if wm == NO_TIME:
             self._unasked.update(received)
         elif self._unasked or self._unasked_banks:
             for update in self._unasked_banks:  # before what they change is released
-                det.expect_bank(update, max(wm, buf.released_ms))
+                det.expect_bank(update, max(wm, loop.released_ms))
             self._unasked_banks = []
             received = self._unasked.union(received)
             self._unasked = set()
-        items = buf.release(max(wm, buf.released_ms))
-        apply_in_order(det, items)
-        self.applied += len(items)
+        applied = loop.release(self, max(wm, loop.released_ms))
+        self.applied += applied
         if wm != NO_TIME:
             det.advance(wm)
-            det.fire_early(received, max(wm, buf.released_ms))
+            det.fire_early(received, max(wm, loop.released_ms))
         decisions = det.drain()
-        forget: dict[int, list[Item]] = {}
-        for post in decisions.evicted_posts:
-            forget.setdefault(partition_for(post, self.partitions), []).append(Forget(post))
-        return ClusterBatch(
-            decisions,
-            forget={r: Envelope(f).pack() for r, f in forget.items()},
-            applied=len(items),
-        )
+        forget = self._forget
+        if decisions.evicted_posts:  # banked clusters' (Python's), after the unbanked
+            forget.extend(decisions.evicted_posts)
+        return ClusterBatch(decisions, forget=forget.take() if len(forget) else {}, applied=applied)
 
     def change_bank(self, update: BankUpdate) -> ClusterBatch:
         """A timed bank change, from the bank follower: applied to the live clusters when the
@@ -1298,22 +1333,22 @@ class ClusterPartition:
         if update.ts_ms is None or mark in self._bank_seen:
             return ClusterBatch(Decisions())
         if len(self._bank_seen) >= 65_536:  # those long applied can no longer come twice
-            done = self.buffer.released_ms - self.detector.idle_ms
+            done = self.loop.released_ms - self.detector.idle_ms
             self._bank_seen = {m for m in self._bank_seen if m[0] is not None and m[0] > done}
         self._bank_seen.add(mark)
-        self.buffer.push(update.ts_ms, update.order_key, update)
+        self.loop.push_bank(update, update.ts_ms, update.order_key)
         if self.watermark.value != NO_TIME:
-            self.detector.expect_bank(update, max(self.watermark.value, self.buffer.released_ms))
+            self.detector.expect_bank(update, max(self.watermark.value, self.loop.released_ms))
         else:  # noted once the watermark is known (see advance)
             self._unasked_banks.append(update)
         return self.advance()
 
     @property
     def pending(self) -> int:
-        return len(self.buffer)
+        return len(self.loop)
 
     @property
     def live_items(self) -> int:
         """Events a compaction of this partition's log would keep: those held for the
         watermark and those of the clusters in memory (see :meth:`compact`)."""
-        return len(self.buffer) + self.detector.live_events
+        return len(self.loop) + self.detector.live_events

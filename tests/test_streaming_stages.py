@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams._core import ForgetSink
 from streams.alerts import Pseudonymizer
 from streams.banks import BankEntry, BankUpdate, HashBanks
 from streams.events import Rejection, ShareEvent, event_from_dict, parse_events
@@ -212,7 +213,7 @@ def test_records_the_earlier_code_wrote_are_read() -> None:
     assert isinstance(item, ToRoute) and item.event.post_id == "p1"
     detect = cluster_partition()
     assert detect.restore([OLD_CLUSTER_LOG]) == [] and detect.pending == 1
-    (held,) = detect.buffer.release(T0 + 10)
+    (held,) = detect.loop.held()
     assert held.cluster_id == "b-x" and held.match is not None and held.match.bank == "ncii"
     r = resolver(0, parts=1)
     out = r.restore([OLD_RESOLVE_LOG])
@@ -771,6 +772,53 @@ def test_cluster_restore_gives_the_same_decisions() -> None:
     assert [a.to_json() for a in b.decisions.alerts] == out and out
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=12), max_size=30), st.integers(1, 6))
+def test_the_forget_sink_writes_what_envelopes_of_forgets_pack_to(
+    posts: list[str], partitions: int
+) -> None:
+    """The compiled clusters partition writes the posts of the clusters it evicts for their
+    resolve partitions itself: the bytes ``Envelope([Forget(post), ...]).pack()`` writes,
+    one envelope per partition, the posts in the order given (any text, escapes too)."""
+    sink = ForgetSink(partitions)
+    sink.extend(posts)
+    want: dict[int, list[Item]] = {}
+    for post in posts:
+        want.setdefault(partition_for(post, partitions), []).append(Forget(post))
+    assert sink.take() == {k: Envelope(items).pack() for k, items in want.items()}
+    assert len(sink) == 0 and sink.take() == {}
+
+
+def test_an_evicted_unbanked_cluster_has_its_posts_forgotten_by_their_partitions() -> None:
+    """Unbanked clusters live in the compiled store: idle an hour of event time, they are
+    evicted there and their posts go to their resolve partitions as Forget records, with
+    a banked cluster's posts (Python's) after them."""
+    part = ClusterPartition(
+        0,
+        partitions=4,
+        sources=1,
+        policy=AlertPolicy.default(),
+        stats=Stats(),
+        pseudonymizer=Pseudonymizer(b"k"),
+        idle_ms=3_600_000,
+    )
+    up = [routed(ev(f"e{i}", "upload", T0 + i, f"p{i}"), f"u-{i % 3}") for i in range(9)]
+    banked = [routed(ev("b0", "upload", T0 + 20, "q0"), "b-1")]
+    first = part.handle([Envelope([*up, *banked], progress={0: T0 + 100}).pack()])
+    assert not first.forget and first.applied == 10
+    later = routed(ev("z", "upload", T0 + 7_300_000, "z1"), "u-9")
+    b = part.handle([Envelope([later], progress={0: T0 + 7_300_000}).pack()])
+    forgotten: dict[int, list[str]] = {}
+    for r, raw in b.forget.items():
+        assert all(type(i) is Forget for i in Envelope.unpack(raw).items)
+        forgotten[r] = [i.post_id for i in Envelope.unpack(raw).items]  # type: ignore[union-attr]
+    want: dict[int, list[str]] = {}
+    for post in [f"p{i}" for i in (0, 3, 6, 1, 4, 7, 2, 5, 8)] + ["q0"]:
+        want.setdefault(partition_for(post, 4), []).append(post)
+    assert forgotten == want
+    assert part.detector.cluster_count == 1 and part.stats.clusters_evicted == 4
+
+
 def test_a_compacted_cluster_log_restores_the_clusters_still_held() -> None:
     """The log keeps the events of clusters in memory and those not applied yet, once each."""
     hour = 3_600_000
@@ -958,8 +1006,8 @@ def test_a_cluster_log_cut_back_a_slice_per_batch_loses_nothing_at_any_point() -
             again.restore(table[k] for k in sorted(table))
             again.handle([Envelope([], progress={0: start + 3_500}).pack()])
             assert again.detector.clusters.keys() == live.detector.clusters.keys()
-            assert again.buffer.keys() == live.buffer.keys()
-            assert len(live.buffer.keys()) == 2 + (10 <= m < 200)
+            assert again.loop.keys() == live.loop.keys()
+            assert len(live.loop.keys()) == 2 + (10 <= m < 200)
             assert all(
                 again.detector.clusters[c].event_ids == st.event_ids
                 for c, st in live.detector.clusters.items()

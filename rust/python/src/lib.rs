@@ -14,6 +14,7 @@ use viralwatch_core::event::{self, Event, Judge, Kind};
 mod alloc;
 mod content;
 mod dedupe;
+mod detect;
 mod emerging;
 mod ingest;
 mod pdq;
@@ -305,7 +306,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<unbanked::UnbankedClusters>()?;
     m.add_class::<replay::ReplayLoop>()?;
     m.add_class::<resolve::ResolveLoop>()?;
-    m.add_function(wrap_pyfunction!(replay::evict_unbanked, m)?)?;
+    m.add_function(wrap_pyfunction!(detect::evict_unbanked, m)?)?;
+    m.add_class::<detect::ClusterLoop>()?;
+    m.add_class::<detect::ForgetSink>()?;
     m.add("MAX_EVENT_BYTES", event::MAX_EVENT_BYTES)?;
     m.add("MAX_ID_LEN", event::MAX_ID_LEN)?;
     m.add("TS_MIN_MS", event::TS_MIN_MS)?;

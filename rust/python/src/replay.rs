@@ -18,67 +18,25 @@ use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap};
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use viralwatch_core::content::{View, DETECTOR, OWNER};
+use viralwatch_core::content::{DETECTOR, OWNER};
 use viralwatch_core::pdq;
-use viralwatch_core::reorder::ReorderBuffer;
-use viralwatch_core::unbanked::{Evicted, Kind, Outcome};
+use viralwatch_core::unbanked::Kind;
 
 use crate::content::PyContentSignals;
 use crate::dedupe::with_id;
+use crate::detect::{Detect, Forgetting, Item};
 use crate::emerging::PyIdleClusters;
 use crate::pdq::PyPdqIndex;
 use crate::posts::PyPostRoutes;
 use crate::routing::{is_unbanked_id, Reshare, Routing};
-use crate::unbanked::{crossing_row, kind_of, with_event, CrossingRow, UnbankedClusters};
+use crate::unbanked::{kind_of, UnbankedClusters};
 
 /// How often (event time) held orphans are checked for expiry.
 const EXPIRE_EVERY_MS: i64 = 10_000;
-
-/// What the reorder buffer holds: a routed event (its cluster, and the `Routed` record
-/// when the router made one: a banked or allow-listed upload), or a timed bank change.
-enum Item {
-    Event {
-        cluster: Py<PyString>,
-        event: Py<PyAny>,
-        ts: i64,
-        routed: Option<Py<PyAny>>,
-    },
-    Bank(Py<PyAny>),
-}
-
-/// The store's results not yet handed to Python, and the loop's own counters.
-#[derive(Default)]
-struct Pending {
-    /// the clusters evicted, in order (their posts forgotten by the map, their content by
-    /// the detector's index already)
-    evicted: Vec<String>,
-    rejected: Vec<Py<PyAny>>,
-    crossings: Vec<CrossingRow>,
-    held: u64,
-    duplicates: u64,
-    late: u64,
-    created: u64,
-    kinds: [u64; 3],
-    latest: Option<i64>,
-}
-
-impl Pending {
-    fn effects(&self) -> bool {
-        !(self.evicted.is_empty() && self.rejected.is_empty() && self.crossings.is_empty())
-    }
-
-    fn any(&self) -> bool {
-        self.effects()
-            || self.held + self.duplicates + self.late + self.created > 0
-            || self.kinds.iter().any(|&k| k > 0)
-            || self.latest.is_some()
-    }
-}
 
 /// Replay's loop (see the module doc) over the router's map (``routes``), the index's idle
 /// order (``idle``), the detector's unbanked store (``unbanked``) and banked clusters
@@ -89,72 +47,16 @@ impl Pending {
 pub struct ReplayLoop {
     /// the post -> cluster map, held orphans and the index of unbanked content
     routing: Routing,
-    unbanked: Py<UnbankedClusters>,
-    /// the detector's index of live clusters' content (which a bank change concerns): the
-    /// router's (`signals`) seen from the detector's view when they are one object
-    content: Py<PyContentSignals>,
-    content_view: View,
-    banked: Py<PyDict>,
-    routed_cls: Py<PyType>,
     rejection_cls: Py<PyType>,
     lateness_ms: i64,
-    buffer: ReorderBuffer<Item>,
+    /// the reorder buffer and what is released from it (the detector's side, shared with
+    /// a clusters partition: ``crate::detect``)
+    detect: Detect,
     /// unbanked uploads waiting for the watermark, by event id, and their `(ts, id)` order
     waiting: HashMap<Box<[u8]>, Py<PyAny>>,
     order: BinaryHeap<Reverse<(i64, Box<[u8]>)>>,
     max_ts_ms: i64,
     expired_at: i64,
-    /// the detector's `(stop_ms, barrier)` (`None`: Python may have changed them since)
-    limits: Option<(i64, u64)>,
-    pending: Pending,
-}
-
-/// Clusters evicted from the unbanked store: their posts forgotten by the router's map
-/// and their content by the detector's index; their ids, in order.
-fn forget(
-    py: Python<'_>,
-    routes: &Py<PyPostRoutes>,
-    (content, view): (&Py<PyContentSignals>, View),
-    evicted: Vec<Evicted>,
-) -> Vec<String> {
-    let mut routes = routes.borrow_mut(py);
-    let mut content = content.borrow_mut(py);
-    evicted
-        .into_iter()
-        .map(|gone| {
-            for post in &gone.posts {
-                routes.inner.posts.remove(post);
-            }
-            content.inner.forget_cluster_in(&gone.cluster_id, view);
-            gone.cluster_id
-        })
-        .collect()
-}
-
-/// Evict, oldest first, the unbanked clusters idle at ``cut_ms`` and touched before
-/// ``barrier`` (``UnbankedClusters.evict``), forgetting their posts in ``routes`` and their
-/// content in ``content`` (in its ``view``) here: ``(stopped at one that is not idle,
-/// [cluster])``. Replay's detector evicts this way (no Python string per post, no call per
-/// cluster).
-#[pyfunction]
-#[pyo3(signature = (store, routes, content, cut_ms, barrier, view = 0))]
-pub fn evict_unbanked(
-    py: Python<'_>,
-    store: &Bound<'_, UnbankedClusters>,
-    routes: Py<PyPostRoutes>,
-    content: Py<PyContentSignals>,
-    cut_ms: i64,
-    barrier: u64,
-    view: u8,
-) -> PyResult<(bool, Vec<String>)> {
-    if view > DETECTOR {
-        return Err(PyValueError::new_err(format!(
-            "view must be 0 or 1, not {view}"
-        )));
-    }
-    let mut out: Outcome<Py<PyAny>> = Outcome::default();
-    let stopped = store.borrow_mut().store.evict(cut_ms, barrier, 0, &mut out);
-    Ok((stopped, forget(py, &routes, (&content, view), out.evicted)))
 }
 
 /// What `HashBanks.screen` gives for a batch: the MD5 table (lowercase hex -> entries), the
@@ -177,83 +79,10 @@ fn banked_md5(md5s: &Bound<'_, PyDict>, md5: &Bound<'_, PyAny>) -> PyResult<bool
 }
 
 impl ReplayLoop {
-    /// Hand Python what the store did (and the counters, when `all`).
-    fn flush(&mut self, host: &Bound<'_, PyAny>, all: bool) -> PyResult<()> {
-        if !(self.pending.effects() || all && self.pending.any()) {
-            return Ok(());
-        }
-        let p = std::mem::take(&mut self.pending);
-        let counts = (
-            p.duplicates,
-            p.late,
-            p.created,
-            p.kinds[0],
-            p.kinds[1],
-            p.kinds[2],
-            p.latest,
-        );
-        host.call_method1(
-            intern!(host.py(), "_settle"),
-            (p.evicted, p.rejected, p.crossings, p.held, counts),
-        )?;
-        Ok(())
-    }
-
     fn reject(&mut self, host: &Bound<'_, PyAny>, rejection: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.flush(host, false)?;
+        self.detect.flush(host, false)?;
         host.call_method1(intern!(host.py(), "reject"), (rejection,))?;
         Ok(())
-    }
-
-    /// Give one released item to Python's detector (a banked cluster's event, a bank change,
-    /// an unbanked event at a time that changes the banked side).
-    fn python_apply(&mut self, host: &Bound<'_, PyAny>, item: Bound<'_, PyAny>) -> PyResult<()> {
-        self.flush(host, false)?;
-        let limits = host.call_method1(intern!(host.py(), "_apply_one"), (item,))?;
-        self.limits = Some(limits.extract()?);
-        Ok(())
-    }
-
-    fn limits(&mut self, host: &Bound<'_, PyAny>) -> PyResult<(i64, u64)> {
-        if let Some(l) = self.limits {
-            return Ok(l);
-        }
-        let l: (i64, u64) = host
-            .call_method0(intern!(host.py(), "_limits"))?
-            .extract()?;
-        self.limits = Some(l);
-        Ok(l)
-    }
-
-    fn routed<'py>(
-        &self,
-        py: Python<'py>,
-        cluster: Py<PyString>,
-        event: Py<PyAny>,
-        routed: Option<Py<PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        match routed {
-            Some(r) => Ok(r.into_bound(py)),
-            None => self.routed_cls.bind(py).call1((event, cluster)),
-        }
-    }
-
-    fn push(
-        &mut self,
-        py: Python<'_>,
-        cluster: &Bound<'_, PyString>,
-        event: &Bound<'_, PyAny>,
-        ts: i64,
-        routed: Option<Py<PyAny>>,
-    ) -> PyResult<()> {
-        let eid = event.getattr(intern!(py, "event_id"))?;
-        let item = Item::Event {
-            cluster: cluster.clone().unbind(),
-            event: event.clone().unbind(),
-            ts,
-            routed,
-        };
-        with_id(&eid, |k| self.buffer.push(ts, k, item))
     }
 
     /// What waited for a post of `cluster`, released: routed to it, in the order given.
@@ -274,7 +103,7 @@ impl ReplayLoop {
             if unbanked {
                 self.routing.touch(py, &id, ts);
             }
-            self.push(py, cluster, &child, ts, None)?;
+            self.detect.push(cluster, &child, ts, None)?;
         }
         Ok(())
     }
@@ -299,7 +128,7 @@ impl ReplayLoop {
     ) -> PyResult<()> {
         let key: Box<[u8]> = with_id(eid, |k| Box::from(k))?;
         match self.waiting.entry(key) {
-            Entry::Occupied(_) => self.pending.duplicates += 1, // waits once, as at the owner
+            Entry::Occupied(_) => self.detect.pending.duplicates += 1, // waits once, as at the owner
             Entry::Vacant(v) => {
                 self.order.push(Reverse((ts_ms, v.key().clone())));
                 v.insert(event.clone().unbind());
@@ -324,7 +153,7 @@ impl ReplayLoop {
             host.call_method1(intern!(py, "_assign_video"), (&event,))?
                 .cast_into::<PyString>()?
         };
-        self.push(py, &cluster, &event, ts, None)?;
+        self.detect.push(&cluster, &event, ts, None)?;
         self.register(py, &event, &cluster)
     }
 
@@ -348,92 +177,7 @@ impl ReplayLoop {
                 self.cluster_upload(py, host, event)?;
             }
         }
-        if self.buffer.next_ms() <= watermark_ms {
-            let items = self.buffer.release(watermark_ms);
-            self.apply(py, host, items)?;
-        }
-        Ok(())
-    }
-
-    /// Released items, in order: unbanked clusters' events to the store, the rest to Python.
-    fn apply(&mut self, py: Python<'_>, host: &Bound<'_, PyAny>, items: Vec<Item>) -> PyResult<()> {
-        for item in items {
-            let (cluster, event, ts, routed) = match item {
-                Item::Bank(update) => {
-                    self.python_apply(host, update.into_bound(py))?;
-                    continue;
-                }
-                Item::Event {
-                    cluster,
-                    event,
-                    ts,
-                    routed,
-                } => (cluster, event, ts, routed),
-            };
-            let cid_obj = cluster.bind(py);
-            let cid = cid_obj.to_str()?;
-            if cid.starts_with("b-") || self.banked.bind(py).contains(cid_obj)? {
-                let r = self.routed(py, cluster, event, routed)?;
-                self.python_apply(host, r)?;
-                continue;
-            }
-            let ev = event.bind(py);
-            let (stop_ms, barrier) = self.limits(host)?;
-            if ts >= stop_ms {
-                let r = self.routed(py, cluster, event, routed)?;
-                self.python_apply(host, r)?;
-                continue;
-            }
-            let content = ev.getattr(intern!(py, "content"))?;
-            let mut out: Outcome<Py<PyAny>> = Outcome::default();
-            let applied = {
-                let mut store = self.unbanked.borrow_mut(py);
-                let idle = store.store.idle_ms();
-                store
-                    .store
-                    .evict(ts.saturating_sub(idle), barrier, 0, &mut out);
-                with_event(ev, ts, |e| {
-                    store.store.apply(cid, e, event.clone_ref(py), &mut out)
-                })?
-            };
-            self.absorb(py, out)?;
-            if applied && !content.is_none() {
-                let image = self.routing.image_signals(py, &content)?;
-                self.content
-                    .borrow_mut(py)
-                    .inner
-                    .add_counted_in(cid, &image.refs(), self.content_view)
-                    .map_err(|e| PyValueError::new_err(e.0))?;
-            }
-            let latest = self.pending.latest.get_or_insert(ts);
-            *latest = (*latest).max(ts);
-        }
-        Ok(())
-    }
-
-    /// Take what the store did: evicted clusters' posts forgotten by the map now (no event
-    /// is routed before Python would have forgotten them), the rest kept for Python.
-    fn absorb(&mut self, py: Python<'_>, out: Outcome<Py<PyAny>>) -> PyResult<()> {
-        if !out.evicted.is_empty() {
-            let gone = forget(
-                py,
-                &self.routing.routes,
-                (&self.content, self.content_view),
-                out.evicted,
-            );
-            self.pending.evicted.extend(gone);
-        }
-        self.pending.rejected.extend(out.rejected);
-        self.pending
-            .crossings
-            .extend(out.crossings.into_iter().map(crossing_row));
-        let p = &mut self.pending;
-        p.duplicates += out.duplicates;
-        p.late += out.late;
-        p.created += out.created;
-        for (k, n) in p.kinds.iter_mut().zip(out.kinds) {
-            *k += n;
-        }
+        self.detect.release(py, host, watermark_ms)?;
         Ok(())
     }
 
@@ -547,7 +291,8 @@ impl ReplayLoop {
                     let cluster = route
                         .getattr(intern!(py, "cluster_id"))?
                         .cast_into::<PyString>()?;
-                    self.push(py, &cluster, event, ts, Some(route.unbind()))?;
+                    self.detect
+                        .push(&cluster, event, ts, Some(route.unbind()))?;
                     self.register(py, event, &cluster)?;
                 } else {
                     let content = event.getattr(intern!(py, "content"))?;
@@ -560,7 +305,7 @@ impl ReplayLoop {
                             self.defer(event, ts, &eid)?;
                         } else {
                             let cluster = cluster.cast_into::<PyString>()?;
-                            self.push(py, &cluster, event, ts, None)?;
+                            self.detect.push(&cluster, event, ts, None)?;
                             self.register(py, event, &cluster)?;
                         }
                     }
@@ -568,16 +313,16 @@ impl ReplayLoop {
             }
             kind => match self.routing.reshare(py, event, kind == Kind::Share, ts)? {
                 Reshare::Found(cluster, released) => {
-                    self.push(py, &cluster, event, ts, None)?;
+                    self.detect.push(&cluster, event, ts, None)?;
                     let id = cluster.to_str()?;
                     if is_unbanked_id(id) {
                         self.routing.touch(py, id, ts);
                     }
                     self.released(py, &cluster, released)?;
                 }
-                Reshare::Held => self.pending.held += 1,
+                Reshare::Held => self.detect.pending.held += 1,
                 Reshare::Refused(reason, held, target) => {
-                    self.flush(host, false)?;
+                    self.detect.flush(host, false)?;
                     host.call_method1(intern!(py, "_refused"), (&target, event, reason, held))?;
                 }
             },
@@ -588,12 +333,12 @@ impl ReplayLoop {
             self.release(py, host, watermark)?;
             if watermark - self.expired_at >= EXPIRE_EVERY_MS {
                 self.expired_at = watermark;
-                self.flush(host, false)?;
+                self.detect.flush(host, false)?;
                 host.call_method1(intern!(py, "_expire"), (watermark,))?;
             }
-        } else if ts <= self.buffer.released_ms() {
+        } else if ts <= self.detect.buffer.released_ms() {
             // later than the allowed lateness: applied now rather than dropped
-            let released = self.buffer.released_ms();
+            let released = self.detect.buffer.released_ms();
             self.release(py, host, released)?;
         }
         Ok(())
@@ -624,22 +369,23 @@ impl ReplayLoop {
         } else {
             OWNER
         };
+        let forgetting = Forgetting::Routes(routes.clone_ref(py));
         Self {
             routing: Routing::new(py, routes, Some(idle), max_held, min_pdq_quality),
-            unbanked,
-            content,
-            content_view,
-            banked,
-            routed_cls,
             rejection_cls,
             lateness_ms,
-            buffer: ReorderBuffer::new(),
+            detect: Detect::new(
+                unbanked,
+                (content, content_view),
+                banked,
+                routed_cls,
+                forgetting,
+                min_pdq_quality,
+            ),
             waiting: HashMap::new(),
             order: BinaryHeap::new(),
             max_ts_ms: -1,
             expired_at: -1,
-            limits: None,
-            pending: Pending::default(),
         }
     }
 
@@ -654,7 +400,7 @@ impl ReplayLoop {
         parsed: &Bound<'_, PyList>,
         banks: Banks<'_>,
     ) -> PyResult<()> {
-        self.limits = None; // Python may have changed the detector between calls
+        self.detect.limits = None; // Python may have changed the detector between calls
         let rejection = self.rejection_cls.bind(py).clone();
         let result = (|| {
             let routes = self.screen(py, host, parsed, &banks)?;
@@ -667,7 +413,7 @@ impl ReplayLoop {
             }
             Ok(())
         })();
-        let flushed = self.flush(host, true);
+        let flushed = self.detect.flush(host, true);
         result.and(flushed)
     }
 
@@ -681,27 +427,28 @@ impl ReplayLoop {
         ts_ms: i64,
         key: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        self.limits = None;
-        with_id(key, |k| self.buffer.push(ts_ms, k, Item::Bank(update)))?;
-        let result = if ts_ms <= self.buffer.released_ms() {
-            let items = self.buffer.release(self.buffer.released_ms());
-            self.apply(py, host, items)
+        self.detect.limits = None;
+        let buffer = &mut self.detect.buffer;
+        with_id(key, |k| buffer.push(ts_ms, k, Item::Bank(update)))?;
+        let result = if ts_ms <= buffer.released_ms() {
+            let released = buffer.released_ms();
+            self.detect.release(py, host, released).map(|_| ())
         } else {
             Ok(())
         };
-        let flushed = self.flush(host, true);
+        let flushed = self.detect.flush(host, true);
         result.and(flushed)
     }
 
     /// The end of the input: every unbanked upload still waiting clustered, in order, and
     /// everything held applied.
     fn finish(&mut self, py: Python<'_>, host: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.limits = None;
+        self.detect.limits = None;
         let result = self.release(py, host, i64::MAX).and_then(|()| {
-            let items = self.buffer.drain();
-            self.apply(py, host, items)
+            let items = self.detect.buffer.drain();
+            self.detect.apply(py, host, items)
         });
-        let flushed = self.flush(host, true);
+        let flushed = self.detect.flush(host, true);
         result.and(flushed)
     }
 
@@ -714,12 +461,12 @@ impl ReplayLoop {
     /// The event time of the latest record released (``-1`` before any).
     #[getter]
     fn released_ms(&self) -> i64 {
-        self.buffer.released_ms()
+        self.detect.buffer.released_ms()
     }
 
     /// Records held for the watermark (unbanked uploads waiting for the index not counted).
     fn __len__(&self) -> usize {
-        self.buffer.len()
+        self.detect.buffer.len()
     }
 
     /// Unbanked uploads waiting for the watermark to be clustered.
@@ -729,42 +476,18 @@ impl ReplayLoop {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for item in self.buffer.items() {
-            match item {
-                Item::Event {
-                    cluster,
-                    event,
-                    routed,
-                    ..
-                } => {
-                    visit.call(cluster)?;
-                    visit.call(event)?;
-                    if let Some(r) = routed {
-                        visit.call(r)?;
-                    }
-                }
-                Item::Bank(u) => visit.call(u)?,
-            }
-        }
+        self.detect.traverse(&visit)?;
         for ev in self.waiting.values() {
             visit.call(ev)?;
         }
-        for r in &self.pending.rejected {
-            visit.call(r)?;
-        }
         self.routing.traverse(&visit)?;
-        visit.call(&self.unbanked)?;
-        visit.call(&self.content)?;
-        visit.call(&self.banked)?;
-        visit.call(&self.routed_cls)?;
         visit.call(&self.rejection_cls)?;
         Ok(())
     }
 
     fn __clear__(&mut self) {
-        self.buffer.clear();
+        self.detect.clear();
         self.waiting.clear();
         self.order.clear();
-        self.pending = Pending::default();
     }
 }

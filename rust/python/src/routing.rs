@@ -55,6 +55,46 @@ impl ImageSignals {
     }
 }
 
+/// An upload's (``content``: its ``Content``) image signals as the content indexes take
+/// them, lowercase, MD5 first (a PDQ under ``min_pdq_quality`` left out): the router's
+/// index and the detector's alike.
+pub(crate) fn image_signals(
+    content: &Bound<'_, PyAny>,
+    min_pdq_quality: i64,
+) -> PyResult<ImageSignals> {
+    let py = content.py();
+    let mut out = ImageSignals::default();
+    let md5 = content.getattr(intern!(py, "md5"))?;
+    if md5.is_truthy()? {
+        let md5 = md5.cast_into::<PyString>()?;
+        let text = md5.to_str()?;
+        out.lower.push((Signal::Md5, text.to_ascii_lowercase()));
+        out.own_key = Some(format!("md5:{text}"));
+    }
+    let pdq = content.getattr(intern!(py, "pdq"))?;
+    if signalled_pdq(content, &pdq, min_pdq_quality)? {
+        let pdq = pdq.cast_into::<PyString>()?;
+        let text = pdq.to_str()?;
+        out.lower.push((Signal::Pdq, text.to_ascii_lowercase()));
+        out.own_key.get_or_insert_with(|| format!("pdq:{text}"));
+    }
+    Ok(out)
+}
+
+/// Whether an upload's PDQ (``pdq``) is one the indexes use: present, and of quality
+/// ``min_pdq_quality`` or more when its quality is known.
+fn signalled_pdq(
+    content: &Bound<'_, PyAny>,
+    pdq: &Bound<'_, PyAny>,
+    min_pdq_quality: i64,
+) -> PyResult<bool> {
+    if !pdq.is_truthy()? {
+        return Ok(false);
+    }
+    let quality = content.getattr(intern!(content.py(), "pdq_quality"))?;
+    Ok(quality.is_none() || quality.extract::<i64>()? >= min_pdq_quality)
+}
+
 /// The router's compiled state: the post -> cluster map with held orphans (``routes``)
 /// and, where this router holds it, the index of unbanked content (``index``: its idle
 /// order and holders).
@@ -155,44 +195,11 @@ impl Routing {
         if content.getattr(intern!(py, "md5"))?.is_truthy()? {
             return Ok(true);
         }
-        self.signalled_pdq(py, content, &content.getattr(intern!(py, "pdq"))?)
-    }
-
-    fn signalled_pdq(
-        &self,
-        py: Python<'_>,
-        content: &Bound<'_, PyAny>,
-        pdq: &Bound<'_, PyAny>,
-    ) -> PyResult<bool> {
-        if !pdq.is_truthy()? {
-            return Ok(false);
-        }
-        let quality = content.getattr(intern!(py, "pdq_quality"))?;
-        Ok(quality.is_none() || quality.extract::<i64>()? >= self.min_pdq_quality)
-    }
-
-    /// An upload's image signals as the content indexes take them (``signals_of``).
-    pub(crate) fn image_signals(
-        &self,
-        py: Python<'_>,
-        content: &Bound<'_, PyAny>,
-    ) -> PyResult<ImageSignals> {
-        let mut out = ImageSignals::default();
-        let md5 = content.getattr(intern!(py, "md5"))?;
-        if md5.is_truthy()? {
-            let md5 = md5.cast_into::<PyString>()?;
-            let text = md5.to_str()?;
-            out.lower.push((Signal::Md5, text.to_ascii_lowercase()));
-            out.own_key = Some(format!("md5:{text}"));
-        }
-        let pdq = content.getattr(intern!(py, "pdq"))?;
-        if self.signalled_pdq(py, content, &pdq)? {
-            let pdq = pdq.cast_into::<PyString>()?;
-            let text = pdq.to_str()?;
-            out.lower.push((Signal::Pdq, text.to_ascii_lowercase()));
-            out.own_key.get_or_insert_with(|| format!("pdq:{text}"));
-        }
-        Ok(out)
+        signalled_pdq(
+            content,
+            &content.getattr(intern!(py, "pdq"))?,
+            self.min_pdq_quality,
+        )
     }
 
     /// The cluster an unbanked upload with image signals (not a video) joins or starts at
@@ -208,7 +215,7 @@ impl Routing {
                 "this router holds no index of unbanked content",
             ));
         };
-        let image = self.image_signals(py, content)?;
+        let image = image_signals(content, self.min_pdq_quality)?;
         let Some(key) = &image.own_key else {
             return Err(PyTypeError::new_err("a deferred upload has no signal"));
         };

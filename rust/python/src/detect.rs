@@ -1,0 +1,642 @@
+//! The detector's side of a compiled loop, shared by replay (`ReplayLoop`) and a
+//! streaming clusters partition (`ClusterLoop`): routed events held in the reorder
+//! buffer until the watermark passes them, then applied in `(ts, event_id)` order,
+//! unbanked clusters' events in `UnbankedClusters` (idle ones evicted first, their
+//! content dropped from the detector's index, their posts forgotten), everything
+//! else (a banked cluster's event, a bank change, an unbanked event at a time that
+//! changes the banked side) handed to Python's detector one by one.
+//!
+//! One implementation: replay and the streaming stage differ only in where an
+//! evicted cluster's posts go (replay's post -> cluster map, `Forgetting::Routes`;
+//! a clusters partition's `Forget` records for their resolve partitions,
+//! `Forgetting::Sink`) and in what feeds the buffer.
+
+use std::collections::BTreeMap;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PySet, PyString, PyType};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use viralwatch_core::content::{View, DETECTOR};
+use viralwatch_core::posts::partition_for;
+use viralwatch_core::reorder::ReorderBuffer;
+use viralwatch_core::unbanked::{Evicted, Outcome};
+use viralwatch_core::wire::write_str;
+
+use crate::content::PyContentSignals;
+use crate::dedupe::with_id;
+use crate::posts::PyPostRoutes;
+use crate::routing::image_signals;
+use crate::unbanked::{crossing_row, with_event, CrossingRow, UnbankedClusters};
+
+/// What the reorder buffer holds: a routed event (its cluster, and the `Routed` record
+/// when one was made: a banked or allow-listed upload in replay, every event in a
+/// stream), or a timed bank change.
+pub(crate) enum Item {
+    Event {
+        cluster: Py<PyString>,
+        event: Py<PyAny>,
+        ts: i64,
+        routed: Option<Py<PyAny>>,
+    },
+    Bank(Py<PyAny>),
+}
+
+impl Item {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Item::Event {
+                cluster,
+                event,
+                routed,
+                ..
+            } => {
+                visit.call(cluster)?;
+                visit.call(event)?;
+                if let Some(r) = routed {
+                    visit.call(r)?;
+                }
+            }
+            Item::Bank(u) => visit.call(u)?,
+        }
+        Ok(())
+    }
+}
+
+/// The store's results not yet handed to Python, and the loop's own counters.
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// the clusters evicted, in order (their posts forgotten, their content dropped from
+    /// the detector's index already)
+    pub(crate) evicted: Vec<String>,
+    pub(crate) rejected: Vec<Py<PyAny>>,
+    pub(crate) crossings: Vec<CrossingRow>,
+    pub(crate) held: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) late: u64,
+    pub(crate) created: u64,
+    pub(crate) kinds: [u64; 3],
+    pub(crate) latest: Option<i64>,
+}
+
+impl Pending {
+    fn effects(&self) -> bool {
+        !(self.evicted.is_empty() && self.rejected.is_empty() && self.crossings.is_empty())
+    }
+
+    fn any(&self) -> bool {
+        self.effects()
+            || self.held + self.duplicates + self.late + self.created > 0
+            || self.kinds.iter().any(|&k| k > 0)
+            || self.latest.is_some()
+    }
+}
+
+/// The posts of evicted clusters a clusters partition must have its resolve partitions
+/// forget (`["f", post]` records), kept as bytes by partition until the batch's end: no
+/// Python string per post.
+#[pyclass(module = "streams._core")]
+pub struct ForgetSink {
+    partitions: u32,
+    posts: BTreeMap<u32, Vec<u8>>,
+}
+
+impl ForgetSink {
+    fn add(&mut self, post: &[u8]) {
+        let out = self
+            .posts
+            .entry(partition_for(post, self.partitions))
+            .or_default();
+        out.extend_from_slice(if out.is_empty() {
+            b"[\"f\","
+        } else {
+            b",[\"f\","
+        });
+        write_str(out, &String::from_utf8_lossy(post));
+        out.push(b']');
+    }
+}
+
+#[pymethods]
+impl ForgetSink {
+    #[new]
+    fn new(partitions: u32) -> Self {
+        Self {
+            partitions: partitions.max(1),
+            posts: BTreeMap::new(),
+        }
+    }
+
+    /// Posts forgotten elsewhere (a banked cluster's, evicted by Python), after those held.
+    fn extend(&mut self, posts: &Bound<'_, PyAny>) -> PyResult<()> {
+        for post in posts.try_iter()? {
+            with_id(&post?, |p| self.add(p))?;
+        }
+        Ok(())
+    }
+
+    /// Every post held, as one envelope per resolve partition (``{"i": [["f", post],
+    /// ...]}``, what ``Envelope([Forget(post), ...]).pack()`` writes), and none held after.
+    fn take<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for (partition, items) in std::mem::take(&mut self.posts) {
+            let mut env = Vec::with_capacity(items.len() + 8);
+            env.extend_from_slice(b"{\"i\":[");
+            env.extend_from_slice(&items);
+            env.extend_from_slice(b"]}");
+            out.set_item(partition, PyBytes::new(py, &env))?;
+        }
+        Ok(out)
+    }
+
+    /// Resolve partitions with posts to forget.
+    fn __len__(&self) -> usize {
+        self.posts.len()
+    }
+}
+
+/// Where an evicted unbanked cluster's posts go.
+pub(crate) enum Forgetting {
+    /// replay: out of the router's post -> cluster map
+    Routes(Py<PyPostRoutes>),
+    /// a clusters partition: to its resolve partitions, as `Forget` records
+    Sink(Py<ForgetSink>),
+}
+
+impl Forgetting {
+    fn of(target: &Bound<'_, PyAny>) -> PyResult<Self> {
+        if let Ok(routes) = target.cast::<PyPostRoutes>() {
+            return Ok(Self::Routes(routes.clone().unbind()));
+        }
+        match target.cast::<ForgetSink>() {
+            Ok(sink) => Ok(Self::Sink(sink.clone().unbind())),
+            Err(_) => Err(PyTypeError::new_err(
+                "evicted posts go to a PostRoutes or a ForgetSink",
+            )),
+        }
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Self::Routes(r) => visit.call(r),
+            Self::Sink(s) => visit.call(s),
+        }
+    }
+
+    /// Clusters evicted from the unbanked store: their posts forgotten, their content
+    /// dropped from the detector's index (in its `view`: replay's router shares it); their
+    /// ids, in order.
+    fn forget(
+        &self,
+        py: Python<'_>,
+        (content, view): (&Py<PyContentSignals>, View),
+        evicted: Vec<Evicted>,
+    ) -> Vec<String> {
+        let mut content = content.borrow_mut(py);
+        match self {
+            Self::Routes(routes) => {
+                let mut routes = routes.borrow_mut(py);
+                evicted
+                    .into_iter()
+                    .map(|gone| {
+                        for post in &gone.posts {
+                            routes.inner.posts.remove(post);
+                        }
+                        content.inner.forget_cluster_in(&gone.cluster_id, view);
+                        gone.cluster_id
+                    })
+                    .collect()
+            }
+            Self::Sink(sink) => {
+                let mut sink = sink.borrow_mut(py);
+                evicted
+                    .into_iter()
+                    .map(|gone| {
+                        for post in &gone.posts {
+                            sink.add(post);
+                        }
+                        content.inner.forget_cluster_in(&gone.cluster_id, view);
+                        gone.cluster_id
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Evict, oldest first, the unbanked clusters idle at ``cut_ms`` and touched before
+/// ``barrier`` (``UnbankedClusters.evict``), their posts forgotten in ``forget`` (replay's
+/// ``PostRoutes``, or a clusters partition's ``ForgetSink``) and their content in
+/// ``content`` (in its ``view``) here: ``(stopped at one that is not idle, [cluster])``.
+/// The detector evicts this way in a compiled loop (no Python string per post, no call
+/// per cluster).
+#[pyfunction]
+#[pyo3(signature = (store, forget, content, cut_ms, barrier, view = 0))]
+pub fn evict_unbanked(
+    py: Python<'_>,
+    store: &Bound<'_, UnbankedClusters>,
+    forget: &Bound<'_, PyAny>,
+    content: Py<PyContentSignals>,
+    cut_ms: i64,
+    barrier: u64,
+    view: View,
+) -> PyResult<(bool, Vec<String>)> {
+    let view = view_of(view)?;
+    let forgetting = Forgetting::of(forget)?;
+    let mut out: Outcome<Py<PyAny>> = Outcome::default();
+    let stopped = store.borrow_mut().store.evict(cut_ms, barrier, 0, &mut out);
+    Ok((
+        stopped,
+        forgetting.forget(py, (&content, view), out.evicted),
+    ))
+}
+
+/// A view of a content index given by Python: the owner's (0) or the detector's (1).
+fn view_of(view: View) -> PyResult<View> {
+    if view > DETECTOR {
+        return Err(PyValueError::new_err(format!(
+            "view must be 0 or 1, not {view}"
+        )));
+    }
+    Ok(view)
+}
+
+/// The detector's side of a compiled loop (see the module doc). ``host`` (replay's
+/// ``Pipeline``, a ``ClusterPartition``) is given to each call: ``_apply_one``,
+/// ``_limits`` and ``_settle`` are called on it.
+pub(crate) struct Detect {
+    pub(crate) buffer: ReorderBuffer<Item>,
+    unbanked: Py<UnbankedClusters>,
+    /// the detector's index of live clusters' content (which a bank change concerns), and
+    /// the view of it that is the detector's (replay's router shares the index)
+    content: (Py<PyContentSignals>, View),
+    banked: Py<PyDict>,
+    routed_cls: Py<PyType>,
+    forgetting: Forgetting,
+    min_pdq_quality: i64,
+    /// the detector's `(stop_ms, barrier)` (`None`: Python may have changed them since)
+    pub(crate) limits: Option<(i64, u64)>,
+    pub(crate) pending: Pending,
+}
+
+impl Detect {
+    pub(crate) fn new(
+        unbanked: Py<UnbankedClusters>,
+        content: (Py<PyContentSignals>, View),
+        banked: Py<PyDict>,
+        routed_cls: Py<PyType>,
+        forgetting: Forgetting,
+        min_pdq_quality: i64,
+    ) -> Self {
+        Self {
+            buffer: ReorderBuffer::new(),
+            unbanked,
+            content,
+            banked,
+            routed_cls,
+            forgetting,
+            min_pdq_quality,
+            limits: None,
+            pending: Pending::default(),
+        }
+    }
+
+    /// Hand Python what the store did (and the counters, when `all`).
+    pub(crate) fn flush(&mut self, host: &Bound<'_, PyAny>, all: bool) -> PyResult<()> {
+        if !(self.pending.effects() || all && self.pending.any()) {
+            return Ok(());
+        }
+        let p = std::mem::take(&mut self.pending);
+        let counts = (
+            p.duplicates,
+            p.late,
+            p.created,
+            p.kinds[0],
+            p.kinds[1],
+            p.kinds[2],
+            p.latest,
+        );
+        host.call_method1(
+            intern!(host.py(), "_settle"),
+            (p.evicted, p.rejected, p.crossings, p.held, counts),
+        )?;
+        Ok(())
+    }
+
+    /// Give one released item to Python's detector (a banked cluster's event, a bank change,
+    /// an unbanked event at a time that changes the banked side).
+    fn python_apply(&mut self, host: &Bound<'_, PyAny>, item: Bound<'_, PyAny>) -> PyResult<()> {
+        self.flush(host, false)?;
+        let limits = host.call_method1(intern!(host.py(), "_apply_one"), (item,))?;
+        self.limits = Some(limits.extract()?);
+        Ok(())
+    }
+
+    fn limits(&mut self, host: &Bound<'_, PyAny>) -> PyResult<(i64, u64)> {
+        if let Some(l) = self.limits {
+            return Ok(l);
+        }
+        let l: (i64, u64) = host
+            .call_method0(intern!(host.py(), "_limits"))?
+            .extract()?;
+        self.limits = Some(l);
+        Ok(l)
+    }
+
+    fn routed<'py>(
+        &self,
+        py: Python<'py>,
+        cluster: Py<PyString>,
+        event: Py<PyAny>,
+        routed: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match routed {
+            Some(r) => Ok(r.into_bound(py)),
+            None => self.routed_cls.bind(py).call1((event, cluster)),
+        }
+    }
+
+    /// Hold `event` (of `cluster`, at `ts`) until the watermark passes it.
+    pub(crate) fn push(
+        &mut self,
+        cluster: &Bound<'_, PyString>,
+        event: &Bound<'_, PyAny>,
+        ts: i64,
+        routed: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let eid = event.getattr(intern!(event.py(), "event_id"))?;
+        let item = Item::Event {
+            cluster: cluster.clone().unbind(),
+            event: event.clone().unbind(),
+            ts,
+            routed,
+        };
+        with_id(&eid, |k| self.buffer.push(ts, k, item))
+    }
+
+    /// Apply what is held up to `watermark_ms`, if anything is.
+    pub(crate) fn release(
+        &mut self,
+        py: Python<'_>,
+        host: &Bound<'_, PyAny>,
+        watermark_ms: i64,
+    ) -> PyResult<usize> {
+        if self.buffer.next_ms() > watermark_ms {
+            return Ok(0);
+        }
+        let items = self.buffer.release(watermark_ms);
+        let n = items.len();
+        self.apply(py, host, items)?;
+        Ok(n)
+    }
+
+    /// Released items, in order: unbanked clusters' events to the store, the rest to Python.
+    pub(crate) fn apply(
+        &mut self,
+        py: Python<'_>,
+        host: &Bound<'_, PyAny>,
+        items: Vec<Item>,
+    ) -> PyResult<()> {
+        for item in items {
+            let (cluster, event, ts, routed) = match item {
+                Item::Bank(update) => {
+                    self.python_apply(host, update.into_bound(py))?;
+                    continue;
+                }
+                Item::Event {
+                    cluster,
+                    event,
+                    ts,
+                    routed,
+                } => (cluster, event, ts, routed),
+            };
+            let cid_obj = cluster.bind(py);
+            let cid = cid_obj.to_str()?;
+            if cid.starts_with("b-") || self.banked.bind(py).contains(cid_obj)? {
+                let r = self.routed(py, cluster, event, routed)?;
+                self.python_apply(host, r)?;
+                continue;
+            }
+            let ev = event.bind(py);
+            let (stop_ms, barrier) = self.limits(host)?;
+            if ts >= stop_ms {
+                let r = self.routed(py, cluster, event, routed)?;
+                self.python_apply(host, r)?;
+                continue;
+            }
+            let content = ev.getattr(intern!(py, "content"))?;
+            let mut out: Outcome<Py<PyAny>> = Outcome::default();
+            let applied = {
+                let mut store = self.unbanked.borrow_mut(py);
+                let idle = store.store.idle_ms();
+                store
+                    .store
+                    .evict(ts.saturating_sub(idle), barrier, 0, &mut out);
+                with_event(ev, ts, |e| {
+                    store.store.apply(cid, e, event.clone_ref(py), &mut out)
+                })?
+            };
+            self.absorb(py, out);
+            if applied && !content.is_none() {
+                let image = image_signals(&content, self.min_pdq_quality)?;
+                self.content
+                    .0
+                    .borrow_mut(py)
+                    .inner
+                    .add_counted_in(cid, &image.refs(), self.content.1)
+                    .map_err(|e| PyValueError::new_err(e.0))?;
+            }
+            let latest = self.pending.latest.get_or_insert(ts);
+            *latest = (*latest).max(ts);
+        }
+        Ok(())
+    }
+
+    /// Take what the store did: evicted clusters' posts forgotten now (no event is routed
+    /// before Python would have forgotten them), the rest kept for Python.
+    fn absorb(&mut self, py: Python<'_>, out: Outcome<Py<PyAny>>) {
+        if !out.evicted.is_empty() {
+            let gone = self
+                .forgetting
+                .forget(py, (&self.content.0, self.content.1), out.evicted);
+            self.pending.evicted.extend(gone);
+        }
+        self.pending.rejected.extend(out.rejected);
+        self.pending
+            .crossings
+            .extend(out.crossings.into_iter().map(crossing_row));
+        let p = &mut self.pending;
+        p.duplicates += out.duplicates;
+        p.late += out.late;
+        p.created += out.created;
+        for (k, n) in p.kinds.iter_mut().zip(out.kinds) {
+            *k += n;
+        }
+    }
+
+    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for item in self.buffer.items() {
+            item.traverse(visit)?;
+        }
+        for r in &self.pending.rejected {
+            visit.call(r)?;
+        }
+        visit.call(&self.unbanked)?;
+        visit.call(&self.content.0)?;
+        visit.call(&self.banked)?;
+        visit.call(&self.routed_cls)?;
+        self.forgetting.traverse(visit)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.buffer.clear();
+        self.pending = Pending::default();
+    }
+}
+
+/// A streaming clusters partition's loop (``streams.stages.ClusterPartition``): the routed
+/// events it receives held until its watermark passes them, then applied as replay applies
+/// them (the module doc: the same code as ``ReplayLoop``'s), timed bank changes in their
+/// place. Python is called (on ``host``) for banked clusters' events and bank changes
+/// (``_apply_one``), the detector's limits (``_limits``) and, in batches, what the
+/// unbanked store did (``_settle``); evicted clusters' posts go to ``forget`` (a
+/// ``ForgetSink``), their content out of ``content``.
+#[pyclass(module = "streams._core")]
+pub struct ClusterLoop {
+    detect: Detect,
+    sink: Py<ForgetSink>,
+    routed_cls: Py<PyType>,
+}
+
+#[pymethods]
+impl ClusterLoop {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        unbanked: Py<UnbankedClusters>,
+        content: Py<PyContentSignals>,
+        banked: Py<PyDict>,
+        routed_cls: Py<PyType>,
+        forget: Py<ForgetSink>,
+        min_pdq_quality: i64,
+        view: View,
+    ) -> PyResult<Self> {
+        let forgetting = Forgetting::Sink(forget.clone_ref(py));
+        Ok(Self {
+            detect: Detect::new(
+                unbanked,
+                (content, view_of(view)?),
+                banked,
+                routed_cls.clone_ref(py),
+                forgetting,
+                min_pdq_quality,
+            ),
+            sink: forget,
+            routed_cls,
+        })
+    }
+
+    /// Hold routed events (``Routed``, any order) until the watermark passes them. Returns
+    /// those of banked clusters (``b-``), in order: the detector is told of them
+    /// (``Detector.expect``), since they are what can make an early firing certain.
+    fn push<'py>(
+        &mut self,
+        py: Python<'py>,
+        items: &Bound<'py, PyList>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let banked = PyList::empty(py);
+        let routed_cls = self.routed_cls.bind(py);
+        for item in items.iter() {
+            if !item.get_type().is(routed_cls) {
+                return Err(PyTypeError::new_err(
+                    "a clusters partition holds Routed events",
+                ));
+            }
+            let cluster = item
+                .getattr(intern!(py, "cluster_id"))?
+                .cast_into::<PyString>()
+                .map_err(|_| PyTypeError::new_err("a cluster id is a str"))?;
+            let event = item.getattr(intern!(py, "event"))?;
+            let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
+            if cluster.to_str()?.starts_with("b-") {
+                banked.append(&item)?;
+            }
+            self.detect
+                .push(&cluster, &event, ts, Some(item.clone().unbind()))?;
+        }
+        Ok(banked)
+    }
+
+    /// A timed bank change (``BankUpdate``), held until the watermark passes ``ts_ms``,
+    /// ``key`` breaking ties.
+    fn push_bank(&mut self, update: Py<PyAny>, ts_ms: i64, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        with_id(key, |k| {
+            self.detect.buffer.push(ts_ms, k, Item::Bank(update))
+        })
+    }
+
+    /// Apply everything held up to ``watermark_ms``, in order; how many items were.
+    fn release(
+        &mut self,
+        py: Python<'_>,
+        host: &Bound<'_, PyAny>,
+        watermark_ms: i64,
+    ) -> PyResult<usize> {
+        self.detect.limits = None; // Python may have changed the detector between calls
+        let result = self.detect.release(py, host, watermark_ms);
+        let flushed = self.detect.flush(host, true);
+        let n = result?;
+        flushed?;
+        Ok(n)
+    }
+
+    /// The items held, in no order (``Routed`` and ``BankUpdate``): what a test looks at.
+    fn held<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty(py);
+        for item in self.detect.buffer.items() {
+            match item {
+                Item::Event {
+                    routed: Some(r), ..
+                } => out.append(r)?,
+                Item::Event { cluster, event, .. } => {
+                    out.append(self.routed_cls.bind(py).call1((event, cluster))?)?
+                }
+                Item::Bank(u) => out.append(u)?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The keys (event ids, bank changes' order keys) of the items held.
+    fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
+        let set = PySet::empty(py)?;
+        for key in self.detect.buffer.keys() {
+            // a key went in as a str: its bytes are UTF-8, or surrogatepass's for a lone one
+            let text = PyBytes::new(py, key).call_method1("decode", ("utf-8", "surrogatepass"))?;
+            set.add(text)?;
+        }
+        Ok(set)
+    }
+
+    /// The event time of the latest item released (``-1`` before any).
+    #[getter]
+    fn released_ms(&self) -> i64 {
+        self.detect.buffer.released_ms()
+    }
+
+    fn __len__(&self) -> usize {
+        self.detect.buffer.len()
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.detect.traverse(&visit)?;
+        visit.call(&self.sink)?;
+        visit.call(&self.routed_cls)
+    }
+
+    fn __clear__(&mut self) {
+        self.detect.clear();
+    }
+}
