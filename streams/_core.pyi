@@ -373,8 +373,9 @@ class ResolveLoop:
         min_pdq_quality: int,
         classes: tuple[type, type, type, type, type, type],
     ) -> None: ...
-    def route(self, host: Any, envelopes: list[list[Any]]) -> None:
-        """A batch's items, a list per envelope in offset order."""
+    def route(self, host: Any, envelopes: list[list[Any]], banks: Any) -> None:
+        """A batch's items, a list per envelope in offset order; its uploads screened
+        against ``banks`` (``HashBanks.screen()``) first."""
     def cluster_due(self, host: Any, until_ms: int) -> None:
         """At the index's owner: cluster the unbanked uploads held at or before ``until_ms``."""
     def take(

@@ -196,12 +196,7 @@ class Pipeline(LoopHost):
     def _classify(
         self, uploads: list[ShareEvent], unmatched: int, low_quality: int
     ) -> list[Routed | None]:
-        """A batch's uploads that a bank entry may match, matched (:meth:`Router.classify_batch`);
-        the loop counted the others, which match nothing, as ``unmatched`` (``low_quality``
-        of them with a PDQ under the cut)."""
-        self.stats.unmatched_uploads += unmatched
-        self.stats.low_quality += low_quality
-        return self.router.classify_batch(uploads) if uploads else []
+        return self.router.classify_screened(uploads, unmatched, low_quality)
 
     def _decided(self, held: int | None = None) -> None:
         if held is not None:  # the loop's settlement (LoopHost._settle)

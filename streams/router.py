@@ -120,6 +120,17 @@ class Router:
         matches = self.banks.match_many([ev.content for ev in uploads])  # type: ignore[misc]
         return [self._classified(ev, m) for ev, m in zip(uploads, matches, strict=True)]
 
+    def classify_screened(
+        self, uploads: Sequence[ShareEvent], unmatched: int, low_quality: int
+    ) -> list[Routed | None]:
+        """A batch's uploads that a bank entry may match, matched (:meth:`classify_batch`); a
+        compiled loop screened the others (``HashBanks.screen``, ``rust/python/src/routing.rs``),
+        which match nothing, and counted them: ``unmatched``, ``low_quality`` of them with a
+        PDQ under the cut."""
+        self.stats.unmatched_uploads += unmatched
+        self.stats.low_quality += low_quality
+        return self.classify_batch(uploads) if uploads else []
+
     def _classified(self, event: ShareEvent, m: Match | None) -> Routed | None:
         content = event.content
         assert content is not None

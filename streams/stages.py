@@ -996,7 +996,8 @@ class ResolvePartition:
                 if p != self.partition and t > self.inputs.get(p, NO_TIME):
                     self.inputs[p] = t
         loop, index = self.loop, self.index
-        loop.route(self, [env.items for env in unpacked])
+        # the banks do not change within a batch: the loop screens its uploads first
+        loop.route(self, [env.items for env in unpacked], self.router.banks.screen())
         wm = self.watermark.value
         settled = self._settled(wm)
         if index is not None:
@@ -1061,10 +1062,10 @@ class ResolvePartition:
 
     # -- what the compiled loop asks of Python --
 
-    def _classify(self, uploads: list[ShareEvent]) -> list[Routed | None]:
-        """A batch's uploads matched against the banks in one search (the answers depend on
-        the banks alone): a bank's or the allow-list's cluster, or ``None`` (unbanked)."""
-        return self.router.classify_batch(uploads)
+    def _classify(
+        self, uploads: list[ShareEvent], unmatched: int, low_quality: int
+    ) -> list[Routed | None]:
+        return self.router.classify_screened(uploads, unmatched, low_quality)
 
     def _refused(self, target: str, event: ShareEvent, reason: str, held: int) -> Rejection:
         [rejection] = self.router.refused(target, event, (reason, held))

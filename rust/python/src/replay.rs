@@ -23,16 +23,14 @@ use pyo3::types::{PyDict, PyList, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use viralwatch_core::content::{DETECTOR, OWNER};
-use viralwatch_core::pdq;
 use viralwatch_core::unbanked::Kind;
 
 use crate::content::PyContentSignals;
 use crate::dedupe::with_id;
 use crate::detect::{Detect, Forgetting, Item};
 use crate::emerging::PyIdleClusters;
-use crate::pdq::PyPdqIndex;
 use crate::posts::PyPostRoutes;
-use crate::routing::{is_unbanked_id, Reshare, Routing};
+use crate::routing::{is_unbanked_id, Banks, Reshare, Routing};
 use crate::unbanked::{kind_of, UnbankedClusters};
 
 /// How often (event time) held orphans are checked for expiry.
@@ -57,25 +55,6 @@ pub struct ReplayLoop {
     order: BinaryHeap<Reverse<(i64, Box<[u8]>)>>,
     max_ts_ms: i64,
     expired_at: i64,
-}
-
-/// What `HashBanks.screen` gives for a batch: the MD5 table (lowercase hex -> entries), the
-/// PDQ index, the widest PDQ threshold of an enabled bank (`-1`: no PDQ search), and
-/// whether videos are banked (a frame may match any image's PDQ).
-type Banks<'py> = (Bound<'py, PyDict>, Bound<'py, PyPdqIndex>, i64, bool);
-
-/// Whether the banks' MD5 table holds `md5` (as `HashBanks.lookup_md5` looks it up,
-/// lowercase); `true` for a text the core does not read (Python then decides).
-fn banked_md5(md5s: &Bound<'_, PyDict>, md5: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let Ok(text) = md5.cast::<PyString>().map(|s| s.to_str()) else {
-        return Ok(true);
-    };
-    match text {
-        Ok(t) if !t.is_ascii() => Ok(true),
-        Ok(t) if t.bytes().any(|b| b.is_ascii_uppercase()) => md5s.contains(t.to_ascii_lowercase()),
-        Ok(_) => md5s.contains(md5),
-        Err(_) => Ok(true),
-    }
 }
 
 impl ReplayLoop {
@@ -179,100 +158,6 @@ impl ReplayLoop {
         }
         self.detect.release(py, host, watermark_ms)?;
         Ok(())
-    }
-
-    /// A batch's uploads matched against the banks: each one's ``Routed`` (a bank's or the
-    /// allow-list's cluster) or ``None``, by its index in the batch. Python
-    /// (``host._classify``, ``Router.classify_batch``) is asked only about the uploads an
-    /// entry may match: an MD5 the banks hold, a usable PDQ within the widest threshold
-    /// of a banked one (one batched search of the banks' index), a video, or an image
-    /// when videos are banked (a frame may match it). The others match nothing, the
-    /// allow-list included (its entries are in the same tables), whatever the timed adds;
-    /// they are only counted (unmatched, and low quality for a PDQ under the cut, as
-    /// ``Router.classify`` counts them). Most of a platform's uploads are these: no
-    /// Python per upload for them.
-    fn screen(
-        &self,
-        py: Python<'_>,
-        host: &Bound<'_, PyAny>,
-        parsed: &Bound<'_, PyList>,
-        banks: &Banks<'_>,
-    ) -> PyResult<Vec<Option<Py<PyAny>>>> {
-        let (md5s, index, radius, videos) = banks;
-        let mut routes: Vec<Option<Py<PyAny>>> = (0..parsed.len()).map(|_| None).collect();
-        // (index in the batch, asked, low quality), and the PDQ queries of those not asked yet
-        let mut uploads: Vec<(usize, bool, bool)> = Vec::new();
-        let mut queries: Vec<pdq::Hash> = Vec::new();
-        let mut queried: Vec<usize> = Vec::new();
-        let rejection = self.rejection_cls.bind(py);
-        for (i, item) in parsed.iter().enumerate() {
-            if item.get_type().is(rejection)
-                || kind_of(&item.getattr(intern!(py, "type"))?)? != Kind::Upload
-            {
-                continue;
-            }
-            let content = item.getattr(intern!(py, "content"))?;
-            if content.is_none() {
-                continue;
-            }
-            let pdq = content.getattr(intern!(py, "pdq"))?;
-            let quality = content.getattr(intern!(py, "pdq_quality"))?;
-            let usable = !pdq.is_none()
-                && (quality.is_none() || quality.extract::<i64>()? >= self.routing.min_pdq_quality);
-            let low = !pdq.is_none() && !usable;
-            let mut ask = usable && *videos || !content.getattr(intern!(py, "vpdq"))?.is_none();
-            if !ask {
-                let md5 = content.getattr(intern!(py, "md5"))?;
-                ask = !md5.is_none() && banked_md5(md5s, &md5)?;
-            }
-            if !ask && usable && *radius >= 0 {
-                let hash = pdq
-                    .cast::<PyString>()
-                    .ok()
-                    .and_then(|s| s.to_str().ok().and_then(|t| pdq::parse_hex(t.as_bytes())));
-                match hash {
-                    Some(h) => {
-                        queries.push(h);
-                        queried.push(uploads.len());
-                    }
-                    None => ask = true, // not a hash the core reads: Python decides
-                }
-            }
-            uploads.push((i, ask, low));
-        }
-        if uploads.is_empty() {
-            return Ok(routes);
-        }
-        if !queries.is_empty() {
-            let threshold = u32::try_from(*radius).unwrap_or(u32::MAX);
-            index
-                .borrow()
-                .inner
-                .search_with(&queries, threshold, |q, _, _, _| {
-                    uploads[queried[q]].1 = true;
-                });
-        }
-        let asked = PyList::empty(py);
-        let mut at = Vec::new();
-        let (mut unmatched, mut low_quality) = (0u64, 0u64);
-        for &(i, ask, low) in &uploads {
-            if ask {
-                asked.append(parsed.get_item(i)?)?;
-                at.push(i);
-            } else {
-                unmatched += 1;
-                low_quality += u64::from(low);
-            }
-        }
-        let answers =
-            host.call_method1(intern!(py, "_classify"), (&asked, unmatched, low_quality))?;
-        for (i, routed) in at.into_iter().zip(answers.try_iter()?) {
-            let routed = routed?;
-            if !routed.is_none() {
-                routes[i] = Some(routed.unbind());
-            }
-        }
-        Ok(routes)
     }
 
     /// One parsed event: routed (or held, refused, deferred), then the watermark's step.
@@ -403,7 +288,10 @@ impl ReplayLoop {
         self.detect.limits = None; // Python may have changed the detector between calls
         let rejection = self.rejection_cls.bind(py).clone();
         let result = (|| {
-            let routes = self.screen(py, host, parsed, &banks)?;
+            let rejection_cls = self.rejection_cls.bind(py);
+            let routes = self
+                .routing
+                .screen(py, host, parsed, Some(rejection_cls), &banks)?;
             for (item, route) in parsed.iter().zip(routes) {
                 if item.get_type().is(&rejection) {
                     self.reject(host, &item)?;

@@ -7,8 +7,9 @@
 //! `(ts, event_id)` order; the latest events of unbanked clusters noted for the index;
 //! and each routed event made a `Routed` in the list of its clusters partition.
 //!
-//! Python is called once a batch to match its uploads against the banks (the banks'
-//! answer depends on the banks alone), and for the rare events it owns: a refusal's
+//! Python is called once a batch to match against the banks the uploads an entry may
+//! match (screened as replay screens them, `Routing::screen`: most match nothing), and
+//! for the rare events it owns: a refusal's
 //! rejection, an upload with no image signal, a video's cluster (vPDQ). It keeps the
 //! per-batch work: the watermark, progress, expiry of held orphans, the state log's delta.
 //!
@@ -32,7 +33,7 @@ use crate::dedupe::with_id;
 use crate::emerging::PyIdleClusters;
 use crate::posts::PyPostRoutes;
 use crate::record;
-use crate::routing::{is_unbanked_id, Reshare, Routing};
+use crate::routing::{is_unbanked_id, Banks, Reshare, Routing};
 use crate::unbanked::kind_of;
 
 /// A held event in event-time order: `(ts, event id)` as Python's tuples compare (an id's
@@ -414,13 +415,15 @@ impl ResolveLoop {
 
     /// Route a batch's items (a list per envelope, in offset order): events (``ToRoute``),
     /// registrations, forgotten posts and, at the index's owner, unbanked uploads and
-    /// touches. Uploads are matched first, in one call of ``host._classify`` (those not
-    /// held here). What it gave is kept for :meth:`take`.
+    /// touches. Uploads (those not held here) are screened against ``banks``
+    /// (``HashBanks.screen()``) first and those an entry may match matched in one call of
+    /// ``host._classify``. What it gave is kept for :meth:`take`.
     fn route(
         &mut self,
         py: Python<'_>,
         host: &Bound<'_, PyAny>,
         envelopes: &Bound<'_, PyList>,
+        banks: Banks<'_>,
     ) -> PyResult<()> {
         if self.out.clusters.len() != self.partitions as usize {
             self.out.clusters = (0..self.partitions).map(|_| Vec::new()).collect();
@@ -445,12 +448,8 @@ impl ResolveLoop {
                 slots.push(slot);
             }
         }
-        let classified = if uploads.is_empty() {
-            PyList::empty(py)
-        } else {
-            host.call_method1(intern!(py, "_classify"), (&uploads,))?
-                .cast_into::<PyList>()?
-        };
+        // matched against the banks as replay matches them (``Routing::screen``)
+        let mut classified = self.routing.screen(py, host, &uploads, None, &banks)?;
         let mut position = 0;
         let owner = self.owner();
         let registration = self.classes.registration.bind(py).clone();
@@ -472,13 +471,15 @@ impl ResolveLoop {
                         None
                     } else {
                         let c = match slot {
-                            Some(i) => classified.get_item(i)?,
+                            Some(i) => classified.get_mut(i).and_then(Option::take),
                             // held when the batch was matched, no longer: matched alone
-                            None => host
-                                .call_method1(intern!(py, "_classify"), (PyList::new(py, [&ev])?,))?
-                                .get_item(0)?,
+                            None => self
+                                .routing
+                                .screen(py, host, &PyList::new(py, [&ev])?, None, &banks)?
+                                .pop()
+                                .flatten(),
                         };
-                        (!c.is_none()).then_some(c)
+                        c.map(|c| c.into_bound(py))
                     };
                     self.route_event(py, host, &ev, upload)?;
                 } else if kind.is(&registration) {

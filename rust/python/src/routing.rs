@@ -14,17 +14,21 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::{PyDict, PyList, PyString, PyType};
 
 use viralwatch_core::content::Kind as Signal;
 use viralwatch_core::emerging::unbanked_id;
+use viralwatch_core::pdq;
 use viralwatch_core::posts::Routed as Route;
+use viralwatch_core::unbanked::Kind;
 
 use crate::content::PyContentSignals;
 use crate::dedupe::with_id;
 use crate::emerging::PyIdleClusters;
+use crate::pdq::PyPdqIndex;
 use crate::posts::PyPostRoutes;
 use crate::route::refusal;
+use crate::unbanked::kind_of;
 
 /// Whether a cluster id is an unbanked cluster's (``u-``).
 pub(crate) fn is_unbanked_id(id: &str) -> bool {
@@ -93,6 +97,25 @@ fn signalled_pdq(
     }
     let quality = content.getattr(intern!(content.py(), "pdq_quality"))?;
     Ok(quality.is_none() || quality.extract::<i64>()? >= min_pdq_quality)
+}
+
+/// What `HashBanks.screen` gives for a batch: the MD5 table (lowercase hex -> entries), the
+/// PDQ index, the widest PDQ threshold of an enabled bank (`-1`: no PDQ search), and
+/// whether videos are banked (a frame may match any image's PDQ).
+pub(crate) type Banks<'py> = (Bound<'py, PyDict>, Bound<'py, PyPdqIndex>, i64, bool);
+
+/// Whether the banks' MD5 table holds `md5` (as `HashBanks.lookup_md5` looks it up,
+/// lowercase); `true` for a text the core does not read (Python then decides).
+fn banked_md5(md5s: &Bound<'_, PyDict>, md5: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let Ok(text) = md5.cast::<PyString>().map(|s| s.to_str()) else {
+        return Ok(true);
+    };
+    match text {
+        Ok(t) if !t.is_ascii() => Ok(true),
+        Ok(t) if t.bytes().any(|b| b.is_ascii_uppercase()) => md5s.contains(t.to_ascii_lowercase()),
+        Ok(_) => md5s.contains(md5),
+        Err(_) => Ok(true),
+    }
 }
 
 /// The router's compiled state: the post -> cluster map with held orphans (``routes``)
@@ -229,6 +252,100 @@ impl Routing {
                 .map_err(|e| PyValueError::new_err(e.0))?
         };
         Ok(PyString::new(py, &id))
+    }
+
+    /// A batch's uploads matched against the banks: each one's ``Routed`` (a bank's or the
+    /// allow-list's cluster) or ``None``, by its index in the batch. Python
+    /// (``host._classify``, ``Router.classify_batch``) is asked only about the uploads an
+    /// entry may match: an MD5 the banks hold, a usable PDQ within the widest threshold
+    /// of a banked one (one batched search of the banks' index), a video, or an image
+    /// when videos are banked (a frame may match it). The others match nothing, the
+    /// allow-list included (its entries are in the same tables), whatever the timed adds;
+    /// they are only counted (unmatched, and low quality for a PDQ under the cut, as
+    /// ``Router.classify`` counts them). Most of a platform's uploads are these: no
+    /// Python per upload for them.
+    pub(crate) fn screen(
+        &self,
+        py: Python<'_>,
+        host: &Bound<'_, PyAny>,
+        parsed: &Bound<'_, PyList>,
+        rejection: Option<&Bound<'_, PyType>>,
+        banks: &Banks<'_>,
+    ) -> PyResult<Vec<Option<Py<PyAny>>>> {
+        let (md5s, index, radius, videos) = banks;
+        let mut routes: Vec<Option<Py<PyAny>>> = (0..parsed.len()).map(|_| None).collect();
+        // (index in the batch, asked, low quality), and the PDQ queries of those not asked yet
+        let mut uploads: Vec<(usize, bool, bool)> = Vec::new();
+        let mut queries: Vec<pdq::Hash> = Vec::new();
+        let mut queried: Vec<usize> = Vec::new();
+        for (i, item) in parsed.iter().enumerate() {
+            if rejection.is_some_and(|r| item.get_type().is(r))
+                || kind_of(&item.getattr(intern!(py, "type"))?)? != Kind::Upload
+            {
+                continue;
+            }
+            let content = item.getattr(intern!(py, "content"))?;
+            if content.is_none() {
+                continue;
+            }
+            let pdq = content.getattr(intern!(py, "pdq"))?;
+            let quality = content.getattr(intern!(py, "pdq_quality"))?;
+            let usable = !pdq.is_none()
+                && (quality.is_none() || quality.extract::<i64>()? >= self.min_pdq_quality);
+            let low = !pdq.is_none() && !usable;
+            let mut ask = usable && *videos || !content.getattr(intern!(py, "vpdq"))?.is_none();
+            if !ask {
+                let md5 = content.getattr(intern!(py, "md5"))?;
+                ask = !md5.is_none() && banked_md5(md5s, &md5)?;
+            }
+            if !ask && usable && *radius >= 0 {
+                let hash = pdq
+                    .cast::<PyString>()
+                    .ok()
+                    .and_then(|s| s.to_str().ok().and_then(|t| pdq::parse_hex(t.as_bytes())));
+                match hash {
+                    Some(h) => {
+                        queries.push(h);
+                        queried.push(uploads.len());
+                    }
+                    None => ask = true, // not a hash the core reads: Python decides
+                }
+            }
+            uploads.push((i, ask, low));
+        }
+        if uploads.is_empty() {
+            return Ok(routes);
+        }
+        if !queries.is_empty() {
+            let threshold = u32::try_from(*radius).unwrap_or(u32::MAX);
+            index
+                .borrow()
+                .inner
+                .search_with(&queries, threshold, |q, _, _, _| {
+                    uploads[queried[q]].1 = true;
+                });
+        }
+        let asked = PyList::empty(py);
+        let mut at = Vec::new();
+        let (mut unmatched, mut low_quality) = (0u64, 0u64);
+        for &(i, ask, low) in &uploads {
+            if ask {
+                asked.append(parsed.get_item(i)?)?;
+                at.push(i);
+            } else {
+                unmatched += 1;
+                low_quality += u64::from(low);
+            }
+        }
+        let answers =
+            host.call_method1(intern!(py, "_classify"), (&asked, unmatched, low_quality))?;
+        for (i, routed) in at.into_iter().zip(answers.try_iter()?) {
+            let routed = routed?;
+            if !routed.is_none() {
+                routes[i] = Some(routed.unbind());
+            }
+        }
+        Ok(routes)
     }
 
     pub(crate) fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
