@@ -30,7 +30,7 @@ use crate::dedupe::with_id;
 use crate::detect::{Detect, Forgetting, Item};
 use crate::emerging::PyIdleClusters;
 use crate::posts::PyPostRoutes;
-use crate::routing::{is_unbanked_id, Banks, Reshare, Routing};
+use crate::routing::{is_unbanked_id, Banks, Deliver, Reshare, Routing};
 use crate::unbanked::{kind_of, UnbankedClusters};
 
 /// How often (event time) held orphans are checked for expiry.
@@ -57,33 +57,32 @@ pub struct ReplayLoop {
     expired_at: i64,
 }
 
+/// What a registration released is held for the watermark (the reorder buffer).
+impl Deliver for ReplayLoop {
+    fn routing(&self) -> &Routing {
+        &self.routing
+    }
+
+    fn touch(&mut self, py: Python<'_>, cluster: &Bound<'_, PyString>, ts: i64) -> PyResult<()> {
+        self.routing.touch(py, cluster.to_str()?, ts);
+        Ok(())
+    }
+
+    fn deliver(
+        &mut self,
+        _py: Python<'_>,
+        cluster: &Bound<'_, PyString>,
+        event: &Bound<'_, PyAny>,
+        ts: i64,
+    ) -> PyResult<()> {
+        self.detect.push(cluster, event, ts, None)
+    }
+}
+
 impl ReplayLoop {
     fn reject(&mut self, host: &Bound<'_, PyAny>, rejection: &Bound<'_, PyAny>) -> PyResult<()> {
         self.detect.flush(host, false)?;
         host.call_method1(intern!(host.py(), "reject"), (rejection,))?;
-        Ok(())
-    }
-
-    /// What waited for a post of `cluster`, released: routed to it, in the order given.
-    fn released(
-        &mut self,
-        py: Python<'_>,
-        cluster: &Bound<'_, PyString>,
-        released: Vec<Py<PyAny>>,
-    ) -> PyResult<()> {
-        if released.is_empty() {
-            return Ok(());
-        }
-        let id = cluster.to_str()?.to_owned();
-        let unbanked = is_unbanked_id(&id);
-        for child in released {
-            let child = child.into_bound(py);
-            let ts: i64 = child.getattr(intern!(py, "ts_ms"))?.extract()?;
-            if unbanked {
-                self.routing.touch(py, &id, ts);
-            }
-            self.detect.push(cluster, &child, ts, None)?;
-        }
         Ok(())
     }
 
@@ -95,8 +94,7 @@ impl ReplayLoop {
         cluster: &Bound<'_, PyString>,
     ) -> PyResult<()> {
         let post = event.getattr(intern!(py, "post_id"))?;
-        let released = self.routing.register(py, &post, cluster)?;
-        self.released(py, cluster, released)
+        Routing::register(self, py, &post, cluster)
     }
 
     fn defer(
@@ -203,7 +201,7 @@ impl ReplayLoop {
                     if is_unbanked_id(id) {
                         self.routing.touch(py, id, ts);
                     }
-                    self.released(py, &cluster, released)?;
+                    Routing::release(self, py, &cluster, released)?;
                 }
                 Reshare::Held => self.detect.pending.held += 1,
                 Reshare::Refused(reason, held, target) => {

@@ -33,7 +33,7 @@ use crate::dedupe::with_id;
 use crate::emerging::PyIdleClusters;
 use crate::posts::PyPostRoutes;
 use crate::record;
-use crate::routing::{is_unbanked_id, Banks, Reshare, Routing};
+use crate::routing::{is_unbanked_id, Banks, Deliver, Reshare, Routing};
 use crate::unbanked::kind_of;
 
 /// A held event in event-time order: `(ts, event id)` as Python's tuples compare (an id's
@@ -149,6 +149,47 @@ fn waiting(ts: i64, id: &Bound<'_, PyAny>) -> PyResult<Reverse<Waiting>> {
     }))
 }
 
+/// What a registration released is sent to its clusters partition; an unbanked
+/// cluster's event is noted in the index (the owner's) or for it (the others').
+impl Deliver for ResolveLoop {
+    fn routing(&self) -> &Routing {
+        &self.routing
+    }
+
+    fn touch(&mut self, py: Python<'_>, cluster: &Bound<'_, PyString>, ts: i64) -> PyResult<()> {
+        let id = cluster.to_str()?;
+        if self.owner() {
+            self.routing.touch(py, id, ts);
+            return Ok(());
+        }
+        match self.out.touched_at.get(id) {
+            Some(&i) => {
+                let last = &mut self.out.touched[i].1;
+                *last = (*last).max(ts);
+            }
+            None => {
+                self.out
+                    .touched_at
+                    .insert(Box::from(id), self.out.touched.len());
+                self.out.touched.push((cluster.clone().unbind(), ts));
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(
+        &mut self,
+        py: Python<'_>,
+        cluster: &Bound<'_, PyString>,
+        event: &Bound<'_, PyAny>,
+        _ts: i64,
+    ) -> PyResult<()> {
+        self.out.orphans = true;
+        let r = self.routed(py, event, cluster)?;
+        self.emit(py, r, event, cluster)
+    }
+}
+
 impl ResolveLoop {
     fn owner(&self) -> bool {
         self.routing.index.is_some()
@@ -206,53 +247,6 @@ impl ResolveLoop {
         Ok(())
     }
 
-    /// An event of the unbanked cluster ``cluster`` at ``ts``: noted in the index (the
-    /// owner's) or for it (the others').
-    fn touch(&mut self, py: Python<'_>, cluster: &Bound<'_, PyString>, ts: i64) -> PyResult<()> {
-        let id = cluster.to_str()?;
-        if self.owner() {
-            self.routing.touch(py, id, ts);
-            return Ok(());
-        }
-        match self.out.touched_at.get(id) {
-            Some(&i) => {
-                let last = &mut self.out.touched[i].1;
-                *last = (*last).max(ts);
-            }
-            None => {
-                self.out
-                    .touched_at
-                    .insert(Box::from(id), self.out.touched.len());
-                self.out.touched.push((cluster.clone().unbind(), ts));
-            }
-        }
-        Ok(())
-    }
-
-    /// What waited for a post of ``cluster``, released: routed to it, in order.
-    fn released(
-        &mut self,
-        py: Python<'_>,
-        cluster: &Bound<'_, PyString>,
-        released: Vec<Py<PyAny>>,
-    ) -> PyResult<()> {
-        if released.is_empty() {
-            return Ok(());
-        }
-        self.out.orphans = true;
-        let unbanked = is_unbanked_id(cluster.to_str()?);
-        for child in released {
-            let child = child.into_bound(py);
-            if unbanked {
-                let ts: i64 = child.getattr(intern!(py, "ts_ms"))?.extract()?;
-                self.touch(py, cluster, ts)?;
-            }
-            let r = self.routed(py, &child, cluster)?;
-            self.emit(py, r, &child, cluster)?;
-        }
-        Ok(())
-    }
-
     /// ``event``'s post is routed to ``cluster``: mapped, and what waited for it released.
     fn register(
         &mut self,
@@ -260,8 +254,7 @@ impl ResolveLoop {
         post: &Bound<'_, PyAny>,
         cluster: &Bound<'_, PyString>,
     ) -> PyResult<()> {
-        let released = self.routing.register(py, post, cluster)?;
-        self.released(py, cluster, released)
+        Routing::register(self, py, post, cluster)
     }
 
     /// An upload routed to ``cluster`` (``routed``: its record), its post registered.
@@ -336,7 +329,7 @@ impl ResolveLoop {
                     if is_unbanked_id(cluster.to_str()?) {
                         self.touch(py, &cluster, ts)?;
                     }
-                    self.released(py, &cluster, released)?;
+                    Routing::release(self, py, &cluster, released)?;
                 }
                 Reshare::Held => {
                     let eid = event.getattr(intern!(py, "event_id"))?;

@@ -118,6 +118,25 @@ fn banked_md5(md5s: &Bound<'_, PyDict>, md5: &Bound<'_, PyAny>) -> PyResult<bool
     }
 }
 
+/// What a loop does with the events a registration released (:meth:`Routing::release`):
+/// replay's loop holds them for its watermark, a resolve partition's sends them to their
+/// clusters partition; an unbanked cluster's event is noted in the index (or, away from
+/// its owner, for it).
+pub(crate) trait Deliver {
+    /// the routing the loop holds
+    fn routing(&self) -> &Routing;
+    /// an event of the unbanked cluster ``cluster`` at ``ts``
+    fn touch(&mut self, py: Python<'_>, cluster: &Bound<'_, PyString>, ts: i64) -> PyResult<()>;
+    /// ``event`` (at ``ts``) routed to ``cluster``
+    fn deliver(
+        &mut self,
+        py: Python<'_>,
+        cluster: &Bound<'_, PyString>,
+        event: &Bound<'_, PyAny>,
+        ts: i64,
+    ) -> PyResult<()>;
+}
+
 /// The router's compiled state: the post -> cluster map with held orphans (``routes``)
 /// and, where this router holds it, the index of unbanked content (``index``: its idle
 /// order and holders).
@@ -192,16 +211,44 @@ impl Routing {
     }
 
     /// ``post`` is routed to ``cluster``: mapped (or queued for its partition), and what
-    /// waited for it released, in order.
-    pub(crate) fn register(
-        &self,
+    /// waited for it released, in order, each delivered to ``to`` (:meth:`release`).
+    pub(crate) fn register<D: Deliver>(
+        to: &mut D,
         py: Python<'_>,
         post: &Bound<'_, PyAny>,
         cluster: &Bound<'_, PyString>,
-    ) -> PyResult<Vec<Py<PyAny>>> {
-        let id: Arc<str> = Arc::from(cluster.to_str()?);
-        let mut routes = self.routes.borrow_mut(py);
-        with_id(post, |p| routes.inner.register(p, &id, |_| ()))
+    ) -> PyResult<()> {
+        let released = {
+            let id: Arc<str> = Arc::from(cluster.to_str()?);
+            let mut routes = to.routing().routes.borrow_mut(py);
+            with_id(post, |p| routes.inner.register(p, &id, |_| ()))?
+        };
+        Self::release(to, py, cluster, released)
+    }
+
+    /// What waited for a post of ``cluster`` (``released``, in the order given) routed to
+    /// it: for each, its time read, the cluster touched if unbanked, and the event
+    /// delivered. The one walk of both loops: replay's and a resolve partition's differ
+    /// only in what touching and delivering do (:class:`Deliver`).
+    pub(crate) fn release<D: Deliver>(
+        to: &mut D,
+        py: Python<'_>,
+        cluster: &Bound<'_, PyString>,
+        released: Vec<Py<PyAny>>,
+    ) -> PyResult<()> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        let unbanked = is_unbanked_id(cluster.to_str()?);
+        for child in released {
+            let child = child.into_bound(py);
+            let ts: i64 = child.getattr(intern!(py, "ts_ms"))?.extract()?;
+            if unbanked {
+                to.touch(py, cluster, ts)?;
+            }
+            to.deliver(py, cluster, &child, ts)?;
+        }
+        Ok(())
     }
 
     /// An event of the unbanked cluster ``cluster`` at ``ts_ms``: not idle (the index's
