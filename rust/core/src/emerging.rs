@@ -90,6 +90,12 @@ pub struct IdleClusters {
     changed: HashMap<u32, Changed>,
     next: u64,
     evicted: Vec<Arc<str>>,
+    /// evictions to wait for before the idle order is walked again to trim the slots (a
+    /// walk that freed nothing is paid for by as many evictions as it walked clusters)
+    trim_after: usize,
+    /// walks of the idle order made to trim (tests)
+    #[cfg(test)]
+    trim_walks: u64,
     /// uploads that joined a live cluster of other content
     pub joined: u64,
 }
@@ -107,6 +113,9 @@ impl IdleClusters {
             changed: HashMap::new(),
             next: 0,
             evicted: Vec::new(),
+            trim_after: 0,
+            #[cfg(test)]
+            trim_walks: 0,
             joined: 0,
         }
     }
@@ -273,6 +282,7 @@ impl IdleClusters {
             }
             self.unlink(s);
             self.changed.remove(&s);
+            self.trim_after = self.trim_after.saturating_sub(1);
             if stale {
                 continue; // the index dropped it without expire: gone already
             }
@@ -291,15 +301,27 @@ impl IdleClusters {
 
     /// After a flood of clusters is gone, give its records' room back: the slots past the
     /// last one in the order (the index reuses its low slots first, see `ContentIndex`).
+    ///
+    /// The walk costs the live clusters; while a high slot stays live it frees nothing, and
+    /// is not tried again until as many clusters have been evicted (each expiry walked the
+    /// whole order until then: the pattern fixed in the content index, 6a20168).
     fn trim(&mut self) {
-        if self.slots.len() <= 4 * self.live.max(1024) {
+        if self.slots.len() <= 4 * self.live.max(1024) || self.trim_after > 0 {
             return;
+        }
+        #[cfg(test)]
+        {
+            self.trim_walks += 1;
         }
         let mut end = 0;
         let mut s = self.head;
         while s != NONE {
             end = end.max(s as usize + 1);
             s = self.slots[s as usize].next;
+        }
+        if end == self.slots.len() {
+            self.trim_after = self.live;
+            return;
         }
         self.slots.truncate(end);
         self.slots.shrink_to(2 * end);
@@ -460,6 +482,46 @@ mod tests {
             .unwrap();
         assert!(quiet.changed.is_empty() && quiet.take_changes(&index).0.is_empty());
         assert_eq!(quiet.expire(&index, 101), ["u-1".into()]); // the idle order is kept
+    }
+
+    #[test]
+    fn a_flood_expired_one_at_a_time_behind_a_live_slot_walks_the_order_a_few_times() {
+        let (mut index, mut idle) = (ContentIndex::new(), IdleClusters::unlogged(100));
+        let n = 10_000;
+        for i in 0..n {
+            let md5 = format!("{i:032x}");
+            idle.assign(&mut index, &[(Kind::Md5, &md5)], &format!("u-{i}"), i, 31)
+                .unwrap();
+        }
+        // the last slot stays live: trimming frees nothing while it does
+        idle.assign(&mut index, &[(Kind::Md5, &"f".repeat(32))], "u-keep", n, 31)
+            .unwrap();
+        let mut gone = 0;
+        for w in 0..n {
+            idle.touch(&index, "u-keep", n + w);
+            for id in idle.expire(&index, w + 100) {
+                index.drop_cluster(&id);
+                gone += 1;
+            }
+        }
+        assert_eq!((gone, idle.len()), (n as usize, 1));
+        // an expiry evicting a cluster or two used to walk every live cluster each time
+        // the slots were 4x the live ones (2,500 walks here)
+        assert!(idle.trim_walks <= 4, "{} walks", idle.trim_walks);
+        // the last one gone, the slots are given back
+        for id in idle.expire(&index, 3 * n) {
+            index.drop_cluster(&id);
+        }
+        idle.assign(
+            &mut index,
+            &[(Kind::Md5, &"e".repeat(32))],
+            "u-new",
+            3 * n,
+            31,
+        )
+        .unwrap();
+        idle.expire(&index, 3 * n);
+        assert!(idle.slots.len() < 1024, "{} slots", idle.slots.len());
     }
 
     #[test]
