@@ -138,6 +138,72 @@ def test_the_short_way_waits_out_the_grace_and_never_overtakes_the_long_one() ->
     assert len(sent) == 2
 
 
+def test_envelopes_wait_for_the_first_assignment_and_out_the_grace() -> None:
+    """The shares reader reads nothing before the stages can take the short way: what it
+    made then would take the long one through Kafka (written, fetched, decoded again)."""
+    now = [100.0]
+    hop = Hop("resolve", lambda p, env: 0)
+    hand = HandOver(resolve=hop, clusters=hop, grace_s=3.0, clock=lambda: now[0])
+    assert hand.wait_s() == float("inf")  # no stage anywhere yet
+    hand.assigned()
+    assert hand.wait_s() == 3.0 and not hand.short
+    now[0] += 2.5
+    assert hand.wait_s() == 0.5
+    now[0] += 0.5
+    assert hand.wait_s() == 0.0 and hand.short
+    hand.assigned()  # a rebalance: the grace again
+    assert hand.wait_s() == 3.0
+
+
+def test_the_shares_reader_reads_nothing_in_the_grace() -> None:
+    import contextlib
+
+    from streams.runtime.shares_reader import SharesReader
+
+    now = [100.0]
+    hop = Hop("resolve", lambda p, env: 0)
+    hand = HandOver(resolve=hop, clusters=hop, grace_s=3.0, clock=lambda: now[0])
+    polls: list[float] = []
+
+    class Reader(SharesReader):
+        def make_consumer(self) -> Any:
+            class Consumer:
+                async def start(self) -> None: ...
+                async def stop(self) -> None: ...
+                def subscribe(self, topics: Any, listener: Any) -> None: ...
+                def assignment(self) -> set[Any]:
+                    return set()
+
+            return Consumer()
+
+        async def poll(self, wait_ms: int) -> int:
+            polls.append(now[0])
+            await asyncio.sleep(0.001)
+            return 0
+
+    class Front:
+        hand_over = hand
+
+    settings = Settings(broker="kafka://127.0.0.1:9", partitions=2)
+    reader = Reader(settings, Front(), Checkpoint(sinks=[], logs=[]))  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(reader.run())
+        await asyncio.sleep(0.15)
+        assert polls == []  # never assigned
+        hand.assigned()
+        await asyncio.sleep(0.15)
+        assert polls == []  # in the grace
+        now[0] += 3.0
+        await asyncio.sleep(0.15)
+        assert polls and set(polls) == {103.0}
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+
+
 def test_the_local_run_is_built_from_the_workers_own_objects(tmp_path: Path) -> None:
     """One wiring: the worker and the in-process runner hold the same kinds of owners, and
     the worker keeps no stage logic of its own (the stages never call back into it)."""
