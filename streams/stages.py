@@ -314,9 +314,10 @@ def split_log(raw: bytes, limit: int = MAX_RECORD_BYTES) -> list[bytes]:
     """A stage's per-batch log entry as entries under ``limit`` bytes, to write in order.
 
     Two shapes: stage 2's list of routed items (any cut is the same union), and
-    stage 1b's delta ``{"p", "f", "h+", "h-"}``, which is folded in that order;
-    the parts keep that order (all of one kind before the next), so folding them
-    one after the other gives what folding the whole delta gave.
+    stage 1b's delta ``{"p", "f", "h+", "h-"}``, which is folded in that order
+    (see :class:`~streams.wire.ResolveDelta`); the parts keep that order (all of
+    one kind before the next), so folding them one after the other gives what
+    folding the whole delta gave.
 
     >>> delta = {"p": {f"p{i}": "b-1" for i in range(50)}, "h-": ["e1"]}
     >>> parts = [orjson.loads(x) for x in split_log(orjson.dumps(delta), limit=300)]
@@ -1037,8 +1038,9 @@ class ResolvePartition:
         for home, post, cluster in self.posts.take_foreign():
             peers[home].append(Registration(post, cluster))
         changed, evicted = index.take_changes() if index is not None else ({}, ())
+        posts, forgot, held_add, held_del = self._last_changes(forgot, held_add, held_del)
         delta = ResolveDelta(
-            self.posts.take_new(),
+            posts,
             tuple(forgot),
             tuple(held_add),
             tuple(held_del),
@@ -1059,6 +1061,27 @@ class ResolvePartition:
             delta_items=delta.items,
             delta_record=delta if delta else None,
         )
+
+    def _last_changes(
+        self, forgot: list[str], held_add: list[ShareEvent], held_del: list[str]
+    ) -> tuple[dict[str, str], list[str], list[ShareEvent], list[str]]:
+        """The batch's posts mapped and forgotten, events held and released, as the log
+        writes them: each post or event once, as the batch left it (see
+        :class:`~streams.wire.ResolveDelta`), so no order of folding reads back wrong a
+        post forgotten then mapped again (an evicted cluster's upload redelivered) or an
+        event released then held again. What is mapped or held now says which came last:
+        only a batch that forgot or released anything is looked at again."""
+        posts = self.posts.take_new()
+        if forgot:
+            forgot = [p for p in dict.fromkeys(forgot) if p not in self.posts]
+            for p in forgot:
+                posts.pop(p, None)  # mapped, then forgotten
+        if held_add and held_del:
+            held = self._held
+            now = {e.event_id: held[e.event_id] for e in held_add if e.event_id in held}
+            held_add = list(now.values())
+            held_del = [e for e in dict.fromkeys(held_del) if e not in held]
+        return posts, forgot, held_add, held_del
 
     # -- what the compiled loop asks of Python --
 

@@ -121,9 +121,19 @@ IndexEntry = tuple[int, tuple[str, ...]]
 class ResolveDelta:
     """What one batch changed in a resolve partition (or, folded, all it holds).
 
-    Folded in this order: posts registered, posts forgotten, reshares held,
-    reshares released; then (the index's owner only) unbanked clusters touched
-    or grown, unbanked clusters evicted, and the progress heard from the peers.
+    Each post and held event is named once, as the batch left it: a post in
+    ``posts`` (mapped last, replacing the cluster it had, if any) or in
+    ``forgot`` (forgotten last), an event in ``held`` or in ``released``; so
+    folding its parts in any order, or cut in parts, reads back the partition
+    (a post forgotten then mapped again in one batch, an evicted cluster's
+    upload redelivered, or an event released then held again). Folded in
+    this order: posts registered, posts forgotten, events held, events
+    released; then (the index's owner only) unbanked clusters touched or
+    grown, unbanked clusters evicted, and the progress heard from the peers.
+    Entries an older worker wrote may name a post in both ``posts`` and
+    ``forgot`` (or an event in both ``held`` and ``released``): they are read
+    as before, in that order (the order that writer meant, wrong for the two
+    cases above, which it could not tell apart).
     """
 
     posts: Mapping[str, str] = field(default_factory=dict)

@@ -159,13 +159,14 @@ impl PyPostRoutes {
         Ok(out)
     }
 
-    /// Take back a state log's entries (in the order written): ``posts`` mapped unless
-    /// mapped already, then ``forgot`` forgotten. Nothing is recorded.
+    /// Take back a state log's entries (in the order written): ``posts`` mapped (what a
+    /// post had replaced: its cluster was evicted and it came again, see
+    /// ``streams.wire.ResolveDelta``), then ``forgot`` forgotten. Nothing is recorded.
     fn fold(&mut self, posts: &Bound<'_, PyDict>, forgot: &Bound<'_, PyAny>) -> PyResult<()> {
         for (post, cluster) in posts.iter() {
             let c = cluster_text(&cluster)?;
             let id = c.to_str()?;
-            with_id(&post, |p| self.inner.posts.insert(p, id, |_| ()))?;
+            with_id(&post, |p| self.inner.posts.set(p, id, |_| ()))?;
         }
         self.forget_many(forgot)?;
         Ok(())
