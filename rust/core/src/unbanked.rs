@@ -14,9 +14,10 @@
 //! caller) says: every touch takes a number from [`Store::next_seq`], and
 //! [`Store::evict`] stops at the caller's oldest cluster (`barrier`).
 //!
-//! Posts live in one arena per cluster: a 24-byte record each, their ids and
+//! Posts live in one arena per cluster: a 16-byte record each, their ids and
 //! users' texts in one byte buffer; a cluster of more than
-//! [`INDEX_FROM`] posts also gets a hash index of its post ids.
+//! [`INDEX_FROM`] posts also gets a hash index of its post ids (a 4-byte post
+//! index a bucket) and where each post's text starts.
 //!
 //! The rules applied are those of `streams.detector.Detector` for a cluster
 //! that is not banked, in the same order, so the Python it replaces gives
@@ -38,6 +39,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
+use std::ops::Range;
 
 use crate::content::ClusterId;
 use crate::dedupe::{id_digest, DigestHasher};
@@ -50,7 +52,6 @@ pub const INDEX_FROM: usize = 12;
 const ID_SET_FROM: usize = 24;
 
 type DigestSet = HashSet<u128, BuildHasherDefault<DigestHasher>>;
-type PostIndex = HashMap<u64, u32, BuildHasherDefault<DigestHasher>>;
 
 /// A list of plain values in 16 bytes (pointer, `u32` length and capacity) where a `Vec`
 /// takes 24: a cluster holds four (posts, their text, event times, event-id digests), and
@@ -220,20 +221,24 @@ impl<H> Default for Outcome<H> {
     }
 }
 
-/// A post in 24 bytes: its id's text then its user's, one after the other at `off` in the
-/// cluster's text; its parent (see [`Post::parent`]) and whether it is still up, in one
-/// word; its event time.
+/// A post in 16 bytes: the lengths of its id's text and its user's (one after the other in
+/// the cluster's text, where the posts before it end: see [`Cluster::starts`]), its parent
+/// (see [`Post::parent`]) and whether it is still up, in one word; its event time. Where
+/// its text starts is not kept (8 bytes a post): a scan of the posts sums the lengths, and
+/// a cluster past [`INDEX_FROM`] posts keeps each start in its post index.
 #[derive(Clone, Copy)]
 struct Post {
-    off: u32,
-    id_len: u32,
-    user_len: u32,
+    /// [`LONG`]: the length is the 4 bytes (little-endian) before the text
+    id_len: u16,
+    user_len: u16,
     /// the parent's index + 1 (0: none) in the low 31 bits; the top bit: taken down
     parent_down: u32,
     ts_ms: i64,
 }
 
 const DOWN: u32 = 1 << 31;
+/// A post's id or user of this length or more: its length is written before its text.
+const LONG: u16 = u16::MAX;
 
 impl Post {
     /// The parent's index, or `NONE` (an upload).
@@ -243,6 +248,23 @@ impl Post {
 
     fn live(&self) -> bool {
         self.parent_down & DOWN == 0
+    }
+
+    /// Where its id and its user are in `text`, its text starting at `at`; and where the
+    /// next post's starts.
+    fn spans(&self, text: &[u8], at: usize) -> (Range<usize>, Range<usize>, usize) {
+        let (id, at) = span(text, at, self.id_len);
+        let (user, end) = span(text, at, self.user_len);
+        (id, user, end)
+    }
+}
+
+fn span(text: &[u8], at: usize, len: u16) -> (Range<usize>, usize) {
+    if len == LONG {
+        let n = u32::from_le_bytes(text[at..at + 4].try_into().expect("4 bytes")) as usize;
+        (at + 4..at + 4 + n, at + 4 + n)
+    } else {
+        (at..at + len as usize, at + len as usize)
     }
 }
 
@@ -388,9 +410,17 @@ struct Rare<H> {
     met: Vec<(u8, i64)>,
     /// the allow-list signals (kind, signal) its content matches
     allowed_by: Vec<(String, String)>,
-    /// past [`INDEX_FROM`] posts: post id hash -> the last post with it; `chain[i]`: the
-    /// post before `i` with its hash (few clusters grow so large: here, not in the record)
-    index: Option<Box<(PostIndex, Vec<u32>)>>,
+    /// past [`INDEX_FROM`] posts (few clusters grow so large: here, not in the record)
+    index: Option<Box<Index>>,
+}
+
+/// A large cluster's post index: its posts (their indexes, 4 bytes each) found by their
+/// ids' keyed hash (a post id is in a cluster once); `starts[i]`: where post `i`'s text
+/// starts. A table of (hash, post) pairs and a chain of posts sharing a hash took about
+/// 30 bytes a post; this, about 12.
+struct Index {
+    by_id: hashbrown::HashTable<u32>,
+    starts: Vec<u32>,
 }
 
 /// Up to this many items, a cluster's lists grow one at a time: most clusters hold a
@@ -421,56 +451,83 @@ impl<H> Cluster<H> {
         }
     }
 
-    /// A post's id.
-    fn id_of(&self, p: &Post) -> &[u8] {
-        &self.text[p.off as usize..(p.off + p.id_len) as usize]
+    /// Where each post's text starts.
+    fn starts(&self) -> Vec<u32> {
+        if let Some(index) = self.index() {
+            return index.starts.clone();
+        }
+        let mut at = 0;
+        self.posts
+            .iter()
+            .map(|p| {
+                let start = at;
+                at = p.spans(&self.text, at).2;
+                start as u32
+            })
+            .collect()
     }
 
-    /// A post's user.
-    fn user_of(&self, p: &Post) -> &[u8] {
-        let from = (p.off + p.id_len) as usize;
-        &self.text[from..from + p.user_len as usize]
+    fn index(&self) -> Option<&Index> {
+        self.rare.as_deref().and_then(|r| r.index.as_deref())
+    }
+
+    /// Post `i`'s id and user, its text starting at `start`.
+    fn texts(&self, i: usize, start: u32) -> (&[u8], &[u8]) {
+        let (id, user, _) = self.posts[i].spans(&self.text, start as usize);
+        (&self.text[id], &self.text[user])
     }
 
     fn find(&self, post: &[u8]) -> Option<u32> {
-        match self.rare.as_deref().and_then(|r| r.index.as_deref()) {
-            None => self
-                .posts
-                .iter()
-                .position(|p| self.id_of(p) == post)
-                .map(|i| i as u32),
-            Some((index, chain)) => {
-                let mut i = *index.get(&text_hash(post))?;
-                while i != NONE {
-                    if self.id_of(&self.posts[i as usize]) == post {
-                        return Some(i);
+        match self.index() {
+            None => {
+                let mut at = 0;
+                for (i, p) in self.posts.iter().enumerate() {
+                    let (id, _, next) = p.spans(&self.text, at);
+                    if self.text[id] == *post {
+                        return Some(i as u32);
                     }
-                    i = chain[i as usize];
+                    at = next;
                 }
                 None
             }
+            Some(index) => index
+                .by_id
+                .find(text_hash(post), |&i| {
+                    self.texts(i as usize, index.starts[i as usize]).0 == post
+                })
+                .copied(),
         }
     }
 
-    fn push_text(&mut self, bytes: &[u8]) {
+    /// Append `bytes` to the text (its length first if it is [`LONG`] or more); the length
+    /// field for it.
+    fn push_text(&mut self, bytes: &[u8]) -> u16 {
         let small = self.posts.len() < SMALL;
+        let len = u16::try_from(bytes.len()).unwrap_or(LONG);
+        let prefix = if len == LONG {
+            (bytes.len() as u32).to_le_bytes().to_vec()
+        } else {
+            Vec::new()
+        };
         self.text.with(|text| {
-            if text.len() + bytes.len() > text.capacity() && small {
-                text.reserve_exact(bytes.len());
+            let need = prefix.len() + bytes.len();
+            if text.len() + need > text.capacity() && small {
+                text.reserve_exact(need);
             }
+            text.extend_from_slice(&prefix);
             text.extend_from_slice(bytes);
         });
+        len
     }
 
     fn add(&mut self, post: &[u8], user: &[u8], parent: u32, ts_ms: i64) {
-        let off = self.text.len() as u32;
-        self.push_text(post);
-        self.push_text(user);
+        let start = self.text.len() as u32;
+        let id_len = self.push_text(post);
+        let user_len = self.push_text(user);
         let i = self.posts.len() as u32;
         self.posts.push(Post {
-            off,
-            id_len: post.len() as u32,
-            user_len: user.len() as u32,
+            id_len,
+            user_len,
             parent_down: parent.wrapping_add(1) & !DOWN,
             ts_ms,
         });
@@ -478,21 +535,68 @@ impl<H> Cluster<H> {
         if parent == NONE {
             self.roots += 1;
         }
-        if let Some((index, chain)) = self
+        if self.index().is_none() && self.posts.len() > INDEX_FROM {
+            let starts = self.starts();
+            self.rare().index = Some(Box::new(Index {
+                by_id: hashbrown::HashTable::with_capacity(starts.len()),
+                starts,
+            }));
+            for j in 0..i {
+                self.index_post(j);
+            }
+        } else if let Some(index) = self
             .rare
             .as_deref_mut()
             .and_then(|r| r.index.as_deref_mut())
         {
-            chain.push(index.insert(text_hash(post), i).unwrap_or(NONE));
-        } else if self.posts.len() > INDEX_FROM {
-            let mut index = PostIndex::default();
-            let mut chain = Vec::with_capacity(self.posts.len());
-            for (j, p) in self.posts.iter().enumerate() {
-                let h = text_hash(self.id_of(p));
-                chain.push(index.insert(h, j as u32).unwrap_or(NONE));
-            }
-            self.rare().index = Some(Box::new((index, chain)));
+            index.starts.push(start);
         }
+        if self.index().is_some() {
+            self.index_post(i);
+        }
+    }
+
+    /// Put post `i` (its start known) in the post index.
+    fn index_post(&mut self, i: u32) {
+        let (posts, text) = (&self.posts, &self.text);
+        let index = self
+            .rare
+            .as_deref_mut()
+            .and_then(|r| r.index.as_deref_mut())
+            .expect("an indexed cluster");
+        let starts = &index.starts;
+        let hash_of = |j: u32| {
+            let (id, _, _) = posts[j as usize].spans(text, starts[j as usize] as usize);
+            text_hash(&text[id])
+        };
+        index.by_id.insert_unique(hash_of(i), i, |&j| hash_of(j));
+    }
+
+    /// Every post's id, in order.
+    fn post_ids(&self) -> Vec<&[u8]> {
+        let starts = self.starts();
+        (0..self.posts.len())
+            .map(|i| self.texts(i, starts[i]).0)
+            .collect()
+    }
+
+    /// Every post as the views read it, parents first.
+    fn made(&self) -> Vec<Made<'_>> {
+        let starts = self.starts();
+        let texts: Vec<(&[u8], &[u8])> = (0..self.posts.len())
+            .map(|i| self.texts(i, starts[i]))
+            .collect();
+        self.posts
+            .iter()
+            .zip(&texts)
+            .map(|(p, &(post, user))| Made {
+                post,
+                parent: (p.parent() != NONE).then(|| texts[p.parent() as usize].0),
+                user,
+                ts_ms: p.ts_ms,
+                live: p.live(),
+            })
+            .collect()
     }
 
     fn take_down(&mut self, post: &[u8]) -> bool {
@@ -541,10 +645,8 @@ impl<H> Cluster<H> {
             + self.times.ts.capacity() * 8
             + self.ids.bytes()
             + self
-                .rare
-                .as_deref()
-                .and_then(|r| r.index.as_deref())
-                .map_or(0, |(i, c)| i.capacity() * 13 + c.capacity() * 4)
+                .index()
+                .map_or(0, |i| i.by_id.capacity() * 5 + i.starts.capacity() * 4)
             + self.rare.as_deref().map_or(0, |r| {
                 size_of::<Rare<H>>() + r.pending.capacity() * size_of::<Pending<H>>()
             })
@@ -755,7 +857,7 @@ impl<H> Store<H> {
             let c = self.remove_slot(slot);
             out.evicted.push(Evicted {
                 at,
-                posts: c.posts.iter().map(|p| c.id_of(p).to_vec()).collect(),
+                posts: c.post_ids().into_iter().map(<[u8]>::to_vec).collect(),
                 cluster_id: c.id.to_string(),
             });
         }
@@ -942,19 +1044,7 @@ impl<H> Store<H> {
 
     /// Every post, parents first (the order they were added).
     pub fn made(&self, cluster_id: &str) -> Vec<Made<'_>> {
-        let Some(c) = self.get(cluster_id) else {
-            return Vec::new();
-        };
-        c.posts
-            .iter()
-            .map(|p| Made {
-                post: c.id_of(p),
-                parent: (p.parent() != NONE).then(|| c.id_of(&c.posts[p.parent() as usize])),
-                user: c.user_of(p),
-                ts_ms: p.ts_ms,
-                live: p.live(),
-            })
-            .collect()
+        self.get(cluster_id).map_or_else(Vec::new, Cluster::made)
     }
 
     /// The allow-list signal `(kind, signal)` matches (`add`) or no longer matches the
@@ -991,15 +1081,15 @@ impl<H> Store<H> {
         let slot = self.slot_of(cluster_id)?;
         let c = self.remove_slot(slot);
         let posts = c
-            .posts
-            .iter()
-            .map(|p| {
+            .made()
+            .into_iter()
+            .map(|m| {
                 (
-                    c.id_of(p).to_vec(),
-                    (p.parent() != NONE).then(|| c.id_of(&c.posts[p.parent() as usize]).to_vec()),
-                    c.user_of(p).to_vec(),
-                    p.ts_ms,
-                    p.live(),
+                    m.post.to_vec(),
+                    m.parent.map(<[u8]>::to_vec),
+                    m.user.to_vec(),
+                    m.ts_ms,
+                    m.live,
                 )
             })
             .collect();
@@ -1300,8 +1390,8 @@ mod tests {
     }
 
     #[test]
-    fn a_post_is_24_bytes_and_keeps_its_parent_and_whether_it_is_up() {
-        assert_eq!(std::mem::size_of::<Post>(), 24);
+    fn a_post_is_16_bytes_and_keeps_its_parent_and_whether_it_is_up() {
+        assert_eq!(std::mem::size_of::<Post>(), 16);
         let mut c: Cluster<()> = Cluster::new("u-0000000000000001", 0);
         c.add(b"p0", b"u0", NONE, 1);
         c.add(b"p1", b"user-1", 0, 2);
@@ -1311,9 +1401,34 @@ mod tests {
             (p0.parent(), p0.live(), p1.parent(), p1.live()),
             (NONE, true, 0, false)
         );
-        assert_eq!((c.id_of(&p1), c.user_of(&p1)), (&b"p1"[..], &b"user-1"[..]));
+        assert_eq!(c.texts(1, 4), (&b"p1"[..], &b"user-1"[..]));
         assert!(c.id.is("u-0000000000000001") && !c.id.is("u-1") && !c.allowed());
         assert!(Cluster::<()>::new("a-x", 0).allowed());
+    }
+
+    #[test]
+    fn ids_and_users_of_any_length_come_back_with_and_without_the_index() {
+        let long = vec![b'x'; 70_000];
+        let mut c: Cluster<()> = Cluster::new("u-0000000000000001", 0);
+        let mut model: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for i in 0..30usize {
+            let mut post = format!("p{i}").into_bytes();
+            if i % 7 == 3 {
+                post.extend_from_slice(&long[..65_535 + i]); // at or past the 16-bit length
+            }
+            let user = if i % 5 == 1 { long.clone() } else { Vec::new() };
+            let parent = if i == 0 { NONE } else { (i / 2) as u32 };
+            c.add(&post, &user, parent, i as i64);
+            model.push((post, user));
+            for (j, (p, u)) in model.iter().enumerate() {
+                assert_eq!(c.find(p), Some(j as u32));
+                assert_eq!(c.made()[j].user, &u[..]);
+            }
+            assert_eq!(c.find(b"absent"), None);
+        }
+        assert!(c.index().is_some());
+        let made = c.made();
+        assert_eq!(made[9].parent, Some(&model[4].0[..]));
     }
 
     #[test]
