@@ -437,9 +437,19 @@ class ClusterLoop:
         forget: ForgetSink,
         min_pdq_quality: int,
         view: int,
+        reader: WireReader,
+        log_limit: int,
     ) -> None: ...
     def push(self, items: list[Any]) -> list[Any]:
         """Hold routed events for the watermark; those of banked clusters, in order."""
+    def read(
+        self, raw: bytes
+    ) -> tuple[dict[int, int], list[Any], list[Any], list[Any], int] | None:
+        """A record of the clusters topic read and its routed events held, no ``Routed`` made
+        but for banked clusters': ``(progress, banked events, rejected items, records of
+        other kinds, events held)``, or ``None``: left to Python."""
+    def take_log(self) -> list[bytes]:
+        """The log entries of the events :meth:`read` held since the last call, as they came."""
     def push_bank(self, update: Any, ts_ms: int, key: str) -> None:
         """A timed bank change, held until the watermark passes ``ts_ms``."""
     def release(self, host: Any, watermark_ms: int) -> int:

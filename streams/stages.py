@@ -84,6 +84,7 @@ from streams.stats import Stats
 from streams.watermarks import NO_TIME, Mark, SourceClock, Watermark
 from streams.wire import (
     BAD_RECORD,
+    READER,
     Forget,
     Item,
     Registration,
@@ -249,19 +250,30 @@ def _unpack(
 ) -> list[Envelope]:
     """The envelopes of a batch (read from a topic, or handed over in-process); what is
     not an envelope, and every item that is not a record, is counted and dead-lettered."""
-    out: list[Envelope] = []
-    for raw in records:
-        try:
-            env = Envelope.of(raw)
-        except ValueError as exc:
-            stats.rejected["bad_envelope"] += 1
-            dead.append(DeadLetter(Rejection("bad_envelope", str(exc), _raw(raw)), stage))
-            continue
-        for rejection in env.rejected:
-            stats.rejected[rejection.reason] += 1
-            dead.append(DeadLetter(rejection, stage))
-        out.append(env)
-    return out
+    return [env for raw in records if (env := _read(raw, stage, stats, dead)) is not None]
+
+
+def _read(
+    raw: bytes | Envelope | None, stage: str, stats: Stats, dead: list[DeadLetter]
+) -> Envelope | None:
+    """One record's envelope (``None``: it is not one); what does not decode is counted and
+    dead-lettered (see :func:`_unpack`)."""
+    try:
+        env = Envelope.of(raw)
+    except ValueError as exc:
+        stats.rejected["bad_envelope"] += 1
+        dead.append(DeadLetter(Rejection("bad_envelope", str(exc), _raw(raw)), stage))
+        return None
+    _rejected(env.rejected, stage, stats, dead)
+    return env
+
+
+def _rejected(
+    rejections: Iterable[Rejection], stage: str, stats: Stats, dead: list[DeadLetter]
+) -> None:
+    for rejection in rejections:
+        stats.rejected[rejection.reason] += 1
+        dead.append(DeadLetter(rejection, stage))
 
 
 def _unexpected(item: Item, stage: str, stats: Stats, dead: list[DeadLetter]) -> None:
@@ -1219,6 +1231,8 @@ class ClusterPartition(LoopHost):
             self._forget,
             MIN_PDQ_QUALITY,
             det.content.view,
+            READER,
+            MAX_RECORD_BYTES,
         )
         det.evict_with(
             partial(
@@ -1294,24 +1308,49 @@ class ClusterPartition(LoopHost):
         return {item.cluster_id for item in banked}
 
     def handle(self, envelopes: Iterable[bytes | Envelope | None]) -> ClusterBatch:
-        received: list[Routed] = []
+        """Hold the routed events of these records (read from the topic, or handed over
+        in-process), then apply what the watermark passed (:meth:`advance`).
+
+        A record read from the topic is read by the compiled loop itself
+        (:meth:`ClusterLoop.read`): its events held with no ``Routed`` record but for
+        banked clusters', and logged as they came, not written again; one it does not
+        read, and an envelope handed over in-process, the records' way.
+        """
+        loop, stats = self.loop, self.stats
+        received: list[Routed] = []  # the records' way: logged as they are written
+        banked: list[Routed] = []
+        read_events = 0
         dead: list[DeadLetter] = []
-        for env in _unpack(envelopes, "detect", self.stats, dead):
-            if env.progress:
-                self.watermark.update({p: (t, False) for p, t in env.progress.items()})
-            items = env.items
-            if all(type(item) is Routed for item in items):
-                received += items  # type: ignore[arg-type]
-                continue
-            for item in items:
-                if type(item) is Routed:
-                    received.append(item)
-                else:
-                    _unexpected(item, "detect", self.stats, dead)
-        batch = self.advance(self._push(received))
-        batch.decisions.rejections.extend(d.rejection for d in dead)
-        batch.log = encode_parts(received, MAX_RECORD_BYTES) if received else []
-        batch.log_items = len(received)
+        stray: list[DeadLetter] = []  # records of other kinds, after every rejection
+        for raw in envelopes:
+            read = loop.read(raw) if type(raw) is bytes else None
+            if read is not None:
+                progress, held_banked, rejected, others, n = read
+                _rejected(rejected, "detect", stats, dead)
+                read_events += n
+            else:
+                env = _read(raw, "detect", stats, dead)
+                if env is None:
+                    continue
+                progress = env.progress
+                routed = [item for item in env.items if type(item) is Routed]
+                others = [item for item in env.items if type(item) is not Routed]
+                held_banked = loop.push(routed)
+                received += routed
+            for item in others:
+                _unexpected(item, "detect", stats, stray)
+            if progress:
+                self.watermark.update({p: (t, False) for p, t in progress.items()})
+            banked += held_banked
+        expect = self.detector.expect
+        for item in banked:
+            expect(item)
+        batch = self.advance({item.cluster_id for item in banked})
+        batch.decisions.rejections.extend(d.rejection for d in dead + stray)
+        batch.log = loop.take_log()
+        if received:
+            batch.log += encode_parts(received, MAX_RECORD_BYTES)
+        batch.log_items = read_events + len(received)
         return batch
 
     def advance(self, received: Iterable[str] = ()) -> ClusterBatch:

@@ -400,7 +400,7 @@ def _read_text(text: str) -> Item | Rejection:
 #: :func:`decode_item` (a match, a video's frames, an earlier version's form, a bad item),
 #: and a record whose frame it does not read (``None``) is read in Python whole, so what a
 #: record becomes does not depend on which of the two read it.
-_READER: Final = _core.WireReader(
+READER: Final = _core.WireReader(
     ToRoute,
     Routed,
     Registration,
@@ -430,7 +430,7 @@ def read_envelope(raw: bytes) -> EnvelopeParts | None:
     >>> read_envelope(b"{oops") is None
     True
     """
-    return _READER.envelope(raw) if type(raw) is bytes else None
+    return READER.envelope(raw) if type(raw) is bytes else None
 
 
 def decode_routed_log(raw: bytes) -> tuple[list[Routed], list[Rejection]]:
@@ -439,7 +439,7 @@ def decode_routed_log(raw: bytes) -> tuple[list[Routed], list[Rejection]]:
     >>> decode_routed_log(b"{oops")[1][0].reason
     'bad_record'
     """
-    read = _READER.items(raw) if type(raw) is bytes else None
+    read = READER.items(raw) if type(raw) is bytes else None
     return _routed(*read) if read is not None else routed_log_in_python(raw)
 
 

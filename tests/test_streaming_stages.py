@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams._core import ForgetSink
-from streams.alerts import Pseudonymizer
+from streams._core import ClusterLoop, ForgetSink
+from streams.alerts import MatchInfo, Pseudonymizer
 from streams.banks import BankEntry, BankUpdate, HashBanks
 from streams.events import Rejection, ShareEvent, event_from_dict, parse_events
 from streams.pipeline import Pipeline
@@ -39,6 +39,7 @@ from streams.stages import (
 from streams.stats import Stats
 from streams.watermarks import NO_TIME, SourceClock, Watermark
 from streams.wire import (
+    READER,
     Forget,
     Item,
     Registration,
@@ -47,7 +48,9 @@ from streams.wire import (
     Touch,
     Unbanked,
     decode_delta,
+    decode_routed_log,
     encode,
+    encode_parts,
 )
 
 T0 = 1_767_225_600_000
@@ -839,6 +842,112 @@ def test_cluster_restore_gives_the_same_decisions() -> None:
     again.restore(logs)
     b = again.handle([routed_env([], progress=events[-1]["ts"])])
     assert [a.to_json() for a in b.decisions.alerts] == out and out
+
+
+def _clusters_records(draw: Any) -> list[bytes]:
+    """Records of a clusters partition's topic: routed events of banked (one with its
+    bank's match), allow-listed and unbanked clusters, redelivered ones, progress, items
+    that are not records or not routed events, records that are not envelopes, and bytes
+    of a good record cut or changed anywhere."""
+    n = draw(st.integers(0, 40))
+    events = burst(n)
+    labels = st.sampled_from([cluster(), "u-" + "c" * 32, "a-1", "b-other"])
+    out: list[bytes] = []
+    i = 0
+    while i < len(events):
+        k = draw(st.integers(1, 8))
+        items: list[Any] = []
+        for e in events[i : i + k]:
+            r = routed(e, draw(labels))
+            if draw(st.integers(0, 9)) == 0 and e["type"] == "upload":
+                r = Routed(r.event, cluster(), MatchInfo("ncii", "md5", MD5, 0))
+            items.append(r)
+        if draw(st.booleans()):
+            items.insert(draw(st.integers(0, len(items))), Registration("p", "b-1"))
+        progress = draw(st.one_of(st.none(), st.integers(T0, T0 + 60_000)))
+        raw = Envelope(items, progress={0: progress} if progress is not None else {}).pack()
+        if draw(st.integers(0, 9)) == 0:
+            raw = raw.replace(b'["e",', b'["e"', 1)  # an item that is not a record
+        if draw(st.integers(0, 9)) == 0:
+            at = draw(st.integers(0, len(raw)))
+            raw = raw[:at] + draw(st.binary(max_size=3)) + raw[at + 1 :]
+        out.append(raw)
+        if draw(st.integers(0, 5)) == 0:
+            out.append(draw(st.sampled_from([b"{oops", b"", b'{"i": 3}', raw])))
+        i += k
+    return out
+
+
+def _detected(records: list[bytes | Envelope], cuts: list[int]) -> tuple[Any, ...]:
+    """What a clusters partition made of ``records`` handed over in batches of ``cuts``
+    (the rest at once), then a mark past every event: alerts, rejections, the events
+    applied and their log entries (as bytes, and read back)."""
+    cp = cluster_partition()
+    batches, i = [], 0
+    for n in cuts:
+        if i >= len(records):
+            break
+        batches.append(cp.handle(records[i : i + n]))
+        i += n
+    batches.append(cp.handle(records[i:]))
+    batches.append(cp.handle([routed_env([], progress=T0 + 10_000_000)]))
+    alerts = [a.to_json() for b in batches for a in b.decisions.alerts]
+    rejected = [(x.reason, x.detail, x.raw) for b in batches for x in b.decisions.rejections]
+    log = [entry for b in batches for entry in b.log]
+    read = [decode_routed_log(entry) for entry in log]
+    assert sum(b.log_items for b in batches) == sum(len(r) for r, _ in read)
+    return alerts, rejected, sum(b.applied for b in batches), log, read, dict(cp.stats.rejected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data(), st.lists(st.integers(1, 4), max_size=8))
+def test_a_clusters_partition_reads_its_records_as_the_records_handed_over_give(
+    data: Any, cuts: list[int]
+) -> None:
+    """The compiled loop reads a record of the topic itself (``ClusterLoop.read``: no
+    ``Routed`` made but for banked clusters', logged as it came): any bytes give the same
+    alerts, rejections, events applied and log entries, byte for byte, as the records
+    read first and handed over in-process (the records' way), whatever the batches;
+    never an exception."""
+    records = data.draw(st.composite(_clusters_records)())
+    as_read = _detected(list(records), cuts)
+    handed: list[bytes | Envelope] = []
+    for raw in records:
+        try:
+            handed.append(Envelope.unpack(raw))
+        except ValueError:
+            handed.append(raw)  # not an envelope: dead-lettered either way
+    assert as_read == _detected(handed, cuts)
+
+
+def test_a_routed_event_read_from_its_record_is_logged_as_it_came() -> None:
+    """An event read from the topic is logged as its record holds it, not written again:
+    the bytes its record's encoder wrote, a large batch cut as ``encode_parts`` cuts it,
+    and only a banked cluster's event is given to Python's detector."""
+    events = burst(300)
+    items = [routed(e, cluster() if i % 2 else "u-" + "c" * 32) for i, e in enumerate(events)]
+    cp = cluster_partition()
+    expected: list[Routed] = []
+    cp.detector.expect = expected.append  # type: ignore[method-assign]
+    b = cp.handle([Envelope(items).pack()])
+    assert b.log == encode_parts(items, MAX_RECORD_BYTES) and b.log_items == len(items)
+    assert expected == [r for r in items if r.cluster_id.startswith("b-")]
+    # cut into parts under the limit, each event whole, as encode_parts cuts them
+    det = cluster_partition().detector
+    store, content = det.unbanked_store, det.content
+    loop = ClusterLoop(
+        store,
+        content.held_signals,
+        det.clusters,
+        Routed,
+        ForgetSink(1),
+        0,
+        content.view,
+        READER,
+        2_000,
+    )
+    assert loop.read(Envelope(items).pack()) is not None
+    assert loop.take_log() == encode_parts(items, 2_000) and loop.take_log() == []
 
 
 @settings(max_examples=200, deadline=None)

@@ -220,18 +220,30 @@ impl Parts {
 
     /// Add an item (at the end of the current part, or first of a new one).
     pub fn push(&mut self, item: &Item<'_>) {
-        self.item.clear();
-        write_item(&mut self.item, item);
+        let mut written = std::mem::take(&mut self.item);
+        written.clear();
+        write_item(&mut written, item);
+        self.push_json(&written);
+        self.item = written;
+    }
+
+    /// Add an item written already (its JSON text, as a record held it).
+    pub fn push_json(&mut self, json: &[u8]) {
         let empty = self.current.len() == 1;
         // the part as it would be with this item and its closing bracket
-        if !empty && self.current.len() + 1 + self.item.len() + 1 > self.limit {
+        if !empty && self.current.len() + 1 + json.len() + 1 > self.limit {
             self.current.push(b']');
             self.done
                 .push(std::mem::replace(&mut self.current, vec![b'[']));
         } else if !empty {
             self.current.push(b',');
         }
-        self.current.extend_from_slice(&self.item);
+        self.current.extend_from_slice(json);
+    }
+
+    /// Whether no item was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.done.is_empty() && self.current.len() == 1
     }
 
     /// The parts, in order (one, `[]`, if nothing was pushed).

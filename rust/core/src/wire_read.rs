@@ -53,10 +53,14 @@ pub enum Read<'a> {
 }
 
 /// An envelope's frame and items: marks `(partition, newest event time, idle)`,
-/// progress and input watermarks `(partition, event time)`, each in partition order.
+/// progress and input watermarks `(partition, event time)`, each in partition order;
+/// `spans`, each item's own JSON text as the record holds it (beside `items`, in the same
+/// order): a clusters partition logs the routed events it received as they came, not
+/// written again.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Envelope<'a> {
     pub items: Vec<Read<'a>>,
+    pub spans: Vec<&'a str>,
     pub marks: Vec<(i64, i64, bool)>,
     pub progress: Vec<(i64, i64)>,
     pub inputs: Vec<(i64, i64)>,
@@ -191,6 +195,7 @@ pub fn read_envelope<'a>(data: &'a [u8], judge: &mut dyn Judge) -> Option<Envelo
     let progress = by_partition(body.get("p").copied(), integer)?;
     let inputs = by_partition(body.get("w").copied(), integer)?;
     Some(Envelope {
+        spans: items.iter().map(|raw| raw.get()).collect(),
         items: items.into_iter().map(|raw| read_item(raw, judge)).collect(),
         marks: marks
             .into_iter()
@@ -340,6 +345,15 @@ mod tests {
         assert_eq!(bare, Envelope::default());
         // a key twice: its last value, as orjson's dict
         assert_eq!(envelope(r#"{"i":[1],"i":[]}"#).expect("read").items, []);
+    }
+
+    #[test]
+    fn each_item_comes_with_its_own_text_as_the_record_holds_it() {
+        let text = format!(r#"{{"i": [ ["f","p1"] ,["s",{SHARE}], 7],"p":{{"0":4}}}}"#);
+        let env = envelope(&text).expect("an envelope");
+        let share = format!(r#"["s",{SHARE}]"#);
+        assert_eq!(env.spans, [r#"["f","p1"]"#, share.as_str(), "7"]);
+        assert_eq!(env.items.len(), env.spans.len());
     }
 
     #[test]

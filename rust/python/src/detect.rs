@@ -9,7 +9,8 @@
 //! One implementation: replay and the streaming stage differ only in where an
 //! evicted cluster's posts go (replay's post -> cluster map, `Forgetting::Routes`;
 //! a clusters partition's `Forget` records for their resolve partitions,
-//! `Forgetting::Sink`) and in what feeds the buffer.
+//! `Forgetting::Sink`) and in what feeds the buffer (a clusters partition reads the
+//! records of its topic itself, `ClusterLoop::read`: no `Routed` per unbanked event).
 
 use std::collections::BTreeMap;
 
@@ -22,17 +23,19 @@ use viralwatch_core::content::{View, DETECTOR};
 use viralwatch_core::posts::partition_for;
 use viralwatch_core::reorder::ReorderBuffer;
 use viralwatch_core::unbanked::{Evicted, Outcome};
-use viralwatch_core::wire::write_str;
+use viralwatch_core::wire::{write_str, Parts};
 
 use crate::content::PyContentSignals;
 use crate::dedupe::with_id;
 use crate::posts::PyPostRoutes;
+use crate::record;
 use crate::routing::image_signals;
 use crate::unbanked::{crossing_row, with_event, CrossingRow, UnbankedClusters};
+use crate::wire_read::{by_partition, RoutedItem, WireReader};
 
 /// What the reorder buffer holds: a routed event (its cluster, and the `Routed` record
-/// when one was made: a banked or allow-listed upload in replay, every event in a
-/// stream), or a timed bank change.
+/// when one was made: a banked or allow-listed upload in replay; in a stream, a banked
+/// cluster's event, or one handed over in-process as a record), or a timed bank change.
 pub(crate) enum Item {
     Event {
         cluster: Py<PyString>,
@@ -507,6 +510,38 @@ pub struct ClusterLoop {
     detect: Detect,
     sink: Py<ForgetSink>,
     routed_cls: Py<PyType>,
+    /// the reader of the records the partition reads from its topic
+    reader: Py<WireReader>,
+    /// the routed events read from records since the last :meth:`take_log`, as they came
+    log: Parts,
+    limit: usize,
+}
+
+impl ClusterLoop {
+    /// Hold one ``Routed`` record; a banked cluster's, also into ``banked``.
+    fn push_one<'py>(
+        &mut self,
+        item: &Bound<'py, PyAny>,
+        banked: &Bound<'py, PyList>,
+    ) -> PyResult<()> {
+        let py = item.py();
+        if !item.get_type().is(self.routed_cls.bind(py)) {
+            return Err(PyTypeError::new_err(
+                "a clusters partition holds Routed events",
+            ));
+        }
+        let cluster = item
+            .getattr(intern!(py, "cluster_id"))?
+            .cast_into::<PyString>()
+            .map_err(|_| PyTypeError::new_err("a cluster id is a str"))?;
+        let event = item.getattr(intern!(py, "event"))?;
+        let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
+        if cluster.to_str()?.starts_with("b-") {
+            banked.append(item)?;
+        }
+        self.detect
+            .push(&cluster, &event, ts, Some(item.clone().unbind()))
+    }
 }
 
 #[pymethods]
@@ -522,6 +557,8 @@ impl ClusterLoop {
         forget: Py<ForgetSink>,
         min_pdq_quality: i64,
         view: View,
+        reader: Py<WireReader>,
+        log_limit: usize,
     ) -> PyResult<Self> {
         let forgetting = Forgetting::Sink(forget.clone_ref(py));
         Ok(Self {
@@ -535,7 +572,92 @@ impl ClusterLoop {
             ),
             sink: forget,
             routed_cls,
+            reader,
+            log: Parts::new(log_limit),
+            limit: log_limit,
         })
+    }
+
+    /// A record of the partition's topic (``raw``, an envelope's bytes) read and its routed
+    /// events held until the watermark passes them, in one call: no `Routed` record is
+    /// made but for a banked cluster's event (the detector is told of those, as
+    /// :meth:`push` returns them) and what Python reads (a banked upload's match). Each
+    /// event's text, as the record holds it, is kept for the partition's log
+    /// (:meth:`take_log`): not written again. Returns ``(progress {partition: ts},
+    /// banked events, rejected items, records of other kinds, events held)``, or ``None``
+    /// when the core does not read the record (Python reads it, and says what is wrong).
+    #[allow(clippy::type_complexity)]
+    fn read<'py>(
+        &mut self,
+        py: Python<'py>,
+        raw: &Bound<'py, PyBytes>,
+    ) -> PyResult<
+        Option<(
+            Bound<'py, PyDict>,
+            Bound<'py, PyList>,
+            Bound<'py, PyList>,
+            Bound<'py, PyList>,
+            usize,
+        )>,
+    > {
+        let Some(env) = self.reader.get().read_routed(py, raw.as_bytes())? else {
+            return Ok(None);
+        };
+        let progress = by_partition(py, &env.progress)?;
+        let (banked, rejected, other) = (PyList::empty(py), PyList::empty(py), PyList::empty(py));
+        let routed_cls = self.routed_cls.clone_ref(py).into_bound(py);
+        let mut held = 0;
+        for item in env.items {
+            match item {
+                RoutedItem::Event {
+                    cluster,
+                    event,
+                    ts,
+                    json,
+                } => {
+                    let record = if cluster.to_str()?.starts_with("b-") {
+                        let r = record(
+                            &routed_cls,
+                            &[
+                                (intern!(py, "event"), event.clone()),
+                                (intern!(py, "cluster_id"), cluster.clone().into_any()),
+                                (intern!(py, "match"), py.None().into_bound(py)),
+                            ],
+                        )?;
+                        banked.append(&r)?;
+                        Some(r.unbind())
+                    } else {
+                        None
+                    };
+                    self.detect.push(&cluster, &event, ts, record)?;
+                    self.log.push_json(json.as_bytes());
+                    held += 1;
+                }
+                RoutedItem::Record(item, json) => {
+                    self.push_one(&item, &banked)?;
+                    self.log.push_json(json.as_bytes());
+                    held += 1;
+                }
+                RoutedItem::Rejected(r) => rejected.append(r)?,
+                RoutedItem::Other(r) => other.append(r)?,
+            }
+        }
+        Ok(Some((progress, banked, rejected, other, held)))
+    }
+
+    /// The log entries of the routed events :meth:`read` held since the last call: JSON
+    /// arrays of at most the limit's bytes each (an event larger than that alone), their
+    /// items the events' texts as they came (the bytes ``encode_parts`` writes for their
+    /// records: the sender wrote them so).
+    fn take_log<'py>(&mut self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        if self.log.is_empty() {
+            return Vec::new();
+        }
+        std::mem::replace(&mut self.log, Parts::new(self.limit))
+            .finish()
+            .iter()
+            .map(|part| PyBytes::new(py, part))
+            .collect()
     }
 
     /// Hold routed events (``Routed``, any order) until the watermark passes them. Returns
@@ -547,24 +669,8 @@ impl ClusterLoop {
         items: &Bound<'py, PyList>,
     ) -> PyResult<Bound<'py, PyList>> {
         let banked = PyList::empty(py);
-        let routed_cls = self.routed_cls.bind(py);
         for item in items.iter() {
-            if !item.get_type().is(routed_cls) {
-                return Err(PyTypeError::new_err(
-                    "a clusters partition holds Routed events",
-                ));
-            }
-            let cluster = item
-                .getattr(intern!(py, "cluster_id"))?
-                .cast_into::<PyString>()
-                .map_err(|_| PyTypeError::new_err("a cluster id is a str"))?;
-            let event = item.getattr(intern!(py, "event"))?;
-            let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
-            if cluster.to_str()?.starts_with("b-") {
-                banked.append(&item)?;
-            }
-            self.detect
-                .push(&cluster, &event, ts, Some(item.clone().unbind()))?;
+            self.push_one(&item, &banked)?;
         }
         Ok(banked)
     }
@@ -633,6 +739,7 @@ impl ClusterLoop {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         self.detect.traverse(&visit)?;
         visit.call(&self.sink)?;
+        visit.call(&self.reader)?;
         visit.call(&self.routed_cls)
     }
 

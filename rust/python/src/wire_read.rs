@@ -36,6 +36,31 @@ pub struct WireReader {
     fallback: Py<PyAny>,
 }
 
+/// One item of a clusters partition's envelope, as :meth:`WireReader::routed` reads it,
+/// with its JSON text as the record held it (`json`: what the partition logs).
+pub(crate) enum RoutedItem<'py, 'a> {
+    /// a routed event the core read: no `Routed` record made for it
+    Event {
+        cluster: Bound<'py, PyString>,
+        event: Bound<'py, PyAny>,
+        ts: i64,
+        json: &'a str,
+    },
+    /// a routed event Python read (a banked upload's match, a video's frames): its record
+    Record(Bound<'py, PyAny>, &'a str),
+    /// an item that is not a record (a ``bad_record`` rejection)
+    Rejected(Bound<'py, PyAny>),
+    /// a record of another kind: it has no place on the clusters topic
+    Other(Bound<'py, PyAny>),
+}
+
+/// A clusters partition's envelope read by the core: its progress `(partition, event
+/// time)` and its items, in order.
+pub(crate) struct RoutedEnvelope<'py, 'a> {
+    pub(crate) progress: Vec<(i64, i64)>,
+    pub(crate) items: Vec<RoutedItem<'py, 'a>>,
+}
+
 /// The records of one read: the items, and the fallback's rejections, each in order.
 struct Sorted<'py> {
     good: Bound<'py, PyList>,
@@ -130,7 +155,73 @@ impl WireReader {
     }
 }
 
-fn by_partition<'py, T: IntoPyObject<'py> + Copy>(
+impl WireReader {
+    /// A clusters partition's envelope (``raw``): its routed events with no `Routed`
+    /// record each (the event, its cluster, its time and its text), what Python reads
+    /// (through the fallback, as :meth:`envelope` hands it over) as records; `None` when
+    /// the core does not read the envelope, or the fallback could not read an item (the
+    /// record is read in Python whole, as every record the core leaves).
+    pub(crate) fn read_routed<'py, 'a>(
+        &self,
+        py: Python<'py>,
+        raw: &'a [u8],
+    ) -> PyResult<Option<RoutedEnvelope<'py, 'a>>> {
+        let parse_ts = self.parse_ts.bind(py);
+        let mut judge = PyJudge { parse_ts };
+        let Some(env) = wire_read::read_envelope(raw, &mut judge) else {
+            return Ok(None);
+        };
+        let classes = Classes {
+            share_event: self.share_event.bind(py),
+            content: self.content.bind(py),
+            rejection: self.rejection.bind(py),
+        };
+        let routed = self.routed.bind(py);
+        // one string per cluster id: the routed events of a cluster share it
+        let mut clusters: HashMap<&str, Bound<'py, PyString>> = HashMap::new();
+        let mut items = Vec::with_capacity(env.items.len());
+        for (item, json) in env.items.into_iter().zip(env.spans) {
+            items.push(match item {
+                Read::Routed {
+                    event,
+                    cluster_id: id,
+                } => {
+                    let cluster = match clusters.get(id.as_ref()) {
+                        Some(c) => c.clone(),
+                        None => {
+                            let c = PyString::new(py, &id);
+                            // the key borrows the record when the id is written plainly
+                            if let std::borrow::Cow::Borrowed(k) = id {
+                                clusters.insert(k, c.clone());
+                            }
+                            c
+                        }
+                    };
+                    let ts = event.ts_ms;
+                    RoutedItem::Event {
+                        cluster,
+                        event: event_record(py, event, &classes)?,
+                        ts,
+                        json,
+                    }
+                }
+                // any other item as Python reads it: rare on this topic
+                _ => match self.fallback.bind(py).call1((json,)) {
+                    Ok(obj) if obj.is_instance(classes.rejection)? => RoutedItem::Rejected(obj),
+                    Ok(obj) if obj.get_type().is(routed) => RoutedItem::Record(obj, json),
+                    Ok(obj) => RoutedItem::Other(obj),
+                    Err(_) => return Ok(None),
+                },
+            });
+        }
+        Ok(Some(RoutedEnvelope {
+            progress: env.progress,
+            items,
+        }))
+    }
+}
+
+pub(crate) fn by_partition<'py, T: IntoPyObject<'py> + Copy>(
     py: Python<'py>,
     pairs: &[(i64, T)],
 ) -> PyResult<Bound<'py, PyDict>> {
