@@ -1,4 +1,4 @@
-"""What a worker's first two stages cost per event, without Kafka: ingest, then resolve.
+"""What a worker's stages cost per event, without Kafka: ingest, resolve, then clusters.
 
 The same traffic as ``bench_pipeline.py``'s throughput run (``Scenario(seed=11)``
 scaled to ``--events``, its bank loaded), cut into batches of ``--batch`` input
@@ -8,8 +8,15 @@ send each event to the resolve partition of the post it needs), then every
 :class:`streams.stages.ResolvePartition` with its peers' registrations handed
 over in-process (:func:`streams.stages.resolve_local_peers`, as
 ``Topology`` does) and each batch's state-log entries written
-(``ResolveBatch.log_entries``). What a worker adds around them (Kafka, Faust,
-the clusters stage) is ``bench_pipeline.py``'s to measure.
+(``ResolveBatch.log_entries``); then every :class:`streams.stages.ClusterPartition`
+given its envelopes (``merge_resolved``), either as the records it reads from
+its topic (``--hop topic``, the bytes a peer worker sent: packed untimed, the
+sender's work; ``--hop records``, the same bytes decoded into records first, as
+a partition read them before ``ClusterLoop.read``) or handed over in-process
+(``--hop local``, as one worker holding every partition does), its log
+entries made (``ClusterBatch.log``).
+What a worker adds around them (Kafka, Faust) is ``bench_pipeline.py``'s to
+measure.
 
 Timed on CPU time (``time.process_time``: the machine is shared), with the
 worker's collector thresholds (``streams.runtime.worker.GC_THRESHOLDS``),
@@ -33,14 +40,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from streams.alerts import Pseudonymizer  # noqa: E402
 from streams.banks import HashBanks  # noqa: E402
+from streams.policy import AlertPolicy  # noqa: E402
 from streams.runtime.worker import GC_THRESHOLDS  # noqa: E402
 from streams.simulate import Scenario, iter_lines, scenario_bank  # noqa: E402
-from streams.stages import Ingest, ResolvePartition, resolve_local_peers  # noqa: E402
+from streams.stages import (  # noqa: E402
+    ClusterPartition,
+    Envelope,
+    Ingest,
+    ResolvePartition,
+    merge_resolved,
+    resolve_local_peers,
+)
 from streams.stats import Stats  # noqa: E402
 
 
-def run(lines: list[bytes], banks: HashBanks, partitions: int, batch: int) -> dict[str, float]:
+def run(
+    lines: list[bytes], banks: HashBanks, partitions: int, batch: int, hop: str
+) -> dict[str, float]:
     """One fresh set of stages over ``lines``: CPU us per event of each, and what came out."""
     stats = Stats()
     ingest = Ingest(partitions, 30.0, stats=stats)
@@ -57,8 +75,19 @@ def run(lines: list[bytes], banks: HashBanks, partitions: int, batch: int) -> di
         )
         for r in range(partitions)
     }
-    ingest_s = resolve_s = 0.0
-    routed = logged = 0
+    detectors = {
+        k: ClusterPartition(
+            k,
+            partitions=partitions,
+            sources=partitions,
+            policy=AlertPolicy.default(),
+            stats=stats,
+            pseudonymizer=Pseudonymizer(b"bench"),
+        )
+        for k in range(partitions)
+    }
+    ingest_s = resolve_s = clusters_s = 0.0
+    routed = logged = alerts = 0
     for start in range(0, len(lines), batch):
         end = min(start + batch, len(lines))
         records = [(i % partitions, i, lines[i]) for i in range(start, end)]
@@ -70,13 +99,25 @@ def run(lines: list[bytes], banks: HashBanks, partitions: int, batch: int) -> di
         for b in batches + peers:
             routed += b.routed
             logged += sum(map(len, b.log_entries()))
-        resolve_s += time.process_time() - t1
+        t2 = time.process_time()
+        to_clusters, _ = merge_resolved(batches + peers)
+        sent = {k: env.pack() if hop != "local" else env for k, env in to_clusters.items()}
+        t3 = time.process_time()
+        for k, raw in sent.items():
+            # "records": decoded into records first, then handed over (how a partition
+            # read its topic before ClusterLoop.read), for a comparison in one build
+            env = Envelope.of(raw) if hop == "records" else raw
+            alerts += len(detectors[k].handle([env]).decisions.alerts)
+        clusters_s += time.process_time() - t3
+        resolve_s += t2 - t1
         ingest_s += t1 - t0
     n = len(lines)
     return {
         "ingest_us": ingest_s / n * 1e6,
         "resolve_us": resolve_s / n * 1e6,
+        "clusters_us": clusters_s / n * 1e6,
         "routed": routed,
+        "alerts": alerts,
         "log_bytes_per_event": logged / n,
     }
 
@@ -87,6 +128,7 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--hop", choices=("topic", "records", "local"), default="topic")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     scenario = Scenario(seed=11, scale=max(args.events / 30_000, 0.05))
@@ -95,7 +137,7 @@ def main() -> None:
     for entry in scenario_bank(scenario):
         banks.add(entry)
     gc.set_threshold(*GC_THRESHOLDS)
-    runs = [run(lines, banks, args.partitions, args.batch) for _ in range(args.repeats)]
+    runs = [run(lines, banks, args.partitions, args.batch, args.hop) for _ in range(args.repeats)]
     out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     out["events"] = len(lines)
     if args.json:
@@ -105,6 +147,13 @@ def main() -> None:
     print(f"  ingest    {out['ingest_us']:6.2f} us CPU/event")
     print(f"  resolve   {out['resolve_us']:6.2f} us CPU/event (routed {out['routed']:,.0f})")
     print(f"  resolve log {out['log_bytes_per_event']:.0f} B/event")
+    hop = {
+        "topic": "read from its topic",
+        "records": "read from its topic as records, then handed over",
+        "local": "handed over in-process",
+    }[args.hop]
+    alerts = f"alerts {out['alerts']:,.0f}"
+    print(f"  clusters  {out['clusters_us']:6.2f} us CPU/event ({hop}; {alerts})")
 
 
 if __name__ == "__main__":
