@@ -12,9 +12,7 @@ one.** A partition reads its topic in order; an envelope this process sent
 it through Kafka and it has not read yet goes first, in memory, and its
 copy is skipped when it is read (:class:`streams.stages.UnreadSends`). For
 ``grace_s`` after an assignment everything goes through Kafka, so what a
-partition's previous owner sent comes first (a matter of time, not proof);
-the worker's ``shares`` reader reads nothing then (:meth:`HandOver.wait_s`),
-so little does.
+partition's previous owner sent comes first (a matter of time, not proof).
 
 One :class:`Hop` per internal topic (the resolve hop serves ingest and the
 resolve peers: both write the ``resolve`` topic), both in one
@@ -115,31 +113,12 @@ class HandOver:
         self.grace_s = grace_s
         self.clock = clock
         self._from = 0.0
-        #: whether this process's partitions were ever assigned (see :meth:`wait_s`)
-        self._assigned = False
         #: envelopes handed over in-process (a worker reports it)
         self.handed_over = 0
 
     def assigned(self) -> None:
         """Partitions were assigned: for ``grace_s`` everything goes through Kafka."""
         self._from = self.clock() + self.grace_s
-        self._assigned = True
-
-    def wait_s(self) -> float:
-        """How long a producer of envelopes should wait before making more: until the grace
-        ends (``inf`` before the first assignment, 0 once the short way is open).
-
-        What a worker's shares reader makes in the grace goes through Kafka: written,
-        fetched by Faust and decoded again, each hop. Before an assignment no stage
-        runs to apply it; in the grace a stage applies it at most the grace sooner
-        than the short way would (and only once its table is restored). From a backlog
-        that was a large share of a worker's first 100,000 events (the ``resolve`` and
-        ``clusters`` topics took 23 MiB of them), so the reader waits instead (see
-        :meth:`streams.runtime.shares_reader.SharesReader.run`).
-        """
-        if not self._assigned:
-            return float("inf")
-        return max(0.0, self._from - self.clock())
 
     @property
     def short(self) -> bool:

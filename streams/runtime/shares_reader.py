@@ -11,15 +11,10 @@ It also keeps the event-time clock of the ``shares`` partitions honest: a
 partition with records not read yet is busy, not idle
 (:meth:`SharesReader.touch_backlogged`), and partitions far ahead in event
 time are paused while the others catch up (:meth:`SharesReader.pace`).
-It reads nothing before the worker's first assignment nor in the grace after
-one (:meth:`streams.runtime.hand_over.HandOver.wait_s`): what it made then
-would all cross the internal topics, for an event time at most the grace
-(3 s) earlier after a rebalance.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -40,8 +35,6 @@ log = logging.getLogger("viralwatch.worker")
 
 #: How often the reader commits its offsets (after a flush of what they became).
 COMMIT_EVERY_S = 1.0
-#: How often the reader looks whether the grace after an assignment is over (seconds).
-GRACE_POLL_S = 0.05
 #: How far (event time) a shares partition may be read ahead of the slowest one with a backlog.
 READ_SKEW_MS = 5_000
 
@@ -93,16 +86,10 @@ class SharesReader:
         consumer.subscribe([self.topic], listener=on_assigned(self.resume_stream_times))
         wait_ms = max(1, int(s.batch_wait_s * 1000))
         committed_at = time.monotonic()
-        hand_over = self.topology.hand_over
         try:
             while True:
-                if (grace := hand_over.wait_s()) > 0:
-                    # not read into the grace after an assignment: its envelopes would all
-                    # take the long way through Kafka (HandOver.wait_s)
-                    await asyncio.sleep(min(grace, GRACE_POLL_S))
-                else:
-                    await self.poll(wait_ms)
-                    self.pace()
+                await self.poll(wait_ms)
+                self.pace()
                 if time.monotonic() - committed_at >= COMMIT_EVERY_S:
                     committed_at = time.monotonic()
                     await self.checkpoint.commit(self.owned())
