@@ -46,11 +46,10 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 pub use crate::content::ClusterId;
-use crate::dedupe::{id_digest, DigestHasher};
+use crate::content::IdSlots;
 use crate::route::{Orphans, Refusal};
 
 /// CRC-32 (IEEE 802.3, zlib's) of `data`.
@@ -88,13 +87,6 @@ pub fn crc32(data: &[u8]) -> u32 {
 /// The partition of an internal topic that `key` belongs to: `crc32(key) % partitions`.
 pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     crc32(key) % partitions.max(1)
-}
-
-/// The key a cluster id is found by: 64 bits of its keyed digest ([`id_digest`]: keyed at
-/// random per process, so no id can be chosen to collide; two that do are still told apart,
-/// the second kept in an overflow table).
-fn id_key(cluster: &str) -> u64 {
-    id_digest(cluster.as_bytes()) as u64
 }
 
 /// The longest post id kept inline in the map's table (a longer decimal id, a 64-bit
@@ -274,10 +266,8 @@ pub struct PostClusters<T> {
     posts: IdTable,
     clusters: Vec<Option<Cluster<T>>>,
     free: Vec<u32>,
-    /// cluster id -> slot, by the id's keyed 64-bit hash ([`id_key`]; the id itself is the
-    /// cluster's); an id whose hash another live id has goes to `overflow`
-    by_id: HashMap<u64, u32, BuildHasherDefault<DigestHasher>>,
-    overflow: HashMap<Box<str>, u32>,
+    /// cluster id -> slot
+    by_id: IdSlots,
     /// `(partition, partitions)`: keep only this partition's posts
     own: Option<(u32, u32)>,
     new: Vec<(Box<[u8]>, Arc<str>)>,
@@ -290,8 +280,7 @@ impl<T> Default for PostClusters<T> {
             posts: IdTable::default(),
             clusters: Vec::new(),
             free: Vec::new(),
-            by_id: HashMap::default(),
-            overflow: HashMap::new(),
+            by_id: IdSlots::default(),
             own: None,
             new: Vec::new(),
             foreign: Vec::new(),
@@ -324,7 +313,7 @@ impl<T> PostClusters<T> {
 
     /// Distinct clusters the posts belong to.
     pub fn clusters(&self) -> usize {
-        self.by_id.len() + self.overflow.len()
+        self.by_id.len()
     }
 
     /// Whether this map keeps `post` (always, unless it is a partition's).
@@ -363,11 +352,7 @@ impl<T> PostClusters<T> {
 
     /// The slot of a live `cluster`.
     fn find(&self, cluster: &str) -> Option<u32> {
-        match self.by_id.get(&id_key(cluster)) {
-            Some(&s) if self.slot(s).id.is(cluster) => Some(s),
-            _ if self.overflow.is_empty() => None,
-            _ => self.overflow.get(cluster).copied(),
-        }
+        self.by_id.find(cluster, id_in(&self.clusters))
     }
 
     /// The slot of `cluster`, interned now if new (`make` gives what is kept with it).
@@ -390,14 +375,8 @@ impl<T> PostClusters<T> {
                 (self.clusters.len() - 1) as u32
             }
         };
-        match self.by_id.entry(id_key(cluster)) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(s);
-            }
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.overflow.insert(cluster.into(), s);
-            }
-        }
+        let id = &self.clusters[s as usize].as_ref().expect("just made").id;
+        self.by_id.insert(id, s, id_in(&self.clusters));
         s
     }
 
@@ -408,14 +387,7 @@ impl<T> PostClusters<T> {
         c.posts -= 1;
         if c.posts == 0 {
             let gone = self.clusters[s as usize].take().expect("just seen");
-            gone.id.with_str(|text| {
-                let key = id_key(text);
-                if self.by_id.get(&key) == Some(&s) {
-                    self.by_id.remove(&key);
-                } else {
-                    self.overflow.remove(text);
-                }
-            });
+            self.by_id.remove(&gone.id, s);
             self.free.push(s);
             if self.clusters() == 0 {
                 *self = Self {
@@ -434,8 +406,7 @@ impl<T> PostClusters<T> {
     /// Give back the room of clusters gone (after a flood): the interning table's, and
     /// the free slots at the end of the slots.
     fn trim(&mut self) {
-        self.by_id.shrink_to(2 * self.by_id.len());
-        self.overflow.shrink_to(2 * self.overflow.len());
+        self.by_id.shrink(id_in(&self.clusters));
         while matches!(self.clusters.last(), Some(None)) {
             self.clusters.pop();
         }
@@ -539,13 +510,20 @@ impl<T> PostClusters<T> {
                 ClusterId::Hex(..) => 0,
             })
             .sum();
-        let overflow: usize = self.overflow.keys().map(|k| k.len()).sum();
         self.posts.heap_bytes()
             + self.clusters.capacity() * std::mem::size_of::<Option<Cluster<T>>>()
-            + self.by_id.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
-            + self.overflow.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1)
+            + self.by_id.capacity() * 5
             + texts
-            + overflow
+    }
+}
+
+/// The id a live slot of `clusters` holds.
+fn id_in<'a, T>(clusters: &'a [Option<Cluster<T>>]) -> impl Fn(u32) -> &'a ClusterId + 'a {
+    |s| {
+        &clusters[s as usize]
+            .as_ref()
+            .expect("a live cluster's slot")
+            .id
     }
 }
 

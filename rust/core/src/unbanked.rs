@@ -36,12 +36,11 @@
 //! assert_eq!((out.duplicates, out.crossings.len(), store.size("u-1")), (1, 1, Some(2)));
 //! ```
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 use std::ops::Range;
 
-use crate::content::ClusterId;
+use crate::content::{ClusterId, IdSlots};
 use crate::dedupe::{id_digest, DigestHasher};
 
 /// A post index meaning "none" (an upload's parent, an empty list's end).
@@ -710,10 +709,8 @@ pub struct Store<H> {
     idle_ms: i64,
     slots: Vec<Option<Box<Cluster<H>>>>,
     free: Vec<u32>,
-    /// cluster id -> slot, by the id's 64-bit keyed hash (the id itself is the cluster's);
-    /// an id whose hash another live id has goes to `overflow`
-    by_id: HashMap<u64, u32, BuildHasherDefault<DigestHasher>>,
-    overflow: HashMap<Box<str>, u32>,
+    /// cluster id -> slot
+    by_id: IdSlots,
     head: u32,
     tail: u32,
     seq: u64,
@@ -733,8 +730,7 @@ impl<H> Store<H> {
             idle_ms,
             slots: Vec::new(),
             free: Vec::new(),
-            by_id: HashMap::default(),
-            overflow: HashMap::new(),
+            by_id: IdSlots::default(),
             head: NONE,
             tail: NONE,
             seq: 0,
@@ -754,11 +750,11 @@ impl<H> Store<H> {
 
     /// Clusters held.
     pub fn len(&self) -> usize {
-        self.by_id.len() + self.overflow.len()
+        self.by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty() && self.overflow.is_empty()
+        self.by_id.is_empty()
     }
 
     /// Posts of the clusters held.
@@ -781,18 +777,7 @@ impl<H> Store<H> {
     }
 
     fn slot_of(&self, cluster_id: &str) -> Option<u32> {
-        let found = self.by_id.get(&text_hash(cluster_id.as_bytes())).copied();
-        match found {
-            Some(slot)
-                if self.slots[slot as usize]
-                    .as_ref()
-                    .is_some_and(|c| c.id.is(cluster_id)) =>
-            {
-                Some(slot)
-            }
-            _ if self.overflow.is_empty() => None,
-            _ => self.overflow.get(cluster_id).copied(),
-        }
+        self.by_id.find(cluster_id, id_in(&self.slots))
     }
 
     fn at(&mut self, slot: u32) -> &mut Cluster<H> {
@@ -869,19 +854,12 @@ impl<H> Store<H> {
         let c = self.slots[slot as usize]
             .take()
             .expect("a linked slot holds a cluster");
-        let id = c.id.to_string();
-        let h = text_hash(id.as_bytes());
-        if self.by_id.get(&h) == Some(&slot) {
-            self.by_id.remove(&h);
-        } else {
-            self.overflow.remove(&*id);
-        }
+        self.by_id.remove(&c.id, slot);
         self.free.push(slot);
         self.live_events -= c.ids.len();
         if self.by_id.len() * 4 < self.by_id.capacity() && self.by_id.capacity() > 1024 {
-            self.overflow.shrink_to_fit();
             // a flood gone: give its tables back (the slots are boxes: 8 bytes each)
-            self.by_id.shrink_to_fit();
+            self.by_id.shrink(id_in(&self.slots));
             while self.slots.last().is_some_and(Option::is_none) {
                 self.slots.pop();
             }
@@ -920,15 +898,8 @@ impl<H> Store<H> {
                         (self.slots.len() - 1) as u32
                     }
                 };
-                let h = text_hash(cluster_id.as_bytes());
-                match self.by_id.entry(h) {
-                    Entry::Occupied(_) => {
-                        self.overflow.insert(cluster_id.into(), slot);
-                    }
-                    Entry::Vacant(v) => {
-                        v.insert(slot);
-                    }
-                }
+                let id = &self.slots[slot as usize].as_ref().expect("just made").id;
+                self.by_id.insert(id, slot, id_in(&self.slots));
                 out.created += 1;
                 slot
             }
@@ -1136,9 +1107,13 @@ impl<H> Store<H> {
             .map(|c| c.bytes())
             .sum::<usize>()
             + self.slots.capacity() * 8
-            + self.by_id.capacity() * 13
-            + self.overflow.capacity() * 40
+            + self.by_id.capacity() * 5
     }
+}
+
+/// The id a live slot of `slots` holds.
+fn id_in<'a, H>(slots: &'a [Option<Box<Cluster<H>>>]) -> impl Fn(u32) -> &'a ClusterId + 'a {
+    |s| &slots[s as usize].as_ref().expect("a live slot").id
 }
 
 /// Add `first`'s post (an upload's or a share's), then what waited for it, depth first
@@ -1330,26 +1305,6 @@ mod tests {
         // a slot reused
         s.apply("u-4", &ev("d", Kind::Upload, 0, "s", None), 0, &mut out);
         assert_eq!(s.len(), 2);
-    }
-
-    #[test]
-    fn ids_sharing_a_hash_are_told_apart() {
-        let mut s = store();
-        let mut out = Outcome::default();
-        s.apply("u-1", &ev("a", Kind::Upload, 0, "p", None), 0, &mut out);
-        s.apply("u-2", &ev("b", Kind::Upload, 1, "q", None), 0, &mut out);
-        // as if u-3's hash were u-1's: the overflow table holds it
-        let slot = s.slot_of("u-1").unwrap();
-        s.by_id.insert(text_hash(b"u-3"), slot);
-        s.apply("u-3", &ev("c", Kind::Upload, 2, "r", None), 0, &mut out);
-        assert_eq!(
-            (s.overflow.len(), s.size("u-3"), s.size("u-1")),
-            (1, Some(1), Some(1))
-        );
-        s.by_id.remove(&text_hash(b"u-3"));
-        assert_eq!(s.size("u-3"), Some(1));
-        assert!(s.evict(10, u64::MAX, 0, &mut out) || s.is_empty());
-        assert!(s.is_empty() && s.overflow.is_empty());
     }
 
     #[test]
