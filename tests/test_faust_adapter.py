@@ -62,6 +62,20 @@ def test_faust_s_consumer_still_notes_the_committed_offset_it_seeks_to() -> None
     assert faust_adapter.committed_offset(app, faust.types.TP("t", 1)) is None
 
 
+def test_the_producer_is_idempotent_where_the_app_says_so() -> None:
+    """On Apache Kafka a retried produce is written once (see ``Producer._settings_extra``);
+    Faust still builds its aiokafka producer from ``_settings_extra``."""
+    assert "_settings_extra" in inspect.getsource(faust_aiokafka.Producer._new_producer)
+    for idempotent in (False, True):
+        app = faust_adapter.App("adapter-test", broker="kafka://127.0.0.1:1")
+        app.idempotent_producer = idempotent
+        producer = app.producer
+        assert isinstance(producer, faust_adapter.Producer)
+        extra = dict(producer._settings_extra())
+        assert extra.get("enable_idempotence", False) is idempotent
+        assert extra.get("acks", "all") == "all"
+
+
 def test_faust_producer_buffer_has_the_limit_the_adapter_raises() -> None:
     from faust.transport.producer import ProducerBuffer
 

@@ -413,6 +413,7 @@ class Worker:
             actions=self.views.actions if self.views is not None else None,
         )
         app.probe_end_offsets = s.local_broker
+        app.idempotent_producer = not s.local_broker
 
         take = (s.batch_size, s.batch_wait_s)
         # an agent that raises stops the worker (a supervisor restarts the process)
