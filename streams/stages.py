@@ -1299,10 +1299,14 @@ class ClusterPartition(LoopHost):
         return log_parts(kept) if kept else []
 
     def _push(self, routed: list[Routed]) -> set[str]:
-        """Hold ``routed`` for the watermark; the banked clusters among them (noted by the
-        detector: :meth:`Detector.expect`)."""
+        """Hold ``routed`` for the watermark; the banked clusters among them (see
+        :meth:`_noted`)."""
+        return self._noted(self.loop.push(routed))
+
+    def _noted(self, banked: list[Routed]) -> set[str]:
+        """The clusters of banked events the loop holds, each event noted by the detector
+        (:meth:`Detector.expect`) for its early firing."""
         expect = self.detector.expect
-        banked = self.loop.push(routed)
         for item in banked:
             expect(item)
         return {item.cluster_id for item in banked}
@@ -1342,10 +1346,7 @@ class ClusterPartition(LoopHost):
             if progress:
                 self.watermark.update({p: (t, False) for p, t in progress.items()})
             banked += held_banked
-        expect = self.detector.expect
-        for item in banked:
-            expect(item)
-        batch = self.advance({item.cluster_id for item in banked})
+        batch = self.advance(self._noted(banked))
         batch.decisions.rejections.extend(d.rejection for d in dead + stray)
         batch.log = loop.take_log()
         if received:
