@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -136,3 +137,65 @@ def test_faust_broker_url(broker: str, expected: str) -> None:
 
 def test_no_credentials_for_plaintext() -> None:
     assert faust_adapter.credentials(Settings()) is None
+
+
+def test_the_producer_buffer_flushes_what_was_put_before_the_flush_not_after() -> None:
+    """A checkpoint that overlaps reading waits for the records sent before it began, not for
+    those the reader sends meanwhile (Faust's ``flush`` waits for an empty buffer: a live
+    stream's records kept it waiting for seconds), and not less: Faust's gives up after
+    0.1 s without a send, records put before it still waiting (a slow broker; Faust flushes
+    so on a rebalance, and the checkpoint had). The buffer is one queue read by one task,
+    in order: the first ``mark`` put are the first ``mark`` handed to the client."""
+    from types import SimpleNamespace
+
+    gates: list[asyncio.Event] = []
+    published: list[int] = []
+
+    class Channel:
+        async def publish_message(self, fut: Any, wait: bool = False) -> None:
+            await gates[fut.n].wait()
+            published.append(fut.n)
+
+    channel = Channel()
+
+    def record(n: int) -> Any:
+        gates.append(asyncio.Event())
+        return SimpleNamespace(n=n, message=SimpleNamespace(channel=channel))
+
+    async def scenario() -> None:
+        buffer = faust_adapter.ProducerBuffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+        await buffer.start()
+        try:
+            for n in range(3):
+                buffer.put(record(n))
+            mark = buffer.put_count
+            for n in range(3, 6):  # sent while the checkpoint waits
+                buffer.put(record(n))
+            flushed = asyncio.ensure_future(buffer.flush_until(mark))
+            for n in range(2):
+                gates[n].set()
+            await asyncio.wait_for(buffer.flush(), 1.0)  # Faust's: gives up after 0.1 s ...
+            assert buffer.sent_count == 2 and buffer.size == 3  # ... with record 2 unsent
+            await asyncio.sleep(0.25)
+            assert not flushed.done()  # record 2, put before the mark, is not handed over
+            gates[2].set()
+            await asyncio.wait_for(flushed, 1.0)
+            assert published == [0, 1, 2] and buffer.size == 2  # 3 is being sent, 4 and 5 wait
+        finally:
+            for gate in gates:
+                gate.set()
+            await buffer.flush()  # all of it, before the buffer stops
+            await buffer.stop()
+        assert published == list(range(6)) and buffer.sent_count == 6
+
+    asyncio.run(scenario())
+
+
+def test_the_app_s_producer_counts_what_it_buffers() -> None:
+    app = faust_adapter.App("adapter-test", broker="kafka://127.0.0.1:1")
+    producer = app.counted_producer
+    assert producer.buffer is producer.counted
+    assert isinstance(producer.counted, faust_adapter.ProducerBuffer)
+    assert producer.counted.max_messages == faust_adapter.PRODUCER_BUFFER_RECORDS
+    assert producer.queued == 0

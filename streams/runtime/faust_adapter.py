@@ -17,12 +17,15 @@ app built with :class:`Transport`), :func:`read_true_ends`,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 from faust.types import TP
 
 from streams.settings import Settings, parse_bootstrap
@@ -101,8 +104,44 @@ class Consumer(faust_aiokafka.Consumer):
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
 
+class ProducerBuffer(FaustProducerBuffer):
+    """Faust's producer buffer, counting the records put and those handed to the client.
+
+    Faust's ``flush`` waits until the buffer is empty: while a reader goes on
+    putting records (a checkpoint that overlaps reading) it chases them, and
+    returns on the first 0.1 s without a send even if records put before it
+    are still waiting. A checkpoint needs neither: only the records put before
+    it began (:meth:`flush_until`). The buffer is one queue read by one task,
+    so the first ``mark`` records put are the first ``mark`` handed over.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        #: records put so far, and handed to the client so far (in the order put)
+        self.put_count = 0
+        self.sent_count = 0
+
+    def put(self, fut: Any) -> None:
+        super().put(fut)
+        self.put_count += 1
+
+    async def _send_pending(self, fut: Any) -> None:
+        await super()._send_pending(fut)
+        self.sent_count += 1
+
+    async def flush_until(self, mark: int) -> None:
+        """Wait until the first ``mark`` records put are handed to the client."""
+        while self.sent_count < mark:
+            if self.state != "running":
+                raise RuntimeError("cannot flush: the producer is not running")
+            self.message_sent.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.message_sent.wait(), timeout=0.1)
+
+
 class Producer(faust_aiokafka.Producer):
-    """Faust's producer with room for a burst of records before streams pause.
+    """Faust's producer with room for a burst of records before streams pause, and a flush
+    of what was sent before it (:meth:`flush_sent`).
 
     Faust pauses every stream once more than 100 records wait to be handed to
     the client, and resumes them one record at a time; a batch that decides
@@ -111,7 +150,32 @@ class Producer(faust_aiokafka.Producer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.buffer.max_messages = PRODUCER_BUFFER_RECORDS
+        if self.app.conf.producer_threaded:  # never set by viralwatch: its own queue
+            raise ValueError("the worker's producer is not threaded")
+        self.counted = ProducerBuffer(loop=self.loop, beacon=self.beacon)
+        self.counted.app = self.app
+        self.counted.max_messages = PRODUCER_BUFFER_RECORDS
+        self.buffer = self.counted
+
+    def flush_sent(self) -> Awaitable[None]:
+        """Wait (when awaited) until every record sent before this call is acknowledged by
+        the broker; records sent after it are not waited for.
+
+        The records waiting in Faust's buffer when called are handed to the client
+        first (:meth:`ProducerBuffer.flush_until`); then aiokafka's own flush waits for
+        the batches it holds then, which hold every record handed to it before.
+        """
+        return self._flush_until(self.counted.put_count)
+
+    async def _flush_until(self, mark: int) -> None:
+        await self.counted.flush_until(mark)
+        if self._producer is not None:
+            await self._producer.flush()
+
+    @property
+    def queued(self) -> int:
+        """Records waiting in Faust's buffer to be handed to the client (the worker's report)."""
+        return int(self.counted.size)
 
     def _settings_extra(self) -> Any:
         """Idempotent on Apache Kafka (:attr:`App.idempotent_producer`): a produce retried
@@ -144,6 +208,14 @@ class App(faust.App):
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)
+
+    @property
+    def counted_producer(self) -> Producer:
+        """The app's producer, as this module builds it (see :class:`Producer`)."""
+        producer = self.producer
+        if not isinstance(producer, Producer):
+            raise TypeError(f"not the adapter's producer: {type(producer).__name__}")
+        return producer
 
 
 def log_ends(consumer: Any, next_offsets: dict[int, int]) -> tuple[list[int], dict[int, float]]:

@@ -394,7 +394,7 @@ class Worker:
         self.checkpoint = Checkpoint(
             sinks=[self.outputs],
             logs=[self.resolve_logs, self.cluster_logs],
-            flush_producer=lambda: app.producer.flush(),
+            flush_producer=lambda: app.counted_producer.flush_sent(),
             commit_offsets=lambda offsets: self.shares.commit_offsets(offsets),
         )
         self.shares = SharesReader(
@@ -489,6 +489,16 @@ class Worker:
             for condition in ("assigned", "restored"):  # a rebalance: not ready until it ends
                 self.health.set(condition, False, "rebalancing")
             self._revoke(revoked)
+            # What the revoked partitions' stages wrote must be on the broker before their
+            # next owner restores them from their logs (it does once this returns and the
+            # group has rejoined). Faust flushed before this signal, but its flush gives up
+            # after 0.1 s without a send, records still queued (see ProducerBuffer); and
+            # what was handed over in-process since is only in those logs.
+            self.checkpoint.stage()
+            try:
+                await self.app.counted_producer.flush_sent()
+            except RuntimeError as exc:  # the producer stopped: the process is ending
+                log.warning("could not flush on a rebalance: %s", exc)
 
         @app.on_partitions_assigned.connect  # type: ignore[arg-type]
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
@@ -700,6 +710,8 @@ class Worker:
             "log_bytes": self.stats.log_bytes,
             "handed_over": self.hand_over.handed_over,
             "checkpoints": self.checkpoint.commits,
+            # records waiting to be handed to the Kafka client (alerts wait behind them)
+            "producer_queued": self.app.counted_producer.queued,
             # records of the internal topics the Kafka client skipped and that did not come
             # again, and seeks back to read skipped ones again (see read_offsets)
             "skipped": self.read_offsets.skipped,
