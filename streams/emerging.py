@@ -387,6 +387,27 @@ class EmergingClusters:
         changed, evicted = self._idle.take_changes()
         return {cid: (last, tuple(new)) for cid, last, new in changed}, tuple(evicted)
 
+    def log_changes(self, limit: int) -> tuple[tuple[bytes, ...], int, tuple[str, ...]]:
+        """:meth:`take_changes` as the owner's state log writes it (the compact ``"U"`` of
+        :class:`~streams.wire.ResolveDelta`, written by the core: no Python object per
+        cluster): its parts (each at most ``limit`` bytes), the entries they hold, and the
+        clusters evicted.
+
+        >>> clusters = EmergingClusters(idle_ms=60_000)
+        >>> a = clusters.assign(Content(md5="0" * 30 + "ff"), ts_ms=5)
+        >>> clusters.touch(a, 7_000)
+        >>> (part,), items, evicted = clusters.log_changes(1_000)
+        >>> part == b'[7000,["' + a.encode() + b'",0,["AAAAAAAAAAAAAAAAAAAA/w"]]]', items, evicted
+        (True, 2, ())
+        """
+        parts, items, evicted = self._idle.log_changes(limit)
+        return tuple(parts), items, tuple(evicted)
+
+    def snapshot_log(self, limit: int) -> tuple[tuple[bytes, ...], int]:
+        """:meth:`snapshot` as :meth:`log_changes` writes it: the parts, the entries."""
+        parts, items = self._idle.snapshot_log(limit)
+        return tuple(parts), items
+
     def fold(
         self, changed: Mapping[str, tuple[int, Sequence[str]]], evicted: Iterable[str] = ()
     ) -> None:

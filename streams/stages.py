@@ -352,14 +352,20 @@ def log_parts(
     >>> [orjson.loads(x) for x in log_parts({"p": {"p1": "b-1"}, "f": [], "h+": []})]
     [{'p': {'p1': 'b-1'}}]
     """
+    index_log: tuple[bytes, ...] = ()
     if isinstance(body, ResolveDelta):
+        index_log = body.index_log  # parts the core cut already
         body = body.to_wire()
     if isinstance(body, list):
         return encode_parts(body, limit)
     out: list[bytes] = []
-    for kind in ("p", "f", "h+", "h-", "u", "u-", "g"):
+    for kind in ("p", "f", "h+", "h-", "u", "U", "u-", "g"):
         value = body.get(kind)
         if not value:
+            continue
+        if kind == "U":
+            parts = index_log or [orjson.dumps(part) for part in value]
+            out += [b'{"U":[' + part + b"]}" for part in parts]
             continue
         pairs = isinstance(value, dict)
         items = list(value.items()) if pairs else value
@@ -975,12 +981,16 @@ class ResolvePartition:
         >>> [orjson.loads(x) for x in r.snapshot()]
         [{'p': {'p2': 'b-1'}}]
         """
+        index_log, index_items = (
+            ((), 0) if self.index is None else self.index.snapshot_log(MAX_RECORD_BYTES - 32)
+        )
         return log_parts(
             ResolveDelta(
                 posts=dict(self.posts.items()),
                 held=tuple(self._held.values()),
-                index={} if self.index is None else self.index.snapshot(),
                 heard=self.peers if self.index is not None else {},
+                index_log=index_log,
+                index_items=index_items,
             )
         )
 
@@ -1049,16 +1059,19 @@ class ResolvePartition:
         peers[INDEX_PARTITION] += ask  # for the index's owner, before the progress covering them
         for home, post, cluster in self.posts.take_foreign():
             peers[home].append(Registration(post, cluster))
-        changed, evicted = index.take_changes() if index is not None else ({}, ())
+        index_log, index_items, evicted = (
+            index.log_changes(MAX_RECORD_BYTES - 32) if index is not None else ((), 0, ())
+        )
         posts, forgot, held_add, held_del = self._last_changes(forgot, held_add, held_del)
         delta = ResolveDelta(
             posts,
             tuple(forgot),
             tuple(held_add),
             tuple(held_del),
-            changed,
-            evicted,
-            heard if index is not None else {},
+            evicted=evicted,
+            heard=heard if index is not None else {},
+            index_log=index_log,
+            index_items=index_items,
         )
         return ResolveBatch(
             partition=self.partition,

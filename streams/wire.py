@@ -17,7 +17,7 @@ record             tag  from → to                       wire form
 :class:`ResolveDelta`
                    -    the resolve log                 ``{"p": {post: cluster}, "f": [post],
                                                         "h+": [held_form], "h-": [event_id],
-                                                        "u": {cluster: [ts, [signal]]},
+                                                        "U": [[t0, [cluster, dt, [signal]]]],
                                                         "u-": [cluster], "g": {partition: ts}}``
 =================  ===  ==============================  ===================================
 
@@ -40,9 +40,13 @@ a changelog, but a rolling update can leave such records unread); an ``e``
 whose third field is not a cluster id (an integer or null) is read as the
 :class:`ToRoute` it was. The resolve log's held events are written in a
 compact form (:func:`held_form`); the canonical dicts older workers wrote
-are read as before. An older worker refuses an entry holding the compact
-form (a counted ``bad_record``, its held events lost): a rollback is not a
-rolling downgrade.
+are read as before. The index owner's clusters are written compact too
+(``"U"``, ``rust/core/src/wire_index.rs``: times as differences, MD5 and PDQ
+as base64); the earlier ``"u": {cluster: [ts, [signal hex]]}`` is read as
+before. An older worker refuses an entry holding a compact held event (a
+counted ``bad_record``, its held events lost) and ignores a ``"U"`` (the
+clusters it holds are lost to its index): a rollback is not a rolling
+downgrade.
 
 >>> from streams.events import ShareEvent
 >>> ev = ShareEvent("e1", "share", 1767225600000, "p2", "u1", parent_post_id="p1")
@@ -58,6 +62,8 @@ True
 
 from __future__ import annotations
 
+import base64
+import string
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -147,6 +153,10 @@ class ResolveDelta:
     index: Mapping[str, IndexEntry] = field(default_factory=dict)
     evicted: tuple[str, ...] = ()
     heard: Mapping[int, int] = field(default_factory=dict)
+    #: the index's clusters as the core wrote them for the log (the parts of ``"U"``, see
+    #: :func:`_compact_index`), with the entries they hold; read back, they are ``index``
+    index_log: tuple[bytes, ...] = ()
+    index_items: int = 0
 
     def __bool__(self) -> bool:
         return bool(
@@ -155,6 +165,7 @@ class ResolveDelta:
             or self.held
             or self.released
             or self.index
+            or self.index_log
             or self.evicted
             or self.heard
         )
@@ -168,6 +179,7 @@ class ResolveDelta:
             + len(self.held)
             + len(self.released)
             + sum(1 + len(signals) for _, signals in self.index.values())
+            + self.index_items
             + len(self.evicted)
         )
 
@@ -188,6 +200,8 @@ class ResolveDelta:
             out["h-"] = list(self.released)
         if self.index:
             out["u"] = self.index
+        if self.index_log:
+            out["U"] = orjson.Fragment(b"[" + b",".join(self.index_log) + b"]")
         if self.evicted:
             out["u-"] = list(self.evicted)
         if self.heard:
@@ -539,6 +553,7 @@ def _routed(items: list[Item], bad: list[Rejection]) -> tuple[list[Routed], list
 
 
 _HEX: Final = frozenset("0123456789abcdef")
+_B64: Final = frozenset(string.ascii_letters + string.digits + "+/")
 
 
 def _signal_text(text: str) -> bool:
@@ -563,6 +578,46 @@ def _index(value: object) -> dict[str, IndexEntry]:
             raise _Bad("u: a signal is 32 or 64 hex digits, or a video's frames")
         out[_text(cluster, "u")] = (_int(entry[0], "u: ts"), signals)
     return out
+
+
+#: A cluster no longer in the idle order (``null`` in ``"U"``): the core's ``i64::MIN``.
+_NOT_IDLE: Final = -(2**63)
+
+
+def _compact_signal(text: object) -> str:
+    """A signal of ``"U"``: base64 of an MD5's (22 characters) or a PDQ's (43) bytes, as
+    hex again; a video's frames as they are."""
+    if isinstance(text, str) and not text.startswith("["):
+        if len(text) in (22, 43) and set(text) <= _B64:
+            return base64.b64decode(text + "=" * (-len(text) % 4)).hex()
+        raise _Bad("U: a signal is base64 of 16 or 32 bytes, or a video's frames")
+    if isinstance(text, str) and _signal_text(text):
+        return text
+    raise _Bad("U: a signal is base64 of 16 or 32 bytes, or a video's frames")
+
+
+def _compact_index(value: object, out: dict[str, IndexEntry]) -> None:
+    """``"U"`` (written by ``rust/core/src/wire_index.rs``) into ``out``, as ``"u"`` reads:
+    parts ``[t0, [cluster, dt], [cluster, dt, [signal, ...]], ...]``, a cluster's time
+    ``t0 + dt`` (``null``: no longer in the idle order)."""
+    bad = "U must be arrays of [t0, [cluster, dt, [signal]]]"
+    if not isinstance(value, list):
+        raise _Bad(bad)
+    for part in value:
+        if not isinstance(part, list) or not part:
+            raise _Bad(bad)
+        t0 = _int(part[0], "U: t0")
+        for entry in part[1:]:
+            if not isinstance(entry, list) or len(entry) not in (2, 3):
+                raise _Bad(bad)
+            cluster, dt, *took = entry
+            if took and not isinstance(took[0], list):
+                raise _Bad(bad)
+            ts = _NOT_IDLE if dt is None else t0 + _int(dt, "U: dt")
+            if not _NOT_IDLE <= ts < 2**63:
+                raise _Bad("U: a time out of range")
+            signals = tuple(map(_compact_signal, took[0])) if took else ()
+            out[_text(cluster, "U")] = (ts, signals)
 
 
 def _heard(value: object) -> dict[int, int]:
@@ -603,12 +658,15 @@ def decode_delta(raw: bytes) -> ResolveDelta | Rejection:
         evicted = body.get("u-", [])
         if not isinstance(evicted, list):
             raise _Bad("u- must be an array")
+        index = _index(body.get("u", {}))
+        if "U" in body:
+            _compact_index(body["U"], index)
         return ResolveDelta(
             posts,
             tuple(_text(p, "f") for p in forgot),
             tuple(_held(ev) for ev in held),
             tuple(_text(e, "h-") for e in released),
-            _index(body.get("u", {})),
+            index,
             tuple(_text(c, "u-") for c in evicted),
             _heard(body.get("g", {})),
         )

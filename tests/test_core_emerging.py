@@ -15,6 +15,7 @@ import os
 import random
 from collections import OrderedDict
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,9 @@ from streams.emerging import (
     signal_of,
     unbanked_cluster_id,
 )
-from streams.events import Content
+from streams.events import Content, Rejection
+from streams.vpdq import canonical_vpdq
+from streams.wire import ResolveDelta, decode_delta
 
 EXAMPLES = int(os.environ.get("VIRALWATCH_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None)
@@ -111,6 +114,9 @@ def test_emerging_clusters_answer_as_the_python_class_did(
     rng = random.Random(seed)
     bases = [rng.getrandbits(256) for _ in range(3)]
     core, oracle = EmergingClusters(idle_ms=50), Oracle(idle_ms=50)
+    # the same, whose changes are taken in the owner's log form (the compact "U")
+    logged = EmergingClusters(idle_ms=50)
+    limit = rng.choice([60, 200, 10**6])
     ts = 0
     seen: list[str] = ["u-nothing"]
     for op, arg in ops:
@@ -118,19 +124,25 @@ def test_emerging_clusters_answer_as_the_python_class_did(
         if op == "up":
             c = content_of(rng, bases, arg)
             got = core.assign(c, ts)
-            assert got == oracle.assign(c, ts)
+            assert got == oracle.assign(c, ts) == logged.assign(c, ts)
             seen.append(got)
         elif op == "touch":
             cid, t = rng.choice(seen), ts - rng.randrange(0, 40)
             core.touch(cid, t)
             oracle.touch(cid, t)
+            logged.touch(cid, t)
         elif op == "expire":
-            assert core.expire(ts) == oracle.expire(ts)
+            assert core.expire(ts) == oracle.expire(ts) == logged.expire(ts)
         else:
-            assert core.take_changes() == oracle.take_changes()
+            changes = core.take_changes()
+            assert changes == oracle.take_changes()
+            assert read_log(*logged.log_changes(limit), limit) == changes
         assert len(core) == len(oracle.last) and core.joined == oracle.joined
     assert list(core.snapshot()) == list(oracle.last)
     assert {c: last for c, (last, _) in core.snapshot().items()} == dict(oracle.last)
+    assert read_log(*logged.log_changes(limit), limit) == core.take_changes()
+    parts, items = logged.snapshot_log(limit)
+    assert read_log(parts, items, (), limit) == (core.snapshot(), ())
     # what the log says folds back into the same clusters and idle order
     again = EmergingClusters(idle_ms=50)
     again.fold(core.snapshot())
@@ -139,6 +151,52 @@ def test_emerging_clusters_answer_as_the_python_class_did(
     assert {c: [signal_of(t) for t in s] for c, (_, s) in again.snapshot().items()} == {
         c: [signal_of(t) for t in s] for c, (_, s) in core.snapshot().items()
     }
+
+
+def read_log(
+    parts: tuple[bytes, ...], items: int, evicted: tuple[str, ...], limit: int
+) -> tuple[dict[str, tuple[int, tuple[str, ...]]], tuple[str, ...]]:
+    """The owner's compact index changes read back as the resolve log reads them (each part
+    its own entry, as a large delta is cut), in :meth:`EmergingClusters.take_changes`'s form;
+    each part under ``limit`` unless it holds one cluster, and as many entries as said."""
+    index: dict[str, tuple[int, tuple[str, ...]]] = {}
+    for part in parts:
+        assert len(part) <= limit or len(orjson.loads(part)) == 2, (limit, part)
+        d = decode_delta(b'{"U":[' + part + b"]}")
+        assert isinstance(d, ResolveDelta), d
+        index.update(d.index)
+    assert items == sum(1 + len(s) for _, s in index.values())
+    return index, evicted
+
+
+@FUZZ
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=50),
+        lambda inner: st.lists(inner, max_size=5),
+        max_leaves=30,
+    )
+)
+def test_any_compact_index_in_the_log_is_read_or_refused(value: object) -> None:
+    """Whatever a ``"U"`` holds, the resolve log's reader gives a delta or a rejection."""
+    got = decode_delta(orjson.dumps({"U": value}))
+    assert isinstance(got, ResolveDelta | Rejection)
+
+
+def test_the_compact_index_reads_back_a_videos_frames_and_refuses_what_is_not_a_signal() -> None:
+    frames = canonical_vpdq(["f" * 64 + ",90,1"])
+    md5 = b'"AAAAAAAAAAAAAAAAAAAA/w"'
+    ok = decode_delta(b'{"U":[[9,["u-1",-2,[' + md5 + b"," + orjson_str(frames) + b"]]]]}")
+    assert isinstance(ok, ResolveDelta) and ok.index == {"u-1": (7, ("0" * 30 + "ff", frames))}
+    for bad in (b'"AAAA"', b'"' + b"a" * 32 + b'"', b"5", b'"[not frames"'):
+        got = decode_delta(b'{"U":[[9,["u-1",0,[' + bad + b"]]]]}")
+        assert isinstance(got, Rejection), bad
+    assert isinstance(decode_delta(b'{"U":[[9,["u-1",9223372036854775807]]]}'), Rejection)
+    assert decode_delta(b'{"U":[[9,["u-1",null]]]}').index == {"u-1": (-(2**63), ())}  # type: ignore[union-attr]
+
+
+def orjson_str(text: str) -> bytes:
+    return orjson.dumps(text)
 
 
 @FUZZ

@@ -764,6 +764,22 @@ def test_a_resolve_log_read_back_after_any_batch_gives_the_live_partition(
         again = resolver(partition, hold_ms=30_000, max_held=6)
         again.restore(log)
         assert _held_state(again) == _held_state(live)
+        # the same log as an older worker wrote it (the index as "u": hex, whole times)
+        older = resolver(partition, hold_ms=30_000, max_held=6)
+        older.restore(map(_index_as_older_wrote_it, log))
+        assert _held_state(older) == _held_state(live)
+
+
+def _index_as_older_wrote_it(entry: bytes) -> bytes:
+    """A resolve-log entry with its compact index (``"U"``) in the earlier form (``"u"``)."""
+    body = orjson.loads(entry)
+    if "U" not in body:
+        return entry
+    d = decode_delta(entry)
+    assert isinstance(d, ResolveDelta)
+    del body["U"]
+    body["u"] = {c: [ts, list(signals)] for c, (ts, signals) in d.index.items()}
+    return orjson.dumps(body)
 
 
 def test_a_post_forgotten_then_mapped_again_and_an_event_released_then_held_again_read_back() -> (

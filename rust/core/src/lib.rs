@@ -31,6 +31,7 @@ pub mod route;
 mod testing;
 pub mod unbanked;
 pub mod wire;
+pub mod wire_index;
 pub mod wire_read;
 
 /// The crate's version, so Python can tell which build it imported.

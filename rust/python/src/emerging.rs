@@ -4,9 +4,11 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 
 use viralwatch_core::content::Kind;
 use viralwatch_core::emerging;
+use viralwatch_core::wire_index;
 
 use crate::content::{texts, PyContentSignals};
 use crate::dedupe::with_id;
@@ -126,6 +128,43 @@ impl PyIdleClusters {
         )
     }
 
+    /// What changed since the last call as the owner's state log writes it (the compact
+    /// ``"U"``, ``viralwatch_core::wire_index``): the parts (JSON arrays of at most
+    /// ``limit`` bytes, least recently touched first), the entries they hold (a cluster
+    /// and each signal one), and the clusters evicted.
+    fn log_changes<'py>(
+        &mut self,
+        py: Python<'py>,
+        limit: usize,
+    ) -> (Vec<Bound<'py, PyBytes>>, usize, Vec<String>) {
+        let held = self.signals.borrow(py);
+        let (changed, evicted) = self.inner.take_changes(&held.inner);
+        let (parts, items) = wire_index::write_index(
+            changed.iter().map(|(c, t, took)| (&**c, *t, &took[..])),
+            limit,
+        );
+        (bytes_of(py, &parts), items, texts(evicted))
+    }
+
+    /// Every live cluster (least recently touched first) with all its signals, as
+    /// :meth:`log_changes` writes them: the parts and the entries they hold.
+    fn snapshot_log(&self, py: Python<'_>, limit: usize) -> (Vec<Py<PyBytes>>, usize) {
+        let held = self.signals.borrow(py);
+        let live = self.inner.snapshot(&held.inner);
+        let signals: Vec<_> = live.iter().map(|(c, _)| held.inner.held(c)).collect();
+        let (parts, items) = wire_index::write_index(
+            live.iter()
+                .zip(&signals)
+                .map(|((c, t), s)| (&**c, *t, &s[..])),
+            limit,
+        );
+        let parts = bytes_of(py, &parts)
+            .into_iter()
+            .map(Bound::unbind)
+            .collect();
+        (parts, items)
+    }
+
     /// A log read back: ``cluster``'s latest event is at least ``last``.
     fn fold(&mut self, py: Python<'_>, cluster: &str, last: i64) {
         let held = self.signals.borrow(py);
@@ -147,4 +186,8 @@ impl PyIdleClusters {
             .map(|(c, t)| (c.to_string(), t))
             .collect()
     }
+}
+
+fn bytes_of<'py>(py: Python<'py>, parts: &[Vec<u8>]) -> Vec<Bound<'py, PyBytes>> {
+    parts.iter().map(|p| PyBytes::new(py, p)).collect()
 }

@@ -1,0 +1,211 @@
+//! The index of unbanked content in its owner's resolve log, compact (`"U"`).
+//!
+//! The index's owner (resolve partition 0) logs every unbanked cluster a batch touched,
+//! with its latest event time and the signals it took: more than a third of the whole
+//! resolve log, and 4.5 times any other partition's log. The earlier form, `"u":
+//! {cluster: [ts, [signal hex]]}`, cost 40 bytes a touch and about 136 a new upload's
+//! cluster, built as Python dicts and tuples of hex text at every batch. This one is
+//! written here, from the core's changes, with no Python object per cluster:
+//!
+//! ```text
+//! "U": [[t0, [cluster, dt], [cluster, dt, [signal, ...]], ...], ...]
+//! ```
+//!
+//! one array per part (each under the caller's size limit, so a large snapshot is cut
+//! into log records), a part's event times as differences from its first (`t0`; `null`
+//! for a cluster no longer in the idle order, `i64::MIN` in the core), and each MD5 or
+//! PDQ as the standard base64 of its bytes, unpadded (22 or 43 characters, where hex
+//! took 32 or 64); a video's frames (text starting with `[`) as they are. Clusters keep
+//! the order they were given (the idle order: least recently touched first). What
+//! restore needs is all there, and nothing else: `streams.wire.decode_delta` reads it
+//! back into the same clusters, times and signals the earlier form gave.
+
+use crate::wire::write_str;
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// `bytes` as standard base64, unpadded.
+fn push_b64(out: &mut Vec<u8>, bytes: &[u8]) {
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0_u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(B64[(n >> (18 - 6 * i) & 63) as usize]);
+        }
+    }
+}
+
+/// The bytes of `text` if it is an MD5's or a PDQ's hex (32 or 64 digits, either case).
+fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+    let t = text.as_bytes();
+    if t.len() != 32 && t.len() != 64 {
+        return None;
+    }
+    t.chunks_exact(2)
+        .map(|pair| {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            Some((hi * 16 + lo) as u8)
+        })
+        .collect()
+}
+
+/// A signal's text in the compact form: base64 of an MD5's or PDQ's bytes, else as it is
+/// (a video's frames; anything else is written as it is and refused on reading, as the
+/// earlier form's reader refused it).
+fn write_signal(out: &mut Vec<u8>, text: &str) {
+    match hex_bytes(text) {
+        Some(bytes) => {
+            out.push(b'"');
+            push_b64(out, &bytes);
+            out.push(b'"');
+        }
+        None => write_str(out, text),
+    }
+}
+
+/// Clusters, as `(id, latest event time, signals)`, written as the parts of a `"U"`
+/// (see the module doc), each at most `limit` bytes but for a cluster larger than that
+/// alone; with the entries they hold as a state log's ledger counts them (a cluster
+/// and each signal one). Nothing given: no part.
+pub fn write_index<'a, S: AsRef<str> + 'a>(
+    clusters: impl IntoIterator<Item = (&'a str, i64, &'a [S])>,
+    limit: usize,
+) -> (Vec<Vec<u8>>, usize) {
+    let mut parts = Vec::new();
+    let mut items = 0;
+    let mut current: Vec<u8> = Vec::new();
+    let mut t0 = 0_i64;
+    let mut entry: Vec<u8> = Vec::new();
+    for (id, last, signals) in clusters {
+        items += 1 + signals.len();
+        // a new part past the limit, or for a time too far from this part's first
+        let far = last != i64::MIN && last.checked_sub(t0).is_none();
+        if !current.is_empty() && (far || current.len() + 2 + encoded_len(id, signals) > limit) {
+            finish(&mut parts, &mut current);
+        }
+        if current.is_empty() {
+            t0 = if last == i64::MIN { 0 } else { last };
+            current.push(b'[');
+            current.extend_from_slice(t0.to_string().as_bytes());
+        }
+        let dt = (last != i64::MIN).then(|| last - t0);
+        entry.clear();
+        entry.push(b'[');
+        write_str(&mut entry, id);
+        entry.push(b',');
+        match dt {
+            Some(d) => entry.extend_from_slice(d.to_string().as_bytes()),
+            None => entry.extend_from_slice(b"null"),
+        }
+        if !signals.is_empty() {
+            entry.extend_from_slice(b",[");
+            for (i, s) in signals.iter().enumerate() {
+                if i > 0 {
+                    entry.push(b',');
+                }
+                write_signal(&mut entry, s.as_ref());
+            }
+            entry.push(b']');
+        }
+        entry.push(b']');
+        current.push(b',');
+        current.extend_from_slice(&entry);
+    }
+    finish(&mut parts, &mut current);
+    (parts, items)
+}
+
+/// About what a cluster's entry takes (enough to cut parts before they pass the limit:
+/// a time's difference is at most 20 characters).
+fn encoded_len<S: AsRef<str>>(id: &str, signals: &[S]) -> usize {
+    let text = |s: &str| {
+        2 + s.len()
+            + s.bytes()
+                .filter(|&b| b < 0x20 || b == b'"' || b == b'\\')
+                .count()
+                * 5
+    };
+    2 + text(id) + 21 + 2 + signals.iter().map(|s| text(s.as_ref()) + 1).sum::<usize>()
+}
+
+fn finish(parts: &mut Vec<Vec<u8>>, current: &mut Vec<u8>) {
+    if !current.is_empty() {
+        current.push(b']');
+        parts.push(std::mem::take(current));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_as_the_standard_writes_it_unpadded() {
+        for (bytes, want) in [
+            (&b""[..], ""),
+            (b"f", "Zg"),
+            (b"fo", "Zm8"),
+            (b"foo", "Zm9v"),
+            (b"foob", "Zm9vYg"),
+            (b"\xff\xfe\xfd\x00", "//79AA"),
+        ] {
+            let mut out = Vec::new();
+            push_b64(&mut out, bytes);
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn clusters_in_order_times_from_the_first_signals_in_base64() {
+        let md5 = "0".repeat(30) + "Ff";
+        let pdq = "a".repeat(64);
+        let took = [md5.as_str(), pdq.as_str(), "[\"v\"]"];
+        let none: [&str; 0] = [];
+        let (parts, items) = write_index(
+            [
+                ("u-1", 1_000, &took[..]),
+                ("u-0", 400, &none[..]),
+                ("u-2", i64::MIN, &none[..]),
+            ],
+            usize::MAX,
+        );
+        assert_eq!(items, 6);
+        let b64_pdq = "qqqq".repeat(10) + "qqo";
+        assert_eq!(
+            parts,
+            vec![format!(
+                "[1000,[\"u-1\",0,[\"AAAAAAAAAAAAAAAAAAAA/w\",\"{b64_pdq}\",\"[\\\"v\\\"]\"]],\
+                 [\"u-0\",-600],[\"u-2\",null]]"
+            )
+            .into_bytes()]
+        );
+        assert!(write_index(std::iter::empty::<(&str, i64, &[&str])>(), 10)
+            .0
+            .is_empty());
+    }
+
+    #[test]
+    fn parts_stay_under_the_limit_and_a_far_time_starts_a_part() {
+        let none: [&str; 0] = [];
+        let ids: Vec<String> = (0..50).map(|i| format!("u-{i:016x}")).collect();
+        let (parts, items) = write_index(
+            ids.iter()
+                .enumerate()
+                .map(|(i, c)| (c.as_str(), 5 + i as i64, &none[..])),
+            200,
+        );
+        assert_eq!(items, 50);
+        assert!(parts.len() > 5 && parts.iter().all(|p| p.len() <= 200));
+        let (parts, _) = write_index([("a", i64::MAX, &none[..]), ("b", -5, &none[..])], 1000);
+        assert_eq!(
+            parts,
+            vec![
+                format!("[{},[\"a\",0]]", i64::MAX).into_bytes(),
+                b"[-5,[\"b\",0]]".to_vec()
+            ]
+        );
+    }
+}
