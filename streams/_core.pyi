@@ -387,6 +387,7 @@ class ResolveLoop:
         list[Any],
         list[Any],
         list[str],
+        int | None,
         list[str],
         list[Any],
         int,
@@ -395,8 +396,9 @@ class ResolveLoop:
         bool,
     ]:
         """``(routed per clusters partition, items for the index's owner, events held,
-        ids released, posts forgotten, rejections and misplaced items, routed, duplicates,
-        reshares held, whether the held orphans changed)``, forgotten here."""
+        ids released, the time every upload held at or before was clustered, posts
+        forgotten, rejections and misplaced items, routed, duplicates, reshares held,
+        whether the held orphans changed)``, forgotten here."""
     def waiting_front(self, settled: int) -> int | None:
         """The time of the oldest held reshare still waiting past ``settled``."""
     @property

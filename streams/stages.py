@@ -56,6 +56,7 @@ are keyed by their stable ids and sent once per key (``streams.runtime.outputs``
 from __future__ import annotations
 
 import base64
+import heapq
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -359,8 +360,11 @@ def log_parts(
     if isinstance(body, list):
         return encode_parts(body, limit)
     out: list[bytes] = []
-    for kind in ("p", "f", "h+", "h-", "u", "U", "u-", "g"):
+    for kind in ("p", "f", "h+", "h-", "h<", "u", "U", "u-", "g"):
         value = body.get(kind)
+        if kind == "h<" and value is not None:
+            out.append(encode({kind: value}))
+            continue
         if not value:
             continue
         if kind == "U":
@@ -942,6 +946,8 @@ class ResolvePartition:
         the others are folded.
         """
         held: dict[str, ShareEvent] = {}
+        #: the held uploads by (ts, event id), for the bounds that release them
+        uploads: list[tuple[int, str]] = []
         bad: list[DeadLetter] = []
         for raw in deltas:
             d = decode_delta(raw)
@@ -952,8 +958,16 @@ class ResolvePartition:
             self.posts.fold(dict(d.posts), d.forgot)
             for ev in d.held:
                 held[ev.event_id] = ev
+                if ev.type == "upload":
+                    heapq.heappush(uploads, (ev.ts_ms, ev.event_id))
             for eid in d.released:
                 held.pop(eid, None)
+            if d.clustered_to is not None:
+                while uploads and uploads[0][0] <= d.clustered_to:
+                    ts, eid = heapq.heappop(uploads)
+                    was = held.get(eid)  # (an entry whose event left, or came again, stays)
+                    if was is not None and was.type == "upload" and was.ts_ms == ts:
+                        del held[eid]
             if self.index is not None:
                 self.index.fold(d.index, d.evicted)
             for p, t in d.heard.items():
@@ -1027,9 +1041,19 @@ class ResolvePartition:
             # the unbanked uploads every partition's input watermark has passed, in
             # (ts, event_id) order, as replay clusters them once its watermark passes them
             loop.cluster_due(self, self._read(wm))
-        out, ask, held_add, held_del, forgot, rejected, routed, duplicates, held, orphans = (
-            loop.take()
-        )
+        (
+            out,
+            ask,
+            held_add,
+            held_del,
+            clustered_to,
+            forgot,
+            rejected,
+            routed,
+            duplicates,
+            held,
+            orphans,
+        ) = loop.take()
         self.stats.duplicates += duplicates
         self.stats.held += held
         if orphans:
@@ -1062,7 +1086,9 @@ class ResolvePartition:
         index_log, index_items, evicted = (
             index.log_changes(MAX_RECORD_BYTES - 32) if index is not None else ((), 0, ())
         )
-        posts, forgot, held_add, held_del = self._last_changes(forgot, held_add, held_del)
+        posts, forgot, held_add, held_del = self._last_changes(
+            forgot, held_add, held_del, clustered_to is not None
+        )
         delta = ResolveDelta(
             posts,
             tuple(forgot),
@@ -1072,6 +1098,7 @@ class ResolvePartition:
             heard=heard if index is not None else {},
             index_log=index_log,
             index_items=index_items,
+            clustered_to=clustered_to,
         )
         return ResolveBatch(
             partition=self.partition,
@@ -1088,20 +1115,25 @@ class ResolvePartition:
         )
 
     def _last_changes(
-        self, forgot: list[str], held_add: list[ShareEvent], held_del: list[str]
+        self,
+        forgot: list[str],
+        held_add: list[ShareEvent],
+        held_del: list[str],
+        clustered: bool = False,
     ) -> tuple[dict[str, str], list[str], list[ShareEvent], list[str]]:
         """The batch's posts mapped and forgotten, events held and released, as the log
         writes them: each post or event once, as the batch left it (see
         :class:`~streams.wire.ResolveDelta`), so no order of folding reads back wrong a
         post forgotten then mapped again (an evicted cluster's upload redelivered) or an
         event released then held again. What is mapped or held now says which came last:
-        only a batch that forgot or released anything is looked at again."""
+        only a batch that forgot or released anything (``clustered``: uploads, which the
+        log names by a bound) is looked at again."""
         posts = self.posts.take_new()
         if forgot:
             forgot = [p for p in dict.fromkeys(forgot) if p not in self.posts]
             for p in forgot:
                 posts.pop(p, None)  # mapped, then forgotten
-        if held_add and held_del:
+        if held_add and (held_del or clustered):
             held = self._held
             now = {e.event_id: held[e.event_id] for e in held_add if e.event_id in held}
             held_add = list(now.values())

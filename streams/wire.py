@@ -17,6 +17,7 @@ record             tag  from → to                       wire form
 :class:`ResolveDelta`
                    -    the resolve log                 ``{"p": {post: cluster}, "f": [post],
                                                         "h+": [held_form], "h-": [event_id],
+                                                        "h<": ts,
                                                         "U": [[t0, [cluster, dt, [signal]]]],
                                                         "u-": [cluster], "g": {partition: ts}}``
 =================  ===  ==============================  ===================================
@@ -133,13 +134,15 @@ class ResolveDelta:
 
     Each post and held event is named once, as the batch left it: a post in
     ``posts`` (mapped last, replacing the cluster it had, if any) or in
-    ``forgot`` (forgotten last), an event in ``held`` or in ``released``; so
-    folding its parts in any order, or cut in parts, reads back the partition
-    (a post forgotten then mapped again in one batch, an evicted cluster's
-    upload redelivered, or an event released then held again). Folded in
-    this order: posts registered, posts forgotten, events held, events
-    released; then (the index's owner only) unbanked clusters touched or
-    grown, unbanked clusters evicted, and the progress heard from the peers.
+    ``forgot`` (forgotten last), an event in ``held`` or in ``released`` (an
+    unbanked upload the index's owner clustered: by ``clustered_to``, a bound
+    no upload it still holds is at or before); so folding its parts in any
+    order, or cut in parts, reads back the partition (a post forgotten then
+    mapped again in one batch, an evicted cluster's upload redelivered, or an
+    event released then held again). Folded in this order: posts registered,
+    posts forgotten, events held, events released, uploads clustered; then
+    (the index's owner only) unbanked clusters touched or grown, unbanked
+    clusters evicted, and the progress heard from the peers.
     Entries an older worker wrote may name a post in both ``posts`` and
     ``forgot`` (or an event in both ``held`` and ``released``): they are read
     as before, in that order (the order that writer meant, wrong for the two
@@ -157,6 +160,9 @@ class ResolveDelta:
     #: :func:`_compact_index`), with the entries they hold; read back, they are ``index``
     index_log: tuple[bytes, ...] = ()
     index_items: int = 0
+    #: the index's owner: every unbanked upload held at or before this time was clustered
+    #: (released), folded after ``released``; one bound a batch where each upload's id was
+    clustered_to: int | None = None
 
     def __bool__(self) -> bool:
         return bool(
@@ -166,6 +172,7 @@ class ResolveDelta:
             or self.released
             or self.index
             or self.index_log
+            or self.clustered_to is not None
             or self.evicted
             or self.heard
         )
@@ -198,6 +205,8 @@ class ResolveDelta:
             out["h+"] = [held_form(ev) for ev in self.held]
         if self.released:
             out["h-"] = list(self.released)
+        if self.clustered_to is not None:
+            out["h<"] = self.clustered_to
         if self.index:
             out["u"] = self.index
         if self.index_log:
@@ -658,6 +667,9 @@ def decode_delta(raw: bytes) -> ResolveDelta | Rejection:
         evicted = body.get("u-", [])
         if not isinstance(evicted, list):
             raise _Bad("u- must be an array")
+        clustered_to = body.get("h<")
+        if clustered_to is not None:
+            _int(clustered_to, "h<")
         index = _index(body.get("u", {}))
         if "U" in body:
             _compact_index(body["U"], index)
@@ -669,6 +681,7 @@ def decode_delta(raw: bytes) -> ResolveDelta | Rejection:
             index,
             tuple(_text(c, "u-") for c in evicted),
             _heard(body.get("g", {})),
+            clustered_to=clustered_to,
         )
     except (orjson.JSONDecodeError, _Bad) as exc:
         return Rejection(BAD_RECORD, f"resolve log entry: {exc}", raw[:1024])

@@ -635,27 +635,16 @@ _POSTS = ["p0", "p1", "p\u00e9", "p4", "p5", "q\u00e9"]  # three of each of 2 pa
 _MD5S = [MD5, "b" * 32, "c" * 32]
 
 
-def _resolve_items(draw: Any, partition: int) -> list[Item | bytes]:
+def _resolve_items(draw: Any, partition: int, marks: bool = False) -> list[Item | bytes]:
     """Items resolve partition ``partition`` (of 2) may read, and records that are not
-    envelopes: an event's, a registration's and a forgotten post's keys are its own posts."""
+    envelopes: an event's, a registration's and a forgotten post's keys are its own posts.
+    ``marks``: envelopes of event-time marks and the peer's progress and input watermark
+    too (so that the index's owner clusters the unbanked uploads they pass)."""
     ours = [p for p in _POSTS if partition_for(p, 2) == partition]
     out: list[Item | bytes] = []
+    kinds = ["upload", "share", "takedown", "reg", "forget", "unbanked", "touch", "junk", "again"]
     for i in range(draw(st.integers(0, 30))):
-        kind = draw(
-            st.sampled_from(
-                [
-                    "upload",
-                    "share",
-                    "takedown",
-                    "reg",
-                    "forget",
-                    "unbanked",
-                    "touch",
-                    "junk",
-                    "again",
-                ]
-            )
-        )
+        kind = draw(st.sampled_from(kinds + ["mark"] * (3 if marks else 0)))
         eid = f"e{i}"  # one event an id; a redelivery repeats an item ("again")
         post, other = draw(st.sampled_from(ours)), draw(st.sampled_from(ours))
         ts = T0 + draw(st.integers(0, 60_000))
@@ -680,6 +669,9 @@ def _resolve_items(draw: Any, partition: int) -> list[Item | bytes]:
             out.append(out[draw(st.integers(0, len(out) - 1))])
         elif kind == "junk":
             out.append(b"{oops")
+        elif kind == "mark":
+            peer = 1 - partition
+            out.append(Envelope([], {0: (ts, False)}, {peer: ts}, inputs={peer: ts}).pack())
     return out
 
 
@@ -750,8 +742,9 @@ def test_a_resolve_log_read_back_after_any_batch_gives_the_live_partition(
     """A worker restarted after any batch restores, from the log entries written so far,
     the posts, held events and index the partition held: whatever the batch did, a post
     forgotten then mapped again (an evicted cluster's upload redelivered), an event
-    released then held again."""
-    items = data.draw(st.composite(lambda draw: _resolve_items(draw, partition))())
+    released then held again; at the index's owner, the uploads it clustered (named by a
+    bound) and the index (compact)."""
+    items = data.draw(st.composite(lambda draw: _resolve_items(draw, partition, True))())
     records = [x if isinstance(x, bytes) else Envelope([x]).pack() for x in items]
     live = resolver(partition, hold_ms=30_000, max_held=6)
     log: list[bytes] = []

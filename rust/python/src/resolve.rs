@@ -99,6 +99,9 @@ struct Out {
     deferred: Vec<Py<PyAny>>,
     held_add: Vec<Py<PyAny>>,
     held_del: Vec<Py<PyAny>>,
+    /// at the index's owner: every upload held at or before this time was clustered (the
+    /// log's one bound, in place of an id an upload in `held_del`)
+    clustered_to: Option<i64>,
     forgot: Vec<Py<PyAny>>,
     /// rejections, and items with no place here, in order
     dead: Vec<Py<PyAny>>,
@@ -366,6 +369,12 @@ impl ResolveLoop {
                 .cast_into::<PyString>()?
         };
         let r = self.routed(py, event, &cluster)?;
+        // no longer held, and not named in the log's releases: `cluster_due`'s bound says it
+        let eid = event.getattr(intern!(py, "event_id"))?;
+        let held = self.held.bind(py);
+        if held.contains(&eid)? {
+            held.del_item(&eid)?;
+        }
         self.upload_routed(py, event, r, &cluster)
     }
 }
@@ -514,6 +523,8 @@ impl ResolveLoop {
 
     /// At the index's owner: cluster the unbanked uploads held here at or before
     /// ``until_ms``, in ``(ts, event_id)`` order (what waited for their posts comes out too).
+    /// The log names them by that bound (``clustered_to``, from :meth:`take`), not one by
+    /// one: none held at or before it is left once this returns.
     fn cluster_due(
         &mut self,
         py: Python<'_>,
@@ -536,6 +547,8 @@ impl ResolveLoop {
             };
             if kind_of(&ev.getattr(intern!(py, "type"))?)? == Kind::Upload {
                 self.cluster_upload(py, host, &ev)?;
+                let to = &mut self.out.clustered_to;
+                *to = Some(to.map_or(until_ms, |t| t.max(until_ms)));
             }
         }
         trim(&mut self.unbanked);
@@ -543,7 +556,8 @@ impl ResolveLoop {
     }
 
     /// What the batch gave, and forget it: ``(routed events per clusters partition, items
-    /// for the index's owner, events held, event ids released, posts forgotten,
+    /// for the index's owner, events held, event ids released, the time every upload held
+    /// at or before was clustered (the owner's; ``None``: none was), posts forgotten,
     /// rejections and items with no place here, events routed, duplicates, reshares held,
     /// whether the held orphans changed)``.
     #[allow(clippy::type_complexity)]
@@ -555,6 +569,7 @@ impl ResolveLoop {
         Vec<Py<PyAny>>,
         Vec<Py<PyAny>>,
         Vec<Py<PyAny>>,
+        Option<i64>,
         Vec<Py<PyAny>>,
         Vec<Py<PyAny>>,
         u64,
@@ -574,6 +589,7 @@ impl ResolveLoop {
             out.to_index,
             out.held_add,
             out.held_del,
+            out.clustered_to,
             out.forgot,
             out.dead,
             out.routed,
