@@ -270,7 +270,11 @@ def test_held_events_are_logged_compact_and_read_back_the_same(
     if held:
         assert len(raw) < len(orjson.dumps({"h+": [e.to_dict() for e in held]}))
     for x in junk:
-        out = decode_delta(orjson.dumps({"h+": [x]}, default=repr))
+        try:
+            entry = orjson.dumps({"h+": [x]}, default=repr)
+        except TypeError:  # an integer past 64 bits: no JSON a log holds
+            continue
+        out = decode_delta(entry)
         assert isinstance(out, Rejection) and out.reason == "bad_record"
     bad = decode_delta(orjson.dumps({"h+": [["e", "u", T0, "p", "u", None, None, ["!" * 64]]]}))
     assert isinstance(bad, Rejection) and bad.reason == "bad_record"
