@@ -23,6 +23,16 @@ def parse_events(
     """Parse and validate a batch of lines: per line a ``share_event`` or a ``rejection``, or
     a video upload's event tuple (its frames for Python to read); and where those tuples are."""
 
+def set_event_types(
+    share_event: type[Any],
+    content: type[Any],
+    rejection: type[Any],
+    parse_ts: Callable[[str], int],
+    video: Callable[[tuple[Any, ...], bytes], Any],
+) -> None:
+    """What the compiled loops make Python records of their events with (given once, by
+    ``streams.events`` at import)."""
+
 PDQ_MAX_INDEXED_THRESHOLD: int
 
 class PdqIndex:
@@ -332,10 +342,11 @@ class ReplayLoop:
         min_pdq_quality: int,
     ) -> None: ...
     def feed(
-        self, host: Any, parsed: list[Any], banks: tuple[Mapping[str, Any], PdqIndex, int, bool]
+        self, host: Any, lines: list[bytes], banks: tuple[Mapping[str, Any], PdqIndex, int, bool]
     ) -> None:
-        """A parsed batch (events and rejections in input order); its uploads screened against
-        ``banks`` (``HashBanks.screen()``), and those an entry may match matched by
+        """A batch of input lines (share events), parsed here in input order, no Python record
+        made of an event but where Python acts on it; its uploads screened against ``banks``
+        (``HashBanks.screen()``), and those an entry may match matched by
         ``host._classify``."""
     def push_bank(self, host: Any, update: Any, ts_ms: int, key: str) -> None:
         """A timed bank change, held until the watermark passes ``ts_ms``."""

@@ -234,6 +234,10 @@ def parse_events(raws: Sequence[bytes]) -> list[ShareEvent | Rejection]:
     return records
 
 
+# what the compiled loops make Python records of events with, where Python acts on them
+_core.set_event_types(ShareEvent, Content, Rejection, parse_ts, _video)
+
+
 def event_from_dict(obj: object, raw: bytes = b"") -> ShareEvent | Rejection:
     """Validate a decoded JSON value as a share event; never raises on bad input.
 

@@ -44,7 +44,7 @@ from streams.alerts import Pseudonymizer
 from streams.banks import MIN_PDQ_QUALITY, BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, LoopHost, Predictor
 from streams.emerging import EmergingClusters
-from streams.events import Rejection, ShareEvent, parse_events
+from streams.events import Rejection, ShareEvent
 from streams.forecast import predictor_factory as forecast_factory
 from streams.policy import AlertPolicy
 from streams.router import Routed, Router
@@ -153,22 +153,23 @@ class Pipeline(LoopHost):
         each part parsed and fed to the compiled loop in one call."""
         batch = raws if isinstance(raws, list) else list(raws)
         if b'"op"' not in b"".join(batch):  # no bank update (most batches): no test per line
-            self._feed_parsed(parse_events(batch))
+            self._feed_lines(batch)
             return
         lines: list[bytes] = []
         for raw in batch:
             if is_bank_update(raw):  # the banks change here: match what came before first
-                self._feed_parsed(parse_events(lines))
+                self._feed_lines(lines)
                 lines = []
                 self.feed_bank_update(raw)
             else:
                 lines.append(raw)
-        self._feed_parsed(parse_events(lines))
+        self._feed_lines(lines)
 
-    def _feed_parsed(self, parsed: list[ShareEvent | Rejection]) -> None:
-        if parsed:
-            # the banks do not change within a batch: the loop screens its uploads first
-            self.loop.feed(self, parsed, self.router.banks.screen())
+    def _feed_lines(self, lines: list[bytes]) -> None:
+        if lines:
+            # parsed by the loop (a Python record made of an event only where Python acts
+            # on it); the banks do not change within a batch: it screens its uploads first
+            self.loop.feed(self, lines, self.router.banks.screen())
 
     def feed_bank_update(self, raw: bytes) -> None:
         """Take a bank update (a ``bank`` topic record's value, see :class:`BankUpdate`).

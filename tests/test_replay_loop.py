@@ -194,3 +194,33 @@ def test_the_loop_asks_python_about_every_upload_a_bank_entry_may_match(
             assert routed is None, (ev, routed)
     for counter in ("unmatched_uploads", "low_quality", "allowed", "matched"):
         assert getattr(pipe.stats, counter) == getattr(everything, counter), counter
+
+
+_ID = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zl", "Zp")),
+    min_size=1,
+    max_size=8,
+)
+
+
+@SOME
+@given(st.lists(st.tuples(_ID, _ID, _ID, st.sampled_from(["share", "takedown"])), max_size=20))
+def test_an_event_the_loop_held_is_handed_to_python_as_the_parser_reads_it(
+    events: list[tuple[str, str, str, str]],
+) -> None:
+    """The loop parses its lines itself and keeps their events compiled; those it hands
+    back (here reshares and takedowns whose post never comes, expired) are the records
+    ``parse_event`` makes of the same lines, any text in their ids."""
+    lines = []
+    for i, (post, user, parent, kind) in enumerate(events):
+        record = {"event_id": f"e{i}", "type": kind, "ts": T0 + i, "post_id": "p-" + post}
+        record["user_id"] = user
+        if kind == "share":
+            record["parent_post_id"] = "never-" + parent
+        lines.append(orjson.dumps(record))
+    pipe = Pipeline(HashBanks(), AlertPolicy.default(), pseudonymizer=Pseudonymizer(b"k"))
+    pipe.feed_many(lines)
+    out = pipe.finish()
+    expired = {r.event_id: r.raw for r in out.rejections if r.reason == "orphan_expired"}
+    parsed = [p for p in map(parse_event, lines) if isinstance(p, ShareEvent)]
+    assert expired == {p.event_id: p.to_json() for p in parsed}

@@ -54,7 +54,7 @@ pub struct Content<'a> {
     pub pdq: Option<String>,
     pub pdq_quality: Option<i64>,
     pub md5: Option<String>,
-    pub vpdq: Option<&'a str>,
+    pub vpdq: Option<Cow<'a, str>>,
 }
 
 /// One valid share event.
@@ -71,6 +71,29 @@ pub struct Event<'a> {
     /// Whether the line's `event_id` was JSON text (not a number): a rejection
     /// found later (a video's frames, read in Python) names it only then.
     pub event_id_was_text: bool,
+}
+
+impl Event<'_> {
+    /// The event with its own copy of every text: what a loop keeps past its line.
+    pub fn into_owned(self) -> Event<'static> {
+        let own = |s: Cow<'_, str>| Cow::Owned(s.into_owned());
+        Event {
+            event_id: own(self.event_id),
+            kind: self.kind,
+            ts_ms: self.ts_ms,
+            post_id: own(self.post_id),
+            user_id: own(self.user_id),
+            parent_post_id: self.parent_post_id.map(own),
+            followers: self.followers,
+            content: self.content.map(|c| Content {
+                pdq: c.pdq,
+                pdq_quality: c.pdq_quality,
+                md5: c.md5,
+                vpdq: c.vpdq.map(own),
+            }),
+            event_id_was_text: self.event_id_was_text,
+        }
+    }
 }
 
 /// A refused line: why (`reason`), in words (`detail`), and its `event_id` if it had a text one.
@@ -234,7 +257,7 @@ fn validate_content<'a>(c: ContentFields<'a>) -> Result<Content<'a>, Why> {
     };
     let vpdq = match c.vpdq {
         None | Some(Err(Val::Null)) => None,
-        Some(Ok(raw)) => Some(raw.get()),
+        Some(Ok(raw)) => Some(Cow::Borrowed(raw.get())),
         Some(Err(_)) => {
             return Err(why(
                 "bad_vpdq",

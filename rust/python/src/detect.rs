@@ -27,10 +27,11 @@ use viralwatch_core::wire::{write_str, Parts};
 
 use crate::content::PyContentSignals;
 use crate::dedupe::with_id;
+use crate::ev::Ev;
 use crate::posts::PyPostRoutes;
 use crate::record;
 use crate::routing::image_signals;
-use crate::unbanked::{crossing_row, with_event, CrossingRow, UnbankedClusters};
+use crate::unbanked::{crossing_row, CrossingRow, UnbankedClusters};
 use crate::wire_read::{by_partition, RoutedItem, WireReader};
 
 /// What the reorder buffer holds: a routed event (its cluster, and the `Routed` record
@@ -39,7 +40,7 @@ use crate::wire_read::{by_partition, RoutedItem, WireReader};
 pub(crate) enum Item {
     Event {
         cluster: Py<PyString>,
-        event: Py<PyAny>,
+        event: Ev,
         ts: i64,
         routed: Option<Py<PyAny>>,
     },
@@ -56,7 +57,7 @@ impl Item {
                 ..
             } => {
                 visit.call(cluster)?;
-                visit.call(event)?;
+                event.traverse(visit)?;
                 if let Some(r) = routed {
                     visit.call(r)?;
                 }
@@ -247,7 +248,7 @@ pub fn evict_unbanked(
 ) -> PyResult<(bool, Vec<String>)> {
     let view = view_of(view)?;
     let forgetting = Forgetting::of(forget)?;
-    let mut out: Outcome<Py<PyAny>> = Outcome::default();
+    let mut out: Outcome<Ev> = Outcome::default();
     let stopped = store.borrow_mut().store.evict(cut_ms, barrier, 0, &mut out);
     Ok((
         stopped,
@@ -351,12 +352,12 @@ impl Detect {
         &self,
         py: Python<'py>,
         cluster: Py<PyString>,
-        event: Py<PyAny>,
+        event: &Ev,
         routed: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         match routed {
             Some(r) => Ok(r.into_bound(py)),
-            None => self.routed_cls.bind(py).call1((event, cluster)),
+            None => self.routed_cls.bind(py).call1((event.to_py(py)?, cluster)),
         }
     }
 
@@ -364,18 +365,24 @@ impl Detect {
     pub(crate) fn push(
         &mut self,
         cluster: &Bound<'_, PyString>,
-        event: &Bound<'_, PyAny>,
+        event: Ev,
         ts: i64,
         routed: Option<Py<PyAny>>,
     ) -> PyResult<()> {
-        let eid = event.getattr(intern!(event.py(), "event_id"))?;
-        let item = Item::Event {
-            cluster: cluster.clone().unbind(),
-            event: event.clone().unbind(),
-            ts,
-            routed,
-        };
-        with_id(&eid, |k| self.buffer.push(ts, k, item))
+        let py = cluster.py();
+        let buffer = &mut self.buffer;
+        event.clone_ref(py).with_id(py, |k| {
+            buffer.push(
+                ts,
+                k,
+                Item::Event {
+                    cluster: cluster.clone().unbind(),
+                    event,
+                    ts,
+                    routed,
+                },
+            )
+        })
     }
 
     /// Apply what is held up to `watermark_ms`, if anything is.
@@ -417,32 +424,30 @@ impl Detect {
             let cid_obj = cluster.bind(py);
             let cid = cid_obj.to_str()?;
             if cid.starts_with("b-") || self.banked.bind(py).contains(cid_obj)? {
-                let r = self.routed(py, cluster, event, routed)?;
+                let r = self.routed(py, cluster, &event, routed)?;
                 self.python_apply(host, r)?;
                 continue;
             }
-            let ev = event.bind(py);
             let (stop_ms, barrier) = self.limits(host)?;
             if ts >= stop_ms {
-                let r = self.routed(py, cluster, event, routed)?;
+                let r = self.routed(py, cluster, &event, routed)?;
                 self.python_apply(host, r)?;
                 continue;
             }
-            let content = ev.getattr(intern!(py, "content"))?;
-            let mut out: Outcome<Py<PyAny>> = Outcome::default();
+            let mut out: Outcome<Ev> = Outcome::default();
             let applied = {
                 let mut store = self.unbanked.borrow_mut(py);
                 let idle = store.store.idle_ms();
                 store
                     .store
                     .evict(ts.saturating_sub(idle), barrier, 0, &mut out);
-                with_event(ev, ts, |e| {
-                    store.store.apply(cid, e, event.clone_ref(py), &mut out)
-                })?
+                let handle = event.clone_ref(py);
+                event.with_event(py, ts, |e| store.store.apply(cid, e, handle, &mut out))?
             };
-            self.absorb(py, out);
-            if applied && !content.is_none() {
-                let image = image_signals(&content, self.min_pdq_quality)?;
+            self.absorb(py, out)?;
+            let content = if applied { event.image(py)? } else { None };
+            if let Some(content) = content {
+                let image = image_signals(&content, self.min_pdq_quality);
                 self.content
                     .0
                     .borrow_mut(py)
@@ -458,14 +463,16 @@ impl Detect {
 
     /// Take what the store did: evicted clusters' posts forgotten now (no event is routed
     /// before Python would have forgotten them), the rest kept for Python.
-    fn absorb(&mut self, py: Python<'_>, out: Outcome<Py<PyAny>>) {
+    fn absorb(&mut self, py: Python<'_>, out: Outcome<Ev>) -> PyResult<()> {
         if !out.evicted.is_empty() {
             let gone = self
                 .forgetting
                 .forget(py, (&self.content.0, self.content.1), out.evicted);
             self.pending.evicted.extend(gone);
         }
-        self.pending.rejected.extend(out.rejected);
+        for ev in out.rejected {
+            self.pending.rejected.push(ev.into_py(py)?);
+        }
         self.pending
             .crossings
             .extend(out.crossings.into_iter().map(crossing_row));
@@ -476,6 +483,7 @@ impl Detect {
         for (k, n) in p.kinds.iter_mut().zip(out.kinds) {
             *k += n;
         }
+        Ok(())
     }
 
     pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -539,8 +547,12 @@ impl ClusterLoop {
         if cluster.to_str()?.starts_with("b-") {
             banked.append(item)?;
         }
-        self.detect
-            .push(&cluster, &event, ts, Some(item.clone().unbind()))
+        self.detect.push(
+            &cluster,
+            Ev::from_py(&event),
+            ts,
+            Some(item.clone().unbind()),
+        )
     }
 }
 
@@ -629,7 +641,8 @@ impl ClusterLoop {
                     } else {
                         None
                     };
-                    self.detect.push(&cluster, &event, ts, record)?;
+                    self.detect
+                        .push(&cluster, Ev::from_py(&event), ts, record)?;
                     self.log.push_json(json.as_bytes());
                     held += 1;
                 }
@@ -706,9 +719,11 @@ impl ClusterLoop {
                 Item::Event {
                     routed: Some(r), ..
                 } => out.append(r)?,
-                Item::Event { cluster, event, .. } => {
-                    out.append(self.routed_cls.bind(py).call1((event, cluster))?)?
-                }
+                Item::Event { cluster, event, .. } => out.append(
+                    self.routed_cls
+                        .bind(py)
+                        .call1((event.to_py(py)?, cluster))?,
+                )?,
                 Item::Bank(u) => out.append(u)?,
             }
         }

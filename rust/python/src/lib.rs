@@ -16,6 +16,7 @@ mod content;
 mod dedupe;
 mod detect;
 mod emerging;
+mod ev;
 mod ingest;
 mod pdq;
 mod posts;
@@ -155,16 +156,23 @@ fn kind<'py>(py: Python<'py>, kind: Kind) -> Bound<'py, PyAny> {
 }
 
 /// A `ShareEvent`, or (a video's upload, whose frames Python reads) the event's tuple.
-fn event_record<'py>(
+pub(crate) fn event_record<'py>(
     py: Python<'py>,
-    ev: Event<'_>,
+    ev: &Event<'_>,
     classes: &Classes<'_, 'py>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let content = match ev.content {
+    let content = match &ev.content {
         None => py.None().into_bound(py),
         Some(c) if c.vpdq.is_some() => {
             let named = ev.event_id_was_text.then_some(ev.event_id.as_ref());
-            let hashes = (c.pdq, c.pdq_quality, c.md5, c.vpdq, named).into_pyobject(py)?;
+            let hashes = (
+                c.pdq.as_deref(),
+                c.pdq_quality,
+                c.md5.as_deref(),
+                c.vpdq.as_deref(),
+                named,
+            )
+                .into_pyobject(py)?;
             let tuple = (
                 ev.event_id.as_ref(),
                 ev.kind.as_str(),
@@ -180,9 +188,9 @@ fn event_record<'py>(
         Some(c) => untracked(record(
             classes.content,
             &[
-                (intern!(py, "pdq"), opt(py, c.pdq)?),
+                (intern!(py, "pdq"), opt(py, c.pdq.as_deref())?),
                 (intern!(py, "pdq_quality"), opt(py, c.pdq_quality)?),
-                (intern!(py, "md5"), opt(py, c.md5)?),
+                (intern!(py, "md5"), opt(py, c.md5.as_deref())?),
                 (intern!(py, "vpdq"), py.None().into_bound(py)),
             ],
         )?),
@@ -208,7 +216,7 @@ fn event_record<'py>(
 }
 
 /// A `Rejection` keeping at most `MAX_EVENT_BYTES` of its line (the line itself when shorter).
-fn rejection_record<'py>(
+pub(crate) fn rejection_record<'py>(
     line: &Bound<'py, PyBytes>,
     r: event::Reject<'_>,
     classes: &Classes<'_, 'py>,
@@ -233,6 +241,21 @@ fn rejection_record<'py>(
         ],
     )
     .map(untracked)
+}
+
+/// An input line as ``bytes`` (``bytes(line)`` when it is not).
+pub(crate) fn line_bytes(item: Bound<'_, PyAny>) -> PyResult<Bound<'_, PyBytes>> {
+    match item.cast_into::<PyBytes>() {
+        Ok(line) => Ok(line),
+        Err(other) => {
+            let other = other.into_inner();
+            let py = other.py();
+            py.get_type::<PyBytes>()
+                .call1((other,))?
+                .cast_into::<PyBytes>()
+                .map_err(Into::into)
+        }
+    }
 }
 
 /// Parse and validate a batch of input lines (``bytes``), in order.
@@ -264,16 +287,9 @@ fn parse_events<'py>(
     let out = PyList::empty(py);
     let mut videos = Vec::new();
     for (i, item) in lines.try_iter()?.enumerate() {
-        let item = item?;
-        let line = match item.cast_into::<PyBytes>() {
-            Ok(line) => line,
-            Err(other) => py
-                .get_type::<PyBytes>()
-                .call1((other.into_inner(),))?
-                .cast_into::<PyBytes>()?,
-        };
+        let line = line_bytes(item?)?;
         let record = match event::parse_line(line.as_bytes(), &mut judge) {
-            Ok(ev) => event_record(py, ev, &classes)?,
+            Ok(ev) => event_record(py, &ev, &classes)?,
             Err(r) => rejection_record(&line, r, &classes)?,
         };
         if record.is_instance_of::<PyTuple>() {
@@ -288,6 +304,7 @@ fn parse_events<'py>(
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(parse_events, m)?)?;
+    m.add_function(wrap_pyfunction!(ev::set_event_types, m)?)?;
     m.add_function(wrap_pyfunction!(ingest::ingest_batch, m)?)?;
     m.add_class::<pdq::PyPdqIndex>()?;
     m.add_class::<content::PyContentSignals>()?;

@@ -9,11 +9,17 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::dedupe::with_id;
+use crate::ev::Ev;
 use crate::route::refusal;
 use viralwatch_core::posts::{ClusterId, PostClusters, Resolver, Routed};
 
 /// A post id's text back from its bytes (ids holding a lone surrogate as
 /// ``surrogatepass`` wrote them).
+/// Held events as Python's records (a compiled one made a ``ShareEvent`` now).
+fn into_py(py: Python<'_>, events: Vec<Ev>) -> PyResult<Vec<Py<PyAny>>> {
+    events.into_iter().map(|ev| ev.into_py(py)).collect()
+}
+
 fn post_text<'py>(py: Python<'py>, id: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     match std::str::from_utf8(id) {
         Ok(s) => Ok(PyString::new(py, s).into_any()),
@@ -37,7 +43,7 @@ fn cluster_text<'py>(cluster: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyStrin
 /// its log (:meth:`take_new`) and queues the others' (:meth:`take_foreign`).
 #[pyclass(module = "streams._core", name = "PostRoutes")]
 pub struct PyPostRoutes {
-    pub(crate) inner: Resolver<(), Py<PyAny>>,
+    pub(crate) inner: Resolver<(), Ev>,
 }
 
 /// A cluster id's Python string.
@@ -204,11 +210,15 @@ impl PyPostRoutes {
         let routed = with_id(target, |t| {
             with_id(post, |p| {
                 let this = &mut self.inner;
-                this.route(t, p, share, ts_ms, event, max_held, |_| ())
+                this.route(t, p, share, ts_ms, Ev::Py(event), max_held, |_| ())
             })
         })??;
         Ok(match routed {
-            Routed::Found(id, released) => (Some(self.cluster_str(py, &id)), released, None),
+            Routed::Found(id, released) => (
+                Some(self.cluster_str(py, &id)),
+                into_py(py, released)?,
+                None,
+            ),
             Routed::Held => (None, Vec::new(), None),
             Routed::Refused(r) => (None, Vec::new(), Some(refusal(r))),
         })
@@ -220,22 +230,23 @@ impl PyPostRoutes {
     /// first): the events, all now of ``cluster``.
     fn register(
         &mut self,
+        py: Python<'_>,
         post: &Bound<'_, PyAny>,
         cluster: &Bound<'_, PyAny>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         let c = cluster_text(cluster)?;
         let id: std::sync::Arc<str> = std::sync::Arc::from(c.to_str()?);
-        with_id(post, |p| self.inner.register(p, &id, |_| ()))
+        into_py(py, with_id(post, |p| self.inner.register(p, &id, |_| ()))?)
     }
 
     /// Give up on the held events at or before ``cut_ms``: by target (in the order each
     /// first got an event), then in the order held.
-    fn expire(&mut self, cut_ms: i64) -> Vec<Py<PyAny>> {
+    fn expire(&mut self, py: Python<'_>, cut_ms: i64) -> PyResult<Vec<Py<PyAny>>> {
         self.inner
             .orphans
             .expire(cut_ms)
             .into_iter()
-            .map(|(_, ev)| ev)
+            .map(|(_, ev)| ev.into_py(py))
             .collect()
     }
 

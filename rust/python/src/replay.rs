@@ -29,9 +29,10 @@ use crate::content::PyContentSignals;
 use crate::dedupe::with_id;
 use crate::detect::{Detect, Forgetting, Item};
 use crate::emerging::PyIdleClusters;
+use crate::ev::{parse_lines, Ev, Line};
 use crate::posts::PyPostRoutes;
 use crate::routing::{is_unbanked_id, Banks, Deliver, Reshare, Routing};
-use crate::unbanked::{kind_of, UnbankedClusters};
+use crate::unbanked::UnbankedClusters;
 
 /// How often (event time) held orphans are checked for expiry.
 const EXPIRE_EVERY_MS: i64 = 10_000;
@@ -51,7 +52,7 @@ pub struct ReplayLoop {
     /// a clusters partition: ``crate::detect``)
     detect: Detect,
     /// unbanked uploads waiting for the watermark, by event id, and their `(ts, id)` order
-    waiting: HashMap<Box<[u8]>, Py<PyAny>>,
+    waiting: HashMap<Box<[u8]>, Ev>,
     order: BinaryHeap<Reverse<(i64, Box<[u8]>)>>,
     max_ts_ms: i64,
     expired_at: i64,
@@ -72,7 +73,7 @@ impl Deliver for ReplayLoop {
         &mut self,
         _py: Python<'_>,
         cluster: &Bound<'_, PyString>,
-        event: &Bound<'_, PyAny>,
+        event: Ev,
         ts: i64,
     ) -> PyResult<()> {
         self.detect.push(cluster, event, ts, None)
@@ -90,25 +91,21 @@ impl ReplayLoop {
     fn register(
         &mut self,
         py: Python<'_>,
-        event: &Bound<'_, PyAny>,
+        event: &Ev,
         cluster: &Bound<'_, PyString>,
     ) -> PyResult<()> {
-        let post = event.getattr(intern!(py, "post_id"))?;
-        Routing::register(self, py, &post, cluster)
+        event
+            .with_posts(py, |post, _| post.to_vec())
+            .and_then(|post| Routing::register(self, py, &post, cluster))
     }
 
-    fn defer(
-        &mut self,
-        event: &Bound<'_, PyAny>,
-        ts_ms: i64,
-        eid: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        let key: Box<[u8]> = with_id(eid, |k| Box::from(k))?;
+    fn defer(&mut self, py: Python<'_>, event: Ev, ts_ms: i64) -> PyResult<()> {
+        let key: Box<[u8]> = event.with_id(py, |k| Box::from(k))?;
         match self.waiting.entry(key) {
             Entry::Occupied(_) => self.detect.pending.duplicates += 1, // waits once, as at the owner
             Entry::Vacant(v) => {
                 self.order.push(Reverse((ts_ms, v.key().clone())));
-                v.insert(event.clone().unbind());
+                v.insert(event);
             }
         }
         Ok(())
@@ -119,18 +116,17 @@ impl ReplayLoop {
         &mut self,
         py: Python<'_>,
         host: &Bound<'_, PyAny>,
-        event: Py<PyAny>,
+        event: Ev,
     ) -> PyResult<()> {
-        let event = event.into_bound(py);
-        let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
-        let content = event.getattr(intern!(py, "content"))?;
-        let cluster = if content.getattr(intern!(py, "vpdq"))?.is_none() {
-            self.routing.assign_image(py, &content, ts)?
-        } else {
-            host.call_method1(intern!(py, "_assign_video"), (&event,))?
-                .cast_into::<PyString>()?
+        let ts = event.ts_ms(py)?;
+        let cluster = match event.image(py)? {
+            Some(image) if !image.video => self.routing.assign_image(py, &image, ts)?,
+            _ => host
+                .call_method1(intern!(py, "_assign_video"), (event.to_py(py)?,))?
+                .cast_into::<PyString>()?,
         };
-        self.detect.push(&cluster, &event, ts, None)?;
+        let held = event.clone_ref(py);
+        self.detect.push(&cluster, held, ts, None)?;
         self.register(py, &event, &cluster)
     }
 
@@ -163,38 +159,42 @@ impl ReplayLoop {
         &mut self,
         py: Python<'_>,
         host: &Bound<'_, PyAny>,
-        event: &Bound<'_, PyAny>,
+        event: Ev,
         route: Option<Py<PyAny>>,
     ) -> PyResult<()> {
-        let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
-        match kind_of(&event.getattr(intern!(py, "type"))?)? {
+        let ts = event.ts_ms(py)?;
+        match event.kind(py)? {
             Kind::Upload => {
                 if let Some(route) = route {
                     let route = route.into_bound(py);
                     let cluster = route
                         .getattr(intern!(py, "cluster_id"))?
                         .cast_into::<PyString>()?;
-                    self.detect
-                        .push(&cluster, event, ts, Some(route.unbind()))?;
-                    self.register(py, event, &cluster)?;
+                    let held = event.clone_ref(py);
+                    self.detect.push(&cluster, held, ts, Some(route.unbind()))?;
+                    self.register(py, &event, &cluster)?;
                 } else {
-                    let content = event.getattr(intern!(py, "content"))?;
-                    let eid = event.getattr(intern!(py, "event_id"))?;
-                    if self.routing.signalled(py, &content)? {
-                        self.defer(event, ts, &eid)?;
+                    let signalled = match event.image(py)? {
+                        Some(image) => self.routing.signalled(&image),
+                        None => false,
+                    };
+                    if signalled {
+                        self.defer(py, event, ts)?;
                     } else {
-                        let cluster = host.call_method1(intern!(py, "_unsignalled"), (event,))?;
+                        let cluster =
+                            host.call_method1(intern!(py, "_unsignalled"), (event.to_py(py)?,))?;
                         if cluster.is_none() {
-                            self.defer(event, ts, &eid)?;
+                            self.defer(py, event, ts)?;
                         } else {
                             let cluster = cluster.cast_into::<PyString>()?;
-                            self.detect.push(&cluster, event, ts, None)?;
-                            self.register(py, event, &cluster)?;
+                            let held = event.clone_ref(py);
+                            self.detect.push(&cluster, held, ts, None)?;
+                            self.register(py, &event, &cluster)?;
                         }
                     }
                 }
             }
-            kind => match self.routing.reshare(py, event, kind == Kind::Share, ts)? {
+            kind => match self.routing.reshare(py, &event, kind == Kind::Share, ts)? {
                 Reshare::Found(cluster, released) => {
                     self.detect.push(&cluster, event, ts, None)?;
                     let id = cluster.to_str()?;
@@ -206,6 +206,7 @@ impl ReplayLoop {
                 Reshare::Held => self.detect.pending.held += 1,
                 Reshare::Refused(reason, held, target) => {
                     self.detect.flush(host, false)?;
+                    let event = event.to_py(py)?;
                     host.call_method1(intern!(py, "_refused"), (&target, event, reason, held))?;
                 }
             },
@@ -272,30 +273,28 @@ impl ReplayLoop {
         }
     }
 
-    /// Feed a parsed batch (``ShareEvent`` or ``Rejection``, in input order). Its uploads
+    /// Feed a batch of input lines (``bytes``, share events: no bank update), parsed here
+    /// as ``streams.events.parse_events`` parses them, in input order. Its uploads
     /// are matched against ``banks`` (``HashBanks.screen()``; they do not change within a
     /// batch) first: those that match a bank or the allow-list go to their cluster, the
-    /// others to the index of unbanked content (see ``screen``).
+    /// others to the index of unbanked content (see ``screen``). No Python record is made
+    /// of an event but where Python acts on it (see ``streams._core``'s ``ev``).
     fn feed(
         &mut self,
         py: Python<'_>,
         host: &Bound<'_, PyAny>,
-        parsed: &Bound<'_, PyList>,
+        lines: &Bound<'_, PyList>,
         banks: Banks<'_>,
     ) -> PyResult<()> {
         self.detect.limits = None; // Python may have changed the detector between calls
-        let rejection = self.rejection_cls.bind(py).clone();
         let result = (|| {
-            let rejection_cls = self.rejection_cls.bind(py);
-            let routes = self
-                .routing
-                .screen(py, host, parsed, Some(rejection_cls), &banks)?;
-            for (item, route) in parsed.iter().zip(routes) {
-                if item.get_type().is(&rejection) {
-                    self.reject(host, &item)?;
-                    continue;
+            let lines = parse_lines(py, lines)?;
+            let routes = self.routing.screen(py, host, &lines, &banks)?;
+            for (line, route) in lines.into_iter().zip(routes) {
+                match line {
+                    Line::Rejected(r) => self.reject(host, r.bind(py))?,
+                    Line::Event(ev) => self.feed_event(py, host, ev, route)?,
                 }
-                self.feed_event(py, host, &item, route)?;
             }
             Ok(())
         })();
@@ -364,7 +363,7 @@ impl ReplayLoop {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         self.detect.traverse(&visit)?;
         for ev in self.waiting.values() {
-            visit.call(ev)?;
+            ev.traverse(&visit)?;
         }
         self.routing.traverse(&visit)?;
         visit.call(&self.rejection_cls)?;

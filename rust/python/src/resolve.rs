@@ -31,6 +31,7 @@ use viralwatch_core::unbanked::Kind;
 
 use crate::dedupe::with_id;
 use crate::emerging::PyIdleClusters;
+use crate::ev::{lines_of, Ev, Line};
 use crate::posts::PyPostRoutes;
 use crate::record;
 use crate::routing::{is_unbanked_id, Banks, Deliver, Reshare, Routing};
@@ -184,12 +185,13 @@ impl Deliver for ResolveLoop {
         &mut self,
         py: Python<'_>,
         cluster: &Bound<'_, PyString>,
-        event: &Bound<'_, PyAny>,
+        event: Ev,
         _ts: i64,
     ) -> PyResult<()> {
         self.out.orphans = true;
-        let r = self.routed(py, event, cluster)?;
-        self.emit(py, r, event, cluster)
+        let event = event.to_py(py)?;
+        let r = self.routed(py, &event, cluster)?;
+        self.emit(py, r, &event, cluster)
     }
 }
 
@@ -257,7 +259,7 @@ impl ResolveLoop {
         post: &Bound<'_, PyAny>,
         cluster: &Bound<'_, PyString>,
     ) -> PyResult<()> {
-        Routing::register(self, py, post, cluster)
+        with_id(post, |p| p.to_vec()).and_then(|p| Routing::register(self, py, &p, cluster))
     }
 
     /// An upload routed to ``cluster`` (``routed``: its record), its post registered.
@@ -307,8 +309,11 @@ impl ResolveLoop {
                     self.upload_routed(py, event, routed, &cluster)?;
                 }
                 None => {
-                    let content = event.getattr(intern!(py, "content"))?;
-                    let cluster = if self.routing.signalled(py, &content)? {
+                    let signalled = match Ev::from_py(event).image(py)? {
+                        Some(image) => self.routing.signalled(&image),
+                        None => false,
+                    };
+                    let cluster = if signalled {
                         None
                     } else {
                         let c = host.call_method1(intern!(py, "_unsignalled"), (event,))?;
@@ -325,7 +330,10 @@ impl ResolveLoop {
                     }
                 }
             },
-            kind => match self.routing.reshare(py, event, kind == Kind::Share, ts)? {
+            kind => match self
+                .routing
+                .reshare(py, &Ev::from_py(event), kind == Kind::Share, ts)?
+            {
                 Reshare::Found(cluster, released) => {
                     let r = self.routed(py, event, &cluster)?;
                     self.emit(py, r, event, &cluster)?;
@@ -361,12 +369,11 @@ impl ResolveLoop {
         event: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
-        let content = event.getattr(intern!(py, "content"))?;
-        let cluster = if content.getattr(intern!(py, "vpdq"))?.is_none() {
-            self.routing.assign_image(py, &content, ts)?
-        } else {
-            host.call_method1(intern!(py, "_assign_video"), (event,))?
-                .cast_into::<PyString>()?
+        let cluster = match Ev::from_py(event).image(py)? {
+            Some(image) if !image.video => self.routing.assign_image(py, &image, ts)?,
+            _ => host
+                .call_method1(intern!(py, "_assign_video"), (event,))?
+                .cast_into::<PyString>()?,
         };
         let r = self.routed(py, event, &cluster)?;
         // no longer held, and not named in the log's releases: `cluster_due`'s bound says it
@@ -451,7 +458,9 @@ impl ResolveLoop {
             }
         }
         // matched against the banks as replay matches them (``Routing::screen``)
-        let mut classified = self.routing.screen(py, host, &uploads, None, &banks)?;
+        let mut classified = self
+            .routing
+            .screen(py, host, &lines_of(&uploads, None), &banks)?;
         let mut position = 0;
         let owner = self.owner();
         let registration = self.classes.registration.bind(py).clone();
@@ -477,7 +486,7 @@ impl ResolveLoop {
                             // held when the batch was matched, no longer: matched alone
                             None => self
                                 .routing
-                                .screen(py, host, &PyList::new(py, [&ev])?, None, &banks)?
+                                .screen(py, host, &[Line::Event(Ev::from_py(&ev))], &banks)?
                                 .pop()
                                 .flatten(),
                         };

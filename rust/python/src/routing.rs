@@ -14,7 +14,7 @@ use std::sync::Arc;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyType};
+use pyo3::types::{PyDict, PyList, PyString};
 
 use viralwatch_core::content::Kind as Signal;
 use viralwatch_core::emerging::unbanked_id;
@@ -23,12 +23,12 @@ use viralwatch_core::posts::Routed as Route;
 use viralwatch_core::unbanked::Kind;
 
 use crate::content::PyContentSignals;
-use crate::dedupe::with_id;
 use crate::emerging::PyIdleClusters;
+use crate::ev::{Ev, Image, Line};
 use crate::pdq::PyPdqIndex;
 use crate::posts::PyPostRoutes;
 use crate::route::refusal;
-use crate::unbanked::kind_of;
+use crate::unbanked::text;
 
 /// Whether a cluster id is an unbanked cluster's (``u-``).
 pub(crate) fn is_unbanked_id(id: &str) -> bool {
@@ -38,7 +38,7 @@ pub(crate) fn is_unbanked_id(id: &str) -> bool {
 /// What routing a reshare or takedown gave.
 pub(crate) enum Reshare<'py> {
     /// its target's cluster, and what its own post released (a reshare's)
-    Found(Bound<'py, PyString>, Vec<Py<PyAny>>),
+    Found(Bound<'py, PyString>, Vec<Ev>),
     /// held until its target is routed
     Held,
     /// refused: the reason and the events held, and the target it waited for
@@ -59,44 +59,27 @@ impl ImageSignals {
     }
 }
 
-/// An upload's (``content``: its ``Content``) image signals as the content indexes take
-/// them, lowercase, MD5 first (a PDQ under ``min_pdq_quality`` left out): the router's
-/// index and the detector's alike.
-pub(crate) fn image_signals(
-    content: &Bound<'_, PyAny>,
-    min_pdq_quality: i64,
-) -> PyResult<ImageSignals> {
-    let py = content.py();
+/// An upload's image signals as the content indexes take them, lowercase, MD5 first (a
+/// PDQ under ``min_pdq_quality`` left out): the router's index and the detector's alike.
+pub(crate) fn image_signals(image: &Image<'_>, min_pdq_quality: i64) -> ImageSignals {
     let mut out = ImageSignals::default();
-    let md5 = content.getattr(intern!(py, "md5"))?;
-    if md5.is_truthy()? {
-        let md5 = md5.cast_into::<PyString>()?;
-        let text = md5.to_str()?;
-        out.lower.push((Signal::Md5, text.to_ascii_lowercase()));
-        out.own_key = Some(format!("md5:{text}"));
+    if let Some(md5) = image.md5.as_deref().filter(|t| !t.is_empty()) {
+        out.lower.push((Signal::Md5, md5.to_ascii_lowercase()));
+        out.own_key = Some(format!("md5:{md5}"));
     }
-    let pdq = content.getattr(intern!(py, "pdq"))?;
-    if signalled_pdq(content, &pdq, min_pdq_quality)? {
-        let pdq = pdq.cast_into::<PyString>()?;
-        let text = pdq.to_str()?;
-        out.lower.push((Signal::Pdq, text.to_ascii_lowercase()));
-        out.own_key.get_or_insert_with(|| format!("pdq:{text}"));
+    if signalled_pdq(image, min_pdq_quality) {
+        let pdq = image.pdq.as_deref().unwrap_or_default();
+        out.lower.push((Signal::Pdq, pdq.to_ascii_lowercase()));
+        out.own_key.get_or_insert_with(|| format!("pdq:{pdq}"));
     }
-    Ok(out)
+    out
 }
 
-/// Whether an upload's PDQ (``pdq``) is one the indexes use: present, and of quality
+/// Whether an upload's PDQ is one the indexes use: present, and of quality
 /// ``min_pdq_quality`` or more when its quality is known.
-fn signalled_pdq(
-    content: &Bound<'_, PyAny>,
-    pdq: &Bound<'_, PyAny>,
-    min_pdq_quality: i64,
-) -> PyResult<bool> {
-    if !pdq.is_truthy()? {
-        return Ok(false);
-    }
-    let quality = content.getattr(intern!(content.py(), "pdq_quality"))?;
-    Ok(quality.is_none() || quality.extract::<i64>()? >= min_pdq_quality)
+fn signalled_pdq(image: &Image<'_>, min_pdq_quality: i64) -> bool {
+    image.pdq.as_deref().is_some_and(|t| !t.is_empty())
+        && image.quality.map_or(true, |q| q >= min_pdq_quality)
 }
 
 /// What `HashBanks.screen` gives for a batch: the MD5 table (lowercase hex -> entries), the
@@ -106,15 +89,14 @@ pub(crate) type Banks<'py> = (Bound<'py, PyDict>, Bound<'py, PyPdqIndex>, i64, b
 
 /// Whether the banks' MD5 table holds `md5` (as `HashBanks.lookup_md5` looks it up,
 /// lowercase); `true` for a text the core does not read (Python then decides).
-fn banked_md5(md5s: &Bound<'_, PyDict>, md5: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let Ok(text) = md5.cast::<PyString>().map(|s| s.to_str()) else {
+fn banked_md5(md5s: &Bound<'_, PyDict>, md5: &str) -> PyResult<bool> {
+    if !md5.is_ascii() {
         return Ok(true);
-    };
-    match text {
-        Ok(t) if !t.is_ascii() => Ok(true),
-        Ok(t) if t.bytes().any(|b| b.is_ascii_uppercase()) => md5s.contains(t.to_ascii_lowercase()),
-        Ok(_) => md5s.contains(md5),
-        Err(_) => Ok(true),
+    }
+    if md5.bytes().any(|b| b.is_ascii_uppercase()) {
+        md5s.contains(md5.to_ascii_lowercase())
+    } else {
+        md5s.contains(md5)
     }
 }
 
@@ -132,7 +114,7 @@ pub(crate) trait Deliver {
         &mut self,
         py: Python<'_>,
         cluster: &Bound<'_, PyString>,
-        event: &Bound<'_, PyAny>,
+        event: Ev,
         ts: i64,
     ) -> PyResult<()>;
 }
@@ -171,31 +153,23 @@ impl Routing {
     pub(crate) fn reshare<'py>(
         &self,
         py: Python<'py>,
-        event: &Bound<'py, PyAny>,
+        event: &Ev,
         share: bool,
         ts: i64,
     ) -> PyResult<Reshare<'py>> {
-        let post = event.getattr(intern!(py, "post_id"))?;
-        let target = if share {
-            event.getattr(intern!(py, "parent_post_id"))?
-        } else {
-            post.clone()
-        };
+        let mut target_text = None;
         let routed = {
             let mut routes = self.routes.borrow_mut(py);
-            with_id(&target, |t| {
-                with_id(&post, |p| {
-                    routes.inner.route(
-                        t,
-                        p,
-                        share,
-                        ts,
-                        event.clone().unbind(),
-                        self.max_held,
-                        |_| (),
-                    )
-                })
-            })??
+            event.with_posts(py, |p, t| {
+                let routed =
+                    routes
+                        .inner
+                        .route(t, p, share, ts, event.clone_ref(py), self.max_held, |_| ());
+                if matches!(routed, Route::Refused(_)) {
+                    target_text = Some(t.to_vec());
+                }
+                routed
+            })?
         };
         Ok(match routed {
             Route::Found(id, released) => {
@@ -205,6 +179,7 @@ impl Routing {
             Route::Held => Reshare::Held,
             Route::Refused(r) => {
                 let (reason, held) = refusal(r);
+                let target = text(py, &target_text.unwrap_or_default())?;
                 Reshare::Refused(reason, held, target)
             }
         })
@@ -215,13 +190,13 @@ impl Routing {
     pub(crate) fn register<D: Deliver>(
         to: &mut D,
         py: Python<'_>,
-        post: &Bound<'_, PyAny>,
+        post: &[u8],
         cluster: &Bound<'_, PyString>,
     ) -> PyResult<()> {
         let released = {
             let id: Arc<str> = Arc::from(cluster.to_str()?);
             let mut routes = to.routing().routes.borrow_mut(py);
-            with_id(post, |p| routes.inner.register(p, &id, |_| ()))?
+            routes.inner.register(post, &id, |_| ())
         };
         Self::release(to, py, cluster, released)
     }
@@ -234,19 +209,18 @@ impl Routing {
         to: &mut D,
         py: Python<'_>,
         cluster: &Bound<'_, PyString>,
-        released: Vec<Py<PyAny>>,
+        released: Vec<Ev>,
     ) -> PyResult<()> {
         if released.is_empty() {
             return Ok(());
         }
         let unbanked = is_unbanked_id(cluster.to_str()?);
         for child in released {
-            let child = child.into_bound(py);
-            let ts: i64 = child.getattr(intern!(py, "ts_ms"))?.extract()?;
+            let ts = child.ts_ms(py)?;
             if unbanked {
                 to.touch(py, cluster, ts)?;
             }
-            to.deliver(py, cluster, &child, ts)?;
+            to.deliver(py, cluster, child, ts)?;
         }
         Ok(())
     }
@@ -261,15 +235,9 @@ impl Routing {
     }
 
     /// Whether an upload's content has a signal the index uses (an MD5, a usable PDQ).
-    pub(crate) fn signalled(&self, py: Python<'_>, content: &Bound<'_, PyAny>) -> PyResult<bool> {
-        if content.getattr(intern!(py, "md5"))?.is_truthy()? {
-            return Ok(true);
-        }
-        signalled_pdq(
-            content,
-            &content.getattr(intern!(py, "pdq"))?,
-            self.min_pdq_quality,
-        )
+    pub(crate) fn signalled(&self, image: &Image<'_>) -> bool {
+        image.md5.as_deref().is_some_and(|t| !t.is_empty())
+            || signalled_pdq(image, self.min_pdq_quality)
     }
 
     /// The cluster an unbanked upload with image signals (not a video) joins or starts at
@@ -277,7 +245,7 @@ impl Routing {
     pub(crate) fn assign_image<'py>(
         &self,
         py: Python<'py>,
-        content: &Bound<'py, PyAny>,
+        image: &Image<'_>,
         ts: i64,
     ) -> PyResult<Bound<'py, PyString>> {
         let Some((idle, signals)) = &self.index else {
@@ -285,7 +253,7 @@ impl Routing {
                 "this router holds no index of unbanked content",
             ));
         };
-        let image = image_signals(content, self.min_pdq_quality)?;
+        let image = image_signals(image, self.min_pdq_quality);
         let Some(key) = &image.own_key else {
             return Err(PyTypeError::new_err("a deferred upload has no signal"));
         };
@@ -304,52 +272,50 @@ impl Routing {
     /// A batch's uploads matched against the banks: each one's ``Routed`` (a bank's or the
     /// allow-list's cluster) or ``None``, by its index in the batch. Python
     /// (``host._classify``, ``Router.classify_batch``) is asked only about the uploads an
-    /// entry may match: an MD5 the banks hold, a usable PDQ within the widest threshold
-    /// of a banked one (one batched search of the banks' index), a video, or an image
-    /// when videos are banked (a frame may match it). The others match nothing, the
-    /// allow-list included (its entries are in the same tables), whatever the timed adds;
-    /// they are only counted (unmatched, and low quality for a PDQ under the cut, as
-    /// ``Router.classify`` counts them). Most of a platform's uploads are these: no
-    /// Python per upload for them.
+    /// entry may match (given its ``ShareEvent``): an MD5 the banks hold, a usable PDQ
+    /// within the widest threshold of a banked one (one batched search of the banks'
+    /// index), a video, or an image when videos are banked (a frame may match it). The
+    /// others match nothing, the allow-list included (its entries are in the same tables),
+    /// whatever the timed adds; they are only counted (unmatched, and low quality for a
+    /// PDQ under the cut, as ``Router.classify`` counts them). Most of a platform's uploads
+    /// are these: no Python per upload for them.
     pub(crate) fn screen(
         &self,
         py: Python<'_>,
         host: &Bound<'_, PyAny>,
-        parsed: &Bound<'_, PyList>,
-        rejection: Option<&Bound<'_, PyType>>,
+        lines: &[Line],
         banks: &Banks<'_>,
     ) -> PyResult<Vec<Option<Py<PyAny>>>> {
         let (md5s, index, radius, videos) = banks;
-        let mut routes: Vec<Option<Py<PyAny>>> = (0..parsed.len()).map(|_| None).collect();
+        let mut routes: Vec<Option<Py<PyAny>>> = (0..lines.len()).map(|_| None).collect();
         // (index in the batch, asked, low quality), and the PDQ queries of those not asked yet
         let mut uploads: Vec<(usize, bool, bool)> = Vec::new();
         let mut queries: Vec<pdq::Hash> = Vec::new();
         let mut queried: Vec<usize> = Vec::new();
-        for (i, item) in parsed.iter().enumerate() {
-            if rejection.is_some_and(|r| item.get_type().is(r))
-                || kind_of(&item.getattr(intern!(py, "type"))?)? != Kind::Upload
-            {
+        for (i, line) in lines.iter().enumerate() {
+            let Line::Event(ev) = line else {
+                continue;
+            };
+            if ev.kind(py)? != Kind::Upload {
                 continue;
             }
-            let content = item.getattr(intern!(py, "content"))?;
-            if content.is_none() {
+            let Some(image) = ev.image(py)? else {
                 continue;
-            }
-            let pdq = content.getattr(intern!(py, "pdq"))?;
-            let quality = content.getattr(intern!(py, "pdq_quality"))?;
-            let usable = !pdq.is_none()
-                && (quality.is_none() || quality.extract::<i64>()? >= self.min_pdq_quality);
-            let low = !pdq.is_none() && !usable;
-            let mut ask = usable && *videos || !content.getattr(intern!(py, "vpdq"))?.is_none();
+            };
+            let usable = image.pdq.is_some()
+                && (image.quality.is_none() || image.quality >= Some(self.min_pdq_quality));
+            let low = image.pdq.is_some() && !usable;
+            let mut ask = image.odd || usable && *videos || image.video;
             if !ask {
-                let md5 = content.getattr(intern!(py, "md5"))?;
-                ask = !md5.is_none() && banked_md5(md5s, &md5)?;
+                if let Some(md5) = image.md5.as_deref() {
+                    ask = banked_md5(md5s, md5)?;
+                }
             }
             if !ask && usable && *radius >= 0 {
-                let hash = pdq
-                    .cast::<PyString>()
-                    .ok()
-                    .and_then(|s| s.to_str().ok().and_then(|t| pdq::parse_hex(t.as_bytes())));
+                let hash = image
+                    .pdq
+                    .as_deref()
+                    .and_then(|t| pdq::parse_hex(t.as_bytes()));
                 match hash {
                     Some(h) => {
                         queries.push(h);
@@ -377,7 +343,10 @@ impl Routing {
         let (mut unmatched, mut low_quality) = (0u64, 0u64);
         for &(i, ask, low) in &uploads {
             if ask {
-                asked.append(parsed.get_item(i)?)?;
+                let Line::Event(ev) = &lines[i] else {
+                    continue;
+                };
+                asked.append(ev.to_py(py)?)?;
                 at.push(i);
             } else {
                 unmatched += 1;

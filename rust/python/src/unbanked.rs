@@ -14,9 +14,10 @@ use viralwatch_core::dedupe::EventIdSet;
 use viralwatch_core::unbanked::{Crossing, Event, Kind, Outcome, Rule, Store};
 
 use crate::dedupe::{with_id, EventIds};
+use crate::ev::Ev;
 
 /// A text the core kept as UTF-8 bytes, as the ``str`` it came from.
-fn text<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn text<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyAny>> {
     match std::str::from_utf8(bytes) {
         Ok(s) => Ok(PyString::new(py, s).into_any()),
         // a lone surrogate (``surrogatepass``, see with_id): decoded back the same way
@@ -96,7 +97,7 @@ pub(crate) fn with_event<R>(
 /// rules in order, as ``(severity index, window_ms, shares)``.
 #[pyclass(module = "streams._core")]
 pub struct UnbankedClusters {
-    pub(crate) store: Store<Py<PyAny>>,
+    pub(crate) store: Store<Ev>,
 }
 
 /// An eviction as Python gets it: (before which item, cluster, posts).
@@ -124,7 +125,7 @@ fn some<T>(v: Vec<T>) -> Option<Vec<T>> {
 }
 
 impl UnbankedClusters {
-    fn evicted(py: Python<'_>, out: &mut Outcome<Py<PyAny>>) -> PyResult<Vec<Eviction>> {
+    fn evicted(py: Python<'_>, out: &mut Outcome<Ev>) -> PyResult<Vec<Eviction>> {
         std::mem::take(&mut out.evicted)
             .into_iter()
             .map(|e| {
@@ -214,7 +215,7 @@ impl UnbankedClusters {
         barrier: u64,
         banked: &Bound<'_, PyDict>,
     ) -> PyResult<Applied> {
-        let mut out: Outcome<Py<PyAny>> = Outcome::default();
+        let mut out: Outcome<Ev> = Outcome::default();
         let mut contents = Vec::new();
         let idle = self.store.idle_ms();
         let mut done = 0;
@@ -239,9 +240,7 @@ impl UnbankedClusters {
             self.store
                 .evict(ts.saturating_sub(idle), barrier, i, &mut out);
             let store = &mut self.store;
-            let applied = with_event(&ev, ts, |e| {
-                store.apply(cid, e, ev.clone().unbind(), &mut out)
-            })?;
+            let applied = with_event(&ev, ts, |e| store.apply(cid, e, Ev::from_py(&ev), &mut out))?;
             if applied && has_content {
                 contents.push(i);
             }
@@ -252,9 +251,13 @@ impl UnbankedClusters {
             .map(crossing_row)
             .collect();
         let evicted = Self::evicted(py, &mut out)?;
+        let rejected = std::mem::take(&mut out.rejected)
+            .into_iter()
+            .map(|ev| ev.into_py(py))
+            .collect::<PyResult<Vec<_>>>()?;
         Ok((
             done,
-            some(out.rejected),
+            some(rejected),
             some(crossings),
             some(evicted),
             some(contents),
@@ -366,7 +369,7 @@ impl UnbankedClusters {
         self.store
             .pending(cluster_id)
             .into_iter()
-            .map(|(t, h)| Ok((text(py, t)?, h.clone_ref(py))))
+            .map(|(t, h)| Ok((text(py, t)?, h.to_py(py)?.unbind())))
             .collect()
     }
 
@@ -410,7 +413,7 @@ impl UnbankedClusters {
         let pending = t
             .pending
             .into_iter()
-            .map(|(target, h)| (text(py, &target)?, h).into_bound_py_any(py))
+            .map(|(target, h)| (text(py, &target)?, h.into_py(py)?).into_bound_py_any(py))
             .collect::<PyResult<Vec<_>>>()?;
         let out = (
             t.seq,

@@ -97,11 +97,11 @@ impl WireReader {
             let obj = match item {
                 Read::ToRoute(ev) => record(
                     self.to_route.bind(py),
-                    &[(event, event_record(py, ev, &classes)?)],
+                    &[(event, event_record(py, &ev, &classes)?)],
                 )?,
                 Read::Unbanked(ev) => record(
                     self.unbanked.bind(py),
-                    &[(event, event_record(py, ev, &classes)?)],
+                    &[(event, event_record(py, &ev, &classes)?)],
                 )?,
                 Read::Routed {
                     event: ev,
@@ -109,7 +109,7 @@ impl WireReader {
                 } => record(
                     self.routed.bind(py),
                     &[
-                        (event, event_record(py, ev, &classes)?),
+                        (event, event_record(py, &ev, &classes)?),
                         (cluster_id, cluster(&id)),
                         (intern!(py, "match"), py.None().into_bound(py)),
                     ],
@@ -200,7 +200,7 @@ impl WireReader {
                     let ts = event.ts_ms;
                     RoutedItem::Event {
                         cluster,
-                        event: event_record(py, event, &classes)?,
+                        event: event_record(py, &event, &classes)?,
                         ts,
                         json,
                     }

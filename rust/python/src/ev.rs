@@ -1,0 +1,313 @@
+//! An event as the compiled loops hold it: the parser's own record (`Ev::Core`), kept in
+//! Rust from the input line to the unbanked store, or a Python `ShareEvent` that Python
+//! made (`Ev::Py`: a record handed over in-process, a video's upload, whose frames Python
+//! reads, a test's event). Every loop reads both the same way (`with_event`, `image`,
+//! `ts_ms`), and a Python `ShareEvent` is made of a compiled event only where Python acts
+//! on it (`to_py`: a banked cluster's event, an upload a bank may match, a rejection's
+//! event, a held orphan given back).
+//!
+//! Why: the parser made a Python `ShareEvent` (five strings, a `Content` record) of every
+//! line, and the loops read its attributes back one `getattr` at a time; most events are
+//! of unbanked clusters, where Python never looks at them.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyList, PyString, PyType};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use viralwatch_core::event::{self, Event, Kind as EventKind};
+use viralwatch_core::unbanked::{Event as StoreEvent, Kind};
+
+use crate::unbanked::{kind_of, with_event as with_py_event};
+use crate::{event_record, line_bytes, rejection_record, Classes, PyJudge};
+
+/// What `streams.events` gives the core once, at import (`_core.set_event_types`): its
+/// record classes, its reader of timestamps the core leaves to it, and its reader of a
+/// video's frames.
+struct EventTypes {
+    share_event: Py<PyType>,
+    content: Py<PyType>,
+    rejection: Py<PyType>,
+    parse_ts: Py<PyAny>,
+    video: Py<PyAny>,
+}
+
+static TYPES: PyOnceLock<EventTypes> = PyOnceLock::new();
+
+fn types(py: Python<'_>) -> PyResult<&EventTypes> {
+    TYPES
+        .get(py)
+        .ok_or_else(|| PyRuntimeError::new_err("streams.events has not given its event types"))
+}
+
+/// ``streams.events`` gives its ``ShareEvent``, ``Content`` and ``Rejection`` classes,
+/// ``parse_ts`` and ``_video`` (a video upload's tuple and line -> its record): what the
+/// core makes Python records of events with. Given once; later calls change nothing.
+#[pyfunction]
+pub fn set_event_types(
+    py: Python<'_>,
+    share_event: Py<PyType>,
+    content: Py<PyType>,
+    rejection: Py<PyType>,
+    parse_ts: Py<PyAny>,
+    video: Py<PyAny>,
+) {
+    let _ = TYPES.set(
+        py,
+        EventTypes {
+            share_event,
+            content,
+            rejection,
+            parse_ts,
+            video,
+        },
+    );
+}
+
+/// An event held by a compiled loop (see the module doc).
+pub(crate) enum Ev {
+    Core(Arc<Event<'static>>),
+    Py(Py<PyAny>),
+}
+
+/// An upload's hashes as the loops read them (``None`` where absent); ``odd``: a field
+/// Python set to something other than text (Python decides about such an upload).
+#[derive(Default)]
+pub(crate) struct Image<'a> {
+    pub(crate) md5: Option<Cow<'a, str>>,
+    pub(crate) pdq: Option<Cow<'a, str>>,
+    pub(crate) quality: Option<i64>,
+    pub(crate) video: bool,
+    pub(crate) odd: bool,
+}
+
+fn store_kind(kind: EventKind) -> Kind {
+    match kind {
+        EventKind::Upload => Kind::Upload,
+        EventKind::Share => Kind::Share,
+        EventKind::Takedown => Kind::Takedown,
+    }
+}
+
+fn py_text<'a>(v: &Bound<'_, PyAny>, odd: &mut bool) -> PyResult<Option<Cow<'a, str>>> {
+    if v.is_none() {
+        return Ok(None);
+    }
+    match v.cast::<PyString>() {
+        Ok(s) => Ok(Some(Cow::Owned(s.to_cow()?.into_owned()))),
+        Err(_) => {
+            *odd = true;
+            Ok(None)
+        }
+    }
+}
+
+impl Ev {
+    pub(crate) fn from_py(event: &Bound<'_, PyAny>) -> Self {
+        Self::Py(event.clone().unbind())
+    }
+
+    pub(crate) fn clone_ref(&self, py: Python<'_>) -> Self {
+        match self {
+            Self::Core(ev) => Self::Core(Arc::clone(ev)),
+            Self::Py(ev) => Self::Py(ev.clone_ref(py)),
+        }
+    }
+
+    pub(crate) fn ts_ms(&self, py: Python<'_>) -> PyResult<i64> {
+        match self {
+            Self::Core(ev) => Ok(ev.ts_ms),
+            Self::Py(ev) => ev.bind(py).getattr(intern!(py, "ts_ms"))?.extract(),
+        }
+    }
+
+    pub(crate) fn kind(&self, py: Python<'_>) -> PyResult<Kind> {
+        match self {
+            Self::Core(ev) => Ok(store_kind(ev.kind)),
+            Self::Py(ev) => kind_of(&ev.bind(py).getattr(intern!(py, "type"))?),
+        }
+    }
+
+    /// `f` of the event's fields as the unbanked store reads them (`ts_ms` its time).
+    pub(crate) fn with_event<R>(
+        &self,
+        py: Python<'_>,
+        ts_ms: i64,
+        f: impl FnOnce(&StoreEvent<'_>) -> R,
+    ) -> PyResult<R> {
+        match self {
+            Self::Core(ev) => Ok(f(&StoreEvent {
+                event_id: ev.event_id.as_bytes(),
+                kind: store_kind(ev.kind),
+                ts_ms,
+                post: ev.post_id.as_bytes(),
+                user: ev.user_id.as_bytes(),
+                parent: ev.parent_post_id.as_deref().map(str::as_bytes),
+            })),
+            Self::Py(ev) => with_py_event(ev.bind(py), ts_ms, f),
+        }
+    }
+
+    /// `f` of the event id's bytes (UTF-8; ``surrogatepass``'s for a lone surrogate).
+    pub(crate) fn with_id<R>(&self, py: Python<'_>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
+        match self {
+            Self::Core(ev) => Ok(f(ev.event_id.as_bytes())),
+            Self::Py(ev) => {
+                let eid = ev.bind(py).getattr(intern!(py, "event_id"))?;
+                crate::dedupe::with_id(&eid, f)
+            }
+        }
+    }
+
+    /// `f` of the post id's bytes, and of its target's (a share's parent, a takedown's
+    /// own post), as `with_id`.
+    pub(crate) fn with_posts<R>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&[u8], &[u8]) -> R,
+    ) -> PyResult<R> {
+        match self {
+            Self::Core(ev) => {
+                let post = ev.post_id.as_bytes();
+                let target = ev.parent_post_id.as_deref().map_or(post, str::as_bytes);
+                Ok(f(post, target))
+            }
+            Self::Py(ev) => {
+                let ev = ev.bind(py);
+                let post = ev.getattr(intern!(py, "post_id"))?;
+                let share = kind_of(&ev.getattr(intern!(py, "type"))?)? == Kind::Share;
+                let target = if share {
+                    ev.getattr(intern!(py, "parent_post_id"))?
+                } else {
+                    post.clone()
+                };
+                crate::dedupe::with_id(&target, |t| crate::dedupe::with_id(&post, |p| f(p, t)))?
+            }
+        }
+    }
+
+    /// The upload's hashes (``None``: the event carries no content).
+    pub(crate) fn image(&self, py: Python<'_>) -> PyResult<Option<Image<'_>>> {
+        match self {
+            Self::Core(ev) => Ok(ev.content.as_ref().map(|c| Image {
+                md5: c.md5.as_deref().map(Cow::Borrowed),
+                pdq: c.pdq.as_deref().map(Cow::Borrowed),
+                quality: c.pdq_quality,
+                video: c.vpdq.is_some(),
+                odd: false,
+            })),
+            Self::Py(ev) => {
+                let content = ev.bind(py).getattr(intern!(py, "content"))?;
+                if content.is_none() {
+                    return Ok(None);
+                }
+                let mut odd = false;
+                let md5 = py_text(&content.getattr(intern!(py, "md5"))?, &mut odd)?;
+                let pdq = py_text(&content.getattr(intern!(py, "pdq"))?, &mut odd)?;
+                let quality = content.getattr(intern!(py, "pdq_quality"))?;
+                let quality = if quality.is_none() {
+                    None
+                } else {
+                    Some(quality.extract::<i64>()?)
+                };
+                let video = !content.getattr(intern!(py, "vpdq"))?.is_none();
+                Ok(Some(Image {
+                    md5,
+                    pdq,
+                    quality,
+                    video,
+                    odd,
+                }))
+            }
+        }
+    }
+
+    /// The event as Python's ``ShareEvent`` (made now for a compiled one).
+    pub(crate) fn to_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self {
+            Self::Core(ev) => {
+                let t = types(py)?;
+                let classes = Classes {
+                    share_event: t.share_event.bind(py),
+                    content: t.content.bind(py),
+                    rejection: t.rejection.bind(py),
+                };
+                event_record(py, ev, &classes)
+            }
+            Self::Py(ev) => Ok(ev.bind(py).clone()),
+        }
+    }
+
+    pub(crate) fn into_py(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match self {
+            Self::Py(ev) => Ok(ev),
+            core => core.to_py(py).map(Bound::unbind),
+        }
+    }
+
+    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Self::Core(_) => Ok(()),
+            Self::Py(ev) => visit.call(ev),
+        }
+    }
+}
+
+/// One line of a batch the loop parses itself: an event, or Python's ``Rejection``.
+pub(crate) enum Line {
+    Event(Ev),
+    Rejected(Py<PyAny>),
+}
+
+/// Parse and validate a batch of input lines (``bytes``) into the loop's events, as
+/// ``streams.events.parse_events`` reads them (the same parser; a video's upload made
+/// Python's record by ``streams.events._video``, which reads its frames).
+pub(crate) fn parse_lines(py: Python<'_>, lines: &Bound<'_, PyList>) -> PyResult<Vec<Line>> {
+    let t = types(py)?;
+    let parse_ts = t.parse_ts.bind(py);
+    let mut judge = PyJudge { parse_ts };
+    let classes = Classes {
+        share_event: t.share_event.bind(py),
+        content: t.content.bind(py),
+        rejection: t.rejection.bind(py),
+    };
+    let mut out = Vec::with_capacity(lines.len());
+    for item in lines.iter() {
+        let line = line_bytes(item)?;
+        out.push(match event::parse_line(line.as_bytes(), &mut judge) {
+            Ok(ev) if ev.content.as_ref().is_some_and(|c| c.vpdq.is_some()) => {
+                let tuple = event_record(py, &ev, &classes)?;
+                let record = t.video.bind(py).call1((tuple, &line))?;
+                if record.get_type().is(classes.rejection) {
+                    Line::Rejected(record.unbind())
+                } else {
+                    Line::Event(Ev::Py(record.unbind()))
+                }
+            }
+            Ok(ev) => Line::Event(Ev::Core(Arc::new(ev.into_owned()))),
+            Err(r) => Line::Rejected(rejection_record(&line, r, &classes)?.unbind()),
+        });
+    }
+    Ok(out)
+}
+
+/// A list of Python's parsed records (``ShareEvent`` or ``Rejection``) as lines.
+pub(crate) fn lines_of(
+    parsed: &Bound<'_, PyList>,
+    rejection: Option<&Bound<'_, PyType>>,
+) -> Vec<Line> {
+    parsed
+        .iter()
+        .map(|p| {
+            if rejection.is_some_and(|r| p.get_type().is(r)) {
+                Line::Rejected(p.unbind())
+            } else {
+                Line::Event(Ev::from_py(&p))
+            }
+        })
+        .collect()
+}
