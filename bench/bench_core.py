@@ -42,10 +42,20 @@ heap's growth (Python's by ``tracemalloc``, and the compiled core's, which
   for the watermark), the router's post -> cluster map, its idle order of
   unbanked clusters, the detector's unbanked clusters, the index of content
   (one, the router's and the detector's: replay shares it), the rest, mostly
-  the banks' answer cache, which is bounded).
+  the banks' answer cache, which is bounded);
+- ``worker``: the same per live post of the same stream, kept by a worker's
+  stages through the production classes (one worker holding every partition
+  of each stage, ``--partitions`` of them: ``Ingest`` -> ``ResolvePartition``
+  -> ``ClusterPartition``, in batches of ``WORKER_BATCH`` input records), and
+  where it goes: each resolve partition's loop, post -> cluster map, index of
+  unbanked content (the owner's) and rest, then each clusters partition's loop
+  (its reorder buffer), unbanked clusters, index of content (its own: a bank
+  change must find its clusters, which another worker may hold) and rest.
 
     python bench/bench_core.py                       # about five minutes
     python bench/bench_core.py --unbanked 280000     # about two
+    # a worker's state per live post, and replay's beside it, alone
+    python bench/bench_core.py --skip-throughput --memory worker,unbanked --json
     python bench/bench_core.py --scale 3 --repeats 5 --nodes 200000 --json
     python bench/bench_core.py --videos 0.1   # a tenth of the uploads are videos
     python bench/bench_core.py --mix platform  # about 1% of events in banked clusters
@@ -292,12 +302,11 @@ def cascade_memory(nodes: int, seed: int) -> dict[str, Any]:
     }
 
 
-def unbanked_memory(posts: int, seed: int) -> dict[str, Any]:
-    """Everything the pipeline keeps per live post of content no bank holds (the bulk of a
-    platform's traffic): the simulator's background cascades alone, none evicted; and each
-    part's share (see the module doc)."""
+def unbanked_lines(posts: int, seed: int) -> list[bytes]:
+    """The simulator's background cascades alone (content no bank holds), about ``posts``
+    posts in 30 minutes, none late, duplicated or malformed: the memory measures' stream."""
     minutes = 30
-    sim = simulate(
+    return simulate(
         Scenario(
             seed=seed,
             minutes=minutes,
@@ -316,7 +325,14 @@ def unbanked_memory(posts: int, seed: int) -> dict[str, Any]:
             orphans=0,
             cycles=0,
         )
-    )
+    ).lines
+
+
+def unbanked_memory(posts: int, seed: int) -> dict[str, Any]:
+    """Everything the pipeline keeps per live post of content no bank holds (the bulk of a
+    platform's traffic): the simulator's background cascades alone, none evicted; and each
+    part's share (see the module doc)."""
+    lines = unbanked_lines(posts, seed)
 
     def whole_state() -> Pipeline:
         pipe = Pipeline(
@@ -325,8 +341,8 @@ def unbanked_memory(posts: int, seed: int) -> dict[str, Any]:
             pseudonymizer=Pseudonymizer(b"bench"),
             idle_ms=24 * 3_600_000,
         )
-        for i in range(0, len(sim.lines), FEED_CHUNK):
-            pipe.feed_many(sim.lines[i : i + FEED_CHUNK])
+        for i in range(0, len(lines), FEED_CHUNK):
+            pipe.feed_many(lines[i : i + FEED_CHUNK])
         pipe.drain()
         return pipe
 
@@ -359,10 +375,6 @@ def unbanked_parts(pipe: Pipeline, live: int) -> dict[str, float]:
     in order (what two parts share is the first's), the rest last."""
     from streams.emerging import ContentIndex
 
-    def heap() -> int:
-        gc.collect()
-        return tracemalloc.get_traced_memory()[0] + _core.allocated_bytes()
-
     drops: list[tuple[str, Callable[[], None]]] = [
         # the compiled loop first, and the detector's evictor: they hold the parts below too
         ("replay_loop", lambda: drop_loop(pipe)),
@@ -375,6 +387,19 @@ def unbanked_parts(pipe: Pipeline, live: int) -> dict[str, float]:
         ),
         ("content_index", lambda: setattr(pipe.detector, "content", ContentIndex())),
     ]
+    # the rest: the banks (their answer cache), stats, the router
+    drops.append(("rest", pipe.__dict__.clear))
+    return dropped_in_turn(drops, live)
+
+
+def dropped_in_turn(drops: list[tuple[str, Callable[[], None]]], live: int) -> dict[str, float]:
+    """Each part's share per live post: the heap (Python's and the compiled core's) freed as
+    each of ``drops`` is called, in order; then ``tracemalloc`` stops."""
+
+    def heap() -> int:
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] + _core.allocated_bytes()
+
     parts: dict[str, float] = {}
     before = heap()
     for name, drop in drops:
@@ -382,10 +407,102 @@ def unbanked_parts(pipe: Pipeline, live: int) -> dict[str, float]:
         now = heap()
         parts[name] = (before - now) / live
         before = now
-    pipe.__dict__.clear()  # the rest: the banks (their answer cache), stats, the router
-    parts["rest"] = (before - heap()) / live
     tracemalloc.stop()
     return parts
+
+
+#: input records a worker's stages take at a time in the worker measure (a backlog's batches)
+WORKER_BATCH = 2000
+
+
+def worker_memory(posts: int, seed: int, partitions: int = 1) -> dict[str, Any]:
+    """What a worker keeps per live post of unbanked content, through the production classes:
+    one worker holding every partition of each stage (``partitions`` of them),
+    :class:`~streams.stages.Ingest` -> :class:`~streams.stages.ResolvePartition` (peers'
+    registrations handed over in-process, as ``Topology`` does) ->
+    :class:`~streams.stages.ClusterPartition`, fed :func:`unbanked_lines` in batches of
+    :data:`WORKER_BATCH`; and each part's share (see the module doc)."""
+    from bench_stages import stages
+
+    from streams.stages import merge_resolved, resolve_local_peers
+
+    lines = unbanked_lines(posts, seed)
+
+    def whole_worker() -> tuple[dict[int, Any], dict[int, Any]]:
+        # a day idle: nothing evicted, every post stays live
+        ingest, resolvers, clusters = stages(partitions, HashBanks(), idle_ms=24 * 3_600_000)
+        for start in range(0, len(lines), WORKER_BATCH):
+            end = min(start + WORKER_BATCH, len(lines))
+            records = [(i % partitions, i, lines[i]) for i in range(start, end)]
+            made = ingest.handle(records, now=float(start))
+            batches = [resolvers[r].handle([env]) for r, env in made.unpacked.items()]
+            peers, _ = resolve_local_peers(resolvers, batches, 4)
+            to_clusters, _ = merge_resolved(batches + peers)
+            for k, env in to_clusters.items():
+                clusters[k].handle([env])
+        return resolvers, clusters
+
+    traced, rss, (resolvers, clusters) = held_bytes(whole_worker, keep_tracing=True)
+    live = sum(len(r.posts) for r in resolvers.values())
+    out: dict[str, Any] = {
+        "worker_partitions": partitions,
+        "worker_posts": live,
+        "worker_detector_posts": sum(c.detector.live_posts for c in clusters.values()),
+        "worker_pending": sum(c.pending for c in clusters.values()),
+        "worker_clusters": sum(c.detector.cluster_count for c in clusters.values()),
+        "worker_bytes_per_post": traced / live,
+        "worker_rss_per_post": rss / live,
+    }
+    out["worker_parts"] = worker_parts(resolvers, clusters, live)
+    return out
+
+
+def worker_parts(
+    resolvers: dict[int, Any], clusters: dict[int, Any], live: int
+) -> dict[str, float]:
+    """Bytes per live post each part of a worker's partitions holds: the heap freed as each
+    is dropped, in order (what two parts share is the first's), each stage's rest last."""
+    from streams.emerging import ContentIndex
+
+    def each(parts: dict[int, Any], fn: Callable[[Any], None]) -> Callable[[], None]:
+        def drop() -> None:
+            for p in parts.values():
+                fn(p)
+
+        return drop
+
+    def drop_resolve_loop(r: Any) -> None:
+        r.loop = None
+
+    def drop_post_map(r: Any) -> None:
+        r.posts = r.router.post_clusters = None
+
+    def drop_resolve_index(r: Any) -> None:
+        r.index = None
+        drop_index(r.router)
+
+    def drop_cluster_loop(c: Any) -> None:
+        c.loop = None
+        c.detector._evict = None
+
+    def drop_unbanked(c: Any) -> None:
+        c.detector._unbanked = _core.UnbankedClusters([], 1, 1)
+
+    def drop_content(c: Any) -> None:
+        c.detector.content = ContentIndex()
+
+    drops: list[tuple[str, Callable[[], None]]] = [
+        # each compiled loop first: it holds the parts after it too
+        ("resolve_loop", each(resolvers, drop_resolve_loop)),
+        ("resolve_post_routes", each(resolvers, drop_post_map)),
+        ("resolve_index", each(resolvers, drop_resolve_index)),
+        ("resolve_rest", each(resolvers, lambda r: r.__dict__.clear())),
+        ("clusters_loop", each(clusters, drop_cluster_loop)),
+        ("clusters_unbanked", each(clusters, drop_unbanked)),
+        ("clusters_content_index", each(clusters, drop_content)),
+        ("clusters_rest", each(clusters, lambda c: c.__dict__.clear())),
+    ]
+    return dropped_in_turn(drops, live)
 
 
 def in_fresh_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -395,10 +512,14 @@ def in_fresh_process(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str,
 
 
 def memory(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        **in_fresh_process(cascade_memory, args.nodes, args.seed),
-        **in_fresh_process(unbanked_memory, args.unbanked, args.seed),
-    }
+    out: dict[str, Any] = {}
+    if "cascade" in args.memory:
+        out.update(in_fresh_process(cascade_memory, args.nodes, args.seed))
+    if "unbanked" in args.memory:
+        out.update(in_fresh_process(unbanked_memory, args.unbanked, args.seed))
+    if "worker" in args.memory:
+        out.update(in_fresh_process(worker_memory, args.unbanked, args.seed, args.partitions))
+    return out
 
 
 def main() -> None:
@@ -444,12 +565,37 @@ def main() -> None:
         "so that a run of the default traffic (32,263 events, under a second) lasts seconds",
     )
     ap.add_argument("--skip-memory", action="store_true", help="throughput only")
+    ap.add_argument("--skip-throughput", action="store_true", help="memory only")
+    ap.add_argument(
+        "--memory",
+        type=lambda s: s.split(","),
+        default=["cascade", "unbanked", "worker"],
+        help="memory measures (default: all): cascade, unbanked (replay's), worker "
+        "(a worker's stages, the unbanked measure's stream)",
+    )
+    ap.add_argument(
+        "--partitions",
+        type=int,
+        default=1,
+        help="partitions of each stage the worker measure's one worker holds",
+    )
     args = ap.parse_args()
-    out = {"throughput": throughput(args), "memory": None if args.skip_memory else memory(args)}
+    out = {
+        "throughput": None if args.skip_throughput else throughput(args),
+        "memory": None if args.skip_memory else memory(args),
+    }
     if args.json:
         print(json.dumps(out))
         return
     t, m = out["throughput"], out["memory"]
+    if t is not None:
+        print_throughput(t)
+    if m is not None:
+        print_memory(m)
+    print(json.dumps(out))
+
+
+def print_throughput(t: dict[str, Any]) -> None:
     times = f" x {t['times']}" if t["times"] > 1 else ""
     print(
         f"throughput, {t['events']:,} simulated events{times}, one core, median of {t['repeats']}:"
@@ -468,23 +614,35 @@ def main() -> None:
             f"  {t['us_per_event'][name]:7.1f} us/event"
             f"  {t['ratio_to_json'][name]:6.3f}x json"
         )
-    if m is None:
-        print(json.dumps(out))
-        return
-    print(f"memory, one cluster of {m['nodes']:,} posts (depth {m['depth']}):")
-    print(f"  cascade graph alone   {m['cascade_bytes_per_node']:>8,.0f} B/node")
-    print(
-        f"  whole pipeline state  {m['state_bytes_per_node']:>8,.0f} B/node"
-        f" (resident: {m['state_rss_per_node']:,.0f})"
-    )
-    print(f"memory, {m['unbanked_posts']:,} live posts of unbanked content:")
-    print(
-        f"  whole pipeline state  {m['unbanked_bytes_per_post']:>8,.0f} B/post"
-        f" (resident: {m['unbanked_rss_per_post']:,.0f})"
-    )
-    for part, size in m["unbanked_parts"].items():
-        print(f"    {part:<20}{size:>8,.0f} B/post")
-    print(json.dumps(out))
+
+
+def print_memory(m: dict[str, Any]) -> None:
+    if "nodes" in m:
+        print(f"memory, one cluster of {m['nodes']:,} posts (depth {m['depth']}):")
+        print(f"  cascade graph alone   {m['cascade_bytes_per_node']:>8,.0f} B/node")
+        print(
+            f"  whole pipeline state  {m['state_bytes_per_node']:>8,.0f} B/node"
+            f" (resident: {m['state_rss_per_node']:,.0f})"
+        )
+    if "unbanked_posts" in m:
+        print(f"memory, {m['unbanked_posts']:,} live posts of unbanked content:")
+        print(
+            f"  whole pipeline state  {m['unbanked_bytes_per_post']:>8,.0f} B/post"
+            f" (resident: {m['unbanked_rss_per_post']:,.0f})"
+        )
+        for part, size in m["unbanked_parts"].items():
+            print(f"    {part:<20}{size:>8,.0f} B/post")
+    if "worker_posts" in m:
+        print(
+            f"memory, a worker ({m['worker_partitions']} partition(s) of each stage), "
+            f"{m['worker_posts']:,} live posts of unbanked content:"
+        )
+        print(
+            f"  whole worker state    {m['worker_bytes_per_post']:>8,.0f} B/post"
+            f" (resident: {m['worker_rss_per_post']:,.0f})"
+        )
+        for part, size in m["worker_parts"].items():
+            print(f"    {part:<24}{size:>8,.0f} B/post")
 
 
 if __name__ == "__main__":

@@ -56,10 +56,11 @@ from streams.stages import (  # noqa: E402
 from streams.stats import Stats  # noqa: E402
 
 
-def run(
-    lines: list[bytes], banks: HashBanks, partitions: int, batch: int, hop: str
-) -> dict[str, float]:
-    """One fresh set of stages over ``lines``: CPU us per event of each, and what came out."""
+def stages(
+    partitions: int, banks: HashBanks, idle_ms: int = 3_600_000
+) -> tuple[Ingest, dict[int, ResolvePartition], dict[int, ClusterPartition]]:
+    """One worker's fresh stages, holding every partition of each (``bench_core.py``'s worker
+    memory measure builds them here too)."""
     stats = Stats()
     ingest = Ingest(partitions, 30.0, stats=stats)
     resolvers = {
@@ -72,6 +73,7 @@ def run(
             lateness_ms=60_000,
             hold_ms=1_800_000,
             max_held=100_000,
+            idle_ms=idle_ms,
         )
         for r in range(partitions)
     }
@@ -83,9 +85,18 @@ def run(
             policy=AlertPolicy.default(),
             stats=stats,
             pseudonymizer=Pseudonymizer(b"bench"),
+            idle_ms=idle_ms,
         )
         for k in range(partitions)
     }
+    return ingest, resolvers, detectors
+
+
+def run(
+    lines: list[bytes], banks: HashBanks, partitions: int, batch: int, hop: str
+) -> dict[str, float]:
+    """One fresh set of stages over ``lines``: CPU us per event of each, and what came out."""
+    ingest, resolvers, detectors = stages(partitions, banks)
     ingest_s = resolve_s = clusters_s = 0.0
     routed = logged = alerts = 0
     for start in range(0, len(lines), batch):

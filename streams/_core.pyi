@@ -107,9 +107,10 @@ class ContentSignals:
     """Live clusters' signals (an MD5's or a PDQ's hex, a video's text): which clusters hold
     each, each cluster's in order; searchable by MD5 and by PDQ distance. ``view``: whose
     clusters (0, the owner's; 1, the detector's when it shares the router's index): each
-    view's answers are those of an index of its own."""
+    view's answers are those of an index of its own. ``scan``: no PDQ tables, a search
+    scans (an index searched only for bank changes)."""
 
-    def __init__(self) -> None: ...
+    def __init__(self, scan: bool = False) -> None: ...
     @property
     def clusters(self) -> int:
         """Live clusters in the owner's view."""

@@ -167,12 +167,20 @@ class ContentIndex:
     """
 
     def __init__(
-        self, videos: bool = False, *, shared: ContentSignals | None = None, view: int = 0
+        self,
+        videos: bool = False,
+        *,
+        shared: ContentSignals | None = None,
+        view: int = 0,
+        scan: bool = False,
     ) -> None:
         #: which clusters hold each signal, each cluster's signals in order, the PDQ
         #: signals in the compiled index (``rust/core/src/content.rs``); ``shared``: an
-        #: index another holds too, this one's clusters being its ``view``'s
-        self._held = shared if shared is not None else ContentSignals()
+        #: index another holds too, this one's clusters being its ``view``'s; ``scan``: its
+        #: PDQ search scans the hashes, without the tables that make it fast (for an index
+        #: searched only now and then: about 70 bytes a hash less, a millisecond a search
+        #: at 330,000 hashes)
+        self._held = shared if shared is not None else ContentSignals(scan)
         self.view = view
         #: live videos, found by their frames as banked ones are (the router's index only)
         self._videos = VideoBank(BankConfig) if videos else None

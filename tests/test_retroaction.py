@@ -164,6 +164,31 @@ def test_assignment_through_index_merges_and_evictions_is_a_scans(seed: int) -> 
                 held = {x: c for x, c in held.items() if c != cid}
 
 
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_an_index_without_tables_answers_as_one_with_them(seed: int) -> None:
+    """A worker's clusters partition keeps its index without the PDQ tables (a search
+    scans): past the tail's merge into the tables, through drops and the compaction they
+    bring, it answers every search as an index with the tables does, in less memory."""
+    rng = random.Random(seed)
+    bases = [pdq_hex(rng) for _ in range(40)]
+    hashes = list(
+        dict.fromkeys(flip(rng.choice(bases), rng.randint(0, 45), rng) for _ in range(3_000))
+    )
+    tables, scan = ContentIndex(), ContentIndex(scan=True)
+    for i, h in enumerate(hashes):
+        for idx in (tables, scan):
+            idx.add_signals(f"u-{i % 2_500}", [("pdq", h), ("md5", h[:32])])
+    assert scan._held.nbytes < tables._held.nbytes
+    for i in rng.sample(range(2_500), 2_000):  # past a quarter dead: the rows are compacted
+        assert tables.drop(f"u-{i}") and scan.drop(f"u-{i}")
+    assert scan.clusters == tables.clusters == 500 and len(scan) == len(tables)
+    for h in rng.sample(hashes, 60):
+        q = flip(h, rng.choice([0, 10, 31, 32, 50]), rng)
+        assert scan.near("pdq", q, 31) == tables.near("pdq", q, 31)
+        assert scan.near("md5", h[:32], 31) == tables.near("md5", h[:32], 31)
+
+
 def signal_pool(seed: int, pdqs: int) -> list[tuple[str, str]]:
     """PDQ hashes near three bases (the same, 5, 31, 32 and 40 bits off) and four MD5s."""
     rng = random.Random(seed)

@@ -374,7 +374,7 @@ pub struct BadSignal(pub String);
 #[derive(Debug, Default)]
 pub struct ContentIndex {
     /// the PDQ signals' hashes, tagged with their first holder
-    pdq: PdqIndex,
+    pdq: PdqIndex<Holder>,
     /// MD5 -> its first holder
     md5: HashMap<[u8; 16], Holder>,
     /// signals of any other text (a video's frames) -> the first holder
@@ -394,6 +394,17 @@ pub struct ContentIndex {
 impl ContentIndex {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An index whose PDQ search scans its hashes, without the index's tables
+    /// ([`PdqIndex::scan_only`]): for one searched only now and then (a worker's clusters
+    /// partition, which finds by it the live clusters a bank change concerns), where the
+    /// tables cost about 70 bytes a hash.
+    pub fn scan_only() -> Self {
+        ContentIndex {
+            pdq: PdqIndex::scan_only(),
+            ..Self::default()
+        }
     }
 
     /// Live clusters (the owner's view).
@@ -431,7 +442,7 @@ impl ContentIndex {
     fn first_holder(&self, key: &Key) -> Option<Holder> {
         match key {
             Key::Md5(b) => self.md5.get(b).copied(),
-            Key::Pdq(h) => self.pdq.tag_of(h).map(|t| t as Holder),
+            Key::Pdq(h) => self.pdq.tag_of(h),
             Key::Text(t) => self.text.get(t).copied(),
         }
     }
@@ -494,7 +505,7 @@ impl ContentIndex {
                 self.md5.insert(*b, to);
             }
             Key::Pdq(p) => {
-                self.pdq.retag(p, i64::from(to));
+                self.pdq.retag(p, to);
             }
             Key::Text(t) => {
                 self.text.insert(t.clone(), to);
@@ -509,7 +520,7 @@ impl ContentIndex {
                 self.md5.insert(*b, h);
             }
             Key::Pdq(p) => {
-                self.pdq.insert(*p, i64::from(h));
+                self.pdq.insert(*p, h);
             }
             Key::Text(t) => {
                 self.text.insert(t.clone(), h);
@@ -994,7 +1005,7 @@ impl ContentIndex {
                             *e = (*e).min(d);
                         }
                     };
-                    note(tag as Holder);
+                    note(tag);
                     if !self.more.is_empty() {
                         for &c in self.more.get(&Key::Pdq(*h)).into_iter().flatten() {
                             note(c);

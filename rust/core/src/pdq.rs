@@ -25,12 +25,20 @@
 //! pass a quarter of the live (an index of live clusters' content removes as
 //! many hashes as it adds: its dead rows were up to half of it).
 //!
+//! An index searched only now and then (a worker's clusters partition finds
+//! by it the live clusters a bank change concerns) can go without the tables
+//! ([`PdqIndex::scan_only`]): its hashes are all tail, a search scans them
+//! (about a millisecond at 330,000 hashes), and each costs 32 bytes, its tag
+//! and about 8 bytes of look-up table, where the tables took 64 bytes of row
+//! ids a hash and 4 MB of bucket starts.
+//!
 //! Results are deterministic: per query, nearest first, ties in the hashes'
 //! hex order (hashes are distinct in an index), whatever the order of adds,
 //! merges and compactions. Each hash carries an integer tag given when it
 //! is added (a caller's id for it: rows move, tags do not).
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 
 /// A PDQ hash as four 64-bit words, most significant first: the words'
 /// order is the hex text's order.
@@ -167,14 +175,15 @@ impl Layout {
     }
 }
 
-/// Distinct PDQ hashes with a tag each, searchable by Hamming distance (see the module doc).
+/// Distinct PDQ hashes with a tag each (`T`: the banks' 64-bit ids; the content index's
+/// 4-byte holders, 4 bytes a hash less), searchable by Hamming distance (see the module doc).
 #[derive(Debug, Clone)]
-pub struct PdqIndex {
+pub struct PdqIndex<T: Copy = i64> {
     layout: Layout,
     /// Each flip count's probe masks (`masks[t]`: values of at most `t` bits).
     masks: Vec<Vec<usize>>,
     words: Vec<Hash>,
-    tags: Vec<i64>,
+    tags: Vec<T>,
     alive: Vec<bool>,
     live: usize,
     /// Rows `[0, indexed)` are in the tables; the rest are the tail.
@@ -184,17 +193,19 @@ pub struct PdqIndex {
     /// (empty until the first merge).
     offsets: Vec<u32>,
     ids: Vec<u32>,
-    /// The tail's live rows by hash (the tables' are found through chunk 0's buckets).
-    tail: HashMap<Hash, u32>,
+    /// The tail's live rows, found by a keyed hash of their hash (the tables' rows through
+    /// chunk 0's buckets): 4 bytes a bucket, where a map of (hash, row) took 36.
+    tail: hashbrown::HashTable<u32>,
+    hasher: RandomState,
 }
 
-impl Default for PdqIndex {
+impl<T: Copy> Default for PdqIndex<T> {
     fn default() -> Self {
         Self::new(TAIL_MIN_DEFAULT)
     }
 }
 
-impl PdqIndex {
+impl<T: Copy> PdqIndex<T> {
     /// An empty index of 16 tables of 16-bit chunks.
     pub fn new(tail_min: usize) -> Self {
         Self::with_chunk_bits(16, tail_min)
@@ -218,8 +229,19 @@ impl PdqIndex {
             tail_min,
             offsets: Vec::new(),
             ids: Vec::new(),
-            tail: HashMap::new(),
+            tail: hashbrown::HashTable::new(),
+            hasher: RandomState::new(),
         }
+    }
+
+    /// An empty index without tables: every search scans (see the module doc).
+    pub fn scan_only() -> Self {
+        Self::new(usize::MAX)
+    }
+
+    /// Whether this index keeps no tables ([`PdqIndex::scan_only`]).
+    pub fn scans(&self) -> bool {
+        self.tail_min == usize::MAX
     }
 
     /// Live hashes.
@@ -234,17 +256,33 @@ impl PdqIndex {
     /// Bytes the index holds in its arrays (capacity, not just length).
     pub fn nbytes(&self) -> usize {
         self.words.capacity() * 32
-            + self.tags.capacity() * 8
+            + self.tags.capacity() * std::mem::size_of::<T>()
             + self.alive.capacity()
             + self.offsets.capacity() * 4
             + self.ids.capacity() * 4
-            + self.tail.capacity() * (32 + 4 + 1)
+            + self.tail.capacity() * (4 + 1)
+    }
+
+    /// The live tail row holding `h`.
+    fn tail_row(&self, h: &Hash) -> Option<usize> {
+        let words = &self.words;
+        self.tail
+            .find(self.hasher.hash_one(h), |&r| words[r as usize] == *h)
+            .map(|&r| r as usize)
+    }
+
+    /// `row` (holding `h`) joins the tail's table.
+    fn tail_insert(&mut self, h: &Hash, row: u32) {
+        let (words, hasher) = (&self.words, &self.hasher);
+        self.tail.insert_unique(hasher.hash_one(h), row, |&r| {
+            hasher.hash_one(words[r as usize])
+        });
     }
 
     /// The live row holding `h`.
     fn row_of(&self, h: &Hash) -> Option<usize> {
-        if let Some(&r) = self.tail.get(h) {
-            return Some(r as usize);
+        if let Some(r) = self.tail_row(h) {
+            return Some(r);
         }
         if self.indexed == 0 {
             return None;
@@ -263,12 +301,12 @@ impl PdqIndex {
     }
 
     /// The tag of `h`, if it is in the index.
-    pub fn tag_of(&self, h: &Hash) -> Option<i64> {
+    pub fn tag_of(&self, h: &Hash) -> Option<T> {
         self.row_of(h).map(|r| self.tags[r])
     }
 
     /// Give `h` a new tag; `false` when it is not there.
-    pub fn retag(&mut self, h: &Hash, tag: i64) -> bool {
+    pub fn retag(&mut self, h: &Hash, tag: T) -> bool {
         match self.row_of(h) {
             Some(r) => {
                 self.tags[r] = tag;
@@ -279,7 +317,7 @@ impl PdqIndex {
     }
 
     /// Add `h` with `tag`; `false` (its tag unchanged) when it is there already.
-    pub fn insert(&mut self, h: Hash, tag: i64) -> bool {
+    pub fn insert(&mut self, h: Hash, tag: T) -> bool {
         let added = self.push(h, tag);
         if self.words.len() - self.indexed > self.tail_cap() {
             self.merge_tail();
@@ -289,7 +327,7 @@ impl PdqIndex {
 
     /// Add many hashes with their tags (one merge at the end: a bank load); the number
     /// added (a hash there already keeps its tag).
-    pub fn insert_many(&mut self, items: impl IntoIterator<Item = (Hash, i64)>) -> usize {
+    pub fn insert_many(&mut self, items: impl IntoIterator<Item = (Hash, T)>) -> usize {
         let added = items
             .into_iter()
             .filter(|&(h, tag)| self.push(h, tag))
@@ -301,7 +339,7 @@ impl PdqIndex {
     }
 
     /// Add a row to the tail unless `h` is live already.
-    fn push(&mut self, h: Hash, tag: i64) -> bool {
+    fn push(&mut self, h: Hash, tag: T) -> bool {
         if self.contains(&h) {
             return false;
         }
@@ -316,7 +354,7 @@ impl PdqIndex {
         self.words.push(h);
         self.tags.push(tag);
         self.alive.push(true);
-        self.tail.insert(h, row as u32);
+        self.tail_insert(&h, row as u32);
         self.live += 1;
         true
     }
@@ -327,7 +365,12 @@ impl PdqIndex {
             return false;
         };
         self.alive[row] = false;
-        self.tail.remove(h);
+        if let Ok(entry) = self
+            .tail
+            .find_entry(self.hasher.hash_one(h), |&r| r as usize == row)
+        {
+            entry.remove();
+        }
         self.live -= 1;
         // a rebuild is O(rows), once per live / 4 removals (see the module doc)
         let dead = self.words.len() - self.live;
@@ -349,7 +392,7 @@ impl PdqIndex {
     /// A threshold over 256 is read as 256 (every hash).
     pub fn search_with<F>(&self, queries: &[Hash], threshold: u32, found: F)
     where
-        F: FnMut(usize, u32, &Hash, i64),
+        F: FnMut(usize, u32, &Hash, T),
     {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("popcnt") {
@@ -365,7 +408,7 @@ impl PdqIndex {
     #[target_feature(enable = "popcnt")]
     unsafe fn search_popcnt<F>(&self, queries: &[Hash], threshold: u32, found: F)
     where
-        F: FnMut(usize, u32, &Hash, i64),
+        F: FnMut(usize, u32, &Hash, T),
     {
         self.search_any(queries, threshold, found);
     }
@@ -373,7 +416,7 @@ impl PdqIndex {
     #[inline(always)]
     fn search_any<F>(&self, queries: &[Hash], threshold: u32, mut found: F)
     where
-        F: FnMut(usize, u32, &Hash, i64),
+        F: FnMut(usize, u32, &Hash, T),
     {
         let threshold = threshold.min(256);
         // the buffers of the last search, reused: most searches are of one query (an upload
@@ -405,7 +448,7 @@ impl PdqIndex {
     }
 
     /// [`PdqIndex::search_with`] collected: `(query, distance, hash, tag)`.
-    pub fn search(&self, queries: &[Hash], threshold: u32) -> Vec<(usize, u32, Hash, i64)> {
+    pub fn search(&self, queries: &[Hash], threshold: u32) -> Vec<(usize, u32, Hash, T)> {
         let mut out = Vec::new();
         self.search_with(queries, threshold, |i, d, h, t| out.push((i, d, *h, t)));
         out
@@ -523,7 +566,10 @@ impl PdqIndex {
         }
         self.indexed = n;
         self.tail.clear();
-        self.tail.shrink_to(self.tail_cap()); // a bank load's map, not kept
+        let (cap, words, hasher) = (self.tail_cap(), &self.words, &self.hasher);
+        // a bank load's table, not kept
+        self.tail
+            .shrink_to(cap, |&r| hasher.hash_one(words[r as usize]));
     }
 
     /// `(key, row)` of every live tail row, by key then row: a sort for a short tail, a
@@ -587,8 +633,10 @@ impl PdqIndex {
         if self.words.len() > self.tail_min {
             self.merge_tail();
         } else {
-            for (r, h) in self.words.iter().enumerate() {
-                self.tail.insert(*h, r as u32);
+            self.tail.shrink_to(0, |_| 0);
+            for r in 0..self.words.len() {
+                let h = self.words[r];
+                self.tail_insert(&h, r as u32);
             }
         }
     }
@@ -620,9 +668,10 @@ mod tests {
 
     #[test]
     fn equals_a_scan_through_adds_removals_merges_and_compactions() {
-        for bits in [8, 16] {
+        // both chunk widths, and no tables at all (every search a scan)
+        for (bits, tail_min) in [(8, 7), (16, 7), (16, usize::MAX)] {
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-            let mut index = PdqIndex::with_chunk_bits(bits, 7);
+            let mut index = PdqIndex::with_chunk_bits(bits, tail_min);
             let mut live: Vec<(Hash, i64)> = Vec::new();
             for step in 0..3000i64 {
                 let h = if live.is_empty() || step % 3 == 0 {
@@ -657,7 +706,39 @@ mod tests {
                 }
             }
             assert_eq!(index.len(), live.len());
+            assert_eq!(index.scans(), tail_min == usize::MAX);
+            for (h, t) in &live {
+                assert_eq!(index.tag_of(h), Some(*t));
+            }
         }
+    }
+
+    #[test]
+    fn a_scan_only_index_keeps_no_tables_and_compacts() {
+        let mut rng = Rng(17);
+        let mut index = PdqIndex::scan_only();
+        let hashes: Vec<Hash> = (0..6000).map(|_| rng.hash()).collect();
+        for (t, h) in hashes.iter().enumerate() {
+            assert!(index.insert(*h, t as i64));
+        }
+        // the rows and their look-up table only (no 16 row ids a hash, no bucket starts)
+        assert!(
+            index.nbytes() < 6000 * (32 + 8 + 1 + 16),
+            "{}",
+            index.nbytes()
+        );
+        let full = index.nbytes();
+        for h in &hashes[..5000] {
+            assert!(index.remove(h));
+        }
+        assert!(index.nbytes() < full / 2);
+        let live: Vec<(Hash, i64)> = (5000..6000).map(|t| (hashes[t], t as i64)).collect();
+        for t in (0..6000).step_by(50) {
+            let q = rng.flip(&hashes[t], (t % 40) as u32);
+            assert_eq!(answer(&index, &q, 31), brute(&live, &q, 31));
+        }
+        assert!(index.retag(&hashes[5000], -3) && !index.retag(&hashes[0], 1));
+        assert_eq!(index.tag_of(&hashes[5000]), Some(-3));
     }
 
     #[test]
