@@ -631,7 +631,7 @@ impl ClusterLoop {
                         let r = record(
                             &routed_cls,
                             &[
-                                (intern!(py, "event"), event.clone()),
+                                (intern!(py, "event"), event.to_py(py)?),
                                 (intern!(py, "cluster_id"), cluster.clone().into_any()),
                                 (intern!(py, "match"), py.None().into_bound(py)),
                             ],
@@ -641,8 +641,7 @@ impl ClusterLoop {
                     } else {
                         None
                     };
-                    self.detect
-                        .push(&cluster, Ev::from_py(&event), ts, record)?;
+                    self.detect.push(&cluster, event, ts, record)?;
                     self.log.push_json(json.as_bytes());
                     held += 1;
                 }

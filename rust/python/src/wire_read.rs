@@ -9,6 +9,7 @@
 //! because the core read part of it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -16,6 +17,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
 
 use viralwatch_core::wire_read::{self, Read};
 
+use crate::ev::Ev;
 use crate::{event_record, record, Classes, PyJudge};
 
 /// Reads envelopes and log entries into records (see the module doc); built once with
@@ -39,10 +41,11 @@ pub struct WireReader {
 /// One item of a clusters partition's envelope, as :meth:`WireReader::routed` reads it,
 /// with its JSON text as the record held it (`json`: what the partition logs).
 pub(crate) enum RoutedItem<'py, 'a> {
-    /// a routed event the core read: no `Routed` record made for it
+    /// a routed event the core read: no `Routed` record made for it, and no Python record
+    /// of the event (made where Python acts on it: see `crate::ev`)
     Event {
         cluster: Bound<'py, PyString>,
-        event: Bound<'py, PyAny>,
+        event: Ev,
         ts: i64,
         json: &'a str,
     },
@@ -200,7 +203,7 @@ impl WireReader {
                     let ts = event.ts_ms;
                     RoutedItem::Event {
                         cluster,
-                        event: event_record(py, &event, &classes)?,
+                        event: Ev::Core(Arc::new(event.into_owned())),
                         ts,
                         json,
                     }
