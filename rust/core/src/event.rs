@@ -54,7 +54,7 @@ pub struct Content<'a> {
     pub pdq: Option<String>,
     pub pdq_quality: Option<i64>,
     pub md5: Option<String>,
-    pub vpdq: Option<Cow<'a, str>>,
+    pub vpdq: Option<&'a str>,
 }
 
 /// One valid share event.
@@ -73,25 +73,134 @@ pub struct Event<'a> {
     pub event_id_was_text: bool,
 }
 
-impl Event<'_> {
-    /// The event with its own copy of every text: what a loop keeps past its line.
-    pub fn into_owned(self) -> Event<'static> {
-        let own = |s: Cow<'_, str>| Cow::Owned(s.into_owned());
+/// A parsed event (not a video's: Python reads its frames) in two allocations: its texts
+/// (event id, post, user, parent, PDQ, MD5) one after the other in one string, the rest
+/// inline. An `Event` made owned would hold each text apart (up to six allocations an
+/// event, and as many frees: most of the cost of a loop keeping it past its line).
+pub struct Compact {
+    text: Box<str>,
+    /// where each text ends in `text`, in the order above
+    ends: [u32; 6],
+    ts_ms: i64,
+    followers: Option<i64>,
+    pdq_quality: Option<i64>,
+    kind: Kind,
+    /// which of the optional texts are there, content or not, and how the id was written
+    flags: u8,
+}
+
+const PARENT: u8 = 1;
+const PDQ: u8 = 2;
+const MD5: u8 = 4;
+const CONTENT: u8 = 8;
+const ID_WAS_TEXT: u8 = 16;
+
+impl Compact {
+    /// `ev` kept compact; `None` for a video's upload (its frames are Python's to read).
+    pub fn of(ev: &Event<'_>) -> Option<Self> {
+        let content = ev.content.as_ref();
+        if content.is_some_and(|c| c.vpdq.is_some()) {
+            return None;
+        }
+        let pdq = content.and_then(|c| c.pdq.as_deref());
+        let md5 = content.and_then(|c| c.md5.as_deref());
+        let parts = [
+            Some(ev.event_id.as_ref()),
+            Some(ev.post_id.as_ref()),
+            Some(ev.user_id.as_ref()),
+            ev.parent_post_id.as_deref(),
+            pdq,
+            md5,
+        ];
+        let mut text = String::with_capacity(parts.iter().flatten().map(|p| p.len()).sum());
+        let mut ends = [0u32; 6];
+        for (end, part) in ends.iter_mut().zip(parts) {
+            text.push_str(part.unwrap_or_default());
+            *end = u32::try_from(text.len()).ok()?; // a line is at most MAX_EVENT_BYTES
+        }
+        let flag = |on: bool, f: u8| if on { f } else { 0 };
+        Some(Self {
+            text: text.into_boxed_str(),
+            ends,
+            ts_ms: ev.ts_ms,
+            followers: ev.followers,
+            pdq_quality: content.and_then(|c| c.pdq_quality),
+            kind: ev.kind,
+            flags: flag(ev.parent_post_id.is_some(), PARENT)
+                | flag(pdq.is_some(), PDQ)
+                | flag(md5.is_some(), MD5)
+                | flag(content.is_some(), CONTENT)
+                | flag(ev.event_id_was_text, ID_WAS_TEXT),
+        })
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn ts_ms(&self) -> i64 {
+        self.ts_ms
+    }
+
+    pub fn pdq_quality(&self) -> Option<i64> {
+        self.pdq_quality
+    }
+
+    /// Whether it carries content (an upload's).
+    pub fn has_content(&self) -> bool {
+        self.flags & CONTENT != 0
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.text[start..self.ends[i] as usize]
+    }
+
+    fn optional(&self, i: usize, flag: u8) -> Option<&str> {
+        (self.flags & flag != 0).then(|| self.part(i))
+    }
+
+    pub fn event_id(&self) -> &str {
+        self.part(0)
+    }
+
+    pub fn post_id(&self) -> &str {
+        self.part(1)
+    }
+
+    pub fn user_id(&self) -> &str {
+        self.part(2)
+    }
+
+    pub fn parent_post_id(&self) -> Option<&str> {
+        self.optional(3, PARENT)
+    }
+
+    pub fn pdq(&self) -> Option<&str> {
+        self.optional(4, PDQ)
+    }
+
+    pub fn md5(&self) -> Option<&str> {
+        self.optional(5, MD5)
+    }
+
+    /// The parser's record of it again (what Python's record is made of).
+    pub fn event(&self) -> Event<'_> {
         Event {
-            event_id: own(self.event_id),
+            event_id: Cow::Borrowed(self.event_id()),
             kind: self.kind,
             ts_ms: self.ts_ms,
-            post_id: own(self.post_id),
-            user_id: own(self.user_id),
-            parent_post_id: self.parent_post_id.map(own),
+            post_id: Cow::Borrowed(self.post_id()),
+            user_id: Cow::Borrowed(self.user_id()),
+            parent_post_id: self.parent_post_id().map(Cow::Borrowed),
             followers: self.followers,
-            content: self.content.map(|c| Content {
-                pdq: c.pdq,
-                pdq_quality: c.pdq_quality,
-                md5: c.md5,
-                vpdq: c.vpdq.map(own),
+            content: (self.flags & CONTENT != 0).then(|| Content {
+                pdq: self.pdq().map(str::to_owned),
+                pdq_quality: self.pdq_quality,
+                md5: self.md5().map(str::to_owned),
+                vpdq: None,
             }),
-            event_id_was_text: self.event_id_was_text,
+            event_id_was_text: self.flags & ID_WAS_TEXT != 0,
         }
     }
 }
@@ -257,7 +366,7 @@ fn validate_content<'a>(c: ContentFields<'a>) -> Result<Content<'a>, Why> {
     };
     let vpdq = match c.vpdq {
         None | Some(Err(Val::Null)) => None,
-        Some(Ok(raw)) => Some(Cow::Borrowed(raw.get())),
+        Some(Ok(raw)) => Some(raw.get()),
         Some(Err(_)) => {
             return Err(why(
                 "bad_vpdq",
@@ -575,5 +684,24 @@ mod tests {
         let ev = parse(&line).unwrap();
         assert_eq!(ev.user_id, "42");
         assert_eq!(reason(&SHARE.replace(r#""u1""#, "4.2")), "bad_id");
+    }
+
+    #[test]
+    fn a_compact_event_is_the_parsers_record_again() {
+        let pdq = "ab".repeat(32);
+        let lines = [
+            r#"{"event_id":"e1","type":"share","ts":1767225600000,"post_id":"p2","parent_post_id":"p1","user_id":"ü","followers":3}"#.to_owned(),
+            r#"{"event_id":7,"type":"takedown","ts":1767225600001,"post_id":"p2","user_id":"u"}"#.to_owned(),
+            format!(r#"{{"event_id":"e3","type":"upload","ts":1767225600002,"post_id":"p3","user_id":"u","content":{{"pdq":"{pdq}","pdq_quality":90}}}}"#),
+            r#"{"event_id":"e4","type":"upload","ts":1767225600003,"post_id":"p4","user_id":"u","content":{"md5":"0123456789abcdef0123456789ABCDEF"}}"#.to_owned(),
+        ];
+        for line in &lines {
+            let ev = parse_line(line.as_bytes(), &mut PlainJudge).expect("valid");
+            let compact = Compact::of(&ev).expect("not a video");
+            assert_eq!(compact.event(), ev, "{line}");
+        }
+        let video = r#"{"event_id":"e5","type":"upload","ts":1767225600000,"post_id":"p","user_id":"u","content":{"vpdq":["x"]}}"#;
+        let ev = parse_line(video.as_bytes(), &mut PlainJudge).expect("parsed");
+        assert!(Compact::of(&ev).is_none(), "a video's frames are Python's");
     }
 }

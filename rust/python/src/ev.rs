@@ -19,7 +19,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyList, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use viralwatch_core::event::{self, Event, Kind as EventKind};
+use viralwatch_core::event::{self, Compact, Kind as EventKind};
 use viralwatch_core::unbanked::{Event as StoreEvent, Kind};
 
 use crate::unbanked::{kind_of, with_event as with_py_event};
@@ -70,7 +70,7 @@ pub fn set_event_types(
 
 /// An event held by a compiled loop (see the module doc).
 pub(crate) enum Ev {
-    Core(Arc<Event<'static>>),
+    Core(Arc<Compact>),
     Py(Py<PyAny>),
 }
 
@@ -120,14 +120,14 @@ impl Ev {
 
     pub(crate) fn ts_ms(&self, py: Python<'_>) -> PyResult<i64> {
         match self {
-            Self::Core(ev) => Ok(ev.ts_ms),
+            Self::Core(ev) => Ok(ev.ts_ms()),
             Self::Py(ev) => ev.bind(py).getattr(intern!(py, "ts_ms"))?.extract(),
         }
     }
 
     pub(crate) fn kind(&self, py: Python<'_>) -> PyResult<Kind> {
         match self {
-            Self::Core(ev) => Ok(store_kind(ev.kind)),
+            Self::Core(ev) => Ok(store_kind(ev.kind())),
             Self::Py(ev) => kind_of(&ev.bind(py).getattr(intern!(py, "type"))?),
         }
     }
@@ -141,12 +141,12 @@ impl Ev {
     ) -> PyResult<R> {
         match self {
             Self::Core(ev) => Ok(f(&StoreEvent {
-                event_id: ev.event_id.as_bytes(),
-                kind: store_kind(ev.kind),
+                event_id: ev.event_id().as_bytes(),
+                kind: store_kind(ev.kind()),
                 ts_ms,
-                post: ev.post_id.as_bytes(),
-                user: ev.user_id.as_bytes(),
-                parent: ev.parent_post_id.as_deref().map(str::as_bytes),
+                post: ev.post_id().as_bytes(),
+                user: ev.user_id().as_bytes(),
+                parent: ev.parent_post_id().map(str::as_bytes),
             })),
             Self::Py(ev) => with_py_event(ev.bind(py), ts_ms, f),
         }
@@ -155,7 +155,7 @@ impl Ev {
     /// `f` of the event id's bytes (UTF-8; ``surrogatepass``'s for a lone surrogate).
     pub(crate) fn with_id<R>(&self, py: Python<'_>, f: impl FnOnce(&[u8]) -> R) -> PyResult<R> {
         match self {
-            Self::Core(ev) => Ok(f(ev.event_id.as_bytes())),
+            Self::Core(ev) => Ok(f(ev.event_id().as_bytes())),
             Self::Py(ev) => {
                 let eid = ev.bind(py).getattr(intern!(py, "event_id"))?;
                 crate::dedupe::with_id(&eid, f)
@@ -172,8 +172,8 @@ impl Ev {
     ) -> PyResult<R> {
         match self {
             Self::Core(ev) => {
-                let post = ev.post_id.as_bytes();
-                let target = ev.parent_post_id.as_deref().map_or(post, str::as_bytes);
+                let post = ev.post_id().as_bytes();
+                let target = ev.parent_post_id().map_or(post, str::as_bytes);
                 Ok(f(post, target))
             }
             Self::Py(ev) => {
@@ -193,11 +193,11 @@ impl Ev {
     /// The upload's hashes (``None``: the event carries no content).
     pub(crate) fn image(&self, py: Python<'_>) -> PyResult<Option<Image<'_>>> {
         match self {
-            Self::Core(ev) => Ok(ev.content.as_ref().map(|c| Image {
-                md5: c.md5.as_deref().map(Cow::Borrowed),
-                pdq: c.pdq.as_deref().map(Cow::Borrowed),
-                quality: c.pdq_quality,
-                video: c.vpdq.is_some(),
+            Self::Core(ev) => Ok((ev.has_content()).then(|| Image {
+                md5: ev.md5().map(Cow::Borrowed),
+                pdq: ev.pdq().map(Cow::Borrowed),
+                quality: ev.pdq_quality(),
+                video: false,
                 odd: false,
             })),
             Self::Py(ev) => {
@@ -236,7 +236,7 @@ impl Ev {
                     content: t.content.bind(py),
                     rejection: t.rejection.bind(py),
                 };
-                event_record(py, ev, &classes)
+                event_record(py, &ev.event(), &classes)
             }
             Self::Py(ev) => Ok(ev.bind(py).clone()),
         }
@@ -279,16 +279,19 @@ pub(crate) fn parse_lines(py: Python<'_>, lines: &Bound<'_, PyList>) -> PyResult
     for item in lines.iter() {
         let line = line_bytes(item)?;
         out.push(match event::parse_line(line.as_bytes(), &mut judge) {
-            Ok(ev) if ev.content.as_ref().is_some_and(|c| c.vpdq.is_some()) => {
-                let tuple = event_record(py, &ev, &classes)?;
-                let record = t.video.bind(py).call1((tuple, &line))?;
-                if record.get_type().is(classes.rejection) {
-                    Line::Rejected(record.unbind())
-                } else {
-                    Line::Event(Ev::Py(record.unbind()))
+            Ok(ev) => match Compact::of(&ev) {
+                Some(compact) => Line::Event(Ev::Core(Arc::new(compact))),
+                None => {
+                    // a video's upload: its frames read by Python
+                    let tuple = event_record(py, &ev, &classes)?;
+                    let record = t.video.bind(py).call1((tuple, &line))?;
+                    if record.get_type().is(classes.rejection) {
+                        Line::Rejected(record.unbind())
+                    } else {
+                        Line::Event(Ev::Py(record.unbind()))
+                    }
                 }
-            }
-            Ok(ev) => Line::Event(Ev::Core(Arc::new(ev.into_owned()))),
+            },
             Err(r) => Line::Rejected(rejection_record(&line, r, &classes)?.unbind()),
         });
     }

@@ -169,7 +169,7 @@ pub(crate) fn event_record<'py>(
                 c.pdq.as_deref(),
                 c.pdq_quality,
                 c.md5.as_deref(),
-                c.vpdq.as_deref(),
+                c.vpdq,
                 named,
             )
                 .into_pyobject(py)?;

@@ -19,6 +19,7 @@ use viralwatch_core::wire_read::{self, Read};
 
 use crate::ev::Ev;
 use crate::{event_record, record, Classes, PyJudge};
+use viralwatch_core::event::Compact;
 
 /// Reads envelopes and log entries into records (see the module doc); built once with
 /// the record classes, ``parse_ts`` (the event parser's reader of unusual timestamps) and
@@ -201,9 +202,12 @@ impl WireReader {
                         }
                     };
                     let ts = event.ts_ms;
+                    let Some(event) = Compact::of(&event) else {
+                        return Ok(None); // a video's: the reader leaves those to Python
+                    };
                     RoutedItem::Event {
                         cluster,
-                        event: Ev::Core(Arc::new(event.into_owned())),
+                        event: Ev::Core(Arc::new(event)),
                         ts,
                         json,
                     }
