@@ -37,7 +37,7 @@ from collections.abc import Iterable
 
 import networkx as nx
 
-from graphs.virality import structural_virality
+from graphs.virality import forest_virality
 
 
 class Cascade:
@@ -67,9 +67,12 @@ class Cascade:
         return self.size
 
     def _add(self, post_id: str, user: str, ts_ms: int, level: int, followers: int | None) -> None:
-        self.graph.add_node(post_id, user=user, ts_ms=ts_ms, level=level, live=True)
-        if followers is not None:  # shown on the cascade view; unknown is left out
-            self.graph.nodes[post_id]["followers"] = followers
+        if followers is None:  # unknown is left out
+            self.graph.add_node(post_id, user=user, ts_ms=ts_ms, level=level, live=True)
+        else:  # shown on the cascade view
+            self.graph.add_node(
+                post_id, user=user, ts_ms=ts_ms, level=level, live=True, followers=followers
+            )
         self._users[user] += 1
         self._level_counts[level] += 1
         self._depth = max(self._depth, level)
@@ -184,8 +187,18 @@ class Cascade:
         return self._breadth
 
     def structural_virality(self) -> float:
-        """See :func:`graphs.virality.structural_virality`; O(n)."""
-        return structural_virality(self.graph)
+        """See :func:`graphs.virality.structural_virality`; O(n).
+
+        Computed as :func:`graphs.virality.forest_virality` over the posts in the order
+        they were added (a parent is always added before its reshares): the same integer
+        sums, so the same number, without NetworkX's traversal (an alert's figures read it).
+        """
+        index: dict[str, int] = {}
+        parents: list[int] = []
+        for i, (post, preds) in enumerate(self.graph.pred.items()):
+            index[post] = i
+            parents.append(index[next(iter(preds))] if preds else -1)
+        return forest_virality(parents)
 
     def posts(self) -> list[str]:
         """Every post, in the order they were added."""

@@ -838,14 +838,17 @@ class IncrementalPredictor:
         # bucket cut by the window's start counts when its reshares' mean time is
         # inside (exact when they are all on one side; the weight there is ~0)
         inside = (lo >= start) & (lo < p)
-        has = n > 0
-        mean_t = st / np.where(has, n, 1.0)
-        cut = (lo < start) & (hi > start) & has & (mean_t >= start)
-        n_in, n_cut = n[inside], n[cut]
+        n_in = n[inside]
         total = np.add.reduce  # np.sum's own reduction, without its Python wrapper
         weighted = float(total(n_in + slope * (st[inside] - n_in * p)))
-        weighted += float(total(slope * (st[cut] - n_cut * start)))
-        count = float(total(n_in) + total(n_cut))
+        count = float(total(n_in))
+        has = n > 0
+        cut = (lo < start) & (hi > start) & has
+        if cut.any():  # at most a bucket or two; none adds 0 (the sums are >= 0)
+            cut &= st / np.where(has, n, 1.0) >= start
+            n_cut = n[cut]
+            weighted += float(total(slope * (st[cut] - n_cut * start)))
+            count = float(total(n_in) + total(n_cut))
         if weighted <= 0.0 or exposure <= 0.0:
             return Features(max(age, 0.0), self._reshares, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, *early)
         q = weighted / exposure
@@ -854,11 +857,12 @@ class IncrementalPredictor:
             k = round(k, 2 - len(str(k)) + 1)
         p_low = q * chi2_quantile(0.05, 2 * k) / (2 * k)
         p_up = q * chi2_quantile(0.95, 2 * k) / (2 * k)
-        seen = ages >= 0.0
-        d_seen = d[seen]
-        offspring = q * float(total(d_seen * ccdf_now[seen]))
         left = np.maximum(ccdf_now - ccdf_until, 0.0)
-        offspring_h = q * float(total(d_seen * left[seen]))
+        seen = ages >= 0.0
+        if not seen.all():  # a bucket after now (posts at or before now, as a rule)
+            d, ccdf_now, left = d[seen], ccdf_now[seen], left[seen]
+        offspring = q * float(total(d * ccdf_now))
+        offspring_h = q * float(total(d * left))
         return Features(age, self._reshares, q, p_low, p_up, count, offspring, offspring_h, *early)
 
     def predict(self, now_s: float, model: Model | None = None) -> Forecast:

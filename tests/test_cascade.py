@@ -334,3 +334,37 @@ def test_top_spreaders_is_deterministic_under_insertion_order() -> None:
     for (u1, n1), (u2, n2) in pairwise(top):
         assert n1 > n2 or (n1 == n2 and u1 < u2)
     assert list(top) == brute_top_spreaders(build(0), 15)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=-1, max_value=10**6), st.booleans(), st.booleans()),
+        max_size=150,
+    )
+)
+@PROPS
+def test_cascade_virality_is_the_graphs_to_the_bit(steps: list[tuple[int, bool, bool]]) -> None:
+    """``Cascade.structural_virality`` (the subtree sums over the posts in the order added)
+    is :func:`structural_virality` of its graph (NetworkX's traversal), the same float, for
+    any forest built by uploads, reshares of any post so far, takedowns, copies and
+    ``from_made``; and a node's followers are kept as before (absent when unknown)."""
+    c = Cascade()
+    for i, (pick, takedown, known) in enumerate(steps):
+        posts = c.posts()
+        followers = i * 7 if known else None
+        if pick < 0 or not posts:
+            c.add_root(f"p{i}", user=f"u{i % 5}", ts_ms=i, followers=followers)
+        else:
+            parent = posts[pick % len(posts)]
+            c.add_reshare(f"p{i}", parent=parent, user=f"u{i % 7}", ts_ms=i, followers=followers)
+        if takedown:
+            c.take_down(posts[pick % len(posts)] if posts else f"p{i}")
+        node = c.graph.nodes[f"p{i}"]
+        assert list(node) == ["user", "ts_ms", "level", "live", *(["followers"] if known else [])]
+        assert c.structural_virality() == structural_virality(c.graph)
+    d = c.copy()
+    assert d.structural_virality() == structural_virality(d.graph) == c.structural_virality()
+    made = Cascade.from_made(
+        (p, next(iter(c.graph.pred[p]), None), c.graph.nodes[p]["user"], 0, True) for p in c.posts()
+    )
+    assert made.structural_virality() == structural_virality(made.graph)
