@@ -190,6 +190,9 @@ class WireWriter:
         content: type,
         fallback: Callable[[Any], bytes],
     ) -> None: ...
+    def held(
+        self, events: Iterable[Any], limit: int, held_json: Callable[[Any], bytes]
+    ) -> list[bytes]: ...
     def parts(self, items: Iterable[Any], limit: int) -> list[bytes]:
         """``items`` as JSON arrays of at most ``limit`` bytes each (one larger item alone)."""
 

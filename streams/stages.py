@@ -99,6 +99,7 @@ from streams.wire import (
     encode,
     encode_items,
     encode_parts,
+    held_parts,
     read_envelope,
 )
 
@@ -354,8 +355,10 @@ def log_parts(
     [{'p': {'p1': 'b-1'}}]
     """
     index_log: tuple[bytes, ...] = ()
+    held: list[bytes] = []
     if isinstance(body, ResolveDelta):
         index_log = body.index_log  # parts the core cut already
+        held = held_parts(body.held, limit - 32) if body.held else []
         body = body.to_wire()
     if isinstance(body, list):
         return encode_parts(body, limit)
@@ -370,6 +373,9 @@ def log_parts(
         if kind == "U":
             parts = index_log or [orjson.dumps(part) for part in value]
             out += [b'{"U":[' + part + b"]}" for part in parts]
+            continue
+        if kind == "h+" and held:
+            out += [b'{"h+":' + part + b"}" for part in held]
             continue
         pairs = isinstance(value, dict)
         items = list(value.items()) if pairs else value

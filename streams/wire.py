@@ -63,8 +63,7 @@ True
 
 from __future__ import annotations
 
-import base64
-import string
+import binascii
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -202,7 +201,7 @@ class ResolveDelta:
         if self.forgot:
             out["f"] = list(self.forgot)
         if self.held:
-            out["h+"] = [held_form(ev) for ev in self.held]
+            out["h+"] = orjson.Fragment(held_parts(self.held, sys.maxsize)[0])
         if self.released:
             out["h-"] = list(self.released)
         if self.clustered_to is not None:
@@ -223,15 +222,35 @@ _TYPE_LETTER: Final = {"upload": "u", "share": "s", "takedown": "t"}
 _LETTER_TYPE: Final = {v: k for k, v in _TYPE_LETTER.items()}
 
 
+def held_parts(events: Sequence[ShareEvent], limit: int) -> list[bytes]:
+    """Held events as the resolve log's ``h+`` writes them: JSON arrays of at most ``limit``
+    bytes each (an event larger than that alone), each event :func:`held_form`'s with its
+    MD5 and PDQ as the base64 of their bytes, written by the core
+    (``viralwatch_core::wire::write_held``); an event the core does not write (a video's
+    frames) as :func:`held_form` gives it, hashes in hex. The index's owner holds every
+    unbanked upload until every input has passed it and logs each one: base64 saves 31 B
+    an upload (180 -> 149 B for the pipeline benchmark's), written in Python it cost about
+    1 us an event.
+
+    >>> from streams.events import Content
+    >>> held_parts([ShareEvent("e1", "upload", 1767225600000, "p1", "u1",
+    ...                        content=Content(md5="0" * 30 + "ff", pdq_quality=90))], 1_000)
+    [b'[["e1","u",1767225600000,"p1","u1",null,null,[null,90,"AAAAAAAAAAAAAAAAAAAA/w"]]]']
+    """
+    return list(_WRITER.held(events, limit, _held_json))
+
+
+def _held_json(ev: ShareEvent) -> bytes:
+    return encode(held_form(ev))
+
+
 def held_form(ev: ShareEvent) -> list[Any]:
     """A held event as the resolve log writes it (``h+``): its fields in order, no names,
     the type as a letter, the trailing empty fields left out: ``[event_id, type, ts,
-    post_id, user_id, parent_post_id, followers, [pdq, pdq_quality, md5, vpdq]]``. The
-    index's owner holds every unbanked upload until every input has passed it, and logs
-    each one: this is about 70% of the event's canonical JSON (:meth:`ShareEvent.to_dict`,
-    which older workers wrote and which is read too), at the same cost to write. (The
-    signals as base64 of their bytes would save 31 B more an upload, but cost three times
-    the rest in Python: about 1 us an event of a worker.)
+    post_id, user_id, parent_post_id, followers, [pdq, pdq_quality, md5, vpdq]]``, about
+    70% of the event's canonical JSON (:meth:`ShareEvent.to_dict`, which older workers
+    wrote and which is read too). The log holds it so (:func:`held_parts`), but for its
+    MD5 and PDQ, which the core writes as base64.
 
     >>> from streams.events import Content
     >>> held_form(ShareEvent("e1", "upload", 1767225600000, "p1", "u1",
@@ -286,8 +305,22 @@ def _held(value: object) -> ShareEvent:
         if not isinstance(signals, list) or len(signals) > 4:
             raise _Bad("a held event's content has up to 4 fields")
         names = ("pdq", "pdq_quality", "md5", "vpdq")
-        d["content"] = {k: v for k, v in zip(names, signals, strict=False) if v is not None}
+        content = dict(zip(names, signals, strict=False))
+        for name, size in (("pdq", 43), ("md5", 22)):
+            value = content.get(name)
+            if type(value) is str and len(value) == size:
+                content[name] = _unbase64(value) or value
+        d["content"] = {k: v for k, v in content.items() if v is not None}
     return _event(d)
+
+
+def _unbase64(value: str) -> str | None:
+    """A PDQ (43 characters) or an MD5 (22) in base64, as hex again (``None``: not base64;
+    a held event's is then read as it is, and the event parser judges it)."""
+    try:
+        return binascii.a2b_base64(value + "=" * (-len(value) % 4), strict_mode=True).hex()
+    except binascii.Error:
+        return None
 
 
 class _Bad(Exception):
@@ -562,7 +595,6 @@ def _routed(items: list[Item], bad: list[Rejection]) -> tuple[list[Routed], list
 
 
 _HEX: Final = frozenset("0123456789abcdef")
-_B64: Final = frozenset(string.ascii_letters + string.digits + "+/")
 
 
 def _signal_text(text: str) -> bool:
@@ -597,9 +629,10 @@ def _compact_signal(text: object) -> str:
     """A signal of ``"U"``: base64 of an MD5's (22 characters) or a PDQ's (43) bytes, as
     hex again; a video's frames as they are."""
     if isinstance(text, str) and not text.startswith("["):
-        if len(text) in (22, 43) and set(text) <= _B64:
-            return base64.b64decode(text + "=" * (-len(text) % 4)).hex()
-        raise _Bad("U: a signal is base64 of 16 or 32 bytes, or a video's frames")
+        signal = _unbase64(text) if len(text) in (22, 43) else None
+        if signal is None:
+            raise _Bad("U: a signal is base64 of 16 or 32 bytes, or a video's frames")
+        return signal
     if isinstance(text, str) and _signal_text(text):
         return text
     raise _Bad("U: a signal is base64 of 16 or 32 bytes, or a video's frames")

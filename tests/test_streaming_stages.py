@@ -51,6 +51,7 @@ from streams.wire import (
     decode_routed_log,
     encode,
     encode_parts,
+    held_form,
 )
 
 T0 = 1_767_225_600_000
@@ -259,12 +260,15 @@ _held_events = st.fixed_dictionaries(
 def test_held_events_are_logged_compact_and_read_back_the_same(
     events: list[Event], junk: list[object]
 ) -> None:
-    """The resolve log's compact held events (``held_form``) read back as the events held,
-    whatever they hold; an older worker's canonical dicts are read too; and anything else in
+    """The resolve log's compact held events (``held_parts``: hashes in base64) read back as
+    the events held, whatever they hold; an older worker's canonical dicts and hex held
+    forms are read too; and anything else in
     ``h+`` is a ``bad_record`` rejection, never an exception."""
     held = tuple(e for e in map(event_from_dict, events) if isinstance(e, ShareEvent))
     raw = encode(ResolveDelta(held=held))
-    for entry in (raw, orjson.dumps({"h+": [e.to_dict() for e in held]}) if held else raw):
+    older = orjson.dumps({"h+": [e.to_dict() for e in held]}) if held else raw
+    hex_form = orjson.dumps({"h+": [held_form(e) for e in held]})  # the hashes in hex
+    for entry in (raw, older, hex_form):
         back = decode_delta(entry)
         assert isinstance(back, ResolveDelta) and back.held == held
     if held:

@@ -198,6 +198,70 @@ pub fn write_item(out: &mut Vec<u8>, item: &Item<'_>) {
     out.push(b']');
 }
 
+/// A held event as the resolve log writes it (`streams.wire.held_form`): `[event_id, type
+/// letter, ts, post_id, user_id, parent_post_id, followers, [pdq, pdq_quality, md5]]`, the
+/// trailing empty fields left out, an MD5 and a PDQ as the base64 of their bytes (22 and 43
+/// characters for 32 and 64 of hex: the index's owner holds and logs every unbanked
+/// upload). `false` (nothing written) for a type no event is held as.
+pub fn write_held(out: &mut Vec<u8>, ev: &EventView<'_>) -> bool {
+    let letter = match ev.kind {
+        "upload" => "u",
+        "share" => "s",
+        "takedown" => "t",
+        _ => return false,
+    };
+    out.push(b'[');
+    write_str(out, ev.event_id);
+    out.push(b',');
+    write_str(out, letter);
+    out.push(b',');
+    write_int(out, ev.ts_ms);
+    out.push(b',');
+    write_str(out, ev.post_id);
+    out.push(b',');
+    write_str(out, ev.user_id);
+    let rest = [
+        ev.parent_post_id.is_some(),
+        ev.followers.is_some(),
+        ev.content.is_some(),
+    ];
+    let last = rest.iter().rposition(|&x| x).map_or(0, |i| i + 1);
+    for i in 0..last {
+        out.push(b',');
+        match i {
+            0 => match ev.parent_post_id {
+                Some(p) => write_str(out, p),
+                None => out.extend_from_slice(b"null"),
+            },
+            1 => match ev.followers {
+                Some(n) => write_int(out, n),
+                None => out.extend_from_slice(b"null"),
+            },
+            _ => {
+                let c = ev.content.expect("content, the last field written");
+                let fields = [c.pdq.is_some(), c.pdq_quality.is_some(), c.md5.is_some()];
+                let n = fields.iter().rposition(|&x| x).map_or(0, |i| i + 1);
+                out.push(b'[');
+                for j in 0..n {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    match (j, c.pdq, c.pdq_quality, c.md5) {
+                        (0, Some(t), _, _) | (2, _, _, Some(t)) => {
+                            crate::wire_index::write_hash(out, t);
+                        }
+                        (1, _, Some(q), _) => write_int(out, q),
+                        _ => out.extend_from_slice(b"null"),
+                    }
+                }
+                out.push(b']');
+            }
+        }
+    }
+    out.push(b']');
+    true
+}
+
 /// A JSON array of items, written item by item and cut into arrays of at most `limit`
 /// bytes each (an item larger than that alone), in order.
 #[derive(Debug)]
@@ -342,6 +406,54 @@ mod tests {
              [\"t\",\"u-1\",7],[\"u\",{upload_json}],[\"x\",1]]"
         );
         assert_eq!(got, vec![want]);
+    }
+
+    #[test]
+    fn held_events_are_written_compact_with_their_hashes_in_base64() {
+        let held = |ev: &EventView<'_>| {
+            let mut out = Vec::new();
+            write_held(&mut out, ev).then(|| String::from_utf8(out).unwrap())
+        };
+        assert_eq!(
+            held(&ev("e2")).unwrap(),
+            "[\"e2\",\"s\",1767225600000,\"p2\",\"u1\",\"p1\"]"
+        );
+        let md5 = "0".repeat(30) + "ff";
+        let upload = EventView {
+            kind: "upload",
+            parent_post_id: None,
+            content: Some(ContentView {
+                pdq: None,
+                pdq_quality: Some(90),
+                md5: Some(&md5),
+            }),
+            ..ev("e1")
+        };
+        assert_eq!(
+            held(&upload).unwrap(),
+            "[\"e1\",\"u\",1767225600000,\"p2\",\"u1\",null,null,\
+             [null,90,\"AAAAAAAAAAAAAAAAAAAA/w\"]]"
+        );
+        let upper = "0".repeat(30) + "FF";
+        let odd = EventView {
+            followers: Some(3),
+            content: Some(ContentView {
+                pdq: None,
+                pdq_quality: None,
+                md5: Some(&upper),
+            }),
+            ..upload
+        };
+        let want =
+            format!("[\"e1\",\"u\",1767225600000,\"p2\",\"u1\",null,3,[null,null,\"{upper}\"]]");
+        assert_eq!(held(&odd).unwrap(), want);
+        assert_eq!(
+            held(&EventView {
+                kind: "like",
+                ..upload
+            }),
+            None
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::wire::write_str;
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// `bytes` as standard base64, unpadded.
-fn push_b64(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn push_b64(out: &mut Vec<u8>, bytes: &[u8]) {
     for chunk in bytes.chunks(3) {
         let n = chunk
             .iter()
@@ -50,6 +50,23 @@ fn hex_bytes(text: &str) -> Option<Vec<u8>> {
             Some((hi * 16 + lo) as u8)
         })
         .collect()
+}
+
+/// An MD5's or a PDQ's text as written in a held event (`crate::wire::write_held`): base64
+/// of its bytes if it is lowercase hex (what the event parser makes of any hash, so that it
+/// reads back the same text), else as it is.
+pub(crate) fn write_hash(out: &mut Vec<u8>, text: &str) {
+    let lower = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    match hex_bytes(text).filter(|_| lower) {
+        Some(bytes) => {
+            out.push(b'"');
+            push_b64(out, &bytes);
+            out.push(b'"');
+        }
+        None => write_str(out, text),
+    }
 }
 
 /// A signal's text in the compact form: base64 of an MD5's or PDQ's bytes, else as it is

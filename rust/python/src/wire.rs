@@ -12,7 +12,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple, PyType};
 
-use viralwatch_core::wire::{ContentView, EventView, Item, Parts};
+use viralwatch_core::wire::{write_held, ContentView, EventView, Item, Parts};
 
 fn text<'a>(obj: &'a Bound<'_, PyAny>) -> Option<&'a str> {
     if !obj.is_exact_instance_of::<PyString>() {
@@ -274,6 +274,37 @@ impl WireWriter {
             classes,
             fallback: fallback.clone().unbind(),
         })
+    }
+
+    /// Held events (``ShareEvent``s) as the resolve log's ``h+`` writes them
+    /// (``viralwatch_core::wire::write_held``: compact, hashes in base64), JSON arrays of at
+    /// most ``limit`` bytes each as :meth:`parts` cuts them; an event the core does not
+    /// write (a video's frames, a field orjson would write otherwise) is ``held_json(event)``.
+    fn held<'py>(
+        &self,
+        py: Python<'py>,
+        events: &Bound<'py, PyAny>,
+        limit: usize,
+        held_json: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let share_event = self.class(py, Class::ShareEvent);
+        let content = self.class(py, Class::Content);
+        let mut parts = Parts::new(limit);
+        let mut one = Vec::new();
+        for ev in events.try_iter()? {
+            let ev = ev?;
+            one.clear();
+            let attrs = EventAttrs::read(&ev, share_event, content)?;
+            match attrs.as_ref().and_then(EventAttrs::view) {
+                Some(view) if write_held(&mut one, &view) => parts.push_json(&one),
+                _ => parts.push_json(held_json.call1((&ev,))?.cast::<PyBytes>()?.as_bytes()),
+            }
+        }
+        let out = PyList::empty(py);
+        for part in parts.finish() {
+            out.append(PyBytes::new(py, &part))?;
+        }
+        Ok(out)
     }
 
     /// ``items`` as JSON arrays of at most ``limit`` bytes each (an item larger than that
