@@ -15,6 +15,9 @@ sender's work; ``--hop records``, the same bytes decoded into records first, as
 a partition read them before ``ClusterLoop.read``) or handed over in-process
 (``--hop local``, as one worker holding every partition does), its log
 entries made (``ClusterBatch.log``).
+``--by-partition``: each resolve partition's CPU and log per event, the log by key
+(partition 0 owns the index of unbanked content: its share is what one worker holding
+it does more than the others).
 What a worker adds around them (Kafka, Faust) is ``bench_pipeline.py``'s to
 measure.
 
@@ -35,7 +38,12 @@ import json
 import statistics
 import sys
 import time
+from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,6 +57,7 @@ from streams.stages import (  # noqa: E402
     ClusterPartition,
     Envelope,
     Ingest,
+    ResolveBatch,
     ResolvePartition,
     merge_resolved,
     resolve_local_peers,
@@ -94,11 +103,16 @@ def stages(
 
 def run(
     lines: list[bytes], banks: HashBanks, partitions: int, batch: int, hop: str
-) -> dict[str, float]:
-    """One fresh set of stages over ``lines``: CPU us per event of each, and what came out."""
+) -> dict[str, Any]:
+    """One fresh set of stages over ``lines``: CPU us per event of each, and what came out
+    (per resolve partition too: CPU, and its log's bytes by key)."""
     ingest, resolvers, detectors = stages(partitions, banks)
     ingest_s = resolve_s = clusters_s = 0.0
     routed = logged = alerts = 0
+    part_s: dict[int, float] = dict.fromkeys(resolvers, 0.0)
+    part_log: dict[int, Counter[str]] = {r: Counter() for r in resolvers}
+    for r, partition in resolvers.items():
+        partition.handle = _timed(partition.handle, part_s, r)  # type: ignore[method-assign,assignment]
     for start in range(0, len(lines), batch):
         end = min(start + batch, len(lines))
         records = [(i % partitions, i, lines[i]) for i in range(start, end)]
@@ -109,7 +123,10 @@ def run(
         peers, _ = resolve_local_peers(resolvers, batches, 4)
         for b in batches + peers:
             routed += b.routed
-            logged += sum(map(len, b.log_entries()))
+            for entry in b.log_entries():
+                logged += len(entry)
+                for key, value in orjson.loads(entry).items():  # (untimed)
+                    part_log[b.partition][key] += len(orjson.dumps({key: value})) - 1
         t2 = time.process_time()
         to_clusters, _ = merge_resolved(batches + peers)
         sent = {k: env.pack() if hop != "local" else env for k, env in to_clusters.items()}
@@ -130,7 +147,30 @@ def run(
         "routed": routed,
         "alerts": alerts,
         "log_bytes_per_event": logged / n,
+        "by_partition": {
+            r: {
+                "resolve_us": part_s[r] / n * 1e6,
+                "log_bytes_per_event": sum(part_log[r].values()) / n,
+                "log_by_key": {k: round(v / n, 1) for k, v in sorted(part_log[r].items())},
+            }
+            for r in resolvers
+        },
     }
+
+
+def _timed(
+    handle: Callable[[Iterable[Any]], ResolveBatch], into: dict[int, float], r: int
+) -> Callable[[Iterable[Any]], ResolveBatch]:
+    """``handle`` (a resolve partition's), its CPU time added to ``into[r]``."""
+
+    def timed(envelopes: Iterable[Any]) -> ResolveBatch:
+        t = time.process_time()
+        try:
+            return handle(envelopes)
+        finally:
+            into[r] += time.process_time() - t
+
+    return timed
 
 
 def main() -> None:
@@ -140,6 +180,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--hop", choices=("topic", "records", "local"), default="topic")
+    ap.add_argument("--by-partition", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     scenario = Scenario(seed=11, scale=max(args.events / 30_000, 0.05))
@@ -149,7 +190,13 @@ def main() -> None:
         banks.add(entry)
     gc.set_threshold(*GC_THRESHOLDS)
     runs = [run(lines, banks, args.partitions, args.batch, args.hop) for _ in range(args.repeats)]
-    out = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    out: dict[str, Any] = {
+        k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "by_partition"
+    }
+    if args.by_partition:  # the median run's, by its resolve CPU
+        out["by_partition"] = sorted(runs, key=lambda r: r["resolve_us"])[len(runs) // 2][
+            "by_partition"
+        ]
     out["events"] = len(lines)
     if args.json:
         print(json.dumps(out))
@@ -165,6 +212,12 @@ def main() -> None:
     }[args.hop]
     alerts = f"alerts {out['alerts']:,.0f}"
     print(f"  clusters  {out['clusters_us']:6.2f} us CPU/event ({hop}; {alerts})")
+    for r, p in out.get("by_partition", {}).items():
+        keys = ", ".join(f"{k} {v}" for k, v in p["log_by_key"].items())
+        print(
+            f"  resolve partition {r}: {p['resolve_us']:6.2f} us CPU/event, log "
+            f"{p['log_bytes_per_event']:.1f} B/event ({keys})"
+        )
 
 
 if __name__ == "__main__":
