@@ -370,9 +370,13 @@ def log_parts(
             continue
         if not value:
             continue
-        if kind == "U":
-            parts = index_log or [orjson.dumps(part) for part in value]
-            out += [b'{"U":[' + part + b"]}" for part in parts]
+        if kind == "U":  # parts of [t0, cluster...], cut again if over the limit
+            for part in index_log or [orjson.dumps(part) for part in value]:
+                if len(part) <= limit - 32:
+                    out.append(b'{"U":[' + part + b"]}")
+                    continue
+                t0, *clusters = orjson.loads(part)
+                out += [encode({"U": [[t0, *run]]}) for run in _runs(clusters, limit - 64)]
             continue
         if kind == "h+" and held:
             out += [b'{"h+":' + part + b"}" for part in held]

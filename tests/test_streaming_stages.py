@@ -4,6 +4,7 @@ partitions, event-time order, recovery, and the whole topology against ``replay`
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ from hypothesis import strategies as st
 from streams._core import ClusterLoop, ForgetSink
 from streams.alerts import MatchInfo, Pseudonymizer
 from streams.banks import BankEntry, BankUpdate, HashBanks
-from streams.events import Rejection, ShareEvent, event_from_dict, parse_events
+from streams.emerging import EmergingClusters
+from streams.events import Content, Rejection, ShareEvent, event_from_dict, parse_events
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
 from streams.router import Routed
@@ -32,6 +34,7 @@ from streams.stages import (
     LogLedger,
     ResolveBatch,
     ResolvePartition,
+    log_parts,
     partition_for,
     split_envelope,
     split_log,
@@ -530,6 +533,29 @@ def test_a_large_envelope_and_log_entry_are_cut_into_records_that_restore_the_sa
     assert len(pieces) > 3
     cut.restore(pieces)
     assert cut.posts.items() == whole.posts.items() and cut.held == whole.held == 0
+
+
+def test_a_large_index_delta_is_cut_into_entries_that_read_back_the_same() -> None:
+    """The owner's compact index ("U", cut by the core at another limit) and its bound of
+    clustered uploads, cut from the record and from the bytes: every entry under the
+    limit, the clusters read back in their order."""
+    rng = random.Random(1)
+    index = EmergingClusters(idle_ms=10**9)
+    for i in range(3000):
+        pdq = f"{rng.getrandbits(256):064x}"
+        index.assign(Content(pdq=pdq, pdq_quality=90, md5=f"{i:032x}"), ts_ms=i * 1000)
+    parts, items, _ = index.log_changes(10**9)
+    delta = ResolveDelta(index_log=parts, index_items=items, clustered_to=T0)
+    raw = encode(delta)
+    whole = decode_delta(raw)
+    assert isinstance(whole, ResolveDelta) and len(whole.index) == 3000
+    for entries in (split_log(raw, 20_000), log_parts(delta, 20_000)):
+        assert len(entries) > 10 and all(len(e) <= 20_000 for e in entries)
+        read = [decode_delta(e) for e in entries]
+        assert all(isinstance(d, ResolveDelta) for d in read)
+        got = [c for d in read for c in d.index.items()]  # type: ignore[union-attr]
+        assert got == list(whole.index.items())
+        assert [d.clustered_to for d in read if d.clustered_to is not None] == [T0]  # type: ignore[union-attr]
 
 
 def test_a_large_batch_is_cut_from_its_records_as_from_its_bytes() -> None:
