@@ -59,6 +59,9 @@ enum Key {
     Text(Box<str>),
 }
 
+/// A packed key's kind: a PDQ hash as its row of a scan-only index ([`Key::pack`]).
+const PDQ_ROW: u8 = 3;
+
 /// The 16 bytes of an MD5's 32 hex digits (either case).
 fn parse_md5(text: &[u8]) -> Option<[u8; 16]> {
     if text.len() != 32 {
@@ -88,12 +91,18 @@ impl Key {
     }
 
     /// Appended to a cluster's packed keys: a kind byte, then 16 bytes (MD5), 32 (PDQ,
-    /// its words little-endian) or a 4-byte length and the text.
-    fn pack(&self, out: &mut Vec<u8>) {
+    /// its words little-endian; in a scan-only index, whose rows stay put until it is
+    /// compacted, the hash's 4-byte row: [`PDQ_ROW`]) or a 4-byte length and the text.
+    fn pack(&self, pdq: &PdqIndex<Holder>, out: &mut Vec<u8>) {
         match self {
             Key::Md5(b) => {
                 out.push(0);
                 out.extend_from_slice(b);
+            }
+            Key::Pdq(h) if pdq.scans() => {
+                out.push(PDQ_ROW);
+                let row = pdq.row(h).expect("a held hash's row");
+                out.extend_from_slice(&row.to_le_bytes());
             }
             Key::Pdq(h) => {
                 out.push(1);
@@ -109,34 +118,67 @@ impl Key {
         }
     }
 
-    /// The keys packed in `bytes` ([`Key::pack`]), in order.
-    fn unpack(mut bytes: &[u8]) -> impl Iterator<Item = Key> + '_ {
+    /// The keys packed in `bytes` ([`Key::pack`], into `pdq`'s rows), in order.
+    fn unpack<'a>(
+        mut bytes: &'a [u8],
+        pdq: &'a PdqIndex<Holder>,
+    ) -> impl Iterator<Item = Key> + 'a {
         std::iter::from_fn(move || {
-            let (&kind, rest) = bytes.split_first()?;
-            let (key, rest) = match kind {
-                0 => {
-                    let (b, rest) = rest.split_at(16);
-                    (Key::Md5(b.try_into().expect("16 bytes")), rest)
-                }
-                1 => {
-                    let (b, rest) = rest.split_at(32);
-                    let mut h = [0_u64; 4];
-                    for (w, c) in h.iter_mut().zip(b.chunks_exact(8)) {
-                        *w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-                    }
-                    (Key::Pdq(h), rest)
-                }
-                _ => {
-                    let (n, rest) = rest.split_at(4);
-                    let n = u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize;
-                    let (t, rest) = rest.split_at(n);
-                    let t = std::str::from_utf8(t).expect("packed from a str");
-                    (Key::Text(t.into()), rest)
-                }
-            };
+            let (key, rest) = Self::unpack_one(bytes, pdq)?;
             bytes = rest;
             Some(key)
         })
+    }
+
+    /// The first key packed in `bytes`, and the bytes after it.
+    fn unpack_one<'a>(bytes: &'a [u8], pdq: &PdqIndex<Holder>) -> Option<(Key, &'a [u8])> {
+        let (&kind, rest) = bytes.split_first()?;
+        Some(match kind {
+            0 => {
+                let (b, rest) = rest.split_at(16);
+                (Key::Md5(b.try_into().expect("16 bytes")), rest)
+            }
+            1 => {
+                let (b, rest) = rest.split_at(32);
+                let mut h = [0_u64; 4];
+                for (w, c) in h.iter_mut().zip(b.chunks_exact(8)) {
+                    *w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+                }
+                (Key::Pdq(h), rest)
+            }
+            PDQ_ROW => {
+                let (r, rest) = rest.split_at(4);
+                let row = u32::from_le_bytes(r.try_into().expect("4 bytes"));
+                (Key::Pdq(*pdq.hash_at(row)), rest)
+            }
+            _ => {
+                let (n, rest) = rest.split_at(4);
+                let n = u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize;
+                let (t, rest) = rest.split_at(n);
+                let t = std::str::from_utf8(t).expect("packed from a str");
+                (Key::Text(t.into()), rest)
+            }
+        })
+    }
+
+    /// Each PDQ row packed in `bytes` becomes `moved[row]` (a scan-only index compacted).
+    fn move_rows(bytes: &mut [u8], moved: &[u32]) {
+        let mut i = 0;
+        while i < bytes.len() {
+            let at = i + 1;
+            let word = |b: &[u8]| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+            i = match bytes[i] {
+                0 => at + 16,
+                1 => at + 32,
+                PDQ_ROW => {
+                    let to = moved[word(bytes) as usize];
+                    debug_assert_ne!(to, u32::MAX, "a held hash's row is live");
+                    bytes[at..at + 4].copy_from_slice(&to.to_le_bytes());
+                    at + 4
+                }
+                _ => at + 4 + word(bytes) as usize,
+            };
+        }
     }
 }
 
@@ -632,7 +674,7 @@ impl ContentIndex {
     fn keys_in(&self, c: u32, v: View) -> impl Iterator<Item = Key> + '_ {
         let item = self.cluster(c);
         let all = item.only_in(v);
-        Key::unpack(&item.keys)
+        Key::unpack(&item.keys, &self.pdq)
             .filter(move |k| all || self.holder_in(k, c).is_some_and(|h| h & bit(v) != 0))
     }
 
@@ -802,7 +844,7 @@ impl ContentIndex {
             // one look-up of the signal (a PDQ hash's row is a bucket scan)
             let Some(f) = self.first_holder(&key) else {
                 self.insert_signal(&key, mine);
-                key.pack(&mut packed);
+                key.pack(&self.pdq, &mut packed);
                 took += 1;
                 new(&key, true);
                 continue;
@@ -824,7 +866,7 @@ impl ContentIndex {
                     }
                     None => {
                         more.push(mine);
-                        key.pack(&mut packed);
+                        key.pack(&self.pdq, &mut packed);
                         took += 1;
                     }
                 }
@@ -855,11 +897,11 @@ impl ContentIndex {
             .as_mut()
             .expect("a live cluster's slot");
         let mut kept = Vec::with_capacity(item.keys.len());
-        for k in Key::unpack(&item.keys).filter(|k| k != key) {
-            k.pack(&mut kept);
+        for k in Key::unpack(&item.keys, &self.pdq).filter(|k| k != key) {
+            k.pack(&self.pdq, &mut kept);
         }
         item.keys = kept.into_boxed_slice();
-        key.pack(packed);
+        key.pack(&self.pdq, packed);
     }
 
     /// Forget a cluster's content (evicted) in the owner's view; see [`Self::drop_cluster_in`].
@@ -898,7 +940,10 @@ impl ContentIndex {
         let others = item.held & !SLOT_MASK != 0;
         self.live[v as usize] -= 1;
         let (mut kept, mut count) = (Vec::new(), 0);
-        for key in Key::unpack(&keys) {
+        // (a scan-only index's rows stay put until it is compacted, below)
+        let mut left: &[u8] = &keys;
+        while let Some((key, after)) = Key::unpack_one(left, &self.pdq) {
+            left = after;
             // one look-up of the signal, a second to change its first holder
             let f = self.first_holder(&key).expect("a signal the cluster holds");
             let (h, elsewhere) = if f & SLOT_MASK == c {
@@ -913,7 +958,7 @@ impl ContentIndex {
             };
             let rest = h & !bit(v);
             if rest & !SLOT_MASK != 0 {
-                key.pack(&mut kept); // held for another view
+                key.pack(&self.pdq, &mut kept); // held for another view
                 count += 1;
             }
             if h & bit(v) == 0 {
@@ -940,6 +985,11 @@ impl ContentIndex {
                 .expect("a live cluster's slot");
             self.ids.remove(&gone.id, c);
             self.free.push(Reverse(c));
+        }
+        if let Some(moved) = self.pdq.compact() {
+            for item in self.clusters.iter_mut().flatten() {
+                Key::move_rows(&mut item.keys, &moved);
+            }
         }
         self.trim();
         true
@@ -1209,6 +1259,74 @@ mod tests {
         assert_eq!(freed.len(), 3);
         assert!(idx.is_empty() && idx.clusters() == 0 && idx.more.is_empty());
         assert!(idx.near(Kind::Pdq, &q, 31).is_empty());
+    }
+
+    #[test]
+    fn a_scan_only_index_answers_as_one_with_tables_through_compactions() {
+        // near-duplicate hashes and shared MD5s, both views, clusters dropped and taken
+        // again: a scan-only index (its clusters' PDQ keys kept as rows, moved when it is
+        // compacted) answers everything as an index with tables
+        use crate::testing::Rng;
+        let mut rng = Rng(0x5eed_cafe);
+        let bases: Vec<Hash> = (0..60).map(|_| rng.hash()).collect();
+        let (mut tables, mut scan) = (ContentIndex::new(), ContentIndex::scan_only());
+        let id = |n: u64| match n % 7 {
+            0 => format!("weird id {n}"),
+            _ => format!("u-{n:016x}"),
+        };
+        let sorted = |mut v: Vec<Arc<str>>| {
+            v.sort();
+            v
+        };
+        let mut compactions = 0;
+        for step in 0..14_000_u64 {
+            let c = id(rng.next() % 2_000);
+            let v = (rng.next() % 2) as View;
+            if rng.next() % 3 == 0 {
+                let rows = scan.pdq.rows();
+                assert_eq!(
+                    tables.drop_cluster_in(&c, v).map(sorted),
+                    scan.drop_cluster_in(&c, v).map(sorted),
+                    "step {step}"
+                );
+                compactions += usize::from(scan.pdq.rows() < rows);
+            } else {
+                let base = bases[(rng.next() % 60) as usize];
+                let d = (rng.next() % 40) as u32;
+                let h = pdq::format_hex(&rng.flip(&base, d));
+                let md5 = format!("{:032x}", rng.next() % 700);
+                let signals = [(Kind::Pdq, &*h), (Kind::Md5, &*md5)];
+                let n = 1 + (rng.next() % 2) as usize;
+                assert_eq!(
+                    tables.add_in(&c, &signals[..n], v).unwrap(),
+                    scan.add_in(&c, &signals[..n], v).unwrap(),
+                    "step {step}"
+                );
+            }
+            if step % 1_000 == 999 {
+                for n in 0..2_000 {
+                    for v in [OWNER, DETECTOR] {
+                        let c = id(n);
+                        assert_eq!(tables.held_in(&c, v), scan.held_in(&c, v), "{c}");
+                    }
+                }
+                for b in &bases {
+                    let d = (rng.next() % 40) as u32;
+                    let q = pdq::format_hex(&rng.flip(b, d));
+                    for v in [OWNER, DETECTOR] {
+                        assert_eq!(
+                            tables.near_in(Kind::Pdq, &q, 31, v),
+                            scan.near_in(Kind::Pdq, &q, 31, v)
+                        );
+                        let md5 = format!("{:032x}", rng.next() % 700);
+                        assert_eq!(tables.holders_in(&md5, v), scan.holders_in(&md5, v));
+                    }
+                }
+                assert_eq!((tables.len(), tables.live), (scan.len(), scan.live));
+            }
+        }
+        assert!(compactions > 0, "the scan-only index was never compacted");
+        assert!(scan.pdq.nbytes() < tables.pdq.nbytes());
     }
 
     #[test]

@@ -249,6 +249,11 @@ impl<T: Copy> PdqIndex<T> {
         self.live
     }
 
+    /// Rows, live and dead (the dead until a compaction).
+    pub fn rows(&self) -> usize {
+        self.words.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.live == 0
     }
@@ -372,12 +377,51 @@ impl<T: Copy> PdqIndex<T> {
             entry.remove();
         }
         self.live -= 1;
-        // a rebuild is O(rows), once per live / 4 removals (see the module doc)
-        let dead = self.words.len() - self.live;
-        if dead > (self.live / 4).max(1024) {
+        // a rebuild is O(rows), once per live / 4 removals (see the module doc); a
+        // scan-only index's rows stay where they are until its owner compacts it
+        if !self.scans() && self.dead_past_a_quarter() {
             self.rebuild();
         }
         true
+    }
+
+    fn dead_past_a_quarter(&self) -> bool {
+        self.words.len() - self.live > (self.live / 4).max(1024)
+    }
+
+    /// The row holding `h` (live), which in a scan-only index stays its row until
+    /// [`PdqIndex::compact`] moves it: a caller may keep it in place of the hash.
+    pub fn row(&self, h: &Hash) -> Option<u32> {
+        self.row_of(h).map(|r| r as u32)
+    }
+
+    /// The hash in `row` (see [`PdqIndex::row`]).
+    pub fn hash_at(&self, row: u32) -> &Hash {
+        &self.words[row as usize]
+    }
+
+    /// A scan-only index drops its dead rows once they pass a quarter of the live (as
+    /// any index does at once), when its owner says so: then each old row's new one
+    /// (`u32::MAX` for a dead row), for the rows the owner kept; `None` if nothing moved.
+    pub fn compact(&mut self) -> Option<Vec<u32>> {
+        if !self.scans() || !self.dead_past_a_quarter() {
+            return None;
+        }
+        let mut next = 0;
+        let moved = self
+            .alive
+            .iter()
+            .map(|&alive| {
+                if alive {
+                    next += 1;
+                    next - 1
+                } else {
+                    u32::MAX
+                }
+            })
+            .collect();
+        self.rebuild();
+        Some(moved)
     }
 
     /// Tail rows allowed before a merge: about `5 * sqrt(rows)` (see the module doc).
@@ -728,10 +772,20 @@ mod tests {
             index.nbytes()
         );
         let full = index.nbytes();
+        let rows: Vec<u32> = hashes.iter().map(|h| index.row(h).unwrap()).collect();
         for h in &hashes[..5000] {
             assert!(index.remove(h));
         }
-        assert!(index.nbytes() < full / 2);
+        // rows stay put until the owner compacts: then each live row's new place
+        assert_eq!(index.rows(), 6000);
+        assert_eq!(index.row(&hashes[5500]), Some(rows[5500]));
+        let moved = index.compact().expect("past a quarter dead");
+        assert!(index.compact().is_none() && index.nbytes() < full / 2);
+        for t in 0..6000 {
+            let now = index.row(&hashes[t]);
+            assert_eq!(now, (t >= 5000).then(|| moved[rows[t] as usize]));
+            assert_eq!(moved[rows[t] as usize] == u32::MAX, t < 5000);
+        }
         let live: Vec<(Hash, i64)> = (5000..6000).map(|t| (hashes[t], t as i64)).collect();
         for t in (0..6000).step_by(50) {
             let q = rng.flip(&hashes[t], (t % 40) as u32);
