@@ -172,11 +172,6 @@ class Producer(faust_aiokafka.Producer):
         if self._producer is not None:
             await self._producer.flush()
 
-    async def handed_over(self) -> None:
-        """Wait until every record sent before this call is handed to the client (queued
-        in its batches, not yet acknowledged: see :meth:`flush_sent` for that)."""
-        await self.counted.flush_until(self.counted.put_count)
-
     @property
     def queued(self) -> int:
         """Records waiting in Faust's buffer to be handed to the client (the worker's report)."""

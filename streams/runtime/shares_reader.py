@@ -5,9 +5,7 @@ step for each record) cost more CPU than everything the stages do with a
 record, and this stage keeps no table that needs Faust. Its records go to
 :meth:`Topology.ingest_records`; its offsets are committed by the
 :class:`~streams.runtime.checkpoint.Checkpoint` once what they became is
-flushed (at least once: a record read again changes nothing downstream). It
-reads on while a checkpoint waits for the broker, one checkpoint at most
-(:meth:`Checkpoint.commit_behind`).
+flushed (at least once: a record read again changes nothing downstream).
 
 It also keeps the event-time clock of the ``shares`` partitions honest: a
 partition with records not read yet is busy, not idle
@@ -17,11 +15,10 @@ time are paused while the others catch up (:meth:`SharesReader.pace`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from streams.runtime.checkpoint import Checkpoint
@@ -52,15 +49,12 @@ class SharesReader:
         checkpoint: Checkpoint,
         *,
         on_delays: Callable[[Iterable[float]], None] | None = None,
-        handed_over: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.topology = topology
         self.checkpoint = checkpoint
         #: the Kafka timestamps (s) of each batch read, to note how long records waited
         self.on_delays = on_delays
-        #: waits until the records sent so far are handed to the Kafka client (see :meth:`run`)
-        self.handed_over = handed_over
         self.topic = settings.topic("shares")
         self.consumer: Any = None
         self.read = 0
@@ -95,22 +89,11 @@ class SharesReader:
         try:
             while True:
                 await self.poll(wait_ms)
-                # What a batch made waits in Faust's producer buffer, one queue for every
-                # record the worker writes, alerts included, until a task hands it to the
-                # client, a record a turn of the event loop. The checkpoint that held the
-                # reader back once a second had let that queue drain; reading on, the reader
-                # waits after each batch until what it made is handed over (not until the
-                # broker has it: that is the checkpoint's wait). And a batch already fetched
-                # is handed out without a pause, so the loop must yield at least once.
-                await asyncio.sleep(0)
-                if self.handed_over is not None:
-                    await self.handed_over()
                 self.pace()
                 if time.monotonic() - committed_at >= COMMIT_EVERY_S:
-                    await self.checkpoint.commit_behind(self.owned())
                     committed_at = time.monotonic()
+                    await self.checkpoint.commit(self.owned())
         finally:
-            self.checkpoint.abandon()  # not committed: read again by whoever reads next
             self.consumer = None
             with contextlib.suppress(Exception):
                 await consumer.stop()

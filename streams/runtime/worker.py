@@ -398,11 +398,7 @@ class Worker:
             commit_offsets=lambda offsets: self.shares.commit_offsets(offsets),
         )
         self.shares = SharesReader(
-            s,
-            self.topology,
-            self.checkpoint,
-            on_delays=lambda t: self._delay("ingest", t),
-            handed_over=lambda: app.counted_producer.handed_over(),
+            s, self.topology, self.checkpoint, on_delays=lambda t: self._delay("ingest", t)
         )
         #: sinks fed from the alerts topic (the webhook: streams.runtime.alert_feed)
         self.feeds: list[AlertFeed] = []
