@@ -621,18 +621,11 @@ class Worker:
 
     async def _seek_back(self) -> None:
         """Seek the partitions whose records the client skipped back to the first of them
-        (their later records were held back: they come again after).
-
-        In the consumer's own thread (``seek_wait``): Faust's ``seek`` moves the client
-        from this loop while its fetcher runs in that thread, and a fetch dropping a
-        partition's records as the seek dropped them raised ``KeyError`` in aiokafka's
-        ``fetched_records``, crashing the worker (seen once in CI, a replacement worker
-        re-reading skipped ``resolve`` records).
-        """
+        (their later records were held back: they come again after)."""
         seeks, self._seeks = self._seeks, []
         for tp, offset in seeks:
             try:
-                await self.app.consumer.seek_wait({tp: offset})
+                await self.app.consumer.seek(tp, offset)
             except Exception as exc:  # revoked meanwhile: its next owner starts it afresh
                 log.warning("could not seek %s back to %d: %s", tp, offset, exc)
 
