@@ -498,9 +498,9 @@ class Worker:
             # group has rejoined). Faust flushed before this signal, but its flush gives up
             # after 0.1 s without a send, records still queued (see ProducerBuffer); and
             # what was handed over in-process since is only in those logs.
-            # Bounded: an unbounded wait here held a rebalance (a worker whose tables
-            # were never assigned, three times in CI); past the bound it is as before,
-            # Faust's own flush having given up sooner.
+            # Bounded: an unbounded wait here is the likeliest (not proven) cause of
+            # rebalances that never ended in CI; past the bound it is as before, Faust's
+            # own flush having given up sooner.
             self.checkpoint.stage()
             try:
                 await asyncio.wait_for(
