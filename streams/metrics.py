@@ -298,6 +298,12 @@ class _CoreCollector(Collector):
             "Bytes in the state logs of the partitions this worker holds (what a restart reads).",
             value=s.log_bytes,
         )
+        yield GaugeMetricFamily(
+            "viralwatch_partitions_stalled",
+            "Clusters partitions held here whose watermark has not moved for 30 s while "
+            "events wait (the worker's log says which and what holds them back).",
+            value=s.partitions_stalled,
+        )
         yield _counter(
             "viralwatch_uploads_allowed",
             "Uploads on the allow-list (a reviewer's false positive): matched no bank.",

@@ -43,6 +43,8 @@ class Stats:
     orphans_held: int = 0
     watermark_ms: int = 0
     log_bytes: int = 0  # bytes in the state logs of the partitions held (streaming worker)
+    # clusters partitions held whose watermark stands still while events wait (worker)
+    partitions_stalled: int = 0
     bank_entries: dict[str, int] = field(default_factory=dict)  # per bank, as last changed
     bank_updated_s: float = 0.0  # wall clock of the last bank update applied (Unix seconds)
 

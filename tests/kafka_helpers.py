@@ -234,6 +234,27 @@ def latest_stats(records: list[Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def stats_lines(records: list[Any], now: float | None = None) -> str:
+    """Each worker's newest stats record, in a line a timed-out test can print: how old it
+    is, the partitions held, each clusters partition's watermark, what waits."""
+    now = time.time() if now is None else now
+    out = []
+    for worker, d in sorted(latest_stats(records).items()):
+        fields = {
+            "age_s": round(now - d["time"], 1),
+            "partitions": d.get("partitions"),
+            "watermarks": d.get("watermarks"),
+            "pending": d.get("pending"),
+            "held": d.get("held"),
+            "producer_queued": d.get("producer_queued"),
+            "skipped": d.get("skipped"),
+            "seeks": d.get("seeks"),
+            "stalled": d.get("stalled"),
+        }
+        out.append(f"stats of {worker}: {orjson.dumps(fields).decode()}")
+    return "\n".join(out) or "(no stats record)"
+
+
 def produce_lines(
     broker: RunningBroker,
     topic: str,

@@ -199,3 +199,92 @@ def test_the_app_s_producer_counts_what_it_buffers() -> None:
     assert isinstance(producer.counted, faust_adapter.ProducerBuffer)
     assert producer.counted.max_messages == faust_adapter.PRODUCER_BUFFER_RECORDS
     assert producer.queued == 0
+
+
+def test_faust_s_consumer_still_has_the_thread_and_read_offsets_seek_soon_uses() -> None:
+    import faust
+
+    app = faust_adapter.App("adapter-test", broker="kafka://127.0.0.1:1")
+    consumer: Any = app.consumer
+    thread = consumer._thread
+    assert isinstance(thread, faust_adapter.ConsumerThread)
+    assert isinstance(thread.thread_loop, asyncio.AbstractEventLoop)
+    assert callable(thread._ensure_consumer)
+    assert consumer._read_offset[faust.types.TP("t", 0)] is None  # a defaultdict of offsets
+    # Faust's own seek moves the client from the app's loop: the race seek_soon avoids
+    assert "self._thread.seek(" in inspect.getsource(type(consumer)._seek)
+
+
+def test_a_seek_is_made_in_the_consumer_s_thread_and_not_awaited() -> None:
+    """The aiokafka client is moved only from the thread whose loop runs its fetcher (a
+    seek from the app's loop raced the fetcher: KeyError in ``fetched_records``), and the
+    agent asking is not held up (Faust's ``seek_wait`` awaited the position, up to the
+    request timeout); Faust's delivery takes the offset again only once the seek is done.
+    A partition revoked meanwhile is not sought, and nothing raises in the agent."""
+    import logging
+    import threading
+    from types import SimpleNamespace
+
+    from aiokafka.errors import IllegalStateError
+    from faust.types import TP
+
+    thread_loop = asyncio.new_event_loop()
+    runner = threading.Thread(target=thread_loop.run_forever, daemon=True)
+    runner.start()
+    seeks: list[tuple[int, int, bool]] = []
+    gate = threading.Event()
+
+    class Client:
+        def seek(self, tp: Any, offset: int) -> None:
+            gate.wait(5)
+            seeks.append((tp.partition, offset, threading.current_thread() is runner))
+            if tp.partition == 9:
+                raise IllegalStateError("No current assignment for partition")
+
+    thread = SimpleNamespace(
+        thread_loop=thread_loop, _ensure_consumer=Client, log=logging.getLogger("test")
+    )
+    consumer = SimpleNamespace(_thread=thread, _read_offset={})
+    app = SimpleNamespace(consumer=consumer)
+
+    async def scenario() -> None:
+        faust_adapter.seek_soon(app, TP("t", 1), 17)
+        faust_adapter.seek_soon(app, TP("t", 9), 3)
+        await asyncio.sleep(0.05)  # the seek waits in the thread: the caller went on
+        assert seeks == [] and consumer._read_offset == {}
+        gate.set()
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if len(seeks) == 2 and consumer._read_offset:
+                break
+        await asyncio.sleep(0.05)
+        assert seeks == [(1, 17, True), (9, 3, True)]
+        assert consumer._read_offset == {TP("t", 1): 17}
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        thread_loop.call_soon_threadsafe(thread_loop.stop)
+        runner.join(5)
+        thread_loop.close()
+
+
+def test_a_record_whose_send_fails_is_no_longer_waited_for() -> None:
+    """A record the client refused is not handed over later either: a flush waiting for it
+    would wait until the producer stops (it is counted, whatever became of it)."""
+    from types import SimpleNamespace
+
+    class Channel:
+        async def publish_message(self, fut: Any, wait: bool = False) -> None:
+            raise RuntimeError("refused")
+
+    async def scenario() -> None:
+        buffer = faust_adapter.ProducerBuffer()
+        fut = SimpleNamespace(message=SimpleNamespace(channel=Channel()))
+        buffer.put_count = 1
+        with pytest.raises(RuntimeError, match="refused"):
+            await buffer._send_pending(fut)
+        assert buffer.sent_count == 1
+        await asyncio.wait_for(buffer.flush_until(1), 1.0)
+
+    asyncio.run(scenario())

@@ -26,6 +26,7 @@ from kafka_helpers import (
     names,
     produce_lines,
     settings_for,
+    stats_lines,
     tansu,
     worker_env,
     workers,
@@ -126,7 +127,8 @@ def wait_done(
         alive = [p for p in procs if p.alive()]
         return (
             f"alerts {len(alerts.records)}/{len(expected.alerts)}, actions "
-            f"{len(actions.records)}/{len(expected.actions)}, workers alive {len(alive)}\n"
+            f"{len(actions.records)}/{len(expected.actions)}, workers alive {len(alive)}, "
+            f"stream end {expected.end_ms}\n{stats_lines(stats.records)}\n"
             + "\n---\n".join(p.log_tail(25) for p in procs)
         )
 

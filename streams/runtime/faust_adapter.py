@@ -11,7 +11,7 @@ breaks a test, not a running worker.
 The rest of the runtime uses the public names below: :class:`App` (a Faust
 app built with :class:`Transport`), :func:`read_true_ends`,
 :func:`backlogged`, :func:`committed_metadata`, :func:`committed_offset`, :func:`on_assigned`,
-:func:`force_metadata_update`, :func:`credentials`,
+:func:`force_metadata_update`, :func:`seek_soon`, :func:`credentials`,
 :func:`faust_broker_url`.
 """
 
@@ -126,8 +126,10 @@ class ProducerBuffer(FaustProducerBuffer):
         self.put_count += 1
 
     async def _send_pending(self, fut: Any) -> None:
-        await super()._send_pending(fut)
-        self.sent_count += 1
+        try:
+            await super()._send_pending(fut)
+        finally:  # handed over or failed, it is no longer waiting: a flush must not wait
+            self.sent_count += 1  # for it until the producer stops
 
     async def flush_until(self, mark: int) -> None:
         """Wait until the first ``mark`` records put are handed to the client."""
@@ -252,6 +254,40 @@ def log_ends(consumer: Any, next_offsets: dict[int, int]) -> tuple[list[int], di
         elif state is not None and state.timestamp is not None:
             at_end[tp.partition] = state.timestamp / 1000
     return behind, at_end
+
+
+def seek_soon(app: Any, tp: TP, offset: int) -> None:
+    """Seek ``tp`` of Faust's consumer to ``offset``, in the consumer's own thread, without
+    waiting for it.
+
+    Faust's ``Consumer.seek`` moves the aiokafka client from the app's loop
+    while the client's fetcher runs in Faust's consumer thread: a replacement
+    worker crashed in CI with a ``KeyError`` in aiokafka's ``fetched_records``,
+    its partition state changed under the fetcher. Faust's ``seek_wait`` runs in
+    that thread but then waits for the position, up to the request timeout,
+    inside the agent that asked (two-worker runs stalled with it). Here the seek
+    is queued on the thread's loop and the caller goes on; once it is done, the
+    app's loop is told to take records from ``offset`` again (Faust drops records
+    below the last offset it handed over). A partition revoked meanwhile is not
+    sought (its next owner starts it afresh); the reader notices records that
+    still do not come and seeks again (:mod:`streams.runtime.read_offsets`).
+    """
+    consumer = app.consumer
+    thread = consumer._thread  # Faust: the ConsumerThread that owns the aiokafka client
+    app_loop = asyncio.get_running_loop()
+
+    def read_from() -> None:  # the app's loop: Faust's delivery takes ``offset`` again
+        consumer._read_offset[tp] = offset if offset else None
+
+    def seek() -> None:  # the consumer's thread
+        try:
+            thread._ensure_consumer().seek(tp, offset)
+        except Exception as exc:  # revoked meanwhile, or the consumer stopping
+            thread.log.warning("could not seek %s back to %d: %r", tp, offset, exc)
+            return
+        app_loop.call_soon_threadsafe(read_from)
+
+    thread.thread_loop.call_soon_threadsafe(seek)
 
 
 def credentials(settings: Settings) -> Any:

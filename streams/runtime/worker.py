@@ -89,12 +89,14 @@ from streams.runtime.faust_adapter import (
     committed_offset,
     credentials,
     faust_broker_url,
+    seek_soon,
     set_current_event,
 )
 from streams.runtime.hand_over import HandOver, Hop
 from streams.runtime.outputs import Outputs
 from streams.runtime.read_offsets import ReadOffsets
 from streams.runtime.shares_reader import SharesReader
+from streams.runtime.stalls import StallWatch
 from streams.runtime.state_log import StateLog
 from streams.runtime.topology import StageSettings, Topology
 from streams.runtime.views import TokenSource, Views, advertised_url
@@ -251,6 +253,10 @@ class Worker:
         self._seeks: list[tuple[Any, int]] = []
         #: a stream of this app: Faust sets the current event through one
         self._stream: Any = None
+        #: clusters partitions whose watermark stands still while events wait, and internal
+        #: partitions whose records wait on the broker unread (see stalls)
+        self.stalls = StallWatch()
+        self.unread = StallWatch()
         self.app = self._build()
         self.on_alerts = on_alerts
         if views is not None:
@@ -444,7 +450,7 @@ class Worker:
                     received = self._received("resolve", events)
                     self.topology.resolve_received(received)
                     self.checkpoint.stage()
-                    await self._seek_back()
+                    self._seek_back()
 
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
         async def detect(stream: Any) -> None:
@@ -455,7 +461,7 @@ class Worker:
                     for k, envelopes in self._received("clusters", events).items():
                         self.topology.detect(k, envelopes)
                     self.checkpoint.stage()
-                    await self._seek_back()
+                    self._seek_back()
 
         @app.timer(HEARTBEAT_S)  # type: ignore[untyped-decorator]
         async def heartbeat() -> None:
@@ -465,6 +471,10 @@ class Worker:
         @app.timer(STATS_EVERY_S)  # type: ignore[untyped-decorator]
         async def publish_stats() -> None:
             self.stats.log_bytes = self.resolve_logs.size + self.cluster_logs.size
+            try:
+                self._watch_stalls(time.monotonic())
+            except Exception:  # a diagnostic: it must never stop the report or the worker
+                log.exception("watching for stalled partitions failed")
             self.t_stats.send_soon(key=self.worker_id.encode(), value=self.summary_json())
 
         pacer = GcPacer(GC_FREEZE_EVERY_S, GC_FULL_EVERY_S, time.monotonic())
@@ -619,15 +629,13 @@ class Worker:
             received[p] = hop.received(p, records)
         return received
 
-    async def _seek_back(self) -> None:
+    def _seek_back(self) -> None:
         """Seek the partitions whose records the client skipped back to the first of them
-        (their later records were held back: they come again after)."""
+        (their later records were held back: they come again after). The seek is made in
+        the consumer's thread, not awaited (:func:`seek_soon`)."""
         seeks, self._seeks = self._seeks, []
         for tp, offset in seeks:
-            try:
-                await self.app.consumer.seek(tp, offset)
-            except Exception as exc:  # revoked meanwhile: its next owner starts it afresh
-                log.warning("could not seek %s back to %d: %s", tp, offset, exc)
+            seek_soon(self.app, tp, offset)
 
     def _focus(self, hop_name: str, partition: int) -> None:
         """Table writes of ``partition`` go to its changelog partition, with its last event."""
@@ -726,6 +734,10 @@ class Worker:
             "skipped": self.read_offsets.skipped,
             "seeks": self.read_offsets.seeks,
             "watermarks": {str(k): d.watermark.value for k, d in sorted(self.detectors.items())},
+            # clusters partitions whose watermark stands still while events wait (stalls.py)
+            "stalled": self.stalls.stalled + [f"unread {k}" for k in self.unread.stalled],
+            # each resolve partition's progress (what the clusters watermarks wait for)
+            "progress": {str(r): st.progress for r, st in sorted(self.resolvers.items())},
             "partitions": {
                 "shares": sorted(self.topology.ingest.clock.assigned),
                 "resolve": sorted(self.resolvers),
@@ -741,6 +753,90 @@ class Worker:
             "sent": dict(self.sent),
             "stats": self.stats.summary(),
         }
+
+    def _watch_stalls(self, now: float) -> None:
+        """Say which partitions held here stand still while work waits behind them: a
+        clusters partition's watermark with events pending (and which sources hold it
+        back), an internal partition whose records wait on the broker unread; and when
+        they move on (see :mod:`streams.runtime.stalls`)."""
+        detectors = self.detectors
+        say, ended = self.stalls.check(
+            {f"clusters/{k}": (d.watermark.value, d.pending) for k, d in detectors.items()},
+            now,
+        )
+        for stall in say:
+            log.warning(
+                "%s: watermark %d has not moved for %.0f s while %d events wait; held back by %s",
+                stall.key,
+                stall.mark,
+                stall.since_s,
+                stall.waiting,
+                self._holding(int(stall.key.rsplit("/", 1)[1])),
+            )
+        for stall in ended:
+            log.warning(
+                "%s: watermark moved on to %d after %.0f s", stall.key, stall.mark, stall.since_s
+            )
+        say, ended = self.unread.check(self._unread(), now)
+        for stall in say:
+            log.warning(
+                "%s: %d records wait on the broker past offset %d, none handed to the stage "
+                "for %.0f s (read offsets: %d records skipped, %d seeks back so far)",
+                stall.key,
+                stall.waiting,
+                stall.mark,
+                stall.since_s,
+                self.read_offsets.skipped,
+                self.read_offsets.seeks,
+            )
+        for stall in ended:
+            log.warning(
+                "%s: read again, from offset %d, after %.0f s", stall.key, stall.mark, stall.since_s
+            )
+        self.stats.partitions_stalled = len(self.stalls.stalled) + len(self.unread.stalled)
+
+    def _unread(self) -> dict[str, tuple[int, int]]:
+        """Each internal partition held here: the next offset its stage is to be handed and
+        how many records wait on the broker past it (the client's last highwater)."""
+        out: dict[str, tuple[int, int]] = {}
+        consumer = self.app.consumer
+        for hop in (self.hand_over.resolve, self.hand_over.clusters):
+            topic = self.settings.topic(hop.name)
+            for p in sorted(hop.held):
+                tp = TP(topic, p)
+                position = self.read_offsets.position(hop.name, p)
+                if position is None:
+                    position = committed_offset(self.app, tp) or 0
+                try:
+                    highwater = consumer.highwater(tp)
+                except Exception:  # not assigned in the client (a rebalance under way)
+                    continue
+                if highwater is not None:
+                    out[f"{hop.name}/{p}"] = (position, max(0, highwater - position))
+        return out
+
+    def _holding(self, partition: int) -> str:
+        """The resolve partitions whose progress holds a clusters partition's watermark back
+        (the slowest, and those not heard from), and where those held here stand."""
+        d = self.detectors.get(partition)
+        if d is None:
+            return "(revoked)"
+        marks = d.watermark.marks()
+        missing = [r for r in range(d.watermark.sources) if r not in marks]
+        slowest = min((t for t, _ in marks.values()), default=None)
+        # until every source is heard from the watermark is unknown: those alone hold it
+        holders = missing or [r for r, (t, _) in marks.items() if t == slowest]
+        parts = []
+        for r in holders:
+            where = "not heard from" if r in missing else f"at {marks[r][0]}"
+            state = self.resolvers.get(r)
+            if state is not None:  # held here: what holds it back in turn
+                where += (
+                    f" (held here: progress {state.progress}, {state.held} held, input "
+                    f"marks {state.watermark.marks()}, peers {dict(sorted(state.peers.items()))})"
+                )
+            parts.append(f"resolve/{r} {where}")
+        return "; ".join(parts) or "nothing known"
 
     def _take_delays(self) -> dict[str, dict[str, float]]:
         """Per stage since the last call: mean and largest wait of the oldest record of a batch."""
