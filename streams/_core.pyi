@@ -364,15 +364,23 @@ class ReplayLoop:
     def waiting(self) -> int: ...
     def __len__(self) -> int: ...
 
-def ingest_batch(
-    parsed: list[Any],
-    sources: list[int],
-    partitions: int,
-    to_route: type,
-    rejection: type,
-) -> tuple[list[list[Any]], list[int], list[tuple[int, int | None]]]:
-    """Ingest's step over a parsed batch: ``ToRoute`` items per resolve partition, the
-    rejections' positions, each input partition's newest event time (first-read order)."""
+def ingest_lines(
+    lines: list[bytes], sources: list[int], partitions: int
+) -> tuple[list[EvBatch | None], list[tuple[int, Any]], list[tuple[int, int | None]]]:
+    """Ingest's step over a batch of input lines: an ``EvBatch`` of events to route per
+    resolve partition (``None``: none), ``(position, Rejection)`` of the lines refused,
+    each input partition's newest event time (first-read order)."""
+
+class EvBatch:
+    """Compiled events crossing Python as one item of an envelope (``rust/python/src/ev.rs``):
+    events to route (``ToRoute``'s) or routed events (``Routed``'s, no match), in order."""
+
+    def __len__(self) -> int: ...
+    @property
+    def routed_events(self) -> bool:
+        """Whether its events are routed rather than to route."""
+    def parts(self) -> tuple[list[Any], list[str] | None]:
+        """The events as ``ShareEvent``s (made now), and each one's cluster (routed)."""
 
 class ResolveLoop:
     """A streaming resolve partition's per-event loop (``rust/python/src/resolve.rs``):

@@ -61,23 +61,24 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeGuard, TypeVar
 
 import orjson
 
 from streams._core import (
     ClusterLoop,
+    EvBatch,
     ForgetSink,
     PostRoutes,
     ResolveLoop,
     evict_unbanked,
-    ingest_batch,
+    ingest_lines,
 )
 from streams.alerts import Pseudonymizer
 from streams.banks import MIN_PDQ_QUALITY, BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, LoopHost, Predictor
 from streams.emerging import EmergingClusters
-from streams.events import Rejection, ShareEvent, parse_events
+from streams.events import Rejection, ShareEvent
 from streams.pipeline import DEFAULT_PREDICTOR
 from streams.policy import AlertPolicy
 from streams.router import Routed, Router
@@ -101,6 +102,7 @@ from streams.wire import (
     encode_parts,
     held_parts,
     read_envelope,
+    records,
 )
 
 T = TypeVar("T")
@@ -190,7 +192,7 @@ class Envelope:
         watermarks ride on the last part only, so no receiver moves a watermark past items
         still on their way."""
         marks = len(self.marks) + len(self.progress) + len(self.inputs)
-        runs = _runs(self.items, limit - 200 - 40 * marks)
+        runs = _runs(records(self.items), limit - 200 - 40 * marks)
         last = len(runs) - 1
         return [
             Envelope(run, self.marks, self.progress, inputs=self.inputs).pack()
@@ -276,6 +278,11 @@ def _rejected(
     for rejection in rejections:
         stats.rejected[rejection.reason] += 1
         dead.append(DeadLetter(rejection, stage))
+
+
+def _routed(item: Item) -> TypeGuard[Routed | EvBatch]:
+    """Whether ``item`` is a routed event (a record, or a batch of compiled ones)."""
+    return type(item) is Routed or (type(item) is EvBatch and item.routed_events)
 
 
 def _unexpected(item: Item, stage: str, stats: Stats, dead: list[DeadLetter]) -> None:
@@ -608,28 +615,31 @@ class Ingest:
     def handle(self, records: Iterable[tuple[int, int, bytes | None]], now: float) -> IngestBatch:
         """``records`` are ``(partition, offset, value)`` of the input topic, in offset order.
 
-        Parsed in one call, then each event sent on in one more (``_core.ingest_batch``:
-        its resolve partition, the newest event time of each input partition); Python
-        touches the rejections only.
+        Parsed and each event put in the batch of its resolve partition in one call
+        (``_core.ingest_lines``), which also gives the newest event time of each input
+        partition; the events stay compiled (an ``EvBatch`` per partition: no Python record
+        per event) and Python touches the rejections only.
         """
         parts = self.partitions
         dead: list[DeadLetter] = []
         clock = self.clock
         batch = list(records)
-        parsed = parse_events([value if value is not None else b"" for _, _, value in batch])
+        lines = [value if value is not None else b"" for _, _, value in batch]
         sources = [partition for partition, _, _ in batch]
-        items, rejected, newest = ingest_batch(parsed, sources, parts, ToRoute, Rejection)
-        for i in rejected:
+        items, rejected, newest = ingest_lines(lines, sources, parts)
+        for i, rejection in rejected:
             partition, offset, _ = batch[i]
-            rejection = parsed[i]
-            assert isinstance(rejection, Rejection)
             self.stats.rejected[rejection.reason] += 1
             dead.append(DeadLetter(rejection, "parse", Source(self.topic, partition, offset)))
         for partition, ts in newest:
             clock.observe(partition, ts, now)
         marks = clock.marks(now)
-        events = len(parsed) - len(rejected)
-        return IngestBatch({r: Envelope(items[r], marks) for r in range(parts)}, dead, events)
+        events = len(batch) - len(rejected)
+        return IngestBatch(
+            {r: Envelope([] if b is None else [b], marks) for r, b in enumerate(items)},
+            dead,
+            events,
+        )
 
     def heartbeat(self, now: float) -> dict[int, Envelope]:
         """Marks-only envelopes for every resolve partition (sent when no data flows)."""
@@ -648,8 +658,8 @@ class ResolveBatch:
 
     partition: int
     partitions: int
-    #: routed events, per cluster partition
-    clusters: list[list[Routed]]
+    #: routed events, per cluster partition (runs of compiled ones as one ``EvBatch``)
+    clusters: list[list[Routed | EvBatch]]
     #: registrations (and, for the index's owner, unbanked uploads), per resolve partition
     peers: list[list[Item]]
     #: this partition's progress, when it moved (``None``: it did not)
@@ -1376,7 +1386,10 @@ class ClusterPartition(LoopHost):
         read, and an envelope handed over in-process, the records' way.
         """
         loop, stats = self.loop, self.stats
-        received: list[Routed] = []  # the records' way: logged as they are written
+        # handed over in-process (records, or a resolve partition's compiled batches):
+        # logged as they are written
+        received: list[Routed | EvBatch] = []
+        received_events = 0
         banked: list[Routed] = []
         read_events = 0
         dead: list[DeadLetter] = []
@@ -1392,10 +1405,11 @@ class ClusterPartition(LoopHost):
                 if env is None:
                     continue
                 progress = env.progress
-                routed = [item for item in env.items if type(item) is Routed]
-                others = [item for item in env.items if type(item) is not Routed]
+                routed = [item for item in env.items if _routed(item)]
+                others = records(item for item in env.items if not _routed(item))
                 held_banked = loop.push(routed)
                 received += routed
+                received_events += sum(len(x) if type(x) is EvBatch else 1 for x in routed)
             for item in others:
                 _unexpected(item, "detect", stats, stray)
             if progress:
@@ -1406,7 +1420,7 @@ class ClusterPartition(LoopHost):
         batch.log = loop.take_log()
         if received:
             batch.log += encode_parts(received, MAX_RECORD_BYTES)
-        batch.log_items = read_events + len(received)
+        batch.log_items = read_events + received_events
         return batch
 
     def advance(self, received: Iterable[str] = ()) -> ClusterBatch:

@@ -72,6 +72,7 @@ from typing import Any, Final
 import orjson
 
 from streams import _core
+from streams._core import EvBatch
 from streams.alerts import MatchInfo
 from streams.events import Content, Rejection, ShareEvent, event_from_dict, parse_ts
 from streams.router import Routed
@@ -121,7 +122,31 @@ class Touch:
 
 
 #: An item of an envelope.
-Item = ToRoute | Registration | Forget | Routed | Unbanked | Touch
+#: ``EvBatch``: compiled events, to route or routed, as one item (ingest's, and a resolve
+#: partition's for a clusters partition); written as the records it holds (:func:`records`).
+Item = ToRoute | Registration | Forget | Routed | Unbanked | Touch | EvBatch
+
+
+def records(items: Iterable[Item]) -> list[Item]:
+    """``items`` with each ``EvBatch`` opened into the records it stands for (``ToRoute``,
+    or ``Routed`` with no match), in order: for what reads items one by one as records
+    (a test, an item with no place where it came, a record cut to Kafka's size).
+
+    >>> records([Forget("p1")])
+    [Forget(post_id='p1')]
+    """
+    out: list[Item] = []
+    for item in items:
+        if type(item) is EvBatch:
+            events, clusters = item.parts()
+            if clusters is None:
+                out += [ToRoute(ev) for ev in events]
+            else:
+                out += [Routed(ev, c) for ev, c in zip(events, clusters, strict=True)]
+        else:
+            out.append(item)
+    return out
+
 
 #: An unbanked cluster in the index owner's log: its latest event time, the signals it took.
 IndexEntry = tuple[int, tuple[str, ...]]

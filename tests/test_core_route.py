@@ -25,7 +25,7 @@ from streams.banks import HashBanks
 from streams.events import ShareEvent
 from streams.stages import Envelope, ResolvePartition
 from streams.stats import Stats
-from streams.wire import ToRoute
+from streams.wire import ToRoute, records
 
 EXAMPLES = int(os.environ.get("VIRALWATCH_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None)
@@ -191,7 +191,7 @@ def test_a_loop_of_held_reshares_is_refused_and_the_rest_released_in_order() -> 
     assert r.held == 3 and first.routed == 0
     r.posts["p0"] = "u-1"
     released = r.handle([Envelope([ToRoute(_share(1, "p0", T0 + 1))])])
-    assert [(x.event.event_id, x.cluster_id) for x in released.clusters[0]] == [
+    assert [(x.event.event_id, x.cluster_id) for x in records(released.clusters[0])] == [
         ("e1", "u-1"),
         ("e2", "u-1"),
         ("e3", "u-1"),

@@ -26,7 +26,7 @@ from streams.runtime.local_run import LocalRun
 from streams.settings import DEV_PSEUDONYM_KEY
 from streams.stages import Envelope, ResolvePartition, merge_resolved, partition_for
 from streams.stats import Stats
-from streams.wire import ToRoute, Unbanked
+from streams.wire import ToRoute, Unbanked, records
 
 MIN, SEC = 60_000, 1_000
 
@@ -477,7 +477,8 @@ def test_a_retroactive_firing_the_applied_shares_prove_goes_out_before_the_water
     det = Detector(AlertPolicy.default(), stats, pseudonymizer=Pseudonymizer(b"k"))
     events = [e for e in parse_events(list(t.lines())) if isinstance(e, ShareEvent)]
     end = (max(e.ts_ms for e in events) + 1, False)  # every input passed: all clustered
-    routed = resolver.handle([Envelope([ToRoute(e) for e in events], {0: end})]).clusters[0]
+    batch = resolver.handle([Envelope([ToRoute(e) for e in events], {0: end})])
+    routed = records(batch.clusters[0])
     routed.sort(key=lambda r: (r.event.ts_ms, r.event.event_id))
     wm, bank_at = T0 + 3 * MIN, T0 + 4 * MIN
     before = [r for r in routed if r.event.ts_ms <= wm]
@@ -588,11 +589,13 @@ def test_the_index_owner_waits_for_its_peers_and_its_log_gives_the_index_back() 
     mine = owner.handle([Envelope([], {0: (T0 + 2 * MIN, False)})])
     assert owner.progress < T0  # it has not heard from partition 1 yet
     answer = owner.handle([merge_resolved([sent])[1][0]])
-    [routed] = [x for k in answer.clusters for x in k]
+    [routed] = [x for k in answer.clusters for x in records(k)]
     assert routed.cluster_id == unbanked_cluster_id(Content(pdq="f" * 64, pdq_quality=90))
     assert owner.progress == other.progress  # its peer's, heard with the upload
     back = other.handle([merge_resolved([answer])[1][1]])
-    assert [x.event.event_id for k in back.clusters for x in k] == ["e2"] and other.held == 0
+    assert [x.event.event_id for k in back.clusters for x in records(k)] == [
+        "e2"
+    ] and other.held == 0
     again = resolver_of(0)
     again.restore([d for d in (mine.delta, answer.delta) if d is not None])
     near = {"pdq": "f" * 60 + "0" * 4, "pdq_quality": 90}
@@ -627,10 +630,10 @@ def test_the_index_owner_clusters_on_its_peers_input_watermark_not_their_held_pr
     assert to_owner.inputs == {1: T0 + MIN}
     owner.handle([Envelope([], {0: (T0 + MIN, False)})])
     answer = owner.handle([to_owner])
-    clustered = sorted(x.event.event_id for k in answer.clusters for x in k)
+    clustered = sorted(x.event.event_id for k in answer.clusters for x in records(k))
     assert clustered == ["e0", "e1", "e2"]  # all three in one round, not one
     back = other.handle([merge_resolved([answer])[1][1]])
-    assert sorted(x.event.event_id for k in back.clusters for x in k) == ["s0", "s1", "s2"]
+    assert sorted(x.event.event_id for k in back.clusters for x in records(k)) == ["s0", "s1", "s2"]
     assert other.held == 0 and other.progress == T0 + MIN
 
 
@@ -650,10 +653,10 @@ def test_the_index_owner_s_progress_never_passes_an_upload_it_has_not_clustered(
     heard_once = Envelope(to_owner.items, progress=to_owner.progress)  # no input watermark
     owner.handle([Envelope([], {0: (T0 + MIN, False)})])
     waiting = owner.handle([heard_once])
-    assert not [x for k in waiting.clusters for x in k]  # not clustered: inputs unknown
+    assert not [x for k in waiting.clusters for x in records(k)]  # not clustered: inputs unknown
     assert owner.progress < T0  # and not passed either
     again = owner.handle([Envelope([], inputs={1: T0 + MIN})])
-    assert [x.event.event_id for k in again.clusters for x in k] == ["e1"]
+    assert [x.event.event_id for k in again.clusters for x in records(k)] == ["e1"]
     assert owner.progress == T0 + MIN
 
 

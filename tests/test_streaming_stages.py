@@ -35,7 +35,9 @@ from streams.stages import (
     ResolveBatch,
     ResolvePartition,
     log_parts,
+    merge_resolved,
     partition_for,
+    resolve_local_peers,
     split_envelope,
     split_log,
 )
@@ -56,6 +58,7 @@ from streams.wire import (
     encode_parts,
     held_form,
 )
+from streams.wire import records as wire_records
 
 T0 = 1_767_225_600_000
 MD5 = "a" * 32
@@ -405,8 +408,11 @@ def test_ingest_is_the_per_event_loop_it_replaced(
         key = x.parent_post_id if x.type == "share" else x.post_id
         assert key is not None
         want[partition_for(key, parts)].append(ToRoute(x))
-    assert [batch.unpacked[r].items for r in range(parts)] == want
+    assert [wire_records(batch.unpacked[r].items) for r in range(parts)] == want
     assert {env.marks == clock.marks(5.0) for env in batch.unpacked.values()} == {True}
+    # the compiled batches are written as their records are (what a hop through Kafka sends)
+    for r, env in batch.unpacked.items():
+        assert env.pack() == Envelope(want[r], env.marks).pack()
     got = [
         (d.rejection.reason, d.rejection.raw, d.source.partition, d.source.offset)
         for d in batch.deadletters
@@ -659,7 +665,7 @@ def test_register_releases_exactly_what_waited() -> None:
     )
     assert r.router.held == r.held == 2
     batch = r.handle([Envelope([Registration("p1", "b-x")])])
-    released = [x.event.event_id for x in batch.clusters[0]]
+    released = [x.event.event_id for x in wire_records(batch.clusters[0])]
     assert released == ["c", "t"]  # in the order held
     assert r.router.held == r.held == 0 and r.posts["p1"] == "b-x" and r.posts["c1"] == "b-x"
     assert batch.delta_record is not None and batch.delta_record.released == ("c", "t")
@@ -726,7 +732,7 @@ def _resolved(partition: int, records: list[bytes], cuts: list[int]) -> tuple[An
         (x.event.event_id, x.cluster_id, k)
         for b in batches
         for k, xs in enumerate(b.clusters)
-        for x in xs
+        for x in wire_records(xs)
     ]
     dead = [
         (d.rejection.reason, d.rejection.event_id, d.stage) for b in batches for d in b.deadletters
@@ -1644,3 +1650,68 @@ def test_the_garbage_share_that_makes_a_log_due_is_a_setting() -> None:
     assert not half.due(live=3) and not half.due(live=2) and half.due(live=1)
     with pytest.raises(ValueError):
         LogLedger(min_bytes=10, garbage=1.0)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(1, 4), st.integers(50, 700))
+def test_compiled_batches_handed_over_are_their_records(parts: int, batch: int) -> None:
+    """Ingest's and resolve's events stay compiled in-process (``EvBatch``): a clusters
+    partition handed them logs the bytes, counts the events and decides what it would
+    given their records, or the bytes a hop through Kafka carries; and each envelope's
+    bytes are its records' (whatever the batch size)."""
+    sim = simulate(Scenario(seed=3, **IN_TIME))  # type: ignore[arg-type]
+    stats = Stats()
+    ingest = Ingest(parts, idle_s=30.0, stats=stats)
+    resolvers = {
+        r: ResolvePartition(
+            r,
+            partitions=parts,
+            sources=parts,
+            banks=bank_of(sim.bank),
+            stats=stats,
+            lateness_ms=60_000,
+            hold_ms=600_000,
+            max_held=10_000,
+        )
+        for r in range(parts)
+    }
+    ways = ("batches", "records", "bytes")
+    clusters = {
+        (way, k): ClusterPartition(
+            k,
+            partitions=parts,
+            sources=parts,
+            policy=AlertPolicy.default(),
+            stats=Stats(),
+            pseudonymizer=Pseudonymizer(b"k"),
+        )
+        for way in ways
+        for k in range(parts)
+    }
+    logs: dict[str, list[bytes]] = {way: [] for way in ways}
+    counted: dict[str, int] = dict.fromkeys(ways, 0)
+    alerts: dict[str, list[Any]] = {way: [] for way in ways}
+    compiled = 0
+    lines = sim.lines
+    for start in range(0, len(lines), batch):
+        chunk = [(i % parts, i, lines[i]) for i in range(start, min(start + batch, len(lines)))]
+        made = ingest.handle(chunk, now=float(start))
+        for env in made.unpacked.values():
+            assert env.pack() == Envelope(wire_records(env.items), env.marks).pack()
+        first = [resolvers[r].handle([env]) for r, env in made.unpacked.items()]
+        peers, _ = resolve_local_peers(resolvers, first, 4)
+        to_clusters, _ = merge_resolved(first + peers)
+        for k, env in sorted(to_clusters.items()):
+            compiled += sum(len(x) for x in env.items if not isinstance(x, Routed))
+            as_records = Envelope(wire_records(env.items), progress=env.progress)
+            assert env.pack() == as_records.pack()
+            for way, sent in zip(ways, (env, as_records, env.pack()), strict=True):
+                got = clusters[way, k].handle([sent])
+                logs[way] += got.log
+                counted[way] += got.log_items
+                alerts[way] += got.decisions.alerts
+    assert compiled > len(lines) // 2  # most events crossed compiled
+    read = {way: [i for raw in logs[way] for i in orjson.loads(raw)] for way in ways}
+    assert read["batches"] == read["records"] == read["bytes"]
+    assert counted["batches"] == counted["records"] == counted["bytes"] == len(read["bytes"])
+    assert alerts["batches"] == alerts["records"] == alerts["bytes"]

@@ -12,6 +12,7 @@
 use std::borrow::Cow;
 
 use crate::json::{self, ContentFields, ContentVal, Doc, Fields, Val};
+use crate::wire::{ContentView, EventView};
 
 /// Largest input line accepted, in bytes (a video upload's vPDQ runs to 280 KB).
 pub const MAX_EVENT_BYTES: usize = 320 * 1024;
@@ -182,6 +183,25 @@ impl Compact {
 
     pub fn md5(&self) -> Option<&str> {
         self.optional(5, MD5)
+    }
+
+    /// Its fields as the wire writer writes them (``ShareEvent.to_dict``'s): what a compiled
+    /// event crossing a hop or written to a log is written from, no Python record made.
+    pub fn view(&self) -> EventView<'_> {
+        EventView {
+            event_id: self.event_id(),
+            kind: self.kind.as_str(),
+            ts_ms: self.ts_ms,
+            post_id: self.post_id(),
+            user_id: self.user_id(),
+            parent_post_id: self.parent_post_id(),
+            followers: self.followers,
+            content: self.has_content().then(|| ContentView {
+                pdq: self.pdq(),
+                pdq_quality: self.pdq_quality,
+                md5: self.md5(),
+            }),
+        }
     }
 
     /// The parser's record of it again (what Python's record is made of).
@@ -699,6 +719,29 @@ mod tests {
             let ev = parse_line(line.as_bytes(), &mut PlainJudge).expect("valid");
             let compact = Compact::of(&ev).expect("not a video");
             assert_eq!(compact.event(), ev, "{line}");
+            let v = compact.view();
+            let fields = (v.event_id, v.kind, v.ts_ms, v.post_id, v.user_id);
+            let want = (
+                ev.event_id.as_ref(),
+                ev.kind.as_str(),
+                ev.ts_ms,
+                ev.post_id.as_ref(),
+            );
+            assert_eq!(
+                fields,
+                (want.0, want.1, want.2, want.3, ev.user_id.as_ref())
+            );
+            assert_eq!(
+                (v.parent_post_id, v.followers),
+                (ev.parent_post_id.as_deref(), ev.followers)
+            );
+            let content = ev.content.as_ref();
+            let want = content.map(|c| (c.pdq.as_deref(), c.pdq_quality, c.md5.as_deref()));
+            assert_eq!(
+                v.content.map(|c| (c.pdq, c.pdq_quality, c.md5)),
+                want,
+                "{line}"
+            );
         }
         let video = r#"{"event_id":"e5","type":"upload","ts":1767225600000,"post_id":"p","user_id":"u","content":{"vpdq":["x"]}}"#;
         let ev = parse_line(video.as_bytes(), &mut PlainJudge).expect("parsed");

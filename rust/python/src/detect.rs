@@ -27,7 +27,7 @@ use viralwatch_core::wire::{write_str, Parts};
 
 use crate::content::PyContentSignals;
 use crate::dedupe::with_id;
-use crate::ev::Ev;
+use crate::ev::{Ev, EvBatch};
 use crate::posts::PyPostRoutes;
 use crate::record;
 use crate::routing::image_signals;
@@ -556,6 +556,51 @@ impl ClusterLoop {
     }
 }
 
+impl ClusterLoop {
+    /// Hold a batch of routed events (a resolve partition's `EvBatch`, handed over
+    /// in-process): no record made but for a banked cluster's event, also into ``banked``.
+    fn push_batch<'py>(&mut self, batch: &EvBatch, banked: &Bound<'py, PyList>) -> PyResult<()> {
+        let py = banked.py();
+        let Some(clusters) = &batch.clusters else {
+            return Err(PyTypeError::new_err(
+                "a clusters partition holds Routed events",
+            ));
+        };
+        for (event, cluster) in batch.events.iter().zip(clusters) {
+            let ts = event.ts_ms(py)?;
+            self.push_event(cluster.bind(py), event.clone_ref(py), ts, banked)?;
+        }
+        Ok(())
+    }
+
+    /// Hold one routed event with no match (no record made but for a banked cluster's
+    /// event, which also goes into ``banked``: the detector is told of it).
+    fn push_event<'py>(
+        &mut self,
+        cluster: &Bound<'py, PyString>,
+        event: Ev,
+        ts: i64,
+        banked: &Bound<'py, PyList>,
+    ) -> PyResult<()> {
+        let py = banked.py();
+        let record = if cluster.to_str()?.starts_with("b-") {
+            let r = record(
+                self.routed_cls.bind(py),
+                &[
+                    (intern!(py, "event"), event.to_py(py)?),
+                    (intern!(py, "cluster_id"), cluster.clone().into_any()),
+                    (intern!(py, "match"), py.None().into_bound(py)),
+                ],
+            )?;
+            banked.append(&r)?;
+            Some(r.unbind())
+        } else {
+            None
+        };
+        self.detect.push(cluster, event, ts, record)
+    }
+}
+
 #[pymethods]
 impl ClusterLoop {
     #[new]
@@ -617,7 +662,6 @@ impl ClusterLoop {
         };
         let progress = by_partition(py, &env.progress)?;
         let (banked, rejected, other) = (PyList::empty(py), PyList::empty(py), PyList::empty(py));
-        let routed_cls = self.routed_cls.clone_ref(py).into_bound(py);
         let mut held = 0;
         for item in env.items {
             match item {
@@ -627,21 +671,7 @@ impl ClusterLoop {
                     ts,
                     json,
                 } => {
-                    let record = if cluster.to_str()?.starts_with("b-") {
-                        let r = record(
-                            &routed_cls,
-                            &[
-                                (intern!(py, "event"), event.to_py(py)?),
-                                (intern!(py, "cluster_id"), cluster.clone().into_any()),
-                                (intern!(py, "match"), py.None().into_bound(py)),
-                            ],
-                        )?;
-                        banked.append(&r)?;
-                        Some(r.unbind())
-                    } else {
-                        None
-                    };
-                    self.detect.push(&cluster, event, ts, record)?;
+                    self.push_event(&cluster, event, ts, &banked)?;
                     self.log.push_json(json.as_bytes());
                     held += 1;
                 }
@@ -682,7 +712,10 @@ impl ClusterLoop {
     ) -> PyResult<Bound<'py, PyList>> {
         let banked = PyList::empty(py);
         for item in items.iter() {
-            self.push_one(&item, &banked)?;
+            match item.cast::<EvBatch>() {
+                Ok(batch) => self.push_batch(batch.get(), &banked)?,
+                Err(_) => self.push_one(&item, &banked)?,
+            }
         }
         Ok(banked)
     }

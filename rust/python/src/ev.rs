@@ -298,19 +298,82 @@ pub(crate) fn parse_lines(py: Python<'_>, lines: &Bound<'_, PyList>) -> PyResult
     Ok(out)
 }
 
-/// A list of Python's parsed records (``ShareEvent`` or ``Rejection``) as lines.
-pub(crate) fn lines_of(
-    parsed: &Bound<'_, PyList>,
-    rejection: Option<&Bound<'_, PyType>>,
-) -> Vec<Line> {
-    parsed
-        .iter()
-        .map(|p| {
-            if rejection.is_some_and(|r| p.get_type().is(r)) {
-                Line::Rejected(p.unbind())
-            } else {
-                Line::Event(Ev::from_py(&p))
-            }
-        })
-        .collect()
+/// A batch of events crossing Python as one item of an envelope: events to route (each as
+/// a ``ToRoute`` would carry it: ingest's, for a resolve partition) or routed events (as a
+/// ``Routed`` with no match: a resolve partition's, for a clusters partition), in order.
+/// Ingest makes them and resolve's loop reads them; resolve's loop makes the routed ones
+/// and the clusters partition's loop reads them; the wire writer writes each event in
+/// its item's wire form (``["s", event]``, ``["e", event, cluster, null]``), so a batch
+/// sent through Kafka, or logged, is the bytes its records would have been.
+///
+/// Why: a worker that holds the partitions of the next stage hands its envelopes over
+/// in-process, and there each event was a Python ``ShareEvent`` in a ``ToRoute`` or
+/// ``Routed`` record, made and read back attribute by attribute at every stage, though
+/// most are events of unbanked clusters that Python never looks at. Python sees the
+/// batch (its length; :meth:`records`, its records made, for what reads them one by one:
+/// a test, an item with no place where it came).
+#[pyclass(module = "streams._core", frozen)]
+pub struct EvBatch {
+    pub(crate) events: Vec<Ev>,
+    /// each event's cluster (routed events), or ``None`` (events to route)
+    pub(crate) clusters: Option<Vec<Py<PyString>>>,
+}
+
+impl EvBatch {
+    pub(crate) fn to_route(events: Vec<Ev>) -> Self {
+        Self {
+            events,
+            clusters: None,
+        }
+    }
+
+    pub(crate) fn routed(events: Vec<(Ev, Py<PyString>)>) -> Self {
+        let (events, clusters) = events.into_iter().unzip();
+        Self {
+            events,
+            clusters: Some(clusters),
+        }
+    }
+}
+
+#[pymethods]
+impl EvBatch {
+    fn __len__(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether its events are routed (``Routed``'s) rather than to route (``ToRoute``'s).
+    #[getter]
+    fn routed_events(&self) -> bool {
+        self.clusters.is_some()
+    }
+
+    /// ``(events, clusters)``: the events as Python ``ShareEvent``s (made now), and each one's
+    /// cluster (``None`` for events to route).
+    #[allow(clippy::type_complexity)]
+    fn parts<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Vec<Bound<'py, PyAny>>, Option<Vec<Bound<'py, PyString>>>)> {
+        let events = self
+            .events
+            .iter()
+            .map(|e| e.to_py(py))
+            .collect::<PyResult<_>>()?;
+        let clusters = self
+            .clusters
+            .as_ref()
+            .map(|c| c.iter().map(|c| c.bind(py).clone()).collect());
+        Ok((events, clusters))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for ev in &self.events {
+            ev.traverse(&visit)?;
+        }
+        for c in self.clusters.iter().flatten() {
+            visit.call(c)?;
+        }
+        Ok(())
+    }
 }

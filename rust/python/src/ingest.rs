@@ -1,61 +1,68 @@
-//! Ingest's per-event step (`streams.stages.Ingest.handle`) over a parsed batch, in one
-//! call: each event made a `ToRoute` in the list of the resolve partition of the post it
-//! needs (a reshare its parent's, anything else its own: `zlib.crc32` of the id's UTF-8),
-//! the rejections' positions, and the newest event time read from each input partition
-//! (the reader's clock moves once per partition a batch, not once per event).
+//! Ingest's per-event step (`streams.stages.Ingest.handle`) over a batch of input lines, in
+//! one call: each line parsed and validated (`crate::ev::parse_lines`, the parser every
+//! stage reads events with), each event put in the batch of the resolve partition of the
+//! post it needs (a reshare its parent's, anything else its own: `zlib.crc32` of the
+//! id's UTF-8), kept compiled (`EvBatch`: no Python record per event), the rejections
+//! (Python's records, for the dead letter), and the newest event time read from each
+//! input partition (the reader's clock moves once per partition a batch, not per event).
 
 use std::collections::HashMap;
 
-use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyType};
+use pyo3::types::PyList;
 
 use viralwatch_core::posts::partition_for;
 use viralwatch_core::unbanked::Kind;
 
-use crate::dedupe::with_id;
-use crate::record;
-use crate::unbanked::kind_of;
+use crate::ev::{parse_lines, Ev, EvBatch, Line};
 
-/// What a parsed batch became: ``(ToRoute items per resolve partition, positions of the
-/// rejections, [(input partition, newest event time or None)] in first-read order)``.
-type Ingested = (Vec<Vec<Py<PyAny>>>, Vec<usize>, Vec<(i64, Option<i64>)>);
+/// What a batch of lines became: ``(an EvBatch of events to route per resolve partition
+/// (``None``: none for it), [(position, Rejection)], [(input partition, newest event time
+/// or None)] in first-read order)``.
+type Ingested = (
+    Vec<Option<EvBatch>>,
+    Vec<(usize, Py<PyAny>)>,
+    Vec<(i64, Option<i64>)>,
+);
 
-/// ``parsed[i]`` (a ``ShareEvent`` or a ``Rejection``) was read from input partition
-/// ``sources[i]``; see the module doc.
+/// ``lines[i]`` (bytes) was read from input partition ``sources[i]``; see the module doc.
 #[pyfunction]
-pub fn ingest_batch(
+pub fn ingest_lines(
     py: Python<'_>,
-    parsed: &Bound<'_, PyList>,
-    sources: &Bound<'_, PyList>,
+    lines: &Bound<'_, PyList>,
+    sources: Vec<i64>,
     partitions: u32,
-    to_route: &Bound<'_, PyType>,
-    rejection: &Bound<'_, PyType>,
 ) -> PyResult<Ingested> {
     let parts = partitions.max(1);
-    let mut items: Vec<Vec<Py<PyAny>>> = (0..parts).map(|_| Vec::new()).collect();
+    let mut items: Vec<Vec<Ev>> = (0..parts).map(|_| Vec::new()).collect();
     let mut rejected = Vec::new();
     let mut newest: Vec<(i64, Option<i64>)> = Vec::new();
     let mut at: HashMap<i64, usize> = HashMap::new();
-    for (i, ev) in parsed.iter().enumerate() {
-        let source: i64 = sources.get_item(i)?.extract()?;
+    for (i, line) in parse_lines(py, lines)?.into_iter().enumerate() {
+        let source = sources.get(i).copied().unwrap_or_default();
         let slot = *at.entry(source).or_insert_with(|| {
             newest.push((source, None));
             newest.len() - 1
         });
-        if ev.get_type().is(rejection) {
-            rejected.push(i);
-            continue;
-        }
-        let ts: i64 = ev.getattr(intern!(py, "ts_ms"))?.extract()?;
+        let ev = match line {
+            Line::Rejected(r) => {
+                rejected.push((i, r));
+                continue;
+            }
+            Line::Event(ev) => ev,
+        };
+        let ts = ev.ts_ms(py)?;
         let last = &mut newest[slot].1;
         *last = Some(last.map_or(ts, |t| t.max(ts)));
-        let key = match kind_of(&ev.getattr(intern!(py, "type"))?)? {
-            Kind::Share => ev.getattr(intern!(py, "parent_post_id"))?,
-            _ => ev.getattr(intern!(py, "post_id"))?,
-        };
-        let k = with_id(&key, |k| partition_for(k, parts))? as usize;
-        items[k].push(record(to_route, &[(intern!(py, "event"), ev)])?.unbind());
+        let share = ev.kind(py)? == Kind::Share;
+        let k = ev.with_posts(py, |post, parent| {
+            partition_for(if share { parent } else { post }, parts)
+        })? as usize;
+        items[k].push(ev);
     }
-    Ok((items, rejected, newest))
+    let batches = items
+        .into_iter()
+        .map(|evs| (!evs.is_empty()).then(|| EvBatch::to_route(evs)))
+        .collect();
+    Ok((batches, rejected, newest))
 }

@@ -31,7 +31,7 @@ use viralwatch_core::unbanked::Kind;
 
 use crate::dedupe::with_id;
 use crate::emerging::PyIdleClusters;
-use crate::ev::{lines_of, Ev, Line};
+use crate::ev::{Ev, EvBatch, Line};
 use crate::posts::PyPostRoutes;
 use crate::record;
 use crate::routing::{is_unbanked_id, Banks, Deliver, Reshare, Routing};
@@ -85,11 +85,34 @@ type RecordClasses = (
     Py<PyType>,
 );
 
+/// A routed event for a clusters partition: compiled, with its cluster (no match), sent
+/// on in an `EvBatch` with its neighbours; or a `Routed` record (a banked upload's, with
+/// its match: Python made it).
+enum Sent {
+    Event(Ev, Py<PyString>),
+    Record(Py<PyAny>),
+}
+
+/// One item of a batch as the loop reads it: an event to route (compiled, or a
+/// ``ToRoute``'s event), or any other record.
+enum Entry<'py> {
+    Route(Ev),
+    Item(Bound<'py, PyAny>),
+}
+
+/// The event id as the held events' dict keys it (a Python ``str``).
+fn event_id<'py>(py: Python<'py>, ev: &Ev) -> PyResult<Bound<'py, PyAny>> {
+    match ev {
+        Ev::Core(c) => Ok(PyString::new(py, c.event_id()).into_any()),
+        Ev::Py(e) => e.bind(py).getattr(intern!(py, "event_id")),
+    }
+}
+
 /// What the batch gave so far, until Python takes it.
 #[derive(Default)]
 struct Out {
-    /// routed events (`Routed`), per clusters partition
-    clusters: Vec<Vec<Py<PyAny>>>,
+    /// routed events, per clusters partition
+    clusters: Vec<Vec<Sent>>,
     /// for the index's owner (a partition that is not): unbanked uploads (`Unbanked`)
     to_index: Vec<Py<PyAny>>,
     /// the latest event time of each unbanked cluster routed to, in first-touch order
@@ -97,7 +120,7 @@ struct Out {
     touched: Vec<(Py<PyString>, i64)>,
     touched_at: HashMap<Box<str>, usize>,
     /// this batch's unbanked uploads, until the end of its items
-    deferred: Vec<Py<PyAny>>,
+    deferred: Vec<Ev>,
     held_add: Vec<Py<PyAny>>,
     held_del: Vec<Py<PyAny>>,
     /// at the index's owner: every upload held at or before this time was clustered (the
@@ -132,16 +155,35 @@ pub struct ResolveLoop {
     out: Out,
 }
 
+/// A clusters partition's routed events as the items Python sends on: each run of compiled
+/// events one `EvBatch`, a `Routed` record as it is, in order.
+fn sent_items(py: Python<'_>, sent: Vec<Sent>) -> PyResult<Vec<Py<PyAny>>> {
+    let mut items = Vec::new();
+    let mut run: Vec<(Ev, Py<PyString>)> = Vec::new();
+    for s in sent {
+        match s {
+            Sent::Event(ev, cluster) => run.push((ev, cluster)),
+            Sent::Record(r) => {
+                if !run.is_empty() {
+                    let batch = EvBatch::routed(std::mem::take(&mut run));
+                    items.push(Py::new(py, batch)?.into_any());
+                }
+                items.push(r);
+            }
+        }
+    }
+    if !run.is_empty() {
+        items.push(Py::new(py, EvBatch::routed(run))?.into_any());
+    }
+    Ok(items)
+}
+
 /// A heap that a flood filled gives its room back once mostly empty (amortized: it
 /// shrinks to twice what it holds when under a quarter full).
 fn trim(heap: &mut BinaryHeap<Reverse<Waiting>>) {
     if heap.capacity() > 64 && heap.len() < heap.capacity() / 4 {
         heap.shrink_to(2 * heap.len());
     }
-}
-
-fn is_upload(py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<bool> {
-    Ok(kind_of(&event.getattr(intern!(py, "type"))?)? == Kind::Upload)
 }
 
 fn waiting(ts: i64, id: &Bound<'_, PyAny>) -> PyResult<Reverse<Waiting>> {
@@ -189,9 +231,9 @@ impl Deliver for ResolveLoop {
         _ts: i64,
     ) -> PyResult<()> {
         self.out.orphans = true;
-        let event = event.to_py(py)?;
-        let r = self.routed(py, &event, cluster)?;
-        self.emit(py, r, &event, cluster)
+        let eid = event_id(py, &event)?;
+        self.unhold(py, &eid)?;
+        self.emit(Sent::Event(event, cluster.clone().unbind()), cluster)
     }
 }
 
@@ -200,35 +242,28 @@ impl ResolveLoop {
         self.routing.index.is_some()
     }
 
-    /// A `Routed` of ``event`` to ``cluster`` (no match: only a banked upload has one).
+    /// A `Routed` record of ``event`` to ``cluster`` (no match): for an item with no place
+    /// here, which Python dead-letters as a record.
     fn routed<'py>(
         &self,
         py: Python<'py>,
-        event: &Bound<'py, PyAny>,
+        event: Bound<'py, PyAny>,
         cluster: &Bound<'py, PyString>,
     ) -> PyResult<Bound<'py, PyAny>> {
         record(
             self.classes.routed.bind(py),
             &[
-                (intern!(py, "event"), event.clone()),
+                (intern!(py, "event"), event),
                 (intern!(py, "cluster_id"), cluster.clone().into_any()),
                 (intern!(py, "match"), py.None().into_bound(py)),
             ],
         )
     }
 
-    /// A routed event, to its clusters partition; no longer held here.
-    fn emit(
-        &mut self,
-        py: Python<'_>,
-        routed: Bound<'_, PyAny>,
-        event: &Bound<'_, PyAny>,
-        cluster: &Bound<'_, PyString>,
-    ) -> PyResult<()> {
-        let eid = event.getattr(intern!(py, "event_id"))?;
-        self.unhold(py, &eid)?;
+    /// A routed event, to its clusters partition (the caller has it no longer held here).
+    fn emit(&mut self, sent: Sent, cluster: &Bound<'_, PyString>) -> PyResult<()> {
         let k = with_id(cluster, |c| partition_for(c, self.partitions))? as usize;
-        self.out.clusters[k].push(routed.unbind());
+        self.out.clusters[k].push(sent);
         self.out.routed += 1;
         Ok(())
     }
@@ -252,107 +287,110 @@ impl ResolveLoop {
         Ok(())
     }
 
-    /// ``event``'s post is routed to ``cluster``: mapped, and what waited for it released.
+    /// ``post`` (its bytes) is routed to ``cluster``: mapped, and what waited for it released.
     fn register(
         &mut self,
         py: Python<'_>,
-        post: &Bound<'_, PyAny>,
+        post: &[u8],
         cluster: &Bound<'_, PyString>,
     ) -> PyResult<()> {
-        with_id(post, |p| p.to_vec()).and_then(|p| Routing::register(self, py, &p, cluster))
+        Routing::register(self, py, post, cluster)
     }
 
-    /// An upload routed to ``cluster`` (``routed``: its record), its post registered.
+    /// An upload routed to ``cluster`` (``sent``: it, for its clusters partition), its post
+    /// registered.
     fn upload_routed(
         &mut self,
         py: Python<'_>,
-        event: &Bound<'_, PyAny>,
-        routed: Bound<'_, PyAny>,
+        post: Vec<u8>,
+        sent: Sent,
         cluster: &Bound<'_, PyString>,
     ) -> PyResult<()> {
-        self.emit(py, routed, event, cluster)?;
-        let post = event.getattr(intern!(py, "post_id"))?;
+        self.emit(sent, cluster)?;
         self.register(py, &post, cluster)
     }
 
     /// At the index's owner: an unbanked upload held until it is clustered (once).
-    fn wait_for_index(&mut self, py: Python<'_>, event: &Bound<'_, PyAny>) -> PyResult<()> {
-        let eid = event.getattr(intern!(py, "event_id"))?;
+    fn wait_for_index(&mut self, py: Python<'_>, event: &Ev) -> PyResult<()> {
+        let eid = event_id(py, event)?;
         let held = self.held.bind(py);
         if held.contains(&eid)? {
             self.out.duplicates += 1; // redelivered while it waits
             return Ok(());
         }
-        held.set_item(&eid, event)?;
-        self.out.held_add.push(event.clone().unbind());
-        let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
+        let record = event.to_py(py)?;
+        held.set_item(&eid, &record)?;
+        self.out.held_add.push(record.unbind());
+        let ts = event.ts_ms(py)?;
         self.unbanked.push(waiting(ts, &eid)?);
         Ok(())
     }
 
-    /// One event to route (not held here already); ``classified``: an upload's bank match
-    /// or allow-list cluster (a `Routed`), or ``None``.
+    /// One event to route (``eid``: its id; not held here already); ``classified``: an
+    /// upload's bank match or allow-list cluster (a `Routed`), or ``None``. Not held, it
+    /// needs no release from the held events when it is sent on.
     fn route_event(
         &mut self,
         py: Python<'_>,
         host: &Bound<'_, PyAny>,
-        event: &Bound<'_, PyAny>,
+        event: Ev,
+        eid: &Bound<'_, PyAny>,
         classified: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
-        match kind_of(&event.getattr(intern!(py, "type"))?)? {
-            Kind::Upload => match classified {
-                Some(routed) => {
-                    let cluster = routed
-                        .getattr(intern!(py, "cluster_id"))?
-                        .cast_into::<PyString>()?;
-                    self.upload_routed(py, event, routed, &cluster)?;
-                }
-                None => {
-                    let signalled = match Ev::from_py(event).image(py)? {
-                        Some(image) => self.routing.signalled(&image),
-                        None => false,
-                    };
-                    let cluster = if signalled {
-                        None
-                    } else {
-                        let c = host.call_method1(intern!(py, "_unsignalled"), (event,))?;
-                        (!c.is_none())
-                            .then(|| c.cast_into::<PyString>())
-                            .transpose()?
-                    };
-                    match cluster {
-                        None => self.out.deferred.push(event.clone().unbind()),
-                        Some(cluster) => {
-                            let r = self.routed(py, event, &cluster)?;
-                            self.upload_routed(py, event, r, &cluster)?;
+        let ts = event.ts_ms(py)?;
+        match event.kind(py)? {
+            Kind::Upload => {
+                let post = event.with_posts(py, |p, _| p.to_vec())?;
+                match classified {
+                    Some(routed) => {
+                        let cluster = routed
+                            .getattr(intern!(py, "cluster_id"))?
+                            .cast_into::<PyString>()?;
+                        self.upload_routed(py, post, Sent::Record(routed.unbind()), &cluster)?;
+                    }
+                    None => {
+                        let signalled = match event.image(py)? {
+                            Some(image) => self.routing.signalled(&image),
+                            None => false,
+                        };
+                        let cluster = if signalled {
+                            None
+                        } else {
+                            let c = host
+                                .call_method1(intern!(py, "_unsignalled"), (event.to_py(py)?,))?;
+                            (!c.is_none())
+                                .then(|| c.cast_into::<PyString>())
+                                .transpose()?
+                        };
+                        match cluster {
+                            None => self.out.deferred.push(event),
+                            Some(cluster) => {
+                                let sent = Sent::Event(event, cluster.clone().unbind());
+                                self.upload_routed(py, post, sent, &cluster)?;
+                            }
                         }
                     }
                 }
-            },
-            kind => match self
-                .routing
-                .reshare(py, &Ev::from_py(event), kind == Kind::Share, ts)?
-            {
+            }
+            kind => match self.routing.reshare(py, &event, kind == Kind::Share, ts)? {
                 Reshare::Found(cluster, released) => {
-                    let r = self.routed(py, event, &cluster)?;
-                    self.emit(py, r, event, &cluster)?;
+                    self.emit(Sent::Event(event, cluster.clone().unbind()), &cluster)?;
                     if is_unbanked_id(cluster.to_str()?) {
                         self.touch(py, &cluster, ts)?;
                     }
                     Routing::release(self, py, &cluster, released)?;
                 }
                 Reshare::Held => {
-                    let eid = event.getattr(intern!(py, "event_id"))?;
-                    self.held.bind(py).set_item(&eid, event)?;
-                    self.out.held_add.push(event.clone().unbind());
-                    self.waiting.push(waiting(ts, &eid)?);
+                    let record = event.to_py(py)?;
+                    self.held.bind(py).set_item(eid, &record)?;
+                    self.out.held_add.push(record.unbind());
+                    self.waiting.push(waiting(ts, eid)?);
                     self.out.held += 1;
                     self.out.orphans = true;
                 }
                 Reshare::Refused(reason, held, target) => {
-                    let r =
-                        host.call_method1(intern!(py, "_refused"), (&target, event, reason, held))?;
+                    let args = (&target, event.to_py(py)?, reason, held);
+                    let r = host.call_method1(intern!(py, "_refused"), args)?;
                     self.reject(py, r)?;
                 }
             },
@@ -368,21 +406,62 @@ impl ResolveLoop {
         host: &Bound<'_, PyAny>,
         event: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let ts: i64 = event.getattr(intern!(py, "ts_ms"))?.extract()?;
-        let cluster = match Ev::from_py(event).image(py)? {
+        let ev = Ev::from_py(event);
+        let ts = ev.ts_ms(py)?;
+        let cluster = match ev.image(py)? {
             Some(image) if !image.video => self.routing.assign_image(py, &image, ts)?,
             _ => host
                 .call_method1(intern!(py, "_assign_video"), (event,))?
                 .cast_into::<PyString>()?,
         };
-        let r = self.routed(py, event, &cluster)?;
         // no longer held, and not named in the log's releases: `cluster_due`'s bound says it
         let eid = event.getattr(intern!(py, "event_id"))?;
         let held = self.held.bind(py);
         if held.contains(&eid)? {
             held.del_item(&eid)?;
         }
-        self.upload_routed(py, event, r, &cluster)
+        let post = ev.with_posts(py, |p, _| p.to_vec())?;
+        self.upload_routed(
+            py,
+            post,
+            Sent::Event(ev, cluster.clone().unbind()),
+            &cluster,
+        )
+    }
+
+    /// The items of a batch of envelopes, in order, an `EvBatch` of events to route
+    /// opened (a routed one has no place here: its records, dead-lettered).
+    fn entries<'py>(
+        &self,
+        py: Python<'py>,
+        envelopes: &Bound<'py, PyList>,
+    ) -> PyResult<Vec<Entry<'py>>> {
+        let to_route = self.classes.to_route.bind(py);
+        let mut entries = Vec::new();
+        for items in envelopes.iter() {
+            for item in items.cast_into::<PyList>()?.iter() {
+                if let Ok(batch) = item.cast::<EvBatch>() {
+                    let batch = batch.get();
+                    match &batch.clusters {
+                        None => entries
+                            .extend(batch.events.iter().map(|e| Entry::Route(e.clone_ref(py)))),
+                        Some(clusters) => {
+                            for (ev, cluster) in batch.events.iter().zip(clusters) {
+                                let r = self.routed(py, ev.to_py(py)?, cluster.bind(py))?;
+                                entries.push(Entry::Item(r));
+                            }
+                        }
+                    }
+                } else if item.get_type().is(to_route) {
+                    entries.push(Entry::Route(Ev::from_py(
+                        &item.getattr(intern!(py, "event"))?,
+                    )));
+                } else {
+                    entries.push(Entry::Item(item));
+                }
+            }
+        }
+        Ok(entries)
     }
 }
 
@@ -437,48 +516,43 @@ impl ResolveLoop {
         if self.out.clusters.len() != self.partitions as usize {
             self.out.clusters = (0..self.partitions).map(|_| Vec::new()).collect();
         }
-        let to_route = self.classes.to_route.bind(py).clone();
         let held = self.held.bind(py).clone();
-        // the uploads to match (not held here: a redelivered one waits once), by position
-        let uploads = PyList::empty(py);
-        let mut slots: Vec<Option<usize>> = Vec::new();
-        for items in envelopes.iter() {
-            for item in items.cast_into::<PyList>()?.iter() {
-                let mut slot = None;
-                if item.get_type().is(&to_route) {
-                    let ev = item.getattr(intern!(py, "event"))?;
-                    if is_upload(py, &ev)?
-                        && !held.contains(ev.getattr(intern!(py, "event_id"))?)?
-                    {
-                        slot = Some(uploads.len());
-                        uploads.append(ev)?;
-                    }
+        let entries = self.entries(py, envelopes)?;
+        // the uploads to match (not held here: a redelivered one waits once), by position,
+        // and each event's id as the held events' dict keys it
+        let mut uploads: Vec<Line> = Vec::new();
+        let mut slots: Vec<Option<usize>> = Vec::with_capacity(entries.len());
+        let mut ids: Vec<Option<Bound<'_, PyAny>>> = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let (mut slot, mut id) = (None, None);
+            if let Entry::Route(ev) = entry {
+                let eid = event_id(py, ev)?;
+                if ev.kind(py)? == Kind::Upload && !held.contains(&eid)? {
+                    slot = Some(uploads.len());
+                    uploads.push(Line::Event(ev.clone_ref(py)));
                 }
-                slots.push(slot);
+                id = Some(eid);
             }
+            slots.push(slot);
+            ids.push(id);
         }
         // matched against the banks as replay matches them (``Routing::screen``)
-        let mut classified = self
-            .routing
-            .screen(py, host, &lines_of(&uploads, None), &banks)?;
-        let mut position = 0;
+        let mut classified = self.routing.screen(py, host, &uploads, &banks)?;
+        drop(uploads);
         let owner = self.owner();
         let registration = self.classes.registration.bind(py).clone();
         let forget = self.classes.forget.bind(py).clone();
         let unbanked = self.classes.unbanked.bind(py).clone();
         let touch = self.classes.touch.bind(py).clone();
-        for items in envelopes.iter() {
-            for item in items.cast_into::<PyList>()?.iter() {
-                let slot = slots.get(position).copied().flatten();
-                position += 1;
-                let kind = item.get_type();
-                if kind.is(&to_route) {
-                    let ev = item.getattr(intern!(py, "event"))?;
-                    if held.contains(ev.getattr(intern!(py, "event_id"))?)? {
+        for ((entry, slot), eid) in entries.into_iter().zip(slots).zip(ids) {
+            let item = match entry {
+                Entry::Route(ev) => {
+                    let eid = eid.unwrap_or_else(|| py.None().into_bound(py));
+                    if held.contains(&eid)? {
                         self.out.duplicates += 1; // redelivered while it waits: it waits once
                         continue;
                     }
-                    let upload = if !is_upload(py, &ev)? {
+                    let upload = if ev.kind(py)? != Kind::Upload {
                         None
                     } else {
                         let c = match slot {
@@ -486,44 +560,48 @@ impl ResolveLoop {
                             // held when the batch was matched, no longer: matched alone
                             None => self
                                 .routing
-                                .screen(py, host, &[Line::Event(Ev::from_py(&ev))], &banks)?
+                                .screen(py, host, &[Line::Event(ev.clone_ref(py))], &banks)?
                                 .pop()
                                 .flatten(),
                         };
                         c.map(|c| c.into_bound(py))
                     };
-                    self.route_event(py, host, &ev, upload)?;
-                } else if kind.is(&registration) {
-                    let post = item.getattr(intern!(py, "post_id"))?;
-                    let cluster = item
-                        .getattr(intern!(py, "cluster_id"))?
-                        .cast_into::<PyString>()?;
-                    self.register(py, &post, &cluster)?;
-                } else if kind.is(&forget) {
-                    let post = item.getattr(intern!(py, "post_id"))?;
-                    {
-                        let mut routes = self.routing.routes.borrow_mut(py);
-                        with_id(&post, |p| routes.inner.posts.remove(p))?;
-                    }
-                    self.out.forgot.push(post.unbind());
-                } else if owner && kind.is(&unbanked) {
-                    self.wait_for_index(py, &item.getattr(intern!(py, "event"))?)?;
-                } else if owner && kind.is(&touch) {
-                    let cluster = item.getattr(intern!(py, "cluster_id"))?;
-                    let ts: i64 = item.getattr(intern!(py, "ts_ms"))?.extract()?;
-                    self.routing
-                        .touch(py, cluster.cast::<PyString>()?.to_str()?, ts);
-                } else {
-                    self.out.dead.push(item.unbind());
+                    self.route_event(py, host, ev, &eid, upload)?;
+                    continue;
                 }
+                Entry::Item(item) => item,
+            };
+            let kind = item.get_type();
+            if kind.is(&registration) {
+                let post = item.getattr(intern!(py, "post_id"))?;
+                let cluster = item
+                    .getattr(intern!(py, "cluster_id"))?
+                    .cast_into::<PyString>()?;
+                let post = with_id(&post, |p| p.to_vec())?;
+                self.register(py, &post, &cluster)?;
+            } else if kind.is(&forget) {
+                let post = item.getattr(intern!(py, "post_id"))?;
+                {
+                    let mut routes = self.routing.routes.borrow_mut(py);
+                    with_id(&post, |p| routes.inner.posts.remove(p))?;
+                }
+                self.out.forgot.push(post.unbind());
+            } else if owner && kind.is(&unbanked) {
+                self.wait_for_index(py, &Ev::from_py(&item.getattr(intern!(py, "event"))?))?;
+            } else if owner && kind.is(&touch) {
+                let cluster = item.getattr(intern!(py, "cluster_id"))?;
+                let ts: i64 = item.getattr(intern!(py, "ts_ms"))?.extract()?;
+                self.routing
+                    .touch(py, cluster.cast::<PyString>()?.to_str()?, ts);
+            } else {
+                self.out.dead.push(item.unbind());
             }
         }
         for ev in std::mem::take(&mut self.out.deferred) {
-            let ev = ev.into_bound(py);
             if owner {
                 self.wait_for_index(py, &ev)?;
             } else {
-                let item = unbanked.call1((ev,))?;
+                let item = unbanked.call1((ev.to_py(py)?,))?;
                 self.out.to_index.push(item.unbind());
             }
         }
@@ -591,7 +669,10 @@ impl ResolveLoop {
         for (cluster, ts) in out.touched {
             out.to_index.push(touch.call1((cluster, ts))?.unbind());
         }
-        let mut clusters = out.clusters;
+        let mut clusters = Vec::with_capacity(self.partitions as usize);
+        for sent in out.clusters {
+            clusters.push(sent_items(py, sent)?);
+        }
         clusters.resize_with(self.partitions as usize, Vec::new);
         Ok((
             clusters,
@@ -650,12 +731,21 @@ impl ResolveLoop {
             visit.call(&w.id)?;
         }
         let o = &self.out;
+        for sent in o.clusters.iter().flatten() {
+            match sent {
+                Sent::Event(ev, cluster) => {
+                    ev.traverse(&visit)?;
+                    visit.call(cluster)?;
+                }
+                Sent::Record(r) => visit.call(r)?,
+            }
+        }
+        for ev in &o.deferred {
+            ev.traverse(&visit)?;
+        }
         for obj in o
-            .clusters
+            .to_index
             .iter()
-            .flatten()
-            .chain(&o.to_index)
-            .chain(&o.deferred)
             .chain(&o.held_add)
             .chain(&o.held_del)
             .chain(&o.forgot)

@@ -14,6 +14,9 @@ use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple, PyType};
 
 use viralwatch_core::wire::{write_held, ContentView, EventView, Item, Parts};
 
+use crate::ev::{Ev, EvBatch};
+use crate::record;
+
 fn text<'a>(obj: &'a Bound<'_, PyAny>) -> Option<&'a str> {
     if !obj.is_exact_instance_of::<PyString>() {
         return None;
@@ -170,10 +173,58 @@ impl WireWriter {
             .cast_into::<PyBytes>()?)
     }
 
+    /// A batch of compiled events (`EvBatch`) into `parts`, each in its record's wire form:
+    /// a compiled event from its fields, a Python one as its record is written.
+    fn push_batch(&self, parts: &mut Parts, batch: &Bound<'_, EvBatch>) -> PyResult<()> {
+        let py = batch.py();
+        let batch = batch.get();
+        for (i, ev) in batch.events.iter().enumerate() {
+            let cluster = batch.clusters.as_ref().map(|c| c[i].bind(py));
+            if let Ev::Core(c) = ev {
+                let event = c.view();
+                match cluster.map(|c| c.to_str()) {
+                    None => {
+                        parts.push(&Item::ToRoute(event));
+                        continue;
+                    }
+                    Some(Ok(cluster_id)) => {
+                        parts.push(&Item::Routed {
+                            event,
+                            cluster_id,
+                            match_json: None,
+                        });
+                        continue;
+                    }
+                    Some(Err(_)) => {} // not UTF-8: written as its record is
+                }
+            }
+            let event = ev.to_py(py)?;
+            let item = match cluster {
+                None => record(
+                    self.class(py, Class::ToRoute),
+                    &[(intern!(py, "event"), event)],
+                )?,
+                Some(cluster) => record(
+                    self.class(py, Class::Routed),
+                    &[
+                        (intern!(py, "event"), event),
+                        (intern!(py, "cluster_id"), cluster.clone().into_any()),
+                        (intern!(py, "match"), py.None().into_bound(py)),
+                    ],
+                )?,
+            };
+            self.push(parts, &item)?;
+        }
+        Ok(())
+    }
+
     /// One item into `parts`: written here if every field is one the core writes as
     /// orjson does, else by the fallback.
     fn push(&self, parts: &mut Parts, item: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = item.py();
+        if let Ok(batch) = item.cast::<EvBatch>() {
+            return self.push_batch(parts, batch);
+        }
         let share_event = self.class(py, Class::ShareEvent);
         let content = self.class(py, Class::Content);
         let event_of = |name| -> PyResult<Option<EventAttrs<'_>>> {
