@@ -434,10 +434,18 @@ def evict_unbanked(
     cut_ms: int,
     barrier: int,
     view: int = 0,
-) -> tuple[bool, list[str]]:
+) -> tuple[bool, ClusterIds]:
     """Evict idle unbanked clusters, forgetting their posts in ``forget`` (replay's map, a
     clusters partition's sink) and their content in ``content`` (in its ``view``): ``(stopped
     at one not idle, [cluster])``."""
+
+class ClusterIds:
+    """Evicted clusters' ids, kept compact: each id's text is made when it is read
+    (``rust/python/src/detect.rs``)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, i: int) -> str: ...
+    def __iter__(self) -> Iterator[str]: ...
 
 class ForgetSink:
     """The posts of evicted clusters a clusters partition has its resolve partitions forget,

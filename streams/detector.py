@@ -141,7 +141,7 @@ from typing import Protocol
 
 from graphs.cascade import Cascade
 from graphs.velocity import MINUTE_MS, WINDOWS_MS, Velocity
-from streams._core import EventIds, UnbankedClusters
+from streams._core import ClusterIds, EventIds, UnbankedClusters
 from streams.alerts import (
     Alert,
     CascadeFigures,
@@ -503,7 +503,7 @@ class Detector:
         #: per cluster, the timed bank changes held for it, (ts, to the allow-list) (streaming)
         self._bank_pending: dict[str, list[tuple[int, bool]]] = {}
         #: how idle unbanked clusters are evicted, when not through the outbox (evict_with)
-        self._evict: Callable[[int, int], tuple[bool, list[str]]] | None = None
+        self._evict: Callable[[int, int], tuple[bool, ClusterIds]] | None = None
 
     # -- input ------------------------------------------------------------
 
@@ -595,7 +595,7 @@ class Detector:
 
     def settle_unbanked(
         self,
-        evicted: list[str],
+        evicted: ClusterIds,
         rejected: list[ShareEvent],
         crossings: list[tuple[str, int, int, int, int, int]],
         counts: UnbankedCounts,
@@ -607,15 +607,16 @@ class Detector:
         self._forgotten(evicted)
         self._settled(rejected or None, crossings or None, counts)
 
-    def evict_with(self, evict: Callable[[int, int], tuple[bool, list[str]]]) -> None:
+    def evict_with(self, evict: Callable[[int, int], tuple[bool, ClusterIds]]) -> None:
         """Evict idle unbanked clusters with ``evict(cut_ms, barrier)`` rather than through
         :attr:`outbox`: replay's ``_core.evict_unbanked``, which forgets their posts in the
         router's map and their content in :attr:`content` itself (no Python string per
         post, no call per cluster), and gives ``(stopped, [cluster])``."""
         self._evict = evict
 
-    def _forgotten(self, evicted: list[str]) -> None:
-        """Unbanked clusters evicted, their posts and content forgotten already."""
+    def _forgotten(self, evicted: ClusterIds) -> None:
+        """Unbanked clusters evicted, their posts and content forgotten already (their ids
+        are made strings only if something waits for one)."""
         if self._bank_pending or self._sent_early:
             for cid in evicted:
                 self._bank_pending.pop(cid, None)  # a cluster of that id later starts afresh
@@ -1374,7 +1375,7 @@ class LoopHost:
 
     def _settle(
         self,
-        evicted: list[str],
+        evicted: ClusterIds,
         rejected: list[ShareEvent],
         crossings: list[tuple[str, int, int, int, int, int]],
         held: int,

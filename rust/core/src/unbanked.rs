@@ -572,11 +572,14 @@ impl<H> Cluster<H> {
     }
 
     /// Every post's id, in order.
-    fn post_ids(&self) -> Vec<&[u8]> {
-        let starts = self.starts();
-        (0..self.posts.len())
-            .map(|i| self.texts(i, starts[i]).0)
-            .collect()
+    /// The posts' ids, in order (their texts are laid out in that order).
+    fn post_ids(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut at = 0;
+        self.posts.iter().map(move |p| {
+            let (id, _, next) = p.spans(&self.text, at);
+            at = next;
+            &self.text[id]
+        })
     }
 
     /// Every post as the views read it, parents first.
@@ -827,6 +830,25 @@ impl<H> Store<H> {
     /// or before `cut_ms`; `true` when one touched before `barrier` is not idle (nothing
     /// after it is evicted: the detector's order stops there). `at` marks them in `out`.
     pub fn evict(&mut self, cut_ms: i64, barrier: u64, at: usize, out: &mut Outcome<H>) -> bool {
+        self.evict_each(cut_ms, barrier, |id, posts| {
+            out.evicted.push(Evicted {
+                at,
+                posts: posts.map(<[u8]>::to_vec).collect(),
+                cluster_id: id.to_string(),
+            });
+        })
+    }
+
+    /// [`Store::evict`], each cluster read in place by `gone(id, its post ids)` as it goes:
+    /// a caller that forgets the posts and drops the content itself (replay: 220,000 posts
+    /// in a platform stream's final evictions) copies no id and no post, where each was an
+    /// allocation (a fifth of the evictions' time, perf).
+    pub fn evict_each(
+        &mut self,
+        cut_ms: i64,
+        barrier: u64,
+        mut gone: impl FnMut(&ClusterId, &mut dyn Iterator<Item = &[u8]>),
+    ) -> bool {
         while self.head != NONE {
             let slot = self.head;
             let (seq, last) = {
@@ -840,11 +862,7 @@ impl<H> Store<H> {
                 return true;
             }
             let c = self.remove_slot(slot);
-            out.evicted.push(Evicted {
-                at,
-                posts: c.post_ids().into_iter().map(<[u8]>::to_vec).collect(),
-                cluster_id: c.id.to_string(),
-            });
+            gone(&c.id, &mut c.post_ids());
         }
         false
     }

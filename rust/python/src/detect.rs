@@ -19,10 +19,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PySet, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use viralwatch_core::content::{View, DETECTOR};
+use viralwatch_core::content::{ClusterId, View, DETECTOR};
 use viralwatch_core::posts::partition_for;
 use viralwatch_core::reorder::ReorderBuffer;
-use viralwatch_core::unbanked::{Evicted, Outcome};
+use viralwatch_core::unbanked::{Outcome, Store};
 use viralwatch_core::wire::{write_str, Parts};
 
 use crate::content::PyContentSignals;
@@ -73,7 +73,7 @@ impl Item {
 pub(crate) struct Pending {
     /// the clusters evicted, in order (their posts forgotten, their content dropped from
     /// the detector's index already)
-    pub(crate) evicted: Vec<String>,
+    pub(crate) evicted: Vec<ClusterId>,
     pub(crate) rejected: Vec<Py<PyAny>>,
     pub(crate) crossings: Vec<CrossingRow>,
     pub(crate) held: u64,
@@ -188,44 +188,77 @@ impl Forgetting {
         }
     }
 
-    /// Clusters evicted from the unbanked store: their posts forgotten, their content
-    /// dropped from the detector's index (in its `view`: replay's router shares it); their
-    /// ids, in order.
-    fn forget(
+    /// Evict from `store` what is idle at `cut_ms` and touched before `barrier`
+    /// ([`Store::evict_each`]), each cluster's posts forgotten and its content dropped from
+    /// the detector's index (in its `view`: replay's router shares it) as it goes, its id
+    /// kept in `ids`: no copy of a post or an id's text. Whether it stopped at one that
+    /// is not idle.
+    fn evict(
         &self,
         py: Python<'_>,
+        store: &mut Store<Ev>,
         (content, view): (&Py<PyContentSignals>, View),
-        evicted: Vec<Evicted>,
-    ) -> Vec<String> {
+        (cut_ms, barrier): (i64, u64),
+        ids: &mut Vec<ClusterId>,
+    ) -> bool {
         let mut content = content.borrow_mut(py);
+        let mut gone = |id: &ClusterId| {
+            id.with_str(|s| content.inner.forget_cluster_in(s, view));
+            ids.push(id.clone());
+        };
         match self {
             Self::Routes(routes) => {
                 let mut routes = routes.borrow_mut(py);
-                evicted
-                    .into_iter()
-                    .map(|gone| {
-                        for post in &gone.posts {
-                            routes.inner.posts.remove(post);
-                        }
-                        content.inner.forget_cluster_in(&gone.cluster_id, view);
-                        gone.cluster_id
-                    })
-                    .collect()
+                store.evict_each(cut_ms, barrier, |id, posts| {
+                    for post in posts {
+                        routes.inner.posts.remove(post);
+                    }
+                    gone(id);
+                })
             }
             Self::Sink(sink) => {
                 let mut sink = sink.borrow_mut(py);
-                evicted
-                    .into_iter()
-                    .map(|gone| {
-                        for post in &gone.posts {
-                            sink.add(post);
-                        }
-                        content.inner.forget_cluster_in(&gone.cluster_id, view);
-                        gone.cluster_id
-                    })
-                    .collect()
+                store.evict_each(cut_ms, barrier, |id, posts| {
+                    for post in posts {
+                        sink.add(post);
+                    }
+                    gone(id);
+                })
             }
         }
+    }
+}
+
+/// Evicted clusters' ids as Python reads them (a `Sequence[str]`'s length and iteration):
+/// kept compact ([`ClusterId`]), each id's text made only if Python iterates them, which
+/// it does only while a bank change or an early firing waits for some cluster (rare).
+/// Replay's final evictions made a Python string of each of 70,000 ids, unread.
+#[pyclass(module = "streams._core", frozen, sequence)]
+pub struct ClusterIds {
+    ids: Vec<ClusterId>,
+}
+
+impl ClusterIds {
+    pub(crate) fn new(ids: Vec<ClusterId>) -> Self {
+        Self { ids }
+    }
+}
+
+#[pymethods]
+impl ClusterIds {
+    fn __len__(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn __getitem__(&self, i: isize) -> PyResult<String> {
+        let n = self.ids.len() as isize;
+        let j = if i < 0 { i + n } else { i };
+        if !(0..n).contains(&j) {
+            return Err(pyo3::exceptions::PyIndexError::new_err(
+                "ClusterIds index out of range",
+            ));
+        }
+        Ok(self.ids[j as usize].to_string())
     }
 }
 
@@ -245,15 +278,18 @@ pub fn evict_unbanked(
     cut_ms: i64,
     barrier: u64,
     view: View,
-) -> PyResult<(bool, Vec<String>)> {
+) -> PyResult<(bool, ClusterIds)> {
     let view = view_of(view)?;
     let forgetting = Forgetting::of(forget)?;
-    let mut out: Outcome<Ev> = Outcome::default();
-    let stopped = store.borrow_mut().store.evict(cut_ms, barrier, 0, &mut out);
-    Ok((
-        stopped,
-        forgetting.forget(py, (&content, view), out.evicted),
-    ))
+    let mut ids = Vec::new();
+    let stopped = forgetting.evict(
+        py,
+        &mut store.borrow_mut().store,
+        (&content, view),
+        (cut_ms, barrier),
+        &mut ids,
+    );
+    Ok((stopped, ClusterIds::new(ids)))
 }
 
 /// A view of a content index given by Python: the owner's (0) or the detector's (1).
@@ -323,7 +359,13 @@ impl Detect {
         );
         host.call_method1(
             intern!(host.py(), "_settle"),
-            (p.evicted, p.rejected, p.crossings, p.held, counts),
+            (
+                ClusterIds::new(p.evicted),
+                p.rejected,
+                p.crossings,
+                p.held,
+                counts,
+            ),
         )?;
         Ok(())
     }
@@ -438,9 +480,13 @@ impl Detect {
             let applied = {
                 let mut store = self.unbanked.borrow_mut(py);
                 let idle = store.store.idle_ms();
-                store
-                    .store
-                    .evict(ts.saturating_sub(idle), barrier, 0, &mut out);
+                self.forgetting.evict(
+                    py,
+                    &mut store.store,
+                    (&self.content.0, self.content.1),
+                    (ts.saturating_sub(idle), barrier),
+                    &mut self.pending.evicted,
+                );
                 let handle = event.clone_ref(py);
                 event.with_event(py, ts, |e| store.store.apply(cid, e, handle, &mut out))?
             };
@@ -461,15 +507,10 @@ impl Detect {
         Ok(())
     }
 
-    /// Take what the store did: evicted clusters' posts forgotten now (no event is routed
-    /// before Python would have forgotten them), the rest kept for Python.
+    /// Take what the store did (its evictions were taken as they went: `Forgetting::evict`)
+    /// and keep it for Python.
     fn absorb(&mut self, py: Python<'_>, out: Outcome<Ev>) -> PyResult<()> {
-        if !out.evicted.is_empty() {
-            let gone = self
-                .forgetting
-                .forget(py, (&self.content.0, self.content.1), out.evicted);
-            self.pending.evicted.extend(gone);
-        }
+        debug_assert!(out.evicted.is_empty(), "evicted through Forgetting::evict");
         for ev in out.rejected {
             self.pending.rejected.push(ev.into_py(py)?);
         }

@@ -327,6 +327,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(detect::evict_unbanked, m)?)?;
     m.add_class::<detect::ClusterLoop>()?;
     m.add_class::<detect::ForgetSink>()?;
+    m.add_class::<detect::ClusterIds>()?;
     m.add("MAX_EVENT_BYTES", event::MAX_EVENT_BYTES)?;
     m.add("MAX_ID_LEN", event::MAX_ID_LEN)?;
     m.add("TS_MIN_MS", event::TS_MIN_MS)?;
