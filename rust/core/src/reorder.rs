@@ -23,46 +23,39 @@
 //! assert_eq!((buf.len(), buf.drain()), (1, vec!["C".to_owned()]));
 //! ```
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::cmp::Ordering;
 
-/// One held record: its place in the order, and the record.
-struct Held<T> {
+/// A held record's place in the heap: 24 bytes, where the records themselves (with their
+/// keys) stay put in `slots`. The heap's sifts move these, not 80-byte records, and most
+/// comparisons end at the time or at the key's first 8 bytes (`prefix`) without reading the
+/// key (a cache miss each): a platform replay spent 5% of its time in the heap of records.
+#[derive(Clone, Copy)]
+struct Place {
     ts: i64,
+    /// the key's first 8 bytes, big-endian, zero-padded: if two prefixes differ, the keys
+    /// compare as they do (a shorter key is a prefix of its padding's order)
+    prefix: u64,
+    slot: u32,
+}
+
+struct Held<T> {
     key: Box<[u8]>,
     seq: u64,
     item: T,
 }
 
-impl<T> Held<T> {
-    fn place(&self) -> (i64, &[u8], u64) {
-        (self.ts, &self.key, self.seq)
-    }
-}
-
-impl<T> PartialEq for Held<T> {
-    fn eq(&self, other: &Self) -> bool {
-        self.place() == other.place()
-    }
-}
-
-impl<T> Eq for Held<T> {}
-
-impl<T> PartialOrd for Held<T> {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl<T> Ord for Held<T> {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.place().cmp(&other.place())
-    }
+fn prefix_of(key: &[u8]) -> u64 {
+    let mut b = [0_u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
 }
 
 /// A min-heap of records by `(ts, key, arrival)`, released up to a watermark.
 pub struct ReorderBuffer<T> {
-    heap: BinaryHeap<Reverse<Held<T>>>,
+    heap: Vec<Place>,
+    slots: Vec<Option<Held<T>>>,
+    free: Vec<u32>,
     seq: u64,
     released_ms: i64,
 }
@@ -77,30 +70,120 @@ impl<T> ReorderBuffer<T> {
     /// An empty buffer; nothing released yet (`released_ms` is -1).
     pub fn new() -> Self {
         Self {
-            heap: BinaryHeap::new(),
+            heap: Vec::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
             seq: 0,
             released_ms: -1,
         }
     }
 
+    fn held(&self, slot: u32) -> &Held<T> {
+        self.slots[slot as usize]
+            .as_ref()
+            .expect("a placed record's slot")
+    }
+
+    /// `(ts, key, arrival)` of `a` against `b`.
+    #[inline]
+    fn cmp(&self, a: &Place, b: &Place) -> Ordering {
+        a.ts.cmp(&b.ts).then(a.prefix.cmp(&b.prefix)).then_with(|| {
+            let (x, y) = (self.held(a.slot), self.held(b.slot));
+            x.key.cmp(&y.key).then(x.seq.cmp(&y.seq))
+        })
+    }
+
+    fn sift_up(&mut self, mut i: usize) {
+        let place = self.heap[i];
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if self.cmp(&place, &self.heap[parent]) != Ordering::Less {
+                break;
+            }
+            self.heap[i] = self.heap[parent];
+            i = parent;
+        }
+        self.heap[i] = place;
+    }
+
+    fn sift_down(&mut self, mut i: usize) {
+        let n = self.heap.len();
+        let place = self.heap[i];
+        loop {
+            let mut child = 2 * i + 1;
+            if child >= n {
+                break;
+            }
+            if child + 1 < n && self.cmp(&self.heap[child + 1], &self.heap[child]) == Ordering::Less
+            {
+                child += 1;
+            }
+            if self.cmp(&self.heap[child], &place) != Ordering::Less {
+                break;
+            }
+            self.heap[i] = self.heap[child];
+            i = child;
+        }
+        self.heap[i] = place;
+    }
+
     /// Hold `item` until the watermark reaches `ts`.
     pub fn push(&mut self, ts: i64, key: &[u8], item: T) {
         self.seq += 1;
-        self.heap.push(Reverse(Held {
-            ts,
+        let held = Held {
             key: key.into(),
             seq: self.seq,
             item,
-        }));
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(held);
+                slot
+            }
+            None => {
+                self.slots.push(Some(held));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.heap.push(Place {
+            ts,
+            prefix: prefix_of(key),
+            slot,
+        });
+        self.sift_up(self.heap.len() - 1);
+    }
+
+    /// The earliest record, taken out.
+    fn pop(&mut self) -> Option<(i64, T)> {
+        let top = *self.heap.first()?;
+        let last = self.heap.pop().expect("not empty");
+        if !self.heap.is_empty() {
+            self.heap[0] = last;
+            self.sift_down(0);
+        }
+        let held = self.slots[top.slot as usize]
+            .take()
+            .expect("a placed record's slot");
+        self.free.push(top.slot);
+        Some((top.ts, held.item))
     }
 
     /// Every record at or before `watermark_ms`, in order.
     pub fn release(&mut self, watermark_ms: i64) -> Vec<T> {
         let mut out = Vec::new();
-        while self.heap.peek().is_some_and(|top| top.0.ts <= watermark_ms) {
-            if let Some(Reverse(held)) = self.heap.pop() {
-                self.released_ms = self.released_ms.max(held.ts);
-                out.push(held.item);
+        while self.next_ms() <= watermark_ms {
+            let Some((ts, item)) = self.pop() else { break };
+            self.released_ms = self.released_ms.max(ts);
+            out.push(item);
+        }
+        if self.heap.is_empty() {
+            // nothing held: the slots' room goes back (a flood released)
+            self.slots.clear();
+            self.free.clear();
+            if self.slots.capacity() > 1024 {
+                self.slots.shrink_to_fit();
+                self.free.shrink_to_fit();
+                self.heap.shrink_to_fit();
             }
         }
         out
@@ -119,12 +202,12 @@ impl<T> ReorderBuffer<T> {
     /// The event time of the earliest record held (`i64::MAX` when none is): a
     /// watermark before it releases nothing, so a caller can skip the call.
     pub fn next_ms(&self) -> i64 {
-        self.heap.peek().map_or(i64::MAX, |top| top.0.ts)
+        self.heap.first().map_or(i64::MAX, |top| top.ts)
     }
 
     /// The keys of the records held, in no particular order.
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
-        self.heap.iter().map(|held| &*held.0.key)
+        self.slots.iter().flatten().map(|held| &*held.key)
     }
 
     /// How many records are held.
@@ -140,12 +223,14 @@ impl<T> ReorderBuffer<T> {
     /// The held records themselves, in no particular order (a garbage
     /// collector visiting what the buffer references).
     pub fn items(&self) -> impl Iterator<Item = &T> {
-        self.heap.iter().map(|held| &held.0.item)
+        self.slots.iter().flatten().map(|held| &held.item)
     }
 
     /// Drop every record (a garbage collector breaking a cycle through them).
     pub fn clear(&mut self) {
         self.heap.clear();
+        self.slots.clear();
+        self.free.clear();
     }
 }
 
@@ -200,6 +285,38 @@ mod tests {
             out.extend(rest);
             out.sort_unstable();
             assert_eq!(out, (0..n).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn keys_sharing_their_first_bytes_or_padded_with_zeros_keep_byte_order() {
+        // the heap compares an 8-byte prefix first: keys of 0 to 11 bytes from {0, 1, 'a'}
+        // (shorter keys, zero bytes, long shared prefixes), released against a sort
+        let mut state = 7_u64;
+        for _ in 0..200 {
+            let mut buf = ReorderBuffer::new();
+            let mut model = Vec::new();
+            for seq in 0..64_u32 {
+                let ts = (lcg(&mut state) % 3) as i64;
+                let len = (lcg(&mut state) % 12) as usize;
+                let key: Vec<u8> = (0..len)
+                    .map(|_| [0_u8, 1, b'a'][(lcg(&mut state) % 3) as usize])
+                    .collect();
+                buf.push(ts, &key, seq);
+                model.push((ts, key, seq));
+                if lcg(&mut state) % 8 == 0 {
+                    // a release part way: the slots are reused after it
+                    let w = (lcg(&mut state) % 3) as i64;
+                    model.sort();
+                    let cut = model.iter().take_while(|m| m.0 <= w).count();
+                    let want: Vec<u32> = model.drain(..cut).map(|m| m.2).collect();
+                    assert_eq!(buf.release(w), want);
+                    // what is later than a released time is still held, in order
+                }
+            }
+            model.sort();
+            assert_eq!(buf.drain(), model.iter().map(|m| m.2).collect::<Vec<_>>());
+            assert!(buf.is_empty());
         }
     }
 
