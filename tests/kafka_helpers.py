@@ -250,6 +250,8 @@ def stats_lines(records: list[Any], now: float | None = None) -> str:
             "skipped": d.get("skipped"),
             "seeks": d.get("seeks"),
             "stalled": d.get("stalled"),
+            "progress": d.get("progress"),
+            "waits": d.get("waits"),
         }
         out.append(f"stats of {worker}: {orjson.dumps(fields).decode()}")
     return "\n".join(out) or "(no stats record)"

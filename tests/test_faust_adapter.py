@@ -245,7 +245,7 @@ def test_a_seek_is_made_in_the_consumer_s_thread_and_not_awaited() -> None:
         thread_loop=thread_loop, _ensure_consumer=Client, log=logging.getLogger("test")
     )
     consumer = SimpleNamespace(_thread=thread, _read_offset={})
-    app = SimpleNamespace(consumer=consumer)
+    app = SimpleNamespace(consumer=consumer, consumer_generation_id=4)
 
     async def scenario() -> None:
         faust_adapter.seek_soon(app, TP("t", 1), 17)
@@ -258,6 +258,15 @@ def test_a_seek_is_made_in_the_consumer_s_thread_and_not_awaited() -> None:
             if len(seeks) == 2 and consumer._read_offset:
                 break
         await asyncio.sleep(0.05)
+        assert seeks == [(1, 17, True), (9, 3, True)]
+        assert consumer._read_offset == {TP("t", 1): 17}
+        # asked in generation 4, run after a rebalance: the new assignment's start stands
+        hold = threading.Event()
+        thread_loop.call_soon_threadsafe(hold.wait, 5)  # the thread busy a moment
+        faust_adapter.seek_soon(app, TP("t", 2), 5)
+        app.consumer_generation_id = 5
+        hold.set()
+        await asyncio.sleep(0.2)
         assert seeks == [(1, 17, True), (9, 3, True)]
         assert consumer._read_offset == {TP("t", 1): 17}
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 
 from streams.banks import HashBanks
@@ -62,7 +63,9 @@ def test_the_worker_says_what_holds_a_stalled_partition_back(
     assert "resolve/3 not heard from" in said and "resolve/1" not in said
     assert "clusters/2: 50 records wait on the broker past offset 0" in said
     assert w.stats.partitions_stalled == 2
-    assert w.summary()["stalled"] == ["clusters/2", "unread clusters/2"]
+    summary = orjson.loads(w.summary_json())  # as published on the stats topic
+    assert summary["stalled"] == ["clusters/2", "unread clusters/2"]
+    assert summary["waits"]["clusters"] == {"2": {"0": 9_000, "1": 4_000, "2": 9_000}}
     wm.update({3: (2_000, False)})  # heard from at last: 2000 now the slowest
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="viralwatch.worker"):

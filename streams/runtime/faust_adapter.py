@@ -269,17 +269,23 @@ def seek_soon(app: Any, tp: TP, offset: int) -> None:
     is queued on the thread's loop and the caller goes on; once it is done, the
     app's loop is told to take records from ``offset`` again (Faust drops records
     below the last offset it handed over). A partition revoked meanwhile is not
-    sought (its next owner starts it afresh); the reader notices records that
-    still do not come and seeks again (:mod:`streams.runtime.read_offsets`).
+    sought, nor one assigned again by a rebalance since (its generation is not the
+    one the seek was asked in: where it starts is the new assignment's); the
+    reader notices records that still do not come and seeks again
+    (:mod:`streams.runtime.read_offsets`).
     """
     consumer = app.consumer
     thread = consumer._thread  # Faust: the ConsumerThread that owns the aiokafka client
     app_loop = asyncio.get_running_loop()
+    generation = app.consumer_generation_id
 
     def read_from() -> None:  # the app's loop: Faust's delivery takes ``offset`` again
-        consumer._read_offset[tp] = offset if offset else None
+        if app.consumer_generation_id == generation:
+            consumer._read_offset[tp] = offset if offset else None
 
     def seek() -> None:  # the consumer's thread
+        if app.consumer_generation_id != generation:
+            return  # a rebalance came first
         try:
             thread._ensure_consumer().seek(tp, offset)
         except Exception as exc:  # revoked meanwhile, or the consumer stopping

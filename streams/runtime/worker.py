@@ -738,6 +738,19 @@ class Worker:
             "stalled": self.stalls.stalled + [f"unread {k}" for k in self.unread.stalled],
             # each resolve partition's progress (what the clusters watermarks wait for)
             "progress": {str(r): st.progress for r, st in sorted(self.resolvers.items())},
+            # what each waits for in turn: per resolve partition its input watermark, its
+            # reshares held and each shares partition's mark (newest time, idle); per
+            # clusters partition the progress heard from each resolve partition
+            "waits": {
+                "resolve": {
+                    str(r): [st.watermark.value, st.held, _marks(st.watermark.marks())]
+                    for r, st in sorted(self.resolvers.items())
+                },
+                "clusters": {
+                    str(k): {str(r): t for r, (t, _) in d.watermark.marks().items()}
+                    for k, d in sorted(self.detectors.items())
+                },
+            },
             "partitions": {
                 "shares": sorted(self.topology.ingest.clock.assigned),
                 "resolve": sorted(self.resolvers),
@@ -859,6 +872,11 @@ class Worker:
         # request and message, about 5% of the worker's CPU, to show nothing.
         worker.spinner = None
         worker.execute_from_commandline()
+
+
+def _marks(marks: dict[int, tuple[int, bool]]) -> dict[str, list[int]]:
+    """A watermark's marks for the report: per source, its time and 1 if idle."""
+    return {str(p): [t, int(idle)] for p, (t, idle) in marks.items()}
 
 
 def _by_partition(events: list[Any]) -> Iterable[list[Any]]:
