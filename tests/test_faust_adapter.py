@@ -277,6 +277,12 @@ def test_a_seek_is_made_in_the_consumer_s_thread_and_not_awaited() -> None:
         runner.join(5)
         thread_loop.close()
 
+    async def stopping() -> None:  # the consumer's loop closed: nothing raises in the agent
+        faust_adapter.seek_soon(app, TP("t", 1), 3)
+
+    asyncio.run(stopping())
+    assert seeks == [(1, 17, True), (9, 3, True)]
+
 
 def test_a_record_whose_send_fails_is_no_longer_waited_for() -> None:
     """A record the client refused is not handed over later either: a flush waiting for it

@@ -291,9 +291,13 @@ def seek_soon(app: Any, tp: TP, offset: int) -> None:
         except Exception as exc:  # revoked meanwhile, or the consumer stopping
             thread.log.warning("could not seek %s back to %d: %r", tp, offset, exc)
             return
-        app_loop.call_soon_threadsafe(read_from)
+        with contextlib.suppress(RuntimeError):  # the app's loop closed: stopping
+            app_loop.call_soon_threadsafe(read_from)
 
-    thread.thread_loop.call_soon_threadsafe(seek)
+    try:
+        thread.thread_loop.call_soon_threadsafe(seek)
+    except RuntimeError as exc:  # the consumer's loop is closed: the worker is stopping
+        thread.log.warning("could not seek %s back to %d: %r", tp, offset, exc)
 
 
 def credentials(settings: Settings) -> Any:
