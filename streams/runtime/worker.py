@@ -734,7 +734,8 @@ class Worker:
             "skipped": self.read_offsets.skipped,
             "seeks": self.read_offsets.seeks,
             "watermarks": {str(k): d.watermark.value for k, d in sorted(self.detectors.items())},
-            # clusters partitions whose watermark stands still while events wait (stalls.py)
+            # partitions standing still while work waits: a clusters partition's watermark
+            # with events pending, an internal partition's records unread (stalls.py)
             "stalled": self.stalls.stalled + [f"unread {k}" for k in self.unread.stalled],
             # each resolve partition's progress (what the clusters watermarks wait for)
             "progress": {str(r): st.progress for r, st in sorted(self.resolvers.items())},
