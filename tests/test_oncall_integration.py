@@ -359,7 +359,7 @@ def test_prometheus_loaded_the_repository_rules(run: Run) -> None:
     doc = get_json(f"{run.prometheus_url}/api/v1/rules")
     names = {r["name"] for g in doc["data"]["groups"] for r in g["rules"]}
     assert {"ViralwatchWorkerDown", "ViralwatchSpreadVelocity"} <= names
-    assert len(names) == 10
+    assert len(names) == 11
 
 
 def test_a_real_scrape_passes_promtool_check_metrics(run: Run) -> None:
