@@ -121,13 +121,15 @@ def run(
         t1 = time.process_time()
         batches = [resolvers[r].handle([env]) for r, env in made.unpacked.items()]
         peers, _ = resolve_local_peers(resolvers, batches, 4)
+        entries = [(b.partition, b.log_entries()) for b in batches + peers]
+        t2 = time.process_time()
         for b in batches + peers:
             routed += b.routed
-            for entry in b.log_entries():
+        for r, written in entries:  # what the log holds, by key (untimed)
+            for entry in written:
                 logged += len(entry)
-                for key, value in orjson.loads(entry).items():  # (untimed)
-                    part_log[b.partition][key] += len(orjson.dumps({key: value})) - 1
-        t2 = time.process_time()
+                for key, value in orjson.loads(entry).items():
+                    part_log[r][key] += len(orjson.dumps({key: value})) - 1
         to_clusters, _ = merge_resolved(batches + peers)
         sent = {k: env.pack() if hop != "local" else env for k, env in to_clusters.items()}
         t3 = time.process_time()
