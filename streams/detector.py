@@ -155,7 +155,7 @@ from streams.alerts import (
     severity_rank,
 )
 from streams.banks import ALLOW_BANK, DEFAULT_PDQ_THRESHOLD, BankUpdate
-from streams.emerging import ContentIndex
+from streams.emerging import ContentIndex, Signal, signal_of, signals_of
 from streams.events import Rejection, ShareEvent
 from streams.forecast import PredictorFactory
 from streams.policy import AlertPolicy
@@ -481,19 +481,24 @@ class Detector:
         #: touched first; the unbanked ones are in the compiled core (:attr:`_unbanked`)
         self.clusters: OrderedDict[str, ClusterState] = OrderedDict()
         self._severity_names: list[Severity] = list(dict.fromkeys(r.severity for r in policy.rules))
+        #: with an index of its own (a worker's clusters partition), the unbanked clusters
+        #: keep their content's signals themselves and :attr:`content` holds the banked
+        #: ones' only: a bank change scans them (about 40 bytes a live post less than an
+        #: index record, id entry and table entries per cluster and signal)
         self._unbanked = UnbankedClusters(
             [(self._severity_names.index(r.severity), r.window_ms, r.shares) for r in policy.rules],
             self.horizon_ms,
             idle_ms,
+            content is None,
         )
         self._live_events = 0
         self._due: list[tuple[int, str]] = []
         self.emerging: deque[ClusterSummary] = deque(maxlen=review_queue)
-        #: the uploads' content of every live cluster: which clusters a bank change concerns
-        #: (replay's is a view of the router's index: ``content``); one of its own (a
-        #: worker's clusters partition) is searched only for bank changes, so its PDQ search
-        #: scans, without the tables (about 70 bytes a hash; a scan, a millisecond at
-        #: 330,000 hashes)
+        #: the uploads' content of live clusters: which clusters a bank change concerns
+        #: (replay's is a view of the router's index: ``content``, every live cluster's); one
+        #: of its own (a worker's clusters partition) holds banked clusters' only (the
+        #: unbanked store holds the rest, see :meth:`near`) and is searched only for bank
+        #: changes, so its PDQ search scans, without the tables
         self.content = content if content is not None else ContentIndex(scan=True)
         self.outbox = Decisions()
         #: per banked cluster, what is held for it and not applied yet (streaming only)
@@ -658,6 +663,18 @@ class Detector:
     ) -> None:
         """The content index takes the uploads applied and drops the clusters evicted, in
         their order (a cluster id evicted may start afresh with a later upload)."""
+        unbanked = self._unbanked
+        if unbanked.keeps_signals:  # the store's clusters hold them: the ones still live
+            gone_at = {cid: at for at, cid, _ in evicted}
+            for i in contents:
+                cid = run[i].cluster_id
+                content = run[i].event.content
+                assert content is not None
+                if gone_at.get(cid, -1) <= i:
+                    unbanked.hold(cid, signals_of(content))
+            for _, cid, posts in evicted:
+                self._evicted_unbanked(cid, posts)
+            return
         k = 0
         for i in contents:
             while k < len(evicted) and evicted[k][0] <= i:
@@ -909,7 +926,7 @@ class Detector:
                 del self._bank_pending[cid]
         sig = (e.signal_type, e.signal)
         unbanked = self._unbanked
-        for cid, d in self.content.near(e.signal_type, e.signal, DEFAULT_PDQ_THRESHOLD):
+        for cid, d in self.near(e.signal_type, e.signal):
             st = self.clusters.get(cid)
             if st is None:
                 if cid not in unbanked:
@@ -932,6 +949,25 @@ class Detector:
                 match = MatchInfo(e.bank, e.signal_type, e.signal, d, e.label)
                 self._relabel(st, match)
                 self._evaluate(st, ts)
+
+    def near(self, signal_type: str, signal: str) -> list[tuple[str, int]]:
+        """The live clusters holding ``signal`` (MD5: equal; PDQ: within the default
+        threshold), nearest first, ties by cluster id, each once at its nearest: what a bank
+        change concerns (:attr:`content`'s, and the unbanked store's where it keeps them)."""
+        near = self.content.near(signal_type, signal, DEFAULT_PDQ_THRESHOLD)
+        unbanked = self._unbanked
+        if not unbanked.keeps_signals:
+            return near
+        more = unbanked.near(signal_type, signal.lower(), DEFAULT_PDQ_THRESHOLD)
+        if not near:
+            return more
+        return sorted([*near, *more], key=lambda cd: (cd[1], cd[0]))  # no cluster in both
+
+    def signals(self, cluster_id: str) -> set[Signal]:
+        """The signals of the content a live cluster's uploads carried."""
+        if self._unbanked.keeps_signals and cluster_id in self._unbanked:
+            return {signal_of(t) for _, t in self._unbanked.held(cluster_id)}
+        return self.content.signals(cluster_id)
 
     def _unbanked_allowed(self, cid: str) -> bool:
         row = self._unbanked.summary(cid)
@@ -956,8 +992,11 @@ class Detector:
     def _take(self, cid: str) -> ClusterState:
         """Take an unbanked cluster out of the compiled core into :attr:`clusters` (its
         content turned out banked), in its place in the order of touches."""
+        held = self._unbanked.held(cid)  # a store that keeps signals: now the index's
         taken = self._unbanked.take(cid)
         assert taken is not None
+        if held:
+            self.content.add_signals(cid, held)
         seq, first, last, made, times, _, event_ids, waiting, emerging, met, allowed = taken
         pending: dict[str, list[ShareEvent]] = {}
         for post, ev in waiting:
@@ -999,7 +1038,7 @@ class Detector:
         ts, e = update.ts_ms, update.entry
         if ts is None:
             return
-        near = self.content.near(e.signal_type, e.signal, DEFAULT_PDQ_THRESHOLD)
+        near = self.near(e.signal_type, e.signal)
         for cid, _ in near:
             self._bank_pending.setdefault(cid, []).append((ts, e.bank == ALLOW_BANK))
         if e.bank == ALLOW_BANK or update.op != "add" or ts <= watermark_ms:

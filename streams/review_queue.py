@@ -103,7 +103,7 @@ class EmergingItem:
 def cluster_hashes(detector: Detector, cluster_id: str) -> tuple[tuple[str, str], ...]:
     """The signals of the content a cluster's uploads carried (the detector keeps them for
     every live cluster: a bank change is matched against them), sorted."""
-    return tuple(sorted(detector.content.signals(cluster_id)))
+    return tuple(sorted(detector.signals(cluster_id)))
 
 
 def back_after_dismissal(met: Mapping[str, int] | None, dismissed_ms: int) -> bool:

@@ -63,7 +63,7 @@ enum Key {
 const PDQ_ROW: u8 = 3;
 
 /// The 16 bytes of an MD5's 32 hex digits (either case).
-fn parse_md5(text: &[u8]) -> Option<[u8; 16]> {
+pub fn parse_md5(text: &[u8]) -> Option<[u8; 16]> {
     if text.len() != 32 {
         return None;
     }

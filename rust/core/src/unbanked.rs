@@ -40,8 +40,9 @@ use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 use std::ops::Range;
 
-use crate::content::{ClusterId, IdSlots};
+use crate::content::{parse_md5, BadSignal, ClusterId, IdSlots, Kind as SignalKind};
 use crate::dedupe::{id_digest, DigestHasher};
+use crate::pdq::{self, Hash};
 
 /// A post index meaning "none" (an upload's parent, an empty list's end).
 const NONE: u32 = u32::MAX;
@@ -398,6 +399,9 @@ struct Cluster<H> {
     times: Times,
     ids: Ids,
     emerging: bool,
+    /// the bytes at the end of `text` that are its content's signals, not its posts' text
+    /// (a store that keeps signals: see [`Store::with_signals`]); in the record's padding
+    sig_len: u32,
     /// what few clusters have: boxed, so that the others pay 8 bytes for it
     rare: Option<Box<Rare<H>>>,
 }
@@ -446,8 +450,39 @@ impl<H> Cluster<H> {
             times: Times::default(),
             ids: Ids::Few(CVec::default()),
             emerging: false,
+            sig_len: 0,
             rare: None,
         }
+    }
+
+    /// Where the posts' text ends (its signals follow).
+    fn posts_end(&self) -> usize {
+        self.text.len() - self.sig_len as usize
+    }
+
+    /// Its signals, packed ([`Sig`]), in the order it took them.
+    fn sigs(&self) -> &[u8] {
+        &self.text[self.posts_end()..]
+    }
+
+    /// Hold the signals packed in `keys` it does not hold yet, in order; how many.
+    fn hold(&mut self, keys: &[Vec<u8>]) -> usize {
+        let small = self.posts.len() < SMALL;
+        let mut took = 0;
+        for key in keys {
+            if sig_iter(self.sigs()).any(|k| k == &key[..]) {
+                continue;
+            }
+            self.text.with(|text| {
+                if text.len() + key.len() > text.capacity() && small {
+                    text.reserve_exact(key.len());
+                }
+                text.extend_from_slice(key);
+            });
+            self.sig_len += key.len() as u32;
+            took += 1;
+        }
+        took
     }
 
     /// Where each post's text starts.
@@ -508,19 +543,25 @@ impl<H> Cluster<H> {
         } else {
             Vec::new()
         };
+        let end = self.posts_end();
         self.text.with(|text| {
             let need = prefix.len() + bytes.len();
             if text.len() + need > text.capacity() && small {
                 text.reserve_exact(need);
             }
-            text.extend_from_slice(&prefix);
-            text.extend_from_slice(bytes);
+            if end == text.len() {
+                text.extend_from_slice(&prefix);
+                text.extend_from_slice(bytes);
+            } else {
+                // before the signals (a few dozen bytes moved)
+                text.splice(end..end, prefix.iter().chain(bytes).copied());
+            }
         });
         len
     }
 
     fn add(&mut self, post: &[u8], user: &[u8], parent: u32, ts_ms: i64) {
-        let start = self.text.len() as u32;
+        let start = self.posts_end() as u32;
         let id_len = self.push_text(post);
         let user_len = self.push_text(user);
         let i = self.posts.len() as u32;
@@ -655,6 +696,77 @@ impl<H> Cluster<H> {
     }
 }
 
+/// A signal packed in a cluster's text (after its posts'): a kind byte, then an MD5's 16
+/// bytes, a PDQ hash's 32 (its words little-endian), or any other text's 4-byte length and
+/// the text. The content index's keys ([`crate::content`]): a text of 32 hex digits is an
+/// MD5 whatever its kind says, any other text but a PDQ's is kept as it is.
+const SIG_MD5: u8 = 0;
+const SIG_PDQ: u8 = 1;
+const SIG_TEXT: u8 = 2;
+
+/// `text` (a signal of `kind`) packed; a PDQ text that is not 64 hex digits is refused.
+fn sig_key(kind: SignalKind, text: &str) -> Result<Vec<u8>, BadSignal> {
+    let mut out = Vec::new();
+    if kind == SignalKind::Pdq {
+        let h = pdq::parse_hex(text.as_bytes())
+            .ok_or_else(|| BadSignal(format!("not a PDQ hash: {text:?}")))?;
+        out.push(SIG_PDQ);
+        for w in h {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+    } else if let Some(b) = parse_md5(text.as_bytes()) {
+        out.push(SIG_MD5);
+        out.extend_from_slice(&b);
+    } else {
+        out.push(SIG_TEXT);
+        out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        out.extend_from_slice(text.as_bytes());
+    }
+    Ok(out)
+}
+
+/// The signals packed in `bytes`, each whole (kind byte included), in order.
+fn sig_iter(mut bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let n = match *bytes.first()? {
+            SIG_MD5 => 17,
+            SIG_PDQ => 33,
+            _ => 5 + u32::from_le_bytes(bytes[1..5].try_into().expect("4 bytes")) as usize,
+        };
+        let (sig, rest) = bytes.split_at(n);
+        bytes = rest;
+        Some(sig)
+    })
+}
+
+/// A packed PDQ signal's hash.
+fn sig_hash(sig: &[u8]) -> Hash {
+    let mut h = [0_u64; 4];
+    for (w, c) in h.iter_mut().zip(sig[1..33].chunks_exact(8)) {
+        *w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+    }
+    h
+}
+
+/// A packed signal as `(kind, text)`: hashes in lowercase hex, the kind under which the
+/// content index keeps the same key.
+fn sig_text(sig: &[u8]) -> (&'static str, String) {
+    match sig[0] {
+        SIG_MD5 => {
+            let mut s = String::with_capacity(32);
+            pdq::push_hex(&mut s, &sig[1..17]);
+            ("md5", s)
+        }
+        SIG_PDQ => ("pdq", pdq::format_hex(&sig_hash(sig))),
+        _ => (
+            "md5",
+            std::str::from_utf8(&sig[5..])
+                .expect("packed from a str")
+                .to_owned(),
+        ),
+    }
+}
+
 /// A post as the views and retroaction read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Made<'a> {
@@ -718,6 +830,8 @@ pub struct Store<H> {
     tail: u32,
     seq: u64,
     live_events: usize,
+    /// whether its clusters keep their content's signals ([`Self::with_signals`])
+    signals: bool,
 }
 
 impl<H> Store<H> {
@@ -738,7 +852,99 @@ impl<H> Store<H> {
             tail: NONE,
             seq: 0,
             live_events: 0,
+            signals: false,
         }
+    }
+
+    /// A store whose clusters keep their content's signals ([`Self::hold`]) and are found
+    /// by them ([`Self::near`]): a worker's clusters partition, which must find the live
+    /// clusters a bank change concerns. A content index of its own took a record, an id
+    /// entry and a table entry per cluster and signal (about 56 bytes a live post); here
+    /// a signal is its bytes in the cluster's text (17 an MD5, 33 a PDQ hash), and a search
+    /// scans the clusters (a bank change is rare).
+    pub fn with_signals(rules: Vec<Rule>, horizon_ms: i64, idle_ms: i64) -> Self {
+        Self {
+            signals: true,
+            ..Self::new(rules, horizon_ms, idle_ms)
+        }
+    }
+
+    /// Whether its clusters keep their signals ([`Self::with_signals`]).
+    pub fn keeps_signals(&self) -> bool {
+        self.signals
+    }
+
+    /// `cluster_id` (held) holds these signals, those it did not hold yet appended in order;
+    /// how many were new. A PDQ text that is not 64 hex digits is refused before anything
+    /// changes. Nothing is kept by a store that keeps no signals, or for a cluster not held.
+    pub fn hold(
+        &mut self,
+        cluster_id: &str,
+        signals: &[(SignalKind, &str)],
+    ) -> Result<usize, BadSignal> {
+        let keys = signals
+            .iter()
+            .map(|&(kind, text)| sig_key(kind, text))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !self.signals {
+            return Ok(0);
+        }
+        Ok(match self.slot_of(cluster_id) {
+            Some(slot) => self.at(slot).hold(&keys),
+            None => 0,
+        })
+    }
+
+    /// The signals `cluster_id` holds, `(kind, text)` in the order it took them.
+    pub fn held(&self, cluster_id: &str) -> Vec<(&'static str, String)> {
+        self.get(cluster_id)
+            .map_or_else(Vec::new, |c| sig_iter(c.sigs()).map(sig_text).collect())
+    }
+
+    /// The clusters holding `text` (MD5: equal, at 0; PDQ: within `threshold`), nearest
+    /// first, ties by cluster id, each once at its nearest: what the content index's
+    /// `near` answers for the same clusters (an MD5's text that is a held PDQ hash's finds
+    /// its holders, as the index's look-up does). Other kinds: none. A scan of every
+    /// cluster's signals.
+    pub fn near(&self, kind: SignalKind, text: &str, threshold: u32) -> Vec<(String, u32)> {
+        let mut out: Vec<(String, u32)> = Vec::new();
+        match kind {
+            SignalKind::Other => {}
+            SignalKind::Pdq => {
+                let Some(q) = pdq::parse_hex(text.as_bytes()) else {
+                    return out;
+                };
+                for c in self.slots.iter().flatten() {
+                    let best = sig_iter(c.sigs())
+                        .filter(|s| s[0] == SIG_PDQ)
+                        .map(|s| pdq::distance(&q, &sig_hash(s)))
+                        .min();
+                    if let Some(d) = best.filter(|&d| d <= threshold) {
+                        out.push((c.id.to_string(), d));
+                    }
+                }
+            }
+            SignalKind::Md5 => {
+                let as_pdq = pdq::parse_hex(text.as_bytes())
+                    .map(|h| sig_key(SignalKind::Pdq, &pdq::format_hex(&h)).expect("a hash"));
+                let key = sig_key(SignalKind::Other, text).expect("not a PDQ's");
+                let found = |key: &[u8], out: &mut Vec<(String, u32)>| {
+                    for c in self.slots.iter().flatten() {
+                        if sig_iter(c.sigs()).any(|s| s == key) {
+                            out.push((c.id.to_string(), 0));
+                        }
+                    }
+                };
+                if let Some(k) = &as_pdq {
+                    found(k, &mut out);
+                }
+                if out.is_empty() {
+                    found(&key, &mut out);
+                }
+            }
+        }
+        out.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+        out
     }
 
     pub fn idle_ms(&self) -> i64 {
@@ -1461,5 +1667,141 @@ mod tests {
         // the cluster record: was 192 bytes with four Vecs, a 24-byte id and its post index
         assert_eq!(std::mem::size_of::<ClusterId>(), 16);
         assert!(std::mem::size_of::<Cluster<()>>() <= 152);
+    }
+
+    /// A store that keeps signals answers as a content index of the same clusters would
+    /// (the one a clusters partition kept beside it): every near and held list, through
+    /// signals held, posts added after them (the text before the signals), evictions,
+    /// takes and clusters of an evicted id made afresh.
+    #[test]
+    fn signals_kept_in_the_store_answer_as_a_content_index() {
+        use crate::content::{ContentIndex, Kind as K};
+        use crate::testing::Rng;
+        let mut rng = Rng(0x5eed_1234_9876_abcd);
+        fn near_one(rng: &mut Rng, base: &[[u64; 4]]) -> String {
+            let (i, d) = ((rng.next() % 6) as usize, (rng.next() % 40) as u32);
+            pdq::format_hex(&rng.flip(&base[i], d))
+        }
+        let base: Vec<[u64; 4]> = (0..6).map(|_| rng.hash()).collect();
+        let md5s: Vec<String> = (0..5).map(|i| format!("{:032x}", i * 7919 + 1)).collect();
+        let mut s: Store<u32> = Store::with_signals(Vec::new(), 1_200_000, 3_600_000);
+        let mut idx = ContentIndex::scan_only();
+        let mut t = 0_i64;
+        let mut n = 0_u32;
+        let (mut hits, mut taken) = (0, 0);
+        for step in 0..3_000 {
+            let cid = format!("u-{}", rng.next() % 40);
+            match rng.next() % 10 {
+                0..=4 => {
+                    // an event (a post), then maybe its content
+                    n += 1;
+                    t += (rng.next() % 5_000) as i64;
+                    let (eid, post) = (format!("e{n}"), format!("p{n}"));
+                    let e = Event {
+                        event_id: eid.as_bytes(),
+                        kind: Kind::Upload,
+                        ts_ms: t,
+                        post: post.as_bytes(),
+                        user: b"someone",
+                        parent: None,
+                    };
+                    let mut out = Outcome::default();
+                    s.apply(&cid, &e, n, &mut out);
+                    for gone in &out.evicted {
+                        idx.drop_cluster(&gone.cluster_id);
+                    }
+                    if rng.next() % 3 > 0 {
+                        let h = near_one(&mut rng, &base);
+                        let m = md5s[(rng.next() % 5) as usize].clone();
+                        let odd = format!("odd{}", rng.next() % 3);
+                        let mut sig: Vec<(K, &str)> = vec![(K::Md5, &m), (K::Pdq, &h)];
+                        if rng.next() % 4 == 0 {
+                            sig.push((K::Md5, &odd));
+                        }
+                        if rng.next() % 2 == 0 {
+                            sig.reverse();
+                        }
+                        let new = s.hold(&cid, &sig).unwrap();
+                        let (taken, _) = idx.add(&cid, &sig).unwrap();
+                        assert_eq!(new, taken.len(), "step {step}");
+                    }
+                }
+                5 => {
+                    // taken out (banked), its signals with it
+                    let held = s.held(&cid);
+                    let want: Vec<String> = idx.held(&cid).iter().map(|t| t.to_string()).collect();
+                    assert_eq!(
+                        held.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>(),
+                        want
+                    );
+                    let live = s.contains(&cid);
+                    taken += usize::from(live && !want.is_empty());
+                    assert_eq!(s.take(&cid).is_some(), live);
+                    assert!(s.held(&cid).is_empty());
+                    idx.drop_cluster(&cid);
+                }
+                6 => {
+                    let mut out = Outcome::default();
+                    t += 1_000_000;
+                    s.evict(t - 3_600_000, u64::MAX, 0, &mut out);
+                    for gone in &out.evicted {
+                        idx.drop_cluster(&gone.cluster_id);
+                    }
+                }
+                _ => {
+                    let h = near_one(&mut rng, &base);
+                    let m = &md5s[(rng.next() % 5) as usize];
+                    let odd = format!("odd{}", rng.next() % 3);
+                    let up = m.to_uppercase();
+                    for (k, q, th) in [
+                        (K::Pdq, &h, (rng.next() % 40) as u32),
+                        (K::Md5, m, 31),
+                        (K::Md5, &up.to_lowercase(), 31),
+                        (K::Md5, &odd, 0),
+                        (K::Md5, &h, 31),
+                        (K::Pdq, &odd, 31),
+                        (K::Other, m, 31),
+                    ] {
+                        let want: Vec<(String, u32)> = idx
+                            .near(k, q, th)
+                            .into_iter()
+                            .map(|(c, d)| (c.to_string(), d))
+                            .collect();
+                        hits += usize::from(want.len() > 1);
+                        assert_eq!(s.near(k, q, th), want, "step {step}: {k:?} {q}");
+                    }
+                }
+            }
+            let held: Vec<String> = s.held(&cid).into_iter().map(|(_, t)| t).collect();
+            let want: Vec<String> = idx.held(&cid).iter().map(|t| t.to_string()).collect();
+            assert_eq!(held, want, "step {step}");
+            // the posts' text is whole before the signals
+            if let Some(c) = s.get(&cid) {
+                assert_eq!(c.post_ids().count(), c.posts.len());
+                assert!(c.post_ids().all(|p| p.starts_with(b"p")));
+            }
+        }
+        assert!(
+            hits > 100 && taken > 20,
+            "{hits} answers of two or more, {taken} taken"
+        );
+        // a held PDQ hash's text asked as an MD5 finds its holders (the index's look-up)
+        let h = pdq::format_hex(&base[0]);
+        let want: Vec<(String, u32)> = idx
+            .near(K::Md5, &h, 0)
+            .into_iter()
+            .map(|(c, d)| (c.to_string(), d))
+            .collect();
+        assert_eq!(s.near(K::Md5, &h, 0), want);
+        // a bad PDQ text is refused, nothing held
+        assert!(s
+            .hold("u-1", &[(K::Md5, &md5s[0]), (K::Pdq, "zz")])
+            .is_err());
+        // a store that keeps none holds none
+        let mut plain: Store<u32> = store();
+        let mut out = Outcome::default();
+        plain.apply("u-1", &ev("e", Kind::Upload, 0, "p", None), 0, &mut out);
+        assert_eq!(plain.hold("u-1", &[(K::Md5, &md5s[0])]).unwrap(), 0);
+        assert!(plain.held("u-1").is_empty() && plain.near(K::Md5, &md5s[0], 0).is_empty());
     }
 }

@@ -494,12 +494,20 @@ impl Detect {
             let content = if applied { event.image(py)? } else { None };
             if let Some(content) = content {
                 let image = image_signals(&content, self.min_pdq_quality);
-                self.content
-                    .0
-                    .borrow_mut(py)
-                    .inner
-                    .add_counted_in(cid, &image.refs(), self.content.1)
-                    .map_err(|e| PyValueError::new_err(e.0))?;
+                let mut store = self.unbanked.borrow_mut(py);
+                if store.store.keeps_signals() {
+                    // a clusters partition: its unbanked clusters keep their own signals
+                    store.store.hold(cid, &image.refs())
+                } else {
+                    drop(store);
+                    self.content
+                        .0
+                        .borrow_mut(py)
+                        .inner
+                        .add_counted_in(cid, &image.refs(), self.content.1)
+                        .map(|_| 0)
+                }
+                .map_err(|e| PyValueError::new_err(e.0))?;
             }
             let latest = self.pending.latest.get_or_insert(ts);
             *latest = (*latest).max(ts);

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use pyo3::{intern, IntoPyObjectExt};
 
+use viralwatch_core::content::Kind as SignalKind;
 use viralwatch_core::dedupe::EventIdSet;
 use viralwatch_core::unbanked::{Crossing, Event, Kind, Outcome, Rule, Store};
 
@@ -142,8 +143,11 @@ impl UnbankedClusters {
 
 #[pymethods]
 impl UnbankedClusters {
+    /// ``signals``: its clusters keep their content's signals and are found by them (a
+    /// worker's clusters partition: see ``Store::with_signals``).
     #[new]
-    fn new(rules: Vec<(u8, i64, u32)>, horizon_ms: i64, idle_ms: i64) -> Self {
+    #[pyo3(signature = (rules, horizon_ms, idle_ms, signals = false))]
+    fn new(rules: Vec<(u8, i64, u32)>, horizon_ms: i64, idle_ms: i64, signals: bool) -> Self {
         let rules = rules
             .into_iter()
             .map(|(severity, window_ms, shares)| Rule {
@@ -152,9 +156,43 @@ impl UnbankedClusters {
                 shares,
             })
             .collect();
-        Self {
-            store: Store::new(rules, horizon_ms, idle_ms),
-        }
+        let store = if signals {
+            Store::with_signals(rules, horizon_ms, idle_ms)
+        } else {
+            Store::new(rules, horizon_ms, idle_ms)
+        };
+        Self { store }
+    }
+
+    /// Whether its clusters keep their content's signals.
+    #[getter]
+    fn keeps_signals(&self) -> bool {
+        self.store.keeps_signals()
+    }
+
+    /// ``cluster_id`` (held) holds these ``(kind, text)`` signals (a store that keeps
+    /// them); how many it did not hold. A PDQ text that is not 64 hex digits raises
+    /// ``ValueError`` and changes nothing.
+    fn hold(&mut self, cluster_id: &str, signals: Vec<(String, String)>) -> PyResult<usize> {
+        let refs: Vec<(SignalKind, &str)> = signals
+            .iter()
+            .map(|(k, t)| (SignalKind::of(k), t.as_str()))
+            .collect();
+        self.store
+            .hold(cluster_id, &refs)
+            .map_err(|e| PyValueError::new_err(e.0))
+    }
+
+    /// The signals ``cluster_id`` holds, ``(kind, text)`` in the order it took them.
+    fn held(&self, cluster_id: &str) -> Vec<(&'static str, String)> {
+        self.store.held(cluster_id)
+    }
+
+    /// The clusters holding ``signal`` (MD5: equal; PDQ: within ``threshold``), nearest
+    /// first, ties by cluster id, each once at its nearest (a scan).
+    fn near(&self, signal_type: &str, signal: &str, threshold: u32) -> Vec<(String, u32)> {
+        self.store
+            .near(SignalKind::of(signal_type), signal, threshold)
     }
 
     /// A number for a touch of a banked cluster: the detector's one order of clusters.
