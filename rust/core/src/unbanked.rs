@@ -221,11 +221,13 @@ impl<H> Default for Outcome<H> {
     }
 }
 
-/// A post in 16 bytes: the lengths of its id's text and its user's (one after the other in
+/// A post in 12 bytes: the lengths of its id's text and its user's (one after the other in
 /// the cluster's text, where the posts before it end: see [`Cluster::starts`]), its parent
-/// (see [`Post::parent`]) and whether it is still up, in one word; its event time. Where
-/// its text starts is not kept (8 bytes a post): a scan of the posts sums the lengths, and
-/// a cluster past [`INDEX_FROM`] posts keeps each start in its post index.
+/// (see [`Post::parent`]) and whether it is still up, in one word; its event time as an
+/// offset from the cluster's first seen (no event of a cluster is older: see
+/// [`Cluster::post_ts`]). Where its text starts is not kept (8 bytes a post): a scan of
+/// the posts sums the lengths, and a cluster past [`INDEX_FROM`] posts keeps each start in
+/// its post index.
 #[derive(Clone, Copy)]
 struct Post {
     /// [`LONG`]: the length is the 4 bytes (little-endian) before the text
@@ -233,8 +235,13 @@ struct Post {
     user_len: u16,
     /// the parent's index + 1 (0: none) in the low 31 bits; the top bit: taken down
     parent_down: u32,
-    ts_ms: i64,
+    /// its event time less the cluster's `first_seen_ms`; [`WIDE`]: past 49 days after it,
+    /// the time is in the cluster's rare part
+    ts_off: u32,
 }
+
+/// A post's time offset that does not fit: its time is kept aside ([`Rare::wide`]).
+const WIDE: u32 = u32::MAX;
 
 const DOWN: u32 = 1 << 31;
 /// A post's id or user of this length or more: its length is written before its text.
@@ -415,6 +422,9 @@ struct Rare<H> {
     allowed_by: Vec<(String, String)>,
     /// past [`INDEX_FROM`] posts (few clusters grow so large: here, not in the record)
     index: Option<Box<Index>>,
+    /// (post, event time) of the posts whose time is [`WIDE`] of the first seen (a cluster
+    /// kept alive for over 49 days), by post
+    wide: Vec<(u32, i64)>,
 }
 
 /// A large cluster's post index: its posts (their indexes, 4 bytes each) found by their
@@ -560,6 +570,48 @@ impl<H> Cluster<H> {
         len
     }
 
+    /// Post `i`'s event time.
+    fn post_ts(&self, i: usize) -> i64 {
+        match self.posts[i].ts_off {
+            WIDE => {
+                let wide = &self.rare.as_deref().expect("a wide time's cluster").wide;
+                let at = wide.partition_point(|&(p, _)| (p as usize) < i);
+                wide[at].1
+            }
+            off => self.first_seen_ms + i64::from(off),
+        }
+    }
+
+    /// Post `i`'s time as an offset from the first seen: [`WIDE`] (and kept aside) if it
+    /// does not fit.
+    fn set_ts(&mut self, i: u32, ts_ms: i64) {
+        let off = ts_ms.saturating_sub(self.first_seen_ms);
+        match u32::try_from(off) {
+            Ok(off) if off != WIDE => self.posts[i as usize].ts_off = off,
+            _ => {
+                self.posts[i as usize].ts_off = WIDE;
+                let wide = &mut self.rare().wide;
+                let at = wide.partition_point(|&(p, _)| p < i);
+                wide.insert(at, (i, ts_ms));
+            }
+        }
+    }
+
+    /// The first seen is now `first_ms` (earlier, a late event): the offsets follow.
+    fn set_first_seen(&mut self, first_ms: i64) {
+        if first_ms >= self.first_seen_ms {
+            return;
+        }
+        let times: Vec<i64> = (0..self.posts.len()).map(|i| self.post_ts(i)).collect();
+        self.first_seen_ms = first_ms;
+        if let Some(r) = self.rare.as_deref_mut() {
+            r.wide.clear();
+        }
+        for (i, t) in times.into_iter().enumerate() {
+            self.set_ts(i as u32, t);
+        }
+    }
+
     fn add(&mut self, post: &[u8], user: &[u8], parent: u32, ts_ms: i64) {
         let start = self.posts_end() as u32;
         let id_len = self.push_text(post);
@@ -569,8 +621,9 @@ impl<H> Cluster<H> {
             id_len,
             user_len,
             parent_down: parent.wrapping_add(1) & !DOWN,
-            ts_ms,
+            ts_off: 0,
         });
+        self.set_ts(i, ts_ms);
         self.live += 1;
         if parent == NONE {
             self.roots += 1;
@@ -632,11 +685,12 @@ impl<H> Cluster<H> {
         self.posts
             .iter()
             .zip(&texts)
-            .map(|(p, &(post, user))| Made {
+            .enumerate()
+            .map(|(i, (p, &(post, user)))| Made {
                 post,
                 parent: (p.parent() != NONE).then(|| texts[p.parent() as usize].0),
                 user,
-                ts_ms: p.ts_ms,
+                ts_ms: self.post_ts(i),
                 live: p.live(),
             })
             .collect()
@@ -664,6 +718,7 @@ impl<H> Cluster<H> {
                 met: Vec::new(),
                 allowed_by: Vec::new(),
                 index: None,
+                wide: Vec::new(),
             })
         })
     }
@@ -691,7 +746,9 @@ impl<H> Cluster<H> {
                 .index()
                 .map_or(0, |i| i.by_id.capacity() * 5 + i.starts.capacity() * 4)
             + self.rare.as_deref().map_or(0, |r| {
-                size_of::<Rare<H>>() + r.pending.capacity() * size_of::<Pending<H>>()
+                size_of::<Rare<H>>()
+                    + r.pending.capacity() * size_of::<Pending<H>>()
+                    + r.wide.capacity() * 16
             })
     }
 }
@@ -1136,7 +1193,7 @@ impl<H> Store<H> {
             return false;
         }
         out.kinds[ev.kind as usize] += 1;
-        c.first_seen_ms = c.first_seen_ms.min(ev.ts_ms);
+        c.set_first_seen(ev.ts_ms);
         if ev.ts_ms < c.last_ms {
             out.late += 1;
         }
@@ -1569,8 +1626,9 @@ mod tests {
     }
 
     #[test]
-    fn a_post_is_16_bytes_and_keeps_its_parent_and_whether_it_is_up() {
-        assert_eq!(std::mem::size_of::<Post>(), 16);
+    fn a_post_is_12_bytes_and_keeps_its_parent_and_whether_it_is_up() {
+        assert_eq!(std::mem::size_of::<Post>(), 12);
+        assert_eq!(std::mem::size_of::<Cluster<()>>(), 144); // `sig_len` in its padding
         let mut c: Cluster<()> = Cluster::new("u-0000000000000001", 0);
         c.add(b"p0", b"u0", NONE, 1);
         c.add(b"p1", b"user-1", 0, 2);
@@ -1803,5 +1861,44 @@ mod tests {
         plain.apply("u-1", &ev("e", Kind::Upload, 0, "p", None), 0, &mut out);
         assert_eq!(plain.hold("u-1", &[(K::Md5, &md5s[0])]).unwrap(), 0);
         assert!(plain.held("u-1").is_empty() && plain.near(K::Md5, &md5s[0], 0).is_empty());
+    }
+
+    /// A post's time is an offset from the cluster's first seen: a late event older than
+    /// every other moves them all, and a time past 49 days of the first seen is kept aside;
+    /// each post's time is the one it came with, whatever happened since.
+    #[test]
+    fn post_times_survive_late_firsts_and_long_lives() {
+        let mut s = store();
+        let mut out = Outcome::default();
+        let day = 86_400_000_i64;
+        let t0 = 1_767_225_600_000_i64;
+        let mut want = Vec::new();
+        let times = [
+            t0,
+            t0 + 5,
+            t0 - 7,        // late: the first seen moves back
+            t0 + 30 * day, // within 49 days of it
+            t0 + 60 * day, // not: aside
+            t0 - 20 * day, // a late first: the 30 days' one goes aside too
+            t0 + 60 * day + 1,
+            i64::MIN / 2, // absurd, but a time
+        ];
+        for (n, &t) in times.iter().enumerate() {
+            let (eid, post) = (format!("e{n}"), format!("p{n}"));
+            let parent = (n > 0).then_some("p0");
+            let kind = if n == 0 { Kind::Upload } else { Kind::Share };
+            s.apply("u-1", &ev(&eid, kind, t, &post, parent), 0, &mut out);
+            want.push((post, t));
+            let got: Vec<(String, i64)> = s
+                .made("u-1")
+                .iter()
+                .map(|m| (String::from_utf8(m.post.to_vec()).unwrap(), m.ts_ms))
+                .collect();
+            assert_eq!(got, want, "after {n}");
+        }
+        assert_eq!(s.summary("u-1").unwrap().first_seen_ms, i64::MIN / 2);
+        let taken = s.take("u-1").unwrap();
+        let got: Vec<i64> = taken.posts.iter().map(|p| p.3).collect();
+        assert_eq!(got, times);
     }
 }
