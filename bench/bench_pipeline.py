@@ -189,14 +189,19 @@ def stats_reader(s: Settings, from_start: bool = True) -> Any:
     return c
 
 
-def read_stats_until(s: Settings, total: int, timeout: float) -> list[tuple[float, int, int]]:
-    """(wall time, records read, events in state) from the workers' stats, until all applied.
+def read_stats_until(
+    s: Settings, total: int, timeout: float, keep: Path | None = None
+) -> tuple[list[tuple[float, int, int]], dict[str, dict[str, Any]]]:
+    """(wall time, records read, events in state) from the workers' stats, until all applied;
+    and each worker's last report then.
 
     Each row sums every worker's latest report, and counts the events in the
     state of the partitions each holds (``applied``), so that events a worker
-    rebuilds from a changelog after a rebalance are not counted twice.
+    rebuilds from a changelog after a rebalance are not counted twice. ``keep``: a file
+    every report is written to, a JSON line each (the run's time line).
     """
     c = stats_reader(s)
+    kept = keep.open("ab") if keep is not None else None
     rows: list[tuple[float, int, int]] = []
     latest: dict[str, tuple[int, int]] = {}
     last: dict[str, dict[str, Any]] = {}  # each worker's last report, said on a timeout
@@ -206,12 +211,14 @@ def read_stats_until(s: Settings, total: int, timeout: float) -> list[tuple[floa
             for batch in c.poll(timeout_ms=200).values():
                 for r in batch:
                     d = orjson.loads(r.value)
+                    if kept is not None:
+                        kept.write(r.value + b"\n")
                     last[d["worker"]] = d
                     latest[d["worker"]] = (d["read"], d["applied"])
                     read, applied = (sum(x) for x in zip(*latest.values(), strict=True))
                     rows.append((d["time"], read, applied))
-            if rows and rows[-1][2] >= total:
-                return rows
+                    if applied >= total:
+                        return rows, last
         said = ("read", "applied", "pending", "held", "skipped", "watermarks", "partitions")
         where = {w: {k: d.get(k) for k in said} for w, d in last.items()}
         raise TimeoutError(
@@ -220,19 +227,42 @@ def read_stats_until(s: Settings, total: int, timeout: float) -> list[tuple[floa
         )
     finally:
         c.close()
+        if kept is not None:
+            kept.close()
 
 
-def pipeline_span(rows: list[tuple[float, int, int]], total: int) -> tuple[float, float]:
-    """Wall times of the first record read and of the last event applied."""
+def pipeline_span(
+    rows: list[tuple[float, int, int]], total: int, reports: dict[str, dict[str, Any]] | None = None
+) -> tuple[float, float, bool]:
+    """Wall times of the first record read and of the last event applied, and whether they
+    are the workers' own (to the millisecond) or the stats records' (a second apart).
+
+    A worker's report says when its shares reader first read a record and when one of
+    its clusters partitions last applied events (``first_read_at``, ``applied_at``;
+    workers older than these fields do not): the span is the earliest of the one to
+    the latest of the other, in the reports that made the total. Without them, the
+    records' own times bound it, each up to a second late.
+    """
+    reports = reports or {}
+    starts = [d.get("first_read_at") for d in reports.values()]
+    ends = [d.get("applied_at") for d in reports.values()]
+    if reports and all(x is not None for x in starts) and any(x is not None for x in ends):
+        return min(x for x in starts if x), max(x for x in ends if x), True
     first_read = next(t for t, read, _ in rows if read > 0)
     # stats come every second: the time the last one was sent bounds the end
     done = next(t for t, _, applied in rows if applied >= total)
-    return first_read, done
+    return first_read, done, False
 
 
-def pipeline_rates(rows: list[tuple[float, int, int]], total: int) -> tuple[float, float]:
-    """End-to-end and steady (10%..90% applied) events/s from the stats rows."""
-    first_read, done = pipeline_span(rows, total)
+def pipeline_rates(
+    rows: list[tuple[float, int, int]], total: int, reports: dict[str, dict[str, Any]] | None = None
+) -> tuple[float, float]:
+    """End-to-end and steady (10%..90% applied) events/s from the stats rows.
+
+    Steady is read off the stats records, a second apart: on a run of a few seconds
+    it is a second's quantum, not a rate (use ``--events`` of a million for it).
+    """
+    first_read, done, _ = pipeline_span(rows, total, reports)
     end_to_end = total / max(done - first_read, 1e-9)
 
     def when(fraction: float) -> tuple[float, int]:
@@ -296,6 +326,11 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
     e2e: dict[int, list[float]] = {n: [] for n in args.workers}
     steady: dict[int, list[float]] = {n: [] for n in args.workers}
     cpu: dict[int, list[float]] = {n: [] for n in args.workers}
+    broker_cpu: dict[int, list[float]] = {n: [] for n in args.workers}
+    each_cpu: dict[int, list[list[float]]] = {n: [] for n in args.workers}
+    reads: dict[int, list[float]] = {n: [] for n in args.workers}  # records read per event
+    crossing: dict[int, list[dict[str, float]]] = {n: [] for n in args.workers}
+    own_span: dict[int, list[bool]] = {n: [] for n in args.workers}
     for i in range(args.repeats):
         for n in args.workers:
             s = fresh(broker, args.partitions)
@@ -316,25 +351,51 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 )
                 for w in range(n)
             ]
-            sampler = CpuSampler([p.pid for p in procs])
-            sampler.start()
+            samplers = [CpuSampler([p.pid]) for p in procs] + [CpuSampler([broker.pid])]
+            for sampler in samplers:
+                sampler.start()
             try:
-                rows = read_stats_until(s, valid, timeout=300)
+                keep = work / f"stats-t{i}-{n}.jsonl"
+                rows, reports = read_stats_until(s, valid, timeout=args.timeout, keep=keep)
             finally:
-                sampler.stopped.set()
-                sampler.join()
+                for sampler in samplers:
+                    sampler.stopped.set()
+                    sampler.join()
                 for proc in procs:
                     stop_worker(proc)
-            a, b = pipeline_rates(rows, valid)
-            first_read, done = pipeline_span(rows, valid)
+            a, b = pipeline_rates(rows, valid, reports)
+            first_read, done, own = pipeline_span(rows, valid, reports)
+            used_us = [(x.at(done) - x.at(first_read)) / valid * 1e6 for x in samplers]
             e2e[n].append(a)
             steady[n].append(b)
-            cpu[n].append((sampler.at(done) - sampler.at(first_read)) / valid * 1e6)
+            cpu[n].append(sum(used_us[:-1]))
+            each_cpu[n].append(used_us[:-1])
+            broker_cpu[n].append(used_us[-1])
+            own_span[n].append(own)
+            reads[n].append(sum(d["read"] for d in reports.values()) / len(lines))
+            crossed: dict[str, float] = {}
+            for d in reports.values():
+                for topic, k in d.get("sent", {}).items():
+                    name = topic.removeprefix(s.topic_prefix)
+                    crossed[f"{name} records"] = crossed.get(f"{name} records", 0) + k / valid
+                for topic, k in d.get("sent_bytes", {}).items():
+                    name = topic.removeprefix(s.topic_prefix)
+                    crossed[f"{name} bytes"] = crossed.get(f"{name} bytes", 0) + k / valid
+            crossing[n].append(crossed)
+            timed = "the workers' own times" if own else "the stats records' times"
+            # when a tenth, half and nine tenths were applied (stats records, a second apart)
+            marks = [next(t for t, _, x in rows if x >= f * valid) for f in (0.1, 0.5, 0.9)]
+            line = " / ".join(f"{t - first_read:.1f}" for t in marks)
             log(
-                f"run {i + 1}: pipeline, {n} worker(s): {a:,.0f} events/s e2e, {b:,.0f} steady, "
-                f"{cpu[n][-1]:.0f} us CPU/event"
+                f"run {i + 1}: pipeline, {n} worker(s): {a:,.0f} events/s e2e over "
+                f"{done - first_read:.2f} s ({timed}; 10/50/90% applied at {line} s), "
+                f"{b:,.0f} steady, {cpu[n][-1]:.0f} us CPU/event "
+                f"({' + '.join(f'{x:.0f}' for x in used_us[:-1])}), broker {used_us[-1]:.0f} us, "
+                f"{reads[n][-1]:.2f} records read an event; sent an event: "
+                + ", ".join(f"{k} {v:.3g}" for k, v in sorted(crossed.items()))
             )
     ceiling = statistics.median(plain)
+    base = args.workers[0]
     return {
         "events": len(lines),
         "valid_events": valid,
@@ -345,8 +406,16 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 "events_per_s": statistics.median(e2e[n]),
                 "steady_events_per_s": statistics.median(steady[n]),
                 "cpu_us_per_event": statistics.median(cpu[n]),
+                "each_worker_cpu_us_per_event": each_cpu[n],
+                "broker_cpu_us_per_event": statistics.median(broker_cpu[n]),
+                "records_read_per_event": statistics.median(reads[n]),
+                "sent_per_event": crossing[n],
+                "span_from_workers": all(own_span[n]),
                 "ratio": statistics.median(e2e[n]) / ceiling,
                 "steady_ratio": statistics.median(steady[n]) / ceiling,
+                # this count's end-to-end rate over the first count's, pair by pair (the
+                # same repeat, minutes apart): issue 17's "two workers >= 1.5x one"
+                "scaling": statistics.median(x / y for x, y in zip(e2e[n], e2e[base], strict=True)),
             }
             for n in args.workers
         },
@@ -706,6 +775,20 @@ def main() -> None:
     )
     ap.add_argument("--throughput-lateness", type=int, default=default_lateness)
     ap.add_argument(
+        "--initial-rebalance-delay-ms",
+        type=int,
+        default=0,
+        help="the broker's group.initial.rebalance.delay.ms (Kafka's default 3000; the tests' 0: "
+        "a group's first member is given every partition at once, and the second's join "
+        "is a rebalance)",
+    )
+    ap.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds a throughput run may take before it is called stalled",
+    )
+    ap.add_argument(
         "--broker",
         choices=("kafka", "bundled"),
         default="kafka",
@@ -743,7 +826,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     broker: RunningBroker
     if args.broker == "kafka":
-        broker = start_kafka(data=work / "kafka", log_path=work / "kafka.log")
+        broker = start_kafka(
+            data=work / "kafka",
+            log_path=work / "kafka.log",
+            extra={"group.initial.rebalance.delay.ms": str(args.initial_rebalance_delay_ms)},
+        )
     else:
         broker = start_local_broker(log_path=work / "broker.log")
     log(f"{args.broker} broker {broker.url} (pid {broker.pid}); work {work}; {os.cpu_count()} CPUs")
@@ -783,6 +870,16 @@ def main() -> None:
                 f"  pipeline, {n} worker(s), CPU        {r['cpu_us_per_event']:>10,.0f} us/event"
                 f"  ({r['cpu_us_per_event'] / t['plain_cpu_us_per_event']:.0f}x plain)"
             )
+            broker_us = r["broker_cpu_us_per_event"]
+            print(
+                f"  pipeline, {n} worker(s), broker CPU {broker_us:>10,.0f} us/event"
+                f"  ({r['records_read_per_event']:.2f} shares records read an event)"
+            )
+            if n != next(iter(t["pipeline"])):
+                print(
+                    f"  {n} workers against {next(iter(t['pipeline']))}, end to end   "
+                    f"{r['scaling']:>10.2f}x  (median of the pairs; issue 17's figure)"
+                )
     if "latency" in out:
         lat = out["latency"]
         print(

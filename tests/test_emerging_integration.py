@@ -168,6 +168,10 @@ def test_near_duplicates_through_two_workers_and_a_restart_are_one_cluster(
         # one cluster on the two workers together (two, had each worker its own index)
         assert sum(d["clusters"] for d in reports) == 1, orjson.dumps(reports)
         assert sum(d["stats"]["emerging"] for d in reports) == 1
+        # the span the pipeline benchmark times: the first record read, the last applied
+        starts = [d["first_read_at"] for d in reports if d["first_read_at"] is not None]
+        ends = [d["applied_at"] for d in reports if d["applied_at"] is not None]
+        assert starts and ends and min(starts) <= max(ends) <= time.time(), orjson.dumps(reports)
 
         # the worker holding the index is killed, and replaced
         owner = first if INDEX_PARTITION in mine else second

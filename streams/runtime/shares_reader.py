@@ -58,6 +58,9 @@ class SharesReader:
         self.topic = settings.topic("shares")
         self.consumer: Any = None
         self.read = 0
+        #: wall time (Unix s) of the first batch read with records: where a backlog's span
+        #: starts (the benchmark reads it from the stats record, finer than the record's time)
+        self.first_read_at: float | None = None
         #: partitions with records not read yet (see :meth:`touch_backlogged`)
         self.backlogged: list[int] = []
 
@@ -114,6 +117,8 @@ class SharesReader:
 
     def handle(self, records: list[tuple[int, int, bytes | None, int | None]]) -> None:
         """One batch read: through the topology, then the checkpoint's first steps."""
+        if self.first_read_at is None:
+            self.first_read_at = time.time()
         self.read += len(records)
         if self.on_delays is not None:
             self.on_delays((r[3] or 0) / 1000 for r in records)

@@ -25,6 +25,7 @@ Stages never call back into their driver.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -121,6 +122,9 @@ class Topology:
             log_end=s.idle_at_log_end,
         )
         self._reminded_at: float | None = None
+        #: wall time (Unix s) a clusters partition here last applied events: where a
+        #: backlog's span ends (the benchmark reads it from the stats record)
+        self.applied_at: float | None = None
         self.resolvers: dict[int, ResolvePartition] = {}
         self.detectors: dict[int, ClusterPartition] = {}
         #: clusters partitions rebuilt from their log whose firing alerts are not known yet
@@ -305,6 +309,8 @@ class Topology:
         the outputs, the posts of evicted clusters sent to their resolve partitions."""
         state = self.detector(partition)
         batch = state.handle(envelopes)
+        if batch.applied:
+            self.applied_at = time.time()
         if batch.log:
             self.cluster_log.append(partition, batch.log, batch.log_items)
         self.cluster_log.cut_back(partition, state.compact, state.live_items)

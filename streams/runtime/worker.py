@@ -240,6 +240,8 @@ class Worker:
         self._delays: dict[str, list[float]] = defaultdict(list)
         self._crash_timer: threading.Timer | None = None
         self.sent: Counter[str] = Counter()
+        #: bytes of those records, by topic (what crosses between workers, per event)
+        self.sent_bytes: Counter[str] = Counter()
         self._last_send_ms = 0
         #: the key of the envelopes this worker sends its own stages (see HandOver)
         self._own_key = f"from:{self.worker_id}".encode()
@@ -652,8 +654,10 @@ class Worker:
         """
         parts = value.parts() if isinstance(value, Envelope) else split_envelope(value)
         stamp = self._last_send_ms = max(round(time.time() * 1000), self._last_send_ms + 1)
+        name = topic.get_topic_name()
         for part in parts:
-            self.sent[topic.get_topic_name()] += 1
+            self.sent[name] += 1
+            self.sent_bytes[name] += len(part)
             topic.send_soon(
                 key=self._own_key, value=part, partition=partition, timestamp=stamp / 1000
             )
@@ -717,6 +721,10 @@ class Worker:
             "time": time.time(),
             "read": self.shares.read,
             "applied": applied,
+            # wall times of the first record read and of the last event applied here: a
+            # backlog's span to the millisecond, where the record's own time is a second late
+            "first_read_at": self.shares.first_read_at,
+            "applied_at": self.topology.applied_at,
             "pending": sum(d.pending for d in self.detectors.values()),
             "held": sum(r.held for r in self.resolvers.values()),
             "clusters": sum(d.detector.cluster_count for d in self.detectors.values()),
@@ -765,6 +773,7 @@ class Worker:
             },
             "delay_s": self._take_delays(),
             "sent": dict(self.sent),
+            "sent_bytes": dict(self.sent_bytes),
             "stats": self.stats.summary(),
         }
 
