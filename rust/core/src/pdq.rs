@@ -15,8 +15,13 @@
 //! [`MAX_FLIPS`] flips per chunk the probes would cost what a scan does, so
 //! the index scans every row there (just as exact).
 //!
-//! The tables are one compressed sparse row array (a start per chunk value,
-//! then the rows), compact and read in order. Added hashes go to a *tail*
+//! The tables are one compressed sparse row array (the rows of each chunk
+//! value, in order), and the bucket starts are kept only for the values that
+//! hold a row: a bit per chunk value says whether it does, and a count per 64
+//! of them finds its start ([`Buckets`]). A probe of an empty bucket then
+//! reads the bits alone (128 KB for the 16 tables, which stay in cache) where
+//! a start per value was 4 MB read at random: at 17,000 rows most of the 272
+//! probes found nothing, and their reads were most of a search's time. Added hashes go to a *tail*
 //! that is scanned until it outgrows about `5 * sqrt(rows)` (at least
 //! `tail_min`), then merged into the tables in one pass: an O(rows) merge
 //! every O(sqrt(rows)) adds keeps both the merge and the tail's scan a few
@@ -29,8 +34,8 @@
 //! by it the live clusters a bank change concerns) can go without the tables
 //! ([`PdqIndex::scan_only`]): its hashes are all tail, a search scans them
 //! (about a millisecond at 330,000 hashes), and each costs 32 bytes, its tag
-//! and about 8 bytes of look-up table, where the tables took 64 bytes of row
-//! ids a hash and 4 MB of bucket starts.
+//! and about 8 bytes of look-up table, where the tables take 64 bytes of row
+//! ids a hash, up to 64 of bucket starts and 192 KB of bits and counts.
 //!
 //! Results are deterministic: per query, nearest first, ties in the hashes'
 //! hex order (hashes are distinct in an index), whatever the order of adds,
@@ -175,6 +180,46 @@ impl Layout {
     }
 }
 
+/// Which table keys hold rows, and where their rows start in `ids`: a start per key
+/// that holds any (4 MB of starts for every key of 16 tables was read at random by
+/// each probe, empty or not; the bits and counts here are 192 KB).
+#[derive(Debug, Clone, Default)]
+struct Buckets {
+    /// Bit `k % 64` of word `k / 64`: whether key `k` holds a row.
+    occupied: Vec<u64>,
+    /// How many keys hold rows in the words before each word.
+    before: Vec<u32>,
+    /// `starts[i]..starts[i + 1]`: the rows in `ids` of the `i`-th key holding any.
+    starts: Vec<u32>,
+}
+
+impl Buckets {
+    /// The place in `starts` of `key`'s bucket, if it holds rows.
+    #[inline(always)]
+    fn slot(&self, key: usize) -> Option<usize> {
+        let word = *self.occupied.get(key >> 6)?;
+        let bit = key & 63;
+        if (word >> bit) & 1 == 0 {
+            return None;
+        }
+        let below = (word & ((1u64 << bit) - 1)).count_ones() as usize;
+        Some(self.before[key >> 6] as usize + below)
+    }
+
+    /// The rows of `key`'s bucket in `ids`: `lo..hi` (empty if none).
+    #[inline(always)]
+    fn span(&self, key: usize) -> (usize, usize) {
+        match self.slot(key) {
+            Some(i) => (self.starts[i] as usize, self.starts[i + 1] as usize),
+            None => (0, 0),
+        }
+    }
+
+    fn nbytes(&self) -> usize {
+        self.occupied.capacity() * 8 + self.before.capacity() * 4 + self.starts.capacity() * 4
+    }
+}
+
 /// Distinct PDQ hashes with a tag each (`T`: the banks' 64-bit ids; the content index's
 /// 4-byte holders, 4 bytes a hash less), searchable by Hamming distance (see the module doc).
 #[derive(Debug, Clone)]
@@ -189,9 +234,8 @@ pub struct PdqIndex<T: Copy = i64> {
     /// Rows `[0, indexed)` are in the tables; the rest are the tail.
     indexed: usize,
     tail_min: usize,
-    /// `offsets[key]..offsets[key + 1]` are the rows of table key `key` in `ids`
-    /// (empty until the first merge).
-    offsets: Vec<u32>,
+    /// Where each table key's rows are in `ids` (empty until the first merge).
+    buckets: Buckets,
     ids: Vec<u32>,
     /// The tail's live rows, found by a keyed hash of their hash (the tables' rows through
     /// chunk 0's buckets): 4 bytes a bucket, where a map of (hash, row) took 36.
@@ -227,7 +271,7 @@ impl<T: Copy> PdqIndex<T> {
             live: 0,
             indexed: 0,
             tail_min,
-            offsets: Vec::new(),
+            buckets: Buckets::default(),
             ids: Vec::new(),
             tail: hashbrown::HashTable::new(),
             hasher: RandomState::new(),
@@ -263,7 +307,7 @@ impl<T: Copy> PdqIndex<T> {
         self.words.capacity() * 32
             + self.tags.capacity() * std::mem::size_of::<T>()
             + self.alive.capacity()
-            + self.offsets.capacity() * 4
+            + self.buckets.nbytes()
             + self.ids.capacity() * 4
             + self.tail.capacity() * (4 + 1)
     }
@@ -293,7 +337,7 @@ impl<T: Copy> PdqIndex<T> {
             return None;
         }
         let key = self.layout.key(0, self.layout.chunk(h, 0));
-        let (lo, hi) = (self.offsets[key] as usize, self.offsets[key + 1] as usize);
+        let (lo, hi) = self.buckets.span(key);
         self.ids[lo..hi]
             .iter()
             .map(|&r| r as usize)
@@ -500,10 +544,11 @@ impl<T: Copy> PdqIndex<T> {
 
     /// Candidates from the tables, verified (a row may come more than once).
     ///
-    /// Memory-bound: each probe reads a random place of the 4 MB of starts, each
-    /// candidate a random row. So every probe's start is prefetched first, then
-    /// the candidates are gathered and each row is prefetched a few candidates
-    /// ahead of its check (1.7x faster at a million rows, 2x at 30,000).
+    /// Memory-bound: each probe of a bucket holding rows reads a random start, each
+    /// candidate a random row (the bits that say which buckets hold rows stay in
+    /// cache). So every such probe's start is prefetched first, then the candidates
+    /// are gathered and each row is prefetched a few candidates ahead of its check
+    /// (1.7x faster at a million rows, 2x at 30,000).
     #[inline(always)]
     fn probe(
         &self,
@@ -518,22 +563,23 @@ impl<T: Copy> PdqIndex<T> {
         cand.clear();
         keys.clear();
         let masks = &self.masks[(threshold as usize) / self.layout.chunks()];
+        let starts = &self.buckets.starts;
         for c in 0..self.layout.chunks() {
             let v = self.layout.chunk(q, c);
             for &m in masks {
-                let key = self.layout.key(c, v ^ m);
-                prefetch(&self.offsets, key);
-                keys.push(key);
+                // only buckets holding rows: the bits are in cache, the starts mostly not
+                if let Some(i) = self.buckets.slot(self.layout.key(c, v ^ m)) {
+                    prefetch(starts, i);
+                    keys.push(i);
+                }
             }
         }
         // each bucket's start read (prefetched above) and its rows prefetched in turn, so
         // that the rows' cache misses overlap too, not one bucket's after another's
         for span in keys.iter_mut() {
-            let key = *span;
-            let (lo, hi) = (self.offsets[key] as usize, self.offsets[key + 1] as usize);
-            if lo < hi {
-                prefetch(&self.ids, lo);
-            }
+            let i = *span;
+            let (lo, hi) = (starts[i] as usize, starts[i + 1] as usize);
+            prefetch(&self.ids, lo);
             *span = lo << 32 | hi;
         }
         for &span in keys.iter() {
@@ -566,27 +612,39 @@ impl<T: Copy> PdqIndex<T> {
         }
     }
 
-    /// Put the tail's live rows into the tables, in place: each stretch of rows between
-    /// two new entries' keys moves once (dead rows stay until a rebuild).
+    /// Put the tail's live rows into the tables, in place: from the last new key down,
+    /// each stretch of rows between two new keys moves once, up by the new rows of the
+    /// keys below it, which go at the end of their key's bucket; the stretch's starts
+    /// move the same way, up by the keys new to the tables below it (a new key takes a
+    /// start); then the bits and counts are set (dead rows stay until a rebuild).
     fn merge_tail(&mut self) {
         let n = self.words.len();
         if n == self.indexed {
             return;
         }
         let keys = self.layout.chunks() * self.layout.values();
-        if self.offsets.is_empty() {
-            self.offsets = vec![0; keys + 1];
-        }
         let fresh = self.tail_keys();
-        // From the last key down: the old rows after key k's segment move up by the new
-        // entries of keys <= k, which go at the end of key k's segment.
-        let mut shift = fresh.len();
-        let mut end_old = self.ids.len();
+        let b = &mut self.buckets;
+        if b.occupied.is_empty() {
+            b.occupied = vec![0; keys.div_ceil(64)];
+            b.before = vec![0; keys.div_ceil(64)];
+            b.starts = vec![0];
+        }
+        let first_of_key = |j: usize| j == 0 || fresh[j - 1].0 != fresh[j].0;
+        let new_keys = (0..fresh.len())
+            .filter(|&j| first_of_key(j) && b.slot(fresh[j].0 as usize).is_none())
+            .count();
+        let (old_ids, old_slots) = (self.ids.len(), b.starts.len() - 1);
         // exactly what the merge adds: it moves the whole array anyway, and 16 ids a row
         // are the index's largest part (doubling would leave a third of it unused)
-        self.ids.reserve_exact(shift);
-        self.ids.resize(end_old + shift, 0);
-        let mut upper = keys;
+        self.ids.reserve_exact(fresh.len());
+        self.ids.resize(old_ids + fresh.len(), 0);
+        b.starts.reserve_exact(new_keys);
+        b.starts.resize(old_slots + new_keys + 1, 0);
+        // what is above key k (rows and starts, the last start included) moves up by
+        // `shift_ids` rows and `shift_slots` starts
+        let (mut shift_ids, mut shift_slots) = (fresh.len(), new_keys);
+        let (mut end_ids, mut end_slot) = (old_ids, old_slots + 1);
         let mut i = fresh.len();
         while i > 0 {
             let k = fresh[i - 1].0 as usize;
@@ -594,19 +652,42 @@ impl<T: Copy> PdqIndex<T> {
             while j > 0 && fresh[j - 1].0 as usize == k {
                 j -= 1;
             }
-            let start = self.offsets[k + 1] as usize;
-            self.ids.copy_within(start..end_old, start + shift);
-            for o in &mut self.offsets[k + 1..=upper] {
-                *o += shift as u32;
+            // the keys holding rows up to k (the bits are still the old ones)
+            let (w, bit) = (k >> 6, k & 63);
+            let upto = b.before[w] as usize
+                + (b.occupied[w] & (u64::MAX >> (63 - bit))).count_ones() as usize;
+            // (a start at `end_slot` may be a new key's already: nothing moves then)
+            let lo_ids = if upto == end_slot {
+                end_ids
+            } else {
+                b.starts[upto] as usize
+            };
+            self.ids.copy_within(lo_ids..end_ids, lo_ids + shift_ids);
+            b.starts.copy_within(upto..end_slot, upto + shift_slots);
+            for start in &mut b.starts[upto + shift_slots..end_slot + shift_slots] {
+                *start += shift_ids as u32;
             }
-            let slots = &mut self.ids[start + shift - (i - j)..start + shift];
-            for (slot, &(_, r)) in slots.iter_mut().zip(&fresh[j..i]) {
+            let at = lo_ids + shift_ids - (i - j);
+            for (slot, &(_, r)) in self.ids[at..].iter_mut().zip(&fresh[j..i]) {
                 *slot = r;
             }
-            shift -= i - j;
-            end_old = start;
-            upper = k;
+            shift_ids -= i - j;
+            if (b.occupied[w] >> bit) & 1 == 0 {
+                // a key new to the tables: its start, just below what moved
+                shift_slots -= 1;
+                b.starts[upto + shift_slots] = at as u32;
+            }
+            (end_ids, end_slot) = (lo_ids, upto);
             i = j;
+        }
+        debug_assert!(shift_ids == 0 && shift_slots == 0);
+        for &(k, _) in &fresh {
+            b.occupied[k as usize >> 6] |= 1 << (k & 63);
+        }
+        let mut count = 0;
+        for (w, word) in b.occupied.iter().enumerate() {
+            b.before[w] = count;
+            count += word.count_ones();
         }
         self.indexed = n;
         self.tail.clear();
@@ -672,7 +753,7 @@ impl<T: Copy> PdqIndex<T> {
         self.tags = tags;
         self.indexed = 0;
         self.ids = Vec::new();
-        self.offsets = Vec::new();
+        self.buckets = Buckets::default();
         self.tail.clear();
         if self.words.len() > self.tail_min {
             self.merge_tail();
@@ -810,6 +891,29 @@ mod tests {
             let q = rng.flip(&hashes[t], (t % 40) as u32);
             assert_eq!(answer(&bulk, &q, 31), answer(&one, &q, 31));
             assert!(!answer(&bulk, &q, 40).is_empty());
+        }
+    }
+
+    #[test]
+    fn only_buckets_holding_rows_keep_a_start() {
+        // 5,000 hashes in the tables: 80,000 row ids in at most as many buckets, where a
+        // start for each of the 16 tables' 65,536 values took 4 MB alone
+        let mut rng = Rng(5);
+        let mut index = PdqIndex::new(64);
+        let hashes: Vec<Hash> = (0..5000).map(|_| rng.hash()).collect();
+        for (t, h) in hashes.iter().enumerate() {
+            index.insert(*h, t as i64);
+        }
+        assert!(index.indexed > 4000);
+        assert!(index.nbytes() < 1 << 20, "{}", index.nbytes());
+        let live: Vec<(Hash, i64)> = hashes
+            .iter()
+            .enumerate()
+            .map(|(t, h)| (*h, t as i64))
+            .collect();
+        for t in (0..5000).step_by(97) {
+            let q = rng.flip(&hashes[t], (t % 40) as u32);
+            assert_eq!(answer(&index, &q, 31), brute(&live, &q, 31));
         }
     }
 
