@@ -191,8 +191,9 @@ class WireWriter:
         fallback: Callable[[Any], bytes],
     ) -> None: ...
     def held(
-        self, events: Iterable[Any], limit: int, held_json: Callable[[Any], bytes]
-    ) -> list[bytes]: ...
+        self, events: Iterable[Any] | EvBatch, limit: int, held_json: Callable[[Any], bytes]
+    ) -> list[bytes]:
+        """Held events (``ShareEvent``s, or compiled in an ``EvBatch``) as the log's ``h+``."""
     def parts(self, items: Iterable[Any], limit: int) -> list[bytes]:
         """``items`` as JSON arrays of at most ``limit`` bytes each (one larger item alone)."""
 
@@ -382,26 +383,29 @@ def ingest_lines(
 
 class EvBatch:
     """Compiled events crossing Python as one item of an envelope (``rust/python/src/ev.rs``):
-    events to route (``ToRoute``'s) or routed events (``Routed``'s, no match), in order."""
+    events to route (``ToRoute``'s), unbanked uploads for the index's owner (``Unbanked``'s)
+    or routed events (``Routed``'s, no match), in order."""
 
     def __len__(self) -> int: ...
     @property
     def routed_events(self) -> bool:
         """Whether its events are routed rather than to route."""
+    @property
+    def for_index(self) -> bool:
+        """Whether its events are unbanked uploads for the index's owner."""
     def parts(self) -> tuple[list[Any], list[str] | None]:
         """The events as ``ShareEvent``s (made now), and each one's cluster (routed)."""
 
 class ResolveLoop:
     """A streaming resolve partition's per-event loop (``rust/python/src/resolve.rs``):
-    route a batch's items, hold orphans and (the index's owner) unbanked uploads in
-    ``held``, cluster those every input has passed, each routed event to its clusters
-    partition; ``host`` (the ``ResolvePartition``) is called for the rest."""
+    route a batch's items, hold orphans and (the index's owner) unbanked uploads (kept
+    compiled, in the order held), cluster those every input has passed, each routed event
+    to its clusters partition; ``host`` (the ``ResolvePartition``) is called for the rest."""
 
     def __init__(
         self,
         routes: PostRoutes,
         idle: IdleClusters | None,
-        held: dict[str, Any],
         partitions: int,
         max_held: int,
         min_pdq_quality: int,
@@ -417,7 +421,7 @@ class ResolveLoop:
     ) -> tuple[
         list[list[Any]],
         list[Any],
-        list[Any],
+        EvBatch,
         list[str],
         int | None,
         list[str],
@@ -428,11 +432,18 @@ class ResolveLoop:
         bool,
     ]:
         """``(routed per clusters partition, items for the index's owner, events held,
-        ids released, the time every upload held at or before was clustered, posts
-        forgotten, rejections and misplaced items, routed, duplicates, reshares held,
-        whether the held orphans changed)``, forgotten here."""
+        ids released (each once, as the batch left it), the time every upload held at or
+        before was clustered, posts forgotten, rejections and misplaced items, routed,
+        duplicates, reshares held, whether the held orphans changed)``, forgotten here."""
     def waiting_front(self, settled: int) -> int | None:
         """The time of the oldest held reshare still waiting past ``settled``."""
+    @property
+    def held_count(self) -> int:
+        """How many events are held."""
+    def held_events(self) -> EvBatch:
+        """The events held, in the order held."""
+    def unhold_ids(self, ids: list[str]) -> None:
+        """These events (expired orphans) are no longer held; released in the delta."""
     @property
     def unclustered(self) -> int | None: ...
 

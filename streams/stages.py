@@ -926,17 +926,13 @@ class ResolvePartition:
         #: partition's, as last sent to the owner
         self.inputs: dict[int, int] = {}
         self.input_mark = NO_TIME
-        #: the events held here by event id, in the order held: reshares waiting for their
-        #: parent's registration, and (the index's owner) unbanked uploads waiting to be
-        #: clustered; the compiled loop holds and releases them, and keeps their
-        #: ``(ts, event id)`` order
-        self._held: dict[str, ShareEvent] = {}
-        #: the per-event loop (``rust/python/src/resolve.rs``): routing, holding, clustering
+        #: the per-event loop (``rust/python/src/resolve.rs``): routing, holding (reshares
+        #: waiting for their parent's registration, and at the index's owner unbanked
+        #: uploads waiting to be clustered, compiled, in the order held), clustering
         #: unbanked uploads at the owner, each routed event to its clusters partition
         self.loop = ResolveLoop(
             self.posts,
             None if self.index is None else self.index.idle_clusters,
-            self._held,
             partitions,
             max_held,
             MIN_PDQ_QUALITY,
@@ -946,14 +942,14 @@ class ResolvePartition:
 
     @property
     def held(self) -> int:
-        return len(self._held)
+        return self.loop.held_count
 
     @property
     def live_items(self) -> int:
         """Items a snapshot of this partition would hold (its log's ledger counts garbage
         against it): the posts registered here and the reshares held (and the index)."""
         index = 0 if self.index is None else self.index.live_items
-        return len(self.posts) + len(self._held) + index
+        return len(self.posts) + self.loop.held_count + index
 
     # -- persistence --
 
@@ -976,6 +972,7 @@ class ResolvePartition:
                 bad.append(DeadLetter(d, "restore"))
                 continue
             self.posts.fold(dict(d.posts), d.forgot)
+            assert isinstance(d.held, tuple)  # (read back: records)
             for ev in d.held:
                 held[ev.event_id] = ev
                 if ev.type == "upload":
@@ -1021,7 +1018,7 @@ class ResolvePartition:
         return log_parts(
             ResolveDelta(
                 posts=dict(self.posts.items()),
-                held=tuple(self._held.values()),
+                held=self.loop.held_events(),
                 heard=self.peers if self.index is not None else {},
                 index_log=index_log,
                 index_items=index_items,
@@ -1061,6 +1058,12 @@ class ResolvePartition:
             # the unbanked uploads every partition's input watermark has passed, in
             # (ts, event_id) order, as replay clusters them once its watermark passes them
             loop.cluster_due(self, self._read(wm))
+        expired: list[Rejection] = []
+        if settled != NO_TIME and settled - self._expired_at >= EXPIRE_EVERY_MS:
+            # only what every peer has passed: a registration could still be on its way
+            self._expired_at = settled
+            expired = self.router.expire(settled)
+            loop.unhold_ids([x.event_id for x in expired if x.event_id is not None])
         (
             out,
             ask,
@@ -1084,14 +1087,9 @@ class ResolvePartition:
                 dead.append(DeadLetter(x, "route"))
             else:
                 _unexpected(x, "route", self.stats, dead)
-        if settled != NO_TIME and settled - self._expired_at >= EXPIRE_EVERY_MS:
-            # only what every peer has passed: a registration could still be on its way
-            self._expired_at = settled
-            for x in self.router.expire(settled):
-                self.stats.rejected[x.reason] += 1
-                dead.append(DeadLetter(x, "route"))
-                if x.event_id is not None and self._held.pop(x.event_id, None) is not None:
-                    held_del.append(x.event_id)
+        for x in expired:
+            self.stats.rejected[x.reason] += 1
+            dead.append(DeadLetter(x, "route"))
         progress = self._progress(wm)
         moved = progress > self.progress
         if moved:
@@ -1106,13 +1104,11 @@ class ResolvePartition:
         index_log, index_items, evicted = (
             index.log_changes(MAX_RECORD_BYTES - 32) if index is not None else ((), 0, ())
         )
-        posts, forgot, held_add, held_del = self._last_changes(
-            forgot, held_add, held_del, clustered_to is not None
-        )
+        posts, forgot = self._last_changes(forgot)
         delta = ResolveDelta(
             posts,
             tuple(forgot),
-            tuple(held_add),
+            held_add,
             tuple(held_del),
             evicted=evicted,
             heard=heard if index is not None else {},
@@ -1134,31 +1130,19 @@ class ResolvePartition:
             delta_record=delta if delta else None,
         )
 
-    def _last_changes(
-        self,
-        forgot: list[str],
-        held_add: list[ShareEvent],
-        held_del: list[str],
-        clustered: bool = False,
-    ) -> tuple[dict[str, str], list[str], list[ShareEvent], list[str]]:
-        """The batch's posts mapped and forgotten, events held and released, as the log
-        writes them: each post or event once, as the batch left it (see
-        :class:`~streams.wire.ResolveDelta`), so no order of folding reads back wrong a
-        post forgotten then mapped again (an evicted cluster's upload redelivered) or an
-        event released then held again. What is mapped or held now says which came last:
-        only a batch that forgot or released anything (``clustered``: uploads, which the
-        log names by a bound) is looked at again."""
+    def _last_changes(self, forgot: list[str]) -> tuple[dict[str, str], list[str]]:
+        """The batch's posts mapped and forgotten as the log writes them: each post once,
+        as the batch left it (see :class:`~streams.wire.ResolveDelta`), so no order of
+        folding reads back wrong a post forgotten then mapped again (an evicted cluster's
+        upload redelivered). What is mapped now says which came last: only a batch that
+        forgot anything is looked at again. (The loop's ``take`` gives the events held and
+        released so.)"""
         posts = self.posts.take_new()
         if forgot:
             forgot = [p for p in dict.fromkeys(forgot) if p not in self.posts]
             for p in forgot:
                 posts.pop(p, None)  # mapped, then forgotten
-        if held_add and (held_del or clustered):
-            held = self._held
-            now = {e.event_id: held[e.event_id] for e in held_add if e.event_id in held}
-            held_add = list(now.values())
-            held_del = [e for e in dict.fromkeys(held_del) if e not in held]
-        return posts, forgot, held_add, held_del
+        return posts, forgot
 
     # -- what the compiled loop asks of Python --
 

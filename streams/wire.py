@@ -122,14 +122,15 @@ class Touch:
 
 
 #: An item of an envelope.
-#: ``EvBatch``: compiled events, to route or routed, as one item (ingest's, and a resolve
-#: partition's for a clusters partition); written as the records it holds (:func:`records`).
+#: ``EvBatch``: compiled events, to route, unbanked or routed, as one item (ingest's, and a
+#: resolve partition's for the index's owner or a clusters partition); written as the
+#: records it holds (:func:`records`).
 Item = ToRoute | Registration | Forget | Routed | Unbanked | Touch | EvBatch
 
 
 def records(items: Iterable[Item]) -> list[Item]:
     """``items`` with each ``EvBatch`` opened into the records it stands for (``ToRoute``,
-    or ``Routed`` with no match), in order: for what reads items one by one as records
+    ``Unbanked``, or ``Routed`` with no match), in order: for what reads items one by one as records
     (a test, an item with no place where it came, a record cut to Kafka's size).
 
     >>> records([Forget("p1")])
@@ -140,7 +141,7 @@ def records(items: Iterable[Item]) -> list[Item]:
         if type(item) is EvBatch:
             events, clusters = item.parts()
             if clusters is None:
-                out += [ToRoute(ev) for ev in events]
+                out += [Unbanked(ev) if item.for_index else ToRoute(ev) for ev in events]
             else:
                 out += [Routed(ev, c) for ev, c in zip(events, clusters, strict=True)]
         else:
@@ -175,7 +176,8 @@ class ResolveDelta:
 
     posts: Mapping[str, str] = field(default_factory=dict)
     forgot: tuple[str, ...] = ()
-    held: tuple[ShareEvent, ...] = ()
+    #: events held (a resolve partition's loop gives them compiled: an ``EvBatch``)
+    held: tuple[ShareEvent, ...] | EvBatch = ()
     released: tuple[str, ...] = ()
     index: Mapping[str, IndexEntry] = field(default_factory=dict)
     evicted: tuple[str, ...] = ()
@@ -247,7 +249,7 @@ _TYPE_LETTER: Final = {"upload": "u", "share": "s", "takedown": "t"}
 _LETTER_TYPE: Final = {v: k for k, v in _TYPE_LETTER.items()}
 
 
-def held_parts(events: Sequence[ShareEvent], limit: int) -> list[bytes]:
+def held_parts(events: Sequence[ShareEvent] | EvBatch, limit: int) -> list[bytes]:
     """Held events as the resolve log's ``h+`` writes them: JSON arrays of at most ``limit``
     bytes each (an event larger than that alone), each event :func:`held_form`'s with its
     MD5 and PDQ as the base64 of their bytes, written by the core
@@ -473,6 +475,8 @@ def _default(obj: Any) -> Any:
         return obj.to_dict()
     if isinstance(obj, ResolveDelta):
         return obj.to_wire()
+    if type(obj) is EvBatch:  # (a batch where no batch goes: its records, for a dead letter)
+        return records([obj])
     raise TypeError(f"{type(obj).__name__} has no wire form")
 
 

@@ -584,7 +584,8 @@ def test_the_index_owner_waits_for_its_peers_and_its_log_gives_the_index_back() 
     env = Envelope([ToRoute(parse_ok(up)), ToRoute(parse_ok(share))], {0: (T0 + MIN, False)})
     sent = other.handle([env])
     assert not sent.clusters[0] and not sent.clusters[1] and other.held == 1  # waits
-    [ask] = merge_resolved([sent])[1][0].items
+    [batch] = merge_resolved([sent])[1][0].items  # compiled (an ``EvBatch``)
+    [ask] = records([batch])
     assert isinstance(ask, Unbanked) and ask.event.post_id == post
     mine = owner.handle([Envelope([], {0: (T0 + 2 * MIN, False)})])
     assert owner.progress < T0  # it has not heard from partition 1 yet

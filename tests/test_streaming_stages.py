@@ -737,7 +737,9 @@ def _resolved(partition: int, records: list[bytes], cuts: list[int]) -> tuple[An
     dead = [
         (d.rejection.reason, d.rejection.event_id, d.stage) for b in batches for d in b.deadletters
     ]
-    peers = [encode(x) for b in batches for p in b.peers for x in p if type(x) is not Touch]
+    peers = [
+        encode(x) for b in batches for p in b.peers for x in wire_records(p) if type(x) is not Touch
+    ]
     touched: dict[str, int] = {}  # one Touch a cluster a batch: its latest time
     for x in (x for b in batches for p in b.peers for x in p if type(x) is Touch):
         assert isinstance(x, Touch)
@@ -745,7 +747,9 @@ def _resolved(partition: int, records: list[bytes], cuts: list[int]) -> tuple[An
     for b in batches:
         for entry in b.log_entries():  # every entry reads back
             assert isinstance(decode_delta(entry), ResolveDelta)
-    held, posts = sorted(r._held), sorted(r.posts.items())
+    held = sorted(x.event.event_id for x in wire_records([r.loop.held_events()]))
+    assert len(held) == r.held
+    posts = sorted(r.posts.items())
     return sorted(routed), sorted(dead), sorted(peers), touched, held, posts
 
 
@@ -769,7 +773,9 @@ def test_a_resolve_partition_gives_the_same_whatever_its_batches(
 def _held_state(r: ResolvePartition) -> tuple[Any, ...]:
     """What a resolve partition's log must give back: its posts, the events it holds (whole),
     and the index of unbanked content (the owner's)."""
-    held = sorted((eid, encode(e)) for eid, e in r._held.items())
+    events = [x.event for x in wire_records([r.loop.held_events()])]
+    held = sorted((e.event_id, encode(e)) for e in events)
+    assert len(held) == len({e.event_id for e in events}) == r.held
     index = None if r.index is None else sorted(r.index.snapshot().items())
     return sorted(r.posts.items()), held, index
 

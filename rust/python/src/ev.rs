@@ -299,11 +299,14 @@ pub(crate) fn parse_lines(py: Python<'_>, lines: &Bound<'_, PyList>) -> PyResult
 }
 
 /// A batch of events crossing Python as one item of an envelope: events to route (each as
-/// a ``ToRoute`` would carry it: ingest's, for a resolve partition) or routed events (as a
-/// ``Routed`` with no match: a resolve partition's, for a clusters partition), in order.
+/// a ``ToRoute`` would carry it: ingest's, for a resolve partition), unbanked uploads for
+/// the index's owner (each as an ``Unbanked`` would carry it: a resolve partition's), or
+/// routed events (as a ``Routed`` with no match: a resolve partition's, for a clusters
+/// partition), in order.
 /// Ingest makes them and resolve's loop reads them; resolve's loop makes the routed ones
 /// and the clusters partition's loop reads them; the wire writer writes each event in
-/// its item's wire form (``["s", event]``, ``["e", event, cluster, null]``), so a batch
+/// its item's wire form (``["s", event]``, ``["u", event]``, ``["e", event, cluster,
+/// null]``), so a batch
 /// sent through Kafka, or logged, is the bytes its records would have been.
 ///
 /// Why: a worker that holds the partitions of the next stage hands its envelopes over
@@ -315,8 +318,10 @@ pub(crate) fn parse_lines(py: Python<'_>, lines: &Bound<'_, PyList>) -> PyResult
 #[pyclass(module = "streams._core", frozen)]
 pub struct EvBatch {
     pub(crate) events: Vec<Ev>,
-    /// each event's cluster (routed events), or ``None`` (events to route)
+    /// each event's cluster (routed events), or ``None`` (events to route, unbanked uploads)
     pub(crate) clusters: Option<Vec<Py<PyString>>>,
+    /// unbanked uploads for the index's owner (no cluster)
+    pub(crate) for_index: bool,
 }
 
 impl EvBatch {
@@ -324,6 +329,15 @@ impl EvBatch {
         Self {
             events,
             clusters: None,
+            for_index: false,
+        }
+    }
+
+    pub(crate) fn unbanked(events: Vec<Ev>) -> Self {
+        Self {
+            events,
+            clusters: None,
+            for_index: true,
         }
     }
 
@@ -332,6 +346,7 @@ impl EvBatch {
         Self {
             events,
             clusters: Some(clusters),
+            for_index: false,
         }
     }
 }
@@ -348,8 +363,14 @@ impl EvBatch {
         self.clusters.is_some()
     }
 
+    /// Whether its events are unbanked uploads for the index's owner (``Unbanked``'s).
+    #[getter]
+    fn for_index(&self) -> bool {
+        self.for_index
+    }
+
     /// ``(events, clusters)``: the events as Python ``ShareEvent``s (made now), and each one's
-    /// cluster (``None`` for events to route).
+    /// cluster (``None`` for events to route and unbanked uploads).
     #[allow(clippy::type_complexity)]
     fn parts<'py>(
         &self,

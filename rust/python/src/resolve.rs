@@ -19,11 +19,11 @@
 //! dead letters come out.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyType};
+use pyo3::types::{PyList, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use viralwatch_core::posts::partition_for;
@@ -35,14 +35,12 @@ use crate::ev::{Ev, EvBatch, Line};
 use crate::posts::PyPostRoutes;
 use crate::record;
 use crate::routing::{is_unbanked_id, Banks, Deliver, Reshare, Routing};
-use crate::unbanked::kind_of;
 
 /// A held event in event-time order: `(ts, event id)` as Python's tuples compare (an id's
 /// UTF-8 bytes compare in code point order, as `str`s do).
 struct Waiting {
     ts: i64,
     key: Box<[u8]>,
-    id: Py<PyAny>,
 }
 
 impl PartialEq for Waiting {
@@ -63,6 +61,67 @@ impl Ord for Waiting {
     fn cmp(&self, other: &Self) -> Ordering {
         (self.ts, &self.key).cmp(&(other.ts, &other.key))
     }
+}
+
+/// The events held here (reshares waiting for their parent's registration and, at the
+/// index's owner, unbanked uploads waiting to be clustered), by event id (its bytes, as
+/// `with_id` reads them), in the order held: a snapshot lists them so, as the Python dict
+/// that held them did. Compiled events stay compiled here: an unbanked upload held at the
+/// owner is logged (`WireWriter.held`) and clustered from its fields, with no Python record.
+#[derive(Default)]
+struct Held {
+    /// event id -> its place in `events`
+    ids: HashMap<Box<[u8]>, u64>,
+    /// the events by when they were held
+    events: BTreeMap<u64, Ev>,
+    next: u64,
+}
+
+impl Held {
+    fn contains(&self, key: &[u8]) -> bool {
+        self.ids.contains_key(key)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&Ev> {
+        self.ids.get(key).and_then(|at| self.events.get(at))
+    }
+
+    /// Hold ``ev`` (an event already held under its id is replaced in its place).
+    fn insert(&mut self, key: Box<[u8]>, ev: Ev) {
+        match self.ids.get(&key) {
+            Some(at) => {
+                self.events.insert(*at, ev);
+            }
+            None => {
+                self.ids.insert(key, self.next);
+                self.events.insert(self.next, ev);
+                self.next += 1;
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<Ev> {
+        let at = self.ids.remove(key)?;
+        let ev = self.events.remove(&at);
+        if self.ids.capacity() > 64 && self.ids.len() < self.ids.capacity() / 4 {
+            self.ids.shrink_to(2 * self.ids.len());
+        }
+        ev
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn clear(&mut self) {
+        self.ids.clear();
+        self.events.clear();
+    }
+}
+
+/// The event id's bytes as the held events key them.
+fn id_key(py: Python<'_>, ev: &Ev) -> PyResult<Box<[u8]>> {
+    ev.with_id(py, |k| Box::from(k))
 }
 
 /// The record classes the loop reads and makes (`streams.wire`'s, `streams.router.Routed`).
@@ -94,9 +153,11 @@ enum Sent {
 }
 
 /// One item of a batch as the loop reads it: an event to route (compiled, or a
-/// ``ToRoute``'s event), or any other record.
+/// ``ToRoute``'s event), an unbanked upload for the index (at its owner: compiled, or an
+/// ``Unbanked``'s event), or any other record.
 enum Entry<'py> {
     Route(Ev),
+    Unbanked(Ev),
     Item(Bound<'py, PyAny>),
 }
 
@@ -113,15 +174,18 @@ fn event_id<'py>(py: Python<'py>, ev: &Ev) -> PyResult<Bound<'py, PyAny>> {
 struct Out {
     /// routed events, per clusters partition
     clusters: Vec<Vec<Sent>>,
-    /// for the index's owner (a partition that is not): unbanked uploads (`Unbanked`)
-    to_index: Vec<Py<PyAny>>,
+    /// for the index's owner (a partition that is not): unbanked uploads, sent on as one
+    /// `EvBatch` (the `Unbanked` records it stands for)
+    to_index: Vec<Ev>,
     /// the latest event time of each unbanked cluster routed to, in first-touch order
     /// (a partition that is not the owner's, for its `Touch` records)
     touched: Vec<(Py<PyString>, i64)>,
     touched_at: HashMap<Box<str>, usize>,
     /// this batch's unbanked uploads, until the end of its items
     deferred: Vec<Ev>,
-    held_add: Vec<Py<PyAny>>,
+    /// events held, in order (an event released since may be among them: see `take`)
+    held_add: Vec<Ev>,
+    /// the ids of events released (Python's ``str``s)
     held_del: Vec<Py<PyAny>>,
     /// at the index's owner: every upload held at or before this time was clustered (the
     /// log's one bound, in place of an id an upload in `held_del`)
@@ -138,14 +202,14 @@ struct Out {
 
 /// A resolve partition's loop (see the module doc) over its post -> cluster map and held
 /// orphans (``routes``), the index's idle order (``idle``, at the index's owner, else
-/// ``None``) and its held events (``held``, a dict by event id that Python reads too: a
-/// snapshot lists it, progress waits for it). ``host`` (the ``ResolvePartition``) is given
+/// ``None``) and its held events (`Held`: Python asks for their count and, for a
+/// snapshot, the events). ``host`` (the ``ResolvePartition``) is given
 /// to each call: ``_classify``, ``_refused``, ``_unsignalled`` and ``_assign_video`` are
 /// called on it.
 #[pyclass(module = "streams._core")]
 pub struct ResolveLoop {
     routing: Routing,
-    held: Py<PyDict>,
+    held: Held,
     partitions: u32,
     classes: Classes,
     /// held reshares, by `(ts, event id)`
@@ -186,13 +250,8 @@ fn trim(heap: &mut BinaryHeap<Reverse<Waiting>>) {
     }
 }
 
-fn waiting(ts: i64, id: &Bound<'_, PyAny>) -> PyResult<Reverse<Waiting>> {
-    let key: Box<[u8]> = with_id(id, |k| Box::from(k))?;
-    Ok(Reverse(Waiting {
-        ts,
-        key,
-        id: id.clone().unbind(),
-    }))
+fn waiting(ts: i64, key: Box<[u8]>) -> Reverse<Waiting> {
+    Reverse(Waiting { ts, key })
 }
 
 /// What a registration released is sent to its clusters partition; an unbanked
@@ -231,8 +290,8 @@ impl Deliver for ResolveLoop {
         _ts: i64,
     ) -> PyResult<()> {
         self.out.orphans = true;
-        let eid = event_id(py, &event)?;
-        self.unhold(py, &eid)?;
+        let key = id_key(py, &event)?;
+        self.unhold(py, &key, || event_id(py, &event))?;
         self.emit(Sent::Event(event, cluster.clone().unbind()), cluster)
     }
 }
@@ -268,11 +327,15 @@ impl ResolveLoop {
         Ok(())
     }
 
-    fn unhold(&mut self, py: Python<'_>, eid: &Bound<'_, PyAny>) -> PyResult<()> {
-        let held = self.held.bind(py);
-        if held.contains(eid)? {
-            held.del_item(eid)?;
-            self.out.held_del.push(eid.clone().unbind());
+    /// The event ``key`` names is no longer held (``eid``: its id, for the log's releases).
+    fn unhold<'py>(
+        &mut self,
+        _py: Python<'py>,
+        key: &[u8],
+        eid: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+    ) -> PyResult<()> {
+        if self.held.remove(key).is_some() {
+            self.out.held_del.push(eid()?.unbind());
         }
         Ok(())
     }
@@ -281,7 +344,8 @@ impl ResolveLoop {
     fn reject(&mut self, py: Python<'_>, rejection: Bound<'_, PyAny>) -> PyResult<()> {
         let eid = rejection.getattr(intern!(py, "event_id"))?;
         if !eid.is_none() {
-            self.unhold(py, &eid)?;
+            let key: Box<[u8]> = with_id(&eid, |k| Box::from(k))?;
+            self.unhold(py, &key, || Ok(eid.clone()))?;
         }
         self.out.dead.push(rejection.unbind());
         Ok(())
@@ -311,22 +375,20 @@ impl ResolveLoop {
     }
 
     /// At the index's owner: an unbanked upload held until it is clustered (once).
-    fn wait_for_index(&mut self, py: Python<'_>, event: &Ev) -> PyResult<()> {
-        let eid = event_id(py, event)?;
-        let held = self.held.bind(py);
-        if held.contains(&eid)? {
+    fn wait_for_index(&mut self, py: Python<'_>, event: Ev) -> PyResult<()> {
+        let key = id_key(py, &event)?;
+        if self.held.contains(&key) {
             self.out.duplicates += 1; // redelivered while it waits
             return Ok(());
         }
-        let record = event.to_py(py)?;
-        held.set_item(&eid, &record)?;
-        self.out.held_add.push(record.unbind());
         let ts = event.ts_ms(py)?;
-        self.unbanked.push(waiting(ts, &eid)?);
+        self.out.held_add.push(event.clone_ref(py));
+        self.held.insert(key.clone(), event);
+        self.unbanked.push(waiting(ts, key));
         Ok(())
     }
 
-    /// One event to route (``eid``: its id; not held here already); ``classified``: an
+    /// One event to route (``key``: its id; not held here already); ``classified``: an
     /// upload's bank match or allow-list cluster (a `Routed`), or ``None``. Not held, it
     /// needs no release from the held events when it is sent on.
     fn route_event(
@@ -334,7 +396,7 @@ impl ResolveLoop {
         py: Python<'_>,
         host: &Bound<'_, PyAny>,
         event: Ev,
-        eid: &Bound<'_, PyAny>,
+        key: Box<[u8]>,
         classified: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let ts = event.ts_ms(py)?;
@@ -381,10 +443,9 @@ impl ResolveLoop {
                     Routing::release(self, py, &cluster, released)?;
                 }
                 Reshare::Held => {
-                    let record = event.to_py(py)?;
-                    self.held.bind(py).set_item(eid, &record)?;
-                    self.out.held_add.push(record.unbind());
-                    self.waiting.push(waiting(ts, eid)?);
+                    self.out.held_add.push(event.clone_ref(py));
+                    self.held.insert(key.clone(), event);
+                    self.waiting.push(waiting(ts, key));
                     self.out.held += 1;
                     self.out.orphans = true;
                 }
@@ -404,22 +465,18 @@ impl ResolveLoop {
         &mut self,
         py: Python<'_>,
         host: &Bound<'_, PyAny>,
-        event: &Bound<'_, PyAny>,
+        key: &[u8],
+        ev: Ev,
     ) -> PyResult<()> {
-        let ev = Ev::from_py(event);
         let ts = ev.ts_ms(py)?;
         let cluster = match ev.image(py)? {
             Some(image) if !image.video => self.routing.assign_image(py, &image, ts)?,
             _ => host
-                .call_method1(intern!(py, "_assign_video"), (event,))?
+                .call_method1(intern!(py, "_assign_video"), (ev.to_py(py)?,))?
                 .cast_into::<PyString>()?,
         };
         // no longer held, and not named in the log's releases: `cluster_due`'s bound says it
-        let eid = event.getattr(intern!(py, "event_id"))?;
-        let held = self.held.bind(py);
-        if held.contains(&eid)? {
-            held.del_item(&eid)?;
-        }
+        self.held.remove(key);
         let post = ev.with_posts(py, |p, _| p.to_vec())?;
         self.upload_routed(
             py,
@@ -443,6 +500,17 @@ impl ResolveLoop {
                 if let Ok(batch) = item.cast::<EvBatch>() {
                     let batch = batch.get();
                     match &batch.clusters {
+                        None if batch.for_index => {
+                            for ev in &batch.events {
+                                entries.push(if self.owner() {
+                                    Entry::Unbanked(ev.clone_ref(py))
+                                } else {
+                                    // no place here: its record, dead-lettered
+                                    let unbanked = self.classes.unbanked.bind(py);
+                                    Entry::Item(unbanked.call1((ev.to_py(py)?,))?)
+                                });
+                            }
+                        }
                         None => entries
                             .extend(batch.events.iter().map(|e| Entry::Route(e.clone_ref(py)))),
                         Some(clusters) => {
@@ -473,7 +541,6 @@ impl ResolveLoop {
         py: Python<'_>,
         routes: Py<PyPostRoutes>,
         idle: Option<Py<PyIdleClusters>>,
-        held: Py<PyDict>,
         partitions: u32,
         max_held: usize,
         min_pdq_quality: i64,
@@ -485,7 +552,7 @@ impl ResolveLoop {
         let (routed, to_route, registration, forget, unbanked, touch) = classes;
         Ok(Self {
             routing: Routing::new(py, routes, idle, max_held, min_pdq_quality),
-            held,
+            held: Held::default(),
             partitions,
             classes: Classes {
                 routed,
@@ -516,22 +583,21 @@ impl ResolveLoop {
         if self.out.clusters.len() != self.partitions as usize {
             self.out.clusters = (0..self.partitions).map(|_| Vec::new()).collect();
         }
-        let held = self.held.bind(py).clone();
         let entries = self.entries(py, envelopes)?;
         // the uploads to match (not held here: a redelivered one waits once), by position,
-        // and each event's id as the held events' dict keys it
+        // and each event's id as the held events key it
         let mut uploads: Vec<Line> = Vec::new();
         let mut slots: Vec<Option<usize>> = Vec::with_capacity(entries.len());
-        let mut ids: Vec<Option<Bound<'_, PyAny>>> = Vec::with_capacity(entries.len());
+        let mut ids: Vec<Option<Box<[u8]>>> = Vec::with_capacity(entries.len());
         for entry in &entries {
             let (mut slot, mut id) = (None, None);
             if let Entry::Route(ev) = entry {
-                let eid = event_id(py, ev)?;
-                if ev.kind(py)? == Kind::Upload && !held.contains(&eid)? {
+                let key = id_key(py, ev)?;
+                if ev.kind(py)? == Kind::Upload && !self.held.contains(&key) {
                     slot = Some(uploads.len());
                     uploads.push(Line::Event(ev.clone_ref(py)));
                 }
-                id = Some(eid);
+                id = Some(key);
             }
             slots.push(slot);
             ids.push(id);
@@ -547,8 +613,10 @@ impl ResolveLoop {
         for ((entry, slot), eid) in entries.into_iter().zip(slots).zip(ids) {
             let item = match entry {
                 Entry::Route(ev) => {
-                    let eid = eid.unwrap_or_else(|| py.None().into_bound(py));
-                    if held.contains(&eid)? {
+                    let Some(key) = eid else {
+                        continue; // (every event to route has its id)
+                    };
+                    if self.held.contains(&key) {
                         self.out.duplicates += 1; // redelivered while it waits: it waits once
                         continue;
                     }
@@ -566,7 +634,11 @@ impl ResolveLoop {
                         };
                         c.map(|c| c.into_bound(py))
                     };
-                    self.route_event(py, host, ev, &eid, upload)?;
+                    self.route_event(py, host, ev, key, upload)?;
+                    continue;
+                }
+                Entry::Unbanked(ev) => {
+                    self.wait_for_index(py, ev)?;
                     continue;
                 }
                 Entry::Item(item) => item,
@@ -587,7 +659,7 @@ impl ResolveLoop {
                 }
                 self.out.forgot.push(post.unbind());
             } else if owner && kind.is(&unbanked) {
-                self.wait_for_index(py, &Ev::from_py(&item.getattr(intern!(py, "event"))?))?;
+                self.wait_for_index(py, Ev::from_py(&item.getattr(intern!(py, "event"))?))?;
             } else if owner && kind.is(&touch) {
                 let cluster = item.getattr(intern!(py, "cluster_id"))?;
                 let ts: i64 = item.getattr(intern!(py, "ts_ms"))?.extract()?;
@@ -599,10 +671,9 @@ impl ResolveLoop {
         }
         for ev in std::mem::take(&mut self.out.deferred) {
             if owner {
-                self.wait_for_index(py, &ev)?;
+                self.wait_for_index(py, ev)?;
             } else {
-                let item = unbanked.call1((ev.to_py(py)?,))?;
-                self.out.to_index.push(item.unbind());
+                self.out.to_index.push(ev);
             }
         }
         Ok(())
@@ -629,11 +700,12 @@ impl ResolveLoop {
             let Some(Reverse(w)) = self.unbanked.pop() else {
                 break;
             };
-            let Some(ev) = self.held.bind(py).get_item(w.id.bind(py))? else {
+            let Some(ev) = self.held.get(&w.key) else {
                 continue;
             };
-            if kind_of(&ev.getattr(intern!(py, "type"))?)? == Kind::Upload {
-                self.cluster_upload(py, host, &ev)?;
+            if ev.kind(py)? == Kind::Upload {
+                let ev = ev.clone_ref(py);
+                self.cluster_upload(py, host, &w.key, ev)?;
                 let to = &mut self.out.clustered_to;
                 *to = Some(to.map_or(until_ms, |t| t.max(until_ms)));
             }
@@ -643,10 +715,15 @@ impl ResolveLoop {
     }
 
     /// What the batch gave, and forget it: ``(routed events per clusters partition, items
-    /// for the index's owner, events held, event ids released, the time every upload held
-    /// at or before was clustered (the owner's; ``None``: none was), posts forgotten,
-    /// rejections and items with no place here, events routed, duplicates, reshares held,
-    /// whether the held orphans changed)``.
+    /// for the index's owner, events held (an ``EvBatch``), event ids released, the time
+    /// every upload held at or before was clustered (the owner's; ``None``: none was), posts
+    /// forgotten, rejections and items with no place here, events routed, duplicates,
+    /// reshares held, whether the held orphans changed)``.
+    ///
+    /// The events held and released are as the log writes them: each event once, as the
+    /// batch left it, so that no order of folding reads back wrong an event released then
+    /// held again. What is held now says which came last: only a batch that released
+    /// anything (or clustered uploads, which the log names by a bound) is looked at again.
     #[allow(clippy::type_complexity)]
     fn take<'py>(
         &mut self,
@@ -654,7 +731,7 @@ impl ResolveLoop {
     ) -> PyResult<(
         Vec<Vec<Py<PyAny>>>,
         Vec<Py<PyAny>>,
-        Vec<Py<PyAny>>,
+        Py<EvBatch>,
         Vec<Py<PyAny>>,
         Option<i64>,
         Vec<Py<PyAny>>,
@@ -664,21 +741,48 @@ impl ResolveLoop {
         u64,
         bool,
     )> {
-        let mut out = std::mem::take(&mut self.out);
+        let out = std::mem::take(&mut self.out);
+        let mut to_index = Vec::with_capacity(1 + out.touched.len());
+        if !out.to_index.is_empty() {
+            to_index.push(Py::new(py, EvBatch::unbanked(out.to_index))?.into_any());
+        }
         let touch = self.classes.touch.bind(py);
         for (cluster, ts) in out.touched {
-            out.to_index.push(touch.call1((cluster, ts))?.unbind());
+            to_index.push(touch.call1((cluster, ts))?.unbind());
         }
         let mut clusters = Vec::with_capacity(self.partitions as usize);
         for sent in out.clusters {
             clusters.push(sent_items(py, sent)?);
         }
         clusters.resize_with(self.partitions as usize, Vec::new);
+        let (mut held_add, mut held_del) = (out.held_add, out.held_del);
+        if !held_add.is_empty() && (!held_del.is_empty() || out.clustered_to.is_some()) {
+            let mut seen = HashSet::new();
+            let mut now = Vec::new();
+            for ev in &held_add {
+                let key = id_key(py, ev)?;
+                if let Some(held) = self.held.get(&key) {
+                    if seen.insert(key) {
+                        now.push(held.clone_ref(py));
+                    }
+                }
+            }
+            held_add = now;
+            seen.clear();
+            let mut released = Vec::new();
+            for eid in held_del {
+                let key: Box<[u8]> = with_id(eid.bind(py), |k| Box::from(k))?;
+                if !self.held.contains(&key) && seen.insert(key) {
+                    released.push(eid);
+                }
+            }
+            held_del = released;
+        }
         Ok((
             clusters,
-            out.to_index,
-            out.held_add,
-            out.held_del,
+            to_index,
+            Py::new(py, EvBatch::to_route(held_add))?,
+            held_del,
             out.clustered_to,
             out.forgot,
             out.dead,
@@ -692,18 +796,38 @@ impl ResolveLoop {
     /// The event time of the oldest held reshare that may still be waiting for a
     /// registration on its way (``None``: none): those released, and those every peer has
     /// passed (older than ``settled``), are dropped from the front.
-    fn waiting_front(&mut self, py: Python<'_>, settled: i64) -> PyResult<Option<i64>> {
-        let held = self.held.bind(py);
+    fn waiting_front(&mut self, settled: i64) -> Option<i64> {
         let mut front = None;
         while let Some(Reverse(w)) = self.waiting.peek() {
-            if held.contains(w.id.bind(py))? && w.ts - 1 > settled {
+            if self.held.contains(&w.key) && w.ts - 1 > settled {
                 front = Some(w.ts);
                 break;
             }
             self.waiting.pop();
         }
         trim(&mut self.waiting);
-        Ok(front)
+        front
+    }
+
+    /// How many events are held here.
+    #[getter]
+    fn held_count(&self) -> usize {
+        self.held.len()
+    }
+
+    /// The events held here, in the order held (a snapshot's ``h+``).
+    fn held_events(&self, py: Python<'_>) -> EvBatch {
+        EvBatch::to_route(self.held.events.values().map(|e| e.clone_ref(py)).collect())
+    }
+
+    /// These events (ids) are no longer held (expired orphans): those that were are
+    /// released in the log's delta, as the batch's own releases are.
+    fn unhold_ids(&mut self, py: Python<'_>, ids: &Bound<'_, PyList>) -> PyResult<()> {
+        for eid in ids.iter() {
+            let key: Box<[u8]> = with_id(&eid, |k| Box::from(k))?;
+            self.unhold(py, &key, || Ok(eid.clone()))?;
+        }
+        Ok(())
     }
 
     /// At the index's owner: the event time of the oldest unbanked upload not clustered
@@ -715,7 +839,9 @@ impl ResolveLoop {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         self.routing.traverse(&visit)?;
-        visit.call(&self.held)?;
+        for ev in self.held.events.values() {
+            ev.traverse(&visit)?;
+        }
         let c = &self.classes;
         for cls in [
             &c.routed,
@@ -727,9 +853,6 @@ impl ResolveLoop {
         ] {
             visit.call(cls)?;
         }
-        for Reverse(w) in self.waiting.iter().chain(self.unbanked.iter()) {
-            visit.call(&w.id)?;
-        }
         let o = &self.out;
         for sent in o.clusters.iter().flatten() {
             match sent {
@@ -740,17 +863,10 @@ impl ResolveLoop {
                 Sent::Record(r) => visit.call(r)?,
             }
         }
-        for ev in &o.deferred {
+        for ev in o.deferred.iter().chain(&o.held_add).chain(&o.to_index) {
             ev.traverse(&visit)?;
         }
-        for obj in o
-            .to_index
-            .iter()
-            .chain(&o.held_add)
-            .chain(&o.held_del)
-            .chain(&o.forgot)
-            .chain(&o.dead)
-        {
+        for obj in o.held_del.iter().chain(&o.forgot).chain(&o.dead) {
             visit.call(obj)?;
         }
         for (cluster, _) in &o.touched {
@@ -762,6 +878,7 @@ impl ResolveLoop {
     fn __clear__(&mut self) {
         self.waiting.clear();
         self.unbanked.clear();
+        self.held.clear();
         self.out = Out::default();
     }
 }

@@ -183,6 +183,10 @@ impl WireWriter {
             if let Ev::Core(c) = ev {
                 let event = c.view();
                 match cluster.map(|c| c.to_str()) {
+                    None if batch.for_index => {
+                        parts.push(&Item::Unbanked(event));
+                        continue;
+                    }
                     None => {
                         parts.push(&Item::ToRoute(event));
                         continue;
@@ -201,7 +205,14 @@ impl WireWriter {
             let event = ev.to_py(py)?;
             let item = match cluster {
                 None => record(
-                    self.class(py, Class::ToRoute),
+                    self.class(
+                        py,
+                        if batch.for_index {
+                            Class::Unbanked
+                        } else {
+                            Class::ToRoute
+                        },
+                    ),
                     &[(intern!(py, "event"), event)],
                 )?,
                 Some(cluster) => record(
@@ -327,7 +338,8 @@ impl WireWriter {
         })
     }
 
-    /// Held events (``ShareEvent``s) as the resolve log's ``h+`` writes them
+    /// Held events (``ShareEvent``s, or an ``EvBatch``: a resolve partition's, compiled
+    /// events written from their fields) as the resolve log's ``h+`` writes them
     /// (``viralwatch_core::wire::write_held``: compact, hashes in base64), JSON arrays of at
     /// most ``limit`` bytes each as :meth:`parts` cuts them; an event the core does not
     /// write (a video's frames, a field orjson would write otherwise) is ``held_json(event)``.
@@ -342,13 +354,30 @@ impl WireWriter {
         let content = self.class(py, Class::Content);
         let mut parts = Parts::new(limit);
         let mut one = Vec::new();
-        for ev in events.try_iter()? {
-            let ev = ev?;
+        let mut push = |parts: &mut Parts, ev: &Bound<'py, PyAny>| -> PyResult<()> {
             one.clear();
-            let attrs = EventAttrs::read(&ev, share_event, content)?;
+            let attrs = EventAttrs::read(ev, share_event, content)?;
             match attrs.as_ref().and_then(EventAttrs::view) {
                 Some(view) if write_held(&mut one, &view) => parts.push_json(&one),
-                _ => parts.push_json(held_json.call1((&ev,))?.cast::<PyBytes>()?.as_bytes()),
+                _ => parts.push_json(held_json.call1((ev,))?.cast::<PyBytes>()?.as_bytes()),
+            }
+            Ok(())
+        };
+        if let Ok(batch) = events.cast::<EvBatch>() {
+            let mut compiled = Vec::new();
+            for ev in &batch.get().events {
+                if let Ev::Core(c) = ev {
+                    compiled.clear();
+                    if write_held(&mut compiled, &c.view()) {
+                        parts.push_json(&compiled);
+                        continue;
+                    }
+                }
+                push(&mut parts, &ev.to_py(py)?)?;
+            }
+        } else {
+            for ev in events.try_iter()? {
+                push(&mut parts, &ev?)?;
             }
         }
         let out = PyList::empty(py);
