@@ -1213,15 +1213,7 @@ impl<H> Store<H> {
             }
             return true;
         }
-        let first = Pending {
-            target: ev.parent.unwrap_or_default().into(),
-            kind: ev.kind,
-            post: ev.post.into(),
-            user: ev.user.into(),
-            ts_ms: ev.ts_ms,
-            handle,
-        };
-        add_posts(c, first, horizon, out);
+        add_posts(c, ev, handle, horizon, out);
         let now = c.last_ms;
         self.evaluate(slot, now, out);
         true
@@ -1397,41 +1389,93 @@ fn id_in<'a, H>(slots: &'a [Option<Box<Cluster<H>>>]) -> impl Fn(u32) -> &'a Clu
     |s| &slots[s as usize].as_ref().expect("a live slot").id
 }
 
-/// Add `first`'s post (an upload's or a share's), then what waited for it, depth first
-/// in the order they came: the recursion of `Detector._add_post`, on a stack.
-fn add_posts<H>(c: &mut Cluster<H>, first: Pending<H>, horizon: i64, out: &mut Outcome<H>) {
-    let mut stack = vec![first];
-    while let Some(ev) = stack.pop() {
-        if ev.kind == Kind::Takedown {
-            c.take_down(&ev.post);
-            continue;
+/// What [`add_post`] did with an event.
+enum Step {
+    TakenDown,
+    /// its post is in the cluster already
+    Duplicate,
+    /// its parent is not (yet): it waits
+    Waits,
+    Added,
+}
+
+/// Add one event's post to `c` if its parent is there (a takedown takes its post down).
+#[allow(clippy::too_many_arguments)]
+fn add_post<H>(
+    c: &mut Cluster<H>,
+    kind: Kind,
+    target: &[u8],
+    post: &[u8],
+    user: &[u8],
+    ts_ms: i64,
+    horizon: i64,
+    out: &mut Outcome<H>,
+) -> Step {
+    if kind == Kind::Takedown {
+        c.take_down(post);
+        return Step::TakenDown;
+    }
+    if c.find(post).is_some() {
+        return Step::Duplicate;
+    }
+    let parent = if kind == Kind::Share {
+        match c.find(target) {
+            Some(p) => p,
+            None => return Step::Waits, // its parent is later in event time
         }
-        if c.find(&ev.post).is_some() {
-            out.rejected.push(ev.handle);
-            continue;
+    } else {
+        NONE
+    };
+    c.add(post, user, parent, ts_ms);
+    if !c.times.add(ts_ms, horizon) {
+        out.late += 1;
+    }
+    Step::Added
+}
+
+/// What waited for `post` (just added), onto `stack`, the first that waited on top.
+fn release_waiting<H>(c: &mut Cluster<H>, post: &[u8], stack: &mut Vec<Pending<H>>) {
+    if c.pending().iter().any(|p| *p.target == *post) {
+        let rare = c.rare();
+        let (kids, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut rare.pending)
+            .into_iter()
+            .partition(|p| *p.target == *post);
+        rare.pending = stay;
+        stack.extend(kids.into_iter().rev());
+    }
+}
+
+/// `ev`'s post (an upload's or a share's), then what waited for it, depth first in the
+/// order they came: the recursion of `Detector._add_post`, on a stack. The event's own
+/// texts are read in place: only one that waits is copied (its three texts and the stack
+/// were four allocations an event, most of the unbanked store's).
+fn add_posts<H>(c: &mut Cluster<H>, ev: &Event<'_>, handle: H, horizon: i64, out: &mut Outcome<H>) {
+    let target = ev.parent.unwrap_or_default();
+    match add_post(c, ev.kind, target, ev.post, ev.user, ev.ts_ms, horizon, out) {
+        Step::Added => {}
+        Step::TakenDown => return,
+        Step::Duplicate => return out.rejected.push(handle),
+        Step::Waits => {
+            return c.rare().pending.push(Pending {
+                target: target.into(),
+                kind: ev.kind,
+                post: ev.post.into(),
+                user: ev.user.into(),
+                ts_ms: ev.ts_ms,
+                handle,
+            })
         }
-        let parent = if ev.kind == Kind::Share {
-            match c.find(&ev.target) {
-                Some(p) => p,
-                None => {
-                    c.rare().pending.push(ev); // its parent is later in event time: it waits
-                    continue;
-                }
-            }
-        } else {
-            NONE
-        };
-        c.add(&ev.post, &ev.user, parent, ev.ts_ms);
-        if !c.times.add(ev.ts_ms, horizon) {
-            out.late += 1;
-        }
-        if c.pending().iter().any(|p| *p.target == *ev.post) {
-            let rare = c.rare();
-            let (kids, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut rare.pending)
-                .into_iter()
-                .partition(|p| *p.target == *ev.post);
-            rare.pending = stay;
-            stack.extend(kids.into_iter().rev());
+    }
+    let mut stack = Vec::new();
+    release_waiting(c, ev.post, &mut stack);
+    while let Some(p) = stack.pop() {
+        match add_post(
+            c, p.kind, &p.target, &p.post, &p.user, p.ts_ms, horizon, out,
+        ) {
+            Step::Added => release_waiting(c, &p.post, &mut stack),
+            Step::TakenDown => {}
+            Step::Duplicate => out.rejected.push(p.handle),
+            Step::Waits => c.rare().pending.push(p),
         }
     }
 }
