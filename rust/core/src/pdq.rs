@@ -220,6 +220,56 @@ impl Buckets {
     }
 }
 
+/// A bit a row: whether it is live (a `bool` a row was a byte a hash).
+#[derive(Debug, Clone, Default)]
+struct Bits {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Bits {
+    /// `n` bits, all set.
+    fn ones(n: usize) -> Self {
+        let mut words = vec![u64::MAX; n.div_ceil(64)];
+        if n % 64 != 0 {
+            *words.last_mut().expect("n > 0") = (1 << (n % 64)) - 1;
+        }
+        Bits { words, len: n }
+    }
+
+    #[inline(always)]
+    fn get(&self, i: usize) -> bool {
+        (self.words[i >> 6] >> (i & 63)) & 1 == 1
+    }
+
+    fn clear(&mut self, i: usize) {
+        self.words[i >> 6] &= !(1 << (i & 63));
+    }
+
+    fn push(&mut self, bit: bool) {
+        if self.len % 64 == 0 {
+            self.words.push(0);
+        }
+        self.words[self.len >> 6] |= u64::from(bit) << (self.len & 63);
+        self.len += 1;
+    }
+
+    /// Room for `more` bits beyond the length, exactly.
+    fn reserve_exact(&mut self, more: usize) {
+        let want = (self.len + more).div_ceil(64);
+        self.words
+            .reserve_exact(want.saturating_sub(self.words.len()));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = bool> + '_ {
+        (0..self.len).map(|i| self.get(i))
+    }
+
+    fn nbytes(&self) -> usize {
+        self.words.capacity() * 8
+    }
+}
+
 /// Distinct PDQ hashes with a tag each (`T`: the banks' 64-bit ids; the content index's
 /// 4-byte holders, 4 bytes a hash less), searchable by Hamming distance (see the module doc).
 #[derive(Debug, Clone)]
@@ -229,7 +279,7 @@ pub struct PdqIndex<T: Copy = i64> {
     masks: Vec<Vec<usize>>,
     words: Vec<Hash>,
     tags: Vec<T>,
-    alive: Vec<bool>,
+    alive: Bits,
     live: usize,
     /// Rows `[0, indexed)` are in the tables; the rest are the tail.
     indexed: usize,
@@ -267,7 +317,7 @@ impl<T: Copy> PdqIndex<T> {
             masks: (0..=MAX_FLIPS).map(|t| layout.masks(t)).collect(),
             words: Vec::new(),
             tags: Vec::new(),
-            alive: Vec::new(),
+            alive: Bits::default(),
             live: 0,
             indexed: 0,
             tail_min,
@@ -306,7 +356,7 @@ impl<T: Copy> PdqIndex<T> {
     pub fn nbytes(&self) -> usize {
         self.words.capacity() * 32
             + self.tags.capacity() * std::mem::size_of::<T>()
-            + self.alive.capacity()
+            + self.alive.nbytes()
             + self.buckets.nbytes()
             + self.ids.capacity() * 4
             + self.tail.capacity() * (4 + 1)
@@ -341,7 +391,7 @@ impl<T: Copy> PdqIndex<T> {
         self.ids[lo..hi]
             .iter()
             .map(|&r| r as usize)
-            .find(|&r| self.alive[r] && self.words[r] == *h)
+            .find(|&r| self.alive.get(r) && self.words[r] == *h)
     }
 
     /// Whether `h` is in the index.
@@ -413,7 +463,7 @@ impl<T: Copy> PdqIndex<T> {
         let Some(row) = self.row_of(h) else {
             return false;
         };
-        self.alive[row] = false;
+        self.alive.clear(row);
         if let Ok(entry) = self
             .tail
             .find_entry(self.hasher.hash_one(h), |&r| r as usize == row)
@@ -455,7 +505,7 @@ impl<T: Copy> PdqIndex<T> {
         let moved = self
             .alive
             .iter()
-            .map(|&alive| {
+            .map(|alive| {
                 if alive {
                     next += 1;
                     next - 1
@@ -595,7 +645,7 @@ impl<T: Copy> PdqIndex<T> {
             }
             let r = r as usize;
             let d = distance(&self.words[r], q);
-            if d <= threshold && self.alive[r] {
+            if d <= threshold && self.alive.get(r) {
                 hits.push((d, r));
             }
         }
@@ -606,7 +656,7 @@ impl<T: Copy> PdqIndex<T> {
     fn scan(&self, q: &Hash, from: usize, threshold: u32, hits: &mut Vec<(u32, usize)>) {
         for (r, w) in self.words.iter().enumerate().skip(from) {
             let d = distance(w, q);
-            if d <= threshold && self.alive[r] {
+            if d <= threshold && self.alive.get(r) {
                 hits.push((d, r));
             }
         }
@@ -707,7 +757,7 @@ impl<T: Copy> PdqIndex<T> {
             (0..layout.chunks()).map(move |c| layout.key(c, layout.chunk(&h, c)))
         };
         let rows: Vec<usize> = (self.indexed..self.words.len())
-            .filter(|&r| self.alive[r])
+            .filter(|&r| self.alive.get(r))
             .collect();
         let total = rows.len() * layout.chunks();
         let keys = layout.chunks() * layout.values();
@@ -743,12 +793,12 @@ impl<T: Copy> PdqIndex<T> {
         let mut words = Vec::with_capacity(self.live);
         let mut tags = Vec::with_capacity(self.live);
         for r in 0..self.words.len() {
-            if self.alive[r] {
+            if self.alive.get(r) {
                 words.push(self.words[r]);
                 tags.push(self.tags[r]);
             }
         }
-        self.alive = vec![true; words.len()];
+        self.alive = Bits::ones(words.len());
         self.words = words;
         self.tags = tags;
         self.indexed = 0;
