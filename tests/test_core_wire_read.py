@@ -8,11 +8,14 @@ write (valid events with text of any kind, every record, marks, progress), for
 items that are not records or hold events that are not valid, for frames that are
 not the stages' (floats, keys that are not partitions, a key twice) and for any
 bytes at all, the two give equal envelopes (items, rejections with their details
-and kept bytes, marks, progress, inputs), or raise the same error.
+and kept bytes, marks, progress, inputs), or raise the same error. (The core gives
+runs of events to route and of unbanked uploads as compiled batches, ``EvBatch``:
+compared as the records they stand for, ``streams.wire.records``.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -21,6 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams._core import EvBatch
 from streams.alerts import MatchInfo
 from streams.events import Content, ShareEvent
 from streams.router import Routed
@@ -35,6 +39,9 @@ from streams.wire import (
     encode,
     read_envelope,
     routed_log_in_python,
+)
+from streams.wire import (
+    records as wire_records,
 )
 
 EXAMPLES = int(os.environ.get("VIRALWATCH_FUZZ_EXAMPLES", "300"))
@@ -146,9 +153,14 @@ _frame = st.fixed_dictionaries(
 )
 
 
+def _opened(env: Envelope) -> Envelope:
+    """``env`` with its compiled batches opened into the records they stand for."""
+    return dataclasses.replace(env, items=wire_records(env.items))
+
+
 def _outcome(read: Any, raw: bytes) -> Any:
     try:
-        return read(raw)
+        return _opened(read(raw))
     except (ValueError, TypeError) as exc:
         return (type(exc), str(exc))
 
@@ -173,7 +185,7 @@ def test_what_the_stages_write_reads_as_the_python_reader_reads_it(
 ) -> None:
     env = Envelope(records, marks, progress, inputs=inputs)
     raw = env.pack()
-    read = Envelope.unpack(raw)
+    read = _opened(Envelope.unpack(raw))
     assert read == Envelope.read_in_python(raw)
     assert read_envelope(raw) is not None  # read by the core, but for the items it leaves
     valid = [r for r in records if not isinstance(r, Routed) or r.match is None]
@@ -220,6 +232,27 @@ def test_the_routed_events_of_a_cluster_share_its_id() -> None:
     assert all(c is first for c in rest)
 
 
+def test_events_to_route_and_unbanked_uploads_come_compiled_in_runs() -> None:
+    """A resolve partition's loop reads the events of an envelope compiled: each run of
+    events to route, or of unbanked uploads, is one batch; a video's upload (its frames
+    Python's) and every other record stay records, in their places."""
+    ts = 1767225600000
+    up = [
+        ShareEvent(f"u{i}", "upload", ts, f"q{i}", "u", content=Content(md5=f"{i:032x}"))
+        for i in range(3)
+    ]
+    share = [ShareEvent(f"e{i}", "share", ts, f"p{i}", "u", "px") for i in range(3)]
+    video = ShareEvent("v", "upload", ts, "pv", "u", content=Content(vpdq=("0" * 64 + ",1,0",)))
+    items = [ToRoute(share[0]), ToRoute(share[1]), Registration("p9", "b-1"), Unbanked(up[0])]
+    items += [Unbanked(up[1]), ToRoute(share[2]), ToRoute(up[2]), Unbanked(video), Forget("p1")]
+    raw = Envelope(items).pack()
+    read = Envelope.unpack(raw)
+    kinds = [(len(x), x.for_index) if type(x) is EvBatch else type(x).__name__ for x in read.items]
+    assert kinds == [(2, False), "Registration", (2, True), (2, False), "Unbanked", "Forget"]
+    assert wire_records(read.items) == Envelope.read_in_python(raw).items
+    assert wire_records(read.items)[:7] == items[:7] and read.rejected == []
+
+
 @FUZZ
 @given(st.lists(_record, max_size=10))
 def test_the_core_reads_every_record_the_stages_write_itself(records: list[Any]) -> None:
@@ -239,4 +272,4 @@ def test_the_core_reads_every_record_the_stages_write_itself(records: list[Any])
         assert reader.envelope(raw) is None  # the fallback was asked, and raised
         return
     read = reader.envelope(raw)
-    assert read is not None and read[0] == records and read[1] == []
+    assert read is not None and wire_records(read[0]) == records and read[1] == []

@@ -17,7 +17,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
 
 use viralwatch_core::wire_read::{self, Read};
 
-use crate::ev::Ev;
+use crate::ev::{Ev, EvBatch};
 use crate::{event_record, record, Classes, PyJudge};
 use viralwatch_core::event::Compact;
 
@@ -71,15 +71,49 @@ struct Sorted<'py> {
     bad: Bound<'py, PyList>,
 }
 
+/// A run of compiled events read from an envelope, to go on as one `EvBatch`: events to
+/// route, or (`for_index`) unbanked uploads for the index's owner.
+struct Run {
+    events: Vec<Ev>,
+    for_index: bool,
+}
+
+impl Run {
+    /// `ev` at the end of the run (`false`: the run is of the other kind; push it first).
+    fn takes(&self, for_index: bool) -> bool {
+        self.events.is_empty() || self.for_index == for_index
+    }
+
+    fn push_to(&mut self, good: &Bound<'_, PyList>) -> PyResult<()> {
+        if self.events.is_empty() {
+            return Ok(());
+        }
+        let events = std::mem::take(&mut self.events);
+        let batch = if self.for_index {
+            EvBatch::unbanked(events)
+        } else {
+            EvBatch::to_route(events)
+        };
+        good.append(Py::new(good.py(), batch)?)
+    }
+}
+
 impl WireReader {
     /// Every item as its record, into `good` (or, a rejection of the fallback's, `bad`);
-    /// `Ok(false)` if the fallback raised.
+    /// `Ok(false)` if the fallback raised. ``compiled``: events to route and unbanked
+    /// uploads the event parser keeps compiled go as runs in one `EvBatch` each (what a
+    /// resolve partition's loop reads: no Python record of each), the rest as records.
     fn records<'py>(
         &self,
         py: Python<'py>,
         items: Vec<Read<'_>>,
         out: &Sorted<'py>,
+        compiled: bool,
     ) -> PyResult<bool> {
+        let mut run = Run {
+            events: Vec::new(),
+            for_index: false,
+        };
         let classes = Classes {
             share_event: self.share_event.bind(py),
             content: self.content.bind(py),
@@ -98,6 +132,20 @@ impl WireReader {
         let cluster_id = intern!(py, "cluster_id");
         let post_id = intern!(py, "post_id");
         for item in items {
+            if compiled {
+                if let Read::ToRoute(ev) | Read::Unbanked(ev) = &item {
+                    if let Some(c) = Compact::of(ev) {
+                        let for_index = matches!(item, Read::Unbanked(_));
+                        if !run.takes(for_index) {
+                            run.push_to(&out.good)?;
+                        }
+                        run.for_index = for_index;
+                        run.events.push(Ev::Core(Arc::new(c)));
+                        continue;
+                    }
+                }
+                run.push_to(&out.good)?;
+            }
             let obj = match item {
                 Read::ToRoute(ev) => record(
                     self.to_route.bind(py),
@@ -155,6 +203,7 @@ impl WireReader {
             };
             out.good.append(obj)?;
         }
+        run.push_to(&out.good)?;
         Ok(true)
     }
 }
@@ -275,7 +324,9 @@ impl WireReader {
 
     /// An envelope's ``(items, rejected, marks, progress, inputs)``: marks ``{partition:
     /// (ts, idle)}``, progress and inputs ``{partition: ts}``; ``None`` when the core does
-    /// not read it (Python reads it, and says what is wrong with it).
+    /// not read it (Python reads it, and says what is wrong with it). Runs of events to
+    /// route and of unbanked uploads are one `EvBatch` each (compiled events: the records
+    /// they stand for are `streams.wire.records`'), the other items records.
     #[allow(clippy::type_complexity)]
     fn envelope<'py>(
         &self,
@@ -299,7 +350,7 @@ impl WireReader {
             good: PyList::empty(py),
             bad: PyList::empty(py),
         };
-        if !self.records(py, env.items, &out)? {
+        if !self.records(py, env.items, &out, true)? {
             return Ok(None);
         }
         let marks = PyDict::new(py);
@@ -331,7 +382,7 @@ impl WireReader {
             good: PyList::empty(py),
             bad: PyList::empty(py),
         };
-        if !self.records(py, items, &out)? {
+        if !self.records(py, items, &out, false)? {
             return Ok(None);
         }
         Ok(Some((out.good, out.bad)))
