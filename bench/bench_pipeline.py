@@ -11,10 +11,17 @@ end; ``--broker bundled`` for the bundled Tansu), against the same topic:
    on this machine), and (b) a worker process (``python -m streams.runtime``)
    takes them from ``shares`` to detector state (parsed, routed, reordered,
    applied). The worker's rate is events applied per second, timed from its
-   counters on the ``stats`` topic: *end to end* from the first record read
-   to the last event applied, and *steady* between 10% and 90% applied
-   (excluding start-up and the final flush). Repeated ``--repeats`` times
-   (fresh topics each time); medians reported.
+   reports on the ``stats`` topic: *end to end* from the first record read
+   to the last event applied (the workers' own times of both, to the
+   millisecond; the reports come a second apart), and *steady* between 10%
+   and 90% applied (the reports' times: on a run of a few seconds that is a
+   second's quantum, not a rate). CPU per event is each worker's and the
+   broker's (on this machine the broker shares the cores). Repeated
+   ``--repeats`` times (fresh topics each time); medians reported, and the
+   two-worker scaling (issue 17's figure) as the median of the pairs. A run
+   of 100,000 events lasts a few seconds, of which the start-up rebalance
+   and the 2-s idle wait at the end are a large part: ``--events 1000000``
+   says what a backlog costs.
 2. **Latency.** A fresh worker, then ``--rate`` events/s for ``--seconds``
    seconds, each stamped with the wall clock as its event time: background
    uploads and reshares, and every 0.25 s a new banked cluster whose reshares
@@ -838,6 +845,11 @@ def main() -> None:
         log(f"NOTE: the latency run's allowed lateness is {args.lateness} ms, not the default")
     for var, value in changed.items():
         log(f"NOTE: workers run with {var}={value}, not the default")
+    if args.initial_rebalance_delay_ms:
+        log(
+            f"NOTE: the broker's group.initial.rebalance.delay.ms is "
+            f"{args.initial_rebalance_delay_ms}, not the tests' 0"
+        )
     out: dict[str, Any] = {"partitions": args.partitions, "broker": args.broker, "set": changed}
     try:
         if args.skip != "throughput":
