@@ -227,7 +227,11 @@ def read_stats_until(
                     if applied >= total:
                         return rows, last
         said = ("read", "applied", "pending", "held", "skipped", "watermarks", "partitions")
-        where = {w: {k: d.get(k) for k in said} for w, d in last.items()}
+        # events refused (a full held store: orphan_overflow) are never applied: say so
+        where = {
+            w: {k: d.get(k) for k in said} | {"rejected": d.get("stats", {}).get("rejected")}
+            for w, d in last.items()
+        }
         raise TimeoutError(
             f"the workers applied {rows[-1][2] if rows else 0} of {total} events; "
             f"their last reports: {orjson.dumps(where).decode()}"
