@@ -10,6 +10,7 @@
 //! - [`dedupe`]: the event ids a cluster has applied, as keyed 128-bit hashes;
 //! - [`reorder`]: records held until the watermark passes them, in event-time order;
 //! - [`route`]: reshares held until their parent post is routed;
+//! - [`slab`]: values in numbered slots, a freed slot reused first (held records, clusters);
 //! - [`posts`]: the post -> cluster map, and routing a reshare through it;
 //! - [`content`]: live clusters' signals, searched through the PDQ index;
 //! - [`wire`]: the records stages send each other and log, written as orjson writes them;
@@ -27,6 +28,7 @@ pub mod pdq;
 pub mod posts;
 pub mod reorder;
 pub mod route;
+pub mod slab;
 #[cfg(test)]
 mod testing;
 pub mod unbanked;

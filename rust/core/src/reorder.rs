@@ -23,6 +23,7 @@
 //! assert_eq!((buf.len(), buf.drain()), (1, vec!["C".to_owned()]));
 //! ```
 
+use crate::slab::Slab;
 use std::cmp::Ordering;
 
 /// A held record's place in the heap: 24 bytes, where the records themselves (with their
@@ -54,8 +55,7 @@ fn prefix_of(key: &[u8]) -> u64 {
 /// A min-heap of records by `(ts, key, arrival)`, released up to a watermark.
 pub struct ReorderBuffer<T> {
     heap: Vec<Place>,
-    slots: Vec<Option<Held<T>>>,
-    free: Vec<u32>,
+    slots: Slab<Held<T>>,
     seq: u64,
     released_ms: i64,
 }
@@ -71,17 +71,14 @@ impl<T> ReorderBuffer<T> {
     pub fn new() -> Self {
         Self {
             heap: Vec::new(),
-            slots: Vec::new(),
-            free: Vec::new(),
+            slots: Slab::new(),
             seq: 0,
             released_ms: -1,
         }
     }
 
     fn held(&self, slot: u32) -> &Held<T> {
-        self.slots[slot as usize]
-            .as_ref()
-            .expect("a placed record's slot")
+        self.slots.get(slot).expect("a placed record's slot")
     }
 
     /// `(ts, key, arrival)` of `a` against `b`.
@@ -135,16 +132,7 @@ impl<T> ReorderBuffer<T> {
             seq: self.seq,
             item,
         };
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot as usize] = Some(held);
-                slot
-            }
-            None => {
-                self.slots.push(Some(held));
-                (self.slots.len() - 1) as u32
-            }
-        };
+        let slot = self.slots.insert(held);
         self.heap.push(Place {
             ts,
             prefix: prefix_of(key),
@@ -161,10 +149,7 @@ impl<T> ReorderBuffer<T> {
             self.heap[0] = last;
             self.sift_down(0);
         }
-        let held = self.slots[top.slot as usize]
-            .take()
-            .expect("a placed record's slot");
-        self.free.push(top.slot);
+        let held = self.slots.remove(top.slot).expect("a placed record's slot");
         Some((top.ts, held.item))
     }
 
@@ -179,10 +164,8 @@ impl<T> ReorderBuffer<T> {
         if self.heap.is_empty() {
             // nothing held: the slots' room goes back (a flood released)
             self.slots.clear();
-            self.free.clear();
             if self.slots.capacity() > 1024 {
-                self.slots.shrink_to_fit();
-                self.free.shrink_to_fit();
+                self.slots.shrink();
                 self.heap.shrink_to_fit();
             }
         }
@@ -207,7 +190,7 @@ impl<T> ReorderBuffer<T> {
 
     /// The keys of the records held, in no particular order.
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
-        self.slots.iter().flatten().map(|held| &*held.key)
+        self.slots.iter().map(|held| &*held.key)
     }
 
     /// How many records are held.
@@ -223,14 +206,13 @@ impl<T> ReorderBuffer<T> {
     /// The held records themselves, in no particular order (a garbage
     /// collector visiting what the buffer references).
     pub fn items(&self) -> impl Iterator<Item = &T> {
-        self.slots.iter().flatten().map(|held| &held.item)
+        self.slots.iter().map(|held| &held.item)
     }
 
     /// Drop every record (a garbage collector breaking a cycle through them).
     pub fn clear(&mut self) {
         self.heap.clear();
         self.slots.clear();
-        self.free.clear();
     }
 }
 

@@ -43,6 +43,7 @@ use std::ops::Range;
 use crate::content::{parse_md5, BadSignal, ClusterId, IdSlots, Kind as SignalKind};
 use crate::dedupe::{id_digest, DigestHasher};
 use crate::pdq::{self, Hash};
+use crate::slab::Slab;
 
 /// A post index meaning "none" (an upload's parent, an empty list's end).
 const NONE: u32 = u32::MAX;
@@ -879,8 +880,7 @@ pub struct Store<H> {
     fewest: usize,
     horizon_ms: i64,
     idle_ms: i64,
-    slots: Vec<Option<Box<Cluster<H>>>>,
-    free: Vec<u32>,
+    slots: Slab<Box<Cluster<H>>>,
     /// cluster id -> slot
     by_id: IdSlots,
     head: u32,
@@ -902,8 +902,7 @@ impl<H> Store<H> {
             fewest,
             horizon_ms,
             idle_ms,
-            slots: Vec::new(),
-            free: Vec::new(),
+            slots: Slab::new(),
             by_id: IdSlots::default(),
             head: NONE,
             tail: NONE,
@@ -971,7 +970,7 @@ impl<H> Store<H> {
                 let Some(q) = pdq::parse_hex(text.as_bytes()) else {
                     return out;
                 };
-                for c in self.slots.iter().flatten() {
+                for c in self.slots.iter() {
                     let best = sig_iter(c.sigs())
                         .filter(|s| s[0] == SIG_PDQ)
                         .map(|s| pdq::distance(&q, &sig_hash(s)))
@@ -986,7 +985,7 @@ impl<H> Store<H> {
                     .map(|h| sig_key(SignalKind::Pdq, &pdq::format_hex(&h)).expect("a hash"));
                 let key = sig_key(SignalKind::Other, text).expect("not a PDQ's");
                 let found = |key: &[u8], out: &mut Vec<(String, u32)>| {
-                    for c in self.slots.iter().flatten() {
+                    for c in self.slots.iter() {
                         if sig_iter(c.sigs()).any(|s| s == key) {
                             out.push((c.id.to_string(), 0));
                         }
@@ -1025,7 +1024,7 @@ impl<H> Store<H> {
 
     /// Posts of the clusters held.
     pub fn posts(&self) -> usize {
-        self.slots.iter().flatten().map(|c| c.posts.len()).sum()
+        self.slots.iter().map(|c| c.posts.len()).sum()
     }
 
     /// Events applied to the clusters held.
@@ -1039,16 +1038,16 @@ impl<H> Store<H> {
 
     fn get(&self, cluster_id: &str) -> Option<&Cluster<H>> {
         let slot = self.slot_of(cluster_id)?;
-        self.slots[slot as usize].as_deref()
+        self.slots.get(slot).map(|c| &**c)
     }
 
     fn slot_of(&self, cluster_id: &str) -> Option<u32> {
-        self.by_id.find(cluster_id, id_in(&self.slots))
+        self.by_id.find(cluster_id, id_in(self.slots.slots()))
     }
 
     fn at(&mut self, slot: u32) -> &mut Cluster<H> {
-        self.slots[slot as usize]
-            .as_mut()
+        self.slots
+            .get_mut(slot)
             .expect("a linked slot holds a cluster")
     }
 
@@ -1086,7 +1085,7 @@ impl<H> Store<H> {
 
     /// The seq of the least recently touched cluster (`None`: none held).
     pub fn oldest_seq(&self) -> Option<u64> {
-        (self.head != NONE).then(|| self.slots[self.head as usize].as_ref().map_or(0, |c| c.seq))
+        (self.head != NONE).then(|| self.slots.get(self.head).map_or(0, |c| c.seq))
     }
 
     /// Evict, oldest first, the clusters touched before `barrier` whose last event is at
@@ -1132,22 +1131,16 @@ impl<H> Store<H> {
 
     fn remove_slot(&mut self, slot: u32) -> Cluster<H> {
         self.unlink(slot);
-        let c = self.slots[slot as usize]
-            .take()
+        let c = self
+            .slots
+            .remove(slot)
             .expect("a linked slot holds a cluster");
         self.by_id.remove(&c.id, slot);
-        self.free.push(slot);
         self.live_events -= c.ids.len();
         if self.by_id.len() * 4 < self.by_id.capacity() && self.by_id.capacity() > 1024 {
             // a flood gone: give its tables back (the slots are boxes: 8 bytes each)
-            self.by_id.shrink(id_in(&self.slots));
-            while self.slots.last().is_some_and(Option::is_none) {
-                self.slots.pop();
-            }
-            let n = self.slots.len() as u32;
-            self.free.retain(|&f| f < n);
-            self.free.shrink_to_fit();
-            self.slots.shrink_to_fit();
+            self.by_id.shrink(id_in(self.slots.slots()));
+            self.slots.shrink();
         }
         *c
     }
@@ -1169,18 +1162,9 @@ impl<H> Store<H> {
             }
             None => {
                 let c = Box::new(Cluster::new(cluster_id, ev.ts_ms));
-                let slot = match self.free.pop() {
-                    Some(slot) => {
-                        self.slots[slot as usize] = Some(c);
-                        slot
-                    }
-                    None => {
-                        self.slots.push(Some(c));
-                        (self.slots.len() - 1) as u32
-                    }
-                };
-                let id = &self.slots[slot as usize].as_ref().expect("just made").id;
-                self.by_id.insert(id, slot, id_in(&self.slots));
+                let slot = self.slots.insert(c);
+                let id = &self.slots.get(slot).expect("just made").id;
+                self.by_id.insert(id, slot, id_in(self.slots.slots()));
                 out.created += 1;
                 slot
             }
@@ -1374,11 +1358,7 @@ impl<H> Store<H> {
     /// Bytes held (an estimate from the capacities; the extension's allocator counts the
     /// real figure).
     pub fn nbytes(&self) -> usize {
-        self.slots
-            .iter()
-            .flatten()
-            .map(|c| c.bytes())
-            .sum::<usize>()
+        self.slots.iter().map(|c| c.bytes()).sum::<usize>()
             + self.slots.capacity() * 8
             + self.by_id.capacity() * 5
     }
