@@ -49,6 +49,13 @@ $(VENV)/.installed: pyproject.toml $(CORE_SOURCES) | $(BIN)/python
 
 core: $(VENV)/.installed
 
+# lint and typecheck read the sources (mypy reads streams/_core.pyi, not the build): they
+# need the dev tools, which the first install brings, not a fresh build of the core. A
+# dependency on .installed rebuilt the core (pip rewrites streams/_core*.so) whenever a file
+# under rust/ was newer, under a `make golden` or test run going on beside.
+$(BIN)/ruff $(BIN)/mypy: | $(BIN)/python
+	$(MAKE) --no-print-directory $(VENV)/.installed
+
 demo: $(VENV)/.installed
 	$(BIN)/viralwatch demo
 
@@ -65,7 +72,7 @@ programs:
 	        prometheus prometheus-alertmanager chromium >/dev/null; \
 	else echo "note: prometheus/alertmanager/chromium missing and not root: their tests will skip"; fi
 
-lint: $(VENV)/.installed
+lint: | $(BIN)/ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(CARGO) fmt --manifest-path $(CARGO_MANIFEST) --all --check
@@ -74,7 +81,7 @@ lint: $(VENV)/.installed
 cargo-test:
 	$(CARGO) test --manifest-path $(CARGO_MANIFEST) --workspace --quiet
 
-typecheck: $(VENV)/.installed
+typecheck: | $(BIN)/mypy
 	$(BIN)/mypy streams graphs
 
 unit: $(VENV)/.installed

@@ -146,3 +146,23 @@ def test_a_flood_of_posts_forgotten_gives_its_memory_back() -> None:
     assert core.nbytes <= held
     assert core.forget_many(ids) == len(ids) and len(core) == 0 and core.clusters == 0
     assert _core.allocated_bytes() - base < 64 * 1024
+
+
+def test_a_cycle_through_a_held_event_is_collected() -> None:
+    """The map tells the garbage collector which events it holds, so a held event that
+    refers back to the map (through whatever holds it) does not leak."""
+    import gc
+    import weakref
+
+    class Held:
+        pass
+
+    routes = _core.PostRoutes()
+    ev = Held()
+    ev.routes = routes  # type: ignore[attr-defined]
+    assert routes.route("parent", "p", True, 1, ev, 10) == (None, [], None)
+    assert routes.held == 1
+    gone = weakref.ref(ev)  # collected only with the cycle through the map
+    del routes, ev
+    gc.collect()
+    assert gone() is None

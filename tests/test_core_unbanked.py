@@ -312,3 +312,28 @@ def test_a_flood_of_clusters_is_evicted_and_its_memory_freed() -> None:
     det.advance(T0 + 50_000 + IDLE_MS)
     assert det.cluster_count == 0 and len(det.drain().evicted_posts) == 50_000
     assert allocated_bytes() - before < 4_000_000  # the tables' slots, no cluster
+
+
+def test_a_cycle_through_a_pending_event_is_collected() -> None:
+    """The store tells the garbage collector which events wait in it, so a pending event
+    that refers back to the store does not leak."""
+    import gc
+    import types
+    import weakref
+
+    from streams import _core
+
+    class Share:  # a share whose parent post is not seen yet: it waits
+        event_id, type, ts_ms, post_id, user_id = "e1", "share", 10, "p2", "u"
+        parent_post_id, content = "p1", None
+
+    store = _core.UnbankedClusters([(1, 300_000, 3)], 600_000, 3_600_000)
+    ev = Share()
+    ev.store = store  # type: ignore[attr-defined]
+    item = types.SimpleNamespace(cluster_id="u-1", event=ev)
+    assert store.apply_many([item], 0, 1 << 60, 0, {})[0] == 1
+    assert [e for _, e in store.pending("u-1")] == [ev]
+    gone = weakref.ref(ev)  # collected only with the cycle through the store
+    del store, ev, item
+    gc.collect()
+    assert gone() is None

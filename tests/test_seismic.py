@@ -186,6 +186,27 @@ def test_chi2_quantile_known_values() -> None:
         chi2_quantile(1.5, 3)
 
 
+def test_the_chi2_table_holds_the_computed_quantiles_bit_for_bit() -> None:
+    """A forecast's interval reads the table: each entry is what the computation gives (a
+    float's bits, not approximately), for an int, float or NumPy count alike."""
+    import numpy as np
+
+    from graphs import _chi2_table
+    from graphs.seismic import _gamma_quantile
+
+    compute = _gamma_quantile.__wrapped__
+    assert len(_chi2_table.LOW) == len(_chi2_table.HIGH) == _chi2_table.MAX_SHAPE
+    for k in range(1, _chi2_table.MAX_SHAPE + 1):
+        for q in (0.05, 0.95):
+            want = 2.0 * compute(q, float(k))
+            for df in (2 * k, float(2 * k), np.int64(2 * k)):
+                assert chi2_quantile(q, df) == want, (q, k)
+    # past the table, an odd df, another q: computed as before
+    assert chi2_quantile(0.95, 402) == 2.0 * compute(0.95, 201.0)
+    assert chi2_quantile(0.05, 3) == 2.0 * compute(0.05, 1.5)
+    assert chi2_quantile(0.5, 4) == 2.0 * compute(0.5, 2.0)
+
+
 def test_window_widens_to_the_last_posts_when_it_holds_too_few() -> None:
     # 3 reshares, long before now: the 300-s window is empty, so R's rule takes
     # the last min_count + 1 posts (all 4) and spans from the original to now

@@ -86,6 +86,19 @@ impl<T> Orphans<T> {
         self.held == 0
     }
 
+    /// The items held, in no particular order (a garbage collector visiting what they
+    /// reference).
+    pub fn items(&self) -> impl Iterator<Item = &T> {
+        self.waiting
+            .values()
+            .flat_map(|w| w.entries.iter().map(|e| &e.item))
+    }
+
+    /// Drop every item held (a garbage collector breaking a cycle through them).
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+
     /// Hold `item` (a reshare of `post` if `share`, else a takedown) until
     /// `target` is routed; refused if it would loop or if `max_held` wait.
     pub fn hold(
@@ -217,6 +230,26 @@ mod tests {
         assert_eq!(o.len(), 4);
         assert_eq!(o.release(b"p"), [0, 1, 2, 9]);
         assert!(o.is_empty() && o.release(b"p").is_empty());
+    }
+
+    #[test]
+    fn items_are_every_one_held_and_clear_drops_them() {
+        let mut o = Orphans::new();
+        for (i, (target, post)) in [("p", "a"), ("p", "b"), ("q", "c"), ("a", "d")]
+            .iter()
+            .enumerate()
+        {
+            o.hold(target.as_bytes(), post.as_bytes(), true, i as i64, i, 10)
+                .unwrap();
+        }
+        let mut items: Vec<usize> = o.items().copied().collect();
+        items.sort_unstable();
+        assert_eq!(items, [0, 1, 2, 3]);
+        o.clear();
+        assert!(o.is_empty() && o.items().next().is_none());
+        assert!(o.release(b"p").is_empty());
+        // the loop guard forgot its held posts: d's post may wait on a again
+        assert!(o.hold(b"d", b"a", true, 9, 9, 10).is_ok());
     }
 
     #[test]

@@ -1355,6 +1355,23 @@ impl<H> Store<H> {
         })
     }
 
+    /// Every pending event's handle, in no particular order (a garbage collector visiting
+    /// what the store references).
+    pub fn handles(&self) -> impl Iterator<Item = &H> {
+        self.slots
+            .iter()
+            .flat_map(|c| c.pending().iter().map(|p| &p.handle))
+    }
+
+    /// Drop every cluster (a garbage collector breaking a cycle through the handles); the
+    /// rules and limits stay.
+    pub fn clear(&mut self) {
+        self.slots = Slab::new();
+        self.by_id = IdSlots::default();
+        (self.head, self.tail) = (NONE, NONE);
+        self.live_events = 0;
+    }
+
     /// Bytes held (an estimate from the capacities; the extension's allocator counts the
     /// real figure).
     pub fn nbytes(&self) -> usize {
@@ -1540,6 +1557,36 @@ mod tests {
         );
         assert!(s.pending("u-1").is_empty());
         assert_eq!(out.late, 1); // the upload: older than the last event seen
+    }
+
+    #[test]
+    fn handles_are_the_pending_events_and_clear_empties_the_store() {
+        let mut s = store();
+        let mut out = Outcome::default();
+        s.apply(
+            "u-1",
+            &ev("e2", Kind::Share, 10, "p2", Some("p1")),
+            2,
+            &mut out,
+        );
+        s.apply(
+            "u-2",
+            &ev("e3", Kind::Share, 11, "p4", Some("p3")),
+            3,
+            &mut out,
+        );
+        s.apply("u-2", &ev("e5", Kind::Upload, 9, "p5", None), 5, &mut out);
+        let mut handles: Vec<u32> = s.handles().copied().collect();
+        handles.sort_unstable();
+        assert_eq!(handles, [2, 3]);
+        s.clear();
+        assert!(s.is_empty() && s.handles().next().is_none());
+        assert_eq!((s.posts(), s.live_events(), s.oldest_seq()), (0, 0, None));
+        // a store cleared works as a new one
+        s.apply("u-2", &ev("e3", Kind::Upload, 12, "p3", None), 6, &mut out);
+        assert_eq!((s.len(), s.size("u-2")), (1, Some(1)));
+        assert!(!s.evict(i64::MAX, u64::MAX, 0, &mut out));
+        assert!(s.is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use pyo3::{PyTraverseError, PyVisit};
 
 use viralwatch_core::content::Kind;
 use viralwatch_core::emerging;
@@ -55,6 +56,12 @@ impl PyIdleClusters {
             },
             threshold,
         })
+    }
+
+    /// The content index it shares, for the garbage collector (the index holds no Python
+    /// object: nothing to clear).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.signals)
     }
 
     fn __len__(&self) -> usize {

@@ -7,6 +7,7 @@
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::dedupe::with_id;
 use crate::ev::Ev;
@@ -70,6 +71,19 @@ impl PyPostRoutes {
         Self {
             inner: Resolver::new(posts),
         }
+    }
+
+    /// The held events for the garbage collector (a Python record among them may reference
+    /// what references this map: a loop holding it).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for ev in self.inner.orphans.items() {
+            ev.traverse(&visit)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.inner.orphans.clear();
     }
 
     /// Posts mapped.

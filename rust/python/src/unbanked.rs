@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
-use pyo3::{intern, IntoPyObjectExt};
+use pyo3::{intern, IntoPyObjectExt, PyTraverseError, PyVisit};
 
 use viralwatch_core::content::Kind as SignalKind;
 use viralwatch_core::dedupe::EventIdSet;
@@ -162,6 +162,19 @@ impl UnbankedClusters {
             Store::new(rules, horizon_ms, idle_ms)
         };
         Self { store }
+    }
+
+    /// Its pending events for the garbage collector (a Python record among them may
+    /// reference what references the store: the clusters loop holding it).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for ev in self.store.handles() {
+            ev.traverse(&visit)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.store.clear();
     }
 
     /// Whether its clusters keep their content's signals.

@@ -11,6 +11,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple, PyType};
+use pyo3::{PyTraverseError, PyVisit};
 
 use viralwatch_core::wire::{write_held, ContentView, EventView, Item, Parts};
 
@@ -309,6 +310,15 @@ impl WireWriter {
 
 #[pymethods]
 impl WireWriter {
+    /// The classes and the fallback writer, for the garbage collector (frozen: nothing is
+    /// cleared; a class does not reference its writer).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for cls in &self.classes {
+            visit.call(cls)?;
+        }
+        visit.call(&self.fallback)
+    }
+
     /// ``WireWriter(routed, to_route, registration, forget, unbanked, touch, share_event,
     /// content, fallback)``: the classes in [`CLASSES`]' order, then the fallback writer.
     #[new]

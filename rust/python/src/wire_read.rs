@@ -14,6 +14,7 @@ use std::sync::Arc;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
+use pyo3::{PyTraverseError, PyVisit};
 
 use viralwatch_core::wire_read::{self, Read};
 
@@ -290,6 +291,26 @@ pub(crate) fn by_partition<'py, T: IntoPyObject<'py> + Copy>(
 
 #[pymethods]
 impl WireReader {
+    /// The classes and functions it calls, for the garbage collector (frozen: nothing is
+    /// cleared).
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for obj in [
+            &self.to_route,
+            &self.routed,
+            &self.registration,
+            &self.forget,
+            &self.unbanked,
+            &self.touch,
+            &self.share_event,
+            &self.content,
+            &self.rejection,
+        ] {
+            visit.call(obj)?;
+        }
+        visit.call(&self.parse_ts)?;
+        visit.call(&self.fallback)
+    }
+
     /// ``WireReader(to_route, routed, registration, forget, unbanked, touch, share_event,
     /// content, rejection, parse_ts, fallback)``.
     #[new]
