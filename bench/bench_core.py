@@ -302,10 +302,9 @@ def cascade_memory(nodes: int, seed: int) -> dict[str, Any]:
     }
 
 
-def unbanked_lines(posts: int, seed: int) -> list[bytes]:
+def unbanked_lines(posts: int, seed: int, minutes: int = 30) -> list[bytes]:
     """The simulator's background cascades alone (content no bank holds), about ``posts``
-    posts in 30 minutes, none late, duplicated or malformed: the memory measures' stream."""
-    minutes = 30
+    posts in ``minutes``, none late, duplicated or malformed: the memory measures' stream."""
     return simulate(
         Scenario(
             seed=seed,
