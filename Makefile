@@ -82,7 +82,7 @@ cargo-test:
 	$(CARGO) test --manifest-path $(CARGO_MANIFEST) --workspace --quiet
 
 typecheck: | $(BIN)/mypy
-	$(BIN)/mypy streams graphs bench
+	$(BIN)/mypy streams graphs
 
 unit: $(VENV)/.installed
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)

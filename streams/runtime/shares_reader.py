@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from streams.runtime.checkpoint import Checkpoint
@@ -30,6 +30,7 @@ from streams.runtime.faust_adapter import (
 )
 from streams.runtime.topology import Topology
 from streams.settings import Settings
+from streams.watermarks import NO_TIME
 
 log = logging.getLogger("viralwatch.worker")
 
@@ -37,6 +38,12 @@ log = logging.getLogger("viralwatch.worker")
 COMMIT_EVERY_S = 1.0
 #: How far (event time) a shares partition may be read ahead of the slowest one with a backlog.
 READ_SKEW_MS = 5_000
+#: How far (event time) a shares partition may be read ahead of what the resolve partitions
+#: here have heard of the slowest input (see :func:`held_back`).
+HEARD_AHEAD_MS = 5_000
+#: How full a resolve partition's held store may get before only the slowest shares
+#: partition is read (see :func:`held_back`).
+HELD_SLOW_FILL = 0.5
 
 
 class SharesReader:
@@ -63,6 +70,8 @@ class SharesReader:
         self.first_read_at: float | None = None
         #: partitions with records not read yet (see :meth:`touch_backlogged`)
         self.backlogged: list[int] = []
+        #: partitions paused by :meth:`pace` (the stats record shows them)
+        self.paused: list[int] = []
 
     def make_consumer(self) -> Any:
         from aiokafka import AIOKafkaConsumer
@@ -187,7 +196,15 @@ class SharesReader:
         if consumer is None:
             return
         with contextlib.suppress(Exception):  # pausing is an optimisation: never stop reading
-            ahead = self.topology.ingest.clock.ahead(self.backlogged, READ_SKEW_MS)
+            clock = self.topology.ingest.clock
+            ahead = clock.ahead(self.backlogged, READ_SKEW_MS)
+            ahead |= held_back(
+                {p: clock.newest(p) for p in clock.assigned},
+                self.backlogged,
+                self.topology.heard(),
+                self.topology.held_fill(),
+            )
+            self.paused = sorted(ahead)
             owned = {tp.partition: tp for tp in consumer.assignment()}
             paused = {tp.partition for tp in consumer.paused()}
             pause = [owned[p] for p in ahead - paused if p in owned]
@@ -225,6 +242,61 @@ class SharesReader:
             ts = parse_stream_time(metadata)
             if ts is not None:
                 clock.resume(tp.partition, ts)
+
+
+def held_back(
+    newest: Mapping[int, int], backlogged: Iterable[int], heard: int | None, held_fill: float
+) -> set[int]:
+    """The partitions with records unread (``backlogged``) that must wait, so that reading
+    a backlog never outruns what the stages after it can hold: backpressure, not loss.
+
+    Reading a backlog, the reader can take 65,000 records a second, tens of minutes of
+    event time, while the resolve partitions have heard of a fraction (for
+    :data:`~streams.runtime.worker.HAND_OVER_GRACE_S` after an assignment everything goes
+    through the ``resolve`` topic, and the registrations a held reshare waits for queue
+    behind the data there). The reshares waiting for their parents then filled each
+    resolve partition's held store in the first second and were refused
+    (``orphan_overflow``), their own reshares became orphans for good, and those held the
+    progress back one round at a time: 37,755 of 299,058 events refused, the clusters
+    watermark crawling at 3 s of event time a second (a 300,000-event backlog with
+    ``VIRALWATCH_MAX_HELD=20000``). Two rules, with ``newest`` each owned partition's
+    newest event time read:
+
+    - *heard*: a partition read more than :data:`HEARD_AHEAD_MS` past ``heard``, the
+      slowest busy input as every resolve partition here has heard it
+      (:meth:`Topology.heard`: the other workers' inputs too, so workers align with each
+      other), waits until they hear more; while they have not heard of every input
+      (:data:`NO_TIME`, the first second), a partition read at all waits. It never
+      deadlocks: what was read reaches the resolve partitions without more reading.
+    - *held*: when a held store here is :data:`HELD_SLOW_FILL` full, only the slowest
+      partition (a partition not read yet the slowest of all) is read: it is what the
+      watermark that frees held events waits for, so it is never paused by this rule.
+
+    >>> newest = {0: 10_000, 1: 14_000, 2: 30_000, 3: NO_TIME}
+    >>> sorted(held_back(newest, [0, 1, 2], heard=9_000, held_fill=0.1))
+    [2]
+    >>> sorted(held_back(newest, [0, 1, 2, 3], heard=NO_TIME, held_fill=0.1))  # not heard yet
+    [0, 1, 2]
+    >>> sorted(held_back(newest, [0, 1, 2], heard=None, held_fill=0.1))  # nothing to bound by
+    []
+    >>> sorted(held_back(newest, [0, 1, 2], heard=30_000, held_fill=0.6))  # held filling
+    [1, 2]
+    >>> sorted(held_back(newest, [1, 2], heard=30_000, held_fill=0.6))  # 0 is read to its end
+    [2]
+    """
+    busy = [p for p in backlogged if p in newest]
+    if not busy:
+        return set()
+    out: set[int] = set()
+    if heard is not None:
+        if heard == NO_TIME:
+            out |= {p for p in busy if newest[p] != NO_TIME}
+        else:
+            out |= {p for p in busy if newest[p] > heard + HEARD_AHEAD_MS}
+    if held_fill >= HELD_SLOW_FILL:
+        slowest = min(busy, key=lambda p: (newest[p], p))
+        out |= {p for p in busy if p != slowest}
+    return out
 
 
 #: The offset commit's metadata: the partition's newest event time, ``"t=<ms>"``.

@@ -299,6 +299,38 @@ class Topology:
             log.info("clusters partition %d restored: %d events", partition, state.pending)
         return state
 
+    def heard(self) -> int | None:
+        """The newest event time that every resolve partition here has heard of every busy
+        ``shares`` partition (the lowest of their marks, idle ones aside): how far what was
+        read has got downstream, this worker's and the others' reading alike.
+        :data:`NO_TIME` while one has not heard of every input yet; ``None`` when no resolve
+        partition is held here, or every input is idle (nothing to bound by)."""
+        if any(r not in self.resolvers for r in self.hand_over.resolve.held):
+            return NO_TIME  # assigned, nothing read yet (restored when its first batch comes)
+        lows = []
+        for st in self.resolvers.values():
+            marks = st.watermark.marks()
+            if len(marks) < st.watermark.sources:
+                return NO_TIME
+            busy = [t for t, idle in marks.values() if not idle]
+            if busy:
+                lows.append(min(busy))
+        owner = self.resolvers.get(INDEX_PARTITION)
+        if owner is not None and lows:
+            # the index's owner clusters an unbanked upload once every partition's input
+            # watermark has passed it (their reshares wait for that): what it has heard of
+            # its peers' is the nearest bound on what waits in its held store
+            parts = range(self.settings.partitions)
+            heard = [owner.inputs.get(r, NO_TIME) for r in parts if r != INDEX_PARTITION]
+            read = min([owner.watermark.value, *heard])
+            lows.append(NO_TIME if read == NO_TIME else read + self.settings.lateness_ms)
+        return min(lows) if lows else None
+
+    def held_fill(self) -> float:
+        """How full the fullest held store of the resolve partitions here is (0..1)."""
+        bound = max(1, self.settings.max_held)
+        return max((st.held / bound for st in self.resolvers.values()), default=0.0)
+
     def to_clusters(self, envelopes: Mapping[int, Envelope]) -> None:
         """Resolve's envelopes on to the clusters partitions (held ones in-process)."""
         for k, received in self.hand_over.route(self.hand_over.clusters, envelopes).items():

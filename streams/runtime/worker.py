@@ -766,6 +766,10 @@ class Worker:
                 "clusters": sorted(self.detectors),
             },
             "backlogged": self.shares.backlogged,
+            # the shares partitions the reader holds back (shares_reader.held_back), and why
+            "paused": self.shares.paused,
+            "heard": self.topology.heard(),
+            "held_fill": round(self.topology.held_fill(), 3),
             # the bundled broker's workarounds, in use or not (never on Apache Kafka)
             "workarounds": {
                 "end_offset_probes": self.app.end_offset_probes,
