@@ -82,7 +82,7 @@ cargo-test:
 	$(CARGO) test --manifest-path $(CARGO_MANIFEST) --workspace --quiet
 
 typecheck: | $(BIN)/mypy
-	$(BIN)/mypy streams graphs
+	$(BIN)/mypy streams graphs bench
 
 unit: $(VENV)/.installed
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)

@@ -124,12 +124,14 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
-    videos = (
+    videos: dict[str, Any] = (
         dict(video_banked=1, video_fraction=args.videos, extra_video_entries=1000)
         if args.videos
         else {}
     )
-    mix = dict(background_per_minute=PLATFORM_BACKGROUND) if args.mix == "platform" else {}
+    mix: dict[str, Any] = (
+        dict(background_per_minute=PLATFORM_BACKGROUND) if args.mix == "platform" else {}
+    )
     sim = simulate(Scenario(seed=args.seed, scale=args.scale, **videos, **mix))
     lines = sim.lines
     alerts: list[int] = []

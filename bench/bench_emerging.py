@@ -128,25 +128,6 @@ def measure(n: int, repeats: int) -> dict[str, float]:
     }
 
 
-def post_bytes(n: int = 100_000) -> float:
-    """What a post of an unbanked cluster costs in its :class:`graphs.cascade.PostSet` (which
-    keeps parent, user and time, so the forest can be drawn if the content is banked)."""
-    from graphs.cascade import PostSet
-
-    users = [f"user{i}" for i in range(n)]  # the events' strings exist anyway
-    posts = [f"p{i}" for i in range(n)]
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    s = PostSet()
-    s.add_root(posts[0], user=users[0], ts_ms=0)
-    for i in range(1, n):
-        s.add_reshare(posts[i], parent=posts[i // 2], user=users[i], ts_ms=i)
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    return (after - before) / n
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10000,100000")
@@ -160,7 +141,6 @@ def main() -> None:
             f"  {r['index_arrays_bytes_per_upload']:>14,.0f}  {r['assign_us_median']:>9,.1f}"
             f"  {r['scan_us_median']:>7,.1f}  {r['scan_us_median'] / r['assign_us_median']:>5.1f}x"
         )
-    print(f"an unbanked cluster's post (PostSet): {post_bytes():,.0f} bytes")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from graphs.prediction import IncrementalPredictor  # noqa: E402
+from graphs.prediction import IncrementalPredictor, Model  # noqa: E402
 from graphs.seismic import predict_at  # noqa: E402
 
 TWEET = ROOT.parent / "shared" / "data" / "cascades" / "seismic-tweet.csv"
@@ -69,7 +69,12 @@ def measure(
     buckets = 0
     for _ in range(repeats):
         # each learned model in a run of its own: the same adds, a forecast at each time
-        for model, spent_in in (("best", best_us), ("rich", rich_us), ("amplified", amp_us)):
+        learned: tuple[tuple[Model, list[float]], ...] = (
+            ("best", best_us),
+            ("rich", rich_us),
+            ("amplified", amp_us),
+        )
+        for model, spent_in in learned:
             pred = IncrementalPredictor()
             i, spent_each = 0, []
             for t in schedule:

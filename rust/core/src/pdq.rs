@@ -144,6 +144,41 @@ pub fn distance(a: &Hash, b: &Hash) -> u32 {
         + (a[3] ^ b[3]).count_ones()
 }
 
+/// A method, `$name`, that runs `$body` (an `#[inline(always)]` method of the same
+/// arguments) compiled with the `popcnt` instruction where the CPU has it, through a twin
+/// method `$twin` compiled so: the x86-64 baseline lacks the instruction, and a bit count in
+/// plain instructions costs about 4x more (most of a scan). Used in an `impl` block: the PDQ
+/// index's search, the unbanked store's page scan ([`crate::unbanked`]).
+///
+/// A macro, not a function given a closure: what is compiled with the instruction is what is
+/// inlined into the twin, and a closure is inlined only where the compiler chooses (given
+/// the index's search, 4 of its 5 copies kept the plain bit count).
+macro_rules! popcnt_twin {
+    (
+        $twin:ident calls $body:ident:
+        $(#[$attr:meta])*
+        $vis:vis fn $name:ident $(<$($gen:ident),+>)? (&self $(, $arg:ident: $ty:ty)* $(,)?)
+        $(where $($bound:tt)+)?
+    ) => {
+        $(#[$attr])*
+        $vis fn $name $(<$($gen),+>)? (&self $(, $arg: $ty)*) $(where $($bound)+)? {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("popcnt") {
+                // SAFETY: the CPU has the instruction the twin is compiled to use.
+                return unsafe { self.$twin($($arg),*) };
+            }
+            self.$body($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "popcnt")]
+        unsafe fn $twin $(<$($gen),+>)? (&self $(, $arg: $ty)*) $(where $($bound)+)? {
+            self.$body($($arg),*)
+        }
+    };
+}
+pub(crate) use popcnt_twin;
+
 /// How the 256 bits are cut: `bits` per chunk (8 or 16).
 #[derive(Debug, Clone, Copy)]
 struct Layout {
@@ -524,32 +559,15 @@ impl<T: Copy> PdqIndex<T> {
         self.tail_min.max(5 * root)
     }
 
-    /// Every live hash within `threshold` of each query: `found(query, distance, hash,
-    /// tag)` for each, per query nearest first, ties in hex order (the queries in order).
-    ///
-    /// A threshold over 256 is read as 256 (every hash).
-    pub fn search_with<F>(&self, queries: &[Hash], threshold: u32, found: F)
-    where
-        F: FnMut(usize, u32, &Hash, T),
-    {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("popcnt") {
-            // SAFETY: the CPU has the instruction the function is compiled to use.
-            return unsafe { self.search_popcnt(queries, threshold, found) };
-        }
-        self.search_any(queries, threshold, found);
-    }
-
-    /// [`PdqIndex::search_with`] compiled with the `popcnt` instruction (the x86-64
-    /// baseline lacks it, and a bit count in plain instructions costs about 4x more).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "popcnt")]
-    unsafe fn search_popcnt<F>(&self, queries: &[Hash], threshold: u32, found: F)
-    where
-        F: FnMut(usize, u32, &Hash, T),
-    {
-        self.search_any(queries, threshold, found);
-    }
+    popcnt_twin!(search_popcnt calls search_any:
+        /// Every live hash within `threshold` of each query: `found(query, distance, hash,
+        /// tag)` for each, per query nearest first, ties in hex order (the queries in order).
+        ///
+        /// A threshold over 256 is read as 256 (every hash).
+        pub fn search_with<F>(&self, queries: &[Hash], threshold: u32, found: F)
+        where
+            F: FnMut(usize, u32, &Hash, T)
+    );
 
     #[inline(always)]
     fn search_any<F>(&self, queries: &[Hash], threshold: u32, mut found: F)

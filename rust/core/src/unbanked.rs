@@ -788,38 +788,19 @@ struct Page {
 }
 
 impl Page {
-    /// The slots from `first` whose first PDQ hash is within `threshold` of `q`, with the
-    /// distance, into `found`; those with signals in their own text into `more` (the caller
-    /// reads them). The `popcnt` instruction where the CPU has it (the x86-64 baseline
-    /// lacks it: a bit count in plain instructions took most of the scan).
-    fn scan(
-        &self,
-        q: &Hash,
-        threshold: u32,
-        first: u32,
-        found: &mut Vec<(u32, u32)>,
-        more: &mut Vec<u32>,
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("popcnt") {
-            // SAFETY: the CPU has the instruction the function is compiled to use.
-            return unsafe { self.scan_popcnt(q, threshold, first, found, more) };
-        }
-        self.scan_any(q, threshold, first, found, more);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "popcnt")]
-    unsafe fn scan_popcnt(
-        &self,
-        q: &Hash,
-        threshold: u32,
-        first: u32,
-        found: &mut Vec<(u32, u32)>,
-        more: &mut Vec<u32>,
-    ) {
-        self.scan_any(q, threshold, first, found, more);
-    }
+    pdq::popcnt_twin!(scan_popcnt calls scan_any:
+        /// The slots from `first` whose first PDQ hash is within `threshold` of `q`, with
+        /// the distance, into `found`; those with signals in their own text into `more`
+        /// (the caller reads them). With `popcnt` where the CPU has it.
+        fn scan(
+            &self,
+            q: &Hash,
+            threshold: u32,
+            first: u32,
+            found: &mut Vec<(u32, u32)>,
+            more: &mut Vec<u32>,
+        )
+    );
 
     #[inline(always)]
     fn scan_any(
