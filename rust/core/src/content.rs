@@ -274,40 +274,117 @@ impl ClusterId {
     }
 }
 
+/// The one key of [`IdSlots`]' hash, drawn at random once per process: SipHash (std's
+/// `RandomState`), because cluster ids can be chosen (an unbanked cluster's id is an
+/// unkeyed BLAKE2b of an upload's hash: it can be ground), so no id may be made to collide.
+/// One key for every table, so that an id's hash is computed once where an event is
+/// routed ([`Cid`]) and serves each table it is looked up in.
+fn id_hasher() -> &'static std::collections::hash_map::RandomState {
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    KEY.get_or_init(std::collections::hash_map::RandomState::new)
+}
+
+/// The keyed hash of a cluster id (see [`id_hasher`]).
+fn keyed(id: &ClusterId) -> u64 {
+    use std::hash::BuildHasher;
+    match id {
+        ClusterId::Hex(letter, x) => id_hasher().hash_one((0_u8, *letter, *x)),
+        ClusterId::Text(t) => id_hasher().hash_one((1_u8, &***t)),
+    }
+}
+
+/// A cluster id read once, where an event is routed: its compact form and its keyed hash,
+/// carried with the event through the post map, the idle order, the unbanked store and the
+/// content index, so that none of them reads the id's text or hashes it again (a platform
+/// replay looked each event's cluster up by its text four or five times: a quarter of the
+/// core's SipHashes, and the text read digit by digit each time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cid {
+    id: ClusterId,
+    hash: u64,
+}
+
+impl Cid {
+    /// `id`'s text read (once).
+    pub fn of(id: &str) -> Self {
+        Self::from_id(ClusterId::of(id))
+    }
+
+    pub fn from_id(id: ClusterId) -> Self {
+        let hash = keyed(&id);
+        Self { id, hash }
+    }
+
+    pub fn id(&self) -> &ClusterId {
+        &self.id
+    }
+
+    /// Whether the id starts with `letter` and a dash.
+    pub fn kind_is(&self, letter: u8) -> bool {
+        self.id.kind_is(letter)
+    }
+
+    /// `f` of the id's text, written on the stack for the compact form (no allocation).
+    pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        self.id.with_str(f)
+    }
+}
+
+impl std::fmt::Display for Cid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.id.fmt(f)
+    }
+}
+
+/// A cluster id as the tables take it: a [`Cid`] carried from where its event was routed,
+/// or a text (a call from Python, a test) read here.
+pub trait AsCid {
+    fn as_cid(&self) -> std::borrow::Cow<'_, Cid>;
+}
+
+impl AsCid for Cid {
+    fn as_cid(&self) -> std::borrow::Cow<'_, Cid> {
+        std::borrow::Cow::Borrowed(self)
+    }
+}
+
+impl AsCid for str {
+    fn as_cid(&self) -> std::borrow::Cow<'_, Cid> {
+        std::borrow::Cow::Owned(Cid::of(self))
+    }
+}
+
+impl AsCid for String {
+    fn as_cid(&self) -> std::borrow::Cow<'_, Cid> {
+        self.as_str().as_cid()
+    }
+}
+
+impl AsCid for Arc<str> {
+    fn as_cid(&self) -> std::borrow::Cow<'_, Cid> {
+        (**self).as_cid()
+    }
+}
+
+impl<T: AsCid + ?Sized> AsCid for &T {
+    fn as_cid(&self) -> std::borrow::Cow<'_, Cid> {
+        (**self).as_cid()
+    }
+}
+
 /// Cluster id -> slot, for a store that keeps each cluster's [`ClusterId`] in its slot: a
-/// table of the 4-byte slots, found by a keyed hash of the id (SipHash, keyed at random per
-/// process: no id can be chosen to collide) and told apart by the id the slot holds. A
-/// table of (id or its hash, slot) pairs took 17 to 25 bytes a bucket, 5 here: at a
-/// million live posts (about 330,000 clusters, just past a doubling) that was 9 to 13 B a
+/// table of the 4-byte slots, found by the id's keyed hash ([`id_hasher`]: SipHash keyed at
+/// random per process, no id can be chosen to collide) and told apart by the id the slot
+/// holds. A table of (id or its hash, slot) pairs took 17 to 25 bytes a bucket, 5 here: at
+/// a million live posts (about 330,000 clusters, just past a doubling) that was 9 to 13 B a
 /// post in each of the content index, the post map and the unbanked clusters.
 #[derive(Debug, Default)]
 pub struct IdSlots {
     table: hashbrown::HashTable<u32>,
-    hasher: std::collections::hash_map::RandomState,
 }
 
 impl IdSlots {
-    fn keyed(hasher: &std::collections::hash_map::RandomState, id: &ClusterId) -> u64 {
-        use std::hash::BuildHasher;
-        match id {
-            ClusterId::Hex(letter, x) => hasher.hash_one((0_u8, *letter, *x)),
-            ClusterId::Text(t) => hasher.hash_one((1_u8, &***t)),
-        }
-    }
-
-    fn hash_of(&self, id: &ClusterId) -> u64 {
-        Self::keyed(&self.hasher, id)
-    }
-
-    /// The keyed hash of `id`, whose compact form is `compact`.
-    fn hash_str(&self, id: &str, compact: Option<(u8, u64)>) -> u64 {
-        use std::hash::BuildHasher;
-        match compact {
-            Some((letter, x)) => self.hasher.hash_one((0_u8, letter, x)),
-            None => self.hasher.hash_one((1_u8, id)),
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.table.len()
     }
@@ -320,28 +397,21 @@ impl IdSlots {
         self.table.capacity()
     }
 
-    /// The slot of `id`; `id_of` gives the id a live slot holds.
-    pub fn find<'a>(&self, id: &str, id_of: impl Fn(u32) -> &'a ClusterId) -> Option<u32> {
-        // the id read once, not again for each slot compared
-        let compact = ClusterId::hex(id);
-        self.table
-            .find(self.hash_str(id, compact), |&s| {
-                id_of(s).is_read(id, compact)
-            })
-            .copied()
+    /// The slot of `id`; `id_of` gives the id a live slot holds. No hash computed here: the
+    /// id's was, once ([`Cid`]).
+    pub fn find<'a>(&self, id: &Cid, id_of: impl Fn(u32) -> &'a ClusterId) -> Option<u32> {
+        self.table.find(id.hash, |&s| *id_of(s) == id.id).copied()
     }
 
     /// Add `slot`, which holds `id` (not here yet).
-    pub fn insert<'a>(&mut self, id: &ClusterId, slot: u32, id_of: impl Fn(u32) -> &'a ClusterId) {
-        let hash = self.hash_of(id);
-        let me = &self.hasher;
+    pub fn insert<'a>(&mut self, id: &Cid, slot: u32, id_of: impl Fn(u32) -> &'a ClusterId) {
         self.table
-            .insert_unique(hash, slot, |&s| Self::keyed(me, id_of(s)));
+            .insert_unique(id.hash, slot, |&s| keyed(id_of(s)));
     }
 
     /// Take `slot` (which holds `id`) out.
     pub fn remove(&mut self, id: &ClusterId, slot: u32) -> bool {
-        match self.table.find_entry(self.hash_of(id), |&s| s == slot) {
+        match self.table.find_entry(keyed(id), |&s| s == slot) {
             Ok(entry) => {
                 entry.remove();
                 true
@@ -353,8 +423,7 @@ impl IdSlots {
     /// Give room back down to `2 * len` buckets' worth.
     pub fn shrink<'a>(&mut self, id_of: impl Fn(u32) -> &'a ClusterId) {
         let n = 2 * self.table.len();
-        let me = &self.hasher;
-        self.table.shrink_to(n, |&s| Self::keyed(me, id_of(s)));
+        self.table.shrink_to(n, |&s| keyed(id_of(s)));
     }
 }
 
@@ -629,27 +698,27 @@ impl ContentIndex {
     }
 
     /// The slot `cluster` is kept in (in any view).
-    fn any_slot(&self, cluster: &str) -> Option<u32> {
-        self.ids.find(cluster, id_in(&self.clusters))
+    fn any_slot(&self, cluster: &(impl AsCid + ?Sized)) -> Option<u32> {
+        self.ids.find(&cluster.as_cid(), id_in(&self.clusters))
     }
 
     /// The slot `cluster` is kept in while it lives in the owner's view (a later cluster
     /// may take it).
-    pub fn slot(&self, cluster: &str) -> Option<u32> {
+    pub fn slot(&self, cluster: &(impl AsCid + ?Sized)) -> Option<u32> {
         self.slot_in(cluster, OWNER)
     }
 
     /// The slot `cluster` is kept in while it lives in view `v`.
-    pub fn slot_in(&self, cluster: &str, v: View) -> Option<u32> {
+    pub fn slot_in(&self, cluster: &(impl AsCid + ?Sized), v: View) -> Option<u32> {
         self.any_slot(cluster)
             .filter(|&c| self.cluster(c).in_view(v))
     }
 
-    pub fn contains(&self, cluster: &str) -> bool {
+    pub fn contains(&self, cluster: &(impl AsCid + ?Sized)) -> bool {
         self.slot(cluster).is_some()
     }
 
-    pub fn contains_in(&self, cluster: &str, v: View) -> bool {
+    pub fn contains_in(&self, cluster: &(impl AsCid + ?Sized), v: View) -> bool {
         self.slot_in(cluster, v).is_some()
     }
 
@@ -675,12 +744,12 @@ impl ContentIndex {
     }
 
     /// The signals `cluster` holds (the owner's view), in the order it took them.
-    pub fn held(&self, cluster: &str) -> Vec<Arc<str>> {
+    pub fn held(&self, cluster: &(impl AsCid + ?Sized)) -> Vec<Arc<str>> {
         self.held_in(cluster, OWNER)
     }
 
     /// The signals `cluster` holds in view `v`, in the order it took them.
-    pub fn held_in(&self, cluster: &str, v: View) -> Vec<Arc<str>> {
+    pub fn held_in(&self, cluster: &(impl AsCid + ?Sized), v: View) -> Vec<Arc<str>> {
         self.slot_in(cluster, v)
             .map_or_else(Vec::new, |c| self.keys_in(c, v).map(|k| k.text()).collect())
     }
@@ -704,7 +773,7 @@ impl ContentIndex {
 
     /// The signals `cluster` took after its first `from`, in the order it took them (the
     /// owner's view).
-    pub fn held_from(&self, cluster: &str, from: usize) -> Vec<Arc<str>> {
+    pub fn held_from(&self, cluster: &(impl AsCid + ?Sized), from: usize) -> Vec<Arc<str>> {
         self.slot(cluster)
             .map_or_else(Vec::new, |c| self.held_from_at(c, from))
     }
@@ -740,12 +809,13 @@ impl ContentIndex {
     }
 
     /// The slot of `cluster`, made now if it is new, and held in view `v` from now on.
-    fn slot_or_new(&mut self, cluster: &str, v: View) -> Result<u32, BadSignal> {
-        let c = match self.any_slot(cluster) {
+    fn slot_or_new(&mut self, cluster: &(impl AsCid + ?Sized), v: View) -> Result<u32, BadSignal> {
+        let cluster = cluster.as_cid();
+        let c = match self.any_slot(&*cluster) {
             Some(c) => c,
             None => {
                 let item = Cluster {
-                    id: ClusterId::of(cluster),
+                    id: cluster.id().clone(),
                     keys: Box::default(),
                     held: 0,
                     born: 0,
@@ -768,8 +838,7 @@ impl ContentIndex {
                         (self.clusters.len() - 1) as u32
                     }
                 };
-                let id = &self.clusters[c as usize].as_ref().expect("just made").id;
-                self.ids.insert(id, c, id_in(&self.clusters));
+                self.ids.insert(&cluster, c, id_in(&self.clusters));
                 c
             }
         };
@@ -788,7 +857,11 @@ impl ContentIndex {
     }
 
     /// `cluster` holds these signals (the owner's view); see [`Self::add_in`].
-    pub fn add(&mut self, cluster: &str, signals: &[(Kind, &str)]) -> Result<Added, BadSignal> {
+    pub fn add(
+        &mut self,
+        cluster: &(impl AsCid + ?Sized),
+        signals: &[(Kind, &str)],
+    ) -> Result<Added, BadSignal> {
         self.add_in(cluster, signals, OWNER)
     }
 
@@ -796,7 +869,7 @@ impl ContentIndex {
     /// how many, and no text is made of them.
     pub fn add_counted(
         &mut self,
-        cluster: &str,
+        cluster: &(impl AsCid + ?Sized),
         signals: &[(Kind, &str)],
     ) -> Result<usize, BadSignal> {
         self.add_counted_in(cluster, signals, OWNER)
@@ -806,7 +879,7 @@ impl ContentIndex {
     /// many, and no text is made of them (their hex was a tenth of a replay's time).
     pub fn add_counted_in(
         &mut self,
-        cluster: &str,
+        cluster: &(impl AsCid + ?Sized),
         signals: &[(Kind, &str)],
         v: View,
     ) -> Result<usize, BadSignal> {
@@ -822,7 +895,7 @@ impl ContentIndex {
     /// as a set (its order is the order either took them).
     pub fn add_in(
         &mut self,
-        cluster: &str,
+        cluster: &(impl AsCid + ?Sized),
         signals: &[(Kind, &str)],
         v: View,
     ) -> Result<Added, BadSignal> {
@@ -839,7 +912,7 @@ impl ContentIndex {
     /// `new(key, no cluster held it in v)` for each signal new to `cluster` in `v`, in order.
     fn add_with(
         &mut self,
-        cluster: &str,
+        cluster: &(impl AsCid + ?Sized),
         signals: &[(Kind, &str)],
         v: View,
         mut new: impl FnMut(&Key, bool),
@@ -920,13 +993,17 @@ impl ContentIndex {
     }
 
     /// Forget a cluster's content (evicted) in the owner's view; see [`Self::drop_cluster_in`].
-    pub fn drop_cluster(&mut self, cluster: &str) -> Option<Vec<Arc<str>>> {
+    pub fn drop_cluster(&mut self, cluster: &(impl AsCid + ?Sized)) -> Option<Vec<Arc<str>>> {
         self.drop_cluster_in(cluster, OWNER)
     }
 
     /// Forget a cluster's content (evicted) in view `v`: the signals no cluster holds any
     /// more in `v`, or `None` if it held nothing there. What another view holds stays.
-    pub fn drop_cluster_in(&mut self, cluster: &str, v: View) -> Option<Vec<Arc<str>>> {
+    pub fn drop_cluster_in(
+        &mut self,
+        cluster: &(impl AsCid + ?Sized),
+        v: View,
+    ) -> Option<Vec<Arc<str>>> {
         let mut freed = Vec::new();
         self.remove_cluster(cluster, v, |key| freed.push(key.text()))
             .then_some(freed)
@@ -934,16 +1011,21 @@ impl ContentIndex {
 
     /// [`Self::drop_cluster_in`] when no one reads which signals went (replay's evictions):
     /// no text is made for them. `false` if it held nothing.
-    pub fn forget_cluster_in(&mut self, cluster: &str, v: View) -> bool {
+    pub fn forget_cluster_in(&mut self, cluster: &(impl AsCid + ?Sized), v: View) -> bool {
         self.remove_cluster(cluster, v, |_| ())
     }
 
     /// [`Self::forget_cluster_in`] in the owner's view.
-    pub fn forget_cluster(&mut self, cluster: &str) -> bool {
+    pub fn forget_cluster(&mut self, cluster: &(impl AsCid + ?Sized)) -> bool {
         self.forget_cluster_in(cluster, OWNER)
     }
 
-    fn remove_cluster(&mut self, cluster: &str, v: View, mut freed: impl FnMut(&Key)) -> bool {
+    fn remove_cluster(
+        &mut self,
+        cluster: &(impl AsCid + ?Sized),
+        v: View,
+        mut freed: impl FnMut(&Key),
+    ) -> bool {
         let Some(c) = self.slot_in(cluster, v) else {
             return false;
         };
@@ -1062,22 +1144,8 @@ impl ContentIndex {
                 let Some(q) = pdq::parse_hex(text.as_bytes()) else {
                     return Vec::new();
                 };
-                let mut best: HashMap<u32, u32> = HashMap::new();
-                self.pdq.search_with(&[q], threshold, |_, d, h, tag| {
-                    let mut note = |holder: Holder| {
-                        if holder & bit(v) != 0 {
-                            let e = best.entry(holder & SLOT_MASK).or_insert(d);
-                            *e = (*e).min(d);
-                        }
-                    };
-                    note(tag);
-                    if !self.more.is_empty() {
-                        for &c in self.more.get(&Key::Pdq(*h)).into_iter().flatten() {
-                            note(c);
-                        }
-                    }
-                });
-                let mut out: Vec<(Arc<str>, u32)> = best
+                let mut out: Vec<(Arc<str>, u32)> = self
+                    .pdq_near(&q, threshold, v)
                     .into_iter()
                     .map(|(c, d)| (self.cluster(c).id.text(), d))
                     .collect();
@@ -1085,6 +1153,55 @@ impl ContentIndex {
                 out
             }
         }
+    }
+
+    /// The first of [`Self::near`]'s answer (the owner's view), as its id: no text made
+    /// (the cluster an unbanked upload joins, once an upload).
+    pub fn nearest(&self, kind: Kind, text: &str, threshold: u32) -> Option<ClusterId> {
+        let v = OWNER;
+        let by_text = |a: &ClusterId, b: &ClusterId| a.with_str(|a| b.with_str(|b| a.cmp(b)));
+        match kind {
+            Kind::Md5 => {
+                let key = self.held_key(text)?;
+                self.holders_of(&key)
+                    .into_iter()
+                    .filter(|h| h & bit(v) != 0)
+                    .map(|h| &self.cluster(h & SLOT_MASK).id)
+                    .min_by(|a, b| by_text(a, b))
+                    .cloned()
+            }
+            Kind::Other => None,
+            Kind::Pdq => {
+                let q = pdq::parse_hex(text.as_bytes())?;
+                self.pdq_near(&q, threshold, v)
+                    .into_iter()
+                    .map(|(c, d)| (d, &self.cluster(c).id))
+                    .min_by(|a, b| a.0.cmp(&b.0).then_with(|| by_text(a.1, b.1)))
+                    .map(|(_, id)| id.clone())
+            }
+        }
+    }
+
+    /// The slots holding a PDQ hash within `threshold` of `q` in view `v`, each at its
+    /// nearest, in no order.
+    fn pdq_near(&self, q: &Hash, threshold: u32, v: View) -> HashMap<u32, u32> {
+        let mut best: HashMap<u32, u32> = HashMap::new();
+        self.pdq
+            .search_with(std::slice::from_ref(q), threshold, |_, d, h, tag| {
+                let mut note = |holder: Holder| {
+                    if holder & bit(v) != 0 {
+                        let e = best.entry(holder & SLOT_MASK).or_insert(d);
+                        *e = (*e).min(d);
+                    }
+                };
+                note(tag);
+                if !self.more.is_empty() {
+                    for &c in self.more.get(&Key::Pdq(*h)).into_iter().flatten() {
+                        note(c);
+                    }
+                }
+            });
+        best
     }
 
     /// Bytes of the PDQ index's arrays (the maps' share is estimated by the caller's bench).
@@ -1155,7 +1272,6 @@ mod tests {
         let mut slots: Vec<Option<ClusterId>> = Vec::new();
         let mut t = IdSlots::default();
         let mut model: HashMap<String, u32> = HashMap::new();
-        let id_of = |slots: &Vec<Option<ClusterId>>, s: u32| slots[s as usize].clone().unwrap();
         let mut x = 99_u64;
         for _ in 0..40_000 {
             x = x
@@ -1166,7 +1282,7 @@ mod tests {
                 0 => format!("b-{n}"),
                 _ => format!("x-{:016x}", n.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             };
-            let found = t.find(&id, |s| slots[s as usize].as_ref().unwrap());
+            let found = t.find(&Cid::of(&id), |s| slots[s as usize].as_ref().unwrap());
             assert_eq!(found, model.get(&id).copied(), "{id}");
             match found {
                 Some(s) if (x >> 20) % 2 == 0 => {
@@ -1183,8 +1299,7 @@ mod tests {
                         }
                     } as u32;
                     slots[s as usize] = Some(ClusterId::of(&id));
-                    let made = id_of(&slots, s);
-                    t.insert(&made, s, |s| slots[s as usize].as_ref().unwrap());
+                    t.insert(&Cid::of(&id), s, |s| slots[s as usize].as_ref().unwrap());
                     model.insert(id, s);
                 }
                 _ => {}
@@ -1192,11 +1307,17 @@ mod tests {
             assert_eq!(t.len(), model.len());
         }
         for (id, &s) in &model {
-            assert_eq!(t.find(id, |s| slots[s as usize].as_ref().unwrap()), Some(s));
+            assert_eq!(
+                t.find(&Cid::of(id), |s| slots[s as usize].as_ref().unwrap()),
+                Some(s)
+            );
         }
         t.shrink(|s| slots[s as usize].as_ref().unwrap());
         for (id, &s) in &model {
-            assert_eq!(t.find(id, |s| slots[s as usize].as_ref().unwrap()), Some(s));
+            assert_eq!(
+                t.find(&Cid::of(id), |s| slots[s as usize].as_ref().unwrap()),
+                Some(s)
+            );
         }
     }
 

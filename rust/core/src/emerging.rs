@@ -27,7 +27,7 @@
 //! let near = format!("{}0", "f".repeat(63));
 //! let a = idle.assign(&mut index, &[(Kind::Pdq, &f)], "u-a", 0, 31).unwrap();
 //! let b = idle.assign(&mut index, &[(Kind::Pdq, &near)], "u-b", 1_000, 31).unwrap();
-//! assert_eq!((&*a, &*b, idle.joined), ("u-a", "u-a", 1));
+//! assert_eq!((a.to_string(), b.to_string(), idle.joined), ("u-a".into(), "u-a".into(), 1));
 //! assert_eq!(idle.expire(&index, 61_000), ["u-a".into()]);
 //! ```
 
@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::blake2b::{blake2b, hex};
-use crate::content::{BadSignal, ContentIndex, Kind};
+use crate::content::{AsCid, BadSignal, Cid, ClusterId, ContentIndex, Kind};
 
 /// The id of the cluster content no bank knows starts: `u-` and the 8-byte BLAKE2b of
 /// `key` (`md5:<hex>`, `pdq:<hex>` or `vpdq:<frames>`, as `streams.emerging` makes it).
@@ -45,6 +45,16 @@ use crate::content::{BadSignal, ContentIndex, Kind};
 /// ```
 pub fn unbanked_id(key: &[u8]) -> String {
     format!("u-{}", hex(&blake2b(key, 8)))
+}
+
+/// [`unbanked_id`] as a [`Cid`] (no text made).
+pub fn unbanked_cid(key: &[u8]) -> Cid {
+    let digest = blake2b(key, 8);
+    let mut v = 0_u64;
+    for &b in &digest[..8] {
+        v = (v << 8) | u64::from(b);
+    }
+    Cid::from_id(ClusterId::Hex(b'u', v))
 }
 
 /// A cluster touched since the last [`IdleClusters::take_changes`]: its latest
@@ -184,7 +194,12 @@ impl IdleClusters {
 
     /// `cluster`'s latest event is at least `ts_ms`; it moves to the end of the idle order.
     /// Its slot, if the index holds it (a cluster it does not hold is not kept).
-    fn note(&mut self, index: &ContentIndex, cluster: &str, ts_ms: i64) -> Option<(u32, u32)> {
+    fn note(
+        &mut self,
+        index: &ContentIndex,
+        cluster: &(impl AsCid + ?Sized),
+        ts_ms: i64,
+    ) -> Option<(u32, u32)> {
         let s = index.slot(cluster)?;
         let born = index.born_at(s)?;
         if self.slots.len() <= s as usize {
@@ -209,7 +224,7 @@ impl IdleClusters {
 
     /// An event of `cluster` at `ts_ms` (only clusters `index` holds are kept): not idle,
     /// and changed (last in the changes' order).
-    pub fn touch(&mut self, index: &ContentIndex, cluster: &str, ts_ms: i64) {
+    pub fn touch(&mut self, index: &ContentIndex, cluster: &(impl AsCid + ?Sized), ts_ms: i64) {
         let Some((s, born)) = self.note(index, cluster, ts_ms) else {
             return;
         };
@@ -233,7 +248,7 @@ impl IdleClusters {
 
     /// `cluster` took `added` signals (new to it) just before it was touched, for the state
     /// log: they are among those it took, even if that touch made it a change.
-    pub fn record(&mut self, index: &ContentIndex, cluster: &str, added: usize) {
+    pub fn record(&mut self, index: &ContentIndex, cluster: &(impl AsCid + ?Sized), added: usize) {
         let Some(s) = index.slot(cluster) else {
             return;
         };
@@ -251,18 +266,20 @@ impl IdleClusters {
         &mut self,
         index: &mut ContentIndex,
         signals: &[(Kind, &str)],
-        own: &str,
+        own: &(impl AsCid + ?Sized),
         ts_ms: i64,
         threshold: u32,
-    ) -> Result<Arc<str>, BadSignal> {
+    ) -> Result<Cid, BadSignal> {
         let near = signals
             .iter()
-            .find_map(|&(kind, text)| index.near(kind, text, threshold).into_iter().next())
-            .map(|(c, _)| c);
-        if near.as_deref().is_some_and(|c| c != own) {
+            .find_map(|&(kind, text)| index.nearest(kind, text, threshold));
+        let own = own.as_cid();
+        if near.as_ref().is_some_and(|c| c != own.id()) {
             self.joined += 1;
         }
-        let cluster: Arc<str> = near.unwrap_or_else(|| Arc::from(own));
+        // the id read (and hashed) once, here: the index, the idle order and the caller's
+        // tables (the post map, the unbanked store) look it up by this
+        let cluster = near.map_or_else(|| own.into_owned(), Cid::from_id);
         let new = index.add_counted(&cluster, signals)?;
         self.touch(index, &cluster, ts_ms);
         self.record(index, &cluster, new);
@@ -358,12 +375,12 @@ impl IdleClusters {
     /// A state log read back: `cluster`'s latest event is at least `last` (moved to the
     /// end of the idle order; not a change to log again). The index holds it already (the
     /// log's signals were added first).
-    pub fn fold(&mut self, index: &ContentIndex, cluster: &str, last: i64) {
+    pub fn fold(&mut self, index: &ContentIndex, cluster: &(impl AsCid + ?Sized), last: i64) {
         self.note(index, cluster, last);
     }
 
     /// A state log read back: `cluster` was evicted; `false` if it was not live.
-    pub fn forget(&mut self, index: &ContentIndex, cluster: &str) -> bool {
+    pub fn forget(&mut self, index: &ContentIndex, cluster: &(impl AsCid + ?Sized)) -> bool {
         match index.slot(cluster) {
             Some(s) if self.linked(index, s) => {
                 self.unlink(s);
@@ -419,7 +436,10 @@ mod tests {
                 31,
             )
             .unwrap();
-        assert_eq!([&*a, &*b, &*c, &*d], ["u-a", "u-b", "u-c", "u-a"]);
+        assert_eq!(
+            [a, b, c, d].map(|x| x.to_string()),
+            ["u-a", "u-b", "u-c", "u-a"]
+        );
         assert_eq!(idle.joined, 1);
         idle.touch(&index, "u-b", 0); // older: the time stays, the order moves
         idle.touch(&index, "u-x", 9); // not held: nothing

@@ -49,7 +49,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 pub use crate::content::ClusterId;
-use crate::content::IdSlots;
+use crate::content::{AsCid, Cid, IdSlots};
 use crate::route::{Orphans, Refusal};
 
 /// CRC-32 (IEEE 802.3, zlib's) of `data`.
@@ -346,24 +346,25 @@ impl<T> PostClusters<T> {
     }
 
     /// What the caller keeps with `cluster`, if a post holds it.
-    pub fn extra_of(&self, cluster: &str) -> Option<&T> {
+    pub fn extra_of(&self, cluster: &(impl AsCid + ?Sized)) -> Option<&T> {
         self.find(cluster).map(|s| &self.slot(s).extra)
     }
 
     /// The slot of a live `cluster`.
-    fn find(&self, cluster: &str) -> Option<u32> {
-        self.by_id.find(cluster, id_in(&self.clusters))
+    fn find(&self, cluster: &(impl AsCid + ?Sized)) -> Option<u32> {
+        self.by_id.find(&cluster.as_cid(), id_in(&self.clusters))
     }
 
     /// The slot of `cluster`, interned now if new (`make` gives what is kept with it).
-    fn intern(&mut self, cluster: &str, make: impl FnOnce(&str) -> T) -> u32 {
-        if let Some(s) = self.find(cluster) {
+    fn intern(&mut self, cluster: &(impl AsCid + ?Sized), make: impl FnOnce(&str) -> T) -> u32 {
+        let cluster = cluster.as_cid();
+        if let Some(s) = self.find(&*cluster) {
             return s;
         }
         let c = Cluster {
-            id: ClusterId::of(cluster),
+            id: cluster.id().clone(),
             posts: 0,
-            extra: make(cluster),
+            extra: cluster.with_str(make),
         };
         let s = match self.free.pop() {
             Some(s) => {
@@ -375,8 +376,7 @@ impl<T> PostClusters<T> {
                 (self.clusters.len() - 1) as u32
             }
         };
-        let id = &self.clusters[s as usize].as_ref().expect("just made").id;
-        self.by_id.insert(id, s, id_in(&self.clusters));
+        self.by_id.insert(&cluster, s, id_in(&self.clusters));
         s
     }
 
@@ -418,7 +418,12 @@ impl<T> PostClusters<T> {
 
     /// Map `post` to `cluster` unless it is mapped already (kept without recording it:
     /// a state log read back, or a test). `false` if it was there.
-    pub fn insert(&mut self, post: &[u8], cluster: &str, make: impl FnOnce(&str) -> T) -> bool {
+    pub fn insert(
+        &mut self,
+        post: &[u8],
+        cluster: &(impl AsCid + ?Sized),
+        make: impl FnOnce(&str) -> T,
+    ) -> bool {
         if self.contains(post) {
             return false;
         }
@@ -432,7 +437,12 @@ impl<T> PostClusters<T> {
     }
 
     /// Map `post` to `cluster`, replacing what it had.
-    pub fn set(&mut self, post: &[u8], cluster: &str, make: impl FnOnce(&str) -> T) {
+    pub fn set(
+        &mut self,
+        post: &[u8],
+        cluster: &(impl AsCid + ?Sized),
+        make: impl FnOnce(&str) -> T,
+    ) {
         self.remove(post);
         self.insert(post, cluster, make);
     }
@@ -440,7 +450,12 @@ impl<T> PostClusters<T> {
     /// `post` was routed to `cluster`: kept unless mapped already (and, in a partition's
     /// map, recorded for its log); a post of another partition is queued for it instead.
     /// `true` if it was kept now.
-    pub fn register(&mut self, post: &[u8], cluster: &str, make: impl FnOnce(&str) -> T) -> bool {
+    pub fn register(
+        &mut self,
+        post: &[u8],
+        cluster: &(impl AsCid + ?Sized),
+        make: impl FnOnce(&str) -> T,
+    ) -> bool {
         if let Some((p, n)) = self.own {
             let home = partition_for(post, n);
             if home != p {
@@ -460,8 +475,8 @@ impl<T> PostClusters<T> {
     }
 
     /// `cluster` as the queues keep it (they are taken at each batch: not interned).
-    fn interned_or_new(&self, cluster: &str) -> Arc<str> {
-        Arc::from(cluster)
+    fn interned_or_new(&self, cluster: &(impl AsCid + ?Sized)) -> Arc<str> {
+        cluster.as_cid().with_str(|s| Arc::from(s))
     }
 
     /// Forget `post` (its cluster evicted); `false` if it was not there.
@@ -532,7 +547,7 @@ fn id_in<'a, T>(clusters: &'a [Option<Cluster<T>>]) -> impl Fn(u32) -> &'a Clust
 pub enum Routed<E> {
     /// Its target's cluster is known: the cluster, and (a reshare) what its post released
     /// (to the same cluster).
-    Found(Arc<str>, Vec<E>),
+    Found(Cid, Vec<E>),
     /// Held until its target is routed.
     Held,
     /// Not held (see [`Refusal`]).
@@ -577,7 +592,8 @@ impl<T, E> Resolver<T, E> {
                 Err(r) => Routed::Refused(r),
             };
         };
-        let cluster = cluster.text();
+        // the cluster read once, here (its hash): every table the event reaches finds it by this
+        let cluster = Cid::from_id(cluster.clone());
         drop(item);
         let released = if share {
             self.register(post, &cluster, make)
@@ -594,7 +610,7 @@ impl<T, E> Resolver<T, E> {
     pub fn register(
         &mut self,
         post: &[u8],
-        cluster: &Arc<str>,
+        cluster: &Cid,
         mut make: impl FnMut(&str) -> T,
     ) -> Vec<E> {
         let mut out = Vec::new();
@@ -765,14 +781,14 @@ mod tests {
         ] {
             assert_eq!(r.route(t, p, share, ts, e, 10, |_| ()), Routed::Held);
         }
-        let c: Arc<str> = Arc::from("u-1");
+        let c = Cid::of("u-1");
         let out = r.register(b"p1", &c, |_| ());
         // released in the order held; s4's post (pushed last) registered first, then s2's
         assert_eq!(out, ["s2", "t", "s4", "s3"]);
         assert_eq!(r.posts.len(), 4);
         assert!(r.orphans.is_empty());
         match r.route(b"s3", b"s5", true, 5, "s5", 10, |_| ()) {
-            Routed::Found(c, released) => assert!(&*c == "u-1" && released.is_empty()),
+            Routed::Found(c, released) => assert!(c.to_string() == "u-1" && released.is_empty()),
             other => panic!("{other:?}"),
         }
         assert_eq!(

@@ -40,7 +40,7 @@ use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 use std::ops::Range;
 
-use crate::content::{parse_md5, BadSignal, ClusterId, IdSlots, Kind as SignalKind};
+use crate::content::{parse_md5, AsCid, BadSignal, ClusterId, IdSlots, Kind as SignalKind};
 use crate::dedupe::{id_digest, DigestHasher};
 use crate::pdq::{self, Hash};
 use crate::slab::Slab;
@@ -446,9 +446,9 @@ fn text_hash(bytes: &[u8]) -> u64 {
 }
 
 impl<H> Cluster<H> {
-    fn new(id: &str, ts_ms: i64) -> Self {
+    fn new(id: ClusterId, ts_ms: i64) -> Self {
         Self {
-            id: ClusterId::of(id),
+            id,
             seq: 0,
             prev: NONE,
             next: NONE,
@@ -1074,7 +1074,7 @@ impl<H> Store<H> {
     /// changes. Nothing is kept by a store that keeps no signals, or for a cluster not held.
     pub fn hold(
         &mut self,
-        cluster_id: &str,
+        cluster_id: &(impl AsCid + ?Sized),
         signals: &[(SignalKind, &str)],
     ) -> Result<usize, BadSignal> {
         let keys = signals
@@ -1269,7 +1269,7 @@ impl<H> Store<H> {
         self.live_events
     }
 
-    pub fn contains(&self, cluster_id: &str) -> bool {
+    pub fn contains(&self, cluster_id: &(impl AsCid + ?Sized)) -> bool {
         self.slot_of(cluster_id).is_some()
     }
 
@@ -1278,8 +1278,9 @@ impl<H> Store<H> {
         self.slots.get(slot).map(|c| &**c)
     }
 
-    fn slot_of(&self, cluster_id: &str) -> Option<u32> {
-        self.by_id.find(cluster_id, id_in(self.slots.slots()))
+    fn slot_of(&self, cluster_id: &(impl AsCid + ?Sized)) -> Option<u32> {
+        self.by_id
+            .find(&cluster_id.as_cid(), id_in(self.slots.slots()))
     }
 
     fn at(&mut self, slot: u32) -> &mut Cluster<H> {
@@ -1388,21 +1389,22 @@ impl<H> Store<H> {
     /// Returns whether it was applied (`false`: its id was applied here before).
     pub fn apply(
         &mut self,
-        cluster_id: &str,
+        cluster_id: &(impl AsCid + ?Sized),
         ev: &Event<'_>,
         handle: H,
         out: &mut Outcome<H>,
     ) -> bool {
-        let slot = match self.slot_of(cluster_id) {
+        let cluster_id = cluster_id.as_cid();
+        let slot = match self.slot_of(&*cluster_id) {
             Some(slot) => {
                 self.unlink(slot);
                 slot
             }
             None => {
-                let c = Box::new(Cluster::new(cluster_id, ev.ts_ms));
+                let c = Box::new(Cluster::new(cluster_id.id().clone(), ev.ts_ms));
                 let slot = self.slots.insert(c);
-                let id = &self.slots.get(slot).expect("just made").id;
-                self.by_id.insert(id, slot, id_in(self.slots.slots()));
+                self.by_id
+                    .insert(&cluster_id, slot, id_in(self.slots.slots()));
                 out.created += 1;
                 slot
             }
@@ -1934,7 +1936,7 @@ mod tests {
     fn a_post_is_12_bytes_and_keeps_its_parent_and_whether_it_is_up() {
         assert_eq!(std::mem::size_of::<Post>(), 12);
         assert_eq!(std::mem::size_of::<Cluster<()>>(), 144); // `sig_len` in its padding
-        let mut c: Cluster<()> = Cluster::new("u-0000000000000001", 0);
+        let mut c: Cluster<()> = Cluster::new(ClusterId::of("u-0000000000000001"), 0);
         c.add(b"p0", b"u0", NONE, 1);
         c.add(b"p1", b"user-1", 0, 2);
         assert!(c.take_down(b"p1") && !c.take_down(b"p1"));
@@ -1945,13 +1947,13 @@ mod tests {
         );
         assert_eq!(c.texts(1, 4), (&b"p1"[..], &b"user-1"[..]));
         assert!(c.id.is("u-0000000000000001") && !c.id.is("u-1") && !c.allowed());
-        assert!(Cluster::<()>::new("a-x", 0).allowed());
+        assert!(Cluster::<()>::new(ClusterId::of("a-x"), 0).allowed());
     }
 
     #[test]
     fn ids_and_users_of_any_length_come_back_with_and_without_the_index() {
         let long = vec![b'x'; 70_000];
-        let mut c: Cluster<()> = Cluster::new("u-0000000000000001", 0);
+        let mut c: Cluster<()> = Cluster::new(ClusterId::of("u-0000000000000001"), 0);
         let mut model: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for i in 0..30usize {
             let mut post = format!("p{i}").into_bytes();

@@ -19,7 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PySet, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
-use viralwatch_core::content::{ClusterId, View, DETECTOR};
+use viralwatch_core::content::{Cid, ClusterId, View, DETECTOR};
 use viralwatch_core::posts::partition_for;
 use viralwatch_core::reorder::ReorderBuffer;
 use viralwatch_core::unbanked::{Outcome, Store};
@@ -30,7 +30,7 @@ use crate::dedupe::with_id;
 use crate::ev::{Ev, EvBatch};
 use crate::posts::PyPostRoutes;
 use crate::record;
-use crate::routing::image_signals;
+use crate::routing::{image_signals, Cluster};
 use crate::unbanked::{crossing_row, CrossingRow, UnbankedClusters};
 use crate::wire_read::{by_partition, RoutedItem, WireReader};
 
@@ -39,7 +39,7 @@ use crate::wire_read::{by_partition, RoutedItem, WireReader};
 /// cluster's event, or one handed over in-process as a record), or a timed bank change.
 pub(crate) enum Item {
     Event {
-        cluster: Py<PyString>,
+        cluster: Cluster,
         event: Ev,
         ts: i64,
         routed: Option<Py<PyAny>>,
@@ -56,7 +56,7 @@ impl Item {
                 routed,
                 ..
             } => {
-                visit.call(cluster)?;
+                cluster.traverse(visit)?;
                 event.traverse(visit)?;
                 if let Some(r) = routed {
                     visit.call(r)?;
@@ -203,7 +203,9 @@ impl Forgetting {
     ) -> bool {
         let mut content = content.borrow_mut(py);
         let mut gone = |id: &ClusterId| {
-            id.with_str(|s| content.inner.forget_cluster_in(s, view));
+            content
+                .inner
+                .forget_cluster_in(&Cid::from_id(id.clone()), view);
             ids.push(id.clone());
         };
         match self {
@@ -393,32 +395,35 @@ impl Detect {
     fn routed<'py>(
         &self,
         py: Python<'py>,
-        cluster: Py<PyString>,
+        cluster: &Cluster,
         event: &Ev,
         routed: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         match routed {
             Some(r) => Ok(r.into_bound(py)),
-            None => self.routed_cls.bind(py).call1((event.to_py(py)?, cluster)),
+            None => self
+                .routed_cls
+                .bind(py)
+                .call1((event.to_py(py)?, cluster.py_str(py))),
         }
     }
 
     /// Hold `event` (of `cluster`, at `ts`) until the watermark passes it.
     pub(crate) fn push(
         &mut self,
-        cluster: &Bound<'_, PyString>,
+        py: Python<'_>,
+        cluster: Cluster,
         event: Ev,
         ts: i64,
         routed: Option<Py<PyAny>>,
     ) -> PyResult<()> {
-        let py = cluster.py();
         let buffer = &mut self.buffer;
         event.clone_ref(py).with_id(py, |k| {
             buffer.push(
                 ts,
                 k,
                 Item::Event {
-                    cluster: cluster.clone().unbind(),
+                    cluster,
                     event,
                     ts,
                     routed,
@@ -463,19 +468,24 @@ impl Detect {
                     routed,
                 } => (cluster, event, ts, routed),
             };
-            let cid_obj = cluster.bind(py);
-            let cid = cid_obj.to_str()?;
-            if cid.starts_with("b-") || self.banked.bind(py).contains(cid_obj)? {
-                let r = self.routed(py, cluster, &event, routed)?;
+            // a banked cluster's event goes to Python: a `b-` cluster, or one Python holds
+            // (an unbanked cluster whose content turned out banked, taken out of the store:
+            // so one the store holds is not Python's, and its id is not looked up there)
+            let python = cluster.cid.kind_is(b'b')
+                || !self.unbanked.borrow(py).store.contains(&cluster.cid)
+                    && self.banked.bind(py).contains(cluster.py_str(py))?;
+            if python {
+                let r = self.routed(py, &cluster, &event, routed)?;
                 self.python_apply(host, r)?;
                 continue;
             }
             let (stop_ms, barrier) = self.limits(host)?;
             if ts >= stop_ms {
-                let r = self.routed(py, cluster, &event, routed)?;
+                let r = self.routed(py, &cluster, &event, routed)?;
                 self.python_apply(host, r)?;
                 continue;
             }
+            let cid = &cluster.cid;
             let mut out: Outcome<Ev> = Outcome::default();
             let applied = {
                 let mut store = self.unbanked.borrow_mut(py);
@@ -597,7 +607,8 @@ impl ClusterLoop {
             banked.append(item)?;
         }
         self.detect.push(
-            &cluster,
+            py,
+            Cluster::of_py(&cluster)?,
             Ev::from_py(&event),
             ts,
             Some(item.clone().unbind()),
@@ -646,7 +657,8 @@ impl ClusterLoop {
         } else {
             None
         };
-        self.detect.push(cluster, event, ts, record)
+        self.detect
+            .push(py, Cluster::of_py(cluster)?, event, ts, record)
     }
 }
 
@@ -803,7 +815,7 @@ impl ClusterLoop {
                 Item::Event { cluster, event, .. } => out.append(
                     self.routed_cls
                         .bind(py)
-                        .call1((event.to_py(py)?, cluster))?,
+                        .call1((event.to_py(py)?, cluster.py_str(py)))?,
                 )?,
                 Item::Bank(u) => out.append(u)?,
             }

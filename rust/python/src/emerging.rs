@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use pyo3::{PyTraverseError, PyVisit};
 
-use viralwatch_core::content::Kind;
+use viralwatch_core::content::{Cid, Kind};
 use viralwatch_core::emerging;
 use viralwatch_core::wire_index;
 
@@ -95,7 +95,13 @@ impl PyIdleClusters {
             .collect();
         let mut held = self.signals.borrow_mut(py);
         self.inner
-            .assign(&mut held.inner, &signals, own, ts_ms, self.threshold)
+            .assign(
+                &mut held.inner,
+                &signals,
+                &Cid::of(own),
+                ts_ms,
+                self.threshold,
+            )
             .map(|c| c.to_string())
             .map_err(|e| PyValueError::new_err(e.0))
     }
@@ -158,7 +164,7 @@ impl PyIdleClusters {
     fn snapshot_log(&self, py: Python<'_>, limit: usize) -> (Vec<Py<PyBytes>>, usize) {
         let held = self.signals.borrow(py);
         let live = self.inner.snapshot(&held.inner);
-        let signals: Vec<_> = live.iter().map(|(c, _)| held.inner.held(c)).collect();
+        let signals: Vec<_> = live.iter().map(|(c, _)| held.inner.held(&**c)).collect();
         let (parts, items) = wire_index::write_index(
             live.iter()
                 .zip(&signals)

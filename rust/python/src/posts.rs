@@ -12,6 +12,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::dedupe::with_id;
 use crate::ev::Ev;
 use crate::route::refusal;
+use viralwatch_core::content::Cid;
 use viralwatch_core::posts::{ClusterId, PostClusters, Resolver, Routed};
 
 /// A post id's text back from its bytes (ids holding a lone surrogate as
@@ -229,7 +230,7 @@ impl PyPostRoutes {
         })??;
         Ok(match routed {
             Routed::Found(id, released) => (
-                Some(self.cluster_str(py, &id)),
+                Some(id.with_str(|s| self.cluster_str(py, s))),
                 into_py(py, released)?,
                 None,
             ),
@@ -249,7 +250,7 @@ impl PyPostRoutes {
         cluster: &Bound<'_, PyAny>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         let c = cluster_text(cluster)?;
-        let id: std::sync::Arc<str> = std::sync::Arc::from(c.to_str()?);
+        let id = Cid::of(c.to_str()?);
         into_py(py, with_id(post, |p| self.inner.register(p, &id, |_| ()))?)
     }
 

@@ -31,7 +31,7 @@ use crate::detect::{Detect, Forgetting, Item};
 use crate::emerging::PyIdleClusters;
 use crate::ev::{parse_lines, Ev, Line};
 use crate::posts::PyPostRoutes;
-use crate::routing::{is_unbanked_id, Banks, Deliver, Reshare, Routing};
+use crate::routing::{Banks, Cluster, Deliver, Reshare, Routing};
 use crate::unbanked::UnbankedClusters;
 
 /// How often (event time) held orphans are checked for expiry.
@@ -64,19 +64,13 @@ impl Deliver for ReplayLoop {
         &self.routing
     }
 
-    fn touch(&mut self, py: Python<'_>, cluster: &Bound<'_, PyString>, ts: i64) -> PyResult<()> {
-        self.routing.touch(py, cluster.to_str()?, ts);
+    fn touch(&mut self, py: Python<'_>, cluster: &Cluster, ts: i64) -> PyResult<()> {
+        self.routing.touch(py, &cluster.cid, ts);
         Ok(())
     }
 
-    fn deliver(
-        &mut self,
-        _py: Python<'_>,
-        cluster: &Bound<'_, PyString>,
-        event: Ev,
-        ts: i64,
-    ) -> PyResult<()> {
-        self.detect.push(cluster, event, ts, None)
+    fn deliver(&mut self, py: Python<'_>, cluster: &Cluster, event: Ev, ts: i64) -> PyResult<()> {
+        self.detect.push(py, cluster.clone_ref(py), event, ts, None)
     }
 }
 
@@ -88,12 +82,7 @@ impl ReplayLoop {
     }
 
     /// `event`'s post is routed to `cluster`: mapped, and what waited for it released.
-    fn register(
-        &mut self,
-        py: Python<'_>,
-        event: &Ev,
-        cluster: &Bound<'_, PyString>,
-    ) -> PyResult<()> {
+    fn register(&mut self, py: Python<'_>, event: &Ev, cluster: &Cluster) -> PyResult<()> {
         event
             .with_posts(py, |post, _| post.to_vec())
             .and_then(|post| Routing::register(self, py, &post, cluster))
@@ -121,12 +110,27 @@ impl ReplayLoop {
         let ts = event.ts_ms(py)?;
         let cluster = match event.image(py)? {
             Some(image) if !image.video => self.routing.assign_image(py, &image, ts)?,
-            _ => host
-                .call_method1(intern!(py, "_assign_video"), (event.to_py(py)?,))?
-                .cast_into::<PyString>()?,
+            _ => Cluster::of_py(
+                &host
+                    .call_method1(intern!(py, "_assign_video"), (event.to_py(py)?,))?
+                    .cast_into::<PyString>()?,
+            )?,
         };
+        self.held_and_registered(py, cluster, event, ts, None)
+    }
+
+    /// An upload routed to `cluster`: held for the watermark, its post registered.
+    fn held_and_registered(
+        &mut self,
+        py: Python<'_>,
+        cluster: Cluster,
+        event: Ev,
+        ts: i64,
+        route: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
         let held = event.clone_ref(py);
-        self.detect.push(&cluster, held, ts, None)?;
+        self.detect
+            .push(py, cluster.clone_ref(py), held, ts, route)?;
         self.register(py, &event, &cluster)
     }
 
@@ -170,9 +174,8 @@ impl ReplayLoop {
                     let cluster = route
                         .getattr(intern!(py, "cluster_id"))?
                         .cast_into::<PyString>()?;
-                    let held = event.clone_ref(py);
-                    self.detect.push(&cluster, held, ts, Some(route.unbind()))?;
-                    self.register(py, &event, &cluster)?;
+                    let cluster = Cluster::of_py(&cluster)?;
+                    self.held_and_registered(py, cluster, event, ts, Some(route.unbind()))?;
                 } else {
                     let signalled = match event.image(py)? {
                         Some(image) => self.routing.signalled(&image),
@@ -186,20 +189,18 @@ impl ReplayLoop {
                         if cluster.is_none() {
                             self.defer(py, event, ts)?;
                         } else {
-                            let cluster = cluster.cast_into::<PyString>()?;
-                            let held = event.clone_ref(py);
-                            self.detect.push(&cluster, held, ts, None)?;
-                            self.register(py, &event, &cluster)?;
+                            let cluster = Cluster::of_py(&cluster.cast_into::<PyString>()?)?;
+                            self.held_and_registered(py, cluster, event, ts, None)?;
                         }
                     }
                 }
             }
             kind => match self.routing.reshare(py, &event, kind == Kind::Share, ts)? {
                 Reshare::Found(cluster, released) => {
-                    self.detect.push(&cluster, event, ts, None)?;
-                    let id = cluster.to_str()?;
-                    if is_unbanked_id(id) {
-                        self.routing.touch(py, id, ts);
+                    self.detect
+                        .push(py, cluster.clone_ref(py), event, ts, None)?;
+                    if cluster.is_unbanked() {
+                        self.routing.touch(py, &cluster.cid, ts);
                     }
                     Routing::release(self, py, &cluster, released)?;
                 }

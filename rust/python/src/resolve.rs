@@ -26,6 +26,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use viralwatch_core::content::Cid;
 use viralwatch_core::posts::partition_for;
 use viralwatch_core::unbanked::Kind;
 
@@ -34,7 +35,7 @@ use crate::emerging::PyIdleClusters;
 use crate::ev::{Ev, EvBatch, Line};
 use crate::posts::PyPostRoutes;
 use crate::record;
-use crate::routing::{is_unbanked_id, Banks, Deliver, Reshare, Routing};
+use crate::routing::{Banks, Cluster, Deliver, Reshare, Routing};
 
 /// A held event in event-time order: `(ts, event id)` as Python's tuples compare (an id's
 /// UTF-8 bytes compare in code point order, as `str`s do).
@@ -261,12 +262,13 @@ impl Deliver for ResolveLoop {
         &self.routing
     }
 
-    fn touch(&mut self, py: Python<'_>, cluster: &Bound<'_, PyString>, ts: i64) -> PyResult<()> {
-        let id = cluster.to_str()?;
+    fn touch(&mut self, py: Python<'_>, cluster: &Cluster, ts: i64) -> PyResult<()> {
         if self.owner() {
-            self.routing.touch(py, id, ts);
+            self.routing.touch(py, &cluster.cid, ts);
             return Ok(());
         }
+        let cluster = &cluster.py_str(py);
+        let id = cluster.to_str()?;
         match self.out.touched_at.get(id) {
             Some(&i) => {
                 let last = &mut self.out.touched[i].1;
@@ -282,13 +284,8 @@ impl Deliver for ResolveLoop {
         Ok(())
     }
 
-    fn deliver(
-        &mut self,
-        py: Python<'_>,
-        cluster: &Bound<'_, PyString>,
-        event: Ev,
-        _ts: i64,
-    ) -> PyResult<()> {
+    fn deliver(&mut self, py: Python<'_>, cluster: &Cluster, event: Ev, _ts: i64) -> PyResult<()> {
+        let cluster = &cluster.py_str(py);
         self.out.orphans = true;
         let key = id_key(py, &event)?;
         self.unhold(py, &key, || event_id(py, &event))?;
@@ -358,7 +355,7 @@ impl ResolveLoop {
         post: &[u8],
         cluster: &Bound<'_, PyString>,
     ) -> PyResult<()> {
-        Routing::register(self, py, post, cluster)
+        Routing::register(self, py, post, &Cluster::of_py(cluster)?)
     }
 
     /// An upload routed to ``cluster`` (``sent``: it, for its clusters partition), its post
@@ -436,8 +433,11 @@ impl ResolveLoop {
             }
             kind => match self.routing.reshare(py, &event, kind == Kind::Share, ts)? {
                 Reshare::Found(cluster, released) => {
-                    self.emit(Sent::Event(event, cluster.clone().unbind()), &cluster)?;
-                    if is_unbanked_id(cluster.to_str()?) {
+                    // each event is sent with its cluster's string: made once here
+                    let cluster = cluster.with_py(py);
+                    let id = cluster.py_str(py);
+                    self.emit(Sent::Event(event, id.clone().unbind()), &id)?;
+                    if cluster.is_unbanked() {
                         self.touch(py, &cluster, ts)?;
                     }
                     Routing::release(self, py, &cluster, released)?;
@@ -470,7 +470,11 @@ impl ResolveLoop {
     ) -> PyResult<()> {
         let ts = ev.ts_ms(py)?;
         let cluster = match ev.image(py)? {
-            Some(image) if !image.video => self.routing.assign_image(py, &image, ts)?,
+            Some(image) if !image.video => self
+                .routing
+                .assign_image(py, &image, ts)?
+                .with_py(py)
+                .py_str(py),
             _ => host
                 .call_method1(intern!(py, "_assign_video"), (ev.to_py(py)?,))?
                 .cast_into::<PyString>()?,
@@ -663,8 +667,8 @@ impl ResolveLoop {
             } else if owner && kind.is(&touch) {
                 let cluster = item.getattr(intern!(py, "cluster_id"))?;
                 let ts: i64 = item.getattr(intern!(py, "ts_ms"))?.extract()?;
-                self.routing
-                    .touch(py, cluster.cast::<PyString>()?.to_str()?, ts);
+                let cluster = Cid::of(cluster.cast::<PyString>()?.to_str()?);
+                self.routing.touch(py, &cluster, ts);
             } else {
                 self.out.dead.push(item.unbind());
             }

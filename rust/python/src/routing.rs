@@ -9,15 +9,13 @@
 //! holds it for its watermark, a resolve partition sends it to its clusters partition),
 //! not in how it is routed.
 
-use std::sync::Arc;
-
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 
-use viralwatch_core::content::Kind as Signal;
-use viralwatch_core::emerging::unbanked_id;
+use viralwatch_core::content::{Cid, Kind as Signal};
+use viralwatch_core::emerging::unbanked_cid;
 use viralwatch_core::pdq;
 use viralwatch_core::posts::Routed as Route;
 use viralwatch_core::unbanked::Kind;
@@ -30,15 +28,72 @@ use crate::posts::PyPostRoutes;
 use crate::route::refusal;
 use crate::unbanked::text;
 
-/// Whether a cluster id is an unbanked cluster's (``u-``).
-pub(crate) fn is_unbanked_id(id: &str) -> bool {
-    id.as_bytes().first() == Some(&b'u')
+/// A routed event's cluster: its id read once, where the event was routed ([`Cid`]: its
+/// compact form and keyed hash, which every table it reaches looks it up by), and its
+/// Python string where Python gave one or one was made (only for what Python is given).
+pub(crate) struct Cluster {
+    pub(crate) cid: Cid,
+    py: Option<Py<PyString>>,
+}
+
+impl Cluster {
+    /// A cluster Python named.
+    pub(crate) fn of_py(id: &Bound<'_, PyString>) -> PyResult<Self> {
+        Ok(Self {
+            cid: Cid::of(id.to_str()?),
+            py: Some(id.clone().unbind()),
+        })
+    }
+
+    pub(crate) fn of_cid(cid: Cid) -> Self {
+        Self { cid, py: None }
+    }
+
+    /// With its Python string made now, if it had none (a loop that hands every event to
+    /// Python: the string made once, not at each use).
+    pub(crate) fn with_py(mut self, py: Python<'_>) -> Self {
+        if self.py.is_none() {
+            self.py = Some(self.make(py));
+        }
+        self
+    }
+
+    fn make(&self, py: Python<'_>) -> Py<PyString> {
+        self.cid.with_str(|s| PyString::new(py, s).unbind())
+    }
+
+    /// Its Python string (made now if it has none).
+    pub(crate) fn py_str<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
+        match &self.py {
+            Some(s) => s.bind(py).clone(),
+            None => self.make(py).into_bound(py),
+        }
+    }
+
+    pub(crate) fn clone_ref(&self, py: Python<'_>) -> Self {
+        Self {
+            cid: self.cid.clone(),
+            py: self.py.as_ref().map(|s| s.clone_ref(py)),
+        }
+    }
+
+    /// An unbanked cluster's (``u-``).
+    pub(crate) fn is_unbanked(&self) -> bool {
+        self.cid.kind_is(b'u')
+    }
+
+    pub(crate) fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        if let Some(s) = &self.py {
+            visit.call(s)?;
+        }
+        Ok(())
+    }
 }
 
 /// What routing a reshare or takedown gave.
 pub(crate) enum Reshare<'py> {
     /// its target's cluster, and what its own post released (a reshare's)
-    Found(Bound<'py, PyString>, Vec<Ev>),
+    Found(Cluster, Vec<Ev>),
     /// held until its target is routed
     Held,
     /// refused: the reason and the events held, and the target it waited for
@@ -108,15 +163,9 @@ pub(crate) trait Deliver {
     /// the routing the loop holds
     fn routing(&self) -> &Routing;
     /// an event of the unbanked cluster ``cluster`` at ``ts``
-    fn touch(&mut self, py: Python<'_>, cluster: &Bound<'_, PyString>, ts: i64) -> PyResult<()>;
+    fn touch(&mut self, py: Python<'_>, cluster: &Cluster, ts: i64) -> PyResult<()>;
     /// ``event`` (at ``ts``) routed to ``cluster``
-    fn deliver(
-        &mut self,
-        py: Python<'_>,
-        cluster: &Bound<'_, PyString>,
-        event: Ev,
-        ts: i64,
-    ) -> PyResult<()>;
+    fn deliver(&mut self, py: Python<'_>, cluster: &Cluster, event: Ev, ts: i64) -> PyResult<()>;
 }
 
 /// The router's compiled state: the post -> cluster map with held orphans (``routes``)
@@ -172,10 +221,7 @@ impl Routing {
             })?
         };
         Ok(match routed {
-            Route::Found(id, released) => {
-                let cluster = self.routes.borrow(py).cluster_str(py, &id).into_bound(py);
-                Reshare::Found(cluster, released)
-            }
+            Route::Found(id, released) => Reshare::Found(Cluster::of_cid(id), released),
             Route::Held => Reshare::Held,
             Route::Refused(r) => {
                 let (reason, held) = refusal(r);
@@ -191,12 +237,11 @@ impl Routing {
         to: &mut D,
         py: Python<'_>,
         post: &[u8],
-        cluster: &Bound<'_, PyString>,
+        cluster: &Cluster,
     ) -> PyResult<()> {
         let released = {
-            let id: Arc<str> = Arc::from(cluster.to_str()?);
             let mut routes = to.routing().routes.borrow_mut(py);
-            routes.inner.register(post, &id, |_| ())
+            routes.inner.register(post, &cluster.cid, |_| ())
         };
         Self::release(to, py, cluster, released)
     }
@@ -208,13 +253,13 @@ impl Routing {
     pub(crate) fn release<D: Deliver>(
         to: &mut D,
         py: Python<'_>,
-        cluster: &Bound<'_, PyString>,
+        cluster: &Cluster,
         released: Vec<Ev>,
     ) -> PyResult<()> {
         if released.is_empty() {
             return Ok(());
         }
-        let unbanked = is_unbanked_id(cluster.to_str()?);
+        let unbanked = cluster.is_unbanked();
         for child in released {
             let ts = child.ts_ms(py)?;
             if unbanked {
@@ -227,7 +272,7 @@ impl Routing {
 
     /// An event of the unbanked cluster ``cluster`` at ``ts_ms``: not idle (the index's
     /// order; nothing where this router does not hold the index).
-    pub(crate) fn touch(&self, py: Python<'_>, cluster: &str, ts_ms: i64) {
+    pub(crate) fn touch(&self, py: Python<'_>, cluster: &Cid, ts_ms: i64) {
         if let Some((idle, signals)) = &self.index {
             let held = signals.borrow(py);
             idle.borrow_mut(py).inner.touch(&held.inner, cluster, ts_ms);
@@ -247,7 +292,7 @@ impl Routing {
         py: Python<'py>,
         image: &Image<'_>,
         ts: i64,
-    ) -> PyResult<Bound<'py, PyString>> {
+    ) -> PyResult<Cluster> {
         let Some((idle, signals)) = &self.index else {
             return Err(PyTypeError::new_err(
                 "this router holds no index of unbanked content",
@@ -257,7 +302,7 @@ impl Routing {
         let Some(key) = &image.own_key else {
             return Err(PyTypeError::new_err("a deferred upload has no signal"));
         };
-        let own = unbanked_id(key.as_bytes());
+        let own = unbanked_cid(key.as_bytes());
         let id = {
             let mut held = signals.borrow_mut(py);
             let mut idle = idle.borrow_mut(py);
@@ -266,7 +311,7 @@ impl Routing {
                 .assign(&mut held.inner, &image.refs(), &own, ts, threshold)
                 .map_err(|e| PyValueError::new_err(e.0))?
         };
-        Ok(PyString::new(py, &id))
+        Ok(Cluster::of_cid(id))
     }
 
     /// A batch's uploads matched against the banks: each one's ``Routed`` (a bank's or the
