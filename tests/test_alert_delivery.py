@@ -98,6 +98,7 @@ class Node:
         w.cluster_log = w.cluster_logs.table = tables["cluster-log"]
         w.outputs.alerts = tables["alerts-sent"]
         w.outputs.actions = tables["actions-sent"]
+        w.outputs.send = None  # the shared tables are the output topics here
         w.t_resolve = Topic("resolve")
         w.t_deadletter = Topic("deadletter")
         wall = (T0 + 3_600_000) / 1000  # an hour after the spread began

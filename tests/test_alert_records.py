@@ -23,6 +23,7 @@ from streams.alerts import (
     MatchInfo,
     Prediction,
     Pseudonymizer,
+    rfc3339,
 )
 from streams.policy import AlertPolicy
 from streams.runtime.local_run import LocalRun
@@ -143,3 +144,20 @@ def test_a_damaged_alert_is_refused_with_a_value_error_never_another_exception(
         assert str(err).startswith("not an alert")
     else:
         assert isinstance(decoded, Alert)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(st.integers(-(10**13), 10**14), st.integers(0, 1 << 42)), max_size=8))
+def test_rfc3339_is_datetime_s_text_whatever_second_it_kept(stamps: list[int]) -> None:
+    """The kept second's text never leaks into another's, in or out of the exact range."""
+    from streams.alerts import _rfc3339_any
+
+    for ts in [*stamps, *(t + 1 for t in stamps), *(t + 1000 for t in stamps)]:
+        assert rfc3339(ts) == _rfc3339_any(ts), ts
+
+
+def test_rfc3339_at_the_edges_of_its_exact_range() -> None:
+    from streams.alerts import _rfc3339_any
+
+    for ts in (0, 1, 999, 1000, (1 << 42) - 1, 1 << 42, 1_767_225_599_999, 1_767_225_600_000):
+        assert rfc3339(ts) == _rfc3339_any(ts), ts

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.record.default_records import DefaultRecordBatch
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.runtime import faust_adapter
@@ -301,5 +302,102 @@ def test_a_record_whose_send_fails_is_no_longer_waited_for() -> None:
             await buffer._send_pending(fut)
         assert buffer.sent_count == 1
         await asyncio.wait_for(buffer.flush_until(1), 1.0)
+
+    asyncio.run(scenario())
+
+
+class _Client:
+    """aiokafka's producer as :meth:`faust_adapter.Producer.write` uses it: real batch
+    builders (small, so records spill into several), and each batch handed over noted with
+    a future the test resolves (the broker's answer)."""
+
+    def __init__(self, batch_bytes: int = 300) -> None:
+        from aiokafka.producer.message_accumulator import BatchBuilder
+
+        self.builder = lambda: BatchBuilder(batch_bytes, 0)
+        self.handed: list[tuple[str, int, Any, asyncio.Future[None]]] = []
+
+    def create_batch(self) -> Any:
+        return self.builder()
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.handed.append((topic, partition, batch, delivered))
+        return delivered
+
+    async def flush(self) -> None:
+        return None
+
+    def records(self, topic: str, partition: int) -> list[tuple[bytes, bytes]]:
+        out = []
+        for t, p, batch, _ in self.handed:
+            if (t, p) == (topic, partition):
+                out += [(r.key, r.value) for r in DefaultRecordBatch(bytearray(batch._build()))]
+        return out
+
+    def answer(self, error: Exception | None = None, but: bytes | None = None) -> None:
+        """The broker's answer to each batch handed over (``but`` the one holding that key)."""
+        for _, _, batch, delivered in self.handed:
+            keys = [r.key for r in DefaultRecordBatch(bytearray(batch._build()))]
+            if not delivered.done() and but not in keys:
+                if error is None:
+                    delivered.set_result(None)
+                else:
+                    delivered.set_exception(error)
+
+
+def test_aiokafka_s_producer_still_takes_batches_built_outside_it() -> None:
+    """:meth:`faust_adapter.Producer.write` builds aiokafka batches and hands them over with
+    its public batch API."""
+    from aiokafka import AIOKafkaProducer
+
+    assert callable(AIOKafkaProducer.create_batch)
+    assert inspect.iscoroutinefunction(AIOKafkaProducer.send_batch)
+    assert "partition" in inspect.signature(AIOKafkaProducer.send_batch).parameters
+
+
+def test_records_written_go_in_order_and_a_flush_waits_for_those_written_before_it() -> None:
+    """Each partition's records in the order written, in as many batches as they fill; a
+    flush returns once the broker took every batch holding a record written before it was
+    called (not those after), and raises if it refused one."""
+
+    async def scenario() -> None:
+        app = faust_adapter.App("adapter-test", broker="kafka://127.0.0.1:1")
+        producer = app.counted_producer
+        client = producer._producer = _Client()
+        try:
+            for n in range(12):
+                producer.write("actions", n % 2, b"k%d" % n, b"v" * 40 + b"%d" % n)
+            producer.write("alerts", 1, b"a", b"alert")
+            flushed = asyncio.ensure_future(producer.flush_sent())
+            producer.write("actions", 0, b"late", b"written after the flush began")
+            await asyncio.sleep(0.05)
+            assert not flushed.done()  # the broker has not answered yet
+            client.answer(but=b"late")  # the flush does not wait for what came after it
+            await asyncio.wait_for(flushed, 1.0)
+            assert producer.written == 14
+            assert client.records("actions", 0) == [
+                *((b"k%d" % n, b"v" * 40 + b"%d" % n) for n in range(0, 12, 2)),
+                (b"late", b"written after the flush began"),
+            ]
+            assert client.records("actions", 1) == [
+                (b"k%d" % n, b"v" * 40 + b"%d" % n) for n in range(1, 12, 2)
+            ]
+            assert client.records("alerts", 1) == [(b"a", b"alert")]
+            assert len([h for h in client.handed if h[:2] == ("actions", 1)]) > 1  # spilled
+            # the late record's batch: handed over, unanswered; a new flush waits for it
+            again = asyncio.ensure_future(producer.flush())
+            await asyncio.sleep(0.05)
+            assert not again.done()
+            client.answer()
+            await asyncio.wait_for(again, 1.0)
+            producer.write("actions", 0, b"refused", b"x")
+            failed = asyncio.ensure_future(producer.flush_sent())
+            await asyncio.sleep(0.05)
+            client.answer(RuntimeError("the broker refused the batch"))
+            with pytest.raises(RuntimeError, match="refused the batch"):
+                await asyncio.wait_for(failed, 1.0)
+        finally:
+            producer._producer = None
 
     asyncio.run(scenario())

@@ -370,11 +370,17 @@ class Worker:
         )
         self.sent_alerts = app.Table("alerts-sent", changelog_topic=self.t_alerts, **table)
         self.sent_actions = app.Table("actions-sent", changelog_topic=self.t_actions, **table)
+        output_topics = {
+            "alerts": self.t_alerts.get_topic_name(),
+            "actions": self.t_actions.get_topic_name(),
+        }
         self.outputs = Outputs(
-            self.sent_alerts,
-            self.sent_actions,
+            self.sent_alerts.data,
+            self.sent_actions.data,
             deadletter=self._send_deadletter,
-            focus=lambda p: self._focus("clusters", p),
+            send=lambda kind, p, key, value: app.counted_producer.write(
+                output_topics[kind], p, key, value
+            ),
         )
         self.hand_over = HandOver(
             resolve=Hop("resolve", lambda p, env: self._send(self.t_resolve, env, p)),
