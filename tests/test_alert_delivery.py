@@ -96,6 +96,7 @@ class Node:
         settings = Settings(broker="kafka://127.0.0.1:9", partitions=1, data_dir=tmp)
         self.worker = w = Worker(settings, banks=HashBanks(), policy=AlertPolicy.default())
         w.cluster_log = w.cluster_logs.table = tables["cluster-log"]
+        w.cluster_logs.send = None
         w.outputs.alerts = tables["alerts-sent"]
         w.outputs.actions = tables["actions-sent"]
         w.outputs.send = None  # the shared tables are the output topics here

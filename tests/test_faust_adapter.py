@@ -34,13 +34,6 @@ def test_faust_still_has_the_methods_the_adapter_overrides() -> None:
         assert hasattr(faust_aiokafka.Transport, cls)
 
 
-def test_a_faust_stream_still_takes_its_current_event_the_way_the_adapter_sets_it() -> None:
-    from faust.streams import Stream
-
-    assert callable(getattr(Stream, "_set_current_event", None))
-    assert "event" in inspect.signature(Stream._set_current_event).parameters
-
-
 def test_the_adapter_subclasses_what_faust_builds() -> None:
     assert issubclass(faust_adapter.ConsumerThread, faust_aiokafka.AIOKafkaConsumerThread)
     assert issubclass(faust_adapter.Consumer, faust_aiokafka.Consumer)

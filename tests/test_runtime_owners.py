@@ -193,15 +193,34 @@ def test_a_partition_forgotten_while_its_checkpoint_waits_is_not_noted_committed
 
 
 def test_the_state_log_writes_staged_entries_at_the_checkpoint_with_their_partition() -> None:
-    focused: list[int] = []
-    log = StateLog(Table("demo-log"), compact_bytes=1 << 20, focus=focused.append)
+    sent: list[tuple[int, bytes, bytes | None]] = []
+    log = StateLog(Table("demo-log"), compact_bytes=1 << 20, send=lambda *r: sent.append(r))
     log.append(0, b'{"p": {"a": "b-1"}}')
     log.append(1, b'{"p": {"c": "b-1"}}')
-    assert dict(log.table) == {} and log.size == 0  # staged only
+    assert dict(log.table) == {} and log.size == 0 and sent == []  # staged only
     log.flush()
-    assert sorted(focused) == [0, 1]
+    assert sorted((p, v) for p, _, v in sent) == [
+        (0, b'{"p": {"a": "b-1"}}'),
+        (1, b'{"p": {"c": "b-1"}}'),
+    ]
+    assert {k: v for _, k, v in sent} == dict(log.table)  # each key as the table holds it
     assert log.read(0) == [b'{"p": {"a": "b-1"}}']
     assert log.read(1) == [b'{"p": {"c": "b-1"}}']
+
+
+def test_a_compaction_sends_its_snapshot_then_the_deletion_of_each_key_it_replaced() -> None:
+    """In the partition's changelog, in that order: a crash between leaves both (folding
+    is idempotent), never neither."""
+    sent: list[tuple[int, bytes, bytes | None]] = []
+    log = StateLog(Table("demo-log"), compact_bytes=1 << 20, send=lambda *r: sent.append(r))
+    for i in range(3):
+        log.append(2, b'{"h+": [%d]}' % i)
+    log.flush()
+    old = [k for _, k, _ in sent]
+    del sent[:]
+    log.compact(2, lambda: [b'{"p": {}}'])
+    assert [(p, v) for p, _, v in sent] == [(2, b'{"p": {}}'), (2, None), (2, None), (2, None)]
+    assert [k for _, k, _ in sent[1:]] == old and list(log.table) == [sent[0][1]]
 
 
 def test_a_compaction_writes_what_was_staged_first() -> None:

@@ -12,7 +12,8 @@ The rest of the runtime uses the public names below: :class:`App` (a Faust
 app built with :class:`Transport`), :func:`read_true_ends`,
 :func:`backlogged`, :func:`committed_metadata`, :func:`committed_offset`, :func:`on_assigned`,
 :func:`force_metadata_update`, :func:`seek_soon`, :func:`credentials`,
-:func:`faust_broker_url`.
+:func:`faust_broker_url`, and the producer's :meth:`Producer.write` (records
+written straight into aiokafka's batches, with its public batch API).
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ class Producer(faust_aiokafka.Producer):
         #: records written so far (the worker's report)
         self.written = 0
 
-    def write(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
+    def write(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
         """Add a record to the open batch of ``topic``'s ``partition``, handed to the Kafka
         client as the loop turns; the flushes (:meth:`flush_sent`, Faust's :meth:`flush`)
         wait for it as for a record sent.
@@ -185,7 +186,7 @@ class Producer(faust_aiokafka.Producer):
         a one-worker backlog spent about a tenth of its CPU there, two thirds of
         its records takedown requests. Here a record is an append to aiokafka's
         batch builder (C), and a batch one future. Records of one partition keep
-        the order written.
+        the order written. ``value`` ``None`` deletes the key (a tombstone).
         """
         tp = (topic, partition)
         batch = self._open.get(tp)
@@ -474,16 +475,6 @@ def committed_offset(app: Any, tp: Any) -> int | None:
     offsets = getattr(app.consumer, "_committed_offset", None)
     value = offsets.get(tp) if offsets is not None else None
     return value if isinstance(value, int) else None
-
-
-def set_current_event(stream: Any, event: Any) -> None:
-    """Make ``event`` the stream's current one: table writes go to its changelog partition.
-
-    A worker hands batches between its stages in-process, so a table is
-    written outside the agent's own iteration; Faust picks the changelog
-    partition from the stream's current event, which only it sets publicly.
-    """
-    stream._set_current_event(event)
 
 
 def partition_owners(app: Any, topic: str) -> dict[int, str]:

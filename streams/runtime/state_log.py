@@ -16,14 +16,17 @@ the :class:`~streams.runtime.checkpoint.Checkpoint` says (:meth:`StateLog.flush`
 after the sinks, before the producer flush and the offset commit); a
 partition's staged entries are written before anything else of it (a
 compaction, a read), so the log's order is the order of the batches.
-``focus(partition)`` is called before a partition's entries are written: a
-Faust table sends each write to the changelog partition of the current
-event, and attaches it to that event (Faust commits the event's offset only
-once the write is acknowledged).
 
 The table is anything with a mapping's ``__setitem__``, ``get``, ``pop``
-and iteration, and a ``name``: a Faust table in a worker, a plain dict in
-a test and in :class:`~streams.runtime.local_run.LocalRun`.
+and iteration: in a worker the store of a Faust table, with ``send``, which
+writes each entry (and the deletion of each key a compaction drops) to the
+table's changelog partition of the stage's partition, straight into the
+Kafka client's batches (:meth:`streams.runtime.faust_adapter.Producer.write`;
+the flushes before an offset commit wait for them); a plain dict in a test
+and in :class:`~streams.runtime.local_run.LocalRun`. A Faust table's own
+``__setitem__`` sent each write to the partition of the stream's current
+event, which the worker had to set first, and made a Faust message and two
+futures of each.
 
 >>> class Table(dict):
 ...     name = "demo-log"
@@ -79,17 +82,21 @@ class StateLog:
         compact_garbage: float = 0.5,
         slice_bytes: int = 1024 * 1024,
         on_compacted: Callable[[], None] | None = None,
-        focus: Callable[[int], None] | None = None,
+        send: Callable[[int, bytes, bytes | None], None] | None = None,
+        name: str | None = None,
         position: Callable[[int], int | None] | None = None,
     ) -> None:
         self.table: LogTable = table  # type: ignore[assignment]
+        #: writes (partition, key, entry) to the changelog, or its deletion (entry ``None``),
+        #: after the table holds it; none: the table is the log (in process, a test)
+        self.send = send
+        self._name = name
         self.compact_bytes = compact_bytes
         #: the share of a log that must be garbage for a compaction (see LogLedger)
         self.compact_garbage = compact_garbage
         #: how much of a log one cut-back slice reads (at most a quarter of ``compact_bytes``)
         self.slice_bytes = min(slice_bytes, max(1, compact_bytes // 4))
         self.on_compacted = on_compacted
-        self.focus = focus
         #: where a partition's stage stands in its input topic (the next offset to hand it;
         #: ``None``: not known): each key written says it (see :meth:`logged_position`)
         self.position = position
@@ -102,7 +109,7 @@ class StateLog:
 
     @property
     def name(self) -> str:
-        return str(getattr(self.table, "name", "log"))
+        return self._name or str(getattr(self.table, "name", "log"))
 
     @property
     def size(self) -> int:
@@ -184,20 +191,25 @@ class StateLog:
         staged = self._staged.pop(partition, None)
         items = self._staged_items.pop(partition, 0)
         if staged:
-            self._focus(partition)
             self.write(partition, staged, items)
-
-    def _focus(self, partition: int) -> None:
-        if self.focus is not None:
-            self.focus(partition)
 
     def write(self, partition: int, parts: Iterable[bytes], items: int = 0) -> None:
         ledger = self.ledger(partition)
+        table, send = self.table, self.send
         for part in parts:
             key = self._key(partition)
-            self.table[key] = part
+            table[key] = part
+            if send is not None:
+                send(partition, key, part)
             ledger.wrote(key, len(part), items)
             items = 0
+
+    def _delete(self, partition: int, keys: Iterable[bytes]) -> None:
+        """Drop keys a compaction replaced (a key no longer there is not written again)."""
+        table, send = self.table, self.send
+        for key in keys:
+            if table.pop(key, None) is not None and send is not None:
+                send(partition, key, None)
 
     def read(self, partition: int) -> list[bytes]:
         """A partition's entries, oldest first, as its new owner finds them (and notes)."""
@@ -232,14 +244,12 @@ class StateLog:
         """Cut a partition's log back to ``snapshot()`` (``live`` items) now; the entries it
         replaced."""
         self._flush(partition)
-        self._focus(partition)  # the snapshot's writes and the old keys' deletions
         ledger = self.ledger(partition)
         old = ledger.start()
         started = time.monotonic()
         self.write(partition, snapshot())
         ledger.done(live)
-        for key in old:
-            self.table.pop(key, None)
+        self._delete(partition, old)
         self._compacted(partition, len(old), time.monotonic() - started)
         return len(old)
 
@@ -261,7 +271,6 @@ class StateLog:
             if not ledger.due(live):
                 return False
             cut = self._cutbacks[partition] = LogCutback(ledger.start())
-        self._focus(partition)  # the slice's writes and, at the end, the old keys' deletions
         started = time.monotonic()
         entries = cut.next_slice(self.table.get, self.slice_bytes)
         self.write(partition, keep(entries, cut.seen))
@@ -269,8 +278,7 @@ class StateLog:
         if not cut.finished:
             return True
         ledger.done(live)
-        for key in cut.old:
-            self.table.pop(key, None)
+        self._delete(partition, cut.old)
         del self._cutbacks[partition]
         self._compacted(partition, len(cut.old), cut.seconds)
         return False

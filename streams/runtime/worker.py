@@ -90,7 +90,6 @@ from streams.runtime.faust_adapter import (
     credentials,
     faust_broker_url,
     seek_soon,
-    set_current_event,
 )
 from streams.runtime.hand_over import HandOver, Hop
 from streams.runtime.outputs import Outputs
@@ -245,16 +244,11 @@ class Worker:
         self._last_send_ms = 0
         #: the key of the envelopes this worker sends its own stages (see HandOver)
         self._own_key = f"from:{self.worker_id}".encode()
-        #: the last input event of each partition of the resolve and clusters topics: the
-        #: table writes of that partition go with it (see :meth:`_focus`)
-        self._last_event: dict[str, dict[int, Any]] = {"resolve": {}, "clusters": {}}
         #: where each internal partition's next batch should start (records the Kafka
         #: client skipped are said, not waited for in silence)
         self.read_offsets = ReadOffsets()
         #: partitions to seek back (see :meth:`_seek_back`)
         self._seeks: list[tuple[Any, int]] = []
-        #: a stream of this app: Faust sets the current event through one
-        self._stream: Any = None
         #: clusters partitions whose watermark stands still while events wait, and internal
         #: partitions whose records wait on the broker unread (see stalls)
         self.stalls = StallWatch()
@@ -352,35 +346,35 @@ class Worker:
         self.cluster_log = app.Table(cluster_table, **logs)
         compacted = self._count_compaction
         self.resolve_logs = StateLog(
-            self.resolve_log,
+            self.resolve_log.data,
+            name=resolve_table,
+            send=_writer(app, self.resolve_log.changelog_topic.get_topic_name()),
             compact_bytes=s.log_compact_bytes,
             compact_garbage=s.log_compact_garbage,
             on_compacted=compacted,
-            focus=lambda p: self._focus("resolve", p),
             position=lambda p: self.read_offsets.position("resolve", p),
         )
         self.cluster_logs = StateLog(
-            self.cluster_log,
+            self.cluster_log.data,
+            name=cluster_table,
+            send=_writer(app, self.cluster_log.changelog_topic.get_topic_name()),
             compact_bytes=s.log_compact_bytes,
             compact_garbage=s.log_compact_garbage,
             slice_bytes=CUTBACK_SLICE_BYTES,
             on_compacted=compacted,
-            focus=lambda p: self._focus("clusters", p),
             position=lambda p: self.read_offsets.position("clusters", p),
         )
         self.sent_alerts = app.Table("alerts-sent", changelog_topic=self.t_alerts, **table)
         self.sent_actions = app.Table("actions-sent", changelog_topic=self.t_actions, **table)
-        output_topics = {
-            "alerts": self.t_alerts.get_topic_name(),
-            "actions": self.t_actions.get_topic_name(),
+        outputs = {
+            "alerts": _writer(app, self.t_alerts.get_topic_name()),
+            "actions": _writer(app, self.t_actions.get_topic_name()),
         }
         self.outputs = Outputs(
             self.sent_alerts.data,
             self.sent_actions.data,
             deadletter=self._send_deadletter,
-            send=lambda kind, p, key, value: app.counted_producer.write(
-                output_topics[kind], p, key, value
-            ),
+            send=lambda kind, p, key, value: outputs[kind](p, key, value),
         )
         self.hand_over = HandOver(
             resolve=Hop("resolve", lambda p, env: self._send(self.t_resolve, env, p)),
@@ -451,7 +445,6 @@ class Worker:
 
         @app.agent(self.t_resolve, name="resolve", supervisor_strategy=crash)
         async def resolve(stream: Any) -> None:
-            self._stream = stream
             with self._fatal("resolve"):
                 async for events in stream.take_events(*take):
                     self._delay("resolve", (e.message.timestamp for e in events))
@@ -462,7 +455,6 @@ class Worker:
 
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
         async def detect(stream: Any) -> None:
-            self._stream = self._stream or stream
             with self._fatal("detect"):
                 async for events in stream.take_events(*take):
                     self._delay("detect", (e.message.timestamp for e in events))
@@ -580,11 +572,10 @@ class Worker:
 
     def _received(self, hop_name: str, events: list[Any]) -> dict[int, list[bytes]]:
         """A batch of an internal topic's records as each partition's envelopes, noting
-        each partition's last event and what it has read of this worker's own sends (the
+        what each partition has read of this worker's own sends (the
         copies of those handed over in-process while unread are left out)."""
         hop = self.hand_over.resolve if hop_name == "resolve" else self.hand_over.clusters
         state_log = self.resolve_logs if hop_name == "resolve" else self.cluster_logs
-        last_event = self._last_event[hop_name]
         received: dict[int, list[bytes]] = {}
         mine = self._own_key
         now = time.monotonic()
@@ -618,7 +609,6 @@ class Worker:
                     )
                     self._seeks.append((last.message.tp, back))
                 continue
-            last_event[p] = last
             skipped = self.read_offsets.read(hop_name, p, first, last.message.offset, committed)
             if skipped:
                 log.warning(
@@ -644,12 +634,6 @@ class Worker:
         seeks, self._seeks = self._seeks, []
         for tp, offset in seeks:
             seek_soon(self.app, tp, offset)
-
-    def _focus(self, hop_name: str, partition: int) -> None:
-        """Table writes of ``partition`` go to its changelog partition, with its last event."""
-        event = self._last_event[hop_name].get(partition)
-        if event is not None and self._stream is not None:
-            set_current_event(self._stream, event)
 
     def _send(self, topic: Any, value: Envelope | bytes, partition: int) -> int:
         """Send an envelope to a partition of an internal topic (in parts, if it is large),
@@ -708,7 +692,6 @@ class Worker:
         for tp in revoked:
             name = names.get(tp.topic)
             if name is not None:
-                self._last_event[name].pop(tp.partition, None)
                 self.read_offsets.forget(name, tp.partition)
                 self.topology.revoke(name, tp.partition)
         self.topology.release({tp.partition for tp in revoked if names.get(tp.topic) == "clusters"})
@@ -897,6 +880,17 @@ class Worker:
 def _marks(marks: dict[int, tuple[int, bool]]) -> dict[str, list[int]]:
     """A watermark's marks for the report: per source, its time and 1 if idle."""
     return {str(p): [t, int(idle)] for p, (t, idle) in marks.items()}
+
+
+def _writer(app: App, topic: str) -> Callable[[int, bytes, bytes | None], None]:
+    """Writes (partition, key, value) of ``topic`` straight into the Kafka client's batches
+    (:meth:`~streams.runtime.faust_adapter.Producer.write`): the outputs and the state logs,
+    a table's store noting each key first."""
+
+    def write(partition: int, key: bytes, value: bytes | None) -> None:
+        app.counted_producer.write(topic, partition, key, value)
+
+    return write
 
 
 def _by_partition(events: list[Any]) -> Iterable[list[Any]]:
