@@ -172,7 +172,9 @@ class PostRoutes:
     def expire(self, cut_ms: int) -> list[Any]:
         """Give up on the held events at or before ``cut_ms``."""
     def take_new(self) -> dict[str, str]: ...
-    def take_foreign(self) -> list[tuple[int, str, str]]: ...
+    def take_foreign(self) -> list[tuple[int, RegBatch]]:
+        """Posts of other partitions routed here since the last call, a batch per partition
+        owed any (by partition), each in the order routed."""
 
 class WireWriter:
     """Batches of ``streams.wire`` records as JSON arrays cut into parts under a size limit,
@@ -380,6 +382,15 @@ def ingest_lines(
     """Ingest's step over a batch of input lines: an ``EvBatch`` of events to route per
     resolve partition (``None``: none), ``(position, Rejection)`` of the lines refused,
     each input partition's newest event time (first-read order)."""
+
+class RegBatch:
+    """Registrations crossing Python as one item of an envelope (``rust/python/src/ev.rs``):
+    a resolve partition's posts of another partition, ``(post, cluster)`` each, in order;
+    written as ``Registration`` records."""
+
+    def __len__(self) -> int: ...
+    def pairs(self) -> list[tuple[str, str]]:
+        """``(post, cluster)`` of each registration, in order."""
 
 class EvBatch:
     """Compiled events crossing Python as one item of an envelope (``rust/python/src/ev.rs``):

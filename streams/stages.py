@@ -1099,8 +1099,8 @@ class ResolvePartition:
             self.input_mark = wm
         peers: list[list[Item]] = [[] for _ in range(parts)]
         peers[INDEX_PARTITION] += ask  # for the index's owner, before the progress covering them
-        for home, post, cluster in self.posts.take_foreign():
-            peers[home].append(Registration(post, cluster))
+        for home, registrations in self.posts.take_foreign():
+            peers[home].append(registrations)  # a RegBatch: each a Registration on the wire
         index_log, index_items, evicted = (
             index.log_changes(MAX_RECORD_BYTES - 32) if index is not None else ((), 0, ())
         )

@@ -72,7 +72,7 @@ from typing import Any, Final
 import orjson
 
 from streams import _core
-from streams._core import EvBatch
+from streams._core import EvBatch, RegBatch
 from streams.alerts import MatchInfo
 from streams.events import Content, Rejection, ShareEvent, event_from_dict, parse_ts
 from streams.router import Routed
@@ -123,15 +123,17 @@ class Touch:
 
 #: An item of an envelope.
 #: ``EvBatch``: compiled events, to route, unbanked or routed, as one item (ingest's, and a
-#: resolve partition's for the index's owner or a clusters partition); written as the
-#: records it holds (:func:`records`).
-Item = ToRoute | Registration | Forget | Routed | Unbanked | Touch | EvBatch
+#: resolve partition's for the index's owner or a clusters partition); ``RegBatch``: a
+#: resolve partition's registrations for a peer. Each written as the records it holds
+#: (:func:`records`).
+Item = ToRoute | Registration | Forget | Routed | Unbanked | Touch | EvBatch | RegBatch
 
 
 def records(items: Iterable[Item]) -> list[Item]:
     """``items`` with each ``EvBatch`` opened into the records it stands for (``ToRoute``,
-    ``Unbanked``, or ``Routed`` with no match), in order: for what reads items one by one as records
-    (a test, an item with no place where it came, a record cut to Kafka's size).
+    ``Unbanked``, or ``Routed`` with no match), and each ``RegBatch`` into its
+    ``Registration`` records, in order: for what reads items one by one as records (a test,
+    an item with no place where it came, a record cut to Kafka's size).
 
     >>> records([Forget("p1")])
     [Forget(post_id='p1')]
@@ -144,6 +146,8 @@ def records(items: Iterable[Item]) -> list[Item]:
                 out += [Unbanked(ev) if item.for_index else ToRoute(ev) for ev in events]
             else:
                 out += [Routed(ev, c) for ev, c in zip(events, clusters, strict=True)]
+        elif type(item) is RegBatch:
+            out += [Registration(post, cluster) for post, cluster in item.pairs()]
         else:
             out.append(item)
     return out
@@ -475,8 +479,8 @@ def _default(obj: Any) -> Any:
         return obj.to_dict()
     if isinstance(obj, ResolveDelta):
         return obj.to_wire()
-    if type(obj) is EvBatch:  # (a batch where no batch goes: its records, for a dead letter)
-        return records([obj])
+    if type(obj) is EvBatch or type(obj) is RegBatch:  # (a batch where no batch goes: its
+        return records([obj])  # records, for a dead letter)
     raise TypeError(f"{type(obj).__name__} has no wire form")
 
 

@@ -168,3 +168,39 @@ def test_the_writer_takes_its_classes_in_one_order_or_refuses() -> None:
         _core.WireWriter(*classes[:-1], encode)
     with pytest.raises(TypeError, match="8 classes"):
         _core.WireWriter(*classes[:-1], "not a class", encode)
+
+
+_post_ids = st.one_of(
+    st.text(max_size=20),  # lone surrogates too: the records' fallback refuses them as orjson does
+    st.from_regex(r"\A[0-9]{14,21}\Z"),
+    st.sampled_from(["p1", "", "é" * 30]),
+)
+
+
+@FUZZ
+@given(st.lists(st.tuples(_post_ids, st.sampled_from(["b-1", "u-0123456789abcdef"])), max_size=30))
+def test_a_batch_of_registrations_is_written_as_its_records(
+    pairs: list[tuple[str, str]],
+) -> None:
+    """A resolve partition's registrations for a peer (``PostRoutes.take_foreign``: one
+    ``RegBatch`` per partition owed any) are the bytes of their ``Registration`` records,
+    whole and cut, and open (``records``) into those records."""
+    from streams import _core
+    from streams.wire import records
+
+    routes = _core.PostRoutes(3, 4)
+    for post, cluster in pairs:
+        routes.register(post, cluster)
+    for home, batch in routes.take_foreign():
+        assert home != 3 and len(batch) > 0
+        regs = [Registration(p, c) for p, c in batch.pairs()]
+        assert records([Forget("x"), batch]) == [Forget("x"), *regs]
+        try:
+            expected = encode(regs)
+        except orjson.JSONEncodeError:  # a lone surrogate: refused either way
+            with pytest.raises(orjson.JSONEncodeError):
+                encode_items([batch])
+            continue
+        assert encode_items([batch]) == expected
+        assert encode_parts([batch, Forget("x")], 60) == encode_parts([*regs, Forget("x")], 60)
+        assert Envelope([batch]).pack() == Envelope(regs).pack()

@@ -307,6 +307,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ev::set_event_types, m)?)?;
     m.add_function(wrap_pyfunction!(ingest::ingest_lines, m)?)?;
     m.add_class::<ev::EvBatch>()?;
+    m.add_class::<ev::RegBatch>()?;
     m.add_class::<pdq::PyPdqIndex>()?;
     m.add_class::<content::PyContentSignals>()?;
     m.add_class::<emerging::PyIdleClusters>()?;

@@ -6,31 +6,25 @@
 
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use pyo3::types::{PyDict, PyList, PyString};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::dedupe::with_id;
-use crate::ev::Ev;
+use crate::ev::{post_text, Ev, RegBatch};
 use crate::route::refusal;
 use viralwatch_core::content::Cid;
 use viralwatch_core::posts::{ClusterId, PostClusters, Resolver, Routed};
 
-/// A post id's text back from its bytes (ids holding a lone surrogate as
-/// ``surrogatepass`` wrote them).
+/// A registration for another partition: post, cluster.
+type Foreign = (Box<[u8]>, Arc<str>);
+
 /// Held events as Python's records (a compiled one made a ``ShareEvent`` now).
 fn into_py(py: Python<'_>, events: Vec<Ev>) -> PyResult<Vec<Py<PyAny>>> {
     events.into_iter().map(|ev| ev.into_py(py)).collect()
 }
-
-fn post_text<'py>(py: Python<'py>, id: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-    match std::str::from_utf8(id) {
-        Ok(s) => Ok(PyString::new(py, s).into_any()),
-        Err(_) => PyBytes::new(py, id).call_method1("decode", ("utf-8", "surrogatepass")),
-    }
-}
-
-/// A registration queued for another partition: ``(its partition, post, cluster)``.
-type Foreign<'py> = (u32, Bound<'py, PyAny>, Py<PyString>);
 
 fn cluster_text<'py>(cluster: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyString>> {
     cluster
@@ -275,14 +269,17 @@ impl PyPostRoutes {
         Ok(out)
     }
 
-    /// Posts of other partitions routed here since the last call, in order: ``(their
-    /// partition, post, cluster)``.
-    fn take_foreign<'py>(&mut self, py: Python<'py>) -> PyResult<Vec<Foreign<'py>>> {
-        self.inner
-            .posts
-            .take_foreign()
+    /// Posts of other partitions routed here since the last call: ``(their partition,
+    /// RegBatch)`` for each partition owed any, by partition, each batch in the order
+    /// routed.
+    fn take_foreign(&mut self) -> Vec<(u32, RegBatch)> {
+        let mut by_home: BTreeMap<u32, Vec<Foreign>> = BTreeMap::new();
+        for (home, post, cluster) in self.inner.posts.take_foreign() {
+            by_home.entry(home).or_default().push((post, cluster));
+        }
+        by_home
             .into_iter()
-            .map(|(part, k, id)| Ok((part, post_text(py, &k)?, self.cluster_str(py, &id))))
+            .map(|(home, regs)| (home, RegBatch { regs }))
             .collect()
     }
 }

@@ -20,6 +20,7 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -32,7 +33,7 @@ use viralwatch_core::unbanked::Kind;
 
 use crate::dedupe::with_id;
 use crate::emerging::PyIdleClusters;
-use crate::ev::{Ev, EvBatch, Line};
+use crate::ev::{Ev, EvBatch, Line, RegBatch};
 use crate::posts::PyPostRoutes;
 use crate::record;
 use crate::routing::{Banks, Cluster, Deliver, Reshare, Routing};
@@ -159,6 +160,8 @@ enum Sent {
 enum Entry<'py> {
     Route(Ev),
     Unbanked(Ev),
+    /// a registration of a ``RegBatch``: post, cluster
+    Register(Box<[u8]>, Arc<str>),
     Item(Bound<'py, PyAny>),
 }
 
@@ -524,6 +527,11 @@ impl ResolveLoop {
                             }
                         }
                     }
+                } else if let Ok(batch) = item.cast::<RegBatch>() {
+                    entries.extend(
+                        (batch.get().regs.iter())
+                            .map(|(post, cluster)| Entry::Register(post.clone(), cluster.clone())),
+                    );
                 } else if item.get_type().is(to_route) {
                     entries.push(Entry::Route(Ev::from_py(
                         &item.getattr(intern!(py, "event"))?,
@@ -643,6 +651,10 @@ impl ResolveLoop {
                 }
                 Entry::Unbanked(ev) => {
                     self.wait_for_index(py, ev)?;
+                    continue;
+                }
+                Entry::Register(post, cluster) => {
+                    Routing::register(self, py, &post, &Cluster::of_cid(Cid::of(&cluster)))?;
                     continue;
                 }
                 Entry::Item(item) => item,

@@ -15,7 +15,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use viralwatch_core::wire::{write_held, ContentView, EventView, Item, Parts};
 
-use crate::ev::{Ev, EvBatch};
+use crate::ev::{post_text, Ev, EvBatch, RegBatch};
 use crate::record;
 
 fn text<'a>(obj: &'a Bound<'_, PyAny>) -> Option<&'a str> {
@@ -230,12 +230,46 @@ impl WireWriter {
         Ok(())
     }
 
+    /// A batch of registrations (`RegBatch`) into `parts`, each as its ``Registration``
+    /// record is written (a post id that is not UTF-8: that record, by the fallback).
+    fn push_registrations(
+        &self,
+        py: Python<'_>,
+        parts: &mut Parts,
+        batch: &RegBatch,
+    ) -> PyResult<()> {
+        for (post, cluster) in &batch.regs {
+            if let Ok(post_id) = std::str::from_utf8(post) {
+                parts.push(&Item::Registration {
+                    post_id,
+                    cluster_id: cluster,
+                });
+                continue;
+            }
+            let item = record(
+                self.class(py, Class::Registration),
+                &[
+                    (intern!(py, "post_id"), post_text(py, post)?),
+                    (
+                        intern!(py, "cluster_id"),
+                        PyString::new(py, cluster).into_any(),
+                    ),
+                ],
+            )?;
+            self.push(parts, &item)?;
+        }
+        Ok(())
+    }
+
     /// One item into `parts`: written here if every field is one the core writes as
     /// orjson does, else by the fallback.
     fn push(&self, parts: &mut Parts, item: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = item.py();
         if let Ok(batch) = item.cast::<EvBatch>() {
             return self.push_batch(parts, batch);
+        }
+        if let Ok(batch) = item.cast::<RegBatch>() {
+            return self.push_registrations(py, parts, batch.get());
         }
         let share_event = self.class(py, Class::ShareEvent);
         let content = self.class(py, Class::Content);
