@@ -14,8 +14,9 @@
 //! caller) says: every touch takes a number from [`Store::next_seq`], and
 //! [`Store::evict`] stops at the caller's oldest cluster (`barrier`).
 //!
-//! Posts live in one arena per cluster: a 16-byte record each, their ids and
-//! users' texts in one byte buffer; a cluster of more than
+//! A cluster's lists live in one allocation ([`Lists`]): its event-id digests
+//! while few, its event times within the horizon, its posts (a 12-byte record
+//! each), their ids' and users' texts and its signals; a cluster of more than
 //! [`INDEX_FROM`] posts also gets a hash index of its post ids (a 4-byte post
 //! index a bucket) and where each post's text starts.
 //!
@@ -54,94 +55,235 @@ const ID_SET_FROM: usize = 24;
 
 type DigestSet = HashSet<u128, BuildHasherDefault<DigestHasher>>;
 
-/// A list of plain values in 16 bytes (pointer, `u32` length and capacity) where a `Vec`
-/// takes 24: a cluster holds four (posts, their text, event times, event-id digests), and
-/// most clusters hold a post or three, so the record's size is a good part of a post's
-/// cost. Every change goes through a `Vec` rebuilt from these parts and taken apart again
-/// (so growth is `Vec`'s own); a length or capacity past `u32` is refused (a panic,
-/// which the bindings catch): no cluster comes near it.
-struct CVec<T: Copy> {
-    ptr: std::ptr::NonNull<T>,
-    len: u32,
-    cap: u32,
+/// A cluster's lists, by section: the digests of the event ids it applied (while few: see
+/// [`Cluster::insert_id`]), its event times within the horizon (sorted), its posts, and
+/// their text (then its signals).
+const IDS: usize = 0;
+const TIMES: usize = 1;
+const POSTS: usize = 2;
+const TEXT: usize = 3;
+/// Bytes an item of each section takes (`u128`, `i64`, [`Post`], `u8`: no padding in any).
+const ITEM: [usize; 4] = [16, 8, 12, 1];
+
+/// A cluster's four lists in one allocation, one after another, each with room of its own
+/// (40 bytes in the record): four `Vec`s each had an allocation of their own, whose
+/// header and rounding up (a glibc chunk is the size plus 8 rounded up to 16, 32 at the
+/// least) cost more than their contents in the clusters of a post or three most are (27
+/// bytes a post resident beyond the heap, measured with the chunk sizes counted). The
+/// sections are in order of alignment (16, 8, 4, 1), so each is aligned after those before.
+/// A section that grows moves those after it; a length or room past `u32` is refused (a
+/// panic, which the bindings catch): no cluster comes near it.
+struct Lists {
+    ptr: std::ptr::NonNull<u8>,
+    len: [u32; 4],
+    cap: [u32; 4],
 }
 
-// SAFETY: a CVec owns its values as a Vec<T> does.
-unsafe impl<T: Copy + Send> Send for CVec<T> {}
-unsafe impl<T: Copy + Sync> Sync for CVec<T> {}
+// SAFETY: Lists owns its allocation, which holds plain values only.
+unsafe impl Send for Lists {}
+unsafe impl Sync for Lists {}
 
-impl<T: Copy> Default for CVec<T> {
+impl Default for Lists {
     fn default() -> Self {
-        Self::from_vec(Vec::new())
-    }
-}
-
-impl<T: Copy> CVec<T> {
-    fn from_vec(v: Vec<T>) -> Self {
-        let mut v = std::mem::ManuallyDrop::new(v);
-        let (len, cap) = (v.len(), v.capacity());
-        assert!(
-            u32::try_from(cap).is_ok() && std::mem::size_of::<T>() != 0,
-            "a cluster's list past 2^32 items"
-        );
-        // SAFETY: a Vec's pointer is never null (dangling when it holds nothing)
-        let ptr = unsafe { std::ptr::NonNull::new_unchecked(v.as_mut_ptr()) };
         Self {
-            ptr,
-            len: len as u32,
-            cap: cap as u32,
+            ptr: std::ptr::NonNull::<u128>::dangling().cast(),
+            len: [0; 4],
+            cap: [0; 4],
         }
-    }
-
-    fn into_vec(self) -> Vec<T> {
-        let me = std::mem::ManuallyDrop::new(self);
-        // SAFETY: the parts are those of a Vec<T> taken apart in from_vec, owned by `me`
-        // alone, which is not dropped
-        unsafe { Vec::from_raw_parts(me.ptr.as_ptr(), me.len as usize, me.cap as usize) }
-    }
-
-    /// Change it as a `Vec`.
-    fn with<R>(&mut self, f: impl FnOnce(&mut Vec<T>) -> R) -> R {
-        let mut v = std::mem::take(self).into_vec();
-        let r = f(&mut v);
-        *self = Self::from_vec(v);
-        r
-    }
-
-    fn push(&mut self, value: T) {
-        if self.len == self.cap && (self.len as usize) < SMALL {
-            self.with(|v| {
-                v.reserve_exact(1);
-                v.push(value)
-            })
-        } else {
-            self.with(|v| v.push(value))
-        }
-    }
-
-    fn capacity(&self) -> usize {
-        self.cap as usize
     }
 }
 
-impl<T: Copy> Drop for CVec<T> {
+/// A value's bytes: only for the sections' item types, which have no padding.
+fn bytes_of<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: `v` is a valid `T`, readable for its size; the types used have no padding
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+}
+
+impl Lists {
+    const ALIGN: usize = 16;
+
+    fn offset(cap: &[u32; 4], s: usize) -> usize {
+        (0..s).map(|i| cap[i] as usize * ITEM[i]).sum()
+    }
+
+    fn layout(cap: &[u32; 4]) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(Self::offset(cap, 4), Self::ALIGN)
+            .expect("a cluster's lists within isize")
+    }
+
+    /// Heap bytes.
+    fn bytes(&self) -> usize {
+        Self::offset(&self.cap, 4)
+    }
+
+    fn len(&self, s: usize) -> usize {
+        self.len[s] as usize
+    }
+
+    /// Section `s`, typed (`T` its item type).
+    fn get<T: Copy>(&self, s: usize) -> &[T] {
+        debug_assert_eq!(std::mem::size_of::<T>(), ITEM[s]);
+        // SAFETY: the section's first `len` items are initialised `T`s, aligned (see the
+        // type's doc), inside the allocation (or none, at an aligned dangling pointer)
+        unsafe {
+            let at = self.ptr.as_ptr().add(Self::offset(&self.cap, s));
+            std::slice::from_raw_parts(at.cast::<T>(), self.len(s))
+        }
+    }
+
+    fn get_mut<T: Copy>(&mut self, s: usize) -> &mut [T] {
+        debug_assert_eq!(std::mem::size_of::<T>(), ITEM[s]);
+        // SAFETY: as `get`, and `&mut self` is the only access
+        unsafe {
+            let at = self.ptr.as_ptr().add(Self::offset(&self.cap, s));
+            std::slice::from_raw_parts_mut(at.cast::<T>(), self.len(s))
+        }
+    }
+
+    /// Section `s` with room for `cap` items (at least its length).
+    fn set_cap(&mut self, s: usize, cap: usize) {
+        let mut new = self.cap;
+        new[s] = u32::try_from(cap).expect("a cluster's list past 2^32 items");
+        self.relayout(new);
+    }
+
+    /// Room for `more[s]` items more in each section `s`, in one allocation made anew:
+    /// exactly, or doubled (as a `Vec` grows) unless `exact`.
+    fn reserve(&mut self, more: [usize; 4], exact: bool) {
+        let mut new = self.cap;
+        for s in 0..4 {
+            let (need, cap) = (self.len(s) + more[s], self.cap[s] as usize);
+            if need > cap {
+                let cap = if exact {
+                    need
+                } else {
+                    need.max(2 * cap).max(4)
+                };
+                new[s] = u32::try_from(cap).expect("a cluster's list past 2^32 items");
+            }
+        }
+        self.relayout(new);
+    }
+
+    /// The sections with room for `new` items each (at least their lengths): the
+    /// allocation made anew to size, the sections moved to their new places.
+    fn relayout(&mut self, new: [u32; 4]) {
+        let old = self.cap;
+        if old == new {
+            return;
+        }
+        assert!(
+            (0..4).all(|s| new[s] >= self.len[s]),
+            "room for a section's items"
+        );
+        let (old_layout, new_layout) = (Self::layout(&old), Self::layout(&new));
+        let grows = (0..4).all(|s| new[s] >= old[s]);
+        let shrinks = (0..4).all(|s| new[s] <= old[s]);
+        let len = self.len;
+        // SAFETY: `ptr` is the allocation of `old_layout` (or dangling when it is empty).
+        // Each section's live bytes go from its old place to its new one: in place
+        // before a shrink (each moves down, the first first) or after a growth (each
+        // moves up, the last first), so that none is overwritten before it moves; else
+        // into a new allocation.
+        unsafe {
+            let moves = |from: *mut u8, to: *mut u8, order: &mut dyn Iterator<Item = usize>| {
+                for i in order {
+                    let (a, b) = (Self::offset(&old, i), Self::offset(&new, i));
+                    std::ptr::copy(from.add(a), to.add(b), len[i] as usize * ITEM[i]);
+                }
+            };
+            let old_ptr = self.ptr.as_ptr();
+            let ptr = if new_layout.size() == 0 {
+                std::alloc::dealloc(old_ptr, old_layout);
+                std::ptr::NonNull::<u128>::dangling().cast().as_ptr()
+            } else if old_layout.size() == 0 {
+                std::alloc::alloc(new_layout)
+            } else if grows {
+                let p = std::alloc::realloc(old_ptr, old_layout, new_layout.size());
+                if !p.is_null() {
+                    moves(p, p, &mut (0..4).rev());
+                }
+                p
+            } else if shrinks {
+                moves(old_ptr, old_ptr, &mut (0..4));
+                std::alloc::realloc(old_ptr, old_layout, new_layout.size())
+            } else {
+                let p = std::alloc::alloc(new_layout);
+                if !p.is_null() {
+                    moves(old_ptr, p, &mut (0..4));
+                    std::alloc::dealloc(old_ptr, old_layout);
+                }
+                p
+            };
+            let Some(ptr) = std::ptr::NonNull::new(ptr) else {
+                std::alloc::handle_alloc_error(new_layout)
+            };
+            self.ptr = ptr;
+        }
+        self.cap = new;
+    }
+
+    /// Insert `parts` (whole items, one after another) at item `at` of section `s`; room
+    /// made exactly if `exact`, else doubled (as a `Vec` grows).
+    fn insert(&mut self, s: usize, at: usize, parts: &[&[u8]], exact: bool) {
+        let bytes: usize = parts.iter().map(|p| p.len()).sum();
+        debug_assert_eq!(bytes % ITEM[s], 0);
+        let (len, add) = (self.len(s), bytes / ITEM[s]);
+        assert!(at <= len, "an insertion inside the list");
+        let need = len + add;
+        let cap = self.cap[s] as usize;
+        if need > cap {
+            self.set_cap(
+                s,
+                if exact {
+                    need
+                } else {
+                    need.max(2 * cap).max(4)
+                },
+            );
+        }
+        // SAFETY: the section has room for `need` items; the items from `at` move up
+        // by `add` inside it, then `parts` fill the gap
+        unsafe {
+            let base = self.ptr.as_ptr().add(Self::offset(&self.cap, s));
+            let from = base.add(at * ITEM[s]);
+            std::ptr::copy(from, from.add(bytes), (len - at) * ITEM[s]);
+            let mut to = from;
+            for p in parts {
+                std::ptr::copy_nonoverlapping(p.as_ptr(), to, p.len());
+                to = to.add(p.len());
+            }
+        }
+        self.len[s] = need as u32;
+    }
+
+    /// Append `value` to section `s`: room made one at a time while the section holds
+    /// fewer than [`SMALL`] items, else doubled.
+    fn push<T: Copy>(&mut self, s: usize, value: T) {
+        let len = self.len(s);
+        self.insert(s, len, &[bytes_of(&value)], len < SMALL);
+    }
+
+    /// Remove the first `n` items of section `s` (its room stays).
+    fn remove_front(&mut self, s: usize, n: usize) {
+        let len = self.len(s);
+        assert!(n <= len, "a cut inside the list");
+        // SAFETY: the items after the first `n` move to the section's start, inside it
+        unsafe {
+            let base = self.ptr.as_ptr().add(Self::offset(&self.cap, s));
+            std::ptr::copy(base.add(n * ITEM[s]), base, (len - n) * ITEM[s]);
+        }
+        self.len[s] = (len - n) as u32;
+    }
+}
+
+impl Drop for Lists {
     fn drop(&mut self) {
-        drop(std::mem::take(self).into_vec());
-    }
-}
-
-impl<T: Copy> std::ops::Deref for CVec<T> {
-    type Target = [T];
-    fn deref(&self) -> &[T] {
-        // SAFETY: the first `len` values from `ptr` are initialised and owned by self
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len as usize) }
-    }
-}
-
-impl<T: Copy> std::ops::DerefMut for CVec<T> {
-    fn deref_mut(&mut self) -> &mut [T] {
-        // SAFETY: as deref, and `&mut self` is the only access
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len as usize) }
+        let layout = Self::layout(&self.cap);
+        if layout.size() > 0 {
+            // SAFETY: `ptr` is the allocation of this layout
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
     }
 }
 
@@ -241,6 +383,9 @@ struct Post {
     ts_off: u32,
 }
 
+/// [`Cluster::sig_len`]'s top bit: the cluster met a rule.
+const EMERGING: u32 = 1 << 31;
+
 /// A post's time offset that does not fit: its time is kept aside ([`Rare::wide`]).
 const WIDE: u32 = u32::MAX;
 
@@ -286,109 +431,41 @@ struct Pending<H> {
     handle: H,
 }
 
-/// Sorted event times within the horizon (`graphs.velocity.Velocity`'s rules).
-#[derive(Default)]
-struct Times {
-    ts: CVec<i64>,
-    start: u32,
-}
-
-impl Times {
-    fn add(&mut self, t: i64, horizon: i64) -> bool {
-        if let Some(&latest) = self.ts.last() {
+/// Sorted event times within the horizon (`graphs.velocity.Velocity`'s rules): the
+/// [`TIMES`] section of a cluster's [`Lists`], less its first `start` (gone from the
+/// horizon, cut once they are at least 8 and more than half).
+impl Lists {
+    fn add_time(&mut self, start: &mut u32, t: i64, horizon: i64) -> bool {
+        if let Some(&latest) = self.get::<i64>(TIMES).last() {
             if t <= latest - horizon {
                 return false;
             }
             if t < latest {
-                let i = self.kept().partition_point(|&x| x <= t) + self.start as usize;
-                self.ts.with(|v| v.insert(i, t));
+                let i = self.kept_times(*start).partition_point(|&x| x <= t) + *start as usize;
+                self.insert(TIMES, i, &[bytes_of(&t)], false);
                 return true;
             }
         }
-        self.ts.push(t); // the latest: always the last one kept
+        self.push(TIMES, t); // the latest: always the last one kept
         let cut = t - horizon;
-        self.start += self.kept().partition_point(|&x| x <= cut) as u32;
-        let start = self.start as usize;
-        if start >= 8 && start * 2 > self.ts.len() {
-            self.ts.with(|v| v.drain(..start).for_each(drop));
-            self.start = 0;
+        *start += self.kept_times(*start).partition_point(|&x| x <= cut) as u32;
+        let at = *start as usize;
+        if at >= 8 && at * 2 > self.len(TIMES) {
+            self.remove_front(TIMES, at);
+            *start = 0;
         }
         true
     }
 
-    fn count(&self, window: i64, now: i64) -> usize {
-        let kept = self.kept();
+    fn count_times(&self, start: u32, window: i64, now: i64) -> usize {
+        let kept = self.kept_times(start);
         let hi = kept.partition_point(|&x| x <= now);
         let lo = kept[..hi].partition_point(|&x| x <= now - window);
         hi - lo
     }
 
-    fn len(&self) -> usize {
-        self.ts.len() - self.start as usize
-    }
-
-    fn kept(&self) -> &[i64] {
-        &self.ts[self.start as usize..]
-    }
-}
-
-/// The digests of the event ids a cluster applied: one store, a list while few (a scan is
-/// cheapest, and most clusters apply an event or three), a hash set past [`ID_SET_FROM`]
-/// (the list given up: not both).
-enum Ids {
-    Few(CVec<u128>),
-    Many(Box<DigestSet>),
-}
-
-impl Ids {
-    /// Add `digest`; `false` if it was here already.
-    fn insert(&mut self, digest: u128) -> bool {
-        match self {
-            Ids::Many(set) => set.insert(digest),
-            Ids::Few(list) => {
-                if list.contains(&digest) {
-                    return false;
-                }
-                if list.len() >= ID_SET_FROM {
-                    let mut set: DigestSet = std::mem::take(list).into_vec().into_iter().collect();
-                    set.insert(digest);
-                    *self = Ids::Many(Box::new(set));
-                } else {
-                    list.push(digest);
-                }
-                true
-            }
-        }
-    }
-
-    fn contains(&self, digest: u128) -> bool {
-        match self {
-            Ids::Few(list) => list.contains(&digest),
-            Ids::Many(set) => set.contains(&digest),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Ids::Few(list) => list.len(),
-            Ids::Many(set) => set.len(),
-        }
-    }
-
-    /// Every digest (a set's in no particular order: they are a set).
-    fn into_vec(self) -> Vec<u128> {
-        match self {
-            Ids::Few(list) => list.into_vec(),
-            Ids::Many(set) => set.into_iter().collect(),
-        }
-    }
-
-    /// Heap bytes (a set's at hashbrown's 16 bytes and a control byte a bucket).
-    fn bytes(&self) -> usize {
-        match self {
-            Ids::Few(list) => list.capacity() * 16,
-            Ids::Many(set) => set.capacity() * 17,
-        }
+    fn kept_times(&self, start: u32) -> &[i64] {
+        &self.get::<i64>(TIMES)[start as usize..]
     }
 }
 
@@ -400,15 +477,15 @@ struct Cluster<H> {
     next: u32,
     first_seen_ms: i64,
     last_ms: i64,
-    posts: CVec<Post>,
-    text: CVec<u8>,
-    live: u32,
-    roots: u32,
-    times: Times,
-    ids: Ids,
-    emerging: bool,
-    /// the bytes at the end of `text` that are its content's signals, not its posts' text
-    /// (a store that keeps signals: see [`Store::with_signals`]); in the record's padding
+    /// the digests of the event ids applied while few (a scan is cheapest, and most
+    /// clusters apply an event or three; past [`ID_SET_FROM`], a set in its rare part),
+    /// its event times within the horizon, its posts, their text and its signals
+    lists: Lists,
+    /// the event times before it are gone from the horizon
+    times_start: u32,
+    /// the bytes at the end of its text that are its content's signals, not its posts'
+    /// text (a store that keeps signals: see [`Store::with_signals`]); the top bit
+    /// ([`EMERGING`]): it met a rule (a bool of its own took 8 bytes a record, padded)
     sig_len: u32,
     /// what few clusters have: boxed, so that the others pay 8 bytes for it
     rare: Option<Box<Rare<H>>>,
@@ -426,6 +503,8 @@ struct Rare<H> {
     /// (post, event time) of the posts whose time is [`WIDE`] of the first seen (a cluster
     /// kept alive for over 49 days), by post
     wide: Vec<(u32, i64)>,
+    /// the digests of its event ids, past [`ID_SET_FROM`] (its list given up: not both)
+    ids: Option<DigestSet>,
 }
 
 /// A large cluster's post index: its posts (their indexes, 4 bytes each) found by their
@@ -454,13 +533,8 @@ impl<H> Cluster<H> {
             next: NONE,
             first_seen_ms: ts_ms,
             last_ms: 0,
-            posts: CVec::default(),
-            text: CVec::default(),
-            live: 0,
-            roots: 0,
-            times: Times::default(),
-            ids: Ids::Few(CVec::default()),
-            emerging: false,
+            lists: Lists::default(),
+            times_start: 0,
             sig_len: 0,
             rare: None,
         }
@@ -468,24 +542,26 @@ impl<H> Cluster<H> {
 
     /// Where the posts' text ends (its signals follow).
     fn posts_end(&self) -> usize {
-        self.text.len() - self.sig_len as usize
+        self.text().len() - (self.sig_len & !EMERGING) as usize
+    }
+
+    fn emerging(&self) -> bool {
+        self.sig_len & EMERGING != 0
     }
 
     /// Its signals, packed ([`Sig`]), in the order it took them.
     fn sigs(&self) -> &[u8] {
-        &self.text[self.posts_end()..]
+        &self.text()[self.posts_end()..]
     }
 
     /// Append a packed signal (or a mark of one kept in the store's [`Firsts`]).
     fn push_sig(&mut self, packed: &[u8]) {
-        let small = self.posts.len() < SMALL;
-        self.text.with(|text| {
-            if text.len() + packed.len() > text.capacity() && small {
-                text.reserve_exact(packed.len());
-            }
-            text.extend_from_slice(packed);
-        });
-        self.sig_len += packed.len() as u32;
+        let small = self.posts().len() < SMALL;
+        let end = self.lists.len(TEXT);
+        self.lists.insert(TEXT, end, &[packed], small);
+        let sig_len = (self.sig_len & !EMERGING) as usize + packed.len();
+        assert!(sig_len < EMERGING as usize, "a cluster's signals past 2 GB");
+        self.sig_len = sig_len as u32 | (self.sig_len & EMERGING);
     }
 
     /// Where each post's text starts.
@@ -494,11 +570,11 @@ impl<H> Cluster<H> {
             return index.starts.clone();
         }
         let mut at = 0;
-        self.posts
+        self.posts()
             .iter()
             .map(|p| {
                 let start = at;
-                at = p.spans(&self.text, at).2;
+                at = p.spans(self.text(), at).2;
                 start as u32
             })
             .collect()
@@ -510,17 +586,17 @@ impl<H> Cluster<H> {
 
     /// Post `i`'s id and user, its text starting at `start`.
     fn texts(&self, i: usize, start: u32) -> (&[u8], &[u8]) {
-        let (id, user, _) = self.posts[i].spans(&self.text, start as usize);
-        (&self.text[id], &self.text[user])
+        let (id, user, _) = self.posts()[i].spans(self.text(), start as usize);
+        (&self.text()[id], &self.text()[user])
     }
 
     fn find(&self, post: &[u8]) -> Option<u32> {
         match self.index() {
             None => {
                 let mut at = 0;
-                for (i, p) in self.posts.iter().enumerate() {
-                    let (id, _, next) = p.spans(&self.text, at);
-                    if self.text[id] == *post {
+                for (i, p) in self.posts().iter().enumerate() {
+                    let (id, _, next) = p.spans(self.text(), at);
+                    if self.text()[id] == *post {
                         return Some(i as u32);
                     }
                     at = next;
@@ -539,33 +615,19 @@ impl<H> Cluster<H> {
     /// Append `bytes` to the text (its length first if it is [`LONG`] or more); the length
     /// field for it.
     fn push_text(&mut self, bytes: &[u8]) -> u16 {
-        let small = self.posts.len() < SMALL;
+        let small = self.posts().len() < SMALL;
         let len = u16::try_from(bytes.len()).unwrap_or(LONG);
-        let prefix = if len == LONG {
-            (bytes.len() as u32).to_le_bytes().to_vec()
-        } else {
-            Vec::new()
-        };
+        let prefix = (bytes.len() as u32).to_le_bytes();
+        let prefix: &[u8] = if len == LONG { &prefix } else { &[] };
+        // before the signals, if any (a few dozen bytes moved)
         let end = self.posts_end();
-        self.text.with(|text| {
-            let need = prefix.len() + bytes.len();
-            if text.len() + need > text.capacity() && small {
-                text.reserve_exact(need);
-            }
-            if end == text.len() {
-                text.extend_from_slice(&prefix);
-                text.extend_from_slice(bytes);
-            } else {
-                // before the signals (a few dozen bytes moved)
-                text.splice(end..end, prefix.iter().chain(bytes).copied());
-            }
-        });
+        self.lists.insert(TEXT, end, &[prefix, bytes], small);
         len
     }
 
     /// Post `i`'s event time.
     fn post_ts(&self, i: usize) -> i64 {
-        match self.posts[i].ts_off {
+        match self.posts()[i].ts_off {
             WIDE => {
                 let wide = &self.rare.as_deref().expect("a wide time's cluster").wide;
                 let at = wide.partition_point(|&(p, _)| (p as usize) < i);
@@ -580,9 +642,9 @@ impl<H> Cluster<H> {
     fn set_ts(&mut self, i: u32, ts_ms: i64) {
         let off = ts_ms.saturating_sub(self.first_seen_ms);
         match u32::try_from(off) {
-            Ok(off) if off != WIDE => self.posts[i as usize].ts_off = off,
+            Ok(off) if off != WIDE => self.lists.get_mut::<Post>(POSTS)[i as usize].ts_off = off,
             _ => {
-                self.posts[i as usize].ts_off = WIDE;
+                self.lists.get_mut::<Post>(POSTS)[i as usize].ts_off = WIDE;
                 let wide = &mut self.rare().wide;
                 let at = wide.partition_point(|&(p, _)| p < i);
                 wide.insert(at, (i, ts_ms));
@@ -595,7 +657,7 @@ impl<H> Cluster<H> {
         if first_ms >= self.first_seen_ms {
             return;
         }
-        let times: Vec<i64> = (0..self.posts.len()).map(|i| self.post_ts(i)).collect();
+        let times: Vec<i64> = (0..self.posts().len()).map(|i| self.post_ts(i)).collect();
         self.first_seen_ms = first_ms;
         if let Some(r) = self.rare.as_deref_mut() {
             r.wide.clear();
@@ -606,22 +668,26 @@ impl<H> Cluster<H> {
     }
 
     fn add(&mut self, post: &[u8], user: &[u8], parent: u32, ts_ms: i64) {
+        // one allocation made anew for the post, its texts and its time (most often the
+        // next to be added), not one for each
+        let texts = [post, user].map(|t| t.len() + if t.len() >= LONG as usize { 4 } else { 0 });
+        let small = self.posts().len() < SMALL;
+        self.lists.reserve([0, 1, 1, texts[0] + texts[1]], small);
         let start = self.posts_end() as u32;
         let id_len = self.push_text(post);
         let user_len = self.push_text(user);
-        let i = self.posts.len() as u32;
-        self.posts.push(Post {
-            id_len,
-            user_len,
-            parent_down: parent.wrapping_add(1) & !DOWN,
-            ts_off: 0,
-        });
+        let i = self.posts().len() as u32;
+        self.lists.push(
+            POSTS,
+            Post {
+                id_len,
+                user_len,
+                parent_down: parent.wrapping_add(1) & !DOWN,
+                ts_off: 0,
+            },
+        );
         self.set_ts(i, ts_ms);
-        self.live += 1;
-        if parent == NONE {
-            self.roots += 1;
-        }
-        if self.index().is_none() && self.posts.len() > INDEX_FROM {
+        if self.index().is_none() && self.posts().len() > INDEX_FROM {
             let starts = self.starts();
             self.rare().index = Some(Box::new(Index {
                 by_id: hashbrown::HashTable::with_capacity(starts.len()),
@@ -644,7 +710,7 @@ impl<H> Cluster<H> {
 
     /// Put post `i` (its start known) in the post index.
     fn index_post(&mut self, i: u32) {
-        let (posts, text) = (&self.posts, &self.text);
+        let (posts, text) = (self.lists.get::<Post>(POSTS), self.lists.get::<u8>(TEXT));
         let index = self
             .rare
             .as_deref_mut()
@@ -662,20 +728,20 @@ impl<H> Cluster<H> {
     /// The posts' ids, in order (their texts are laid out in that order).
     fn post_ids(&self) -> impl Iterator<Item = &[u8]> + '_ {
         let mut at = 0;
-        self.posts.iter().map(move |p| {
-            let (id, _, next) = p.spans(&self.text, at);
+        self.posts().iter().map(move |p| {
+            let (id, _, next) = p.spans(self.text(), at);
             at = next;
-            &self.text[id]
+            &self.text()[id]
         })
     }
 
     /// Every post as the views read it, parents first.
     fn made(&self) -> Vec<Made<'_>> {
         let starts = self.starts();
-        let texts: Vec<(&[u8], &[u8])> = (0..self.posts.len())
+        let texts: Vec<(&[u8], &[u8])> = (0..self.posts().len())
             .map(|i| self.texts(i, starts[i]))
             .collect();
-        self.posts
+        self.posts()
             .iter()
             .zip(&texts)
             .enumerate()
@@ -691,9 +757,8 @@ impl<H> Cluster<H> {
 
     fn take_down(&mut self, post: &[u8]) -> bool {
         match self.find(post) {
-            Some(i) if self.posts[i as usize].live() => {
-                self.posts[i as usize].parent_down |= DOWN;
-                self.live -= 1;
+            Some(i) if self.posts()[i as usize].live() => {
+                self.lists.get_mut::<Post>(POSTS)[i as usize].parent_down |= DOWN;
                 true
             }
             _ => false,
@@ -712,8 +777,75 @@ impl<H> Cluster<H> {
                 allowed_by: Vec::new(),
                 index: None,
                 wide: Vec::new(),
+                ids: None,
             })
         })
+    }
+
+    fn posts(&self) -> &[Post] {
+        self.lists.get(POSTS)
+    }
+
+    /// Posts still up: counted when asked (a crossing, a view), not kept (the record's
+    /// size decides its allocation's: 104 bytes and glibc's header take 112, 112 took 128).
+    fn live(&self) -> usize {
+        self.posts().iter().filter(|p| p.live()).count()
+    }
+
+    fn text(&self) -> &[u8] {
+        self.lists.get(TEXT)
+    }
+
+    /// Add an event id's digest; `false` if it was here already.
+    fn insert_id(&mut self, digest: u128) -> bool {
+        if let Some(set) = self.rare.as_deref_mut().and_then(|r| r.ids.as_mut()) {
+            return set.insert(digest);
+        }
+        let few: &[u128] = self.lists.get(IDS);
+        if few.contains(&digest) {
+            return false;
+        }
+        if few.len() >= ID_SET_FROM {
+            let mut set: DigestSet = few.iter().copied().collect();
+            set.insert(digest);
+            self.lists.len[IDS] = 0;
+            self.lists.set_cap(IDS, 0);
+            self.rare().ids = Some(set);
+        } else {
+            self.lists.push(IDS, digest);
+        }
+        true
+    }
+
+    fn has_id(&self, digest: u128) -> bool {
+        match self.rare.as_deref().and_then(|r| r.ids.as_ref()) {
+            Some(set) => set.contains(&digest),
+            None => self.lists.get::<u128>(IDS).contains(&digest),
+        }
+    }
+
+    fn ids_len(&self) -> usize {
+        match self.rare.as_deref().and_then(|r| r.ids.as_ref()) {
+            Some(set) => set.len(),
+            None => self.lists.len(IDS),
+        }
+    }
+
+    /// Every event id's digest (a set's in no particular order: they are a set).
+    fn digests(&self) -> Vec<u128> {
+        match self.rare.as_deref().and_then(|r| r.ids.as_ref()) {
+            Some(set) => set.iter().copied().collect(),
+            None => self.lists.get(IDS).to_vec(),
+        }
+    }
+
+    fn kept_times(&self) -> &[i64] {
+        self.lists.kept_times(self.times_start)
+    }
+
+    /// Event times in `(now - window, now]`.
+    fn count(&self, window: i64, now: i64) -> usize {
+        self.lists.count_times(self.times_start, window, now)
     }
 
     fn pending(&self) -> &[Pending<H>] {
@@ -731,10 +863,7 @@ impl<H> Cluster<H> {
     fn bytes(&self) -> usize {
         use std::mem::size_of;
         size_of::<Self>()
-            + self.posts.capacity() * size_of::<Post>()
-            + self.text.capacity()
-            + self.times.ts.capacity() * 8
-            + self.ids.bytes()
+            + self.lists.bytes()
             + self
                 .index()
                 .map_or(0, |i| i.by_id.capacity() * 5 + i.starts.capacity() * 4)
@@ -742,6 +871,7 @@ impl<H> Cluster<H> {
                 size_of::<Rare<H>>()
                     + r.pending.capacity() * size_of::<Pending<H>>()
                     + r.wide.capacity() * 16
+                    + r.ids.as_ref().map_or(0, |set| set.capacity() * 17)
             })
     }
 }
@@ -1261,7 +1391,7 @@ impl<H> Store<H> {
 
     /// Posts of the clusters held.
     pub fn posts(&self) -> usize {
-        self.slots.iter().map(|c| c.posts.len()).sum()
+        self.slots.iter().map(|c| c.posts().len()).sum()
     }
 
     /// Events applied to the clusters held.
@@ -1375,7 +1505,7 @@ impl<H> Store<H> {
             .expect("a linked slot holds a cluster");
         self.by_id.remove(&c.id, slot);
         self.firsts.forget(slot);
-        self.live_events -= c.ids.len();
+        self.live_events -= c.ids_len();
         if self.by_id.len() * 4 < self.by_id.capacity() && self.by_id.capacity() > 1024 {
             // a flood gone: give its tables back (the slots are boxes: 8 bytes each)
             self.by_id.shrink(id_in(self.slots.slots()));
@@ -1412,7 +1542,7 @@ impl<H> Store<H> {
         self.push_back(slot);
         let horizon = self.horizon_ms;
         let c = self.at(slot);
-        if !c.ids.insert(id_digest(ev.event_id)) {
+        if !c.insert_id(id_digest(ev.event_id)) {
             out.duplicates += 1;
             return false;
         }
@@ -1447,23 +1577,23 @@ impl<H> Store<H> {
         let fewest = self.fewest;
         let rules = std::mem::take(&mut self.rules);
         let c = self.at(slot);
-        if c.times.len() >= fewest && !c.allowed() {
+        if c.kept_times().len() >= fewest && !c.allowed() {
             let mut any = false;
             for r in &rules {
-                if c.times.count(r.window_ms, now) >= r.shares as usize {
+                if c.count(r.window_ms, now) >= r.shares as usize {
                     any = true;
                     if !c.met().iter().any(|&(s, _)| s == r.severity) {
                         c.rare().met.push((r.severity, now));
                     }
                 }
             }
-            if any && !c.emerging {
-                c.emerging = true;
+            if any && !c.emerging() {
+                c.sig_len |= EMERGING;
                 out.crossings.push(Crossing {
                     cluster_id: c.id.to_string(),
-                    shares_5m: c.times.count(300_000, now),
-                    size: c.posts.len(),
-                    live: c.live as usize,
+                    shares_5m: c.count(300_000, now),
+                    size: c.posts().len(),
+                    live: c.live(),
                     first_seen_ms: c.first_seen_ms,
                     last_ms: c.last_ms,
                 });
@@ -1475,11 +1605,11 @@ impl<H> Store<H> {
     /// Whether the event `event_id` was applied to `cluster_id` (held).
     pub fn applied(&self, cluster_id: &str, event_id: &[u8]) -> bool {
         self.get(cluster_id)
-            .is_some_and(|c| c.ids.contains(id_digest(event_id)))
+            .is_some_and(|c| c.has_id(id_digest(event_id)))
     }
 
     pub fn size(&self, cluster_id: &str) -> Option<usize> {
-        self.get(cluster_id).map(|c| c.posts.len())
+        self.get(cluster_id).map(|c| c.posts().len())
     }
 
     pub fn summary(&self, cluster_id: &str) -> Option<Summary> {
@@ -1487,12 +1617,12 @@ impl<H> Store<H> {
             seq: c.seq,
             first_seen_ms: c.first_seen_ms,
             last_ms: c.last_ms,
-            size: c.posts.len(),
-            live: c.live as usize,
-            roots: c.roots as usize,
-            events: c.ids.len(),
+            size: c.posts().len(),
+            live: c.live(),
+            roots: c.posts().iter().filter(|p| p.parent() == NONE).count(),
+            events: c.ids_len(),
             pending: c.pending().len(),
-            emerging: c.emerging,
+            emerging: c.emerging(),
             allowed: c.allowed(),
             met: c.met().to_vec(),
         })
@@ -1501,13 +1631,13 @@ impl<H> Store<H> {
     /// Shares counted in `(now - window, now]`.
     pub fn count(&self, cluster_id: &str, window_ms: i64, now_ms: i64) -> usize {
         self.get(cluster_id)
-            .map_or(0, |c| c.times.count(window_ms, now_ms))
+            .map_or(0, |c| c.count(window_ms, now_ms))
     }
 
     /// The event times kept (within the horizon), sorted.
     pub fn times(&self, cluster_id: &str) -> Vec<i64> {
         self.get(cluster_id)
-            .map_or_else(Vec::new, |c| c.times.kept().to_vec())
+            .map_or_else(Vec::new, |c| c.kept_times().to_vec())
     }
 
     /// Every post, parents first (the order they were added).
@@ -1561,6 +1691,7 @@ impl<H> Store<H> {
                 )
             })
             .collect();
+        let (times, digests, emerging) = (c.kept_times().to_vec(), c.digests(), c.emerging());
         let (pending, met, allowed_by) = match c.rare {
             Some(r) => (r.pending, r.met, r.allowed_by),
             None => (Vec::new(), Vec::new(), Vec::new()),
@@ -1571,14 +1702,14 @@ impl<H> Store<H> {
             first_seen_ms: c.first_seen_ms,
             last_ms: c.last_ms,
             posts,
-            times: c.times.kept().to_vec(),
-            latest_ms: c.times.kept().last().copied(),
-            digests: c.ids.into_vec(),
+            latest_ms: times.last().copied(),
+            times,
+            digests,
             pending: pending
                 .into_iter()
                 .map(|p| (p.target.into_vec(), p.handle))
                 .collect(),
-            emerging: c.emerging,
+            emerging,
             met,
             allowed_by,
         })
@@ -1666,7 +1797,7 @@ fn add_post<H>(
         NONE
     };
     c.add(post, user, parent, ts_ms);
-    if !c.times.add(ts_ms, horizon) {
+    if !c.lists.add_time(&mut c.times_start, ts_ms, horizon) {
         out.late += 1;
     }
     Step::Added
@@ -1935,12 +2066,12 @@ mod tests {
     #[test]
     fn a_post_is_12_bytes_and_keeps_its_parent_and_whether_it_is_up() {
         assert_eq!(std::mem::size_of::<Post>(), 12);
-        assert_eq!(std::mem::size_of::<Cluster<()>>(), 144); // `sig_len` in its padding
+        assert_eq!(std::mem::size_of::<Cluster<()>>(), 104);
         let mut c: Cluster<()> = Cluster::new(ClusterId::of("u-0000000000000001"), 0);
         c.add(b"p0", b"u0", NONE, 1);
         c.add(b"p1", b"user-1", 0, 2);
         assert!(c.take_down(b"p1") && !c.take_down(b"p1"));
-        let (p0, p1) = (c.posts[0], c.posts[1]);
+        let (p0, p1) = (c.posts()[0], c.posts()[1]);
         assert_eq!(
             (p0.parent(), p0.live(), p1.parent(), p1.live()),
             (NONE, true, 0, false)
@@ -1977,61 +2108,131 @@ mod tests {
 
     #[test]
     fn velocity_keeps_the_horizon_and_counts_late_ones() {
-        let mut t = Times::default();
+        let (mut t, mut start) = (Lists::default(), 0);
         for x in [0, 10, 20, 5] {
-            assert!(t.add(x, 100));
+            assert!(t.add_time(&mut start, x, 100));
         }
-        assert_eq!(t.count(100, 20), 4);
-        assert!(t.add(200, 100));
-        assert!(!t.add(100, 100)); // at or before latest - horizon
-        assert_eq!((t.len(), t.count(1000, 200)), (1, 1));
+        assert_eq!(t.count_times(start, 100, 20), 4);
+        assert!(t.add_time(&mut start, 200, 100));
+        assert!(!t.add_time(&mut start, 100, 100)); // at or before latest - horizon
+        let kept = t.kept_times(start).len();
+        assert_eq!((kept, t.count_times(start, 1000, 200)), (1, 1));
     }
 
     #[test]
     fn times_drop_what_left_the_horizon_as_a_plain_list_would() {
         // past 8 times gone, the list is cut: what is kept and counted stays the same
-        let (mut t, mut all) = (Times::default(), Vec::new());
+        let (mut t, mut start, mut all) = (Lists::default(), 0, Vec::new());
         for i in 0..200i64 {
             let x = i * 10 - (i % 3) * 7; // a few late ones
             let latest = all.last().copied().unwrap_or(i64::MIN);
             let kept = all.is_empty() || x > latest - 100;
-            assert_eq!(t.add(x, 100), kept);
+            assert_eq!(t.add_time(&mut start, x, 100), kept);
             if kept {
                 all.push(x);
                 all.sort_unstable();
             }
             let now = *all.last().unwrap();
             let model: Vec<i64> = all.iter().copied().filter(|&y| y > now - 100).collect();
-            assert_eq!(t.kept(), &model[..]);
+            assert_eq!(t.kept_times(start), &model[..]);
             assert_eq!(
-                t.count(50, now),
+                t.count_times(start, 50, now),
                 model.iter().filter(|&&y| y > now - 50).count()
             );
         }
         assert!(
-            t.ts.capacity() < 64,
+            t.cap[TIMES] < 64,
             "the cut list gives its front back to reuse"
         );
     }
 
     #[test]
-    fn a_compact_list_is_a_vec_in_16_bytes() {
-        let mut v: CVec<u128> = CVec::default();
-        assert_eq!((v.len(), v.capacity()), (0, 0));
-        for i in 0..20u128 {
-            v.push(i);
+    fn a_clusters_lists_share_one_allocation_and_each_keeps_what_a_vec_would() {
+        // each section changed as a Vec beside it, in a random order: pushes (room made
+        // one at a time while small, then doubled), inserts, cuts of the front, a section
+        // given up
+        let (mut l, mut rng) = (Lists::default(), 7u64);
+        let (mut ids, mut times, mut posts, mut text) = (vec![], vec![], vec![], vec![]);
+        let mut next = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (rng >> 33) as usize
+        };
+        for step in 0..3000 {
+            let r = next();
+            match r % 7 {
+                0 => {
+                    let d = r as u128 * 0x1_0000_0001;
+                    l.push(IDS, d);
+                    ids.push(d);
+                }
+                1 => {
+                    l.push(TIMES, r as i64);
+                    times.push(r as i64);
+                }
+                2 if !times.is_empty() => {
+                    let at = next() % (times.len() + 1);
+                    l.insert(TIMES, at, &[bytes_of(&-(r as i64))], false);
+                    times.insert(at, -(r as i64));
+                }
+                3 if times.len() > 4 => {
+                    let n = next() % times.len();
+                    l.remove_front(TIMES, n);
+                    times.drain(..n);
+                }
+                4 => {
+                    let p = Post {
+                        id_len: r as u16,
+                        user_len: 3,
+                        parent_down: r as u32,
+                        ts_off: step,
+                    };
+                    l.push(POSTS, p);
+                    posts.push(p);
+                }
+                5 => {
+                    let at = next() % (text.len() + 1);
+                    let bytes = format!("t{r}");
+                    l.insert(TEXT, at, &[b"<", bytes.as_bytes()], text.len() < 40);
+                    text.splice(at..at, b"<".iter().chain(bytes.as_bytes()).copied());
+                }
+                _ if ids.len() > 30 => {
+                    l.len[IDS] = 0;
+                    l.set_cap(IDS, 0);
+                    ids.clear();
+                }
+                _ => {}
+            }
+            assert_eq!(l.get::<u128>(IDS), &ids[..]);
+            assert_eq!(l.get::<i64>(TIMES), &times[..]);
+            let got: Vec<(u16, u32, u32)> = l
+                .get::<Post>(POSTS)
+                .iter()
+                .map(|p| (p.id_len, p.parent_down, p.ts_off))
+                .collect();
+            let want: Vec<(u16, u32, u32)> = posts
+                .iter()
+                .map(|p| (p.id_len, p.parent_down, p.ts_off))
+                .collect();
+            assert_eq!(got, want);
+            assert_eq!(l.get::<u8>(TEXT), &text[..]);
+            assert!((0..4).all(|s| l.cap[s] >= l.len[s]));
         }
-        // grown one at a time while small, then as a Vec grows
-        assert!(v.capacity() >= 20 && v.capacity() < 40);
-        v[3] = 99;
-        v.with(|l| l.retain(|&x| x != 5));
-        assert_eq!(v.len(), 19);
-        let back = v.into_vec();
-        assert_eq!((back[3], back[5], back.len()), (99, 6, 19));
-        assert_eq!(std::mem::size_of::<CVec<u8>>(), 16);
-        // the cluster record: was 192 bytes with four Vecs, a 24-byte id and its post index
+        l.get_mut::<Post>(POSTS)[0].ts_off = 9;
+        assert_eq!(l.get::<Post>(POSTS)[0].ts_off, 9);
+        assert!(l.bytes() >= ids.len() * 16 + times.len() * 8 + posts.len() * 12 + text.len());
+        // small lists: room for exactly what they hold
+        let mut small = Lists::default();
+        small.push(IDS, 1u128);
+        small.push(POSTS, posts[0]);
+        small.insert(TEXT, 0, &[b"p0", b"u0"], true);
+        assert_eq!(small.bytes(), 16 + 12 + 4);
+        // the cluster record: was 192 bytes with four Vecs, a 24-byte id and its post index;
+        // 144 with four 16-byte lists, and its live posts and roots counted
         assert_eq!(std::mem::size_of::<ClusterId>(), 16);
-        assert!(std::mem::size_of::<Cluster<()>>() <= 152);
+        assert_eq!(std::mem::size_of::<Lists>(), 40);
+        assert!(std::mem::size_of::<Cluster<()>>() <= 104);
     }
 
     /// A store that keeps signals answers as a content index of the same clusters would
@@ -2244,7 +2445,7 @@ mod tests {
             assert_eq!(held, want, "step {step}");
             // the posts' text is whole before the signals
             if let Some(c) = s.get(&cid) {
-                assert_eq!(c.post_ids().count(), c.posts.len());
+                assert_eq!(c.post_ids().count(), c.posts().len());
                 assert!(c.post_ids().all(|p| p.starts_with(b"p")));
             }
         }
