@@ -300,53 +300,62 @@ def test_a_record_whose_send_fails_is_no_longer_waited_for() -> None:
 
 
 class _Client:
-    """aiokafka's producer as :meth:`faust_adapter.Producer.write` uses it: real batch
-    builders (small, so records spill into several), and each batch handed over noted with
-    a future the test resolves (the broker's answer)."""
+    """aiokafka's producer as :meth:`faust_adapter.Producer.write` uses it: its real
+    accumulator (small batches, so records spill into several), drained by the test as
+    the client's sender would, each batch answered as the broker would."""
 
     def __init__(self, batch_bytes: int = 300) -> None:
-        from aiokafka.producer.message_accumulator import BatchBuilder
+        from types import SimpleNamespace
 
-        self.builder = lambda: BatchBuilder(batch_bytes, 0)
-        self.handed: list[tuple[str, int, Any, asyncio.Future[None]]] = []
+        from aiokafka.producer.message_accumulator import MessageAccumulator
 
-    def create_batch(self) -> Any:
-        return self.builder()
+        cluster = SimpleNamespace(leader_for_partition=lambda tp: 0)
+        self._message_accumulator = MessageAccumulator(
+            cluster, batch_bytes, 0, 30, loop=asyncio.get_running_loop()
+        )
+        self.sent: list[Any] = []  # batches drained, in order
 
-    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
-        delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.handed.append((topic, partition, batch, delivered))
-        return delivered
-
-    async def flush(self) -> None:
+    async def flush(self) -> None:  # (aiokafka's waits for every batch it holds)
         return None
 
-    def records(self, topic: str, partition: int) -> list[tuple[bytes, bytes]]:
-        out = []
-        for t, p, batch, _ in self.handed:
-            if (t, p) == (topic, partition):
-                out += [(r.key, r.value) for r in DefaultRecordBatch(bytearray(batch._build()))]
-        return out
+    def drain(self) -> None:
+        while True:
+            nodes, _ = self._message_accumulator.drain_by_nodes(ignore_nodes=[])
+            if not nodes:
+                return
+            self.sent += [b for batches in nodes.values() for b in batches.values()]
+
+    @staticmethod
+    def keys(batch: Any) -> list[tuple[bytes, bytes | None]]:
+        return [(r.key, r.value) for r in DefaultRecordBatch(bytearray(batch.get_data_buffer()))]
+
+    def records(self, topic: str, partition: int) -> list[tuple[bytes, bytes | None]]:
+        return [kv for b in self.sent if b.tp == (topic, partition) for kv in self.keys(b)]
 
     def answer(self, error: Exception | None = None, but: bytes | None = None) -> None:
-        """The broker's answer to each batch handed over (``but`` the one holding that key)."""
-        for _, _, batch, delivered in self.handed:
-            keys = [r.key for r in DefaultRecordBatch(bytearray(batch._build()))]
-            if not delivered.done() and but not in keys:
+        """The broker's answer to each batch drained (``but`` the one holding that key)."""
+        for batch in self.sent:
+            if not batch.future.done() and but not in [k for k, _ in self.keys(batch)]:
                 if error is None:
-                    delivered.set_result(None)
+                    batch.done(base_offset=0)
                 else:
-                    delivered.set_exception(error)
+                    batch.failure(exception=error)
 
 
-def test_aiokafka_s_producer_still_takes_batches_built_outside_it() -> None:
-    """:meth:`faust_adapter.Producer.write` builds aiokafka batches and hands them over with
-    its public batch API."""
-    from aiokafka import AIOKafkaProducer
+def test_aiokafka_s_producer_still_has_the_accumulator_write_appends_to() -> None:
+    """:meth:`faust_adapter.Producer.write` appends to the accumulator's open batch of a
+    partition as aiokafka's ``send`` does (its private parts, checked here)."""
+    from aiokafka.producer.message_accumulator import MessageAccumulator, MessageBatch
 
-    assert callable(AIOKafkaProducer.create_batch)
-    assert inspect.iscoroutinefunction(AIOKafkaProducer.send_batch)
-    assert "partition" in inspect.signature(AIOKafkaProducer.send_batch).parameters
+    for name in ("_append_batch", "create_builder"):
+        assert callable(getattr(MessageAccumulator, name, None)), name
+    source = inspect.getsource(MessageAccumulator.__init__)
+    for name in ("self._batches", "self._closed", "self._exception"):
+        assert name in source, name
+    assert "self._builder" in inspect.getsource(MessageBatch.__init__)
+    assert "self._message_accumulator" in inspect.getsource(
+        __import__("aiokafka").AIOKafkaProducer.__init__
+    )
 
 
 def test_records_written_go_in_order_and_a_flush_waits_for_those_written_before_it() -> None:
@@ -362,13 +371,16 @@ def test_records_written_go_in_order_and_a_flush_waits_for_those_written_before_
             for n in range(12):
                 producer.write("actions", n % 2, b"k%d" % n, b"v" * 40 + b"%d" % n)
             producer.write("alerts", 1, b"a", b"alert")
+            producer.write("log", 0, b"gone", None)  # a tombstone
             flushed = asyncio.ensure_future(producer.flush_sent())
+            client.drain()  # the sender takes them
             producer.write("actions", 0, b"late", b"written after the flush began")
+            client.drain()
             await asyncio.sleep(0.05)
             assert not flushed.done()  # the broker has not answered yet
             client.answer(but=b"late")  # the flush does not wait for what came after it
             await asyncio.wait_for(flushed, 1.0)
-            assert producer.written == 14
+            assert producer.written == 15
             assert client.records("actions", 0) == [
                 *((b"k%d" % n, b"v" * 40 + b"%d" % n) for n in range(0, 12, 2)),
                 (b"late", b"written after the flush began"),
@@ -377,8 +389,9 @@ def test_records_written_go_in_order_and_a_flush_waits_for_those_written_before_
                 (b"k%d" % n, b"v" * 40 + b"%d" % n) for n in range(1, 12, 2)
             ]
             assert client.records("alerts", 1) == [(b"a", b"alert")]
-            assert len([h for h in client.handed if h[:2] == ("actions", 1)]) > 1  # spilled
-            # the late record's batch: handed over, unanswered; a new flush waits for it
+            assert client.records("log", 0) == [(b"gone", None)]
+            assert len([b for b in client.sent if b.tp == ("actions", 1)]) > 1  # spilled
+            # the late record's batch: drained, unanswered; a new flush waits for it
             again = asyncio.ensure_future(producer.flush())
             await asyncio.sleep(0.05)
             assert not again.done()
@@ -386,6 +399,7 @@ def test_records_written_go_in_order_and_a_flush_waits_for_those_written_before_
             await asyncio.wait_for(again, 1.0)
             producer.write("actions", 0, b"refused", b"x")
             failed = asyncio.ensure_future(producer.flush_sent())
+            client.drain()
             await asyncio.sleep(0.05)
             client.answer(RuntimeError("the broker refused the batch"))
             with pytest.raises(RuntimeError, match="refused the batch"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -161,96 +162,72 @@ class Producer(faust_aiokafka.Producer):
         self.counted.app = self.app
         self.counted.max_messages = PRODUCER_BUFFER_RECORDS
         self.buffer = self.counted
-        #: records written (:meth:`write`): the open batch of each (topic, partition), the
-        #: batches closed and not yet handed to the client (in order), how many were
-        #: closed and handed so far, and the client's futures of those handed over
-        self._open: dict[tuple[str, int], Any] = {}
-        self._closed: deque[tuple[str, int, Any]] = deque()
-        self._batches_closed = 0
-        self._batches_handed = 0
-        self._handed = asyncio.Event()
-        self._handing: asyncio.Future[None] | None = None
-        self._delivering: list[tuple[int, asyncio.Future[Any]]] = []
-        self._write_error: BaseException | None = None
+        #: the client's batches holding records written (:meth:`write`): the last of each
+        #: (topic, partition), and each one's number and delivery (a flush waits for those
+        #: numbered up to its mark)
+        self._last_batch: dict[Any, Any] = {}
+        self._batches = 0
+        self._delivering: deque[tuple[int, asyncio.Future[Any]]] = deque()
         #: records written so far (the worker's report)
         self.written = 0
 
     def write(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
-        """Add a record to the open batch of ``topic``'s ``partition``, handed to the Kafka
-        client as the loop turns; the flushes (:meth:`flush_sent`, Faust's :meth:`flush`)
-        wait for it as for a record sent.
+        """Add a record to the Kafka client's open batch of ``topic``'s ``partition`` (a new
+        one if there is none or it is full), as the client's own ``send`` does, without a
+        future for the record; the flushes (:meth:`flush_sent`, Faust's :meth:`flush`)
+        wait for its batch as for a record sent. ``value`` ``None`` deletes the key (a
+        tombstone).
 
         Why not Faust's ``send_soon``: there a record is a Faust message, a future
         of its own and another of aiokafka's (each asks the loop, a ``getpid``
         system call), a place in Faust's buffer and a task step to hand it over:
         a one-worker backlog spent about a tenth of its CPU there, two thirds of
         its records takedown requests. Here a record is an append to aiokafka's
-        batch builder (C), and a batch one future. Records of one partition keep
-        the order written. ``value`` ``None`` deletes the key (a tombstone).
+        batch builder (C). Records of one partition keep the order written.
+        (aiokafka's public batch API, ``send_batch``, waits for the partition's
+        last batch to leave before it takes another: a batch per checkpoint and
+        partition waited out the linger, one after the other.)
         """
-        tp = (topic, partition)
-        batch = self._open.get(tp)
-        if batch is None or batch.append(timestamp=None, key=key, value=value) is None:
-            if batch is not None:  # full: it goes as it is, a new one takes the record
-                self._close(topic, partition, batch)
-            batch = self._open[tp] = self._ensure_producer().create_batch()
-            batch.append(timestamp=None, key=key, value=value)  # a batch takes its first
+        from aiokafka.errors import ProducerClosed
+        from aiokafka.structs import TopicPartition
+
+        accumulator = self._ensure_producer()._message_accumulator
+        if accumulator._closed:
+            raise ProducerClosed()
+        if accumulator._exception is not None:
+            raise copy.copy(accumulator._exception)
+        tp = TopicPartition(topic, partition)
+        pending = accumulator._batches.get(tp)
+        batch = pending[-1] if pending else None
+        if batch is None or batch._builder.append(timestamp=None, key=key, value=value) is None:
+            # none open, or full (the sender is woken): a new one, which takes its first
+            batch = accumulator._append_batch(accumulator.create_builder(), tp)
+            batch._builder.append(timestamp=None, key=key, value=value)
+        if self._last_batch.get(tp) is not batch:
+            self._last_batch[tp] = batch
+            self._batches += 1
+            if len(self._delivering) >= 256:  # no flush for a while: drop the acked
+                self._delivering = deque(d for d in self._delivering if not _acked(d[1]))
+            self._delivering.append((self._batches, batch.future))
         self.written += 1
-        if self._handing is None or self._handing.done():
-            self._handing = asyncio.ensure_future(self._hand_written())
-
-    def _close(self, topic: str, partition: int, batch: Any) -> None:
-        self._closed.append((topic, partition, batch))
-        self._batches_closed += 1
-
-    def _close_open(self) -> None:
-        opened, self._open = self._open, {}
-        for (topic, partition), batch in opened.items():
-            self._close(topic, partition, batch)
-
-    async def _hand_written(self) -> None:
-        """Hand the written batches to the client, in the order closed (one at a time: the
-        client takes one batch of a partition while another of it waits to be sent)."""
-        try:
-            while self._open or self._closed:
-                self._close_open()
-                while self._closed:
-                    topic, partition, batch = self._closed.popleft()
-                    producer = self._ensure_producer()
-                    delivered = await producer.send_batch(batch, topic, partition=partition)
-                    if len(self._delivering) >= 256:  # no flush for a while: drop the acked
-                        self._delivering = [d for d in self._delivering if not _acked(d[1])]
-                    self._batches_handed += 1
-                    self._delivering.append((self._batches_handed, delivered))
-                    self._handed.set()
-        except BaseException as exc:  # the client stopped or timed out: every flush fails
-            self._write_error = exc
-            self._handed.set()
-            raise
 
     async def flush_written(self) -> None:
         """Wait until every record written before this call is acknowledged by the broker;
         raise if one was not (the offsets that made it must not be committed)."""
-        await self._written_by(self._written_mark())
-
-    def _written_mark(self) -> int:
-        """Close the open batches (now: what is written after is not waited for) and say
-        how many batches a flush must see handed to the client."""
-        self._close_open()
-        if self._closed and (self._handing is None or self._handing.done()):
-            self._handing = asyncio.ensure_future(self._hand_written())
-        return self._batches_closed
+        await self._written_by(self._batches)
 
     async def _written_by(self, mark: int) -> None:
-        while self._batches_handed < mark and self._write_error is None:
-            self._handed.clear()
-            await self._handed.wait()
-        if self._write_error is not None:
-            raise self._write_error
         delivering = [f for n, f in self._delivering if n <= mark]
-        if delivering:
-            await asyncio.gather(*delivering)  # a batch the broker did not take raises here
-            self._delivering = [d for d in self._delivering if not _acked(d[1])]
+        if not delivering:
+            return
+        await asyncio.wait(delivering)  # (not gather: cancelled, it would cancel the client's)
+        for delivered in delivering:
+            if not _acked(delivered):  # a batch the broker did not take
+                if delivered.cancelled():
+                    raise RuntimeError("a batch of records written was cancelled")
+                raise delivered.exception()  # type: ignore[misc]
+        while self._delivering and _acked(self._delivering[0][1]):
+            self._delivering.popleft()
 
     async def flush(self) -> None:
         """Faust's flush (before it commits an agent's offsets, on a rebalance), with the
@@ -258,27 +235,17 @@ class Producer(faust_aiokafka.Producer):
         await self.flush_written()
         await super().flush()
 
-    async def on_stop(self) -> None:
-        """What was written goes to the client before it stops (its stop flushes it)."""
-        if self._producer is not None and self._write_error is None:
-            self._close_open()
-            if self._closed and (self._handing is None or self._handing.done()):
-                self._handing = asyncio.ensure_future(self._hand_written())
-            if self._handing is not None:
-                with contextlib.suppress(Exception):
-                    await self._handing
-        await super().on_stop()
-
     def flush_sent(self) -> Awaitable[None]:
         """Wait (when awaited) until every record sent or written before this call is
         acknowledged by the broker; records sent after it are not waited for.
 
         The records waiting in Faust's buffer when called are handed to the client
-        first (:meth:`ProducerBuffer.flush_until`), and those written
-        (:meth:`flush_written`); then aiokafka's own flush waits for the batches it
-        holds then, which hold every record handed to it before.
+        first (:meth:`ProducerBuffer.flush_until`); then the batches holding the records
+        written before the call are waited for (:meth:`flush_written`), and aiokafka's
+        own flush waits for the batches it holds then, which hold every record handed
+        to it before.
         """
-        return self._flush_until(self.counted.put_count, self._written_mark())
+        return self._flush_until(self.counted.put_count, self._batches)
 
     async def _flush_until(self, mark: int, written: int) -> None:
         await self.counted.flush_until(mark)
