@@ -77,6 +77,22 @@ fn compress(h: &mut [u64; 8], block: &[u8; 128], t: u128, last: bool) {
 /// The BLAKE2b digest of `data`, `size` bytes long (1..=64; clamped to it).
 pub fn blake2b(data: &[u8], size: usize) -> Vec<u8> {
     let size = size.clamp(1, 64);
+    state(data, size)
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .take(size)
+        .collect()
+}
+
+/// The 8-byte BLAKE2b digest of `data`, read as a big-endian number (an unbanked cluster's
+/// id: no allocation, once an upload).
+pub fn blake2b_u64(data: &[u8]) -> u64 {
+    state(data, 8)[0].swap_bytes()
+}
+
+/// The chain words after hashing `data` for a `size`-byte digest (1..=64): the digest is
+/// their little-endian bytes, cut to `size`.
+fn state(data: &[u8], size: usize) -> [u64; 8] {
     let mut h = IV;
     h[0] ^= 0x0101_0000 ^ size as u64;
     let mut t: u128 = 0;
@@ -91,7 +107,7 @@ pub fn blake2b(data: &[u8], size: usize) -> Vec<u8> {
     last[..rest.len()].copy_from_slice(rest);
     t += rest.len() as u128;
     compress(&mut h, &last, t, true);
-    h.iter().flat_map(|w| w.to_le_bytes()).take(size).collect()
+    h
 }
 
 /// Lowercase hex of `bytes`.
@@ -121,5 +137,6 @@ mod tests {
         assert_eq!(hex(&blake2b(b"", 8)), "e4a6a0577479b2b4");
         assert_eq!(hex(&blake2b(&[b'x'; 128], 8)), "901ce374e8e12402");
         assert_eq!(hex(&blake2b(&[b'x'; 129], 8)), "18de14b9d8eea5a3");
+        assert_eq!(blake2b_u64(&[b'x'; 129]), 0x18de_14b9_d8ee_a5a3);
     }
 }

@@ -34,7 +34,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::blake2b::{blake2b, hex};
+use crate::blake2b::{blake2b, blake2b_u64, hex};
 use crate::content::{AsCid, BadSignal, Cid, ClusterId, ContentIndex, Kind};
 
 /// The id of the cluster content no bank knows starts: `u-` and the 8-byte BLAKE2b of
@@ -48,13 +48,15 @@ pub fn unbanked_id(key: &[u8]) -> String {
 }
 
 /// [`unbanked_id`] as a [`Cid`] (no text made).
+///
+/// ```
+/// use viralwatch_core::emerging::{unbanked_cid, unbanked_id};
+/// for key in [&b"abc"[..], b"", &[b'x'; 200]] {
+///     assert_eq!(unbanked_cid(key).to_string(), unbanked_id(key));
+/// }
+/// ```
 pub fn unbanked_cid(key: &[u8]) -> Cid {
-    let digest = blake2b(key, 8);
-    let mut v = 0_u64;
-    for &b in &digest[..8] {
-        v = (v << 8) | u64::from(b);
-    }
-    Cid::from_id(ClusterId::Hex(b'u', v))
+    Cid::from_id(ClusterId::Hex(b'u', blake2b_u64(key)))
 }
 
 /// A cluster touched since the last [`IdleClusters::take_changes`]: its latest

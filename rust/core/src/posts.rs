@@ -613,16 +613,27 @@ impl<T, E> Resolver<T, E> {
         cluster: &Cid,
         mut make: impl FnMut(&str) -> T,
     ) -> Vec<E> {
+        // the post itself first, with no copy of it: most posts release nothing
+        self.posts.register(post, cluster, &mut make);
+        let first = self.orphans.release_with_posts(post);
+        if first.is_empty() {
+            return Vec::new();
+        }
         let mut out = Vec::new();
-        let mut stack: Vec<Box<[u8]>> = vec![post.into()];
-        while let Some(p) = stack.pop() {
-            self.posts.register(&p, cluster, &mut make);
-            for (child, own) in self.orphans.release_with_posts(&p) {
+        let mut stack: Vec<Box<[u8]>> = Vec::new();
+        let mut released = first;
+        loop {
+            for (child, own) in released {
                 if let Some(own) = own {
                     stack.push(own);
                 }
                 out.push(child);
             }
+            let Some(p) = stack.pop() else {
+                break;
+            };
+            self.posts.register(&p, cluster, &mut make);
+            released = self.orphans.release_with_posts(&p);
         }
         out
     }

@@ -162,6 +162,9 @@ impl<T> Orphans<T> {
     /// `post` was routed: what waited for it, in the order held, each with its own post
     /// (a reshare's; `None` for a takedown).
     pub fn release_with_posts(&mut self, post: &[u8]) -> Vec<(T, Option<Box<[u8]>>)> {
+        if self.waiting.is_empty() && self.parent_of.is_empty() {
+            return Vec::new(); // nothing held: no look-up (each post routed asks)
+        }
         self.parent_of.remove(post);
         match self.waiting.remove(post) {
             None => Vec::new(),

@@ -83,9 +83,7 @@ impl ReplayLoop {
 
     /// `event`'s post is routed to `cluster`: mapped, and what waited for it released.
     fn register(&mut self, py: Python<'_>, event: &Ev, cluster: &Cluster) -> PyResult<()> {
-        event
-            .with_posts(py, |post, _| post.to_vec())
-            .and_then(|post| Routing::register(self, py, &post, cluster))
+        event.with_posts(py, |post, _| Routing::register(self, py, post, cluster))?
     }
 
     fn defer(&mut self, py: Python<'_>, event: Ev, ts_ms: i64) -> PyResult<()> {

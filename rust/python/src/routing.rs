@@ -9,6 +9,8 @@
 //! holds it for its watermark, a resolve partition sends it to its clusters partition),
 //! not in how it is routed.
 
+use std::borrow::Cow;
+
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -101,31 +103,81 @@ pub(crate) enum Reshare<'py> {
 }
 
 /// An upload's image signals, lowercase, MD5 first (``streams.emerging.signals_of``), and
-/// the key of the cluster it starts if none is near (``unbanked_cluster_id``'s).
-#[derive(Default)]
-pub(crate) struct ImageSignals {
-    pub(crate) lower: Vec<(Signal, String)>,
-    pub(crate) own_key: Option<String>,
+/// the key of the cluster it starts if none is near (``unbanked_cluster_id``'s: the
+/// signal's kind and its text as given). Borrowed from the event: a signal is copied only
+/// to lowercase it (no allocation for the usual upload, once an upload and again where it
+/// is applied).
+pub(crate) struct ImageSignals<'a> {
+    lower: [(Signal, Cow<'a, str>); 2],
+    n: usize,
+    own_key: Option<(&'static [u8], &'a str)>,
 }
 
-impl ImageSignals {
-    pub(crate) fn refs(&self) -> Vec<(Signal, &str)> {
-        self.lower.iter().map(|(k, t)| (*k, t.as_str())).collect()
+impl<'a> ImageSignals<'a> {
+    fn push(&mut self, kind: Signal, text: &'a str, key: &'static [u8]) {
+        self.lower[self.n] = (kind, lowercase(text));
+        self.n += 1;
+        self.own_key.get_or_insert((key, text));
+    }
+
+    /// The signals, as the indexes take them.
+    pub(crate) fn refs(&self) -> [(Signal, &str); 2] {
+        self.lower.each_ref().map(|(k, t)| (*k, &**t))
+    }
+
+    /// How many of [`Self::refs`] are signals.
+    pub(crate) fn len(&self) -> usize {
+        self.n
+    }
+
+    /// The id of the cluster the upload starts if none is near (``unbanked_cluster_id``:
+    /// ``u-`` and the BLAKE2b of ``kind:text``), or `None` with no signal.
+    fn own_cid(&self) -> Option<Cid> {
+        let (kind, text) = self.own_key?;
+        let n = kind.len() + text.len();
+        let mut stack = [0_u8; 128];
+        let mut heap = Vec::new();
+        let key: &mut [u8] = if n <= stack.len() {
+            &mut stack[..n]
+        } else {
+            heap.resize(n, 0);
+            &mut heap
+        };
+        key[..kind.len()].copy_from_slice(kind);
+        key[kind.len()..].copy_from_slice(text.as_bytes());
+        Some(unbanked_cid(key))
+    }
+}
+
+/// `text` in lowercase, copied only if it has an uppercase letter.
+fn lowercase(text: &str) -> Cow<'_, str> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(text.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(text)
     }
 }
 
 /// An upload's image signals as the content indexes take them, lowercase, MD5 first (a
 /// PDQ under ``min_pdq_quality`` left out): the router's index and the detector's alike.
-pub(crate) fn image_signals(image: &Image<'_>, min_pdq_quality: i64) -> ImageSignals {
-    let mut out = ImageSignals::default();
+pub(crate) fn image_signals<'a>(image: &'a Image<'_>, min_pdq_quality: i64) -> ImageSignals<'a> {
+    let mut out = ImageSignals {
+        lower: [
+            (Signal::Md5, Cow::Borrowed("")),
+            (Signal::Md5, Cow::Borrowed("")),
+        ],
+        n: 0,
+        own_key: None,
+    };
     if let Some(md5) = image.md5.as_deref().filter(|t| !t.is_empty()) {
-        out.lower.push((Signal::Md5, md5.to_ascii_lowercase()));
-        out.own_key = Some(format!("md5:{md5}"));
+        out.push(Signal::Md5, md5, b"md5:");
     }
     if signalled_pdq(image, min_pdq_quality) {
-        let pdq = image.pdq.as_deref().unwrap_or_default();
-        out.lower.push((Signal::Pdq, pdq.to_ascii_lowercase()));
-        out.own_key.get_or_insert_with(|| format!("pdq:{pdq}"));
+        out.push(
+            Signal::Pdq,
+            image.pdq.as_deref().unwrap_or_default(),
+            b"pdq:",
+        );
     }
     out
 }
@@ -299,16 +351,21 @@ impl Routing {
             ));
         };
         let image = image_signals(image, self.min_pdq_quality);
-        let Some(key) = &image.own_key else {
+        let Some(own) = image.own_cid() else {
             return Err(PyTypeError::new_err("a deferred upload has no signal"));
         };
-        let own = unbanked_cid(key.as_bytes());
         let id = {
             let mut held = signals.borrow_mut(py);
             let mut idle = idle.borrow_mut(py);
             let threshold = idle.threshold;
             idle.inner
-                .assign(&mut held.inner, &image.refs(), &own, ts, threshold)
+                .assign(
+                    &mut held.inner,
+                    &image.refs()[..image.len()],
+                    &own,
+                    ts,
+                    threshold,
+                )
                 .map_err(|e| PyValueError::new_err(e.0))?
         };
         Ok(Cluster::of_cid(id))
