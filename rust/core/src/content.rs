@@ -285,24 +285,36 @@ fn id_hasher() -> &'static std::collections::hash_map::RandomState {
     KEY.get_or_init(std::collections::hash_map::RandomState::new)
 }
 
-/// The keyed hash of a cluster id (see [`id_hasher`]).
+/// The keyed hash of a cluster id as the tables use it (see [`id_hasher`]): 32 bits,
+/// repeated in both halves, so that a [`Cid`] carrying it is 16 bytes (hashbrown reads
+/// a bucket from the low bits and a tag from the top seven: both come from the 32).
 fn keyed(id: &ClusterId) -> u64 {
+    spread(keyed32(id))
+}
+
+fn keyed32(id: &ClusterId) -> u32 {
     use std::hash::BuildHasher;
-    match id {
+    let h = match id {
         ClusterId::Hex(letter, x) => id_hasher().hash_one((0_u8, *letter, *x)),
         ClusterId::Text(t) => id_hasher().hash_one((1_u8, &***t)),
-    }
+    };
+    (h ^ (h >> 32)) as u32
+}
+
+fn spread(h: u32) -> u64 {
+    u64::from(h) | (u64::from(h) << 32)
 }
 
 /// A cluster id read once, where an event is routed: its compact form and its keyed hash,
 /// carried with the event through the post map, the idle order, the unbanked store and the
 /// content index, so that none of them reads the id's text or hashes it again (a platform
 /// replay looked each event's cluster up by its text four or five times: a quarter of the
-/// core's SipHashes, and the text read digit by digit each time).
+/// core's SipHashes, and the text read digit by digit each time). 16 bytes, as a
+/// [`ClusterId`]: the reorder buffer holds one with each event.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cid {
-    id: ClusterId,
-    hash: u64,
+pub enum Cid {
+    Hex { letter: u8, hash: u32, value: u64 },
+    Text { hash: u32, text: Box<Box<str>> },
 }
 
 impl Cid {
@@ -312,28 +324,60 @@ impl Cid {
     }
 
     pub fn from_id(id: ClusterId) -> Self {
-        let hash = keyed(&id);
-        Self { id, hash }
+        let hash = keyed32(&id);
+        match id {
+            ClusterId::Hex(letter, value) => Cid::Hex {
+                letter,
+                hash,
+                value,
+            },
+            ClusterId::Text(text) => Cid::Text { hash, text },
+        }
     }
 
-    pub fn id(&self) -> &ClusterId {
-        &self.id
+    fn hash(&self) -> u64 {
+        match self {
+            Cid::Hex { hash, .. } | Cid::Text { hash, .. } => spread(*hash),
+        }
+    }
+
+    /// The id as the tables keep it.
+    pub fn to_id(&self) -> ClusterId {
+        match self {
+            Cid::Hex { letter, value, .. } => ClusterId::Hex(*letter, *value),
+            Cid::Text { text, .. } => ClusterId::Text(text.clone()),
+        }
+    }
+
+    /// Whether this is `id`.
+    pub fn is(&self, id: &ClusterId) -> bool {
+        match (self, id) {
+            (Cid::Hex { letter, value, .. }, ClusterId::Hex(p, v)) => (*letter, *value) == (*p, *v),
+            (Cid::Text { text, .. }, ClusterId::Text(t)) => text == t,
+            _ => false,
+        }
     }
 
     /// Whether the id starts with `letter` and a dash.
     pub fn kind_is(&self, letter: u8) -> bool {
-        self.id.kind_is(letter)
+        match self {
+            Cid::Hex { letter: p, .. } => *p == letter,
+            Cid::Text { text, .. } => text.as_bytes().starts_with(&[letter, b'-']),
+        }
     }
 
     /// `f` of the id's text, written on the stack for the compact form (no allocation).
     pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        self.id.with_str(f)
+        match self {
+            Cid::Hex { letter, value, .. } => ClusterId::Hex(*letter, *value).with_str(f),
+            Cid::Text { text, .. } => f(text),
+        }
     }
 }
 
 impl std::fmt::Display for Cid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.id.fmt(f)
+        self.with_str(|s| f.write_str(s))
     }
 }
 
@@ -400,13 +444,13 @@ impl IdSlots {
     /// The slot of `id`; `id_of` gives the id a live slot holds. No hash computed here: the
     /// id's was, once ([`Cid`]).
     pub fn find<'a>(&self, id: &Cid, id_of: impl Fn(u32) -> &'a ClusterId) -> Option<u32> {
-        self.table.find(id.hash, |&s| *id_of(s) == id.id).copied()
+        self.table.find(id.hash(), |&s| id.is(id_of(s))).copied()
     }
 
     /// Add `slot`, which holds `id` (not here yet).
     pub fn insert<'a>(&mut self, id: &Cid, slot: u32, id_of: impl Fn(u32) -> &'a ClusterId) {
         self.table
-            .insert_unique(id.hash, slot, |&s| keyed(id_of(s)));
+            .insert_unique(id.hash(), slot, |&s| keyed(id_of(s)));
     }
 
     /// Take `slot` (which holds `id`) out.
@@ -815,7 +859,7 @@ impl ContentIndex {
             Some(c) => c,
             None => {
                 let item = Cluster {
-                    id: cluster.id().clone(),
+                    id: cluster.to_id(),
                     keys: Box::default(),
                     held: 0,
                     born: 0,

@@ -276,7 +276,7 @@ impl IdleClusters {
             .iter()
             .find_map(|&(kind, text)| index.nearest(kind, text, threshold));
         let own = own.as_cid();
-        if near.as_ref().is_some_and(|c| c != own.id()) {
+        if near.as_ref().is_some_and(|c| !own.is(c)) {
             self.joined += 1;
         }
         // the id read (and hashed) once, here: the index, the idle order and the caller's

@@ -899,7 +899,12 @@ mod tests {
     #[test]
     fn the_radix_sort_of_a_tail_sorts_by_key_then_row() {
         let mut rng = Rng(7);
-        for (n, keys) in [(0, 16 << 16), (100, 16 << 16), (5_000, 16 << 16), (3_000, 32 << 8)] {
+        for (n, keys) in [
+            (0, 16 << 16),
+            (100, 16 << 16),
+            (5_000, 16 << 16),
+            (3_000, 32 << 8),
+        ] {
             // rows ascending as a tail gives them, keys at random (repeats among them)
             let pairs: Vec<(u32, u32)> = (0..n)
                 .map(|i| ((rng.next() % keys as u64) as u32, i / 16))

@@ -362,7 +362,7 @@ impl<T> PostClusters<T> {
             return s;
         }
         let c = Cluster {
-            id: cluster.id().clone(),
+            id: cluster.to_id(),
             posts: 0,
             extra: cluster.with_str(make),
         };

@@ -1531,7 +1531,7 @@ impl<H> Store<H> {
                 slot
             }
             None => {
-                let c = Box::new(Cluster::new(cluster_id.id().clone(), ev.ts_ms));
+                let c = Box::new(Cluster::new(cluster_id.to_id(), ev.ts_ms));
                 let slot = self.slots.insert(c);
                 self.by_id
                     .insert(&cluster_id, slot, id_in(self.slots.slots()));

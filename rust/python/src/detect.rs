@@ -34,14 +34,16 @@ use crate::routing::{image_signals, Cluster};
 use crate::unbanked::{crossing_row, CrossingRow, UnbankedClusters};
 use crate::wire_read::{by_partition, RoutedItem, WireReader};
 
-/// What the reorder buffer holds: a routed event (its cluster, and the `Routed` record
-/// when one was made: a banked or allow-listed upload in replay; in a stream, a banked
-/// cluster's event, or one handed over in-process as a record), or a timed bank change.
+/// What the reorder buffer holds: a routed event (its cluster, read once where it was
+/// routed, and the `Routed` record when one was made: a banked or allow-listed upload in
+/// replay; in a stream, a banked cluster's event, or one handed over in-process as a
+/// record), or a timed bank change. No Python string of the cluster's id: one is made
+/// for what Python is given (rare), and an event's time is its own (the buffer keeps it
+/// too), so that an item is no larger than when it held the id's string.
 pub(crate) enum Item {
     Event {
-        cluster: Cluster,
+        cluster: Cid,
         event: Ev,
-        ts: i64,
         routed: Option<Py<PyAny>>,
     },
     Bank(Py<PyAny>),
@@ -50,13 +52,7 @@ pub(crate) enum Item {
 impl Item {
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         match self {
-            Item::Event {
-                cluster,
-                event,
-                routed,
-                ..
-            } => {
-                cluster.traverse(visit)?;
+            Item::Event { event, routed, .. } => {
                 event.traverse(visit)?;
                 if let Some(r) = routed {
                     visit.call(r)?;
@@ -66,6 +62,11 @@ impl Item {
         }
         Ok(())
     }
+}
+
+/// A cluster id as Python reads it (made where Python is given one).
+fn py_id<'py>(py: Python<'py>, cluster: &Cid) -> Bound<'py, PyString> {
+    cluster.with_str(|s| PyString::new(py, s))
 }
 
 /// The store's results not yet handed to Python, and the loop's own counters.
@@ -395,7 +396,7 @@ impl Detect {
     fn routed<'py>(
         &self,
         py: Python<'py>,
-        cluster: &Cluster,
+        cluster: &Cid,
         event: &Ev,
         routed: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
@@ -404,7 +405,7 @@ impl Detect {
             None => self
                 .routed_cls
                 .bind(py)
-                .call1((event.to_py(py)?, cluster.py_str(py))),
+                .call1((event.to_py(py)?, py_id(py, cluster))),
         }
     }
 
@@ -412,12 +413,13 @@ impl Detect {
     pub(crate) fn push(
         &mut self,
         py: Python<'_>,
-        cluster: Cluster,
+        cluster: &Cluster,
         event: Ev,
         ts: i64,
         routed: Option<Py<PyAny>>,
     ) -> PyResult<()> {
         let buffer = &mut self.buffer;
+        let cluster = cluster.cid.clone();
         event.clone_ref(py).with_id(py, |k| {
             buffer.push(
                 ts,
@@ -425,7 +427,6 @@ impl Detect {
                 Item::Event {
                     cluster,
                     event,
-                    ts,
                     routed,
                 },
             )
@@ -464,16 +465,18 @@ impl Detect {
                 Item::Event {
                     cluster,
                     event,
-                    ts,
                     routed,
-                } => (cluster, event, ts, routed),
+                } => {
+                    let ts = event.ts_ms(py)?;
+                    (cluster, event, ts, routed)
+                }
             };
             // a banked cluster's event goes to Python: a `b-` cluster, or one Python holds
             // (an unbanked cluster whose content turned out banked, taken out of the store:
             // so one the store holds is not Python's, and its id is not looked up there)
-            let python = cluster.cid.kind_is(b'b')
-                || !self.unbanked.borrow(py).store.contains(&cluster.cid)
-                    && self.banked.bind(py).contains(cluster.py_str(py))?;
+            let python = cluster.kind_is(b'b')
+                || !self.unbanked.borrow(py).store.contains(&cluster)
+                    && self.banked.bind(py).contains(py_id(py, &cluster))?;
             if python {
                 let r = self.routed(py, &cluster, &event, routed)?;
                 self.python_apply(host, r)?;
@@ -485,7 +488,7 @@ impl Detect {
                 self.python_apply(host, r)?;
                 continue;
             }
-            let cid = &cluster.cid;
+            let cid = &cluster;
             let mut out: Outcome<Ev> = Outcome::default();
             let applied = {
                 let mut store = self.unbanked.borrow_mut(py);
@@ -608,7 +611,7 @@ impl ClusterLoop {
         }
         self.detect.push(
             py,
-            Cluster::of_py(&cluster)?,
+            &Cluster::of_py(&cluster)?,
             Ev::from_py(&event),
             ts,
             Some(item.clone().unbind()),
@@ -658,7 +661,7 @@ impl ClusterLoop {
             None
         };
         self.detect
-            .push(py, Cluster::of_py(cluster)?, event, ts, record)
+            .push(py, &Cluster::of_py(cluster)?, event, ts, record)
     }
 }
 
@@ -815,7 +818,7 @@ impl ClusterLoop {
                 Item::Event { cluster, event, .. } => out.append(
                     self.routed_cls
                         .bind(py)
-                        .call1((event.to_py(py)?, cluster.py_str(py)))?,
+                        .call1((event.to_py(py)?, py_id(py, cluster)))?,
                 )?,
                 Item::Bank(u) => out.append(u)?,
             }

@@ -70,7 +70,7 @@ impl Deliver for ReplayLoop {
     }
 
     fn deliver(&mut self, py: Python<'_>, cluster: &Cluster, event: Ev, ts: i64) -> PyResult<()> {
-        self.detect.push(py, cluster.clone_ref(py), event, ts, None)
+        self.detect.push(py, cluster, event, ts, None)
     }
 }
 
@@ -127,8 +127,7 @@ impl ReplayLoop {
         route: Option<Py<PyAny>>,
     ) -> PyResult<()> {
         let held = event.clone_ref(py);
-        self.detect
-            .push(py, cluster.clone_ref(py), held, ts, route)?;
+        self.detect.push(py, &cluster, held, ts, route)?;
         self.register(py, &event, &cluster)
     }
 
@@ -195,8 +194,7 @@ impl ReplayLoop {
             }
             kind => match self.routing.reshare(py, &event, kind == Kind::Share, ts)? {
                 Reshare::Found(cluster, released) => {
-                    self.detect
-                        .push(py, cluster.clone_ref(py), event, ts, None)?;
+                    self.detect.push(py, &cluster, event, ts, None)?;
                     if cluster.is_unbanked() {
                         self.routing.touch(py, &cluster.cid, ts);
                     }

@@ -72,23 +72,9 @@ impl Cluster {
         }
     }
 
-    pub(crate) fn clone_ref(&self, py: Python<'_>) -> Self {
-        Self {
-            cid: self.cid.clone(),
-            py: self.py.as_ref().map(|s| s.clone_ref(py)),
-        }
-    }
-
     /// An unbanked cluster's (``u-``).
     pub(crate) fn is_unbanked(&self) -> bool {
         self.cid.kind_is(b'u')
-    }
-
-    pub(crate) fn traverse(&self, visit: &pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        if let Some(s) = &self.py {
-            visit.call(s)?;
-        }
-        Ok(())
     }
 }
 
