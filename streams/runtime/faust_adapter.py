@@ -27,6 +27,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
+from aiokafka.errors import ProducerClosed
+from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 from faust.types import TP
@@ -188,9 +190,6 @@ class Producer(faust_aiokafka.Producer):
         last batch to leave before it takes another: a batch per checkpoint and
         partition waited out the linger, one after the other.)
         """
-        from aiokafka.errors import ProducerClosed
-        from aiokafka.structs import TopicPartition
-
         accumulator = self._ensure_producer()._message_accumulator
         if accumulator._closed:
             raise ProducerClosed()
