@@ -144,37 +144,46 @@ pub fn distance(a: &Hash, b: &Hash) -> u32 {
         + (a[3] ^ b[3]).count_ones()
 }
 
-/// A method, `$name`, that runs `$body` (an `#[inline(always)]` method of the same
-/// arguments) compiled with the `popcnt` instruction where the CPU has it, through a twin
-/// method `$twin` compiled so: the x86-64 baseline lacks the instruction, and a bit count in
-/// plain instructions costs about 4x more (most of a scan). Used in an `impl` block: the PDQ
-/// index's search, the unbanked store's page scan ([`crate::unbanked`]).
+/// A method, `$name`, whose body is compiled with the `popcnt` instruction where the CPU
+/// has it: the body goes, `#[inline(always)]`, into `$body`, which `$name` calls through a
+/// twin, `$twin`, compiled with the instruction when the CPU has it (the x86-64 baseline
+/// lacks it, and a bit count in plain instructions costs about 4x more: most of a scan),
+/// and directly otherwise. The signature is written once; every argument is bound `mut`
+/// in the body. Used in an `impl` block: the PDQ index's search, the unbanked store's page
+/// scan ([`crate::unbanked`]).
 ///
 /// A macro, not a function given a closure: what is compiled with the instruction is what is
 /// inlined into the twin, and a closure is inlined only where the compiler chooses (given
-/// the index's search, 4 of its 5 copies kept the plain bit count).
+/// the index's search, 4 of its 5 copies kept the plain bit count). The receiver is matched
+/// as `$self` so that the body's `self` is the one of the methods made here (macro hygiene).
+/// Bounds go in the generics (a `where` clause would be ambiguous with the body).
 macro_rules! popcnt_twin {
     (
         $twin:ident calls $body:ident:
         $(#[$attr:meta])*
-        $vis:vis fn $name:ident $(<$($gen:ident),+>)? (&self $(, $arg:ident: $ty:ty)* $(,)?)
-        $(where $($bound:tt)+)?
+        $vis:vis fn $name:ident $(<$($gen:ident: $bound:path),+>)?
+            (&$self:ident $(, $arg:ident: $ty:ty)* $(,)?)
+        $block:block
     ) => {
         $(#[$attr])*
-        $vis fn $name $(<$($gen),+>)? (&self $(, $arg: $ty)*) $(where $($bound)+)? {
+        $vis fn $name $(<$($gen: $bound),+>)? (&$self $(, $arg: $ty)*) {
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("popcnt") {
                 // SAFETY: the CPU has the instruction the twin is compiled to use.
-                return unsafe { self.$twin($($arg),*) };
+                return unsafe { $self.$twin($($arg),*) };
             }
-            self.$body($($arg),*)
+            $self.$body($($arg),*)
         }
 
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "popcnt")]
-        unsafe fn $twin $(<$($gen),+>)? (&self $(, $arg: $ty)*) $(where $($bound)+)? {
-            self.$body($($arg),*)
+        unsafe fn $twin $(<$($gen: $bound),+>)? (&$self $(, $arg: $ty)*) {
+            $self.$body($($arg),*)
         }
+
+        #[inline(always)]
+        #[allow(unused_mut)]
+        fn $body $(<$($gen: $bound),+>)? (&$self $(, mut $arg: $ty)*) $block
     };
 }
 pub(crate) use popcnt_twin;
@@ -564,44 +573,41 @@ impl<T: Copy> PdqIndex<T> {
         /// tag)` for each, per query nearest first, ties in hex order (the queries in order).
         ///
         /// A threshold over 256 is read as 256 (every hash).
-        pub fn search_with<F>(&self, queries: &[Hash], threshold: u32, found: F)
-        where
-            F: FnMut(usize, u32, &Hash, T)
+        pub fn search_with<F: FnMut(usize, u32, &Hash, T)>(
+            &self,
+            queries: &[Hash],
+            threshold: u32,
+            found: F,
+        ) {
+            let threshold = threshold.min(256);
+            // the buffers of the last search, reused: most searches are of one query (an upload
+            // clustered), and growing three vectors each time was 1.5% of a platform replay
+            let Scratch {
+                mut hits,
+                mut keys,
+                mut cand,
+            } = SCRATCH.with(|s| s.take());
+            for (i, q) in queries.iter().enumerate() {
+                hits.clear();
+                if threshold > self.layout.max_indexed() {
+                    self.scan(q, 0, threshold, &mut hits);
+                } else {
+                    self.probe(q, threshold, &mut hits, (&mut keys, &mut cand));
+                    self.scan(q, self.indexed, threshold, &mut hits);
+                }
+                // a hash near the query in several chunks is found several times
+                hits.sort_unstable_by(|a, b| (a.0, &self.words[a.1]).cmp(&(b.0, &self.words[b.1])));
+                hits.dedup_by_key(|hit| hit.1);
+                for &(d, r) in &hits {
+                    found(i, d, &self.words[r], self.tags[r]);
+                }
+            }
+            if cand.capacity().max(hits.capacity()) <= SCRATCH_KEEP {
+                // (a search `found` makes meanwhile finds it empty and allocates its own)
+                SCRATCH.with(|s| s.set(Scratch { hits, keys, cand }));
+            }
+        }
     );
-
-    #[inline(always)]
-    fn search_any<F>(&self, queries: &[Hash], threshold: u32, mut found: F)
-    where
-        F: FnMut(usize, u32, &Hash, T),
-    {
-        let threshold = threshold.min(256);
-        // the buffers of the last search, reused: most searches are of one query (an upload
-        // clustered), and growing three vectors each time was 1.5% of a platform replay
-        let Scratch {
-            mut hits,
-            mut keys,
-            mut cand,
-        } = SCRATCH.with(|s| s.take());
-        for (i, q) in queries.iter().enumerate() {
-            hits.clear();
-            if threshold > self.layout.max_indexed() {
-                self.scan(q, 0, threshold, &mut hits);
-            } else {
-                self.probe(q, threshold, &mut hits, (&mut keys, &mut cand));
-                self.scan(q, self.indexed, threshold, &mut hits);
-            }
-            // a hash near the query in several chunks is found several times
-            hits.sort_unstable_by(|a, b| (a.0, &self.words[a.1]).cmp(&(b.0, &self.words[b.1])));
-            hits.dedup_by_key(|hit| hit.1);
-            for &(d, r) in &hits {
-                found(i, d, &self.words[r], self.tags[r]);
-            }
-        }
-        if cand.capacity().max(hits.capacity()) <= SCRATCH_KEEP {
-            // (a search `found` makes meanwhile finds it empty and allocates its own)
-            SCRATCH.with(|s| s.set(Scratch { hits, keys, cand }));
-        }
-    }
 
     /// [`PdqIndex::search_with`] collected: `(query, distance, hash, tag)`.
     pub fn search(&self, queries: &[Hash], threshold: u32) -> Vec<(usize, u32, Hash, T)> {

@@ -929,29 +929,19 @@ impl Page {
             first: u32,
             found: &mut Vec<(u32, u32)>,
             more: &mut Vec<u32>,
-        )
-    );
-
-    #[inline(always)]
-    fn scan_any(
-        &self,
-        q: &Hash,
-        threshold: u32,
-        first: u32,
-        found: &mut Vec<(u32, u32)>,
-        more: &mut Vec<u32>,
-    ) {
-        for (i, (&fl, h)) in self.flags.iter().zip(&self.pdq).enumerate() {
-            if fl & MORE != 0 {
-                more.push(first + i as u32);
-            } else if fl & HAS_PDQ != 0 {
-                let d = pdq::distance(q, h);
-                if d <= threshold {
-                    found.push((first + i as u32, d));
+        ) {
+            for (i, (&fl, h)) in self.flags.iter().zip(&self.pdq).enumerate() {
+                if fl & MORE != 0 {
+                    more.push(first + i as u32);
+                } else if fl & HAS_PDQ != 0 {
+                    let d = pdq::distance(q, h);
+                    if d <= threshold {
+                        found.push((first + i as u32, d));
+                    }
                 }
             }
         }
-    }
+    );
 
     fn new() -> Box<Self> {
         Box::new(Self {
