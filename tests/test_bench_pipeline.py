@@ -1,0 +1,83 @@
+"""``bench/bench_pipeline.py`` leaves nothing running or on disk when it ends or is
+interrupted: its workers run in their own sessions (a Ctrl-C does not reach them), and
+a run's Kafka data is gigabytes."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# a worker that takes a SIGTERM as a slow shutdown would (it ignores it)
+STUBBORN = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print(1, flush=True); time.sleep(120)"
+)
+
+
+def bench_pipeline() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "bench_pipeline", ROOT / "bench" / "bench_pipeline.py"
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def stubborn() -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE, start_new_session=True
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()  # its handler is set
+    return proc
+
+
+def test_workers_that_ignore_sigterm_are_killed_after_the_grace() -> None:
+    bp = bench_pipeline()
+    procs = [stubborn(), stubborn()]
+    started = time.monotonic()
+    bp.stop_workers(procs, grace_s=0.5)
+    # one grace for all, not one each
+    assert time.monotonic() - started < 5
+    assert all(p.poll() is not None for p in procs)
+
+
+def test_a_ctrl_c_while_waiting_kills_every_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    bp = bench_pipeline()
+    procs = [stubborn(), stubborn()]
+    wait = subprocess.Popen.wait
+
+    def interrupted(self: subprocess.Popen[bytes], timeout: float | None = None) -> int:
+        if timeout is not None:  # the graceful wait: as if Ctrl-C came now
+            raise KeyboardInterrupt
+        return wait(self)
+
+    monkeypatch.setattr(subprocess.Popen, "wait", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bp.stop_workers(procs, grace_s=60)
+    monkeypatch.undo()
+    assert all(p.poll() is not None for p in procs)
+
+
+def test_a_runs_data_folders_are_removed_and_its_logs_kept(tmp_path: Path) -> None:
+    bp = bench_pipeline()
+    for name in ("kafka/log/shares-0", "data/worker"):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "00000.log").write_bytes(b"x" * 100)
+    (tmp_path / "kafka.log").write_text("broker log")
+    (tmp_path / "stats-t0-1.jsonl").write_text("{}\n")
+    bp.remove_data(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kafka.log", "stats-t0-1.jsonl"]
