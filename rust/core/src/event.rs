@@ -256,10 +256,15 @@ pub fn parse_line<'a>(data: &'a [u8], judge: &mut dyn Judge) -> Parsed<'a> {
     let Ok(text) = std::str::from_utf8(data) else {
         return Err(reject("not_utf8", "event is not valid UTF-8".into()));
     };
-    if !json::depth_ok(data) {
-        return Err(reject("not_json", "not JSON: depth limit exceeded".into()));
-    }
-    let doc = match json::parse(text) {
+    // the common flat line in one pass; anything else (and whatever is not JSON) by serde
+    let parsed = match json::parse_fast(text) {
+        Some(doc) => Ok(doc),
+        None if !json::depth_ok(data) => {
+            return Err(reject("not_json", "not JSON: depth limit exceeded".into()))
+        }
+        None => json::parse(text),
+    };
+    let doc = match parsed {
         Ok(doc) => doc,
         Err(e) => {
             let mut detail = format!("not JSON: {e}");
