@@ -39,8 +39,12 @@ COMMIT_EVERY_S = 1.0
 #: How far (event time) a shares partition may be read ahead of the slowest one with a backlog.
 READ_SKEW_MS = 5_000
 #: How far (event time) a shares partition may be read ahead of what the resolve partitions
-#: here have heard of the slowest input (see :func:`held_back`).
-HEARD_AHEAD_MS = 5_000
+#: here have heard of the slowest input (see :func:`held_back`). With two workers each hears
+#: of the other's reading one Kafka hop late, so this is how much event time a round trip
+#: between them lets each read: 5 s held two workers to about 90 s of event time a second
+#: (their readers paused most of the time), below one worker's rate. What a held store
+#: can take is bounded by the *held* rule, not by this.
+HEARD_AHEAD_MS = 30_000
 #: How full a resolve partition's held store may get before only the slowest shares
 #: partition is read (see :func:`held_back`).
 HELD_SLOW_FILL = 0.5
@@ -272,7 +276,7 @@ def held_back(
       partition (a partition not read yet the slowest of all) is read: it is what the
       watermark that frees held events waits for, so it is never paused by this rule.
 
-    >>> newest = {0: 10_000, 1: 14_000, 2: 30_000, 3: NO_TIME}
+    >>> newest = {0: 10_000, 1: 14_000, 2: 60_000, 3: NO_TIME}
     >>> sorted(held_back(newest, [0, 1, 2], heard=9_000, held_fill=0.1))
     [2]
     >>> sorted(held_back(newest, [0, 1, 2, 3], heard=NO_TIME, held_fill=0.1))  # not heard yet
