@@ -29,6 +29,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
+use crate::keyed::Keyed;
 use crate::pdq::{self, Hash, PdqIndex};
 
 /// A signal's kind, as `streams.emerging` names them.
@@ -274,15 +275,14 @@ impl ClusterId {
     }
 }
 
-/// The one key of [`IdSlots`]' hash, drawn at random once per process: SipHash (std's
-/// `RandomState`), because cluster ids can be chosen (an unbanked cluster's id is an
-/// unkeyed BLAKE2b of an upload's hash: it can be ground), so no id may be made to collide.
-/// One key for every table, so that an id's hash is computed once where an event is
-/// routed ([`Cid`]) and serves each table it is looked up in.
-fn id_hasher() -> &'static std::collections::hash_map::RandomState {
-    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
-        std::sync::OnceLock::new();
-    KEY.get_or_init(std::collections::hash_map::RandomState::new)
+/// The one key of [`IdSlots`]' hash, drawn at random once per process ([`Keyed`]),
+/// because cluster ids can be chosen (an unbanked cluster's id is an unkeyed BLAKE2b of an
+/// upload's hash: it can be ground), so no id may be made to collide. One key for every
+/// table, so that an id's hash is computed once where an event is routed ([`Cid`]) and
+/// serves each table it is looked up in.
+fn id_hasher() -> &'static Keyed {
+    static KEY: std::sync::OnceLock<Keyed> = std::sync::OnceLock::new();
+    KEY.get_or_init(Keyed::default)
 }
 
 /// The keyed hash of a cluster id as the tables use it (see [`id_hasher`]): 32 bits,
@@ -546,7 +546,7 @@ pub struct ContentIndex {
     /// the PDQ signals' hashes, tagged with their first holder
     pdq: PdqIndex<Holder>,
     /// MD5 -> its first holder
-    md5: HashMap<[u8; 16], Holder>,
+    md5: HashMap<[u8; 16], Holder, Keyed>,
     /// signals of any other text (a video's frames) -> the first holder
     text: HashMap<Box<str>, Holder>,
     /// the other holders of a signal more than one cluster holds
@@ -1228,8 +1228,8 @@ impl ContentIndex {
 
     /// The slots holding a PDQ hash within `threshold` of `q` in view `v`, each at its
     /// nearest, in no order.
-    fn pdq_near(&self, q: &Hash, threshold: u32, v: View) -> HashMap<u32, u32> {
-        let mut best: HashMap<u32, u32> = HashMap::new();
+    fn pdq_near(&self, q: &Hash, threshold: u32, v: View) -> HashMap<u32, u32, Keyed> {
+        let mut best: HashMap<u32, u32, Keyed> = HashMap::default();
         self.pdq
             .search_with(std::slice::from_ref(q), threshold, |_, d, h, tag| {
                 let mut note = |holder: Holder| {

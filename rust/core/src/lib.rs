@@ -5,6 +5,7 @@
 //! - [`event`]: parsing and validating a share event (every rejection reason
 //!   of `streams.events`, in the same order);
 //! - [`json`]: reading an event's JSON by orjson's rules;
+//! - [`keyed`]: the keyed hash of the keys users choose, for the core's tables;
 //! - [`blake2b`]: the digest an unbanked cluster's id is made of;
 //! - [`pdq`]: the exact index of PDQ hashes by Hamming distance;
 //! - [`dedupe`]: the event ids a cluster has applied, as keyed 128-bit hashes;
@@ -24,6 +25,7 @@ pub mod dedupe;
 pub mod emerging;
 pub mod event;
 pub mod json;
+pub mod keyed;
 pub mod pdq;
 pub mod posts;
 pub mod reorder;

@@ -42,8 +42,9 @@
 //! merges and compactions. Each hash carries an integer tag given when it
 //! is added (a caller's id for it: rows move, tags do not).
 
-use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
+
+use crate::keyed::Keyed;
 
 /// A PDQ hash as four 64-bit words, most significant first: the words'
 /// order is the hex text's order.
@@ -334,7 +335,7 @@ pub struct PdqIndex<T: Copy = i64> {
     /// The tail's live rows, found by a keyed hash of their hash (the tables' rows through
     /// chunk 0's buckets): 4 bytes a bucket, where a map of (hash, row) took 36.
     tail: hashbrown::HashTable<u32>,
-    hasher: RandomState,
+    hasher: Keyed,
 }
 
 impl<T: Copy> Default for PdqIndex<T> {
@@ -368,7 +369,7 @@ impl<T: Copy> PdqIndex<T> {
             buckets: Buckets::default(),
             ids: Vec::new(),
             tail: hashbrown::HashTable::new(),
-            hasher: RandomState::new(),
+            hasher: Keyed::default(),
         }
     }
 

@@ -50,6 +50,7 @@ use std::sync::Arc;
 
 pub use crate::content::ClusterId;
 use crate::content::{AsCid, Cid, IdSlots};
+use crate::keyed::Keyed;
 use crate::route::{Orphans, Refusal};
 
 /// CRC-32 (IEEE 802.3, zlib's) of `data`.
@@ -148,8 +149,8 @@ struct Short {
 struct IdTable {
     entries: Vec<Short>,
     index: hashbrown::HashTable<u32>,
-    hasher: std::collections::hash_map::RandomState,
-    long: HashMap<Box<[u8]>, u32>,
+    hasher: Keyed,
+    long: HashMap<Box<[u8]>, u32, Keyed>,
 }
 
 impl IdTable {

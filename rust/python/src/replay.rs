@@ -23,6 +23,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use viralwatch_core::content::{DETECTOR, OWNER};
+use viralwatch_core::keyed::Keyed;
 use viralwatch_core::unbanked::Kind;
 
 use crate::content::PyContentSignals;
@@ -52,7 +53,7 @@ pub struct ReplayLoop {
     /// a clusters partition: ``crate::detect``)
     detect: Detect,
     /// unbanked uploads waiting for the watermark, by event id, and their `(ts, id)` order
-    waiting: HashMap<Box<[u8]>, Ev>,
+    waiting: HashMap<Box<[u8]>, Ev, Keyed>,
     order: BinaryHeap<Reverse<(i64, Box<[u8]>)>>,
     max_ts_ms: i64,
     expired_at: i64,
@@ -263,7 +264,7 @@ impl ReplayLoop {
                 forgetting,
                 min_pdq_quality,
             ),
-            waiting: HashMap::new(),
+            waiting: HashMap::default(),
             order: BinaryHeap::new(),
             max_ts_ms: -1,
             expired_at: -1,
