@@ -613,28 +613,45 @@ class Ingest:
         self.stats = stats if stats is not None else Stats()
 
     def handle(self, records: Iterable[tuple[int, int, bytes | None]], now: float) -> IngestBatch:
-        """``records`` are ``(partition, offset, value)`` of the input topic, in offset order.
+        """``records`` are ``(partition, offset, value)`` of the input topic, in offset order:
+        :meth:`handle_lines` of their values."""
+        batch = list(records)
+        return self.handle_lines(
+            [value if value is not None else b"" for _, _, value in batch],
+            [partition for partition, _, _ in batch],
+            lambda i: (batch[i][0], batch[i][1]),
+            now,
+        )
+
+    def handle_lines(
+        self,
+        lines: list[bytes],
+        sources: list[int],
+        where: Callable[[int], tuple[int, int]],
+        now: float,
+    ) -> IngestBatch:
+        """``lines[i]`` was read from input partition ``sources[i]``, in offset order per
+        partition; ``where(i)`` is its ``(partition, offset)``, asked only of a rejected line
+        (the dead letter's source).
 
         Parsed and each event put in the batch of its resolve partition in one call
         (``_core.ingest_lines``), which also gives the newest event time of each input
         partition; the events stay compiled (an ``EvBatch`` per partition: no Python record
-        per event) and Python touches the rejections only.
+        per event) and Python touches the rejections only. The shares reader hands the
+        Kafka client's records over as these two lists, with no tuple made per record.
         """
         parts = self.partitions
         dead: list[DeadLetter] = []
         clock = self.clock
-        batch = list(records)
-        lines = [value if value is not None else b"" for _, _, value in batch]
-        sources = [partition for partition, _, _ in batch]
         items, rejected, newest = ingest_lines(lines, sources, parts)
         for i, rejection in rejected:
-            partition, offset, _ = batch[i]
+            partition, offset = where(i)
             self.stats.rejected[rejection.reason] += 1
             dead.append(DeadLetter(rejection, "parse", Source(self.topic, partition, offset)))
         for partition, ts in newest:
             clock.observe(partition, ts, now)
         marks = clock.marks(now)
-        events = len(batch) - len(rejected)
+        events = len(lines) - len(rejected)
         return IngestBatch(
             {r: Envelope([] if b is None else [b], marks) for r, b in enumerate(items)},
             dead,

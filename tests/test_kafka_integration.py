@@ -217,10 +217,9 @@ def test_a_shares_partition_is_idle_only_once_read_to_its_log_end(broker: KafkaB
             self.ingest = Ingest(2, idle_s, topic=topic, log_end=True)
             self.walls = Ingest(2, idle_s, topic=topic)  # wall-clock silence alone, beside it
 
-        def ingest_records(self, records: Any, now: float) -> int:
-            records = list(records)
-            self.walls.handle(records, now)
-            return self.ingest.handle(records, now).events
+        def ingest_lines(self, lines: Any, sources: Any, where: Any, now: float) -> int:
+            self.walls.handle_lines(lines, sources, where, now)
+            return self.ingest.handle_lines(lines, sources, where, now).events
 
     for p in (0, 1):
         produce_in_order(broker, topic, [line(i, p) for i in range(5)], partition=p)

@@ -299,7 +299,7 @@ FAULTY_WORKER = """
 import streams.stages as stages
 
 stage = stages.{stage}
-handle = stage.handle
+handle = stage.{method}
 calls = [0]
 
 def faulty(self, *args, **kwargs):
@@ -308,21 +308,24 @@ def faulty(self, *args, **kwargs):
         raise RuntimeError("injected fault in {stage}")
     return handle(self, *args, **kwargs)
 
-stage.handle = faulty
+stage.{method} = faulty
 from streams.runtime.worker import main
 main([])
 """
 
 
-@pytest.mark.parametrize("stage", ["Ingest", "ClusterPartition"])
+@pytest.mark.parametrize(
+    ("stage", "method"),
+    [("Ingest", "handle_lines"), ("ClusterPartition", "handle")],  # (the shares reader's way in)
+)
 def test_a_stage_that_raises_stops_the_worker_with_a_failure_status(
-    broker: RunningBroker, tmp_path: Path, stage: str
+    broker: RunningBroker, tmp_path: Path, stage: str, method: str
 ) -> None:
     """A bug must not leave a worker that looks alive and does nothing: the process ends
     with a failure status, so its supervisor restarts it (and it resumes from the log)."""
     lines, _, bank_path = scenario_files(tmp_path)
     s = setup(broker, tmp_path, bank_path)
-    code = FAULTY_WORKER.format(stage=stage)
+    code = FAULTY_WORKER.format(stage=stage, method=method)
     w = WorkerProcess(worker_env(s), tmp_path / "faulty.log", argv=[sys.executable, "-c", code])
     with workers(w):
         produce_lines(broker, s.topic("shares"), lines, keying="none")

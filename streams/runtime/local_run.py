@@ -43,6 +43,7 @@ import random
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 
 from streams.alerts import Alert, EarlyAlert, Pseudonymizer
 from streams.banks import BankUpdate, HashBanks
@@ -63,6 +64,11 @@ from streams.watermarks import NO_TIME
 Record = tuple[int, int, bytes]
 #: The internal topics in memory: per topic, per partition, the records not read yet.
 Topics = dict[str, list[list[Record]]]
+
+
+def _at(partition: int, offsets: list[int], i: int) -> tuple[int, int]:
+    """Where the ``i``-th line of a chunk of ``partition`` was read (a dead letter's source)."""
+    return partition, offsets[i]
 
 
 class Table(dict[bytes, bytes]):
@@ -306,7 +312,10 @@ class LocalRun:
                 fresh += max(0, pos[p] - seen[p])
                 seen[p] = max(seen[p], pos[p])
                 self.read += len(chunk)
-                topology.ingest_records(((p, off, line) for off, line in chunk), now)
+                offsets = [off for off, _ in chunk]
+                topology.ingest_lines(
+                    [line for _, line in chunk], [p] * len(chunk), partial(_at, p, offsets), now
+                )
             elif stage == "r":
                 records, resolve[p] = resolve[p][:size], resolve[p][size:]
                 topology.resolve_received({p: received(hops.resolve, p, records)})

@@ -3,7 +3,7 @@
 Not a Faust agent: Faust's per-record path (an event, a task and a stream
 step for each record) cost more CPU than everything the stages do with a
 record, and this stage keeps no table that needs Faust. Its records go to
-:meth:`Topology.ingest_records`; its offsets are committed by the
+:meth:`Topology.ingest_lines`; its offsets are committed by the
 :class:`~streams.runtime.checkpoint.Checkpoint` once what they became is
 flushed (at least once: a record read again changes nothing downstream).
 
@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import chain, repeat
 from typing import Any
 
 from streams.runtime.checkpoint import Checkpoint
@@ -117,29 +118,46 @@ class SharesReader:
     async def poll(self, wait_ms: int) -> int:
         """One batch from the consumer (waiting up to ``wait_ms``), handled; how many records."""
         got = await self.consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.batch_size)
-        records = [
-            (tp.partition, r.offset, r.value, r.timestamp) for tp, recs in got.items() for r in recs
-        ]
-        if records:
-            self.handle(records)
-        return len(records)
+        runs = [(tp.partition, recs) for tp, recs in got.items() if recs]
+        if runs:
+            self.handle(runs)
+        return sum(len(recs) for _, recs in runs)
 
     def owned(self) -> set[int]:
         consumer = self.consumer
         return {tp.partition for tp in consumer.assignment()} if consumer is not None else set()
 
-    def handle(self, records: list[tuple[int, int, bytes | None, int | None]]) -> None:
-        """One batch read: through the topology, then the checkpoint's first steps."""
+    def handle(self, runs: Sequence[tuple[int, Sequence[Any]]]) -> None:
+        """One batch read: each partition's records (the Kafka client's, in offset order,
+        with ``offset``, ``value`` and ``timestamp``) through the topology, then the
+        checkpoint's first steps.
+
+        Per partition, not per record: the values go to the parser as one list, the
+        offset stored is the run's last, and the delay noted is of each run's first
+        record (the oldest a partition gives: its producer stamps in order). A tuple,
+        a generator step and a call per record had cost 0.28 us an event (timeit,
+        1,000 records), the parser's own time about twice that.
+        """
         if self.first_read_at is None:
             self.first_read_at = time.time()
-        self.read += len(records)
+        lines = [b"" if (v := r.value) is None else v for _, recs in runs for r in recs]
+        sources = list(chain.from_iterable(repeat(p, len(recs)) for p, recs in runs))
+        self.read += len(lines)
         if self.on_delays is not None:
-            self.on_delays((r[3] or 0) / 1000 for r in records)
-        for partition, offset, _, _ in records:
-            self.checkpoint.store_offset(partition, offset)
+            self.on_delays([(recs[0].timestamp or 0) / 1000 for _, recs in runs])
+        for partition, recs in runs:
+            self.checkpoint.store_offset(partition, recs[-1].offset)
+
+        def where(i: int) -> tuple[int, int]:
+            for partition, recs in runs:
+                if i < len(recs):
+                    return partition, recs[i].offset
+                i -= len(recs)
+            raise IndexError(i)
+
         now = time.monotonic()
         self.touch_backlogged(now)
-        self.topology.ingest_records(((p, o, v) for p, o, v, _ in records), now)
+        self.topology.ingest_lines(lines, sources, where, now)
         self.checkpoint.stage()
 
     def heartbeat(self) -> None:

@@ -13,7 +13,7 @@ gives replay's alerts" tests run the production wiring.
 
 ::
 
-    shares ─► ingest_records ─► to_resolve ─► resolve_received ─► to_clusters ─► detect
+    shares ─► ingest_lines   ─► to_resolve ─► resolve_received ─► to_clusters ─► detect
                                   │ hand-over or   │ peers: registrations  │ hand-over or
                                   ▼ resolve topic  ▼ in-process, or topic  ▼ clusters topic
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from streams.alerts import Pseudonymizer
@@ -135,9 +135,16 @@ class Topology:
 
     # -- stage 1a --
 
-    def ingest_records(self, records: Iterable[tuple[int, int, bytes | None]], now: float) -> int:
-        """A batch of ``shares`` records ``(partition, offset, value)``; the events parsed."""
-        batch = self.ingest.handle(records, now)
+    def ingest_lines(
+        self,
+        lines: list[bytes],
+        sources: list[int],
+        where: Callable[[int], tuple[int, int]],
+        now: float,
+    ) -> int:
+        """A batch of ``shares`` records as :meth:`streams.stages.Ingest.handle_lines` takes
+        them (no tuple per record); the events parsed."""
+        batch = self.ingest.handle_lines(lines, sources, where, now)
         self.outputs.deadletter(batch.deadletters)
         self.to_resolve(batch.unpacked)
         return batch.events
