@@ -138,7 +138,7 @@ class PostRoutes:
     """Which cluster each live post belongs to (post ids kept as bytes, each cluster id
     once, compact: its string made when asked for), and the events waiting for their parent
     post. With ``partition``, a streaming resolve partition's: only its own posts
-    (``zlib.crc32`` of the id) are kept and recorded (:meth:`take_new`), the others' queued
+    (``zlib.crc32`` of the id) are kept and recorded (:meth:`take_new_log`), the others' queued
     (:meth:`take_foreign`)."""
 
     def __init__(self, partition: int | None = None, partitions: int = 1) -> None: ...
@@ -171,7 +171,9 @@ class PostRoutes:
         """``post`` routed to ``cluster``: mapped (or queued), and the events it released."""
     def expire(self, cut_ms: int) -> list[Any]:
         """Give up on the held events at or before ``cut_ms``."""
-    def take_new(self) -> dict[str, str]: ...
+    def take_new_log(self, dropped: list[str]) -> tuple[bytes, int] | dict[str, str]:
+        """The posts mapped since the last call, less ``dropped``, as the state log's ``"p"``:
+        ``(JSON text, count)``; ``{post: cluster}`` if a post id is not UTF-8."""
     def take_foreign(self) -> list[tuple[int, RegBatch]]:
         """Posts of other partitions routed here since the last call, a batch per partition
         owed any (by partition), each in the order routed."""

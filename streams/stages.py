@@ -59,7 +59,7 @@ import base64
 import heapq
 import zlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Final, TypeGuard, TypeVar
 
@@ -89,6 +89,7 @@ from streams.wire import (
     READER,
     Forget,
     Item,
+    PostsLog,
     Registration,
     ResolveDelta,
     ToRoute,
@@ -101,6 +102,7 @@ from streams.wire import (
     encode_items,
     encode_parts,
     held_parts,
+    posts_log,
     read_envelope,
     records,
 )
@@ -366,6 +368,8 @@ def log_parts(
     if isinstance(body, ResolveDelta):
         index_log = body.index_log  # parts the core cut already
         held = held_parts(body.held, limit - 32) if body.held else []
+        if type(body.posts) is PostsLog:  # cut as a dict's items
+            body = replace(body, posts=dict(body.posts.items()))
         body = body.to_wire()
     if isinstance(body, list):
         return encode_parts(body, limit)
@@ -988,7 +992,7 @@ class ResolvePartition:
                 self.stats.rejected[d.reason] += 1
                 bad.append(DeadLetter(d, "restore"))
                 continue
-            self.posts.fold(dict(d.posts), d.forgot)
+            self.posts.fold(dict(d.posts.items()), d.forgot)
             assert isinstance(d.held, tuple)  # (read back: records)
             for ev in d.held:
                 held[ev.event_id] = ev
@@ -1007,7 +1011,7 @@ class ResolvePartition:
             for p, t in d.heard.items():
                 if t > self.peers.get(p, NO_TIME):
                     self.peers[p] = t
-        self.posts.take_new()
+        self.posts.take_new_log([])
         waiting = sorted(held.values(), key=lambda ev: (ev.ts_ms, ev.event_id))
         items: list[Item] = [ToRoute(ev) for ev in waiting]
         batch = self.handle([Envelope(items)] if items else [])
@@ -1147,19 +1151,18 @@ class ResolvePartition:
             delta_record=delta if delta else None,
         )
 
-    def _last_changes(self, forgot: list[str]) -> tuple[dict[str, str], list[str]]:
+    def _last_changes(self, forgot: list[str]) -> tuple[PostsLog | dict[str, str], list[str]]:
         """The batch's posts mapped and forgotten as the log writes them: each post once,
         as the batch left it (see :class:`~streams.wire.ResolveDelta`), so no order of
         folding reads back wrong a post forgotten then mapped again (an evicted cluster's
         upload redelivered). What is mapped now says which came last: only a batch that
-        forgot anything is looked at again. (The loop's ``take`` gives the events held and
-        released so.)"""
-        posts = self.posts.take_new()
+        forgot anything is looked at again; the posts it forgot and did not map again
+        leave the mapped ones (mapped, then forgotten). The core writes the mapped ones'
+        text (:class:`~streams.wire.PostsLog`). (The loop's ``take`` gives the events held
+        and released so.)"""
         if forgot:
             forgot = [p for p in dict.fromkeys(forgot) if p not in self.posts]
-            for p in forgot:
-                posts.pop(p, None)  # mapped, then forgotten
-        return posts, forgot
+        return posts_log(self.posts.take_new_log(forgot)), forgot
 
     # -- what the compiled loop asks of Python --
 

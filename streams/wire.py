@@ -158,6 +158,35 @@ IndexEntry = tuple[int, tuple[str, ...]]
 
 
 @dataclass(frozen=True, slots=True)
+class PostsLog:
+    """The posts a resolve partition mapped in a batch, as its log's ``"p"`` holds them: the
+    JSON object ``{post: cluster, ...}`` written by the core (``PostRoutes.take_new_log``),
+    with no Python string made per post, and how many it names.
+
+    >>> log = PostsLog(b'{"p1":"b-1"}', 1)
+    >>> len(log), dict(log.items())
+    (1, {'p1': 'b-1'})
+    """
+
+    text: bytes
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    def items(self) -> Iterable[tuple[str, str]]:
+        """The posts and their clusters, in order (read back: a large delta cut in parts)."""
+        posts: dict[str, str] = orjson.loads(self.text)
+        return posts.items()
+
+
+def posts_log(taken: tuple[bytes, int] | dict[str, str]) -> PostsLog | dict[str, str]:
+    """What ``PostRoutes.take_new_log`` gave, as a delta's ``posts``: the core's text, or
+    (a post id that is not UTF-8, which orjson refuses as it did) the dict."""
+    return taken if isinstance(taken, dict) else PostsLog(*taken)
+
+
+@dataclass(frozen=True, slots=True)
 class ResolveDelta:
     """What one batch changed in a resolve partition (or, folded, all it holds).
 
@@ -178,7 +207,8 @@ class ResolveDelta:
     cases above, which it could not tell apart).
     """
 
-    posts: Mapping[str, str] = field(default_factory=dict)
+    #: (a resolve partition's batch: the core's text of them, ``PostsLog``)
+    posts: Mapping[str, str] | PostsLog = field(default_factory=dict)
     forgot: tuple[str, ...] = ()
     #: events held (a resolve partition's loop gives them compiled: an ``EvBatch``)
     held: tuple[ShareEvent, ...] | EvBatch = ()
@@ -228,7 +258,8 @@ class ResolveDelta:
         """
         out: dict[str, Any] = {}
         if self.posts:
-            out["p"] = self.posts
+            posts = self.posts
+            out["p"] = orjson.Fragment(posts.text) if type(posts) is PostsLog else posts
         if self.forgot:
             out["f"] = list(self.forgot)
         if self.held:

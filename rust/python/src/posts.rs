@@ -6,10 +6,11 @@
 
 use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::dedupe::with_id;
@@ -17,6 +18,7 @@ use crate::ev::{post_text, Ev, RegBatch};
 use crate::route::refusal;
 use viralwatch_core::content::Cid;
 use viralwatch_core::posts::{ClusterId, PostClusters, Resolver, Routed};
+use viralwatch_core::wire::write_str;
 
 /// A registration for another partition: post, cluster.
 type Foreign = (Box<[u8]>, Arc<str>);
@@ -259,14 +261,60 @@ impl PyPostRoutes {
             .collect()
     }
 
-    /// The posts this partition mapped since the last call, in order: ``{post: cluster}``
-    /// (its state log's ``posts``).
-    fn take_new<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let out = PyDict::new(py);
-        for (k, id) in self.inner.posts.take_new() {
-            out.set_item(post_text(py, &k)?, self.cluster_str(py, &id))?;
+    /// The posts this partition mapped since the last call as its state log writes them
+    /// (``"p"``), less ``dropped`` (posts mapped, then forgotten: no longer mapped):
+    /// ``(text, count)``, ``text`` the JSON object orjson writes for ``{post: cluster}``
+    /// (each post once, in the place it was first mapped, with the cluster it was mapped
+    /// to last, as a dict built in order keeps them), or ``{post: cluster}`` itself when a
+    /// post id is not UTF-8 (a lone surrogate, which no parsed event has: orjson refuses
+    /// it, as before). Why: a ``str`` per post and per cluster, a dict, and orjson reading
+    /// them back, for a log entry that is bytes anyway (one post an event).
+    fn take_new_log<'py>(
+        &mut self,
+        py: Python<'py>,
+        dropped: Vec<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let new = self.inner.posts.take_new();
+        let mut gone: HashSet<Vec<u8>> = HashSet::new();
+        for p in &dropped {
+            gone.insert(with_id(p, |k| k.to_vec())?);
         }
-        Ok(out)
+        // each post once, first place, last cluster
+        let mut at: HashMap<&[u8], usize> = HashMap::with_capacity(new.len());
+        let mut order: Vec<(&[u8], &str)> = Vec::with_capacity(new.len());
+        for (k, id) in &new {
+            if gone.contains(&k[..]) {
+                continue;
+            }
+            match at.entry(&k[..]) {
+                Entry::Occupied(e) => order[*e.get()].1 = id,
+                Entry::Vacant(e) => {
+                    e.insert(order.len());
+                    order.push((k, id));
+                }
+            }
+        }
+        if order.iter().any(|(k, _)| std::str::from_utf8(k).is_err()) {
+            let out = PyDict::new(py);
+            for (k, id) in order {
+                out.set_item(post_text(py, k)?, self.cluster_str(py, id))?;
+            }
+            return Ok(out.into_any());
+        }
+        let mut text = Vec::with_capacity(2 + order.len() * 48);
+        text.push(b'{');
+        for (i, (k, id)) in order.iter().enumerate() {
+            if i > 0 {
+                text.push(b',');
+            }
+            write_str(&mut text, std::str::from_utf8(k).expect("checked above"));
+            text.push(b':');
+            write_str(&mut text, id);
+        }
+        text.push(b'}');
+        Ok((PyBytes::new(py, &text), order.len())
+            .into_pyobject(py)?
+            .into_any())
     }
 
     /// Posts of other partitions routed here since the last call: ``(their partition,
