@@ -337,3 +337,15 @@ def test_a_cycle_through_a_pending_event_is_collected() -> None:
     del store, ev, item
     gc.collect()
     assert gone() is None
+
+
+def test_a_horizon_past_32_bits_of_milliseconds_is_refused() -> None:
+    # a cluster's event times are 32-bit offsets: within the horizon they must fit
+    import pytest
+
+    from streams import _core
+
+    _core.UnbankedClusters([(1, 300_000, 3)], 2**32 - 1, 3_600_000)
+    for bad in (2**32, 0, -5):
+        with pytest.raises(ValueError, match="horizon_ms"):
+            _core.UnbankedClusters([(1, 300_000, 3)], bad, 3_600_000)

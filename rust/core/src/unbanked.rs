@@ -46,6 +46,10 @@ use crate::dedupe::{id_digest, DigestHasher};
 use crate::pdq::{self, Hash};
 use crate::slab::Slab;
 
+/// The longest horizon a store keeps event times for ([`Store::new`]): within it, a
+/// cluster's times fit in 32 bits from one another.
+pub const MAX_HORIZON_MS: i64 = u32::MAX as i64;
+
 /// A post index meaning "none" (an upload's parent, an empty list's end).
 const NONE: u32 = u32::MAX;
 /// Posts a cluster holds before its post ids get a hash index (below: a scan).
@@ -62,15 +66,16 @@ const IDS: usize = 0;
 const TIMES: usize = 1;
 const POSTS: usize = 2;
 const TEXT: usize = 3;
-/// Bytes an item of each section takes (`u128`, `i64`, [`Post`], `u8`: no padding in any).
-const ITEM: [usize; 4] = [16, 8, 12, 1];
+/// Bytes an item of each section takes (`u128`, `u32`, [`Post`], `u8`: no padding in any).
+/// An event time is 4 bytes: an offset from its cluster's [`Cluster::times_base`].
+const ITEM: [usize; 4] = [16, 4, 12, 1];
 
 /// A cluster's four lists in one allocation, one after another, each with room of its own
 /// (40 bytes in the record): four `Vec`s each had an allocation of their own, whose
 /// header and rounding up (a glibc chunk is the size plus 8 rounded up to 16, 32 at the
 /// least) cost more than their contents in the clusters of a post or three most are (27
 /// bytes a post resident beyond the heap, measured with the chunk sizes counted). The
-/// sections are in order of alignment (16, 8, 4, 1), so each is aligned after those before.
+/// sections are in order of alignment (16, 4, 4, 1), so each is aligned after those before.
 /// A section that grows moves those after it; a length or room past `u32` is refused (a
 /// panic, which the bindings catch): no cluster comes near it.
 struct Lists {
@@ -433,11 +438,13 @@ struct Pending<H> {
 
 /// Sorted event times within the horizon (`graphs.velocity.Velocity`'s rules): the
 /// [`TIMES`] section of a cluster's [`Lists`], less its first `start` (gone from the
-/// horizon, cut once they are at least 8 and more than half).
+/// horizon, cut once they are at least 8 and more than half). Each is an offset from the
+/// cluster's [`Cluster::times_base`] (the caller's): the times, the horizon and `now` here
+/// are all on that scale, in `i64` so that nothing wraps.
 impl Lists {
-    fn add_time(&mut self, start: &mut u32, t: i64, horizon: i64) -> bool {
-        if let Some(&latest) = self.get::<i64>(TIMES).last() {
-            if t <= latest - horizon {
+    fn add_time(&mut self, start: &mut u32, t: u32, horizon: i64) -> bool {
+        if let Some(&latest) = self.get::<u32>(TIMES).last() {
+            if i64::from(t) <= i64::from(latest) - horizon {
                 return false;
             }
             if t < latest {
@@ -447,8 +454,10 @@ impl Lists {
             }
         }
         self.push(TIMES, t); // the latest: always the last one kept
-        let cut = t - horizon;
-        *start += self.kept_times(*start).partition_point(|&x| x <= cut) as u32;
+        let cut = i64::from(t) - horizon;
+        *start += self
+            .kept_times(*start)
+            .partition_point(|&x| i64::from(x) <= cut) as u32;
         let at = *start as usize;
         if at >= 8 && at * 2 > self.len(TIMES) {
             self.remove_front(TIMES, at);
@@ -459,13 +468,13 @@ impl Lists {
 
     fn count_times(&self, start: u32, window: i64, now: i64) -> usize {
         let kept = self.kept_times(start);
-        let hi = kept.partition_point(|&x| x <= now);
-        let lo = kept[..hi].partition_point(|&x| x <= now - window);
+        let hi = kept.partition_point(|&x| i64::from(x) <= now);
+        let lo = kept[..hi].partition_point(|&x| i64::from(x) <= now.saturating_sub(window));
         hi - lo
     }
 
-    fn kept_times(&self, start: u32) -> &[i64] {
-        &self.get::<i64>(TIMES)[start as usize..]
+    fn kept_times(&self, start: u32) -> &[u32] {
+        &self.get::<u32>(TIMES)[start as usize..]
     }
 }
 
@@ -505,6 +514,9 @@ struct Rare<H> {
     wide: Vec<(u32, i64)>,
     /// the digests of its event ids, past [`ID_SET_FROM`] (its list given up: not both)
     ids: Option<DigestSet>,
+    /// what its event times are offsets from, when not its first seen (a cluster kept
+    /// alive for over 49 days: see [`Cluster::times_base`])
+    times_base: Option<i64>,
 }
 
 /// A large cluster's post index: its posts (their indexes, 4 bytes each) found by their
@@ -658,7 +670,24 @@ impl<H> Cluster<H> {
             return;
         }
         let times: Vec<i64> = (0..self.posts().len()).map(|i| self.post_ts(i)).collect();
-        self.first_seen_ms = first_ms;
+        let follows = self.rare.as_deref().and_then(|r| r.times_base).is_none();
+        let old = std::mem::replace(&mut self.first_seen_ms, first_ms);
+        if follows && self.lists.len(TIMES) > 0 {
+            // the event times are offsets from the first seen: each moves up by as much,
+            // unless one would not fit (then the old first seen stays their base)
+            let up = old.checked_sub(first_ms).unwrap_or(i64::MAX);
+            let times = self.lists.get_mut::<u32>(TIMES);
+            if times
+                .iter()
+                .all(|&x| i64::from(x).saturating_add(up) <= i64::from(u32::MAX))
+            {
+                for x in times {
+                    *x += up as u32;
+                }
+            } else {
+                self.rare().times_base = Some(old);
+            }
+        }
         if let Some(r) = self.rare.as_deref_mut() {
             r.wide.clear();
         }
@@ -778,6 +807,7 @@ impl<H> Cluster<H> {
                 index: None,
                 wide: Vec::new(),
                 ids: None,
+                times_base: None,
             })
         })
     }
@@ -839,13 +869,85 @@ impl<H> Cluster<H> {
         }
     }
 
-    fn kept_times(&self) -> &[i64] {
-        self.lists.kept_times(self.times_start)
+    /// What its event times are offsets from: its first seen, or (a cluster alive for
+    /// over 49 days, whose times are no longer within 2^32 ms of it) a time kept aside.
+    fn times_base(&self) -> i64 {
+        self.rare
+            .as_deref()
+            .and_then(|r| r.times_base)
+            .unwrap_or(self.first_seen_ms)
+    }
+
+    /// Its event times within the horizon, sorted.
+    fn kept_times(&self) -> Vec<i64> {
+        let base = self.times_base();
+        self.lists
+            .kept_times(self.times_start)
+            .iter()
+            .map(|&x| base + i64::from(x))
+            .collect()
+    }
+
+    fn kept_count(&self) -> usize {
+        self.lists.kept_times(self.times_start).len()
     }
 
     /// Event times in `(now - window, now]`.
     fn count(&self, window: i64, now: i64) -> usize {
+        let now = now.saturating_sub(self.times_base());
         self.lists.count_times(self.times_start, window, now)
+    }
+
+    /// Count event time `t` (`false`: at or before the latest less the horizon, not kept).
+    /// Kept as an offset from [`Self::times_base`]; one that does not fit in 32 bits (a
+    /// time 49 days from the base, or before it) moves the base first.
+    fn add_time(&mut self, t: i64, horizon: i64) -> bool {
+        if let Some(off) = t
+            .checked_sub(self.times_base())
+            .and_then(|d| u32::try_from(d).ok())
+        {
+            return self.lists.add_time(&mut self.times_start, off, horizon);
+        }
+        let mut kept = self.kept_times();
+        if let Some(&latest) = kept.last() {
+            if t <= latest.saturating_sub(horizon) {
+                return false;
+            }
+        }
+        // what the list keeps after `t` (the times left the horizon dropped), exactly
+        let latest = kept.last().map_or(t, |&l| l.max(t));
+        kept.retain(|&x| x > latest.saturating_sub(horizon));
+        let at = kept.partition_point(|&x| x <= t);
+        kept.insert(at, t);
+        self.set_times(&kept);
+        true
+    }
+
+    /// Its event times are `times` (sorted, within the horizon: less than 2^32 ms apart),
+    /// as offsets from its first seen if they all fit, else from the earliest (kept aside).
+    fn set_times(&mut self, times: &[i64]) {
+        let fits = |base: i64| {
+            times.iter().all(|&x| {
+                x.checked_sub(base)
+                    .is_some_and(|d| u32::try_from(d).is_ok())
+            })
+        };
+        let base = if fits(self.first_seen_ms) {
+            if let Some(r) = self.rare.as_deref_mut() {
+                r.times_base = None;
+            }
+            self.first_seen_ms
+        } else {
+            let base = times[0];
+            assert!(fits(base), "event times within 2^32 ms of one another");
+            self.rare().times_base = Some(base);
+            base
+        };
+        self.lists.remove_front(TIMES, self.lists.len(TIMES));
+        self.times_start = 0;
+        for &x in times {
+            self.lists.push(TIMES, (x - base) as u32);
+        }
     }
 
     fn pending(&self) -> &[Pending<H>] {
@@ -1151,9 +1253,17 @@ pub struct Store<H> {
 
 impl<H> Store<H> {
     /// `rules`: the velocity rules in the policy's order; `horizon_ms`: how long
-    /// event times are kept (at least the longest window); `idle_ms`: how long
+    /// event times are kept (at least the longest window; from 1 ms to [`MAX_HORIZON_MS`],
+    /// about 49 days: a cluster's event times are 32-bit offsets); `idle_ms`: how long
     /// after its last event a cluster is evicted.
+    ///
+    /// # Panics
+    /// If `horizon_ms` is out of that range (the bindings refuse it first).
     pub fn new(rules: Vec<Rule>, horizon_ms: i64, idle_ms: i64) -> Self {
+        assert!(
+            (1..=MAX_HORIZON_MS).contains(&horizon_ms),
+            "a horizon from 1 ms to 2^32 - 1"
+        );
         let fewest = rules.iter().map(|r| r.shares as usize).min().unwrap_or(0);
         Self {
             rules,
@@ -1567,7 +1677,7 @@ impl<H> Store<H> {
         let fewest = self.fewest;
         let rules = std::mem::take(&mut self.rules);
         let c = self.at(slot);
-        if c.kept_times().len() >= fewest && !c.allowed() {
+        if c.kept_count() >= fewest && !c.allowed() {
             let mut any = false;
             for r in &rules {
                 if c.count(r.window_ms, now) >= r.shares as usize {
@@ -1627,7 +1737,7 @@ impl<H> Store<H> {
     /// The event times kept (within the horizon), sorted.
     pub fn times(&self, cluster_id: &str) -> Vec<i64> {
         self.get(cluster_id)
-            .map_or_else(Vec::new, |c| c.kept_times().to_vec())
+            .map_or_else(Vec::new, |c| c.kept_times())
     }
 
     /// Every post, parents first (the order they were added).
@@ -1681,7 +1791,7 @@ impl<H> Store<H> {
                 )
             })
             .collect();
-        let (times, digests, emerging) = (c.kept_times().to_vec(), c.digests(), c.emerging());
+        let (times, digests, emerging) = (c.kept_times(), c.digests(), c.emerging());
         let (pending, met, allowed_by) = match c.rare {
             Some(r) => (r.pending, r.met, r.allowed_by),
             None => (Vec::new(), Vec::new(), Vec::new()),
@@ -1787,7 +1897,7 @@ fn add_post<H>(
         NONE
     };
     c.add(post, user, parent, ts_ms);
-    if !c.lists.add_time(&mut c.times_start, ts_ms, horizon) {
+    if !c.add_time(ts_ms, horizon) {
         out.late += 1;
     }
     Step::Added
@@ -2113,21 +2223,25 @@ mod tests {
     fn times_drop_what_left_the_horizon_as_a_plain_list_would() {
         // past 8 times gone, the list is cut: what is kept and counted stays the same
         let (mut t, mut start, mut all) = (Lists::default(), 0, Vec::new());
-        for i in 0..200i64 {
-            let x = i * 10 - (i % 3) * 7; // a few late ones
-            let latest = all.last().copied().unwrap_or(i64::MIN);
-            let kept = all.is_empty() || x > latest - 100;
+        for i in 0..200u32 {
+            let x = i * 10 + 7 - (i % 3) * 7; // a few late ones
+            let latest = all.last().copied().unwrap_or(0);
+            let kept = all.is_empty() || i64::from(x) > i64::from(latest) - 100;
             assert_eq!(t.add_time(&mut start, x, 100), kept);
             if kept {
                 all.push(x);
                 all.sort_unstable();
             }
-            let now = *all.last().unwrap();
-            let model: Vec<i64> = all.iter().copied().filter(|&y| y > now - 100).collect();
+            let now = i64::from(*all.last().unwrap());
+            let model: Vec<u32> = all
+                .iter()
+                .copied()
+                .filter(|&y| i64::from(y) > now - 100)
+                .collect();
             assert_eq!(t.kept_times(start), &model[..]);
             assert_eq!(
                 t.count_times(start, 50, now),
-                model.iter().filter(|&&y| y > now - 50).count()
+                model.iter().filter(|&&y| i64::from(y) > now - 50).count()
             );
         }
         assert!(
@@ -2158,13 +2272,13 @@ mod tests {
                     ids.push(d);
                 }
                 1 => {
-                    l.push(TIMES, r as i64);
-                    times.push(r as i64);
+                    l.push(TIMES, r as u32);
+                    times.push(r as u32);
                 }
                 2 if !times.is_empty() => {
                     let at = next() % (times.len() + 1);
-                    l.insert(TIMES, at, &[bytes_of(&-(r as i64))], false);
-                    times.insert(at, -(r as i64));
+                    l.insert(TIMES, at, &[bytes_of(&!(r as u32))], false);
+                    times.insert(at, !(r as u32));
                 }
                 3 if times.len() > 4 => {
                     let n = next() % times.len();
@@ -2195,7 +2309,7 @@ mod tests {
                 _ => {}
             }
             assert_eq!(l.get::<u128>(IDS), &ids[..]);
-            assert_eq!(l.get::<i64>(TIMES), &times[..]);
+            assert_eq!(l.get::<u32>(TIMES), &times[..]);
             let got: Vec<(u16, u32, u32)> = l
                 .get::<Post>(POSTS)
                 .iter()
@@ -2211,7 +2325,7 @@ mod tests {
         }
         l.get_mut::<Post>(POSTS)[0].ts_off = 9;
         assert_eq!(l.get::<Post>(POSTS)[0].ts_off, 9);
-        assert!(l.bytes() >= ids.len() * 16 + times.len() * 8 + posts.len() * 12 + text.len());
+        assert!(l.bytes() >= ids.len() * 16 + times.len() * 4 + posts.len() * 12 + text.len());
         // small lists: room for exactly what they hold
         let mut small = Lists::default();
         small.push(IDS, 1u128);
@@ -2466,6 +2580,58 @@ mod tests {
     /// A post's time is an offset from the cluster's first seen: a late event older than
     /// every other moves them all, and a time past 49 days of the first seen is kept aside;
     /// each post's time is the one it came with, whatever happened since.
+    #[test]
+    fn velocity_times_are_exact_across_long_lives_and_late_firsts() {
+        // event times kept as 32-bit offsets: a cluster alive for months (its times no
+        // longer within 49 days of its first seen) and late events before its first seen
+        // (the offsets move) count what a plain list of i64 would
+        let mut s = store();
+        let mut out = Outcome::default();
+        let (day, horizon) = (86_400_000_i64, 1_200_000_i64);
+        let t0 = 1_767_225_600_000_i64;
+        let mut rng = 11u64;
+        let mut next = |n: u64| {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (rng >> 33) % n
+        };
+        let (mut model, mut latest, mut t) = (Vec::<i64>::new(), None::<i64>, t0);
+        for n in 0..400 {
+            t = match next(10) {
+                0 => t + 40 * day + next(1000) as i64,    // a long quiet spell
+                1 => t - next(2 * horizon as u64) as i64, // late: within the horizon or not
+                2 => t0 - (n as i64) * day,               // before the first seen
+                _ => t + next(90_000) as i64,
+            };
+            let (eid, post) = (format!("e{n}"), format!("p{n}"));
+            let parent = (n > 0).then_some("p0");
+            let kind = if n == 0 { Kind::Upload } else { Kind::Share };
+            s.apply("u-1", &ev(&eid, kind, t, &post, parent), 0, &mut out);
+            if latest.is_none_or(|l| t > l - horizon) {
+                let at = model.partition_point(|&x| x <= t);
+                model.insert(at, t);
+                let l = latest.map_or(t, |l| l.max(t));
+                latest = Some(l);
+                model.retain(|&x| x > l - horizon);
+            }
+            assert_eq!(s.times("u-1"), model, "after {n}");
+            let now = latest.unwrap();
+            for w in [1, 60_000, horizon] {
+                let want = model.iter().filter(|&&x| x > now - w && x <= now).count();
+                assert_eq!(s.count("u-1", w, now), want, "after {n}, window {w}");
+            }
+        }
+        assert!(
+            s.get("u-1")
+                .unwrap()
+                .rare
+                .as_deref()
+                .is_some_and(|r| r.times_base.is_some()),
+            "the walk took the base aside"
+        );
+    }
+
     #[test]
     fn post_times_survive_late_firsts_and_long_lives() {
         let mut s = store();

@@ -12,7 +12,7 @@ use pyo3::{intern, IntoPyObjectExt, PyTraverseError, PyVisit};
 
 use viralwatch_core::content::Kind as SignalKind;
 use viralwatch_core::dedupe::EventIdSet;
-use viralwatch_core::unbanked::{Crossing, Event, Kind, Outcome, Rule, Store};
+use viralwatch_core::unbanked::{Crossing, Event, Kind, Outcome, Rule, Store, MAX_HORIZON_MS};
 
 use crate::dedupe::{with_id, EventIds};
 use crate::ev::Ev;
@@ -147,7 +147,17 @@ impl UnbankedClusters {
     /// worker's clusters partition: see ``Store::with_signals``).
     #[new]
     #[pyo3(signature = (rules, horizon_ms, idle_ms, signals = false))]
-    fn new(rules: Vec<(u8, i64, u32)>, horizon_ms: i64, idle_ms: i64, signals: bool) -> Self {
+    fn new(
+        rules: Vec<(u8, i64, u32)>,
+        horizon_ms: i64,
+        idle_ms: i64,
+        signals: bool,
+    ) -> PyResult<Self> {
+        if !(1..=MAX_HORIZON_MS).contains(&horizon_ms) {
+            return Err(PyValueError::new_err(format!(
+                "horizon_ms must be from 1 to {MAX_HORIZON_MS} (about 49 days), not {horizon_ms}"
+            )));
+        }
         let rules = rules
             .into_iter()
             .map(|(severity, window_ms, shares)| Rule {
@@ -161,7 +171,7 @@ impl UnbankedClusters {
         } else {
             Store::new(rules, horizon_ms, idle_ms)
         };
-        Self { store }
+        Ok(Self { store })
     }
 
     /// Its pending events for the garbage collector (a Python record among them may
