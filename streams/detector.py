@@ -565,13 +565,26 @@ class Detector:
 
     def _stop_ms(self) -> int:
         """The event time from which :meth:`advance` changes banked clusters (an episode
-        due to resolve, the oldest one idle): a run of unbanked events stops before it."""
-        stop = self._due[0][0] if self._due else _NO_STOP
+        due to resolve, the oldest one idle): a run of unbanked events stops before it.
+
+        A schedule superseded since (a later one pushed, the episode resolved, the
+        cluster gone) is dropped here, as :meth:`advance` would drop it: a run stopped
+        for it only to hand Python one unbanked event (886 times in a 56,754-event
+        platform replay)."""
+        due = self._due
+        while due and not self._scheduled(*due[0]):
+            heapq.heappop(due)
+        stop = due[0][0] if due else _NO_STOP
         if self.clusters:
             front = next(iter(self.clusters.values()))
             if not front.active:
                 stop = min(stop, front.last_ms + self.idle_ms)
         return stop
+
+    def _scheduled(self, due: int, cid: str) -> bool:
+        """Whether ``cid``'s episode is still due to resolve at ``due``."""
+        st = self.clusters.get(cid)
+        return st is not None and st.active and st.resolve_due_ms == due
 
     def _barrier(self) -> int:
         if not self.clusters:
@@ -859,10 +872,8 @@ class Detector:
         """Let event time pass to ``now_ms``: resolve episodes that are due, evict idle clusters."""
         while self._due and self._due[0][0] <= now_ms:
             due, cid = heapq.heappop(self._due)
-            st = self.clusters.get(cid)
-            if st is None or not st.active or st.resolve_due_ms != due:
-                continue  # superseded by a later schedule
-            self._resolve(st, due, "velocity")
+            if self._scheduled(due, cid):  # else superseded by a later schedule
+                self._resolve(self.clusters[cid], due, "velocity")
         cut = now_ms - self.idle_ms
         clusters, unbanked = self.clusters, self._unbanked
         while True:  # least recently touched first, banked (here) and unbanked (compiled)
