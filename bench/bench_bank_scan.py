@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from bench_core import WORKER_BATCH, unbanked_lines
-from bench_stages import stages
+from bench_stages import ingest_range, stages
 
 from streams.banks import HashBanks
 from streams.stages import merge_resolved, resolve_local_peers
@@ -30,7 +30,7 @@ def build(lines: list[bytes], seconds: float, idle_ms: int = 24 * 3_600_000) -> 
     for start in range(0, len(lines), WORKER_BATCH):
         end = min(start + WORKER_BATCH, len(lines))
         now = start * seconds / len(lines)
-        made = ingest.handle([(0, i, lines[i]) for i in range(start, end)], now=now)
+        made = ingest_range(ingest, lines, start, end, 1, now=now)
         batches = [resolvers[r].handle([env]) for r, env in made.unpacked.items()]
         peers, _ = resolve_local_peers(resolvers, batches, 4)
         to_clusters, _ = merge_resolved(batches + peers)

@@ -45,7 +45,7 @@ heap's growth (Python's by ``tracemalloc``, and the compiled core's, which
   the banks' answer cache, which is bounded);
 - ``worker``: the same per live post of the same stream, kept by a worker's
   stages through the production classes (one worker holding every partition
-  of each stage, ``--partitions`` of them: ``Ingest`` -> ``ResolvePartition``
+  of each stage, ``--partitions`` of them: ``Ingest.handle_lines`` -> ``ResolvePartition``
   -> ``ClusterPartition``, in batches of ``WORKER_BATCH`` input records), and
   where it goes: each resolve partition's loop, post -> cluster map, index of
   unbanked content (the owner's) and rest, then each clusters partition's loop
@@ -423,7 +423,7 @@ def worker_memory(posts: int, seed: int, partitions: int = 1) -> dict[str, Any]:
     registrations handed over in-process, as ``Topology`` does) ->
     :class:`~streams.stages.ClusterPartition`, fed :func:`unbanked_lines` in batches of
     :data:`WORKER_BATCH`; and each part's share (see the module doc)."""
-    from bench_stages import stages
+    from bench_stages import ingest_range, stages
 
     from streams.stages import merge_resolved, resolve_local_peers
 
@@ -434,8 +434,7 @@ def worker_memory(posts: int, seed: int, partitions: int = 1) -> dict[str, Any]:
         ingest, resolvers, clusters = stages(partitions, HashBanks(), idle_ms=24 * 3_600_000)
         for start in range(0, len(lines), WORKER_BATCH):
             end = min(start + WORKER_BATCH, len(lines))
-            records = [(i % partitions, i, lines[i]) for i in range(start, end)]
-            made = ingest.handle(records, now=float(start))
+            made = ingest_range(ingest, lines, start, end, partitions, now=float(start))
             batches = [resolvers[r].handle([env]) for r, env in made.unpacked.items()]
             peers, _ = resolve_local_peers(resolvers, batches, 4)
             to_clusters, _ = merge_resolved(batches + peers)

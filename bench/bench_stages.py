@@ -3,7 +3,8 @@
 The same traffic as ``bench_pipeline.py``'s throughput run (``Scenario(seed=11)``
 scaled to ``--events``, its bank loaded), cut into batches of ``--batch`` input
 records spread over ``--partitions`` input partitions, through the stages one
-worker holding every partition runs: :class:`streams.stages.Ingest` (parse,
+worker holding every partition runs: :class:`streams.stages.Ingest` (its
+``handle_lines``, as the shares reader calls it: parse,
 send each event to the resolve partition of the post it needs), then every
 :class:`streams.stages.ResolvePartition` with its peers' registrations handed
 over in-process (:func:`streams.stages.resolve_local_peers`, as
@@ -57,6 +58,7 @@ from streams.stages import (  # noqa: E402
     ClusterPartition,
     Envelope,
     Ingest,
+    IngestBatch,
     ResolveBatch,
     ResolvePartition,
     merge_resolved,
@@ -101,6 +103,21 @@ def stages(
     return ingest, resolvers, detectors
 
 
+def ingest_range(
+    ingest: Ingest, lines: list[bytes], start: int, end: int, partitions: int, now: float
+) -> IngestBatch:
+    """``lines[start:end]`` through ``ingest`` as a worker's shares reader hands a batch over
+    (:meth:`Ingest.handle_lines`: the values and their input partitions as two lists, line
+    ``i`` read from partition ``i % partitions`` at offset ``i``), not the tuples of
+    :meth:`Ingest.handle`, which only the tests' adapters take."""
+    return ingest.handle_lines(
+        lines[start:end],
+        [i % partitions for i in range(start, end)],
+        lambda j: ((start + j) % partitions, start + j),
+        now,
+    )
+
+
 def run(
     lines: list[bytes], banks: HashBanks, partitions: int, batch: int, hop: str
 ) -> dict[str, Any]:
@@ -119,9 +136,8 @@ def run(
     owed: dict[int, Envelope] = {}
     for start in range(0, len(lines), batch):
         end = min(start + batch, len(lines))
-        records = [(i % partitions, i, lines[i]) for i in range(start, end)]
         t0 = time.process_time()
-        made = ingest.handle(records, now=float(start))
+        made = ingest_range(ingest, lines, start, end, partitions, now=float(start))
         t1 = time.process_time()
         sent = {r: [env] for r, env in made.unpacked.items()}
         for r, left in owed.items():
