@@ -23,6 +23,9 @@ def parse_events(
     """Parse and validate a batch of lines: per line a ``share_event`` or a ``rejection``, or
     a video upload's event tuple (its frames for Python to read); and where those tuples are."""
 
+def bank_updates(lines: Iterable[bytes]) -> list[int]:
+    """Which lines are bank updates (``"op"``, no ``"event_id"``), by index, in order."""
+
 def set_event_types(
     share_event: type[Any],
     content: type[Any],

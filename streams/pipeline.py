@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Final
 
-from streams._core import ReplayLoop, evict_unbanked
+from streams._core import ReplayLoop, bank_updates, evict_unbanked
 from streams.alerts import Pseudonymizer
 from streams.banks import MIN_PDQ_QUALITY, BankUpdate, HashBanks
 from streams.detector import Decisions, Detector, LoopHost, Predictor
@@ -66,7 +66,7 @@ def is_bank_update(raw: bytes) -> bool:
     >>> is_bank_update(b'{"event_id":"e1","op":"add"}'), is_bank_update(b"{oops")
     (False, False)
     """
-    return b'"op"' in raw and b'"event_id"' not in raw
+    return bool(bank_updates((raw,)))
 
 
 class Pipeline(LoopHost):
@@ -152,18 +152,12 @@ class Pipeline(LoopHost):
         """Take several input records: cut at each bank update (the banks change there),
         each part parsed and fed to the compiled loop in one call."""
         batch = raws if isinstance(raws, list) else list(raws)
-        if b'"op"' not in b"".join(batch):  # no bank update (most batches): no test per line
-            self._feed_lines(batch)
-            return
-        lines: list[bytes] = []
-        for raw in batch:
-            if is_bank_update(raw):  # the banks change here: match what came before first
-                self._feed_lines(lines)
-                lines = []
-                self.feed_bank_update(raw)
-            else:
-                lines.append(raw)
-        self._feed_lines(lines)
+        start = 0
+        for i in bank_updates(batch):  # none in most batches
+            self._feed_lines(batch[start:i])  # the banks change here: match what came before
+            self.feed_bank_update(batch[i])
+            start = i + 1
+        self._feed_lines(batch[start:] if start else batch)
 
     def _feed_lines(self, lines: list[bytes]) -> None:
         if lines:

@@ -15,10 +15,11 @@ from golden import replay_outcome
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streams._core import bank_updates
 from streams.alerts import Pseudonymizer
 from streams.banks import ALLOW_BANK, BankConfig, BankEntry, BankUpdate, HashBanks
 from streams.events import ShareEvent, parse_event
-from streams.pipeline import Pipeline
+from streams.pipeline import Pipeline, is_bank_update
 from streams.policy import AlertPolicy
 from streams.router import Router
 from streams.simulate import Scenario, simulate
@@ -120,6 +121,21 @@ def test_any_bytes_give_rejections_or_decisions_never_an_exception(
     refused = sum(1 for line in noise if not isinstance(parse_event(line), ShareEvent))
     assert len(out.rejections) >= refused - sum(1 for line in noise if b'"op"' in line)
     assert pipe.held == 0
+
+
+_MARKS = st.sampled_from([b'"op"', b'"event_id"', b'"op', b'op"', b'"', b"op", b"\\"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.binary(max_size=6) | _MARKS, max_size=12).map(b"".join), max_size=20))
+def test_the_batch_s_bank_updates_are_the_lines_that_hold_op_and_no_event_id(
+    lines: list[bytes],
+) -> None:
+    """The compiled check replay cuts each batch at, against its rule written out here."""
+    expected = [i for i, raw in enumerate(lines) if b'"op"' in raw and b'"event_id"' not in raw]
+    assert bank_updates(lines) == expected
+    assert bank_updates([bytearray(raw) for raw in lines]) == expected
+    assert [is_bank_update(raw) for raw in lines] == [i in expected for i in range(len(lines))]
 
 
 _HEX = "0123456789abcdef"

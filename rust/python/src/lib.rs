@@ -300,10 +300,26 @@ fn parse_events<'py>(
     Ok((out, videos))
 }
 
+/// The indices of the lines of ``lines`` that are bank updates (``"op"``, no
+/// ``"event_id"``: ``streams.pipeline.is_bank_update``), in order. Replay asks it of each
+/// batch: most hold none, and the batch then goes to the compiled loop whole. A line that
+/// is not ``bytes`` is read as ``bytes(line)``.
+#[pyfunction]
+fn bank_updates(lines: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
+    let mut out = Vec::new();
+    for (i, item) in lines.try_iter()?.enumerate() {
+        if event::is_bank_update(line_bytes(item?)?.as_bytes()) {
+            out.push(i);
+        }
+    }
+    Ok(out)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(parse_events, m)?)?;
+    m.add_function(wrap_pyfunction!(bank_updates, m)?)?;
     m.add_function(wrap_pyfunction!(ev::set_event_types, m)?)?;
     m.add_function(wrap_pyfunction!(ingest::ingest_lines, m)?)?;
     m.add_class::<ev::EvBatch>()?;
