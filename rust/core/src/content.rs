@@ -1080,10 +1080,15 @@ impl ContentIndex {
         item.held &= !bit(v);
         let others = item.held & !SLOT_MASK != 0;
         self.live[v as usize] -= 1;
-        let (mut kept, mut count) = (Vec::new(), 0);
+        // the keys held for another view, packed as they are here (a kept hash's row does
+        // not move before the compaction below); while every key so far is kept (a cluster
+        // both views hold, forgotten by one: replay's final evictions) they are `keys`
+        // itself, kept whole, where packing them afresh was a reallocation a key
+        let (mut kept, mut count, mut whole) = (Vec::new(), 0, true);
         // (a scan-only index's rows stay put until it is compacted, below)
         let mut left: &[u8] = &keys;
         while let Some((key, after)) = Key::unpack_one(left, &self.pdq) {
+            let (at, raw) = (keys.len() - left.len(), &left[..left.len() - after.len()]);
             left = after;
             // one look-up of the signal, a second to change its first holder
             let f = self.first_holder(&key).expect("a signal the cluster holds");
@@ -1099,8 +1104,13 @@ impl ContentIndex {
             };
             let rest = h & !bit(v);
             if rest & !SLOT_MASK != 0 {
-                key.pack(&self.pdq, &mut kept); // held for another view
+                if !whole {
+                    kept.extend_from_slice(raw); // held for another view
+                }
                 count += 1;
+            } else if whole {
+                whole = false;
+                kept.extend_from_slice(&keys[..at]);
             }
             if h & bit(v) == 0 {
                 continue;
@@ -1118,7 +1128,7 @@ impl ContentIndex {
             let item = self.clusters[c as usize]
                 .as_mut()
                 .expect("a live cluster's slot");
-            item.keys = kept.into_boxed_slice();
+            item.keys = if whole { keys } else { kept.into_boxed_slice() };
             item.held = (item.held & !SLOT_MASK) | count;
         } else {
             let gone = self.clusters[c as usize]
