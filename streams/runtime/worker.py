@@ -762,7 +762,7 @@ class Worker:
             # the bundled broker's workarounds, in use or not (never on Apache Kafka)
             "workarounds": {
                 "end_offset_probes": self.app.end_offset_probes,
-                "short_fetch_wait": ConsumerThread.fetch_max_wait_ms is not None,
+                "short_fetch_wait": ConsumerThread.fetch_max_wait_ms == LOCAL_FETCH_WAIT_MS,
             },
             "delay_s": self._take_delays(),
             "sent": dict(self.sent),
