@@ -408,3 +408,83 @@ def test_records_written_go_in_order_and_a_flush_waits_for_those_written_before_
             producer._producer = None
 
     asyncio.run(scenario())
+
+
+def _partition_records(values: list[bytes | None], base: int = 40) -> Any:
+    """aiokafka's records of one fetched partition: two record batches of ``values``, from
+    offset ``base``, as a fetch response holds them."""
+    from aiokafka.consumer.fetcher import PartitionRecords
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from aiokafka.record.memory_records import MemoryRecords
+    from aiokafka.structs import TopicPartition
+
+    raw = b""
+    half = len(values) // 2
+    for start, run in ((0, values[:half]), (half, values[half:])):
+        builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 20)
+        for i, value in enumerate(run):
+            builder.append(i, 1_767_225_600_000 + start + i, None, value, [])
+        batch = builder.build()
+        batch[0:8] = (base + start).to_bytes(8, "big")  # the batch's base offset
+        raw += bytes(batch)
+    return PartitionRecords(
+        TopicPartition("shares", 3), MemoryRecords(raw), [], base, None, None, False, 0
+    )
+
+
+def test_bare_records_are_the_record_batch_s_own_with_what_a_consumer_record_holds() -> None:
+    """``bare_records`` swaps the dict aiokafka's fetcher puts each fetched partition in, so
+    that the records its ``getmany`` gives are the record batch's own: the same offsets,
+    timestamps and values as the ``ConsumerRecord`` s of before, no ``ConsumerRecord``."""
+    from collections import OrderedDict
+    from types import SimpleNamespace
+
+    from aiokafka.structs import ConsumerRecord
+
+    values: list[bytes | None] = [b'{"event_id":"e%d"}' % i for i in range(7)] + [None]
+    before = list(_partition_records(values))
+    assert all(type(r) is ConsumerRecord for r in before)
+    early = SimpleNamespace(_partition_records=_partition_records(values))
+    fetcher = SimpleNamespace(_records=OrderedDict({"early": early}))
+    consumer = SimpleNamespace(_fetcher=fetcher, _key_deserializer=None, _value_deserializer=None)
+    faust_adapter.bare_records(consumer)
+    faust_adapter.bare_records(consumer)  # idempotent
+    fetcher._records["late"] = late = SimpleNamespace(_partition_records=_partition_records(values))
+    fetcher._records["failed"] = SimpleNamespace()  # a fetch error: nothing to change
+    for result in (early, late):
+        got = list(result._partition_records)
+        assert not any(type(r) is ConsumerRecord for r in got)
+        assert [(r.offset, r.timestamp, r.value) for r in got] == [
+            (r.offset, r.timestamp, r.value) for r in before
+        ]
+        assert [r.offset for r in got] == list(range(40, 48))
+    assert list(fetcher._records) == ["early", "late", "failed"]
+    with pytest.raises(ValueError, match="deserializers"):
+        faust_adapter.bare_records(
+            SimpleNamespace(
+                _fetcher=SimpleNamespace(_records=OrderedDict()),
+                _key_deserializer=None,
+                _value_deserializer=bytes.decode,
+            )
+        )
+
+
+def test_aiokafka_s_fetcher_still_has_what_bare_records_reaches() -> None:
+    """The fetcher keeps its results in ``_records``, made once, each put there by an
+    assignment; a partition's records are unpacked by ``self._consumer_record``; a
+    consumer's fetcher and deserializers are where ``bare_records`` reads them."""
+    from aiokafka.consumer.consumer import AIOKafkaConsumer as Consumer
+    from aiokafka.consumer.fetcher import Fetcher, PartitionRecords
+
+    fetcher = inspect.getsource(Fetcher)
+    assert fetcher.count("self._records = ") == 1
+    assert "self._records = collections.OrderedDict()" in inspect.getsource(Fetcher.__init__)
+    assert "self._records[tp] = FetchResult(" in fetcher
+    assert "setdefault" not in fetcher and "self._records.update" not in fetcher
+    assert "self._consumer_record(tp, record)" in inspect.getsource(
+        PartitionRecords._unpack_records
+    )
+    start = inspect.getsource(Consumer.start)
+    assert "self._fetcher = Fetcher(" in start
+    assert "value_deserializer=self._value_deserializer" in start
+    assert "key_deserializer=self._key_deserializer" in start

@@ -25,6 +25,7 @@ from typing import Any
 from streams.runtime.checkpoint import Checkpoint
 from streams.runtime.faust_adapter import (
     LOCAL_FETCH_WAIT_MS,
+    bare_records,
     committed_metadata,
     log_ends,
     on_assigned,
@@ -116,7 +117,11 @@ class SharesReader:
                 await consumer.stop()
 
     async def poll(self, wait_ms: int) -> int:
-        """One batch from the consumer (waiting up to ``wait_ms``), handled; how many records."""
+        """One batch from the consumer (waiting up to ``wait_ms``), handled; how many records.
+
+        The records are the record batches' own, not aiokafka's ``ConsumerRecord``
+        (:func:`bare_records`: about half a microsecond an event less)."""
+        bare_records(self.consumer)
         got = await self.consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.batch_size)
         runs = [(tp.partition, recs) for tp, recs in got.items() if recs]
         if runs:
@@ -129,7 +134,8 @@ class SharesReader:
 
     def handle(self, runs: Sequence[tuple[int, Sequence[Any]]]) -> None:
         """One batch read: each partition's records (the Kafka client's, in offset order,
-        with ``offset``, ``value`` and ``timestamp``) through the topology, then the
+        with ``offset``, ``value`` and ``timestamp``: a record batch's own, or a
+        ``ConsumerRecord``) through the topology, then the
         checkpoint's first steps.
 
         Per partition, not per record: the values go to the parser as one list, the
