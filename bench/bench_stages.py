@@ -15,7 +15,7 @@ its topic (``--hop topic``, the bytes a peer worker sent: packed untimed, the
 sender's work; ``--hop records``, the same bytes decoded into records first, as
 a partition read them before ``ClusterLoop.read``) or handed over in-process
 (``--hop local``, as one worker holding every partition does), its log
-entries made (``ClusterBatch.log``).
+entries made (``ClusterBatch.log``, their bytes an event printed).
 ``--by-partition``: each resolve partition's CPU and log per event, the log by key
 (partition 0 owns the index of unbanked content: its share is what one worker holding
 it does more than the others).
@@ -125,7 +125,7 @@ def run(
     (per resolve partition too: CPU, and its log's bytes by key)."""
     ingest, resolvers, detectors = stages(partitions, banks)
     ingest_s = resolve_s = clusters_s = 0.0
-    routed = logged = alerts = 0
+    routed = logged = alerts = cluster_logged = 0
     part_s: dict[int, float] = dict.fromkeys(resolvers, 0.0)
     part_log: dict[int, Counter[str]] = {r: Counter() for r in resolvers}
     for r, partition in resolvers.items():
@@ -160,7 +160,9 @@ def run(
             # "records": decoded into records first, then handed over (how a partition
             # read its topic before ClusterLoop.read), for a comparison in one build
             env = Envelope.of(raw) if hop == "records" else raw
-            alerts += len(detectors[k].handle([env]).decisions.alerts)
+            done = detectors[k].handle([env])
+            alerts += len(done.decisions.alerts)
+            cluster_logged += sum(map(len, done.log))
         clusters_s += time.process_time() - t3
         resolve_s += t2 - t1
         ingest_s += t1 - t0
@@ -173,6 +175,7 @@ def run(
         "alerts": alerts,
         "applied": sum(d.applied for d in detectors.values()),
         "log_bytes_per_event": logged / n,
+        "cluster_log_bytes_per_event": cluster_logged / n,
         "by_partition": {
             r: {
                 "resolve_us": part_s[r] / n * 1e6,
@@ -238,6 +241,7 @@ def main() -> None:
     }[args.hop]
     alerts = f"applied {out['applied']:,.0f}, alerts {out['alerts']:,.0f}"
     print(f"  clusters  {out['clusters_us']:6.2f} us CPU/event ({hop}; {alerts})")
+    print(f"  cluster log {out['cluster_log_bytes_per_event']:.0f} B/event")
     for r, p in out.get("by_partition", {}).items():
         keys = ", ".join(f"{k} {v}" for k, v in p["log_by_key"].items())
         print(

@@ -203,6 +203,8 @@ class WireWriter:
         """Held events (``ShareEvent``s, or compiled in an ``EvBatch``) as the log's ``h+``."""
     def parts(self, items: Iterable[Any], limit: int) -> list[bytes]:
         """``items`` as JSON arrays of at most ``limit`` bytes each (one larger item alone)."""
+    def log_parts(self, items: Iterable[Any], limit: int) -> list[bytes]:
+        """Routed events as a cluster log keeps them (``["c", cluster, held event]``)."""
 
 class WireReader:
     """Envelopes and cluster-log entries read into ``streams.wire``'s records, each event by

@@ -105,6 +105,7 @@ from streams.wire import (
     posts_log,
     read_envelope,
     records,
+    routed_log_parts,
 )
 
 T = TypeVar("T")
@@ -1365,7 +1366,7 @@ class ClusterPartition(LoopHost):
                 if eid in pending or applied(item.cluster_id, eid):
                     seen.add(eid)
                     kept.append(item)
-        return log_parts(kept) if kept else []
+        return routed_log_parts(kept, MAX_RECORD_BYTES) if kept else []
 
     def _push(self, routed: list[Routed]) -> set[str]:
         """Hold ``routed`` for the watermark; the banked clusters among them (see
@@ -1386,8 +1387,9 @@ class ClusterPartition(LoopHost):
 
         A record read from the topic is read by the compiled loop itself
         (:meth:`ClusterLoop.read`): its events held with no ``Routed`` record but for
-        banked clusters', and logged as they came, not written again; one it does not
-        read, and an envelope handed over in-process, the records' way.
+        banked clusters'; one it does not read, and an envelope handed over in-process,
+        the records' way. Either way the log keeps the events compact
+        (:func:`~streams.wire.routed_log_parts`: the bytes a worker writes most).
         """
         loop, stats = self.loop, self.stats
         # handed over in-process (records, or a resolve partition's compiled batches):
@@ -1423,7 +1425,7 @@ class ClusterPartition(LoopHost):
         batch.decisions.rejections.extend(d.rejection for d in dead + stray)
         batch.log = loop.take_log()
         if received:
-            batch.log += encode_parts(received, MAX_RECORD_BYTES)
+            batch.log += routed_log_parts(received, MAX_RECORD_BYTES)
         batch.log_items = read_events + received_events
         return batch
 

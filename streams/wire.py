@@ -458,6 +458,11 @@ def _decode_e(item: list[Any]) -> Item:
     return Routed(_event(event), _text(cluster, "cluster_id"), _match(match))
 
 
+def _decode_c(item: list[Any]) -> Item:
+    _, cluster, held = _fields(item, "c", 2)
+    return Routed(_held(held), _text(cluster, "cluster_id"), None)
+
+
 def _decode_s(item: list[Any]) -> Item:
     return ToRoute(_event(_fields(item, "s", 1)[1]))
 
@@ -497,6 +502,7 @@ _DECODE: Final[dict[str, Callable[[list[Any]], Item]]] = {
     "r": _decode_r,
     "f": _decode_f,
     "e": _decode_e,
+    "c": _decode_c,
     "u": _decode_u,
     "t": _decode_t,
 }
@@ -543,6 +549,30 @@ def encode_parts(items: Sequence[Item], limit: int) -> list[bytes]:
     (True, [b'[]'])
     """
     return _WRITER.parts(items, limit)
+
+
+def routed_log_parts(items: Sequence[Routed | EvBatch], limit: int) -> list[bytes]:
+    """Routed events as a clusters partition's log keeps them, cut as :func:`encode_parts`
+    cuts them: each without a match as ``["c", cluster_id, held event]``, the event in
+    :func:`held_form` (hashes in base64, as the resolve log holds an event), not
+    ``["e", event, cluster_id, null]``: the cluster log is what a worker writes most
+    (each event it routes), and the event's names and hex took about 40% of it (224 ->
+    about 135 B an event for the pipeline benchmark's traffic). Restore needs every field
+    (an unbanked cluster's events become a banked one's graph when a bank takes it).
+    An event with a match, or one the core does not write (a video's frames), is written
+    as :func:`encode_parts` writes it. Both forms are read (:func:`decode_routed_log`),
+    so a log an earlier version wrote restores as before.
+
+    >>> from streams.events import Content
+    >>> ev = ShareEvent("e1", "upload", 1767225600000, "p1", "u1",
+    ...                 content=Content(md5="0" * 30 + "ff", pdq_quality=90))
+    >>> (part,) = routed_log_parts([Routed(ev, "u-1", None)], 1_000)
+    >>> part
+    b'[["c","u-1",["e1","u",1767225600000,"p1","u1",null,null,[null,90,"AAAAAAAAAAAAAAAAAAAA/w"]]]]'
+    >>> decode_routed_log(part) == ([Routed(ev, "u-1", None)], [])
+    True
+    """
+    return _WRITER.log_parts(items, limit)
 
 
 def encode_items(items: Sequence[Item]) -> bytes:

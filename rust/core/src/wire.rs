@@ -44,6 +44,13 @@ pub enum Item<'a> {
         cluster_id: &'a str,
         match_json: Option<&'a [u8]>,
     },
+    /// `["c", cluster_id, held event]`: a routed event without a match as a cluster log
+    /// keeps it, the event in [`write_held`]'s form (an event it does not write: as
+    /// [`Item::Routed`])
+    Logged {
+        event: EventView<'a>,
+        cluster_id: &'a str,
+    },
     /// `["s", event]`
     ToRoute(EventView<'a>),
     /// `["u", event]`
@@ -166,6 +173,23 @@ pub fn write_item(out: &mut Vec<u8>, item: &Item<'_>) {
             write_str(out, cluster_id);
             out.push(b',');
             out.extend_from_slice(match_json.unwrap_or(b"null"));
+        }
+        Item::Logged { event, cluster_id } => {
+            let start = out.len();
+            out.extend_from_slice(b"[\"c\",");
+            write_str(out, cluster_id);
+            out.push(b',');
+            if !write_held(out, event) {
+                out.truncate(start);
+                return write_item(
+                    out,
+                    &Item::Routed {
+                        event: *event,
+                        cluster_id,
+                        match_json: None,
+                    },
+                );
+            }
         }
         Item::ToRoute(event) => {
             out.extend_from_slice(b"[\"s\",");

@@ -55,8 +55,8 @@ pub enum Read<'a> {
 /// An envelope's frame and items: marks `(partition, newest event time, idle)`,
 /// progress and input watermarks `(partition, event time)`, each in partition order;
 /// `spans`, each item's own JSON text as the record holds it (beside `items`, in the same
-/// order): a clusters partition logs the routed events it received as they came, not
-/// written again.
+/// order): what Python reads is handed over as its text, and a clusters partition logs
+/// such an item as it came.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Envelope<'a> {
     pub items: Vec<Read<'a>>,
@@ -98,6 +98,149 @@ fn event<'a>(raw: &'a RawValue, judge: &mut dyn Judge) -> Option<Event<'a>> {
     }
 }
 
+/// A JSON string's text as the record holds it, quotes included, if it has no escape: then
+/// it is what orjson writes for that string.
+fn plain(raw: &RawValue) -> Option<&str> {
+    let text = raw.get();
+    (text.len() >= 2 && text.starts_with('"') && !text.contains('\\')).then_some(text)
+}
+
+/// An MD5's or a PDQ's base64 in a held event (22 or 43 characters, unpadded, as
+/// `crate::wire_index::write_hash` writes it) as lowercase hex; `None` if it is not the
+/// canonical base64 of its bytes (Python reads such an item).
+fn unbase64_hex(text: &str) -> Option<String> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut bytes = Vec::with_capacity(text.len() * 3 / 4);
+    for chunk in text.as_bytes().chunks(4) {
+        let mut n = 0_u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= value(c)? << (18 - 6 * i);
+        }
+        let whole = chunk.len() * 6 / 8;
+        for i in 0..whole {
+            bytes.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    let mut again = Vec::with_capacity(text.len());
+    crate::wire_index::push_b64(&mut again, &bytes);
+    if again != text.as_bytes() {
+        return None;
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        hex.push(HEX[usize::from(b >> 4)] as char);
+        hex.push(HEX[usize::from(b & 15)] as char);
+    }
+    Some(hex)
+}
+
+/// A held event (`crate::wire::write_held`'s form: a cluster log's `"c"` item) read as
+/// `streams.wire._held` reads it: the canonical JSON object it makes of the fields
+/// (orjson's bytes, so the same length limit applies) through the event parser, the one
+/// reader of a share event. Only the plain form the writer writes (texts without escapes,
+/// integers, a type letter, hashes in canonical base64, no video's frames); anything else
+/// is `None`, and Python reads the item, so what it becomes does not depend on the reader.
+fn held_event(raw: &RawValue, judge: &mut dyn Judge) -> Option<Event<'static>> {
+    let f: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
+    if !(5..=8).contains(&f.len()) {
+        return None;
+    }
+    let kind = match f[1].get() {
+        r#""u""# => "upload",
+        r#""s""# => "share",
+        r#""t""# => "takedown",
+        _ => return None,
+    };
+    let mut text = String::with_capacity(raw.get().len() + 128);
+    let mut put = |key: &str, value: &str| {
+        if !text.is_empty() {
+            text.push(',');
+        }
+        text.push('"');
+        text.push_str(key);
+        text.push_str("\":");
+        text.push_str(value);
+    };
+    put("event_id", plain(f[0])?);
+    put("type", &format!("\"{kind}\""));
+    put("ts", &integer(f[2])?.to_string());
+    put("post_id", plain(f[3])?);
+    put("user_id", plain(f[4])?);
+    if let Some(parent) = f.get(5).filter(|v| v.get() != "null") {
+        put("parent_post_id", plain(parent)?);
+    }
+    if let Some(n) = f.get(6).filter(|v| v.get() != "null") {
+        put("followers", &integer(n)?.to_string());
+    }
+    if let Some(signals) = f.get(7) {
+        let signals: Vec<&RawValue> = serde_json::from_str(signals.get()).ok()?;
+        if signals.len() > 3 {
+            return None; // a video's frames: Python's to read
+        }
+        let mut content = String::from("{");
+        for (i, v) in signals.iter().enumerate() {
+            if v.get() == "null" {
+                continue;
+            }
+            let (name, value) = match i {
+                1 => ("pdq_quality", integer(v)?.to_string()),
+                _ => {
+                    let quoted = plain(v)?;
+                    let inner = &quoted[1..quoted.len() - 1];
+                    let (name, size) = if i == 0 { ("pdq", 43) } else { ("md5", 22) };
+                    if inner.len() == size {
+                        (name, format!("\"{}\"", unbase64_hex(inner)?))
+                    } else {
+                        (name, quoted.to_owned()) // as it is: the parser judges it
+                    }
+                }
+            };
+            if content.len() > 1 {
+                content.push(',');
+            }
+            content.push('"');
+            content.push_str(name);
+            content.push_str("\":");
+            content.push_str(&value);
+        }
+        content.push('}');
+        put("content", &content);
+    }
+    let text = format!("{{{text}}}");
+    let ev = event::parse_line(text.as_bytes(), judge).ok()?;
+    let content = match ev.content {
+        Some(c) if c.vpdq.is_some() => return None,
+        Some(c) => Some(event::Content {
+            pdq: c.pdq,
+            pdq_quality: c.pdq_quality,
+            md5: c.md5,
+            vpdq: None,
+        }),
+        None => None,
+    };
+    Some(Event {
+        event_id: Cow::Owned(ev.event_id.into_owned()),
+        kind: ev.kind,
+        ts_ms: ev.ts_ms,
+        post_id: Cow::Owned(ev.post_id.into_owned()),
+        user_id: Cow::Owned(ev.user_id.into_owned()),
+        parent_post_id: ev.parent_post_id.map(|p| Cow::Owned(p.into_owned())),
+        followers: ev.followers,
+        content,
+        event_id_was_text: ev.event_id_was_text,
+    })
+}
+
 /// One item, or [`Read::Other`] when the core does not read it.
 pub fn read_item<'a>(raw: &'a RawValue, judge: &mut dyn Judge) -> Read<'a> {
     read_known(raw, judge).unwrap_or(Read::Other(raw.get()))
@@ -119,6 +262,10 @@ fn read_known<'a>(raw: &'a RawValue, judge: &mut dyn Judge) -> Option<Read<'a>> 
         ("e", [ev, cluster, matched]) if matched.get() == "null" => Read::Routed {
             cluster_id: id(cluster)?,
             event: event(ev, judge)?,
+        },
+        ("c", [cluster, held]) => Read::Routed {
+            cluster_id: id(cluster)?,
+            event: held_event(held, judge)?,
         },
         ("r", [post, cluster]) => Read::Registration {
             post_id: id(post)?,
@@ -308,6 +455,68 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_log_s_compact_item_reads_back_as_the_event_written() {
+        let ev = EventView {
+            event_id: "e1é",
+            kind: "upload",
+            ts_ms: 1_767_225_600_000,
+            post_id: "p1",
+            user_id: "u1",
+            parent_post_id: None,
+            followers: Some(14),
+            content: Some(crate::wire::ContentView {
+                pdq: Some("34da973d34da973d34da973d34da973d34da973d34da973d34da973d34da973d"),
+                pdq_quality: Some(91),
+                md5: Some("47dfaa6247dfaa6247dfaa6247dfaa62"),
+            }),
+        };
+        let written = write_parts(
+            &[Item::Logged {
+                event: ev,
+                cluster_id: "u-66274f729a52a47e",
+            }],
+            usize::MAX,
+        );
+        let text = std::str::from_utf8(&written[0]).unwrap();
+        assert!(
+            text.starts_with(r#"[["c","u-66274f729a52a47e",["e1é","u","#),
+            "{text}"
+        );
+        let read = items(text);
+        let [Read::Routed { event, cluster_id }] = read.as_slice() else {
+            panic!("{read:?}")
+        };
+        assert_eq!(cluster_id, "u-66274f729a52a47e");
+        let c = event.content.as_ref().unwrap();
+        assert_eq!(
+            (
+                event.event_id.as_ref(),
+                event.kind,
+                event.followers,
+                c.pdq_quality
+            ),
+            ("e1é", Kind::Upload, Some(14), Some(91))
+        );
+        assert_eq!(
+            (c.pdq.as_deref(), c.md5.as_deref()),
+            (ev.content.unwrap().pdq, ev.content.unwrap().md5)
+        );
+        // a type no event is held as: the earlier form
+        let odd = EventView {
+            kind: "other",
+            ..ev
+        };
+        let written = write_parts(
+            &[Item::Logged {
+                event: odd,
+                cluster_id: "u-1",
+            }],
+            usize::MAX,
+        );
+        assert!(written[0].starts_with(br#"[["e",{"event_id""#));
+    }
+
+    #[test]
     fn what_the_core_does_not_read_is_left_to_python_as_its_text() {
         let cases = [
             format!(r#"["e",{SHARE},"b-1",{{"bank":"x"}}]"#), // a match
@@ -320,6 +529,14 @@ mod tests {
             r#"["t","u-1",true]"#.to_owned(),
             r#"["t","u-1",99999999999999999999]"#.to_owned(), // over 64 bits
             r#"["x",1]"#.to_owned(),
+            // a cluster log's held event other than as written: Python reads it
+            r#"["c","u-1",["e1","u",5,"p1","u1",null,null,[null,9,"AAAAAAAAAAAAAAAAAAAA/x"]]]"#
+                .to_owned(), // base64 of other trailing bits
+            r#"["c","u-1",["e1","s",5,"p1","u1","p0"]]"#.to_owned(), // an escape
+            r#"["c","u-1",["e1","share",5,"p1","u1","p0"]]"#.to_owned(), // no type letter
+            r#"["c","u-1",["e1","s",5.0,"p1","u1","p0"]]"#.to_owned(), // not an integer
+            r#"["c","u-1",["e1","s",5,"p1"]]"#.to_owned(),           // a field short
+            r#"["c","u-1",["e1","u",5,"p1","u1",null,null,[null,9,null,["x"]]]]"#.to_owned(),
             r#"[]"#.to_owned(),
             r#"{"s":1}"#.to_owned(),
             r#"7"#.to_owned(),

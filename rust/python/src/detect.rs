@@ -23,7 +23,7 @@ use viralwatch_core::content::{Cid, ClusterId, View, DETECTOR};
 use viralwatch_core::posts::partition_for;
 use viralwatch_core::reorder::ReorderBuffer;
 use viralwatch_core::unbanked::{Outcome, Store};
-use viralwatch_core::wire::{write_str, Parts};
+use viralwatch_core::wire::{write_str, Item as WireItem, Parts};
 
 use crate::content::PyContentSignals;
 use crate::dedupe::with_id;
@@ -582,7 +582,7 @@ pub struct ClusterLoop {
     routed_cls: Py<PyType>,
     /// the reader of the records the partition reads from its topic
     reader: Py<WireReader>,
-    /// the routed events read from records since the last :meth:`take_log`, as they came
+    /// the routed events read from records since the last :meth:`take_log`, compact
     log: Parts,
     limit: usize,
 }
@@ -703,8 +703,9 @@ impl ClusterLoop {
     /// events held until the watermark passes them, in one call: no `Routed` record is
     /// made but for a banked cluster's event (the detector is told of those, as
     /// :meth:`push` returns them) and what Python reads (a banked upload's match). Each
-    /// event's text, as the record holds it, is kept for the partition's log
-    /// (:meth:`take_log`): not written again. Returns ``(progress {partition: ts},
+    /// event is kept for the partition's log (:meth:`take_log`) in the log's compact form
+    /// (``streams.wire.routed_log_parts``'s bytes), one the core did not read as its
+    /// record holds it. Returns ``(progress {partition: ts},
     /// banked events, rejected items, records of other kinds, events held)``, or ``None``
     /// when the core does not read the record (Python reads it, and says what is wrong).
     #[allow(clippy::type_complexity)]
@@ -735,8 +736,16 @@ impl ClusterLoop {
                     ts,
                     json,
                 } => {
+                    // logged compact, as an event handed over in-process is
+                    // (``streams.wire.routed_log_parts``): not the record's form
+                    match (&event, cluster.to_str()) {
+                        (Ev::Core(c), Ok(cluster_id)) => self.log.push(&WireItem::Logged {
+                            event: c.view(),
+                            cluster_id,
+                        }),
+                        _ => self.log.push_json(json.as_bytes()),
+                    }
                     self.push_event(&cluster, event, ts, &banked)?;
-                    self.log.push_json(json.as_bytes());
                     held += 1;
                 }
                 RoutedItem::Record(item, json) => {
@@ -752,9 +761,8 @@ impl ClusterLoop {
     }
 
     /// The log entries of the routed events :meth:`read` held since the last call: JSON
-    /// arrays of at most the limit's bytes each (an event larger than that alone), their
-    /// items the events' texts as they came (the bytes ``encode_parts`` writes for their
-    /// records: the sender wrote them so).
+    /// arrays of at most the limit's bytes each (an event larger than that alone), the
+    /// bytes ``routed_log_parts`` writes for their records.
     fn take_log<'py>(&mut self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
         if self.log.is_empty() {
             return Vec::new();

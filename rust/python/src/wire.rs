@@ -176,7 +176,8 @@ impl WireWriter {
 
     /// A batch of compiled events (`EvBatch`) into `parts`, each in its record's wire form:
     /// a compiled event from its fields, a Python one as its record is written.
-    fn push_batch(&self, parts: &mut Parts, batch: &Bound<'_, EvBatch>) -> PyResult<()> {
+    /// ``log``: a routed event as a cluster log keeps it ([`Item::Logged`]).
+    fn push_batch(&self, parts: &mut Parts, batch: &Bound<'_, EvBatch>, log: bool) -> PyResult<()> {
         let py = batch.py();
         let batch = batch.get();
         for (i, ev) in batch.events.iter().enumerate() {
@@ -193,10 +194,14 @@ impl WireWriter {
                         continue;
                     }
                     Some(Ok(cluster_id)) => {
-                        parts.push(&Item::Routed {
-                            event,
-                            cluster_id,
-                            match_json: None,
+                        parts.push(&if log {
+                            Item::Logged { event, cluster_id }
+                        } else {
+                            Item::Routed {
+                                event,
+                                cluster_id,
+                                match_json: None,
+                            }
                         });
                         continue;
                     }
@@ -225,7 +230,7 @@ impl WireWriter {
                     ],
                 )?,
             };
-            self.push(parts, &item)?;
+            self.push(parts, &item, log)?;
         }
         Ok(())
     }
@@ -256,17 +261,18 @@ impl WireWriter {
                     ),
                 ],
             )?;
-            self.push(parts, &item)?;
+            self.push(parts, &item, false)?;
         }
         Ok(())
     }
 
     /// One item into `parts`: written here if every field is one the core writes as
-    /// orjson does, else by the fallback.
-    fn push(&self, parts: &mut Parts, item: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// orjson does, else by the fallback; ``log``: a routed event without a match as a
+    /// cluster log keeps it ([`Item::Logged`]).
+    fn push(&self, parts: &mut Parts, item: &Bound<'_, PyAny>, log: bool) -> PyResult<()> {
         let py = item.py();
         if let Ok(batch) = item.cast::<EvBatch>() {
-            return self.push_batch(parts, batch);
+            return self.push_batch(parts, batch, log);
         }
         if let Ok(batch) = item.cast::<RegBatch>() {
             return self.push_registrations(py, parts, batch.get());
@@ -289,10 +295,13 @@ impl WireWriter {
                 if let (Some(event), Some(cluster_id)) =
                     (attrs.as_ref().and_then(EventAttrs::view), text(&cluster))
                 {
-                    parts.push(&Item::Routed {
-                        event,
-                        cluster_id,
-                        match_json: match_json.as_ref().map(|b| b.as_bytes()),
+                    parts.push(&match match_json.as_ref() {
+                        None if log => Item::Logged { event, cluster_id },
+                        json => Item::Routed {
+                            event,
+                            cluster_id,
+                            match_json: json.map(|b| b.as_bytes()),
+                        },
                     });
                     return Ok(());
                 }
@@ -439,9 +448,35 @@ impl WireWriter {
         items: &Bound<'py, PyAny>,
         limit: usize,
     ) -> PyResult<Bound<'py, PyList>> {
+        self.write(py, items, limit, false)
+    }
+
+    /// Routed events (``Routed`` records, ``EvBatch``es) as a clusters partition's log
+    /// keeps them, cut as :meth:`parts` cuts them: each without a match as ``["c",
+    /// cluster_id, held event]`` (the resolve log's compact form of an event, hashes in
+    /// base64: about 60% of ``["e", event, cluster_id, null]``), any other item as
+    /// :meth:`parts` writes it.
+    fn log_parts<'py>(
+        &self,
+        py: Python<'py>,
+        items: &Bound<'py, PyAny>,
+        limit: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
+        self.write(py, items, limit, true)
+    }
+}
+
+impl WireWriter {
+    fn write<'py>(
+        &self,
+        py: Python<'py>,
+        items: &Bound<'py, PyAny>,
+        limit: usize,
+        log: bool,
+    ) -> PyResult<Bound<'py, PyList>> {
         let mut parts = Parts::new(limit);
         for item in items.try_iter()? {
-            self.push(&mut parts, &item?)?;
+            self.push(&mut parts, &item?, log)?;
         }
         let out = PyList::empty(py);
         for part in parts.finish() {
