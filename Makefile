@@ -14,7 +14,7 @@ CARGO_MANIFEST := rust/Cargo.toml
 # Every input of the compiled core: a change to any rebuilds the editable install.
 CORE_SOURCES := $(shell find rust -path rust/target -prune -o -type f \( -name '*.rs' -o -name 'Cargo.*' \) -print)
 
-.PHONY: demo test lint typecheck unit programs kafka bench clean core cargo-test golden
+.PHONY: demo test lint typecheck unit programs kafka bench clean core cargo-test golden docs-img
 
 KAFKA_STAMP := .kafka/lib/.built
 
@@ -95,6 +95,11 @@ test: $(VENV)/.installed $(KAFKA_STAMP) programs lint typecheck cargo-test
 # `make test` checks the others): run after a change to the compiled core.
 golden: $(VENV)/.installed
 	$(BIN)/python tests/golden.py
+
+# The README's screenshots of the views (docs/img), taken again by the browser test
+# (Debian's Chromium, two workers on Apache Kafka); a plain test run writes them to tmp.
+docs-img: $(VENV)/.installed $(KAFKA_STAMP)
+	DOCS_IMG_DIR=$(CURDIR)/docs/img $(BIN)/pytest tests/test_views_integration.py -k browser $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed $(KAFKA_STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

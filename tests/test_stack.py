@@ -57,7 +57,14 @@ import orjson
 import pytest
 from eventgen import Traffic, pdq_hex
 from kafka import KafkaProducer
-from kafka_helpers import WorkerProcess, create_topics, produce_lines, require_kafka
+from kafka_helpers import (
+    TopicReader,
+    WorkerProcess,
+    create_topics,
+    produce_lines,
+    require_kafka,
+    stats_lines,
+)
 from programs import (
     Program,
     WebhookReceiver,
@@ -298,9 +305,12 @@ class Worker:
         return self.process.log_tail(60)
 
 
-def statuses_until_ready(workers: list[Worker], timeout: float) -> list[list[int]]:
+def statuses_until_ready(
+    workers: list[Worker], timeout: float, stats: Callable[[], str] = lambda: ""
+) -> list[list[int]]:
     """Poll each worker's ``/readyz`` from now until each says 200: the statuses each gave,
-    in order (0: nothing answered), a repeat noted once."""
+    in order (0: nothing answered), a repeat noted once. A timeout says ``stats()`` too
+    (:func:`workers_stats`: where each worker stands, as the stream tests' timeouts do)."""
     seen: list[list[int]] = [[] for _ in workers]
     deadline = time.monotonic() + timeout
     while not all(s and s[-1] == 200 for s in seen):
@@ -313,9 +323,26 @@ def statuses_until_ready(workers: list[Worker], timeout: float) -> list[list[int
                 statuses.append(status)
         if time.monotonic() > deadline:
             tails = "\n".join(w.tail() for w in workers)
-            pytest.fail(f"not all ready after {timeout:.0f}s ({seen}):\n{tails}")
+            pytest.fail(f"not all ready after {timeout:.0f}s ({seen}):\n{stats()}\n{tails}")
         time.sleep(0.1)
     return seen
+
+
+def workers_stats(broker: KafkaBroker, settings: Settings, wait_s: float = 5.0) -> str:
+    """Each worker's last stats record (its ``waits``, ``progress``, ``stalled``: what a
+    partition that never gets ready waits for), read from the ``stats`` topic; what went
+    wrong reading it, rather than nothing, if it could not be read."""
+    try:
+        reader = TopicReader(broker, settings.topic("stats"))
+        try:
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline and (reader.poll(0.5) or not reader.records):
+                pass  # to the topic's end (a worker writes one a second), within wait_s
+            return stats_lines(reader.records)
+        finally:
+            reader.close()
+    except Exception as err:  # a diagnostic: never hide the failure it explains
+        return f"(the stats topic could not be read: {err!r})"
 
 
 @dataclass
@@ -478,7 +505,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         create_topics(settings)
         for w in workers:
             w.start()
-        first_ready = statuses_until_ready(workers, 120)
+        first_ready = statuses_until_ready(workers, 120, lambda: workers_stats(broker, settings))
         yield Stack(
             broker=broker,
             receiver=receiver,
@@ -546,7 +573,8 @@ def eventually(predicate: Callable[[], Any], timeout: float, what: str, stack: S
                 for a in r.json()["alerts"]
             }
         )
-        raise AssertionError(f"{err}\nthe receiver got {got}\n{logs}") from None
+        stats = workers_stats(stack.broker, stack.settings)
+        raise AssertionError(f"{err}\nthe receiver got {got}\n{stats}\n{logs}") from None
 
 
 # -- what the stack must do -----------------------------------------------------------
@@ -644,7 +672,9 @@ def test_a_killed_worker_pages_and_clears_when_it_is_back(stack: Stack) -> None:
     eventually(lambda: other.ready_status() == 200, 120, "the survivor ready again", stack)
 
     victim.start()  # the same environment, the same port
-    (seen,) = statuses_until_ready([victim], 120)
+    (seen,) = statuses_until_ready(
+        [victim], 120, lambda: workers_stats(stack.broker, stack.settings)
+    )
     assert 503 in seen and seen[-1] == 200, f"/readyz across the restart: {seen}"
     eventually(lambda: up_of(victim.target) == "1", 30, "up == 1 again", stack)
     resolved = eventually(
@@ -659,3 +689,33 @@ def test_a_killed_worker_pages_and_clears_when_it_is_back(stack: Stack) -> None:
     )
     active = get_json(f"{stack.alertmanager}/api/v2/alerts?active=true")
     assert not [a for a in active if a["labels"].get("alertname") == stack.worker_down]
+
+
+# -- the test's own diagnostics ------------------------------------------------------
+
+
+class _NeverReady(Worker):
+    """A worker whose ``/readyz`` says 503 for ever (no process, no port)."""
+
+    def ready_status(self) -> int:
+        return 503
+
+    def tail(self) -> str:
+        return "(the log's tail)"
+
+
+class _Alive:
+    def alive(self) -> bool:
+        return True
+
+
+def test_a_readiness_timeout_says_where_each_worker_stands(tmp_path: Path) -> None:
+    """The stack's readiness timeout prints each worker's last stats record (``waits``,
+    ``progress``, ``stalled``), as the stream tests' timeouts do: the eighth session's
+    flake (a survivor stuck in Faust's recovery) left only the logs' tails to read."""
+    worker = _NeverReady(0, {}, [], tmp_path / "worker.log")
+    worker.process = _Alive()  # type: ignore[assignment]
+    said = 'stats of w-0: {"stalled":["clusters/1"],"progress":{"0":5},"waits":{}}'
+    with pytest.raises(pytest.fail.Exception) as failed:
+        statuses_until_ready([worker], 0.3, lambda: said)
+    assert said in str(failed.value) and "(the log's tail)" in str(failed.value)

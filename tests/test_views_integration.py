@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,26 @@ def test_an_alerts_cascade_link_works_on_both_workers(pair: Pair, broker: Runnin
     assert "false positive" in page and '<svg id="tree"' in page
 
 
+#: The README's screenshots, written only when asked (``make docs-img`` sets
+#: ``DOCS_IMG_DIR`` to this folder): a test run writes into its own temporary
+#: folder, never into the tree it runs in (CI runs from a clean checkout).
 DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
+
+
+def screenshots_dir(tmp_path: Path, env: Mapping[str, str] = os.environ) -> Path:
+    """Where the browser test's screenshots go: ``DOCS_IMG_DIR`` if set (the docs'
+    images made again, on purpose), else the test's own temporary folder."""
+    chosen = env.get("DOCS_IMG_DIR")
+    out = Path(chosen) if chosen else tmp_path / "img"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def test_the_screenshots_go_to_the_docs_only_when_asked(tmp_path: Path) -> None:
+    assert screenshots_dir(tmp_path, {}) == tmp_path / "img"
+    assert not screenshots_dir(tmp_path, {}).is_relative_to(DOCS_IMG.parents[1])
+    asked = tmp_path / "docs-img"
+    assert screenshots_dir(tmp_path, {"DOCS_IMG_DIR": str(asked)}) == asked
 
 
 def test_a_browser_follows_the_alert_sees_the_tree_and_banks_an_emerging_item(
@@ -198,10 +218,10 @@ def test_a_browser_follows_the_alert_sees_the_tree_and_banks_an_emerging_item(
     hover), the review queue, banking its first item, the item leaving the queue (the bank
     change relabels the cluster: retroaction). The screenshots in the README are taken here."""
     chromium_or_skip()
-    asyncio.run(browse(pair, tmp_path))
+    asyncio.run(browse(pair, tmp_path, screenshots_dir(tmp_path)))
 
 
-async def browse(pair: Pair, tmp_path: Path) -> None:
+async def browse(pair: Pair, tmp_path: Path, img: Path) -> None:
     link = urllib.parse.urlsplit(pair.first["links"]["cascade"]).path
     base = pair.bases[1]  # any worker: the one that does not hold it forwards
     async with Browser(tmp_path / "profile") as b:
@@ -224,7 +244,7 @@ async def browse(pair: Pair, tmp_path: Path) -> None:
         await b.mouse(x, y)
         tip = await b.js("(t => t.hidden ? '' : t.textContent)(document.getElementById('tip'))")
         assert post in tip and "followers" in tip and "user      u-" in tip, tip
-        await b.screenshot(DOCS_IMG / "views-cascade.png")
+        await b.screenshot(img / "views-cascade.png")
 
         # the review queue: unbanked content spreading fast
         deadline = time.monotonic() + 120
@@ -237,7 +257,7 @@ async def browse(pair: Pair, tmp_path: Path) -> None:
             if not rows:
                 assert time.monotonic() < deadline, "nothing emerging\n" + pair.logs()
                 await asyncio.sleep(2)
-        await b.screenshot(DOCS_IMG / "views-emerging.png")
+        await b.screenshot(img / "views-emerging.png")
         target = rows[0]
         await b.submit(
             f"tr[data-cluster='{target}'] form",
