@@ -183,6 +183,10 @@ class Settings:
     hold_ms: int = 1_800_000
     #: Most reshares held waiting for their parents, per worker.
     max_held: int = 100_000
+    #: Most events waiting for the watermark in the clusters partitions a worker holds
+    #: before its ``shares`` reader reads only its slowest partition (backpressure: nothing
+    #: is refused; see :func:`streams.runtime.shares_reader.held_back`).
+    max_pending: int = 50_000
     #: A cluster with no event for this long (event time) is evicted from memory.
     idle_ms: int = 3_600_000
     #: A partition's log table is cut back to a snapshot once this many bytes (and at
@@ -241,7 +245,14 @@ class Settings:
     def __post_init__(self) -> None:
         if self.broker is not None:
             parse_bootstrap(self.broker)  # raises ValueError with the reason
-        for name in ("partitions", "replicas", "batch_size", "max_held", "log_compact_bytes"):
+        for name in (
+            "partitions",
+            "replicas",
+            "batch_size",
+            "max_held",
+            "max_pending",
+            "log_compact_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("lateness_ms", "hold_ms", "idle_ms", "standby_replicas"):
@@ -597,6 +608,7 @@ _ENV: Final[dict[str, tuple[str, Any]]] = {
     "VIRALWATCH_LATENESS": ("lateness_ms", parse_duration),
     "VIRALWATCH_ORPHAN_HOLD": ("hold_ms", parse_duration),
     "VIRALWATCH_MAX_HELD": ("max_held", _int),
+    "VIRALWATCH_MAX_PENDING": ("max_pending", _int),
     "VIRALWATCH_IDLE_EVICT": ("idle_ms", parse_duration),
     "VIRALWATCH_LOG_COMPACT_BYTES": ("log_compact_bytes", _int),
     "VIRALWATCH_LOG_COMPACT_GARBAGE": ("log_compact_garbage", float),

@@ -231,6 +231,7 @@ class SharesReader:
                 self.backlogged,
                 self.topology.heard(),
                 self.topology.held_fill(),
+                pending_to=self.pending_to(),
             )
             self.paused = sorted(ahead)
             owned = {tp.partition: tp for tp in consumer.assignment()}
@@ -241,6 +242,23 @@ class SharesReader:
                 consumer.pause(*pause)
             if resume:
                 consumer.resume(*resume)
+
+    def pending(self) -> int:
+        """Events waiting for the watermark in the clusters partitions held here."""
+        return sum(d.pending for d in self.topology.detectors.values())
+
+    def pending_to(self) -> int | None:
+        """``None`` while the clusters partitions here hold fewer than
+        ``VIRALWATCH_MAX_PENDING`` events waiting for the watermark; past it, how far (event
+        time) the slowest partition may still be read (see :func:`held_back`): the allowed
+        lateness and :data:`HEARD_AHEAD_MS` past the lowest of their watermarks known,
+        what the inputs must pass for it to move on; :data:`NO_TIME` while none is known
+        (the start, a partition taken over: only partitions not read yet are read)."""
+        detectors = self.topology.detectors.values()
+        if sum(d.pending for d in detectors) < self.settings.max_pending:
+            return None
+        known = [wm for d in detectors if (wm := d.watermark.value) != NO_TIME]
+        return min(known) + self.settings.lateness_ms + HEARD_AHEAD_MS if known else NO_TIME
 
     async def commit_offsets(self, offsets: dict[int, int]) -> None:
         """Step 4 of the checkpoint: commit ``offsets`` (next to read, per partition)."""
@@ -273,7 +291,12 @@ class SharesReader:
 
 
 def held_back(
-    newest: Mapping[int, int], backlogged: Iterable[int], heard: int | None, held_fill: float
+    newest: Mapping[int, int],
+    backlogged: Iterable[int],
+    heard: int | None,
+    held_fill: float,
+    *,
+    pending_to: int | None = None,
 ) -> set[int]:
     """The partitions with records unread (``backlogged``) that must wait, so that reading
     a backlog never outruns what the stages after it can hold: backpressure, not loss.
@@ -299,6 +322,18 @@ def held_back(
     - *held*: when a held store here is :data:`HELD_SLOW_FILL` full, only the slowest
       partition (a partition not read yet the slowest of all) is read: it is what the
       watermark that frees held events waits for, so it is never paused by this rule.
+    - *pending*: when the clusters partitions here hold ``VIRALWATCH_MAX_PENDING`` events
+      waiting for the watermark (``pending_to`` is not ``None``), only the slowest
+      partition is read, and it only up to ``pending_to`` (their watermark, the allowed
+      lateness and :data:`HEARD_AHEAD_MS`; while it is :data:`NO_TIME`, only if it was
+      not read yet, as for *heard*: the first seconds read 30,000 records). Reading
+      the slowest alone does not slow reading down, it only keeps the partitions level;
+      the limit does, and what the watermark must have to move on (every input past it
+      by the lateness) is still read: no deadlock. The window of the *heard* rule bounds
+      how far a reader gets ahead of what was heard, not how much waits behind the
+      watermark: with two workers the clusters watermark trails the inputs by the chain
+      of held reshares (500 s of event time in a million-event backlog), and up to
+      230,000 events read waited for it at a 30-s window (one worker: 33,000).
 
     >>> newest = {0: 10_000, 1: 14_000, 2: 60_000, 3: NO_TIME}
     >>> sorted(held_back(newest, [0, 1, 2], heard=9_000, held_fill=0.1))
@@ -311,6 +346,14 @@ def held_back(
     [1, 2]
     >>> sorted(held_back(newest, [1, 2], heard=30_000, held_fill=0.6))  # 0 is read to its end
     [2]
+    >>> sorted(held_back(newest, [0, 1, 2], heard=30_000, held_fill=0.1, pending_to=NO_TIME))
+    [0, 1, 2]
+    >>> sorted(held_back(newest, [0, 3], heard=30_000, held_fill=0.1, pending_to=NO_TIME))
+    [0]
+    >>> sorted(held_back(newest, [0, 1, 2], heard=30_000, held_fill=0.1, pending_to=12_000))
+    [1, 2]
+    >>> sorted(held_back(newest, [0, 1, 2], heard=30_000, held_fill=0.1, pending_to=9_000))
+    [0, 1, 2]
     """
     busy = [p for p in backlogged if p in newest]
     if not busy:
@@ -321,9 +364,11 @@ def held_back(
             out |= {p for p in busy if newest[p] != NO_TIME}
         else:
             out |= {p for p in busy if newest[p] > heard + HEARD_AHEAD_MS}
-    if held_fill >= HELD_SLOW_FILL:
+    if held_fill >= HELD_SLOW_FILL or pending_to is not None:
         slowest = min(busy, key=lambda p: (newest[p], p))
         out |= {p for p in busy if p != slowest}
+        if pending_to is not None and newest[slowest] > pending_to:
+            out.add(slowest)  # NO_TIME: it was read; the watermark is coming
     return out
 
 
