@@ -1571,6 +1571,7 @@ def test_the_readme_documents_every_setting_with_the_code_default() -> None:
     assert rows["VIRALWATCH_ALERTMANAGER_REPOST"] == f"{d.alertmanager_repost_s:g}"
     assert rows["VIRALWATCH_PARTITION_IDLE"] == f"{d.partition_idle_s:g}"
     assert rows["VIRALWATCH_MAX_HELD"] == str(d.max_held)
+    assert rows["VIRALWATCH_MAX_PENDING"] == str(d.max_pending)
 
 
 @pytest.mark.parametrize(
