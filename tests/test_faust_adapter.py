@@ -488,3 +488,23 @@ def test_aiokafka_s_fetcher_still_has_what_bare_records_reaches() -> None:
     assert "self._fetcher = Fetcher(" in start
     assert "value_deserializer=self._value_deserializer" in start
     assert "key_deserializer=self._key_deserializer" in start
+
+
+def test_the_stages_consumer_fetches_with_a_short_wait_not_faust_s_fixed_one() -> None:
+    """Faust builds the worker's consumer with a fixed 1.5-s fetch wait; on Apache Kafka a
+    record for a partition left out of the fetch in flight waited that out on a hop between
+    workers (see :data:`faust_adapter.KAFKA_FETCH_WAIT_MS`)."""
+
+    async def check() -> None:
+        app = faust_adapter.App("adapter-test", broker="kafka://127.0.0.1:1")
+        thread: Any = app.consumer._thread  # type: ignore[attr-defined]
+        consumer = thread._create_worker_consumer(app.transport)
+        try:
+            assert consumer._fetch_max_wait_ms == faust_adapter.KAFKA_FETCH_WAIT_MS
+            assert faust_adapter.KAFKA_FETCH_WAIT_MS < 1500
+            source = inspect.getsource(faust_aiokafka.AIOKafkaConsumerThread)
+            assert "fetch_max_wait_ms=1500" in source  # what it replaces, still Faust's
+        finally:
+            await consumer.stop()
+
+    asyncio.run(check())
