@@ -47,6 +47,7 @@ class Progress:
     workers: dict[str, dict[str, Any]] = field(default_factory=dict)
     alerts: int = 0
     done_sending: bool = False
+    failed: str | None = None
 
     def rate(self) -> float:
         now = time.monotonic()
@@ -157,6 +158,8 @@ def run_demo(
                 time.sleep(0.25)
                 if worker.poll() is not None:
                     raise RuntimeError(f"the worker exited (status {worker.returncode})")
+            if progress.failed is not None:
+                raise RuntimeError(f"sending the traffic failed: {progress.failed}")
             progress.done_sending = True
             end = time.monotonic() + linger_s
             while time.monotonic() < end:
@@ -207,9 +210,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _send(
     settings: Settings, path: Path, speed: float, progress: Progress, stop: threading.Event
 ) -> None:
-    from streams.runtime.produce import make_producer
+    from streams.runtime.produce import Deliveries, make_producer
 
     producer: Any = make_producer(settings, linger_ms=2)
+    deliveries = Deliveries()
     pacer = Pacer(speed)
     topic = settings.topic("shares")
     try:
@@ -218,9 +222,12 @@ def _send(
                 return
             if ts is not None:
                 pacer.wait(ts)
-            producer.send(topic, value=line)
+            deliveries.track(producer.send(topic, value=line))
             progress.sent += 1
         producer.flush()
+        deliveries.check(progress.sent)
+    except Exception as exc:  # the demo's main thread reports it and stops
+        progress.failed = f"{type(exc).__name__}: {exc}"
     finally:
         producer.close()
 

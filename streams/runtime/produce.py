@@ -62,8 +62,66 @@ class Produced:
         return self.records / self.seconds if self.seconds > 0 else float("inf")
 
 
+class NotDelivered(RuntimeError):
+    """Records the broker did not acknowledge: they are not on the topic."""
+
+
+class Deliveries:
+    """Counts the sends that failed, so that no record is lost unnoticed.
+
+    Why: kafka-python's ``flush`` waits for every send but raises for none; a
+    record whose retries ran out (a partition without a leader for longer
+    than the delivery timeout, say) fails only its own future. Each send's
+    future is tracked here and :meth:`check` raises once the sends are
+    flushed. A callback, not a list of futures: a file of millions of lines
+    keeps no per-record object.
+
+    >>> from kafka.future import Future
+    >>> d = Deliveries()
+    >>> ok, bad = Future(), Future()
+    >>> _ = d.track(ok), d.track(bad)
+    >>> _ = ok.success(None), bad.failure(TimeoutError("no leader"))
+    >>> d.check(2)
+    Traceback (most recent call last):
+    ...
+    streams.runtime.produce.NotDelivered: 1 of 2 records were not acknowledged by the broker \
+(first: TimeoutError: no leader)
+    """
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.first: BaseException | None = None
+
+    def track(self, future: object) -> object:
+        """Watch ``future`` (what the client's ``send`` returned); returns it."""
+        future.add_errback(self._failed)  # type: ignore[attr-defined]
+        return future
+
+    def _failed(self, exc: BaseException) -> None:
+        self.failed += 1
+        if self.first is None:
+            self.first = exc
+
+    def check(self, sent: int) -> None:
+        """Raise :class:`NotDelivered` if any tracked send failed (call after ``flush``)."""
+        if self.failed:
+            first = self.first
+            raise NotDelivered(
+                f"{self.failed} of {sent} records were not acknowledged by the broker "
+                f"(first: {type(first).__name__}: {first})"
+            )
+
+
 def make_producer(settings: Settings, **overrides: object) -> object:
-    """A kafka-python producer for the configured broker (acks from all replicas, batching)."""
+    """A kafka-python producer for the configured broker (acks from all replicas, batching).
+
+    Retries are the client's default, bounded by time, not by count: a send
+    is retried until ``delivery_timeout_ms`` (two minutes) has passed, as the
+    Kafka clients advise. A count of five let a record fail within half a
+    second when a fresh topic's partitions had no leader yet
+    (``NotLeaderForPartitionError``). The client's idempotence, on by default
+    with ``acks="all"``, keeps the retried records in order and unrepeated.
+    """
     from kafka import KafkaProducer
 
     config: dict[str, object] = dict(
@@ -72,7 +130,6 @@ def make_producer(settings: Settings, **overrides: object) -> object:
         linger_ms=5,
         batch_size=64 * 1024,
         max_request_size=2 * 1024 * 1024,
-        retries=5,
     )
     config.update(settings.security.kafka_python_config())
     config.update(overrides)
@@ -91,7 +148,8 @@ def produce(
 ) -> Produced:
     """Send ``lines`` to ``topic`` (default: the ``shares`` topic); wait until all are acknowledged.
 
-    Raises ``ValueError`` for an unknown keying, and the client's errors
+    Raises ``ValueError`` for an unknown keying, :class:`NotDelivered` when
+    any record was not acknowledged, and the client's errors
     (``kafka.errors.KafkaError``) when the broker refuses or cannot be reached.
     """
     if keying not in KEYINGS:
@@ -102,6 +160,7 @@ def produce(
     prod = producer if producer is not None else make_producer(settings)
     name = topic or settings.topic("shares")
     sent = size = 0
+    deliveries = Deliveries()
     start = time.monotonic()
     try:
         for line in lines:
@@ -110,12 +169,13 @@ def produce(
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            prod.send(name, value=line, key=key_for(line, keying))  # type: ignore[attr-defined]
+            deliveries.track(prod.send(name, value=line, key=key_for(line, keying)))  # type: ignore[attr-defined]
             sent += 1
             size += len(line)
             if on_progress is not None and sent % 1000 == 0:
                 on_progress(sent)
         prod.flush()  # type: ignore[attr-defined]
+        deliveries.check(sent)
     finally:
         if own:
             prod.close()  # type: ignore[attr-defined]
@@ -148,14 +208,18 @@ def publish_action(
     """
     own = producer is None
     prod = producer if producer is not None else make_producer(settings)
+    deliveries = Deliveries()
     try:
-        for change in action.bank_changes():
+        changes = action.bank_changes()
+        for change in changes:
             key, value = change.record()
-            prod.send(settings.topic("bank"), key=key, value=value)  # type: ignore[attr-defined]
+            deliveries.track(prod.send(settings.topic("bank"), key=key, value=value))  # type: ignore[attr-defined]
         prod.flush()  # type: ignore[attr-defined]
+        deliveries.check(len(changes))
         key, value = action.record()
-        prod.send(settings.topic(AUDIT_TOPIC), key=key, value=value)  # type: ignore[attr-defined]
+        deliveries.track(prod.send(settings.topic(AUDIT_TOPIC), key=key, value=value))  # type: ignore[attr-defined]
         prod.flush()  # type: ignore[attr-defined]
+        deliveries.check(len(changes) + 1)
     finally:
         if own:
             prod.close()  # type: ignore[attr-defined]
