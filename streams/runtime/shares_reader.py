@@ -229,7 +229,7 @@ class SharesReader:
             ahead |= held_back(
                 {p: clock.newest(p) for p in clock.assigned},
                 self.backlogged,
-                self.topology.heard(),
+                self.heard(),
                 self.topology.held_fill(),
                 pending_to=self.pending_to(),
             )
@@ -242,6 +242,21 @@ class SharesReader:
                 consumer.pause(*pause)
             if resume:
                 consumer.resume(*resume)
+
+    def heard(self) -> int | None:
+        """What the *heard* rule of :func:`held_back` bounds the reading by:
+        :meth:`Topology.heard`, or, on a worker that holds no resolve partition (more
+        workers than partitions, or between two assignments), what its clusters partitions
+        have heard: their lowest watermark (the resolve partitions' progress, behind their
+        inputs by the allowed lateness) plus the lateness. Before, such a worker read with
+        no bound at all. ``None`` (no bound) when it holds neither, or a watermark is not
+        known yet (a partition just taken over waits for the progress of every resolve
+        partition: reading is not held up for it)."""
+        heard = self.topology.heard()
+        if heard is not None or self.topology.resolvers or not self.topology.detectors:
+            return heard
+        wm = min(d.watermark.value for d in self.topology.detectors.values())
+        return None if wm == NO_TIME else wm + self.settings.lateness_ms
 
     def pending(self) -> int:
         """Events waiting for the watermark in the clusters partitions held here."""

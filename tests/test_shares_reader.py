@@ -1,0 +1,36 @@
+"""The shares reader's bounds, without Kafka: what it reads a backlog up to (see
+``streams.runtime.shares_reader.held_back``; on Apache Kafka: test_backlog_integration.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from streams.runtime.shares_reader import HEARD_AHEAD_MS, SharesReader, held_back
+from streams.settings import Settings
+from streams.watermarks import NO_TIME
+
+
+def reader(heard: int | None, resolvers: dict[int, Any], watermarks: list[int]) -> SharesReader:
+    detectors = {
+        k: SimpleNamespace(watermark=SimpleNamespace(value=wm), pending=0)
+        for k, wm in enumerate(watermarks)
+    }
+    topology = SimpleNamespace(heard=lambda: heard, resolvers=resolvers, detectors=detectors)
+    return SharesReader(Settings(lateness_ms=60_000), topology, None)  # type: ignore[arg-type]
+
+
+def test_a_worker_without_resolve_partitions_reads_no_further_than_its_clusters_heard() -> None:
+    """Before, :meth:`Topology.heard` was ``None`` on a worker holding no resolve partition
+    and nothing bounded its reading; now its clusters partitions' watermark does."""
+    r = reader(None, {}, [1_000_000, 900_000])
+    assert r.heard() == 900_000 + 60_000
+    newest = {0: 900_000, 1: 960_000 + HEARD_AHEAD_MS + 1}
+    assert held_back(newest, [0, 1], r.heard(), 0.0) == {1}
+
+
+def test_the_resolve_partitions_heard_comes_first_and_nothing_known_bounds_nothing() -> None:
+    assert reader(5_000, {}, [1_000]).heard() == 5_000
+    assert reader(None, {0: object()}, [1_000]).heard() is None  # every input idle
+    assert reader(None, {}, []).heard() is None  # neither kind of partition held
+    assert reader(None, {}, [1_000, NO_TIME]).heard() is None  # a watermark not known yet
