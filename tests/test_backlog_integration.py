@@ -130,10 +130,28 @@ def test_a_backlog_is_read_with_backpressure_and_nothing_refused(
 ) -> None:
     lines, bank_path, expected = backlog
     assert len(lines) > 100_000 and len(expected.alerts) >= 10
+    read_within_bounds(
+        broker, tmp_path, lines, bank_path, expected, n, VIRALWATCH_MAX_HELD=MAX_HELD
+    )
+
+
+def read_within_bounds(
+    broker: RunningBroker,
+    tmp_path: Path,
+    lines: list[bytes],
+    bank_path: Path,
+    expected: Expected,
+    n: int,
+    **env: int,
+) -> None:
+    """``n`` workers read ``lines`` from a backlog (keyed by post): nothing refused, the
+    events waiting for the watermark within :func:`pending_bound`, ``replay``'s alerts and
+    takedown requests exactly once."""
     s = setup(broker, tmp_path, bank_path)
     produce_lines(broker, s.topic("shares"), lines, keying="post")
-    env = worker_env(s, VIRALWATCH_MAX_HELD=str(MAX_HELD), VIRALWATCH_MAX_PENDING=str(MAX_PENDING))
-    procs = tuple(WorkerProcess(env, tmp_path / f"worker-{i}.log") for i in range(n))
+    settings = {"VIRALWATCH_MAX_PENDING": MAX_PENDING, **env}
+    wenv = worker_env(s, **{k: str(v) for k, v in settings.items()})
+    procs = tuple(WorkerProcess(wenv, tmp_path / f"worker-{i}.log") for i in range(n))
     started = time.monotonic()
     with workers(*procs), stats_kept(broker, s, tmp_path / "stats.jsonl"):
         alerts, actions = wait_done(broker, s, expected, procs, timeout=150.0)
@@ -173,24 +191,4 @@ def test_orphans_in_a_backlog_keep_what_waits_bounded(
     )
     bank_path = tmp_path / "bank.csv"
     write_bank(sim.bank, bank_path)
-    lines, expected, n = sim.lines, Expected(sim.lines, sim.bank), 2
-    s = setup(broker, tmp_path, bank_path)
-    produce_lines(broker, s.topic("shares"), lines, keying="post")
-    env = worker_env(s, VIRALWATCH_MAX_PENDING=str(MAX_PENDING))
-    procs = tuple(WorkerProcess(env, tmp_path / f"worker-{i}.log") for i in range(n))
-    started = time.monotonic()
-    with workers(*procs), stats_kept(broker, s, tmp_path / "stats.jsonl"):
-        alerts, actions = wait_done(broker, s, expected, procs, timeout=150.0)
-        stats = TopicReader(broker, s.topic("stats"))
-        stats.until(lambda r: len(latest_stats(r)) >= n, 20, "every worker's stats")
-        overflow = refused(procs, stats)
-        pending = most_pending(stats)
-        stats.close()
-    took = time.monotonic() - started
-    assert not any(overflow.values()), f"reshares refused: {overflow} ({took:.0f} s)"
-    bound = pending_bound(lines, s)
-    assert all(0 < k <= bound for k in pending.values()), (
-        f"waiting at most: {pending}, bound {bound} ({took:.0f} s)"
-    )
-    assert_exactly_once(alerts, expected.alerts, "alerts")
-    assert_exactly_once(actions, expected.actions, "takedown requests")
+    read_within_bounds(broker, tmp_path, sim.lines, bank_path, Expected(sim.lines, sim.bank), 2)
