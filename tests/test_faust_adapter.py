@@ -508,3 +508,112 @@ def test_the_stages_consumer_fetches_with_a_short_wait_not_faust_s_fixed_one() -
             await consumer.stop()
 
     asyncio.run(check())
+
+
+# -- a fetch asked before a rebalance drains only what is still active -------------------
+
+
+class _State:
+    def __init__(self) -> None:
+        self.paused = False
+        self.position = 0
+
+    def consumed_to(self, offset: int) -> None:
+        self.position = offset
+
+
+class _Assignment:
+    active = True
+
+    def __init__(self) -> None:
+        self.states: dict[Any, _State] = {}
+
+    def state_value(self, tp: Any) -> _State:
+        return self.states.setdefault(tp, _State())
+
+
+class _Records:
+    """A partition's fetched records, as aiokafka's ``PartitionRecords`` gives them."""
+
+    def __init__(self, offsets: list[int]) -> None:
+        self._left = list(offsets)
+        self.next_fetch_offset = 0
+
+    def __iter__(self) -> _Records:
+        return self
+
+    def __next__(self) -> int:
+        if not self._left:
+            raise StopIteration
+        self.next_fetch_offset = self._left[0] + 1
+        return self._left.pop(0)
+
+
+class _Subscriptions:
+    reassignment_in_progress = False
+
+    def is_assigned(self, tp: Any) -> bool:
+        return True
+
+
+def _fetcher_holding(records: dict[Any, list[int]]) -> Any:
+    """aiokafka's own ``Fetcher.fetched_records`` over fetched results of ``records``."""
+    from collections import OrderedDict
+
+    from aiokafka.consumer.fetcher import Fetcher, FetchResult
+
+    fetcher = Fetcher.__new__(Fetcher)
+    fetcher._subscriptions = _Subscriptions()
+    fetcher._records = OrderedDict()
+    fetcher._notify = lambda fut: None
+    fetcher._wait_consume_future = None
+    assignment = _Assignment()
+    for tp, offsets in records.items():
+        fetcher._records[tp] = FetchResult(
+            tp, assignment=assignment, partition_records=_Records(offsets), backoff=0
+        )
+    return fetcher
+
+
+def test_a_fetch_asked_before_a_rebalance_does_not_take_the_changelogs_records() -> None:
+    """The survivor's recovery stall: the changelogs' records, fetched after the recovery's
+    seek, were taken by a fetch Faust asked before the rebalance (its set of active
+    partitions emptied meanwhile, which aiokafka reads as every partition) and dropped."""
+    from faust.types import TP
+
+    source, changelog = TP("viralwatch.resolve", 1), TP("viralwatch-resolve-log-changelog", 2)
+
+    async def scenario() -> None:
+        # aiokafka: an empty set of partitions drains every partition (the hazard)
+        fetcher = _fetcher_holding({source: [7], changelog: [0, 1, 2]})
+        assert set(await fetcher.fetched_records(set(), timeout=0)) == {source, changelog}
+
+        fetcher = _fetcher_holding({source: [7], changelog: [0, 1, 2]})
+        live = {source}
+        asked = faust_adapter.StillActive(live)  # the fetch in flight as the rebalance comes
+        live.clear()  # the rebalance pauses every partition
+        assert await fetcher.fetched_records(asked, timeout=0) == {}
+        live.add(changelog)  # the recovery resumes the changelogs
+        assert await fetcher.fetched_records(asked, timeout=0) == {}  # not asked for then
+        got = await fetcher.fetched_records(faust_adapter.StillActive(live), timeout=0)
+        assert got == {changelog: [0, 1, 2]}  # the next fetch: every record, none lost
+
+    asyncio.run(scenario())
+
+
+def test_the_worker_consumer_hands_faust_fetch_a_still_active_view() -> None:
+    asked: list[Any] = []
+
+    async def fake_call_thread(fun: Any, consumer: Any, active: Any, **kwargs: Any) -> Any:
+        asked.append(active)
+        return {}
+
+    thread = faust_adapter.ConsumerThread.__new__(faust_adapter.ConsumerThread)
+    thread._consumer = type("C", (), {"_max_poll_records": 500})()
+    thread.call_thread = fake_call_thread  # type: ignore[method-assign]
+    live: set[Any] = {("t", 0)}
+    asyncio.run(thread.getmany(live, 1.0))
+    (view,) = asked
+    assert isinstance(view, faust_adapter.StillActive) and ("t", 0) in view
+    live.clear()
+    assert view and ("t", 0) not in view

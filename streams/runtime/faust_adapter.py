@@ -63,6 +63,13 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
         return consumer
 
+    async def getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+        """Faust's fetch, draining only the partitions active both when it was asked and
+        when the records are taken (see :class:`StillActive`)."""
+        if active_partitions is not None:
+            active_partitions = StillActive(active_partitions)  # type: ignore[assignment]
+        return await super().getmany(active_partitions, timeout)
+
     async def _highwaters(self, partitions: list[TP]) -> Any:
         """End offsets; on the local broker, read past its answer to find the real ones.
 
@@ -81,6 +88,36 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             reader._fetch_max_wait_ms = LOCAL_FETCH_WAIT_MS
             ends = await read_true_ends(reader, ends)
         return ends
+
+
+class StillActive:
+    """The partitions a fetch may drain: those active when Faust asked and still active now.
+
+    Faust hands aiokafka's ``fetched_records`` its own set of active partitions, which
+    a rebalance changes while the fetch waits in the consumer's thread (up to a second).
+    aiokafka drains every partition with records when that set is empty, and Faust drops
+    what it was handed for a partition no longer active, or while its flow is stopped,
+    after aiokafka has moved the partition's position past it. A table recovery seeks
+    the changelogs and fetches them while the set is empty (every partition paused
+    between the assignment and the recovery's resume): a fetch asked before the
+    rebalance took the changelogs' records and Faust dropped them, the positions at
+    the end: the recovery waited for ever ("No event received for active tp ... since
+    recovery start"; the survivor of ``test_a_killed_worker_pages_and_clears_when_it_is_back``).
+    Here an empty set drains nothing, and a partition resumed after the fetch was asked
+    waits for the next fetch.
+    """
+
+    __slots__ = ("_asked", "_live")
+
+    def __init__(self, live: set[TP]) -> None:
+        self._live = live
+        self._asked = frozenset(live)  # the app's loop: Faust changes ``live`` there
+
+    def __bool__(self) -> bool:  # aiokafka: an empty set means every partition
+        return True
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self._asked and tp in self._live
 
 
 async def read_true_ends(reader: Any, ends: dict[Any, int], timeout_s: float = 30.0) -> Any:
