@@ -96,10 +96,17 @@ class SharesReader:
         )
 
     async def run(self) -> None:
-        """Read until cancelled; an error is raised to the caller (which ends the worker)."""
+        """Read until cancelled; an error is raised to the caller (which ends the worker).
+
+        The consumer gives the record batches' own records (:func:`bare_records`), set up
+        once here, after ``start()`` and before it is subscribed: aiokafka makes the fetcher
+        and its dict of fetched results once, in ``start()``; a rebalance or a lost
+        assignment clears that dict (``clear()``), a reconnection is the client's and keeps
+        the fetcher, so every result fetched for the consumer's life goes through it."""
         s = self.settings
         consumer = self.make_consumer()
         await consumer.start()
+        bare_records(consumer)
         self.consumer = consumer
         consumer.subscribe([self.topic], listener=on_assigned(self.resume_stream_times))
         wait_ms = max(1, int(s.batch_wait_s * 1000))
@@ -120,8 +127,8 @@ class SharesReader:
         """One batch from the consumer (waiting up to ``wait_ms``), handled; how many records.
 
         The records are the record batches' own, not aiokafka's ``ConsumerRecord``
-        (:func:`bare_records`: about half a microsecond an event less)."""
-        bare_records(self.consumer)
+        (:func:`bare_records`, set up by :meth:`run`: about half a microsecond an event
+        less)."""
         got = await self.consumer.getmany(timeout_ms=wait_ms, max_records=self.settings.batch_size)
         runs = [(tp.partition, recs) for tp, recs in got.items() if recs]
         if runs:
