@@ -16,6 +16,24 @@ nowhere else:
 3. **producer flush**: everything sent and written is acknowledged.
 4. **offsets commit**: the offsets of what was read up to here.
 
+Upstream logs wait for what they made downstream (:class:`Gate`). The
+client sends each partition's batches on their own, so a batch's records
+reach the broker in any order across partitions, and a kill can fall
+between them. Most orders are harmless: what a restored stage finds in its
+log it re-applies, and an output it makes again that was sent is not sent
+again. One is not: a resolve partition that releases held reshares (their
+parent came) logs that they are no longer held, and the clusters partition
+that gets them logs them; with the first on the broker and not the second,
+the replacement holds them nowhere and their input offsets can be long
+committed (a kill mid-stream: 242 of 255 takedown requests, the reshares of
+a cluster past ``high`` lost). So the ``resolve-log`` records of a batch are
+sent only once everything written before them (the sinks, the cluster log,
+the records for the clusters topic) is acknowledged; the commits wait for
+them too (steps 3 and 4, and Faust's flush before it commits an agent's
+offsets). The other way round costs nothing but work: a reshare still
+held in a resolve log is released again by the replacement, and a clusters
+partition takes an event id once.
+
 Steps 1 and 2 run at the end of every batch a stage handles
 (:meth:`Checkpoint.stage`); all four on the ``shares`` reader's commit
 interval (:meth:`Checkpoint.commit`, or :meth:`Checkpoint.commit_behind`,
@@ -55,6 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
@@ -65,6 +84,94 @@ class Flushes(Protocol):
     """A sink or a state log: hands on what it staged (raising aborts the checkpoint)."""
 
     def flush(self) -> None: ...
+
+
+Send = Callable[[int, bytes, bytes | None], None]
+
+
+class Gate:
+    """An upstream log's records, sent once everything written before them is acknowledged.
+
+    The log writes (partition, key, value) here (:meth:`send`); the checkpoint's step 2
+    seals what came since (:meth:`seal`) with a barrier, begun then, that ends once
+    everything sent before it is acknowledged; a sealed group is sent once its barrier
+    has ended and every group before it was sent. Without a barrier (in process) the
+    group is sent at once, after ``acknowledge`` (the in-process runner's model of a
+    flush).
+
+    >>> sent = []
+    >>> gate = Gate(lambda p, k, v: sent.append((p, k)), acknowledge=lambda: sent.append("ack"))
+    >>> gate.send(0, b"k1", b"v"); sent
+    []
+    >>> gate.seal(None); sent
+    ['ack', (0, b'k1')]
+    """
+
+    def __init__(self, send: Send, acknowledge: Callable[[], None] | None = None) -> None:
+        self._send = send
+        self._acknowledge = acknowledge
+        self._open: list[tuple[int, bytes, bytes | None]] = []
+        #: the groups sealed and not sent, oldest first, each with its barrier
+        self._sealed: deque[tuple[asyncio.Future[None], list[tuple[int, bytes, bytes | None]]]]
+        self._sealed = deque()
+        self._sending: asyncio.Future[None] | None = None
+        #: groups sealed and groups sent so far (a drain waits for a count)
+        self.sealed = 0
+        self.sent = 0
+
+    def send(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """A record of the log (``None``: a deletion), sent with the next group sealed."""
+        self._open.append((partition, key, value))
+
+    @property
+    def unsealed(self) -> int:
+        """Records written since the last seal."""
+        return len(self._open)
+
+    def seal(self, barrier: asyncio.Future[None] | None) -> None:
+        """The records written since the last seal go once ``barrier`` ends (``None``: now,
+        after ``acknowledge``)."""
+        group, self._open = self._open, []
+        if not group:
+            return
+        self.sealed += 1
+        if barrier is None and not self._sealed:
+            if self._acknowledge is not None:
+                self._acknowledge()
+            self._write(group)
+            return
+        self._sealed.append((barrier if barrier is not None else _done(), group))
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.ensure_future(self._send_sealed())
+
+    async def _send_sealed(self) -> None:
+        while self._sealed:
+            barrier, group = self._sealed[0]
+            await asyncio.shield(barrier)  # (what failed is raised: the records stay unsent)
+            self._sealed.popleft()
+            self._write(group)
+
+    def _write(self, group: list[tuple[int, bytes, bytes | None]]) -> None:
+        send = self._send
+        for partition, key, value in group:
+            send(partition, key, value)
+        self.sent += 1
+
+    async def drain(self, upto: int | None = None) -> None:
+        """Wait until the groups sealed so far (the first ``upto``) are sent; raise what
+        stopped one."""
+        upto = self.sealed if upto is None else upto
+        while self.sent < upto:
+            sending = self._sending
+            if sending is None or sending.done():
+                sending = self._sending = asyncio.ensure_future(self._send_sealed())
+            await asyncio.shield(sending)
+
+
+def _done() -> asyncio.Future[None]:
+    done: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+    done.set_result(None)
+    return done
 
 
 class Checkpoint:
@@ -82,9 +189,12 @@ class Checkpoint:
         logs: Sequence[Flushes],
         flush_producer: Callable[[], Awaitable[None]] | None = None,
         commit_offsets: Callable[[dict[int, int]], Awaitable[None]] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.sinks = list(sinks)
         self.logs = list(logs)
+        #: the upstream log's records, sent once what came before is acknowledged
+        self.gate = gate
         self.flush_producer = flush_producer
         self.commit_offsets = commit_offsets
         #: the next offset to read, per input partition, and what was committed
@@ -119,8 +229,26 @@ class Checkpoint:
             sink.flush()
         for state_log in self.logs:
             state_log.flush()
+        gate = self.gate
+        if gate is not None and gate.unsealed:
+            flush = self.flush_producer
+            gate.seal(None if flush is None else asyncio.ensure_future(flush()))
 
-    def _begin(self, owned: Iterable[int]) -> tuple[dict[int, int], asyncio.Future[None]] | None:
+    async def flush(self) -> None:
+        """Everything sent before the call acknowledged, the upstream log's records
+        included (the worker's flush before a rebalance, and Faust's before it commits)."""
+        gate = self.gate
+        upto = gate.sealed if gate is not None else 0
+        if self.flush_producer is not None:
+            await self.flush_producer()
+        if gate is not None and gate.sent < upto:
+            await gate.drain(upto)
+            if self.flush_producer is not None:
+                await self.flush_producer()
+
+    def _begin(
+        self, owned: Iterable[int]
+    ) -> tuple[dict[int, int], asyncio.Future[None], int] | None:
         """Steps 1 and 2, the offsets to commit, and the producer flush (begun): or ``None``
         when nothing new was read."""
         owned = set(owned)
@@ -133,11 +261,20 @@ class Checkpoint:
         flushed = asyncio.ensure_future(
             self.flush_producer() if self.flush_producer is not None else _nothing()
         )
-        return offsets, flushed
+        return offsets, flushed, self.gate.sealed if self.gate is not None else 0
 
-    async def _finish(self, offsets: dict[int, int], flushed: asyncio.Future[None]) -> bool:
+    async def _finish(
+        self, offsets: dict[int, int], flushed: asyncio.Future[None], upto: int
+    ) -> bool:
         """Steps 3 and 4 of a checkpoint begun."""
         await flushed
+        gate = self.gate
+        if gate is not None and gate.sent < upto:
+            # the upstream log's records of what the offsets cover (sealed by step 2): sent
+            # once the rest is acknowledged, then acknowledged themselves
+            await gate.drain(upto)
+            if self.flush_producer is not None:
+                await self.flush_producer()
         if self.commit_offsets is not None:
             try:
                 await self.commit_offsets(offsets)

@@ -279,8 +279,11 @@ class Producer(faust_aiokafka.Producer):
 
     async def flush(self) -> None:
         """Faust's flush (before it commits an agent's offsets, on a rebalance), with the
-        records written."""
+        records written, and those held back until they were (``App.settle_writes``)."""
         await self.flush_written()
+        settle = getattr(self.app, "settle_writes", None)
+        if settle is not None:
+            await settle()
         await super().flush()
 
     def flush_sent(self) -> Awaitable[None]:
@@ -339,6 +342,10 @@ class App(faust.App):
     idempotent_producer: bool = False
     #: How often the end offsets were probed (the bundled broker only; a test reads it).
     end_offset_probes: int = 0
+    #: what must be on the broker before offsets are committed besides what was sent: the
+    #: upstream state log's records held back until what they made is (see
+    #: :class:`streams.runtime.checkpoint.Gate`); awaited by the producer's flush
+    settle_writes: Callable[[], Awaitable[None]] | None = None
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)

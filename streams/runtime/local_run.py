@@ -50,7 +50,7 @@ from streams.banks import BankUpdate, HashBanks
 from streams.detector import Predictor
 from streams.pipeline import DEFAULT_PREDICTOR, is_bank_update
 from streams.policy import AlertPolicy
-from streams.runtime.checkpoint import Checkpoint
+from streams.runtime.checkpoint import Checkpoint, Gate
 from streams.runtime.hand_over import HandOver, Hop
 from streams.runtime.outputs import Outputs
 from streams.runtime.state_log import StateLog
@@ -72,11 +72,72 @@ def _at(partition: int, offsets: list[int], i: int) -> tuple[int, int]:
 
 
 class Table(dict[bytes, bytes]):
-    """A table in memory (what a Faust table is to the state log and the outputs)."""
+    """A table in memory (what a Faust table is to the state log and the outputs).
+
+    It notes the value each write replaced (:attr:`replaced`), so that a torn checkpoint
+    (see :class:`Tear`) can take the write back.
+    """
 
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
+        self.replaced: bytes | None = None
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.replaced = self.get(key)
+        super().__setitem__(key, value)
+
+    def pop(self, key: bytes, default: bytes | None = None) -> bytes | None:  # type: ignore[override]
+        self.replaced = super().pop(key, None)
+        return default if self.replaced is None else self.replaced
+
+
+#: A write to a table's changelog: its table, partition, key, the value it replaced and
+#: the one it wrote (``None``: a deletion), and the step that made it.
+Write = tuple[Table, int, bytes, bytes | None, bytes | None, int]
+
+
+@dataclass
+class Tear:
+    """The writes to the tables since everything before them was acknowledged, and what of
+    them a process killed now loses.
+
+    Kafka keeps each partition's records in the order written, so what survives of
+    each changelog partition is a prefix of what was written to it; the partitions
+    are independent (the client sends each partition's batches on their own, so any
+    of them may be on the broker when the process dies, and the others not). A kill
+    keeps a random prefix of each. What the worker's order makes sure of is modelled by
+    the order itself: a :class:`~streams.runtime.checkpoint.Gate` sends its records
+    only after :meth:`acknowledged`.
+    """
+
+    writes: list[Write] = field(default_factory=list)
+    step: int = 0
+
+    def wrote(self, table: Table, partition: int, key: bytes, value: bytes | None) -> None:
+        self.writes.append((table, partition, key, table.replaced, value, self.step))
+
+    def acknowledged(self) -> None:
+        """Everything written so far is on the broker."""
+        self.writes.clear()
+
+    def kill(self, rng: random.Random) -> list[Write]:
+        """Take back what a kill now loses (at random, within Kafka's order); what it lost."""
+        streams: dict[tuple[str, int], list[int]] = {}
+        for i, (table, partition, *_) in enumerate(self.writes):
+            streams.setdefault((table.name, partition), []).append(i)
+        lost: list[int] = []
+        for idx in streams.values():
+            lost += idx[rng.randint(0, len(idx)) :]
+        for i in sorted(lost, reverse=True):
+            table, _, key, old, _, _ = self.writes[i]
+            if old is None:
+                dict.pop(table, key, None)
+            else:
+                dict.__setitem__(table, key, old)
+        taken = [self.writes[i] for i in sorted(lost)]
+        self.writes.clear()
+        return taken
 
 
 @dataclass
@@ -127,6 +188,14 @@ class LocalRun:
     short_way_after: int | None = None
     #: steps between commits of the ``shares`` offsets
     commit_every: int = 10
+    #: a restart is a kill: of the tables' writes since everything was last acknowledged
+    #: (a commit, or a step reading an internal topic), some are lost (see :class:`Tear`)
+    tear: Tear | None = None
+    #: the resolve log's records wait for what came before them (the worker's order; off:
+    #: the order before, which a kill could tear)
+    gate_resolve_log: bool = True
+    #: the alerts and takedown requests (by key) a kill lost before the broker had them
+    torn: list[bytes] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
     alerts: dict[str, bytes] = field(default_factory=dict)
     actions: dict[str, bytes] = field(default_factory=dict)
@@ -193,17 +262,37 @@ class LocalRun:
         for p in range(n):
             hops.resolve.read_from(p)
             hops.clusters.read_from(p)
+        tear = self.tear
+
+        def noted(table: Table) -> Callable[[int, bytes, bytes | None], None] | None:
+            if tear is None:
+                return None
+            return lambda partition, key, value: tear.wrote(table, partition, key, value)
+
+        # the resolve log's records are sent once what came before is acknowledged, as a
+        # worker's are (a kill then loses them first: see Tear)
+        resolve_send = noted(tables["resolve-log"])
+        gate = None
+        if tear is not None and resolve_send is not None and self.gate_resolve_log:
+            gate = Gate(resolve_send, acknowledge=tear.acknowledged)
         logs = [
             StateLog(
                 tables[name],
                 compact_bytes=self.log_compact_bytes,
                 compact_garbage=self.log_compact_garbage,
                 on_compacted=self._compacted,
+                send=(gate.send if gate is not None else resolve_send)
+                if name == "resolve-log"
+                else noted(tables[name]),
             )
             for name in ("resolve-log", "cluster-log")
         ]
+        sent = {"alerts": noted(tables["alerts-sent"]), "actions": noted(tables["actions-sent"])}
         outputs = Outputs(
-            tables["alerts-sent"], tables["actions-sent"], deadletter=self.deadletters.append
+            tables["alerts-sent"],
+            tables["actions-sent"],
+            deadletter=self.deadletters.append,
+            send=None if tear is None else lambda kind, p, k, v: sent[kind](p, k, v),  # type: ignore[misc]
         )
         outputs.on_sent = self._sent
         topology = Topology(
@@ -228,7 +317,7 @@ class LocalRun:
             predictor_factory=self.predictor_factory,
         )
         topology.ingest.clock.assign(range(n), 0.0)
-        return topology, Checkpoint(sinks=[outputs], logs=logs), topics
+        return topology, Checkpoint(sinks=[outputs], logs=logs, gate=gate), topics
 
     def run(self, lines: Iterable[bytes], key: str = "none", run: int = 7) -> LocalRun:
         rng = random.Random(self.seed)
@@ -273,6 +362,8 @@ class LocalRun:
             if restart_at and fresh >= restart_at[0]:
                 restart_at.pop(0)
                 incarnation += 1  # a new process: its state comes from the logs alone
+                if self.tear is not None:
+                    self._killed(self.tear.kill(rng))
                 topology, checkpoint, _ = self.build(rng, topics, tables, incarnation)
                 for update in applied:  # its bank follower reads the bank topic again
                     topology.change_bank(update)
@@ -328,7 +419,13 @@ class LocalRun:
                     hops.clusters.read_from(p)
             checkpoint.stage()
             steps += 1
+            if self.tear is not None:
+                self.tear.step = steps
+                if stage != "s":  # its records are not read again: as if Faust committed them
+                    self.tear.acknowledged()
             if steps % self.commit_every == 0:
+                if self.tear is not None:
+                    self.tear.acknowledged()
                 committed = pos[:]
                 committed_time = [topology.ingest.clock.newest(p) for p in range(n)]
         self.actions.update((k.decode(), v) for k, v in tables["actions-sent"].items())
@@ -363,6 +460,15 @@ class LocalRun:
             if name == "clusters":
                 topology.release(set(moved))
         self.moved += 1
+
+    def _killed(self, lost: list[Write]) -> None:
+        """What a kill took back: the alerts among it never reached the alerts topic."""
+        for table, _, key, _, value, _ in lost:
+            if value is not None and table.name in ("alerts-sent", "actions-sent"):
+                self.torn.append(key)
+                if table.name == "alerts-sent":
+                    self.alerts.pop(key.decode(), None)
+                    self.early.discard(key.decode())
 
     def _compacted(self) -> None:
         self.stats.log_compactions += 1

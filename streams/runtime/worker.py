@@ -81,7 +81,7 @@ from streams.runtime.broker import (
     ensure_topics,
     start_local_broker,
 )
-from streams.runtime.checkpoint import Checkpoint
+from streams.runtime.checkpoint import Checkpoint, Gate
 from streams.runtime.faust_adapter import (
     LOCAL_FETCH_WAIT_MS,
     App,
@@ -345,10 +345,12 @@ class Worker:
         self.resolve_log = app.Table(resolve_table, **logs)
         self.cluster_log = app.Table(cluster_table, **logs)
         compacted = self._count_compaction
+        # the resolve log's records go once what they made downstream is on the broker
+        self.resolve_gate = Gate(_writer(app, self.resolve_log.changelog_topic.get_topic_name()))
         self.resolve_logs = StateLog(
             self.resolve_log.data,
             name=resolve_table,
-            send=_writer(app, self.resolve_log.changelog_topic.get_topic_name()),
+            send=self.resolve_gate.send,
             compact_bytes=s.log_compact_bytes,
             compact_garbage=s.log_compact_garbage,
             on_compacted=compacted,
@@ -408,7 +410,9 @@ class Worker:
             logs=[self.resolve_logs, self.cluster_logs],
             flush_producer=lambda: app.counted_producer.flush_sent(),
             commit_offsets=lambda offsets: self.shares.commit_offsets(offsets),
+            gate=self.resolve_gate,
         )
+        app.settle_writes = self.checkpoint.flush  # Faust's flush before it commits offsets
         self.shares = SharesReader(
             s, self.topology, self.checkpoint, on_delays=lambda t: self._delay("ingest", t)
         )
@@ -513,9 +517,7 @@ class Worker:
             # own flush having given up sooner.
             self.checkpoint.stage()
             try:
-                await asyncio.wait_for(
-                    self.app.counted_producer.flush_sent(), timeout=REVOKE_FLUSH_S
-                )
+                await asyncio.wait_for(self.checkpoint.flush(), timeout=REVOKE_FLUSH_S)
             except (RuntimeError, TimeoutError) as exc:  # stopped, or the bound passed
                 log.warning("could not flush on a rebalance: %r", exc)
 
