@@ -266,7 +266,8 @@ class SharesReader:
         return None if wm == NO_TIME else wm + self.settings.lateness_ms
 
     def pending(self) -> int:
-        """Events waiting for the watermark in the clusters partitions held here."""
+        """Events waiting for the watermark in the clusters partitions held here (what
+        ``VIRALWATCH_MAX_PENDING`` bounds: see :meth:`pending_to`)."""
         return sum(d.pending for d in self.topology.detectors.values())
 
     def pending_to(self) -> int | None:
@@ -276,10 +277,11 @@ class SharesReader:
         lateness and :data:`HEARD_AHEAD_MS` past the lowest of their watermarks known,
         what the inputs must pass for it to move on; :data:`NO_TIME` while none is known
         (the start, a partition taken over: only partitions not read yet are read)."""
-        detectors = self.topology.detectors.values()
-        if sum(d.pending for d in detectors) < self.settings.max_pending:
+        if self.pending() < self.settings.max_pending:
             return None
-        known = [wm for d in detectors if (wm := d.watermark.value) != NO_TIME]
+        known = [
+            wm for d in self.topology.detectors.values() if (wm := d.watermark.value) != NO_TIME
+        ]
         return min(known) + self.settings.lateness_ms + HEARD_AHEAD_MS if known else NO_TIME
 
     async def commit_offsets(self, offsets: dict[int, int]) -> None:
