@@ -313,39 +313,78 @@ def pipeline_rates(
 
 
 class CpuSampler(threading.Thread):
-    """CPU seconds used by some processes (``/proc``), sampled against wall time.
+    """CPU seconds used by some processes (``/proc``), sampled against wall time, and the
+    seconds their threads waited for a CPU while ready to run (``schedstat``).
 
     Wall-clock rates on a shared 2-core machine vary from run to run; CPU
-    per event says what the work costs, whoever else runs beside it.
+    per event says what the work costs, whoever else runs beside it. The wait says
+    whether a run was short of CPU (other processes on the cores) or of work (its workers
+    idle, waiting for each other): wall time = running + waiting for a CPU + idle, per
+    thread.
     """
 
     def __init__(self, pids: list[int], every_s: float = 0.2) -> None:
         super().__init__(daemon=True)
         self.pids, self.every_s = pids, every_s
-        self.samples: list[tuple[float, float]] = []
+        #: (wall time, CPU s, s ready but waiting for a CPU)
+        self.samples: list[tuple[float, float, float]] = []
         self.stopped = threading.Event()
         self.tick = os.sysconf("SC_CLK_TCK")
-        #: each process's CPU when last read (one that ended keeps what it used)
-        self.last: dict[int, float] = {}
+        #: each process's CPU and wait when last read (one that ended keeps what it used)
+        self.last: dict[int, tuple[float, float]] = {}
 
     def cpu_s(self) -> float:
+        return self.read()[0]
+
+    def read(self) -> tuple[float, float]:
+        """CPU seconds and run-queue seconds of the processes so far (every thread)."""
         for pid in self.pids:
             with contextlib.suppress(OSError):
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                self.last[pid] = (int(fields[11]) + int(fields[12])) / self.tick  # utime, stime
-        return sum(self.last.values())
+                cpu = (int(fields[11]) + int(fields[12])) / self.tick  # utime, stime
+                self.last[pid] = (cpu, run_queue_s(pid))
+        return sum(c for c, _ in self.last.values()), sum(w for _, w in self.last.values())
 
     def run(self) -> None:
         while not self.stopped.is_set():
-            self.samples.append((time.time(), self.cpu_s()))
+            self.samples.append((time.time(), *self.read()))
             self.stopped.wait(self.every_s)
 
-    def at(self, t: float) -> float:
-        """CPU seconds used by wall time ``t`` (linear between samples)."""
+    def at(self, t: float, field: int = 1) -> float:
+        """CPU seconds used by wall time ``t`` (linear between samples); ``field=2``: the
+        seconds waited for a CPU."""
         before = [x for x in self.samples if x[0] <= t] or self.samples[:1]
         after = [x for x in self.samples if x[0] >= t] or self.samples[-1:]
-        (t0, c0), (t1, c1) = before[-1], after[0]
+        t0, c0 = before[-1][0], before[-1][field]
+        t1, c1 = after[0][0], after[0][field]
         return c0 if t1 <= t0 else c0 + (c1 - c0) * (t - t0) / (t1 - t0)
+
+
+def run_queue_s(pid: int) -> float:
+    """Seconds the threads of ``pid`` have waited on a run queue, ready to run (the second
+    field of ``/proc/<pid>/task/<tid>/schedstat``, ns); 0 where the kernel does not say."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
+def paused_share(rows: list[dict[str, Any]]) -> float:
+    """The share of the workers' stats records, once reading began, in which the ``shares``
+    reader read nothing although records were left: every partition with records unread
+    held back (``paused``: its window, a full store, the bound on what waits for the
+    watermark; some partition is nearly always held back for being ahead of the others,
+    which alone does not stop the reading).
+
+    >>> paused_share([{"read": 0, "backlogged": [0]}, {"read": 5, "backlogged": [0, 1],
+    ...   "paused": [0, 1]}, {"read": 9, "backlogged": [0, 1], "paused": [1]}, {"read": 9}])
+    0.5
+    """
+    busy = [r for r in rows if r.get("read") and r.get("backlogged")]
+    stopped = sum(1 for r in busy if set(r["backlogged"]) <= set(r.get("paused", [])))
+    return stopped / len(busy) if busy else 0.0
 
 
 def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -367,6 +406,9 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
     cpu: dict[int, list[float]] = {n: [] for n in args.workers}
     broker_cpu: dict[int, list[float]] = {n: [] for n in args.workers}
     each_cpu: dict[int, list[list[float]]] = {n: [] for n in args.workers}
+    # per run, each worker's CPU and run-queue wait as shares of the span (wall time)
+    each_load: dict[int, list[list[list[float]]]] = {n: [] for n in args.workers}
+    paused: dict[int, list[float]] = {n: [] for n in args.workers}
     reads: dict[int, list[float]] = {n: [] for n in args.workers}  # records read per event
     crossing: dict[int, list[dict[str, float]]] = {n: [] for n in args.workers}
     own_span: dict[int, list[bool]] = {n: [] for n in args.workers}
@@ -404,6 +446,13 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
             a, b = pipeline_rates(rows, valid, reports)
             first_read, done, own = pipeline_span(rows, valid, reports)
             used_us = [(x.at(done) - x.at(first_read)) / valid * 1e6 for x in samplers]
+            span = max(done - first_read, 1e-9)
+            loads = [
+                [(x.at(done, f) - x.at(first_read, f)) / span for f in (1, 2)]
+                for x in samplers[:-1]
+            ]
+            each_load[n].append(loads)
+            paused[n].append(paused_share([orjson.loads(r) for r in keep.read_bytes().split()]))
             e2e[n].append(a)
             steady[n].append(b)
             cpu[n].append(sum(used_us[:-1]))
@@ -431,6 +480,9 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 f"({' + '.join(f'{x:.0f}' for x in used_us[:-1])}), broker {used_us[-1]:.0f} us, "
                 f"{reads[n][-1]:.2f} records read an event; sent an event: "
                 + ", ".join(f"{k} {v:.3g}" for k, v in sorted(crossed.items()))
+                + "; each worker's CPU / wait for a CPU, of the span: "
+                + ", ".join(f"{c:.0%} / {w:.0%}" for c, w in loads)
+                + f"; shares reader stopped in {paused[n][-1]:.0%} of stats records"
             )
     ceiling = statistics.median(plain)
     base = args.workers[0]
@@ -445,6 +497,9 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 "steady_events_per_s": statistics.median(steady[n]),
                 "cpu_us_per_event": statistics.median(cpu[n]),
                 "each_worker_cpu_us_per_event": each_cpu[n],
+                # [CPU, ready but waiting for a CPU] as shares of the span, each worker
+                "each_worker_cpu_and_wait": each_load[n],
+                "paused_share": paused[n],
                 "broker_cpu_us_per_event": statistics.median(broker_cpu[n]),
                 "records_read_per_event": statistics.median(reads[n]),
                 "sent_per_event": crossing[n],

@@ -81,3 +81,48 @@ def test_a_runs_data_folders_are_removed_and_its_logs_kept(tmp_path: Path) -> No
     (tmp_path / "stats-t0-1.jsonl").write_text("{}\n")
     bp.remove_data(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kafka.log", "stats-t0-1.jsonl"]
+
+
+def test_the_sampler_tells_a_busy_process_from_an_idle_one() -> None:
+    """CPU and run-queue wait as the benchmark reads them: a spinning process uses about
+    its span in CPU or waits for one (the cores may be shared), a sleeping one neither."""
+    bench = bench_pipeline()
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    nap = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.3)  # both started
+        samplers = [bench.CpuSampler([spin.pid], 0.05), bench.CpuSampler([nap.pid], 0.05)]
+        for s in samplers:
+            s.start()
+        start = time.time()
+        time.sleep(1.0)
+        end = time.time()
+        for s in samplers:
+            s.stopped.set()
+            s.join()
+        (busy_cpu, busy_wait), (idle_cpu, idle_wait) = (
+            [(s.at(end, f) - s.at(start, f)) / (end - start) for f in (1, 2)] for s in samplers
+        )
+        assert busy_cpu > 0.05, busy_cpu  # it ran, however loaded the cores
+        if Path(f"/proc/{spin.pid}/schedstat").exists():  # the kernel counts waits
+            assert busy_cpu + busy_wait > 0.6, (busy_cpu, busy_wait)
+        assert idle_cpu + idle_wait < 0.1, (idle_cpu, idle_wait)
+        assert bench.run_queue_s(spin.pid) >= 0.0
+        assert bench.run_queue_s(2**22 + 7) == 0.0  # no such process
+    finally:
+        for p in (spin, nap):
+            p.kill()
+            p.wait()
+
+
+def test_paused_share_counts_the_records_in_which_reading_stopped() -> None:
+    bench = bench_pipeline()
+    rows = [
+        {"read": 0, "backlogged": [0], "paused": [0]},  # before reading: not counted
+        {"read": 10, "backlogged": [0, 1], "paused": [0, 1]},  # stopped
+        {"read": 20, "backlogged": [0, 1], "paused": [1]},  # one ahead: still reading
+        {"read": 20, "backlogged": [1], "paused": [0, 1]},  # stopped
+        {"read": 30, "backlogged": [], "paused": []},  # read to the end: not counted
+    ]
+    assert bench.paused_share(rows) == 2 / 3
+    assert bench.paused_share([]) == 0.0
