@@ -283,13 +283,14 @@ def torn_run(seed: int, gated: bool) -> tuple[LocalRun, list[bytes], set[str]]:
     return run, alerts, {a.action_id for a in decisions.actions}
 
 
-@pytest.mark.parametrize("seed", [1, 4])
+@pytest.mark.parametrize("seed", [9, 10])
 def test_a_kill_between_a_checkpoint_s_writes_loses_no_takedown_request(seed: int) -> None:
     """Flake B (the integration test's 242 of 255 takedown requests after a kill): with the
     resolve log's records held back until what they made downstream is acknowledged, the
-    alerts and takedown requests are replay's, each once, whatever a kill tears."""
+    alerts and takedown requests are replay's, each once. The kills of these seeds tore
+    alerts and takedown requests off the broker too: the replacement made them again."""
     run, alerts, actions = torn_run(seed, gated=True)
-    assert len(actions) == 255
+    assert len(actions) == 255 and run.torn
     assert set(run.actions) == actions
     assert_replay_alert_records(list(run.alerts.values()), alerts)
     assert run.resent == []

@@ -95,26 +95,36 @@ class Gate:
     The log writes (partition, key, value) here (:meth:`send`); the checkpoint's step 2
     seals what came since (:meth:`seal`) with a barrier, begun then, that ends once
     everything sent before it is acknowledged; a sealed group is sent once its barrier
-    has ended and every group before it was sent. Without a barrier (in process) the
-    group is sent at once, after ``acknowledge`` (the in-process runner's model of a
-    flush).
+    has ended and every group before it was sent.
+
+    In process (no barrier) a group sealed is held until the next seal (or
+    :meth:`release`), then sent after ``acknowledge`` of what came before it:
 
     >>> sent = []
-    >>> gate = Gate(lambda p, k, v: sent.append((p, k)), acknowledge=lambda: sent.append("ack"))
-    >>> gate.send(0, b"k1", b"v"); sent
+    >>> gate = Gate(lambda p, k, v: sent.append((p, k)), acknowledge=lambda m: sent.append("ack"))
+    >>> gate.send(0, b"k1", b"v"); gate.seal(None); sent
     []
-    >>> gate.seal(None); sent
+    >>> gate.send(0, b"k2", b"v"); gate.seal(None); sent
     ['ack', (0, b'k1')]
     """
 
-    def __init__(self, send: Send, acknowledge: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        send: Send,
+        acknowledge: Callable[[int], None] | None = None,
+        mark: Callable[[], int] | None = None,
+    ) -> None:
         self._send = send
+        #: in process: what was written before a mark is acknowledged, and the mark now
         self._acknowledge = acknowledge
+        self._mark = mark
         self._open: list[tuple[int, bytes, bytes | None]] = []
         #: the groups sealed and not sent, oldest first, each with its barrier
         self._sealed: deque[tuple[asyncio.Future[None], list[tuple[int, bytes, bytes | None]]]]
         self._sealed = deque()
         self._sending: asyncio.Future[None] | None = None
+        #: in process: the group sealed last, with where the writes stood then
+        self._held: tuple[int, list[tuple[int, bytes, bytes | None]]] | None = None
         #: groups sealed and groups sent so far (a drain waits for a count)
         self.sealed = 0
         self.sent = 0
@@ -136,13 +146,24 @@ class Gate:
             return
         self.sealed += 1
         if barrier is None and not self._sealed:
-            if self._acknowledge is not None:
-                self._acknowledge()
-            self._write(group)
+            # in process: the group before is sent now, what came before it acknowledged;
+            # this one waits for the next seal (a kill before then loses it)
+            self.release()
+            self._held = (self._mark() if self._mark is not None else 0, group)
             return
         self._sealed.append((barrier if barrier is not None else _done(), group))
         if self._sending is None or self._sending.done():
             self._sending = asyncio.ensure_future(self._send_sealed())
+
+    def release(self) -> None:
+        """In process: the group held is sent, what was written before it acknowledged (the
+        in-process runner's model of a barrier ending)."""
+        held, self._held = self._held, None
+        if held is not None:
+            mark, group = held
+            if self._acknowledge is not None:
+                self._acknowledge(mark)
+            self._write(group)
 
     async def _send_sealed(self) -> None:
         while self._sealed:

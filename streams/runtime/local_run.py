@@ -74,69 +74,101 @@ def _at(partition: int, offsets: list[int], i: int) -> tuple[int, int]:
 class Table(dict[bytes, bytes]):
     """A table in memory (what a Faust table is to the state log and the outputs).
 
-    It notes the value each write replaced (:attr:`replaced`), so that a torn checkpoint
-    (see :class:`Tear`) can take the write back.
+    With a :class:`Tear`, each write is noted with the value it replaced, so that a kill
+    can take back what never reached the broker.
     """
 
     def __init__(self, name: str) -> None:
         super().__init__()
         self.name = name
-        self.replaced: bytes | None = None
+        self.tear: Tear | None = None
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
-        self.replaced = self.get(key)
+        if self.tear is not None:
+            self.tear.stored(self, key, self.get(key), value)
         super().__setitem__(key, value)
 
     def pop(self, key: bytes, default: bytes | None = None) -> bytes | None:  # type: ignore[override]
-        self.replaced = super().pop(key, None)
-        return default if self.replaced is None else self.replaced
+        was = super().pop(key, None)
+        if self.tear is not None and was is not None:
+            self.tear.stored(self, key, was, None)
+        return default if was is None else was
 
 
-#: A write to a table's changelog: its table, partition, key, the value it replaced and
-#: the one it wrote (``None``: a deletion), and the step that made it.
-Write = tuple[Table, int, bytes, bytes | None, bytes | None, int]
+@dataclass
+class Write:
+    """A table's write: the value it replaced and the one it wrote (``None``: a deletion),
+    and, once it is sent to the table's changelog, the partition."""
+
+    table: Table
+    key: bytes
+    old: bytes | None
+    new: bytes | None
+    seq: int
+    partition: int | None = None
 
 
 @dataclass
 class Tear:
-    """The writes to the tables since everything before them was acknowledged, and what of
+    """The tables' writes since everything sent before them was acknowledged, and what of
     them a process killed now loses.
 
-    Kafka keeps each partition's records in the order written, so what survives of
-    each changelog partition is a prefix of what was written to it; the partitions
-    are independent (the client sends each partition's batches on their own, so any
-    of them may be on the broker when the process dies, and the others not). A kill
-    keeps a random prefix of each. What the worker's order makes sure of is modelled by
-    the order itself: a :class:`~streams.runtime.checkpoint.Gate` sends its records
-    only after :meth:`acknowledged`.
+    A write not sent yet (a :class:`~streams.runtime.checkpoint.Gate` holds the resolve
+    log's records until what came before them is acknowledged) is lost. Of those sent,
+    Kafka keeps each partition's records in the order written, so what survives of each
+    changelog partition is a prefix; the partitions are independent (the client sends
+    each partition's batches on their own: any of them may be on the broker when the
+    process dies, the others not). A kill keeps a random prefix of each.
     """
 
     writes: list[Write] = field(default_factory=list)
-    step: int = 0
+    #: the writes not sent yet, by table and key, oldest first
+    _unsent: dict[tuple[str, bytes], list[Write]] = field(default_factory=dict)
 
-    def wrote(self, table: Table, partition: int, key: bytes, value: bytes | None) -> None:
-        self.writes.append((table, partition, key, table.replaced, value, self.step))
+    def watch(self, table: Table) -> None:
+        table.tear = self
 
-    def acknowledged(self) -> None:
-        """Everything written so far is on the broker."""
-        self.writes.clear()
+    def stored(self, table: Table, key: bytes, old: bytes | None, new: bytes | None) -> None:
+        self.writes.append(w := Write(table, key, old, new, self.mark()))
+        self._unsent.setdefault((table.name, key), []).append(w)
+
+    def mark(self) -> int:
+        """Where the writes stand now (see :meth:`acknowledged`)."""
+        return self.writes[-1].seq + 1 if self.writes else self._seq
+
+    _seq: int = 0
+
+    def sent(self, table: Table, partition: int, key: bytes) -> None:
+        waiting = self._unsent.get((table.name, key))
+        if waiting:
+            waiting.pop(0).partition = partition
+
+    def acknowledged(self, upto: int | None = None) -> None:
+        """Everything sent so far (before :meth:`mark` said ``upto``) is on the broker."""
+        self._seq = self.mark()
+        upto = self._seq if upto is None else upto
+        self.writes = [w for w in self.writes if w.partition is None or w.seq >= upto]
 
     def kill(self, rng: random.Random) -> list[Write]:
         """Take back what a kill now loses (at random, within Kafka's order); what it lost."""
         streams: dict[tuple[str, int], list[int]] = {}
-        for i, (table, partition, *_) in enumerate(self.writes):
-            streams.setdefault((table.name, partition), []).append(i)
         lost: list[int] = []
+        for i, w in enumerate(self.writes):
+            if w.partition is None:
+                lost.append(i)
+            else:
+                streams.setdefault((w.table.name, w.partition), []).append(i)
         for idx in streams.values():
             lost += idx[rng.randint(0, len(idx)) :]
         for i in sorted(lost, reverse=True):
-            table, _, key, old, _, _ = self.writes[i]
-            if old is None:
-                dict.pop(table, key, None)
+            w = self.writes[i]
+            if w.old is None:
+                dict.pop(w.table, w.key, None)
             else:
-                dict.__setitem__(table, key, old)
+                dict.__setitem__(w.table, w.key, w.old)
         taken = [self.writes[i] for i in sorted(lost)]
-        self.writes.clear()
+        self._seq = self.mark()
+        self.writes, self._unsent = [], {}
         return taken
 
 
@@ -263,18 +295,21 @@ class LocalRun:
             hops.resolve.read_from(p)
             hops.clusters.read_from(p)
         tear = self.tear
+        if tear is not None:
+            for table in tables.values():
+                tear.watch(table)
 
         def noted(table: Table) -> Callable[[int, bytes, bytes | None], None] | None:
             if tear is None:
                 return None
-            return lambda partition, key, value: tear.wrote(table, partition, key, value)
+            return lambda partition, key, _: tear.sent(table, partition, key)
 
-        # the resolve log's records are sent once what came before is acknowledged, as a
-        # worker's are (a kill then loses them first: see Tear)
+        # the resolve log's records are sent once what came before them is acknowledged, as
+        # a worker's are (the gate's group is sent at the next step: see Gate)
         resolve_send = noted(tables["resolve-log"])
         gate = None
         if tear is not None and resolve_send is not None and self.gate_resolve_log:
-            gate = Gate(resolve_send, acknowledge=tear.acknowledged)
+            gate = Gate(resolve_send, acknowledge=tear.acknowledged, mark=tear.mark)
         logs = [
             StateLog(
                 tables[name],
@@ -419,13 +454,10 @@ class LocalRun:
                     hops.clusters.read_from(p)
             checkpoint.stage()
             steps += 1
-            if self.tear is not None:
-                self.tear.step = steps
-                if stage != "s":  # its records are not read again: as if Faust committed them
-                    self.tear.acknowledged()
+            if stage != "s":  # its records are not read again: as if Faust committed them
+                self._acknowledged(checkpoint)
             if steps % self.commit_every == 0:
-                if self.tear is not None:
-                    self.tear.acknowledged()
+                self._acknowledged(checkpoint)
                 committed = pos[:]
                 committed_time = [topology.ingest.clock.newest(p) for p in range(n)]
         self.actions.update((k.decode(), v) for k, v in tables["actions-sent"].items())
@@ -461,14 +493,21 @@ class LocalRun:
                 topology.release(set(moved))
         self.moved += 1
 
+    def _acknowledged(self, checkpoint: Checkpoint) -> None:
+        """Everything written is on the broker (a commit waits for it: the gate's group too)."""
+        if self.tear is not None:
+            if checkpoint.gate is not None:
+                checkpoint.gate.release()
+            self.tear.acknowledged()
+
     def _killed(self, lost: list[Write]) -> None:
         """What a kill took back: the alerts among it never reached the alerts topic."""
-        for table, _, key, _, value, _ in lost:
-            if value is not None and table.name in ("alerts-sent", "actions-sent"):
-                self.torn.append(key)
-                if table.name == "alerts-sent":
-                    self.alerts.pop(key.decode(), None)
-                    self.early.discard(key.decode())
+        for w in lost:
+            if w.new is not None and w.table.name in ("alerts-sent", "actions-sent"):
+                self.torn.append(w.key)
+                if w.table.name == "alerts-sent":
+                    self.alerts.pop(w.key.decode(), None)
+                    self.early.discard(w.key.decode())
 
     def _compacted(self) -> None:
         self.stats.log_compactions += 1
