@@ -26,6 +26,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::keyed::Keyed;
+
 /// Why an item was not held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -51,11 +53,11 @@ struct Waiting<T> {
 /// Items waiting for their parent (or target) post, `T` being what the caller
 /// keeps of each (see the module's docs).
 pub struct Orphans<T> {
-    waiting: HashMap<Box<[u8]>, Waiting<T>>,
+    waiting: HashMap<Box<[u8]>, Waiting<T>, Keyed>,
     /// the targets in `order`
     targets: BTreeMap<u64, Box<[u8]>>,
     /// held reshare's post -> the post it waits for: loops among held reshares
-    parent_of: HashMap<Box<[u8]>, Box<[u8]>>,
+    parent_of: HashMap<Box<[u8]>, Box<[u8]>, Keyed>,
     held: usize,
     next_order: u64,
 }
@@ -63,9 +65,9 @@ pub struct Orphans<T> {
 impl<T> Default for Orphans<T> {
     fn default() -> Self {
         Self {
-            waiting: HashMap::new(),
+            waiting: HashMap::default(),
             targets: BTreeMap::new(),
-            parent_of: HashMap::new(),
+            parent_of: HashMap::default(),
             held: 0,
             next_order: 0,
         }
