@@ -216,6 +216,10 @@ def test_a_shares_partition_is_idle_only_once_read_to_its_log_end(broker: KafkaB
         def __init__(self) -> None:
             self.ingest = Ingest(2, idle_s, topic=topic, log_end=True)
             self.walls = Ingest(2, idle_s, topic=topic)  # wall-clock silence alone, beside it
+            self.detectors: dict[int, Any] = {}  # nothing waits for a watermark here
+
+        def held_fill(self) -> float:
+            return 0.0  # nor in a held store: the reader reads whole batches
 
         def ingest_lines(self, lines: Any, sources: Any, where: Any, now: float) -> int:
             self.walls.handle_lines(lines, sources, where, now)

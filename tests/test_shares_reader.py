@@ -3,10 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from streams.runtime.shares_reader import HEARD_AHEAD_MS, SharesReader, held_back
+from streams.runtime.shares_reader import (
+    HEARD_AHEAD_MS,
+    NEAR_BOUND_BATCH,
+    SharesReader,
+    held_back,
+)
 from streams.settings import Settings
 from streams.watermarks import NO_TIME
 
@@ -34,3 +40,30 @@ def test_the_resolve_partitions_heard_comes_first_and_nothing_known_bounds_nothi
     assert reader(None, {0: object()}, [1_000]).heard() is None  # every input idle
     assert reader(None, {}, []).heard() is None  # neither kind of partition held
     assert reader(None, {}, [1_000, NO_TIME]).heard() is None  # a watermark not known yet
+
+
+def test_a_batch_is_read_whole_far_from_the_bounds_and_smaller_near_them() -> None:
+    """The reader asks the consumer for a batch of ``VIRALWATCH_BATCH_SIZE`` records while
+    what waits for the watermark and the held stores are far from their bounds, and for
+    :data:`NEAR_BOUND_BATCH` at most near them (a batch passes a bound by what it carries)."""
+    asked: list[int] = []
+
+    async def getmany(timeout_ms: int, max_records: int) -> dict[Any, Any]:
+        asked.append(max_records)
+        return {}
+
+    fill = [0.0]
+    detector = SimpleNamespace(watermark=SimpleNamespace(value=NO_TIME), pending=0)
+    topology = SimpleNamespace(detectors={0: detector}, held_fill=lambda: fill[0])
+    settings = Settings(batch_size=4_000, max_pending=50_000)
+    r = SharesReader(settings, topology, None)  # type: ignore[arg-type]
+    r.consumer = SimpleNamespace(getmany=getmany)
+    asyncio.run(r.poll(1))
+    detector.pending = 46_001  # a batch of 4,000 would pass 50,000
+    asyncio.run(r.poll(1))
+    detector.pending = 10_000
+    fill[0] = 0.25  # a held store a quarter full
+    asyncio.run(r.poll(1))
+    fill[0] = 0.1
+    asyncio.run(r.poll(1))
+    assert asked == [4_000, NEAR_BOUND_BATCH, NEAR_BOUND_BATCH, 4_000]

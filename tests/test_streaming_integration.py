@@ -326,7 +326,10 @@ def test_a_stage_that_raises_stops_the_worker_with_a_failure_status(
     lines, _, bank_path = scenario_files(tmp_path)
     s = setup(broker, tmp_path, bank_path)
     code = FAULTY_WORKER.format(stage=stage, method=method)
-    w = WorkerProcess(worker_env(s), tmp_path / "faulty.log", argv=[sys.executable, "-c", code])
+    # batches of 1,000 records: the fault comes at the third, and this stream read in
+    # batches of the default 4,000 may take fewer
+    env = worker_env(s, VIRALWATCH_BATCH_SIZE="1000")
+    w = WorkerProcess(env, tmp_path / "faulty.log", argv=[sys.executable, "-c", code])
     with workers(w):
         produce_lines(broker, s.topic("shares"), lines, keying="none")
         deadline = time.monotonic() + 90
