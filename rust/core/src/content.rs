@@ -63,6 +63,42 @@ enum Key {
 /// A packed key's kind: a PDQ hash as its row of a scan-only index ([`Key::pack`]).
 const PDQ_ROW: u8 = 3;
 
+/// A signal a cluster holds, as the index's owner's state log takes it
+/// ([`ContentIndex::held_signals_from_at`]): the hash itself, not its hex text (the log
+/// writes a hash's bytes in base64: its text, made for each signal and read back into
+/// bytes, was two allocations a signal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldSignal(Key);
+
+/// What a [`HeldSignal`] is: an MD5's or a PDQ's bytes (the bytes its lowercase hex text
+/// reads as), or a text (a video's frames).
+pub enum SignalForm<'a> {
+    Hash(&'a [u8]),
+    Text(&'a str),
+}
+
+impl HeldSignal {
+    /// Its text (hashes in lowercase hex), as [`ContentIndex::held`] gives it.
+    pub fn text(&self) -> Arc<str> {
+        self.0.text()
+    }
+
+    /// `f` of what it is (a hash's bytes made on the stack).
+    pub fn with_form<R>(&self, f: impl FnOnce(SignalForm<'_>) -> R) -> R {
+        match &self.0 {
+            Key::Md5(b) => f(SignalForm::Hash(b)),
+            Key::Pdq(h) => {
+                let mut b = [0_u8; 32];
+                for (chunk, w) in b.chunks_exact_mut(8).zip(h) {
+                    chunk.copy_from_slice(&w.to_be_bytes());
+                }
+                f(SignalForm::Hash(&b))
+            }
+            Key::Text(t) => f(SignalForm::Text(t)),
+        }
+    }
+}
+
 /// The 16 bytes of an MD5's 32 hex digits (either case).
 pub fn parse_md5(text: &[u8]) -> Option<[u8; 16]> {
     if text.len() != 32 {
@@ -781,6 +817,11 @@ impl ContentIndex {
         self.at(slot).map(|c| c.id.text())
     }
 
+    /// The id of the live cluster in `slot`, compact (no text made).
+    pub fn cluster_id_at(&self, slot: u32) -> Option<ClusterId> {
+        self.at(slot).map(|c| c.id.clone())
+    }
+
     fn cluster(&self, slot: u32) -> &Cluster {
         self.clusters[slot as usize]
             .as_ref()
@@ -824,11 +865,19 @@ impl ContentIndex {
 
     /// [`Self::held_from`] of the cluster in `slot`.
     pub fn held_from_at(&self, slot: u32, from: usize) -> Vec<Arc<str>> {
+        self.held_signals_from_at(slot, from)
+            .iter()
+            .map(HeldSignal::text)
+            .collect()
+    }
+
+    /// [`Self::held_from_at`]'s signals as they are kept (no text made).
+    pub fn held_signals_from_at(&self, slot: u32, from: usize) -> Vec<HeldSignal> {
         match self.at(slot) {
             Some(c) if c.in_view(OWNER) => self
                 .keys_in(slot, OWNER)
                 .skip(from)
-                .map(|k| k.text())
+                .map(HeldSignal)
                 .collect(),
             _ => Vec::new(),
         }

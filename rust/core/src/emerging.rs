@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::blake2b::{blake2b, blake2b_u64, hex};
-use crate::content::{AsCid, BadSignal, Cid, ClusterId, ContentIndex, Kind};
+use crate::content::{AsCid, BadSignal, Cid, ClusterId, ContentIndex, HeldSignal, Kind};
 
 /// The id of the cluster content no bank knows starts: `u-` and the 8-byte BLAKE2b of
 /// `key` (`md5:<hex>`, `pdq:<hex>` or `vpdq:<frames>`, as `streams.emerging` makes it).
@@ -60,8 +60,8 @@ pub fn unbanked_cid(key: &[u8]) -> Cid {
 }
 
 /// A cluster touched since the last [`IdleClusters::take_changes`]: its latest
-/// event time and the signals it took.
-pub type Change = (Arc<str>, i64, Vec<Arc<str>>);
+/// event time and the signals it took (compact: the state log writes them, no text made).
+pub type Change = (ClusterId, i64, Vec<HeldSignal>);
 
 /// A cluster changed since the last [`IdleClusters::take_changes`]: its place in the
 /// changes' order, and how many signals it held before (those after are the ones it took).
@@ -368,8 +368,8 @@ impl IdleClusters {
                 } else {
                     i64::MIN
                 };
-                let id = index.id_at(s).expect("a live slot's cluster");
-                (id, last, index.held_from_at(s, c.held_before))
+                let id = index.cluster_id_at(s).expect("a live slot's cluster");
+                (id, last, index.held_signals_from_at(s, c.held_before))
             })
             .collect();
         if self.changed.capacity() > 1024 {
@@ -500,7 +500,7 @@ mod tests {
         idle.assign(&mut index, &[(Kind::Md5, &m1)], "u-1", 3, 31) // held already
             .unwrap();
         let (changed, _) = idle.take_changes(&index);
-        let took: Vec<String> = changed[0].2.iter().map(|t| t.to_string()).collect();
+        let took: Vec<String> = changed[0].2.iter().map(|t| t.text().to_string()).collect();
         assert_eq!((changed.len(), took), (1, vec![m2.clone(), p1.clone()]));
         let (mut index, mut quiet) = (ContentIndex::new(), IdleClusters::unlogged(100));
         quiet

@@ -261,6 +261,39 @@ struct Cluster<T> {
     extra: T,
 }
 
+/// The posts a partition kept since its log last took them, in order, each with its
+/// cluster ([`PostClusters::take_new`]): the ids end to end in one buffer and each one's
+/// end and compact cluster id, where a boxed id and the cluster id's text were two
+/// allocations a post (the log writes the text from the compact id).
+#[derive(Debug, Default)]
+pub struct NewPosts {
+    bytes: Vec<u8>,
+    posts: Vec<(usize, Cid)>,
+}
+
+impl NewPosts {
+    fn push(&mut self, post: &[u8], cluster: Cid) {
+        self.bytes.extend_from_slice(post);
+        self.posts.push((self.bytes.len(), cluster));
+    }
+
+    pub fn len(&self) -> usize {
+        self.posts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.posts.is_empty()
+    }
+
+    /// Each post's id and cluster, in the order kept.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Cid)> + '_ {
+        let starts = std::iter::once(0).chain(self.posts.iter().map(|&(end, _)| end));
+        starts
+            .zip(&self.posts)
+            .map(|(start, (end, c))| (&self.bytes[start..*end], c))
+    }
+}
+
 /// Post -> cluster, clusters interned (see the module doc). `T` is what a
 /// caller keeps beside each cluster id (the bindings: its Python string).
 pub struct PostClusters<T> {
@@ -271,7 +304,7 @@ pub struct PostClusters<T> {
     by_id: IdSlots,
     /// `(partition, partitions)`: keep only this partition's posts
     own: Option<(u32, u32)>,
-    new: Vec<(Box<[u8]>, Arc<str>)>,
+    new: NewPosts,
     foreign: Vec<(u32, Box<[u8]>, Arc<str>)>,
 }
 
@@ -283,7 +316,7 @@ impl<T> Default for PostClusters<T> {
             free: Vec::new(),
             by_id: IdSlots::default(),
             own: None,
-            new: Vec::new(),
+            new: NewPosts::default(),
             foreign: Vec::new(),
         }
     }
@@ -469,8 +502,7 @@ impl<T> PostClusters<T> {
             return false;
         }
         if self.own.is_some() {
-            let id = self.interned_or_new(cluster);
-            self.new.push((post.into(), id));
+            self.new.push(post, cluster.as_cid().into_owned());
         }
         true
     }
@@ -490,7 +522,7 @@ impl<T> PostClusters<T> {
     }
 
     /// The posts kept since the last call, in order, with their clusters (a partition's).
-    pub fn take_new(&mut self) -> Vec<(Box<[u8]>, Arc<str>)> {
+    pub fn take_new(&mut self) -> NewPosts {
         std::mem::take(&mut self.new)
     }
 
@@ -773,8 +805,10 @@ mod tests {
         }
         m.register(&own[0], "b-2", |_| ()); // kept already: not recorded again
         assert_eq!(m.len(), own.len());
-        let new: Vec<Vec<u8>> = m.take_new().into_iter().map(|(k, _)| k.to_vec()).collect();
+        let taken = m.take_new();
+        let new: Vec<Vec<u8>> = taken.iter().map(|(k, _)| k.to_vec()).collect();
         assert_eq!(new, own);
+        assert!(taken.iter().all(|(_, c)| c.to_string() == "b-1"));
         let foreign = m.take_foreign();
         assert_eq!(foreign.len(), other.len());
         assert!(foreign.iter().all(|(p, _, c)| *p == 1 && &**c == "b-1"));

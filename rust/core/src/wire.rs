@@ -75,6 +75,15 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    // nearly every text (ids, hashes, names) has nothing to escape: one pass without a
+    // branch a byte says so, and it is copied whole
+    if !bytes.iter().fold(false, |any, &b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    }) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: &[u8] = match b {
@@ -102,8 +111,24 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-fn write_int(out: &mut Vec<u8>, n: i64) {
-    out.extend_from_slice(n.to_string().as_bytes());
+/// `n` in decimal, as `n.to_string()` writes it, from a buffer on the stack (that made a
+/// `String` an integer: an event's time and followers, in every event a log writes).
+pub(crate) fn write_int(out: &mut Vec<u8>, n: i64) {
+    let mut buf = [0_u8; 20];
+    let mut i = buf.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&buf[i..]);
 }
 
 fn key(out: &mut Vec<u8>, name: &str, first: bool) {
@@ -354,6 +379,42 @@ pub fn write_parts(items: &[Item<'_>], limit: usize) -> Vec<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn integers_and_texts_as_the_standard_library_and_serde_write_them() {
+        for n in [
+            0,
+            1,
+            -1,
+            9,
+            10,
+            -10,
+            1_767_225_600_000,
+            i64::MAX,
+            i64::MIN,
+            i64::MIN + 1,
+        ] {
+            let mut out = Vec::new();
+            write_int(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
+        for t in [
+            "",
+            "p1",
+            "a\"b",
+            "back\\slash",
+            "tab\there",
+            "\u{1}\u{1f}x",
+            "é\n",
+        ] {
+            let mut out = Vec::new();
+            write_str(&mut out, t);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                serde_json::to_string(t).unwrap()
+            );
+        }
+    }
 
     fn ev<'a>(id: &'a str) -> EventView<'a> {
         EventView {

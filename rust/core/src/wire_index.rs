@@ -20,7 +20,73 @@
 //! restore needs is all there, and nothing else: `streams.wire.decode_delta` reads it
 //! back into the same clusters, times and signals the earlier form gave.
 
+use crate::content::{ClusterId, HeldSignal, SignalForm};
 use crate::wire::write_str;
+
+/// A cluster id as [`write_index`] takes it: its text, given to a closure (a compact id
+/// writes it on the stack).
+pub trait LogId {
+    fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R;
+}
+
+impl LogId for str {
+    fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        f(self)
+    }
+}
+
+impl LogId for ClusterId {
+    fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        self.with_str(f)
+    }
+}
+
+/// A signal as [`write_index`] takes it: a text (a hash's hex, or a video's frames), or
+/// a signal the index holds ([`HeldSignal`], written from its bytes: the same output).
+pub trait LogSignal {
+    /// What [`encoded_len`] counts for it: its text's length, quoted and escaped (a
+    /// hash's hex text: 34 or 66).
+    fn text_len(&self) -> usize;
+    fn write(&self, out: &mut Vec<u8>);
+}
+
+/// A text is written as [`write_signal`] writes it: base64 if it is a hash's hex.
+macro_rules! text_signal {
+    ($($t:ty),*) => {$(
+        impl LogSignal for $t {
+            fn text_len(&self) -> usize {
+                text_len(self)
+            }
+
+            fn write(&self, out: &mut Vec<u8>) {
+                write_signal(out, self);
+            }
+        }
+    )*};
+}
+
+text_signal!(str, &str, String, std::sync::Arc<str>);
+
+impl LogSignal for HeldSignal {
+    fn text_len(&self) -> usize {
+        self.with_form(|f| match f {
+            SignalForm::Hash(b) => 2 + 2 * b.len(),
+            SignalForm::Text(t) => text_len(t),
+        })
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        // a hash's text is the lowercase hex of these bytes: what `write_signal` reads back
+        self.with_form(|f| match f {
+            SignalForm::Hash(b) => {
+                out.push(b'"');
+                push_b64(out, b);
+                out.push(b'"');
+            }
+            SignalForm::Text(t) => write_signal(out, t),
+        });
+    }
+}
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
@@ -37,32 +103,57 @@ pub(crate) fn push_b64(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// The bytes of `text` if it is an MD5's or a PDQ's hex (32 or 64 digits, either case).
-fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+/// Each ASCII byte's value as a hex digit, either case (`NOT_HEX`: not one), and whether
+/// it is a lowercase one (`UPPER`: an uppercase digit).
+const NOT_HEX: u8 = 0xff;
+const UPPER: u8 = 0x10;
+const HEX_DIGITS: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = UPPER | (10 + i as u8);
+        i += 1;
+    }
+    t
+};
+
+/// The bytes of `text` if it is an MD5's or a PDQ's hex (32 or 64 digits; either case,
+/// or lowercase only if `lower`), and how many (16 or 32), on the stack: every hash a
+/// held event or a cluster log entry writes goes through here (a `Vec` each before).
+fn hex_bytes(text: &str, lower: bool) -> Option<([u8; 32], usize)> {
     let t = text.as_bytes();
     if t.len() != 32 && t.len() != 64 {
         return None;
     }
-    t.chunks_exact(2)
-        .map(|pair| {
-            let hi = (pair[0] as char).to_digit(16)?;
-            let lo = (pair[1] as char).to_digit(16)?;
-            Some((hi * 16 + lo) as u8)
-        })
-        .collect()
+    let refused = if lower {
+        NOT_HEX & !0x0f
+    } else {
+        NOT_HEX & !0x1f
+    };
+    let mut out = [0_u8; 32];
+    let mut bad = 0_u8;
+    for (b, pair) in out.iter_mut().zip(t.chunks_exact(2)) {
+        let (hi, lo) = (HEX_DIGITS[pair[0] as usize], HEX_DIGITS[pair[1] as usize]);
+        bad |= (hi | lo) & refused;
+        *b = (hi & 0x0f) << 4 | (lo & 0x0f);
+    }
+    (bad == 0).then_some((out, t.len() / 2))
 }
 
 /// An MD5's or a PDQ's text as written in a held event (`crate::wire::write_held`): base64
 /// of its bytes if it is lowercase hex (what the event parser makes of any hash, so that it
 /// reads back the same text), else as it is.
 pub(crate) fn write_hash(out: &mut Vec<u8>, text: &str) {
-    let lower = text
-        .bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    match hex_bytes(text).filter(|_| lower) {
-        Some(bytes) => {
+    match hex_bytes(text, true) {
+        Some((bytes, n)) => {
             out.push(b'"');
-            push_b64(out, &bytes);
+            push_b64(out, &bytes[..n]);
             out.push(b'"');
         }
         None => write_str(out, text),
@@ -73,10 +164,10 @@ pub(crate) fn write_hash(out: &mut Vec<u8>, text: &str) {
 /// (a video's frames; anything else is written as it is and refused on reading, as the
 /// earlier form's reader refused it).
 fn write_signal(out: &mut Vec<u8>, text: &str) {
-    match hex_bytes(text) {
-        Some(bytes) => {
+    match hex_bytes(text, false) {
+        Some((bytes, n)) => {
             out.push(b'"');
-            push_b64(out, &bytes);
+            push_b64(out, &bytes[..n]);
             out.push(b'"');
         }
         None => write_str(out, text),
@@ -87,8 +178,8 @@ fn write_signal(out: &mut Vec<u8>, text: &str) {
 /// (see the module doc), each at most `limit` bytes but for a cluster larger than that
 /// alone; with the entries they hold as a state log's ledger counts them (a cluster
 /// and each signal one). Nothing given: no part.
-pub fn write_index<'a, S: AsRef<str> + 'a>(
-    clusters: impl IntoIterator<Item = (&'a str, i64, &'a [S])>,
+pub fn write_index<'a, I: LogId + ?Sized + 'a, S: LogSignal + 'a>(
+    clusters: impl IntoIterator<Item = (&'a I, i64, &'a [S])>,
     limit: usize,
 ) -> (Vec<Vec<u8>>, usize) {
     let mut parts = Vec::new();
@@ -106,15 +197,15 @@ pub fn write_index<'a, S: AsRef<str> + 'a>(
         if current.is_empty() {
             t0 = if last == i64::MIN { 0 } else { last };
             current.push(b'[');
-            current.extend_from_slice(t0.to_string().as_bytes());
+            crate::wire::write_int(&mut current, t0);
         }
         let dt = (last != i64::MIN).then(|| last - t0);
         entry.clear();
         entry.push(b'[');
-        write_str(&mut entry, id);
+        id.with_text(|id| write_str(&mut entry, id));
         entry.push(b',');
         match dt {
-            Some(d) => entry.extend_from_slice(d.to_string().as_bytes()),
+            Some(d) => crate::wire::write_int(&mut entry, d),
             None => entry.extend_from_slice(b"null"),
         }
         if !signals.is_empty() {
@@ -123,7 +214,7 @@ pub fn write_index<'a, S: AsRef<str> + 'a>(
                 if i > 0 {
                     entry.push(b',');
                 }
-                write_signal(&mut entry, s.as_ref());
+                s.write(&mut entry);
             }
             entry.push(b']');
         }
@@ -137,15 +228,18 @@ pub fn write_index<'a, S: AsRef<str> + 'a>(
 
 /// About what a cluster's entry takes (enough to cut parts before they pass the limit:
 /// a time's difference is at most 20 characters).
-fn encoded_len<S: AsRef<str>>(id: &str, signals: &[S]) -> usize {
-    let text = |s: &str| {
-        2 + s.len()
-            + s.bytes()
-                .filter(|&b| b < 0x20 || b == b'"' || b == b'\\')
-                .count()
-                * 5
-    };
-    2 + text(id) + 21 + 2 + signals.iter().map(|s| text(s.as_ref()) + 1).sum::<usize>()
+fn encoded_len<I: LogId + ?Sized, S: LogSignal>(id: &I, signals: &[S]) -> usize {
+    2 + id.with_text(text_len) + 21 + 2 + signals.iter().map(|s| s.text_len() + 1).sum::<usize>()
+}
+
+/// About what `s` takes written as a JSON string (quoted; each byte to escape counted as
+/// its longest escape).
+fn text_len(s: &str) -> usize {
+    2 + s.len()
+        + s.bytes()
+            .filter(|&b| b < 0x20 || b == b'"' || b == b'\\')
+            .count()
+            * 5
 }
 
 fn finish(parts: &mut Vec<Vec<u8>>, current: &mut Vec<u8>) {
@@ -158,6 +252,49 @@ fn finish(parts: &mut Vec<Vec<u8>>, current: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_read_by_table_as_to_digit_reads_it() {
+        let slow = |t: &str, lower: bool| -> Option<Vec<u8>> {
+            if t.len() != 32 && t.len() != 64 {
+                return None;
+            }
+            if lower
+                && !t
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return None;
+            }
+            t.as_bytes()
+                .chunks_exact(2)
+                .map(|p| {
+                    Some(((p[0] as char).to_digit(16)? * 16 + (p[1] as char).to_digit(16)?) as u8)
+                })
+                .collect()
+        };
+        let mut texts = vec![
+            "0".repeat(32),
+            "f".repeat(64),
+            "F".repeat(64),
+            "ab".repeat(15),
+        ];
+        for b in 0..=255_u8 {
+            for at in [0, 1, 31] {
+                let mut t = b"0123456789abcdefABCDEF0123456789".to_vec();
+                t[at] = b;
+                if let Ok(t) = String::from_utf8(t) {
+                    texts.push(t);
+                }
+            }
+        }
+        for t in &texts {
+            for lower in [false, true] {
+                let fast = hex_bytes(t, lower).map(|(b, n)| b[..n].to_vec());
+                assert_eq!(fast, slow(t, lower), "{t:?} {lower}");
+            }
+        }
+    }
 
     #[test]
     fn base64_as_the_standard_writes_it_unpadded() {

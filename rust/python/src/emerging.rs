@@ -135,7 +135,10 @@ impl PyIdleClusters {
         (
             changed
                 .into_iter()
-                .map(|(c, t, took)| (c.to_string(), t, texts(took)))
+                .map(|(c, t, took)| {
+                    let took = took.iter().map(|s| s.text().to_string()).collect();
+                    (c.to_string(), t, took)
+                })
                 .collect(),
             texts(evicted),
         )
@@ -152,10 +155,8 @@ impl PyIdleClusters {
     ) -> (Vec<Bound<'py, PyBytes>>, usize, Vec<String>) {
         let held = self.signals.borrow(py);
         let (changed, evicted) = self.inner.take_changes(&held.inner);
-        let (parts, items) = wire_index::write_index(
-            changed.iter().map(|(c, t, took)| (&**c, *t, &took[..])),
-            limit,
-        );
+        let (parts, items) =
+            wire_index::write_index(changed.iter().map(|(c, t, took)| (c, *t, &took[..])), limit);
         (bytes_of(py, &parts), items, texts(evicted))
     }
 

@@ -17,6 +17,7 @@ use crate::dedupe::with_id;
 use crate::ev::{post_text, Ev, RegBatch};
 use crate::route::refusal;
 use viralwatch_core::content::Cid;
+use viralwatch_core::keyed::Keyed;
 use viralwatch_core::posts::{ClusterId, PostClusters, Resolver, Routed};
 use viralwatch_core::wire::write_str;
 
@@ -279,14 +280,16 @@ impl PyPostRoutes {
         for p in &dropped {
             gone.insert(with_id(p, |k| k.to_vec())?);
         }
-        // each post once, first place, last cluster
-        let mut at: HashMap<&[u8], usize> = HashMap::with_capacity(new.len());
-        let mut order: Vec<(&[u8], &str)> = Vec::with_capacity(new.len());
-        for (k, id) in &new {
-            if gone.contains(&k[..]) {
+        // each post once, first place, last cluster (a table of this batch's posts, keyed
+        // as the core's tables of ids users choose are: `viralwatch_core::keyed`)
+        let mut at: HashMap<&[u8], usize, Keyed> =
+            HashMap::with_capacity_and_hasher(new.len(), Keyed::default());
+        let mut order: Vec<(&[u8], &Cid)> = Vec::with_capacity(new.len());
+        for (k, id) in new.iter() {
+            if gone.contains(k) {
                 continue;
             }
-            match at.entry(&k[..]) {
+            match at.entry(k) {
                 Entry::Occupied(e) => order[*e.get()].1 = id,
                 Entry::Vacant(e) => {
                     e.insert(order.len());
@@ -297,7 +300,7 @@ impl PyPostRoutes {
         if order.iter().any(|(k, _)| std::str::from_utf8(k).is_err()) {
             let out = PyDict::new(py);
             for (k, id) in order {
-                out.set_item(post_text(py, k)?, self.cluster_str(py, id))?;
+                out.set_item(post_text(py, k)?, id.with_str(|s| self.cluster_str(py, s)))?;
             }
             return Ok(out.into_any());
         }
@@ -309,7 +312,7 @@ impl PyPostRoutes {
             }
             write_str(&mut text, std::str::from_utf8(k).expect("checked above"));
             text.push(b':');
-            write_str(&mut text, id);
+            id.with_str(|s| write_str(&mut text, s));
         }
         text.push(b'}');
         Ok((PyBytes::new(py, &text), order.len())
