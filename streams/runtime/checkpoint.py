@@ -262,6 +262,12 @@ class Checkpoint:
         upto = gate.sealed if gate is not None else 0
         if self.flush_producer is not None:
             await self.flush_producer()
+        await self._settle_gate(upto)
+
+    async def _settle_gate(self, upto: int) -> None:
+        """The upstream log's first ``upto`` groups sent (once the rest is acknowledged,
+        :class:`Gate`), then acknowledged themselves; nothing when they already were."""
+        gate = self.gate
         if gate is not None and gate.sent < upto:
             await gate.drain(upto)
             if self.flush_producer is not None:
@@ -289,13 +295,8 @@ class Checkpoint:
     ) -> bool:
         """Steps 3 and 4 of a checkpoint begun."""
         await flushed
-        gate = self.gate
-        if gate is not None and gate.sent < upto:
-            # the upstream log's records of what the offsets cover (sealed by step 2): sent
-            # once the rest is acknowledged, then acknowledged themselves
-            await gate.drain(upto)
-            if self.flush_producer is not None:
-                await self.flush_producer()
+        # the upstream log's records of what the offsets cover (sealed by step 2)
+        await self._settle_gate(upto)
         if self.commit_offsets is not None:
             try:
                 await self.commit_offsets(offsets)
