@@ -256,6 +256,41 @@ def test_the_upstream_log_is_sent_once_what_came_before_it_is_acknowledged() -> 
     asyncio.run(scenario())
 
 
+def test_a_gate_whose_barrier_fails_sends_nothing_and_the_commit_raises_offsets_unmoved() -> None:
+    """The producer flush the gate's group waits for fails (the producer lost the broker):
+    the resolve log's records stay unsent, the commit raises what failed, no offset is
+    committed, and the next commit begins from the same offsets."""
+    done: list[str] = []
+    calls = [0]
+
+    async def flush() -> None:
+        calls[0] += 1
+        if calls[0] == 1:  # the first: the barrier the gate's group waits for
+            raise RuntimeError("the producer failed")
+
+    async def commit(offsets: dict[int, int]) -> None:
+        done.append(f"commit {sorted(offsets.items())}")
+
+    gate = Gate(lambda p, k, v: done.append(f"resolve-log {p} {k.decode()}"))
+
+    class Logs:
+        def flush(self) -> None:
+            gate.send(0, b"released", b"[]")
+
+    cp = Checkpoint(sinks=[], logs=[Logs()], flush_producer=flush, commit_offsets=commit, gate=gate)
+
+    async def scenario() -> None:
+        cp.store_offset(0, 4)
+        with pytest.raises(RuntimeError, match="the producer failed"):
+            await cp.commit({0})
+        assert done == [] and gate.sent == 0 and cp.commits == 0
+        with pytest.raises(RuntimeError, match="the producer failed"):
+            await cp.commit({0})  # the group waits for the same failed barrier: still raised
+
+    asyncio.run(scenario())
+    assert done == [] and cp.next_offsets() == {0: 5}
+
+
 def torn_run(seed: int, gated: bool) -> tuple[LocalRun, list[bytes], set[str]]:
     """An hour of the simulator's traffic (the integration test's stream: 255 takedown
     requests), every hop in process, a worker killed 40 times: each kill loses, of the

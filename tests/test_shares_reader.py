@@ -42,6 +42,26 @@ def test_the_resolve_partitions_heard_comes_first_and_nothing_known_bounds_nothi
     assert reader(None, {}, [1_000, NO_TIME]).heard() is None  # a watermark not known yet
 
 
+def test_heard_and_pending_to_take_the_lowest_watermark_their_own_way_on_an_unknown_one() -> None:
+    """One method takes the clusters partitions' lowest watermark for both bounds; they
+    differ on one not known yet (a partition just taken over): *heard* does not bound the
+    reading until every one is known, the *pending* bound goes by the known ones."""
+    r = reader(None, {}, [1_000, NO_TIME, 700])
+    for d in r.topology.detectors.values():
+        d.pending = r.settings.max_pending  # past the bound: pending_to says how far
+    assert r.heard() is None
+    assert r.pending_to() == 700 + 60_000 + HEARD_AHEAD_MS
+    assert r.lowest_watermark(unknown_is_lowest=False) == 700
+    assert r.lowest_watermark(unknown_is_lowest=True) == NO_TIME
+    unknown = reader(None, {}, [NO_TIME, NO_TIME])
+    for d in unknown.topology.detectors.values():
+        d.pending = unknown.settings.max_pending
+    assert unknown.pending_to() == NO_TIME and unknown.heard() is None
+    known = reader(None, {}, [1_000, 700])
+    assert known.heard() == 700 + 60_000
+    assert known.pending_to() is None  # nothing waits past the bound: no bound
+
+
 def test_a_batch_is_read_whole_far_from_the_bounds_and_smaller_near_them() -> None:
     """The reader asks the consumer for a batch of ``VIRALWATCH_BATCH_SIZE`` records while
     what waits for the watermark and the held stores are far from their bounds, and for

@@ -267,8 +267,19 @@ class SharesReader:
         heard = self.topology.heard()
         if heard is not None or self.topology.resolvers or not self.topology.detectors:
             return heard
-        wm = min(d.watermark.value for d in self.topology.detectors.values())
+        wm = self.lowest_watermark(unknown_is_lowest=True)
         return None if wm == NO_TIME else wm + self.settings.lateness_ms
+
+    def lowest_watermark(self, *, unknown_is_lowest: bool) -> int:
+        """The lowest watermark of the clusters partitions held here (:data:`NO_TIME`: none
+        held). One not known yet (a partition just taken over) is :data:`NO_TIME`: with
+        ``unknown_is_lowest`` that is the answer (:meth:`heard`: no bound until every one is
+        known, reading is not held up for it); without, it is left out (:meth:`pending_to`:
+        the bound is the known ones', :data:`NO_TIME` only when none is known)."""
+        marks = [d.watermark.value for d in self.topology.detectors.values()]
+        if not unknown_is_lowest:
+            marks = [wm for wm in marks if wm != NO_TIME]
+        return min(marks, default=NO_TIME)
 
     def pending(self) -> int:
         """Events waiting for the watermark in the clusters partitions held here (what
@@ -284,10 +295,8 @@ class SharesReader:
         (the start, a partition taken over: only partitions not read yet are read)."""
         if self.pending() < self.settings.max_pending:
             return None
-        known = [
-            wm for d in self.topology.detectors.values() if (wm := d.watermark.value) != NO_TIME
-        ]
-        return min(known) + self.settings.lateness_ms + HEARD_AHEAD_MS if known else NO_TIME
+        wm = self.lowest_watermark(unknown_is_lowest=False)
+        return NO_TIME if wm == NO_TIME else wm + self.settings.lateness_ms + HEARD_AHEAD_MS
 
     async def commit_offsets(self, offsets: dict[int, int]) -> None:
         """Step 4 of the checkpoint: commit ``offsets`` (next to read, per partition)."""
