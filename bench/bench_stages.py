@@ -125,7 +125,7 @@ def run(
     (per resolve partition too: CPU, and its log's bytes by key)."""
     ingest, resolvers, detectors = stages(partitions, banks)
     ingest_s = resolve_s = clusters_s = 0.0
-    routed = logged = alerts = cluster_logged = 0
+    routed = logged = alerts = cluster_logged = topic_bytes = 0
     part_s: dict[int, float] = dict.fromkeys(resolvers, 0.0)
     part_log: dict[int, Counter[str]] = {r: Counter() for r in resolvers}
     for r, partition in resolvers.items():
@@ -154,7 +154,11 @@ def run(
                 for key, value in orjson.loads(entry).items():
                     part_log[r][key] += len(orjson.dumps({key: value})) - 1
         to_clusters, _ = merge_resolved(batches + peers)
-        hopped = {k: env.pack() if hop != "local" else env for k, env in to_clusters.items()}
+        # packed as a worker sends to the clusters topic (the compact form)
+        hopped = {
+            k: env.pack(compact=True) if hop != "local" else env for k, env in to_clusters.items()
+        }
+        topic_bytes += sum(len(raw) for raw in hopped.values() if type(raw) is bytes)
         t3 = time.process_time()
         for k, raw in hopped.items():
             # "records": decoded into records first, then handed over (how a partition
@@ -176,6 +180,7 @@ def run(
         "applied": sum(d.applied for d in detectors.values()),
         "log_bytes_per_event": logged / n,
         "cluster_log_bytes_per_event": cluster_logged / n,
+        "clusters_topic_bytes_per_event": topic_bytes / n,
         "by_partition": {
             r: {
                 "resolve_us": part_s[r] / n * 1e6,
@@ -241,6 +246,8 @@ def main() -> None:
     }[args.hop]
     alerts = f"applied {out['applied']:,.0f}, alerts {out['alerts']:,.0f}"
     print(f"  clusters  {out['clusters_us']:6.2f} us CPU/event ({hop}; {alerts})")
+    if args.hop != "local":
+        print(f"  clusters topic {out['clusters_topic_bytes_per_event']:.0f} B/event")
     print(f"  cluster log {out['cluster_log_bytes_per_event']:.0f} B/event")
     for r, p in out.get("by_partition", {}).items():
         keys = ", ".join(f"{k} {v}" for k, v in p["log_by_key"].items())

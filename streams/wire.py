@@ -14,6 +14,7 @@ record             tag  from → to                       wire form
 :class:`Unbanked`  u    resolve → the index's owner     ``["u", event]``
 :class:`Touch`     t    resolve → the index's owner     ``["t", cluster_id, ts]``
 ``Routed``         e    resolve → clusters, cluster log ``["e", event, cluster_id, match]``
+                   c    (without a match: compact)      ``["c", cluster_id, held_form]``
 :class:`ResolveDelta`
                    -    the resolve log                 ``{"p": {post: cluster}, "f": [post],
                                                         "h+": [held_form], "h-": [event_id],
@@ -47,7 +48,10 @@ as base64); the earlier ``"u": {cluster: [ts, [signal hex]]}`` is read as
 before. An older worker refuses an entry holding a compact held event (a
 counted ``bad_record``, its held events lost) and ignores a ``"U"`` (the
 clusters it holds are lost to its index): a rollback is not a rolling
-downgrade.
+downgrade. The ``clusters`` topic carries a routed event without a match in
+the cluster log's compact form (``"c"``, :func:`encode_items`), as the log
+keeps it: every worker whose cluster log is written so reads it on the topic
+with the same reader; an older one dead-letters it (``bad_record``).
 
 >>> from streams.events import ShareEvent
 >>> ev = ShareEvent("e1", "share", 1767225600000, "p2", "u1", parent_post_id="p1")
@@ -575,9 +579,11 @@ def routed_log_parts(items: Sequence[Routed | EvBatch], limit: int) -> list[byte
     return _WRITER.log_parts(items, limit)
 
 
-def encode_items(items: Sequence[Item]) -> bytes:
-    """``items`` as one JSON array: :func:`encode`'s bytes (see :func:`encode_parts`)."""
-    return _WRITER.parts(items, sys.maxsize)[0]
+def encode_items(items: Sequence[Item], compact: bool = False) -> bytes:
+    """``items`` as one JSON array: :func:`encode`'s bytes (see :func:`encode_parts`);
+    ``compact``: each routed event without a match as :func:`routed_log_parts` writes it
+    (``["c", cluster_id, held event]``), the form of the ``clusters`` topic."""
+    return (_WRITER.log_parts if compact else _WRITER.parts)(items, sys.maxsize)[0]
 
 
 def _rejection(detail: str, raw: object) -> Rejection:

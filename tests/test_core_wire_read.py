@@ -232,6 +232,27 @@ def test_what_the_stages_write_reads_as_the_python_reader_reads_it(
 
 
 @FUZZ
+@given(st.lists(_record, max_size=20), st.dictionaries(st.integers(0, 7), TS, max_size=3))
+def test_the_clusters_topic_s_compact_envelope_reads_as_the_full_one(
+    records: list[Any], progress: dict[int, int]
+) -> None:
+    """The clusters topic's form (``Envelope.pack(compact=True)``: a routed event without a
+    match as the cluster log keeps it) reads, by either reader, as the full form reads:
+    the same items, progress and rejections' reasons (their kept bytes are the item's own)."""
+    env = Envelope(records, progress=progress)
+    full, compact = env.pack(), env.pack(compact=True)
+    read = _opened(Envelope.unpack(compact))
+    assert read == Envelope.read_in_python(compact)
+    before = _opened(Envelope.unpack(full))
+    assert (read.items, read.progress) == (before.items, before.progress)
+    assert [x.reason for x in read.rejected] == [x.reason for x in before.rejected]
+    if any(isinstance(r, Routed) and r.match is None for r in records):
+        assert len(compact) < len(full)
+    else:
+        assert compact == full
+
+
+@FUZZ
 @given(_frame)
 def test_any_frame_and_items_read_as_the_python_reader_reads_them(body: dict[str, Any]) -> None:
     _same(orjson.dumps(body))

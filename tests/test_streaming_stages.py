@@ -968,9 +968,10 @@ def _clusters_records(draw: Any) -> list[bytes]:
         if draw(st.booleans()):
             items.insert(draw(st.integers(0, len(items))), Registration("p", "b-1"))
         progress = draw(st.one_of(st.none(), st.integers(T0, T0 + 60_000)))
-        raw = Envelope(items, progress={0: progress} if progress is not None else {}).pack()
-        if draw(st.integers(0, 9)) == 0:
-            raw = raw.replace(b'["e",', b'["e"', 1)  # an item that is not a record
+        env = Envelope(items, progress={0: progress} if progress is not None else {})
+        raw = env.pack(compact=draw(st.booleans()))  # the topic's form, or the earlier one
+        if draw(st.integers(0, 9)) == 0:  # an item that is not a record
+            raw = raw.replace(b'["e",', b'["e"', 1).replace(b'["c",', b'["c"', 1)
         if draw(st.integers(0, 9)) == 0:
             at = draw(st.integers(0, len(raw)))
             raw = raw[:at] + draw(st.binary(max_size=3)) + raw[at + 1 :]
@@ -1023,6 +1024,35 @@ def test_a_clusters_partition_reads_its_records_as_the_records_handed_over_give(
     assert as_read == _detected(handed, cuts)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.data(), st.lists(st.integers(1, 4), max_size=8))
+def test_a_clusters_partition_reads_the_topic_s_compact_form_as_the_full_one(
+    data: Any, cuts: list[int]
+) -> None:
+    """A worker sends routed events to the clusters topic as the cluster log keeps them
+    (``Envelope.pack(compact=True)``: no field names, hashes in base64): a clusters
+    partition makes of them what it made of the full form, the same alerts, rejections,
+    events applied and log entries byte for byte, from fewer bytes."""
+    events = burst(data.draw(st.integers(1, 40)))
+    labels = st.sampled_from([cluster(), "u-" + "c" * 32, "a-1", "b-other"])
+    envs, i = [], 0
+    while i < len(events):
+        k = data.draw(st.integers(1, 8))
+        items: list[Any] = []
+        for e in events[i : i + k]:
+            r = routed(e, data.draw(labels))
+            if data.draw(st.integers(0, 9)) == 0 and e["type"] == "upload":
+                r = Routed(r.event, cluster(), MatchInfo("ncii", "md5", MD5, 0))
+            items.append(r)
+        progress = data.draw(st.one_of(st.none(), st.integers(T0, T0 + 60_000)))
+        envs.append(Envelope(items, progress={0: progress} if progress is not None else {}))
+        i += k
+    full = [env.pack() for env in envs]
+    compact = [env.pack(compact=True) for env in envs]
+    assert _detected(list(compact), cuts) == _detected(list(full), cuts)
+    assert sum(map(len, compact)) < sum(map(len, full))
+
+
 def test_a_routed_event_read_from_its_record_is_logged_compact() -> None:
     """An event read from the topic is logged in the cluster log's compact form, as one
     handed over in-process is: the bytes ``routed_log_parts`` writes for its record, a
@@ -1037,6 +1067,12 @@ def test_a_routed_event_read_from_its_record_is_logged_compact() -> None:
     assert b.log == routed_log_parts(items, MAX_RECORD_BYTES) and b.log_items == len(items)
     assert sum(map(len, b.log)) < 0.7 * sum(map(len, encode_parts(items, MAX_RECORD_BYTES)))
     assert expected == [r for r in items if r.cluster_id.startswith("b-")]
+    # the clusters topic's own form (the log's): logged as it came, the same bytes
+    again = cluster_partition()
+    compact = Envelope(items).pack(compact=True)
+    assert len(compact) < 0.7 * len(Envelope(items).pack())
+    c = again.handle([compact])
+    assert c.log == b.log and c.log_items == len(items)
     # cut into parts under the limit, each event whole, as routed_log_parts cuts them
     det = cluster_partition().detector
     store, content = det.unbanked_store, det.content

@@ -272,7 +272,9 @@ class LocalRun:
         def sender(name: str) -> Callable[[int, Envelope | bytes], int]:
             def send(partition: int, envelope: Envelope | bytes) -> int:
                 mark = next(marks)
-                raw = envelope.pack() if isinstance(envelope, Envelope) else envelope
+                # the clusters topic's form is the compact one, as a worker sends it
+                compact = name == "clusters"
+                raw = envelope.pack(compact) if isinstance(envelope, Envelope) else envelope
                 wire[name][partition].append((incarnation, mark, raw))
                 return mark
 

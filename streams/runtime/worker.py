@@ -380,7 +380,9 @@ class Worker:
         )
         self.hand_over = HandOver(
             resolve=Hop("resolve", lambda p, env: self._send(self.t_resolve, env, p)),
-            clusters=Hop("clusters", lambda p, env: self._send(self.t_clusters, env, p)),
+            clusters=Hop(
+                "clusters", lambda p, env: self._send(self.t_clusters, env, p, compact=True)
+            ),
             grace_s=HAND_OVER_GRACE_S,
         )
         self.topology = Topology(
@@ -637,14 +639,21 @@ class Worker:
         for tp, offset in seeks:
             seek_soon(self.app, tp, offset)
 
-    def _send(self, topic: Any, value: Envelope | bytes, partition: int) -> int:
+    def _send(
+        self, topic: Any, value: Envelope | bytes, partition: int, compact: bool = False
+    ) -> int:
         """Send an envelope to a partition of an internal topic (in parts, if it is large),
-        keyed as this worker's own.
+        keyed as this worker's own; ``compact``: routed events as a cluster log keeps them
+        (the ``clusters`` topic's form, :meth:`Envelope.pack`).
 
         Returns its timestamp (epoch ms, increasing from one send to the next): the mark
         by which the hand-over knows when the partition has read it.
         """
-        parts = value.parts() if isinstance(value, Envelope) else split_envelope(value)
+        parts = (
+            value.parts(compact=compact)
+            if isinstance(value, Envelope)
+            else split_envelope(value, compact=compact)
+        )
         stamp = self._last_send_ms = max(round(time.time() * 1000), self._last_send_ms + 1)
         name = topic.get_topic_name()
         for part in parts:

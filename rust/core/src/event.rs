@@ -245,7 +245,7 @@ pub struct Reject<'a> {
 /// What one line gives.
 pub type Parsed<'a> = Result<Event<'a>, Reject<'a>>;
 
-struct Why(&'static str, String);
+pub(crate) struct Why(&'static str, String);
 
 fn why(reason: &'static str, detail: impl Into<String>) -> Why {
     Why(reason, detail.into())
@@ -307,7 +307,9 @@ fn truncate_chars(s: &mut String, n: usize) {
     }
 }
 
-fn validate<'a>(f: Fields<'a>, judge: &mut dyn Judge) -> Result<Event<'a>, Why> {
+/// An event's fields, judged: the event, or why it is refused (the parser's, and a held
+/// event's reader's, `crate::wire_read`).
+pub(crate) fn validate<'a>(f: Fields<'a>, judge: &mut dyn Judge) -> Result<Event<'a>, Why> {
     let event_id_was_text = matches!(f.event_id, Some(Val::Str(_)));
     let event_id = id(f.event_id, "event_id", judge)?;
     let kind = match f.kind {

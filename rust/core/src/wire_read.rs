@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use serde_json::value::RawValue;
 
 use crate::event::{self, Event, Judge};
+use crate::json;
 
 /// One item of an envelope or a log entry (the tags are `streams.wire`'s).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,13 +145,8 @@ fn unbase64_hex(text: &str) -> Option<String> {
     Some(hex)
 }
 
-/// A held event (`crate::wire::write_held`'s form: a cluster log's `"c"` item) read as
-/// `streams.wire._held` reads it: the canonical JSON object it makes of the fields
-/// (orjson's bytes, so the same length limit applies) through the event parser, the one
-/// reader of a share event. Only the plain form the writer writes (texts without escapes,
-/// integers, a type letter, hashes in canonical base64, no video's frames); anything else
-/// is `None`, and Python reads the item, so what it becomes does not depend on the reader.
-fn held_event(raw: &RawValue, judge: &mut dyn Judge) -> Option<Event<'static>> {
+/// A held event's fields (5 to 8) and its type's name, from its letter.
+fn held_fields(raw: &RawValue) -> Option<(Vec<&RawValue>, &'static str)> {
     let f: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
     if !(5..=8).contains(&f.len()) {
         return None;
@@ -161,84 +157,79 @@ fn held_event(raw: &RawValue, judge: &mut dyn Judge) -> Option<Event<'static>> {
         r#""t""# => "takedown",
         _ => return None,
     };
-    let mut text = String::with_capacity(raw.get().len() + 128);
-    let mut put = |key: &str, value: &str| {
-        if !text.is_empty() {
-            text.push(',');
-        }
-        text.push('"');
-        text.push_str(key);
-        text.push_str("\":");
-        text.push_str(value);
+    Some((f, kind))
+}
+
+/// A held event (`crate::wire::write_held`'s form: a cluster log's `"c"` item, and the
+/// `clusters` topic's) read as `streams.wire._held` reads it: its fields, as the event
+/// parser reads those of the canonical JSON object Python makes of them, through the
+/// event parser's own validation ([`event::validate`]), the one judge of a share event.
+/// Only the plain form the writer writes (texts without escapes, integers, a type letter,
+/// hashes in canonical base64, no video's frames); anything else is `None`, and Python
+/// reads the item, so what it becomes does not depend on the reader.
+///
+/// The fields go to the validation as they are: the canonical object was written and
+/// parsed again before (about 0.7 us an event more, read from the topic or restored).
+/// That object's length limit ([`event::MAX_EVENT_BYTES`]) cannot bind: the ids are
+/// [`event::MAX_ID_LEN`] characters at most, or the event is refused either way.
+fn held_event<'a>(raw: &'a RawValue, judge: &mut dyn Judge) -> Option<Event<'a>> {
+    let (f, kind) = held_fields(raw)?;
+    // a string the writer wrote: its text between the quotes (no escape to undo)
+    let text = |v: &'a RawValue| -> Option<json::Val<'a>> {
+        let quoted = plain(v)?;
+        Some(json::Val::Str(Cow::Borrowed(&quoted[1..quoted.len() - 1])))
     };
-    put("event_id", plain(f[0])?);
-    put("type", &format!("\"{kind}\""));
-    put("ts", &integer(f[2])?.to_string());
-    put("post_id", plain(f[3])?);
-    put("user_id", plain(f[4])?);
+    let int = |v: &RawValue| Some(json::Val::Int(i128::from(integer(v)?)));
+    let mut fields = json::Fields {
+        event_id: Some(text(f[0])?),
+        kind: Some(json::Val::Str(Cow::Borrowed(kind))),
+        ts: Some(int(f[2])?),
+        post_id: Some(text(f[3])?),
+        user_id: Some(text(f[4])?),
+        ..json::Fields::default()
+    };
     if let Some(parent) = f.get(5).filter(|v| v.get() != "null") {
-        put("parent_post_id", plain(parent)?);
+        fields.parent_post_id = Some(text(parent)?);
     }
     if let Some(n) = f.get(6).filter(|v| v.get() != "null") {
-        put("followers", &integer(n)?.to_string());
+        fields.followers = Some(int(n)?);
     }
     if let Some(signals) = f.get(7) {
-        let signals: Vec<&RawValue> = serde_json::from_str(signals.get()).ok()?;
+        let signals: Vec<&'a RawValue> = serde_json::from_str(signals.get()).ok()?;
         if signals.len() > 3 {
             return None; // a video's frames: Python's to read
         }
-        let mut content = String::from("{");
+        let mut content = json::ContentFields::default();
         for (i, v) in signals.iter().enumerate() {
             if v.get() == "null" {
                 continue;
             }
-            let (name, value) = match i {
-                1 => ("pdq_quality", integer(v)?.to_string()),
-                _ => {
-                    let quoted = plain(v)?;
-                    let inner = &quoted[1..quoted.len() - 1];
-                    let (name, size) = if i == 0 { ("pdq", 43) } else { ("md5", 22) };
-                    if inner.len() == size {
-                        (name, format!("\"{}\"", unbase64_hex(inner)?))
-                    } else {
-                        (name, quoted.to_owned()) // as it is: the parser judges it
-                    }
-                }
-            };
-            if content.len() > 1 {
-                content.push(',');
+            if i == 1 {
+                content.pdq_quality = Some(int(v)?);
+                continue;
             }
-            content.push('"');
-            content.push_str(name);
-            content.push_str("\":");
-            content.push_str(&value);
+            let json::Val::Str(inner) = text(v)? else {
+                return None;
+            };
+            let size = if i == 0 { 43 } else { 22 };
+            let value = if inner.len() == size {
+                json::Val::Str(Cow::Owned(unbase64_hex(&inner)?))
+            } else {
+                json::Val::Str(inner) // as it is: the parser judges it
+            };
+            if i == 0 {
+                content.pdq = Some(value);
+            } else {
+                content.md5 = Some(value);
+            }
         }
-        content.push('}');
-        put("content", &content);
+        fields.content = Some(json::ObjectOr::Object(content));
     }
-    let text = format!("{{{text}}}");
-    let ev = event::parse_line(text.as_bytes(), judge).ok()?;
-    let content = match ev.content {
-        Some(c) if c.vpdq.is_some() => return None,
-        Some(c) => Some(event::Content {
-            pdq: c.pdq,
-            pdq_quality: c.pdq_quality,
-            md5: c.md5,
-            vpdq: None,
-        }),
-        None => None,
-    };
-    Some(Event {
-        event_id: Cow::Owned(ev.event_id.into_owned()),
-        kind: ev.kind,
-        ts_ms: ev.ts_ms,
-        post_id: Cow::Owned(ev.post_id.into_owned()),
-        user_id: Cow::Owned(ev.user_id.into_owned()),
-        parent_post_id: ev.parent_post_id.map(|p| Cow::Owned(p.into_owned())),
-        followers: ev.followers,
-        content,
-        event_id_was_text: ev.event_id_was_text,
-    })
+    let ev = event::validate(fields, judge).ok()?;
+    match &ev.content {
+        Some(c) if c.vpdq.is_some() => None,
+        _ => Some(ev),
+    }
 }
 
 /// One item, or [`Read::Other`] when the core does not read it.
@@ -591,5 +582,169 @@ mod tests {
             assert_eq!(envelope(text), None, "{text}");
         }
         assert_eq!(read_envelope(b"{\"i\":[\xff]}", &mut PlainJudge), None);
+    }
+
+    /// The reader before this one: the canonical object's text, made of the fields, through
+    /// the event parser. Kept here as the reference the direct reader must equal.
+    fn held_event_by_text(raw: &RawValue, judge: &mut dyn Judge) -> Option<Event<'static>> {
+        let (f, kind) = held_fields(raw)?;
+        let mut text = String::new();
+        let mut put = |key: &str, value: &str| {
+            if !text.is_empty() {
+                text.push(',');
+            }
+            text.push_str(&format!("\"{key}\":{value}"));
+        };
+        put("event_id", plain(f[0])?);
+        put("type", &format!("\"{kind}\""));
+        put("ts", &integer(f[2])?.to_string());
+        put("post_id", plain(f[3])?);
+        put("user_id", plain(f[4])?);
+        if let Some(parent) = f.get(5).filter(|v| v.get() != "null") {
+            put("parent_post_id", plain(parent)?);
+        }
+        if let Some(n) = f.get(6).filter(|v| v.get() != "null") {
+            put("followers", &integer(n)?.to_string());
+        }
+        if let Some(signals) = f.get(7) {
+            let signals: Vec<&RawValue> = serde_json::from_str(signals.get()).ok()?;
+            if signals.len() > 3 {
+                return None;
+            }
+            let mut content = String::from("{");
+            for (i, v) in signals.iter().enumerate() {
+                if v.get() == "null" {
+                    continue;
+                }
+                let (name, value) = match i {
+                    1 => ("pdq_quality", integer(v)?.to_string()),
+                    _ => {
+                        let quoted = plain(v)?;
+                        let inner = &quoted[1..quoted.len() - 1];
+                        let (name, size) = if i == 0 { ("pdq", 43) } else { ("md5", 22) };
+                        if inner.len() == size {
+                            (name, format!("\"{}\"", unbase64_hex(inner)?))
+                        } else {
+                            (name, quoted.to_owned())
+                        }
+                    }
+                };
+                if content.len() > 1 {
+                    content.push(',');
+                }
+                content.push_str(&format!("\"{name}\":{value}"));
+            }
+            content.push('}');
+            put("content", &content);
+        }
+        let text = format!("{{{text}}}");
+        let ev = event::parse_line(text.as_bytes(), judge).ok()?;
+        if ev.content.as_ref().is_some_and(|c| c.vpdq.is_some()) {
+            return None;
+        }
+        Some(Event {
+            event_id: Cow::Owned(ev.event_id.into_owned()),
+            kind: ev.kind,
+            ts_ms: ev.ts_ms,
+            post_id: Cow::Owned(ev.post_id.into_owned()),
+            user_id: Cow::Owned(ev.user_id.into_owned()),
+            parent_post_id: ev.parent_post_id.map(|p| Cow::Owned(p.into_owned())),
+            followers: ev.followers,
+            content: ev.content.map(|c| event::Content {
+                pdq: c.pdq,
+                pdq_quality: c.pdq_quality,
+                md5: c.md5,
+                vpdq: None,
+            }),
+            event_id_was_text: ev.event_id_was_text,
+        })
+    }
+
+    #[test]
+    fn a_held_event_read_from_its_fields_is_what_its_canonical_text_gave() {
+        // each field drawn from values the writer writes and values it never does
+        let long = format!("\"{}\"", "x".repeat(257));
+        // the first values of each list are the writer's (drawn most often)
+        let ids: &[&str] = &[
+            r#""e1""#,
+            r#""é""#,
+            r#""a b""#,
+            r#""p1""#,
+            r#""""#,
+            "\"\u{7f}\"",
+            r#""x\ty""#,
+            r#""\u00e9""#,
+            "5",
+            "null",
+            "1.5",
+            &long,
+            "\"\u{2028}\"",
+        ];
+        let kinds: &[&str] = &[r#""u""#, r#""s""#, r#""t""#, r#""x""#, r#""share""#, "5"];
+        let ts: &[&str] = &[
+            "1767225600000",
+            "5",
+            "-1",
+            "1.5",
+            r#""2026-01-01T00:00:00Z""#,
+            "1e3",
+            "99999999999999999999",
+            "null",
+        ];
+        let parents: &[&str] = &["null", r#""p0""#, r#""é""#, r#""p1""#, "5"];
+        let followers: &[&str] = &["null", "3", "-1", "1.0", "9007199254740993", r#""3""#];
+        let pdq = r#""AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA""#;
+        let md5 = r#""AAAAAAAAAAAAAAAAAAAA/w""#;
+        let hex32 = format!("\"{}\"", "0f".repeat(16));
+        let hex64 = format!("\"{}\"", "A".repeat(64));
+        let signals: Vec<String> = [
+            "null".to_owned(),
+            format!("[null,90,{md5}]"),
+            format!("[{pdq},90]"),
+            format!("[{hex64},50,{hex32}]"),
+            format!("[null,null,{hex32}]"),
+            "[]".to_owned(),
+            "[null,null,null]".to_owned(),
+            format!("[{pdq},101,{md5}]"),
+            r#"[null,90,"AAAAAAAAAAAAAAAAAAAA/x"]"#.to_owned(), // not canonical base64
+            format!("[{pdq},90,{md5},[]]"),
+            r#"[null,90,"\u0041"]"#.to_owned(),
+            r#"["x",1,"y"]"#.to_owned(),
+            "\"x\"".to_owned(),
+        ]
+        .into();
+        let mut rng = crate::testing::Rng(17);
+        // one of the first `good` of `n` values, nine times in ten; else any
+        let mut pick = |good: usize, n: usize| {
+            let r = rng.next();
+            (r >> 8) as usize % if r % 10 == 0 { n } else { good }
+        };
+        let (mut read, mut tried) = (0, 0);
+        for _ in 0..40_000 {
+            let mut f = vec![
+                ids[pick(4, ids.len())].to_owned(),
+                kinds[pick(3, kinds.len())].to_owned(),
+                ts[pick(1, ts.len())].to_owned(),
+                ids[pick(4, ids.len())].to_owned(),
+                ids[pick(4, ids.len())].to_owned(),
+                parents[pick(3, parents.len())].to_owned(),
+                followers[pick(2, followers.len())].to_owned(),
+                signals[pick(5, signals.len())].clone(),
+            ];
+            f.truncate(4 + pick(4, 6)); // 4 to 9 fields, mostly 4 to 7
+            if f.len() == 9 {
+                f.push("null".to_owned());
+            }
+            let text = format!("[{}]", f.join(","));
+            let Ok(raw) = serde_json::from_str::<&RawValue>(&text) else {
+                continue;
+            };
+            tried += 1;
+            let direct = held_event(raw, &mut PlainJudge);
+            assert_eq!(direct, held_event_by_text(raw, &mut PlainJudge), "{text}");
+            read += usize::from(direct.is_some());
+        }
+        // both kinds of answer were drawn, many times
+        assert!(read > 5_000 && tried - read > 5_000, "{read} of {tried}");
     }
 }

@@ -737,8 +737,11 @@ impl ClusterLoop {
                     json,
                 } => {
                     // logged compact, as an event handed over in-process is
-                    // (``streams.wire.routed_log_parts``): not the record's form
+                    // (``streams.wire.routed_log_parts``): an item the sender wrote so
+                    // (the ``clusters`` topic's form) as it is, read back the same as it
+                    // was read here; an earlier form written again
                     match (&event, cluster.to_str()) {
+                        _ if json.starts_with(r#"["c","#) => self.log.push_json(json.as_bytes()),
                         (Ev::Core(c), Ok(cluster_id)) => self.log.push(&WireItem::Logged {
                             event: c.view(),
                             cluster_id,
