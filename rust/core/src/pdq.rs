@@ -30,12 +30,19 @@
 //! pass a quarter of the live (an index of live clusters' content removes as
 //! many hashes as it adds: its dead rows were up to half of it).
 //!
+//! Each row in a bucket carries its hash's chunk paired with the bucket's
+//! (chunks `2i` and `2i + 1` make a pair), folded to a byte, which tells most
+//! candidates apart without reading their hash, and is still exact
+//! ([`Entry`]): most searches find nothing, and each candidate's hash was a
+//! cache miss.
+//!
 //! An index searched only now and then (a worker's clusters partition finds
 //! by it the live clusters a bank change concerns) can go without the tables
 //! ([`PdqIndex::scan_only`]): its hashes are all tail, a search scans them
 //! (about a millisecond at 330,000 hashes), and each costs 32 bytes, its tag
-//! and about 8 bytes of look-up table, where the tables take 64 bytes of row
-//! ids a hash, up to 64 of bucket starts and 192 KB of bits and counts.
+//! and about 8 bytes of look-up table, where the tables take 80 bytes of rows
+//! a hash (16 of 5 bytes), up to 64 of bucket starts and 192 KB of bits and
+//! counts.
 //!
 //! Results are deterministic: per query, nearest first, ties in the hashes'
 //! hex order (hashes are distinct in an index), whatever the order of adds,
@@ -70,26 +77,46 @@ pub fn parse_hex(text: &[u8]) -> Option<Hash> {
     if text.len() != 64 {
         return None;
     }
+    // by table, with no branch a digit: a hash's digits and letters come at random, and
+    // a `match` on each mispredicted often (an upload's PDQ text is read three times: the
+    // banks' screen, the nearest cluster, its signals added; 1.5% of a platform replay)
     let mut out = [0u64; 4];
+    let mut bad = 0;
     for (w, digits) in out.iter_mut().zip(text.chunks_exact(16)) {
         for &c in digits {
-            let v = match c {
-                b'0'..=b'9' => c - b'0',
-                b'a'..=b'f' => c - b'a' + 10,
-                b'A'..=b'F' => c - b'A' + 10,
-                _ => return None,
-            };
-            *w = (*w << 4) | u64::from(v);
+            let v = HEX_VALUE[usize::from(c)];
+            bad |= v;
+            *w = (*w << 4) | u64::from(v & 15);
         }
     }
-    Some(out)
+    (bad & NOT_HEX == 0).then_some(out)
 }
+
+/// [`HEX_VALUE`]'s mark of a byte that is no hex digit.
+const NOT_HEX: u8 = 0x80;
+
+/// Each byte's value as a hex digit (either case), or [`NOT_HEX`].
+static HEX_VALUE: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 /// A search's buffers, kept between searches (per thread).
 #[derive(Default)]
 struct Scratch {
     hits: Vec<(u32, usize)>,
-    keys: Vec<usize>,
+    keys: Vec<Probe>,
     cand: Vec<u32>,
 }
 
@@ -213,6 +240,11 @@ impl Layout {
     fn key(self, c: usize, v: usize) -> usize {
         (c << self.bits) | v
     }
+    /// The chunk paired with chunk `c` (its mate: chunks `2i` and `2i + 1` make a pair).
+    #[inline]
+    fn mate(c: usize) -> usize {
+        c ^ 1
+    }
     /// Every value of at most `flips` set bits in a chunk.
     fn masks(self, flips: u32) -> Vec<usize> {
         (0..self.values())
@@ -315,6 +347,65 @@ impl Bits {
     }
 }
 
+/// A row in a table's bucket: the row's number (28 bits: [`MAX_TABLE_ROWS`]) and its hash's
+/// chunk paired with the bucket's (the *mate*: chunks `2i` and `2i + 1` make a pair), folded
+/// to 12 bits ([`fold`]), in 5 bytes.
+///
+/// Why the mate is there: it tells most candidates apart without reading their hash. With
+/// `C` chunks, a hash within `T` of the query has a pair within `floor(2T / C)` bits of the
+/// query's (the `C / 2` pairs' distances add up to at most `T`), and in that pair a chunk
+/// within `floor(T / C)` bits (were both more, the pair would be more), which the probes
+/// visit. So a candidate found through chunk `c` with `f` bits flipped is kept only if its
+/// mate is within `floor(2T / C) - f` bits of the query's mate, and the folded mates' distance
+/// is at most the mates' own: a hash within `T` is still found, through the chunk of that
+/// pair. At the banks' 31 and 16-bit chunks a random row in a probed bucket passes about 1
+/// time in 45 (1 in 6 with a mate folded to a byte, 1 in 400 with all 16 bits, a byte more
+/// a row: 10 B a live post, a worker's resident state past 300 B), where each candidate's
+/// hash was a read at random (a cache miss): a quarter of a search's time in a platform replay.
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry([u8; 5]);
+
+/// Rows the tables can name ([`Entry`]'s 28 bits: 8 GB of hashes); past it, the newest rows
+/// stay in the tail (scanned, still exact).
+const MAX_TABLE_ROWS: usize = 1 << 28;
+
+impl Entry {
+    fn new(row: u32, mate: usize) -> Self {
+        debug_assert!((row as usize) < MAX_TABLE_ROWS);
+        let m = u32::from(fold(mate));
+        let [a, b, c, d] = (row | (m & 0xf) << 28).to_le_bytes();
+        Entry([a, b, c, d, (m >> 4) as u8])
+    }
+
+    #[inline(always)]
+    fn row(self) -> usize {
+        let [a, b, c, d, _] = self.0;
+        (u32::from_le_bytes([a, b, c, d]) & 0x0fff_ffff) as usize
+    }
+
+    #[inline(always)]
+    fn mate(self) -> u32 {
+        u32::from(self.0[3] >> 4) | u32::from(self.0[4]) << 4
+    }
+}
+
+/// A chunk's value folded to 12 bits (its top 4 XORed into its bottom 4): the distance of two
+/// folded values is at most theirs (a bit differing after the fold differs in one of the
+/// bits folded onto it).
+#[inline(always)]
+fn fold(v: usize) -> u16 {
+    ((v ^ (v >> 12)) & 0xfff) as u16
+}
+
+/// A probe of a bucket holding rows: its span in `ids` (`lo << 32 | hi`; first its place in
+/// the starts), the query's mate chunk and the mate's budget of bits (see [`Entry`]).
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    span: usize,
+    mate: u32,
+    budget: u32,
+}
+
 /// Distinct PDQ hashes with a tag each (`T`: the banks' 64-bit ids; the content index's
 /// 4-byte holders, 4 bytes a hash less), searchable by Hamming distance (see the module doc).
 #[derive(Debug, Clone)]
@@ -331,7 +422,7 @@ pub struct PdqIndex<T: Copy = i64> {
     tail_min: usize,
     /// Where each table key's rows are in `ids` (empty until the first merge).
     buckets: Buckets,
-    ids: Vec<u32>,
+    ids: Vec<Entry>,
     /// The tail's live rows, found by a keyed hash of their hash (the tables' rows through
     /// chunk 0's buckets): 4 bytes a bucket, where a map of (hash, row) took 36.
     tail: hashbrown::HashTable<u32>,
@@ -403,7 +494,7 @@ impl<T: Copy> PdqIndex<T> {
             + self.tags.capacity() * std::mem::size_of::<T>()
             + self.alive.nbytes()
             + self.buckets.nbytes()
-            + self.ids.capacity() * 4
+            + self.ids.capacity() * std::mem::size_of::<Entry>()
             + self.tail.capacity() * (4 + 1)
     }
 
@@ -435,7 +526,7 @@ impl<T: Copy> PdqIndex<T> {
         let (lo, hi) = self.buckets.span(key);
         self.ids[lo..hi]
             .iter()
-            .map(|&r| r as usize)
+            .map(|e| e.row())
             .find(|&r| self.alive.get(r) && self.words[r] == *h)
     }
 
@@ -630,38 +721,49 @@ impl<T: Copy> PdqIndex<T> {
         q: &Hash,
         threshold: u32,
         hits: &mut Vec<(u32, usize)>,
-        (keys, cand): (&mut Vec<usize>, &mut Vec<u32>),
+        (keys, cand): (&mut Vec<Probe>, &mut Vec<u32>),
     ) {
         if self.indexed == 0 {
             return;
         }
         cand.clear();
         keys.clear();
-        let masks = &self.masks[(threshold as usize) / self.layout.chunks()];
+        let chunks = self.layout.chunks();
+        let masks = &self.masks[(threshold as usize) / chunks];
+        // a pair's budget of bits (see `Entry`)
+        let pair = 2 * threshold / chunks as u32;
         let starts = &self.buckets.starts;
-        for c in 0..self.layout.chunks() {
+        for c in 0..chunks {
             let v = self.layout.chunk(q, c);
+            let mate = u32::from(fold(self.layout.chunk(q, Layout::mate(c))));
             for &m in masks {
                 // only buckets holding rows: the bits are in cache, the starts mostly not
                 if let Some(i) = self.buckets.slot(self.layout.key(c, v ^ m)) {
                     prefetch(starts, i);
-                    keys.push(i);
+                    keys.push(Probe {
+                        span: i,
+                        mate,
+                        budget: pair - m.count_ones(),
+                    });
                 }
             }
         }
         // each bucket's start read (prefetched above) and its rows prefetched in turn, so
         // that the rows' cache misses overlap too, not one bucket's after another's
-        for span in keys.iter_mut() {
-            let i = *span;
+        for probe in keys.iter_mut() {
+            let i = probe.span;
             let (lo, hi) = (starts[i] as usize, starts[i + 1] as usize);
             prefetch(&self.ids, lo);
-            *span = lo << 32 | hi;
+            probe.span = lo << 32 | hi;
         }
-        for &span in keys.iter() {
-            let (lo, hi) = (span >> 32, span & 0xffff_ffff);
-            // most buckets hold a row or two: no call to copy them
-            for &r in &self.ids[lo..hi] {
-                cand.push(r);
+        for probe in keys.iter() {
+            let (lo, hi) = (probe.span >> 32, probe.span & 0xffff_ffff);
+            // most buckets hold a row or two: no call to copy them; a row whose mate chunk
+            // is too far is no candidate (its hash is not read)
+            for e in &self.ids[lo..hi] {
+                if (e.mate() ^ probe.mate).count_ones() <= probe.budget {
+                    cand.push(e.row() as u32);
+                }
             }
         }
         for (j, &r) in cand.iter().enumerate() {
@@ -694,7 +796,7 @@ impl<T: Copy> PdqIndex<T> {
     /// start); then the bits and counts are set (dead rows stay until a rebuild).
     fn merge_tail(&mut self) {
         let n = self.words.len();
-        if n == self.indexed {
+        if n == self.indexed || n > MAX_TABLE_ROWS {
             return;
         }
         let keys = self.layout.chunks() * self.layout.values();
@@ -713,7 +815,7 @@ impl<T: Copy> PdqIndex<T> {
         // exactly what the merge adds: it moves the whole array anyway, and 16 ids a row
         // are the index's largest part (doubling would leave a third of it unused)
         self.ids.reserve_exact(fresh.len());
-        self.ids.resize(old_ids + fresh.len(), 0);
+        self.ids.resize(old_ids + fresh.len(), Entry::default());
         b.starts.reserve_exact(new_keys);
         b.starts.resize(old_slots + new_keys + 1, 0);
         // what is above key k (rows and starts, the last start included) moves up by
@@ -743,8 +845,9 @@ impl<T: Copy> PdqIndex<T> {
                 *start += shift_ids as u32;
             }
             let at = lo_ids + shift_ids - (i - j);
+            let mate = Layout::mate(k >> self.layout.bits);
             for (slot, &(_, r)) in self.ids[at..].iter_mut().zip(&fresh[j..i]) {
-                *slot = r;
+                *slot = Entry::new(r, self.layout.chunk(&self.words[r as usize], mate));
             }
             shift_ids -= i - j;
             if (b.occupied[w] >> bit) & 1 == 0 {
@@ -830,7 +933,7 @@ impl<T: Copy> PdqIndex<T> {
         self.ids = Vec::new();
         self.buckets = Buckets::default();
         self.tail.clear();
-        if self.words.len() > self.tail_min {
+        if self.words.len() > self.tail_min && self.words.len() <= MAX_TABLE_ROWS {
             self.merge_tail();
         } else {
             self.tail.shrink_to(0, |_| 0);
@@ -1027,8 +1130,8 @@ mod tests {
 
     #[test]
     fn only_buckets_holding_rows_keep_a_start() {
-        // 5,000 hashes in the tables: 80,000 row ids in at most as many buckets, where a
-        // start for each of the 16 tables' 65,536 values took 4 MB alone
+        // 5,000 hashes in the tables: 80,000 rows (5 bytes each) in at most as many
+        // buckets, where a start for each of the 16 tables' 65,536 values took 4 MB alone
         let mut rng = Rng(5);
         let mut index = PdqIndex::new(64);
         let hashes: Vec<Hash> = (0..5000).map(|_| rng.hash()).collect();
@@ -1036,7 +1139,7 @@ mod tests {
             index.insert(*h, t as i64);
         }
         assert!(index.indexed > 4000);
-        assert!(index.nbytes() < 1 << 20, "{}", index.nbytes());
+        assert!(index.nbytes() < 3 << 19, "{}", index.nbytes());
         let live: Vec<(Hash, i64)> = hashes
             .iter()
             .enumerate()
@@ -1045,6 +1148,64 @@ mod tests {
         for t in (0..5000).step_by(97) {
             let q = rng.flip(&hashes[t], (t % 40) as u32);
             assert_eq!(answer(&index, &q, 31), brute(&live, &q, 31));
+        }
+    }
+
+    #[test]
+    fn folded_values_are_no_farther_apart_than_the_values() {
+        let mut rng = Rng(29);
+        for _ in 0..10_000 {
+            let (a, b) = (
+                (rng.next() & 0xffff) as usize,
+                (rng.next() & 0xffff) as usize,
+            );
+            let folded = (fold(a) ^ fold(b)).count_ones();
+            assert!(folded <= (a ^ b).count_ones(), "{a:x} {b:x}");
+            assert_eq!(fold(a & 0xff), (a & 0xff) as u16); // an 8-bit chunk's mate is itself
+        }
+    }
+
+    #[test]
+    fn a_hash_found_only_through_the_pair_at_its_budget_is_found() {
+        // 31 bits off, spread so that the mate filter is tight: seven pairs of chunks 2 + 2
+        // bits off (no chunk of theirs is probed within a bit), one pair 1 + 2 (3 bits, the
+        // budget of a pair at 31) and the rest equal; then at 30 it is out of reach
+        let mut rng = Rng(23);
+        for bits in [16, 8] {
+            let chunks = 256 / bits;
+            let base = rng.hash();
+            let mut far = base;
+            let mut flip = |chunk: usize, n: usize| {
+                for b in 0..n {
+                    let bit = chunk * bits + b;
+                    far[bit / 64] ^= 1 << (bit % 64);
+                }
+            };
+            let mut spent = 0;
+            // (8-bit chunks: t = 0, a pair's budget 1: fifteen pairs 1 + 1, one pair 0 + 1)
+            let (both, one) = if bits == 16 { (2, (1, 2)) } else { (1, (0, 1)) };
+            for pair in 0..chunks / 2 {
+                if spent + 2 * both + one.0 + one.1 > 31 {
+                    flip(2 * pair, one.0);
+                    flip(2 * pair + 1, one.1);
+                    break;
+                }
+                flip(2 * pair, both);
+                flip(2 * pair + 1, both);
+                spent += 2 * both;
+            }
+            assert_eq!(distance(&base, &far), 31, "{bits}-bit chunks");
+            let mut index = PdqIndex::with_chunk_bits(bits as u32, 0);
+            index.insert(far, 7);
+            for _ in 0..200 {
+                index.insert(rng.hash(), 0);
+            }
+            assert_eq!(
+                answer(&index, &base, 31),
+                vec![(31, far, 7)],
+                "{bits}-bit chunks"
+            );
+            assert!(answer(&index, &base, 30).is_empty(), "{bits}-bit chunks");
         }
     }
 
@@ -1097,6 +1258,17 @@ mod tests {
             &"f".repeat(65),
         ] {
             assert_eq!(parse_hex(bad.as_bytes()), None, "{bad:?}");
+        }
+        // every byte, in one place of the text: a digit's value, or no hash
+        for b in 0..=255u8 {
+            let mut text = [b'0'; 64];
+            text[37] = b;
+            let want = (b as char).to_digit(16).map(|v| {
+                let mut h = [0u64; 4];
+                h[2] = u64::from(v) << (4 * (15 - 5));
+                h
+            });
+            assert_eq!(parse_hex(&text), want, "{b}");
         }
         // word order is hex order
         let a = parse_hex(format!("{}1", "0".repeat(63)).as_bytes()).unwrap();
