@@ -74,6 +74,7 @@ def main() -> None:
     runs: dict[str, Callable[[], object]] = {
         "parse": lambda: [parse_event(line) for line in lines],
         "encode_routed": lambda: [Envelope(list(c)).pack() for c in chunks],
+        "encode_to_route": lambda: [Envelope(list(c)).pack() for c in to_route_chunks],
         "decode_routed": lambda: [Envelope.unpack(raw) for raw in routed_raw],
         "decode_to_route": lambda: [Envelope.unpack(raw) for raw in to_route_raw],
         "restore_cluster_log": lambda: [decode_routed_log(raw) for raw in logs],
@@ -96,6 +97,11 @@ def main() -> None:
     out = {
         "events": len(events),
         "repeats": args.repeats,
+        # what an event costs on the wire, each form (the resolve topic's, the clusters')
+        "bytes_per_event": {
+            "to_route": round(sum(map(len, to_route_raw)) / len(events), 1),
+            "routed": round(sum(map(len, routed_raw)) / len(events), 1),
+        },
         "us_per_event": us,
         "ratio_to_parse": {name: round(v / us["parse"], 3) for name, v in us.items()},
     }
@@ -103,6 +109,8 @@ def main() -> None:
         print(json.dumps(out))
         return
     print(f"{len(events)} events, {args.repeats} runs, CPU time, medians (us per event)")
+    sizes = out["bytes_per_event"]
+    print(f"  bytes an event: to route {sizes['to_route']}, routed {sizes['routed']}")
     for name, v in us.items():
         print(f"  {name:<20} {v:8.3f}   {out['ratio_to_parse'][name]:.2f} x parse")
 

@@ -7,7 +7,7 @@ every entry of a state log; nothing past :func:`decode_item` and
 =================  ===  ==============================  ===================================
 record             tag  from → to                       wire form
 =================  ===  ==============================  ===================================
-:class:`ToRoute`   s    ingest → resolve                ``["s", event]``
+:class:`ToRoute`   s2   ingest → resolve                ``["s2", held_form]``
 :class:`Registration`
                    r    resolve → its peers             ``["r", post_id, cluster_id]``
 :class:`Forget`    f    clusters → resolve              ``["f", post_id]``
@@ -53,12 +53,27 @@ the cluster log's compact form (``"c"``, :func:`encode_items`), as the log
 keeps it: every worker whose cluster log is written so reads it on the topic
 with the same reader; an older one dead-letters it (``bad_record``).
 
+The resolve topic's wire, version 2. Ingest sends an event to route as
+``["s2", held_form]`` (:func:`to_route_form`: the held form, hashes in base64,
+about 60% of the canonical dict's bytes; every event a second worker routes
+crosses that topic), not version 1's ``["s", event]``, which this version
+still reads (and writes for an event the held form has no letter for, or
+with a text JSON escapes: the core reads the compact form's plain texts). A
+worker older than this refuses an ``s2`` as an unknown record tag: a counted
+``bad_record`` in its dead letter, never dropped silently; a later version's
+tag (``s3``...) is refused here the same way, saying so. A rolling update
+from an older version dead-letters what the old workers read of the new
+ones' records until the last old one stops: stop the group, or replay the
+dead letter.
+
 >>> from streams.events import ShareEvent
 >>> ev = ShareEvent("e1", "share", 1767225600000, "p2", "u1", parent_post_id="p1")
 >>> encode([ToRoute(ev), Registration("p1", "b-1"), Forget("p0")])
-b'[["s",{"event_id":"e1","type":"share","ts":1767225600000,"post_id":"p2","user_id":"u1","parent_post_id":"p1"}],["r","p1","b-1"],["f","p0"]]'
->>> decode_item(["s", ev.to_dict()]) == ToRoute(ev)
+b'[["s2",["e1","s",1767225600000,"p2","u1","p1"]],["r","p1","b-1"],["f","p0"]]'
+>>> decode_item(["s", ev.to_dict()]) == ToRoute(ev)   # version 1's
 True
+>>> decode_item(["s3", "e1"]).detail
+"record 's3' is a later wire version than this worker reads (s2): upgrade it"
 >>> decode_item(["e", ev.to_dict(), 3, 17]) == ToRoute(ev)   # an earlier version's
 True
 >>> decode_item(["r", "p1"]).detail
@@ -346,6 +361,34 @@ def held_form(ev: ShareEvent) -> list[Any]:
     return out
 
 
+def to_route_form(ev: ShareEvent) -> list[Any]:
+    """An event to route as the resolve topic carries it (version 2, ``["s2", form]``'s
+    form): :func:`held_form`, an MD5's and a PDQ's lowercase hex as the base64 of their
+    bytes, as the core writes a held event (``viralwatch_core::wire::write_held``); this is
+    the writer of what the core leaves to Python (a video's frames), byte for byte the same.
+
+    >>> from streams.events import Content
+    >>> to_route_form(ShareEvent("e1", "upload", 1767225600000, "p1", "u1",
+    ...                          content=Content(md5="0" * 30 + "ff", pdq_quality=90)))[-1]
+    [None, 90, 'AAAAAAAAAAAAAAAAAAAA/w']
+    """
+    out = held_form(ev)
+    if ev.content is not None:
+        signals = out[-1]
+        for i in (0, 2):
+            if i < len(signals) and type(signals[i]) is str:
+                signals[i] = _base64(signals[i])
+    return out
+
+
+def _base64(text: str) -> str:
+    """An MD5's or a PDQ's lowercase hex as the unpadded base64 of its bytes; anything else
+    as it is (the event parser makes any hash lowercase hex, so that reads back the same)."""
+    if len(text) not in (32, 64) or not set(text) <= _HEX:
+        return text
+    return binascii.b2a_base64(bytes.fromhex(text), newline=False).decode().rstrip("=")
+
+
 def _held(value: object) -> ShareEvent:
     """A held event of the resolve log: :func:`held_form`'s, or (an older worker's) the
     canonical dict; read by the event parser either way."""
@@ -467,8 +510,26 @@ def _decode_c(item: list[Any]) -> Item:
     return Routed(_held(held), _text(cluster, "cluster_id"), None)
 
 
+def _to_route_item(ev: ShareEvent) -> list[Any]:
+    """A ``ToRoute``'s wire form as the core writes it: version 2's, or version 1's for an
+    event the held form has no letter for or with a text JSON escapes (the core's reader of
+    the compact form takes plain texts only)."""
+    if ev.type in _TYPE_LETTER:
+        form = to_route_form(ev)
+        if b"\\" not in orjson.dumps(form):
+            return ["s2", form]
+    return ["s", ev]
+
+
 def _decode_s(item: list[Any]) -> Item:
     return ToRoute(_event(_fields(item, "s", 1)[1]))
+
+
+def _decode_s2(item: list[Any]) -> Item:
+    form = _fields(item, "s2", 1)[1]
+    if not isinstance(form, list):
+        raise _Bad("s2: an event to route is an array of its fields")
+    return ToRoute(_held(form))
 
 
 def _decode_r(item: list[Any]) -> Item:
@@ -494,7 +555,7 @@ def _decode_t(item: list[Any]) -> Item:
 
 #: One codec per record: its tag, how it is written, how it is read.
 _ENCODE: Final[dict[type, Callable[[Any], list[Any]]]] = {
-    ToRoute: lambda r: ["s", r.event],
+    ToRoute: lambda r: _to_route_item(r.event),
     Registration: lambda r: ["r", r.post_id, r.cluster_id],
     Forget: lambda r: ["f", r.post_id],
     Routed: lambda r: ["e", r.event, r.cluster_id, r.match],
@@ -503,6 +564,7 @@ _ENCODE: Final[dict[type, Callable[[Any], list[Any]]]] = {
 }
 _DECODE: Final[dict[str, Callable[[list[Any]], Item]]] = {
     "s": _decode_s,
+    "s2": _decode_s2,
     "r": _decode_r,
     "f": _decode_f,
     "e": _decode_e,
@@ -600,11 +662,27 @@ def decode_item(item: object) -> Item | Rejection:
         return _rejection("an item must be a non-empty array", item)
     decode = _DECODE.get(item[0]) if isinstance(item[0], str) else None
     if decode is None:
-        return _rejection(f"unknown record tag {str(item[0])[:20]!r}", item)
+        return _rejection(_unknown_tag(item[0]), item)
     try:
         return decode(item)
     except _Bad as exc:
         return _rejection(str(exc), item)
+
+
+#: The resolve topic's records by wire version (a later one's tag is refused, saying so).
+_VERSIONED: Final = {"s": 2}
+
+
+def _unknown_tag(tag: object) -> str:
+    """Why a record's tag is refused: a later version of a record this worker reads (a tag's
+    letter then its version, ``s3``), or a tag it does not know at all."""
+    text = str(tag)[:20]
+    name, version = text[:1], text[1:]
+    latest = _VERSIONED.get(name)
+    if latest is not None and version.isdigit() and int(version) > latest:
+        later = f"a later wire version than this worker reads ({name}{latest})"
+        return f"record {text!r} is {later}: upgrade it"
+    return f"unknown record tag {text!r}"
 
 
 def decode_items(items: Iterable[object]) -> tuple[list[Item], list[Rejection]]:

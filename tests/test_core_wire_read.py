@@ -132,7 +132,12 @@ _item = st.one_of(
     st.tuples(_routed, st.integers(0, 8), st.integers(0, 3), _held_field).map(
         lambda t: _broken_held(*t)
     ),
-    st.lists(st.sampled_from(["s", "e", "c", "r", "f", "u", "t", "x"]) | _json, max_size=5),
+    st.tuples(st.builds(ToRoute, _event), st.integers(0, 8), _held_field).map(
+        lambda t: _broken_to_route(*t)
+    ),
+    st.lists(
+        st.sampled_from(["s", "s2", "s3", "e", "c", "r", "f", "u", "t", "x"]) | _json, max_size=5
+    ),
     _json,
 )
 
@@ -155,6 +160,21 @@ def _broken_held(record: Routed, at: int, inner: int, value: object) -> Any:
         held[at] = value
     else:
         held.append(value)
+    return item
+
+
+def _broken_to_route(record: ToRoute, at: int, value: object) -> Any:
+    """An event to route as the resolve topic carries it (``["s2", form]``, or ``["s",
+    event]``) with a field of its form (or of the event) replaced, or one added."""
+    item = orjson.loads(encode(record))
+    form = item[1]
+    if isinstance(form, list):
+        if at < len(form):
+            form[at] = value
+        else:
+            form.append(value)
+    else:
+        form[sorted(form)[at % len(form)]] = value
     return item
 
 
@@ -353,6 +373,29 @@ def test_events_to_route_and_unbanked_uploads_come_compiled_in_runs() -> None:
     assert kinds == [(2, False), "Registration", (2, True), (2, False), "Unbanked", "Forget"]
     assert wire_records(read.items) == Envelope.read_in_python(raw).items
     assert wire_records(read.items)[:7] == items[:7] and read.rejected == []
+
+
+def test_an_event_to_route_is_read_in_either_version_and_a_later_one_refused_saying_so() -> None:
+    """The resolve topic's wire, version 2: an event to route crosses in the held form
+    (``["s2", form]``), fewer bytes than version 1's canonical dict (``["s", event]``),
+    which is still read; a later version's record is a ``bad_record`` that says why."""
+    ev = ShareEvent("e1", "share", 1767225600000, "p2", "u1", "p1", followers=40)
+    v1 = orjson.dumps({"i": [["s", ev.to_dict()]]})
+    v2 = Envelope([ToRoute(ev)]).pack()
+    assert v2 == b'{"i":[["s2",["e1","s",1767225600000,"p2","u1","p1",40]]]}'
+    assert len(v2) < 0.6 * len(v1)
+    for raw in (v1, v2):
+        assert wire_records(Envelope.unpack(raw).items) == [ToRoute(ev)]
+        _same(raw)
+    later = orjson.dumps({"i": [["s3", ["e1", "s", 1767225600000, "p2", "u1", "p1"]], ["f", "p"]]})
+    read = Envelope.unpack(later)
+    assert read.items == [Forget("p")]
+    (bad,) = read.rejected
+    assert bad.reason == "bad_record"
+    assert bad.detail == (
+        "record 's3' is a later wire version than this worker reads (s2): upgrade it"
+    )
+    _same(later)
 
 
 @FUZZ

@@ -28,7 +28,8 @@ use crate::json;
 /// One item of an envelope or a log entry (the tags are `streams.wire`'s).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Read<'a> {
-    /// `["s", event]`
+    /// `["s2", held event]` (`crate::wire::write_held`'s form), or `["s", event]` (the form
+    /// earlier versions wrote, and this one for an event the held form does not write)
     ToRoute(Event<'a>),
     /// `["u", event]`: an upload with content
     Unbanked(Event<'a>),
@@ -242,6 +243,7 @@ fn read_known<'a>(raw: &'a RawValue, judge: &mut dyn Judge) -> Option<Read<'a>> 
     let (tag, rest) = fields.split_first()?;
     let tag = string(tag)?;
     Some(match (tag.as_ref(), rest) {
+        ("s2", [held]) => Read::ToRoute(held_event(held, judge)?),
         ("s", [ev]) => Read::ToRoute(event(ev, judge)?),
         ("u", [ev]) => {
             let ev = event(ev, judge)?;
@@ -443,6 +445,38 @@ mod tests {
                 cluster_id: "c".into()
             }
         );
+    }
+
+    #[test]
+    fn an_event_to_route_reads_back_in_either_form() {
+        let ev = EventView {
+            event_id: "e1é",
+            kind: "upload",
+            ts_ms: 1_767_225_600_000,
+            post_id: "p1",
+            user_id: "u1",
+            parent_post_id: Some("p0"),
+            followers: Some(14),
+            content: Some(crate::wire::ContentView {
+                pdq: Some("34da973d34da973d34da973d34da973d34da973d34da973d34da973d34da973d"),
+                pdq_quality: Some(91),
+                md5: Some("47dfaa6247dfaa6247dfaa6247dfaa62"),
+            }),
+        };
+        let written = write_parts(&[Item::ToRoute(ev)], usize::MAX);
+        let text = std::str::from_utf8(&written[0]).unwrap();
+        assert!(text.starts_with(r#"[["s2",["e1é","u","#), "{text}");
+        let earlier = format!(
+            r#"[["s",{{"event_id":"e1é","type":"upload","ts":1767225600000,"post_id":"p1","user_id":"u1","parent_post_id":"p0","followers":14,"content":{{"pdq":"{}","pdq_quality":91,"md5":"{}"}}}}]]"#,
+            ev.content.unwrap().pdq.unwrap(),
+            ev.content.unwrap().md5.unwrap()
+        );
+        let (now, before) = (items(text), items(&earlier));
+        assert!(matches!(&now[..], [Read::ToRoute(_)]), "{now:?}");
+        assert_eq!(now, before);
+        // what the core does not read in the compact form is Python's, as its text
+        let odd = r#"["s2",["e1","s",1767225600000,"p1","u1","p\u0030"]]"#;
+        assert_eq!(items(&format!("[{odd}]")), [Read::Other(odd)]);
     }
 
     #[test]
