@@ -11,7 +11,7 @@ record             tag  from → to                       wire form
 :class:`Registration`
                    r    resolve → its peers             ``["r", post_id, cluster_id]``
 :class:`Forget`    f    clusters → resolve              ``["f", post_id]``
-:class:`Unbanked`  u    resolve → the index's owner     ``["u", event]``
+:class:`Unbanked`  u2   resolve → the index's owner     ``["u2", held_form]``
 :class:`Touch`     t    resolve → the index's owner     ``["t", cluster_id, ts]``
 ``Routed``         e    resolve → clusters, cluster log ``["e", event, cluster_id, match]``
                    c    (without a match: compact)      ``["c", cluster_id, held_form]``
@@ -54,14 +54,16 @@ keeps it: every worker whose cluster log is written so reads it on the topic
 with the same reader; an older one dead-letters it (``bad_record``).
 
 The resolve topic's wire, version 2. Ingest sends an event to route as
-``["s2", held_form]`` (:func:`to_route_form`: the held form, hashes in base64,
-about 60% of the canonical dict's bytes; every event a second worker routes
-crosses that topic), not version 1's ``["s", event]``, which this version
-still reads (and writes for an event the held form has no letter for, or
-with a text JSON escapes: the core reads the compact form's plain texts). A
-worker older than this refuses an ``s2`` as an unknown record tag: a counted
-``bad_record`` in its dead letter, never dropped silently; a later version's
-tag (``s3``...) is refused here the same way, saying so. A rolling update
+``["s2", held_form]`` and a resolve partition an unbanked upload to the
+index's owner as ``["u2", held_form]`` (:func:`to_route_form`: the held form,
+hashes in base64, about 55% of the canonical dict's bytes; every event a
+second worker routes crosses that topic), not version 1's ``["s", event]``
+and ``["u", event]``, which this version still reads (and writes for an
+event the held form has no letter for, or with a text JSON escapes: the core
+reads the compact form's plain texts). A worker older than this refuses an
+``s2`` or a ``u2`` as an unknown record tag: a counted ``bad_record`` in its
+dead letter, never dropped silently; a later version's tag (``s3``...) is
+refused here the same way, saying so. A rolling update
 from an older version dead-letters what the old workers read of the new
 ones' records until the last old one stops: stop the group, or replay the
 dead letter.
@@ -510,15 +512,15 @@ def _decode_c(item: list[Any]) -> Item:
     return Routed(_held(held), _text(cluster, "cluster_id"), None)
 
 
-def _to_route_item(ev: ShareEvent) -> list[Any]:
-    """A ``ToRoute``'s wire form as the core writes it: version 2's, or version 1's for an
-    event the held form has no letter for or with a text JSON escapes (the core's reader of
-    the compact form takes plain texts only)."""
+def _held_item(tag: str, ev: ShareEvent) -> list[Any]:
+    """A ``ToRoute``'s (``tag`` ``s``) or an ``Unbanked``'s (``u``) wire form as the core
+    writes it: version 2's, or version 1's for an event the held form has no letter for or
+    with a text JSON escapes (the core's reader of the compact form takes plain texts)."""
     if ev.type in _TYPE_LETTER:
         form = to_route_form(ev)
         if b"\\" not in orjson.dumps(form):
-            return ["s2", form]
-    return ["s", ev]
+            return [tag + "2", form]
+    return [tag, ev]
 
 
 def _decode_s(item: list[Any]) -> Item:
@@ -548,6 +550,16 @@ def _decode_u(item: list[Any]) -> Item:
     return Unbanked(event)
 
 
+def _decode_u2(item: list[Any]) -> Item:
+    form = _fields(item, "u2", 1)[1]
+    if not isinstance(form, list):
+        raise _Bad("u2: an unbanked upload is an array of its fields")
+    event = _held(form)
+    if event.type != "upload" or event.content is None:
+        raise _Bad("u2: an unbanked record carries an upload")
+    return Unbanked(event)
+
+
 def _decode_t(item: list[Any]) -> Item:
     _, cluster, ts = _fields(item, "t", 2)
     return Touch(_text(cluster, "cluster_id"), _int(ts, "ts"))
@@ -555,11 +567,11 @@ def _decode_t(item: list[Any]) -> Item:
 
 #: One codec per record: its tag, how it is written, how it is read.
 _ENCODE: Final[dict[type, Callable[[Any], list[Any]]]] = {
-    ToRoute: lambda r: _to_route_item(r.event),
+    ToRoute: lambda r: _held_item("s", r.event),
     Registration: lambda r: ["r", r.post_id, r.cluster_id],
     Forget: lambda r: ["f", r.post_id],
     Routed: lambda r: ["e", r.event, r.cluster_id, r.match],
-    Unbanked: lambda r: ["u", r.event],
+    Unbanked: lambda r: _held_item("u", r.event),
     Touch: lambda r: ["t", r.cluster_id, r.ts_ms],
 }
 _DECODE: Final[dict[str, Callable[[list[Any]], Item]]] = {
@@ -570,6 +582,7 @@ _DECODE: Final[dict[str, Callable[[list[Any]], Item]]] = {
     "e": _decode_e,
     "c": _decode_c,
     "u": _decode_u,
+    "u2": _decode_u2,
     "t": _decode_t,
 }
 
@@ -670,7 +683,7 @@ def decode_item(item: object) -> Item | Rejection:
 
 
 #: The resolve topic's records by wire version (a later one's tag is refused, saying so).
-_VERSIONED: Final = {"s": 2}
+_VERSIONED: Final = {"s": 2, "u": 2}
 
 
 def _unknown_tag(tag: object) -> str:

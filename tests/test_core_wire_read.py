@@ -132,11 +132,12 @@ _item = st.one_of(
     st.tuples(_routed, st.integers(0, 8), st.integers(0, 3), _held_field).map(
         lambda t: _broken_held(*t)
     ),
-    st.tuples(st.builds(ToRoute, _event), st.integers(0, 8), _held_field).map(
-        lambda t: _broken_to_route(*t)
-    ),
+    st.tuples(
+        st.builds(ToRoute, _event) | st.builds(Unbanked, _event), st.integers(0, 8), _held_field
+    ).map(lambda t: _broken_to_route(*t)),
     st.lists(
-        st.sampled_from(["s", "s2", "s3", "e", "c", "r", "f", "u", "t", "x"]) | _json, max_size=5
+        st.sampled_from(["s", "s2", "s3", "e", "c", "r", "f", "u", "u2", "t", "x"]) | _json,
+        max_size=5,
     ),
     _json,
 )
@@ -163,9 +164,10 @@ def _broken_held(record: Routed, at: int, inner: int, value: object) -> Any:
     return item
 
 
-def _broken_to_route(record: ToRoute, at: int, value: object) -> Any:
-    """An event to route as the resolve topic carries it (``["s2", form]``, or ``["s",
-    event]``) with a field of its form (or of the event) replaced, or one added."""
+def _broken_to_route(record: ToRoute | Unbanked, at: int, value: object) -> Any:
+    """An event to route or an unbanked upload as the resolve topic carries it (``["s2",
+    form]``, ``["u2", form]``, or version 1's ``["s", event]``) with a field of its form (or
+    of the event) replaced, or one added."""
     item = orjson.loads(encode(record))
     form = item[1]
     if isinstance(form, list):
@@ -375,10 +377,11 @@ def test_events_to_route_and_unbanked_uploads_come_compiled_in_runs() -> None:
     assert wire_records(read.items)[:7] == items[:7] and read.rejected == []
 
 
-def test_an_event_to_route_is_read_in_either_version_and_a_later_one_refused_saying_so() -> None:
-    """The resolve topic's wire, version 2: an event to route crosses in the held form
-    (``["s2", form]``), fewer bytes than version 1's canonical dict (``["s", event]``),
-    which is still read; a later version's record is a ``bad_record`` that says why."""
+def test_the_resolve_topic_reads_either_version_and_refuses_a_later_one_saying_so() -> None:
+    """The resolve topic's wire, version 2: an event to route and an unbanked upload cross
+    in the held form (``["s2", form]``, ``["u2", form]``), fewer bytes than version 1's
+    canonical dict (``["s", event]``, ``["u", event]``), which is still read; a later
+    version's record is a ``bad_record`` that says why."""
     ev = ShareEvent("e1", "share", 1767225600000, "p2", "u1", "p1", followers=40)
     v1 = orjson.dumps({"i": [["s", ev.to_dict()]]})
     v2 = Envelope([ToRoute(ev)]).pack()
@@ -386,6 +389,15 @@ def test_an_event_to_route_is_read_in_either_version_and_a_later_one_refused_say
     assert len(v2) < 0.6 * len(v1)
     for raw in (v1, v2):
         assert wire_records(Envelope.unpack(raw).items) == [ToRoute(ev)]
+        _same(raw)
+    up = ShareEvent("e2", "upload", 1767225600000, "p3", "u1", content=Content(md5="0f" * 16))
+    v1 = orjson.dumps({"i": [["u", up.to_dict()]]})
+    v2 = Envelope([Unbanked(up)]).pack()
+    form = b'["e2","u",1767225600000,"p3","u1",null,null,[null,null,"Dw8PDw8PDw8PDw8PDw8PDw"]]'
+    assert v2 == b'{"i":[["u2",' + form + b"]]}"
+    assert len(v2) < 0.7 * len(v1)
+    for raw in (v1, v2):
+        assert wire_records(Envelope.unpack(raw).items) == [Unbanked(up)]
         _same(raw)
     later = orjson.dumps({"i": [["s3", ["e1", "s", 1767225600000, "p2", "u1", "p1"]], ["f", "p"]]})
     read = Envelope.unpack(later)

@@ -55,7 +55,8 @@ pub enum Item<'a> {
     /// not write, or one with a text to escape: `["s", event]`, the form earlier versions
     /// wrote)
     ToRoute(EventView<'a>),
-    /// `["u", event]`
+    /// `["u2", held event]`: an unbanked upload in [`write_held`]'s form (one it does not
+    /// write, or one with a text to escape: `["u", event]`, the form earlier versions wrote)
     Unbanked(EventView<'a>),
     /// `["r", post_id, cluster_id]`
     Registration {
@@ -218,25 +219,12 @@ pub fn write_item(out: &mut Vec<u8>, item: &Item<'_>) {
                 );
             }
         }
-        Item::ToRoute(event) => {
-            // every event a backlog's second worker routes crosses the resolve topic: the
-            // held form is about 60% of the canonical dict's bytes (no names, a type
-            // letter, hashes in base64), and a byte less costs less on both sides and in
-            // the broker
-            // (a text with an escape goes in the earlier form: the compact one's reader takes
-            // only plain texts, and what the core does not read costs a Python decode)
-            let start = out.len();
-            out.extend_from_slice(b"[\"s2\",");
-            if !write_held(out, event) || out[start..].contains(&b'\\') {
-                out.truncate(start);
-                out.extend_from_slice(b"[\"s\",");
-                write_event(out, event);
-            }
-        }
-        Item::Unbanked(event) => {
-            out.extend_from_slice(b"[\"u\",");
-            write_event(out, event);
-        }
+        // every event a backlog's second worker routes crosses the resolve topic, and an
+        // unbanked upload often twice (to its post's partition, then to the index's owner):
+        // the held form is about 55% of the canonical dict's bytes (no names, a type letter,
+        // hashes in base64), and a byte less costs less on both sides and in the broker
+        Item::ToRoute(event) => held_or_dict(out, "s", event),
+        Item::Unbanked(event) => held_or_dict(out, "u", event),
         Item::Registration {
             post_id,
             cluster_id,
@@ -258,6 +246,24 @@ pub fn write_item(out: &mut Vec<u8>, item: &Item<'_>) {
         }
     }
     out.push(b']');
+}
+
+/// `[tag + "2", held event]` (a record of the resolve topic's wire version 2), or, for an
+/// event [`write_held`] does not write or with a text to escape, version 1's `[tag, event]`
+/// (the compact form's reader takes only plain texts: what the core does not read costs a
+/// decode in Python). Without the closing bracket, as [`write_item`] writes its arms.
+fn held_or_dict(out: &mut Vec<u8>, tag: &str, event: &EventView<'_>) {
+    let start = out.len();
+    out.extend_from_slice(b"[\"");
+    out.extend_from_slice(tag.as_bytes());
+    out.extend_from_slice(b"2\",");
+    if !write_held(out, event) || out[start..].contains(&b'\\') {
+        out.truncate(start);
+        out.extend_from_slice(b"[\"");
+        out.extend_from_slice(tag.as_bytes());
+        out.extend_from_slice(b"\",");
+        write_event(out, event);
+    }
 }
 
 /// A held event as the resolve log writes it (`streams.wire.held_form`): `[event_id, type
@@ -500,7 +506,8 @@ mod tests {
         let want = format!(
             "[[\"s2\",[\"e2\",\"s\",1767225600000,\"p2\",\"u1\",\"p1\"]],\
              [\"r\",\"p1\",\"b-1\"],[\"f\",\"p0\"],[\"e\",{upload_json},\"b-1\",null],\
-             [\"t\",\"u-1\",7],[\"u\",{upload_json}],[\"x\",1]]"
+             [\"t\",\"u-1\",7],[\"u2\",[\"e1\",\"u\",5,\"p1\",\"u1\",null,-3,\
+             [null,90,\"ab\"]]],[\"x\",1]]"
         );
         assert_eq!(got, vec![want]);
     }

@@ -31,7 +31,7 @@ pub enum Read<'a> {
     /// `["s2", held event]` (`crate::wire::write_held`'s form), or `["s", event]` (the form
     /// earlier versions wrote, and this one for an event the held form does not write)
     ToRoute(Event<'a>),
-    /// `["u", event]`: an upload with content
+    /// `["u2", held event]` or `["u", event]` (as [`Read::ToRoute`]): an upload with content
     Unbanked(Event<'a>),
     /// `["e", event, cluster_id, null]`
     Routed {
@@ -245,8 +245,12 @@ fn read_known<'a>(raw: &'a RawValue, judge: &mut dyn Judge) -> Option<Read<'a>> 
     Some(match (tag.as_ref(), rest) {
         ("s2", [held]) => Read::ToRoute(held_event(held, judge)?),
         ("s", [ev]) => Read::ToRoute(event(ev, judge)?),
-        ("u", [ev]) => {
-            let ev = event(ev, judge)?;
+        ("u" | "u2", [ev]) => {
+            let ev = if tag == "u" {
+                event(ev, judge)?
+            } else {
+                held_event(ev, judge)?
+            };
             if ev.kind != event::Kind::Upload || ev.content.is_none() {
                 return None;
             }
@@ -474,6 +478,16 @@ mod tests {
         let (now, before) = (items(text), items(&earlier));
         assert!(matches!(&now[..], [Read::ToRoute(_)]), "{now:?}");
         assert_eq!(now, before);
+        // an unbanked upload for the index's owner likewise
+        let written = write_parts(&[Item::Unbanked(ev)], usize::MAX);
+        let text = std::str::from_utf8(&written[0]).unwrap();
+        assert!(text.starts_with(r#"[["u2",["e1é","u","#), "{text}");
+        let earlier = earlier.replacen(r#"[["s","#, r#"[["u","#, 1);
+        let (now, before) = (items(text), items(&earlier));
+        assert!(matches!(&now[..], [Read::Unbanked(_)]), "{now:?}");
+        assert_eq!(now, before);
+        let share = r#"["u2",["e1","s",1767225600000,"p1","u1","p0"]]"#; // not an upload
+        assert_eq!(items(&format!("[{share}]")), [Read::Other(share)]);
         // what the core does not read in the compact form is Python's, as its text
         let odd = r#"["s2",["e1","s",1767225600000,"p1","u1","p\u0030"]]"#;
         assert_eq!(items(&format!("[{odd}]")), [Read::Other(odd)]);
