@@ -83,25 +83,48 @@ pub struct Fields<'a> {
 /// A whole line: an object's fields, or the type of whatever else it was.
 pub type Doc<'a> = ObjectOr<'a, Fields<'a>>;
 
+/// Where a JSON text's strings are, fed its bytes in order: what a scan for brackets and
+/// commas skips (an escaped quote does not close a string).
+#[derive(Debug, Default)]
+pub struct InText {
+    open: bool,
+    escaped: bool,
+}
+
+impl InText {
+    /// Feeds the next byte: whether it belongs to a string, its quotes included.
+    pub fn feed(&mut self, b: u8) -> bool {
+        if self.open {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.open = false;
+            }
+            true
+        } else {
+            self.open = b == b'"';
+            self.open
+        }
+    }
+
+    /// Whether the last byte fed left a string open.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+}
+
 /// Whether `data`'s nesting stays within [`MAX_DEPTH`]. Exact for valid JSON
 /// (brackets inside strings skipped); on invalid JSON the parser fails anyway.
 pub fn depth_ok(data: &[u8]) -> bool {
     let mut depth = 0usize;
-    let mut in_str = false;
-    let mut escaped = false;
+    let mut text = InText::default();
     for &b in data {
-        if in_str {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_str = false;
-            }
+        if text.feed(b) {
             continue;
         }
         match b {
-            b'"' => in_str = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_DEPTH {
