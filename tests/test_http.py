@@ -49,6 +49,23 @@ def server(health: Health) -> Iterator[HttpServer]:
         running.stop()
 
 
+def exchange_when_free(server: HttpServer, raw: bytes, timeout: float = 5.0) -> bytes:
+    """:func:`exchange`, again while the answer is the connection limit's 503.
+
+    A handler thread gives its slot back just after it closes the connection, so on a
+    loaded machine the next client can still find the slots of the clients before it
+    taken (a 503 "too many connections", seen under load 7-8): the limit doing its
+    job, not an answer to ``raw``. Anything else is returned at once.
+    """
+    deadline = time.monotonic() + 10.0
+    while True:
+        response = exchange(server, raw, timeout=timeout)
+        busy = response.startswith(b"HTTP/1.1 503") and response.endswith(b"too many connections")
+        if not busy or time.monotonic() > deadline:
+            return response
+        time.sleep(0.05)
+
+
 def exchange(server: HttpServer, raw: bytes, timeout: float = 5.0) -> bytes:
     """Send ``raw`` and read until the server closes the connection (or ``timeout``)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
@@ -225,7 +242,7 @@ def test_random_bytes_never_crash_or_hang_the_server(server: HttpServer) -> None
         raw = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
         if rng.random() < 0.5:
             raw = b"GET /" + raw + b" HTTP/1.1\r\n\r\n"
-        response = exchange(server, raw, timeout=3.0)
+        response = exchange_when_free(server, raw, timeout=3.0)
         assert response == b"" or 400 <= status_of(response) < 500, response[:80]
     assert time.monotonic() - started < 60
     assert get(server, "/livez")[0] == 200
