@@ -84,19 +84,20 @@ pub fn parse_hex(text: &[u8]) -> Option<Hash> {
     let mut bad = 0;
     for (w, digits) in out.iter_mut().zip(text.chunks_exact(16)) {
         for &c in digits {
-            let v = HEX_VALUE[usize::from(c)];
+            let v = HEX_DIGITS[usize::from(c)];
             bad |= v;
             *w = (*w << 4) | u64::from(v & 15);
         }
     }
-    (bad & NOT_HEX == 0).then_some(out)
+    (bad & (NOT_HEX & !0x1f) == 0).then_some(out)
 }
 
-/// [`HEX_VALUE`]'s mark of a byte that is no hex digit.
-const NOT_HEX: u8 = 0x80;
-
-/// Each byte's value as a hex digit (either case), or [`NOT_HEX`].
-static HEX_VALUE: [u8; 256] = {
+/// Each ASCII byte's value as a hex digit, either case (`NOT_HEX`: not one), and whether
+/// it is a lowercase one (`UPPER`: an uppercase digit). One table for every hash text
+/// read: [`parse_hex`] here, and the held forms' hashes (`wire_index`).
+pub(crate) const NOT_HEX: u8 = 0xff;
+pub(crate) const UPPER: u8 = 0x10;
+pub(crate) static HEX_DIGITS: [u8; 256] = {
     let mut t = [NOT_HEX; 256];
     let mut i = 0;
     while i < 10 {
@@ -106,7 +107,7 @@ static HEX_VALUE: [u8; 256] = {
     let mut i = 0;
     while i < 6 {
         t[b'a' as usize + i] = 10 + i as u8;
-        t[b'A' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = UPPER | (10 + i as u8);
         i += 1;
     }
     t

@@ -21,6 +21,7 @@
 //! back into the same clusters, times and signals the earlier form gave.
 
 use crate::content::{ClusterId, HeldSignal, SignalForm};
+use crate::pdq::{HEX_DIGITS, NOT_HEX};
 use crate::wire::write_str;
 
 /// A cluster id as [`write_index`] takes it: its text, given to a closure (a compact id
@@ -102,26 +103,6 @@ pub(crate) fn push_b64(out: &mut Vec<u8>, bytes: &[u8]) {
         }
     }
 }
-
-/// Each ASCII byte's value as a hex digit, either case (`NOT_HEX`: not one), and whether
-/// it is a lowercase one (`UPPER`: an uppercase digit).
-const NOT_HEX: u8 = 0xff;
-const UPPER: u8 = 0x10;
-const HEX_DIGITS: [u8; 256] = {
-    let mut t = [NOT_HEX; 256];
-    let mut i = 0;
-    while i < 10 {
-        t[b'0' as usize + i] = i as u8;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 6 {
-        t[b'a' as usize + i] = 10 + i as u8;
-        t[b'A' as usize + i] = UPPER | (10 + i as u8);
-        i += 1;
-    }
-    t
-};
 
 /// The bytes of `text` if it is an MD5's or a PDQ's hex (32 or 64 digits; either case,
 /// or lowercase only if `lower`), and how many (16 or 32), on the stack: every hash a
