@@ -65,6 +65,7 @@ from streams.stages import (  # noqa: E402
     resolve_local_peers,
 )
 from streams.stats import Stats  # noqa: E402
+from streams.wire import WireVersion  # noqa: E402
 
 
 def stages(
@@ -156,7 +157,7 @@ def run(
         to_clusters, _ = merge_resolved(batches + peers)
         # packed as a worker sends to the clusters topic (the compact form)
         hopped = {
-            k: env.pack(compact=True) if hop != "local" else env for k, env in to_clusters.items()
+            k: env.pack(WireVersion.V2) if hop != "local" else env for k, env in to_clusters.items()
         }
         topic_bytes += sum(len(raw) for raw in hopped.values() if type(raw) is bytes)
         t3 = time.process_time()

@@ -201,8 +201,9 @@ class WireWriter:
         self, events: Iterable[Any] | EvBatch, limit: int, held_json: Callable[[Any], bytes]
     ) -> list[bytes]:
         """Held events (``ShareEvent``s, or compiled in an ``EvBatch``) as the log's ``h+``."""
-    def parts(self, items: Iterable[Any], limit: int) -> list[bytes]:
-        """``items`` as JSON arrays of at most ``limit`` bytes each (one larger item alone)."""
+    def parts(self, items: Iterable[Any], limit: int, held: bool = True) -> list[bytes]:
+        """``items`` as JSON arrays of at most ``limit`` bytes each (one larger item alone);
+        ``held=False``: events to route and unbanked uploads in wire version 1's form."""
     def log_parts(self, items: Iterable[Any], limit: int) -> list[bytes]:
         """Routed events as a cluster log keeps them (``["c", cluster, held event]``)."""
 

@@ -36,6 +36,7 @@ from typing import Any, Final
 
 from streams.access import AccessTokens
 from streams.alerts import parse_duration
+from streams.wire import LATEST_WIRE, WireVersion
 
 #: Makes pseudonyms reproducible in demos and tests. Production sets
 #: ``VIRALWATCH_PSEUDONYM_KEY``; commands warn when it is missing.
@@ -216,6 +217,11 @@ class Settings:
     #: the requests' system calls cost more CPU than the stages (``bench/bench_pipeline.py``
     #: reports CPU per event). A few ms per hop is little beside the latency target.
     linger_s: float = 0.005
+    #: The wire version this worker writes on the ``resolve`` and ``clusters`` topics (it
+    #: reads every one up to the latest): 1 during a rolling update from a release that
+    #: wrote version 1, whose workers dead-letter version 2's records (README, "Rolling
+    #: updates"); the latest once none of them runs.
+    wire_version: WireVersion = LATEST_WIRE
     #: Kafka consumer group session timeout and heartbeat.
     session_timeout_s: float = 6.0
     heartbeat_s: float = 1.0
@@ -289,6 +295,8 @@ class Settings:
         except ValueError as exc:
             raise ValueError(f"http settings: {exc}") from None
         AccessTokens.parse(self.web_tokens)  # raises ValueError naming the bad entry
+        if not isinstance(self.wire_version, WireVersion):
+            raise ValueError(f"wire_version must be a WireVersion, not {self.wire_version!r}")
 
     # -- derived ------------------------------------------------------------
 
@@ -622,6 +630,7 @@ _ENV: Final[dict[str, tuple[str, Any]]] = {
     "VIRALWATCH_BATCH_SIZE": ("batch_size", _int),
     "VIRALWATCH_BATCH_WAIT": ("batch_wait_s", _seconds),
     "VIRALWATCH_PRODUCER_LINGER": ("linger_s", _seconds),
+    "VIRALWATCH_WIRE_VERSION": ("wire_version", WireVersion.parse),
     "VIRALWATCH_SESSION_TIMEOUT": ("session_timeout_s", _seconds),
     "VIRALWATCH_HEARTBEAT": ("heartbeat_s", _seconds),
     "VIRALWATCH_HTTP_HOST": ("http_host", parse_host),

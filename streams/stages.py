@@ -95,6 +95,7 @@ from streams.wire import (
     ToRoute,
     Touch,
     Unbanked,
+    WireVersion,
     decode_delta,
     decode_items,
     decode_routed_log,
@@ -156,10 +157,11 @@ class Envelope:
     rejected: list[Rejection] = field(default_factory=list)
     inputs: dict[int, int] = field(default_factory=dict)
 
-    def pack(self, compact: bool = False) -> bytes:
-        """The record's bytes; ``compact``: each routed event without a match as a cluster
-        log keeps it (``["c", cluster_id, held event]``, :func:`~streams.wire.encode_items`),
-        the ``clusters`` topic's form: what a clusters partition reads back is the same.
+    def pack(self, wire: WireVersion | None = None) -> bytes:
+        """The record's bytes; ``wire``: as a worker writing that wire version sends it on a
+        topic (:func:`~streams.wire.topic_parts`: at version 2 each routed event without a
+        match as a cluster log keeps it, ``["c", cluster_id, held event]``, the ``clusters``
+        topic's form, so what a clusters partition reads back is the same).
 
         >>> env = Envelope([Registration("p1", "b-1")], {3: (1000, False)}, {0: 5}, inputs={1: 9})
         >>> Envelope.unpack(env.pack()) == env
@@ -176,9 +178,9 @@ class Envelope:
             rest["w"] = {str(p): t for p, t in self.inputs.items()}
         # {"i": items, ...} as orjson writes it, the items by the compiled writer
         tail = b"," + orjson.dumps(rest)[1:] if rest else b"}"
-        return b'{"i":' + encode_items(self.items, compact) + tail
+        return b'{"i":' + encode_items(self.items, wire) + tail
 
-    def parts(self, limit: int = MAX_RECORD_BYTES, compact: bool = False) -> list[bytes]:
+    def parts(self, limit: int = MAX_RECORD_BYTES, wire: WireVersion | None = None) -> list[bytes]:
         """The record's bytes, in parts under ``limit`` if it is larger (as :func:`split_envelope`
         cuts them), from the items themselves: a large envelope is not read back to be cut.
 
@@ -189,10 +191,10 @@ class Envelope:
         >>> env.parts() == [env.pack()]
         True
         """
-        raw = self.pack(compact)
-        return [raw] if len(raw) <= limit else self.cut(limit, compact)
+        raw = self.pack(wire)
+        return [raw] if len(raw) <= limit else self.cut(limit, wire)
 
-    def cut(self, limit: int, compact: bool = False) -> list[bytes]:
+    def cut(self, limit: int, wire: WireVersion | None = None) -> list[bytes]:
         """The items in runs under ``limit`` bytes each, in order; the marks, progress and input
         watermarks ride on the last part only, so no receiver moves a watermark past items
         still on their way. (Runs are sized by the full form: the compact one is smaller.)"""
@@ -200,9 +202,9 @@ class Envelope:
         runs = _runs(records(self.items), limit - 200 - 40 * marks)
         last = len(runs) - 1
         return [
-            Envelope(run, self.marks, self.progress, inputs=self.inputs).pack(compact)
+            Envelope(run, self.marks, self.progress, inputs=self.inputs).pack(wire)
             if i == last
-            else Envelope(run).pack(compact)
+            else Envelope(run).pack(wire)
             for i, run in enumerate(runs)
         ]
 
@@ -318,7 +320,9 @@ def _runs(items: list[T], limit: int) -> list[list[T]]:
     return [run for i in range(0, len(items), step) for run in _runs(items[i : i + step], limit)]
 
 
-def split_envelope(raw: bytes, limit: int = MAX_RECORD_BYTES, compact: bool = False) -> list[bytes]:
+def split_envelope(
+    raw: bytes, limit: int = MAX_RECORD_BYTES, wire: WireVersion | None = None
+) -> list[bytes]:
     """An envelope as records under ``limit`` bytes, to send in order to one partition.
 
     The items are cut in order; the marks and progress ride on the last part
@@ -333,7 +337,7 @@ def split_envelope(raw: bytes, limit: int = MAX_RECORD_BYTES, compact: bool = Fa
     """
     if len(raw) <= limit:
         return [raw]
-    return Envelope.unpack(raw).cut(limit, compact)
+    return Envelope.unpack(raw).cut(limit, wire)
 
 
 def split_log(raw: bytes, limit: int = MAX_RECORD_BYTES) -> list[bytes]:

@@ -68,6 +68,14 @@ from an older version dead-letters what the old workers read of the new
 ones' records until the last old one stops: stop the group, or replay the
 dead letter.
 
+Rolling updates: a worker writes the wire version its settings say
+(:class:`WireVersion`, ``VIRALWATCH_WIRE_VERSION``), and reads every version
+up to its own. Pinned to 1, a worker of this version writes only what a worker
+of version 1 reads (``["s", event]``, ``["u", event]``, and ``["e", event,
+cluster_id, null]`` on the ``clusters`` topic): an update deploys the new
+release pinned (old and new workers read each other's records while both
+run), then unpins it (every worker running reads version 2 by then).
+
 >>> from streams.events import ShareEvent
 >>> ev = ShareEvent("e1", "share", 1767225600000, "p2", "u1", parent_post_id="p1")
 >>> encode([ToRoute(ev), Registration("p1", "b-1"), Forget("p0")])
@@ -85,6 +93,7 @@ True
 from __future__ import annotations
 
 import binascii
+import enum
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -101,6 +110,50 @@ from streams.vpdq import canonical_vpdq
 
 #: Why a record between stages was refused (an item, a log entry).
 BAD_RECORD: Final = "bad_record"
+
+
+class WireVersion(enum.IntEnum):
+    """The wire version of what a worker writes on the internal topics (``resolve`` and
+    ``clusters``): the one owner of which form each record is written in there. A worker
+    reads every version up to the latest whatever it writes, so a rolling update from a
+    release that wrote version 1 deploys the new release pinned to 1
+    (``VIRALWATCH_WIRE_VERSION=1``: what the old workers still running read), then unpins
+    it once no old worker runs (as Kafka's ``inter.broker.protocol.version``). The state
+    logs are not topics between workers and are not pinned.
+
+    >>> WireVersion.parse("1"), WireVersion.parse(" 2 ").writes
+    (<WireVersion.V1: 1>, 'resolve s2/u2, clusters c')
+    >>> WireVersion.parse("3")
+    Traceback (most recent call last):
+    ValueError: not a wire version this worker writes (1, 2): '3'
+    """
+
+    #: ``["s", event]`` and ``["u", event]`` on ``resolve``; ``["e", event, cluster_id,
+    #: match]`` on ``clusters``: what every earlier release reads
+    V1 = 1
+    #: ``["s2", held form]`` and ``["u2", held form]`` on ``resolve``, ``["c", cluster_id,
+    #: held form]`` on ``clusters`` (a routed event without a match; one with, as 1's)
+    V2 = 2
+
+    @classmethod
+    def parse(cls, text: str) -> WireVersion:
+        """A version from its number (``ValueError`` saying which this worker writes)."""
+        try:
+            return cls(int(text.strip()))
+        except ValueError:
+            known = ", ".join(str(v.value) for v in cls)
+            raise ValueError(f"not a wire version this worker writes ({known}): {text!r}") from None
+
+    @property
+    def writes(self) -> str:
+        """What a worker writing this version sends, for its start log line."""
+        if self is WireVersion.V1:
+            return "resolve s/u, clusters e"
+        return "resolve s2/u2, clusters c"
+
+
+#: The version a worker writes unless pinned to an earlier one.
+LATEST_WIRE: Final = WireVersion.V2
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,6 +665,25 @@ _WRITER: Final = _core.WireWriter(
 )
 
 
+def topic_parts(items: Sequence[Item], limit: int, wire: WireVersion) -> list[bytes]:
+    """``items`` as a worker writing ``wire`` sends them on an internal topic, cut as
+    :func:`encode_parts` cuts them: at version 2 a routed event without a match as the
+    cluster log keeps it (``["c", ...]``, :func:`routed_log_parts`) and an event to route
+    or an unbanked upload as ``s2``/``u2``; at version 1 every record as version 1 wrote
+    it (``["e", ...]``, ``["s", event]``, ``["u", event]``).
+
+    >>> ev = ShareEvent("e1", "share", 1767225600000, "p2", "u1", parent_post_id="p1")
+    >>> topic_parts([ToRoute(ev), Routed(ev, "b-1", None)], 1_000, WireVersion.V2)
+    [b'[["s2",["e1","s",1767225600000,"p2","u1","p1"]],["c","b-1",["e1","s",1767225600000,"p2","u1","p1"]]]']
+    >>> [i[0] for i in orjson.loads(topic_parts([ToRoute(ev), Routed(ev, "b-1", None)],
+    ...                                         1_000, WireVersion.V1)[0])]
+    ['s', 'e']
+    """
+    if wire >= WireVersion.V2:
+        return _WRITER.log_parts(items, limit)
+    return _WRITER.parts(items, limit, held=False)
+
+
 def encode_parts(items: Sequence[Item], limit: int) -> list[bytes]:
     """``items`` as JSON arrays of at most ``limit`` bytes each, in order (an item larger
     than that alone): the bytes :func:`encode` gives each run, written in one pass.
@@ -654,11 +726,12 @@ def routed_log_parts(items: Sequence[Routed | EvBatch], limit: int) -> list[byte
     return _WRITER.log_parts(items, limit)
 
 
-def encode_items(items: Sequence[Item], compact: bool = False) -> bytes:
+def encode_items(items: Sequence[Item], wire: WireVersion | None = None) -> bytes:
     """``items`` as one JSON array: :func:`encode`'s bytes (see :func:`encode_parts`);
-    ``compact``: each routed event without a match as :func:`routed_log_parts` writes it
-    (``["c", cluster_id, held event]``), the form of the ``clusters`` topic."""
-    return (_WRITER.log_parts if compact else _WRITER.parts)(items, sys.maxsize)[0]
+    ``wire``: as a worker writing that version sends them on a topic (:func:`topic_parts`)."""
+    if wire is None:
+        return _WRITER.parts(items, sys.maxsize)[0]
+    return topic_parts(items, sys.maxsize, wire)[0]
 
 
 def _rejection(detail: str, raw: object) -> Rejection:

@@ -21,17 +21,21 @@ from hypothesis import strategies as st
 from streams.alerts import MatchInfo
 from streams.events import Content, ShareEvent
 from streams.router import Routed
+from streams.settings import Settings
 from streams.stages import Envelope
 from streams.vpdq import VpdqFrame
 from streams.wire import (
+    LATEST_WIRE,
     Forget,
     Registration,
     ToRoute,
     Touch,
     Unbanked,
+    WireVersion,
     encode,
     encode_items,
     encode_parts,
+    topic_parts,
 )
 
 EXAMPLES = int(os.environ.get("VIRALWATCH_FUZZ_EXAMPLES", "300"))
@@ -139,6 +143,55 @@ def test_an_envelope_packs_to_the_bytes_orjson_wrote(
             env.pack()
         return
     assert env.pack() == encode(body)
+
+
+def _version_1(item: object) -> object:
+    """An item as a worker of wire version 1 wrote it (``encode``'s form, events to route
+    and unbanked uploads as their dicts)."""
+    if type(item) is ToRoute:
+        return ["s", item.event]
+    if type(item) is Unbanked:
+        return ["u", item.event]
+    return item
+
+
+@FUZZ
+@given(st.lists(_item, max_size=30), st.integers(1, 3000))
+def test_pinned_to_wire_version_1_the_topics_get_version_1_s_bytes(
+    items: list[object], limit: int
+) -> None:
+    """``VIRALWATCH_WIRE_VERSION=1``: every record byte for byte as a worker of version 1
+    wrote it (``["s", event]``, ``["u", event]``, routed events ``["e", ...]``), any event
+    (a video's, escapes, what the core leaves to the fallback), cut as the latest is."""
+    oracle = [_version_1(i) for i in items]
+    if not _oracle_ok(oracle):
+        with pytest.raises(TypeError):
+            topic_parts(items, limit, WireVersion.V1)  # type: ignore[arg-type]
+        return
+    parts = topic_parts(items, limit, WireVersion.V1)  # type: ignore[arg-type]
+    assert parts == encode_parts(oracle, limit)  # type: ignore[arg-type]
+    assert topic_parts(items, 10**9, WireVersion.V1) == [encode(oracle)]  # type: ignore[arg-type]
+
+
+def test_the_topics_get_the_latest_wire_version_unless_pinned() -> None:
+    """The default writes version 2 (``s2``, ``u2``, and ``c`` on ``clusters``), the pin
+    version 1's tags; both settings name the same owner."""
+    upload = ShareEvent("e1", "upload", 1767225600000, "p1", "u1", content=Content(md5="ab" * 16))
+    share = ShareEvent("e2", "share", 1767225600000, "p2", "u1", parent_post_id="p1")
+    items = [ToRoute(share), Unbanked(upload), Routed(share, "b-1", None), Forget("p0")]
+
+    def tags(wire: WireVersion) -> list[str]:
+        return [i[0] for i in orjson.loads(Envelope(items).pack(wire))["i"]]  # type: ignore[arg-type]
+
+    assert Settings().wire_version is LATEST_WIRE is WireVersion.V2
+    assert tags(Settings().wire_version) == ["s2", "u2", "c", "f"]
+    pinned = Settings.from_env({"VIRALWATCH_WIRE_VERSION": "1"}).wire_version
+    assert tags(pinned) == ["s", "u", "e", "f"]
+    for bad in ("3", "0", "v1", "2.0"):
+        with pytest.raises(ValueError, match="VIRALWATCH_WIRE_VERSION: not a wire version"):
+            Settings.from_env({"VIRALWATCH_WIRE_VERSION": bad})
+    with pytest.raises(ValueError, match="wire_version must be a WireVersion"):
+        Settings(wire_version=1)  # type: ignore[arg-type]
 
 
 def test_a_batch_of_a_backlog_is_cut_into_records_kafka_accepts() -> None:

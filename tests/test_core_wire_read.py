@@ -35,6 +35,7 @@ from streams.wire import (
     ToRoute,
     Touch,
     Unbanked,
+    WireVersion,
     decode_routed_log,
     encode,
     encode_parts,
@@ -258,11 +259,11 @@ def test_what_the_stages_write_reads_as_the_python_reader_reads_it(
 def test_the_clusters_topic_s_compact_envelope_reads_as_the_full_one(
     records: list[Any], progress: dict[int, int]
 ) -> None:
-    """The clusters topic's form (``Envelope.pack(compact=True)``: a routed event without a
+    """The clusters topic's form (``Envelope.pack(WireVersion.V2)``: a routed event without a
     match as the cluster log keeps it) reads, by either reader, as the full form reads:
     the same items, progress and rejections' reasons (their kept bytes are the item's own)."""
     env = Envelope(records, progress=progress)
-    full, compact = env.pack(), env.pack(compact=True)
+    full, compact = env.pack(), env.pack(WireVersion.V2)
     read = _opened(Envelope.unpack(compact))
     assert read == Envelope.read_in_python(compact)
     before = _opened(Envelope.unpack(full))
@@ -430,3 +431,36 @@ def test_the_core_reads_every_record_the_stages_write_itself(records: list[Any])
         return
     read = reader.envelope(raw)
     assert read is not None and wire_records(read[0]) == records and read[1] == []
+
+
+#: The record tags a worker of wire version 1 reads (``streams.wire`` before ``s2``, ``u2``
+#: and the ``clusters`` topic's ``c``): anything else it dead-letters as ``bad_record``.
+VERSION_1_TAGS = frozenset({"s", "u", "e", "r", "f", "t"})
+
+
+def _read_by_version_1(raw: bytes) -> Envelope:
+    """An envelope as a worker of wire version 1 reads it: by the Python decoder (which
+    then read every envelope), every item's tag one it knows (else the test fails: that
+    worker would have dead-lettered it)."""
+    tags = {item[0] for item in orjson.loads(raw)["i"]}
+    assert tags <= VERSION_1_TAGS, f"{sorted(tags - VERSION_1_TAGS)} on the wire at version 1"
+    return Envelope.read_in_python(raw)
+
+
+@FUZZ
+@given(st.lists(_record, max_size=20), st.dictionaries(st.integers(0, 7), TS, max_size=3))
+def test_a_worker_pinned_to_wire_version_1_writes_what_both_versions_read(
+    records: list[Any], progress: dict[int, int]
+) -> None:
+    """Pinned (``VIRALWATCH_WIRE_VERSION=1``, a rolling update's first step), a worker
+    writes on either topic only version 1's tags, and what it writes reads the same by
+    the old decoder and by this version's compiled reader, and as the latest version's
+    records read."""
+    env = Envelope(records, progress=progress)
+    pinned, latest = env.pack(WireVersion.V1), env.pack(WireVersion.V2)
+    old = _read_by_version_1(pinned)
+    new = _opened(Envelope.unpack(pinned))
+    assert new == old
+    was = _opened(Envelope.unpack(latest))
+    assert (new.items, new.progress) == (was.items, was.progress)
+    assert [x.reason for x in new.rejected] == [x.reason for x in was.rejected]

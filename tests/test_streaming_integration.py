@@ -40,6 +40,7 @@ from streams.policy import AlertPolicy
 from streams.runtime.broker import LocalBroker, RunningBroker
 from streams.settings import DEV_PSEUDONYM_KEY, Settings
 from streams.simulate import Scenario, simulate, write_bank
+from streams.wire import WireVersion
 
 pytestmark = pytest.mark.integration
 __all__ = ["broker", "tansu"]  # the module-scoped fixture, imported for pytest
@@ -347,6 +348,26 @@ def both_own_partitions(records: list[Any]) -> bool:
     return len(recent) == 2 and all(d["watermarks"] for d in recent)
 
 
+def two_workers_read(
+    broker: RunningBroker,
+    s: Settings,
+    lines: list[bytes],
+    expected: Expected,
+    procs: tuple[WorkerProcess, WorkerProcess],
+) -> tuple[list[bytes], list[bytes]]:
+    """Once both workers are in the group, each with some of the partitions, ``lines``
+    (keyed by post) to the shares topic; the alerts and takedowns (see :func:`wait_done`)."""
+    stats = TopicReader(broker, s.topic("stats"))
+    stats.until(
+        lambda r: sum(1 for d in latest_stats(r).values() if d["time"] > time.time() - 2) == 2,
+        60,
+        "two workers reporting",
+    )
+    stats.close()
+    produce_lines(broker, s.topic("shares"), lines, keying="post")
+    return wait_done(broker, s, expected, procs)
+
+
 def test_two_workers_give_the_alerts_of_one(broker: RunningBroker, tmp_path: Path) -> None:
     lines, bank, bank_path = scenario_files(tmp_path)
     expected = Expected(lines, bank)
@@ -354,16 +375,7 @@ def test_two_workers_give_the_alerts_of_one(broker: RunningBroker, tmp_path: Pat
     a = WorkerProcess(worker_env(s), tmp_path / "a.log")
     b = WorkerProcess(worker_env(s), tmp_path / "b.log")
     with workers(a, b):
-        stats = TopicReader(broker, s.topic("stats"))
-        # both in the group, each with some of the partitions, before any data
-        stats.until(
-            lambda r: sum(1 for d in latest_stats(r).values() if d["time"] > time.time() - 2) == 2,
-            60,
-            "two workers reporting",
-        )
-        stats.close()
-        produce_lines(broker, s.topic("shares"), lines, keying="post")
-        alerts, actions = wait_done(broker, s, expected, (a, b))
+        alerts, actions = two_workers_read(broker, s, lines, expected, (a, b))
         stats = TopicReader(broker, s.topic("stats"))
         stats.until(both_own_partitions, 20, "stats of both workers, each with partitions")
         owned = [set(d["watermarks"]) for d in latest_stats(stats.records).values()]
@@ -371,6 +383,46 @@ def test_two_workers_give_the_alerts_of_one(broker: RunningBroker, tmp_path: Pat
     assert all(owned) and not owned[0] & owned[1], f"partitions not shared: {owned}"
     assert_exactly_once(alerts, expected.alerts, "alerts")
     assert_exactly_once(actions, expected.actions, "takedown requests")
+
+
+def test_a_worker_pinned_to_wire_version_1_and_one_unpinned_give_the_alerts_of_one(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    """A rolling update from a release that wrote wire version 1 (README, "Rolling
+    updates"): the new release runs pinned (``VIRALWATCH_WIRE_VERSION=1``) beside workers
+    that write what it writes, then unpinned. Midway through the second step one worker
+    of each kind shares the partitions: each reads the other's records, the alerts are
+    one worker's, no record between them is dead-lettered, and the pinned one
+    wrote version 1's records alone (keyed as its own) and said so at start."""
+    lines, bank, bank_path = scenario_files(tmp_path)
+    expected = Expected(lines, bank)
+    s = setup(broker, tmp_path, bank_path)
+    pinned = WorkerProcess(
+        worker_env(s.with_(wire_version=WireVersion.V1)), tmp_path / "pinned.log"
+    )
+    latest = WorkerProcess(worker_env(s), tmp_path / "latest.log")
+    with workers(pinned, latest):
+        alerts, actions = two_workers_read(broker, s, lines, expected, (pinned, latest))
+    assert_exactly_once(alerts, expected.alerts, "alerts")
+    assert_exactly_once(actions, expected.actions, "takedown requests")
+    dead = TopicReader(broker, s.topic("deadletter"))
+    dead.poll(1.0)
+    dead.close()
+    reasons = Counter(orjson.loads(v)["reason"] for v in dead.values())
+    assert reasons and "bad_record" not in reasons, reasons  # the input's bad lines alone
+    assert "writes wire version 1 (resolve s/u, clusters e" in pinned.log_path.read_text()
+    assert "writes wire version 2" in latest.log_path.read_text()
+    tags: dict[bytes, set[str]] = {}
+    for topic in ("resolve", "clusters"):
+        reader = TopicReader(broker, s.topic(topic))
+        reader.poll(1.0)
+        reader.close()
+        for r in reader.records:
+            tags.setdefault(r.key, set()).update(i[0] for i in orjson.loads(r.value)["i"])
+    assert len(tags) == 2, sorted(tags)
+    old, new = sorted(tags.values(), key=lambda t: "s2" in t)
+    assert old <= {"s", "u", "e", "r", "f", "t"} and "s" in old, old
+    assert "s2" in new, new
 
 
 def test_a_worker_that_joins_mid_stream_takes_partitions_without_changing_the_alerts(

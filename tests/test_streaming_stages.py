@@ -52,6 +52,7 @@ from streams.wire import (
     ToRoute,
     Touch,
     Unbanked,
+    WireVersion,
     decode_delta,
     decode_routed_log,
     encode,
@@ -969,7 +970,7 @@ def _clusters_records(draw: Any) -> list[bytes]:
             items.insert(draw(st.integers(0, len(items))), Registration("p", "b-1"))
         progress = draw(st.one_of(st.none(), st.integers(T0, T0 + 60_000)))
         env = Envelope(items, progress={0: progress} if progress is not None else {})
-        raw = env.pack(compact=draw(st.booleans()))  # the topic's form, or the earlier one
+        raw = env.pack(draw(st.sampled_from(WireVersion)))  # the topic's form, either version
         if draw(st.integers(0, 9)) == 0:  # an item that is not a record
             raw = raw.replace(b'["e",', b'["e"', 1).replace(b'["c",', b'["c"', 1)
         if draw(st.integers(0, 9)) == 0:
@@ -1030,7 +1031,7 @@ def test_a_clusters_partition_reads_the_topic_s_compact_form_as_the_full_one(
     data: Any, cuts: list[int]
 ) -> None:
     """A worker sends routed events to the clusters topic as the cluster log keeps them
-    (``Envelope.pack(compact=True)``: no field names, hashes in base64): a clusters
+    (``Envelope.pack(WireVersion.V2)``: no field names, hashes in base64): a clusters
     partition makes of them what it made of the full form, the same alerts, rejections,
     events applied and log entries byte for byte, from fewer bytes."""
     events = burst(data.draw(st.integers(1, 40)))
@@ -1048,7 +1049,7 @@ def test_a_clusters_partition_reads_the_topic_s_compact_form_as_the_full_one(
         envs.append(Envelope(items, progress={0: progress} if progress is not None else {}))
         i += k
     full = [env.pack() for env in envs]
-    compact = [env.pack(compact=True) for env in envs]
+    compact = [env.pack(WireVersion.V2) for env in envs]
     assert _detected(list(compact), cuts) == _detected(list(full), cuts)
     assert sum(map(len, compact)) < sum(map(len, full))
 
@@ -1069,7 +1070,7 @@ def test_a_routed_event_read_from_its_record_is_logged_compact() -> None:
     assert expected == [r for r in items if r.cluster_id.startswith("b-")]
     # the clusters topic's own form (the log's): logged as it came, the same bytes
     again = cluster_partition()
-    compact = Envelope(items).pack(compact=True)
+    compact = Envelope(items).pack(WireVersion.V2)
     assert len(compact) < 0.7 * len(Envelope(items).pack())
     c = again.handle([compact])
     assert c.log == b.log and c.log_items == len(items)
@@ -1516,6 +1517,44 @@ def test_envelopes_handed_straight_to_the_next_stage_give_the_replay_alerts(
     # the copies of what was handed over while unread are skipped: no event comes twice
     # but those the input repeats
     assert short.stats.duplicates <= sim.truth["duplicates"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_topology_pinned_to_wire_version_1_gives_the_replay_alerts(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rolling update's first step (``VIRALWATCH_WIRE_VERSION=1``): every record on the
+    ``resolve`` and ``clusters`` topics is one a worker of version 1 reads (its tags, and
+    no item it would dead-letter), and the alerts are replay's. Unpinned, the same run's
+    topics carry the latest version's records (both read by this version)."""
+    sim = simulate(Scenario(seed=7, **IN_TIME))  # type: ignore[arg-type]
+    expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
+    sent: list[bytes] = []
+    pack = Envelope.pack
+
+    def recorded(env: Envelope, wire: WireVersion | None = None) -> bytes:
+        raw = pack(env, wire)
+        sent.append(raw)
+        return raw
+
+    monkeypatch.setattr(Envelope, "pack", recorded)
+    tags: dict[WireVersion, set[str]] = {}
+    for wire in WireVersion:
+        sent.clear()
+        run = LocalRun(
+            bank_of(sim.bank),
+            AlertPolicy.default(),
+            Pseudonymizer(DEV_PSEUDONYM_KEY),
+            seed=seed,
+            local_resolve=True,
+            local_clusters=True,
+            wire=wire,
+        ).run(sim.lines)
+        assert_replay_alerts(run, expected)
+        assert not [d for d in run.deadletters if d.stage != "parse"]
+        tags[wire] = {item[0] for raw in sent for item in orjson.loads(raw)["i"]}
+    assert {"s", "u", "e"} <= tags[WireVersion.V1] <= {"s", "u", "e", "r", "f", "t"}
+    assert {"s2", "u2", "c"} <= tags[WireVersion.V2] and "s" not in tags[WireVersion.V2]
 
 
 def test_with_late_events_the_same_alerts_fire() -> None:

@@ -58,6 +58,7 @@ from streams.runtime.topology import StageSettings, Topology
 from streams.stages import DeadLetter, Envelope
 from streams.stats import Stats
 from streams.watermarks import NO_TIME
+from streams.wire import LATEST_WIRE, WireVersion
 
 #: A record on a topic in memory: the incarnation of the process that sent it, the
 #: send's mark, the bytes.
@@ -226,6 +227,8 @@ class LocalRun:
     #: the resolve log's records wait for what came before them (the worker's order; off:
     #: the order before, which a kill could tear)
     gate_resolve_log: bool = True
+    #: the wire version written on the topics (a worker's ``VIRALWATCH_WIRE_VERSION``)
+    wire: WireVersion = LATEST_WIRE
     #: the alerts and takedown requests (by key) a kill lost before the broker had them
     torn: list[bytes] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
@@ -267,15 +270,13 @@ class LocalRun:
         for name in ("resolve-log", "cluster-log", "alerts-sent", "actions-sent"):
             tables.setdefault(name, Table(name))
         marks = itertools.count()
-        wire = topics
 
         def sender(name: str) -> Callable[[int, Envelope | bytes], int]:
             def send(partition: int, envelope: Envelope | bytes) -> int:
                 mark = next(marks)
-                # the clusters topic's form is the compact one, as a worker sends it
-                compact = name == "clusters"
-                raw = envelope.pack(compact) if isinstance(envelope, Envelope) else envelope
-                wire[name][partition].append((incarnation, mark, raw))
+                # in the topics' wire version, as a worker sends it
+                raw = envelope.pack(self.wire) if isinstance(envelope, Envelope) else envelope
+                topics[name][partition].append((incarnation, mark, raw))
                 return mark
 
             return send

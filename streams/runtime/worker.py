@@ -109,6 +109,7 @@ from streams.stages import (
 )
 from streams.stats import Stats
 from streams.web import Health, HttpServer, Router, add_probes, serve
+from streams.wire import LATEST_WIRE, WireVersion
 
 log = logging.getLogger("viralwatch.worker")
 
@@ -380,9 +381,7 @@ class Worker:
         )
         self.hand_over = HandOver(
             resolve=Hop("resolve", lambda p, env: self._send(self.t_resolve, env, p)),
-            clusters=Hop(
-                "clusters", lambda p, env: self._send(self.t_clusters, env, p, compact=True)
-            ),
+            clusters=Hop("clusters", lambda p, env: self._send(self.t_clusters, env, p)),
             grace_s=HAND_OVER_GRACE_S,
         )
         self.topology = Topology(
@@ -639,20 +638,19 @@ class Worker:
         for tp, offset in seeks:
             seek_soon(self.app, tp, offset)
 
-    def _send(
-        self, topic: Any, value: Envelope | bytes, partition: int, compact: bool = False
-    ) -> int:
+    def _send(self, topic: Any, value: Envelope | bytes, partition: int) -> int:
         """Send an envelope to a partition of an internal topic (in parts, if it is large),
-        keyed as this worker's own; ``compact``: routed events as a cluster log keeps them
-        (the ``clusters`` topic's form, :meth:`Envelope.pack`).
+        keyed as this worker's own, its records in the wire version the settings say
+        (:class:`~streams.wire.WireVersion`: the latest, or an earlier one during a rolling
+        update from a release that wrote it).
 
         Returns its timestamp (epoch ms, increasing from one send to the next): the mark
         by which the hand-over knows when the partition has read it.
         """
         parts = (
-            value.parts(compact=compact)
+            value.parts(wire=self.settings.wire_version)
             if isinstance(value, Envelope)
-            else split_envelope(value, compact=compact)
+            else split_envelope(value, wire=self.settings.wire_version)
         )
         stamp = self._last_send_ms = max(round(time.time() * 1000), self._last_send_ms + 1)
         name = topic.get_topic_name()
@@ -987,6 +985,20 @@ def prepare(
     return settings, broker, counts[settings.topic("shares")]
 
 
+def wire_line(version: WireVersion) -> str:
+    """The start line saying what this worker writes on the internal topics: during a
+    rolling update (``VIRALWATCH_WIRE_VERSION``) the operator sees each worker's pin.
+
+    >>> wire_line(WireVersion.V1)
+    'writes wire version 1 (resolve s/u, clusters e; pinned: the latest is 2); reads 1 to 2'
+    """
+    pinned = f"; pinned: the latest is {LATEST_WIRE.value}" if version < LATEST_WIRE else ""
+    return (
+        f"writes wire version {version.value} ({version.writes}{pinned}); "
+        f"reads 1 to {LATEST_WIRE.value}"
+    )
+
+
 def run_worker(settings: Settings, say: Callable[[str], None] | None = None) -> None:
     """``viralwatch worker``: run one worker until it is stopped."""
 
@@ -1057,6 +1069,7 @@ def _run_worker(
     try:
         if settings.uses_dev_key:
             say("VIRALWATCH_PSEUDONYM_KEY is not set; pseudonyms use a development key")
+        say(wire_line(settings.wire_version))
         worker = Worker(
             settings,
             banks=banks,

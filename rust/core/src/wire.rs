@@ -186,8 +186,26 @@ pub fn write_event(out: &mut Vec<u8>, ev: &EventView<'_>) {
     out.push(b'}');
 }
 
+/// Which wire version an event to route and an unbanked upload are written at (the resolve
+/// topic's records, `streams.wire.WireVersion`): a worker pinned to the earlier one writes
+/// what workers of that version read, through a rolling update from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Held {
+    /// version 2's `["s2", held event]` and `["u2", held event]` (see [`held_or_dict`])
+    #[default]
+    Compact,
+    /// version 1's `["s", event]` and `["u", event]`, the canonical dicts
+    Dict,
+}
+
 /// An item as `streams.wire.encode` writes it.
 pub fn write_item(out: &mut Vec<u8>, item: &Item<'_>) {
+    write_item_at(out, item, Held::Compact);
+}
+
+/// An item as [`write_item`] writes it, an event to route or an unbanked upload in `held`'s
+/// form.
+pub fn write_item_at(out: &mut Vec<u8>, item: &Item<'_>, held: Held) {
     match item {
         Item::Raw(raw) => return out.extend_from_slice(raw),
         Item::Routed {
@@ -223,8 +241,8 @@ pub fn write_item(out: &mut Vec<u8>, item: &Item<'_>) {
         // unbanked upload often twice (to its post's partition, then to the index's owner):
         // the held form is about 55% of the canonical dict's bytes (no names, a type letter,
         // hashes in base64), and a byte less costs less on both sides and in the broker
-        Item::ToRoute(event) => held_or_dict(out, "s", event),
-        Item::Unbanked(event) => held_or_dict(out, "u", event),
+        Item::ToRoute(event) => held_or_dict(out, "s", event, held),
+        Item::Unbanked(event) => held_or_dict(out, "u", event, held),
         Item::Registration {
             post_id,
             cluster_id,
@@ -251,13 +269,14 @@ pub fn write_item(out: &mut Vec<u8>, item: &Item<'_>) {
 /// `[tag + "2", held event]` (a record of the resolve topic's wire version 2), or, for an
 /// event [`write_held`] does not write or with a text to escape, version 1's `[tag, event]`
 /// (the compact form's reader takes only plain texts: what the core does not read costs a
-/// decode in Python). Without the closing bracket, as [`write_item`] writes its arms.
-fn held_or_dict(out: &mut Vec<u8>, tag: &str, event: &EventView<'_>) {
+/// decode in Python); version 1's alone if `held` says so. Without the closing bracket, as
+/// [`write_item`] writes its arms.
+fn held_or_dict(out: &mut Vec<u8>, tag: &str, event: &EventView<'_>, held: Held) {
     let start = out.len();
     out.extend_from_slice(b"[\"");
     out.extend_from_slice(tag.as_bytes());
     out.extend_from_slice(b"2\",");
-    if !write_held(out, event) || out[start..].contains(&b'\\') {
+    if held == Held::Dict || !write_held(out, event) || out[start..].contains(&b'\\') {
         out.truncate(start);
         out.extend_from_slice(b"[\"");
         out.extend_from_slice(tag.as_bytes());
@@ -335,6 +354,7 @@ pub fn write_held(out: &mut Vec<u8>, ev: &EventView<'_>) -> bool {
 #[derive(Debug)]
 pub struct Parts {
     limit: usize,
+    held: Held,
     done: Vec<Vec<u8>>,
     current: Vec<u8>,
     item: Vec<u8>,
@@ -342,8 +362,14 @@ pub struct Parts {
 
 impl Parts {
     pub fn new(limit: usize) -> Self {
+        Self::at(limit, Held::Compact)
+    }
+
+    /// Parts whose events to route and unbanked uploads are written in `held`'s form.
+    pub fn at(limit: usize, held: Held) -> Self {
         Self {
             limit,
+            held,
             done: Vec::new(),
             current: vec![b'['],
             item: Vec::new(),
@@ -354,7 +380,7 @@ impl Parts {
     pub fn push(&mut self, item: &Item<'_>) {
         let mut written = std::mem::take(&mut self.item);
         written.clear();
-        write_item(&mut written, item);
+        write_item_at(&mut written, item, self.held);
         self.push_json(&written);
         self.item = written;
     }
@@ -371,6 +397,11 @@ impl Parts {
             self.current.push(b',');
         }
         self.current.extend_from_slice(json);
+    }
+
+    /// The form its events to route and unbanked uploads are written in.
+    pub fn held(&self) -> Held {
+        self.held
     }
 
     /// Whether no item was pushed.
@@ -510,6 +541,36 @@ mod tests {
              [null,90,\"ab\"]]],[\"x\",1]]"
         );
         assert_eq!(got, vec![want]);
+    }
+
+    #[test]
+    fn pinned_to_version_1_an_event_to_route_and_an_upload_go_as_their_dicts() {
+        let upload = EventView {
+            content: Some(ContentView {
+                pdq: None,
+                pdq_quality: Some(90),
+                md5: Some("ab"),
+            }),
+            ..ev("e1")
+        };
+        let items = [
+            Item::ToRoute(ev("e2")),
+            Item::Unbanked(upload),
+            Item::Forget("p0"),
+        ];
+        let mut pinned = Parts::at(usize::MAX, Held::Dict);
+        for item in &items {
+            pinned.push(item);
+        }
+        let mut want = Vec::new();
+        want.extend_from_slice(b"[[\"s\",");
+        write_event(&mut want, &ev("e2"));
+        want.extend_from_slice(b"],[\"u\",");
+        write_event(&mut want, &upload);
+        want.extend_from_slice(b"],[\"f\",\"p0\"]]");
+        assert_eq!(pinned.finish(), vec![want]);
+        // the default writes version 2's
+        assert!(text(&write_parts(&items, usize::MAX))[0].starts_with("[[\"s2\",[\"e2\""));
     }
 
     #[test]

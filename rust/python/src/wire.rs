@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use viralwatch_core::wire::{write_held, ContentView, EventView, Item, Parts};
+use viralwatch_core::wire::{write_held, ContentView, EventView, Held, Item, Parts};
 
 use crate::ev::{post_text, Ev, EvBatch, RegBatch};
 use crate::record;
@@ -316,6 +316,20 @@ impl WireWriter {
                     });
                     return Ok(());
                 }
+                if parts.held() == Held::Dict {
+                    // version 1's `[tag, event]`, the event by the fallback (whose record
+                    // form is version 2's where it can be)
+                    let tag: &[u8] = if class == Class::ToRoute { b"s" } else { b"u" };
+                    let event = self.fallback(&item.getattr(intern!(py, "event"))?)?;
+                    let mut raw = Vec::with_capacity(event.as_bytes().len() + 8);
+                    raw.extend_from_slice(b"[\"");
+                    raw.extend_from_slice(tag);
+                    raw.extend_from_slice(b"\",");
+                    raw.extend_from_slice(event.as_bytes());
+                    raw.push(b']');
+                    parts.push(&Item::Raw(&raw));
+                    return Ok(());
+                }
             }
             Some(Class::Registration) => {
                 let post = item.getattr(intern!(py, "post_id"))?;
@@ -442,13 +456,18 @@ impl WireWriter {
 
     /// ``items`` as JSON arrays of at most ``limit`` bytes each (an item larger than that
     /// alone), in order; ``[b"[]"]`` for none. An error of the fallback is raised.
+    /// ``held=False``: an event to route and an unbanked upload in the resolve topic's wire
+    /// version 1 (``["s", event]``, ``["u", event]``), not 2's held form.
+    #[pyo3(signature = (items, limit, held = true))]
     fn parts<'py>(
         &self,
         py: Python<'py>,
         items: &Bound<'py, PyAny>,
         limit: usize,
+        held: bool,
     ) -> PyResult<Bound<'py, PyList>> {
-        self.write(py, items, limit, false)
+        let form = if held { Held::Compact } else { Held::Dict };
+        self.write(py, items, Parts::at(limit, form), false)
     }
 
     /// Routed events (``Routed`` records, ``EvBatch``es) as a clusters partition's log
@@ -462,7 +481,7 @@ impl WireWriter {
         items: &Bound<'py, PyAny>,
         limit: usize,
     ) -> PyResult<Bound<'py, PyList>> {
-        self.write(py, items, limit, true)
+        self.write(py, items, Parts::new(limit), true)
     }
 }
 
@@ -471,10 +490,9 @@ impl WireWriter {
         &self,
         py: Python<'py>,
         items: &Bound<'py, PyAny>,
-        limit: usize,
+        mut parts: Parts,
         log: bool,
     ) -> PyResult<Bound<'py, PyList>> {
-        let mut parts = Parts::new(limit);
         for item in items.try_iter()? {
             self.push(&mut parts, &item?, log)?;
         }
