@@ -576,15 +576,34 @@ def _held_item(tag: str, ev: ShareEvent) -> list[Any]:
     return [tag, ev]
 
 
+def _one_event(item: list[Any], tag: str) -> ShareEvent:
+    """The event of a record whose one field is an event (``s``, ``u``: its canonical dict;
+    version 2's ``s2``, ``u2``: its held form, an array), read by the event parser;
+    ``u``'s and ``u2``'s an upload with content (an unbanked upload, for the index).
+
+    >>> decode_item(["u2", ["e1", "s", 1767225600000, "p2", "u1", "p1"]]).detail
+    'u2: an unbanked record carries an upload'
+    >>> decode_item(["s2", {"event_id": "e1"}]).detail
+    's2: the event is an array of its fields'
+    """
+    value = _fields(item, tag, 1)[1]
+    if len(tag) == 1:
+        event = _event(value)
+    elif isinstance(value, list):
+        event = _held(value)
+    else:
+        raise _Bad(f"{tag}: the event is an array of its fields")
+    if tag[0] == "u" and (event.type != "upload" or event.content is None):
+        raise _Bad(f"{tag}: an unbanked record carries an upload")
+    return event
+
+
 def _decode_s(item: list[Any]) -> Item:
-    return ToRoute(_event(_fields(item, "s", 1)[1]))
+    return ToRoute(_one_event(item, "s"))
 
 
 def _decode_s2(item: list[Any]) -> Item:
-    form = _fields(item, "s2", 1)[1]
-    if not isinstance(form, list):
-        raise _Bad("s2: an event to route is an array of its fields")
-    return ToRoute(_held(form))
+    return ToRoute(_one_event(item, "s2"))
 
 
 def _decode_r(item: list[Any]) -> Item:
@@ -597,20 +616,11 @@ def _decode_f(item: list[Any]) -> Item:
 
 
 def _decode_u(item: list[Any]) -> Item:
-    event = _event(_fields(item, "u", 1)[1])
-    if event.type != "upload" or event.content is None:
-        raise _Bad("u: an unbanked record carries an upload")
-    return Unbanked(event)
+    return Unbanked(_one_event(item, "u"))
 
 
 def _decode_u2(item: list[Any]) -> Item:
-    form = _fields(item, "u2", 1)[1]
-    if not isinstance(form, list):
-        raise _Bad("u2: an unbanked upload is an array of its fields")
-    event = _held(form)
-    if event.type != "upload" or event.content is None:
-        raise _Bad("u2: an unbanked record carries an upload")
-    return Unbanked(event)
+    return Unbanked(_one_event(item, "u2"))
 
 
 def _decode_t(item: list[Any]) -> Item:
