@@ -438,6 +438,25 @@ mod tests {
         read_items(text.as_bytes(), &mut PlainJudge).expect("an array")
     }
 
+    /// An upload with every field the held form writes (a non-ASCII id, a PDQ, its
+    /// quality and an MD5), reshared from `parent_post_id`.
+    fn upload(parent_post_id: Option<&'static str>) -> EventView<'static> {
+        EventView {
+            event_id: "e1é",
+            kind: "upload",
+            ts_ms: 1_767_225_600_000,
+            post_id: "p1",
+            user_id: "u1",
+            parent_post_id,
+            followers: Some(14),
+            content: Some(crate::wire::ContentView {
+                pdq: Some("34da973d34da973d34da973d34da973d34da973d34da973d34da973d34da973d"),
+                pdq_quality: Some(91),
+                md5: Some("47dfaa6247dfaa6247dfaa6247dfaa62"),
+            }),
+        }
+    }
+
     #[test]
     fn every_record_the_stages_write_is_read() {
         let text = format!(
@@ -524,20 +543,7 @@ mod tests {
 
     #[test]
     fn an_event_to_route_reads_back_in_either_form() {
-        let ev = EventView {
-            event_id: "e1é",
-            kind: "upload",
-            ts_ms: 1_767_225_600_000,
-            post_id: "p1",
-            user_id: "u1",
-            parent_post_id: Some("p0"),
-            followers: Some(14),
-            content: Some(crate::wire::ContentView {
-                pdq: Some("34da973d34da973d34da973d34da973d34da973d34da973d34da973d34da973d"),
-                pdq_quality: Some(91),
-                md5: Some("47dfaa6247dfaa6247dfaa6247dfaa62"),
-            }),
-        };
+        let ev = upload(Some("p0"));
         let written = write_parts(&[Item::ToRoute(ev)], usize::MAX);
         let text = std::str::from_utf8(&written[0]).unwrap();
         assert!(text.starts_with(r#"[["s2",["e1é","u","#), "{text}");
@@ -566,20 +572,7 @@ mod tests {
 
     #[test]
     fn a_cluster_log_s_compact_item_reads_back_as_the_event_written() {
-        let ev = EventView {
-            event_id: "e1é",
-            kind: "upload",
-            ts_ms: 1_767_225_600_000,
-            post_id: "p1",
-            user_id: "u1",
-            parent_post_id: None,
-            followers: Some(14),
-            content: Some(crate::wire::ContentView {
-                pdq: Some("34da973d34da973d34da973d34da973d34da973d34da973d34da973d34da973d"),
-                pdq_quality: Some(91),
-                md5: Some("47dfaa6247dfaa6247dfaa6247dfaa62"),
-            }),
-        };
+        let ev = upload(None);
         let written = write_parts(
             &[Item::Logged {
                 event: ev,
