@@ -169,6 +169,12 @@ class Envelope:
         >>> Envelope.unpack(b'{"i": [["r", "p1"], ["f", "p2"]]}').rejected[0].detail
         'r: expected 2 fields, not 1'
         """
+        # {"i": items, ...} as orjson writes it, the items by the compiled writer
+        return b'{"i":' + encode_items(self.items, wire) + self._tail()
+
+    def _tail(self) -> bytes:
+        """What follows the items in the record's bytes: the marks, progress and input
+        watermarks, and the closing brace."""
         rest: dict[str, Any] = {}
         if self.marks:
             rest["m"] = {str(p): [t, 1 if idle else 0] for p, (t, idle) in self.marks.items()}
@@ -176,9 +182,7 @@ class Envelope:
             rest["p"] = {str(p): t for p, t in self.progress.items()}
         if self.inputs:
             rest["w"] = {str(p): t for p, t in self.inputs.items()}
-        # {"i": items, ...} as orjson writes it, the items by the compiled writer
-        tail = b"," + orjson.dumps(rest)[1:] if rest else b"}"
-        return b'{"i":' + encode_items(self.items, wire) + tail
+        return b"," + orjson.dumps(rest)[1:] if rest else b"}"
 
     def parts(self, limit: int = MAX_RECORD_BYTES, wire: WireVersion | None = None) -> list[bytes]:
         """The record's bytes, in parts under ``limit`` if it is larger (as :func:`split_envelope`
@@ -195,18 +199,20 @@ class Envelope:
         return [raw] if len(raw) <= limit else self.cut(limit, wire)
 
     def cut(self, limit: int, wire: WireVersion | None = None) -> list[bytes]:
-        """The items in runs under ``limit`` bytes each, in order; the marks, progress and input
-        watermarks ride on the last part only, so no receiver moves a watermark past items
-        still on their way. (Runs are sized by the full form: the compact one is smaller.)"""
-        marks = len(self.marks) + len(self.progress) + len(self.inputs)
-        runs = _runs(records(self.items), limit - 200 - 40 * marks)
-        last = len(runs) - 1
-        return [
-            Envelope(run, self.marks, self.progress, inputs=self.inputs).pack(wire)
-            if i == last
-            else Envelope(run).pack(wire)
-            for i, run in enumerate(runs)
-        ]
+        """The items in runs under ``limit`` bytes each, in order, cut as the writer writes
+        them in ``wire``'s forms (:func:`~streams.wire.encode_parts`: a run of compact
+        events holds as many as fit in their own bytes, not in the full form's); the marks,
+        progress and input watermarks ride on the last part only, so no receiver moves a
+        watermark past items still on their way. (An item larger than the limit alone.)
+
+        >>> env = Envelope([Registration(f"p{i}", "b-1") for i in range(100)], {0: (5, False)})
+        >>> parts = env.cut(300)
+        >>> max(map(len, parts)) <= 300, [Envelope.unpack(p).marks for p in parts][-2:]
+        (True, [{}, {0: (5, False)}])
+        """
+        tail = self._tail()
+        runs = encode_parts(self.items, max(2, limit - len(b'{"i":') - len(tail)), wire)
+        return [b'{"i":' + run + b"}" for run in runs[:-1]] + [b'{"i":' + runs[-1] + tail]
 
     @classmethod
     def of(cls, raw: bytes | Envelope | None) -> Envelope:

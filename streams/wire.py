@@ -694,9 +694,10 @@ def topic_parts(items: Sequence[Item], limit: int, wire: WireVersion) -> list[by
     return _WRITER.parts(items, limit, held=False)
 
 
-def encode_parts(items: Sequence[Item], limit: int) -> list[bytes]:
+def encode_parts(items: Sequence[Item], limit: int, wire: WireVersion | None = None) -> list[bytes]:
     """``items`` as JSON arrays of at most ``limit`` bytes each, in order (an item larger
-    than that alone): the bytes :func:`encode` gives each run, written in one pass.
+    than that alone): the bytes :func:`encode` gives each run, written in one pass;
+    ``wire``: as a worker writing that version sends them on a topic (:func:`topic_parts`).
 
     Every routed event is written at least once (its clusters partition logs it) and
     once more per hop through Kafka; a batch too large for one Kafka record is cut as
@@ -709,7 +710,9 @@ def encode_parts(items: Sequence[Item], limit: int) -> list[bytes]:
     >>> encode_parts(items, 10**9) == [encode(items)], encode_parts([], 300)
     (True, [b'[]'])
     """
-    return _WRITER.parts(items, limit)
+    if wire is None:
+        return _WRITER.parts(items, limit)
+    return topic_parts(items, limit, wire)
 
 
 def routed_log_parts(items: Sequence[Routed | EvBatch], limit: int) -> list[bytes]:
@@ -739,9 +742,7 @@ def routed_log_parts(items: Sequence[Routed | EvBatch], limit: int) -> list[byte
 def encode_items(items: Sequence[Item], wire: WireVersion | None = None) -> bytes:
     """``items`` as one JSON array: :func:`encode`'s bytes (see :func:`encode_parts`);
     ``wire``: as a worker writing that version sends them on a topic (:func:`topic_parts`)."""
-    if wire is None:
-        return _WRITER.parts(items, sys.maxsize)[0]
-    return topic_parts(items, sys.maxsize, wire)[0]
+    return encode_parts(items, sys.maxsize, wire)[0]
 
 
 def _rejection(detail: str, raw: object) -> Rejection:

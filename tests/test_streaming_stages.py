@@ -56,6 +56,7 @@ from streams.wire import (
     decode_delta,
     decode_routed_log,
     encode,
+    encode_items,
     encode_parts,
     held_form,
     routed_log_parts,
@@ -1052,6 +1053,27 @@ def test_a_clusters_partition_reads_the_topic_s_compact_form_as_the_full_one(
     compact = [env.pack(WireVersion.V2) for env in envs]
     assert _detected(list(compact), cuts) == _detected(list(full), cuts)
     assert sum(map(len, compact)) < sum(map(len, full))
+
+
+def test_a_compact_envelope_is_cut_by_the_bytes_it_writes() -> None:
+    """A batch too large for one record, sent in the clusters topic's compact form, is cut
+    by the compact bytes (``Envelope.cut``), not the full form's: each part under the
+    limit, each but the last too full for the next item, fewer parts than the full form's
+    runs made, read back as the items in order, the progress on the last part only."""
+    items: list[Item] = [routed(e, cluster()) for e in burst(400)]
+    env = Envelope(items, progress={0: T0})
+    limit = 6_000
+    parts = env.cut(limit, WireVersion.V2)
+    read = [Envelope.unpack(p) for p in parts]
+    assert [r for e in read for r in wire_records(e.items)] == items
+    assert [e.progress for e in read] == [{}] * (len(parts) - 1) + [{0: T0}]
+    assert all(len(p) <= limit for p in parts)
+    tail = len(b',"p":{"0":%d}}' % T0)
+    for part, after in zip(parts, read[1:], strict=False):
+        following = len(encode_items(wire_records(after.items)[:1], WireVersion.V2)) - 2
+        assert len(part) - 1 + 1 + following + tail > limit  # the next item did not fit
+    sized_by_the_full_form = env.cut(limit, WireVersion.V1)  # as the runs were sized before
+    assert len(parts) < 0.75 * len(sized_by_the_full_form)
 
 
 def test_a_routed_event_read_from_its_record_is_logged_compact() -> None:
