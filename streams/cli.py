@@ -872,6 +872,16 @@ def worker(
     ] = None,
     alertmanager: Annotated[str | None, typer.Option(help="post alerts to Alertmanager")] = None,
     webhook: Annotated[str | None, typer.Option(help="POST alerts to this URL")] = None,
+    wire_version: Annotated[
+        str | None,
+        typer.Option(
+            "--wire-version",
+            metavar="N",
+            help="the wire version written on the resolve and clusters topics: 1 while "
+            "workers of a release before version 2 run (a rolling update's first step; "
+            "default VIRALWATCH_WIRE_VERSION, else the latest)",
+        ),
+    ] = None,
     embedded_broker: Annotated[
         bool,
         typer.Option(
@@ -887,6 +897,7 @@ def worker(
     """
     from streams.runtime.worker import run_worker
     from streams.settings import Settings, parse_host, parse_port
+    from streams.wire import WireVersion
 
     port = flag_value("--http-port", http_port, parse_port)
     if metrics_port is not None:
@@ -909,6 +920,7 @@ def worker(
         alertmanager_url=alertmanager,
         webhook_url=webhook,
         embedded_broker=embedded_broker or None,
+        wire_version=flag_value("--wire-version", wire_version, WireVersion.parse),
     )
     assert isinstance(settings, Settings)
     try:

@@ -394,6 +394,7 @@ def run_worker_command(argv: list[str], env: dict[str, str] | None = None) -> tu
         (["--http-host", "http://0.0.0.0:6066"], "--http-host: not an IP address or host name"),
         (["--http-host", ""], "--http-host: not an IP address or host name: ''"),
         (["--http-port", "1", "--metrics-port", "2"], "disagrees with --http-port 1"),
+        (["--wire-version", "3"], "--wire-version: not a wire version this worker writes (1, 2)"),
     ],
 )
 def test_bad_http_flags_exit_2_with_one_line(flags: list[str], message: str) -> None:
@@ -409,6 +410,7 @@ def test_bad_http_flags_exit_2_with_one_line(flags: list[str], message: str) -> 
         ({"VIRALWATCH_HTTP_PORT": "99999"}, "VIRALWATCH_HTTP_PORT: not a port"),
         ({"VIRALWATCH_HTTP_HOST": "0.0.0.0:1"}, "VIRALWATCH_HTTP_HOST: not an IP address"),
         ({"VIRALWATCH_WEB_PORT": "x"}, "VIRALWATCH_WEB_PORT: not a port"),
+        ({"VIRALWATCH_WIRE_VERSION": "v2"}, "VIRALWATCH_WIRE_VERSION: not a wire version"),
         (
             {"VIRALWATCH_METRICS_PORT": "1", "VIRALWATCH_HTTP_PORT": "2"},
             "VIRALWATCH_METRICS_PORT=1 (deprecated, read as VIRALWATCH_HTTP_PORT) disagrees",
