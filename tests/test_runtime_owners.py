@@ -291,6 +291,35 @@ def test_a_gate_whose_barrier_fails_sends_nothing_and_the_commit_raises_offsets_
     assert done == [] and cp.next_offsets() == {0: 5}
 
 
+def test_once_a_gate_s_barrier_failed_a_commit_raises_with_nothing_new_to_commit() -> None:
+    """A worker that reads nothing new after a barrier failed (its shares partitions quiet,
+    or none held) must stop too: the groups behind the barrier are never sent, so nothing it
+    does later can be committed. Its commit raises, saying why, though it has no offset to
+    commit (before, it returned as if all were well, and the worker read on)."""
+
+    async def flush() -> None:
+        raise RuntimeError("the producer failed")
+
+    gate = Gate(lambda p, k, v: None)
+
+    class Logs:
+        def flush(self) -> None:
+            gate.send(0, b"released", b"[]")
+
+    cp = Checkpoint(sinks=[], logs=[Logs()], flush_producer=flush, gate=gate)
+
+    async def scenario() -> None:
+        cp.stage()  # a resolve agent's batch: its group waits for a barrier that fails
+        await asyncio.sleep(0.01)
+        assert gate.sent == 0 and isinstance(gate.failed, RuntimeError)
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="a producer flush that failed"):
+                await cp.commit(set())
+        assert cp.commits == 0
+
+    asyncio.run(scenario())
+
+
 def torn_run(seed: int, gated: bool) -> tuple[LocalRun, list[bytes], set[str]]:
     """An hour of the simulator's traffic (the integration test's stream: 255 takedown
     requests), every hop in process, a worker killed 40 times: each kill loses, of the

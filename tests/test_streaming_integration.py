@@ -324,21 +324,63 @@ def test_a_stage_that_raises_stops_the_worker_with_a_failure_status(
 ) -> None:
     """A bug must not leave a worker that looks alive and does nothing: the process ends
     with a failure status, so its supervisor restarts it (and it resumes from the log)."""
+    code = FAULTY_WORKER.format(stage=stage, method=method)
+    w = run_until_it_fails(broker, tmp_path, code, "a stage raised")
+    assert f"injected fault in {stage}" in w.log_path.read_text()
+
+
+def run_until_it_fails(
+    broker: RunningBroker, tmp_path: Path, code: str, what: str
+) -> WorkerProcess:
+    """A worker running ``code``, fed the scenario's stream, that must end by itself (after
+    ``what``) within 90 s with a failure status."""
     lines, _, bank_path = scenario_files(tmp_path)
     s = setup(broker, tmp_path, bank_path)
-    code = FAULTY_WORKER.format(stage=stage, method=method)
-    # batches of 1,000 records: the fault comes at the third, and this stream read in
-    # batches of the default 4,000 may take fewer
+    # batches of 1,000 records: a fault injected at the third one comes, and this stream
+    # read in batches of the default 4,000 may take fewer
     env = worker_env(s, VIRALWATCH_BATCH_SIZE="1000")
-    w = WorkerProcess(env, tmp_path / "faulty.log", argv=[sys.executable, "-c", code])
+    w = WorkerProcess(env, tmp_path / "failing.log", argv=[sys.executable, "-c", code])
     with workers(w):
         produce_lines(broker, s.topic("shares"), lines, keying="none")
         deadline = time.monotonic() + 90
         while w.alive() and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not w.alive(), "the worker kept running after a stage raised:\n" + w.log_tail()
+        assert not w.alive(), f"the worker kept running after {what}:\n" + w.log_tail()
     assert w.proc is not None and w.proc.returncode not in (0, None), w.log_tail()
-    assert f"injected fault in {stage}" in w.log_path.read_text()
+    return w
+
+
+#: A worker whose producer flush fails once, at its fifth call (as a produce the broker never
+#: answered fails it): most often the barrier a resolve-log group waits for (every batch
+#: begins one), else a commit's own flush.
+FAILING_FLUSH_WORKER = """
+import streams.runtime.faust_adapter as adapter
+
+flush_sent = adapter.Producer.flush_sent
+calls = [0]
+
+def failing(self):
+    calls[0] += 1
+    if calls[0] == 5:
+        async def failed():
+            raise RuntimeError("injected producer flush failure")
+        return failed()
+    return flush_sent(self)
+
+adapter.Producer.flush_sent = failing
+from streams.runtime.worker import main
+main([])
+"""
+
+
+def test_a_failed_producer_flush_stops_the_worker_with_a_failure_status(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    """Once a barrier's producer flush has failed, the resolve log's group behind it is never
+    sent and every later commit raises (``checkpoint.Gate``): the worker must stop with a
+    failure status and say why, not read on and commit nothing for ever."""
+    w = run_until_it_fails(broker, tmp_path, FAILING_FLUSH_WORKER, "a flush failed")
+    assert "injected producer flush failure" in w.log_path.read_text()
 
 
 def both_own_partitions(records: list[Any]) -> bool:

@@ -128,6 +128,8 @@ class Gate:
         #: groups sealed and groups sent so far (a drain waits for a count)
         self.sealed = 0
         self.sent = 0
+        #: what failed the barrier of the oldest group (never sent, nor any after it)
+        self.failed: BaseException | None = None
 
     def send(self, partition: int, key: bytes, value: bytes | None) -> None:
         """A record of the log (``None``: a deletion), sent with the next group sealed."""
@@ -168,7 +170,11 @@ class Gate:
     async def _send_sealed(self) -> None:
         while self._sealed:
             barrier, group = self._sealed[0]
-            await asyncio.shield(barrier)  # (what failed is raised: the records stay unsent)
+            try:
+                await asyncio.shield(barrier)
+            except Exception as exc:  # raised: the records stay unsent, for good
+                self.failed = exc
+                raise
             self._sealed.popleft()
             self._write(group)
 
@@ -277,7 +283,17 @@ class Checkpoint:
         self, owned: Iterable[int]
     ) -> tuple[dict[int, int], asyncio.Future[None], int] | None:
         """Steps 1 and 2, the offsets to commit, and the producer flush (begun): or ``None``
-        when nothing new was read."""
+        when nothing new was read.
+
+        Raises once a barrier of the gate has failed, new offsets or not: the groups behind
+        it are never sent, so no commit can ever follow, and a worker whose reader had
+        nothing new to commit would read on committing nothing (the caller, the shares
+        reader, ends the worker when it raises)."""
+        gate = self.gate
+        if gate is not None and gate.failed is not None:
+            raise RuntimeError(
+                f"the resolve log's records wait for a producer flush that failed: {gate.failed!r}"
+            ) from gate.failed
         owned = set(owned)
         offsets = {
             p: o for p, o in self._next.items() if p in owned and self._committed.get(p) != o
