@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -470,6 +470,25 @@ def _labelled_counter(
     for key, n in sorted(values.items()):
         family.add_metric([key], float(n))
     return family
+
+
+def export_wire_version(registry: CollectorRegistry, version: int) -> None:
+    """``viralwatch_wire_version_written``: the wire version this worker writes on the
+    ``resolve`` and ``clusters`` topics (``VIRALWATCH_WIRE_VERSION``). During a rolling
+    update's second step (README, "Rolling updates") ``min`` over the workers says
+    whether any is still pinned.
+
+    >>> registry = CollectorRegistry()
+    >>> export_wire_version(registry, 1)
+    >>> registry.get_sample_value("viralwatch_wire_version_written")
+    1.0
+    """
+    gauge = Gauge(
+        "viralwatch_wire_version_written",
+        "The wire version this worker writes on the resolve and clusters topics.",
+        registry=registry,
+    )
+    gauge.set(version)
 
 
 def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:

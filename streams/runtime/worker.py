@@ -1070,6 +1070,9 @@ def _run_worker(
         if settings.uses_dev_key:
             say("VIRALWATCH_PSEUDONYM_KEY is not set; pseudonyms use a development key")
         say(wire_line(settings.wire_version))
+        from streams.metrics import export_wire_version
+
+        export_wire_version(registry, settings.wire_version)
         worker = Worker(
             settings,
             banks=banks,
