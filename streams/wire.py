@@ -63,10 +63,8 @@ event the held form has no letter for, or with a text JSON escapes: the core
 reads the compact form's plain texts). A worker older than this refuses an
 ``s2`` or a ``u2`` as an unknown record tag: a counted ``bad_record`` in its
 dead letter, never dropped silently; a later version's tag (``s3``...) is
-refused here the same way, saying so. A rolling update
-from an older version dead-letters what the old workers read of the new
-ones' records until the last old one stops: stop the group, or replay the
-dead letter.
+refused here the same way, saying so. So a rolling
+update from an older version is made in two steps, below.
 
 Rolling updates: a worker writes the wire version its settings say
 (:class:`WireVersion`, ``VIRALWATCH_WIRE_VERSION``), and reads every version
