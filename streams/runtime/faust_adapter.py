@@ -3,7 +3,8 @@
 The worker needs a few things neither library offers publicly: a shorter
 fetch wait and the real end offsets on the bundled broker (whose
 ListOffsets answer is one batch short), more room in Faust's producer
-buffer, and a consumer's fetch positions without awaiting. Each is reached
+buffer, a consumer's fetch positions without awaiting, and a produce
+request's bytes in one join (:func:`_encode_produce`). Each is reached
 here and nowhere else, and ``tests/test_faust_adapter.py`` fails when an
 installed Faust or aiokafka no longer has what is reached, so an upgrade
 breaks a test, not a running worker.
@@ -22,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import copy
+import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -29,6 +31,7 @@ from typing import Any
 
 import faust
 from aiokafka.errors import ProducerClosed
+from aiokafka.protocol import produce as aiokafka_produce
 from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
@@ -50,6 +53,91 @@ LOCAL_FETCH_WAIT_MS = 25
 KAFKA_FETCH_WAIT_MS = 100
 #: Records that may wait for the Kafka client before Faust pauses the streams.
 PRODUCER_BUFFER_RECORDS = 5000
+
+
+_I16 = struct.Struct(">h").pack
+_I32 = struct.Struct(">i").pack
+_ACKS_TIMEOUT = struct.Struct(">hi").pack
+_PARTITION_SIZE = struct.Struct(">ii").pack
+
+
+def _encode_produce(request: Any) -> bytes:
+    """A ProduceRequest's bytes (the versions in :data:`PRODUCE_REQUESTS`) as aiokafka's
+    schema encodes them, in one join: the record batches are copied once, not once a level.
+
+    aiokafka's ``Struct.encode`` joins each level of the request's nested schema (a
+    partition's size and records, the partitions of a topic, the topics, the request), so a
+    record batch is copied six times before the connection adds the header: 5.8 ms for a
+    1.6 MB request here (3.6 ns a byte, out of cache) against 0.45 ms for one join. A worker
+    from a backlog sends its state logs' 270 B an event through these requests in batches of
+    up to :data:`~streams.runtime.worker.PRODUCER_BATCH_BYTES`. The bytes are the same:
+    ``tests/test_faust_adapter.py`` compares them with the schema's for every version.
+    """
+    fields = request.__dict__
+    parts: list[Any] = []
+    add = parts.append
+    if request.API_VERSION >= 3:
+        tid = fields["transactional_id"]
+        if tid is None:
+            add(_I16(-1))
+        else:
+            text = str(tid).encode("utf-8")
+            add(_I16(len(text)))
+            add(text)
+    add(_ACKS_TIMEOUT(fields["required_acks"], fields["timeout"]))
+    topics = fields["topics"]
+    if topics is None:
+        add(_I32(-1))
+        return b"".join(parts)
+    add(_I32(len(topics)))
+    for topic, partitions in topics:
+        name = str(topic).encode("utf-8")
+        add(_I16(len(name)))
+        add(name)
+        if partitions is None:
+            add(_I32(-1))
+            continue
+        add(_I32(len(partitions)))
+        for partition, records in partitions:
+            if records is None:
+                add(_PARTITION_SIZE(partition, -1))
+            else:
+                add(_PARTITION_SIZE(partition, len(records)))
+                add(records)
+    return b"".join(parts)
+
+
+def _produce_layout(request: Any) -> bool:
+    """Whether a ProduceRequest version's schema is the one :func:`_encode_produce` writes:
+    ``[transactional_id: String,] required_acks: Int16, timeout: Int32, topics:
+    Array(topic: String, Array(partition: Int32, records: Bytes))`` (versions 0 to 7 in aiokafka
+    0.14; a later flexible version, with compact arrays and tagged fields, keeps aiokafka's own)."""
+    from aiokafka.protocol import types as t
+
+    schema = request.SCHEMA
+    head: tuple[str, ...] = ("transactional_id",) if request.API_VERSION >= 3 else ()
+    if schema.names != (*head, "required_acks", "timeout", "topics"):
+        return False
+    *tid, acks, timeout, topics = schema.fields
+    if (tid and type(tid[0]) is not t.String) or (acks, timeout) != (t.Int16, t.Int32):
+        return False
+    topic: Any = topics.array_of if type(topics) is t.Array else None
+    if type(topic) is not t.Schema or len(topic.fields) != 2:
+        return False
+    name, partitions = topic.fields
+    partition: Any = partitions.array_of if type(partitions) is t.Array else None
+    return (
+        type(name) is t.String
+        and type(partition) is t.Schema
+        and partition.fields == (t.Int32, t.Bytes)
+    )
+
+
+#: the ProduceRequest versions aiokafka may send, each encoded by :func:`_encode_produce`
+#: where its schema is the one that writes (all of them in aiokafka 0.14)
+PRODUCE_REQUESTS = [r for r in aiokafka_produce.ProduceRequest._CLASSES if _produce_layout(r)]
+for _request in PRODUCE_REQUESTS:
+    _request.encode = _encode_produce
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
