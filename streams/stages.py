@@ -789,6 +789,11 @@ class UnreadSends:
         """``envelope`` went to ``partition`` through the topic alone."""
         self._unread.setdefault(partition, []).append((mark, envelope))
 
+    def copied(self, partition: int, mark: int) -> None:
+        """The envelope of ``mark`` is the copy of one handed over in-process already: it is
+        skipped when read (see :meth:`streams.runtime.hand_over.Hop.copy`)."""
+        self._handed.setdefault(partition, set()).add(mark)
+
     def read(self, partition: int, mark: int) -> None:
         """``partition`` has read this worker's envelope of ``mark`` (and so all before it)."""
         if partition in self._unread:
@@ -844,6 +849,7 @@ def resolve_local_peers(
     rounds: int = 4,
     on_batch: Callable[[int, ResolveBatch], None] | None = None,
     unread: Mapping[int, list[Envelope]] | None = None,
+    on_handed: Callable[[int, Envelope], None] | None = None,
 ) -> tuple[list[ResolveBatch], dict[int, Envelope]]:
     """Hand the registrations and progress of ``batches`` to the peer partitions in
     ``resolvers`` now, for up to ``rounds`` rounds of answers. Returns the batches
@@ -863,13 +869,17 @@ def resolve_local_peers(
     before it could let a reshare waiting for that registration fall behind
     event time).
     ``on_batch(partition, batch)`` is called for each batch made (to persist
-    its delta).
+    its delta), ``on_handed(partition, envelope)`` for each envelope a round
+    handed over (not the unread ones: they are on the topic already).
     """
     out: list[ResolveBatch] = []
     pending = batches
     first = {r: list(envs) for r, envs in (unread or {}).items() if envs and r in resolvers}
     for _ in range(rounds):
         local = {r: [env] for r, env in merge_resolved(pending)[1].items() if r in resolvers}
+        if on_handed is not None:
+            for r, (env,) in local.items():
+                on_handed(r, env)
         for r, envs in first.items():
             local[r] = envs + local.get(r, [])
         first = {}

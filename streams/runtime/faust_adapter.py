@@ -310,7 +310,14 @@ class Producer(faust_aiokafka.Producer):
         #: records written so far (the worker's report)
         self.written = 0
 
-    def write(self, topic: str, partition: int, key: bytes, value: bytes | None) -> None:
+    def write(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes,
+        value: bytes | None,
+        timestamp_ms: int | None = None,
+    ) -> None:
         """Add a record to the Kafka client's open batch of ``topic``'s ``partition`` (a new
         one if there is none or it is full), as the client's own ``send`` does, without a
         future for the record; the flushes (:meth:`flush_sent`, Faust's :meth:`flush`)
@@ -335,10 +342,11 @@ class Producer(faust_aiokafka.Producer):
         tp = TopicPartition(topic, partition)
         pending = accumulator._batches.get(tp)
         batch = pending[-1] if pending else None
-        if batch is None or batch._builder.append(timestamp=None, key=key, value=value) is None:
+        stamp = timestamp_ms
+        if batch is None or batch._builder.append(timestamp=stamp, key=key, value=value) is None:
             # none open, or full (the sender is woken): a new one, which takes its first
             batch = accumulator._append_batch(accumulator.create_builder(), tp)
-            batch._builder.append(timestamp=None, key=key, value=value)
+            batch._builder.append(timestamp=stamp, key=key, value=value)
         if self._last_batch.get(tp) is not batch:
             self._last_batch[tp] = batch
             self._batches += 1

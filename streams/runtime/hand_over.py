@@ -5,7 +5,11 @@ clusters) is an internal topic. Through Kafka, each hop is one more
 produce-and-fetch on the way to every alert; when the process that made an
 envelope also holds the partition it is for, it hands the envelope over in
 memory instead. The receiving stage logs what it received as it logs any
-batch, so nothing is lost if the process dies, and no Kafka copy is sent.
+batch, so nothing is lost if the process dies, and no Kafka copy is sent;
+but for one hop: what a resolve partition hands a peer of its process (its
+registrations) also goes to the ``resolve`` topic (:meth:`Hop.copy`), as the
+two partitions log to two changelog partitions, which a kill can tear apart
+(the sender's record kept, the receiver's lost: seed 12 of the kill model).
 
 The rule that keeps this exact: **the short way never overtakes the long
 one.** A partition reads its topic in order; an envelope this process sent
@@ -51,18 +55,36 @@ class Hop:
     """One internal topic as this process writes it: the partitions it holds, the ones it has
     read from since they were assigned, and what it sent them through Kafka alone, unread."""
 
-    __slots__ = ("enabled", "held", "name", "reading", "send_record", "unread")
+    __slots__ = (
+        "copies",
+        "enabled",
+        "held",
+        "name",
+        "reading",
+        "send_copy",
+        "send_record",
+        "unread",
+    )
 
     def __init__(
-        self, name: str, send: SendEnvelope, enabled: Callable[[], bool] | None = None
+        self,
+        name: str,
+        send: SendEnvelope,
+        enabled: Callable[[], bool] | None = None,
+        send_copy: SendEnvelope | None = None,
     ) -> None:
         self.name = name
         self.send_record = send
+        #: how a copy goes (:meth:`copy`): in a worker, straight into the Kafka client's
+        #: batches, beside the outputs and logs of its batch (not through Faust's buffer)
+        self.send_copy = send_copy if send_copy is not None else send
         #: whether the short way may be taken now (a test's coin; always, in a worker)
         self.enabled = enabled
         self.unread = UnreadSends()
         self.held: set[int] = set()
         self.reading: set[int] = set()
+        #: copies sent of envelopes handed over in-process (:meth:`copy`)
+        self.copies = 0
 
     def assign(self, partitions: Iterable[int]) -> None:
         self.held.update(partitions)
@@ -86,6 +108,27 @@ class Hop:
         mark = self.send_record(partition, envelope)
         if track and partition in self.held and isinstance(envelope, Envelope):
             self.unread.sent(partition, mark, envelope)
+
+    def copy(self, partition: int, envelope: Envelope) -> None:
+        """A copy, through Kafka, of what was handed to ``partition`` in-process, sent
+        before the sender's log records are (the checkpoint's gate waits for it): skipped
+        when read here, read by whoever restores the partition (a replacement process).
+
+        The copy is the receiver's durable inbox: the sender's log and the receiver's go to
+        two changelog partitions, which a kill can tear apart, and a sender whose log says
+        it released a reshare does not hand its registration over again (seed 12 of the
+        kill model: the reshare's own reshares waited at the receiver for ever). What it
+        carries may be taken twice (a replacement whose log kept it): registrations are
+        idempotent (see :meth:`streams.runtime.topology.Topology._copy_handed`).
+
+        The topology gathers a partition's copies until a checkpoint begins
+        (:meth:`streams.runtime.topology.Topology.write_copies`): a copy a batch, which
+        the live process reads back, raised alert p50 from about 25 to 40 ms. In a worker
+        it is written straight into the Kafka client's open batch (``send_copy``), not
+        through Faust's buffer (which cost 10-15 ms more: see the README, "Workers")."""
+        mark = self.send_copy(partition, envelope)
+        self.unread.copied(partition, mark)
+        self.copies += 1
 
     def received(self, partition: int, records: Iterable[tuple[int | None, T]]) -> list[T]:
         """What ``partition`` read, ``(mark, record)`` (mark ``None``: not this process's),

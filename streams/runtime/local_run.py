@@ -284,10 +284,21 @@ class LocalRun:
         def coin(enabled: bool) -> Callable[[], bool]:
             return lambda: enabled and rng.random() < 0.5
 
+        def older() -> bool:
+            """Whether a topic partition still holds records of an earlier incarnation (they
+            are read first: each partition's list is in the order sent)."""
+            return any(part and part[0][0] != incarnation for t in topics.values() for part in t)
+
+        # A replacement takes no short way while what the process before it sent is unread,
+        # as a worker takes none for a grace after an assignment (HAND_OVER_GRACE_S): its
+        # in-process progress would overtake the copies on the resolve topic of what the
+        # process before it handed over (see Hop.copy), and release what waits for them late.
+        restarted = incarnation > 0 and older()
         hops = HandOver(
             resolve=Hop("resolve", sender("resolve"), enabled=coin(self.local_resolve)),
             clusters=Hop("clusters", sender("clusters"), enabled=coin(self.local_clusters)),
-            grace_s=0.0,
+            grace_s=0.5 if restarted else 0.0,
+            clock=(lambda: 0.0 if older() else 1.0) if restarted else (lambda: 0.0),
         )
         hops.assigned()
         if self.local_resolve or self.local_peers:
@@ -355,7 +366,8 @@ class LocalRun:
             predictor_factory=self.predictor_factory,
         )
         topology.ingest.clock.assign(range(n), 0.0)
-        return topology, Checkpoint(sinks=[outputs], logs=logs, gate=gate), topics
+        checkpoint = Checkpoint(sinks=[outputs], logs=logs, gate=gate, copies=topology)
+        return topology, checkpoint, topics
 
     def run(self, lines: Iterable[bytes], key: str = "none", run: int = 7) -> LocalRun:
         rng = random.Random(self.seed)
@@ -497,7 +509,10 @@ class LocalRun:
         self.moved += 1
 
     def _acknowledged(self, checkpoint: Checkpoint) -> None:
-        """Everything written is on the broker (a commit waits for it: the gate's group too)."""
+        """Everything written is on the broker (a commit waits for it: the gate's group too,
+        sealed now, after the copies of what was handed over in-process: see
+        :meth:`Checkpoint.stage`)."""
+        checkpoint.stage(begin=True)
         if self.tear is not None:
             if checkpoint.gate is not None:
                 checkpoint.gate.release()

@@ -380,7 +380,11 @@ class Worker:
             send=lambda kind, p, key, value: outputs[kind](p, key, value),
         )
         self.hand_over = HandOver(
-            resolve=Hop("resolve", lambda p, env: self._send(self.t_resolve, env, p)),
+            resolve=Hop(
+                "resolve",
+                lambda p, env: self._send(self.t_resolve, env, p),
+                send_copy=lambda p, env: self._write_envelope(self.t_resolve, env, p),
+            ),
             clusters=Hop("clusters", lambda p, env: self._send(self.t_clusters, env, p)),
             grace_s=HAND_OVER_GRACE_S,
         )
@@ -412,6 +416,7 @@ class Worker:
             flush_producer=lambda: app.counted_producer.flush_sent(),
             commit_offsets=lambda offsets: self.shares.commit_offsets(offsets),
             gate=self.resolve_gate,
+            copies=self.topology,
         )
         app.settle_writes = self.checkpoint.flush  # Faust's flush before it commits offsets
         self.shares = SharesReader(
@@ -454,8 +459,13 @@ class Worker:
                 async for events in stream.take_events(*take):
                     self._delay("resolve", (e.message.timestamp for e in events))
                     received = self._received("resolve", events)
-                    self.topology.resolve_received(received)
-                    self.checkpoint.stage()
+                    # a partition that read nothing new (the copies of what it was handed
+                    # in-process: see Hop.copy) has nothing to do, unless it is to be restored
+                    resolvers = self.topology.resolvers
+                    received = {p: e for p, e in received.items() if e or p not in resolvers}
+                    if received:
+                        self.topology.resolve_received(received)
+                        self.checkpoint.stage()
                     self._seek_back()
 
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
@@ -647,20 +657,39 @@ class Worker:
         Returns its timestamp (epoch ms, increasing from one send to the next): the mark
         by which the hand-over knows when the partition has read it.
         """
+        _, stamp, parts = self._records(topic, value)
+        for part in parts:
+            topic.send_soon(
+                key=self._own_key, value=part, partition=partition, timestamp=stamp / 1000
+            )
+        return stamp
+
+    def _write_envelope(self, topic: Any, value: Envelope | bytes, partition: int) -> int:
+        """:meth:`_send`, written straight into the Kafka client's open batch of the
+        partition (:meth:`~streams.runtime.faust_adapter.Producer.write`), so that it
+        leaves with the outputs and logs its batch wrote, not in a produce request of
+        its own after them; returns its mark likewise."""
+        name, stamp, parts = self._records(topic, value)
+        producer = self.app.counted_producer
+        for part in parts:
+            producer.write(name, partition, self._own_key, part, timestamp_ms=stamp)
+        return stamp
+
+    def _records(self, topic: Any, value: Envelope | bytes) -> tuple[str, int, list[bytes]]:
+        """An envelope's records for ``topic`` in the settings' wire version, counted as sent,
+        with the topic's name and the send's mark (see :meth:`_send`)."""
+        wire = self.settings.wire_version
         parts = (
-            value.parts(wire=self.settings.wire_version)
+            value.parts(wire=wire)
             if isinstance(value, Envelope)
-            else split_envelope(value, wire=self.settings.wire_version)
+            else split_envelope(value, wire=wire)
         )
         stamp = self._last_send_ms = max(round(time.time() * 1000), self._last_send_ms + 1)
         name = topic.get_topic_name()
         for part in parts:
             self.sent[name] += 1
             self.sent_bytes[name] += len(part)
-            topic.send_soon(
-                key=self._own_key, value=part, partition=partition, timestamp=stamp / 1000
-            )
-        return stamp
+        return name, stamp, parts
 
     def _bank_changed(self, update: BankUpdate) -> None:
         """A timed bank change reached this worker: the clusters partitions it holds apply it
