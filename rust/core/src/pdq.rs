@@ -16,14 +16,12 @@
 //! the index scans every row there (just as exact).
 //!
 //! The tables are one compressed sparse row array (the rows of each chunk
-//! value, in order), and where each value's rows are is kept in groups of 12
-//! values, 16 bytes each: the start of the group's first value and each
-//! value's count of rows in a byte ([`Buckets`], 1.4 MB for the 16 tables),
-//! so a probe reads one line, then its rows. A start kept for each value was
-//! 4 MB read at random; then a bit per value and a count per 64 of them (192
-//! KB) naming a start kept for each value holding rows: three dependent
-//! misses a probe, where a platform replay's searches are most of their time
-//! waiting. Added hashes go to a *tail*
+//! value, in order), and the bucket starts are kept only for the values that
+//! hold a row: a bit per chunk value says whether it does, and a count per 64
+//! of them finds its start ([`Buckets`]). A probe of an empty bucket then
+//! reads the bits alone (128 KB for the 16 tables, which stay in cache) where
+//! a start per value was 4 MB read at random: at 17,000 rows most of the 272
+//! probes found nothing, and their reads were most of a search's time. Added hashes go to a *tail*
 //! that is scanned until it outgrows about `5 * sqrt(rows)` (at least
 //! `tail_min`), then merged into the tables in one pass: an O(rows) merge
 //! every O(sqrt(rows)) adds keeps both the merge and the tail's scan a few
@@ -33,7 +31,7 @@
 //! many hashes as it adds: its dead rows were up to half of it).
 //!
 //! Each row in a bucket carries its hash's chunk paired with the bucket's
-//! (chunks `2i` and `2i + 1` make a pair), folded to 12 bits, which tells most
+//! (chunks `2i` and `2i + 1` make a pair), folded to a byte, which tells most
 //! candidates apart without reading their hash, and is still exact
 //! ([`Entry`]): most searches find nothing, and each candidate's hash was a
 //! cache miss.
@@ -43,7 +41,8 @@
 //! ([`PdqIndex::scan_only`]): its hashes are all tail, a search scans them
 //! (about a millisecond at 330,000 hashes), and each costs 32 bytes, its tag
 //! and about 8 bytes of look-up table, where the tables take 80 bytes of rows
-//! a hash (16 of 5 bytes) and 1.4 MB of groups.
+//! a hash (16 of 5 bytes), up to 64 of bucket starts and 192 KB of bits and
+//! counts.
 //!
 //! Results are deterministic: per query, nearest first, ties in the hashes'
 //! hex order (hashes are distinct in an index), whatever the order of adds,
@@ -259,123 +258,43 @@ impl Layout {
     }
 }
 
-/// Keys a [`Group`] covers.
-const GROUP: usize = 12;
-
-/// A size byte meaning "255 rows or more": the size is in [`Buckets::big`].
-const BIG_SIZE: u8 = u8::MAX;
-
-/// A group's `base` bit saying one of its sizes is [`BIG_SIZE`].
-const BIG_GROUP: u32 = 1 << 31;
-
-/// The most rows the tables hold in all (a group's base is 31 bits).
-const MAX_IDS: usize = (BIG_GROUP - 1) as usize;
-
-/// [`GROUP`] consecutive table keys in 16 bytes: where the first key's rows start in `ids`
-/// and each key's row count. A probe finds its bucket's rows from this one line: the start
-/// is the base plus the sizes of the keys before it in the group.
-#[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(16))]
-struct Group {
-    /// The first key's start in `ids` (low 31 bits) and [`BIG_GROUP`].
-    base: u32,
-    sizes: [u8; GROUP],
-}
-
-impl Group {
-    /// The sum of the sizes of the group's first `j` keys (none of them [`BIG_SIZE`]).
-    #[inline(always)]
-    fn before(&self, j: usize) -> usize {
-        /// The sum of the eight bytes of `x` (each pair summed into a 16-bit lane first).
-        #[inline(always)]
-        fn bytes(x: u64) -> u64 {
-            const LO: u64 = 0x00ff_00ff_00ff_00ff;
-            let pairs = (x & LO) + ((x >> 8) & LO);
-            pairs.wrapping_mul(0x0001_0001_0001_0001) >> 48
-        }
-        let s = &self.sizes;
-        let lo = u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
-        let hi = u64::from(u32::from_le_bytes([s[8], s[9], s[10], s[11]]));
-        let mask = (1u128 << (8 * j)) - 1;
-        (bytes(lo & mask as u64) + bytes(hi & (mask >> 64) as u64)) as usize
-    }
-}
-
-/// Where each table key's rows are in `ids`: a [`Group`] per [`GROUP`] keys (16 bytes: 1.4 MB
-/// for the 16 tables' 2^20 keys), so that a probe reads one line and then the rows, where a
-/// bit per key and a count per 64 of them (192 KB) named a start kept for each key holding
-/// rows (4 bytes each, read at random): three dependent misses a probe, now two.
+/// Which table keys hold rows, and where their rows start in `ids`: a start per key
+/// that holds any (4 MB of starts for every key of 16 tables was read at random by
+/// each probe, empty or not; the bits and counts here are 192 KB).
 #[derive(Debug, Clone, Default)]
 struct Buckets {
-    groups: Vec<Group>,
-    /// The sizes of [`BIG_SIZE`] or more, by key (sorted: rare, a chunk value shared by
-    /// a few hundred hashes).
-    big: Vec<(u32, u32)>,
+    /// Bit `k % 64` of word `k / 64`: whether key `k` holds a row.
+    occupied: Vec<u64>,
+    /// How many keys hold rows in the words before each word.
+    before: Vec<u32>,
+    /// `starts[i]..starts[i + 1]`: the rows in `ids` of the `i`-th key holding any.
+    starts: Vec<u32>,
 }
 
 impl Buckets {
+    /// The place in `starts` of `key`'s bucket, if it holds rows.
+    #[inline(always)]
+    fn slot(&self, key: usize) -> Option<usize> {
+        let word = *self.occupied.get(key >> 6)?;
+        let bit = key & 63;
+        if (word >> bit) & 1 == 0 {
+            return None;
+        }
+        let below = (word & ((1u64 << bit) - 1)).count_ones() as usize;
+        Some(self.before[key >> 6] as usize + below)
+    }
+
     /// The rows of `key`'s bucket in `ids`: `lo..hi` (empty if none).
     #[inline(always)]
     fn span(&self, key: usize) -> (usize, usize) {
-        let Some(g) = self.groups.get(key / GROUP) else {
-            return (0, 0);
-        };
-        let j = key % GROUP;
-        let size = g.sizes[j];
-        if size == 0 {
-            return (0, 0);
-        }
-        if g.base & BIG_GROUP != 0 {
-            let lo = self.start(key);
-            return (lo, lo + self.size(key));
-        }
-        let lo = g.base as usize + g.before(j);
-        (lo, lo + usize::from(size))
-    }
-
-    /// Rows in `key`'s bucket.
-    fn size(&self, key: usize) -> usize {
-        match self.groups[key / GROUP].sizes[key % GROUP] {
-            BIG_SIZE => {
-                let at = self
-                    .big
-                    .binary_search_by_key(&(key as u32), |&(k, _)| k)
-                    .expect("a big size is kept");
-                self.big[at].1 as usize
-            }
-            size => usize::from(size),
-        }
-    }
-
-    /// Where `key`'s rows start (or would) in `ids`.
-    fn start(&self, key: usize) -> usize {
-        let (g, j) = (&self.groups[key / GROUP], key % GROUP);
-        if g.base & BIG_GROUP == 0 {
-            return g.base as usize + g.before(j);
-        }
-        let first = key - j;
-        (g.base & !BIG_GROUP) as usize + (first..key).map(|k| self.size(k)).sum::<usize>()
-    }
-
-    /// `more` rows join `key`'s bucket (the groups' bases are the caller's).
-    fn grow(&mut self, key: usize, more: usize) {
-        let size = self.size(key) + more;
-        let g = &mut self.groups[key / GROUP];
-        let byte = &mut g.sizes[key % GROUP];
-        if size < usize::from(BIG_SIZE) {
-            *byte = size as u8;
-            return;
-        }
-        *byte = BIG_SIZE;
-        g.base |= BIG_GROUP;
-        match self.big.binary_search_by_key(&(key as u32), |&(k, _)| k) {
-            Ok(at) => self.big[at].1 = size as u32,
-            Err(at) => self.big.insert(at, (key as u32, size as u32)),
+        match self.slot(key) {
+            Some(i) => (self.starts[i] as usize, self.starts[i + 1] as usize),
+            None => (0, 0),
         }
     }
 
     fn nbytes(&self) -> usize {
-        self.groups.capacity() * std::mem::size_of::<Group>() + self.big.capacity() * 8
+        self.occupied.capacity() * 8 + self.before.capacity() * 4 + self.starts.capacity() * 4
     }
 }
 
@@ -479,7 +398,8 @@ fn fold(v: usize) -> u16 {
     ((v ^ (v >> 12)) & 0xfff) as u16
 }
 
-/// A probe of a bucket: its span in `ids` (`lo << 32 | hi`; first its table key), the query's mate chunk and the mate's budget of bits (see [`Entry`]).
+/// A probe of a bucket holding rows: its span in `ids` (`lo << 32 | hi`; first its place in
+/// the starts), the query's mate chunk and the mate's budget of bits (see [`Entry`]).
 #[derive(Debug, Clone, Copy)]
 struct Probe {
     span: usize,
@@ -735,11 +655,6 @@ impl<T: Copy> PdqIndex<T> {
         Some(moved)
     }
 
-    /// Whether the tables can hold `rows` rows ([`Entry`]'s row numbers, a group's base).
-    fn tables_hold(&self, rows: usize) -> bool {
-        rows <= MAX_TABLE_ROWS && rows * self.layout.chunks() <= MAX_IDS
-    }
-
     /// Tail rows allowed before a merge: about `5 * sqrt(rows)` (see the module doc).
     fn tail_cap(&self) -> usize {
         let root = (self.indexed as f64).sqrt() as usize;
@@ -796,12 +711,11 @@ impl<T: Copy> PdqIndex<T> {
 
     /// Candidates from the tables, verified (a row may come more than once).
     ///
-    /// Memory-bound: each probe reads its bucket's group (a line of 1.4 MB), each probe of
-    /// a bucket holding rows those rows, each candidate a random row. So every such
-    /// probe's rows are prefetched first, then the candidates are gathered and each row
-    /// is prefetched a few candidates ahead of its check (1.7x faster at a million rows,
-    /// 2x at 30,000). Prefetching the groups in a pass of their own first added 20% to
-    /// the search's instructions and no fewer misses (cachegrind, 70,000 rows).
+    /// Memory-bound: each probe of a bucket holding rows reads a random start, each
+    /// candidate a random row (the bits that say which buckets hold rows stay in
+    /// cache). So every such probe's start is prefetched first, then the candidates
+    /// are gathered and each row is prefetched a few candidates ahead of its check
+    /// (1.7x faster at a million rows, 2x at 30,000).
     #[inline(always)]
     fn probe(
         &self,
@@ -819,21 +733,29 @@ impl<T: Copy> PdqIndex<T> {
         let masks = &self.masks[(threshold as usize) / chunks];
         // a pair's budget of bits (see `Entry`)
         let pair = 2 * threshold / chunks as u32;
+        let starts = &self.buckets.starts;
         for c in 0..chunks {
             let v = self.layout.chunk(q, c);
             let mate = u32::from(fold(self.layout.chunk(q, Layout::mate(c))));
             for &m in masks {
-                // a bucket's group tells whether it holds rows and where they are
-                let (lo, hi) = self.buckets.span(self.layout.key(c, v ^ m));
-                if lo < hi {
-                    prefetch(&self.ids, lo);
+                // only buckets holding rows: the bits are in cache, the starts mostly not
+                if let Some(i) = self.buckets.slot(self.layout.key(c, v ^ m)) {
+                    prefetch(starts, i);
                     keys.push(Probe {
-                        span: lo << 32 | hi,
+                        span: i,
                         mate,
                         budget: pair - m.count_ones(),
                     });
                 }
             }
+        }
+        // each bucket's start read (prefetched above) and its rows prefetched in turn, so
+        // that the rows' cache misses overlap too, not one bucket's after another's
+        for probe in keys.iter_mut() {
+            let i = probe.span;
+            let (lo, hi) = (starts[i] as usize, starts[i + 1] as usize);
+            prefetch(&self.ids, lo);
+            probe.span = lo << 32 | hi;
         }
         for probe in keys.iter() {
             let (lo, hi) = (probe.span >> 32, probe.span & 0xffff_ffff);
@@ -870,26 +792,37 @@ impl<T: Copy> PdqIndex<T> {
 
     /// Put the tail's live rows into the tables, in place: from the last new key down,
     /// each stretch of rows between two new keys moves once, up by the new rows of the
-    /// keys below it, which go at the end of their key's bucket; then each group's base
-    /// moves up by the new rows of the keys before it (dead rows stay until a rebuild).
+    /// keys below it, which go at the end of their key's bucket; the stretch's starts
+    /// move the same way, up by the keys new to the tables below it (a new key takes a
+    /// start); then the bits and counts are set (dead rows stay until a rebuild).
     fn merge_tail(&mut self) {
         let n = self.words.len();
-        if n == self.indexed || !self.tables_hold(n) {
+        if n == self.indexed || n > MAX_TABLE_ROWS {
             return;
         }
         let keys = self.layout.chunks() * self.layout.values();
         let fresh = self.tail_keys();
         let b = &mut self.buckets;
-        if b.groups.is_empty() {
-            b.groups = vec![Group::default(); keys.div_ceil(GROUP)];
+        if b.occupied.is_empty() {
+            b.occupied = vec![0; keys.div_ceil(64)];
+            b.before = vec![0; keys.div_ceil(64)];
+            b.starts = vec![0];
         }
-        let old_ids = self.ids.len();
+        let first_of_key = |j: usize| j == 0 || fresh[j - 1].0 != fresh[j].0;
+        let new_keys = (0..fresh.len())
+            .filter(|&j| first_of_key(j) && b.slot(fresh[j].0 as usize).is_none())
+            .count();
+        let (old_ids, old_slots) = (self.ids.len(), b.starts.len() - 1);
         // exactly what the merge adds: it moves the whole array anyway, and 16 ids a row
         // are the index's largest part (doubling would leave a third of it unused)
         self.ids.reserve_exact(fresh.len());
         self.ids.resize(old_ids + fresh.len(), Entry::default());
-        // what is above key k's bucket moves up by `shift` rows
-        let (mut shift, mut end) = (fresh.len(), old_ids);
+        b.starts.reserve_exact(new_keys);
+        b.starts.resize(old_slots + new_keys + 1, 0);
+        // what is above key k (rows and starts, the last start included) moves up by
+        // `shift_ids` rows and `shift_slots` starts
+        let (mut shift_ids, mut shift_slots) = (fresh.len(), new_keys);
+        let (mut end_ids, mut end_slot) = (old_ids, old_slots + 1);
         let mut i = fresh.len();
         while i > 0 {
             let k = fresh[i - 1].0 as usize;
@@ -897,26 +830,43 @@ impl<T: Copy> PdqIndex<T> {
             while j > 0 && fresh[j - 1].0 as usize == k {
                 j -= 1;
             }
-            // (the sizes and bases below k are still the old ones)
-            let top = b.start(k) + b.size(k);
-            self.ids.copy_within(top..end, top + shift);
-            let at = top + shift - (i - j);
+            // the keys holding rows up to k (the bits are still the old ones)
+            let (w, bit) = (k >> 6, k & 63);
+            let upto = b.before[w] as usize
+                + (b.occupied[w] & (u64::MAX >> (63 - bit))).count_ones() as usize;
+            // (a start at `end_slot` may be a new key's already: nothing moves then)
+            let lo_ids = if upto == end_slot {
+                end_ids
+            } else {
+                b.starts[upto] as usize
+            };
+            self.ids.copy_within(lo_ids..end_ids, lo_ids + shift_ids);
+            b.starts.copy_within(upto..end_slot, upto + shift_slots);
+            for start in &mut b.starts[upto + shift_slots..end_slot + shift_slots] {
+                *start += shift_ids as u32;
+            }
+            let at = lo_ids + shift_ids - (i - j);
             let mate = Layout::mate(k >> self.layout.bits);
             for (slot, &(_, r)) in self.ids[at..].iter_mut().zip(&fresh[j..i]) {
                 *slot = Entry::new(r, self.layout.chunk(&self.words[r as usize], mate));
             }
-            b.grow(k, i - j);
-            shift -= i - j;
-            end = top;
+            shift_ids -= i - j;
+            if (b.occupied[w] >> bit) & 1 == 0 {
+                // a key new to the tables: its start, just below what moved
+                shift_slots -= 1;
+                b.starts[upto + shift_slots] = at as u32;
+            }
+            (end_ids, end_slot) = (lo_ids, upto);
             i = j;
         }
-        debug_assert!(shift == 0);
-        let mut below = 0;
-        for (g, group) in b.groups.iter_mut().enumerate() {
-            while below < fresh.len() && (fresh[below].0 as usize) < g * GROUP {
-                below += 1;
-            }
-            group.base += below as u32;
+        debug_assert!(shift_ids == 0 && shift_slots == 0);
+        for &(k, _) in &fresh {
+            b.occupied[k as usize >> 6] |= 1 << (k & 63);
+        }
+        let mut count = 0;
+        for (w, word) in b.occupied.iter().enumerate() {
+            b.before[w] = count;
+            count += word.count_ones();
         }
         self.indexed = n;
         self.tail.clear();
@@ -984,7 +934,7 @@ impl<T: Copy> PdqIndex<T> {
         self.ids = Vec::new();
         self.buckets = Buckets::default();
         self.tail.clear();
-        if self.words.len() > self.tail_min && self.tables_hold(self.words.len()) {
+        if self.words.len() > self.tail_min && self.words.len() <= MAX_TABLE_ROWS {
             self.merge_tail();
         } else {
             self.tail.shrink_to(0, |_| 0);
@@ -1180,9 +1130,9 @@ mod tests {
     }
 
     #[test]
-    fn the_tables_take_a_group_of_sizes_not_a_start_per_key() {
-        // 5,000 hashes in the tables: 80,000 rows (5 bytes each) and 16 bytes a group of
-        // 12 keys (1.4 MB), where a start for each of the 16 tables' 65,536 values took 4 MB
+    fn only_buckets_holding_rows_keep_a_start() {
+        // 5,000 hashes in the tables: 80,000 rows (5 bytes each) in at most as many
+        // buckets, where a start for each of the 16 tables' 65,536 values took 4 MB alone
         let mut rng = Rng(5);
         let mut index = PdqIndex::new(64);
         let hashes: Vec<Hash> = (0..5000).map(|_| rng.hash()).collect();
@@ -1190,7 +1140,7 @@ mod tests {
             index.insert(*h, t as i64);
         }
         assert!(index.indexed > 4000);
-        assert!(index.nbytes() < 5 << 19, "{}", index.nbytes());
+        assert!(index.nbytes() < 3 << 19, "{}", index.nbytes());
         let live: Vec<(Hash, i64)> = hashes
             .iter()
             .enumerate()
@@ -1199,44 +1149,6 @@ mod tests {
         for t in (0..5000).step_by(97) {
             let q = rng.flip(&hashes[t], (t % 40) as u32);
             assert_eq!(answer(&index, &q, 31), brute(&live, &q, 31));
-        }
-    }
-
-    #[test]
-    fn buckets_of_hundreds_of_rows_are_found_with_their_group() {
-        // chunk 0 of four hashes in five is one of four values of one group (table 0's keys
-        // 0x1230..0x123c are group 388), so four buckets pass a size byte's 254, and the
-        // keys beside them start after them
-        let mut rng = Rng(41);
-        let mut index = PdqIndex::new(64);
-        let mut live: Vec<(Hash, i64)> = Vec::new();
-        for t in 0..3000 {
-            let mut h = rng.hash();
-            let value = [0x1234, 0x1235, 0x1236, 0x1237][t % 4];
-            if t % 5 != 0 {
-                h[0] = (h[0] & !0xffff) | value;
-            }
-            if index.insert(h, t as i64) {
-                live.push((h, t as i64));
-            }
-            if t % 700 == 699 {
-                for (i, &(h, _)) in live.iter().enumerate().step_by(37) {
-                    let q = rng.flip(&h, (i % 40) as u32);
-                    assert_eq!(answer(&index, &q, 31), brute(&live, &q, 31));
-                }
-            }
-        }
-        let sizes: Vec<usize> = (0x1233..0x1239).map(|v| index.buckets.size(v)).collect();
-        assert!(sizes[1..5].iter().all(|&n| n > 500), "{sizes:?}");
-        assert!(sizes[0] < 10 && sizes[5] < 10, "{sizes:?}");
-        assert_eq!(index.buckets.big.len(), 4);
-        for (h, _) in live.drain(..1500) {
-            assert!(index.remove(&h));
-        }
-        for (i, &(h, _)) in live.iter().enumerate().step_by(13) {
-            let q = rng.flip(&h, (i % 40) as u32);
-            assert_eq!(answer(&index, &q, 31), brute(&live, &q, 31));
-            assert_eq!(index.tag_of(&h), Some(live[i].1));
         }
     }
 
