@@ -400,9 +400,11 @@ def two_workers_read(
     """Once both workers are in the group, each with some of the partitions, ``lines``
     (keyed by post) to the shares topic; the alerts and takedowns (see :func:`wait_done`)."""
     stats = TopicReader(broker, s.topic("stats"))
+    # two worker processes start, restore and join one group: past 60 s once (load 10,
+    # 2 cores); the bound is a hang's, not a speed's
     stats.until(
         lambda r: sum(1 for d in latest_stats(r).values() if d["time"] > time.time() - 2) == 2,
-        60,
+        180,
         "two workers reporting",
     )
     stats.close()
