@@ -103,6 +103,36 @@ from streams.simulate import Scenario, simulate  # noqa: E402
 
 T0 = 1_767_225_600_000
 
+#: the throughput stages ``--stages`` names, in the order a run times them; ``json``, the
+#: floor the others' ratios are to, is always among those chosen
+STAGES = ("json", "parse", "parse_batch", "core", "pipeline")
+#: the memory measures ``--memory`` names
+MEMORY = ("cascade", "unbanked", "worker")
+
+
+def names_among(
+    choices: tuple[str, ...], required: str | None = None
+) -> Callable[[str], list[str]]:
+    """An argparse ``type=`` for a comma-separated list of ``choices``: a name not among them
+    (or a list without ``required``) is refused while the arguments are read, so a mistyped
+    flag exits 2 with one line at once, not after the simulation and the runs before it."""
+
+    def parse(text: str) -> list[str]:
+        chosen = text.split(",")
+        unknown = [name for name in chosen if name not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(map(repr, unknown))}: choose among {', '.join(choices)}"
+            )
+        if required is not None and required not in chosen:
+            raise argparse.ArgumentTypeError(
+                f"{required} must be among them (the others' ratios are to it): {required},{text}"
+            )
+        return chosen
+
+    return parse
+
+
 #: uploads per minute of background traffic in ``--mix platform``: with the default
 #: scenario's banked cascades, about 1% of events are in banked clusters (6% by default)
 PLATFORM_BACKGROUND = 2_400.0
@@ -178,9 +208,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         "core": core_only,
         "pipeline": replay,
     }
-    unknown = set(args.stages) - set(every)
-    if unknown or "json" not in args.stages:
-        raise SystemExit(f"--stages: json and any of {sorted(every)} (not {sorted(unknown)})")
+    assert tuple(every) == STAGES  # the names --stages was checked against
     stages = {name: fn for name, fn in every.items() if name in args.stages}
     events = len(lines) * args.times
     runs: dict[str, list[float]] = {name: [] for name in stages}
@@ -552,8 +580,8 @@ def main() -> None:
     )
     ap.add_argument(
         "--stages",
-        type=lambda s: s.split(","),
-        default=["json", "parse", "parse_batch", "core", "pipeline"],
+        type=names_among(STAGES, required="json"),
+        default=list(STAGES),
         help="throughput stages to time, json among them (default: all; "
         "json,pipeline for replay's targets)",
     )
@@ -568,8 +596,8 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true", help="memory only")
     ap.add_argument(
         "--memory",
-        type=lambda s: s.split(","),
-        default=["cascade", "unbanked", "worker"],
+        type=names_among(MEMORY),
+        default=list(MEMORY),
         help="memory measures (default: all): cascade, unbanked (replay's), worker "
         "(a worker's stages, the unbanked measure's stream)",
     )
