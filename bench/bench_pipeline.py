@@ -67,7 +67,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -387,6 +387,126 @@ def paused_share(rows: list[dict[str, Any]]) -> float:
     return stopped / len(busy) if busy else 0.0
 
 
+#: Where a worker's busy samples go in ``--profile``'s summary: a sample counts under the
+#: part of the innermost frame its stack holds of these (the stages' entries, the Kafka
+#: client's code by its files: a stage's work handed over in-process is the next stage's,
+#: not the caller's, and its sends are the client's); under ``imports`` first, wherever an
+#: import is (a module loaded late is start-up, not the stage's work).
+PROFILE_IMPORTS = "_find_and_load"
+PROFILE_PARTS = (
+    ("resolve", "Topology.resolve_received"),
+    ("detect", "Topology.detect"),
+    ("ingest", "SharesReader."),
+    ("ingest", "Topology.ingest_lines"),
+    ("checkpoint", "Checkpoint."),
+    ("kafka client", "aiokafka/"),
+)
+#: A sample whose innermost frames wait (an event loop's poll, a thread's condition, the
+#: GIL): py-spy's ``--idle`` keeps them, the summary does not count them busy.
+PROFILE_WAITS = frozenset(
+    {"epoll_wait", "select_epoll_poll_impl", "pthread_cond_timedwait", "pthread_cond_wait"}
+)
+
+
+def profile_summary(raw: Iterable[str]) -> dict[str, int]:
+    """Busy samples of a py-spy ``--format raw`` profile (one ``frame;frame;... count`` a
+    stack), by :data:`PROFILE_PARTS` (``other``: none), with ``busy`` and ``idle``.
+
+    >>> profile_summary([
+    ...     "run (w.py:1);Topology.resolve_received (t.py:2);handle (core) 5",
+    ...     "run (w.py:1);Topology.resolve_received (t.py:2);Topology.detect (t.py:3) 2",
+    ...     "run (w.py:1);send (/x/aiokafka/conn.py:9) 1",
+    ...     "run (w.py:1);select (s.py:4);epoll_wait (libc) 9",
+    ...     "run (w.py:1);misc (m.py:5) 1",
+    ... ])
+    {'idle': 9, 'busy': 9, 'resolve': 5, 'detect': 2, 'kafka client': 1, 'other': 1}
+    """
+    out: dict[str, int] = {"idle": 0, "busy": 0}
+    for line in raw:
+        stack, _, count = line.rstrip().rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        n = int(count)
+        if any(f.split(" (", 1)[0] in PROFILE_WAITS for f in frames[-3:]):
+            out["idle"] += n
+            continue
+        out["busy"] += n
+        part = next(
+            (name for f in reversed(frames) for name, mark in PROFILE_PARTS if mark in f), "other"
+        )
+        if any(PROFILE_IMPORTS in f for f in frames):
+            part = "imports"
+        out[part] = out.get(part, 0) + n
+    return out
+
+
+def start_profiles(
+    procs: list[subprocess.Popen[bytes]], out: Path
+) -> list[subprocess.Popen[bytes]]:
+    """``py-spy record --native --idle`` on each worker (100 samples a second, raw stacks to
+    ``out``-PID.txt), each ending when its worker does. py-spy takes CPU on the same
+    cores: a profiled run's rates and CPU are not a timed run's. A py-spy that gives up at
+    once (a worker whose interpreter is not up yet) is started again, for up to 30 s."""
+    venv = Path(sys.executable).parent / "py-spy"
+    spy = str(venv) if venv.exists() else shutil.which("py-spy") or "py-spy"
+    record = [spy, "record", "--native", "--idle", "--rate", "100", "--format", "raw"]
+
+    def attach(p: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        for _ in range(30):
+            proc = subprocess.Popen(
+                [*record, "--output", f"{out}-{p.pid}.txt", "--pid", str(p.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1.0)
+            if proc.returncode is None or p.poll() is not None:
+                break
+        return proc
+
+    return [attach(p) for p in procs]
+
+
+def report_profiles(
+    spies: list[subprocess.Popen[bytes]],
+    procs: list[subprocess.Popen[bytes]],
+    out: Path,
+    reports: dict[str, dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Each worker's profile summed up (see :func:`profile_summary`), once py-spy has
+    written it; the worker holding resolve partition 0 (the index's owner) is named so."""
+    owner = {
+        name.rpartition(":")[2]
+        for name, d in reports.items()
+        if 0 in d.get("partitions", {}).get("resolve", [])
+    }
+    summaries = []
+    for spy, p in zip(spies, procs, strict=True):
+        try:
+            spy.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+        path = Path(f"{out}-{p.pid}.txt")
+        if not path.exists():
+            log(f"profile of worker {p.pid}: py-spy wrote nothing (exit {spy.returncode})")
+            continue
+        summary = profile_summary(path.read_text().splitlines())
+        busy = max(summary["busy"], 1)
+        role = " (the index's owner)" if str(p.pid) in owner else ""
+        parts = sorted(
+            ((k, v) for k, v in summary.items() if k not in ("busy", "idle")), key=lambda kv: -kv[1]
+        )
+        log(
+            f"profile of worker {p.pid}{role}: {summary['busy']:,} busy samples; "
+            + ", ".join(f"{k} {v:,} ({v / busy:.0%})" for k, v in parts)
+            + f"; stacks in {path}"
+        )
+        summaries.append({"pid": p.pid, "owner": bool(role), "samples": summary})
+    return summaries
+
+
 def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Per repeat: the plain consumer, then the pipeline with each of ``--workers`` worker counts.
 
@@ -412,6 +532,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
     reads: dict[int, list[float]] = {n: [] for n in args.workers}  # records read per event
     crossing: dict[int, list[dict[str, float]]] = {n: [] for n in args.workers}
     own_span: dict[int, list[bool]] = {n: [] for n in args.workers}
+    # per run, each worker's busy samples by part (``--profile``)
+    profiles: dict[int, list[list[dict[str, Any]]]] = {n: [] for n in args.workers}
     for i in range(args.repeats):
         for n in args.workers:
             s = fresh(broker, args.partitions)
@@ -435,6 +557,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
             samplers = [CpuSampler([p.pid]) for p in procs] + [CpuSampler([broker.pid])]
             for sampler in samplers:
                 sampler.start()
+            stacks = None if args.profile is None else args.profile / f"t{i}-{n}"
+            spies = [] if stacks is None else start_profiles(procs, stacks)
             try:
                 keep = work / f"stats-t{i}-{n}.jsonl"
                 rows, reports = read_stats_until(s, valid, timeout=args.timeout, keep=keep)
@@ -443,6 +567,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                     sampler.stopped.set()
                     sampler.join()
                 stop_workers(procs)
+            if stacks is not None:
+                profiles[n].append(report_profiles(spies, procs, stacks, reports))
             a, b = pipeline_rates(rows, valid, reports)
             first_read, done, own = pipeline_span(rows, valid, reports)
             used_us = [(x.at(done) - x.at(first_read)) / valid * 1e6 for x in samplers]
@@ -504,6 +630,7 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 "records_read_per_event": statistics.median(reads[n]),
                 "sent_per_event": crossing[n],
                 "span_from_workers": all(own_span[n]),
+                **({"profiles": profiles[n]} if args.profile is not None else {}),
                 "ratio": statistics.median(e2e[n]) / ceiling,
                 "steady_ratio": statistics.median(steady[n]) / ceiling,
                 # this count's end-to-end rate over the first count's, pair by pair (the
@@ -895,6 +1022,15 @@ def main() -> None:
     )
     ap.add_argument("--skip", choices=("throughput", "latency"), default=None)
     ap.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="py-spy (--native --idle) on each throughput run's workers, the stacks kept in "
+        "DIR and each worker's busy samples summed up by stage (the index's owner named); "
+        "py-spy shares the cores: a profiled run's rates and CPU are not a timed run's",
+    )
+    ap.add_argument(
         "--failover",
         type=float,
         default=None,
@@ -916,6 +1052,9 @@ def main() -> None:
             ap.error(f"--set {item!r}: expected VIRALWATCH_X=VALUE with a known variable")
         changed[var] = value
     args.set = changed
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        log(f"NOTE: each worker profiled by py-spy (stacks in {args.profile}): not a timed run")
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     broker: RunningBroker
     if args.broker == "kafka":

@@ -126,3 +126,34 @@ def test_paused_share_counts_the_records_in_which_reading_stopped() -> None:
     ]
     assert bench.paused_share(rows) == 2 / 3
     assert bench.paused_share([]) == 0.0
+
+
+def test_a_profile_is_summed_up_by_stage_its_waits_apart() -> None:
+    """``--profile``'s summary: each busy sample under the innermost stage its stack holds
+    (detection handed over in-process by resolve is detection; resolve's own work and a
+    send of it, resolve's and the Kafka client's), an import's wherever it is, samples
+    that wait (an event loop's poll, the GIL) not busy, and lines that are no stack
+    skipped."""
+    bench = bench_pipeline()
+    raw = [
+        "main (w.py:1);Topology.resolve_received (t.py:2);Topology.detect (t.py:3);x (c) 5",
+        "main (w.py:1);Topology.detect (t.py:3);search (core) 2",
+        "main (w.py:1);Topology.resolve_received (t.py:2);handle (core) 6",
+        "main (w.py:1);Topology.resolve_received (t.py:2);send (aiokafka/producer.py:3) 2",
+        "main (w.py:1);Topology.resolve_received (t.py:2);pthread_cond_wait (libc) 4",
+        "main (w.py:1);SharesReader.poll (r.py:1);_find_and_load (<frozen>:1) 3",
+        "main (w.py:1);send (/v/lib/aiokafka/conn.py:9) 1",
+        "main (w.py:1);select (s.py:4);epoll_wait (libc) 9",
+        "thread (t.py:1);misc (m.py:5) 1",
+        "",
+        "not a stack",
+    ]
+    assert bench.profile_summary(raw) == {
+        "idle": 13,
+        "busy": 20,
+        "detect": 7,
+        "resolve": 6,
+        "imports": 3,
+        "kafka client": 3,
+        "other": 1,
+    }
