@@ -8,6 +8,3 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
-
-#: The project's reference data, beside the repository root (absent in a user's clone).
-SHARED = TESTS.parent.parent / "shared"

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared_data import SHARED, absent
 
 from streams.banks import (
     BankConfig,
@@ -27,9 +28,8 @@ from streams.events import Content
 from streams.pdqindex import brute_force
 from streams.stats import Stats
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 PDQ_DATA = SHARED / "data" / "pdq"
-NO_DATA = f"shared PDQ reference data not found at {PDQ_DATA} (absent in a fresh clone)"
+NO_DATA = absent(PDQ_DATA, "PDQ reference data")
 
 
 def rand_hash(rng: random.Random, bits: int = 256) -> str:

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared_data import SHARED, needs
 
 from streams.evaluate import (
     CascadeData,
@@ -27,11 +28,9 @@ from streams.evaluate import (
 )
 from streams.policy import PredictionRule
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 CASCADES = SHARED / "data" / "cascades"
-needs_shared = pytest.mark.skipif(
-    not (CASCADES / "seismic-tweet-reference.csv").exists(),
-    reason="../shared/data/cascades (the real cascades and the R reference) is absent",
+needs_shared = needs(
+    CASCADES / "seismic-tweet-reference.csv", "the real cascades and the R reference"
 )
 
 CASFLOW_LINE = "c1\tu0\t1464739201\t4\tu0:0 u0/u1:60 u0/u1/u2:300 u0/u3:900"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import SHARED, needs
 
 from graphs.growth import (
     DEFAULT_GROWTH,
@@ -29,11 +29,8 @@ from graphs.prediction import (
 )
 from streams import evaluate as ev
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 TWITTER = SHARED / "data" / "cascades" / "twitter-seismic"
-needs_twitter = pytest.mark.skipif(
-    not TWITTER.is_dir(), reason="../shared/data/cascades/twitter-seismic is absent"
-)
+needs_twitter = needs(TWITTER, "the twitter-seismic cascades")
 
 
 def synthetic(seed: int, n: int = 3000, scale: float = 900.0) -> tuple[np.ndarray, np.ndarray]:

@@ -14,13 +14,13 @@ import numpy as np
 import orjson
 import pytest
 from PIL import Image
+from shared_data import SHARED, absent
 
 from streams.banks import hamming
 from streams.hashing import FileHashes, HashError, hash_file, hash_files, hash_image_bytes
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 PDQ_DATA = SHARED / "data" / "pdq"
-NO_DATA = f"shared PDQ reference data not found at {PDQ_DATA} (absent in a fresh clone)"
+NO_DATA = absent(PDQ_DATA, "PDQ reference data")
 
 
 def reference_rows() -> list[dict[str, str]]:

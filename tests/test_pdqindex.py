@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from shared_data import SHARED, absent
 
 from streams.pdqindex import MAX_INDEXED_THRESHOLD, PDQIndex, brute_force
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 PDQ_DATA = SHARED / "data" / "pdq"
 
 
@@ -223,7 +222,7 @@ def test_tags_go_with_the_hashes_added_and_a_present_hash_keeps_its_own() -> Non
 
 def test_needles_against_haystack_give_the_250_brute_force_pairs() -> None:
     if not PDQ_DATA.is_dir():
-        pytest.skip(f"shared PDQ reference data not found at {PDQ_DATA} (absent in a fresh clone)")
+        pytest.skip(absent(PDQ_DATA, "PDQ reference data"))
     needles = (PDQ_DATA / "needles.txt").read_text().split()
     haystack = (PDQ_DATA / "haystack.txt").read_text().split()
     expected = brute_force(haystack, needles, 31)

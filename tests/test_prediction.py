@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import SHARED, needs
 
 from graphs.prediction import (
     DEFAULT_CALIBRATION,
@@ -22,12 +22,8 @@ from graphs.prediction import (
 )
 from graphs.seismic import predict_at
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 CASCADES = SHARED / "data" / "cascades"
-needs_shared = pytest.mark.skipif(
-    not (CASCADES / "casflow-weibo-sample.txt").exists(),
-    reason="../shared/data/cascades (the real cascades) is absent",
-)
+needs_shared = needs(CASCADES / "casflow-weibo-sample.txt", "the real cascades")
 
 
 def synthetic(seed: int, n: int = 3000, scale: float = 900.0) -> tuple[np.ndarray, np.ndarray]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from shared_data import SHARED, needs
 
 from graphs.prediction import IncrementalPredictor, PredictorConfig
 from graphs.seismic import (
@@ -23,11 +23,9 @@ from graphs.seismic import (
     predict_at,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 CASCADES = SHARED / "data" / "cascades"
-needs_shared = pytest.mark.skipif(
-    not (CASCADES / "seismic-tweet-reference.csv").exists(),
-    reason="../shared/data/cascades (the SEISMIC R package's tweet and its R output) is absent",
+needs_shared = needs(
+    CASCADES / "seismic-tweet-reference.csv", "the SEISMIC R package's tweet and its R output"
 )
 K = MemoryKernel()
 
