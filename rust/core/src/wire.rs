@@ -241,8 +241,8 @@ pub fn write_item_at(out: &mut Vec<u8>, item: &Item<'_>, held: Held) {
         // unbanked upload often twice (to its post's partition, then to the index's owner):
         // the held form is about 55% of the canonical dict's bytes (no names, a type letter,
         // hashes in base64), and a byte less costs less on both sides and in the broker
-        Item::ToRoute(event) => held_or_dict(out, "s", event, held),
-        Item::Unbanked(event) => held_or_dict(out, "u", event, held),
+        Item::ToRoute(event) => return held_or_dict(out, "s", event, held),
+        Item::Unbanked(event) => return held_or_dict(out, "u", event, held),
         Item::Registration {
             post_id,
             cluster_id,
@@ -269,20 +269,30 @@ pub fn write_item_at(out: &mut Vec<u8>, item: &Item<'_>, held: Held) {
 /// `[tag + "2", held event]` (a record of the resolve topic's wire version 2), or, for an
 /// event [`write_held`] does not write or with a text to escape, version 1's `[tag, event]`
 /// (the compact form's reader takes only plain texts: what the core does not read costs a
-/// decode in Python); version 1's alone if `held` says so. Without the closing bracket, as
-/// [`write_item`] writes its arms.
+/// decode in Python); version 1's alone if `held` says so.
 fn held_or_dict(out: &mut Vec<u8>, tag: &str, event: &EventView<'_>, held: Held) {
     let start = out.len();
     out.extend_from_slice(b"[\"");
     out.extend_from_slice(tag.as_bytes());
     out.extend_from_slice(b"2\",");
-    if held == Held::Dict || !write_held(out, event) || out[start..].contains(&b'\\') {
+    if held == Held::Compact && write_held(out, event) && !out[start..].contains(&b'\\') {
+        out.push(b']');
+    } else {
         out.truncate(start);
-        out.extend_from_slice(b"[\"");
-        out.extend_from_slice(tag.as_bytes());
-        out.extend_from_slice(b"\",");
-        write_event(out, event);
+        write_dict_record(out, tag, |out| write_event(out, event));
     }
+}
+
+/// Version 1's record of an event to route (`tag` `"s"`) or of an unbanked upload (`"u"`):
+/// `[tag, event]`, the event's JSON written by `event` into `out` (the canonical dict by
+/// [`write_event`] here; in the bindings' writer pinned to version 1, the bytes of the Python
+/// fallback's JSON for an event the core does not view). The one place this form is written.
+pub fn write_dict_record(out: &mut Vec<u8>, tag: &str, event: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(b"[\"");
+    out.extend_from_slice(tag.as_bytes());
+    out.extend_from_slice(b"\",");
+    event(out);
+    out.push(b']');
 }
 
 /// A held event as the resolve log writes it (`streams.wire.held_form`): `[event_id, type
@@ -571,6 +581,33 @@ mod tests {
         assert_eq!(pinned.finish(), vec![want]);
         // the default writes version 2's
         assert!(text(&write_parts(&items, usize::MAX))[0].starts_with("[[\"s2\",[\"e2\""));
+    }
+
+    #[test]
+    fn version_1s_record_of_given_bytes_is_the_pinned_writers_of_a_viewed_event() {
+        let mut given = Vec::new();
+        write_dict_record(&mut given, "u", |out| {
+            out.extend_from_slice(br#"{"event_id":"e1"}"#)
+        });
+        assert_eq!(
+            text(&[given]),
+            vec![r#"["u",{"event_id":"e1"}]"#.to_owned()]
+        );
+        for (tag, item) in [
+            ("s", Item::ToRoute(ev("e2"))),
+            ("u", Item::Unbanked(ev("e3"))),
+        ] {
+            let (Item::ToRoute(event) | Item::Unbanked(event)) = item else {
+                unreachable!()
+            };
+            let mut json = Vec::new();
+            write_event(&mut json, &event);
+            let mut by_bytes = Vec::new();
+            write_dict_record(&mut by_bytes, tag, |out| out.extend_from_slice(&json));
+            let mut pinned = Vec::new();
+            write_item_at(&mut pinned, &item, Held::Dict);
+            assert_eq!(by_bytes, pinned);
+        }
     }
 
     #[test]

@@ -13,7 +13,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use viralwatch_core::wire::{write_held, ContentView, EventView, Held, Item, Parts};
+use viralwatch_core::wire::{
+    write_dict_record, write_held, ContentView, EventView, Held, Item, Parts,
+};
 
 use crate::ev::{post_text, Ev, EvBatch, RegBatch};
 use crate::record;
@@ -319,14 +321,10 @@ impl WireWriter {
                 if parts.held() == Held::Dict {
                     // version 1's `[tag, event]`, the event by the fallback (whose record
                     // form is version 2's where it can be)
-                    let tag: &[u8] = if class == Class::ToRoute { b"s" } else { b"u" };
+                    let tag = if class == Class::ToRoute { "s" } else { "u" };
                     let event = self.fallback(&item.getattr(intern!(py, "event"))?)?;
                     let mut raw = Vec::with_capacity(event.as_bytes().len() + 8);
-                    raw.extend_from_slice(b"[\"");
-                    raw.extend_from_slice(tag);
-                    raw.extend_from_slice(b"\",");
-                    raw.extend_from_slice(event.as_bytes());
-                    raw.push(b']');
+                    write_dict_record(&mut raw, tag, |out| out.extend_from_slice(event.as_bytes()));
                     parts.push(&Item::Raw(&raw));
                     return Ok(());
                 }
