@@ -13,7 +13,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_streaming_stages import IN_TIME, bank_of, replay_alerts
+from test_streaming_stages import IN_TIME, bank_of, local_run, replay_alerts
 
 from streams.alerts import (
     SEVERITIES,
@@ -22,21 +22,15 @@ from streams.alerts import (
     EarlyAlert,
     MatchInfo,
     Prediction,
-    Pseudonymizer,
     rfc3339,
 )
-from streams.policy import AlertPolicy
-from streams.runtime.local_run import LocalRun
-from streams.settings import DEV_PSEUDONYM_KEY
 from streams.simulate import Scenario, simulate
 
 
 def test_every_alert_of_a_replay_and_of_a_streamed_run_decodes_to_its_own_bytes() -> None:
     sim = simulate(Scenario(seed=3, minutes=60, **IN_TIME))  # type: ignore[arg-type]
     expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
-    run = LocalRun(
-        bank_of(sim.bank), AlertPolicy.default(), Pseudonymizer(DEV_PSEUDONYM_KEY), seed=1
-    ).run(sim.lines)
+    run = local_run(sim, seed=1)
     records = [*expected, *run.alerts.values()]
     assert expected and run.early, "the traffic must make alerts, some of them sent early"
     for raw in records:

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_streaming_stages import IN_TIME, assert_replay_alert_records, bank_of, replay_alerts
+from test_streaming_stages import (
+    IN_TIME,
+    assert_replay_alert_records,
+    bank_of,
+    local_run,
+    replay_alerts,
+)
 
 from streams.alerts import Pseudonymizer
 from streams.banks import HashBanks
@@ -443,7 +449,7 @@ def torn_run(seed: int, gated: bool) -> tuple[LocalRun, list[bytes], set[str]]:
     (a random tail of each changelog partition: see :class:`Tear`). With replay's alerts
     and takedown requests."""
     sim = simulate(Scenario(seed=7, minutes=60, **IN_TIME))  # type: ignore[arg-type]
-    run = dev_run(
+    run = local_run(
         sim,
         seed=seed,
         restarts=40,
@@ -589,10 +595,8 @@ def test_a_process_replaced_mid_stream_rebuilds_from_its_logs_and_gives_the_repl
     sim = simulate(Scenario(seed=7, minutes=120, **IN_TIME))  # type: ignore[arg-type]
     idle_ms = 30 * 60_000
     expected, _ = replay_alerts(sim.lines, bank_of(sim.bank), idle_ms=idle_ms)
-    run = LocalRun(
-        bank_of(sim.bank),
-        AlertPolicy.default(),
-        Pseudonymizer(DEV_PSEUDONYM_KEY),
+    run = local_run(
+        sim,
         seed=seed,
         restarts=3,
         idle_ms=idle_ms,
@@ -600,7 +604,7 @@ def test_a_process_replaced_mid_stream_rebuilds_from_its_logs_and_gives_the_repl
         local_peers=hops == "both",
         local_resolve=hops in ("resolve", "both"),
         local_clusters=hops in ("clusters", "both"),
-    ).run(sim.lines)
+    )
     assert expected
     assert_replay_alert_records(list(run.alerts.values()), expected)
     assert run.resent == []
@@ -641,10 +645,8 @@ def test_partitions_that_change_owner_mid_stream_still_flow_to_the_end(seed: int
     the alerts stay replay's."""
     sim = simulate(Scenario(seed=11, minutes=60, **IN_TIME))  # type: ignore[arg-type]
     expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
-    run = LocalRun(
-        bank_of(sim.bank),
-        AlertPolicy.default(),
-        Pseudonymizer(DEV_PSEUDONYM_KEY),
+    run = local_run(
+        sim,
         seed=seed,
         moves=3,
         log_compact_bytes=4096,
@@ -652,7 +654,7 @@ def test_partitions_that_change_owner_mid_stream_still_flow_to_the_end(seed: int
         local_peers=seed % 2 == 0,
         local_resolve=seed % 3 == 0,
         local_clusters=seed % 3 != 1,
-    ).run(sim.lines)
+    )
     assert run.moved == 3 and run.topology is not None
     waiting = {k: d.pending for k, d in run.topology.detectors.items() if d.pending}
     assert not waiting, f"events never applied, per clusters partition: {waiting}"
@@ -661,21 +663,13 @@ def test_partitions_that_change_owner_mid_stream_still_flow_to_the_end(seed: int
     assert run.resent == []
 
 
-def dev_run(sim: Any, **options: Any) -> LocalRun:
-    """A LocalRun of ``sim``'s lines with its bank, the default policy and the dev key."""
-    run = LocalRun(
-        bank_of(sim.bank), AlertPolicy.default(), Pseudonymizer(DEV_PSEUDONYM_KEY), **options
-    )
-    return run.run(sim.lines)
-
-
 @pytest.fixture(scope="module")
 def in_time_hour() -> tuple[Any, list[Any], int]:
     """An hour of simulated traffic, replay's alerts for it, and the reshares a run with
     no move still holds at its end (orphans whose parent never comes)."""
     sim = simulate(Scenario(seed=11, minutes=60, **IN_TIME))  # type: ignore[arg-type]
     expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
-    still = dev_run(sim)
+    still = local_run(sim)
     assert still.topology is not None
     return sim, expected, sum(r.held for r in still.topology.resolvers.values())
 
@@ -693,7 +687,7 @@ def test_the_short_way_opened_before_a_moved_partition_read_its_previous_owner_s
     replay's. (It holds: the stages do not depend on that order, so the grace was not
     the stall's cause; see the worker's flush on revoke.)"""
     sim, expected, held_still = in_time_hour
-    run = dev_run(
+    run = local_run(
         sim,
         seed=seed,
         moves=6,
@@ -738,10 +732,8 @@ EVERY_EVENT_IN_TIME_MS = 30 * 60_000
 
 
 def moved_run(sim: Any, seed: int, restarts: int) -> LocalRun:
-    return LocalRun(
-        bank_of(sim.bank),
-        AlertPolicy.default(),
-        Pseudonymizer(DEV_PSEUDONYM_KEY),
+    return local_run(
+        sim,
         seed=seed,
         moves=4,
         restarts=restarts,
@@ -749,7 +741,7 @@ def moved_run(sim: Any, seed: int, restarts: int) -> LocalRun:
         local_peers=True,
         local_resolve=True,
         local_clusters=True,
-    ).run(sim.lines)
+    )
 
 
 @pytest.mark.parametrize("seed", [2, 5, 8])

@@ -24,7 +24,7 @@ from streams.policy import AlertPolicy
 from streams.router import Routed
 from streams.runtime.local_run import LocalRun
 from streams.settings import DEV_PSEUDONYM_KEY, ENV_VARS, KafkaSecurity, Settings
-from streams.simulate import Scenario, simulate, three_cascades
+from streams.simulate import Scenario, Simulation, simulate, three_cascades
 from streams.stages import (
     MAX_RECORD_BYTES,
     ClusterPartition,
@@ -1387,6 +1387,16 @@ def bank_of(entries: list[BankEntry]) -> HashBanks:
     return b
 
 
+def local_run(sim: Simulation, *, key: str = "none", **settings: Any) -> LocalRun:
+    """The streaming topology in memory (:class:`LocalRun`) run on ``sim``'s lines as the
+    tests hold it against :func:`replay_alerts`: ``sim``'s bank, the default policy and the
+    dev pseudonym key, ``settings`` as :class:`LocalRun` takes them, ``key`` as its
+    :meth:`~LocalRun.run` does."""
+    return LocalRun(
+        bank_of(sim.bank), AlertPolicy.default(), Pseudonymizer(DEV_PSEUDONYM_KEY), **settings
+    ).run(sim.lines, key=key)
+
+
 def assert_replay_alert_records(
     records: list[bytes], expected: list[bytes], in_time: list[bytes] | None = None
 ) -> None:
@@ -1468,13 +1478,7 @@ def test_local_topology_gives_the_replay_alerts(seed: int, partitions: int, keyi
     reaches them; ids and statuses are replay's, and the rest byte for byte."""
     sim = simulate(Scenario(seed=7, **IN_TIME))  # type: ignore[arg-type]
     expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
-    run = LocalRun(
-        bank_of(sim.bank),
-        AlertPolicy.default(),
-        Pseudonymizer(DEV_PSEUDONYM_KEY),
-        partitions=partitions,
-        seed=seed,
-    ).run(sim.lines, key=keying)
+    run = local_run(sim, key=keying, partitions=partitions, seed=seed)
     assert expected
     assert_replay_alerts(run, expected)
     assert run.early  # each sent while the watermark ("as_of") was behind its share ("ts")
@@ -1492,16 +1496,12 @@ def test_registrations_handed_straight_to_peers_give_the_replay_alerts(
     first the next time (or a peer learns progress before a registration sent before it)."""
     sim = simulate(Scenario(seed=7, **IN_TIME))  # type: ignore[arg-type]
     expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
-    policy, pseudonyms = AlertPolicy.default(), Pseudonymizer(DEV_PSEUDONYM_KEY)
     # no allowed lateness: a reshare a hop late would change what is applied when
     run: dict[str, Any] = dict(seed=seed, lateness_ms=0)
-    short = LocalRun(
-        bank_of(sim.bank), policy, pseudonyms, local_peers=True, local_rounds=rounds, **run
-    )
-    short.run(sim.lines)
+    short = local_run(sim, local_peers=True, local_rounds=rounds, **run)
     assert expected
     assert_replay_alerts(short, expected)
-    through_kafka = LocalRun(bank_of(sim.bank), policy, pseudonyms, **run).run(sim.lines)
+    through_kafka = local_run(sim, **run)
     quick, slow = short.stats.summary(), through_kafka.stats.summary()
     del quick["held"], slow["held"]  # how many reshares waited for a parent differs
     assert quick == slow  # everything else is counted the same
@@ -1521,18 +1521,14 @@ def test_envelopes_handed_straight_to_the_next_stage_give_the_replay_alerts(
     lateness, they would then come late and change what is applied when)."""
     sim = simulate(Scenario(seed=7, **IN_TIME))  # type: ignore[arg-type]
     expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
-    policy, pseudonyms = AlertPolicy.default(), Pseudonymizer(DEV_PSEUDONYM_KEY)
-    short = LocalRun(
-        bank_of(sim.bank),
-        policy,
-        pseudonyms,
+    short = local_run(
+        sim,
         seed=seed,
         lateness_ms=0,
         local_peers=hops == "both",
         local_resolve=hops != "clusters",
         local_clusters=hops != "resolve",
     )
-    short.run(sim.lines)
     assert expected
     assert_replay_alerts(short, expected)
     assert short.stats.late == 0
@@ -1563,15 +1559,7 @@ def test_a_topology_pinned_to_wire_version_1_gives_the_replay_alerts(
     tags: dict[WireVersion, set[str]] = {}
     for wire in WireVersion:
         sent.clear()
-        run = LocalRun(
-            bank_of(sim.bank),
-            AlertPolicy.default(),
-            Pseudonymizer(DEV_PSEUDONYM_KEY),
-            seed=seed,
-            local_resolve=True,
-            local_clusters=True,
-            wire=wire,
-        ).run(sim.lines)
+        run = local_run(sim, seed=seed, local_resolve=True, local_clusters=True, wire=wire)
         assert_replay_alerts(run, expected)
         assert not [d for d in run.deadletters if d.stage != "parse"]
         tags[wire] = {item[0] for raw in sent for item in orjson.loads(raw)["i"]}
@@ -1585,9 +1573,7 @@ def test_with_late_events_the_same_alerts_fire() -> None:
     alerts fire (ids, severities, statuses); their figures can differ by those events."""
     sim = three_cascades(seed=7)
     expected, _ = replay_alerts(sim.lines, bank_of(sim.bank))
-    run = LocalRun(
-        bank_of(sim.bank), AlertPolicy.default(), Pseudonymizer(DEV_PSEUDONYM_KEY), seed=6
-    ).run(sim.lines)
+    run = local_run(sim, seed=6)
 
     def ids(rows: list[bytes]) -> list[tuple[str, str, str]]:
         return sorted((d["alert_id"], d["status"], d["severity"]) for d in map(orjson.loads, rows))
