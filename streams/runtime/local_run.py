@@ -284,21 +284,33 @@ class LocalRun:
         def coin(enabled: bool) -> Callable[[], bool]:
             return lambda: enabled and rng.random() < 0.5
 
-        def older() -> bool:
-            """Whether a topic partition still holds records of an earlier incarnation (they
-            are read first: each partition's list is in the order sent)."""
-            return any(part and part[0][0] != incarnation for t in topics.values() for part in t)
+        def older(name: str, p: int) -> bool:
+            """Whether topic partition ``p`` still holds records an earlier incarnation sent
+            (they are read first: each partition's list is in the order sent)."""
+            part = topics[name][p]
+            return bool(part) and part[0][0] != incarnation
 
         # A replacement takes no short way while what the process before it sent is unread,
         # as a worker takes none for a grace after an assignment (HAND_OVER_GRACE_S): its
         # in-process progress would overtake the copies on the resolve topic of what the
         # process before it handed over (see Hop.copy), and release what waits for them late.
-        restarted = incarnation > 0 and older()
+        # Its grace ends on an event, not a time: the read of the last of those records (no
+        # more are ever sent). Each topic partition that holds some is looked at until its
+        # own are read, then no more; once none is left the grace is over for good. (It is
+        # looked at, not told by run()'s reader: tests read a replacement's topics by hand.)
+        unread_older = {(name, p) for name in topics for p in range(n) if older(name, p)}
+
+        def grace_over() -> bool:
+            if unread_older:
+                unread_older.difference_update([k for k in unread_older if not older(*k)])
+            return not unread_older
+
         hops = HandOver(
             resolve=Hop("resolve", sender("resolve"), enabled=coin(self.local_resolve)),
             clusters=Hop("clusters", sender("clusters"), enabled=coin(self.local_clusters)),
-            grace_s=0.5 if restarted else 0.0,
-            clock=(lambda: 0.0 if older() else 1.0) if restarted else (lambda: 0.0),
+            # a clock that reads 0 during the grace and 1 from its end: a grace of 1
+            grace_s=1.0 if unread_older else 0.0,
+            clock=lambda: float(grace_over()),
         )
         hops.assigned()
         if self.local_resolve or self.local_peers:
