@@ -19,8 +19,9 @@ the cascade), the incremental state at the same six times inside its run;
   of the two medians: what the new model costs against the old.
 - ``buckets``: what the state holds at the end (its memory, 5-7 floats each).
 
-Cascades: the real tweet of ../shared (15,563 posts over a week) when
-present, and a synthetic hot cascade (``--hot`` reshares drawn, those in the
+Cascades: the real tweet of ../shared (15,563 posts over a week; the folder
+``VIRALWATCH_SHARED`` names over it, as for the tests: a git worktree has no
+../shared) when present, and a synthetic hot cascade (``--hot`` reshares drawn, those in the
 first day kept).
 
     python bench/bench_prediction.py
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -45,7 +47,8 @@ sys.path.insert(0, str(ROOT))
 from graphs.prediction import IncrementalPredictor, Model  # noqa: E402
 from graphs.seismic import predict_at  # noqa: E402
 
-TWEET = ROOT.parent / "shared" / "data" / "cascades" / "seismic-tweet.csv"
+SHARED = Path(os.environ.get("VIRALWATCH_SHARED") or ROOT.parent / "shared")
+TWEET = SHARED / "data" / "cascades" / "seismic-tweet.csv"
 
 
 def hot_cascade(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
