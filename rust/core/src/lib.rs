@@ -28,6 +28,7 @@ pub mod json;
 pub mod keyed;
 pub mod pdq;
 pub mod posts;
+pub mod prefetch;
 pub mod reorder;
 pub mod route;
 pub mod slab;

@@ -52,6 +52,7 @@
 use std::hash::BuildHasher;
 
 use crate::keyed::Keyed;
+use crate::prefetch::prefetch;
 
 /// A PDQ hash as four 64-bit words, most significant first: the words'
 /// order is the hex text's order.
@@ -130,19 +131,6 @@ const SCRATCH_KEEP: usize = 1 << 16;
 
 /// Candidates between a row's prefetch and its check.
 const PREFETCH_AHEAD: usize = 16;
-
-/// A hint that `items[i]` is read soon (a no-op off x86-64).
-#[inline(always)]
-fn prefetch<T>(items: &[T], i: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if i < items.len() {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: a prefetch is a hint that never faults; the address is in bounds anyway.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(items.as_ptr().add(i).cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (items, i);
-}
 
 /// The lowercase hex text of a hash.
 pub fn format_hex(h: &Hash) -> String {

@@ -35,6 +35,12 @@ use crate::posts::PyPostRoutes;
 use crate::routing::{Banks, Cluster, Deliver, Reshare, Routing};
 use crate::unbanked::UnbankedClusters;
 
+/// Events whose reshares' look-ups in the post map are read ahead together
+/// (``Routing::warm``) before the first of them is fed: enough for their cache misses to
+/// overlap (a miss costs 0.4-1 us on this VM, dependent; 20-50 ns a load when independent),
+/// few enough for what they read to stay in cache until their turn.
+const WARM_GROUP: usize = 32;
+
 /// How often (event time) held orphans are checked for expiry.
 const EXPIRE_EVERY_MS: i64 = 10_000;
 
@@ -288,7 +294,13 @@ impl ReplayLoop {
         let result = (|| {
             let lines = parse_lines(py, lines)?;
             let routes = self.routing.screen(py, host, &lines, &banks)?;
-            for (line, route) in lines.into_iter().zip(routes) {
+            let mut lines = lines.into_iter();
+            for (j, route) in routes.into_iter().enumerate() {
+                if j % WARM_GROUP == 0 {
+                    let group = lines.as_slice();
+                    self.routing.warm(py, &group[..group.len().min(WARM_GROUP)]);
+                }
+                let Some(line) = lines.next() else { break };
                 match line {
                     Line::Rejected(r) => self.reject(host, r.bind(py))?,
                     Line::Event(ev) => self.feed_event(py, host, ev, route)?,

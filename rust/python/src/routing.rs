@@ -18,6 +18,7 @@ use pyo3::types::{PyDict, PyList, PyString};
 
 use viralwatch_core::content::{Cid, Kind as Signal};
 use viralwatch_core::emerging::unbanked_cid;
+use viralwatch_core::event::Kind as EventKind;
 use viralwatch_core::pdq;
 use viralwatch_core::posts::Routed as Route;
 use viralwatch_core::unbanked::Kind;
@@ -267,6 +268,28 @@ impl Routing {
                 Reshare::Refused(reason, held, target)
             }
         })
+    }
+
+    /// Read ahead what routing `lines`' reshares and takedowns will read first (see
+    /// ``Resolver::warm``), in one tight loop before their turn: their look-ups' cache
+    /// misses overlap one another rather than each waiting behind its event's work. One
+    /// borrow of the map for all: a borrow is an atomic exchange, which waits for every
+    /// load before it, and one a look-up kept them in a queue. Nothing changes.
+    pub(crate) fn warm(&self, py: Python<'_>, lines: &[Line]) {
+        let mut posts: Vec<&[u8]> = Vec::with_capacity(2 * lines.len());
+        for line in lines {
+            // (an event Python made is rare here: not read ahead)
+            if let Line::Event(Ev::Core(ev)) = line {
+                if ev.kind() != EventKind::Upload {
+                    let post = ev.post_id().as_bytes();
+                    match ev.parent_post_id() {
+                        Some(target) => posts.extend([target.as_bytes(), post]),
+                        None => posts.push(post),
+                    }
+                }
+            }
+        }
+        self.routes.borrow(py).inner.warm_many(&posts);
     }
 
     /// ``post`` is routed to ``cluster``: mapped (or queued for its partition), and what
