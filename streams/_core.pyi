@@ -178,8 +178,14 @@ class PostRoutes:
         """The posts mapped since the last call, less ``dropped``, as the state log's ``"p"``:
         ``(JSON text, count)``; ``{post: cluster}`` if a post id is not UTF-8."""
     def take_foreign(self) -> list[tuple[int, RegBatch]]:
-        """Posts of other partitions routed here since the last call, a batch per partition
-        owed any (by partition), each in the order routed."""
+        """Posts of other partitions routed here since the last call, by partition, each in
+        the order routed: a batch a run of them released or not (:attr:`RegBatch.released`)."""
+    @property
+    def released(self) -> bool:
+        """Whether the posts registered now are released events' (held events routed): their
+        registrations for other partitions are marked so (:attr:`RegBatch.released`)."""
+    @released.setter
+    def released(self, released: bool) -> None: ...
 
 class WireWriter:
     """Batches of ``streams.wire`` records as JSON arrays cut into parts under a size limit,
@@ -399,6 +405,11 @@ class RegBatch:
     def __len__(self) -> int: ...
     def pairs(self) -> list[tuple[str, str]]:
         """``(post, cluster)`` of each registration, in order."""
+    @property
+    def released(self) -> bool:
+        """Whether the posts are of released events a replacement would not route again:
+        held before a checkpoint began (:meth:`ResolveLoop.seal`), an upload the index's
+        owner clustered, a held event of a log read back."""
 
 class EvBatch:
     """Compiled events crossing Python as one item of an envelope (``rust/python/src/ev.rs``):
@@ -456,6 +467,10 @@ class ResolveLoop:
         duplicates, reshares held, whether the held orphans changed)``, forgotten here."""
     def waiting_front(self, settled: int) -> int | None:
         """The time of the oldest held reshare still waiting past ``settled``."""
+    def seal(self) -> None:
+        """A checkpoint begins: the events held now, released later, mark their posts'
+        registrations for other partitions and their touches (``RegBatch.released``,
+        ``Touch.released``)."""
     @property
     def held_count(self) -> int:
         """How many events are held."""

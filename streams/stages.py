@@ -1037,7 +1037,15 @@ class ResolvePartition:
         self.posts.take_new_log([])
         waiting = sorted(held.values(), key=lambda ev: (ev.ts_ms, ev.event_id))
         items: list[Item] = [ToRoute(ev) for ev in waiting]
-        batch = self.handle([Envelope(items)] if items else [])
+        # the held events' posts and touches, marked released: their input may be committed
+        # long ago (see :meth:`streams.runtime.topology.Topology._copy_handed`); and those
+        # still held, once released
+        self.posts.released = True
+        try:
+            batch = self.handle([Envelope(items)] if items else [])
+        finally:
+            self.posts.released = False
+        self.loop.seal()
         batch.deadletters[:0] = bad
         return batch
 
@@ -1068,6 +1076,11 @@ class ResolvePartition:
                 index_items=index_items,
             )
         )
+
+    def seal(self) -> None:
+        """A checkpoint begins: what is held now, once released, is marked for a copy
+        (:meth:`streams.runtime.topology.Topology._copy_handed`)."""
+        self.loop.seal()
 
     # -- processing --
 

@@ -187,10 +187,15 @@ class Unbanked:
 @dataclass(frozen=True, slots=True)
 class Touch:
     """The latest event a resolve partition routed to an unbanked cluster, for the index's
-    owner: a cluster leaves the index when idle, as the detector evicts it."""
+    owner: a cluster leaves the index when idle, as the detector evicts it.
+
+    ``released``: an event that had been held touched it (a reshare whose parent came);
+    not on the wire: the worker copies only those touches to the owner's topic
+    (:meth:`streams.runtime.topology.Topology._copy_handed`)."""
 
     cluster_id: str
     ts_ms: int
+    released: bool = field(default=False, compare=False)
 
 
 #: An item of an envelope.

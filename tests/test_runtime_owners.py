@@ -342,6 +342,19 @@ def torn_process(partitions: int) -> tuple[LocalRun, random.Random, dict[str, Ta
     return run, random.Random(0), {}
 
 
+def reshare(post: str, parent: str, ts: int) -> ToRoute:
+    """A reshare of ``parent`` (its post ``post``), for a resolve partition."""
+    return ToRoute(ShareEvent(f"e-{post}", "share", ts, post, "u1", parent_post_id=parent))
+
+
+def parent_and_reshare(n: int, a: int, b: int) -> tuple[str, str]:
+    """A post P of resolve partition ``a`` (R's parent: R goes to ``a``) and a post R of
+    partition ``b`` (R's reshares go to ``b``), of ``n`` partitions."""
+    post_p = next(f"p{i}" for i in range(100) if partition_for(f"p{i}", n) == a)
+    post_r = next(f"r{i}" for i in range(100) if partition_for(f"r{i}", n) == b)
+    return post_p, post_r
+
+
 def test_a_registration_handed_over_in_process_reaches_a_replacement_whose_log_lost_it() -> None:
     """Seed 12's tear, constructed. Resolve partition ``a`` holds reshare R (its parent P
     unknown), partition ``b`` holds S, a reshare of R. P's registration comes to ``a``: it
@@ -351,14 +364,8 @@ def test_a_registration_handed_over_in_process_reaches_a_replacement_whose_log_l
     for ever unless the registration is somewhere durable: the copy on the resolve topic
     (skipped by the live process, read by the replacement). Before the copy, the
     replacement of ``b`` never learnt R's cluster: R's reshares waited there."""
-    n = 2
-    a, b = 0, 1
-    post_p = next(f"p{i}" for i in range(100) if partition_for(f"p{i}", n) == a)
-    post_r = next(f"r{i}" for i in range(100) if partition_for(f"r{i}", n) == b)
-
-    def reshare(post: str, parent: str, ts: int) -> ToRoute:
-        return ToRoute(ShareEvent(f"e-{post}", "share", ts, post, "u1", parent_post_id=parent))
-
+    n, a, b = 2, 0, 1
+    post_p, post_r = parent_and_reshare(n, a, b)
     run, rng, tables = torn_process(n)
     topology, checkpoint, topics = run.build(rng, tables=tables)
     topology.resolve_received(
@@ -388,6 +395,62 @@ def test_a_registration_handed_over_in_process_reaches_a_replacement_whose_log_l
     again, _, _ = run.build(rng, topics, tables, incarnation=1)
     again.resolve_received({b: [raw for _, raw in on_topic]})
     # a reshare of R that comes now is routed at once, not held: b knows R's cluster
+    sent = [len(records) for records in topics["clusters"]]
+    again.resolve_received({b: [Envelope([reshare("s2", post_r, 3_000)])]})
+    routed = [raw for k in range(n) for _, _, raw in topics["clusters"][k][sent[k] :]]
+    assert any(b"e-s2" in raw for raw in routed)
+
+
+def test_a_reshare_held_and_released_in_one_checkpoint_is_not_copied_but_routed_again() -> None:
+    """The other side of the copies: what the release of an event held since the checkpoint
+    began made is not copied, as the replacement makes it again. As in the test above, but
+    R is held, and released, after the last checkpoint began: its input is not committed
+    (the next checkpoint would wait for both logs), so the kill that keeps ``a``'s record and
+    loses ``b``'s is followed by the replacement reading that input again. ``a``'s log says
+    R is released, and that P's cluster is known: R is routed at once and its registration
+    handed to ``b`` again, which learns R's cluster; no copy was needed."""
+    n, a, b = 2, 0, 1
+    post_p, post_r = parent_and_reshare(n, a, b)
+    run, rng, tables = torn_process(n)
+    topology, checkpoint, topics = run.build(rng, tables=tables)
+    run._acknowledged(checkpoint)  # a checkpoint began (nothing held yet)
+    log = tables.get("resolve-log", {})
+    before = {k for k in log if k.startswith(b"%d:" % b)}
+    # the input since: R for a and S (a reshare of R) for b, both held, then P's
+    # registration (R released, its registration handed to b in-process: S released)
+    inputs = [
+        {
+            a: [Envelope([reshare(post_r, post_p, 1_000)])],
+            b: [Envelope([reshare("s1", post_r, 2_000)])],
+        },
+        {a: [Envelope([Registration(post_p, "b-1")])]},
+    ]
+    for received in inputs:
+        topology.resolve_received(received)
+        checkpoint.stage()
+    assert topology.resolvers[a].held == topology.resolvers[b].held == 0
+    assert not topology.copies_pending
+    checkpoint.stage(begin=True)
+    assert topology.hand_over.resolve.copies == 0 and topics["resolve"][b] == []
+    assert checkpoint.gate is not None
+    checkpoint.gate.release()  # the group sent; the kill keeps a's records, loses b's
+    log = tables["resolve-log"]
+    lost = [k for k in log if k.startswith(b"%d:" % b) and k not in before]
+    assert lost
+    for key in lost:
+        dict.pop(log, key)
+    # the replacement: every partition rebuilt from its log, the uncommitted input read again
+    again, checkpoint, _ = run.build(rng, topics, tables, incarnation=1)
+    assert again.resolvers.get(b) is None or post_r not in again.resolvers[b].posts
+    on_topic = len(topics["resolve"][b])
+    for received in inputs:
+        again.resolve_received(received)
+        checkpoint.stage()
+    # (after an assignment the hand-over goes through Kafka for a while: b reads it there)
+    sent_b = [raw for _, _, raw in topics["resolve"][b][on_topic:]]
+    if sent_b:
+        again.resolve_received({b: sent_b})
+    assert post_r in again.resolvers[b].posts and again.resolvers[b].held == 0
     sent = [len(records) for records in topics["clusters"]]
     again.resolve_received({b: [Envelope([reshare("s2", post_r, 3_000)])]})
     routed = [raw for k in range(n) for _, _, raw in topics["clusters"][k][sent[k] :]]
@@ -469,7 +532,7 @@ def torn_run(seed: int, gated: bool) -> tuple[LocalRun, list[bytes], set[str]]:
     return run, alerts, {a.action_id for a in decisions.actions}
 
 
-@pytest.mark.parametrize(("seed", "tore"), [(1, False), (10, True), (12, True)])
+@pytest.mark.parametrize(("seed", "tore"), [(1, False), (10, True), (12, False)])
 def test_a_kill_between_a_checkpoint_s_writes_loses_no_takedown_request(
     seed: int, tore: bool
 ) -> None:
@@ -478,7 +541,10 @@ def test_a_kill_between_a_checkpoint_s_writes_loses_no_takedown_request(
     alerts and takedown requests are replay's, each once. The kills of seeds 10 and 12 tore
     alerts and takedown requests off the broker too: the replacement made them again.
     Seed 12 lost one before what is handed over in-process was copied to the topic (see
-    ``test_a_registration_handed_over_in_process_reaches_a_replacement_whose_log_lost_it``)."""
+    ``test_a_registration_handed_over_in_process_reaches_a_replacement_whose_log_lost_it``);
+    since only what a replacement would not make again is copied, the resolve log's records
+    are sealed at every batch when no copy waits, and seed 12's kills tear no alert off the
+    broker (the writes they fall between are others)."""
     run, alerts, actions = torn_run(seed, gated=True)
     assert len(actions) == 255 and bool(run.torn) == tore
     assert set(run.actions) == actions
@@ -489,8 +555,11 @@ def test_a_kill_between_a_checkpoint_s_writes_loses_no_takedown_request(
 def test_without_the_gate_a_kill_loses_reshares_a_resolve_partition_released() -> None:
     """The order before: a resolve log saying reshares were released (their parent came)
     on the broker, the cluster log that got them not. The replacement holds them nowhere
-    and their inputs are committed: their posts' takedown requests are never made."""
-    run, _, actions = torn_run(3, gated=False)
+    and their inputs are committed: their posts' takedown requests are never made. (Seed 2:
+    236 of 255; seed 3, 249 of 255 while every hand-over was copied, lost none once the copies
+    were cut to what a replacement cannot make again, the writes its kills fall between being
+    others.)"""
+    run, _, actions = torn_run(2, gated=False)
     assert set(run.actions) < actions
 
 

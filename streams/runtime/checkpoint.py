@@ -44,17 +44,26 @@ reshares wait at the receiver for ever (seed 12 of the kill model); sending
 the receivers' records first, a flush between, loses takedown requests the
 other way (seed 19 of the kill model, killed between the two: the receiver's
 record on the broker, the sender's not). So what is handed over in-process
-also goes, as a copy, to the ``resolve`` topic
-(:meth:`streams.runtime.hand_over.Hop.copy`), written when a checkpoint
-begins and before the resolve log's records it covers are sealed
+that a replacement would not make again also goes, as a copy, to the
+``resolve`` topic (:meth:`streams.runtime.hand_over.Hop.copy`), written when a
+checkpoint begins and before the resolve log's records it covers are sealed
 (:meth:`Checkpoint.stage`: those records wait unsealed until then), so the
 group's barrier waits for it; the live receiver skips it, and a replacement
-reads it. Registrations are idempotent (a post already mapped keeps its
-first mapping), so a copy taken again changes nothing. Unbanked uploads for
-the index's owner are not copied: the partition that passes one on logs
-nothing of it and the input that brought it is not committed before both
-logs are acknowledged, so a replacement reads the input again and passes the
-upload on again (:meth:`streams.runtime.topology.Topology._copy_handed`).
+reads it. That is what the release of an event held before the checkpoint
+began made (its post's registration, its unbanked cluster's touch): the
+input that brought such an event may be committed, and a sender whose log
+says it released it does not release it again. What was made from input
+read since the checkpoint began is not copied: that input is committed only
+by a later checkpoint, which waits for every record staged before it, so a
+replacement reads it again and makes it again (as it passes an unbanked
+upload on again, which is never copied: it would be clustered twice). Each
+resolve partition is sealed as a checkpoint begins, copies pending or not
+(``Copies.write_copies``; :meth:`Checkpoint.flush` too, as a commit may
+follow it): what it holds then is "held before"
+(:meth:`streams.runtime.topology.Topology._copy_handed` says why each kind
+is copied or not). Registrations are idempotent (a post already mapped keeps
+its first mapping) and a touch keeps the later time, so a copy taken again
+changes nothing.
 
 Steps 1 and 2 run at the end of every batch a stage handles
 (:meth:`Checkpoint.stage`); all four on the ``shares`` reader's commit
@@ -226,7 +235,9 @@ def _done() -> asyncio.Future[None]:
 class Copies(Protocol):
     """Copies on the ``resolve`` topic of what a process handed its own partitions in-process
     (the topology's, :meth:`streams.runtime.topology.Topology.write_copies`), written when a
-    checkpoint begins, before the resolve log's records they cover are sealed."""
+    checkpoint begins, before the resolve log's records they cover are sealed.
+    ``write_copies`` is called as every checkpoint begins (and before every flush), copies
+    pending or not: what is copied depends on what was held before the checkpoint began."""
 
     @property
     def copies_pending(self) -> bool: ...
@@ -299,10 +310,11 @@ class Checkpoint:
         for state_log in self.logs:
             state_log.flush()
         copies = self.copies
-        if copies is not None and copies.copies_pending:
-            if not begin:
+        if copies is not None:
+            if begin:
+                copies.write_copies()  # (and what is held now was held before this one)
+            elif copies.copies_pending:
                 return
-            copies.write_copies()
         gate = self.gate
         if gate is not None and gate.unsealed:
             flush = self.flush_producer
@@ -311,10 +323,13 @@ class Checkpoint:
     async def flush(self) -> None:
         """Everything sent before the call acknowledged, the upstream log's records
         included (the worker's flush before a rebalance, and Faust's before it commits).
-        The resolve log's records waiting for copies (see :meth:`stage`) are sealed first."""
+        The resolve log's records waiting for copies (see :meth:`stage`) are sealed first;
+        a commit may follow, so this begins a checkpoint for the copies either way."""
         copies = self.copies
         if copies is not None and copies.copies_pending:
             self.stage(begin=True)
+        elif copies is not None:
+            copies.write_copies()
         gate = self.gate
         upto = gate.sealed if gate is not None else 0
         if self.flush_producer is not None:

@@ -114,12 +114,15 @@ class Hop:
         before the sender's log records are (the checkpoint's gate waits for it): skipped
         when read here, read by whoever restores the partition (a replacement process).
 
-        The copy is the receiver's durable inbox: the sender's log and the receiver's go to
-        two changelog partitions, which a kill can tear apart, and a sender whose log says
-        it released a reshare does not hand its registration over again (seed 12 of the
+        The copy is the receiver's durable inbox for what a replacement would not hand over
+        again: the sender's log and the receiver's go to two changelog partitions, which a
+        kill can tear apart, and a sender whose log says it released a reshare held before
+        the checkpoint began does not hand its registration over again (seed 12 of the
         kill model: the reshare's own reshares waited at the receiver for ever). What it
         carries may be taken twice (a replacement whose log kept it): registrations are
-        idempotent (see :meth:`streams.runtime.topology.Topology._copy_handed`).
+        idempotent, and a touch keeps the later time (see
+        :meth:`streams.runtime.topology.Topology._copy_handed`, which says what is left
+        out).
 
         The topology gathers a partition's copies until a checkpoint begins
         (:meth:`streams.runtime.topology.Topology.write_copies`): a copy a batch, which

@@ -28,8 +28,9 @@
 //! partition of a post is [`partition_for`], `zlib.crc32` of its id, as
 //! `streams.stages.partition_for` says): a post of another partition is not
 //! kept, its registration is queued for its own partition
-//! ([`PostClusters::take_foreign`]); the posts added are recorded for the
-//! partition's state log ([`PostClusters::take_new`]).
+//! ([`PostClusters::take_foreign`]), marked if it is a released event's (see
+//! [`Foreign`]); the posts added are recorded for the partition's state log
+//! ([`PostClusters::take_new`]).
 //!
 //! [`Resolver`] joins the map and the held orphans ([`crate::route::Orphans`]):
 //! routing a reshare is one lookup, and registering a post releases, in the
@@ -336,6 +337,17 @@ impl NewPosts {
     }
 }
 
+/// A registration queued for another partition: the post's partition, the post, its
+/// cluster, and whether it is a released event's that a replacement would not route again
+/// (held before a checkpoint began and released since: a reshare whose parent came; an
+/// unbanked upload the index's owner clustered; an event a log read back kept held). The
+/// streaming worker copies only those to the receiver's topic: a sender whose log says the
+/// event is released does not register its post again, and the input that brought it may
+/// be committed, where an event held and released since the checkpoint began, or routed
+/// at once, is routed again from the input a replacement reads again
+/// (`streams.runtime.topology.Topology._copy_handed`).
+pub type Foreign = (u32, Box<[u8]>, Arc<str>, bool);
+
 /// Post -> cluster, clusters interned (see the module doc). `T` is what a
 /// caller keeps beside each cluster id (the bindings: its Python string).
 pub struct PostClusters<T> {
@@ -347,7 +359,12 @@ pub struct PostClusters<T> {
     /// `(partition, partitions)`: keep only this partition's posts
     own: Option<(u32, u32)>,
     new: NewPosts,
-    foreign: Vec<(u32, Box<[u8]>, Arc<str>)>,
+    foreign: Vec<Foreign>,
+    /// whether the posts registered now are released events' (see [`Foreign`]): set by
+    /// [`Resolver::register`] for what a post released that was held before the orphans'
+    /// last seal, and by a caller routing held events (the index's owner clustering
+    /// uploads, a partition routing what its log kept held)
+    pub released: bool,
 }
 
 impl<T> Default for PostClusters<T> {
@@ -360,6 +377,7 @@ impl<T> Default for PostClusters<T> {
             own: None,
             new: NewPosts::default(),
             foreign: Vec::new(),
+            released: false,
         }
     }
 }
@@ -478,6 +496,7 @@ impl<T> PostClusters<T> {
                     own: self.own,
                     new: std::mem::take(&mut self.new),
                     foreign: std::mem::take(&mut self.foreign),
+                    released: self.released,
                     ..Self::default()
                 };
             } else if self.by_id.capacity() > 4 * self.by_id.len().max(1024) {
@@ -531,8 +550,8 @@ impl<T> PostClusters<T> {
     }
 
     /// `post` was routed to `cluster`: kept unless mapped already (and, in a partition's
-    /// map, recorded for its log); a post of another partition is queued for it instead.
-    /// `true` if it was kept now.
+    /// map, recorded for its log); a post of another partition is queued for it instead
+    /// (marked [`Self::released`] as the map is now). `true` if it was kept now.
     pub fn register(
         &mut self,
         post: &[u8],
@@ -543,7 +562,7 @@ impl<T> PostClusters<T> {
             let home = partition_for(post, n);
             if home != p {
                 let id = self.interned_or_new(cluster);
-                self.foreign.push((home, post.into(), id));
+                self.foreign.push((home, post.into(), id, self.released));
                 return false;
             }
         }
@@ -576,8 +595,8 @@ impl<T> PostClusters<T> {
     }
 
     /// Posts of other partitions routed here since the last call: `(their partition,
-    /// post, cluster)`, in order.
-    pub fn take_foreign(&mut self) -> Vec<(u32, Box<[u8]>, Arc<str>)> {
+    /// post, cluster, released)` ([`Foreign`]), in order.
+    pub fn take_foreign(&mut self) -> Vec<Foreign> {
         std::mem::take(&mut self.foreign)
     }
 
@@ -697,7 +716,9 @@ impl<T, E> Resolver<T, E> {
     /// `post` was routed to `cluster`: kept (see [`PostClusters::register`]), and what
     /// waited for it released with its cluster, then what waited for those (a reshare's
     /// own post), depth first: the last released is the next registered, as the Python
-    /// router's stack did.
+    /// router's stack did. A released one's post is queued marked released ([`Foreign`])
+    /// if it was held before the orphans' last seal ([`Orphans::seal`]: a replacement would
+    /// not release it again), or if the map is marked now; `post`'s as the map is marked.
     pub fn register(
         &mut self,
         post: &[u8],
@@ -711,21 +732,24 @@ impl<T, E> Resolver<T, E> {
             return Vec::new();
         }
         let mut out = Vec::new();
-        let mut stack: Vec<Box<[u8]>> = Vec::new();
+        let mut stack: Vec<(Box<[u8]>, bool)> = Vec::new();
         let mut released = first;
+        let ambient = self.posts.released;
         loop {
-            for (child, own) in released {
+            for (child, own, before) in released {
                 if let Some(own) = own {
-                    stack.push(own);
+                    stack.push((own, before));
                 }
                 out.push(child);
             }
-            let Some(p) = stack.pop() else {
+            let Some((p, before)) = stack.pop() else {
                 break;
             };
+            self.posts.released = ambient || before;
             self.posts.register(&p, cluster, &mut make);
             released = self.orphans.release_with_posts(&p);
         }
+        self.posts.released = ambient;
         out
     }
 }
@@ -894,8 +918,54 @@ mod tests {
         assert!(taken.iter().all(|(_, c)| c.to_string() == "b-1"));
         let foreign = m.take_foreign();
         assert_eq!(foreign.len(), other.len());
-        assert!(foreign.iter().all(|(p, _, c)| *p == 1 && &**c == "b-1"));
+        assert!(foreign
+            .iter()
+            .all(|(p, _, c, r)| *p == 1 && &**c == "b-1" && !r));
         assert!(m.take_new().is_empty() && m.take_foreign().is_empty());
+    }
+
+    #[test]
+    fn a_released_events_post_is_queued_marked_released() {
+        // partition 0 of 2: a parent of its own, reshares whose posts are partition 1's
+        let mut r: Resolver<(), &str> = Resolver::new(PostClusters::partition(0, 2));
+        let ids: Vec<Vec<u8>> = (0..40).map(|i| format!("p{i}").into_bytes()).collect();
+        let parent = ids.iter().find(|p| partition_for(p, 2) == 0).expect("one");
+        let mut others = ids.iter().filter(|p| partition_for(p, 2) == 1);
+        let (a, b, c) = (
+            others.next().expect("one"),
+            others.next().expect("two"),
+            others.next().expect("three"),
+        );
+        // a waits for the parent, from before a checkpoint; d waits since (released, not
+        // marked: a replacement would read its input again); b finds the parent at once
+        let d = others.next().expect("four");
+        assert_eq!(r.route(parent, a, true, 1, "a", 10, |_| ()), Routed::Held);
+        r.orphans.seal();
+        assert_eq!(r.route(parent, d, true, 1, "d", 10, |_| ()), Routed::Held);
+        assert_eq!(r.register(parent, &Cid::of("u-1"), |_| ()), ["a", "d"]);
+        assert!(!r.posts.released); // the caller's mark is back
+        assert!(matches!(
+            r.route(parent, b, true, 2, "b", 10, |_| ()),
+            Routed::Found(_, ref released) if released.is_empty()
+        ));
+        // a caller routing held events (a partition read back from its log) marks the map
+        r.posts.released = true;
+        r.posts.register(c, &Cid::of("u-1"), |_| ());
+        r.posts.released = false;
+        let queued: Vec<(Vec<u8>, bool)> = (r.posts.take_foreign().into_iter())
+            .map(|(home, post, _, released)| {
+                assert_eq!(home, 1);
+                (post.to_vec(), released)
+            })
+            .collect();
+        // (depth first: the last released is registered first)
+        let want = [
+            (d.clone(), false),
+            (a.clone(), true),
+            (b.clone(), false),
+            (c.clone(), true),
+        ];
+        assert_eq!(queued, want);
     }
 
     #[test]

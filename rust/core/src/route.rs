@@ -42,6 +42,8 @@ struct Entry<T> {
     /// the held reshare's own post (`None` for a takedown, which adds no post)
     post: Option<Box<[u8]>>,
     item: T,
+    /// the holds before it (see [`Orphans::seal`])
+    at: u64,
 }
 
 struct Waiting<T> {
@@ -60,6 +62,9 @@ pub struct Orphans<T> {
     parent_of: HashMap<Box<[u8]>, Box<[u8]>, Keyed>,
     held: usize,
     next_order: u64,
+    /// items held so far, and how many of them were held before the last [`Orphans::seal`]
+    holds: u64,
+    sealed: u64,
 }
 
 impl<T> Default for Orphans<T> {
@@ -70,6 +75,8 @@ impl<T> Default for Orphans<T> {
             parent_of: HashMap::default(),
             held: 0,
             next_order: 0,
+            holds: 0,
+            sealed: 0,
         }
     }
 }
@@ -99,6 +106,14 @@ impl<T> Orphans<T> {
     /// Drop every item held (a garbage collector breaking a cycle through them).
     pub fn clear(&mut self) {
         *self = Self::default();
+    }
+
+    /// The items held now were held before a checkpoint began: released from now on, each
+    /// says so ([`Self::release_with_posts`]). A streaming resolve partition calls it as each
+    /// checkpoint begins: the input that brought such an item may be committed, so no
+    /// replacement routes it again, and what its release made must be durable by itself.
+    pub fn seal(&mut self) {
+        self.sealed = self.holds;
     }
 
     /// Hold `item` (a reshare of `post` if `share`, else a takedown) until
@@ -145,7 +160,9 @@ impl<T> Orphans<T> {
             ts_ms,
             post: own.clone(),
             item,
+            at: self.holds,
         });
+        self.holds += 1;
         if let Some(own) = own {
             self.parent_of.insert(own, target.into());
         }
@@ -157,13 +174,15 @@ impl<T> Orphans<T> {
     pub fn release(&mut self, post: &[u8]) -> Vec<T> {
         self.release_with_posts(post)
             .into_iter()
-            .map(|(item, _)| item)
+            .map(|(item, _, _)| item)
             .collect()
     }
 
     /// `post` was routed: what waited for it, in the order held, each with its own post
-    /// (a reshare's; `None` for a takedown).
-    pub fn release_with_posts(&mut self, post: &[u8]) -> Vec<(T, Option<Box<[u8]>>)> {
+    /// (a reshare's; `None` for a takedown) and whether it was held before the last
+    /// [`Self::seal`].
+    #[allow(clippy::type_complexity)]
+    pub fn release_with_posts(&mut self, post: &[u8]) -> Vec<(T, Option<Box<[u8]>>, bool)> {
         if self.waiting.is_empty() && self.parent_of.is_empty() {
             return Vec::new(); // nothing held: no look-up (each post routed asks)
         }
@@ -173,7 +192,10 @@ impl<T> Orphans<T> {
             Some(w) => {
                 self.targets.remove(&w.order);
                 self.held -= w.entries.len();
-                w.entries.into_iter().map(|e| (e.item, e.post)).collect()
+                let sealed = self.sealed;
+                (w.entries.into_iter())
+                    .map(|e| (e.item, e.post, e.at < sealed))
+                    .collect()
             }
         }
     }
@@ -235,6 +257,27 @@ mod tests {
         assert_eq!(o.len(), 4);
         assert_eq!(o.release(b"p"), [0, 1, 2, 9]);
         assert!(o.is_empty() && o.release(b"p").is_empty());
+    }
+
+    #[test]
+    fn a_release_says_which_items_were_held_before_the_seal() {
+        let mut o = Orphans::new();
+        o.hold(b"p", b"a", true, 1, "a", 10).unwrap();
+        o.seal();
+        o.hold(b"p", b"b", true, 2, "b", 10).unwrap();
+        o.hold(b"q", b"c", false, 3, "c", 10).unwrap();
+        let out: Vec<_> = (o.release_with_posts(b"p").into_iter())
+            .map(|(item, post, before)| (item, post.map(|p| p.to_vec()), before))
+            .collect();
+        assert_eq!(
+            out,
+            [
+                ("a", Some(b"a".to_vec()), true),
+                ("b", Some(b"b".to_vec()), false)
+            ]
+        );
+        o.seal();
+        assert_eq!(o.release_with_posts(b"q"), [("c", None, true)]);
     }
 
     #[test]

@@ -408,12 +408,17 @@ impl EvBatch {
 /// Why: every post routed is registered with its home partition, three posts of four
 /// elsewhere with four partitions; each was a ``(partition, post, cluster)`` tuple, a
 /// ``Registration`` record and two ``getattr`` back in the peer's loop (about 2% of a
-/// one-worker backlog). Python sees the batch (its length, :meth:`pairs`).
+/// one-worker backlog). Python sees the batch (its length, :meth:`pairs`, and whether its
+/// posts are released events', :attr:`released`: the worker copies those alone to the
+/// receiver's topic, ``streams.runtime.topology.Topology._copy_handed``).
 #[pyclass(module = "streams._core", frozen, eq)]
 #[derive(PartialEq)]
 pub struct RegBatch {
     /// (post id's bytes, cluster id)
     pub(crate) regs: Vec<(Box<[u8]>, Arc<str>)>, // (post, cluster)
+    /// the posts are of events that had been held (`viralwatch_core::posts::Foreign`)
+    #[pyo3(get)]
+    pub(crate) released: bool,
 }
 
 #[pymethods]

@@ -321,16 +321,35 @@ impl PyPostRoutes {
     }
 
     /// Posts of other partitions routed here since the last call: ``(their partition,
-    /// RegBatch)`` for each partition owed any, by partition, each batch in the order
-    /// routed.
+    /// RegBatch)`` for each partition owed any, by partition, each in the order routed: a
+    /// batch a run of them released or not (:attr:`RegBatch.released`), so the order holds.
     fn take_foreign(&mut self) -> Vec<(u32, RegBatch)> {
-        let mut by_home: BTreeMap<u32, Vec<Foreign>> = BTreeMap::new();
-        for (home, post, cluster) in self.inner.posts.take_foreign() {
-            by_home.entry(home).or_default().push((post, cluster));
+        let mut by_home: BTreeMap<u32, Vec<(bool, Vec<Foreign>)>> = BTreeMap::new();
+        for (home, post, cluster, released) in self.inner.posts.take_foreign() {
+            let runs = by_home.entry(home).or_default();
+            match runs.last_mut() {
+                Some((r, regs)) if *r == released => regs.push((post, cluster)),
+                _ => runs.push((released, vec![(post, cluster)])),
+            }
         }
         by_home
             .into_iter()
-            .map(|(home, regs)| (home, RegBatch { regs }))
+            .flat_map(|(home, runs)| {
+                (runs.into_iter()).map(move |(released, regs)| (home, RegBatch { regs, released }))
+            })
             .collect()
+    }
+
+    /// Whether the posts registered now are released events' (a partition routing the
+    /// held events its log kept): their registrations for other partitions are marked so
+    /// (:attr:`RegBatch.released`).
+    #[getter]
+    fn get_released(&self) -> bool {
+        self.inner.posts.released
+    }
+
+    #[setter]
+    fn set_released(&mut self, released: bool) {
+        self.inner.posts.released = released;
     }
 }

@@ -71,7 +71,7 @@ impl Deliver for ReplayLoop {
         &self.routing
     }
 
-    fn touch(&mut self, py: Python<'_>, cluster: &Cluster, ts: i64) -> PyResult<()> {
+    fn touch(&mut self, py: Python<'_>, cluster: &Cluster, _event: &Ev, ts: i64) -> PyResult<()> {
         self.routing.touch(py, &cluster.cid, ts);
         Ok(())
     }

@@ -182,8 +182,9 @@ struct Out {
     /// `EvBatch` (the `Unbanked` records it stands for)
     to_index: Vec<Ev>,
     /// the latest event time of each unbanked cluster routed to, in first-touch order
-    /// (a partition that is not the owner's, for its `Touch` records)
-    touched: Vec<(Py<PyString>, i64)>,
+    /// (a partition that is not the owner's, for its `Touch` records), and whether a
+    /// released event touched it (the record is marked so: the worker copies those)
+    touched: Vec<(Py<PyString>, i64, bool)>,
     touched_at: HashMap<Box<str>, usize>,
     /// this batch's unbanked uploads, until the end of its items
     deferred: Vec<Ev>,
@@ -221,6 +222,8 @@ pub struct ResolveLoop {
     /// at the index's owner: unbanked uploads waiting to be clustered, by `(ts, event id)`
     unbanked: BinaryHeap<Reverse<Waiting>>,
     out: Out,
+    /// the events held at a place before it were held before the last :meth:`seal`
+    sealed: u64,
 }
 
 /// A clusters partition's routed events as the items Python sends on: each run of compiled
@@ -265,26 +268,10 @@ impl Deliver for ResolveLoop {
         &self.routing
     }
 
-    fn touch(&mut self, py: Python<'_>, cluster: &Cluster, ts: i64) -> PyResult<()> {
-        if self.owner() {
-            self.routing.touch(py, &cluster.cid, ts);
-            return Ok(());
-        }
-        let cluster = &cluster.py_str(py);
-        let id = cluster.to_str()?;
-        match self.out.touched_at.get(id) {
-            Some(&i) => {
-                let last = &mut self.out.touched[i].1;
-                *last = (*last).max(ts);
-            }
-            None => {
-                self.out
-                    .touched_at
-                    .insert(Box::from(id), self.out.touched.len());
-                self.out.touched.push((cluster.clone().unbind(), ts));
-            }
-        }
-        Ok(())
+    /// (an event a registration released: marked if it was held before the last seal)
+    fn touch(&mut self, py: Python<'_>, cluster: &Cluster, event: &Ev, ts: i64) -> PyResult<()> {
+        let before = !self.owner() && self.held_before(py, event)?;
+        self.note_touch(py, cluster, ts, before)
     }
 
     fn deliver(&mut self, py: Python<'_>, cluster: &Cluster, event: Ev, _ts: i64) -> PyResult<()> {
@@ -299,6 +286,48 @@ impl Deliver for ResolveLoop {
 impl ResolveLoop {
     fn owner(&self) -> bool {
         self.routing.index.is_some()
+    }
+
+    /// Whether ``event`` is held here since before the last :meth:`seal`.
+    fn held_before(&self, py: Python<'_>, event: &Ev) -> PyResult<bool> {
+        let key = id_key(py, event)?;
+        Ok(self.held.ids.get(&key).is_some_and(|&at| at < self.sealed))
+    }
+
+    /// An event of the unbanked cluster ``cluster`` at ``ts``: in the index (the owner's),
+    /// or noted for a `Touch` to it, marked if a replacement would not route the event
+    /// again (``released``: held since before the last seal; or the held events of a log
+    /// read back, the map's mark, `PostClusters::released`).
+    fn note_touch(
+        &mut self,
+        py: Python<'_>,
+        cluster: &Cluster,
+        ts: i64,
+        released: bool,
+    ) -> PyResult<()> {
+        if self.owner() {
+            self.routing.touch(py, &cluster.cid, ts);
+            return Ok(());
+        }
+        let released = released || self.routing.routes.borrow(py).inner.posts.released;
+        let cluster = &cluster.py_str(py);
+        let id = cluster.to_str()?;
+        match self.out.touched_at.get(id) {
+            Some(&i) => {
+                let (_, last, marked) = &mut self.out.touched[i];
+                *last = (*last).max(ts);
+                *marked |= released;
+            }
+            None => {
+                self.out
+                    .touched_at
+                    .insert(Box::from(id), self.out.touched.len());
+                self.out
+                    .touched
+                    .push((cluster.clone().unbind(), ts, released));
+            }
+        }
+        Ok(())
     }
 
     /// A `Routed` record of ``event`` to ``cluster`` (no match): for an item with no place
@@ -441,7 +470,7 @@ impl ResolveLoop {
                     let id = cluster.py_str(py);
                     self.emit(Sent::Event(event, id.clone().unbind()), &id)?;
                     if cluster.is_unbanked() {
-                        self.touch(py, &cluster, ts)?;
+                        self.note_touch(py, &cluster, ts, false)?;
                     }
                     Routing::release(self, py, &cluster, released)?;
                 }
@@ -491,6 +520,34 @@ impl ResolveLoop {
             Sent::Event(ev, cluster.clone().unbind()),
             &cluster,
         )
+    }
+
+    /// `cluster_due`'s walk of the held uploads up to ``until_ms``.
+    fn cluster_held(
+        &mut self,
+        py: Python<'_>,
+        host: &Bound<'_, PyAny>,
+        until_ms: i64,
+    ) -> PyResult<()> {
+        while self
+            .unbanked
+            .peek()
+            .is_some_and(|Reverse(w)| w.ts <= until_ms)
+        {
+            let Some(Reverse(w)) = self.unbanked.pop() else {
+                break;
+            };
+            let Some(ev) = self.held.get(&w.key) else {
+                continue;
+            };
+            if ev.kind(py)? == Kind::Upload {
+                let ev = ev.clone_ref(py);
+                self.cluster_upload(py, host, &w.key, ev)?;
+                let to = &mut self.out.clustered_to;
+                *to = Some(to.map_or(until_ms, |t| t.max(until_ms)));
+            }
+        }
+        Ok(())
     }
 
     /// The items of a batch of envelopes, in order, an `EvBatch` of events to route
@@ -577,6 +634,7 @@ impl ResolveLoop {
             waiting: BinaryHeap::new(),
             unbanked: BinaryHeap::new(),
             out: Out::default(),
+            sealed: 0,
         })
     }
 
@@ -708,26 +766,15 @@ impl ResolveLoop {
         if self.out.clusters.len() != self.partitions as usize {
             self.out.clusters = (0..self.partitions).map(|_| Vec::new()).collect();
         }
-        while self
-            .unbanked
-            .peek()
-            .is_some_and(|Reverse(w)| w.ts <= until_ms)
-        {
-            let Some(Reverse(w)) = self.unbanked.pop() else {
-                break;
-            };
-            let Some(ev) = self.held.get(&w.key) else {
-                continue;
-            };
-            if ev.kind(py)? == Kind::Upload {
-                let ev = ev.clone_ref(py);
-                self.cluster_upload(py, host, &w.key, ev)?;
-                let to = &mut self.out.clustered_to;
-                *to = Some(to.map_or(until_ms, |t| t.max(until_ms)));
-            }
-        }
+        // held uploads released: their posts' registrations are marked so
+        let ambient = {
+            let mut routes = self.routing.routes.borrow_mut(py);
+            std::mem::replace(&mut routes.inner.posts.released, true)
+        };
+        let done = self.cluster_held(py, host, until_ms);
+        self.routing.routes.borrow_mut(py).inner.posts.released = ambient;
         trim(&mut self.unbanked);
-        Ok(())
+        done
     }
 
     /// What the batch gave, and forget it: ``(routed events per clusters partition, items
@@ -763,8 +810,8 @@ impl ResolveLoop {
             to_index.push(Py::new(py, EvBatch::unbanked(out.to_index))?.into_any());
         }
         let touch = self.classes.touch.bind(py);
-        for (cluster, ts) in out.touched {
-            to_index.push(touch.call1((cluster, ts))?.unbind());
+        for (cluster, ts, released) in out.touched {
+            to_index.push(touch.call1((cluster, ts, released))?.unbind());
         }
         let mut clusters = Vec::with_capacity(self.partitions as usize);
         for sent in out.clusters {
@@ -823,6 +870,16 @@ impl ResolveLoop {
         }
         trim(&mut self.waiting);
         front
+    }
+
+    /// A checkpoint begins: the events held now were held before it. Released from now on,
+    /// their posts' registrations for other partitions, and their touches, are marked
+    /// (``RegBatch.released``, ``Touch.released``): the input that brought them may be
+    /// committed, so a replacement would not route them again
+    /// (``streams.runtime.topology.Topology._copy_handed``).
+    fn seal(&mut self, py: Python<'_>) {
+        self.sealed = self.held.next;
+        self.routing.routes.borrow_mut(py).inner.orphans.seal();
     }
 
     /// How many events are held here.
@@ -885,7 +942,7 @@ impl ResolveLoop {
         for obj in o.held_del.iter().chain(&o.forgot).chain(&o.dead) {
             visit.call(obj)?;
         }
-        for (cluster, _) in &o.touched {
+        for (cluster, _, _) in &o.touched {
             visit.call(cluster)?;
         }
         Ok(())

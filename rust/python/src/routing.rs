@@ -201,8 +201,8 @@ fn banked_md5(md5s: &Bound<'_, PyDict>, md5: &str) -> PyResult<bool> {
 pub(crate) trait Deliver {
     /// the routing the loop holds
     fn routing(&self) -> &Routing;
-    /// an event of the unbanked cluster ``cluster`` at ``ts``
-    fn touch(&mut self, py: Python<'_>, cluster: &Cluster, ts: i64) -> PyResult<()>;
+    /// ``event``, of the unbanked cluster ``cluster``, at ``ts`` (before it is delivered)
+    fn touch(&mut self, py: Python<'_>, cluster: &Cluster, event: &Ev, ts: i64) -> PyResult<()>;
     /// ``event`` (at ``ts``) routed to ``cluster``
     fn deliver(&mut self, py: Python<'_>, cluster: &Cluster, event: Ev, ts: i64) -> PyResult<()>;
 }
@@ -324,7 +324,7 @@ impl Routing {
         for child in released {
             let ts = child.ts_ms(py)?;
             if unbanked {
-                to.touch(py, cluster, ts)?;
+                to.touch(py, cluster, &child, ts)?;
             }
             to.deliver(py, cluster, child, ts)?;
         }
