@@ -558,8 +558,10 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
             for sampler in samplers:
                 sampler.start()
             stacks = None if args.profile is None else args.profile / f"t{i}-{n}"
-            spies = [] if stacks is None else start_profiles(procs, stacks)
-            try:
+            spies: list[subprocess.Popen[bytes]] = []
+            try:  # (a py-spy that cannot start stops the workers too)
+                if stacks is not None:
+                    spies = start_profiles(procs, stacks)
                 keep = work / f"stats-t{i}-{n}.jsonl"
                 rows, reports = read_stats_until(s, valid, timeout=args.timeout, keep=keep)
             finally:
