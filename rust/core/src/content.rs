@@ -31,6 +31,7 @@ use std::sync::Arc;
 
 use crate::keyed::Keyed;
 use crate::pdq::{self, Hash, PdqIndex};
+use crate::prefetch::{prefetch, prefetch_ref};
 
 /// A signal's kind, as `streams.emerging` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,6 +325,11 @@ fn id_hasher() -> &'static Keyed {
 /// The keyed hash of a cluster id as the tables use it (see [`id_hasher`]): 32 bits,
 /// repeated in both halves, so that a [`Cid`] carrying it is 16 bytes (hashbrown reads
 /// a bucket from the low bits and a tag from the top seven: both come from the 32).
+/// The keyed hash `id`'s tables find it by (a [`Cid`]'s), for read-ahead hints.
+pub fn hash_of(id: &ClusterId) -> u64 {
+    keyed(id)
+}
+
 fn keyed(id: &ClusterId) -> u64 {
     spread(keyed32(id))
 }
@@ -481,6 +487,21 @@ impl IdSlots {
     /// id's was, once ([`Cid`]).
     pub fn find<'a>(&self, id: &Cid, id_of: impl Fn(u32) -> &'a ClusterId) -> Option<u32> {
         self.table.find(id.hash(), |&s| id.is(id_of(s))).copied()
+    }
+
+    /// A hint for the bucket an id of keyed hash `hash` ([`hash_of`]) is most likely in: its
+    /// control bytes read, the slot it names hinted (a read-ahead's first pass: see
+    /// [`crate::prefetch`]).
+    pub fn prefetch_bucket(&self, hash: u64) {
+        if let Some(s) = self.table.iter_hash(hash).next() {
+            prefetch_ref(s);
+        }
+    }
+
+    /// The slot an id of keyed hash `hash` most likely has (the first whose tag matches; not
+    /// checked: for a read-ahead's hints, which a wrong one, 1 in 128, makes useless).
+    pub fn likely(&self, hash: u64) -> Option<u32> {
+        self.table.iter_hash(hash).next().copied()
     }
 
     /// Add `slot`, which holds `id` (not here yet).
@@ -778,6 +799,22 @@ impl ContentIndex {
     }
 
     /// The slot `cluster` is kept in (in any view).
+    /// Hints for the clusters of keyed hashes `clusters` ([`hash_of`]), a pass over them all:
+    /// their buckets (see [`IdSlots::prefetch_bucket`]).
+    pub fn prefetch_ids(&self, clusters: &[u64]) {
+        for &h in clusters {
+            self.ids.prefetch_bucket(h);
+        }
+    }
+
+    /// The slot the cluster of keyed hash `hash` most likely has ([`IdSlots::likely`]), its
+    /// record hinted: a read-ahead's second pass, after [`Self::prefetch_ids`].
+    pub fn likely_slot(&self, hash: u64) -> Option<u32> {
+        let s = self.ids.likely(hash)?;
+        prefetch(&self.clusters, s as usize);
+        Some(s)
+    }
+
     fn any_slot(&self, cluster: &(impl AsCid + ?Sized)) -> Option<u32> {
         self.ids.find(&cluster.as_cid(), id_in(&self.clusters))
     }

@@ -35,7 +35,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::blake2b::{blake2b, blake2b_u64, hex};
+#[cfg(doc)]
+use crate::content::hash_of;
 use crate::content::{AsCid, BadSignal, Cid, ClusterId, ContentIndex, HeldSignal, Kind};
+use crate::prefetch::prefetch;
 
 /// The id of the cluster content no bank knows starts: `u-` and the 8-byte BLAKE2b of
 /// `key` (`md5:<hex>`, `pdq:<hex>` or `vpdq:<frames>`, as `streams.emerging` makes it).
@@ -226,6 +229,29 @@ impl IdleClusters {
         };
         self.push_back(s, last, born);
         Some((s, born))
+    }
+
+    /// Read ahead what touching the clusters of keyed hashes `clusters` ([`hash_of`]) reads
+    /// first, a pass over them all at a time so that their cache misses overlap: their
+    /// buckets in `index`, their slots there and here, then their neighbours in the idle
+    /// order (a touch unlinks the cluster). A wrong guess only makes a hint useless;
+    /// nothing changes.
+    pub fn warm_many(&self, index: &ContentIndex, clusters: &[u64]) {
+        index.prefetch_ids(clusters);
+        for &h in clusters {
+            if let Some(s) = index.likely_slot(h) {
+                prefetch(&self.slots, s as usize);
+            }
+        }
+        for &h in clusters {
+            if let Some(i) = index
+                .likely_slot(h)
+                .and_then(|s| self.slots.get(s as usize))
+            {
+                prefetch(&self.slots, i.prev as usize);
+                prefetch(&self.slots, i.next as usize);
+            }
+        }
     }
 
     /// An event of `cluster` at `ts_ms` (only clusters `index` holds are kept): not idle,

@@ -289,7 +289,16 @@ impl Routing {
                 }
             }
         }
-        self.routes.borrow(py).inner.warm_many(&posts);
+        let mut clusters = Vec::with_capacity(posts.len());
+        self.routes
+            .borrow(py)
+            .inner
+            .warm_many(&posts, &mut clusters);
+        if let Some((idle, signals)) = &self.index {
+            // the clusters found, touched in the idle order (``touch``)
+            let held = signals.borrow(py);
+            idle.borrow(py).inner.warm_many(&held.inner, &clusters);
+        }
     }
 
     /// ``post`` is routed to ``cluster``: mapped (or queued for its partition), and what
