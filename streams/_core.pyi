@@ -408,8 +408,8 @@ class RegBatch:
     @property
     def released(self) -> bool:
         """Whether the posts are of released events a replacement would not route again:
-        held before a checkpoint began (:meth:`ResolveLoop.seal`), an upload the index's
-        owner clustered, a held event of a log read back."""
+        held before a checkpoint began (:meth:`ResolveLoop.seal`: a reshare whose parent
+        came, an upload the index's owner clustered), a held event of a log read back."""
 
 class EvBatch:
     """Compiled events crossing Python as one item of an envelope (``rust/python/src/ev.rs``):

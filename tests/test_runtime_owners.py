@@ -505,6 +505,35 @@ def test_an_unbanked_upload_the_index_s_owner_lost_is_clustered_once_by_its_repl
     assert clustered() == 1 and again.resolvers[0].held == 0
 
 
+def test_an_upload_the_index_s_owner_held_across_a_checkpoint_has_its_registration_copied() -> None:
+    """The owner's side: an unbanked upload held when a checkpoint began, clustered after it,
+    has its post's registration (for its own partition, ``a``, here in-process) copied: the
+    owner's log says it is clustered, and the input that brought it may be committed, so a
+    replacement would neither cluster it again nor register its post. One held and clustered
+    within a checkpoint is not copied (its input is read again: the test above)."""
+    n, a = 2, 1
+    post = next(f"p{i}" for i in range(100) if partition_for(f"p{i}", n) == a)
+    t = 1_767_225_600_000
+    for across in (True, False):
+        upload = ShareEvent("e-up", "upload", t, post, "u1", content=Content(md5="a" * 32))
+        run, rng, tables = torn_process(n)
+        topology, checkpoint, topics = run.build(rng, tables=tables)
+        before = {0: (t, False), 1: (t, False)}
+        passed = {p: (t + run.lateness_ms + 60_000, False) for p in range(n)}
+        topology.resolve_received(
+            {a: [Envelope([ToRoute(upload)], marks=before)], 0: [Envelope([], marks=before)]}
+        )
+        assert topology.resolvers[0].held == 1
+        if across:
+            checkpoint.stage(begin=True)  # a checkpoint begins: the upload held before it
+        topology.resolve_received({p: [Envelope([], marks=passed)] for p in range(n)})
+        assert topology.resolvers[0].held == 0 and post in topology.resolvers[a].posts
+        assert topology.copies_pending == across
+        checkpoint.stage(begin=True)
+        copied = [raw for _, _, raw in topics["resolve"][a] if b'"r"' in raw]
+        assert (len(copied) == 1 and post.encode() in copied[0]) if across else copied == []
+
+
 def torn_run(seed: int, gated: bool) -> tuple[LocalRun, list[bytes], set[str]]:
     """An hour of the simulator's traffic (the integration test's stream: 255 takedown
     requests), every hop in process, a worker killed 40 times: each kill loses, of the

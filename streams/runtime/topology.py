@@ -283,12 +283,15 @@ class Topology:
         does not release it again (seed 12 of the kill model: the reshare's own reshares
         waited at the receiver for ever). Each resolve partition is sealed as a checkpoint
         begins (:meth:`write_copies`, ``ResolveLoop.seal``: what is held then is "held
-        before"); a partition read back from its log marks what its log kept held, and
-        the index's owner every upload it clusters (its log's bound says they are
-        clustered, and an owner that drops a redelivered upload would not register it
-        again). In the benchmark's one worker (300,000 events) the registrations copied
-        had been 0.76 an event, 33 B of the 47, the touches 0.34, 14 B: most were of
-        events routed at once, and of reshares held and released in the same checkpoint.
+        before"); a partition read back from its log marks what its log kept held. The
+        index's owner marks an upload it clusters held before the checkpoint began (its
+        log's bound says it is clustered); one held and clustered since is passed on
+        again from the input read again, held and clustered again (an owner that came to
+        drop a redelivered upload it clustered would have to register its post again). In
+        the benchmark's one worker (300,000 events) the registrations copied had been 0.76
+        an event, 33 B of the 47, the touches 0.34, 14 B: most were of events routed at
+        once, and of reshares (and uploads at the owner) held and released in the same
+        checkpoint.
 
         A lost touch can change an outcome: the owner evicts an unbanked cluster from its
         index once event time passes its latest event by ``idle_ms``, so an owner that

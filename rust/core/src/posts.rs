@@ -341,7 +341,7 @@ impl NewPosts {
 
 /// A registration queued for another partition: the post's partition, the post, its
 /// cluster, and whether it is a released event's that a replacement would not route again
-/// (held before a checkpoint began and released since: a reshare whose parent came; an
+/// (held before a checkpoint began and released since: a reshare whose parent came, an
 /// unbanked upload the index's owner clustered; an event a log read back kept held). The
 /// streaming worker copies only those to the receiver's topic: a sender whose log says the
 /// event is released does not register its post again, and the input that brought it may
@@ -364,8 +364,8 @@ pub struct PostClusters<T> {
     foreign: Vec<Foreign>,
     /// whether the posts registered now are released events' (see [`Foreign`]): set by
     /// [`Resolver::register`] for what a post released that was held before the orphans'
-    /// last seal, and by a caller routing held events (the index's owner clustering
-    /// uploads, a partition routing what its log kept held)
+    /// last seal, and by a caller routing held events (the index's owner clustering an
+    /// upload held before its seal, a partition routing what its log kept held)
     pub released: bool,
 }
 

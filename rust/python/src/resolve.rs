@@ -522,12 +522,19 @@ impl ResolveLoop {
         )
     }
 
-    /// `cluster_due`'s walk of the held uploads up to ``until_ms``.
+    /// `cluster_due`'s walk of the held uploads up to ``until_ms``. An upload held since
+    /// before the last :meth:`seal` has its post's registration marked (``ambient``: the
+    /// map's mark otherwise): the input that brought it may be committed, and this
+    /// partition's log says it is clustered. One held and clustered since is not: its input
+    /// is read again after a kill, passed on again, held and clustered again (an owner
+    /// that came to drop an upload it clustered, redelivered, would have to register its
+    /// post again).
     fn cluster_held(
         &mut self,
         py: Python<'_>,
         host: &Bound<'_, PyAny>,
         until_ms: i64,
+        ambient: bool,
     ) -> PyResult<()> {
         while self
             .unbanked
@@ -542,6 +549,12 @@ impl ResolveLoop {
             };
             if ev.kind(py)? == Kind::Upload {
                 let ev = ev.clone_ref(py);
+                let before = self
+                    .held
+                    .ids
+                    .get(&w.key)
+                    .is_some_and(|&at| at < self.sealed);
+                self.routing.routes.borrow_mut(py).inner.posts.released = ambient || before;
                 self.cluster_upload(py, host, &w.key, ev)?;
                 let to = &mut self.out.clustered_to;
                 *to = Some(to.map_or(until_ms, |t| t.max(until_ms)));
@@ -766,12 +779,8 @@ impl ResolveLoop {
         if self.out.clusters.len() != self.partitions as usize {
             self.out.clusters = (0..self.partitions).map(|_| Vec::new()).collect();
         }
-        // held uploads released: their posts' registrations are marked so
-        let ambient = {
-            let mut routes = self.routing.routes.borrow_mut(py);
-            std::mem::replace(&mut routes.inner.posts.released, true)
-        };
-        let done = self.cluster_held(py, host, until_ms);
+        let ambient = self.routing.routes.borrow(py).inner.posts.released;
+        let done = self.cluster_held(py, host, until_ms, ambient);
         self.routing.routes.borrow_mut(py).inner.posts.released = ambient;
         trim(&mut self.unbanked);
         done
