@@ -94,6 +94,8 @@ fn set_field(
 }
 
 /// A new instance of a frozen dataclass with `fields` set, as its `__init__` would set them.
+/// Every field, those with a default included: `__init__` is not run, and a field left out
+/// is an empty slot (`tests/test_core_wire_read.py` checks the records read from the wire).
 pub(crate) fn record<'py>(
     cls: &Bound<'py, PyType>,
     fields: &[(&Bound<'py, PyString>, Bound<'py, PyAny>)],

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyType};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyList, PyString, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use viralwatch_core::wire_read::{self, Read};
@@ -189,6 +189,12 @@ impl WireReader {
                     &[
                         (cluster_id, cluster(&id)),
                         (intern!(py, "ts_ms"), ts_ms.into_pyobject(py)?.into_any()),
+                        // not on the wire, but a field: `record` sets no default, and a
+                        // slot left empty crashed orjson's dataclass writer
+                        (
+                            intern!(py, "released"),
+                            PyBool::new(py, false).to_owned().into_any(),
+                        ),
                     ],
                 )?,
                 Read::Other(text) => match self.fallback.bind(py).call1((text,)) {
