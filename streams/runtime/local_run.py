@@ -120,8 +120,19 @@ class Tear:
     changelog partition is a prefix; the partitions are independent (the client sends
     each partition's batches on their own: any of them may be on the broker when the
     process dies, the others not). A kill keeps a random prefix of each.
+
+    Where the kills fall: at the points :class:`LocalRun` spreads over the input, or, with
+    ``after_release``, at the first point after each of them where the runtime's own events
+    say a kill can tear what the copies mend: a release of an event held before a
+    checkpoint began has been handed over in-process
+    (:meth:`streams.runtime.topology.Topology._copy_handed`), a step has run since (which
+    sends what the step of the release sealed), and no checkpoint has committed since the
+    release. Spread kills no longer fall there since the resolve log is sealed at every
+    batch when no copy waits: with the copies off they lose nothing either.
     """
 
+    #: kill only where a release of an event held before a checkpoint can be torn (above)
+    after_release: bool = False
     writes: list[Write] = field(default_factory=list)
     #: the writes not sent yet, by table and key, oldest first
     _unsent: dict[tuple[str, bytes], list[Write]] = field(default_factory=dict)
@@ -227,6 +238,9 @@ class LocalRun:
     #: the resolve log's records wait for what came before them (the worker's order; off:
     #: the order before, which a kill could tear)
     gate_resolve_log: bool = True
+    #: what is handed over in-process that a replacement cannot make again is copied to the
+    #: resolve topic (the worker's way; off: a test's check that the kill model then fails)
+    copy_handed: bool = True
     #: the wire version written on the topics (a worker's ``VIRALWATCH_WIRE_VERSION``)
     wire: WireVersion = LATEST_WIRE
     #: the alerts and takedown requests (by key) a kill lost before the broker had them
@@ -244,6 +258,8 @@ class LocalRun:
     read: int = 0
     #: alerts (by dedupe key) sent a second time: must stay empty (an id goes out once)
     resent: list[str] = field(default_factory=list)
+    #: times the process was killed (with a :class:`Tear`) or replaced
+    kills: int = 0
     #: times partitions moved
     moved: int = 0
     #: times the short way to a moved partition opened with records still on its topic
@@ -252,6 +268,8 @@ class LocalRun:
     topology: Topology | None = None
     #: batches each moved partition has read since it moved (see ``short_way_after``)
     _batches_read: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: checkpoints committed in the run (every acknowledgement of everything written)
+    _acks: int = 0
 
     def build(
         self,
@@ -378,6 +396,7 @@ class LocalRun:
             predictor_factory=self.predictor_factory,
         )
         topology.ingest.clock.assign(range(n), 0.0)
+        topology.copying = self.copy_handed
         checkpoint = Checkpoint(sinks=[outputs], logs=logs, gate=gate, copies=topology)
         return topology, checkpoint, topics
 
@@ -420,13 +439,34 @@ class LocalRun:
             """The records read, marked when this incarnation sent them (see HandOver)."""
             return hop.received(p, [(m if i == incarnation else None, r) for i, m, r in records])
 
+        #: with Tear.after_release: the step in which an event held before a checkpoint
+        #: began was last released and handed over, and the checkpoints committed by then
+        release: tuple[int, int] | None = None
+
+        def released() -> None:
+            nonlocal release
+            if release is None or release[1] != self._acks:
+                release = (steps, self._acks)
+
+        def placed() -> bool:
+            """Whether a kill may fall here (see :class:`Tear`)."""
+            if self.tear is None or not self.tear.after_release:
+                return True
+            return release is not None and release[1] == self._acks and steps > release[0] + 1
+
+        if self.tear is not None and self.tear.after_release:
+            topology.on_released = released
         while True:
-            if restart_at and fresh >= restart_at[0]:
+            if restart_at and fresh >= restart_at[0] and placed():
                 restart_at.pop(0)
                 incarnation += 1  # a new process: its state comes from the logs alone
+                self.kills += 1
                 if self.tear is not None:
                     self._killed(self.tear.kill(rng))
                 topology, checkpoint, _ = self.build(rng, topics, tables, incarnation)
+                release = None
+                if self.tear is not None and self.tear.after_release:
+                    topology.on_released = released
                 for update in applied:  # its bank follower reads the bank topic again
                     topology.change_bank(update)
                 pos = committed[:]  # what was read after the last commit is read again
@@ -525,6 +565,7 @@ class LocalRun:
         sealed now, after the copies of what was handed over in-process: see
         :meth:`Checkpoint.stage`)."""
         checkpoint.stage(begin=True)
+        self._acks += 1
         if self.tear is not None:
             if checkpoint.gate is not None:
                 checkpoint.gate.release()

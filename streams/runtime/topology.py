@@ -129,6 +129,13 @@ class Topology:
         #: unbanked cluster a released event touched
         self._copies: dict[int, list[Item]] = {}
         self._touches: dict[int, dict[str, int]] = {}
+        #: False: nothing handed over in-process is copied (a test's switch: the kill
+        #: model must then lose takedown requests, ``tests/test_runtime_owners.py``)
+        self.copying = True
+        #: called as the release of an event held before the checkpoint began is handed
+        #: over in-process (copies on or off): the kill model places kills after it
+        #: (:class:`streams.runtime.local_run.Tear`'s ``after_release``)
+        self.on_released: Callable[[], None] | None = None
         #: wall time (Unix s) a clusters partition here last applied events: where a
         #: backlog's span ends (the benchmark reads it from the stats record)
         self.applied_at: float | None = None
@@ -306,18 +313,26 @@ class Topology:
         changes nothing by taking it again. Not the unbanked uploads for the index's owner
         (a copy would deliver one a second time to an owner whose log kept it), nor the
         progress: it is sent again as it moves."""
+        copying, hook = self.copying, self.on_released
         for item in envelope.items:
             kind = type(item)
             if kind is RegBatch:
                 if item.released:  # type: ignore[union-attr]
-                    self._copies.setdefault(partition, []).append(item)
+                    if hook is not None:
+                        hook()
+                    if copying:
+                        self._copies.setdefault(partition, []).append(item)
             elif kind is Touch:
                 if item.released:  # type: ignore[union-attr]
+                    if hook is not None:
+                        hook()
+                    if not copying:
+                        continue
                     latest = self._touches.setdefault(partition, {})
                     cluster, ts = item.cluster_id, item.ts_ms  # type: ignore[union-attr]
                     if ts > latest.get(cluster, NO_TIME):
                         latest[cluster] = ts
-            elif kind is not EvBatch and kind is not Unbanked:
+            elif kind is not EvBatch and kind is not Unbanked and copying:
                 self._copies.setdefault(partition, []).append(item)  # (a record: kept)
 
     @property
