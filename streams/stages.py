@@ -1038,7 +1038,7 @@ class ResolvePartition:
         waiting = sorted(held.values(), key=lambda ev: (ev.ts_ms, ev.event_id))
         items: list[Item] = [ToRoute(ev) for ev in waiting]
         # the held events' posts and touches, marked released: their input may be committed
-        # long ago (see :meth:`streams.runtime.topology.Topology._copy_handed`); and those
+        # long ago (see :mod:`streams.runtime.checkpoint`, what is copied); and those
         # still held, once released
         self.posts.released = True
         try:

@@ -120,9 +120,8 @@ class Hop:
         the checkpoint began does not hand its registration over again (seed 12 of the
         kill model: the reshare's own reshares waited at the receiver for ever). What it
         carries may be taken twice (a replacement whose log kept it): registrations are
-        idempotent, and a touch keeps the later time (see
-        :meth:`streams.runtime.topology.Topology._copy_handed`, which says what is left
-        out).
+        idempotent, and a touch keeps the later time (:mod:`streams.runtime.checkpoint`
+        says what is copied and what is left out).
 
         The topology gathers a partition's copies until a checkpoint begins
         (:meth:`streams.runtime.topology.Topology.write_copies`): a copy a batch, which

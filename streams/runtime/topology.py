@@ -271,48 +271,14 @@ class Topology:
         )
 
     def _copy_handed(self, partition: int, envelope: Envelope) -> None:
-        """Note for a copy through Kafka what a peer here was handed in-process
-        (:meth:`streams.runtime.hand_over.Hop.copy`) that a replacement could not make
-        again: the registrations of the posts of events released that were held before
-        this checkpoint began (``RegBatch.released``), and, for the index's owner, the
-        latest time of each unbanked cluster such an event touched (``Touch.released``,
-        one a cluster a checkpoint).
-
-        What a replacement makes again is not copied. An event routed from input read
-        since the checkpoint began (at once, or held and released since) is routed again:
-        that input is not committed before a checkpoint that begins later, and that one
-        waits for every log record and copy staged before it (the gate, then steps 3 and
-        4), so after a kill that tore them apart the replacement reads the input again,
-        routes the event again and registers its post, or touches its cluster, again (as
-        it passes an unbanked upload on again). An event held before the checkpoint began
-        is not: the input that brought it may be committed, and a sender whose log says
-        it released it (a reshare whose parent came, through Kafka or from a peer here)
-        does not release it again (seed 12 of the kill model: the reshare's own reshares
-        waited at the receiver for ever). Each resolve partition is sealed as a checkpoint
-        begins (:meth:`write_copies`, ``ResolveLoop.seal``: what is held then is "held
-        before"); a partition read back from its log marks what its log kept held. The
-        index's owner marks an upload it clusters held before the checkpoint began (its
-        log's bound says it is clustered); one held and clustered since is passed on
-        again from the input read again, held and clustered again (an owner that came to
-        drop a redelivered upload it clustered would have to register its post again). In
-        the benchmark's one worker (300,000 events) the registrations copied had been 0.76
-        an event, 33 B of the 47, the touches 0.34, 14 B: most were of events routed at
-        once, and of reshares (and uploads at the owner) held and released in the same
-        checkpoint.
-
-        A lost touch can change an outcome: the owner evicts an unbanked cluster from its
-        index once event time passes its latest event by ``idle_ms``, so an owner that
-        missed a released reshare's touch evicts the cluster early, and an upload of the
-        same content in between starts a new cluster where replay's joins the old. So a
-        released event's touch is copied, the latest a cluster (the owner keeps the later
-        of two times: the latest alone says what all of them say).
-
-        A registration is idempotent: a post already mapped keeps its first mapping and
-        releases nothing again (``PostClusters::insert``, ``rust/core/src/posts.rs``), so a
-        replacement whose log kept it, or a live receiver that reads a copy it did not skip,
-        changes nothing by taking it again. Not the unbanked uploads for the index's owner
-        (a copy would deliver one a second time to an owner whose log kept it), nor the
-        progress: it is sent again as it moves."""
+        """Note for a copy through Kafka (:meth:`streams.runtime.hand_over.Hop.copy`) what a
+        peer here was handed in-process that a replacement could not make again: the
+        registrations of the posts of events released that were held before this
+        checkpoint began (``RegBatch.released``), and, for the index's owner, the latest
+        time of each unbanked cluster such an event touched (``Touch.released``, one a
+        cluster a checkpoint). :mod:`streams.runtime.checkpoint`'s module doc says why
+        these and nothing else (what a replacement makes again, why touches, why a copy
+        taken twice changes nothing, what it cost)."""
         copying, hook = self.copying, self.on_released
         for item in envelope.items:
             kind = type(item)
@@ -346,8 +312,8 @@ class Topology:
         last began (a record each, a few a second, not one a batch: the live process reads
         every copy back, and a copy a batch raised alert p50 from about 25 to 40 ms); and
         every resolve partition here sealed (what it holds now was held before this
-        checkpoint: see :meth:`_copy_handed`). Called as every checkpoint begins, whether
-        copies wait or not."""
+        checkpoint: see :mod:`streams.runtime.checkpoint`). Called as every checkpoint
+        begins, whether copies wait or not."""
         copies, self._copies = self._copies, {}
         touches, self._touches = self._touches, {}
         for r in sorted(copies.keys() | touches.keys()):
