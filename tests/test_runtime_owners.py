@@ -4,6 +4,7 @@ hand-over's rule, and the in-process runner built from the worker's own objects.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 from pathlib import Path
@@ -458,6 +459,23 @@ def test_a_reshare_held_and_released_in_one_checkpoint_is_not_copied_but_routed_
     assert any(b"e-s2" in raw for raw in routed)
 
 
+def upload_inputs(
+    n: int, a: int, lateness_ms: int
+) -> tuple[str, list[dict[int, list[bytes | Envelope]]]]:
+    """A post of resolve partition ``a`` (of ``n``), and the input of its unbanked upload
+    ``e-up`` for the resolve partitions: the upload for ``a`` (the owner's input at its
+    time too), then every input past it by more than the lateness."""
+    post = next(f"p{i}" for i in range(100) if partition_for(f"p{i}", n) == a)
+    t = 1_767_225_600_000
+    upload = ShareEvent("e-up", "upload", t, post, "u1", content=Content(md5="a" * 32))
+    before = {p: (t, False) for p in range(n)}
+    passed = {p: (t + lateness_ms + 60_000, False) for p in range(n)}
+    return post, [
+        {a: [Envelope([ToRoute(upload)], marks=before)], 0: [Envelope([], marks=before)]},
+        {p: [Envelope([], marks=passed)] for p in range(n)},
+    ]
+
+
 def test_an_unbanked_upload_the_index_s_owner_lost_is_clustered_once_by_its_replacement() -> None:
     """Resolve partition ``a`` hands an unbanked upload to the index's owner (partition 0)
     in-process; a kill keeps ``a``'s records and loses the owner's. No copy of it goes to the
@@ -465,18 +483,9 @@ def test_an_unbanked_upload_the_index_s_owner_lost_is_clustered_once_by_its_repl
     input that brought it is not committed before both logs are acknowledged, so the
     replacement reads it again, ``a`` passes it on again, and the new owner clusters it, once."""
     n, a = 2, 1
-    post = next(f"p{i}" for i in range(100) if partition_for(f"p{i}", n) == a)
-    t = 1_767_225_600_000
-    upload = ShareEvent("e-up", "upload", t, post, "u1", content=Content(md5="a" * 32))
     run, rng, tables = torn_process(n)
     topology, checkpoint, topics = run.build(rng, tables=tables)
-    before = {0: (t, False), 1: (t, False)}
-    passed = {p: (t + run.lateness_ms + 60_000, False) for p in range(n)}
-    # the input (not committed): the upload for a, then every input past it
-    inputs = [
-        {a: [Envelope([ToRoute(upload)], marks=before)], 0: [Envelope([], marks=before)]},
-        {p: [Envelope([], marks=passed)] for p in range(n)},
-    ]
+    _, inputs = upload_inputs(n, a, run.lateness_ms)  # (not committed)
 
     def clustered() -> int:
         return sum(raw.count(b"e-up") for k in range(n) for _, _, raw in topics["clusters"][k])
@@ -513,26 +522,92 @@ def test_an_upload_the_index_s_owner_held_across_a_checkpoint_has_its_registrati
     replacement would neither cluster it again nor register its post. One held and clustered
     within a checkpoint is not copied (its input is read again: the test above)."""
     n, a = 2, 1
-    post = next(f"p{i}" for i in range(100) if partition_for(f"p{i}", n) == a)
-    t = 1_767_225_600_000
     for across in (True, False):
-        upload = ShareEvent("e-up", "upload", t, post, "u1", content=Content(md5="a" * 32))
         run, rng, tables = torn_process(n)
         topology, checkpoint, topics = run.build(rng, tables=tables)
-        before = {0: (t, False), 1: (t, False)}
-        passed = {p: (t + run.lateness_ms + 60_000, False) for p in range(n)}
-        topology.resolve_received(
-            {a: [Envelope([ToRoute(upload)], marks=before)], 0: [Envelope([], marks=before)]}
-        )
+        post, (upload, passed) = upload_inputs(n, a, run.lateness_ms)
+        topology.resolve_received(upload)
         assert topology.resolvers[0].held == 1
         if across:
             checkpoint.stage(begin=True)  # a checkpoint begins: the upload held before it
-        topology.resolve_received({p: [Envelope([], marks=passed)] for p in range(n)})
+        topology.resolve_received(passed)
         assert topology.resolvers[0].held == 0 and post in topology.resolvers[a].posts
         assert topology.copies_pending == across
         checkpoint.stage(begin=True)
         copied = [raw for _, _, raw in topics["resolve"][a] if b'"r"' in raw]
         assert (len(copied) == 1 and post.encode() in copied[0]) if across else copied == []
+
+
+def test_an_upload_the_owner_clustered_and_kept_in_its_log_is_applied_once_after_a_kill() -> None:
+    """The index's owner clusters an unbanked upload held and clustered since the last
+    checkpoint began; a kill keeps every log record (the owner's, which says the upload is
+    clustered, included) and the input is read again. The owner holds the redelivered
+    upload anew and clusters it a second time (into the same cluster: its content is in the
+    index now), routing it again and registering its post again; the clusters partition
+    applies it once (the event ids a cluster applied: ``rust/core/src/unbanked.rs``), so its
+    post is counted once and the copy as a duplicate. (Dropping the redelivered upload at
+    the owner would need its post's registration sent again all the same: see
+    :mod:`streams.runtime.checkpoint`, what is copied.)"""
+    n, a = 2, 1
+    run, rng, tables = torn_process(n)
+    topology, checkpoint, topics = run.build(rng, tables=tables)
+    run._acknowledged(checkpoint)  # a checkpoint began (nothing held yet)
+    post, inputs = upload_inputs(n, a, run.lateness_ms)  # the input since (not committed)
+    routed: list[tuple[int, bytes]] = []
+
+    def take_routed() -> None:
+        for k in range(n):
+            routed.extend((k, raw) for _, _, raw in topics["clusters"][k])
+            topics["clusters"][k] = []
+
+    for received in inputs:
+        topology.resolve_received(received)
+        checkpoint.stage()
+    assert topology.resolvers[0].held == 0 and post in topology.resolvers[a].posts
+    checkpoint.stage(begin=True)
+    assert checkpoint.gate is not None
+    checkpoint.gate.release()  # every record on the broker; the kill loses none of them
+    take_routed()
+    again, checkpoint, _ = run.build(rng, topics, tables, incarnation=1)
+    for p in range(n):  # what the process before it sent is read first
+        records, topics["resolve"][p] = topics["resolve"][p], []
+        if records:
+            again.resolve_received({p: [raw for _, _, raw in records]})
+    for received in inputs:  # the input read again
+        again.resolve_received(received)
+        checkpoint.stage()
+    take_routed()
+    assert again.resolvers[0].held == 0 and post in again.resolvers[a].posts
+    copies = [(k, raw) for k, raw in routed if b"e-up" in raw]
+    assert len(copies) == 2 and copies[0][0] == copies[1][0]  # clustered twice, one cluster
+    duplicates = run.stats.duplicates
+    for k, raw in routed:
+        again.detect(k, [raw])
+    again.heartbeat(2e9)
+    k = copies[0][0]
+    unbanked = again.detector(k).detector.unbanked_store
+    assert (len(unbanked), unbanked.posts) == (1, 1)
+    assert run.stats.duplicates == duplicates + 1
+
+
+@functools.cache
+def unbanked_unkilled() -> tuple[int, int, int]:
+    """The unbanked clusters, their posts and live events the clusters partitions hold at
+    the end of :func:`torn_run`'s stream with no kill."""
+    sim = simulate(Scenario(seed=7, minutes=60, **IN_TIME))  # type: ignore[arg-type]
+    run = local_run(sim, local_peers=True, local_resolve=True, local_clusters=True)
+    return unbanked_of(run)
+
+
+def unbanked_of(run: LocalRun) -> tuple[int, int, int]:
+    """The unbanked clusters, posts and live events of a run's clusters partitions."""
+    assert run.topology is not None
+    stores = [run.topology.detector(k).detector.unbanked_store for k in range(run.partitions)]
+    return (
+        sum(len(u) for u in stores),
+        sum(u.posts for u in stores),
+        sum(u.live_events for u in stores),
+    )
 
 
 def torn_run(
@@ -585,6 +660,7 @@ def test_a_kill_between_a_checkpoint_s_writes_loses_no_takedown_request(
     assert set(run.actions) == actions
     assert_replay_alert_records(list(run.alerts.values()), alerts)
     assert run.resent == []
+    assert unbanked_of(run) == unbanked_unkilled()  # no post counted twice, or lost
 
 
 def test_without_the_gate_a_kill_loses_reshares_a_resolve_partition_released() -> None:
@@ -616,12 +692,15 @@ def test_kills_after_releases_of_events_held_before_a_checkpoint_lose_no_takedow
     """The kills placed where the copies matter (``Tear(after_release=True)``: a release
     of an event held before a checkpoint began handed over in-process, a step since, no
     checkpoint committed; see :class:`Tear`): with the copies, replay's alerts and
-    takedown requests, each once."""
+    takedown requests, each once, and the unbanked clusters of a run without kills."""
     run, alerts, actions = torn_run(seed, after_release=True)
     assert run.kills > 0 and len(actions) == 255
     assert set(run.actions) == actions
     assert_replay_alert_records(list(run.alerts.values()), alerts)
     assert run.resent == []
+    # no post counted twice (or lost) in an unbanked cluster: the uploads and reshares read
+    # again after each kill, clustered again by the index's owner, were applied once
+    assert unbanked_of(run) == unbanked_unkilled()
 
 
 def test_without_the_copies_kills_after_releases_lose_takedown_requests() -> None:
