@@ -139,7 +139,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from graphs.cascade import Cascade
+from graphs.cascade import Cascade, CascadeMark
 from graphs.velocity import MINUTE_MS, WINDOWS_MS, Velocity
 from streams._core import ClusterIds, EventIds, UnbankedClusters
 from streams.alerts import (
@@ -430,6 +430,26 @@ class Lookahead:
         out = [*self.posts.values(), *(e for kids in self.waiting.values() for e in kids)]
         out.sort(key=_key)
         return out
+
+
+def _add_held(c: Cascade, ahead: Lookahead, tau: int) -> None:
+    """Add to ``c`` the posts ``ahead`` holds up to ``tau``, in ``(ts, event_id)`` order, a
+    reshare held until its parent is in (those of one instant may come before it)."""
+    waiting: dict[str, list[ShareEvent]] = {}
+    for ev in sorted(ahead.posts.values(), key=_key):
+        if ev.ts_ms > tau:
+            break
+        if ev.parent_post_id is not None and ev.parent_post_id not in c:
+            waiting.setdefault(ev.parent_post_id, []).append(ev)
+            continue
+        stack = [ev]
+        while stack:
+            e = stack.pop()
+            if e.parent_post_id is None:
+                c.add_root(e.post_id, user=e.user_id, ts_ms=e.ts_ms)
+            else:
+                c.add_reshare(e.post_id, parent=e.parent_post_id, user=e.user_id, ts_ms=e.ts_ms)
+            stack += waiting.pop(e.post_id, ())
 
 
 def _graph(st: ClusterState) -> Cascade:
@@ -1230,11 +1250,16 @@ class Detector:
         rates = [count(w, tau) * MINUTE_MS / w for w in WINDOWS_MS]
         acceleration = float(count(MINUTE_MS, tau) - count(MINUTE_MS, tau - MINUTE_MS))
         first = ahead.first_ms
-        c = self._as_seen(st, ahead, tau)
+        c, mark = self._as_seen(st, ahead, tau)
         if c is not None:
-            prediction = st.prediction if st is not None else None
-            cascade = _figures(c, rates, acceleration, prediction)
-            spreaders = tuple((self.pseudonymize(u), n) for u, n in c.top_spreaders(self.top_n))
+            try:
+                prediction = st.prediction if st is not None else None
+                cascade = _figures(c, rates, acceleration, prediction)
+                top = c.top_spreaders(self.top_n)
+            finally:
+                if mark is not None:  # the held posts leave the applied graph again
+                    c.rewind(mark)
+            spreaders = tuple((self.pseudonymize(u), n) for u, n in top)
             first = min(first, st.first_seen_ms) if st is not None else first
             match = (st.match if st is not None else None) or ahead.match
         else:
@@ -1264,35 +1289,39 @@ class Detector:
         )
         self.stats.alerts[(sev, "firing")] += 1
 
-    def _as_seen(self, st: ClusterState | None, ahead: Lookahead, tau: int) -> Cascade | None:
+    def _as_seen(
+        self, st: ClusterState | None, ahead: Lookahead, tau: int
+    ) -> tuple[Cascade | None, CascadeMark | None]:
         """The cascade with the held posts replay will count up to ``tau`` added: what an early
-        alert's graph figures and spreaders say (a what-if copy; early firings are rare, at
-        most one per rule and episode). A graph too big to copy at once keeps its applied
-        figures (``None`` when nothing of the cluster is applied either)."""
+        alert's graph figures and spreaders say (early firings are rare, at most one per rule
+        and episode). A graph bigger than :data:`AS_SEEN_MAX_COPY` keeps its applied figures
+        (``None`` when nothing of the cluster is applied either).
+
+        A what-if: the held posts are added to the applied graph itself, and the mark
+        returned with it is where the caller takes it back to once the figures are read
+        (:meth:`~graphs.cascade.Cascade.rewind`). A copy of the graph cost about 8 us a
+        post, up to the limit: the worker's event loop held that long, more often as
+        clusters grow.
+        """
         applied: Cascade | None
+        mark: CascadeMark | None = None
         if st is not None and not st.banked:  # banked from tau (retroaction): built afresh
             applied = c = st.cascade
         else:
             applied = _graph(st) if st is not None else None
             if applied is not None and applied.size > AS_SEEN_MAX_COPY:
-                return applied
-            c = applied.copy() if applied is not None else Cascade()
-        waiting: dict[str, list[ShareEvent]] = {}  # ordered before their parent (an instant's)
-        for ev in sorted(ahead.posts.values(), key=_key):
-            if ev.ts_ms > tau:
-                break
-            if ev.parent_post_id is not None and ev.parent_post_id not in c:
-                waiting.setdefault(ev.parent_post_id, []).append(ev)
-                continue
-            stack = [ev]
-            while stack:
-                e = stack.pop()
-                if e.parent_post_id is None:
-                    c.add_root(e.post_id, user=e.user_id, ts_ms=e.ts_ms)
-                else:
-                    c.add_reshare(e.post_id, parent=e.parent_post_id, user=e.user_id, ts_ms=e.ts_ms)
-                stack += waiting.pop(e.post_id, ())
-        return c if c.size or applied is not None else None
+                return applied, None
+            if applied is not None:
+                c, mark = applied, applied.mark()
+            else:
+                c = Cascade()
+        try:
+            _add_held(c, ahead, tau)
+        except BaseException:
+            if mark is not None:
+                c.rewind(mark)
+            raise
+        return (c if c.size or applied is not None else None), mark
 
     def held(self, cluster_id: str) -> tuple[list[ShareEvent], MatchInfo | None]:
         """The posts received for a banked cluster and not applied yet (waiting for the

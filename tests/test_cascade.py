@@ -368,3 +368,62 @@ def test_cascade_virality_is_the_graphs_to_the_bit(steps: list[tuple[int, bool, 
         (p, next(iter(c.graph.pred[p]), None), c.graph.nodes[p]["user"], 0, True) for p in c.posts()
     )
     assert made.structural_virality() == structural_virality(made.graph)
+
+
+def _state(c: Cascade) -> tuple[object, ...]:
+    """Everything of a cascade, orders included (the figures read the graph's dicts in order)."""
+    g = c.graph
+    return (
+        [(n, dict(d)) for n, d in g.nodes(data=True)],
+        [(n, list(g.succ[n])) for n in g],
+        [(n, list(g.pred[n])) for n in g],
+        list(c._users.items()),
+        list(c._level_counts.items()),
+        (c.size, c.live, c.roots, c.unique_users, c.depth, c.breadth),
+        c.structural_virality(),
+        c.top_spreaders(5),
+    )
+
+
+@PROPS
+@given(
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7), st.booleans()), max_size=40),
+    st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 9), st.booleans()), max_size=40),
+)
+def test_rewind_gives_back_the_cascade_at_its_mark(
+    before: list[tuple[int, int, bool]], after: list[tuple[int, int, bool]]
+) -> None:
+    """Posts added after a mark (roots and reshares, under old posts and new, some by new
+    users, at new levels) and rewound leave the cascade as it was to the dicts' order, and
+    the figures read while they were in are a copy's (what an early alert reads)."""
+    c = Cascade()
+    for i, (pick, user, down) in enumerate(before):
+        post = f"a{i}"
+        if c.size and pick % 4:
+            c.add_reshare(post, parent=list(c.graph)[pick % c.size], user=f"u{user}", ts_ms=i)
+        else:
+            c.add_root(post, user=f"u{user}", ts_ms=i, followers=pick if down else None)
+        if down and pick % 3 == 0:
+            c.take_down(post)
+    was = _state(c)
+    copy = c.copy()
+    mark = c.mark()
+    for i, (pick, user, new_user) in enumerate(after):
+        name, u = f"b{i}", f"{'n' if new_user else 'u'}{user}"
+        for x in (c, copy):
+            if x.size and pick % 5:
+                x.add_reshare(name, parent=list(x.graph)[pick % x.size], user=u, ts_ms=i)
+            else:
+                x.add_root(name, user=u, ts_ms=i)
+    assert _state(c) == _state(copy)
+    c.rewind(mark)
+    assert _state(c) == was
+
+
+def test_rewind_refuses_a_cascade_smaller_than_its_mark() -> None:
+    c = Cascade()
+    c.add_root("a", user="u", ts_ms=0)
+    mark = c.mark()
+    shrunk = Cascade()
+    with pytest.raises(ValueError):
+        shrunk.rewind(mark)
