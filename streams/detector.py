@@ -378,14 +378,6 @@ class Lookahead:
         times, lo = self.times, self.start
         return bisect_right(times, now_ms, lo) - bisect_right(times, now_ms - window_ms, lo)
 
-    def holds(self, ev: ShareEvent) -> bool:
-        """Whether ``ev`` (this very event, by id) is held here already."""
-        p = self.posts.get(ev.post_id)
-        if p is not None:
-            return p.event_id == ev.event_id
-        kids = self.waiting.get(ev.parent_post_id or "")
-        return kids is not None and any(k.event_id == ev.event_id for k in kids)
-
     def attach(self, ev: ShareEvent) -> None:
         """Count ``ev``, and the held reshares under it that are not older than it (see
         :func:`_counted_under`)."""
@@ -1138,13 +1130,23 @@ class Detector:
             self._judge(ahead, self.clusters.get(cid), ev)
 
     def _judge(self, ahead: Lookahead, st: ClusterState | None, ev: ShareEvent) -> None:
-        """Count ``ev`` among the held shares if replay will count it when it applies it."""
-        if (st is not None and ev.event_id in st.event_ids) or ahead.holds(ev):
-            return  # a copy: applied once
+        """Count ``ev`` among the held shares if replay will count it when it applies it.
+
+        Every banked event held goes through here, more of them as a stream's banked
+        cascades grow: one look-up of a held post (the same event is a copy, another one a
+        second event adding the post: neither counted), a call less.
+        """
+        if st is not None and ev.event_id in st.event_ids:
+            return  # a copy of an applied event: applied once
+        post, parent = ev.post_id, ev.parent_post_id
+        if post in ahead.posts:
+            return  # a copy of a held one, or a second event adding one post: not counted
+        kids = ahead.waiting.get(parent or "")
+        if kids is not None and any(k.event_id == ev.event_id for k in kids):
+            return  # a copy of a held reshare
         graph = st.cascade if st is not None else None
-        if ev.post_id in ahead.posts or (graph is not None and ev.post_id in graph):
+        if graph is not None and post in graph:
             return  # a second event adding one post: rejected, never counted (not proved)
-        parent = ev.parent_post_id
         if parent is None:  # an upload
             ahead.attach(ev)
             return
