@@ -480,6 +480,11 @@ class Detector:
         )
         self._allowances = policy.opening_allowances
         self.stats = stats
+        #: whether the uploads applied are counted here (matched, by bank, or unmatched),
+        #: once each: replay's. A clusters partition counts them as it receives them
+        #: (``_core.ClusterLoop.take_received``): a replacement applies again every event
+        #: its log gives back, those its predecessor counted included
+        self.counts_uploads = True
         self.pseudonymize = pseudonymizer
         self.idle_ms = idle_ms
         self.top_n = top_spreaders
@@ -679,6 +684,8 @@ class Detector:
         for kind, n in zip(_KINDS, kinds, strict=True):
             if n:
                 events[kind] += n
+        if self.counts_uploads:  # the unbanked store's uploads matched no bank
+            stats.unmatched_uploads += kinds[0]
         stats.clusters_active = len(self.clusters) + len(self._unbanked)
         if latest is not None:
             stats.watermark_ms = max(stats.watermark_ms, latest)
@@ -753,6 +760,11 @@ class Detector:
             return
         self._live_events += 1
         self.stats.events[ev.type] += 1
+        if ev.type == "upload" and self.counts_uploads:  # once: as the store's are
+            if item.match is not None:
+                self.stats.matched[item.match.bank] += 1
+            else:  # (a relabelled unbanked cluster's)
+                self.stats.unmatched_uploads += 1
         if ev.content is not None:
             self.content.add(st.cluster_id, ev.content)
         if st.match is None and item.match is not None:

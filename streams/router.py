@@ -125,9 +125,9 @@ class Router:
     ) -> list[Routed | None]:
         """A batch's uploads that a bank entry may match, matched (:meth:`classify_batch`); a
         compiled loop screened the others (``HashBanks.screen``, ``rust/python/src/routing.rs``),
-        which match nothing, and counted them: ``unmatched``, ``low_quality`` of them with a
-        PDQ under the cut."""
-        self.stats.unmatched_uploads += unmatched
+        which match nothing: ``unmatched`` of them, ``low_quality`` of them with a PDQ under
+        the cut, counted here. (Whether an upload matched is counted where the detector
+        applies it, once: an upload read again after a kill is routed again, applied once.)"""
         self.stats.low_quality += low_quality
         return self.classify_batch(uploads) if uploads else []
 
@@ -137,9 +137,7 @@ class Router:
         if self.banks.timed_after(event.ts_ms):  # a bank add took effect after this upload
             m = self.banks.match_at(content, event.ts_ms)
         if m is not None:
-            self.stats.matched[m.entry.bank] += 1
             return Routed(event, m.entry.cluster_id, match_info(m))
-        self.stats.unmatched_uploads += 1
         if (content.pdq is not None and not pdq_usable(content)) or (
             content.vpdq is not None and not usable_hashes(content.vpdq)
         ):

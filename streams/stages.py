@@ -1276,6 +1276,10 @@ class ClusterBatch:
     #: evicted posts to forget, per resolve partition
     forget: dict[int, bytes] = field(default_factory=dict)
     applied: int = 0
+    #: the uploads received new (neither held nor applied before): how many matched no
+    #: bank, and the bank of each one matched (none: no upload new), for
+    #: :meth:`ClusterPartition.count_uploads` once :attr:`log` is written
+    uploads: tuple[int, list[str]] | None = None
 
 
 class ClusterPartition(LoopHost):
@@ -1325,6 +1329,7 @@ class ClusterPartition(LoopHost):
             idle_ms=idle_ms,
             predictor_factory=predictor_factory,
         )
+        det.counts_uploads = False  # counted as received and logged (:meth:`count_uploads`)
         #: the posts of evicted unbanked clusters, for their resolve partitions to forget
         self._forget = ForgetSink(partitions)
         #: the reorder buffer and the detector's compiled side (see the class doc)
@@ -1368,6 +1373,7 @@ class ClusterPartition(LoopHost):
             routed, rejected = decode_routed_log(raw)
             self._unasked.update(self._push(routed))
             bad += rejected
+        self.loop.take_received()  # counted when they first came (a predecessor's)
         for rejection in bad:
             self.stats.rejected[rejection.reason] += 1
         return bad
@@ -1402,6 +1408,18 @@ class ClusterPartition(LoopHost):
                     seen.add(eid)
                     kept.append(item)
         return routed_log_parts(kept, MAX_RECORD_BYTES) if kept else []
+
+    def count_uploads(self, unmatched: int, matched: list[str]) -> None:
+        """Count a batch's uploads received new here (:attr:`ClusterBatch.uploads`), once
+        its log entries are written (the worker's checkpoint): those that matched no bank,
+        and those matched, by bank. Each upload once: one held, or applied to its cluster,
+        before is a redelivery (read again after a kill), not counted; one whose entry a kill
+        lost before it was written is counted when it comes again. Not where the detector
+        applies them: a replacement applies again each event its log gives back
+        (:meth:`restore`), those its predecessor counted included."""
+        self.stats.unmatched_uploads += unmatched
+        for bank in matched:
+            self.stats.matched[bank] += 1
 
     def _push(self, routed: list[Routed]) -> set[str]:
         """Hold ``routed`` for the watermark; the banked clusters among them (see
@@ -1456,7 +1474,10 @@ class ClusterPartition(LoopHost):
             if progress:
                 self.watermark.update({p: (t, False) for p, t in progress.items()})
             banked += held_banked
+        unmatched, matched = loop.take_received()
         batch = self.advance(self._noted(banked))
+        if unmatched or matched:
+            batch.uploads = (unmatched, matched)
         batch.decisions.rejections.extend(d.rejection for d in dead + stray)
         batch.log = loop.take_log()
         if received:

@@ -24,7 +24,9 @@ class Stats:
     events: Counter[str] = field(default_factory=Counter)  # consumed, by event type
     rejected: Counter[str] = field(default_factory=Counter)  # by reason
     duplicates: int = 0  # redelivered / repeated event ids, processed once
-    matched: Counter[str] = field(default_factory=Counter)  # uploads matched, by bank
+    # uploads matched, by bank, and those that matched none: counted where the detector
+    # applies an upload (once by event id, so not again when a kill has it read again)
+    matched: Counter[str] = field(default_factory=Counter)
     unmatched_uploads: int = 0
     allowed: int = 0  # uploads on the allow-list (a reviewer's false positive): match no bank
     low_quality: int = 0  # PDQ under the quality floor: not used as a signal

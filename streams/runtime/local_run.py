@@ -58,7 +58,7 @@ from streams.runtime.topology import StageSettings, Topology
 from streams.stages import DeadLetter, Envelope
 from streams.stats import Stats
 from streams.watermarks import NO_TIME
-from streams.wire import LATEST_WIRE, WireVersion
+from streams.wire import LATEST_WIRE, WireVersion, decode_routed_log
 
 #: A record on a topic in memory: the incarnation of the process that sent it, the
 #: send's mark, the bytes.
@@ -260,6 +260,9 @@ class LocalRun:
     resent: list[str] = field(default_factory=list)
     #: times the process was killed (with a :class:`Tear`) or replaced
     kills: int = 0
+    #: uploads in the cluster log's writes the kills took back (each counted when written,
+    #: and again when its input, read again, brings it back: at most this many twice)
+    lost_uploads: int = 0
     #: times partitions moved
     moved: int = 0
     #: times the short way to a moved partition opened with records still on its topic
@@ -574,6 +577,9 @@ class LocalRun:
     def _killed(self, lost: list[Write]) -> None:
         """What a kill took back: the alerts among it never reached the alerts topic."""
         for w in lost:
+            if w.new is not None and w.table.name == "cluster-log":
+                routed, _ = decode_routed_log(w.new)
+                self.lost_uploads += sum(1 for r in routed if r.event.type == "upload")
             if w.new is not None and w.table.name in ("alerts-sent", "actions-sent"):
                 self.torn.append(w.key)
                 if w.table.name == "alerts-sent":

@@ -103,6 +103,8 @@ class StateLog:
         #: entries appended and not written yet, per partition, oldest first, and their items
         self._staged: dict[int, list[bytes]] = {}
         self._staged_items: dict[int, int] = {}
+        #: what to call once a partition's staged entries are written (see :meth:`append`)
+        self._written: dict[int, list[Callable[[], None]]] = {}
         self._ledgers: dict[int, LogLedger] = {}
         self._cutbacks: dict[int, LogCutback] = {}
         self._last_stamp = 0
@@ -171,16 +173,26 @@ class StateLog:
         )
         return ledger
 
-    def append(self, partition: int, entry: bytes | list[bytes], items: int = 0) -> None:
+    def append(
+        self,
+        partition: int,
+        entry: bytes | list[bytes],
+        items: int = 0,
+        written: Callable[[], None] | None = None,
+    ) -> None:
         """Stage one batch's changes (in parts, if it is large): :meth:`flush` writes them.
 
         ``entry``: one entry (cut here if it is too large), or entries already cut.
         ``items``: how many things (events, registrations) the entry records, for the
-        ledger's count of garbage (see :class:`~streams.stages.LogLedger`).
+        ledger's count of garbage (see :class:`~streams.stages.LogLedger`). ``written``:
+        called once they are written (dropped with them if the partition is forgotten
+        first): what is counted once logged (a stage's uploads received new).
         """
         parts = split_log(entry) if isinstance(entry, bytes) else entry
         self._staged.setdefault(partition, []).extend(parts)
         self._staged_items[partition] = self._staged_items.get(partition, 0) + items
+        if written is not None:
+            self._written.setdefault(partition, []).append(written)
 
     def flush(self) -> None:
         """Write every partition's staged entries (the checkpoint's second step)."""
@@ -190,8 +202,11 @@ class StateLog:
     def _flush(self, partition: int) -> None:
         staged = self._staged.pop(partition, None)
         items = self._staged_items.pop(partition, 0)
+        written = self._written.pop(partition, ())
         if staged:
             self.write(partition, staged, items)
+        for then in written:
+            then()
 
     def write(self, partition: int, parts: Iterable[bytes], items: int = 0) -> None:
         ledger = self.ledger(partition)
@@ -291,6 +306,7 @@ class StateLog:
         """
         self._staged.pop(partition, None)
         self._staged_items.pop(partition, None)
+        self._written.pop(partition, None)
         self._ledgers.pop(partition, None)
         self._cutbacks.pop(partition, None)
 

@@ -29,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from streams._core import EvBatch, RegBatch
 from streams.alerts import Pseudonymizer
@@ -419,7 +420,11 @@ class Topology:
         if batch.applied:
             self.applied_at = time.time()
         if batch.log:
-            self.cluster_log.append(partition, batch.log, batch.log_items)
+            # the uploads received new are counted once the entries that hold them are
+            # written: a kill before loses both, and the replacement counts their redelivery
+            uploads = batch.uploads
+            written = None if uploads is None else partial(state.count_uploads, *uploads)
+            self.cluster_log.append(partition, batch.log, batch.log_items, written)
         self.cluster_log.cut_back(partition, state.compact, state.live_items)
         wm = state.watermark.value
         again = []

@@ -12,7 +12,7 @@
 //! `Forgetting::Sink`) and in what feeds the buffer (a clusters partition reads the
 //! records of its topic itself, `ClusterLoop::read`: no `Routed` per unbanked event).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -22,7 +22,7 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 use viralwatch_core::content::{Cid, ClusterId, View, DETECTOR};
 use viralwatch_core::posts::partition_for;
 use viralwatch_core::reorder::ReorderBuffer;
-use viralwatch_core::unbanked::{Outcome, Store};
+use viralwatch_core::unbanked::{Kind, Outcome, Store};
 use viralwatch_core::wire::{write_str, Item as WireItem, Parts};
 
 use crate::content::PyContentSignals;
@@ -321,6 +321,23 @@ pub(crate) struct Detect {
     /// the detector's `(stop_ms, barrier)` (`None`: Python may have changed them since)
     pub(crate) limits: Option<(i64, u64)>,
     pub(crate) pending: Pending,
+    /// a clusters partition's uploads as received (`None`: replay's loop, whose detector
+    /// counts them as it applies them)
+    received: Option<Received>,
+}
+
+/// A clusters partition's count of the uploads it receives, each once: one already held
+/// here (its id in `held`) or applied to its cluster is a redelivery (its input read
+/// again after a kill), not counted. Not counted where the detector applies them: a
+/// replacement applies again every event its log gives back (`ClusterPartition.restore`),
+/// those its predecessor applied (and counted) included.
+#[derive(Default)]
+pub(crate) struct Received {
+    /// the ids of the uploads held in the buffer
+    held: HashSet<Box<[u8]>>,
+    /// uploads new here with no bank match, and the bank of each one matched
+    unmatched: u64,
+    matched: Vec<String>,
 }
 
 impl Detect {
@@ -342,7 +359,62 @@ impl Detect {
             min_pdq_quality,
             limits: None,
             pending: Pending::default(),
+            received: None,
         }
+    }
+
+    /// An event received (before :meth:`push`): an upload new here is counted (see
+    /// `Received`; `routed`: its record, with its bank match if it has one).
+    fn receive(
+        &mut self,
+        py: Python<'_>,
+        cluster: &Cid,
+        event: &Ev,
+        routed: Option<&Py<PyAny>>,
+    ) -> PyResult<()> {
+        let Some(rx) = self.received.as_mut() else {
+            return Ok(());
+        };
+        if event.kind(py)? != Kind::Upload {
+            return Ok(());
+        }
+        let key: Box<[u8]> = event.with_id(py, |k| k.into())?;
+        if rx.held.contains(&key) {
+            return Ok(());
+        }
+        let applied = {
+            let store = self.unbanked.borrow(py);
+            if store.store.contains(cluster) {
+                cluster.with_str(|c| store.store.applied(c, &key))
+            } else {
+                match self.banked.bind(py).get_item(py_id(py, cluster))? {
+                    // a banked cluster's (rare): its ids are Python's
+                    Some(st) => st
+                        .getattr(intern!(py, "event_ids"))?
+                        .contains(event.to_py(py)?.getattr(intern!(py, "event_id"))?)?,
+                    None => false,
+                }
+            }
+        };
+        if !applied {
+            let matched = match routed {
+                Some(r) => {
+                    let m = r.bind(py).getattr(intern!(py, "match"))?;
+                    if m.is_none() {
+                        None
+                    } else {
+                        Some(m.getattr(intern!(py, "bank"))?.extract::<String>()?)
+                    }
+                }
+                None => None,
+            };
+            match matched {
+                Some(bank) => rx.matched.push(bank),
+                None => rx.unmatched += 1,
+            }
+        }
+        rx.held.insert(key);
+        Ok(())
     }
 
     /// Hand Python what the store did (and the counters, when `all`).
@@ -468,6 +540,11 @@ impl Detect {
                     routed,
                 } => {
                     let ts = event.ts_ms(py)?;
+                    if let Some(rx) = self.received.as_mut() {
+                        if !rx.held.is_empty() && event.kind(py)? == Kind::Upload {
+                            event.with_id(py, |k| rx.held.remove(k))?;
+                        }
+                    }
                     (cluster, event, ts, routed)
                 }
             };
@@ -565,6 +642,9 @@ impl Detect {
     pub(crate) fn clear(&mut self) {
         self.buffer.clear();
         self.pending = Pending::default();
+        if let Some(rx) = self.received.as_mut() {
+            *rx = Received::default();
+        }
     }
 }
 
@@ -609,13 +689,14 @@ impl ClusterLoop {
         if cluster.to_str()?.starts_with("b-") {
             banked.append(item)?;
         }
-        self.detect.push(
-            py,
-            &Cluster::of_py(&cluster)?,
+        let (cluster, event, routed) = (
+            Cluster::of_py(&cluster)?,
             Ev::from_py(&event),
-            ts,
-            Some(item.clone().unbind()),
-        )
+            item.clone().unbind(),
+        );
+        self.detect
+            .receive(py, &cluster.cid, &event, Some(&routed))?;
+        self.detect.push(py, &cluster, event, ts, Some(routed))
     }
 }
 
@@ -660,8 +741,10 @@ impl ClusterLoop {
         } else {
             None
         };
+        let cluster = Cluster::of_py(cluster)?;
         self.detect
-            .push(py, &Cluster::of_py(cluster)?, event, ts, record)
+            .receive(py, &cluster.cid, &event, record.as_ref())?;
+        self.detect.push(py, &cluster, event, ts, record)
     }
 }
 
@@ -682,15 +765,17 @@ impl ClusterLoop {
         log_limit: usize,
     ) -> PyResult<Self> {
         let forgetting = Forgetting::Sink(forget.clone_ref(py));
+        let mut detect = Detect::new(
+            unbanked,
+            (content, view_of(view)?),
+            banked,
+            routed_cls.clone_ref(py),
+            forgetting,
+            min_pdq_quality,
+        );
+        detect.received = Some(Received::default());
         Ok(Self {
-            detect: Detect::new(
-                unbanked,
-                (content, view_of(view)?),
-                banked,
-                routed_cls.clone_ref(py),
-                forgetting,
-                min_pdq_quality,
-            ),
+            detect,
             sink: forget,
             routed_cls,
             reader,
@@ -793,6 +878,18 @@ impl ClusterLoop {
             }
         }
         Ok(banked)
+    }
+
+    /// The uploads received since the last call that were new here (not held, not applied
+    /// to their cluster: see `Received`): ``(unmatched, [the bank of each matched])``.
+    fn take_received(&mut self) -> (u64, Vec<String>) {
+        match self.detect.received.as_mut() {
+            Some(rx) => (
+                std::mem::take(&mut rx.unmatched),
+                std::mem::take(&mut rx.matched),
+            ),
+            None => (0, Vec::new()),
+        }
     }
 
     /// A timed bank change (``BankUpdate``), held until the watermark passes ``ts_ms``,
