@@ -135,11 +135,12 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from graphs.cascade import Cascade, CascadeMark
+from graphs.cascade import Cascade
 from graphs.velocity import MINUTE_MS, WINDOWS_MS, Velocity
 from streams._core import ClusterIds, EventIds, UnbankedClusters
 from streams.alerts import (
@@ -340,9 +341,10 @@ def _figures(
     )
 
 
-#: An early alert's graph figures include the posts held (a copy of the cascade with them
-#: added) up to this many posts applied; a bigger cascade's keep what was applied.
-AS_SEEN_MAX_COPY = 20_000
+#: An early alert's graph figures include the posts held (added to the applied cascade and
+#: taken out again) up to this many posts applied; a bigger cascade's keep what was applied
+#: (the figures of one at this size cost about 49 ms).
+AS_SEEN_MAX_POSTS = 20_000
 
 
 class Lookahead:
@@ -1264,15 +1266,12 @@ class Detector:
         rates = [count(w, tau) * MINUTE_MS / w for w in WINDOWS_MS]
         acceleration = float(count(MINUTE_MS, tau) - count(MINUTE_MS, tau - MINUTE_MS))
         first = ahead.first_ms
-        c, mark = self._as_seen(st, ahead, tau)
-        if c is not None:
-            try:
+        with self._as_seen(st, ahead, tau) as c:
+            if c is not None:
                 prediction = st.prediction if st is not None else None
                 cascade = _figures(c, rates, acceleration, prediction)
                 top = c.top_spreaders(self.top_n)
-            finally:
-                if mark is not None:  # the held posts leave the applied graph again
-                    c.rewind(mark)
+        if c is not None:
             spreaders = tuple((self.pseudonymize(u), n) for u, n in top)
             first = min(first, st.first_seen_ms) if st is not None else first
             match = (st.match if st is not None else None) or ahead.match
@@ -1303,39 +1302,40 @@ class Detector:
         )
         self.stats.alerts[(sev, "firing")] += 1
 
+    @contextmanager
     def _as_seen(
         self, st: ClusterState | None, ahead: Lookahead, tau: int
-    ) -> tuple[Cascade | None, CascadeMark | None]:
-        """The cascade with the held posts replay will count up to ``tau`` added: what an early
-        alert's graph figures and spreaders say (early firings are rare, at most one per rule
-        and episode). A graph bigger than :data:`AS_SEEN_MAX_COPY` keeps its applied figures
-        (``None`` when nothing of the cluster is applied either).
+    ) -> Iterator[Cascade | None]:
+        """The cascade with the held posts replay will count up to ``tau`` added, for the
+        ``with`` block's reading: what an early alert's graph figures and spreaders say
+        (early firings are rare, at most one per rule and episode). A graph bigger than
+        :data:`AS_SEEN_MAX_POSTS` keeps its applied figures (``None`` when nothing of the
+        cluster is applied either).
 
-        A what-if: the held posts are added to the applied graph itself, and the mark
-        returned with it is where the caller takes it back to once the figures are read
-        (:meth:`~graphs.cascade.Cascade.rewind`). A copy of the graph cost about 8 us a
-        post, up to the limit: the worker's event loop held that long, more often as
-        clusters grow.
+        A what-if: the held posts are added to the applied graph itself and taken out again
+        as the block ends, however it ends (:meth:`~graphs.cascade.Cascade.rewind`). A copy
+        of the graph cost about 8 us a post, up to the limit: the worker's event loop held
+        that long, more often as clusters grow.
         """
-        applied: Cascade | None
-        mark: CascadeMark | None = None
         if st is not None and not st.banked:  # banked from tau (retroaction): built afresh
-            applied = c = st.cascade
-        else:
-            applied = _graph(st) if st is not None else None
-            if applied is not None and applied.size > AS_SEEN_MAX_COPY:
-                return applied, None
-            if applied is not None:
-                c, mark = applied, applied.mark()
-            else:
-                c = Cascade()
-        try:
+            _add_held(st.cascade, ahead, tau)
+            yield st.cascade
+            return
+        applied = _graph(st) if st is not None else None
+        if applied is None:
+            c = Cascade()
             _add_held(c, ahead, tau)
-        except BaseException:
-            if mark is not None:
-                c.rewind(mark)
-            raise
-        return (c if c.size or applied is not None else None), mark
+            yield c if c.size else None
+            return
+        if applied.size > AS_SEEN_MAX_POSTS:
+            yield applied
+            return
+        mark = applied.mark()
+        try:
+            _add_held(applied, ahead, tau)
+            yield applied
+        finally:
+            applied.rewind(mark)
 
     def held(self, cluster_id: str) -> tuple[list[ShareEvent], MatchInfo | None]:
         """The posts received for a banked cluster and not applied yet (waiting for the
