@@ -52,6 +52,63 @@ impl Kind {
     }
 }
 
+/// A signal as the index takes it: its kind and text, and its hash's value where the
+/// caller read it already (an upload's, read with its line: `event::Content::pdq_hash`,
+/// `md5_bytes`; a text alone is read here). Why: an upload's hash text was read into its
+/// value again by the nearest cluster's search, by its insertion, and by the detector's
+/// index.
+pub trait AsSignal {
+    fn kind(&self) -> Kind;
+    fn text(&self) -> &str;
+    /// its PDQ hash, if read already (`None`: read from [`Self::text`] when needed)
+    fn pdq_hash(&self) -> Option<Hash> {
+        None
+    }
+    /// an MD5's bytes (those of its text), if read already
+    fn md5_bytes(&self) -> Option<[u8; 16]> {
+        None
+    }
+}
+
+impl<T: AsRef<str>> AsSignal for (Kind, T) {
+    fn kind(&self) -> Kind {
+        self.0
+    }
+
+    fn text(&self) -> &str {
+        self.1.as_ref()
+    }
+}
+
+/// A signal and its hash's value read (see [`AsSignal`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSignal<'a> {
+    pub kind: Kind,
+    pub text: &'a str,
+    /// a `Kind::Pdq` signal's words (those of `text`), if read
+    pub pdq: Option<Hash>,
+    /// an MD5's bytes (those of `text`, 32 hex digits), if read
+    pub md5: Option<[u8; 16]>,
+}
+
+impl AsSignal for ReadSignal<'_> {
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    fn text(&self) -> &str {
+        self.text
+    }
+
+    fn pdq_hash(&self) -> Option<Hash> {
+        self.pdq
+    }
+
+    fn md5_bytes(&self) -> Option<[u8; 16]> {
+        self.md5
+    }
+}
+
 /// A signal as it is kept: binary for the hashes (see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
@@ -100,18 +157,23 @@ impl HeldSignal {
     }
 }
 
-/// The 16 bytes of an MD5's 32 hex digits (either case).
+/// The 16 bytes of an MD5's 32 hex digits (either case): by table, with no branch a
+/// digit, as `pdq::parse_hex` reads a PDQ's (an upload's digits come at random).
 pub fn parse_md5(text: &[u8]) -> Option<[u8; 16]> {
     if text.len() != 32 {
         return None;
     }
     let mut out = [0_u8; 16];
+    let mut bad = 0;
     for (b, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        *b = (hi * 16 + lo) as u8;
+        let (hi, lo) = (
+            pdq::HEX_DIGITS[usize::from(pair[0])],
+            pdq::HEX_DIGITS[usize::from(pair[1])],
+        );
+        bad |= hi | lo;
+        *b = ((hi & 15) << 4) | (lo & 15);
     }
-    Some(out)
+    (bad & (pdq::NOT_HEX & !0x1f) == 0).then_some(out)
 }
 
 impl Key {
@@ -656,10 +718,19 @@ impl ContentIndex {
     /// The key `text` is kept under, for a signal of `kind` (`None`: a PDQ text that is
     /// not 64 hex digits). A text of 32 hex digits is an MD5 whatever its kind says.
     fn key_of(kind: Kind, text: &str) -> Option<Key> {
-        if kind == Kind::Pdq {
-            return pdq::parse_hex(text.as_bytes()).map(Key::Pdq);
+        Self::key_of_signal(&(kind, text))
+    }
+
+    /// [`Self::key_of`] a signal, its PDQ hash taken as read if it was.
+    fn key_of_signal(s: &impl AsSignal) -> Option<Key> {
+        let text = s.text();
+        if s.kind() == Kind::Pdq {
+            return s
+                .pdq_hash()
+                .or_else(|| pdq::parse_hex(text.as_bytes()))
+                .map(Key::Pdq);
         }
-        Some(match parse_md5(text.as_bytes()) {
+        Some(match s.md5_bytes().or_else(|| parse_md5(text.as_bytes())) {
             Some(b) => Key::Md5(b),
             None => Key::Text(text.into()),
         })
@@ -990,7 +1061,7 @@ impl ContentIndex {
     pub fn add(
         &mut self,
         cluster: &(impl AsCid + ?Sized),
-        signals: &[(Kind, &str)],
+        signals: &[impl AsSignal],
     ) -> Result<Added, BadSignal> {
         self.add_in(cluster, signals, OWNER)
     }
@@ -1000,7 +1071,7 @@ impl ContentIndex {
     pub fn add_counted(
         &mut self,
         cluster: &(impl AsCid + ?Sized),
-        signals: &[(Kind, &str)],
+        signals: &[impl AsSignal],
     ) -> Result<usize, BadSignal> {
         self.add_counted_in(cluster, signals, OWNER)
     }
@@ -1010,7 +1081,7 @@ impl ContentIndex {
     pub fn add_counted_in(
         &mut self,
         cluster: &(impl AsCid + ?Sized),
-        signals: &[(Kind, &str)],
+        signals: &[impl AsSignal],
         v: View,
     ) -> Result<usize, BadSignal> {
         let mut n = 0;
@@ -1026,7 +1097,7 @@ impl ContentIndex {
     pub fn add_in(
         &mut self,
         cluster: &(impl AsCid + ?Sized),
-        signals: &[(Kind, &str)],
+        signals: &[impl AsSignal],
         v: View,
     ) -> Result<Added, BadSignal> {
         let (mut new, mut first) = (Vec::new(), Vec::new());
@@ -1043,15 +1114,15 @@ impl ContentIndex {
     fn add_with(
         &mut self,
         cluster: &(impl AsCid + ?Sized),
-        signals: &[(Kind, &str)],
+        signals: &[impl AsSignal],
         v: View,
         mut new: impl FnMut(&Key, bool),
     ) -> Result<(), BadSignal> {
         let mut keys = Vec::with_capacity(signals.len());
-        for &(kind, text) in signals {
+        for s in signals {
             keys.push(
-                Self::key_of(kind, text)
-                    .ok_or_else(|| BadSignal(format!("not a PDQ hash: {text:?}")))?,
+                Self::key_of_signal(s)
+                    .ok_or_else(|| BadSignal(format!("not a PDQ hash: {:?}", s.text())))?,
             );
         }
         let c = self.slot_or_new(cluster, v)?;
@@ -1298,11 +1369,21 @@ impl ContentIndex {
     /// The first of [`Self::near`]'s answer (the owner's view), as its id: no text made
     /// (the cluster an unbanked upload joins, once an upload).
     pub fn nearest(&self, kind: Kind, text: &str, threshold: u32) -> Option<ClusterId> {
+        self.nearest_signal(&(kind, text), threshold)
+    }
+
+    /// [`Self::nearest`] of a signal, its PDQ hash taken as read if it was.
+    pub fn nearest_signal(&self, s: &impl AsSignal, threshold: u32) -> Option<ClusterId> {
+        let (kind, text) = (s.kind(), s.text());
         let v = OWNER;
         let by_text = |a: &ClusterId, b: &ClusterId| a.with_str(|a| b.with_str(|b| a.cmp(b)));
         match kind {
             Kind::Md5 => {
-                let key = self.held_key(text)?;
+                // an MD5 read already is 32 digits: no PDQ's text (see `held_key`)
+                let key = match s.md5_bytes() {
+                    Some(b) => Some(Key::Md5(b)).filter(|k| self.first_holder(k).is_some()),
+                    None => self.held_key(text),
+                }?;
                 self.holders_of(&key)
                     .into_iter()
                     .filter(|h| h & bit(v) != 0)
@@ -1312,7 +1393,7 @@ impl ContentIndex {
             }
             Kind::Other => None,
             Kind::Pdq => {
-                let q = pdq::parse_hex(text.as_bytes())?;
+                let q = s.pdq_hash().or_else(|| pdq::parse_hex(text.as_bytes()))?;
                 self.pdq_near(&q, threshold, v)
                     .into_iter()
                     .map(|(c, d)| (d, &self.cluster(c).id))
@@ -1353,6 +1434,84 @@ impl ContentIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_md5_read_by_table_is_read_as_digit_by_digit() {
+        // the old reading (`char::to_digit`), over every byte at each place of a pair
+        let old = |text: &[u8]| -> Option<[u8; 16]> {
+            if text.len() != 32 {
+                return None;
+            }
+            let mut out = [0_u8; 16];
+            for (b, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+                let hi = (pair[0] as char).to_digit(16)?;
+                let lo = (pair[1] as char).to_digit(16)?;
+                *b = (hi * 16 + lo) as u8;
+            }
+            Some(out)
+        };
+        let base = b"0123456789abcdefABCDEF0123456789".to_vec();
+        assert_eq!(parse_md5(&base), old(&base));
+        assert!(parse_md5(&base).is_some());
+        for b in 0..=255u8 {
+            for at in [0, 1, 17, 31] {
+                let mut t = base.clone();
+                t[at] = b;
+                assert_eq!(parse_md5(&t), old(&t), "{b} at {at}");
+            }
+        }
+        assert_eq!(parse_md5(&base[..31]), None);
+        assert_eq!(parse_md5(b""), None);
+    }
+
+    #[test]
+    fn a_pdq_hash_read_already_is_the_one_its_text_gives() {
+        // the same clusters whether the index reads the words from the text or is given them
+        let (f, near) = ("f".repeat(64), format!("{}e", "f".repeat(63)));
+        let words = |t: &str| pdq::parse_hex(t.as_bytes());
+        let mut by_text = ContentIndex::new();
+        let mut read = ContentIndex::new();
+        by_text.add("u-1", &[(Kind::Pdq, f.as_str())]).unwrap();
+        let given = ReadSignal {
+            kind: Kind::Pdq,
+            text: &f,
+            pdq: words(&f),
+            md5: None,
+        };
+        read.add("u-1", &[given]).unwrap();
+        assert_eq!(by_text.held("u-1"), read.held("u-1"));
+        let q = ReadSignal {
+            kind: Kind::Pdq,
+            text: &near,
+            pdq: words(&near),
+            md5: None,
+        };
+        let id = |c: Option<ClusterId>| c.map(|c| c.text().to_string());
+        assert_eq!(id(read.nearest_signal(&q, 31)), Some("u-1".into()));
+        assert_eq!(
+            id(by_text.nearest(Kind::Pdq, &near, 31)),
+            Some("u-1".into())
+        );
+        assert_eq!(id(read.nearest_signal(&q, 0)), None);
+        // an MD5 given its bytes: held as its text gives it, found by them
+        let md5 = "0123456789ABCDEF".repeat(2);
+        let m = ReadSignal {
+            kind: Kind::Md5,
+            text: &md5,
+            pdq: None,
+            md5: parse_md5(md5.as_bytes()),
+        };
+        read.add("u-2", &[m]).unwrap();
+        by_text.add("u-2", &[(Kind::Md5, md5.as_str())]).unwrap();
+        assert_eq!(by_text.held("u-2"), read.held("u-2"));
+        assert_eq!(id(read.nearest_signal(&m, 0)), Some("u-2".into()));
+        assert_eq!(id(by_text.nearest(Kind::Md5, &md5, 0)), Some("u-2".into()));
+        let other = ReadSignal {
+            md5: parse_md5("0".repeat(32).as_bytes()),
+            ..m
+        };
+        assert_eq!(id(read.nearest_signal(&other, 0)), None);
+    }
 
     #[test]
     fn a_compact_id_is_a_lowercase_letter_a_dash_and_16_lowercase_hex_digits() {
@@ -1519,7 +1678,11 @@ mod tests {
         let (new, _) = idx
             .add(
                 "u-1",
-                &[(Kind::Pdq, &pdq), (Kind::Md5, &md5), (Kind::Other, video)],
+                &[
+                    (Kind::Pdq, pdq.as_str()),
+                    (Kind::Md5, &md5),
+                    (Kind::Other, video),
+                ],
             )
             .unwrap();
         let want = ["ab".repeat(32), "cd".repeat(16), video.to_owned()];
@@ -1753,7 +1916,7 @@ mod tests {
         let mut idx = ContentIndex::new();
         let md5 = "a".repeat(32);
         assert!(idx
-            .add("u-1", &[(Kind::Md5, &md5), (Kind::Pdq, "zz")])
+            .add("u-1", &[(Kind::Md5, md5.as_str()), (Kind::Pdq, "zz")])
             .is_err());
         assert!(idx.is_empty() && !idx.contains("u-1"));
     }

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use crate::blake2b::{blake2b, blake2b_u64, hex};
 #[cfg(doc)]
 use crate::content::hash_of;
-use crate::content::{AsCid, BadSignal, Cid, ClusterId, ContentIndex, HeldSignal, Kind};
+use crate::content::{AsCid, AsSignal, BadSignal, Cid, ClusterId, ContentIndex, HeldSignal};
 use crate::prefetch::prefetch;
 
 /// The id of the cluster content no bank knows starts: `u-` and the 8-byte BLAKE2b of
@@ -297,14 +297,14 @@ impl IdleClusters {
     pub fn assign(
         &mut self,
         index: &mut ContentIndex,
-        signals: &[(Kind, &str)],
+        signals: &[impl AsSignal],
         own: &(impl AsCid + ?Sized),
         ts_ms: i64,
         threshold: u32,
     ) -> Result<Cid, BadSignal> {
         let near = signals
             .iter()
-            .find_map(|&(kind, text)| index.nearest(kind, text, threshold));
+            .find_map(|s| index.nearest_signal(s, threshold));
         let own = own.as_cid();
         if near.as_ref().is_some_and(|c| !own.is(c)) {
             self.joined += 1;
@@ -442,6 +442,7 @@ impl IdleClusters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::Kind;
 
     #[test]
     fn md5_first_then_the_nearest_pdq_and_changes_in_touch_order() {
@@ -589,7 +590,7 @@ mod tests {
         let (mut index2, mut again) = (ContentIndex::new(), IdleClusters::new(100));
         let snapshot = idle.snapshot(&index);
         for (c, t) in snapshot.iter().rev() {
-            index2.add(c, &[]).unwrap();
+            index2.add(c, &[] as &[(Kind, &str)]).unwrap();
             let _ = t;
         }
         for (c, t) in &snapshot {

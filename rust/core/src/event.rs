@@ -11,8 +11,9 @@
 
 use std::borrow::Cow;
 
+use crate::content::parse_md5;
 use crate::json::{self, ContentFields, ContentVal, Doc, Fields, Val};
-use crate::pdq::{HEX_DIGITS, NOT_HEX};
+use crate::pdq::{parse_hex, Hash, HEX_DIGITS, NOT_HEX};
 use crate::wire::{ContentView, EventView};
 
 /// Largest input line accepted, in bytes (a video upload's vPDQ runs to 280 KB).
@@ -59,12 +60,16 @@ impl Kind {
 }
 
 /// An upload's hashes: `pdq` 64 and `md5` 32 lowercase hex; `vpdq` a video's
-/// frames as the JSON text of their list (Python reads it).
+/// frames as the JSON text of their list (Python reads it). `pdq_hash` and `md5_bytes`:
+/// the hashes' values, read in the pass that checks their digits, and carried from there
+/// to the banks' screen, the index's search and its insertion (each read the text again).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Content<'a> {
     pub pdq: Option<String>,
+    pub pdq_hash: Option<Hash>,
     pub pdq_quality: Option<i64>,
     pub md5: Option<String>,
+    pub md5_bytes: Option<[u8; 16]>,
     pub vpdq: Option<&'a str>,
 }
 
@@ -95,6 +100,9 @@ pub struct Compact {
     ts_ms: i64,
     followers: Option<i64>,
     pdq_quality: Option<i64>,
+    /// the PDQ's words and the MD5's bytes (zero without: `flags` says)
+    pdq_hash: Hash,
+    md5_bytes: [u8; 16],
     kind: Kind,
     /// which of the optional texts are there, content or not, and how the id was written
     flags: u8,
@@ -136,6 +144,18 @@ impl Compact {
             ts_ms: ev.ts_ms,
             followers: ev.followers,
             pdq_quality: content.and_then(|c| c.pdq_quality),
+            pdq_hash: content
+                .and_then(|c| {
+                    c.pdq_hash
+                        .or_else(|| pdq.and_then(|t| parse_hex(t.as_bytes())))
+                })
+                .unwrap_or_default(),
+            md5_bytes: content
+                .and_then(|c| {
+                    c.md5_bytes
+                        .or_else(|| md5.and_then(|t| parse_md5(t.as_bytes())))
+                })
+                .unwrap_or_default(),
             kind: ev.kind,
             flags: flag(ev.parent_post_id.is_some(), PARENT)
                 | flag(pdq.is_some(), PDQ)
@@ -195,6 +215,16 @@ impl Compact {
         self.optional(5, MD5)
     }
 
+    /// The PDQ's words, read when the line was (`None`: no PDQ).
+    pub fn pdq_hash(&self) -> Option<&Hash> {
+        (self.flags & PDQ != 0).then_some(&self.pdq_hash)
+    }
+
+    /// The MD5's bytes, read when the line was (`None`: no MD5).
+    pub fn md5_bytes(&self) -> Option<&[u8; 16]> {
+        (self.flags & MD5 != 0).then_some(&self.md5_bytes)
+    }
+
     /// Its fields as the wire writer writes them (``ShareEvent.to_dict``'s): what a compiled
     /// event crossing a hop or written to a log is written from, no Python record made.
     pub fn view(&self) -> EventView<'_> {
@@ -226,8 +256,10 @@ impl Compact {
             followers: self.followers,
             content: (self.flags & CONTENT != 0).then(|| Content {
                 pdq: self.pdq().map(str::to_owned),
+                pdq_hash: self.pdq_hash().copied(),
                 pdq_quality: self.pdq_quality,
                 md5: self.md5().map(str::to_owned),
+                md5_bytes: self.md5_bytes().copied(),
                 vpdq: None,
             }),
             event_id_was_text: self.flags & ID_WAS_TEXT != 0,
@@ -383,13 +415,24 @@ pub(crate) fn validate<'a>(f: Fields<'a>, judge: &mut dyn Judge) -> Result<Event
 }
 
 fn validate_content<'a>(c: ContentFields<'a>) -> Result<Content<'a>, Why> {
-    let pdq = match c.pdq {
-        Some(v) if v != Val::Null => Some(hex(v, "pdq", 64)?),
-        _ => None,
+    let (pdq, pdq_hash) = match c.pdq {
+        Some(v) if v != Val::Null => {
+            let mut bytes = [0u8; 32];
+            let text = hex(v, "pdq", &mut bytes)?;
+            let mut words = [0u64; 4];
+            for (w, b) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+                *w = u64::from_be_bytes(b.try_into().expect("8 bytes"));
+            }
+            (Some(text), Some(words))
+        }
+        _ => (None, None),
     };
-    let md5 = match c.md5 {
-        Some(v) if v != Val::Null => Some(hex(v, "md5", 32)?),
-        _ => None,
+    let (md5, md5_bytes) = match c.md5 {
+        Some(v) if v != Val::Null => {
+            let mut bytes = [0u8; 16];
+            (Some(hex(v, "md5", &mut bytes)?), Some(bytes))
+        }
+        _ => (None, None),
     };
     let pdq_quality = match c.pdq_quality {
         None | Some(Val::Null) => None,
@@ -416,8 +459,10 @@ fn validate_content<'a>(c: ContentFields<'a>) -> Result<Content<'a>, Why> {
     }
     Ok(Content {
         pdq,
+        pdq_hash,
         pdq_quality,
         md5,
+        md5_bytes,
         vpdq,
     })
 }
@@ -427,7 +472,10 @@ fn py_isspace(c: char) -> bool {
     c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
 }
 
-fn hex(v: Val<'_>, key: &str, length: usize) -> Result<String, Why> {
+/// `v` as hex digits, two for each byte of `bytes`, lowercase; their value in `bytes`, read
+/// in the pass that checks them (the index and the banks search by a hash's value).
+fn hex(v: Val<'_>, key: &str, bytes: &mut [u8]) -> Result<String, Why> {
+    let length = 2 * bytes.len();
     let Val::Str(s) = v else {
         return Err(why(
             "bad_content",
@@ -435,7 +483,12 @@ fn hex(v: Val<'_>, key: &str, length: usize) -> Result<String, Why> {
         ));
     };
     let text = s.trim_matches(py_isspace);
-    if !is_hex(text.as_bytes()) {
+    let ok = if text.len() == length {
+        hex_bytes(text.as_bytes(), bytes)
+    } else {
+        is_hex(text.as_bytes())
+    };
+    if !ok {
         return Err(why("bad_hex", format!("content.{key} is not hexadecimal")));
     }
     if text.len() != length {
@@ -461,6 +514,20 @@ fn is_hex(text: &[u8]) -> bool {
     bad & (NOT_HEX & !0x1f) == 0
 }
 
+/// [`is_hex`] of `2 * out.len()` digits, their bytes read into `out` in the same pass.
+fn hex_bytes(text: &[u8], out: &mut [u8]) -> bool {
+    let mut bad = 0;
+    for (b, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (hi, lo) = (
+            HEX_DIGITS[usize::from(pair[0])],
+            HEX_DIGITS[usize::from(pair[1])],
+        );
+        bad |= hi | lo;
+        *b = ((hi & 15) << 4) | (lo & 15);
+    }
+    text.len() == 2 * out.len() && bad & (NOT_HEX & !0x1f) == 0
+}
+
 fn id<'a>(v: Option<Val<'a>>, key: &str, judge: &mut dyn Judge) -> Result<Cow<'a, str>, Why> {
     match optional_id(v, key, judge)? {
         Some(text) => Ok(text),
@@ -479,10 +546,15 @@ fn optional_id<'a>(
         Some(Val::Int(n)) => Cow::Owned(n.to_string()),
         Some(_) => return Err(why("bad_id", format!("{key} must be a string"))),
     };
-    let printable = if text.is_ascii() {
-        !text.is_empty()
-            && text.len() <= MAX_ID_LEN
-            && text.bytes().all(|b| (0x20..0x7f).contains(&b))
+    // one pass for the usual id, printable ASCII: a byte outside 0x20..0x7f is marked,
+    // and only then is the text asked whether it is ASCII (it was two passes, each id)
+    let outside = text
+        .bytes()
+        .fold(false, |out, b| out | !(0x20..0x7f).contains(&b));
+    let printable = if !outside {
+        !text.is_empty() && text.len() <= MAX_ID_LEN
+    } else if text.is_ascii() {
+        false
     } else {
         let n = text.chars().count();
         n <= MAX_ID_LEN && judge.is_printable(&text)
@@ -693,6 +765,71 @@ mod tests {
         assert_eq!(ev.content.unwrap().pdq.unwrap(), "ab".repeat(32));
         assert_eq!(ev.parent_post_id, None, "an upload is a root");
         assert_eq!(ev.ts_ms, 1_767_225_600_000);
+    }
+
+    #[test]
+    fn an_uploads_pdq_words_are_those_of_its_lowercase_text() {
+        // digits of every kind, either case, spaces trimmed; and the rejections unchanged
+        let texts = [
+            "0123456789ABCDEFabcdef".repeat(3)[..64].to_owned(),
+            "f".repeat(64),
+            format!(" {} ", "0".repeat(64)),
+        ];
+        for text in &texts {
+            let line = format!(
+                r#"{{"event_id":"e1","type":"upload","ts":1767225600000,"post_id":"p1","user_id":"u1","content":{{"pdq":"{text}"}}}}"#
+            );
+            let content = parse(&line).unwrap().content.unwrap();
+            let pdq = content.pdq.as_deref().unwrap();
+            assert_eq!(content.pdq_hash, parse_hex(pdq.as_bytes()), "{text}");
+            assert_eq!(pdq, text.trim().to_ascii_lowercase());
+            let compact = Compact::of(&parse(&line).unwrap()).unwrap();
+            assert_eq!(compact.pdq_hash(), content.pdq_hash.as_ref());
+        }
+        for (bad, want) in [
+            (format!("{}g", "0".repeat(63)), "bad_hex"),
+            ("0".repeat(63), "bad_hash_length"),
+            (format!("{}\u{e9}", "0".repeat(62)), "bad_hex"),
+        ] {
+            let line = format!(
+                r#"{{"event_id":"e1","type":"upload","ts":1767225600000,"post_id":"p1","user_id":"u1","content":{{"pdq":"{bad}"}}}}"#
+            );
+            assert_eq!(reason(&line), want, "{bad}");
+        }
+        let md5_only = r#"{"event_id":"e1","type":"upload","ts":1767225600000,"post_id":"p1","user_id":"u1","content":{"md5":"0123456789abcdef0123456789abcdef"}}"#;
+        assert_eq!(parse(md5_only).unwrap().content.unwrap().pdq_hash, None);
+        let compact = Compact::of(&parse(md5_only).unwrap()).unwrap();
+        assert_eq!(compact.pdq_hash(), None);
+    }
+
+    #[test]
+    fn an_id_is_printable_ascii_in_one_pass_as_in_two() {
+        // each byte alone and inside an id: printable exactly for 0x20..0x7f, as the
+        // two-pass check (ASCII, then each byte in range) said
+        let judged = |text: &str| {
+            optional_id(
+                Some(Val::Str(Cow::Owned(text.to_owned()))),
+                "k",
+                &mut PlainJudge,
+            )
+            .is_ok()
+        };
+        for b in 0..=0x7fu8 {
+            for text in [
+                String::from(char::from(b)),
+                format!("ab{}cd", char::from(b)),
+            ] {
+                let want = text.bytes().all(|c| (0x20..0x7f).contains(&c));
+                assert_eq!(judged(&text), want, "{text:?}");
+            }
+        }
+        assert!(!judged(&"x".repeat(MAX_ID_LEN + 1)));
+        assert!(judged(&"x".repeat(MAX_ID_LEN)));
+        assert!(!judged(""));
+        // not ASCII: the judge's (its count in characters, not bytes)
+        assert!(judged("é"));
+        assert!(judged(&"é".repeat(MAX_ID_LEN)));
+        assert!(!judged("é\u{7f}"));
     }
 
     #[test]

@@ -41,7 +41,9 @@ use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 use std::ops::Range;
 
-use crate::content::{parse_md5, AsCid, BadSignal, ClusterId, IdSlots, Kind as SignalKind};
+use crate::content::{
+    parse_md5, AsCid, AsSignal, BadSignal, ClusterId, IdSlots, Kind as SignalKind,
+};
 use crate::dedupe::{id_digest, DigestHasher};
 use crate::pdq::{self, Hash};
 use crate::slab::Slab;
@@ -1119,16 +1121,23 @@ impl Firsts {
     }
 }
 
+/// A PDQ hash's signal packed (as [`sig_key`] packs its text).
+fn pdq_key(h: &pdq::Hash) -> Vec<u8> {
+    let mut out = Vec::with_capacity(33);
+    out.push(SIG_PDQ);
+    for w in h {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
 /// `text` (a signal of `kind`) packed; a PDQ text that is not 64 hex digits is refused.
 fn sig_key(kind: SignalKind, text: &str) -> Result<Vec<u8>, BadSignal> {
     let mut out = Vec::new();
     if kind == SignalKind::Pdq {
         let h = pdq::parse_hex(text.as_bytes())
             .ok_or_else(|| BadSignal(format!("not a PDQ hash: {text:?}")))?;
-        out.push(SIG_PDQ);
-        for w in h {
-            out.extend_from_slice(&w.to_le_bytes());
-        }
+        return Ok(pdq_key(&h));
     } else if let Some(b) = parse_md5(text.as_bytes()) {
         out.push(SIG_MD5);
         out.extend_from_slice(&b);
@@ -1305,11 +1314,16 @@ impl<H> Store<H> {
     pub fn hold(
         &mut self,
         cluster_id: &(impl AsCid + ?Sized),
-        signals: &[(SignalKind, &str)],
+        signals: &[impl AsSignal],
     ) -> Result<usize, BadSignal> {
+        // a PDQ's words as the parser read them, if it did (its text not read again)
         let keys = signals
             .iter()
-            .map(|&(kind, text)| sig_key(kind, text))
+            .map(|s| match (s.kind(), s.pdq_hash(), s.md5_bytes()) {
+                (SignalKind::Pdq, Some(h), _) => Ok(pdq_key(&h)),
+                (SignalKind::Md5, _, Some(b)) => Ok([&[SIG_MD5][..], &b].concat()),
+                _ => sig_key(s.kind(), s.text()),
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if !self.signals {
             return Ok(0);
@@ -2567,7 +2581,7 @@ mod tests {
         assert_eq!(s.near(K::Md5, &h, 0), want);
         // a bad PDQ text is refused, nothing held
         assert!(s
-            .hold("u-1", &[(K::Md5, &md5s[0]), (K::Pdq, "zz")])
+            .hold("u-1", &[(K::Md5, md5s[0].as_str()), (K::Pdq, "zz")])
             .is_err());
         // a store that keeps none holds none
         let mut plain: Store<u32> = store();

@@ -811,8 +811,10 @@ mod tests {
             followers: ev.followers,
             content: ev.content.map(|c| event::Content {
                 pdq: c.pdq,
+                pdq_hash: c.pdq_hash,
                 pdq_quality: c.pdq_quality,
                 md5: c.md5,
+                md5_bytes: c.md5_bytes,
                 vpdq: None,
             }),
             event_id_was_text: ev.event_id_was_text,

@@ -587,14 +587,14 @@ impl Detect {
                 let mut store = self.unbanked.borrow_mut(py);
                 if store.store.keeps_signals() {
                     // a clusters partition: its unbanked clusters keep their own signals
-                    store.store.hold(cid, &image.refs()[..image.len()])
+                    store.store.hold(cid, &image.signals()[..image.len()])
                 } else {
                     drop(store);
                     self.content
                         .0
                         .borrow_mut(py)
                         .inner
-                        .add_counted_in(cid, &image.refs()[..image.len()], self.content.1)
+                        .add_counted_in(cid, &image.signals()[..image.len()], self.content.1)
                         .map(|_| 0)
                 }
                 .map_err(|e| PyValueError::new_err(e.0))?;

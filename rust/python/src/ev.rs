@@ -20,6 +20,7 @@ use pyo3::types::{PyList, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use viralwatch_core::event::{self, Compact, Kind as EventKind};
+use viralwatch_core::pdq;
 use viralwatch_core::unbanked::{Event as StoreEvent, Kind};
 
 use crate::unbanked::{kind_of, with_event as with_py_event};
@@ -76,10 +77,16 @@ pub(crate) enum Ev {
 
 /// An upload's hashes as the loops read them (``None`` where absent); ``odd``: a field
 /// Python set to something other than text (Python decides about such an upload).
+/// ``pdq_hash``, ``md5_bytes``: the hashes' values where the parser read them (a
+/// compiled event's: their texts are not read again); ``lower``: the texts are lowercase
+/// already (the parser's).
 #[derive(Default)]
 pub(crate) struct Image<'a> {
     pub(crate) md5: Option<Cow<'a, str>>,
     pub(crate) pdq: Option<Cow<'a, str>>,
+    pub(crate) pdq_hash: Option<pdq::Hash>,
+    pub(crate) md5_bytes: Option<[u8; 16]>,
+    pub(crate) lower: bool,
     pub(crate) quality: Option<i64>,
     pub(crate) video: bool,
     pub(crate) odd: bool,
@@ -196,6 +203,9 @@ impl Ev {
             Self::Core(ev) => Ok((ev.has_content()).then(|| Image {
                 md5: ev.md5().map(Cow::Borrowed),
                 pdq: ev.pdq().map(Cow::Borrowed),
+                pdq_hash: ev.pdq_hash().copied(),
+                md5_bytes: ev.md5_bytes().copied(),
+                lower: true,
                 quality: ev.pdq_quality(),
                 video: false,
                 odd: false,
@@ -218,6 +228,9 @@ impl Ev {
                 Ok(Some(Image {
                     md5,
                     pdq,
+                    pdq_hash: None,
+                    md5_bytes: None,
+                    lower: false,
                     quality,
                     video,
                     odd,

@@ -16,7 +16,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 
-use viralwatch_core::content::{Cid, Kind as Signal};
+use viralwatch_core::content::{Cid, Kind as Signal, ReadSignal};
 use viralwatch_core::emerging::unbanked_cid;
 use viralwatch_core::event::Kind as EventKind;
 use viralwatch_core::pdq;
@@ -96,23 +96,45 @@ pub(crate) enum Reshare<'py> {
 /// is applied).
 pub(crate) struct ImageSignals<'a> {
     lower: [(Signal, Cow<'a, str>); 2],
+    /// the PDQ's words and the MD5's bytes, where the parser read them (see `Image`)
+    pdq_hash: Option<pdq::Hash>,
+    md5_bytes: Option<[u8; 16]>,
     n: usize,
     own_key: Option<(&'static [u8], &'a str)>,
 }
 
 impl<'a> ImageSignals<'a> {
-    fn push(&mut self, kind: Signal, text: &'a str, key: &'static [u8]) {
-        self.lower[self.n] = (kind, lowercase(text));
+    fn push(&mut self, kind: Signal, text: &'a str, key: &'static [u8], lower: bool) {
+        let text_lower = if lower {
+            Cow::Borrowed(text)
+        } else {
+            lowercase(text)
+        };
+        self.lower[self.n] = (kind, text_lower);
         self.n += 1;
         self.own_key.get_or_insert((key, text));
     }
 
-    /// The signals, as the indexes take them.
-    pub(crate) fn refs(&self) -> [(Signal, &str); 2] {
-        self.lower.each_ref().map(|(k, t)| (*k, &**t))
+    /// The signals, as the indexes take them (a hash's value with it, where the parser
+    /// read it).
+    pub(crate) fn signals(&self) -> [ReadSignal<'_>; 2] {
+        self.lower.each_ref().map(|(k, t)| ReadSignal {
+            kind: *k,
+            text: t,
+            pdq: if *k == Signal::Pdq {
+                self.pdq_hash
+            } else {
+                None
+            },
+            md5: if *k == Signal::Md5 {
+                self.md5_bytes
+            } else {
+                None
+            },
+        })
     }
 
-    /// How many of [`Self::refs`] are signals.
+    /// How many of [`Self::signals`] are signals.
     pub(crate) fn len(&self) -> usize {
         self.n
     }
@@ -153,18 +175,23 @@ pub(crate) fn image_signals<'a>(image: &'a Image<'_>, min_pdq_quality: i64) -> I
             (Signal::Md5, Cow::Borrowed("")),
             (Signal::Md5, Cow::Borrowed("")),
         ],
+        pdq_hash: None,
+        md5_bytes: None,
         n: 0,
         own_key: None,
     };
     if let Some(md5) = image.md5.as_deref().filter(|t| !t.is_empty()) {
-        out.push(Signal::Md5, md5, b"md5:");
+        out.push(Signal::Md5, md5, b"md5:", image.lower);
+        out.md5_bytes = image.md5_bytes;
     }
     if signalled_pdq(image, min_pdq_quality) {
         out.push(
             Signal::Pdq,
             image.pdq.as_deref().unwrap_or_default(),
             b"pdq:",
+            image.lower,
         );
+        out.pdq_hash = image.pdq_hash;
     }
     out
 }
@@ -379,7 +406,7 @@ impl Routing {
             idle.inner
                 .assign(
                     &mut held.inner,
-                    &image.refs()[..image.len()],
+                    &image.signals()[..image.len()],
                     &own,
                     ts,
                     threshold,
@@ -432,10 +459,13 @@ impl Routing {
                 }
             }
             if !ask && usable && *radius >= 0 {
-                let hash = image
-                    .pdq
-                    .as_deref()
-                    .and_then(|t| pdq::parse_hex(t.as_bytes()));
+                // read with its line (a compiled event's), or here (a Python record's)
+                let hash = image.pdq_hash.or_else(|| {
+                    image
+                        .pdq
+                        .as_deref()
+                        .and_then(|t| pdq::parse_hex(t.as_bytes()))
+                });
                 match hash {
                     Some(h) => {
                         queries.push(h);
