@@ -471,12 +471,129 @@ def test_bare_records_are_the_record_batch_s_own_with_what_a_consumer_record_hol
         )
 
 
+def _raw_batches(sizes: list[int], base: int) -> bytes:
+    """Record batches (magic 2) of ``sizes`` records each, from offset ``base``, as a fetch
+    response holds them: record ``i``'s value names it."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    raw, offset = b"", base
+    for size in sizes:
+        builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 20)
+        for i in range(size):
+            builder.append(i, 1_767_225_600_000 + offset + i, None, b"v%d" % (offset + i), [])
+        batch = builder.build()
+        batch[0:8] = offset.to_bytes(8, "big")
+        raw += bytes(batch)
+        offset += size
+    return raw
+
+
+class _FetchedState:
+    """A partition's state in aiokafka's subscription: where ``consumed_to`` moved it."""
+
+    paused = False
+    has_valid_position = True
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self.moved: list[int] = []
+
+    def consumed_to(self, offset: int) -> None:
+        self.moved.append(offset)
+
+
+def _fetch_result(raw: bytes, fetch_offset: int, bare: bool, check_crcs: bool = True) -> Any:
+    """aiokafka's ``FetchResult`` of one fetched partition, as its fetcher makes it (with the
+    fetcher module's ``MemoryRecords``), given the bare records' reading or not."""
+    from types import SimpleNamespace
+
+    from aiokafka.consumer import fetcher
+    from aiokafka.structs import TopicPartition
+
+    tp = TopicPartition("shares", 1)
+    state = _FetchedState(fetch_offset)
+    assignment = SimpleNamespace(state_value=lambda _tp: state)
+    records = fetcher.PartitionRecords(
+        tp, fetcher.MemoryRecords(raw), [], fetch_offset, None, None, check_crcs, 0
+    )
+    result = fetcher.FetchResult(tp, assignment=assignment, partition_records=records, backoff=0)
+    result.check_assignment = lambda _tp: True  # (aiokafka's asks the assignment's state)
+    if bare:
+        faust_adapter._bare(result)
+    else:
+        records._consumer_record = faust_adapter._as_read
+    return result, state
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 9), min_size=1, max_size=6),
+    skip=st.integers(0, 12),
+    asks=st.lists(st.one_of(st.none(), st.integers(1, 12)), min_size=1, max_size=12),
+)
+def test_bare_records_are_taken_as_aiokafka_takes_them(
+    sizes: list[int], skip: int, asks: list[int | None]
+) -> None:
+    """Record batches taken a batch at a time (``_BareRecords``) give what aiokafka's own
+    loop gives for any batches, fetch offset (records below it skipped) and ``max_records``
+    asked in turn: the same records, the partition's position moved to the same offsets,
+    the result let go when all is taken."""
+    base = 100
+    raw = _raw_batches(sizes, base)
+    start = base + min(skip, sum(sizes) - 1)
+    ours, our_state = _fetch_result(raw, start, bare=True)
+    theirs, their_state = _fetch_result(raw, start, bare=False)
+    assert type(ours._partition_records._records) is faust_adapter._RawMemoryRecords
+    for ask in [*asks, None, None]:
+        if theirs._partition_records is None:
+            break
+        got, want = ours.getall(ask), theirs.getall(ask)
+        assert [(r.offset, r.timestamp, r.value) for r in got] == [
+            (r.offset, r.timestamp, r.value) for r in want
+        ]
+        assert our_state.moved[-1:] == their_state.moved[-1:]
+    assert ours.getall(None) == [] and ours._partition_records is None
+    one_by_one = _fetch_result(raw, start, bare=True)[0]._partition_records  # getone's way
+    assert [r.value for r in one_by_one] == [
+        r.value for r in _fetch_result(raw, start, bare=False)[0]._partition_records
+    ]
+    if skip < sizes[0]:  # a fetch offset in the first batch: nothing below it is given
+        assert [r.value for r in _fetch_result(raw, start, bare=True)[0].getall(None)] == [
+            b"v%d" % n for n in range(start, base + sum(sizes))
+        ]
+
+
+@pytest.mark.parametrize("raw_known", [True, False])
+def test_a_bare_record_batch_with_a_wrong_crc_is_refused(raw_known: bool) -> None:
+    """A record batch whose bytes do not hold its CRC-32C is refused as aiokafka refuses it
+    (``CorruptRecordException``; the fetcher fetches it again), whether its CRC is checked
+    on its bytes or by aiokafka; the batch before it is given first."""
+    from aiokafka.errors import CorruptRecordException
+    from aiokafka.record.memory_records import MemoryRecords
+
+    raw = bytearray(_raw_batches([3, 4], 7))
+    raw[-2] ^= 0x01  # the last byte of the second batch's last value
+    result, _ = _fetch_result(bytes(raw), 7, bare=True)
+    if not raw_known:
+        records = result._partition_records
+        records._records = MemoryRecords(bytes(raw))
+        faust_adapter._bare(result)
+    assert [r.offset for r in result.getall(3)] == [7, 8, 9]
+    bare = result.getall.__self__
+    assert bare._crc_ok(0) is raw_known  # checked by crc32c where the bytes are known
+    with pytest.raises(CorruptRecordException, match="Invalid CRC"):
+        result.getall(10)
+    unchecked, _ = _fetch_result(bytes(raw), 7, bare=True, check_crcs=False)
+    assert len(unchecked.getall(None)) == 7
+
+
 def test_aiokafka_s_fetcher_still_has_what_bare_records_reaches() -> None:
     """The fetcher keeps its results in ``_records``, made once, each put there by an
     assignment; a partition's records are unpacked by ``self._consumer_record``; a
     consumer's fetcher and deserializers are where ``bare_records`` reads them."""
+    from aiokafka.consumer import fetcher as fetcher_module
     from aiokafka.consumer.consumer import AIOKafkaConsumer as Consumer
-    from aiokafka.consumer.fetcher import Fetcher, PartitionRecords
+    from aiokafka.consumer.fetcher import Fetcher, FetchResult, PartitionRecords
 
     fetcher = inspect.getsource(Fetcher)
     assert fetcher.count("self._records = ") == 1
@@ -486,6 +603,18 @@ def test_aiokafka_s_fetcher_still_has_what_bare_records_reaches() -> None:
     assert "self._consumer_record(tp, record)" in inspect.getsource(
         PartitionRecords._unpack_records
     )
+    # the bare records' reading: a fetched partition's bytes made into the fetcher module's
+    # MemoryRecords; the results and records it reaches
+    assert "records = MemoryRecords(part_data[-1])" in fetcher
+    assert fetcher_module.MemoryRecords is faust_adapter._RawMemoryRecords
+    unpack = inspect.getsource(PartitionRecords._unpack_records)
+    for name in ("_records", "_check_crcs", "_tp", "next_fetch_offset", "is_control_batch"):
+        assert name in unpack
+    assert "self._records_iterator = self._unpack_records()" in inspect.getsource(
+        PartitionRecords.__init__
+    )
+    getall = inspect.getsource(FetchResult.getall)
+    assert "self._update_position()" in getall and "self._partition_records = None" in getall
     start = inspect.getsource(Consumer.start)
     assert "self._fetcher = Fetcher(" in start
     assert "value_deserializer=self._value_deserializer" in start
