@@ -207,9 +207,9 @@ class Settings:
     #: Most records handled in one batch, and how long to wait to fill one. A batch has
     #: fixed costs (its envelopes, their records on the internal topics, a checkpoint):
     #: two workers from a backlog spent about 30 us an event at 4,000 against 35-46 at
-    #: 1,000. Near a bound the shares reader reads 1,000 at most
-    #: (:func:`streams.runtime.shares_reader.read_limit`); a live stream's batches are
-    #: what came in ``batch_wait_s``, far fewer.
+    #: 1,000. The shares reader reads 1,000 at most when a whole batch could overflow a
+    #: held store (:func:`streams.runtime.shares_reader.read_limit`); a live stream's
+    #: batches are what came in ``batch_wait_s``, far fewer.
     batch_size: int = 4_000
     batch_wait_s: float = 0.05
     #: How long the worker's producer waits to fill a request before sending it. Every

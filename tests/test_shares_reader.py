@@ -10,6 +10,7 @@ from typing import Any
 from streams.runtime.shares_reader import (
     HEARD_AHEAD_MS,
     NEAR_BOUND_BATCH,
+    PENDING_RESUME_FILL,
     SharesReader,
     held_back,
 )
@@ -62,10 +63,11 @@ def test_heard_and_pending_to_take_the_lowest_watermark_their_own_way_on_an_unkn
     assert known.pending_to() is None  # nothing waits past the bound: no bound
 
 
-def test_a_batch_is_read_whole_far_from_the_bounds_and_smaller_near_them() -> None:
-    """The reader asks the consumer for a batch of ``VIRALWATCH_BATCH_SIZE`` records while
-    what waits for the watermark and the held stores are far from their bounds, and for
-    :data:`NEAR_BOUND_BATCH` at most near them (a batch passes a bound by what it carries)."""
+def test_a_batch_is_read_whole_unless_one_could_overflow_a_held_store() -> None:
+    """The reader asks the consumer for a batch of ``VIRALWATCH_BATCH_SIZE`` records, and
+    for :data:`NEAR_BOUND_BATCH` at most once a whole batch could fill a held store past
+    its bound; what waits for the watermark, even at its bound, no longer cuts the batch
+    (its rule holds until it has fallen below :data:`PENDING_RESUME_FILL` of the bound)."""
     asked: list[int] = []
 
     async def getmany(timeout_ms: int, max_records: int) -> dict[Any, Any]:
@@ -75,15 +77,32 @@ def test_a_batch_is_read_whole_far_from_the_bounds_and_smaller_near_them() -> No
     fill = [0.0]
     detector = SimpleNamespace(watermark=SimpleNamespace(value=NO_TIME), pending=0)
     topology = SimpleNamespace(detectors={0: detector}, held_fill=lambda: fill[0])
-    settings = Settings(batch_size=4_000, max_pending=50_000)
+    settings = Settings(batch_size=4_000, max_pending=50_000, max_held=100_000)
     r = SharesReader(settings, topology, None)  # type: ignore[arg-type]
     r.consumer = SimpleNamespace(getmany=getmany)
     asyncio.run(r.poll(1))
-    detector.pending = 46_001  # a batch of 4,000 would pass 50,000
+    detector.pending = 49_000  # a batch of 4,000 passes 50,000: by one batch at most
     asyncio.run(r.poll(1))
     detector.pending = 10_000
-    fill[0] = 0.25  # a held store a quarter full
+    fill[0] = 0.75  # the held rule reads the slowest partition alone; a batch still fits
     asyncio.run(r.poll(1))
-    fill[0] = 0.1
+    fill[0] = 0.97  # a batch of 4,000 could overflow the store
     asyncio.run(r.poll(1))
-    assert asked == [4_000, NEAR_BOUND_BATCH, NEAR_BOUND_BATCH, 4_000]
+    assert asked == [4_000, 4_000, 4_000, NEAR_BOUND_BATCH]
+
+
+def test_the_pending_rule_holds_from_the_bound_down_to_the_lower_mark() -> None:
+    """From ``VIRALWATCH_MAX_PENDING`` events waiting, :meth:`SharesReader.pending_to`
+    bounds the reading, and goes on bounding it until they fall below
+    :data:`PENDING_RESUME_FILL` of the bound: before, the rule let go as soon as the
+    watermark freed a few events, and pending sat at the bound a small batch at a time."""
+    r = reader(None, {}, [1_000])
+    (d,) = r.topology.detectors.values()
+    bound = r.settings.max_pending
+    low = int(bound * PENDING_RESUME_FILL)
+    seen = []
+    for pending in (0, bound - 1, bound, bound - 1, low, low - 1, bound - 1, bound + 5):
+        d.pending = pending
+        seen.append(r.pending_to())
+    to = 1_000 + 60_000 + HEARD_AHEAD_MS
+    assert seen == [None, None, to, to, to, None, None, to]

@@ -50,9 +50,19 @@ HEARD_AHEAD_MS = 30_000
 #: How full a resolve partition's held store may get before only the slowest shares
 #: partition is read (see :func:`held_back`).
 HELD_SLOW_FILL = 0.5
-#: Most records read in one batch near a bound (see :func:`read_limit`): the batch size
-#: before it became 4,000.
+#: Most records read in one batch when a whole one could overflow a held store (see
+#: :func:`read_limit`): the batch size before it became 4,000.
 NEAR_BOUND_BATCH = 1_000
+#: Most of a bound (on a held store, on what waits for the watermark) one batch may be
+#: (see :func:`read_limit`): 4,000 records at the default bounds, 1,000 at the tests' tenth
+#: of them, where 4,000-record batches had 11,000-19,000 events wait against a bound of
+#: 2,000 (``tests/test_backlog_integration.py``; 4,100-4,200 at 1,000).
+BOUND_BATCH_SHARE = 0.1
+#: Once what waits for the watermark reaches ``VIRALWATCH_MAX_PENDING``, the *pending*
+#: rule of :func:`held_back` holds until it falls below this share of the bound (see
+#: :func:`holding`): the reader then reads whole batches again, rather than a batch cut
+#: to what fits under the bound each time the watermark frees a few.
+PENDING_RESUME_FILL = 0.8
 
 
 class SharesReader:
@@ -81,6 +91,8 @@ class SharesReader:
         self.backlogged: list[int] = []
         #: partitions paused by :meth:`pace` (the stats record shows them)
         self.paused: list[int] = []
+        #: whether the *pending* rule holds (see :func:`holding`)
+        self.holding = False
 
     def make_consumer(self) -> Any:
         from aiokafka import AIOKafkaConsumer
@@ -133,7 +145,7 @@ class SharesReader:
         (:func:`bare_records`, set up by :meth:`run`: about half a microsecond an event
         less)."""
         s = self.settings
-        limit = read_limit(s.batch_size, self.pending(), s.max_pending, self.topology.held_fill())
+        limit = read_limit(s.batch_size, self.topology.held_fill(), s.max_held, s.max_pending)
         got = await self.consumer.getmany(timeout_ms=wait_ms, max_records=limit)
         runs = [(tp.partition, recs) for tp, recs in got.items() if recs]
         if runs:
@@ -287,13 +299,16 @@ class SharesReader:
         return sum(d.pending for d in self.topology.detectors.values())
 
     def pending_to(self) -> int | None:
-        """``None`` while the clusters partitions here hold fewer than
-        ``VIRALWATCH_MAX_PENDING`` events waiting for the watermark; past it, how far (event
-        time) the slowest partition may still be read (see :func:`held_back`): the allowed
-        lateness and :data:`HEARD_AHEAD_MS` past the lowest of their watermarks known,
-        what the inputs must pass for it to move on; :data:`NO_TIME` while none is known
-        (the start, a partition taken over: only partitions not read yet are read)."""
-        if self.pending() < self.settings.max_pending:
+        """``None`` while the *pending* rule does not hold (:func:`holding`: the clusters
+        partitions here have not reached ``VIRALWATCH_MAX_PENDING`` events waiting for the
+        watermark, or have fallen below :data:`PENDING_RESUME_FILL` of it since); while it
+        holds, how far (event time) the slowest partition may still be read (see
+        :func:`held_back`): the allowed lateness and :data:`HEARD_AHEAD_MS` past the
+        lowest of their watermarks known, what the inputs must pass for it to move on;
+        :data:`NO_TIME` while none is known (the start, a partition taken over: only
+        partitions not read yet are read)."""
+        self.holding = holding(self.pending(), self.settings.max_pending, self.holding)
+        if not self.holding:
             return None
         wm = self.lowest_watermark(unknown_is_lowest=False)
         return NO_TIME if wm == NO_TIME else wm + self.settings.lateness_ms + HEARD_AHEAD_MS
@@ -328,29 +343,66 @@ class SharesReader:
                 clock.resume(tp.partition, ts)
 
 
-def read_limit(batch_size: int, pending: int, max_pending: int, held_fill: float) -> int:
+def holding(pending: int, max_pending: int, was_holding: bool) -> bool:
+    """Whether the *pending* rule of :func:`held_back` holds, with ``pending`` events
+    waiting for the watermark: from ``max_pending`` on, and, once it held, until they
+    fall below :data:`PENDING_RESUME_FILL` of it.
+
+    Without the lower mark, pending sat at the bound in a million-event backlog with two
+    workers (the clusters watermark trails the inputs by 160-230 s of event time): each
+    time the watermark freed a few hundred events, a batch was read and the rule held
+    again, and the batches were cut to what fitted (1,000 records: 38-39 us an event
+    against 34-35 with whole batches, the fourteenth session's diagnostic runs).
+
+    >>> holding(49_999, 50_000, was_holding=False), holding(50_000, 50_000, False)
+    (False, True)
+    >>> holding(40_000, 50_000, True), holding(39_999, 50_000, True)
+    (True, False)
+    """
+    if pending >= max_pending:
+        return True
+    return was_holding and pending >= max_pending * PENDING_RESUME_FILL
+
+
+def read_limit(batch_size: int, held_fill: float, max_held: int, max_pending: int) -> int:
     """Most records the next batch reads: ``batch_size``, but no more than
-    :data:`NEAR_BOUND_BATCH` once a batch could carry what waits for the watermark past
-    ``max_pending``, or a held store is a quarter full (half of :data:`HELD_SLOW_FILL`).
+    :data:`BOUND_BATCH_SHARE` of the bound on a held store (``max_held``) or on what
+    waits for the watermark (``max_pending``), and no more than :data:`NEAR_BOUND_BATCH`
+    once a whole batch could fill the fullest held store (``held_fill`` full) past its
+    bound, where reshares are refused. A share is never below :data:`NEAR_BOUND_BATCH`
+    (the batch size before it was 4,000).
 
     The bounds are checked between batches (:func:`held_back`), so a worker passes them
-    by what one batch carries: a larger batch would pass them by more. Larger batches
+    by what the batches in flight carry (its own, and the other workers' on their way):
+    larger batches would pass them by more, hence a share of each bound. Larger batches
     cost less (each batch has its envelopes, records and checkpoint: two workers, whose
     envelopes cross Kafka, spent about 30 us an event at 4,000 records a batch against
-    35-46 at 1,000), so they are read while far from both bounds.
+    35-46 at 1,000), so they are read whole, at the default bounds, until one could
+    overflow a held store (a record holds one reshare at most). Before, the cut came at a
+    quarter full and at a batch short of ``VIRALWATCH_MAX_PENDING``: in a million-event
+    backlog with two workers the index's owner read 1,000 at a time in nearly every
+    batch (its held store 0.3-0.76 full: the *held* rule of :func:`held_back` keeps it
+    from filling), the other worker in half of them (what waits for the watermark sat
+    at its bound). That rule now holds until what waits has fallen well below the bound
+    (:func:`holding`), so the reading goes in whole batches or waits.
 
-    >>> read_limit(4000, pending=10_000, max_pending=50_000, held_fill=0.1)
+    >>> read_limit(4000, held_fill=0.1, max_held=100_000, max_pending=50_000)
     4000
-    >>> read_limit(4000, pending=47_000, max_pending=50_000, held_fill=0.1)
+    >>> read_limit(4000, held_fill=0.96, max_held=100_000, max_pending=50_000)
+    4000
+    >>> read_limit(4000, held_fill=0.961, max_held=100_000, max_pending=50_000)
     1000
-    >>> read_limit(4000, pending=10_000, max_pending=50_000, held_fill=0.3)
+    >>> read_limit(4000, held_fill=0.1, max_held=10_000, max_pending=50_000)  # a tenth
     1000
-    >>> read_limit(500, pending=47_000, max_pending=50_000, held_fill=0.3)
+    >>> read_limit(4000, held_fill=0.1, max_held=100_000, max_pending=30_000)
+    3000
+    >>> read_limit(500, held_fill=0.999, max_held=100_000, max_pending=2_000)
     500
     """
-    if pending + batch_size > max_pending or held_fill >= HELD_SLOW_FILL / 2:
+    if held_fill + batch_size / max(1, max_held) > 1:
         return min(batch_size, NEAR_BOUND_BATCH)
-    return batch_size
+    share = int(min(max_held, max_pending) * BOUND_BATCH_SHARE)
+    return min(batch_size, max(share, NEAR_BOUND_BATCH))
 
 
 def held_back(
