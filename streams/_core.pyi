@@ -539,9 +539,10 @@ class ClusterLoop:
         other kinds, events held)``, or ``None``: left to Python."""
     def take_log(self) -> list[bytes]:
         """The log entries of the events :meth:`read` held since the last call, as they came."""
-    def take_received(self) -> tuple[int, list[str]]:
+    def take_received(self) -> tuple[int, list[str], int, int]:
         """The uploads received since the last call new here (neither held nor applied to
-        their cluster): ``(unmatched, [the bank of each matched])``."""
+        their cluster): ``(unmatched, [the bank of each matched], low_quality, allowed)``,
+        the last two among the unmatched."""
     def push_bank(self, update: Any, ts_ms: int, key: str) -> None:
         """A timed bank change, held until the watermark passes ``ts_ms``."""
     def release(self, host: Any, watermark_ms: int) -> int:

@@ -50,7 +50,7 @@ from streams._core import PostRoutes
 from streams.alerts import MatchInfo
 from streams.banks import HashBanks, Match, pdq_usable
 from streams.emerging import EmergingClusters, allowed_cluster_id, video_signal
-from streams.events import Rejection, ShareEvent
+from streams.events import Content, Rejection, ShareEvent
 from streams.stats import Stats
 from streams.vpdq import usable_hashes
 
@@ -86,6 +86,17 @@ def match_info(m: Match) -> MatchInfo:
     )
 
 
+def low_quality(content: Content) -> bool:
+    """Whether an upload that matched no bank is counted low quality (``Stats.low_quality``):
+    a PDQ under the quality cut, or a video none of whose frames is usable. The one rule:
+    the router's (replay counts where it classifies), and a worker's clusters partition's,
+    which counts an upload received new once (``_core.ClusterLoop.take_received``: a
+    compiled event's PDQ by ``routing::low_pdq``, the same test, the others' here)."""
+    return (content.pdq is not None and not pdq_usable(content)) or (
+        content.vpdq is not None and not usable_hashes(content.vpdq)
+    )
+
+
 class Router:
     """Resolve each event's cluster; hold what cannot be resolved yet."""
 
@@ -107,6 +118,11 @@ class Router:
         self.post_clusters = post_clusters if post_clusters is not None else PostRoutes()
         self.hold_ms = hold_ms
         self.max_held = max_held
+        #: whether the uploads classified are counted here (``low_quality``, ``allowed``):
+        #: replay's. A worker's resolve partition classifies an upload each time its input
+        #: is read (again after a kill); its clusters partition counts them once, received
+        #: new and logged (``ClusterPartition.count_uploads``)
+        self.counts_uploads = True
 
     @property
     def held(self) -> int:
@@ -126,9 +142,11 @@ class Router:
         """A batch's uploads that a bank entry may match, matched (:meth:`classify_batch`); a
         compiled loop screened the others (``HashBanks.screen``, ``rust/python/src/routing.rs``),
         which match nothing: ``unmatched`` of them, ``low_quality`` of them with a PDQ under
-        the cut, counted here. (Whether an upload matched is counted where the detector
-        applies it, once: an upload read again after a kill is routed again, applied once.)"""
-        self.stats.low_quality += low_quality
+        the cut, counted here if this router counts (:attr:`counts_uploads`). (Whether an
+        upload matched is counted where the detector applies it, once: an upload read again
+        after a kill is routed again, applied once.)"""
+        if self.counts_uploads:
+            self.stats.low_quality += low_quality
         return self.classify_batch(uploads) if uploads else []
 
     def _classified(self, event: ShareEvent, m: Match | None) -> Routed | None:
@@ -138,12 +156,11 @@ class Router:
             m = self.banks.match_at(content, event.ts_ms)
         if m is not None:
             return Routed(event, m.entry.cluster_id, match_info(m))
-        if (content.pdq is not None and not pdq_usable(content)) or (
-            content.vpdq is not None and not usable_hashes(content.vpdq)
-        ):
+        if self.counts_uploads and low_quality(content):
             self.stats.low_quality += 1
         if self.banks.holds_allow_list() and self.banks.allowed(content, event.ts_ms):
-            self.stats.allowed += 1
+            if self.counts_uploads:
+                self.stats.allowed += 1
             return Routed(event, allowed_cluster_id(content))
         return None
 

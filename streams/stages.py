@@ -961,6 +961,8 @@ class ResolvePartition:
             max_held=max_held,
             emerging=self.index,
         )
+        # counted by the clusters partitions, once (see ``Router.counts_uploads``)
+        self.router.counts_uploads = False
         self.watermark = Watermark(sources, lateness_ms)
         #: the progress heard from each peer (persisted by the index's owner, whose own
         #: progress waits for theirs)
@@ -1277,9 +1279,10 @@ class ClusterBatch:
     forget: dict[int, bytes] = field(default_factory=dict)
     applied: int = 0
     #: the uploads received new (neither held nor applied before): how many matched no
-    #: bank, and the bank of each one matched (none: no upload new), for
+    #: bank, the bank of each one matched, and of the unmatched how many were of low
+    #: quality and how many the allow-list took (none: no upload new), for
     #: :meth:`ClusterPartition.count_uploads` once :attr:`log` is written
-    uploads: tuple[int, list[str]] | None = None
+    uploads: tuple[int, list[str], int, int] | None = None
 
 
 class ClusterPartition(LoopHost):
@@ -1409,15 +1412,22 @@ class ClusterPartition(LoopHost):
                     kept.append(item)
         return routed_log_parts(kept, MAX_RECORD_BYTES) if kept else []
 
-    def count_uploads(self, unmatched: int, matched: list[str]) -> None:
+    def count_uploads(
+        self, unmatched: int, matched: list[str], low_quality: int, allowed: int
+    ) -> None:
         """Count a batch's uploads received new here (:attr:`ClusterBatch.uploads`), once
         its log entries are written (the worker's checkpoint): those that matched no bank,
-        and those matched, by bank. Each upload once: one held, or applied to its cluster,
-        before is a redelivery (read again after a kill), not counted; one whose entry a kill
-        lost before it was written is counted when it comes again. Not where the detector
+        those matched, by bank, and of the unmatched those of low quality
+        (:func:`~streams.router.low_quality`) and those the allow-list took (the resolve
+        partitions' routers count neither: ``Router.counts_uploads``). Each upload once:
+        one held, or applied to its cluster, before is a redelivery (read again after a
+        kill), not counted; one whose entry a kill lost before it was written is counted
+        when it comes again. Not where the detector
         applies them: a replacement applies again each event its log gives back
         (:meth:`restore`), those its predecessor counted included."""
         self.stats.unmatched_uploads += unmatched
+        self.stats.low_quality += low_quality
+        self.stats.allowed += allowed
         for bank in matched:
             self.stats.matched[bank] += 1
 
@@ -1474,10 +1484,10 @@ class ClusterPartition(LoopHost):
             if progress:
                 self.watermark.update({p: (t, False) for p, t in progress.items()})
             banked += held_banked
-        unmatched, matched = loop.take_received()
+        uploads = loop.take_received()
         batch = self.advance(self._noted(banked))
-        if unmatched or matched:
-            batch.uploads = (unmatched, matched)
+        if uploads[0] or uploads[1]:
+            batch.uploads = uploads
         batch.decisions.rejections.extend(d.rejection for d in dead + stray)
         batch.log = loop.take_log()
         if received:

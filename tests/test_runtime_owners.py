@@ -467,7 +467,9 @@ def upload_inputs(
     time too), then every input past it by more than the lateness."""
     post = next(f"p{i}" for i in range(100) if partition_for(f"p{i}", n) == a)
     t = 1_767_225_600_000
-    upload = ShareEvent("e-up", "upload", t, post, "u1", content=Content(md5="a" * 32))
+    # its PDQ under the quality cut (counted low quality; not a signal: the MD5 is)
+    content = Content(md5="a" * 32, pdq="0f" * 32, pdq_quality=10)
+    upload = ShareEvent("e-up", "upload", t, post, "u1", content=content)
     before = {p: (t, False) for p in range(n)}
     passed = {p: (t + lateness_ms + 60_000, False) for p in range(n)}
     return post, [
@@ -581,6 +583,7 @@ def test_an_upload_the_owner_clustered_and_kept_in_its_log_is_applied_once_after
     copies = [(k, raw) for k, raw in routed if b"e-up" in raw]
     assert len(copies) == 2 and copies[0][0] == copies[1][0]  # clustered twice, one cluster
     duplicates, unmatched = run.stats.duplicates, run.stats.unmatched_uploads
+    low = run.stats.low_quality
     for k, raw in routed:
         again.detect(k, [raw])
     again.heartbeat(2e9)
@@ -589,13 +592,16 @@ def test_an_upload_the_owner_clustered_and_kept_in_its_log_is_applied_once_after
     assert (len(unbanked), unbanked.posts) == (1, 1)
     assert run.stats.duplicates == duplicates + 1
     # counted once received new, when the cluster log holding it is written: the copy is not
-    assert run.stats.unmatched_uploads == unmatched
+    assert (run.stats.unmatched_uploads, run.stats.low_quality) == (unmatched, low)
     checkpoint.stage(begin=True)
     assert run.stats.unmatched_uploads == unmatched + 1
+    # and its low quality with it, once (the resolve partitions, which read it twice, count
+    # none: main counted it at each)
+    assert run.stats.low_quality == low + 1
 
 
 @functools.cache
-def unkilled() -> tuple[tuple[int, int, int], tuple[int, dict[str, int]]]:
+def unkilled() -> tuple[tuple[int, int, int], tuple[int, dict[str, int], int, int]]:
     """The unbanked clusters, their posts and live events the clusters partitions hold at
     the end of :func:`torn_run`'s stream with no kill, and its uploads' counters."""
     sim = simulate(Scenario(seed=7, minutes=60, **IN_TIME))  # type: ignore[arg-type]
@@ -608,9 +614,11 @@ def unbanked_unkilled() -> tuple[int, int, int]:
     return unkilled()[0]
 
 
-def uploads_counted(run: LocalRun) -> tuple[int, dict[str, int]]:
-    """A run's uploads that matched no bank, and those matched, by bank."""
-    return run.stats.unmatched_uploads, dict(run.stats.matched)
+def uploads_counted(run: LocalRun) -> tuple[int, dict[str, int], int, int]:
+    """A run's uploads that matched no bank, those matched, by bank, and of the unmatched
+    those of low quality and those the allow-list took."""
+    s = run.stats
+    return s.unmatched_uploads, dict(s.matched), s.low_quality, s.allowed
 
 
 def assert_uploads_counted_once(run: LocalRun) -> None:
@@ -621,13 +629,19 @@ def assert_uploads_counted_once(run: LocalRun) -> None:
     partition, every time its input was read: 3,573-6,895 unmatched against 1,205), and
     one restored from the log and applied again is not either; only an upload whose
     written entry a kill took back (it is counted, then comes again) can be counted
-    twice. (Exactly those, in the spread kills' seeds 1, 10 and 12: 26, 35 and 73.)"""
-    unmatched, matched = uploads_counted(run)
-    unmatched_0, matched_0 = unkilled()[1]
+    twice. (Exactly those, in the spread kills' seeds 1, 10 and 12: 26, 35 and 73.)
+    ``low_quality`` and ``allowed`` (among the unmatched) are counted the same way, so within
+    the same bound (a resolve partition counted them each time its input was read: 396
+    against 85 low quality in spread seed 1)."""
+    unmatched, matched, low, allowed = uploads_counted(run)
+    unmatched_0, matched_0, low_0, allowed_0 = unkilled()[1]
     assert unmatched >= unmatched_0, (unmatched, unmatched_0)
     assert all(matched.get(bank, 0) >= n for bank, n in matched_0.items()), (matched, matched_0)
     extra = unmatched - unmatched_0 + sum(matched.values()) - sum(matched_0.values())
     assert extra <= run.lost_uploads, (extra, run.lost_uploads)
+    # each excess one is an unmatched upload counted twice
+    assert 0 <= low - low_0 <= unmatched - unmatched_0, (low, low_0, unmatched, unmatched_0)
+    assert 0 <= allowed - allowed_0 <= unmatched - unmatched_0, (allowed, allowed_0)
 
 
 def unbanked_of(run: LocalRun) -> tuple[int, int, int]:

@@ -21,7 +21,7 @@ from streams.emerging import EmergingClusters
 from streams.events import Content, Rejection, ShareEvent, event_from_dict, parse_events
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
-from streams.router import Routed
+from streams.router import Routed, low_quality
 from streams.runtime.local_run import LocalRun
 from streams.settings import DEV_PSEUDONYM_KEY, ENV_VARS, KafkaSecurity, Settings
 from streams.simulate import Scenario, Simulation, simulate, three_cascades
@@ -947,6 +947,45 @@ def test_cluster_restore_gives_the_same_decisions() -> None:
     again.restore(logs)
     b = again.handle([routed_env([], progress=events[-1]["ts"])])
     assert [a.to_json() for a in b.decisions.alerts] == out and out
+
+
+def test_a_clusters_partition_counts_low_quality_and_allowed_uploads_once_received_new() -> None:
+    """``low_quality`` and ``allowed`` are counted where ``unmatched_uploads`` is: an upload
+    received new (neither held nor applied), once, with the batch's log (``count_uploads``
+    when the entries are written), whether it came read from the topic or handed over as a
+    record, however often it comes; a resolve partition's router counts neither (it classifies
+    an upload each time its input is read)."""
+    low = {"md5": "1" * 32, "pdq": "0f" * 32, "pdq_quality": 10}
+    video = {"vpdq": ["0f" * 32 + ",10,0.0"]}  # its one frame under the cut: Python's rule
+    fine = {"md5": "2" * 32, "pdq": "f0" * 32, "pdq_quality": 90}
+    events = [
+        ev("up-low", "upload", T0, "p1", content=low),
+        ev("up-video", "upload", T0 + 1, "p2", content=video),
+        ev("up-fine", "upload", T0 + 2, "p3", content=fine),
+        ev("up-allowed", "upload", T0 + 3, "p4", content=fine),
+    ]
+    labels = ["u-" + "a" * 32, "u-" + "b" * 32, "u-" + "c" * 32, "a-1"]
+    items = [routed(e, c) for e, c in zip(events, labels, strict=True)]
+    cp = cluster_partition()
+    counted: list[tuple[int, list[str], int, int]] = []
+    for records in (
+        [Envelope(items, progress={0: T0}).pack()],  # read from the topic
+        [Envelope(items[::-1], progress={0: T0 + 5})],  # again, handed over: held already
+    ):
+        b = cp.handle(records)
+        if b.uploads is not None:
+            counted.append(b.uploads)
+    b = cp.handle([routed_env([], progress=T0 + 120_000)])  # the lateness passed: applied
+    assert cp.detector.unbanked_store.live_events == 4
+    assert b.uploads is None
+    b = cp.handle([Envelope(items, progress={0: T0 + 120_001}).pack()])  # applied already
+    assert b.uploads is None
+    assert counted == [(4, [], 2, 1)]
+    for uploads in counted:
+        cp.count_uploads(*uploads)
+    s = cp.stats
+    assert (s.unmatched_uploads, s.low_quality, s.allowed) == (4, 2, 1)
+    assert low_quality(share(events[1]).content)  # type: ignore[arg-type]
 
 
 def _clusters_records(draw: Any) -> list[bytes]:

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PySet, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
@@ -30,7 +31,7 @@ use crate::dedupe::with_id;
 use crate::ev::{Ev, EvBatch};
 use crate::posts::PyPostRoutes;
 use crate::record;
-use crate::routing::{image_signals, Cluster};
+use crate::routing::{image_signals, low_pdq, Cluster};
 use crate::unbanked::{crossing_row, CrossingRow, UnbankedClusters};
 use crate::wire_read::{by_partition, RoutedItem, WireReader};
 
@@ -338,6 +339,32 @@ pub(crate) struct Received {
     /// uploads new here with no bank match, and the bank of each one matched
     unmatched: u64,
     matched: Vec<String>,
+    /// of the unmatched, those of low quality (`streams.router.low_quality`) and those
+    /// the allow-list took (an `a-` cluster's): counted here, once, as the others are (a
+    /// resolve partition counted them each time its input was read)
+    low_quality: u64,
+    allowed: u64,
+}
+
+/// Whether an unmatched upload is counted low quality, by `streams.router.low_quality`'s
+/// rule: a compiled event's here (it carries no video: a PDQ under the cut,
+/// `routing::low_pdq`, the banks' screen's test), any other's by Python (a video's frames).
+fn low_quality(py: Python<'_>, event: &Ev, min_pdq_quality: i64) -> PyResult<bool> {
+    static RULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    match event {
+        Ev::Core(_) => Ok(event
+            .image(py)?
+            .is_some_and(|image| low_pdq(&image, min_pdq_quality))),
+        Ev::Py(ev) => {
+            let content = ev.bind(py).getattr(intern!(py, "content"))?;
+            if content.is_none() {
+                return Ok(false);
+            }
+            RULE.import(py, "streams.router", "low_quality")?
+                .call1((content,))?
+                .is_truthy()
+        }
+    }
 }
 
 impl Detect {
@@ -410,7 +437,11 @@ impl Detect {
             };
             match matched {
                 Some(bank) => rx.matched.push(bank),
-                None => rx.unmatched += 1,
+                None => {
+                    rx.unmatched += 1;
+                    rx.allowed += u64::from(cluster.kind_is(b'a'));
+                    rx.low_quality += u64::from(low_quality(py, event, self.min_pdq_quality)?);
+                }
             }
         }
         rx.held.insert(key);
@@ -881,14 +912,17 @@ impl ClusterLoop {
     }
 
     /// The uploads received since the last call that were new here (not held, not applied
-    /// to their cluster: see `Received`): ``(unmatched, [the bank of each matched])``.
-    fn take_received(&mut self) -> (u64, Vec<String>) {
+    /// to their cluster: see `Received`): ``(unmatched, [the bank of each matched],
+    /// low_quality, allowed)``, the last two among the unmatched.
+    fn take_received(&mut self) -> (u64, Vec<String>, u64, u64) {
         match self.detect.received.as_mut() {
             Some(rx) => (
                 std::mem::take(&mut rx.unmatched),
                 std::mem::take(&mut rx.matched),
+                std::mem::take(&mut rx.low_quality),
+                std::mem::take(&mut rx.allowed),
             ),
-            None => (0, Vec::new()),
+            None => (0, Vec::new(), 0, 0),
         }
     }
 

@@ -196,6 +196,13 @@ pub(crate) fn image_signals<'a>(image: &'a Image<'_>, min_pdq_quality: i64) -> I
     out
 }
 
+/// Whether an upload's PDQ is counted low quality (``Stats.low_quality``): present, of a
+/// known quality under ``min_pdq_quality`` (``streams.router.low_quality``'s rule for an
+/// image; the banks' screen and a clusters partition's count of uploads received new).
+pub(crate) fn low_pdq(image: &Image<'_>, min_pdq_quality: i64) -> bool {
+    image.pdq.is_some() && image.quality.is_some_and(|q| q < min_pdq_quality)
+}
+
 /// Whether an upload's PDQ is one the indexes use: present, and of quality
 /// ``min_pdq_quality`` or more when its quality is known.
 fn signalled_pdq(image: &Image<'_>, min_pdq_quality: i64) -> bool {
@@ -451,7 +458,7 @@ impl Routing {
             };
             let usable = image.pdq.is_some()
                 && (image.quality.is_none() || image.quality >= Some(self.min_pdq_quality));
-            let low = image.pdq.is_some() && !usable;
+            let low = low_pdq(&image, self.min_pdq_quality);
             let mut ask = image.odd || usable && *videos || image.video;
             if !ask {
                 if let Some(md5) = image.md5.as_deref() {
