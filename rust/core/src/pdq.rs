@@ -255,20 +255,8 @@ struct Buckets {
     occupied: Vec<u64>,
     /// How many keys hold rows in the words before each word.
     before: Vec<u32>,
-    /// `starts[i].start..starts[i + 1].start`: the rows in `ids` of the `i`-th key holding
-    /// any, with the whole mate chunks of its first two rows ([`Slot`]).
-    starts: Vec<Slot>,
-}
-
-/// A bucket's start in `ids` and the mate chunks (whole, not folded) of its first two rows:
-/// a probe reads the start anyway, and with the mates beside it most probes stop there. At a
-/// platform replay's 30,000 hashes about four buckets in five that a probe finds hold one row,
-/// whose mate was read from `ids`, a second read at random a probe (and the row's hash a
-/// third, for the 1 in 45 whose folded mate passed: 1 in 400 with the whole mate).
-#[derive(Debug, Clone, Copy, Default)]
-struct Slot {
-    start: u32,
-    mates: [u16; 2],
+    /// `starts[i]..starts[i + 1]`: the rows in `ids` of the `i`-th key holding any.
+    starts: Vec<u32>,
 }
 
 impl Buckets {
@@ -288,18 +276,13 @@ impl Buckets {
     #[inline(always)]
     fn span(&self, key: usize) -> (usize, usize) {
         match self.slot(key) {
-            Some(i) => (
-                self.starts[i].start as usize,
-                self.starts[i + 1].start as usize,
-            ),
+            Some(i) => (self.starts[i] as usize, self.starts[i + 1] as usize),
             None => (0, 0),
         }
     }
 
     fn nbytes(&self) -> usize {
-        self.occupied.capacity() * 8
-            + self.before.capacity() * 4
-            + self.starts.capacity() * std::mem::size_of::<Slot>()
+        self.occupied.capacity() * 8 + self.before.capacity() * 4 + self.starts.capacity() * 4
     }
 }
 
@@ -404,12 +387,10 @@ fn fold(v: usize) -> u16 {
 }
 
 /// A probe of a bucket holding rows: its span in `ids` (`lo << 32 | hi`; first its place in
-/// the starts), the query's mate chunk (whole, and folded as [`Entry`] keeps it) and the
-/// mate's budget of bits (see [`Entry`]).
+/// the starts), the query's mate chunk and the mate's budget of bits (see [`Entry`]).
 #[derive(Debug, Clone, Copy)]
 struct Probe {
     span: usize,
-    whole: u32,
     mate: u32,
     budget: u32,
 }
@@ -743,38 +724,25 @@ impl<T: Copy> PdqIndex<T> {
         let starts = &self.buckets.starts;
         for c in 0..chunks {
             let v = self.layout.chunk(q, c);
-            let whole = self.layout.chunk(q, Layout::mate(c));
-            let mate = u32::from(fold(whole));
+            let mate = u32::from(fold(self.layout.chunk(q, Layout::mate(c))));
             for &m in masks {
                 // only buckets holding rows: the bits are in cache, the starts mostly not
                 if let Some(i) = self.buckets.slot(self.layout.key(c, v ^ m)) {
                     prefetch(starts, i);
                     keys.push(Probe {
                         span: i,
-                        whole: whole as u32,
                         mate,
                         budget: pair - m.count_ones(),
                     });
                 }
             }
         }
-        // each bucket's start read (prefetched above) with its first two rows' mates: a row
-        // whose mate passes is a candidate (its entry read for its row number, rarely); the
-        // rows past the first two are prefetched in turn, so that their cache misses overlap
-        // too, not one bucket's after another's
+        // each bucket's start read (prefetched above) and its rows prefetched in turn, so
+        // that the rows' cache misses overlap too, not one bucket's after another's
         for probe in keys.iter_mut() {
             let i = probe.span;
-            let Slot { start, mates } = starts[i];
-            let (lo, hi) = (start as usize, starts[i + 1].start as usize);
-            for (j, &m) in mates.iter().enumerate().take(hi - lo) {
-                if (u32::from(m) ^ probe.whole).count_ones() <= probe.budget {
-                    cand.push(self.ids[lo + j].row() as u32);
-                }
-            }
-            let lo = (lo + 2).min(hi);
-            if lo < hi {
-                prefetch(&self.ids, lo);
-            }
+            let (lo, hi) = (starts[i] as usize, starts[i + 1] as usize);
+            prefetch(&self.ids, lo);
             probe.span = lo << 32 | hi;
         }
         for probe in keys.iter() {
@@ -833,7 +801,7 @@ impl<T: Copy> PdqIndex<T> {
         if b.occupied.is_empty() {
             b.occupied = vec![0; keys.div_ceil(64)];
             b.before = vec![0; keys.div_ceil(64)];
-            b.starts = vec![Slot::default()];
+            b.starts = vec![0];
         }
         let first_of_key = |j: usize| j == 0 || fresh[j - 1].0 != fresh[j].0;
         let new_keys = (0..fresh.len())
@@ -845,7 +813,7 @@ impl<T: Copy> PdqIndex<T> {
         self.ids.reserve_exact(fresh.len());
         self.ids.resize(old_ids + fresh.len(), Entry::default());
         b.starts.reserve_exact(new_keys);
-        b.starts.resize(old_slots + new_keys + 1, Slot::default());
+        b.starts.resize(old_slots + new_keys + 1, 0);
         // what is above key k (rows and starts, the last start included) moves up by
         // `shift_ids` rows and `shift_slots` starts
         let (mut shift_ids, mut shift_slots) = (fresh.len(), new_keys);
@@ -865,39 +833,23 @@ impl<T: Copy> PdqIndex<T> {
             let lo_ids = if upto == end_slot {
                 end_ids
             } else {
-                b.starts[upto].start as usize
+                b.starts[upto] as usize
             };
             self.ids.copy_within(lo_ids..end_ids, lo_ids + shift_ids);
             b.starts.copy_within(upto..end_slot, upto + shift_slots);
-            for slot in &mut b.starts[upto + shift_slots..end_slot + shift_slots] {
-                slot.start += shift_ids as u32;
+            for start in &mut b.starts[upto + shift_slots..end_slot + shift_slots] {
+                *start += shift_ids as u32;
             }
             let at = lo_ids + shift_ids - (i - j);
             let mate = Layout::mate(k >> self.layout.bits);
-            // the first two new rows' mates: a bucket's first two rows' are in its slot
-            let mut mates = [0; 2];
-            for (n, (slot, &(_, r))) in self.ids[at..].iter_mut().zip(&fresh[j..i]).enumerate() {
-                let m = self.layout.chunk(&self.words[r as usize], mate);
-                *slot = Entry::new(r, m);
-                if let Some(to) = mates.get_mut(n) {
-                    *to = m as u16;
-                }
+            for (slot, &(_, r)) in self.ids[at..].iter_mut().zip(&fresh[j..i]) {
+                *slot = Entry::new(r, self.layout.chunk(&self.words[r as usize], mate));
             }
             shift_ids -= i - j;
             if (b.occupied[w] >> bit) & 1 == 0 {
                 // a key new to the tables: its start, just below what moved
                 shift_slots -= 1;
-                b.starts[upto + shift_slots] = Slot {
-                    start: at as u32,
-                    mates,
-                };
-            } else {
-                // the key's own slot, below what moved (its start moves later, with its
-                // stretch): a bucket of one row takes its second row's mate
-                let own = &mut b.starts[upto - 1];
-                if lo_ids - own.start as usize == 1 {
-                    own.mates[1] = mates[0];
-                }
+                b.starts[upto + shift_slots] = at as u32;
             }
             (end_ids, end_slot) = (lo_ids, upto);
             i = j;
