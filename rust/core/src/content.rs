@@ -29,6 +29,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
+use crate::hex;
 use crate::keyed::Keyed;
 use crate::pdq::{self, Hash, PdqIndex};
 use crate::prefetch::{prefetch, prefetch_ref};
@@ -155,25 +156,6 @@ impl HeldSignal {
             Key::Text(t) => f(SignalForm::Text(t)),
         }
     }
-}
-
-/// The 16 bytes of an MD5's 32 hex digits (either case): by table, with no branch a
-/// digit, as `pdq::parse_hex` reads a PDQ's (an upload's digits come at random).
-pub fn parse_md5(text: &[u8]) -> Option<[u8; 16]> {
-    if text.len() != 32 {
-        return None;
-    }
-    let mut out = [0_u8; 16];
-    let mut bad = 0;
-    for (b, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        let (hi, lo) = (
-            pdq::HEX_DIGITS[usize::from(pair[0])],
-            pdq::HEX_DIGITS[usize::from(pair[1])],
-        );
-        bad |= hi | lo;
-        *b = ((hi & 15) << 4) | (lo & 15);
-    }
-    (bad & (pdq::NOT_HEX & !0x1f) == 0).then_some(out)
 }
 
 impl Key {
@@ -730,10 +712,12 @@ impl ContentIndex {
                 .or_else(|| pdq::parse_hex(text.as_bytes()))
                 .map(Key::Pdq);
         }
-        Some(match s.md5_bytes().or_else(|| parse_md5(text.as_bytes())) {
-            Some(b) => Key::Md5(b),
-            None => Key::Text(text.into()),
-        })
+        Some(
+            match s.md5_bytes().or_else(|| hex::bytes::<16>(text.as_bytes())) {
+                Some(b) => Key::Md5(b),
+                None => Key::Text(text.into()),
+            },
+        )
     }
 
     /// The first holder of the signal kept under `key`.
@@ -1451,17 +1435,17 @@ mod tests {
             Some(out)
         };
         let base = b"0123456789abcdefABCDEF0123456789".to_vec();
-        assert_eq!(parse_md5(&base), old(&base));
-        assert!(parse_md5(&base).is_some());
+        assert_eq!(hex::bytes::<16>(&base), old(&base));
+        assert!(hex::bytes::<16>(&base).is_some());
         for b in 0..=255u8 {
             for at in [0, 1, 17, 31] {
                 let mut t = base.clone();
                 t[at] = b;
-                assert_eq!(parse_md5(&t), old(&t), "{b} at {at}");
+                assert_eq!(hex::bytes::<16>(&t), old(&t), "{b} at {at}");
             }
         }
-        assert_eq!(parse_md5(&base[..31]), None);
-        assert_eq!(parse_md5(b""), None);
+        assert_eq!(hex::bytes::<16>(&base[..31]), None);
+        assert_eq!(hex::bytes::<16>(b""), None);
     }
 
     #[test]
@@ -1499,7 +1483,7 @@ mod tests {
             kind: Kind::Md5,
             text: &md5,
             pdq: None,
-            md5: parse_md5(md5.as_bytes()),
+            md5: hex::bytes::<16>(md5.as_bytes()),
         };
         read.add("u-2", &[m]).unwrap();
         by_text.add("u-2", &[(Kind::Md5, md5.as_str())]).unwrap();
@@ -1507,7 +1491,7 @@ mod tests {
         assert_eq!(id(read.nearest_signal(&m, 0)), Some("u-2".into()));
         assert_eq!(id(by_text.nearest(Kind::Md5, &md5, 0)), Some("u-2".into()));
         let other = ReadSignal {
-            md5: parse_md5("0".repeat(32).as_bytes()),
+            md5: hex::bytes::<16>("0".repeat(32).as_bytes()),
             ..m
         };
         assert_eq!(id(read.nearest_signal(&other, 0)), None);

@@ -11,9 +11,9 @@
 
 use std::borrow::Cow;
 
-use crate::content::parse_md5;
+use crate::hex::{self, is_hex, Case};
 use crate::json::{self, ContentFields, ContentVal, Doc, Fields, Val};
-use crate::pdq::{parse_hex, Hash, HEX_DIGITS, NOT_HEX};
+use crate::pdq::{parse_hex, Hash};
 use crate::wire::{ContentView, EventView};
 
 /// Largest input line accepted, in bytes (a video upload's vPDQ runs to 280 KB).
@@ -153,7 +153,7 @@ impl Compact {
             md5_bytes: content
                 .and_then(|c| {
                     c.md5_bytes
-                        .or_else(|| md5.and_then(|t| parse_md5(t.as_bytes())))
+                        .or_else(|| md5.and_then(|t| hex::bytes::<16>(t.as_bytes())))
                 })
                 .unwrap_or_default(),
             kind: ev.kind,
@@ -484,7 +484,7 @@ fn hex(v: Val<'_>, key: &str, bytes: &mut [u8]) -> Result<String, Why> {
     };
     let text = s.trim_matches(py_isspace);
     let ok = if text.len() == length {
-        hex_bytes(text.as_bytes(), bytes)
+        hex::read(text.as_bytes(), bytes, Case::Either)
     } else {
         is_hex(text.as_bytes())
     };
@@ -501,31 +501,6 @@ fn hex(v: Val<'_>, key: &str, bytes: &mut [u8]) -> Result<String, Why> {
         ));
     }
     Ok(text.to_ascii_lowercase())
-}
-
-/// Whether every byte is a hex digit, either case (no character outside ASCII lowercases,
-/// by `str.lower`, to one): by table, with no branch a digit, as [`crate::pdq::parse_hex`]
-/// reads them (an upload's PDQ and MD5 digits come at random, and a test of digit, then
-/// letter, mispredicted often: 1.3% of a platform replay's samples were this check's).
-fn is_hex(text: &[u8]) -> bool {
-    let bad = text
-        .iter()
-        .fold(0, |bad, &b| bad | HEX_DIGITS[usize::from(b)]);
-    bad & (NOT_HEX & !0x1f) == 0
-}
-
-/// [`is_hex`] of `2 * out.len()` digits, their bytes read into `out` in the same pass.
-fn hex_bytes(text: &[u8], out: &mut [u8]) -> bool {
-    let mut bad = 0;
-    for (b, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        let (hi, lo) = (
-            HEX_DIGITS[usize::from(pair[0])],
-            HEX_DIGITS[usize::from(pair[1])],
-        );
-        bad |= hi | lo;
-        *b = ((hi & 15) << 4) | (lo & 15);
-    }
-    text.len() == 2 * out.len() && bad & (NOT_HEX & !0x1f) == 0
 }
 
 fn id<'a>(v: Option<Val<'a>>, key: &str, judge: &mut dyn Judge) -> Result<Cow<'a, str>, Why> {

@@ -6,6 +6,7 @@
 //!   of `streams.events`, in the same order);
 //! - [`json`]: reading an event's JSON by orjson's rules;
 //! - [`keyed`]: the keyed hash of the keys users choose, for the core's tables;
+//! - `hex`: hex digits read by table, the one reader of a hash's text;
 //! - [`blake2b`]: the digest an unbanked cluster's id is made of;
 //! - [`pdq`]: the exact index of PDQ hashes by Hamming distance;
 //! - [`dedupe`]: the event ids a cluster has applied, as keyed 128-bit hashes;
@@ -24,6 +25,7 @@ pub mod content;
 pub mod dedupe;
 pub mod emerging;
 pub mod event;
+pub(crate) mod hex;
 pub mod json;
 pub mod keyed;
 pub mod pdq;

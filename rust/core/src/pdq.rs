@@ -75,44 +75,22 @@ pub const TAIL_MIN_DEFAULT: usize = 1024;
 /// assert!(parse_hex(b"12").is_none());
 /// ```
 pub fn parse_hex(text: &[u8]) -> Option<Hash> {
-    if text.len() != 64 {
-        return None;
-    }
-    // by table, with no branch a digit: a hash's digits and letters come at random, and
-    // a `match` on each mispredicted often (an upload's PDQ text is read three times: the
-    // banks' screen, the nearest cluster, its signals added; 1.5% of a platform replay)
-    let mut out = [0u64; 4];
-    let mut bad = 0;
-    for (w, digits) in out.iter_mut().zip(text.chunks_exact(16)) {
-        for &c in digits {
-            let v = HEX_DIGITS[usize::from(c)];
-            bad |= v;
-            *w = (*w << 4) | u64::from(v & 15);
-        }
-    }
-    (bad & (NOT_HEX & !0x1f) == 0).then_some(out)
+    // the digits by `crate::hex`'s table (an upload's PDQ text is read by the parser once,
+    // but a Python record's or a signal's text here)
+    let b = crate::hex::bytes::<32>(text)?;
+    Some(std::array::from_fn(|i| {
+        u64::from_be_bytes([
+            b[8 * i],
+            b[8 * i + 1],
+            b[8 * i + 2],
+            b[8 * i + 3],
+            b[8 * i + 4],
+            b[8 * i + 5],
+            b[8 * i + 6],
+            b[8 * i + 7],
+        ])
+    }))
 }
-
-/// Each ASCII byte's value as a hex digit, either case (`NOT_HEX`: not one), and whether
-/// it is a lowercase one (`UPPER`: an uppercase digit). One table for every hash text
-/// read: [`parse_hex`] here, and the held forms' hashes (`wire_index`).
-pub(crate) const NOT_HEX: u8 = 0xff;
-pub(crate) const UPPER: u8 = 0x10;
-pub(crate) static HEX_DIGITS: [u8; 256] = {
-    let mut t = [NOT_HEX; 256];
-    let mut i = 0;
-    while i < 10 {
-        t[b'0' as usize + i] = i as u8;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 6 {
-        t[b'a' as usize + i] = 10 + i as u8;
-        t[b'A' as usize + i] = UPPER | (10 + i as u8);
-        i += 1;
-    }
-    t
-};
 
 /// A search's buffers, kept between searches (per thread).
 #[derive(Default)]

@@ -41,10 +41,9 @@ use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
 use std::ops::Range;
 
-use crate::content::{
-    parse_md5, AsCid, AsSignal, BadSignal, ClusterId, IdSlots, Kind as SignalKind,
-};
+use crate::content::{AsCid, AsSignal, BadSignal, ClusterId, IdSlots, Kind as SignalKind};
 use crate::dedupe::{id_digest, DigestHasher};
+use crate::hex;
 use crate::pdq::{self, Hash};
 use crate::slab::Slab;
 
@@ -1138,7 +1137,7 @@ fn sig_key(kind: SignalKind, text: &str) -> Result<Vec<u8>, BadSignal> {
         let h = pdq::parse_hex(text.as_bytes())
             .ok_or_else(|| BadSignal(format!("not a PDQ hash: {text:?}")))?;
         return Ok(pdq_key(&h));
-    } else if let Some(b) = parse_md5(text.as_bytes()) {
+    } else if let Some(b) = hex::bytes::<16>(text.as_bytes()) {
         out.push(SIG_MD5);
         out.extend_from_slice(&b);
     } else {

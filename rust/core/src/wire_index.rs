@@ -21,7 +21,7 @@
 //! back into the same clusters, times and signals the earlier form gave.
 
 use crate::content::{ClusterId, HeldSignal, SignalForm};
-use crate::pdq::{HEX_DIGITS, NOT_HEX};
+use crate::hex::{self, Case};
 use crate::wire::write_str;
 
 /// A cluster id as [`write_index`] takes it: its text, given to a closure (a compact id
@@ -112,19 +112,10 @@ fn hex_bytes(text: &str, lower: bool) -> Option<([u8; 32], usize)> {
     if t.len() != 32 && t.len() != 64 {
         return None;
     }
-    let refused = if lower {
-        NOT_HEX & !0x0f
-    } else {
-        NOT_HEX & !0x1f
-    };
+    let case = if lower { Case::Lower } else { Case::Either };
     let mut out = [0_u8; 32];
-    let mut bad = 0_u8;
-    for (b, pair) in out.iter_mut().zip(t.chunks_exact(2)) {
-        let (hi, lo) = (HEX_DIGITS[pair[0] as usize], HEX_DIGITS[pair[1] as usize]);
-        bad |= (hi | lo) & refused;
-        *b = (hi & 0x0f) << 4 | (lo & 0x0f);
-    }
-    (bad == 0).then_some((out, t.len() / 2))
+    let n = t.len() / 2;
+    hex::read(t, &mut out[..n], case).then_some((out, n))
 }
 
 /// An MD5's or a PDQ's text as written in a held event (`crate::wire::write_held`): base64

@@ -1,0 +1,197 @@
+//! Hex digits, read by table: the one reader of a hash's text. An event's PDQ and MD5
+//! (`event`), the PDQ words of the indexes (`pdq::parse_hex`), the signals the content
+//! index and the store are given as text, and the held forms' hashes (`wire_index`) all
+//! read their digits here (there were three readers of the same loop, and a fourth in
+//! `wire_index`).
+//!
+//! By table, with no branch a digit: a hash's digits and letters come at random, and a
+//! `match` on each mispredicted often (1.3-1.5% of a platform replay's samples were a
+//! digit test, before the table).
+
+/// Each byte's value as a hex digit, either case (`NOT_HEX`: not one), and whether it is
+/// an uppercase letter (`UPPER`).
+pub(crate) const NOT_HEX: u8 = 0xff;
+pub(crate) const UPPER: u8 = 0x10;
+pub(crate) static HEX_DIGITS: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = UPPER | (10 + i as u8);
+        i += 1;
+    }
+    t
+};
+
+/// Which digits a reader takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Case {
+    /// `0-9`, `a-f` and `A-F`
+    Either,
+    /// `0-9` and `a-f` only (the text the event parser writes: see `wire_index`)
+    Lower,
+}
+
+impl Case {
+    /// The table's bits that refuse a byte.
+    const fn refused(self) -> u8 {
+        match self {
+            Case::Either => NOT_HEX & !0x1f,
+            Case::Lower => NOT_HEX & !0x0f,
+        }
+    }
+}
+
+/// The value of `2 * out.len()` hex digits, read into `out` (two digits a byte, the first
+/// the high half): whether `text` is exactly that many digits of `case`. `out` is written
+/// whatever the answer (a caller reads it only on `true`).
+#[inline]
+pub(crate) fn read(text: &[u8], out: &mut [u8], case: Case) -> bool {
+    let mut bad = 0;
+    for (b, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (hi, lo) = (
+            HEX_DIGITS[usize::from(pair[0])],
+            HEX_DIGITS[usize::from(pair[1])],
+        );
+        bad |= hi | lo;
+        *b = ((hi & 15) << 4) | (lo & 15);
+    }
+    text.len() == 2 * out.len() && bad & case.refused() == 0
+}
+
+/// The `N` bytes of `2 * N` hex digits (either case), or `None`: an MD5's 16.
+#[inline]
+pub(crate) fn bytes<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+    let mut out = [0_u8; N];
+    read(text, &mut out, Case::Either).then_some(out)
+}
+
+/// Whether every byte is a hex digit, either case, whatever their number (the parser's
+/// test of a hash's text of the wrong length: `bad_hex` is named before its length).
+pub(crate) fn is_hex(text: &[u8]) -> bool {
+    let bad = text
+        .iter()
+        .fold(0, |bad, &b| bad | HEX_DIGITS[usize::from(b)]);
+    bad & Case::Either.refused() == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Rng;
+
+    /// Digit by digit (`char::to_digit`): the value of `2 * n` digits of `case`, or `None`.
+    /// The readers this one replaced (`content::parse_md5`, `event::hex_bytes`,
+    /// `pdq::parse_hex`, `wire_index::hex_bytes`) were held to it beside this one, over the
+    /// texts below, before they were dropped.
+    fn slow(text: &[u8], n: usize, case: Case) -> Option<Vec<u8>> {
+        if text.len() != 2 * n {
+            return None;
+        }
+        let digit = |c: u8| match case {
+            Case::Lower if c.is_ascii_uppercase() => None,
+            _ => (c as char).to_digit(16),
+        };
+        text.chunks_exact(2)
+            .map(|p| Some((digit(p[0])? * 16 + digit(p[1])?) as u8))
+            .collect()
+    }
+
+    /// A text to read: mostly digits of either case (so that many are hashes), of a
+    /// length near a hash's, now and then any byte at any place.
+    fn text(rng: &mut Rng) -> Vec<u8> {
+        const DIGITS: &[u8] = b"0123456789abcdefABCDEF";
+        let len = match rng.next() % 4 {
+            0 => 32,
+            1 => 64,
+            _ => (rng.next() % 70) as usize,
+        };
+        let mut t: Vec<u8> = (0..len)
+            .map(|_| DIGITS[(rng.next() % DIGITS.len() as u64) as usize])
+            .collect();
+        if rng.next() % 2 == 0 {
+            t.make_ascii_lowercase();
+        }
+        if !t.is_empty() && rng.next() % 3 == 0 {
+            for _ in 0..=rng.next() % 3 {
+                let at = (rng.next() % t.len() as u64) as usize;
+                t[at] = (rng.next() % 256) as u8;
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn it_reads_as_digit_by_digit_over_any_text() {
+        let mut rng = Rng(0x5eed_4e11);
+        let (mut hashes, mut texts) = (0, 0);
+        for _ in 0..200_000 {
+            let t = text(&mut rng);
+            texts += 1;
+            assert_eq!(
+                bytes::<16>(&t).map(Vec::from),
+                slow(&t, 16, Case::Either),
+                "{t:?}"
+            );
+            let pdq = bytes::<32>(&t);
+            assert_eq!(pdq.map(Vec::from), slow(&t, 32, Case::Either), "{t:?}");
+            hashes += usize::from(pdq.is_some());
+            // the PDQ words, most significant first
+            let words = pdq.map(|b| {
+                std::array::from_fn(|i| {
+                    b[8 * i..8 * i + 8]
+                        .iter()
+                        .fold(0_u64, |w, &x| w << 8 | u64::from(x))
+                })
+            });
+            assert_eq!(crate::pdq::parse_hex(&t), words, "{t:?}");
+            for n in [16, 32, t.len() / 2, 0] {
+                for case in [Case::Either, Case::Lower] {
+                    let mut out = vec![0xaa; n];
+                    let ok = read(&t, &mut out, case);
+                    assert_eq!(ok.then_some(out), slow(&t, n, case), "{t:?} {n} {case:?}");
+                }
+            }
+            assert_eq!(is_hex(&t), t.iter().all(u8::is_ascii_hexdigit), "{t:?}");
+        }
+        // the texts reached both answers, often
+        assert!(
+            hashes > texts / 10 && hashes < texts / 2,
+            "{hashes} of {texts}"
+        );
+    }
+
+    #[test]
+    fn every_byte_at_every_place_of_an_md5() {
+        let either = *b"0123456789abcdefABCDEF0123456789";
+        let lower = *b"0123456789abcdef0123456789abcdef";
+        for b in 0..=255_u8 {
+            for at in 0..32 {
+                let mut t = either;
+                t[at] = b;
+                assert_eq!(
+                    bytes::<16>(&t).map(Vec::from),
+                    slow(&t, 16, Case::Either),
+                    "{b} at {at}"
+                );
+                assert_eq!(bytes::<16>(&t).is_some(), b.is_ascii_hexdigit());
+                let mut t = lower;
+                t[at] = b;
+                let mut out = [0_u8; 16];
+                let want = b.is_ascii_hexdigit() && !b.is_ascii_uppercase();
+                assert_eq!(read(&t, &mut out, Case::Lower), want, "{b} at {at}");
+            }
+        }
+        assert_eq!(
+            bytes::<16>(b"00112233445566778899aabbccddeeff"),
+            Some(std::array::from_fn(|i| 0x11 * i as u8))
+        );
+        assert_eq!(bytes::<16>(&either[..31]), None);
+        assert_eq!(bytes::<16>(b""), None);
+    }
+}
