@@ -109,6 +109,7 @@ class Router:
         hold_ms: int = 1_800_000,
         max_held: int = 100_000,
         emerging: EmergingClusters | None = None,
+        counts_uploads: bool = True,
     ) -> None:
         self.banks = banks
         #: unbanked content's clusters (near-duplicates join one)
@@ -121,8 +122,9 @@ class Router:
         #: whether the uploads classified are counted here (``low_quality``, ``allowed``):
         #: replay's. A worker's resolve partition classifies an upload each time its input
         #: is read (again after a kill); its clusters partition counts them once, received
-        #: new and logged (``ClusterPartition.count_uploads``)
-        self.counts_uploads = True
+        #: new and logged (``ClusterPartition.count_uploads``). Decided where the router
+        #: is made, once: a keyword, not an attribute its owner sets afterwards
+        self.counts_uploads = counts_uploads
 
     @property
     def held(self) -> int:

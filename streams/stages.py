@@ -960,9 +960,9 @@ class ResolvePartition:
             hold_ms=hold_ms,
             max_held=max_held,
             emerging=self.index,
+            # counted by the clusters partitions, once (see ``Router.counts_uploads``)
+            counts_uploads=False,
         )
-        # counted by the clusters partitions, once (see ``Router.counts_uploads``)
-        self.router.counts_uploads = False
         self.watermark = Watermark(sources, lateness_ms)
         #: the progress heard from each peer (persisted by the index's owner, whose own
         #: progress waits for theirs)

@@ -21,7 +21,7 @@ from streams.emerging import EmergingClusters
 from streams.events import Content, Rejection, ShareEvent, event_from_dict, parse_events
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
-from streams.router import Routed, low_quality
+from streams.router import Routed, Router, low_quality
 from streams.runtime.local_run import LocalRun
 from streams.settings import DEV_PSEUDONYM_KEY, ENV_VARS, KafkaSecurity, Settings
 from streams.simulate import Scenario, Simulation, simulate, three_cascades
@@ -986,6 +986,27 @@ def test_a_clusters_partition_counts_low_quality_and_allowed_uploads_once_receiv
     s = cp.stats
     assert (s.unmatched_uploads, s.low_quality, s.allowed) == (4, 2, 1)
     assert low_quality(share(events[1]).content)  # type: ignore[arg-type]
+
+
+def test_a_resolve_partitions_router_is_made_counting_no_upload() -> None:
+    """A resolve partition classifies an upload each time its input is read (again after a
+    kill), so its router is made counting neither ``low_quality`` nor ``allowed``
+    (``Router(counts_uploads=False)``, decided where it is made); its clusters partition
+    counts them, once (above). A router made otherwise (replay's) counts where it
+    classifies."""
+    content = {"md5": "1" * 32, "pdq": "0f" * 32, "pdq_quality": 10}
+    low = ev("up-low", "upload", T0, "p1", content=content)
+    r = resolver(0, parts=1)
+    for _ in range(2):  # read again
+        r.handle([Envelope([to_route(low)]).pack()])
+    assert (r.stats.low_quality, r.stats.allowed) == (0, 0)
+    assert not r.router.counts_uploads
+    counting = Router(banks(), Stats())
+    assert counting.classify_batch([share(low)]) == [None]
+    assert counting.stats.low_quality == 1
+    quiet = Router(banks(), Stats(), counts_uploads=False)
+    assert quiet.classify_batch([share(low)]) == [None]
+    assert quiet.stats.low_quality == 0
 
 
 def _clusters_records(draw: Any) -> list[bytes]:
