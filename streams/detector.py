@@ -160,7 +160,7 @@ from streams.emerging import ContentIndex, Signal, signal_of, signals_of
 from streams.events import Rejection, ShareEvent
 from streams.forecast import PredictorFactory
 from streams.policy import AlertPolicy
-from streams.router import Routed
+from streams.router import Routed, low_quality
 from streams.stats import Stats
 
 
@@ -290,8 +290,19 @@ _NO_STOP = 2**62
 #: the event types, in the order the compiled core counts them
 _KINDS = ("upload", "share", "takedown")
 #: what the unbanked store counted: duplicates, late, clusters created, uploads, shares,
-#: takedowns applied, and the latest event time applied (``None``: none)
-UnbankedCounts = tuple[int, int, int, int, int, int, int | None]
+#: takedowns applied, of the uploads those of low quality and those the allow-list took
+#: (replay's: ``rust/python/src/detect.rs``'s ``Unmatched``), and the latest event time
+#: applied (``None``: none)
+UnbankedCounts = tuple[int, int, int, int, int, int, int, int, int | None]
+
+
+def _unmatched_kinds(item: Routed) -> tuple[int, int]:
+    """Of an upload counted unmatched, whether it is of low quality and whether the
+    allow-list took it (an ``a-`` cluster's): the compiled loops' rule
+    (``rust/python/src/detect.rs``'s ``Unmatched``), here for the uploads Python applies."""
+    content = item.event.content
+    low = content is not None and low_quality(content)
+    return int(low), int(item.cluster_id.startswith("a-"))
 
 
 def _key(ev: ShareEvent) -> tuple[int, str]:
@@ -468,6 +479,7 @@ class Detector:
         predict_every_ms: int = 10_000,
         review_queue: int = 1_000,
         content: ContentIndex | None = None,
+        counts_uploads: bool = True,
     ) -> None:
         longest = max(policy.windows_ms)
         if idle_ms < longest + policy.resolve_after_ms:
@@ -482,11 +494,13 @@ class Detector:
         )
         self._allowances = policy.opening_allowances
         self.stats = stats
-        #: whether the uploads applied are counted here (matched, by bank, or unmatched),
-        #: once each: replay's. A clusters partition counts them as it receives them
-        #: (``_core.ClusterLoop.take_received``): a replacement applies again every event
-        #: its log gives back, those its predecessor counted included
-        self.counts_uploads = True
+        #: whether the uploads applied are counted here (matched, by bank, or unmatched, and
+        #: with the unmatched those of low quality and those the allow-list took), once
+        #: each, where they are applied new: replay's. A clusters partition counts them as
+        #: it receives them (``_core.ClusterLoop.take_received``): a replacement applies
+        #: again every event its log gives back, those its predecessor counted included.
+        #: Decided where the detector is made (a keyword)
+        self.counts_uploads = counts_uploads
         self.pseudonymize = pseudonymizer
         self.idle_ms = idle_ms
         self.top_n = top_spreaders
@@ -621,7 +635,15 @@ class Detector:
             return 0
         if contents is not None or evicted is not None:
             self._contents_and_evictions(run, contents or [], evicted or [])
-        self._settled(rejected, crossings, applied[5:])
+        duplicates, late, created, uploads, shares, takedowns, latest = applied[5:]
+        low = allowed = 0
+        if uploads and self.counts_uploads:  # the store's uploads applied new: with content
+            for i in contents or []:
+                if run[i].event.type == "upload":
+                    low_q, allow = _unmatched_kinds(run[i])
+                    low, allowed = low + low_q, allowed + allow
+        counts = (duplicates, late, created, uploads, shares, takedowns, low, allowed, latest)
+        self._settled(rejected, crossings, counts)
         return int(done)
 
     def limits(self) -> tuple[int, int]:
@@ -669,7 +691,7 @@ class Detector:
         """The unbanked store's rejections, review-queue crossings and counters."""
         if rejected is not None:
             self.outbox.rejections.extend(map(_duplicate_post, rejected))
-        duplicates, late, created, *kinds, latest = counts
+        duplicates, late, created, *kinds, low, allowed, latest = counts
         stats = self.stats
         if crossings is not None:
             for cid, shares_5m, size, live, first, last in crossings:
@@ -688,6 +710,8 @@ class Detector:
                 events[kind] += n
         if self.counts_uploads:  # the unbanked store's uploads matched no bank
             stats.unmatched_uploads += kinds[0]
+            stats.low_quality += low
+            stats.allowed += allowed
         stats.clusters_active = len(self.clusters) + len(self._unbanked)
         if latest is not None:
             stats.watermark_ms = max(stats.watermark_ms, latest)
@@ -767,6 +791,9 @@ class Detector:
                 self.stats.matched[item.match.bank] += 1
             else:  # (a relabelled unbanked cluster's)
                 self.stats.unmatched_uploads += 1
+                low, allowed = _unmatched_kinds(item)
+                self.stats.low_quality += low
+                self.stats.allowed += allowed
         if ev.content is not None:
             self.content.add(st.cluster_id, ev.content)
         if st.match is None and item.match is not None:

@@ -188,10 +188,8 @@ class Pipeline(LoopHost):
 
     # -- what the compiled loop calls (see rust/python/src/replay.rs) ----------------
 
-    def _classify(
-        self, uploads: list[ShareEvent], unmatched: int, low_quality: int
-    ) -> list[Routed | None]:
-        return self.router.classify_screened(uploads, unmatched, low_quality)
+    def _classify(self, uploads: list[ShareEvent]) -> list[Routed | None]:
+        return self.router.classify_batch(uploads)
 
     def _decided(self, held: int | None = None) -> None:
         if held is not None:  # the loop's settlement (LoopHost._settle)

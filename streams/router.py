@@ -88,10 +88,13 @@ def match_info(m: Match) -> MatchInfo:
 
 def low_quality(content: Content) -> bool:
     """Whether an upload that matched no bank is counted low quality (``Stats.low_quality``):
-    a PDQ under the quality cut, or a video none of whose frames is usable. The one rule:
-    the router's (replay counts where it classifies), and a worker's clusters partition's,
-    which counts an upload received new once (``_core.ClusterLoop.take_received``: a
-    compiled event's PDQ by ``routing::low_pdq``, the same test, the others' here)."""
+    a PDQ under the quality cut, or a video none of whose frames is usable. The one rule,
+    counted with an unmatched upload where it is new, once (``rust/python/src/detect.rs``'s
+    ``Unmatched``): a worker's clusters partition as it receives the upload
+    (``_core.ClusterLoop.take_received``), replay as its store applies it (the detector's
+    counters); a compiled event's PDQ by ``routing::low_pdq``, the same test, the others'
+    here. Not where an upload is classified: a line delivered twice (the simulator's
+    duplicates) or an input read again after a kill is classified again."""
     return (content.pdq is not None and not pdq_usable(content)) or (
         content.vpdq is not None and not usable_hashes(content.vpdq)
     )
@@ -109,7 +112,6 @@ class Router:
         hold_ms: int = 1_800_000,
         max_held: int = 100_000,
         emerging: EmergingClusters | None = None,
-        counts_uploads: bool = True,
     ) -> None:
         self.banks = banks
         #: unbanked content's clusters (near-duplicates join one)
@@ -119,37 +121,22 @@ class Router:
         self.post_clusters = post_clusters if post_clusters is not None else PostRoutes()
         self.hold_ms = hold_ms
         self.max_held = max_held
-        #: whether the uploads classified are counted here (``low_quality``, ``allowed``):
-        #: replay's. A worker's resolve partition classifies an upload each time its input
-        #: is read (again after a kill); its clusters partition counts them once, received
-        #: new and logged (``ClusterPartition.count_uploads``). Decided where the router
-        #: is made, once: a keyword, not an attribute its owner sets afterwards
-        self.counts_uploads = counts_uploads
 
     @property
     def held(self) -> int:
         return self.post_clusters.held
 
     def classify_batch(self, uploads: Sequence[ShareEvent]) -> list[Routed | None]:
-        """Each upload's bank match (or the allow-list's cluster), counted; ``None``: content no
-        bank knows, for the index of unbanked content. Matched in one search: the answer
-        depends on the banks alone (not on the uploads before it), which must not change in
-        between, so the compiled loops take a batch's answers ahead of routing it."""
+        """Each upload's bank match (or the allow-list's cluster); ``None``: content no bank
+        knows, for the index of unbanked content. Matched in one search: the answer depends
+        on the banks alone (not on the uploads before it), which must not change in between,
+        so the compiled loops take a batch's answers ahead of routing it (asking only about
+        the uploads an entry may match: ``rust/python/src/routing.rs``'s screen). Nothing is
+        counted here: an upload is classified each time it is read (a line delivered twice,
+        a resolve partition's input read again after a kill) and counted once, where it is
+        new (:func:`low_quality`)."""
         matches = self.banks.match_many([ev.content for ev in uploads])  # type: ignore[misc]
         return [self._classified(ev, m) for ev, m in zip(uploads, matches, strict=True)]
-
-    def classify_screened(
-        self, uploads: Sequence[ShareEvent], unmatched: int, low_quality: int
-    ) -> list[Routed | None]:
-        """A batch's uploads that a bank entry may match, matched (:meth:`classify_batch`); a
-        compiled loop screened the others (``HashBanks.screen``, ``rust/python/src/routing.rs``),
-        which match nothing: ``unmatched`` of them, ``low_quality`` of them with a PDQ under
-        the cut, counted here if this router counts (:attr:`counts_uploads`). (Whether an
-        upload matched is counted where the detector applies it, once: an upload read again
-        after a kill is routed again, applied once.)"""
-        if self.counts_uploads:
-            self.stats.low_quality += low_quality
-        return self.classify_batch(uploads) if uploads else []
 
     def _classified(self, event: ShareEvent, m: Match | None) -> Routed | None:
         content = event.content
@@ -158,11 +145,7 @@ class Router:
             m = self.banks.match_at(content, event.ts_ms)
         if m is not None:
             return Routed(event, m.entry.cluster_id, match_info(m))
-        if self.counts_uploads and low_quality(content):
-            self.stats.low_quality += 1
         if self.banks.holds_allow_list() and self.banks.allowed(content, event.ts_ms):
-            if self.counts_uploads:
-                self.stats.allowed += 1
             return Routed(event, allowed_cluster_id(content))
         return None
 

@@ -960,8 +960,6 @@ class ResolvePartition:
             hold_ms=hold_ms,
             max_held=max_held,
             emerging=self.index,
-            # counted by the clusters partitions, once (see ``Router.counts_uploads``)
-            counts_uploads=False,
         )
         self.watermark = Watermark(sources, lateness_ms)
         #: the progress heard from each peer (persisted by the index's owner, whose own
@@ -1204,10 +1202,8 @@ class ResolvePartition:
 
     # -- what the compiled loop asks of Python --
 
-    def _classify(
-        self, uploads: list[ShareEvent], unmatched: int, low_quality: int
-    ) -> list[Routed | None]:
-        return self.router.classify_screened(uploads, unmatched, low_quality)
+    def _classify(self, uploads: list[ShareEvent]) -> list[Routed | None]:
+        return self.router.classify_batch(uploads)
 
     def _refused(self, target: str, event: ShareEvent, reason: str, held: int) -> Rejection:
         [rejection] = self.router.refused(target, event, (reason, held))
@@ -1331,8 +1327,8 @@ class ClusterPartition(LoopHost):
             pseudonymizer=pseudonymizer,
             idle_ms=idle_ms,
             predictor_factory=predictor_factory,
+            counts_uploads=False,  # counted as received and logged (:meth:`count_uploads`)
         )
-        det.counts_uploads = False  # counted as received and logged (:meth:`count_uploads`)
         #: the posts of evicted unbanked clusters, for their resolve partitions to forget
         self._forget = ForgetSink(partitions)
         #: the reorder buffer and the detector's compiled side (see the class doc)
@@ -1418,8 +1414,9 @@ class ClusterPartition(LoopHost):
         """Count a batch's uploads received new here (:attr:`ClusterBatch.uploads`), once
         its log entries are written (the worker's checkpoint): those that matched no bank,
         those matched, by bank, and of the unmatched those of low quality
-        (:func:`~streams.router.low_quality`) and those the allow-list took (the resolve
-        partitions' routers count neither: ``Router.counts_uploads``). Each upload once:
+        (:func:`~streams.router.low_quality`) and those the allow-list took (no router
+        counts them: a resolve partition classifies an upload each time its input is read).
+        Each upload once:
         one held, or applied to its cluster, before is a redelivery (read again after a
         kill), not counted; one whose entry a kill lost before it was written is counted
         when it comes again. Not where the detector

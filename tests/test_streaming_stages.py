@@ -988,25 +988,26 @@ def test_a_clusters_partition_counts_low_quality_and_allowed_uploads_once_receiv
     assert low_quality(share(events[1]).content)  # type: ignore[arg-type]
 
 
-def test_a_resolve_partitions_router_is_made_counting_no_upload() -> None:
+def test_no_router_counts_an_upload_where_it_classifies_it() -> None:
     """A resolve partition classifies an upload each time its input is read (again after a
-    kill), so its router is made counting neither ``low_quality`` nor ``allowed``
-    (``Router(counts_uploads=False)``, decided where it is made); its clusters partition
-    counts them, once (above). A router made otherwise (replay's) counts where it
-    classifies."""
+    kill), replay's router each time a line comes (the simulator delivers some twice): no
+    router counts ``low_quality`` or ``allowed``; its clusters partition counts them once
+    as received new (above), replay once as applied new."""
     content = {"md5": "1" * 32, "pdq": "0f" * 32, "pdq_quality": 10}
     low = ev("up-low", "upload", T0, "p1", content=content)
     r = resolver(0, parts=1)
     for _ in range(2):  # read again
         r.handle([Envelope([to_route(low)]).pack()])
     assert (r.stats.low_quality, r.stats.allowed) == (0, 0)
-    assert not r.router.counts_uploads
-    counting = Router(banks(), Stats())
-    assert counting.classify_batch([share(low)]) == [None]
-    assert counting.stats.low_quality == 1
-    quiet = Router(banks(), Stats(), counts_uploads=False)
-    assert quiet.classify_batch([share(low)]) == [None]
-    assert quiet.stats.low_quality == 0
+    router = Router(banks(), Stats())
+    assert router.classify_batch([share(low)]) == [None]
+    assert router.stats.low_quality == 0
+    pipe = Pipeline(banks(), AlertPolicy.default(), pseudonymizer=Pseudonymizer(b"k"))
+    line = json.dumps(low).encode()
+    pipe.feed_many([line, line])  # delivered twice
+    pipe.finish()
+    s = pipe.stats
+    assert (s.unmatched_uploads, s.low_quality, s.duplicates) == (1, 1, 1)
 
 
 def _clusters_records(draw: Any) -> list[bytes]:

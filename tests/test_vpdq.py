@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from streams.banks import BankConfig, BankEntry, HashBanks, brute_force_match
 from streams.events import REJECT_REASONS, Content, Rejection, ShareEvent, parse_event
-from streams.router import Router
+from streams.router import Router, low_quality
 from streams.stats import Stats
 from streams.videobank import VideoBank, brute_force_frame, brute_force_videos
 from streams.vpdq import (
@@ -328,8 +328,10 @@ def test_video_upload_joins_the_banked_videos_cluster_with_its_percentages() -> 
     assert screenshot is not None and screenshot.cluster_id == entry.cluster_id
     assert screenshot.match is not None and screenshot.match.kind == "video_frame"
     # no bank knows them: the index of unbanked content clusters them (u-...)
-    assert other is None and flat is None and router.stats.low_quality == 1
-    # matched and unmatched are counted where the detector applies an upload, once
+    assert other is None and flat is None
+    assert low_quality(Content(vpdq=video(hashes, quality=5)))  # no usable frame
+    # nothing is counted where an upload is classified: where it is applied new, once
+    assert router.stats.low_quality == 0
     assert router.stats.unmatched_uploads == 0 and not router.stats.matched
 
 

@@ -83,6 +83,9 @@ pub(crate) struct Pending {
     pub(crate) late: u64,
     pub(crate) created: u64,
     pub(crate) kinds: [u64; 3],
+    /// of the uploads the store applied new, those counted with an unmatched upload
+    /// (replay's: see `Unmatched`; `kinds[0]` counts them all)
+    pub(crate) unmatched: Unmatched,
     pub(crate) latest: Option<i64>,
 }
 
@@ -95,6 +98,7 @@ impl Pending {
         self.effects()
             || self.held + self.duplicates + self.late + self.created > 0
             || self.kinds.iter().any(|&k| k > 0)
+            || self.unmatched.uploads > 0
             || self.latest.is_some()
     }
 }
@@ -336,14 +340,41 @@ pub(crate) struct Detect {
 pub(crate) struct Received {
     /// the ids of the uploads held in the buffer
     held: HashSet<Box<[u8]>>,
-    /// uploads new here with no bank match, and the bank of each one matched
-    unmatched: u64,
+    /// uploads new here with no bank match (and of them, those of low quality and those
+    /// the allow-list took: a resolve partition counted those each time its input was
+    /// read), and the bank of each one matched
+    unmatched: Unmatched,
     matched: Vec<String>,
-    /// of the unmatched, those of low quality (`streams.router.low_quality`) and those
-    /// the allow-list took (an `a-` cluster's): counted here, once, as the others are (a
-    /// resolve partition counted them each time its input was read)
-    low_quality: u64,
-    allowed: u64,
+}
+
+/// What is counted with an upload that matched no bank, where it is counted once: the
+/// upload, whether it is of low quality (`streams.router.low_quality`'s rule) and whether
+/// the allow-list took it (an `a-` cluster's). One rule for both loops, which differ only
+/// in where an upload is new: a clusters partition's as it receives it (`Received`: a
+/// replacement applies again what its log gives back), replay's as the store applies it
+/// (no kill; the simulator's lines delivered twice are applied once). Neither router
+/// counts them: a resolve partition classifies an upload each time its input is read,
+/// replay's each time a line comes.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Unmatched {
+    pub(crate) uploads: u64,
+    pub(crate) low_quality: u64,
+    pub(crate) allowed: u64,
+}
+
+impl Unmatched {
+    fn count(
+        &mut self,
+        py: Python<'_>,
+        cluster: &Cid,
+        event: &Ev,
+        min_pdq_quality: i64,
+    ) -> PyResult<()> {
+        self.uploads += 1;
+        self.allowed += u64::from(cluster.kind_is(b'a'));
+        self.low_quality += u64::from(low_quality(py, event, min_pdq_quality)?);
+        Ok(())
+    }
 }
 
 /// Whether an unmatched upload is counted low quality, by `streams.router.low_quality`'s
@@ -437,11 +468,9 @@ impl Detect {
             };
             match matched {
                 Some(bank) => rx.matched.push(bank),
-                None => {
-                    rx.unmatched += 1;
-                    rx.allowed += u64::from(cluster.kind_is(b'a'));
-                    rx.low_quality += u64::from(low_quality(py, event, self.min_pdq_quality)?);
-                }
+                None => rx
+                    .unmatched
+                    .count(py, cluster, event, self.min_pdq_quality)?,
             }
         }
         rx.held.insert(key);
@@ -461,6 +490,8 @@ impl Detect {
             p.kinds[0],
             p.kinds[1],
             p.kinds[2],
+            p.unmatched.low_quality,
+            p.unmatched.allowed,
             p.latest,
         );
         host.call_method1(
@@ -612,6 +643,12 @@ impl Detect {
                 event.with_event(py, ts, |e| store.store.apply(cid, e, handle, &mut out))?
             };
             self.absorb(py, out)?;
+            if applied && self.received.is_none() && event.kind(py)? == Kind::Upload {
+                // replay's: an upload counted once, where the store applies it new
+                self.pending
+                    .unmatched
+                    .count(py, cid, &event, self.min_pdq_quality)?;
+            }
             let content = if applied { event.image(py)? } else { None };
             if let Some(content) = content {
                 let image = image_signals(&content, self.min_pdq_quality);
@@ -916,12 +953,15 @@ impl ClusterLoop {
     /// low_quality, allowed)``, the last two among the unmatched.
     fn take_received(&mut self) -> (u64, Vec<String>, u64, u64) {
         match self.detect.received.as_mut() {
-            Some(rx) => (
-                std::mem::take(&mut rx.unmatched),
-                std::mem::take(&mut rx.matched),
-                std::mem::take(&mut rx.low_quality),
-                std::mem::take(&mut rx.allowed),
-            ),
+            Some(rx) => {
+                let u = std::mem::take(&mut rx.unmatched);
+                (
+                    u.uploads,
+                    std::mem::take(&mut rx.matched),
+                    u.low_quality,
+                    u.allowed,
+                )
+            }
             None => (0, Vec::new(), 0, 0),
         }
     }

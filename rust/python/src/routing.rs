@@ -198,7 +198,7 @@ pub(crate) fn image_signals<'a>(image: &'a Image<'_>, min_pdq_quality: i64) -> I
 
 /// Whether an upload's PDQ is counted low quality (``Stats.low_quality``): present, of a
 /// known quality under ``min_pdq_quality`` (``streams.router.low_quality``'s rule for an
-/// image; the banks' screen and a clusters partition's count of uploads received new).
+/// image; what `crate::detect::Unmatched` counts).
 pub(crate) fn low_pdq(image: &Image<'_>, min_pdq_quality: i64) -> bool {
     image.pdq.is_some() && image.quality.is_some_and(|q| q < min_pdq_quality)
 }
@@ -430,9 +430,9 @@ impl Routing {
     /// within the widest threshold of a banked one (one batched search of the banks'
     /// index), a video, or an image when videos are banked (a frame may match it). The
     /// others match nothing, the allow-list included (its entries are in the same tables),
-    /// whatever the timed adds; they are only counted (unmatched, and low quality for a
-    /// PDQ under the cut, as ``Router.classify`` counts them). Most of a platform's uploads
-    /// are these: no Python per upload for them.
+    /// whatever the timed adds. Most of a platform's uploads are these: no Python per upload
+    /// for them, and no call for a batch with none asked. (Not counted here: an upload is
+    /// counted once, where it is new, `crate::detect::Unmatched`.)
     pub(crate) fn screen(
         &self,
         py: Python<'_>,
@@ -442,8 +442,8 @@ impl Routing {
     ) -> PyResult<Vec<Option<Py<PyAny>>>> {
         let (md5s, index, radius, videos) = banks;
         let mut routes: Vec<Option<Py<PyAny>>> = (0..lines.len()).map(|_| None).collect();
-        // (index in the batch, asked, low quality), and the PDQ queries of those not asked yet
-        let mut uploads: Vec<(usize, bool, bool)> = Vec::new();
+        // (index in the batch, asked), and the PDQ queries of those not asked yet
+        let mut uploads: Vec<(usize, bool)> = Vec::new();
         let mut queries: Vec<pdq::Hash> = Vec::new();
         let mut queried: Vec<usize> = Vec::new();
         for (i, line) in lines.iter().enumerate() {
@@ -458,7 +458,6 @@ impl Routing {
             };
             let usable = image.pdq.is_some()
                 && (image.quality.is_none() || image.quality >= Some(self.min_pdq_quality));
-            let low = low_pdq(&image, self.min_pdq_quality);
             let mut ask = image.odd || usable && *videos || image.video;
             if !ask {
                 if let Some(md5) = image.md5.as_deref() {
@@ -481,7 +480,7 @@ impl Routing {
                     None => ask = true, // not a hash the core reads: Python decides
                 }
             }
-            uploads.push((i, ask, low));
+            uploads.push((i, ask));
         }
         if uploads.is_empty() {
             return Ok(routes);
@@ -497,21 +496,19 @@ impl Routing {
         }
         let asked = PyList::empty(py);
         let mut at = Vec::new();
-        let (mut unmatched, mut low_quality) = (0u64, 0u64);
-        for &(i, ask, low) in &uploads {
+        for &(i, ask) in &uploads {
             if ask {
                 let Line::Event(ev) = &lines[i] else {
                     continue;
                 };
                 asked.append(ev.to_py(py)?)?;
                 at.push(i);
-            } else {
-                unmatched += 1;
-                low_quality += u64::from(low);
             }
         }
-        let answers =
-            host.call_method1(intern!(py, "_classify"), (&asked, unmatched, low_quality))?;
+        if at.is_empty() {
+            return Ok(routes);
+        }
+        let answers = host.call_method1(intern!(py, "_classify"), (&asked,))?;
         for (i, routed) in at.into_iter().zip(answers.try_iter()?) {
             let routed = routed?;
             if !routed.is_none() {
