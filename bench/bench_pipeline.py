@@ -468,6 +468,21 @@ def start_profiles(
     return [attach(p) for p in procs]
 
 
+def index_owners(reports: dict[str, dict[str, Any]]) -> set[str]:
+    """The pids of the workers whose last report holds resolve partition 0 (the content
+    index's owner): a worker's name ends with its pid.
+
+    >>> sorted(index_owners({"vm:12": {"partitions": {"resolve": [0, 2]}},
+    ...                      "vm:13": {"partitions": {"resolve": [1, 3]}}, "vm:14": {}}))
+    ['12']
+    """
+    return {
+        name.rpartition(":")[2]
+        for name, d in reports.items()
+        if 0 in d.get("partitions", {}).get("resolve", [])
+    }
+
+
 def report_profiles(
     spies: list[subprocess.Popen[bytes]],
     procs: list[subprocess.Popen[bytes]],
@@ -476,11 +491,7 @@ def report_profiles(
 ) -> list[dict[str, Any]]:
     """Each worker's profile summed up (see :func:`profile_summary`), once py-spy has
     written it; the worker holding resolve partition 0 (the index's owner) is named so."""
-    owner = {
-        name.rpartition(":")[2]
-        for name, d in reports.items()
-        if 0 in d.get("partitions", {}).get("resolve", [])
-    }
+    owner = index_owners(reports)
     summaries = []
     for spy, p in zip(spies, procs, strict=True):
         try:
@@ -532,6 +543,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
     reads: dict[int, list[float]] = {n: [] for n in args.workers}  # records read per event
     crossing: dict[int, list[dict[str, float]]] = {n: [] for n in args.workers}
     own_span: dict[int, list[bool]] = {n: [] for n in args.workers}
+    # per run, whether each worker held the content index (resolve partition 0) at the end
+    each_owner: dict[int, list[list[bool]]] = {n: [] for n in args.workers}
     # per run, each worker's busy samples by part (``--profile``)
     profiles: dict[int, list[list[dict[str, Any]]]] = {n: [] for n in args.workers}
     for i in range(args.repeats):
@@ -580,6 +593,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 for x in samplers[:-1]
             ]
             each_load[n].append(loads)
+            owners = index_owners(reports)
+            each_owner[n].append([str(p.pid) in owners for p in procs])
             paused[n].append(paused_share([orjson.loads(r) for r in keep.read_bytes().split()]))
             e2e[n].append(a)
             steady[n].append(b)
@@ -598,6 +613,9 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                     crossed[f"{name} bytes"] = crossed.get(f"{name} bytes", 0) + k / valid
             crossing[n].append(crossed)
             timed = "the workers' own times" if own else "the stats records' times"
+            # each worker's CPU, the index's owner named (it is the one to balance)
+            owned = zip(used_us[:-1], each_owner[n][-1], strict=True)
+            each = [f"{x:.0f}" + " index" * o for x, o in owned]
             # when a tenth, half and nine tenths were applied (stats records, a second apart)
             marks = [next(t for t, _, x in rows if x >= f * valid) for f in (0.1, 0.5, 0.9)]
             line = " / ".join(f"{t - first_read:.1f}" for t in marks)
@@ -605,7 +623,7 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 f"run {i + 1}: pipeline, {n} worker(s): {a:,.0f} events/s e2e over "
                 f"{done - first_read:.2f} s ({timed}; 10/50/90% applied at {line} s), "
                 f"{b:,.0f} steady, {cpu[n][-1]:.0f} us CPU/event "
-                f"({' + '.join(f'{x:.0f}' for x in used_us[:-1])}), broker {used_us[-1]:.0f} us, "
+                f"({' + '.join(each)}), broker {used_us[-1]:.0f} us, "
                 f"{reads[n][-1]:.2f} records read an event; sent an event: "
                 + ", ".join(f"{k} {v:.3g}" for k, v in sorted(crossed.items()))
                 + "; each worker's CPU / wait for a CPU, of the span: "
@@ -627,6 +645,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 "each_worker_cpu_us_per_event": each_cpu[n],
                 # [CPU, ready but waiting for a CPU] as shares of the span, each worker
                 "each_worker_cpu_and_wait": each_load[n],
+                # whether each worker owned the content index (its CPU is the higher)
+                "each_worker_index_owner": each_owner[n],
                 "paused_share": paused[n],
                 "broker_cpu_us_per_event": statistics.median(broker_cpu[n]),
                 "records_read_per_event": statistics.median(reads[n]),
