@@ -128,6 +128,18 @@ def test_paused_share_counts_the_records_in_which_reading_stopped() -> None:
     assert bench.paused_share([]) == 0.0
 
 
+def test_the_index_owner_is_the_worker_whose_report_holds_resolve_partition_0() -> None:
+    """A worker's name ends with its pid: the benchmark marks that process's CPU."""
+    bench = bench_pipeline()
+    reports = {
+        "vm:12": {"partitions": {"resolve": [1, 3], "shares": [0, 1]}},
+        "vm:13": {"partitions": {"resolve": [0, 2], "shares": [2, 3]}},
+        "vm:14": {},  # no partitions reported
+    }
+    assert bench.index_owners(reports) == {"13"}
+    assert bench.index_owners({}) == set()
+
+
 def test_a_profile_is_summed_up_by_stage_its_waits_apart() -> None:
     """``--profile``'s summary: each busy sample under the innermost stage its stack holds
     (detection handed over in-process by resolve is detection; resolve's own work and a
