@@ -1182,7 +1182,9 @@ impl<T: Copy> PdqIndex<T> {
         self.ids = Vec::new();
         self.buckets = Buckets::default();
         self.tail.clear();
-        self.tail_keys.clear();
+        // a fresh table, not the old one cleared: a rebuild follows a mass removal, and the
+        // longest tail's table would stay (2 MB after a flood of 50,000 clusters expired)
+        self.tail_keys = TailKeys::new(self.layout.chunks() * self.layout.values());
         if self.words.len() > self.tail_min && self.words.len() <= MAX_TABLE_ROWS {
             self.merge_tail();
         } else {
@@ -1646,6 +1648,8 @@ mod tests {
             assert!(index.remove(h));
         }
         assert!(index.nbytes() < full);
+        // the tail's keys given back too (the rebuild merged the tail: none left)
+        assert_eq!(index.tail_keys.nbytes(), 0);
         let live: Vec<(Hash, i64)> = (4000..5000).map(|t| (hashes[t], t as i64)).collect();
         for t in (0..5000).step_by(50) {
             let q = rng.flip(&hashes[t], (t % 40) as u32);
