@@ -521,12 +521,9 @@ fn optional_id<'a>(
         Some(Val::Int(n)) => Cow::Owned(n.to_string()),
         Some(_) => return Err(why("bad_id", format!("{key} must be a string"))),
     };
-    // one pass for the usual id, printable ASCII: a byte outside 0x20..0x7f is marked,
-    // and only then is the text asked whether it is ASCII (it was two passes, each id)
-    let outside = text
-        .bytes()
-        .fold(false, |out, b| out | !(0x20..0x7f).contains(&b));
-    let printable = if !outside {
+    // one pass for the usual id, printable ASCII, eight bytes at a time; only an id with a
+    // byte outside 0x20..0x7f is asked whether it is ASCII (it was two passes, each id)
+    let printable = if !outside_printable(text.as_bytes()) {
         !text.is_empty() && text.len() <= MAX_ID_LEN
     } else if text.is_ascii() {
         false
@@ -541,6 +538,35 @@ fn optional_id<'a>(
         ));
     }
     Ok(Some(text))
+}
+
+/// Whether a byte of `text` is outside printable ASCII (0x20..0x7f), eight bytes at a time:
+/// a byte under 0x20 (Mycroft's test: a borrow out of a byte sets its top bit only if the
+/// byte is under the subtrahend, and the byte's own top bit is clear), a byte from 0x80,
+/// or 0x7f itself (a zero byte of `x ^ 0x7f..`, the same test under 1). Exact for each
+/// byte: a byte over the bound borrows nothing from the next, and the answer is the OR of
+/// the bytes' own tests (the last word padded with spaces).
+fn outside_printable(text: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let test = |x: u64| {
+        let del = x ^ (0x7f * ONES);
+        (x.wrapping_sub(0x20 * ONES) & !x & HIGH)
+            | (x & HIGH)
+            | (del.wrapping_sub(ONES) & !del & HIGH)
+    };
+    let mut chunks = text.chunks_exact(8);
+    let mut bad = 0;
+    for c in &mut chunks {
+        bad |= test(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut last = [b' '; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        bad |= test(u64::from_le_bytes(last));
+    }
+    bad != 0
 }
 
 fn out_of_range(ms: impl std::fmt::Display) -> String {
@@ -775,6 +801,36 @@ mod tests {
         assert_eq!(parse(md5_only).unwrap().content.unwrap().pdq_hash, None);
         let compact = Compact::of(&parse(md5_only).unwrap()).unwrap();
         assert_eq!(compact.pdq_hash(), None);
+    }
+
+    #[test]
+    fn the_word_test_of_printable_ascii_is_each_bytes_test() {
+        // every byte at every place of texts of 1..=20 bytes (a word, a word and a tail,
+        // the tail alone), among printable neighbours of both ends of the range
+        let each = |t: &[u8]| t.iter().any(|b| !(0x20..0x7f).contains(b));
+        for len in 1..=20usize {
+            for at in 0..len {
+                for fill in [b' ', b'~', b'a'] {
+                    for b in 0..=255u8 {
+                        let mut t = vec![fill; len];
+                        t[at] = b;
+                        assert_eq!(outside_printable(&t), each(&t), "{b} at {at} of {len}");
+                    }
+                }
+            }
+        }
+        assert!(!outside_printable(b""));
+        // two bad bytes side by side, whatever borrows between them
+        for (a, b) in [
+            (0x00, 0x00),
+            (0x1f, 0x7f),
+            (0x7f, 0x20),
+            (0xff, 0x00),
+            (0x20, 0x7e),
+        ] {
+            let t = [b'a', a, b, b'a', b'a', b'a', b'a', b'a', b'a'];
+            assert_eq!(outside_printable(&t), each(&t), "{a} {b}");
+        }
     }
 
     #[test]

@@ -84,8 +84,8 @@ pub(crate) enum Ev {
 pub(crate) struct Image<'a> {
     pub(crate) md5: Option<Cow<'a, str>>,
     pub(crate) pdq: Option<Cow<'a, str>>,
-    pub(crate) pdq_hash: Option<pdq::Hash>,
-    pub(crate) md5_bytes: Option<[u8; 16]>,
+    pub(crate) pdq_hash: Option<&'a pdq::Hash>,
+    pub(crate) md5_bytes: Option<&'a [u8; 16]>,
     pub(crate) lower: bool,
     pub(crate) quality: Option<i64>,
     pub(crate) video: bool,
@@ -203,8 +203,8 @@ impl Ev {
             Self::Core(ev) => Ok((ev.has_content()).then(|| Image {
                 md5: ev.md5().map(Cow::Borrowed),
                 pdq: ev.pdq().map(Cow::Borrowed),
-                pdq_hash: ev.pdq_hash().copied(),
-                md5_bytes: ev.md5_bytes().copied(),
+                pdq_hash: ev.pdq_hash(),
+                md5_bytes: ev.md5_bytes(),
                 lower: true,
                 quality: ev.pdq_quality(),
                 video: false,

@@ -182,7 +182,7 @@ pub(crate) fn image_signals<'a>(image: &'a Image<'_>, min_pdq_quality: i64) -> I
     };
     if let Some(md5) = image.md5.as_deref().filter(|t| !t.is_empty()) {
         out.push(Signal::Md5, md5, b"md5:", image.lower);
-        out.md5_bytes = image.md5_bytes;
+        out.md5_bytes = image.md5_bytes.copied();
     }
     if signalled_pdq(image, min_pdq_quality) {
         out.push(
@@ -191,7 +191,7 @@ pub(crate) fn image_signals<'a>(image: &'a Image<'_>, min_pdq_quality: i64) -> I
             b"pdq:",
             image.lower,
         );
-        out.pdq_hash = image.pdq_hash;
+        out.pdq_hash = image.pdq_hash.copied();
     }
     out
 }
@@ -466,7 +466,7 @@ impl Routing {
             }
             if !ask && usable && *radius >= 0 {
                 // read with its line (a compiled event's), or here (a Python record's)
-                let hash = image.pdq_hash.or_else(|| {
+                let hash = image.pdq_hash.copied().or_else(|| {
                     image
                         .pdq
                         .as_deref()
