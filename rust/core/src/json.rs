@@ -166,18 +166,18 @@ pub fn parse_fast(text: &str) -> Option<Doc<'_>> {
     };
     r.ws();
     r.eat(b'{')?;
-    let f = r.members(|r, key, f: &mut Fields<'_>| {
+    let f = r.members(&EVENT_KEYS, |r, key, f: &mut Fields<'_>| {
         match key {
-            "event_id" => f.event_id = Some(r.scalar()?),
-            "type" => f.kind = Some(r.scalar()?),
-            "ts" => f.ts = Some(r.scalar()?),
-            "post_id" => f.post_id = Some(r.scalar()?),
-            "user_id" => f.user_id = Some(r.scalar()?),
-            "parent_post_id" => f.parent_post_id = Some(r.scalar()?),
-            "followers" => f.followers = Some(r.scalar()?),
-            "content" => {
+            Some(0) => f.event_id = Some(r.scalar()?),
+            Some(1) => f.kind = Some(r.scalar()?),
+            Some(2) => f.ts = Some(r.scalar()?),
+            Some(3) => f.post_id = Some(r.scalar()?),
+            Some(4) => f.parent_post_id = Some(r.scalar()?),
+            Some(5) => f.user_id = Some(r.scalar()?),
+            Some(6) => f.followers = Some(r.scalar()?),
+            Some(7) => {
                 f.content = Some(if r.eat_if(b'{') {
-                    ObjectOr::Object(r.members(Scan::content)?)
+                    ObjectOr::Object(r.members(&CONTENT_KEYS, Scan::content)?)
                 } else {
                     match r.scalar()? {
                         Val::Null => ObjectOr::Other(Val::Null),
@@ -194,6 +194,24 @@ pub fn parse_fast(text: &str) -> Option<Doc<'_>> {
     r.ws();
     (r.at == r.b.len()).then_some(ObjectOr::Object(f))
 }
+
+/// An event's keys in the order its producers write them (`streams.simulate`, the
+/// platform's writer: `event_id`, `type`, `ts`, `post_id`, `parent_post_id` if a reshare,
+/// `user_id`, `followers`, `content`), each quoted, with its colon: [`Scan::members`] tries
+/// the next ones at a member's start, one compare of their bytes, before reading a key as
+/// text. Their index is what the member's reader is given.
+const EVENT_KEYS: [&[u8]; 8] = [
+    b"\"event_id\":",
+    b"\"type\":",
+    b"\"ts\":",
+    b"\"post_id\":",
+    b"\"parent_post_id\":",
+    b"\"user_id\":",
+    b"\"followers\":",
+    b"\"content\":",
+];
+/// A content object's keys, the same way (`pdq`, `pdq_quality`, `md5`; `vpdq` a video's).
+const CONTENT_KEYS: [&[u8]; 4] = [b"\"pdq\":", b"\"pdq_quality\":", b"\"md5\":", b"\"vpdq\":"];
 
 /// [`parse_fast`]'s cursor.
 struct Scan<'a> {
@@ -291,21 +309,37 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// An object's members after its `{` up to its `}`, each read by `member` into `out`.
+    /// An object's members after its `{` up to its `}`, each read by `member` into `out`,
+    /// given its key's index in `keys` (`None`: another key). A key is looked for first
+    /// among those after the last one found, in their order (a producer's order: one
+    /// compare, where reading it as text cost a scan for its closing quote and a compare);
+    /// any other key, or one not in that order, is read as text and looked up (the same
+    /// answer: a key's bytes, quoted, with its colon).
     fn members<T: Default>(
         &mut self,
-        mut member: impl FnMut(&mut Self, &'a str, &mut T) -> Option<()>,
+        keys: &[&[u8]],
+        mut member: impl FnMut(&mut Self, Option<usize>, &mut T) -> Option<()>,
     ) -> Option<T> {
         let mut out = T::default();
+        let mut next = 0;
         self.ws();
         if self.eat_if(b'}') {
             return Some(out);
         }
         loop {
             self.ws();
-            let key = self.string()?;
-            self.ws();
-            self.eat(b':')?;
+            let key = match self.next_key(keys, next) {
+                Some(i) => {
+                    next = i + 1;
+                    Some(i)
+                }
+                None => {
+                    let key = self.string()?.as_bytes();
+                    self.ws();
+                    self.eat(b':')?;
+                    keys.iter().position(|k| k[1..k.len() - 2] == *key)
+                }
+            };
             self.ws();
             member(self, key, &mut out)?;
             self.ws();
@@ -316,13 +350,22 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// A member of a flat `content` object.
-    fn content(&mut self, key: &'a str, c: &mut ContentFields<'a>) -> Option<()> {
+    /// The first of `keys` from `from` on that is at the cursor (quoted, with its colon):
+    /// its index, the cursor past its colon.
+    fn next_key(&mut self, keys: &[&[u8]], from: usize) -> Option<usize> {
+        let rest = &self.b[self.at..];
+        let i = from + keys.get(from..)?.iter().position(|k| rest.starts_with(k))?;
+        self.at += keys[i].len();
+        Some(i)
+    }
+
+    /// A member of a flat `content` object (its key's index in [`CONTENT_KEYS`]).
+    fn content(&mut self, key: Option<usize>, c: &mut ContentFields<'a>) -> Option<()> {
         match key {
-            "pdq" => c.pdq = Some(self.scalar()?),
-            "md5" => c.md5 = Some(self.scalar()?),
-            "pdq_quality" => c.pdq_quality = Some(self.scalar()?),
-            "vpdq" => return None, // a video's frames: serde's reader keeps their text
+            Some(0) => c.pdq = Some(self.scalar()?),
+            Some(1) => c.pdq_quality = Some(self.scalar()?),
+            Some(2) => c.md5 = Some(self.scalar()?),
+            Some(_) => return None, // a video's frames: serde's reader keeps their text
             _ => {
                 self.scalar()?;
             }
@@ -532,6 +575,8 @@ mod tests {
         let seeds = [
             r#"{"event_id":"e1","type":"upload","ts":1767225600059,"post_id":"p1","user_id":"u1","followers":60,"content":{"pdq":"05dd","pdq_quality":52,"md5":"d0ca"}}"#,
             r#"{"event_id":"e2","type":"share","ts":"2026-01-01T00:01:22.603Z","post_id":"p2","user_id":"u2","parent_post_id":"p1","followers":null}"#,
+            // the producers' order of keys (read by one compare each), a key out of it
+            r#"{"event_id":"e6","type":"share","ts":1767225600100,"post_id":"p6","parent_post_id":"p1","user_id":"u6","followers":3,"content":{"pdq":"0f","md5":"ab","pdq_quality":9}}"#,
             r#" { "event_id" : 12 , "type" : "takedown" , "ts" : 0, "post_id":"p1","x":true,"y":false,"user_id":"ué"} "#,
             r#"{"event_id":"e\"5","type":"share"}"#,
             r#"{"event_id":"e3","type":"upload","content":null,"content":{},"ts":1,"event_id":"e4"}"#,
