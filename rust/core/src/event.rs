@@ -11,7 +11,7 @@
 
 use std::borrow::Cow;
 
-use crate::hex::{self, is_hex, Case};
+use crate::hex::{self, is_hex, Case, UPPER};
 use crate::json::{self, ContentFields, ContentVal, Doc, Fields, Val};
 use crate::pdq::{parse_hex, Hash};
 use crate::wire::{ContentView, EventView};
@@ -65,10 +65,10 @@ impl Kind {
 /// to the banks' screen, the index's search and its insertion (each read the text again).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Content<'a> {
-    pub pdq: Option<String>,
+    pub pdq: Option<Cow<'a, str>>,
     pub pdq_hash: Option<Hash>,
     pub pdq_quality: Option<i64>,
-    pub md5: Option<String>,
+    pub md5: Option<Cow<'a, str>>,
     pub md5_bytes: Option<[u8; 16]>,
     pub vpdq: Option<&'a str>,
 }
@@ -255,10 +255,10 @@ impl Compact {
             parent_post_id: self.parent_post_id().map(Cow::Borrowed),
             followers: self.followers,
             content: (self.flags & CONTENT != 0).then(|| Content {
-                pdq: self.pdq().map(str::to_owned),
+                pdq: self.pdq().map(Cow::Borrowed),
                 pdq_hash: self.pdq_hash().copied(),
                 pdq_quality: self.pdq_quality,
-                md5: self.md5().map(str::to_owned),
+                md5: self.md5().map(Cow::Borrowed),
                 md5_bytes: self.md5_bytes().copied(),
                 vpdq: None,
             }),
@@ -473,8 +473,9 @@ fn py_isspace(c: char) -> bool {
 }
 
 /// `v` as hex digits, two for each byte of `bytes`, lowercase; their value in `bytes`, read
-/// in the pass that checks them (the index and the banks search by a hash's value).
-fn hex(v: Val<'_>, key: &str, bytes: &mut [u8]) -> Result<String, Why> {
+/// in the pass that checks them (the index and the banks search by a hash's value). The
+/// line's own text where it is lowercase already (the usual: no copy), else lowercased.
+fn hex<'a>(v: Val<'a>, key: &str, bytes: &mut [u8]) -> Result<Cow<'a, str>, Why> {
     let length = 2 * bytes.len();
     let Val::Str(s) = v else {
         return Err(why(
@@ -482,9 +483,12 @@ fn hex(v: Val<'_>, key: &str, bytes: &mut [u8]) -> Result<String, Why> {
             format!("content.{key} must be a hex string"),
         ));
     };
+    let mut upper = true;
     let text = s.trim_matches(py_isspace);
     let ok = if text.len() == length {
-        hex::read(text.as_bytes(), bytes, Case::Either)
+        let bits = hex::digits(text.as_bytes(), bytes);
+        upper = bits & UPPER != 0;
+        bits & Case::Either.refused() == 0
     } else {
         is_hex(text.as_bytes())
     };
@@ -500,7 +504,15 @@ fn hex(v: Val<'_>, key: &str, bytes: &mut [u8]) -> Result<String, Why> {
             ),
         ));
     }
-    Ok(text.to_ascii_lowercase())
+    Ok(match s {
+        // the text read is the line's own: borrowed if nothing is to be lowercased
+        Cow::Borrowed(line) if !upper => {
+            // `text` is `line` trimmed: the same bytes, with the line's lifetime
+            let start = text.as_ptr() as usize - line.as_ptr() as usize;
+            Cow::Borrowed(&line[start..start + text.len()])
+        }
+        _ => Cow::Owned(text.to_ascii_lowercase()),
+    })
 }
 
 fn id<'a>(v: Option<Val<'a>>, key: &str, judge: &mut dyn Judge) -> Result<Cow<'a, str>, Why> {

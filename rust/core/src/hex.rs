@@ -39,7 +39,7 @@ pub(crate) enum Case {
 
 impl Case {
     /// The table's bits that refuse a byte.
-    const fn refused(self) -> u8 {
+    pub(crate) const fn refused(self) -> u8 {
         match self {
             Case::Either => NOT_HEX & !0x1f,
             Case::Lower => NOT_HEX & !0x0f,
@@ -52,16 +52,28 @@ impl Case {
 /// whatever the answer (a caller reads it only on `true`).
 #[inline]
 pub(crate) fn read(text: &[u8], out: &mut [u8], case: Case) -> bool {
-    let mut bad = 0;
+    digits(text, out) & case.refused() == 0
+}
+
+/// [`read`]'s pass: the OR of the digits' table entries (`NOT_HEX` if `text` is not
+/// `2 * out.len()` bytes), whose [`UPPER`] bit says whether a digit was uppercase (the
+/// parser keeps a lowercase hash's text as it is, and lowercases only the others).
+#[inline]
+pub(crate) fn digits(text: &[u8], out: &mut [u8]) -> u8 {
+    let mut bits = 0;
     for (b, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
         let (hi, lo) = (
             HEX_DIGITS[usize::from(pair[0])],
             HEX_DIGITS[usize::from(pair[1])],
         );
-        bad |= hi | lo;
+        bits |= hi | lo;
         *b = ((hi & 15) << 4) | (lo & 15);
     }
-    text.len() == 2 * out.len() && bad & case.refused() == 0
+    if text.len() == 2 * out.len() {
+        bits
+    } else {
+        NOT_HEX
+    }
 }
 
 /// The `N` bytes of `2 * N` hex digits (either case), or `None`: an MD5's 16.

@@ -810,10 +810,10 @@ mod tests {
             parent_post_id: ev.parent_post_id.map(|p| Cow::Owned(p.into_owned())),
             followers: ev.followers,
             content: ev.content.map(|c| event::Content {
-                pdq: c.pdq,
+                pdq: c.pdq.map(|t| Cow::Owned(t.into_owned())),
                 pdq_hash: c.pdq_hash,
                 pdq_quality: c.pdq_quality,
-                md5: c.md5,
+                md5: c.md5.map(|t| Cow::Owned(t.into_owned())),
                 md5_bytes: c.md5_bytes,
                 vpdq: None,
             }),
