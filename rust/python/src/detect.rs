@@ -28,7 +28,7 @@ use viralwatch_core::wire::{write_str, Item as WireItem, Parts};
 
 use crate::content::PyContentSignals;
 use crate::dedupe::with_id;
-use crate::ev::{Ev, EvBatch};
+use crate::ev::{Ev, EvBatch, Image};
 use crate::posts::PyPostRoutes;
 use crate::record;
 use crate::routing::{image_signals, low_pdq, Cluster};
@@ -363,16 +363,23 @@ pub(crate) struct Unmatched {
 }
 
 impl Unmatched {
+    /// `image`: the event's, where the caller has read it already (a compiled event's is
+    /// judged from it; otherwise it is read here, or Python judges).
     fn count(
         &mut self,
         py: Python<'_>,
         cluster: &Cid,
         event: &Ev,
+        image: Option<&Image<'_>>,
         min_pdq_quality: i64,
     ) -> PyResult<()> {
         self.uploads += 1;
         self.allowed += u64::from(cluster.kind_is(b'a'));
-        self.low_quality += u64::from(low_quality(py, event, min_pdq_quality)?);
+        let low = match (event, image) {
+            (Ev::Core(_), Some(image)) => low_pdq(image, min_pdq_quality),
+            _ => low_quality(py, event, min_pdq_quality)?,
+        };
+        self.low_quality += u64::from(low);
         Ok(())
     }
 }
@@ -470,7 +477,7 @@ impl Detect {
                 Some(bank) => rx.matched.push(bank),
                 None => rx
                     .unmatched
-                    .count(py, cluster, event, self.min_pdq_quality)?,
+                    .count(py, cluster, event, None, self.min_pdq_quality)?,
             }
         }
         rx.held.insert(key);
@@ -643,13 +650,13 @@ impl Detect {
                 event.with_event(py, ts, |e| store.store.apply(cid, e, handle, &mut out))?
             };
             self.absorb(py, out)?;
+            let content = if applied { event.image(py)? } else { None };
             if applied && self.received.is_none() && event.kind(py)? == Kind::Upload {
                 // replay's: an upload counted once, where the store applies it new
-                self.pending
-                    .unmatched
-                    .count(py, cid, &event, self.min_pdq_quality)?;
+                let image = content.as_ref();
+                let min = self.min_pdq_quality;
+                self.pending.unmatched.count(py, cid, &event, image, min)?;
             }
-            let content = if applied { event.image(py)? } else { None };
             if let Some(content) = content {
                 let image = image_signals(&content, self.min_pdq_quality);
                 let mut store = self.unbanked.borrow_mut(py);
