@@ -22,16 +22,10 @@
 //! reads the bits alone (128 KB for the 16 tables, which stay in cache) where
 //! a start per value was 4 MB read at random: at 17,000 rows most of the 272
 //! probes found nothing, and their reads were most of a search's time. Added hashes go to a *tail*
-//! until it outgrows about `20 * sqrt(rows)` (at least `tail_min`), then are merged into the
-//! tables in one pass: an O(rows) merge every O(sqrt(rows)) adds. The tail is searched by the
-//! same keys as the tables, through its own bits and a small table from key to tail rows
-//! ([`TailKeys`]), not by a scan of its rows: a scan of a tail of up to `5 * sqrt(rows)` (at
-//! least 1,024) read about 600 rows a search at a platform replay's 54,000 rows. The keys let
-//! the tail grow 4x (the merges come 4x more rarely, though most of a merge's cost is per row
-//! merged, not per row in the tables: 62 merges against 13, 584 M against 491 M instructions
-//! in that replay); each tail row costs 16 keys of 8 bytes, at most half full (about 4 B a post
-//! of a worker's million, at 8x it was 8). A short tail (under [`TAIL_SCAN_ROWS`]) is still
-//! scanned, which costs less than its keys. A removed hash is marked dead at
+//! that is scanned until it outgrows about `5 * sqrt(rows)` (at least
+//! `tail_min`), then merged into the tables in one pass: an O(rows) merge
+//! every O(sqrt(rows)) adds keeps both the merge and the tail's scan a few
+//! microseconds per hash at a million rows. A removed hash is marked dead at
 //! once and never reported again; the rows are compacted when the dead
 //! pass a quarter of the live (an index of live clusters' content removes as
 //! many hashes as it adds: its dead rows were up to half of it).
@@ -71,12 +65,6 @@ pub const MAX_FLIPS: u32 = 3;
 pub const MAX_INDEXED_THRESHOLD: u32 = 16 * (MAX_FLIPS + 1) - 1;
 /// The fewest tail rows before a merge (a caller may ask for fewer).
 pub const TAIL_MIN_DEFAULT: usize = 1024;
-/// A tail of more rows than `TAIL_ROOTS * sqrt(rows in the tables)` (and `tail_min`) is merged.
-const TAIL_ROOTS: usize = 20;
-/// A tail of fewer rows is scanned, not searched by its keys: the tail's bits tested next to the
-/// tables' (272 keys at the banks' threshold) cost about what a scan of this many rows does
-/// (4x as many when there are no tables to test alongside: a bank's few hundred hashes).
-pub const TAIL_SCAN_ROWS: usize = 256;
 
 /// The hash of 64 hex digits (either case), or `None`.
 ///
@@ -326,176 +314,6 @@ impl Bits {
     }
 }
 
-/// The tail's live rows by table key, as the tables hold theirs but kept for adds and removals
-/// one at a time: a bit a key (whether a live tail row holds it: the tables' bits' twin) and an
-/// open-addressing table (linear probing) of `(key, folded mate, row)` in 8 bytes each, 16 a
-/// row at 16-bit chunks. Bounded by the tail (a merge empties it), not by the index: at most
-/// `20 * sqrt(rows)` rows, so about 1 MB at 40,000 rows in the tables, where the tables
-/// themselves take 80 bytes a row.
-///
-/// Keys are chunk values users choose: a table's slot for a key is a multiply by an odd number
-/// drawn at random (multiply-shift hashing), so keys chosen to share slots cannot be known.
-#[derive(Debug, Clone)]
-struct TailKeys {
-    /// Bit `k % 64` of word `k / 64`: whether a live tail row holds key `k` (empty until the
-    /// first row).
-    occupied: Vec<u64>,
-    /// `key | mate << 20` in the low 32 bits, the row in the high 32, or [`TailKeys::EMPTY`].
-    slots: Vec<u64>,
-    /// `64 - log2(slots.len())`: a key's slot is the top bits of `key * seed`.
-    shift: u32,
-    seed: u64,
-    len: usize,
-    /// Table keys (`chunks * values`).
-    keys: usize,
-}
-
-impl TailKeys {
-    const EMPTY: u64 = u64::MAX;
-    const KEY_BITS: u32 = 20;
-    const KEY_MASK: u32 = (1 << Self::KEY_BITS) - 1;
-
-    fn new(keys: usize) -> Self {
-        debug_assert!(keys <= 1 << Self::KEY_BITS);
-        TailKeys {
-            occupied: Vec::new(),
-            slots: Vec::new(),
-            shift: 64,
-            seed: Keyed::default().hash_one(0_u8) | 1,
-            len: 0,
-            keys,
-        }
-    }
-
-    #[inline(always)]
-    fn home(&self, key: u32) -> usize {
-        (u64::from(key).wrapping_mul(self.seed) >> self.shift) as usize
-    }
-
-    /// Whether a live tail row holds `key` (the caller tests the bits itself in a search).
-    #[cfg(test)]
-    fn holds(&self, key: usize) -> bool {
-        self.occupied
-            .get(key >> 6)
-            .is_some_and(|w| (w >> (key & 63)) & 1 == 1)
-    }
-
-    /// Each `(mate, row)` of `key`, to `each` (rows of a key come in no set order).
-    #[inline(always)]
-    fn rows_of(&self, key: u32, mut each: impl FnMut(u32, u32)) {
-        if self.slots.is_empty() {
-            return;
-        }
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(key);
-        loop {
-            let e = self.slots[i];
-            if e == Self::EMPTY {
-                return;
-            }
-            if e as u32 & Self::KEY_MASK == key {
-                each((e as u32) >> Self::KEY_BITS, (e >> 32) as u32);
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
-    /// Room for `more` entries at most half full (then [`TailKeys::put`] each).
-    fn reserve(&mut self, more: usize) {
-        while (self.len + more) * 2 > self.slots.len() {
-            self.grow();
-        }
-    }
-
-    /// One entry, with room for it ([`TailKeys::reserve`]).
-    #[inline(always)]
-    fn put(&mut self, key: u32, mate: u16, row: u32) {
-        debug_assert!((self.len + 1) * 2 <= self.slots.len());
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(key);
-        while self.slots[i] != Self::EMPTY {
-            i = (i + 1) & mask;
-        }
-        self.slots[i] = u64::from(key | u32::from(mate) << Self::KEY_BITS) | u64::from(row) << 32;
-        self.occupied[key as usize >> 6] |= 1 << (key & 63);
-        self.len += 1;
-    }
-
-    /// Drop `row`'s entry of `key` (it must be there), and the key's bit with its last row.
-    fn remove(&mut self, key: u32, row: u32) {
-        let mask = self.slots.len().wrapping_sub(1);
-        let mut i = self.home(key);
-        loop {
-            let Some(&e) = self.slots.get(i).filter(|&&e| e != Self::EMPTY) else {
-                debug_assert!(false, "a tail row's key is in the table");
-                return;
-            };
-            if e as u32 & Self::KEY_MASK == key && (e >> 32) as u32 == row {
-                break;
-            }
-            i = (i + 1) & mask;
-        }
-        // backward shift: each later entry of the run whose slot is not between its home
-        // and the hole moves into the hole (no tombstones: a lookup stops at an empty slot)
-        let mut j = i;
-        loop {
-            j = (j + 1) & mask;
-            let e = self.slots[j];
-            if e == Self::EMPTY {
-                break;
-            }
-            let home = self.home(e as u32 & Self::KEY_MASK);
-            // whether `home` is cyclically in (i, j]: then the entry stays
-            let stays = if i <= j {
-                i < home && home <= j
-            } else {
-                i < home || home <= j
-            };
-            if !stays {
-                self.slots[i] = e;
-                i = j;
-            }
-        }
-        self.slots[i] = Self::EMPTY;
-        self.len -= 1;
-        let mut left = false;
-        self.rows_of(key, |_, _| left = true);
-        if !left {
-            self.occupied[key as usize >> 6] &= !(1 << (key & 63));
-        }
-    }
-
-    fn grow(&mut self) {
-        let cap = (self.slots.len() * 2).max(64);
-        if self.occupied.is_empty() {
-            self.occupied = vec![0; self.keys.div_ceil(64)];
-        }
-        let old = std::mem::replace(&mut self.slots, vec![Self::EMPTY; cap]);
-        self.shift = 64 - cap.trailing_zeros();
-        let mask = cap - 1;
-        for e in old.into_iter().filter(|&e| e != Self::EMPTY) {
-            let mut i = self.home(e as u32 & Self::KEY_MASK);
-            while self.slots[i] != Self::EMPTY {
-                i = (i + 1) & mask;
-            }
-            self.slots[i] = e;
-        }
-    }
-
-    /// No rows (a merge took them): the bits cleared, the table's room kept for the next tail.
-    fn clear(&mut self) {
-        if self.len > 0 {
-            self.slots.fill(Self::EMPTY);
-            self.occupied.fill(0);
-            self.len = 0;
-        }
-    }
-
-    fn nbytes(&self) -> usize {
-        self.occupied.capacity() * 8 + self.slots.capacity() * 8
-    }
-}
-
 /// A row in a table's bucket: the row's number (28 bits: [`MAX_TABLE_ROWS`]) and its hash's
 /// chunk paired with the bucket's (the *mate*: chunks `2i` and `2i + 1` make a pair), folded
 /// to 12 bits ([`fold`]), in 5 bytes.
@@ -576,10 +394,6 @@ pub struct PdqIndex<T: Copy = i64> {
     /// chunk 0's buckets): 4 bytes a bucket, where a map of (hash, row) took 36.
     tail: hashbrown::HashTable<u32>,
     hasher: Keyed,
-    /// The tail's live rows by table key (none in a scan-only index).
-    tail_keys: TailKeys,
-    /// A tail of fewer rows is scanned ([`TAIL_SCAN_ROWS`]; the tests vary it).
-    tail_scan_rows: usize,
 }
 
 impl<T: Copy> Default for PdqIndex<T> {
@@ -614,8 +428,6 @@ impl<T: Copy> PdqIndex<T> {
             ids: Vec::new(),
             tail: hashbrown::HashTable::new(),
             hasher: Keyed::default(),
-            tail_keys: TailKeys::new(layout.chunks() * layout.values()),
-            tail_scan_rows: TAIL_SCAN_ROWS,
         }
     }
 
@@ -651,7 +463,6 @@ impl<T: Copy> PdqIndex<T> {
             + self.buckets.nbytes()
             + self.ids.capacity() * std::mem::size_of::<Entry>()
             + self.tail.capacity() * (4 + 1)
-            + self.tail_keys.nbytes()
     }
 
     /// The live tail row holding `h`.
@@ -668,32 +479,6 @@ impl<T: Copy> PdqIndex<T> {
         self.tail.insert_unique(hasher.hash_one(h), row, |&r| {
             hasher.hash_one(words[r as usize])
         });
-    }
-
-    /// `row` (holding `h`, live, in the tail) joins the tail's keys (not in a scan-only index).
-    fn key_tail_row(&mut self, h: &Hash, row: u32) {
-        if self.scans() {
-            return;
-        }
-        let layout = self.layout;
-        self.tail_keys.reserve(layout.chunks());
-        for c in 0..layout.chunks() {
-            let key = layout.key(c, layout.chunk(h, c)) as u32;
-            let mate = fold(layout.chunk(h, Layout::mate(c)));
-            self.tail_keys.put(key, mate, row);
-        }
-    }
-
-    /// `row` (holding `h`, in the tail) leaves the tail's keys.
-    fn unkey_tail_row(&mut self, h: &Hash, row: u32) {
-        if self.scans() {
-            return;
-        }
-        let layout = self.layout;
-        for c in 0..layout.chunks() {
-            let key = layout.key(c, layout.chunk(h, c)) as u32;
-            self.tail_keys.remove(key, row);
-        }
     }
 
     /// The live row holding `h`.
@@ -745,35 +530,18 @@ impl<T: Copy> PdqIndex<T> {
     /// Add many hashes with their tags (one merge at the end: a bank load); the number
     /// added (a hash there already keeps its tag).
     pub fn insert_many(&mut self, items: impl IntoIterator<Item = (Hash, T)>) -> usize {
-        // the rows' keys only if they stay in the tail (a bank load's million rows would
-        // take 16 entries each in the tail's keys, for one merge to drop)
-        let first = self.words.len();
         let added = items
             .into_iter()
-            .filter(|&(h, tag)| self.push_row(h, tag))
+            .filter(|&(h, tag)| self.push(h, tag))
             .count();
         if self.words.len() - self.indexed > self.tail_cap() {
             self.merge_tail();
-        }
-        for r in first.max(self.indexed)..self.words.len() {
-            let h = self.words[r];
-            self.key_tail_row(&h, r as u32);
         }
         added
     }
 
     /// Add a row to the tail unless `h` is live already.
     fn push(&mut self, h: Hash, tag: T) -> bool {
-        let row = self.words.len() as u32;
-        let added = self.push_row(h, tag);
-        if added {
-            self.key_tail_row(&h, row);
-        }
-        added
-    }
-
-    /// [`PdqIndex::push`] but for the tail's keys (the caller adds them).
-    fn push_row(&mut self, h: Hash, tag: T) -> bool {
         if self.contains(&h) {
             return false;
         }
@@ -804,7 +572,6 @@ impl<T: Copy> PdqIndex<T> {
             .find_entry(self.hasher.hash_one(h), |&r| r as usize == row)
         {
             entry.remove();
-            self.unkey_tail_row(h, row as u32);
         }
         self.live -= 1;
         // a rebuild is O(rows), once per live / 4 removals (see the module doc); a
@@ -854,10 +621,10 @@ impl<T: Copy> PdqIndex<T> {
         Some(moved)
     }
 
-    /// Tail rows allowed before a merge: about `20 * sqrt(rows)` (see the module doc).
+    /// Tail rows allowed before a merge: about `5 * sqrt(rows)` (see the module doc).
     fn tail_cap(&self) -> usize {
         let root = (self.indexed as f64).sqrt() as usize;
-        self.tail_min.max(TAIL_ROOTS * root)
+        self.tail_min.max(5 * root)
     }
 
     popcnt_twin!(search_popcnt calls search_any:
@@ -884,18 +651,8 @@ impl<T: Copy> PdqIndex<T> {
                 if threshold > self.layout.max_indexed() {
                     self.scan(q, 0, threshold, &mut hits);
                 } else {
-                    // (with no tables, the keys' bits cost a scan of about 4x as many rows:
-                    // a bank of a few hundred hashes, all tail, is scanned)
-                    let scan_rows = if self.indexed > 0 {
-                        self.tail_scan_rows
-                    } else {
-                        self.tail_scan_rows.saturating_mul(4)
-                    };
-                    let by_keys = !self.scans() && self.words.len() - self.indexed >= scan_rows;
-                    self.probe(q, threshold, &mut hits, (&mut keys, &mut cand), by_keys);
-                    if !by_keys {
-                        self.scan(q, self.indexed, threshold, &mut hits);
-                    }
+                    self.probe(q, threshold, &mut hits, (&mut keys, &mut cand));
+                    self.scan(q, self.indexed, threshold, &mut hits);
                 }
                 // a hash near the query in several chunks is found several times
                 hits.sort_unstable_by(|a, b| (a.0, &self.words[a.1]).cmp(&(b.0, &self.words[b.1])));
@@ -918,12 +675,7 @@ impl<T: Copy> PdqIndex<T> {
         out
     }
 
-    /// Candidates from the tables, and from the tail's keys when `tail` (else the caller scans
-    /// the tail), verified (a row may come more than once).
-    ///
-    /// A chunk's probes of values differing only in their low 6 bits test one word of bits
-    /// (the masks come in order, so those probes come together): 11 words read a chunk at
-    /// the banks' threshold, not 17, for the tables and the tail alike.
+    /// Candidates from the tables, verified (a row may come more than once).
     ///
     /// Memory-bound: each probe of a bucket holding rows reads a random start, each
     /// candidate a random row (the bits that say which buckets hold rows stay in
@@ -937,10 +689,8 @@ impl<T: Copy> PdqIndex<T> {
         threshold: u32,
         hits: &mut Vec<(u32, usize)>,
         (keys, cand): (&mut Vec<Probe>, &mut Vec<u32>),
-        tail: bool,
     ) {
-        let tables = self.indexed > 0;
-        if !tables && !tail {
+        if self.indexed == 0 {
             return;
         }
         cand.clear();
@@ -950,41 +700,17 @@ impl<T: Copy> PdqIndex<T> {
         // a pair's budget of bits (see `Entry`)
         let pair = 2 * threshold / chunks as u32;
         let starts = &self.buckets.starts;
-        let (occupied, before) = (&self.buckets.occupied, &self.buckets.before);
-        let tail_bits = &self.tail_keys.occupied;
         for c in 0..chunks {
             let v = self.layout.chunk(q, c);
             let mate = u32::from(fold(self.layout.chunk(q, Layout::mate(c))));
-            let (mut at, mut word, mut tail_word) = (usize::MAX, 0, 0);
             for &m in masks {
-                let key = self.layout.key(c, v ^ m);
-                if key >> 6 != at {
-                    at = key >> 6;
-                    if tables {
-                        word = occupied[at];
-                    }
-                    if tail {
-                        tail_word = tail_bits.get(at).copied().unwrap_or(0);
-                    }
-                }
-                let bit = key & 63;
-                let budget = pair - m.count_ones();
                 // only buckets holding rows: the bits are in cache, the starts mostly not
-                if (word >> bit) & 1 == 1 {
-                    let below = (word & ((1u64 << bit) - 1)).count_ones() as usize;
-                    let i = before[at] as usize + below;
+                if let Some(i) = self.buckets.slot(self.layout.key(c, v ^ m)) {
                     prefetch(starts, i);
                     keys.push(Probe {
                         span: i,
                         mate,
-                        budget,
-                    });
-                }
-                if (tail_word >> bit) & 1 == 1 {
-                    self.tail_keys.rows_of(key as u32, |their, r| {
-                        if (their ^ mate).count_ones() <= budget {
-                            cand.push(r);
-                        }
+                        budget: pair - m.count_ones(),
                     });
                 }
             }
@@ -1117,7 +843,6 @@ impl<T: Copy> PdqIndex<T> {
         }
         self.indexed = n;
         self.tail.clear();
-        self.tail_keys.clear();
         let (cap, words, hasher) = (self.tail_cap(), &self.words, &self.hasher);
         // a bank load's table, not kept
         self.tail
@@ -1182,9 +907,6 @@ impl<T: Copy> PdqIndex<T> {
         self.ids = Vec::new();
         self.buckets = Buckets::default();
         self.tail.clear();
-        // a fresh table, not the old one cleared: a rebuild follows a mass removal, and the
-        // longest tail's table would stay (2 MB after a flood of 50,000 clusters expired)
-        self.tail_keys = TailKeys::new(self.layout.chunks() * self.layout.values());
         if self.words.len() > self.tail_min && self.words.len() <= MAX_TABLE_ROWS {
             self.merge_tail();
         } else {
@@ -1192,7 +914,6 @@ impl<T: Copy> PdqIndex<T> {
             for r in 0..self.words.len() {
                 let h = self.words[r];
                 self.tail_insert(&h, r as u32);
-                self.key_tail_row(&h, r as u32);
             }
         }
     }
@@ -1278,86 +999,21 @@ mod tests {
         }
     }
 
-    /// A hash to add: at random when `fresh` (or nothing is live), else under `spread` bits
-    /// from a live one (so that chunks repeat).
-    fn added(rng: &mut Rng, live: &[(Hash, i64)], fresh: bool, spread: u64) -> Hash {
-        if live.is_empty() || fresh {
-            return rng.hash();
-        }
-        let base = live[(rng.next() as usize) % live.len()].0;
-        let d = (rng.next() % spread) as u32;
-        rng.flip(&base, d)
-    }
-
-    /// The tail's keys are exactly its live rows' (each key's bit and entry), and nothing else.
-    fn check_tail_keys(index: &PdqIndex) {
-        let keys = &index.tail_keys;
-        if index.scans() {
-            assert_eq!(keys.nbytes(), 0);
-            return;
-        }
-        let layout = index.layout;
-        let mut want = Vec::new();
-        for r in index.indexed..index.words.len() {
-            if index.alive.get(r) {
-                let h = index.words[r];
-                for c in 0..layout.chunks() {
-                    let key = layout.key(c, layout.chunk(&h, c));
-                    let mate = fold(layout.chunk(&h, Layout::mate(c)));
-                    want.push((key as u32, u32::from(mate), r as u32));
-                }
-            }
-        }
-        want.sort_unstable();
-        let mut got: Vec<(u32, u32, u32)> = keys
-            .slots
-            .iter()
-            .filter(|&&e| e != TailKeys::EMPTY)
-            .map(|&e| {
-                (
-                    e as u32 & TailKeys::KEY_MASK,
-                    (e as u32) >> 20,
-                    (e >> 32) as u32,
-                )
-            })
-            .collect();
-        got.sort_unstable();
-        assert_eq!(got, want);
-        assert_eq!(keys.len, want.len());
-        let bits: usize = keys.occupied.iter().map(|w| w.count_ones() as usize).sum();
-        let mut distinct: Vec<u32> = want.iter().map(|k| k.0).collect();
-        distinct.dedup();
-        assert_eq!(
-            bits,
-            distinct.len(),
-            "a bit for each key a live tail row holds"
-        );
-        for &(key, mate, row) in &want {
-            assert!(keys.holds(key as usize));
-            let mut found = false;
-            keys.rows_of(key, |m, r| found |= (m, r) == (mate, row));
-            assert!(found, "key {key} row {row} found from its slot");
-        }
-    }
-
     #[test]
     fn equals_a_scan_through_adds_removals_merges_and_compactions() {
-        // both chunk widths, no tables at all (every search a scan), and the tail searched
-        // by its keys at any length (0), only when long (the default), or always scanned
-        for (bits, tail_min, tail_scan_rows) in [
-            (8, 7, 0),
-            (16, 7, 0),
-            (16, 7, TAIL_SCAN_ROWS),
-            (16, 7, usize::MAX),
-            (16, 2000, 0),
-            (16, usize::MAX, 0),
-        ] {
+        // both chunk widths, and no tables at all (every search a scan)
+        for (bits, tail_min) in [(8, 7), (16, 7), (16, usize::MAX)] {
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
             let mut index = PdqIndex::with_chunk_bits(bits, tail_min);
-            index.tail_scan_rows = tail_scan_rows;
             let mut live: Vec<(Hash, i64)> = Vec::new();
             for step in 0..3000i64 {
-                let h = added(&mut rng, &live, step % 3 == 0, 40);
+                let h = if live.is_empty() || step % 3 == 0 {
+                    rng.hash()
+                } else {
+                    let base = live[(rng.next() as usize) % live.len()].0;
+                    let d = (rng.next() % 40) as u32;
+                    rng.flip(&base, d)
+                };
                 let fresh = !live.iter().any(|(x, _)| *x == h);
                 assert_eq!(index.insert(h, step), fresh);
                 if fresh {
@@ -1380,82 +1036,13 @@ mod tests {
                             );
                         }
                     }
-                    check_tail_keys(&index);
                 }
             }
-            check_tail_keys(&index);
             assert_eq!(index.len(), live.len());
             assert_eq!(index.scans(), tail_min == usize::MAX);
             for (h, t) in &live {
                 assert_eq!(index.tag_of(h), Some(*t));
             }
-        }
-    }
-
-    #[test]
-    fn a_long_tail_searched_by_its_keys_equals_a_scan_and_merges_at_twenty_roots() {
-        // the default tail_min: 1,024 rows, then 20 * sqrt(rows in the tables); half the
-        // adds near a live hash (so keys repeat within the tail), removals from the tail and
-        // the tables alike, a bank-style load in the middle
-        let mut rng = Rng(41);
-        let mut index: PdqIndex = PdqIndex::new(TAIL_MIN_DEFAULT);
-        let mut live: Vec<(Hash, i64)> = Vec::new();
-        let mut merges = Vec::new();
-        let mut longest = 0;
-        for step in 0..24_000i64 {
-            let h = added(&mut rng, &live, step % 2 == 0, 24);
-            let indexed = index.indexed;
-            let fresh = !live.iter().any(|(x, _)| *x == h);
-            assert_eq!(index.insert(h, step), fresh);
-            if fresh {
-                live.push((h, step));
-            }
-            if index.indexed != indexed {
-                merges.push((indexed, index.indexed));
-            }
-            longest = longest.max(index.words.len() - index.indexed);
-            if step % 3 == 2 {
-                // the newest half of the live (mostly tail rows) or anywhere
-                let n = live.len();
-                let at = if step % 2 == 0 {
-                    n / 2 + (rng.next() as usize) % (n - n / 2)
-                } else {
-                    (rng.next() as usize) % n
-                };
-                let (gone, _) = live.swap_remove(at);
-                assert!(index.remove(&gone));
-            }
-            if step == 12_000 {
-                let load: Vec<(Hash, i64)> = (0..3000).map(|t| (rng.hash(), -t)).collect();
-                assert_eq!(index.insert_many(load.iter().copied()), 3000);
-                live.extend(load);
-            }
-            if step % 1009 == 0 {
-                check_tail_keys(&index);
-                for _ in 0..8 {
-                    let base = live[(rng.next() as usize) % live.len()].0;
-                    let d = (rng.next() % 40) as u32;
-                    let q = rng.flip(&base, d);
-                    for threshold in [0, 31, 47, 63] {
-                        assert_eq!(
-                            answer(&index, &q, threshold),
-                            brute(&live, &q, threshold),
-                            "step {step}, threshold {threshold}"
-                        );
-                    }
-                }
-            }
-        }
-        assert_eq!(index.len(), live.len());
-        // merged at 20 roots of the rows in the tables (past the first 1,024), so rarely
-        for &(before, after) in &merges[1..] {
-            let cap = (TAIL_ROOTS * (before as f64).sqrt() as usize).max(TAIL_MIN_DEFAULT);
-            assert!(after - before > cap, "{before} -> {after}");
-        }
-        assert!(longest > 2000, "{longest}");
-        assert!(merges.len() < 16, "{merges:?}");
-        for (h, t) in &live {
-            assert_eq!(index.tag_of(h), Some(*t));
         }
     }
 
@@ -1526,12 +1113,7 @@ mod tests {
             index.insert(*h, t as i64);
         }
         assert!(index.indexed > 4000);
-        // the tail's keys apart: their bits (128 KB) and at most 4 slots of 8 bytes a key of a
-        // row of the longest tail since the last merge (the table grows at half full)
-        let tail = index.tail_keys.nbytes();
-        assert!(index.nbytes() - tail < 3 << 19, "{}", index.nbytes());
-        let longest = index.tail_cap().max(index.words.len() - index.indexed);
-        assert!(tail <= (1 << 17) + 4 * 8 * 16 * longest, "{tail}");
+        assert!(index.nbytes() < 3 << 19, "{}", index.nbytes());
         let live: Vec<(Hash, i64)> = hashes
             .iter()
             .enumerate()
@@ -1648,8 +1230,6 @@ mod tests {
             assert!(index.remove(h));
         }
         assert!(index.nbytes() < full);
-        // the tail's keys given back too (the rebuild merged the tail: none left)
-        assert_eq!(index.tail_keys.nbytes(), 0);
         let live: Vec<(Hash, i64)> = (4000..5000).map(|t| (hashes[t], t as i64)).collect();
         for t in (0..5000).step_by(50) {
             let q = rng.flip(&hashes[t], (t % 40) as u32);
