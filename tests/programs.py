@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -25,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# one owner of choosing ports (re-exported for the tests that start programs)
+from streams.runtime.broker import free_port as free_port
+from streams.runtime.broker import free_ports as free_ports
 
 #: An Alertmanager that sends every alert, firing and resolved, to one webhook
 #: (``{url}/pager``) within about a second: the alert-delivery tests' pager.
@@ -41,13 +44,6 @@ receivers:
       - url: {url}/pager
         send_resolved: true
 """
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def find_program(*names: str) -> str | None:

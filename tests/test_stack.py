@@ -69,7 +69,7 @@ from programs import (
     Program,
     WebhookReceiver,
     alertmanager_binary,
-    free_port,
+    free_ports,
     get_json,
     http_get,
     prometheus_binary,
@@ -453,7 +453,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 addresses.add(host, int(port), broker.bootstrap)
 
         # ports of alertmanager and prometheus (what their containers listen on)
-        ports = {name: free_port() for name in ("alertmanager", "prometheus")}
+        ports = dict(zip(("alertmanager", "prometheus"), free_ports(2), strict=True))
         for name, port in ports.items():
             (inside,) = container_ports(services[name])
             addresses.add(name, inside, f"127.0.0.1:{port}")
@@ -468,8 +468,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         entry = dockerfile_entrypoint()
         assert entry == ["viralwatch"], entry  # the console script of streams.cli
         argv = [sys.executable, "-m", "streams.cli", *worker.get("command", [])]
-        for i in range(replicas):
-            port = free_port()
+        for i, port in enumerate(free_ports(replicas, besides=ports.values())):
             addresses.add("worker", http_port, f"127.0.0.1:{port}")
             mounts = Mounts.of(worker, tmp / f"worker-{i}")
             env = {k: v for k, v in os.environ.items() if not k.startswith("VIRALWATCH_")}

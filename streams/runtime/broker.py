@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final, Protocol
@@ -78,9 +79,34 @@ def tansu_binary() -> Path:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (the caller retries if it is taken since)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1", *, besides: Collection[int] = ()) -> list[int]:
+    """``count`` distinct TCP ports that were free a moment ago, none of them in ``besides``.
+
+    Every socket stays bound until all are chosen, so no two are the same: two calls to
+    :func:`free_port` can be, since the kernel may hand out again the port just closed
+    (a broker given one port for its clients and its controller refuses to start).
+
+    >>> a, b = free_ports(2, besides=[9092])
+    >>> a != b and 9092 not in (a, b)
+    True
+    """
+    held: list[socket.socket] = []
+    chosen: list[int] = []
+    try:
+        while len(chosen) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(sock)
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+            if port not in besides:
+                chosen.append(port)
+        return chosen
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def accepts(host: str, port: int, timeout: float = 0.25) -> bool:

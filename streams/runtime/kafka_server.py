@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from streams.runtime.broker import BrokerError, Listening, accepts, free_port
+from streams.runtime.broker import BrokerError, Listening, accepts, free_ports
 
 #: Where ``make kafka`` puts the broker's classpath (next to ``streams/`` in a checkout).
 DEFAULT_KAFKA_LIB: Final = Path(__file__).resolve().parents[2] / ".kafka" / "lib"
@@ -80,6 +80,24 @@ def java() -> str:
     if found is None:
         raise FileNotFoundError("Apache Kafka needs Java 17 or later: no `java` on the PATH")
     return found
+
+
+def java_failure(output: bytes) -> str:
+    """What a failed Java tool said: its exception's own line, not a stack's last lines.
+
+    >>> java_failure(b'Exception in thread "main" java.lang.IllegalArgumentException: two\\n'
+    ...              b'\\tat kafka.utils.CoreUtils$.validate(CoreUtils.scala:158)\\n')
+    'Exception in thread "main" java.lang.IllegalArgumentException: two'
+    >>> java_failure(b'no such file\\n')
+    'no such file'
+    """
+    lines = [line.strip() for line in output.decode(errors="replace").splitlines() if line.strip()]
+    thrown = [
+        line
+        for line in lines
+        if not line.startswith("at ") and ("Exception" in line or "Error" in line)
+    ]
+    return " | ".join(thrown[:2] or lines[-3:])
 
 
 def new_cluster_id() -> str:
@@ -251,11 +269,16 @@ def start_kafka(
     folder = Path(tempfile.mkdtemp(prefix="viralwatch-kafka-")) if data is None else data
     folder.mkdir(parents=True, exist_ok=True)
     log = log_path or folder / "kafka.log"
+    # the clients' port and the controller's must differ: Kafka refuses one port for both
+    if port is None:
+        port, controller_port = free_ports(2, host)
+    else:
+        (controller_port,) = free_ports(1, host, besides=[port])
     try:
         return _launch(
             host,
-            port if port is not None else free_port(host),
-            free_port(host),
+            port,
+            controller_port,
             folder,
             log,
             dict(extra or {}),
@@ -315,8 +338,8 @@ def _launch(
             timeout=120,
         )
         if fmt.returncode != 0:
-            tail = (fmt.stderr or fmt.stdout).decode(errors="replace").strip().splitlines()[-3:]
-            raise BrokerError(f"formatting Kafka's data folder failed: {' | '.join(tail)}")
+            said = java_failure(fmt.stderr or fmt.stdout)
+            raise BrokerError(f"formatting Kafka's data folder failed: {said}")
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [*base, "kafka.Kafka", str(props_path)],
