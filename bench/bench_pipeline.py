@@ -35,8 +35,12 @@ end; ``--broker bundled`` for the bundled Tansu), against the same topic:
     python bench/bench_pipeline.py --events 50000 --repeats 1 --seconds 30
 
 A run's broker and worker data folders are removed at its end (its logs and
-the workers' stats time lines stay in the work folder it names); a Ctrl-C ends
-it the same way, the workers and the broker stopped, none left running.
+the workers' stats time lines stay in the work folder it names); a Ctrl-C, a
+SIGTERM or a SIGHUP ends it the same way in any phase, the workers and the
+broker stopped, none left running, and it says which signal stopped it, in
+which phase (a second one cuts their grace short: killed at once). A
+``kill -INT`` works on a run started in the background by a script too (such a
+job starts with SIGINT ignored, which Python would keep).
 
 The worker runs with the product's default settings (allowed lateness 60 s:
 alerts must not wait for it); ``--lateness`` changes it for the latency run,
@@ -67,7 +71,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +89,71 @@ from streams.simulate import Scenario, iter_lines, scenario_bank, write_bank  # 
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+class Stop:
+    """SIGINT, SIGTERM and SIGHUP end a run as a Ctrl-C does: a ``KeyboardInterrupt`` in
+    the main thread, whatever it is doing, so that every ``finally`` stops what it started
+    (the broker and the workers run in their own sessions: nothing else stops them) and
+    the run's data is removed; then the run says which signal stopped it, and where.
+
+    Python raises ``KeyboardInterrupt`` on SIGINT only if SIGINT was not ignored when it
+    started, and a job that a non-interactive shell starts with ``&`` inherits SIGINT
+    ignored: a ``kill -INT`` did nothing while the benchmark wrote its events (and it went
+    on with the rest). SIGTERM's default ends the process at once, its broker and workers
+    left running. So both are taken here: SIGINT is Python's own handler again, and
+    SIGTERM (SIGHUP unless ``nohup`` ignores it) goes to whatever handles SIGINT: inside
+    ``asyncio.run`` that is asyncio's, which cancels the main task (its ``finally`` blocks
+    close the Kafka clients) and raises ``KeyboardInterrupt`` once it has unwound.
+
+    A second signal while the run stops what it started cuts the graces short (the
+    processes are killed at once, see :func:`stop_workers`). :meth:`spawning` holds a
+    signal back while a process is started and recorded, so none is started unrecorded.
+    """
+
+    def __init__(self) -> None:
+        #: the signals received, by name (SIGINT is Python's handler: not recorded)
+        self.received: list[str] = []
+        #: what the run is doing, said when a signal stops it
+        self.phase = "starting"
+        self._held: list[int] | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+            signal.signal(signal.SIGHUP, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.received.append(signal.Signals(signum).name)
+        if self._held is not None:
+            self._held.append(signum)
+            return
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):  # (the caller changed SIGINT's handler)
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    @contextlib.contextmanager
+    def spawning(self) -> Iterator[None]:
+        """Signals wait until the block ends: a process started and recorded, or neither."""
+        held: list[int] = []
+        before = signal.getsignal(signal.SIGINT)
+        self._held = held
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, before)
+            self._held = None
+        if held:
+            raise KeyboardInterrupt
+
+    def name(self) -> str:
+        return self.received[0] if self.received else "SIGINT"
+
+
+STOP = Stop()
 
 
 # -- set-up -------------------------------------------------------------------------
@@ -153,6 +222,10 @@ def stop_workers(procs: list[subprocess.Popen[bytes]], grace_s: float = 30.0) ->
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(p.pid, signal.SIGKILL)
                 p.wait()
+
+
+def pid_list(procs: list[subprocess.Popen[bytes]]) -> list[str]:
+    return [str(p.pid) for p in procs]
 
 
 def remove_data(work: Path) -> None:
@@ -550,9 +623,12 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
     for i in range(args.repeats):
         for n in args.workers:
             s = fresh(broker, args.partitions)
+            STOP.phase = f"run {i + 1}: writing {len(lines):,} events"
+            log(STOP.phase)
             seconds = asyncio.run(produce_all(s, lines))
             log(f"run {i + 1}: {len(lines):,} events written in {seconds:.1f}s")
             if n == args.workers[0]:
+                STOP.phase = f"run {i + 1}: the plain consumer"
                 group = f"plain-{uuid.uuid4().hex}"
                 used = time.process_time()
                 plain.append(asyncio.run(plain_consumer(s, len(lines), group)))
@@ -561,18 +637,22 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                     f"run {i + 1}: plain aiokafka consumer {plain[-1]:,.0f} events/s, "
                     f"{plain_cpu[-1]:.1f} us CPU/event"
                 )
-            procs = [
-                start_worker(
-                    s, bank, work / f"worker-t{i}-{n}-{w}.log", args.throughput_lateness, args.set
-                )
-                for w in range(n)
-            ]
-            samplers = [CpuSampler([p.pid]) for p in procs] + [CpuSampler([broker.pid])]
-            for sampler in samplers:
-                sampler.start()
+            STOP.phase = f"run {i + 1}: the pipeline, {n} worker(s)"
+            procs: list[subprocess.Popen[bytes]] = []
+            samplers: list[CpuSampler] = []
             stacks = None if args.profile is None else args.profile / f"t{i}-{n}"
             spies: list[subprocess.Popen[bytes]] = []
-            try:  # (a py-spy that cannot start stops the workers too)
+            try:  # (a py-spy that cannot start, or a Ctrl-C, stops the workers started)
+                for w in range(n):
+                    with STOP.spawning():
+                        log_path = work / f"worker-t{i}-{n}-{w}.log"
+                        procs.append(
+                            start_worker(s, bank, log_path, args.throughput_lateness, args.set)
+                        )
+                log(f"run {i + 1}: {n} worker(s) started, pids {', '.join(pid_list(procs))}")
+                samplers = [CpuSampler([p.pid]) for p in procs] + [CpuSampler([broker.pid])]
+                for sampler in samplers:
+                    sampler.start()
                 if stacks is not None:
                     spies = start_profiles(procs, stacks)
                 keep = work / f"stats-t{i}-{n}.jsonl"
@@ -580,8 +660,11 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
             finally:
                 for sampler in samplers:
                     sampler.stopped.set()
-                    sampler.join()
+                    if sampler.is_alive():
+                        sampler.join()
                 stop_workers(procs)
+                if sys.exc_info()[0] is not None:  # no profile to write: py-spy is done too
+                    stop_workers(spies, grace_s=5.0)
             if stacks is not None:
                 profiles[n].append(report_profiles(spies, procs, stacks, reports))
             a, b = pipeline_rates(rows, valid, reports)
@@ -747,11 +830,9 @@ def latency(broker: RunningBroker, args: argparse.Namespace, work: Path) -> dict
     bank = work / "bank-live.csv"
     write_bank([BankEntry("bench", "md5", m) for m in banked], bank)
     n = 1 if args.failover is None else 2
-    procs = [
-        start_worker(s, bank, work / f"worker-latency{w or ''}.log", args.lateness, args.set)
-        for w in range(n)
-    ]
-    cpu = CpuSampler([proc.pid for proc in procs], every_s=1.0)
+    STOP.phase = "the latency run"
+    procs: list[subprocess.Popen[bytes]] = []
+    cpu = CpuSampler([], every_s=1.0)
     killed: list[float] = []
 
     def crash() -> None:  # the first worker, as a crash ends it
@@ -760,6 +841,12 @@ def latency(broker: RunningBroker, args: argparse.Namespace, work: Path) -> dict
         log(f"latency: worker pid {procs[0].pid} killed")
 
     try:
+        for w in range(n):
+            with STOP.spawning():
+                log_path = work / f"worker-latency{w or ''}.log"
+                procs.append(start_worker(s, bank, log_path, args.lateness, args.set))
+        log(f"latency: {n} worker(s) started, pids {', '.join(pid_list(procs))}")
+        cpu.pids = [proc.pid for proc in procs]
         _wait_ready(s, procs)
         log(f"latency: {args.rate:g} events/s for {args.seconds:g}s, lateness {args.lateness} ms")
         cpu.start()
@@ -1077,17 +1164,8 @@ def main() -> None:
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
         log(f"NOTE: each worker profiled by py-spy (stacks in {args.profile}): not a timed run")
+    STOP.install()
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    broker: RunningBroker
-    if args.broker == "kafka":
-        broker = start_kafka(
-            data=work / "kafka",
-            log_path=work / "kafka.log",
-            extra={"group.initial.rebalance.delay.ms": str(args.initial_rebalance_delay_ms)},
-        )
-    else:
-        broker = start_local_broker(log_path=work / "broker.log")
-    log(f"{args.broker} broker {broker.url} (pid {broker.pid}); work {work}; {os.cpu_count()} CPUs")
     if args.lateness != Settings().lateness_ms:
         log(f"NOTE: the latency run's allowed lateness is {args.lateness} ms, not the default")
     for var, value in changed.items():
@@ -1098,16 +1176,42 @@ def main() -> None:
             f"{args.initial_rebalance_delay_ms}, not Kafka's default (3000)"
         )
     out: dict[str, Any] = {"partitions": args.partitions, "broker": args.broker, "set": changed}
+    broker: RunningBroker | None = None
     try:
-        if args.skip != "throughput":
-            out["throughput"] = throughput(broker, args, work)
-        if args.skip != "latency":
-            out["latency"] = latency(broker, args, work)
-    finally:
         try:
-            broker.stop()
+            STOP.phase = f"starting the {args.broker} broker"
+            if args.broker == "kafka":
+                broker = start_kafka(
+                    data=work / "kafka",
+                    log_path=work / "kafka.log",
+                    extra={
+                        "group.initial.rebalance.delay.ms": str(args.initial_rebalance_delay_ms)
+                    },
+                )
+            else:
+                broker = start_local_broker(log_path=work / "broker.log")
+            log(
+                f"{args.broker} broker {broker.url} (pid {broker.pid}); work {work}; "
+                f"{os.cpu_count()} CPUs"
+            )
+            if args.skip != "throughput":
+                out["throughput"] = throughput(broker, args, work)
+            if args.skip != "latency":
+                out["latency"] = latency(broker, args, work)
         finally:
-            remove_data(work)
+            try:
+                if broker is not None:
+                    broker.stop()
+            finally:
+                remove_data(work)
+    except KeyboardInterrupt:
+        name = STOP.name()
+        stopped = f"the broker (pid {broker.pid}) and " if broker is not None else ""
+        log(
+            f"stopped by {name} ({STOP.phase}): {stopped}every worker stopped, the run's "
+            f"data removed; its logs are in {work}"
+        )
+        raise SystemExit(128 + signal.Signals[name].value) from None
     if "throughput" in out:
         t = out["throughput"]
         print(

@@ -4,14 +4,21 @@ a run's Kafka data is gigabytes."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from kafka_helpers import require_kafka
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,6 +88,148 @@ def test_a_runs_data_folders_are_removed_and_its_logs_kept(tmp_path: Path) -> No
     (tmp_path / "stats-t0-1.jsonl").write_text("{}\n")
     bp.remove_data(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kafka.log", "stats-t0-1.jsonl"]
+
+
+SIGNALLED = """
+import asyncio, os, signal, sys
+sys.path.insert(0, "bench")
+from bench_pipeline import STOP
+STOP.install()
+try:
+    with STOP.spawning():
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("held until the process is recorded", flush=True)
+except KeyboardInterrupt:
+    print("then raised", flush=True)
+
+async def writing():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(60)
+    finally:
+        print("the main task unwound", flush=True)
+
+try:
+    asyncio.run(writing())
+except KeyboardInterrupt:
+    print("raised after", STOP.received, flush=True)
+"""
+
+
+def test_sigterm_and_an_inherited_ignored_sigint_end_a_run_as_a_ctrl_c_does() -> None:
+    """A script's background job starts with SIGINT ignored, and SIGTERM's default ends
+    Python without a ``finally``: after ``STOP.install()`` either one is a Ctrl-C (inside
+    ``asyncio.run`` the main task is cancelled and unwinds first), and while a process is
+    started one is held until it is recorded."""
+    for sig in ("INT", "TERM"):
+        script = SIGNALLED.replace("SIGTERM", f"SIG{sig}")
+        done = subprocess.run(
+            ["sh", "-c", f"trap '' INT; exec {sys.executable} -c '{script}'"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.stdout.splitlines() == [
+            "held until the process is recorded",
+            "then raised",
+            "the main task unwound",
+            "raised after " + str(["SIGTERM"] * 2 if sig == "TERM" else ["SIGINT"]),
+        ], done.stdout + done.stderr
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, dead but not yet reaped, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("how", "args", "mark", "after_s", "said"),
+    [
+        # a script's background job starts with SIGINT ignored: a `kill -INT` did nothing
+        # while the events were written, and the run went on
+        (
+            "SIGINT, started with SIGINT ignored",
+            ["--skip", "latency", "--events", "60000", "--repeats", "50", "--workers", "1"],
+            "run 1: writing 60,000 events",
+            0.2,
+            "stopped by SIGINT (run 1: writing 60,000 events)",
+        ),
+        # SIGTERM's default ended the benchmark at once, its broker and workers left running
+        (
+            "SIGTERM",
+            ["--skip", "throughput", "--seconds", "600", "--repeats", "1"],
+            "latency: 2000 events/s for 600s",
+            1.0,
+            "stopped by SIGTERM (the latency run)",
+        ),
+    ],
+)
+def test_a_signal_stops_the_benchmark_its_broker_and_workers(
+    how: str, args: list[str], mark: str, after_s: float, said: str
+) -> None:
+    """The benchmark for real, on Apache Kafka, stopped by a signal in the middle of a phase
+    that would last minutes: it exits within seconds, says why, and leaves no process it
+    started (the broker's and the workers' pids, from its log) and no Kafka or worker data."""
+    require_kafka()
+    command = [sys.executable, str(ROOT / "bench" / "bench_pipeline.py"), *args]
+    if "ignored" in how:  # as `python ... &` in a script: the ignored SIGINT is inherited
+        command = ["sh", "-c", "trap '' INT; exec \"$@\"", "sh", *command]
+    sig = signal.SIGINT if how.startswith("SIGINT") else signal.SIGTERM
+    proc = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if mark in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    pids: list[int] = []
+    work: Path | None = None
+    try:
+        assert seen.wait(300), "the phase never began:\n" + "".join(lines[-30:])
+        time.sleep(after_s)
+        assert proc.poll() is None, "".join(lines[-30:])
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        proc.wait(timeout=90)
+        took = time.monotonic() - sent
+        reader.join(10)
+        text = "".join(lines)
+        found = re.search(r"broker \S+ \(pid (\d+)\); work (\S+);", text)
+        assert found, text[-3000:]
+        work = Path(found[2])
+        pids = [int(found[1])]
+        for started in re.findall(r"worker\(s\) started, pids ([\d, ]+)", text):
+            pids += [int(x) for x in started.split(", ")]
+        assert len(pids) >= (2 if sig == signal.SIGTERM else 1), text[-3000:]
+        assert proc.returncode == 128 + sig, text[-3000:]
+        assert said in text and "every worker stopped" in text, text[-3000:]
+        assert took < 60, f"{took:.0f} s from the signal to the exit"
+        assert [pid for pid in pids if running(pid)] == []
+        assert not (work / "kafka").exists() and not (work / "data").exists()
+        assert (work / "kafka.log").exists()  # the logs stay
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def test_the_sampler_tells_a_busy_process_from_an_idle_one() -> None:

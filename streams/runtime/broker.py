@@ -175,19 +175,24 @@ class LocalBroker(Listening):
         return True
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the broker by its PID: SIGTERM, then SIGKILL after ``timeout``. Idempotent."""
+        """Stop the broker by its PID: SIGTERM, then SIGKILL after ``timeout``. Idempotent.
+
+        A Ctrl-C (any exception) during the grace kills it at once before it goes on up.
+        """
         if not self.running():
             self._reap()
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while self.running() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.running():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-        self._reap()
+        try:
+            while self.running() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            if self.running():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+            self._reap()
 
     def _reap(self) -> None:
         if self._process is not None:

@@ -203,16 +203,24 @@ class KafkaBroker(Listening):
         return self._process is not None and self._process.poll() is None
 
     def stop(self, timeout: float = 30.0, *, remove: bool | None = None) -> None:
-        """SIGTERM, SIGKILL after ``timeout``; remove the data unless kept. Idempotent."""
-        if self._process is not None and self._process.poll() is None:
+        """SIGTERM, SIGKILL after ``timeout``; remove the data unless kept. Idempotent.
+
+        A Ctrl-C (any exception) during the grace kills the broker at once before it goes
+        on up: the broker runs in its own session, and one left running holds its ports
+        and data until someone kills it by hand.
+        """
+        process = self._process
+        if process is not None and process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
             try:
-                self._process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, signal.SIGKILL)
-                self._process.wait(timeout=10)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=timeout)
+            finally:
+                if process.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(self.pid, signal.SIGKILL)
+                    process.wait(timeout=10)
         if remove if remove is not None else not self.keep_data:
             shutil.rmtree(self.data, ignore_errors=True)
 
