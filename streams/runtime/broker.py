@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -55,6 +56,54 @@ class RunningBroker(Protocol):
 
 class BrokerError(RuntimeError):
     """A broker this process started exited or never became ready (the message says why)."""
+
+
+#: A Java stack frame (``at pkg.Class.method(File.java:12)``) or a trace's ``... 12 more``.
+_JAVA_FRAME: Final = re.compile(r"at [\w$.<>/-]+\(.*\).*|\.\.\. \d+ more")
+#: A Rust panic's backtrace: its header, a frame (``12: name``), a frame's place, its note.
+_RUST_TRACE: Final = re.compile(r"stack backtrace:|\d+: |at \S+:\d+(:\d+)?$|note: .*backtrace")
+_ANSI: Final = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def why_it_exited(output: str | bytes, *, most: int = 4) -> str:
+    """What a program that exited said of why, in one line: the exception of its last Java
+    stack trace and the causes under it (the deepest last), never the trace's frames;
+    without one, its last three lines, a Rust panic's backtrace left out.
+
+    One rule for a Java tool's output (Kafka's format step) and a broker's log once the
+    broker has exited: the last trace is what ended it. A log's words are no guide (a
+    running broker's WARN lines name ``...Error`` codes), nor its last lines (a trace's
+    frames, or the shutdown the failure began). A broker that is running but not ready
+    has no such end: its log's tail is said instead.
+
+    >>> why_it_exited(b'Exception in thread "main" java.lang.IllegalArgumentException: two\\n'
+    ...               b'\\tat kafka.utils.CoreUtils$.validate(CoreUtils.scala:158)\\n')
+    'Exception in thread "main" java.lang.IllegalArgumentException: two'
+    >>> why_it_exited("[t] WARN a NOT_LEADER Error\\n[t] ERROR startup failed\\n"
+    ...               "j.RuntimeException: no acceptor\\n\\tat k.A.a(A.java:9) ~[k.jar:?]\\n"
+    ...               "Caused by: j.BindException: Address in use\\n"
+    ...               "\\tat s.N.bind(Native Method)\\n\\t... 3 more\\n[t] INFO shut down\\n")
+    'j.RuntimeException: no acceptor | Caused by: j.BindException: Address in use'
+    >>> why_it_exited("listening\\nthread 'main' panicked at src/b.rs:1:2:\\nAddrInUse\\n"
+    ...               "stack backtrace:\\n   0: std::rt\\n      at /rustc/x/rt.rs:5:1\\n")
+    "listening | thread 'main' panicked at src/b.rs:1:2: | AddrInUse"
+    """
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output
+    lines = [line.strip() for line in _ANSI.sub("", text).splitlines() if line.strip()]
+    frames = [i for i, line in enumerate(lines) if _JAVA_FRAME.fullmatch(line)]
+    if frames:
+        start = end = frames[-1]
+        while start > 0 and (
+            _JAVA_FRAME.fullmatch(lines[start - 1])
+            or lines[start - 1].startswith(("Caused by:", "Suppressed:"))
+        ):
+            start -= 1
+        head = lines[start - 1 : start]
+        causes = [line for line in lines[start : end + 1] if line.startswith("Caused by:")]
+        said = head + (causes[len(head) - most :] if most > len(head) else [])
+        if said:
+            return " | ".join(said)
+    return " | ".join([line for line in lines if not _RUST_TRACE.match(line)][-3:])
 
 
 def tansu_binary() -> Path:
@@ -266,9 +315,15 @@ def start_local_broker(
             else f"did not accept connections within {ready_timeout:g}s"
         )
         if log_path is not None and log_path.exists():
-            tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
-            if tail:
-                last_error += ": " + " | ".join(tail)
+            text = log_path.read_text(errors="replace")
+            # exited: why (a panic's message, not its backtrace); else its log's last lines
+            said = (
+                why_it_exited(text)
+                if code is not None
+                else " | ".join(text.strip().splitlines()[-3:])
+            )
+            if said:
+                last_error += ": " + said
     raise BrokerError(f"the bundled Kafka broker {last_error}")
 
 

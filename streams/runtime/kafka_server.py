@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from streams.runtime.broker import BrokerError, Listening, accepts, free_ports
+from streams.runtime.broker import BrokerError, Listening, accepts, free_ports, why_it_exited
 
 #: Where ``make kafka`` puts the broker's classpath (next to ``streams/`` in a checkout).
 DEFAULT_KAFKA_LIB: Final = Path(__file__).resolve().parents[2] / ".kafka" / "lib"
@@ -80,24 +80,6 @@ def java() -> str:
     if found is None:
         raise FileNotFoundError("Apache Kafka needs Java 17 or later: no `java` on the PATH")
     return found
-
-
-def java_failure(output: bytes) -> str:
-    """What a failed Java tool said: its exception's own line, not a stack's last lines.
-
-    >>> java_failure(b'Exception in thread "main" java.lang.IllegalArgumentException: two\\n'
-    ...              b'\\tat kafka.utils.CoreUtils$.validate(CoreUtils.scala:158)\\n')
-    'Exception in thread "main" java.lang.IllegalArgumentException: two'
-    >>> java_failure(b'no such file\\n')
-    'no such file'
-    """
-    lines = [line.strip() for line in output.decode(errors="replace").splitlines() if line.strip()]
-    thrown = [
-        line
-        for line in lines
-        if not line.startswith("at ") and ("Exception" in line or "Error" in line)
-    ]
-    return " | ".join(thrown[:2] or lines[-3:])
 
 
 def new_cluster_id() -> str:
@@ -346,7 +328,7 @@ def _launch(
             timeout=120,
         )
         if fmt.returncode != 0:
-            said = java_failure(fmt.stderr or fmt.stdout)
+            said = why_it_exited(fmt.stderr or fmt.stdout)
             raise BrokerError(f"formatting Kafka's data folder failed: {said}")
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
@@ -381,7 +363,9 @@ def wait_kafka_ready(broker: KafkaBroker, timeout: float) -> None:
     last = "did not accept connections"
     while time.monotonic() < deadline:
         if not broker.running():
-            raise BrokerError(f"Apache Kafka exited{_tail(broker.log_path)}")
+            assert broker._process is not None
+            said = why_it_exited(broker.log_path.read_bytes()) if broker.log_path.exists() else ""
+            raise BrokerError(f"Apache Kafka exited (status {broker._process.returncode}): {said}")
         if accepts(broker.host, broker.port, timeout=0.2):
             problem = _metadata_problem(broker.bootstrap)
             if problem is None:
@@ -412,6 +396,8 @@ def _metadata_problem(bootstrap: str) -> str | None:
 
 
 def _tail(path: Path, lines: int = 4) -> str:
+    """The last error lines of a running broker's log (or its last lines): it has not ended,
+    so :func:`why_it_exited` does not apply."""
     if not path.exists():
         return ""
     text = path.read_text(errors="replace").strip().splitlines()

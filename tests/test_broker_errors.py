@@ -1,0 +1,78 @@
+"""A broker that fails to start says why in one line: the exception that ended it and its
+causes, never a Java stack's frames nor a Rust panic's backtrace (``why_it_exited``),
+whether Kafka's format step refused a setting, the broker exited, or the bundled broker
+did. Real failures: a setting Kafka refuses, a port another socket holds, a data folder
+started with a node id it was not formatted for."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import pytest
+from kafka_helpers import require_broker, require_kafka
+
+from streams.runtime.broker import BrokerError, start_local_broker
+from streams.runtime.kafka_server import start_kafka
+
+pytestmark = pytest.mark.integration
+
+#: what a Java frame or a Rust backtrace looks like in a message
+STACK = re.compile(r"\bat [\w$.]+\(|\.(java|scala):\d+|stack backtrace|\d+ more\b")
+
+
+def said(exc: pytest.ExceptionInfo[BrokerError]) -> str:
+    text = str(exc.value)
+    assert not STACK.search(text), text
+    assert "\n" not in text, text
+    return text
+
+
+def test_a_setting_kafka_refuses_is_named_by_the_format_step(tmp_path: Path) -> None:
+    require_kafka()
+    with pytest.raises(BrokerError) as exc:
+        start_kafka(data=tmp_path / "k", extra={"num.network.threads": "0"}, ready_timeout=60)
+    text = said(exc)
+    assert text.startswith("formatting Kafka's data folder failed: "), text
+    assert "Invalid value 0 for configuration num.network.threads" in text, text
+
+
+def test_a_broker_that_exits_says_why_once_each_start(tmp_path: Path) -> None:
+    """Its port held by another socket, then its data folder started with another node
+    id: each time the exception that ended it (the log, appended to by both starts, once
+    showed the first start's failure beside the second's)."""
+    require_kafka()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(BrokerError) as exc:
+            start_kafka(port=port, data=tmp_path / "k", ready_timeout=120)
+    text = said(exc)
+    assert text.startswith("Apache Kafka exited (status 1): "), text
+    assert f"failed to bind to 127.0.0.1:{port}: Address already in use" in text, text
+    assert text.endswith("Caused by: java.net.BindException: Address already in use"), text
+
+    # the folder is formatted: this start skips the format step, and the broker refuses
+    with pytest.raises(BrokerError) as exc:
+        start_kafka(data=tmp_path / "k", extra={"node.id": "2"}, ready_timeout=60)
+    text = said(exc)
+    assert text.startswith("Apache Kafka exited (status 1): "), text
+    assert "the node id 2 must be included in the set of voters" in text, text
+    assert "bind" not in text, text
+
+
+def test_the_bundled_broker_that_exits_says_its_panic_not_its_backtrace(
+    tmp_path: Path,
+) -> None:
+    require_broker()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: nothing accepts there
+        port = taken.getsockname()[1]
+        with pytest.raises(BrokerError) as exc:
+            start_local_broker(port=port, log_path=tmp_path / "broker.log")
+    text = said(exc)
+    assert text.startswith("the bundled Kafka broker exited"), text
+    assert "AddrInUse" in text and "panicked" in text, text
+    assert "\x1b[" not in text, text  # its log's colours are not the message's
