@@ -173,18 +173,14 @@ def _send_joined(self: Any, request: Any, expect_response: bool = True) -> Any:
     correlation_id = self._next_correlation_id()
     header = request_struct.build_request_header(
         correlation_id=correlation_id, client_id=self._client_id
-    )
+    ).encode()
     if type(request_struct) in _JOINED:
-        parts = _produce_parts(request_struct)
+        body = _produce_parts(request_struct)
     else:
-        parts = [request_struct.encode()]
-    parts.insert(0, header.encode())
-    size = 0
-    for part in parts:
-        size += len(part)
-    parts.insert(0, _I32(size))
+        body = [request_struct.encode()]
+    size = len(header) + sum(map(len, body))
     try:
-        self._writer.write(b"".join(parts))
+        self._writer.write(b"".join([_I32(size), header, *body]))
     except OSError as err:
         self.close(reason=aiokafka_conn.CloseReason.CONNECTION_BROKEN)
         raise aiokafka_errors.KafkaConnectionError(
