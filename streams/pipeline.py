@@ -47,7 +47,7 @@ from streams.emerging import EmergingClusters
 from streams.events import Rejection, ShareEvent
 from streams.forecast import predictor_factory as forecast_factory
 from streams.policy import AlertPolicy
-from streams.router import Routed, Router
+from streams.router import Routed, Router, RoutingHost
 from streams.stats import Stats
 
 #: Each banked cluster's final size is forecast with the calibrated model
@@ -69,7 +69,7 @@ def is_bank_update(raw: bytes) -> bool:
     return bool(bank_updates((raw,)))
 
 
-class Pipeline(LoopHost):
+class Pipeline(LoopHost, RoutingHost):
     """Parse, route, reorder and detect; collect the decisions."""
 
     def __init__(
@@ -188,9 +188,6 @@ class Pipeline(LoopHost):
 
     # -- what the compiled loop calls (see rust/python/src/replay.rs) ----------------
 
-    def _classify(self, uploads: list[ShareEvent]) -> list[Routed | None]:
-        return self.router.classify_batch(uploads)
-
     def _decided(self, held: int | None = None) -> None:
         if held is not None:  # the loop's settlement (LoopHost._settle)
             self.stats.held += held
@@ -205,9 +202,6 @@ class Pipeline(LoopHost):
     def _refused(self, target: str, event: ShareEvent, reason: str, held: int) -> None:
         for rejection in self.router.refused(target, event, (reason, held)):
             self.reject(rejection)
-
-    def _unsignalled(self, event: ShareEvent) -> str | None:
-        return self.router.unsignalled(event)
 
     def _assign_video(self, event: ShareEvent) -> str:
         assert event.content is not None

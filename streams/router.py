@@ -189,3 +189,18 @@ class Router:
     def forget(self, post_ids: list[str]) -> None:
         """Drop evicted posts from the map, so state stays bounded."""
         self.post_clusters.forget_many(post_ids)
+
+
+class RoutingHost:
+    """What the compiled routing (``rust/python/src/routing.rs``) asks of the object that
+    drives it, replay's ``Pipeline`` or a streaming ``ResolvePartition``, and that its
+    :class:`Router` answers alike for both: the banks' answers for a batch's uploads, and
+    whether an unbanked upload waits for the index (a video) or starts its cluster now."""
+
+    router: Router
+
+    def _classify(self, uploads: list[ShareEvent]) -> list[Routed | None]:
+        return self.router.classify_batch(uploads)
+
+    def _unsignalled(self, event: ShareEvent) -> str | None:
+        return self.router.unsignalled(event)

@@ -81,7 +81,7 @@ from streams.emerging import EmergingClusters
 from streams.events import Rejection, ShareEvent
 from streams.pipeline import DEFAULT_PREDICTOR
 from streams.policy import AlertPolicy
-from streams.router import Routed, Router
+from streams.router import Routed, Router, RoutingHost
 from streams.stats import Stats
 from streams.watermarks import NO_TIME, Mark, SourceClock, Watermark
 from streams.wire import (
@@ -896,7 +896,7 @@ def resolve_local_peers(
     return out, {r: env for r, env in left.items() if r in resolvers}
 
 
-class ResolvePartition:
+class ResolvePartition(RoutingHost):
     """Stage 1b for one partition of the resolve topic: route events, hold orphans.
 
     Progress. This partition tells the next stage (and its peers) how far it
@@ -1202,15 +1202,9 @@ class ResolvePartition:
 
     # -- what the compiled loop asks of Python --
 
-    def _classify(self, uploads: list[ShareEvent]) -> list[Routed | None]:
-        return self.router.classify_batch(uploads)
-
     def _refused(self, target: str, event: ShareEvent, reason: str, held: int) -> Rejection:
         [rejection] = self.router.refused(target, event, (reason, held))
         return rejection
-
-    def _unsignalled(self, event: ShareEvent) -> str | None:
-        return self.router.unsignalled(event)  # a video waits for the index's owner
 
     def _assign_video(self, event: ShareEvent) -> str:
         """At the index's owner: the cluster of a video's upload (its frames searched here)."""
