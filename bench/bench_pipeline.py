@@ -460,6 +460,45 @@ def paused_share(rows: list[dict[str, Any]]) -> float:
     return stopped / len(busy) if busy else 0.0
 
 
+def stop_shares(reports: dict[str, dict[str, Any]], span: float) -> list[str]:
+    """Each worker's reader standing still, as shares of the span, by the rule that held it
+    (the last stats record's ``stopped_s``: ``shares_reader.stop_cause``), how many stops and
+    their mean length, and the time its checkpoint commits took; by the workers' ids.
+
+    >>> stop_shares({"7": {"stopped_s": {"heard": 5.0, "pending": 2.5},
+    ...   "stops": {"heard": 100, "pending": 5}, "commit_s": 0.25}}, 10)
+    ['heard 50% (100 stops, 50 ms) + pending 25% (5 stops, 500 ms), commits 2%']
+    """
+    out = []
+    for _, d in sorted(reports.items()):
+        stops = d.get("stops", {})
+        parts = []
+        for k, v in sorted(d.get("stopped_s", {}).items()):
+            n = stops.get(k, 0)
+            parts.append(f"{k} {v / span:.0%} ({n} stops, {v / max(n, 1) * 1000:.0f} ms)")
+        out.append(f"{' + '.join(parts) or 'none'}, commits {d.get('commit_s', 0.0) / span:.0%}")
+    return out
+
+
+def hop_delays(rows: list[dict[str, Any]], stage: str = "resolve") -> tuple[float, float]:
+    """The mean and the largest age (s) of the oldest record of a batch taken from an internal
+    topic (``delay_s``, each stats record's since the one before), all workers: what a hop
+    between two workers costs from the send to the agent's take.
+
+    >>> hop_delays([{"delay_s": {"resolve": {"mean": 0.1, "max": 0.3, "batches": 3}}},
+    ...   {"delay_s": {"resolve": {"mean": 0.2, "max": 0.2, "batches": 1}}}, {}])
+    (0.125, 0.3)
+    """
+    n = total = top = 0.0
+    for r in rows:
+        d = r.get("delay_s", {}).get(stage)
+        if d:
+            n += d["batches"]
+            total += d["mean"] * d["batches"]
+            top = max(top, d["max"])
+    return (total / n if n else 0.0, top)
+
+
 #: Where a worker's busy samples go in ``--profile``'s summary: a sample counts under the
 #: part of the innermost frame its stack holds of these (the stages' entries, the Kafka
 #: client's code by its files: a stage's work handed over in-process is the next stage's,
@@ -613,6 +652,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
     # per run, each worker's CPU and run-queue wait as shares of the span (wall time)
     each_load: dict[int, list[list[list[float]]]] = {n: [] for n in args.workers}
     paused: dict[int, list[float]] = {n: [] for n in args.workers}
+    stops: dict[int, list[list[str]]] = {n: [] for n in args.workers}
+    hops: dict[int, list[tuple[float, float]]] = {n: [] for n in args.workers}
     reads: dict[int, list[float]] = {n: [] for n in args.workers}  # records read per event
     crossing: dict[int, list[dict[str, float]]] = {n: [] for n in args.workers}
     own_span: dict[int, list[bool]] = {n: [] for n in args.workers}
@@ -678,7 +719,10 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
             each_load[n].append(loads)
             owners = index_owners(reports)
             each_owner[n].append([str(p.pid) in owners for p in procs])
-            paused[n].append(paused_share([orjson.loads(r) for r in keep.read_bytes().split()]))
+            records = [orjson.loads(r) for r in keep.read_bytes().split()]
+            paused[n].append(paused_share(records))
+            stops[n].append(stop_shares(reports, span))
+            hops[n].append(hop_delays(records))
             e2e[n].append(a)
             steady[n].append(b)
             cpu[n].append(sum(used_us[:-1]))
@@ -712,6 +756,10 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 + "; each worker's CPU / wait for a CPU, of the span: "
                 + ", ".join(f"{c:.0%} / {w:.0%}" for c, w in loads)
                 + f"; shares reader stopped in {paused[n][-1]:.0%} of stats records"
+                + f" ({'; '.join(stops[n][-1])} of the span)"
+                + "; resolve records' age when taken {:.0f} ms mean, {:.0f} at most".format(
+                    *(x * 1000 for x in hops[n][-1])
+                )
             )
     ceiling = statistics.median(plain)
     base = args.workers[0]
@@ -731,6 +779,10 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 # whether each worker owned the content index (its CPU is the higher)
                 "each_worker_index_owner": each_owner[n],
                 "paused_share": paused[n],
+                # each worker's reader stopped, by rule, as shares of the span
+                "stopped": stops[n],
+                # the resolve records' age when taken (s): mean, most
+                "resolve_delay_s": hops[n],
                 "broker_cpu_us_per_event": statistics.median(broker_cpu[n]),
                 "records_read_per_event": statistics.median(reads[n]),
                 "sent_per_event": crossing[n],

@@ -106,3 +106,77 @@ def test_the_pending_rule_holds_from_the_bound_down_to_the_lower_mark() -> None:
         seen.append(r.pending_to())
     to = 1_000 + 60_000 + HEARD_AHEAD_MS
     assert seen == [None, None, to, to, to, None, None, to]
+
+
+class _Clock:
+    def __init__(self, newest: dict[int, int]) -> None:
+        self.times = newest
+        self.assigned = set(newest)
+
+    def ahead(self, backlogged: list[int], skew_ms: int) -> set[int]:
+        return set()
+
+    def newest(self, p: int) -> int:
+        return self.times[p]
+
+
+class _Consumer:
+    def __init__(self, partitions: list[int]) -> None:
+        self.tps = {p: SimpleNamespace(partition=p) for p in partitions}
+        self.stopped: set[int] = set()
+
+    def assignment(self) -> list[Any]:
+        return list(self.tps.values())
+
+    def paused(self) -> list[Any]:
+        return [self.tps[p] for p in self.stopped]
+
+    def pause(self, *tps: Any) -> None:
+        self.stopped |= {tp.partition for tp in tps}
+
+    def resume(self, *tps: Any) -> None:
+        self.stopped -= {tp.partition for tp in tps}
+
+
+def test_the_time_a_reader_stands_goes_to_the_rule_holding_its_slowest_partition(
+    monkeypatch: Any,
+) -> None:
+    """What the stats record says holds a backlog's reading back: the time with every
+    partition it has records for paused, by the rule of ``held_back`` that holds the
+    slowest (the others wait for that one); reading time goes to none."""
+    r = reader(None, {}, [0])
+    heard: list[int | None] = [0]
+    clock = _Clock({0: 10_000, 1: 20_000})
+    r.topology = SimpleNamespace(  # type: ignore[assignment]
+        heard=lambda: heard[0],
+        resolvers={0: object()},
+        detectors=r.topology.detectors,
+        held_fill=lambda: 0.0,
+        ingest=SimpleNamespace(clock=clock),
+    )
+    r.consumer = _Consumer([0, 1])
+    r.backlogged = [0, 1]
+    now = [100.0]
+    monkeypatch.setattr("streams.runtime.shares_reader.time.monotonic", lambda: now[0])
+    r.pace()  # 10 s read, 0 heard: both within the window, reading
+    assert r.consumer.stopped == set() and r.stopped_s == {}
+    clock.times[0] = clock.times[1] = HEARD_AHEAD_MS + 1  # both past what was heard
+    now[0] = 101.0
+    r.pace()
+    assert r.consumer.stopped == {0, 1}
+    now[0] = 101.5
+    r.pace()  # still standing: one stop
+    heard[0] = HEARD_AHEAD_MS  # heard more: reading again
+    now[0] = 102.0
+    r.pace()
+    assert r.consumer.stopped == set()
+    assert r.stopped_s == {"heard": 1.0} and r.stops == {"heard": 1}
+    for d in r.topology.detectors.values():
+        d.pending = r.settings.max_pending  # what waits for the watermark at its bound
+    clock.times[0] = clock.times[1] = heard[0] = 100_000  # past the watermark (0), the
+    now[0] = 103.0  # lateness and the window: held by the pending rule alone
+    r.pace()
+    assert r.consumer.stopped == {0, 1}
+    now[0] = 103.25
+    r.pace()
+    assert r.stopped_s == {"heard": 1.0, "pending": 0.25} and r.stops["pending"] == 1

@@ -93,6 +93,16 @@ class SharesReader:
         self.paused: list[int] = []
         #: whether the *pending* rule holds (see :func:`holding`)
         self.holding = False
+        #: wall time (s) the reader stood with every partition it has records for paused,
+        #: by the rule that paused the slowest of them (:func:`stop_cause`): what holds a
+        #: backlog's reading back, time-weighted (the stats record and the benchmark say it)
+        self.stopped_s: dict[str, float] = {}
+        #: how many times it stood, by the same rule (a stop's mean length: what a round
+        #: trip between two workers costs a reader held by what it has heard)
+        self.stops: dict[str, int] = {}
+        self._stopped: tuple[float, str] | None = None
+        #: wall time (s) the reading waited for the checkpoint's commits (in line with it)
+        self.commit_s = 0.0
 
     def make_consumer(self) -> Any:
         from aiokafka import AIOKafkaConsumer
@@ -133,6 +143,7 @@ class SharesReader:
                 if time.monotonic() - committed_at >= COMMIT_EVERY_S:
                     committed_at = time.monotonic()
                     await self.checkpoint.commit(self.owned())
+                    self.commit_s += time.monotonic() - committed_at
         finally:
             self.consumer = None
             with contextlib.suppress(Exception):
@@ -250,14 +261,18 @@ class SharesReader:
         with contextlib.suppress(Exception):  # pausing is an optimisation: never stop reading
             clock = self.topology.ingest.clock
             ahead = clock.ahead(self.backlogged, READ_SKEW_MS)
+            newest = {p: clock.newest(p) for p in clock.assigned}
+            heard, pending_to = self.heard(), self.pending_to()
             ahead |= held_back(
-                {p: clock.newest(p) for p in clock.assigned},
-                self.backlogged,
-                self.heard(),
-                self.topology.held_fill(),
-                pending_to=self.pending_to(),
+                newest, self.backlogged, heard, self.topology.held_fill(), pending_to=pending_to
             )
             self.paused = sorted(ahead)
+            busy = [p for p in self.backlogged if p in newest]
+            stopped = bool(busy) and ahead.issuperset(busy)
+            self.note_stop(
+                stop_cause(newest, busy, heard, pending_to) if stopped else None,
+                time.monotonic(),
+            )
             owned = {tp.partition: tp for tp in consumer.assignment()}
             paused = {tp.partition for tp in consumer.paused()}
             pause = [owned[p] for p in ahead - paused if p in owned]
@@ -266,6 +281,24 @@ class SharesReader:
                 consumer.pause(*pause)
             if resume:
                 consumer.resume(*resume)
+
+    def note_stop(self, cause: str | None, now: float) -> None:
+        """The reader stands (``cause``: the rule that holds its slowest partition) or reads
+        (``None``) from ``now`` on: the time since the last call goes to the cause then.
+
+        >>> r = SharesReader.__new__(SharesReader)
+        >>> r.stopped_s, r.stops, r._stopped = {}, {}, None
+        >>> r.note_stop("heard", 10.0); r.note_stop("heard", 10.5); r.note_stop(None, 11.25)
+        >>> r.note_stop("pending", 12.0); r.note_stop(None, 12.5); r.stopped_s, r.stops
+        ({'heard': 1.25, 'pending': 0.5}, {'heard': 1, 'pending': 1})
+        """
+        was = None
+        if self._stopped is not None:
+            since, was = self._stopped
+            self.stopped_s[was] = self.stopped_s.get(was, 0.0) + now - since
+        if cause is not None and cause != was:
+            self.stops[cause] = self.stops.get(cause, 0) + 1
+        self._stopped = None if cause is None else (now, cause)
 
     def heard(self) -> int | None:
         """What the *heard* rule of :func:`held_back` bounds the reading by:
@@ -485,6 +518,32 @@ def held_back(
         if pending_to is not None and newest[slowest] > pending_to:
             out.add(slowest)  # NO_TIME: it was read; the watermark is coming
     return out
+
+
+def stop_cause(
+    newest: Mapping[int, int], busy: Sequence[int], heard: int | None, pending_to: int | None
+) -> str:
+    """Which rule of :func:`held_back` holds the slowest of the ``busy`` partitions (the
+    others wait for it, by the *held* rule or :data:`READ_SKEW_MS`, so it is what stops
+    the reading): ``"heard"``, ``"pending"``, both (``"heard+pending"``), or ``"other"``
+    (neither: the state changed between the two looks).
+
+    >>> newest = {0: 10_000, 1: 50_000}
+    >>> stop_cause(newest, [0, 1], heard=-25_000, pending_to=None)
+    'heard'
+    >>> stop_cause(newest, [0, 1], heard=-25_000, pending_to=9_000)
+    'heard+pending'
+    >>> stop_cause(newest, [0, 1], heard=NO_TIME, pending_to=NO_TIME)
+    'heard+pending'
+    >>> stop_cause(newest, [0, 1], 5_000, 9_000), stop_cause(newest, [0], None, None)
+    ('pending', 'other')
+    """
+    t = min(newest[p] for p in busy)
+    by_heard = heard is not None and (
+        t != NO_TIME if heard == NO_TIME else t > heard + HEARD_AHEAD_MS
+    )
+    by_pending = pending_to is not None and t > pending_to
+    return "+".join(k for k, on in (("heard", by_heard), ("pending", by_pending)) if on) or "other"
 
 
 #: The offset commit's metadata: the partition's newest event time, ``"t=<ms>"``.

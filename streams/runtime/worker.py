@@ -795,6 +795,11 @@ class Worker:
             "backlogged": self.shares.backlogged,
             # the shares partitions the reader holds back (shares_reader.held_back), and why
             "paused": self.shares.paused,
+            # seconds the reader stood with every partition it has records for paused, by
+            # the rule holding the slowest (shares_reader.stop_cause), and in its commits
+            "stopped_s": {k: round(v, 3) for k, v in sorted(self.shares.stopped_s.items())},
+            "stops": dict(sorted(self.shares.stops.items())),
+            "commit_s": round(self.shares.commit_s, 3),
             "heard": self.topology.heard(),
             "held_fill": round(self.topology.held_fill(), 3),
             # the bundled broker's workarounds, in use or not (never on Apache Kafka)
