@@ -113,13 +113,7 @@ class KafkaSecurity:
         >>> KafkaSecurity().kafka_python_config()
         {'security_protocol': 'PLAINTEXT'}
         """
-        out: dict[str, Any] = {"security_protocol": self.protocol}
-        if self.sasl:
-            out.update(
-                sasl_mechanism=self.sasl_mechanism,
-                sasl_plain_username=self.sasl_username,
-                sasl_plain_password=self.sasl_password,
-            )
+        out = self._common_config()
         if self.tls:
             out.update(
                 ssl_cafile=self.ssl_cafile,
@@ -129,7 +123,14 @@ class KafkaSecurity:
         return out
 
     def aiokafka_config(self) -> dict[str, Any]:
-        """Keyword arguments for aiokafka clients."""
+        """Keyword arguments for aiokafka clients (TLS as a context, not files)."""
+        out = self._common_config()
+        if self.tls:
+            out["ssl_context"] = self.ssl_context()
+        return out
+
+    def _common_config(self) -> dict[str, Any]:
+        """The protocol and SASL keywords, which both clients name alike."""
         out: dict[str, Any] = {"security_protocol": self.protocol}
         if self.sasl:
             out.update(
@@ -137,8 +138,6 @@ class KafkaSecurity:
                 sasl_plain_username=self.sasl_username,
                 sasl_plain_password=self.sasl_password,
             )
-        if self.tls:
-            out["ssl_context"] = self.ssl_context()
         return out
 
 

@@ -1659,7 +1659,17 @@ def test_settings_from_environment_and_flags() -> None:
     s = Settings.from_env(env, partitions=2, broker=None)
     assert s.broker == "kafka://h:1" and s.partitions == 2 and s.partition_idle_s == 0.5
     assert [p.name for p in s.bank_files] == ["a.csv", "b.csv"]
-    assert s.security.kafka_python_config()["sasl_mechanism"] == "SCRAM-SHA-512"
+    kafka_python, aiokafka = s.security.kafka_python_config(), s.security.aiokafka_config()
+    sasl = {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "svc",
+        "sasl_plain_password": "s3cret",
+    }
+    # both clients name the protocol and SASL alike; TLS: files for one, a context for the other
+    assert kafka_python == sasl | {"ssl_cafile": None, "ssl_certfile": None, "ssl_keyfile": None}
+    assert aiokafka.keys() == sasl.keys() | {"ssl_context"}
+    assert {k: aiokafka[k] for k in sasl} == sasl
     assert "s3cret" not in repr(s) and s.pseudonym_key == b"k" and not s.uses_dev_key
     assert s.bootstrap == ["h:1"]
 
