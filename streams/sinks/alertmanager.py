@@ -245,18 +245,10 @@ class AlertmanagerSink(AlertSink):
 
     def _one_by_one(self, batch: list[Alert], wall_ms: int, starts: dict[str, int]) -> Outcome:
         """Isolate what Alertmanager refused (it refuses a whole post for one bad alert)."""
-        outcome = Outcome()
-        for alert in batch:
-            try:
-                self._post(self.url, orjson.dumps([self.to_am(alert, wall_ms, starts)]), {})
-            except Retry as err:
-                outcome.retry = str(err)
-                break
-            except Refused as err:
-                outcome.refused.append((alert, str(err)))
-            else:
-                outcome.delivered.append(alert)
-        return outcome
+        return self._each(
+            batch,
+            lambda a: self._post(self.url, orjson.dumps([self.to_am(a, wall_ms, starts)]), {}),
+        )
 
     def to_am(
         self, alert: Alert, wall_ms: int, starts: dict[str, int] | None = None

@@ -446,6 +446,23 @@ class AlertSink(ABC):
             raise Retry(detail)
         raise Refused(detail)
 
+    def _each(self, batch: list[Alert], post: Callable[[Alert], object]) -> Outcome:
+        """``post`` each alert of ``batch`` on its own, in order: one refused for good is set
+        aside, and a receiver that is down (:class:`Retry`) ends the round: the alerts
+        after it wait too (a receiver must not hear "resolved" before "firing")."""
+        outcome = Outcome()
+        for alert in batch:
+            try:
+                post(alert)
+            except Retry as err:
+                outcome.retry = str(err)
+                break
+            except Refused as err:
+                outcome.refused.append((alert, str(err)))
+            else:
+                outcome.delivered.append(alert)
+        return outcome
+
     def _refused(self, alert: Alert, detail: str) -> None:
         self.rejected += 1
         log.error(

@@ -38,7 +38,7 @@ from typing import Any, Final
 import orjson
 
 from streams.alerts import Alert
-from streams.sinks.base import AlertSink, Outcome, Refused, Retry, summary
+from streams.sinks.base import AlertSink, Outcome, summary
 
 SECRET_ENV: Final = "VIRALWATCH_WEBHOOK_SECRET"
 SIGNATURE_HEADER: Final = "X-Viralwatch-Signature"
@@ -119,22 +119,13 @@ class WebhookSink(AlertSink):
         )
 
     def _deliver(self, batch: list[Alert], now: float) -> Outcome:
-        outcome = Outcome()
-        for alert in batch:
-            body = self.body(alert)
-            headers = {DELIVERY_HEADER: alert.dedupe_key}
-            if self._secret is not None:
-                ts = int(self._wall())
-                headers[TIMESTAMP_HEADER] = str(ts)
-                headers[SIGNATURE_HEADER] = sign(self._secret, ts, body)
-            try:
-                self._post(self.url, body, headers)
-            except Retry as err:
-                # Later alerts wait too: a receiver must not hear "resolved" before "firing".
-                outcome.retry = str(err)
-                break
-            except Refused as err:
-                outcome.refused.append((alert, str(err)))
-            else:
-                outcome.delivered.append(alert)
-        return outcome
+        return self._each(batch, self._post_one)
+
+    def _post_one(self, alert: Alert) -> None:
+        body = self.body(alert)
+        headers = {DELIVERY_HEADER: alert.dedupe_key}
+        if self._secret is not None:
+            ts = int(self._wall())
+            headers[TIMESTAMP_HEADER] = str(ts)
+            headers[SIGNATURE_HEADER] = sign(self._secret, ts, body)
+        self._post(self.url, body, headers)
