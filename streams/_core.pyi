@@ -271,28 +271,30 @@ class UnbankedClusters:
     @property
     def nbytes(self) -> int: ...
     def apply_many(
-        self, items: list[Any], start: int, stop_ms: int, barrier: int, banked: dict[str, Any]
+        self,
+        items: list[Any],
+        start: int,
+        stop_ms: int,
+        barrier: int,
+        banked: dict[str, Any],
+        count_unmatched: bool = False,
     ) -> tuple[
         int,
         list[Any] | None,
         list[tuple[str, int, int, int, int, int]] | None,
         list[tuple[int, str, list[str]]] | None,
         list[int] | None,
-        int,
-        int,
-        int,
-        int,
-        int,
-        int,
-        int,
+        tuple[int, int, int, int, int, int, int, int, int | None],
     ]:
         """Apply routed events from ``items[start]`` on, in order (each after evicting what
         was idle at its time, up to ``barrier``), stopping at the first at or after
         ``stop_ms`` or of a banked cluster (``b-``, or in ``banked``): how many, the events
         rejected as ``duplicate_post``, the crossings ``(cluster, shares in 5 minutes, size,
         live, first seen, last)``, the evictions ``(before item, cluster, posts)``, the items
-        applied with content (each list ``None`` when empty), then duplicates, late,
-        created, uploads, shares, takedowns, and the latest event time applied."""
+        applied with content (each list ``None`` when empty), then the counters: duplicates,
+        late, created, uploads, shares, takedowns, of the uploads those of low quality and
+        those the allow-list took (``count_unmatched``: counted, by the compiled loops'
+        rule; else 0), and the latest event time applied (``None``: none)."""
     def evict(self, cut_ms: int, barrier: int) -> tuple[bool, list[tuple[int, str, list[str]]]]:
         """Evict what is idle at ``cut_ms`` and touched before ``barrier``: whether one
         touched before it is not idle, and the evictions."""
@@ -480,6 +482,10 @@ class ResolveLoop:
         """These events (expired orphans) are no longer held; released in the delta."""
     @property
     def unclustered(self) -> int | None: ...
+
+def unmatched_kinds(cluster_id: str, event: Any) -> tuple[int, int]:
+    """Of an upload of ``cluster_id`` counted unmatched where Python applies it, ``(low
+    quality, allowed)``: the compiled loops' rule (``Unmatched``), in one place."""
 
 def evict_unbanked(
     store: UnbankedClusters,

@@ -142,7 +142,7 @@ from typing import Protocol
 
 from graphs.cascade import Cascade
 from graphs.velocity import MINUTE_MS, WINDOWS_MS, Velocity
-from streams._core import ClusterIds, EventIds, UnbankedClusters
+from streams._core import ClusterIds, EventIds, UnbankedClusters, unmatched_kinds
 from streams.alerts import (
     Alert,
     CascadeFigures,
@@ -160,7 +160,7 @@ from streams.emerging import ContentIndex, Signal, signal_of, signals_of
 from streams.events import Rejection, ShareEvent
 from streams.forecast import PredictorFactory
 from streams.policy import AlertPolicy
-from streams.router import Routed, low_quality
+from streams.router import Routed
 from streams.stats import Stats
 
 
@@ -294,15 +294,6 @@ _KINDS = ("upload", "share", "takedown")
 #: (replay's: ``rust/python/src/detect.rs``'s ``Unmatched``), and the latest event time
 #: applied (``None``: none)
 UnbankedCounts = tuple[int, int, int, int, int, int, int, int, int | None]
-
-
-def _unmatched_kinds(item: Routed) -> tuple[int, int]:
-    """Of an upload counted unmatched, whether it is of low quality and whether the
-    allow-list took it (an ``a-`` cluster's): the compiled loops' rule
-    (``rust/python/src/detect.rs``'s ``Unmatched``), here for the uploads Python applies."""
-    content = item.event.content
-    low = content is not None and low_quality(content)
-    return int(low), int(item.cluster_id.startswith("a-"))
 
 
 def _key(ev: ShareEvent) -> tuple[int, str]:
@@ -629,20 +620,13 @@ class Detector:
         up to the first of a banked cluster or at ``stop_ms``; how many it applied. (A
         compiled loop, replay's or a clusters partition's, applies runs itself: see
         ``rust/python/src/detect.rs``; here :meth:`apply` gives one event.)"""
-        applied = self._unbanked.apply_many(run, start, stop_ms, self._barrier(), self.clusters)
-        done, rejected, crossings, evicted, contents = applied[:5]
+        done, rejected, crossings, evicted, contents, counts = self._unbanked.apply_many(
+            run, start, stop_ms, self._barrier(), self.clusters, self.counts_uploads
+        )
         if not done:
             return 0
         if contents is not None or evicted is not None:
             self._contents_and_evictions(run, contents or [], evicted or [])
-        duplicates, late, created, uploads, shares, takedowns, latest = applied[5:]
-        low = allowed = 0
-        if uploads and self.counts_uploads:  # the store's uploads applied new: with content
-            for i in contents or []:
-                if run[i].event.type == "upload":
-                    low_q, allow = _unmatched_kinds(run[i])
-                    low, allowed = low + low_q, allowed + allow
-        counts = (duplicates, late, created, uploads, shares, takedowns, low, allowed, latest)
         self._settled(rejected, crossings, counts)
         return int(done)
 
@@ -791,7 +775,7 @@ class Detector:
                 self.stats.matched[item.match.bank] += 1
             else:  # (a relabelled unbanked cluster's)
                 self.stats.unmatched_uploads += 1
-                low, allowed = _unmatched_kinds(item)
+                low, allowed = unmatched_kinds(item.cluster_id, ev)
                 self.stats.low_quality += low
                 self.stats.allowed += allowed
         if ev.content is not None:

@@ -349,3 +349,39 @@ def test_a_horizon_past_32_bits_of_milliseconds_is_refused() -> None:
     for bad in (2**32, 0, -5):
         with pytest.raises(ValueError, match="horizon_ms"):
             _core.UnbankedClusters([(1, 300_000, 3)], bad, 3_600_000)
+
+
+def test_the_store_counts_unmatched_uploads_by_the_loops_rule_where_asked() -> None:
+    """``apply_many(..., count_unmatched=True)`` counts, of the uploads applied new, those of
+    low quality (``streams.router.low_quality``) and those the allow-list took (an ``a-``
+    cluster's), as the compiled loops' ``Unmatched`` does; a redelivered upload and a share
+    are not counted, and without ``count_unmatched`` nothing is (a clusters partition
+    counts its uploads as it receives them). ``_core.unmatched_kinds`` says the same of
+    one upload Python applies."""
+    from streams import _core
+    from streams.events import Content
+
+    flat = Content(pdq="f" * 64, pdq_quality=10)  # under the quality cut
+    good = Content(pdq="0f" * 32, pdq_quality=90)
+
+    def upload(i: int, content: Content) -> ShareEvent:
+        return ShareEvent(f"e{i}", "upload", T0 + i, f"p{i}", "u", content=content)
+
+    run = [
+        Routed(upload(1, flat), "u-1"),
+        Routed(upload(2, good), "a-2"),
+        Routed(upload(3, flat), "a-3"),
+        Routed(upload(1, flat), "u-1"),  # delivered again: applied once
+        Routed(ShareEvent("e4", "share", T0 + 4, "p4", "u", "p1"), "u-1"),
+    ]
+    for count, counted in ((True, (2, 2)), (False, (0, 0))):
+        store = _core.UnbankedClusters([(1, 300_000, 3)], IDLE_MS, 3_600_000)
+        done, *_, counts = store.apply_many(run, 0, 1 << 60, 0, {}, count)
+        assert done == 5
+        assert counts[3] == 3 and counts[0] == 1  # uploads applied, the duplicate
+        assert counts[6:8] == counted, counts
+    assert [_core.unmatched_kinds(r.cluster_id, r.event) for r in run[:3]] == [
+        (1, 0),
+        (0, 1),
+        (1, 1),
+    ]

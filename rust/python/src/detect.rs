@@ -352,9 +352,11 @@ pub(crate) struct Received {
 /// the allow-list took it (an `a-` cluster's). One rule for both loops, which differ only
 /// in where an upload is new: a clusters partition's as it receives it (`Received`: a
 /// replacement applies again what its log gives back), replay's as the store applies it
-/// (no kill; the simulator's lines delivered twice are applied once). Neither router
-/// counts them: a resolve partition classifies an upload each time its input is read,
-/// replay's each time a line comes.
+/// (no kill; the simulator's lines delivered twice are applied once), and the uploads
+/// the detector applies itself as replay's does (`UnbankedClusters.apply_many`'s
+/// ``count_unmatched``, `unmatched_kinds`): Python does not count them again. Neither
+/// router counts them: a resolve partition classifies an upload each time its input is
+/// read, replay's each time a line comes.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct Unmatched {
     pub(crate) uploads: u64,
@@ -373,36 +375,49 @@ impl Unmatched {
         image: Option<&Image<'_>>,
         min_pdq_quality: i64,
     ) -> PyResult<()> {
-        self.uploads += 1;
-        self.allowed += u64::from(cluster.kind_is(b'a'));
         let low = match (event, image) {
             (Ev::Core(_), Some(image)) => low_pdq(image, min_pdq_quality),
-            _ => low_quality(py, event, min_pdq_quality)?,
+            (Ev::Core(_), None) => event
+                .image(py)?
+                .is_some_and(|image| low_pdq(&image, min_pdq_quality)),
+            (Ev::Py(ev), _) => py_low_quality(ev.bind(py))?,
         };
-        self.low_quality += u64::from(low);
+        self.add(cluster, low);
         Ok(())
+    }
+
+    /// One upload of `cluster` counted, of low quality or not: the allow-list's when its
+    /// cluster is (an `a-` cluster's).
+    pub(crate) fn add(&mut self, cluster: &Cid, low: bool) {
+        self.uploads += 1;
+        self.allowed += u64::from(cluster.kind_is(b'a'));
+        self.low_quality += u64::from(low);
     }
 }
 
-/// Whether an unmatched upload is counted low quality, by `streams.router.low_quality`'s
-/// rule: a compiled event's here (it carries no video: a PDQ under the cut,
-/// `routing::low_pdq`, the banks' screen's test), any other's by Python (a video's frames).
-fn low_quality(py: Python<'_>, event: &Ev, min_pdq_quality: i64) -> PyResult<bool> {
+/// Whether an unmatched upload Python made (a ``ShareEvent``) is counted low quality:
+/// `streams.router.low_quality` of its content (a video's frames are Python's to judge; a
+/// compiled event's PDQ is judged here, by `routing::low_pdq`, the banks' screen's test).
+pub(crate) fn py_low_quality(event: &Bound<'_, PyAny>) -> PyResult<bool> {
     static RULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    match event {
-        Ev::Core(_) => Ok(event
-            .image(py)?
-            .is_some_and(|image| low_pdq(&image, min_pdq_quality))),
-        Ev::Py(ev) => {
-            let content = ev.bind(py).getattr(intern!(py, "content"))?;
-            if content.is_none() {
-                return Ok(false);
-            }
-            RULE.import(py, "streams.router", "low_quality")?
-                .call1((content,))?
-                .is_truthy()
-        }
+    let py = event.py();
+    let content = event.getattr(intern!(py, "content"))?;
+    if content.is_none() {
+        return Ok(false);
     }
+    RULE.import(py, "streams.router", "low_quality")?
+        .call1((content,))?
+        .is_truthy()
+}
+
+/// Of an upload of ``cluster_id`` counted unmatched where Python applies it (the detector's
+/// banked side: an unbanked cluster relabelled banked), ``(low quality, allowed)``: the
+/// loops' rule (`Unmatched`), in one place.
+#[pyfunction]
+pub fn unmatched_kinds(cluster_id: &str, event: &Bound<'_, PyAny>) -> PyResult<(u64, u64)> {
+    let mut one = Unmatched::default();
+    one.add(&Cid::of(cluster_id), py_low_quality(event)?);
+    Ok((one.low_quality, one.allowed))
 }
 
 impl Detect {

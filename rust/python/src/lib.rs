@@ -344,6 +344,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<replay::ReplayLoop>()?;
     m.add_class::<resolve::ResolveLoop>()?;
     m.add_function(wrap_pyfunction!(detect::evict_unbanked, m)?)?;
+    m.add_function(wrap_pyfunction!(detect::unmatched_kinds, m)?)?;
     m.add_class::<detect::ClusterLoop>()?;
     m.add_class::<detect::ForgetSink>()?;
     m.add_class::<detect::ClusterIds>()?;

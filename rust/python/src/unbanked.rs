@@ -10,11 +10,12 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use pyo3::{intern, IntoPyObjectExt, PyTraverseError, PyVisit};
 
-use viralwatch_core::content::Kind as SignalKind;
+use viralwatch_core::content::{Cid, Kind as SignalKind};
 use viralwatch_core::dedupe::EventIdSet;
 use viralwatch_core::unbanked::{Crossing, Event, Kind, Outcome, Rule, Store, MAX_HORIZON_MS};
 
 use crate::dedupe::{with_id, EventIds};
+use crate::detect::{py_low_quality, Unmatched};
 use crate::ev::Ev;
 
 /// A text the core kept as UTF-8 bytes, as the ``str`` it came from.
@@ -106,19 +107,19 @@ type Eviction = (usize, String, Vec<Py<PyAny>>);
 
 /// What a batch did, flat and with ``None`` for an empty list: most batches are an event or
 /// two, and every object made here is one more for Python's collector to count.
+/// What the store counted as it applied a run: duplicates, late, clusters created,
+/// uploads, shares, takedowns applied, of the uploads those of low quality and those the
+/// allow-list took (`crate::detect::Unmatched`, where asked), and the latest event time
+/// applied (``streams.detector.UnbankedCounts``).
+type Counts = (u64, u64, u64, u64, u64, u64, u64, u64, Option<i64>);
+
 type Applied = (
     usize,
     Option<Vec<Py<PyAny>>>,
     Option<Vec<CrossingRow>>,
     Option<Vec<Eviction>>,
     Option<Vec<usize>>,
-    u64,
-    u64,
-    u64,
-    u64,
-    u64,
-    u64,
-    i64,
+    Counts,
 );
 
 fn some<T>(v: Vec<T>) -> Option<Vec<T>> {
@@ -263,10 +264,12 @@ impl UnbankedClusters {
     /// Returns how many were
     /// applied, the events rejected as ``duplicate_post``, the crossings ``(cluster,
     /// shares in 5 minutes, size, live, first seen, last)``, the evictions ``(before item,
-    /// cluster, posts)``, the items applied that carry content, and the counters
-    /// ``duplicates, late, clusters created, uploads, shares, takedowns``, and the latest
-    /// event time among those applied, in one flat tuple (``None`` for an empty list).
-    #[pyo3(signature = (items, start, stop_ms, barrier, banked))]
+    /// cluster, posts)``, the items applied that carry content (``None`` for an empty
+    /// list), and the counters (see `Counts`). ``count_unmatched``: the uploads applied
+    /// new are counted unmatched here, by the compiled loops' rule (their low quality and
+    /// allow-list counts; the detector's, where it counts uploads as it applies them).
+    #[pyo3(signature = (items, start, stop_ms, barrier, banked, count_unmatched = false))]
+    #[allow(clippy::too_many_arguments)]
     fn apply_many(
         &mut self,
         py: Python<'_>,
@@ -275,12 +278,14 @@ impl UnbankedClusters {
         stop_ms: i64,
         barrier: u64,
         banked: &Bound<'_, PyDict>,
+        count_unmatched: bool,
     ) -> PyResult<Applied> {
         let mut out: Outcome<Ev> = Outcome::default();
         let mut contents = Vec::new();
+        let mut unmatched = Unmatched::default();
         let idle = self.store.idle_ms();
         let mut done = 0;
-        let mut latest = i64::MIN;
+        let mut latest = None;
         for i in start..items.len() {
             let item = items.get_item(i)?;
             let cid_obj = item.getattr(intern!(py, "cluster_id"))?;
@@ -296,14 +301,20 @@ impl UnbankedClusters {
             if ts >= stop_ms {
                 break;
             }
-            latest = latest.max(ts);
+            latest = Some(latest.map_or(ts, |t: i64| t.max(ts)));
             let has_content = !ev.getattr(intern!(py, "content"))?.is_none();
             self.store
                 .evict(ts.saturating_sub(idle), barrier, i, &mut out);
             let store = &mut self.store;
-            let applied = with_event(&ev, ts, |e| store.apply(cid, e, Ev::from_py(&ev), &mut out))?;
+            let (applied, upload) = with_event(&ev, ts, |e| {
+                let applied = store.apply(cid, e, Ev::from_py(&ev), &mut out);
+                (applied, e.kind == Kind::Upload)
+            })?;
             if applied && has_content {
                 contents.push(i);
+            }
+            if applied && upload && count_unmatched {
+                unmatched.add(&Cid::of(cid), py_low_quality(&ev)?);
             }
             done = i + 1 - start;
         }
@@ -322,13 +333,17 @@ impl UnbankedClusters {
             some(crossings),
             some(evicted),
             some(contents),
-            out.duplicates,
-            out.late,
-            out.created,
-            out.kinds[0],
-            out.kinds[1],
-            out.kinds[2],
-            latest,
+            (
+                out.duplicates,
+                out.late,
+                out.created,
+                out.kinds[0],
+                out.kinds[1],
+                out.kinds[2],
+                unmatched.low_quality,
+                unmatched.allowed,
+                latest,
+            ),
         ))
     }
 
