@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from eventgen import flip, pdq_hex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from shared_data import SHARED, absent
@@ -30,17 +31,6 @@ from streams.stats import Stats
 
 PDQ_DATA = SHARED / "data" / "pdq"
 NO_DATA = absent(PDQ_DATA, "PDQ reference data")
-
-
-def rand_hash(rng: random.Random, bits: int = 256) -> str:
-    return f"{rng.getrandbits(bits):0{bits // 4}x}"
-
-
-def flip(h: str, d: int, rng: random.Random) -> str:
-    v = int(h, 16)
-    for bit in rng.sample(range(256), d):
-        v ^= 1 << bit
-    return f"{v:064x}"
 
 
 def pdq(signal: str, bank: str = "ncii", label: str | None = None) -> BankEntry:
@@ -80,7 +70,7 @@ def test_ties_go_to_the_nearest_then_bank_name_then_signal() -> None:
 
 def test_each_bank_has_its_own_threshold_and_can_be_disabled() -> None:
     rng = random.Random(1)
-    h = rand_hash(rng)
+    h = pdq_hex(rng)
     q = flip(h, 20, rng)
     banks = HashBanks([BankConfig("strict", pdq_threshold=10), BankConfig("wide", 40)])
     banks.add(pdq(h, "strict"))
@@ -130,15 +120,17 @@ def test_match_equals_brute_force_for_planted_near_duplicates(
     configs = [BankConfig(nm, t) for nm, t in zip(names, thresholds, strict=True)]
     if disabled:
         configs[0] = BankConfig(names[0], thresholds[0], enabled=False)
-    signals = [rand_hash(rng) for _ in range(n)]
+    signals = [pdq_hex(rng) for _ in range(n)]
     entries = [pdq(rng.choice(signals), rng.choice(names)) for _ in range(n)]
-    entries += [BankEntry(rng.choice(names), "md5", rand_hash(rng, 128)) for _ in range(5)]
+    entries += [
+        BankEntry(rng.choice(names), "md5", f"{rng.getrandbits(128):032x}") for _ in range(5)
+    ]
     banks = HashBanks(configs)
     banks.add_many(entries[: n // 2])
     for e in entries[n // 2 :]:
         banks.add(e)
     contents = [Content(pdq=flip(rng.choice(signals), d, rng)) for d in range(41)]
-    contents += [Content(pdq=rand_hash(rng), md5=entries[-1].signal), Content(pdq=rand_hash(rng))]
+    contents += [Content(pdq=pdq_hex(rng), md5=entries[-1].signal), Content(pdq=pdq_hex(rng))]
     expected = [brute_force_match(banks.entries(), c, configs) for c in contents]
     assert [banks.match(c) for c in contents] == expected
     assert HashBanks(configs, cache_size=0).match_many(contents) == [None] * len(contents)
@@ -335,7 +327,7 @@ def viralwatch(*args: str) -> subprocess.CompletedProcess[bytes]:
 
 def test_bank_match_prints_one_line_per_match(tmp_path: Path) -> None:
     rng = random.Random(2)
-    a, b = rand_hash(rng), rand_hash(rng)
+    a, b = pdq_hex(rng), pdq_hex(rng)
     md5 = "f" * 32
     bank1 = tmp_path / "one.csv"
     bank1.write_text(f"signal_type,signal,bank\npdq,{a},ncii\nmd5,{md5},ncii\n")
@@ -343,7 +335,7 @@ def test_bank_match_prints_one_line_per_match(tmp_path: Path) -> None:
     bank2.write_text(f"signal_type,signal,bank,label\npdq,{a},partner,x\npdq,{b},partner,y\n")
     near = flip(a, 9, rng)
     queries = tmp_path / "q.txt"
-    queries.write_text(f"# queries\n{near}\n\n{md5.upper()}\n{rand_hash(rng)}\n")
+    queries.write_text(f"# queries\n{near}\n\n{md5.upper()}\n{pdq_hex(rng)}\n")
     r = viralwatch("bank", "match", "--bank", str(bank1), "--bank", str(bank2), str(queries))
     assert r.returncode == 0, r.stderr
     rows = [orjson.loads(line) for line in r.stdout.splitlines()]

@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import pytest
+from eventgen import flip, pdq_hex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from shared_data import SHARED, absent
@@ -15,23 +16,11 @@ from streams.pdqindex import MAX_INDEXED_THRESHOLD, PDQIndex, brute_force
 PDQ_DATA = SHARED / "data" / "pdq"
 
 
-def rand_hash(rng: random.Random) -> str:
-    return f"{rng.getrandbits(256):064x}"
-
-
-def flip(h: str, d: int, rng: random.Random) -> str:
-    """A hash exactly ``d`` bits from ``h``."""
-    v = int(h, 16)
-    for bit in rng.sample(range(256), d):
-        v ^= 1 << bit
-    return f"{v:064x}"
-
-
 def test_planted_near_duplicates_at_every_distance_0_to_40() -> None:
     rng = random.Random(3)
-    bank = [rand_hash(rng) for _ in range(3000)]
+    bank = [pdq_hex(rng) for _ in range(3000)]
     queries = [flip(rng.choice(bank), d, rng) for d in range(41) for _ in range(3)]
-    queries += [rand_hash(rng) for _ in range(20)]
+    queries += [pdq_hex(rng) for _ in range(20)]
     queries += [flip(rng.choice(bank), d, rng) for d in range(41, 70)]  # for the wide thresholds
     index = PDQIndex(bank, tail_min=100)
     for threshold in (0, 1, 15, 16, 30, 31, 32, 40, 47, 48, 63, 64, 65):
@@ -47,7 +36,7 @@ def test_planted_near_duplicates_at_every_distance_0_to_40() -> None:
 
 def test_single_and_batched_searches_agree() -> None:
     rng = random.Random(4)
-    bank = [rand_hash(rng) for _ in range(500)]
+    bank = [pdq_hex(rng) for _ in range(500)]
     queries = [flip(rng.choice(bank), rng.randrange(45), rng) for _ in range(100)]
     index = PDQIndex(bank, tail_min=0)
     assert [index.search(q, 40) for q in queries] == index.search_many(queries, 40)
@@ -65,7 +54,7 @@ def test_index_equals_brute_force_through_adds_and_removals(
     seed: int, n: int, tail_min: int, threshold: int, ops: list[tuple[str, int]]
 ) -> None:
     rng = random.Random(seed)
-    bank = [rand_hash(rng) for _ in range(n)]
+    bank = [pdq_hex(rng) for _ in range(n)]
     index = PDQIndex(bank[: n // 2], tail_min=tail_min)
     live = set(bank[: n // 2])
     for h in bank[n // 2 :]:
@@ -74,7 +63,7 @@ def test_index_equals_brute_force_through_adds_and_removals(
     removed: list[str] = []
     for op, k in ops:
         if op == "add" or not live:
-            h = flip(rng.choice(bank), k % 41, rng) if bank else rand_hash(rng)
+            h = flip(rng.choice(bank), k % 41, rng) if bank else pdq_hex(rng)
             assert index.add(h) == (h not in live)
             live.add(h)
         elif op == "remove":
@@ -90,7 +79,7 @@ def test_index_equals_brute_force_through_adds_and_removals(
     assert len(index) == len(live)
     # planted near-duplicates at every distance 0..40, removed hashes, and strangers
     queries = [flip(rng.choice(bank), d, rng) for d in range(41)] if bank else []
-    queries += removed[:5] + [rand_hash(rng) for _ in range(5)]
+    queries += removed[:5] + [pdq_hex(rng) for _ in range(5)]
     expected = brute_force(sorted(live), queries, threshold)
     assert index.search_many(queries, threshold) == expected
     assert [index.search(q, threshold) for q in queries[:8]] == expected[:8]
@@ -110,7 +99,7 @@ def test_the_edges_of_the_threshold_duplicates_and_removals_are_a_scans(
     """Hashes exactly at the threshold and one past it, repeated (in either case), some
     removed: the index gives a scan's answer, tags included, in a scan's order."""
     rng = random.Random(seed)
-    query = rand_hash(rng)
+    query = pdq_hex(rng)
     bank = [flip(query, d, rng) for d in distances]
     bank += [bank[i % len(bank)].upper() for i in removed]  # repeats: not added again
     index = PDQIndex(tail_min=tail_min)
@@ -133,7 +122,7 @@ def test_the_edges_of_the_threshold_duplicates_and_removals_are_a_scans(
 
 def test_bulk_load_and_compaction_after_mass_removal() -> None:
     rng = random.Random(5)
-    bank = [rand_hash(rng) for _ in range(4000)]
+    bank = [pdq_hex(rng) for _ in range(4000)]
     index = PDQIndex(tail_min=64)
     assert index.add_many(bank + bank[:10]) == 4000  # repeats are skipped
     full = index.nbytes
@@ -147,9 +136,9 @@ def test_bulk_load_and_compaction_after_mass_removal() -> None:
 
 def test_withdrawal_takes_effect_at_once_in_tables_and_tail() -> None:
     rng = random.Random(6)
-    bank = [rand_hash(rng) for _ in range(2000)]
+    bank = [pdq_hex(rng) for _ in range(2000)]
     index = PDQIndex(bank, tail_min=10)
-    extra = rand_hash(rng)
+    extra = pdq_hex(rng)
     index.add(extra)  # in the tail
     for h in (bank[7], extra):
         near = flip(h, 20, rng)
@@ -173,9 +162,9 @@ def test_complement_is_256_bits_away_not_0() -> None:
 
 def test_thresholds_beyond_the_tables_fall_back_to_an_exact_scan() -> None:
     rng = random.Random(8)
-    bank = [rand_hash(rng) for _ in range(300)]
+    bank = [pdq_hex(rng) for _ in range(300)]
     index = PDQIndex(bank, tail_min=0)
-    q = [flip(bank[0], 100, rng), rand_hash(rng)]
+    q = [flip(bank[0], 100, rng), pdq_hex(rng)]
     for threshold in (MAX_INDEXED_THRESHOLD + 1, 100, 128, 256):
         assert index.search_many(q, threshold) == brute_force(bank, q, threshold)
 
@@ -206,11 +195,11 @@ def test_bad_input_raises_value_error() -> None:
 
 def test_tags_go_with_the_hashes_added_and_a_present_hash_keeps_its_own() -> None:
     rng = random.Random(12)
-    bank = [rand_hash(rng) for _ in range(3000)]
+    bank = [pdq_hex(rng) for _ in range(3000)]
     index = PDQIndex(tail_min=50)
     assert index.add_many(bank, tags=list(range(3000))) == 3000
     assert index.add_many([*bank[:10], bank[0].upper()], tags=[-5] * 11) == 0
-    assert index.tags_of([*bank[::7], rand_hash(rng)]) == [*range(0, 3000, 7), -2]
+    assert index.tags_of([*bank[::7], pdq_hex(rng)]) == [*range(0, 3000, 7), -2]
     queries = [flip(bank[i], i % 35, rng) for i in range(0, 3000, 11)]
     qi, tags, dist = index.search_tags(queries, 31)
     expected = brute_force(bank, queries, 31)

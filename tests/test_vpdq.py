@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from eventgen import flip, pdq_hex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,17 +28,6 @@ from streams.vpdq import (
     parse_vpdq,
     usable_hashes,
 )
-
-
-def rand_pdq(rng: random.Random) -> str:
-    return f"{rng.getrandbits(256):064x}"
-
-
-def flip(pdq: str, bits: int, rng: random.Random) -> str:
-    v = int(pdq, 16)
-    for b in rng.sample(range(256), bits):
-        v ^= 1 << b
-    return f"{v:064x}"
 
 
 def video(hashes: list[str], quality: int = 100) -> tuple[VpdqFrame, ...]:
@@ -109,9 +99,9 @@ def test_usable_hashes_filter_quality_then_drop_repeats() -> None:
 
 def test_compare_follows_the_readme_pseudocode() -> None:
     rng = random.Random(1)
-    q = [rand_pdq(rng) for _ in range(10)]
+    q = [pdq_hex(rng) for _ in range(10)]
     # the banked video holds 8 of the query's frames (a few bits off) and 12 others
-    banked = [flip(h, 10, rng) for h in q[:8]] + [rand_pdq(rng) for _ in range(12)]
+    banked = [flip(h, 10, rng) for h in q[:8]] + [pdq_hex(rng) for _ in range(12)]
     s = compare(q, banked, 31)
     assert s == VideoScore(80.0, 40.0, 10, 20)
     assert s.passes(80.0, 0.0) and not s.passes(80.1, 0.0) and not s.passes(80.0, 41.0)
@@ -129,10 +119,10 @@ def planted_bank(seed: int) -> tuple[list[BankEntry], list[tuple[VpdqFrame, ...]
     banks = ["ncii", "strict", "loose"]
     entries: list[BankEntry] = []
     sources: list[list[str]] = []
-    common = [rand_pdq(rng) for _ in range(3)]  # frames many videos share (a logo card)
+    common = [pdq_hex(rng) for _ in range(3)]  # frames many videos share (a logo card)
     for n in range(60):
         k = rng.randint(3, 25)
-        hashes = [rand_pdq(rng) for _ in range(k)]
+        hashes = [pdq_hex(rng) for _ in range(k)]
         if rng.random() < 0.3:
             hashes[rng.randrange(k)] = rng.choice(common)
         if sources and rng.random() < 0.15:  # a near copy of another banked video
@@ -149,13 +139,13 @@ def planted_bank(seed: int) -> tuple[list[BankEntry], list[tuple[VpdqFrame, ...]
         src = rng.choice(sources)
         keep = [h for h in src if rng.random() < rng.choice((1.0, 0.85, 0.6))]
         near = [flip(h, rng.choice((0, 5, 15, 24, 28, 31, 32, 35, 40)), rng) for h in keep]
-        extra = [rand_pdq(rng) for _ in range(rng.choice((0, 0, 1, 3, 10)))]
+        extra = [pdq_hex(rng) for _ in range(rng.choice((0, 0, 1, 3, 10)))]
         if rng.random() < 0.2:
             extra.append(rng.choice(common))
         hashes = near + extra
         rng.shuffle(hashes)
         if not hashes:
-            hashes = [rand_pdq(rng)]
+            hashes = [pdq_hex(rng)]
         queries.append(
             tuple(
                 VpdqFrame(h, rng.choice((100, 100, 90, 55, 40)), float(i))
@@ -237,11 +227,11 @@ def test_property_index_equals_brute_force(
 ) -> None:
     rng = random.Random(seed)
     cfg = BankConfig("b", threshold, vpdq_query_match_pct=q_pct, vpdq_compared_match_pct=c_pct)
-    banked = [rand_pdq(rng) for _ in range(n_frames)]
+    banked = [pdq_hex(rng) for _ in range(n_frames)]
     entries = [BankEntry("b", "vpdq", format_vpdq(video(banked)))]
-    entries.append(BankEntry("b", "vpdq", format_vpdq(video([rand_pdq(rng)]))))
+    entries.append(BankEntry("b", "vpdq", format_vpdq(video([pdq_hex(rng)]))))
     query = video([flip(banked[i % n_frames], b, rng) for i, b in enumerate(bits)])
-    query += video([rand_pdq(rng) for _ in range(extra)])
+    query += video([pdq_hex(rng) for _ in range(extra)])
     bank = VideoBank(lambda _: cfg)
     bank.add_many(entries)
     assert bank.lookup(query) == brute_force_videos(entries, query, lambda _: cfg)
@@ -249,7 +239,7 @@ def test_property_index_equals_brute_force(
 
 def test_a_video_with_no_usable_frame_matches_nothing() -> None:
     rng = random.Random(5)
-    hashes = [rand_pdq(rng) for _ in range(5)]
+    hashes = [pdq_hex(rng) for _ in range(5)]
     bank = VideoBank(BankConfig)
     bank.add_many([BankEntry("ncii", "vpdq", format_vpdq(video(hashes)))])
     assert bank.lookup(video(hashes))
@@ -261,10 +251,10 @@ def test_a_video_with_no_usable_frame_matches_nothing() -> None:
 
 def test_a_disabled_bank_and_settings_changes_take_effect_at_once() -> None:
     rng = random.Random(6)
-    hashes = [rand_pdq(rng) for _ in range(10)]
+    hashes = [pdq_hex(rng) for _ in range(10)]
     banks = HashBanks()
     banks.add(BankEntry("ncii", "vpdq", format_vpdq(video(hashes))))
-    half = Content(vpdq=video(hashes[:5] + [rand_pdq(rng) for _ in range(5)]))
+    half = Content(vpdq=video(hashes[:5] + [pdq_hex(rng) for _ in range(5)]))
     assert banks.match(half) is None  # 50% of the query's frames: under 80%
     banks.configure(BankConfig("ncii", vpdq_query_match_pct=50.0))
     m = banks.match(half)
@@ -282,7 +272,7 @@ def test_a_disabled_bank_and_settings_changes_take_effect_at_once() -> None:
 def test_hash_banks_match_videos_and_images_as_brute_force_does() -> None:
     entries, queries, images = planted_bank(7)
     rng = random.Random(7)
-    image_entries = [BankEntry("ncii", "pdq", rand_pdq(rng)) for _ in range(20)]
+    image_entries = [BankEntry("ncii", "pdq", pdq_hex(rng)) for _ in range(20)]
     md5 = BankEntry("internal", "md5", "ab" * 16)
     everything = [*entries, *image_entries, md5]
     banks = HashBanks(CONFIGS.values())
@@ -302,7 +292,7 @@ def test_hash_banks_match_videos_and_images_as_brute_force_does() -> None:
 
 def test_video_upload_joins_the_banked_videos_cluster_with_its_percentages() -> None:
     rng = random.Random(8)
-    hashes = [rand_pdq(rng) for _ in range(20)]
+    hashes = [pdq_hex(rng) for _ in range(20)]
     entry = BankEntry("ncii", "vpdq", format_vpdq(video(hashes)), "case-1")
     banks = HashBanks()
     banks.add(entry)
@@ -316,7 +306,7 @@ def test_video_upload_joins_the_banked_videos_cluster_with_its_percentages() -> 
         [
             upload("p1", Content(vpdq=reencoded)),
             upload("p2", Content(pdq=flip(hashes[7], 9, rng), pdq_quality=95)),
-            upload("p3", Content(vpdq=video([rand_pdq(rng) for _ in range(5)]))),
+            upload("p3", Content(vpdq=video([pdq_hex(rng) for _ in range(5)]))),
             upload("p4", Content(vpdq=video(hashes, quality=5))),
         ]
     )
@@ -340,7 +330,7 @@ def test_bank_csv_and_updates_carry_video_entries() -> None:
     from streams.stages import BankUpdate
 
     rng = random.Random(9)
-    signal = format_vpdq(video([rand_pdq(rng) for _ in range(3)]))
+    signal = format_vpdq(video([pdq_hex(rng) for _ in range(3)]))
     quoted = signal.replace('"', '""')
     entries = parse_bank_csv(f'signal_type,signal,bank\nvpdq,"{quoted}",ncii\n')
     assert entries == [BankEntry("ncii", "vpdq", signal)]
@@ -487,11 +477,11 @@ def test_bank_settings_reach_bank_match_and_the_worker(tmp_path: Path) -> None:
     from streams.settings import Settings
 
     rng = random.Random(10)
-    hashes = [rand_pdq(rng) for _ in range(10)]
+    hashes = [pdq_hex(rng) for _ in range(10)]
     bank = tmp_path / "bank.csv"
     signal = format_vpdq(video(hashes)).replace('"', '""')
     bank.write_text(f'signal_type,signal,bank\nvpdq,"{signal}",ncii\n')
-    query = [str(f) for f in video(hashes[:6] + [rand_pdq(rng) for _ in range(4)])]
+    query = [str(f) for f in video(hashes[:6] + [pdq_hex(rng) for _ in range(4)])]
     queries = tmp_path / "q.jsonl"
     queries.write_bytes(orjson.dumps({"file": "clip.mp4", "vpdq": query}) + b"\n")
     r = viralwatch("bank", "match", "--bank", str(bank), str(queries))
