@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -44,6 +45,18 @@ receivers:
       - url: {url}/pager
         send_resolved: true
 """
+
+
+def viralwatch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+    """``viralwatch ARGS`` as a user runs it (``python -m streams.cli``, from the checkout),
+    its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        capture_output=True,
+        timeout=timeout,
+        env=dict(os.environ),
+        cwd=Path(__file__).resolve().parents[1],
+    )
 
 
 def find_program(*names: str) -> str | None:

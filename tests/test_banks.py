@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
@@ -13,6 +10,7 @@ import pytest
 from eventgen import flip, pdq_hex
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from programs import viralwatch
 from shared_data import SHARED, absent
 
 from streams.banks import (
@@ -313,16 +311,6 @@ def test_low_quality_images_are_refused_as_signals(
 
 
 # ---------------------------------------------------------------- the command
-
-
-def viralwatch(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        capture_output=True,
-        timeout=120,
-        env=dict(os.environ),
-        cwd=Path(__file__).resolve().parents[1],
-    )
 
 
 def test_bank_match_prints_one_line_per_match(tmp_path: Path) -> None:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from programs import viralwatch
 from shared_data import SHARED, needs
 
 from streams.evaluate import (
@@ -34,15 +32,6 @@ needs_shared = needs(
 )
 
 CASFLOW_LINE = "c1\tu0\t1464739201\t4\tu0:0 u0/u1:60 u0/u1/u2:300 u0/u3:900"
-
-
-def viralwatch(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        capture_output=True,
-        timeout=300,
-        env={**os.environ},
-    )
 
 
 # -- seismic format ----------------------------------------------------------------

@@ -5,15 +5,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 from PIL import Image
+from programs import viralwatch
 from shared_data import SHARED, absent
 
 from streams.banks import hamming
@@ -158,16 +156,6 @@ def test_decompression_bombs_are_refused(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- the command
-
-
-def viralwatch(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        capture_output=True,
-        timeout=120,
-        env=dict(os.environ),
-        cwd=Path(__file__).resolve().parents[1],
-    )
 
 
 def test_hash_command_prints_json_lines_and_exits_1_on_bad_files(tmp_path: Path) -> None:
