@@ -28,6 +28,7 @@ use pyo3::types::{PyList, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use viralwatch_core::content::Cid;
+use viralwatch_core::keyed::Keyed;
 use viralwatch_core::posts::partition_for;
 use viralwatch_core::unbanked::Kind;
 
@@ -72,8 +73,9 @@ impl Ord for Waiting {
 /// owner is logged (`WireWriter.held`) and clustered from its fields, with no Python record.
 #[derive(Default)]
 struct Held {
-    /// event id -> its place in `events`
-    ids: HashMap<Box<[u8]>, u64>,
+    /// event id -> its place in `events` (keyed foldhash, `viralwatch_core::keyed`: an id
+    /// was hashed with SipHash up to four times an upload clustered at the owner)
+    ids: HashMap<Box<[u8]>, u64, Keyed>,
     /// the events by when they were held
     events: BTreeMap<u64, Ev>,
     next: u64,
@@ -544,17 +546,17 @@ impl ResolveLoop {
             let Some(Reverse(w)) = self.unbanked.pop() else {
                 break;
             };
-            let Some(ev) = self.held.get(&w.key) else {
+            // one lookup of the id: its place says whether it was held before the seal
+            let Some(&at) = self.held.ids.get(&w.key) else {
+                continue;
+            };
+            let Some(ev) = self.held.events.get(&at) else {
                 continue;
             };
             if ev.kind(py)? == Kind::Upload {
                 let ev = ev.clone_ref(py);
-                let before = self
-                    .held
-                    .ids
-                    .get(&w.key)
-                    .is_some_and(|&at| at < self.sealed);
-                self.routing.routes.borrow_mut(py).inner.posts.released = ambient || before;
+                self.routing.routes.borrow_mut(py).inner.posts.released =
+                    ambient || at < self.sealed;
                 self.cluster_upload(py, host, &w.key, ev)?;
                 let to = &mut self.out.clustered_to;
                 *to = Some(to.map_or(until_ms, |t| t.max(until_ms)));
@@ -829,7 +831,7 @@ impl ResolveLoop {
         clusters.resize_with(self.partitions as usize, Vec::new);
         let (mut held_add, mut held_del) = (out.held_add, out.held_del);
         if !held_add.is_empty() && (!held_del.is_empty() || out.clustered_to.is_some()) {
-            let mut seen = HashSet::new();
+            let mut seen = HashSet::with_hasher(Keyed::default());
             let mut now = Vec::new();
             for ev in &held_add {
                 let key = id_key(py, ev)?;
