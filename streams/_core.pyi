@@ -560,3 +560,44 @@ class ClusterLoop:
     @property
     def released_ms(self) -> int: ...
     def __len__(self) -> int: ...
+
+class RecordAppended:
+    """What a batch answers to a record appended (as aiokafka's builder answers)."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def crc(self) -> None: ...
+
+class RecordBatchBuilder:
+    """A Kafka record batch (magic 2, uncompressed) being written for one partition, with
+    aiokafka's ``BatchBuilder``'s methods; built with its CRC-32C in hardware."""
+
+    def __init__(self, batch_size: int, is_transactional: bool = False) -> None: ...
+    def append(
+        self,
+        *,
+        timestamp: int | None,
+        key: bytes | bytearray | None,
+        value: bytes | bytearray | None,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
+    ) -> RecordAppended | None:
+        """Add a record: its metadata, or ``None`` when the batch is full or closed."""
+    def write(
+        self, timestamp: int | None, key: bytes | bytearray, value: bytes | bytearray | None
+    ) -> bool:
+        """Add a record with no headers: whether it went in (``False``: full or closed)."""
+    def close(self) -> None: ...
+    def closed(self) -> bool: ...
+    def size(self) -> int:
+        """The batch's size in bytes, header included."""
+    def record_count(self) -> int: ...
+    def _set_producer_state(
+        self, producer_id: int, producer_epoch: int, base_sequence: int
+    ) -> None: ...
+    def _build(self) -> bytes:
+        """The batch's bytes, header and CRC written (closed; built once)."""

@@ -43,6 +43,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 from faust.types import TP
 
+from streams._core import RecordBatchBuilder
 from streams.settings import Settings, parse_bootstrap
 
 #: The local broker does not wake a waiting fetch when data arrives, so a
@@ -383,9 +384,9 @@ class Producer(faust_aiokafka.Producer):
     ) -> None:
         """Add a record to the Kafka client's open batch of ``topic``'s ``partition`` (a new
         one if there is none or it is full), as the client's own ``send`` does, without a
-        future for the record; the flushes (:meth:`flush_sent`, Faust's :meth:`flush`)
-        wait for its batch as for a record sent. ``value`` ``None`` deletes the key (a
-        tombstone).
+        future for the record (a new one is the core's, :func:`_new_builder`); the flushes
+        (:meth:`flush_sent`, Faust's :meth:`flush`) wait for its batch as for a record
+        sent. ``value`` ``None`` deletes the key (a tombstone).
 
         Why not Faust's ``send_soon``: there a record is a Faust message, a future
         of its own and another of aiokafka's (each asks the loop, a ``getpid``
@@ -405,11 +406,10 @@ class Producer(faust_aiokafka.Producer):
         tp = TopicPartition(topic, partition)
         pending = accumulator._batches.get(tp)
         batch = pending[-1] if pending else None
-        stamp = timestamp_ms
-        if batch is None or batch._builder.append(timestamp=stamp, key=key, value=value) is None:
+        if batch is None or not _append(batch._builder, timestamp_ms, key, value):
             # none open, or full (the sender is woken): a new one, which takes its first
-            batch = accumulator._append_batch(accumulator.create_builder(), tp)
-            batch._builder.append(timestamp=stamp, key=key, value=value)
+            batch = accumulator._append_batch(_new_builder(accumulator), tp)
+            _append(batch._builder, timestamp_ms, key, value)
         if self._last_batch.get(tp) is not batch:
             self._last_batch[tp] = batch
             self._batches += 1
@@ -478,6 +478,35 @@ class Producer(faust_aiokafka.Producer):
         if getattr(self.app, "idempotent_producer", False):
             return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
         return super()._settings_extra()
+
+
+def _new_builder(accumulator: Any) -> Any:
+    """A new batch for :meth:`Producer.write`'s records: the core's
+    (:class:`streams._core.RecordBatchBuilder`), unless the producer compresses (then
+    aiokafka's own).
+
+    Why the core's: aiokafka's builder (Cython) computes a batch's CRC-32C in software, a
+    byte at a time, and grows its buffer by reallocation; the core's computes it with the
+    CPU's CRC instruction and writes the same bytes (``tests/test_record_batch.py`` compares
+    them with aiokafka's builder for random records, and reads them back from Apache Kafka
+    with aiokafka and with Kafka's own Java consumer). The accumulator's sender calls the
+    same methods of it (``append``, ``close``, ``closed``, ``size``, ``record_count``,
+    ``_set_producer_state``, ``_build``); a record sent by Faust into such a batch gets the
+    metadata aiokafka's would give.
+    """
+    if accumulator._compression_type:
+        return accumulator.create_builder()
+    txn = accumulator._txn_manager
+    transactional = txn is not None and txn.transactional_id is not None
+    return RecordBatchBuilder(accumulator._batch_size, transactional)
+
+
+def _append(builder: Any, timestamp_ms: int | None, key: bytes, value: bytes | None) -> bool:
+    """Add a record to a batch of the accumulator (the core's, or aiokafka's when Faust's
+    send opened it): whether it went in (no: full)."""
+    if type(builder) is RecordBatchBuilder:
+        return builder.write(timestamp_ms, key, value)
+    return builder.append(timestamp=timestamp_ms, key=key, value=value) is not None
 
 
 def _acked(delivered: asyncio.Future[Any]) -> bool:

@@ -18,7 +18,9 @@
 //! - [`wire`]: the records stages send each other and log, written as orjson writes them;
 //! - [`wire_read`]: those records read back (envelopes, cluster-log entries);
 //! - [`unbanked`]: unbanked clusters' detector state (posts, velocity, ids, review crossing);
-//! - [`emerging`]: unbanked uploads' clusters: which one an upload joins, idle eviction.
+//! - [`emerging`]: unbanked uploads' clusters: which one an upload joins, idle eviction;
+//! - [`record_batch`]: Apache Kafka's record batch as a producer writes it (CRC-32C in
+//!   hardware).
 
 pub mod blake2b;
 pub mod content;
@@ -31,6 +33,7 @@ pub mod keyed;
 pub mod pdq;
 pub mod posts;
 pub mod prefetch;
+pub mod record_batch;
 pub mod reorder;
 pub mod route;
 pub mod slab;

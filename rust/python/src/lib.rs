@@ -12,6 +12,7 @@ use pyo3::{ffi, intern, IntoPyObjectExt};
 use viralwatch_core::event::{self, Event, Judge, Kind};
 
 mod alloc;
+mod batch;
 mod content;
 mod dedupe;
 mod detect;
@@ -337,6 +338,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(allocated_bytes, m)?)?;
     m.add_class::<dedupe::EventIds>()?;
     m.add_class::<reorder::ReorderBuffer>()?;
+    m.add_class::<batch::RecordBatchBuilder>()?;
+    m.add_class::<batch::RecordAppended>()?;
     m.add_class::<posts::PyPostRoutes>()?;
     m.add_class::<wire::WireWriter>()?;
     m.add_class::<wire_read::WireReader>()?;
