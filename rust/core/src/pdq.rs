@@ -767,7 +767,8 @@ impl<T: Copy> PdqIndex<T> {
     /// each stretch of rows between two new keys moves once, up by the new rows of the
     /// keys below it, which go at the end of their key's bucket; the stretch's starts
     /// move the same way, up by the keys new to the tables below it (a new key takes a
-    /// start); then the bits and counts are set (dead rows stay until a rebuild).
+    /// start); then the bits and counts are set (dead rows stay until a rebuild). Tables
+    /// made from nothing (the first merge, a rebuild) are written in order instead.
     fn merge_tail(&mut self) {
         let n = self.words.len();
         if n == self.indexed || n > MAX_TABLE_ROWS {
@@ -782,65 +783,46 @@ impl<T: Copy> PdqIndex<T> {
             b.starts = vec![0];
         }
         let first_of_key = |j: usize| j == 0 || fresh[j - 1].0 != fresh[j].0;
+        let held = |k: u32| (b.occupied[k as usize >> 6] >> (k & 63)) & 1 == 1;
         let new_keys = (0..fresh.len())
-            .filter(|&j| first_of_key(j) && b.slot(fresh[j].0 as usize).is_none())
+            .filter(|&j| first_of_key(j) && !held(fresh[j].0))
             .count();
         let (old_ids, old_slots) = (self.ids.len(), b.starts.len() - 1);
         // exactly what the merge adds: it moves the whole array anyway, and 16 ids a row
         // are the index's largest part (doubling would leave a third of it unused)
         self.ids.reserve_exact(fresh.len());
-        self.ids.resize(old_ids + fresh.len(), Entry::default());
         b.starts.reserve_exact(new_keys);
-        b.starts.resize(old_slots + new_keys + 1, 0);
-        // what is above key k (rows and starts, the last start included) moves up by
-        // `shift_ids` rows and `shift_slots` starts
-        let (mut shift_ids, mut shift_slots) = (fresh.len(), new_keys);
-        let (mut end_ids, mut end_slot) = (old_ids, old_slots + 1);
-        let mut i = fresh.len();
-        while i > 0 {
-            let k = fresh[i - 1].0 as usize;
-            let mut j = i - 1;
-            while j > 0 && fresh[j - 1].0 as usize == k {
-                j -= 1;
-            }
-            // the keys holding rows up to k (the bits are still the old ones)
-            let (w, bit) = (k >> 6, k & 63);
-            let upto = b.before[w] as usize
-                + (b.occupied[w] & (u64::MAX >> (63 - bit))).count_ones() as usize;
-            // (a start at `end_slot` may be a new key's already: nothing moves then)
-            let lo_ids = if upto == end_slot {
-                end_ids
-            } else {
-                b.starts[upto] as usize
-            };
-            self.ids.copy_within(lo_ids..end_ids, lo_ids + shift_ids);
-            b.starts.copy_within(upto..end_slot, upto + shift_slots);
-            for start in &mut b.starts[upto + shift_slots..end_slot + shift_slots] {
-                *start += shift_ids as u32;
-            }
-            let at = lo_ids + shift_ids - (i - j);
-            let mate = Layout::mate(k >> self.layout.bits);
-            for (slot, &(_, r)) in self.ids[at..].iter_mut().zip(&fresh[j..i]) {
-                *slot = Entry::new(r, self.layout.chunk(&self.words[r as usize], mate));
-            }
-            shift_ids -= i - j;
-            if (b.occupied[w] >> bit) & 1 == 0 {
-                // a key new to the tables: its start, just below what moved
-                shift_slots -= 1;
-                b.starts[upto + shift_slots] = at as u32;
-            }
-            (end_ids, end_slot) = (lo_ids, upto);
-            i = j;
+        let (layout, words) = (self.layout, &self.words);
+        let entry = |(k, r): (u32, u32)| {
+            Entry::new(
+                r,
+                layout.chunk(&words[r as usize], Layout::mate(k as usize >> layout.bits)),
+            )
+        };
+        if old_ids == 0 && old_slots == 0 {
+            // nothing to move: the rows and starts in order
+            self.ids.extend(fresh.iter().map(|&pair| entry(pair)));
+            b.starts.clear();
+            b.starts.extend(
+                (0..fresh.len())
+                    .filter(|&j| first_of_key(j))
+                    .map(|j| j as u32),
+            );
+            b.starts.push(fresh.len() as u32);
+        } else {
+            self.ids.resize(old_ids + fresh.len(), Entry::default());
+            b.starts.resize(old_slots + new_keys + 1, 0);
+            merge_keys(
+                &fresh,
+                (&mut self.ids, b),
+                (old_ids, old_slots, new_keys),
+                entry,
+            );
         }
-        debug_assert!(shift_ids == 0 && shift_slots == 0);
         for &(k, _) in &fresh {
             b.occupied[k as usize >> 6] |= 1 << (k & 63);
         }
-        let mut count = 0;
-        for (w, word) in b.occupied.iter().enumerate() {
-            b.before[w] = count;
-            count += word.count_ones();
-        }
+        count_before(&b.occupied, &mut b.before);
         self.indexed = n;
         self.tail.clear();
         let (cap, words, hasher) = (self.tail_cap(), &self.words, &self.hasher);
@@ -850,31 +832,33 @@ impl<T: Copy> PdqIndex<T> {
     }
 
     /// `(key, row)` of every live tail row, by key then row: a radix sort for a short tail
-    /// (two passes of 11 bits over the pairs, rows ascending as they come: it keeps them so
-    /// within a key), a counting sort over the keys for a long one (a bank load: 16 million
-    /// pairs at a million hashes).
+    /// (two passes over the pairs, rows ascending as they come: it keeps them so within a
+    /// key), a counting sort over the keys for a long one (a bank load: 16 million pairs at
+    /// a million hashes). The pairs are written into a vector sized first: collected from
+    /// an iterator of iterators they grew by doubling, and that and the iterators' steps
+    /// were two thirds of a merge's instructions a pair (callgrind, a platform replay).
     fn tail_keys(&self) -> Vec<(u32, u32)> {
         let layout = self.layout;
-        let keys_of = |r: usize| {
-            let h = self.words[r];
-            (0..layout.chunks()).map(move |c| layout.key(c, layout.chunk(&h, c)))
-        };
-        let rows: Vec<usize> = (self.indexed..self.words.len())
+        let chunks = layout.chunks();
+        let rows: Vec<u32> = (self.indexed..self.words.len())
             .filter(|&r| self.alive.get(r))
+            .map(|r| r as u32)
             .collect();
-        let total = rows.len() * layout.chunks();
-        let keys = layout.chunks() * layout.values();
+        let total = rows.len() * chunks;
+        let keys = chunks * layout.values();
         if total < keys / 4 {
-            let fresh: Vec<(u32, u32)> = rows
-                .iter()
-                .flat_map(|&r| keys_of(r).map(move |k| (k as u32, r as u32)))
-                .collect();
+            let mut fresh: Vec<(u32, u32)> = Vec::with_capacity(total);
+            for &r in &rows {
+                let h = &self.words[r as usize];
+                fresh.extend((0..chunks).map(|c| (layout.key(c, layout.chunk(h, c)) as u32, r)));
+            }
             return sort_by_key(fresh, keys);
         }
         let mut next = vec![0u32; keys + 1];
         for &r in &rows {
-            for k in keys_of(r) {
-                next[k + 1] += 1;
+            let h = &self.words[r as usize];
+            for c in 0..chunks {
+                next[layout.key(c, layout.chunk(h, c)) + 1] += 1;
             }
         }
         for k in 0..keys {
@@ -882,8 +866,10 @@ impl<T: Copy> PdqIndex<T> {
         }
         let mut fresh = vec![(0u32, 0u32); total];
         for &r in &rows {
-            for k in keys_of(r) {
-                fresh[next[k] as usize] = (k as u32, r as u32);
+            let h = &self.words[r as usize];
+            for c in 0..chunks {
+                let k = layout.key(c, layout.chunk(h, c));
+                fresh[next[k] as usize] = (k as u32, r);
                 next[k] += 1;
             }
         }
@@ -919,13 +905,183 @@ impl<T: Copy> PdqIndex<T> {
     }
 }
 
+/// `before[w]`: the bits set in `occupied`'s words before word `w` (16,384 words at 16-bit
+/// chunks, counted at each merge: with `popcnt` where the CPU has it, as the search).
+fn count_before(occupied: &[u64], before: &mut [u32]) {
+    #[inline(always)]
+    fn body(occupied: &[u64], before: &mut [u32]) {
+        let mut count = 0;
+        for (slot, word) in before.iter_mut().zip(occupied) {
+            *slot = count;
+            count += word.count_ones();
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "popcnt")]
+    unsafe fn twin(occupied: &[u64], before: &mut [u32]) {
+        body(occupied, before);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("popcnt") {
+        // SAFETY: the CPU has the instruction the twin is compiled to use.
+        return unsafe { twin(occupied, before) };
+    }
+    body(occupied, before);
+}
+
+/// [`PdqIndex::merge_tail`]'s moves: `fresh` (key, row), by key then row, into tables of
+/// `old_ids` rows and `old_slots` starts (`ids` and `b.starts` already sized for the
+/// fresh rows and `new_keys` starts more; `b`'s bits still the old ones). From the last
+/// fresh key down, what lies above it moves up by what goes below it: the rows by a
+/// copy, the starts shifted and raised in one pass; its own rows go at the end of its
+/// bucket. A merge spent about 400 instructions a fresh key (16 a tail row), most of
+/// them the loop's bookkeeping: the index's fields read again after each copy, a bounds
+/// check on every access and a bit count in plain instructions (the x86-64 baseline has
+/// no `popcnt`: compiled with it where the CPU has it, as the search is).
+fn merge_keys(
+    fresh: &[(u32, u32)],
+    (ids, b): (&mut [Entry], &mut Buckets),
+    (old_ids, old_slots, new_keys): (usize, usize, usize),
+    entry: impl Fn((u32, u32)) -> Entry,
+) {
+    // what the loop reads and writes unchecked, checked once
+    let keys = b.occupied.len() * 64;
+    assert!(fresh.iter().all(|&(k, _)| (k as usize) < keys));
+    assert!(b.before.len() == b.occupied.len());
+    assert!(ids.len() == old_ids + fresh.len() && b.starts.len() == old_slots + new_keys + 1);
+    // (the tables' own invariant: a check of every start would cost what the merge saves)
+    debug_assert!(b.starts[..=old_slots]
+        .iter()
+        .all(|&x| x as usize <= old_ids));
+    let moves = Moves {
+        fresh,
+        ids,
+        b,
+        old_ids,
+        old_slots,
+        new_keys,
+    };
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("popcnt") {
+        // SAFETY: the CPU has the instruction the twin is compiled to use; the bounds
+        // the body relies on are asserted above.
+        return unsafe { merge_keys_popcnt(moves, &entry) };
+    }
+    // SAFETY: as above
+    unsafe { merge_keys_body(moves, &entry) }
+}
+
+/// [`merge_keys`]' arguments, for its two compilations.
+struct Moves<'a> {
+    fresh: &'a [(u32, u32)],
+    ids: &'a mut [Entry],
+    b: &'a mut Buckets,
+    old_ids: usize,
+    old_slots: usize,
+    new_keys: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "popcnt")]
+unsafe fn merge_keys_popcnt(moves: Moves<'_>, entry: &impl Fn((u32, u32)) -> Entry) {
+    // SAFETY: the caller's
+    unsafe { merge_keys_body(moves, entry) }
+}
+
+/// # Safety
+/// Of `moves`: every fresh key is under `b.occupied.len() * 64`; `b.before` is as long as
+/// `b.occupied`; `ids` holds `old_ids + fresh.len()` rows and `b.starts` `old_slots +
+/// new_keys + 1` starts, the first `old_slots + 1` at most `old_ids`; `new_keys` is the
+/// number of fresh keys whose bit is clear (as [`PdqIndex::merge_tail`] counts them).
+#[inline(always)]
+unsafe fn merge_keys_body(moves: Moves<'_>, entry: &impl Fn((u32, u32)) -> Entry) {
+    let Moves {
+        fresh,
+        ids,
+        b,
+        old_ids,
+        old_slots,
+        new_keys,
+    } = moves;
+    let (occupied, before) = (b.occupied.as_ptr(), b.before.as_ptr());
+    let (starts, ids, fresh_at) = (b.starts.as_mut_ptr(), ids.as_mut_ptr(), fresh.as_ptr());
+    // what is above key k (rows and starts, the last start included) moves up by
+    // `shift_ids` rows and `shift_slots` starts
+    let (mut shift_ids, mut shift_slots) = (fresh.len(), new_keys);
+    let (mut end_ids, mut end_slot) = (old_ids, old_slots + 1);
+    let mut i = fresh.len();
+    // SAFETY (each access): the bounds the caller promises. Rows and starts move up, to
+    // at most their arrays' new ends: `shift_ids` is the fresh rows of the keys at or
+    // below this one, `shift_slots` the new keys among them (starts at or below
+    // `end_slot` lie in the old starts, rows below `end_ids` in the old rows).
+    unsafe {
+        while i > 0 {
+            let k = (*fresh_at.add(i - 1)).0;
+            let mut j = i - 1;
+            while j > 0 && (*fresh_at.add(j - 1)).0 == k {
+                j -= 1;
+            }
+            let (w, bit) = (k as usize >> 6, k & 63);
+            let word = *occupied.add(w);
+            // the keys holding rows up to k (the bits are still the old ones)
+            let upto =
+                *before.add(w) as usize + (word & (u64::MAX >> (63 - bit))).count_ones() as usize;
+            // (a start at `end_slot` may be a new key's already: nothing moves then)
+            let lo_ids = if upto == end_slot {
+                end_ids
+            } else {
+                *starts.add(upto) as usize
+            };
+            std::ptr::copy(
+                ids.add(lo_ids),
+                ids.add(lo_ids + shift_ids),
+                end_ids - lo_ids,
+            );
+            // the starts from `upto` to `end_slot`, up by `shift_slots` places and
+            // `shift_ids` rows, from the top down, eight at a time: each eight read
+            // before any is written, and a write lands at or above its source
+            let add = shift_ids as u32;
+            let mut hi = end_slot;
+            while hi >= upto + 8 {
+                let mut group = std::ptr::read_unaligned(starts.add(hi - 8).cast::<[u32; 8]>());
+                for x in &mut group {
+                    *x += add;
+                }
+                std::ptr::write_unaligned(
+                    starts.add(hi - 8 + shift_slots).cast::<[u32; 8]>(),
+                    group,
+                );
+                hi -= 8;
+            }
+            while hi > upto {
+                hi -= 1;
+                *starts.add(hi + shift_slots) = *starts.add(hi) + add;
+            }
+            let count = i - j;
+            let at = lo_ids + shift_ids - count;
+            for t in 0..count {
+                *ids.add(at + t) = entry(*fresh_at.add(j + t));
+            }
+            shift_ids -= count;
+            if (word >> bit) & 1 == 0 {
+                // a key new to the tables: its start, just below what moved
+                shift_slots -= 1;
+                *starts.add(upto + shift_slots) = at as u32;
+            }
+            (end_ids, end_slot) = (lo_ids, upto);
+            i = j;
+        }
+    }
+    debug_assert!(shift_ids == 0 && shift_slots == 0);
+}
+
 /// `pairs` (key, row) with keys under `keys` sorted by key, stably: a least significant
-/// digit radix sort (11-bit digits: two passes for the 2^20 keys of 16-bit chunks). A merge
-/// sorts its tail's 16 keys a row this way; a comparison sort of them was a third of a
-/// merge's instructions (callgrind, a platform replay).
+/// digit radix sort (two passes of half the key's bits each: 10 for the 2^20 keys of
+/// 16-bit chunks), both digits counted in one read of the pairs. A merge sorts its tail's
+/// 16 keys a row this way; a comparison sort of them was a third of a merge's
+/// instructions (callgrind, a platform replay).
 fn sort_by_key(pairs: Vec<(u32, u32)>, keys: usize) -> Vec<(u32, u32)> {
-    const DIGIT: u32 = 11;
-    const MASK: u32 = (1 << DIGIT) - 1;
+    const MAX_DIGIT: u32 = 11;
     if pairs.len() < 256 {
         // (the passes' counts would cost more): by (key, row), what they give
         let mut pairs = pairs;
@@ -933,27 +1089,37 @@ fn sort_by_key(pairs: Vec<(u32, u32)>, keys: usize) -> Vec<(u32, u32)> {
         return pairs;
     }
     let bits = usize::BITS - keys.saturating_sub(1).leading_zeros();
-    let (mut src, mut dst) = (pairs, Vec::new());
-    dst.resize(src.len(), (0, 0));
-    let mut shift = 0;
-    while shift < bits {
-        let mut at = [0_u32; 1 << DIGIT];
-        for &(k, _) in &src {
-            at[((k >> shift) & MASK) as usize] += 1;
-        }
+    assert!(
+        bits <= 2 * MAX_DIGIT,
+        "keys of at most {} bits",
+        2 * MAX_DIGIT
+    );
+    let low = bits.div_ceil(2);
+    let mask = (1u32 << low) - 1;
+    let mut at = [[0u32; 1 << MAX_DIGIT]; 2];
+    for &(k, _) in &pairs {
+        at[0][(k & mask) as usize] += 1;
+        at[1][(k >> low) as usize] += 1;
+    }
+    for (counts, width) in at.iter_mut().zip([low, bits - low]) {
         let mut sum = 0;
-        for slot in &mut at {
+        for slot in &mut counts[..1 << width] {
             (*slot, sum) = (sum, sum + *slot);
         }
-        for &pair in &src {
-            let d = ((pair.0 >> shift) & MASK) as usize;
-            dst[at[d] as usize] = pair;
-            at[d] += 1;
-        }
-        std::mem::swap(&mut src, &mut dst);
-        shift += DIGIT;
     }
-    src
+    let mut dst = vec![(0, 0); pairs.len()];
+    for &pair in &pairs {
+        let d = (pair.0 & mask) as usize;
+        dst[at[0][d] as usize] = pair;
+        at[0][d] += 1;
+    }
+    let mut out = pairs;
+    for &pair in &dst {
+        let d = (pair.0 >> low) as usize;
+        out[at[1][d] as usize] = pair;
+        at[1][d] += 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1099,6 +1265,45 @@ mod tests {
             let q = rng.flip(&hashes[t], (t % 40) as u32);
             assert_eq!(answer(&bulk, &q, 31), answer(&one, &q, 31));
             assert!(!answer(&bulk, &q, 40).is_empty());
+        }
+    }
+
+    #[test]
+    fn tables_merged_tail_by_tail_equal_tables_built_at_once() {
+        // the moves of each merge (rows and starts shifted up under each fresh key, eight
+        // starts at a time) against tables written in order from every row at once; near
+        // hashes, so that a tail holds several rows of a key and a key new to the tables
+        for (bits, n) in [(8, 3_000), (16, 6_000)] {
+            let mut rng = Rng(29 + u64::from(bits));
+            let mut hashes: Vec<Hash> = Vec::new();
+            while hashes.len() < n {
+                let h = match hashes.len() {
+                    0 => rng.hash(),
+                    len if len % 3 == 0 => rng.hash(),
+                    len => {
+                        let (base, d) = ((rng.next() as usize) % len, (rng.next() % 12) as u32);
+                        rng.flip(&hashes[base], d)
+                    }
+                };
+                if !hashes.contains(&h) {
+                    hashes.push(h);
+                }
+            }
+            let mut merged = PdqIndex::with_chunk_bits(bits, 5);
+            for (t, &h) in hashes.iter().enumerate() {
+                merged.insert(h, t as i64);
+            }
+            merged.merge_tail();
+            let mut once = PdqIndex::with_chunk_bits(bits, usize::MAX - 1);
+            once.insert_many(hashes.iter().enumerate().map(|(t, &h)| (h, t as i64)));
+            once.merge_tail();
+            assert_eq!((merged.indexed, once.indexed), (n, n));
+            let rows = |x: &PdqIndex| x.ids.iter().map(|e| e.0).collect::<Vec<_>>();
+            assert_eq!(rows(&merged), rows(&once), "{bits}-bit rows");
+            let (a, b) = (&merged.buckets, &once.buckets);
+            assert_eq!(a.occupied, b.occupied, "{bits}-bit bits");
+            assert_eq!(a.before, b.before, "{bits}-bit counts");
+            assert_eq!(a.starts, b.starts, "{bits}-bit starts");
         }
     }
 
