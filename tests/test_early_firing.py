@@ -17,9 +17,10 @@ import pytest
 from eventgen import T0, Traffic, pdq_hex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_detector import FixedForecast
 from test_streaming_stages import assert_replay_alerts
 
-from streams.alerts import EarlyAlert, MatchInfo, Prediction, Pseudonymizer, alert_id
+from streams.alerts import EarlyAlert, MatchInfo, Pseudonymizer, alert_id
 from streams.banks import BankEntry, HashBanks
 from streams.detector import Detector, Predictor
 from streams.events import ShareEvent
@@ -51,19 +52,6 @@ TIGHT = AlertPolicy(
     cooldown_ms=MIN,
     resolve_after_ms=2 * MIN,
 )
-
-
-class FixedForecast:
-    """A predictor that always says the same thing: to test the policy, not the model."""
-
-    def __init__(self, size: float, low: float) -> None:
-        self.size, self.low = size, low
-
-    def add(self, t_s: float, followers: int | None = None, *, original: bool = False) -> None:
-        pass
-
-    def predict(self, now_s: float) -> Prediction:
-        return Prediction(self.size, self.low, self.size * 3, "fixed")
 
 
 def banks_of(*pdqs: str) -> HashBanks:
