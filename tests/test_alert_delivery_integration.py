@@ -30,9 +30,6 @@ from kafka_helpers import (
     TopicReader,
     WorkerProcess,
     broker,
-    create_topics,
-    names,
-    settings_for,
     worker_env,
     workers,
 )
@@ -48,6 +45,7 @@ from programs import (
     start,
     wait_until,
 )
+from test_streaming_integration import setup
 
 from streams.runtime.broker import RunningBroker
 from streams.settings import Settings
@@ -136,18 +134,7 @@ def banked_pipeline(
     1 s, their topics created."""
     bank = tmp_path / "bank.csv"
     bank.write_text("signal_type,signal,bank\n" + "".join(f"pdq,{p},ncii\n" for p in pdqs))
-    prefix, app_id = names()
-    s = settings_for(
-        broker,
-        prefix,
-        app_id,
-        bank_files=(bank,),
-        partition_idle_s=1.0,
-        data_dir=tmp_path / "data",
-        **extra,
-    )
-    create_topics(s)
-    return s
+    return setup(broker, tmp_path, bank, **extra)
 
 
 def now_ms() -> int:
