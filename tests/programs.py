@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -47,14 +47,16 @@ receivers:
 """
 
 
-def viralwatch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
+def viralwatch(
+    *args: str, timeout: float = 300, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """``viralwatch ARGS`` as a user runs it (``python -m streams.cli``, from the checkout),
-    its output captured."""
+    its output captured; ``env``: variables set beside this process's."""
     return subprocess.run(
         [sys.executable, "-m", "streams.cli", *args],
         capture_output=True,
         timeout=timeout,
-        env=dict(os.environ),
+        env={**os.environ, **(env or {})},
         cwd=Path(__file__).resolve().parents[1],
     )
 

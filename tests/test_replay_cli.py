@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 from eventgen import T0, Traffic, pdq_hex
-
-
-def viralwatch(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
+from programs import viralwatch
 
 
 def write_case(tmp: Path) -> tuple[Path, Path]:
