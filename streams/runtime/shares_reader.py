@@ -282,6 +282,16 @@ class SharesReader:
             if resume:
                 consumer.resume(*resume)
 
+    def heard_more(self) -> None:
+        """The stages here have taken another worker's records (its reading heard, the
+        watermark moved on): a reader standing with partitions held back looks again now
+        (:meth:`pace`), not after its wait for a batch (``VIRALWATCH_BATCH_WAIT``, 50 ms,
+        with nothing to read). Two workers reading a backlog take turns this way, each
+        held by what it has heard of the other's reading; each turn waited for that
+        look, up to the batch wait, before the reader could fetch again."""
+        if self.paused:
+            self.pace()
+
     def note_stop(self, cause: str | None, now: float) -> None:
         """The reader stands (``cause``: the rule that holds its slowest partition) or reads
         (``None``) from ``now`` on: the time since the last call goes to the cause then.

@@ -466,6 +466,7 @@ class Worker:
                     if received:
                         self.topology.resolve_received(received)
                         self.checkpoint.stage()
+                        self.shares.heard_more()
                     self._seek_back()
 
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
@@ -476,6 +477,7 @@ class Worker:
                     for k, envelopes in self._received("clusters", events).items():
                         self.topology.detect(k, envelopes)
                     self.checkpoint.stage()
+                    self.shares.heard_more()
                     self._seek_back()
 
         @app.timer(HEARTBEAT_S)  # type: ignore[untyped-decorator]
