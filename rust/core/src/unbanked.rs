@@ -156,11 +156,16 @@ impl Lists {
     /// Room for `more[s]` items more in each section `s`, in one allocation made anew:
     /// exactly, or doubled (as a `Vec` grows) unless `exact`.
     fn reserve(&mut self, more: [usize; 4], exact: bool) {
+        self.reserve_each(more, [exact; 4]);
+    }
+
+    /// [`Lists::reserve`] with each section's own rule (`exact[s]`).
+    fn reserve_each(&mut self, more: [usize; 4], exact: [bool; 4]) {
         let mut new = self.cap;
         for s in 0..4 {
             let (need, cap) = (self.len(s) + more[s], self.cap[s] as usize);
             if need > cap {
-                let cap = if exact {
+                let cap = if exact[s] {
                     need
                 } else {
                     need.max(2 * cap).max(4)
@@ -625,17 +630,25 @@ impl<H> Cluster<H> {
         }
     }
 
-    /// Append `bytes` to the text (its length first if it is [`LONG`] or more); the length
-    /// field for it.
-    fn push_text(&mut self, bytes: &[u8]) -> u16 {
+    /// Append a post's id and user to the text, each with its length first if it is
+    /// [`LONG`] or more, in one insertion (the signals after them moved once); their
+    /// length fields.
+    fn push_texts(&mut self, post: &[u8], user: &[u8]) -> (u16, u16) {
         let small = self.posts().len() < SMALL;
-        let len = u16::try_from(bytes.len()).unwrap_or(LONG);
-        let prefix = (bytes.len() as u32).to_le_bytes();
-        let prefix: &[u8] = if len == LONG { &prefix } else { &[] };
+        let lens = [post, user].map(|t| u16::try_from(t.len()).unwrap_or(LONG));
+        let prefixes = [post, user].map(|t| (t.len() as u32).to_le_bytes());
+        let prefix = |i: usize| -> &[u8] {
+            if lens[i] == LONG {
+                &prefixes[i]
+            } else {
+                &[]
+            }
+        };
         // before the signals, if any (a few dozen bytes moved)
         let end = self.posts_end();
-        self.lists.insert(TEXT, end, &[prefix, bytes], small);
-        len
+        self.lists
+            .insert(TEXT, end, &[prefix(0), post, prefix(1), user], small);
+        (lens[0], lens[1])
     }
 
     /// Post `i`'s event time.
@@ -697,15 +710,20 @@ impl<H> Cluster<H> {
         }
     }
 
+    /// The room [`Cluster::add`] makes for a post of these texts: a time, the post and its
+    /// texts (their lengths first if [`LONG`]).
+    fn post_room(post: &[u8], user: &[u8]) -> [usize; 4] {
+        let texts = [post, user].map(|t| t.len() + if t.len() >= LONG as usize { 4 } else { 0 });
+        [0, 1, 1, texts[0] + texts[1]]
+    }
+
     fn add(&mut self, post: &[u8], user: &[u8], parent: u32, ts_ms: i64) {
         // one allocation made anew for the post, its texts and its time (most often the
-        // next to be added), not one for each
-        let texts = [post, user].map(|t| t.len() + if t.len() >= LONG as usize { 4 } else { 0 });
+        // next to be added), not one for each (none if the event's id made room for it)
         let small = self.posts().len() < SMALL;
-        self.lists.reserve([0, 1, 1, texts[0] + texts[1]], small);
+        self.lists.reserve(Self::post_room(post, user), small);
         let start = self.posts_end() as u32;
-        let id_len = self.push_text(post);
-        let user_len = self.push_text(user);
+        let (id_len, user_len) = self.push_texts(post, user);
         let i = self.posts().len() as u32;
         self.lists.push(
             POSTS,
@@ -827,8 +845,12 @@ impl<H> Cluster<H> {
         self.lists.get(TEXT)
     }
 
-    /// Add an event id's digest; `false` if it was here already.
-    fn insert_id(&mut self, digest: u128) -> bool {
+    /// Add an event id's digest; `false` if it was here already. `room`: what the event
+    /// will add besides (an upload's or share's post: [`Cluster::post_room`]), made in the
+    /// same allocation if the digest needs one, as [`Cluster::add`] would make it (each
+    /// section by its own rule): an applied post reallocated the lists twice, once for its
+    /// id and once for itself, about 300 instructions each (callgrind, a platform replay).
+    fn insert_id(&mut self, digest: u128, room: [usize; 4]) -> bool {
         if let Some(set) = self.rare.as_deref_mut().and_then(|r| r.ids.as_mut()) {
             return set.insert(digest);
         }
@@ -843,6 +865,15 @@ impl<H> Cluster<H> {
             self.lists.set_cap(IDS, 0);
             self.rare().ids = Some(set);
         } else {
+            let ids = self.lists.len(IDS);
+            if ids == self.lists.cap[IDS] as usize {
+                let small = self.posts().len() < SMALL;
+                let mut more = room;
+                more[IDS] = 1;
+                // the digest's room as `push` makes it, the post's as `add` does
+                self.lists
+                    .reserve_each(more, [ids < SMALL, small, small, small]);
+            }
             self.lists.push(IDS, digest);
         }
         true
@@ -1655,7 +1686,11 @@ impl<H> Store<H> {
         self.push_back(slot);
         let horizon = self.horizon_ms;
         let c = self.at(slot);
-        if !c.insert_id(id_digest(ev.event_id)) {
+        let room = match ev.kind {
+            Kind::Takedown => [0; 4],
+            Kind::Upload | Kind::Share => Cluster::<H>::post_room(ev.post, ev.user),
+        };
+        if !c.insert_id(id_digest(ev.event_id), room) {
             out.duplicates += 1;
             return false;
         }
