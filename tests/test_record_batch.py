@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
+from aiokafka.record.default_records import (
+    DefaultRecordBatch,
+    DefaultRecordBatchBuilder,
+    _DefaultRecordBatchBuilderPy,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +35,12 @@ _record = st.tuples(
 
 
 def _aiokafka(batch_size: int, transactional: bool) -> Any:
-    return DefaultRecordBatchBuilder(
+    """aiokafka's reference builder, in Python. Its compiled builder (what aiokafka uses when
+    built, and what a compressing producer still uses) differs in two edge cases, pinned by
+    :func:`test_aiokafka_s_compiled_builder_differs_only_where_said`: it refuses a record
+    that would fill the batch to exactly its size, and it takes a first timestamp of -1
+    (Kafka's "no timestamp") for none, so the first record reads back with the second's."""
+    return _DefaultRecordBatchBuilderPy(
         2,
         0,
         is_transactional=int(transactional),
@@ -86,6 +95,39 @@ def test_a_batch_s_bytes_are_aiokafka_s_for_any_records(
     assert [(r.timestamp, r.key, r.value) for r in read] == [
         (ts, k, v) for ts, k, v, _ in records[:n]
     ]
+
+
+def test_aiokafka_s_compiled_builder_differs_only_where_said() -> None:
+    """The compiled builder against the reference one (and so against ours): the same bytes
+    for the producers' records (timestamps of now, batches not filled to the byte); it
+    refuses a record that fills the batch exactly, which the reference takes; and a first
+    timestamp of -1 is lost. If aiokafka changes either, this says so."""
+
+    def both(batch_size: int, stamps: list[int]) -> tuple[Any, Any]:
+        c, p = (
+            DefaultRecordBatchBuilder(2, 0, 0, -1, -1, 0, batch_size),
+            _aiokafka(batch_size, False),
+        )
+        for b in (c, p):
+            for n, ts in enumerate(stamps):
+                b.append(n, ts, b"k", b"v" * 40, [])
+        return c, p
+
+    now = 1_800_000_000_000
+    c, p = both(1_000, [now, now + 5, now + 3])
+    assert bytes(c.build()) == bytes(p.build())
+    header = 61  # a v2 batch's header
+    one = RecordBatchBuilder(1_000)
+    assert one.append(timestamp=now, key=b"k", value=b"v" * 40) is not None
+    record = one.size() - header  # this record's bytes (its time delta takes one byte)
+    c, p = both(header + 2 * record, [now, now + 1])
+    assert (_stamps(c), _stamps(p)) == ([now], [now, now + 1])  # the exact fill: refused by one
+    c, p = both(1_000, [-1, 9])
+    assert (_stamps(c), _stamps(p)) == ([9, 9], [-1, 9])
+
+
+def _stamps(builder: Any) -> list[int]:
+    return [r.timestamp for r in DefaultRecordBatch(bytearray(builder.build()))]
 
 
 def test_write_takes_what_append_takes_and_stamps_a_record_given_no_time() -> None:
