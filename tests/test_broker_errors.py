@@ -44,8 +44,7 @@ def test_a_broker_that_exits_says_why_once_each_start(tmp_path: Path) -> None:
     showed the first start's failure beside the second's)."""
     require_kafka()
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
+        taken.bind(("127.0.0.1", 0))  # bound, not listening: refused by Kafka's own bind
         port = taken.getsockname()[1]
         with pytest.raises(BrokerError) as exc:
             start_kafka(port=port, data=tmp_path / "k", ready_timeout=120)
@@ -76,3 +75,26 @@ def test_the_bundled_broker_that_exits_says_its_panic_not_its_backtrace(
     assert text.startswith("the bundled Kafka broker exited"), text
     assert "AddrInUse" in text and "panicked" in text, text
     assert "\x1b[" not in text, text  # its log's colours are not the message's
+
+
+def test_a_port_another_server_listens_on_is_refused_before_a_broker_starts(
+    tmp_path: Path,
+) -> None:
+    """Readiness is "something answers there": a port another server listens on looked
+    ready at once, while the broker itself exited for the address in use. Here the other
+    server is the bundled broker itself, which answers Kafka's requests too."""
+    require_broker()
+    with start_local_broker(log_path=tmp_path / "first.log") as first:
+        with pytest.raises(BrokerError) as exc:
+            start_local_broker(port=first.port, log_path=tmp_path / "second.log")
+        text = said(exc)
+        assert text == (
+            f"the bundled Kafka broker cannot listen at 127.0.0.1:{first.port}: "
+            "another server already listens there"
+        ), text
+        assert not (tmp_path / "second.log").exists()  # refused before it started
+        require_kafka()
+        with pytest.raises(BrokerError) as exc:
+            start_kafka(port=first.port, data=tmp_path / "kafka")
+        assert said(exc).startswith(f"Apache Kafka cannot listen at 127.0.0.1:{first.port}: ")
+        assert first.running()  # the broker there goes on

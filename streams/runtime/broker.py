@@ -158,6 +158,13 @@ def free_ports(count: int, host: str = "127.0.0.1", *, besides: Collection[int] 
             sock.close()
 
 
+#: Why a broker is not started on a port the user chose: readiness is "something answers
+#: there", so another server listening there would look ready at once while the broker
+#: itself exits for the address in use (a port bound but not listening is the broker's own
+#: failure to report: see :func:`why_it_exited`).
+LISTENED: Final = "another server already listens there"
+
+
 def accepts(host: str, port: int, timeout: float = 0.25) -> bool:
     """Whether something accepts TCP connections at ``host:port``."""
     try:
@@ -266,13 +273,17 @@ def start_local_broker(
     """Start the bundled broker (memory storage) and return once it accepts connections.
 
     With no ``port``, a free one is picked (and another one tried if it was
-    taken meanwhile). Both the listener and the advertised address are set
-    to ``host:port``: the broker's defaults (0.0.0.0, localhost:9092) would
-    expose it and send clients to the wrong port. Raises ``RuntimeError``
-    when the broker exits or does not answer in time, with the tail of its
-    log.
+    taken meanwhile); a ``port`` another server already listens on is refused
+    before the broker starts (it would look ready at once). Both the listener
+    and the advertised address are set to ``host:port``: the broker's
+    defaults (0.0.0.0, localhost:9092) would expose it and send clients to
+    the wrong port. Raises :class:`BrokerError` when the port is taken, the
+    broker exits or does not answer in time, with why.
     """
     binary = tansu_binary()
+    if port is not None and accepts(host, port):
+        # ready means "it answers": another server there would look ready at once
+        raise BrokerError(f"the bundled Kafka broker cannot listen at {host}:{port}: {LISTENED}")
     last_error = ""
     for _ in range(attempts if port is None else 1):
         chosen = port if port is not None else free_port(host)

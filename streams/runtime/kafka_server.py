@@ -41,7 +41,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from streams.runtime.broker import BrokerError, Listening, accepts, free_ports, why_it_exited
+from streams.runtime.broker import (
+    LISTENED,
+    BrokerError,
+    Listening,
+    accepts,
+    free_ports,
+    why_it_exited,
+)
 
 #: Where ``make kafka`` puts the broker's classpath (next to ``streams/`` in a checkout).
 DEFAULT_KAFKA_LIB: Final = Path(__file__).resolve().parents[2] / ".kafka" / "lib"
@@ -250,11 +257,15 @@ def start_kafka(
     ``data`` is the data folder (a new temporary one by default, removed by
     :meth:`KafkaBroker.stop` unless ``keep_data``); an existing formatted
     folder is started as it is (its topics and offsets survive). Raises
-    :class:`BrokerError` (the broker exited, or was not ready in time, with
-    its log's tail) or :class:`FileNotFoundError` (no Java, no jars).
+    :class:`BrokerError` (another server listens at ``port``; the broker
+    exited, or was not ready in time, with its log's tail) or
+    :class:`FileNotFoundError` (no Java, no jars).
     """
     java()
     kafka_lib()
+    if port is not None and accepts(host, port):
+        # another Kafka there would answer the readiness check for this one
+        raise BrokerError(f"Apache Kafka cannot listen at {host}:{port}: {LISTENED}")
     made = data is None
     folder = Path(tempfile.mkdtemp(prefix="viralwatch-kafka-")) if data is None else data
     folder.mkdir(parents=True, exist_ok=True)
