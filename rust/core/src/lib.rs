@@ -7,6 +7,7 @@
 //! - [`json`]: reading an event's JSON by orjson's rules;
 //! - [`keyed`]: the keyed hash of the keys users choose, for the core's tables;
 //! - `hex`: hex digits read by table, the one reader of a hash's text;
+//! - `crc`: the table and loop of both reflected CRC-32s (zlib's, Castagnoli's);
 //! - [`blake2b`]: the digest an unbanked cluster's id is made of;
 //! - [`pdq`]: the exact index of PDQ hashes by Hamming distance;
 //! - [`dedupe`]: the event ids a cluster has applied, as keyed 128-bit hashes;
@@ -24,6 +25,7 @@
 
 pub mod blake2b;
 pub mod content;
+pub(crate) mod crc;
 pub mod dedupe;
 pub mod emerging;
 pub mod event;

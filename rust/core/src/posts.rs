@@ -61,30 +61,8 @@ use crate::route::{Orphans, Refusal};
 /// assert_eq!(viralwatch_core::posts::crc32(b"123456789"), 0xCBF4_3926);
 /// ```
 pub fn crc32(data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0_u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            table[i] = c;
-            i += 1;
-        }
-        table
-    };
-    let mut c = !0_u32;
-    for &b in data {
-        c = TABLE[((c ^ u32::from(b)) & 0xFF) as usize] ^ (c >> 8);
-    }
-    !c
+    static ZLIB: [u32; 256] = crate::crc::table(0xEDB8_8320);
+    !crate::crc::update(&ZLIB, !0, data)
 }
 
 /// The partition of an internal topic that `key` belongs to: `crc32(key) % partitions`.

@@ -225,27 +225,9 @@ unsafe fn crc32c_sse42(mut crc: u32, data: &[u8]) -> u32 {
 }
 
 /// The table's CRC (a byte a step): where the CPU has no CRC-32C instruction.
-fn crc32c_table(mut crc: u32, data: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, e) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    (c >> 1) ^ 0x82F6_3B78
-                } else {
-                    c >> 1
-                };
-            }
-            *e = c;
-        }
-        t
-    });
-    for &b in data {
-        crc = table[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
-    }
-    crc
+fn crc32c_table(crc: u32, data: &[u8]) -> u32 {
+    static CASTAGNOLI: [u32; 256] = crate::crc::table(0x82F6_3B78);
+    crate::crc::update(&CASTAGNOLI, crc, data)
 }
 
 #[cfg(test)]
