@@ -518,16 +518,24 @@ def held_back(
         return set()
     out: set[int] = set()
     if heard is not None:
-        if heard == NO_TIME:
-            out |= {p for p in busy if newest[p] != NO_TIME}
-        else:
-            out |= {p for p in busy if newest[p] > heard + HEARD_AHEAD_MS}
+        out |= {p for p in busy if past_heard(newest[p], heard)}
     if held_fill >= HELD_SLOW_FILL or pending_to is not None:
         slowest = min(busy, key=lambda p: (newest[p], p))
         out |= {p for p in busy if p != slowest}
         if pending_to is not None and newest[slowest] > pending_to:
             out.add(slowest)  # NO_TIME: it was read; the watermark is coming
     return out
+
+
+def past_heard(newest: int, heard: int) -> bool:
+    """The *heard* rule of :func:`held_back` for a partition read up to ``newest``: read
+    more than :data:`HEARD_AHEAD_MS` past what was heard, or, while not every input has been
+    heard of (``heard`` is :data:`NO_TIME`), read at all. :func:`stop_cause` asks it too.
+
+    >>> past_heard(40_000, 9_000), past_heard(39_000, 9_000), past_heard(NO_TIME, NO_TIME)
+    (True, False, False)
+    """
+    return newest != NO_TIME if heard == NO_TIME else newest > heard + HEARD_AHEAD_MS
 
 
 def stop_cause(
@@ -549,9 +557,7 @@ def stop_cause(
     ('pending', 'other')
     """
     t = min(newest[p] for p in busy)
-    by_heard = heard is not None and (
-        t != NO_TIME if heard == NO_TIME else t > heard + HEARD_AHEAD_MS
-    )
+    by_heard = heard is not None and past_heard(t, heard)
     by_pending = pending_to is not None and t > pending_to
     return "+".join(k for k, on in (("heard", by_heard), ("pending", by_pending)) if on) or "other"
 
