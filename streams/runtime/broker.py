@@ -158,13 +158,6 @@ def free_ports(count: int, host: str = "127.0.0.1", *, besides: Collection[int] 
             sock.close()
 
 
-#: Why a broker is not started on a port the user chose: readiness is "something answers
-#: there", so another server listening there would look ready at once while the broker
-#: itself exits for the address in use (a port bound but not listening is the broker's own
-#: failure to report: see :func:`why_it_exited`).
-LISTENED: Final = "another server already listens there"
-
-
 def accepts(host: str, port: int, timeout: float = 0.25) -> bool:
     """Whether something accepts TCP connections at ``host:port``."""
     try:
@@ -172,6 +165,18 @@ def accepts(host: str, port: int, timeout: float = 0.25) -> bool:
             return True
     except OSError:
         return False
+
+
+def refuse_listened(broker: str, host: str, port: int | None) -> None:
+    """Raise :class:`BrokerError` if another server already listens at the ``port`` a user
+    chose for ``broker``: readiness is "something answers there", so that server would look
+    ready at once while the broker itself exits for the address in use (a port bound but
+    not listening is the broker's own failure to report: see :func:`why_it_exited`).
+    Both brokers' starts ask it."""
+    if port is not None and accepts(host, port):
+        raise BrokerError(
+            f"{broker} cannot listen at {host}:{port}: another server already listens there"
+        )
 
 
 def wait_reachable(bootstrap: list[str], timeout: float = 10.0) -> None:
@@ -281,9 +286,7 @@ def start_local_broker(
     broker exits or does not answer in time, with why.
     """
     binary = tansu_binary()
-    if port is not None and accepts(host, port):
-        # ready means "it answers": another server there would look ready at once
-        raise BrokerError(f"the bundled Kafka broker cannot listen at {host}:{port}: {LISTENED}")
+    refuse_listened("the bundled Kafka broker", host, port)
     last_error = ""
     for _ in range(attempts if port is None else 1):
         chosen = port if port is not None else free_port(host)

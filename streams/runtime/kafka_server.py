@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import Final
 
 from streams.runtime.broker import (
-    LISTENED,
     BrokerError,
     Listening,
     accepts,
     free_ports,
+    refuse_listened,
     why_it_exited,
 )
 
@@ -263,9 +263,7 @@ def start_kafka(
     """
     java()
     kafka_lib()
-    if port is not None and accepts(host, port):
-        # another Kafka there would answer the readiness check for this one
-        raise BrokerError(f"Apache Kafka cannot listen at {host}:{port}: {LISTENED}")
+    refuse_listened("Apache Kafka", host, port)  # another Kafka there would answer for it
     made = data is None
     folder = Path(tempfile.mkdtemp(prefix="viralwatch-kafka-")) if data is None else data
     folder.mkdir(parents=True, exist_ok=True)
