@@ -224,8 +224,22 @@ def stop_workers(procs: list[subprocess.Popen[bytes]], grace_s: float = 30.0) ->
                 p.wait()
 
 
-def pid_list(procs: list[subprocess.Popen[bytes]]) -> list[str]:
-    return [str(p.pid) for p in procs]
+def start_workers(
+    procs: list[subprocess.Popen[bytes]],
+    logs: list[Path],
+    s: Settings,
+    bank: Path,
+    lateness_ms: int,
+    changed: dict[str, str],
+    what: str,
+) -> None:
+    """A worker for each of ``logs`` (:func:`start_worker`), each added to ``procs`` as it
+    starts, a signal held until it is (:meth:`Stop.spawning`), so that the caller's
+    ``finally`` stops every worker started, none unrecorded; then their pids are said."""
+    for log_path in logs:
+        with STOP.spawning():
+            procs.append(start_worker(s, bank, log_path, lateness_ms, changed))
+    log(f"{what}: {len(logs)} worker(s) started, pids {', '.join(str(p.pid) for p in procs)}")
 
 
 def remove_data(work: Path) -> None:
@@ -684,13 +698,10 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
             stacks = None if args.profile is None else args.profile / f"t{i}-{n}"
             spies: list[subprocess.Popen[bytes]] = []
             try:  # (a py-spy that cannot start, or a Ctrl-C, stops the workers started)
-                for w in range(n):
-                    with STOP.spawning():
-                        log_path = work / f"worker-t{i}-{n}-{w}.log"
-                        procs.append(
-                            start_worker(s, bank, log_path, args.throughput_lateness, args.set)
-                        )
-                log(f"run {i + 1}: {n} worker(s) started, pids {', '.join(pid_list(procs))}")
+                logs = [work / f"worker-t{i}-{n}-{w}.log" for w in range(n)]
+                start_workers(
+                    procs, logs, s, bank, args.throughput_lateness, args.set, f"run {i + 1}"
+                )
                 samplers = [CpuSampler([p.pid]) for p in procs] + [CpuSampler([broker.pid])]
                 for sampler in samplers:
                     sampler.start()
@@ -893,11 +904,8 @@ def latency(broker: RunningBroker, args: argparse.Namespace, work: Path) -> dict
         log(f"latency: worker pid {procs[0].pid} killed")
 
     try:
-        for w in range(n):
-            with STOP.spawning():
-                log_path = work / f"worker-latency{w or ''}.log"
-                procs.append(start_worker(s, bank, log_path, args.lateness, args.set))
-        log(f"latency: {n} worker(s) started, pids {', '.join(pid_list(procs))}")
+        logs = [work / f"worker-latency{w or ''}.log" for w in range(n)]
+        start_workers(procs, logs, s, bank, args.lateness, args.set, "latency")
         cpu.pids = [proc.pid for proc in procs]
         _wait_ready(s, procs)
         log(f"latency: {args.rate:g} events/s for {args.seconds:g}s, lateness {args.lateness} ms")
