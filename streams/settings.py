@@ -166,7 +166,8 @@ class Settings:
     #: Standby copies of each table partition kept by other workers: a worker taking a
     #: partition over has its table already, instead of reading its changelog then. Off
     #: by default: they cost CPU all the time (every worker applies the others'
-    #: changelogs) and bought no faster takeover where measured (README, "Standby replicas").
+    #: changelogs) and bought no faster takeover where measured (docs/performance.md,
+    #: "Standby replicas").
     standby_replicas: int = 0
     #: Bank CSV files loaded at start (live updates come on the ``bank`` topic).
     bank_files: tuple[Path, ...] = ()

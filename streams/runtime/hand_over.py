@@ -127,7 +127,8 @@ class Hop:
         (:meth:`streams.runtime.topology.Topology.write_copies`): a copy a batch, which
         the live process reads back, raised alert p50 from about 25 to 40 ms. In a worker
         it is written straight into the Kafka client's open batch (``send_copy``), not
-        through Faust's buffer (which cost 10-15 ms more: see the README, "Workers")."""
+        through Faust's buffer (which cost 10-15 ms more: docs/performance.md, "The kill
+        model's copies, measured")."""
         mark = self.send_copy(partition, envelope)
         self.unread.copied(partition, mark)
         self.copies += 1
