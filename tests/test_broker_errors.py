@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from pathlib import Path
 
 import pytest
 from kafka_helpers import require_broker, require_kafka
 
+from streams.runtime import broker as broker_module
 from streams.runtime.broker import BrokerError, start_local_broker
 from streams.runtime.kafka_server import start_kafka
 
@@ -72,9 +74,41 @@ def test_the_bundled_broker_that_exits_says_its_panic_not_its_backtrace(
         with pytest.raises(BrokerError) as exc:
             start_local_broker(port=port, log_path=tmp_path / "broker.log")
     text = said(exc)
-    assert text.startswith("the bundled Kafka broker exited"), text
-    assert "AddrInUse" in text and "panicked" in text, text
+    # Tansu ends with status 0 after a panic in a runtime thread: a failure all the same
+    assert text.startswith("the bundled Kafka broker panicked"), text
+    assert "AddrInUse" in text and "panicked at" in text, text
     assert "\x1b[" not in text, text  # its log's colours are not the message's
+
+    # the same log, appended to: the earlier start's panic is not this broker's
+    with start_local_broker(log_path=tmp_path / "broker.log") as broker:
+        assert broker.running()
+        assert "panicked" not in broker.log()
+
+
+def test_a_bundled_broker_that_panics_and_runs_on_is_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A panic in the log is a failure whatever the process does after it: a program that
+    writes one and goes on running (never accepting) is stopped and said, at once, not
+    after the readiness timeout."""
+    program = tmp_path / "tansu"
+    program.write_text(
+        "#!/bin/sh\necho listening\n"
+        "echo \"thread 'tokio-rt-worker' (7) panicked at broker.rs:139:18:\"\n"
+        "echo 'called unwrap on an Err value: no storage'\nexec sleep 60\n"
+    )
+    program.chmod(0o755)
+    monkeypatch.setattr(broker_module, "tansu_binary", lambda: program)
+    began = time.monotonic()
+    with pytest.raises(BrokerError) as exc:
+        start_local_broker(log_path=tmp_path / "broker.log", ready_timeout=30, attempts=1)
+    assert time.monotonic() - began < 10
+    text = said(exc)
+    assert text == (
+        "the bundled Kafka broker panicked: listening | "
+        "thread 'tokio-rt-worker' (7) panicked at broker.rs:139:18: | "
+        "called unwrap on an Err value: no storage"
+    ), text
 
 
 def test_a_port_another_server_listens_on_is_refused_before_a_broker_starts(

@@ -63,6 +63,23 @@ _JAVA_FRAME: Final = re.compile(r"at [\w$.<>/-]+\(.*\).*|\.\.\. \d+ more")
 #: A Rust panic's backtrace: its header, a frame (``12: name``), a frame's place, its note.
 _RUST_TRACE: Final = re.compile(r"stack backtrace:|\d+: |at \S+:\d+(:\d+)?$|note: .*backtrace")
 _ANSI: Final = re.compile(r"\x1b\[[0-9;]*m")
+#: The line a Rust panic starts with (``thread 'main' panicked at src/b.rs:1:2:``; newer
+#: toolchains write the thread's id after its name: ``thread 'tokio-rt-worker' (18276)``).
+_PANIC: Final = re.compile(r"^thread '[^']*'(?: \(\d+\))? panicked at ", re.MULTILINE)
+
+
+def panicked(log: str) -> bool:
+    """Whether a program's log holds a Rust panic: a failure whatever its exit status (the
+    bundled broker's panic in a runtime thread ends it with status 0).
+
+    >>> panicked("listening\\nthread 'tokio-rt-worker' (18276) panicked at b.rs:139:18:\\n")
+    True
+    >>> panicked("listening\\nthread 'main' panicked at src/b.rs:1:2:\\nAddrInUse\\n")
+    True
+    >>> panicked("WARN a request was refused: the client panicked at the price\\n")
+    False
+    """
+    return _PANIC.search(_ANSI.sub("", log)) is not None
 
 
 def why_it_exited(output: str | bytes, *, most: int = 4) -> str:
@@ -220,6 +237,8 @@ class LocalBroker(Listening):
     pid: int
     log_path: Path | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    #: Where this broker's part of the log begins (a log path may be appended to by others).
+    _log_from: int = field(default=0, repr=False)
 
     #: The bundled broker: apply its workarounds (never on Apache Kafka).
     local: bool = True
@@ -234,6 +253,15 @@ class LocalBroker(Listening):
         except PermissionError:
             return True
         return True
+
+    def log(self) -> str:
+        """What this broker has written to its log so far (nothing without a log): not what
+        an earlier start wrote to the same file, whose panic is not this broker's."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_from)
+            return log.read().decode(errors="replace")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the broker by its PID: SIGTERM, then SIGKILL after ``timeout``. Idempotent.
@@ -283,7 +311,9 @@ def start_local_broker(
     and the advertised address are set to ``host:port``: the broker's
     defaults (0.0.0.0, localhost:9092) would expose it and send clients to
     the wrong port. Raises :class:`BrokerError` when the port is taken, the
-    broker exits or does not answer in time, with why.
+    broker exits, panics (whatever its exit status: Tansu's is 0 then) or does
+    not answer in time, with why (the panic is read from ``log_path``: without
+    one, only an exit is seen).
     """
     binary = tansu_binary()
     refuse_listened("the bundled Kafka broker", host, port)
@@ -293,6 +323,7 @@ def start_local_broker(
         listener = f"tcp://{host}:{chosen}"
         log: IO[bytes] | int
         log = log_path.open("ab") if log_path is not None else subprocess.DEVNULL
+        log_from = log.tell() if not isinstance(log, int) else 0
         try:
             proc = subprocess.Popen(
                 [
@@ -313,31 +344,31 @@ def start_local_broker(
         finally:
             if not isinstance(log, int):
                 log.close()
-        broker = LocalBroker(host, chosen, proc.pid, log_path, proc)
+        broker = LocalBroker(host, chosen, proc.pid, log_path, proc, log_from)
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
+            if proc.poll() is not None or panicked(broker.log()):
                 break
             if accepts(host, chosen, timeout=0.2):
                 return broker
             time.sleep(0.05)
         code = proc.poll()
+        text = broker.log()
         broker.stop()
-        last_error = (
-            f"exited with status {code}"
-            if code is not None
-            else f"did not accept connections within {ready_timeout:g}s"
+        if panicked(text):  # Tansu exits with status 0 after a panic: a failure all the same
+            last_error = "panicked" + (f" (exit status {code})" if code is not None else "")
+        elif code is not None:
+            last_error = f"exited with status {code}"
+        else:
+            last_error = f"did not accept connections within {ready_timeout:g}s"
+        # ended: why (a panic's message, not its backtrace); else its log's last lines
+        said = (
+            why_it_exited(text)
+            if code is not None or panicked(text)
+            else " | ".join(text.strip().splitlines()[-3:])
         )
-        if log_path is not None and log_path.exists():
-            text = log_path.read_text(errors="replace")
-            # exited: why (a panic's message, not its backtrace); else its log's last lines
-            said = (
-                why_it_exited(text)
-                if code is not None
-                else " | ".join(text.strip().splitlines()[-3:])
-            )
-            if said:
-                last_error += ": " + said
+        if said:
+            last_error += ": " + said
     raise BrokerError(f"the bundled Kafka broker {last_error}")
 
 
