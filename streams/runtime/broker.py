@@ -82,6 +82,24 @@ def panicked(log: str) -> bool:
     return _PANIC.search(_ANSI.sub("", log)) is not None
 
 
+def log_tail(log: str, *, most: int = 4) -> str:
+    """A running broker's last error lines (its last lines if none), on one line: what it
+    says when it is not ready. It has not ended, so :func:`why_it_exited`'s last trace may
+    be old and does not apply. One rule for both brokers: Kafka's ``ERROR`` lines and
+    exceptions, the bundled broker's ``ERROR`` lines (their colours dropped).
+
+    >>> log_tail("[t] INFO starting\\n[t] ERROR no quorum\\n[t] INFO waiting\\n")
+    '[t] ERROR no quorum'
+    >>> log_tail("\\x1b[2mt\\x1b[0m \\x1b[31mERROR\\x1b[0m bind: AddrInUse\\nlistening\\n")
+    't ERROR bind: AddrInUse'
+    >>> log_tail("starting\\nlistening\\n", most=1)
+    'listening'
+    """
+    lines = [line.strip() for line in _ANSI.sub("", log).splitlines() if line.strip()]
+    errors = [line for line in lines if " ERROR " in line or "Exception" in line]
+    return " | ".join((errors or lines)[-most:])
+
+
 def why_it_exited(output: str | bytes, *, most: int = 4) -> str:
     """What a program that exited said of why, in one line: the exception of its last Java
     stack trace and the causes under it (the deepest last), never the trace's frames;
@@ -361,12 +379,8 @@ def start_local_broker(
             last_error = f"exited with status {code}"
         else:
             last_error = f"did not accept connections within {ready_timeout:g}s"
-        # ended: why (a panic's message, not its backtrace); else its log's last lines
-        said = (
-            why_it_exited(text)
-            if code is not None or panicked(text)
-            else " | ".join(text.strip().splitlines()[-3:])
-        )
+        # ended: why (a panic's message, not its backtrace); else its log's last errors
+        said = why_it_exited(text) if code is not None or panicked(text) else log_tail(text)
         if said:
             last_error += ": " + said
     raise BrokerError(f"the bundled Kafka broker {last_error}")

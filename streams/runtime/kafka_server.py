@@ -46,6 +46,7 @@ from streams.runtime.broker import (
     Listening,
     accepts,
     free_ports,
+    log_tail,
     refuse_listened,
     why_it_exited,
 )
@@ -404,12 +405,7 @@ def _metadata_problem(bootstrap: str) -> str | None:
         admin.close()
 
 
-def _tail(path: Path, lines: int = 4) -> str:
-    """The last error lines of a running broker's log (or its last lines): it has not ended,
-    so :func:`why_it_exited` does not apply."""
-    if not path.exists():
-        return ""
-    text = path.read_text(errors="replace").strip().splitlines()
-    errors = [line for line in text if " ERROR " in line or "Exception" in line]
-    shown = (errors or text)[-lines:]
-    return (": " + " | ".join(s.strip() for s in shown)) if shown else ""
+def _tail(path: Path) -> str:
+    """``": "`` and the running broker's last error lines (:func:`log_tail`), if it has any."""
+    said = log_tail(path.read_text(errors="replace")) if path.exists() else ""
+    return f": {said}" if said else ""
