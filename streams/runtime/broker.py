@@ -100,6 +100,18 @@ def log_tail(log: str, *, most: int = 4) -> str:
     return " | ".join((errors or lines)[-most:])
 
 
+def log_since(path: Path | None, start: int) -> str:
+    """What a broker wrote to its log at ``path`` from byte ``start`` on (nothing without a
+    log): its own part, where earlier starts appended to the same file (a data folder
+    started again, a retried port). Their failures are not this broker's: a panic there
+    stopped a good start at once, an exception there was said as why this one exited."""
+    if path is None or not path.exists():
+        return ""
+    with path.open("rb") as log:
+        log.seek(start)
+        return log.read().decode(errors="replace")
+
+
 def why_it_exited(output: str | bytes, *, most: int = 4) -> str:
     """What a program that exited said of why, in one line: the exception of its last Java
     stack trace and the causes under it (the deepest last), never the trace's frames;
@@ -273,13 +285,8 @@ class LocalBroker(Listening):
         return True
 
     def log(self) -> str:
-        """What this broker has written to its log so far (nothing without a log): not what
-        an earlier start wrote to the same file, whose panic is not this broker's."""
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        with self.log_path.open("rb") as log:
-            log.seek(self._log_from)
-            return log.read().decode(errors="replace")
+        """What this broker has written to its log so far (:func:`log_since`)."""
+        return log_since(self.log_path, self._log_from)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the broker by its PID: SIGTERM, then SIGKILL after ``timeout``. Idempotent.

@@ -46,6 +46,7 @@ from streams.runtime.broker import (
     Listening,
     accepts,
     free_ports,
+    log_since,
     log_tail,
     refuse_listened,
     why_it_exited,
@@ -185,12 +186,18 @@ class KafkaBroker(Listening):
     keep_data: bool = False
     extra: dict[str, str] = field(default_factory=dict)
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    #: Where this node's part of the log begins (a data folder started again appends).
+    _log_from: int = field(default=0, repr=False)
 
     #: Apache Kafka needs none of the bundled broker's workarounds.
     local: bool = False
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def log(self) -> str:
+        """What this node has written to its log so far (:func:`log_since`)."""
+        return log_since(self.log_path, self._log_from)
 
     def stop(self, timeout: float = 30.0, *, remove: bool | None = None) -> None:
         """SIGTERM, SIGKILL after ``timeout``; remove the data unless kept. Idempotent.
@@ -341,6 +348,7 @@ def _launch(
             said = why_it_exited(fmt.stderr or fmt.stdout)
             raise BrokerError(f"formatting Kafka's data folder failed: {said}")
     with log_path.open("ab") as log:
+        log_from = log.tell()
         proc = subprocess.Popen(
             [*base, "kafka.Kafka", str(props_path)],
             stdin=subprocess.DEVNULL,
@@ -358,6 +366,7 @@ def _launch(
         keep_data=keep_data,
         extra=dict(extra),
         _process=proc,
+        _log_from=log_from,
     )
     try:
         wait_kafka_ready(broker, ready_timeout)
@@ -374,7 +383,7 @@ def wait_kafka_ready(broker: KafkaBroker, timeout: float) -> None:
     while time.monotonic() < deadline:
         if not broker.running():
             assert broker._process is not None
-            said = why_it_exited(broker.log_path.read_bytes()) if broker.log_path.exists() else ""
+            said = why_it_exited(broker.log())
             raise BrokerError(f"Apache Kafka exited (status {broker._process.returncode}): {said}")
         if accepts(broker.host, broker.port, timeout=0.2):
             problem = _metadata_problem(broker.bootstrap)
@@ -382,8 +391,9 @@ def wait_kafka_ready(broker: KafkaBroker, timeout: float) -> None:
                 return
             last = problem
         time.sleep(0.2)
+    said = log_tail(broker.log())
     raise BrokerError(
-        f"Apache Kafka was not ready within {timeout:g}s ({last}){_tail(broker.log_path)}"
+        f"Apache Kafka was not ready within {timeout:g}s ({last})" + (f": {said}" if said else "")
     )
 
 
@@ -403,9 +413,3 @@ def _metadata_problem(bootstrap: str) -> str | None:
         return f"metadata failed: {exc}"
     finally:
         admin.close()
-
-
-def _tail(path: Path) -> str:
-    """``": "`` and the running broker's last error lines (:func:`log_tail`), if it has any."""
-    said = log_tail(path.read_text(errors="replace")) if path.exists() else ""
-    return f": {said}" if said else ""
