@@ -112,7 +112,8 @@ class Stop:
     """
 
     def __init__(self) -> None:
-        #: the signals received, by name (SIGINT is Python's handler: not recorded)
+        #: the signals received, by name (SIGINT only while held back by :meth:`spawning`:
+        #: elsewhere Python's handler takes it, and :meth:`name` says SIGINT for none)
         self.received: list[str] = []
         #: what the run is doing, said when a signal stops it
         self.phase = "starting"
