@@ -105,14 +105,14 @@ pub struct UnbankedClusters {
 /// An eviction as Python gets it: (before which item, cluster, posts).
 type Eviction = (usize, String, Vec<Py<PyAny>>);
 
-/// What a batch did, flat and with ``None`` for an empty list: most batches are an event or
-/// two, and every object made here is one more for Python's collector to count.
 /// What the store counted as it applied a run: duplicates, late, clusters created,
 /// uploads, shares, takedowns applied, of the uploads those of low quality and those the
 /// allow-list took (`crate::detect::Unmatched`, where asked), and the latest event time
 /// applied (``streams.detector.UnbankedCounts``).
 type Counts = (u64, u64, u64, u64, u64, u64, u64, u64, Option<i64>);
 
+/// What a batch did, flat and with ``None`` for an empty list: most batches are an event or
+/// two, and every object made here is one more for Python's collector to count.
 type Applied = (
     usize,
     Option<Vec<Py<PyAny>>>,
