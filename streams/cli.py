@@ -987,7 +987,9 @@ def broker(
     Prints one line, ``kafka://127.0.0.1:PORT``, once the broker serves
     requests; tests, benchmarks and operators start brokers the same way.
     """
+    import shutil
     import signal
+    import tempfile
     import threading
 
     from streams.runtime.broker import BrokerError, RunningBroker, start_local_broker
@@ -1002,20 +1004,30 @@ def broker(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    # the bundled broker's log, read for a panic (it may end with status 0, or run on)
+    logs = Path(tempfile.mkdtemp(prefix="viralwatch-broker-"))
     running: RunningBroker
     try:
-        running = start_kafka(port=port, data=data) if kafka else start_local_broker(port=port)
-    except (BrokerError, FileNotFoundError, OSError) as exc:
-        fail(str(exc))
-    try:
-        typer.echo(running.url)
-        kind = "Apache Kafka" if kafka else "the bundled broker (memory storage)"
-        typer.echo(f"viralwatch: {kind} ready, pid {running.pid}; Ctrl-C stops it", err=True)
-        while not stop.wait(0.5):
-            if not running.running():
-                fail(f"the broker (pid {running.pid}) exited")
+        try:
+            running = (
+                start_kafka(port=port, data=data)
+                if kafka
+                else start_local_broker(port=port, log_path=logs / "broker.log")
+            )
+        except (BrokerError, FileNotFoundError, OSError) as exc:
+            fail(str(exc))
+        try:
+            typer.echo(running.url)
+            kind = "Apache Kafka" if kafka else "the bundled broker (memory storage)"
+            typer.echo(f"viralwatch: {kind} ready, pid {running.pid}; Ctrl-C stops it", err=True)
+            while not stop.wait(0.5):
+                failed = running.failure()
+                if failed is not None:
+                    fail(f"the broker (pid {running.pid}) {failed}")
+        finally:
+            running.stop()
     finally:
-        running.stop()
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 @app.command()

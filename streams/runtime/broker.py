@@ -51,6 +51,11 @@ class RunningBroker(Protocol):
 
     def running(self) -> bool: ...
 
+    def failure(self) -> str | None:
+        """Why it has failed, in one line (``None`` while it serves): what its starts and
+        ``viralwatch broker``'s wait say."""
+        ...
+
     def stop(self, timeout: float = ...) -> None: ...
 
 
@@ -288,6 +293,26 @@ class LocalBroker(Listening):
         """What this broker has written to its log so far (:func:`log_since`)."""
         return log_since(self.log_path, self._log_from)
 
+    def failure(self) -> str | None:
+        """Why the broker has failed, in one line, or ``None`` while it runs with no panic
+        in its log: a panic whatever its exit status (Tansu ends with status 0 after a
+        panic in a runtime thread) and even if it runs on, or an exit (it serves until
+        :meth:`stop`: any other end is a failure). Why is the panic's message
+        (:func:`why_it_exited`); without a log, an exit is all that is seen.
+        """
+        # (a broker that is not our child has a status that is not ours to read)
+        code = self._process.poll() if self._process is not None else None
+        ended = code is not None if self._process is not None else not self.running()
+        text = self.log()
+        if panicked(text):
+            said = "panicked" + (f" (exit status {code})" if code is not None else "")
+        elif ended:
+            said = "exited" + (f" with status {code}" if code is not None else "")
+        else:
+            return None
+        why = why_it_exited(text)
+        return f"{said}: {why}" if why else said
+
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the broker by its PID: SIGTERM, then SIGKILL after ``timeout``. Idempotent.
 
@@ -371,25 +396,21 @@ def start_local_broker(
                 log.close()
         broker = LocalBroker(host, chosen, proc.pid, log_path, proc, log_from)
         deadline = time.monotonic() + ready_timeout
+        failed = None
         while time.monotonic() < deadline:
-            if proc.poll() is not None or panicked(broker.log()):
+            failed = broker.failure()
+            if failed is not None:
                 break
             if accepts(host, chosen, timeout=0.2):
                 return broker
             time.sleep(0.05)
-        code = proc.poll()
-        text = broker.log()
+        failed = failed or broker.failure()  # (it may have ended as the time ran out)
+        if failed is None:  # running, not ready: its log's last errors
+            said = log_tail(broker.log())
+            failed = f"did not accept connections within {ready_timeout:g}s"
+            failed += f": {said}" if said else ""
         broker.stop()
-        if panicked(text):  # Tansu exits with status 0 after a panic: a failure all the same
-            last_error = "panicked" + (f" (exit status {code})" if code is not None else "")
-        elif code is not None:
-            last_error = f"exited with status {code}"
-        else:
-            last_error = f"did not accept connections within {ready_timeout:g}s"
-        # ended: why (a panic's message, not its backtrace); else its log's last errors
-        said = why_it_exited(text) if code is not None or panicked(text) else log_tail(text)
-        if said:
-            last_error += ": " + said
+        last_error = failed
     raise BrokerError(f"the bundled Kafka broker {last_error}")
 
 

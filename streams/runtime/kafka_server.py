@@ -199,6 +199,13 @@ class KafkaBroker(Listening):
         """What this node has written to its log so far (:func:`log_since`)."""
         return log_since(self.log_path, self._log_from)
 
+    def failure(self) -> str | None:
+        """Why the node has failed, in one line (the last Java trace's exception and its
+        causes: :func:`why_it_exited`), or ``None`` while it runs."""
+        if self._process is None or self._process.poll() is None:
+            return None
+        return f"exited (status {self._process.returncode}): {why_it_exited(self.log())}"
+
     def stop(self, timeout: float = 30.0, *, remove: bool | None = None) -> None:
         """SIGTERM, SIGKILL after ``timeout``; remove the data unless kept. Idempotent.
 
@@ -381,10 +388,9 @@ def wait_kafka_ready(broker: KafkaBroker, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     last = "did not accept connections"
     while time.monotonic() < deadline:
-        if not broker.running():
-            assert broker._process is not None
-            said = why_it_exited(broker.log())
-            raise BrokerError(f"Apache Kafka exited (status {broker._process.returncode}): {said}")
+        failed = broker.failure()
+        if failed is not None:
+            raise BrokerError(f"Apache Kafka {failed}")
         if accepts(broker.host, broker.port, timeout=0.2):
             problem = _metadata_problem(broker.bootstrap)
             if problem is None:
