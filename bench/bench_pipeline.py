@@ -420,6 +420,8 @@ class CpuSampler(threading.Thread):
         self.tick = os.sysconf("SC_CLK_TCK")
         #: each process's CPU and wait when last read (one that ended keeps what it used)
         self.last: dict[int, tuple[float, float]] = {}
+        #: each process's peak resident memory (MB, the kernel's ``VmHWM``) when last read
+        self.peak_mb: dict[int, float] = {}
 
     def cpu_s(self) -> float:
         return self.read()[0]
@@ -431,6 +433,7 @@ class CpuSampler(threading.Thread):
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 cpu = (int(fields[11]) + int(fields[12])) / self.tick  # utime, stime
                 self.last[pid] = (cpu, run_queue_s(pid))
+                self.peak_mb[pid] = peak_rss_mb(pid)
         return sum(c for c, _ in self.last.values()), sum(w for _, w in self.last.values())
 
     def run(self) -> None:
@@ -446,6 +449,16 @@ class CpuSampler(threading.Thread):
         t0, c0 = before[-1][0], before[-1][field]
         t1, c1 = after[0][0], after[0][field]
         return c0 if t1 <= t0 else c0 + (c1 - c0) * (t - t0) / (t1 - t0)
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident memory of ``pid`` so far (MB): the ``VmHWM`` line of
+    ``/proc/<pid>/status``; 0 where the kernel does not say."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def run_queue_s(pid: int) -> float:
@@ -666,6 +679,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
     each_cpu: dict[int, list[list[float]]] = {n: [] for n in args.workers}
     # per run, each worker's CPU and run-queue wait as shares of the span (wall time)
     each_load: dict[int, list[list[list[float]]]] = {n: [] for n in args.workers}
+    # per run, each worker's peak resident memory (MB)
+    each_rss: dict[int, list[list[float]]] = {n: [] for n in args.workers}
     paused: dict[int, list[float]] = {n: [] for n in args.workers}
     stops: dict[int, list[list[str]]] = {n: [] for n in args.workers}
     hops: dict[int, list[tuple[float, float]]] = {n: [] for n in args.workers}
@@ -729,6 +744,7 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 for x in samplers[:-1]
             ]
             each_load[n].append(loads)
+            each_rss[n].append([round(sum(x.peak_mb.values())) for x in samplers[:-1]])
             owners = index_owners(reports)
             each_owner[n].append([str(p.pid) in owners for p in procs])
             records = [orjson.loads(r) for r in keep.read_bytes().split()]
@@ -767,6 +783,9 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 + ", ".join(f"{k} {v:.3g}" for k, v in sorted(crossed.items()))
                 + "; each worker's CPU / wait for a CPU, of the span: "
                 + ", ".join(f"{c:.0%} / {w:.0%}" for c, w in loads)
+                + "; peak RSS "
+                + " / ".join(f"{m:.0f}" for m in each_rss[n][-1])
+                + " MB"
                 + f"; shares reader stopped in {paused[n][-1]:.0%} of stats records"
                 + f" ({'; '.join(stops[n][-1])} of the span)"
                 + "; resolve records' age when taken {:.0f} ms mean, {:.0f} at most".format(
@@ -788,6 +807,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 "each_worker_cpu_us_per_event": each_cpu[n],
                 # [CPU, ready but waiting for a CPU] as shares of the span, each worker
                 "each_worker_cpu_and_wait": each_load[n],
+                # each worker's peak resident memory (MB)
+                "each_worker_peak_rss_mb": each_rss[n],
                 # whether each worker owned the content index (its CPU is the higher)
                 "each_worker_index_owner": each_owner[n],
                 "paused_share": paused[n],
