@@ -488,6 +488,21 @@ def paused_share(rows: list[dict[str, Any]]) -> float:
     return stopped / len(busy) if busy else 0.0
 
 
+def most_pending(rows: list[dict[str, Any]]) -> list[int]:
+    """The most events each worker's stats records had waiting for the watermark at once
+    (``pending``: what ``VIRALWATCH_MAX_PENDING`` bounds), by the workers' ids.
+
+    >>> most_pending([{"worker": "b", "pending": 7}, {"worker": "a", "pending": 3},
+    ...   {"worker": "b", "pending": 9}, {"worker": "a"}])
+    [3, 9]
+    """
+    most: dict[str, int] = {}
+    for r in rows:
+        w = str(r.get("worker"))
+        most[w] = max(most.get(w, 0), r.get("pending", 0))
+    return [most[w] for w in sorted(most)]
+
+
 def stop_shares(reports: dict[str, dict[str, Any]], span: float) -> list[str]:
     """Each worker's reader standing still, as shares of the span, by the rule that held it
     (the last stats record's ``stopped_s``: ``shares_reader.stop_cause``), how many stops and
@@ -682,6 +697,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
     # per run, each worker's peak resident memory (MB)
     each_rss: dict[int, list[list[float]]] = {n: [] for n in args.workers}
     paused: dict[int, list[float]] = {n: [] for n in args.workers}
+    # per run, the most events each worker had waiting for the watermark at once
+    waiting: dict[int, list[list[int]]] = {n: [] for n in args.workers}
     stops: dict[int, list[list[str]]] = {n: [] for n in args.workers}
     hops: dict[int, list[tuple[float, float]]] = {n: [] for n in args.workers}
     reads: dict[int, list[float]] = {n: [] for n in args.workers}  # records read per event
@@ -749,6 +766,7 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
             each_owner[n].append([str(p.pid) in owners for p in procs])
             records = [orjson.loads(r) for r in keep.read_bytes().split()]
             paused[n].append(paused_share(records))
+            waiting[n].append(most_pending(records))
             stops[n].append(stop_shares(reports, span))
             hops[n].append(hop_delays(records))
             e2e[n].append(a)
@@ -785,7 +803,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 + ", ".join(f"{c:.0%} / {w:.0%}" for c, w in loads)
                 + "; peak RSS "
                 + " / ".join(f"{m:.0f}" for m in each_rss[n][-1])
-                + " MB"
+                + " MB; most events waiting for the watermark "
+                + " / ".join(f"{k:,}" for k in waiting[n][-1])
                 + f"; shares reader stopped in {paused[n][-1]:.0%} of stats records"
                 + f" ({'; '.join(stops[n][-1])} of the span)"
                 + "; resolve records' age when taken {:.0f} ms mean, {:.0f} at most".format(
@@ -812,6 +831,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 # whether each worker owned the content index (its CPU is the higher)
                 "each_worker_index_owner": each_owner[n],
                 "paused_share": paused[n],
+                # the most events each worker had waiting for the watermark at once
+                "most_pending": waiting[n],
                 # each worker's reader stopped, by rule, as shares of the span
                 "stopped": stops[n],
                 # the resolve records' age when taken (s): mean, most
