@@ -172,6 +172,16 @@ impl Key {
         }
     }
 
+    /// The bytes [`Key::pack`] appends for it.
+    fn packed_len(&self, pdq: &PdqIndex<Holder>) -> usize {
+        1 + match self {
+            Key::Md5(_) => 16,
+            Key::Pdq(_) if pdq.scans() => 4,
+            Key::Pdq(_) => 32,
+            Key::Text(t) => 4 + t.len(),
+        }
+    }
+
     /// Appended to a cluster's packed keys: a kind byte, then 16 bytes (MD5), 32 (PDQ,
     /// its words little-endian; in a scan-only index, whose rows stay put until it is
     /// compacted, the hash's 4-byte row: [`PDQ_ROW`]) or a 4-byte length and the text.
@@ -1111,12 +1121,17 @@ impl ContentIndex {
         }
         let c = self.slot_or_new(cluster, v)?;
         let mine = c | bit(v);
+        // room for every key made at the first key packed (none where none is): grown key
+        // by key it was four allocations for an upload's MD5 and PDQ, then a fifth for the
+        // cluster's keys and a copy
+        let room: usize = keys.iter().map(|k| k.packed_len(&self.pdq)).sum();
         let mut packed = Vec::new();
         let mut took = 0;
         for key in keys {
             // one look-up of the signal (a PDQ hash's row is a bucket scan)
             let Some(f) = self.first_holder(&key) else {
                 self.insert_signal(&key, mine);
+                packed.reserve_exact(room.saturating_sub(packed.len()));
                 key.pack(&self.pdq, &mut packed);
                 took += 1;
                 new(&key, true);
@@ -1139,6 +1154,7 @@ impl ContentIndex {
                     }
                     None => {
                         more.push(mine);
+                        packed.reserve_exact(room.saturating_sub(packed.len()));
                         key.pack(&self.pdq, &mut packed);
                         took += 1;
                     }
@@ -1150,11 +1166,16 @@ impl ContentIndex {
             let item = self.clusters[c as usize]
                 .as_mut()
                 .expect("a live cluster's slot");
+            item.held += took;
+            if item.keys.is_empty() && packed.len() == packed.capacity() {
+                // a new cluster's keys, all of them packed: the vector is the box
+                item.keys = packed.into_boxed_slice();
+                return Ok(());
+            }
             let mut keys = std::mem::take(&mut item.keys).into_vec();
             keys.reserve_exact(packed.len());
             keys.extend_from_slice(&packed);
             item.keys = keys.into_boxed_slice();
-            item.held += took;
         }
         Ok(())
     }
