@@ -854,6 +854,44 @@ def test_the_local_run_is_built_from_the_workers_own_objects(tmp_path: Path) -> 
     assert not stage_logic & set(dir(worker))
 
 
+def test_a_worker_s_sends_and_copies_on_a_hop_keep_the_order_written(tmp_path: Path) -> None:
+    """Every record a worker sends on the ``resolve`` topic goes straight into the Kafka
+    client's batches (none through Faust's buffer), so a partition's records are in the
+    order written. Before, the copies of in-process hand-overs went that way and
+    the other sends through Faust's buffer, a task step later: a copy could overtake a
+    tracked send written before it, and, read first, tell the hand-over that the send was
+    read (the next envelope for that partition then went the short way without it)."""
+    from test_faust_adapter import _Client
+
+    async def scenario() -> None:
+        worker = Worker(
+            Settings(broker="kafka://127.0.0.1:9", partitions=2, data_dir=tmp_path),
+            banks=HashBanks(),
+            policy=AlertPolicy.default(),
+        )
+        producer = worker.app.counted_producer
+        client = producer._producer = _Client(batch_bytes=1 << 16)
+        try:
+            hop = worker.hand_over.resolve
+            hop.assign([0])  # held here, not read yet: a send is tracked until read
+            hop.send(0, Envelope([], progress={1: 5}))
+            hop.copy(0, Envelope([Registration("p1", "b-1")]))
+            hop.send(0, Envelope([], progress={1: 6}))
+            assert producer.counted.put_count == 0  # nothing waits in Faust's buffer
+            client.drain()
+            resolve = client.records(worker.settings.topic("resolve"), 0)
+            on_topic = [Envelope.unpack(v) for _, v in resolve if v is not None]
+            assert [(e.progress, len(e.items)) for e in on_topic] == [
+                ({1: 5}, 0),
+                ({}, 1),
+                ({1: 6}, 0),
+            ]
+        finally:
+            producer._producer = None
+
+    asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(
     ("seed", "hops"), [(0, "none"), (1, "clusters"), (2, "resolve"), (3, "both")]
 )

@@ -61,7 +61,6 @@ class Hop:
         "held",
         "name",
         "reading",
-        "send_copy",
         "send_record",
         "unread",
     )
@@ -71,13 +70,13 @@ class Hop:
         name: str,
         send: SendEnvelope,
         enabled: Callable[[], bool] | None = None,
-        send_copy: SendEnvelope | None = None,
     ) -> None:
         self.name = name
+        #: sends and copies alike (:meth:`copy`), so a partition's records keep the order
+        #: sent: in a worker, the resolve hop's straight into the Kafka client's batches,
+        #: beside the outputs and logs of its batch, the clusters hop's (no copies) through
+        #: Faust's buffer
         self.send_record = send
-        #: how a copy goes (:meth:`copy`): in a worker, straight into the Kafka client's
-        #: batches, beside the outputs and logs of its batch (not through Faust's buffer)
-        self.send_copy = send_copy if send_copy is not None else send
         #: whether the short way may be taken now (a test's coin; always, in a worker)
         self.enabled = enabled
         self.unread = UnreadSends()
@@ -126,10 +125,10 @@ class Hop:
         The topology gathers a partition's copies until a checkpoint begins
         (:meth:`streams.runtime.topology.Topology.write_copies`): a copy a batch, which
         the live process reads back, raised alert p50 from about 25 to 40 ms. In a worker
-        it is written straight into the Kafka client's open batch (``send_copy``), not
-        through Faust's buffer (which cost 10-15 ms more: docs/performance.md, "The kill
-        model's copies, measured")."""
-        mark = self.send_copy(partition, envelope)
+        it is written straight into the Kafka client's open batch, as every send of the
+        resolve hop is, not through Faust's buffer (which cost 10-15 ms more:
+        docs/performance.md, "The kill model's copies, measured")."""
+        mark = self.send_record(partition, envelope)
         self.unread.copied(partition, mark)
         self.copies += 1
 

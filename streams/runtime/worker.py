@@ -380,11 +380,7 @@ class Worker:
             send=lambda kind, p, key, value: outputs[kind](p, key, value),
         )
         self.hand_over = HandOver(
-            resolve=Hop(
-                "resolve",
-                lambda p, env: self._send(self.t_resolve, env, p),
-                send_copy=lambda p, env: self._write_envelope(self.t_resolve, env, p),
-            ),
+            resolve=Hop("resolve", lambda p, env: self._write_envelope(self.t_resolve, env, p)),
             clusters=Hop("clusters", lambda p, env: self._send(self.t_clusters, env, p)),
             grace_s=HAND_OVER_GRACE_S,
         )
@@ -654,7 +650,8 @@ class Worker:
         """Send an envelope to a partition of an internal topic (in parts, if it is large),
         keyed as this worker's own, its records in the wire version the settings say
         (:class:`~streams.wire.WireVersion`: the latest, or an earlier one during a rolling
-        update from a release that wrote it).
+        update from a release that wrote it), through Faust's buffer (the ``clusters``
+        topic).
 
         Returns its timestamp (epoch ms, increasing from one send to the next): the mark
         by which the hand-over knows when the partition has read it.
@@ -669,8 +666,15 @@ class Worker:
     def _write_envelope(self, topic: Any, value: Envelope | bytes, partition: int) -> int:
         """:meth:`_send`, written straight into the Kafka client's open batch of the
         partition (:meth:`~streams.runtime.faust_adapter.Producer.write`), so that it
-        leaves with the outputs and logs its batch wrote, not in a produce request of
-        its own after them; returns its mark likewise."""
+        leaves with the outputs and logs its batch wrote; returns its mark likewise.
+
+        Every record of the ``resolve`` topic goes this way, so a partition's records keep
+        the order written. With the copies of in-process hand-overs written here and the
+        other sends through Faust's buffer (a task step later), a copy could overtake a
+        tracked send written before it: read first, its mark told the hand-over that the
+        send was read too, and the next envelope for that partition went the short way
+        without it, overtaking it.
+        """
         name, stamp, parts = self._records(topic, value)
         producer = self.app.counted_producer
         for part in parts:
