@@ -4,12 +4,13 @@
 //!
 //! Why here and not in aiokafka's batch builder (Cython): it computes the batch's CRC-32C in
 //! software, a byte at a time (about a third of a microsecond an event from a backlog, for the
-//! 270 bytes of state log an event writes), where x86-64's SSE 4.2 (and AArch64's CRC
-//! extension) compute it eight bytes an instruction; and its record is a bytearray grown by
-//! reallocation. The bytes are aiokafka's reference builder's (in Python), byte for byte
-//! (`tests/test_record_batch.py` compares them for random records, and reads them back with
-//! aiokafka and with Apache Kafka's Java consumer); its compiled builder refuses a record that
-//! would fill a batch to the byte, and loses a first timestamp of -1 (the test pins both).
+//! 270 bytes of state log an event writes), where x86-64's SSE 4.2 computes it eight bytes
+//! an instruction (elsewhere, and on a CPU without it, a table a byte a step, as aiokafka's);
+//! and its record is a bytearray grown by reallocation. The bytes are aiokafka's reference
+//! builder's (in Python), byte for byte (`tests/test_record_batch.py` compares them for
+//! random records, and reads them back with aiokafka and with Apache Kafka's Java consumer);
+//! its compiled builder refuses a record that would fill a batch to the byte, and loses a
+//! first timestamp of -1 (the test pins both).
 //!
 //! Layout (Kafka's `DefaultRecordBatch`): a 61-byte header (base offset, length, partition
 //! leader epoch, magic, CRC-32C of everything after it, attributes, last offset delta, first
