@@ -507,11 +507,16 @@ class _FetchedState:
 
     def consumed_to(self, offset: int) -> None:
         self.moved.append(offset)
+        self.position = offset
 
 
-def _fetch_result(raw: bytes, fetch_offset: int, bare: bool, check_crcs: bool = True) -> Any:
+def _fetch_result(
+    raw: bytes, fetch_offset: int, bare: bool, check_crcs: bool = True, own_check: bool = False
+) -> Any:
     """aiokafka's ``FetchResult`` of one fetched partition, as its fetcher makes it (with the
-    fetcher module's ``MemoryRecords``), given the bare records' reading or not."""
+    fetcher module's ``MemoryRecords``), given the bare records' reading or not; its
+    ``check_assignment`` aiokafka's own under an active assignment if ``own_check``, else
+    one that passes."""
     from types import SimpleNamespace
 
     from aiokafka.consumer import fetcher
@@ -519,12 +524,13 @@ def _fetch_result(raw: bytes, fetch_offset: int, bare: bool, check_crcs: bool = 
 
     tp = TopicPartition("shares", 1)
     state = _FetchedState(fetch_offset)
-    assignment = SimpleNamespace(state_value=lambda _tp: state)
+    assignment = SimpleNamespace(active=True, state_value=lambda _tp: state)
     records = fetcher.PartitionRecords(
         tp, fetcher.MemoryRecords(raw), [], fetch_offset, None, None, check_crcs, 0
     )
     result = fetcher.FetchResult(tp, assignment=assignment, partition_records=records, backoff=0)
-    result.check_assignment = lambda _tp: True  # (aiokafka's asks the assignment's state)
+    if not own_check:
+        result.check_assignment = lambda _tp: True  # (aiokafka's asks the assignment's state)
     if bare:
         faust_adapter._bare(result)
     else:
@@ -594,6 +600,38 @@ def test_a_bare_record_batch_with_a_wrong_crc_is_refused(raw_known: bool) -> Non
     assert len(unchecked.getall(None)) == 7
 
 
+def test_a_paused_partition_keeps_what_was_fetched_until_it_is_resumed() -> None:
+    """A paused partition's records, fetched and not all taken, are kept (aiokafka drops them
+    at the next ``getmany``, and fetches them again once the partition is resumed): none is
+    given while it is paused, then the same records aiokafka would give from its position.
+    A seek to another position, or a lost assignment, drops them as aiokafka does."""
+    raw = _raw_batches([5, 4], 100)
+    theirs, their_state = _fetch_result(raw, 100, bare=False, own_check=True)
+    ours, our_state = _fetch_result(raw, 100, bare=True, own_check=True)
+    taken = [r.offset for r in ours.getall(3)]
+    assert taken == [r.offset for r in theirs.getall(3)] == [100, 101, 102]
+    their_state.paused = our_state.paused = True
+    assert theirs.getall(10) == [] and not theirs.has_more()  # aiokafka's: dropped
+    for _ in range(3):
+        assert ours.getall(10) == [] and ours.has_more()  # ours: kept
+    assert our_state.position == 103
+    our_state.paused = False
+    assert [(r.offset, r.value) for r in ours.getall(None)] == [
+        (n, b"v%d" % n) for n in range(103, 109)
+    ]
+    assert our_state.position == 109 and not ours.has_more()
+
+    for gone in ("seek", "revoked"):
+        ours, our_state = _fetch_result(raw, 100, bare=True, own_check=True)
+        assert len(ours.getall(2)) == 2
+        our_state.paused = True
+        if gone == "seek":
+            our_state.position = 104  # another position: what was fetched is not its
+        else:
+            ours._assignment.active = False
+        assert ours.getall(10) == [] and not ours.has_more()
+
+
 def test_aiokafka_s_fetcher_still_has_what_bare_records_reaches() -> None:
     """The fetcher keeps its results in ``_records``, made once, each put there by an
     assignment; a partition's records are unpacked by ``self._consumer_record``; a
@@ -614,6 +652,13 @@ def test_aiokafka_s_fetcher_still_has_what_bare_records_reaches() -> None:
     # MemoryRecords; the results and records it reaches
     assert "records = MemoryRecords(part_data[-1])" in fetcher
     assert fetcher_module.MemoryRecords is faust_adapter._RawMemoryRecords
+    # a paused partition's records: aiokafka's check drops them (so ours keeps them, on
+    # the attributes it reads: the assignment's activity and state, paused and position)
+    check = inspect.getsource(FetchResult.check_assignment)
+    for name in ("assignment.active", "state_value(", "tp_state.paused", "tp_state.position"):
+        assert name in check
+    assert "self._partition_records = None" in check
+    assert "self._assignment = assignment" in inspect.getsource(FetchResult.__init__)
     unpack = inspect.getsource(PartitionRecords._unpack_records)
     for name in ("_records", "_check_crcs", "_tp", "next_fetch_offset", "is_control_batch"):
         assert name in unpack
