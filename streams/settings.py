@@ -186,11 +186,8 @@ class Settings:
     max_held: int = 100_000
     #: Most events waiting for the watermark in the clusters partitions a worker holds
     #: before its ``shares`` reader reads only its slowest partition (backpressure: nothing
-    #: is refused; see :func:`streams.runtime.shares_reader.held_back`). 200,000 (about
-    #: 35 MB a worker more than 50,000): two workers read a million-event backlog 1.5-1.8
-    #: times as fast, reading ahead of the clusters watermark rather than at its pace
-    #: (docs/compiled-core.md, "Two workers: the pending bound, the heard window, the owner").
-    max_pending: int = 200_000
+    #: is refused; see :func:`streams.runtime.shares_reader.held_back`).
+    max_pending: int = 50_000
     #: A cluster with no event for this long (event time) is evicted from memory.
     idle_ms: int = 3_600_000
     #: A partition's log table is cut back to a snapshot once this many bytes (and at
