@@ -44,7 +44,6 @@ use std::ops::Range;
 use crate::content::{AsCid, AsSignal, BadSignal, ClusterId, IdSlots, Kind as SignalKind};
 use crate::dedupe::{id_digest, DigestHasher};
 use crate::hex;
-use crate::keyed::Keyed;
 use crate::pdq::{self, Hash};
 use crate::slab::Slab;
 
@@ -539,16 +538,15 @@ struct Index {
 /// post or three, and a doubling list would be half empty.
 const SMALL: usize = 8;
 
-/// A post id's hash in a large cluster's [`Index`]: foldhash under one key drawn at random
-/// once per process ([`Keyed`]: a post id is chosen by users, so no id may be made to
-/// collide; the post map hashes the same ids so). It was the event ids' 128-bit SipHash
+/// A post id's hash in a large cluster's [`Index`]: foldhash under the process's one key
+/// ([`crate::keyed::process`], drawn at random: a post id is chosen by users, so no id may
+/// be made to collide; the post map hashes the same ids so). It was the event ids' 128-bit SipHash
 /// (`id_digest`), which a table's place needs none of: about 185 instructions an id, at
 /// each look-up, each post indexed and each post again at every doubling (343,000 a
 /// platform replay, 1% of its instructions, callgrind).
 fn text_hash(bytes: &[u8]) -> u64 {
     use std::hash::BuildHasher;
-    static KEY: std::sync::OnceLock<Keyed> = std::sync::OnceLock::new();
-    KEY.get_or_init(Keyed::default).hash_one(bytes)
+    crate::keyed::process().hash_one(bytes)
 }
 
 impl<H> Cluster<H> {
