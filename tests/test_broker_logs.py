@@ -19,7 +19,8 @@ import typer
 
 from streams import cli
 from streams.runtime import broker as broker_module
-from streams.runtime.broker import BrokerError, free_ports
+from streams.runtime import kafka_server
+from streams.runtime.broker import BrokerError, LocalBroker, free_ports
 from streams.runtime.kafka_server import KafkaBroker, wait_kafka_ready
 
 #: what an earlier start of the same data folder left in the log
@@ -34,13 +35,18 @@ def node(tmp_path: Path, program: str) -> KafkaBroker:
     """A program standing in for a Kafka node, writing to a log an earlier start wrote."""
     log = tmp_path / "kafka.log"
     log.write_text(EARLIER)
-    start = log.stat().st_size
-    with log.open("ab") as out:
-        proc = subprocess.Popen([sys.executable, "-c", program], stdout=out, stderr=out)
     port, controller = free_ports(2)
-    return KafkaBroker(
-        "127.0.0.1", port, controller, tmp_path, proc.pid, log, _process=proc, _log_from=start
-    )
+    return launched(program, "127.0.0.1", port, controller, tmp_path, log)
+
+
+def launched(
+    program: str, host: str, port: int, controller: int, data: Path, log: Path
+) -> KafkaBroker:
+    """A program standing in for a Kafka node, started as ``kafka_server._launch`` starts one."""
+    with log.open("ab") as out:
+        start = out.tell()
+        proc = subprocess.Popen([sys.executable, "-c", program], stdout=out, stderr=out)
+    return KafkaBroker(host, port, controller, data, proc.pid, log, _process=proc, _log_from=start)
 
 
 def test_a_node_that_exits_says_its_own_failure_not_an_earlier_starts(tmp_path: Path) -> None:
@@ -50,6 +56,27 @@ def test_a_node_that_exits_says_its_own_failure_not_an_earlier_starts(tmp_path: 
     with pytest.raises(BrokerError) as exc:
         wait_kafka_ready(broker, 5)
     assert str(exc.value) == "Apache Kafka exited (status 0): [t] INFO this start, then gone"
+
+
+def test_a_restarted_node_says_its_own_failure_not_its_first_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``restart`` starts the node again on the same log: what it says of a failure is read
+    from the new start's part on (it read from the first start's, whose trace it said)."""
+    broker = node(tmp_path, "print('[t] INFO the first run')")
+    assert broker._process is not None
+    broker._process.wait()  # (its line written before the restart)
+    again = "print('[t] INFO the second run, then gone')"
+    monkeypatch.setattr(
+        kafka_server,
+        "_launch",
+        lambda host, port, controller, data, log, *_: launched(
+            again, host, port, controller, data, log
+        ),
+    )
+    broker.restart()
+    broker._process.wait()
+    assert broker.failure() == "exited (status 0): [t] INFO the second run, then gone"
 
 
 def test_a_node_never_ready_says_its_own_log_not_an_earlier_starts(tmp_path: Path) -> None:
@@ -109,3 +136,71 @@ def test_the_broker_command_ends_on_a_panic_of_the_bundled_broker_that_runs_on(
     ), err
     with pytest.raises(ProcessLookupError):  # stopped (and reaped) by the command
         os.kill(pid, 0)
+
+
+#: the bundled broker's panic, as a runtime thread writes it
+PANIC = "thread 'tokio-rt-worker' (7) panicked at broker.rs:139:18:\n"
+
+
+def serving(log: Path) -> LocalBroker:
+    """A bundled broker that runs on (this test's own process stands in: never stopped)."""
+    return LocalBroker("127.0.0.1", 9, os.getpid(), log, _log_from=log.stat().st_size)
+
+
+def test_the_wait_on_a_bundled_broker_reads_only_what_its_log_gained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``viralwatch broker`` asks for a failure every half second for as long as the broker
+    serves: each ask reads only the bytes written since the last (the whole log was read
+    each time, a cost that grew with the log), lines cut between two asks included."""
+    log = tmp_path / "broker.log"
+    log.write_text(PANIC)  # an earlier start's: not this broker's
+    broker = serving(log)
+    reads: list[int] = []
+    opened = Path.open
+
+    class Counted:
+        def __init__(self, path: Path, mode: str) -> None:
+            self.file = opened(path, mode)
+
+        def __enter__(self) -> Counted:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+        def seek(self, at: int) -> int:
+            return self.file.seek(at)
+
+        def read(self) -> bytes:
+            data = self.file.read()
+            reads.append(len(data))
+            return data
+
+    monkeypatch.setattr(Path, "open", lambda path, mode="r": Counted(path, mode))
+    chunk = "ne\n" + "INFO served a fetch\n" * 500 + "INFO half a li"
+    for _ in range(20):
+        with opened(log, "a") as out:
+            out.write(chunk)
+        assert broker.failure() is None
+    assert reads == [len(chunk)] * 20
+
+
+@pytest.mark.parametrize("cut", [0, 3, PANIC.index("panicked") + 4, len(PANIC) - 1])
+def test_a_panic_written_in_two_parts_is_found(tmp_path: Path, cut: int) -> None:
+    """The wait reads the log a part at a time, and a panic's line may be half written
+    when it reads: the half is read again with the rest (a panic is known by its line's
+    first words), so the panic is found once its line has them."""
+    log = tmp_path / "broker.log"
+    log.write_text("")
+    broker = serving(log)
+    with log.open("a") as out:
+        out.write("INFO listening\n" + PANIC[:cut])
+    found = broker.failure()
+    assert (found is not None) == (cut > PANIC.index(" at ") + 3), found
+    with log.open("a") as out:
+        out.write(PANIC[cut:] + "called unwrap on an Err value: no storage\n")
+    assert broker.failure() == (
+        "panicked: INFO listening | thread 'tokio-rt-worker' (7) panicked at broker.rs:139:18: "
+        "| called unwrap on an Err value: no storage"
+    )

@@ -117,6 +117,56 @@ def log_since(path: Path | None, start: int) -> str:
         return log.read().decode(errors="replace")
 
 
+#: The most of an unfinished log line :class:`PanicWatch` keeps: a panic's first words
+#: (``thread '<name>' (<id>) panicked at ``) are far shorter; the rest cannot make one.
+_LINE_HEAD: Final = 4096
+
+
+@dataclass
+class PanicWatch:
+    """Whether a log that grows holds a Rust panic (:func:`panicked`), read a part at a
+    time: each call reads only what was written since the last, so a broker's wait, which
+    asks every half second for as long as the broker serves, costs the same at the first
+    hour as at the first second (the whole log was read each time: a growing cost).
+
+    A panic is found by its line's first words, so the last line read, when the writer
+    has not finished it, is kept (its head) and read again with what follows it: a panic
+    written in two parts is found all the same.
+
+    >>> import tempfile
+    >>> log = Path(tempfile.mkdtemp()) / "broker.log"
+    >>> _ = log.write_text("listening\\nthread 'main' pan")
+    >>> watch = PanicWatch()
+    >>> watch.seen(log, 0), watch.unfinished
+    (False, b"thread 'main' pan")
+    >>> with log.open("a") as more:
+    ...     _ = more.write("icked at src/b.rs:1:2:\\n")
+    >>> watch.seen(log, 0), watch.read
+    (True, 50)
+    """
+
+    #: Bytes of the log read so far (from where the broker's part begins).
+    read: int = 0
+    #: The head of the last line read, when it had no end yet.
+    unfinished: bytes = b""
+    #: A panic was found (it stays found: the log is only appended to).
+    found: bool = False
+
+    def seen(self, path: Path | None, start: int) -> bool:
+        """Whether the log at ``path``, from byte ``start`` on, holds a panic (without a
+        log: never)."""
+        if self.found or path is None or not path.exists():
+            return self.found
+        with path.open("rb") as log:
+            log.seek(start + self.read)
+            new = log.read()
+        self.read += len(new)
+        text = self.unfinished + new
+        self.found = panicked(text.decode(errors="replace"))
+        self.unfinished = text[text.rfind(b"\n") + 1 :][:_LINE_HEAD]
+        return self.found
+
+
 def why_it_exited(output: str | bytes, *, most: int = 4) -> str:
     """What a program that exited said of why, in one line: the exception of its last Java
     stack trace and the causes under it (the deepest last), never the trace's frames;
@@ -274,6 +324,9 @@ class LocalBroker(Listening):
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     #: Where this broker's part of the log begins (a log path may be appended to by others).
     _log_from: int = field(default=0, repr=False)
+    #: How far :meth:`failure` has read the log for a panic, and the last line it read
+    #: whole (see :class:`PanicWatch`).
+    _watch: PanicWatch = field(default_factory=PanicWatch, repr=False)
 
     #: The bundled broker: apply its workarounds (never on Apache Kafka).
     local: bool = True
@@ -298,19 +351,20 @@ class LocalBroker(Listening):
         in its log: a panic whatever its exit status (Tansu ends with status 0 after a
         panic in a runtime thread) and even if it runs on, or an exit (it serves until
         :meth:`stop`: any other end is a failure). Why is the panic's message
-        (:func:`why_it_exited`); without a log, an exit is all that is seen.
+        (:func:`why_it_exited`); without a log, an exit is all that is seen. Each call
+        reads only what the log gained since the last (:class:`PanicWatch`): it is asked
+        every half second for as long as ``viralwatch broker`` serves.
         """
         # (a broker that is not our child has a status that is not ours to read)
         code = self._process.poll() if self._process is not None else None
         ended = code is not None if self._process is not None else not self.running()
-        text = self.log()
-        if panicked(text):
+        if self._watch.seen(self.log_path, self._log_from):
             said = "panicked" + (f" (exit status {code})" if code is not None else "")
         elif ended:
             said = "exited" + (f" with status {code}" if code is not None else "")
         else:
             return None
-        why = why_it_exited(text)
+        why = why_it_exited(self.log())  # (once: it has failed)
         return f"{said}: {why}" if why else said
 
     def stop(self, timeout: float = 5.0) -> None:

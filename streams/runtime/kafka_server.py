@@ -236,7 +236,8 @@ class KafkaBroker(Listening):
             self._process.wait(timeout=10)
 
     def restart(self, ready_timeout: float = KAFKA_READY_TIMEOUT_S) -> KafkaBroker:
-        """Stop (keeping the data) and start again on the same ports and data folder."""
+        """Stop (keeping the data) and start again on the same ports and data folder (its
+        failures read from the new start's part of the log on)."""
         self.stop(remove=False)
         again = _launch(
             self.host,
@@ -247,7 +248,7 @@ class KafkaBroker(Listening):
             self.extra,
             ready_timeout,
         )
-        self.pid, self._process = again.pid, again._process
+        self.pid, self._process, self._log_from = again.pid, again._process, again._log_from
         return self
 
     def __enter__(self) -> KafkaBroker:
