@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
+import re
+import shlex
 from pathlib import Path
 
 import orjson
@@ -108,3 +111,32 @@ def test_a_custom_policy_changes_the_thresholds(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     first = orjson.loads(r.stdout.splitlines()[0])
     assert first["severity"] == "high" and first["cascade"]["size"] == 10
+
+
+def test_the_readmes_replay_example_prints_what_the_readme_shows(tmp_path: Path) -> None:
+    """The README's "Replay a file" is a new user's first run: its commands, run as
+    written (``/tmp/sim`` here a temporary folder), print the README's lines, and the first
+    alert is the one it shows (its spreaders cut to the two shown). Both had drifted unseen
+    from what the code prints (the upload counts, the alert's predicted size)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Replay a file", 1)[1].split("\n## ", 1)[0]
+    console = section.split("```console\n", 1)[1].split("```", 1)[0]
+    shown = re.search(r"```json\n(.*?)```", section, re.DOTALL)
+    assert shown is not None
+    folder = str(tmp_path)
+    said, expected = [], []
+    for line in console.splitlines():
+        if line.startswith("$ "):
+            args = shlex.split(line[2:].replace("/tmp/sim", folder), comments=True)
+            assert args[0] == "viralwatch", line
+            run = viralwatch(*args[1:], env={"VIRALWATCH_PSEUDONYM_KEY": ""})
+            assert run.returncode == 0, run.stderr
+            said += (run.stdout + run.stderr).decode().splitlines()
+        else:
+            expected.append(line.replace("/tmp/sim", folder))
+    assert said == expected
+    first = orjson.loads((tmp_path / "alerts.jsonl").read_bytes().splitlines()[0])
+    alert = json.loads(shown.group(1))
+    assert len(first["top_spreaders"]) > len(alert["top_spreaders"]) == 2
+    first["top_spreaders"] = first["top_spreaders"][:2]
+    assert first == alert
