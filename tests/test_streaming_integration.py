@@ -31,6 +31,7 @@ from kafka_helpers import (
     worker_env,
     workers,
 )
+from test_streaming_stages import IN_TIME as STAGES_IN_TIME
 
 from streams.alerts import Pseudonymizer
 from streams.banks import BankEntry, BankUpdate, HashBanks
@@ -49,23 +50,9 @@ __all__ = ["broker", "tansu"]  # the module-scoped fixture, imported for pytest
 COMPACT_OFTEN = 4096
 
 #: The acceptance traffic with every event inside the allowed lateness, plus orphans,
-#: a cycle, redeliveries and one malformed line of each kind.
-IN_TIME = dict(
-    background_per_minute=20.0,
-    critical_banked=0,
-    high_banked=1,
-    warning_banked=1,
-    slow_banked=1,
-    quiet_banked=0,
-    fast_unbanked=1,
-    md5_banked=0,
-    very_late=0,
-    orphans=2,
-    cycles=1,
-    malformed_per_kind=1,
-    extra_bank_entries=50,
-    late_fraction=0.0,
-)
+#: a cycle, redeliveries and one malformed line of each kind (the stages' tests'), and a
+#: warning-level banked cascade.
+IN_TIME = {**STAGES_IN_TIME, "warning_banked": 1}
 
 
 class Expected:
