@@ -23,18 +23,17 @@ collector off, runs interleaved, ``--repeats`` of each; medians, per record.
 from __future__ import annotations
 
 import argparse
-import gc
 import heapq
 import json
 import random
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_core import alternated_us  # noqa: E402
 
 from streams.reorder import ReorderBuffer  # noqa: E402
 
@@ -101,17 +100,7 @@ def main() -> None:
     first = [fn() for fn in runs.values()]
     if any(out != first[0] for out in first):
         sys.exit("the compiled buffer and the heap released different orders")
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    gc.disable()
-    try:
-        for _ in range(args.repeats):
-            for name, fn in runs.items():
-                t0 = time.process_time()
-                fn()
-                times[name].append((time.process_time() - t0) / args.records * 1e6)
-    finally:
-        gc.enable()
-    us = {name: statistics.median(v) for name, v in times.items()}
+    us = alternated_us(runs, args.repeats, args.records)
     result = {
         "records": args.records,
         "every": args.every,

@@ -23,16 +23,15 @@ collector off, interleaved runs, medians.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_core import alternated_us  # noqa: E402
 
 from streams.alerts import MatchInfo  # noqa: E402
 from streams.events import ShareEvent, parse_event  # noqa: E402
@@ -83,17 +82,7 @@ def main() -> None:
         "decode_to_route_py": lambda: [Envelope.read_in_python(raw) for raw in to_route_raw],
         "restore_cluster_log_py": lambda: [routed_log_in_python(raw) for raw in logs],
     }
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    gc.disable()
-    try:
-        for _ in range(args.repeats):
-            for name, fn in runs.items():
-                t0 = time.process_time()
-                fn()
-                times[name].append((time.process_time() - t0) / len(events) * 1e6)
-    finally:
-        gc.enable()
-    us = {name: round(statistics.median(v), 3) for name, v in times.items()}
+    us = {k: round(v, 3) for k, v in alternated_us(runs, args.repeats, len(events)).items()}
     out = {
         "events": len(events),
         "repeats": args.repeats,
