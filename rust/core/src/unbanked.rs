@@ -2663,7 +2663,7 @@ mod tests {
             let parent = (n > 0).then_some("p0");
             let kind = if n == 0 { Kind::Upload } else { Kind::Share };
             s.apply("u-1", &ev(&eid, kind, t, &post, parent), 0, &mut out);
-            if latest.is_none_or(|l| t > l - horizon) {
+            if latest.map_or(true, |l| t > l - horizon) {
                 let at = model.partition_point(|&x| x <= t);
                 model.insert(at, t);
                 let l = latest.map_or(t, |l| l.max(t));

@@ -207,7 +207,7 @@ pub(crate) fn low_pdq(image: &Image<'_>, min_pdq_quality: i64) -> bool {
 /// ``min_pdq_quality`` or more when its quality is known.
 fn signalled_pdq(image: &Image<'_>, min_pdq_quality: i64) -> bool {
     image.pdq.as_deref().is_some_and(|t| !t.is_empty())
-        && image.quality.map_or(true, |q| q >= min_pdq_quality)
+        && image.quality.is_none_or(|q| q >= min_pdq_quality)
 }
 
 /// What `HashBanks.screen` gives for a batch: the MD5 table (lowercase hex -> entries), the
