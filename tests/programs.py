@@ -235,14 +235,18 @@ class Received:
 class WebhookReceiver:
     """A tiny HTTP server on loopback that records every POST (Alertmanager's receiver).
 
-    ``status`` is what it answers (set 503 to play a receiver that is down).
+    ``status`` is what it answers (set 503 to play a receiver that is down); ``hold_s``
+    how long it holds each POST, recorded, before it answers (an Alertmanager that hangs;
+    :meth:`stop` answers the held ones at once).
     """
 
     requests: list[Received] = field(default_factory=list)
     status: int = 200
+    hold_s: float = 0.0
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> WebhookReceiver:
         owner = self
@@ -256,6 +260,8 @@ class WebhookReceiver:
                         Received(self.path, dict(self.headers.items()), body, time.time())
                     )
                     status = owner.status
+                if owner.hold_s:
+                    owner._stopping.wait(owner.hold_s)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -278,6 +284,7 @@ class WebhookReceiver:
             return list(self.requests)
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -278,39 +278,6 @@ def test_a_killed_worker_s_firing_alert_stays_firing_in_alertmanager_until_the_s
     assert [st for st, _ in notified(receiver, alert)] == ["firing", "resolved"]
 
 
-class SlowAlertmanager:
-    """An HTTP server on 127.0.0.1 that holds every request for 30 s before answering."""
-
-    def __init__(self) -> None:
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        self.requests = 0
-        self._release = threading.Event()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                owner.requests += 1
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                owner._release.wait(30)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def stop(self) -> None:
-        self._release.set()
-        self._server.shutdown()
-        self._server.server_close()
-
-
 def test_alertmanager_answering_after_30_s_does_not_delay_the_alerts_topic(
     broker: RunningBroker, tmp_path: Path
 ) -> None:
@@ -319,7 +286,7 @@ def test_alertmanager_answering_after_30_s_does_not_delay_the_alerts_topic(
     soon as the watermark lets it (here about a second: lateness 0, idle partitions 1 s)."""
     rng = random.Random(15)
     first_pdq, second_pdq = pdq_hex(rng), pdq_hex(rng)
-    slow = SlowAlertmanager()
+    slow = WebhookReceiver(hold_s=30).start()  # every post hangs 30 s
     s = banked_pipeline(
         broker, tmp_path, [first_pdq, second_pdq], lateness_ms=0, alertmanager_url=slow.url
     )
@@ -331,7 +298,7 @@ def test_alertmanager_answering_after_30_s_does_not_delay_the_alerts_topic(
         with workers(worker):
             first.begin()
             alerts.until(lambda r: len(r) >= 1, 90, "the first cluster's alert", worker.log_tail)
-            wait_until(lambda: slow.requests >= 1, 30, "a post to the slow Alertmanager")
+            wait_until(lambda: slow.received(), 30, "a post to the slow Alertmanager")
             time.sleep(2)  # that post hangs (the sink times it out after 5 s and retries)
             second.begin(burst=0)
             for _ in range(30):
@@ -343,7 +310,7 @@ def test_alertmanager_answering_after_30_s_does_not_delay_the_alerts_topic(
             assert late["cluster_id"] != orjson.loads(alerts.records[0].value)["cluster_id"]
             print(f"second cluster: alert on the topic {arrived - crossed:.2f} s after its shares")
             assert arrived - crossed < 5.0, f"the alert took {arrived - crossed:.1f} s"
-            assert slow.requests >= 1 and worker.alive()
+            assert slow.received() and worker.alive()
     finally:
         alerts.close()
         first.close()
