@@ -324,8 +324,8 @@ class LocalBroker(Listening):
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     #: Where this broker's part of the log begins (a log path may be appended to by others).
     _log_from: int = field(default=0, repr=False)
-    #: How far :meth:`failure` has read the log for a panic, and the last line it read
-    #: whole (see :class:`PanicWatch`).
+    #: How far :meth:`failure` has read the log for a panic (:class:`PanicWatch`): each
+    #: poll reads only what was written since the last.
     _watch: PanicWatch = field(default_factory=PanicWatch, repr=False)
 
     #: The bundled broker: apply its workarounds (never on Apache Kafka).
