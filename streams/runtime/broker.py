@@ -134,7 +134,8 @@ class PanicWatch:
     written in two parts is found all the same.
 
     >>> import tempfile
-    >>> log = Path(tempfile.mkdtemp()) / "broker.log"
+    >>> folder = tempfile.TemporaryDirectory()
+    >>> log = Path(folder.name) / "broker.log"
     >>> _ = log.write_text("listening\\nthread 'main' pan")
     >>> watch = PanicWatch()
     >>> watch.seen(log, 0), watch.unfinished
@@ -143,6 +144,7 @@ class PanicWatch:
     ...     _ = more.write("icked at src/b.rs:1:2:\\n")
     >>> watch.seen(log, 0), watch.read
     (True, 50)
+    >>> folder.cleanup()
     """
 
     #: Bytes of the log read so far (from where the broker's part begins).
