@@ -929,3 +929,187 @@ def test_aiokafka_s_send_is_still_the_one_the_joined_send_copies() -> None:
         assert line in source, line
     assert source.count("self._writer.write(") == 1
     assert "self._requests.append((correlation_id,request_struct,fut)" in "".join(source.split())
+
+
+# -- the internal topics' fetched records taken as they come (Prefetched) -----------------
+
+
+def _bare_fetcher(tps: list[Any], positions: int = 100) -> Any:
+    """aiokafka's own ``Fetcher`` (its request building, its ``fetched_records``, seeks and
+    waiters) over a real subscription of ``tps``, each at ``positions``, with no client."""
+    from collections import OrderedDict
+
+    from aiokafka.consumer.fetcher import READ_UNCOMMITTED, Fetcher
+    from aiokafka.consumer.subscription_state import SubscriptionState
+
+    fetcher = Fetcher.__new__(Fetcher)
+    subscriptions = SubscriptionState()
+    subscriptions.assign_from_user(set(tps))
+    for tp in tps:
+        subscriptions.seek(tp, positions)
+    fetcher._subscriptions = subscriptions
+    fetcher._records = OrderedDict()
+    fetcher._in_flight = set()
+    fetcher._select_read_replica = lambda tp: 0  # one broker
+    fetcher._fetch_max_wait_ms, fetcher._fetch_min_bytes = 100, 1
+    fetcher._fetch_max_bytes, fetcher._max_partition_fetch_bytes = 1 << 20, 1 << 20
+    fetcher._isolation_level, fetcher._client_rack = READ_UNCOMMITTED, None
+    fetcher._fetcher_timeout, fetcher._prefetch_backoff = 0.2, 0.1
+    fetcher._wait_consume_future, fetcher._fetch_waiters = None, set()
+    fetcher._loop, fetcher._closed = asyncio.get_running_loop(), False
+    return fetcher
+
+
+def _fetched(fetcher: Any, tp: Any, sizes: list[int]) -> int:
+    """A fetch answered for ``tp`` from its position, as ``_proc_fetch_request`` puts it;
+    the offset after it."""
+    from aiokafka.consumer import fetcher as fetcher_module
+
+    assignment = fetcher._subscriptions.subscription.assignment
+    at = assignment.state_value(tp).position
+    records = fetcher_module.PartitionRecords(
+        tp, fetcher_module.MemoryRecords(_raw_batches(sizes, at)), [], at, None, None, True, 0
+    )
+    fetcher._records[tp] = fetcher_module.FetchResult(
+        tp, assignment=assignment, partition_records=records, backoff=fetcher._prefetch_backoff
+    )
+    return at + sum(sizes)
+
+
+def _asked(fetcher: Any) -> dict[Any, int]:
+    """The partitions (and offsets) of the fetch aiokafka would send now."""
+    from aiokafka.structs import TopicPartition
+
+    requests = fetcher._get_actions_per_node(fetcher._subscriptions.subscription.assignment)[0]
+    return {
+        TopicPartition(topic, p): offset
+        for _, request in requests
+        for topic, parts in request.topics
+        for p, offset, _ in parts
+    }
+
+
+def test_a_resolve_record_is_asked_for_while_the_stages_have_not_taken_the_last() -> None:
+    """aiokafka asks for nothing while fetched records wait to be taken (its backoff), then
+    leaves their partition out: a record sent to it waited for the app's loop, then for the
+    fetch in flight. Taken as they come, the next fetch asks for every partition, each
+    from past what was taken; the records are handed over in the order fetched."""
+    from aiokafka.structs import TopicPartition
+
+    resolve, clusters, other = (TopicPartition(t, 0) for t in ("r", "c", "o"))
+
+    async def scenario() -> None:
+        fetcher = _bare_fetcher([resolve, clusters, other])
+        _fetched(fetcher, resolve, [3])
+        assert _asked(fetcher) == {}  # aiokafka's: held until they are taken
+        fetcher._records[resolve]._created -= 1.0  # past the backoff
+        assert set(_asked(fetcher)) == {clusters, other}  # the partition left out
+
+        fetcher = _bare_fetcher([resolve, clusters, other])
+        kept = faust_adapter.Prefetched.install(fetcher, frozenset({"r", "c"}), limit=10)
+        assert faust_adapter.Prefetched.install(fetcher, frozenset(), 1) is kept
+        end = _fetched(fetcher, resolve, [3, 2])
+        assert resolve not in fetcher._records and kept.taken == 1
+        assert _asked(fetcher) == {resolve: end, clusters: 100, other: 100}
+        end = _fetched(fetcher, resolve, [4])
+        _fetched(fetcher, other, [2])  # not a prefetched topic: aiokafka's, as before
+        assert other in fetcher._records
+        got = await fetcher.fetched_records(set(), timeout=0)  # aiokafka's own: the rest
+        assert [r.offset for r in got[other]] == [100, 101] and resolve not in got
+        taken = kept.take(set(), 4)
+        assert [r.offset for r in taken[resolve]] == [100, 101, 102, 103]
+        assert [r.value for r in kept.take(set(), None)[resolve]] == [
+            b"v%d" % n for n in range(104, end)
+        ]
+        assert kept.take(set(), None) == {} and kept.counts == {}
+
+    asyncio.run(scenario())
+
+
+def test_prefetched_records_wait_for_a_paused_partition_and_go_with_a_seek_or_an_assignment() -> (
+    None
+):
+    """A partition not asked for, or paused, keeps what was taken for it; a seek or a new
+    assignment drops it (the position it was fetched for is gone), and one holding its
+    limit leaves the next result with the fetcher, handed over after the kept ones."""
+    from aiokafka.consumer.fetcher import OffsetResetStrategy
+    from aiokafka.structs import TopicPartition
+
+    r0, r1 = TopicPartition("r", 0), TopicPartition("r", 1)
+
+    async def scenario() -> None:
+        fetcher = _bare_fetcher([r0, r1])
+        kept = faust_adapter.Prefetched.install(fetcher, frozenset({"r"}), limit=3)
+        _fetched(fetcher, r0, [2])
+        _fetched(fetcher, r1, [2])
+        assignment = fetcher._subscriptions.subscription.assignment
+        assert set(kept.take(faust_adapter.StillActive({r1}), None)) == {r1}
+        fetcher._subscriptions.pause(r0)
+        assert kept.take(set(), None) == {}  # paused: kept
+        fetcher._subscriptions.resume(r0)
+        _fetched(fetcher, r0, [2])
+        assert r0 not in fetcher._records and kept.counts[r0] == 4
+        _fetched(fetcher, r0, [2])  # the limit reached: the fetcher keeps this one
+        assert r0 in fetcher._records and kept.counts[r0] == 4
+        got = await fetcher.fetched_records(set(), timeout=0)
+        assert [r.offset for r in got[r0]] == [104, 105]  # (what _fetch_records appends)
+        assert [r.offset for r in kept.take(set(), None)[r0]] == [100, 101, 102, 103]
+
+        _fetched(fetcher, r0, [2])
+        fetcher.seek_to(r0, 101)
+        assert kept.take(set(), None) == {} and assignment.state_value(r0).position == 101
+        _fetched(fetcher, r1, [2])
+        fetcher.request_offset_reset([r1], OffsetResetStrategy.EARLIEST).cancel()
+        assert r1 not in kept.ready
+        fetcher._subscriptions.seek(r1, 200)
+        _fetched(fetcher, r1, [2])
+        fetcher._records.clear()  # the assignment lost (aiokafka's fetch loop)
+        assert kept.take(set(), None) == {} and not kept.ready
+        _fetched(fetcher, r1, [1])
+        fetcher._subscriptions.assign_from_user({r0, r1})  # a new assignment
+        assert kept.take(set(), None) == {} and not kept.ready
+
+    asyncio.run(scenario())
+
+
+def test_the_stages_consumer_hands_over_a_fetch_answered_while_it_waits() -> None:
+    """Faust's fetch through :class:`faust_adapter.Prefetched`: what was kept goes first,
+    with what the fetcher holds after it, and a fetch answered while it waits is handed
+    over then, not at the end of its wait (aiokafka's own would wait on: its results
+    are already taken)."""
+    from types import SimpleNamespace
+
+    from aiokafka.structs import TopicPartition
+
+    r0 = TopicPartition("r", 0)
+
+    async def scenario() -> None:
+        fetcher = _bare_fetcher([r0])
+        faust_adapter.Prefetched.install(fetcher, frozenset({"r"}), limit=100)
+        thread = faust_adapter.ConsumerThread.__new__(faust_adapter.ConsumerThread)
+        thread.consumer = SimpleNamespace(flow_active=True)
+        consumer = SimpleNamespace(_fetcher=fetcher, _closed=False)
+        _fetched(fetcher, r0, [3])
+        got = await thread._fetch_records(consumer, set(), timeout=5.0, max_records=2)
+        assert [r.offset for r in got[r0]] == [100, 101]
+
+        async def answer() -> None:
+            await asyncio.sleep(0.05)
+            _fetched(fetcher, r0, [2])
+            for waiter in list(fetcher._fetch_waiters):
+                fetcher._notify(waiter)  # as the fetch loop does on new data
+
+        got = await thread._fetch_records(consumer, set(), timeout=5.0, max_records=10)
+        assert [r.offset for r in got[r0]] == [102]
+        task = asyncio.create_task(answer())
+        started = asyncio.get_running_loop().time()
+        got = await thread._fetch_records(consumer, set(), timeout=5.0, max_records=10)
+        assert [r.offset for r in got[r0]] == [103, 104]
+        assert asyncio.get_running_loop().time() - started < 1.0
+        await task
+        assert await thread._fetch_records(consumer, set(), timeout=0.01) == {}
+        thread.consumer.flow_active = False
+        _fetched(fetcher, r0, [1])
+        assert await thread._fetch_records(consumer, set(), timeout=0.01) == {}
+
+    asyncio.run(scenario())

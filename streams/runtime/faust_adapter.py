@@ -215,12 +215,62 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
         return consumer
 
+    async def on_start(self) -> None:
+        """Faust's start of the consumer, then its fetched results of the app's
+        ``prefetch_topics`` taken as they come (see :class:`Prefetched`)."""
+        await super().on_start()
+        topics = frozenset(getattr(self.app, "prefetch_topics", ()))
+        if topics:
+            consumer = self._ensure_consumer()
+            Prefetched.install(consumer._fetcher, topics, limit=consumer._max_poll_records)
+
     async def getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
         """Faust's fetch, draining only the partitions active both when it was asked and
         when the records are taken (see :class:`StillActive`)."""
         if active_partitions is not None:
             active_partitions = StillActive(active_partitions)  # type: ignore[assignment]
         return await super().getmany(active_partitions, timeout)
+
+    async def _fetch_records(
+        self,
+        consumer: Any,
+        active_partitions: Any,
+        timeout: float | None = None,
+        max_records: int | None = None,
+    ) -> Any:
+        """Faust's ``_fetch_records`` (the consumer's thread), the records already taken
+        from the fetcher (:class:`Prefetched`) handed over first, and a fetch answered
+        while it waits handed over at once."""
+        fetcher = consumer._fetcher
+        results = getattr(fetcher, "_records", None)
+        if type(results) is not Prefetched:
+            return await super()._fetch_records(
+                consumer, active_partitions, timeout=timeout, max_records=max_records
+            )
+        if not self.consumer.flow_active:
+            return {}
+        if consumer._closed or fetcher._closed:
+            raise aiokafka_errors.ConsumerStoppedError()
+        deadline = time.monotonic() + (timeout or 0.0)
+        with fetcher._subscriptions.fetch_context():
+            while True:
+                got = results.take(active_partitions, max_records)
+                left = None if max_records is None else max_records - sum(map(len, got.values()))
+                if left is None or left > 0:
+                    rest = await fetcher.fetched_records(
+                        active_partitions, timeout=0, max_records=left
+                    )
+                    for tp, records in rest.items():
+                        got[tp] = got[tp] + records if tp in got else records
+                remaining = deadline - time.monotonic()
+                if got or remaining <= 0 or fetcher._closed:
+                    return got
+                waiter = fetcher._create_fetch_waiter()
+                done, _ = await asyncio.wait([waiter], timeout=remaining)
+                if waiter in done:
+                    waiter.result()  # an authorization error, as aiokafka raises it
+                else:
+                    waiter.cancel()
 
     async def _highwaters(self, partitions: list[TP]) -> Any:
         """End offsets; on the local broker, read past its answer to find the real ones.
@@ -240,6 +290,149 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             reader._fetch_max_wait_ms = LOCAL_FETCH_WAIT_MS
             ends = await read_true_ends(reader, ends)
         return ends
+
+
+class Prefetched(collections.OrderedDict[Any, Any]):
+    """Faust's consumer's fetched results (aiokafka's ``Fetcher._records``), where each
+    result for a partition of ``topics`` (the internal topics, ``resolve`` and ``clusters``)
+    is taken as it comes (its records listed, the position moved past them) and kept
+    here, so that the fetcher asks for that partition's next records at once.
+
+    aiokafka asks for no partition whose fetched records are not yet taken, and asks a
+    broker for nothing at all while any partition's records, fetched less than its
+    ``prefetch_backoff`` (0.1 s) ago, wait to be taken; only one fetch is in flight to a
+    broker at a time. Faust takes them from the app's loop, which is busy in a stage's
+    batch for 50-130 ms at a time from a backlog: a record another worker sent on
+    ``resolve`` (the hop between two workers) then waited for that loop before it was
+    even asked for, or, left out of the fetch in flight, for that fetch's answer (up to
+    :data:`KAFKA_FETCH_WAIT_MS`): 49-102 ms from its send to the consumer's thread.
+
+    What is kept here is handed over by :meth:`take` in the order fetched, as
+    ``fetched_records`` would have: not for a partition not asked for (Faust's inactive
+    ones) or paused, which keep theirs (as :meth:`_BareRecords.held` does); dropped when
+    the assignment it was fetched under ends (aiokafka clears its results then:
+    :meth:`clear`), or the partition is sought (:meth:`install` wraps the fetcher's
+    ``seek_to`` and ``request_offset_reset``). A partition holding ``limit`` records or
+    more leaves the next result with the fetcher, as before: a backlog is held to what
+    aiokafka held, twice.
+    """
+
+    def __init__(self, fetcher: Any, topics: frozenset[str], limit: int) -> None:
+        super().__init__()
+        self.fetcher = fetcher
+        self.topics = topics
+        self.limit = limit
+        #: per partition, each taken result's assignment and records, in the order fetched
+        self.ready: dict[Any, deque[tuple[Any, list[Any]]]] = {}
+        #: records kept per partition
+        self.counts: dict[Any, int] = {}
+        #: results taken as they came (the stats can say how the fetch went)
+        self.taken = 0
+        #: per topic, how old each taken result's first record was when it came (s, from
+        #: its Kafka timestamp): the fetch's part of a hop (:func:`fetched_ages` takes them)
+        self.ages: dict[str, list[float]] = {}
+
+    @classmethod
+    def install(cls, fetcher: Any, topics: frozenset[str], limit: int) -> Prefetched:
+        """Make a started consumer's fetcher keep its results here; idempotent."""
+        results = fetcher._records
+        if type(results) is cls:
+            return results  # type: ignore[no-any-return]
+        mine = cls(fetcher, topics, limit)
+        for tp, result in results.items():
+            collections.OrderedDict.__setitem__(mine, tp, result)
+        seek_to, reset = fetcher.seek_to, fetcher.request_offset_reset
+
+        def sought(tp: Any, offset: int) -> None:
+            mine.drop(tp)
+            seek_to(tp, offset)
+
+        def reset_requested(tps: Any, strategy: Any) -> Any:
+            for tp in tps:
+                mine.drop(tp)
+            return reset(tps, strategy)
+
+        fetcher.seek_to = sought
+        fetcher.request_offset_reset = reset_requested
+        fetcher._records = mine
+        return mine
+
+    def __setitem__(self, tp: Any, result: Any) -> None:
+        if (
+            tp.topic in self.topics
+            and type(result) is aiokafka_fetcher.FetchResult
+            and tp not in self
+            and self.counts.get(tp, 0) < self.limit
+        ):
+            records = result.getall()  # the assignment checked, the position moved
+            if records:
+                stamp = records[0].timestamp
+                if stamp:
+                    self.ages.setdefault(tp.topic, []).append(time.time() - stamp / 1000)
+                self.ready.setdefault(tp, deque()).append((result._assignment, records))
+                self.counts[tp] = self.counts.get(tp, 0) + len(records)
+                self.taken += 1
+            return  # nothing to take: aiokafka's getall would have dropped it too
+        super().__setitem__(tp, result)
+
+    def clear(self) -> None:
+        self.ready.clear()
+        self.counts.clear()
+        super().clear()
+
+    def drop(self, tp: Any) -> None:
+        """Forget what was kept for ``tp`` (it is sought elsewhere)."""
+        self.ready.pop(tp, None)
+        self.counts.pop(tp, None)
+
+    def take(self, partitions: Any, max_records: int | None) -> dict[Any, list[Any]]:
+        """Up to ``max_records`` of the kept records of the partitions in ``partitions``
+        (all when it is empty or ``None``, as aiokafka reads it) that are not paused."""
+        out: dict[Any, list[Any]] = {}
+        if not self.ready:
+            return out
+        subscription = self.fetcher._subscriptions.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        left = max_records
+        for tp in list(self.ready):
+            chunks = self.ready[tp]
+            if assignment is None or not assignment.active or chunks[0][0] is not assignment:
+                self.drop(tp)
+                continue
+            if (partitions and tp not in partitions) or assignment.state_value(tp).paused:
+                continue
+            got: list[Any] = []
+            while chunks and (left is None or left > 0):
+                _, records = chunks[0]
+                if left is not None and len(records) > left:
+                    got += records[:left]
+                    chunks[0] = (chunks[0][0], records[left:])
+                    left = 0
+                    break
+                got += records
+                chunks.popleft()
+                if left is not None:
+                    left -= len(records)
+            if got:
+                out[tp] = got
+                self.counts[tp] -= len(got)
+            if not chunks:
+                self.drop(tp)
+            if left == 0:
+                break
+        return out
+
+
+def fetched_ages(app: Any) -> dict[str, list[float]]:
+    """Per topic, how old each result :class:`Prefetched` took was when it came, since the
+    last call (empty when the app's consumer keeps none)."""
+    thread = getattr(app.consumer, "_thread", None)
+    consumer = getattr(thread, "_consumer", None)
+    results = getattr(getattr(consumer, "_fetcher", None), "_records", None)
+    if type(results) is not Prefetched:
+        return {}
+    ages, results.ages = results.ages, {}  # one swap: the consumer's thread appends
+    return ages
 
 
 class StillActive:
@@ -528,6 +721,9 @@ class App(faust.App):
     probe_end_offsets: bool = False
     #: produce idempotently (Apache Kafka; the local broker has no producer ids)
     idempotent_producer: bool = False
+    #: the topics whose fetched records the consumer's thread takes as they come, so that
+    #: a new record is never left out of a fetch behind them (see :class:`Prefetched`)
+    prefetch_topics: frozenset[str] = frozenset()
     #: How often the end offsets were probed (the bundled broker only; a test reads it).
     end_offset_probes: int = 0
     #: what must be on the broker before offsets are committed besides what was sent: the

@@ -89,6 +89,7 @@ from streams.runtime.faust_adapter import (
     committed_offset,
     credentials,
     faust_broker_url,
+    fetched_ages,
     seek_soon,
 )
 from streams.runtime.hand_over import HandOver, Hop
@@ -431,6 +432,10 @@ class Worker:
             actions=self.views.actions if self.views is not None else None,
         )
         app.probe_end_offsets = s.local_broker
+        # the hops between workers: never held behind the stages' own batches
+        app.prefetch_topics = frozenset(
+            t.get_topic_name() for t in (self.t_resolve, self.t_clusters)
+        )
         app.idempotent_producer = not s.local_broker
 
         take = (s.batch_size, s.batch_wait_s)
@@ -904,7 +909,10 @@ class Worker:
         return "; ".join(parts) or "nothing known"
 
     def _take_delays(self) -> dict[str, dict[str, float]]:
-        """Per stage since the last call: mean and largest wait of the oldest record of a batch."""
+        """Per stage since the last call: mean and largest wait of the oldest record of a batch
+        (and, as ``fetched_<topic>``, of each fetched result as it came: the hop's fetch)."""
+        for topic, ages in fetched_ages(self.app).items():
+            self._delays[f"fetched_{topic.rsplit('.', 1)[-1]}"] += ages
         out = {
             stage: {"mean": round(sum(v) / len(v), 4), "max": round(max(v), 4), "batches": len(v)}
             for stage, v in self._delays.items()
