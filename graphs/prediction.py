@@ -805,33 +805,118 @@ class IncrementalPredictor:
 
     def features(self, now_s: float) -> Features:
         """The state's summary at ``now_s``: what both models are computed from."""
+        return self.read(now_s).features()
+
+    def read(self, now_s: float) -> StateRead:
+        """What :meth:`features` at ``now_s`` reads of the state, read now; the figures
+        computed from it when asked (:meth:`StateRead.features`), the same to the bit.
+
+        Why: reading is what changes the state (buckets aged and merged as of the latest
+        post, the cached table patched in the order of the buckets touched since), so a
+        forecast's later bits depend on when earlier ones were read, and a reading must
+        stay where it is; the NumPy work after it (most of a forecast's cost) need not
+        run when nothing reads the figures (the detector: a forecast no decision of the
+        policy reads, unless an alert then shows it).
+
+        >>> p = IncrementalPredictor()
+        >>> p.add(0.0, 500, original=True)
+        >>> for i in range(1, 80):
+        ...     p.add(i * 7.0, 120)
+        >>> r = p.read(600.0)
+        >>> p.add(601.0, 10_000)  # after the read: not in its figures
+        >>> q = IncrementalPredictor()
+        >>> q.add(0.0, 500, original=True)
+        >>> for i in range(1, 80):
+        ...     q.add(i * 7.0, 120)
+        >>> r.features() == q.features(600.0)
+        True
+        """
         cfg = self._cfg
         if self._ref is None:
-            return Features(0.0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+            return StateRead(cfg, None, 0.0, 0.0, 0, 0.0, ((), 0.0, 0.0, 0.0), None)
         self._age_buckets()
         p = float(now_s) - self._ref
         age = float(now_s) - self._origin
-        lo, hi, n, d, centre, st = self._arrays()
-        width = cfg.bucket_s
-        # reshare counts are whole numbers, so their sums are exact in any order
-        starts = [width * math.floor((p - w) / width) for w in RECENT_WINDOWS_S]
-        recent = tuple(((lo >= np.array(starts)[:, None]) @ n).tolist())
         last = self._last_reshare if self._reshares else self._origin
-        early = (recent, float(now_s) - last, self._followers_seen, self._original_followers)
+        early = ((), float(now_s) - last, self._followers_seen, self._original_followers)
         # the latest posts before p (self._recent is sorted by time): R's window widened
         # back to min_count + 1 of them if it holds fewer than min_count
         recent_posts = self._recent
         before = bisect.bisect_left(recent_posts, (p, False))
-        if not before:
+        window: float | None = None
+        if before:
+            window = min(max(age / 2.0, cfg.min_window_s), cfg.max_window_s)
+            if before - bisect.bisect_left(recent_posts, (p - window, False)) < cfg.min_count:
+                first = recent_posts[before - (cfg.min_count + 1) if before > cfg.min_count else 0][
+                    0
+                ]
+                window = p - first
+        arrays = self._arrays()
+        return StateRead(
+            cfg, arrays, p, age, self._reshares, self._origin - self._ref, early, window
+        )
+
+    def predict(self, now_s: float, model: Model | None = None) -> Forecast:
+        """Forecast the final number of reshares, as seen at ``now_s``."""
+        return self.read(now_s).predict(model)
+
+
+class StateRead:
+    """An :class:`IncrementalPredictor`'s state as one forecast reads it
+    (:meth:`IncrementalPredictor.read`): the buckets' columns (new arrays, not the
+    state's) and the few figures beside them, taken at the forecast's time. What it
+    computes from them is what :meth:`IncrementalPredictor.features` gives, whenever
+    it is asked, whatever was added to the state since.
+    """
+
+    __slots__ = ("_age", "_arrays", "_cfg", "_early", "_origin", "_p", "_reshares", "_window")
+
+    def __init__(
+        self,
+        cfg: PredictorConfig,
+        arrays: list[FloatArray] | None,
+        p: float,
+        age: float,
+        reshares: int,
+        origin: float,
+        early: tuple[tuple[float, ...], float, float, float],
+        window: float | None,
+    ) -> None:
+        self._cfg = cfg
+        #: lo, hi, n, d, centre, st per bucket (None: no post yet)
+        self._arrays = arrays
+        #: the forecast's time and the first post's, from the state's reference
+        self._p, self._origin = p, origin
+        self._age = age
+        self._reshares = reshares
+        #: recent (filled in from the buckets), since the last reshare, followers
+        self._early = early
+        #: the estimation window (None: no post before the forecast's time)
+        self._window = window
+
+    def predict(self, model: Model | None = None) -> Forecast:
+        """The forecast of :meth:`features` with ``model`` (the config's unless given)."""
+        return forecast(self.features(), model or self._cfg.model, self._cfg)
+
+    def features(self) -> Features:
+        """The figures, as :meth:`IncrementalPredictor.features` computed them then."""
+        cfg = self._cfg
+        if self._arrays is None:
+            return Features(0.0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        p, age = self._p, self._age
+        lo, hi, n, d, centre, st = self._arrays
+        width = cfg.bucket_s
+        # reshare counts are whole numbers, so their sums are exact in any order
+        starts = [width * math.floor((p - w) / width) for w in RECENT_WINDOWS_S]
+        recent = tuple(((lo >= np.array(starts)[:, None]) @ n).tolist())
+        early = (recent, *self._early[1:])
+        window = self._window
+        if window is None:
             return Features(max(age, 0.0), self._reshares, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, *early)
-        window = min(max(age / 2.0, cfg.min_window_s), cfg.max_window_s)
-        if before - bisect.bisect_left(recent_posts, (p - window, False)) < cfg.min_count:
-            first = recent_posts[before - (cfg.min_count + 1) if before > cfg.min_count else 0][0]
-            window = p - first
         slope = 1.0 / window
         start = p - window
         ages = p - centre
-        until = (self._origin - self._ref + cfg.horizon_s) - centre
+        until = (self._origin + cfg.horizon_s) - centre
         integral, ccdf_now, ccdf_until = _kernel_terms(cfg.kernel, ages, until, slope, window)
         exposure = float(np.dot(d.copy(), integral))
         # triangular count of reshares in [start, p): exact for whole buckets; the
@@ -864,10 +949,6 @@ class IncrementalPredictor:
         offspring = q * float(total(d * ccdf_now))
         offspring_h = q * float(total(d * left))
         return Features(age, self._reshares, q, p_low, p_up, count, offspring, offspring_h, *early)
-
-    def predict(self, now_s: float, model: Model | None = None) -> Forecast:
-        """Forecast the final number of reshares, as seen at ``now_s``."""
-        return forecast(self.features(now_s), model or self._cfg.model, self._cfg)
 
 
 def fit_calibration(

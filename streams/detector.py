@@ -171,6 +171,11 @@ class Predictor(Protocol):
 
     def predict(self, now_s: float) -> Prediction | None: ...
 
+    def read(self, now_s: float) -> Callable[[], Prediction | None]:
+        """The forecast at ``now_s``: the state read now, the figures when called (each
+        call the same answer; ``streams.forecast``'s computes them once)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ClusterSummary:
@@ -228,7 +233,8 @@ class ClusterState:
     #: cluster comes back once it meets a rule higher than any it had met by then)
     emerging_met: dict[str, int] | None = None
     predictor: Predictor | None = None
-    prediction: Prediction | None = None
+    #: the forecast the policy last made (:attr:`prediction`), computed when first read
+    forecast: Callable[[], Prediction | None] | None = None
     predicted_at_ms: int = -1
     #: matched a bank: from its first upload (``b-``), or since a bank change (retroaction)
     banked: bool = False
@@ -242,6 +248,11 @@ class ClusterState:
     @property
     def allowed(self) -> bool:
         return bool(self.allowed_by) or self.cluster_id.startswith("a-")
+
+    @property
+    def prediction(self) -> Prediction | None:
+        """The forecast the policy last made (``None``: none yet, or no reshare then)."""
+        return self.forecast() if self.forecast is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -855,12 +866,20 @@ class Detector:
             and st.cascade.size >= rule.min_observed  # a smaller one cannot fire it: see figures
             and (now - st.predicted_at_ms >= self.predict_every_ms)
         ):
-            st.prediction = p = self._forecast(st, now)
+            st.forecast = later = st.predictor.read((now - st.first_seen_ms) / 1000)
             st.predicted_at_ms = now
-            if p is not None and rule.fires(p.size, p.low, st.cascade.size) and (met or st.active):
-                # it escalates an episode a velocity rule opened (now, or before); lowest first
-                met.append((rule.severity, "predicted"))
-                met.sort(key=lambda m: severity_rank(m[0]))
+            # The rule's answer decides something only in an episode a velocity rule opens
+            # now or opened before, and not once its severity fired there (then it adds a
+            # severity the loop below passes over, to a list in severity order already, as
+            # velocity rules go lowest first; an allowed cluster's list being empty or not
+            # is the one difference, so its forecast is made). Else the figures are made
+            # when an alert reads them, if one does: about a quarter of the forecasts.
+            if (met or st.active) and (rule.severity not in st.fired or st.allowed):
+                p = later()
+                if p is not None and rule.fires(p.size, p.low, st.cascade.size):
+                    # it escalates an episode a velocity rule opened (now, or before)
+                    met.append((rule.severity, "predicted"))
+                    met.sort(key=lambda m: severity_rank(m[0]))  # lowest first
         if not met:
             self._schedule_resolve(st, now)
             return

@@ -23,7 +23,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from graphs.prediction import DEFAULT_CONFIG, IncrementalPredictor, Model, PredictorConfig
+from graphs.prediction import (
+    DEFAULT_CONFIG,
+    IncrementalPredictor,
+    Model,
+    PredictorConfig,
+    StateRead,
+)
 from streams.alerts import Prediction
 
 
@@ -49,11 +55,44 @@ class ClusterPredictor:
 
     def predict(self, now_s: float) -> Prediction | None:
         """The forecast at ``now_s``, or None before the first reshare."""
-        if self._inner.observed == 0:
-            return None
-        f = self._inner.predict(now_s)
-        cfg = self._inner.config
-        return Prediction(f.size, f.low, f.high, cfg.model, cfg.horizon_s)
+        return self.read(now_s)()
+
+    def read(self, now_s: float) -> LaterPrediction:
+        """The forecast at ``now_s``, its state read now and its figures computed when first
+        called for (:meth:`graphs.prediction.IncrementalPredictor.read`): the detector
+        reads the state on the policy's schedule, and computes only what is read.
+
+        >>> p = ClusterPredictor()
+        >>> p.add(0.0, 800, original=True)
+        >>> for i in range(1, 121):
+        ...     p.add(i * 5.0, 150)
+        >>> later = p.read(600.0)
+        >>> p.add(601.0, 90_000)
+        >>> later() == later() != p.predict(601.0)
+        True
+        """
+        inner = self._inner
+        return LaterPrediction(inner.read(now_s) if inner.observed else None, inner.config)
+
+
+class LaterPrediction:
+    """A forecast read from a predictor's state, computed when first called, then kept."""
+
+    __slots__ = ("_config", "_done", "_read")
+
+    def __init__(self, read: StateRead | None, config: PredictorConfig) -> None:
+        self._read = read  # None once computed, or before the first reshare
+        self._config = config
+        self._done: Prediction | None = None
+
+    def __call__(self) -> Prediction | None:
+        read = self._read
+        if read is not None:
+            f = read.predict()
+            cfg = self._config
+            self._done = Prediction(f.size, f.low, f.high, cfg.model, cfg.horizon_s)
+            self._read = None
+        return self._done
 
 
 @dataclass(frozen=True, slots=True)

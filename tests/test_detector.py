@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from functools import partial
 
 import orjson
 import pytest
@@ -12,6 +14,7 @@ from streams.alerts import Prediction, Pseudonymizer
 from streams.banks import BankEntry, HashBanks
 from streams.detector import Detector
 from streams.events import MAX_EVENT_BYTES
+from streams.forecast import ClusterPredictor
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
 
@@ -328,6 +331,51 @@ class FixedForecast:
 
     def predict(self, now_s: float) -> Prediction:
         return Prediction(self.size, self.low, self.size * 3, "fixed")
+
+    def read(self, now_s: float) -> Callable[[], Prediction]:
+        return lambda: self.predict(now_s)
+
+
+class Counted(ClusterPredictor):
+    """The shipped predictor, counting the forecasts computed; ``eager``: each computed
+    when read from the state, as the detector did before it computed only those read."""
+
+    def __init__(self, made: list[int], eager: bool) -> None:
+        super().__init__()
+        self.made, self.eager = made, eager
+
+    def read(self, now_s: float) -> Callable[[], Prediction | None]:
+        later = super().read(now_s)
+
+        def made() -> Prediction | None:
+            self.made.append(1)
+            return later()
+
+        if self.eager:
+            p = made()
+            return lambda: p
+        return made
+
+
+def test_forecasts_no_decision_reads_are_not_computed_and_alerts_are_the_same() -> None:
+    """Once the forecast's severity fired in an episode (here critical, by velocity), the
+    forecasts of its schedule decide nothing until the episode ends: they are not
+    computed unless an alert shows them (its resolution does), and every alert and
+    takedown request is the same, figures and forecast to the bit, as with each computed
+    when read."""
+    t, rng = Traffic(), random.Random(3)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    t.burst(root, T0 + 1000, 900, 1000)  # 60 a minute for 15 minutes: critical by velocity
+    outs, counts = [], []
+    for eager in (True, False):
+        made: list[int] = []
+        _, d = run(t.lines(), banked(pdq), predictor_factory=partial(Counted, made, eager))
+        outs.append([repr(x) for x in (*d.alerts, *d.actions)])
+        counts.append(len(made))
+    assert [a for a in outs[0] if "critical" in a and "firing" in a]
+    assert outs[0] == outs[1] and any("predicted_final_size=Prediction(" in a for a in outs[0])
+    assert 0 < counts[1] < counts[0] - 20, counts  # 52 of 87
 
 
 def slow_then_fast(rng_seed: int, *bursts: tuple[int, int, int]) -> tuple[list[bytes], str]:
