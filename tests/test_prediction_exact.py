@@ -134,17 +134,25 @@ def test_features_are_the_old_computation_to_the_bit(
     start: float, posts: list[tuple[float, int | float | None, bool, float | None]]
 ) -> None:
     """Two predictors fed the same posts, one read by the old code and one by the new, at
-    every forecast time of the sequence and after: the same figures."""
+    every forecast time of the sequence and after: the same figures. A state read at a
+    forecast time (``IncrementalPredictor.read``) gives them when computed then, and when
+    computed again at the end, after every later post and read (the detector computes
+    only the forecasts something reads)."""
     new, old = IncrementalPredictor(), IncrementalPredictor()
+    reads = []
     t = start
     for gap, followers, original, ask in posts:
         t += gap
         new.add(t, followers, original=original)
         old.add(t, followers, original=original)
         if ask is not None:
-            assert _same(new.features(t + ask), old_features(old, t + ask))
+            reads.append((new.read(t + ask), old_features(old, t + ask)))
+            assert _same(reads[-1][0].features(), reads[-1][1])
     for later in (0.0, 5.0, 3600.0, 86400.0):
         assert _same(new.features(t + later), old_features(old, t + later))
+    for read, then in reads:
+        assert _same(read.features(), then)
+        assert repr(read.predict()) == repr(gp.forecast(then, "best", old.config))
 
 
 def test_features_match_on_a_long_cascade_with_merged_buckets() -> None:
@@ -166,25 +174,3 @@ def test_features_match_on_a_long_cascade_with_merged_buckets() -> None:
             next_ask = t + 300.0
             asked += 1
     assert asked > 50 and new.buckets > 0 and old._coarse
-
-
-@settings(max_examples=200, deadline=None)
-@given(start=st.floats(-1e9, 2e9), posts=st.lists(post, min_size=1, max_size=400))
-def test_a_read_computed_later_gives_the_figures_of_its_time(
-    start: float, posts: list[tuple[float, int | float | None, bool, float | None]]
-) -> None:
-    """A state read at each forecast time (``IncrementalPredictor.read``) and computed only
-    at the end, after every later post and read: the figures the old code computed at
-    that time (the detector computes only the forecasts something reads)."""
-    new, old = IncrementalPredictor(), IncrementalPredictor()
-    reads = []
-    t = start
-    for gap, followers, original, ask in posts:
-        t += gap
-        new.add(t, followers, original=original)
-        old.add(t, followers, original=original)
-        if ask is not None:
-            reads.append((new.read(t + ask), old_features(old, t + ask)))
-    for read, then in reads:
-        assert _same(read.features(), then)
-        assert repr(read.predict()) == repr(gp.forecast(then, "best", old.config))
