@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 
 import orjson
+import pytest
 from eventgen import T0, Traffic, pdq_hex
 from programs import viralwatch
 
@@ -113,6 +114,7 @@ def test_a_custom_policy_changes_the_thresholds(tmp_path: Path) -> None:
     assert first["severity"] == "high" and first["cascade"]["size"] == 10
 
 
+@pytest.mark.slow  # (the README's 30,987 events simulated and replayed: 5-15 s)
 def test_the_readmes_replay_example_prints_what_the_readme_shows(tmp_path: Path) -> None:
     """The README's "Replay a file" is a new user's first run: its commands, run as
     written (``/tmp/sim`` here a temporary folder), print the README's lines, and the first
