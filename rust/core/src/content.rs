@@ -372,7 +372,7 @@ impl ClusterId {
 /// table, so that an id's hash is computed once where an event is routed ([`Cid`]) and
 /// serves each table it is looked up in.
 fn id_hasher() -> &'static Keyed {
-    crate::keyed::process()
+    crate::keyed::process_hasher()
 }
 
 /// The keyed hash of a cluster id as the tables use it (see [`id_hasher`]): 32 bits,

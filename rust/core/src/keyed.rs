@@ -57,7 +57,7 @@ impl BuildHasher for Keyed {
 /// The process's one table-less hasher, drawn once: for a hash computed once and carried to
 /// every table it is looked up in (a cluster id's, `content`'s `id_hasher`), and for tables
 /// that keep no hasher of their own (a large unbanked cluster's post index).
-pub fn process() -> &'static Keyed {
+pub fn process_hasher() -> &'static Keyed {
     static KEY: OnceLock<Keyed> = OnceLock::new();
     KEY.get_or_init(Keyed::default)
 }

@@ -539,14 +539,14 @@ struct Index {
 const SMALL: usize = 8;
 
 /// A post id's hash in a large cluster's [`Index`]: foldhash under the process's one key
-/// ([`crate::keyed::process`], drawn at random: a post id is chosen by users, so no id may
-/// be made to collide; the post map hashes the same ids so). It was the event ids' 128-bit SipHash
-/// (`id_digest`), which a table's place needs none of: about 185 instructions an id, at
-/// each look-up, each post indexed and each post again at every doubling (343,000 a
-/// platform replay, 1% of its instructions, callgrind).
+/// ([`crate::keyed::process_hasher`], drawn at random: a post id is chosen by users, so no
+/// id may be made to collide; the post map hashes the same ids so). It was the event ids'
+/// 128-bit SipHash (`id_digest`), which a table's place needs none of: about 185
+/// instructions an id, at each look-up, each post indexed and each post again at every
+/// doubling (343,000 a platform replay, 1% of its instructions, callgrind).
 fn text_hash(bytes: &[u8]) -> u64 {
     use std::hash::BuildHasher;
-    crate::keyed::process().hash_one(bytes)
+    crate::keyed::process_hasher().hash_one(bytes)
 }
 
 impl<H> Cluster<H> {
