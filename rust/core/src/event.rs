@@ -280,8 +280,20 @@ pub type Parsed<'a> = Result<Event<'a>, Reject<'a>>;
 
 pub(crate) struct Why(&'static str, String);
 
-fn why(reason: &'static str, detail: impl Into<String>) -> Why {
-    Why(reason, detail.into())
+/// A refusal: a check's `Why`, or in [`validate`] the line's `Reject` (its event id named
+/// by [`parse_line`]).
+fn why<E: From<Why>>(reason: &'static str, detail: impl Into<String>) -> E {
+    Why(reason, detail.into()).into()
+}
+
+impl From<Why> for Reject<'_> {
+    fn from(Why(reason, detail): Why) -> Self {
+        Reject {
+            reason,
+            detail,
+            event_id: None,
+        }
+    }
 }
 
 /// Parse and validate one input line.
@@ -298,40 +310,45 @@ pub fn parse_line<'a>(data: &'a [u8], judge: &mut dyn Judge) -> Parsed<'a> {
     let Ok(text) = std::str::from_utf8(data) else {
         return Err(reject("not_utf8", "event is not valid UTF-8".into()));
     };
-    // the common flat line in one pass; anything else (and whatever is not JSON) by serde
-    let parsed = match json::parse_fast(text) {
-        Some(doc) => Ok(doc),
-        None if !json::depth_ok(data) => {
-            return Err(reject("not_json", "not JSON: depth limit exceeded".into()))
+    // the common flat line in one pass, read into `fast` in place; anything else (and
+    // whatever is not JSON) by serde
+    let mut fast = Fields::default();
+    let mut slow;
+    let fields = if json::parse_fast_into(text, &mut fast).is_some() {
+        &mut fast
+    } else {
+        if !json::depth_ok(data) {
+            return Err(reject("not_json", "not JSON: depth limit exceeded".into()));
         }
-        None => json::parse(text),
-    };
-    let doc = match parsed {
-        Ok(doc) => doc,
-        Err(e) => {
-            let mut detail = format!("not JSON: {e}");
-            truncate_chars(&mut detail, "not JSON: ".len() + 120);
-            return Err(reject("not_json", detail));
-        }
-    };
-    let fields = match doc {
-        Doc::Object(f) => f,
-        Doc::Other(_) => {
-            return Err(reject(
-                "not_object",
-                "an event must be a JSON object".into(),
-            ))
+        slow = match json::parse(text) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let mut detail = format!("not JSON: {e}");
+                truncate_chars(&mut detail, "not JSON: ".len() + 120);
+                return Err(reject("not_json", detail));
+            }
+        };
+        match &mut slow {
+            Doc::Object(f) => f,
+            Doc::Other(_) => {
+                return Err(reject(
+                    "not_object",
+                    "an event must be a JSON object".into(),
+                ))
+            }
         }
     };
     let event_id = match &fields.event_id {
         Some(Val::Str(s)) => Some(s.clone()),
         _ => None,
     };
-    validate(fields, judge).map_err(|Why(reason, detail)| Reject {
-        reason,
-        detail,
-        event_id,
-    })
+    // the validator's result returned as it is (mapped to another type, its event was
+    // copied whole: 272 bytes a line)
+    let mut parsed = validate(fields, judge);
+    if let Err(r) = &mut parsed {
+        r.event_id = event_id;
+    }
+    parsed
 }
 
 fn truncate_chars(s: &mut String, n: usize) {
@@ -341,11 +358,16 @@ fn truncate_chars(s: &mut String, n: usize) {
 }
 
 /// An event's fields, judged: the event, or why it is refused (the parser's, and a held
-/// event's reader's, `crate::wire_read`).
-pub(crate) fn validate<'a>(f: Fields<'a>, judge: &mut dyn Judge) -> Result<Event<'a>, Why> {
+/// event's reader's, `crate::wire_read`). The fields are taken out of `f` (by reference:
+/// moved in whole, they were copied).
+#[inline(always)]
+pub(crate) fn validate<'a>(
+    f: &mut Fields<'a>,
+    judge: &mut dyn Judge,
+) -> Result<Event<'a>, Reject<'a>> {
     let event_id_was_text = matches!(f.event_id, Some(Val::Str(_)));
-    let event_id = id(f.event_id, "event_id", judge)?;
-    let kind = match f.kind {
+    let event_id = id(f.event_id.take(), "event_id", judge)?;
+    let kind = match f.kind.take() {
         None | Some(Val::Null) => return Err(why("missing_field", "type is missing")),
         Some(Val::Str(s)) if s == "upload" => Kind::Upload,
         Some(Val::Str(s)) if s == "share" => Kind::Share,
@@ -357,15 +379,15 @@ pub(crate) fn validate<'a>(f: Fields<'a>, judge: &mut dyn Judge) -> Result<Event
             ))
         }
     };
-    let ts_ms = match f.ts {
+    let ts_ms = match f.ts.take() {
         Some(Val::Int(ms)) if (TS_MIN_MS as i128..TS_MAX_MS as i128).contains(&ms) => ms as i64,
         None | Some(Val::Null) => return Err(why("missing_field", "ts is missing")),
-        Some(v) => parse_ts(v, judge).map_err(|d| why("bad_ts", d))?,
+        Some(v) => parse_ts(v, judge).map_err(|d| why::<Why>("bad_ts", d))?,
     };
-    let post_id = id(f.post_id, "post_id", judge)?;
-    let user_id = id(f.user_id, "user_id", judge)?;
-    let parent = optional_id(f.parent_post_id, "parent_post_id", judge)?;
-    let followers = match f.followers {
+    let post_id = id(f.post_id.take(), "post_id", judge)?;
+    let user_id = id(f.user_id.take(), "user_id", judge)?;
+    let parent = optional_id(f.parent_post_id.take(), "parent_post_id", judge)?;
+    let followers = match f.followers.take() {
         None | Some(Val::Null) => None,
         Some(Val::Int(n)) if (0..1i128 << 53).contains(&n) => Some(n as i64),
         Some(_) => {
@@ -378,7 +400,7 @@ pub(crate) fn validate<'a>(f: Fields<'a>, judge: &mut dyn Judge) -> Result<Event
     let mut content = None;
     let mut parent_post_id = None;
     match kind {
-        Kind::Upload => match f.content {
+        Kind::Upload => match &mut f.content {
             None | Some(ContentVal::Other(Val::Null)) => {
                 return Err(why("missing_content", "an upload must carry content"))
             }
@@ -414,8 +436,8 @@ pub(crate) fn validate<'a>(f: Fields<'a>, judge: &mut dyn Judge) -> Result<Event
     })
 }
 
-fn validate_content<'a>(c: ContentFields<'a>) -> Result<Content<'a>, Why> {
-    let (pdq, pdq_hash) = match c.pdq {
+fn validate_content<'a>(c: &mut ContentFields<'a>) -> Result<Content<'a>, Why> {
+    let (pdq, pdq_hash) = match c.pdq.take() {
         Some(v) if v != Val::Null => {
             let mut bytes = [0u8; 32];
             let text = hex(v, "pdq", &mut bytes)?;
@@ -427,14 +449,14 @@ fn validate_content<'a>(c: ContentFields<'a>) -> Result<Content<'a>, Why> {
         }
         _ => (None, None),
     };
-    let (md5, md5_bytes) = match c.md5 {
+    let (md5, md5_bytes) = match c.md5.take() {
         Some(v) if v != Val::Null => {
             let mut bytes = [0u8; 16];
             (Some(hex(v, "md5", &mut bytes)?), Some(bytes))
         }
         _ => (None, None),
     };
-    let pdq_quality = match c.pdq_quality {
+    let pdq_quality = match c.pdq_quality.take() {
         None | Some(Val::Null) => None,
         Some(Val::Int(q)) if (0..=100).contains(&q) => Some(q as i64),
         Some(_) => {
@@ -444,7 +466,7 @@ fn validate_content<'a>(c: ContentFields<'a>) -> Result<Content<'a>, Why> {
             ))
         }
     };
-    let vpdq = match c.vpdq {
+    let vpdq = match c.vpdq.take() {
         None | Some(Err(Val::Null)) => None,
         Some(Ok(raw)) => Some(raw.get()),
         Some(Err(_)) => {
