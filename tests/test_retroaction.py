@@ -332,6 +332,28 @@ def test_banking_the_content_makes_the_live_cluster_alert_at_the_bank_time() -> 
     assert pipe.stats.relabelled == 1
 
 
+def test_a_relabelled_cluster_takes_its_later_events_and_the_store_starts_none() -> None:
+    """Once taken out of the compiled store, an unbanked cluster is the detector's: each of
+    its events after the take goes there (the core asks the dict only for clusters it has
+    handed out, ``UnbankedClusters.take``), none starts a cluster of that id in the store."""
+    rng = random.Random(3)
+    t, original, _, _ = leak(rng)
+    bank_at = T0 + 4 * MIN
+    pipe = replay([*t.lines(), bank_line("add", "internal", flip(original, 5, rng), bank_at)])
+    own = unbanked_cluster_id(Content(pdq=original, md5="a" * 32))
+    later = Traffic(random.Random(5))
+    later.share(bank_at + 2 * MIN, "leak0")
+    later.upload(bank_at + 4 * MIN, pdq=pdq_hex(rng), md5="d" * 32)  # moves the watermark
+    for i, e in enumerate(later.events):
+        e["event_id"], e["post_id"] = f"later-e{i}", f"later-p{i}"
+    for line in later.lines():
+        pipe.feed(line)
+    st = pipe.detector.clusters[own]
+    assert pipe.stats.relabelled == 1 and st.banked
+    assert len(st.event_ids) == 2 + 60 + 1 and st.last_ms == bank_at + 2 * MIN
+    assert pipe.detector.unbanked_store.summary(own) is None
+
+
 def test_a_bank_add_with_no_time_changes_matching_only() -> None:
     rng = random.Random(3)
     t, original, _, _ = leak(rng)

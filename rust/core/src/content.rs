@@ -431,8 +431,13 @@ impl Cid {
     }
 
     fn hash(&self) -> u64 {
+        spread(self.keyed())
+    }
+
+    /// The id's 32-bit keyed hash (the process's key: equal ids, equal hashes).
+    pub fn keyed(&self) -> u32 {
         match self {
-            Cid::Hex { hash, .. } | Cid::Text { hash, .. } => spread(*hash),
+            Cid::Hex { hash, .. } | Cid::Text { hash, .. } => *hash,
         }
     }
 

@@ -466,6 +466,8 @@ impl Detect {
             let store = self.unbanked.borrow(py);
             if store.store.contains(cluster) {
                 cluster.with_str(|c| store.store.applied(c, &key))
+            } else if !cluster.kind_is(b'b') && !store.taken(cluster) {
+                false // an unbanked cluster's first event: nobody's yet
             } else {
                 match self.banked.bind(py).get_item(py_id(py, cluster))? {
                     // a banked cluster's (rare): its ids are Python's
@@ -634,10 +636,14 @@ impl Detect {
             };
             // a banked cluster's event goes to Python: a `b-` cluster, or one Python holds
             // (an unbanked cluster whose content turned out banked, taken out of the store:
-            // so one the store holds is not Python's, and its id is not looked up there)
-            let python = cluster.kind_is(b'b')
-                || !self.unbanked.borrow(py).store.contains(&cluster)
-                    && self.banked.bind(py).contains(py_id(py, &cluster))?;
+            // so one the store holds is not Python's, nor one never taken, and neither's id
+            // is looked up there)
+            let python = cluster.kind_is(b'b') || {
+                let store = self.unbanked.borrow(py);
+                !store.store.contains(&cluster)
+                    && store.taken(&cluster)
+                    && self.banked.bind(py).contains(py_id(py, &cluster))?
+            };
             if python {
                 let r = self.routed(py, &cluster, &event, routed)?;
                 self.python_apply(host, r)?;

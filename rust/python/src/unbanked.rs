@@ -4,6 +4,7 @@
 //! that wait for a post (or are rejected), and gives back what Python acts on.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -12,6 +13,7 @@ use pyo3::{intern, IntoPyObjectExt, PyTraverseError, PyVisit};
 
 use viralwatch_core::content::{Cid, Kind as SignalKind};
 use viralwatch_core::dedupe::EventIdSet;
+use viralwatch_core::keyed::Keyed;
 use viralwatch_core::unbanked::{Crossing, Event, Kind, Outcome, Rule, Store, MAX_HORIZON_MS};
 
 use crate::dedupe::{with_id, EventIds};
@@ -100,6 +102,13 @@ pub(crate) fn with_event<R>(
 #[pyclass(module = "streams._core")]
 pub struct UnbankedClusters {
     pub(crate) store: Store<Ev>,
+    /// The keyed hashes ([`Cid::keyed`]) of the clusters taken out (:meth:`take`): the
+    /// only unbanked ids the detector's dict of banked clusters can hold (its `_take`), so
+    /// an unbanked cluster neither here nor in `taken` is not Python's, and its id is not
+    /// made a `str` to ask the dict (`Detect`: nearly every upload's new cluster, about
+    /// 240 instructions each). Never pruned: a cluster Python has dropped since only
+    /// costs that look-up; a relabelled cluster is rare.
+    taken: HashSet<u32, Keyed>,
 }
 
 /// An eviction as Python gets it: (before which item, cluster, posts).
@@ -140,6 +149,12 @@ impl UnbankedClusters {
             })
             .collect()
     }
+
+    /// Whether Python may hold `cluster` (an id not in the store): one taken out, or one
+    /// whose keyed hash is a taken one's (the dict, asked next, tells them apart).
+    pub(crate) fn taken(&self, cluster: &Cid) -> bool {
+        self.taken.contains(&cluster.keyed())
+    }
 }
 
 #[pymethods]
@@ -172,7 +187,10 @@ impl UnbankedClusters {
         } else {
             Store::new(rules, horizon_ms, idle_ms)
         };
-        Ok(Self { store })
+        Ok(Self {
+            store,
+            taken: HashSet::default(),
+        })
     }
 
     /// Its pending events for the garbage collector (a Python record among them may
@@ -471,6 +489,7 @@ impl UnbankedClusters {
         let Some(t) = self.store.take(cluster_id) else {
             return Ok(None);
         };
+        self.taken.insert(Cid::of(cluster_id).keyed());
         let posts = t
             .posts
             .iter()
