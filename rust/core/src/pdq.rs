@@ -745,22 +745,18 @@ impl<T: Copy> PdqIndex<T> {
         }
     }
 
-    /// Rows `[from, end)` compared with the query one by one.
+    /// Rows `[from, end)` compared with the query, four at a time first (see
+    /// [`near_in_blocks`]).
     #[inline(always)]
     fn scan(&self, q: &Hash, from: usize, threshold: u32, hits: &mut Vec<(u32, usize)>) {
-        for (r, w) in self.words.iter().enumerate().skip(from) {
-            // half the bits first: a row at random differs from the query in about 64 of
-            // them, past any threshold the tables answer, so most rows cost two bit counts,
-            // not four (a tail of about 5 * sqrt(rows) is scanned by every search)
-            let half = (w[0] ^ q[0]).count_ones() + (w[1] ^ q[1]).count_ones();
-            if half > threshold {
-                continue;
-            }
-            let d = half + (w[2] ^ q[2]).count_ones() + (w[3] ^ q[3]).count_ones();
+        let rows = &self.words[from.min(self.words.len())..];
+        let mut keep = |r: usize| {
+            let d = distance(&self.words[r], q);
             if d <= threshold && self.alive.get(r) {
                 hits.push((d, r));
             }
-        }
+        };
+        near_in_blocks(rows, q, threshold, |j| keep(from + j));
     }
 
     /// Put the tail's live rows into the tables, in place: from the last new key down,
@@ -901,6 +897,35 @@ impl<T: Copy> PdqIndex<T> {
                 let h = self.words[r];
                 self.tail_insert(&h, r as u32);
             }
+        }
+    }
+}
+
+/// Calls `maybe(j)` for every `rows[j]` that may be within `threshold` of `q`: each row
+/// within it, and a few that are not (the caller counts the distance). A tail of about
+/// `5 * sqrt(rows)` is scanned by every search, and the banks' hashes (all tail) by every
+/// upload's screen: at the platform replay's 55,000 hashes about 530 rows a search, at 15
+/// instructions a row (a bit count of the first half and a branch each) a third of the
+/// search's instructions. Four rows' first halves are counted and the four skipped at one
+/// branch when the least is past the threshold (a row at random differs from the query in
+/// about 64 of those 128 bits, past any threshold the tables answer); the rows past the
+/// last block of four one by one.
+#[inline(always)]
+fn near_in_blocks(rows: &[Hash], q: &Hash, threshold: u32, mut maybe: impl FnMut(usize)) {
+    let blocks = rows.chunks_exact(4);
+    let rest = blocks.len() * 4;
+    let half = |w: &Hash| (w[0] ^ q[0]).count_ones() + (w[1] ^ q[1]).count_ones();
+    for (b, block) in blocks.enumerate() {
+        let least = half(&block[0])
+            .min(half(&block[1]))
+            .min(half(&block[2]).min(half(&block[3])));
+        if least <= threshold {
+            (4 * b..4 * b + 4).for_each(&mut maybe);
+        }
+    }
+    for (j, w) in rows.iter().enumerate().skip(rest) {
+        if half(w) <= threshold {
+            maybe(j);
         }
     }
 }
@@ -1341,6 +1366,50 @@ mod tests {
             let folded = (fold(a) ^ fold(b)).count_ones();
             assert!(folded <= (a ^ b).count_ones(), "{a:x} {b:x}");
             assert_eq!(fold(a & 0xff), (a & 0xff) as u16); // an 8-bit chunk's mate is itself
+        }
+    }
+
+    #[test]
+    fn a_scan_in_blocks_names_every_row_within_the_threshold_wherever_it_is() {
+        // the scan's blocks of four rows and the rows past them: a row at exactly the
+        // threshold is named at every place in and past a block, its differing bits in
+        // either half or spread, one bit further it may be named but is not within; a row
+        // is named once, in order (the caller counts each named row's distance)
+        let mut rng = Rng(8);
+        let q = rng.hash();
+        let mut named = Vec::new();
+        near_in_blocks(&[], &q, 256, |j| named.push(j));
+        assert!(named.is_empty());
+        for len in 1..=13 {
+            for place in 0..len {
+                for threshold in [0_u32, 31, 64, 200, 256] {
+                    for words in [&[0, 1][..], &[2, 3], &[0, 1, 2, 3]] {
+                        let mut rows: Vec<Hash> = (0..len).map(|_| rng.hash()).collect();
+                        let off =
+                            (threshold + (rng.next() % 2) as u32).min(64 * words.len() as u32);
+                        rows[place] = if words.len() == 4 {
+                            rng.flip(&q, off)
+                        } else {
+                            let mut h = q;
+                            for bit in 0..off as usize {
+                                h[words[bit % 2]] ^= 1 << (bit / 2);
+                            }
+                            h
+                        };
+                        assert_eq!(distance(&rows[place], &q), off);
+                        let within: Vec<usize> = (0..len)
+                            .filter(|&j| distance(&rows[j], &q) <= threshold)
+                            .collect();
+                        assert_eq!(within.contains(&place), off <= threshold);
+                        let mut named = Vec::new();
+                        near_in_blocks(&rows, &q, threshold, |j| named.push(j));
+                        assert!(named.windows(2).all(|w| w[0] < w[1]), "{named:?}");
+                        assert!(named.last().map_or(true, |&j| j < len));
+                        named.retain(|&j| distance(&rows[j], &q) <= threshold);
+                        assert_eq!(named, within, "{len} {place} {threshold} {words:?} {off}");
+                    }
+                }
+            }
         }
     }
 
