@@ -1142,8 +1142,9 @@ class Detector:
 
     def _resolve(self, st: ClusterState, ts: int, reason: str) -> None:
         """End the open episode at ``ts``: every severity it fired, resolved; the cooldown."""
-        for sev in sorted(st.fired, key=severity_rank):
-            self.outbox.alerts.append(self._alert(st, sev, "resolved", ts, reason))
+        fired = sorted(st.fired, key=severity_rank)
+        self.outbox.alerts.extend(self._alerts(st, fired, "resolved", ts, reason))
+        for sev in fired:
             self.stats.alerts[(sev, "resolved")] += 1
         st.active = False
         st.fired.clear()
@@ -1399,23 +1400,39 @@ class Detector:
         return _figures(c, rates, v.acceleration(now), prediction)
 
     def _alert(self, st: ClusterState, sev: Severity, status: str, now: int, reason: str) -> Alert:
-        aid = alert_id(st.cluster_id, st.episode, sev)
-        return Alert(
-            alert_id=aid,
-            status="firing" if status == "firing" else "resolved",
-            severity=sev,
-            ts_ms=now,
-            cluster_id=st.cluster_id,
-            first_seen_ms=st.first_seen_ms,
-            episode=st.episode,
-            match=st.match,
-            cascade=self.figures(st, now),
-            top_spreaders=tuple(
-                (self.pseudonymize(user), n) for user, n in _graph(st).top_spreaders(self.top_n)
-            ),
-            links=self.policy.links.render(st.cluster_id, sev, aid),
-            reason=reason,
+        return self._alerts(st, (sev,), status, now, reason)[0]
+
+    def _alerts(
+        self, st: ClusterState, sevs: Sequence[Severity], status: str, now: int, reason: str
+    ) -> list[Alert]:
+        """An alert a severity in ``sevs``, of ``st`` at ``now``: the figures and spreaders,
+        the same for each, computed once (an episode's resolution, its alerts restored)."""
+        if not sevs:
+            return []
+        cascade = self.figures(st, now)
+        spreaders = tuple(
+            (self.pseudonymize(user), n) for user, n in _graph(st).top_spreaders(self.top_n)
         )
+        out = []
+        for sev in sevs:
+            aid = alert_id(st.cluster_id, st.episode, sev)
+            out.append(
+                Alert(
+                    alert_id=aid,
+                    status="firing" if status == "firing" else "resolved",
+                    severity=sev,
+                    ts_ms=now,
+                    cluster_id=st.cluster_id,
+                    first_seen_ms=st.first_seen_ms,
+                    episode=st.episode,
+                    match=st.match,
+                    cascade=cascade,
+                    top_spreaders=spreaders,
+                    links=self.policy.links.render(st.cluster_id, sev, aid),
+                    reason=reason,
+                )
+            )
+        return out
 
     def summary(self, st: ClusterState, now: int) -> ClusterSummary:
         return ClusterSummary(
@@ -1467,10 +1484,10 @@ class Detector:
         []
         """
         return [
-            self._alert(st, sev, "firing", now_ms, "restored")
+            alert
             for st in self.clusters.values()
             if st.active
-            for sev in st.fired
+            for alert in self._alerts(st, st.fired, "firing", now_ms, "restored")
         ]
 
 
