@@ -10,6 +10,7 @@ import orjson
 import pytest
 from eventgen import T0, Traffic, pdq_hex
 
+from graphs.cascade import Cascade
 from streams.alerts import Prediction, Pseudonymizer
 from streams.banks import BankEntry, HashBanks
 from streams.detector import Detector
@@ -56,6 +57,23 @@ def test_severity_climbs_and_every_fired_severity_resolves():
     ids = {(a.severity, a.status): a.alert_id for a in d.alerts}
     assert ids[("high", "firing")] == ids[("high", "resolved")]
     assert len({a.alert_id for a in d.alerts}) == 3
+
+
+def test_an_episodes_resolutions_show_one_set_of_figures(monkeypatch) -> None:
+    """The three resolutions of an episode show the cluster as it is when it resolves,
+    each the same, walked once (structural virality and the spreaders walk the whole
+    graph: the figures are made once, not once a severity)."""
+    walks = []
+    virality = Cascade.structural_virality
+    monkeypatch.setattr(Cascade, "structural_virality", lambda c: walks.append(1) or virality(c))
+    t, rng = Traffic(), random.Random(3)
+    pdq = pdq_hex(rng)
+    t.burst(t.upload(T0, pdq=pdq), T0 + 1000, 600, 1000)
+    _, d = run(t.lines(), banked(pdq))
+    resolved = [a for a in d.alerts if a.status == "resolved"]
+    assert [a.severity for a in resolved] == ["warning", "high", "critical"]
+    assert len({(repr(a.cascade), a.top_spreaders, a.ts_ms) for a in resolved}) == 1
+    assert resolved[0].cascade.size == 601 and len(walks) == 3 + 1  # the firings, then one
 
 
 def test_alert_record_has_every_field_on_call_needs():
