@@ -273,6 +273,8 @@ class LocalRun:
     _batches_read: dict[tuple[str, int], int] = field(default_factory=dict)
     #: checkpoints committed in the run (every acknowledgement of everything written)
     _acks: int = 0
+    #: the hand-over of the process built last (:meth:`build`), told of acknowledgements
+    _hand_over: HandOver | None = None
 
     def build(
         self,
@@ -334,6 +336,7 @@ class LocalRun:
             clock=lambda: float(grace_over()),
         )
         hops.assigned()
+        self._hand_over = hops
         if self.local_resolve or self.local_peers:
             hops.resolve.assign(range(n))
         if self.local_clusters:
@@ -566,9 +569,12 @@ class LocalRun:
     def _acknowledged(self, checkpoint: Checkpoint) -> None:
         """Everything written is on the broker (a commit waits for it: the gate's group too,
         sealed now, after the copies of what was handed over in-process: see
-        :meth:`Checkpoint.stage`)."""
+        :meth:`Checkpoint.stage`), the logs of what was handed over in-process too (the long
+        way may be taken again: :meth:`HandOver.acknowledged`)."""
         checkpoint.stage(begin=True)
         self._acks += 1
+        if self._hand_over is not None:
+            self._hand_over.acknowledged()
         if self.tear is not None:
             if checkpoint.gate is not None:
                 checkpoint.gate.release()
