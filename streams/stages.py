@@ -924,8 +924,9 @@ class ResolvePartition(RoutingHost):
     time advance one short cycle (cluster, register, release, progress) at a
     time, a few seconds of event time per round trip between workers, and
     fall behind any busy stream. Its own
-    progress is its peers' at most, so no clusters partition's watermark
-    passes an upload on its way to it. Its log also keeps the index
+    progress is at most the time up to which every peer has sent it its
+    uploads (their input watermarks, or their progress, heard), so no clusters
+    partition's watermark passes an upload on its way to it. Its log also keeps the index
     (:meth:`EmergingClusters.take_changes`) and the progress it heard: a
     worker taking it over needs no word from the peers to go on.
     """
@@ -1247,10 +1248,34 @@ class ResolvePartition(RoutingHost):
             return progress
         # the owner's: never past an upload it has not clustered yet (its cluster, and the
         # registration its reshares wait for, go out before the progress that covers them;
-        # after a takeover it clusters only once its peers' input watermarks come again)
+        # after a takeover it clusters only once its peers' input watermarks come again),
+        # nor past one still on its way to it (see :meth:`_asked`)
         first = self.loop.unclustered
         unclustered = progress if first is None else first - 1
-        return min(progress, settled, unclustered)
+        return min(progress, self._asked(wm), unclustered)
+
+    def _asked(self, wm: int) -> int:
+        """At the index's owner: the event time up to which every peer has sent it its
+        unbanked uploads.
+
+        A peer sends an upload ahead of both the progress and the input watermark
+        that cover it, so either one heard is such a time; the input watermark is
+        the nearer, held back by nothing but the peer's reading. Its progress is
+        held back by its reshares waiting for registrations, many of them this
+        owner's, and an owner bounded by that progress kept every clusters
+        partition's watermark one exchange behind the peer's: the owner's
+        progress is the lowest, and a peer's went round by it. After a takeover
+        the input watermarks are not known until sent again, the progress is
+        (the owner's log keeps it).
+
+        >>> r = ResolvePartition(0, partitions=2, sources=1, banks=HashBanks(), stats=Stats(),
+        ...                      lateness_ms=0, hold_ms=60_000, max_held=10)
+        >>> r.peers[1], r.inputs[1] = 5_000, 9_000
+        >>> r._asked(20_000), r._asked(7_000)
+        (9000, 7000)
+        """
+        heard = {p: max(t, self.inputs.get(p, NO_TIME)) for p, t in self.peers.items()}
+        return self._with_peers(wm, self.inputs | heard)
 
 
 # -- stage 2: clusters ------------------------------------------------------

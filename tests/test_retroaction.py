@@ -595,8 +595,9 @@ def test_near_duplicates_routed_by_other_partitions_and_after_a_restart_join_one
 
 def test_the_index_owner_waits_for_its_peers_and_its_log_gives_the_index_back() -> None:
     """Partition 0 holds the index: an unbanked upload routed elsewhere comes to it (with the
-    sender's progress); its own progress is its peers' at most, so no clusters partition
-    passes an upload still on its way to it; folding its log gives the same index."""
+    sender's progress and input watermark); its own progress is at most the input watermark
+    heard from each peer, so no clusters partition passes an upload still on its way to it;
+    folding its log gives the same index."""
     owner, other = resolver_of(0), resolver_of(1)
     post = posts_on(1, 2, "x")
     up = {"event_id": "e1", "type": "upload", "ts": T0, "post_id": post, "user_id": "u"}
@@ -614,7 +615,9 @@ def test_the_index_owner_waits_for_its_peers_and_its_log_gives_the_index_back() 
     answer = owner.handle([merge_resolved([sent])[1][0]])
     [routed] = [x for k in answer.clusters for x in records(k)]
     assert routed.cluster_id == unbanked_cluster_id(Content(pdq="f" * 64, pdq_quality=90))
-    assert owner.progress == other.progress  # its peer's, heard with the upload
+    # not its peer's progress (held by the reshare): its input watermark, heard with the
+    # upload: what it sends comes after it
+    assert other.progress == T0 + SEC - 1 and owner.progress == T0 + MIN
     back = other.handle([merge_resolved([answer])[1][1]])
     assert [x.event.event_id for k in back.clusters for x in records(k)] == [
         "e2"
@@ -681,6 +684,33 @@ def test_the_index_owner_s_progress_never_passes_an_upload_it_has_not_clustered(
     again = owner.handle([Envelope([], inputs={1: T0 + MIN})])
     assert [x.event.event_id for k in again.clusters for x in records(k)] == ["e1"]
     assert owner.progress == T0 + MIN
+
+
+def test_orphans_waiting_at_a_peer_stop_holding_progress_in_one_exchange_with_the_owner() -> None:
+    """Reshares whose parents never come wait at their partition until every other has
+    progressed past them. The index's owner's progress was its peers' at most, so a peer
+    waiting for the owner's waited for its own, held by the first of the reshares: each
+    exchange let one reshare go (a chain of five took five round trips, each a hop between
+    workers; the clusters' watermark follows). The owner's progress is bounded by its
+    peers' input watermarks (every upload it could still be sent is after them): one
+    exchange lets them all go, and nothing the owner sends later is for a post before it."""
+    owner, other = resolver_of(0), resolver_of(1)
+    items = []
+    for i in range(5):  # five reshares of posts no partition ever sees, a second apart
+        share = {"event_id": f"s{i}", "type": "share", "ts": T0 + (i + 1) * SEC}
+        share |= {"post_id": f"r{i}", "parent_post_id": posts_on(1, 2, f"gone{i}-")}
+        items.append(ToRoute(parse_ok(share | {"user_id": "v"})))
+    sent = other.handle([Envelope(items, {0: (T0 + MIN, False)})])
+    assert other.held == 5 and other.progress == T0 + SEC - 1
+    owner.handle([Envelope([], {0: (T0 + MIN, False)})])
+    exchanges = 0
+    while other.progress < T0 + MIN and exchanges < 10:
+        exchanges += 1
+        answer = owner.handle([merge_resolved([sent])[1][0]])
+        sent = other.handle([merge_resolved([answer])[1][1]])
+    assert exchanges == 1 and other.progress == T0 + MIN
+    assert owner.progress == T0 + MIN  # its peer's input watermark, not its held progress
+    assert other.held == 5  # still held (they expire with the hold), holding nothing back
 
 
 def resolver_of(partition: int) -> ResolvePartition:
