@@ -596,6 +596,14 @@ def profile_summary(raw: Iterable[str]) -> dict[str, int]:
     return out
 
 
+def py_spy() -> str | None:
+    """The py-spy to profile with: the venv's (``pip install -e '.[bench]'``), else one on
+    ``PATH``; None when there is none, so ``--profile`` fails at its flag, not after the
+    broker and the traffic are up."""
+    venv = Path(sys.executable).parent / "py-spy"
+    return str(venv) if venv.exists() else shutil.which("py-spy")
+
+
 def start_profiles(
     procs: list[subprocess.Popen[bytes]], out: Path
 ) -> list[subprocess.Popen[bytes]]:
@@ -603,9 +611,16 @@ def start_profiles(
     ``out``-PID.txt), each ending when its worker does. py-spy takes CPU on the same
     cores: a profiled run's rates and CPU are not a timed run's. A py-spy that gives up at
     once (a worker whose interpreter is not up yet) is started again, for up to 30 s."""
-    venv = Path(sys.executable).parent / "py-spy"
-    spy = str(venv) if venv.exists() else shutil.which("py-spy") or "py-spy"
-    record = [spy, "record", "--native", "--idle", "--rate", "100", "--format", "raw"]
+    record = [
+        py_spy() or "py-spy",
+        "record",
+        "--native",
+        "--idle",
+        "--rate",
+        "100",
+        "--format",
+        "raw",
+    ]
 
     def attach(p: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
         for _ in range(30):
@@ -1265,6 +1280,8 @@ def main() -> None:
         changed[var] = value
     args.set = changed
     if args.profile is not None:
+        if py_spy() is None:
+            ap.error("--profile needs py-spy: pip install -e '.[bench]' (or py-spy on PATH)")
         args.profile.mkdir(parents=True, exist_ok=True)
         log(f"NOTE: each worker profiled by py-spy (stacks in {args.profile}): not a timed run")
     STOP.install()

@@ -318,3 +318,26 @@ def test_a_profile_is_summed_up_by_stage_its_waits_apart() -> None:
         "kafka client": 3,
         "other": 1,
     }
+
+
+def test_profile_without_py_spy_fails_at_its_flag_before_starting_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--profile`` with no py-spy beside the interpreter or on ``PATH`` is a usage error
+    naming what to install, given before a broker or the traffic is started (it was a
+    traceback from ``subprocess`` once the workers were up)."""
+    bench = bench_pipeline()
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert bench.py_spy() is None
+    monkeypatch.setattr(sys, "argv", ["bench_pipeline.py", "--profile", str(tmp_path / "p")])
+    with pytest.raises(SystemExit) as stopped:
+        bench.main()
+    assert stopped.value.code == 2
+    out = capsys.readouterr()
+    assert "--profile needs py-spy: pip install -e '.[bench]'" in out.err
+    assert "kafka broker" not in out.err + out.out
+    assert not (tmp_path / "p").exists()
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "py-spy").touch()
+    assert bench.py_spy() == str(tmp_path / "bin" / "py-spy")
