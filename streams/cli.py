@@ -987,9 +987,7 @@ def broker(
     Prints one line, ``kafka://127.0.0.1:PORT``, once the broker serves
     requests; tests, benchmarks and operators start brokers the same way.
     """
-    import shutil
     import signal
-    import tempfile
     import threading
 
     from streams.runtime.broker import BrokerError, RunningBroker, start_local_broker
@@ -1004,30 +1002,23 @@ def broker(
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    # the bundled broker's log, read for a panic (it may end with status 0, or run on)
-    logs = Path(tempfile.mkdtemp(prefix="viralwatch-broker-"))
     running: RunningBroker
     try:
-        try:
-            running = (
-                start_kafka(port=port, data=data)
-                if kafka
-                else start_local_broker(port=port, log_path=logs / "broker.log")
-            )
-        except (BrokerError, FileNotFoundError, OSError) as exc:
-            fail(str(exc))
-        try:
-            typer.echo(running.url)
-            kind = "Apache Kafka" if kafka else "the bundled broker (memory storage)"
-            typer.echo(f"viralwatch: {kind} ready, pid {running.pid}; Ctrl-C stops it", err=True)
-            while not stop.wait(0.5):
-                failed = running.failure()
-                if failed is not None:
-                    fail(f"the broker (pid {running.pid}) {failed}")
-        finally:
-            running.stop()
+        # (the bundled broker's log, read for a panic, is in a folder of its own, removed
+        # when it stops: it may end with status 0 after one, or run on)
+        running = start_kafka(port=port, data=data) if kafka else start_local_broker(port=port)
+    except (BrokerError, FileNotFoundError, OSError) as exc:
+        fail(str(exc))
+    try:
+        typer.echo(running.url)
+        kind = "Apache Kafka" if kafka else "the bundled broker (memory storage)"
+        typer.echo(f"viralwatch: {kind} ready, pid {running.pid}; Ctrl-C stops it", err=True)
+        while not stop.wait(0.5):
+            failed = running.failure()
+            if failed is not None:
+                fail(f"the broker (pid {running.pid}) {failed}")
     finally:
-        shutil.rmtree(logs, ignore_errors=True)
+        running.stop()
 
 
 @app.command()

@@ -158,6 +158,9 @@ def run_demo(
                 time.sleep(0.25)
                 if worker.poll() is not None:
                     raise RuntimeError(f"the worker exited (status {worker.returncode})")
+                failed = broker.failure() if broker is not None else None
+                if failed is not None:  # its lines: the worker would only say it is gone
+                    raise RuntimeError(f"the bundled Kafka broker {failed}")
             if progress.failed is not None:
                 raise RuntimeError(f"sending the traffic failed: {progress.failed}")
             progress.done_sending = True

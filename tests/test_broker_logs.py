@@ -10,7 +10,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -204,3 +206,79 @@ def test_a_panic_written_in_two_parts_is_found(tmp_path: Path, cut: int) -> None
         "panicked: INFO listening | thread 'tokio-rt-worker' (7) panicked at broker.rs:139:18: "
         "| called unwrap on an Err value: no storage"
     )
+
+
+def tansu_standing_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> None:
+    """A program standing in for the bundled broker (``tansu_binary``), run as it is."""
+    program = tmp_path / "tansu"
+    program.write_text(f"#!{sys.executable}\n" + textwrap.dedent(script))
+    program.chmod(0o755)
+    monkeypatch.setattr(broker_module, "tansu_binary", lambda: program)
+
+
+def test_a_worker_whose_embedded_broker_panics_at_its_start_says_the_panic(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``viralwatch worker --embedded-broker`` (and ``make demo``) started the bundled broker
+    with no log: a panic at its start (Tansu's status is 0 then) was said as "exited with
+    status 0". Its log is now in a folder of its own, read as ``viralwatch broker``'s is."""
+    from streams.runtime.worker import run_worker
+    from streams.settings import Settings
+
+    tansu_standing_in(
+        tmp_path,
+        monkeypatch,
+        """
+        print("thread 'main' panicked at src/broker.rs:139:18:", flush=True)
+        print("called unwrap on an Err value: AddrInUse", flush=True)
+        """,
+    )
+    before = set(Path(tempfile.gettempdir()).glob("viralwatch-broker-*"))
+    with pytest.raises(BrokerError) as exc:
+        run_worker(Settings(embedded_broker=True, data_dir=tmp_path / "data"), lambda _: None)
+    assert str(exc.value) == (
+        "the bundled Kafka broker panicked (exit status 0): "
+        "thread 'main' panicked at src/broker.rs:139:18: | "
+        "called unwrap on an Err value: AddrInUse"
+    )
+    assert set(Path(tempfile.gettempdir()).glob("viralwatch-broker-*")) <= before  # removed
+
+
+def test_a_bundled_broker_that_panics_while_it_serves_is_said_by_its_watch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's watch (``watch_failure``) on the bundled broker it started with no log
+    of the caller's: the broker serves, then panics and runs on; the watch says its lines
+    once, its end says them again, and the broker's log folder goes when it stops."""
+    tansu_standing_in(
+        tmp_path,
+        monkeypatch,
+        """
+        import socket, sys, time
+        url = sys.argv[sys.argv.index("--listener-url") + 1]
+        host, port = url.removeprefix("tcp://").rsplit(":", 1)
+        server = socket.create_server((host, int(port)))  # accepts: ready
+        print("listening", flush=True)
+        time.sleep(0.5)
+        print("thread 'tokio-rt-worker' (7) panicked at broker.rs:139:18:", flush=True)
+        print("called unwrap on an Err value: no storage", flush=True)
+        time.sleep(60)
+        """,
+    )
+    said: list[str] = []
+    heard = threading.Event()
+    with broker_module.start_local_broker() as broker:
+        assert broker.log_path is not None
+        folder = broker.log_path.parent
+        assert folder.name.startswith("viralwatch-broker-") and broker.log().startswith("listen")
+        end = broker_module.watch_failure(
+            broker, lambda why: (said.append(why), heard.set()), every=0.05
+        )
+        assert heard.wait(10)
+        assert broker.running()  # it ran on: the panic is the failure
+        why = end()
+    assert said == [why] and why == (
+        "panicked: listening | thread 'tokio-rt-worker' (7) panicked at broker.rs:139:18: | "
+        "called unwrap on an Err value: no storage"
+    )
+    assert not folder.exists() and not broker.running()

@@ -18,14 +18,17 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Final, Protocol
+from typing import Final, Protocol
 
 #: How long the bundled broker may take to accept connections (it needs about 0.1 s).
 READY_TIMEOUT_S: Final = 15.0
@@ -329,6 +332,9 @@ class LocalBroker(Listening):
     #: How far :meth:`failure` has read the log for a panic (:class:`PanicWatch`): each
     #: poll reads only what was written since the last.
     _watch: PanicWatch = field(default_factory=PanicWatch, repr=False)
+    #: The folder of its own its log is in, when the caller gave no log: removed once it
+    #: has stopped (by then its failure, if any, has been said).
+    _folder: Path | None = field(default=None, repr=False)
 
     #: The bundled broker: apply its workarounds (never on Apache Kafka).
     local: bool = True
@@ -393,12 +399,46 @@ class LocalBroker(Listening):
         if self._process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._process.wait(timeout=5)
+        if self._folder is not None and not self.running():
+            shutil.rmtree(self._folder, ignore_errors=True)
 
     def __enter__(self) -> LocalBroker:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def watch_failure(
+    broker: RunningBroker, failed: Callable[[str], None], *, every: float = 0.5
+) -> Callable[[], str | None]:
+    """Ask ``broker`` every ``every`` seconds, in a thread of its own, whether it has failed
+    (:meth:`RunningBroker.failure`), and tell ``failed`` why, once: a worker that started
+    the bundled broker stops when it panics or exits, saying its lines, where it waited
+    on a broker that was gone, then said only that its clients could not reach it.
+
+    Returns the watch's end, to call from the thread that started it: it stops the watch
+    and says why the broker failed, ``None`` if it has not (asked after the watch has
+    stopped: a broker's log is not read from two threads at once).
+    """
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(every):
+            why = broker.failure()
+            if why is not None:
+                failed(why)
+                return
+
+    thread = threading.Thread(target=watch, name="broker-watch", daemon=True)
+    thread.start()
+
+    def end() -> str | None:
+        stop.set()
+        thread.join()
+        return broker.failure()
+
+    return end
 
 
 def start_local_broker(
@@ -418,19 +458,36 @@ def start_local_broker(
     defaults (0.0.0.0, localhost:9092) would expose it and send clients to
     the wrong port. Raises :class:`BrokerError` when the port is taken, the
     broker exits, panics (whatever its exit status: Tansu's is 0 then) or does
-    not answer in time, with why (the panic is read from ``log_path``: without
-    one, only an exit is seen).
+    not answer in time, with why, read from its log: ``log_path``, or without one a
+    log in a folder of its own, removed when it stops (a broker with no log said only
+    "exited with status 0" of a panic, Tansu's status after one).
     """
     binary = tansu_binary()
     refuse_listened("the bundled Kafka broker", host, port)
+    folder = None
+    if log_path is None:
+        folder = Path(tempfile.mkdtemp(prefix="viralwatch-broker-"))
+        log_path = folder / "broker.log"
+    try:
+        broker = _start_tansu(binary, host, port, log_path, ready_timeout, attempts)
+    except BaseException:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    broker._folder = folder
+    return broker
+
+
+def _start_tansu(
+    binary: Path, host: str, port: int | None, log_path: Path, ready_timeout: float, attempts: int
+) -> LocalBroker:
+    """:func:`start_local_broker`'s starts, each on a port of its own unless told one."""
     last_error = ""
     for _ in range(attempts if port is None else 1):
         chosen = port if port is not None else free_port(host)
         listener = f"tcp://{host}:{chosen}"
-        log: IO[bytes] | int
-        log = log_path.open("ab") if log_path is not None else subprocess.DEVNULL
-        log_from = log.tell() if not isinstance(log, int) else 0
-        try:
+        with log_path.open("ab") as log:
+            log_from = log.tell()
             proc = subprocess.Popen(
                 [
                     str(binary),
@@ -447,9 +504,6 @@ def start_local_broker(
                 stderr=log,
                 start_new_session=True,  # a Ctrl-C in the terminal is ours to handle, not its
             )
-        finally:
-            if not isinstance(log, int):
-                log.close()
         broker = LocalBroker(host, chosen, proc.pid, log_path, proc, log_from)
         deadline = time.monotonic() + ready_timeout
         failed = None

@@ -80,6 +80,7 @@ from streams.runtime.broker import (
     LocalBroker,
     ensure_topics,
     start_local_broker,
+    watch_failure,
 )
 from streams.runtime.checkpoint import Checkpoint, Gate
 from streams.runtime.faust_adapter import (
@@ -1114,6 +1115,15 @@ def _run_worker(
     policy = load_policy(settings.policy_file)
     settings, broker, shares_partitions = prepare(settings, say)
     oncall = None
+    watched = None
+    if broker is not None:  # a panic ends it (or not: then it answers nothing): stop, say why
+        pid = broker.pid
+
+        def failed(why: str) -> None:
+            say(f"the bundled Kafka broker (pid {pid}) {why}: stopping the worker")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        watched = watch_failure(broker, failed)
     try:
         if settings.uses_dev_key:
             say("VIRALWATCH_PSEUDONYM_KEY is not set; pseudonyms use a development key")
@@ -1161,8 +1171,11 @@ def _run_worker(
     finally:
         if oncall is not None:
             oncall.close()
+        why = watched() if watched is not None else None
         if broker is not None:
             broker.stop()
+        if why is not None:  # the worker's end is the broker's failure (its lines, not "0")
+            raise BrokerError(f"the bundled Kafka broker {why}")
 
 
 def main(argv: list[str] | None = None) -> None:
