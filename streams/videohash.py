@@ -111,7 +111,13 @@ def hash_video(
     if not seconds_per_hash > 0:
         raise ValueError("seconds_per_hash must be positive")
     started = time.monotonic()
-    av.logging.set_level(av.logging.PANIC)  # a damaged file says so through its error
+    # No log callback at all (a damaged file says so through its error): PyAV's callback,
+    # set by any level (PANIC too: it still passes FFmpeg's errors on), takes the GIL in
+    # the decoder's frame threads, while closing the stream early (a limit) frees the codec
+    # holding the GIL and waits for those threads: a frame thread logging an error then
+    # hung both for ever (avcodec_free_context on a lock, av_log on the GIL; one truncated
+    # hash in about 16 at load 10). Without one, FFmpeg's threads never enter Python.
+    av.logging.set_level(None)
     try:
         container = av.open(str(path), mode="r")
     except (av.FFmpegError, UnicodeDecodeError, OSError) as exc:
