@@ -177,6 +177,18 @@ def test_a_long_stream_is_bounded_with_a_clear_message(clips: dict[str, Path]) -
     assert seen[0][1] is not None and 7.9 < seen[0][1] < 8.2
 
 
+def test_hashing_leaves_ffmpeg_no_log_callback_into_python(clips: dict[str, Path]) -> None:
+    """PyAV's log callback (any level set: PANIC still passes FFmpeg's errors on) takes the
+    GIL in the decoder's frame threads; a stream cut short by a limit frees its codec holding
+    the GIL and waits for them: a frame thread logging then hung the test above (once at
+    load 15; 20 rounds of two cut hashes hung at the 7th at load 9). None is set: FFmpeg's
+    threads never enter Python."""
+    av.logging.set_level(av.logging.PANIC)  # what hash_video set before
+    rec = hash_file(clips["original"], limits=VideoLimits(max_frames=2))
+    assert isinstance(rec, VideoHashes) and rec.truncated is not None
+    assert av.logging.get_level() is None
+
+
 def test_hash_command_on_videos_and_bank_match(clips: dict[str, Path], tmp_path: Path) -> None:
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 broken")
