@@ -33,6 +33,29 @@ EARLIER = (
 )
 
 
+#: a bundled broker that serves (accepts on its port), then panics in a runtime thread
+#: and runs on (Tansu ends with status 0 after such a panic, or may not end)
+SERVES_THEN_PANICS = """
+import socket, sys, time
+url = sys.argv[sys.argv.index("--listener-url") + 1]
+host, port = url.removeprefix("tcp://").rsplit(":", 1)
+server = socket.create_server((host, int(port)))  # accepts: ready
+print("listening", flush=True)
+time.sleep(1)
+print("thread 'tokio-rt-worker' (7) panicked at broker.rs:139:18:", flush=True)
+print("called unwrap on an Err value: no storage", flush=True)
+time.sleep(60)
+"""
+
+
+def tansu_standing_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> None:
+    """A program standing in for the bundled broker (``tansu_binary``), run as it is."""
+    program = tmp_path / "tansu"
+    program.write_text(f"#!{sys.executable}\n" + textwrap.dedent(script))
+    program.chmod(0o755)
+    monkeypatch.setattr(broker_module, "tansu_binary", lambda: program)
+
+
 def node(tmp_path: Path, program: str) -> KafkaBroker:
     """A program standing in for a Kafka node, writing to a log an earlier start wrote."""
     log = tmp_path / "kafka.log"
@@ -99,25 +122,7 @@ def test_the_broker_command_ends_on_a_panic_of_the_bundled_broker_that_runs_on(
     """``viralwatch broker``'s wait: the bundled broker serves, then panics in a thread and
     runs on (Tansu ends with status 0 after such a panic, or may not end): the command
     says so and exits 2, the broker stopped, where it waited on before."""
-    program = tmp_path / "tansu"
-    program.write_text(
-        f"#!{sys.executable}\n"
-        + textwrap.dedent(
-            """
-            import socket, sys, time
-            url = sys.argv[sys.argv.index("--listener-url") + 1]
-            host, port = url.removeprefix("tcp://").rsplit(":", 1)
-            server = socket.create_server((host, int(port)))  # accepts: ready
-            print("listening", flush=True)
-            time.sleep(1)
-            print("thread 'tokio-rt-worker' (7) panicked at broker.rs:139:18:", flush=True)
-            print("called unwrap on an Err value: no storage", flush=True)
-            time.sleep(60)
-            """
-        )
-    )
-    program.chmod(0o755)
-    monkeypatch.setattr(broker_module, "tansu_binary", lambda: program)
+    tansu_standing_in(tmp_path, monkeypatch, SERVES_THEN_PANICS)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     began = time.monotonic()
     try:
@@ -208,14 +213,6 @@ def test_a_panic_written_in_two_parts_is_found(tmp_path: Path, cut: int) -> None
     )
 
 
-def tansu_standing_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> None:
-    """A program standing in for the bundled broker (``tansu_binary``), run as it is."""
-    program = tmp_path / "tansu"
-    program.write_text(f"#!{sys.executable}\n" + textwrap.dedent(script))
-    program.chmod(0o755)
-    monkeypatch.setattr(broker_module, "tansu_binary", lambda: program)
-
-
 def test_a_worker_whose_embedded_broker_panics_at_its_start_says_the_panic(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -250,21 +247,7 @@ def test_a_bundled_broker_that_panics_while_it_serves_is_said_by_its_watch(
     """The worker's watch (``watch_failure``) on the bundled broker it started with no log
     of the caller's: the broker serves, then panics and runs on; the watch says its lines
     once, its end says them again, and the broker's log folder goes when it stops."""
-    tansu_standing_in(
-        tmp_path,
-        monkeypatch,
-        """
-        import socket, sys, time
-        url = sys.argv[sys.argv.index("--listener-url") + 1]
-        host, port = url.removeprefix("tcp://").rsplit(":", 1)
-        server = socket.create_server((host, int(port)))  # accepts: ready
-        print("listening", flush=True)
-        time.sleep(0.5)
-        print("thread 'tokio-rt-worker' (7) panicked at broker.rs:139:18:", flush=True)
-        print("called unwrap on an Err value: no storage", flush=True)
-        time.sleep(60)
-        """,
-    )
+    tansu_standing_in(tmp_path, monkeypatch, SERVES_THEN_PANICS)
     said: list[str] = []
     heard = threading.Event()
     with broker_module.start_local_broker() as broker:
