@@ -1238,7 +1238,8 @@ class ResolvePartition(RoutingHost):
 
     def _progress(self, wm: int) -> int:
         """The watermark, held back by reshares still waiting here (see the class doc); the
-        index's owner's, by its peers' too, and by the uploads it has yet to cluster."""
+        index's owner's, by the time up to which its peers have sent it their uploads
+        (:meth:`_asked`) too, and by the uploads it has yet to cluster."""
         if wm == NO_TIME:
             return NO_TIME
         settled = self._settled(wm)
