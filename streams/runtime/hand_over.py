@@ -192,7 +192,9 @@ class HandOver:
         self, hop: Hop, envelopes: Mapping[int, Envelope]
     ) -> dict[int, list[bytes | Envelope]]:
         """Which envelopes the next stage gets in-process (each after the unread ones of its
-        partition); the others are sent through ``hop``'s topic."""
+        partition): those to a partition whose short way is open (:meth:`Hop.ready`), or
+        that was handed one in-process since the writes were last acknowledged (``handed``:
+        see the module doc); the others are sent through ``hop``'s topic."""
         short = self.short
         local: dict[int, list[bytes | Envelope]] = {}
         handed = hop.handed
