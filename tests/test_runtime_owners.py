@@ -661,6 +661,8 @@ def torn_run(
     after_release: bool = False,
     copies: bool = True,
     restarts: int = 40,
+    topics: bool = False,
+    commit_internal: bool = False,
 ) -> tuple[LocalRun, list[bytes], set[str]]:
     """An hour of the simulator's traffic (the integration test's stream: 255 takedown
     requests), every hop in process, a worker killed ``restarts`` times (placed kills: a
@@ -668,7 +670,9 @@ def torn_run(
     tables' records written since everything was last acknowledged, what Kafka may lose
     (a random tail of each changelog partition: see :class:`Tear`); ``after_release``:
     the kills placed after releases of events held before a checkpoint began (see
-    :class:`Tear`); ``copies``: off, nothing handed over in-process is copied. With
+    :class:`Tear`); ``copies``: off, nothing handed over in-process is copied; ``topics``:
+    the internal topics' records not acknowledged torn too; ``commit_internal``: the
+    internal topics' offsets committed with the shares' (see :class:`LocalRun`). With
     replay's alerts and takedown requests."""
     sim = simulate(Scenario(seed=7, minutes=60, **IN_TIME))  # type: ignore[arg-type]
     run = local_run(
@@ -678,9 +682,10 @@ def torn_run(
         local_peers=True,
         local_resolve=True,
         local_clusters=True,
-        tear=Tear(after_release=after_release),
+        tear=Tear(after_release=after_release, topics=topics),
         gate_resolve_log=gated,
         copy_handed=copies,
+        commit_internal=commit_internal,
     )
     pipe = Pipeline(
         bank_of(sim.bank), AlertPolicy.default(), pseudonymizer=Pseudonymizer(DEV_PSEUDONYM_KEY)
@@ -768,6 +773,62 @@ def test_kills_after_releases_of_events_held_before_a_checkpoint_lose_no_takedow
     # again after each kill, clustered again by the index's owner, were applied once
     assert unbanked_of(run) == unbanked_unkilled()
     # nor an upload counted twice in unmatched_uploads (or matched) for being read again
+    assert_uploads_counted_once(run)
+
+
+def test_a_kill_keeps_a_prefix_of_each_topic_partition_s_records_not_acknowledged() -> None:
+    """``Tear(topics=True)``: of the records sent to an internal topic since the last
+    acknowledgement (or before the mark an acknowledgement names), a kill keeps a random
+    prefix of each partition's, never shorter than what was read of them (a record read
+    was on the broker); each partition on its own."""
+    kept: set[tuple[int, int]] = set()
+    for seed in range(40):
+        tear = Tear(topics=True)
+        topics: dict[str, list[list[tuple[int, int, bytes]]]] = {"resolve": [[], []]}
+
+        def send(p: int, i: int, tear: Tear = tear, topics: Any = topics) -> None:
+            topics["resolve"][p].append(record := (0, i, b"%d" % i))
+            tear.sent_record("resolve", p, record)
+
+        send(0, 0)
+        tear.acknowledged()  # record 0 is on the broker
+        send(0, 1)
+        mark = tear.mark()
+        send(0, 2)
+        tear.acknowledged(mark)  # record 1 too (sent before the mark), not record 2
+        for i in range(3, 8):
+            send(0, i)
+            send(1, 10 + i)
+        topics["resolve"][0] = topics["resolve"][0][4:]  # 0-3 read: 2 and 3 stay
+        tear.kill(random.Random(seed), topics)
+        left = [m for _, m, _ in topics["resolve"][0]]
+        assert left == list(range(4, 4 + len(left))), left  # a prefix of the unread
+        other = [m for _, m, _ in topics["resolve"][1]]
+        assert other == list(range(13, 13 + len(other))), other
+        assert tear.torn_records == 8 - 4 - len(left) + 5 - len(other)
+        assert tear.records == []  # a new process: nothing of its own sent yet
+        kept.add((len(left), len(other)))
+    assert {n for n, _ in kept} == set(range(5)) and len(kept) > 10  # all, none, and between
+
+
+@pytest.mark.parametrize("seed", kill_seeds())
+def test_kills_that_tear_the_internal_topics_lose_no_takedown_request(seed: int) -> None:
+    """A kill loses the last records sent to the internal topics (``resolve``, ``clusters``)
+    that were not acknowledged, too (``Tear(topics=True)``), and the records read from them
+    since the last commit are read again (``commit_internal``: their offsets committed with
+    the shares', not at each step, so what a step made of them can be torn as well): the
+    placed kills still give replay's alerts and takedown requests, each once, no event late,
+    the unbanked clusters of a run without kills. (Seeds 0-59 at 40 restarts: none lost,
+    placed and spread kills, 33-215 records torn a run.)"""
+    run, alerts, actions = torn_run(
+        seed, after_release=True, restarts=kill_restarts(), topics=True, commit_internal=True
+    )
+    assert run.tear is not None and run.tear.torn_records > 0
+    assert run.kills > 0 and len(actions) == 255
+    assert set(run.actions) == actions
+    assert_replay_alert_records(list(run.alerts.values()), alerts)
+    assert run.resent == [] and run.stats.late == 0
+    assert unbanked_of(run) == unbanked_unkilled()
     assert_uploads_counted_once(run)
 
 

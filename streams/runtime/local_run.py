@@ -121,6 +121,13 @@ class Tear:
     each partition's batches on their own: any of them may be on the broker when the
     process dies, the others not). A kill keeps a random prefix of each.
 
+    With ``topics``, the records sent to the internal topics (``resolve``, ``clusters``)
+    since they were last acknowledged are torn the same way, each topic partition's on
+    its own: a random prefix of them is kept, never shorter than what was read already
+    (a record read was on the broker). Without, every record sent to a topic is kept, as
+    if acknowledged when sent: the tables' tear alone (the model before; its seeds' kills
+    fall where its tests say).
+
     Where the kills fall: at the points :class:`LocalRun` spreads over the input, or, with
     ``after_release``, at the first point after each of them where the runtime's own events
     say a kill can tear what the copies mend: a release of an event held before a
@@ -133,7 +140,12 @@ class Tear:
 
     #: kill only where a release of an event held before a checkpoint can be torn (above)
     after_release: bool = False
+    #: tear the internal topics' records not acknowledged too (above)
+    topics: bool = False
     writes: list[Write] = field(default_factory=list)
+    #: the internal topics' records sent and not acknowledged (with ``topics``), oldest
+    #: first: (topic, partition, the record, its place among the writes: see :meth:`mark`)
+    records: list[tuple[str, int, Record, int]] = field(default_factory=list)
     #: the writes not sent yet, by table and key, oldest first
     _unsent: dict[tuple[str, bytes], list[Write]] = field(default_factory=dict)
 
@@ -141,28 +153,41 @@ class Tear:
         table.tear = self
 
     def stored(self, table: Table, key: bytes, old: bytes | None, new: bytes | None) -> None:
-        self.writes.append(w := Write(table, key, old, new, self.mark()))
+        self.writes.append(w := Write(table, key, old, new, self._next()))
         self._unsent.setdefault((table.name, key), []).append(w)
 
     def mark(self) -> int:
-        """Where the writes stand now (see :meth:`acknowledged`)."""
-        return self.writes[-1].seq + 1 if self.writes else self._seq
+        """Where the writes and the topics' records stand now (see :meth:`acknowledged`)."""
+        return self._seq
 
+    #: the place of the next write or record (one count for both: a mark taken between a
+    #: record and a write tells which came first)
     _seq: int = 0
+
+    def _next(self) -> int:
+        self._seq += 1
+        return self._seq - 1
 
     def sent(self, table: Table, partition: int, key: bytes) -> None:
         waiting = self._unsent.get((table.name, key))
         if waiting:
             waiting.pop(0).partition = partition
 
+    def sent_record(self, topic: str, partition: int, record: Record) -> None:
+        """A record sent to an internal topic: torn by a kill until acknowledged."""
+        if self.topics:
+            self.records.append((topic, partition, record, self._next()))
+
     def acknowledged(self, upto: int | None = None) -> None:
         """Everything sent so far (before :meth:`mark` said ``upto``) is on the broker."""
-        self._seq = self.mark()
         upto = self._seq if upto is None else upto
         self.writes = [w for w in self.writes if w.partition is None or w.seq >= upto]
+        self.records = [r for r in self.records if r[3] >= upto]
 
-    def kill(self, rng: random.Random) -> list[Write]:
-        """Take back what a kill now loses (at random, within Kafka's order); what it lost."""
+    def kill(self, rng: random.Random, topics: Topics | None = None) -> list[Write]:
+        """Take back what a kill now loses (at random, within Kafka's order); what it lost.
+        With ``topics`` (and :attr:`topics` set), the topics' records it lost are taken off
+        them too (:attr:`torn_records` counts them)."""
         streams: dict[tuple[str, int], list[int]] = {}
         lost: list[int] = []
         for i, w in enumerate(self.writes):
@@ -179,9 +204,27 @@ class Tear:
             else:
                 dict.__setitem__(w.table, w.key, w.old)
         taken = [self.writes[i] for i in sorted(lost)]
-        self._seq = self.mark()
-        self.writes, self._unsent = [], {}
+        if topics is not None:
+            self._tear_topics(rng, topics)
+        self.writes, self.records, self._unsent = [], [], {}
         return taken
+
+    #: the topics' records kills took back
+    torn_records: int = 0
+
+    def _tear_topics(self, rng: random.Random, topics: Topics) -> None:
+        """Of each topic partition's records not acknowledged, keep a random prefix at least
+        as long as what was read of them (those still unread are its list's tail)."""
+        sent: dict[tuple[str, int], list[Record]] = {}
+        for topic, partition, record, _ in self.records:
+            sent.setdefault((topic, partition), []).append(record)
+        for (topic, partition), records in sent.items():
+            unread = set(topics[topic][partition])
+            read = sum(1 for r in records if r not in unread)
+            gone = set(records[rng.randint(read, len(records)) :])
+            if gone:
+                topics[topic][partition] = [r for r in topics[topic][partition] if r not in gone]
+                self.torn_records += len(gone)
 
 
 @dataclass
@@ -241,6 +284,10 @@ class LocalRun:
     #: what is handed over in-process that a replacement cannot make again is copied to the
     #: resolve topic (the worker's way; off: a test's check that the kill model then fails)
     copy_handed: bool = True
+    #: the internal topics' records read are committed with the ``shares`` offsets (every
+    #: ``commit_every`` steps), not at once: a kill reads those read since again (off: a
+    #: step reading an internal topic commits it, everything sent before acknowledged)
+    commit_internal: bool = False
     #: the wire version written on the topics (a worker's ``VIRALWATCH_WIRE_VERSION``)
     wire: WireVersion = LATEST_WIRE
     #: the alerts and takedown requests (by key) a kill lost before the broker had them
@@ -299,7 +346,9 @@ class LocalRun:
                 mark = next(marks)
                 # in the topics' wire version, as a worker sends it
                 raw = envelope.pack(self.wire) if isinstance(envelope, Envelope) else envelope
-                topics[name][partition].append((incarnation, mark, raw))
+                topics[name][partition].append(record := (incarnation, mark, raw))
+                if self.tear is not None:
+                    self.tear.sent_record(name, partition, record)
                 return mark
 
             return send
@@ -426,6 +475,8 @@ class LocalRun:
         incarnation = 0
         topology, checkpoint, topics = self.build(rng, tables=tables)
         resolve, clusters = topics["resolve"], topics["clusters"]
+        #: with commit_internal: the internal topics' records read since the last commit
+        reread: Topics = {name: [[] for _ in range(n)] for name in topics}
         #: the next ``shares`` record to read, and the last committed, per partition
         pos, committed, seen = [0] * n, [0] * n, [0] * n
         #: the newest event time of each partition, committed with its offset (as the
@@ -468,9 +519,14 @@ class LocalRun:
                 incarnation += 1  # a new process: its state comes from the logs alone
                 self.kills += 1
                 if self.tear is not None:
-                    self._killed(self.tear.kill(rng))
+                    self._killed(self.tear.kill(rng, topics))
+                for name, parts in reread.items():  # read again from the last commit
+                    for q, records in enumerate(parts):
+                        topics[name][q] = records + topics[name][q]
+                        parts[q] = []
                 topology, checkpoint, _ = self.build(rng, topics, tables, incarnation)
                 release = None
+                flushed = False  # (a replacement after the input's end goes idle in turn)
                 if self.tear is not None and self.tear.after_release:
                     topology.on_released = released
                 for update in applied:  # its bank follower reads the bank topic again
@@ -517,20 +573,27 @@ class LocalRun:
                 )
             elif stage == "r":
                 records, resolve[p] = resolve[p][:size], resolve[p][size:]
+                if self.commit_internal:
+                    reread["resolve"][p] += records
                 topology.resolve_received({p: received(hops.resolve, p, records)})
                 if self._opens(hops.resolve, p, resolve[p]):
                     hops.resolve.read_from(p)
             else:
                 records, clusters[p] = clusters[p][:size], clusters[p][size:]
+                if self.commit_internal:
+                    reread["clusters"][p] += records
                 topology.detect(p, received(hops.clusters, p, records))
                 if self._opens(hops.clusters, p, clusters[p]):
                     hops.clusters.read_from(p)
             checkpoint.stage()
             steps += 1
-            if stage != "s":  # its records are not read again: as if Faust committed them
+            if stage != "s" and not self.commit_internal:  # as if Faust committed them
                 self._acknowledged(checkpoint)
             if steps % self.commit_every == 0:
                 self._acknowledged(checkpoint)
+                for parts in reread.values():
+                    for q in range(n):
+                        parts[q] = []
                 committed = pos[:]
                 committed_time = [topology.ingest.clock.newest(p) for p in range(n)]
         self.actions.update((k.decode(), v) for k, v in tables["actions-sent"].items())
