@@ -818,8 +818,10 @@ def test_kills_that_tear_the_internal_topics_lose_no_takedown_request(seed: int)
     since the last commit are read again (``commit_internal``: their offsets committed with
     the shares', not at each step, so what a step made of them can be torn as well): the
     placed kills still give replay's alerts and takedown requests, each once, no event late,
-    the unbanked clusters of a run without kills. (Seeds 0-59 at 40 restarts: none lost,
-    placed and spread kills, 33-215 records torn a run.)"""
+    the unbanked clusters of a run without kills. (Seeds 0-19 at 40 restarts, 52-227
+    records torn a run. Of 20-59, seeds 30 and 49 have 3 and 1 events late, their alerts
+    and takedown requests replay's: not diagnosed yet, see docs/compiled-core.md, "Small
+    mends: the embedded broker's log, a PyAV hang, the kill model tears the topics".)"""
     run, alerts, actions = torn_run(
         seed, after_release=True, restarts=kill_restarts(), topics=True, commit_internal=True
     )
