@@ -757,13 +757,15 @@ class IncrementalPredictor:
             merged.append(b)
         self._coarse = merged
 
-    def _arrays(self) -> list[FloatArray]:
-        """Per bucket: lo, hi, reshares, followers, follower-weighted mean time, sum of
-        reshare times.
+    def _arrays(self) -> _Columns:
+        """Per bucket: lo, reshares, followers, followers x time, sum of reshare times (one
+        new array of five rows, each row contiguous), and where the merged buckets' his are.
 
         The narrow buckets' table is kept between calls and only the buckets
         touched since are rewritten, so a prediction on a hot cascade costs
-        NumPy work over the buckets plus Python work over the few new ones.
+        NumPy work over the buckets plus Python work over the few new ones. What is
+        computed from the columns (each bucket's hi and follower-weighted mean time) is
+        left to :meth:`StateRead.features`: a read no decision computes never makes it.
         """
         width = self._cfg.bucket_s
         table = self._fine_table
@@ -790,18 +792,13 @@ class IncrementalPredictor:
             self._old_table = np.array(self._coarse, dtype=np.float64).reshape(-1, 7)
         old = self._old_table
         # one array of five rows (lo, n, d, dt, st), each row contiguous, made in one
-        # call: the per-bucket figures are those of the two tables, in the same order
+        # call: the per-bucket figures are those of the two tables, in the same order.
+        # The merged buckets' his are a view of their table, which is never written
+        # (a change makes a new one)
         if old.shape[0]:
             cols = np.concatenate([table.T, old[:, _OLD_COLUMNS].T], axis=1)
-            hi = cols[0] + width
-            hi[table.shape[0] :] = old[:, _HI]
-        else:
-            cols = table.T.copy()
-            hi = cols[0] + width
-        lo, n, d, dt, st = cols
-        has = d > 0
-        centre = np.where(has, dt / np.where(has, d, 1.0), (lo + hi) / 2.0)
-        return [lo, hi, n, d, centre, st]
+            return _Columns(cols, old[:, _HI])
+        return _Columns(table.T.copy(), None)
 
     def features(self, now_s: float) -> Features:
         """The state's summary at ``now_s``: what both models are computed from."""
@@ -833,12 +830,12 @@ class IncrementalPredictor:
         """
         cfg = self._cfg
         if self._ref is None:
-            return StateRead(cfg, None, 0.0, 0.0, 0, 0.0, ((), 0.0, 0.0, 0.0), None)
+            return StateRead(cfg, None, 0.0, 0.0, 0, 0.0, (0.0, 0.0, 0.0), None)
         self._age_buckets()
         p = float(now_s) - self._ref
         age = float(now_s) - self._origin
         last = self._last_reshare if self._reshares else self._origin
-        early = ((), float(now_s) - last, self._followers_seen, self._original_followers)
+        early = (float(now_s) - last, self._followers_seen, self._original_followers)
         # the latest posts before p (self._recent is sorted by time): R's window widened
         # back to min_count + 1 of them if it holds fewer than min_count
         recent_posts = self._recent
@@ -851,14 +848,22 @@ class IncrementalPredictor:
                     0
                 ]
                 window = p - first
-        arrays = self._arrays()
         return StateRead(
-            cfg, arrays, p, age, self._reshares, self._origin - self._ref, early, window
+            cfg, self._arrays(), p, age, self._reshares, self._origin - self._ref, early, window
         )
 
     def predict(self, now_s: float, model: Model | None = None) -> Forecast:
         """Forecast the final number of reshares, as seen at ``now_s``."""
         return self.read(now_s).predict(model)
+
+
+class _Columns(NamedTuple):
+    """The buckets' columns as a forecast reads them (:meth:`IncrementalPredictor._arrays`)."""
+
+    #: lo, n, d, dt, st: one row each, the narrow buckets first, then the merged ones
+    cols: FloatArray
+    #: the merged buckets' his (a narrow one's is its lo plus the width); None: none
+    old_hi: FloatArray | None
 
 
 class StateRead:
@@ -869,27 +874,28 @@ class StateRead:
     it is asked, whatever was added to the state since.
     """
 
-    __slots__ = ("_age", "_arrays", "_cfg", "_early", "_origin", "_p", "_reshares", "_window")
+    __slots__ = ("_age", "_cfg", "_columns", "_early", "_origin", "_p", "_reshares", "_window")
 
     def __init__(
         self,
         cfg: PredictorConfig,
-        arrays: list[FloatArray] | None,
+        columns: _Columns | None,
         p: float,
         age: float,
         reshares: int,
         origin: float,
-        early: tuple[tuple[float, ...], float, float, float],
+        early: tuple[float, float, float],
         window: float | None,
     ) -> None:
         self._cfg = cfg
-        #: lo, hi, n, d, centre, st per bucket (None: no post yet)
-        self._arrays = arrays
+        #: the buckets' columns (None: no post yet)
+        self._columns = columns
         #: the forecast's time and the first post's, from the state's reference
         self._p, self._origin = p, origin
         self._age = age
         self._reshares = reshares
-        #: recent (filled in from the buckets), since the last reshare, followers
+        #: since the last reshare, followers of the reshares, of the originals (the
+        #: recent counts are computed from the columns, with the rest)
         self._early = early
         #: the estimation window (None: no post before the forecast's time)
         self._window = window
@@ -901,18 +907,24 @@ class StateRead:
     def features(self) -> Features:
         """The figures, as :meth:`IncrementalPredictor.features` computed them then."""
         cfg = self._cfg
-        if self._arrays is None:
+        if self._columns is None:
             return Features(0.0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         p, age = self._p, self._age
-        lo, hi, n, d, centre, st = self._arrays
+        cols, old_hi = self._columns
+        lo, n, d, dt, st = cols
         width = cfg.bucket_s
         # reshare counts are whole numbers, so their sums are exact in any order
         starts = [width * math.floor((p - w) / width) for w in RECENT_WINDOWS_S]
         recent = tuple(((lo >= np.array(starts)[:, None]) @ n).tolist())
-        early = (recent, *self._early[1:])
+        early = (recent, *self._early)
         window = self._window
         if window is None:
             return Features(max(age, 0.0), self._reshares, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, *early)
+        hi = lo + width
+        if old_hi is not None:
+            hi[hi.shape[0] - old_hi.shape[0] :] = old_hi
+        has = d > 0
+        centre = np.where(has, dt / np.where(has, d, 1.0), (lo + hi) / 2.0)
         slope = 1.0 / window
         start = p - window
         ages = p - centre
