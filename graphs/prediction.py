@@ -605,12 +605,15 @@ class IncrementalPredictor:
         "_coarse",
         "_dirty",
         "_fine",
+        "_fine_buf",
+        "_fine_limit",
         "_fine_rows",
         "_fine_table",
         "_floor_key",
         "_followers_seen",
         "_last_reshare",
         "_latest",
+        "_old_columns",
         "_old_table",
         "_origin",
         "_original_followers",
@@ -626,12 +629,18 @@ class IncrementalPredictor:
         self._origin = math.inf
         self._latest = -math.inf
         self._fine: dict[int, list[float]] = {}
+        # narrow buckets held past this many: age them (the config's, kept: add reads it)
+        self._fine_limit = config.fine_horizon_s / config.bucket_s + 2 * _FLUSH_SLACK
         self._floor_key: int | None = None
-        # arrays of the buckets as last used by features(), patched where dirty
+        # arrays of the buckets as last used by features(), patched where dirty: the
+        # narrow ones' table is the head of a buffer with room to add rows in place
         self._fine_table: FloatArray | None = None
+        self._fine_buf: FloatArray | None = None
         self._fine_rows: dict[int, int] = {}
         self._dirty: set[int] = set()
         self._old_table: FloatArray | None = None
+        # the merged buckets' columns as a read copies them, and their his
+        self._old_columns: tuple[FloatArray, FloatArray] | None = None
         self._coarse: list[list[float]] = []
         self._recent: list[tuple[float, bool]] = []
         self._posts = 0
@@ -704,7 +713,7 @@ class IncrementalPredictor:
             b[_DT] += d * t
             b[_ST] += t * reshare
             self._dirty.add(key)
-            if len(self._fine) > self._cfg.fine_horizon_s / self._cfg.bucket_s + 2 * _FLUSH_SLACK:
+            if len(self._fine) > self._fine_limit:
                 self._age_buckets()
 
     def _add_old(self, t: float, d: float, reshare: bool) -> None:
@@ -774,6 +783,7 @@ class IncrementalPredictor:
             self._fine_rows = {k: i for i, k in enumerate(keys)}
             table = np.array([self._fine[k] for k in keys], dtype=np.float64).reshape(-1, 5)
             table[:, _M] = np.array(keys, dtype=np.float64) * width  # column 0 holds lo
+            self._fine_buf = table
         elif self._dirty:
             fresh: list[list[float]] = []
             for k in self._dirty:
@@ -784,20 +794,27 @@ class IncrementalPredictor:
                     fresh.append([k * width, b[_N], b[_D], b[_DT], b[_ST]])
                 else:
                     table[row, 1:] = b[1:]
-            if fresh:
-                table = np.concatenate([table, np.array(fresh, dtype=np.float64)])
+            if fresh:  # written in the buffer's room (twice the rows when it has none)
+                used, end = table.shape[0], table.shape[0] + len(fresh)
+                buf = self._fine_buf
+                if buf is None or buf.shape[0] < end:
+                    buf = self._fine_buf = np.empty((2 * end, 5))
+                    buf[:used] = table
+                buf[used:end] = fresh
+                table = buf[:end]
         self._dirty.clear()
         self._fine_table = table
         if self._old_table is None:
-            self._old_table = np.array(self._coarse, dtype=np.float64).reshape(-1, 7)
-        old = self._old_table
+            old = self._old_table = np.array(self._coarse, dtype=np.float64).reshape(-1, 7)
+            # kept until the merged buckets change (a change makes a new table: this one
+            # is never written, so a read may hold a view of it)
+            self._old_columns = (old[:, _OLD_COLUMNS].T, old[:, _HI]) if old.shape[0] else None
         # one array of five rows (lo, n, d, dt, st), each row contiguous, made in one
-        # call: the per-bucket figures are those of the two tables, in the same order.
-        # The merged buckets' his are a view of their table, which is never written
-        # (a change makes a new one)
-        if old.shape[0]:
-            cols = np.concatenate([table.T, old[:, _OLD_COLUMNS].T], axis=1)
-            return _Columns(cols, old[:, _HI])
+        # call: the per-bucket figures are those of the two tables, in the same order
+        old_columns = self._old_columns
+        if old_columns is not None:
+            cols = np.concatenate([table.T, old_columns[0]], axis=1)
+            return _Columns(cols, old_columns[1])
         return _Columns(table.T.copy(), None)
 
     def features(self, now_s: float) -> Features:
