@@ -254,6 +254,12 @@ class ClusterState:
         """The forecast the policy last made (``None``: none yet, or no reshare then)."""
         return self.forecast() if self.forecast is not None else None
 
+    def since_first_s(self, ts_ms: int) -> float:
+        """Seconds from the cluster's first event to ``ts_ms``: the time its predictor is
+        given, a post's and a forecast's (one expression for all: were one written apart
+        and changed alone, the forecasts' last bits would part)."""
+        return (ts_ms - self.first_seen_ms) / 1000
+
 
 @dataclass(frozen=True, slots=True)
 class UnbankedCluster:
@@ -837,7 +843,7 @@ class Detector:
             # followers None is "unknown" (the network average), not zero; an
             # upload shows its audience but is not itself a reshare
             st.predictor.add(
-                max(0.0, (ev.ts_ms - st.first_seen_ms) / 1000),
+                max(0.0, st.since_first_s(ev.ts_ms)),
                 ev.followers,
                 original=ev.type == "upload",
             )
@@ -866,7 +872,7 @@ class Detector:
             and st.cascade.size >= rule.min_observed  # a smaller one cannot fire it: see figures
             and (now - st.predicted_at_ms >= self.predict_every_ms)
         ):
-            st.forecast = later = st.predictor.read((now - st.first_seen_ms) / 1000)
+            st.forecast = later = self._read_forecast(st, now)
             st.predicted_at_ms = now
             # The rule's answer decides something only in an episode a velocity rule opens
             # now or opened before, and not once its severity fired there (then it adds a
@@ -1137,7 +1143,7 @@ class Detector:
             st.predictor = p = self.predictor_factory()
             g = _graph(st).graph
             for _, data in sorted(g.nodes(data=True), key=lambda n: n[1]["ts_ms"]):
-                t = max(0.0, (data["ts_ms"] - st.first_seen_ms) / 1000)
+                t = max(0.0, st.since_first_s(data["ts_ms"]))
                 p.add(t, None, original=data["level"] == 0)
 
     def _resolve(self, st: ClusterState, ts: int, reason: str) -> None:
@@ -1379,9 +1385,12 @@ class Detector:
 
     # -- figures ----------------------------------------------------------
 
-    def _forecast(self, st: ClusterState, now: int) -> Prediction | None:
+    def _read_forecast(self, st: ClusterState, now: int) -> Callable[[], Prediction | None]:
+        """The forecast of ``st`` at ``now``, its state read now (the policy's on its
+        schedule, an alert's of a small cluster): one piece, so that both read at the same
+        time for the same instant."""
         assert st.predictor is not None
-        return st.predictor.predict((now - st.first_seen_ms) / 1000)
+        return st.predictor.read(st.since_first_s(now))
 
     def figures(self, st: ClusterState, now: int) -> CascadeFigures:
         """What an alert says of its cascade at ``now``.
@@ -1395,7 +1404,7 @@ class Detector:
         prediction = st.prediction
         rule = self.policy.predicted
         if st.predictor is not None and rule is not None and c.size < rule.min_observed:
-            prediction = self._forecast(st, now)
+            prediction = self._read_forecast(st, now)()
         rates = [v.rate(w, now) for w in WINDOWS_MS]
         return _figures(c, rates, v.acceleration(now), prediction)
 
