@@ -202,6 +202,14 @@ class Decisions:
     def __bool__(self) -> bool:
         return bool(self.alerts or self.actions or self.rejections or self.evicted_posts)
 
+    def clear(self) -> None:
+        """Empty every list in place: a host that has taken the decisions (replay's, after
+        each event that made one: under a takedown, every post) makes no new record."""
+        self.alerts.clear()
+        self.actions.clear()
+        self.rejections.clear()
+        self.evicted_posts.clear()
+
 
 @dataclass
 class ClusterState:

@@ -192,8 +192,10 @@ class Pipeline(LoopHost, RoutingHost):
         if held is not None:  # the loop's settlement (LoopHost._settle)
             self.stats.held += held
             self.stats.orphans_held = self.router.held
-        if self.detector.outbox:
-            self._merge(self.detector.drain())
+        outbox = self.detector.outbox
+        if outbox:  # taken in place: under a takedown every post makes a decision
+            self._merge(outbox)
+            outbox.clear()
 
     def _expire(self, watermark_ms: int) -> None:
         for rejection in self.router.expire(watermark_ms):
