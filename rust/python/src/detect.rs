@@ -30,10 +30,10 @@ use crate::content::PyContentSignals;
 use crate::dedupe::with_id;
 use crate::ev::{Ev, EvBatch, Image};
 use crate::posts::PyPostRoutes;
-use crate::record;
 use crate::routing::{image_signals, low_pdq, Cluster};
 use crate::unbanked::{crossing_row, CrossingRow, UnbankedClusters};
 use crate::wire_read::{by_partition, RoutedItem, WireReader};
+use crate::{record, Turns};
 
 /// What the reorder buffer holds: a routed event (its cluster, read once where it was
 /// routed, and the `Routed` record when one was made: a banked or allow-listed upload in
@@ -614,7 +614,14 @@ impl Detect {
         host: &Bound<'_, PyAny>,
         items: Vec<Item>,
     ) -> PyResult<()> {
+        // The GIL given up for a moment between items (`Turns`). Safe: no cell is borrowed
+        // across it (each item's borrows of the store and the index end with it); this
+        // loop's own object is borrowed through its cell for the call (another thread
+        // asking for it would be refused, not let in: none does, the partition is this
+        // worker loop's).
+        let mut turns = Turns::new();
         for item in items {
+            turns.tick(py);
             let (cluster, event, ts, routed) = match item {
                 Item::Bank(update) => {
                     self.python_apply(host, update.into_bound(py))?;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyList, PyString, PyType};
+use pyo3::types::{PyBytes, PyList, PyString, PyType};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use viralwatch_core::event::{self, Compact, Kind as EventKind};
@@ -24,7 +24,7 @@ use viralwatch_core::pdq;
 use viralwatch_core::unbanked::{Event as StoreEvent, Kind};
 
 use crate::unbanked::{kind_of, with_event as with_py_event};
-use crate::{event_record, line_bytes, rejection_record, Classes, PyJudge};
+use crate::{event_record, line_bytes, rejection_record, Classes, DetachedJudge};
 
 /// What `streams.events` gives the core once, at import (`_core.set_event_types`): its
 /// record classes, its reader of timestamps the core leaves to it, and its reader of a
@@ -279,36 +279,66 @@ pub(crate) enum Line {
 /// Parse and validate a batch of input lines (``bytes``) into the loop's events, as
 /// ``streams.events.parse_events`` reads them (the same parser; a video's upload made
 /// Python's record by ``streams.events._video``, which reads its frames).
+///
+/// The parse runs with the GIL released (`Python::detach`): a batch of a few thousand
+/// lines is milliseconds of pure work, during which the worker's other thread (Faust's
+/// consumer, aiokafka's fetches) could not run. Safe: each line is a `bytes` object,
+/// immutable, held by `held` (a strong reference each) until the parse is done, so the
+/// slices the parse reads stay valid whatever another thread does to ``lines``; the
+/// parse reads no Python object but through `DetachedJudge`, which attaches; what it
+/// gives (compact events, a video's borrowed event, rejections) is Rust's, made Python's
+/// records after, with the GIL.
 pub(crate) fn parse_lines(py: Python<'_>, lines: &Bound<'_, PyList>) -> PyResult<Vec<Line>> {
     let t = types(py)?;
-    let parse_ts = t.parse_ts.bind(py);
-    let mut judge = PyJudge { parse_ts };
+    let held = lines
+        .iter()
+        .map(line_bytes)
+        .collect::<PyResult<Vec<Bound<'_, PyBytes>>>>()?;
+    let data: Vec<&[u8]> = held.iter().map(|line| line.as_bytes()).collect();
+    let parse_ts = &t.parse_ts;
+    let parsed: Vec<Parsed<'_>> = py.detach(|| {
+        let mut judge = DetachedJudge { parse_ts };
+        data.iter()
+            .map(|line| match event::parse_line(line, &mut judge) {
+                Ok(ev) => match Compact::of(&ev) {
+                    Some(compact) => Parsed::Compact(Arc::new(compact)),
+                    None => Parsed::Video(Box::new(ev)),
+                },
+                Err(r) => Parsed::Rejected(r),
+            })
+            .collect()
+    });
     let classes = Classes {
         share_event: t.share_event.bind(py),
         content: t.content.bind(py),
         rejection: t.rejection.bind(py),
     };
-    let mut out = Vec::with_capacity(lines.len());
-    for item in lines.iter() {
-        let line = line_bytes(item)?;
-        out.push(match event::parse_line(line.as_bytes(), &mut judge) {
-            Ok(ev) => match Compact::of(&ev) {
-                Some(compact) => Line::Event(Ev::Core(Arc::new(compact))),
-                None => {
-                    // a video's upload: its frames read by Python
-                    let tuple = event_record(py, &ev, &classes)?;
-                    let record = t.video.bind(py).call1((tuple, &line))?;
-                    if record.get_type().is(classes.rejection) {
-                        Line::Rejected(record.unbind())
-                    } else {
-                        Line::Event(Ev::Py(record.unbind()))
-                    }
+    let mut out = Vec::with_capacity(parsed.len());
+    for (parsed, line) in parsed.into_iter().zip(&held) {
+        out.push(match parsed {
+            Parsed::Compact(compact) => Line::Event(Ev::Core(compact)),
+            Parsed::Video(ev) => {
+                // a video's upload: its frames read by Python
+                let tuple = event_record(py, &ev, &classes)?;
+                let record = t.video.bind(py).call1((tuple, line))?;
+                if record.get_type().is(classes.rejection) {
+                    Line::Rejected(record.unbind())
+                } else {
+                    Line::Event(Ev::Py(record.unbind()))
                 }
-            },
-            Err(r) => Line::Rejected(rejection_record(&line, r, &classes)?.unbind()),
+            }
+            Parsed::Rejected(r) => Line::Rejected(rejection_record(line, r, &classes)?.unbind()),
         });
     }
     Ok(out)
+}
+
+/// A line as the parse left it, before Python's records are made of it.
+enum Parsed<'a> {
+    Compact(Arc<Compact>),
+    /// a video's upload (its frames are Python's to read), borrowing its line
+    Video(Box<event::Event<'a>>),
+    Rejected(event::Reject<'a>),
 }
 
 /// A batch of events crossing Python as one item of an envelope: events to route (each as

@@ -71,6 +71,59 @@ impl Judge for PyJudge<'_, '_> {
     }
 }
 
+/// `PyJudge` for a parse run with the GIL released (`Python::detach`): each question
+/// attaches for its answer (a rare line's: an id outside printable ASCII, a timestamp that
+/// is neither an integer nor RFC 3339), so the parse's common path runs with no Python and
+/// another thread (the Kafka client's) may take the GIL meanwhile.
+pub(crate) struct DetachedJudge<'a> {
+    pub(crate) parse_ts: &'a Py<PyAny>,
+}
+
+impl Judge for DetachedJudge<'_> {
+    fn is_printable(&mut self, text: &str) -> bool {
+        Python::attach(|py| {
+            PyJudge {
+                parse_ts: self.parse_ts.bind(py),
+            }
+            .is_printable(text)
+        })
+    }
+
+    fn parse_ts_text(&mut self, text: &str) -> Result<i64, String> {
+        Python::attach(|py| {
+            PyJudge {
+                parse_ts: self.parse_ts.bind(py),
+            }
+            .parse_ts_text(text)
+        })
+    }
+}
+
+/// A long loop over a batch that reads Python objects throughout (a resolve partition's
+/// routing) gives the GIL up for a moment every `TURN_EVERY` items: a thread waiting
+/// for it (Faust's consumer, with a fetch's answer) asks for it after CPython's switch
+/// interval (5 ms), and is let in at the next release (CPython's forced switch), where a
+/// call that never released kept it waiting to its end (up to hundreds of ms from a
+/// backlog). Uncontended, a release costs about a tenth of a microsecond.
+pub(crate) struct Turns(u32);
+
+const TURN_EVERY: u32 = 256;
+
+impl Turns {
+    pub(crate) fn new() -> Self {
+        Self(0)
+    }
+
+    /// One item done: every `TURN_EVERY`th, the GIL released and taken again. The caller
+    /// holds no Python borrow another thread could reach meanwhile (see its comment).
+    pub(crate) fn tick(&mut self, py: Python<'_>) {
+        self.0 += 1;
+        if self.0 % TURN_EVERY == 0 {
+            py.detach(|| ());
+        }
+    }
+}
+
 /// The record classes of `streams.events`, built here without their `__init__`.
 struct Classes<'a, 'py> {
     share_event: &'a Bound<'py, PyType>,

@@ -36,8 +36,8 @@ use crate::dedupe::with_id;
 use crate::emerging::PyIdleClusters;
 use crate::ev::{Ev, EvBatch, Line, RegBatch};
 use crate::posts::PyPostRoutes;
-use crate::record;
 use crate::routing::{Banks, Cluster, Deliver, Reshare, Routing};
+use crate::{record, Turns};
 
 /// A held event in event-time order: `(ts, event id)` as Python's tuples compare (an id's
 /// UTF-8 bytes compare in code point order, as `str`s do).
@@ -695,7 +695,13 @@ impl ResolveLoop {
         let forget = self.classes.forget.bind(py).clone();
         let unbanked = self.classes.unbanked.bind(py).clone();
         let touch = self.classes.touch.bind(py).clone();
+        // Safe to give the GIL up between entries: no cell is borrowed across it (each
+        // entry's borrows end with it), and this loop is `&mut self`'s, borrowed through
+        // its cell for the call: another thread asking for it would be refused, not let
+        // in (none does: the partition is this worker loop's).
+        let mut turns = Turns::new();
         for ((entry, slot), eid) in entries.into_iter().zip(slots).zip(ids) {
+            turns.tick(py);
             let item = match entry {
                 Entry::Route(ev) => {
                     let Some(key) = eid else {

@@ -410,14 +410,15 @@ impl Routing {
             let mut held = signals.borrow_mut(py);
             let mut idle = idle.borrow_mut(py);
             let threshold = idle.threshold;
-            idle.inner
-                .assign(
-                    &mut held.inner,
-                    &image.signals()[..image.len()],
-                    &own,
-                    ts,
-                    threshold,
-                )
+            let (held, idle) = (&mut held.inner, &mut idle.inner);
+            let signals = &image.signals()[..image.len()];
+            // The index's search and insertion with the GIL released: the longest pure step
+            // of a resolve batch (a search is memory-bound, several microseconds at a
+            // million posts), where the worker's other thread may run. Safe: both tables
+            // are borrowed mutably through their cells above (another thread asking for
+            // them would be refused, not let in; none does: they are this resolve
+            // partition's), and the closure reads Rust values alone.
+            py.detach(|| idle.assign(held, signals, &own, ts, threshold))
                 .map_err(|e| PyValueError::new_err(e.0))?
         };
         Ok(Cluster::of_cid(id))
@@ -487,12 +488,17 @@ impl Routing {
         }
         if !queries.is_empty() {
             let threshold = u32::try_from(*radius).unwrap_or(u32::MAX);
-            index
-                .borrow()
-                .inner
-                .search_with(&queries, threshold, |q, _, _, _| {
+            let banked = index.borrow();
+            let banked = &banked.inner;
+            // The batch's search with the GIL released, as the unbanked index's (see
+            // `assign_image`). Safe: the banks' index is borrowed through its cell above (a
+            // bank update, in another thread, would be refused, not let in; bank updates are
+            // the worker loop's, this thread's), and the closure reads Rust values alone.
+            py.detach(|| {
+                banked.search_with(&queries, threshold, |q, _, _, _| {
                     uploads[queried[q]].1 = true;
                 });
+            });
         }
         let asked = PyList::empty(py);
         let mut at = Vec::new();

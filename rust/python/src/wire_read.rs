@@ -19,7 +19,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use viralwatch_core::wire_read::{self, Read};
 
 use crate::ev::{Ev, EvBatch};
-use crate::{event_record, record, Classes, PyJudge};
+use crate::{event_record, record, Classes, DetachedJudge};
 use viralwatch_core::event::Compact;
 
 /// Reads envelopes and log entries into records (see the module doc); built once with
@@ -216,6 +216,18 @@ impl WireReader {
 }
 
 impl WireReader {
+    /// `wire_read::read_envelope` of ``raw`` with the GIL released: an envelope of a few
+    /// thousand items is milliseconds of JSON, during which the worker's other thread
+    /// (Faust's consumer, aiokafka's fetches) could not run. Safe: ``raw`` is a `bytes`
+    /// object's (immutable, held by the caller's argument for the call); the reader is
+    /// frozen (no borrow flag) and only its `parse_ts` is read, through `DetachedJudge`,
+    /// which attaches for a rare line's answer; the envelope read is Rust's, made
+    /// Python's records after, with the GIL.
+    fn read_envelope<'a>(&self, py: Python<'_>, raw: &'a [u8]) -> Option<wire_read::Envelope<'a>> {
+        let parse_ts = &self.parse_ts;
+        py.detach(|| wire_read::read_envelope(raw, &mut DetachedJudge { parse_ts }))
+    }
+
     /// A clusters partition's envelope (``raw``): its routed events with no `Routed`
     /// record each (the event, its cluster, its time and its text), what Python reads
     /// (through the fallback, as :meth:`envelope` hands it over) as records; `None` when
@@ -226,9 +238,7 @@ impl WireReader {
         py: Python<'py>,
         raw: &'a [u8],
     ) -> PyResult<Option<RoutedEnvelope<'py, 'a>>> {
-        let parse_ts = self.parse_ts.bind(py);
-        let mut judge = PyJudge { parse_ts };
-        let Some(env) = wire_read::read_envelope(raw, &mut judge) else {
+        let Some(env) = self.read_envelope(py, raw) else {
             return Ok(None);
         };
         let classes = Classes {
@@ -368,9 +378,7 @@ impl WireReader {
             Bound<'py, PyDict>,
         )>,
     > {
-        let parse_ts = self.parse_ts.bind(py);
-        let mut judge = PyJudge { parse_ts };
-        let Some(env) = wire_read::read_envelope(raw.as_bytes(), &mut judge) else {
+        let Some(env) = self.read_envelope(py, raw.as_bytes()) else {
             return Ok(None);
         };
         let out = Sorted {
@@ -400,9 +408,10 @@ impl WireReader {
         py: Python<'py>,
         raw: &Bound<'py, PyBytes>,
     ) -> PyResult<Option<(Bound<'py, PyList>, Bound<'py, PyList>)>> {
-        let parse_ts = self.parse_ts.bind(py);
-        let mut judge = PyJudge { parse_ts };
-        let Some(items) = wire_read::read_items(raw.as_bytes(), &mut judge) else {
+        let (parse_ts, raw_bytes) = (&self.parse_ts, raw.as_bytes());
+        // the GIL released for the parse: as `read_envelope`
+        let items = py.detach(|| wire_read::read_items(raw_bytes, &mut DetachedJudge { parse_ts }));
+        let Some(items) = items else {
             return Ok(None);
         };
         let out = Sorted {
