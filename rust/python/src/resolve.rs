@@ -506,7 +506,7 @@ impl ResolveLoop {
         let cluster = match ev.image(py)? {
             Some(image) if !image.video => self
                 .routing
-                .assign_image(py, &image, ts)?
+                .assign_image_released(py, &image, ts)?
                 .with_py(py)
                 .py_str(py),
             _ => host

@@ -391,11 +391,34 @@ impl Routing {
 
     /// The cluster an unbanked upload with image signals (not a video) joins or starts at
     /// ``ts`` in the index of unbanked content (``EmergingClusters.assign``).
-    pub(crate) fn assign_image<'py>(
+    pub(crate) fn assign_image(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         image: &Image<'_>,
         ts: i64,
+    ) -> PyResult<Cluster> {
+        self.assign(py, image, ts, false)
+    }
+
+    /// `assign_image` with the GIL released for the search and insertion: a worker's
+    /// resolve partition, whose process has another thread (Faust's consumer). Not
+    /// replay's: a release costs about 0.1 us, an upload's search a few, and no other
+    /// thread waits there.
+    pub(crate) fn assign_image_released(
+        &self,
+        py: Python<'_>,
+        image: &Image<'_>,
+        ts: i64,
+    ) -> PyResult<Cluster> {
+        self.assign(py, image, ts, true)
+    }
+
+    fn assign(
+        &self,
+        py: Python<'_>,
+        image: &Image<'_>,
+        ts: i64,
+        release: bool,
     ) -> PyResult<Cluster> {
         let Some((idle, signals)) = &self.index else {
             return Err(PyTypeError::new_err(
@@ -412,13 +435,14 @@ impl Routing {
             let threshold = idle.threshold;
             let (held, idle) = (&mut held.inner, &mut idle.inner);
             let signals = &image.signals()[..image.len()];
-            // The index's search and insertion with the GIL released: the longest pure step
-            // of a resolve batch (a search is memory-bound, several microseconds at a
-            // million posts), where the worker's other thread may run. Safe: both tables
-            // are borrowed mutably through their cells above (another thread asking for
-            // them would be refused, not let in; none does: they are this resolve
-            // partition's), and the closure reads Rust values alone.
-            py.detach(|| idle.assign(held, signals, &own, ts, threshold))
+            // The index's search and insertion, the GIL released (`release`: a worker's):
+            // the longest pure step of a resolve batch (a search is memory-bound, several
+            // microseconds at a million posts), where the worker's other thread may run.
+            // Safe: both tables are borrowed mutably through their cells above (another
+            // thread asking for them would be refused, not let in; none does: they are
+            // this resolve partition's), and the closure reads Rust values alone.
+            let mut assign = || idle.assign(held, signals, &own, ts, threshold);
+            if release { py.detach(assign) } else { assign() }
                 .map_err(|e| PyValueError::new_err(e.0))?
         };
         Ok(Cluster::of_cid(id))
