@@ -130,6 +130,11 @@ class Topology:
         #: unbanked cluster a released event touched
         self._copies: dict[int, list[Item]] = {}
         self._touches: dict[int, dict[str, int]] = {}
+        #: the registrations peers here were handed in-process and not yet copied, since
+        #: the checkpoint before last began and since the last began (everything sent before
+        #: the one before last is acknowledged: one checkpoint is in flight at a time):
+        #: copied ahead of what is owed a peer through the topic (see :meth:`resolve_received`)
+        self._handed_regs: tuple[dict[int, list[Item]], dict[int, list[Item]]] = ({}, {})
         #: False: nothing handed over in-process is copied (a test's switch: the kill
         #: model must then lose takedown requests, ``tests/test_runtime_owners.py``)
         self.copying = True
@@ -224,6 +229,11 @@ class Topology:
                 # the rest was handed over in-process (and logged there): no copy (an
                 # unbanked upload sent twice would be clustered twice)
                 if r in owed:
+                    before, since = self._handed_regs
+                    regs = before.pop(r, []) + since.pop(r, [])
+                    if regs and self.copying:
+                        # the progress owed is past them: a kill that keeps it must keep them
+                        hop.copy(r, Envelope(regs))
                     hop.send(r, owed[r])
             else:
                 hop.send(r, envelope)
@@ -284,6 +294,7 @@ class Topology:
         for item in envelope.items:
             kind = type(item)
             if kind is RegBatch:
+                self._handed_regs[1].setdefault(partition, []).append(item)
                 if item.released:  # type: ignore[union-attr]
                     if hook is not None:
                         hook()
@@ -317,6 +328,7 @@ class Topology:
         begins, whether copies wait or not."""
         copies, self._copies = self._copies, {}
         touches, self._touches = self._touches, {}
+        self._handed_regs = (self._handed_regs[1], {})
         for r in sorted(copies.keys() | touches.keys()):
             items = copies.get(r, [])
             items += [Touch(c, ts) for c, ts in touches.get(r, {}).items()]
@@ -458,6 +470,8 @@ class Topology:
             self.resolvers.pop(partition, None)
             self.hand_over.resolve.revoke(partition)
             self.resolve_log.forget(partition)
+            for regs in self._handed_regs:
+                regs.pop(partition, None)
         elif topic == "clusters":
             self.detectors.pop(partition, None)
             self.hand_over.clusters.revoke(partition)
