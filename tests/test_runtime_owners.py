@@ -850,6 +850,26 @@ def test_a_kill_keeps_no_event_handed_over_in_process_from_coming_late() -> None
     assert run.stats.late == 0
 
 
+@pytest.mark.parametrize(("seed", "topics"), [(30, False), (49, True)])
+def test_a_kill_keeps_no_registration_handed_to_a_peer_from_coming_late(
+    seed: int, topics: bool
+) -> None:
+    """What a resolve partition hands a peer in-process (registrations) is kept in the
+    peer's log alone, gated behind what was sent before it; what it still owes the peer
+    after its rounds (its progress, past those registrations) goes through the ``resolve``
+    topic, another partition of the broker. A kill kept the topic's record and lost the
+    log's (``commit_internal``: the internal topics read again from the last commit): the
+    restored peer read the progress again, passed the reshares waiting for those
+    registrations (their parents' partition said it had sent everything before them), and
+    the registrations, made again from the input read again, released them late (seed 30:
+    15 events late at the clusters stage; seed 49, topics torn too: 1). The registrations
+    handed a peer are now copied to its topic partition ahead of what is owed it."""
+    run, alerts, actions = torn_run(seed, after_release=True, topics=topics, commit_internal=True)
+    assert run.kills > 0 and set(run.actions) == actions
+    assert_replay_alert_records(list(run.alerts.values()), alerts)
+    assert run.stats.late == 0
+
+
 def test_without_the_copies_kills_after_releases_lose_takedown_requests() -> None:
     """The placed kills tell the copies apart, as the spread ones no longer do: with nothing
     handed over in-process copied, some seed loses takedown requests (of seeds 0-19 nine do:

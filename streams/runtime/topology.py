@@ -234,6 +234,11 @@ class Topology:
                     if regs and self.copying:
                         # the progress owed is past them: a kill that keeps it must keep them
                         hop.copy(r, Envelope(regs))
+                        if r in self._copies:  # (copied now: not again as the checkpoint begins)
+                            done = set(map(id, regs))
+                            left = [i for i in self._copies.pop(r) if id(i) not in done]
+                            if left:
+                                self._copies[r] = left
                     hop.send(r, owed[r])
             else:
                 hop.send(r, envelope)
