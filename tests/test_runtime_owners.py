@@ -697,7 +697,7 @@ def torn_run(
     return run, alerts, {a.action_id for a in decisions.actions}
 
 
-@pytest.mark.parametrize(("seed", "tore"), [(1, True), (10, False), (12, True)])
+@pytest.mark.parametrize(("seed", "tore"), [(1, True), (10, True), (12, True)])
 def test_a_kill_between_a_checkpoint_s_writes_loses_no_takedown_request(
     seed: int, tore: bool
 ) -> None:
@@ -707,7 +707,8 @@ def test_a_kill_between_a_checkpoint_s_writes_loses_no_takedown_request(
     1 and 12 tore alerts and takedown requests off the broker too: the replacement made them
     again. Which seeds tear moves with where the kills fall: before the index's owner was
     bounded by its peers' input watermarks (:meth:`ResolvePartition._asked`), seeds 10 and 1
-    tore and 12 did not.
+    tore and 12 did not; since the registrations handed a peer are copied ahead of what is
+    owed it, all three tear (seed 10: 26 alerts and takedown requests, made again).
     Seed 12 lost one before what is handed over in-process was copied to the topic (see
     ``test_a_registration_handed_over_in_process_reaches_a_replacement_whose_log_lost_it``);
     only what a replacement would not make again is copied, and the resolve log's records
