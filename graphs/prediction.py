@@ -918,11 +918,36 @@ class StateRead:
         self._window = window
 
     def predict(self, model: Model | None = None) -> Forecast:
-        """The forecast of :meth:`features` with ``model`` (the config's unless given)."""
-        return forecast(self.features(), model or self._cfg.model, self._cfg)
+        """The forecast of :meth:`features` with ``model`` (the config's unless given).
 
-    def features(self) -> Features:
-        """The figures, as :meth:`IncrementalPredictor.features` computed them then."""
+        Only ``seismic`` reads the infectiousness's interval (``p_low``, ``p_up``), so
+        no other model has it computed (see :meth:`features`): the same forecast to the
+        bit (``tests/test_prediction.py`` holds it to the full features').
+        """
+        model = model or self._cfg.model
+        return forecast(self.features(interval=model == "seismic"), model, self._cfg)
+
+    def features(self, *, interval: bool = True) -> Features:
+        """The figures, as :meth:`IncrementalPredictor.features` computed them then.
+
+        ``interval=False``: ``p_low`` and ``p_up`` are left at the infectiousness itself,
+        not computed. Why: they are two chi-square quantiles (Newton steps on the
+        incomplete gamma in Python, cached by count), a third of a forecast's time in a
+        process that has not met the counts before (a replay of 300,000 events: 1,726
+        forecasts, a few hundred counts), and ``best``, the detector's model, never reads
+        them.
+
+        >>> p = IncrementalPredictor()
+        >>> p.add(0.0, 500, original=True)
+        >>> for i in range(1, 80):
+        ...     p.add(i * 7.0, 120)
+        >>> full, bare = p.read(600.0).features(), p.read(600.0).features(interval=False)
+        >>> full.p_low < full.infectiousness == bare.p_low == bare.p_up < full.p_up
+        True
+        >>> from dataclasses import replace
+        >>> replace(bare, p_low=full.p_low, p_up=full.p_up) == full
+        True
+        """
         cfg = self._cfg
         if self._columns is None:
             return Features(0.0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
@@ -966,11 +991,13 @@ class StateRead:
         if weighted <= 0.0 or exposure <= 0.0:
             return Features(max(age, 0.0), self._reshares, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, *early)
         q = weighted / exposure
-        k = max(1, round(count))
-        if k > 200:  # 3 significant digits: the interval moves < 1e-4, the quantile is cached
-            k = round(k, 2 - len(str(k)) + 1)
-        p_low = q * chi2_quantile(0.05, 2 * k) / (2 * k)
-        p_up = q * chi2_quantile(0.95, 2 * k) / (2 * k)
+        p_low = p_up = q
+        if interval:
+            k = max(1, round(count))
+            if k > 200:  # 3 significant digits: the interval moves < 1e-4, the quantile is cached
+                k = round(k, 2 - len(str(k)) + 1)
+            p_low = q * chi2_quantile(0.05, 2 * k) / (2 * k)
+            p_up = q * chi2_quantile(0.95, 2 * k) / (2 * k)
         left = np.maximum(ccdf_now - ccdf_until, 0.0)
         seen = ages >= 0.0
         if not seen.all():  # a bucket after now (posts at or before now, as a rule)

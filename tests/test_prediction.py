@@ -132,6 +132,29 @@ def test_learned_forecasts_are_finite_ordered_and_stop_at_the_horizon(model: Mod
             assert f.size == feat.observed  # nothing more before the horizon
 
 
+@pytest.mark.parametrize("seed", [4, 5])
+def test_a_forecast_without_the_interval_is_the_full_features_forecast(seed: int) -> None:
+    """Only ``seismic`` reads ``p_low`` / ``p_up``: every other model's forecast, whose
+    features leave them out, is the one of the full features to the bit, at every age and
+    model; ``seismic``'s still reads them (its band moves with them)."""
+    times, followers = synthetic(seed, n=800)
+    pred = IncrementalPredictor(PredictorConfig(horizon_s=86_400.0))
+    i, seen = 0, 0
+    for t in [30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0, 40_000.0, 86_400.0, 200_000.0]:
+        while i < times.size and times[i] <= t:
+            pred.add(float(times[i]), int(followers[i]), original=i == 0)
+            i += 1
+        read = pred.read(t)
+        full = read.features()
+        for model in ("best", "rich", "amplified", "seismic"):
+            assert read.predict(model) == forecast(full, model, pred.config), (t, model)
+        bare = read.features(interval=False)
+        if full.infectiousness > 0:
+            seen += 1
+            assert full.p_low < bare.p_low == bare.infectiousness == bare.p_up < full.p_up
+    assert seen >= 5
+
+
 def test_unknown_followers_count_as_the_network_average() -> None:
     a, b = IncrementalPredictor(), IncrementalPredictor()
     for i, t in enumerate([0.0, 30.0, 50.0, 90.0, 200.0, 260.0, 400.0]):
