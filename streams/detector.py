@@ -947,12 +947,23 @@ class Detector:
         cut = now_ms - self.idle_ms
         clusters, unbanked = self.clusters, self._unbanked
         while True:  # least recently touched first, banked (here) and unbanked (compiled)
-            if len(unbanked):
-                if self._evict is not None:
-                    stopped, forgotten = self._evict(cut, self._barrier())
+            front = unbanked.front()
+            if front is not None:
+                # what the compiled eviction looks at first, read without the call when
+                # the call would evict nothing (nearly every banked event's: 19,745 of
+                # 19,746 in a replay of 300,000 events, about 1 us each): the front
+                # touched after the oldest banked cluster (the call answers "not
+                # stopped"), or not idle (it answers "stopped")
+                barrier = self._barrier()
+                if front[0] >= barrier:
+                    stopped = False
+                elif front[1] > cut:
+                    break
+                elif self._evict is not None:
+                    stopped, forgotten = self._evict(cut, barrier)
                     self._forgotten(forgotten)
                 else:
-                    stopped, evicted = unbanked.evict(cut, self._barrier())
+                    stopped, evicted = unbanked.evict(cut, barrier)
                     for _, gone, posts in evicted:
                         self._evicted_unbanked(gone, posts)
                 if stopped:

@@ -295,6 +295,41 @@ def test_retroaction_takes_a_cluster_out_whole_in_its_place() -> None:
     assert det.drain().evicted_posts == ["p0", "p1", "q0"]
 
 
+def test_time_passing_calls_the_compiled_eviction_only_when_it_can_evict() -> None:
+    """``advance`` reads the store's front (its oldest cluster's number and last time) and
+    calls the compiled eviction only when it could evict (each banked event advances time):
+    a front touched after the oldest banked cluster, or not idle, is left without a call,
+    and what goes, goes in the same order as before."""
+    det = Detector(POLICY, Stats(), pseudonymizer=Pseudonymizer(b"k"), idle_ms=IDLE_MS)
+    calls: list[tuple[int, int]] = []
+    store = det.unbanked_store
+
+    def evict(cut: int, barrier: int) -> tuple[bool, list[str]]:
+        calls.append((cut, barrier))
+        stopped, gone = store.evict(cut, barrier)
+        for _, _, posts in gone:
+            det.outbox.evicted_posts.extend(posts)
+        return stopped, [cid for _, cid, _ in gone]
+
+    det.evict_with(evict)  # type: ignore[arg-type]
+    assert store.front() is None
+    apply_many(det, [Routed(ShareEvent("e0", "upload", T0, "p0", "u0"), "u-1")])
+    seq, last = store.front()  # type: ignore[misc]
+    assert last == T0
+    for i in range(1, 4):  # banked events, u-1 not idle yet: no call
+        det.apply(Routed(ShareEvent(f"b{i}", "upload", T0 + i, f"b{i}", "u"), "b-1", MATCH))
+    assert calls == [] and "b-1" in det.clusters
+    det.advance(T0 + IDLE_MS)  # u-1 idle (its last event at the cut): called, evicted
+    assert calls == [(T0, det.clusters["b-1"].seq)] and det.drain().evicted_posts == ["p0"]
+    apply_many(det, [Routed(ShareEvent("f0", "upload", T0 + IDLE_MS, "q0", "u0"), "u-2")])
+    assert store.front()[0] > det.clusters["b-1"].seq  # type: ignore[index]
+    det.advance(T0 + IDLE_MS + 10)  # the banked cluster is older and idle: it goes, no call
+    assert len(calls) == 1 and "b-1" not in det.clusters
+    assert det.drain().evicted_posts == ["b1", "b2", "b3"]
+    det.advance(T0 + 3 * IDLE_MS)  # u-2 idle now: called
+    assert len(calls) == 2 and det.drain().evicted_posts == ["q0"] and store.front() is None
+
+
 def test_a_flood_of_clusters_is_evicted_and_its_memory_freed() -> None:
     """A million events' worth of one-post clusters: once idle, nothing of them stays."""
     from streams._core import allocated_bytes

@@ -1604,7 +1604,20 @@ impl<H> Store<H> {
 
     /// The seq of the least recently touched cluster (`None`: none held).
     pub fn oldest_seq(&self) -> Option<u64> {
-        (self.head != NONE).then(|| self.slots.get(self.head).map_or(0, |c| c.seq))
+        self.front().map(|(seq, _)| seq)
+    }
+
+    /// The seq and last event time of the least recently touched cluster (`None`: none
+    /// held): what [`Store::evict`] looks at first. Why: a caller that evicts as event time
+    /// passes (the detector, on each event of a banked cluster) can tell from it that a
+    /// call would evict nothing (the front touched at or after `barrier`, or not idle at
+    /// `cut_ms`) and what the call would answer, without making it.
+    pub fn front(&self) -> Option<(u64, i64)> {
+        (self.head != NONE).then(|| {
+            self.slots
+                .get(self.head)
+                .map_or((0, i64::MIN), |c| (c.seq, c.last_ms))
+        })
     }
 
     /// Evict, oldest first, the clusters touched before `barrier` whose last event is at
@@ -2167,6 +2180,12 @@ mod tests {
             0,
             &mut out,
         );
+        assert_eq!(s.front(), Some((barrier - 1, 0)));
+        assert!(!s.evict(5_000_000, barrier, 7, &mut out));
+        assert_eq!(out.evicted.len(), 1);
+        // u-2 is the front now: touched after the barrier, so nothing more goes before it
+        let (seq, last) = s.front().unwrap();
+        assert!(seq > barrier && last == 0);
         assert!(!s.evict(5_000_000, barrier, 7, &mut out));
         assert_eq!(out.evicted.len(), 1);
         assert_eq!(
@@ -2175,6 +2194,7 @@ mod tests {
         );
         assert!(s.evict(5_000_000, u64::MAX, 8, &mut out)); // u-3 is not idle: stops there
         assert_eq!(out.evicted.len(), 2);
+        assert_eq!(s.front().map(|(_, last)| last), Some(10_000_000));
         assert_eq!((s.len(), s.live_events()), (1, 1));
         // a slot reused
         s.apply("u-4", &ev("d", Kind::Upload, 0, "s", None), 0, &mut out);

@@ -247,6 +247,13 @@ impl UnbankedClusters {
         self.store.oldest_seq()
     }
 
+    /// ``(number, last event time)`` of the least recently touched cluster here (``None``:
+    /// none): what :meth:`evict` looks at first, so that a caller can skip a call that
+    /// would evict nothing.
+    fn front(&self) -> Option<(u64, i64)> {
+        self.store.front()
+    }
+
     fn __len__(&self) -> usize {
         self.store.len()
     }
