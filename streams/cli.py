@@ -326,8 +326,9 @@ def simulate(
         out.parent.mkdir(parents=True, exist_ok=True)
         bank_path.parent.mkdir(parents=True, exist_ok=True)
         truth = write_scenario(scenario, out, bank_path)
-    except OSError as exc:
-        fail(f"cannot write: {exc.strerror or exc}")
+    except OSError as exc:  # which file: the events', the bank's, or a folder on the way
+        why = "a file, not a folder" if isinstance(exc, FileExistsError) else exc.strerror
+        fail(f"cannot write {exc.filename or out}: {why or exc}")
     typer.echo(f"wrote {truth['lines']} events to {out} and the bank to {bank_path}", err=True)
 
 
