@@ -942,16 +942,22 @@ def produce(
     ] = None,
 ) -> None:
     """Send a file of events to the shares topic, one record per line (bad lines too)."""
-    from streams.runtime.produce import produce_file
+    from streams.runtime.produce import KEYINGS, produce_file
     from streams.runtime.worker import prepare
     from streams.settings import Settings
 
+    # the arguments first: a bad one was said only after the broker was reached and the
+    # topics made (or, with no broker there, as the client's bootstrap timeout)
+    if str(events) != "-" and not events.is_file():
+        fail(f"cannot read {events}: {'not a file' if events.exists() else 'no such file'}")
+    if key not in KEYINGS:
+        fail(f"--key {key!r}: one of {', '.join(KEYINGS)}")
+    if rate is not None and not rate > 0:
+        fail(f"--rate {rate:g}: events per second, more than 0")
     settings = streaming_settings(broker=broker, topic_prefix=topic_prefix, partitions=partitions)
     assert isinstance(settings, Settings)
     if settings.broker is None:
         fail("no broker: give --broker kafka://HOST:PORT or set VIRALWATCH_BROKER")
-    if str(events) != "-" and not events.is_file():
-        fail(f"cannot read {events}")
     try:
         settings, _, _ = prepare(settings, lambda m: typer.echo(f"viralwatch: {m}", err=True))
         done = produce_file(events, settings, keying=key, rate=rate)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from programs import viralwatch
 
 
@@ -20,3 +21,30 @@ def test_simulate_names_the_file_it_cannot_write(tmp_path: Path) -> None:
         err = r.stderr.decode().strip()
         assert r.returncode == 2, err
         assert err == f"viralwatch: cannot write {a_file}: a file, not a folder"
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--key", "bogus"], "--key 'bogus': one of none, post, event"),
+        (["--rate", "0"], "--rate 0: events per second, more than 0"),
+        (["--rate", "-5"], "--rate -5: events per second, more than 0"),
+    ],
+)
+def test_produce_refuses_a_bad_flag_before_reaching_the_broker(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    """Said at once, not after the topics were made on the broker (nor, with none there,
+    as the client's bootstrap timeout: nothing listens on port 1)."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("{}\n")
+    r = viralwatch("produce", str(events), "--broker", "kafka://127.0.0.1:1", *args, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.decode().strip() == f"viralwatch: {said}"
+
+
+def test_produce_says_why_it_cannot_read_its_file(tmp_path: Path) -> None:
+    for path, why in ((tmp_path / "missing.jsonl", "no such file"), (tmp_path, "not a file")):
+        r = viralwatch("produce", str(path), "--broker", "kafka://127.0.0.1:1", timeout=60)
+        assert r.returncode == 2
+        assert r.stderr.decode().strip() == f"viralwatch: cannot read {path}: {why}"
