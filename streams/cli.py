@@ -686,8 +686,22 @@ def evaluate_cmd(
     step: Annotated[
         str, typer.Option(help="grid for the alert policy (hourly after a day)")
     ] = "5m",
-    alert_size: Annotated[float | None, typer.Option("--alert-size")] = None,
-    alert_low: Annotated[float | None, typer.Option("--alert-low")] = None,
+    alert_size: Annotated[
+        float | None,
+        typer.Option(
+            "--alert-size",
+            help="the prediction rule: fire when the predicted final size passes this "
+            "(default: the policy's)",
+        ),
+    ] = None,
+    alert_low: Annotated[
+        float | None,
+        typer.Option(
+            "--alert-low",
+            help="the prediction rule: and when the band's low end passes this "
+            "(default: the policy's)",
+        ),
+    ] = None,
     show_calibration: Annotated[
         bool,
         typer.Option("--show-calibration", help="print the amplified calibration fitted on FILES"),

@@ -4,10 +4,34 @@ what it is in ``--help``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 from programs import viralwatch
+
+from streams.cli import app
+
+
+def _options(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+    if hasattr(command, "commands"):  # a group: bank's, and the top one
+        for name, sub in command.commands.items():
+            yield from _options(sub, (*path, name))
+        return
+    for param in command.params:
+        if not getattr(param, "hidden", False):
+            yield " ".join(path), param
+
+
+def test_every_flag_and_argument_has_a_help_text() -> None:
+    """``--help`` is where an on-call engineer looks first: a flag shown with no words
+    (evaluate's --alert-size and --alert-low were) leaves them to read the code."""
+    params = list(_options(typer.main.get_command(app)))
+    assert len(params) > 60  # every command's, bank's subcommands too
+    bare = [f"{cmd} {p.name}" for cmd, p in params if not (getattr(p, "help", "") or "").strip()]
+    assert bare == []
 
 
 def test_simulate_names_the_file_it_cannot_write(tmp_path: Path) -> None:
