@@ -314,6 +314,22 @@ def test_a_dismissed_cluster_leaves_the_queue(two: tuple[Served, Served]) -> Non
     assert items == []
 
 
+def test_an_action_sent_as_json_with_a_charset_is_answered_in_json(
+    two: tuple[Served, Served],
+) -> None:
+    """``application/json; charset=utf-8`` (what most HTTP clients send) is JSON: the body
+    was read as JSON, but the answer was a browser's redirect (303), not the action."""
+    a, _ = two
+    body = json.dumps({"reason": "a meme, not harmful"}).encode()
+    for content_type in ("application/json; charset=utf-8", "Application/JSON"):
+        status, headers, out = a.request(
+            "POST", f"/cascade/{UNBANKED}/dismiss", REVIEWER, body, {"Content-Type": content_type}
+        )
+        assert status == 202, (content_type, status, headers.get("Location"))
+        assert json.loads(out)["action"]["kind"] == "dismiss"
+    assert [x.kind for x in a.published] == ["dismiss", "dismiss"]
+
+
 def test_actions_in_a_row_on_one_cluster_get_times_in_that_order(
     two: tuple[Served, Served],
 ) -> None:

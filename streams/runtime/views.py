@@ -268,9 +268,20 @@ def wants_json(request: Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
+def media_type(request: Request) -> str:
+    """The body's media type, without its parameters (``; charset=utf-8``), in lower case:
+    what :func:`_form` reads the body as, and what an action answers in.
+
+    >>> sent = {"Content-Type": "Application/JSON; charset=utf-8"}
+    >>> media_type(Request("POST", "/", headers=sent))
+    'application/json'
+    """
+    return (header(request.headers, "Content-Type") or "").split(";")[0].strip().lower()
+
+
 def _form(request: Request) -> dict[str, str]:
     """A POST's fields: a form or a JSON object of strings (``ValueError`` otherwise)."""
-    kind = (header(request.headers, "Content-Type") or "").split(";")[0].strip().lower()
+    kind = media_type(request)
     if not request.body:
         return {}
     if kind == "application/json":
@@ -693,7 +704,7 @@ class Views:
             return Response.json({"error": f"could not write the action to Kafka: {exc}"}, 502)
         log.info("%s by %s on %s: %s", action.kind, action.reviewer, cid, action.action_id)
         self.bridge.call(lambda: actions.add(action))
-        if wants_json(request) or header(request.headers, "Content-Type") == "application/json":
+        if wants_json(request) or media_type(request) == "application/json":
             return Response.json({"action": action.to_dict()}, 202)
         back = same_site_path(fields.get("next"), f"/cascade/{cid}")
         sep = "&" if "?" in back else "?"
