@@ -294,6 +294,10 @@ class Settings:
                 parse_http_url(self.http_advertise)
         except ValueError as exc:
             raise ValueError(f"http settings: {exc}") from None
+        if self.alertmanager_url is not None:
+            parse_post_url("Alertmanager", self.alertmanager_url)
+        if self.webhook_url is not None:
+            parse_post_url("webhook", self.webhook_url)
         AccessTokens.parse(self.web_tokens)  # raises ValueError naming the bad entry
         if not isinstance(self.wire_version, WireVersion):
             raise ValueError(f"wire_version must be a WireVersion, not {self.wire_version!r}")
@@ -605,6 +609,35 @@ def parse_http_url(text: str) -> str:
     if not sep or scheme.lower() not in ("http", "https") or not rest or "/" in rest:
         raise ValueError(f"not an http:// URL of a host: {text!r}")
     return f"{scheme.lower()}://{rest}"
+
+
+def parse_post_url(what: str, text: str) -> str:
+    """A URL alerts can be POSTed to (``what``'s: Alertmanager's, a webhook's): http(s), a
+    host, a port that is a number. Checked where it is given: the HTTP client said a bad
+    one only at the first post, and for ever after (no host: a retry every backoff; a port
+    that is no number: a traceback each round).
+
+    >>> parse_post_url("webhook", "https://hooks.example/T1/B2?x=1")
+    'https://hooks.example/T1/B2?x=1'
+    >>> parse_post_url("webhook", "http:///alerts")
+    Traceback (most recent call last):
+    ValueError: webhook URL 'http:///alerts' names no host
+    >>> parse_post_url("Alertmanager", "http://am:x")
+    Traceback (most recent call last):
+    ValueError: Alertmanager URL 'http://am:x': Port could not be cast to integer value as 'x'
+    """
+    import urllib.parse
+
+    split = urllib.parse.urlsplit(text)
+    if split.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"{what} URL must be http(s)://..., not {text!r}")
+    try:
+        split.port  # noqa: B018 (it raises for a port that is no number, or out of range)
+    except ValueError as exc:
+        raise ValueError(f"{what} URL {text!r}: {exc}") from None
+    if not split.hostname:
+        raise ValueError(f"{what} URL {text!r} names no host")
+    return text
 
 
 _ENV: Final[dict[str, tuple[str, Any]]] = {

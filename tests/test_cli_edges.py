@@ -72,3 +72,18 @@ def test_produce_says_why_it_cannot_read_its_file(tmp_path: Path) -> None:
         r = viralwatch("produce", str(path), "--broker", "kafka://127.0.0.1:1", timeout=60)
         assert r.returncode == 2
         assert r.stderr.decode().strip() == f"viralwatch: cannot read {path}: {why}"
+
+
+@pytest.mark.parametrize("flag", ["--webhook", "--alertmanager"])
+def test_a_sink_url_no_post_could_reach_is_refused_at_once(tmp_path: Path, flag: str) -> None:
+    """replay said a port that is no number as a traceback in each delivery round (and
+    retried a URL with no host until its end); a worker said neither before its first
+    alert. Now both refuse it in one line, the worker before it reaches the broker."""
+    events = tmp_path / "events.jsonl"
+    events.write_text("{}\n")
+    for command in (["replay", str(events)], ["worker", "--broker", "kafka://127.0.0.1:1"]):
+        r = viralwatch(*command, flag, "http://h:abc", timeout=60)
+        err = r.stderr.decode().strip().splitlines()
+        assert r.returncode == 2, err
+        assert "Traceback" not in r.stderr.decode()
+        assert err[-1].startswith("viralwatch: ") and "'http://h:abc'" in err[-1], err

@@ -259,6 +259,31 @@ def test_alertmanager_sink_refuses_bad_settings() -> None:
         AlertmanagerSink("http://am:9093", repost_interval=60, validity=30)
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("am:9093", "must be http"),
+        ("http://", "names no host"),
+        ("http:///api", "names no host"),
+        ("http://am:ninety", "could not be cast to integer"),
+        ("https://am:70000", "out of range"),
+    ],
+)
+def test_both_sinks_and_the_settings_refuse_a_url_no_post_could_reach(url: str, said: str) -> None:
+    """Said when the URL is given, not at the first alert: the HTTP client kept retrying a
+    URL with no host for ever, and raised (a traceback each round) for a port no number."""
+    from streams.settings import Settings
+
+    for make in (
+        lambda: AlertmanagerSink(url),
+        lambda: WebhookSink(url),
+        lambda: Settings(alertmanager_url=url),
+        lambda: Settings(webhook_url=url),
+    ):
+        with pytest.raises(ValueError, match=said):
+            make()
+
+
 def test_send_only_queues() -> None:
     script = Script()
     sink = am_sink(script, Clock())

@@ -59,6 +59,7 @@ from typing import Any
 import orjson
 
 from streams.alerts import Alert, rfc3339
+from streams.settings import parse_post_url
 from streams.sinks.base import AlertSink, Outcome, Refused, Retry, figures, summary
 
 ALERTNAME = "ViralwatchSpread"
@@ -111,8 +112,7 @@ class AlertmanagerSink(AlertSink):
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"Alertmanager URL must be http(s)://..., not {url!r}")
+        parse_post_url("Alertmanager", url)
         if repost_interval <= 0:
             raise ValueError("repost_interval must be > 0")
         self.url = url.rstrip("/") + "/api/v2/alerts"

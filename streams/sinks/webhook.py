@@ -38,6 +38,7 @@ from typing import Any, Final
 import orjson
 
 from streams.alerts import Alert
+from streams.settings import parse_post_url
 from streams.sinks.base import AlertSink, Outcome, summary
 
 SECRET_ENV: Final = "VIRALWATCH_WEBHOOK_SECRET"
@@ -103,8 +104,7 @@ class WebhookSink(AlertSink):
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"webhook URL must be http(s)://..., not {url!r}")
+        parse_post_url("webhook", url)
         if secret is not None and not secret:
             raise ValueError("an empty webhook secret signs nothing; pass None for unsigned")
         self.url = url
