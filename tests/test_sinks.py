@@ -284,6 +284,38 @@ def test_both_sinks_and_the_settings_refuse_a_url_no_post_could_reach(url: str, 
             make()
 
 
+def test_a_receiver_answering_nonsense_is_retried_as_one_that_is_down() -> None:
+    """An answer that is no HTTP (a proxy's garbage, a port that speaks something else)
+    is a failed attempt, said in one line and retried after the backoff, as a refused
+    connection is: it was the HTTP client's own error, raised out of the delivery round
+    (a traceback in the log, a bug's "BadStatusLine in the sink")."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        sink = WebhookSink(f"http://127.0.0.1:{port}/hook")
+        sink.send([alert()])
+        assert sink.flush() == 1  # kept: retried later, not raised
+        assert (sink.failures, sink.rejected, sink.delivered) == (1, 0, 0)
+        am = AlertmanagerSink(f"http://127.0.0.1:{port}")
+        am.send([alert()])
+        assert am.flush() == 1 and am.failures == 1
+    finally:
+        listener.close()
+        thread.join(5)
+
+
 def test_send_only_queues() -> None:
     script = Script()
     sink = am_sink(script, Clock())

@@ -59,6 +59,7 @@ is called: deterministic, for tests with a scripted transport and clock.
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import logging
 import math
@@ -120,7 +121,8 @@ class HttpResponse:
 
 
 #: ``transport(url, body, headers, timeout)``: POST and return the response;
-#: raise ``OSError`` (``URLError``, a timeout) when the receiver cannot be reached.
+#: raise ``OSError`` (``URLError``, a timeout) when the receiver cannot be reached, or
+#: ``http.client.HTTPException`` when what it answered is no HTTP.
 Transport = Callable[[str, bytes, Mapping[str, str], float], HttpResponse]
 
 
@@ -437,7 +439,7 @@ class AlertSink(ABC):
         all_headers.update(headers)
         try:
             response = self._transport(url, body, all_headers, self._timeout)
-        except OSError as err:
+        except (OSError, http.client.HTTPException) as err:  # unreachable, or no HTTP answer
             raise Retry(f"{type(err).__name__}: {err}") from err
         if 200 <= response.status < 300:
             return response
