@@ -513,6 +513,41 @@ def add_metrics(router: Router, registry: CollectorRegistry) -> None:
         return Response(200, body, content_type)
 
     router.add("/metrics", metrics)
+    registry.register(_HttpCollector(router))
+
+
+class _HttpCollector(Collector):
+    """The HTTP port's answers by route and status (:meth:`Router.answered`), at scrape time.
+
+    Its labels are the routes' patterns (``/cascade/<cluster>``, never a cluster id) and
+    the status codes: bounded sets.
+
+    >>> from prometheus_client import CollectorRegistry
+    >>> registry, router = CollectorRegistry(), Router()
+    >>> add_metrics(router, registry)
+    >>> router.handle("GET", "/cascade/b-1").status
+    404
+    >>> registry.get_sample_value(
+    ...     "viralwatch_http_responses_total", {"route": "(none)", "code": "404"})
+    1.0
+    """
+
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "viralwatch_http_responses",
+            "Answers of the HTTP port (views, probes, /metrics), by route pattern and status: "
+            "a view's refusals (4xx) and failures (5xx) among them.",
+            labels=["route", "code"],
+        )
+        for (route, code), n in sorted(self._router.answered().items()):
+            family.add_metric([route, str(code)], float(n))
+        yield family
 
 
 @dataclass

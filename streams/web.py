@@ -54,6 +54,9 @@ LIVENESS_STALL_S: Final = 60.0
 #: What a worker must have done before ``/readyz`` says 200 (see :class:`Health`).
 WORKER_CONDITIONS: Final = ("banks", "assigned", "restored")
 
+#: The route an answer counts under when no route serves its path (or it was not read).
+NO_ROUTE: Final = "(none)"
+
 _BUSY: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Content-Length: 20\r\nConnection: close\r\nRetry-After: 1\r\n\r\ntoo many connections"
@@ -133,10 +136,20 @@ class Router:
     >>> router.add("/boom", lambda req: Response())
     Traceback (most recent call last):
     ValueError: a route for /boom is already there
+
+    It counts its answers by route and status (:meth:`answered`: what
+    ``viralwatch_http_responses_total`` exports), so a view's refusals (a bad
+    cluster id, a form it cannot read, a token that is not valid) are seen
+    without reading logs; a path no route serves counts under :data:`NO_ROUTE`.
+
+    >>> sorted(router.answered().items())
+    [(('(none)', 400), 1), (('/boom', 500), 1)]
     """
 
     def __init__(self) -> None:
         self._routes: list[_Route] = []
+        self._count_lock = threading.Lock()
+        self._answered: dict[tuple[str, int], int] = {}
 
     def add(
         self,
@@ -196,32 +209,58 @@ class Router:
         body: bytes = b"",
     ) -> Response:
         """The response to ``method target`` (a request target: path and query)."""
+        route, response = self._answer(method, target, headers, body)
+        self.count(route, response.status)
+        return response
+
+    def _answer(
+        self, method: str, target: str, headers: Mapping[str, str] | None, body: bytes
+    ) -> tuple[str, Response]:
+        """:meth:`handle`'s response, and the route it counts under."""
         try:
             split = urllib.parse.urlsplit(target)
             path = urllib.parse.unquote(split.path, errors="strict")
             query = urllib.parse.parse_qs(split.query, errors="replace")
         except (ValueError, UnicodeDecodeError):
-            return Response.text("bad request target", 400)
+            return NO_ROUTE, Response.text("bad request target", 400)
         if not path.startswith("/") or "\x00" in path:
-            return Response.text("bad request target", 400)
+            return NO_ROUTE, Response.text("bad request target", 400)
         allowed: set[str] = set()
+        found = NO_ROUTE
         for route in self._routes:
             m = route.regex.fullmatch(path)
             if m is None:
                 continue
+            found = route.pattern if found == NO_ROUTE else found
             if method not in route.methods:
                 allowed |= route.methods
                 continue
             request = Request(method, path, query, m.groupdict(), dict(headers or {}), body)
             try:
-                return route.handler(request)
+                return route.pattern, route.handler(request)
             except Exception:
                 log.exception("%s %s failed", method, path)
-                return Response.text("internal error", 500)
+                return route.pattern, Response.text("internal error", 500)
         if allowed:
             allow = ", ".join(sorted(allowed, key=lambda m: (m != "GET", m)))
-            return Response(405, b"method not allowed\n", headers=(("Allow", allow),))
-        return Response.text("not found", 404)
+            return found, Response(405, b"method not allowed\n", headers=(("Allow", allow),))
+        return NO_ROUTE, Response.text("not found", 404)
+
+    def route_of(self, target: str) -> str:
+        """The pattern of the first route whose path is ``target``'s (:data:`NO_ROUTE`: none)."""
+        path = urllib.parse.urlsplit(target).path
+        return next((r.pattern for r in self._routes if r.regex.fullmatch(path)), NO_ROUTE)
+
+    def count(self, route: str, status: int) -> None:
+        """One more answer of ``status`` on ``route`` (the server's own refusals call it too)."""
+        with self._count_lock:
+            key = (route, status)
+            self._answered[key] = self._answered.get(key, 0) + 1
+
+    def answered(self) -> dict[tuple[str, int], int]:
+        """The answers so far, by route pattern and status."""
+        with self._count_lock:
+            return dict(self._answered)
 
 
 # -- health -------------------------------------------------------------------------
@@ -360,6 +399,7 @@ class _Server(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
+            self.router.count(NO_ROUTE, 503)
             try:
                 request.settimeout(1.0)
                 request.sendall(_BUSY)
@@ -433,6 +473,8 @@ class _Handler(BaseHTTPRequestHandler):
         if response is None:
             headers = {k: v for k, v in self.headers.items()}
             response = self.server.router.handle(self.command, self.path, headers, body)
+        else:  # refused before the router saw it (a body it will not read)
+            self.server.router.count(self.server.router.route_of(self.path), response.status)
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))

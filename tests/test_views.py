@@ -98,6 +98,7 @@ class Served:
     worker: FakeWorker
     port: int
     published: list[ReviewAction]
+    router: Router
 
     def request(
         self,
@@ -145,7 +146,7 @@ def cluster_of_two(tmp_path: Path) -> Iterator[tuple[Served, Served]]:
             owners[views.url] = {settings.topic("clusters"): sorted(held)}
             for p in held:
                 worker.hold(p)
-            served.append(Served(views, worker, server.port, published))
+            served.append(Served(views, worker, server.port, published, router))
         a = served[0].worker
         match = MatchInfo("ncii", "md5", "a" * 32, 0)
         fill(a.detectors[partition_for(BANKED, PARTITIONS)], BANKED, 40, match, "a" * 32)
@@ -377,6 +378,34 @@ def test_bad_input_gets_a_clear_4xx_never_a_500(two: tuple[Served, Served]) -> N
             status, _, out = w.request(method, path, REVIEWER, body, headers)
             assert status == want, (method, path, status, out[:200])
     assert not a.published and not b.published
+
+
+def test_refusals_are_counted_by_route_and_status(two: tuple[Served, Served]) -> None:
+    """What ``viralwatch_http_responses_total`` exports: a view's refusals seen without
+    reading logs, by route pattern (never the cluster id a request named) and status."""
+    a, _ = two
+    before = a.router.answered()
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    for method, path, token, body in (
+        ("GET", "/cascade/not-an-id", REVIEWER, b""),
+        ("GET", "/cascade/not-an-id", REVIEWER, b""),
+        ("GET", f"/cascade/{BANKED}", "no-such-token", b""),
+        ("DELETE", f"/cascade/{BANKED}", REVIEWER, b""),
+        ("POST", f"/cascade/{UNBANKED}/bank", REVIEWER, b"x" * 20_000),  # refused unread
+        ("GET", "/nothing-here", REVIEWER, b""),
+        ("GET", f"/cascade/{BANKED}", REVIEWER, b""),
+    ):
+        a.request(method, path, token, body, form if body else {})
+    after = a.router.answered()
+    new = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert new == {
+        ("/cascade/<cluster>", 400): 2,
+        ("/cascade/<cluster>", 401): 1,
+        ("/cascade/<cluster>", 405): 1,
+        ("/cascade/<cluster>/bank", 413): 1,
+        ("(none)", 404): 1,
+        ("/cascade/<cluster>", 200): 1,
+    }
 
 
 def test_a_forwarded_request_is_never_forwarded_again(two: tuple[Served, Served]) -> None:
