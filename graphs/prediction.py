@@ -886,9 +886,11 @@ class _Columns(NamedTuple):
 class StateRead:
     """An :class:`IncrementalPredictor`'s state as one forecast reads it
     (:meth:`IncrementalPredictor.read`): the buckets' columns (new arrays, not the
-    state's) and the few figures beside them, taken at the forecast's time. What it
-    computes from them is what :meth:`IncrementalPredictor.features` gives, whenever
-    it is asked, whatever was added to the state since.
+    state's; the merged buckets' his a view of the state's table of them, which is never
+    written: a change makes a new one) and the few figures beside them, taken at the
+    forecast's time. What it computes from them is what
+    :meth:`IncrementalPredictor.features` gives, whenever it is asked, whatever was added
+    to the state since.
     """
 
     __slots__ = ("_age", "_cfg", "_columns", "_early", "_origin", "_p", "_reshares", "_window")
