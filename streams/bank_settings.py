@@ -28,11 +28,12 @@ percentage). One table per bank, every key optional (the defaults are
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Final
 
-from streams.banks import BankConfig
+from streams.banks import BankConfig, HashBanks, load_bank_csv
 
 KEYS: Final = tuple(sorted(f.name for f in fields(BankConfig) if f.name != "name"))
 
@@ -76,3 +77,27 @@ def load_bank_settings(path: str | Path) -> list[BankConfig]:
     """Read a bank settings file; ``OSError`` or ``ValueError`` with a one-line reason."""
     p = Path(path)
     return parse_bank_settings(p.read_text(encoding="utf-8"), str(p))
+
+
+def load_banks(paths: Iterable[Path], settings: Path | None = None) -> HashBanks:
+    """The banks of the CSV files ``paths`` with the per-bank ``settings``: what ``replay``,
+    ``bank match`` and a worker start from. One ``ValueError`` whatever went wrong, saying
+    which file (the settings, or which bank) and why: a worker said a missing bank file as
+    ``[Errno 2] No such file or directory: 'x.csv'``, not that it was a bank.
+
+    >>> load_banks([Path("/nowhere/ncii.csv")])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: cannot read bank /nowhere/ncii.csv: [Errno 2] No such file or directory: ...
+    """
+    try:
+        configs = load_bank_settings(settings) if settings else []
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read bank settings {settings}: {exc}") from None
+    banks = HashBanks(configs)
+    for path in paths:
+        try:
+            entries = load_bank_csv(path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read bank {path}: {exc}") from None
+        banks.add_many(entries)
+    return banks

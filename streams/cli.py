@@ -62,30 +62,21 @@ BankSettingsOpt = Annotated[
 
 
 def load_banks(paths: list[Path], settings: Path | None = None) -> object:
-    from streams.bank_settings import load_bank_settings
-    from streams.banks import HashBanks, load_bank_csv
+    from streams.bank_settings import load_banks as load
 
     try:
-        configs = load_bank_settings(settings) if settings else []
-    except (OSError, ValueError) as exc:
-        fail(f"cannot read bank settings {settings}: {exc}")
-    banks = HashBanks(configs)
-    for path in paths:
-        try:
-            entries = load_bank_csv(path)
-        except (OSError, ValueError) as exc:
-            fail(f"cannot read bank {path}: {exc}")
-        banks.add_many(entries)
-    return banks
+        return load(paths, settings)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def load_policy(path: Path | None) -> object:
-    from streams.policy import AlertPolicy
+    from streams.policy import load_policy as load
 
     try:
-        return AlertPolicy.from_toml(path) if path else AlertPolicy.default()
-    except (OSError, ValueError) as exc:
-        fail(f"cannot read policy {path}: {exc}")
+        return load(path)
+    except ValueError as exc:
+        fail(str(exc))
 
 
 def open_lines(path: Path):  # type: ignore[no-untyped-def]

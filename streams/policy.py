@@ -285,3 +285,18 @@ class AlertPolicy:
             resolve_after_ms=parse_duration(data.get("resolve_after", "10m")),
             links=link_templates,
         )
+
+
+def load_policy(path: Path | None) -> AlertPolicy:
+    """The policy of the TOML file ``path`` (``None``: the default one): what ``replay`` and
+    a worker alert by. One ``ValueError`` whatever went wrong, saying it is the policy's
+    file and why (a worker said a missing one as ``[Errno 2] No such file or directory``).
+
+    >>> load_policy(Path("/nowhere/policy.toml"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: cannot read policy /nowhere/policy.toml: [Errno 2] No such file or directory: ...
+    """
+    try:
+        return AlertPolicy.from_toml(path) if path else AlertPolicy.default()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read policy {path}: {exc}") from None

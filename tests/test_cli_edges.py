@@ -87,3 +87,18 @@ def test_a_sink_url_no_post_could_reach_is_refused_at_once(tmp_path: Path, flag:
         assert r.returncode == 2, err
         assert "Traceback" not in r.stderr.decode()
         assert err[-1].startswith("viralwatch: ") and "'http://h:abc'" in err[-1], err
+
+
+@pytest.mark.parametrize(
+    ("flag", "said"),
+    [("--bank", "bank"), ("--policy", "policy"), ("--bank-settings", "bank settings")],
+)
+def test_the_worker_names_the_file_it_cannot_read(tmp_path: Path, flag: str, said: str) -> None:
+    """As replay does, and before it reaches the broker (nothing listens on port 1): it said
+    ``[Errno 2] No such file or directory: '...'``, not which setting named the file."""
+    missing = tmp_path / "missing"
+    for command in (["worker", "--broker", "kafka://127.0.0.1:1"], ["replay", "-"]):
+        r = viralwatch(*command, flag, str(missing), timeout=60)
+        assert r.returncode == 2
+        last = r.stderr.decode().strip().splitlines()[-1]
+        assert last.startswith(f"viralwatch: cannot read {said} {missing}: "), last

@@ -59,7 +59,6 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -68,10 +67,10 @@ from faust.types import TP
 from mode.supervisors import CrashingSupervisor
 
 from streams.alerts import Alert, Pseudonymizer
-from streams.bank_settings import load_bank_settings
-from streams.banks import BankUpdate, HashBanks, load_bank_csv
+from streams.bank_settings import load_banks
+from streams.banks import BankUpdate, HashBanks
 from streams.detector import ClusterSummary
-from streams.policy import AlertPolicy
+from streams.policy import AlertPolicy, load_policy
 from streams.review import ActionLog
 from streams.runtime.alert_feed import AlertFeed
 from streams.runtime.bank_follower import BankFollower
@@ -960,19 +959,6 @@ def _by_partition(events: list[Any]) -> Iterable[list[Any]]:
 
 
 # -- starting a worker ----------------------------------------------------------------
-
-
-def load_banks(paths: Iterable[Path], settings_file: Path | None = None) -> HashBanks:
-    """The banks from CSV files; ``OSError``/``ValueError`` name the file and line."""
-    banks = HashBanks(load_bank_settings(settings_file) if settings_file else ())
-    for path in paths:
-        for entry in load_bank_csv(path):
-            banks.add(entry)
-    return banks
-
-
-def load_policy(path: Path | None) -> AlertPolicy:
-    return AlertPolicy.from_toml(path) if path else AlertPolicy.default()
 
 
 #: Why a worker with no broker configured does not start (a production worker must never
