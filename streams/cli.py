@@ -722,6 +722,11 @@ def evaluate_cmd(
         )
     if split not in ev.SPLITS:
         fail(f"--split must be one of {', '.join(ev.SPLITS)}")
+    import math
+
+    for flag, value, least in (("--alert-size", alert_size, 1.0), ("--alert-low", alert_low, 0.0)):
+        if value is not None and not (math.isfinite(value) and value >= least):
+            fail(f"{flag} {value:g}: a number of posts, at least {least:g}")  # (nan: a traceback)
     try:
         times = ev.parse_times(at)
         grid = ev.parse_seconds(step)

@@ -102,3 +102,21 @@ def test_the_worker_names_the_file_it_cannot_read(tmp_path: Path, flag: str, sai
         assert r.returncode == 2
         last = r.stderr.decode().strip().splitlines()[-1]
         assert last.startswith(f"viralwatch: cannot read {said} {missing}: "), last
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--alert-size", "nan"], "--alert-size nan: a number of posts, at least 1"),
+        (["--alert-size", "inf"], "--alert-size inf: a number of posts, at least 1"),
+        (["--alert-low", "-1"], "--alert-low -1: a number of posts, at least 0"),
+    ],
+)
+def test_evaluate_refuses_a_rule_no_forecast_can_meet(
+    tmp_path: Path, args: list[str], said: str
+) -> None:
+    """Before anything is read or fitted: nan and inf were tracebacks (the report's table
+    made an integer of them), a negative floor a rule that always passes."""
+    r = viralwatch("evaluate", str(tmp_path / "none.csv"), *args, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.decode().strip() == f"viralwatch: {said}"
