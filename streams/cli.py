@@ -189,8 +189,8 @@ def replay(
     pol = load_policy(policy)
     source = open_lines(events)
     pipe = Pipeline(banks, pol, pseudonymizer=pseudonymizer_from_env(), lateness_ms=lateness_ms)  # type: ignore[arg-type]
-    if speed < 0 or hold < 0:
-        fail("--speed and --hold cannot be negative")
+    if not (speed >= 0 and hold >= 0):  # (nan too: it was taken as 0)
+        fail(f"--speed {speed:g} and --hold {hold:g}: numbers, 0 or more")
     oncall = None
     if metrics_port is not None or alertmanager or webhook:
         try:

@@ -120,3 +120,18 @@ def test_evaluate_refuses_a_rule_no_forecast_can_meet(
     r = viralwatch("evaluate", str(tmp_path / "none.csv"), *args, timeout=60)
     assert r.returncode == 2
     assert r.stderr.decode().strip() == f"viralwatch: {said}"
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--speed", "-1"], "--speed -1 and --hold 0: numbers, 0 or more"),
+        (["--speed", "nan"], "--speed nan and --hold 0: numbers, 0 or more"),
+        (["--hold", "nan"], "--speed 0 and --hold nan: numbers, 0 or more"),
+    ],
+)
+def test_replay_refuses_a_pace_that_is_no_number(args: list[str], said: str) -> None:
+    """nan was taken as 0 (as fast as possible, no hold): a typo run as something else."""
+    r = viralwatch("replay", "-", *args, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.decode().strip().splitlines()[-1] == f"viralwatch: {said}"
