@@ -314,7 +314,7 @@ def test_time_passing_calls_the_compiled_eviction_only_when_it_can_evict() -> No
     det.evict_with(evict)  # type: ignore[arg-type]
     assert store.front() is None
     apply_many(det, [Routed(ShareEvent("e0", "upload", T0, "p0", "u0"), "u-1")])
-    seq, last = store.front()  # type: ignore[misc]
+    _seq, last = store.front()  # type: ignore[misc]
     assert last == T0
     for i in range(1, 4):  # banked events, u-1 not idle yet: no call
         det.apply(Routed(ShareEvent(f"b{i}", "upload", T0 + i, f"b{i}", "u"), "b-1", MATCH))
