@@ -688,6 +688,19 @@ def report_profiles(
     return summaries
 
 
+def _short_topic(topic: str, s: Settings) -> str:
+    """A topic's name without the run's prefix (a table's changelog: without its app id).
+
+    >>> s = Settings(topic_prefix="bench1.", app_id="bench-1")
+    >>> _short_topic("bench1.actions", s), _short_topic("bench-1-cluster-log-changelog", s)
+    ('actions', 'cluster-log-changelog')
+    """
+    for head in (s.topic_prefix, f"{s.app_id}-"):
+        if topic.startswith(head):
+            return topic[len(head) :]
+    return topic
+
+
 def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Per repeat: the plain consumer, then the pipeline with each of ``--workers`` worker counts.
 
@@ -799,6 +812,11 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 for topic, k in d.get("sent_bytes", {}).items():
                     name = topic.removeprefix(s.topic_prefix)
                     crossed[f"{name} bytes"] = crossed.get(f"{name} bytes", 0) + k / valid
+                # what went straight into the Kafka client's batches (the state logs among it)
+                for field, unit in (("written", "records"), ("written_bytes", "bytes")):
+                    for topic, k in d.get(field, {}).items():
+                        name = f"{_short_topic(topic, s)} written {unit}"
+                        crossed[name] = crossed.get(name, 0) + k / valid
             crossing[n].append(crossed)
             timed = "the workers' own times" if own else "the stats records' times"
             # each worker's CPU, the index's owner named (it is the one to balance)

@@ -390,6 +390,10 @@ def test_records_written_go_in_order_and_a_flush_waits_for_those_written_before_
             client.answer(but=b"late")  # the flush does not wait for what came after it
             await asyncio.wait_for(flushed, 1.0)
             assert producer.written == 15
+            # counted per topic, keys and values (the worker's report)
+            assert producer.written_to == {"actions": 13, "alerts": 1, "log": 1}
+            actions = sum(len(b"k%d" % n) + 40 + len(b"%d" % n) for n in range(12)) + 4 + 29
+            assert producer.written_bytes == {"actions": actions, "alerts": 6, "log": 4}
             assert client.records("actions", 0) == [
                 *((b"k%d" % n, b"v" * 40 + b"%d" % n) for n in range(0, 12, 2)),
                 (b"late", b"written after the flush began"),

@@ -564,8 +564,11 @@ class Producer(faust_aiokafka.Producer):
         self._last_batch: dict[Any, Any] = {}
         self._batches = 0
         self._delivering: deque[tuple[int, asyncio.Future[Any]]] = deque()
-        #: records written so far (the worker's report)
+        #: records written so far, and per topic those records and their bytes (keys and
+        #: values: the worker's report, which the pipeline benchmark sums per event)
         self.written = 0
+        self.written_to: collections.Counter[str] = collections.Counter()
+        self.written_bytes: collections.Counter[str] = collections.Counter()
 
     def write(
         self,
@@ -610,6 +613,8 @@ class Producer(faust_aiokafka.Producer):
                 self._delivering = deque(d for d in self._delivering if not _acked(d[1]))
             self._delivering.append((self._batches, batch.future))
         self.written += 1
+        self.written_to[topic] += 1
+        self.written_bytes[topic] += len(key) + (len(value) if value is not None else 0)
 
     async def flush_written(self) -> None:
         """Wait until every record written before this call is acknowledged by the broker;

@@ -821,6 +821,10 @@ class Worker:
             "delay_s": self._take_delays(),
             "sent": dict(self.sent),
             "sent_bytes": dict(self.sent_bytes),
+            # every record written straight into the Kafka client's batches, by topic: the
+            # state logs, the outputs, the ``resolve`` topic's sends and copies
+            "written": dict(self.app.counted_producer.written_to),
+            "written_bytes": dict(self.app.counted_producer.written_bytes),
             "stats": self.stats.summary(),
         }
 
