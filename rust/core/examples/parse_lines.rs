@@ -26,7 +26,10 @@ fn main() {
     let path = args.next().expect("a file of events, one a line");
     let passes: usize = args.next().map_or(1, |n| n.parse().expect("a count"));
     let data = std::fs::read(path).expect("readable");
-    let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&[u8]> = data
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
     let (mut ok, mut rejected) = (0usize, 0usize);
     for _ in 0..passes {
         let (o, r) = parse_all(&lines);
