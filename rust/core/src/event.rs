@@ -652,23 +652,18 @@ fn outside_printable(text: &[u8]) -> bool {
             | (del.wrapping_sub(ONES) & !del & HIGH)
     };
     let word = |c: &[u8]| u64::from_le_bytes(c.try_into().expect("8 bytes"));
-    let mut chunks = text.chunks_exact(8);
-    let mut bad = 0;
-    for c in &mut chunks {
-        bad |= test(word(c));
+    let n = text.len();
+    if n < 8 {
+        let mut last = [b' '; 8];
+        last[..n].copy_from_slice(text);
+        return test(u64::from_le_bytes(last)) != 0;
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        bad |= test(match text.len() {
-            // the last eight bytes, some tested already (an OR of the bytes' tests): no
-            // copy into a padded word, which was a `memcpy` call an id
-            8.. => word(&text[text.len() - 8..]),
-            _ => {
-                let mut last = [b' '; 8];
-                last[..rest.len()].copy_from_slice(rest);
-                u64::from_le_bytes(last)
-            }
-        });
+    // the last eight bytes, then whole words before them (overlapping it: the answer is
+    // an OR of the bytes' tests); no copy into a padded word (it was a `memcpy` call an
+    // id), and an id of 8..16 bytes is two words
+    let mut bad = test(word(&text[n - 8..]));
+    for i in (0..n - 8).step_by(8) {
+        bad |= test(word(&text[i..i + 8]));
     }
     bad != 0
 }
