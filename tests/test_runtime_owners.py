@@ -735,7 +735,8 @@ def test_without_the_gate_a_kill_loses_reshares_a_resolve_partition_released() -
     249 of 255 while every hand-over was copied, none once the copies were cut to what a
     replacement cannot make again, until the owner's bound moved the kills again: the
     writes their kills fall between are others. Seed 4, 254 of 255, once the registrations
-    handed a peer were copied ahead of what is owed it; seed 3 lost none then.)"""
+    handed a peer were copied ahead of what is owed it; seed 3 lost none then; seed 4 still,
+    since what is owed goes in-process instead.)"""
     run, _, actions = torn_run(4, gated=False)
     assert set(run.actions) < actions
 
@@ -825,7 +826,8 @@ def test_kills_that_tear_the_internal_topics_lose_no_takedown_request(seed: int)
     placed kills still give replay's alerts and takedown requests, each once, no event late,
     the unbanked clusters of a run without kills. (Seeds 0-19 at 40 restarts, 52-227
     records torn a run. Of 20-59, seeds 30 and 49 had 3 and 1 events late until the
-    registrations handed a peer were copied ahead of what is owed it:
+    registrations handed a peer were copied ahead of what is owed it (now what is owed is
+    handed in-process too):
     ``test_a_kill_keeps_no_registration_handed_to_a_peer_from_coming_late``.)"""
     run, alerts, actions = torn_run(
         seed, after_release=True, restarts=kill_restarts(), topics=True, commit_internal=True
