@@ -260,6 +260,35 @@ def test_alertmanager_sink_refuses_bad_settings() -> None:
 
 
 @pytest.mark.parametrize(
+    "given",
+    [
+        "http://am:9093",
+        "http://am:9093/",
+        "http://am:9093/api/v2/alerts",
+        "http://am:9093/api/v2/alerts/",
+    ],
+)
+def test_alertmanager_is_posted_at_its_endpoint_given_its_base_url_or_the_endpoint(
+    given: str,
+) -> None:
+    """Given the endpoint itself (as Alertmanager's API documentation shows it), the sink
+    posted to ``.../api/v2/alerts/api/v2/alerts``: a 404 from Alertmanager, a refusal, so
+    every alert was dropped as refused for good."""
+    posted: list[str] = []
+
+    def transport(
+        url: str, body: bytes, headers: Mapping[str, str], timeout: float
+    ) -> HttpResponse:
+        posted.append(url)
+        return HttpResponse(200)
+
+    sink = AlertmanagerSink(given, transport=transport, wall_clock=lambda: WALL)
+    sink.send([alert()])
+    assert sink.flush() == 0
+    assert posted == ["http://am:9093/api/v2/alerts"]
+
+
+@pytest.mark.parametrize(
     ("url", "said"),
     [
         ("am:9093", "must be http"),

@@ -72,13 +72,34 @@ def _identity(alert: Alert) -> tuple[str, str, str]:
     return (alert.severity, alert.match.bank if alert.match else "unbanked", alert.cluster_id)
 
 
+#: Where Alertmanager takes posted alerts, under its base URL.
+API_PATH = "/api/v2/alerts"
+
+
+def endpoint(url: str) -> str:
+    """The URL alerts are posted to: ``url`` is Alertmanager's base URL, or the endpoint
+    itself. Given the endpoint (what Alertmanager's API documentation shows), the sink had
+    appended it again, and Alertmanager answered every post 404: a refusal, so every alert
+    was dropped as refused for good.
+
+    >>> endpoint("http://am:9093"), endpoint("http://ops/alertmanager/")
+    ('http://am:9093/api/v2/alerts', 'http://ops/alertmanager/api/v2/alerts')
+    >>> endpoint("http://am:9093/api/v2/alerts/")
+    'http://am:9093/api/v2/alerts'
+    """
+    base = url.rstrip("/")
+    return base if base.endswith(API_PATH) else base + API_PATH
+
+
 class AlertmanagerSink(AlertSink):
     """Posts alerts to ``{url}/api/v2/alerts`` and keeps the firing ones alive.
 
     Parameters
     ----------
     url
-        Alertmanager's base URL (``http://alertmanager:9093``).
+        Alertmanager's base URL (``http://alertmanager:9093``, or under a route prefix
+        ``http://ops/alertmanager``), or its endpoint itself (``.../api/v2/alerts``):
+        both post to the endpoint (see :func:`endpoint`).
     repost_interval
         Seconds between re-posts of each firing alert; keep it well under
         Alertmanager's ``resolve_timeout``.
@@ -115,7 +136,7 @@ class AlertmanagerSink(AlertSink):
         parse_post_url("Alertmanager", url)
         if repost_interval <= 0:
             raise ValueError("repost_interval must be > 0")
-        self.url = url.rstrip("/") + "/api/v2/alerts"
+        self.url = endpoint(url)
         self._repost = repost_interval
         self._validity = validity if validity is not None else 4 * repost_interval
         if self._validity <= repost_interval:
