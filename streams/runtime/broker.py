@@ -524,6 +524,38 @@ def _start_tansu(
     raise BrokerError(f"the bundled Kafka broker {last_error}")
 
 
+#: The cluster id Tansu, the bundled broker, reports (its default, which
+#: :func:`start_local_broker` keeps).
+TANSU_CLUSTER_ID: Final = "tansu_cluster"
+
+
+def is_bundled_broker(
+    bootstrap: list[str], *, client_config: dict[str, object] | None = None, timeout: float = 30.0
+) -> bool:
+    """Whether the broker at ``bootstrap`` is Tansu, the bundled broker, by the cluster id
+    it reports: a worker on it needs its workarounds (``Settings.local_broker``). A worker
+    given ``viralwatch broker``'s address did not know, asked for an idempotent producer
+    the broker cannot give and ended in a Faust traceback (``InitProducerIdRequest``:
+    ``UnknownError``). A broker that cannot say (DescribeCluster is Kafka 2.8's) is not
+    Tansu.
+    """
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=int(timeout * 1000),
+        **dict(client_config or {}),
+    )
+    try:
+        found = admin.describe_cluster().get("cluster_id")
+    except KafkaError:
+        return False
+    finally:
+        admin.close()
+    return bool(found == TANSU_CLUSTER_ID)
+
+
 def ensure_topics(
     bootstrap: list[str],
     topics: dict[str, int],

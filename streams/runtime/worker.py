@@ -75,9 +75,11 @@ from streams.review import ActionLog
 from streams.runtime.alert_feed import AlertFeed
 from streams.runtime.bank_follower import BankFollower
 from streams.runtime.broker import (
+    TANSU_CLUSTER_ID,
     BrokerError,
     LocalBroker,
     ensure_topics,
+    is_bundled_broker,
     start_local_broker,
     watch_failure,
 )
@@ -982,7 +984,9 @@ KEYED_TOPICS = ("resolve", "clusters", "alerts", "actions")
 def prepare(
     settings: Settings, say: Callable[[str], None]
 ) -> tuple[Settings, LocalBroker | None, int]:
-    """Start the bundled broker if none is configured and that is allowed; create the topics.
+    """Start the bundled broker if none is configured and that is allowed (a configured one
+    that is the bundled broker gets its workarounds, :func:`is_bundled_broker`); create the
+    topics.
 
     Returns the settings to run with, the broker started (or ``None``), and
     the partition count of the ``shares`` topic (which may predate us).
@@ -997,6 +1001,14 @@ def prepare(
             f"no broker configured (--broker or VIRALWATCH_BROKER): started the bundled "
             f"Kafka-compatible broker at {broker.url} (memory storage, pid {broker.pid}); "
             "it stops with this command"
+        )
+    elif not settings.local_broker and is_bundled_broker(
+        settings.bootstrap, client_config=settings.security.kafka_python_config()
+    ):
+        settings = settings.with_(local_broker=True)
+        say(
+            f"the broker at {settings.broker} is the bundled one (Tansu, cluster id "
+            f"{TANSU_CLUSTER_ID}): its workarounds are on, as with VIRALWATCH_LOCAL_BROKER=1"
         )
     try:
         # The state logs' changelogs too, before Faust starts: workers starting together
