@@ -404,6 +404,17 @@ def test_k8s_config_map_carries_a_valid_policy_and_bank(tmp_path: Path) -> None:
     assert env["VIRALWATCH_BANKS"] == f"{mounts['config']}/banks.csv"
 
 
+def test_k8s_policy_is_the_default_policy() -> None:
+    """Kustomize reads no file outside its folder, so the ConfigMap's policy is a copy of
+    ``streams/policy.toml``: kept the same, byte for byte. It had stayed behind: without
+    ``takedown``, ``min_observed`` and ``horizon``, and with the escalation's older words,
+    as "the defaults"."""
+    copy = (K8S / "policy.toml").read_bytes()
+    assert copy == (ROOT / "streams" / "policy.toml").read_bytes(), (
+        "deploy/k8s/policy.toml differs from streams/policy.toml: copy it again"
+    )
+
+
 def test_k8s_workers_are_probed_and_scraped_on_the_http_port() -> None:
     container = worker_container()
     (port,) = container["ports"]
