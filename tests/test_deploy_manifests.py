@@ -404,6 +404,54 @@ def test_k8s_config_map_carries_a_valid_policy_and_bank(tmp_path: Path) -> None:
     assert env["VIRALWATCH_BANKS"] == f"{mounts['config']}/banks.csv"
 
 
+def test_k8s_prometheus_scrapes_the_workers_as_the_job_the_rules_read(tmp_path: Path) -> None:
+    """``deploy/prometheus/kubernetes.yml``: the workers of ``deploy/k8s`` under the job
+    ``rules.yml`` selects (``job="viralwatch"``), by the Service's name and port, in its
+    namespace. Scraped by a generic annotation job instead, the workers' ``up`` carried
+    that job's name: ViralwatchWorkersAbsent fired for ever, ViralwatchWorkerDown never.
+    Debian's promtool has no Kubernetes discovery, so it checks the rest of the file with
+    the discovery given as static targets."""
+    yaml = pytest.importorskip("yaml", reason=f"PyYAML is not installed ({INSTALL_HINT})")
+    path = DEPLOY / "prometheus" / "kubernetes.yml"
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    rules = (DEPLOY / "prometheus" / "rules.yml").read_text(encoding="utf-8")
+    assert set(re.findall(r'job="([^"]+)"', rules)) == {"viralwatch"}
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "viralwatch"
+    (sd,) = job["kubernetes_sd_configs"]
+    (namespace,) = k8s_objects("Namespace")
+    assert sd["namespaces"]["names"] == [namespace["metadata"]["name"]]
+    (service,) = k8s_objects("Service")
+    (port,) = service["spec"]["ports"]
+    keep = [r for r in job["relabel_configs"] if r.get("action") == "keep"]
+    assert [(r["source_labels"], r["regex"]) for r in keep] == [
+        (
+            [
+                "__meta_kubernetes_service_name",
+                f"__meta_kubernetes_{sd['role']}_port_name",
+            ],
+            f"{service['metadata']['name']};{port['name']}",
+        )
+    ]
+    # Alertmanager where the workers post (the Deployment's VIRALWATCH_ALERTMANAGER)
+    env = {e["name"]: e.get("value") for e in worker_container()["env"]}
+    am = urllib.parse.urlsplit(env["VIRALWATCH_ALERTMANAGER"])
+    (targets,) = config["alerting"]["alertmanagers"][0]["static_configs"]
+    assert targets["targets"] == [am.netloc]
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool (Debian's prometheus) is not installed")
+    del job["kubernetes_sd_configs"]
+    job["static_configs"] = [{"targets": ["10.0.0.1:6066"]}]
+    checked = tmp_path / "kubernetes.yml"
+    checked.write_text(yaml.safe_dump(config), encoding="utf-8")
+    shutil.copy(DEPLOY / "prometheus" / "rules.yml", tmp_path / "rules.yml")
+    result = subprocess.run(
+        [promtool, "check", "config", str(checked)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_k8s_policy_is_the_default_policy() -> None:
     """Kustomize reads no file outside its folder, so the ConfigMap's policy is a copy of
     ``streams/policy.toml``: kept the same, byte for byte. It had stayed behind: without
