@@ -866,8 +866,8 @@ def worker(
         typer.Option(
             "--http-port",
             metavar="PORT",
-            help="serve /metrics, /livez and /readyz on this port (0: any free port; "
-            "default VIRALWATCH_HTTP_PORT, else none)",
+            help="serve /metrics, /livez, /readyz and the views (/cascade/<id>, /emerging, "
+            "/banks) on this port (0: any free port; default VIRALWATCH_HTTP_PORT, else none)",
         ),
     ] = None,
     http_host: Annotated[

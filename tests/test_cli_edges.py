@@ -34,6 +34,15 @@ def test_every_flag_and_argument_has_a_help_text() -> None:
     assert bare == []
 
 
+def test_the_worker_s_http_port_says_it_serves_the_views() -> None:
+    """The port an alert's cascade link and a reviewer reach: ``--help`` named only
+    /metrics and the probes, as if the views were somewhere else."""
+    worker = {p.name: p for cmd, p in _options(typer.main.get_command(app)) if cmd == "worker"}
+    assert "the views" in worker["http_port"].help
+    for path in ("/metrics", "/livez", "/readyz", "/cascade/<id>", "/emerging", "/banks"):
+        assert path in worker["http_port"].help, path
+
+
 def test_simulate_names_the_file_it_cannot_write(tmp_path: Path) -> None:
     a_file = tmp_path / "events.jsonl"
     a_file.write_text("{}\n")
