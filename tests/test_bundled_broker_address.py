@@ -1,4 +1,5 @@
-"""A worker given the bundled broker's address (``viralwatch broker`` prints it) knows it.
+"""A worker given a broker's address: the bundled broker's is known, one nothing answers at
+is said in one line.
 
 The bundled broker (Tansu) gives no idempotent producer and says a partition's end one
 batch short; a worker applies its workarounds when ``Settings.local_broker`` is set,
@@ -7,6 +8,10 @@ which ``--embedded-broker`` does. Given ``viralwatch broker``'s address instead,
 id and ended at its start in a Faust traceback (``InitProducerIdRequest``:
 ``UnknownError``). It now asks the broker its cluster id first; Apache Kafka is not
 taken for it.
+
+Given an address nothing answers at, a worker waited out the Kafka client's bootstrap
+timeout and ended in its traceback (``KafkaTimeoutError``, exit status 1); it now says
+the broker and the client's error in one line, exit status 2.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from kafka_helpers import require_broker, require_kafka
+from programs import free_port, viralwatch
 
 from streams.runtime.broker import start_local_broker
 from streams.runtime.kafka_server import start_kafka
@@ -53,3 +59,18 @@ def test_apache_kafka_is_not_taken_for_the_bundled_broker(tmp_path: Path) -> Non
             Settings(broker=broker.url, partitions=2, data_dir=tmp_path), said.append
         )
         assert not settings.local_broker and said == []
+
+
+def test_a_broker_nothing_answers_at_is_said_in_one_line(tmp_path: Path) -> None:
+    """About 40 s: the Kafka client's bootstrap timeout, which the worker waits out."""
+    url = f"kafka://127.0.0.1:{free_port()}"
+    r = viralwatch(
+        "worker", "--broker", url, timeout=240, env={"VIRALWATCH_DATA_DIR": str(tmp_path)}
+    )
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"viralwatch: the broker at {url}: KafkaTimeoutError: Unable to "
+        f"bootstrap from ['127.0.0.1:{url.rsplit(':', 1)[1]}']"
+    ), err

@@ -989,7 +989,10 @@ def prepare(
     topics.
 
     Returns the settings to run with, the broker started (or ``None``), and
-    the partition count of the ``shares`` topic (which may predate us).
+    the partition count of the ``shares`` topic (which may predate us). The Kafka
+    client's errors (a broker nothing answers at: ``KafkaTimeoutError`` after its
+    bootstrap timeout) are raised as ``ConnectionError``, which the commands say in one
+    line: a worker said them as a traceback.
     """
     broker: LocalBroker | None = None
     if settings.broker is None:
@@ -1002,15 +1005,21 @@ def prepare(
             f"Kafka-compatible broker at {broker.url} (memory storage, pid {broker.pid}); "
             "it stops with this command"
         )
-    elif not settings.local_broker and is_bundled_broker(
-        settings.bootstrap, client_config=settings.security.kafka_python_config()
-    ):
-        settings = settings.with_(local_broker=True)
-        say(
-            f"the broker at {settings.broker} is the bundled one (Tansu, cluster id "
-            f"{TANSU_CLUSTER_ID}): its workarounds are on, as with VIRALWATCH_LOCAL_BROKER=1"
-        )
+    from kafka.errors import KafkaError
+
     try:
+        if (
+            broker is None
+            and not settings.local_broker
+            and is_bundled_broker(
+                settings.bootstrap, client_config=settings.security.kafka_python_config()
+            )
+        ):
+            settings = settings.with_(local_broker=True)
+            say(
+                f"the broker at {settings.broker} is the bundled one (Tansu, cluster id "
+                f"{TANSU_CLUSTER_ID}): its workarounds are on, as with VIRALWATCH_LOCAL_BROKER=1"
+            )
         # The state logs' changelogs too, before Faust starts: workers starting together
         # would otherwise race to create them, and one whose metadata missed the other's
         # creation failed its first state-log write (PartitionsMismatch: 0 partitions).
@@ -1029,9 +1038,13 @@ def prepare(
                     f"topic {topic} has {counts[topic]} partitions, the settings say "
                     f"{settings.partitions}: use --partitions {counts[topic]} or a new prefix"
                 )
-    except BaseException:
+    except BaseException as exc:
         if broker is not None:
             broker.stop()
+        if isinstance(exc, KafkaError):  # the Kafka client's: one line, not its traceback
+            said, kind = str(exc), type(exc).__name__
+            said = said if said.startswith(kind) else f"{kind}: {said}"  # kafka-python's has it
+            raise ConnectionError(f"the broker at {settings.broker}: {said}") from exc
         raise
     return settings, broker, counts[settings.topic("shares")]
 
