@@ -587,22 +587,25 @@ def _change_command(kind: str, doc: str) -> Callable[..., None]:
 bank_app.command("add")(
     _change_command(
         "bank",
-        """Add hashes to a bank, through the bank topic: every worker matches them from now
-        on, and live clusters of that content are banked at once (retroaction). The action
-        (who, why, when) goes to the audit topic; it is printed as JSON.""",
+        """Add hashes to a bank, through the bank topic; the action is printed as JSON.
+
+        Every worker matches them from now on, and live clusters of that content are
+        banked at once (retroaction). The action (who, why, when) goes to the audit topic.""",
     )
 )
 bank_app.command("unallow")(
     _change_command(
         "reverse_false_positive",
-        """Reverse a false positive: take hashes off the allow-list (recorded in the audit
-        topic); uploads of that content match its bank again from now on.""",
+        """Reverse a false positive: take hashes off the allow-list (recorded in audit).
+
+        Uploads of that content match its bank again from now on.""",
     )
 )
 bank_app.command("withdraw")(
     _change_command(
         "withdraw",
-        """Withdraw hashes from a bank, through the bank topic (recorded in the audit topic).
+        """Withdraw hashes from a bank, through the bank topic (recorded in audit).
+
         To stop a wrong match from alerting, mark the cluster a false positive instead.""",
     )
 )
@@ -614,9 +617,10 @@ def bank_list(
     broker: BrokerOpt = None,
     topic_prefix: PrefixOpt = None,
 ) -> None:
-    """The banks as the bank topic holds them now (the allow-list is the bank "allowlist"):
-    one JSON line per entry, {"bank", "signal_type", "signal", "label"}; then the sizes on
-    stderr."""
+    """The banks as the bank topic holds them now: one JSON line per entry.
+
+    Each line is {"bank", "signal_type", "signal", "label"} (the allow-list is the bank
+    "allowlist"); then the sizes on stderr."""
     from streams.runtime.bank_follower import read_banks
     from streams.settings import Settings
 

@@ -43,6 +43,22 @@ def test_the_worker_s_http_port_says_it_serves_the_views() -> None:
         assert path in worker["http_port"].help, path
 
 
+def test_every_command_s_summary_is_one_line() -> None:
+    """The commands' list in ``--help`` shows a help's first paragraph with its line
+    breaks as written: ``viralwatch bank --help`` broke four summaries mid-sentence."""
+    import inspect
+
+    def commands(command: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
+        for name, sub in getattr(command, "commands", {}).items():
+            yield " ".join((*path, name)), sub
+            yield from commands(sub, (*path, name))
+
+    listed = list(commands(typer.main.get_command(app)))
+    assert len(listed) > 12  # bank's subcommands too
+    broken = [name for name, c in listed if "\n" in inspect.cleandoc(c.help or "").split("\n\n")[0]]
+    assert broken == []
+
+
 def test_simulate_names_the_file_it_cannot_write(tmp_path: Path) -> None:
     a_file = tmp_path / "events.jsonl"
     a_file.write_text("{}\n")
