@@ -246,6 +246,29 @@ class GrowthModel:
         hi = self.p_high[i] + w * (self.p_high[j] - self.p_high[i])
         return mu, sigma, lo, hi
 
+    def law_at_most(
+        self, age_s: float, lows: Sequence[float], highs: Sequence[float]
+    ) -> tuple[float, float, float, float]:
+        """:meth:`law` at the inputs, each between ``lows[k]`` and ``highs[k]``, that give
+        the largest ``mu``: one input per coefficient but the intercept.
+
+        Why: ``mu`` is linear in the inputs, so its largest value over that box is at the
+        corner where each input is at its high if its coefficient (interpolated at
+        ``age_s`` as :meth:`law` interpolates it) is at least 0, else at its low; a bound
+        on the forecast needs no more than bounds on its inputs.
+
+        >>> g = GrowthModel((900.0,), ((1.0, 2.0, -3.0),), (1.0,), (0.1,), (0.9,))
+        >>> g.law_at_most(900.0, (0.0, 0.0), (1.0, 1.0))[0]  # 1 + 2 * 1 - 3 * 0
+        3.0
+        """
+        i, j, w = _interp_weights(self.ages_s, age_s)
+        a, b = self.coef[i], self.coef[j]
+        corner = [
+            high if ca + w * (cb - ca) >= 0.0 else low
+            for ca, cb, low, high in zip(a[1:], b[1:], lows, highs, strict=True)
+        ]
+        return self.law(age_s, corner)
+
     def quantiles(
         self, age_s: float, inputs: Sequence[float], lower: float = 0.0
     ) -> tuple[float, float, float]:

@@ -82,8 +82,10 @@ from graphs.growth import (
     DEFAULT_GROWTH,
     RECENT_WINDOWS_S,
     RICH_GROWTH,
+    SEISMIC_INPUTS,
     GrowthModel,
     growth_inputs,
+    truncated_quantile,
 )
 from graphs.seismic import (
     DEFAULT_KERNEL,
@@ -574,6 +576,8 @@ def _kernel_terms(
 # window_integral's case by how many of its bounds an age passes (0: none, 2-5: its cases)
 _ROWS_WIDE = np.array([0, 1, 2, 3, 4])
 _ROWS_NARROW = np.array([0, 1, 3, 4])
+# np.sum's own reduction, without its Python wrapper
+_total = np.add.reduce
 
 
 class IncrementalPredictor:
@@ -954,8 +958,7 @@ class StateRead:
         if self._columns is None:
             return Features(0.0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         p, age = self._p, self._age
-        cols, old_hi = self._columns
-        lo, n, d, dt, st = cols
+        lo, n, d, _, _ = self._columns.cols
         width = cfg.bucket_s
         # reshare counts are whole numbers, so their sums are exact in any order
         starts = [width * math.floor((p - w) / width) for w in RECENT_WINDOWS_S]
@@ -964,32 +967,12 @@ class StateRead:
         window = self._window
         if window is None:
             return Features(max(age, 0.0), self._reshares, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, *early)
-        hi = lo + width
-        if old_hi is not None:
-            hi[hi.shape[0] - old_hi.shape[0] :] = old_hi
-        has = d > 0
-        centre = np.where(has, dt / np.where(has, d, 1.0), (lo + hi) / 2.0)
         slope = 1.0 / window
-        start = p - window
+        centre, weighted, count = self._in_window(window)
         ages = p - centre
         until = (self._origin + cfg.horizon_s) - centre
         integral, ccdf_now, ccdf_until = _kernel_terms(cfg.kernel, ages, until, slope, window)
         exposure = float(np.dot(d.copy(), integral))
-        # triangular count of reshares in [start, p): exact for whole buckets; the
-        # bucket cut by the window's start counts when its reshares' mean time is
-        # inside (exact when they are all on one side; the weight there is ~0)
-        inside = (lo >= start) & (lo < p)
-        n_in = n[inside]
-        total = np.add.reduce  # np.sum's own reduction, without its Python wrapper
-        weighted = float(total(n_in + slope * (st[inside] - n_in * p)))
-        count = float(total(n_in))
-        has = n > 0
-        cut = (lo < start) & (hi > start) & has
-        if cut.any():  # at most a bucket or two; none adds 0 (the sums are >= 0)
-            cut &= st / np.where(has, n, 1.0) >= start
-            n_cut = n[cut]
-            weighted += float(total(slope * (st[cut] - n_cut * start)))
-            count = float(total(n_in) + total(n_cut))
         if weighted <= 0.0 or exposure <= 0.0:
             return Features(max(age, 0.0), self._reshares, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, *early)
         q = weighted / exposure
@@ -1004,9 +987,157 @@ class StateRead:
         seen = ages >= 0.0
         if not seen.all():  # a bucket after now (posts at or before now, as a rule)
             d, ccdf_now, left = d[seen], ccdf_now[seen], left[seen]
-        offspring = q * float(total(d * ccdf_now))
-        offspring_h = q * float(total(d * left))
+        offspring = q * float(_total(d * ccdf_now))
+        offspring_h = q * float(_total(d * left))
         return Features(age, self._reshares, q, p_low, p_up, count, offspring, offspring_h, *early)
+
+    def growth_bound(self) -> tuple[float, float] | None:
+        """Upper bounds on the ``best`` forecast's size and band low (:meth:`predict`'s
+        ``size`` and ``low``), without the kernel's terms; ``None`` where none is given
+        here (another model, a growth law of other inputs, no post before the forecast's
+        time, or no exposure to bound the infectiousness with).
+
+        Why: the detector asks the ``[predicted]`` rule on a schedule, and the rule fires
+        only past a size and a low in the thousands (``size > 10,000`` and ``low >
+        2,000`` by default) that small clusters' forecasts are nowhere near (the
+        benchmark's stream: 1,726 decisions, the largest low 515); the rule is monotone
+        in both, so a bound under either threshold decides it without the forecast.
+
+        Why it is a bound. The law's ``mu`` is linear in its three inputs
+        (:func:`graphs.growth.growth_inputs`), and each lies in an interval found
+        here without the kernel's terms:
+
+        - the window's share ``log1p(count / (n + 1))``: the count is computed as
+          :meth:`features` computes it (:meth:`_in_window`), so it is between 0 (where
+          the features have no infectiousness) and that exact value;
+        - the branching ``log(q * n_star + 0.001)``: at least ``log(0.001)``; at most
+          with ``q``'s upper bound. ``q`` is the weighted count over the exposure, the
+          sum of each bucket's followers times the kernel's window integral at the
+          bucket's age ``a``: ``int_0^min(a, w) phi(a - u) (1 - u / w) du`` over the
+          window ``w``. The kernel ``phi`` is ``c`` up to its cutoff ``tau``, then
+          falls: over the lags ``u`` from ``f = clip(a - tau, 0, w)`` to ``r = clip(a,
+          0, w)`` it is ``c``, and over those before ``f`` at least ``phi(a)``, so the
+          integral is at least ``c G(f, r) + phi(a) G(0, f)``, ``G(u1, u2) = (u2 - u1)
+          (1 - (u1 + u2) / (2 w))`` (exactly the integral up to the cutoff; 0 for a
+          bucket not yet reached). Their sum bounds the exposure below, and half of it
+          is taken (an allowance for the rounding of both sums, far above it);
+        - the first generation's share ``log1p(offspring_h / (n + 1))``: at least 0;
+          ``offspring_h`` is ``q`` times the followers times the kernel's share still
+          to come before the horizon, a share at most 1, so at most ``q``'s bound
+          times all the followers.
+
+        The largest ``mu`` over that box is at a corner
+        (:meth:`graphs.growth.GrowthModel.law_at_most`); the truncated normal's
+        quantiles do not decrease with ``mu`` (the normal family has a monotone
+        likelihood ratio in its location, and truncation keeps it), so the forecast's
+        median and low at that ``mu`` bound the forecast's. Rounding: ``mu`` is raised
+        by 1e-9 (relative) and the quantiles by 1e-9 (in log growth), far above the
+        rounding where the law's ``mu`` is at least ``-3 sigma``; below it, the computed
+        quantile is noisy (``NormalDist.cdf`` goes through ``erf``, which loses digits
+        deep in the tail: a few millionths of ``sigma`` at ``mu = -7 sigma``, up to 0.058
+        ``sigma`` for a low quantile of 0.077 just before the tail rounds to 0 and the
+        quantile with it), so the bound takes ``mu`` at least 0, where the median is 0.67
+        ``sigma`` and a low quantile of 0.07 or more 0.088 ``sigma`` or more: over what
+        any ``mu`` below gives, noise and all; a model's band lower than 0.07 is not
+        bounded here (``tests/test_prediction_exact.py`` checks the quantiles on random
+        draws, and holds the bound to the computed forecast).
+
+        >>> p = IncrementalPredictor()
+        >>> p.add(0.0, 500, original=True)
+        >>> for i in range(1, 80):
+        ...     p.add(i * 7.0, 120)
+        >>> size, low = p.read(600.0).growth_bound()
+        >>> f = p.predict(600.0)
+        >>> f.size <= size < 10_000, f.low <= low < 2_000
+        (True, True)
+        """
+        cfg = self._cfg
+        growth = cfg.growth
+        window = self._window
+        if (
+            cfg.model != "best"
+            or self._columns is None
+            or window is None
+            or len(growth.coef[0]) != SEISMIC_INPUTS + 1
+            or self._age < 0.0
+        ):
+            return None
+        n = float(self._reshares)
+        if self._age >= cfg.horizon_s or n <= 0.0:
+            return n, n  # what the forecast is there (_grown)
+        centre, weighted, count = self._in_window(window)
+        kernel = cfg.kernel
+        tau = kernel.cutoff
+        ages = self._p - centre
+        flat, reached = np.clip(ages - tau, 0.0, window), np.clip(ages, 0.0, window)
+        phi = kernel.c * (np.maximum(ages, tau) / tau) ** -(1.0 + kernel.theta)
+        half = 0.5 / window
+        most = kernel.c * (reached - flat) * (1.0 - (flat + reached) * half)
+        least = most + phi * flat * (1.0 - flat * half)
+        most += kernel.c * flat * (1.0 - flat * half)
+        _, _, d, _, _ = self._columns.cols
+        exposure = 0.5 * float(np.dot(d, least))
+        if not (exposure > 0.0 and weighted > 0.0):
+            return None
+        q_most = weighted / exposure
+        q_least = weighted / (2.0 * float(np.dot(d, most)))
+        n1 = n + 1.0
+        # the share of reactions to come before the horizon: at least its span times
+        # the kernel at the horizon (the kernel falls), less the ccdf's rounding
+        span = cfg.horizon_s - self._age
+        seen = ages >= 0.0
+        after = kernel.c * (np.maximum(ages + span, tau) / tau) ** -(1.0 + kernel.theta)
+        coming = 0.5 * float(np.dot(d[seen], after[seen])) * span - 1e-12 * float(_total(d))
+        followers = float(_total(d)) * (1.0 + 1e-9)
+        share = math.log1p(count / n1)
+        lows = (
+            math.log1p(q_least * max(coming, 0.0) / n1),
+            share,
+            math.log(q_least * cfg.n_star + 1e-3),
+        )
+        highs = (
+            math.log1p(q_most * followers / n1),
+            share,
+            math.log(q_most * cfg.n_star + 1e-3),
+        )
+        mu, sigma, p_lo, _ = growth.law_at_most(self._age, lows, highs)
+        if p_lo < 0.07:  # a band too wide for the allowance below (the shipped: 0.077)
+            return None
+        mu = max(mu + 1e-9 * (1.0 + abs(mu)), 0.0)
+        z, lo = truncated_quantile(0.5, mu, sigma, 0.0), truncated_quantile(p_lo, mu, sigma, 0.0)
+        grow = math.exp(1e-9)
+        return n1 * math.exp(z) * grow - 1.0, n1 * math.exp(lo) * grow - 1.0
+
+    def _in_window(self, window: float) -> tuple[FloatArray, float, float]:
+        """Each bucket's follower-weighted mean time (``centre``), and the triangular
+        window's weighted count of reshares and plain count, as :meth:`features` reads them
+        (and :meth:`growth_bound`: one piece, so that both read the same numbers)."""
+        assert self._columns is not None
+        cols, old_hi = self._columns
+        lo, n, d, dt, st = cols
+        p = self._p
+        hi = lo + self._cfg.bucket_s
+        if old_hi is not None:
+            hi[hi.shape[0] - old_hi.shape[0] :] = old_hi
+        has = d > 0
+        centre = np.where(has, dt / np.where(has, d, 1.0), (lo + hi) / 2.0)
+        slope = 1.0 / window
+        start = p - window
+        # triangular count of reshares in [start, p): exact for whole buckets; the
+        # bucket cut by the window's start counts when its reshares' mean time is
+        # inside (exact when they are all on one side; the weight there is ~0)
+        inside = (lo >= start) & (lo < p)
+        n_in = n[inside]
+        weighted = float(_total(n_in + slope * (st[inside] - n_in * p)))
+        count = float(_total(n_in))
+        has = n > 0
+        cut = (lo < start) & (hi > start) & has
+        if cut.any():  # at most a bucket or two; none adds 0 (the sums are >= 0)
+            cut &= st / np.where(has, n, 1.0) >= start
+            n_cut = n[cut]
+            weighted += float(_total(slope * (st[cut] - n_cut * start)))
+            count = float(_total(n_in) + _total(n_cut))
+        return centre, weighted, count
 
 
 def fit_calibration(

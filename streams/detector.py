@@ -158,7 +158,7 @@ from streams.alerts import (
 from streams.banks import ALLOW_BANK, DEFAULT_PDQ_THRESHOLD, BankUpdate
 from streams.emerging import ContentIndex, Signal, signal_of, signals_of
 from streams.events import Rejection, ShareEvent
-from streams.forecast import PredictorFactory
+from streams.forecast import LaterPrediction, PredictorFactory
 from streams.policy import AlertPolicy
 from streams.router import Routed
 from streams.stats import Stats
@@ -889,7 +889,10 @@ class Detector:
             # is the one difference, so its forecast is made). Else the figures are made
             # when an alert reads them, if one does: about a quarter of the forecasts.
             if (met or st.active) and (rule.severity not in st.fired or st.allowed):
-                p = later()
+                # the rule fires on no more than its bounds (monotone in both): bounds it
+                # does not fire on settle it, no forecast computed (most clusters: small)
+                bound = later.at_most() if isinstance(later, LaterPrediction) else None
+                p = later() if bound is None or rule.fires(*bound, st.cascade.size) else None
                 if p is not None and rule.fires(p.size, p.low, st.cascade.size):
                     # it escalates an episode a velocity rule opened (now, or before)
                     met.append((rule.severity, "predicted"))

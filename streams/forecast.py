@@ -94,6 +94,24 @@ class LaterPrediction:
             self._read = None
         return self._done
 
+    def at_most(self) -> tuple[float, float] | None:
+        """Upper bounds on the forecast's size and low, not computing it
+        (:meth:`graphs.prediction.StateRead.growth_bound`); ``None``: none here (computed
+        already, nothing to forecast, another model): call it.
+
+        >>> p = ClusterPredictor()
+        >>> p.add(0.0, 800, original=True)
+        >>> for i in range(1, 121):
+        ...     p.add(i * 5.0, 150)
+        >>> later = p.read(600.0)
+        >>> size, low = later.at_most()
+        >>> f = later()
+        >>> f.size <= size and f.low <= low, later.at_most()
+        (True, None)
+        """
+        read = self._read
+        return None if read is None else read.growth_bound()
+
 
 @dataclass(frozen=True, slots=True)
 class PredictorFactory:

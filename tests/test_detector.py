@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from functools import partial
+from typing import ClassVar
 
 import orjson
 import pytest
@@ -15,7 +16,7 @@ from streams.alerts import Prediction, Pseudonymizer
 from streams.banks import BankEntry, HashBanks
 from streams.detector import Detector
 from streams.events import MAX_EVENT_BYTES
-from streams.forecast import ClusterPredictor
+from streams.forecast import ClusterPredictor, LaterPrediction
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
 
@@ -394,6 +395,68 @@ def test_forecasts_no_decision_reads_are_not_computed_and_alerts_are_the_same() 
     assert [a for a in outs[0] if "critical" in a and "firing" in a]
     assert outs[0] == outs[1] and any("predicted_final_size=Prediction(" in a for a in outs[0])
     assert 0 < counts[1] < counts[0] - 20, counts  # 52 of 87
+
+
+class Unbounded(LaterPrediction):
+    """The shipped forecast, with no bound (each decision computes it), counted."""
+
+    made: ClassVar[list[int]] = []
+
+    def at_most(self) -> tuple[float, float] | None:
+        return None
+
+    def __call__(self) -> Prediction | None:
+        if self._read is not None:
+            self.made.append(1)
+        return super().__call__()
+
+
+class Bounded(LaterPrediction):
+    """The shipped forecast, counted: computed only where its bound does not settle."""
+
+    made: ClassVar[list[int]] = []
+
+    def __call__(self) -> Prediction | None:
+        if self._read is not None:
+            self.made.append(1)
+        return super().__call__()
+
+
+class Reads(ClusterPredictor):
+    def __init__(self, later: type[LaterPrediction]) -> None:
+        super().__init__()
+        self.later = later
+
+    def read(self, now_s: float) -> LaterPrediction:
+        inner = self._inner
+        return self.later(inner.read(now_s) if inner.observed else None, inner.config)
+
+
+@pytest.mark.parametrize(
+    "seed, bursts",
+    [(3, ((0, 900, 1000),)), (4, ((0, 60, 20_000), (21, 30, 1000), (23, 400, 400)))],
+)
+def test_forecasts_the_bound_settles_are_not_computed_and_alerts_are_the_same(
+    seed: int, bursts: tuple[tuple[int, int, int], ...]
+) -> None:
+    """The ``[predicted]`` rule's decisions that ``StateRead.growth_bound`` settles (its
+    bounds under the rule's size or low) compute no forecast, and every alert and takedown
+    request is the same, figures and forecast to the bit, as with every decision's forecast
+    computed: a hot cluster's, through its velocity rules and episodes."""
+    t, rng = Traffic(), random.Random(seed)
+    pdq = pdq_hex(rng)
+    root = t.upload(T0, pdq=pdq)
+    for start, count, every in bursts:
+        t.burst(root, T0 + 1000 + start * MIN, count, every)
+    outs, counts = [], []
+    for later in (Unbounded, Bounded):
+        later.made = []
+        _, d = run(t.lines(), banked(pdq), predictor_factory=partial(Reads, later))
+        outs.append([repr(x) for x in (*d.alerts, *d.actions)])
+        counts.append(len(later.made))
+    assert [a for a in outs[0] if "firing" in a]
+    assert outs[0] == outs[1] and any("predicted_final_size=Prediction(" in a for a in outs[0])
+    assert 0 < counts[1] < counts[0] // 2, counts  # 4 of 48, 3 of 18: what alerts show
 
 
 def slow_then_fast(rng_seed: int, *bursts: tuple[int, int, int]) -> tuple[list[bytes], str]:

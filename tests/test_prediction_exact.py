@@ -174,3 +174,86 @@ def test_features_match_on_a_long_cascade_with_merged_buckets() -> None:
             next_ask = t + 300.0
             asked += 1
     assert asked > 50 and new.buckets > 0 and old._coarse
+
+
+viral = st.tuples(
+    st.floats(0.0, 120.0),  # seconds after the previous post (a burst, or a lull)
+    st.one_of(st.none(), st.integers(0, 10**8)),
+    st.booleans(),  # an upload (original)
+    st.one_of(st.none(), st.sampled_from([0.0, 3.0, 60.0, 3600.0, 86400.0, 7e5])),  # forecast
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    posts=st.lists(st.one_of(post, viral), min_size=1, max_size=400),
+    horizon=st.sampled_from([3600.0, 86400.0, 7 * 86400.0]),
+    burst=st.integers(0, 3000),
+)
+def test_the_growth_bound_is_never_under_the_forecast(
+    posts: list[tuple[float, int | float | None, bool, float | None]], horizon: float, burst: int
+) -> None:
+    """``StateRead.growth_bound`` against the forecast computed from the same read: its
+    size and low never under the forecast's, at any time, horizon and state (small,
+    late posts, followers by the hundred million, a burst of thousands a few seconds
+    apart: forecasts past the ``[predicted]`` rule's 10,000), so a decision it settles
+    is the one the forecast would make."""
+    cfg = gp.PredictorConfig(horizon_s=horizon)
+    pred = IncrementalPredictor(cfg)
+    reads = []
+    t = 0.0
+    for i, (gap, followers, original, ask) in enumerate(posts):
+        t += gap
+        pred.add(t, followers, original=original)
+        if i == 0:
+            for k in range(burst):  # a hot cascade: reshares 2 s apart
+                pred.add(t + 2.0 * (k + 1), 5_000)
+            t += 2.0 * burst
+        if ask is not None:
+            reads.append(pred.read(t + ask))
+    reads += [pred.read(t + later) for later in (0.0, 30.0, 3600.0, 86400.0)]
+    for read in reads:
+        bound = read.growth_bound()
+        f = read.predict()
+        if bound is not None:
+            assert f.size <= bound[0] and f.low <= bound[1], (f, bound)
+
+
+def test_the_growth_bound_settles_small_cascades_and_not_hot_ones() -> None:
+    """What the bound is for: a cluster of a hundred reshares is settled under the
+    ``[predicted]`` rule's thresholds (size 10,000, low 2,000), a hot one of thousands a
+    minute is not (its forecast fires the rule, and is computed)."""
+    small, hot = IncrementalPredictor(), IncrementalPredictor()
+    for pred, n, gap, followers in ((small, 100, 6.0, 150), (hot, 6000, 0.25, 20_000)):
+        pred.add(0.0, 5000, original=True)
+        for i in range(1, n + 1):
+            pred.add(i * gap, followers)
+    size, low = small.read(700.0).growth_bound() or (math.inf, math.inf)
+    assert size < 10_000 and low < 2_000
+    f = hot.predict(1600.0)
+    assert f.size > 10_000 and f.low > 2_000  # the rule fires on it
+    size, low = hot.read(1600.0).growth_bound() or (math.inf, math.inf)
+    assert size >= f.size and low >= f.low
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    p=st.one_of(st.floats(0.07, 0.5), st.just(0.5)),
+    sigma=st.floats(0.005, 10.0),
+    mu=st.floats(-60.0, 60.0),
+    below=st.one_of(st.floats(0.0, 1e-6), st.floats(0.0, 50.0)),
+)
+def test_the_truncated_quantile_at_the_bounds_mu_is_over_any_below_it(
+    p: float, sigma: float, mu: float, below: float
+) -> None:
+    """The bound's step from ``mu`` to the quantiles (``growth_bound``): a ``mu`` at most the
+    bound's gives a computed quantile at most the bound's, rounding and the tail's noise
+    in ``NormalDist.cdf`` included (the bound takes ``mu`` at least 0, and a band's low
+    quantile at least 0.07)."""
+    from graphs.growth import truncated_quantile
+
+    top = max(mu + 1e-9 * (1.0 + abs(mu)), 0.0)
+    assert (
+        truncated_quantile(p, mu - below, sigma, 0.0)
+        <= truncated_quantile(p, top, sigma, 0.0) + 1e-9
+    )
