@@ -180,3 +180,36 @@ def test_the_time_a_reader_stands_goes_to_the_rule_holding_its_slowest_partition
     now[0] = 103.25
     r.pace()
     assert r.stopped_s == {"heard": 1.0, "pending": 0.25} and r.stops["pending"] == 1
+
+
+def test_the_index_s_owner_hears_the_other_workers_reading_one_hop_away() -> None:
+    """:meth:`Topology.heard` at the index's owner is its resolve partitions' marks of the
+    inputs, as at every other worker. It was also held to its peers' input watermarks as
+    they had sent them (``inputs``): with two workers, its own reading heard by the
+    other worker and sent back, a round trip on itself on which it stood while the other
+    worker waited one hop on it (the two read in turns; docs/compiled-core.md, "Two
+    workers: the owner hears one hop away")."""
+    from streams.runtime.topology import Topology
+    from streams.stages import INDEX_PARTITION
+
+    def partition(marks: dict[int, int], inputs: dict[int, int]) -> SimpleNamespace:
+        watermark = SimpleNamespace(
+            marks=lambda: {p: (t, False) for p, t in marks.items()},
+            sources=4,
+            value=min(marks.values()) - 60_000,
+        )
+        return SimpleNamespace(watermark=watermark, inputs=inputs)
+
+    read = {0: 500_000, 1: 480_000, 2: 510_000, 3: 490_000}
+    behind = {1: 300_000, 2: 500_000, 3: 300_000}  # the peers' input watermarks heard
+    owner = SimpleNamespace(
+        resolvers={INDEX_PARTITION: partition(read, behind), 2: partition(read, {})},
+        hand_over=SimpleNamespace(resolve=SimpleNamespace(held={INDEX_PARTITION, 2})),
+        settings=SimpleNamespace(lateness_ms=60_000, partitions=4),
+    )
+    assert Topology.heard(owner) == 480_000  # type: ignore[arg-type]  # not 300,000 + 60,000
+    newest = {0: 500_000, 2: 510_000}
+    assert held_back(newest, [0, 2], Topology.heard(owner), 0.0) == set()  # type: ignore[arg-type]
+    owner.resolvers[2] = partition({**read, 1: 400_000}, {})
+    assert Topology.heard(owner) == 400_000  # type: ignore[arg-type]
+    assert held_back(newest, [0, 2], Topology.heard(owner), 0.0) == {0, 2}  # type: ignore[arg-type]

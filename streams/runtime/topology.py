@@ -397,7 +397,19 @@ class Topology:
         ``shares`` partition (the lowest of their marks, idle ones aside): how far what was
         read has got downstream, this worker's and the others' reading alike.
         :data:`NO_TIME` while one has not heard of every input yet; ``None`` when no resolve
-        partition is held here, or every input is idle (nothing to bound by)."""
+        partition is held here, or every input is idle (nothing to bound by).
+
+        The index's owner is bounded by these marks alone, one hop from the other workers'
+        reading, as every other worker is. It was also bounded by its peers' input
+        watermarks as it had heard them (``ResolvePartition.inputs``): with two workers
+        those hold its own reading, heard by the other worker's resolve partitions and sent
+        back, so the owner waited a round trip on itself (out, the other worker's batch, back,
+        and its own resolve batch of some 190 ms before it looked again) while the other
+        worker waited one hop on it, and the two read in turns. What that term bounded, the
+        reshares waiting in the owner's held store for uploads it clusters only once every
+        input watermark has passed them, is bounded by the *held* rule of
+        :func:`~streams.runtime.shares_reader.held_back` (and refused past
+        ``VIRALWATCH_MAX_HELD``), and trails the marks by that one hop more."""
         if any(r not in self.resolvers for r in self.hand_over.resolve.held):
             return NO_TIME  # assigned, nothing read yet (restored when its first batch comes)
         lows = []
@@ -408,15 +420,6 @@ class Topology:
             busy = [t for t, idle in marks.values() if not idle]
             if busy:
                 lows.append(min(busy))
-        owner = self.resolvers.get(INDEX_PARTITION)
-        if owner is not None and lows:
-            # the index's owner clusters an unbanked upload once every partition's input
-            # watermark has passed it (their reshares wait for that): what it has heard of
-            # its peers' is the nearest bound on what waits in its held store
-            parts = range(self.settings.partitions)
-            heard = [owner.inputs.get(r, NO_TIME) for r in parts if r != INDEX_PARTITION]
-            read = min([owner.watermark.value, *heard])
-            lows.append(NO_TIME if read == NO_TIME else read + self.settings.lateness_ms)
         return min(lows) if lows else None
 
     def held_fill(self) -> float:
