@@ -188,7 +188,7 @@ def test_the_index_s_owner_hears_the_other_workers_reading_one_hop_away() -> Non
     they had sent them (``inputs``): with two workers, its own reading heard by the
     other worker and sent back, a round trip on itself on which it stood while the other
     worker waited one hop on it (the two read in turns; docs/compiled-core.md, "Two
-    workers: the owner hears one hop away")."""
+    workers: the owner one hop away again, its commits behind, what crosses, counted")."""
     from streams.runtime.topology import Topology
     from streams.stages import INDEX_PARTITION
 
