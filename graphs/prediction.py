@@ -643,7 +643,7 @@ class IncrementalPredictor:
         self._fine_rows: dict[int, int] = {}
         self._dirty: set[int] = set()
         self._old_table: FloatArray | None = None
-        # the merged buckets' columns as a read copies them, and their his
+        # the merged buckets' columns as a read copies them, and their upper ends (hi)
         self._old_columns: tuple[FloatArray, FloatArray] | None = None
         self._coarse: list[list[float]] = []
         self._recent: list[tuple[float, bool]] = []
@@ -772,7 +772,7 @@ class IncrementalPredictor:
 
     def _arrays(self) -> _Columns:
         """Per bucket: lo, reshares, followers, followers x time, sum of reshare times (one
-        new array of five rows, each row contiguous), and where the merged buckets' his are.
+        new array of five rows, each row contiguous), and the merged buckets' upper ends (hi).
 
         The narrow buckets' table is kept between calls and only the buckets
         touched since are rewritten, so a prediction on a hot cascade costs
@@ -883,16 +883,17 @@ class _Columns(NamedTuple):
 
     #: lo, n, d, dt, st: one row each, the narrow buckets first, then the merged ones
     cols: FloatArray
-    #: the merged buckets' his (a narrow one's is its lo plus the width); None: none
+    #: the merged buckets' upper ends, their ``hi`` (a narrow one's is its lo plus the
+    #: width); None: none
     old_hi: FloatArray | None
 
 
 class StateRead:
     """An :class:`IncrementalPredictor`'s state as one forecast reads it
     (:meth:`IncrementalPredictor.read`): the buckets' columns (new arrays, not the
-    state's; the merged buckets' his a view of the state's table of them, which is never
-    written: a change makes a new one) and the few figures beside them, taken at the
-    forecast's time. What it computes from them is what
+    state's; the merged buckets' upper ends, ``old_hi``, a view of the state's table of
+    them, which is never written: a change makes a new one) and the few figures beside
+    them, taken at the forecast's time. What it computes from them is what
     :meth:`IncrementalPredictor.features` gives, whenever it is asked, whatever was added
     to the state since.
     """
