@@ -69,10 +69,12 @@ class Hop:
     read from since they were assigned, and what it sent them through Kafka alone, unread."""
 
     __slots__ = (
+        "behind",
         "copies",
         "enabled",
         "handed",
         "held",
+        "last_sent",
         "name",
         "reading",
         "send_record",
@@ -101,15 +103,33 @@ class Hop:
         self.handed: set[int] = set()
         #: copies sent of envelopes handed over in-process (:meth:`copy`)
         self.copies = 0
+        #: the mark of the last envelope sent each partition through Kafka whose order
+        #: matters (held here or not), until the partition is read past it here
+        self.last_sent: dict[int, int] = {}
+        #: partitions assigned while such a send may be unread: the mark they must read
+        #: before the short way opens (see :meth:`assign`)
+        self.behind: dict[int, int] = {}
 
     def assign(self, partitions: Iterable[int]) -> None:
-        self.held.update(partitions)
+        """Partitions this process now holds. One this process sent envelopes through Kafka
+        before (when another held it, or before a revoke) takes no short way until it has
+        read the last of them: the short way would overtake them (the moves model: ingest's
+        marks handed in-process to a moved resolve partition passed the events of its
+        records still unread, which then came late; seeds 7, 17, 21, 26 of
+        ``tests/test_runtime_owners.py``'s moves test)."""
+        for p in partitions:
+            self.held.add(p)
+            mark = self.last_sent.get(p)
+            if mark is not None:
+                self.behind[p] = mark
 
     def revoke(self, partition: int) -> None:
-        """The partition went to another process: forget what was noted of it."""
+        """The partition went to another process: forget what was noted of it (but the last
+        send to it: see :meth:`assign`)."""
         self.held.discard(partition)
         self.reading.discard(partition)
         self.handed.discard(partition)
+        self.behind.pop(partition, None)
         self.unread.drop(partition)
 
     def read_from(self, partition: int) -> None:
@@ -117,14 +137,20 @@ class Hop:
         self.reading.add(partition)
 
     def ready(self, partition: int) -> bool:
-        return partition in self.reading and (self.enabled is None or self.enabled())
+        return (
+            partition in self.reading
+            and (self.enabled is None or self.enabled())
+            and partition not in self.behind
+        )
 
     def send(self, partition: int, envelope: Envelope | bytes, track: bool = True) -> None:
         """Through Kafka; noted until read if the partition is held here (the short way must
         not overtake it) and ``track`` (an envelope whose order does not matter need not be)."""
         mark = self.send_record(partition, envelope)
-        if track and partition in self.held and isinstance(envelope, Envelope):
-            self.unread.sent(partition, mark, envelope)
+        if track and isinstance(envelope, Envelope):
+            self.last_sent[partition] = mark
+            if partition in self.held:
+                self.unread.sent(partition, mark, envelope)
 
     def copy(self, partition: int, envelope: Envelope) -> None:
         """A copy, through Kafka, of what was handed to ``partition`` in-process, sent
@@ -152,7 +178,17 @@ class Hop:
 
     def received(self, partition: int, records: Iterable[tuple[int | None, T]]) -> list[T]:
         """What ``partition`` read, ``(mark, record)`` (mark ``None``: not this process's),
-        less the copies of what was handed to it in-process already."""
+        less the copies of what was handed to it in-process already; a partition that read
+        the last envelope sent it before it was assigned is no longer behind (see
+        :meth:`assign`: those sent since go first, as unread ones do)."""
+        if partition in self.last_sent:  # (a partition behind is in it too)
+            records = list(records)
+            top = max((m for m, _ in records if m is not None), default=None)
+            if top is not None:
+                if self.behind.get(partition, top + 1) <= top:
+                    del self.behind[partition]  # (what was sent since is in unread)
+                if self.last_sent[partition] <= top:
+                    del self.last_sent[partition]
         return self.unread.received(partition, records)
 
     def take(self, partitions: Iterable[int]) -> dict[int, list[Envelope]]:

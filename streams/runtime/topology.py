@@ -221,11 +221,19 @@ class Topology:
         batches: list[ResolveBatch] = []
         for r, envelopes in received.items():
             batches += self._resolve(r, envelopes)
-        made, owed = self._resolve_local_peers(batches)
-        to_clusters, to_peers = merge_resolved(batches + made)
         hop = self.hand_over.resolve
+        # a peer behind what this process sent it through Kafka takes none of the short way
+        # (Hop.assign): what it is sent goes through the topic, after the rest
+        behind = hop.behind
+        peers = (
+            {r: st for r, st in self.resolvers.items() if r not in behind}
+            if behind
+            else self.resolvers
+        )
+        made, owed = self._resolve_local_peers(batches, peers)
+        to_clusters, to_peers = merge_resolved(batches + made)
         for r, envelope in to_peers.items():
-            if owed is not None and r in self.resolvers:
+            if owed is not None and r in peers:
                 # the rest was handed over in-process (and logged there): no copy (an
                 # unbanked upload sent twice would be clustered twice)
                 if r in owed:
@@ -265,10 +273,11 @@ class Topology:
             self.resolve_log.compact(partition, resolver.snapshot, resolver.live_items)
 
     def _resolve_local_peers(
-        self, batches: list[ResolveBatch]
+        self, batches: list[ResolveBatch], peers: Mapping[int, ResolvePartition]
     ) -> tuple[list[ResolveBatch], dict[int, Envelope] | None]:
-        """Registrations and progress straight to the peer partitions held here
-        (:func:`streams.stages.resolve_local_peers`): one Kafka hop less before most alerts.
+        """Registrations and progress straight to the ``peers`` (partitions held here
+        read up to what this process sent them through Kafka:
+        :func:`streams.stages.resolve_local_peers`): one Kafka hop less before most alerts.
         Returns the batches that made and what the partitions held here are still owed
         (``None``: nothing went the short way).
         What was sent a peer through Kafka alone and is unread goes first; during the grace
@@ -278,11 +287,11 @@ class Topology:
         if rounds <= 0 or not self.hand_over.short:
             return [], None
         return resolve_local_peers(
-            self.resolvers,
+            peers,
             batches,
             rounds,
             on_batch=lambda r, batch: self._resolved(r, [batch]),
-            unread=self.hand_over.resolve.take(self.resolvers),
+            unread=self.hand_over.resolve.take(peers),
             on_handed=self._copy_handed,
         )
 
