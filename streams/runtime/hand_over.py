@@ -17,6 +17,11 @@ it through Kafka and it has not read yet goes first, in memory, and its
 copy is skipped when it is read (:class:`streams.stages.UnreadSends`). For
 ``grace_s`` after an assignment everything goes through Kafka, so what a
 partition's previous owner sent comes first (a matter of time, not proof).
+What this process sent a partition before it was assigned it (another held
+it, or this one before a revoke) is not in memory to go first: the partition
+takes no short way until it has read the last of it, by its mark
+(:meth:`Hop.assign`; proof, for this process's own sends: the moves model,
+the short way opened early, had events late without it).
 
 Nor does the long way overtake the short one's log. What a partition was
 handed in-process is kept only in its log (a changelog partition); an
