@@ -542,7 +542,14 @@ fn hex<'a>(v: Val<'a>, key: &str, bytes: &mut [u8]) -> Result<Cow<'a, str>, Why>
         ));
     };
     let mut upper = true;
-    let text = s.trim_matches(py_isspace);
+    // nothing to trim where both ends are printable ASCII (the usual hash): Python's
+    // whitespace is ASCII's, 0x1c..0x1f and characters from U+0085
+    let text = match s.as_bytes() {
+        [first, .., last] if (0x21..0x80).contains(first) && (0x21..0x80).contains(last) => {
+            s.as_ref()
+        }
+        _ => s.trim_matches(py_isspace),
+    };
     let ok = if text.len() == length {
         let bits = hex::digits(text.as_bytes(), bytes);
         upper = bits & UPPER != 0;
