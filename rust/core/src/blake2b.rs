@@ -111,33 +111,34 @@ fn scalar_compress(h: &mut [u64; 8], block: &[u8; 128], t: u128, last: bool) {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::{
-        __m256i, _mm256_add_epi64, _mm256_i64gather_epi64, _mm256_loadu_si256, _mm256_or_si256,
-        _mm256_permute4x64_epi64, _mm256_set_epi64x, _mm256_setr_epi8, _mm256_shuffle_epi32,
-        _mm256_shuffle_epi8, _mm256_srli_epi64, _mm256_storeu_si256, _mm256_xor_si256,
+        __m256i, _mm256_add_epi64, _mm256_cvtepu8_epi64, _mm256_i64gather_epi64,
+        _mm256_loadu_si256, _mm256_or_si256, _mm256_permute4x64_epi64, _mm256_set_epi64x,
+        _mm256_setr_epi8, _mm256_shuffle_epi32, _mm256_shuffle_epi8, _mm256_srli_epi64,
+        _mm256_storeu_si256, _mm256_xor_si256, _mm_cvtsi32_si128,
     };
 
     use super::{IV, SIGMA};
 
-    /// Each round's message words as four gathers' indices: the columns' first and second
-    /// words (`s[0], s[2], s[4], s[6]` and `s[1], s[3], s[5], s[7]`), the diagonals' the
-    /// same from `s[8]`.
-    static GATHER: [[[i64; 4]; 4]; 12] = {
-        let mut out = [[[0; 4]; 4]; 12];
+    /// Each round's message words as four gathers' indices, a byte each (the table is
+    /// three cache lines; as 64-bit indices it was 24, each a first-level data miss at
+    /// nearly every call): the columns' first and second words (`s[0], s[2], s[4], s[6]`
+    /// and `s[1], s[3], s[5], s[7]`), then the diagonals' the same from `s[8]`.
+    #[repr(align(64))]
+    struct Gather([[u8; 16]; 12]);
+    static GATHER: Gather = {
+        let mut out = [[0; 16]; 12];
         let mut r = 0;
         while r < 12 {
-            let mut k = 0;
-            while k < 4 {
-                let mut lane = 0;
-                while lane < 4 {
-                    // vectors 0, 1: the columns' x and y; 2, 3: the diagonals'
-                    out[r][k][lane] = SIGMA[r][8 * (k / 2) + 2 * lane + k % 2] as i64;
-                    lane += 1;
-                }
-                k += 1;
+            let mut i = 0;
+            while i < 16 {
+                // vector i / 4 (0, 1: the columns' x and y; 2, 3: the diagonals'), lane i % 4
+                let (k, lane) = (i / 4, i % 4);
+                out[r][i] = SIGMA[r][8 * (k / 2) + 2 * lane + k % 2] as u8;
+                i += 1;
             }
             r += 1;
         }
-        out
+        Gather(out)
     };
 
     /// The four mixes of one step, a lane each (`g` of the scalar rounds).
@@ -180,9 +181,11 @@ mod avx2 {
         let mut d = _mm256_xor_si256(load(IV[4..].as_ptr()), counter);
         // the block's words are its little-endian bytes: x86-64's own order
         let m: *const i64 = block.as_ptr().cast();
-        for s in &GATHER {
-            let word =
-                |k: usize| _mm256_i64gather_epi64::<8>(m, _mm256_loadu_si256(s[k].as_ptr().cast()));
+        for s in &GATHER.0 {
+            let word = |k: usize| {
+                let four = u32::from_le_bytes([s[4 * k], s[4 * k + 1], s[4 * k + 2], s[4 * k + 3]]);
+                _mm256_i64gather_epi64::<8>(m, _mm256_cvtepu8_epi64(_mm_cvtsi32_si128(four as i32)))
+            };
             g((&mut a, &mut b, &mut c, &mut d), word(0), word(1));
             // each diagonal a column: row b turned by one lane, c by two, d by three
             b = _mm256_permute4x64_epi64::<0b00_11_10_01>(b);
