@@ -120,10 +120,18 @@ def ingest_range(
 
 
 def run(
-    lines: list[bytes], banks: HashBanks, partitions: int, batch: int, hop: str
+    lines: list[bytes],
+    banks: HashBanks,
+    partitions: int,
+    batch: int,
+    hop: str,
+    checkpoint: int = 0,
 ) -> dict[str, Any]:
     """One fresh set of stages over ``lines``: CPU us per event of each, and what came out
-    (per resolve partition too: CPU, and its log's bytes by key)."""
+    (per resolve partition too: CPU, and its log's bytes by key). A checkpoint begins every
+    ``checkpoint`` events (0: never), as a worker's begins every second: the resolve
+    partitions are sealed and what that logs (the index owner's uploads still held) is
+    counted and timed with the resolve stage."""
     ingest, resolvers, detectors = stages(partitions, banks)
     ingest_s = resolve_s = clusters_s = 0.0
     routed = logged = alerts = cluster_logged = topic_bytes = 0
@@ -146,6 +154,9 @@ def run(
         batches = [resolvers[r].handle(envs) for r, envs in sent.items()]
         peers, owed = resolve_local_peers(resolvers, batches, 4)
         entries = [(b.partition, b.log_entries()) for b in batches + peers]
+        if checkpoint and start // checkpoint != end // checkpoint:
+            # a checkpoint begins: the index owner's uploads still held are logged
+            entries += [(r, p.seal()[0]) for r, p in resolvers.items()]
         t2 = time.process_time()
         for b in batches + peers:
             routed += b.routed
@@ -216,6 +227,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--hop", choices=("topic", "records", "local"), default="topic")
     ap.add_argument("--by-partition", action="store_true")
+    ap.add_argument(
+        "--checkpoint",
+        type=int,
+        default=25_000,
+        help="events between checkpoints (0: none; about a second of one worker's backlog)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     scenario = Scenario(seed=11, scale=max(args.events / 30_000, 0.05))
@@ -224,7 +241,10 @@ def main() -> None:
     for entry in scenario_bank(scenario):
         banks.add(entry)
     gc.set_threshold(*GC_THRESHOLDS)
-    runs = [run(lines, banks, args.partitions, args.batch, args.hop) for _ in range(args.repeats)]
+    runs = [
+        run(lines, banks, args.partitions, args.batch, args.hop, args.checkpoint)
+        for _ in range(args.repeats)
+    ]
     out: dict[str, Any] = {
         k: statistics.median(r[k] for r in runs) for k in runs[0] if k != "by_partition"
     }

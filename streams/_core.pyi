@@ -470,10 +470,12 @@ class ResolveLoop:
         duplicates, reshares held, whether the held orphans changed)``, forgotten here."""
     def waiting_front(self, settled: int) -> int | None:
         """The time of the oldest held reshare still waiting past ``settled``."""
-    def seal(self) -> None:
+    def seal(self) -> EvBatch:
         """A checkpoint begins: the events held now, released later, mark their posts'
         registrations for other partitions and their touches (``RegBatch.released``,
-        ``Touch.released``)."""
+        ``Touch.released``). Returns the unbanked uploads held at the index's owner since
+        the last seal and still held, for the log's ``h+`` (a batch's delta leaves them
+        out)."""
     @property
     def held_count(self) -> int:
         """How many events are held."""

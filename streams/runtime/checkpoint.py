@@ -359,11 +359,8 @@ class Checkpoint:
         included (the worker's flush before a rebalance, and Faust's before it commits).
         The resolve log's records waiting for copies (see :meth:`stage`) are sealed first;
         a commit may follow, so this begins a checkpoint for the copies either way."""
-        copies = self.copies
-        if copies is not None and copies.copies_pending:
-            self.stage(begin=True)
-        elif copies is not None:
-            copies.write_copies()
+        if self.copies is not None:
+            self.stage(begin=True)  # (the index owner's held uploads logged and sealed too)
         gate = self.gate
         upto = gate.sealed if gate is not None else 0
         if self.flush_producer is not None:

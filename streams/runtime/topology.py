@@ -347,8 +347,11 @@ class Topology:
             items = copies.get(r, [])
             items += [Touch(c, ts) for c, ts in touches.get(r, {}).items()]
             self.hand_over.resolve.copy(r, Envelope(items))
-        for resolver in self.resolvers.values():
-            resolver.seal()
+        for partition, resolver in self.resolvers.items():
+            entries, count = resolver.seal()  # the index owner's uploads held, unlogged
+            if entries:
+                self.resolve_log.append(partition, entries, count)
+        self.resolve_log.flush()
 
     def _restore_resolver(self, partition: int) -> tuple[ResolvePartition, ResolveBatch]:
         s = self.settings
@@ -484,7 +487,13 @@ class Topology:
         """Drop the in-memory state of a partition this process no longer holds (``topic``:
         ``resolve`` or ``clusters``). It is rebuilt from its log when it comes back."""
         if topic == "resolve":
-            self.resolvers.pop(partition, None)
+            resolver = self.resolvers.pop(partition, None)
+            if resolver is not None:
+                # the index owner's uploads held and not logged yet: handed over in-process
+                # or read since the last checkpoint began, their new owner finds them here
+                entries, count = resolver.seal()
+                if entries:
+                    self.resolve_log.write(partition, entries, count)
             self.hand_over.resolve.revoke(partition)
             self.resolve_log.forget(partition)
             for regs in self._handed_regs:

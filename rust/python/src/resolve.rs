@@ -226,6 +226,9 @@ pub struct ResolveLoop {
     out: Out,
     /// the events held at a place before it were held before the last :meth:`seal`
     sealed: u64,
+    /// at the index's owner: the places of the unbanked uploads held since the last
+    /// :meth:`seal`, not logged yet (:meth:`seal` gives those still held, for the log)
+    unlogged: Vec<u64>,
 }
 
 /// A clusters partition's routed events as the items Python sends on: each run of compiled
@@ -413,7 +416,8 @@ impl ResolveLoop {
             return Ok(());
         }
         let ts = event.ts_ms(py)?;
-        self.out.held_add.push(event.clone_ref(py));
+        // logged as the next checkpoint begins if still held then (most are clustered first)
+        self.unlogged.push(self.held.next);
         self.held.insert(key.clone(), event);
         self.unbanked.push(waiting(ts, key));
         Ok(())
@@ -650,6 +654,7 @@ impl ResolveLoop {
             unbanked: BinaryHeap::new(),
             out: Out::default(),
             sealed: 0,
+            unlogged: Vec::new(),
         })
     }
 
@@ -822,6 +827,11 @@ impl ResolveLoop {
         bool,
     )> {
         let out = std::mem::take(&mut self.out);
+        if self.unlogged.len() > 64 + 2 * self.held.len() {
+            // no checkpoint for a while (a benchmark of the stages): those released go
+            let held = &self.held.events;
+            self.unlogged.retain(|at| held.contains_key(at));
+        }
         let mut to_index = Vec::with_capacity(1 + out.touched.len());
         if !out.to_index.is_empty() {
             to_index.push(Py::new(py, EvBatch::unbanked(out.to_index))?.into_any());
@@ -894,9 +904,21 @@ impl ResolveLoop {
     /// (``RegBatch.released``, ``Touch.released``): the input that brought them may be
     /// committed, so a replacement would not route them again
     /// (``streams.runtime.topology.Topology._copy_handed``).
-    fn seal(&mut self, py: Python<'_>) {
+    ///
+    /// Returns the unbanked uploads held at the index's owner since the last seal and
+    /// still held, in the order held, for the log's ``h+``: a batch's delta leaves them
+    /// out. One clustered before a checkpoint begins is never logged (its input, read
+    /// since the last checkpoint began, is committed only by a later one, which waits for
+    /// the cluster log that holds it); one still held when it begins is logged then,
+    /// before that checkpoint's commit.
+    fn seal(&mut self, py: Python<'_>) -> EvBatch {
         self.sealed = self.held.next;
         self.routing.routes.borrow_mut(py).inner.orphans.seal();
+        let held = &self.held.events;
+        let events = (self.unlogged.drain(..))
+            .filter_map(|at| held.get(&at).map(|ev| ev.clone_ref(py)))
+            .collect();
+        EvBatch::to_route(events)
     }
 
     /// How many events are held here.
@@ -969,6 +991,7 @@ impl ResolveLoop {
         self.waiting.clear();
         self.unbanked.clear();
         self.held.clear();
+        self.unlogged.clear();
         self.out = Out::default();
     }
 }
