@@ -159,6 +159,9 @@ class Prediction:
 
     >>> Prediction(4326.74, 2130.0, 21367.9, "best", 604_800.0).to_dict()
     {'size': 4326.7, 'low': 2130.0, 'high': 21367.9, 'model': 'best', 'horizon': '7d'}
+
+    ``raised``: the figures :meth:`at_least` raised to the size an alert states
+    (written as ``"raised_to_size"``, only when there are some).
     """
 
     size: float
@@ -166,6 +169,39 @@ class Prediction:
     high: float
     model: str = "seismic"
     horizon_s: float | None = None
+    raised: tuple[str, ...] = ()
+
+    def at_least(self, size: int) -> Prediction:
+        """This forecast with its size, low and high each raised to ``size`` where below it.
+
+        An alert states a cascade's size and the forecast last made, which may be older
+        (the policy forecasts on its schedule; a worker's early firing counts posts held
+        that no forecast has seen yet): "predicted final reach" below what is already
+        there reads as wrong to whoever is paged, and is. The record says which figures
+        were raised.
+
+        >>> p = Prediction(78.4, 61.0, 140.2, "best", 604_800.0).at_least(100)
+        >>> p.size, p.low, p.high, p.to_dict()["raised_to_size"]
+        (100.0, 100.0, 140.2, ['size', 'low'])
+        >>> p.at_least(90) is p
+        True
+        """
+        raised = tuple(
+            name
+            for name, value in (("size", self.size), ("low", self.low), ("high", self.high))
+            if value < size
+        )
+        if not raised:
+            return self
+        floor = float(size)
+        return Prediction(
+            max(self.size, floor),
+            max(self.low, floor),
+            max(self.high, floor),
+            self.model,
+            self.horizon_s,
+            tuple(dict.fromkeys((*self.raised, *raised))),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         def num(x: float) -> float | str | None:
@@ -183,6 +219,8 @@ class Prediction:
         }
         if self.horizon_s is not None:
             out["horizon"] = duration_text(self.horizon_s)
+        if self.raised:
+            out["raised_to_size"] = list(self.raised)
         return out
 
 
@@ -411,6 +449,7 @@ def _alert(d: dict[str, Any]) -> Alert:
             high=_num(p["high"]),
             model=_str(p["model"], "model"),
             horizon_s=None if horizon is None else parse_duration(horizon) / 1000,
+            raised=tuple(_str(r, "raised_to_size") for r in p.get("raised_to_size", ())),
         )
     cascade = CascadeFigures(
         size=int(c["size"]),

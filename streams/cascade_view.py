@@ -362,6 +362,8 @@ def forest_figures(
     >>> f, top = forest_figures(posts, 60_000)
     >>> (f.size, f.live, f.roots, f.unique_users, f.depth, f.breadth, f.velocity_1m), top
     ((3, 2, 1, 3, 1, 2, 2.0), (('u1', 2),))
+    >>> forest_figures(posts, 60_000, Prediction(2.4, 1.0, 9.0))[0].predicted_final_size.to_dict()
+    {'size': 3.0, 'low': 3.0, 'high': 9.0, 'model': 'seismic', 'raised_to_size': ['size', 'low']}
     """
     index = {p.post_id: i for i, p in enumerate(posts)}
     parents = [index.get(p.parent, -1) if p.parent is not None else -1 for p in posts]
@@ -391,7 +393,7 @@ def forest_figures(
         velocity_5m=rates[1],
         velocity_15m=rates[2],
         acceleration=float(count(MINUTE_MS, now_ms) - count(MINUTE_MS, now_ms - MINUTE_MS)),
-        predicted_final_size=prediction,
+        predicted_final_size=None if prediction is None else prediction.at_least(len(posts)),
     )
     top = tuple(sorted(reshared.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n])
     return figures, top

@@ -71,9 +71,9 @@ class Progress:
 
 
 def describe(alert: dict[str, Any]) -> Text:
-    """One alert as one line of the console; a banked video's says how it matched, and an
-    early firing's forecast says it is the last one made (``provisional``: from the posts
-    applied, while the size counts those still held, so it can be below the size).
+    """One alert as one line of the console; a banked video's says how it matched, and a
+    forecast raised to the alert's size says so (it was made from fewer posts: an early
+    firing's, ``provisional``, from the posts applied while the size counts those held).
 
     >>> describe({"severity": "high", "status": "firing", "ts": "2026-01-01T00:05:22.000Z",
     ...     "cluster_id": "b-1", "alert_id": "vw-1", "match": {"bank": "ncii", "kind": "vpdq"},
@@ -83,9 +83,9 @@ def describe(alert: dict[str, Any]) -> Text:
     >>> describe({"severity": "high", "status": "firing", "ts": "2026-01-01T00:10:14.000Z",
     ...     "cluster_id": "b-2", "alert_id": "vw-2", "match": {"bank": "ncii"}, "provisional": True,
     ...     "cascade": {"size": 100, "live": 100, "depth": 4, "velocity_per_min": {"5m": 20.0},
-    ...                 "predicted_final_size": {"size": 78.4}}
-    ... }).plain[32:]
-    'bank ncii size 100 live 100 depth 4 20.0/min over 5m  predicted 78 (the last forecast)  [vw-2]'
+    ...                 "predicted_final_size": {"size": 100.0, "raised_to_size": ["size"]}}
+    ... }).plain[42:]
+    'size 100 live 100 depth 4 20.0/min over 5m  predicted 100 (at least its size)  [vw-2]'
     """
     sev, status = alert["severity"], alert["status"]
     c = alert["cascade"]
@@ -104,8 +104,8 @@ def describe(alert: dict[str, Any]) -> Text:
     )
     if pred.get("size") is not None:
         line.append(f"  predicted {pred['size']:,.0f}")
-        if alert.get("provisional"):
-            line.append(" (the last forecast)", style="dim")
+        if "size" in pred.get("raised_to_size", ()):
+            line.append(" (at least its size)", style="dim")
     line.append(f"  [{alert['alert_id']}]", style="dim")
     return line
 

@@ -351,7 +351,8 @@ def _duplicate_post(ev: ShareEvent) -> Rejection:
 def _figures(
     c: Cascade, rates: list[float], acceleration: float, prediction: Prediction | None
 ) -> CascadeFigures:
-    """An alert's figures: the graph's, the 1/5/15-minute rates, acceleration, the forecast."""
+    """An alert's figures: the graph's, the 1/5/15-minute rates, acceleration, the forecast
+    (never below the size stated beside it: :meth:`~streams.alerts.Prediction.at_least`)."""
     return CascadeFigures(
         size=c.size,
         live=c.live,
@@ -364,7 +365,7 @@ def _figures(
         velocity_5m=rates[1],
         velocity_15m=rates[2],
         acceleration=acceleration,
-        predicted_final_size=prediction,
+        predicted_final_size=None if prediction is None else prediction.at_least(c.size),
     )
 
 

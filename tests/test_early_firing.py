@@ -601,3 +601,56 @@ def test_fire_early_costs_only_the_clusters_it_is_given() -> None:
         det.expect(item)
     det.fire_early(["b-other"], T0 - 1)
     assert det.drain().alerts == []
+
+
+def test_an_alerts_forecast_is_never_below_the_size_it_states() -> None:
+    """The forecast an alert carries was made from fewer posts than it counts (an early
+    firing's, from the posts applied beside a size that counts those held; a small
+    cluster's, made when it fired): a figure below the size is raised to it, and the record
+    says which (``make demo`` showed a high alert of 100 posts, predicted 78)."""
+    det = Detector(
+        AlertPolicy.default(),
+        Stats(),
+        pseudonymizer=KEY,
+        predictor_factory=lambda: FixedForecast(20.0, 15.0),  # high 60
+    )
+    # 70 posts applied slowly (no rule met; forecast on the policy's schedule), 40 held fast
+    slow = [upload(), *(share(i, T0 + i * 20 * SEC) for i in range(1, 70))]
+    for item in slow:
+        det.apply(item)
+    assert det.drain().alerts == []
+    t = T0 + 70 * 20 * SEC
+    held = [share(i, t + (i - 70) * SEC) for i in range(70, 110)]
+    for item in held:
+        det.expect(item)
+    det.fire_early(["b-1"], t - 1)
+    [early] = det.drain().alerts
+    body = orjson.loads(early.to_json())
+    size = body["cascade"]["size"]
+    assert body["provisional"] is True and size > 70  # the held posts counted
+    assert body["cascade"]["predicted_final_size"] == {
+        "size": float(size),
+        "low": float(size),
+        "high": 60.0 if size <= 60 else float(size),
+        "model": "fixed",
+        "raised_to_size": ["size", "low", "high"] if size > 60 else ["size", "low"],
+    }
+    assert orjson.loads(type(early).from_json(early.to_json()).to_json()) == body
+    # a replay's alert of a small cluster: its forecast made at the firing, from fewer posts
+    det = Detector(
+        AlertPolicy.default(),
+        Stats(),
+        pseudonymizer=KEY,
+        predictor_factory=lambda: FixedForecast(20.0, 15.0),
+    )
+    for item in [upload(), *(share(i, T0 + i * SEC) for i in range(1, 40))]:
+        det.apply(item)
+    [warning] = det.drain().alerts
+    cascade = orjson.loads(warning.to_json())["cascade"]
+    assert cascade["size"] == 25 and cascade["predicted_final_size"] == {
+        "size": 25.0,
+        "low": 25.0,
+        "high": 60.0,
+        "model": "fixed",
+        "raised_to_size": ["size", "low"],
+    }
