@@ -57,9 +57,21 @@ WORKER_CONDITIONS: Final = ("banks", "assigned", "restored")
 #: The route an answer counts under when no route serves its path (or it was not read).
 NO_ROUTE: Final = "(none)"
 
+#: Headers of every answer the port gives (a page, a document, a refusal, ``/metrics``):
+#: nothing framed, no referrer leaves the site, a body read only as the type it is sent
+#: as (a cascade's GraphML or JSON, whose names and labels come from the events, is never
+#: sniffed into HTML), nothing kept by a cache.
+SECURITY_HEADERS: Final = (
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "same-origin"),  # no-referrer would make a form's Origin null
+    ("X-Content-Type-Options", "nosniff"),
+    ("Cache-Control", "no-store"),
+)
+
 _BUSY: Final = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-    b"Content-Length: 20\r\nConnection: close\r\nRetry-After: 1\r\n\r\ntoo many connections"
+    + b"".join(f"{k}: {v}\r\n".encode() for k, v in SECURITY_HEADERS)
+    + b"Content-Length: 20\r\nConnection: close\r\nRetry-After: 1\r\n\r\ntoo many connections"
 )
 
 
@@ -441,6 +453,12 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.settimeout(self.server.client_timeout_s)  # a silent client is dropped
 
+    def end_headers(self) -> None:
+        # Every answer, the router's and http.server's own errors (a bad request line).
+        for key, value in SECURITY_HEADERS:
+            self.send_header(key, value)
+        super().end_headers()
+
     def __getattr__(self, name: str) -> Callable[[], None]:
         # http.server looks for do_<METHOD>: every method goes to the router, which
         # answers 405 for the ones a path does not serve (not http.server's 501).
@@ -478,7 +496,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
         self.send_header("Content-Length", str(len(response.body)))
-        self.send_header("Cache-Control", "no-store")
         for key, value in response.headers:
             self.send_header(key, value)
         if self.close_connection:

@@ -25,7 +25,16 @@ from prometheus_client import CollectorRegistry, Counter
 
 from streams.metrics import add_metrics, serve_metrics
 from streams.settings import DEPRECATED_ENV, Settings, deprecated_in
-from streams.web import Health, HttpServer, Response, Router, ServeError, add_probes, serve
+from streams.web import (
+    SECURITY_HEADERS,
+    Health,
+    HttpServer,
+    Response,
+    Router,
+    ServeError,
+    add_probes,
+    serve,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,6 +162,33 @@ def test_unknown_paths_are_404_and_other_methods_405(server: HttpServer) -> None
         response = exchange(server, f"{method} /metrics HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         assert status_of(response) == 405, method
         assert b"Allow: GET, HEAD" in response
+
+
+def test_every_answer_carries_the_security_headers_once(server: HttpServer) -> None:
+    """The router's answers (a document, a refusal, a 404, a 405), http.server's own (a bad
+    request line) and the connection limit's 503 all carry nosniff and the rest: a view's
+    GraphML or JSON, whose text comes from the events, is never sniffed into a page."""
+    raws = [
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"DELETE /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GARBAGE\r\n\r\n",
+    ]
+    heads = [exchange(server, raw).partition(b"\r\n\r\n")[0] + b"\r\n" for raw in raws]
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        busy = exchange(server, b"GET /livez HTTP/1.1\r\n\r\n")
+        assert status_of(busy) == 503
+        heads.append(busy.partition(b"\r\n\r\n")[0] + b"\r\n")
+    finally:
+        for sock in idle:
+            sock.close()
+    assert [status_of(h) for h in heads] == [200, 503, 404, 405, 400, 503]
+    for head in heads:
+        for key, value in SECURITY_HEADERS:
+            assert head.count(f"\r\n{key}: {value}\r\n".encode()) == 1, (key, head)
 
 
 def test_head_gives_the_headers_of_get_without_the_body(server: HttpServer) -> None:

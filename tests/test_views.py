@@ -37,7 +37,7 @@ from streams.runtime.views import HOP, TokenSource, Unavailable, Views
 from streams.settings import Settings
 from streams.stages import ClusterPartition, partition_for
 from streams.stats import Stats
-from streams.web import Router, serve
+from streams.web import SECURITY_HEADERS, Router, serve
 
 PARTITIONS = 4
 VIEWER, REVIEWER = "viewer-token-1234", "reviewer-token-5678"
@@ -220,6 +220,26 @@ def test_the_cascade_is_the_same_from_either_worker(two: tuple[Served, Served]) 
         assert not any(d["user"] in ("alice", "user1") for _, d in g.nodes(data=True))
         status, _, body = w.request("GET", f"/cascade/{BANKED}/graph.json")
         assert nx.node_link_graph(json.loads(body), edges="edges").number_of_nodes() == 41
+
+
+def test_every_answer_of_the_views_carries_the_security_headers(
+    two: tuple[Served, Served],
+) -> None:
+    """The cascade's GraphML and JSON (the text of events, served as data), the page, the
+    review queue's JSON, a refusal and a forwarded answer alike (web.SECURITY_HEADERS)."""
+    a, b = two
+    for w in (a, b):  # b forwards the cascade to a
+        for path, token in (
+            (f"/cascade/{BANKED}/graph.graphml", VIEWER),
+            (f"/cascade/{BANKED}/graph.json", VIEWER),
+            (f"/cascade/{BANKED}", VIEWER),
+            ("/emerging?scope=local", VIEWER),
+            (f"/cascade/{BANKED}", None),
+            ("/cascade/b-nowhere", VIEWER),
+        ):
+            status, headers, _ = w.request("GET", path, token=token, headers=JSON)
+            for key, value in SECURITY_HEADERS:
+                assert headers.get(key) == value, (path, status, key)
 
 
 def test_the_cascade_page_is_html_with_the_tree_and_nothing_from_outside(

@@ -115,12 +115,6 @@ PEER_TIMEOUT_S: Final = 10.0
 MAX_BODY: Final = 16 * 1024
 #: How long a browser keeps its token cookie.
 COOKIE_MAX_AGE_S: Final = 12 * 3600
-#: Response headers of every page: nothing framed, no referrer leaves the site, types as sent.
-PAGE_HEADERS: Final = (
-    ("X-Frame-Options", "DENY"),
-    ("Referrer-Policy", "same-origin"),  # no-referrer would make a form's Origin null
-    ("X-Content-Type-Options", "nosniff"),
-)
 #: What a forwarded answer keeps of the owner's headers.
 PASSED_BACK: Final = (
     "Content-Security-Policy",
@@ -408,7 +402,7 @@ class Views:
             status,
             make(nonce).encode(),
             "text/html; charset=utf-8",
-            (("Content-Security-Policy", csp), *PAGE_HEADERS),
+            (("Content-Security-Policy", csp),),  # the rest on every answer: web.SECURITY_HEADERS
         )
 
     def _unauthorized(self, request: Request, error: str) -> Response:
@@ -538,7 +532,7 @@ class Views:
             )
         kept = tuple((k, v) for k, v in got if k in PASSED_BACK)
         content_type = dict(got).get("Content-Type", "application/octet-stream")
-        return Response(status, body, content_type, (*kept, *PAGE_HEADERS))
+        return Response(status, body, content_type, kept)
 
     # -- the review queue and the banks (every worker's part) --
 
