@@ -209,7 +209,9 @@ class Router:
         >>> router.body_limit("POST", "/act?x=1"), router.body_limit("GET", "/act")
         (100, 0)
         """
-        path = urllib.parse.urlsplit(target).path
+        path = request_path(target)
+        if path is None:
+            return 0
         with_body = (r for r in self._routes if method in r.methods and r.max_body)
         return next((r.max_body for r in with_body if r.regex.fullmatch(path)), 0)
 
@@ -229,14 +231,10 @@ class Router:
         self, method: str, target: str, headers: Mapping[str, str] | None, body: bytes
     ) -> tuple[str, Response]:
         """:meth:`handle`'s response, and the route it counts under."""
-        try:
-            split = urllib.parse.urlsplit(target)
-            path = urllib.parse.unquote(split.path, errors="strict")
-            query = urllib.parse.parse_qs(split.query, errors="replace")
-        except (ValueError, UnicodeDecodeError):
+        path = request_path(target)
+        if path is None:
             return NO_ROUTE, Response.text("bad request target", 400)
-        if not path.startswith("/") or "\x00" in path:
-            return NO_ROUTE, Response.text("bad request target", 400)
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query, errors="replace")
         allowed: set[str] = set()
         found = NO_ROUTE
         for route in self._routes:
@@ -259,8 +257,20 @@ class Router:
         return NO_ROUTE, Response.text("not found", 404)
 
     def route_of(self, target: str) -> str:
-        """The pattern of the first route whose path is ``target``'s (:data:`NO_ROUTE`: none)."""
-        path = urllib.parse.urlsplit(target).path
+        """The pattern of the first route whose path is ``target``'s (:data:`NO_ROUTE`: none),
+        the path decoded as :meth:`handle` decodes it, so that an answer refused before the
+        router saw it counts under the route that would have served it.
+
+        >>> router = Router()
+        >>> router.add("/cascade/<cluster>", lambda req: Response())
+        >>> router.route_of("/cascade/b%2D1?x=1"), router.route_of("/cascade%2Fb-1")
+        ('/cascade/<cluster>', '/cascade/<cluster>')
+        >>> router.route_of("/cascade/%ff"), router.route_of("/nowhere")
+        ('(none)', '(none)')
+        """
+        path = request_path(target)
+        if path is None:
+            return NO_ROUTE
         return next((r.pattern for r in self._routes if r.regex.fullmatch(path)), NO_ROUTE)
 
     def count(self, route: str, status: int) -> None:
@@ -273,6 +283,23 @@ class Router:
         """The answers so far, by route pattern and status."""
         with self._count_lock:
             return dict(self._answered)
+
+
+def request_path(target: str) -> str | None:
+    """The path of a request target, percent-escapes decoded (UTF-8, strictly); ``None``
+    for a target no route serves (undecodable, not starting with ``/``, a NUL in it). The
+    one decoding the router's answer, its count and its body limit all read.
+
+    >>> request_path("/cascade/b%2D1?x=%ff"), request_path("/a%ff"), request_path("a")
+    ('/cascade/b-1', None, None)
+    """
+    try:
+        path = urllib.parse.unquote(urllib.parse.urlsplit(target).path, errors="strict")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not path.startswith("/") or "\x00" in path:
+        return None
+    return path
 
 
 # -- health -------------------------------------------------------------------------

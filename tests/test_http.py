@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Counter
 from streams.metrics import add_metrics, serve_metrics
 from streams.settings import DEPRECATED_ENV, Settings, deprecated_in
 from streams.web import (
+    NO_ROUTE,
     SECURITY_HEADERS,
     Health,
     HttpServer,
@@ -189,6 +190,24 @@ def test_every_answer_carries_the_security_headers_once(server: HttpServer) -> N
     for head in heads:
         for key, value in SECURITY_HEADERS:
             assert head.count(f"\r\n{key}: {value}\r\n".encode()) == 1, (key, head)
+
+
+def test_an_answer_refused_before_the_router_counts_under_the_route_it_decodes_to() -> None:
+    """A body over a route's limit is refused before the router reads it; the route it
+    counts under, and the limit, come from the path decoded as the router decodes it."""
+    router = Router()
+    router.add("/act/<cluster>", lambda req: Response.text("done"), ("POST",), max_body=10)
+    running = serve(router, "127.0.0.1", 0)
+    try:
+        for target in ("/act/b-1", "/act%2Fb-1", "/%61ct/b%2D1"):
+            raw = f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n"
+            assert status_of(exchange(running, raw.encode() + b"x" * 11)) == 413, target
+        raw = b"POST /act/%ff HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nxxxxxxxxxxx"
+        assert status_of(exchange(running, raw)) == 400
+    finally:
+        running.stop()
+    assert router.answered() == {("/act/<cluster>", 413): 3, (NO_ROUTE, 400): 1}
+    assert router.route_of("/act%2Fb-1") == router.route_of("/act/b-1") == "/act/<cluster>"
 
 
 def test_head_gives_the_headers_of_get_without_the_body(server: HttpServer) -> None:
