@@ -287,12 +287,21 @@ def refuse_listened(broker: str, host: str, port: int | None) -> None:
 
 
 def wait_reachable(bootstrap: list[str], timeout: float = 10.0) -> None:
-    """Wait until one of the brokers accepts a connection; ``ConnectionError`` if none does."""
+    """Wait until one of the brokers accepts a connection; ``ConnectionError`` if none does.
+
+    >>> from contextlib import closing
+    >>> with closing(socket.create_server(("127.0.0.1", 0))) as listening:
+    ...     wait_reachable([f"127.0.0.1:{listening.getsockname()[1]}"], timeout=1)
+    >>> wait_reachable([f"127.0.0.1:{free_port()}"], timeout=0.3)
+    Traceback (most recent call last):
+    ...
+    ConnectionError: no Kafka broker answers at 127.0.0.1:... (waited 0.3s)
+    """
     deadline = time.monotonic() + timeout
     while True:
         for server in bootstrap:
             host, _, port = server.rpartition(":")
-            if accepts(host, int(port)):
+            if accepts(host.strip("[]"), int(port), timeout=1.0):
                 return
         if time.monotonic() >= deadline:
             raise ConnectionError(

@@ -59,7 +59,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Final
 
 import faust
 import orjson
@@ -81,6 +81,7 @@ from streams.runtime.broker import (
     ensure_topics,
     is_bundled_broker,
     start_local_broker,
+    wait_reachable,
     watch_failure,
 )
 from streams.runtime.checkpoint import Checkpoint, Gate
@@ -981,6 +982,12 @@ NO_BROKER = (
 KEYED_TOPICS = ("resolve", "clusters", "alerts", "actions")
 
 
+#: How long a worker's start waits for a configured broker to accept a connection: one
+#: starting beside it (a compose file, a test) has that long to come up; nothing there
+#: is said then, in one line.
+BROKER_WAIT_S: Final = 5.0
+
+
 def prepare(
     settings: Settings, say: Callable[[str], None]
 ) -> tuple[Settings, LocalBroker | None, int]:
@@ -989,10 +996,12 @@ def prepare(
     topics.
 
     Returns the settings to run with, the broker started (or ``None``), and
-    the partition count of the ``shares`` topic (which may predate us). The Kafka
-    client's errors (a broker nothing answers at: ``KafkaTimeoutError`` after its
-    bootstrap timeout) are raised as ``ConnectionError``, which the commands say in one
-    line: a worker said them as a traceback.
+    the partition count of the ``shares`` topic (which may predate us). A configured
+    broker nothing accepts a connection at within :data:`BROKER_WAIT_S` is raised as
+    ``ConnectionError`` then, not after the Kafka client's bootstrap timeout (about 40 s,
+    ``KafkaTimeoutError``); one that comes up within the wait is used. The client's errors
+    are raised as ``ConnectionError`` too: the commands say them in one line, exit status 2
+    (a worker said them as a traceback).
     """
     broker: LocalBroker | None = None
     if settings.broker is None:
@@ -1008,6 +1017,8 @@ def prepare(
     from kafka.errors import KafkaError
 
     try:
+        if broker is None:
+            wait_reachable(settings.bootstrap, BROKER_WAIT_S)
         if (
             broker is None
             and not settings.local_broker
