@@ -936,7 +936,7 @@ def test_the_short_way_waits_out_the_grace_and_never_overtakes_the_long_one() ->
     sent: list[tuple[int, Envelope | bytes]] = []
     hop = Hop("clusters", lambda p, env: sent.append((p, env)) or len(sent))
     hand = HandOver(resolve=hop, clusters=hop, grace_s=3.0, clock=lambda: now[0])
-    hop.assign([0])
+    hop.assign([0], others=False)  # (no other process sent it anything)
     hop.read_from(0)
     hand.assigned()
     first, second, third = (
@@ -965,7 +965,7 @@ def test_a_partition_assigned_takes_no_short_way_until_it_read_what_was_sent_it_
     hand = HandOver(resolve=hop, clusters=hop, grace_s=0.0, clock=lambda: 1.0)
     events, progress = Envelope([], marks={0: (1, False)}), Envelope([], marks={0: (2, False)})
     assert hand.route(hop, {0: events, 1: events}) == {}  # not held: marks 1 and 2
-    hop.assign([0, 1])
+    hop.assign([0, 1], others=False)  # (this process's sends alone)
     hop.read_from(0)
     hop.read_from(1)
     assert hand.route(hop, {0: progress}) == {}  # behind mark 1: through Kafka (mark 3)
@@ -975,11 +975,44 @@ def test_a_partition_assigned_takes_no_short_way_until_it_read_what_was_sent_it_
     assert hand.route(hop, {0: events}) == {0: [progress, progress, events]}
     assert len(sent) == 4
     hop.revoke(1)
-    hop.assign([1])  # assigned again: mark 2 is still unread
+    hop.assign([1], others=False)  # assigned again: mark 2 is still unread
     hop.read_from(1)
     assert hand.route(hop, {1: events}) == {}  # (mark 5)
     assert hop.received(1, [(2, "events"), (5, "events")]) == ["events", "events"]
     assert hand.route(hop, {1: progress}) == {1: [progress]}
+
+
+def test_a_partition_assigned_takes_no_short_way_until_it_read_past_what_others_sent_it() -> None:
+    """What another process sent a partition before it was assigned here (its previous
+    owner's ingest, any worker's) is on its topic, unknown to this process: an envelope
+    handed it in-process would overtake it (the moves model with the partitions moving
+    between processes: seeds 7, 17, 21, 26 had events late). Those records were on the
+    broker before the assignment (a process flushes as its partitions are revoked), so a
+    record this process sends the partition after it comes after them: the short way opens
+    once the first such send is read, not on others' records nor on this process's older
+    ones; each envelope sent through Kafka meanwhile, its short way open otherwise, is
+    counted (``waited``: the rule's cost)."""
+    sent: list[tuple[int, Envelope | bytes]] = []
+    hop = Hop("resolve", lambda p, env: sent.append((p, env)) or len(sent))
+    hand = HandOver(resolve=hop, clusters=hop, grace_s=0.0, clock=lambda: 1.0)
+    events, progress = Envelope([], marks={0: (1, False)}), Envelope([], marks={0: (2, False)})
+    assert hand.route(hop, {0: events}) == {}  # not held: mark 1
+    hop.assign([0, 1])
+    hop.read_from(0)
+    hop.read_from(1)
+    assert hop.received(0, [(None, "another's"), (1, "events")]) == ["another's", "events"]
+    assert hop.received(1, [(None, "another's")]) == ["another's"]
+    assert hand.route(hop, {0: progress, 1: progress}) == {}  # marks 2 and 3: the ones to read
+    assert hop.waited == 2
+    assert hop.received(0, [(None, "another's")]) == ["another's"]
+    assert hand.route(hop, {0: events}) == {}  # (mark 4)
+    assert hop.received(0, [(2, "progress")]) == ["progress"]  # read past mark 2
+    assert hand.route(hop, {0: progress, 1: progress}) == {0: [events, progress]}  # (1: mark 5)
+    assert hop.received(1, [(3, "progress"), (5, "progress")]) == ["progress", "progress"]
+    assert hand.route(hop, {1: events}) == {1: [events]}
+    assert len(sent) == 5 and hop.waited == 4
+    hop.assign([1], others=False)  # no other process: what this one sent is read
+    assert hand.route(hop, {1: events}) == {1: [events]}
 
 
 def test_the_long_way_never_overtakes_what_the_short_one_has_not_logged() -> None:
@@ -992,7 +1025,7 @@ def test_the_long_way_never_overtakes_what_the_short_one_has_not_logged() -> Non
     sent: list[tuple[int, Envelope | bytes]] = []
     hop = Hop("clusters", lambda p, env: sent.append((p, env)) or len(sent), lambda: open_[0])
     hand = HandOver(resolve=hop, clusters=hop, grace_s=0.0, clock=lambda: 1.0)
-    hop.assign([0, 1])
+    hop.assign([0, 1], others=False)  # (no other process sent them anything)
     hop.read_from(0)
     hop.read_from(1)
     events, progress = Envelope([], progress={0: 1}), Envelope([], progress={0: 2})
@@ -1212,6 +1245,64 @@ def test_the_short_way_opened_before_a_moved_partition_read_its_previous_owner_s
     assert expected
     assert_replay_alert_records(list(run.alerts.values()), expected)
     assert run.resent == []
+
+
+#: The seeds of the moves between processes: of 0-79, those with events late when a moved
+#: partition waited for nothing another process sent it (3, 1, 2, 7, 4, 1, 2, 2 late).
+MOVES_BETWEEN_SEEDS = [7, 17, 21, 26, 41, 45, 71, 73]
+
+
+def moved_between(sim: Any, seed: int, wait_for_others: bool) -> LocalRun:
+    """The moves test's run (:data:`MOVES_SEEDS`' settings), the partitions moving between
+    processes: what is on a moved partition's topic another process sent."""
+    return local_run(
+        sim,
+        seed=seed,
+        moves=6,
+        max_batch=20 if seed % 2 else 200,
+        short_way_after=moves_after(seed),
+        local_peers=seed % 2 == 0,
+        local_resolve=True,
+        local_clusters=True,
+        moves_between=True,
+        wait_for_others=wait_for_others,
+    )
+
+
+@pytest.mark.parametrize("seed", MOVES_BETWEEN_SEEDS)
+def test_a_partition_moved_between_processes_reads_what_the_others_sent_it_first(
+    in_time_hour: tuple[Any, list[Any], int], seed: int
+) -> None:
+    """A partition that moves between workers has on its topic records other processes sent
+    it (its previous owner's ingest, its peers'), which its new owner knows nothing of. Its
+    short way opens once it has read past the first envelope the new owner sent it after the
+    assignment (:meth:`Hop.assign`'s ``others``), so those go first, whenever the grace
+    ends: no event late, the alerts replay's, every event applied."""
+    sim, expected, held_still = in_time_hour
+    run = moved_between(sim, seed, wait_for_others=True)
+    assert run.moved == 6 and run.topology is not None
+    assert run.opened_early > 0, "the short way never opened early: nothing checked"
+    hops = run.topology.hand_over
+    assert hops.resolve.waited + hops.clusters.waited > 0, "the rule never held one back"
+    held = sum(r.held for r in run.topology.resolvers.values())
+    waiting = {k: d.pending for k, d in run.topology.detectors.items() if d.pending}
+    assert held == held_still, f"{held} reshares held at the end, {held_still} with no move"
+    assert not waiting, f"events never applied, per clusters partition: {waiting}"
+    assert run.stats.late == 0
+    assert_replay_alert_records(list(run.alerts.values()), expected)
+    assert run.resent == []
+
+
+@pytest.mark.parametrize("seed", MOVES_BETWEEN_SEEDS)
+def test_without_waiting_for_what_others_sent_a_moved_partition_events_come_late(
+    in_time_hour: tuple[Any, list[Any], int], seed: int
+) -> None:
+    """The test above's counter-test: with a moved partition waiting only for what its new
+    owner sent it (``wait_for_others`` off), the short way overtakes the others' records,
+    and their events come late."""
+    sim, _, _ = in_time_hour
+    run = moved_between(sim, seed, wait_for_others=False)
+    assert run.stats.late > 0
 
 
 def test_a_replaced_process_resumes_each_input_partition_s_newest_event_time() -> None:

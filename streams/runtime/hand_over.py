@@ -17,11 +17,13 @@ it through Kafka and it has not read yet goes first, in memory, and its
 copy is skipped when it is read (:class:`streams.stages.UnreadSends`). For
 ``grace_s`` after an assignment everything goes through Kafka, so what a
 partition's previous owner sent comes first (a matter of time, not proof).
-What this process sent a partition before it was assigned it (another held
-it, or this one before a revoke) is not in memory to go first: the partition
-takes no short way until it has read the last of it, by its mark
-(:meth:`Hop.assign`; proof, for this process's own sends: the moves model,
-the short way opened early, had events late without it).
+What was sent a partition before it was assigned here (by any process: its
+previous owner's ingest, this one's before a revoke) is not in memory to go
+first: the partition takes no short way until it has read past the first
+envelope this process sent it after the assignment, which is behind all of
+that on its topic (:meth:`Hop.assign`: each process flushes as its partitions
+are revoked; the moves model, the short way opened early, had events late
+without it, the partitions moving within a process or between two).
 
 Nor does the long way overtake the short one's log. What a partition was
 handed in-process is kept only in its log (a changelog partition); an
@@ -44,7 +46,7 @@ build alike.
 >>> sent = []
 >>> hop = Hop("clusters", lambda p, env: sent.append((p, env)) or len(sent))
 >>> hand = HandOver(resolve=hop, clusters=hop, grace_s=3.0, clock=lambda: 10.0)
->>> hop.assign([0, 1]); hand.assigned()           # grace: everything through Kafka
+>>> hop.assign([0, 1], others=False); hand.assigned()  # grace: everything through Kafka
 >>> hand.route(hop, {0: Envelope([])}), len(sent)
 ({}, 1)
 >>> hand = HandOver(resolve=hop, clusters=hop, grace_s=0.0, clock=lambda: 10.0)
@@ -84,6 +86,7 @@ class Hop:
         "reading",
         "send_record",
         "unread",
+        "waited",
     )
 
     def __init__(
@@ -111,21 +114,36 @@ class Hop:
         #: the mark of the last envelope sent each partition through Kafka whose order
         #: matters (held here or not), until the partition is read past it here
         self.last_sent: dict[int, int] = {}
-        #: partitions assigned while such a send may be unread: the mark they must read
-        #: before the short way opens (see :meth:`assign`)
-        self.behind: dict[int, int] = {}
+        #: partitions assigned while a send may be unread: the mark they must read before
+        #: the short way opens, ``None`` while it is that of the next send (see :meth:`assign`)
+        self.behind: dict[int, int | None] = {}
+        #: envelopes sent through Kafka because their partition was behind, its short way
+        #: open otherwise (what :meth:`assign`'s rule costs)
+        self.waited = 0
 
-    def assign(self, partitions: Iterable[int]) -> None:
-        """Partitions this process now holds. One this process sent envelopes through Kafka
-        before (when another held it, or before a revoke) takes no short way until it has
-        read the last of them: the short way would overtake them (the moves model: ingest's
-        marks handed in-process to a moved resolve partition passed the events of its
-        records still unread, which then came late; seeds 7, 17, 21, 26 of
-        ``tests/test_runtime_owners.py``'s moves test)."""
+    def assign(self, partitions: Iterable[int], others: bool = True) -> None:
+        """Partitions this process now holds. One takes no short way until it has read what
+        was sent it through Kafka before: the short way would overtake it (the moves model:
+        ingest's marks handed in-process to a moved resolve partition passed the events of
+        its records still unread, which then came late; seeds 7, 17, 21, 26 of
+        ``tests/test_runtime_owners.py``'s moves test).
+
+        What this process sent it, it knows: the last of those sends' marks. What ``others``
+        (other processes: its previous owner's ingest, any worker's) sent it, it does not;
+        a record of this process's sent it after the assignment comes after them on its
+        topic (they were on the broker before the assignment: each process flushes as its
+        partitions are revoked), so the partition waits to read the next send's. That is the
+        end offset its topic had at the assignment, or later, without asking the broker:
+        the first envelope routed to it after the assignment goes through Kafka, and the
+        short way opens once that is read (the grace is as long, in a worker). ``others``
+        false: no other process can have sent it anything unread (a test's single process
+        on topics it made)."""
         for p in partitions:
             self.held.add(p)
             mark = self.last_sent.get(p)
-            if mark is not None:
+            if others:
+                self.behind[p] = None
+            elif mark is not None:
                 self.behind[p] = mark
 
     def revoke(self, partition: int) -> None:
@@ -152,6 +170,7 @@ class Hop:
         """Through Kafka; noted until read if the partition is held here (the short way must
         not overtake it) and ``track`` (an envelope whose order does not matter need not be)."""
         mark = self.send_record(partition, envelope)
+        self._after(partition, mark)
         if track and isinstance(envelope, Envelope):
             self.last_sent[partition] = mark
             if partition in self.held:
@@ -178,21 +197,36 @@ class Hop:
         resolve hop is, not through Faust's buffer (which cost 10-15 ms more:
         docs/performance.md, "The kill model's copies, measured")."""
         mark = self.send_record(partition, envelope)
+        self._after(partition, mark)
         self.unread.copied(partition, mark)
         self.copies += 1
+
+    def _after(self, partition: int, mark: int) -> None:
+        """A send to ``partition``: the mark it waits for, if it waits for the next send's."""
+        behind = self.behind
+        if behind and partition in behind and behind[partition] is None:
+            behind[partition] = mark
+
+    def wait(self, partition: int, short: bool) -> None:
+        """An envelope for ``partition`` goes through Kafka: counted in :attr:`waited` if its
+        short way is open (``short``: the grace is over; it has read a batch) but for
+        :meth:`assign`'s rule."""
+        if short and partition in self.behind and partition in self.reading:
+            self.waited += 1
 
     def received(self, partition: int, records: Iterable[tuple[int | None, T]]) -> list[T]:
         """What ``partition`` read, ``(mark, record)`` (mark ``None``: not this process's),
         less the copies of what was handed to it in-process already; a partition that read
         the last envelope sent it before it was assigned is no longer behind (see
         :meth:`assign`: those sent since go first, as unread ones do)."""
-        if partition in self.last_sent:  # (a partition behind is in it too)
+        if partition in self.last_sent or partition in self.behind:
             records = list(records)
             top = max((m for m, _ in records if m is not None), default=None)
             if top is not None:
-                if self.behind.get(partition, top + 1) <= top:
+                wait = self.behind.get(partition, top + 1)
+                if wait is not None and wait <= top:
                     del self.behind[partition]  # (what was sent since is in unread)
-                if self.last_sent[partition] <= top:
+                if self.last_sent.get(partition, top + 1) <= top:
                     del self.last_sent[partition]
         return self.unread.received(partition, records)
 
@@ -243,6 +277,7 @@ class HandOver:
             if short and (hop.ready(k) or k in handed):
                 local[k] = [*hop.take([k]).get(k, []), envelope]
             else:
+                hop.wait(k, short)
                 hop.send(k, envelope)
         if local:
             handed.update(local)

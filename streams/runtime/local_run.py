@@ -26,7 +26,9 @@ The short way to a moved partition opens once it has read all that was on
 its topic (a worker waits a grace for that); with ``short_way_after`` set,
 once it has read that many batches, whatever is still on its topic from
 before the move (a grace that ran out before the new owner's stage had read
-what the previous owner sent: "a matter of time, not proof").
+what the previous owner sent: "a matter of time, not proof"). With
+``moves_between``, the new owner is another process: what is on a moved
+partition's topic is not this process's (it forgets its marks of it).
 
 >>> from streams.alerts import Pseudonymizer
 >>> from streams.banks import HashBanks
@@ -65,6 +67,8 @@ from streams.wire import LATEST_WIRE, WireVersion, decode_routed_log
 Record = tuple[int, int, bytes]
 #: The internal topics in memory: per topic, per partition, the records not read yet.
 Topics = dict[str, list[list[Record]]]
+#: The incarnation of the records another process sent (``LocalRun.moves_between``).
+OTHER = -1
 
 
 def _at(partition: int, offsets: list[int], i: int) -> tuple[int, int]:
@@ -273,6 +277,15 @@ class LocalRun:
     #: records sent before the move may still be on its topic (None: once it is read to
     #: the end; see the module doc)
     short_way_after: int | None = None
+    #: a move hands the partitions to another process: what is on a moved partition's topic
+    #: was sent by a process other than its new owner (this one forgets its marks of it), as
+    #: when a partition moves between workers with records in flight (not with a ``tear``
+    #: of the topics, which knows records by their incarnation)
+    moves_between: bool = False
+    #: a partition assigned takes no short way until it has read what other processes sent
+    #: it before (:meth:`Hop.assign`'s ``others``: the worker's rule; off: a test's check
+    #: that the moves between processes then fail)
+    wait_for_others: bool = True
     #: steps between commits of the ``shares`` offsets
     commit_every: int = 10
     #: a restart is a kill: of the tables' writes since everything was last acknowledged
@@ -386,10 +399,11 @@ class LocalRun:
         )
         hops.assigned()
         self._hand_over = hops
+        # (what an earlier incarnation sent waits for the grace above, which ends once read)
         if self.local_resolve or self.local_peers:
-            hops.resolve.assign(range(n))
+            hops.resolve.assign(range(n), others=False)
         if self.local_clusters:
-            hops.clusters.assign(range(n))
+            hops.clusters.assign(range(n), others=False)
         for p in range(n):
             hops.resolve.read_from(p)
             hops.clusters.read_from(p)
@@ -536,7 +550,7 @@ class LocalRun:
                     topology.ingest.clock.resume(p, ts)
             if move_at and fresh >= move_at[0]:
                 move_at.pop(0)
-                self._move(rng, topology)
+                self._move(rng, topology, topics)
             while bank_updates and bank_updates[0][0] <= fresh:  # the bank follower
                 _, update = bank_updates.pop(0)
                 update.apply(self.banks)
@@ -549,7 +563,7 @@ class LocalRun:
             if not choices:
                 if flushed and move_at:  # the last moves come once everything has flowed
                     move_at.pop(0)
-                    self._move(rng, topology)
+                    self._move(rng, topology, topics)
                     now += 60.0  # a rebalance takes its time
                 elif flushed:
                     break
@@ -613,7 +627,7 @@ class LocalRun:
         self.opened_early += partition not in hop.reading
         return True
 
-    def _move(self, rng: random.Random, topology: Topology) -> None:
+    def _move(self, rng: random.Random, topology: Topology, topics: Topics) -> None:
         """Some partitions of each internal topic change owner (see the module doc)."""
         n = self.partitions
         hops = {"resolve": topology.hand_over.resolve, "clusters": topology.hand_over.clusters}
@@ -623,8 +637,11 @@ class LocalRun:
                 held = p in hop.held
                 self._batches_read.pop((name, p), None)
                 topology.revoke(name, p)
-                if held:
-                    hop.assign([p])  # the new owner holds it; the short way opens once read
+                if self.moves_between:  # what is on its topic another process sent
+                    topics[name][p] = [(OTHER, m, raw) for _, m, raw in topics[name][p]]
+                    hop.last_sent.pop(p, None)
+                if held:  # the new owner holds it; the short way opens once read
+                    hop.assign([p], others=self.wait_for_others)
             if name == "clusters":
                 topology.release(set(moved))
         self.moved += 1

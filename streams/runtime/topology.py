@@ -222,8 +222,8 @@ class Topology:
         for r, envelopes in received.items():
             batches += self._resolve(r, envelopes)
         hop = self.hand_over.resolve
-        # a peer behind what this process sent it through Kafka takes none of the short way
-        # (Hop.assign): what it is sent goes through the topic, after the rest
+        # a peer behind what was sent it through Kafka before its assignment takes none of
+        # the short way (Hop.assign): what it is sent goes through the topic, after the rest
         behind = hop.behind
         peers = (
             {r: st for r, st in self.resolvers.items() if r not in behind}
@@ -249,6 +249,7 @@ class Topology:
                                 self._copies[r] = left
                     hop.send(r, owed[r])
             else:
+                hop.wait(r, owed is not None)
                 hop.send(r, envelope)
         self.to_clusters(to_clusters)
 

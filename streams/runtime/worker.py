@@ -775,6 +775,9 @@ class Worker:
             "compactions": self.stats.log_compactions,
             "log_bytes": self.stats.log_bytes,
             "handed_over": self.hand_over.handed_over,
+            # envelopes sent through Kafka, the short way open but for a partition assigned
+            # that has not read past its first send since (Hop.assign): the rule's cost
+            "waited": {h.name: h.waited for h in (self.hand_over.resolve, self.hand_over.clusters)},
             "checkpoints": self.checkpoint.commits,
             # records waiting to be handed to the Kafka client (alerts wait behind them)
             "producer_queued": self.app.counted_producer.queued,
