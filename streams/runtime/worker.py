@@ -420,7 +420,11 @@ class Worker:
         )
         app.settle_writes = self.checkpoint.flush  # Faust's flush before it commits offsets
         self.shares = SharesReader(
-            s, self.topology, self.checkpoint, on_delays=lambda t: self._delay("ingest", t)
+            s,
+            self.topology,
+            self.checkpoint,
+            on_delays=lambda t: self._delay("ingest", t),
+            sent=lambda: app.counted_producer.send_now(),
         )
         #: sinks fed from the alerts topic (the webhook: streams.runtime.alert_feed)
         self.feeds: list[AlertFeed] = []
@@ -472,6 +476,8 @@ class Worker:
                         self.checkpoint.stage()
                         self.shares.heard_more()
                     self._seek_back()
+                    # what it wrote for the other workers leaves before the next batch's work
+                    await app.counted_producer.send_now()
 
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
         async def detect(stream: Any) -> None:
@@ -483,6 +489,7 @@ class Worker:
                     self.checkpoint.stage()
                     self.shares.heard_more()
                     self._seek_back()
+                    await app.counted_producer.send_now()
 
         @app.timer(HEARTBEAT_S)  # type: ignore[untyped-decorator]
         async def heartbeat() -> None:
@@ -686,7 +693,7 @@ class Worker:
         name, stamp, parts = self._records(topic, value)
         producer = self.app.counted_producer
         for part in parts:
-            producer.write(name, partition, self._own_key, part, timestamp_ms=stamp)
+            producer.write(name, partition, self._own_key, part, timestamp_ms=stamp, now=True)
         return stamp
 
     def _records(self, topic: Any, value: Envelope | bytes) -> tuple[str, int, list[bytes]]:
