@@ -261,13 +261,24 @@ class GrowthModel:
         >>> g.law_at_most(900.0, (0.0, 0.0), (1.0, 1.0))[0]  # 1 + 2 * 1 - 3 * 0
         3.0
         """
-        i, j, w = _interp_weights(self.ages_s, age_s)
-        a, b = self.coef[i], self.coef[j]
         corner = [
-            high if ca + w * (cb - ca) >= 0.0 else low
-            for ca, cb, low, high in zip(a[1:], b[1:], lows, highs, strict=True)
+            high if up else low
+            for up, low, high in zip(self.signs_at(age_s), lows, highs, strict=True)
         ]
         return self.law(age_s, corner)
+
+    def signs_at(self, age_s: float) -> tuple[bool, ...]:
+        """Whether each input's coefficient (not the intercept's), interpolated at ``age_s``
+        as :meth:`law` interpolates it, is at least 0: the corner :meth:`law_at_most`
+        takes, known before the inputs' bounds are (a caller computes only the end of
+        each that the corner takes).
+
+        >>> GrowthModel((900.0,), ((1.0, 2.0, -3.0),), (1.0,), (0.1,), (0.9,)).signs_at(900.0)
+        (True, False)
+        """
+        i, j, w = _interp_weights(self.ages_s, age_s)
+        a, b = self.coef[i], self.coef[j]
+        return tuple(ca + w * (cb - ca) >= 0.0 for ca, cb in zip(a[1:], b[1:], strict=True))
 
     def quantiles(
         self, age_s: float, inputs: Sequence[float], lower: float = 0.0

@@ -1068,14 +1068,19 @@ class StateRead:
             return n, n  # what the forecast is there (_grown)
         centre, weighted, count = self._in_window(window)
         kernel = cfg.kernel
-        tau = kernel.cutoff
+        tau, c = kernel.cutoff, kernel.c
         ages = self._p - centre
-        flat, reached = np.clip(ages - tau, 0.0, window), np.clip(ages, 0.0, window)
-        phi = kernel.c * (np.maximum(ages, tau) / tau) ** -(1.0 + kernel.theta)
+        # np.clip's values without its four layers of Python (they differ only in a zero's
+        # sign: for an age of -0.0, `reached` is +0.0 where clip keeps -0.0; `flat` is
+        # +0.0 there, so `least` and `most` come out +0.0 either way)
+        flat = np.minimum(np.maximum(ages - tau, 0.0), window)
+        reached = np.minimum(np.maximum(ages, 0.0), window)
+        phi = c * (np.maximum(ages, tau) / tau) ** -(1.0 + kernel.theta)
         half = 0.5 / window
-        most = kernel.c * (reached - flat) * (1.0 - (flat + reached) * half)
-        least = most + phi * flat * (1.0 - flat * half)
-        most += kernel.c * flat * (1.0 - flat * half)
+        most = c * (reached - flat) * (1.0 - (flat + reached) * half)
+        rest = 1.0 - flat * half
+        least = most + phi * flat * rest
+        most += c * flat * rest
         _, _, d, _, _ = self._columns.cols
         exposure = 0.5 * float(np.dot(d, least))
         if not (exposure > 0.0 and weighted > 0.0):
@@ -1083,25 +1088,26 @@ class StateRead:
         q_most = weighted / exposure
         q_least = weighted / (2.0 * float(np.dot(d, most)))
         n1 = n + 1.0
-        # the share of reactions to come before the horizon: at least its span times
-        # the kernel at the horizon (the kernel falls), less the ccdf's rounding
-        span = cfg.horizon_s - self._age
-        seen = ages >= 0.0
-        after = kernel.c * (np.maximum(ages + span, tau) / tau) ** -(1.0 + kernel.theta)
-        coming = 0.5 * float(np.dot(d[seen], after[seen])) * span - 1e-12 * float(_total(d))
-        followers = float(_total(d)) * (1.0 + 1e-9)
+        total = float(_total(d))
         share = math.log1p(count / n1)
-        lows = (
-            math.log1p(q_least * max(coming, 0.0) / n1),
-            share,
-            math.log(q_least * cfg.n_star + 1e-3),
-        )
-        highs = (
-            math.log1p(q_most * followers / n1),
-            share,
-            math.log(q_most * cfg.n_star + 1e-3),
-        )
-        mu, sigma, p_lo, _ = growth.law_at_most(self._age, lows, highs)
+        # each input's low (high) is computed only where its coefficient makes the corner
+        # take it (`law_at_most`): the other end would be thrown away. The first
+        # generation's low (a power over the buckets) is the one that costs: its
+        # coefficient is at least 0 at two decisions in three of a default replay's.
+        fg, _, branching = growth.signs_at(self._age)
+        if fg:
+            first = math.log1p(q_most * (total * (1.0 + 1e-9)) / n1)
+        else:
+            # the share of reactions to come before the horizon: at least its span times
+            # the kernel at the horizon (the kernel falls), less the ccdf's rounding
+            span = cfg.horizon_s - self._age
+            seen = ages >= 0.0
+            after = c * (np.maximum(ages + span, tau) / tau) ** -(1.0 + kernel.theta)
+            coming = 0.5 * float(np.dot(d[seen], after[seen])) * span - 1e-12 * total
+            first = math.log1p(q_least * max(coming, 0.0) / n1)
+        q = q_most if branching else q_least
+        inputs = (first, share, math.log(q * cfg.n_star + 1e-3))
+        mu, sigma, p_lo, _ = growth.law(self._age, inputs)
         if p_lo < 0.07:  # a band too wide for the allowance below (the shipped: 0.077)
             return None
         mu = max(mu + 1e-9 * (1.0 + abs(mu)), 0.0)
@@ -1121,7 +1127,9 @@ class StateRead:
         if old_hi is not None:
             hi[hi.shape[0] - old_hi.shape[0] :] = old_hi
         has = d > 0
-        centre = np.where(has, dt / np.where(has, d, 1.0), (lo + hi) / 2.0)
+        # a bucket of no followers takes its midpoint; where all have some (most reads),
+        # the values the `where` would pick, with no midpoints computed
+        centre = dt / d if has.all() else np.where(has, dt / np.where(has, d, 1.0), (lo + hi) / 2.0)
         slope = 1.0 / window
         start = p - window
         # triangular count of reshares in [start, p): exact for whole buckets; the
@@ -1130,14 +1138,15 @@ class StateRead:
         inside = (lo >= start) & (lo < p)
         n_in = n[inside]
         weighted = float(_total(n_in + slope * (st[inside] - n_in * p)))
-        count = float(_total(n_in))
+        total_in = _total(n_in)
+        count = float(total_in)
         has = n > 0
         cut = (lo < start) & (hi > start) & has
         if cut.any():  # at most a bucket or two; none adds 0 (the sums are >= 0)
             cut &= st / np.where(has, n, 1.0) >= start
             n_cut = n[cut]
             weighted += float(_total(slope * (st[cut] - n_cut * start)))
-            count = float(_total(n_in) + _total(n_cut))
+            count = float(total_in + _total(n_cut))
         return centre, weighted, count
 
 

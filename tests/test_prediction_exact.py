@@ -257,3 +257,130 @@ def test_the_truncated_quantile_at_the_bounds_mu_is_over_any_below_it(
         truncated_quantile(p, mu - below, sigma, 0.0)
         <= truncated_quantile(p, top, sigma, 0.0) + 1e-9
     )
+
+
+def _old_in_window(read: gp.StateRead, window: float) -> tuple[np.ndarray, float, float]:
+    """``StateRead._in_window`` as it was (every bucket's midpoint computed, ``count``'s
+    sum taken twice)."""
+    assert read._columns is not None
+    cols, old_hi = read._columns
+    lo, n, d, dt, s = cols
+    p = read._p
+    hi = lo + read._cfg.bucket_s
+    if old_hi is not None:
+        hi[hi.shape[0] - old_hi.shape[0] :] = old_hi
+    has = d > 0
+    centre = np.where(has, dt / np.where(has, d, 1.0), (lo + hi) / 2.0)
+    slope = 1.0 / window
+    start = p - window
+    inside = (lo >= start) & (lo < p)
+    n_in = n[inside]
+    weighted = float(gp._total(n_in + slope * (s[inside] - n_in * p)))
+    count = float(gp._total(n_in))
+    has = n > 0
+    cut = (lo < start) & (hi > start) & has
+    if cut.any():
+        cut &= s / np.where(has, n, 1.0) >= start
+        n_cut = n[cut]
+        weighted += float(gp._total(slope * (s[cut] - n_cut * start)))
+        count = float(gp._total(n_in) + gp._total(n_cut))
+    return centre, weighted, count
+
+
+def _old_growth_bound(read: gp.StateRead) -> tuple[float, float] | None:
+    """``StateRead.growth_bound`` as it was (twenty-second session): both ends of every
+    input computed, ``np.clip``, the corner taken by ``law_at_most``."""
+    from graphs.growth import SEISMIC_INPUTS, truncated_quantile
+
+    cfg = read._cfg
+    growth = cfg.growth
+    window = read._window
+    if (
+        cfg.model != "best"
+        or read._columns is None
+        or window is None
+        or len(growth.coef[0]) != SEISMIC_INPUTS + 1
+        or read._age < 0.0
+    ):
+        return None
+    n = float(read._reshares)
+    if read._age >= cfg.horizon_s or n <= 0.0:
+        return n, n
+    centre, weighted, count = _old_in_window(read, window)
+    kernel = cfg.kernel
+    tau = kernel.cutoff
+    ages = read._p - centre
+    flat, reached = np.clip(ages - tau, 0.0, window), np.clip(ages, 0.0, window)
+    phi = kernel.c * (np.maximum(ages, tau) / tau) ** -(1.0 + kernel.theta)
+    half = 0.5 / window
+    most = kernel.c * (reached - flat) * (1.0 - (flat + reached) * half)
+    least = most + phi * flat * (1.0 - flat * half)
+    most += kernel.c * flat * (1.0 - flat * half)
+    _, _, d, _, _ = read._columns.cols
+    exposure = 0.5 * float(np.dot(d, least))
+    if not (exposure > 0.0 and weighted > 0.0):
+        return None
+    q_most = weighted / exposure
+    q_least = weighted / (2.0 * float(np.dot(d, most)))
+    n1 = n + 1.0
+    span = cfg.horizon_s - read._age
+    seen = ages >= 0.0
+    after = kernel.c * (np.maximum(ages + span, tau) / tau) ** -(1.0 + kernel.theta)
+    coming = 0.5 * float(np.dot(d[seen], after[seen])) * span - 1e-12 * float(gp._total(d))
+    followers = float(gp._total(d)) * (1.0 + 1e-9)
+    share = math.log1p(count / n1)
+    lows = (
+        math.log1p(q_least * max(coming, 0.0) / n1),
+        share,
+        math.log(q_least * cfg.n_star + 1e-3),
+    )
+    highs = (
+        math.log1p(q_most * followers / n1),
+        share,
+        math.log(q_most * cfg.n_star + 1e-3),
+    )
+    mu, sigma, p_lo, _ = growth.law_at_most(read._age, lows, highs)
+    if p_lo < 0.07:
+        return None
+    mu = max(mu + 1e-9 * (1.0 + abs(mu)), 0.0)
+    z, lo = truncated_quantile(0.5, mu, sigma, 0.0), truncated_quantile(p_lo, mu, sigma, 0.0)
+    grow = math.exp(1e-9)
+    return n1 * math.exp(z) * grow - 1.0, n1 * math.exp(lo) * grow - 1.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    posts=st.lists(st.one_of(post, viral), min_size=1, max_size=300),
+    horizon=st.sampled_from([3600.0, 86400.0, 7 * 86400.0]),
+    burst=st.integers(0, 2000),
+)
+def test_the_growth_bound_is_what_it_was_to_the_bit(
+    posts: list[tuple[float, int | float | None, bool, float | None]], horizon: float, burst: int
+) -> None:
+    """``StateRead.growth_bound`` computes only the end of each input that the corner takes
+    (the first generation's low, a power over the buckets, where its coefficient is
+    negative), without ``np.clip``'s wrappers, and ``_in_window`` a bucket's midpoint only
+    where it has no followers: the same bound, and the same window figures, by ``repr``,
+    as the computation they replaced (kept above), at any time, horizon and state."""
+    cfg = gp.PredictorConfig(horizon_s=horizon)
+    pred = IncrementalPredictor(cfg)
+    reads = []
+    t = 0.0
+    for i, (gap, followers, original, ask) in enumerate(posts):
+        t += gap
+        pred.add(t, followers, original=original)
+        if i == 0:
+            for k in range(burst):
+                pred.add(t + 2.0 * (k + 1), 5_000)
+            t += 2.0 * burst
+        if ask is not None:
+            reads.append(pred.read(t + ask))
+    reads += [pred.read(t + later) for later in (0.0, 30.0, 400.0, 3600.0, 86400.0)]
+    for read in reads:
+        assert repr(read.growth_bound()) == repr(_old_growth_bound(read))
+        if read._window is not None and read._columns is not None:
+            centre, weighted, count = read._in_window(read._window)
+            old_centre, old_weighted, old_count = _old_in_window(read, read._window)
+            assert repr((centre.tolist(), weighted, count)) == repr(
+                (old_centre.tolist(), old_weighted, old_count)
+            )
