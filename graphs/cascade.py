@@ -90,15 +90,51 @@ class Cascade:
         self._breadth = max(self._breadth, self._level_counts[level])
         self._live += 1
 
+    def add_post(
+        self,
+        post_id: str,
+        parent: str | None,
+        *,
+        user: str,
+        ts_ms: int,
+        followers: int | None = None,
+    ) -> bool | None:
+        """Add an upload (``parent`` None) or a reshare of ``parent``: ``False`` if the post
+        is already here, ``None`` if its parent is not (the caller holds it), else ``True``.
+
+        Why one method: the detector adds every post of a banked cluster, and asking
+        first whether the post and its parent are here (``in`` the cascade, then ``in``
+        the graph: two Python calls each) and then adding it (which asked both again)
+        was four lookups through eight calls a reshare; here each is one lookup in the
+        graph's node table.
+
+        >>> c = Cascade()
+        >>> c.add_post("p1", None, user="a", ts_ms=0), c.add_post("p3", "p2", user="c", ts_ms=2)
+        (True, None)
+        >>> c.add_post("p2", "p1", user="b", ts_ms=1), c.add_post("p2", "p9", user="b", ts_ms=1)
+        (True, False)
+        >>> c.graph.nodes["p2"]["level"], c.size, c.roots
+        (1, 2, 1)
+        """
+        nodes = self.graph._node  # NetworkX's node table: post -> its attributes
+        if post_id in nodes:
+            return False
+        if parent is None:
+            self._add(post_id, user, ts_ms, 0, followers)
+            self._roots += 1
+            return True
+        above = nodes.get(parent)
+        if above is None:
+            return None
+        self._add(post_id, user, ts_ms, above["level"] + 1, followers)
+        self.graph.add_edge(parent, post_id)
+        return True
+
     def add_root(
         self, post_id: str, *, user: str, ts_ms: int, followers: int | None = None
     ) -> bool:
         """Add an independent upload; ``False`` if the post is already here."""
-        if post_id in self.graph:
-            return False
-        self._add(post_id, user, ts_ms, 0, followers)
-        self._roots += 1
-        return True
+        return self.add_post(post_id, None, user=user, ts_ms=ts_ms, followers=followers) is True
 
     def add_reshare(
         self,
@@ -110,13 +146,10 @@ class Cascade:
         followers: int | None = None,
     ) -> bool:
         """Add a reshare of ``parent``; ``False`` if the post is already here."""
-        if post_id in self.graph:
-            return False
-        if parent not in self.graph:
+        added = self.add_post(post_id, parent, user=user, ts_ms=ts_ms, followers=followers)
+        if added is None:
             raise ValueError(f"parent {parent!r} is not in this cascade")
-        self._add(post_id, user, ts_ms, self.graph.nodes[parent]["level"] + 1, followers)
-        self.graph.add_edge(parent, post_id)
-        return True
+        return added
 
     @classmethod
     def from_made(cls, posts: Iterable[tuple[str, str | None, str, int, bool]]) -> Cascade:

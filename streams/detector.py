@@ -820,24 +820,19 @@ class Detector:
         self._evaluate(st, st.last_ms)
 
     def _add_post(self, st: ClusterState, ev: ShareEvent) -> None:
-        if ev.post_id in st.cascade:
+        parent = ev.parent_post_id if ev.type == "share" else None
+        assert parent is not None or ev.type != "share"
+        added = st.cascade.add_post(
+            ev.post_id, parent, user=ev.user_id, ts_ms=ev.ts_ms, followers=ev.followers
+        )
+        if added is None:
+            # its parent is later in event time (clocks disagree): attach when it comes
+            assert parent is not None
+            st.pending.setdefault(parent, []).append(ev)
+            return
+        if not added:
             self.outbox.rejections.append(_duplicate_post(ev))
             return
-        if ev.type == "share":
-            assert ev.parent_post_id is not None
-            if ev.parent_post_id not in st.cascade:
-                # its parent is later in event time (clocks disagree): attach when it comes
-                st.pending.setdefault(ev.parent_post_id, []).append(ev)
-                return
-            st.cascade.add_reshare(
-                ev.post_id,
-                parent=ev.parent_post_id,
-                user=ev.user_id,
-                ts_ms=ev.ts_ms,
-                followers=ev.followers,
-            )
-        else:
-            st.cascade.add_root(ev.post_id, user=ev.user_id, ts_ms=ev.ts_ms, followers=ev.followers)
         self._counted(st, ev)
         for child in st.pending.pop(ev.post_id, ()):
             if child.type == "takedown":
