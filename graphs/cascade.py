@@ -77,13 +77,28 @@ class Cascade:
     def __len__(self) -> int:
         return self.size
 
-    def _add(self, post_id: str, user: str, ts_ms: int, level: int, followers: int | None) -> None:
-        if followers is None:  # unknown is left out
-            self.graph.add_node(post_id, user=user, ts_ms=ts_ms, level=level, live=True)
-        else:  # shown on the cascade view
-            self.graph.add_node(
-                post_id, user=user, ts_ms=ts_ms, level=level, live=True, followers=followers
-            )
+    def _add(
+        self,
+        post_id: str,
+        parent: str | None,
+        user: str,
+        ts_ms: int,
+        level: int,
+        followers: int | None,
+    ) -> None:
+        graph = self.graph
+        if parent is None:
+            graph.add_node(post_id)
+        else:  # the edge makes the post's node (one call of NetworkX's, not two)
+            graph.add_edge(parent, post_id)
+        # its attributes, in the order add_node(post_id, **attrs) would write them
+        attrs = graph._node[post_id]
+        attrs["user"] = user
+        attrs["ts_ms"] = ts_ms
+        attrs["level"] = level
+        attrs["live"] = True
+        if followers is not None:  # shown on the cascade view; unknown is left out
+            attrs["followers"] = followers
         self._users[user] += 1
         self._level_counts[level] += 1
         self._depth = max(self._depth, level)
@@ -120,14 +135,13 @@ class Cascade:
         if post_id in nodes:
             return False
         if parent is None:
-            self._add(post_id, user, ts_ms, 0, followers)
+            self._add(post_id, None, user, ts_ms, 0, followers)
             self._roots += 1
             return True
         above = nodes.get(parent)
         if above is None:
             return None
-        self._add(post_id, user, ts_ms, above["level"] + 1, followers)
-        self.graph.add_edge(parent, post_id)
+        self._add(post_id, parent, user, ts_ms, above["level"] + 1, followers)
         return True
 
     def add_root(

@@ -427,3 +427,57 @@ def test_rewind_refuses_a_cascade_smaller_than_its_mark() -> None:
     shrunk = Cascade()
     with pytest.raises(ValueError):
         shrunk.rewind(mark)
+
+
+def _tables(g: nx.DiGraph) -> str:
+    """A graph's whole state as NetworkX keeps it: its node table (each node's attributes,
+    in order) and both adjacency tables, every dict in its insertion order."""
+    return repr(
+        (
+            list((n, list(a.items())) for n, a in g.nodes.items()),
+            [(n, list(s.items())) for n, s in g.succ.items()],
+            [(n, list(p.items())) for n, p in g.pred.items()],
+        )
+    )
+
+
+@PROPS
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 40),  # the post
+            st.one_of(st.none(), st.integers(0, 40)),  # its parent (None: an upload)
+            st.one_of(st.none(), st.integers(0, 10**6)),  # followers
+        ),
+        max_size=80,
+    )
+)
+def test_add_post_makes_the_graph_add_node_and_add_edge_made(
+    posts: list[tuple[int, int | None, int | None]],
+) -> None:
+    """``Cascade.add_post`` writes a post's node through the edge that makes it, then its
+    attributes, where the cascade called ``add_node(post, **attributes)`` and then
+    ``add_edge``: the same graph, every table in the same order (what views and
+    ``graphs/`` read: node and edge order decide iteration), and the same answers to
+    duplicates and to posts whose parent is not there."""
+    c = Cascade()
+    g = nx.DiGraph()
+    for i, (post, parent, followers) in enumerate(posts):
+        pid, ppid = f"p{post}", None if parent is None else f"p{parent}"
+        got = c.add_post(pid, ppid, user=f"u{i % 7}", ts_ms=i, followers=followers)
+        if pid in g:
+            want: bool | None = False
+        elif ppid is not None and ppid not in g:
+            want = None
+        else:
+            level = 0 if ppid is None else g.nodes[ppid]["level"] + 1
+            attrs = {"user": f"u{i % 7}", "ts_ms": i, "level": level, "live": True}
+            if followers is not None:
+                attrs["followers"] = followers
+            g.add_node(pid, **attrs)
+            if ppid is not None:
+                g.add_edge(ppid, pid)
+            want = True
+        assert got is want
+    assert _tables(c.graph) == _tables(g)
+    assert c.size == g.number_of_nodes()
