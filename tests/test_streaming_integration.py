@@ -8,6 +8,7 @@ checked is what on-call and the operators see on the output topics.
 from __future__ import annotations
 
 import base64
+import http.client
 import sys
 import threading
 import time
@@ -38,7 +39,7 @@ from streams.banks import BankEntry, BankUpdate, HashBanks
 from streams.events import MAX_EVENT_BYTES
 from streams.pipeline import Pipeline
 from streams.policy import AlertPolicy
-from streams.runtime.broker import LocalBroker, RunningBroker
+from streams.runtime.broker import LocalBroker, RunningBroker, free_port
 from streams.settings import DEV_PSEUDONYM_KEY, Settings
 from streams.simulate import Scenario, simulate, write_bank
 from streams.wire import WireVersion
@@ -588,6 +589,8 @@ def test_the_worker_command_starts_the_bundled_broker_when_told_to(
     events.write_bytes(b"\n".join(lines) + b"\n")
     env = {k: v for k, v in worker_env(Settings()).items() if k != "VIRALWATCH_BROKER"}
     env.update(VIRALWATCH_PARTITION_IDLE="1", VIRALWATCH_DATA_DIR=str(tmp_path / "data"))
+    env.update(VIRALWATCH_WEB_TOKENS="reviewer@rita:reviewer-token")
+    http_port = free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -600,6 +603,8 @@ def test_the_worker_command_starts_the_bundled_broker_when_told_to(
         "--app-id",
         "cli-test",
         "--embedded-broker",
+        "--http-port",
+        str(http_port),
     ]
     w = WorkerProcess(env, tmp_path / "worker.log", argv=cmd)
     with workers(w):
@@ -634,6 +639,24 @@ def test_the_worker_command_starts_the_bundled_broker_when_told_to(
         assert f"sent {len(lines)} events" in sent.stderr
         s = Settings.from_env({}, broker=url, topic_prefix="cli.", partitions=4)
         alerts, actions = wait_done(here, s, expected, (w,))
+        # a reviewer's action goes to the broker the worker started (its views were given
+        # the settings from before it: "could not write the action to Kafka: no broker")
+        cid = orjson.loads(alerts[0])["cluster_id"]
+        conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=30)
+        conn.request(
+            "POST",
+            f"/cascade/{cid}/false-positive",
+            body=orjson.dumps({"reason": "a landscape"}),
+            headers={
+                "Authorization": "Bearer reviewer-token",
+                "Content-Type": "application/json",
+            },
+        )
+        answer = conn.getresponse()
+        body = answer.read()
+        conn.close()
+        assert answer.status == 202, body
+        assert orjson.loads(body)["action"]["reviewer"] == "rita"
         assert w.stop() == 0
     assert_exactly_once(alerts, expected.alerts, "alerts")
     assert_exactly_once(actions, expected.actions, "takedown requests")

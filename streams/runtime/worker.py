@@ -1150,6 +1150,8 @@ def _run_worker(
     health.set("banks", False, f"bank files read ({len(banks)} entries); the bank topic next")
     policy = load_policy(settings.policy_file)
     settings, broker, shares_partitions = prepare(settings, say)
+    if views is not None:  # its actions go to the broker prepare started or recognised
+        views.settings = settings
     oncall = None
     watched = None
     if broker is not None:  # a panic ends it (or not: then it answers nothing): stop, say why
