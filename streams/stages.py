@@ -58,7 +58,7 @@ from __future__ import annotations
 import base64
 import heapq
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Final, TypeGuard, TypeVar
@@ -850,24 +850,32 @@ def resolve_local_peers(
     on_batch: Callable[[int, ResolveBatch], None] | None = None,
     unread: Mapping[int, list[Envelope]] | None = None,
     on_handed: Callable[[int, Envelope], None] | None = None,
+    handed: Collection[int] | None = None,
 ) -> tuple[list[ResolveBatch], dict[int, Envelope]]:
     """Hand the registrations and progress of ``batches`` to the peer partitions in
-    ``resolvers`` now, for up to ``rounds`` rounds of answers. Returns the batches
-    that made, and what the partitions of ``resolvers`` are still owed (the last
-    round's answers, left for Kafka alone; a partition not in it got everything).
+    ``resolvers`` now, for ``rounds`` rounds of answers, and on while an answer is for a
+    partition handed something in-process (in ``handed``, or in these rounds; ``handed``
+    ``None``: ``rounds`` at most). Returns the batches that made, and what the partitions
+    of ``resolvers`` are still owed (the last round's answers, left for Kafka alone; a
+    partition not in it got everything).
 
     A reshare waits for its parent's registration from the partition that
     routed the parent, and holds event time back until then: through Kafka
     that is one more hop on the way to every alert. The caller sends
-    through Kafka what is for the other partitions, and what is owed (one that
-    got everything logged it, so needs no copy; nor does one that got all but
-    the last round's: an unbanked upload for the index's owner is not
-    idempotent, it would be clustered, and sent on, twice). ``unread[r]`` are
-    envelopes sent to ``r`` through Kafka alone that it has not read yet:
-    they go first, so that the short way never overtakes the long one (a
-    peer that learnt a partition's progress before a registration sent
-    before it could let a reshare waiting for that registration fall behind
-    event time).
+    through Kafka what is for the other partitions, and what is owed.
+    ``handed``: the partitions handed envelopes in-process since the process's
+    writes were last acknowledged (:attr:`streams.runtime.hand_over.Hop.handed_by_peers`).
+    What such a partition was handed is in its log alone; were what it is owed
+    (progress past it) sent through its topic, a kill could keep that record
+    and lose the log's, and the replacement would pass the reshares waiting
+    for those registrations (seeds 30 and 49 of the kill model). So it is
+    handed that too, logged after them (:mod:`streams.runtime.hand_over`'s
+    rule); the rounds end, as progress goes out only when it moves.
+    ``unread[r]`` are envelopes sent to ``r`` through Kafka alone that it has
+    not read yet: they go first, so that the short way never overtakes the
+    long one (a peer that learnt a partition's progress before a registration
+    sent before it could let a reshare waiting for that registration fall
+    behind event time).
     ``on_batch(partition, batch)`` is called for each batch made (to persist
     its delta), ``on_handed(partition, envelope)`` for each envelope a round
     handed over (not the unread ones: they are on the topic already).
@@ -875,8 +883,16 @@ def resolve_local_peers(
     out: list[ResolveBatch] = []
     pending = batches
     first = {r: list(envs) for r, envs in (unread or {}).items() if envs and r in resolvers}
-    for _ in range(rounds):
-        local = {r: [env] for r, env in merge_resolved(pending)[1].items() if r in resolvers}
+    given = None if handed is None else set(handed)
+    n = 0
+    while True:
+        answers = merge_resolved(pending)[1]
+        local = {r: [env] for r, env in answers.items() if r in resolvers}
+        if n >= rounds and (given is None or given.isdisjoint(local)):
+            return out, {r: envs[0] for r, envs in local.items()}
+        n += 1
+        if given is not None:
+            given.update(local)
         if on_handed is not None:
             for r, (env,) in local.items():
                 on_handed(r, env)
@@ -892,8 +908,6 @@ def resolve_local_peers(
                 on_batch(r, batch)
             pending.append(batch)
         out += pending
-    left = merge_resolved(pending)[1]
-    return out, {r: env for r, env in left.items() if r in resolvers}
 
 
 class ResolvePartition(RoutingHost):

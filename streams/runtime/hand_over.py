@@ -37,6 +37,14 @@ in-process takes the short way until the process's writes are acknowledged
 (:meth:`HandOver.acknowledged`). In a worker, whose short way is open to
 every partition it reads once the grace is over, that changes nothing; a
 revoke forgets it (the rebalance's flush acknowledges what was written).
+The same rule for the resolve peers: a partition handed registrations by its
+peers in-process (:attr:`Hop.handed_by_peers`) is handed what they owe it
+after their rounds too (progress past them), until the writes are
+acknowledged (the kill model's seeds 30 and 49, their internal topics read
+again from the last commit, had events late: the owed record kept, the
+peer's log of the registrations lost). A worker, which never calls
+:meth:`HandOver.acknowledged`, so hands its peers all they are owed: its
+rounds go on until no answer is left for a partition it holds.
 
 One :class:`Hop` per internal topic (the resolve hop serves ingest and the
 resolve peers: both write the ``resolve`` topic), both in one
@@ -80,6 +88,7 @@ class Hop:
         "copies",
         "enabled",
         "handed",
+        "handed_by_peers",
         "held",
         "last_sent",
         "name",
@@ -109,6 +118,10 @@ class Hop:
         #: partitions handed envelopes in-process since this process's writes were last
         #: acknowledged (:meth:`HandOver.acknowledged`): they take the short way until then
         self.handed: set[int] = set()
+        #: partitions handed envelopes in-process by their resolve peers since the writes were
+        #: last acknowledged: what they are owed is handed them too (the same rule for the
+        #: peers' rounds: :func:`streams.stages.resolve_local_peers`)
+        self.handed_by_peers: set[int] = set()
         #: copies sent of envelopes handed over in-process (:meth:`copy`)
         self.copies = 0
         #: the mark of the last envelope sent each partition through Kafka whose order
@@ -153,6 +166,7 @@ class Hop:
         self.reading.discard(partition)
         self.handed.discard(partition)
         self.behind.pop(partition, None)
+        self.handed_by_peers.discard(partition)
         self.unread.drop(partition)
 
     def read_from(self, partition: int) -> None:
@@ -287,5 +301,6 @@ class HandOver:
     def acknowledged(self) -> None:
         """Everything this process wrote so far is on the broker (the receivers' logs of what
         was handed over in-process too): the long way may be taken again."""
-        self.resolve.handed.clear()
-        self.clusters.handed.clear()
+        for hop in (self.resolve, self.clusters):
+            hop.handed.clear()
+            hop.handed_by_peers.clear()

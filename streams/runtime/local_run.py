@@ -297,6 +297,10 @@ class LocalRun:
     #: what is handed over in-process that a replacement cannot make again is copied to the
     #: resolve topic (the worker's way; off: a test's check that the kill model then fails)
     copy_handed: bool = True
+    #: what a resolve partition owes a peer handed something in-process since the last
+    #: acknowledgement is handed it too (the worker's way; off: sent through the topic after
+    #: ``local_rounds``, a test's check that the kill model then finds events late)
+    handed_owed: bool = True
     #: the internal topics' records read are committed with the ``shares`` offsets (every
     #: ``commit_every`` steps), not at once: a kill reads those read since again (off: a
     #: step reading an internal topic commits it, everything sent before acknowledged)
@@ -466,6 +470,7 @@ class LocalRun:
         )
         topology.ingest.clock.assign(range(n), 0.0)
         topology.copying = self.copy_handed
+        topology.handed_owed = self.handed_owed
         checkpoint = Checkpoint(sinks=[outputs], logs=logs, gate=gate, copies=topology)
         return topology, checkpoint, topics
 

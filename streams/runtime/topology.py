@@ -130,14 +130,13 @@ class Topology:
         #: unbanked cluster a released event touched
         self._copies: dict[int, list[Item]] = {}
         self._touches: dict[int, dict[str, int]] = {}
-        #: the registrations peers here were handed in-process and not yet copied, since
-        #: the checkpoint before last began and since the last began (everything sent before
-        #: the one before last is acknowledged: one checkpoint is in flight at a time):
-        #: copied ahead of what is owed a peer through the topic (see :meth:`resolve_received`)
-        self._handed_regs: tuple[dict[int, list[Item]], dict[int, list[Item]]] = ({}, {})
         #: False: nothing handed over in-process is copied (a test's switch: the kill
         #: model must then lose takedown requests, ``tests/test_runtime_owners.py``)
         self.copying = True
+        #: False: what a peer here is owed after ``peer_rounds`` rounds goes through the topic
+        #: though it was handed something in-process since the last acknowledgement (a test's
+        #: switch: the kill model must then find events late, ``tests/test_runtime_owners.py``)
+        self.handed_owed = True
         #: called as the release of an event held before the checkpoint began is handed
         #: over in-process (copies on or off): the kill model places kills after it
         #: (:class:`streams.runtime.local_run.Tear`'s ``after_release``)
@@ -235,18 +234,9 @@ class Topology:
         for r, envelope in to_peers.items():
             if owed is not None and r in peers:
                 # the rest was handed over in-process (and logged there): no copy (an
-                # unbanked upload sent twice would be clustered twice)
+                # unbanked upload sent twice would be clustered twice); what is owed is
+                # owed a partition handed nothing since the last acknowledgement
                 if r in owed:
-                    before, since = self._handed_regs
-                    regs = before.pop(r, []) + since.pop(r, [])
-                    if regs and self.copying:
-                        # the progress owed is past them: a kill that keeps it must keep them
-                        hop.copy(r, Envelope(regs))
-                        if r in self._copies:  # (copied now: not again as the checkpoint begins)
-                            done = set(map(id, regs))
-                            left = [i for i in self._copies.pop(r) if id(i) not in done]
-                            if left:
-                                self._copies[r] = left
                     hop.send(r, owed[r])
             else:
                 hop.wait(r, owed is not None)
@@ -283,6 +273,12 @@ class Topology:
         (``None``: nothing went the short way).
         What was sent a peer through Kafka alone and is unread goes first; during the grace
         after an assignment, nothing goes the short way (see :mod:`streams.runtime.hand_over`).
+        A peer handed anything in-process since the writes were last acknowledged
+        (:attr:`~streams.runtime.hand_over.Hop.handed_by_peers`) is handed what it is owed
+        too, whatever the rounds (the hop's rule: a kill could keep what is owed it through
+        the topic, progress past what it was handed, and lose its log's record of what it
+        was handed; ``handed_owed`` off, a test's switch, sends it through the topic after
+        ``peer_rounds`` as before).
         """
         rounds = self.settings.peer_rounds
         if rounds <= 0 or not self.hand_over.short:
@@ -294,6 +290,7 @@ class Topology:
             on_batch=lambda r, batch: self._resolved(r, [batch]),
             unread=self.hand_over.resolve.take(peers),
             on_handed=self._copy_handed,
+            handed=self.hand_over.resolve.handed_by_peers if self.handed_owed else None,
         )
 
     def _copy_handed(self, partition: int, envelope: Envelope) -> None:
@@ -306,10 +303,11 @@ class Topology:
         these and nothing else (what a replacement makes again, why touches, why a copy
         taken twice changes nothing, what it cost)."""
         copying, hook = self.copying, self.on_released
+        if self.handed_owed:
+            self.hand_over.resolve.handed_by_peers.add(partition)  # (and what it is owed)
         for item in envelope.items:
             kind = type(item)
             if kind is RegBatch:
-                self._handed_regs[1].setdefault(partition, []).append(item)
                 if item.released:  # type: ignore[union-attr]
                     if hook is not None:
                         hook()
@@ -343,7 +341,6 @@ class Topology:
         begins, whether copies wait or not."""
         copies, self._copies = self._copies, {}
         touches, self._touches = self._touches, {}
-        self._handed_regs = (self._handed_regs[1], {})
         for r in sorted(copies.keys() | touches.keys()):
             items = copies.get(r, [])
             items += [Touch(c, ts) for c, ts in touches.get(r, {}).items()]
@@ -497,8 +494,6 @@ class Topology:
                     self.resolve_log.write(partition, entries, count)
             self.hand_over.resolve.revoke(partition)
             self.resolve_log.forget(partition)
-            for regs in self._handed_regs:
-                regs.pop(partition, None)
         elif topic == "clusters":
             self.detectors.pop(partition, None)
             self.hand_over.clusters.revoke(partition)
