@@ -56,10 +56,10 @@ says it released it does not release it again. What was made from input
 read since the checkpoint began is not copied: that input is committed only
 by a later checkpoint, which waits for every record staged before it, so a
 replacement reads it again and makes it again (as it passes an unbanked
-upload on again, which is never copied: it would be clustered twice); but
-a registration handed a peer is copied ahead of what the peer is then owed
-through the topic (progress past it, which a kill could keep while the
-peer's log lost the registration: :meth:`streams.runtime.topology.Topology.resolve_received`). Each
+upload on again, which is never copied: it would be clustered twice); nor
+is what the peer is owed after it sent it through the topic, where a kill
+could keep it while the peer's log lost the registration: it is handed
+in-process too (:attr:`streams.runtime.hand_over.Hop.handed_by_peers`). Each
 resolve partition is sealed as a checkpoint begins, copies pending or not
 (``Copies.write_copies``; :meth:`Checkpoint.flush` too, as a commit may
 follow it): what it holds then is "held before" (below: what each kind
