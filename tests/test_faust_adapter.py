@@ -306,14 +306,14 @@ class _Client:
     accumulator (small batches, so records spill into several), drained by the test as
     the client's sender would, each batch answered as the broker would."""
 
-    def __init__(self, batch_bytes: int = 300, linger_ms: int = 0) -> None:
+    def __init__(self, batch_bytes: int = 300) -> None:
         from types import SimpleNamespace
 
         from aiokafka.producer.message_accumulator import MessageAccumulator
 
         cluster = SimpleNamespace(leader_for_partition=lambda tp: 0)
         self._message_accumulator = MessageAccumulator(
-            cluster, batch_bytes, 0, 30, loop=asyncio.get_running_loop(), linger_ms=linger_ms
+            cluster, batch_bytes, 0, 30, loop=asyncio.get_running_loop()
         )
         self.sent: list[Any] = []  # batches drained, in order
 
@@ -418,56 +418,6 @@ def test_records_written_go_in_order_and_a_flush_waits_for_those_written_before_
             with pytest.raises(RuntimeError, match="refused the batch"):
                 await asyncio.wait_for(failed, 1.0)
         finally:
-            producer._producer = None
-
-    asyncio.run(scenario())
-
-
-def test_records_written_now_leave_within_send_now_the_others_linger() -> None:
-    """A record written with ``now`` leaves at the sender's next turn: ``send_now`` returns
-    once the sender has taken its batch (a few turns of the loop, as aiokafka's sender
-    loop takes them: woken, it drains what has lingered long enough), while a batch
-    written without it waits out the linger; ``send_now`` with nothing written ``now``
-    gives no turn at all."""
-
-    async def scenario() -> None:
-        app = faust_adapter.App("adapter-test", broker="kafka://127.0.0.1:1")
-        producer = app.counted_producer
-        client = producer._producer = _Client(linger_ms=60_000)
-        accumulator = client._message_accumulator
-
-        async def sender() -> None:  # aiokafka's Sender._sender_routine, one node, no request
-            while True:
-                nodes, _ = accumulator.drain_by_nodes(ignore_nodes=set())
-                client.sent += [b for batches in nodes.values() for b in batches.values()]
-                await asyncio.wait([accumulator.waiter()])
-
-        task = asyncio.ensure_future(sender())
-        try:
-            await asyncio.sleep(0)
-            producer.write("log", 0, b"k", b"a state log's record: it may linger")
-            producer.write("resolve", 1, b"w", b"another worker waits for it", now=True)
-            producer.write("resolve", 1, b"w", b"and for this, in the same batch", now=True)
-            await producer.send_now()
-            assert client.records("resolve", 1) == [
-                (b"w", b"another worker waits for it"),
-                (b"w", b"and for this, in the same batch"),
-            ]
-            assert client.records("log", 0) == []  # lingering
-            producer.write("resolve", 2, b"w", b"written without now")
-            await producer.send_now()
-            for _ in range(10):
-                await asyncio.sleep(0)
-            assert client.records("resolve", 2) == []  # it lingers too
-            producer.write("resolve", 2, b"w", b"now: its batch, lingering, leaves", now=True)
-            await producer.send_now()
-            assert [v for _, v in client.records("resolve", 2)] == [
-                b"written without now",
-                b"now: its batch, lingering, leaves",
-            ]
-            assert client.records("log", 0) == []
-        finally:
-            task.cancel()
             producer._producer = None
 
     asyncio.run(scenario())

@@ -60,9 +60,6 @@ LOCAL_FETCH_WAIT_MS = 25
 KAFKA_FETCH_WAIT_MS = 100
 #: Records that may wait for the Kafka client before Faust pauses the streams.
 PRODUCER_BUFFER_RECORDS = 5000
-#: turns of the loop :meth:`Producer.send_now` gives the sender at most (its wake-up, its
-#: drain; then one for the request's task)
-SEND_NOW_TURNS = 4
 
 
 _I16 = struct.Struct(">h").pack
@@ -572,8 +569,6 @@ class Producer(faust_aiokafka.Producer):
         self.written = 0
         self.written_to: collections.Counter[str] = collections.Counter()
         self.written_bytes: collections.Counter[str] = collections.Counter()
-        #: batches written with ``now`` that the sender may not have taken yet
-        self._now: list[Any] = []
 
     def write(
         self,
@@ -582,8 +577,6 @@ class Producer(faust_aiokafka.Producer):
         key: bytes,
         value: bytes | None,
         timestamp_ms: int | None = None,
-        *,
-        now: bool = False,
     ) -> None:
         """Add a record to the Kafka client's open batch of ``topic``'s ``partition`` (a new
         one if there is none or it is full), as the client's own ``send`` does, without a
@@ -600,9 +593,6 @@ class Producer(faust_aiokafka.Producer):
         (aiokafka's public batch API, ``send_batch``, waits for the partition's
         last batch to leave before it takes another: a batch per checkpoint and
         partition waited out the linger, one after the other.)
-
-        ``now``: the batch leaves at the sender's next turn, not after the linger (the
-        records another worker waits for: :meth:`send_now`).
         """
         accumulator = self._ensure_producer()._message_accumulator
         if accumulator._closed:
@@ -616,11 +606,6 @@ class Producer(faust_aiokafka.Producer):
             # none open, or full (the sender is woken): a new one, which takes its first
             batch = accumulator._append_batch(_new_builder(accumulator), tp)
             _append(batch._builder, timestamp_ms, key, value)
-        if now and batch._linger_time:
-            batch._linger_time = 0.0  # (aiokafka's: drained once it has lingered this long)
-            if len(self._now) >= 256:  # no send_now for a while (a heartbeat's): the taken go
-                self._now = [b for b in self._now if not b._drain_waiter.done()]
-            self._now.append(batch)
         if self._last_batch.get(tp) is not batch:
             self._last_batch[tp] = batch
             self._batches += 1
@@ -630,34 +615,6 @@ class Producer(faust_aiokafka.Producer):
         self.written += 1
         self.written_to[topic] += 1
         self.written_bytes[topic] += len(key) + (len(value) if value is not None else 0)
-
-    async def send_now(self) -> None:
-        """Let the sender take the batches written with ``now`` (:meth:`write`) before the
-        caller goes on to its next batch of work: a few turns of the loop, no wait for
-        the broker.
-
-        A worker's loop runs its stages' batches one after another, each tens of ms
-        (the index's owner's up to a few hundred); a record written in one left only
-        once the sender had its turns after the linger (the sender's wake-up, its
-        drain, the request's task), and the loop gave them to whatever batch was ready
-        first: the `resolve` records that carry one worker's reading, registrations
-        and progress to the other waited 15-60 ms (median) between their write and
-        their request (docs/compiled-core.md, "Two workers: a round of the resolve
-        progress, timed"). A batch not taken in these turns (a request in flight to
-        its broker: one at a time) leaves with the next.
-        """
-        waiting = self._now
-        if not waiting:
-            return
-        self._now = []
-        accumulator = self._ensure_producer()._message_accumulator
-        if not accumulator._waiter_future.done():  # (a sender waiting out a linger)
-            accumulator._waiter_future.set_result(None)
-        for _ in range(SEND_NOW_TURNS):
-            await asyncio.sleep(0)
-            if all(batch._drain_waiter.done() for batch in waiting):
-                await asyncio.sleep(0)  # the request's task writes it
-                return
 
     async def flush_written(self) -> None:
         """Wait until every record written before this call is acknowledged by the broker;

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import chain, repeat
 from typing import Any
 
@@ -75,16 +75,12 @@ class SharesReader:
         checkpoint: Checkpoint,
         *,
         on_delays: Callable[[Iterable[float]], None] | None = None,
-        sent: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.topology = topology
         self.checkpoint = checkpoint
         #: the Kafka timestamps (s) of each batch read, to note how long records waited
         self.on_delays = on_delays
-        #: awaited after each batch handled: what it wrote for another worker leaves
-        #: before the next batch's work (``Producer.send_now``)
-        self.sent = sent
         self.topic = settings.topic("shares")
         self.consumer: Any = None
         self.read = 0
@@ -165,8 +161,6 @@ class SharesReader:
         runs = [(tp.partition, recs) for tp, recs in got.items() if recs]
         if runs:
             self.handle(runs)
-            if self.sent is not None:
-                await self.sent()
         return sum(len(recs) for _, recs in runs)
 
     def owned(self) -> set[int]:

@@ -420,11 +420,7 @@ class Worker:
         )
         app.settle_writes = self.checkpoint.flush  # Faust's flush before it commits offsets
         self.shares = SharesReader(
-            s,
-            self.topology,
-            self.checkpoint,
-            on_delays=lambda t: self._delay("ingest", t),
-            sent=lambda: app.counted_producer.send_now(),
+            s, self.topology, self.checkpoint, on_delays=lambda t: self._delay("ingest", t)
         )
         #: sinks fed from the alerts topic (the webhook: streams.runtime.alert_feed)
         self.feeds: list[AlertFeed] = []
@@ -476,8 +472,6 @@ class Worker:
                         self.checkpoint.stage()
                         self.shares.heard_more()
                     self._seek_back()
-                    # what it wrote for the other workers leaves before the next batch's work
-                    await app.counted_producer.send_now()
 
         @app.agent(self.t_clusters, name="detect", supervisor_strategy=crash)
         async def detect(stream: Any) -> None:
@@ -489,7 +483,6 @@ class Worker:
                     self.checkpoint.stage()
                     self.shares.heard_more()
                     self._seek_back()
-                    await app.counted_producer.send_now()
 
         @app.timer(HEARTBEAT_S)  # type: ignore[untyped-decorator]
         async def heartbeat() -> None:
@@ -689,18 +682,11 @@ class Worker:
         tracked send written before it: read first, its mark told the hand-over that the
         send was read too, and the next envelope for that partition went the short way
         without it, overtaking it.
-
-        A record for a partition another process holds leaves at the sender's next turn
-        (``Producer.write``'s ``now``: that worker waits for it); one for a partition held
-        here (copies, sends while it is behind) lingers with the rest: one worker gains
-        nothing from hurrying its copies (hurried, two pairs of one worker measured 0.2-1.0
-        us an event more).
         """
         name, stamp, parts = self._records(topic, value)
         producer = self.app.counted_producer
-        now = partition not in self.hand_over.resolve.held
         for part in parts:
-            producer.write(name, partition, self._own_key, part, timestamp_ms=stamp, now=now)
+            producer.write(name, partition, self._own_key, part, timestamp_ms=stamp)
         return stamp
 
     def _records(self, topic: Any, value: Envelope | bytes) -> tuple[str, int, list[bytes]]:
