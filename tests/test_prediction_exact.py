@@ -184,6 +184,30 @@ viral = st.tuples(
 )
 
 
+def _reads(
+    posts: list[tuple[float, int | float | None, bool, float | None]],
+    horizon: float,
+    burst: int,
+    later: tuple[float, ...],
+) -> list[gp.StateRead]:
+    """A predictor fed ``posts`` (each ``gap`` after the last; ``burst`` reshares 2 s apart
+    after the first: a hot cascade), read where a post asks (``ask`` after it) and
+    ``later`` after the last: the states the growth bound's tests hold it at."""
+    pred = IncrementalPredictor(gp.PredictorConfig(horizon_s=horizon))
+    reads = []
+    t = 0.0
+    for i, (gap, followers, original, ask) in enumerate(posts):
+        t += gap
+        pred.add(t, followers, original=original)
+        if i == 0:
+            for k in range(burst):  # a hot cascade: reshares 2 s apart
+                pred.add(t + 2.0 * (k + 1), 5_000)
+            t += 2.0 * burst
+        if ask is not None:
+            reads.append(pred.read(t + ask))
+    return reads + [pred.read(t + x) for x in later]
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     posts=st.lists(st.one_of(post, viral), min_size=1, max_size=400),
@@ -198,21 +222,7 @@ def test_the_growth_bound_is_never_under_the_forecast(
     late posts, followers by the hundred million, a burst of thousands a few seconds
     apart: forecasts past the ``[predicted]`` rule's 10,000), so a decision it settles
     is the one the forecast would make."""
-    cfg = gp.PredictorConfig(horizon_s=horizon)
-    pred = IncrementalPredictor(cfg)
-    reads = []
-    t = 0.0
-    for i, (gap, followers, original, ask) in enumerate(posts):
-        t += gap
-        pred.add(t, followers, original=original)
-        if i == 0:
-            for k in range(burst):  # a hot cascade: reshares 2 s apart
-                pred.add(t + 2.0 * (k + 1), 5_000)
-            t += 2.0 * burst
-        if ask is not None:
-            reads.append(pred.read(t + ask))
-    reads += [pred.read(t + later) for later in (0.0, 30.0, 3600.0, 86400.0)]
-    for read in reads:
+    for read in _reads(posts, horizon, burst, (0.0, 30.0, 3600.0, 86400.0)):
         bound = read.growth_bound()
         f = read.predict()
         if bound is not None:
@@ -362,21 +372,7 @@ def test_the_growth_bound_is_what_it_was_to_the_bit(
     negative), without ``np.clip``'s wrappers, and ``_in_window`` a bucket's midpoint only
     where it has no followers: the same bound, and the same window figures, by ``repr``,
     as the computation they replaced (kept above), at any time, horizon and state."""
-    cfg = gp.PredictorConfig(horizon_s=horizon)
-    pred = IncrementalPredictor(cfg)
-    reads = []
-    t = 0.0
-    for i, (gap, followers, original, ask) in enumerate(posts):
-        t += gap
-        pred.add(t, followers, original=original)
-        if i == 0:
-            for k in range(burst):
-                pred.add(t + 2.0 * (k + 1), 5_000)
-            t += 2.0 * burst
-        if ask is not None:
-            reads.append(pred.read(t + ask))
-    reads += [pred.read(t + later) for later in (0.0, 30.0, 400.0, 3600.0, 86400.0)]
-    for read in reads:
+    for read in _reads(posts, horizon, burst, (0.0, 30.0, 400.0, 3600.0, 86400.0)):
         assert repr(read.growth_bound()) == repr(_old_growth_bound(read))
         if read._window is not None and read._columns is not None:
             centre, weighted, count = read._in_window(read._window)
