@@ -237,9 +237,11 @@ def main() -> None:
     args = ap.parse_args()
     scenario = Scenario(seed=11, scale=max(args.events / 30_000, 0.05))
     lines = list(iter_lines(scenario))[: args.events]
+    # loaded as a worker loads its bank file (``load_banks``: one insertion, the PDQ index
+    # merged whole), not an entry at a time, which past 1,024 PDQ hashes (from about 117,000
+    # events) left up to 1,024 of them in the index's tail, scanned by every upload's screen
     banks = HashBanks()
-    for entry in scenario_bank(scenario):
-        banks.add(entry)
+    banks.add_many(scenario_bank(scenario))
     gc.set_threshold(*GC_THRESHOLDS)
     runs = [
         run(lines, banks, args.partitions, args.batch, args.hop, args.checkpoint)
