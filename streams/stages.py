@@ -740,22 +740,34 @@ def merge_resolved(
     """
     if not batches:
         return {}, {}
-    parts = batches[0].partitions
-    moved = {b.partition: b.progress for b in batches if b.progress is not None}
-    inputs = {b.partition: b.inputs for b in batches if b.inputs is not None}
+    moved = _moved(batches)
     to_clusters: dict[int, Envelope] = {}
-    to_peers: dict[int, Envelope] = {}
-    for k in range(parts):
+    for k in range(batches[0].partitions):
         routed: list[Item] = [item for b in batches for item in b.clusters[k]]
         if routed or moved:
             to_clusters[k] = Envelope(routed, progress=moved)
+    return to_clusters, _to_peers(batches, moved)
+
+
+def _moved(batches: list[ResolveBatch]) -> dict[int, int]:
+    """The progress of each of ``batches`` that moved, by partition."""
+    return {b.partition: b.progress for b in batches if b.progress is not None}
+
+
+def _to_peers(batches: list[ResolveBatch], moved: dict[int, int]) -> dict[int, Envelope]:
+    """:func:`merge_resolved`'s envelopes per resolve partition (``moved``: the progress
+    of ``batches`` that moved), alone: what :func:`resolve_local_peers` hands over each
+    round, where the envelopes for the clusters partitions were made and dropped."""
+    parts = batches[0].partitions
+    inputs = {b.partition: b.inputs for b in batches if b.inputs is not None}
+    to_peers: dict[int, Envelope] = {}
     for r in range(parts):
         registrations: list[Item] = [item for b in batches for item in b.peers[r]]
         others = {p: t for p, t in moved.items() if p != r}
         read = {p: t for p, t in inputs.items() if p != r} if r == INDEX_PARTITION else {}
         if registrations or others or read:
             to_peers[r] = Envelope(registrations, progress=others, inputs=read)
-    return to_clusters, to_peers
+    return to_peers
 
 
 class UnreadSends:
@@ -886,7 +898,7 @@ def resolve_local_peers(
     given = None if handed is None else set(handed)
     n = 0
     while True:
-        answers = merge_resolved(pending)[1]
+        answers = _to_peers(pending, _moved(pending)) if pending else {}
         local = {r: [env] for r, env in answers.items() if r in resolvers}
         if n >= rounds and (given is None or given.isdisjoint(local)):
             return out, {r: envs[0] for r, envs in local.items()}
@@ -977,6 +989,9 @@ class ResolvePartition(RoutingHost):
             emerging=self.index,
         )
         self.watermark = Watermark(sources, lateness_ms)
+        #: the peer partitions, in order (every batch reads each one's time: see
+        #: :meth:`_with_peers`)
+        self._others = tuple(r for r in range(partitions) if r != partition)
         #: the progress heard from each peer (persisted by the index's owner, whose own
         #: progress waits for theirs)
         self.peers: dict[int, int] = {}
@@ -1188,7 +1203,7 @@ class ResolvePartition(RoutingHost):
         for x in expired:
             self.stats.rejected[x.reason] += 1
             dead.append(DeadLetter(x, "route"))
-        progress = self._progress(wm)
+        progress = self._progress(wm, settled)
         moved = progress > self.progress
         if moved:
             self.progress = progress
@@ -1214,6 +1229,7 @@ class ResolvePartition(RoutingHost):
             index_items=index_items,
             clustered_to=clustered_to,
         )
+        changed = bool(delta)
         return ResolveBatch(
             partition=self.partition,
             partitions=parts,
@@ -1222,10 +1238,10 @@ class ResolvePartition(RoutingHost):
             progress=self.progress if moved else None,
             inputs=self.input_mark if read_moved else None,
             deadletters=dead,
-            delta=encode(delta) if delta else None,
+            delta=encode(delta) if changed else None,
             routed=routed,
             delta_items=delta.items,
-            delta_record=delta if delta else None,
+            delta_record=delta if changed else None,
         )
 
     def _last_changes(self, forgot: list[str]) -> tuple[PostsLog | dict[str, str], list[str]]:
@@ -1273,16 +1289,20 @@ class ResolvePartition(RoutingHost):
         peer not heard from holds it at :data:`NO_TIME`."""
         if wm == NO_TIME:
             return NO_TIME
-        others = [heard.get(r, NO_TIME) for r in range(self.partitions) if r != self.partition]
-        return min([wm, *others])
+        low = wm
+        for r in self._others:
+            t = heard.get(r, NO_TIME)
+            if t < low:
+                low = t
+        return low
 
-    def _progress(self, wm: int) -> int:
+    def _progress(self, wm: int, settled: int) -> int:
         """The watermark, held back by reshares still waiting here (see the class doc); the
         index's owner's, by the time up to which its peers have sent it their uploads
-        (:meth:`_asked`) too, and by the uploads it has yet to cluster."""
+        (:meth:`_asked`) too, and by the uploads it has yet to cluster. ``settled``:
+        :meth:`_settled` of ``wm``, as the batch found it."""
         if wm == NO_TIME:
             return NO_TIME
-        settled = self._settled(wm)
         waiting = self.loop.waiting_front(settled)
         progress = wm if waiting is None else min(wm, waiting - 1)
         if self.index is None:

@@ -322,7 +322,7 @@ class ResolveDelta:
             + len(self.forgot)
             + len(self.held)
             + len(self.released)
-            + sum(1 + len(signals) for _, signals in self.index.values())
+            + (sum(1 + len(signals) for _, signals in self.index.values()) if self.index else 0)
             + self.index_items
             + len(self.evicted)
         )
