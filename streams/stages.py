@@ -1238,7 +1238,7 @@ class ResolvePartition(RoutingHost):
             progress=self.progress if moved else None,
             inputs=self.input_mark if read_moved else None,
             deadletters=dead,
-            delta=encode(delta) if changed else None,
+            delta=encode(delta.to_wire()) if changed else None,
             routed=routed,
             delta_items=delta.items,
             delta_record=delta if changed else None,
