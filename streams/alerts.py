@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -203,6 +204,11 @@ class Prediction:
             tuple(dict.fromkeys((*self.raised, *raised))),
         )
 
+    @property
+    def note(self) -> str:
+        """What a reader of these figures must know when some were raised (:func:`raised_note`)."""
+        return raised_note(self.raised)
+
     def to_dict(self) -> dict[str, Any]:
         def num(x: float) -> float | str | None:
             if x != x:
@@ -222,6 +228,24 @@ class Prediction:
         if self.raised:
             out["raised_to_size"] = list(self.raised)
         return out
+
+
+def raised_note(raised: Iterable[str]) -> str:
+    """How every view words a forecast :meth:`Prediction.at_least` raised ("" if none was).
+
+    "predicted 100" beside a size of 100 reads as a forecast that the cluster has
+    stopped; it is a forecast made from fewer posts that said less than is already
+    there, so read it as "at least this many", no more. The alert's page, the
+    investigation views, the Alertmanager ``figures`` annotation and ``make demo``'s
+    console say it in these words (``raised_to_size`` in the record says which figures).
+
+    >>> raised_note(["size", "low"]), raised_note(["low"]), raised_note([])
+    ('at least its size', 'low end raised to its size', '')
+    """
+    raised = tuple(raised)
+    if "size" in raised:
+        return "at least its size"
+    return "low end raised to its size" if raised else ""
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from streams.alerts import raised_note
 from streams.events import Rejection, parse_event
 from streams.settings import Settings
 from streams.simulate import Scenario, write_scenario
@@ -104,8 +105,9 @@ def describe(alert: dict[str, Any]) -> Text:
     )
     if pred.get("size") is not None:
         line.append(f"  predicted {pred['size']:,.0f}")
-        if "size" in pred.get("raised_to_size", ()):
-            line.append(" (at least its size)", style="dim")
+        note = raised_note(pred.get("raised_to_size", ()))
+        if note:
+            line.append(f" ({note})", style="dim")
     line.append(f"  [{alert['alert_id']}]", style="dim")
     return line
 

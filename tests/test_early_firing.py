@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from test_detector import FixedForecast
 from test_streaming_stages import assert_replay_alerts
 
-from streams.alerts import EarlyAlert, MatchInfo, Pseudonymizer, alert_id
+from streams.alerts import Alert, EarlyAlert, MatchInfo, Prediction, Pseudonymizer, alert_id
 from streams.banks import BankEntry, HashBanks
 from streams.detector import Detector, Predictor
 from streams.events import ShareEvent
@@ -603,6 +603,21 @@ def test_fire_early_costs_only_the_clusters_it_is_given() -> None:
     assert det.drain().alerts == []
 
 
+def small_clusters_warning() -> Alert:
+    """A replay's warning of a small cluster (25 posts), its forecast (20 [15, 60]) made at
+    the firing from fewer posts: raised to its size."""
+    det = Detector(
+        AlertPolicy.default(),
+        Stats(),
+        pseudonymizer=KEY,
+        predictor_factory=lambda: FixedForecast(20.0, 15.0),
+    )
+    for item in [upload(), *(share(i, T0 + i * SEC) for i in range(1, 40))]:
+        det.apply(item)
+    [warning] = det.drain().alerts
+    return warning
+
+
 def test_an_alerts_forecast_is_never_below_the_size_it_states() -> None:
     """The forecast an alert carries was made from fewer posts than it counts (an early
     firing's, from the posts applied beside a size that counts those held; a small
@@ -637,15 +652,7 @@ def test_an_alerts_forecast_is_never_below_the_size_it_states() -> None:
     }
     assert orjson.loads(type(early).from_json(early.to_json()).to_json()) == body
     # a replay's alert of a small cluster: its forecast made at the firing, from fewer posts
-    det = Detector(
-        AlertPolicy.default(),
-        Stats(),
-        pseudonymizer=KEY,
-        predictor_factory=lambda: FixedForecast(20.0, 15.0),
-    )
-    for item in [upload(), *(share(i, T0 + i * SEC) for i in range(1, 40))]:
-        det.apply(item)
-    [warning] = det.drain().alerts
+    warning = small_clusters_warning()
     cascade = orjson.loads(warning.to_json())["cascade"]
     assert cascade["size"] == 25 and cascade["predicted_final_size"] == {
         "size": 25.0,
@@ -654,3 +661,36 @@ def test_an_alerts_forecast_is_never_below_the_size_it_states() -> None:
         "model": "fixed",
         "raised_to_size": ["size", "low"],
     }
+
+
+def test_a_raised_forecast_is_said_in_the_same_words_wherever_it_is_shown() -> None:
+    """An on-call engineer reading "predicted 100" beside 100 posts must know it means "at
+    least its size" (a forecast made from fewer posts), on Alertmanager's ``figures``
+    annotation, the cascade page and ``make demo``'s console alike; a forecast nothing raised
+    carries no such words, and one whose band's low end alone was raised says that."""
+    from streams.demo import describe
+    from streams.pages import _prediction
+    from streams.sinks.base import figures
+
+    warning = small_clusters_warning()
+    p = warning.cascade.predicted_final_size
+    assert p is not None and p.raised == ("size", "low")
+    body = orjson.loads(warning.to_json())
+    assert figures(warning).endswith(" predicted=25 [25, 60] (at least its size)")
+    assert _prediction(p).startswith("25 (at least its size) <span")
+    assert describe(body).plain.endswith(f"predicted 25 (at least its size)  [{warning.alert_id}]")
+    # read back from its record (a webhook's receiver, the demo): the same words
+    assert type(warning).from_json(warning.to_json()).cascade.predicted_final_size == p
+
+    unraised = Prediction(900.0, 600.0, 2100.0, "best", 604_800.0)
+    assert unraised.at_least(130) is unraised and unraised.note == ""
+    assert (
+        "(" not in _prediction(unraised)
+        and "at least"
+        not in describe(
+            {**body, "cascade": {**body["cascade"], "predicted_final_size": unraised.to_dict()}}
+        ).plain
+    )
+    low_only = Prediction(140.0, 61.0, 300.0, "best", 604_800.0).at_least(100)
+    assert low_only.raised == ("low",) and low_only.note == "low end raised to its size"
+    assert _prediction(low_only).startswith("140 (low end raised to its size) <span")
