@@ -847,6 +847,16 @@ BrokerOpt = Annotated[
     str | None,
     typer.Option(help="kafka://HOST:PORT (default VIRALWATCH_BROKER)"),
 ]
+BrokerWaitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--broker-wait",
+        metavar="SECONDS",
+        help="how long the start waits for the broker to accept a connection before it "
+        "says none answers, exit status 2: '90s', '2m' or seconds (default "
+        "VIRALWATCH_BROKER_WAIT, else 5s)",
+    ),
+]
 PrefixOpt = Annotated[
     str | None, typer.Option("--topic-prefix", help="topic name prefix (default viralwatch.)")
 ]
@@ -858,6 +868,7 @@ PartitionsOpt = Annotated[
 @app.command()
 def worker(
     broker: BrokerOpt = None,
+    broker_wait: BrokerWaitOpt = None,
     bank: Annotated[list[Path], typer.Option("--bank", help="bank CSV; repeat for more")] = [],  # noqa: B006
     policy: Annotated[Path | None, typer.Option(help="alert policy TOML")] = None,
     bank_settings: BankSettingsOpt = None,
@@ -911,7 +922,7 @@ def worker(
     Refuses to start with no broker configured, unless told --embedded-broker.
     """
     from streams.runtime.worker import run_worker
-    from streams.settings import Settings, parse_host, parse_port
+    from streams.settings import Settings, parse_host, parse_port, positive_seconds
     from streams.wire import WireVersion
 
     port = flag_value("--http-port", http_port, parse_port)
@@ -925,6 +936,7 @@ def worker(
         http_port=port,
         http_host=flag_value("--http-host", http_host, parse_host),
         broker=broker,
+        broker_wait_s=flag_value("--broker-wait", broker_wait, positive_seconds),
         bank_files=tuple(bank) or None,
         policy_file=policy,
         bank_settings_file=bank_settings,
@@ -948,6 +960,7 @@ def worker(
 def produce(
     events: Annotated[Path, typer.Argument(help="JSON lines of share events ('-' for stdin)")],
     broker: BrokerOpt = None,
+    broker_wait: BrokerWaitOpt = None,
     topic_prefix: PrefixOpt = None,
     partitions: PartitionsOpt = None,
     key: Annotated[str, typer.Option(help="record key: none, post or event")] = "none",
@@ -958,7 +971,7 @@ def produce(
     """Send a file of events to the shares topic, one record per line (bad lines too)."""
     from streams.runtime.produce import KEYINGS, produce_file
     from streams.runtime.worker import prepare
-    from streams.settings import Settings
+    from streams.settings import Settings, positive_seconds
 
     # the arguments first: a bad one was said only after the broker was reached and the
     # topics made (or, with no broker there, as the client's bootstrap timeout)
@@ -968,7 +981,12 @@ def produce(
         fail(f"--key {key!r}: one of {', '.join(KEYINGS)}")
     if rate is not None and not rate > 0:
         fail(f"--rate {rate:g}: events per second, more than 0")
-    settings = streaming_settings(broker=broker, topic_prefix=topic_prefix, partitions=partitions)
+    settings = streaming_settings(
+        broker=broker,
+        broker_wait_s=flag_value("--broker-wait", broker_wait, positive_seconds),
+        topic_prefix=topic_prefix,
+        partitions=partitions,
+    )
     assert isinstance(settings, Settings)
     if settings.broker is None:
         fail("no broker: give --broker kafka://HOST:PORT or set VIRALWATCH_BROKER")

@@ -222,6 +222,10 @@ class Settings:
     #: wrote version 1, whose workers dead-letter version 2's records (README, "Rolling
     #: updates"); the latest once none of them runs.
     wire_version: WireVersion = LATEST_WIRE
+    #: How long a worker's (or ``produce``'s) start waits for the configured broker to
+    #: accept a connection before it says none answers there (exit status 2): one starting
+    #: beside it (a compose file, pods on Kubernetes) has that long to come up.
+    broker_wait_s: float = 5.0
     #: Kafka consumer group session timeout and heartbeat.
     session_timeout_s: float = 6.0
     heartbeat_s: float = 1.0
@@ -272,6 +276,7 @@ class Settings:
         for name in ("partition_idle_s", "batch_wait_s", "linger_s", "heartbeat_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} cannot be negative")
+        positive_seconds(str(self.broker_wait_s), "broker_wait_s")  # raises ValueError
         if self.alertmanager_repost_s <= 0:
             raise ValueError("alertmanager_repost_s must be more than 0")
         if not 0.0 <= self.log_compact_garbage < 1.0:
@@ -496,6 +501,24 @@ def _seconds(text: str) -> float:
         return parse_duration(text) / 1000
 
 
+def positive_seconds(text: str, what: str = "a wait") -> float:
+    """Seconds, as :func:`_seconds` reads them, more than 0 and finite (a wait that ends).
+
+    >>> positive_seconds("2m"), positive_seconds("1.5"), positive_seconds("500ms")
+    (120.0, 1.5, 0.5)
+    >>> positive_seconds("0")
+    Traceback (most recent call last):
+    ValueError: a wait must be more than 0 seconds and finite, not '0'
+    >>> positive_seconds("inf", "broker_wait_s")
+    Traceback (most recent call last):
+    ValueError: broker_wait_s must be more than 0 seconds and finite, not 'inf'
+    """
+    seconds = _seconds(text)
+    if not 0 < seconds < float("inf"):  # NaN too
+        raise ValueError(f"{what} must be more than 0 seconds and finite, not {text!r}")
+    return seconds
+
+
 def _bool(text: str) -> bool:
     low = text.lower()
     if low in ("1", "true", "yes", "on"):
@@ -664,6 +687,7 @@ _ENV: Final[dict[str, tuple[str, Any]]] = {
     "VIRALWATCH_BATCH_WAIT": ("batch_wait_s", _seconds),
     "VIRALWATCH_PRODUCER_LINGER": ("linger_s", _seconds),
     "VIRALWATCH_WIRE_VERSION": ("wire_version", WireVersion.parse),
+    "VIRALWATCH_BROKER_WAIT": ("broker_wait_s", positive_seconds),
     "VIRALWATCH_SESSION_TIMEOUT": ("session_timeout_s", _seconds),
     "VIRALWATCH_HEARTBEAT": ("heartbeat_s", _seconds),
     "VIRALWATCH_HTTP_HOST": ("http_host", parse_host),

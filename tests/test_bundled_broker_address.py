@@ -12,13 +12,16 @@ taken for it.
 Given an address nothing answers at, a worker waited out the Kafka client's bootstrap
 timeout and ended in its traceback (``KafkaTimeoutError``, exit status 1); then it said
 the broker and the client's error in one line, exit status 2, still after about 40 s; it
-now says so once its start's wait for the broker is over (``BROKER_WAIT_S``, 5 s), and a
-broker that comes up within that wait is used.
+now says so once its start's wait for the broker is over (``Settings.broker_wait_s``, 5 s
+unless ``--broker-wait`` or ``VIRALWATCH_BROKER_WAIT`` says otherwise: a broker on
+Kubernetes can take longer to come up beside the pods), and a broker that comes up within
+that wait is used.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
 import time
 from pathlib import Path
 
@@ -28,10 +31,21 @@ from programs import free_port, viralwatch
 
 from streams.runtime.broker import start_local_broker
 from streams.runtime.kafka_server import start_kafka
-from streams.runtime.worker import BROKER_WAIT_S, prepare
+from streams.runtime.worker import prepare
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
+
+#: The start's wait for the broker when nothing sets it.
+BROKER_WAIT_S = Settings().broker_wait_s
+
+
+def said_in_one_line(r: subprocess.CompletedProcess[bytes]) -> str:
+    """The last line a command that refused to go on said (exit status 2, no traceback)."""
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert "Traceback" not in err, err
+    return err.strip().splitlines()[-1]
 
 
 def test_a_worker_given_the_bundled_broker_s_address_applies_its_workarounds(
@@ -75,12 +89,9 @@ def test_a_broker_nothing_answers_at_is_said_in_one_line_within_seconds(tmp_path
         "worker", "--broker", url, timeout=240, env={"VIRALWATCH_DATA_DIR": str(tmp_path)}
     )
     took = time.monotonic() - started
-    err = r.stderr.decode()
-    assert r.returncode == 2, err
-    assert "Traceback" not in err, err
-    assert err.strip().splitlines()[-1] == (
+    assert said_in_one_line(r) == (
         f"viralwatch: no Kafka broker answers at 127.0.0.1:{port} (waited {BROKER_WAIT_S:g}s)"
-    ), err
+    )
     assert took < BROKER_WAIT_S + 20, took  # the command's own start included (a few s)
 
 
@@ -99,3 +110,53 @@ def test_a_broker_that_comes_up_within_the_start_s_wait_is_used(tmp_path: Path) 
         with start_local_broker(port=port, log_path=tmp_path / "broker.log"):
             ready, started, shares = prepared.result(timeout=120)
     assert started is None and shares == 2 and ready.local_broker
+
+
+@pytest.mark.parametrize(
+    ("command", "how"),
+    [
+        ("produce", "flag"),
+        ("worker", "variable"),
+    ],
+)
+def test_the_wait_for_the_broker_is_a_setting(tmp_path: Path, command: str, how: str) -> None:
+    """A deployer whose broker comes up slower (or who wants a failing start said sooner)
+    sets the wait: ``--broker-wait 1s`` or ``VIRALWATCH_BROKER_WAIT=1``; nothing listens at
+    the port, and the one line says the wait it was given."""
+    port = free_port()
+    events = tmp_path / "events.jsonl"
+    events.write_text('{"type": "share"}\n')
+    args = [command, *([str(events)] if command == "produce" else [])]
+    args += ["--broker", f"kafka://127.0.0.1:{port}"]
+    env = {"VIRALWATCH_DATA_DIR": str(tmp_path)}
+    if how == "flag":
+        args += ["--broker-wait", "1s"]
+    else:
+        env["VIRALWATCH_BROKER_WAIT"] = "1"
+    r = viralwatch(*args, timeout=240, env=env)
+    assert said_in_one_line(r) == (
+        f"viralwatch: no Kafka broker answers at 127.0.0.1:{port} (waited 1s)"
+    )
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "inf", "nan", "0ms"])
+def test_a_bad_wait_for_the_broker_is_refused_in_one_line(tmp_path: Path, value: str) -> None:
+    """A wait that is no duration, or never ends, or none at all: exit status 2 and one line
+    naming the flag or the variable, before any broker is asked."""
+    port = free_port()
+    for args, env, named in (
+        (["--broker-wait", value], {}, "--broker-wait"),
+        ([], {"VIRALWATCH_BROKER_WAIT": value}, "VIRALWATCH_BROKER_WAIT"),
+    ):
+        r = viralwatch(
+            "worker",
+            "--broker",
+            f"kafka://127.0.0.1:{port}",
+            *args,
+            timeout=120,
+            env={"VIRALWATCH_DATA_DIR": str(tmp_path), **env},
+        )
+        line = said_in_one_line(r)
+        assert r.stderr.decode().strip() == line  # the one line: nothing before it
+        assert line.startswith(f"viralwatch: {named}: "), line
+        assert repr(value) in line and "no Kafka broker" not in line, line

@@ -59,7 +59,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Final
+from typing import Any
 
 import faust
 import orjson
@@ -985,12 +985,6 @@ NO_BROKER = (
 KEYED_TOPICS = ("resolve", "clusters", "alerts", "actions")
 
 
-#: How long a worker's start waits for a configured broker to accept a connection: one
-#: starting beside it (a compose file, a test) has that long to come up; nothing there
-#: is said then, in one line.
-BROKER_WAIT_S: Final = 5.0
-
-
 def prepare(
     settings: Settings, say: Callable[[str], None]
 ) -> tuple[Settings, LocalBroker | None, int]:
@@ -1000,7 +994,7 @@ def prepare(
 
     Returns the settings to run with, the broker started (or ``None``), and
     the partition count of the ``shares`` topic (which may predate us). A configured
-    broker nothing accepts a connection at within :data:`BROKER_WAIT_S` is raised as
+    broker nothing accepts a connection at within ``settings.broker_wait_s`` is raised as
     ``ConnectionError`` then, not after the Kafka client's bootstrap timeout (about 40 s,
     ``KafkaTimeoutError``); one that comes up within the wait is used. The client's errors
     are raised as ``ConnectionError`` too: the commands say them in one line, exit status 2
@@ -1021,7 +1015,7 @@ def prepare(
 
     try:
         if broker is None:
-            wait_reachable(settings.bootstrap, BROKER_WAIT_S)
+            wait_reachable(settings.bootstrap, settings.broker_wait_s)
         if (
             broker is None
             and not settings.local_broker
