@@ -14,13 +14,83 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, Any, Final, NoReturn, TypeVar, get_args
 
 import orjson
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 T = TypeVar("T")
+
+#: The word ``--help`` shows for a value of each type (typer 0.2x shows the Python
+#: annotation instead: ``<str>``, ``<list[Path]>``).
+TYPE_LABELS: Final[dict[object, str]] = {
+    str: "TEXT",
+    int: "INTEGER",
+    float: "NUMBER",
+    Path: "PATH",
+    bool: "BOOLEAN",
+}
+
+
+def type_label(param: Any) -> str | None:
+    """What ``--help`` shows beside a flag or an argument, for a user to read.
+
+    The flag's own word where it has one (``--http-port PORT``); nothing beside a flag that
+    takes no value (``--json``: typer 0.2x showed ``<bool>`` there, as if ``--json true``
+    were asked for); otherwise its type's word (:data:`TYPE_LABELS`; a list's, that of its
+    items: ``--bank PATH``, repeated), or the choices (``a|b``).
+    """
+    if getattr(param, "metavar", None) is not None and param.param_type_name == "option":
+        return str(param.metavar)
+    if getattr(param, "is_flag", False):
+        return None
+    desc = param.type_descriptor
+    if desc.is_choice and desc.choices:
+        return "|".join(str(getattr(c, "value", c)) for c in desc.choices)
+    annotation = desc.annotation
+    if desc.is_list:
+        (annotation,) = get_args(annotation)
+    return TYPE_LABELS.get(annotation, getattr(annotation, "__name__", str(annotation)).upper())
+
+
+class _ReadableOption(TyperOption):
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return type_label(self)
+
+
+class _ReadableArgument(TyperArgument):
+    def display_type_rich(self, ctx: Any) -> str | None:
+        return type_label(self)
+
+
+def readable_params(params: list[Any]) -> list[Any]:
+    """The parameters, labelled by :func:`type_label` in ``--help`` (typer builds its own
+    classes for them: these are the same, with that label)."""
+    for param in params:
+        if type(param) is TyperOption:
+            param.__class__ = _ReadableOption
+        elif type(param) is TyperArgument:
+            param.__class__ = _ReadableArgument
+    return params
+
+
+class ReadableCommand(TyperCommand):
+    """A command whose ``--help`` labels each value with :func:`type_label`."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return readable_params(super().get_params(ctx))
+
+
+class ReadableGroup(TyperGroup):
+    """A group whose ``--help`` labels its own flags as :class:`ReadableCommand` does."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return readable_params(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=ReadableGroup,
     add_completion=False,
     no_args_is_help=True,
     help="viralwatch: see known-harmful content spreading, within seconds.",
@@ -140,7 +210,7 @@ def print_summary(stats: object, alerts: int) -> None:
         typer.echo(line, err=True)
 
 
-@app.command()
+@app.command(cls=ReadableCommand)
 def replay(
     events: Annotated[Path, typer.Argument(help="JSON lines of share events ('-' for stdin)")],
     bank: Annotated[list[Path], typer.Option("--bank", help="bank CSV; repeat for more")] = [],  # noqa: B006
@@ -153,19 +223,23 @@ def replay(
     deadletter_out: Annotated[
         Path | None, typer.Option("--deadletter-out", help="write rejected input here")
     ] = None,
-    lateness: Annotated[str, typer.Option(help="allowed lateness of event time")] = "60s",
+    lateness: Annotated[
+        str, typer.Option(metavar="DURATION", help="allowed lateness of event time")
+    ] = "60s",
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="serve /metrics here (0: any free port)")
     ] = None,
-    metrics_host: Annotated[str, typer.Option("--metrics-host", help="interface for /metrics")] = (
-        "127.0.0.1"
-    ),
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", metavar="HOST", help="interface for /metrics")
+    ] = ("127.0.0.1"),
     alertmanager: Annotated[
-        str | None, typer.Option(help="post alerts to this Alertmanager (base URL)")
+        str | None, typer.Option(metavar="URL", help="post alerts to this Alertmanager (base URL)")
     ] = None,
     webhook: Annotated[
         str | None,
-        typer.Option(help="POST alerts here (signed with VIRALWATCH_WEBHOOK_SECRET if set)"),
+        typer.Option(
+            metavar="URL", help="POST alerts here (signed with VIRALWATCH_WEBHOOK_SECRET if set)"
+        ),
     ] = None,
     speed: Annotated[
         float, typer.Option(help="replay at this many times event time (0: as fast as possible)")
@@ -273,7 +347,7 @@ def write_jsonl(path: Path | None, rows: object) -> None:
         fail(f"cannot write {path}: {exc.strerror or exc}")
 
 
-@app.command()
+@app.command(cls=ReadableCommand)
 def simulate(
     out: Annotated[Path, typer.Option(help="write the events (JSON lines) here")],
     bank_out: Annotated[
@@ -323,7 +397,7 @@ def simulate(
     typer.echo(f"wrote {truth['lines']} events to {out} and the bank to {bank_path}", err=True)
 
 
-@app.command("hash")
+@app.command("hash", cls=ReadableCommand)
 def hash_(
     files: Annotated[list[Path], typer.Argument(help="image or video files to hash")],
     seconds_per_hash: Annotated[
@@ -421,11 +495,11 @@ class HashProgress:
             self._bar.advance(self._all)  # type: ignore[attr-defined]
 
 
-bank_app = typer.Typer(no_args_is_help=True, help="Work with hash banks.")
+bank_app = typer.Typer(cls=ReadableGroup, no_args_is_help=True, help="Work with hash banks.")
 app.add_typer(bank_app, name="bank")
 
 
-@bank_app.command("match")
+@bank_app.command("match", cls=ReadableCommand)
 def bank_match(
     hashes: Annotated[
         Path,
@@ -584,7 +658,7 @@ def _change_command(kind: str, doc: str) -> Callable[..., None]:
     return command
 
 
-bank_app.command("add")(
+bank_app.command("add", cls=ReadableCommand)(
     _change_command(
         "bank",
         """Add hashes to a bank, through the bank topic; the action is printed as JSON.
@@ -593,7 +667,7 @@ bank_app.command("add")(
         banked at once (retroaction). The action (who, why, when) goes to the audit topic.""",
     )
 )
-bank_app.command("unallow")(
+bank_app.command("unallow", cls=ReadableCommand)(
     _change_command(
         "reverse_false_positive",
         """Reverse a false positive: take hashes off the allow-list (recorded in audit).
@@ -601,7 +675,7 @@ bank_app.command("unallow")(
         Uploads of that content match its bank again from now on.""",
     )
 )
-bank_app.command("withdraw")(
+bank_app.command("withdraw", cls=ReadableCommand)(
     _change_command(
         "withdraw",
         """Withdraw hashes from a bank, through the bank topic (recorded in audit).
@@ -611,7 +685,7 @@ bank_app.command("withdraw")(
 )
 
 
-@bank_app.command("list")
+@bank_app.command("list", cls=ReadableCommand)
 def bank_list(
     bank: Annotated[str | None, typer.Option("--bank", help="only this bank")] = None,
     broker: BrokerOpt = None,
@@ -642,7 +716,7 @@ def bank_list(
     typer.echo(f"viralwatch: {sizes}" + (f" ({bad} unreadable records)" if bad else ""), err=True)
 
 
-@app.command("evaluate")
+@app.command("evaluate", cls=ReadableCommand)
 def evaluate_cmd(
     files: Annotated[list[Path], typer.Argument(help="cascade files or directories of them")],
     format_: Annotated[
@@ -845,7 +919,7 @@ def flag_value(flag: str, text: str | None, parse: Callable[[str], T]) -> T | No
 
 BrokerOpt = Annotated[
     str | None,
-    typer.Option(help="kafka://HOST:PORT (default VIRALWATCH_BROKER)"),
+    typer.Option(metavar="URL", help="kafka://HOST:PORT (default VIRALWATCH_BROKER)"),
 ]
 BrokerWaitOpt = Annotated[
     str | None,
@@ -865,7 +939,7 @@ PartitionsOpt = Annotated[
 ]
 
 
-@app.command()
+@app.command(cls=ReadableCommand)
 def worker(
     broker: BrokerOpt = None,
     broker_wait: BrokerWaitOpt = None,
@@ -875,7 +949,9 @@ def worker(
     topic_prefix: PrefixOpt = None,
     partitions: PartitionsOpt = None,
     app_id: Annotated[str | None, typer.Option("--app-id", help="consumer group id")] = None,
-    lateness: Annotated[str | None, typer.Option(help="allowed lateness (default 60s)")] = None,
+    lateness: Annotated[
+        str | None, typer.Option(metavar="DURATION", help="allowed lateness (default 60s)")
+    ] = None,
     http_port: Annotated[
         str | None,
         typer.Option(
@@ -896,8 +972,12 @@ def worker(
     metrics_port: Annotated[
         str | None, typer.Option("--metrics-port", hidden=True, help="deprecated: --http-port")
     ] = None,
-    alertmanager: Annotated[str | None, typer.Option(help="post alerts to Alertmanager")] = None,
-    webhook: Annotated[str | None, typer.Option(help="POST alerts to this URL")] = None,
+    alertmanager: Annotated[
+        str | None, typer.Option(metavar="URL", help="post alerts to Alertmanager")
+    ] = None,
+    webhook: Annotated[
+        str | None, typer.Option(metavar="URL", help="POST alerts to this URL")
+    ] = None,
     wire_version: Annotated[
         str | None,
         typer.Option(
@@ -956,7 +1036,7 @@ def worker(
         fail(str(exc))
 
 
-@app.command()
+@app.command(cls=ReadableCommand)
 def produce(
     events: Annotated[Path, typer.Argument(help="JSON lines of share events ('-' for stdin)")],
     broker: BrokerOpt = None,
@@ -1004,7 +1084,7 @@ def produce(
     )
 
 
-@app.command()
+@app.command(cls=ReadableCommand)
 def broker(
     kafka: Annotated[
         bool,
@@ -1060,7 +1140,7 @@ def broker(
         running.stop()
 
 
-@app.command()
+@app.command(cls=ReadableCommand)
 def demo(
     broker: BrokerOpt = None,
     minutes: Annotated[int, typer.Option(help="minutes of simulated event time", min=1)] = 30,

@@ -4,6 +4,7 @@ what it is in ``--help``."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,50 @@ def test_every_command_s_summary_is_one_line() -> None:
     assert len(listed) > 12  # bank's subcommands too
     broken = [name for name, c in listed if "\n" in inspect.cleandoc(c.help or "").split("\n\n")[0]]
     assert broken == []
+
+
+def _help_rows(path: str) -> dict[str, list[str]]:
+    """``viralwatch PATH --help``'s parameter rows, by their first name: the row's columns."""
+    from typer.testing import CliRunner
+
+    got = CliRunner().invoke(app, [*path.split(), "--help"], env={"COLUMNS": "300"})
+    assert got.exit_code == 0, got.output
+    rows: dict[str, list[str]] = {}
+    for line in got.output.splitlines():
+        cells = [c for c in re.split(r"\s{2,}", line.strip("│ \n").lstrip("* ")) if c]
+        if cells and re.fullmatch(r"(--)?[a-z][a-z0-9-]*(\.\.\.)?", cells[0]):
+            rows.setdefault(cells[0], cells[1:])
+    return rows
+
+
+def test_every_flag_s_help_shows_a_type_a_user_can_read() -> None:
+    """typer 0.2x labels a value by its Python annotation (``--bank <list[Path]>``,
+    ``--lateness <str>``) and a flag that takes no value with ``<bool>``, as if ``--json
+    true`` were asked for: a value shows a word (``PATH``, ``INTEGER``, ``URL``,
+    ``SECONDS``), a flag none, in every command's ``--help``."""
+    params = list(_options(typer.main.get_command(app)))
+    commands = sorted({cmd for cmd, _ in params})
+    assert len(commands) > 12
+    seen = 0
+    for cmd in commands:
+        rows = _help_rows(cmd)
+        for param in [p for c, p in params if c == cmd]:
+            key = param.opts[0] if param.param_type_name == "option" else param.name
+            if key not in rows:  # an argument of several values: "files..."
+                key += "..."
+            cells = rows[key][len(param.secondary_opts) :]
+            if getattr(param, "is_flag", False):  # nothing between the flag and its help
+                assert cells[0].startswith((param.help or "")[:20]), (cmd, key, cells)
+                continue
+            label = cells[0]
+            assert re.fullmatch(r"[A-Z][A-Z_|]*( \[[^\]]+\])?", label), (cmd, key, label)
+            seen += 1
+        assert rows["--help"] == ["Show this message and exit."], (cmd, rows["--help"])
+    assert seen > 60
+    worker = _help_rows("worker")
+    assert worker["--bank"][0] == "PATH" and worker["--partitions"][0] == "INTEGER [x>=1]"
+    assert worker["--broker-wait"][0] == "SECONDS" and worker["--broker"][0] == "URL"
+    assert _help_rows("hash")["files..."][0] == "PATH"
 
 
 def test_simulate_names_the_file_it_cannot_write(tmp_path: Path) -> None:
