@@ -6,6 +6,7 @@ import json
 import random
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import orjson
@@ -142,3 +143,20 @@ def test_the_readmes_replay_example_prints_what_the_readme_shows(tmp_path: Path)
     assert len(first["top_spreaders"]) > len(alert["top_spreaders"]) == 2
     first["top_spreaders"] = first["top_spreaders"][:2]
     assert first == alert
+
+
+def test_the_readme_says_where_the_viralwatch_command_comes_from() -> None:
+    """A new user's first ``$ viralwatch simulate`` after ``make demo`` answered "command
+    not found": the README never said the command is ``.venv/bin/viralwatch``. It says so
+    before the first command, naming a make target that installs it, and that is where
+    the setup puts it."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    intro = readme.split("## Replay a file", 1)[1].split("```console", 1)[0]
+    assert "`viralwatch` is `.venv/bin/viralwatch`" in intro, intro
+    assert "`. .venv/bin/activate`" in intro and "`make .venv/.installed`" in intro, intro
+    makefile = (root / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"^VENV \?= \.venv$", makefile, re.M)
+    assert re.search(r"^\$\(VENV\)/\.installed:", makefile, re.M)
+    assert 'viralwatch = "streams.cli:main"' in (root / "pyproject.toml").read_text()
+    assert (Path(sys.executable).parent / "viralwatch").is_file()  # this setup's, beside python
