@@ -599,6 +599,7 @@ def _bank_change(
     reason: str,
     broker: str | None,
     topic_prefix: str | None,
+    broker_wait: str | None,
 ) -> None:
     """Publish a bank change as a reviewer action (bank topic, then audit topic)."""
     import time
@@ -607,10 +608,6 @@ def _bank_change(
     from streams.runtime.produce import publish_action
     from streams.settings import Settings
 
-    settings = streaming_settings(broker=broker, topic_prefix=topic_prefix)
-    assert isinstance(settings, Settings)
-    if settings.broker is None:
-        fail("no broker: give --broker kafka://HOST:PORT or set VIRALWATCH_BROKER")
     try:
         parsed = tuple(
             Signal({64: "pdq", 32: "md5"}.get(len(x.strip()), "vpdq"), x)  # type: ignore[arg-type]
@@ -626,10 +623,12 @@ def _bank_change(
         )
     except ValueError as exc:
         fail(str(exc))
+    settings = broker_settings(broker, topic_prefix, broker_wait)
+    assert isinstance(settings, Settings)
     try:
         publish_action(action, settings)
     except Exception as exc:  # the Kafka client's errors: say them in one line
-        fail(f"{type(exc).__name__}: {exc}")
+        fail(client_error(exc))
     sys.stdout.buffer.write(action.to_json() + b"\n")
 
 
@@ -650,9 +649,10 @@ def _change_command(kind: str, doc: str) -> Callable[..., None]:
         bank: BankOpt = "internal",
         reason: WhyOpt = "",
         broker: BrokerOpt = None,
+        broker_wait: BrokerWaitOpt = None,
         topic_prefix: PrefixOpt = None,
     ) -> None:
-        _bank_change(kind, bank, signals, by, reason, broker, topic_prefix)
+        _bank_change(kind, bank, signals, by, reason, broker, topic_prefix, broker_wait)
 
     command.__doc__ = doc
     return command
@@ -689,6 +689,7 @@ bank_app.command("withdraw", cls=ReadableCommand)(
 def bank_list(
     bank: Annotated[str | None, typer.Option("--bank", help="only this bank")] = None,
     broker: BrokerOpt = None,
+    broker_wait: BrokerWaitOpt = None,
     topic_prefix: PrefixOpt = None,
 ) -> None:
     """The banks as the bank topic holds them now: one JSON line per entry.
@@ -698,14 +699,12 @@ def bank_list(
     from streams.runtime.bank_follower import read_banks
     from streams.settings import Settings
 
-    settings = streaming_settings(broker=broker, topic_prefix=topic_prefix)
+    settings = broker_settings(broker, topic_prefix, broker_wait)
     assert isinstance(settings, Settings)
-    if settings.broker is None:
-        fail("no broker: give --broker kafka://HOST:PORT or set VIRALWATCH_BROKER")
     try:
         banks, bad = read_banks(settings)
     except Exception as exc:  # the Kafka client's errors: say them in one line
-        fail(f"{type(exc).__name__}: {exc}")
+        fail(client_error(exc))
     out = sys.stdout.buffer
     for e in sorted(banks.entries(), key=lambda e: (e.bank, e.signal_type, e.signal)):
         if bank is None or e.bank == bank:
@@ -917,6 +916,42 @@ def flag_value(flag: str, text: str | None, parse: Callable[[str], T]) -> T | No
         fail(f"{flag}: {exc}")
 
 
+def client_error(exc: BaseException) -> str:
+    """The Kafka client's error in one line: its kind once (kafka-python's text starts with
+    it already: "KafkaTimeoutError: KafkaTimeoutError: Unable to bootstrap" was said).
+
+    >>> class KafkaTimeoutError(Exception): ...
+    >>> client_error(KafkaTimeoutError("KafkaTimeoutError: Unable to bootstrap from [...]"))
+    'KafkaTimeoutError: Unable to bootstrap from [...]'
+    >>> client_error(KafkaTimeoutError("Unable to bootstrap from [...]"))
+    'KafkaTimeoutError: Unable to bootstrap from [...]'
+    """
+    said, kind = str(exc), type(exc).__name__
+    return said if said.startswith(kind) else f"{kind}: {said}"
+
+
+def broker_settings(broker: str | None, topic_prefix: str | None, wait: str | None) -> object:
+    """The settings of a command that only talks to the broker (``bank add``, ``bank list``):
+    none configured, or none answering within the wait, said in one line, exit status 2,
+    within seconds (they waited out the Kafka client's bootstrap timeout, about 40 s)."""
+    from streams.runtime.broker import wait_reachable
+    from streams.settings import Settings, positive_seconds
+
+    settings = streaming_settings(
+        broker=broker,
+        topic_prefix=topic_prefix,
+        broker_wait_s=flag_value("--broker-wait", wait, positive_seconds),
+    )
+    assert isinstance(settings, Settings)
+    if settings.broker is None:
+        fail("no broker: give --broker kafka://HOST:PORT or set VIRALWATCH_BROKER")
+    try:
+        wait_reachable(settings.bootstrap, settings.broker_wait_s)
+    except ConnectionError as exc:
+        fail(str(exc))
+    return settings
+
+
 BrokerOpt = Annotated[
     str | None,
     typer.Option(metavar="URL", help="kafka://HOST:PORT (default VIRALWATCH_BROKER)"),
@@ -1076,7 +1111,7 @@ def produce(
     except (OSError, ValueError, RuntimeError, ConnectionError) as exc:
         fail(str(exc))
     except Exception as exc:  # the Kafka client's errors: say them in one line
-        fail(f"{type(exc).__name__}: {exc}")
+        fail(client_error(exc))
     typer.echo(
         f"viralwatch: sent {done.records} events ({done.bytes:,} bytes) to "
         f"{settings.topic('shares')} in {done.seconds:.2f}s ({done.rate:,.0f}/s)",

@@ -117,16 +117,22 @@ def test_a_broker_that_comes_up_within_the_start_s_wait_is_used(tmp_path: Path) 
     [
         ("produce", "flag"),
         ("worker", "variable"),
+        ("bank list", "flag"),
+        ("bank add", "variable"),
     ],
 )
 def test_the_wait_for_the_broker_is_a_setting(tmp_path: Path, command: str, how: str) -> None:
     """A deployer whose broker comes up slower (or who wants a failing start said sooner)
     sets the wait: ``--broker-wait 1s`` or ``VIRALWATCH_BROKER_WAIT=1``; nothing listens at
-    the port, and the one line says the wait it was given."""
+    the port, and the one line says the wait it was given. ``bank add`` and ``bank list``
+    waited out the Kafka client's bootstrap timeout (about 40 s) and said
+    "KafkaTimeoutError: KafkaTimeoutError: Unable to bootstrap": they wait as a worker does."""
     port = free_port()
     events = tmp_path / "events.jsonl"
     events.write_text('{"type": "share"}\n')
-    args = [command, *([str(events)] if command == "produce" else [])]
+    args = [*command.split(), *([str(events)] if command == "produce" else [])]
+    if command == "bank add":  # it waited out the Kafka client's bootstrap (about 40 s)
+        args += ["--by", "oncall", "ab" * 32]
     args += ["--broker", f"kafka://127.0.0.1:{port}"]
     env = {"VIRALWATCH_DATA_DIR": str(tmp_path)}
     if how == "flag":
