@@ -230,22 +230,25 @@ class Prediction:
         return out
 
 
-def raised_note(raised: Iterable[str]) -> str:
+def raised_note(raised: Iterable[str], shown: Iterable[str] = ("size", "low", "high")) -> str:
     """How every view words a forecast :meth:`Prediction.at_least` raised ("" if none was).
 
     "predicted 100" beside a size of 100 reads as a forecast that the cluster has
     stopped; it is a forecast made from fewer posts that said less than is already
     there, so read it as "at least this many", no more. The alert's page, the
     investigation views, the Alertmanager ``figures`` annotation and ``make demo``'s
-    console say it in these words (``raised_to_size`` in the record says which figures).
+    console say it in these words (``raised_to_size`` in the record says which figures),
+    of the figures they show (``shown``: the console shows no band, so nothing of its low).
 
     >>> raised_note(["size", "low"]), raised_note(["low"]), raised_note([])
     ('at least its size', 'low end raised to its size', '')
+    >>> raised_note(["low"], shown=["size"])
+    ''
     """
-    raised = tuple(raised)
-    if "size" in raised:
+    said = set(raised) & set(shown)
+    if "size" in said:
         return "at least its size"
-    return "low end raised to its size" if raised else ""
+    return "low end raised to its size" if "low" in said else ""
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")

@@ -105,7 +105,7 @@ def describe(alert: dict[str, Any]) -> Text:
     )
     if pred.get("size") is not None:
         line.append(f"  predicted {pred['size']:,.0f}")
-        note = raised_note(pred.get("raised_to_size", ()))
+        note = raised_note(pred.get("raised_to_size", ()), shown=["size"])
         if note:
             line.append(f" ({note})", style="dim")
     line.append(f"  [{alert['alert_id']}]", style="dim")

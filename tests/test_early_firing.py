@@ -694,3 +694,8 @@ def test_a_raised_forecast_is_said_in_the_same_words_wherever_it_is_shown() -> N
     low_only = Prediction(140.0, 61.0, 300.0, "best", 604_800.0).at_least(100)
     assert low_only.raised == ("low",) and low_only.note == "low end raised to its size"
     assert _prediction(low_only).startswith("140 (low end raised to its size) <span")
+    # the console shows no band: nothing said of its low
+    low_body = {**body["cascade"], "predicted_final_size": low_only.to_dict()}
+    assert describe({**body, "cascade": low_body}).plain.endswith(
+        f"predicted 140  [{warning.alert_id}]"
+    )
