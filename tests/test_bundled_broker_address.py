@@ -21,8 +21,13 @@ that wait is used.
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import os
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -166,3 +171,41 @@ def test_a_bad_wait_for_the_broker_is_refused_in_one_line(tmp_path: Path, value:
         assert r.stderr.decode().strip() == line  # the one line: nothing before it
         assert line.startswith(f"viralwatch: {named}: "), line
         assert repr(value) in line and "no Kafka broker" not in line, line
+
+
+def test_a_probe_during_the_wait_for_the_broker_says_what_the_start_waits_for(
+    tmp_path: Path,
+) -> None:
+    """With the wait a minute long (deploy/k8s), ``/readyz`` answered ``"assigned":
+    "waiting: starting"`` for that minute: it names the broker and the wait now, and
+    ``/livez`` answers alive meanwhile (a long wait never gets a pod killed)."""
+    port, http = free_port(), free_port()
+    started = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "streams.cli", "worker"),
+            *("--broker", f"kafka://127.0.0.1:{port}", "--broker-wait", "60s"),
+            *("--http-port", str(http)),
+        ],
+        env={**os.environ, "VIRALWATCH_DATA_DIR": str(tmp_path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline, said = time.monotonic() + 40, None
+        while said is None and time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{http}/readyz", timeout=5)
+            except urllib.error.HTTPError as answer:  # 503: not ready
+                said = json.loads(answer.read())["conditions"]
+            except OSError:
+                time.sleep(0.2)  # not listening yet
+        assert said is not None, "the worker's HTTP port never answered"
+        assert said["assigned"] == (
+            f"waiting: starting: waiting up to 60s for the broker at kafka://127.0.0.1:{port} "
+            "to accept a connection, then the topics"
+        ), said
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/livez", timeout=5) as alive:
+            assert alive.status == 200
+    finally:
+        started.terminate()
+        started.wait(timeout=60)

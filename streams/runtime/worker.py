@@ -1136,7 +1136,15 @@ def _run_worker(
     banks = load_banks(settings.bank_files, settings.bank_settings_file)
     health.set("banks", False, f"bank files read ({len(banks)} entries); the bank topic next")
     policy = load_policy(settings.policy_file)
+    if settings.broker is not None:  # a probe's answer says what the start waits for
+        health.set(
+            "assigned",
+            False,
+            f"starting: waiting up to {settings.broker_wait_s:g}s for the broker at "
+            f"{settings.broker} to accept a connection, then the topics",
+        )
     settings, broker, shares_partitions = prepare(settings, say)
+    health.set("assigned", False, "starting: joining the consumer group")
     if views is not None:  # its actions go to the broker prepare started or recognised
         views.settings = settings
     oncall = None
