@@ -7,6 +7,7 @@ failures are made to order; ``test_broker_errors.py`` makes real brokers fail.""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -233,11 +234,17 @@ def test_a_worker_whose_embedded_broker_panics_at_its_start_says_the_panic(
     before = set(Path(tempfile.gettempdir()).glob("viralwatch-broker-*"))
     with pytest.raises(BrokerError) as exc:
         run_worker(Settings(embedded_broker=True, data_dir=tmp_path / "data"), lambda _: None)
-    assert str(exc.value) == (
-        "the bundled Kafka broker panicked (exit status 0): "
-        "thread 'main' panicked at src/broker.rs:139:18: | "
-        "called unwrap on an Err value: AddrInUse"
-    )
+    # the panic is seen in the log whether the stand-in's exit is seen yet or not (a race
+    # that lost under load: 2 of 4 runs at load 15 said no status)
+    assert re.fullmatch(
+        re.escape("the bundled Kafka broker panicked")
+        + r"( \(exit status 0\))?"
+        + re.escape(
+            ": thread 'main' panicked at src/broker.rs:139:18: | "
+            "called unwrap on an Err value: AddrInUse"
+        ),
+        str(exc.value),
+    ), str(exc.value)
     assert set(Path(tempfile.gettempdir()).glob("viralwatch-broker-*")) <= before  # removed
 
 
