@@ -315,7 +315,8 @@ def test_partitions_moving_between_two_processes_with_records_in_flight_lose_not
     sim, expected = in_time_hour
     run = two_processes(sim, seed)
     assert sum(proc.steps for proc in run.processes) > 0 and run.in_flight_max > 0
-    assert sum(proc.hop(name).waited for proc in run.processes for name in HOPS) > 0
+    hops = [proc.hop(name) for proc in run.processes for name in HOPS]
+    assert sum(hop.waited for hop in hops) > 0 and sum(hop.read_behind for hop in hops) > 0
     assert_exact(run, expected)
 
 

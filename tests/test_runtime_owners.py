@@ -1071,7 +1071,8 @@ def test_a_partition_assigned_takes_no_short_way_until_it_read_past_what_others_
     record this process sends the partition after it comes after them: the short way opens
     once the first such send is read, not on others' records nor on this process's older
     ones; each envelope sent through Kafka meanwhile, its short way open otherwise, is
-    counted (``waited``: the rule's cost)."""
+    counted (``waited``: the rule's cost), and so is each record the partitions read till
+    then, the one that ends it included (``read_behind``: how long it held)."""
     sent: list[tuple[int, Envelope | bytes]] = []
     hop = Hop("resolve", lambda p, env: sent.append((p, env)) or len(sent))
     hand = HandOver(resolve=hop, clusters=hop, grace_s=0.0, clock=lambda: 1.0)
@@ -1091,6 +1092,7 @@ def test_a_partition_assigned_takes_no_short_way_until_it_read_past_what_others_
     assert hop.received(1, [(3, "progress"), (5, "progress")]) == ["progress", "progress"]
     assert hand.route(hop, {1: events}) == {1: [events]}
     assert len(sent) == 5 and hop.waited == 4
+    assert hop.read_behind == 4 + 3  # partition 0's four records, partition 1's three
     hop.assign([1], others=False)  # no other process: what this one sent is read
     assert hand.route(hop, {1: events}) == {1: [events]}
 

@@ -92,6 +92,7 @@ class Hop:
         "held",
         "last_sent",
         "name",
+        "read_behind",
         "reading",
         "send_record",
         "unread",
@@ -133,6 +134,9 @@ class Hop:
         #: envelopes sent through Kafka because their partition was behind, its short way
         #: open otherwise (what :meth:`assign`'s rule costs)
         self.waited = 0
+        #: records read by partitions behind (:meth:`assign`), the one that ends it included:
+        #: how long, in records read, the rule kept their short way closed
+        self.read_behind = 0
 
     def assign(self, partitions: Iterable[int], others: bool = True) -> None:
         """Partitions this process now holds. One takes no short way until it has read what
@@ -235,6 +239,8 @@ class Hop:
         :meth:`assign`: those sent since go first, as unread ones do)."""
         if partition in self.last_sent or partition in self.behind:
             records = list(records)
+            if partition in self.behind:
+                self.read_behind += len(records)
             top = max((m for m, _ in records if m is not None), default=None)
             if top is not None:
                 wait = self.behind.get(partition, top + 1)

@@ -778,6 +778,10 @@ class Worker:
             # envelopes sent through Kafka, the short way open but for a partition assigned
             # that has not read past its first send since (Hop.assign): the rule's cost
             "waited": {h.name: h.waited for h in (self.hand_over.resolve, self.hand_over.clusters)},
+            # and the records read by partitions behind till then (how long it held)
+            "read_behind": {
+                h.name: h.read_behind for h in (self.hand_over.resolve, self.hand_over.clusters)
+            },
             "checkpoints": self.checkpoint.commits,
             # records waiting to be handed to the Kafka client (alerts wait behind them)
             "producer_queued": self.app.counted_producer.queued,
