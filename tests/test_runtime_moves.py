@@ -14,7 +14,9 @@ two processes (:meth:`LocalRun.build` twice, incarnations 0 and 1), each with:
   (its state dropped, :meth:`Topology.revoke`), flushes (the worker's flush on revoke:
   what it wrote staged, the copies written, its buffer on the topics; ``revoke_flush`` off,
   a counter-test's switch: not), then is assigned its new share (:meth:`Hop.assign`, the
-  grace restarted) and restores each partition from its log when it reads it;
+  grace restarted) and restores each partition from its log when it reads it, reading
+  its topic again from the last commit (Faust commits nothing on revocation: what was
+  read since is read again, by whoever holds it now);
 - its own share of the ``shares`` partitions, a consumer group of its own that does
   nothing on revocation (:func:`streams.runtime.faust_adapter.on_assigned`): a partition
   that moves is read by its new owner from the last commit, with its committed newest
@@ -114,6 +116,7 @@ class TwoProcesses:
             shares[(total // run) % n].append(line)
             total += 1
         self.topics: Topics = {name: [[] for _ in range(n)] for name in HOPS}
+        self.reread: Topics = {name: [[] for _ in range(n)] for name in HOPS}
         tables: dict[str, Table] = {}
         for i in range(2):
             buffer: Topics = {name: [[] for _ in range(n)] for name in HOPS}
@@ -180,6 +183,7 @@ class TwoProcesses:
                     self.topics[stage][p][:size],
                     self.topics[stage][p][size:],
                 )
+                self.reread[stage][p] += records
                 hop = proc.hop(stage)
                 envelopes = hop.received(
                     p, [(m if i == proc.incarnation else None, r) for i, m, r in records]
@@ -218,8 +222,12 @@ class TwoProcesses:
         proc.topology.hand_over.acknowledged()
 
     def _commit(self, proc: Process) -> None:
-        """``proc`` commits the ``shares`` offsets it holds, once what they became is sent."""
+        """``proc`` commits the offsets it holds (``shares`` and the internal topics: as the
+        worker's checkpoint and Faust's commit do), once what they became is sent."""
         self._acknowledged(proc)
+        for name in HOPS:
+            for p in proc.held[name]:
+                self.reread[name][p] = []
         for p, at in proc.shares.items():
             self.committed[p] = at
             self.committed_time[p] = proc.topology.ingest.clock.newest(p)
@@ -239,6 +247,10 @@ class TwoProcesses:
                 self._acknowledged(proc)
             else:
                 proc.checkpoint.stage(begin=True)  # (its logs staged: restored from them)
+        for name, parts in self.reread.items():  # read again from the last commit
+            for q, records in enumerate(parts):
+                self.topics[name][q] = records + self.topics[name][q]
+                parts[q] = []
         for name in HOPS:
             order = rng.sample(range(n), n)
             cut = rng.randint(1, n - 1)
@@ -278,6 +290,7 @@ def two_processes(sim: Any, seed: int, **settings: Any) -> TwoProcesses:
         local_resolve=True,
         local_clusters=True,
         wait_for_others=settings.pop("wait_for_others", True),
+        partitions=settings.pop("partitions", 4),
     )
     return TwoProcesses(local, seed=seed, **settings).run(sim.lines)
 
@@ -320,22 +333,30 @@ def test_partitions_moving_between_two_processes_with_records_in_flight_lose_not
     assert_exact(run, expected)
 
 
+#: Of seeds 0-39, those with events late with the flush on revoke skipped (3, 3, 5 late; also
+#: 21 and 39: 1 each) and with the rule off (2 and 4 late; also 39: 1); all 40 exact with both.
+NO_FLUSH_SEEDS = [11, 17, 29]
+NO_RULE_SEEDS = [11, 19]
+
+
+@pytest.mark.parametrize("seed", NO_FLUSH_SEEDS)
 def test_without_the_flush_on_revoke_records_in_flight_come_late(
-    in_time_hour: tuple[Any, list[bytes]],
+    in_time_hour: tuple[Any, list[bytes]], seed: int
 ) -> None:
-    """The flush on revoke skipped (``revoke_flush`` off): what the previous owner of a
-    resolve partition sent a clusters partition is still in its buffer when the new owner,
-    its short way open past its own first send, hands that clusters partition progress in
-    process: the previous owner's records land behind it, their events late (seed 97)."""
+    """The flush on revoke skipped (``revoke_flush`` off): what a partition's previous owner
+    sent is still in its buffer when the new owner, its short way open past its own first
+    send, hands the partition progress in-process: the previous owner's records land behind
+    it, their events late."""
     sim, _ = in_time_hour
-    assert two_processes(sim, 97, revoke_flush=False).local.stats.late > 0
+    assert two_processes(sim, seed, revoke_flush=False).local.stats.late > 0
 
 
+@pytest.mark.parametrize("seed", NO_RULE_SEEDS)
 def test_without_waiting_for_what_others_sent_a_moved_partition_events_come_late(
-    in_time_hour: tuple[Any, list[bytes]],
+    in_time_hour: tuple[Any, list[bytes]], seed: int
 ) -> None:
     """The rule off (``wait_for_others``: a partition assigned waits only for what its new
     owner sent it): what the previous owner sent is on the topic, unread, when the new owner
-    opens the short way after one batch: events late (seed 99)."""
+    opens the short way after one batch: events late."""
     sim, _ = in_time_hour
-    assert two_processes(sim, 99, wait_for_others=False).local.stats.late > 0
+    assert two_processes(sim, seed, wait_for_others=False).local.stats.late > 0
