@@ -886,8 +886,13 @@ class Detector:
             # when an alert reads them, if one does: about a quarter of the forecasts.
             if (met or st.active) and (rule.severity not in st.fired or st.allowed):
                 # the rule fires on no more than its bounds (monotone in both): bounds it
-                # does not fire on settle it, no forecast computed (most clusters: small)
-                bound = later.at_most() if isinstance(later, LaterPrediction) else None
+                # does not fire on settle it, no forecast computed (most clusters: small);
+                # the rough ones first (no loop over the buckets: nearly all settle there)
+                bound = None
+                if isinstance(later, LaterPrediction):
+                    bound = later.at_most(rough=True)
+                    if bound is None or rule.fires(*bound, st.cascade.size):
+                        bound = later.at_most()
                 p = later() if bound is None or rule.fires(*bound, st.cascade.size) else None
                 if p is not None and rule.fires(p.size, p.low, st.cascade.size):
                     # it escalates an episode a velocity rule opened (now, or before)

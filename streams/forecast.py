@@ -94,7 +94,7 @@ class LaterPrediction:
             self._read = None
         return self._done
 
-    def at_most(self) -> tuple[float, float] | None:
+    def at_most(self, *, rough: bool = False) -> tuple[float, float] | None:
         """Upper bounds on the forecast's size and low, not computing it
         (:meth:`graphs.prediction.StateRead.growth_bound`); ``None``: none here (computed
         already, nothing to forecast, another model): call it.
@@ -108,9 +108,13 @@ class LaterPrediction:
         >>> f = later()
         >>> f.size <= size and f.low <= low, later.at_most()
         (True, None)
+
+        ``rough=True``: the bounds from the sums the read holds, no loop over its buckets
+        (:meth:`graphs.prediction.StateRead.growth_bound`); higher, so a caller asks them
+        first and the others only where they do not settle its question.
         """
         read = self._read
-        return None if read is None else read.growth_bound()
+        return None if read is None else read.growth_bound(rough=rough)
 
 
 @dataclass(frozen=True, slots=True)

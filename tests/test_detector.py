@@ -402,7 +402,7 @@ class Unbounded(LaterPrediction):
 
     made: ClassVar[list[int]] = []
 
-    def at_most(self) -> tuple[float, float] | None:
+    def at_most(self, *, rough: bool = False) -> tuple[float, float] | None:
         return None
 
     def __call__(self) -> Prediction | None:
@@ -420,6 +420,13 @@ class Bounded(LaterPrediction):
         if self._read is not None:
             self.made.append(1)
         return super().__call__()
+
+
+class BucketsBounded(Bounded):
+    """:class:`Bounded` with the buckets' bound only (the rough one not asked)."""
+
+    def at_most(self, *, rough: bool = False) -> tuple[float, float] | None:
+        return None if rough else super().at_most()
 
 
 class Reads(ClusterPredictor):
@@ -442,21 +449,24 @@ def test_forecasts_the_bound_settles_are_not_computed_and_alerts_are_the_same(
     """The ``[predicted]`` rule's decisions that ``StateRead.growth_bound`` settles (its
     bounds under the rule's size or low) compute no forecast, and every alert and takedown
     request is the same, figures and forecast to the bit, as with every decision's forecast
-    computed: a hot cluster's, through its velocity rules and episodes."""
+    computed: a hot cluster's, through its velocity rules and episodes; the same with the
+    rough bound asked first and without it (the buckets' bound alone), the same
+    forecasts computed."""
     t, rng = Traffic(), random.Random(seed)
     pdq = pdq_hex(rng)
     root = t.upload(T0, pdq=pdq)
     for start, count, every in bursts:
         t.burst(root, T0 + 1000 + start * MIN, count, every)
     outs, counts = [], []
-    for later in (Unbounded, Bounded):
+    for later in (Unbounded, Bounded, BucketsBounded):
         later.made = []
         _, d = run(t.lines(), banked(pdq), predictor_factory=partial(Reads, later))
         outs.append([repr(x) for x in (*d.alerts, *d.actions)])
         counts.append(len(later.made))
     assert [a for a in outs[0] if "firing" in a]
-    assert outs[0] == outs[1] and any("predicted_final_size=Prediction(" in a for a in outs[0])
-    assert 0 < counts[1] < counts[0] // 2, counts  # 4 of 48, 3 of 18: what alerts show
+    assert outs[0] == outs[1] == outs[2]
+    assert any("predicted_final_size=Prediction(" in a for a in outs[0])
+    assert 0 < counts[1] == counts[2] < counts[0] // 2, counts  # 4 of 48, 3 of 18: alerts show
 
 
 def slow_then_fast(rng_seed: int, *bursts: tuple[int, int, int]) -> tuple[list[bytes], str]:
