@@ -502,9 +502,12 @@ class Detector:
         if idle_ms < longest + policy.resolve_after_ms:
             raise ValueError("idle_ms must outlast the longest window plus resolve_after")
         self.policy = policy
-        self._windows = policy.windows_ms  # computed once: read on every event
         self._fewest = min(rule.shares for rule in policy.rules)
-        self._rules = policy.rules
+        # what Velocity.reaching asks of each rule, and the entry a rule met adds (computed
+        # once: read on every event)
+        self._thresholds = tuple(
+            (rule.shares, rule.window_ms, (rule.severity, "velocity")) for rule in policy.rules
+        )
         #: how many severities an episode can fire (velocity rules', and the forecast's)
         self._severities = len(
             {r.severity for r in policy.rules} | {p.severity for p in [policy.predicted] if p}
@@ -865,10 +868,8 @@ class Detector:
         # no window holds enough (most clusters), or every severity fired (a hot one): no count
         spent = st.active and len(st.fired) == self._severities
         if len(st.velocity) >= self._fewest and not spent:
-            v = st.velocity
-            counts = {w: v.count(w, now) for w in self._windows}
-            # AlertPolicy.met, inlined: this runs on every event
-            met = [(r.severity, "velocity") for r in self._rules if counts[r.window_ms] >= r.shares]
+            # AlertPolicy.met, one binary search for all the rules: this runs on every event
+            met = st.velocity.reaching(self._thresholds, now)
         rule = self.policy.predicted
         if (
             st.predictor is not None

@@ -80,6 +80,11 @@ def test_counts_rates_and_acceleration_match_brute_force(
                 for w in WINDOWS_MS:
                     assert v.count(w, now) == model.count(w, now), (w, now)
                     assert v.rate(w, now) == pytest.approx(model.count(w, now) * MINUTE_MS / w)
+                # the rules a window's count meets, one binary search for all
+                rules = [(k, w, (k, w)) for w in WINDOWS_MS for k in (-1, 0, 1, 2, 3, 7, 40, 151)]
+                assert v.reaching(rules, now) == [
+                    (k, w) for k, w, _ in rules if model.count(w, now) >= k
+                ], now
                 if now - 2 * MINUTE_MS >= model.latest - horizon:
                     assert v.acceleration(now) == model.count(MINUTE_MS, now) - model.count(
                         MINUTE_MS, now - MINUTE_MS
