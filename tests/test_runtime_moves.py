@@ -38,12 +38,10 @@ import pytest
 from test_streaming_stages import IN_TIME, assert_replay_alert_records, bank_of, replay_alerts
 
 from streams.alerts import Pseudonymizer
-from streams.banks import BankUpdate
-from streams.pipeline import is_bank_update
 from streams.policy import AlertPolicy
 from streams.runtime.checkpoint import Checkpoint
 from streams.runtime.hand_over import Hop
-from streams.runtime.local_run import LocalRun, Table, Topics, _at
+from streams.runtime.local_run import LocalRun, Table, Topics, _at, split_input
 from streams.runtime.topology import Topology
 from streams.settings import DEV_PSEUDONYM_KEY
 from streams.simulate import Scenario, simulate
@@ -106,15 +104,8 @@ class TwoProcesses:
     def run(self, lines: list[bytes], run: int = 7) -> TwoProcesses:
         local, rng = self.local, random.Random(self.seed)
         n = local.partitions
-        shares: list[list[bytes]] = [[] for _ in range(n)]
-        bank_updates: list[tuple[int, BankUpdate]] = []
-        total = 0
-        for line in lines:
-            if is_bank_update(line):
-                bank_updates.append((total, BankUpdate.parse(None, line)))
-                continue
-            shares[(total // run) % n].append(line)
-            total += 1
+        shares, bank_updates = split_input(lines, n, run=run)
+        total = sum(map(len, shares))
         self.topics: Topics = {name: [[] for _ in range(n)] for name in HOPS}
         self.reread: Topics = {name: [[] for _ in range(n)] for name in HOPS}
         tables: dict[str, Table] = {}

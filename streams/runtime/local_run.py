@@ -231,6 +231,31 @@ class Tear:
                 self.torn_records += len(gone)
 
 
+def split_input(
+    lines: Iterable[bytes], partitions: int, key: str = "none", run: int = 7
+) -> tuple[list[list[bytes]], list[tuple[int, BankUpdate]]]:
+    """The input as the models' ``shares`` topic holds it: each partition's lines (a line's
+    offset is its index), and the bank topic's records by how many share lines come before
+    each. ``key`` ``"none"`` puts runs of ``run`` lines on each partition in turn, as a
+    producer without a key does; ``"post"`` picks the partition by a hash of the line.
+
+    >>> shares, banks = split_input([b'{"event_id": "%d"}' % i for i in range(5)], 2, run=2)
+    >>> [len(part) for part in shares], banks
+    ([3, 2], [])
+    """
+    shares: list[list[bytes]] = [[] for _ in range(partitions)]
+    bank_updates: list[tuple[int, BankUpdate]] = []
+    total = 0
+    for line in lines:
+        if is_bank_update(line):
+            bank_updates.append((total, BankUpdate.parse(None, line)))
+            continue
+        p = (total // run) % partitions if key == "none" else zlib.crc32(line) % partitions
+        shares[p].append(line)
+        total += 1
+    return shares, bank_updates
+
+
 @dataclass
 class LocalRun:
     """Every stage and topic of the streaming pipeline in memory, with a seeded scheduler.
@@ -477,17 +502,8 @@ class LocalRun:
     def run(self, lines: Iterable[bytes], key: str = "none", run: int = 7) -> LocalRun:
         rng = random.Random(self.seed)
         n = self.partitions
-        shares: list[list[tuple[int, bytes]]] = [[] for _ in range(n)]
-        #: bank updates (the bank topic's records), by how many share lines come before each
-        bank_updates: list[tuple[int, BankUpdate]] = []
-        total = 0
-        for line in lines:
-            if is_bank_update(line):
-                bank_updates.append((total, BankUpdate.parse(None, line)))
-                continue
-            p = (total // run) % n if key == "none" else zlib.crc32(line) % n
-            shares[p].append((len(shares[p]), line))
-            total += 1
+        shares, bank_updates = split_input(lines, n, key, run)
+        total = sum(map(len, shares))
         #: the bank updates applied so far (a new process reads the bank topic from the start)
         applied: list[BankUpdate] = []
         tables: dict[str, Table] = {}
@@ -581,15 +597,14 @@ class LocalRun:
             now += 0.001
             hops = topology.hand_over
             if stage == "s":
-                chunk = shares[p][pos[p] : pos[p] + size]
+                at = pos[p]
+                chunk = shares[p][at : at + size]
                 pos[p] += len(chunk)
                 fresh += max(0, pos[p] - seen[p])
                 seen[p] = max(seen[p], pos[p])
                 self.read += len(chunk)
-                offsets = [off for off, _ in chunk]
-                topology.ingest_lines(
-                    [line for _, line in chunk], [p] * len(chunk), partial(_at, p, offsets), now
-                )
+                offsets = list(range(at, at + len(chunk)))
+                topology.ingest_lines(chunk, [p] * len(chunk), partial(_at, p, offsets), now)
             elif stage == "r":
                 records, resolve[p] = resolve[p][:size], resolve[p][size:]
                 if self.commit_internal:
