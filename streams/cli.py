@@ -231,7 +231,7 @@ def replay(
     ] = None,
     metrics_host: Annotated[
         str, typer.Option("--metrics-host", metavar="HOST", help="interface for /metrics")
-    ] = ("127.0.0.1"),
+    ] = "127.0.0.1",
     alertmanager: Annotated[
         str | None, typer.Option(metavar="URL", help="post alerts to this Alertmanager (base URL)")
     ] = None,
