@@ -1448,3 +1448,38 @@ def test_alerts_after_partitions_move_are_replay_s_or_those_of_replay_with_every
     run = moved_run(sim, seed=seed, restarts=0)
     assert run.early, "no early firing: nothing checked"
     assert_replay_alert_records(list(run.alerts.values()), expected, in_time)
+
+
+def test_a_replacement_rebuilds_its_clusters_partitions_at_once_loading_till_applied() -> None:
+    """A replacement rebuilds every clusters partition it holds from its log as it is
+    assigned (``Topology.rebuild``, what a worker does once its tables are recovered), not
+    at the partition's first batch, which a quiet stream may not bring for hours (the views
+    answered 404 for a live cluster meanwhile). A partition rebuilt holds its events read
+    back unapplied until its watermark is known: it is *loading* (a view says 503) until
+    then, and then holds every cluster the process before it held."""
+    sim = simulate(Scenario(seed=7, minutes=20, **IN_TIME))  # type: ignore[arg-type]
+    run = local_run(sim, seed=3)
+    live = run.topology
+    assert live is not None
+    n, parts = run.partitions, range(run.partitions)
+    assert live.loading(parts) == []
+    tables = {
+        "resolve-log": live.resolve_log.table,
+        "cluster-log": live.cluster_log.table,
+        "alerts-sent": live.outputs.alerts,
+        "actions-sent": live.outputs.actions,
+    }
+    again, _, _ = run.build(random.Random(0), None, tables, incarnation=1)  # type: ignore[arg-type]
+    assert again.loading(parts) == list(parts) and not again.detectors
+    assert again.rebuild(parts) == list(parts)
+    logged = [k for k in parts if live.cluster_log.read(k)]
+    assert logged and again.loading(parts) == logged
+    assert all(again.detectors[k].detector.cluster_count == 0 for k in logged)  # unapplied
+    assert again.rebuild(parts) == []  # once
+    for k in parts:  # every resolve partition's progress, where the clusters partition stood
+        wm = live.detectors[k].watermark.value
+        again.detect(k, [Envelope([], progress=dict.fromkeys(range(n), wm))])
+    assert again.loading(parts) == []
+    for k in parts:
+        assert again.detectors[k].detector.cluster_count == live.detectors[k].detector.cluster_count
+        assert again.detectors[k].detector.cluster_count > 0

@@ -78,6 +78,8 @@ class FakeWorker:
     bank_updated: dict[str, float] = field(default_factory=dict)
     #: the alerts-sent table (key: dedupe key, value: the alert's JSON)
     outputs: Any = field(default_factory=lambda: SimpleNamespace(alerts={}))
+    #: clusters partitions assigned, not rebuilt from their logs yet
+    loading: list[int] = field(default_factory=list)
 
     def hold(self, p: int) -> ClusterPartition:
         part = ClusterPartition(
@@ -426,6 +428,31 @@ def test_refusals_are_counted_by_route_and_status(two: tuple[Served, Served]) ->
         ("(none)", 404): 1,
         ("/cascade/<cluster>", 200): 1,
     }
+
+
+def test_a_partition_still_loading_says_so_with_503_not_404(two: tuple[Served, Served]) -> None:
+    """A worker restarted at a quiet hour holds the partition of a live cluster an alert
+    linked to before its state is rebuilt from the log: "still loading", 503 with
+    Retry-After (an on-call engineer retries), never "not found"; so too when the group's
+    assignment names it the owner before it knows; forwarded, the owner's answer."""
+    a, b = two
+    p = partition_for(BANKED, PARTITIONS)
+    held = a.worker.detectors.pop(p)
+    try:
+        a.worker.loading.append(p)
+        for w in (a, b):  # b forwards to a
+            status, headers, body = w.request("GET", f"/cascade/{BANKED}", headers=JSON)
+            assert status == 503 and headers["Retry-After"], (status, body)
+            assert f"still loading partition {p}" in json.loads(body)["error"]
+        status, _, page = a.request("GET", f"/cascade/{BANKED}")
+        assert status == 503 and b"still loading partition" in page
+        a.worker.loading.clear()  # assigned by the group, not told the worker yet
+        status, _, body = a.request("GET", f"/cascade/{BANKED}", headers=JSON)
+        assert status == 503 and b"still loading" in body, body
+    finally:
+        a.worker.detectors[p] = held
+    status, _, _ = a.request("GET", f"/cascade/{BANKED}", headers=JSON)
+    assert status == 200
 
 
 def test_a_forwarded_request_is_never_forwarded_again(two: tuple[Served, Served]) -> None:

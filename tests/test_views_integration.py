@@ -289,3 +289,79 @@ async def browse(pair: Pair, tmp_path: Path, img: Path) -> None:
         page = await b.js("document.body.innerText")
         assert "unbanked" not in page and "browser test: a new leak" in page, page[:2000]
         assert "oncall" in page and await b.js("!!document.querySelector('#tree path.root')")
+
+
+def test_a_restarted_worker_answers_an_alerts_cascade_link_with_no_more_traffic(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    """A worker raises an alert, is restarted (a rolling update at a quiet hour) and no event
+    comes after: the alert's cascade link answers the cascade at once, not 404. The
+    replacement rebuilds the clusters partitions it is assigned from their logs as the
+    assignment's tables are recovered (not at the first batch, which a quiet stream never
+    brings); until it has, a view of one says 503 "still loading", with Retry-After."""
+    lines, _, bank_path = scenario_files(tmp_path)
+    s = setup(broker, tmp_path, bank_path)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = worker_env(
+        s,
+        VIRALWATCH_HTTP_HOST="127.0.0.1",
+        VIRALWATCH_HTTP_PORT=str(port),
+        VIRALWATCH_WEB_TOKENS=TOKENS,
+    )
+    first = WorkerProcess(env, tmp_path / "first.log")
+    second = WorkerProcess(env, tmp_path / "second.log")
+    both = [first, second]
+
+    def logs() -> str:
+        return "\n---\n".join(p.log_tail(30) for p in both)
+
+    def ask(path: str) -> tuple[int, dict[str, str], bytes]:
+        deadline = time.monotonic() + 90
+        while True:  # restoring: 503 saying so (and before the port listens: refused)
+            try:
+                got = fetch(base, path, VIEWER, headers={"Accept": "application/json"})
+            except OSError:
+                got = (0, {}, b"")
+            if got[0] not in (0, 503) or time.monotonic() > deadline:
+                return got
+            if got[0] == 503:
+                assert got[1].get("Retry-After"), got
+            time.sleep(0.5)
+
+    with workers(first):
+        produce_lines(broker, s.topic("shares"), lines, keying="post")
+        alerts = TopicReader(broker, s.topic("alerts"))
+        alerts.until(lambda r: len(r) >= 1, 120, "the first alert", on_timeout=logs)
+        time.sleep(5)  # the rest of the traffic through
+        alerts.poll()
+        alerts.close()
+        links = sorted(
+            {
+                urllib.parse.urlsplit(orjson.loads(r.value)["links"]["cascade"]).path
+                for r in alerts.records
+            }
+        )
+        live: dict[str, dict[str, Any]] = {}
+        for path in links:
+            status, _, body = ask(path)
+            if status == 200:
+                live[path] = json.loads(body)
+        assert live, f"no alert's cluster is live at the end of the traffic\n{logs()}"
+        assert first.stop() == 0, logs()
+    with workers(second):  # the same port, the same group; no more traffic
+        for path, before in live.items():
+            status, headers, body = ask(path)
+            assert status == 200, f"{path}: {status} {body[:300]!r}\n{logs()}"
+            doc = json.loads(body)
+            assert doc["cluster_id"] == before["cluster_id"]
+            assert doc["cascade"]["size"] == before["cascade"]["size"]
+            assert headers["X-Viralwatch-Served-By"] == base
+        deadline = time.monotonic() + 60  # (the bank topic may still be read)
+        while (got := fetch(base, "/readyz", None))[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        status, _, body = got
+        assert status == 200, body
+        restored = json.loads(body)["conditions"]["restored"]
+        held = ", ".join(map(str, range(s.partitions)))
+        assert restored == f"ok: tables recovered; clusters partitions {held} rebuilt"

@@ -311,6 +311,10 @@ class LocalRun:
     #: it before (:meth:`Hop.assign`'s ``others``: the worker's rule; off: a test's check
     #: that the moves between processes then fail)
     wait_for_others: bool = True
+    #: the clusters partitions are rebuilt from their logs as they are assigned (a new
+    #: process, a move), as a worker does once its assignment's tables are recovered
+    #: (:meth:`Topology.rebuild`); off: at their first batch, as before
+    rebuild_assigned: bool = True
     #: steps between commits of the ``shares`` offsets
     commit_every: int = 10
     #: a restart is a kill: of the tables' writes since everything was last acknowledged
@@ -509,6 +513,7 @@ class LocalRun:
         tables: dict[str, Table] = {}
         incarnation = 0
         topology, checkpoint, topics = self.build(rng, tables=tables)
+        self._rebuild(topology)
         resolve, clusters = topics["resolve"], topics["clusters"]
         #: with commit_internal: the internal topics' records read since the last commit
         reread: Topics = {name: [[] for _ in range(n)] for name in topics}
@@ -560,6 +565,7 @@ class LocalRun:
                         topics[name][q] = records + topics[name][q]
                         parts[q] = []
                 topology, checkpoint, _ = self.build(rng, topics, tables, incarnation)
+                self._rebuild(topology)  # before its bank follower reads the bank topic again
                 release = None
                 flushed = False  # (a replacement after the input's end goes idle in turn)
                 if self.tear is not None and self.tear.after_release:
@@ -664,7 +670,14 @@ class LocalRun:
                     hop.assign([p], others=self.wait_for_others)
             if name == "clusters":
                 topology.release(set(moved))
+        self._rebuild(topology)
         self.moved += 1
+
+    def _rebuild(self, topology: Topology) -> None:
+        """The clusters partitions this process holds, rebuilt now if ``rebuild_assigned``
+        (every partition: a single process holds them all)."""
+        if self.rebuild_assigned:
+            topology.rebuild(range(self.partitions))
 
     def _acknowledged(self, checkpoint: Checkpoint) -> None:
         """Everything written is on the broker (a commit waits for it: the gate's group too,

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -401,6 +401,32 @@ class Topology:
             self._restored.add(partition)
             log.info("clusters partition %d restored: %d events", partition, state.pending)
         return state
+
+    def loading(self, assigned: Iterable[int]) -> list[int]:
+        """The clusters partitions among ``assigned`` still loading, in order: not rebuilt
+        from their logs yet, or rebuilt with the events read back still waiting for the
+        partition's watermark (a restore takes them back unapplied, and they are applied
+        as event time reaches them, up to where the previous owner stood at once: see
+        :meth:`detect`). A view of one of their clusters must not call it "not found"."""
+        return sorted(p for p in assigned if p not in self.detectors or p in self._restored)
+
+    def rebuild(self, partitions: Iterable[int]) -> list[int]:
+        """Rebuild these clusters partitions from their logs now, those not held already
+        (:meth:`detector`); the ones rebuilt.
+
+        A worker calls this as its assignment's tables are recovered, not at a partition's
+        first batch: on a quiet stream (a rolling update at night) that batch may not come
+        for hours, and until then the views had no state to show and answered 404 for a
+        live cluster an alert had just linked to. Rebuilding earlier is what the first
+        batch would have done (the same log, read once; the timed bank changes kept are
+        applied in order, and those that come after go to the partition held, as to every
+        other); the restored alerts are still re-announced once the partition's watermark
+        is known (:meth:`detect`). The kill and moves models rebuild so too
+        (:class:`~streams.runtime.local_run.LocalRun`)."""
+        done = [p for p in partitions if p not in self.detectors]
+        for p in done:
+            self.detector(p)
+        return done
 
     def heard(self) -> int | None:
         """The newest event time that every resolve partition here has heard of every busy

@@ -48,7 +48,7 @@ import secrets
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
@@ -202,6 +202,11 @@ class ViewedWorker(Protocol):
 
     @property
     def bank_updated(self) -> Mapping[str, float]: ...
+
+    @property
+    def loading(self) -> Collection[int]:
+        """The clusters partitions assigned and not rebuilt from their logs yet."""
+        ...
 
 
 class TokenSource:
@@ -475,6 +480,8 @@ class Views:
         w = self.worker
         if w is None:
             raise Unavailable("the worker is starting")
+        if p in w.loading:
+            raise Unavailable(loading(p))
         part = w.detectors.get(p)
         if part is not None and self._indexed.get(p) is not part:
             # taken over (or first asked): what the previous owner sent, from the table
@@ -499,8 +506,8 @@ class Views:
         owner = partition_owners(w.app, self.settings.topic("clusters")).get(p)
         if owner is None:
             return "nobody", None
-        if owner == self.url:
-            return "here", None  # held, but it has received nothing yet
+        if owner == self.url:  # the group's assignment says so before the worker has it
+            raise Unavailable(loading(p))
         return "elsewhere", owner
 
     def _forward(self, request: Request, base: str) -> Response:
@@ -754,6 +761,21 @@ class Views:
             return Response.text(why, 403)
         gone = f"{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"
         return _with(_see_other("/login"), ("Set-Cookie", gone))
+
+
+def loading(partition: int) -> str:
+    """Why a view of a cluster of a partition this worker holds but has not loaded yet is
+    503, not 404: the cluster may well be live (after a restart, an alert raised before it
+    links here); the partition's state is being read back from its log, and its events
+    applied once its watermark is known (:meth:`streams.runtime.topology.Topology.loading`).
+
+    >>> loading(2)
+    'this worker is still loading partition 2 of the clusters topic (its state, from its log)'
+    """
+    return (
+        f"this worker is still loading partition {partition} of the clusters topic "
+        "(its state, from its log)"
+    )
 
 
 def _review_row(r: Mapping[str, Any]) -> dict[str, Any]:

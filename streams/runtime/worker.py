@@ -258,6 +258,8 @@ class Worker:
         #: partitions whose records wait on the broker unread (see stalls)
         self.stalls = StallWatch()
         self.unread = StallWatch()
+        #: rebalance signals seen: a rebuild of the partitions assigned stops at the next
+        self._rebalances = 0
         self.app = self._build()
         self.on_alerts = on_alerts
         if views is not None:
@@ -521,6 +523,7 @@ class Worker:
 
         @app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+            self._rebalances += 1  # a rebuild under way stops (see rebuild_assigned)
             for condition in ("assigned", "restored"):  # a rebalance: not ready until it ends
                 self.health.set(condition, False, "rebalancing")
             self._revoke(revoked)
@@ -540,6 +543,7 @@ class Worker:
 
         @app.on_partitions_assigned.connect  # type: ignore[arg-type]
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+            self._rebalances += 1
             self.hand_over.assigned()
             mine = []
             for hop in (self.hand_over.resolve, self.hand_over.clusters):
@@ -552,19 +556,59 @@ class Worker:
             self.health.set(
                 "assigned", True, ", ".join(sorted(mine)) or "none (more workers than partitions)"
             )
-            self.health.set("restored", False, "restoring table state from the changelogs")
+            held = sorted(self.hand_over.clusters.held)
+            self.health.set(
+                "restored",
+                False,
+                "restoring table state from the changelogs"
+                + (f"; then {_listed(held)} to rebuild" if held else ""),
+            )
 
         @app.on_rebalance_complete.connect  # type: ignore[arg-type]
         async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
             # Faust sends this once the tables of the new assignment are recovered
-            # (or needed no recovery); each stage's state is rebuilt from them.
-            self.health.set("restored", True, "tables recovered")
+            # (or needed no recovery): the clusters partitions are rebuilt from them now.
+            await self.rebuild_assigned()
 
         @app.on_before_shutdown.connect  # type: ignore[arg-type]
         async def on_shutdown(sender: Any, **kwargs: Any) -> None:
             self.health.stopping()
 
         return app
+
+    @property
+    def loading(self) -> list[int]:
+        """The clusters partitions assigned here still loading (:meth:`Topology.loading`): a
+        view of one of their clusters says 503 "still loading", not 404 (:mod:`.views`)."""
+        return self.topology.loading(self.hand_over.clusters.held)
+
+    async def rebuild_assigned(self) -> None:
+        """Rebuild the clusters partitions assigned here from their logs, as the assignment's
+        tables are recovered, one at a time (the views answer between them); then ready.
+
+        A partition was rebuilt at its first batch: after a restart, a kill or a rebalance
+        at a quiet hour, none came until an event reached it, and meanwhile an alert's
+        cascade link (the views) answered 404 for a live cluster. ``/readyz`` says which
+        partitions are still to rebuild (the readiness probe waits for them: a rolling
+        update moves on once a new pod answers for its partitions). A rebalance that
+        begins meanwhile stops this one; its own end rebuilds what it assigns. The
+        resolve partitions are still restored at their first batch: what a restore
+        releases goes on downstream in a batch, and no view reads them."""
+        began = self._rebalances
+        detectors = self.topology.detectors
+        while began == self._rebalances and (
+            loading := sorted(p for p in self.hand_over.clusters.held if p not in detectors)
+        ):
+            self.health.set(
+                "restored",
+                False,
+                f"tables recovered; rebuilding {_listed(loading)} from their logs",
+            )
+            self.topology.rebuild(loading[:1])
+            await asyncio.sleep(0)  # a view between two partitions: 503 for those left
+        if began == self._rebalances:
+            held = _listed(sorted(self.hand_over.clusters.held))
+            self.health.set("restored", True, f"tables recovered; {held} rebuilt")
 
     @contextlib.contextmanager
     def _fatal(self, stage: str) -> Iterator[None]:
@@ -946,6 +990,18 @@ class Worker:
         # request and message, about 5% of the worker's CPU, to show nothing.
         worker.spinner = None
         worker.execute_from_commandline()
+
+
+def _listed(partitions: list[int]) -> str:
+    """Clusters partitions as ``/readyz`` says them.
+
+    >>> _listed([0, 2, 3]), _listed([1]), _listed([])
+    ('clusters partitions 0, 2, 3', 'clusters partition 1', 'no clusters partition')
+    """
+    if not partitions:
+        return "no clusters partition"
+    numbers = ", ".join(map(str, partitions))
+    return f"clusters partition{'s' * (len(partitions) > 1)} {numbers}"
 
 
 def _marks(marks: dict[int, tuple[int, bool]]) -> dict[str, list[int]]:
