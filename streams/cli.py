@@ -21,6 +21,7 @@ import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: The word ``--help`` shows for a value of each type (typer 0.2x shows the Python
 #: annotation instead: ``<str>``, ``<list[Path]>``).
@@ -89,8 +90,23 @@ class ReadableGroup(TyperGroup):
         return readable_params(super().get_params(ctx))
 
 
-app = typer.Typer(
-    cls=ReadableGroup,
+class ReadableTyper(typer.Typer):
+    """A Typer whose commands are :class:`ReadableCommand` and which is a
+    :class:`ReadableGroup`, unless told otherwise: the class said once, not on every
+    command (a command added without it would label its values ``<str>`` again)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cls", ReadableGroup)
+        super().__init__(**kwargs)
+
+    def command(  # type: ignore[override]
+        self, name: str | None = None, *, cls: type[TyperCommand] | None = None, **kwargs: Any
+    ) -> Callable[[F], F]:
+        made: Callable[[F], F] = super().command(name, cls=cls or ReadableCommand, **kwargs)
+        return made
+
+
+app = ReadableTyper(
     add_completion=False,
     no_args_is_help=True,
     help="viralwatch: see known-harmful content spreading, within seconds.",
@@ -210,7 +226,7 @@ def print_summary(stats: object, alerts: int) -> None:
         typer.echo(line, err=True)
 
 
-@app.command(cls=ReadableCommand)
+@app.command()
 def replay(
     events: Annotated[Path, typer.Argument(help="JSON lines of share events ('-' for stdin)")],
     bank: Annotated[list[Path], typer.Option("--bank", help="bank CSV; repeat for more")] = [],  # noqa: B006
@@ -347,7 +363,7 @@ def write_jsonl(path: Path | None, rows: object) -> None:
         fail(f"cannot write {path}: {exc.strerror or exc}")
 
 
-@app.command(cls=ReadableCommand)
+@app.command()
 def simulate(
     out: Annotated[Path, typer.Option(help="write the events (JSON lines) here")],
     bank_out: Annotated[
@@ -397,7 +413,7 @@ def simulate(
     typer.echo(f"wrote {truth['lines']} events to {out} and the bank to {bank_path}", err=True)
 
 
-@app.command("hash", cls=ReadableCommand)
+@app.command("hash")
 def hash_(
     files: Annotated[list[Path], typer.Argument(help="image or video files to hash")],
     seconds_per_hash: Annotated[
@@ -495,11 +511,11 @@ class HashProgress:
             self._bar.advance(self._all)  # type: ignore[attr-defined]
 
 
-bank_app = typer.Typer(cls=ReadableGroup, no_args_is_help=True, help="Work with hash banks.")
+bank_app = ReadableTyper(no_args_is_help=True, help="Work with hash banks.")
 app.add_typer(bank_app, name="bank")
 
 
-@bank_app.command("match", cls=ReadableCommand)
+@bank_app.command("match")
 def bank_match(
     hashes: Annotated[
         Path,
@@ -658,7 +674,7 @@ def _change_command(kind: str, doc: str) -> Callable[..., None]:
     return command
 
 
-bank_app.command("add", cls=ReadableCommand)(
+bank_app.command("add")(
     _change_command(
         "bank",
         """Add hashes to a bank, through the bank topic; the action is printed as JSON.
@@ -667,7 +683,7 @@ bank_app.command("add", cls=ReadableCommand)(
         banked at once (retroaction). The action (who, why, when) goes to the audit topic.""",
     )
 )
-bank_app.command("unallow", cls=ReadableCommand)(
+bank_app.command("unallow")(
     _change_command(
         "reverse_false_positive",
         """Reverse a false positive: take hashes off the allow-list (recorded in audit).
@@ -675,7 +691,7 @@ bank_app.command("unallow", cls=ReadableCommand)(
         Uploads of that content match its bank again from now on.""",
     )
 )
-bank_app.command("withdraw", cls=ReadableCommand)(
+bank_app.command("withdraw")(
     _change_command(
         "withdraw",
         """Withdraw hashes from a bank, through the bank topic (recorded in audit).
@@ -685,7 +701,7 @@ bank_app.command("withdraw", cls=ReadableCommand)(
 )
 
 
-@bank_app.command("list", cls=ReadableCommand)
+@bank_app.command("list")
 def bank_list(
     bank: Annotated[str | None, typer.Option("--bank", help="only this bank")] = None,
     broker: BrokerOpt = None,
@@ -715,7 +731,7 @@ def bank_list(
     typer.echo(f"viralwatch: {sizes}" + (f" ({bad} unreadable records)" if bad else ""), err=True)
 
 
-@app.command("evaluate", cls=ReadableCommand)
+@app.command("evaluate")
 def evaluate_cmd(
     files: Annotated[list[Path], typer.Argument(help="cascade files or directories of them")],
     format_: Annotated[
@@ -974,7 +990,7 @@ PartitionsOpt = Annotated[
 ]
 
 
-@app.command(cls=ReadableCommand)
+@app.command()
 def worker(
     broker: BrokerOpt = None,
     broker_wait: BrokerWaitOpt = None,
@@ -1071,7 +1087,7 @@ def worker(
         fail(str(exc))
 
 
-@app.command(cls=ReadableCommand)
+@app.command()
 def produce(
     events: Annotated[Path, typer.Argument(help="JSON lines of share events ('-' for stdin)")],
     broker: BrokerOpt = None,
@@ -1119,7 +1135,7 @@ def produce(
     )
 
 
-@app.command(cls=ReadableCommand)
+@app.command()
 def broker(
     kafka: Annotated[
         bool,
@@ -1175,7 +1191,7 @@ def broker(
         running.stop()
 
 
-@app.command(cls=ReadableCommand)
+@app.command()
 def demo(
     broker: BrokerOpt = None,
     minutes: Annotated[int, typer.Option(help="minutes of simulated event time", min=1)] = 30,

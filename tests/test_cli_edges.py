@@ -104,6 +104,37 @@ def test_every_flag_s_help_shows_a_type_a_user_can_read() -> None:
     assert _help_rows("hash")["files..."][0] == "PATH"
 
 
+def test_every_command_labels_its_values_without_being_told_to() -> None:
+    """The readable labels are the groups' default (``cli.ReadableTyper``), said once: every
+    command and group built is one of the readable classes, and so is a command added
+    later without naming a class."""
+    from streams.cli import ReadableCommand, ReadableGroup, ReadableTyper
+
+    def walk(command: Any) -> Iterator[Any]:
+        yield command
+        for sub in getattr(command, "commands", {}).values():
+            yield from walk(sub)
+
+    built = list(walk(typer.main.get_command(app)))
+    assert len(built) > 14
+    for command in built:
+        kind = ReadableGroup if hasattr(command, "commands") else ReadableCommand
+        assert isinstance(command, kind), (command.name, type(command))
+    extra = ReadableTyper()
+
+    @extra.command()
+    def one(n: int = 1) -> None:
+        """One command."""
+
+    @extra.command()
+    def two(n: int = 2) -> None:
+        """Another."""
+
+    group = typer.main.get_command(extra)
+    assert isinstance(group, ReadableGroup)
+    assert all(isinstance(c, ReadableCommand) for c in group.commands.values())
+
+
 def test_simulate_names_the_file_it_cannot_write(tmp_path: Path) -> None:
     a_file = tmp_path / "events.jsonl"
     a_file.write_text("{}\n")
