@@ -209,6 +209,11 @@ class Prediction:
         """What a reader of these figures must know when some were raised (:func:`raised_note`)."""
         return raised_note(self.raised)
 
+    @property
+    def bracket(self) -> str:
+        """:attr:`note` as the views append it after the figures (:func:`raised_bracket`)."""
+        return raised_bracket(self.raised)
+
     def to_dict(self) -> dict[str, Any]:
         def num(x: float) -> float | str | None:
             if x != x:
@@ -249,6 +254,18 @@ def raised_note(raised: Iterable[str], shown: Iterable[str] = ("size", "low", "h
     if "size" in said:
         return "at least its size"
     return "low end raised to its size" if "low" in said else ""
+
+
+def raised_bracket(raised: Iterable[str], shown: Iterable[str] = ("size", "low", "high")) -> str:
+    """:func:`raised_note` as every view appends it after the forecast's figures: in
+    brackets after a space, or nothing. One place for the Alertmanager ``figures``
+    annotation, the cascade page and ``make demo``'s console (each built the bracket).
+
+    >>> raised_bracket(["size"]), raised_bracket([]), raised_bracket(["low"], shown=["size"])
+    (' (at least its size)', '', '')
+    """
+    note = raised_note(raised, shown)
+    return f" ({note})" if note else ""
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from streams.alerts import raised_note
+from streams.alerts import raised_bracket
 from streams.events import Rejection, parse_event
 from streams.settings import Settings
 from streams.simulate import Scenario, write_scenario
@@ -105,9 +105,7 @@ def describe(alert: dict[str, Any]) -> Text:
     )
     if pred.get("size") is not None:
         line.append(f"  predicted {pred['size']:,.0f}")
-        note = raised_note(pred.get("raised_to_size", ()), shown=["size"])
-        if note:
-            line.append(f" ({note})", style="dim")
+        line.append(raised_bracket(pred.get("raised_to_size", ()), shown=["size"]), style="dim")
     line.append(f"  [{alert['alert_id']}]", style="dim")
     return line
 

@@ -123,10 +123,9 @@ def _prediction(p: Prediction | None) -> str:
     if p is None:
         return '<span class="mute">not yet</span>'
     within = "" if p.horizon_s is None else f" within {duration_text(p.horizon_s)} of first seen"
-    note = f" ({p.note})" if p.note else ""
     return (
-        f"{_num(p.size, 0)}{esc(note)} <span class='mute'>[{_num(p.low, 0)} – {_num(p.high, 0)}]"
-        f"{esc(within)}</span>"
+        f"{_num(p.size, 0)}{esc(p.bracket)} "
+        f"<span class='mute'>[{_num(p.low, 0)} – {_num(p.high, 0)}]{esc(within)}</span>"
     )
 
 

@@ -99,8 +99,7 @@ def figures(alert: Alert) -> str:
         text += f" predicted={p.size:.0f} [{p.low:.0f}, {p.high:.0f}]"
         if p.horizon_s is not None:
             text += f" within {duration_text(p.horizon_s)}"
-        if p.note:
-            text += f" ({p.note})"
+        text += p.bracket
     return text
 
 
