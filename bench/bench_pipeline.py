@@ -16,7 +16,12 @@ end; ``--broker bundled`` for the bundled Tansu), against the same topic:
    millisecond; the reports come a second apart), and *steady* between 10%
    and 90% applied (the reports' times: on a run of a few seconds that is a
    second's quantum, not a rate). CPU per event is each worker's and the
-   broker's (on this machine the broker shares the cores). Repeated
+   broker's (on this machine the broker shares the cores), and the machine's
+   cores over the span are split per event (``/proc/stat``): the workers', the
+   broker's, this benchmark's own, other processes' and idle; ``every core
+   busy`` is the rate were the cores busy all the span with the workers and
+   the broker at their CPU an event (two workers reach 1.5 times one only if
+   that is 1.5 times one worker's rate). Repeated
    ``--repeats`` times (fresh topics each time); medians reported, and the
    two-worker scaling (issue 17's figure) as the median of the pairs. A run
    of 100,000 events lasts a few seconds, of which the start-up rebalance
@@ -451,6 +456,69 @@ class CpuSampler(threading.Thread):
         return c0 if t1 <= t0 else c0 + (c1 - c0) * (t - t0) / (t1 - t0)
 
 
+class MachineSampler(CpuSampler):
+    """The whole machine's CPU (``/proc/stat``'s ``cpu`` line, every core), sampled as
+    :class:`CpuSampler` samples processes: field 1 the seconds the cores were busy (user,
+    nice, system, interrupts, steal), field 2 the seconds they were idle (idle, I/O wait).
+
+    The broker, the workers and the benchmark share the machine's cores with whatever
+    else runs: the busy seconds less theirs are the others', and the idle ones what the
+    run left unused (its processes waiting for each other, not for a CPU).
+    """
+
+    def __init__(self, every_s: float = 0.2) -> None:
+        super().__init__([], every_s)
+
+    def read(self) -> tuple[float, float]:
+        with contextlib.suppress(OSError, ValueError):
+            ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            user, nice, system, idle, iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
+            busy = user + nice + system + irq + softirq + steal  # guest time is in user
+            self.last[0] = (busy / self.tick, (idle + iowait) / self.tick)
+        return self.last.get(0, (0.0, 0.0))
+
+
+def where_the_cores_went(
+    span_s: float,
+    events: int,
+    cores: int,
+    workers_us: float,
+    broker_us: float,
+    bench_us: float,
+    machine: tuple[float, float],
+) -> dict[str, float]:
+    """The machine's core-time of a run's span, per event (us): the workers', the broker's,
+    the benchmark's own, everyone else's (the machine's busy time less those) and the
+    cores' idle time; and the rate the run would reach were every core busy all the span
+    with its workers and broker at this CPU an event (``ceiling_events_per_s``).
+
+    ``machine`` is the cores' busy and idle seconds over the span (:class:`MachineSampler`).
+    The parts add up to ``cores`` times the span (``span_us``), to the sampling's error.
+    """
+    busy_s, idle_s = machine
+    per = 1e6 / max(events, 1)
+    own = workers_us + broker_us + bench_us
+    return {
+        "span_us": round(cores * span_s * per, 3),
+        "workers_us": round(workers_us, 3),
+        "broker_us": round(broker_us, 3),
+        "bench_us": round(bench_us, 3),
+        "others_us": round(max(busy_s * per - own, 0.0), 3),
+        "idle_us": round(idle_s * per, 3),
+        "ceiling_events_per_s": round(cores * 1e6 / max(workers_us + broker_us, 1e-9)),
+    }
+
+
+def cores_line(c: dict[str, float], cores: int) -> str:
+    """A run's :func:`where_the_cores_went`, said in a line."""
+    return (
+        f"the {cores} cores' span {c['span_us']:.1f} us an event: workers {c['workers_us']:.1f}, "
+        f"broker {c['broker_us']:.1f}, this benchmark {c['bench_us']:.1f}, others "
+        f"{c['others_us']:.1f}, idle {c['idle_us']:.1f}; every core busy with the workers and "
+        f"the broker at this CPU an event: {c['ceiling_events_per_s']:,.0f} events/s"
+    )
+
+
 def peak_rss_mb(pid: int) -> float:
     """The peak resident memory of ``pid`` so far (MB): the ``VmHWM`` line of
     ``/proc/<pid>/status``; 0 where the kernel does not say."""
@@ -720,6 +788,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
     cpu: dict[int, list[float]] = {n: [] for n in args.workers}
     broker_cpu: dict[int, list[float]] = {n: [] for n in args.workers}
     each_cpu: dict[int, list[list[float]]] = {n: [] for n in args.workers}
+    # per run, the machine's cores over the span, per event (:func:`where_the_cores_went`)
+    cores_went: dict[int, list[dict[str, float]]] = {n: [] for n in args.workers}
     # per run, each worker's CPU and run-queue wait as shares of the span (wall time)
     each_load: dict[int, list[list[list[float]]]] = {n: [] for n in args.workers}
     # per run, each worker's peak resident memory (MB)
@@ -764,6 +834,9 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                     procs, logs, s, bank, args.throughput_lateness, args.set, f"run {i + 1}"
                 )
                 samplers = [CpuSampler([p.pid]) for p in procs] + [CpuSampler([broker.pid])]
+                # the benchmark's own process (its stats reader, these samplers) and the
+                # machine's cores: where the span's core-time went
+                samplers += [CpuSampler([os.getpid()]), MachineSampler()]
                 for sampler in samplers:
                     sampler.start()
                 if stacks is not None:
@@ -782,12 +855,30 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 profiles[n].append(report_profiles(spies, procs, stacks, reports))
             a, b = pipeline_rates(rows, valid, reports)
             first_read, done, own = pipeline_span(rows, valid, reports)
+            machine = samplers.pop()
+            bench_us = (samplers[-1].at(done) - samplers[-1].at(first_read)) / valid * 1e6
+            samplers.pop()
             used_us = [(x.at(done) - x.at(first_read)) / valid * 1e6 for x in samplers]
             span = max(done - first_read, 1e-9)
             loads = [
                 [(x.at(done, f) - x.at(first_read, f)) / span for f in (1, 2)]
                 for x in samplers[:-1]
             ]
+            cores = os.cpu_count() or 1
+            cores_went[n].append(
+                where_the_cores_went(
+                    span,
+                    valid,
+                    cores,
+                    sum(used_us[:-1]),
+                    used_us[-1],
+                    bench_us,
+                    (
+                        machine.at(done) - machine.at(first_read),
+                        machine.at(done, 2) - machine.at(first_read, 2),
+                    ),
+                )
+            )
             each_load[n].append(loads)
             each_rss[n].append([round(sum(x.peak_mb.values())) for x in samplers[:-1]])
             owners = index_owners(reports)
@@ -843,6 +934,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 + "; resolve records' age when taken {:.0f} ms mean, {:.0f} at most".format(
                     *(x * 1000 for x in hops[n][-1])
                 )
+                + "; "
+                + cores_line(cores_went[n][-1], cores)
             )
     ceiling = statistics.median(plain)
     base = args.workers[0]
@@ -871,6 +964,13 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 # the resolve records' age when taken (s): mean, most
                 "resolve_delay_s": hops[n],
                 "broker_cpu_us_per_event": statistics.median(broker_cpu[n]),
+                # per run, the machine's cores over the span, per event: the workers', the
+                # broker's, the benchmark's, the others' and idle (us); the rate were both
+                # cores busy all the span with this CPU an event (workers and broker)
+                "cores_us_per_event": cores_went[n],
+                "ceiling_events_per_s": statistics.median(
+                    c["ceiling_events_per_s"] for c in cores_went[n]
+                ),
                 "records_read_per_event": statistics.median(reads[n]),
                 "sent_per_event": crossing[n],
                 "span_from_workers": all(own_span[n]),
@@ -1378,6 +1478,10 @@ def main() -> None:
             print(
                 f"  pipeline, {n} worker(s), broker CPU {broker_us:>10,.0f} us/event"
                 f"  ({r['records_read_per_event']:.2f} shares records read an event)"
+            )
+            print(
+                f"  pipeline, {n} worker(s), every core busy {r['ceiling_events_per_s']:>7,.0f} "
+                "events/s  (the cores' span at this CPU an event, workers and broker)"
             )
             if n != next(iter(t["pipeline"])):
                 print(

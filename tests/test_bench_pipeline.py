@@ -264,6 +264,45 @@ def test_the_sampler_tells_a_busy_process_from_an_idle_one() -> None:
             p.wait()
 
 
+def test_the_machine_sampler_counts_every_cores_time_busy_or_idle() -> None:
+    """The machine's cores over a span, as ``/proc/stat`` counts them: busy and idle add up
+    to the cores times the span, and a spinning process is among the busy time."""
+    bench = bench_pipeline()
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        machine, process = bench.MachineSampler(0.05), bench.CpuSampler([spin.pid], 0.05)
+        for s in (machine, process):
+            s.start()
+        start = time.time()
+        time.sleep(1.0)
+        end = time.time()
+        for s in (machine, process):
+            s.stopped.set()
+            s.join()
+        busy, idle = (machine.at(end, f) - machine.at(start, f) for f in (1, 2))
+        cores = os.cpu_count() or 1
+        # the kernel's ticks and the samples' interpolation: a tenth of a core either way
+        assert abs(busy + idle - cores * (end - start)) < 0.1 * cores + 0.1, (busy, idle)
+        assert busy >= 0.9 * (process.at(end) - process.at(start)) - 0.05, busy
+    finally:
+        spin.kill()
+        spin.wait()
+
+
+def test_where_the_cores_went_adds_the_parts_per_event_and_the_ceiling() -> None:
+    """2 cores for 10 s over 1,000,000 events are 20 us an event: the workers' 12 and the
+    broker's 3 leave 2,000,000 / 15 events/s were both cores busy with them all along."""
+    bench = bench_pipeline()
+    c = bench.where_the_cores_went(10.0, 1_000_000, 2, 12.0, 3.0, 0.5, (17.0, 3.0))
+    assert c["span_us"] == 20.0
+    assert c["others_us"] == 1.5  # 17 us busy, less 12 + 3 + 0.5
+    assert c["idle_us"] == 3.0
+    assert c["ceiling_events_per_s"] == 133_333
+    assert sum(c[k] for k in ("workers_us", "broker_us", "bench_us", "others_us", "idle_us")) == 20
+    assert "133,333 events/s" in bench.cores_line(c, 2)
+
+
 def test_paused_share_counts_the_records_in_which_reading_stopped() -> None:
     bench = bench_pipeline()
     rows = [
