@@ -20,8 +20,9 @@ end; ``--broker bundled`` for the bundled Tansu), against the same topic:
    cores over the span are split per event (``/proc/stat``): the workers', the
    broker's, this benchmark's own, other processes' and idle; ``every core
    busy`` is the rate were the cores busy all the span with the workers and
-   the broker at their CPU an event (two workers reach 1.5 times one only if
-   that is 1.5 times one worker's rate). Repeated
+   the broker at their CPU an event, and ``every core busy`` against the first
+   count the most the two-worker scaling could be at these CPUs an event
+   (``2 W1 / (W2 + B2)``: 1.5x needs ``W2 + B2 <= 4/3 W1``). Repeated
    ``--repeats`` times (fresh topics each time); medians reported, and the
    two-worker scaling (issue 17's figure) as the median of the pairs. A run
    of 100,000 events lasts a few seconds, of which the start-up rebalance
@@ -509,6 +510,16 @@ def where_the_cores_went(
     }
 
 
+def ceiling_scaling(c: dict[str, float], base: dict[str, float]) -> float:
+    """The most a run's workers could reach against the first count's (``base``) at these
+    CPUs an event (:func:`where_the_cores_went` of each): every core busy with the workers
+    and the broker, against the first count's workers bound by their own CPU (one worker's
+    main thread does 91-95% of its CPU: it is bound by one core, the broker beside it on the
+    other). For two workers on two cores, 2 W1 / (W2 + B2): 1.5x needs W2 + B2 <= 4/3 W1.
+    """
+    return c["ceiling_events_per_s"] * base["workers_us"] / 1e6
+
+
 def cores_line(c: dict[str, float], cores: int) -> str:
     """A run's :func:`where_the_cores_went`, said in a line."""
     return (
@@ -980,6 +991,11 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 # this count's end-to-end rate over the first count's, pair by pair (the
                 # same repeat, minutes apart): issue 17's "two workers >= 1.5x one"
                 "scaling": statistics.median(x / y for x, y in zip(e2e[n], e2e[base], strict=True)),
+                # the most that scaling could be at these CPUs an event, pair by pair
+                "ceiling_scaling": statistics.median(
+                    ceiling_scaling(c, b)
+                    for c, b in zip(cores_went[n], cores_went[base], strict=True)
+                ),
             }
             for n in args.workers
         },
@@ -1487,6 +1503,11 @@ def main() -> None:
                 print(
                     f"  {n} workers against {next(iter(t['pipeline']))}, end to end   "
                     f"{r['scaling']:>10.2f}x  (median of the pairs; issue 17's figure)"
+                )
+                print(
+                    f"  {n} workers against {next(iter(t['pipeline']))}, every core busy "
+                    f"{r['ceiling_scaling']:>8.2f}x  (the most at these CPUs an event: "
+                    "the workers and the broker on every core, one worker on its own)"
                 )
     if "latency" in out:
         lat = out["latency"]

@@ -301,6 +301,9 @@ def test_where_the_cores_went_adds_the_parts_per_event_and_the_ceiling() -> None
     assert c["ceiling_events_per_s"] == 133_333
     assert sum(c[k] for k in ("workers_us", "broker_us", "bench_us", "others_us", "idle_us")) == 20
     assert "133,333 events/s" in bench.cores_line(c, 2)
+    # one worker at 10 us an event makes 100,000 events/s on its core: 1.33x at most
+    one = bench.where_the_cores_went(10.0, 1_000_000, 2, 10.0, 2.0, 0.5, (13.0, 7.0))
+    assert round(bench.ceiling_scaling(c, one), 2) == 1.33
 
 
 def test_paused_share_counts_the_records_in_which_reading_stopped() -> None:
