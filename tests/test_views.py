@@ -446,6 +446,13 @@ def test_a_partition_still_loading_says_so_with_503_not_404(two: tuple[Served, S
             assert f"still loading partition {p}" in json.loads(body)["error"]
         status, _, page = a.request("GET", f"/cascade/{BANKED}")
         assert status == 503 and b"still loading partition" in page
+        # the review queue, from either worker, says its clusters are not in it yet
+        said = f"{a.views.url}: clusters partition {p} still loading"
+        for w in (a, b):
+            status, _, body = w.request("GET", "/emerging", headers=JSON)
+            assert status == 200 and said in json.loads(body)["missing"], body
+        status, _, page = b.request("GET", "/emerging")
+        assert said.encode() in page and b"missing from this list" in page
         a.worker.loading.clear()  # assigned by the group, not told the worker yet
         status, _, body = a.request("GET", f"/cascade/{BANKED}", headers=JSON)
         assert status == 503 and b"still loading" in body, body

@@ -544,10 +544,13 @@ class Views:
     # -- the review queue and the banks (every worker's part) --
 
     def _emerging(self, request: Request, grant: Grant) -> Response:
-        local = self.bridge.call(self._local_emerging)
+        local, loading = self.bridge.call(self._local_emerging)
         if request.query.get("scope", [""])[-1] == "local":
-            return Response.json({"worker": self.url, "items": [i.to_dict() for i in local]})
+            return Response.json(
+                {"worker": self.url, "items": [i.to_dict() for i in local], "loading": loading}
+            )
         items, missing = self._with_peers(request, "/emerging", "items", local, EmergingItem)
+        missing[:0] = still_loading(self.url, loading)
         ranked = rank(items)
         if wants_json(request):
             return Response.json({"items": [i.to_dict() for i in ranked], "missing": missing})
@@ -564,7 +567,9 @@ class Views:
             )
         )
 
-    def _local_emerging(self) -> list[EmergingItem]:
+    def _local_emerging(self) -> tuple[list[EmergingItem], list[int]]:
+        """This worker's part of the queue, and the clusters partitions it holds still loading
+        (their clusters are not in it yet: the page says so rather than leave them out)."""
         w = self.worker
         if w is None:
             raise Unavailable("the worker is starting")
@@ -576,7 +581,7 @@ class Views:
                 0 if wm == NO_TIME else wm,
                 self.actions.dismissed_at,
             )
-        return items
+        return items, sorted(w.loading)
 
     def _banks(self, request: Request, grant: Grant) -> Response:
         local = self.bridge.call(self._local_banks)
@@ -604,6 +609,7 @@ class Views:
         for doc in parts:
             try:
                 rows += [kind.from_dict(d) for d in doc[key]]
+                missing += still_loading(str(doc["worker"]), doc.get("loading", []))
             except (KeyError, TypeError, ValueError) as exc:
                 missing.append(f"{doc.get('worker', '?')} (unreadable: {exc})")
         return rows, missing
@@ -776,6 +782,32 @@ def loading(partition: int) -> str:
         f"this worker is still loading partition {partition} of the clusters topic "
         "(its state, from its log)"
     )
+
+
+def still_loading(worker: str, partitions: list[int]) -> list[str]:
+    """What ``/emerging`` says of a worker with clusters partitions still loading (their
+    clusters are not in the queue yet), in the list of the workers not heard in full.
+
+    >>> still_loading("http://w1:6066", [2, 3]), still_loading("http://w1:6066", [])
+    (['http://w1:6066: clusters partitions 2, 3 still loading'], [])
+    """
+    if not partitions:
+        return []
+    if not all(isinstance(p, int) for p in partitions):
+        raise ValueError(f"loading: not partition numbers: {partitions!r}")
+    return [f"{worker}: {listed_partitions(partitions)} still loading"]
+
+
+def listed_partitions(partitions: list[int]) -> str:
+    """Clusters partitions as ``/readyz`` and ``/emerging`` say them.
+
+    >>> listed_partitions([0, 2, 3]), listed_partitions([1]), listed_partitions([])
+    ('clusters partitions 0, 2, 3', 'clusters partition 1', 'no clusters partition')
+    """
+    if not partitions:
+        return "no clusters partition"
+    numbers = ", ".join(map(str, partitions))
+    return f"clusters partition{'s' * (len(partitions) > 1)} {numbers}"
 
 
 def _review_row(r: Mapping[str, Any]) -> dict[str, Any]:

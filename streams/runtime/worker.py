@@ -102,7 +102,7 @@ from streams.runtime.shares_reader import SharesReader
 from streams.runtime.stalls import StallWatch
 from streams.runtime.state_log import StateLog
 from streams.runtime.topology import StageSettings, Topology
-from streams.runtime.views import TokenSource, Views, advertised_url
+from streams.runtime.views import TokenSource, Views, advertised_url, listed_partitions
 from streams.settings import STATE_LOG_TABLES, TOPICS, Settings, deprecated_in
 from streams.stages import (
     ClusterPartition,
@@ -561,7 +561,7 @@ class Worker:
                 "restored",
                 False,
                 "restoring table state from the changelogs"
-                + (f"; then {_listed(held)} to rebuild" if held else ""),
+                + (f"; then {listed_partitions(held)} to rebuild" if held else ""),
             )
 
         @app.on_rebalance_complete.connect  # type: ignore[arg-type]
@@ -602,12 +602,12 @@ class Worker:
             self.health.set(
                 "restored",
                 False,
-                f"tables recovered; rebuilding {_listed(loading)} from their logs",
+                f"tables recovered; rebuilding {listed_partitions(loading)} from their logs",
             )
             self.topology.rebuild(loading[:1])
             await asyncio.sleep(0)  # a view between two partitions: 503 for those left
         if began == self._rebalances:
-            held = _listed(sorted(self.hand_over.clusters.held))
+            held = listed_partitions(sorted(self.hand_over.clusters.held))
             self.health.set("restored", True, f"tables recovered; {held} rebuilt")
 
     @contextlib.contextmanager
@@ -990,18 +990,6 @@ class Worker:
         # request and message, about 5% of the worker's CPU, to show nothing.
         worker.spinner = None
         worker.execute_from_commandline()
-
-
-def _listed(partitions: list[int]) -> str:
-    """Clusters partitions as ``/readyz`` says them.
-
-    >>> _listed([0, 2, 3]), _listed([1]), _listed([])
-    ('clusters partitions 0, 2, 3', 'clusters partition 1', 'no clusters partition')
-    """
-    if not partitions:
-        return "no clusters partition"
-    numbers = ", ".join(map(str, partitions))
-    return f"clusters partition{'s' * (len(partitions) > 1)} {numbers}"
 
 
 def _marks(marks: dict[int, tuple[int, bool]]) -> dict[str, list[int]]:
