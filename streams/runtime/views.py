@@ -205,7 +205,8 @@ class ViewedWorker(Protocol):
 
     @property
     def loading(self) -> Collection[int]:
-        """The clusters partitions assigned and not rebuilt from their logs yet."""
+        """The clusters partitions held and still loading: not rebuilt from their logs yet,
+        or their events read back not applied yet (a view of one of theirs: 503, not 404)."""
         ...
 
 
