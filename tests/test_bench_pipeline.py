@@ -241,17 +241,21 @@ def test_the_sampler_tells_a_busy_process_from_an_idle_one() -> None:
     try:
         time.sleep(0.3)  # both started
         samplers = [bench.CpuSampler([spin.pid], 0.05), bench.CpuSampler([nap.pid], 0.05)]
-        for s in samplers:
+        # the CPU alone (the broker's and the benchmark's: their waits are not reported)
+        cpu_only = bench.CpuSampler([spin.pid], 0.05, waits=False)
+        for s in [*samplers, cpu_only]:
             s.start()
         start = time.time()
         time.sleep(1.0)
         end = time.time()
-        for s in samplers:
+        for s in [*samplers, cpu_only]:
             s.stopped.set()
             s.join()
         (busy_cpu, busy_wait), (idle_cpu, idle_wait) = (
             [(s.at(end, f) - s.at(start, f)) / (end - start) for f in (1, 2)] for s in samplers
         )
+        assert cpu_only.at(end) - cpu_only.at(start) > 0.05 * (end - start)
+        assert cpu_only.at(end, 2) == 0.0 and cpu_only.peak_mb == {}
         assert busy_cpu > 0.05, busy_cpu  # it ran, however loaded the cores
         if Path(f"/proc/{spin.pid}/schedstat").exists():  # the kernel counts waits
             assert busy_cpu + busy_wait > 0.6, (busy_cpu, busy_wait)
