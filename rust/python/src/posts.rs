@@ -19,7 +19,7 @@ use crate::route::refusal;
 use viralwatch_core::content::Cid;
 use viralwatch_core::keyed::Keyed;
 use viralwatch_core::posts::{ClusterId, PostClusters, Resolver, Routed};
-use viralwatch_core::wire::write_str;
+use viralwatch_core::wire::{write_str, write_utf8};
 
 /// A registration for another partition: post, cluster.
 type Foreign = (Box<[u8]>, Arc<str>);
@@ -297,7 +297,11 @@ impl PyPostRoutes {
                 }
             }
         }
-        if order.iter().any(|(k, _)| std::str::from_utf8(k).is_err()) {
+        // checked once here (an ASCII id, nearly every one, by words), written as bytes
+        if order
+            .iter()
+            .any(|(k, _)| !k.is_ascii() && std::str::from_utf8(k).is_err())
+        {
             let out = PyDict::new(py);
             for (k, id) in order {
                 out.set_item(post_text(py, k)?, id.with_str(|s| self.cluster_str(py, s)))?;
@@ -310,7 +314,7 @@ impl PyPostRoutes {
             if i > 0 {
                 text.push(b',');
             }
-            write_str(&mut text, std::str::from_utf8(k).expect("checked above"));
+            write_utf8(&mut text, k);
             text.push(b':');
             id.with_str(|s| write_str(&mut text, s));
         }
