@@ -375,7 +375,8 @@ class Topology:
     # -- stage 2 --
 
     def detector(self, partition: int) -> ClusterPartition:
-        """The clusters partition's stage, rebuilt from its log the first time it is asked."""
+        """The clusters partition's stage, rebuilt from its log the first time it is asked
+        (as it is assigned, in a worker: :meth:`rebuild`)."""
         state = self.detectors.get(partition)
         if state is not None:
             return state
@@ -415,9 +416,11 @@ class Topology:
         (:meth:`detector`); the ones rebuilt.
 
         A worker calls this as its assignment's tables are recovered, not at a partition's
-        first batch: on a quiet stream (a rolling update at night) that batch may not come
-        for hours, and until then the views had no state to show and answered 404 for a
-        live cluster an alert had just linked to. Rebuilding earlier is what the first
+        first batch: that batch comes only once the resolve partitions' progress reaches
+        the partition (a second or so after a restart on Apache Kafka with no traffic; on
+        the bundled broker, which keeps no commit metadata, not before the next event), and
+        until then the views had no state to show and answered 404 for a live cluster an
+        alert had just linked to. Rebuilding earlier is what the first
         batch would have done (the same log, read once; the timed bank changes kept are
         applied in order, and those that come after go to the partition held, as to every
         other); the restored alerts are still re-announced once the partition's watermark

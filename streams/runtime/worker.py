@@ -587,8 +587,9 @@ class Worker:
         tables are recovered, one at a time (the views answer between them); then ready.
 
         A partition was rebuilt at its first batch: after a restart, a kill or a rebalance
-        at a quiet hour, none came until an event reached it, and meanwhile an alert's
-        cascade link (the views) answered 404 for a live cluster. ``/readyz`` says which
+        at a quiet hour, that came only once progress reached it (on the bundled broker not
+        before the next event), and meanwhile an alert's cascade link (the views) answered
+        404 for a live cluster. ``/readyz`` says which
         partitions are still to rebuild (the readiness probe waits for them: a rolling
         update moves on once a new pod answers for its partitions). A rebalance that
         begins meanwhile stops this one; its own end rebuilds what it assigns. The
