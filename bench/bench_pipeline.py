@@ -423,14 +423,17 @@ class CpuSampler(threading.Thread):
     def __init__(self, pids: list[int], every_s: float = 0.2, waits: bool = True) -> None:
         super().__init__(daemon=True)
         self.pids, self.every_s, self.waits = pids, every_s, waits
-        #: (wall time, CPU s, s ready but waiting for a CPU)
-        self.samples: list[tuple[float, float, float]] = []
+        #: (wall time, CPU s, s ready but waiting for a CPU, the main threads' CPU s)
+        self.samples: list[tuple[float, float, float, float]] = []
         self.stopped = threading.Event()
         self.tick = os.sysconf("SC_CLK_TCK")
         #: each process's CPU and wait when last read (one that ended keeps what it used)
         self.last: dict[int, tuple[float, float]] = {}
         #: each process's peak resident memory (MB, the kernel's ``VmHWM``) when last read
         self.peak_mb: dict[int, float] = {}
+        #: each process's main thread's CPU when last read (a worker's event loop: the
+        #: thread that bounds one worker's rate)
+        self.main: dict[int, float] = {}
 
     def cpu_s(self) -> float:
         return self.read()[0]
@@ -446,16 +449,18 @@ class CpuSampler(threading.Thread):
                     continue
                 self.last[pid] = (cpu, run_queue_s(pid))
                 self.peak_mb[pid] = peak_rss_mb(pid)
+                main = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                self.main[pid] = (int(main[11]) + int(main[12])) / self.tick
         return sum(c for c, _ in self.last.values()), sum(w for _, w in self.last.values())
 
     def run(self) -> None:
         while not self.stopped.is_set():
-            self.samples.append((time.time(), *self.read()))
+            self.samples.append((time.time(), *self.read(), sum(self.main.values())))
             self.stopped.wait(self.every_s)
 
     def at(self, t: float, field: int = 1) -> float:
         """CPU seconds used by wall time ``t`` (linear between samples); ``field=2``: the
-        seconds waited for a CPU."""
+        seconds waited for a CPU; ``field=3``: the main threads' CPU seconds."""
         before = [x for x in self.samples if x[0] <= t] or self.samples[:1]
         after = [x for x in self.samples if x[0] >= t] or self.samples[-1:]
         t0, c0 = before[-1][0], before[-1][field]
@@ -809,6 +814,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
     cores_went: dict[int, list[dict[str, float]]] = {n: [] for n in args.workers}
     # per run, each worker's CPU and run-queue wait as shares of the span (wall time)
     each_load: dict[int, list[list[list[float]]]] = {n: [] for n in args.workers}
+    # per run, each worker's main thread's CPU as a share of the span
+    each_main: dict[int, list[list[float]]] = {n: [] for n in args.workers}
     # per run, each worker's peak resident memory (MB)
     each_rss: dict[int, list[list[float]]] = {n: [] for n in args.workers}
     paused: dict[int, list[float]] = {n: [] for n in args.workers}
@@ -901,6 +908,8 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 )
             )
             each_load[n].append(loads)
+            mains = [(x.at(done, 3) - x.at(first_read, 3)) / span for x in samplers[:-1]]
+            each_main[n].append([round(m, 3) for m in mains])
             each_rss[n].append([round(sum(x.peak_mb.values())) for x in samplers[:-1]])
             owners = index_owners(reports)
             each_owner[n].append([str(p.pid) in owners for p in procs])
@@ -946,6 +955,9 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 + ", ".join(f"{k} {v:.3g}" for k, v in sorted(crossed.items()))
                 + "; each worker's CPU / wait for a CPU, of the span: "
                 + ", ".join(f"{c:.0%} / {w:.0%}" for c, w in loads)
+                + " (the main thread: "
+                + ", ".join(f"{m:.0%}" for m in mains)
+                + ")"
                 + "; peak RSS "
                 + " / ".join(f"{m:.0f}" for m in each_rss[n][-1])
                 + " MB; most events waiting for the watermark "
@@ -973,6 +985,9 @@ def throughput(broker: RunningBroker, args: argparse.Namespace, work: Path) -> d
                 "each_worker_cpu_us_per_event": each_cpu[n],
                 # [CPU, ready but waiting for a CPU] as shares of the span, each worker
                 "each_worker_cpu_and_wait": each_load[n],
+                # each worker's main thread's CPU as a share of the span: near 1, the
+                # worker is bound by that one core; below its CPU share, other threads run
+                "each_worker_main_thread": each_main[n],
                 # each worker's peak resident memory (MB)
                 "each_worker_peak_rss_mb": each_rss[n],
                 # whether each worker owned the content index (its CPU is the higher)

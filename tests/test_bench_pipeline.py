@@ -255,6 +255,9 @@ def test_the_sampler_tells_a_busy_process_from_an_idle_one() -> None:
             [(s.at(end, f) - s.at(start, f)) / (end - start) for f in (1, 2)] for s in samplers
         )
         assert cpu_only.at(end) - cpu_only.at(start) > 0.05 * (end - start)
+        # the spinning process has one thread: its main thread's CPU is all of its CPU
+        spun, main = (samplers[0].at(end, f) - samplers[0].at(start, f) for f in (1, 3))
+        assert main > 0.0 and abs(spun - main) <= 0.05, (spun, main)
         assert cpu_only.at(end, 2) == 0.0 and cpu_only.peak_mb == {}
         assert busy_cpu > 0.05, busy_cpu  # it ran, however loaded the cores
         if Path(f"/proc/{spin.pid}/schedstat").exists():  # the kernel counts waits
