@@ -1,7 +1,8 @@
-"""Kafka test helpers: Apache Kafka per test module, workers as processes, topic readers.
+"""Kafka test helpers: workers as processes, topic readers, the bundled broker per module.
 
-Integration tests run on Apache Kafka (``broker``: built by ``make kafka``
-from Maven Central's jars, started on free loopback ports per test module).
+Integration tests run on Apache Kafka (the ``broker`` fixture of ``conftest.py``: built
+by ``make kafka`` from Maven Central's jars, started once for the session on free
+loopback ports: each start is two JVMs, the storage format and the node).
 The bundled broker (``tansu``) keeps a smoke test: it is the demo's zero-install default.
 
 Every test gets its own topic prefix and application id (:func:`names`), so
@@ -30,7 +31,7 @@ import orjson
 import pytest
 
 from streams.runtime.broker import LocalBroker, RunningBroker, start_local_broker, tansu_binary
-from streams.runtime.kafka_server import KafkaBroker, java, kafka_lib, start_kafka
+from streams.runtime.kafka_server import java, kafka_lib
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,18 +54,6 @@ def require_kafka() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"Apache Kafka is not available in CI: {exc}")
         pytest.skip(f"Apache Kafka is not available: {exc}")
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """Apache Kafka on free loopback ports for the test module, stopped by PID after."""
-    require_kafka()
-    data = tmp_path_factory.mktemp("kafka")
-    b = start_kafka(data=data / "data", log_path=data / "kafka.log")
-    try:
-        yield b
-    finally:
-        b.stop(remove=True)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from eventgen import pdq_hex
 from kafka_helpers import (
     TopicReader,
     WorkerProcess,
-    broker,
     worker_env,
     workers,
 )
@@ -51,7 +50,6 @@ from streams.runtime.broker import RunningBroker
 from streams.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-__all__ = ["broker"]  # the module-scoped fixture, imported for pytest
 
 REPOST_S = 5.0
 VALIDITY_S = 4 * REPOST_S  # the sink's default: four re-post intervals

@@ -24,7 +24,6 @@ import pytest
 from kafka_helpers import (
     TopicReader,
     WorkerProcess,
-    broker,
     latest_stats,
     produce_lines,
     worker_env,
@@ -38,7 +37,6 @@ from streams.settings import Settings
 from streams.simulate import Scenario, simulate, write_bank
 
 pytestmark = pytest.mark.integration
-__all__ = ["broker"]  # the module-scoped fixture, imported for pytest
 
 #: About 150,000 events over 30 minutes of event time, every one in time.
 SCALE = 5.0

@@ -31,11 +31,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from kafka_helpers import require_broker, require_kafka
+from kafka_helpers import names, require_broker
 from programs import free_port, viralwatch
 
 from streams.runtime.broker import start_local_broker
-from streams.runtime.kafka_server import start_kafka
+from streams.runtime.kafka_server import KafkaBroker
 from streams.runtime.worker import prepare
 from streams.settings import Settings
 
@@ -74,14 +74,19 @@ def test_a_worker_given_the_bundled_broker_s_address_applies_its_workarounds(
         assert again.local_broker and said == []
 
 
-def test_apache_kafka_is_not_taken_for_the_bundled_broker(tmp_path: Path) -> None:
-    require_kafka()
-    with start_kafka(data=tmp_path / "kafka") as broker:
-        said: list[str] = []
-        settings, _, _ = prepare(
-            Settings(broker=broker.url, partitions=2, data_dir=tmp_path), said.append
-        )
-        assert not settings.local_broker and said == []
+def test_apache_kafka_is_not_taken_for_the_bundled_broker(
+    tmp_path: Path, broker: KafkaBroker
+) -> None:
+    """On the session's Apache Kafka (``conftest.broker``), with topics of its own."""
+    prefix, app_id = names()
+    said: list[str] = []
+    settings, _, _ = prepare(
+        Settings(
+            broker=broker.url, topic_prefix=prefix, app_id=app_id, partitions=2, data_dir=tmp_path
+        ),
+        said.append,
+    )
+    assert not settings.local_broker and said == []
 
 
 def test_a_broker_nothing_answers_at_is_said_in_one_line_within_seconds(tmp_path: Path) -> None:

@@ -24,7 +24,6 @@ from eventgen import Traffic, flip, pdq_hex
 from kafka_helpers import (
     TopicReader,
     WorkerProcess,
-    broker,
     latest_stats,
     produce_in_order,
     worker_env,
@@ -45,7 +44,6 @@ from streams.settings import Settings
 from streams.stages import INDEX_PARTITION, partition_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-__all__ = ["broker"]  # the module-scoped fixture, imported for pytest
 
 SEC = 1000
 LATENESS_MS = 3_000

@@ -28,7 +28,6 @@ from eventgen import Traffic, flip, pdq_hex
 from kafka_helpers import (
     TopicReader,
     WorkerProcess,
-    broker,
     latest_stats,
     produce_lines,
     worker_env,
@@ -47,7 +46,6 @@ from streams.runtime.broker import RunningBroker
 from streams.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-__all__ = ["broker"]  # the module-scoped fixture, imported for pytest
 
 #: Event to alert: the target the README states for velocity alerts is 1 s; the machine
 #: running the tests is shared, so this allows for its load (the measured time is printed).

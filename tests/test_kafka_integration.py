@@ -23,7 +23,6 @@ import pytest
 from kafka_helpers import (
     TopicReader,
     WorkerProcess,
-    broker,
     latest_stats,
     produce_lines,
     require_kafka,
@@ -42,7 +41,6 @@ from test_streaming_integration import (
 from streams.runtime.kafka_server import KafkaBroker, start_kafka
 
 pytestmark = pytest.mark.integration
-__all__ = ["broker"]  # the module-scoped fixture, imported for pytest
 
 #: Changelog topics whose segments roll every 200 ms, cleaned as soon as there is
 #: anything to clean, tombstones dropped at once: the cleaner runs within the test.

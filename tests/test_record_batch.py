@@ -11,7 +11,7 @@ import subprocess
 import textwrap
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiokafka.record.default_records import (
@@ -24,6 +24,9 @@ from hypothesis import strategies as st
 
 from streams._core import RecordBatchBuilder
 from streams.runtime import faust_adapter
+
+if TYPE_CHECKING:
+    from streams.runtime.kafka_server import KafkaBroker
 
 _bytes = st.none() | st.binary(max_size=300)
 _record = st.tuples(
@@ -264,41 +267,34 @@ _JAVA_READER = textwrap.dedent(
 
 @pytest.mark.integration
 def test_records_written_to_apache_kafka_read_back_by_aiokafka_and_kafka_s_java_consumer(
-    tmp_path: Path,
+    tmp_path: Path, broker: KafkaBroker
 ) -> None:
-    from kafka_helpers import require_kafka
-
+    """On the session's Apache Kafka (``conftest.broker``), in a topic of its own."""
     from streams.runtime.broker import ensure_topics
-    from streams.runtime.kafka_server import java, kafka_lib, start_kafka
+    from streams.runtime.kafka_server import java, kafka_lib
 
-    require_kafka()
-    broker = start_kafka(data=tmp_path / "data", log_path=tmp_path / "kafka.log")
-    try:
-        bootstrap = broker.url.removeprefix("kafka://")
-        topic = f"t{uuid.uuid4().hex[:8]}.batches"
-        ensure_topics([bootstrap], {topic: 2})
-        records: list[tuple[bytes, bytes | None]] = [
-            (b"k%d" % n, None if n % 7 == 3 else b"v%d-" % n + bytes(range(n % 256)) * 3)
-            for n in range(600)
-        ]
-        _write(broker.url, topic, records)
-        want = sorted((n % 2, k, v) for n, (k, v) in enumerate(records))
-        assert sorted(_read_aiokafka(bootstrap, topic, len(records))) == want
-        source = tmp_path / "ReadBack.java"
-        source.write_text(_JAVA_READER)
-        out = subprocess.run(
-            [java(), "-cp", f"{kafka_lib()}/*", str(source), bootstrap, topic, str(len(records))],
-            capture_output=True,
-            timeout=120,
-            check=True,
-        ).stdout.decode()
-        read = [line.split(" ") for line in out.splitlines() if line and line[0].isdigit()]
-        assert (
-            sorted(
-                (int(p), bytes.fromhex(k), None if v == "-" else bytes.fromhex(v))
-                for p, k, v in read
-            )
-            == want
+    bootstrap = broker.url.removeprefix("kafka://")
+    topic = f"t{uuid.uuid4().hex[:8]}.batches"
+    ensure_topics([bootstrap], {topic: 2})
+    records: list[tuple[bytes, bytes | None]] = [
+        (b"k%d" % n, None if n % 7 == 3 else b"v%d-" % n + bytes(range(n % 256)) * 3)
+        for n in range(600)
+    ]
+    _write(broker.url, topic, records)
+    want = sorted((n % 2, k, v) for n, (k, v) in enumerate(records))
+    assert sorted(_read_aiokafka(bootstrap, topic, len(records))) == want
+    source = tmp_path / "ReadBack.java"
+    source.write_text(_JAVA_READER)
+    out = subprocess.run(
+        [java(), "-cp", f"{kafka_lib()}/*", str(source), bootstrap, topic, str(len(records))],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    ).stdout.decode()
+    read = [line.split(" ") for line in out.splitlines() if line and line[0].isdigit()]
+    assert (
+        sorted(
+            (int(p), bytes.fromhex(k), None if v == "-" else bytes.fromhex(v)) for p, k, v in read
         )
-    finally:
-        broker.stop(remove=True)
+        == want
+    )

@@ -9,7 +9,7 @@ import sys
 
 import orjson
 import pytest
-from kafka_helpers import TopicReader, broker, create_topics, names, settings_for
+from kafka_helpers import TopicReader, create_topics, names, settings_for
 
 from streams.banks import ALLOW_BANK, BankUpdate
 from streams.review import ReviewAction, Signal
@@ -17,7 +17,6 @@ from streams.runtime.kafka_server import KafkaBroker
 from streams.runtime.produce import publish_action
 
 pytestmark = pytest.mark.integration
-__all__ = ["broker"]  # the module-scoped fixture, imported for pytest
 
 
 def test_a_false_positive_goes_to_the_allow_list_and_the_audit_topic(broker: KafkaBroker) -> None:

@@ -21,7 +21,6 @@ import pytest
 from kafka_helpers import (
     TopicReader,
     WorkerProcess,
-    broker,
     create_topics,
     latest_stats,
     names,
@@ -45,7 +44,7 @@ from streams.simulate import Scenario, simulate, write_bank
 from streams.wire import WireVersion
 
 pytestmark = pytest.mark.integration
-__all__ = ["broker", "tansu"]  # the module-scoped fixture, imported for pytest
+__all__ = ["tansu"]  # the module-scoped fixture, imported for pytest
 
 #: A log size after which the workers of some tests compact their logs: a few times a run.
 COMPACT_OFTEN = 4096

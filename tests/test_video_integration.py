@@ -16,7 +16,7 @@ import pytest
 import test_streaming_integration as streaming
 import videos
 from eventgen import T0, Traffic
-from kafka_helpers import WorkerProcess, broker, produce_lines, worker_env, workers
+from kafka_helpers import WorkerProcess, produce_lines, worker_env, workers
 
 from streams.banks import BankEntry
 from streams.hashing import hash_file
@@ -26,7 +26,6 @@ from streams.videohash import VideoHashes
 from streams.vpdq import format_vpdq
 
 pytestmark = pytest.mark.integration
-__all__ = ["broker"]  # the module-scoped fixture, imported for pytest
 
 
 def vpdq_of(path: Path) -> VideoHashes:

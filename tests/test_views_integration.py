@@ -28,7 +28,6 @@ from browser import Browser, chromium_or_skip
 from kafka_helpers import (
     TopicReader,
     WorkerProcess,
-    broker,
     latest_stats,
     produce_lines,
     worker_env,
@@ -42,7 +41,6 @@ from streams.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-__all__ = ["broker"]  # the module-scoped fixture, imported for pytest
 
 VIEWER, REVIEWER = "viewer-token-0001", "reviewer-token-0002"
 TOKENS = f"viewer:{VIEWER},reviewer@oncall:{REVIEWER}"
