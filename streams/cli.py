@@ -1052,7 +1052,6 @@ def worker(
 
     Refuses to start with no broker configured, unless told --embedded-broker.
     """
-    from streams.runtime.worker import run_worker
     from streams.settings import Settings, parse_host, parse_port, positive_seconds
     from streams.wire import WireVersion
 
@@ -1081,6 +1080,10 @@ def worker(
         wire_version=flag_value("--wire-version", wire_version, WireVersion.parse),
     )
     assert isinstance(settings, Settings)
+    # Faust and the runtime (about a second of imports) only once the flags are read: a
+    # bad flag or variable is said at once.
+    from streams.runtime.worker import run_worker
+
     try:
         run_worker(settings)
     except (OSError, ValueError, RuntimeError, ConnectionError) as exc:

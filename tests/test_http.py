@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import socket
 import subprocess
@@ -456,6 +457,39 @@ def test_bad_http_flags_exit_2_with_one_line(flags: list[str], message: str) -> 
     status, stderr = run_worker_command(["streams.cli", "worker", *flags])
     assert status == 2, stderr
     assert stderr.splitlines() == [stderr.strip()] and message in stderr, stderr
+
+
+#: ``viralwatch worker`` run in-process with a bad flag and a bad variable: what it said
+#: and whether the runtime (Faust) was imported.
+_REFUSED_BEFORE_THE_RUNTIME = """
+import runpy, sys
+sys.argv = ["viralwatch", "worker", *sys.argv[1:]]
+try:
+    runpy.run_module("streams.cli", run_name="__main__")
+except SystemExit as exc:
+    print(exc.code, "faust" in sys.modules, "streams.runtime.worker" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    ("flags", "env"),
+    [(["--http-port", "abc"], {}), ([], {"VIRALWATCH_WIRE_VERSION": "v2"})],
+)
+def test_the_worker_command_refuses_a_bad_setting_before_importing_the_runtime(
+    flags: list[str], env: dict[str, str]
+) -> None:
+    """A bad flag or variable is said before Faust and the runtime are imported (about a
+    second of the command's CPU: the suite runs the refusals dozens of times)."""
+    done = subprocess.run(
+        [sys.executable, "-c", _REFUSED_BEFORE_THE_RUNTIME, *flags],
+        cwd=ROOT,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("VIRALWATCH_")}, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.stdout.split() == ["2", "False", "False"], done.stderr
 
 
 @pytest.mark.parametrize(
