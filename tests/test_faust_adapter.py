@@ -100,7 +100,8 @@ def test_an_aiokafka_consumer_has_the_internals_the_adapter_reads() -> None:
 
 
 def test_aiokafka_s_group_coordinator_still_fetches_committed_offsets_with_metadata() -> None:
-    """committed_metadata() reaches the coordinator a started consumer keeps in ``_coordinator``."""
+    """committed_with_metadata() reaches the coordinator a started consumer keeps in
+    ``_coordinator``."""
     import inspect
 
     from aiokafka.consumer.consumer import AIOKafkaConsumer as Consumer
@@ -109,7 +110,8 @@ def test_aiokafka_s_group_coordinator_still_fetches_committed_offsets_with_metad
 
     assert inspect.iscoroutinefunction(GroupCoordinator.fetch_committed_offsets)
     assert "self._coordinator = GroupCoordinator(" in inspect.getsource(Consumer.start)
-    assert OffsetAndMetadata(5, "t=1").metadata == "t=1"
+    found = OffsetAndMetadata(5, "t=1")
+    assert (found.offset, found.metadata) == (5, "t=1")
 
 
 def test_log_ends_reads_positions_of_a_consumer_with_no_assignment() -> None:

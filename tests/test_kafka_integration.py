@@ -177,7 +177,11 @@ def test_apache_kafka_needs_none_of_the_bundled_brokers_workarounds(
     assert "restored" in second.log_tail(400)
     assert any(w.endswith(me) for w in latest)
     for report in latest.values():
-        assert report["workarounds"] == {"end_offset_probes": 0, "short_fetch_wait": False}
+        assert report["workarounds"] == {
+            "end_offset_probes": 0,
+            "short_fetch_wait": False,
+            "times_written": 0,
+        }
 
 
 def test_a_shares_partition_is_idle_only_once_read_to_its_log_end(broker: KafkaBroker) -> None:

@@ -16,6 +16,13 @@ nowhere else:
 3. **producer flush**: everything sent and written is acknowledged.
 4. **offsets commit**: the offsets of what was read up to here.
 
+The offsets are taken once step 2 is done, and told to ``note_offsets``
+before step 3 begins: the shares reader takes each partition's newest event
+time with its offset there, committed with it as metadata in step 4; where
+the broker drops that metadata (the bundled one), it writes the pairs to a
+topic of their own then, so step 3 covers them and a committed offset's time
+is on the broker before the offset is (:mod:`streams.runtime.stream_times`).
+
 Upstream logs wait for what they made downstream (:class:`Gate`). The
 client sends each partition's batches on their own, so a batch's records
 reach the broker in any order across partitions, and a kill can fall
@@ -126,10 +133,12 @@ of step 2 are attached to the batch's last event (``focus``).
 ...     def flush(self): done.append("state logs")
 >>> async def flush(): done.append("producer")
 >>> async def commit(offsets): done.append(f"offsets {offsets}")
->>> cp = Checkpoint(sinks=[Sink()], logs=[Log()], flush_producer=flush, commit_offsets=commit)
+>>> def noted(offsets): done.append(f"noted {offsets}")
+>>> cp = Checkpoint(sinks=[Sink()], logs=[Log()], flush_producer=flush, commit_offsets=commit,
+...                 note_offsets=noted)
 >>> cp.store_offset(0, 41); cp.store_offset(0, 42)
 >>> asyncio.run(cp.commit({0, 1})), done
-(True, ['sinks', 'state logs', 'producer', 'offsets {0: 43}'])
+(True, ['sinks', 'state logs', 'noted {0: 43}', 'producer', 'offsets {0: 43}'])
 >>> asyncio.run(cp.commit({0, 1}))  # nothing new read: nothing to commit
 False
 """
@@ -296,6 +305,7 @@ class Checkpoint:
         commit_offsets: Callable[[dict[int, int]], Awaitable[None]] | None = None,
         gate: Gate | None = None,
         copies: Copies | None = None,
+        note_offsets: Callable[[dict[int, int]], None] | None = None,
     ) -> None:
         self.sinks = list(sinks)
         #: copies of in-process hand-overs: the gate's records wait for them (see :meth:`stage`)
@@ -305,6 +315,8 @@ class Checkpoint:
         self.gate = gate
         self.flush_producer = flush_producer
         self.commit_offsets = commit_offsets
+        #: told the offsets to commit before the producer flush (see the module doc)
+        self.note_offsets = note_offsets
         #: the next offset to read, per input partition, and what was committed
         self._next: dict[int, int] = {}
         self._committed: dict[int, int] = {}
@@ -398,6 +410,8 @@ class Checkpoint:
         self.stage(begin=True)
         if not offsets:
             return None
+        if self.note_offsets is not None:
+            self.note_offsets(offsets)
         flushed = asyncio.ensure_future(
             self.flush_producer() if self.flush_producer is not None else _nothing()
         )

@@ -12,7 +12,7 @@ breaks a test, not a running worker.
 
 The rest of the runtime uses the public names below: :class:`App` (a Faust
 app built with :class:`Transport`), :func:`read_true_ends`,
-:func:`backlogged`, :func:`committed_metadata`, :func:`committed_offset`, :func:`on_assigned`,
+:func:`backlogged`, :func:`committed_with_metadata`, :func:`committed_offset`, :func:`on_assigned`,
 :func:`force_metadata_update`, :func:`seek_soon`, :func:`credentials`, :func:`bare_records`,
 :func:`faust_broker_url`, and the producer's :meth:`Producer.write` (records
 written straight into aiokafka's batches, with its public batch API).
@@ -1061,14 +1061,21 @@ def on_assigned(callback: Callable[[Any], Awaitable[None]]) -> Any:
     return OnAssigned()
 
 
-async def committed_metadata(consumer: Any, partitions: list[Any]) -> dict[Any, str]:
-    """The metadata committed with each partition's offset (``""`` when none was committed).
+async def committed_with_metadata(
+    consumer: Any, partitions: list[Any]
+) -> dict[Any, tuple[int, str]]:
+    """Each partition's committed offset with the metadata committed with it: ``(-1, "")``
+    when none was committed, ``""`` when no metadata was (or the broker dropped it: the
+    bundled one does, see :mod:`streams.runtime.stream_times`).
 
     aiokafka's ``committed`` returns the offset alone; its group coordinator
     fetches both.
     """
     found = await consumer._coordinator.fetch_committed_offsets(partitions)
-    return {tp: found[tp].metadata or "" if tp in found else "" for tp in partitions}
+    return {
+        tp: (found[tp].offset, found[tp].metadata or "") if tp in found else (-1, "")
+        for tp in partitions
+    }
 
 
 async def force_metadata_update(consumer: Any) -> None:

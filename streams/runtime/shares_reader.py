@@ -26,10 +26,11 @@ from streams.runtime.checkpoint import Checkpoint
 from streams.runtime.faust_adapter import (
     LOCAL_FETCH_WAIT_MS,
     bare_records,
-    committed_metadata,
+    committed_with_metadata,
     log_ends,
     on_assigned,
 )
+from streams.runtime.stream_times import KeptTimes
 from streams.runtime.topology import Topology
 from streams.settings import Settings
 from streams.watermarks import NO_TIME
@@ -75,10 +76,17 @@ class SharesReader:
         checkpoint: Checkpoint,
         *,
         on_delays: Callable[[Iterable[float]], None] | None = None,
+        kept_times: KeptTimes | None = None,
     ) -> None:
         self.settings = settings
         self.topology = topology
         self.checkpoint = checkpoint
+        #: where the partitions' newest event times are kept beside the offsets on a broker
+        #: that drops a commit's metadata (the bundled one: see :mod:`.stream_times`)
+        self.kept_times = kept_times
+        #: the offsets a checkpoint is about to commit, each with its partition's newest
+        #: event time as they were taken (see :meth:`note_offsets`)
+        self._noted: dict[int, tuple[int, int]] = {}
         #: the Kafka timestamps (s) of each batch read, to note how long records waited
         self.on_delays = on_delays
         self.topic = settings.topic("shares")
@@ -356,34 +364,83 @@ class SharesReader:
         wm = self.lowest_watermark(unknown_is_lowest=False)
         return NO_TIME if wm == NO_TIME else wm + self.settings.lateness_ms + HEARD_AHEAD_MS
 
+    def note_offsets(self, offsets: dict[int, int]) -> None:
+        """The checkpoint takes ``offsets`` to commit (after its step 2, before the producer
+        flush): each partition's newest event time is taken with its offset now, and goes
+        with it in the commit's metadata (:meth:`commit_offsets`); where the broker drops
+        that metadata, the pairs are written to the times' topic now
+        (:class:`~streams.runtime.stream_times.KeptTimes`), so the flush the commit waits
+        for covers them: a committed offset's time is on the broker before the offset is."""
+        clock = self.topology.ingest.clock
+        self._noted = {p: (o, clock.newest(p)) for p, o in offsets.items()}
+        if self.kept_times is not None:
+            self.kept_times.write({p: ot for p, ot in self._noted.items() if ot[1] != NO_TIME})
+
+    def _time_of(self, partition: int, offset: int) -> int:
+        """The newest event time to commit with ``offset`` of ``partition``: the one noted
+        with it (:meth:`note_offsets`), else the clock's now."""
+        noted = self._noted.get(partition)
+        if noted is not None and noted[0] == offset:
+            return noted[1]
+        return self.topology.ingest.clock.newest(partition)
+
     async def commit_offsets(self, offsets: dict[int, int]) -> None:
-        """Step 4 of the checkpoint: commit ``offsets`` (next to read, per partition)."""
+        """Step 4 of the checkpoint: commit ``offsets`` (next to read, per partition), each
+        with its partition's newest event time (:meth:`note_offsets`) as metadata."""
         from aiokafka import TopicPartition
         from aiokafka.structs import OffsetAndMetadata
 
         consumer = self.consumer
         if consumer is None:
             raise RuntimeError("the shares reader is not running")
-        clock = self.topology.ingest.clock
+        at = OffsetAndMetadata
         await consumer.commit(
             {
-                TopicPartition(self.topic, p): OffsetAndMetadata(o, stream_time(clock.newest(p)))
+                TopicPartition(self.topic, p): at(o, stream_time(self._time_of(p, o)))
                 for p, o in offsets.items()
             }
         )
 
     async def resume_stream_times(self, partitions: Iterable[Any]) -> None:
         """Partitions assigned: their newest event time as their previous reader committed it
-        (see :meth:`SourceClock.resume`)."""
+        (see :meth:`SourceClock.resume`): from the commit's metadata, or, where the broker
+        dropped it, from the times' topic (the time written with the committed offset,
+        :mod:`.stream_times`); unknown where neither has it."""
         consumer = self.consumer
         tps = [tp for tp in partitions if tp.topic == self.topic]
         if consumer is None or not tps:
             return
         clock = self.topology.ingest.clock
-        for tp, metadata in (await committed_metadata(consumer, tps)).items():
+        dropped: dict[int, int] = {}
+        for tp, (offset, metadata) in (await committed_with_metadata(consumer, tps)).items():
             ts = parse_stream_time(metadata)
             if ts is not None:
                 clock.resume(tp.partition, ts)
+            elif offset >= 0:
+                dropped[tp.partition] = offset
+        kept = self.kept_times
+        if kept is None or not dropped:
+            return
+        try:
+            found = await kept.read(dropped)
+        except Exception as exc:  # the broker's, or too slow: unknown, as with no record
+            log.warning(
+                "shares partitions %s: their event times could not be read back from %s "
+                "(%r); they are known again once records are read",
+                sorted(dropped),
+                kept.topic,
+                exc,
+            )
+            return
+        for p, ts in found.items():
+            clock.resume(p, ts)
+        log.info(
+            "shares partitions %s: newest event times read back from %s with their committed "
+            "offsets%s",
+            sorted(found),
+            kept.topic,
+            f"; none for {sorted(set(dropped) - set(found))}" if len(found) < len(dropped) else "",
+        )
 
 
 def holding(pending: int, max_pending: int, was_holding: bool) -> bool:

@@ -72,6 +72,7 @@ from streams.banks import BankUpdate, HashBanks
 from streams.detector import ClusterSummary
 from streams.policy import AlertPolicy, load_policy
 from streams.review import ActionLog
+from streams.runtime import stream_times
 from streams.runtime.alert_feed import AlertFeed
 from streams.runtime.bank_follower import BankFollower
 from streams.runtime.broker import (
@@ -101,6 +102,7 @@ from streams.runtime.read_offsets import ReadOffsets
 from streams.runtime.shares_reader import SharesReader
 from streams.runtime.stalls import StallWatch
 from streams.runtime.state_log import StateLog
+from streams.runtime.stream_times import KeptTimes
 from streams.runtime.topology import StageSettings, Topology
 from streams.runtime.views import TokenSource, Views, advertised_url, listed_partitions
 from streams.settings import STATE_LOG_TABLES, TOPICS, Settings, deprecated_in
@@ -419,10 +421,15 @@ class Worker:
             commit_offsets=lambda offsets: self.shares.commit_offsets(offsets),
             gate=self.resolve_gate,
             copies=self.topology,
+            note_offsets=lambda offsets: self.shares.note_offsets(offsets),
         )
         app.settle_writes = self.checkpoint.flush  # Faust's flush before it commits offsets
         self.shares = SharesReader(
-            s, self.topology, self.checkpoint, on_delays=lambda t: self._delay("ingest", t)
+            s,
+            self.topology,
+            self.checkpoint,
+            on_delays=lambda t: self._delay("ingest", t),
+            kept_times=self._kept_times(app, raw) if s.local_broker else None,
         )
         #: sinks fed from the alerts topic (the webhook: streams.runtime.alert_feed)
         self.feeds: list[AlertFeed] = []
@@ -575,6 +582,29 @@ class Worker:
             self.health.stopping()
 
         return app
+
+    def _kept_times(self, app: App, raw: dict[str, Any]) -> KeptTimes:
+        """The times' topic of the bundled broker, which drops the metadata the shares reader
+        commits each partition's newest event time in (:mod:`~streams.runtime.stream_times`):
+        written through Faust's buffer (the checkpoint's producer flush counts it, and the
+        client learns the topic's leader on the way), read back by a consumer of its own."""
+        from aiokafka import AIOKafkaConsumer
+
+        s = self.settings
+        topic = app.topic(stream_times.topic_name(s.app_id), partitions=1, **raw)
+
+        def send(value: bytes) -> None:
+            topic.send_soon(key=b"shares", value=value, partition=0)
+
+        def make_reader() -> Any:
+            return AIOKafkaConsumer(
+                bootstrap_servers=s.bootstrap,
+                enable_auto_commit=False,
+                fetch_max_wait_ms=LOCAL_FETCH_WAIT_MS,
+                **s.security.aiokafka_config(),
+            )
+
+        return KeptTimes(topic.get_topic_name(), send, make_reader)
 
     @property
     def loading(self) -> list[int]:
@@ -872,6 +902,8 @@ class Worker:
             "workarounds": {
                 "end_offset_probes": self.app.end_offset_probes,
                 "short_fetch_wait": ConsumerThread.fetch_max_wait_ms == LOCAL_FETCH_WAIT_MS,
+                # checkpoints' records on the times' topic (streams.runtime.stream_times)
+                "times_written": kept.written if (kept := self.shares.kept_times) else 0,
             },
             "delay_s": self._take_delays(),
             "sent": dict(self.sent),
@@ -1082,9 +1114,12 @@ def prepare(
         # creation failed its first state-log write (PartitionsMismatch: 0 partitions).
         changelogs = settings.state_log_changelogs()
         topics = [settings.topic(name) for name in TOPICS] + list(changelogs)
+        wanted = dict.fromkeys(topics, settings.partitions)
+        if settings.local_broker:  # it drops a commit's metadata (see SharesReader.kept_times)
+            wanted[stream_times.topic_name(settings.app_id)] = 1
         counts = ensure_topics(
             settings.bootstrap,
-            dict.fromkeys(topics, settings.partitions),
+            wanted,
             replicas=settings.replicas,
             client_config=settings.security.kafka_python_config(),
             configs=changelogs,
