@@ -30,8 +30,9 @@ def test_a_partition_resumes_the_time_committed_with_its_offset_and_no_other() -
     and kills after which a new reader goes on from the committed offsets with the times
     read back. After every step, what a new reader would read back is exactly what Apache
     Kafka's commit metadata holds (the model's ``committed_time``: the time committed with
-    each committed offset), as the kill and moves models assume
-    (``LocalRun``'s ``committed_time``). Taking the newest record whatever its offset
+    each committed offset), as the moves models assume (``TwoProcesses``' own
+    ``committed_time``; the kill model, ``LocalRun``, resumes through :func:`match`
+    itself). Taking the newest record whatever its offset
     would resume a failed commit's time, past records read again."""
     newest_wins: set[int] = set()  # seeds where the newest record is not the committed pair
     for seed in range(300):

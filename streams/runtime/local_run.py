@@ -52,6 +52,7 @@ from streams.banks import BankUpdate, HashBanks
 from streams.detector import Predictor
 from streams.pipeline import DEFAULT_PREDICTOR, is_bank_update
 from streams.policy import AlertPolicy
+from streams.runtime import stream_times
 from streams.runtime.checkpoint import Checkpoint, Gate
 from streams.runtime.hand_over import HandOver, Hop
 from streams.runtime.outputs import Outputs
@@ -59,7 +60,7 @@ from streams.runtime.state_log import StateLog
 from streams.runtime.topology import StageSettings, Topology
 from streams.stages import DeadLetter, Envelope
 from streams.stats import Stats
-from streams.watermarks import NO_TIME
+from streams.watermarks import NO_TIME, SourceClock
 from streams.wire import LATEST_WIRE, WireVersion, decode_routed_log
 
 #: A record on a topic in memory: the incarnation of the process that sent it, the
@@ -519,9 +520,17 @@ class LocalRun:
         reread: Topics = {name: [[] for _ in range(n)] for name in topics}
         #: the next ``shares`` record to read, and the last committed, per partition
         pos, committed, seen = [0] * n, [0] * n, [0] * n
-        #: the newest event time of each partition, committed with its offset (as the
-        #: shares reader commits it: see SourceClock.resume)
-        committed_time = [NO_TIME] * n
+        #: each checkpoint's partitions' (offset, newest event time), written before its
+        #: offsets are committed, as the shares reader keeps them on the bundled broker
+        #: (streams.runtime.stream_times; on Apache Kafka the commit's metadata holds the
+        #: same pair): a replacement resumes the time written with each committed offset
+        kept_times: list[bytes] = []
+
+        def keep_times(clock: SourceClock) -> None:
+            pairs = {p: (pos[p], clock.newest(p)) for p in range(n) if pos[p] != committed[p]}
+            known = {p: pair for p, pair in pairs.items() if pair[1] != NO_TIME}
+            kept_times.append(stream_times.encode(known))
+
         #: input lines read (new ones only) after which the process is replaced
         restart_at = [total * (i + 1) // (self.restarts + 1) for i in range(self.restarts)]
         #: input lines read after which partitions move (the last once all has flowed)
@@ -558,6 +567,8 @@ class LocalRun:
                 restart_at.pop(0)
                 incarnation += 1  # a new process: its state comes from the logs alone
                 self.kills += 1
+                # its last checkpoint wrote its pairs; the kill came before their commit
+                keep_times(topology.ingest.clock)
                 if self.tear is not None:
                     self._killed(self.tear.kill(rng, topics))
                 for name, parts in reread.items():  # read again from the last commit
@@ -573,7 +584,8 @@ class LocalRun:
                 for update in applied:  # its bank follower reads the bank topic again
                     topology.change_bank(update)
                 pos = committed[:]  # what was read after the last commit is read again
-                for p, ts in enumerate(committed_time):
+                resumed = stream_times.match(kept_times, dict(enumerate(committed)))
+                for p, ts in resumed.items():
                     topology.ingest.clock.resume(p, ts)
             if move_at and fresh >= move_at[0]:
                 move_at.pop(0)
@@ -634,8 +646,8 @@ class LocalRun:
                 for parts in reread.values():
                     for q in range(n):
                         parts[q] = []
+                keep_times(topology.ingest.clock)
                 committed = pos[:]
-                committed_time = [topology.ingest.clock.newest(p) for p in range(n)]
         self.actions.update((k.decode(), v) for k, v in tables["actions-sent"].items())
         self.topology = topology
         return self
