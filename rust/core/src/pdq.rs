@@ -22,10 +22,12 @@
 //! reads the bits alone (128 KB for the 16 tables, which stay in cache) where
 //! a start per value was 4 MB read at random: at 17,000 rows most of the 272
 //! probes found nothing, and their reads were most of a search's time. Added hashes go to a *tail*
-//! that is scanned until it outgrows about `5 * sqrt(rows)` (at least
+//! that is searched apart until it outgrows about `5 * sqrt(rows)` (at least
 //! `tail_min`), then merged into the tables in one pass: an O(rows) merge
-//! every O(sqrt(rows)) adds keeps both the merge and the tail's scan a few
-//! microseconds per hash at a million rows. A removed hash is marked dead at
+//! every O(sqrt(rows)) adds keeps both the merge and the tail's search a few
+//! microseconds per hash at a million rows. The tail is searched through a chain of
+//! its rows for each value of each of a hash's 32 bytes (a hash within 31 bits shares
+//! a byte with the query: [`TailBytes`]), which reads about one tail row in 8, not all. A removed hash is marked dead at
 //! once and never reported again; the rows are compacted when the dead
 //! pass a quarter of the live (an index of live clusters' content removes as
 //! many hashes as it adds: its dead rows were up to half of it).
@@ -52,7 +54,7 @@
 use std::hash::BuildHasher;
 
 use crate::keyed::Keyed;
-use crate::prefetch::{prefetch, prefetch_all};
+use crate::prefetch::{prefetch, prefetch_at, prefetch_span};
 
 /// A PDQ hash as four 64-bit words, most significant first: the words'
 /// order is the hex text's order.
@@ -212,30 +214,77 @@ impl Layout {
     fn mate(c: usize) -> usize {
         c ^ 1
     }
-    /// Every value of at most `flips` set bits in a chunk, ascending. Those of each count
-    /// of bits are made one from the last (Gosper's step: the next larger value with as
-    /// many bits), then sorted: 2,517 values at 16 bits and 3 flips, where a pass over all
-    /// 65,536 values with a bit count each was 23 M instructions an index made (four for
-    /// the flips), as many as a worker's resolve stage spends on 4,000 events (callgrind).
-    fn masks(self, flips: u32) -> Vec<usize> {
-        let mut out = vec![0];
-        for k in 1..=flips.min(self.bits) {
-            let mut v: usize = (1 << k) - 1;
-            while v < self.values() {
-                out.push(v);
-                let low = v & v.wrapping_neg();
-                let up = v + low;
-                v = up | (((up ^ v) >> 2) / low);
-            }
-        }
-        out.sort_unstable();
-        out
-    }
     /// The largest threshold answered through the tables.
     fn max_indexed(self) -> u32 {
         self.chunks() as u32 * (MAX_FLIPS + 1) - 1
     }
 }
+
+/// The words of bits a probe of a chunk value reads, for each flip count: the values within
+/// `t` bits of a chunk value `v` differ from it in their high bits (above the low 6, which
+/// pick a bit in a word of [`Buckets::occupied`]) by some `h` of at most `t` bits, and in
+/// their low 6 by at most `t - popcount(h)`. So a probe reads each such word once and
+/// tests all the bits it wants in it at once ([`LOWS`]): at 16-bit chunks and one flip, 11
+/// words a chunk (the 7 values differing in the low 6 bits share a word), not 17 bits
+/// read one by one. Most of the 272 probes find an empty bucket (all but 11 in the banks'
+/// index at 2,689 hashes, 155 of 272 in the unbanked index at 80,000): each was a word
+/// read, a bit tested and a branch, about 17 instructions, a fifth of a search's.
+#[derive(Debug, Clone)]
+struct Probes {
+    /// `groups[t]`: for every high part `h` of at most `t` bits, `h`, its bits and the bits
+    /// of a word the probes read ([`LOWS`]`[t - popcount(h)]`, by the query's low 6 bits).
+    groups: Vec<Vec<(usize, u32, &'static [u64; 64])>>,
+    /// `values[t]`: the values within `t` bits of a chunk value (17 at 16 bits and one flip).
+    values: Vec<usize>,
+}
+
+impl Probes {
+    fn new(layout: Layout) -> Self {
+        let highs = 1u32 << (layout.bits - 6);
+        let groups = (0..=MAX_FLIPS)
+            .map(|t| {
+                (0..highs)
+                    .filter(|h| h.count_ones() <= t)
+                    .map(|h| {
+                        let lows = &LOWS[(t - h.count_ones()) as usize];
+                        (h as usize, h.count_ones(), lows)
+                    })
+                    .collect()
+            })
+            .collect::<Vec<Vec<_>>>();
+        let values = groups
+            .iter()
+            .map(|g| {
+                g.iter()
+                    .map(|&(_, _, lows)| lows[0].count_ones() as usize)
+                    .sum()
+            })
+            .collect();
+        Probes { groups, values }
+    }
+}
+
+/// `LOWS[k][b]`: the bits `b ^ l` of a word for every `l` under 64 of at most `k` bits (the
+/// low 6 bits of the values within `k` bits of a value whose low 6 bits are `b`).
+static LOWS: [[u64; 64]; MAX_FLIPS as usize + 1] = {
+    let mut out = [[0u64; 64]; MAX_FLIPS as usize + 1];
+    let mut k = 0;
+    while k <= MAX_FLIPS as usize {
+        let mut b = 0;
+        while b < 64 {
+            let mut l = 0;
+            while l < 64 {
+                if (l as u64).count_ones() as usize <= k {
+                    out[k][b] |= 1 << (b ^ l);
+                }
+                l += 1;
+            }
+            b += 1;
+        }
+        k += 1;
+    }
+    out
+};
 
 /// Which table keys hold rows, and where their rows start in `ids`: a start per key
 /// that holds any (4 MB of starts for every key of 16 tables was read at random by
@@ -327,6 +376,80 @@ impl Bits {
     }
 }
 
+/// The tail's rows by their bytes: for each of a hash's 32 bytes (chunks of 8 bits) and each
+/// of its 256 values, the tail rows holding it, newest first, in a chain through `next`. Why
+/// it is exact: a hash within 31 bits of the query has one byte equal to the query's (were
+/// all 32 a bit or more apart, the hashes would be 32 or more apart), so following the
+/// query's 32 chains finds it. A random row shares a given byte 1 time in 256, so a search
+/// reads about one tail row in 8 this way, where the scan read every one at about 10
+/// instructions a row (a tail of 500-1,000 rows a search, up to `5 * sqrt(rows)`: about
+/// 5,500 instructions of a search's 24,000 at a worker's 40,000 unbanked hashes, the largest
+/// part after the probes). An add costs 32 links; a merge empties it. Not kept by a
+/// scan-only index (searched now and then, all tail), nor past [`TailBytes::MOST`] rows
+/// (those are scanned); a threshold of 32 or more scans the tail as before.
+#[derive(Debug, Clone, Default)]
+struct TailBytes {
+    /// The newest tail row holding each byte's value (its place in the tail plus one; 0:
+    /// none): `heads[c][value]`, 16 KB once the tail holds a row (an array, so that its
+    /// reads need no bounds checks: a byte is under 256, `c` under 32).
+    heads: Option<Box<[[u16; 256]; TailBytes::BYTES]>>,
+    /// `next[32 * j + c]`: the tail row after tail row `j` in the chain of its byte `c`
+    /// (plus one; 0: the chain's end).
+    next: Vec<u16>,
+}
+
+impl TailBytes {
+    /// Bytes a hash has (the chains a search follows).
+    const BYTES: usize = 32;
+    /// Tail rows the chains can name (`u16` places plus one).
+    const MOST: usize = u16::MAX as usize - 1;
+
+    /// Tail rows in the chains (the first of the tail).
+    fn len(&self) -> usize {
+        self.next.len() / Self::BYTES
+    }
+
+    /// Byte `c` of `h`.
+    #[inline(always)]
+    fn byte(h: &Hash, c: usize) -> usize {
+        ((h[c / 8] >> (8 * (c % 8))) & 0xff) as usize
+    }
+
+    /// The next tail row, holding `h`, joins the chains.
+    fn push(&mut self, h: &Hash) {
+        let j = self.len();
+        debug_assert!(j < Self::MOST);
+        let heads = self
+            .heads
+            .get_or_insert_with(|| Box::new([[0; 256]; Self::BYTES]));
+        let mut links = [0u16; Self::BYTES];
+        // (byte by byte of each word: [`TailBytes::byte`]'s order, with no bounds checks)
+        for (w, word) in h.iter().enumerate() {
+            for (k, byte) in word.to_le_bytes().into_iter().enumerate() {
+                let c = 8 * w + k;
+                links[c] = std::mem::replace(&mut heads[c][usize::from(byte)], (j + 1) as u16);
+            }
+        }
+        self.next.extend_from_slice(&links);
+    }
+
+    /// No tail rows (their room kept, up to `rows` rows' worth).
+    fn clear(&mut self, rows: usize) {
+        if let Some(heads) = self.heads.as_mut().filter(|_| !self.next.is_empty()) {
+            **heads = [[0; 256]; Self::BYTES];
+            self.next.clear();
+        }
+        self.next.shrink_to(Self::BYTES * rows.min(Self::MOST));
+    }
+
+    fn nbytes(&self) -> usize {
+        self.heads
+            .as_ref()
+            .map_or(0, |h| std::mem::size_of_val(&**h))
+            + self.next.capacity() * 2
+    }
+}
+
 /// A row in a table's bucket: the row's number (28 bits: [`MAX_TABLE_ROWS`]) and its hash's
 /// chunk paired with the bucket's (the *mate*: chunks `2i` and `2i + 1` make a pair), folded
 /// to 12 bits ([`fold`]), in 5 bytes.
@@ -391,8 +514,8 @@ struct Probe {
 #[derive(Debug, Clone)]
 pub struct PdqIndex<T: Copy = i64> {
     layout: Layout,
-    /// Each flip count's probe masks (`masks[t]`: values of at most `t` bits).
-    masks: Vec<Vec<usize>>,
+    /// The words of bits a probe reads, by flip count.
+    probes: Probes,
     words: Vec<Hash>,
     tags: Vec<T>,
     alive: Bits,
@@ -406,6 +529,8 @@ pub struct PdqIndex<T: Copy = i64> {
     /// The tail's live rows, found by a keyed hash of their hash (the tables' rows through
     /// chunk 0's buckets): 4 bytes a bucket, where a map of (hash, row) took 36.
     tail: hashbrown::HashTable<u32>,
+    /// The first of the tail's rows by their bytes (all of it, up to [`TailBytes::MOST`]).
+    tail_bytes: TailBytes,
     hasher: Keyed,
 }
 
@@ -430,7 +555,7 @@ impl<T: Copy> PdqIndex<T> {
         let layout = Layout { bits };
         PdqIndex {
             layout,
-            masks: (0..=MAX_FLIPS).map(|t| layout.masks(t)).collect(),
+            probes: Probes::new(layout),
             words: Vec::new(),
             tags: Vec::new(),
             alive: Bits::default(),
@@ -440,6 +565,7 @@ impl<T: Copy> PdqIndex<T> {
             buckets: Buckets::default(),
             ids: Vec::new(),
             tail: hashbrown::HashTable::new(),
+            tail_bytes: TailBytes::default(),
             hasher: Keyed::default(),
         }
     }
@@ -476,6 +602,7 @@ impl<T: Copy> PdqIndex<T> {
             + self.buckets.nbytes()
             + self.ids.capacity() * std::mem::size_of::<Entry>()
             + self.tail.capacity() * (4 + 1)
+            + self.tail_bytes.nbytes()
     }
 
     /// The live tail row holding `h`.
@@ -534,9 +661,7 @@ impl<T: Copy> PdqIndex<T> {
     /// Add `h` with `tag`; `false` (its tag unchanged) when it is there already.
     pub fn insert(&mut self, h: Hash, tag: T) -> bool {
         let added = self.push(h, tag);
-        if self.words.len() - self.indexed > self.tail_cap() {
-            self.merge_tail();
-        }
+        self.settle_tail();
         added
     }
 
@@ -547,10 +672,30 @@ impl<T: Copy> PdqIndex<T> {
             .into_iter()
             .filter(|&(h, tag)| self.push(h, tag))
             .count();
+        self.settle_tail();
+        added
+    }
+
+    /// After adds: the tail merged into the tables if it is past its cap, or else its new
+    /// rows put in its chains (after, not as each is added: a bank load's rows go straight
+    /// into the tables).
+    fn settle_tail(&mut self) {
         if self.words.len() - self.indexed > self.tail_cap() {
             self.merge_tail();
         }
-        added
+        self.chain_tail();
+    }
+
+    /// The tail's rows not in its chains put there (up to [`TailBytes::MOST`]; none in a
+    /// scan-only index).
+    fn chain_tail(&mut self) {
+        if self.scans() {
+            return;
+        }
+        let end = self.words.len().min(self.indexed + TailBytes::MOST);
+        for r in self.indexed + self.tail_bytes.len()..end {
+            self.tail_bytes.push(&self.words[r]);
+        }
     }
 
     /// Add a row to the tail unless `h` is live already.
@@ -665,7 +810,7 @@ impl<T: Copy> PdqIndex<T> {
                     self.scan(q, 0, threshold, &mut hits);
                 } else {
                     self.probe(q, threshold, &mut hits, (&mut keys, &mut cand));
-                    self.scan(q, self.indexed, threshold, &mut hits);
+                    self.near_in_tail(q, threshold, &mut hits);
                 }
                 // a hash near the query in several chunks is found several times
                 hits.sort_unstable_by(|a, b| (a.0, &self.words[a.1]).cmp(&(b.0, &self.words[b.1])));
@@ -709,35 +854,73 @@ impl<T: Copy> PdqIndex<T> {
         }
         cand.clear();
         keys.clear();
-        let chunks = self.layout.chunks();
-        let masks = &self.masks[(threshold as usize) / chunks];
+        let (layout, b) = (self.layout, &self.buckets);
+        let chunks = layout.chunks();
+        let t = threshold as usize / chunks;
+        let groups = &self.probes.groups[t];
         // a pair's budget of bits (see `Entry`)
         let pair = 2 * threshold / chunks as u32;
-        let starts = &self.buckets.starts;
+        // every probe's room, so that a probe is written with no test of the capacity
+        let most = chunks * self.probes.values[t];
+        keys.reserve(most);
+        let room = &mut keys.spare_capacity_mut()[..most];
+        let mut n = 0;
+        let (occupied, before, starts) =
+            (&b.occupied[..], &b.before[..b.occupied.len()], &b.starts);
+        // the last bucket's place (tables hold one at least: `indexed > 0`)
+        assert!(starts.len() >= 2);
+        let last = starts.len() - 2;
         for c in 0..chunks {
-            let v = self.layout.chunk(q, c);
-            let mate = u32::from(fold(self.layout.chunk(q, Layout::mate(c))));
-            for &m in masks {
+            let v = layout.chunk(q, c);
+            let mate = u32::from(fold(layout.chunk(q, Layout::mate(c))));
+            let (base, high, low) = (layout.key(c, 0) >> 6, v >> 6, v & 63);
+            for &(h, flips, lows) in groups {
                 // only buckets holding rows: the bits are in cache, the starts mostly not
-                if let Some(i) = self.buckets.slot(self.layout.key(c, v ^ m)) {
-                    prefetch(starts, i);
-                    keys.push(Probe {
+                let w = base | (high ^ h);
+                let word = occupied[w];
+                let mut wanted = word & lows[low];
+                if wanted == 0 {
+                    continue;
+                }
+                let first = before[w] as usize;
+                while wanted != 0 {
+                    let bit = wanted.trailing_zeros();
+                    wanted &= wanted - 1;
+                    let i = first + (word & ((1u64 << bit) - 1)).count_ones() as usize;
+                    prefetch_at(starts, i);
+                    // the bits this probe flips: `h`'s above the low 6, `bit ^ low` in them
+                    let flipped = flips + (bit ^ low as u32).count_ones();
+                    room[n].write(Probe {
                         span: i,
                         mate,
-                        budget: pair - m.count_ones(),
+                        budget: pair - flipped,
                     });
+                    n += 1;
                 }
             }
         }
+        // SAFETY: the first `n` of the spare room (within `most`, checked by the writes'
+        // indexing) were written just above
+        unsafe { keys.set_len(n) };
         // each bucket's start read (prefetched above) and its rows prefetched in turn, so
         // that the rows' cache misses overlap too, not one bucket's after another's: every
         // line of them (a bucket holds 15 rows of 5 bytes at a million hashes, two or three
         // lines, and the hint of the first alone left the next missed in turn: a search there
         // took twice as long)
         for probe in keys.iter_mut() {
-            let i = probe.span;
-            let (lo, hi) = (starts[i] as usize, starts[i + 1] as usize);
-            prefetch_all(&self.ids[lo..hi]);
+            // a bucket's place is at most `last` by the tables' making; `min` makes it so for
+            // the reads, which then need no bounds checks (four instructions of about 30 a
+            // bucket here)
+            debug_assert!(probe.span <= last);
+            let i = probe.span.min(last);
+            // SAFETY: `i <= last`, so `i + 1 < starts.len()`
+            let (lo, hi) = unsafe {
+                (
+                    *starts.get_unchecked(i) as usize,
+                    *starts.get_unchecked(i + 1) as usize,
+                )
+            };
+            prefetch_span(&self.ids, lo, hi);
             probe.span = lo << 32 | hi;
         }
         for probe in keys.iter() {
@@ -760,6 +943,55 @@ impl<T: Copy> PdqIndex<T> {
                 hits.push((d, r));
             }
         }
+    }
+
+    /// The tail's rows within `threshold` of `q`: those in its chains through the query's
+    /// bytes' chains when the threshold is under 32 ([`TailBytes`]: a row may come more than
+    /// once), the others by a scan.
+    #[inline(always)]
+    fn near_in_tail(&self, q: &Hash, threshold: u32, hits: &mut Vec<(u32, usize)>) {
+        let chained = self.tail_bytes.len();
+        let Some(heads) = self.tail_bytes.heads.as_ref().filter(|_| chained > 0) else {
+            self.scan(q, self.indexed, threshold, hits);
+            return;
+        };
+        if threshold >= TailBytes::BYTES as u32 {
+            self.scan(q, self.indexed, threshold, hits);
+            return;
+        }
+        let next = &self.tail_bytes.next;
+        let rows = &self.words[self.indexed..self.indexed + chained];
+        // the 32 chains a step each in turn, not one after another: each step's reads (a
+        // row's link, then its hash) wait on the last step's, and a chain's alone waited on
+        // them in a row (at 5,000 tail rows, chains of 20, that was slower than the scan);
+        // 32 chains' steps at once overlap their misses
+        let mut at = [0u16; TailBytes::BYTES];
+        let mut going = 0u32;
+        for (c, head) in heads.iter().enumerate() {
+            at[c] = head[TailBytes::byte(q, c)];
+            going |= u32::from(at[c] != 0) << c;
+        }
+        while going != 0 {
+            let mut left = going;
+            while left != 0 {
+                let c = left.trailing_zeros() as usize;
+                left &= left - 1;
+                let j = at[c] as usize - 1;
+                let w = &rows[j];
+                // the first half's bits first (a random row is about 64 off there)
+                let half = (w[0] ^ q[0]).count_ones() + (w[1] ^ q[1]).count_ones();
+                if half <= threshold {
+                    let d = distance(w, q);
+                    if d <= threshold && self.alive.get(self.indexed + j) {
+                        hits.push((d, self.indexed + j));
+                    }
+                }
+                let link = next[TailBytes::BYTES * j + c];
+                at[c] = link;
+                going &= !(u32::from(link == 0) << c);
+            }
+        }
+        self.scan(q, self.indexed + chained, threshold, hits);
     }
 
     /// Rows `[from, end)` compared with the query, four at a time first (see
@@ -838,6 +1070,7 @@ impl<T: Copy> PdqIndex<T> {
         count_before(&b.occupied, &mut b.before);
         self.indexed = n;
         self.tail.clear();
+        self.tail_bytes.clear(self.tail_cap());
         let (cap, words, hasher) = (self.tail_cap(), &self.words, &self.hasher);
         // a bank load's table, not kept
         self.tail
@@ -906,6 +1139,7 @@ impl<T: Copy> PdqIndex<T> {
         self.ids = Vec::new();
         self.buckets = Buckets::default();
         self.tail.clear();
+        self.tail_bytes.clear(0);
         if self.words.len() > self.tail_min && self.words.len() <= MAX_TABLE_ROWS {
             self.merge_tail();
         } else {
@@ -914,19 +1148,20 @@ impl<T: Copy> PdqIndex<T> {
                 let h = self.words[r];
                 self.tail_insert(&h, r as u32);
             }
+            self.chain_tail();
         }
     }
 }
 
 /// Calls `maybe(j)` for every `rows[j]` that may be within `threshold` of `q`: each row
-/// within it, and a few that are not (the caller counts the distance). A tail of about
-/// `5 * sqrt(rows)` is scanned by every search, and the banks' hashes (all tail) by every
-/// upload's screen: at the platform replay's 55,000 hashes about 530 rows a search, at 15
-/// instructions a row (a bit count of the first half and a branch each) a third of the
-/// search's instructions. Four rows' first halves are counted and the four skipped at one
-/// branch when the least is past the threshold (a row at random differs from the query in
-/// about 64 of those 128 bits, past any threshold the tables answer); the rows past the
-/// last block of four one by one.
+/// within it, and a few that are not (the caller counts the distance). What is scanned: a
+/// scan-only index's rows, a tail past its chains' [`TailBytes::MOST`] rows, the tail at a
+/// threshold of 32 or more, and every row past what the tables answer (the tail of about
+/// `5 * sqrt(rows)` was scanned by every search, at 15 instructions a row, a third of a
+/// search's instructions, before it had chains). Four rows' first halves are counted and
+/// the four skipped at one branch when the least is past the threshold (a row at random
+/// differs from the query in about 64 of those 128 bits, past any threshold the tables
+/// answer); the rows past the last block of four one by one.
 #[inline(always)]
 fn near_in_blocks(rows: &[Hash], q: &Hash, threshold: u32, mut maybe: impl FnMut(usize)) {
     let blocks = rows.chunks_exact(4);
@@ -1189,16 +1424,157 @@ mod tests {
     }
 
     #[test]
-    fn the_masks_are_every_value_of_few_enough_bits_ascending() {
+    fn the_probes_are_every_value_within_the_flips_once_with_their_bits() {
+        // what `probe` visits for a chunk value `v`: for each group, the values whose high
+        // part is `v`'s XOR `h` and whose low 6 bits are a bit of `LOWS[..][v & 63]`, each
+        // with the bits it flips; it must be every value within `flips` bits of `v`, once
         for bits in [8, 16] {
             let layout = Layout { bits };
-            for flips in 0..=MAX_FLIPS + 1 {
-                let want: Vec<usize> = (0..layout.values())
-                    .filter(|m| m.count_ones() <= flips)
-                    .collect();
-                assert_eq!(layout.masks(flips), want, "{bits} bits, {flips} flips");
+            let probes = Probes::new(layout);
+            let mut rng = Rng(bits as u64);
+            let values: Vec<usize> = (0..layout.values().min(256))
+                .chain((0..200).map(|_| (rng.next() as usize) % layout.values()))
+                .chain([layout.values() - 1])
+                .collect();
+            for flips in 0..=MAX_FLIPS {
+                for &v in &values {
+                    let (high, low) = (v >> 6, v & 63);
+                    let mut got: Vec<(usize, u32)> = Vec::new();
+                    for &(h, hbits, lows) in &probes.groups[flips as usize] {
+                        let mut wanted = lows[low];
+                        while wanted != 0 {
+                            let bit = wanted.trailing_zeros();
+                            wanted &= wanted - 1;
+                            let flipped = hbits + (bit ^ low as u32).count_ones();
+                            got.push(((high ^ h) << 6 | bit as usize, flipped));
+                        }
+                    }
+                    got.sort_unstable();
+                    let mut want: Vec<(usize, u32)> = (0..layout.values())
+                        .filter(|m| m.count_ones() <= flips)
+                        .map(|m| (v ^ m, m.count_ones()))
+                        .collect();
+                    want.sort_unstable();
+                    assert_eq!(got, want, "{bits} bits, {flips} flips, value {v}");
+                    assert_eq!(got.len(), probes.values[flips as usize]);
+                }
             }
         }
+    }
+
+    #[test]
+    fn a_hash_found_through_one_probe_alone_is_found_for_every_probe() {
+        // for each chunk and each value within `t` bits of the query's there, a hash at that
+        // value and `t + 1` bits off in every other chunk (so within the threshold, and found
+        // only through that one probe of the tables): every one is found, whatever the probe
+        for (bits, threshold) in [(16, 31), (16, 47), (16, 63), (8, 31), (8, 63)] {
+            let layout = Layout { bits };
+            let chunks = layout.chunks();
+            let t = threshold / chunks as u32;
+            let mut rng = Rng(u64::from(threshold) << 8 | u64::from(bits));
+            let q = rng.hash();
+            for c in 0..chunks {
+                let mut index = PdqIndex::with_chunk_bits(bits, 0);
+                let mut live = Vec::new();
+                for (i, m) in (0..layout.values())
+                    .filter(|m| m.count_ones() <= t)
+                    .enumerate()
+                {
+                    let mut h = q;
+                    for j in 0..chunks {
+                        let flips = if j == c {
+                            m as u64
+                        } else {
+                            // t + 1 distinct bits of the chunk, at random
+                            let mut f = 0u64;
+                            while f.count_ones() <= t {
+                                f |= 1 << (rng.next() % u64::from(bits));
+                            }
+                            f
+                        };
+                        let at = j * bits as usize;
+                        h[at / 64] ^= flips << (at % 64);
+                    }
+                    assert!(distance(&h, &q) <= threshold);
+                    index.insert(h, i as i64);
+                    live.push((h, i as i64));
+                }
+                index.merge_tail();
+                assert_eq!(index.indexed, index.rows(), "all in the tables");
+                assert_eq!(
+                    answer(&index, &q, threshold),
+                    brute(&live, &q, threshold),
+                    "{bits} bits, threshold {threshold}, chunk {c}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_tail_row_sharing_one_byte_with_the_query_is_found_through_its_chain() {
+        // a row 31 bits off with one byte equal to the query's (each other byte a bit off) is
+        // found through that byte's chain alone, wherever the byte is; 32 bits off (no byte
+        // equal) it is not, and at 32 the tail's scan finds it; a row equal to the query,
+        // in all 32 chains, is found once
+        let mut rng = Rng(0x51);
+        let base = rng.hash();
+        let off = |equal: Option<usize>| {
+            let mut h = base;
+            for c in (0..32).filter(|&c| Some(c) != equal) {
+                // one bit of byte `c`, a different one each time
+                let bit = 8 * c + (c * 3) % 8;
+                h[bit / 64] ^= 1 << (bit % 64);
+            }
+            h
+        };
+        for equal in 0..32 {
+            let near = off(Some(equal));
+            assert_eq!(distance(&near, &base), 31);
+            assert_eq!(TailBytes::byte(&near, equal), TailBytes::byte(&base, equal));
+            let mut index: PdqIndex = PdqIndex::new(1024);
+            for _ in 0..50 {
+                index.insert(rng.hash(), 1);
+            }
+            index.insert(near, 7);
+            index.insert(base, 9);
+            assert_eq!(
+                (index.indexed, index.tail_bytes.len()),
+                (0, 52),
+                "all in the chains"
+            );
+            assert_eq!(answer(&index, &base, 31), vec![(0, base, 9), (31, near, 7)]);
+            assert_eq!(answer(&index, &base, 30), vec![(0, base, 9)]);
+        }
+        let far = off(None);
+        assert_eq!(distance(&far, &base), 32);
+        let mut index: PdqIndex = PdqIndex::new(1024);
+        index.insert(far, 5);
+        assert_eq!(answer(&index, &base, 31), vec![]);
+        assert_eq!(answer(&index, &base, 32), vec![(32, far, 5)]);
+    }
+
+    #[test]
+    fn a_tail_past_its_chains_is_scanned_and_its_removed_rows_are_not_found() {
+        // past `TailBytes::MOST` rows the tail is scanned; a removed row stays in its chains
+        // until a merge but is never found
+        let mut rng = Rng(0x77);
+        let mut index: PdqIndex = PdqIndex::new(TailBytes::MOST + 100);
+        let mut live: Vec<(Hash, i64)> = Vec::new();
+        for i in 0..TailBytes::MOST as i64 + 20 {
+            let h = rng.hash();
+            index.insert(h, i);
+            live.push((h, i));
+        }
+        assert_eq!(index.indexed, 0);
+        assert_eq!(index.tail_bytes.len(), TailBytes::MOST);
+        for k in [0, 1, TailBytes::MOST - 1, TailBytes::MOST, live.len() - 1] {
+            let q = rng.flip(&live[k].0, 31);
+            assert_eq!(answer(&index, &q, 31), brute(&live, &q, 31), "row {k}");
+        }
+        let (gone, _) = live.remove(7);
+        assert!(index.remove(&gone));
+        assert_eq!(answer(&index, &gone, 31), brute(&live, &gone, 31));
+        assert_eq!(answer(&index, &gone, 0), vec![]);
     }
 
     #[test]
