@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# `make test`'s pytest workers: two, a module each (its fixtures start once); the suite
+# waits half its time (replays at a set speed, brokers' starts), so two overlap on two cores.
+TEST_WORKERS ?= -n 2 --dist loadfile
 # The compiled core (rust/) builds with cargo; rustup installs it in ~/.cargo/bin.
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
@@ -88,7 +91,7 @@ unit: $(VENV)/.installed
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
 test: $(VENV)/.installed $(KAFKA_STAMP) programs lint typecheck cargo-test
-	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/pytest $(TEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc = 5 ]; then echo "pytest ran no test: that is a failure here"; exit 1; fi; exit $$rc
 
 # Every golden output (tests/golden), the million-event stream included (minutes;
