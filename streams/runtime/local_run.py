@@ -60,7 +60,7 @@ from streams.runtime.state_log import StateLog
 from streams.runtime.topology import StageSettings, Topology
 from streams.stages import DeadLetter, Envelope
 from streams.stats import Stats
-from streams.watermarks import NO_TIME, SourceClock
+from streams.watermarks import SourceClock
 from streams.wire import LATEST_WIRE, WireVersion, decode_routed_log
 
 #: A record on a topic in memory: the incarnation of the process that sent it, the
@@ -525,11 +525,13 @@ class LocalRun:
         #: (streams.runtime.stream_times; on Apache Kafka the commit's metadata holds the
         #: same pair): a replacement resumes the time written with each committed offset
         kept_times: list[bytes] = []
+        kept = stream_times.KeptTimes(
+            stream_times.topic_name("local"), kept_times.append, make_reader=lambda: None
+        )
 
         def keep_times(clock: SourceClock) -> None:
-            pairs = {p: (pos[p], clock.newest(p)) for p in range(n) if pos[p] != committed[p]}
-            known = {p: pair for p, pair in pairs.items() if pair[1] != NO_TIME}
-            kept_times.append(stream_times.encode(known))
+            moved = {p: pos[p] for p in range(n) if pos[p] != committed[p]}
+            kept.write(stream_times.taken(moved, clock.newest))
 
         #: input lines read (new ones only) after which the process is replaced
         restart_at = [total * (i + 1) // (self.restarts + 1) for i in range(self.restarts)]

@@ -30,7 +30,7 @@ from streams.runtime.faust_adapter import (
     log_ends,
     on_assigned,
 )
-from streams.runtime.stream_times import KeptTimes
+from streams.runtime.stream_times import KeptTimes, taken
 from streams.runtime.topology import Topology
 from streams.settings import Settings
 from streams.watermarks import NO_TIME
@@ -371,10 +371,9 @@ class SharesReader:
         that metadata, the pairs are written to the times' topic now
         (:class:`~streams.runtime.stream_times.KeptTimes`), so the flush the commit waits
         for covers them: a committed offset's time is on the broker before the offset is."""
-        clock = self.topology.ingest.clock
-        self._noted = {p: (o, clock.newest(p)) for p, o in offsets.items()}
+        self._noted = taken(offsets, self.topology.ingest.clock.newest)
         if self.kept_times is not None:
-            self.kept_times.write({p: ot for p, ot in self._noted.items() if ot[1] != NO_TIME})
+            self.kept_times.write(self._noted)
 
     def _time_of(self, partition: int, offset: int) -> int:
         """The newest event time to commit with ``offset`` of ``partition``: the one noted

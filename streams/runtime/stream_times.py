@@ -45,6 +45,8 @@ from typing import Any
 
 import orjson
 
+from streams.watermarks import NO_TIME
+
 #: The last part of the topic's name (see :func:`topic_name`).
 TOPIC_SUFFIX = "shares-times"
 #: Records read back at a time, from the newest (see :func:`read_back`).
@@ -67,6 +69,18 @@ def topic_name(app_id: str) -> str:
 def encode(pairs: Mapping[int, tuple[int, int]]) -> bytes:
     """One checkpoint's record: each partition's ``(offset, newest event time)``."""
     return orjson.dumps({str(p): list(pairs[p]) for p in sorted(pairs)})
+
+
+def taken(offsets: Mapping[int, int], newest: Callable[[int], int]) -> dict[int, tuple[int, int]]:
+    """Each partition's ``(offset, newest event time)`` as a checkpoint takes the offsets it
+    is about to commit (``newest``: the source clock's, :data:`NO_TIME` where none is known
+    yet): the shares reader's (:meth:`SharesReader.note_offsets`, the commit's metadata and
+    :meth:`KeptTimes.write`) and the kill model's (``LocalRun``), one rule.
+
+    >>> taken({0: 40, 3: 7}, {0: 1767225599000, 3: NO_TIME}.__getitem__)
+    {0: (40, 1767225599000), 3: (7, -1)}
+    """
+    return {p: (o, newest(p)) for p, o in offsets.items()}
 
 
 def decode(value: bytes | None) -> dict[int, tuple[int, int]]:
@@ -173,10 +187,12 @@ class KeptTimes:
         self.written = 0
 
     def write(self, pairs: Mapping[int, tuple[int, int]]) -> None:
-        """The ``(offset, newest event time)`` of each partition about to be committed (the
-        times known: a partition with none yet is committed with none, as in the metadata)."""
-        if pairs:
-            self.send(encode(pairs))
+        """The ``(offset, newest event time)`` of each partition about to be committed
+        (:func:`taken`): the times known (a partition with none yet, :data:`NO_TIME`, is
+        committed with none, as in the metadata); nothing when none is."""
+        known = {p: pair for p, pair in pairs.items() if pair[1] != NO_TIME}
+        if known:
+            self.send(encode(known))
             self.written += 1
 
     async def read(self, committed: Mapping[int, int]) -> dict[int, int]:
