@@ -1471,7 +1471,9 @@ def test_a_replacement_rebuilds_its_clusters_partitions_at_once_loading_till_app
     }
     again, _, _ = run.build(random.Random(0), None, tables, incarnation=1)  # type: ignore[arg-type]
     assert again.loading(parts) == list(parts) and not again.detectors
+    assert again.unbuilt(reversed(parts)) == list(reversed(parts))  # what a worker asks
     assert again.rebuild(parts) == list(parts)
+    assert again.unbuilt(parts) == []
     logged = [k for k in parts if live.cluster_log.read(k)]
     assert logged and again.loading(parts) == logged
     assert all(again.detectors[k].detector.cluster_count == 0 for k in logged)  # unapplied

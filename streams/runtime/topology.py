@@ -426,10 +426,17 @@ class Topology:
         other); the restored alerts are still re-announced once the partition's watermark
         is known (:meth:`detect`). The kill and moves models rebuild so too
         (:class:`~streams.runtime.local_run.LocalRun`)."""
-        done = [p for p in partitions if p not in self.detectors]
+        done = self.unbuilt(partitions)
         for p in done:
             self.detector(p)
         return done
+
+    def unbuilt(self, partitions: Iterable[int]) -> list[int]:
+        """Those of these clusters partitions not rebuilt here yet (no detector: what
+        :meth:`rebuild` would rebuild), in their order: the one test of it, for the worker
+        that rebuilds its assignment one partition at a time (``Worker.rebuild_assigned``)
+        and for :meth:`rebuild` itself."""
+        return [p for p in partitions if p not in self.detectors]
 
     def heard(self) -> int | None:
         """The newest event time that every resolve partition here has heard of every busy

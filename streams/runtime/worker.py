@@ -626,9 +626,8 @@ class Worker:
         resolve partitions are still restored at their first batch: what a restore
         releases goes on downstream in a batch, and no view reads them."""
         began = self._rebalances
-        detectors = self.topology.detectors
         while began == self._rebalances and (
-            loading := sorted(p for p in self.hand_over.clusters.held if p not in detectors)
+            loading := self.topology.unbuilt(sorted(self.hand_over.clusters.held))
         ):
             self.health.set(
                 "restored",
