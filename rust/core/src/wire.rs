@@ -83,7 +83,7 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 /// post's id in the posts' log, which is bytes in the core's tables).
 pub fn write_utf8(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
-    // nearly every text (ids, hashes, names) has nothing to escape: said eight bytes a
+    // nearly every text (ids, hashes, names) has nothing to escape: said sixteen bytes a
     // step (`to_escape`), and it is copied whole
     if !to_escape(bytes) {
         out.extend_from_slice(bytes);
@@ -117,40 +117,13 @@ pub fn write_utf8(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
 }
 
-/// Whether a byte of `bytes` is one [`write_str`] escapes (below U+0020, `"` or `\`),
-/// eight bytes a step: a word's bytes below 0x20 and its zero bytes after an XOR with
-/// each quote are found by the borrow of a subtraction (each test is exact for "any
-/// byte", which is all this asks); the last eight bytes read again past a whole word (a
-/// text under eight, a byte at a time). An event's ids and a cluster's are 10-20 bytes:
-/// a fold a byte was about six instructions a byte, some 2,000,000 texts a one-worker
-/// benchmark's 300,000 events.
+/// Whether a byte of `bytes` is one [`write_str`] escapes (below U+0020, `"` or `\`): the
+/// parser's scan for where a string with no escape ends ([`crate::json::plain_run`],
+/// sixteen bytes a step), run to the end. An event's ids and a cluster's are 10-20 bytes,
+/// about 2,000,000 texts a one-worker benchmark's 300,000 events.
 #[inline]
 pub(crate) fn to_escape(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    #[inline(always)]
-    fn any(w: u64) -> u64 {
-        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-        (w.wrapping_sub(ONES * 0x20) & !w & HIGH)
-            | zero(w ^ (ONES * u64::from(b'"')))
-            | zero(w ^ (ONES * u64::from(b'\\')))
-    }
-    let word = |w: &[u8]| any(u64::from_le_bytes(w.try_into().expect("eight bytes")));
-    let n = bytes.len();
-    if n < 8 {
-        return bytes.iter().fold(false, |any, &b| {
-            any | (b < 0x20) | (b == b'"') | (b == b'\\')
-        });
-    }
-    let mut words = bytes.chunks_exact(8);
-    let mut found = 0;
-    for w in &mut words {
-        found |= word(w);
-    }
-    if !words.remainder().is_empty() {
-        found |= word(&bytes[n - 8..]); // the last eight, some of them again
-    }
-    found != 0
+    crate::json::plain_run(bytes) < bytes.len()
 }
 
 /// `n` in decimal, as `n.to_string()` writes it, from a buffer on the stack (that made a
@@ -756,7 +729,7 @@ mod tests {
     #[test]
     fn the_escape_test_by_words_is_the_byte_by_bytes() {
         let slow = |b: &[u8]| b.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
-        for len in 0..=24 {
+        for len in 0..=40 {
             for at in 0..len.max(1) {
                 for b in 0..=255_u8 {
                     let mut t = vec![b'a'; len];
