@@ -432,9 +432,7 @@ impl Parts {
             moved.clear();
             moved.extend_from_slice(&self.current[mark + 1..]);
             self.current.truncate(mark);
-            self.current.push(b']');
-            self.done
-                .push(std::mem::replace(&mut self.current, vec![b'[']));
+            self.close_part();
             self.current.extend_from_slice(&moved);
             self.item = moved;
         }
@@ -445,13 +443,19 @@ impl Parts {
         let empty = self.current.len() == 1;
         // the part as it would be with this item and its closing bracket
         if !empty && self.current.len() + 1 + json.len() + 1 > self.limit {
-            self.current.push(b']');
-            self.done
-                .push(std::mem::replace(&mut self.current, vec![b'[']));
+            self.close_part();
         } else if !empty {
             self.current.push(b',');
         }
         self.current.extend_from_slice(json);
+    }
+
+    /// The current part closed (its bracket) and kept, a new one begun: where an item
+    /// would pass the limit ([`Parts::push`], [`Parts::push_json`]).
+    fn close_part(&mut self) {
+        self.current.push(b']');
+        self.done
+            .push(std::mem::replace(&mut self.current, vec![b'[']));
     }
 
     /// The form its events to route and unbanked uploads are written in.
