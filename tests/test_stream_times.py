@@ -17,7 +17,15 @@ from kafka_helpers import names, tansu
 
 from streams.runtime.broker import LocalBroker
 from streams.runtime.shares_reader import SharesReader, parse_stream_time, stream_time
-from streams.runtime.stream_times import KeptTimes, decode, encode, match, read_back
+from streams.runtime.stream_times import (
+    BAD_RECORD,
+    KeptTimes,
+    bad_records,
+    decode,
+    encode,
+    match,
+    read_back,
+)
 from streams.settings import Settings
 from streams.watermarks import NO_TIME, SourceClock
 
@@ -75,8 +83,12 @@ def test_a_partition_resumes_the_time_committed_with_its_offset_and_no_other() -
 
 
 @given(st.binary(max_size=200))
-def test_a_record_of_any_bytes_is_read_or_ignored_never_raises(value: bytes) -> None:
-    pairs = decode(value)
+def test_a_record_of_any_bytes_is_read_or_refused_never_anything_else(value: bytes) -> None:
+    try:
+        pairs = decode(value)
+    except ValueError as exc:
+        assert str(exc).startswith("not a times record")
+        return
     assert all(o >= 0 and t >= 0 for o, t in pairs.values())
 
 
@@ -164,6 +176,7 @@ def test_the_times_are_read_back_from_the_bundled_broker_a_window_at_a_time(
     ensure_topics([tansu.bootstrap], {topic: 1})
     values = [encode({0: (1, 100), 1: (4, 400)}), encode({0: (2, 150)})]
     values += [encode({0: (3 + i, 200 + i)}) for i in range(10)]  # 1 committed at 4 long ago
+    values[5] = b"damaged"  # (0 at 6)
     values += [encode({0: (12, 500), 2: (9, 900)})]  # 2's commit failed (committed at 8)
 
     async def run() -> tuple[dict[int, int], dict[int, int]]:
@@ -180,10 +193,47 @@ def test_the_times_are_read_back_from_the_bundled_broker_a_window_at_a_time(
             return AIOKafkaConsumer(bootstrap_servers=tansu.bootstrap, fetch_max_wait_ms=25)
 
         committed = {0: 12, 1: 4, 2: 8}
-        far = await read_back(reader(), topic, committed, window=3)
-        near = await read_back(reader(), topic, {0: 11}, window=3)
+        far = await read_back(reader(), topic, committed, told, window=3)
+        near = await read_back(reader(), topic, {0: 11}, told, window=3)
         return far, near
+
+    bad: list[tuple[int, bytes | None]] = []
+
+    def told(offset: int, value: bytes | None, detail: str) -> None:
+        bad.append((offset, value))
 
     far, near = asyncio.run(run())
     assert far == {0: 500, 1: 400}
     assert near == {0: 208}
+    assert bad == [(5, b"damaged")]  # told with its offset; the records around it read
+
+
+def test_a_damaged_record_is_counted_logged_and_dead_lettered_and_the_others_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A record on the times' topic that is not one (damaged, another writer's) is never
+    dropped silently: the worker's ``on_bad`` counts it (``bad_times_record``, the
+    rejected metric), logs one line and dead-letters its bytes; the records around it are
+    read as ever."""
+    from streams.stats import Stats
+
+    stats = Stats()
+    letters: list[Any] = []
+    bad = bad_records("app-shares-times", stats, letters.extend)
+    values = [encode({0: (10, 100)}), b'{"0": [11', encode({1: (4, 40)}), b'{"0": "x"}']
+    with caplog.at_level("WARNING"):
+        found = match(values, {0: 10, 1: 4}, bad, at=[7, 8, 9, 10])
+    assert found == {0: 100, 1: 40}
+    assert stats.rejected == {BAD_RECORD: 2}
+    assert [(d.source.offset, d.rejection.reason, d.rejection.raw) for d in letters] == [
+        (8, BAD_RECORD, b'{"0": [11'),
+        (10, BAD_RECORD, b'{"0": "x"}'),
+    ]
+    logged = [r.getMessage() for r in caplog.records]
+    assert logged == [
+        "app-shares-times offset 8: skipped, not a times record: not JSON (bad_times_record)",
+        "app-shares-times offset 10: skipped, not a times record: partition 0's pair is not "
+        "[offset, time] (bad_times_record)",
+    ]
+    with pytest.raises(ValueError, match="record 1"):  # no on_bad: never silent either
+        match(values, {0: 10})

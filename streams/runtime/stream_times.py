@@ -26,29 +26,43 @@ or written by a release without this), the time stays unknown, as before.
 The records are a few dozen bytes a checkpoint (one a second while records
 are read; none on a quiet stream): a day of reading is about 86,000 records,
 read back from the newest, a window at a time, only as far as the partitions
-asked for need (:func:`read_back`). Apache Kafka needs none of it.
+asked for need (:func:`read_back`). A record that is not one is counted,
+logged and dead-lettered (:func:`bad_records`), never dropped silently. Apache
+Kafka needs none of it.
 
 >>> value = encode({2: (1_500, 1767225600000), 0: (40, 1767225599000)})
 >>> value
 b'{"0":[40,1767225599000],"2":[1500,1767225600000]}'
 >>> decode(value)
 {0: (40, 1767225599000), 2: (1500, 1767225600000)}
->>> decode(b"not json"), decode(b'{"0": [1]}'), decode(b'{"x": [1, 2]}'), decode(b"[]")
-({}, {}, {}, {})
+>>> bad = []
+>>> match([value, b"not json", b"[]"], {0: 40}, on_bad=lambda at, v, why: bad.append((at, why)))
+{0: 1767225599000}
+>>> bad  # counted and logged by the worker (``bad_times_record``), never dropped silently
+[(1, 'not a times record: not JSON'), (2, 'not a times record: not an object')]
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 
+from streams.events import Rejection
+from streams.stages import DeadLetter, Source
+from streams.stats import Stats
 from streams.watermarks import NO_TIME
+
+log = logging.getLogger("viralwatch.worker")
 
 #: The last part of the topic's name (see :func:`topic_name`).
 TOPIC_SUFFIX = "shares-times"
+#: The rejected reason of a record on the topic that is not one (:func:`bad_records`).
+BAD_RECORD = "bad_times_record"
 #: Records read back at a time, from the newest (see :func:`read_back`).
 READ_WINDOW = 2_000
 #: How long a read back may take before the times are left unknown (a reader resumes
@@ -84,29 +98,71 @@ def taken(offsets: Mapping[int, int], newest: Callable[[int], int]) -> dict[int,
 
 
 def decode(value: bytes | None) -> dict[int, tuple[int, int]]:
-    """A record's pairs; ``{}`` for anything else (another writer's, a damaged one: a
-    time is never made up, and bad input never stops a reader)."""
+    """A record's pairs. Anything else (another writer's, a damaged one) raises
+    ``ValueError`` saying what is wrong: the reader counts it and goes on with the records
+    around it (:func:`match`'s ``on_bad``), never makes a time up and never stops on it.
+
+    >>> decode(b'{"0": [1]}')
+    Traceback (most recent call last):
+    ...
+    ValueError: not a times record: partition 0's pair is not [offset, time]
+    """
     try:
         doc = orjson.loads(value or b"")
     except orjson.JSONDecodeError:
-        return {}
+        raise ValueError("not a times record: not JSON") from None
     if not isinstance(doc, dict):
-        return {}
+        raise ValueError("not a times record: not an object")
     out: dict[int, tuple[int, int]] = {}
     for key, pair in doc.items():
-        if not (key.isdigit() and isinstance(pair, list) and len(pair) == 2):
-            return {}
+        if not key.isdigit():
+            raise ValueError("not a times record: a key is not a partition")
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise ValueError(f"not a times record: partition {key}'s pair is not [offset, time]")
         offset, ts = pair
         if not (type(offset) is int and type(ts) is int and offset >= 0 and ts >= 0):
-            return {}
+            raise ValueError(f"not a times record: partition {key}'s offset or time is not one")
         out[int(key)] = (offset, ts)
     return out
 
 
-def match(values: Iterable[bytes | None], committed: Mapping[int, int]) -> dict[int, int]:
+#: Told of a record :func:`decode` refuses: its place (an offset on the topic, or an index
+#: in what :func:`match` was given), its bytes, and what is wrong with it.
+OnBad = Callable[[int, "bytes | None", str], None]
+
+
+def bad_records(
+    topic: str, stats: Stats, deadletter: Callable[[Iterable[DeadLetter]], None]
+) -> OnBad:
+    """The worker's ``on_bad``: a record of ``topic`` that is not one is never dropped
+    silently: counted (``bad_times_record`` in the stats' rejected, the rejected metric),
+    logged in one line (offsets and times: no user's id is in such a record) and
+    dead-lettered with its bytes, as a bad record of the other topics a worker reads."""
+
+    def bad(offset: int, value: bytes | None, detail: str) -> None:
+        stats.rejected[BAD_RECORD] += 1
+        log.warning("%s offset %d: skipped, %s (%s)", topic, offset, detail, BAD_RECORD)
+        rejection = Rejection(BAD_RECORD, detail, value or b"")
+        deadletter([DeadLetter(rejection, TOPIC_SUFFIX, Source(topic, 0, offset))])
+
+    return bad
+
+
+def _raise(at: int, value: bytes | None, detail: str) -> None:
+    raise ValueError(f"record {at}: {detail}")
+
+
+def match(
+    values: Iterable[bytes | None],
+    committed: Mapping[int, int],
+    on_bad: OnBad = _raise,
+    at: Iterable[int] | None = None,
+) -> dict[int, int]:
     """Each partition's time as its committed offset was committed: the time of the last
     record (``values`` oldest first) naming that partition at that offset. A partition no
-    record names at its committed offset is left out.
+    record names at its committed offset is left out. A record that is not one is told to
+    ``on_bad`` (with its place: ``at``'s, else its index; by default it raises) and
+    skipped: the records around it are matched as ever.
 
     >>> records = [encode({0: (10, 100), 1: (7, 90)}), encode({0: (12, 130)}),
     ...            encode({0: (15, 170)})]  # the last one's commit failed
@@ -118,15 +174,24 @@ def match(values: Iterable[bytes | None], committed: Mapping[int, int]) -> dict[
     {0: 130}
     """
     out: dict[int, int] = {}
-    for value in values:
-        for p, (offset, ts) in decode(value).items():
+    for i, value in zip(at if at is not None else itertools.count(), values, strict=False):
+        try:
+            pairs = decode(value)
+        except ValueError as exc:
+            on_bad(i, value, str(exc))
+            continue
+        for p, (offset, ts) in pairs.items():
             if committed.get(p) == offset:
                 out[p] = ts
     return out
 
 
 async def read_back(
-    reader: Any, topic: str, committed: Mapping[int, int], window: int = READ_WINDOW
+    reader: Any,
+    topic: str,
+    committed: Mapping[int, int],
+    on_bad: OnBad,
+    window: int = READ_WINDOW,
 ) -> dict[int, int]:
     """:func:`match` over ``topic``'s records, read from the newest back, a window at a
     time, until every partition of ``committed`` has its time or the start is reached.
@@ -136,7 +201,8 @@ async def read_back(
     the last batch's base offset + 1), but a fetch gives whole batches: reading up to the
     offset before the end it said gives every record written before the question, and the
     record of a committed offset was written before the offset was committed, so before
-    this is asked. Raises ``TimeoutError`` after :data:`READ_TIMEOUT_S`.
+    this is asked. A record that is not one is told to ``on_bad`` with its offset.
+    Raises ``TimeoutError`` after :data:`READ_TIMEOUT_S`.
     """
     from aiokafka import TopicPartition
 
@@ -151,6 +217,7 @@ async def read_back(
         while hi > 0 and len(found) < len(committed):
             lo = max(0, hi - window)
             reader.seek(tp, lo)
+            offsets: list[int] = []
             values: list[bytes | None] = []
             while await reader.position(tp) < hi:
                 if time.monotonic() > deadline:
@@ -159,9 +226,10 @@ async def read_back(
                 for record in got.get(tp, ()):
                     # the first window keeps the end's batch whole (past the end said)
                     if record.offset >= lo and (hi == end or record.offset < hi):
+                        offsets.append(record.offset)
                         values.append(record.value)
             missing = {p: o for p, o in committed.items() if p not in found}
-            found |= match(values, missing)
+            found |= match(values, missing, on_bad, at=offsets)
             hi = lo
             window *= 2
         return found
@@ -175,14 +243,21 @@ class KeptTimes:
 
     ``send`` hands one record's value to the producer the checkpoint flushes before it
     commits (the worker's: through Faust's buffer, which its flush counts); ``make_reader``
-    makes an unstarted aiokafka consumer without a group (one a read back)."""
+    makes an unstarted aiokafka consumer without a group (one a read back); ``on_bad`` is
+    told of each record read back that is not one (the worker counts it, ``bad_times_record``,
+    logs and dead-letters it: :func:`bad_records`)."""
 
     def __init__(
-        self, topic: str, send: Callable[[bytes], None], make_reader: Callable[[], Any]
+        self,
+        topic: str,
+        send: Callable[[bytes], None],
+        make_reader: Callable[[], Any],
+        on_bad: OnBad = _raise,
     ) -> None:
         self.topic = topic
         self.send = send
         self.make_reader = make_reader
+        self.on_bad = on_bad
         #: records written (the worker's stats record says it: none on Apache Kafka)
         self.written = 0
 
@@ -198,4 +273,4 @@ class KeptTimes:
     async def read(self, committed: Mapping[int, int]) -> dict[int, int]:
         """Each partition's time as its committed offset was committed (:func:`read_back`);
         those with none are left out."""
-        return await read_back(self.make_reader(), self.topic, committed)
+        return await read_back(self.make_reader(), self.topic, committed, self.on_bad)

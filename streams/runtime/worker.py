@@ -604,7 +604,9 @@ class Worker:
                 **s.security.aiokafka_config(),
             )
 
-        return KeptTimes(topic.get_topic_name(), send, make_reader)
+        name = topic.get_topic_name()
+        bad = stream_times.bad_records(name, self.stats, self.outputs.deadletter)
+        return KeptTimes(name, send, make_reader, on_bad=bad)
 
     @property
     def loading(self) -> list[int]:
