@@ -181,6 +181,7 @@ def test_apache_kafka_needs_none_of_the_bundled_brokers_workarounds(
             "end_offset_probes": 0,
             "short_fetch_wait": False,
             "times_written": 0,
+            "times_read_back": 0,
         }
 
 

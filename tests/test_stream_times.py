@@ -25,6 +25,7 @@ from streams.runtime.stream_times import (
     encode,
     match,
     read_back,
+    taken,
 )
 from streams.settings import Settings
 from streams.watermarks import NO_TIME, SourceClock
@@ -34,52 +35,83 @@ __all__ = ["tansu"]  # the module-scoped fixture, imported for pytest
 
 def test_a_partition_resumes_the_time_committed_with_its_offset_and_no_other() -> None:
     """A model of the shares reader's checkpoints on the bundled broker: records read,
-    checkpoints that write their pairs and then commit or fail to (a kill, a rebalance),
-    and kills after which a new reader goes on from the committed offsets with the times
-    read back. After every step, what a new reader would read back is exactly what Apache
-    Kafka's commit metadata holds (the model's ``committed_time``: the time committed with
-    each committed offset), as the moves models assume (``TwoProcesses``' own
+    checkpoints that write their pairs (every partition held named: the others' as last
+    committed, :meth:`KeptTimes.write`) and then commit or fail to (a kill, a rebalance),
+    quiet holders writing their pairs again (:meth:`KeptTimes.refresh`), and kills after
+    which a new reader goes on from the committed offsets with the times read back from the
+    newest records only (:data:`TAIL` of them, as ``read_back`` reads a bounded number).
+    After every step, what a new reader would read back is exactly what Apache Kafka's
+    commit metadata holds (the model's ``committed_time``: the time committed with each
+    committed offset), as the moves models assume (``TwoProcesses``' own
     ``committed_time``; the kill model, ``LocalRun``, resumes through :func:`match`
-    itself). Taking the newest record whatever its offset
+    itself), for every partition whose offset failed to be committed fewer than
+    :data:`TAIL` - 1 times in a row; past that, it may be unknown (till its offset is
+    committed again), never another time. Taking the newest record whatever its offset
     would resume a failed commit's time, past records read again."""
     newest_wins: set[int] = set()  # seeds where the newest record is not the committed pair
+    bounded = 0  # steps checked on the newest records alone
     for seed in range(300):
         rng = random.Random(seed)
         n = 3
         times = [[rng.randrange(10**6) for _ in range(rng.randrange(1, 40))] for _ in range(n)]
         records: list[bytes] = []
+        kept = KeptTimes("t", records.append, lambda: None)
         committed: dict[int, int] = {}
         committed_time: dict[int, int] = {}  # what Kafka's metadata would give back
         pos, newest = [0] * n, [NO_TIME] * n
+        failed = [0] * n  # checkpoints failed in a row with each partition's offset
+        lost: set[int] = set()  # unknown since a kill after TAIL failed in a row, till committed
         for _ in range(80):
             roll = rng.random()
-            if roll < 0.5:  # a batch read
+            if roll < 0.45:  # a batch read
                 p = rng.randrange(n)
                 read = times[p][pos[p] : pos[p] + rng.randint(1, 5)]
                 newest[p] = max([newest[p], *read])
                 pos[p] += len(read)
-            elif roll < 0.85:  # a checkpoint: its pairs written, then the commit, or a failure
+            elif roll < 0.8:  # a checkpoint: its pairs written, then the commit, or a failure
                 offsets = {p: pos[p] for p in range(n) if pos[p] and committed.get(p) != pos[p]}
-                pairs = {p: (o, newest[p]) for p, o in offsets.items() if newest[p] != NO_TIME}
-                if pairs:
-                    records.append(encode(pairs))
+                pairs = taken(offsets, newest.__getitem__)
+                kept.write(pairs, held=range(n))
                 if rng.random() < 0.7:
                     committed.update(offsets)
+                    kept.committed(pairs)
+                    for p in offsets:
+                        failed[p] = 0
+                    lost -= set(offsets)
                     for p in offsets:
                         ts = parse_stream_time(stream_time(newest[p]))
                         if ts is None:
                             committed_time.pop(p, None)
                         else:
                             committed_time[p] = ts
+                else:
+                    for p in offsets:
+                        failed[p] += 1
+            elif roll < 0.9:  # a quiet holder's pairs written again
+                kept.write({}, held=range(n))
             else:  # a kill: the new reader goes on from the commits, with the times read back
-                found = match(records, committed)
+                found = match(records[-TAIL:], committed)
                 pos = [committed.get(p, 0) for p in range(n)]
                 newest = [found.get(p, NO_TIME) for p in range(n)]
+                kept = KeptTimes("t", records.append, lambda: None)
+                kept.resumed(committed, found)
+                lost |= set(committed_time) - set(found)
+                assert all(failed[p] >= TAIL - 1 for p in lost), seed
             assert match(records, committed) == committed_time, seed
+            tail = match(records[-TAIL:], committed)
+            assert all(committed_time[p] == t for p, t in tail.items()), seed  # never another
+            ok = {p for p in committed_time if p not in lost and failed[p] < TAIL - 1}
+            assert all(tail.get(p) == committed_time[p] for p in ok), seed
+            bounded += len(ok) == len(committed_time)
             latest = {p: (o, t) for value in records for p, (o, t) in decode(value).items()}
             if any(latest[p][1] != committed_time.get(p) for p in committed if p in latest):
                 newest_wins.add(seed)
     assert len(newest_wins) > 100  # the counter-rule is wrong in most of the model's runs
+    assert bounded > 300 * 75  # nearly every step
+
+
+#: The newest records the model's readers read back (a worker reads up to READ_LIMIT).
+TAIL = 4
 
 
 @given(st.binary(max_size=200))
@@ -150,6 +182,11 @@ def test_the_reader_commits_the_noted_times_and_resumes_from_the_kept_ones_when_
     assert [decode(v) for v in kept.sent] == [{0: (10, 5_000)}]  # 2 has no time yet
     asyncio.run(reader.commit_offsets({0: 10, 2: 4}))
     assert committed == [{tp[0]: OffsetAndMetadata(10, "t=5000"), tp[2]: OffsetAndMetadata(4, "")}]
+    reader.note_offsets({1: 3})  # 0, held and committed with a time, is named again
+    assert decode(kept.sent[-1]) == {0: (10, 5_000), 1: (3, 7_000)}
+    clock.assign([1, 2], 2.0)  # 0 given up: no longer named
+    reader.note_offsets({2: 6})
+    assert len(kept.sent) == 2  # nothing known (2 has no time yet): nothing written
 
     again = SourceClock(1.0)
     topology.ingest = SimpleNamespace(clock=again)
@@ -193,8 +230,8 @@ def test_the_times_are_read_back_from_the_bundled_broker_a_window_at_a_time(
             return AIOKafkaConsumer(bootstrap_servers=tansu.bootstrap, fetch_max_wait_ms=25)
 
         committed = {0: 12, 1: 4, 2: 8}
-        far = await read_back(reader(), topic, committed, told, window=3)
-        near = await read_back(reader(), topic, {0: 11}, told, window=3)
+        far, _ = await read_back(reader(), topic, committed, told, window=3)
+        near, _ = await read_back(reader(), topic, {0: 11}, told, window=3)
         return far, near
 
     bad: list[tuple[int, bytes | None]] = []
@@ -237,3 +274,64 @@ def test_a_damaged_record_is_counted_logged_and_dead_lettered_and_the_others_rea
     ]
     with pytest.raises(ValueError, match="record 1"):  # no on_bad: never silent either
         match(values, {0: 10})
+
+
+async def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+    try:
+        for v in values:  # a record a batch, as a checkpoint writes one
+            await producer.send_and_wait(topic, v, partition=0)
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.integration
+def test_a_restart_after_many_records_reads_a_bounded_number_of_them_back(
+    tansu: LocalBroker,
+) -> None:
+    """Every record a writer makes names every partition it holds (the others with their
+    pairs as last committed), so a partition quiet for a long time while another is read is
+    found among the newest records, not at the start of the topic (about 86,000 records a
+    day: every one was read back). What a read back reads is bounded (``limit``): a
+    partition no record in it names is unknown, never guessed."""
+    from aiokafka import AIOKafkaConsumer
+
+    from streams.runtime.broker import ensure_topics
+
+    prefix, _ = names()
+    topic = f"{prefix}shares-times"
+    ensure_topics([tansu.bootstrap], {topic: 1})
+    sent: list[bytes] = []
+    kept = KeptTimes(topic, sent.append, lambda: None)
+    kept.write({0: (1, 100), 1: (5, 500)}, held=[0, 1])
+    kept.committed({0: (1, 100), 1: (5, 500)})
+    for i in range(2, 800):  # 0 read and committed a second at a time, 1 quiet all along
+        kept.write({0: (i, 100 + i)}, held=[0, 1])
+        kept.committed({0: (i, 100 + i)})
+    old = [encode({0: (1, 100), 2: (7, 700)})]  # a release that named only what it committed
+    old += [encode({0: (i, 100 + i)}) for i in range(2, 800)]
+    assert sent[-1] == encode({0: (799, 899), 1: (5, 500)})
+
+    def reader() -> Any:
+        return AIOKafkaConsumer(bootstrap_servers=tansu.bootstrap, fetch_max_wait_ms=25)
+
+    async def run() -> list[tuple[dict[int, int], int]]:
+        await _produce(tansu.bootstrap, topic, old + sent)
+        return [
+            await read_back(reader(), topic, {1: 5}, _never, window=8, limit=100),
+            await read_back(reader(), topic, {2: 7}, _never, window=8, limit=100),
+            await read_back(reader(), topic, {2: 7}, _never, window=8, limit=2_000),
+        ]
+
+    (quiet, read), (beyond, read_beyond), (whole, read_whole) = asyncio.run(run())
+    assert quiet == {1: 500}
+    assert read <= 8 + 1  # the first window (and the end's batch, read whole)
+    assert beyond == {} and 100 <= read_beyond <= 100 + 1  # unknown: no more read
+    assert whole == {2: 700} and read_whole == len(old + sent)  # back to the start
+
+
+def _never(offset: int, value: bytes | None, detail: str) -> None:
+    raise AssertionError(f"offset {offset}: {detail}")

@@ -525,13 +525,23 @@ class LocalRun:
         #: (streams.runtime.stream_times; on Apache Kafka the commit's metadata holds the
         #: same pair): a replacement resumes the time written with each committed offset
         kept_times: list[bytes] = []
-        kept = stream_times.KeptTimes(
-            stream_times.topic_name("local"), kept_times.append, make_reader=lambda: None
-        )
 
-        def keep_times(clock: SourceClock) -> None:
+        def new_kept() -> stream_times.KeptTimes:
+            """A process's writer of the times (its own pairs as last committed)."""
+            return stream_times.KeptTimes(
+                stream_times.topic_name("local"), kept_times.append, make_reader=lambda: None
+            )
+
+        kept = new_kept()
+
+        def keep_times(clock: SourceClock, commit: bool) -> None:
+            """A checkpoint's pairs written (every partition named: this process holds them
+            all), then committed with its offsets, or not (a kill before the commit)."""
             moved = {p: pos[p] for p in range(n) if pos[p] != committed[p]}
-            kept.write(stream_times.taken(moved, clock.newest))
+            pairs = stream_times.taken(moved, clock.newest)
+            kept.write(pairs, held=range(n))
+            if commit:
+                kept.committed(pairs)
 
         #: input lines read (new ones only) after which the process is replaced
         restart_at = [total * (i + 1) // (self.restarts + 1) for i in range(self.restarts)]
@@ -570,7 +580,7 @@ class LocalRun:
                 incarnation += 1  # a new process: its state comes from the logs alone
                 self.kills += 1
                 # its last checkpoint wrote its pairs; the kill came before their commit
-                keep_times(topology.ingest.clock)
+                keep_times(topology.ingest.clock, commit=False)
                 if self.tear is not None:
                     self._killed(self.tear.kill(rng, topics))
                 for name, parts in reread.items():  # read again from the last commit
@@ -586,9 +596,13 @@ class LocalRun:
                 for update in applied:  # its bank follower reads the bank topic again
                     topology.change_bank(update)
                 pos = committed[:]  # what was read after the last commit is read again
-                resumed = stream_times.match(kept_times, dict(enumerate(committed)))
+                # read back as far as a worker reads (stream_times.read_back)
+                newest = kept_times[-stream_times.READ_LIMIT :]
+                resumed = stream_times.match(newest, dict(enumerate(committed)))
                 for p, ts in resumed.items():
                     topology.ingest.clock.resume(p, ts)
+                kept = new_kept()
+                kept.resumed(dict(enumerate(committed)), resumed)
             if move_at and fresh >= move_at[0]:
                 move_at.pop(0)
                 self._move(rng, topology, topics)
@@ -648,7 +662,7 @@ class LocalRun:
                 for parts in reread.values():
                     for q in range(n):
                         parts[q] = []
-                keep_times(topology.ingest.clock)
+                keep_times(topology.ingest.clock, commit=True)
                 committed = pos[:]
         self.actions.update((k.decode(), v) for k, v in tables["actions-sent"].items())
         self.topology = topology

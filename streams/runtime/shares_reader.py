@@ -152,6 +152,8 @@ class SharesReader:
                     committed_at = time.monotonic()
                     await self.checkpoint.commit(self.owned())
                     self.commit_s += time.monotonic() - committed_at
+                    if self.kept_times is not None:  # a quiet holder's pairs written again
+                        self.kept_times.refresh(self.topology.ingest.clock.assigned)
         finally:
             self.consumer = None
             with contextlib.suppress(Exception):
@@ -371,9 +373,12 @@ class SharesReader:
         that metadata, the pairs are written to the times' topic now
         (:class:`~streams.runtime.stream_times.KeptTimes`), so the flush the commit waits
         for covers them: a committed offset's time is on the broker before the offset is."""
-        self._noted = taken(offsets, self.topology.ingest.clock.newest)
+        clock = self.topology.ingest.clock
+        self._noted = taken(offsets, clock.newest)
         if self.kept_times is not None:
-            self.kept_times.write(self._noted)
+            # with the pairs of the others held, as last committed: every record names
+            # every partition held, so a read back is bounded (stream_times.read_back)
+            self.kept_times.write(self._noted, held=clock.assigned)
 
     def _time_of(self, partition: int, offset: int) -> int:
         """The newest event time to commit with ``offset`` of ``partition``: the one noted
@@ -393,12 +398,12 @@ class SharesReader:
         if consumer is None:
             raise RuntimeError("the shares reader is not running")
         at = OffsetAndMetadata
+        pairs = {p: (o, self._time_of(p, o)) for p, o in offsets.items()}
         await consumer.commit(
-            {
-                TopicPartition(self.topic, p): at(o, stream_time(self._time_of(p, o)))
-                for p, o in offsets.items()
-            }
+            {TopicPartition(self.topic, p): at(o, stream_time(t)) for p, (o, t) in pairs.items()}
         )
+        if self.kept_times is not None:
+            self.kept_times.committed(pairs)
 
     async def resume_stream_times(self, partitions: Iterable[Any]) -> None:
         """Partitions assigned: their newest event time as their previous reader committed it
@@ -411,15 +416,18 @@ class SharesReader:
             return
         clock = self.topology.ingest.clock
         dropped: dict[int, int] = {}
+        kept = self.kept_times
         for tp, (offset, metadata) in (await committed_with_metadata(consumer, tps)).items():
             ts = parse_stream_time(metadata)
             if ts is not None:
                 clock.resume(tp.partition, ts)
+                if kept is not None:
+                    kept.resumed({tp.partition: offset}, {tp.partition: ts})
             elif offset >= 0:
                 dropped[tp.partition] = offset
-        kept = self.kept_times
         if kept is None or not dropped:
             return
+        kept.resumed(dropped, {})  # unknown until found (a pair held before is no longer)
         try:
             found = await kept.read(dropped)
         except Exception as exc:  # the broker's, or too slow: unknown, as with no record
@@ -433,6 +441,7 @@ class SharesReader:
             return
         for p, ts in found.items():
             clock.resume(p, ts)
+        kept.resumed(dropped, found)
         log.info(
             "shares partitions %s: newest event times read back from %s with their committed "
             "offsets%s",

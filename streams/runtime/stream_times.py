@@ -24,11 +24,15 @@ whose events would then come late. Where no record matches (none written yet,
 or written by a release without this), the time stays unknown, as before.
 
 The records are a few dozen bytes a checkpoint (one a second while records
-are read; none on a quiet stream): a day of reading is about 86,000 records,
-read back from the newest, a window at a time, only as far as the partitions
-asked for need (:func:`read_back`). A record that is not one is counted,
-logged and dead-lettered (:func:`bad_records`), never dropped silently. Apache
-Kafka needs none of it.
+are read): a day of reading is about 86,000 records, and the broker compacts
+nothing (Tansu 0.6 has no compaction). So a reader reads back a bounded
+number, from the newest, a window at a time (:func:`read_back`, at most
+:data:`READ_LIMIT`): every record names every partition its writer holds (the
+others with the pair they were last committed with), and a holder whose
+partitions are quiet writes them again every :data:`REWRITE_S`, so a partition's
+committed pair is among the newest records whoever held it. A record that is
+not one is counted, logged and dead-lettered (:func:`bad_records`), never
+dropped silently. Apache Kafka needs none of it.
 
 >>> value = encode({2: (1_500, 1767225600000), 0: (40, 1767225599000)})
 >>> value
@@ -65,6 +69,14 @@ TOPIC_SUFFIX = "shares-times"
 BAD_RECORD = "bad_times_record"
 #: Records read back at a time, from the newest (see :func:`read_back`).
 READ_WINDOW = 2_000
+#: Records read back at most, from the newest (see :func:`read_back`): every writer names
+#: every partition it holds in each record and writes at least every :data:`REWRITE_S`, at
+#: most a record a second of checkpoints: 16,000 is that many minutes of over a hundred
+#: workers (a partition's holder lost, its session timing out: under a minute more).
+READ_LIMIT = 16_000
+#: A holder writes its partitions' committed pairs again after this long without writing
+#: (:meth:`KeptTimes.refresh`): a quiet stream's 1,440 records a day a worker.
+REWRITE_S = 60.0
 #: How long a read back may take before the times are left unknown (a reader resumes
 #: without them: its partitions' marks wait for records, as they did before).
 READ_TIMEOUT_S = 20.0
@@ -192,9 +204,17 @@ async def read_back(
     committed: Mapping[int, int],
     on_bad: OnBad,
     window: int = READ_WINDOW,
-) -> dict[int, int]:
+    limit: int = READ_LIMIT,
+) -> tuple[dict[int, int], int]:
     """:func:`match` over ``topic``'s records, read from the newest back, a window at a
-    time, until every partition of ``committed`` has its time or the start is reached.
+    time (doubling), until every partition of ``committed`` has its time, the start is
+    reached or ``limit`` records back are read; and how many records were read.
+
+    Bounded because every writer names every partition it holds in each record it writes,
+    and writes one at least every :data:`REWRITE_S` while it holds any
+    (:meth:`KeptTimes.write`, :meth:`KeptTimes.refresh`): a partition's committed pair is
+    among the newest records whoever held it, as long as it was held. A partition not
+    found within ``limit`` is left out (unknown, as with no record), never guessed.
 
     ``reader`` is an unstarted aiokafka consumer without a group; it is started and stopped
     here. The broker's end offset may be short (the bundled broker's ListOffsets answers
@@ -213,9 +233,11 @@ async def read_back(
         end = (await reader.end_offsets([tp]))[tp]
         deadline = time.monotonic() + READ_TIMEOUT_S
         found: dict[int, int] = {}
+        read = 0
         hi = end
-        while hi > 0 and len(found) < len(committed):
-            lo = max(0, hi - window)
+        floor = max(0, end - limit)
+        while hi > floor and len(found) < len(committed):
+            lo = max(floor, hi - window)
             reader.seek(tp, lo)
             offsets: list[int] = []
             values: list[bytes | None] = []
@@ -228,11 +250,12 @@ async def read_back(
                     if record.offset >= lo and (hi == end or record.offset < hi):
                         offsets.append(record.offset)
                         values.append(record.value)
+            read += len(values)
             missing = {p: o for p, o in committed.items() if p not in found}
             found |= match(values, missing, on_bad, at=offsets)
             hi = lo
             window *= 2
-        return found
+        return found, read
     finally:
         await reader.stop()
 
@@ -241,11 +264,21 @@ class KeptTimes:
     """A worker's times' topic (:func:`topic_name`): each checkpoint's pairs written
     (:meth:`write`), a partition's read back as it is assigned (:meth:`read`).
 
+    Every record names every partition held here whose committed pair is known: those
+    about to be committed with their new pair, the others with the pair they were last
+    committed with (:meth:`committed`, :meth:`resumed`), written again; and a holder whose
+    partitions are quiet writes them again every :data:`REWRITE_S` (:meth:`refresh`). So a
+    reader taking a partition over finds its committed pair among the newest records and
+    reads a bounded number back (:func:`read_back`), where it read back to the start for a
+    partition quiet for a day (about 86,000 records a day: one a second while any other
+    partition is read). A pair written again is one its offset was committed with: the time
+    Kafka's metadata gives back with it.
+
     ``send`` hands one record's value to the producer the checkpoint flushes before it
     commits (the worker's: through Faust's buffer, which its flush counts); ``make_reader``
     makes an unstarted aiokafka consumer without a group (one a read back); ``on_bad`` is
     told of each record read back that is not one (the worker counts it, ``bad_times_record``,
-    logs and dead-letters it: :func:`bad_records`)."""
+    and logs it); ``clock``, monotonic seconds (:meth:`refresh`)."""
 
     def __init__(
         self,
@@ -253,24 +286,62 @@ class KeptTimes:
         send: Callable[[bytes], None],
         make_reader: Callable[[], Any],
         on_bad: OnBad = _raise,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.topic = topic
         self.send = send
         self.make_reader = make_reader
         self.on_bad = on_bad
+        self.clock = clock
         #: records written (the worker's stats record says it: none on Apache Kafka)
         self.written = 0
+        #: records read back at assignments (the stats record says it: bounded)
+        self.read_back = 0
+        #: each partition held here: the pair its offset was last committed with
+        self._committed: dict[int, tuple[int, int]] = {}
+        self._written_at = clock()
 
-    def write(self, pairs: Mapping[int, tuple[int, int]]) -> None:
+    def write(
+        self, pairs: Mapping[int, tuple[int, int]], held: Iterable[int] | None = None
+    ) -> None:
         """The ``(offset, newest event time)`` of each partition about to be committed
         (:func:`taken`): the times known (a partition with none yet, :data:`NO_TIME`, is
-        committed with none, as in the metadata); nothing when none is."""
-        known = {p: pair for p, pair in pairs.items() if pair[1] != NO_TIME}
-        if known:
-            self.send(encode(known))
+        committed with none, as in the metadata), with the last committed pair of each other
+        partition ``held`` (default: those named); nothing when no time is known."""
+        held = set(pairs) if held is None else set(held)
+        for p in [p for p in self._committed if p not in held]:  # given up
+            del self._committed[p]
+        record = {p: pair for p, pair in self._committed.items() if p not in pairs}
+        record |= {p: pair for p, pair in pairs.items() if pair[1] != NO_TIME}
+        if record:
+            self.send(encode(record))
             self.written += 1
+            self._written_at = self.clock()
+
+    def committed(self, pairs: Mapping[int, tuple[int, int]]) -> None:
+        """These partitions' offsets were committed, each with its time (:data:`NO_TIME`:
+        with none): the pairs :meth:`write` writes again while they are held."""
+        for p, pair in pairs.items():
+            if pair[1] == NO_TIME:
+                self._committed.pop(p, None)
+            else:
+                self._committed[p] = pair
+
+    def resumed(self, committed: Mapping[int, int], times: Mapping[int, int]) -> None:
+        """Partitions taken over at their ``committed`` offsets, with the ``times`` found for
+        them (read back or from the metadata; those without one are unknown)."""
+        self.committed({p: (o, times.get(p, NO_TIME)) for p, o in committed.items()})
+
+    def refresh(self, held: Iterable[int]) -> None:
+        """Write the committed pairs of the partitions ``held`` again if nothing was
+        written for :data:`REWRITE_S` (a quiet holder: its pairs stay among the newest)."""
+        if self.clock() - self._written_at >= REWRITE_S:
+            self.write({}, held)
+            self._written_at = self.clock()
 
     async def read(self, committed: Mapping[int, int]) -> dict[int, int]:
         """Each partition's time as its committed offset was committed (:func:`read_back`);
         those with none are left out."""
-        return await read_back(self.make_reader(), self.topic, committed, self.on_bad)
+        found, read = await read_back(self.make_reader(), self.topic, committed, self.on_bad)
+        self.read_back += read
+        return found

@@ -905,6 +905,8 @@ class Worker:
                 "short_fetch_wait": ConsumerThread.fetch_max_wait_ms == LOCAL_FETCH_WAIT_MS,
                 # checkpoints' records on the times' topic (streams.runtime.stream_times)
                 "times_written": kept.written if (kept := self.shares.kept_times) else 0,
+                # and read back at assignments (bounded: stream_times.READ_LIMIT at most)
+                "times_read_back": kept.read_back if kept else 0,
             },
             "delay_s": self._take_delays(),
             "sent": dict(self.sent),
