@@ -250,6 +250,26 @@ def half_then_the_rest(
 def test_a_killed_worker_is_replaced_without_losing_or_repeating_an_alert(
     broker: RunningBroker, tmp_path: Path
 ) -> None:
+    killed_mid_stream_and_replaced(broker, tmp_path)
+
+
+def test_a_killed_worker_on_the_bundled_broker_is_replaced_with_replays_event_time_and_alerts(
+    tansu: LocalBroker, tmp_path: Path
+) -> None:
+    """The same on the bundled broker, which drops the metadata the ``shares`` partitions'
+    newest event times are committed in: the replacement resumes each partition's time
+    from the times' topic (:mod:`streams.runtime.stream_times`), written before the offset
+    it goes with was committed, never the time of a checkpoint the kill cut short (its
+    events, read again, would then come late). Its event time reaches the stream's end and
+    its alerts and takedowns are replay's, each once."""
+    second_log = killed_mid_stream_and_replaced(tansu, tmp_path)
+    assert "newest event times read back from" in second_log
+
+
+def killed_mid_stream_and_replaced(broker: RunningBroker, tmp_path: Path) -> str:
+    """A worker SIGKILLed in the middle of the stream (between two alerts), a replacement
+    started: every alert and takedown of replay, each once, and event time at the stream's
+    end (:func:`wait_done`); the replacement's log."""
     lines, bank, bank_path = scenario_files(tmp_path, background_per_minute=120.0)
     expected = Expected(lines, bank)
     s = setup(broker, tmp_path, bank_path)
@@ -278,6 +298,7 @@ def test_a_killed_worker_is_replaced_without_losing_or_repeating_an_alert(
     assert "compacted" in first.log_path.read_text() and "compacted" in second.log_tail(400)
     assert_exactly_once(alerts, expected.alerts, "alerts")
     assert_exactly_once(actions, expected.actions, "takedown requests")
+    return second.log_path.read_text(errors="replace")
 
 
 #: A worker whose stage (a class of ``streams.stages``) raises on its third batch: a bug,
