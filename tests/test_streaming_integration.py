@@ -266,6 +266,63 @@ def test_a_killed_worker_on_the_bundled_broker_is_replaced_with_replays_event_ti
     assert "newest event times read back from" in second_log
 
 
+#: A worker that SIGKILLs itself at its second commit of ``shares`` offsets, once the
+#: checkpoint has flushed what it wrote (on the bundled broker: its pairs, on the times'
+#: topic) and before the offsets are committed: the kill the times' rule is for.
+KILLED_BEFORE_COMMIT_WORKER = """
+import os, signal
+import streams.runtime.shares_reader as reader
+
+commit = reader.SharesReader.commit_offsets
+calls = [0]
+
+async def killing(self, offsets):
+    calls[0] += 1
+    if calls[0] == 2:
+        print("killed before committing", sorted(offsets.items()), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return await commit(self, offsets)
+
+reader.SharesReader.commit_offsets = killing
+from streams.runtime.worker import main
+main([])
+"""
+
+
+def test_a_worker_on_the_bundled_broker_killed_between_its_times_and_its_commit_is_replaced(
+    tansu: LocalBroker, tmp_path: Path
+) -> None:
+    """On the bundled broker, a worker killed after a checkpoint wrote its partitions' times
+    and before it committed their offsets: the replacement reads those records again from
+    the committed offsets, and resumes the times written with *those* offsets, not the
+    newer ones of the checkpoint the kill cut short (its events read again would then be
+    judged against a time past them). Its event time reaches the stream's end and its
+    alerts and takedowns are replay's, each once."""
+    lines, bank, bank_path = scenario_files(tmp_path, background_per_minute=120.0)
+    expected = Expected(lines, bank)
+    s = setup(tansu, tmp_path, bank_path)
+    first = WorkerProcess(
+        worker_env(s),
+        tmp_path / "first.log",
+        argv=[sys.executable, "-c", KILLED_BEFORE_COMMIT_WORKER],
+    )
+    second = WorkerProcess(worker_env(s), tmp_path / "second.log")
+    with workers(first):
+        # a checkpoint a second: the second comes within the stream (about 12 s of it)
+        produce_lines(tansu, s.topic("shares"), lines, rate=1000)
+        deadline = time.monotonic() + 90
+        while first.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not first.alive(), "no second commit\n" + first.log_tail()
+    assert first.proc is not None and first.proc.returncode == -9
+    assert "killed before committing" in first.log_path.read_text()
+    with workers(second):
+        alerts, actions = wait_done(tansu, s, expected, (second,), timeout=120)
+    assert "newest event times read back from" in second.log_path.read_text()
+    assert_exactly_once(alerts, expected.alerts, "alerts")
+    assert_exactly_once(actions, expected.actions, "takedown requests")
+
+
 def killed_mid_stream_and_replaced(broker: RunningBroker, tmp_path: Path) -> str:
     """A worker SIGKILLed in the middle of the stream (between two alerts), a replacement
     started: every alert and takedown of replay, each once, and event time at the stream's
