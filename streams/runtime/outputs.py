@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from streams.alerts import Alert, TakedownRequest
 from streams.detector import Decisions
@@ -46,6 +47,46 @@ class _Decided:
     decisions: Decisions
     again: list[Alert]
     watermark: int
+
+
+class _Record(Protocol):
+    def to_json(self) -> bytes: ...
+
+
+_R = TypeVar("_R", bound=_Record)
+
+
+def _alert_key(alert: Alert) -> str:
+    return alert.dedupe_key
+
+
+def _action_key(action: TakedownRequest) -> str:
+    return action.action_id
+
+
+def _once(
+    records: Iterable[_R],
+    key_of: Callable[[_R], str],
+    noted: MutableMapping[bytes, bytes],
+    topic: str,
+    d: _Decided,
+    send: Callable[[str, int, bytes, bytes], None] | None,
+) -> tuple[list[_R], list[_R]]:
+    """The records not in ``noted`` (the table's store), each noted with its record and sent
+    (``send``) to ``d``'s partition of ``topic``; and those made before, by whoever held
+    this state (never sent twice): alerts and takedown requests alike."""
+    new: list[_R] = []
+    before: list[_R] = []
+    for r in records:
+        key = key_of(r).encode()
+        if key not in noted:
+            noted[key] = value = r.to_json()
+            if send is not None:
+                send(topic, d.partition, key, value)
+            new.append(r)
+        else:
+            before.append(r)
+    return new, before
 
 
 class Outputs:
@@ -101,25 +142,14 @@ class Outputs:
         staged, self._staged = self._staged, []
         sent_alerts, sent_actions, send = self.alerts, self.actions, self.send
         for d in staged:
-            sent: list[Alert] = []
-            again: list[Alert] = []
-            for alert in d.decisions.alerts:
-                key = alert.dedupe_key.encode()
-                if key not in sent_alerts:
-                    sent_alerts[key] = value = alert.to_json()
-                    if send is not None:
-                        send("alerts", d.partition, key, value)
-                    sent.append(alert)
-                else:  # made before, by whoever held this state: never sent twice
-                    again.append(alert)
-            written: list[TakedownRequest] = []
-            for action in d.decisions.actions:
-                key = action.action_id.encode()
-                if key not in sent_actions:
-                    sent_actions[key] = value = action.to_json()
-                    if send is not None:
-                        send("actions", d.partition, key, value)
-                    written.append(action)
+            alerts, actions = d.decisions.alerts, d.decisions.actions
+            # most batches decide nothing: no call then (a flush's instructions as before)
+            sent, again = (
+                _once(alerts, _alert_key, sent_alerts, "alerts", d, send) if alerts else ([], [])
+            )
+            written = (
+                _once(actions, _action_key, sent_actions, "actions", d, send)[0] if actions else []
+            )
             self.actions_sent += len(written)
             self.alerts_sent += len(sent)
             again += d.again
