@@ -233,6 +233,9 @@ class ClusterState:
     #: the severities fired in the open episode, in the order they fired
     fired: list[Severity] = field(default_factory=list)
     resolve_due_ms: int | None = None
+    #: the time of the entry of :attr:`Detector._due` that stands for this episode's
+    #: schedule (at or before :attr:`resolve_due_ms`; moved on when it comes up)
+    resolve_queued_ms: int | None = None
     cooldown_until_ms: int = 0
     takedown_severity: Severity | None = None
     takedown_alert: str = ""
@@ -626,7 +629,7 @@ class Detector:
         platform replay)."""
         due = self._due
         while due and not self._scheduled(*due[0]):
-            heapq.heappop(due)
+            self._requeue(heapq.heappop(due))
         stop = due[0][0] if due else _NO_STOP
         if self.clusters:
             front = next(iter(self.clusters.values()))
@@ -638,6 +641,22 @@ class Detector:
         """Whether ``cid``'s episode is still due to resolve at ``due``."""
         st = self.clusters.get(cid)
         return st is not None and st.active and st.resolve_due_ms == due
+
+    def _requeue(self, entry: tuple[int, str]) -> None:
+        """An entry of :attr:`_due` taken off unresolved: if it stood for an open episode
+        whose due moved later since (see :meth:`_schedule_resolve`), its due goes in now.
+
+        Why it is exact: while an episode is open its schedule has an entry at or
+        before its due, so the entry at the due is in before the heap comes to it; a
+        resolution (or a run's stop) comes at the first ``(due, cluster)`` entry that
+        matches, in the same order as with an entry pushed at every change."""
+        queued, cid = entry
+        st = self.clusters.get(cid)
+        if st is not None and st.active and st.resolve_queued_ms == queued:
+            due = st.resolve_due_ms
+            if due is not None and due > queued:
+                st.resolve_queued_ms = due
+                heapq.heappush(self._due, (due, cid))
 
     def _barrier(self) -> int:
         if not self.clusters:
@@ -941,14 +960,24 @@ class Detector:
         due = (below if below is not None else now) + self.policy.resolve_after_ms
         if due != st.resolve_due_ms:
             st.resolve_due_ms = due
-            heapq.heappush(self._due, (due, st.cluster_id))
+            # a due later than the entry queued for the episode is pushed when that entry
+            # comes up (:meth:`_requeue`): a hot cluster's due moves on at nearly every
+            # event, and an entry pushed each time left the heap a thousand entries deep
+            # at a worker's density, each taken off again (about 10 us a pop, its tuples
+            # out of cache)
+            queued = st.resolve_queued_ms
+            if queued is None or due < queued:
+                st.resolve_queued_ms = due
+                heapq.heappush(self._due, (due, st.cluster_id))
 
     def advance(self, now_ms: int) -> None:
         """Let event time pass to ``now_ms``: resolve episodes that are due, evict idle clusters."""
         while self._due and self._due[0][0] <= now_ms:
-            due, cid = heapq.heappop(self._due)
-            if self._scheduled(due, cid):  # else superseded by a later schedule
+            due, cid = entry = heapq.heappop(self._due)
+            if self._scheduled(due, cid):
                 self._resolve(self.clusters[cid], due, "velocity")
+            else:  # superseded (a later due: queued now), or the episode over
+                self._requeue(entry)
         cut = now_ms - self.idle_ms
         clusters, unbanked = self.clusters, self._unbanked
         while True:  # least recently touched first, banked (here) and unbanked (compiled)
@@ -1179,6 +1208,7 @@ class Detector:
         st.active = False
         st.fired.clear()
         st.resolve_due_ms = None
+        st.resolve_queued_ms = None
         st.cooldown_until_ms = ts + self.policy.cooldown_ms
         st.takedown_severity = None
 
