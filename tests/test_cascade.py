@@ -416,8 +416,10 @@ def test_rewind_gives_back_the_cascade_at_its_mark(
             else:
                 x.add_root(name, user=u, ts_ms=i)
     assert _state(c) == _state(copy)
+    assert c.top_spreaders(100) == brute_top_spreaders(c, 100)  # the graph's tables, read
     c.rewind(mark)
     assert _state(c) == was
+    assert c.top_spreaders(100) == brute_top_spreaders(c, 100)  # and after a rewind
 
 
 def test_rewind_refuses_a_cascade_smaller_than_its_mark() -> None:
