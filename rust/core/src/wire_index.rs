@@ -144,21 +144,21 @@ fn hex_bytes(text: &str, lower: bool) -> Option<([u8; 32], usize)> {
 /// of its bytes if it is lowercase hex (what the event parser makes of any hash, so that it
 /// reads back the same text), else as it is.
 pub(crate) fn write_hash(out: &mut Vec<u8>, text: &str) {
-    match hex_bytes(text, true) {
-        Some((bytes, n)) => {
-            out.push(b'"');
-            push_b64(out, &bytes[..n]);
-            out.push(b'"');
-        }
-        None => write_str(out, text),
-    }
+    write_b64_or_text(out, text, true);
 }
 
 /// A signal's text in the compact form: base64 of an MD5's or PDQ's bytes, else as it is
 /// (a video's frames; anything else is written as it is and refused on reading, as the
 /// earlier form's reader refused it).
 fn write_signal(out: &mut Vec<u8>, text: &str) {
-    match hex_bytes(text, false) {
+    write_b64_or_text(out, text, false);
+}
+
+/// [`write_hash`] and [`write_signal`]: base64 of the bytes if `text` is a hash's hex
+/// (lowercase only, when `lower`), else the text as it is.
+#[inline(always)]
+fn write_b64_or_text(out: &mut Vec<u8>, text: &str, lower: bool) {
+    match hex_bytes(text, lower) {
         Some((bytes, n)) => {
             out.push(b'"');
             push_b64(out, &bytes[..n]);
