@@ -642,7 +642,7 @@ PROFILE_PARTS = (
     ("resolve", "Topology.resolve_received"),
     ("detect", "Topology.detect"),
     ("ingest", "SharesReader."),
-    ("ingest", "Topology.ingest_lines"),
+    ("ingest", "Topology.ingest_records"),
     ("checkpoint", "Checkpoint."),
     ("kafka client", "aiokafka/"),
 )

@@ -400,6 +400,13 @@ def ingest_lines(
     resolve partition (``None``: none), ``(position, Rejection)`` of the lines refused,
     each input partition's newest event time (first-read order)."""
 
+def ingest_records(
+    runs: Sequence[tuple[int, Sequence[Any]]], partitions: int
+) -> tuple[list[EvBatch | None], list[tuple[int, int, Any]], list[tuple[int, int | None]]]:
+    """:func:`ingest_lines` over ``(input partition, records)`` runs as the ``shares`` reader
+    read them (a ``RecordRun``, parsed where its values lie, or records with ``offset`` and
+    ``value``): each refused record as ``(partition, offset, Rejection)``."""
+
 class RegBatch:
     """Registrations crossing Python as one item of an envelope (``rust/python/src/ev.rs``):
     a resolve partition's posts of another partition, ``(post, cluster)`` each, in order;
@@ -575,6 +582,47 @@ class RecordAppended:
     def timestamp(self) -> int: ...
     @property
     def crc(self) -> None: ...
+
+class FetchedRecord:
+    """A record of a :class:`RecordRun`, as aiokafka's record batch gives it."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int | None: ...
+    @property
+    def timestamp_type(self) -> int | None: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> list[tuple[str, bytes | None]]: ...
+    @property
+    def checksum(self) -> None: ...
+
+class RecordRun:
+    """Records taken from a fetched partition, where they lie in its bytes; a record is made
+    when one is read (an index, negative from the end, or iteration)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, i: int) -> FetchedRecord: ...
+    def __iter__(self) -> Iterator[FetchedRecord]: ...
+
+class FetchedRecords:
+    """A fetched partition's records as the core read them, taken in runs."""
+
+    def __len__(self) -> int: ...
+    def run(self, lo: int, hi: int) -> RecordRun:
+        """Records ``lo`` to ``hi``."""
+    def next_after(self, taken: int) -> int:
+        """The next fetch offset once the first ``taken`` records are taken."""
+
+def read_fetched(
+    raw: bytes, fetch_offset: int, check_crcs: bool
+) -> FetchedRecords | tuple[str, str]:
+    """A partition's fetched bytes read as a consumer reading uncommitted records reads them,
+    or ``(reason, detail)`` where they are left to aiokafka's own loop."""
 
 class RecordBatchBuilder:
     """A Kafka record batch (magic 2, uncompressed) being written for one partition, with

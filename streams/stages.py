@@ -58,7 +58,7 @@ from __future__ import annotations
 import base64
 import heapq
 import zlib
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Final, TypeGuard, TypeVar
@@ -73,6 +73,7 @@ from streams._core import (
     ResolveLoop,
     evict_unbanked,
     ingest_lines,
+    ingest_records,
 )
 from streams.alerts import Pseudonymizer
 from streams.banks import MIN_PDQ_QUALITY, BankUpdate, HashBanks
@@ -657,22 +658,52 @@ class Ingest:
         per event) and Python touches the rejections only. The shares reader hands the
         Kafka client's records over as these two lists, with no tuple made per record.
         """
-        parts = self.partitions
-        dead: list[DeadLetter] = []
-        clock = self.clock
-        items, rejected, newest = ingest_lines(lines, sources, parts)
+        items, rejected, newest = ingest_lines(lines, sources, self.partitions)
+        dead = []
         for i, rejection in rejected:
             partition, offset = where(i)
-            self.stats.rejected[rejection.reason] += 1
             dead.append(DeadLetter(rejection, "parse", Source(self.topic, partition, offset)))
+        return self._batch(items, dead, newest, len(lines), now)
+
+    def handle_records(self, runs: Sequence[tuple[int, Sequence[Any]]], now: float) -> IngestBatch:
+        """``runs``: ``(input partition, records)`` as the ``shares`` reader read them, each
+        partition's records in offset order: a ``RecordRun`` (the records where they lie in
+        the fetched bytes, read by the core: :func:`streams.runtime.faust_adapter.bare_records`)
+        or the Kafka client's records (``offset``, ``value``; a ``None`` value an empty
+        line). The batch :meth:`handle_lines` makes of their values, a dead letter's source
+        its record's partition and offset.
+
+        One call (``_core.ingest_records``) parses the values where they lie: no
+        ``bytes``, list or tuple is made per record (a rejected record's value alone is
+        made a ``bytes``, for its dead letter).
+        """
+        items, rejected, newest = ingest_records(runs, self.partitions)
+        dead = [
+            DeadLetter(rejection, "parse", Source(self.topic, partition, offset))
+            for partition, offset, rejection in rejected
+        ]
+        return self._batch(items, dead, newest, sum(len(r) for _, r in runs), now)
+
+    def _batch(
+        self,
+        items: list[EvBatch | None],
+        dead: list[DeadLetter],
+        newest: list[tuple[int, int | None]],
+        lines: int,
+        now: float,
+    ) -> IngestBatch:
+        """The batch of ``lines`` read: ``items`` per resolve partition, ``dead`` the lines
+        refused (counted by reason), the input partitions' clock moved to ``newest``."""
+        for d in dead:
+            self.stats.rejected[d.rejection.reason] += 1
+        clock = self.clock
         for partition, ts in newest:
             clock.observe(partition, ts, now)
         marks = clock.marks(now)
-        events = len(lines) - len(rejected)
         return IngestBatch(
             {r: Envelope([] if b is None else [b], marks) for r, b in enumerate(items)},
             dead,
-            events,
+            lines - len(dead),
         )
 
     def heartbeat(self, now: float) -> dict[int, Envelope]:

@@ -19,7 +19,13 @@ import time
 from collections.abc import Callable
 
 from streams import events  # noqa: F401  (gives the core its record classes)
-from streams._core import ingest_lines
+from streams._core import (
+    FetchedRecords,
+    RecordBatchBuilder,
+    ingest_lines,
+    ingest_records,
+    read_fetched,
+)
 from streams.events import Rejection
 from streams.wire import READER
 
@@ -77,6 +83,20 @@ def test_ingest_lines_lets_another_thread_run_during_the_parse() -> None:
     assert span > 0.1, span  # long enough to tell turns apart
     # held throughout, none: the share is 0 exactly; released, how much of it the other
     # thread gets depends on the machine's load (a CPU to run on), so any turn counts
+    assert share > 0, (share, span)
+
+
+def test_ingest_records_lets_another_thread_run_during_the_parse() -> None:
+    """The ``shares`` reader's runs (values parsed where they lie in the fetched bytes, which
+    a ``bytes`` holds unchanged) are parsed with the GIL released too."""
+    builder = RecordBatchBuilder(1 << 28)
+    for i in range(N):
+        assert builder.write(1_700_000_000_000 + i, b"", _line(i))
+    fetched = read_fetched(builder._build(), 0, True)
+    assert isinstance(fetched, FetchedRecords) and len(fetched) == N
+    run = fetched.run(0, N)
+    share, span = _turns_inside(lambda: ingest_records([(0, run)], 4))
+    assert span > 0.1, span
     assert share > 0, (share, span)
 
 

@@ -224,9 +224,9 @@ def test_a_shares_partition_is_idle_only_once_read_to_its_log_end(broker: KafkaB
         def held_fill(self) -> float:
             return 0.0  # nor in a held store: the reader reads whole batches
 
-        def ingest_lines(self, lines: Any, sources: Any, where: Any, now: float) -> int:
-            self.walls.handle_lines(lines, sources, where, now)
-            return self.ingest.handle_lines(lines, sources, where, now).events
+        def ingest_records(self, runs: Any, now: float) -> int:
+            self.walls.handle_records(runs, now)
+            return self.ingest.handle_records(runs, now).events
 
     for p in (0, 1):
         produce_in_order(broker, topic, [line(i, p) for i in range(5)], partition=p)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import pytest
@@ -41,7 +40,7 @@ from streams.alerts import Pseudonymizer
 from streams.policy import AlertPolicy
 from streams.runtime.checkpoint import Checkpoint
 from streams.runtime.hand_over import Hop
-from streams.runtime.local_run import LocalRun, Table, Topics, _at, split_input
+from streams.runtime.local_run import LocalRun, Table, Topics, shares_records, split_input
 from streams.runtime.topology import Topology
 from streams.settings import DEV_PSEUDONYM_KEY
 from streams.simulate import Scenario, simulate
@@ -167,8 +166,7 @@ class TwoProcesses:
                 proc.shares[p] = at + len(chunk)
                 fresh += max(0, proc.shares[p] - seen[p])
                 seen[p] = max(seen[p], proc.shares[p])
-                offsets = list(range(at, at + len(chunk)))
-                proc.topology.ingest_lines(chunk, [p] * len(chunk), partial(_at, p, offsets), now)
+                proc.topology.ingest_records([(p, shares_records(chunk, at))], now)
             else:
                 records, self.topics[stage][p] = (
                     self.topics[stage][p][:size],

@@ -382,7 +382,7 @@ main([])
 
 @pytest.mark.parametrize(
     ("stage", "method"),
-    [("Ingest", "handle_lines"), ("ClusterPartition", "handle")],  # (the shares reader's way in)
+    [("Ingest", "handle_records"), ("ClusterPartition", "handle")],  # (the shares reader's way in)
 )
 def test_a_stage_that_raises_stops_the_worker_with_a_failure_status(
     broker: RunningBroker, tmp_path: Path, stage: str, method: str

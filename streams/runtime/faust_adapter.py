@@ -24,11 +24,12 @@ import asyncio
 import collections
 import contextlib
 import copy
+import logging
 import struct
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import aiokafka.errors as aiokafka_errors
 import crc32c
@@ -43,8 +44,10 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 from faust.types import TP
 
-from streams._core import RecordBatchBuilder
+from streams._core import FetchedRecords, RecordBatchBuilder, read_fetched
 from streams.settings import Settings, parse_bootstrap
+
+log = logging.getLogger("viralwatch.worker")
 
 #: The local broker does not wake a waiting fetch when data arrives, so a
 #: consumer would wait out Faust's fixed 1.5 s fetch wait on every hop.
@@ -786,14 +789,19 @@ def log_ends(consumer: Any, next_offsets: dict[int, int]) -> tuple[list[int], di
 
 class _BareResults(collections.OrderedDict[Any, Any]):
     """aiokafka's fetched results of one consumer (``Fetcher._records``), each made, as it is
-    put there, to give the record batch's own records (see :func:`bare_records`)."""
+    put there, to give the records as the core reads them (see :func:`bare_records`);
+    ``unread``: the fetches it leaves to aiokafka, counted by why."""
+
+    def __init__(self, unread: collections.Counter[str] | None = None) -> None:
+        super().__init__()
+        self.unread = unread
 
     def __setitem__(self, tp: Any, result: Any) -> None:
-        _bare(result)
+        _bare(result, self.unread)
         super().__setitem__(tp, result)
 
 
-def _bare(result: Any) -> None:
+def _bare(result: Any, unread: collections.Counter[str] | None = None) -> None:
     records = getattr(result, "_partition_records", None)  # (a fetch error has none)
     if records is None:
         return
@@ -803,7 +811,7 @@ def _bare(result: Any) -> None:
         # record: an instance attribute is called unbound, with the same arguments)
         records._consumer_record = _as_read
         return
-    bare = _BareRecords(result, records)
+    bare = _BareRecords(result, records, unread)
     records._records_iterator = bare.one_by_one()  # next(records), getone: the same
     result.getall = bare.getall
 
@@ -836,36 +844,66 @@ _BATCH_LENGTH, _MAGIC, _CRC, _CRC_FROM = 8, 16, 17, 21
 
 class _BareRecords:
     """One fetched partition's records (a ``FetchResult``'s ``PartitionRecords``) as
-    :func:`bare_records` gives them: each record batch's own records, taken a batch at a time.
+    :func:`bare_records` gives them: runs of records read by the compiled core where they
+    lie in the fetched bytes, or, where it leaves a fetch to aiokafka, each record batch's
+    own records, taken a batch at a time.
 
     aiokafka hands each record through two generators and a check of its offset, in
     Python, to a loop in ``FetchResult.getall`` that counts it against ``max_records``:
     0.52 us a record above the record batch's own iteration (0.08 us, Cython), a 250-B
-    ``shares`` event, with the record batch's CRC-32C checked in software (0.30 us). Here
-    a record batch is checked (:data:`crc32c` in hardware where the batch's bytes are
-    known, aiokafka's check otherwise, and aiokafka's again before a mismatch is raised),
-    listed once, and the records asked for are sliced off it. Everything aiokafka's
-    unpacking does for a consumer reading uncommitted records is kept: control batches
-    skipped, records below the fetch offset (a compressed message set's) skipped, the
-    partition's next fetch offset moved past what was taken, and past a batch once it
-    is all taken; ``getall`` checks the assignment and moves the consumer's position as
-    aiokafka's does. A consumer reading committed records keeps aiokafka's loop.
+    ``shares`` event, with the record batch's CRC-32C checked in software (0.30 us).
+    Here the fetch's bytes are read once by the core (``_core.read_fetched``: every
+    batch's CRC-32C checked in hardware, control batches and records below the fetch
+    offset skipped, no object per record), and ``getall`` gives a ``RecordRun`` of the
+    records asked for, which the ingest stage parses in place
+    (:meth:`streams.stages.Ingest.handle_records`); a record of it is made only when one
+    is read (a run's first timestamp, its last offset). A fetch the core does not read (a
+    compressed batch, a legacy one, a CRC that does not hold, bytes that are not a
+    well-formed batch) is counted by why (``unread``) and read as before: each record
+    batch checked (:data:`crc32c` in hardware where the batch's bytes are known,
+    aiokafka's check otherwise, and aiokafka's again before a mismatch is raised), listed
+    once by aiokafka's Cython (which decompresses, or refuses with its own error), and the
+    records asked for sliced off it. Either way everything aiokafka's unpacking does for a
+    consumer reading uncommitted records is kept: control batches skipped, records below
+    the fetch offset skipped, the partition's next fetch offset moved past what was
+    taken, and past a batch once it is all taken; ``getall`` checks the assignment and
+    moves the consumer's position as aiokafka's does. A consumer reading committed
+    records keeps aiokafka's loop.
     """
 
-    __slots__ = ("at", "batch", "done", "end", "pos", "raw", "records", "result")
+    __slots__ = (
+        "at",
+        "batch",
+        "done",
+        "end",
+        "fetched",
+        "pos",
+        "raw",
+        "raw_bytes",
+        "records",
+        "result",
+        "unread",
+    )
 
-    def __init__(self, result: Any, records: Any) -> None:
+    def __init__(
+        self, result: Any, records: Any, unread: collections.Counter[str] | None = None
+    ) -> None:
         self.result = result
         self.records = records
         self.batch: list[Any] = []
         self.at = 0
         self.end = 0  # the next offset of the batch being taken
         raw = getattr(records._records, "raw", None)
+        self.raw_bytes = raw if type(raw) is bytes else None
         self.raw = memoryview(raw) if isinstance(raw, bytes | bytearray) else None
         self.pos = 0  # where the next record batch starts in ``raw``
         self.done = False
+        #: the fetch as the core read it (``None``: not read yet; ``False``: left to aiokafka)
+        self.fetched: FetchedRecords | Literal[False] | None = None
+        #: fetches left to aiokafka, by why (the reader's count, shared by its fetches)
+        self.unread = unread
 
-    def getall(self, max_records: int | None = None) -> list[Any]:
+    def getall(self, max_records: int | None = None) -> Any:
         """``FetchResult.getall``: up to ``max_records`` records, the position moved; none
         while the partition is paused, what was fetched kept for when it is resumed
         (:meth:`held`)."""
@@ -905,7 +943,46 @@ class _BareRecords:
         while got := self.take(1):
             yield got[0]
 
-    def take(self, n: int | None) -> list[Any]:
+    def take(self, n: int | None) -> Any:
+        """Up to ``n`` records (all: ``None``): a run of the core's, or a list of aiokafka's
+        records where the core left the fetch to it."""
+        if self.fetched is None:
+            self.fetched = self._read()
+        if self.fetched is not False:
+            return self._take_read(self.fetched, n)
+        return self._take_listed(n)
+
+    def _read(self) -> FetchedRecords | Literal[False]:
+        """The fetch read by the core, at the first take (a fetch dropped unread is not
+        read); ``False`` where it is left to aiokafka (counted, and said once a reason)."""
+        raw, records = self.raw_bytes, self.records
+        if raw is None:
+            return False
+        got = read_fetched(raw, records.next_fetch_offset, bool(records._check_crcs))
+        if isinstance(got, FetchedRecords):
+            return got
+        reason, detail = got
+        if self.unread is not None:
+            if not self.unread[reason]:
+                log.warning(
+                    "%s: a fetch holds %s: its records are read by the Kafka client's own "
+                    "loop (counted in the stats record's unread_fetches)",
+                    records._tp,
+                    detail,
+                )
+            self.unread[reason] += 1
+        return False
+
+    def _take_read(self, fetched: FetchedRecords, n: int | None) -> Any:
+        at = self.at
+        stop = len(fetched) if n is None else min(len(fetched), at + n)
+        self.at = stop
+        self.records.next_fetch_offset = fetched.next_after(stop)
+        if stop >= len(fetched):
+            self.done = True
+        return fetched.run(at, stop)
+
+    def _take_listed(self, n: int | None) -> list[Any]:
         records = self.records
         out: list[Any] = []
         while n is None or len(out) < n:
@@ -959,17 +1036,21 @@ class _BareRecords:
         return bool(crc32c.crc32c(raw[start + _CRC_FROM : end]) == stored)
 
 
-def bare_records(consumer: Any) -> None:
-    """Make a started aiokafka consumer's ``getmany`` give each record as its record batch
-    reads it (``offset``, ``timestamp``, ``key``, ``value``), not a ``ConsumerRecord``.
+def bare_records(consumer: Any, unread: collections.Counter[str] | None = None) -> None:
+    """Make a started aiokafka consumer's ``getmany`` give each partition's records as the
+    compiled core reads them from the fetched bytes (a ``RecordRun``: a sequence of records
+    with ``offset``, ``timestamp``, ``key``, ``value``, ``headers``, made only when one is
+    read), not a ``ConsumerRecord`` each (see :class:`_BareRecords`); a fetch the core
+    leaves to aiokafka (counted in ``unread`` by why) as its record batches' own records.
 
     aiokafka makes a ``ConsumerRecord`` per record (a dataclass of eleven fields, with
     the key's and value's sizes and the headers as a tuple): about half a microsecond
     of a worker's CPU per ``shares`` event, the reader's largest item after the
-    parser. Everything else of aiokafka's fetch is kept (CRC checks, control batches,
-    aborted transactions, positions, ``max_records``), only the record's last wrapping
-    is skipped. For a consumer without deserializers (the record's value is what a
-    ``ConsumerRecord`` would hold); results fetched before the call are changed too.
+    parser; its record batch's records, a record object, a ``bytes`` of the value and a
+    list of the headers each, about 0.3 more. Everything else of aiokafka's fetch is
+    kept (CRC checks, control batches, aborted transactions, positions,
+    ``max_records``). For a consumer without deserializers (the record's value is what
+    a ``ConsumerRecord`` would hold); results fetched before the call are changed too.
     Idempotent.
     """
     fetcher = consumer._fetcher  # aiokafka: made by start()
@@ -977,7 +1058,7 @@ def bare_records(consumer: Any) -> None:
         return
     if consumer._value_deserializer is not None or consumer._key_deserializer is not None:
         raise ValueError("bare records hold the bytes as read: no deserializers")
-    results = _BareResults()
+    results = _BareResults(unread)
     for tp, result in fetcher._records.items():
         results[tp] = result
     fetcher._records = results

@@ -43,9 +43,9 @@ from __future__ import annotations
 import itertools
 import random
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from typing import NamedTuple
 
 from streams.alerts import Alert, EarlyAlert, Pseudonymizer
 from streams.banks import BankUpdate, HashBanks
@@ -72,9 +72,18 @@ Topics = dict[str, list[list[Record]]]
 OTHER = -1
 
 
-def _at(partition: int, offsets: list[int], i: int) -> tuple[int, int]:
-    """Where the ``i``-th line of a chunk of ``partition`` was read (a dead letter's source)."""
-    return partition, offsets[i]
+class SharesRecord(NamedTuple):
+    """A ``shares`` record as a run reads it: its offset (its line's position in the
+    partition's lines) and value, as the Kafka client's record holds them."""
+
+    offset: int
+    value: bytes
+
+
+def shares_records(lines: Sequence[bytes], at: int) -> list[SharesRecord]:
+    """A partition's ``lines`` read from position ``at`` on, as records (what
+    :meth:`Topology.ingest_records` takes)."""
+    return [SharesRecord(at + i, line) for i, line in enumerate(lines)]
 
 
 class Table(dict[bytes, bytes]):
@@ -637,8 +646,7 @@ class LocalRun:
                 fresh += max(0, pos[p] - seen[p])
                 seen[p] = max(seen[p], pos[p])
                 self.read += len(chunk)
-                offsets = list(range(at, at + len(chunk)))
-                topology.ingest_lines(chunk, [p] * len(chunk), partial(_at, p, offsets), now)
+                topology.ingest_records([(p, shares_records(chunk, at))], now)
             elif stage == "r":
                 records, resolve[p] = resolve[p][:size], resolve[p][size:]
                 if self.commit_internal:

@@ -13,7 +13,7 @@ gives replay's alerts" tests run the production wiring.
 
 ::
 
-    shares ─► ingest_lines   ─► to_resolve ─► resolve_received ─► to_clusters ─► detect
+    shares ─► ingest_records ─► to_resolve ─► resolve_received ─► to_clusters ─► detect
                                   │ hand-over or   │ peers: registrations  │ hand-over or
                                   ▼ resolve topic  ▼ in-process, or topic  ▼ clusters topic
 
@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from streams._core import EvBatch, RegBatch
 from streams.alerts import Pseudonymizer
@@ -154,16 +155,10 @@ class Topology:
 
     # -- stage 1a --
 
-    def ingest_lines(
-        self,
-        lines: list[bytes],
-        sources: list[int],
-        where: Callable[[int], tuple[int, int]],
-        now: float,
-    ) -> int:
-        """A batch of ``shares`` records as :meth:`streams.stages.Ingest.handle_lines` takes
-        them (no tuple per record); the events parsed."""
-        batch = self.ingest.handle_lines(lines, sources, where, now)
+    def ingest_records(self, runs: Sequence[tuple[int, Sequence[Any]]], now: float) -> int:
+        """A batch of ``shares`` records, ``(partition, records)`` as the reader read them
+        (see :meth:`streams.stages.Ingest.handle_records`); the events parsed."""
+        batch = self.ingest.handle_records(runs, now)
         self.outputs.deadletter(batch.deadletters)
         self.to_resolve(batch.unpacked)
         return batch.events

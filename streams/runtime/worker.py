@@ -897,6 +897,9 @@ class Worker:
             "stopped_s": {k: round(v, 3) for k, v in sorted(self.shares.stopped_s.items())},
             "stops": dict(sorted(self.shares.stops.items())),
             "commit_s": round(self.shares.commit_s, 3),
+            # shares fetches the compiled core left to the Kafka client's loop, by why
+            # (a compressed batch, a legacy one, a bad CRC, a malformed batch: bare_records)
+            "unread_fetches": dict(sorted(self.shares.unread.items())),
             "heard": self.topology.heard(),
             "held_fill": round(self.topology.held_fill(), 3),
             # the bundled broker's workarounds, in use or not (never on Apache Kafka)

@@ -20,6 +20,7 @@
 //! - [`wire_read`]: those records read back (envelopes, cluster-log entries);
 //! - [`unbanked`]: unbanked clusters' detector state (posts, velocity, ids, review crossing);
 //! - [`emerging`]: unbanked uploads' clusters: which one an upload joins, idle eviction;
+//! - [`fetched`]: a fetched partition's record batches read as a consumer reads them;
 //! - [`record_batch`]: Apache Kafka's record batch as a producer writes it (CRC-32C in
 //!   hardware).
 
@@ -29,6 +30,7 @@ pub(crate) mod crc;
 pub mod dedupe;
 pub mod emerging;
 pub mod event;
+pub mod fetched;
 pub(crate) mod hex;
 pub mod json;
 pub mod keyed;

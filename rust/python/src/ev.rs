@@ -289,12 +289,26 @@ pub(crate) enum Line {
 /// gives (compact events, a video's borrowed event, rejections) is Rust's, made Python's
 /// records after, with the GIL.
 pub(crate) fn parse_lines(py: Python<'_>, lines: &Bound<'_, PyList>) -> PyResult<Vec<Line>> {
-    let t = types(py)?;
     let held = lines
         .iter()
         .map(line_bytes)
         .collect::<PyResult<Vec<Bound<'_, PyBytes>>>>()?;
     let data: Vec<&[u8]> = held.iter().map(|line| line.as_bytes()).collect();
+    parse_data(py, &data, |i| Ok(held[i].clone()))
+}
+
+/// Parse and validate `data`, lines lying in Python objects that stay alive and unchanged
+/// (``bytes``: immutable) for the call, with the GIL released as :func:`parse_lines` does;
+/// `line(i)`: line `i` as ``bytes``, asked only of a rejected line or a video's upload
+/// (Python's records hold it). The ``shares`` reader's records are parsed where they
+/// lie in the fetched bytes this way, a ``bytes`` made only for those
+/// (`crate::ingest::ingest_records`).
+pub(crate) fn parse_data<'py>(
+    py: Python<'py>,
+    data: &[&[u8]],
+    line: impl Fn(usize) -> PyResult<Bound<'py, PyBytes>>,
+) -> PyResult<Vec<Line>> {
+    let t = types(py)?;
     let parse_ts = &t.parse_ts;
     let parsed: Vec<Parsed<'_>> = py.detach(|| {
         let mut judge = DetachedJudge { parse_ts };
@@ -314,20 +328,22 @@ pub(crate) fn parse_lines(py: Python<'_>, lines: &Bound<'_, PyList>) -> PyResult
         rejection: t.rejection.bind(py),
     };
     let mut out = Vec::with_capacity(parsed.len());
-    for (parsed, line) in parsed.into_iter().zip(&held) {
+    for (i, parsed) in parsed.into_iter().enumerate() {
         out.push(match parsed {
             Parsed::Compact(compact) => Line::Event(Ev::Core(compact)),
             Parsed::Video(ev) => {
                 // a video's upload: its frames read by Python
                 let tuple = event_record(py, &ev, &classes)?;
-                let record = t.video.bind(py).call1((tuple, line))?;
+                let record = t.video.bind(py).call1((tuple, line(i)?))?;
                 if record.get_type().is(classes.rejection) {
                     Line::Rejected(record.unbind())
                 } else {
                     Line::Event(Ev::Py(record.unbind()))
                 }
             }
-            Parsed::Rejected(r) => Line::Rejected(rejection_record(line, r, &classes)?.unbind()),
+            Parsed::Rejected(r) => {
+                Line::Rejected(rejection_record(&line(i)?, r, &classes)?.unbind())
+            }
         });
     }
     Ok(out)

@@ -8,13 +8,16 @@
 
 use std::collections::HashMap;
 
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::types::{PyBytes, PyList};
 
 use viralwatch_core::posts::partition_for;
 use viralwatch_core::unbanked::Kind;
 
-use crate::ev::{parse_lines, Ev, EvBatch, Line};
+use crate::ev::{parse_data, parse_lines, Ev, EvBatch, Line};
+use crate::fetched::RecordRun;
+use crate::line_bytes;
 
 /// What a batch of lines became: ``(an EvBatch of events to route per resolve partition
 /// (``None``: none for it), [(position, Rejection)], [(input partition, newest event time
@@ -33,17 +36,121 @@ pub fn ingest_lines(
     sources: Vec<i64>,
     partitions: u32,
 ) -> PyResult<Ingested> {
+    let parsed = parse_lines(py, lines)?;
+    route(
+        py,
+        parsed,
+        |i| sources.get(i).copied().unwrap_or_default(),
+        partitions,
+    )
+}
+
+/// What a batch of the ``shares`` reader's records became: as [`Ingested`], but each
+/// rejection with its record's ``(input partition, offset)`` (its dead letter's source)
+/// in place of its position.
+type IngestedRecords = (
+    Vec<Option<EvBatch>>,
+    Vec<(i64, i64, Py<PyAny>)>,
+    Vec<(i64, Option<i64>)>,
+);
+
+/// A partition's records as the reader hands them over: a run of a fetch read by the core
+/// (parsed where its values lie), or the Kafka client's own records (``offset``, ``value``:
+/// a fetch the core left to it), their values held.
+enum Run<'py> {
+    Read(Bound<'py, RecordRun>),
+    Listed(Vec<(i64, Bound<'py, PyBytes>)>),
+}
+
+/// ``runs``: ``[(input partition, records)]`` in the order read, each partition's records in
+/// offset order (a ``RecordRun``, or records with ``offset`` and ``value``: a ``None``
+/// value is read as an empty line); the batch as :func:`ingest_lines` makes it of the
+/// records' values, no ``bytes`` made of a run's value but a rejected one's.
+#[pyfunction]
+pub fn ingest_records(
+    py: Python<'_>,
+    runs: Vec<(i64, Bound<'_, PyAny>)>,
+    partitions: u32,
+) -> PyResult<IngestedRecords> {
+    let empty = PyBytes::new(py, b"");
+    let mut held = Vec::with_capacity(runs.len());
+    for (partition, records) in runs {
+        let run = match records.cast_into::<RecordRun>() {
+            Ok(run) => Run::Read(run),
+            Err(e) => {
+                let mut listed = Vec::new();
+                for r in e.into_inner().try_iter()? {
+                    let r = r?;
+                    let value = r.getattr(intern!(py, "value"))?;
+                    let value = if value.is_none() {
+                        empty.clone()
+                    } else {
+                        line_bytes(value)?
+                    };
+                    listed.push((r.getattr(intern!(py, "offset"))?.extract()?, value));
+                }
+                Run::Listed(listed)
+            }
+        };
+        held.push((partition, run));
+    }
+    let mut data: Vec<&[u8]> = Vec::new();
+    let mut at: Vec<(i64, i64)> = Vec::new(); // each line's partition and offset
+    for (partition, run) in &held {
+        match run {
+            Run::Read(run) => {
+                let run = run.get();
+                let raw = run.shared().raw(py);
+                for r in run.records() {
+                    data.push(r.value(raw).unwrap_or_default());
+                    at.push((*partition, r.offset));
+                }
+            }
+            Run::Listed(listed) => {
+                for (offset, value) in listed {
+                    data.push(value.as_bytes());
+                    at.push((*partition, *offset));
+                }
+            }
+        }
+    }
+    let parsed = parse_data(py, &data, |i| Ok(PyBytes::new(py, data[i])))?;
+    let (batches, rejected, newest) = route(py, parsed, |i| at[i].0, partitions)?;
+    let rejected = rejected
+        .into_iter()
+        .map(|(i, r)| (at[i].0, at[i].1, r))
+        .collect();
+    Ok((batches, rejected, newest))
+}
+
+/// Each parsed line put in the batch of its resolve partition (`source(i)`: line `i`'s
+/// input partition), as the module doc says.
+fn route(
+    py: Python<'_>,
+    parsed: Vec<Line>,
+    source: impl Fn(usize) -> i64,
+    partitions: u32,
+) -> PyResult<Ingested> {
     let parts = partitions.max(1);
     let mut items: Vec<Vec<Ev>> = (0..parts).map(|_| Vec::new()).collect();
     let mut rejected = Vec::new();
     let mut newest: Vec<(i64, Option<i64>)> = Vec::new();
     let mut at: HashMap<i64, usize> = HashMap::new();
-    for (i, line) in parse_lines(py, lines)?.into_iter().enumerate() {
-        let source = sources.get(i).copied().unwrap_or_default();
-        let slot = *at.entry(source).or_insert_with(|| {
-            newest.push((source, None));
-            newest.len() - 1
-        });
+    // the lines come in runs of one partition: its slot looked up once a run, not a line
+    let mut last: Option<(i64, usize)> = None;
+    for (i, line) in parsed.into_iter().enumerate() {
+        let source = source(i);
+        let slot = match last {
+            Some((s, slot)) if s == source => slot,
+            _ => {
+                let slot = *at.entry(source).or_insert_with(|| {
+                    newest.push((source, None));
+                    newest.len() - 1
+                });
+                last = Some((source, slot));
+                slot
+            }
+        };
         let ev = match line {
             Line::Rejected(r) => {
                 rejected.push((i, r));
