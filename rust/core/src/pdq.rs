@@ -473,11 +473,31 @@ struct Entry([u8; 5]);
 const MAX_TABLE_ROWS: usize = 1 << 28;
 
 impl Entry {
+    #[cfg(test)]
     fn new(row: u32, mate: usize) -> Self {
+        Self::from_bits(Self::bits_of(row, mate))
+    }
+
+    /// The entry of `row` with mate chunk `mate` as 40 bits (the row's 28, the folded mate's
+    /// 12 above them), as [`Entry::from_bits`] reads them.
+    #[inline(always)]
+    fn bits_of(row: u32, mate: usize) -> u64 {
         debug_assert!((row as usize) < MAX_TABLE_ROWS);
-        let m = u32::from(fold(mate));
-        let [a, b, c, d] = (row | (m & 0xf) << 28).to_le_bytes();
-        Entry([a, b, c, d, (m >> 4) as u8])
+        u64::from(row) | u64::from(fold(mate)) << 28
+    }
+
+    /// The entry as the low 40 bits of a tail's pair (see [`PdqIndex::tail_keys`]).
+    #[cfg(test)]
+    fn bits(self) -> u64 {
+        let [a, b, c, d, e] = self.0;
+        u64::from_le_bytes([a, b, c, d, e, 0, 0, 0])
+    }
+
+    /// The entry in a tail's pair's low 40 bits.
+    #[inline(always)]
+    fn from_bits(x: u64) -> Self {
+        let [a, b, c, d, e, ..] = x.to_le_bytes();
+        Entry([a, b, c, d, e])
     }
 
     #[inline(always)]
@@ -1033,26 +1053,20 @@ impl<T: Copy> PdqIndex<T> {
             b.before = vec![0; keys.div_ceil(64)];
             b.starts = vec![0];
         }
-        let first_of_key = |j: usize| j == 0 || fresh[j - 1].0 != fresh[j].0;
-        let held = |k: u32| (b.occupied[k as usize >> 6] >> (k & 63)) & 1 == 1;
+        let first_of_key = |j: usize| j == 0 || pair_key(fresh[j - 1]) != pair_key(fresh[j]);
+        let held = |k: usize| (b.occupied[k >> 6] >> (k & 63)) & 1 == 1;
         let new_keys = (0..fresh.len())
-            .filter(|&j| first_of_key(j) && !held(fresh[j].0))
+            .filter(|&j| first_of_key(j) && !held(pair_key(fresh[j])))
             .count();
         let (old_ids, old_slots) = (self.ids.len(), b.starts.len() - 1);
         // exactly what the merge adds: it moves the whole array anyway, and 16 ids a row
         // are the index's largest part (doubling would leave a third of it unused)
         self.ids.reserve_exact(fresh.len());
         b.starts.reserve_exact(new_keys);
-        let (layout, words) = (self.layout, &self.words);
-        let entry = |(k, r): (u32, u32)| {
-            Entry::new(
-                r,
-                layout.chunk(&words[r as usize], Layout::mate(k as usize >> layout.bits)),
-            )
-        };
         if old_ids == 0 && old_slots == 0 {
             // nothing to move: the rows and starts in order
-            self.ids.extend(fresh.iter().map(|&pair| entry(pair)));
+            self.ids
+                .extend(fresh.iter().map(|&pair| Entry::from_bits(pair)));
             b.starts.clear();
             b.starts.extend(
                 (0..fresh.len())
@@ -1063,15 +1077,11 @@ impl<T: Copy> PdqIndex<T> {
         } else {
             self.ids.resize(old_ids + fresh.len(), Entry::default());
             b.starts.resize(old_slots + new_keys + 1, 0);
-            merge_keys(
-                &fresh,
-                (&mut self.ids, b),
-                (old_ids, old_slots, new_keys),
-                entry,
-            );
+            merge_keys(&fresh, (&mut self.ids, b), (old_ids, old_slots, new_keys));
         }
-        for &(k, _) in &fresh {
-            b.occupied[k as usize >> 6] |= 1 << (k & 63);
+        for &pair in &fresh {
+            let k = pair_key(pair);
+            b.occupied[k >> 6] |= 1 << (k & 63);
         }
         count_before(&b.occupied, &mut b.before);
         self.indexed = n;
@@ -1083,15 +1093,26 @@ impl<T: Copy> PdqIndex<T> {
             .shrink_to(cap, |&r| hasher.hash_one(words[r as usize]));
     }
 
-    /// `(key, row)` of every live tail row, by key then row: a radix sort for a short tail
+    /// Every live tail row's pairs (`key << 40 |` its [`Entry`] in that key's bucket: the
+    /// row and its mate chunk), by key then row: made here, where the row's chunks are read
+    /// anyway, the merge need not read the row's hash again for its mate (38 of its 227
+    /// instructions a fresh key, the trace replay). A radix sort for a short tail
     /// (two passes over the pairs, rows ascending as they come: it keeps them so within a
     /// key), a counting sort over the keys for a long one (a bank load: 16 million pairs at
     /// a million hashes). The pairs are written into a vector sized first: collected from
     /// an iterator of iterators they grew by doubling, and that and the iterators' steps
     /// were two thirds of a merge's instructions a pair (callgrind, a platform replay).
-    fn tail_keys(&self) -> Vec<(u32, u32)> {
+    fn tail_keys(&self) -> Vec<u64> {
         let layout = self.layout;
         let chunks = layout.chunks();
+        let pairs = |r: u32, out: &mut [u64]| {
+            let h = &self.words[r as usize];
+            if layout.bits == 16 {
+                row_pairs::<16>(r, h, out);
+            } else {
+                row_pairs::<8>(r, h, out);
+            }
+        };
         let rows: Vec<u32> = (self.indexed..self.words.len())
             .filter(|&r| self.alive.get(r))
             .map(|r| r as u32)
@@ -1099,10 +1120,9 @@ impl<T: Copy> PdqIndex<T> {
         let total = rows.len() * chunks;
         let keys = chunks * layout.values();
         if total < keys / 4 {
-            let mut fresh: Vec<(u32, u32)> = Vec::with_capacity(total);
-            for &r in &rows {
-                let h = &self.words[r as usize];
-                fresh.extend((0..chunks).map(|c| (layout.key(c, layout.chunk(h, c)) as u32, r)));
+            let mut fresh = vec![0u64; total];
+            for (&r, out) in rows.iter().zip(fresh.chunks_exact_mut(chunks)) {
+                pairs(r, out);
             }
             return sort_by_key(fresh, keys);
         }
@@ -1116,12 +1136,13 @@ impl<T: Copy> PdqIndex<T> {
         for k in 0..keys {
             next[k + 1] += next[k];
         }
-        let mut fresh = vec![(0u32, 0u32); total];
+        let mut fresh = vec![0u64; total];
+        let mut row = vec![0u64; chunks];
         for &r in &rows {
-            let h = &self.words[r as usize];
-            for c in 0..chunks {
-                let k = layout.key(c, layout.chunk(h, c));
-                fresh[next[k] as usize] = (k as u32, r);
+            pairs(r, &mut row);
+            for &pair in &row {
+                let k = pair_key(pair);
+                fresh[next[k] as usize] = pair;
                 next[k] += 1;
             }
         }
@@ -1295,14 +1316,13 @@ fn count_before(occupied: &[u64], before: &mut [u32]) {
 /// check on every access and a bit count in plain instructions (the x86-64 baseline has
 /// no `popcnt`: compiled with it where the CPU has it, as the search is).
 fn merge_keys(
-    fresh: &[(u32, u32)],
+    fresh: &[u64],
     (ids, b): (&mut [Entry], &mut Buckets),
     (old_ids, old_slots, new_keys): (usize, usize, usize),
-    entry: impl Fn((u32, u32)) -> Entry,
 ) {
     // what the loop reads and writes unchecked, checked once
     let keys = b.occupied.len() * 64;
-    assert!(fresh.iter().all(|&(k, _)| (k as usize) < keys));
+    assert!(fresh.iter().all(|&pair| pair_key(pair) < keys));
     assert!(b.before.len() == b.occupied.len());
     assert!(ids.len() == old_ids + fresh.len() && b.starts.len() == old_slots + new_keys + 1);
     // (the tables' own invariant: a check of every start would cost what the merge saves)
@@ -1321,15 +1341,15 @@ fn merge_keys(
     if std::arch::is_x86_feature_detected!("popcnt") {
         // SAFETY: the CPU has the instruction the twin is compiled to use; the bounds
         // the body relies on are asserted above.
-        return unsafe { merge_keys_popcnt(moves, &entry) };
+        return unsafe { merge_keys_popcnt(moves) };
     }
     // SAFETY: as above
-    unsafe { merge_keys_body(moves, &entry) }
+    unsafe { merge_keys_body(moves) }
 }
 
 /// [`merge_keys`]' arguments, for its two compilations.
 struct Moves<'a> {
-    fresh: &'a [(u32, u32)],
+    fresh: &'a [u64],
     ids: &'a mut [Entry],
     b: &'a mut Buckets,
     old_ids: usize,
@@ -1339,9 +1359,9 @@ struct Moves<'a> {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "popcnt")]
-unsafe fn merge_keys_popcnt(moves: Moves<'_>, entry: &impl Fn((u32, u32)) -> Entry) {
+unsafe fn merge_keys_popcnt(moves: Moves<'_>) {
     // SAFETY: the caller's
-    unsafe { merge_keys_body(moves, entry) }
+    unsafe { merge_keys_body(moves) }
 }
 
 /// # Safety
@@ -1350,7 +1370,7 @@ unsafe fn merge_keys_popcnt(moves: Moves<'_>, entry: &impl Fn((u32, u32)) -> Ent
 /// new_keys + 1` starts, the first `old_slots + 1` at most `old_ids`; `new_keys` is the
 /// number of fresh keys whose bit is clear (as [`PdqIndex::merge_tail`] counts them).
 #[inline(always)]
-unsafe fn merge_keys_body(moves: Moves<'_>, entry: &impl Fn((u32, u32)) -> Entry) {
+unsafe fn merge_keys_body(moves: Moves<'_>) {
     let Moves {
         fresh,
         ids,
@@ -1372,12 +1392,12 @@ unsafe fn merge_keys_body(moves: Moves<'_>, entry: &impl Fn((u32, u32)) -> Entry
     // `end_slot` lie in the old starts, rows below `end_ids` in the old rows).
     unsafe {
         while i > 0 {
-            let k = (*fresh_at.add(i - 1)).0;
+            let k = pair_key(*fresh_at.add(i - 1));
             let mut j = i - 1;
-            while j > 0 && (*fresh_at.add(j - 1)).0 == k {
+            while j > 0 && pair_key(*fresh_at.add(j - 1)) == k {
                 j -= 1;
             }
-            let (w, bit) = (k as usize >> 6, k & 63);
+            let (w, bit) = (k >> 6, k & 63);
             let word = *occupied.add(w);
             // the keys holding rows up to k (the bits are still the old ones)
             let upto =
@@ -1416,7 +1436,7 @@ unsafe fn merge_keys_body(moves: Moves<'_>, entry: &impl Fn((u32, u32)) -> Entry
             let count = i - j;
             let at = lo_ids + shift_ids - count;
             for t in 0..count {
-                *ids.add(at + t) = entry(*fresh_at.add(j + t));
+                *ids.add(at + t) = Entry::from_bits(*fresh_at.add(j + t));
             }
             shift_ids -= count;
             if (word >> bit) & 1 == 0 {
@@ -1431,17 +1451,43 @@ unsafe fn merge_keys_body(moves: Moves<'_>, entry: &impl Fn((u32, u32)) -> Entry
     debug_assert!(shift_ids == 0 && shift_slots == 0);
 }
 
-/// `pairs` (key, row) with keys under `keys` sorted by key, stably: a least significant
+/// Row `r`'s pairs (its hash `h`), one a chunk of `BITS` bits, into `out` (a chunk each):
+/// the chunks of a pair read once, each the other's mate, the geometry constant (a chunk's
+/// value and mate read through [`Layout::chunk`], a shift by a variable count and a bounds
+/// test each, were about 30 instructions a pair, the trace replay).
+#[inline(always)]
+fn row_pairs<const BITS: usize>(r: u32, h: &Hash, out: &mut [u64]) {
+    let per = 64 / BITS;
+    let mask = (1usize << BITS) - 1;
+    assert!(out.len() == 4 * per, "a pair a chunk");
+    for (w, &word) in h.iter().enumerate() {
+        for i in (0..per).step_by(2) {
+            let c = w * per + i;
+            let v = (word >> (i * BITS)) as usize & mask;
+            let m = (word >> ((i + 1) * BITS)) as usize & mask;
+            out[c] = ((c << BITS | v) as u64) << 40 | Entry::bits_of(r, m);
+            out[c + 1] = (((c + 1) << BITS | m) as u64) << 40 | Entry::bits_of(r, v);
+        }
+    }
+}
+
+/// A tail's pair's key (see [`PdqIndex::tail_keys`]).
+#[inline(always)]
+fn pair_key(pair: u64) -> usize {
+    (pair >> 40) as usize
+}
+
+/// `pairs` (`key << 40 | entry`) with keys under `keys` sorted by key, stably: a least significant
 /// digit radix sort (two passes of half the key's bits each: 10 for the 2^20 keys of
 /// 16-bit chunks), both digits counted in one read of the pairs. A merge sorts its tail's
 /// 16 keys a row this way; a comparison sort of them was a third of a merge's
 /// instructions (callgrind, a platform replay).
-fn sort_by_key(pairs: Vec<(u32, u32)>, keys: usize) -> Vec<(u32, u32)> {
+fn sort_by_key(pairs: Vec<u64>, keys: usize) -> Vec<u64> {
     const MAX_DIGIT: u32 = 11;
     if pairs.len() < 256 {
-        // (the passes' counts would cost more): by (key, row), what they give
+        // (the passes' counts would cost more): by key, stably, what they give
         let mut pairs = pairs;
-        pairs.sort_unstable();
+        pairs.sort_by_key(|&pair| pair_key(pair));
         return pairs;
     }
     let bits = usize::BITS - keys.saturating_sub(1).leading_zeros();
@@ -1451,11 +1497,12 @@ fn sort_by_key(pairs: Vec<(u32, u32)>, keys: usize) -> Vec<(u32, u32)> {
         2 * MAX_DIGIT
     );
     let low = bits.div_ceil(2);
-    let mask = (1u32 << low) - 1;
+    let mask = (1usize << low) - 1;
     let mut at = [[0u32; 1 << MAX_DIGIT]; 2];
-    for &(k, _) in &pairs {
-        at[0][(k & mask) as usize] += 1;
-        at[1][(k >> low) as usize] += 1;
+    for &pair in &pairs {
+        let k = pair_key(pair);
+        at[0][k & mask] += 1;
+        at[1][k >> low] += 1;
     }
     for (counts, width) in at.iter_mut().zip([low, bits - low]) {
         let mut sum = 0;
@@ -1463,15 +1510,15 @@ fn sort_by_key(pairs: Vec<(u32, u32)>, keys: usize) -> Vec<(u32, u32)> {
             (*slot, sum) = (sum, sum + *slot);
         }
     }
-    let mut dst = vec![(0, 0); pairs.len()];
+    let mut dst = vec![0; pairs.len()];
     for &pair in &pairs {
-        let d = (pair.0 & mask) as usize;
+        let d = pair_key(pair) & mask;
         dst[at[0][d] as usize] = pair;
         at[0][d] += 1;
     }
     let mut out = pairs;
     for &pair in &dst {
-        let d = (pair.0 >> low) as usize;
+        let d = pair_key(pair) >> low;
         out[at[1][d] as usize] = pair;
         at[1][d] += 1;
     }
@@ -1665,12 +1712,17 @@ mod tests {
             (5_000, 16 << 16),
             (3_000, 32 << 8),
         ] {
-            // rows ascending as a tail gives them, keys at random (repeats among them)
-            let pairs: Vec<(u32, u32)> = (0..n)
-                .map(|i| ((rng.next() % keys as u64) as u32, i / 16))
+            // rows ascending as a tail gives them (an entry's low 28 bits; mates at random
+            // above them), keys at random (repeats among them)
+            let pairs: Vec<u64> = (0..n)
+                .map(|i| {
+                    let entry = Entry::new(i / 16, (rng.next() % 65_536) as usize);
+                    (rng.next() % keys as u64) << 40 | entry.bits()
+                })
                 .collect();
             let mut want = pairs.clone();
-            want.sort_unstable();
+            // (stably: a row's pairs in one key, which a tail never makes, keep their order)
+            want.sort_by_key(|&pair| (pair_key(pair), Entry::from_bits(pair).row()));
             assert_eq!(sort_by_key(pairs, keys), want, "{n} pairs, {keys} keys");
         }
     }
