@@ -135,9 +135,10 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 from graphs.cascade import Cascade
@@ -315,6 +316,8 @@ class UnbankedCluster:
 _NO_BARRIER = 2**63
 #: an event time after every other
 _NO_STOP = 2**62
+#: the node table of no cascade (a held event's cluster not applied yet)
+_NO_POSTS: Mapping[str, object] = MappingProxyType({})
 #: the event types, in the order the compiled core counts them
 _KINDS = ("upload", "share", "takedown")
 #: what the unbanked store counted: duplicates, late, clusters created, uploads, shares,
@@ -414,11 +417,16 @@ class Lookahead:
     def attach(self, ev: ShareEvent) -> None:
         """Count ``ev``, and the held reshares under it that are not older than it (see
         :func:`_counted_under`)."""
+        self.posts[ev.post_id] = ev
+        insort(self.times, ev.ts_ms, self.start)
+        if not self.waiting:
+            return  # as a rule: no held reshare waits for a parent
         stack = [ev]
         while stack:
             e = stack.pop()
-            self.posts[e.post_id] = e
-            insort(self.times, e.ts_ms, self.start)
+            if e is not ev:
+                self.posts[e.post_id] = e
+                insort(self.times, e.ts_ms, self.start)
             kids = self.waiting.pop(e.post_id, None)
             if kids:
                 stay = []
@@ -1250,13 +1258,15 @@ class Detector:
         if kids is not None and any(k.event_id == ev.event_id for k in kids):
             return  # a copy of a held reshare
         graph = st.cascade if st is not None else None
-        if graph is not None and post in graph:
+        # the cascade's node table read directly (NetworkX's ``in``, two Python calls a test)
+        nodes = graph.graph._node if graph is not None else _NO_POSTS
+        if post in nodes:
             return  # a second event adding one post: rejected, never counted (not proved)
         if parent is None:  # an upload
             ahead.attach(ev)
             return
         before = ahead.posts.get(parent)
-        known = graph is not None and parent in graph
+        known = parent in nodes
         if known or (before is not None and _counted_under(before, ev)):
             ahead.attach(ev)
         else:

@@ -524,6 +524,21 @@ def test_the_reshares_of_a_held_post_after_it_count() -> None:
     assert [a.severity for a in det.drain().alerts] == ["warning"]
 
 
+def test_the_reshares_held_before_their_parent_count_when_it_comes() -> None:
+    """Received before the post they reshare, they wait; the post held makes them counted
+    (and what waited under them, in turn), each at its own time."""
+    det = detector()
+    det.expect(upload())
+    for i in range(3, 30):
+        det.expect(share(i, T0 + i * SEC, parent="mid" if i < 10 else "p3"))
+    det.fire_early(["b-1"], T0 - 1)
+    assert det.drain().alerts == []  # "mid" not seen: nothing under it is certain
+    det.expect(share(1, T0 + SEC, post="mid"))
+    det.fire_early(["b-1"], T0 - 1)
+    [early] = det.drain().alerts
+    assert (early.severity, early.ts_ms) == ("warning", T0 + 25 * SEC)  # upload, mid, 23 more
+
+
 def test_reshares_of_the_same_millisecond_count_whatever_their_ids() -> None:
     """Of its parent's millisecond, a reshare is counted in that instant whichever event id
     sorts first, and so is what grows under it; one a millisecond older is not."""
