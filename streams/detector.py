@@ -960,12 +960,17 @@ class Detector:
                 for post in st.cascade.live_posts()
             )
 
+    def _resolve_due(self, st: ClusterState, now: int) -> int:
+        """When the episode of ``st`` resolves if no share comes: ``resolve_after_ms`` after
+        its velocity fell below the lowest rule (``now`` while it is not below yet)."""
+        low = self.policy.lowest
+        below = st.velocity.below_from(low.shares, low.window_ms)
+        return (below if below is not None else now) + self.policy.resolve_after_ms
+
     def _schedule_resolve(self, st: ClusterState, now: int) -> None:
         if not st.active:
             return
-        low = self.policy.lowest
-        below = st.velocity.below_from(low.shares, low.window_ms)
-        due = (below if below is not None else now) + self.policy.resolve_after_ms
+        due = self._resolve_due(st, now)
         if due != st.resolve_due_ms:
             st.resolve_due_ms = due
             # a due later than the entry queued for the episode is pushed when that entry

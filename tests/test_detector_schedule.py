@@ -26,9 +26,7 @@ class EagerDetector(Detector):
     def _schedule_resolve(self, st: ClusterState, now: int) -> None:
         if not st.active:
             return
-        low = self.policy.lowest
-        below = st.velocity.below_from(low.shares, low.window_ms)
-        due = (below if below is not None else now) + self.policy.resolve_after_ms
+        due = self._resolve_due(st, now)
         if due != st.resolve_due_ms:
             st.resolve_due_ms = due
             heapq.heappush(self._due, (due, st.cluster_id))
