@@ -18,28 +18,13 @@
 //! [`read`] says why ([`Unread`]), and the caller leaves the whole fetch to aiokafka's own
 //! loop, which decompresses, or refuses with its own error, as before.
 //!
-//! Layout (Kafka's `DefaultRecordBatch`): a 61-byte header (base offset, length, partition
-//! leader epoch, magic, CRC-32C of everything after it, attributes, last offset delta,
-//! first and max timestamps, producer id and epoch, base sequence, record count), then each
-//! record: its length, attributes, timestamp and offset deltas, key, value and headers, the
-//! integers zigzag varints.
+//! Layout: Kafka's `DefaultRecordBatch`, as `crate::record_batch` writes it (its header's
+//! fields are placed there, for the writer and this reader alike).
 
-use crate::record_batch::{crc32c, HEADER_BYTES};
-
-/// Where a batch's length is, and the bytes before what it counts (base offset, length).
-const LENGTH_AT: usize = 8;
-const LOG_OVERHEAD: usize = 12;
-const MAGIC_AT: usize = 16;
-const CRC_AT: usize = 17;
-const ATTRIBUTES_AT: usize = 21;
-const LAST_DELTA_AT: usize = 23;
-const FIRST_TS_AT: usize = 27;
-const MAX_TS_AT: usize = 35;
-const COUNT_AT: usize = 57;
-/// The attributes' compression codec, timestamp type (log append time) and control bits.
-const CODEC_MASK: i16 = 0x07;
-const LOG_APPEND_TIME: i16 = 0x08;
-const CONTROL: i16 = 0x20;
+use crate::record_batch::{
+    crc32c, ATTRIBUTES_AT, CODEC_MASK, CONTROL, COUNT_AT, CRC_AT, FIRST_TS_AT, HEADER_BYTES,
+    LAST_DELTA_AT, LENGTH_AT, LOG_APPEND_TIME, LOG_OVERHEAD, MAGIC_AT, MAX_TS_AT,
+};
 
 /// One record read: its offset and timestamp (the batch's max timestamp where the batch
 /// says log append time), the next fetch offset once it is taken (its offset + 1, or its

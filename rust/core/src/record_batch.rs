@@ -20,11 +20,29 @@
 
 /// The header's size; the records follow.
 pub const HEADER_BYTES: usize = 61;
-/// Where the CRC is, and where what it covers begins (the attributes).
-const CRC_AT: usize = 17;
-const ATTRIBUTES_AT: usize = 21;
-/// The attributes' transactional bit.
+/// Where the header's fields are: the batch's length (of what follows it: the bytes before
+/// it, base offset and length, are [`LOG_OVERHEAD`]), the partition leader epoch, the magic,
+/// the CRC and where what it covers begins (the attributes), the last offset delta, the
+/// first and max timestamps, the producer id and epoch, the base sequence and the record
+/// count. The writer here and the reader of fetched batches (`crate::fetched`) share them.
+pub(crate) const LENGTH_AT: usize = 8;
+pub(crate) const LOG_OVERHEAD: usize = 12;
+pub(crate) const MAGIC_AT: usize = 16;
+pub(crate) const CRC_AT: usize = 17;
+pub(crate) const ATTRIBUTES_AT: usize = 21;
+pub(crate) const LAST_DELTA_AT: usize = 23;
+pub(crate) const FIRST_TS_AT: usize = 27;
+pub(crate) const MAX_TS_AT: usize = 35;
+pub(crate) const PRODUCER_ID_AT: usize = 43;
+pub(crate) const PRODUCER_EPOCH_AT: usize = 51;
+pub(crate) const BASE_SEQUENCE_AT: usize = 53;
+pub(crate) const COUNT_AT: usize = 57;
+/// The attributes' bits: the compression codec, the timestamp type (log append time),
+/// transactional, control.
+pub(crate) const CODEC_MASK: i16 = 0x07;
+pub(crate) const LOG_APPEND_TIME: i16 = 0x08;
 const TRANSACTIONAL: i16 = 0x10;
+pub(crate) const CONTROL: i16 = 0x20;
 
 /// A record batch being written: its records, and what the header says of them.
 #[derive(Debug, Clone)]
@@ -144,18 +162,19 @@ impl RecordBatch {
         assert_eq!(out.len(), n, "a record batch is written whole");
         let mut h = [0u8; HEADER_BYTES];
         // base offset 0 (the broker's), then the length of what follows it
-        h[8..12].copy_from_slice(&((n - 12) as i32).to_be_bytes());
-        h[12..16].copy_from_slice(&(-1_i32).to_be_bytes()); // no partition leader epoch
-        h[16] = 2; // magic
+        h[LENGTH_AT..LOG_OVERHEAD].copy_from_slice(&((n - LOG_OVERHEAD) as i32).to_be_bytes());
+        // no partition leader epoch
+        h[LOG_OVERHEAD..MAGIC_AT].copy_from_slice(&(-1_i32).to_be_bytes());
+        h[MAGIC_AT] = 2;
         let attributes = if self.transactional { TRANSACTIONAL } else { 0 };
-        h[21..23].copy_from_slice(&attributes.to_be_bytes());
-        h[23..27].copy_from_slice(&self.last_offset.to_be_bytes());
-        h[27..35].copy_from_slice(&self.first_ts.unwrap_or(0).to_be_bytes());
-        h[35..43].copy_from_slice(&self.max_ts.to_be_bytes());
-        h[43..51].copy_from_slice(&self.producer_id.to_be_bytes());
-        h[51..53].copy_from_slice(&self.producer_epoch.to_be_bytes());
-        h[53..57].copy_from_slice(&self.base_sequence.to_be_bytes());
-        h[57..61].copy_from_slice(&self.count.to_be_bytes());
+        h[ATTRIBUTES_AT..LAST_DELTA_AT].copy_from_slice(&attributes.to_be_bytes());
+        h[LAST_DELTA_AT..FIRST_TS_AT].copy_from_slice(&self.last_offset.to_be_bytes());
+        h[FIRST_TS_AT..MAX_TS_AT].copy_from_slice(&self.first_ts.unwrap_or(0).to_be_bytes());
+        h[MAX_TS_AT..PRODUCER_ID_AT].copy_from_slice(&self.max_ts.to_be_bytes());
+        h[PRODUCER_ID_AT..PRODUCER_EPOCH_AT].copy_from_slice(&self.producer_id.to_be_bytes());
+        h[PRODUCER_EPOCH_AT..BASE_SEQUENCE_AT].copy_from_slice(&self.producer_epoch.to_be_bytes());
+        h[BASE_SEQUENCE_AT..COUNT_AT].copy_from_slice(&self.base_sequence.to_be_bytes());
+        h[COUNT_AT..HEADER_BYTES].copy_from_slice(&self.count.to_be_bytes());
         out[..HEADER_BYTES].copy_from_slice(&h);
         out[HEADER_BYTES..].copy_from_slice(&self.buf[HEADER_BYTES..]);
         let crc = crc32c(&out[ATTRIBUTES_AT..]);
