@@ -417,16 +417,13 @@ class Lookahead:
     def attach(self, ev: ShareEvent) -> None:
         """Count ``ev``, and the held reshares under it that are not older than it (see
         :func:`_counted_under`)."""
-        self.posts[ev.post_id] = ev
-        insort(self.times, ev.ts_ms, self.start)
-        if not self.waiting:
-            return  # as a rule: no held reshare waits for a parent
         stack = [ev]
         while stack:
             e = stack.pop()
-            if e is not ev:
-                self.posts[e.post_id] = e
-                insort(self.times, e.ts_ms, self.start)
+            self.posts[e.post_id] = e
+            insort(self.times, e.ts_ms, self.start)
+            if not self.waiting:
+                continue  # as a rule: no held reshare waits for a parent
             kids = self.waiting.pop(e.post_id, None)
             if kids:
                 stay = []
