@@ -624,6 +624,11 @@ def read_fetched(
     """A partition's fetched bytes read as a consumer reading uncommitted records reads them,
     or ``(reason, detail)`` where they are left to aiokafka's own loop."""
 
+def record_batch_at(raw: bytes, start: int) -> tuple[int, bool] | None:
+    """``(end, holds)`` of the record batch at ``start``: where it ends, and whether it is a
+    magic-2 batch whose CRC-32C holds (``False`` also where not known); ``None`` where
+    ``raw`` holds no batch length there."""
+
 class RecordBatchBuilder:
     """A Kafka record batch (magic 2, uncompressed) being written for one partition, with
     aiokafka's ``BatchBuilder``'s methods; built with its CRC-32C in hardware."""

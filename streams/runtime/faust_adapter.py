@@ -32,7 +32,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import aiokafka.errors as aiokafka_errors
-import crc32c
 import faust
 from aiokafka import conn as aiokafka_conn
 from aiokafka.consumer import fetcher as aiokafka_fetcher
@@ -44,7 +43,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer as FaustProducerBuffer
 from faust.types import TP
 
-from streams._core import FetchedRecords, RecordBatchBuilder, read_fetched
+from streams._core import FetchedRecords, RecordBatchBuilder, read_fetched, record_batch_at
 from streams.settings import Settings, parse_bootstrap
 
 log = logging.getLogger("viralwatch.worker")
@@ -822,11 +821,11 @@ def _as_read(tp: Any, record: Any) -> Any:
 
 class _RawMemoryRecords(MemoryRecords):  # type: ignore[misc]
     """aiokafka's ``MemoryRecords`` of a fetched partition, holding the bytes it reads
-    (``raw``), so that :class:`_BareRecords` checks a record batch's CRC-32C with the
-    ``crc32c`` package (SSE 4.2: 0.016 us a 250-B record) where aiokafka's Cython computes
-    it in software (0.30 us). aiokafka's fetcher makes one per fetched partition; made by
-    this class (the name in :mod:`aiokafka.consumer.fetcher`, set on import), it reads as
-    before: the bytes are the ones it holds anyway."""
+    (``raw``), so that :class:`_BareRecords` reads them with the compiled core, which
+    checks a record batch's CRC-32C in hardware (SSE 4.2) where aiokafka's Cython computes
+    it in software (0.30 us a 250-B record). aiokafka's fetcher makes one per fetched
+    partition; made by this class (the name in :mod:`aiokafka.consumer.fetcher`, set on
+    import), it reads as before: the bytes are the ones it holds anyway."""
 
     __slots__ = ("raw",)
 
@@ -836,10 +835,6 @@ class _RawMemoryRecords(MemoryRecords):  # type: ignore[misc]
 
 
 aiokafka_fetcher.MemoryRecords = _RawMemoryRecords  # type: ignore[misc]
-
-#: where a record batch's fields are (Kafka's message format, every magic): its length
-#: after the offset and length, the magic byte, the CRC, and what the CRC covers (magic 2)
-_BATCH_LENGTH, _MAGIC, _CRC, _CRC_FROM = 8, 16, 17, 21
 
 
 class _BareRecords:
@@ -860,7 +855,7 @@ class _BareRecords:
     is read (a run's first timestamp, its last offset). A fetch the core does not read (a
     compressed batch, a legacy one, a CRC that does not hold, bytes that are not a
     well-formed batch) is counted by why (``unread``) and read as before: each record
-    batch checked (:data:`crc32c` in hardware where the batch's bytes are known,
+    batch checked (by the core, in hardware, where the batch's bytes are known,
     aiokafka's check otherwise, and aiokafka's again before a mismatch is raised), listed
     once by aiokafka's Cython (which decompresses, or refuses with its own error), and the
     records asked for sliced off it. Either way everything aiokafka's unpacking does for a
@@ -878,7 +873,6 @@ class _BareRecords:
         "end",
         "fetched",
         "pos",
-        "raw",
         "raw_bytes",
         "records",
         "result",
@@ -895,8 +889,7 @@ class _BareRecords:
         self.end = 0  # the next offset of the batch being taken
         raw = getattr(records._records, "raw", None)
         self.raw_bytes = raw if type(raw) is bytes else None
-        self.raw = memoryview(raw) if isinstance(raw, bytes | bytearray) else None
-        self.pos = 0  # where the next record batch starts in ``raw``
+        self.pos = 0  # where the next record batch starts in ``raw_bytes``
         self.done = False
         #: the fetch as the core read it (``None``: not read yet; ``False``: left to aiokafka)
         self.fetched: FetchedRecords | Literal[False] | None = None
@@ -1006,11 +999,8 @@ class _BareRecords:
         memory = records._records
         while memory.has_next():
             batch = memory.next_batch()
-            start = self.pos
-            raw = self.raw
-            if raw is not None:
-                self.pos = start + 12 + int.from_bytes(raw[start + _BATCH_LENGTH : start + 12])
-            if records._check_crcs and not (self._crc_ok(start) or batch.validate_crc()):
+            holds = self._crc_ok()
+            if records._check_crcs and not (holds or batch.validate_crc()):
                 raise CorruptRecordException(f"Invalid CRC - {records._tp}")
             if batch.is_control_batch:
                 records.next_fetch_offset = batch.next_offset
@@ -1026,14 +1016,17 @@ class _BareRecords:
             return True
         return False
 
-    def _crc_ok(self, start: int) -> bool:
-        """Whether the magic-2 record batch at ``start`` of ``raw`` holds its CRC-32C (no:
-        not such a batch, or not known here; aiokafka's own check then decides)."""
-        raw, end = self.raw, self.pos
-        if raw is None or end > len(raw) or raw[start + _MAGIC] != 2:
+    def _crc_ok(self) -> bool:
+        """Whether the record batch at :attr:`pos` of the fetched bytes is a magic-2 one that
+        holds its CRC-32C, checked in hardware (no: not such a batch, or its bytes not known
+        here; aiokafka's own check then decides), :attr:`pos` moved past it: the core's
+        ``record_batch_at``, where the batch header's fields are placed once."""
+        raw = self.raw_bytes
+        got = None if raw is None else record_batch_at(raw, self.pos)
+        if got is None:
             return False
-        stored = int.from_bytes(raw[start + _CRC : start + _CRC_FROM])
-        return bool(crc32c.crc32c(raw[start + _CRC_FROM : end]) == stored)
+        self.pos, holds = got
+        return holds
 
 
 def bare_records(consumer: Any, unread: collections.Counter[str] | None = None) -> None:

@@ -280,6 +280,26 @@ pub fn read(raw: &[u8], fetch_offset: i64, check_crcs: bool) -> Result<Fetched, 
     Ok(out)
 }
 
+/// The record batch at `start` of `raw`, for a reader that lists a fetch's batches itself
+/// (where `read` leaves a fetch to aiokafka: `streams.runtime.faust_adapter`'s bare
+/// records): where it ends (after its offset and length fields, `length` bytes: where the
+/// next batch starts), and whether it is a magic-2 batch lying whole in `raw` whose
+/// CRC-32C holds (`false` also where that is not known here: the caller's own check then
+/// decides). `None` where `raw` has no batch length at `start`.
+pub fn batch_at(raw: &[u8], start: usize) -> Option<(usize, bool)> {
+    let after_length = start
+        .checked_add(LOG_OVERHEAD)
+        .filter(|&e| e <= raw.len())?;
+    let length = u32::from_be_bytes(raw[start + LENGTH_AT..after_length].try_into().ok()?);
+    let end = after_length + length as usize;
+    let holds = end <= raw.len()
+        && end >= start + ATTRIBUTES_AT
+        && raw[start + MAGIC_AT] == 2
+        && crc32c(&raw[start + ATTRIBUTES_AT..end])
+            == u32::from_be_bytes(raw[start + CRC_AT..start + ATTRIBUTES_AT].try_into().ok()?);
+    Some((end, holds))
+}
+
 /// The batch at `start` of `raw` (which ends where the batch does) into `out`.
 fn read_batch(raw: &[u8], start: usize, check_crcs: bool, out: &mut Fetched) -> Result<(), Unread> {
     let b = &raw[start..];
@@ -528,6 +548,29 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_s_end_and_crc_told_where_it_lies() {
+        let raw = batches(&[3, 4], 7);
+        let first = batch_at(&raw, 0).expect("a batch");
+        assert!(first.1);
+        assert_eq!(batch_at(&raw, first.0), Some((raw.len(), true)));
+        assert_eq!(batch_at(&raw, raw.len()), None);
+        assert_eq!(batch_at(&raw, raw.len() - 5), None);
+        let mut bad = raw.clone();
+        let last = bad.len() - 2;
+        bad[last] ^= 1; // a value's byte: the CRC no longer holds
+        assert_eq!(batch_at(&bad, first.0), Some((raw.len(), false)));
+        assert_eq!(batch_at(&bad, 0), Some((first.0, true)));
+        // cut short: its end told, its CRC not known here
+        assert_eq!(
+            batch_at(&raw[..raw.len() - 1], first.0),
+            Some((raw.len(), false))
+        );
+        let mut old = raw.clone();
+        old[MAGIC_AT] = 1;
+        assert_eq!(batch_at(&old, 0), Some((first.0, false)));
+    }
+
+    #[test]
     fn any_bytes_read_or_refused_never_a_panic() {
         let raw = batches(&[3, 5, 2], 100);
         let mut rng = Rng(0x5EED_F00D);
@@ -539,6 +582,7 @@ mod tests {
                 b[at] = rng.next() as u8;
             }
             let cut = (rng.next() % (b.len() as u64 + 1)) as usize;
+            let _ = batch_at(&b[..cut], (rng.next() % (cut as u64 + 1)) as usize);
             for check in [true, false] {
                 if let Ok(f) = read(&b[..cut], 100, check) {
                     for r in &f.records {

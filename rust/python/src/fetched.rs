@@ -93,6 +93,17 @@ pub fn read_fetched(
     }
 }
 
+/// ``(end, holds)`` of the record batch at ``start`` of ``raw``, for aiokafka's loop where
+/// ``read_fetched`` leaves a fetch to it: where the batch ends (the next one starts), and
+/// whether it is a magic-2 batch whose CRC-32C holds (``False`` also where that is not
+/// known here: aiokafka's own check decides); ``None`` where ``raw`` holds no batch length
+/// there. The header's fields are placed once, by the core's record batch
+/// (`viralwatch_core::fetched::batch_at`).
+#[pyfunction]
+pub fn record_batch_at(py: Python<'_>, raw: &[u8], start: usize) -> Option<(usize, bool)> {
+    py.detach(|| fetched::batch_at(raw, start))
+}
+
 /// Records taken from a fetched partition, in offset order (see the module doc).
 #[pyclass(module = "streams._core", frozen, sequence)]
 pub struct RecordRun {

@@ -381,6 +381,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ingest::ingest_lines, m)?)?;
     m.add_function(wrap_pyfunction!(ingest::ingest_records, m)?)?;
     m.add_function(wrap_pyfunction!(fetched::read_fetched, m)?)?;
+    m.add_function(wrap_pyfunction!(fetched::record_batch_at, m)?)?;
     m.add_class::<fetched::FetchedRecords>()?;
     m.add_class::<fetched::RecordRun>()?;
     m.add_class::<fetched::FetchedRecord>()?;
