@@ -435,6 +435,38 @@ class Lookahead:
                 if stay:
                     self.waiting[e.post_id] = stay
 
+    def judge(self, ev: ShareEvent, nodes: Mapping[str, object]) -> None:
+        """Count ``ev`` (a post or reshare held, not a copy of one applied) among the held
+        shares if replay will count it when it applies it; ``nodes`` is the applied
+        cascade's node table (an empty mapping when the cluster has none).
+
+        Every banked event held comes here, more of them as a stream's banked cascades
+        grow, so it is one Python call an event: the look-ups are read here, and
+        :meth:`attach`'s work done in place when no held reshare waits for a parent (as a
+        rule). One look-up of a held post: the same event is a copy, another one a second
+        event adding the post; neither counted.
+        """
+        post, parent = ev.post_id, ev.parent_post_id
+        posts, waiting = self.posts, self.waiting
+        if post in posts:
+            return  # a copy of a held one, or a second event adding one post: not counted
+        if waiting:
+            kids = waiting.get(parent or "")
+            if kids is not None and any(k.event_id == ev.event_id for k in kids):
+                return  # a copy of a held reshare
+        if post in nodes:
+            return  # a second event adding one post: rejected, never counted (not proved)
+        if parent is not None and parent not in nodes:
+            before = posts.get(parent)
+            if before is None or not _counted_under(before, ev):
+                waiting.setdefault(parent, []).append(ev)
+                return
+        if waiting:
+            self.attach(ev)
+        else:
+            posts[post] = ev
+            insort(self.times, ev.ts_ms, self.start)
+
     def forget(self, ev: ShareEvent) -> None:
         """``ev`` was applied: it counts in the detector now, not here."""
         p = self.posts.get(ev.post_id)
@@ -803,7 +835,21 @@ class Detector:
                 if ahead.held <= 0:
                     del ahead_of[item.cluster_id]
                 elif ev.type != "takedown":
-                    ahead.forget(ev)
+                    # :meth:`Lookahead.forget`'s case as a rule, in place: the post held
+                    # is this event's, its time the first held (the times are sorted, and
+                    # every held post's is among them)
+                    posts, lo = ahead.posts, ahead.start
+                    p = posts.get(ev.post_id)
+                    if (
+                        p is not None
+                        and p.event_id == ev.event_id
+                        and ahead.times[lo] == ev.ts_ms
+                        and lo < 256
+                    ):
+                        del posts[ev.post_id]
+                        ahead.start = lo + 1
+                    else:
+                        ahead.forget(ev)
         self.advance(ev.ts_ms)
         st = self.clusters.get(item.cluster_id)
         if st is None:
@@ -1229,57 +1275,41 @@ class Detector:
 
         Every item noted must later be given to :meth:`apply` (each copy, once).
         """
-        if not item.banked:
-            return  # never alerts
-        cid, ev = item.cluster_id, item.event
-        ahead = self._ahead.get(cid)
-        if ahead is None:
-            ahead = self._ahead[cid] = Lookahead(ev.ts_ms, item.match)
-        else:
-            if ev.ts_ms < ahead.first_ms:
-                ahead.first_ms = ev.ts_ms
-            if ahead.match is None:
-                ahead.match = item.match
-        ahead.held += 1
-        if ev.type != "takedown":
-            self._judge(ahead, self.clusters.get(cid), ev)
+        self.expect_many((item,))
 
-    def _judge(self, ahead: Lookahead, st: ClusterState | None, ev: ShareEvent) -> None:
-        """Count ``ev`` among the held shares if replay will count it when it applies it.
-
-        Every banked event held goes through here, more of them as a stream's banked
-        cascades grow: one look-up of a held post (the same event is a copy, another one a
-        second event adding the post: neither counted), a call less.
-        """
-        if st is not None and ev.event_id in st.event_ids:
-            return  # a copy of an applied event: applied once
-        post, parent = ev.post_id, ev.parent_post_id
-        if post in ahead.posts:
-            return  # a copy of a held one, or a second event adding one post: not counted
-        kids = ahead.waiting.get(parent or "")
-        if kids is not None and any(k.event_id == ev.event_id for k in kids):
-            return  # a copy of a held reshare
-        graph = st.cascade if st is not None else None
-        # the cascade's node table read directly (NetworkX's ``in``, two Python calls a test)
-        nodes = graph.graph._node if graph is not None else _NO_POSTS
-        if post in nodes:
-            return  # a second event adding one post: rejected, never counted (not proved)
-        if parent is None:  # an upload
-            ahead.attach(ev)
-            return
-        before = ahead.posts.get(parent)
-        known = parent in nodes
-        if known or (before is not None and _counted_under(before, ev)):
-            ahead.attach(ev)
-        else:
-            ahead.waiting.setdefault(parent, []).append(ev)
+    def expect_many(self, items: Iterable[Routed]) -> None:
+        """:meth:`expect` each of ``items``, in their order: a worker notes each batch's held
+        banked events in one call (a held event's noting was four Python calls)."""
+        ahead_of, clusters = self._ahead, self.clusters
+        for item in items:
+            if not item.banked:
+                continue  # never alerts
+            cid, ev = item.cluster_id, item.event
+            ahead = ahead_of.get(cid)
+            if ahead is None:
+                ahead = ahead_of[cid] = Lookahead(ev.ts_ms, item.match)
+            else:
+                if ev.ts_ms < ahead.first_ms:
+                    ahead.first_ms = ev.ts_ms
+                if ahead.match is None:
+                    ahead.match = item.match
+            ahead.held += 1
+            if ev.type == "takedown":
+                continue
+            st = clusters.get(cid)
+            if st is None:
+                ahead.judge(ev, _NO_POSTS)
+            elif ev.event_id not in st.event_ids:  # else a copy of an applied event
+                # the cascade's node table read directly (NetworkX's ``in``: two Python
+                # calls a test)
+                ahead.judge(ev, st.cascade.graph._node)
 
     def _rejudge(self, cid: str) -> None:
         old = self._ahead[cid]
         new = self._ahead[cid] = Lookahead(old.first_ms, old.match)
         new.held = old.held
-        for ev in old.events():
-            self._judge(new, None, ev)
+        for ev in old.events():  # its cluster is gone: nothing of it applied
+            new.judge(ev, _NO_POSTS)
 
     def fire_early(self, cluster_ids: Iterable[str], watermark_ms: int) -> None:
         """Send now the velocity firings that the events seen make certain (see the module doc).

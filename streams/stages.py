@@ -1546,10 +1546,8 @@ class ClusterPartition(LoopHost):
 
     def _noted(self, banked: list[Routed]) -> set[str]:
         """The clusters of banked events the loop holds, each event noted by the detector
-        (:meth:`Detector.expect`) for its early firing."""
-        expect = self.detector.expect
-        for item in banked:
-            expect(item)
+        (:meth:`Detector.expect_many`) for its early firing."""
+        self.detector.expect_many(banked)
         return {item.cluster_id for item in banked}
 
     def handle(self, envelopes: Iterable[bytes | Envelope | None]) -> ClusterBatch:

@@ -618,6 +618,84 @@ def test_fire_early_costs_only_the_clusters_it_is_given() -> None:
     assert det.drain().alerts == []
 
 
+def lookahead_state(det: Detector) -> dict[str, tuple[object, ...]]:
+    """What the detector holds a cluster's events as: the count of items held, the counted
+    times (sorted, one a counted post), the counted posts and the waiting reshares."""
+    out: dict[str, tuple[object, ...]] = {}
+    for cid, ahead in det._ahead.items():
+        times = ahead.times[ahead.start :]
+        assert times == sorted(p.ts_ms for p in ahead.posts.values())
+        waiting = {k: [e.event_id for e in v] for k, v in ahead.waiting.items()}
+        out[cid] = (ahead.held, times, sorted(ahead.posts), waiting)
+    return out
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 30),  # the event (the same one twice: a copy)
+            st.integers(0, 12),  # its post
+            st.one_of(st.none(), st.integers(0, 12)),  # its parent (None: an upload)
+            st.integers(0, 40),  # its time, in seconds
+            st.sampled_from(["b-1", "b-2"]),
+            st.booleans(),  # a takedown of the post instead
+        ),
+        max_size=60,
+    ),
+    st.integers(1, 9),
+    st.integers(0, 2**32),
+)
+@PROPS
+def test_a_batch_noted_at_once_is_noted_as_each_of_its_events(
+    drawn: list[tuple[int, int, int | None, int, str, bool]], batch: int, seed: int
+) -> None:
+    """A worker notes a batch's held events in one call (``expect_many``), and the detector
+    forgets an applied one in place as a rule: held, counted, waiting and sent early as
+    ``expect`` one at a time and ``Lookahead.forget`` left them, through copies, second
+    events of a post, reshares held before their parent and takedowns, with some events
+    applied between the batches (in time order as a rule, some out of it)."""
+    rng = random.Random(seed)
+    made: dict[int, Routed] = {}
+    for i, post, parent, ts_s, cid, takedown in drawn:
+        if i in made:
+            continue  # drawn again: a copy of the first
+        ts = T0 + ts_s * SEC
+        if takedown:
+            ev = ShareEvent(f"e{i}", "takedown", ts, f"p{post}", f"u{i}")
+        elif parent is None or post == 0:
+            ev = ShareEvent(f"e{i}", "upload", ts, f"p{post}", f"u{i}")
+        else:  # of a lower post, as a rule one held or applied (some before it in time)
+            ev = ShareEvent(f"e{i}", "share", ts, f"p{post}", f"u{i}", f"p{parent % post}")
+        made[i] = Routed(ev, cid, MATCH if ev.type == "upload" else None)
+    items = [made[i] for i, *_ in drawn]
+    one, many = detector(TIGHT), detector(TIGHT)
+    held: list[Routed] = []
+    wm = T0 - 1
+    for at in range(0, len(items), batch):
+        part = items[at : at + batch]
+        for item in part:
+            one.expect(item)
+        many.expect_many(part)
+        held += part
+        held.sort(key=lambda r: (r.event.ts_ms, r.event.event_id))
+        cut = rng.randrange(len(held) + 1)
+        if rng.random() < 0.3:  # some of them, out of time order: not the first held
+            applied = rng.sample(held, cut)
+            held = [r for r in held if r not in applied]
+        else:
+            applied, held = held[:cut], held[cut:]
+        for det in (one, many):
+            for item in applied:
+                det.apply(item)
+        wm = max([wm, *(r.event.ts_ms for r in applied)])
+        for det in (one, many):
+            det.advance(wm)
+        assert lookahead_state(many) == lookahead_state(one)
+        one.fire_early(["b-1", "b-2"], wm)
+        many.fire_early(["b-1", "b-2"], wm)
+        assert repr(many.drain()) == repr(one.drain())
+
+
 def small_clusters_warning() -> Alert:
     """A replay's warning of a small cluster (25 posts), its forecast (20 [15, 60]) made at
     the firing from fewer posts: raised to its size."""

@@ -1161,7 +1161,7 @@ def test_a_routed_event_read_from_its_record_is_logged_compact() -> None:
     items = [routed(e, cluster() if i % 2 else "u-" + "c" * 32) for i, e in enumerate(events)]
     cp = cluster_partition()
     expected: list[Routed] = []
-    cp.detector.expect = expected.append  # type: ignore[method-assign]
+    cp.detector.expect_many = expected.extend  # type: ignore[method-assign]
     b = cp.handle([Envelope(items).pack()])
     assert b.log == routed_log_parts(items, MAX_RECORD_BYTES) and b.log_items == len(items)
     assert sum(map(len, b.log)) < 0.7 * sum(map(len, encode_parts(items, MAX_RECORD_BYTES)))
