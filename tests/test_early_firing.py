@@ -618,6 +618,31 @@ def test_fire_early_costs_only_the_clusters_it_is_given() -> None:
     assert det.drain().alerts == []
 
 
+def test_fire_early_asks_no_cluster_under_every_rule_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster whose shares kept and held are fewer than every rule not fired yet asks
+    for: no window can reach one, and no rule of it is looked at (the bound settled before
+    the call: 82% of the calls at a worker's density were under it)."""
+    det = detector()
+    asked: list[str] = []
+    look = det._fire_early
+    monkeypatch.setattr(det, "_fire_early", lambda cid, *a: (asked.append(cid), look(cid, *a)))
+    items = [upload(), *(share(i, T0 + i * SEC) for i in range(1, 24))]  # 24 of 25
+    for item in items:
+        det.expect(item)
+    det.fire_early(["b-1"], T0 - 1)
+    assert asked == [] and det.drain().alerts == []
+    det.expect(share(24, T0 + 24 * SEC))  # the 25th: warning's rule is reachable
+    det.fire_early(["b-1"], T0 - 1)
+    assert asked == ["b-1"] and [a.severity for a in det.drain().alerts] == ["warning"]
+    for item in [*items, share(24, T0 + 24 * SEC)]:  # applied: warning's episode is open
+        det.apply(item)
+    for i in range(25, 30):
+        det.expect(share(i, T0 + i * SEC))
+    assert det.drain().alerts == [] and det.clusters["b-1"].fired == ["warning"]
+    det.fire_early(["b-1"], T0 + 24 * SEC)  # 30 of high's 100 (warning fired): not asked
+    assert asked == ["b-1"] and det.drain().alerts == []
+
+
 def lookahead_state(det: Detector) -> dict[str, tuple[object, ...]]:
     """What the detector holds a cluster's events as: the count of items held, the counted
     times (sorted, one a counted post), the counted posts and the waiting reshares."""
