@@ -87,19 +87,28 @@ class Cascade:
         level: int,
         followers: int | None,
     ) -> None:
+        # NetworkX's tables written as ``add_edge(parent, post_id)`` (``add_node`` for an
+        # upload) writes them, in its order, with the attributes in the order
+        # ``add_node(post_id, **attrs)`` would write them: the post is new and its parent
+        # here (the callers' look-ups), so its checks and a call less a post (every post
+        # of a banked cluster comes here)
         graph = self.graph
-        if parent is None:
-            graph.add_node(post_id)
-        else:  # the edge makes the post's node (one call of NetworkX's, not two)
-            graph.add_edge(parent, post_id)
-        # its attributes, in the order add_node(post_id, **attrs) would write them
-        attrs = graph._node[post_id]
-        attrs["user"] = user
-        attrs["ts_ms"] = ts_ms
-        attrs["level"] = level
-        attrs["live"] = True
+        succ = graph._succ
+        attrs = {"user": user, "ts_ms": ts_ms, "level": level, "live": True}
         if followers is not None:  # shown on the cascade view; unknown is left out
             attrs["followers"] = followers
+        if parent is None:
+            succ[post_id] = {}
+            graph._pred[post_id] = {}
+            graph._node[post_id] = attrs
+        else:
+            succ[post_id] = {}
+            graph._node[post_id] = attrs
+            edge: dict[str, object] = {}
+            succ[parent][post_id] = edge
+            graph._pred[post_id] = {parent: edge}
+        if graph.__networkx_cache__:  # NetworkX's converted graphs (``nx._clear_cache``)
+            graph.__networkx_cache__.clear()
         self._users[user] += 1
         self._level_counts[level] += 1
         self._depth = max(self._depth, level)
