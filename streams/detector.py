@@ -823,7 +823,7 @@ class Detector:
     def apply(self, item: Routed) -> None:
         """Apply one routed event. Idempotent: an event id seen before changes nothing."""
         ev = item.event
-        if not item.banked and item.cluster_id not in self.clusters:
+        if item.cluster_id not in self.clusters and not item.banked:  # a look-up before a call
             self.advance(ev.ts_ms)
             self._apply_unbanked([item], 0, _NO_STOP)
             return
