@@ -164,7 +164,8 @@ pub fn parse_fast(text: &str) -> Option<Doc<'_>> {
     Some(ObjectOr::Object(f))
 }
 
-/// [`parse_fast`] into `f` (a default `Fields`; on `None` partly filled, to be dropped):
+/// [`parse_fast`] into `f` (a default `Fields`: a value this reader replaces is its own, which
+/// owns nothing, and is not dropped; on `None` partly filled, to be dropped):
 /// the object's fields written where the caller keeps them. Why: `Fields` is 352 bytes
 /// (its content's 112), and returned by value they were copied at each step out (the
 /// content's fields into the event's, the event's out of the reader, out of `Doc`, into
@@ -181,14 +182,16 @@ pub fn parse_fast_into<'a>(text: &'a str, f: &mut Fields<'a>) -> Option<()> {
         (&EVENT_KEYS, &EVENT_WORDS),
         f,
         |r, key, f: &mut Fields<'a>| {
-            match key {
-                Some(0) => f.event_id = Some(r.scalar()?),
-                Some(1) => f.kind = Some(r.scalar()?),
-                Some(2) => f.ts = Some(r.scalar()?),
-                Some(3) => f.post_id = Some(r.scalar()?),
-                Some(4) => f.parent_post_id = Some(r.scalar()?),
-                Some(5) => f.user_id = Some(r.scalar()?),
-                Some(6) => f.followers = Some(r.scalar()?),
+            // one place reads a member's scalar (inlined there), then it is stored by key:
+            // `scalar` called from each arm was a call a member, its value moved out and in
+            let slot = match key {
+                Some(0) => &mut f.event_id,
+                Some(1) => &mut f.kind,
+                Some(2) => &mut f.ts,
+                Some(3) => &mut f.post_id,
+                Some(4) => &mut f.parent_post_id,
+                Some(5) => &mut f.user_id,
+                Some(6) => &mut f.followers,
                 Some(7) => {
                     if r.eat_if(b'{') {
                         // a repeated key's last value wins: its fields afresh
@@ -203,11 +206,16 @@ pub fn parse_fast_into<'a>(text: &'a str, f: &mut Fields<'a>) -> Option<()> {
                             _ => return None,
                         })
                     }
+                    return Some(());
                 }
                 _ => {
                     r.scalar()?;
+                    return Some(());
                 }
-            }
+            };
+            // a repeated key's value before owns nothing (this reader's texts borrow the
+            // line): not dropped, where its drop asked whether it held text
+            std::mem::forget(slot.replace(r.scalar_inline()?));
             Some(())
         },
     )?;
@@ -344,8 +352,15 @@ impl<'a> Scan<'a> {
         Some(unsafe { self.text.get_unchecked(start..end) })
     }
 
-    /// A string, a plain non-negative integer or a literal; `None` for anything else.
+    /// [`Scan::scalar`], out of line: its callers but the event's members' one.
+    #[inline(never)]
     fn scalar(&mut self) -> Option<Val<'a>> {
+        self.scalar_inline()
+    }
+
+    /// A string, a plain non-negative integer or a literal; `None` for anything else.
+    #[inline(always)]
+    fn scalar_inline(&mut self) -> Option<Val<'a>> {
         match *self.b.get(self.at)? {
             b'"' => self.string().map(|s| Val::Str(Cow::Borrowed(s))),
             b'0'..=b'9' => {
@@ -399,28 +414,57 @@ impl<'a> Scan<'a> {
         if self.eat_if(b'}') {
             return Some(());
         }
+        // a producer writes no whitespace: the key looked for where the member starts, and
+        // whitespace skipped only if none is there; after a value, its comma or the brace
+        // read at once, whitespace skipped only if neither is there (it was asked four
+        // times a member, the comma and the brace each a read of their own)
         loop {
-            self.ws();
             let key = match self.next_key(words, next) {
                 Some(i) => {
                     next = i + 1;
                     Some(i)
                 }
-                None => {
-                    let key = self.string()?.as_bytes();
-                    self.ws();
-                    self.eat(b':')?;
-                    keys.iter().position(|k| k[1..k.len() - 2] == *key)
-                }
+                None => self.other_key(keys, words, &mut next)?,
             };
             self.ws();
             member(self, key, out)?;
-            self.ws();
-            if self.eat_if(b'}') {
-                return Some(());
+            match self.b.get(self.at) {
+                Some(b',') => self.at += 1,
+                Some(b'}') => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => {
+                    self.ws();
+                    if self.eat_if(b'}') {
+                        return Some(());
+                    }
+                    self.eat(b',')?;
+                }
             }
-            self.eat(b',')?;
         }
+    }
+
+    /// A member's key where [`Scan::next_key`] found none at the cursor: after whitespace,
+    /// the next of `words` again, else the key read as text and looked up (`next` as
+    /// [`Scan::members`] keeps it).
+    #[cold]
+    #[inline(never)]
+    fn other_key(
+        &mut self,
+        keys: &[&[u8]],
+        words: &[KeyWords],
+        next: &mut usize,
+    ) -> Option<Option<usize>> {
+        self.ws();
+        if let Some(i) = self.next_key(words, *next) {
+            *next = i + 1;
+            return Some(Some(i));
+        }
+        let key = self.string()?.as_bytes();
+        self.ws();
+        self.eat(b':')?;
+        Some(keys.iter().position(|k| k[1..k.len() - 2] == *key))
     }
 
     /// The first of `keys` from `from` on that is at the cursor (quoted, with its colon):
@@ -446,15 +490,18 @@ impl<'a> Scan<'a> {
 
     /// A member of a flat `content` object (its key's index in [`CONTENT_KEYS`]).
     fn content(&mut self, key: Option<usize>, c: &mut ContentFields<'a>) -> Option<()> {
-        match key {
-            Some(0) => c.pdq = Some(self.scalar()?),
-            Some(1) => c.pdq_quality = Some(self.scalar()?),
-            Some(2) => c.md5 = Some(self.scalar()?),
+        // as an event's members: one place reads the scalar, inlined
+        let slot = match key {
+            Some(0) => &mut c.pdq,
+            Some(1) => &mut c.pdq_quality,
+            Some(2) => &mut c.md5,
             Some(_) => return None, // a video's frames: serde's reader keeps their text
             _ => {
                 self.scalar()?;
+                return Some(());
             }
-        }
+        };
+        std::mem::forget(slot.replace(self.scalar_inline()?)); // as an event's member
         Some(())
     }
 }
@@ -472,12 +519,10 @@ impl<'a> Scan<'a> {
 /// one-worker benchmark's 300,000 events.
 #[inline(always)]
 pub(crate) fn plain_run(b: &[u8]) -> usize {
-    let n = b.len();
-    let mut at = 0;
     #[cfg(target_arch = "x86_64")]
     {
         #[inline(always)]
-        fn marks(chunk: &[u8]) -> u32 {
+        fn marks(chunk: &[u8]) -> u64 {
             use std::arch::x86_64::{
                 _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128,
                 _mm_set1_epi8,
@@ -491,59 +536,28 @@ pub(crate) fn plain_run(b: &[u8]) -> usize {
                 // under 0x20: max(v, 0x1f) is 0x1f
                 let low = _mm_set1_epi8(0x1f);
                 let control = _mm_cmpeq_epi8(_mm_max_epu8(v, low), low);
-                _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, slash), control)) as u32
+                _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, slash), control)) as u64
             }
         }
-        while let Some(chunk) = b.get(at..at + 16) {
-            let m = marks(chunk);
-            if m != 0 {
-                return at + m.trailing_zeros() as usize;
-            }
-            at += 16;
-        }
-        if at > 0 {
-            // the last sixteen, some of them again
-            if at == n {
-                return n;
-            }
-            let m = marks(&b[n - 16..]);
-            return if m == 0 {
-                n
-            } else {
-                n - 16 + m.trailing_zeros() as usize
-            };
+        if let Some(end) = first_marked::<16>(b, marks, 1) {
+            return end;
         }
     }
     // a borrow in these tests only marks bytes after a true one, so the lowest mark is
     // the first such byte (and a byte read again, clear, marks nothing)
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     #[inline(always)]
     fn word_marks(chunk: &[u8]) -> u64 {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
         let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
         let (q, s) = (w ^ (ONES * 0x22), w ^ (ONES * 0x5c));
         (q.wrapping_sub(ONES) & !q | s.wrapping_sub(ONES) & !s | w.wrapping_sub(ONES * 0x20) & !w)
             & HIGH
     }
-    while let Some(chunk) = b.get(at..at + 8) {
-        let m = word_marks(chunk);
-        if m != 0 {
-            return at + (m.trailing_zeros() / 8) as usize;
-        }
-        at += 8;
+    if let Some(end) = first_marked::<8>(b, word_marks, 8) {
+        return end;
     }
-    if at > 0 {
-        // the last eight, some of them again
-        if at == n {
-            return n;
-        }
-        let m = word_marks(&b[n - 8..]);
-        return if m == 0 {
-            n
-        } else {
-            n - 8 + (m.trailing_zeros() / 8) as usize
-        };
-    }
+    let mut at = 0;
     while let Some(&c) = b.get(at) {
         if c == b'"' || c == b'\\' || c < 0x20 {
             break;
@@ -551,6 +565,43 @@ pub(crate) fn plain_run(b: &[u8]) -> usize {
         at += 1;
     }
     at
+}
+
+/// [`plain_run`]'s steps of `W` bytes, each step's `marks` (`bits` of them a byte, the
+/// lowest for the first byte): where the first marked byte is, or the end; past the whole
+/// steps, the last `W` bytes read again as one more step (the bytes read twice were clear,
+/// so the step's first mark is the first byte asked for). `None`: `b` is shorter than a
+/// step. One piece for the sixteen-byte steps (SSE2) and the eight-byte words, which had
+/// each its own loop and tail (the duplicates tool's pair; 3 fewer instructions a line of
+/// the worker stream, callgrind: the same code).
+#[inline(always)]
+fn first_marked<const W: usize>(
+    b: &[u8],
+    marks: impl Fn(&[u8]) -> u64,
+    bits: u32,
+) -> Option<usize> {
+    let n = b.len();
+    let mut at = 0;
+    while let Some(chunk) = b.get(at..at + W) {
+        let m = marks(chunk);
+        if m != 0 {
+            return Some(at + (m.trailing_zeros() / bits) as usize);
+        }
+        at += W;
+    }
+    if at == 0 {
+        return None;
+    }
+    if at == n {
+        return Some(n);
+    }
+    // the last W, some of them again
+    let m = marks(&b[n - W..]);
+    Some(if m == 0 {
+        n
+    } else {
+        n - W + (m.trailing_zeros() / bits) as usize
+    })
 }
 
 /// A key, compared after its escapes are decoded (`"\u0074ype"` is `type`).

@@ -297,7 +297,7 @@ fn held_event<'a>(raw: &'a RawValue, judge: &mut dyn Judge) -> Option<Event<'a>>
         }
         fields.content = Some(json::ObjectOr::Object(content));
     }
-    let ev = event::validate(&mut fields, judge).ok()?;
+    let ev = event::validate(&mut fields, false, judge).ok()?;
     match &ev.content {
         Some(c) if c.vpdq.is_some() => None,
         _ => Some(ev),
