@@ -896,32 +896,34 @@ impl<T: Copy> PdqIndex<T> {
         if one_flip {
             n = one_flip_probes(q, pair, (occupied, before, starts), room);
         }
-        for c in (0..chunks).filter(|_| !one_flip) {
-            let v = layout.chunk(q, c);
-            let mate = u32::from(fold(layout.chunk(q, Layout::mate(c))));
-            let (base, high, low) = (layout.key(c, 0) >> 6, v >> 6, v & 63);
-            for &(h, flips, lows) in groups {
-                // only buckets holding rows: the bits are in cache, the starts mostly not
-                let w = base | (high ^ h);
-                let word = occupied[w];
-                let mut wanted = word & lows[low];
-                if wanted == 0 {
-                    continue;
-                }
-                let first = before[w] as usize;
-                while wanted != 0 {
-                    let bit = wanted.trailing_zeros();
-                    wanted &= wanted - 1;
-                    let i = first + (word & ((1u64 << bit) - 1)).count_ones() as usize;
-                    prefetch_at(starts, i);
-                    // the bits this probe flips: `h`'s above the low 6, `bit ^ low` in them
-                    let flipped = flips + (bit ^ low as u32).count_ones();
-                    room[n].write(Probe {
-                        span: i,
-                        mate,
-                        budget: pair - flipped,
-                    });
-                    n += 1;
+        if !one_flip {
+            for c in 0..chunks {
+                let v = layout.chunk(q, c);
+                let mate = u32::from(fold(layout.chunk(q, Layout::mate(c))));
+                let (base, high, low) = (layout.key(c, 0) >> 6, v >> 6, v & 63);
+                for &(h, flips, lows) in groups {
+                    // only buckets holding rows: the bits are in cache, the starts mostly not
+                    let w = base | (high ^ h);
+                    let word = occupied[w];
+                    let mut wanted = word & lows[low];
+                    if wanted == 0 {
+                        continue;
+                    }
+                    let first = before[w] as usize;
+                    while wanted != 0 {
+                        let bit = wanted.trailing_zeros();
+                        wanted &= wanted - 1;
+                        let i = first + (word & ((1u64 << bit) - 1)).count_ones() as usize;
+                        prefetch_at(starts, i);
+                        // the bits this probe flips: `h`'s above the low 6, `bit ^ low` in them
+                        let flipped = flips + (bit ^ low as u32).count_ones();
+                        room[n].write(Probe {
+                            span: i,
+                            mate,
+                            budget: pair - flipped,
+                        });
+                        n += 1;
+                    }
                 }
             }
         }
@@ -1314,7 +1316,8 @@ fn count_before(occupied: &[u64], before: &mut [u32]) {
 /// bucket. A merge spent about 400 instructions a fresh key (16 a tail row), most of
 /// them the loop's bookkeeping: the index's fields read again after each copy, a bounds
 /// check on every access and a bit count in plain instructions (the x86-64 baseline has
-/// no `popcnt`: compiled with it where the CPU has it, as the search is).
+/// no `popcnt`: compiled with it where the CPU has it, as the search is; with AVX2 too
+/// where the CPU has that, for the moves, [`move_up`] and [`raise_up`]).
 fn merge_keys(
     fresh: &[u64],
     (ids, b): (&mut [Entry], &mut Buckets),
@@ -1322,7 +1325,11 @@ fn merge_keys(
 ) {
     // what the loop reads and writes unchecked, checked once
     let keys = b.occupied.len() * 64;
-    assert!(fresh.iter().all(|&pair| pair_key(pair) < keys));
+    // (each pair against the first with a key past them: the keys themselves tested, the
+    // loop reloaded the pairs' address from the stack at every pair)
+    assert!(keys < 1 << 24, "a pair's key is its top 24 bits");
+    let limit = (keys as u64) << 40;
+    assert!(fresh.iter().all(|&pair| pair < limit));
     assert!(b.before.len() == b.occupied.len());
     assert!(ids.len() == old_ids + fresh.len() && b.starts.len() == old_slots + new_keys + 1);
     // (the tables' own invariant: a check of every start would cost what the merge saves)
@@ -1338,9 +1345,15 @@ fn merge_keys(
         new_keys,
     };
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("popcnt") {
-        // SAFETY: the CPU has the instruction the twin is compiled to use; the bounds
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("popcnt")
+    {
+        // SAFETY: the CPU has the instructions the twin is compiled to use; the bounds
         // the body relies on are asserted above.
+        return unsafe { merge_keys_avx2(moves) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("popcnt") {
+        // SAFETY: as above
         return unsafe { merge_keys_popcnt(moves) };
     }
     // SAFETY: as above
@@ -1360,6 +1373,15 @@ struct Moves<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "popcnt")]
 unsafe fn merge_keys_popcnt(moves: Moves<'_>) {
+    // SAFETY: the caller's
+    unsafe { merge_keys_body(moves) }
+}
+
+/// [`merge_keys`] with 32-byte registers: its moves of rows and starts ([`move_up`],
+/// [`raise_up`]) a register a 32 bytes, eight starts raised in one instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "popcnt,avx2")]
+unsafe fn merge_keys_avx2(moves: Moves<'_>) {
     // SAFETY: the caller's
     unsafe { merge_keys_body(moves) }
 }
@@ -1408,31 +1430,19 @@ unsafe fn merge_keys_body(moves: Moves<'_>) {
             } else {
                 *starts.add(upto) as usize
             };
-            std::ptr::copy(
-                ids.add(lo_ids),
-                ids.add(lo_ids + shift_ids),
-                end_ids - lo_ids,
+            move_up(
+                ids.add(lo_ids).cast::<u8>(),
+                ids.add(lo_ids + shift_ids).cast::<u8>(),
+                (end_ids - lo_ids) * std::mem::size_of::<Entry>(),
             );
             // the starts from `upto` to `end_slot`, up by `shift_slots` places and
-            // `shift_ids` rows, from the top down, eight at a time: each eight read
-            // before any is written, and a write lands at or above its source
-            let add = shift_ids as u32;
-            let mut hi = end_slot;
-            while hi >= upto + 8 {
-                let mut group = std::ptr::read_unaligned(starts.add(hi - 8).cast::<[u32; 8]>());
-                for x in &mut group {
-                    *x += add;
-                }
-                std::ptr::write_unaligned(
-                    starts.add(hi - 8 + shift_slots).cast::<[u32; 8]>(),
-                    group,
-                );
-                hi -= 8;
-            }
-            while hi > upto {
-                hi -= 1;
-                *starts.add(hi + shift_slots) = *starts.add(hi) + add;
-            }
+            // `shift_ids` rows
+            raise_up(
+                starts.add(upto),
+                starts.add(upto + shift_slots),
+                end_slot - upto,
+                shift_ids as u32,
+            );
             let count = i - j;
             let at = lo_ids + shift_ids - count;
             for t in 0..count {
@@ -1455,6 +1465,106 @@ unsafe fn merge_keys_body(moves: Moves<'_>) {
         }
     }
     debug_assert!(shift_ids == 0 && shift_slots == 0);
+}
+
+/// [`merge_keys`]' move of a stretch of rows: `len` bytes from `src` to `dst`, at or
+/// above it (they may overlap), inline. From the top down, 64 bytes at a time, each block
+/// read before it is written and written at or above where it was read, down to the lowest
+/// 256 bytes at most, which are read whole (from both ends, as two blocks that may overlap)
+/// before any is written; so no byte loop but under 4 bytes. A `memmove` call a stretch
+/// (one a fresh key: 1,290,224 in the trace replay's merges, 190 bytes on average) was its
+/// own 32 instructions and the merge's values kept across the call; inline, with the merge
+/// compiled for 32-byte registers, a block is two loads and two stores.
+///
+/// # Safety
+/// `src..src + len` and `dst..dst + len` are valid, `dst >= src`.
+#[inline(always)]
+unsafe fn move_up(src: *const u8, dst: *mut u8, len: usize) {
+    use std::ptr::{read_unaligned as read, write_unaligned as write};
+    // SAFETY (each access): within the two ranges, as the caller promises
+    unsafe {
+        let mut hi = len;
+        while hi > 256 {
+            hi -= 64;
+            let block = read(src.add(hi).cast::<[u128; 4]>());
+            write(dst.add(hi).cast::<[u128; 4]>(), block);
+        }
+        // the lowest `hi` (at most 256) bytes: all read before any is written
+        if hi > 128 {
+            both_ends::<[u128; 8]>(src, dst, hi);
+        } else if hi > 64 {
+            both_ends::<[u128; 4]>(src, dst, hi);
+        } else if hi > 32 {
+            both_ends::<[u128; 2]>(src, dst, hi);
+        } else if hi > 16 {
+            both_ends::<u128>(src, dst, hi);
+        } else if hi >= 8 {
+            both_ends::<u64>(src, dst, hi);
+        } else if hi >= 4 {
+            both_ends::<u32>(src, dst, hi);
+        } else {
+            while hi > 0 {
+                hi -= 1;
+                *dst.add(hi) = *src.add(hi);
+            }
+        }
+    }
+}
+
+/// [`move_up`]'s last `len` bytes (from one `T` to two): a `T` read at each end (they may
+/// overlap), then both written.
+///
+/// # Safety
+/// As [`move_up`]'s, and `size_of::<T>() <= len`.
+#[inline(always)]
+unsafe fn both_ends<T>(src: *const u8, dst: *mut u8, len: usize) {
+    use std::ptr::{read_unaligned as read, write_unaligned as write};
+    let top = len - std::mem::size_of::<T>();
+    // SAFETY: within the two ranges, as the caller promises
+    unsafe {
+        let (low, high) = (read(src.cast::<T>()), read(src.add(top).cast::<T>()));
+        write(dst.add(top).cast::<T>(), high);
+        write(dst.cast::<T>(), low);
+    }
+}
+
+/// [`merge_keys`]' move of a stretch of starts: `len` of them from `src` to `dst`, at or
+/// above it (they may overlap), each raised by `add`: as [`move_up`], eight at a time from
+/// the top down, the lowest eight read first and written last (the starts below a multiple
+/// of eight were moved one by one, 6 instructions each, about 3.5 a fresh key).
+///
+/// # Safety
+/// `src..src + len` and `dst..dst + len` are valid, `dst >= src`.
+#[inline(always)]
+unsafe fn raise_up(src: *const u32, dst: *mut u32, len: usize, add: u32) {
+    use std::ptr::{read_unaligned as read, write_unaligned as write};
+    let raised = |mut group: [u32; 8]| {
+        for x in &mut group {
+            *x = x.wrapping_add(add);
+        }
+        group
+    };
+    // SAFETY (each access): within the two ranges, as the caller promises
+    unsafe {
+        if len >= 8 {
+            let head = raised(read(src.cast::<[u32; 8]>()));
+            let mut hi = len;
+            while hi > 8 {
+                hi -= 8;
+                write(
+                    dst.add(hi).cast::<[u32; 8]>(),
+                    raised(read(src.add(hi).cast::<[u32; 8]>())),
+                );
+            }
+            write(dst.cast::<[u32; 8]>(), head);
+        } else {
+            let mut hi = len;
+            while hi > 0 {
+                hi -= 1;
+                *dst.add(hi) = (*src.add(hi)).wrapping_add(add);
+            }
+        }
+    }
 }
 
 /// Row `r`'s pairs (its hash `h`), one a chunk of `BITS` bits, into `out` (a chunk each):
@@ -1555,6 +1665,33 @@ mod tests {
             .collect()
     }
 
+    /// The merge's moves against `copy_within`: every length up to past the 256 bytes read
+    /// whole and a block more, moved up by every shift from none to past a block (the
+    /// stretches overlap at every shift under their length), the starts raised too.
+    #[test]
+    fn moves_up_as_copy_within() {
+        for len in 0..330 {
+            for shift in 0..70 {
+                let mut bytes: Vec<u8> = (0..len + shift).map(|x| (x * 7 + 3) as u8).collect();
+                let mut want = bytes.clone();
+                want.copy_within(0..len, shift);
+                // SAFETY: both ranges lie in `bytes`, the second at or above the first
+                unsafe { move_up(bytes.as_ptr(), bytes.as_mut_ptr().add(shift), len) };
+                assert_eq!(bytes, want, "{len} bytes up by {shift}");
+                if len > 80 || shift > 20 {
+                    continue;
+                }
+                let mut starts: Vec<u32> = (0..(len + shift) as u32).map(|x| x * 3).collect();
+                let mut want = starts.clone();
+                for i in (0..len).rev() {
+                    want[i + shift] = starts[i] + 1_000;
+                }
+                // SAFETY: as above
+                unsafe { raise_up(starts.as_ptr(), starts.as_mut_ptr().add(shift), len, 1_000) };
+                assert_eq!(starts, want, "{len} starts up by {shift}");
+            }
+        }
+    }
     #[test]
     fn the_probes_are_every_value_within_the_flips_once_with_their_bits() {
         // what `probe` visits for a chunk value `v`: for each group, the values whose high
