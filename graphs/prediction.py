@@ -686,26 +686,36 @@ class IncrementalPredictor:
         return len(self._fine) + len(self._coarse)
 
     def add(self, t_s: float, followers: float | None = None, *, original: bool = False) -> None:
-        """Add one post at time ``t_s`` seen by ``followers`` (None: unknown)."""
+        """Add one post at time ``t_s`` seen by ``followers`` (None: unknown).
+
+        Called for every post of every banked cluster (the detector's one per-post
+        forecast cost), so ``min``/``max`` are written as the comparison they make (the
+        first of equals kept, as they keep it) and the config and tables read once.
+        """
         t_abs = float(t_s)
         if not math.isfinite(t_abs):
             raise ValueError(f"post time must be finite, got {t_s!r}")
+        cfg = self._cfg
         if followers is None:
-            d = self._cfg.default_followers
+            d = cfg.default_followers
         else:
             d = float(followers)
             if not (math.isfinite(d) and d >= 0.0):
                 raise ValueError(f"followers must be a finite number >= 0, got {followers!r}")
-        if self._ref is None:
-            self._ref = t_abs
-        t = t_abs - self._ref
+        ref = self._ref
+        if ref is None:
+            ref = self._ref = t_abs
+        t = t_abs - ref
         reshare = not original
         self._posts += 1
         self._reshares += reshare
-        self._origin = min(self._origin, t_abs)
-        self._latest = max(self._latest, t_abs)
+        if t_abs < self._origin:
+            self._origin = t_abs
+        if t_abs > self._latest:
+            self._latest = t_abs
         if reshare:
-            self._last_reshare = max(self._last_reshare, t_abs)
+            if t_abs > self._last_reshare:
+                self._last_reshare = t_abs
             self._followers_seen += d
         else:
             self._original_followers += d
@@ -713,23 +723,26 @@ class IncrementalPredictor:
         self._dt_sum += dt
         self._dt2_sum += dt * t
         self._dt_abs += abs(dt)
-        bisect.insort(self._recent, (t, reshare))
-        if len(self._recent) > self._cfg.min_count + _SPARE_RECENT:
-            del self._recent[0]
-        key = math.floor(t / self._cfg.bucket_s)
-        if self._floor_key is not None and key < self._floor_key:
+        recent = self._recent
+        bisect.insort(recent, (t, reshare))
+        if len(recent) > cfg.min_count + _SPARE_RECENT:
+            del recent[0]
+        key = math.floor(t / cfg.bucket_s)
+        floor_key = self._floor_key
+        if floor_key is not None and key < floor_key:
             self._add_old(t, d, reshare)
         else:
-            b = self._fine.get(key)
+            fine = self._fine
+            b = fine.get(key)
             if b is None:
-                b = self._fine[key] = [0.0, 0.0, 0.0, 0.0, 0.0]
+                b = fine[key] = [0.0, 0.0, 0.0, 0.0, 0.0]
             b[_M] += 1.0
             b[_N] += reshare
             b[_D] += d
-            b[_DT] += d * t
+            b[_DT] += dt
             b[_ST] += t * reshare
             self._dirty.add(key)
-            if len(self._fine) > self._fine_limit:
+            if len(fine) > self._fine_limit:
                 self._age_buckets()
 
     def _add_old(self, t: float, d: float, reshare: bool) -> None:

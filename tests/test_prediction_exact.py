@@ -402,3 +402,41 @@ def test_the_growth_bound_is_what_it_was_to_the_bit(
             assert repr((centre.tolist(), weighted, count)) == repr(
                 (old_centre.tolist(), old_weighted, old_count)
             )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.0, -0.0, 5.0, 12.5, -3.0, 1e6])
+            | st.floats(-1e4, 1e4, allow_nan=False),
+            st.none() | st.integers(0, 10**6),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_add_keeps_the_running_figures_min_and_max_keep(
+    posts: list[tuple[float, int | None, bool]],
+) -> None:
+    """``add``'s comparisons in place of ``min``/``max`` keep what they kept, to the bit
+    (``repr``: the first of ``0.0`` and ``-0.0`` is kept, as ``min`` and ``max`` keep it),
+    and its sums are the sums of its posts in their order."""
+    pred = IncrementalPredictor()
+    origin, latest, last = math.inf, -math.inf, -math.inf
+    dt_sum = dt2_sum = dt_abs = 0.0
+    ref = posts[0][0]
+    for t_s, followers, original in posts:
+        pred.add(t_s, followers, original=original)
+        d = pred.config.default_followers if followers is None else float(followers)
+        origin, latest = min(origin, t_s), max(latest, t_s)
+        if not original:
+            last = max(last, t_s)
+        dt = d * (t_s - ref)
+        dt_sum += dt
+        dt2_sum += dt * (t_s - ref)
+        dt_abs += abs(dt)
+    got = (pred._origin, pred._latest, pred._last_reshare, pred._dt_sum, pred._dt2_sum)
+    assert repr(got) == repr((origin, latest, last, dt_sum, dt2_sum))
+    assert repr(pred._dt_abs) == repr(dt_abs)
