@@ -243,31 +243,39 @@ const CONTENT_KEYS: [&[u8]; 4] = [b"\"pdq\":", b"\"pdq_quality\":", b"\"md5\":",
 const EVENT_WORDS: [KeyWords; 8] = KeyWords::all(EVENT_KEYS);
 const CONTENT_WORDS: [KeyWords; 4] = KeyWords::all(CONTENT_KEYS);
 
-/// A key (quoted, with its colon: at most 24 bytes) as [`Scan::next_key`] compares it: its
-/// bytes as three little-endian words, zero past its end, and a mask of its bytes.
+/// A key (quoted, with its colon: at most 17 bytes) as [`Scan::next_key`] compares it: its
+/// first 16 bytes as two little-endian words, zero past its end, and a mask of its bytes;
+/// a 17th byte (`"parent_post_id":`'s colon) compared alone. Two masked words, where three
+/// were (every key but one is 16 bytes or fewer), and 16 bytes read where 24 were.
 #[derive(Clone, Copy)]
 struct KeyWords {
-    words: [u64; 3],
-    masks: [u64; 3],
+    words: [u64; 2],
+    masks: [u64; 2],
+    /// its 17th byte, if it has one
+    last: u8,
     len: usize,
 }
 
 impl KeyWords {
     const fn all<const N: usize>(keys: [&[u8]; N]) -> [KeyWords; N] {
         let mut out = [KeyWords {
-            words: [0; 3],
-            masks: [0; 3],
+            words: [0; 2],
+            masks: [0; 2],
+            last: 0,
             len: 0,
         }; N];
         let mut k = 0;
         while k < N {
             let key = keys[k];
-            assert!(key.len() <= 24, "a key is compared as three words");
+            assert!(key.len() <= 17, "a key is compared as two words and a byte");
             let mut i = 0;
-            while i < key.len() {
+            while i < key.len() && i < 16 {
                 out[k].words[i / 8] |= (key[i] as u64) << (8 * (i % 8));
                 out[k].masks[i / 8] |= 0xff << (8 * (i % 8));
                 i += 1;
+            }
+            if key.len() == 17 {
+                out[k].last = key[16];
             }
             out[k].len = key.len();
             k += 1;
@@ -275,28 +283,26 @@ impl KeyWords {
         out
     }
 
-    /// Whether the text whose next 24 bytes are `w` starts with this key.
+    /// Whether `rest`, whose first 16 bytes are `w`, starts with this key.
     #[inline(always)]
-    fn at(&self, w: &[u64; 3]) -> bool {
-        ((w[0] ^ self.words[0]) & self.masks[0]
-            | (w[1] ^ self.words[1]) & self.masks[1]
-            | (w[2] ^ self.words[2]) & self.masks[2])
-            == 0
+    fn at(&self, w: &[u64; 2], rest: &[u8]) -> bool {
+        ((w[0] ^ self.words[0]) & self.masks[0] | (w[1] ^ self.words[1]) & self.masks[1]) == 0
+            && (self.len <= 16 || rest.get(16) == Some(&self.last))
     }
 }
 
-/// 24 bytes as three little-endian words.
+/// 16 bytes as two little-endian words.
 #[inline(always)]
-fn words_of(b: &[u8]) -> [u64; 3] {
+fn words_of(b: &[u8]) -> [u64; 2] {
     let word = |i: usize| u64::from_le_bytes(b[8 * i..8 * i + 8].try_into().expect("8 bytes"));
-    [word(0), word(1), word(2)]
+    [word(0), word(1)]
 }
 
-/// A line's last bytes (fewer than 24) as [`words_of`] reads them, zeros after.
+/// A line's last bytes (fewer than 16) as [`words_of`] reads them, zeros after.
 #[cold]
 #[inline(never)]
-fn padded_words(rest: &[u8]) -> [u64; 3] {
-    let mut b = [0u8; 24];
+fn padded_words(rest: &[u8]) -> [u64; 2] {
+    let mut b = [0u8; 16];
     b[..rest.len()].copy_from_slice(rest);
     words_of(&b)
 }
@@ -469,20 +475,20 @@ impl<'a> Scan<'a> {
 
     /// The first of `keys` from `from` on that is at the cursor (quoted, with its colon):
     /// its index, the cursor past its colon. Each key is compared as its [`KeyWords`]: the
-    /// next 24 bytes read once as three words (zeros past the line's end: no key holds a
-    /// zero byte), a key three masked compares, where `starts_with` of a key of run-time
+    /// next 16 bytes read once as two words (zeros past the line's end: no key holds a
+    /// zero byte), a key two masked compares (and a byte for a 17th), where `starts_with` of a key of run-time
     /// length called `memcmp` (about 60 instructions a member, callgrind).
     #[inline(always)]
     fn next_key(&mut self, keys: &[KeyWords], from: usize) -> Option<usize> {
         let rest = &self.b[self.at..];
-        let w = match rest.get(..24) {
+        let w = match rest.get(..16) {
             Some(head) => words_of(head),
             None => padded_words(rest),
         };
         // the next key in the producers' order first: the usual hit
         let i = match keys.get(from) {
-            Some(k) if k.at(&w) => from,
-            _ => from + 1 + keys.get(from + 1..)?.iter().position(|k| k.at(&w))?,
+            Some(k) if k.at(&w, rest) => from,
+            _ => from + 1 + keys.get(from + 1..)?.iter().position(|k| k.at(&w, rest))?,
         };
         self.at += keys[i].len;
         Some(i)
