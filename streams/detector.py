@@ -318,6 +318,9 @@ _NO_BARRIER = 2**63
 _NO_STOP = 2**62
 #: the node table of no cascade (a held event's cluster not applied yet)
 _NO_POSTS: Mapping[str, object] = MappingProxyType({})
+#: a lookahead's forgotten first times stay in its list (``start`` moves past them) until
+#: more than this many, and are cut once they are half of it (:meth:`Lookahead.forget`)
+_TRIM_FROM = 256
 #: the event types, in the order the compiled core counts them
 _KINDS = ("upload", "share", "takedown")
 #: what the unbanked store counted: duplicates, late, clusters created, uploads, shares,
@@ -476,7 +479,7 @@ class Lookahead:
             i = bisect_left(times, ev.ts_ms, lo)
             if i == lo:  # the first, as a rule
                 self.start = lo = lo + 1
-                if lo > 256 and lo * 2 > len(times):
+                if lo > _TRIM_FROM and lo * 2 > len(times):
                     del times[:lo]
                     self.start = 0
             else:
@@ -837,14 +840,14 @@ class Detector:
                 elif ev.type != "takedown":
                     # :meth:`Lookahead.forget`'s case as a rule, in place: the post held
                     # is this event's, its time the first held (the times are sorted, and
-                    # every held post's is among them)
+                    # every held post's is among them), no trim due; else forget's own way
                     posts, lo = ahead.posts, ahead.start
                     p = posts.get(ev.post_id)
                     if (
                         p is not None
                         and p.event_id == ev.event_id
                         and ahead.times[lo] == ev.ts_ms
-                        and lo < 256
+                        and lo < _TRIM_FROM
                     ):
                         del posts[ev.post_id]
                         ahead.start = lo + 1
