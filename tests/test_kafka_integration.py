@@ -182,6 +182,7 @@ def test_apache_kafka_needs_none_of_the_bundled_brokers_workarounds(
             "short_fetch_wait": False,
             "times_written": 0,
             "times_read_back": 0,
+            "times_dropped": 0,
         }
 
 

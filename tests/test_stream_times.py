@@ -19,13 +19,18 @@ from streams.runtime.broker import LocalBroker
 from streams.runtime.shares_reader import SharesReader, parse_stream_time, stream_time
 from streams.runtime.stream_times import (
     BAD_RECORD,
+    PERIOD_S,
     KeptTimes,
     bad_records,
     decode,
     encode,
+    generation_of,
+    generation_topic,
+    generations,
     match,
     read_back,
     taken,
+    topics,
 )
 from streams.settings import Settings
 from streams.watermarks import NO_TIME, SourceClock
@@ -37,25 +42,33 @@ def test_a_partition_resumes_the_time_committed_with_its_offset_and_no_other() -
     """A model of the shares reader's checkpoints on the bundled broker: records read,
     checkpoints that write their pairs (every partition held named: the others' as last
     committed, :meth:`KeptTimes.write`) and then commit or fail to (a kill, a rebalance),
-    quiet holders writing their pairs again (:meth:`KeptTimes.refresh`), and kills after
-    which a new reader goes on from the committed offsets with the times read back from the
-    newest records only (:data:`TAIL` of them, as ``read_back`` reads a bounded number).
-    After every step, what a new reader would read back is exactly what Apache Kafka's
-    commit metadata holds (the model's ``committed_time``: the time committed with each
-    committed offset), as the moves models assume (``TwoProcesses``' own
-    ``committed_time``; the kill model, ``LocalRun``, resumes through :func:`match`
-    itself), for every partition whose offset failed to be committed fewer than
-    :data:`TAIL` - 1 times in a row; past that, it may be unknown (till its offset is
-    committed again), never another time. Taking the newest record whatever its offset
-    would resume a failed commit's time, past records read again."""
+    quiet holders writing their pairs again (:meth:`KeptTimes.refresh`), the wall clock
+    passing into new generations of the topic and the old ones dropped
+    (:meth:`KeptTimes.drop_old`), and kills, each losing what no commit's flush had made
+    durable (with half the odds: a kill during a rotation loses the new generation's first
+    record), after which a new reader goes on from the committed offsets with the times
+    read back, newest generation first, the newest records only (:data:`TAIL` of each, as
+    ``read_back`` reads a bounded number). After every step, what a new reader would read
+    back is exactly what Apache Kafka's commit metadata holds (the model's
+    ``committed_time``: the time committed with each committed offset), as the moves
+    models assume (``TwoProcesses``' own ``committed_time``; the kill model, ``LocalRun``,
+    resumes through :func:`match` itself), for every partition whose offset failed to be
+    committed fewer than :data:`TAIL` - 1 times in a row; past that, it may be unknown
+    (till its offset is committed again), never another time; and once a rotation's drop
+    is done, no generation before the settled one it kept is on the broker. Taking the
+    newest record whatever its offset would resume a failed commit's time, past records
+    read again."""
     newest_wins: set[int] = set()  # seeds where the newest record is not the committed pair
     bounded = 0  # steps checked on the newest records alone
+    dropped = 0  # old generations dropped
     for seed in range(300):
         rng = random.Random(seed)
+        cuts = ROTATING if seed % 2 else STEADY  # the steps' odds
         n = 3
         times = [[rng.randrange(10**6) for _ in range(rng.randrange(1, 40))] for _ in range(n)]
-        records: list[bytes] = []
-        kept = KeptTimes("t", records.append, lambda: None)
+        broker = ModelBroker()
+        topics = broker.topics
+        kept = broker.kept()
         committed: dict[int, int] = {}
         committed_time: dict[int, int] = {}  # what Kafka's metadata would give back
         pos, newest = [0] * n, [NO_TIME] * n
@@ -63,16 +76,17 @@ def test_a_partition_resumes_the_time_committed_with_its_offset_and_no_other() -
         lost: set[int] = set()  # unknown since a kill after TAIL failed in a row, till committed
         for _ in range(80):
             roll = rng.random()
-            if roll < 0.45:  # a batch read
+            if roll < cuts[0]:  # a batch read
                 p = rng.randrange(n)
-                read = times[p][pos[p] : pos[p] + rng.randint(1, 5)]
-                newest[p] = max([newest[p], *read])
-                pos[p] += len(read)
-            elif roll < 0.8:  # a checkpoint: its pairs written, then the commit, or a failure
+                read_ = times[p][pos[p] : pos[p] + rng.randint(1, 5)]
+                newest[p] = max([newest[p], *read_])
+                pos[p] += len(read_)
+            elif roll < cuts[1]:  # a checkpoint: its pairs written, then the commit, or a failure
                 offsets = {p: pos[p] for p in range(n) if pos[p] and committed.get(p) != pos[p]}
                 pairs = taken(offsets, newest.__getitem__)
                 kept.write(pairs, held=range(n))
-                if rng.random() < 0.7:
+                if rng.random() < 0.7:  # its flush covered every record written before it
+                    broker.flushed()
                     committed.update(offsets)
                     kept.committed(pairs)
                     for p in offsets:
@@ -87,27 +101,150 @@ def test_a_partition_resumes_the_time_committed_with_its_offset_and_no_other() -
                 else:
                     for p in offsets:
                         failed[p] += 1
-            elif roll < 0.9:  # a quiet holder's pairs written again
+            elif roll < cuts[2]:  # a quiet holder's pairs written again
                 kept.write({}, held=range(n))
+            elif roll < cuts[3]:  # the wall clock runs on, into the next generation or past it
+                broker.now += PERIOD_S * rng.uniform(0.2, 2.5)
+            elif roll < cuts[4]:  # the reader's commit loop drops what a rotation settled
+                below = kept.drop_below
+                dropped += len(asyncio.run(kept.drop_old()))
+                if below is not None:  # none before the generation written to last is left
+                    assert all((generation_of("t", t) or 0) >= below for t in topics), seed
             else:  # a kill: the new reader goes on from the commits, with the times read back
-                found = match(records[-TAIL:], committed)
+                if rng.random() < 0.5:  # what no flush covered is lost
+                    broker.lose_unflushed()
+                found = broker.read(committed, TAIL)
                 pos = [committed.get(p, 0) for p in range(n)]
                 newest = [found.get(p, NO_TIME) for p in range(n)]
-                kept = KeptTimes("t", records.append, lambda: None)
+                kept = broker.kept()
                 kept.resumed(committed, found)
                 lost |= set(committed_time) - set(found)
                 assert all(failed[p] >= TAIL - 1 for p in lost), seed
-            assert match(records, committed) == committed_time, seed
-            tail = match(records[-TAIL:], committed)
+            assert broker.read(committed) == committed_time, seed
+            tail = broker.read(committed, TAIL)
             assert all(committed_time[p] == t for p, t in tail.items()), seed  # never another
             ok = {p for p in committed_time if p not in lost and failed[p] < TAIL - 1}
             assert all(tail.get(p) == committed_time[p] for p in ok), seed
             bounded += len(ok) == len(committed_time)
-            latest = {p: (o, t) for value in records for p, (o, t) in decode(value).items()}
+            latest = {
+                p: (o, t)
+                for topic in reversed(generations("t", topics))
+                for value in topics[topic]
+                for p, (o, t) in decode(value).items()
+            }
             if any(latest[p][1] != committed_time.get(p) for p in committed if p in latest):
                 newest_wins.add(seed)
     assert len(newest_wins) > 100  # the counter-rule is wrong in most of the model's runs
     assert bounded > 300 * 75  # nearly every step
+    assert dropped > 100  # old generations dropped
+
+
+def test_the_generation_before_a_rotation_is_kept_for_a_commit_in_flight_through_it() -> None:
+    """A checkpoint writes its pairs, and a new generation begins (a quiet write) before its
+    commit returns (the reader reads on while steps 3 and 4 wait: ``commit_behind``): the
+    new generation's first record names the pair committed before, and the checkpoint's
+    pair is in the previous generation alone till the next write. So a rotation drops only
+    the generations before the previous one: killed then, the pair is read back from it.
+    (Dropping the previous one too, it was nowhere: unknown.)"""
+    broker = ModelBroker()
+    kept = broker.kept()
+    kept.write({0: (1, 100)}, held=[0])
+    kept.committed({0: (1, 100)})
+    kept.write({0: (2, 200)}, held=[0])  # a checkpoint's pairs; its commit in flight
+    broker.now += PERIOD_S
+    kept.write({}, held=[0])  # a quiet holder's record: the next generation begins
+    assert asyncio.run(kept.drop_old()) == []  # (none before the previous one)
+    kept.committed({0: (2, 200)})  # the commit returns; then a kill
+    assert broker.read({0: 2}) == {0: 200}
+    kept.write({}, held=[0])  # written again: the new generation has it too
+    broker.now += PERIOD_S
+    kept.write({}, held=[0])
+    assert asyncio.run(kept.drop_old()) == ["t-0"]
+    assert broker.read({0: 2}) == {0: 200} and sorted(broker.topics) == ["t-1", "t-2"]
+
+
+def test_a_generation_begins_with_every_pair_committed_whatever_the_checkpoints_name() -> None:
+    """A new generation's first record names every pair committed here: a partition whose
+    checkpoints keep failing is named in the others with the pair of each failed one, never
+    committed, so without that record its committed pair would go with the generation it
+    was written in. (Without it: unknown after the drop.)"""
+    broker = ModelBroker()
+    kept = broker.kept()
+    kept.write({0: (1, 100)}, held=[0])
+    kept.committed({0: (1, 100)})
+    for generation in (1, 2):  # a checkpoint a generation, each failing (a rebalance)
+        broker.now += PERIOD_S
+        kept.write({0: (1 + generation, 100 * (1 + generation))}, held=[0])
+    assert asyncio.run(kept.drop_old()) == ["t-0"]
+    assert broker.read({0: 1}) == {0: 100}
+
+
+#: The model's steps' odds, as cumulative cuts: reads, checkpoints, quiet holders' writes,
+#: the clock into a new generation, drops, kills (the rest); and with fewer reads and
+#: more rotations, drops and kills.
+STEADY = (0.4, 0.72, 0.8, 0.86, 0.92)
+ROTATING = (0.15, 0.45, 0.55, 0.7, 0.82)
+
+
+class ModelBroker:
+    """The model's broker: each generation's records (oldest first), how many of them the
+    last commit's flush made durable, the wall clock."""
+
+    def __init__(self) -> None:
+        self.topics: dict[str, list[bytes]] = {}
+        self.durable: dict[str, int] = {}
+        self.now = 0.0
+
+    def kept(self) -> KeptTimes:
+        """A new writer of the times (a new process's)."""
+        return KeptTimes(
+            "t",
+            self.send,
+            lambda: Listing(self.topics),
+            wall=lambda: self.now,
+            delete=self.delete,
+            flush=self.flush,
+        )
+
+    def send(self, topic: str, value: bytes) -> None:
+        self.topics.setdefault(topic, []).append(value)
+
+    async def delete(self, old: list[str]) -> None:
+        for topic in old:
+            del self.topics[topic]
+
+    async def flush(self) -> None:
+        self.flushed()
+
+    def flushed(self) -> None:
+        self.durable = {topic: len(records) for topic, records in self.topics.items()}
+
+    def lose_unflushed(self) -> None:
+        for topic, records in self.topics.items():
+            del records[self.durable.get(topic, 0) :]
+
+    def read(self, committed: dict[int, int], tail: int | None = None) -> dict[int, int]:
+        """What a reader reads back (:meth:`KeptTimes.read`): the newest generation first,
+        an older one for what it did not find; the newest ``tail`` records of each."""
+        found: dict[int, int] = {}
+        for topic in generations("t", self.topics):
+            missing = {p: o for p, o in committed.items() if p not in found}
+            found |= match(self.topics[topic][-tail if tail else 0 :], missing)
+        return found
+
+
+class Listing:
+    """A reader that lists the model's topics (:func:`streams.runtime.stream_times.topics`)."""
+
+    def __init__(self, topics: dict[str, list[bytes]]) -> None:
+        self._topics = topics
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def topics(self) -> set[str]:
+        return set(self._topics)
 
 
 #: The newest records the model's readers read back (a worker reads up to READ_LIMIT).
@@ -146,7 +283,9 @@ class Kept(KeptTimes):
 
     def __init__(self, times: dict[int, int]) -> None:
         sent: list[bytes] = []
-        super().__init__("app-shares-times", sent.append, lambda: None)
+        super().__init__(
+            "app-shares-times", lambda _, value: sent.append(value), lambda: None, wall=lambda: 0.0
+        )
         self.sent = sent
         self.times = times
         self.asked: list[dict[int, int]] = []
@@ -305,7 +444,7 @@ def test_a_restart_after_many_records_reads_a_bounded_number_of_them_back(
     topic = f"{prefix}shares-times"
     ensure_topics([tansu.bootstrap], {topic: 1})
     sent: list[bytes] = []
-    kept = KeptTimes(topic, sent.append, lambda: None)
+    kept = KeptTimes(topic, lambda _, value: sent.append(value), lambda: None, wall=lambda: 0.0)
     kept.write({0: (1, 100), 1: (5, 500)}, held=[0, 1])
     kept.committed({0: (1, 100), 1: (5, 500)})
     for i in range(2, 800):  # 0 read and committed a second at a time, 1 quiet all along
@@ -335,3 +474,79 @@ def test_a_restart_after_many_records_reads_a_bounded_number_of_them_back(
 
 def _never(offset: int, value: bytes | None, detail: str) -> None:
     raise AssertionError(f"offset {offset}: {detail}")
+
+
+@pytest.mark.integration
+def test_the_times_topic_is_rotated_on_the_bundled_broker_and_its_old_generations_deleted(
+    tansu: LocalBroker,
+) -> None:
+    """Tansu deletes no record (``delete_records`` drops the connection, ``retention.ms`` is
+    not applied) but deletes a topic, and frees its records: so the times go to a new
+    generation of the topic each period, and the generations before the previous one are
+    deleted once the new one's first record is on the broker. Over six periods of
+    checkpoints two generations are left, each holding a period's records at most, and a
+    reader finds every committed pair in them; a writer killed as a generation begins,
+    before that generation's first record was flushed, leaves the previous one, from which
+    a reader finds them too."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    prefix, _ = names()
+    base = f"{prefix}shares-times"
+    pending: list[tuple[str, bytes]] = []
+    now = [1_000 * PERIOD_S]
+
+    async def flush() -> None:
+        for topic in sorted({t for t, _ in pending}):
+            await _produce(tansu.bootstrap, topic, [v for t, v in pending if t == topic])
+        pending.clear()
+
+    async def delete(old: list[str]) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=tansu.bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics(old)
+        finally:
+            await admin.close()
+
+    def reader() -> Any:
+        return AIOKafkaConsumer(bootstrap_servers=tansu.bootstrap, fetch_max_wait_ms=25)
+
+    def writer() -> KeptTimes:
+        return KeptTimes(
+            base,
+            lambda topic, value: pending.append((topic, value)),
+            reader,
+            on_bad=_never,
+            wall=lambda: now[0],
+            delete=delete,
+            flush=flush,
+        )
+
+    async def run() -> tuple[list[str], dict[int, int], list[str], dict[int, int]]:
+        kept = writer()
+        kept.write({1: (5, 500)}, held=[0, 1])  # 1 committed once, quiet after
+        await flush()
+        kept.committed({1: (5, 500)})
+        offset = 0
+        for _ in range(6):  # six periods of checkpoints of partition 0
+            for _ in range(30):
+                offset += 1
+                kept.write({0: (offset, 1_000 + offset)}, held=[0, 1])
+                await flush()
+                kept.committed({0: (offset, 1_000 + offset)})
+            now[0] += PERIOD_S
+            kept.write({}, held=[0, 1])  # a quiet holder's record: the next generation
+            await kept.drop_old()
+        left = generations(base, await topics(reader()))
+        found = await writer().read({0: offset, 1: 5})
+        now[0] += PERIOD_S  # a generation begun, the writer killed before its flush
+        kept.write({0: (offset + 1, 9_999)}, held=[0, 1])
+        pending.clear()
+        again = generations(base, await topics(reader()))
+        return left, found, again, await writer().read({0: offset, 1: 5})
+
+    left, found, again, found_again = asyncio.run(run())
+    assert left == [generation_topic(base, 1_006), generation_topic(base, 1_005)]
+    assert found == found_again == {0: 1_180, 1: 500}
+    assert generation_topic(base, 1_006) in again

@@ -385,7 +385,7 @@ def killing(self, offsets):
     if ahead < 5 * self.settings.lateness_ms or kept is None:
         return note(self, offsets)
     producer = KafkaProducer(bootstrap_servers=Settings.from_env(os.environ).bootstrap)
-    kept.send = lambda value: producer.send(kept.topic, value, b"shares", partition=0).get(30)
+    kept.send = lambda topic, value: producer.send(topic, value, b"shares", partition=0).get(30)
     note(self, offsets)
     producer.flush()
     print("killed after writing the times of", sorted(offsets.items()), flush=True)
@@ -440,6 +440,55 @@ def test_a_worker_on_the_bundled_broker_killed_with_its_times_written_and_nothin
     assert expected.late == 0
     late = workers_late(tansu, s)
     assert late and set(late.values()) == {expected.late}, late
+
+
+#: A worker whose times' topic begins a generation every 8 s (an hour in a release).
+ROTATING_WORKER = """
+import streams.runtime.stream_times as stream_times
+stream_times.PERIOD_S = 8.0
+from streams.runtime.worker import main
+main([])
+"""
+
+
+def test_a_worker_on_the_bundled_broker_rotates_its_times_topic_and_deletes_old_generations(
+    tansu: LocalBroker, tmp_path: Path
+) -> None:
+    """The worker's times' topic on the bundled broker, its generations short: while it
+    reads, it writes each generation's records (the broker makes the topic), deletes those
+    before the previous one (``times_dropped`` in its stats record), and two or three are
+    left on the broker; a replacement reads the times back from them."""
+    from kafka.admin import KafkaAdminClient
+
+    from streams.runtime.stream_times import generations, topic_name
+
+    lines, bank, bank_path = scenario_files(tmp_path, background_per_minute=120.0)
+    expected = Expected(lines, bank)
+    s = setup(tansu, tmp_path, bank_path)
+    first = WorkerProcess(
+        worker_env(s), tmp_path / "first.log", argv=[sys.executable, "-c", ROTATING_WORKER]
+    )
+    second = WorkerProcess(worker_env(s), tmp_path / "second.log")
+    with workers(first):
+        produce_lines(tansu, s.topic("shares"), lines, rate=300)  # 40 s: five generations
+        stats = TopicReader(tansu, s.topic("stats"))
+        stats.until(
+            lambda r: any(d["workarounds"]["times_dropped"] for d in latest_stats(r).values()),
+            30,
+            "an old generation deleted",
+            on_timeout=first.log_tail,
+        )
+        stats.close()
+    admin = KafkaAdminClient(bootstrap_servers=tansu.bootstrap)
+    left = generations(topic_name(s.app_id), admin.list_topics())
+    admin.close()
+    assert 2 <= len(left) <= 3, left
+    assert "old generations deleted" in first.log_path.read_text()
+    with workers(second):
+        alerts, actions = wait_done(tansu, s, expected, (second,), timeout=120)
+    assert "newest event times read back from" in second.log_path.read_text()
+    assert_exactly_once(alerts, expected.alerts, "alerts")
+    assert_exactly_once(actions, expected.actions, "takedown requests")
 
 
 def killed_mid_stream_and_replaced(broker: RunningBroker, tmp_path: Path) -> str:

@@ -572,6 +572,33 @@ class Producer(faust_aiokafka.Producer):
         self.written_to: collections.Counter[str] = collections.Counter()
         self.written_bytes: collections.Counter[str] = collections.Counter()
 
+    async def learn(self, topic: str) -> None:
+        """Have the Kafka client learn ``topic``'s partitions and their leaders: a record
+        :meth:`write` adds to a topic it does not know waits in its batch for ever (the
+        sender drains no batch without a leader), and so would a flush. For a topic made
+        while the worker runs (the times' generations).
+
+        Not as the client's ``send`` does (``_wait_on_metadata``, which adds the topic to
+        the set the client asks metadata for): the client asks for every topic while that
+        set is empty, and once it is not, for those alone, so the topics :meth:`write`
+        writes (never sent, never added) lost their leaders and their batches waited for
+        ever (a worker's checkpoint stood at its first record to a new generation, the
+        resolve topic's batches held, ``leader_for_partition`` None). So the client asks
+        again for every topic until it knows this one (added only if the set is not
+        empty: then it names only topics of its own already).
+        """
+        client = self._ensure_producer().client
+        if client._topics:
+            await client._wait_on_metadata(topic)
+            return
+        deadline = time.monotonic() + client._request_timeout_ms / 1000
+        while client.cluster.partitions_for_topic(topic) is None:
+            if time.monotonic() > deadline:
+                raise aiokafka_errors.UnknownTopicOrPartitionError(topic)
+            await client.force_metadata_update()
+            if client.cluster.partitions_for_topic(topic) is None:
+                await asyncio.sleep(client._retry_backoff)
+
     def write(
         self,
         topic: str,

@@ -538,7 +538,10 @@ class LocalRun:
         def new_kept() -> stream_times.KeptTimes:
             """A process's writer of the times (its own pairs as last committed)."""
             return stream_times.KeptTimes(
-                stream_times.topic_name("local"), kept_times.append, make_reader=lambda: None
+                stream_times.topic_name("local"),
+                lambda _, value: kept_times.append(value),
+                make_reader=lambda: None,
+                wall=lambda: 0.0,  # one generation (the rotation: tests/test_stream_times.py)
             )
 
         kept = new_kept()

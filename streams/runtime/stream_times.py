@@ -51,7 +51,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -80,6 +80,47 @@ REWRITE_S = 60.0
 #: How long a read back may take before the times are left unknown (a reader resumes
 #: without them: its partitions' marks wait for records, as they did before).
 READ_TIMEOUT_S = 20.0
+#: How long (wall clock) a generation of the times' topic is written before the next one
+#: begins (:func:`generation_topic`): the broker keeps every record, so a writer that saw
+#: a generation begin and settle drops those before the previous one
+#: (:meth:`KeptTimes.drop_old`): at most about two periods of records are kept, some 7,200
+#: a worker reading all along, 120 a quiet one.
+PERIOD_S = 3_600.0
+
+
+def generation_topic(topic: str, generation: int) -> str:
+    """A generation of the times' topic: the records written in one :data:`PERIOD_S`
+    (``generation``: the wall clock's seconds over it).
+
+    >>> generation_topic("viralwatch-shares-times", 493_527)
+    'viralwatch-shares-times-493527'
+    """
+    return f"{topic}-{generation}"
+
+
+def generations(topic: str, names: Iterable[str]) -> list[str]:
+    """The generations of ``topic`` among the topics ``names``, newest first; ``topic``
+    itself (written by a release before generations) the oldest.
+
+    >>> generations("a-shares-times", ["a-shares-times-9", "a-shares-times", "b",
+    ...                                "a-shares-times-10", "a-shares-times-x"])
+    ['a-shares-times-10', 'a-shares-times-9', 'a-shares-times']
+    """
+    found = [(g, name) for name in names if (g := generation_of(topic, name)) is not None]
+    return [name for _, name in sorted(found, reverse=True)]
+
+
+def generation_of(topic: str, name: str) -> int | None:
+    """The generation the topic ``name`` is of ``topic`` (-1: ``topic`` itself; ``None``:
+    not one).
+
+    >>> generation_of("a-t", "a-t-12"), generation_of("a-t", "a-t"), generation_of("a-t", "a-tx")
+    (12, -1, None)
+    """
+    if name == topic:
+        return -1
+    suffix = name[len(topic) + 1 :] if name.startswith(f"{topic}-") else ""
+    return int(suffix) if suffix.isdigit() else None
 
 
 def topic_name(app_id: str) -> str:
@@ -262,7 +303,21 @@ async def read_back(
 
 class KeptTimes:
     """A worker's times' topic (:func:`topic_name`): each checkpoint's pairs written
-    (:meth:`write`), a partition's read back as it is assigned (:meth:`read`).
+    (:meth:`write`), a partition's read back as it is assigned (:meth:`read`), the topic's
+    old generations dropped (:meth:`drop_old`).
+
+    The broker keeps every record (Tansu 0.6 deletes none: ``delete_records`` drops the
+    connection, ``retention.ms`` is not applied), but it deletes a topic, and frees its
+    records. So records go to a generation of the topic, a new one each :data:`PERIOD_S`
+    (:func:`generation_topic`): a writer's first record in a generation names every pair
+    committed here (:meth:`write`), so the generation holds each partition it holds, as
+    the topic did; a reader reads the newest generation back first and an older one only
+    for what it did not find (:meth:`read`). A writer that sees a generation begin drops
+    the generations before the previous one (:meth:`drop_old`), once the producer's flush
+    has put the new one's first record on the broker: every pair committed before it is
+    there, and a pair committed since is in a record of the new one or, its checkpoint's
+    record written before the new one began, of the previous one, and in the next one's
+    first record. A kill before the drop leaves more generations, never fewer.
 
     Every record names every partition held here whose committed pair is known: those
     about to be committed with their new pair, the others with the pair they were last
@@ -274,32 +329,78 @@ class KeptTimes:
     partition is read). A pair written again is one its offset was committed with: the time
     Kafka's metadata gives back with it.
 
-    ``send`` hands one record's value to the producer the checkpoint flushes before it
-    commits (the worker's: through Faust's buffer, which its flush counts); ``make_reader``
-    makes an unstarted aiokafka consumer without a group (one a read back); ``on_bad`` is
-    told of each record read back that is not one (the worker counts it, ``bad_times_record``,
-    and logs it); ``clock``, monotonic seconds (:meth:`refresh`)."""
+    ``send`` hands one record's value for a topic (a generation) to the producer the
+    checkpoint flushes before it commits (the worker's: through Faust's buffer, which its
+    flush counts; the bundled broker makes a topic written to); ``make_reader`` makes an
+    unstarted aiokafka consumer without a group (one a read back, one a listing of the
+    generations); ``on_bad`` is told of each record read back that is not one (the worker
+    counts it, ``bad_times_record``, and logs it); ``clock``, monotonic seconds
+    (:meth:`refresh`); ``wall``, the wall clock's seconds (the generations); ``delete``
+    deletes topics (:meth:`drop_old`; none: nothing is dropped), after ``flush`` (the
+    producer's: everything sent before it is on the broker); ``create`` makes topics (a
+    generation is written to once made here, :meth:`make_next`; none: as it begins)."""
 
     def __init__(
         self,
         topic: str,
-        send: Callable[[bytes], None],
+        send: Callable[[str, bytes], None],
         make_reader: Callable[[], Any],
         on_bad: OnBad = _raise,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        delete: Callable[[list[str]], Awaitable[None]] | None = None,
+        flush: Callable[[], Awaitable[None]] | None = None,
+        create: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         self.topic = topic
         self.send = send
         self.make_reader = make_reader
         self.on_bad = on_bad
         self.clock = clock
+        self.wall = wall
+        self.delete = delete
+        self.flush = flush
+        self.create = create
+        #: generations made here (:meth:`make_next`): only those are written to
+        self._made: set[int] = set()
         #: records written (the worker's stats record says it: none on Apache Kafka)
         self.written = 0
         #: records read back at assignments (the stats record says it: bounded)
         self.read_back = 0
+        #: old generations of the topic deleted (:meth:`drop_old`)
+        self.dropped = 0
         #: each partition held here: the pair its offset was last committed with
         self._committed: dict[int, tuple[int, int]] = {}
         self._written_at = clock()
+        #: the generation written to (``None``: none yet)
+        self.generation: int | None = None
+        #: generations before this one are to be dropped (:meth:`drop_old`)
+        self.drop_below: int | None = None
+
+    @property
+    def current(self) -> str:
+        """The generation written to now (:func:`generation_topic`)."""
+        return generation_topic(self.topic, self._generation())
+
+    def _generation(self) -> int:
+        return int(self.wall() // PERIOD_S)
+
+    def _begin(self) -> str:
+        """The generation to write to: a new one begun first with every pair committed
+        here (a generation seen to begin and settle: those before it are dropped next)."""
+        generation = self._generation()
+        if self.create is not None and generation not in self._made and self.generation is not None:
+            generation = self.generation  # not made yet: written to the one it writes to
+        topic = generation_topic(self.topic, generation)
+        if generation == self.generation:
+            return topic
+        if self.generation is not None:  # seen to begin here: the older ones can go
+            self.drop_below = self.generation
+        self.generation = generation
+        if self._committed:
+            self.send(topic, encode(self._committed))
+            self.written += 1
+        return topic
 
     def write(
         self, pairs: Mapping[int, tuple[int, int]], held: Iterable[int] | None = None
@@ -311,10 +412,11 @@ class KeptTimes:
         held = set(pairs) if held is None else set(held)
         for p in [p for p in self._committed if p not in held]:  # given up
             del self._committed[p]
+        topic = self._begin()
         record = {p: pair for p, pair in self._committed.items() if p not in pairs}
         record |= {p: pair for p, pair in pairs.items() if pair[1] != NO_TIME}
         if record:
-            self.send(encode(record))
+            self.send(topic, encode(record))
             self.written += 1
             self._written_at = self.clock()
 
@@ -340,8 +442,54 @@ class KeptTimes:
             self._written_at = self.clock()
 
     async def read(self, committed: Mapping[int, int]) -> dict[int, int]:
-        """Each partition's time as its committed offset was committed (:func:`read_back`);
-        those with none are left out."""
-        found, read = await read_back(self.make_reader(), self.topic, committed, self.on_bad)
-        self.read_back += read
+        """Each partition's time as its committed offset was committed (:func:`read_back`),
+        from the newest generation back, an older one for those not found; those with none
+        are left out."""
+        found: dict[int, int] = {}
+        for topic in generations(self.topic, await topics(self.make_reader())):
+            missing = {p: o for p, o in committed.items() if p not in found}
+            if not missing:
+                break
+            got, read = await read_back(self.make_reader(), topic, missing, self.on_bad)
+            self.read_back += read
+            found |= got
         return found
+
+    async def make_next(self) -> None:
+        """Make this generation's topic and the next one's, where not made yet (``create``:
+        a topic written to before it is made keeps the producer's flush waiting), so that a
+        writer begins a generation already made (:meth:`write`)."""
+        if self.create is None:
+            return
+        now = self._generation()
+        wanted = [g for g in (now, now + 1) if g not in self._made]
+        if wanted:
+            await self.create([generation_topic(self.topic, g) for g in wanted])
+            self._made.update(wanted)
+
+    async def drop_old(self) -> list[str]:
+        """Once :meth:`write` began a generation after another: delete those before the
+        previous one (and the topic of a release before generations), after the producer's
+        flush has put the new one's first record on the broker; the topics deleted. A
+        deletion that fails is tried again as the next generation begins."""
+        below, self.drop_below = self.drop_below, None
+        if below is None or self.delete is None:
+            return []
+        if self.flush is not None:
+            await self.flush()
+        names = generations(self.topic, await topics(self.make_reader()))
+        old = [n for n in names if (g := generation_of(self.topic, n)) is not None and g < below]
+        if old:
+            await self.delete(old)
+            self.dropped += len(old)
+        return old
+
+
+async def topics(reader: Any) -> set[str]:
+    """The broker's topics, asked by ``reader`` (an unstarted aiokafka consumer: started and
+    stopped here)."""
+    await reader.start()
+    try:
+        return set(await reader.topics())
+    finally:
+        await reader.stop()

@@ -586,15 +586,19 @@ class Worker:
     def _kept_times(self, app: App, raw: dict[str, Any]) -> KeptTimes:
         """The times' topic of the bundled broker, which drops the metadata the shares reader
         commits each partition's newest event time in (:mod:`~streams.runtime.stream_times`):
-        written through Faust's buffer (the checkpoint's producer flush counts it, and the
-        client learns the topic's leader on the way), read back by a consumer of its own."""
+        a generation of it an hour, each made (the client learning its leader) before it is
+        written to, its records written into the client's batches (the checkpoint's producer
+        flush counts them), read back by a consumer of its own, the old generations deleted.
+        (A topic made as the worker ran, sent to through Faust's ``app.topic``, kept the
+        flush waiting: the reader stood still after its first record.)"""
         from aiokafka import AIOKafkaConsumer
+        from aiokafka.admin import AIOKafkaAdminClient
 
         s = self.settings
-        topic = app.topic(stream_times.topic_name(s.app_id), partitions=1, **raw)
+        name = stream_times.topic_name(s.app_id)
 
-        def send(value: bytes) -> None:
-            topic.send_soon(key=b"shares", value=value, partition=0)
+        def send(generation: str, value: bytes) -> None:
+            app.counted_producer.write(generation, 0, b"shares", value)
 
         def make_reader() -> Any:
             return AIOKafkaConsumer(
@@ -604,9 +608,33 @@ class Worker:
                 **s.security.aiokafka_config(),
             )
 
-        name = topic.get_topic_name()
+        async def delete(old: list[str]) -> None:
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=s.bootstrap, **s.security.aiokafka_config()
+            )
+            await admin.start()
+            try:
+                await admin.delete_topics(old)
+            finally:
+                await admin.close()
+
+        async def create(new: list[str]) -> None:
+            config = s.security.kafka_python_config()
+            wanted = dict.fromkeys(new, 1)
+            await asyncio.to_thread(ensure_topics, s.bootstrap, wanted, client_config=config)
+            for generation in new:  # (its records are written into the client's batches)
+                await app.counted_producer.learn(generation)
+
         bad = stream_times.bad_records(name, self.stats, self.outputs.deadletter)
-        return KeptTimes(name, send, make_reader, on_bad=bad)
+        return KeptTimes(
+            name,
+            send,
+            make_reader,
+            on_bad=bad,
+            delete=delete,
+            flush=lambda: app.counted_producer.flush_sent(),
+            create=create,
+        )
 
     @property
     def loading(self) -> list[int]:
@@ -910,6 +938,8 @@ class Worker:
                 "times_written": kept.written if (kept := self.shares.kept_times) else 0,
                 # and read back at assignments (bounded: stream_times.READ_LIMIT at most)
                 "times_read_back": kept.read_back if kept else 0,
+                # its old generations deleted (bounded: stream_times.PERIOD_S)
+                "times_dropped": kept.dropped if kept else 0,
             },
             "delay_s": self._take_delays(),
             "sent": dict(self.sent),
@@ -1122,7 +1152,11 @@ def prepare(
         topics = [settings.topic(name) for name in TOPICS] + list(changelogs)
         wanted = dict.fromkeys(topics, settings.partitions)
         if settings.local_broker:  # it drops a commit's metadata (see SharesReader.kept_times)
-            wanted[stream_times.topic_name(settings.app_id)] = 1
+            # its generation now (the next ones: made by the broker as they are written)
+            generation = int(time.time() // stream_times.PERIOD_S)
+            wanted[
+                stream_times.generation_topic(stream_times.topic_name(settings.app_id), generation)
+            ] = 1
         counts = ensure_topics(
             settings.bootstrap,
             wanted,
