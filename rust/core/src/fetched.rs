@@ -295,9 +295,15 @@ pub fn batch_at(raw: &[u8], start: usize) -> Option<(usize, bool)> {
     let holds = end <= raw.len()
         && end >= start + ATTRIBUTES_AT
         && raw[start + MAGIC_AT] == 2
-        && crc32c(&raw[start + ATTRIBUTES_AT..end])
-            == u32::from_be_bytes(raw[start + CRC_AT..start + ATTRIBUTES_AT].try_into().ok()?);
+        && crc_holds(&raw[start..end]);
     Some((end, holds))
+}
+
+/// Whether the batch `b` (its bytes, from its base offset to its end, at least to its
+/// attributes) holds the CRC-32C its header says: [`batch_at`]'s test and [`read_batch`]'s.
+fn crc_holds(b: &[u8]) -> bool {
+    let stored = u32::from_be_bytes(b[CRC_AT..ATTRIBUTES_AT].try_into().expect("4 bytes"));
+    crc32c(&b[ATTRIBUTES_AT..]) == stored
 }
 
 /// The batch at `start` of `raw` (which ends where the batch does) into `out`.
@@ -306,8 +312,7 @@ fn read_batch(raw: &[u8], start: usize, check_crcs: bool, out: &mut Fetched) -> 
     if b[MAGIC_AT] != 2 {
         return Err(Unread::OldMagic);
     }
-    let stored = u32::from_be_bytes(b[CRC_AT..ATTRIBUTES_AT].try_into().expect("4 bytes"));
-    if check_crcs && crc32c(&b[ATTRIBUTES_AT..]) != stored {
+    if check_crcs && !crc_holds(b) {
         return Err(Unread::Crc);
     }
     let attributes = i16::from_be_bytes(b[ATTRIBUTES_AT..LAST_DELTA_AT].try_into().expect("2"));
