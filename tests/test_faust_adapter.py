@@ -18,10 +18,14 @@ from aiokafka.record.default_records import DefaultRecordBatch
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kafka_helpers import names, tansu
 
 from streams._core import record_batch_at
 from streams.runtime import faust_adapter
+from streams.runtime.broker import LocalBroker
 from streams.settings import Settings
+
+__all__ = ["tansu"]  # the module-scoped fixture, imported for pytest
 
 
 def test_faust_still_has_the_methods_the_adapter_overrides() -> None:
@@ -72,6 +76,31 @@ def test_the_producer_is_idempotent_where_the_app_says_so() -> None:
         extra = dict(producer._settings_extra())
         assert extra.get("enable_idempotence", False) is idempotent
         assert extra.get("acks", "all") == "all"
+
+
+def test_aiokafka_s_client_still_narrows_its_metadata_through_add_topic() -> None:
+    """``ask_every_topic`` replaces the client's ``add_topic``: aiokafka's ``send`` still
+    adds an unknown topic through it (``_wait_on_metadata``), and Faust still builds its
+    producer in ``_new_producer``; once replaced, adding a topic leaves the set empty."""
+    from aiokafka.client import AIOKafkaClient
+
+    assert "self.add_topic(topic)" in inspect.getsource(AIOKafkaClient._wait_on_metadata)
+    assert "self._topics.add(topic)" in inspect.getsource(AIOKafkaClient.add_topic)
+    assert callable(getattr(faust_aiokafka.Producer, "_new_producer", None))
+    asked: list[str] = []
+
+    class Client:
+        def __init__(self) -> None:
+            self._topics: set[str] = set()
+
+        def force_metadata_update(self) -> str:
+            asked.append("every topic")
+            return "asked"
+
+    client = Client()
+    faust_adapter.ask_every_topic(client)
+    assert client.add_topic("new") == "asked"  # type: ignore[attr-defined]
+    assert asked == ["every topic"] and client._topics == set()
 
 
 def test_faust_producer_buffer_has_the_limit_the_adapter_raises() -> None:
@@ -1122,3 +1151,65 @@ def test_the_stages_consumer_hands_over_a_fetch_answered_while_it_waits() -> Non
         assert await thread._fetch_records(consumer, set(), timeout=0.01) == {}
 
     asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_records_written_keep_their_leaders_once_a_topic_made_later_is_sent_to(
+    tansu: LocalBroker,
+) -> None:
+    """aiokafka's client asks metadata for every topic while its topic set is empty, and once
+    a ``send`` to a topic it does not know adds one, for that set alone: the topics
+    ``Producer.write`` writes (never sent, never added) lost their leaders, and their
+    batches waited for ever (the times topic's rotation met it: a worker's checkpoint stood
+    at its first record to a new generation). On the bundled broker: records written, then
+    a record sent through Faust to a topic made after the producer started, then records
+    written again and one more topic learnt (``Producer.learn``): each flush returns and
+    every record is on the broker."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from streams.runtime.broker import ensure_topics
+
+    prefix, app_id = names()
+    written, later, learnt = f"{prefix}written", f"{prefix}later", f"{prefix}learnt"
+    ensure_topics([tansu.bootstrap], {written: 2})
+
+    async def scenario() -> None:
+        app = faust_adapter.App(app_id, broker=tansu.url)
+        producer = app.counted_producer
+        await producer.start()
+        try:
+            producer.write(written, 0, b"k", b"before")
+            await asyncio.wait_for(producer.flush_sent(), 20)
+            ensure_topics([tansu.bootstrap], {later: 1, learnt: 1})
+            await asyncio.wait_for(producer.send_and_wait(later, b"k", b"sent", 0, None, None), 20)
+            for n in range(2):
+                producer.write(written, n, b"k", b"after")
+            await asyncio.wait_for(producer.flush_sent(), 20)  # (waited for ever)
+            await asyncio.wait_for(producer.learn(learnt), 20)
+            producer.write(learnt, 0, b"k", b"learnt")
+            producer.write(written, 1, b"k", b"last")
+            await asyncio.wait_for(producer.flush_sent(), 20)
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(bootstrap_servers=tansu.bootstrap, fetch_max_wait_ms=25)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(written, 0), TopicPartition(written, 1)]
+            tps += [TopicPartition(later, 0), TopicPartition(learnt, 0)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            got: dict[Any, list[bytes]] = {tp: [] for tp in tps}
+            while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+                for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                    got[tp] += [r.value for r in records]
+        finally:
+            await consumer.stop()
+        assert got == {
+            tps[0]: [b"before", b"after"],
+            tps[1]: [b"after", b"last"],
+            tps[2]: [b"sent"],
+            tps[3]: [b"learnt"],
+        }
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))  # (a hang fails, within a minute)

@@ -572,32 +572,22 @@ class Producer(faust_aiokafka.Producer):
         self.written_to: collections.Counter[str] = collections.Counter()
         self.written_bytes: collections.Counter[str] = collections.Counter()
 
+    def _new_producer(self, transactional_id: str | None = None) -> Any:
+        """Faust's aiokafka producer, whose client asks metadata for every topic, always
+        (:func:`ask_every_topic`): the topics :meth:`write` writes keep their leaders
+        whatever else the client is sent to or learns."""
+        producer = super()._new_producer(transactional_id)
+        ask_every_topic(producer.client)
+        return producer
+
     async def learn(self, topic: str) -> None:
         """Have the Kafka client learn ``topic``'s partitions and their leaders: a record
         :meth:`write` adds to a topic it does not know waits in its batch for ever (the
         sender drains no batch without a leader), and so would a flush. For a topic made
-        while the worker runs (the times' generations).
-
-        Not as the client's ``send`` does (``_wait_on_metadata``, which adds the topic to
-        the set the client asks metadata for): the client asks for every topic while that
-        set is empty, and once it is not, for those alone, so the topics :meth:`write`
-        writes (never sent, never added) lost their leaders and their batches waited for
-        ever (a worker's checkpoint stood at its first record to a new generation, the
-        resolve topic's batches held, ``leader_for_partition`` None). So the client asks
-        again for every topic until it knows this one (added only if the set is not
-        empty: then it names only topics of its own already).
-        """
-        client = self._ensure_producer().client
-        if client._topics:
-            await client._wait_on_metadata(topic)
-            return
-        deadline = time.monotonic() + client._request_timeout_ms / 1000
-        while client.cluster.partitions_for_topic(topic) is None:
-            if time.monotonic() > deadline:
-                raise aiokafka_errors.UnknownTopicOrPartitionError(topic)
-            await client.force_metadata_update()
-            if client.cluster.partitions_for_topic(topic) is None:
-                await asyncio.sleep(client._retry_backoff)
+        while the worker runs (the times' generations). The client asks for every topic
+        (:func:`ask_every_topic`) until it knows this one, or raises after its request
+        timeout."""
+        await self._ensure_producer().client._wait_on_metadata(topic)
 
     def write(
         self,
@@ -1177,6 +1167,26 @@ async def committed_with_metadata(
         tp: (found[tp].offset, found[tp].metadata or "") if tp in found else (-1, "")
         for tp in partitions
     }
+
+
+def ask_every_topic(client: Any) -> None:
+    """Have an aiokafka client ask metadata for every topic, always, never for a set of
+    them. The client asks for every topic while its topic set is empty, and once a topic is
+    added (``add_topic``, which ``_wait_on_metadata`` calls for a topic it does not know: a
+    ``send`` to a topic made after it started, a generation of the times topic learnt), for
+    that set alone, and each answer replaces what it knew. A producer's records written
+    straight into its batches (:meth:`Producer.write`) are never sent, so their topics are
+    never added: they lost their leaders and their batches waited for ever (the times
+    topic's rotation met it: a worker's checkpoint stood at its first record to a new
+    generation). Here adding a topic asks for every topic again and adds none: the set
+    stays empty, every answer names every topic, the new one with them once it is made.
+    (A set of every topic written would name the times' deleted generations, which a
+    metadata request may make again on a broker that makes topics on request.)"""
+
+    def add_topic(topic: str) -> Any:
+        return client.force_metadata_update()
+
+    client.add_topic = add_topic
 
 
 async def force_metadata_update(consumer: Any) -> None:
