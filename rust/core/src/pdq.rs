@@ -501,14 +501,18 @@ impl Entry {
     }
 
     #[inline(always)]
-    fn row(self) -> usize {
-        let [a, b, c, d, _] = self.0;
-        (u32::from_le_bytes([a, b, c, d]) & 0x0fff_ffff) as usize
+    fn row(&self) -> usize {
+        let [first @ .., _] = &self.0;
+        (u32::from_le_bytes(*first) & 0x0fff_ffff) as usize
     }
 
+    /// The folded mate: the top 12 bits of the last two bytes, read as one (a 2-byte load
+    /// and a shift, where the two bytes read apart, shifted and joined were five
+    /// instructions of a probed bucket's 13 a row)
     #[inline(always)]
-    fn mate(self) -> u32 {
-        u32::from(self.0[3] >> 4) | u32::from(self.0[4]) << 4
+    fn mate(&self) -> u32 {
+        let [_, _, _, last @ ..] = &self.0;
+        u32::from(u16::from_le_bytes(*last) >> 4)
     }
 }
 
@@ -2073,6 +2077,31 @@ mod tests {
             let folded = (fold(a) ^ fold(b)).count_ones();
             assert!(folded <= (a ^ b).count_ones(), "{a:x} {b:x}");
             assert_eq!(fold(a & 0xff), (a & 0xff) as u16); // an 8-bit chunk's mate is itself
+        }
+    }
+
+    #[test]
+    fn an_entry_reads_back_its_row_and_its_folded_mate_from_its_words() {
+        // `row` and `mate` read the 5 bytes as a 4-byte and a 2-byte word: every folded mate,
+        // the rows' every bit and their edges
+        let rows = (0..28).map(|b| 1u32 << b).chain([
+            0,
+            1,
+            0x0fff_fffe,
+            MAX_TABLE_ROWS as u32 - 1,
+            0x0555_5555,
+            0x0aaa_aaaa,
+        ]);
+        for row in rows {
+            for mate in 0..0x1000 {
+                let e = Entry::new(row, mate);
+                assert_eq!(
+                    (e.row(), e.mate()),
+                    (row as usize, mate as u32),
+                    "{row:x} {mate:x}"
+                );
+                assert_eq!(Entry::from_bits(e.bits()).0, e.0);
+            }
         }
     }
 
