@@ -61,8 +61,8 @@ use crate::route::{Orphans, Refusal};
 /// assert_eq!(viralwatch_core::posts::crc32(b"123456789"), 0xCBF4_3926);
 /// ```
 pub fn crc32(data: &[u8]) -> u32 {
-    static ZLIB: [u32; 256] = crate::crc::table(0xEDB8_8320);
-    !crate::crc::update(&ZLIB, !0, data)
+    static ZLIB: [[u32; 256]; 8] = crate::crc::tables8(0xEDB8_8320);
+    !crate::crc::update8(&ZLIB, !0, data)
 }
 
 /// The partition of an internal topic that `key` belongs to: `crc32(key) % partitions`.
