@@ -110,9 +110,14 @@ class Cascade:
         if graph.__networkx_cache__:  # NetworkX's converted graphs (``nx._clear_cache``)
             graph.__networkx_cache__.clear()
         self._users[user] += 1
-        self._level_counts[level] += 1
-        self._depth = max(self._depth, level)
-        self._breadth = max(self._breadth, self._level_counts[level])
+        counts = self._level_counts
+        counts[level] += 1
+        # compares, not ``max`` twice (a C call that iterates its arguments), every post
+        if level > self._depth:
+            self._depth = level
+        at_level = counts[level]
+        if at_level > self._breadth:
+            self._breadth = at_level
         self._live += 1
 
     def add_post(
@@ -266,8 +271,10 @@ class Cascade:
 
     @property
     def size(self) -> int:
-        """Posts ever in the cluster, taken down or not."""
-        return int(self.graph.number_of_nodes())
+        """Posts ever in the cluster, taken down or not (the node table's length: what
+        ``number_of_nodes`` gives, without its Python call and an ``int`` call; the
+        detector reads it on every banked event)."""
+        return len(self.graph._node)
 
     @property
     def live(self) -> int:
