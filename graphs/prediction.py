@@ -724,7 +724,14 @@ class IncrementalPredictor:
         self._dt2_sum += dt * t
         self._dt_abs += abs(dt)
         recent = self._recent
-        bisect.insort(recent, (t, reshare))
+        post = (t, reshare)
+        # posts come in time order as a rule: the place insort would find is the end when
+        # the post is not below the last (insort's own test), and one tuple compared there
+        # costs less than its binary search's (several, through the tuples' items)
+        if recent and post < recent[-1]:
+            bisect.insort(recent, post)
+        else:
+            recent.append(post)
         if len(recent) > cfg.min_count + _SPARE_RECENT:
             del recent[0]
         key = math.floor(t / cfg.bucket_s)
