@@ -666,23 +666,35 @@ class Detector:
             return event_id in st.event_ids
         return self._unbanked.applied(cluster_id, event_id)
 
-    def _stop_ms(self) -> int:
-        """The event time from which :meth:`advance` changes banked clusters (an episode
-        due to resolve, the oldest one idle): a run of unbanked events stops before it.
+    def limits(self) -> tuple[int, int]:
+        """Where a run of unbanked events must stop for the banked side: ``(stop_ms,
+        barrier)``; they change only when Python applies something (replay's compiled loop
+        and a clusters partition's ask after each item they hand it).
 
-        A schedule superseded since (a later one pushed, the episode resolved, the
-        cluster gone) is dropped here, as :meth:`advance` would drop it: a run stopped
+        ``stop_ms``: the event time from which :meth:`advance` changes banked clusters (an
+        episode due to resolve, the oldest one idle): a run of unbanked events stops
+        before it. A schedule superseded since (a later one pushed, the episode resolved,
+        the cluster gone) is dropped here, as :meth:`advance` would drop it: a run stopped
         for it only to hand Python one unbanked event (886 times in a 56,754-event
-        platform replay)."""
+        platform replay). ``barrier``: :meth:`_barrier`, the oldest banked cluster's
+        ``seq``, read here from the same front cluster (one iterator an item, not two
+        and a call)."""
         due = self._due
-        while due and not self._scheduled(*due[0]):
+        while due:
+            at, cid = due[0]
+            if self._scheduled(at, cid):
+                break
             self._requeue(heapq.heappop(due))
         stop = due[0][0] if due else _NO_STOP
-        if self.clusters:
-            front = next(iter(self.clusters.values()))
-            if not front.active:
-                stop = min(stop, front.last_ms + self.idle_ms)
-        return stop
+        clusters = self.clusters
+        if not clusters:
+            return stop, _NO_BARRIER
+        front = next(iter(clusters.values()))
+        if not front.active:
+            idle_at = front.last_ms + self.idle_ms
+            if idle_at < stop:
+                stop = idle_at
+        return stop, front.seq
 
     def _scheduled(self, due: int, cid: str) -> bool:
         """Whether ``cid``'s episode is still due to resolve at ``due``."""
@@ -724,12 +736,6 @@ class Detector:
             self._contents_and_evictions(run, contents or [], evicted or [])
         self._settled(rejected, crossings, counts)
         return int(done)
-
-    def limits(self) -> tuple[int, int]:
-        """Where a run of unbanked events must stop for the banked side: ``(stop_ms,
-        barrier)`` (:meth:`_stop_ms`, the oldest banked cluster's ``seq``); they change only
-        when Python applies something (replay's compiled loop asks after each)."""
-        return self._stop_ms(), self._barrier()
 
     def settle_unbanked(
         self,

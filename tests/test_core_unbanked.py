@@ -191,7 +191,7 @@ def apply_many(det: Detector, items: list[Routed]) -> None:
     the compiled store (as a compiled loop does), the others on their own."""
     n, i = len(items), 0
     while i < n:
-        done = det._apply_unbanked(items, i, det._stop_ms())
+        done = det._apply_unbanked(items, i, det.limits()[0])
         if done:
             i += done
         else:  # banked, or its time passes something of the banked side: on its own
