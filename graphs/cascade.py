@@ -307,12 +307,9 @@ class Cascade:
         they were added (a parent is always added before its reshares): the same integer
         sums, so the same number, without NetworkX's traversal (an alert's figures read it).
         """
-        index: dict[str, int] = {}
-        parents: list[int] = []
-        for i, (post, preds) in enumerate(self.graph._pred.items()):  # (no view a post)
-            index[post] = i
-            parents.append(index[next(iter(preds))] if preds else -1)
-        return forest_virality(parents)
+        pred = self.graph._pred  # post -> {its parent: edge} (no view a post)
+        index = {post: i for i, post in enumerate(pred)}
+        return forest_virality([index[next(iter(p))] if p else -1 for p in pred.values()])
 
     def posts(self) -> list[str]:
         """Every post, in the order they were added."""

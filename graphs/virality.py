@@ -79,10 +79,42 @@ def structural_virality(graph: nx.DiGraph) -> float:
     return total / pairs if pairs else 0.0
 
 
+def forest_wiener(parents: Sequence[int]) -> tuple[int, int]:
+    """:func:`wiener_index_tree` of a forest given as parent indices (``-1``: a root), each
+    parent before its children: ``(total_distance, pairs)``, the same integers.
+
+    One pass, children before parents: a tree's ``sum of s * (n - s)`` over its edges is
+    ``n * sum(s) - sum(s * s)``, and the sum of the subtree sizes below a node is carried
+    up with its size, so a tree's ``n`` and ``sum(s)`` are its root's when the pass gets
+    there (no tree id a post, no count of each tree's posts, no pass over them: half the
+    instructions of the four passes that did it, an alert's figures reading it).
+
+    Examples
+    --------
+    >>> forest_wiener([-1, 0, 0, 0]), forest_wiener([-1, 0, 1, -1, 3])
+    ((9, 6), (5, 4))
+    """
+    n = len(parents)
+    size = [1] * n
+    below = [0] * n  # the sizes of the subtrees under each node, summed
+    squares = total = pairs = 0
+    for i in range(n - 1, -1, -1):
+        p = parents[i]
+        s = size[i]
+        if p >= 0:
+            size[p] += s
+            below[p] += below[i] + s
+            squares += s * s
+        else:
+            total += s * below[i]
+            pairs += s * (s - 1) // 2
+    return total - squares, pairs
+
+
 def forest_virality(parents: Sequence[int]) -> float:
     """:func:`structural_virality` of a forest given as parent indices (``-1``: a root),
-    each parent before its children: the same subtree-size sum, without building a graph
-    (the cascade view has the posts in that form already).
+    each parent before its children: the same subtree-size sum (:func:`forest_wiener`),
+    without building a graph (the cascade view has the posts in that form already).
 
     Examples
     --------
@@ -92,21 +124,5 @@ def forest_virality(parents: Sequence[int]) -> float:
     >>> forest_virality([-1, 0, 0, 2, -1, 4]) == structural_virality(g)
     True
     """
-    n = len(parents)
-    tree = list(range(n))
-    for i, p in enumerate(parents):
-        if p >= 0:
-            tree[i] = tree[p]
-    tree_size = [0] * n
-    for t in tree:
-        tree_size[t] += 1
-    size = [1] * n
-    total = 0
-    for i in range(n - 1, -1, -1):
-        p = parents[i]
-        if p >= 0:
-            s = size[i]
-            size[p] += s
-            total += s * (tree_size[tree[i]] - s)
-    pairs = sum(m * (m - 1) // 2 for m in tree_size if m)
+    total, pairs = forest_wiener(parents)
     return total / pairs if pairs else 0.0

@@ -7,7 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graphs.layout import forest_layout
-from graphs.virality import forest_virality, structural_virality
+from graphs.virality import (
+    forest_virality,
+    forest_wiener,
+    structural_virality,
+    wiener_index_tree,
+)
 
 
 @st.composite
@@ -53,3 +58,16 @@ def test_virality_from_parent_indices_is_networkxs(parents: list[int]) -> None:
     g.add_nodes_from(range(len(parents)))
     g.add_edges_from((p, i) for i, p in enumerate(parents) if p >= 0)
     assert abs(forest_virality(parents) - structural_virality(g)) < 1e-9
+
+
+@settings(max_examples=300, deadline=None)
+@given(forests())
+def test_the_one_pass_sums_are_networkxs_tree_walks(parents: list[int]) -> None:
+    """The one pass's integers are the per-tree walk's (:func:`wiener_index_tree`), so the
+    virality is the same float to the bit, not only close: an alert's figure unchanged."""
+    g = nx.DiGraph()
+    g.add_nodes_from(range(len(parents)))
+    g.add_edges_from((p, i) for i, p in enumerate(parents) if p >= 0)
+    total, pairs = wiener_index_tree(g)
+    assert forest_wiener(parents) == (total, pairs)
+    assert forest_virality(parents) == (total / pairs if pairs else 0.0)
