@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import pytest
@@ -342,13 +342,7 @@ def self_killed_and_replaced(
     """A worker running ``script``, which SIGKILLs itself (saying ``said``) while ``feed``
     produces the stream, and a replacement that reads the times back: its event time
     reaches the stream's end and its alerts and takedowns are replay's, each once."""
-    lines, bank, bank_path = scenario_files(tmp_path, background_per_minute=120.0)
-    expected = Expected(lines, bank)
-    s = setup(broker, tmp_path, bank_path)
-    first = WorkerProcess(
-        worker_env(s), tmp_path / "first.log", argv=[sys.executable, "-c", script]
-    )
-    second = WorkerProcess(worker_env(s), tmp_path / "second.log")
+    lines, expected, s, first, second = scripted_and_replacement(broker, tmp_path, script)
     with workers(first):
         feed(s, first, lines)
         deadline = time.monotonic() + 90
@@ -357,12 +351,53 @@ def self_killed_and_replaced(
         assert not first.alive(), "not killed\n" + first.log_tail()
     assert first.proc is not None and first.proc.returncode == -9
     assert said in first.log_path.read_text()
+    replacement_reads_the_times_back(broker, s, expected, second)
+    return s, expected
+
+
+class ScriptedRun(NamedTuple):
+    """The default scenario on a broker: its lines, replay's answer, the settings, a first
+    worker running a script and a plain worker to replace it (neither started)."""
+
+    lines: list[bytes]
+    expected: Expected
+    s: Settings
+    first: WorkerProcess
+    second: WorkerProcess
+
+
+def scripted_and_replacement(broker: RunningBroker, tmp_path: Path, script: str) -> ScriptedRun:
+    """The scenario's files and topics on ``broker``, a first worker running ``script`` (a
+    patch of the worker, then its ``main``; its log ``first.log``) and a replacement
+    (``second.log``): the setup of the tests whose first worker is scripted to end or to
+    rotate and whose replacement must resume from what it left."""
+    lines, bank, bank_path = scenario_files(tmp_path, background_per_minute=120.0)
+    s = setup(broker, tmp_path, bank_path)
+    first = WorkerProcess(
+        worker_env(s), tmp_path / "first.log", argv=[sys.executable, "-c", script]
+    )
+    second = WorkerProcess(worker_env(s), tmp_path / "second.log")
+    return ScriptedRun(lines, Expected(lines, bank), s, first, second)
+
+
+def replacement_reads_the_times_back(
+    broker: RunningBroker,
+    s: Settings,
+    expected: Expected,
+    second: WorkerProcess,
+    *,
+    their_time: bool = False,
+) -> None:
+    """The replacement run until done (:func:`wait_done`, ``their_time`` as there): it read
+    the event times back from the times' topic, and its alerts and takedowns are replay's,
+    each once."""
     with workers(second):
-        alerts, actions = wait_done(broker, s, expected, (second,), timeout=120)
+        alerts, actions = wait_done(
+            broker, s, expected, (second,), timeout=120, their_time=their_time
+        )
     assert "newest event times read back from" in second.log_path.read_text()
     assert_exactly_once(alerts, expected.alerts, "alerts")
     assert_exactly_once(actions, expected.actions, "takedown requests")
-    return s, expected
 
 
 #: A worker whose checkpoints write nothing more once each ``shares`` partition was
@@ -493,13 +528,7 @@ def test_a_worker_on_the_bundled_broker_rotates_its_times_topic_and_deletes_old_
 
     from streams.runtime.stream_times import generation_of, generations, topic_name
 
-    lines, bank, bank_path = scenario_files(tmp_path, background_per_minute=120.0)
-    expected = Expected(lines, bank)
-    s = setup(tansu, tmp_path, bank_path)
-    first = WorkerProcess(
-        worker_env(s), tmp_path / "first.log", argv=[sys.executable, "-c", ROTATING_WORKER]
-    )
-    second = WorkerProcess(worker_env(s), tmp_path / "second.log")
+    lines, expected, s, first, second = scripted_and_replacement(tansu, tmp_path, ROTATING_WORKER)
     with workers(first):
         produce_lines(tansu, s.topic("shares"), lines, rate=300)  # 40 s: five generations
         stats = TopicReader(tansu, s.topic("stats"))
@@ -523,11 +552,7 @@ def test_a_worker_on_the_bundled_broker_rotates_its_times_topic_and_deletes_old_
     assert written and all(n is not None and n >= written[0] - 2 for n in written), (left, ends)
     assert len(left) >= 2 and generation_of(times, left[-1]) >= written[0] - 2, (left, ends)
     assert "old generations deleted" in first.log_path.read_text()
-    with workers(second):
-        alerts, actions = wait_done(tansu, s, expected, (second,), timeout=120, their_time=True)
-    assert "newest event times read back from" in second.log_path.read_text()
-    assert_exactly_once(alerts, expected.alerts, "alerts")
-    assert_exactly_once(actions, expected.actions, "takedown requests")
+    replacement_reads_the_times_back(tansu, s, expected, second, their_time=True)
 
 
 def killed_mid_stream_and_replaced(broker: RunningBroker, tmp_path: Path) -> str:
