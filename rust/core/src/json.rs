@@ -862,6 +862,35 @@ impl<'de> DeserializeSeed<'de> for VpdqSeed {
 mod tests {
     use super::*;
 
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn sixteen_bytes_read_by_words_are_the_byte_loops_number_whatever_byte_ends_it() {
+        // every byte value at every place after the first digit of sixteen (the bytes with
+        // the high bit set include 0xb0-0xb9, a digit's bits but for the top one: the signed
+        // compare's edge), the others random digits: the run's length and value are a digit
+        // at a time's, and a run of all sixteen is left to the byte loop
+        let mut rng = crate::testing::Rng(0x0b16_d161);
+        for at in 1..16 {
+            for x in 0..=255_u8 {
+                for _ in 0..4 {
+                    let mut b: [u8; 16] = std::array::from_fn(|_| b'0' + (rng.next() % 10) as u8);
+                    b[at] = x;
+                    let run = b.iter().take_while(|c| c.is_ascii_digit()).count();
+                    let value = b[..run]
+                        .iter()
+                        .fold(0_u64, |n, &d| n * 10 + u64::from(d - b'0'));
+                    let want = (run < 16).then_some((value, run));
+                    assert_eq!(number16(&b), want, "{x:#x} at {at}: {b:?}");
+                }
+            }
+        }
+        let mut b = [b'9'; 16];
+        assert_eq!(number16(&b), None);
+        b[15] = b'}';
+        assert_eq!(number16(&b), Some((999_999_999_999_999, 15)));
+        assert_eq!(number16(&b[..15]), None, "not sixteen bytes at hand");
+    }
+
     #[test]
     fn a_numbers_digits_read_by_words_are_serdes_number() {
         // 1 to 20 digits (a leading zero now and then) before each byte that may follow
