@@ -563,6 +563,11 @@ class Detector:
             {r.severity for r in policy.rules} | {p.severity for p in [policy.predicted] if p}
         )
         self._allowances = policy.opening_allowances
+        #: what an episode's resolve time asks of the policy (the lowest rule's count and
+        #: window, the wait after it): read at every event of an active episode, and a
+        #: property's call each (the policy is frozen and this detector's for its life)
+        low = policy.lowest
+        self._resolve_rule = (low.shares, low.window_ms, policy.resolve_after_ms)
         self.stats = stats
         #: whether the uploads applied are counted here (matched, by bank, or unmatched, and
         #: with the unmatched those of low quality and those the allow-list took), once
@@ -1028,9 +1033,9 @@ class Detector:
     def _resolve_due(self, st: ClusterState, now: int) -> int:
         """When the episode of ``st`` resolves if no share comes: ``resolve_after_ms`` after
         its velocity fell below the lowest rule (``now`` while it is not below yet)."""
-        low = self.policy.lowest
-        below = st.velocity.below_from(low.shares, low.window_ms)
-        return (below if below is not None else now) + self.policy.resolve_after_ms
+        shares, window_ms, after_ms = self._resolve_rule
+        below = st.velocity.below_from(shares, window_ms)
+        return (below if below is not None else now) + after_ms
 
     def _schedule_resolve(self, st: ClusterState, now: int) -> None:
         if not st.active:
