@@ -87,7 +87,10 @@ pub(crate) fn digits(text: &[u8], out: &mut [u8]) -> u8 {
             return 0;
         }
     }
+    // (written by the SSE2 steps alone: constants where they are not built)
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut bits = 0;
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     while let (Some(chunk), Some(bytes)) = (
