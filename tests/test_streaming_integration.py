@@ -366,16 +366,21 @@ class ScriptedRun(NamedTuple):
     second: WorkerProcess
 
 
-def scripted_and_replacement(broker: RunningBroker, tmp_path: Path, script: str) -> ScriptedRun:
+def scripted_and_replacement(
+    broker: RunningBroker, tmp_path: Path, script: str | None, **changed: Any
+) -> ScriptedRun:
     """The scenario's files and topics on ``broker``, a first worker running ``script`` (a
-    patch of the worker, then its ``main``; its log ``first.log``) and a replacement
-    (``second.log``): the setup of the tests whose first worker is scripted to end or to
-    rotate and whose replacement must resume from what it left."""
+    patch of the worker, then its ``main``; ``None``: the plain worker, killed from outside;
+    its log ``first.log``) and a replacement (``second.log``), both with the settings
+    ``changed``: the setup of the tests whose first worker is scripted to end or to rotate,
+    or is killed, and whose replacement must resume from what it left."""
     lines, bank, bank_path = scenario_files(tmp_path, background_per_minute=120.0)
     s = setup(broker, tmp_path, bank_path)
-    first = WorkerProcess(
-        worker_env(s), tmp_path / "first.log", argv=[sys.executable, "-c", script]
-    )
+    if changed:
+        s = s.with_(**changed)
+    first = WorkerProcess(worker_env(s), tmp_path / "first.log")
+    if script is not None:
+        first.argv = [sys.executable, "-c", script]
     second = WorkerProcess(worker_env(s), tmp_path / "second.log")
     return ScriptedRun(lines, Expected(lines, bank), s, first, second)
 
@@ -559,14 +564,11 @@ def killed_mid_stream_and_replaced(broker: RunningBroker, tmp_path: Path) -> str
     """A worker SIGKILLed in the middle of the stream (between two alerts), a replacement
     started: every alert and takedown of replay, each once, and event time at the stream's
     end (:func:`wait_done`); the replacement's log."""
-    lines, bank, bank_path = scenario_files(tmp_path, background_per_minute=120.0)
-    expected = Expected(lines, bank)
-    s = setup(broker, tmp_path, bank_path)
     # logs cut back to snapshots every few KiB, garbage or not (a short run evicts no
     # cluster): the replacement restores from them
-    s = s.with_(log_compact_bytes=COMPACT_OFTEN, log_compact_garbage=0.0)
-    first = WorkerProcess(worker_env(s), tmp_path / "first.log")
-    second = WorkerProcess(worker_env(s), tmp_path / "second.log")
+    lines, expected, s, first, second = scripted_and_replacement(
+        broker, tmp_path, None, log_compact_bytes=COMPACT_OFTEN, log_compact_garbage=0.0
+    )
     half = len(lines) // 2
     with workers(first):
         # the rest comes while the worker is busy; it is killed in the middle of it
