@@ -374,13 +374,7 @@ impl<'a> Scan<'a> {
                 #[cfg(target_arch = "x86_64")]
                 if let Some((n, len)) = self.b.get(start..start + 16).and_then(number16) {
                     self.at += len;
-                    if self.b[start] == b'0' && len > 1 {
-                        return None; // a leading zero is not JSON
-                    }
-                    if let b'.' | b'e' | b'E' = self.b[self.at] {
-                        return None;
-                    }
-                    return Some(Val::Int(n.into()));
+                    return self.integer(start, n);
                 }
                 let mut n: u64 = 0;
                 while let Some(&d @ b'0'..=b'9') = self.b.get(self.at) {
@@ -390,13 +384,7 @@ impl<'a> Scan<'a> {
                         return None; // serde's reader decides about long ones
                     }
                 }
-                if self.b[start] == b'0' && self.at - start > 1 {
-                    return None; // a leading zero is not JSON
-                }
-                if let Some(b'.' | b'e' | b'E') = self.b.get(self.at) {
-                    return None;
-                }
-                Some(Val::Int(n.into()))
+                self.integer(start, n)
             }
             _ => {
                 for (word, val) in [
@@ -412,6 +400,22 @@ impl<'a> Scan<'a> {
                 None
             }
         }
+    }
+
+    /// The integer `n` whose digits run from `start` to the cursor, if JSON's integer and
+    /// this reader's: not one with a leading zero (not JSON), not one a `.` or an exponent
+    /// follows (a float: serde's reader decides). Both readers of a number's digits (by
+    /// words, [`number16`], and a byte at a time) end here: what a number may not be is
+    /// said once. Inlined: a call a number would cost a line more than the checks.
+    #[inline(always)]
+    fn integer(&self, start: usize, n: u64) -> Option<Val<'a>> {
+        if self.b[start] == b'0' && self.at - start > 1 {
+            return None; // a leading zero is not JSON
+        }
+        if let Some(b'.' | b'e' | b'E') = self.b.get(self.at) {
+            return None;
+        }
+        Some(Val::Int(n.into()))
     }
 
     /// An object's members after its `{` up to its `}`, each read by `member` into `out`
