@@ -235,6 +235,19 @@ impl Compact {
         self.optional(3, PARENT)
     }
 
+    /// The post the event is routed by: a share's parent, else its own post (an upload's,
+    /// a takedown's), as `streams.router` picks it. Its resolve partition is this post's
+    /// (the ingest's `route`), and a reshare or takedown is routed to its cluster
+    /// (`Ev::with_posts`): one owner of the rule both read. The kind is asked, not the
+    /// parent's presence alone: an upload read back from an internal topic may name one.
+    #[inline]
+    pub fn target_post_id(&self) -> &str {
+        match (self.kind, self.parent_post_id()) {
+            (Kind::Share, Some(parent)) => parent,
+            _ => self.post_id(),
+        }
+    }
+
     pub fn pdq(&self) -> Option<&str> {
         self.optional(4, PDQ)
     }
@@ -1242,6 +1255,25 @@ mod tests {
             );
             let ev = parse_line(share.as_bytes(), &mut PlainJudge).expect("valid");
             assert_eq!(Compact::of(&ev).expect("a takedown").event(), ev, "{share}");
+        }
+    }
+
+    #[test]
+    fn a_compact_event_is_routed_by_a_shares_parent_else_its_post() {
+        // as `streams.router` picks it: the kind decides, not whether a parent is named
+        // (an event read back from an internal topic may name one for any kind)
+        let share = r#"{"event_id":"e1","type":"share","ts":1767225600000,"post_id":"p2","parent_post_id":"p1","user_id":"u"}"#;
+        let ev = parse_line(share.as_bytes(), &mut PlainJudge).expect("valid");
+        assert_eq!(Compact::of(&ev).expect("a share").target_post_id(), "p1");
+        let takedown = r#"{"event_id":"e2","type":"takedown","ts":1767225600000,"post_id":"p2","user_id":"u"}"#;
+        let mut ev = parse_line(takedown.as_bytes(), &mut PlainJudge).expect("valid");
+        assert_eq!(Compact::of(&ev).expect("a takedown").target_post_id(), "p2");
+        for kind in [Kind::Takedown, Kind::Upload] {
+            ev.kind = kind;
+            ev.parent_post_id = Some("p1".into());
+            let compact = Compact::of(&ev).expect("not a video");
+            assert_eq!(compact.parent_post_id(), Some("p1"), "{kind:?} keeps it");
+            assert_eq!(compact.target_post_id(), "p2", "{kind:?}");
         }
     }
 

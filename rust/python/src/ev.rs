@@ -178,11 +178,7 @@ impl Ev {
         f: impl FnOnce(&[u8], &[u8]) -> R,
     ) -> PyResult<R> {
         match self {
-            Self::Core(ev) => {
-                let post = ev.post_id().as_bytes();
-                let target = ev.parent_post_id().map_or(post, str::as_bytes);
-                Ok(f(post, target))
-            }
+            Self::Core(ev) => Ok(f(ev.post_id().as_bytes(), ev.target_post_id().as_bytes())),
             Self::Py(ev) => {
                 let ev = ev.bind(py);
                 let post = ev.getattr(intern!(py, "post_id"))?;

@@ -12,9 +12,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 
-use viralwatch_core::event::Kind as EventKind;
 use viralwatch_core::posts::partition_for;
-use viralwatch_core::unbanked::Kind;
 
 use crate::ev::{parse_data, parse_lines, Ev, EvBatch, Line};
 use crate::fetched::RecordRun;
@@ -159,26 +157,19 @@ fn route(
             }
             Line::Event(ev) => ev,
         };
-        // a compact event's time, type and ids read in place: through `Ev`'s three
-        // methods (each a call that matches the event's form and wraps a `PyResult`)
-        // they were 32 instructions a record more (callgrind, a worker's ingest)
+        // a compact event's time and routed post (`Compact::target_post_id`, the rule's
+        // one owner, as `Ev::with_posts` reads it) read in place: through `Ev`'s methods
+        // (each a call that matches the event's form and wraps a `PyResult`) they were 32
+        // instructions a record more (callgrind, a worker's ingest)
         let (ts, k) = match &ev {
-            Ev::Core(c) => {
-                let post = c.post_id().as_bytes();
-                let target = match c.kind() {
-                    EventKind::Share => c.parent_post_id().map_or(post, str::as_bytes),
-                    _ => post,
-                };
-                (c.ts_ms(), partition_for(target, parts))
-            }
-            Ev::Py(_) => {
-                let ts = ev.ts_ms(py)?;
-                let share = ev.kind(py)? == Kind::Share;
-                let k = ev.with_posts(py, |post, parent| {
-                    partition_for(if share { parent } else { post }, parts)
-                })?;
-                (ts, k)
-            }
+            Ev::Core(c) => (
+                c.ts_ms(),
+                partition_for(c.target_post_id().as_bytes(), parts),
+            ),
+            Ev::Py(_) => (
+                ev.ts_ms(py)?,
+                ev.with_posts(py, |_, target| partition_for(target, parts))?,
+            ),
         };
         let last = &mut newest[slot].1;
         *last = Some(last.map_or(ts, |t| t.max(ts)));
