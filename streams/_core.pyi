@@ -4,6 +4,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
 
 MAX_EVENT_BYTES: int
 MAX_ID_LEN: int
@@ -330,6 +331,13 @@ class UnbankedClusters:
         | None
     ):
         """Take a cluster out (banked from now on)."""
+
+def takedown_request(
+    cls: type[_R], cluster_id: str, post_id: str, ts_ms: int, severity: str, alert_id: str
+) -> _R:
+    """A ``streams.alerts.TakedownRequest`` (``cls``) for ``post_id`` of ``cluster_id``: its
+    ``action_id`` ``"td-"`` and the hex of the 10-byte BLAKE2b of
+    ``f"{cluster_id}\x00{post_id}"``'s UTF-8, every field set without ``__init__``."""
 
 def unbanked_id(key: str) -> str:
     """``"u-"`` and the 8-byte BLAKE2b of ``key``'s UTF-8, in hex (an unbanked cluster's id)."""

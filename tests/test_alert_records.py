@@ -7,6 +7,8 @@ gives back the very bytes it was given, for every alert the pipeline makes.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 
 import orjson
@@ -22,6 +24,8 @@ from streams.alerts import (
     EarlyAlert,
     MatchInfo,
     Prediction,
+    Severity,
+    TakedownRequest,
     rfc3339,
 )
 from streams.simulate import Scenario, simulate
@@ -155,3 +159,32 @@ def test_rfc3339_at_the_edges_of_its_exact_range() -> None:
 
     for ts in (0, 1, 999, 1000, (1 << 42) - 1, 1 << 42, 1_767_225_599_999, 1_767_225_600_000):
         assert rfc3339(ts) == _rfc3339_any(ts), ts
+
+
+TEXTS = st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=200)
+
+
+@settings(max_examples=400, deadline=None)
+@given(TEXTS, TEXTS, st.integers(0, 1 << 42), st.sampled_from(SEVERITIES), TEXTS)
+def test_a_takedown_request_is_the_one_python_made_with_hashlib(
+    cluster_id: str, post_id: str, ts_ms: int, severity: Severity, alert_id: str
+) -> None:
+    """``TakedownRequest.for_post``, made in the compiled core (the hash and the fields set
+    there), is the record Python made: ``hashlib``'s 10-byte BLAKE2b of the ids' UTF-8 in
+    its id (any text, across the 128-byte block), every field equal and of its type."""
+    digest = hashlib.blake2b(f"{cluster_id}\x00{post_id}".encode(), digest_size=10)
+    want = TakedownRequest(
+        f"td-{digest.hexdigest()}", cluster_id, post_id, ts_ms, severity, alert_id
+    )
+    got = TakedownRequest.for_post(cluster_id, post_id, ts_ms, severity, alert_id)
+    assert type(got) is TakedownRequest
+    assert got == want and hash(got) == hash(want) and repr(got) == repr(want)
+    assert got.to_dict() == want.to_dict()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.post_id = "p"  # type: ignore[misc]
+
+
+def test_a_takedown_requests_ids_with_a_lone_surrogate_fail_as_encode_failed() -> None:
+    """An id that has no UTF-8 is refused as ``str.encode`` refused it (never a record)."""
+    with pytest.raises(UnicodeEncodeError):
+        TakedownRequest.for_post("b-1", "p\ud800", 0, "high", "a")
