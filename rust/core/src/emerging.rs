@@ -38,6 +38,7 @@ use crate::blake2b::{blake2b, blake2b_u64, hex};
 #[cfg(doc)]
 use crate::content::hash_of;
 use crate::content::{AsCid, AsSignal, BadSignal, Cid, ClusterId, ContentIndex, HeldSignal};
+use crate::keyed::Keyed;
 use crate::prefetch::prefetch;
 
 /// The id of the cluster content no bank knows starts: `u-` and the 8-byte BLAKE2b of
@@ -101,8 +102,9 @@ pub struct IdleClusters {
     live: usize,
     /// whether changes are kept for a state log (not in replay)
     log: bool,
-    /// by the index's slot
-    changed: HashMap<u32, Changed>,
+    /// by the index's slot (`Keyed`: with SipHash, `touch` was 44.7 M instructions of
+    /// 100,000 events of a worker's, 25.7 M now; the changes are sorted, not read in its order)
+    changed: HashMap<u32, Changed, Keyed>,
     next: u64,
     evicted: Vec<Arc<str>>,
     /// evictions to wait for before the idle order is walked again to trim the slots (a
@@ -125,7 +127,7 @@ impl IdleClusters {
             tail: NONE,
             live: 0,
             log: true,
-            changed: HashMap::new(),
+            changed: HashMap::default(),
             next: 0,
             evicted: Vec::new(),
             trim_after: 0,

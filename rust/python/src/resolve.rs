@@ -187,7 +187,9 @@ struct Out {
     /// (a partition that is not the owner's, for its `Touch` records), and whether a
     /// released event touched it (the record is marked so: the worker copies those)
     touched: Vec<(Py<PyString>, i64, bool)>,
-    touched_at: HashMap<Box<str>, usize>,
+    /// where each is in `touched` (keyed as the core's tables, `Keyed`: with SipHash this
+    /// call, `note_touch`, was 52.3 M instructions of 100,000 events of a worker's, 28.6 now)
+    touched_at: HashMap<Box<str>, usize, Keyed>,
     /// this batch's unbanked uploads, until the end of its items
     deferred: Vec<Ev>,
     /// events held, in order (an event released since may be among them: see `take`)
