@@ -649,7 +649,10 @@ class IncrementalPredictor:
         # the merged buckets' columns as a read copies them, and their upper ends (hi)
         self._old_columns: tuple[FloatArray, FloatArray] | None = None
         self._coarse: list[list[float]] = []
-        self._recent: list[tuple[float, bool]] = []
+        # the latest posts' times, sorted: a read bisects them (their kind is not read:
+        # the held count less every upload), floats comparing by one C compare where
+        # (t, reshare) tuples went through the tuples' items
+        self._recent: list[float] = []
         self._posts = 0
         self._reshares = 0
         self._last_reshare = -math.inf
@@ -724,14 +727,13 @@ class IncrementalPredictor:
         self._dt2_sum += dt * t
         self._dt_abs += abs(dt)
         recent = self._recent
-        post = (t, reshare)
         # posts come in time order as a rule: the place insort would find is the end when
-        # the post is not below the last (insort's own test), and one tuple compared there
-        # costs less than its binary search's (several, through the tuples' items)
-        if recent and post < recent[-1]:
-            bisect.insort(recent, post)
+        # the post is not below the last (insort's own test), and one float compared there
+        # costs less than its binary search's
+        if recent and t < recent[-1]:
+            bisect.insort(recent, t)
         else:
-            recent.append(post)
+            recent.append(t)
         if len(recent) > cfg.min_count + _SPARE_RECENT:
             del recent[0]
         key = math.floor(t / cfg.bucket_s)
@@ -892,14 +894,12 @@ class IncrementalPredictor:
         # the latest posts before p (self._recent is sorted by time): R's window widened
         # back to min_count + 1 of them if it holds fewer than min_count
         recent_posts = self._recent
-        before = bisect.bisect_left(recent_posts, (p, False))
+        before = bisect.bisect_left(recent_posts, p)
         window: float | None = None
         if before:
             window = min(max(age / 2.0, cfg.min_window_s), cfg.max_window_s)
-            if before - bisect.bisect_left(recent_posts, (p - window, False)) < cfg.min_count:
-                first = recent_posts[before - (cfg.min_count + 1) if before > cfg.min_count else 0][
-                    0
-                ]
+            if before - bisect.bisect_left(recent_posts, p - window) < cfg.min_count:
+                first = recent_posts[before - (cfg.min_count + 1) if before > cfg.min_count else 0]
                 window = p - first
         sums = None
         if window is not None:
@@ -911,8 +911,8 @@ class IncrementalPredictor:
             edge = max(p - window / 2.0, p - window + 2.0 * width)
             if self._floor_key is not None:
                 edge = max(edge, (self._floor_key + 1.0) * width)
-            held = bisect.bisect_left(recent_posts, (p - 1e-3 * width, False))
-            held -= bisect.bisect_left(recent_posts, (edge, False))
+            held = bisect.bisect_left(recent_posts, p - 1e-3 * width)
+            held -= bisect.bisect_left(recent_posts, edge)
             sums = (
                 self._followers_seen + self._original_followers,
                 self._dt_sum,

@@ -54,12 +54,12 @@ def old_features(pred: IncrementalPredictor, now_s: float) -> Features:
     last = pred._last_reshare if pred._reshares else pred._origin
     early = (recent, float(now_s) - last, pred._followers_seen, pred._original_followers)
     empty = Features(max(age, 0.0), pred._reshares, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, *early)
-    before = [e for e in pred._recent if e[0] < p]
+    before = [e for e in pred._recent if e < p]
     if not before:
         return empty
     window = min(max(age / 2.0, cfg.min_window_s), cfg.max_window_s)
-    if sum(1 for e in before if e[0] >= p - window) < cfg.min_count:
-        first = before[-(cfg.min_count + 1)][0] if len(before) > cfg.min_count else before[0][0]
+    if sum(1 for e in before if e >= p - window) < cfg.min_count:
+        first = before[-(cfg.min_count + 1)] if len(before) > cfg.min_count else before[0]
         window = p - first
     slope = 1.0 / window
     start = p - window
