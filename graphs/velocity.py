@@ -146,9 +146,12 @@ class Velocity:
         >>> v.below_from(2, 60_000)   # the 2nd latest (10 s) leaves a 1-minute window at 70 s
         70000
         """
-        if len(self) < shares:
+        ts = self._ts
+        # the length read here, not through len(self): a Python __len__ by the type's slot
+        # (this runs for every banked event's evaluation)
+        if len(ts) - self._start < shares:
             return None
-        return self._ts[len(self._ts) - shares] + window_ms
+        return ts[len(ts) - shares] + window_ms
 
     def __len__(self) -> int:
         return len(self._ts) - self._start
