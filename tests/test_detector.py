@@ -578,3 +578,29 @@ def test_feeding_in_batches_gives_what_feeding_line_by_line_gives() -> None:
     assert one[0] and one[2]  # alerts and rejections to compare
     assert run(7) == one
     assert run(1000) == one
+
+
+def test_loop_host_calls_decided_only_where_its_class_overrides_it() -> None:
+    """A released item's ``_decided`` call is made where the host's class overrides the
+    no-op (replay's ``Pipeline`` takes the outbox there), and not on a worker's partition."""
+    from streams.detector import LoopHost
+    from streams.events import ShareEvent
+    from streams.router import Routed
+    from streams.stages import ClusterPartition
+    from streams.stats import Stats
+
+    calls: list[int | None] = []
+
+    class Deciding(LoopHost):
+        def _decided(self, held: int | None = None) -> None:
+            calls.append(held)
+
+    class Plain(LoopHost):
+        pass
+
+    item = Routed(ShareEvent("e0", "upload", T0, "p0", "u0"), "b-1")
+    for host in (Deciding(), Plain()):
+        host.detector = Detector(AlertPolicy.default(), Stats(), pseudonymizer=Pseudonymizer(b"k"))
+        host._apply_one(item)
+    assert calls == [None]
+    assert Pipeline._decides and not ClusterPartition._decides
