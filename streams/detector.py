@@ -964,7 +964,7 @@ class Detector:
         met: list[tuple[Severity, str]] = []
         # no window holds enough (most clusters), or every severity fired (a hot one): no count
         spent = st.active and len(st.fired) == self._severities
-        if len(st.velocity) >= self._fewest and not spent:
+        if st.velocity.held() >= self._fewest and not spent:
             # AlertPolicy.met, one binary search for all the rules: this runs on every event
             met = st.velocity.reaching(self._thresholds, now)
         rule = self.policy.predicted
@@ -1364,7 +1364,7 @@ class Detector:
             # clusters given events are under every rule left: 82% of the calls at a
             # worker's density)
             st = clusters.get(cid)
-            most = held + (len(st.velocity) if st is not None else 0)
+            most = held + (st.velocity.held() if st is not None else 0)
             fired = st.fired if st is not None and st.active else ()
             for rule in rules:
                 if most >= rule.shares and rule.severity not in fired:
