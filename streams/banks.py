@@ -66,6 +66,9 @@ DEFAULT_PDQ_THRESHOLD: Final = 31
 #: An upload matching it matches no bank at all, whatever else it matches:
 #: it is checked first (see :meth:`HashBanks.match_many`).
 ALLOW_BANK: Final = "allowlist"
+#: what a banked cluster's id begins with (:attr:`BankEntry.cluster_id`), the unbanked
+#: ones never: the test of a banked cluster wherever an id is at hand
+BANKED_PREFIX: Final = "b-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +89,7 @@ class BankEntry:
         digest = hashlib.blake2b(
             f"{self.bank}\x00{self.signal_type}\x00{self.signal}".encode(), digest_size=8
         ).hexdigest()
-        return f"b-{digest}"
+        return f"{BANKED_PREFIX}{digest}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,7 +156,7 @@ from streams.alerts import (
     alert_id,
     severity_rank,
 )
-from streams.banks import ALLOW_BANK, DEFAULT_PDQ_THRESHOLD, BankUpdate
+from streams.banks import ALLOW_BANK, BANKED_PREFIX, DEFAULT_PDQ_THRESHOLD, BankUpdate
 from streams.emerging import ContentIndex, Signal, signal_of, signals_of
 from streams.events import Rejection, ShareEvent
 from streams.forecast import LaterPrediction, PredictorFactory
@@ -1314,7 +1314,7 @@ class Detector:
         for item in items:
             cid = item.cluster_id
             # Routed.banked's test, read here: the property is a Python call an item
-            if not cid.startswith("b-"):
+            if not cid.startswith(BANKED_PREFIX):
                 continue  # never alerts
             ev = item.event
             ahead = ahead_of.get(cid)

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 from streams._core import PostRoutes
 from streams.alerts import MatchInfo
-from streams.banks import HashBanks, Match, pdq_usable
+from streams.banks import BANKED_PREFIX, HashBanks, Match, pdq_usable
 from streams.emerging import EmergingClusters, allowed_cluster_id, video_signal
 from streams.events import Content, Rejection, ShareEvent
 from streams.stats import Stats
@@ -65,7 +65,7 @@ class Routed:
 
     @property
     def banked(self) -> bool:
-        return self.cluster_id.startswith("b-")
+        return self.cluster_id.startswith(BANKED_PREFIX)
 
 
 def match_info(m: Match) -> MatchInfo:
