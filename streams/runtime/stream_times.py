@@ -338,7 +338,7 @@ class KeptTimes:
     (:meth:`refresh`); ``wall``, the wall clock's seconds (the generations); ``delete``
     deletes topics (:meth:`drop_old`; none: nothing is dropped), after ``flush`` (the
     producer's: everything sent before it is on the broker); ``create`` makes topics (a
-    generation is written to once made here, :meth:`make_current`; none: as it begins)."""
+    generation is written to once made here, :meth:`make_next`; none: as it begins)."""
 
     def __init__(
         self,
@@ -361,7 +361,7 @@ class KeptTimes:
         self.delete = delete
         self.flush = flush
         self.create = create
-        #: generations made here (:meth:`make_current`): only those are written to
+        #: generations made here (:meth:`make_next`): only those are written to
         self._made: set[int] = set()
         #: records written (the worker's stats record says it: none on Apache Kafka)
         self.written = 0
@@ -455,23 +455,17 @@ class KeptTimes:
             found |= got
         return found
 
-    async def make_current(self) -> None:
-        """Make this generation's topic where not made yet (``create``: a topic written to
-        before it is made keeps the producer's flush waiting): a writer begins only a
-        generation made here (:meth:`write`; till then it writes to the one it has).
-
-        Not the next one ahead of the clock: a generation made before it is written to
-        stands empty on the broker (an idle holder writes a minute after the hour at
-        most), and nothing needs it: a reader reads the generations that hold records,
-        newest first, and one made at the hour's first checkpoint is begun at the next
-        (a second later), the first's record going to the previous generation, which is
-        kept till the one after begins (:meth:`drop_old`)."""
+    async def make_next(self) -> None:
+        """Make this generation's topic and the next one's, where not made yet (``create``:
+        a topic written to before it is made keeps the producer's flush waiting), so that a
+        writer begins a generation already made (:meth:`write`)."""
         if self.create is None:
             return
         now = self._generation()
-        if now not in self._made:
-            await self.create([generation_topic(self.topic, now)])
-            self._made.add(now)
+        wanted = [g for g in (now, now + 1) if g not in self._made]
+        if wanted:
+            await self.create([generation_topic(self.topic, g) for g in wanted])
+            self._made.update(wanted)
 
     async def drop_old(self) -> list[str]:
         """Once :meth:`write` began a generation after another: delete those before the
