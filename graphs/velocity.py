@@ -164,5 +164,4 @@ class Velocity:
         """
         return len(self._ts) - self._start
 
-    def __len__(self) -> int:
-        return len(self._ts) - self._start
+    __len__ = held

@@ -159,18 +159,26 @@ impl Lists {
         self.reserve_each(more, [exact; 4]);
     }
 
+    /// The room for `need` items in a section of `cap`: exactly `need` if `exact`, else
+    /// doubled (as a `Vec` grows, at least 4): the one growth rule of `reserve_each`,
+    /// `insert` and `push`.
+    #[inline]
+    fn grown(need: usize, cap: usize, exact: bool) -> usize {
+        if exact {
+            need
+        } else {
+            need.max(2 * cap).max(4)
+        }
+    }
+
     /// [`Lists::reserve`] with each section's own rule (`exact[s]`).
     fn reserve_each(&mut self, more: [usize; 4], exact: [bool; 4]) {
         let mut new = self.cap;
         for s in 0..4 {
             let (need, cap) = (self.len(s) + more[s], self.cap[s] as usize);
             if need > cap {
-                let cap = if exact[s] {
-                    need
-                } else {
-                    need.max(2 * cap).max(4)
-                };
-                new[s] = u32::try_from(cap).expect("a cluster's list past 2^32 items");
+                new[s] = u32::try_from(Self::grown(need, cap, exact[s]))
+                    .expect("a cluster's list past 2^32 items");
             }
         }
         self.relayout(new);
@@ -244,14 +252,7 @@ impl Lists {
         let need = len + add;
         let cap = self.cap[s] as usize;
         if need > cap {
-            self.set_cap(
-                s,
-                if exact {
-                    need
-                } else {
-                    need.max(2 * cap).max(4)
-                },
-            );
+            self.set_cap(s, Self::grown(need, cap, exact));
         }
         // SAFETY: the section has room for `need` items; the items from `at` move up
         // by `add` inside it, then `parts` fill the gap
@@ -281,15 +282,7 @@ impl Lists {
         debug_assert_eq!(std::mem::size_of::<T>(), ITEM[s]);
         let len = self.len(s);
         if len == self.cap[s] as usize {
-            let need = len + 1;
-            self.set_cap(
-                s,
-                if len < SMALL {
-                    need
-                } else {
-                    need.max(2 * len).max(4)
-                },
-            );
+            self.set_cap(s, Self::grown(len + 1, len, len < SMALL));
         }
         // SAFETY: the section has room for `len + 1` items and is aligned for `T` (see
         // `get`); its item `len` is past those initialised
