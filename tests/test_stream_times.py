@@ -179,6 +179,64 @@ def test_a_generation_begins_with_every_pair_committed_whatever_the_checkpoints_
     assert broker.read({0: 1}) == {0: 100}
 
 
+def test_a_first_write_past_a_generations_end_goes_to_one_made_here_and_none_is_made_ahead() -> (
+    None
+):
+    """A worker makes this generation at start and its first commit falls past that
+    generation's end (loaded, its group joined seconds after start): the first record goes
+    to the generation made, not the clock's, which nobody made (the bundled broker's client
+    has no leader for it: the producer's flush, which the commit waits for, waited for
+    ever); the clock's is made in that tick, after the commit, and begun at the next write,
+    with every pair committed here. No generation is made ahead of the clock. A writer
+    with none made (its make failed) writes nothing: the pairs are unknown to a reader, as
+    with no record, and the first generation it begins names them all. (With the first
+    write sent to the clock's generation, made or not: ``t-1001`` sent to, not made.)"""
+    made: list[str] = []
+    sent: list[tuple[str, dict[int, tuple[int, int]]]] = []
+    now = [1_001 * PERIOD_S - 0.5]  # half a second before generation 1000 ends
+
+    async def create(new: list[str]) -> None:
+        made.extend(new)
+
+    def writer() -> KeptTimes:
+        return KeptTimes(
+            "t",
+            lambda topic, value: sent.append((topic, decode(value))),
+            lambda: None,
+            wall=lambda: now[0],
+            create=create,
+        )
+
+    kept = writer()
+    asyncio.run(kept.make_current())  # at start
+    now[0] += 1.0  # the first commit: past generation 1000's end
+    kept.write({0: (7, 700)}, held=[0])
+    kept.committed({0: (7, 700)})
+    assert sent == [("t-1000", {0: (7, 700)})] and made == ["t-1000"]
+    asyncio.run(kept.make_current())  # the tick's, after the commit
+    kept.write({0: (8, 800)}, held=[0])  # the next commit begins the clock's generation
+    assert sent[1:] == [("t-1001", {0: (7, 700)}), ("t-1001", {0: (8, 800)})]
+    assert made == ["t-1000", "t-1001"] and kept.drop_below == 1_000
+    assert {topic for topic, _ in sent} <= set(made)
+
+    sent.clear()
+    failing = writer()
+
+    async def refused(new: list[str]) -> None:
+        raise ConnectionError("the broker is away")
+
+    failing.create = refused
+    with pytest.raises(ConnectionError):
+        asyncio.run(failing.make_current())
+    failing.write({1: (3, 300)}, held=[1])
+    failing.committed({1: (3, 300)})
+    assert sent == [] and failing.generation is None
+    failing.create = create
+    asyncio.run(failing.make_current())
+    failing.write({}, held=[1])  # (the generation's first record, then the write's)
+    assert sent and all(got == ("t-1001", {1: (3, 300)}) for got in sent)
+
+
 #: The model's steps' odds, as cumulative cuts: reads, checkpoints, quiet holders' writes,
 #: the clock into a new generation, drops, kills (the rest); and with fewer reads and
 #: more rotations, drops and kills.
@@ -476,6 +534,120 @@ def _never(offset: int, value: bytes | None, detail: str) -> None:
     raise AssertionError(f"offset {offset}: {detail}")
 
 
+class _OnTansu:
+    """A times' topic ``base`` of its own on the bundled broker, and writers of it
+    (:meth:`writer`) whose records wait in ``pending`` till :meth:`flush` (the checkpoint's
+    producer flush), whose wall clock is ``now[0]`` (from generation 1,000) and whose
+    monotonic clock is ``clock[0]``; ``create``: each generation made before it is written
+    to, as the worker's are."""
+
+    def __init__(self, tansu: LocalBroker) -> None:
+        prefix, _ = names()
+        self.bootstrap = tansu.bootstrap
+        self.base = f"{prefix}shares-times"
+        self.pending: list[tuple[str, bytes]] = []
+        self.now = [1_000 * PERIOD_S]
+        self.clock = [0.0]
+        self.made: list[str] = []
+
+    async def flush(self) -> None:
+        for topic in sorted({t for t, _ in self.pending}):
+            values = [v for t, v in self.pending if t == topic]
+            await _produce(self.bootstrap, topic, values)
+        self.pending.clear()
+
+    async def delete(self, old: list[str]) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics(old)
+        finally:
+            await admin.close()
+
+    async def create(self, new: list[str]) -> None:
+        from streams.runtime.broker import ensure_topics
+
+        await asyncio.to_thread(ensure_topics, [self.bootstrap], dict.fromkeys(new, 1))
+        self.made += new
+
+    def reader(self) -> Any:
+        from aiokafka import AIOKafkaConsumer
+
+        return AIOKafkaConsumer(bootstrap_servers=self.bootstrap, fetch_max_wait_ms=25)
+
+    def writer(self, *, create: bool = False) -> KeptTimes:
+        return KeptTimes(
+            self.base,
+            lambda topic, value: self.pending.append((topic, value)),
+            self.reader,
+            on_bad=_never,
+            clock=lambda: self.clock[0],
+            wall=lambda: self.now[0],
+            delete=self.delete,
+            flush=self.flush,
+            create=self.create if create else None,
+        )
+
+    async def held(self) -> dict[int, int]:
+        """Each generation on the broker, by its number: how many records it holds."""
+        from aiokafka import TopicPartition
+
+        names = generations(self.base, await topics(self.reader()))
+        reader = self.reader()
+        await reader.start()
+        try:
+            tps = [TopicPartition(n, 0) for n in names]
+            ends = await reader.end_offsets(tps) if tps else {}
+        finally:
+            await reader.stop()
+        return {generation_of(self.base, tp.topic) or 0: end for tp, end in ends.items()}
+
+
+@pytest.mark.integration
+def test_an_idle_holder_makes_no_generation_it_does_not_write_to_on_the_bundled_broker(
+    tansu: LocalBroker,
+) -> None:
+    """A worker with nothing to read: its shares reader's loop each commit interval (a
+    commit with nothing new writes nothing), its quiet pairs written again every
+    ``REWRITE_S`` (:meth:`KeptTimes.refresh`), this generation made and the old ones dropped
+    (``drop_old_times``). Through three hours, no generation is on the broker ahead of the
+    clock, at most one is empty (this hour's, made at its first tick, begun at the next
+    rewrite) and at most three are left (the hour's, the previous one and, till this hour
+    is begun, the one before), and a reader finds the pairs. (Made ahead, the next hour's
+    stood empty all hour: an empty generation more after each hour, four left.)"""
+    on = _OnTansu(tansu)
+    step = 60.0  # seconds a tick (the loop's is one: a quiet one does the same each second)
+
+    async def run() -> tuple[list[tuple[int, dict[int, int]]], dict[int, int]]:
+        kept = on.writer(create=True)
+        await kept.make_current()
+        kept.write({0: (7, 700), 1: (9, 900)})
+        await on.flush()
+        kept.committed({0: (7, 700), 1: (9, 900)})
+        seen: list[tuple[int, dict[int, int]]] = []
+        for _ in range(int(3 * PERIOD_S / step)):
+            on.clock[0] += step
+            on.now[0] += step
+            kept.refresh([0, 1])
+            await kept.make_current()
+            await kept.drop_old()
+            await on.flush()
+            if on.now[0] % (10 * step) == 0 or on.now[0] % PERIOD_S < 3 * step:
+                # every ten minutes, and each hour's first three ticks: the generations
+                seen.append((int(on.now[0] // PERIOD_S), await on.held()))
+        return seen, await on.writer().read({0: 7, 1: 9})
+
+    seen, found = asyncio.run(run())
+    assert found == {0: 700, 1: 900}
+    for hour, held in seen:
+        newest = max(held)
+        assert newest == hour and len(held) <= 3, (hour, held)
+        assert [g for g, n in held.items() if n == 0] in ([], [newest]), (hour, held)
+    assert on.made == [generation_topic(on.base, g) for g in range(1_000, 1_004)]
+
+
 @pytest.mark.integration
 def test_the_times_topic_is_rotated_on_the_bundled_broker_and_its_old_generations_deleted(
     tansu: LocalBroker,
@@ -488,40 +660,15 @@ def test_the_times_topic_is_rotated_on_the_bundled_broker_and_its_old_generation
     reader finds every committed pair in them; a writer killed as a generation begins,
     before that generation's first record was flushed, leaves the previous one, from which
     a reader finds them too."""
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    prefix, _ = names()
-    base = f"{prefix}shares-times"
-    pending: list[tuple[str, bytes]] = []
-    now = [1_000 * PERIOD_S]
-
-    async def flush() -> None:
-        for topic in sorted({t for t, _ in pending}):
-            await _produce(tansu.bootstrap, topic, [v for t, v in pending if t == topic])
-        pending.clear()
-
-    async def delete(old: list[str]) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=tansu.bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics(old)
-        finally:
-            await admin.close()
-
-    def reader() -> Any:
-        return AIOKafkaConsumer(bootstrap_servers=tansu.bootstrap, fetch_max_wait_ms=25)
-
-    def writer() -> KeptTimes:
-        return KeptTimes(
-            base,
-            lambda topic, value: pending.append((topic, value)),
-            reader,
-            on_bad=_never,
-            wall=lambda: now[0],
-            delete=delete,
-            flush=flush,
-        )
+    on = _OnTansu(tansu)
+    base, pending, now, flush, reader, writer = (
+        on.base,
+        on.pending,
+        on.now,
+        on.flush,
+        on.reader,
+        on.writer,
+    )
 
     async def run() -> tuple[list[str], dict[int, int], list[str], dict[int, int]]:
         kept = writer()

@@ -519,15 +519,18 @@ def test_a_worker_on_the_bundled_broker_rotates_its_times_topic_and_deletes_old_
     reads, it writes each generation's records (the broker makes the topic), deletes those
     before the previous one (``times_dropped`` in its stats record); left on the broker are
     the one it writes and the previous one (and the one before, stopped as it began a
-    generation, before that tick's deletion), none older, with those made ahead of the
-    clock, empty; a replacement reads the times back from them.
+    generation, before that tick's deletion), none older, with those made since, empty; a
+    replacement reads the times back from them.
 
-    Made ahead: every second the worker makes this generation and the next one, and an
-    idle worker (nothing read since its last commit) begins no generation, so deletes none,
-    until it writes again (``REWRITE_S``, a minute, longer than these generations): stopped
-    idle once the clock passed a generation, it left four, two of them empty (seen, the
-    worker left idle 12 s after the stream), where this test counted "two or three" of any
-    kind (it failed once in nine runs at load 8-13, at 45 s: just after the stream)."""
+    Made since: every second the worker makes this generation, and an idle worker (nothing
+    read since its last commit) begins no generation, so deletes none, until it writes
+    again (``REWRITE_S``, a minute, longer than these generations): stopped idle once the
+    clock passed a generation, it left four, two of them empty (seen, the worker left idle
+    12 s after the stream, when it made the next generation ahead too), where this test
+    counted "two or three" of any kind (it failed once in nine runs at load 8-13, at 45 s:
+    just after the stream). A worker whose first commit falls past the end of the
+    generation it made at start writes to that one, not the clock's, not made yet (this
+    test timed out so, its worker's producer flush waiting for a topic not made: 833bc31)."""
     from kafka import KafkaConsumer, TopicPartition
     from kafka.admin import KafkaAdminClient
 

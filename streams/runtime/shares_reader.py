@@ -145,7 +145,7 @@ class SharesReader:
         await consumer.start()
         bare_records(consumer, self.unread)
         self.consumer = consumer
-        await self.drop_old_times()  # (this generation and the next made: written to)
+        await self.drop_old_times()  # (this generation made: written to)
         consumer.subscribe([self.topic], listener=on_assigned(self.resume_stream_times))
         wait_ms = max(1, int(s.batch_wait_s * 1000))
         committed_at = time.monotonic()
@@ -166,15 +166,15 @@ class SharesReader:
                 await consumer.stop()
 
     async def drop_old_times(self) -> None:
-        """The times' topic's next generation made, and its old ones deleted once a new one
-        began (:meth:`~streams.runtime.stream_times.KeptTimes.make_next`, ``drop_old``); a
+        """The times' topic's current generation made, and its old ones deleted once a new one
+        began (:meth:`~streams.runtime.stream_times.KeptTimes.make_current`, ``drop_old``); a
         failure is said, and tried again (the records stay meanwhile, the writer writes to
         the generation it has)."""
         kept = self.kept_times
         if kept is None:
             return
         try:
-            await kept.make_next()
+            await kept.make_current()
             dropped = await kept.drop_old()
         except Exception as exc:  # the broker's: tried again at the next commit
             log.warning("%s: its generations could not be made or deleted (%r)", kept.topic, exc)

@@ -338,7 +338,7 @@ class KeptTimes:
     (:meth:`refresh`); ``wall``, the wall clock's seconds (the generations); ``delete``
     deletes topics (:meth:`drop_old`; none: nothing is dropped), after ``flush`` (the
     producer's: everything sent before it is on the broker); ``create`` makes topics (a
-    generation is written to once made here, :meth:`make_next`; none: as it begins)."""
+    generation is written to once made here, :meth:`make_current`; none: as it begins)."""
 
     def __init__(
         self,
@@ -361,8 +361,9 @@ class KeptTimes:
         self.delete = delete
         self.flush = flush
         self.create = create
-        #: generations made here (:meth:`make_next`): only those are written to
-        self._made: set[int] = set()
+        #: the newest generation made here (:meth:`make_current`; ``None``: none yet): with
+        #: ``create``, a writer writes to no other (:meth:`_begin`)
+        self.made: int | None = None
         #: records written (the worker's stats record says it: none on Apache Kafka)
         self.written = 0
         #: records read back at assignments (the stats record says it: bounded)
@@ -377,23 +378,28 @@ class KeptTimes:
         #: generations before this one are to be dropped (:meth:`drop_old`)
         self.drop_below: int | None = None
 
-    @property
-    def current(self) -> str:
-        """The generation written to now (:func:`generation_topic`)."""
-        return generation_topic(self.topic, self._generation())
-
     def _generation(self) -> int:
         return int(self.wall() // PERIOD_S)
 
-    def _begin(self) -> str:
-        """The generation to write to: a new one begun first with every pair committed
-        here (a generation seen to begin and settle: those before it are dropped next)."""
-        generation = self._generation()
-        if self.create is not None and generation not in self._made and self.generation is not None:
-            generation = self.generation  # not made yet: written to the one it writes to
+    def _begin(self) -> str | None:
+        """The generation to write to (``None``: none made here, nothing is written): a new
+        one begun first with every pair committed here (a generation seen to begin and
+        settle: those before it are dropped next).
+
+        With ``create``, the newest generation made here, never the clock's unless made:
+        a topic not made has no leader for the worker's producer, whose flush, which the
+        commit waits for, then waits for ever. So a first write past the end of the
+        generation made at start goes to that one (the clock's is made in the same tick,
+        after the commit, and begun at the next write), and with none made (the make
+        failed) nothing is written: the pairs are unknown to a reader, as with no record,
+        and the first generation begun names them all. Never an older one than the one
+        written to (a wall clock set back): those before it may be dropped."""
+        generation = self._generation() if self.create is None else self.made
+        if generation is None:
+            return None
+        if self.generation is not None and generation <= self.generation:
+            return generation_topic(self.topic, self.generation)
         topic = generation_topic(self.topic, generation)
-        if generation == self.generation:
-            return topic
         if self.generation is not None:  # seen to begin here: the older ones can go
             self.drop_below = self.generation
         self.generation = generation
@@ -415,7 +421,7 @@ class KeptTimes:
         topic = self._begin()
         record = {p: pair for p, pair in self._committed.items() if p not in pairs}
         record |= {p: pair for p, pair in pairs.items() if pair[1] != NO_TIME}
-        if record:
+        if record and topic is not None:
             self.send(topic, encode(record))
             self.written += 1
             self._written_at = self.clock()
@@ -455,17 +461,23 @@ class KeptTimes:
             found |= got
         return found
 
-    async def make_next(self) -> None:
-        """Make this generation's topic and the next one's, where not made yet (``create``:
-        a topic written to before it is made keeps the producer's flush waiting), so that a
-        writer begins a generation already made (:meth:`write`)."""
+    async def make_current(self) -> None:
+        """Make this generation's topic where not made yet (``create``: a topic written to
+        before it is made keeps the producer's flush waiting): a writer begins only a
+        generation made here (:meth:`write`; till then it writes to the newest made here).
+
+        Not the next one ahead of the clock: a generation made before it is written to
+        stands empty on the broker (an idle holder writes a minute after the hour at
+        most), and nothing needs it: a reader reads the generations that hold records,
+        newest first, and one made at the hour's first checkpoint is begun at the next
+        (a second later), the first's record going to the previous generation, which is
+        kept till the one after begins (:meth:`drop_old`)."""
         if self.create is None:
             return
         now = self._generation()
-        wanted = [g for g in (now, now + 1) if g not in self._made]
-        if wanted:
-            await self.create([generation_topic(self.topic, g) for g in wanted])
-            self._made.update(wanted)
+        if self.made is None or now > self.made:
+            await self.create([generation_topic(self.topic, now)])
+            self.made = now
 
     async def drop_old(self) -> list[str]:
         """Once :meth:`write` began a generation after another: delete those before the
