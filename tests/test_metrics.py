@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import subprocess
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 
 import pytest
@@ -71,6 +72,21 @@ def test_counters_are_read_from_the_core_at_scrape_time() -> None:
     assert value(registry, "viralwatch_clusters_evicted_total") == 4
     assert value(registry, "viralwatch_state_log_compactions_total") == 2
     assert value(registry, "viralwatch_state_log_bytes") == 4096
+
+
+def test_the_stats_counts_store_as_a_dict_and_read_as_a_counter() -> None:
+    """Every event adds to a count (``stats.events[type] += 1``): a Counter's
+    ``__delitem__``, a Python method, would route each store through a Python-level
+    ``__setitem__`` call; the counts keep dict's own, and read as Counters."""
+    stats = Stats()
+    for counts in (stats.events, stats.rejected, stats.matched, stats.alerts):
+        assert isinstance(counts, Counter)
+        assert type(counts).__delitem__ is dict.__delitem__
+    stats.events["share"] += 2
+    stats.alerts[("high", "firing")] += 1
+    assert stats.events["upload"] == 0 and "upload" not in stats.events
+    assert stats.summary()["events"] == {"share": 2}
+    assert stats.summary()["alerts"] == {"high/firing": 1}
 
 
 def test_every_event_type_and_reject_reason_has_a_series_from_the_start() -> None:
