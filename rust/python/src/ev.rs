@@ -316,6 +316,9 @@ pub(crate) fn parse_data<'py>(
                 let parsed = event::parse_line(line, &mut judge);
                 if let Ok(ev) = &parsed {
                     if let Some(compact) = Compact::of(ev) {
+                        if ev.owns_nothing() {
+                            std::mem::forget(parsed); // its drop frees nothing
+                        }
                         return Parsed::Compact(Arc::new(compact));
                     }
                 }
