@@ -43,6 +43,7 @@ use std::ops::Range;
 
 use crate::content::{AsCid, AsSignal, BadSignal, ClusterId, IdSlots, Kind as SignalKind};
 use crate::dedupe::{id_digest, DigestHasher};
+use crate::event::same_id;
 use crate::hex;
 use crate::pdq::{self, Hash};
 use crate::slab::Slab;
@@ -60,6 +61,18 @@ const ID_SET_FROM: usize = 24;
 
 type DigestSet = HashSet<u128, BuildHasherDefault<DigestHasher>>;
 
+/// An event id's digest as a cluster's lists keep it: its low word, then its high one
+/// (word-aligned: see [`Lists::ALIGN`]).
+type Stored = [u64; 2];
+
+fn stored(digest: u128) -> Stored {
+    [digest as u64, (digest >> 64) as u64]
+}
+
+fn digest_of(s: Stored) -> u128 {
+    u128::from(s[0]) | u128::from(s[1]) << 64
+}
+
 /// A cluster's lists, by section: the digests of the event ids it applied (while few: see
 /// [`Cluster::insert_id`]), its event times within the horizon (sorted), its posts, and
 /// their text (then its signals).
@@ -67,7 +80,8 @@ const IDS: usize = 0;
 const TIMES: usize = 1;
 const POSTS: usize = 2;
 const TEXT: usize = 3;
-/// Bytes an item of each section takes (`u128`, `u32`, [`Post`], `u8`: no padding in any).
+/// Bytes an item of each section takes ([`Stored`], `u32`, [`Post`], `u8`: no padding in
+/// any).
 /// An event time is 4 bytes: an offset from its cluster's [`Cluster::times_base`].
 const ITEM: [usize; 4] = [16, 4, 12, 1];
 
@@ -76,7 +90,7 @@ const ITEM: [usize; 4] = [16, 4, 12, 1];
 /// header and rounding up (a glibc chunk is the size plus 8 rounded up to 16, 32 at the
 /// least) cost more than their contents in the clusters of a post or three most are (27
 /// bytes a post resident beyond the heap, measured with the chunk sizes counted). The
-/// sections are in order of alignment (16, 4, 4, 1), so each is aligned after those before.
+/// sections are in order of alignment (8, 4, 4, 1), so each is aligned after those before.
 /// A section that grows moves those after it; a length or room past `u32` is refused (a
 /// panic, which the bindings catch): no cluster comes near it.
 struct Lists {
@@ -92,7 +106,7 @@ unsafe impl Sync for Lists {}
 impl Default for Lists {
     fn default() -> Self {
         Self {
-            ptr: std::ptr::NonNull::<u128>::dangling().cast(),
+            ptr: std::ptr::NonNull::<u64>::dangling().cast(),
             len: [0; 4],
             cap: [0; 4],
         }
@@ -106,7 +120,12 @@ fn bytes_of<T: Copy>(v: &T) -> &[u8] {
 }
 
 impl Lists {
-    const ALIGN: usize = 16;
+    /// A word's: the digests are kept as two words ([`Stored`]), not as `u128` (16-byte
+    /// aligned). Why: the extension's allocator asks mimalloc's aligned calls of a block
+    /// aligned past a word, and a cluster's lists grow one item at a time while small
+    /// (the memory's rule): the aligned `realloc` was 225 instructions a growth, most of
+    /// the growth's cost (callgrind, a platform replay: 19,311 growths in 56,754 events).
+    const ALIGN: usize = 8;
 
     fn offset(cap: &[u32; 4], s: usize) -> usize {
         (0..s).map(|i| cap[i] as usize * ITEM[i]).sum()
@@ -208,13 +227,18 @@ impl Lists {
             let moves = |from: *mut u8, to: *mut u8, order: &mut dyn Iterator<Item = usize>| {
                 for i in order {
                     let (a, b) = (Self::offset(&old, i), Self::offset(&new, i));
-                    std::ptr::copy(from.add(a), to.add(b), len[i] as usize * ITEM[i]);
+                    let n = len[i] as usize * ITEM[i];
+                    // an empty section, or one left where it was (the first, in place),
+                    // is not a `memmove` call
+                    if n > 0 && (from != to || a != b) {
+                        std::ptr::copy(from.add(a), to.add(b), n);
+                    }
                 }
             };
             let old_ptr = self.ptr.as_ptr();
             let ptr = if new_layout.size() == 0 {
                 std::alloc::dealloc(old_ptr, old_layout);
-                std::ptr::NonNull::<u128>::dangling().cast().as_ptr()
+                std::ptr::NonNull::<u64>::dangling().cast().as_ptr()
             } else if old_layout.size() == 0 {
                 std::alloc::alloc(new_layout)
             } else if grows {
@@ -492,7 +516,12 @@ impl Lists {
 
     fn count_times(&self, start: u32, window: i64, now: i64) -> usize {
         let kept = self.kept_times(start);
-        let hi = kept.partition_point(|&x| i64::from(x) <= now);
+        // `now` is most often the latest kept time (`Store::evaluate`'s): all are at or
+        // before it, one compare where a binary search asked again
+        let hi = match kept.last() {
+            Some(&latest) if i64::from(latest) <= now => kept.len(),
+            _ => kept.partition_point(|&x| i64::from(x) <= now),
+        };
         let lo = kept[..hi].partition_point(|&x| i64::from(x) <= now.saturating_sub(window));
         hi - lo
     }
@@ -635,20 +664,10 @@ impl<H> Cluster<H> {
 
     fn find(&self, post: &[u8]) -> Option<u32> {
         match self.index() {
-            None => {
-                let mut at = 0;
-                for (i, p) in self.posts().iter().enumerate() {
-                    let (id, _, next) = p.spans(self.text(), at);
-                    // the last byte first, inline: ids of one length most often differ
-                    // there, and the whole compare is a `memcmp` call (2.8 an event)
-                    let id = &self.text()[id];
-                    if id.len() == post.len() && id.last() == post.last() && *id == *post {
-                        return Some(i as u32);
-                    }
-                    at = next;
-                }
-                None
-            }
+            None => self
+                .post_ids()
+                .position(|id| same_id(id, post))
+                .map(|i| i as u32),
             Some(index) => index
                 .by_id
                 .find(text_hash(post), |&i| {
@@ -656,6 +675,29 @@ impl<H> Cluster<H> {
                 })
                 .copied(),
         }
+    }
+
+    /// [`Cluster::find`] of `post`, then (unless found) of `parent`: a small cluster's
+    /// posts scanned once for both, where a share's two finds scanned them twice (its
+    /// post not there, each post's span read again for its parent: 193 instructions an
+    /// event for the finds, callgrind, a platform replay).
+    fn find_both(&self, post: &[u8], parent: &[u8]) -> (Option<u32>, Option<u32>) {
+        if self.index().is_some() {
+            return match self.find(post) {
+                Some(i) => (Some(i), None),
+                None => (None, self.find(parent)),
+            };
+        }
+        let mut found = None;
+        for (i, id) in self.post_ids().enumerate() {
+            if same_id(id, post) {
+                return (Some(i as u32), None);
+            }
+            if found.is_none() && same_id(id, parent) {
+                found = Some(i as u32);
+            }
+        }
+        (None, found)
     }
 
     /// Append a post's id and user to the text, each with its length first if it is
@@ -884,12 +926,12 @@ impl<H> Cluster<H> {
         if let Some(set) = self.rare.as_deref_mut().and_then(|r| r.ids.as_mut()) {
             return set.insert(digest);
         }
-        let few: &[u128] = self.lists.get(IDS);
-        if few.contains(&digest) {
+        let few: &[Stored] = self.lists.get(IDS);
+        if few.contains(&stored(digest)) {
             return false;
         }
         if few.len() >= ID_SET_FROM {
-            let mut set: DigestSet = few.iter().copied().collect();
+            let mut set: DigestSet = few.iter().map(|&s| digest_of(s)).collect();
             set.insert(digest);
             self.lists.len[IDS] = 0;
             self.lists.set_cap(IDS, 0);
@@ -904,7 +946,7 @@ impl<H> Cluster<H> {
                 self.lists
                     .reserve_each(more, [ids < SMALL, small, small, small]);
             }
-            self.lists.push(IDS, digest);
+            self.lists.push(IDS, stored(digest));
         }
         true
     }
@@ -912,7 +954,7 @@ impl<H> Cluster<H> {
     fn has_id(&self, digest: u128) -> bool {
         match self.rare.as_deref().and_then(|r| r.ids.as_ref()) {
             Some(set) => set.contains(&digest),
-            None => self.lists.get::<u128>(IDS).contains(&digest),
+            None => self.lists.get::<Stored>(IDS).contains(&stored(digest)),
         }
     }
 
@@ -927,7 +969,7 @@ impl<H> Cluster<H> {
     fn digests(&self) -> Vec<u128> {
         match self.rare.as_deref().and_then(|r| r.ids.as_ref()) {
             Some(set) => set.iter().copied().collect(),
-            None => self.lists.get(IDS).to_vec(),
+            None => self.lists.get(IDS).iter().map(|&s| digest_of(s)).collect(),
         }
     }
 
@@ -1984,16 +2026,15 @@ fn add_post<H>(
         c.take_down(post);
         return Step::TakenDown;
     }
-    if c.find(post).is_some() {
+    let (known, parent) = match kind {
+        Kind::Share => c.find_both(post, target),
+        _ => (c.find(post), Some(NONE)),
+    };
+    if known.is_some() {
         return Step::Duplicate;
     }
-    let parent = if kind == Kind::Share {
-        match c.find(target) {
-            Some(p) => p,
-            None => return Step::Waits, // its parent is later in event time
-        }
-    } else {
-        NONE
+    let Some(parent) = parent else {
+        return Step::Waits; // its parent is later in event time
     };
     c.add(post, user, parent, ts_ms);
     if !c.add_time(ts_ms, horizon) {
@@ -2374,7 +2415,7 @@ mod tests {
             match r % 7 {
                 0 => {
                     let d = r as u128 * 0x1_0000_0001;
-                    l.push(IDS, d);
+                    l.push(IDS, stored(d));
                     ids.push(d);
                 }
                 1 => {
@@ -2414,7 +2455,8 @@ mod tests {
                 }
                 _ => {}
             }
-            assert_eq!(l.get::<u128>(IDS), &ids[..]);
+            let got: Vec<u128> = l.get(IDS).iter().map(|&s| digest_of(s)).collect();
+            assert_eq!(got, ids);
             assert_eq!(l.get::<u32>(TIMES), &times[..]);
             let got: Vec<(u16, u32, u32)> = l
                 .get::<Post>(POSTS)
@@ -2434,7 +2476,7 @@ mod tests {
         assert!(l.bytes() >= ids.len() * 16 + times.len() * 4 + posts.len() * 12 + text.len());
         // small lists: room for exactly what they hold
         let mut small = Lists::default();
-        small.push(IDS, 1u128);
+        small.push(IDS, stored(1));
         small.push(POSTS, posts[0]);
         small.insert(TEXT, 0, &[b"p0", b"u0"], true);
         assert_eq!(small.bytes(), 16 + 12 + 4);
