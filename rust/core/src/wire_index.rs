@@ -20,25 +20,76 @@
 //! restore needs is all there, and nothing else: `streams.wire.decode_delta` reads it
 //! back into the same clusters, times and signals the earlier form gave.
 
-use crate::content::{ClusterId, HeldSignal, SignalForm};
+use crate::content::{Cid, ClusterId, HeldSignal, SignalForm};
 use crate::hex::{self, Case};
 use crate::wire::write_str;
 
-/// A cluster id as [`write_index`] takes it: its text, given to a closure (a compact id
-/// writes it on the stack).
+/// A cluster id as [`write_index`] takes it: what [`encoded_len`] counts for it (its
+/// text's [`text_len`]), and its text written as a JSON string.
 pub trait LogId {
-    fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R;
+    fn text_len(&self) -> usize;
+    fn write(&self, out: &mut Vec<u8>);
 }
 
 impl LogId for str {
-    fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        f(self)
+    fn text_len(&self) -> usize {
+        text_len(self)
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        write_str(out, self);
     }
 }
 
 impl LogId for ClusterId {
-    fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        self.with_str(f)
+    fn text_len(&self) -> usize {
+        match self {
+            ClusterId::Hex(letter, _) if plain_letter(*letter) => 2 + HEX_ID_LEN,
+            _ => self.with_str(text_len),
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            ClusterId::Hex(letter, value) => write_hex_id(out, *letter, *value),
+            ClusterId::Text(_) => self.with_str(|s| write_str(out, s)),
+        }
+    }
+}
+
+/// The length of a compact cluster id's text: a letter, a dash, 16 hex digits.
+const HEX_ID_LEN: usize = 18;
+
+/// Whether a compact id's letter is written as it is (ASCII, nothing to escape): then
+/// the whole id is (a dash and hex digits), and its text need not be made and scanned.
+fn plain_letter(letter: u8) -> bool {
+    letter.is_ascii() && letter >= 0x20 && letter != b'"' && letter != b'\\'
+}
+
+/// A compact cluster id (`letter`, a dash and `value`'s 16 lowercase hex digits) as the
+/// JSON string [`write_str`] writes of its text, from a buffer on the stack: every
+/// cluster the index's owner logs and every post the posts' log maps (about 510,000 of
+/// the one-worker benchmark's 300,000 events) made the text, then scanned it for what
+/// to escape, where none of its bytes is.
+fn write_hex_id(out: &mut Vec<u8>, letter: u8, value: u64) {
+    if !plain_letter(letter) {
+        return ClusterId::Hex(letter, value).with_str(|s| write_str(out, s));
+    }
+    let mut buf = [0_u8; HEX_ID_LEN + 2];
+    buf[0] = b'"';
+    buf[1] = letter;
+    buf[2] = b'-';
+    buf[3..=HEX_ID_LEN].copy_from_slice(&hex::lower16(value));
+    buf[HEX_ID_LEN + 1] = b'"';
+    out.extend_from_slice(&buf);
+}
+
+/// A cluster id the tables keep ([`Cid`]) as [`write_str`] writes its text (see
+/// [`write_hex_id`]): the posts' log's clusters.
+pub fn write_cid(out: &mut Vec<u8>, id: &Cid) {
+    match id {
+        Cid::Hex { letter, value, .. } => write_hex_id(out, *letter, *value),
+        Cid::Text { text, .. } => write_str(out, text),
     }
 }
 
@@ -180,7 +231,6 @@ pub fn write_index<'a, I: LogId + ?Sized + 'a, S: LogSignal + 'a>(
     let mut items = 0;
     let mut current: Vec<u8> = Vec::new();
     let mut t0 = 0_i64;
-    let mut entry: Vec<u8> = Vec::new();
     for (id, last, signals) in clusters {
         items += 1 + signals.len();
         // a new part past the limit, or for a time too far from this part's first
@@ -193,28 +243,25 @@ pub fn write_index<'a, I: LogId + ?Sized + 'a, S: LogSignal + 'a>(
             current.push(b'[');
             crate::wire::write_int(&mut current, t0);
         }
-        let dt = (last != i64::MIN).then(|| last - t0);
-        entry.clear();
-        entry.push(b'[');
-        id.with_text(|id| write_str(&mut entry, id));
-        entry.push(b',');
-        match dt {
-            Some(d) => crate::wire::write_int(&mut entry, d),
-            None => entry.extend_from_slice(b"null"),
+        // written straight into the part (the cut is judged above, by the estimate)
+        current.extend_from_slice(b",[");
+        id.write(&mut current);
+        current.push(b',');
+        match last {
+            i64::MIN => current.extend_from_slice(b"null"),
+            _ => crate::wire::write_int(&mut current, last - t0),
         }
         if !signals.is_empty() {
-            entry.extend_from_slice(b",[");
+            current.extend_from_slice(b",[");
             for (i, s) in signals.iter().enumerate() {
                 if i > 0 {
-                    entry.push(b',');
+                    current.push(b',');
                 }
-                s.write(&mut entry);
+                s.write(&mut current);
             }
-            entry.push(b']');
+            current.push(b']');
         }
-        entry.push(b']');
-        current.push(b',');
-        current.extend_from_slice(&entry);
+        current.push(b']');
     }
     finish(&mut parts, &mut current);
     (parts, items)
@@ -223,7 +270,7 @@ pub fn write_index<'a, I: LogId + ?Sized + 'a, S: LogSignal + 'a>(
 /// About what a cluster's entry takes (enough to cut parts before they pass the limit:
 /// a time's difference is at most 20 characters).
 fn encoded_len<I: LogId + ?Sized, S: LogSignal>(id: &I, signals: &[S]) -> usize {
-    2 + id.with_text(text_len) + 21 + 2 + signals.iter().map(|s| s.text_len() + 1).sum::<usize>()
+    2 + id.text_len() + 21 + 2 + signals.iter().map(|s| s.text_len() + 1).sum::<usize>()
 }
 
 /// About what `s` takes written as a JSON string (quoted; each byte to escape counted as
@@ -360,6 +407,116 @@ mod tests {
         assert!(write_index(std::iter::empty::<(&str, i64, &[&str])>(), 10)
             .0
             .is_empty());
+    }
+
+    #[test]
+    fn a_compact_id_is_written_and_counted_as_its_text() {
+        let mut rng = crate::testing::Rng(5);
+        let mut values: Vec<u64> = (0..200).map(|_| rng.next()).collect();
+        values.extend([0, u64::MAX, 0x0123_4567_89ab_cdef]);
+        for letter in (0..=255_u8).filter(u8::is_ascii) {
+            for &v in &values {
+                let id = ClusterId::Hex(letter, v);
+                let mut want = Vec::new();
+                id.with_str(|s| write_str(&mut want, s));
+                let (mut got, mut cid) = (b"x".to_vec(), b"x".to_vec());
+                LogId::write(&id, &mut got);
+                write_cid(&mut cid, &Cid::from_id(id.clone()));
+                assert_eq!(&got[1..], &want[..], "{letter} {v:x}");
+                assert_eq!(cid, got);
+                assert_eq!(LogId::text_len(&id), id.with_str(text_len), "{letter}");
+            }
+        }
+        let text = ClusterId::of("b-not \"hex\"");
+        let mut got = Vec::new();
+        LogId::write(&text, &mut got);
+        assert_eq!(got, br#""b-not \"hex\"""#.to_vec());
+        let mut cid = Vec::new();
+        write_cid(&mut cid, &Cid::from_id(text.clone()));
+        assert_eq!(cid, got);
+        assert_eq!(LogId::text_len(&text), text_len("b-not \"hex\""));
+    }
+
+    /// The writer the in-place one replaced: each cluster's entry written aside, then
+    /// copied into the part, its id's text made twice (counted, then written).
+    fn write_index_aside(
+        clusters: &[(ClusterId, i64, Vec<&str>)],
+        limit: usize,
+    ) -> (Vec<Vec<u8>>, usize) {
+        let mut parts = Vec::new();
+        let mut items = 0;
+        let mut current: Vec<u8> = Vec::new();
+        let mut t0 = 0_i64;
+        let mut entry: Vec<u8> = Vec::new();
+        for (id, last, signals) in clusters {
+            let last = *last;
+            items += 1 + signals.len();
+            let far = last != i64::MIN && last.checked_sub(t0).is_none();
+            let len = 2
+                + id.with_str(text_len)
+                + 21
+                + 2
+                + signals.iter().map(|s| text_len(s) + 1).sum::<usize>();
+            if !current.is_empty() && (far || current.len() + 2 + len > limit) {
+                finish(&mut parts, &mut current);
+            }
+            if current.is_empty() {
+                t0 = if last == i64::MIN { 0 } else { last };
+                current.push(b'[');
+                crate::wire::write_int(&mut current, t0);
+            }
+            let dt = (last != i64::MIN).then(|| last - t0);
+            entry.clear();
+            entry.push(b'[');
+            id.with_str(|id| write_str(&mut entry, id));
+            entry.push(b',');
+            match dt {
+                Some(d) => crate::wire::write_int(&mut entry, d),
+                None => entry.extend_from_slice(b"null"),
+            }
+            if !signals.is_empty() {
+                entry.extend_from_slice(b",[");
+                for (i, s) in signals.iter().enumerate() {
+                    if i > 0 {
+                        entry.push(b',');
+                    }
+                    write_signal(&mut entry, s);
+                }
+                entry.push(b']');
+            }
+            entry.push(b']');
+            current.push(b',');
+            current.extend_from_slice(&entry);
+        }
+        finish(&mut parts, &mut current);
+        (parts, items)
+    }
+
+    #[test]
+    fn written_in_place_the_parts_are_the_aside_writers_at_every_limit() {
+        let mut rng = crate::testing::Rng(9);
+        let md5 = "0123456789abcdef".repeat(2);
+        let pdq = "fedcba9876543210".repeat(4);
+        let signals = [md5.as_str(), pdq.as_str(), "[\"frame\"]"];
+        let clusters: Vec<(ClusterId, i64, Vec<&str>)> = (0..400)
+            .map(|i| {
+                let id = match i % 5 {
+                    0 => ClusterId::of(&format!("u-text-{i}")),
+                    _ => ClusterId::Hex(b"ub"[i % 2], rng.next()),
+                };
+                let last = match i % 7 {
+                    0 => i64::MIN,
+                    1 => i64::MAX - i as i64,
+                    _ => 1_767_225_600_000 + (rng.next() % 100_000) as i64,
+                };
+                let took = signals[..(rng.next() % 4) as usize].to_vec();
+                (id, last, took)
+            })
+            .collect();
+        for limit in [1, 50, 64, 100, 250, 1_000, 4_096, usize::MAX] {
+            let got = write_index(clusters.iter().map(|(c, t, s)| (c, *t, &s[..])), limit);
+            assert_eq!(got, write_index_aside(&clusters, limit), "{limit}");
+        }
     }
 
     #[test]

@@ -19,7 +19,8 @@ use crate::route::refusal;
 use viralwatch_core::content::Cid;
 use viralwatch_core::keyed::Keyed;
 use viralwatch_core::posts::{ClusterId, PostClusters, Resolver, Routed};
-use viralwatch_core::wire::{write_str, write_utf8};
+use viralwatch_core::wire::write_utf8;
+use viralwatch_core::wire_index::write_cid;
 
 /// A registration for another partition: post, cluster.
 type Foreign = (Box<[u8]>, Arc<str>);
@@ -316,7 +317,7 @@ impl PyPostRoutes {
             }
             write_utf8(&mut text, k);
             text.push(b':');
-            id.with_str(|s| write_str(&mut text, s));
+            write_cid(&mut text, id);
         }
         text.push(b'}');
         Ok((PyBytes::new(py, &text), order.len())
