@@ -450,6 +450,13 @@ impl Parts {
         self.current.extend_from_slice(json);
     }
 
+    /// Room for about `bytes` more in the current part (at most the limit): a caller that
+    /// knows about how much it will add saves the part's doublings, each past mimalloc's
+    /// bound a copy by glibc's realloc.
+    pub fn reserve(&mut self, bytes: usize) {
+        self.current.reserve(bytes.min(self.limit));
+    }
+
     /// The current part closed (its bracket) and kept, a new one begun: where an item
     /// would pass the limit ([`Parts::push`], [`Parts::push_json`]).
     fn close_part(&mut self) {
