@@ -183,7 +183,8 @@ def truncated_quantile(p: float, mu: float, sigma: float, lower: float) -> float
     tail = _STD.cdf(-(lower - mu) / sigma) * (1.0 - p)
     if not tail > 1e-300:
         return lower
-    return max(lower, mu - sigma * _STD.inv_cdf(tail))
+    q = mu - sigma * _STD.inv_cdf(tail)
+    return q if q > lower else lower  # max(lower, q) as its compare: no call
 
 
 @dataclass(frozen=True, slots=True)

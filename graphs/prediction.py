@@ -897,7 +897,12 @@ class IncrementalPredictor:
         before = bisect.bisect_left(recent_posts, p)
         window: float | None = None
         if before:
-            window = min(max(age / 2.0, cfg.min_window_s), cfg.max_window_s)
+            # min(max(age / 2, min_window), max_window) as the compares the builtins make
+            # (the first of equals kept), not two C calls that iterate their arguments
+            half, lo, hi = age / 2.0, cfg.min_window_s, cfg.max_window_s
+            window = lo if lo > half else half
+            if hi < window:
+                window = hi
             if before - bisect.bisect_left(recent_posts, p - window) < cfg.min_count:
                 first = recent_posts[before - (cfg.min_count + 1) if before > cfg.min_count else 0]
                 window = p - first
@@ -908,18 +913,23 @@ class IncrementalPredictor:
             # at or after the window's start, before p): the count's low for rough_bound,
             # less the uploads among them (every one of them, at most)
             width = cfg.bucket_s
-            edge = max(p - window / 2.0, p - window + 2.0 * width)
+            edge, whole = p - window / 2.0, p - window + 2.0 * width
+            if whole > edge:
+                edge = whole
             if self._floor_key is not None:
-                edge = max(edge, (self._floor_key + 1.0) * width)
+                whole = (self._floor_key + 1.0) * width
+                if whole > edge:
+                    edge = whole
             held = bisect.bisect_left(recent_posts, p - 1e-3 * width)
             held -= bisect.bisect_left(recent_posts, edge)
+            held -= self._posts - self._reshares
             sums = (
                 self._followers_seen + self._original_followers,
                 self._dt_sum,
                 self._dt_abs,
                 self._dt2_sum,
                 self._latest - self._ref,
-                float(max(held - (self._posts - self._reshares), 0)),
+                float(held if held > 0 else 0),
             )
         return StateRead(
             cfg,
@@ -1158,7 +1168,8 @@ class StateRead:
         mu, sigma, p_lo, _ = growth.law(self._age, inputs)
         if p_lo < 0.07:  # a band too wide for the allowance below (the shipped: 0.077)
             return None
-        mu = max(mu + 1e-9 * (1.0 + abs(mu)), 0.0)
+        mu += 1e-9 * (1.0 + abs(mu))
+        mu = 0.0 if mu < 0.0 else mu  # max(mu, 0.0), no call
         z, lo = truncated_quantile(0.5, mu, sigma, 0.0), truncated_quantile(p_lo, mu, sigma, 0.0)
         grow = math.exp(1e-9)
         return n1 * math.exp(z) * grow - 1.0, n1 * math.exp(lo) * grow - 1.0
@@ -1261,20 +1272,25 @@ class StateRead:
         spread = p * p * total - 2.0 * p * dt + dt2
         slack = 1e-7 * (ap * total + dt_abs + (ap * ap * total + 2.0 * ap * dt_abs + dt2) * half)
         tau = kernel.cutoff
-        phi = kernel.c * (max(self._age, tau) / tau) ** -(1.0 + kernel.theta)
+        # max(x, y) as its compare (`y if y > x else x`, the first of equals kept), no call
+        age = self._age
+        phi = kernel.c * ((tau if tau > age else age) / tau) ** -(1.0 + kernel.theta)
         exposure = 0.5 * phi * ((p * total - dt) - spread * half - slack)
         first = 0.0
         if fg or branching:
             if not exposure > 0.0:
                 return None
-            q = (n * (1.0 + max(latest - p, 0.0) / window) * (1.0 + 1e-9) + spent) / exposure
+            ahead = latest - p
+            ahead = 0.0 if ahead < 0.0 else ahead
+            q = (n * (1.0 + ahead / window) * (1.0 + 1e-9) + spent) / exposure
             if fg:
                 first = math.log1p(q * (total * (1.0 + 1e-6)) / n1)
         if not branching:
             # q's low: 0 unless the exposure is known to be over 0 (where the forecast finds
             # none, every post with followers after the read, its q is 0, whatever the count)
             most = kernel.c * window * total
-            held_q = max(0.5 * held - spent, 0.0)
+            held_q = 0.5 * held - spent
+            held_q = 0.0 if held_q < 0.0 else held_q
             q = held_q / most if exposure > 0.0 and most > 0.0 else 0.0
         share = math.log1p(n / n1) if up else 0.0
         return first, share, math.log(q * cfg.n_star + 1e-3)

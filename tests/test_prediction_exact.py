@@ -11,6 +11,8 @@ one NumPy call per step), over the same bucket tables, compared by ``repr``
 from __future__ import annotations
 
 import math
+import sys
+from types import FrameType
 
 import numpy as np
 from hypothesis import given, settings
@@ -440,3 +442,34 @@ def test_add_keeps_the_running_figures_min_and_max_keep(
     got = (pred._origin, pred._latest, pred._last_reshare, pred._dt_sum, pred._dt2_sum)
     assert repr(got) == repr((origin, latest, last, dt_sum, dt2_sum))
     assert repr(pred._dt_abs) == repr(dt_abs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    posts=st.lists(st.one_of(post, viral), min_size=1, max_size=120),
+    horizon=st.sampled_from([3600.0, 86400.0]),
+    burst=st.integers(0, 600),
+)
+def test_a_read_and_its_bounds_call_no_builtin_min_or_max(
+    posts: list[tuple[float, int | float | None, bool, float | None]], horizon: float, burst: int
+) -> None:
+    """The detector reads a forecast's state and asks its bounds on the policy's schedule:
+    the window, the held count, the rough bound's kernel and counts and the truncated
+    quantile are compares (``max(a, b)`` is ``b if b > a else a``, as the builtin decides
+    it), not the builtins' C calls that iterate their arguments."""
+    calls: list[str] = []
+    mine = {"read", "growth_bound", "_rough_inputs", "truncated_quantile"}
+
+    def note(frame: FrameType, event: str, arg: object) -> None:
+        name = getattr(arg, "__name__", "")
+        if event == "c_call" and name in ("min", "max") and frame.f_code.co_name in mine:
+            calls.append(f"{name} in {frame.f_code.co_name}")
+
+    sys.setprofile(note)
+    try:
+        for read in _reads(posts, horizon, burst, (0.0, 30.0, 3600.0)):
+            read.growth_bound(rough=True)
+            read.growth_bound()
+    finally:
+        sys.setprofile(None)
+    assert calls == []
