@@ -456,9 +456,10 @@ def test_a_read_and_its_bounds_call_no_builtin_min_or_max(
     """The detector reads a forecast's state and asks its bounds on the policy's schedule:
     the window, the held count, the rough bound's kernel and counts and the truncated
     quantile are compares (``max(a, b)`` is ``b if b > a else a``, as the builtin decides
-    it), not the builtins' C calls that iterate their arguments."""
+    it), not the builtins' C calls that iterate their arguments; a young cluster's least
+    narrow bucket is kept, not found by ``min`` over the buckets."""
     calls: list[str] = []
-    mine = {"read", "growth_bound", "_rough_inputs", "truncated_quantile"}
+    mine = {"read", "_age_buckets", "growth_bound", "_rough_inputs", "truncated_quantile"}
 
     def note(frame: FrameType, event: str, arg: object) -> None:
         name = getattr(arg, "__name__", "")
@@ -473,3 +474,24 @@ def test_a_read_and_its_bounds_call_no_builtin_min_or_max(
     finally:
         sys.setprofile(None)
     assert calls == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(-900.0, 4000.0), st.booleans()),
+        min_size=1,
+        max_size=200,
+    )
+)
+def test_the_least_narrow_key_kept_is_the_least_of_the_buckets(
+    posts: list[tuple[float, bool]],
+) -> None:
+    """Before the merged buckets' floor is set, the least narrow key the predictor keeps
+    (late posts among them) is ``min`` of its narrow buckets' keys, which it replaced."""
+    pred = IncrementalPredictor()
+    for t, original in posts:
+        pred.add(t, 100, original=original)
+        if pred._floor_key is None:
+            assert pred._least_key == min(pred._fine)
+        pred.read(t + 1.0)
