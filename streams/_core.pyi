@@ -68,6 +68,17 @@ class PdqIndex:
     def tags_of(self, hashes: Iterable[str]) -> list[int]:
         """The tag of each hash, -2 for one not in the index."""
 
+class TextSet:
+    """A set of texts, compiled (the banks' MD5 keys, which the screen asks of each upload)."""
+
+    def __init__(self) -> None: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, text: str) -> bool: ...
+    def add(self, text: str) -> bool:
+        """Add ``text``; ``False`` when it is there already."""
+    def discard(self, text: str) -> bool:
+        """Drop ``text``; ``False`` when it was not there."""
+
 def allocated_bytes() -> int:
     """Bytes the compiled core holds on its heap now (``tracemalloc`` does not see them)."""
 
@@ -383,7 +394,7 @@ class ReplayLoop:
         min_pdq_quality: int,
     ) -> None: ...
     def feed(
-        self, host: Any, lines: list[bytes], banks: tuple[Mapping[str, Any], PdqIndex, int, bool]
+        self, host: Any, lines: list[bytes], banks: tuple[TextSet, PdqIndex, int, bool]
     ) -> None:
         """A batch of input lines (share events), parsed here in input order, no Python record
         made of an event but where Python acts on it; its uploads screened against ``banks``

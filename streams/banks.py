@@ -40,6 +40,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from streams._core import TextSet
 from streams.events import Content
 from streams.pdqindex import PDQIndex
 from streams.stats import Stats
@@ -200,6 +201,9 @@ class HashBanks:
         # signal -> its entries, one per bank (a tuple: most signals are in one bank,
         # and at millions of entries a dict each would double the memory)
         self._md5: dict[str, tuple[BankEntry, ...]] = {}
+        # its keys again, compiled: the screen asks them of every upload's MD5 (a question
+        # of the dict made a Python string of each; see ``TextSet``)
+        self._md5_keys = TextSet()
         self._pdq: dict[str, tuple[BankEntry, ...]] = {}
         self._pdq_per_bank: Counter[str] = Counter()
         self._per_bank: Counter[str] = Counter()  # image entries (MD5, PDQ)
@@ -275,6 +279,8 @@ class HashBanks:
         group = table.get(signal, ())
         others = tuple(e for e in group if e.bank != entry.bank)
         table[signal] = (*others, entry)
+        if kind == "md5" and not group:
+            self._md5_keys.add(signal)
         self._changed()
         new = len(others) == len(group)
         if new:
@@ -316,6 +322,8 @@ class HashBanks:
             del table[text]
             if kind == "pdq":
                 self._index.remove(text)
+            else:
+                self._md5_keys.discard(text)
         self._changed()
         return True
 
@@ -447,16 +455,16 @@ class HashBanks:
         videos = self._video_matches(match_key(content), found)
         return _best(found + [m for m in videos if self._current(m, ts_ms)])
 
-    def screen(self) -> tuple[dict[str, tuple[BankEntry, ...]], PDQIndex, int, bool]:
+    def screen(self) -> tuple[TextSet, PDQIndex, int, bool]:
         """What tells, in bulk, the uploads no entry can match (replay's compiled loop reads
-        it, ``rust/python/src/replay.rs``): the MD5 table (lowercase hex -> its entries),
+        it, ``rust/python/src/replay.rs``): the MD5 table's keys (lowercase hex),
         the PDQ index, the widest PDQ threshold of an enabled bank (``-1``: no PDQ
         search) and whether videos are banked (a frame may match an image's PDQ). An
         upload none of these can match has no match, nor is it on the allow-list; the
         others are matched as :meth:`match_many` matches them. Valid until the banks change.
         """
         radius = self._pdq_radius()
-        return self._md5, self._index, -1 if radius is None else radius, len(self._videos) > 0
+        return self._md5_keys, self._index, -1 if radius is None else radius, len(self._videos) > 0
 
     def match(self, content: Content) -> Match | None:
         """The one entry this content matches, by the rule in the module docstring."""

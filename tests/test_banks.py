@@ -161,6 +161,31 @@ def test_withdrawal_stops_matching_at_once_even_when_cached() -> None:
     assert len(banks) == 0 and list(banks.entries()) == []
 
 
+def test_the_screens_md5_keys_are_the_md5_tables_keys_through_adds_and_withdrawals() -> None:
+    """The screen asks its compiled copy of the MD5 table's keys (``TextSet``), which must
+    say what the table says after every change: a key goes with its last bank, not its
+    first, and keys ``int(_, 16)`` reads that are not plain hex digits (a ``0x`` prefix, an
+    underscore, another script's digits) are keys too, asked by their exact text."""
+    banks = HashBanks()
+    rng = random.Random(5)
+    odd = ["0x" + "ab" * 15, "a_" + "b" * 30, "\u0663" * 32, "c" * 32]
+    signals = odd + ["".join(rng.choice("0123456789abcdef") for _ in range(32)) for _ in range(20)]
+    held: dict[tuple[str, str], None] = {}
+    for step in range(400):
+        signal, bank = rng.choice(signals), rng.choice("ab")
+        if rng.random() < 0.6:
+            banks.add(BankEntry(bank, "md5", signal.upper() if step % 7 == 0 else signal))
+            held[bank, signal.lower()] = None
+        else:
+            banks.withdraw(bank, "md5", signal)
+            held.pop((bank, signal.lower()), None)
+        keys = banks.screen()[0]
+        want = {s for _, s in held}
+        assert len(keys) == len(want)
+        for s in signals:
+            assert (s.lower() in keys) == (s.lower() in want) == (banks.lookup_md5(s) != [])
+
+
 def test_an_add_after_a_cached_miss_matches_at_once() -> None:
     stats = Stats()
     banks = HashBanks(stats=stats)

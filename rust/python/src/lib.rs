@@ -430,6 +430,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ev::EvBatch>()?;
     m.add_class::<ev::RegBatch>()?;
     m.add_class::<pdq::PyPdqIndex>()?;
+    m.add_class::<routing::TextSet>()?;
     m.add_class::<content::PyContentSignals>()?;
     m.add_class::<emerging::PyIdleClusters>()?;
     m.add_function(wrap_pyfunction!(emerging::unbanked_id, m)?)?;

@@ -14,11 +14,12 @@ use std::borrow::Cow;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::types::{PyList, PyString};
 
 use viralwatch_core::content::{Cid, Kind as Signal, ReadSignal};
 use viralwatch_core::emerging::unbanked_cid;
 use viralwatch_core::event::Kind as EventKind;
+use viralwatch_core::keyed::Keyed;
 use viralwatch_core::pdq;
 use viralwatch_core::posts::Routed as Route;
 use viralwatch_core::unbanked::Kind;
@@ -210,21 +211,66 @@ fn signalled_pdq(image: &Image<'_>, min_pdq_quality: i64) -> bool {
         && image.quality.is_none_or(|q| q >= min_pdq_quality)
 }
 
-/// What `HashBanks.screen` gives for a batch: the MD5 table (lowercase hex -> entries), the
-/// PDQ index, the widest PDQ threshold of an enabled bank (`-1`: no PDQ search), and
-/// whether videos are banked (a frame may match any image's PDQ).
-pub(crate) type Banks<'py> = (Bound<'py, PyDict>, Bound<'py, PyPdqIndex>, i64, bool);
+/// What `HashBanks.screen` gives for a batch: the MD5 table's keys (lowercase hex, as
+/// [`TextSet`]), the PDQ index, the widest PDQ threshold of an enabled bank (`-1`: no PDQ
+/// search), and whether videos are banked (a frame may match any image's PDQ).
+pub(crate) type Banks<'py> = (Bound<'py, TextSet>, Bound<'py, PyPdqIndex>, i64, bool);
+
+/// A set of texts by their UTF-8 bytes (``streams._core.TextSet``): the banks' MD5 table's
+/// keys, which `HashBanks` keeps beside the table (added with a key new to it, discarded
+/// with its last entry). The screen asks it of each upload's MD5; asked of the table (a
+/// Python dict) each question made a Python string of the MD5 and hashed it with SipHash:
+/// 769 instructions a question, 70 M of a worker's 5,337 M resolve stage (callgrind,
+/// `bench_stages.py --events 300000`), where a look-up here is a keyed hash of 32 bytes.
+/// Two texts are equal exactly when their UTF-8 bytes are, so it answers as the dict.
+#[pyclass(module = "streams._core", name = "TextSet")]
+#[derive(Default)]
+pub(crate) struct TextSet {
+    keys: std::collections::HashSet<Box<[u8]>, Keyed>,
+}
+
+#[pymethods]
+impl TextSet {
+    #[new]
+    fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add ``text``; ``False`` when it is there already.
+    fn add(&mut self, text: &str) -> bool {
+        self.keys.insert(text.as_bytes().into())
+    }
+
+    /// Drop ``text``; ``False`` when it was not there.
+    fn discard(&mut self, text: &str) -> bool {
+        self.keys.remove(text.as_bytes())
+    }
+
+    fn __len__(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn __contains__(&self, text: &str) -> bool {
+        self.holds(text.as_bytes())
+    }
+}
+
+impl TextSet {
+    pub(crate) fn holds(&self, text: &[u8]) -> bool {
+        self.keys.contains(text)
+    }
+}
 
 /// Whether the banks' MD5 table holds `md5` (as `HashBanks.lookup_md5` looks it up,
 /// lowercase); `true` for a text the core does not read (Python then decides).
-fn banked_md5(md5s: &Bound<'_, PyDict>, md5: &str) -> PyResult<bool> {
+fn banked_md5(md5s: &TextSet, md5: &str) -> bool {
     if !md5.is_ascii() {
-        return Ok(true);
+        return true;
     }
     if md5.bytes().any(|b| b.is_ascii_uppercase()) {
-        md5s.contains(md5.to_ascii_lowercase())
+        md5s.holds(md5.to_ascii_lowercase().as_bytes())
     } else {
-        md5s.contains(md5)
+        md5s.holds(md5.as_bytes())
     }
 }
 
@@ -466,6 +512,7 @@ impl Routing {
         banks: &Banks<'_>,
     ) -> PyResult<Vec<Option<Py<PyAny>>>> {
         let (md5s, index, radius, videos) = banks;
+        let md5s = md5s.borrow();
         let mut routes: Vec<Option<Py<PyAny>>> = (0..lines.len()).map(|_| None).collect();
         // (index in the batch, asked), and the PDQ queries of those not asked yet
         let mut uploads: Vec<(usize, bool)> = Vec::new();
@@ -486,7 +533,7 @@ impl Routing {
             let mut ask = image.odd || usable && *videos || image.video;
             if !ask {
                 if let Some(md5) = image.md5.as_deref() {
-                    ask = banked_md5(md5s, md5)?;
+                    ask = banked_md5(&md5s, md5);
                 }
             }
             if !ask && usable && *radius >= 0 {
