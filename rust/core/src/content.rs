@@ -811,14 +811,14 @@ impl ContentIndex {
         }
     }
 
-    /// A signal new to the index, held by `h`.
+    /// A signal new to the index (its [`Self::first_holder`] just `None`), held by `h`.
     fn insert_signal(&mut self, key: &Key, h: Holder) {
         match key {
             Key::Md5(b) => {
                 self.md5.insert(*b, h);
             }
             Key::Pdq(p) => {
-                self.pdq.insert(*p, h);
+                self.pdq.insert_absent(*p, h);
             }
             Key::Text(t) => {
                 self.text.insert(t.clone(), h);

@@ -689,6 +689,15 @@ impl<T: Copy> PdqIndex<T> {
         added
     }
 
+    /// [`PdqIndex::insert`] of a hash the caller has just seen is not here (its look-up
+    /// answered `None`, nothing added since): no second look-up (a keyed hash of the
+    /// tail's table and a bucket's rows, each upload the index's owner clusters).
+    pub fn insert_absent(&mut self, h: Hash, tag: T) {
+        debug_assert!(!self.contains(&h), "insert_absent of a hash held");
+        self.push_row(h, tag);
+        self.settle_tail();
+    }
+
     /// Add many hashes with their tags (one merge at the end: a bank load); the number
     /// added (a hash there already keeps its tag).
     pub fn insert_many(&mut self, items: impl IntoIterator<Item = (Hash, T)>) -> usize {
@@ -727,6 +736,12 @@ impl<T: Copy> PdqIndex<T> {
         if self.contains(&h) {
             return false;
         }
+        self.push_row(h, tag);
+        true
+    }
+
+    /// Add a row holding `h` (not live here) to the tail.
+    fn push_row(&mut self, h: Hash, tag: T) {
         let row = self.words.len();
         if row == self.words.capacity() {
             // grow by a quarter, not double: a live index's rows are most of its bytes
@@ -740,7 +755,6 @@ impl<T: Copy> PdqIndex<T> {
         self.alive.push(true);
         self.tail_insert(&h, row as u32);
         self.live += 1;
-        true
     }
 
     /// Remove `h` at once; `false` when it is not there.
@@ -1899,6 +1913,75 @@ mod tests {
             want.sort_by_key(|&pair| (pair_key(pair), Entry::from_bits(pair).row()));
             assert_eq!(sort_by_key(pairs, keys), want, "{n} pairs, {keys} keys");
         }
+    }
+
+    #[test]
+    fn an_insert_of_a_hash_seen_absent_answers_as_an_insert() {
+        // the same adds and removals through `insert` and, where the hash is not held,
+        // `insert_absent`: the same answers, tags and sizes through merges and rebuilds
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let (mut by_insert, mut by_absent) = (PdqIndex::new(7), PdqIndex::new(7));
+        let mut live: Vec<(Hash, i64)> = Vec::new();
+        for step in 0..2000i64 {
+            let h = if live.is_empty() || step % 3 == 0 {
+                rng.hash()
+            } else {
+                let base = live[(rng.next() as usize) % live.len()].0;
+                let d = (rng.next() % 40) as u32;
+                rng.flip(&base, d)
+            };
+            let fresh = by_insert.insert(h, step);
+            if by_absent.contains(&h) {
+                assert!(!fresh);
+                assert!(!by_absent.insert(h, step));
+            } else {
+                assert!(fresh);
+                by_absent.insert_absent(h, step);
+                live.push((h, step));
+            }
+            if step % 5 == 4 {
+                let (gone, _) = live.swap_remove((rng.next() as usize) % live.len());
+                assert!(by_insert.remove(&gone) && by_absent.remove(&gone));
+            }
+            if step % 50 == 0 {
+                let base = live[(rng.next() as usize) % live.len()].0;
+                let q = rng.flip(&base, 20);
+                for threshold in [0, 31, 63] {
+                    assert_eq!(
+                        answer(&by_absent, &q, threshold),
+                        answer(&by_insert, &q, threshold)
+                    );
+                }
+            }
+        }
+        // the tail merged and chained as often: the same tables, at the same sizes
+        assert_eq!(
+            (
+                by_absent.len(),
+                by_absent.rows(),
+                by_absent.indexed,
+                by_absent.nbytes()
+            ),
+            (
+                by_insert.len(),
+                by_insert.rows(),
+                by_insert.indexed,
+                by_insert.nbytes()
+            )
+        );
+        for (h, t) in &live {
+            assert_eq!(by_absent.tag_of(h), Some(*t));
+        }
+    }
+
+    #[cfg(debug_assertions)]
+    #[test]
+    #[should_panic(expected = "insert_absent of a hash held")]
+    fn an_insert_absent_of_a_held_hash_is_caught_in_a_debug_build() {
+        let h = parse_hex("0f".repeat(32).as_bytes()).unwrap();
+        let mut index = PdqIndex::new(0);
+        index.insert(h, 1);
+        index.insert_absent(h, 2);
     }
 
     #[test]
