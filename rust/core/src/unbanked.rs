@@ -215,14 +215,14 @@ impl Lists {
             "room for a section's items"
         );
         let (old_layout, new_layout) = (Self::layout(&old), Self::layout(&new));
-        let grows = (0..4).all(|s| new[s] >= old[s]);
         let shrinks = (0..4).all(|s| new[s] <= old[s]);
         let len = self.len;
         // SAFETY: `ptr` is the allocation of `old_layout` (or dangling when it is empty).
         // Each section's live bytes go from its old place to its new one: in place
-        // before a shrink (each moves down, the first first) or after a growth (each
-        // moves up, the last first), so that none is overwritten before it moves; else
-        // into a new allocation.
+        // before a shrink (each moves down, the first first), so that none is
+        // overwritten before it moves; else (a growth among them) into a new allocation.
+        // A growth is not a `realloc`: a small block's moves (nearly always: one item at
+        // a time while small) copied the whole and then moved the sections again.
         unsafe {
             let moves = |from: *mut u8, to: *mut u8, order: &mut dyn Iterator<Item = usize>| {
                 for i in order {
@@ -241,12 +241,6 @@ impl Lists {
                 std::ptr::NonNull::<u64>::dangling().cast().as_ptr()
             } else if old_layout.size() == 0 {
                 std::alloc::alloc(new_layout)
-            } else if grows {
-                let p = std::alloc::realloc(old_ptr, old_layout, new_layout.size());
-                if !p.is_null() {
-                    moves(p, p, &mut (0..4).rev());
-                }
-                p
             } else if shrinks {
                 moves(old_ptr, old_ptr, &mut (0..4));
                 std::alloc::realloc(old_ptr, old_layout, new_layout.size())
