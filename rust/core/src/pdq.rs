@@ -1692,6 +1692,19 @@ mod tests {
 
     use crate::testing::Rng;
 
+    /// A step's hash in the tests that add and remove at random: a new one every third
+    /// step (or while none is live), else one within 40 bits of a live one, so that the
+    /// searches find neighbours and the tables' chains grow.
+    fn new_or_near(rng: &mut Rng, live: &[(Hash, i64)], step: i64) -> Hash {
+        if live.is_empty() || step % 3 == 0 {
+            rng.hash()
+        } else {
+            let base = live[(rng.next() as usize) % live.len()].0;
+            let d = (rng.next() % 40) as u32;
+            rng.flip(&base, d)
+        }
+    }
+
     fn brute(live: &[(Hash, i64)], q: &Hash, threshold: u32) -> Vec<(u32, Hash, i64)> {
         let mut out: Vec<_> = live
             .iter()
@@ -1923,13 +1936,7 @@ mod tests {
         let (mut by_insert, mut by_absent) = (PdqIndex::new(7), PdqIndex::new(7));
         let mut live: Vec<(Hash, i64)> = Vec::new();
         for step in 0..2000i64 {
-            let h = if live.is_empty() || step % 3 == 0 {
-                rng.hash()
-            } else {
-                let base = live[(rng.next() as usize) % live.len()].0;
-                let d = (rng.next() % 40) as u32;
-                rng.flip(&base, d)
-            };
+            let h = new_or_near(&mut rng, &live, step);
             let fresh = by_insert.insert(h, step);
             if by_absent.contains(&h) {
                 assert!(!fresh);
@@ -1992,13 +1999,7 @@ mod tests {
             let mut index = PdqIndex::with_chunk_bits(bits, tail_min);
             let mut live: Vec<(Hash, i64)> = Vec::new();
             for step in 0..3000i64 {
-                let h = if live.is_empty() || step % 3 == 0 {
-                    rng.hash()
-                } else {
-                    let base = live[(rng.next() as usize) % live.len()].0;
-                    let d = (rng.next() % 40) as u32;
-                    rng.flip(&base, d)
-                };
+                let h = new_or_near(&mut rng, &live, step);
                 let fresh = !live.iter().any(|(x, _)| *x == h);
                 assert_eq!(index.insert(h, step), fresh);
                 if fresh {
