@@ -224,8 +224,10 @@ impl Lists {
         // A growth is not a `realloc`: a small block's moves (nearly always: one item at
         // a time while small) copied the whole and then moved the sections again.
         unsafe {
-            let moves = |from: *mut u8, to: *mut u8, order: &mut dyn Iterator<Item = usize>| {
-                for i in order {
+            // each section in turn, the first first (in place, before a shrink, each
+            // moves down: none is overwritten before it moves)
+            let moves = |from: *mut u8, to: *mut u8| {
+                for i in 0..4 {
                     let (a, b) = (Self::offset(&old, i), Self::offset(&new, i));
                     let n = len[i] as usize * ITEM[i];
                     // an empty section, or one left where it was (the first, in place),
@@ -242,12 +244,12 @@ impl Lists {
             } else if old_layout.size() == 0 {
                 std::alloc::alloc(new_layout)
             } else if shrinks {
-                moves(old_ptr, old_ptr, &mut (0..4));
+                moves(old_ptr, old_ptr);
                 std::alloc::realloc(old_ptr, old_layout, new_layout.size())
             } else {
                 let p = std::alloc::alloc(new_layout);
                 if !p.is_null() {
-                    moves(old_ptr, p, &mut (0..4));
+                    moves(old_ptr, p);
                     std::alloc::dealloc(old_ptr, old_layout);
                 }
                 p
