@@ -98,14 +98,34 @@ impl Event<'_> {
     pub fn owns_nothing(&self) -> bool {
         let lent = |t: &Cow<'_, str>| matches!(t, Cow::Borrowed(_));
         let lent_if = |t: &Option<Cow<'_, str>>| t.as_ref().map_or(true, lent);
-        lent(&self.event_id)
-            && lent(&self.post_id)
-            && lent(&self.user_id)
-            && lent_if(&self.parent_post_id)
-            && self
-                .content
-                .as_ref()
-                .map_or(true, |c| lent_if(&c.pdq) && lent_if(&c.md5))
+        // every field named (no `..`): a field added that may own memory must be asked
+        // here, or the caller's `mem::forget` would leak it
+        let Event {
+            event_id,
+            kind: _,
+            ts_ms: _,
+            post_id,
+            user_id,
+            parent_post_id,
+            followers: _,
+            content,
+            event_id_was_text: _,
+        } = self;
+        lent(event_id)
+            && lent(post_id)
+            && lent(user_id)
+            && lent_if(parent_post_id)
+            && content.as_ref().map_or(true, |c| {
+                let Content {
+                    pdq,
+                    pdq_hash: _,
+                    pdq_quality: _,
+                    md5,
+                    md5_bytes: _,
+                    vpdq: _,
+                } = c;
+                lent_if(pdq) && lent_if(md5)
+            })
     }
 }
 
